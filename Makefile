@@ -1,0 +1,51 @@
+# tidal - the two set-up commands are `make deps` and `make`; `make test` runs the suite.
+#
+#   make deps        install the Debian packages that are missing (root)
+#   make             configure and build into build/
+#   make test        deps + build + every ctest label but gpu, then unit and
+#                    integration again under ASan + UBSan (build-asan/)
+#   make clean
+
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_ARGS ?=
+
+# Everything the build and the tests need, by Debian package name.
+DEPS = cmake make gcc pkg-config clang libclang-rt-14-dev \
+       libnats-dev nats-server libprotobuf-c-dev protobuf-c-compiler \
+       libssl-dev libjansson-dev
+
+.PHONY: all deps build test test-asan clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEPS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "make deps: all packages present"; exit 0; fi; \
+	echo "make deps: installing:$$missing"; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "make deps: not root - run 'sudo make deps' or install:$$missing" >&2; exit 1; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: deps
+	$(MAKE) build
+	cd $(BUILD) && ctest --output-on-failure -LE gpu -j $(JOBS)
+	$(MAKE) test-asan
+
+test-asan:
+	cmake -S . -B $(ASAN_BUILD) -DTIDAL_SANITIZE=ON -DTIDAL_CUDA=OFF $(CMAKE_ARGS)
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ctest --output-on-failure -L 'unit|integration' -j $(JOBS)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,12 @@
+/* bench.h - `tidal bench <what>`: benchmarks that run tidal and a peer in the
+ * same invocation and end with one JSON line (figures, `peer`, `ratio`).
+ *
+ * Each entry point takes the arguments after `tidal bench <what>` (argv[0] is
+ * "<what>") and returns the process exit status (0 ok, 1 failure, 2 usage).
+ */
+#ifndef TIDAL_CLI_BENCH_H
+#define TIDAL_CLI_BENCH_H
+
+int bench_bus_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,306 @@
+/* bench_bus.c - `tidal bench bus`: the trajectory path over JetStream against
+ * raw core NATS on the same server in the same run.
+ *
+ * tidal path: trajectory-sized protobuf messages (a real Trajectory with 1,024
+ * completion tokens and their logprobs, ~8 KB) published with Nats-Msg-Id to a
+ * file-storage stream (pipelined publishes, acks awaited) while a durable pull
+ * consumer fetches and acks them - what rollout workers and the trainer do.
+ * peer: the same bytes published on a core subject to one plain subscriber
+ * (no storage, no acks). Both clocks run from the first publish to the last
+ * message consumed. ratio = tidal msgs/s / peer msgs/s.
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/bench.h"
+#include "proto/bus.h"
+#include "proto/codec.h"
+#include "proto/server.h"
+
+#define BENCH_SUBJECT_JS "tidal.bench.traj"
+#define BENCH_SUBJECT_RAW "tidal.bench.raw"
+#define BENCH_STREAM "TIDAL_bench_TRAJ"
+#define FETCH_BATCH 256
+
+typedef struct {
+    double seconds;
+    double msgs_per_s;
+    double mb_per_s;
+    long received;
+} bench_result;
+
+typedef struct {
+    tidal_bus *bus;
+    bus_sub *sub;
+    long want;
+    long got;
+    tidal_status status;
+    char err[512];
+} consumer_ctx;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* A realistic trajectory: 256 prompt tokens, 1,024 completion tokens from a
+ * 150k vocabulary, behaviour logprobs, one version run, a full loss mask. */
+static tidal_status make_trajectory(void **buf, size_t *len)
+{
+    enum { PROMPT = 256, COMPLETION = 1024 };
+    static uint32_t prompt_ids[PROMPT], completion_ids[COMPLETION];
+    static float logprobs[COMPLETION];
+    static protobuf_c_boolean mask[COMPLETION];
+    uint64_t version = 7;
+    uint32_t run = COMPLETION;
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < COMPLETION; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        completion_ids[i] = (uint32_t)(x % 151643);
+        logprobs[i] = -(float)((x >> 20) % 10000) / 1000.0f;
+        mask[i] = 1;
+        if (i < PROMPT) prompt_ids[i] = (uint32_t)((x >> 32) % 151643);
+    }
+    Tidal__V1__Trajectory t = TIDAL__V1__TRAJECTORY__INIT;
+    t.schema_version = CODEC_SCHEMA_VERSION;
+    t.trajectory_id = "bench-0000000000-00";
+    t.prompt_id = "bench-0000000000";
+    t.group_id = "bench-0000000000";
+    t.group_size = 8;
+    t.worker_id = "bench-worker";
+    t.n_prompt_token_ids = PROMPT;
+    t.prompt_token_ids = prompt_ids;
+    t.n_completion_token_ids = COMPLETION;
+    t.completion_token_ids = completion_ids;
+    t.n_logprobs = COMPLETION;
+    t.logprobs = logprobs;
+    t.n_version_values = 1;
+    t.version_values = &version;
+    t.n_version_runs = 1;
+    t.version_runs = &run;
+    t.n_loss_mask = COMPLETION;
+    t.loss_mask = mask;
+    t.reward = 1.0;
+    t.turns = 1;
+    t.min_version = 5;
+    t.temperature = 1.0;
+    t.finish_reason = TIDAL__V1__FINISH_REASON__FINISH_REASON_STOP;
+    t.status = TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
+    tidal_status s = codec_encode(&t.base, buf, len);
+    if (s != TIDAL_OK) return s;
+    /* the payload must be what the trainer accepts */
+    Tidal__V1__Trajectory *back = NULL;
+    s = codec_decode_trajectory(*buf, *len, &back);
+    if (back) tidal__v1__trajectory__free_unpacked(back, NULL);
+    return s;
+}
+
+static void *js_consume(void *arg)
+{
+    consumer_ctx *c = arg;
+    bus_msg *msgs[FETCH_BATCH];
+    int idle = 0;
+    while (c->got < c->want) {
+        int n = 0;
+        tidal_status s = bus_fetch(c->sub, FETCH_BATCH, 1000, msgs, &n);
+        if (s == TIDAL_ERR_TIMEOUT && ++idle < 10) continue;
+        if (s != TIDAL_OK) {
+            c->status = s;
+            snprintf(c->err, sizeof c->err, "%s", tidal_errmsg());
+            return NULL;
+        }
+        idle = 0;
+        for (int i = 0; i < n; i++) {
+            tidal_status as = bus_ack(msgs[i]);
+            if (as != TIDAL_OK && c->status == TIDAL_OK) {
+                c->status = as;
+                snprintf(c->err, sizeof c->err, "%s", tidal_errmsg());
+            }
+            bus_msg_destroy(msgs[i]);
+        }
+        c->got += n;
+    }
+    return NULL;
+}
+
+static void *raw_consume(void *arg)
+{
+    consumer_ctx *c = arg;
+    while (c->got < c->want) {
+        bus_msg *m = NULL;
+        tidal_status s = bus_next(c->sub, 5000, &m);
+        if (s != TIDAL_OK) {
+            c->status = s;
+            snprintf(c->err, sizeof c->err, "%s", tidal_errmsg());
+            return NULL;
+        }
+        bus_msg_destroy(m);
+        c->got++;
+    }
+    return NULL;
+}
+
+static void finish(bench_result *r, double t0, long n, size_t len)
+{
+    r->seconds = now_s() - t0;
+    r->received = n;
+    r->msgs_per_s = (double)n / r->seconds;
+    r->mb_per_s = r->msgs_per_s * (double)len / 1e6;
+}
+
+static tidal_status run_jetstream(tidal_bus *bus, const void *payload, size_t len, long n, bench_result *r)
+{
+    const char *subjects[] = {BENCH_SUBJECT_JS};
+    bus_stream_delete(bus, BENCH_STREAM); /* a clean stream each run */
+    tidal_clear();
+    bus_stream_cfg sc = {.name = BENCH_STREAM, .subjects = subjects, .n_subjects = 1};
+    tidal_status s = bus_stream_ensure(bus, &sc);
+    bus_consumer_cfg cc = {.stream = BENCH_STREAM, .durable = "trainer", .ack_wait_ms = 60000,
+                           .max_ack_pending = 20000};
+    if (s == TIDAL_OK) s = bus_consumer_ensure(bus, &cc);
+    consumer_ctx c = {.bus = bus, .want = n};
+    if (s == TIDAL_OK) s = bus_pull_subscribe(bus, BENCH_STREAM, "trainer", &c.sub);
+    if (s != TIDAL_OK) return s;
+
+    pthread_t th;
+    double t0 = now_s();
+    pthread_create(&th, NULL, js_consume, &c);
+    for (long i = 0; i < n && s == TIDAL_OK; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "traj-%ld", i);
+        s = bus_js_publish_async(bus, BENCH_SUBJECT_JS, payload, (int)len, id);
+    }
+    if (s == TIDAL_OK) s = bus_js_publish_wait(bus, 60000);
+    if (s != TIDAL_OK) c.want = 0; /* let the consumer stop */
+    pthread_join(th, NULL);
+    finish(r, t0, c.got, len);
+    bus_unsubscribe(c.sub);
+    if (s == TIDAL_OK && c.status != TIDAL_OK) s = tidal_fail(c.status, "%s", c.err);
+    if (s == TIDAL_OK && c.got != n)
+        s = tidal_fail(TIDAL_ERR_BUS, "bench: JetStream consumer got %ld of %ld messages", c.got, n);
+    bus_stream_delete(bus, BENCH_STREAM);
+    return s;
+}
+
+static tidal_status run_raw(tidal_bus *pub, tidal_bus *subconn, const void *payload, size_t len, long n,
+                            bench_result *r)
+{
+    consumer_ctx c = {.bus = subconn, .want = n};
+    tidal_status s = bus_subscribe_sync(subconn, BENCH_SUBJECT_RAW, NULL, &c.sub);
+    if (s == TIDAL_OK) s = bus_flush(subconn, 5000);
+    if (s != TIDAL_OK) return s;
+    pthread_t th;
+    double t0 = now_s();
+    pthread_create(&th, NULL, raw_consume, &c);
+    for (long i = 0; i < n && s == TIDAL_OK; i++) s = bus_publish(pub, BENCH_SUBJECT_RAW, payload, (int)len);
+    if (s == TIDAL_OK) s = bus_flush(pub, 30000);
+    pthread_join(th, NULL);
+    finish(r, t0, c.got, len);
+    bus_unsubscribe(c.sub);
+    if (s == TIDAL_OK && c.status != TIDAL_OK) s = tidal_fail(c.status, "bench: raw subscriber: %s", c.err);
+    return s;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tidal bench bus [--bus URL] [--messages N] [--rounds R] [--json]\n"
+            "  JetStream trajectory path (publish with Nats-Msg-Id to a file stream, pull\n"
+            "  consumer with acks) against raw core NATS pub/sub of the same ~8 KB\n"
+            "  Trajectory messages, on the same server. Without --bus a private\n"
+            "  nats-server is started. Each path runs R rounds (default 3); the best counts.\n");
+}
+
+static json_t *result_json(const bench_result *r)
+{
+    return json_pack("{s:f, s:f, s:f, s:I}", "seconds", r->seconds, "msgs_per_s", r->msgs_per_s, "mb_per_s",
+                     r->mb_per_s, "messages", (json_int_t)r->received);
+}
+
+int bench_bus_main(int argc, char **argv)
+{
+    const char *url = NULL;
+    long n = 100000;
+    int rounds = 3, as_json = 0;
+    static const struct option opts[] = {{"bus", required_argument, 0, 'b'},
+                                         {"messages", required_argument, 0, 'n'},
+                                         {"rounds", required_argument, 0, 'r'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    optind = 1;
+    for (int c; (c = getopt_long(argc, argv, "b:n:r:jh", opts, NULL)) != -1;) {
+        switch (c) {
+        case 'b': url = optarg; break;
+        case 'n': n = strtol(optarg, NULL, 10); break;
+        case 'r': rounds = atoi(optarg); break;
+        case 'j': as_json = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc || n <= 0 || rounds <= 0) {
+        usage(stderr);
+        return 2;
+    }
+
+    void *payload = NULL;
+    size_t len = 0;
+    tidal_server *srv = NULL;
+    tidal_bus *bus = NULL, *subconn = NULL;
+    tidal_status s = make_trajectory(&payload, &len);
+    if (s == TIDAL_OK && !url) {
+        tidal_server_opts so = {0};
+        s = tidal_server_start(&srv, &so);
+        if (s == TIDAL_OK) url = tidal_server_url(srv);
+    }
+    bus_opts bo = {.urls = url, .name = "tidal-bench", .async_max_pending = 8192, .js_timeout_ms = 10000};
+    if (s == TIDAL_OK) s = bus_connect(&bus, &bo);
+    if (s == TIDAL_OK) s = bus_connect(&subconn, &bo);
+
+    bench_result js_best = {0}, raw_best = {0};
+    for (int i = 0; i < rounds && s == TIDAL_OK; i++) {
+        bench_result js = {0}, raw = {0};
+        s = run_raw(bus, subconn, payload, len, n, &raw);
+        if (s == TIDAL_OK) s = run_jetstream(bus, payload, len, n, &js);
+        if (s != TIDAL_OK) break;
+        if (!as_json)
+            fprintf(stderr, "round %d: jetstream %.0f msgs/s (%.1f MB/s), raw %.0f msgs/s (%.1f MB/s)\n", i + 1,
+                    js.msgs_per_s, js.mb_per_s, raw.msgs_per_s, raw.mb_per_s);
+        if (js.msgs_per_s > js_best.msgs_per_s) js_best = js;
+        if (raw.msgs_per_s > raw_best.msgs_per_s) raw_best = raw;
+    }
+    int rc = 0;
+    if (s != TIDAL_OK) {
+        fprintf(stderr, "tidal bench bus: %s\n", tidal_errmsg());
+        rc = 1;
+    } else {
+        double ratio = js_best.msgs_per_s / raw_best.msgs_per_s;
+        if (!as_json)
+            printf("bench bus: %ld messages of %zu bytes\n"
+                   "  tidal (JetStream file stream, Nats-Msg-Id, pull consumer + acks): %10.0f msgs/s %8.1f MB/s\n"
+                   "  peer  (core NATS pub/sub, no storage, no acks):                  %10.0f msgs/s %8.1f MB/s\n"
+                   "  ratio %.3f\n",
+                   n, len, js_best.msgs_per_s, js_best.mb_per_s, raw_best.msgs_per_s, raw_best.mb_per_s, ratio);
+        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:o, s:o, s:f}", "bench", "bus", "peer",
+                              "core NATS publish/subscribe of the same bytes on the same server",
+                              "messages", (json_int_t)n, "message_bytes", (json_int_t)len, "rounds", rounds,
+                              "tidal", result_json(&js_best), "raw", result_json(&raw_best), "ratio", ratio);
+        char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        printf("%s\n", line);
+        free(line);
+        json_decref(o);
+    }
+    bus_close(subconn);
+    bus_close(bus);
+    tidal_server_stop(srv);
+    free(payload);
+    return rc;
+}
