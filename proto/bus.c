@@ -19,6 +19,7 @@
 #define DEFAULT_RECONNECT_BUF (64 << 20)
 #define DEFAULT_ASYNC_MAX_PENDING 4096
 #define DEFAULT_ACK_WAIT_MS 30000
+#define IO_BUF_BYTES (1 << 20)
 #define SERVER_DEFAULT_DUP_WINDOW_NS (120LL * 1000 * NS_PER_MS)
 
 
@@ -184,6 +185,9 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(no, o->connect_timeout_ms > 0 ? o->connect_timeout_ms
                                                                  : DEFAULT_CONNECT_TIMEOUT_MS);
+    /* trajectories are ~8 KB and blob chunks 4 MiB: the 32 KiB default costs
+     * one syscall per few messages */
+    if (s == NATS_OK) s = natsOptions_SetIOBufSize(no, IO_BUF_BYTES);
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(no, -1);
     if (s == NATS_OK) s = natsOptions_SetCustomReconnectDelay(no, reconnect_delay, NULL);
     if (s == NATS_OK)

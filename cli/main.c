@@ -1,0 +1,249 @@
+/* main.c - `tidal`, the multi-call entry point: one subcommand per role.
+ *
+ * A table maps each subcommand to a one-line summary, its usage text and a
+ * handler. Subcommands whose issue has not landed say so and exit 2 rather
+ * than pretend. Help is built in: `tidal --help`, `tidal help [CMD]` and
+ * `tidal CMD --help` print to stdout and exit 0; a usage error prints usage
+ * to stderr and exits 2. Exit statuses (DESIGN.md): 0 success, 2 usage or
+ * configuration error, 1 any other failure.
+ */
+#include <nats/nats.h>
+#include <protobuf-c/protobuf-c.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/bench.h"
+#include "proto/status.h"
+
+#ifndef TIDAL_VERSION
+#define TIDAL_VERSION "unknown"
+#endif
+
+#define EXIT_OK 0
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+
+struct command;
+/* A handler gets the arguments after the subcommand name (argv[0] is the
+ * subcommand) and returns the process exit status. */
+typedef int (*command_fn)(const struct command *cmd, int argc, char **argv);
+
+struct command {
+    const char *name;
+    const char *summary; /* one line for the table */
+    const char *usage;   /* full usage text, ends with a newline */
+    command_fn run;
+};
+
+static int cmd_unavailable(const struct command *cmd, int argc, char **argv);
+static int cmd_bench(const struct command *cmd, int argc, char **argv);
+static int cmd_version(const struct command *cmd, int argc, char **argv);
+
+static const struct command commands[] = {
+    {"run", "run a whole job on this machine",
+     "usage: tidal run JOB.yaml [--set key=value]... [--out DIR]\n"
+     "\n"
+     "Run the job JOB.yaml on this machine: start a private nats-server unless the spec\n"
+     "names a bus, then the controller, the trainer and rollout.workers rollout workers\n"
+     "as child processes. Writes DIR/metrics.jsonl, DIR/summary.json and DIR/logs/.\n"
+     "  --set key=value  override any key of the spec (e.g. --set trainer.steps=10)\n"
+     "  --out DIR        the run directory\n",
+     cmd_unavailable},
+    {"controller", "the controller role: dispatch, eval, metrics",
+     "usage: tidal controller JOB.yaml [--set key=value]... [--out DIR]\n"
+     "\n"
+     "Run the controller of a job as its own process (`tidal run` starts it for you).\n",
+     cmd_unavailable},
+    {"rollout", "a rollout worker (joins and leaves at will)",
+     "usage: tidal rollout --bus URL --job NAME [--backend builtin|openai --endpoint URL]\n"
+     "                     [--device cpu|cuda]\n"
+     "\n"
+     "Join job NAME on the bus at URL as a rollout worker; workers may come and go.\n",
+     cmd_unavailable},
+    {"trainer", "the trainer role: buffer, updates, weights",
+     "usage: tidal trainer JOB.yaml [--set key=value]... [--out DIR]\n"
+     "\n"
+     "Run the trainer (and its replay buffer) of a job as its own process.\n",
+     cmd_unavailable},
+    {"env", "serve a built-in environment on the bus",
+     "usage: tidal env serve NAME --bus URL\n"
+     "\n"
+     "Answer tidal.env.NAME requests (reset, step) from rollout workers.\n",
+     cmd_unavailable},
+    {"status", "show a job's state and its workers",
+     "usage: tidal status --bus URL --job NAME\n"
+     "\n"
+     "Print the job's state, trainer version and live rollout workers.\n",
+     cmd_unavailable},
+    {"bench", "benchmarks against a peer (last line: JSON)",
+     "usage: tidal bench bus|weights|train|generate|env|async [--json]\n"
+     "\n"
+     "Run a benchmark and its peer in the same invocation; the last line printed is one\n"
+     "JSON object with the figures, `peer` and `ratio` (tidal / peer, higher is better).\n"
+     "  bus       JetStream trajectories with acks vs raw core-NATS publish/subscribe\n"
+     "  weights   weight publication and sync\n"
+     "  train     trainer step throughput\n"
+     "  generate  built-in generation\n"
+     "  env       environment round trips\n"
+     "  async     asynchronous vs synchronous training\n"
+     "`tidal bench WHAT --help` shows a benchmark's own options.\n",
+     cmd_bench},
+    {"tokenize", "text lines to token ids, or back",
+     "usage: tidal tokenize --tokenizer PATH [--decode]\n"
+     "\n"
+     "Read text lines on stdin and print one JSON array of token ids per line;\n"
+     "with --decode, read JSON arrays of ids and print the text.\n",
+     cmd_unavailable},
+    {"generate", "generate with the built-in engine",
+     "usage: tidal generate --model DIR [options]\n"
+     "\n"
+     "Generate completions for prompts with the built-in engine.\n",
+     cmd_unavailable},
+    {"debug", "developer hooks (fwdbwd: the parity hook)",
+     "usage: tidal debug fwdbwd --model DIR --input IN.safetensors --out OUT.safetensors\n"
+     "\n"
+     "Run one forward and backward pass: tokens and targets in; logits, per-token\n"
+     "logprobs, loss and grad.<parameter name> out.\n",
+     cmd_unavailable},
+    {"version", "print tidal's and its libraries' versions",
+     "usage: tidal version\n"
+     "\n"
+     "Print tidal's version, whether it was built with CUDA, and the nats.c and\n"
+     "protobuf-c versions it runs with.\n",
+     cmd_version},
+};
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+/* Benchmarks DESIGN.md names; a NULL entry point has not landed yet. */
+static const struct {
+    const char *name;
+    int (*entry)(int argc, char **argv);
+} benches[] = {
+    {"bus", bench_bus_main}, {"weights", NULL}, {"train", NULL},
+    {"generate", NULL},      {"env", NULL},     {"async", NULL},
+};
+
+static const struct command *find_command(const char *name)
+{
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0) return &commands[i];
+    return NULL;
+}
+
+static int is_help_flag(const char *arg)
+{
+    return strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0;
+}
+
+/* The summary table. Commands not yet in this build are marked. */
+static void print_usage(FILE *f)
+{
+    fputs("usage: tidal <command> [arguments]\n"
+          "\n"
+          "tidal: asynchronous RL post-training for language models over a NATS bus.\n"
+          "\n"
+          "commands:\n",
+          f);
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %-11s %s%s\n", commands[i].name, commands[i].summary,
+                commands[i].run == cmd_unavailable ? " (not yet available)" : "");
+    fputs("\n"
+          "`tidal help <command>` or `tidal <command> --help` shows a command's usage.\n"
+          "Exit status: 0 success, 2 usage or configuration error, 1 other failure.\n",
+          f);
+}
+
+static int cmd_unavailable(const struct command *cmd, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "tidal %s: not yet available in this build\n", cmd->name);
+    return EXIT_USAGE;
+}
+
+/* `tidal bench WHAT ...`: hand the arguments from WHAT on to that benchmark. */
+static int cmd_bench(const struct command *cmd, int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "tidal bench: which benchmark?\n%s", cmd->usage);
+        return EXIT_USAGE;
+    }
+    for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++) {
+        if (strcmp(benches[i].name, argv[1]) != 0) continue;
+        if (!benches[i].entry) {
+            fprintf(stderr, "tidal bench %s: not yet available in this build\n", argv[1]);
+            return EXIT_USAGE;
+        }
+        return benches[i].entry(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "tidal bench: unknown benchmark '%s'\n%s", argv[1], cmd->usage);
+    return EXIT_USAGE;
+}
+
+static int cmd_version(const struct command *cmd, int argc, char **argv)
+{
+    (void)argv;
+    if (argc > 1) {
+        fprintf(stderr, "tidal version: takes no arguments\n%s", cmd->usage);
+        return EXIT_USAGE;
+    }
+#if defined(TIDAL_HAVE_CUDA) && TIDAL_HAVE_CUDA
+    const char *cuda = "yes";
+#else
+    const char *cuda = "no";
+#endif
+    printf("tidal %s (cuda: %s)\n", TIDAL_VERSION, cuda);
+    printf("nats.c %s\n", nats_GetVersion());
+    printf("protobuf-c %s\n", protobuf_c_version());
+    return EXIT_OK;
+}
+
+/* `tidal help [CMD]`. */
+static int cmd_help(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "help") == 0) {
+        print_usage(stdout);
+        return EXIT_OK;
+    }
+    const struct command *cmd = find_command(argv[1]);
+    if (!cmd) {
+        fprintf(stderr, "tidal help: unknown command '%s'\n\n", argv[1]);
+        print_usage(stderr);
+        return EXIT_USAGE;
+    }
+    fputs(cmd->usage, stdout);
+    return EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        print_usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *name = argv[1];
+    if (is_help_flag(name)) {
+        print_usage(stdout);
+        return EXIT_OK;
+    }
+    if (strcmp(name, "help") == 0) {
+        tidal_log_set_role("help");
+        return cmd_help(argc - 1, argv + 1);
+    }
+    if (strcmp(name, "--version") == 0) name = "version";
+
+    const struct command *cmd = find_command(name);
+    if (!cmd) {
+        fprintf(stderr, "tidal: unknown command '%s'\n\n", name);
+        print_usage(stderr);
+        return EXIT_USAGE;
+    }
+    tidal_log_set_role(cmd->name);
+    if (argc > 2 && is_help_flag(argv[2])) {
+        fputs(cmd->usage, stdout);
+        return EXIT_OK;
+    }
+    int rc = cmd->run(cmd, argc - 1, argv + 1);
+    fflush(stdout);
+    return rc;
+}

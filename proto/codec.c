@@ -1,0 +1,736 @@
+/* codec.c - decode + validate, encode, and per-token version helpers for the
+ * wire messages (see codec.h; the rules are docs/protocol.md's).
+ *
+ * Validation runs in two passes over a message:
+ *   1. a generic walk over the protoc-c descriptors: every string (nested
+ *      messages and map keys included) is valid UTF-8 and every enum value is
+ *      one the schema names - proto3 lets both through on the wire;
+ *   2. the rules of the message's type (ids, lengths that must agree, finite
+ *      numbers, enums that must be set).
+ * Each failure is one tidal_fail(TIDAL_ERR_INVALID, ...) whose text starts with
+ * the message kind and its id ("trajectory t-7: ...") and names the field.
+ */
+#include "proto/codec.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TRY(expr)                                \
+    do {                                         \
+        tidal_status try_st_ = (expr);           \
+        if (try_st_ != TIDAL_OK) return try_st_; \
+    } while (0)
+
+/* ---------------------------------------------------------------- failure text */
+
+/* What is being validated, as the prefix of every failure message:
+ * "trajectory t-7", "weights manifest v3: blob 3". */
+typedef struct vctx {
+    char what[160];
+} vctx;
+
+/* Copy at most 48 bytes of an id for a message, '?' for anything that is not
+ * visible ASCII, so hostile ids cannot garble the log line. */
+static void sanitize(char *out, size_t cap, const char *id)
+{
+    assert(cap > 4);
+    size_t n = 0;
+    for (const char *s = id ? id : ""; *s && n < 48 && n + 4 < cap; s++)
+        out[n++] = (*s > 0x20 && *s < 0x7f) ? *s : '?';
+    if (id && strlen(id) > n) { out[n++] = '.'; out[n++] = '.'; out[n++] = '.'; }
+    out[n] = '\0';
+}
+
+/* c->what = "[parent: ]kind[ id]". */
+static void label(vctx *c, const char *parent, const char *kind, const char *id)
+{
+    char safe[64];
+    sanitize(safe, sizeof safe, id);
+    snprintf(c->what, sizeof c->what, "%s%s%s%s%s", parent ? parent : "", parent ? ": " : "",
+             kind, safe[0] ? " " : "", safe);
+}
+
+__attribute__((format(printf, 2, 3)))
+static tidal_status bad(const vctx *c, const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    return tidal_fail(TIDAL_ERR_INVALID, "%s: %s", c->what, text);
+}
+
+static const char *str(const char *s) { return s ? s : ""; }
+
+/* "is NaN", "is inf" or "is -inf" for a non-finite x. */
+static const char *nonfinite(double x)
+{
+    return isnan(x) ? "is NaN" : x > 0 ? "is inf" : "is -inf";
+}
+
+/* ---------------------------------------------------------------- field rules */
+
+/* Ids (prompt, group, trajectory): 1..255 bytes of visible ASCII, so they fit
+ * a Nats-Msg-Id header and a log line unchanged. */
+static tidal_status need_id(const vctx *c, const char *field, const char *s)
+{
+    size_t n = strlen(str(s));
+    if (n == 0) return bad(c, "%s is empty", field);
+    if (n > CODEC_MAX_ID_BYTES) return bad(c, "%s has %zu bytes (max %u)", field, n, CODEC_MAX_ID_BYTES);
+    for (size_t i = 0; i < n; i++)
+        if (s[i] <= 0x20 || s[i] >= 0x7f)
+            return bad(c, "%s has a byte that is not visible ASCII at %zu", field, i);
+    return TIDAL_OK;
+}
+
+/* Names that become one subject token (env, role) or a blob name:
+ * [A-Za-z0-9_-]{1,127}. Empty passes when not required. */
+static tidal_status need_name(const vctx *c, const char *field, const char *s, bool required)
+{
+    size_t n = strlen(str(s));
+    if (n == 0) return required ? bad(c, "%s is empty", field) : TIDAL_OK;
+    if (n > CODEC_MAX_NAME_BYTES)
+        return bad(c, "%s has %zu bytes (max %u)", field, n, CODEC_MAX_NAME_BYTES);
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '-'))
+            return bad(c, "%s \"%.64s\" has a character outside [A-Za-z0-9_-] at %zu", field, s, i);
+    }
+    return TIDAL_OK;
+}
+
+/* Worker ids are keys of the TIDAL_J_WORKERS bucket: NATS KV key characters
+ * [-/_=.A-Za-z0-9], 1..255 bytes, not starting or ending with '.'. */
+static tidal_status need_kv_key(const vctx *c, const char *field, const char *s)
+{
+    size_t n = strlen(str(s));
+    if (n == 0) return bad(c, "%s is empty", field);
+    if (n > CODEC_MAX_ID_BYTES) return bad(c, "%s has %zu bytes (max %u)", field, n, CODEC_MAX_ID_BYTES);
+    if (s[0] == '.' || s[n - 1] == '.') return bad(c, "%s \"%.64s\" starts or ends with '.'", field, s);
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              strchr("-/_=.", ch)))
+            return bad(c, "%s \"%.64s\" has a character outside [-/_=.A-Za-z0-9] at %zu", field, s, i);
+    }
+    return TIDAL_OK;
+}
+
+static tidal_status need_finite(const vctx *c, const char *field, double x)
+{
+    return isfinite(x) ? TIDAL_OK : bad(c, "%s %s", field, nonfinite(x));
+}
+
+/* Finite and >= 0 (durations, rates, temperatures). */
+static tidal_status need_nonneg(const vctx *c, const char *field, double x)
+{
+    TRY(need_finite(c, field, x));
+    return x >= 0 ? TIDAL_OK : bad(c, "%s = %g < 0", field, x);
+}
+
+static tidal_status need_sha256(const vctx *c, const char *field, ProtobufCBinaryData b)
+{
+    return b.len == 32 ? TIDAL_OK : bad(c, "%s has %zu bytes, a SHA-256 has 32", field, b.len);
+}
+
+/* The key and value of a map<string, double> entry (protoc-c makes each map a
+ * repeated entry message with fields key = 1 and value = 2). */
+static void map_entry(const ProtobufCMessage *e, const char **key, double *value)
+{
+    const ProtobufCFieldDescriptor *fk = protobuf_c_message_descriptor_get_field(e->descriptor, 1);
+    const ProtobufCFieldDescriptor *fv = protobuf_c_message_descriptor_get_field(e->descriptor, 2);
+    assert(fk && fk->type == PROTOBUF_C_TYPE_STRING && fv && fv->type == PROTOBUF_C_TYPE_DOUBLE);
+    *key = str(*(char *const *)((const char *)e + fk->offset));
+    memcpy(value, (const char *)e + fv->offset, sizeof *value);
+}
+
+/* A map<string, double>: at most CODEC_MAX_MAP_ENTRIES entries, keys
+ * non-empty and distinct, values finite unless `allow_nonfinite`. */
+static tidal_status need_map(const vctx *c, const char *field, void *const *entries, size_t n,
+                             bool allow_nonfinite)
+{
+    if (n > CODEC_MAX_MAP_ENTRIES)
+        return bad(c, "%s has %zu entries (max %u)", field, n, CODEC_MAX_MAP_ENTRIES);
+    for (size_t i = 0; i < n; i++) {
+        const char *key;
+        double value;
+        map_entry(entries[i], &key, &value);
+        if (!key[0]) return bad(c, "%s has an empty key", field);
+        if (!allow_nonfinite && !isfinite(value))
+            return bad(c, "%s[\"%.64s\"] %s", field, key, nonfinite(value));
+        for (size_t j = 0; j < i; j++) {
+            const char *other;
+            double unused;
+            map_entry(entries[j], &other, &unused);
+            if (!strcmp(key, other)) return bad(c, "%s has the key \"%.64s\" twice", field, key);
+        }
+    }
+    return TIDAL_OK;
+}
+
+/* ---------------------------------------------------------------- generic walk */
+
+/* Offset of the first byte that breaks UTF-8 (overlongs, surrogates and code
+ * points past U+10FFFF included), or -1 when s is valid. */
+static long utf8_error(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s, *start = p;
+    while (*p) {
+        unsigned char b = *p;
+        int more;
+        uint32_t cp;
+        if (b < 0x80) { p++; continue; }
+        if (b >= 0xc2 && b <= 0xdf) { more = 1; cp = b & 0x1f; }
+        else if (b >= 0xe0 && b <= 0xef) { more = 2; cp = b & 0x0f; }
+        else if (b >= 0xf0 && b <= 0xf4) { more = 3; cp = b & 0x07; }
+        else return (long)(p - start);
+        for (int k = 1; k <= more; k++) {
+            if ((p[k] & 0xc0) != 0x80) return (long)(p - start);
+            cp = (cp << 6) | (p[k] & 0x3f);
+        }
+        if ((more == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+            (more == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+            return (long)(p - start);
+        p += more + 1;
+    }
+    return -1;
+}
+
+static tidal_status walk(const vctx *c, const ProtobufCMessage *m, const char *path);
+
+/* Check one value of field f (element i of a repeated field, or i < 0). */
+static tidal_status walk_value(const vctx *c, const ProtobufCFieldDescriptor *f, const void *slot,
+                               const char *path, long i)
+{
+    char name[128];
+    if (i >= 0) snprintf(name, sizeof name, "%s%s%s[%ld]", path, path[0] ? "." : "", f->name, i);
+    else snprintf(name, sizeof name, "%s%s%s", path, path[0] ? "." : "", f->name);
+
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_STRING: {
+        const char *s = *(char *const *)slot;
+        long at = s ? utf8_error(s) : -1;
+        if (at >= 0) return bad(c, "%s is not valid UTF-8 (byte %ld)", name, at);
+        return TIDAL_OK;
+    }
+    case PROTOBUF_C_TYPE_ENUM: {
+        int v;
+        memcpy(&v, slot, sizeof v);
+        const ProtobufCEnumDescriptor *ed = f->descriptor;
+        if (!protobuf_c_enum_descriptor_get_value(ed, v))
+            return bad(c, "%s %d is not a known %s", name, v, ed->short_name);
+        return TIDAL_OK;
+    }
+    case PROTOBUF_C_TYPE_MESSAGE: {
+        const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)slot;
+        if (!sub) return i >= 0 ? bad(c, "%s is null", name) : TIDAL_OK;
+        return walk(c, sub, name);
+    }
+    default:
+        return TIDAL_OK;
+    }
+}
+
+/* Pass 1: strings are UTF-8 and enums known, through nested messages. */
+static tidal_status walk(const vctx *c, const ProtobufCMessage *m, const char *path)
+{
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    const char *base = (const char *)m;
+    for (unsigned k = 0; k < d->n_fields; k++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[k];
+        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+            uint32_t which;
+            memcpy(&which, base + f->quantifier_offset, sizeof which);
+            if (which != f->id) continue;
+        }
+        if (f->label != PROTOBUF_C_LABEL_REPEATED) {
+            TRY(walk_value(c, f, base + f->offset, path, -1));
+            continue;
+        }
+        size_t n;
+        const char *arr;
+        memcpy(&n, base + f->quantifier_offset, sizeof n);
+        memcpy(&arr, base + f->offset, sizeof arr);
+        if (n && !arr) return bad(c, "%s has %zu entries and no array", f->name, n);
+        if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_ENUM &&
+            f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        size_t size = f->type == PROTOBUF_C_TYPE_ENUM ? sizeof(int) : sizeof(void *);
+        for (size_t i = 0; i < n; i++) TRY(walk_value(c, f, arr + i * size, path, (long)i));
+    }
+    return TIDAL_OK;
+}
+
+/* True when m or a message inside it kept an unknown field numbered 0.
+ * protobuf-c 1.4 accepts field number 0 (invalid protobuf) when the tag is
+ * written as an overlong varint, then packs it back in a form it refuses;
+ * such bytes are not a message. */
+static bool has_field_zero(const ProtobufCMessage *m)
+{
+    for (unsigned k = 0; k < m->n_unknown_fields; k++)
+        if (m->unknown_fields[k].tag == 0) return true;
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    const char *base = (const char *)m;
+    for (unsigned k = 0; k < d->n_fields; k++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[k];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        if (f->label != PROTOBUF_C_LABEL_REPEATED) {
+            const ProtobufCMessage *sub;
+            memcpy(&sub, base + f->offset, sizeof sub);
+            if (sub && has_field_zero(sub)) return true;
+            continue;
+        }
+        size_t n;
+        ProtobufCMessage *const *arr;
+        memcpy(&n, base + f->quantifier_offset, sizeof n);
+        memcpy(&arr, base + f->offset, sizeof arr);
+        for (size_t i = 0; i < n; i++)
+            if (arr[i] && has_field_zero(arr[i])) return true;
+    }
+    return false;
+}
+
+/* The start of every top-level validation: the schema version, then pass 1. */
+static tidal_status begin(const vctx *c, const ProtobufCMessage *m, uint32_t schema_version)
+{
+    if (schema_version > CODEC_SCHEMA_VERSION)
+        return bad(c, "schema_version %" PRIu32 " not supported (max %u)", schema_version,
+                   CODEC_SCHEMA_VERSION);
+    return walk(c, m, "");
+}
+
+/* ---------------------------------------------------------------- per-type rules */
+
+static tidal_status v_sampling(const vctx *c, const Tidal__V1__SamplingParams *s)
+{
+    TRY(need_nonneg(c, "sampling.temperature", s->temperature));
+    TRY(need_finite(c, "sampling.top_p", s->top_p));
+    if (s->top_p < 0 || s->top_p > 1) return bad(c, "sampling.top_p %g is outside [0, 1]", s->top_p);
+    for (size_t i = 0; i < s->n_stop; i++)
+        if (!str(s->stop[i])[0]) return bad(c, "sampling.stop[%zu] is empty", i);
+    return TIDAL_OK;
+}
+
+static tidal_status v_prompt(const ProtobufCMessage *m, const char *parent)
+{
+    const Tidal__V1__Prompt *p = (const Tidal__V1__Prompt *)m;
+    vctx c;
+    label(&c, parent, "prompt", p->prompt_id);
+    TRY(begin(&c, m, p->schema_version));
+    TRY(need_id(&c, "prompt_id", p->prompt_id));
+    TRY(need_id(&c, "group_id", p->group_id));
+    if (p->group_size < 1 || p->group_size > CODEC_MAX_GROUP_SIZE)
+        return bad(&c, "group_size %" PRIu32 " is outside 1..%u", p->group_size, CODEC_MAX_GROUP_SIZE);
+    if (p->sample_count < 1) return bad(&c, "sample_count is 0");
+    if ((uint64_t)p->sample_index + p->sample_count > p->group_size)
+        return bad(&c, "samples %" PRIu32 "..%" PRIu64 " are outside the group of %" PRIu32,
+                   p->sample_index, (uint64_t)p->sample_index + p->sample_count - 1, p->group_size);
+    if (!str(p->text)[0] && p->n_token_ids == 0) return bad(&c, "has neither text nor token_ids");
+    TRY(need_name(&c, "env", p->env, false));
+    if (p->sampling) TRY(v_sampling(&c, p->sampling));
+    if (p->max_tokens < 1 || p->max_tokens > CODEC_MAX_TOKENS)
+        return bad(&c, "max_tokens %" PRIu32 " is outside 1..%u", p->max_tokens, CODEC_MAX_TOKENS);
+    return TIDAL_OK;
+}
+
+/* The run-length encoded versions against the completion and min_version. */
+static tidal_status v_versions(const vctx *c, const Tidal__V1__Trajectory *t)
+{
+    if (t->n_version_values != t->n_version_runs)
+        return bad(c, "version_values has %zu entries, version_runs %zu", t->n_version_values,
+                   t->n_version_runs);
+    uint64_t covered = 0;
+    for (size_t r = 0; r < t->n_version_runs; r++) {
+        if (t->version_runs[r] == 0) return bad(c, "version run %zu has length 0", r);
+        if (r > 0 && t->version_values[r] < t->version_values[r - 1])
+            return bad(c, "version run %zu has version %" PRIu64 " after %" PRIu64
+                          " (versions never go back)",
+                       r, t->version_values[r], t->version_values[r - 1]);
+        covered += t->version_runs[r];
+    }
+    if (covered != t->n_completion_token_ids)
+        return bad(c, "version runs cover %" PRIu64 " tokens, completion has %zu", covered,
+                   t->n_completion_token_ids);
+    if (t->n_version_values > 0 && t->version_values[0] < t->min_version)
+        return bad(c, "version %" PRIu64 " is older than min_version %" PRIu64, t->version_values[0],
+                   t->min_version);
+    return TIDAL_OK;
+}
+
+static tidal_status v_trajectory(const ProtobufCMessage *m, const char *parent)
+{
+    const Tidal__V1__Trajectory *t = (const Tidal__V1__Trajectory *)m;
+    vctx c;
+    label(&c, parent, "trajectory", t->trajectory_id);
+    TRY(begin(&c, m, t->schema_version));
+    TRY(need_id(&c, "trajectory_id", t->trajectory_id));
+    TRY(need_id(&c, "prompt_id", t->prompt_id));
+    TRY(need_id(&c, "group_id", t->group_id));
+    TRY(need_kv_key(&c, "worker_id", t->worker_id));
+    if (t->group_size < 1 || t->group_size > CODEC_MAX_GROUP_SIZE)
+        return bad(&c, "group_size %" PRIu32 " is outside 1..%u", t->group_size, CODEC_MAX_GROUP_SIZE);
+    if (t->sample_index >= t->group_size)
+        return bad(&c, "sample_index %" PRIu32 " is outside the group of %" PRIu32, t->sample_index,
+                   t->group_size);
+
+    bool ok = t->status == TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
+    if (t->status == TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_UNSPECIFIED)
+        return bad(&c, "status is unspecified");
+    if (t->finish_reason == TIDAL__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED)
+        return bad(&c, "finish_reason is unspecified");
+    if (ok && t->finish_reason == TIDAL__V1__FINISH_REASON__FINISH_REASON_ERROR)
+        return bad(&c, "status ok with finish_reason error");
+    if (!ok && !str(t->error)[0])
+        return bad(&c, "status %s without an error text",
+                   protobuf_c_enum_descriptor_get_value(&tidal__v1__trajectory_status__descriptor,
+                                                        (int)t->status)->name);
+    if (ok && t->n_prompt_token_ids == 0) return bad(&c, "prompt_token_ids is empty");
+
+    size_t n = t->n_completion_token_ids;
+    if (t->n_logprobs != n)
+        return bad(&c, "logprobs has %zu entries for %zu completion tokens", t->n_logprobs, n);
+    if (t->n_loss_mask != n)
+        return bad(&c, "loss_mask has %zu entries for %zu completion tokens", t->n_loss_mask, n);
+    TRY(v_versions(&c, t));
+    for (size_t i = 0; i < n; i++) {
+        float lp = t->logprobs[i];
+        if (isnan(lp)) return bad(&c, "logprob[%zu] is NaN", i);
+        if (lp > 0) return bad(&c, "logprob[%zu] = %g > 0", i, (double)lp);
+        if (isinf(lp) && t->loss_mask[i]) return bad(&c, "logprob[%zu] is -inf on a trained token", i);
+    }
+
+    TRY(need_finite(&c, "reward", t->reward));
+    TRY(need_map(&c, "reward_components", (void *const *)t->reward_components,
+                 t->n_reward_components, false));
+    if (t->timings) {
+        TRY(need_nonneg(&c, "timings.queue_ms", t->timings->queue_ms));
+        TRY(need_nonneg(&c, "timings.sync_ms", t->timings->sync_ms));
+        TRY(need_nonneg(&c, "timings.generate_ms", t->timings->generate_ms));
+        TRY(need_nonneg(&c, "timings.env_ms", t->timings->env_ms));
+        TRY(need_nonneg(&c, "timings.total_ms", t->timings->total_ms));
+    }
+    TRY(need_nonneg(&c, "temperature", t->temperature));
+    return TIDAL_OK;
+}
+
+/* chunk_count = ceil(bytes / chunk_bytes), without overflow. */
+static uint64_t chunks_for(uint64_t bytes, uint32_t chunk_bytes)
+{
+    assert(chunk_bytes > 0);
+    return bytes / chunk_bytes + (bytes % chunk_bytes != 0);
+}
+
+/* A subject prefix: dot-separated non-empty tokens of visible ASCII without
+ * wildcards, at most 200 bytes. */
+static tidal_status need_subject(const vctx *c, const char *field, const char *s)
+{
+    size_t n = strlen(str(s));
+    if (n == 0) return bad(c, "%s is empty", field);
+    if (n > 200) return bad(c, "%s has %zu bytes (max 200)", field, n);
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        bool token_start = i == 0 || s[i - 1] == '.';
+        if (ch <= 0x20 || ch >= 0x7f || ch == '*' || ch == '>' || (ch == '.' && token_start) ||
+            (ch == '.' && i == n - 1))
+            return bad(c, "%s \"%.64s\" is not a subject without wildcards (byte %zu)", field, s, i);
+    }
+    return TIDAL_OK;
+}
+
+static tidal_status v_blob_rules(const vctx *c, const Tidal__V1__BlobManifest *b)
+{
+    TRY(need_name(c, "name", b->name, true));
+    TRY(need_subject(c, "subject_prefix", b->subject_prefix));
+    if (b->chunk_bytes < 1 || b->chunk_bytes > CODEC_MAX_CHUNK_BYTES)
+        return bad(c, "chunk_bytes %" PRIu32 " is outside 1..%u", b->chunk_bytes, CODEC_MAX_CHUNK_BYTES);
+    uint64_t want = chunks_for(b->bytes, b->chunk_bytes);
+    if (b->chunk_count != want)
+        return bad(c, "chunk_count %" PRIu32 ", but %" PRIu64 " bytes in chunks of %" PRIu32
+                      " make %" PRIu64,
+                   b->chunk_count, b->bytes, b->chunk_bytes, want);
+    TRY(need_sha256(c, "sha256", b->sha256));
+    if (b->n_chunk_sha256 != b->chunk_count)
+        return bad(c, "chunk_sha256 has %zu entries for %" PRIu32 " chunks", b->n_chunk_sha256,
+                   b->chunk_count);
+    for (size_t i = 0; i < b->n_chunk_sha256; i++)
+        if (b->chunk_sha256[i].len != 32)
+            return bad(c, "chunk_sha256[%zu] has %zu bytes, a SHA-256 has 32", i, b->chunk_sha256[i].len);
+    return TIDAL_OK;
+}
+
+static tidal_status v_blob_manifest(const ProtobufCMessage *m, const char *parent)
+{
+    const Tidal__V1__BlobManifest *b = (const Tidal__V1__BlobManifest *)m;
+    vctx c;
+    label(&c, parent, "blob manifest", b->name);
+    TRY(begin(&c, m, b->schema_version));
+    return v_blob_rules(&c, b);
+}
+
+static tidal_status v_weights_manifest(const ProtobufCMessage *m, const char *parent)
+{
+    const Tidal__V1__WeightsManifest *w = (const Tidal__V1__WeightsManifest *)m;
+    vctx c;
+    char v[32];
+    snprintf(v, sizeof v, "v%" PRIu64, w->version);
+    label(&c, parent, "weights manifest", v);
+    TRY(begin(&c, m, w->schema_version));
+    const char *dtype = str(w->dtype);
+    if (strcmp(dtype, "fp32") && strcmp(dtype, "bf16") && strcmp(dtype, "fp16"))
+        return bad(&c, "dtype \"%.32s\" is not fp32, bf16 or fp16", dtype);
+    if (w->bytes == 0) return bad(&c, "bytes is 0");
+    TRY(need_sha256(&c, "sha256", w->sha256));
+
+    const char *transport = str(w->transport);
+    if (!strcmp(transport, "bus")) {
+        if (!w->blob) return bad(&c, "transport bus without a blob manifest");
+        if (str(w->url)[0]) return bad(&c, "transport bus with a url");
+        const Tidal__V1__BlobManifest *b = w->blob;
+        if (b->schema_version > CODEC_SCHEMA_VERSION)
+            return bad(&c, "blob schema_version %" PRIu32 " not supported (max %u)", b->schema_version,
+                       CODEC_SCHEMA_VERSION);
+        vctx cb;
+        label(&cb, c.what, "blob", b->name);
+        TRY(v_blob_rules(&cb, b));
+        if (strcmp(str(b->name), v + 1)) /* the blob is named by the decimal version */
+            return bad(&c, "blob name \"%.64s\" is not the version %" PRIu64, str(b->name), w->version);
+        if (b->bytes != w->bytes)
+            return bad(&c, "blob has %" PRIu64 " bytes, manifest %" PRIu64, b->bytes, w->bytes);
+        if (b->chunk_count != w->chunk_count)
+            return bad(&c, "blob has %" PRIu32 " chunks, manifest %" PRIu32, b->chunk_count,
+                       w->chunk_count);
+        if (memcmp(b->sha256.data, w->sha256.data, 32))
+            return bad(&c, "blob sha256 differs from the manifest's");
+    } else if (!strcmp(transport, "url")) {
+        const char *url = str(w->url);
+        if (!url[0]) return bad(&c, "transport url without a url");
+        if (strncmp(url, "file://", 7) && strncmp(url, "http://", 7) && strncmp(url, "https://", 8))
+            return bad(&c, "url \"%.64s\" is not file://, http:// or https://", url);
+        if (w->blob) return bad(&c, "transport url with a blob manifest");
+        if (w->chunk_count != 0) return bad(&c, "transport url with chunk_count %" PRIu32, w->chunk_count);
+    } else {
+        return bad(&c, "transport \"%.32s\" is neither bus nor url", transport);
+    }
+    return TIDAL_OK;
+}
+
+static tidal_status v_env_request(const ProtobufCMessage *m, const char *parent)
+{
+    const Tidal__V1__EnvRequest *r = (const Tidal__V1__EnvRequest *)m;
+    vctx c;
+    label(&c, parent, "env request", r->session);
+    TRY(begin(&c, m, r->schema_version));
+    if (r->op != TIDAL__V1__ENV_OP__ENV_OP_RESET && r->op != TIDAL__V1__ENV_OP__ENV_OP_STEP)
+        return bad(&c, "op is unspecified");
+    TRY(need_name(&c, "env", r->env, false));
+    return TIDAL_OK;
+}
+
+static tidal_status v_env_response(const ProtobufCMessage *m, const char *parent)
+{
+    const Tidal__V1__EnvResponse *r = (const Tidal__V1__EnvResponse *)m;
+    vctx c;
+    label(&c, parent, "env response", NULL);
+    TRY(begin(&c, m, r->schema_version));
+    TRY(need_finite(&c, "reward", r->reward));
+    TRY(need_map(&c, "metrics", (void *const *)r->metrics, r->n_metrics, false));
+    return TIDAL_OK;
+}
+
+static tidal_status v_worker_status(const ProtobufCMessage *m, const char *parent)
+{
+    const Tidal__V1__WorkerStatus *w = (const Tidal__V1__WorkerStatus *)m;
+    vctx c;
+    label(&c, parent, "worker status", w->worker_id);
+    TRY(begin(&c, m, w->schema_version));
+    TRY(need_kv_key(&c, "worker_id", w->worker_id));
+    if (w->state == TIDAL__V1__WORKER_STATE__WORKER_STATE_UNSPECIFIED)
+        return bad(&c, "state is unspecified");
+    TRY(need_nonneg(&c, "tokens_per_s", w->tokens_per_s));
+    if (w->started_unix_ms && w->updated_unix_ms && w->updated_unix_ms < w->started_unix_ms)
+        return bad(&c, "updated_unix_ms %" PRIu64 " is before started_unix_ms %" PRIu64,
+                   w->updated_unix_ms, w->started_unix_ms);
+    if (w->errors > w->trajectories)
+        return bad(&c, "errors %" PRIu64 " > trajectories %" PRIu64, w->errors, w->trajectories);
+    return TIDAL_OK;
+}
+
+static tidal_status v_control(const ProtobufCMessage *m, const char *parent)
+{
+    const Tidal__V1__Control *k = (const Tidal__V1__Control *)m;
+    vctx c;
+    label(&c, parent, "control", NULL);
+    TRY(begin(&c, m, k->schema_version));
+    if (k->command == TIDAL__V1__CONTROL_COMMAND__CONTROL_COMMAND_UNSPECIFIED)
+        return bad(&c, "command is unspecified");
+    return TIDAL_OK;
+}
+
+static tidal_status v_metric(const ProtobufCMessage *m, const char *parent)
+{
+    const Tidal__V1__Metric *k = (const Tidal__V1__Metric *)m;
+    vctx c;
+    label(&c, parent, "metric", k->role);
+    TRY(begin(&c, m, k->schema_version));
+    TRY(need_name(&c, "role", k->role, true));
+    TRY(need_nonneg(&c, "time", k->time));
+    TRY(need_map(&c, "values", (void *const *)k->values, k->n_values, true));
+    return TIDAL_OK;
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+typedef tidal_status (*validator)(const ProtobufCMessage *m, const char *parent);
+
+static const struct {
+    const ProtobufCMessageDescriptor *desc;
+    validator check;
+} types[] = {
+    {&tidal__v1__prompt__descriptor, v_prompt},
+    {&tidal__v1__trajectory__descriptor, v_trajectory},
+    {&tidal__v1__blob_manifest__descriptor, v_blob_manifest},
+    {&tidal__v1__weights_manifest__descriptor, v_weights_manifest},
+    {&tidal__v1__env_request__descriptor, v_env_request},
+    {&tidal__v1__env_response__descriptor, v_env_response},
+    {&tidal__v1__worker_status__descriptor, v_worker_status},
+    {&tidal__v1__control__descriptor, v_control},
+    {&tidal__v1__metric__descriptor, v_metric},
+};
+
+static validator find_validator(const ProtobufCMessageDescriptor *desc)
+{
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (types[i].desc == desc) return types[i].check;
+    return NULL;
+}
+
+tidal_status codec_validate(const ProtobufCMessage *m)
+{
+    assert(m && m->descriptor);
+    validator check = find_validator(m->descriptor);
+    if (!check)
+        return tidal_fail(TIDAL_ERR_INVALID, "codec: %s is not a top-level tidal message",
+                          m->descriptor->name);
+    return check(m, NULL);
+}
+
+tidal_status codec_decode(const ProtobufCMessageDescriptor *desc, const void *data, size_t len,
+                          ProtobufCMessage **out)
+{
+    assert(desc && out);
+    *out = NULL;
+    if (!find_validator(desc))
+        return tidal_fail(TIDAL_ERR_INVALID, "codec: %s is not a top-level tidal message", desc->name);
+    if (!data && len) return tidal_fail(TIDAL_ERR_INVALID, "codec: %s: no data for %zu bytes", desc->name, len);
+    static const uint8_t empty[1];
+    ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, data ? data : empty);
+    if (!m)
+        return tidal_fail(TIDAL_ERR_DECODE, "%s: %zu bytes are not a valid message", desc->short_name,
+                          len);
+    if (has_field_zero(m)) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return tidal_fail(TIDAL_ERR_DECODE, "%s: %zu bytes hold a field numbered 0", desc->short_name,
+                          len);
+    }
+    tidal_status st = codec_validate(m);
+    if (st != TIDAL_OK) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return st;
+    }
+    *out = m;
+    return TIDAL_OK;
+}
+
+tidal_status codec_encode(const ProtobufCMessage *m, void **buf, size_t *len)
+{
+    assert(m && buf && len);
+    *buf = NULL;
+    *len = 0;
+    size_t size = protobuf_c_message_get_packed_size(m);
+    uint8_t *p = malloc(size ? size : 1);
+    if (!p) return tidal_fail(TIDAL_ERR_NOMEM, "codec: encode %s: %zu bytes", m->descriptor->short_name, size);
+    size_t written = protobuf_c_message_pack(m, p);
+    assert(written == size);
+    *buf = p;
+    *len = written;
+    return TIDAL_OK;
+}
+
+#define DECODE_AS(fn, type, desc)                                                 \
+    tidal_status fn(const void *data, size_t len, type **out)                     \
+    {                                                                             \
+        ProtobufCMessage *m;                                                      \
+        tidal_status st = codec_decode(&desc, data, len, &m);                     \
+        *out = (type *)m;                                                         \
+        return st;                                                                \
+    }
+
+DECODE_AS(codec_decode_prompt, Tidal__V1__Prompt, tidal__v1__prompt__descriptor)
+DECODE_AS(codec_decode_trajectory, Tidal__V1__Trajectory, tidal__v1__trajectory__descriptor)
+DECODE_AS(codec_decode_blob_manifest, Tidal__V1__BlobManifest, tidal__v1__blob_manifest__descriptor)
+DECODE_AS(codec_decode_weights_manifest, Tidal__V1__WeightsManifest,
+          tidal__v1__weights_manifest__descriptor)
+DECODE_AS(codec_decode_env_request, Tidal__V1__EnvRequest, tidal__v1__env_request__descriptor)
+DECODE_AS(codec_decode_env_response, Tidal__V1__EnvResponse, tidal__v1__env_response__descriptor)
+DECODE_AS(codec_decode_worker_status, Tidal__V1__WorkerStatus, tidal__v1__worker_status__descriptor)
+DECODE_AS(codec_decode_control, Tidal__V1__Control, tidal__v1__control__descriptor)
+DECODE_AS(codec_decode_metric, Tidal__V1__Metric, tidal__v1__metric__descriptor)
+
+/* ---------------------------------------------------------------- per-token versions */
+
+size_t codec_versions_rle(const uint64_t *versions, size_t n, uint64_t *values, uint32_t *runs)
+{
+    assert(n == 0 || (versions && values && runs));
+    size_t r = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (r > 0 && values[r - 1] == versions[i] && runs[r - 1] < UINT32_MAX) {
+            runs[r - 1]++;
+        } else {
+            values[r] = versions[i];
+            runs[r] = 1;
+            r++;
+        }
+    }
+    assert(r <= n);
+    return r;
+}
+
+tidal_status codec_versions_expand(const uint64_t *values, const uint32_t *runs, size_t n_runs,
+                                   uint64_t *out, size_t cap, size_t *n)
+{
+    assert(n && (n_runs == 0 || (values && runs)) && (cap == 0 || out));
+    size_t k = 0;
+    for (size_t r = 0; r < n_runs; r++) {
+        if (runs[r] == 0) return tidal_fail(TIDAL_ERR_INVALID, "version run %zu has length 0", r);
+        if (runs[r] > cap - k) {
+            uint64_t total = 0;
+            for (size_t q = 0; q < n_runs; q++) total += runs[q];
+            return tidal_fail(TIDAL_ERR_INVALID, "version runs cover %" PRIu64 " tokens, room for %zu",
+                              total, cap);
+        }
+        for (uint32_t i = 0; i < runs[r]; i++) out[k++] = values[r];
+    }
+    *n = k;
+    return TIDAL_OK;
+}
+
+bool codec_trajectory_versions(const Tidal__V1__Trajectory *t, uint64_t *oldest, uint64_t *newest)
+{
+    assert(t);
+    if (t->n_completion_token_ids == 0 || t->n_version_values == 0) return false;
+    uint64_t lo = t->version_values[0], hi = lo;
+    for (size_t r = 1; r < t->n_version_values; r++) {
+        if (t->version_values[r] < lo) lo = t->version_values[r];
+        if (t->version_values[r] > hi) hi = t->version_values[r];
+    }
+    if (oldest) *oldest = lo;
+    if (newest) *newest = hi;
+    return true;
+}

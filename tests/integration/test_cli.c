@@ -1,0 +1,237 @@
+/* test_cli.c - the `tidal` entry point as a user meets it: run the built
+ * binary ($TIDAL_BIN) and check exit statuses (0 ok, 2 usage) and what goes to
+ * stdout and stderr for help, version, unknown and not-yet-available commands. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+
+extern char **environ;
+
+static const char *tidal_bin;
+
+/* What one run of the binary did. out and err are NUL-terminated heap
+ * strings owned by the struct (free with run_free). */
+typedef struct {
+    int status; /* exit status, or 128 + signal, or -1 when it could not run */
+    char *out;
+    char *err;
+} run_result;
+
+static void run_free(run_result *r)
+{
+    free(r->out);
+    free(r->err);
+    r->out = r->err = NULL;
+}
+
+/* Append what is readable on fd to *buf; returns 0 at EOF. */
+static int drain(int fd, char **buf, size_t *len)
+{
+    char chunk[4096];
+    ssize_t n = read(fd, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) return 1;
+    if (n <= 0) return 0;
+    char *grown = realloc(*buf, *len + (size_t)n + 1);
+    if (!grown) return 0;
+    memcpy(grown + *len, chunk, (size_t)n);
+    *len += (size_t)n;
+    grown[*len] = '\0';
+    *buf = grown;
+    return 1;
+}
+
+/* A pipe whose ends close on exec (posix_spawn's dup2 clears it on 1 and 2). */
+static int cloexec_pipe(int fds[2])
+{
+    if (pipe(fds) != 0) return -1;
+    fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    return 0;
+}
+
+/* Run `tidal ARGS...` (NULL-terminated) with stdin from /dev/null, capturing
+ * stdout and stderr. */
+static run_result run_tidal(const char *first, ...)
+{
+    run_result r = {-1, calloc(1, 1), calloc(1, 1)};
+    char *argv[16];
+    int argc = 0;
+    argv[argc++] = (char *)tidal_bin;
+    va_list ap;
+    va_start(ap, first);
+    for (const char *a = first; a && argc < 15; a = va_arg(ap, const char *)) argv[argc++] = (char *)a;
+    va_end(ap);
+    argv[argc] = NULL;
+
+    int out[2], err[2];
+    if (cloexec_pipe(out) != 0) return r;
+    if (cloexec_pipe(err) != 0) {
+        close(out[0]);
+        close(out[1]);
+        return r;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    pid_t pid;
+    int rc = posix_spawn(&pid, tidal_bin, &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    close(err[1]);
+    if (rc == 0) {
+        size_t olen = 0, elen = 0;
+        struct pollfd p[2] = {{.fd = out[0], .events = POLLIN}, {.fd = err[0], .events = POLLIN}};
+        while (p[0].fd >= 0 || p[1].fd >= 0) {
+            if (poll(p, 2, 30000) <= 0) {
+                if (errno == EINTR) continue;
+                break; /* hung: give up on the output, still reap below */
+            }
+            if (p[0].fd >= 0 && p[0].revents && !drain(out[0], &r.out, &olen)) p[0].fd = -1;
+            if (p[1].fd >= 0 && p[1].revents && !drain(err[0], &r.err, &elen)) p[1].fd = -1;
+        }
+        int st;
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+        r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    }
+    close(out[0]);
+    close(err[0]);
+    return r;
+}
+
+#define CHECK_RUN(r, want_status)                                                                \
+    CHECK_MSG((r).status == (want_status), "exit %d, want %d\nstdout: %s\nstderr: %s", (r).status, \
+              (want_status), (r).out, (r).err)
+
+static const char *const all_commands[] = {"run",   "controller", "rollout",  "trainer",
+                                           "env",   "status",     "bench",    "tokenize",
+                                           "generate", "debug",   "version"};
+static const char *const unavailable[] = {"run",    "controller", "rollout",  "trainer", "env",
+                                          "status", "tokenize",   "generate", "debug"};
+
+static void test_help_lists_every_command(void)
+{
+    const char *forms[][2] = {{"--help", NULL}, {"-h", NULL}, {"help", NULL}};
+    for (size_t f = 0; f < sizeof forms / sizeof forms[0]; f++) {
+        run_result r = run_tidal(forms[f][0], forms[f][1]);
+        int ok = r.status == 0 && strstr(r.out, "usage: tidal") && r.err[0] == '\0';
+        for (size_t i = 0; ok && i < sizeof all_commands / sizeof all_commands[0]; i++) {
+            char line[64];
+            snprintf(line, sizeof line, "\n  %s ", all_commands[i]);
+            ok = strstr(r.out, line) != NULL;
+        }
+        CHECK_MSG(ok, "tidal %s: exit %d\nstdout: %s\nstderr: %s", forms[f][0], r.status, r.out, r.err);
+        run_free(&r);
+    }
+}
+
+static void test_help_for_one_command(void)
+{
+    run_result r = run_tidal("help", "bench", NULL);
+    int ok = r.status == 0 && strstr(r.out, "usage: tidal bench") && strstr(r.out, "bus") && !r.err[0];
+    CHECK_MSG(ok, "help bench: exit %d\nstdout: %s\nstderr: %s", r.status, r.out, r.err);
+    run_free(&r);
+
+    r = run_tidal("bench", "--help", NULL);
+    ok = r.status == 0 && strstr(r.out, "usage: tidal bench") && !r.err[0];
+    CHECK_MSG(ok, "bench --help: exit %d\nstdout: %s\nstderr: %s", r.status, r.out, r.err);
+    run_free(&r);
+
+    /* --help works for a command that is not available yet, too. */
+    r = run_tidal("rollout", "--help", NULL);
+    ok = r.status == 0 && strstr(r.out, "usage: tidal rollout") && strstr(r.out, "--bus URL");
+    CHECK_MSG(ok, "rollout --help: exit %d\nstdout: %s\nstderr: %s", r.status, r.out, r.err);
+    run_free(&r);
+
+    r = run_tidal("help", "nosuch", NULL);
+    ok = r.status == 2 && !r.out[0] && strstr(r.err, "nosuch") && strstr(r.err, "usage: tidal");
+    CHECK_MSG(ok, "help nosuch: exit %d\nstdout: %s\nstderr: %s", r.status, r.out, r.err);
+    run_free(&r);
+}
+
+static void test_version(void)
+{
+    const char *forms[] = {"version", "--version"};
+    for (size_t f = 0; f < 2; f++) {
+        run_result r = run_tidal(forms[f], NULL);
+        int ok = r.status == 0 && strncmp(r.out, "tidal ", 6) == 0 &&
+                 (strstr(r.out, "(cuda: yes)\n") || strstr(r.out, "(cuda: no)\n")) &&
+                 strstr(r.out, "\nnats.c 3.") && strstr(r.out, "\nprotobuf-c 1.") && !r.err[0];
+        CHECK_MSG(ok, "tidal %s: exit %d\nstdout: %s\nstderr: %s", forms[f], r.status, r.out, r.err);
+        run_free(&r);
+    }
+    run_result r = run_tidal("version", "extra", NULL);
+    int ok = r.status == 2 && strstr(r.err, "usage: tidal version");
+    CHECK_MSG(ok, "version extra: exit %d\nstderr: %s", r.status, r.err);
+    run_free(&r);
+}
+
+static void test_unknown_or_missing_command(void)
+{
+    run_result r = run_tidal("frobnicate", NULL);
+    int ok = r.status == 2 && !r.out[0] && strstr(r.err, "frobnicate") && strstr(r.err, "usage: tidal");
+    CHECK_MSG(ok, "unknown: exit %d\nstdout: %s\nstderr: %s", r.status, r.out, r.err);
+    run_free(&r);
+
+    r = run_tidal(NULL);
+    ok = r.status == 2 && !r.out[0] && strstr(r.err, "usage: tidal");
+    CHECK_MSG(ok, "no command: exit %d\nstdout: %s\nstderr: %s", r.status, r.out, r.err);
+    run_free(&r);
+}
+
+static void test_not_yet_available(void)
+{
+    for (size_t i = 0; i < sizeof unavailable / sizeof unavailable[0]; i++) {
+        run_result r = run_tidal(unavailable[i], "x", NULL);
+        char want[96];
+        snprintf(want, sizeof want, "tidal %s: not yet available in this build", unavailable[i]);
+        int ok = r.status == 2 && !r.out[0] && strstr(r.err, want);
+        CHECK_MSG(ok, "tidal %s: exit %d\nstdout: %s\nstderr: %s", unavailable[i], r.status, r.out, r.err);
+        run_free(&r);
+    }
+}
+
+static void test_bench_dispatch(void)
+{
+    run_result r = run_tidal("bench", "nosuch", NULL);
+    int ok = r.status == 2 && !r.out[0] && strstr(r.err, "nosuch") && strstr(r.err, "usage: tidal bench");
+    CHECK_MSG(ok, "bench nosuch: exit %d\nstdout: %s\nstderr: %s", r.status, r.out, r.err);
+    run_free(&r);
+
+    r = run_tidal("bench", NULL);
+    ok = r.status == 2 && strstr(r.err, "usage: tidal bench");
+    CHECK_MSG(ok, "bench: exit %d\nstderr: %s", r.status, r.err);
+    run_free(&r);
+
+    r = run_tidal("bench", "weights", NULL);
+    ok = r.status == 2 && strstr(r.err, "tidal bench weights: not yet available in this build");
+    CHECK_MSG(ok, "bench weights: exit %d\nstderr: %s", r.status, r.err);
+    run_free(&r);
+}
+
+int main(void)
+{
+    tidal_bin = getenv("TIDAL_BIN");
+    if (!tidal_bin || !*tidal_bin || access(tidal_bin, X_OK) != 0) {
+        fprintf(stderr, "test_cli: set TIDAL_BIN to the built tidal binary (got %s)\n",
+                tidal_bin ? tidal_bin : "nothing");
+        return 1;
+    }
+    RUN(test_help_lists_every_command);
+    RUN(test_help_for_one_command);
+    RUN(test_version);
+    RUN(test_unknown_or_missing_command);
+    RUN(test_not_yet_available);
+    RUN(test_bench_dispatch);
+    return check_summary();
+}
