@@ -155,7 +155,8 @@ static void finish(bench_result *r, double t0, long n, size_t len)
     r->mb_per_s = r->msgs_per_s * (double)len / 1e6;
 }
 
-static tidal_status run_jetstream(tidal_bus *bus, const void *payload, size_t len, long n, bench_result *r)
+static tidal_status run_jetstream(tidal_bus *bus, tidal_bus *subconn, const void *payload, size_t len, long n,
+                                  bench_result *r)
 {
     const char *subjects[] = {BENCH_SUBJECT_JS};
     bus_stream_delete(bus, BENCH_STREAM); /* a clean stream each run */
@@ -165,8 +166,8 @@ static tidal_status run_jetstream(tidal_bus *bus, const void *payload, size_t le
     bus_consumer_cfg cc = {.stream = BENCH_STREAM, .durable = "trainer", .ack_wait_ms = 60000,
                            .max_ack_pending = 20000};
     if (s == TIDAL_OK) s = bus_consumer_ensure(bus, &cc);
-    consumer_ctx c = {.bus = bus, .want = n};
-    if (s == TIDAL_OK) s = bus_pull_subscribe(bus, BENCH_STREAM, "trainer", &c.sub);
+    consumer_ctx c = {.bus = subconn, .want = n};
+    if (s == TIDAL_OK) s = bus_pull_subscribe(subconn, BENCH_STREAM, "trainer", &c.sub);
     if (s != TIDAL_OK) return s;
 
     pthread_t th;
@@ -269,10 +270,9 @@ int bench_bus_main(int argc, char **argv)
     for (int i = 0; i < rounds && s == TIDAL_OK; i++) {
         bench_result js = {0}, raw = {0};
         s = run_raw(bus, subconn, payload, len, n, &raw);
-        if (s == TIDAL_OK) s = run_jetstream(bus, payload, len, n, &js);
+        if (s == TIDAL_OK) s = run_jetstream(bus, subconn, payload, len, n, &js);
         if (s != TIDAL_OK) break;
-        if (!as_json)
-            fprintf(stderr, "round %d: jetstream %.0f msgs/s (%.1f MB/s), raw %.0f msgs/s (%.1f MB/s)\n", i + 1,
+        fprintf(stderr, "round %d: jetstream %.0f msgs/s (%.1f MB/s), raw %.0f msgs/s (%.1f MB/s)\n", i + 1,
                     js.msgs_per_s, js.mb_per_s, raw.msgs_per_s, raw.mb_per_s);
         if (js.msgs_per_s > js_best.msgs_per_s) js_best = js;
         if (raw.msgs_per_s > raw_best.msgs_per_s) raw_best = raw;

@@ -461,7 +461,8 @@ static tidal_status v_blob_rules(const vctx *c, const Tidal__V1__BlobManifest *b
                    b->chunk_count);
     for (size_t i = 0; i < b->n_chunk_sha256; i++)
         if (b->chunk_sha256[i].len != 32)
-            return bad(c, "chunk_sha256[%zu] has %zu bytes, a SHA-256 has 32", i, b->chunk_sha256[i].len);
+            return bad(c, "chunk_sha256[%zu] has %zu bytes, a SHA-256 has 32", i,
+                       b->chunk_sha256[i].len);
     return TIDAL_OK;
 }
 
@@ -514,7 +515,8 @@ static tidal_status v_weights_manifest(const ProtobufCMessage *m, const char *pa
         if (strncmp(url, "file://", 7) && strncmp(url, "http://", 7) && strncmp(url, "https://", 8))
             return bad(&c, "url \"%.64s\" is not file://, http:// or https://", url);
         if (w->blob) return bad(&c, "transport url with a blob manifest");
-        if (w->chunk_count != 0) return bad(&c, "transport url with chunk_count %" PRIu32, w->chunk_count);
+        if (w->chunk_count != 0)
+            return bad(&c, "transport url with chunk_count %" PRIu32, w->chunk_count);
     } else {
         return bad(&c, "transport \"%.32s\" is neither bus nor url", transport);
     }
@@ -628,7 +630,8 @@ tidal_status codec_decode(const ProtobufCMessageDescriptor *desc, const void *da
     *out = NULL;
     if (!find_validator(desc))
         return tidal_fail(TIDAL_ERR_INVALID, "codec: %s is not a top-level tidal message", desc->name);
-    if (!data && len) return tidal_fail(TIDAL_ERR_INVALID, "codec: %s: no data for %zu bytes", desc->name, len);
+    if (!data && len)
+        return tidal_fail(TIDAL_ERR_INVALID, "codec: %s: no data for %zu bytes", desc->name, len);
     static const uint8_t empty[1];
     ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, data ? data : empty);
     if (!m)
@@ -655,7 +658,9 @@ tidal_status codec_encode(const ProtobufCMessage *m, void **buf, size_t *len)
     *len = 0;
     size_t size = protobuf_c_message_get_packed_size(m);
     uint8_t *p = malloc(size ? size : 1);
-    if (!p) return tidal_fail(TIDAL_ERR_NOMEM, "codec: encode %s: %zu bytes", m->descriptor->short_name, size);
+    if (!p)
+        return tidal_fail(TIDAL_ERR_NOMEM, "codec: encode %s: %zu bytes", m->descriptor->short_name,
+                          size);
     size_t written = protobuf_c_message_pack(m, p);
     assert(written == size);
     *buf = p;

@@ -85,7 +85,8 @@ static void traj_init(traj_fx *f)
 {
     Tidal__V1__Trajectory t = TIDAL__V1__TRAJECTORY__INIT;
     Tidal__V1__Timings tm = TIDAL__V1__TIMINGS__INIT;
-    Tidal__V1__Trajectory__RewardComponentsEntry e = TIDAL__V1__TRAJECTORY__REWARD_COMPONENTS_ENTRY__INIT;
+    Tidal__V1__Trajectory__RewardComponentsEntry e =
+        TIDAL__V1__TRAJECTORY__REWARD_COMPONENTS_ENTRY__INIT;
     f->t = t;
     f->tm = tm;
     uint64_t versions[TRAJ_N];
@@ -539,7 +540,8 @@ static void test_env_round_trip(void)
 
     Tidal__V1__EnvResponse *b;
     CHECK_OK(round_trip(MSG(r.r), (ProtobufCMessage **)&b));
-    same = streq(b->observation, "higher ↑") && b->reward == -0.125 && b->done && streq(b->error, "") &&
+    same = streq(b->observation, "higher ↑") && b->reward == -0.125 && b->done &&
+           streq(b->error, "") &&
            b->n_metrics == 2 && streq(b->metrics[0]->key, "parsed") && b->metrics[0]->value == 1.0 &&
            streq(b->metrics[1]->key, "distance") && b->metrics[1]->value == -3.5e-3;
     tidal__v1__env_response__free_unpacked(b, NULL);
@@ -716,7 +718,8 @@ static void test_mutated_encodings(void)
             if (!decode_is_safe(all_types[i], buf, len, &st)) {
                 free(buf);
                 free(enc);
-                CHECK_MSG(0, "%s mutation %d: %s", all_types[i]->short_name, iter, tidal_status_name(st));
+                CHECK_MSG(0, "%s mutation %d: %s", all_types[i]->short_name, iter,
+                          tidal_status_name(st));
             }
         }
         free(buf);
