@@ -14,7 +14,7 @@ CMAKE_ARGS ?=
 # Everything the build and the tests need, by Debian package name.
 DEPS = cmake make gcc pkg-config clang libclang-rt-14-dev \
        libnats-dev nats-server libprotobuf-c-dev protobuf-c-compiler \
-       libssl-dev libjansson-dev
+       libssl-dev openssl libjansson-dev
 
 .PHONY: all deps build test test-asan clean
 
@@ -25,9 +25,9 @@ deps:
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -z "$$missing" ]; then echo "make deps: all packages present"; exit 0; fi; \
-	echo "make deps: installing:$$missing"; \
 	if [ "$$(id -u)" != 0 ]; then \
-	  echo "make deps: not root - run 'sudo make deps' or install:$$missing" >&2; exit 1; fi; \
+	  echo "make deps: missing:$$missing - not root: run 'sudo make deps' or install them" >&2; exit 1; fi; \
+	echo "make deps: installing:$$missing"; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing
 

@@ -212,6 +212,17 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
     s = natsConnection_Connect(&b->nc, no);
     if (s != NATS_OK) {
         st = bus_nats_fail(s, 0, "bus: connect %s", o->urls);
+        /* nats.c's words for the two usual TLS set-up mistakes are cryptic */
+        const char *hint = NULL;
+        if (s == NATS_SSL_ERROR && !o->tls_ca)
+            hint = "the server requires TLS and its certificate could not be verified: give the CA file (bus.tls.ca)";
+        else if (s == NATS_PROTOCOL_ERROR && o->tls_ca && !o->tls_cert)
+            hint = "the server closed the TLS connection: if it requires client certificates, give bus.tls.cert and bus.tls.key";
+        if (hint) {
+            char msg[768];
+            snprintf(msg, sizeof msg, "%s", tidal_errmsg());
+            tidal_fail(st, "%s; %s", msg, hint);
+        }
         if (s == NATS_NO_SERVER || s == NATS_TIMEOUT) st = TIDAL_ERR_UNAVAILABLE;
         if (s == NATS_CONNECTION_AUTH_FAILED) st = TIDAL_ERR_PERMISSION;
         goto fail;
