@@ -911,37 +911,39 @@ static tidal_status kv_fail(bus_kv *kv, natsStatus s, const char *op, const char
     return bus_nats_fail(s, 0, "bus: kv %s: %s %s", kv->bucket, op, key);
 }
 
-static int kv_len(size_t len) { return len > (size_t)INT32_MAX ? -1 : (int)len; }
+typedef enum { KV_PUT, KV_CREATE, KV_UPDATE } kv_write_kind;
 
-tidal_status bus_kv_put(bus_kv *kv, const char *key, const void *val, size_t len, uint64_t *rev)
+/* One path for put, create (only if absent) and update (only at revision `last`). */
+static tidal_status kv_write(bus_kv *kv, kv_write_kind kind, const char *key, const void *val, size_t len,
+                             uint64_t last, uint64_t *rev)
 {
+    static const char *const op[] = {"put", "create", "update"};
+    if (len > (size_t)INT32_MAX)
+        return tidal_fail(TIDAL_ERR_INVALID, "bus: kv %s: %s %s: value of %zu bytes is too large", kv->bucket,
+                          op[kind], key, len);
     uint64_t r = 0;
-    if (kv_len(len) < 0) return tidal_fail(TIDAL_ERR_INVALID, "bus: kv %s: put %s: value too large", kv->bucket, key);
-    natsStatus s = kvStore_Put(&r, kv->kv, key, val, kv_len(len));
-    if (s != NATS_OK) return kv_fail(kv, s, "put", key);
+    natsStatus s = kind == KV_PUT      ? kvStore_Put(&r, kv->kv, key, val, (int)len)
+                   : kind == KV_CREATE ? kvStore_Create(&r, kv->kv, key, val, (int)len)
+                                       : kvStore_Update(&r, kv->kv, key, val, (int)len, last);
+    if (s != NATS_OK) return kv_fail(kv, s, op[kind], key);
     if (rev) *rev = r;
     return TIDAL_OK;
 }
 
+tidal_status bus_kv_put(bus_kv *kv, const char *key, const void *val, size_t len, uint64_t *rev)
+{
+    return kv_write(kv, KV_PUT, key, val, len, 0, rev);
+}
+
 tidal_status bus_kv_create(bus_kv *kv, const char *key, const void *val, size_t len, uint64_t *rev)
 {
-    uint64_t r = 0;
-    if (kv_len(len) < 0) return tidal_fail(TIDAL_ERR_INVALID, "bus: kv %s: create %s: value too large", kv->bucket, key);
-    natsStatus s = kvStore_Create(&r, kv->kv, key, val, kv_len(len));
-    if (s != NATS_OK) return kv_fail(kv, s, "create", key);
-    if (rev) *rev = r;
-    return TIDAL_OK;
+    return kv_write(kv, KV_CREATE, key, val, len, 0, rev);
 }
 
 tidal_status bus_kv_update(bus_kv *kv, const char *key, const void *val, size_t len, uint64_t last,
                            uint64_t *rev)
 {
-    uint64_t r = 0;
-    if (kv_len(len) < 0) return tidal_fail(TIDAL_ERR_INVALID, "bus: kv %s: update %s: value too large", kv->bucket, key);
-    natsStatus s = kvStore_Update(&r, kv->kv, key, val, kv_len(len), last);
-    if (s != NATS_OK) return kv_fail(kv, s, "update", key);
-    if (rev) *rev = r;
-    return TIDAL_OK;
+    return kv_write(kv, KV_UPDATE, key, val, len, last, rev);
 }
 
 tidal_status bus_kv_delete(bus_kv *kv, const char *key)

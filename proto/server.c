@@ -394,16 +394,16 @@ static tidal_status spawn(tidal_server *s, const char *port_arg)
 
 /* ---- waiting until it answers ---- */
 
-/* Read the client port from the ports file the child `pid` wrote into
- * s->work_dir (any name ending in "_<pid>.ports": nats-server names it after
- * its argv[0]). Returns the port, 0 while the file is absent or incomplete. */
-static int read_ports_file(const tidal_server *s, pid_t pid)
+/* Path of the ports file the child `pid` wrote into s->work_dir (any name
+ * ending in "_<pid>.ports": nats-server names it after its argv[0]), malloc'd;
+ * NULL while there is none. */
+static char *ports_file_path(const tidal_server *s, pid_t pid)
 {
     char suffix[32];
     snprintf(suffix, sizeof suffix, "_%ld.ports", (long)pid);
     size_t slen = strlen(suffix);
     DIR *d = opendir(s->work_dir);
-    if (!d) return 0;
+    if (!d) return NULL;
     char *path = NULL;
     for (struct dirent *de; (de = readdir(d)) != NULL;) {
         size_t len = strlen(de->d_name);
@@ -413,8 +413,15 @@ static int read_ports_file(const tidal_server *s, pid_t pid)
         }
     }
     closedir(d);
-    if (!path) return 0;
+    return path;
+}
 
+/* Read the client port from the child's ports file. Returns the port, 0 while
+ * the file is absent or incomplete. */
+static int read_ports_file(const tidal_server *s, pid_t pid)
+{
+    char *path = ports_file_path(s, pid);
+    if (!path) return 0;
     int port = 0;
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr); /* may be half-written: retry later */
@@ -435,20 +442,9 @@ static int read_ports_file(const tidal_server *s, pid_t pid)
 /* Remove the ports file a killed child left behind (a clean stop removes it). */
 static void remove_ports_file(const tidal_server *s, pid_t pid)
 {
-    char suffix[32];
-    snprintf(suffix, sizeof suffix, "_%ld.ports", (long)pid);
-    size_t slen = strlen(suffix);
-    DIR *d = opendir(s->work_dir);
-    if (!d) return;
-    for (struct dirent *de; (de = readdir(d)) != NULL;) {
-        size_t len = strlen(de->d_name);
-        if (len > slen && strcmp(de->d_name + len - slen, suffix) == 0) {
-            char *path = str_printf("%s/%s", s->work_dir, de->d_name);
-            if (path) unlink(path);
-            free(path);
-        }
-    }
-    closedir(d);
+    char *path = ports_file_path(s, pid);
+    if (path) unlink(path);
+    free(path);
 }
 
 typedef enum { PROBE_NO_ANSWER, PROBE_NO_JETSTREAM, PROBE_READY } probe_result;
