@@ -14,7 +14,7 @@ CMAKE_ARGS ?=
 # Everything the build and the tests need, by Debian package name.
 DEPS = cmake make gcc pkg-config clang libclang-rt-14-dev \
        libnats-dev nats-server libprotobuf-c-dev protobuf-c-compiler \
-       libssl-dev openssl libjansson-dev
+       libssl-dev openssl libjansson-dev libopenblas-openmp-dev python3-torch
 
 .PHONY: all deps build test test-asan clean
 

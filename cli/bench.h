@@ -8,5 +8,6 @@
 #define TIDAL_CLI_BENCH_H
 
 int bench_bus_main(int argc, char **argv);
+int bench_train_main(int argc, char **argv);
 
 #endif

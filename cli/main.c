@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cli/bench.h"
+#include "cli/commands.h"
 #include "proto/status.h"
 
 #ifndef TIDAL_VERSION
@@ -38,6 +39,11 @@ struct command {
 static int cmd_unavailable(const struct command *cmd, int argc, char **argv);
 static int cmd_bench(const struct command *cmd, int argc, char **argv);
 static int cmd_version(const struct command *cmd, int argc, char **argv);
+static int cmd_debug(const struct command *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    return debug_main(argc, argv);
+}
 
 static const struct command commands[] = {
     {"run", "run a whole job on this machine",
@@ -103,8 +109,8 @@ static const struct command commands[] = {
      "usage: tidal debug fwdbwd --model DIR --input IN.safetensors --out OUT.safetensors\n"
      "\n"
      "Run one forward and backward pass: tokens and targets in; logits, per-token\n"
-     "logprobs, loss and grad.<parameter name> out.\n",
-     cmd_unavailable},
+     "logprobs, loss and grad.<parameter name> out (`tidal debug fwdbwd --help`).\n",
+     cmd_debug},
     {"version", "print tidal's and its libraries' versions",
      "usage: tidal version\n"
      "\n"
@@ -119,7 +125,7 @@ static const struct {
     const char *name;
     int (*entry)(int argc, char **argv);
 } benches[] = {
-    {"bus", bench_bus_main}, {"weights", NULL}, {"train", NULL},
+    {"bus", bench_bus_main}, {"weights", NULL}, {"train", bench_train_main},
     {"generate", NULL},      {"env", NULL},     {"async", NULL},
 };
 

@@ -117,7 +117,7 @@ static const char *const all_commands[] = {"run",   "controller", "rollout",  "t
                                            "env",   "status",     "bench",    "tokenize",
                                            "generate", "debug",   "version"};
 static const char *const unavailable[] = {"run",    "controller", "rollout",  "trainer", "env",
-                                          "status", "tokenize",   "generate", "debug"};
+                                          "status", "tokenize",   "generate"};
 
 static void test_help_lists_every_command(void)
 {

@@ -1,0 +1,11 @@
+/* commands.h - entry points of the subcommands that live in their own files.
+ *
+ * Each takes the arguments from the subcommand name on (argv[0] = "debug")
+ * and returns the process exit status (0 ok, 1 failure, 2 usage or bad input).
+ */
+#ifndef TIDAL_CLI_COMMANDS_H
+#define TIDAL_CLI_COMMANDS_H
+
+int debug_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,252 @@
+/* debug.c - `tidal debug fwdbwd`: the parity hook.
+ *
+ * Tokens, targets, sequence offsets and per-token loss weights in (one
+ * safetensors file); logits, per-token logprobs and entropy, the loss
+ * L = -sum_t loss_weights[t] * logprob(target_ids[t]) and the gradient of
+ * every parameter out (another safetensors file), so any reference (PyTorch
+ * here) can check the model tensor by tensor. Optionally runs AdamW steps on
+ * the same batch and writes the parameters after them, and saves the model
+ * as a Hugging Face directory.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "kernels/cpu/ops.h"
+#include "model/model.h"
+#include "model/safetensors.h"
+#include "trainer/optimizer.h"
+
+#define EXIT_USAGE 2
+
+static const char fwdbwd_usage[] =
+    "usage: tidal debug fwdbwd --model DIR --input IN.safetensors --out OUT.safetensors\n"
+    "                          [--steps N --lr X --weight-decay X] [--temperature X]\n"
+    "                          [--save-model DIR] [--threads N]\n"
+    "\n"
+    "IN holds input_ids (I32 [T]), target_ids (I32 [T]), cu_seqlens (I32 [S+1]) and\n"
+    "loss_weights (F32 [T]). OUT receives logits (F32 [T, V]), logprobs (F32 [T]),\n"
+    "entropy (F32 [T]), loss (F32 [1], -sum loss_weights * logprobs) and grad.<name>\n"
+    "for every parameter (tied embeddings: one grad.model.embed_tokens.weight).\n"
+    "With --steps N: N AdamW updates (decay on 2-D weights) on the same batch;\n"
+    "OUT also gets step_losses (F32 [N]) and param.<name> after the last update;\n"
+    "the other outputs are those of the first pass.\n"
+    "--save-model DIR writes the model (after the steps) as a Hugging Face directory.\n";
+
+/* Find tensor `name` in IN with dtype `dt` and one dimension; *n its length. */
+static tidal_status input_1d(const st_file *in, const char *path, const char *name, st_dtype dt,
+                             const st_tensor **out)
+{
+    const st_tensor *t = st_find(in, name);
+    if (!t) return tidal_fail(TIDAL_ERR_INVALID, "%s: tensor %s is missing", path, name);
+    if (t->dtype != dt || t->ndim != 1)
+        return tidal_fail(TIDAL_ERR_INVALID, "%s: tensor %s must be %s with one dimension (it is %s with %d)", path,
+                          name, st_dtype_name(dt), st_dtype_name(t->dtype) ? st_dtype_name(t->dtype) : "?", t->ndim);
+    *out = t;
+    return TIDAL_OK;
+}
+
+/* Copy a 1-D tensor's elements out of the (possibly unaligned) mapping. */
+static void *copy_out(const st_tensor *t)
+{
+    void *p = malloc(t->nbytes ? t->nbytes : 1);
+    if (p) memcpy(p, t->data, t->nbytes);
+    return p;
+}
+
+static tidal_status add_f32(st_writer *w, const char *name, int ndim, int64_t d0, int64_t d1, const float *x)
+{
+    int64_t shape[2] = {d0, d1};
+    return st_writer_add_f32(w, name, ST_F32, ndim, shape, x);
+}
+
+static int fwdbwd(int argc, char **argv)
+{
+    const char *model_dir = NULL, *in_path = NULL, *out_path = NULL, *save_dir = NULL;
+    int steps = 0, threads = 0;
+    double lr = 1e-3, wd = 0.0, temperature = 1.0;
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"input", required_argument, 0, 'i'},
+                                         {"out", required_argument, 0, 'o'},
+                                         {"steps", required_argument, 0, 's'},
+                                         {"lr", required_argument, 0, 'l'},
+                                         {"weight-decay", required_argument, 0, 'w'},
+                                         {"temperature", required_argument, 0, 't'},
+                                         {"save-model", required_argument, 0, 'S'},
+                                         {"threads", required_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    optind = 1;
+    for (int c; (c = getopt_long(argc, argv, "m:i:o:s:l:w:t:S:j:h", opts, NULL)) != -1;) {
+        switch (c) {
+        case 'm': model_dir = optarg; break;
+        case 'i': in_path = optarg; break;
+        case 'o': out_path = optarg; break;
+        case 's': steps = atoi(optarg); break;
+        case 'l': lr = atof(optarg); break;
+        case 'w': wd = atof(optarg); break;
+        case 't': temperature = atof(optarg); break;
+        case 'S': save_dir = optarg; break;
+        case 'j': threads = atoi(optarg); break;
+        case 'h': fputs(fwdbwd_usage, stdout); return 0;
+        default: fputs(fwdbwd_usage, stderr); return EXIT_USAGE;
+        }
+    }
+    if (!model_dir || !in_path || !out_path || optind < argc || steps < 0 || !(temperature > 0)) {
+        fputs(fwdbwd_usage, stderr);
+        return EXIT_USAGE;
+    }
+    cpu_set_threads(threads);
+
+    model *m = NULL;
+    st_file *in = NULL;
+    st_writer *w = NULL;
+    adamw *opt = NULL;
+    int32_t *ids = NULL, *targets = NULL, *cu = NULL;
+    float *weights = NULL, *logprob = NULL, *entropy = NULL, *logits = NULL, *dlogprob = NULL, *first_grads = NULL;
+    float *step_losses = NULL;
+    uint8_t *decay = NULL;
+    int rc = 1;
+
+    tidal_status s = model_load(model_dir, &m);
+    if (s != TIDAL_OK) {
+        rc = EXIT_USAGE;
+        goto out;
+    }
+    s = st_open(in_path, &in);
+    const st_tensor *t_ids = NULL, *t_tg = NULL, *t_cu = NULL, *t_w = NULL;
+    if (s == TIDAL_OK) s = input_1d(in, in_path, "input_ids", ST_I32, &t_ids);
+    if (s == TIDAL_OK) s = input_1d(in, in_path, "target_ids", ST_I32, &t_tg);
+    if (s == TIDAL_OK) s = input_1d(in, in_path, "cu_seqlens", ST_I32, &t_cu);
+    if (s == TIDAL_OK) s = input_1d(in, in_path, "loss_weights", ST_F32, &t_w);
+    if (s == TIDAL_OK && (t_tg->shape[0] != t_ids->shape[0] || t_w->shape[0] != t_ids->shape[0]))
+        s = tidal_fail(TIDAL_ERR_INVALID, "%s: input_ids, target_ids and loss_weights must have the same length (%lld, %lld, %lld)",
+                       in_path, (long long)t_ids->shape[0], (long long)t_tg->shape[0], (long long)t_w->shape[0]);
+    if (s == TIDAL_OK && (t_cu->shape[0] < 2 || t_ids->shape[0] < 1 || t_ids->shape[0] > (1 << 24)))
+        s = tidal_fail(TIDAL_ERR_INVALID, "%s: need at least one token and one sequence (cu_seqlens has S+1 entries)", in_path);
+    if (s != TIDAL_OK) {
+        rc = EXIT_USAGE;
+        goto out;
+    }
+    const int T = (int)t_ids->shape[0], S = (int)t_cu->shape[0] - 1, V = model_cfg(m)->vocab_size;
+    ids = copy_out(t_ids);
+    targets = copy_out(t_tg);
+    cu = copy_out(t_cu);
+    weights = copy_out(t_w);
+    logprob = malloc((size_t)T * sizeof(float));
+    entropy = malloc((size_t)T * sizeof(float));
+    dlogprob = malloc((size_t)T * sizeof(float));
+    logits = malloc((size_t)T * (size_t)V * sizeof(float));
+    step_losses = calloc((size_t)(steps ? steps : 1), sizeof(float));
+    if (!ids || !targets || !cu || !weights || !logprob || !entropy || !dlogprob || !logits || !step_losses) {
+        s = tidal_fail(TIDAL_ERR_NOMEM, "debug fwdbwd: out of memory for %d tokens x %d vocabulary", T, V);
+        goto out;
+    }
+    for (int t = 0; t < T; t++) {
+        if (!(weights[t] == weights[t]) || weights[t] > 3.0e38f || weights[t] < -3.0e38f) {
+            s = tidal_fail(TIDAL_ERR_INVALID, "%s: loss_weights[%d] is not finite", in_path, t);
+            rc = EXIT_USAGE;
+            goto out;
+        }
+        dlogprob[t] = -weights[t];
+    }
+    model_batch b = {.T = T, .S = S, .ids = ids, .targets = targets, .cu_seqlens = cu,
+                     .inv_temp = (float)(1.0 / temperature)};
+    s = model_batch_check(m, &b);
+    if (s != TIDAL_OK) {
+        tidal_wrap(s, "%s", in_path);
+        rc = EXIT_USAGE;
+        goto out;
+    }
+
+    size_t n_params = 0;
+    float *params = model_params(m, &n_params);
+    float *grads = model_grads(m, NULL);
+    if (steps > 0) {
+        adamw_cfg oc = adamw_defaults();
+        oc.weight_decay = (float)wd;
+        s = adamw_create(n_params, &oc, &opt);
+        decay = calloc(n_params, 1);
+        if (s == TIDAL_OK && !decay) s = tidal_fail(TIDAL_ERR_NOMEM, "debug fwdbwd: out of memory");
+        for (int i = 0; s == TIDAL_OK && i < model_num_tensors(m); i++) {
+            const model_tensor *mt = model_tensor_at(m, i);
+            if (mt->ndim == 2) memset(decay + mt->offset, 1, mt->numel);
+        }
+        first_grads = malloc(n_params * sizeof(float));
+        if (s == TIDAL_OK && !first_grads) s = tidal_fail(TIDAL_ERR_NOMEM, "debug fwdbwd: out of memory");
+        if (s != TIDAL_OK) goto out;
+    }
+    /* first pass: the outputs; then the optimizer steps, if any */
+    float loss0 = 0.0f;
+    for (int step = 0; step < (steps ? steps : 1); step++) {
+        model_zero_grads(m);
+        s = model_forward(m, &b, logprob, entropy, step == 0 ? logits : NULL);
+        if (s == TIDAL_OK) s = model_backward(m, &b, dlogprob, NULL);
+        if (s != TIDAL_OK) goto out;
+        double loss = 0.0;
+        for (int t = 0; t < T; t++) loss -= (double)weights[t] * logprob[t];
+        step_losses[step] = (float)loss;
+        if (step == 0) {
+            loss0 = (float)loss;
+            if (steps) memcpy(first_grads, grads, n_params * sizeof(float));
+            /* keep the first pass's per-token outputs */
+            s = st_writer_new(&w);
+            if (s == TIDAL_OK) s = add_f32(w, "logits", 2, T, V, logits);
+            if (s == TIDAL_OK) s = add_f32(w, "logprobs", 1, T, 0, logprob);
+            if (s == TIDAL_OK) s = add_f32(w, "entropy", 1, T, 0, entropy);
+            if (s == TIDAL_OK) s = add_f32(w, "loss", 1, 1, 0, &loss0);
+            if (s != TIDAL_OK) goto out;
+        }
+        if (steps) adamw_step(opt, params, grads, decay, (float)lr);
+    }
+    const float *g0 = steps ? first_grads : grads;
+    for (int i = 0; s == TIDAL_OK && i < model_num_tensors(m); i++) {
+        const model_tensor *mt = model_tensor_at(m, i);
+        char name[128];
+        snprintf(name, sizeof name, "grad.%s", mt->name);
+        s = st_writer_add_f32(w, name, ST_F32, mt->ndim, mt->shape, g0 + mt->offset);
+        if (s == TIDAL_OK && steps) {
+            snprintf(name, sizeof name, "param.%s", mt->name);
+            s = st_writer_add_f32(w, name, ST_F32, mt->ndim, mt->shape, params + mt->offset);
+        }
+    }
+    if (s == TIDAL_OK && steps) s = add_f32(w, "step_losses", 1, steps, 0, step_losses);
+    if (s == TIDAL_OK) s = st_writer_save(w, out_path);
+    if (s == TIDAL_OK && save_dir) s = model_save(m, save_dir, ST_F32);
+    if (s == TIDAL_OK) {
+        fprintf(stderr, "fwdbwd: %d tokens in %d sequences, loss %.6f, grad norm %.6g%s\n", T, S, (double)loss0,
+                model_grad_norm(m), steps ? " (after the last step)" : "");
+        rc = 0;
+    }
+out:
+    if (rc != 0) fprintf(stderr, "tidal debug fwdbwd: %s\n", tidal_errmsg());
+    st_writer_free(w);
+    st_close(in);
+    model_free(m);
+    adamw_free(opt);
+    free(ids);
+    free(targets);
+    free(cu);
+    free(weights);
+    free(logprob);
+    free(entropy);
+    free(dlogprob);
+    free(logits);
+    free(first_grads);
+    free(step_losses);
+    free(decay);
+    return rc;
+}
+
+int debug_main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        fputs(fwdbwd_usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    if (!strcmp(argv[1], "fwdbwd")) return fwdbwd(argc - 1, argv + 1);
+    fprintf(stderr, "tidal debug: unknown hook '%s'\n%s", argv[1], fwdbwd_usage);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,484 @@
+/* ops.c - the CPU reference ops (see ops.h for the contracts).
+ *
+ * fp32, row-major. GEMMs are OpenBLAS cblas_sgemm; everything else is a plain
+ * loop, threaded with OpenMP where there is parallel work. Every OpenMP loop
+ * that reduces across tokens does so in a fixed order inside one thread, so
+ * its results are the same bits whatever the thread count. (OpenBLAS's sgemm
+ * is not: its results move by an ulp or so with the number of threads.)
+ * BLAS is only ever called from serial code, never inside a parallel region.
+ *
+ * `#pragma omp simd` marks the contiguous inner loops (over HD or C) so they
+ * vectorise at -O2 too; a reduction under it is summed lane-wise, in a fixed
+ * order for a given build.
+ */
+#include "kernels/cpu/ops.h"
+
+#include <assert.h>
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+/* Channels per task in the loops that reduce over tokens (dbias, dw of
+ * RMSNorm, embedding backward): each task owns a slice of channels and walks
+ * the tokens in order. */
+#define COL_BLOCK 64
+
+/* ---- linear ---- */
+
+void cpu_matmul_forward(float *out, const float *inp, const float *w, const float *bias, int T, int C, int OC)
+{
+    if (T <= 0 || OC <= 0)
+        return;
+    /* out = bias, then out += inp @ w^T (beta = 1). */
+    if (bias) {
+#pragma omp parallel for
+        for (int t = 0; t < T; t++)
+            memcpy(out + (size_t)t * OC, bias, (size_t)OC * sizeof(float));
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OC, C, 1.0f, inp, C, w, C, bias ? 1.0f : 0.0f,
+                out, OC);
+}
+
+void cpu_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                         const float *w, int T, int C, int OC)
+{
+    if (T <= 0 || OC <= 0)
+        return;
+    /* dinp[T,C] += dout[T,OC] @ w[OC,C] */
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, C, OC, 1.0f, dout, OC, w, C, 1.0f, dinp, C);
+    /* dw[OC,C] += dout^T[OC,T] @ inp[T,C] */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, T, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
+    /* dbias[OC] += sum_t dout[t,:], per slice of channels, tokens in order, in double. */
+    if (dbias) {
+        int nblk = (OC + COL_BLOCK - 1) / COL_BLOCK;
+#pragma omp parallel for schedule(static)
+        for (int b = 0; b < nblk; b++) {
+            int o0 = b * COL_BLOCK, n = OC - o0 < COL_BLOCK ? OC - o0 : COL_BLOCK;
+            double acc[COL_BLOCK] = {0};
+            for (int t = 0; t < T; t++) {
+                const float *d = dout + (size_t)t * OC + o0;
+                for (int i = 0; i < n; i++)
+                    acc[i] += d[i];
+            }
+            for (int i = 0; i < n; i++)
+                dbias[o0 + i] += (float)acc[i];
+        }
+    }
+}
+
+/* ---- embedding ---- */
+
+void cpu_embedding_forward(float *out, const int32_t *ids, const float *wte, int T, int C)
+{
+#pragma omp parallel for
+    for (int t = 0; t < T; t++)
+        memcpy(out + (size_t)t * C, wte + (size_t)ids[t] * C, (size_t)C * sizeof(float));
+}
+
+void cpu_embedding_backward(float *dwte, const float *dout, const int32_t *ids, int T, int C)
+{
+    /* Each task owns a slice of channels and adds the tokens in order: no
+     * races on repeated ids, and the same sums whatever the thread count. */
+    int nblk = (C + COL_BLOCK - 1) / COL_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < nblk; b++) {
+        int c0 = b * COL_BLOCK, n = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
+        for (int t = 0; t < T; t++) {
+            float *dst = dwte + (size_t)ids[t] * C + c0;
+            const float *src = dout + (size_t)t * C + c0;
+#pragma omp simd
+            for (int i = 0; i < n; i++)
+                dst[i] += src[i];
+        }
+    }
+}
+
+/* ---- RMSNorm ---- */
+
+void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int T, int C, float eps)
+{
+#pragma omp parallel for
+    for (int t = 0; t < T; t++) {
+        const float *x = inp + (size_t)t * C;
+        float *y = out + (size_t)t * C;
+        double ss = 0.0;
+        for (int i = 0; i < C; i++)
+            ss += (double)x[i] * x[i];
+        float r = (float)(1.0 / sqrt(ss / C + (double)eps));
+        rstd[t] = r;
+        /* HF: weight * (x * rsqrt(var + eps)) */
+#pragma omp simd
+        for (int i = 0; i < C; i++)
+            y[i] = (x[i] * r) * w[i];
+    }
+}
+
+void cpu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                          const float *rstd, int T, int C)
+{
+    /* y_i = x_i r w_i, r = (mean(x^2) + eps)^-1/2, dr/dx_i = -r^3 x_i / C:
+     *   dx_i = r w_i dy_i - (r^3 / C) x_i sum_k dy_k w_k x_k
+     *   dw_i = sum_t dy_i x_i r */
+#pragma omp parallel for
+    for (int t = 0; t < T; t++) {
+        const float *x = inp + (size_t)t * C, *dy = dout + (size_t)t * C;
+        float *dx = dinp + (size_t)t * C;
+        double dot = 0.0;
+        for (int i = 0; i < C; i++)
+            dot += (double)dy[i] * w[i] * x[i];
+        float r = rstd[t];
+        float coef = (float)((double)r * r * r * dot / C);
+#pragma omp simd
+        for (int i = 0; i < C; i++)
+            dx[i] += r * w[i] * dy[i] - coef * x[i];
+    }
+    int nblk = (C + COL_BLOCK - 1) / COL_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < nblk; b++) {
+        int c0 = b * COL_BLOCK, n = C - c0 < COL_BLOCK ? C - c0 : COL_BLOCK;
+        double acc[COL_BLOCK] = {0};
+        for (int t = 0; t < T; t++) {
+            const float *x = inp + (size_t)t * C + c0, *dy = dout + (size_t)t * C + c0;
+            float r = rstd[t];
+            for (int i = 0; i < n; i++)
+                acc[i] += (double)dy[i] * (x[i] * r);
+        }
+        for (int i = 0; i < n; i++)
+            dw[c0 + i] += (float)acc[i];
+    }
+}
+
+/* ---- RoPE ---- */
+
+/* The largest head dimension RoPE supports (the cos/sin of one token live on
+ * the stack). */
+#define ROPE_MAX_HALF 512
+
+/* cos and sin of the HD/2 angles of position p, as Hugging Face computes them
+ * in fp32: inv_freq[i] = 1 / theta^(2i/HD) rounded to float, angle = p *
+ * inv_freq in float, then cos/sin in float. */
+static void rope_angles(float *cs, float *sn, int32_t p, int half, int HD, float theta)
+{
+    for (int i = 0; i < half; i++) {
+        float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / (double)HD));
+        float a = (float)p * inv_freq;
+        cs[i] = cosf(a);
+        sn[i] = sinf(a);
+    }
+}
+
+/* sign = +1: forward rotation; sign = -1: its transpose (the backward). */
+static void rope_apply(float *x, const int32_t *pos, int T, int NH, int HD, float theta, float sign)
+{
+    assert(HD % 2 == 0 && HD / 2 <= ROPE_MAX_HALF);
+    int half = HD / 2;
+#pragma omp parallel for
+    for (int t = 0; t < T; t++) {
+        float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF];
+        rope_angles(cs, sn, pos[t], half, HD, theta);
+        for (int h = 0; h < NH; h++) {
+            float *x1 = x + ((size_t)t * NH + h) * HD, *x2 = x1 + half;
+#pragma omp simd
+            for (int i = 0; i < half; i++) {
+                float a = x1[i], b = x2[i], s = sign * sn[i];
+                x1[i] = a * cs[i] - b * s;
+                x2[i] = b * cs[i] + a * s;
+            }
+        }
+    }
+}
+
+void cpu_rope_forward(float *x, const int32_t *pos, int T, int NH, int HD, float theta)
+{
+    rope_apply(x, pos, T, NH, HD, theta, 1.0f);
+}
+
+void cpu_rope_backward(float *dx, const int32_t *pos, int T, int NH, int HD, float theta)
+{
+    /* x' = R x with R = [[c, -s], [s, c]] per pair, so dx = R^T dx' (the rotation by -a). */
+    rope_apply(dx, pos, T, NH, HD, theta, -1.0f);
+}
+
+/* ---- attention ---- */
+
+/* Keys per block of the forward's online softmax (scores on the stack). */
+#define ATT_BLOCK 64
+
+static inline float dot_f(const float *a, const float *b, int n)
+{
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static inline void axpy_f(float *y, float a, const float *x, int n)
+{
+#pragma omp simd
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static void check_seqlens(const int32_t *cu_seqlens, int S, int T, int NH, int NKV, int HD)
+{
+    (void)cu_seqlens; (void)S; (void)T; (void)NH; (void)NKV; (void)HD;
+    assert(NKV > 0 && NH % NKV == 0);
+    assert(HD > 0);
+#ifndef NDEBUG
+    assert(cu_seqlens[0] == 0 && cu_seqlens[S] == T);
+    for (int s = 0; s < S; s++)
+        assert(cu_seqlens[s] <= cu_seqlens[s + 1]);
+#endif
+}
+
+/* The sequence that holds token t: the s with cu[s] <= t < cu[s+1]. */
+static int seq_of(const int32_t *cu, int S, int t)
+{
+    int lo = 0, hi = S - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (cu[mid] <= t)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+void cpu_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const int32_t *cu_seqlens, int S, int T, int NH, int NKV, int HD)
+{
+    check_seqlens(cu_seqlens, S, T, NH, NKV, HD);
+    const int G = NH / NKV;
+    const float scale = 1.0f / sqrtf((float)HD);
+    /* One task per query row (token t, head h); the row attends to keys
+     * start..t of its own sequence. Online softmax over blocks of keys: the
+     * running max m and sum l, the output accumulated (unnormalised) in place
+     * in out. Scores of a block are computed first (independent dot products),
+     * then their exps, then the weighted sum of v. Rows near the end of long
+     * sequences cost more, hence the dynamic schedule. */
+#pragma omp parallel for collapse(2) schedule(dynamic, 8)
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < NH; h++) {
+            const int start = cu_seqlens[seq_of(cu_seqlens, S, t)];
+            const int kvh = h / G;
+            const float *qr = q + ((size_t)t * NH + h) * HD;
+            float *o = out + ((size_t)t * NH + h) * HD;
+            memset(o, 0, (size_t)HD * sizeof(float));
+            float m = -INFINITY;
+            double l = 0.0;
+            float p[ATT_BLOCK];
+            for (int j0 = start; j0 <= t; j0 += ATT_BLOCK) {
+                const int nb = t + 1 - j0 < ATT_BLOCK ? t + 1 - j0 : ATT_BLOCK;
+                float bmax = -INFINITY;
+                for (int b = 0; b < nb; b++) {
+                    p[b] = dot_f(qr, k + ((size_t)(j0 + b) * NKV + kvh) * HD, HD) * scale;
+                    bmax = p[b] > bmax ? p[b] : bmax;
+                }
+                if (bmax > m) { /* new max: rescale what was accumulated so far */
+                    const float corr = expf(m - bmax); /* 0 on the first block (m = -inf) */
+#pragma omp simd
+                    for (int d = 0; d < HD; d++)
+                        o[d] *= corr;
+                    l *= corr;
+                    m = bmax;
+                }
+                for (int b = 0; b < nb; b++) {
+                    p[b] = expf(p[b] - m);
+                    l += p[b];
+                }
+                for (int b = 0; b < nb; b++)
+                    axpy_f(o, p[b], v + ((size_t)(j0 + b) * NKV + kvh) * HD, HD);
+            }
+            const float inv_l = (float)(1.0 / l);
+#pragma omp simd
+            for (int d = 0; d < HD; d++)
+                o[d] *= inv_l;
+            lse[(size_t)t * NH + h] = (float)((double)m + log(l));
+        }
+    }
+}
+
+void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                            const float *lse, const float *q, const float *k, const float *v,
+                            const int32_t *cu_seqlens, int S, int T, int NH, int NKV, int HD)
+{
+    check_seqlens(cu_seqlens, S, T, NH, NKV, HD);
+    const int G = NH / NKV;
+    const float scale = 1.0f / sqrtf((float)HD);
+    /* One task per (sequence, kv head): it owns dk and dv of that kv head over
+     * the sequence, and dq of the G query heads that share it, so there are no
+     * races and every sum runs in a fixed order. For each query row i and key
+     * j <= i (flash-attention backward, probabilities recomputed from lse):
+     *   P_ij = exp(s_ij - lse_i), dP_ij = dout_i . v_j, D_i = dout_i . out_i,
+     *   dS_ij = P_ij (dP_ij - D_i),
+     *   dq_i += scale dS_ij k_j, dk_j += scale dS_ij q_i, dv_j += P_ij dout_i. */
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int s = 0; s < S; s++) {
+        for (int kvh = 0; kvh < NKV; kvh++) {
+            const int start = cu_seqlens[s], end = cu_seqlens[s + 1];
+            for (int j = start; j < end; j++) {
+                memset(dk + ((size_t)j * NKV + kvh) * HD, 0, (size_t)HD * sizeof(float));
+                memset(dv + ((size_t)j * NKV + kvh) * HD, 0, (size_t)HD * sizeof(float));
+            }
+            for (int h = kvh * G; h < (kvh + 1) * G; h++) {
+                for (int i = start; i < end; i++) {
+                    const size_t row = (size_t)i * NH + h;
+                    const float *qr = q + row * HD, *dor = dout + row * HD;
+                    float *dqr = dq + row * HD;
+                    memset(dqr, 0, (size_t)HD * sizeof(float));
+                    const float Di = dot_f(dor, out + row * HD, HD);
+                    const float lse_i = lse[row];
+                    for (int j = start; j <= i; j++) {
+                        const size_t krow = ((size_t)j * NKV + kvh) * HD;
+                        /* the same expression as the forward's score */
+                        float sc = dot_f(qr, k + krow, HD) * scale;
+                        float p = expf(sc - lse_i);
+                        float dp = dot_f(dor, v + krow, HD);
+                        float ds = p * (dp - Di);
+                        axpy_f(dqr, ds, k + krow, HD);
+                        axpy_f(dk + krow, ds, qr, HD);
+                        axpy_f(dv + krow, p, dor, HD);
+                    }
+#pragma omp simd
+                    for (int d = 0; d < HD; d++)
+                        dqr[d] *= scale;
+                }
+            }
+            for (int j = start; j < end; j++) {
+                float *dkr = dk + ((size_t)j * NKV + kvh) * HD;
+#pragma omp simd
+                for (int d = 0; d < HD; d++)
+                    dkr[d] *= scale;
+            }
+        }
+    }
+}
+
+/* ---- SwiGLU ---- */
+
+/* 1 / (1 + exp(-x)) without overflow for large |x|. */
+static inline float sigmoidf_stable(float x)
+{
+    if (x >= 0.0f)
+        return 1.0f / (1.0f + expf(-x));
+    float e = expf(x);
+    return e / (1.0f + e);
+}
+
+void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t N)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < N; i++) {
+        float g = gate[i];
+        out[i] = g * sigmoidf_stable(g) * up[i];
+    }
+}
+
+void cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                         size_t N)
+{
+    /* d silu(g) / dg = sig(g) (1 + g (1 - sig(g))) */
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < N; i++) {
+        float g = gate[i], sg = sigmoidf_stable(g);
+        float silu = g * sg;
+        dgate[i] = dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
+        dup[i] = dout[i] * silu;
+    }
+}
+
+/* ---- LM head ---- */
+
+/* Statistics of one row of logits z[V]: max m, lse = m + log sum exp(z - m),
+ * entropy H = log S - (sum e_j y_j) / S with y = z - m <= 0, e = exp(y), S =
+ * sum e (both terms >= 0, so no cancellation). Sums in double. */
+static void head_row_stats(const float *z, int V, double *lse, double *H)
+{
+    float m = z[0];
+    for (int j = 1; j < V; j++)
+        m = z[j] > m ? z[j] : m;
+    double se = 0.0, sy = 0.0;
+    for (int j = 0; j < V; j++) {
+        double y = (double)z[j] - (double)m;
+        double e = exp(y);
+        se += e;
+        sy += e * y;
+    }
+    double ls = log(se);
+    *lse = (double)m + ls;
+    *H = ls - sy / se;
+}
+
+void cpu_head_forward(float *logprob, float *entropy, float *logits_out, const float *h, const float *w,
+                      const int32_t *targets, int T, int C, int V, float inv_temp, float *scratch)
+{
+    for (int t0 = 0; t0 < T; t0 += CPU_HEAD_CHUNK) {
+        const int n = T - t0 < CPU_HEAD_CHUNK ? T - t0 : CPU_HEAD_CHUNK;
+        /* z[n,V] = (h[t0:t0+n] @ w^T) * inv_temp */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, C, inv_temp, h + (size_t)t0 * C, C, w, C,
+                    0.0f, scratch, V);
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < n; r++) {
+            const int t = t0 + r;
+            const float *z = scratch + (size_t)r * V;
+            assert(targets[t] >= 0 && targets[t] < V);
+            double lse, H;
+            head_row_stats(z, V, &lse, &H);
+            logprob[t] = (float)((double)z[targets[t]] - lse);
+            entropy[t] = (float)H;
+            if (logits_out)
+                memcpy(logits_out + (size_t)t * V, z, (size_t)V * sizeof(float));
+        }
+    }
+}
+
+void cpu_head_backward(float *dh, float *dw, const float *dlogprob, const float *dentropy, const float *h,
+                       const float *w, const int32_t *targets, int T, int C, int V, float inv_temp,
+                       float *scratch)
+{
+    for (int t0 = 0; t0 < T; t0 += CPU_HEAD_CHUNK) {
+        const int n = T - t0 < CPU_HEAD_CHUNK ? T - t0 : CPU_HEAD_CHUNK;
+        const float *hc = h + (size_t)t0 * C;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, C, inv_temp, hc, C, w, C, 0.0f, scratch, V);
+        /* z -> dz in place: with log p_j = z_j - lse,
+         *   dz_j = dlogprob (1[j = target] - p_j) - dentropy p_j (log p_j + H) */
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < n; r++) {
+            const int t = t0 + r;
+            float *z = scratch + (size_t)r * V;
+            assert(targets[t] >= 0 && targets[t] < V);
+            double lse, H;
+            head_row_stats(z, V, &lse, &H);
+            const double dl = dlogprob[t], de = dentropy ? dentropy[t] : 0.0;
+            const int tgt = targets[t];
+            for (int j = 0; j < V; j++) {
+                double logp = (double)z[j] - lse, p = exp(logp);
+                z[j] = (float)(dl * ((j == tgt ? 1.0 : 0.0) - p) - de * p * (logp + H));
+            }
+        }
+        /* z = inv_temp * a with a = h w^T, so d/da = inv_temp dz (the sgemm's alpha):
+         * dh[n,C] += dz[n,V] @ w[V,C];  dw[V,C] += dz^T[V,n] @ h[n,C] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, V, inv_temp, scratch, V, w, C, 1.0f,
+                    dh + (size_t)t0 * C, C);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, n, inv_temp, scratch, V, hc, C, 1.0f, dw, C);
+    }
+}
+
+/* ---- threads ---- */
+
+void cpu_set_threads(int n)
+{
+    if (n <= 0)
+        n = omp_get_num_procs();
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
+int cpu_threads(void)
+{
+    return omp_get_max_threads();
+}

@@ -1,0 +1,90 @@
+/* safetensors.h - read and write the safetensors format (Hugging Face).
+ *
+ * A file is: 8 bytes little-endian header length N, N bytes of JSON (tensor
+ * name -> {dtype, shape, data_offsets}, plus an optional "__metadata__" map of
+ * strings), then the data. Reading maps the file (mmap) and validates the
+ * whole header before any tensor is used: offsets inside the data, tensors
+ * neither overlapping nor leaving gaps, sizes matching dtype x shape, no
+ * duplicate names. Every error names the file and the tensor.
+ *
+ * A model directory holds model.safetensors, or shards listed by
+ * model.safetensors.index.json ("weight_map": name -> shard file).
+ */
+#ifndef TIDAL_MODEL_SAFETENSORS_H
+#define TIDAL_MODEL_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/status.h"
+
+#define ST_MAX_DIMS 8
+
+typedef enum { ST_F32 = 1, ST_F16, ST_BF16, ST_F64, ST_I32, ST_I64, ST_I8, ST_U8, ST_BOOL } st_dtype;
+
+typedef struct st_tensor {
+    const char *name;          /* valid while the file is open */
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    const void *data;          /* into the mapping; not aligned in general */
+    size_t nbytes;
+} st_tensor;
+
+/* "F32", "BF16", ...; NULL for an unknown dtype. */
+const char *st_dtype_name(st_dtype d);
+size_t st_dtype_size(st_dtype d);
+int64_t st_numel(const st_tensor *t);
+
+/* ---- reading one file ---- */
+typedef struct st_file st_file;
+
+/* Map and validate `path`. */
+tidal_status st_open(const char *path, st_file **out);
+/* Validate a safetensors image in memory (no copy: buf must outlive the
+ * st_file). `name` labels errors. The fuzz target's entry point. */
+tidal_status st_open_memory(const void *buf, size_t len, const char *name, st_file **out);
+void st_close(st_file *f);
+
+int st_count(const st_file *f);
+const st_tensor *st_at(const st_file *f, int i);              /* in file order */
+const st_tensor *st_find(const st_file *f, const char *name); /* NULL when absent */
+/* A "__metadata__" value, or NULL. */
+const char *st_metadata(const st_file *f, const char *key);
+
+/* Copy tensor t into dst as fp32 (F32, F16, BF16, F64 converted), checking
+ * that it holds exactly `numel` elements. TIDAL_ERR_INVALID naming the tensor
+ * otherwise (wrong dtype for a float, wrong size). */
+tidal_status st_read_f32(const st_tensor *t, float *dst, int64_t numel);
+
+/* ---- reading a model directory (single file or shards) ---- */
+typedef struct st_model st_model;
+
+/* Open DIR/model.safetensors, or every shard named in
+ * DIR/model.safetensors.index.json (checking that each tensor is in the
+ * shard the index names, and that no tensor appears twice). */
+tidal_status st_model_open(const char *dir, st_model **out);
+void st_model_close(st_model *m);
+const st_tensor *st_model_find(const st_model *m, const char *name);
+int st_model_count(const st_model *m);
+const st_tensor *st_model_at(const st_model *m, int i);
+
+/* ---- writing ---- */
+typedef struct st_writer st_writer;
+
+tidal_status st_writer_new(st_writer **out);
+/* Add a tensor from fp32 data, stored as `dtype` (F32, F16 or BF16; BF16 and
+ * F16 round to nearest even). The data is copied. */
+tidal_status st_writer_add_f32(st_writer *w, const char *name, st_dtype dtype, int ndim,
+                               const int64_t *shape, const float *data);
+/* Add a tensor from raw bytes already in `dtype` (e.g. I32 ids). Copied. */
+tidal_status st_writer_add_raw(st_writer *w, const char *name, st_dtype dtype, int ndim,
+                               const int64_t *shape, const void *data, size_t nbytes);
+/* Add a "__metadata__" string entry (e.g. "format": "pt"). */
+tidal_status st_writer_metadata(st_writer *w, const char *key, const char *value);
+/* Write the file: header padded with spaces to a multiple of 8, tensors in
+ * the order added, written to PATH.tmp then renamed (never a torn file). */
+tidal_status st_writer_save(st_writer *w, const char *path);
+void st_writer_free(st_writer *w);
+
+#endif
