@@ -23,7 +23,7 @@
 
 /* Tokens per chunk of the LM head: the [T, V] logits are never held at once,
  * only [CPU_HEAD_CHUNK, V] (the caller's scratch). */
-#define CPU_HEAD_CHUNK 64
+#define CPU_HEAD_CHUNK 256
 
 /* ---- linear ---- */
 /* out[T,OC] = inp[T,C] @ w[OC,C]^T + bias[OC] (bias may be NULL). Overwrites out. */

@@ -363,11 +363,11 @@ def main():
                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48,
                  "rope_theta": 1e4, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "qkv_bias": False},
                  [1, 7, 2, 1, 12], seed=2, temperature=0.7)
-        # Llama with attention_bias (q, k, v and o biases), explicit head_dim != hidden / heads, more tokens than a head chunk
+        # Llama with attention_bias (q, k, v and o biases), explicit head_dim != hidden / heads, more tokens (274) than a head chunk (256)
         run_case(tidal, tmp, "llama-bias-headdim", {"model_type": "llama", "vocab_size": 150, "hidden_size": 24,
                  "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 10,
                  "explicit_head_dim": True, "intermediate_size": 40, "rope_theta": 1e4, "rms_norm_eps": 1e-6,
-                 "tie_word_embeddings": True, "qkv_bias": True}, [40, 33, 1, 26], seed=3)
+                 "tie_word_embeddings": True, "qkv_bias": True}, [140, 33, 1, 100], seed=3)
         run_errors(tidal, tmp)
     print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
     return 1 if RESULTS["failed"] else 0

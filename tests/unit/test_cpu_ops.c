@@ -517,7 +517,7 @@ static double head_loss(void *p)
 static void test_head_grad(void)
 {
     rng_seed(11);
-    int T = 70, C = 5, V = 11; /* two chunks: 64 + 6 */
+    int T = CPU_HEAD_CHUNK + 6, C = 5, V = 11; /* two chunks: a full one + 6 */
     int32_t *tg = malloc(sizeof(int32_t) * (size_t)T);
     for (int t = 0; t < T; t++)
         tg[t] = (int32_t)(rng_next() % (uint64_t)V);
@@ -571,7 +571,7 @@ static void test_head_grad(void)
 static void test_head_properties(void)
 {
     rng_seed(12);
-    int T = 67, C = 6, V = 13;
+    int T = CPU_HEAD_CHUNK + 3, C = 6, V = 13; /* two chunks */
     float *h = frandom((size_t)T * C, 2), *w = frandom((size_t)V * C, 2), *scratch = falloc((size_t)CPU_HEAD_CHUNK * V);
     float *lp = falloc(T), *ent = falloc(T), *lp2 = falloc(T), *ent2 = falloc(T), *logits = falloc((size_t)T * V);
     int32_t *tg = malloc(sizeof(int32_t) * (size_t)T);
