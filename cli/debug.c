@@ -24,7 +24,7 @@
 static const char fwdbwd_usage[] =
     "usage: tidal debug fwdbwd --model DIR --input IN.safetensors --out OUT.safetensors\n"
     "                          [--steps N --lr X --weight-decay X] [--temperature X]\n"
-    "                          [--save-model DIR] [--threads N]\n"
+    "                          [--save-model DIR] [--threads N] [--recompute]\n"
     "\n"
     "IN holds input_ids (I32 [T]), target_ids (I32 [T]), cu_seqlens (I32 [S+1]) and\n"
     "loss_weights (F32 [T]). OUT receives logits (F32 [T, V]), logprobs (F32 [T]),\n"
@@ -33,7 +33,8 @@ static const char fwdbwd_usage[] =
     "With --steps N: N AdamW updates (decay on 2-D weights) on the same batch;\n"
     "OUT also gets step_losses (F32 [N]) and param.<name> after the last update;\n"
     "the other outputs are those of the first pass.\n"
-    "--save-model DIR writes the model (after the steps) as a Hugging Face directory.\n";
+    "--save-model DIR writes the model (after the steps) as a Hugging Face directory.\n"
+    "--recompute recomputes the MLP activations in the backward (less memory).\n";
 
 /* Find tensor `name` in IN with dtype `dt` and one dimension; *n its length. */
 static tidal_status input_1d(const st_file *in, const char *path, const char *name, st_dtype dt,
@@ -65,7 +66,7 @@ static tidal_status add_f32(st_writer *w, const char *name, int ndim, int64_t d0
 static int fwdbwd(int argc, char **argv)
 {
     const char *model_dir = NULL, *in_path = NULL, *out_path = NULL, *save_dir = NULL;
-    int steps = 0, threads = 0;
+    int steps = 0, threads = 0, recompute = 0;
     double lr = 1e-3, wd = 0.0, temperature = 1.0;
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"input", required_argument, 0, 'i'},
@@ -76,10 +77,11 @@ static int fwdbwd(int argc, char **argv)
                                          {"temperature", required_argument, 0, 't'},
                                          {"save-model", required_argument, 0, 'S'},
                                          {"threads", required_argument, 0, 'j'},
+                                         {"recompute", no_argument, 0, 'R'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "m:i:o:s:l:w:t:S:j:h", opts, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "m:i:o:s:l:w:t:S:j:Rh", opts, NULL)) != -1;) {
         switch (c) {
         case 'm': model_dir = optarg; break;
         case 'i': in_path = optarg; break;
@@ -90,6 +92,7 @@ static int fwdbwd(int argc, char **argv)
         case 't': temperature = atof(optarg); break;
         case 'S': save_dir = optarg; break;
         case 'j': threads = atoi(optarg); break;
+        case 'R': recompute = 1; break;
         case 'h': fputs(fwdbwd_usage, stdout); return 0;
         default: fputs(fwdbwd_usage, stderr); return EXIT_USAGE;
         }
@@ -130,6 +133,7 @@ static int fwdbwd(int argc, char **argv)
         rc = EXIT_USAGE;
         goto out;
     }
+    model_set_recompute_mlp(m, recompute);
     const int T = (int)t_ids->shape[0], S = (int)t_cu->shape[0] - 1, V = model_cfg(m)->vocab_size;
     ids = copy_out(t_ids);
     targets = copy_out(t_tg);

@@ -51,7 +51,7 @@ typedef struct layer_acts {
     float *xm;             /* [T, C]   residual after attention */
     float *b;              /* [T, C]   ln2 output */
     float *rstd2;          /* [T] */
-    float *gate, *up, *h;  /* [T, FFN] */
+    float *gate, *up, *h;  /* [T, FFN]; with MLP recomputation, one buffer shared by all layers */
 } layer_acts;
 
 struct model {
@@ -63,7 +63,9 @@ struct model {
     float *grads;
     model_view p, g;       /* parameter and gradient views */
 
-    /* activations, for up to cap_T tokens */
+    /* activations, for up to cap_T tokens, laid out for recompute_mlp as it was then */
+    bool recompute_mlp;
+    bool acts_recompute;
     int cap_T;
     float *acts;           /* one allocation */
     layer_acts *la;        /* [L] */
@@ -352,23 +354,26 @@ tidal_status model_save(const model *m, const char *dir, st_dtype dtype)
 
 /* ------------------------------------------------------------ activations */
 
-size_t model_activation_floats_per_token(const model_config *c)
+size_t model_activation_floats_per_token(const model_config *c, bool recompute_mlp)
 {
     size_t C = (size_t)c->hidden_size, QD = (size_t)qdim(c), KVD = (size_t)kvdim(c);
     size_t F = (size_t)c->intermediate_size, NH = (size_t)c->num_heads;
-    size_t per_layer = 4 * C + 2 + 2 * QD + 2 * KVD + NH + 3 * F;
-    return (size_t)c->num_layers * per_layer + 2 * C + 1;
+    size_t per_layer = 4 * C + 2 + 2 * QD + 2 * KVD + NH + (recompute_mlp ? 0 : 3 * F);
+    return (size_t)c->num_layers * per_layer + 2 * C + 1 + (recompute_mlp ? 3 * F : 0);
 }
+
+void model_set_recompute_mlp(model *m, bool on) { m->recompute_mlp = on; }
 
 /* Grow the activation and scratch buffers to hold T tokens. */
 static tidal_status ensure_acts(model *m, int T)
 {
-    if (T <= m->cap_T) return TIDAL_OK;
+    if (T <= m->cap_T && m->acts_recompute == m->recompute_mlp) return TIDAL_OK;
     const model_config *c = &m->cfg;
     const size_t C = (size_t)c->hidden_size, QD = (size_t)qdim(c), KVD = (size_t)kvdim(c);
     const size_t F = (size_t)c->intermediate_size, NH = (size_t)c->num_heads, V = (size_t)c->vocab_size;
     const size_t t = (size_t)T;
-    size_t n_acts = model_activation_floats_per_token(c) * t;
+    const bool rec = m->recompute_mlp;
+    size_t n_acts = model_activation_floats_per_token(c, rec) * t;
     size_t n_scratch = 2 * C * t + QD * t * 2 + KVD * t * 2 + 3 * F * t + (size_t)CPU_HEAD_CHUNK * V;
     float *acts = malloc(n_acts * sizeof(float));
     float *scratch = malloc(n_scratch * sizeof(float));
@@ -387,6 +392,7 @@ static tidal_status ensure_acts(model *m, int T)
     m->scratch = scratch;
     m->pos = pos;
     m->cap_T = T;
+    m->acts_recompute = rec;
 
     float *p = acts;
 #define TAKE(ptr, n) do { (ptr) = p; p += (n); } while (0)
@@ -403,9 +409,22 @@ static tidal_status ensure_acts(model *m, int T)
         TAKE(a->xm, C * t);
         TAKE(a->b, C * t);
         TAKE(a->rstd2, t);
-        TAKE(a->gate, F * t);
-        TAKE(a->up, F * t);
-        TAKE(a->h, F * t);
+        if (!rec) {
+            TAKE(a->gate, F * t);
+            TAKE(a->up, F * t);
+            TAKE(a->h, F * t);
+        }
+    }
+    if (rec) { /* one [3, T, F] buffer serves every layer */
+        float *gate, *up, *h;
+        TAKE(gate, F * t);
+        TAKE(up, F * t);
+        TAKE(h, F * t);
+        for (int l = 0; l < c->num_layers; l++) {
+            m->la[l].gate = gate;
+            m->la[l].up = up;
+            m->la[l].h = h;
+        }
     }
     TAKE(m->xf, C * t);
     TAKE(m->f, C * t);
@@ -522,6 +541,11 @@ tidal_status model_backward(model *m, const model_batch *b, const float *dlogpro
         const layer_view *w = &m->p.layers[l];
         layer_view *g = &m->g.layers[l];
         /* MLP: x_next = xm + down(h); dx is d x_next and becomes d xm */
+        if (m->acts_recompute) { /* this layer's gate, up and h were overwritten: redo them */
+            cpu_matmul_forward(a->gate, a->b, w->wg, NULL, T, C, F);
+            cpu_matmul_forward(a->up, a->b, w->wu, NULL, T, C, F);
+            cpu_swiglu_forward(a->h, a->gate, a->up, (size_t)T * F);
+        }
         memset(m->dh, 0, (size_t)T * F * sizeof(float));
         cpu_matmul_backward(m->dh, g->wd, NULL, m->dx, a->h, w->wd, T, F, C);
         cpu_swiglu_backward(m->dgate, m->dup, m->dh, a->gate, a->up, (size_t)T * F);

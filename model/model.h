@@ -88,7 +88,12 @@ tidal_status model_backward(model *m, const model_batch *b, const float *dlogpro
 /* Global L2 norm of the gradients (accumulated in double). */
 double model_grad_norm(const model *m);
 
+/* Recompute the MLP's gate, up and SiLU(gate)*up in the backward instead of
+ * keeping them for every layer (saves 3 * FFN floats per token per layer but
+ * one; costs two more GEMMs per layer in the backward). Off by default. */
+void model_set_recompute_mlp(model *m, bool on);
+
 /* Activation floats kept per token by the forward (the formula of docs/memory.md). */
-size_t model_activation_floats_per_token(const model_config *c);
+size_t model_activation_floats_per_token(const model_config *c, bool recompute_mlp);
 
 #endif

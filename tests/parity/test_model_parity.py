@@ -199,7 +199,7 @@ def hf_config(c):
     return d
 
 
-def run_case(tidal, tmp, name, cfg, seqlens, seed, temperature=1.0, steps=3, lr=1e-2, wd=0.1):
+def run_case(tidal, tmp, name, cfg, seqlens, seed, temperature=1.0, steps=3, lr=1e-2, wd=0.1, extra=()):
     rng = np.random.default_rng(seed)
     if cfg["model_type"] == "qwen2":
         cfg["qkv_bias"], cfg["o_bias"] = True, False
@@ -227,7 +227,7 @@ def run_case(tidal, tmp, name, cfg, seqlens, seed, temperature=1.0, steps=3, lr=
     out = os.path.join(tmp, name + ".out.safetensors")
     saved = os.path.join(tmp, name + ".saved")
     cmd = [tidal, "debug", "fwdbwd", "--model", mdir, "--input", inp, "--out", out, "--steps", str(steps),
-           "--lr", str(lr), "--weight-decay", str(wd), "--temperature", str(temperature), "--save-model", saved]
+           "--lr", str(lr), "--weight-decay", str(wd), "--temperature", str(temperature), "--save-model", saved, *extra]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         print(f"FAIL {name}: tidal exited {r.returncode}: {r.stderr.strip()}")
@@ -363,6 +363,11 @@ def main():
                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48,
                  "rope_theta": 1e4, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "qkv_bias": False},
                  [1, 7, 2, 1, 12], seed=2, temperature=0.7)
+        # the same with the MLP recomputed in the backward (memory option)
+        run_case(tidal, tmp, "llama-untied-recompute", {"model_type": "llama", "vocab_size": 64, "hidden_size": 32,
+                 "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48,
+                 "rope_theta": 1e4, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "qkv_bias": False},
+                 [1, 7, 2, 1, 12], seed=2, temperature=0.7, extra=("--recompute",))
         # Llama with attention_bias (q, k, v and o biases), explicit head_dim != hidden / heads, more tokens (274) than a head chunk (256)
         run_case(tidal, tmp, "llama-bias-headdim", {"model_type": "llama", "vocab_size": 150, "hidden_size": 24,
                  "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 10,

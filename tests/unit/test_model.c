@@ -108,6 +108,33 @@ static void test_packing_isolates_sequences(void)
     model_free(m);
 }
 
+/* MLP recomputation changes memory, not results: gradients bit-identical. */
+static void test_recompute_mlp_same_gradients(void)
+{
+    model_config c = tiny(false, MODEL_QWEN2);
+    model *m = NULL;
+    CHECK_OK(model_create(&c, &m));
+    model_init_random(m, 5, 0.3f, true);
+    model_batch b = {.T = 9, .S = 3, .ids = IDS, .targets = TGT, .cu_seqlens = CU, .inv_temp = 1.0f};
+    float lp[9], ent[9], lp2[9], ent2[9], dlp[9];
+    for (int t = 0; t < 9; t++) dlp[t] = -LW[t];
+    size_t n = 0;
+    model_zero_grads(m);
+    CHECK_OK(model_forward(m, &b, lp, ent, NULL));
+    CHECK_OK(model_backward(m, &b, dlp, ent));
+    float *g = model_grads(m, &n), *keep = malloc(n * sizeof(float));
+    memcpy(keep, g, n * sizeof(float));
+    model_set_recompute_mlp(m, true);
+    model_zero_grads(m);
+    CHECK_OK(model_forward(m, &b, lp2, ent2, NULL));
+    CHECK_OK(model_backward(m, &b, dlp, ent));
+    int same = !memcmp(lp, lp2, sizeof lp) && !memcmp(keep, g, n * sizeof(float));
+    free(keep);
+    model_free(m);
+    CHECK_MSG(same, "recomputing the MLP changed the results");
+    CHECK(model_activation_floats_per_token(&c, true) < model_activation_floats_per_token(&c, false));
+}
+
 static void test_batch_errors(void)
 {
     model_config c = tiny(true, MODEL_QWEN2);
@@ -226,6 +253,7 @@ int main(void)
     RUN(test_gradients_tied_llama);
     RUN(test_gradients_untied_qwen2);
     RUN(test_packing_isolates_sequences);
+    RUN(test_recompute_mlp_same_gradients);
     RUN(test_batch_errors);
     RUN(test_save_load_round_trip);
     RUN(test_adamw_matches_hand_computation);
