@@ -27,7 +27,10 @@ TOL = 1e-4
 RESULTS = {"passed": 0, "failed": 0}
 
 # ---------------------------------------------------------------- safetensors (numpy)
-DT = {"F32": np.float32, "I32": np.int32, "F64": np.float64, "I64": np.int64}
+# the reader is the one the bench's PyTorch peer uses
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+from train_peer import st_read  # noqa: E402
+
 DT_NAME = {np.dtype(np.float32): "F32", np.dtype(np.int32): "I32"}
 
 
@@ -46,20 +49,6 @@ def st_write(path, tensors):
         f.write(h)
         for b in blobs:
             f.write(b)
-
-
-def st_read(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    out = {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = e["data_offsets"]
-        out[name] = np.frombuffer(data[8 + n + a:8 + n + b], dtype=DT[e["dtype"]]).reshape(e["shape"])
-    return out
 
 
 # ---------------------------------------------------------------- the reference model
