@@ -10,6 +10,7 @@
  * message consumed. ratio = tidal msgs/s / peer msgs/s.
  */
 #include <getopt.h>
+#include <stdbool.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -26,6 +27,7 @@
 #define BENCH_SUBJECT_RAW "tidal.bench.raw"
 #define BENCH_STREAM "TIDAL_bench_TRAJ"
 #define FETCH_BATCH 256
+#define BENCH_MAX_PUBLISHERS 16
 
 typedef struct {
     double seconds;
@@ -155,68 +157,106 @@ static void finish(bench_result *r, double t0, long n, size_t len)
     r->mb_per_s = r->msgs_per_s * (double)len / 1e6;
 }
 
-static tidal_status run_jetstream(tidal_bus *bus, tidal_bus *subconn, const void *payload, size_t len, long n,
-                                  bench_result *r)
-{
-    const char *subjects[] = {BENCH_SUBJECT_JS};
-    bus_stream_delete(bus, BENCH_STREAM); /* a clean stream each run */
-    tidal_clear();
-    bus_stream_cfg sc = {.name = BENCH_STREAM, .subjects = subjects, .n_subjects = 1};
-    tidal_status s = bus_stream_ensure(bus, &sc);
-    bus_consumer_cfg cc = {.stream = BENCH_STREAM, .durable = "trainer", .ack_wait_ms = 60000,
-                           .max_ack_pending = 20000};
-    if (s == TIDAL_OK) s = bus_consumer_ensure(bus, &cc);
-    consumer_ctx c = {.bus = subconn, .want = n};
-    if (s == TIDAL_OK) s = bus_pull_subscribe(subconn, BENCH_STREAM, "trainer", &c.sub);
-    if (s != TIDAL_OK) return s;
+/* One publisher: its own connection (a rollout worker), messages [first, first + count). */
+typedef struct {
+    tidal_bus *bus;
+    const void *payload;
+    size_t len;
+    long first, count;
+    bool jetstream;
+    tidal_status status;
+    char err[512];
+} publisher_ctx;
 
-    pthread_t th;
-    double t0 = now_s();
-    pthread_create(&th, NULL, js_consume, &c);
-    for (long i = 0; i < n && s == TIDAL_OK; i++) {
-        char id[32];
-        snprintf(id, sizeof id, "traj-%ld", i);
-        s = bus_js_publish_async(bus, BENCH_SUBJECT_JS, payload, (int)len, id);
+static void *publish(void *arg)
+{
+    publisher_ctx *p = arg;
+    tidal_status s = TIDAL_OK;
+    for (long i = p->first; i < p->first + p->count && s == TIDAL_OK; i++) {
+        if (p->jetstream) {
+            char id[32];
+            snprintf(id, sizeof id, "traj-%ld", i);
+            s = bus_js_publish_async(p->bus, BENCH_SUBJECT_JS, p->payload, (int)p->len, id);
+        } else {
+            s = bus_publish(p->bus, BENCH_SUBJECT_RAW, p->payload, (int)p->len);
+        }
     }
-    if (s == TIDAL_OK) s = bus_js_publish_wait(bus, 60000);
-    if (s != TIDAL_OK) c.want = 0; /* let the consumer stop */
-    pthread_join(th, NULL);
-    finish(r, t0, c.got, len);
-    bus_unsubscribe(c.sub);
-    if (s == TIDAL_OK && c.status != TIDAL_OK) s = tidal_fail(c.status, "%s", c.err);
-    if (s == TIDAL_OK && c.got != n)
-        s = tidal_fail(TIDAL_ERR_BUS, "bench: JetStream consumer got %ld of %ld messages", c.got, n);
-    bus_stream_delete(bus, BENCH_STREAM);
+    if (s == TIDAL_OK) s = p->jetstream ? bus_js_publish_wait(p->bus, 60000) : bus_flush(p->bus, 30000);
+    p->status = s;
+    if (s != TIDAL_OK) snprintf(p->err, sizeof p->err, "%s", tidal_errmsg());
+    return NULL;
+}
+
+/* Run the publishers and one consumer thread; time from the first publish to
+ * the last message consumed. */
+static tidal_status run_path(bool jetstream, tidal_bus **pubs, int n_pubs, consumer_ctx *c, const void *payload,
+                             size_t len, long n, bench_result *r)
+{
+    pthread_t cth, pth[BENCH_MAX_PUBLISHERS];
+    publisher_ctx pc[BENCH_MAX_PUBLISHERS];
+    double t0 = now_s();
+    pthread_create(&cth, NULL, jetstream ? js_consume : raw_consume, c);
+    for (int i = 0; i < n_pubs; i++) {
+        long first = n * i / n_pubs, last = n * (i + 1) / n_pubs;
+        pc[i] = (publisher_ctx){.bus = pubs[i], .payload = payload, .len = len, .first = first,
+                                .count = last - first, .jetstream = jetstream};
+        pthread_create(&pth[i], NULL, publish, &pc[i]);
+    }
+    tidal_status s = TIDAL_OK;
+    for (int i = 0; i < n_pubs; i++) {
+        pthread_join(pth[i], NULL);
+        if (pc[i].status != TIDAL_OK && s == TIDAL_OK) s = tidal_fail(pc[i].status, "bench: publisher %d: %s", i, pc[i].err);
+    }
+    if (s != TIDAL_OK) c->want = 0; /* let the consumer stop */
+    pthread_join(cth, NULL);
+    finish(r, t0, c->got, len);
+    if (s == TIDAL_OK && c->status != TIDAL_OK) s = tidal_fail(c->status, "bench: consumer: %s", c->err);
+    if (s == TIDAL_OK && c->got != n)
+        s = tidal_fail(TIDAL_ERR_BUS, "bench: the consumer got %ld of %ld messages", c->got, n);
     return s;
 }
 
-static tidal_status run_raw(tidal_bus *pub, tidal_bus *subconn, const void *payload, size_t len, long n,
+static tidal_status run_jetstream(tidal_bus **pubs, int n_pubs, tidal_bus *subconn, const void *payload, size_t len,
+                                  long n, bench_result *r)
+{
+    const char *subjects[] = {BENCH_SUBJECT_JS};
+    bus_stream_delete(subconn, BENCH_STREAM); /* a clean stream each run */
+    tidal_clear();
+    bus_stream_cfg sc = {.name = BENCH_STREAM, .subjects = subjects, .n_subjects = 1};
+    tidal_status s = bus_stream_ensure(subconn, &sc);
+    bus_consumer_cfg cc = {.stream = BENCH_STREAM, .durable = "trainer", .ack_wait_ms = 60000,
+                           .max_ack_pending = 20000};
+    if (s == TIDAL_OK) s = bus_consumer_ensure(subconn, &cc);
+    consumer_ctx c = {.bus = subconn, .want = n};
+    if (s == TIDAL_OK) s = bus_pull_subscribe(subconn, BENCH_STREAM, "trainer", &c.sub);
+    if (s != TIDAL_OK) return s;
+    s = run_path(true, pubs, n_pubs, &c, payload, len, n, r);
+    bus_unsubscribe(c.sub);
+    bus_stream_delete(subconn, BENCH_STREAM);
+    return s;
+}
+
+static tidal_status run_raw(tidal_bus **pubs, int n_pubs, tidal_bus *subconn, const void *payload, size_t len, long n,
                             bench_result *r)
 {
     consumer_ctx c = {.bus = subconn, .want = n};
     tidal_status s = bus_subscribe_sync(subconn, BENCH_SUBJECT_RAW, NULL, &c.sub);
     if (s == TIDAL_OK) s = bus_flush(subconn, 5000);
-    if (s != TIDAL_OK) return s;
-    pthread_t th;
-    double t0 = now_s();
-    pthread_create(&th, NULL, raw_consume, &c);
-    for (long i = 0; i < n && s == TIDAL_OK; i++) s = bus_publish(pub, BENCH_SUBJECT_RAW, payload, (int)len);
-    if (s == TIDAL_OK) s = bus_flush(pub, 30000);
-    pthread_join(th, NULL);
-    finish(r, t0, c.got, len);
+    if (s == TIDAL_OK) s = run_path(false, pubs, n_pubs, &c, payload, len, n, r);
     bus_unsubscribe(c.sub);
-    if (s == TIDAL_OK && c.status != TIDAL_OK) s = tidal_fail(c.status, "bench: raw subscriber: %s", c.err);
     return s;
 }
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: tidal bench bus [--bus URL] [--messages N] [--rounds R] [--json]\n"
+            "usage: tidal bench bus [--bus URL] [--publishers P] [--messages N] [--rounds R] [--json]\n"
             "  JetStream trajectory path (publish with Nats-Msg-Id to a file stream, pull\n"
             "  consumer with acks) against raw core NATS pub/sub of the same ~8 KB\n"
             "  Trajectory messages, on the same server. Without --bus a private\n"
-            "  nats-server is started. Each path runs R rounds (default 3); the best counts.\n");
+            "  nats-server is started. P publishers (default 1), each on its own connection\n"
+            "  like rollout workers, share the N messages; one consumer. Each path runs R\n"
+            "  rounds (default 3); the best counts.\n");
 }
 
 static json_t *result_json(const bench_result *r)
@@ -229,25 +269,27 @@ int bench_bus_main(int argc, char **argv)
 {
     const char *url = NULL;
     long n = 100000;
-    int rounds = 3, as_json = 0;
+    int rounds = 3, as_json = 0, n_pubs = 1;
     static const struct option opts[] = {{"bus", required_argument, 0, 'b'},
+                                         {"publishers", required_argument, 0, 'p'},
                                          {"messages", required_argument, 0, 'n'},
                                          {"rounds", required_argument, 0, 'r'},
                                          {"json", no_argument, 0, 'j'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "b:n:r:jh", opts, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "b:p:n:r:jh", opts, NULL)) != -1;) {
         switch (c) {
         case 'b': url = optarg; break;
         case 'n': n = strtol(optarg, NULL, 10); break;
+        case 'p': n_pubs = atoi(optarg); break;
         case 'r': rounds = atoi(optarg); break;
         case 'j': as_json = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc || n <= 0 || rounds <= 0) {
+    if (optind < argc || n <= 0 || rounds <= 0 || n_pubs < 1 || n_pubs > BENCH_MAX_PUBLISHERS) {
         usage(stderr);
         return 2;
     }
@@ -255,7 +297,7 @@ int bench_bus_main(int argc, char **argv)
     void *payload = NULL;
     size_t len = 0;
     tidal_server *srv = NULL;
-    tidal_bus *bus = NULL, *subconn = NULL;
+    tidal_bus *pubs[BENCH_MAX_PUBLISHERS] = {0}, *subconn = NULL;
     tidal_status s = make_trajectory(&payload, &len);
     if (s == TIDAL_OK && !url) {
         tidal_server_opts so = {0};
@@ -263,14 +305,14 @@ int bench_bus_main(int argc, char **argv)
         if (s == TIDAL_OK) url = tidal_server_url(srv);
     }
     bus_opts bo = {.urls = url, .name = "tidal-bench", .async_max_pending = 8192, .js_timeout_ms = 10000};
-    if (s == TIDAL_OK) s = bus_connect(&bus, &bo);
+    for (int i = 0; i < n_pubs && s == TIDAL_OK; i++) s = bus_connect(&pubs[i], &bo);
     if (s == TIDAL_OK) s = bus_connect(&subconn, &bo);
 
     bench_result js_best = {0}, raw_best = {0};
     for (int i = 0; i < rounds && s == TIDAL_OK; i++) {
         bench_result js = {0}, raw = {0};
-        s = run_raw(bus, subconn, payload, len, n, &raw);
-        if (s == TIDAL_OK) s = run_jetstream(bus, subconn, payload, len, n, &js);
+        s = run_raw(pubs, n_pubs, subconn, payload, len, n, &raw);
+        if (s == TIDAL_OK) s = run_jetstream(pubs, n_pubs, subconn, payload, len, n, &js);
         if (s != TIDAL_OK) break;
         fprintf(stderr, "round %d: jetstream %.0f msgs/s (%.1f MB/s), raw %.0f msgs/s (%.1f MB/s)\n", i + 1,
                     js.msgs_per_s, js.mb_per_s, raw.msgs_per_s, raw.mb_per_s);
@@ -284,14 +326,15 @@ int bench_bus_main(int argc, char **argv)
     } else {
         double ratio = js_best.msgs_per_s / raw_best.msgs_per_s;
         if (!as_json)
-            printf("bench bus: %ld messages of %zu bytes\n"
+            printf("bench bus: %ld messages of %zu bytes from %d publisher%s\n"
                    "  tidal (JetStream file stream, Nats-Msg-Id, pull consumer + acks): %10.0f msgs/s %8.1f MB/s\n"
                    "  peer  (core NATS pub/sub, no storage, no acks):                  %10.0f msgs/s %8.1f MB/s\n"
                    "  ratio %.3f\n",
-                   n, len, js_best.msgs_per_s, js_best.mb_per_s, raw_best.msgs_per_s, raw_best.mb_per_s, ratio);
-        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:o, s:o, s:f}", "bench", "bus", "peer",
+                   n, len, n_pubs, n_pubs > 1 ? "s" : "", js_best.msgs_per_s, js_best.mb_per_s, raw_best.msgs_per_s, raw_best.mb_per_s, ratio);
+        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:o, s:o, s:f}", "bench", "bus", "peer",
                               "core NATS publish/subscribe of the same bytes on the same server",
-                              "messages", (json_int_t)n, "message_bytes", (json_int_t)len, "rounds", rounds,
+                              "messages", (json_int_t)n, "message_bytes", (json_int_t)len, "publishers", n_pubs,
+                              "rounds", rounds,
                               "tidal", result_json(&js_best), "raw", result_json(&raw_best), "ratio", ratio);
         char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
         printf("%s\n", line);
@@ -299,7 +342,7 @@ int bench_bus_main(int argc, char **argv)
         json_decref(o);
     }
     bus_close(subconn);
-    bus_close(bus);
+    for (int i = 0; i < n_pubs; i++) bus_close(pubs[i]);
     tidal_server_stop(srv);
     free(payload);
     return rc;
