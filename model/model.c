@@ -77,6 +77,9 @@ struct model {
     float *scratch;        /* one allocation */
     float *dx, *dn, *dq, *dk, *dv, *datt, *dh, *dgate, *dup, *head_scratch;
     bool have_forward;
+    /* inference scratch (model_infer), grown as needed */
+    void *infer_block;
+    int infer_T, infer_S;
 };
 
 static int qdim(const model_config *c) { return c->num_heads * c->head_dim; }
@@ -215,6 +218,7 @@ void model_free(model *m)
     free(m->acts);
     free(m->pos);
     free(m->scratch);
+    free(m->infer_block);
     free(m);
 }
 
@@ -575,4 +579,169 @@ double model_grad_norm(const model *m)
     double s = 0.0;
     for (size_t i = 0; i < m->n_params; i++) s += (double)m->grads[i] * m->grads[i];
     return sqrt(s);
+}
+
+/* ------------------------------------------------------------ inference */
+
+struct model_kv {
+    model_config cfg;      /* the shape the cache was made for */
+    int slots, max_len;
+    int *len;              /* [slots] tokens cached */
+    float *k, *v;          /* [L, slots, max_len, NKV*HD] each */
+};
+
+tidal_status model_kv_create(const model_config *c, int slots, int max_len, model_kv **out)
+{
+    *out = NULL;
+    if (slots <= 0 || max_len <= 0 || max_len > c->max_position_embeddings)
+        return tidal_fail(TIDAL_ERR_INVALID, "kv cache: %d slots of %d positions (max_position_embeddings %d)", slots,
+                          max_len, c->max_position_embeddings);
+    model_kv *kv = calloc(1, sizeof *kv);
+    if (!kv) return tidal_fail(TIDAL_ERR_NOMEM, "kv cache: out of memory");
+    kv->cfg = *c;
+    kv->slots = slots;
+    kv->max_len = max_len;
+    size_t n = (size_t)c->num_layers * slots * max_len * kvdim(c);
+    kv->len = calloc((size_t)slots, sizeof(int));
+    kv->k = malloc(n * sizeof(float));
+    kv->v = malloc(n * sizeof(float));
+    if (!kv->len || !kv->k || !kv->v) {
+        model_kv_free(kv);
+        return tidal_fail(TIDAL_ERR_NOMEM, "kv cache: cannot allocate %.1f MiB", (double)n * 8 / (1 << 20));
+    }
+    *out = kv;
+    return TIDAL_OK;
+}
+
+void model_kv_free(model_kv *kv)
+{
+    if (!kv) return;
+    free(kv->len);
+    free(kv->k);
+    free(kv->v);
+    free(kv);
+}
+
+void model_kv_reset(model_kv *kv, int slot)
+{
+    assert(slot >= 0 && slot < kv->slots);
+    kv->len[slot] = 0;
+}
+
+int model_kv_len(const model_kv *kv, int slot) { return kv->len[slot]; }
+int model_kv_slots(const model_kv *kv) { return kv->slots; }
+int model_kv_max_len(const model_kv *kv) { return kv->max_len; }
+
+/* Inference scratch for T tokens and S segments, grown as needed. */
+typedef struct infer_bufs {
+    float *x, *a, *q, *k, *v, *att, *tmp, *gate, *up, *h, *rstd, *last, *lastn;
+    int32_t *slot, *pos;
+} infer_bufs;
+
+/* Point b at m's inference scratch, grown to T tokens and S segments. */
+static tidal_status infer_bufs_get(model *m, int T, int S, infer_bufs *b)
+{
+    const model_config *c = &m->cfg;
+    const size_t C = (size_t)c->hidden_size, QD = (size_t)qdim(c), KVD = (size_t)kvdim(c);
+    const size_t F = (size_t)c->intermediate_size;
+    if (T > m->infer_T || S > m->infer_S) {
+        int nT = T > m->infer_T ? T : m->infer_T, nS = S > m->infer_S ? S : m->infer_S;
+        size_t n = (size_t)nT * (4 * C + 2 * QD + 2 * KVD + 3 * F + 1) + 2 * (size_t)nS * C;
+        void *blk = malloc(n * sizeof(float) + 2 * (size_t)nT * sizeof(int32_t));
+        if (!blk) return tidal_fail(TIDAL_ERR_NOMEM, "model infer: out of memory for %d tokens", T);
+        free(m->infer_block);
+        m->infer_block = blk;
+        m->infer_T = nT;
+        m->infer_S = nS;
+    }
+    const size_t t = (size_t)m->infer_T;
+    float *p = m->infer_block;
+#define TAKE(ptr, cnt) do { (ptr) = p; p += (cnt); } while (0)
+    TAKE(b->x, t * C);
+    TAKE(b->a, t * C);
+    TAKE(b->tmp, t * C);
+    TAKE(b->q, t * QD);
+    TAKE(b->att, t * QD);
+    TAKE(b->k, t * KVD);
+    TAKE(b->v, t * KVD);
+    TAKE(b->gate, t * F);
+    TAKE(b->up, t * F);
+    TAKE(b->h, t * F);
+    TAKE(b->rstd, t);
+    TAKE(b->last, (size_t)m->infer_S * C);
+    TAKE(b->lastn, (size_t)m->infer_S * C);
+#undef TAKE
+    b->slot = (int32_t *)p;
+    b->pos = b->slot + t;
+    return TIDAL_OK;
+}
+
+tidal_status model_infer(model *m, model_kv *kv, int S, const int32_t *slots, const int32_t *cu,
+                         const int32_t *tokens, float *logits_last)
+{
+    const model_config *c = &m->cfg;
+    if (kv->cfg.num_layers != c->num_layers || kv->cfg.num_kv_heads != c->num_kv_heads ||
+        kv->cfg.head_dim != c->head_dim)
+        return tidal_fail(TIDAL_ERR_INVALID, "model infer: the KV cache was made for another model shape");
+    if (S <= 0 || cu[0] != 0) return tidal_fail(TIDAL_ERR_INVALID, "model infer: %d segments, cu[0] = %d", S, cu[0]);
+    for (int i = 0; i < S; i++) {
+        int n = cu[i + 1] - cu[i];
+        if (slots[i] < 0 || slots[i] >= kv->slots)
+            return tidal_fail(TIDAL_ERR_INVALID, "model infer: slot %d out of range [0, %d)", slots[i], kv->slots);
+        for (int j = 0; j < i; j++)
+            if (slots[j] == slots[i]) return tidal_fail(TIDAL_ERR_INVALID, "model infer: slot %d given twice", slots[i]);
+        if (n <= 0) return tidal_fail(TIDAL_ERR_INVALID, "model infer: segment %d has %d tokens", i, n);
+        if (kv->len[slots[i]] + n > kv->max_len)
+            return tidal_fail(TIDAL_ERR_INVALID, "model infer: slot %d would hold %d tokens, the cache holds %d",
+                              slots[i], kv->len[slots[i]] + n, kv->max_len);
+    }
+    const int T = cu[S], V = c->vocab_size;
+    for (int t = 0; t < T; t++)
+        if (tokens[t] < 0 || tokens[t] >= V)
+            return tidal_fail(TIDAL_ERR_INVALID, "model infer: token[%d] = %d out of range [0, %d)", t, tokens[t], V);
+
+    infer_bufs b = {0};
+    tidal_status st = infer_bufs_get(m, T, S, &b);
+    if (st != TIDAL_OK) return st;
+    const int C = c->hidden_size, NH = c->num_heads, NKV = c->num_kv_heads, HD = c->head_dim;
+    const int QD = qdim(c), KVD = kvdim(c), F = c->intermediate_size, L = c->num_layers;
+    const float eps = (float)c->rms_norm_eps, theta = (float)c->rope_theta;
+    for (int i = 0; i < S; i++)
+        for (int t = cu[i]; t < cu[i + 1]; t++) {
+            b.slot[t] = slots[i];
+            b.pos[t] = kv->len[slots[i]] + (t - cu[i]);
+        }
+    const size_t layer_stride = (size_t)kv->slots * kv->max_len * KVD;
+
+    cpu_embedding_forward(b.x, tokens, m->p.embed, T, C);
+    for (int l = 0; l < L; l++) {
+        const layer_view *w = &m->p.layers[l];
+        float *kc = kv->k + (size_t)l * layer_stride, *vc = kv->v + (size_t)l * layer_stride;
+        cpu_rmsnorm_forward(b.a, b.rstd, b.x, w->ln1, T, C, eps);
+        cpu_matmul_forward(b.q, b.a, w->wq, w->bq, T, C, QD);
+        cpu_matmul_forward(b.k, b.a, w->wk, w->bk, T, C, KVD);
+        cpu_matmul_forward(b.v, b.a, w->wv, w->bv, T, C, KVD);
+        cpu_rope_forward(b.q, b.pos, T, NH, HD, theta);
+        cpu_rope_forward(b.k, b.pos, T, NKV, HD, theta);
+        for (int t = 0; t < T; t++) { /* this step's keys and values join the cache */
+            size_t at = ((size_t)b.slot[t] * kv->max_len + (size_t)b.pos[t]) * KVD;
+            memcpy(kc + at, b.k + (size_t)t * KVD, (size_t)KVD * sizeof(float));
+            memcpy(vc + at, b.v + (size_t)t * KVD, (size_t)KVD * sizeof(float));
+        }
+        cpu_attention_cached(b.att, b.q, kc, vc, b.slot, b.pos, T, NH, NKV, HD, kv->max_len);
+        cpu_matmul_forward(b.tmp, b.att, w->wo, w->bo, T, QD, C);
+        for (size_t i = 0; i < (size_t)T * C; i++) b.x[i] += b.tmp[i];
+        cpu_rmsnorm_forward(b.a, b.rstd, b.x, w->ln2, T, C, eps);
+        cpu_matmul_forward(b.gate, b.a, w->wg, NULL, T, C, F);
+        cpu_matmul_forward(b.up, b.a, w->wu, NULL, T, C, F);
+        cpu_swiglu_forward(b.h, b.gate, b.up, (size_t)T * F);
+        cpu_matmul_forward(b.tmp, b.h, w->wd, NULL, T, F, C);
+        for (size_t i = 0; i < (size_t)T * C; i++) b.x[i] += b.tmp[i];
+    }
+    for (int i = 0; i < S; i++)
+        memcpy(b.last + (size_t)i * C, b.x + (size_t)(cu[i + 1] - 1) * C, (size_t)C * sizeof(float));
+    cpu_rmsnorm_forward(b.lastn, b.rstd, b.last, m->p.norm, S, C, eps);
+    cpu_matmul_forward(logits_last, b.lastn, m->p.head, NULL, S, C, V);
+    for (int i = 0; i < S; i++) kv->len[slots[i]] += cu[i + 1] - cu[i];
+    return TIDAL_OK;
 }

@@ -96,4 +96,34 @@ void model_set_recompute_mlp(model *m, bool on);
 /* Activation floats kept per token by the forward (the formula of docs/memory.md). */
 size_t model_activation_floats_per_token(const model_config *c, bool recompute_mlp);
 
+/* ---------------------------------------------------------------- inference
+ *
+ * Generation keeps a KV cache: for each of `slots` sequences and every layer,
+ * the keys (after RoPE) and values of up to max_len positions. model_infer
+ * appends tokens to any set of slots in one call - a new sequence's whole
+ * prompt (prefill), one token per running sequence (decode), or both mixed
+ * (continuous batching) - and returns the logits of the last token of each.
+ * No activations are kept for a backward. The cache belongs to the caller and
+ * holds no reference to the weights: a model of the same shape may be swapped
+ * in between calls (the in-flight weight update), the cached entries of the
+ * earlier weights are kept. */
+typedef struct model_kv model_kv;
+
+tidal_status model_kv_create(const model_config *c, int slots, int max_len, model_kv **out);
+void model_kv_free(model_kv *kv);
+/* Empty a slot (its next token is at position 0). */
+void model_kv_reset(model_kv *kv, int slot);
+/* Tokens cached in a slot. */
+int model_kv_len(const model_kv *kv, int slot);
+int model_kv_slots(const model_kv *kv);
+int model_kv_max_len(const model_kv *kv);
+
+/* Append tokens to S slots: segment i (tokens[cu[i] .. cu[i+1]-1], at least
+ * one) goes to slot slots[i] at positions kv_len .. kv_len + n - 1; the slots
+ * are distinct. logits_last[S, V] receives the (unscaled) logits of each
+ * segment's last token. TIDAL_ERR_INVALID (nothing changed) for an id out of
+ * range, a repeated slot, or a segment that would pass max_len. */
+tidal_status model_infer(model *m, model_kv *kv, int S, const int32_t *slots, const int32_t *cu,
+                         const int32_t *tokens, float *logits_last);
+
 #endif

@@ -358,6 +358,49 @@ void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
     }
 }
 
+/* ---- attention against a KV cache ---- */
+
+#define CACHED_MAX_HD 1024
+
+void cpu_attention_cached(float *out, const float *q, const float *kcache, const float *vcache,
+                          const int32_t *slot, const int32_t *pos, int T, int NH, int NKV, int HD, int max_len)
+{
+    assert(NH % NKV == 0 && HD <= CACHED_MAX_HD);
+    const int group = NH / NKV, KVD = NKV * HD;
+    const float scale = 1.0f / sqrtf((float)HD);
+    /* one (token, head) row per task; online softmax over the cached keys, so
+     * nothing of length pos is stored */
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int th = 0; th < T * NH; th++) {
+        const int t = th / NH, h = th % NH, kvh = h / group;
+        assert(pos[t] >= 0 && pos[t] < max_len);
+        const float *qr = q + ((size_t)t * NH + h) * HD;
+        const size_t base = (size_t)slot[t] * max_len * KVD + (size_t)kvh * HD;
+        float acc[CACHED_MAX_HD];
+        memset(acc, 0, (size_t)HD * sizeof(float));
+        float m = -INFINITY, l = 0.0f;
+        for (int j = 0; j <= pos[t]; j++) {
+            const float *kr = kcache + base + (size_t)j * KVD;
+            const float *vr = vcache + base + (size_t)j * KVD;
+            float sc = 0.0f;
+            for (int d = 0; d < HD; d++) sc += qr[d] * kr[d];
+            sc *= scale;
+            if (sc > m) { /* rescale what was accumulated under the old max */
+                const float r = expf(m - sc);
+                l *= r;
+                for (int d = 0; d < HD; d++) acc[d] *= r;
+                m = sc;
+            }
+            const float e = expf(sc - m);
+            l += e;
+            for (int d = 0; d < HD; d++) acc[d] += e * vr[d];
+        }
+        float *o = out + ((size_t)t * NH + h) * HD;
+        const float inv = 1.0f / l;
+        for (int d = 0; d < HD; d++) o[d] = acc[d] * inv;
+    }
+}
+
 /* ---- SwiGLU ---- */
 
 /* 1 / (1 + exp(-x)) without overflow for large |x|. */

@@ -68,6 +68,13 @@ void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
                             const float *lse, const float *q, const float *k, const float *v,
                             const int32_t *cu_seqlens, int S, int T, int NH, int NKV, int HD);
 
+/* ---- attention against a KV cache (generation) ---- */
+/* Token t (slot slot[t], position pos[t]) attends to positions 0 .. pos[t] of
+ * its slot's cache: kcache/vcache are [slots, max_len, NKV, HD] and already
+ * hold this token's own k and v. out[T,NH,HD] is overwritten. */
+void cpu_attention_cached(float *out, const float *q, const float *kcache, const float *vcache,
+                          const int32_t *slot, const int32_t *pos, int T, int NH, int NKV, int HD, int max_len);
+
 /* ---- SwiGLU ---- */
 /* out[i] = silu(gate[i]) * up[i] for N elements. Overwrites out. */
 void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t N);

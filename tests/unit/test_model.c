@@ -2,6 +2,7 @@
  * differences, packing (a sequence's outputs do not depend on its neighbours),
  * save/load round trip, load errors; and the optimizer: AdamW against a hand
  * computation, clipping, learning-rate schedules. */
+#include <assert.h>
 #include <math.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -135,6 +136,69 @@ static void test_recompute_mlp_same_gradients(void)
     CHECK(model_activation_floats_per_token(&c, true) < model_activation_floats_per_token(&c, false));
 }
 
+/* Logits at position t of sequence ids[0..n) from the training forward. */
+static void full_logits(model *m, const int32_t *ids, int n, float *logits)
+{
+    int32_t cu[2] = {0, n};
+    float lp[64], ent[64];
+    model_batch b = {.T = n, .S = 1, .ids = ids, .targets = ids, .cu_seqlens = cu, .inv_temp = 1.0f};
+    tidal_status s = model_forward(m, &b, lp, ent, logits);
+    assert(s == TIDAL_OK);
+    (void)s;
+}
+
+static float max_diff(const float *a, const float *b, int n)
+{
+    float d = 0.0f;
+    for (int i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
+    return d;
+}
+
+/* KV-cache inference (prefill, decode, both mixed in one call) gives the
+ * training forward's logits. */
+static void test_infer_matches_forward(void)
+{
+    model_config c = tiny(false, MODEL_QWEN2);
+    const int V = c.vocab_size;
+    model *m = NULL;
+    model_kv *kv = NULL;
+    CHECK_OK(model_create(&c, &m));
+    model_init_random(m, 21, 0.3f, true);
+    CHECK_OK(model_kv_create(&c, 3, 16, &kv));
+    /* three sequences: slot 2 gets 5 prompt tokens, slot 0 gets 1; then both decode
+     * while slot 1 prefills 3 tokens in the same call */
+    const int32_t seq[3][12] = {{4, 9, 1, 1, 7, 3}, {2, 8, 5, 11, 6}, {12, 0, 3, 3, 10, 4, 7, 2}};
+    float want[16 * 13];
+    int32_t slots1[2] = {2, 0}, cu1[3] = {0, 5, 6}, tok1[6] = {12, 0, 3, 3, 10, 4};
+    float logits[3 * 13];
+    CHECK_OK(model_infer(m, kv, 2, slots1, cu1, tok1, logits));
+    CHECK(model_kv_len(kv, 2) == 5 && model_kv_len(kv, 0) == 1 && model_kv_len(kv, 1) == 0);
+    full_logits(m, seq[2], 5, want);
+    CHECK_MSG(max_diff(logits, want + 4 * V, V) < 1e-4f, "prefill slot 2: %g", max_diff(logits, want + 4 * V, V));
+    full_logits(m, seq[0], 1, want);
+    CHECK(max_diff(logits + V, want, V) < 1e-4f);
+    /* mixed: slot 2 decodes token 5, slot 0 decodes token 1, slot 1 prefills 3 */
+    int32_t slots2[3] = {2, 0, 1}, cu2[4] = {0, 1, 2, 5}, tok2[5] = {4, 9, 2, 8, 5};
+    CHECK_OK(model_infer(m, kv, 3, slots2, cu2, tok2, logits));
+    full_logits(m, seq[2], 6, want);
+    CHECK_MSG(max_diff(logits, want + 5 * V, V) < 1e-4f, "decode slot 2: %g", max_diff(logits, want + 5 * V, V));
+    full_logits(m, seq[0], 2, want);
+    CHECK(max_diff(logits + V, want + V, V) < 1e-4f);
+    full_logits(m, seq[1], 3, want);
+    CHECK(max_diff(logits + 2 * V, want + 2 * V, V) < 1e-4f);
+    /* errors change nothing */
+    int32_t dup[2] = {1, 1}, cud[3] = {0, 1, 2}, tokd[2] = {1, 2};
+    CHECK_STATUS(model_infer(m, kv, 2, dup, cud, tokd, logits), TIDAL_ERR_INVALID);
+    int32_t one[1] = {0}, cuo[2] = {0, 15}, toko[15] = {0};
+    CHECK_STATUS(model_infer(m, kv, 1, one, cuo, toko, logits), TIDAL_ERR_INVALID);
+    CHECK(strstr(tidal_errmsg(), "slot 0 would hold 17 tokens") != NULL);
+    CHECK(model_kv_len(kv, 0) == 2 && model_kv_len(kv, 1) == 3);
+    model_kv_reset(kv, 0);
+    CHECK(model_kv_len(kv, 0) == 0);
+    model_kv_free(kv);
+    model_free(m);
+}
+
 static void test_batch_errors(void)
 {
     model_config c = tiny(true, MODEL_QWEN2);
@@ -254,6 +318,7 @@ int main(void)
     RUN(test_gradients_untied_qwen2);
     RUN(test_packing_isolates_sequences);
     RUN(test_recompute_mlp_same_gradients);
+    RUN(test_infer_matches_forward);
     RUN(test_batch_errors);
     RUN(test_save_load_round_trip);
     RUN(test_adamw_matches_hand_computation);
