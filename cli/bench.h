@@ -9,5 +9,6 @@
 
 int bench_bus_main(int argc, char **argv);
 int bench_train_main(int argc, char **argv);
+int bench_generate_main(int argc, char **argv);
 
 #endif

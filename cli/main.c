@@ -44,6 +44,11 @@ static int cmd_debug(const struct command *cmd, int argc, char **argv)
     (void)cmd;
     return debug_main(argc, argv);
 }
+static int cmd_generate(const struct command *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    return generate_main(argc, argv);
+}
 
 static const struct command commands[] = {
     {"run", "run a whole job on this machine",
@@ -100,11 +105,7 @@ static const struct command commands[] = {
      "Read text lines on stdin and print one JSON array of token ids per line;\n"
      "with --decode, read JSON arrays of ids and print the text.\n",
      cmd_unavailable},
-    {"generate", "generate with the built-in engine",
-     "usage: tidal generate --model DIR [options]\n"
-     "\n"
-     "Generate completions for prompts with the built-in engine.\n",
-     cmd_unavailable},
+    {"generate", "generate with the built-in engine", generate_usage, cmd_generate},
     {"debug", "developer hooks (fwdbwd: the parity hook)",
      "usage: tidal debug fwdbwd --model DIR --input IN.safetensors --out OUT.safetensors\n"
      "\n"
@@ -126,7 +127,7 @@ static const struct {
     int (*entry)(int argc, char **argv);
 } benches[] = {
     {"bus", bench_bus_main}, {"weights", NULL}, {"train", bench_train_main},
-    {"generate", NULL},      {"env", NULL},     {"async", NULL},
+    {"generate", bench_generate_main}, {"env", NULL}, {"async", NULL},
 };
 
 static const struct command *find_command(const char *name)
