@@ -14,7 +14,8 @@ CMAKE_ARGS ?=
 # Everything the build and the tests need, by Debian package name.
 DEPS = cmake make gcc pkg-config clang libclang-rt-14-dev \
        libnats-dev nats-server libprotobuf-c-dev protobuf-c-compiler \
-       libssl-dev openssl libjansson-dev libopenblas-openmp-dev python3-torch
+       libssl-dev openssl libjansson-dev libopenblas-openmp-dev python3-torch \
+       libpcre2-dev libutf8proc-dev nodejs
 
 .PHONY: all deps build test test-asan clean
 

@@ -10,5 +10,6 @@
 int bench_bus_main(int argc, char **argv);
 int bench_train_main(int argc, char **argv);
 int bench_generate_main(int argc, char **argv);
+int bench_tokenize_main(int argc, char **argv);
 
 #endif

@@ -8,9 +8,9 @@
  * where top-k/top-p/min-p truncated the distribution. A summary (finish
  * reason, tokens, tokens/s) goes to stderr.
  *
- * The tokenizer side is two functions below, encode_prompt() and
- * token_bytes(): until the tokenizer exists they refuse text prompts and
- * report no bytes, so only --ids works.
+ * A text prompt loads the tokenizer from the model directory (tokenizer.json
+ * and tokenizer_config.json); with --chat the chat format's end-of-turn token
+ * also stops generation.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -23,6 +23,8 @@
 #include "kernels/cpu/ops.h"
 #include "model/model.h"
 #include "proto/status.h"
+#include "model/chat.h"
+#include "model/tokenizer.h"
 #include "rollout/engine.h"
 
 const char generate_usage[] =
@@ -40,45 +42,65 @@ const char generate_usage[] =
 
 static void usage(FILE *f) { fputs(generate_usage, f); }
 
-/* ---------------------------------------------------------------- tokenizer hooks
- * The three places the tokenizer (model/tokenizer.h, not written yet) plugs
- * in; nothing else in this file knows about it. */
+/* ---------------------------------------------------------------- tokenizer */
 
 typedef struct tok_ctx {
     const char *model_dir;
-    void *tokenizer;  /* the loaded tokenizer, once there is one (NULL: ids only) */
+    tokenizer *tokenizer;  /* loaded for a text prompt (NULL with --ids) */
+    int32_t end_of_turn;   /* the chat format's end-of-turn token, or -1 */
 } tok_ctx;
 
-/* Text -> token ids in *ids (malloc'd, caller frees), *n of them; with
- * `chat`, the text is one user message rendered with the model's chat
- * template and its generation prompt. To connect: load the tokenizer of
- * tc->model_dir into tc->tokenizer, render the chat template when `chat`,
- * encode (special-token strings become their ids, no BOS added unless the
- * template has it). */
+/* Text -> token ids in *ids (malloc'd, caller frees), *n of them. With `chat`
+ * the text is one user message rendered with the chat format the tokenizer's
+ * tokenizer_config.json names (chatml, llama3, else plain) and its generation
+ * prompt. Special-token strings become their ids; no BOS is added beyond what
+ * the template writes. */
 static tidal_status encode_prompt(tok_ctx *tc, const char *text, bool chat, int32_t **ids, int *n)
 {
-    (void)tc;
-    (void)text;
-    (void)chat;
     *ids = NULL;
     *n = 0;
-    return tidal_fail(TIDAL_ERR_UNAVAILABLE, "generate: text prompts need the tokenizer, not in this build yet: "
-                                             "give the prompt as token ids with --ids");
+    tidal_status s = tokenizer_load(tc->model_dir, &tc->tokenizer);
+    if (s != TIDAL_OK) return tidal_wrap(s, "generate: text prompts need the model's tokenizer");
+    char *rendered = NULL;
+    size_t len = strlen(text);
+    if (chat) {
+        chat_format f = CHAT_PLAIN;
+        const char *tmpl = tokenizer_chat_template(tc->tokenizer);
+        if (!tmpl || chat_format_detect(tmpl, &f) != TIDAL_OK) f = CHAT_PLAIN;
+        chat_message msg = {.role = "user", .content = text};
+        s = chat_render(f, &msg, 1, true, &rendered, &len);
+        if (s != TIDAL_OK) return s;
+        text = rendered;
+        tc->end_of_turn = tokenizer_token_id(tc->tokenizer, chat_end_of_turn(f));
+    }
+    tok_ids out = {0};
+    s = tokenizer_encode(tc->tokenizer, text, len, false, &out);
+    free(rendered);
+    if (s != TIDAL_OK) {
+        tok_ids_free(&out);
+        return s;
+    }
+    if (out.n == 0 || out.n > (size_t)INT32_MAX) {
+        tok_ids_free(&out);
+        return tidal_fail(TIDAL_ERR_INVALID, "generate: the prompt encodes to %zu tokens", out.n);
+    }
+    *ids = out.ids;
+    *n = (int)out.n;
+    return TIDAL_OK;
 }
 
-/* A token's bytes (engine_token_bytes_fn): for streaming, and the engine's
- * stop strings. To connect: the tokenizer's bytes of `id`. */
+/* A token's bytes (engine_token_bytes_fn): for streaming and stop strings. */
 static const char *token_bytes(void *ctx, int32_t id, size_t *len)
 {
     tok_ctx *tc = ctx;
-    (void)id;
-    *len = 0;
-    (void)tc->tokenizer;
-    return NULL;
+    return tokenizer_token_bytes(tc->tokenizer, id, len);
 }
 
-/* Free what encode_prompt loaded. */
-static void tok_release(tok_ctx *tc) { tc->tokenizer = NULL; }
+static void tok_release(tok_ctx *tc)
+{
+    tokenizer_free(tc->tokenizer);
+    tc->tokenizer = NULL;
+}
 
 /* ---------------------------------------------------------------- streaming */
 
@@ -166,7 +188,7 @@ int generate_main(int argc, char **argv)
     long long x = 0;
     int top_k = 0, max_tokens = 256, threads = 0, n_stop = 0;
     uint64_t seed = 0;
-    int32_t stop_ids[33];
+    int32_t stop_ids[34]; /* 32 from --stop-id, eos, end of turn */
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"prompt", required_argument, 0, 'p'},
                                          {"ids", required_argument, 0, 'i'},
@@ -219,7 +241,7 @@ int generate_main(int argc, char **argv)
     engine_result *r = NULL;
     int32_t *ids = NULL;
     int n_ids = 0, rc = 1;
-    tok_ctx tc = {.model_dir = dir};
+    tok_ctx tc = {.model_dir = dir, .end_of_turn = -1};
     tidal_status s = model_load(dir, &m);
     if (s != TIDAL_OK) {
         rc = 2; /* a bad model directory is bad input */
@@ -236,7 +258,8 @@ int generate_main(int argc, char **argv)
         s = encode_prompt(&tc, prompt, chat, &ids, &n_ids);
         if (s != TIDAL_OK) goto out;
     }
-    if (cfg->eos_token_id >= 0 && n_stop < 33) stop_ids[n_stop++] = cfg->eos_token_id;
+    if (cfg->eos_token_id >= 0 && n_stop < 34) stop_ids[n_stop++] = cfg->eos_token_id;
+    if (tc.end_of_turn >= 0 && n_stop < 34) stop_ids[n_stop++] = tc.end_of_turn;
     for (int i = 0; i < n_stop; i++)
         if (stop_ids[i] >= cfg->vocab_size) {
             s = tidal_fail(TIDAL_ERR_INVALID, "generate: --stop-id %d is not below the vocabulary size %d", stop_ids[i],

@@ -44,6 +44,11 @@ static int cmd_debug(const struct command *cmd, int argc, char **argv)
     (void)cmd;
     return debug_main(argc, argv);
 }
+static int cmd_tokenize(const struct command *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    return tokenize_main(argc, argv);
+}
 static int cmd_generate(const struct command *cmd, int argc, char **argv)
 {
     (void)cmd;
@@ -87,7 +92,7 @@ static const struct command commands[] = {
      "Print the job's state, trainer version and live rollout workers.\n",
      cmd_unavailable},
     {"bench", "benchmarks against a peer (last line: JSON)",
-     "usage: tidal bench bus|weights|train|generate|env|async [--json]\n"
+     "usage: tidal bench bus|weights|train|generate|env|async|tokenize [--json]\n"
      "\n"
      "Run a benchmark and its peer in the same invocation; the last line printed is one\n"
      "JSON object with the figures, `peer` and `ratio` (tidal / peer, higher is better).\n"
@@ -97,14 +102,17 @@ static const struct command commands[] = {
      "  generate  built-in generation\n"
      "  env       environment round trips\n"
      "  async     asynchronous vs synchronous training\n"
+     "  tokenize  tokenizer encode MB/s vs Hugging Face's JavaScript tokenizer\n"
      "`tidal bench WHAT --help` shows a benchmark's own options.\n",
      cmd_bench},
     {"tokenize", "text lines to token ids, or back",
-     "usage: tidal tokenize --tokenizer PATH [--decode]\n"
+     "usage: tidal tokenize --tokenizer PATH [--jsonl] [--decode] [--add-special]\n"
      "\n"
-     "Read text lines on stdin and print one JSON array of token ids per line;\n"
-     "with --decode, read JSON arrays of ids and print the text.\n",
-     cmd_unavailable},
+     "Read one text per line on stdin (with --jsonl, one JSON string per line, so texts\n"
+     "may hold newlines) and print one JSON array of token ids per line; no BOS or\n"
+     "other added tokens unless --add-special. With --decode, read JSON arrays of ids\n"
+     "and print the texts. PATH is a tokenizer.json or a directory holding one.\n",
+     cmd_tokenize},
     {"generate", "generate with the built-in engine", generate_usage, cmd_generate},
     {"debug", "developer hooks (fwdbwd: the parity hook)",
      "usage: tidal debug fwdbwd --model DIR --input IN.safetensors --out OUT.safetensors\n"
@@ -127,7 +135,7 @@ static const struct {
     int (*entry)(int argc, char **argv);
 } benches[] = {
     {"bus", bench_bus_main}, {"weights", NULL}, {"train", bench_train_main},
-    {"generate", bench_generate_main}, {"env", NULL}, {"async", NULL},
+    {"generate", bench_generate_main}, {"env", NULL}, {"async", NULL}, {"tokenize", bench_tokenize_main},
 };
 
 static const struct command *find_command(const char *name)

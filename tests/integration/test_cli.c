@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "model/model.h"
 
 extern char **environ;
 
@@ -116,7 +117,7 @@ static run_result run_tidal(const char *first, ...)
 static const char *const all_commands[] = {"run",   "controller", "rollout",  "trainer",
                                            "env",   "status",     "bench",    "tokenize",
                                            "generate", "debug",   "version"};
-static const char *const unavailable[] = {"run", "controller", "rollout", "trainer", "env", "status", "tokenize"};
+static const char *const unavailable[] = {"run", "controller", "rollout", "trainer", "env", "status"};
 
 static void test_help_lists_every_command(void)
 {
@@ -218,6 +219,41 @@ static void test_bench_dispatch(void)
     run_free(&r);
 }
 
+/* `tidal generate` on a tiny model tidal writes itself: greedy ids with
+ * logprobs, deterministic; a text prompt without a tokenizer is a clear error. */
+static void test_generate_tiny_model(void)
+{
+    model_config c = {.type = MODEL_QWEN2, .vocab_size = 50, .hidden_size = 16, .num_layers = 1, .num_heads = 2,
+                      .num_kv_heads = 1, .head_dim = 8, .intermediate_size = 24, .max_position_embeddings = 128,
+                      .rope_theta = 1e4, .rms_norm_eps = 1e-6, .tie_word_embeddings = true, .qkv_bias = true,
+                      .bos_token_id = -1, .eos_token_id = -1};
+    model *m = NULL;
+    CHECK_OK(model_create(&c, &m));
+    model_init_random(m, 9, 0.5f, true);
+    char dir[] = "/tmp/tidal-gen-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    tidal_status s = model_save(m, dir, ST_F32);
+    model_free(m);
+    CHECK_OK(s);
+    run_result a = run_tidal("generate", "--model", dir, "--ids", "1 2 3", "--max-tokens", "5", "--temperature", "0", NULL);
+    run_result b = run_tidal("generate", "--model", dir, "--ids", "1 2 3", "--max-tokens", "5", "--temperature", "0", NULL);
+    int lines = 0, ok = a.status == 0 && !strcmp(a.out, b.out);
+    for (const char *p = a.out; ok && *p; p++) lines += *p == '\n';
+    float lp = 1.0f;
+    int id = -1;
+    ok = ok && lines == 5 && sscanf(a.out, "%d %f", &id, &lp) == 2 && id >= 0 && id < 50 && lp <= 0.0f;
+    CHECK_MSG(ok, "exit %d, %d lines\nstdout: %s\nstderr: %s", a.status, lines, a.out, a.err);
+    run_free(&a);
+    run_free(&b);
+    run_result t = run_tidal("generate", "--model", dir, "--prompt", "hello", NULL);
+    ok = t.status != 0 && strstr(t.err, "tokenizer") != NULL;
+    CHECK_MSG(ok, "text prompt without a tokenizer: exit %d, stderr: %s", t.status, t.err);
+    run_free(&t);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -231,6 +267,7 @@ int main(void)
     RUN(test_version);
     RUN(test_unknown_or_missing_command);
     RUN(test_not_yet_available);
+    RUN(test_generate_tiny_model);
     RUN(test_bench_dispatch);
     return check_summary();
 }

@@ -1,0 +1,66 @@
+/* chat.h - chat templates: system / user / assistant messages rendered into
+ * the text a chat model was trained on, before tokenization.
+ *
+ * Three formats, chosen by name (job spec) or recognised from
+ * tokenizer_config.json's chat_template (see chat_format_detect):
+ *
+ *   chatml  (Qwen)   <|im_start|>ROLE\nCONTENT<|im_end|>\n      per message
+ *                    generation prompt: <|im_start|>assistant\n
+ *   llama3           <|begin_of_text|> once, then
+ *                    <|start_header_id|>ROLE<|end_header_id|>\n\nCONTENT<|eot_id|>
+ *                    per message, CONTENT trimmed of leading and trailing
+ *                    whitespace as Meta's template does (`| trim`);
+ *                    generation prompt: <|start_header_id|>assistant<|end_header_id|>\n\n
+ *   plain            ROLE: CONTENT\n  per message (ROLE as given: "user: 2+2?\n");
+ *                    generation prompt: "assistant:" - no trailing space, so a
+ *                    BPE tokenizer sees the model's " CONTENT" as it saw it in
+ *                    rendered conversations. For tiny models without special
+ *                    tokens.
+ *
+ * Nothing is added that the message list does not say: no default system
+ * prompt (Qwen2.5's template adds one when there is none), no tools, no
+ * reasoning-content handling. The rendered text is meant for
+ * tokenizer_encode(..., add_special = false), which turns the special-token
+ * strings into their ids (llama3's text already holds <|begin_of_text|>).
+ */
+#ifndef TIDAL_MODEL_CHAT_H
+#define TIDAL_MODEL_CHAT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "proto/status.h"
+
+typedef enum { CHAT_PLAIN = 0, CHAT_CHATML = 1, CHAT_LLAMA3 = 2 } chat_format;
+
+typedef struct chat_message {
+    const char *role;    /* "system", "user" or "assistant" */
+    const char *content; /* NUL-terminated UTF-8 */
+} chat_message;
+
+/* "chatml", "llama3" or "plain" -> *out; TIDAL_ERR_INVALID naming the
+ * accepted names otherwise. */
+tidal_status chat_format_parse(const char *name, chat_format *out);
+
+/* The name of a format ("chatml", ...). */
+const char *chat_format_name(chat_format f);
+
+/* Recognise a Jinja chat_template from tokenizer_config.json by its markers:
+ * "<|im_start|>" -> chatml, "<|start_header_id|>" -> llama3.
+ * TIDAL_ERR_NOT_FOUND when the template is NULL or has neither marker (the
+ * caller then names a format). */
+tidal_status chat_format_detect(const char *chat_template, chat_format *out);
+
+/* Render n messages, then the generation prompt when add_generation_prompt.
+ * *out is a malloc'd NUL-terminated string (free it) of *len bytes (len may
+ * be NULL). TIDAL_ERR_INVALID naming the message for a role other than
+ * system / user / assistant or a NULL content. */
+tidal_status chat_render(chat_format f, const chat_message *msgs, size_t n, bool add_generation_prompt, char **out,
+                         size_t *len);
+
+/* The text that ends an assistant turn - the stop string (or, through
+ * tokenizer_token_id, the stop token) for generation: "<|im_end|>",
+ * "<|eot_id|>", and "\n" for plain. */
+const char *chat_end_of_turn(chat_format f);
+
+#endif
