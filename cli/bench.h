@@ -7,6 +7,10 @@
 #ifndef TIDAL_CLI_BENCH_H
 #define TIDAL_CLI_BENCH_H
 
+/* Seconds on the monotonic clock; this process's peak resident set in MB. */
+double bench_now_s(void);
+double bench_peak_rss_mb(void);
+
 int bench_bus_main(int argc, char **argv);
 int bench_train_main(int argc, char **argv);
 int bench_generate_main(int argc, char **argv);

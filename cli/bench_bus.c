@@ -45,12 +45,6 @@ typedef struct {
     char err[512];
 } consumer_ctx;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* A realistic trajectory: 256 prompt tokens, 1,024 completion tokens from a
  * 150k vocabulary, behaviour logprobs, one version run, a full loss mask. */
@@ -151,7 +145,7 @@ static void *raw_consume(void *arg)
 
 static void finish(bench_result *r, double t0, long n, size_t len)
 {
-    r->seconds = now_s() - t0;
+    r->seconds = bench_now_s() - t0;
     r->received = n;
     r->msgs_per_s = (double)n / r->seconds;
     r->mb_per_s = r->msgs_per_s * (double)len / 1e6;
@@ -194,7 +188,7 @@ static tidal_status run_path(bool jetstream, tidal_bus **pubs, int n_pubs, consu
 {
     pthread_t cth, pth[BENCH_MAX_PUBLISHERS];
     publisher_ctx pc[BENCH_MAX_PUBLISHERS];
-    double t0 = now_s();
+    double t0 = bench_now_s();
     pthread_create(&cth, NULL, jetstream ? js_consume : raw_consume, c);
     for (int i = 0; i < n_pubs; i++) {
         long first = n * i / n_pubs, last = n * (i + 1) / n_pubs;

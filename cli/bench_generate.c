@@ -41,19 +41,7 @@
 #define PEER_PYTHON "/usr/bin/python3" /* Debian's, where python3-torch lives */
 #define CHECK_STEPS 8                  /* tokens per sequence compared with the peer */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
-static double peak_rss_mb(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_maxrss / 1024.0;
-}
 
 static void usage(FILE *f)
 {
@@ -84,9 +72,9 @@ static tidal_status run_tidal(model *m, const int32_t *prompts, int B, int P, in
         s = engine_submit(e, &rq, NULL);
     }
     if (s == TIDAL_OK) s = engine_step(e); /* the prefill, untimed */
-    double t0 = now_s();
+    double t0 = bench_now_s();
     while (s == TIDAL_OK && engine_busy(e)) s = engine_step(e);
-    out->seconds = now_s() - t0;
+    out->seconds = bench_now_s() - t0;
     out->tps = (double)B * (N - 1) / out->seconds;
     int done = 0;
     for (engine_result *r; s == TIDAL_OK && (r = engine_next_result(e)); engine_result_free(r)) {
@@ -244,7 +232,7 @@ int bench_generate_main(int argc, char **argv)
     if (s == TIDAL_OK) fprintf(stderr, "tidal: batch 1: %.1f tokens/s\n", t1->tps);
     if (s == TIDAL_OK) s = run_tidal(m, prompts, B, P, N, tB);
     if (s != TIDAL_OK) goto out;
-    double tidal_rss = peak_rss_mb();
+    double tidal_rss = bench_peak_rss_mb();
     fprintf(stderr, "tidal: batch %d: %.1f tokens/s, peak RSS %.0f MB; running the PyTorch peer...\n", B, tB->tps,
             tidal_rss);
 

@@ -73,12 +73,6 @@ static const char peer_js[] =
     "console.log(JSON.stringify({ seconds: best, mb_per_s: bytes / 1e6 / best, tokens, checksum: h >>> 0,\n"
     "  bytes, node: process.version, package: version }));\n";
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void usage(FILE *f)
 {
@@ -413,9 +407,9 @@ int bench_tokenize_main(int argc, char **argv)
     char dir[] = "/tmp/tidal-bench-tok-XXXXXX";
     bool have_dir = false;
 
-    double t0 = now_s();
+    double t0 = bench_now_s();
     tidal_status s = tokenizer_load(tok_dir, &tok);
-    double load_s = now_s() - t0;
+    double load_s = bench_now_s() - t0;
     if (s != TIDAL_OK) { fprintf(stderr, "tidal bench tokenize: %s\n", tidal_errmsg()); rc = 2; goto out; }
     if (!gen_corpus((size_t)(mb * 1e6), &all, &offs, &n_docs)) {
         fprintf(stderr, "tidal bench tokenize: out of memory\n");
@@ -459,13 +453,13 @@ int bench_tokenize_main(int argc, char **argv)
     double best = 1e30;
     for (int it = 0; it < iters; it++) {
         uint64_t n = 0;
-        double a = now_s();
+        double a = bench_now_s();
         for (size_t i = 0; i < n_docs; i++) {
             ids.n = 0;
             tokenizer_encode(tok, all.p + offs[i], offs[i + 1] - offs[i], false, &ids);
             n += ids.n;
         }
-        double sec = now_s() - a;
+        double sec = bench_now_s() - a;
         if (n != tokens) { fprintf(stderr, "tidal bench tokenize: token count changed between passes\n"); goto out; }
         if (sec < best) best = sec;
     }

@@ -27,19 +27,7 @@
 
 #define PEER_PYTHON "/usr/bin/python3" /* Debian's, where python3-torch lives */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
-static double peak_rss_mb(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_maxrss / 1024.0;
-}
 
 static void usage(FILE *f)
 {
@@ -158,7 +146,7 @@ int bench_train_main(int argc, char **argv)
     /* tidal */
     double loss = 0.0, t0 = 0.0;
     for (int it = 0; it <= iters && s == TIDAL_OK; it++) {
-        if (it == 1) t0 = now_s(); /* iteration 0 warms up */
+        if (it == 1) t0 = bench_now_s(); /* iteration 0 warms up */
         model_zero_grads(m);
         s = model_forward(m, &b, lp, ent, NULL);
         if (s == TIDAL_OK) s = model_backward(m, &b, dlp, NULL);
@@ -169,7 +157,7 @@ int bench_train_main(int argc, char **argv)
         fprintf(stderr, "\rtidal: iteration %d/%d", it, iters);
     }
     if (s != TIDAL_OK) goto out;
-    double tidal_s = now_s() - t0, tidal_tps = (double)T * iters / tidal_s, tidal_rss = peak_rss_mb();
+    double tidal_s = bench_now_s() - t0, tidal_tps = (double)T * iters / tidal_s, tidal_rss = bench_peak_rss_mb();
     fprintf(stderr, "\rtidal: %.0f tokens/s, peak RSS %.0f MB; running the PyTorch peer...\n", tidal_tps, tidal_rss);
 
     /* Debian's torch pairs libgomp with pthread OpenBLAS; with OpenMP's default

@@ -34,6 +34,7 @@
  *
  * Every error is TIDAL_ERR_INVALID "<name>: <field>: <what>".
  */
+#include "model/json_value.h"
 #include "model/config.h"
 
 #include <errno.h>
@@ -74,33 +75,13 @@ static tidal_status bad(const char *name, const char *field, const char *fmt, ..
     return tidal_fail(TIDAL_ERR_INVALID, "%s: %s: %s", name, field, text);
 }
 
-/* What a JSON value is, for "must be an integer, not a string (\"896\")". */
-static void describe(const json_t *v, char *buf, size_t cap)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: snprintf(buf, cap, "an object"); break;
-    case JSON_ARRAY: snprintf(buf, cap, "an array"); break;
-    case JSON_STRING: snprintf(buf, cap, "a string (\"%.40s\")", json_string_value(v)); break;
-    case JSON_INTEGER: snprintf(buf, cap, "an integer (%" JSON_INTEGER_FORMAT ")", json_integer_value(v)); break;
-    case JSON_REAL: snprintf(buf, cap, "a real number (%g)", json_real_value(v)); break;
-    case JSON_TRUE: snprintf(buf, cap, "true"); break;
-    case JSON_FALSE: snprintf(buf, cap, "false"); break;
-    case JSON_NULL: snprintf(buf, cap, "null"); break;
-    }
-}
 
-/* obj[key], with JSON null read as absent. */
-static json_t *get(const json_t *obj, const char *key)
-{
-    json_t *v = json_object_get(obj, key);
-    return json_is_null(v) ? NULL : v;
-}
 
 /* An integer field in [lo, INT_MAX]; `def` when absent unless required. */
 static tidal_status get_int(const char *name, const json_t *root, const char *key, bool required,
                             int def, int lo, int *out)
 {
-    json_t *v = get(root, key);
+    json_t *v = jv_get(root, key);
     if (!v) {
         if (required) return bad(name, key, "missing (required)");
         *out = def;
@@ -108,7 +89,7 @@ static tidal_status get_int(const char *name, const json_t *root, const char *ke
     }
     char d[96];
     if (!json_is_integer(v)) {
-        describe(v, d, sizeof d);
+        jv_describe(v, d, sizeof d);
         return bad(name, key, "must be an integer, not %s", d);
     }
     json_int_t x = json_integer_value(v);
@@ -122,12 +103,12 @@ static tidal_status get_int(const char *name, const json_t *root, const char *ke
 static tidal_status get_num(const char *name, const json_t *obj, const char *key, const char *field,
                             double *out, bool *found)
 {
-    json_t *v = get(obj, key);
+    json_t *v = jv_get(obj, key);
     *found = v != NULL;
     if (!v) return TIDAL_OK;
     if (!json_is_number(v)) {
         char d[96];
-        describe(v, d, sizeof d);
+        jv_describe(v, d, sizeof d);
         return bad(name, field, "must be a number, not %s", d);
     }
     *out = json_number_value(v);
@@ -136,11 +117,11 @@ static tidal_status get_num(const char *name, const json_t *obj, const char *key
 
 static tidal_status get_bool(const char *name, const json_t *root, const char *key, bool def, bool *out)
 {
-    json_t *v = get(root, key);
+    json_t *v = jv_get(root, key);
     if (!v) { *out = def; return TIDAL_OK; }
     if (!json_is_boolean(v)) {
         char d[96];
-        describe(v, d, sizeof d);
+        jv_describe(v, d, sizeof d);
         return bad(name, key, "must be true or false, not %s", d);
     }
     *out = json_is_true(v);
@@ -151,7 +132,7 @@ static tidal_status get_bool(const char *name, const json_t *root, const char *k
  * first is kept), or absent / null / [] (-1). */
 static tidal_status get_token_id(const char *name, const json_t *root, const char *key, int *out)
 {
-    json_t *v = get(root, key);
+    json_t *v = jv_get(root, key);
     *out = -1;
     if (!v) return TIDAL_OK;
     char d[96];
@@ -160,7 +141,7 @@ static tidal_status get_token_id(const char *name, const json_t *root, const cha
         json_t *e;
         json_array_foreach(v, i, e) {
             if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > INT_MAX) {
-                describe(e, d, sizeof d);
+                jv_describe(e, d, sizeof d);
                 return bad(name, key, "entry %zu must be a token id (an integer >= 0), not %s", i, d);
             }
             if (i == 0) *out = (int)json_integer_value(e);
@@ -168,7 +149,7 @@ static tidal_status get_token_id(const char *name, const json_t *root, const cha
         return TIDAL_OK;
     }
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT_MAX) {
-        describe(v, d, sizeof d);
+        jv_describe(v, d, sizeof d);
         return bad(name, key, "must be a token id (an integer >= 0) or a list of them, not %s", d);
     }
     *out = (int)json_integer_value(v);
@@ -182,22 +163,22 @@ static tidal_status get_token_id(const char *name, const json_t *root, const cha
 static tidal_status check_rope_object(const char *name, const json_t *root, const char *field,
                                       double *theta, bool *has_theta, double *prf, bool *has_prf)
 {
-    json_t *v = get(root, field);
+    json_t *v = jv_get(root, field);
     *has_theta = *has_prf = false;
     if (!v) return TIDAL_OK;
     char d[96], f[64];
     if (!json_is_object(v)) {
-        describe(v, d, sizeof d);
+        jv_describe(v, d, sizeof d);
         return bad(name, field, "must be an object or null, not %s", d);
     }
     bool typed = false;
     static const char *const type_keys[2] = {"rope_type", "type"};
     for (int i = 0; i < 2; i++) {
-        json_t *t = get(v, type_keys[i]);
+        json_t *t = jv_get(v, type_keys[i]);
         if (!t) continue;
         typed = true;
         if (!json_is_string(t)) {
-            describe(t, d, sizeof d);
+            jv_describe(t, d, sizeof d);
             return bad(name, field, "%s must be a string, not %s", type_keys[i], d);
         }
         if (strcmp(json_string_value(t), "default") != 0)
@@ -256,9 +237,9 @@ static tidal_status parse_rope(const char *name, const json_t *root, model_confi
 static tidal_status refuse_unsupported(const char *name, const json_t *root, const model_config *c)
 {
     char d[96];
-    json_t *v = get(root, "hidden_act");
+    json_t *v = jv_get(root, "hidden_act");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), "silu") != 0)) {
-        describe(v, d, sizeof d);
+        jv_describe(v, d, sizeof d);
         return bad(name, "hidden_act", "%s is not supported (only \"silu\": SwiGLU)", d);
     }
     if (c->type == MODEL_LLAMA) {
@@ -271,17 +252,17 @@ static tidal_status refuse_unsupported(const char *name, const json_t *root, con
         if (sliding)
             return bad(name, "use_sliding_window", "true is not supported (full causal attention only)");
     }
-    v = get(root, "layer_types");
+    v = jv_get(root, "layer_types");
     if (v) {
         if (!json_is_array(v)) {
-            describe(v, d, sizeof d);
+            jv_describe(v, d, sizeof d);
             return bad(name, "layer_types", "must be a list, not %s", d);
         }
         size_t i;
         json_t *e;
         json_array_foreach(v, i, e) {
             if (!json_is_string(e) || strcmp(json_string_value(e), "full_attention") != 0) {
-                describe(e, d, sizeof d);
+                jv_describe(e, d, sizeof d);
                 return bad(name, "layer_types", "entry %zu is %s; only \"full_attention\" is supported", i, d);
             }
         }
@@ -301,14 +282,14 @@ static tidal_status parse_root(const char *name, const json_t *root, model_confi
 {
     char d[96];
     if (!json_is_object(root)) {
-        describe(root, d, sizeof d);
+        jv_describe(root, d, sizeof d);
         return tidal_fail(TIDAL_ERR_INVALID, "%s: is %s, not a JSON object", name, d);
     }
     memset(c, 0, sizeof *c);
-    json_t *mt = get(root, "model_type");
+    json_t *mt = jv_get(root, "model_type");
     if (!mt) return bad(name, "model_type", "missing (required: qwen2 or llama)");
     if (!json_is_string(mt)) {
-        describe(mt, d, sizeof d);
+        jv_describe(mt, d, sizeof d);
         return bad(name, "model_type", "must be a string, not %s", d);
     }
     if (!strcmp(json_string_value(mt), "qwen2")) c->type = MODEL_QWEN2;
@@ -323,7 +304,7 @@ static tidal_status parse_root(const char *name, const json_t *root, model_confi
     TRY(get_int(name, root, "num_key_value_heads", false, c->num_heads, 1, &c->num_kv_heads));
     TRY(get_int(name, root, "intermediate_size", true, 0, 1, &c->intermediate_size));
     TRY(get_int(name, root, "max_position_embeddings", true, 0, 1, &c->max_position_embeddings));
-    if (get(root, "head_dim")) {
+    if (jv_get(root, "head_dim")) {
         TRY(get_int(name, root, "head_dim", true, 0, 1, &c->head_dim));
     } else {
         if (c->hidden_size % c->num_heads != 0)

@@ -39,6 +39,7 @@
  * (PCRE2 match data and JIT stack, BPE arrays, the word cache) lives in
  * scratch blocks taken from and returned to a mutex-protected pool.
  */
+#include "model/json_value.h"
 #include "model/tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -188,36 +189,16 @@ static tidal_status bad(const char *name, const char *field, const char *fmt, ..
 
 static tidal_status nomem(const char *name) { return tidal_fail(TIDAL_ERR_NOMEM, "%s: out of memory", name); }
 
-static void describe(const json_t *v, char *buf, size_t cap)
-{
-    if (!v) { snprintf(buf, cap, "missing"); return; }
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: snprintf(buf, cap, "an object"); break;
-    case JSON_ARRAY: snprintf(buf, cap, "an array"); break;
-    case JSON_STRING: snprintf(buf, cap, "a string (\"%.40s\")", json_string_value(v)); break;
-    case JSON_INTEGER: snprintf(buf, cap, "an integer (%" JSON_INTEGER_FORMAT ")", json_integer_value(v)); break;
-    case JSON_REAL: snprintf(buf, cap, "a real number (%g)", json_real_value(v)); break;
-    case JSON_TRUE: snprintf(buf, cap, "true"); break;
-    case JSON_FALSE: snprintf(buf, cap, "false"); break;
-    case JSON_NULL: snprintf(buf, cap, "null"); break;
-    }
-}
 
-/* obj[key], with JSON null read as absent. */
-static json_t *get(const json_t *obj, const char *key)
-{
-    json_t *v = json_object_get(obj, key);
-    return json_is_null(v) ? NULL : v;
-}
 
 static tidal_status get_bool(const char *name, const json_t *obj, const char *key, const char *path, bool def,
                              bool *out)
 {
-    json_t *v = get(obj, key);
+    json_t *v = jv_get(obj, key);
     if (!v) { *out = def; return TIDAL_OK; }
     if (!json_is_boolean(v)) {
         char d[96];
-        describe(v, d, sizeof d);
+        jv_describe(v, d, sizeof d);
         return bad(name, path, "must be true or false, not %s", d);
     }
     *out = json_is_true(v);
@@ -227,17 +208,17 @@ static tidal_status get_bool(const char *name, const json_t *obj, const char *ke
 /* A "type" string; error naming path when missing or not a string. */
 static tidal_status get_type(const char *name, const json_t *obj, const char *path, const char **out)
 {
-    json_t *v = get(obj, "type");
+    json_t *v = jv_get(obj, "type");
     char field[256];
     snprintf(field, sizeof field, "%s.type", path);
     if (!json_is_object(obj)) {
         char d[96];
-        describe(obj, d, sizeof d);
+        jv_describe(obj, d, sizeof d);
         return bad(name, path, "must be an object, not %s", d);
     }
     if (!json_is_string(v)) {
         char d[96];
-        describe(v, d, sizeof d);
+        jv_describe(v, d, sizeof d);
         return bad(name, field, "must be a string, not %s", d);
     }
     *out = json_string_value(v);
@@ -1413,7 +1394,7 @@ static tidal_status parse_normalizer(tokenizer *t, const json_t *v, const char *
     TRY(get_type(name, v, path, &type));
     norm_kind k = 0;
     if (!strcmp(type, "Sequence")) {
-        json_t *list = get(v, "normalizers");
+        json_t *list = jv_get(v, "normalizers");
         char field[256];
         snprintf(field, sizeof field, "%s.normalizers", path);
         if (!json_is_array(list)) return bad(name, field, "must be an array");
@@ -1444,10 +1425,10 @@ static tidal_status parse_split(tokenizer *t, const json_t *v, const char *path)
     if (t->bl_seen) return bad(name, path, "a Split after ByteLevel is not supported");
     if (t->n_split == MAX_STEPS) return bad(name, path, "more than %d Split steps", MAX_STEPS);
     split_step *sp = &t->split[t->n_split];
-    json_t *pat = get(v, "pattern");
+    json_t *pat = jv_get(v, "pattern");
     snprintf(field, sizeof field, "%s.pattern", path);
     if (!json_is_object(pat)) return bad(name, field, "must be an object with \"Regex\" or \"String\"");
-    json_t *re = get(pat, "Regex"), *lit = get(pat, "String");
+    json_t *re = jv_get(pat, "Regex"), *lit = jv_get(pat, "String");
     if (re && json_is_string(re)) {
         size_t n;
         const char *s = str_n(re, &n);
@@ -1463,7 +1444,7 @@ static tidal_status parse_split(tokenizer *t, const json_t *v, const char *path)
         return bad(name, field, "must hold a \"Regex\" or \"String\" string");
     }
     t->n_split++; /* owned from here: freed by tokenizer_free */
-    json_t *b = get(v, "behavior");
+    json_t *b = jv_get(v, "behavior");
     snprintf(field, sizeof field, "%s.behavior", path);
     if (!json_is_string(b)) return bad(name, field, "must be a string");
     const char *bs = json_string_value(b);
@@ -1493,7 +1474,7 @@ static tidal_status parse_pretok(tokenizer *t, const json_t *v, const char *path
     if (depth > MAX_DEPTH) return bad(name, path, "Sequence nested too deeply");
     TRY(get_type(name, v, path, &type));
     if (!strcmp(type, "Sequence")) {
-        json_t *list = get(v, "pretokenizers");
+        json_t *list = jv_get(v, "pretokenizers");
         snprintf(field, sizeof field, "%s.pretokenizers", path);
         if (!json_is_array(list)) return bad(name, field, "must be an array");
         for (size_t i = 0; i < json_array_size(list); i++) {
@@ -1528,7 +1509,7 @@ static tidal_status parse_decoder(tokenizer *t, const json_t *v, const char *pat
     TRY(get_type(t->name, v, path, &type));
     if (!strcmp(type, "ByteLevel")) return TIDAL_OK;
     if (!strcmp(type, "Sequence")) {
-        json_t *list = get(v, "decoders");
+        json_t *list = jv_get(v, "decoders");
         snprintf(field, sizeof field, "%s.decoders", path);
         if (!json_is_array(list)) return bad(t->name, field, "must be an array");
         for (size_t i = 0; i < json_array_size(list); i++) {
@@ -1546,7 +1527,7 @@ static tidal_status get_token_id(const tokenizer *t, const json_t *v, const char
 {
     char d[96];
     if (!json_is_integer(v)) {
-        describe(v, d, sizeof d);
+        jv_describe(v, d, sizeof d);
         return bad(t->name, field, "must be a token id, not %s", d);
     }
     json_int_t x = json_integer_value(v);
@@ -1561,7 +1542,7 @@ static tidal_status parse_template(tokenizer *t, const json_t *v, const char *pa
 {
     char field[256];
     if (t->pp_ids) return bad(t->name, path, "more than one TemplateProcessing");
-    json_t *single = get(v, "single"), *specials = get(v, "special_tokens");
+    json_t *single = jv_get(v, "single"), *specials = jv_get(v, "special_tokens");
     snprintf(field, sizeof field, "%s.single", path);
     if (!json_is_array(single)) return bad(t->name, field, "must be an array");
     if (specials && !json_is_object(specials)) {
@@ -1573,17 +1554,17 @@ static tidal_status parse_template(tokenizer *t, const json_t *v, const char *pa
     for (size_t i = 0; i < json_array_size(single); i++) {
         json_t *item = json_array_get(single, i), *x;
         snprintf(field, sizeof field, "%s.single[%zu]", path, i);
-        if ((x = get(item, "Sequence"))) {
-            json_t *id = get(x, "id");
+        if ((x = jv_get(item, "Sequence"))) {
+            json_t *id = jv_get(x, "id");
             if (!json_is_string(id) || strcmp(json_string_value(id), "A"))
                 return bad(t->name, field, "a single-sequence template may only hold Sequence \"A\"");
             if (pre >= 0) return bad(t->name, field, "Sequence \"A\" appears twice");
             pre = n;
-        } else if ((x = get(item, "SpecialToken"))) {
-            json_t *id = get(x, "id");
+        } else if ((x = jv_get(item, "SpecialToken"))) {
+            json_t *id = jv_get(x, "id");
             if (!json_is_string(id)) return bad(t->name, field, "SpecialToken.id must be a string");
-            json_t *spec = specials ? get(specials, json_string_value(id)) : NULL;
-            json_t *ids = spec ? get(spec, "ids") : NULL;
+            json_t *spec = specials ? jv_get(specials, json_string_value(id)) : NULL;
+            json_t *ids = spec ? jv_get(spec, "ids") : NULL;
             if (!json_is_array(ids))
                 return bad(t->name, field, "special token \"%.60s\" has no ids in special_tokens",
                            json_string_value(id));
@@ -1619,7 +1600,7 @@ static tidal_status parse_post(tokenizer *t, const json_t *v, const char *path, 
     if (!strcmp(type, "ByteLevel")) return TIDAL_OK; /* offsets only */
     if (!strcmp(type, "TemplateProcessing")) return parse_template(t, v, path);
     if (!strcmp(type, "Sequence")) {
-        json_t *list = get(v, "processors");
+        json_t *list = jv_get(v, "processors");
         snprintf(field, sizeof field, "%s.processors", path);
         if (!json_is_array(list)) return bad(t->name, field, "must be an array");
         for (size_t i = 0; i < json_array_size(list); i++) {
@@ -1638,26 +1619,26 @@ static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t 
     const char *name = t->name;
     char d[96];
     if (!json_is_object(model)) {
-        describe(model, d, sizeof d);
+        jv_describe(model, d, sizeof d);
         return bad(name, "model", "must be an object, not %s", d);
     }
-    json_t *type = get(model, "type");
+    json_t *type = jv_get(model, "type");
     if (type && !json_is_string(type)) return bad(name, "model.type", "must be a string");
     if (type && strcmp(json_string_value(type), "BPE"))
         return bad(name, "model.type", "\"%s\" is not supported: tidal reads byte-level BPE tokenizers "
                                        "(GPT-2, Llama-3, Qwen2/2.5/3)", json_string_value(type));
-    if (!type && !get(model, "merges")) return bad(name, "model.type", "missing, and no merges: not a BPE model");
+    if (!type && !jv_get(model, "merges")) return bad(name, "model.type", "missing, and no merges: not a BPE model");
     bool fallback;
     TRY(get_bool(name, model, "byte_fallback", "model.byte_fallback", false, &fallback));
     if (fallback)
         return bad(name, "model.byte_fallback", "true (SentencePiece-style BPE) is not supported: tidal reads "
                                                 "byte-level BPE tokenizers");
-    json_t *drop = get(model, "dropout");
+    json_t *drop = jv_get(model, "dropout");
     if (drop && (!json_is_number(drop) || json_number_value(drop) != 0.0))
         return bad(name, "model.dropout", "BPE dropout is not supported (must be null or 0)");
     static const char *const affixes[] = {"continuing_subword_prefix", "end_of_word_suffix"};
     for (size_t i = 0; i < 2; i++) {
-        json_t *a = get(model, affixes[i]);
+        json_t *a = jv_get(model, affixes[i]);
         char f[64];
         snprintf(f, sizeof f, "model.%s", affixes[i]);
         if (a && (!json_is_string(a) || json_string_length(a) != 0))
@@ -1665,9 +1646,9 @@ static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t 
     }
     TRY(get_bool(name, model, "ignore_merges", "model.ignore_merges", false, &t->ignore_merges));
 
-    json_t *vocab = get(model, "vocab");
+    json_t *vocab = jv_get(model, "vocab");
     if (!json_is_object(vocab)) {
-        describe(vocab, d, sizeof d);
+        jv_describe(vocab, d, sizeof d);
         return bad(name, "model.vocab", "must be an object (token -> id), not %s", d);
     }
     /* the largest id among vocab and added tokens */
@@ -1676,7 +1657,7 @@ static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t 
     json_t *val;
     json_object_foreach(vocab, key, val) {
         if (!json_is_integer(val) || json_integer_value(val) < 0 || json_integer_value(val) >= MAX_VOCAB) {
-            describe(val, d, sizeof d);
+            jv_describe(val, d, sizeof d);
             return bad(name, "model.vocab", "\"%.60s\": id must be an integer in [0, %d), not %s", key, MAX_VOCAB,
                        d);
         }
@@ -1685,11 +1666,11 @@ static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t 
     if (added) {
         if (!json_is_array(added)) return bad(name, "added_tokens", "must be an array");
         for (size_t i = 0; i < json_array_size(added); i++) {
-            json_t *id = get(json_array_get(added, i), "id");
+            json_t *id = jv_get(json_array_get(added, i), "id");
             if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= MAX_VOCAB) {
                 char f[64];
                 snprintf(f, sizeof f, "added_tokens[%zu].id", i);
-                describe(id, d, sizeof d);
+                jv_describe(id, d, sizeof d);
                 return bad(name, f, "must be an integer in [0, %d), not %s", MAX_VOCAB, d);
             }
             if (json_integer_value(id) > max_id) max_id = json_integer_value(id);
@@ -1762,8 +1743,8 @@ static tidal_status vocab_id_of(const tokenizer *t, const json_t *vocab, const c
 static tidal_status parse_merges(tokenizer *t, const json_t *model)
 {
     const char *name = t->name;
-    json_t *merges = get(model, "merges");
-    json_t *vocab = get(model, "vocab");
+    json_t *merges = jv_get(model, "merges");
+    json_t *vocab = jv_get(model, "vocab");
     if (merges && !json_is_array(merges)) return bad(name, "model.merges", "must be an array");
     size_t n = merges ? json_array_size(merges) : 0;
     if (n >= RANK_NONE) return bad(name, "model.merges", "too many merges");
@@ -1834,8 +1815,8 @@ static tidal_status parse_added(tokenizer *t, const json_t *added)
         char f[96];
         snprintf(f, sizeof f, "added_tokens[%zu]", i);
         if (!json_is_object(a)) return bad(name, f, "must be an object");
-        int32_t id = (int32_t)json_integer_value(get(a, "id")); /* range checked by parse_model */
-        json_t *content = get(a, "content");
+        int32_t id = (int32_t)json_integer_value(jv_get(a, "id")); /* range checked by parse_model */
+        json_t *content = jv_get(a, "content");
         snprintf(f, sizeof f, "added_tokens[%zu].content", i);
         if (!json_is_string(content) || json_string_length(content) == 0)
             return bad(name, f, "must be a non-empty string");
@@ -1875,13 +1856,13 @@ static tidal_status parse_added(tokenizer *t, const json_t *added)
 static tidal_status config_token(const tokenizer *t, const char *cname, const json_t *root, const char *key,
                                  int32_t *out)
 {
-    json_t *v = get(root, key);
+    json_t *v = jv_get(root, key);
     *out = -1;
     if (!v) return TIDAL_OK;
-    if (json_is_object(v)) v = get(v, "content");
+    if (json_is_object(v)) v = jv_get(v, "content");
     if (!json_is_string(v)) {
         char d[96];
-        describe(v, d, sizeof d);
+        jv_describe(v, d, sizeof d);
         return bad(cname, key, "must be a token string or {\"content\": ...}, not %s", d);
     }
     int32_t id = tokenizer_token_id(t, json_string_value(v));
@@ -1903,14 +1884,14 @@ static tidal_status parse_config(tokenizer *t, const char *json, size_t len, con
     if (!json_is_object(root)) st = bad(cname, "(top level)", "must be an object");
     if (st == TIDAL_OK) st = config_token(t, cname, root, "bos_token", &t->bos);
     if (st == TIDAL_OK) st = config_token(t, cname, root, "eos_token", &t->eos);
-    json_t *tpl = st == TIDAL_OK ? get(root, "chat_template") : NULL;
+    json_t *tpl = st == TIDAL_OK ? jv_get(root, "chat_template") : NULL;
     if (json_is_array(tpl)) { /* [{name, template}, ...]: the one named "default", else the first */
         json_t *pick = NULL;
         for (size_t i = 0; i < json_array_size(tpl); i++) {
-            json_t *e = json_array_get(tpl, i), *nm = get(e, "name");
+            json_t *e = json_array_get(tpl, i), *nm = jv_get(e, "name");
             if (!pick || (json_is_string(nm) && !strcmp(json_string_value(nm), "default"))) pick = e;
         }
-        tpl = pick ? get(pick, "template") : NULL;
+        tpl = pick ? jv_get(pick, "template") : NULL;
         if (pick && !json_is_string(tpl)) st = bad(cname, "chat_template", "entries must hold a \"template\" string");
     } else if (tpl && !json_is_string(tpl)) {
         st = bad(cname, "chat_template", "must be a string or a list of {name, template}");
@@ -1927,19 +1908,19 @@ static tidal_status parse_root(tokenizer *t, const json_t *root)
 {
     const char *name = t->name;
     if (!json_is_object(root)) return bad(name, "(top level)", "must be an object");
-    json_t *model = get(root, "model"), *added = get(root, "added_tokens");
+    json_t *model = jv_get(root, "model"), *added = jv_get(root, "added_tokens");
     TRY(parse_model(t, model, added));
     TRY(parse_merges(t, model));
     TRY(parse_added(t, added));
-    json_t *norm = get(root, "normalizer");
+    json_t *norm = jv_get(root, "normalizer");
     if (norm) TRY(parse_normalizer(t, norm, "normalizer", 0));
-    json_t *pre = get(root, "pre_tokenizer");
+    json_t *pre = jv_get(root, "pre_tokenizer");
     if (!pre) return bad(name, "pre_tokenizer", "missing: a byte-level BPE needs a ByteLevel pre-tokenizer");
     TRY(parse_pretok(t, pre, "pre_tokenizer", 0));
     if (!t->bl_seen) return bad(name, "pre_tokenizer", "has no ByteLevel step: not a byte-level BPE tokenizer");
-    json_t *post = get(root, "post_processor");
+    json_t *post = jv_get(root, "post_processor");
     if (post) TRY(parse_post(t, post, "post_processor", 0));
-    json_t *dec = get(root, "decoder");
+    json_t *dec = jv_get(root, "decoder");
     if (dec) TRY(parse_decoder(t, dec, "decoder", 0));
     t->bpe = true;
     return TIDAL_OK;
