@@ -361,43 +361,62 @@ void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
 /* ---- attention against a KV cache ---- */
 
 #define CACHED_MAX_HD 1024
+#define CACHED_MAX_GROUP 64   /* query heads per kv head (Qwen2.5-0.5B: 7) */
+#define CACHED_MAX_ACC 8192   /* group x HD floats on the stack (32 KiB) */
 
 void cpu_attention_cached(float *out, const float *q, const float *kcache, const float *vcache,
                           const int32_t *slot, const int32_t *pos, int T, int NH, int NKV, int HD, int max_len)
 {
     assert(NH % NKV == 0 && HD <= CACHED_MAX_HD);
     const int group = NH / NKV, KVD = NKV * HD;
+    assert(group <= CACHED_MAX_GROUP && group * HD <= CACHED_MAX_ACC);
     const float scale = 1.0f / sqrtf((float)HD);
-    /* one (token, head) row per task; online softmax over the cached keys, so
-     * nothing of length pos is stored */
-#pragma omp parallel for schedule(dynamic, 4)
-    for (int th = 0; th < T * NH; th++) {
-        const int t = th / NH, h = th % NH, kvh = h / group;
+    /* one (token, kv head) per task: the group's query heads share each cached
+     * K/V row (GQA), with an online softmax per head, so nothing of length pos
+     * is stored and each row is read once per group rather than once per head */
+#pragma omp parallel for schedule(dynamic, 2)
+    for (int tk = 0; tk < T * NKV; tk++) {
+        const int t = tk / NKV, kvh = tk % NKV;
         assert(pos[t] >= 0 && pos[t] < max_len);
-        const float *qr = q + ((size_t)t * NH + h) * HD;
+        const float *qg = q + ((size_t)t * NH + (size_t)kvh * group) * HD; /* [group, HD] */
         const size_t base = (size_t)slot[t] * max_len * KVD + (size_t)kvh * HD;
-        float acc[CACHED_MAX_HD];
-        memset(acc, 0, (size_t)HD * sizeof(float));
-        float m = -INFINITY, l = 0.0f;
+        float acc[CACHED_MAX_ACC];
+        float m[CACHED_MAX_GROUP], l[CACHED_MAX_GROUP], sc[CACHED_MAX_GROUP];
+        memset(acc, 0, (size_t)group * HD * sizeof(float));
+        for (int g = 0; g < group; g++) m[g] = -INFINITY, l[g] = 0.0f;
         for (int j = 0; j <= pos[t]; j++) {
             const float *kr = kcache + base + (size_t)j * KVD;
             const float *vr = vcache + base + (size_t)j * KVD;
-            float sc = 0.0f;
-            for (int d = 0; d < HD; d++) sc += qr[d] * kr[d];
-            sc *= scale;
-            if (sc > m) { /* rescale what was accumulated under the old max */
-                const float r = expf(m - sc);
-                l *= r;
-                for (int d = 0; d < HD; d++) acc[d] *= r;
-                m = sc;
+            for (int g = 0; g < group; g++) {
+                /* 8 partial sums: independent chains the compiler can vectorise */
+                const float *qr = qg + (size_t)g * HD;
+                float part[8] = {0};
+                int d = 0;
+                for (; d + 8 <= HD; d += 8)
+                    for (int u = 0; u < 8; u++) part[u] += qr[d + u] * kr[d + u];
+                float dot = 0.0f;
+                for (; d < HD; d++) dot += qr[d] * kr[d];
+                for (int u = 0; u < 8; u++) dot += part[u];
+                sc[g] = dot * scale;
             }
-            const float e = expf(sc - m);
-            l += e;
-            for (int d = 0; d < HD; d++) acc[d] += e * vr[d];
+            for (int g = 0; g < group; g++) {
+                float *ag = acc + (size_t)g * HD;
+                if (sc[g] > m[g]) { /* rescale what was accumulated under the old max */
+                    const float r = expf(m[g] - sc[g]);
+                    l[g] *= r;
+                    for (int d = 0; d < HD; d++) ag[d] *= r;
+                    m[g] = sc[g];
+                }
+                const float e = expf(sc[g] - m[g]);
+                l[g] += e;
+                for (int d = 0; d < HD; d++) ag[d] += e * vr[d];
+            }
         }
-        float *o = out + ((size_t)t * NH + h) * HD;
-        const float inv = 1.0f / l;
-        for (int d = 0; d < HD; d++) o[d] = acc[d] * inv;
+        for (int g = 0; g < group; g++) {
+            float *o = out + ((size_t)t * NH + (size_t)kvh * group + g) * HD;
+            const float inv = 1.0f / l[g];
+            for (int d = 0; d < HD; d++) o[d] = acc[(size_t)g * HD + d] * inv;
+        }
     }
 }
 
