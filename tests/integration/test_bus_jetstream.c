@@ -101,7 +101,8 @@ static void test_work_queue_split(void)
  * fetcher, marked as a redelivery. nak(delay), in-progress and term behave. */
 static void test_redelivery_and_acks(void)
 {
-    CHECK_OK(make_queue("T_RD", "t.js.rd", 1000));
+    /* AckWait 2 s; every wait below leaves >= 1.5 s of margin for a loaded CI machine */
+    CHECK_OK(make_queue("T_RD", "t.js.rd", 2000));
     bus_sub *a = NULL, *b = NULL;
     CHECK_OK(bus_pull_subscribe(F.bus, "T_RD", "rollout", &a));
     CHECK_OK(bus_pull_subscribe(F.bus, "T_RD", "rollout", &b));
@@ -115,28 +116,28 @@ static void test_redelivery_and_acks(void)
     bus_msg_destroy(m[0]); /* fetcher a "dies" without acking */
     /* nothing for b before AckWait */
     CHECK_STATUS(bus_fetch(b, 1, 300, m, &n), TIDAL_ERR_TIMEOUT);
-    CHECK_OK(bus_fetch(b, 1, 3000, m, &n));
+    CHECK_OK(bus_fetch(b, 1, 5000, m, &n));
     CHECK(n == 1);
     CHECK(bus_msg_len(m[0]) == 4 && !memcmp(bus_msg_data(m[0]), "lost", 4));
     CHECK_MSG(bus_msg_delivered(m[0]) == 2, "delivered %llu", (unsigned long long)bus_msg_delivered(m[0]));
     CHECK(bus_msg_stream_seq(m[0]) == seq);
 
-    /* in-progress keeps it for longer than AckWait */
-    for (int i = 0; i < 3; i++) {
+    /* in-progress keeps it for longer than AckWait (2.5 s in all) */
+    for (int i = 0; i < 5; i++) {
         sleep_ms(500);
         CHECK_OK(bus_in_progress(m[0]));
     }
     CHECK_STATUS(bus_fetch(a, 1, 400, m + 1, &n), TIDAL_ERR_TIMEOUT);
     /* nak with a delay: back after the delay, not before */
-    CHECK_OK(bus_nak(m[0], 800));
+    CHECK_OK(bus_nak(m[0], 1000));
     bus_msg_destroy(m[0]);
     CHECK_STATUS(bus_fetch(a, 1, 400, m, &n), TIDAL_ERR_TIMEOUT);
-    CHECK_OK(bus_fetch(a, 1, 3000, m, &n));
+    CHECK_OK(bus_fetch(a, 1, 5000, m, &n));
     CHECK(bus_msg_delivered(m[0]) == 3);
     /* term: never again */
     CHECK_OK(bus_term(m[0]));
     bus_msg_destroy(m[0]);
-    CHECK_STATUS(bus_fetch(b, 1, 1800, m, &n), TIDAL_ERR_TIMEOUT);
+    CHECK_STATUS(bus_fetch(b, 1, 2600, m, &n), TIDAL_ERR_TIMEOUT); /* past AckWait */
     bus_unsubscribe(a);
     bus_unsubscribe(b);
     CHECK_OK(bus_stream_delete(F.bus, "T_RD"));

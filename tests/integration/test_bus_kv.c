@@ -95,11 +95,11 @@ static void test_watch(void)
 static void test_ttl(void)
 {
     bus_kv *kv = NULL;
-    bus_kv_cfg c = {.bucket = "TIDAL_job1_WORKERS", .ttl_ms = 1000};
+    bus_kv_cfg c = {.bucket = "TIDAL_job1_WORKERS", .ttl_ms = 2000}; /* 1.5 s margin per heartbeat */
     CHECK_OK(bus_kv_ensure(F.bus, &c, &kv));
     CHECK_OK(bus_kv_put(kv, "w-alive", "idle", 4, NULL));
     CHECK_OK(bus_kv_put(kv, "w-dead", "idle", 4, NULL));
-    for (int i = 0; i < 5; i++) { /* 2.5 s: w-alive heartbeats, w-dead does not */
+    for (int i = 0; i < 8; i++) { /* 4 s: w-alive heartbeats, w-dead does not */
         sleep_ms(500);
         CHECK_OK(bus_kv_put(kv, "w-alive", "generating", 10, NULL));
     }
