@@ -7,9 +7,31 @@
 #ifndef TIDAL_CLI_BENCH_H
 #define TIDAL_CLI_BENCH_H
 
+#include <jansson.h>
+#include <stddef.h>
+
+#include "proto/status.h"
+
+/* Debian's python3, where python3-torch lives (the PyTorch peers). */
+#define BENCH_PYTHON "/usr/bin/python3"
+
 /* Seconds on the monotonic clock; this process's peak resident set in MB. */
 double bench_now_s(void);
 double bench_peak_rss_mb(void);
+
+/* Make $TMPDIR/PREFIX-XXXXXX into buf (buf[0] = 0 on failure); remove it again
+ * (a no-op for ""). `who` ("bench train") prefixes messages. */
+tidal_status bench_temp_dir(const char *who, const char *prefix, char *buf, size_t cap);
+void bench_remove_dir(const char *who, const char *dir);
+
+/* Write script_text to DIR/script_name and run it with BENCH_PYTHON, `env`
+ * ("" or e.g. "OMP_WAIT_POLICY=PASSIVE") before the command and `args` (shell
+ * words) after it; *out is the JSON of its last stdout line (caller decrefs). */
+tidal_status bench_run_python(const char *who, const char *script_text, const char *script_name, const char *dir,
+                              const char *env, const char *args, json_t **out);
+
+/* Print o as the bench's last line (compact JSON) and release it. */
+void bench_print_json(json_t *o);
 
 int bench_bus_main(int argc, char **argv);
 int bench_train_main(int argc, char **argv);

@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli/bench.h"
 #include "proto/bus.h"
@@ -330,10 +329,7 @@ int bench_bus_main(int argc, char **argv)
                               "messages", (json_int_t)n, "message_bytes", (json_int_t)len, "publishers", n_pubs,
                               "rounds", rounds,
                               "tidal", result_json(&js_best), "raw", result_json(&raw_best), "ratio", ratio);
-        char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
-        printf("%s\n", line);
-        free(line);
-        json_decref(o);
+        bench_print_json(o);
     }
     bus_close(subconn);
     for (int i = 0; i < n_pubs; i++) bus_close(pubs[i]);

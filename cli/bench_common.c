@@ -1,5 +1,10 @@
-/* bench_common.c - what every `tidal bench` needs: a clock and peak memory. */
+/* bench_common.c - what every `tidal bench` needs: a clock, peak memory, a
+ * temp dir, the Python peer runner, and the final JSON line. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "cli/bench.h"
@@ -16,4 +21,63 @@ double bench_peak_rss_mb(void)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     return (double)ru.ru_maxrss / 1024.0;
+}
+
+tidal_status bench_temp_dir(const char *who, const char *prefix, char *buf, size_t cap)
+{
+    const char *tmp = getenv("TMPDIR");
+    snprintf(buf, cap, "%s/%s-XXXXXX", tmp && *tmp ? tmp : "/tmp", prefix);
+    if (!mkdtemp(buf)) {
+        tidal_status s = tidal_fail(TIDAL_ERR_IO, "%s: cannot make a temp dir %s", who, buf);
+        buf[0] = '\0';
+        return s;
+    }
+    return TIDAL_OK;
+}
+
+void bench_remove_dir(const char *who, const char *dir)
+{
+    if (!dir || !dir[0]) return;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "%s: could not remove %s\n", who, dir);
+}
+
+tidal_status bench_run_python(const char *who, const char *script_text, const char *script_name, const char *dir,
+                              const char *env, const char *args, json_t **out)
+{
+    *out = NULL;
+    char script[600], cmd[2048];
+    snprintf(script, sizeof script, "%s/%s", dir, script_name);
+    FILE *f = fopen(script, "w");
+    if (!f || fputs(script_text, f) < 0 || fclose(f) != 0) return tidal_fail(TIDAL_ERR_IO, "%s: cannot write %s", who, script);
+    snprintf(cmd, sizeof cmd, "%s %s '%s' %s", env ? env : "", BENCH_PYTHON, script, args);
+    FILE *p = popen(cmd, "r");
+    if (!p) return tidal_fail(TIDAL_ERR_IO, "%s: cannot run %s", who, BENCH_PYTHON);
+    char *line = NULL, *last = NULL;
+    size_t cap = 0;
+    for (ssize_t n; (n = getline(&line, &cap, p)) > 0;) {
+        free(last);
+        last = strdup(line);
+    }
+    free(line);
+    int st = pclose(p);
+    if (st != 0 || !last) {
+        free(last);
+        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "%s: the PyTorch peer failed (exit %d): is python3-torch installed? (make deps)",
+                          who, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    }
+    json_error_t jerr;
+    *out = json_loads(last, 0, &jerr);
+    tidal_status s = *out ? TIDAL_OK : tidal_fail(TIDAL_ERR_DECODE, "%s: peer printed no JSON: %.200s", who, last);
+    free(last);
+    return s;
+}
+
+void bench_print_json(json_t *o)
+{
+    char *line = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
+    if (line) printf("%s\n", line);
+    free(line);
+    json_decref(o);
 }

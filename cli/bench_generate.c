@@ -26,9 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/bench.h"
@@ -38,10 +35,7 @@
 #include "model/safetensors.h"
 #include "rollout/engine.h"
 
-#define PEER_PYTHON "/usr/bin/python3" /* Debian's, where python3-torch lives */
 #define CHECK_STEPS 8                  /* tokens per sequence compared with the peer */
-
-
 
 static void usage(FILE *f)
 {
@@ -92,37 +86,12 @@ static tidal_status run_tidal(model *m, const int32_t *prompts, int B, int P, in
     return s;
 }
 
-/* Run the peer; parse its last stdout line as JSON. */
+/* Run the peer (with `env` before the command, e.g. an OMP_WAIT_POLICY). */
 static tidal_status run_peer(const char *dir, const char *env, int threads, int N, json_t **out)
 {
-    char script[600], cmd[2048];
-    snprintf(script, sizeof script, "%s/generate_peer.py", dir);
-    FILE *f = fopen(script, "w");
-    if (!f || fputs(generate_peer_py, f) < 0 || fclose(f) != 0)
-        return tidal_fail(TIDAL_ERR_IO, "bench generate: cannot write %s", script);
-    snprintf(cmd, sizeof cmd, "%s %s '%s' '%s/model' '%s/prompts.safetensors' %d %d %d", env, PEER_PYTHON, script, dir,
-             dir, threads, N, CHECK_STEPS);
-    FILE *p = popen(cmd, "r");
-    if (!p) return tidal_fail(TIDAL_ERR_IO, "bench generate: cannot run %s", PEER_PYTHON);
-    char *line = NULL, *last = NULL;
-    size_t cap = 0;
-    for (ssize_t n; (n = getline(&line, &cap, p)) > 0;) {
-        free(last);
-        last = strdup(line);
-    }
-    free(line);
-    int st = pclose(p);
-    if (st != 0 || !last) {
-        free(last);
-        return tidal_fail(TIDAL_ERR_UNAVAILABLE,
-                          "bench generate: the PyTorch peer failed (exit %d): is python3-torch installed? (make deps)",
-                          WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-    }
-    json_error_t jerr;
-    *out = json_loads(last, 0, &jerr);
-    tidal_status s = *out ? TIDAL_OK : tidal_fail(TIDAL_ERR_DECODE, "bench generate: peer printed no JSON: %.200s", last);
-    free(last);
-    return s;
+    char args[1024];
+    snprintf(args, sizeof args, "'%s/model' '%s/prompts.safetensors' %d %d %d", dir, dir, threads, N, CHECK_STEPS);
+    return bench_run_python("bench generate", generate_peer_py, "generate_peer.py", dir, env, args, out);
 }
 
 /* Read the peer's figures for one batch size and check its first tokens
@@ -206,13 +175,8 @@ int bench_generate_main(int argc, char **argv)
     }
 
     /* the peer's inputs */
-    const char *tmp = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/tidal-bench-generate-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (!mkdtemp(dir)) {
-        s = tidal_fail(TIDAL_ERR_IO, "bench generate: cannot make a temp dir %s", dir);
-        dir[0] = '\0';
-        goto out;
-    }
+    s = bench_temp_dir("bench generate", "tidal-bench-generate", dir, sizeof dir);
+    if (s != TIDAL_OK) goto out;
     char path[512];
     snprintf(path, sizeof path, "%s/model", dir);
     s = model_save(m, path, ST_F32);
@@ -288,18 +252,11 @@ int bench_generate_main(int argc, char **argv)
                           p1->tps, "batch_tokens_per_s", pB->tps, "peak_rss_mb", peer_rss, "b1_omp_wait", pol1,
                           "batch_omp_wait", polB, "ratio_b1", ratio1, "ratio",
                           ratio, "tokens_agreeing", agree);
-    char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
-    printf("%s\n", line);
-    free(line);
-    json_decref(o);
+    bench_print_json(o);
     rc = 0;
 out:
     if (rc) fprintf(stderr, "tidal bench generate: %s\n", tidal_errmsg());
-    if (dir[0]) {
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0) fprintf(stderr, "tidal bench generate: could not remove %s\n", dir);
-    }
+    bench_remove_dir("tidal bench generate", dir);
     json_decref(peer);
     model_free(m);
     free(prompts);

@@ -30,7 +30,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/bench.h"
@@ -510,10 +509,7 @@ int bench_tokenize_main(int argc, char **argv)
                           "threads", 1, "iters", iters, "identical", same, "tidal", "mb_per_s", tidal_mbs, "seconds",
                           best, "load_s", load_s, "node", "mb_per_s", peer_mbs, "seconds",
                           json_number_value(json_object_get(peer, "seconds")), "ratio", ratio);
-    char *out_line = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
-    if (out_line) printf("%s\n", out_line);
-    free(out_line);
-    json_decref(o);
+    bench_print_json(o);
     if (!same) {
         fprintf(stderr,
                 "tidal bench tokenize: tidal and the peer produced different ids (tokens %llu vs %lld, "

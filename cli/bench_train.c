@@ -14,9 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/bench.h"
@@ -24,10 +21,6 @@
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "train_peer_py.h"
-
-#define PEER_PYTHON "/usr/bin/python3" /* Debian's, where python3-torch lives */
-
-
 
 static void usage(FILE *f)
 {
@@ -38,30 +31,12 @@ static void usage(FILE *f)
                "  iterations (default 3) after one warm-up.\n");
 }
 
-/* Run the peer (with `env` before the command, e.g. an OMP_WAIT_POLICY);
- * parse its last stdout line as JSON. */
+/* Run the peer (with `env` before the command, e.g. an OMP_WAIT_POLICY). */
 static tidal_status run_peer(const char *dir, int threads, int iters, const char *env, json_t **out)
 {
-    char script[600], cmd[2048];
-    snprintf(script, sizeof script, "%s/train_peer.py", dir);
-    FILE *f = fopen(script, "w");
-    if (!f || fputs(train_peer_py, f) < 0 || fclose(f) != 0)
-        return tidal_fail(TIDAL_ERR_IO, "bench train: cannot write %s", script);
-    snprintf(cmd, sizeof cmd, "%s %s '%s' '%s/model' '%s/batch.safetensors' %d %d", env, PEER_PYTHON, script, dir, dir,
-             threads, iters);
-    FILE *p = popen(cmd, "r");
-    if (!p) return tidal_fail(TIDAL_ERR_IO, "bench train: cannot run %s", PEER_PYTHON);
-    char line[4096], last[4096] = "";
-    while (fgets(line, sizeof line, p)) memcpy(last, line, sizeof last);
-    int st = pclose(p);
-    if (st != 0 || !last[0])
-        return tidal_fail(TIDAL_ERR_UNAVAILABLE,
-                          "bench train: the PyTorch peer failed (exit %d): is python3-torch installed? (make deps)",
-                          WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-    json_error_t jerr;
-    *out = json_loads(last, 0, &jerr);
-    if (!*out) return tidal_fail(TIDAL_ERR_DECODE, "bench train: peer printed no JSON: %s", last);
-    return TIDAL_OK;
+    char args[1024];
+    snprintf(args, sizeof args, "'%s/model' '%s/batch.safetensors' %d %d", dir, dir, threads, iters);
+    return bench_run_python("bench train", train_peer_py, "train_peer.py", dir, env, args, out);
 }
 
 int bench_train_main(int argc, char **argv)
@@ -121,13 +96,8 @@ int bench_train_main(int argc, char **argv)
     model_batch b = {.T = T, .S = S, .ids = ids, .targets = tg, .cu_seqlens = cu, .inv_temp = 1.0f};
 
     /* the peer's inputs */
-    const char *tmp = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/tidal-bench-train-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (!mkdtemp(dir)) {
-        s = tidal_fail(TIDAL_ERR_IO, "bench train: cannot make a temp dir %s", dir);
-        dir[0] = '\0';
-        goto out;
-    }
+    s = bench_temp_dir("bench train", "tidal-bench-train", dir, sizeof dir);
+    if (s != TIDAL_OK) goto out;
     char path[512];
     snprintf(path, sizeof path, "%s/model", dir);
     s = model_save(m, path, ST_F32);
@@ -205,18 +175,11 @@ int bench_train_main(int argc, char **argv)
                           "torch", "tokens_per_s", peer_tps, "seconds",
                           json_number_value(json_object_get(peer, "seconds")), "peak_rss_mb", peer_rss, "loss",
                           peer_loss, "omp_wait", policy, "ratio", ratio);
-    char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
-    printf("%s\n", line);
-    free(line);
-    json_decref(o);
+    bench_print_json(o);
     rc = 0;
 out:
     if (rc) fprintf(stderr, "tidal bench train: %s\n", tidal_errmsg());
-    if (dir[0]) {
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0) fprintf(stderr, "tidal bench train: could not remove %s\n", dir);
-    }
+    bench_remove_dir("tidal bench train", dir);
     json_decref(peer);
     model_free(m);
     free(ids);

@@ -64,37 +64,24 @@
 #define MAX_HEADS 4096
 #define MAX_HEAD_DIM 4096
 
-__attribute__((format(printf, 3, 4)))
-static tidal_status bad(const char *name, const char *field, const char *fmt, ...)
-{
-    char text[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof text, fmt, ap);
-    va_end(ap);
-    return tidal_fail(TIDAL_ERR_INVALID, "%s: %s: %s", name, field, text);
-}
-
-
-
 /* An integer field in [lo, INT_MAX]; `def` when absent unless required. */
 static tidal_status get_int(const char *name, const json_t *root, const char *key, bool required,
                             int def, int lo, int *out)
 {
     json_t *v = jv_get(root, key);
     if (!v) {
-        if (required) return bad(name, key, "missing (required)");
+        if (required) return jv_bad(name, key, "missing (required)");
         *out = def;
         return TIDAL_OK;
     }
     char d[96];
     if (!json_is_integer(v)) {
         jv_describe(v, d, sizeof d);
-        return bad(name, key, "must be an integer, not %s", d);
+        return jv_bad(name, key, "must be an integer, not %s", d);
     }
     json_int_t x = json_integer_value(v);
-    if (x < lo) return bad(name, key, "%" JSON_INTEGER_FORMAT " must be >= %d", x, lo);
-    if (x > INT_MAX) return bad(name, key, "%" JSON_INTEGER_FORMAT " is too large", x);
+    if (x < lo) return jv_bad(name, key, "%" JSON_INTEGER_FORMAT " must be >= %d", x, lo);
+    if (x > INT_MAX) return jv_bad(name, key, "%" JSON_INTEGER_FORMAT " is too large", x);
     *out = (int)x;
     return TIDAL_OK;
 }
@@ -109,7 +96,7 @@ static tidal_status get_num(const char *name, const json_t *obj, const char *key
     if (!json_is_number(v)) {
         char d[96];
         jv_describe(v, d, sizeof d);
-        return bad(name, field, "must be a number, not %s", d);
+        return jv_bad(name, field, "must be a number, not %s", d);
     }
     *out = json_number_value(v);
     return TIDAL_OK;
@@ -122,7 +109,7 @@ static tidal_status get_bool(const char *name, const json_t *root, const char *k
     if (!json_is_boolean(v)) {
         char d[96];
         jv_describe(v, d, sizeof d);
-        return bad(name, key, "must be true or false, not %s", d);
+        return jv_bad(name, key, "must be true or false, not %s", d);
     }
     *out = json_is_true(v);
     return TIDAL_OK;
@@ -142,7 +129,7 @@ static tidal_status get_token_id(const char *name, const json_t *root, const cha
         json_array_foreach(v, i, e) {
             if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > INT_MAX) {
                 jv_describe(e, d, sizeof d);
-                return bad(name, key, "entry %zu must be a token id (an integer >= 0), not %s", i, d);
+                return jv_bad(name, key, "entry %zu must be a token id (an integer >= 0), not %s", i, d);
             }
             if (i == 0) *out = (int)json_integer_value(e);
         }
@@ -150,7 +137,7 @@ static tidal_status get_token_id(const char *name, const json_t *root, const cha
     }
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT_MAX) {
         jv_describe(v, d, sizeof d);
-        return bad(name, key, "must be a token id (an integer >= 0) or a list of them, not %s", d);
+        return jv_bad(name, key, "must be a token id (an integer >= 0) or a list of them, not %s", d);
     }
     *out = (int)json_integer_value(v);
     return TIDAL_OK;
@@ -169,7 +156,7 @@ static tidal_status check_rope_object(const char *name, const json_t *root, cons
     char d[96], f[64];
     if (!json_is_object(v)) {
         jv_describe(v, d, sizeof d);
-        return bad(name, field, "must be an object or null, not %s", d);
+        return jv_bad(name, field, "must be an object or null, not %s", d);
     }
     bool typed = false;
     static const char *const type_keys[2] = {"rope_type", "type"};
@@ -179,17 +166,17 @@ static tidal_status check_rope_object(const char *name, const json_t *root, cons
         typed = true;
         if (!json_is_string(t)) {
             jv_describe(t, d, sizeof d);
-            return bad(name, field, "%s must be a string, not %s", type_keys[i], d);
+            return jv_bad(name, field, "%s must be a string, not %s", type_keys[i], d);
         }
         if (strcmp(json_string_value(t), "default") != 0)
-            return bad(name, field, "%s \"%.40s\" is not supported: tidal implements plain RoPE only "
+            return jv_bad(name, field, "%s \"%.40s\" is not supported: tidal implements plain RoPE only "
                        "(rope_type \"default\", or %s null)", type_keys[i], json_string_value(t), field);
     }
     const char *key;
     json_t *x;
     json_object_foreach(v, key, x) {
         if (!typed && !json_is_null(x) && strcmp(key, "rope_theta") && strcmp(key, "partial_rotary_factor"))
-            return bad(name, field, "has \"%.40s\" but no rope_type: RoPE scaling is not supported "
+            return jv_bad(name, field, "has \"%.40s\" but no rope_type: RoPE scaling is not supported "
                        "(only rope_type \"default\")", key);
     }
     snprintf(f, sizeof f, "%s.rope_theta", field);
@@ -215,17 +202,17 @@ static tidal_status parse_rope(const char *name, const json_t *root, model_confi
             TRY(check_rope_object(name, root, where[i], &value, &found, &prf, &has_prf));
         }
         if (has_prf && prf != 1.0)
-            return bad(name, i == 0 ? "partial_rotary_factor" : where[i],
+            return jv_bad(name, i == 0 ? "partial_rotary_factor" : where[i],
                        "partial_rotary_factor %g is not supported (RoPE on the whole head only)", prf);
         if (!found) continue;
         if (have && value != theta)
-            return bad(name, "rope_theta", "%s gives %g but %s gives %g", from, theta,
+            return jv_bad(name, "rope_theta", "%s gives %g but %s gives %g", from, theta,
                        i == 0 ? "the top level" : where[i], value);
         if (!have) { theta = value; from = i == 0 ? "the top level" : where[i]; have = true; }
     }
     if (!have) {
         if (c->type == MODEL_QWEN2)
-            return bad(name, "rope_theta", "missing (required for qwen2; also looked in rope_parameters and rope_scaling)");
+            return jv_bad(name, "rope_theta", "missing (required for qwen2; also looked in rope_parameters and rope_scaling)");
         theta = 10000.0;
     }
     c->rope_theta = theta;
@@ -240,41 +227,41 @@ static tidal_status refuse_unsupported(const char *name, const json_t *root, con
     json_t *v = jv_get(root, "hidden_act");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), "silu") != 0)) {
         jv_describe(v, d, sizeof d);
-        return bad(name, "hidden_act", "%s is not supported (only \"silu\": SwiGLU)", d);
+        return jv_bad(name, "hidden_act", "%s is not supported (only \"silu\": SwiGLU)", d);
     }
     if (c->type == MODEL_LLAMA) {
         bool mlp_bias = false;
         TRY(get_bool(name, root, "mlp_bias", false, &mlp_bias));
-        if (mlp_bias) return bad(name, "mlp_bias", "true is not supported (gate/up/down without bias only)");
+        if (mlp_bias) return jv_bad(name, "mlp_bias", "true is not supported (gate/up/down without bias only)");
     } else {
         bool sliding = false;
         TRY(get_bool(name, root, "use_sliding_window", false, &sliding));
         if (sliding)
-            return bad(name, "use_sliding_window", "true is not supported (full causal attention only)");
+            return jv_bad(name, "use_sliding_window", "true is not supported (full causal attention only)");
     }
     v = jv_get(root, "layer_types");
     if (v) {
         if (!json_is_array(v)) {
             jv_describe(v, d, sizeof d);
-            return bad(name, "layer_types", "must be a list, not %s", d);
+            return jv_bad(name, "layer_types", "must be a list, not %s", d);
         }
         size_t i;
         json_t *e;
         json_array_foreach(v, i, e) {
             if (!json_is_string(e) || strcmp(json_string_value(e), "full_attention") != 0) {
                 jv_describe(e, d, sizeof d);
-                return bad(name, "layer_types", "entry %zu is %s; only \"full_attention\" is supported", i, d);
+                return jv_bad(name, "layer_types", "entry %zu is %s; only \"full_attention\" is supported", i, d);
             }
         }
         if (json_array_size(v) != (size_t)c->num_layers)
-            return bad(name, "layer_types", "has %zu entries for num_hidden_layers = %d", json_array_size(v),
+            return jv_bad(name, "layer_types", "has %zu entries for num_hidden_layers = %d", json_array_size(v),
                        c->num_layers);
     }
     double dropout = 0;
     bool found;
     TRY(get_num(name, root, "attention_dropout", "attention_dropout", &dropout, &found));
     if (found && dropout != 0.0)
-        return bad(name, "attention_dropout", "%g is not supported (tidal trains without dropout)", dropout);
+        return jv_bad(name, "attention_dropout", "%g is not supported (tidal trains without dropout)", dropout);
     return TIDAL_OK;
 }
 
@@ -287,15 +274,15 @@ static tidal_status parse_root(const char *name, const json_t *root, model_confi
     }
     memset(c, 0, sizeof *c);
     json_t *mt = jv_get(root, "model_type");
-    if (!mt) return bad(name, "model_type", "missing (required: qwen2 or llama)");
+    if (!mt) return jv_bad(name, "model_type", "missing (required: qwen2 or llama)");
     if (!json_is_string(mt)) {
         jv_describe(mt, d, sizeof d);
-        return bad(name, "model_type", "must be a string, not %s", d);
+        return jv_bad(name, "model_type", "must be a string, not %s", d);
     }
     if (!strcmp(json_string_value(mt), "qwen2")) c->type = MODEL_QWEN2;
     else if (!strcmp(json_string_value(mt), "llama")) c->type = MODEL_LLAMA;
     else
-        return bad(name, "model_type", "\"%.40s\" is not supported (qwen2 or llama)", json_string_value(mt));
+        return jv_bad(name, "model_type", "\"%.40s\" is not supported (qwen2 or llama)", json_string_value(mt));
 
     TRY(get_int(name, root, "vocab_size", true, 0, 1, &c->vocab_size));
     TRY(get_int(name, root, "hidden_size", true, 0, 1, &c->hidden_size));
@@ -308,7 +295,7 @@ static tidal_status parse_root(const char *name, const json_t *root, model_confi
         TRY(get_int(name, root, "head_dim", true, 0, 1, &c->head_dim));
     } else {
         if (c->hidden_size % c->num_heads != 0)
-            return bad(name, "hidden_size", "%d is not a multiple of num_attention_heads = %d (and head_dim is not given)",
+            return jv_bad(name, "hidden_size", "%d is not a multiple of num_attention_heads = %d (and head_dim is not given)",
                        c->hidden_size, c->num_heads);
         c->head_dim = c->hidden_size / c->num_heads;
     }
@@ -373,7 +360,7 @@ tidal_status model_config_validate(const model_config *c, const char *name)
     if (!name) name = "model config";
     if (!c) return tidal_fail(TIDAL_ERR_INVALID, "%s: NULL config", name);
     if (c->type != MODEL_QWEN2 && c->type != MODEL_LLAMA)
-        return bad(name, "model_type", "%d is not qwen2 or llama", (int)c->type);
+        return jv_bad(name, "model_type", "%d is not qwen2 or llama", (int)c->type);
     static const struct {
         const char *field;
         size_t offset;
@@ -390,31 +377,31 @@ tidal_status model_config_validate(const model_config *c, const char *name)
     };
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         int v = *(const int *)((const char *)c + sizes[i].offset);
-        if (v < 1) return bad(name, sizes[i].field, "%d must be positive", v);
-        if (v > sizes[i].max) return bad(name, sizes[i].field, "%d is larger than tidal allows (%d)", v, sizes[i].max);
+        if (v < 1) return jv_bad(name, sizes[i].field, "%d must be positive", v);
+        if (v > sizes[i].max) return jv_bad(name, sizes[i].field, "%d is larger than tidal allows (%d)", v, sizes[i].max);
     }
     if (c->num_heads % c->num_kv_heads != 0)
-        return bad(name, "num_key_value_heads", "%d does not divide num_attention_heads = %d", c->num_kv_heads,
+        return jv_bad(name, "num_key_value_heads", "%d does not divide num_attention_heads = %d", c->num_kv_heads,
                    c->num_heads);
     if (c->head_dim % 2 != 0)
-        return bad(name, "head_dim", "%d is odd; RoPE rotates pairs, so it must be even", c->head_dim);
+        return jv_bad(name, "head_dim", "%d is odd; RoPE rotates pairs, so it must be even", c->head_dim);
     if ((int64_t)c->num_heads * c->head_dim > MAX_WIDTH)
-        return bad(name, "head_dim", "num_attention_heads x head_dim = %lld is larger than tidal allows (%d)",
+        return jv_bad(name, "head_dim", "num_attention_heads x head_dim = %lld is larger than tidal allows (%d)",
                    (long long)c->num_heads * c->head_dim, MAX_WIDTH);
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
-        return bad(name, "rope_theta", "%g must be a positive finite number", c->rope_theta);
+        return jv_bad(name, "rope_theta", "%g must be a positive finite number", c->rope_theta);
     if (!(c->rms_norm_eps > 0) || !isfinite(c->rms_norm_eps))
-        return bad(name, "rms_norm_eps", "%g must be a positive finite number", c->rms_norm_eps);
+        return jv_bad(name, "rms_norm_eps", "%g must be a positive finite number", c->rms_norm_eps);
     if (c->type == MODEL_QWEN2 && (!c->qkv_bias || c->o_bias))
-        return bad(name, "attention_bias", "qwen2 has q/k/v biases and no o_proj bias (got qkv_bias %s, o_bias %s)",
+        return jv_bad(name, "attention_bias", "qwen2 has q/k/v biases and no o_proj bias (got qkv_bias %s, o_bias %s)",
                    c->qkv_bias ? "true" : "false", c->o_bias ? "true" : "false");
     if (c->type == MODEL_LLAMA && c->qkv_bias != c->o_bias)
-        return bad(name, "attention_bias", "llama biases all of q/k/v/o or none (got qkv_bias %s, o_bias %s)",
+        return jv_bad(name, "attention_bias", "llama biases all of q/k/v/o or none (got qkv_bias %s, o_bias %s)",
                    c->qkv_bias ? "true" : "false", c->o_bias ? "true" : "false");
     if (c->bos_token_id < -1 || c->bos_token_id >= c->vocab_size)
-        return bad(name, "bos_token_id", "%d is outside the vocabulary (vocab_size = %d)", c->bos_token_id, c->vocab_size);
+        return jv_bad(name, "bos_token_id", "%d is outside the vocabulary (vocab_size = %d)", c->bos_token_id, c->vocab_size);
     if (c->eos_token_id < -1 || c->eos_token_id >= c->vocab_size)
-        return bad(name, "eos_token_id", "%d is outside the vocabulary (vocab_size = %d)", c->eos_token_id, c->vocab_size);
+        return jv_bad(name, "eos_token_id", "%d is outside the vocabulary (vocab_size = %d)", c->eos_token_id, c->vocab_size);
     return TIDAL_OK;
 }
 
@@ -444,7 +431,7 @@ tidal_status model_config_save(const model_config *c, const char *path, const ch
     TRY(model_config_validate(c, path));
     if (!dtype) dtype = "float32";
     if (strcmp(dtype, "float32") && strcmp(dtype, "bfloat16") && strcmp(dtype, "float16"))
-        return bad(path, "torch_dtype", "\"%.40s\" is not float32, bfloat16 or float16", dtype);
+        return jv_bad(path, "torch_dtype", "\"%.40s\" is not float32, bfloat16 or float16", dtype);
     bool qwen = c->type == MODEL_QWEN2;
     /* keys in alphabetical order, as transformers writes them */
     json_t *o = json_object();

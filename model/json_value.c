@@ -1,6 +1,7 @@
 /* json_value.c - shared jansson helpers (see json_value.h). */
 #include "model/json_value.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 
 json_t *jv_get(const json_t *obj, const char *key)
@@ -25,4 +26,14 @@ void jv_describe(const json_t *v, char *buf, size_t cap)
     case JSON_FALSE: snprintf(buf, cap, "false"); break;
     case JSON_NULL: snprintf(buf, cap, "null"); break;
     }
+}
+
+tidal_status jv_bad(const char *name, const char *field, const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    return tidal_fail(TIDAL_ERR_INVALID, "%s: %s: %s", name, field, text);
 }

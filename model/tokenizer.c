@@ -176,20 +176,7 @@ struct tokenizer {
 
 /* ------------------------------------------------------------------ errors */
 
-__attribute__((format(printf, 3, 4)))
-static tidal_status bad(const char *name, const char *field, const char *fmt, ...)
-{
-    char text[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof text, fmt, ap);
-    va_end(ap);
-    return tidal_fail(TIDAL_ERR_INVALID, "%s: %s: %s", name, field, text);
-}
-
 static tidal_status nomem(const char *name) { return tidal_fail(TIDAL_ERR_NOMEM, "%s: out of memory", name); }
-
-
 
 static tidal_status get_bool(const char *name, const json_t *obj, const char *key, const char *path, bool def,
                              bool *out)
@@ -199,7 +186,7 @@ static tidal_status get_bool(const char *name, const json_t *obj, const char *ke
     if (!json_is_boolean(v)) {
         char d[96];
         jv_describe(v, d, sizeof d);
-        return bad(name, path, "must be true or false, not %s", d);
+        return jv_bad(name, path, "must be true or false, not %s", d);
     }
     *out = json_is_true(v);
     return TIDAL_OK;
@@ -214,12 +201,12 @@ static tidal_status get_type(const char *name, const json_t *obj, const char *pa
     if (!json_is_object(obj)) {
         char d[96];
         jv_describe(obj, d, sizeof d);
-        return bad(name, path, "must be an object, not %s", d);
+        return jv_bad(name, path, "must be an object, not %s", d);
     }
     if (!json_is_string(v)) {
         char d[96];
         jv_describe(v, d, sizeof d);
-        return bad(name, field, "must be a string, not %s", d);
+        return jv_bad(name, field, "must be a string, not %s", d);
     }
     *out = json_string_value(v);
     return TIDAL_OK;
@@ -1380,7 +1367,7 @@ static tidal_status compile_regex(const char *name, const char *field, const cha
     if (!out->re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
-        return bad(name, field, "cannot compile \"%.80s\" at offset %zu: %s", pat, (size_t)off, (const char *)msg);
+        return jv_bad(name, field, "cannot compile \"%.80s\" at offset %zu: %s", pat, (size_t)off, (const char *)msg);
     }
     out->jit = pcre2_jit_compile(out->re, PCRE2_JIT_COMPLETE) == 0;
     return TIDAL_OK;
@@ -1390,14 +1377,14 @@ static tidal_status parse_normalizer(tokenizer *t, const json_t *v, const char *
 {
     const char *name = t->name;
     const char *type;
-    if (depth > MAX_DEPTH) return bad(name, path, "Sequence nested too deeply");
+    if (depth > MAX_DEPTH) return jv_bad(name, path, "Sequence nested too deeply");
     TRY(get_type(name, v, path, &type));
     norm_kind k = 0;
     if (!strcmp(type, "Sequence")) {
         json_t *list = jv_get(v, "normalizers");
         char field[256];
         snprintf(field, sizeof field, "%s.normalizers", path);
-        if (!json_is_array(list)) return bad(name, field, "must be an array");
+        if (!json_is_array(list)) return jv_bad(name, field, "must be an array");
         for (size_t i = 0; i < json_array_size(list); i++) {
             snprintf(field, sizeof field, "%s.normalizers[%zu]", path, i);
             TRY(parse_normalizer(t, json_array_get(list, i), field, depth + 1));
@@ -1411,9 +1398,9 @@ static tidal_status parse_normalizer(tokenizer *t, const json_t *v, const char *
     else {
         char field[256];
         snprintf(field, sizeof field, "%s.type", path);
-        return bad(name, field, "\"%s\" is not supported (NFC, NFD, NFKC, NFKD and Sequence are)", type);
+        return jv_bad(name, field, "\"%s\" is not supported (NFC, NFD, NFKC, NFKD and Sequence are)", type);
     }
-    if (t->n_norm == MAX_STEPS) return bad(name, path, "more than %d normalizers", MAX_STEPS);
+    if (t->n_norm == MAX_STEPS) return jv_bad(name, path, "more than %d normalizers", MAX_STEPS);
     t->norm[t->n_norm++] = k;
     return TIDAL_OK;
 }
@@ -1422,12 +1409,12 @@ static tidal_status parse_split(tokenizer *t, const json_t *v, const char *path)
 {
     const char *name = t->name;
     char field[256];
-    if (t->bl_seen) return bad(name, path, "a Split after ByteLevel is not supported");
-    if (t->n_split == MAX_STEPS) return bad(name, path, "more than %d Split steps", MAX_STEPS);
+    if (t->bl_seen) return jv_bad(name, path, "a Split after ByteLevel is not supported");
+    if (t->n_split == MAX_STEPS) return jv_bad(name, path, "more than %d Split steps", MAX_STEPS);
     split_step *sp = &t->split[t->n_split];
     json_t *pat = jv_get(v, "pattern");
     snprintf(field, sizeof field, "%s.pattern", path);
-    if (!json_is_object(pat)) return bad(name, field, "must be an object with \"Regex\" or \"String\"");
+    if (!json_is_object(pat)) return jv_bad(name, field, "must be an object with \"Regex\" or \"String\"");
     json_t *re = jv_get(pat, "Regex"), *lit = jv_get(pat, "String");
     if (re && json_is_string(re)) {
         size_t n;
@@ -1438,15 +1425,15 @@ static tidal_status parse_split(tokenizer *t, const json_t *v, const char *path)
         size_t n;
         const char *s = str_n(lit, &n);
         snprintf(field, sizeof field, "%s.pattern.String", path);
-        if (!n) return bad(name, field, "must not be empty");
+        if (!n) return jv_bad(name, field, "must not be empty");
         TRY(compile_regex(name, field, s, n, true, sp));
     } else {
-        return bad(name, field, "must hold a \"Regex\" or \"String\" string");
+        return jv_bad(name, field, "must hold a \"Regex\" or \"String\" string");
     }
     t->n_split++; /* owned from here: freed by tokenizer_free */
     json_t *b = jv_get(v, "behavior");
     snprintf(field, sizeof field, "%s.behavior", path);
-    if (!json_is_string(b)) return bad(name, field, "must be a string");
+    if (!json_is_string(b)) return jv_bad(name, field, "must be a string");
     const char *bs = json_string_value(b);
     static const struct { const char *s; split_behavior b; } behaviors[] = {
         {"Isolated", SPLIT_ISOLATED}, {"Removed", SPLIT_REMOVED}, {"MergedWithPrevious", SPLIT_MERGED_PREVIOUS},
@@ -1455,7 +1442,7 @@ static tidal_status parse_split(tokenizer *t, const json_t *v, const char *path)
     size_t i = 0;
     while (i < sizeof behaviors / sizeof behaviors[0] && strcmp(behaviors[i].s, bs)) i++;
     if (i == sizeof behaviors / sizeof behaviors[0])
-        return bad(name, field, "\"%s\" is not one of Isolated, Removed, MergedWithPrevious, MergedWithNext, "
+        return jv_bad(name, field, "\"%s\" is not one of Isolated, Removed, MergedWithPrevious, MergedWithNext, "
                                 "Contiguous", bs);
     sp->behavior = behaviors[i].b;
     snprintf(field, sizeof field, "%s.invert", path);
@@ -1471,12 +1458,12 @@ static tidal_status parse_pretok(tokenizer *t, const json_t *v, const char *path
     const char *name = t->name;
     const char *type;
     char field[256];
-    if (depth > MAX_DEPTH) return bad(name, path, "Sequence nested too deeply");
+    if (depth > MAX_DEPTH) return jv_bad(name, path, "Sequence nested too deeply");
     TRY(get_type(name, v, path, &type));
     if (!strcmp(type, "Sequence")) {
         json_t *list = jv_get(v, "pretokenizers");
         snprintf(field, sizeof field, "%s.pretokenizers", path);
-        if (!json_is_array(list)) return bad(name, field, "must be an array");
+        if (!json_is_array(list)) return jv_bad(name, field, "must be an array");
         for (size_t i = 0; i < json_array_size(list); i++) {
             snprintf(field, sizeof field, "%s.pretokenizers[%zu]", path, i);
             TRY(parse_pretok(t, json_array_get(list, i), field, depth + 1));
@@ -1485,7 +1472,7 @@ static tidal_status parse_pretok(tokenizer *t, const json_t *v, const char *path
     }
     if (!strcmp(type, "Split")) return parse_split(t, v, path);
     if (!strcmp(type, "ByteLevel")) {
-        if (t->bl_seen) return bad(name, path, "ByteLevel appears twice");
+        if (t->bl_seen) return jv_bad(name, path, "ByteLevel appears twice");
         t->bl_seen = true;
         snprintf(field, sizeof field, "%s.add_prefix_space", path);
         TRY(get_bool(name, v, "add_prefix_space", field, true, &t->bl_prefix));
@@ -1498,20 +1485,20 @@ static tidal_status parse_pretok(tokenizer *t, const json_t *v, const char *path
         return TIDAL_OK;
     }
     snprintf(field, sizeof field, "%s.type", path);
-    return bad(name, field, "\"%s\" is not supported (byte-level BPE needs Split steps then ByteLevel)", type);
+    return jv_bad(name, field, "\"%s\" is not supported (byte-level BPE needs Split steps then ByteLevel)", type);
 }
 
 static tidal_status parse_decoder(tokenizer *t, const json_t *v, const char *path, int depth)
 {
     const char *type;
     char field[256];
-    if (depth > MAX_DEPTH) return bad(t->name, path, "Sequence nested too deeply");
+    if (depth > MAX_DEPTH) return jv_bad(t->name, path, "Sequence nested too deeply");
     TRY(get_type(t->name, v, path, &type));
     if (!strcmp(type, "ByteLevel")) return TIDAL_OK;
     if (!strcmp(type, "Sequence")) {
         json_t *list = jv_get(v, "decoders");
         snprintf(field, sizeof field, "%s.decoders", path);
-        if (!json_is_array(list)) return bad(t->name, field, "must be an array");
+        if (!json_is_array(list)) return jv_bad(t->name, field, "must be an array");
         for (size_t i = 0; i < json_array_size(list); i++) {
             snprintf(field, sizeof field, "%s.decoders[%zu]", path, i);
             TRY(parse_decoder(t, json_array_get(list, i), field, depth + 1));
@@ -1519,7 +1506,7 @@ static tidal_status parse_decoder(tokenizer *t, const json_t *v, const char *pat
         return TIDAL_OK;
     }
     snprintf(field, sizeof field, "%s.type", path);
-    return bad(t->name, field, "\"%s\" is not supported (ByteLevel is)", type);
+    return jv_bad(t->name, field, "\"%s\" is not supported (ByteLevel is)", type);
 }
 
 /* A token id named in the file: an integer naming an existing token. */
@@ -1528,11 +1515,11 @@ static tidal_status get_token_id(const tokenizer *t, const json_t *v, const char
     char d[96];
     if (!json_is_integer(v)) {
         jv_describe(v, d, sizeof d);
-        return bad(t->name, field, "must be a token id, not %s", d);
+        return jv_bad(t->name, field, "must be a token id, not %s", d);
     }
     json_int_t x = json_integer_value(v);
     if (x < 0 || x >= t->n_ids || !(t->flags[x] & TOKF_EXISTS))
-        return bad(t->name, field, "%" JSON_INTEGER_FORMAT " is not a token id", x);
+        return jv_bad(t->name, field, "%" JSON_INTEGER_FORMAT " is not a token id", x);
     *out = (int32_t)x;
     return TIDAL_OK;
 }
@@ -1541,13 +1528,13 @@ static tidal_status get_token_id(const tokenizer *t, const json_t *v, const char
 static tidal_status parse_template(tokenizer *t, const json_t *v, const char *path)
 {
     char field[256];
-    if (t->pp_ids) return bad(t->name, path, "more than one TemplateProcessing");
+    if (t->pp_ids) return jv_bad(t->name, path, "more than one TemplateProcessing");
     json_t *single = jv_get(v, "single"), *specials = jv_get(v, "special_tokens");
     snprintf(field, sizeof field, "%s.single", path);
-    if (!json_is_array(single)) return bad(t->name, field, "must be an array");
+    if (!json_is_array(single)) return jv_bad(t->name, field, "must be an array");
     if (specials && !json_is_object(specials)) {
         snprintf(field, sizeof field, "%s.special_tokens", path);
-        return bad(t->name, field, "must be an object");
+        return jv_bad(t->name, field, "must be an object");
     }
     int32_t buf[64];
     int n = 0, pre = -1;
@@ -1557,31 +1544,31 @@ static tidal_status parse_template(tokenizer *t, const json_t *v, const char *pa
         if ((x = jv_get(item, "Sequence"))) {
             json_t *id = jv_get(x, "id");
             if (!json_is_string(id) || strcmp(json_string_value(id), "A"))
-                return bad(t->name, field, "a single-sequence template may only hold Sequence \"A\"");
-            if (pre >= 0) return bad(t->name, field, "Sequence \"A\" appears twice");
+                return jv_bad(t->name, field, "a single-sequence template may only hold Sequence \"A\"");
+            if (pre >= 0) return jv_bad(t->name, field, "Sequence \"A\" appears twice");
             pre = n;
         } else if ((x = jv_get(item, "SpecialToken"))) {
             json_t *id = jv_get(x, "id");
-            if (!json_is_string(id)) return bad(t->name, field, "SpecialToken.id must be a string");
+            if (!json_is_string(id)) return jv_bad(t->name, field, "SpecialToken.id must be a string");
             json_t *spec = specials ? jv_get(specials, json_string_value(id)) : NULL;
             json_t *ids = spec ? jv_get(spec, "ids") : NULL;
             if (!json_is_array(ids))
-                return bad(t->name, field, "special token \"%.60s\" has no ids in special_tokens",
+                return jv_bad(t->name, field, "special token \"%.60s\" has no ids in special_tokens",
                            json_string_value(id));
             for (size_t j = 0; j < json_array_size(ids); j++) {
                 char f2[300];
                 snprintf(f2, sizeof f2, "%s.special_tokens[\"%.60s\"].ids[%zu]", path, json_string_value(id), j);
-                if (n == (int)(sizeof buf / sizeof buf[0])) return bad(t->name, f2, "too many template ids");
+                if (n == (int)(sizeof buf / sizeof buf[0])) return jv_bad(t->name, f2, "too many template ids");
                 TRY(get_token_id(t, json_array_get(ids, j), f2, &buf[n]));
                 n++;
             }
         } else {
-            return bad(t->name, field, "must be {\"SpecialToken\": ...} or {\"Sequence\": ...}");
+            return jv_bad(t->name, field, "must be {\"SpecialToken\": ...} or {\"Sequence\": ...}");
         }
     }
     if (pre < 0) {
         snprintf(field, sizeof field, "%s.single", path);
-        return bad(t->name, field, "has no Sequence \"A\"");
+        return jv_bad(t->name, field, "has no Sequence \"A\"");
     }
     t->pp_ids = malloc((size_t)(n ? n : 1) * sizeof *t->pp_ids);
     if (!t->pp_ids) return nomem(t->name);
@@ -1595,14 +1582,14 @@ static tidal_status parse_post(tokenizer *t, const json_t *v, const char *path, 
 {
     const char *type;
     char field[256];
-    if (depth > MAX_DEPTH) return bad(t->name, path, "Sequence nested too deeply");
+    if (depth > MAX_DEPTH) return jv_bad(t->name, path, "Sequence nested too deeply");
     TRY(get_type(t->name, v, path, &type));
     if (!strcmp(type, "ByteLevel")) return TIDAL_OK; /* offsets only */
     if (!strcmp(type, "TemplateProcessing")) return parse_template(t, v, path);
     if (!strcmp(type, "Sequence")) {
         json_t *list = jv_get(v, "processors");
         snprintf(field, sizeof field, "%s.processors", path);
-        if (!json_is_array(list)) return bad(t->name, field, "must be an array");
+        if (!json_is_array(list)) return jv_bad(t->name, field, "must be an array");
         for (size_t i = 0; i < json_array_size(list); i++) {
             snprintf(field, sizeof field, "%s.processors[%zu]", path, i);
             TRY(parse_post(t, json_array_get(list, i), field, depth + 1));
@@ -1610,7 +1597,7 @@ static tidal_status parse_post(tokenizer *t, const json_t *v, const char *path, 
         return TIDAL_OK;
     }
     snprintf(field, sizeof field, "%s.type", path);
-    return bad(t->name, field, "\"%s\" is not supported (ByteLevel, TemplateProcessing and Sequence are)", type);
+    return jv_bad(t->name, field, "\"%s\" is not supported (ByteLevel, TemplateProcessing and Sequence are)", type);
 }
 
 /* model: type, options, vocab; the per-id arrays are sized for max_id + 1. */
@@ -1620,36 +1607,36 @@ static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t 
     char d[96];
     if (!json_is_object(model)) {
         jv_describe(model, d, sizeof d);
-        return bad(name, "model", "must be an object, not %s", d);
+        return jv_bad(name, "model", "must be an object, not %s", d);
     }
     json_t *type = jv_get(model, "type");
-    if (type && !json_is_string(type)) return bad(name, "model.type", "must be a string");
+    if (type && !json_is_string(type)) return jv_bad(name, "model.type", "must be a string");
     if (type && strcmp(json_string_value(type), "BPE"))
-        return bad(name, "model.type", "\"%s\" is not supported: tidal reads byte-level BPE tokenizers "
+        return jv_bad(name, "model.type", "\"%s\" is not supported: tidal reads byte-level BPE tokenizers "
                                        "(GPT-2, Llama-3, Qwen2/2.5/3)", json_string_value(type));
-    if (!type && !jv_get(model, "merges")) return bad(name, "model.type", "missing, and no merges: not a BPE model");
+    if (!type && !jv_get(model, "merges")) return jv_bad(name, "model.type", "missing, and no merges: not a BPE model");
     bool fallback;
     TRY(get_bool(name, model, "byte_fallback", "model.byte_fallback", false, &fallback));
     if (fallback)
-        return bad(name, "model.byte_fallback", "true (SentencePiece-style BPE) is not supported: tidal reads "
+        return jv_bad(name, "model.byte_fallback", "true (SentencePiece-style BPE) is not supported: tidal reads "
                                                 "byte-level BPE tokenizers");
     json_t *drop = jv_get(model, "dropout");
     if (drop && (!json_is_number(drop) || json_number_value(drop) != 0.0))
-        return bad(name, "model.dropout", "BPE dropout is not supported (must be null or 0)");
+        return jv_bad(name, "model.dropout", "BPE dropout is not supported (must be null or 0)");
     static const char *const affixes[] = {"continuing_subword_prefix", "end_of_word_suffix"};
     for (size_t i = 0; i < 2; i++) {
         json_t *a = jv_get(model, affixes[i]);
         char f[64];
         snprintf(f, sizeof f, "model.%s", affixes[i]);
         if (a && (!json_is_string(a) || json_string_length(a) != 0))
-            return bad(name, f, "must be null or \"\" (subword affixes are not supported)");
+            return jv_bad(name, f, "must be null or \"\" (subword affixes are not supported)");
     }
     TRY(get_bool(name, model, "ignore_merges", "model.ignore_merges", false, &t->ignore_merges));
 
     json_t *vocab = jv_get(model, "vocab");
     if (!json_is_object(vocab)) {
         jv_describe(vocab, d, sizeof d);
-        return bad(name, "model.vocab", "must be an object (token -> id), not %s", d);
+        return jv_bad(name, "model.vocab", "must be an object (token -> id), not %s", d);
     }
     /* the largest id among vocab and added tokens */
     json_int_t max_id = -1;
@@ -1658,25 +1645,25 @@ static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t 
     json_object_foreach(vocab, key, val) {
         if (!json_is_integer(val) || json_integer_value(val) < 0 || json_integer_value(val) >= MAX_VOCAB) {
             jv_describe(val, d, sizeof d);
-            return bad(name, "model.vocab", "\"%.60s\": id must be an integer in [0, %d), not %s", key, MAX_VOCAB,
+            return jv_bad(name, "model.vocab", "\"%.60s\": id must be an integer in [0, %d), not %s", key, MAX_VOCAB,
                        d);
         }
         if (json_integer_value(val) > max_id) max_id = json_integer_value(val);
     }
     if (added) {
-        if (!json_is_array(added)) return bad(name, "added_tokens", "must be an array");
+        if (!json_is_array(added)) return jv_bad(name, "added_tokens", "must be an array");
         for (size_t i = 0; i < json_array_size(added); i++) {
             json_t *id = jv_get(json_array_get(added, i), "id");
             if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= MAX_VOCAB) {
                 char f[64];
                 snprintf(f, sizeof f, "added_tokens[%zu].id", i);
                 jv_describe(id, d, sizeof d);
-                return bad(name, f, "must be an integer in [0, %d), not %s", MAX_VOCAB, d);
+                return jv_bad(name, f, "must be an integer in [0, %d), not %s", MAX_VOCAB, d);
             }
             if (json_integer_value(id) > max_id) max_id = json_integer_value(id);
         }
     }
-    if (max_id < 0) return bad(name, "model.vocab", "is empty");
+    if (max_id < 0) return jv_bad(name, "model.vocab", "is empty");
     if (!alloc_ids(t, (int32_t)max_id + 1)) return nomem(name);
 
     size_t mapped = 0;
@@ -1689,7 +1676,7 @@ static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t 
         int32_t id = (int32_t)json_integer_value(json_object_iter_value(iter));
         if (t->flags[id] & TOKF_EXISTS) {
             free(tmp);
-            return bad(name, "model.vocab", "id %d is given to two tokens (\"%.40s\" is the second)", id, k);
+            return jv_bad(name, "model.vocab", "id %d is given to two tokens (\"%.40s\" is the second)", id, k);
         }
         if (kn + 1 > tmp_cap) {
             tmp_cap = 2 * (kn + 1);
@@ -1720,7 +1707,7 @@ static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t 
         if (t->byte_id[b] < 0) {
             char ch[5];
             ch[u8_encode(byte_to_cp[b], ch)] = '\0';
-            return bad(name, "model.vocab", "has no token for byte 0x%02x (\"%s\"): not a byte-level vocabulary", b,
+            return jv_bad(name, "model.vocab", "has no token for byte 0x%02x (\"%s\"): not a byte-level vocabulary", b,
                        ch);
         }
     }
@@ -1734,7 +1721,7 @@ static tidal_status vocab_id_of(const tokenizer *t, const json_t *vocab, const c
     if (!v) {
         char f[64];
         snprintf(f, sizeof f, "model.merges[%zu]", i);
-        return bad(t->name, f, "\"%.*s\" is not in the vocabulary", (int)(n > 60 ? 60 : n), s);
+        return jv_bad(t->name, f, "\"%.*s\" is not in the vocabulary", (int)(n > 60 ? 60 : n), s);
     }
     *out = (int32_t)json_integer_value(v);
     return TIDAL_OK;
@@ -1745,9 +1732,9 @@ static tidal_status parse_merges(tokenizer *t, const json_t *model)
     const char *name = t->name;
     json_t *merges = jv_get(model, "merges");
     json_t *vocab = jv_get(model, "vocab");
-    if (merges && !json_is_array(merges)) return bad(name, "model.merges", "must be an array");
+    if (merges && !json_is_array(merges)) return jv_bad(name, "model.merges", "must be an array");
     size_t n = merges ? json_array_size(merges) : 0;
-    if (n >= RANK_NONE) return bad(name, "model.merges", "too many merges");
+    if (n >= RANK_NONE) return jv_bad(name, "model.merges", "too many merges");
     int bits = 4;
     while (((uint64_t)1 << bits) < 2 * (uint64_t)n + 16) bits++;
     t->mmask = ((uint64_t)1 << bits) - 1;
@@ -1768,7 +1755,7 @@ static tidal_status parse_merges(tokenizer *t, const json_t *model)
             a = str_n(m, &an);
             const char *sp = memchr(a, ' ', an);
             if (!sp || memchr(sp + 1, ' ', an - (size_t)(sp - a) - 1)) {
-                st = bad(name, f, "\"%.60s\" is not two tokens separated by one space", a);
+                st = jv_bad(name, f, "\"%.60s\" is not two tokens separated by one space", a);
                 break;
             }
             b = sp + 1;
@@ -1779,10 +1766,10 @@ static tidal_status parse_merges(tokenizer *t, const json_t *model)
             a = str_n(json_array_get(m, 0), &an);
             b = str_n(json_array_get(m, 1), &bn);
         } else {
-            st = bad(name, f, "must be \"a b\" or [\"a\", \"b\"]");
+            st = jv_bad(name, f, "must be \"a b\" or [\"a\", \"b\"]");
             break;
         }
-        if (!an || !bn) { st = bad(name, f, "has an empty token"); break; }
+        if (!an || !bn) { st = jv_bad(name, f, "has an empty token"); break; }
         int32_t ia = 0, ib = 0, ic;
         if ((st = vocab_id_of(t, vocab, a, an, i, &ia)) != TIDAL_OK) break;
         if ((st = vocab_id_of(t, vocab, b, bn, i, &ib)) != TIDAL_OK) break;
@@ -1796,7 +1783,7 @@ static tidal_status parse_merges(tokenizer *t, const json_t *model)
         memcpy(cat + an, b, bn);
         json_t *c = json_object_getn(vocab, cat, an + bn);
         if (!c) {
-            st = bad(name, f, "the merged token \"%.*s\" is not in the vocabulary", (int)(an + bn > 60 ? 60 : an + bn),
+            st = jv_bad(name, f, "the merged token \"%.*s\" is not in the vocabulary", (int)(an + bn > 60 ? 60 : an + bn),
                      cat);
             break;
         }
@@ -1814,12 +1801,12 @@ static tidal_status parse_added(tokenizer *t, const json_t *added)
         json_t *a = json_array_get(added, i);
         char f[96];
         snprintf(f, sizeof f, "added_tokens[%zu]", i);
-        if (!json_is_object(a)) return bad(name, f, "must be an object");
+        if (!json_is_object(a)) return jv_bad(name, f, "must be an object");
         int32_t id = (int32_t)json_integer_value(jv_get(a, "id")); /* range checked by parse_model */
         json_t *content = jv_get(a, "content");
         snprintf(f, sizeof f, "added_tokens[%zu].content", i);
         if (!json_is_string(content) || json_string_length(content) == 0)
-            return bad(name, f, "must be a non-empty string");
+            return jv_bad(name, f, "must be a non-empty string");
         size_t cn;
         const char *c = str_n(content, &cn);
         bool special, lstrip, rstrip, single;
@@ -1831,13 +1818,13 @@ static tidal_status parse_added(tokenizer *t, const json_t *added)
         TRY(get_bool(name, a, "rstrip", f, false, &rstrip));
         snprintf(f, sizeof f, "added_tokens[%zu].single_word", i);
         TRY(get_bool(name, a, "single_word", f, false, &single));
-        if (single) return bad(name, f, "true is not supported");
+        if (single) return jv_bad(name, f, "true is not supported");
         snprintf(f, sizeof f, "added_tokens[%zu]", i);
         if (t->flags[id] & TOKF_EXISTS) {
             /* also a vocabulary token (GPT-2's <|endoftext|>): must be the same text */
             bool same = t->tb_len[id] == cn && memcmp(t->bytes + t->tb_off[id], c, cn) == 0;
             if (!same && !(t->flags[id] & TOKF_ADDED))
-                return bad(name, f, "id %d is the vocabulary token \"%.*s\", not \"%.40s\"", id,
+                return jv_bad(name, f, "id %d is the vocabulary token \"%.*s\", not \"%.40s\"", id,
                            (int)(t->tb_len[id] > 40 ? 40 : t->tb_len[id]), t->bytes + t->tb_off[id], c);
             if (!same && !set_token(t, id, c, cn)) return nomem(name);
         } else if (!set_token(t, id, c, cn)) {
@@ -1863,11 +1850,11 @@ static tidal_status config_token(const tokenizer *t, const char *cname, const js
     if (!json_is_string(v)) {
         char d[96];
         jv_describe(v, d, sizeof d);
-        return bad(cname, key, "must be a token string or {\"content\": ...}, not %s", d);
+        return jv_bad(cname, key, "must be a token string or {\"content\": ...}, not %s", d);
     }
     int32_t id = tokenizer_token_id(t, json_string_value(v));
     if (id < 0 || strlen(json_string_value(v)) != json_string_length(v))
-        return bad(cname, key, "\"%.60s\" is not a token of %s", json_string_value(v), t->name);
+        return jv_bad(cname, key, "\"%.60s\" is not a token of %s", json_string_value(v), t->name);
     *out = id;
     return TIDAL_OK;
 }
@@ -1881,7 +1868,7 @@ static tidal_status parse_config(tokenizer *t, const char *json, size_t len, con
         return tidal_fail(TIDAL_ERR_INVALID, "%s: JSON at line %d column %d: %s", cname, jerr.line, jerr.column,
                           jerr.text);
     tidal_status st = TIDAL_OK;
-    if (!json_is_object(root)) st = bad(cname, "(top level)", "must be an object");
+    if (!json_is_object(root)) st = jv_bad(cname, "(top level)", "must be an object");
     if (st == TIDAL_OK) st = config_token(t, cname, root, "bos_token", &t->bos);
     if (st == TIDAL_OK) st = config_token(t, cname, root, "eos_token", &t->eos);
     json_t *tpl = st == TIDAL_OK ? jv_get(root, "chat_template") : NULL;
@@ -1892,9 +1879,9 @@ static tidal_status parse_config(tokenizer *t, const char *json, size_t len, con
             if (!pick || (json_is_string(nm) && !strcmp(json_string_value(nm), "default"))) pick = e;
         }
         tpl = pick ? jv_get(pick, "template") : NULL;
-        if (pick && !json_is_string(tpl)) st = bad(cname, "chat_template", "entries must hold a \"template\" string");
+        if (pick && !json_is_string(tpl)) st = jv_bad(cname, "chat_template", "entries must hold a \"template\" string");
     } else if (tpl && !json_is_string(tpl)) {
-        st = bad(cname, "chat_template", "must be a string or a list of {name, template}");
+        st = jv_bad(cname, "chat_template", "must be a string or a list of {name, template}");
     }
     if (st == TIDAL_OK && json_is_string(tpl)) {
         t->chat_template = strdup(json_string_value(tpl));
@@ -1907,7 +1894,7 @@ static tidal_status parse_config(tokenizer *t, const char *json, size_t len, con
 static tidal_status parse_root(tokenizer *t, const json_t *root)
 {
     const char *name = t->name;
-    if (!json_is_object(root)) return bad(name, "(top level)", "must be an object");
+    if (!json_is_object(root)) return jv_bad(name, "(top level)", "must be an object");
     json_t *model = jv_get(root, "model"), *added = jv_get(root, "added_tokens");
     TRY(parse_model(t, model, added));
     TRY(parse_merges(t, model));
@@ -1915,9 +1902,9 @@ static tidal_status parse_root(tokenizer *t, const json_t *root)
     json_t *norm = jv_get(root, "normalizer");
     if (norm) TRY(parse_normalizer(t, norm, "normalizer", 0));
     json_t *pre = jv_get(root, "pre_tokenizer");
-    if (!pre) return bad(name, "pre_tokenizer", "missing: a byte-level BPE needs a ByteLevel pre-tokenizer");
+    if (!pre) return jv_bad(name, "pre_tokenizer", "missing: a byte-level BPE needs a ByteLevel pre-tokenizer");
     TRY(parse_pretok(t, pre, "pre_tokenizer", 0));
-    if (!t->bl_seen) return bad(name, "pre_tokenizer", "has no ByteLevel step: not a byte-level BPE tokenizer");
+    if (!t->bl_seen) return jv_bad(name, "pre_tokenizer", "has no ByteLevel step: not a byte-level BPE tokenizer");
     json_t *post = jv_get(root, "post_processor");
     if (post) TRY(parse_post(t, post, "post_processor", 0));
     json_t *dec = jv_get(root, "decoder");
