@@ -16,6 +16,8 @@
  */
 #include "rollout/engine.h"
 
+#include "kernels/cpu/softmax.h"
+
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -91,6 +93,7 @@ struct engine {
     float *logits;             /* [slots, V] */
     int n_threads;
     cand *scratch;             /* [n_threads, V] */
+    float *terms;              /* [n_threads, V]: a row's exp terms, for the sampler's CDF */
     engine_stats stats;
 };
 
@@ -133,32 +136,10 @@ static double next_uniform(uint64_t *s) { return (double)(xoshiro_next(s) >> 11)
 
 /* ------------------------------------------------------------ sampling */
 
-/* Row statistics exactly as the trainer's head computes them (kernels/cpu
- * head_row_stats): z_j = logits_j * scale in fp32 (scale 1: the logits), m =
- * max z, se = sum_j exp((double)z_j - m) in double, lse = m + log(se); so the
- * same logits give the trainer's logprob to the last bit. (expf measured no
- * faster here: glibc's exp is ~3.6 ns either way.) */
-static float row_max(const float *logits, int V, float scale, int *argmax)
-{
-    float m = logits[0] * scale;
-    int a = 0;
-    for (int j = 1; j < V; j++) {
-        float z = logits[j] * scale;
-        if (z > m) {
-            m = z;
-            a = j;
-        }
-    }
-    if (argmax) *argmax = a;
-    return m;
-}
-
-static double row_sumexp(const float *logits, int V, float scale, float m)
-{
-    double se = 0.0;
-    for (int j = 0; j < V; j++) se += exp((double)(logits[j] * scale) - (double)m);
-    return se;
-}
+/* Row statistics are kernels/cpu/softmax's, the ones the trainer's head uses:
+ * z_j = logits_j * scale in fp32, m = max z, se = sum_j expf(z_j - m) in
+ * double, lse = m + log(se); so the same logits give the trainer's logprob to
+ * the last bit. */
 
 /* Sorted by z descending, then id ascending (a total order: deterministic). */
 static int cand_cmp(const void *a, const void *b)
@@ -203,36 +184,37 @@ static void select_top_k(const float *logits, int V, float scale, int k, cand *c
 }
 
 /* Sample one token from a row of unscaled logits for sequence s (advancing
- * its RNG); c is scratch of V candidates. */
-static void sample_row(const float *logits, int V, seq *s, cand *c)
+ * its RNG); c is scratch of V candidates, terms of V floats. */
+static void sample_row(const float *logits, int V, seq *s, cand *c, float *terms)
 {
     const engine_sampling *sp = &s->sp;
     if (sp->temperature == 0.0f) { /* greedy: the temperature-1 logprob of the argmax */
         int a;
-        float m = row_max(logits, V, 1.0f, &a);
-        double lse = (double)m + log(row_sumexp(logits, V, 1.0f, m));
+        float m = cpu_row_max(logits, V, 1.0f, &a);
+        double lse = (double)m + log(cpu_row_sumexp(logits, V, 1.0f, m, NULL));
         s->s_tok = a;
         s->s_lp = (float)((double)logits[a] - lse);
         s->s_tr = true;
         return;
     }
     const float sc = s->inv_temp;
-    const float m = row_max(logits, V, sc, NULL);
-    const double se = row_sumexp(logits, V, sc, m);
-    const double lse = (double)m + log(se);
-    const double u = next_uniform(s->rng);
     const bool top_k = sp->top_k > 0 && sp->top_k < V;
     const bool top_p = sp->top_p > 0.0f && sp->top_p < 1.0f;
     const bool min_p = sp->min_p > 0.0f;
+    const bool full = !top_k && !top_p && !min_p;
+    const float m = cpu_row_max(logits, V, sc, NULL);
+    const double se = cpu_row_sumexp(logits, V, sc, m, full ? terms : NULL);
+    const double lse = (double)m + log(se);
+    const double u = next_uniform(s->rng);
     int tok = -1;
     bool truncated = false;
 
-    if (!top_k && !top_p && !min_p) { /* the full distribution: invert its CDF in id order */
+    if (full) { /* the full distribution: invert its CDF in id order */
         const double target = u * se;
         double acc = 0.0;
         int last_pos = 0;
         for (int j = 0; j < V; j++) {
-            double e = exp((double)(logits[j] * sc) - (double)m); /* the terms of se, in order */
+            double e = (double)terms[j]; /* the terms of se, in order */
             if (e > 0.0) last_pos = j;
             acc += e;
             if (acc > target) {
@@ -521,7 +503,9 @@ tidal_status engine_create(model *m, uint64_t version, const engine_options *o, 
     e->tokens = malloc(e->tok_cap * sizeof *e->tokens);
     e->logits = malloc(slots * V * sizeof *e->logits);
     e->scratch = malloc((size_t)e->n_threads * V * sizeof *e->scratch);
-    if (!e->running || !e->seg_slot || !e->cu || !e->seg_seq || !e->tokens || !e->logits || !e->scratch) {
+    e->terms = malloc((size_t)e->n_threads * V * sizeof *e->terms);
+    if (!e->running || !e->seg_slot || !e->cu || !e->seg_seq || !e->tokens || !e->logits || !e->scratch ||
+        !e->terms) {
         engine_free(e);
         return tidal_fail(TIDAL_ERR_NOMEM, "engine: cannot allocate step buffers for %d slots x %zu vocabulary",
                           o->slots, V);
@@ -556,6 +540,7 @@ void engine_free(engine *e)
     free(e->tokens);
     free(e->logits);
     free(e->scratch);
+    free(e->terms);
     free(e);
 }
 
@@ -718,7 +703,8 @@ tidal_status engine_step(engine *e)
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (S > 1)
     for (int k = 0; k < S; k++) {
         int t = omp_get_thread_num();
-        sample_row(e->logits + (size_t)k * V, V, e->seg_seq[k], e->scratch + (size_t)t * V);
+        sample_row(e->logits + (size_t)k * V, V, e->seg_seq[k], e->scratch + (size_t)t * V,
+                   e->terms + (size_t)t * V);
     }
 
     /* record, stream, finish */

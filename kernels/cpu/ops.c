@@ -1,6 +1,8 @@
 /* ops.c - the CPU reference ops (see ops.h for the contracts).
  *
- * fp32, row-major. GEMMs are OpenBLAS cblas_sgemm; everything else is a plain
+ * fp32, row-major. The linear forward is kernels/cpu/gemm's AVX-512 kernel where
+ * the CPU has it (twice OpenBLAS's speed on Zen 5, see gemm.h), else OpenBLAS;
+ * the other GEMMs are OpenBLAS cblas_sgemm; everything else is a plain
  * loop, threaded with OpenMP where there is parallel work. Every OpenMP loop
  * that reduces across tokens does so in a fixed order inside one thread, so
  * its results are the same bits whatever the thread count. (OpenBLAS's sgemm
@@ -12,6 +14,8 @@
  * order for a given build.
  */
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/softmax.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -30,6 +34,10 @@ void cpu_matmul_forward(float *out, const float *inp, const float *w, const floa
 {
     if (T <= 0 || OC <= 0)
         return;
+    if (C > 0 && cpu_avx512()) {
+        cpu_gemm_nt(out, inp, w, bias, T, C, OC);
+        return;
+    }
     /* out = bias, then out += inp @ w^T (beta = 1). */
     if (bias) {
 #pragma omp parallel for
@@ -364,6 +372,53 @@ void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
 #define CACHED_MAX_GROUP 64   /* query heads per kv head (Qwen2.5-0.5B: 7) */
 #define CACHED_MAX_ACC 8192   /* group x HD floats on the stack (32 KiB) */
 
+/* Keys per block of the cached attention: their scores, for every query head
+ * of the group, are computed, exponentiated (vectorised) and accumulated
+ * together, and the online softmax rescales once per block, not per key. */
+#define CACHED_BLOCK 64
+
+/* The vectorisable inner loops are compiled for AVX-512 too and picked at
+ * load time (GCC/clang function multi-versioning); the build's baseline is
+ * plain x86-64 (SSE2). */
+#if defined(__x86_64__) && !defined(__clang__)
+#define HOT_LOOPS __attribute__((target_clones("avx512f", "default")))
+#else
+#define HOT_LOOPS
+#endif
+
+/* s[g * CACHED_BLOCK + jj] = scale * q_g . k_(j0 + jj) for jj < n; k rows ld apart. */
+HOT_LOOPS static void cached_scores(float *s, const float *qg, const float *k, size_t ld, int n, int group,
+                                    int HD, float scale)
+{
+    for (int jj = 0; jj < n; jj++) {
+        const float *kr = k + (size_t)jj * ld;
+        for (int g = 0; g < group; g++) {
+            const float *qr = qg + (size_t)g * HD;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int d = 0; d < HD; d++)
+                dot += qr[d] * kr[d];
+            s[g * CACHED_BLOCK + jj] = dot * scale;
+        }
+    }
+}
+
+/* acc_g[HD] += sum_jj p[g * CACHED_BLOCK + jj] * v_(j0 + jj) for each g; v rows ld apart. */
+HOT_LOOPS static void cached_accumulate(float *acc, const float *p, const float *v, size_t ld, int n, int group,
+                                        int HD)
+{
+    for (int jj = 0; jj < n; jj++) {
+        const float *vr = v + (size_t)jj * ld;
+        for (int g = 0; g < group; g++) {
+            float *ag = acc + (size_t)g * HD;
+            const float e = p[g * CACHED_BLOCK + jj];
+#pragma omp simd
+            for (int d = 0; d < HD; d++)
+                ag[d] += e * vr[d];
+        }
+    }
+}
+
 void cpu_attention_cached(float *out, const float *q, const float *kcache, const float *vcache,
                           const int32_t *slot, const int32_t *pos, int T, int NH, int NKV, int HD, int max_len)
 {
@@ -372,8 +427,9 @@ void cpu_attention_cached(float *out, const float *q, const float *kcache, const
     assert(group <= CACHED_MAX_GROUP && group * HD <= CACHED_MAX_ACC);
     const float scale = 1.0f / sqrtf((float)HD);
     /* one (token, kv head) per task: the group's query heads share each cached
-     * K/V row (GQA), with an online softmax per head, so nothing of length pos
-     * is stored and each row is read once per group rather than once per head */
+     * K/V row (GQA), with an online softmax per head over blocks of keys, so
+     * nothing of length pos is stored and each row is read once per group
+     * rather than once per head */
 #pragma omp parallel for schedule(dynamic, 2)
     for (int tk = 0; tk < T * NKV; tk++) {
         const int t = tk / NKV, kvh = tk % NKV;
@@ -381,36 +437,29 @@ void cpu_attention_cached(float *out, const float *q, const float *kcache, const
         const float *qg = q + ((size_t)t * NH + (size_t)kvh * group) * HD; /* [group, HD] */
         const size_t base = (size_t)slot[t] * max_len * KVD + (size_t)kvh * HD;
         float acc[CACHED_MAX_ACC];
-        float m[CACHED_MAX_GROUP], l[CACHED_MAX_GROUP], sc[CACHED_MAX_GROUP];
+        float m[CACHED_MAX_GROUP], l[CACHED_MAX_GROUP];
+        float s[CACHED_MAX_GROUP * CACHED_BLOCK]; /* [group, CACHED_BLOCK] scores, then weights */
         memset(acc, 0, (size_t)group * HD * sizeof(float));
         for (int g = 0; g < group; g++) m[g] = -INFINITY, l[g] = 0.0f;
-        for (int j = 0; j <= pos[t]; j++) {
-            const float *kr = kcache + base + (size_t)j * KVD;
-            const float *vr = vcache + base + (size_t)j * KVD;
+        for (int j0 = 0; j0 <= pos[t]; j0 += CACHED_BLOCK) {
+            const int n = pos[t] + 1 - j0 < CACHED_BLOCK ? pos[t] + 1 - j0 : CACHED_BLOCK;
+            cached_scores(s, qg, kcache + base + (size_t)j0 * KVD, (size_t)KVD, n, group, HD, scale);
             for (int g = 0; g < group; g++) {
-                /* 8 partial sums: independent chains the compiler can vectorise */
-                const float *qr = qg + (size_t)g * HD;
-                float part[8] = {0};
-                int d = 0;
-                for (; d + 8 <= HD; d += 8)
-                    for (int u = 0; u < 8; u++) part[u] += qr[d + u] * kr[d + u];
-                float dot = 0.0f;
-                for (; d < HD; d++) dot += qr[d] * kr[d];
-                for (int u = 0; u < 8; u++) dot += part[u];
-                sc[g] = dot * scale;
-            }
-            for (int g = 0; g < group; g++) {
-                float *ag = acc + (size_t)g * HD;
-                if (sc[g] > m[g]) { /* rescale what was accumulated under the old max */
-                    const float r = expf(m[g] - sc[g]);
+                float *sg = s + g * CACHED_BLOCK, bm = sg[0];
+                for (int jj = 1; jj < n; jj++) bm = sg[jj] > bm ? sg[jj] : bm;
+                if (bm > m[g]) { /* rescale what was accumulated under the old max */
+                    const float r = expf(m[g] - bm); /* 0 on the first block */
                     l[g] *= r;
-                    for (int d = 0; d < HD; d++) ag[d] *= r;
-                    m[g] = sc[g];
+                    for (int d = 0; d < HD; d++) acc[(size_t)g * HD + d] *= r;
+                    m[g] = bm;
                 }
-                const float e = expf(sc[g] - m[g]);
-                l[g] += e;
-                for (int d = 0; d < HD; d++) ag[d] += e * vr[d];
+                for (int jj = 0; jj < n; jj++) sg[jj] -= m[g];
+                cpu_vexpf(sg, n);
+                float sum = 0.0f;
+                for (int jj = 0; jj < n; jj++) sum += sg[jj];
+                l[g] += sum;
             }
+            cached_accumulate(acc, s, vcache + base + (size_t)j0 * KVD, (size_t)KVD, n, group, HD);
         }
         for (int g = 0; g < group; g++) {
             float *o = out + ((size_t)t * NH + (size_t)kvh * group + g) * HD;
@@ -431,12 +480,28 @@ static inline float sigmoidf_stable(float x)
     return e / (1.0f + e);
 }
 
+/* Elements per task of the SwiGLU forward: exp(-g) for a chunk comes from
+ * one vectorised call. */
+#define SWIGLU_CHUNK 4096
+
+/* out[i] = g up / (1 + out[i]) where out[i] holds exp(-g) (inf for g < -88:
+ * the quotient is then the limit, 0). */
+HOT_LOOPS static void swiglu_finish(float *out, const float *gate, const float *up, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+        out[i] = gate[i] * up[i] / (1.0f + out[i]);
+}
+
 void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t N)
 {
+    const size_t chunks = (N + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < N; i++) {
-        float g = gate[i];
-        out[i] = g * sigmoidf_stable(g) * up[i];
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t i0 = c * SWIGLU_CHUNK, n = N - i0 < SWIGLU_CHUNK ? N - i0 : SWIGLU_CHUNK;
+        for (size_t i = 0; i < n; i++) out[i0 + i] = -gate[i0 + i];
+        cpu_vexpf(out + i0, (int)n);
+        swiglu_finish(out + i0, gate + i0, up + i0, n);
     }
 }
 
@@ -455,24 +520,18 @@ void cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const floa
 
 /* ---- LM head ---- */
 
-/* Statistics of one row of logits z[V]: max m, lse = m + log sum exp(z - m),
- * entropy H = log S - (sum e_j y_j) / S with y = z - m <= 0, e = exp(y), S =
- * sum e (both terms >= 0, so no cancellation). Sums in double. */
-static void head_row_stats(const float *z, int V, double *lse, double *H)
+/* z[n,V] = (h[n,C] @ w[V,C]^T) * inv_temp, the product first and the scaling
+ * in fp32 after it: the engine scales its logits the same way, so equal
+ * hidden states give it and the trainer equal logits. */
+static void head_logits(float *z, const float *h, const float *w, int n, int C, int V, float inv_temp)
 {
-    float m = z[0];
-    for (int j = 1; j < V; j++)
-        m = z[j] > m ? z[j] : m;
-    double se = 0.0, sy = 0.0;
-    for (int j = 0; j < V; j++) {
-        double y = (double)z[j] - (double)m;
-        double e = exp(y);
-        se += e;
-        sy += e * y;
+    cpu_matmul_forward(z, h, w, NULL, n, C, V);
+    if (inv_temp != 1.0f) {
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < n; r++)
+            for (size_t j = 0; j < (size_t)V; j++)
+                z[(size_t)r * V + j] *= inv_temp;
     }
-    double ls = log(se);
-    *lse = (double)m + ls;
-    *H = ls - sy / se;
 }
 
 void cpu_head_forward(float *logprob, float *entropy, float *logits_out, const float *h, const float *w,
@@ -480,16 +539,14 @@ void cpu_head_forward(float *logprob, float *entropy, float *logits_out, const f
 {
     for (int t0 = 0; t0 < T; t0 += CPU_HEAD_CHUNK) {
         const int n = T - t0 < CPU_HEAD_CHUNK ? T - t0 : CPU_HEAD_CHUNK;
-        /* z[n,V] = (h[t0:t0+n] @ w^T) * inv_temp */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, C, inv_temp, h + (size_t)t0 * C, C, w, C,
-                    0.0f, scratch, V);
+        head_logits(scratch, h + (size_t)t0 * C, w, n, C, V, inv_temp);
 #pragma omp parallel for schedule(static)
         for (int r = 0; r < n; r++) {
             const int t = t0 + r;
             const float *z = scratch + (size_t)r * V;
             assert(targets[t] >= 0 && targets[t] < V);
             double lse, H;
-            head_row_stats(z, V, &lse, &H);
+            cpu_row_lse_entropy(z, V, &lse, &H);
             logprob[t] = (float)((double)z[targets[t]] - lse);
             entropy[t] = (float)H;
             if (logits_out)
@@ -505,7 +562,7 @@ void cpu_head_backward(float *dh, float *dw, const float *dlogprob, const float 
     for (int t0 = 0; t0 < T; t0 += CPU_HEAD_CHUNK) {
         const int n = T - t0 < CPU_HEAD_CHUNK ? T - t0 : CPU_HEAD_CHUNK;
         const float *hc = h + (size_t)t0 * C;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, C, inv_temp, hc, C, w, C, 0.0f, scratch, V);
+        head_logits(scratch, hc, w, n, C, V, inv_temp);
         /* z -> dz in place: with log p_j = z_j - lse,
          *   dz_j = dlogprob (1[j = target] - p_j) - dentropy p_j (log p_j + H) */
 #pragma omp parallel for schedule(static)
@@ -514,7 +571,7 @@ void cpu_head_backward(float *dh, float *dw, const float *dlogprob, const float 
             float *z = scratch + (size_t)r * V;
             assert(targets[t] >= 0 && targets[t] < V);
             double lse, H;
-            head_row_stats(z, V, &lse, &H);
+            cpu_row_lse_entropy(z, V, &lse, &H);
             const double dl = dlogprob[t], de = dentropy ? dentropy[t] : 0.0;
             const int tgt = targets[t];
             for (int j = 0; j < V; j++) {
