@@ -30,6 +30,23 @@ void bench_remove_dir(const char *who, const char *dir);
 tidal_status bench_run_python(const char *who, const char *script_text, const char *script_name, const char *dir,
                               const char *env, const char *args, json_t **out);
 
+/* The environments a PyTorch peer runs under; each bench keeps the peer's
+ * best figure, so a ratio never rests on a handicapped peer.
+ *   - OpenMP's wait policy, default (spinning) and passive: Debian's torch
+ *     pairs libgomp with the pthread build of OpenBLAS, whose threads and the
+ *     spinning OpenMP threads can fight over the cores (4x at times).
+ *   - OpenBLAS's kernels: Debian 12's OpenBLAS 0.3.21 runs its AVX2 (Haswell)
+ *     kernels on AMD Zen 4/5 although they have AVX-512; where this process's
+ *     OpenBLAS reports another core than SkylakeX / Cooperlake / SapphireRapids
+ *     on an AVX-512 CPU, both policies run again with OPENBLAS_CORETYPE=SkylakeX.
+ * Each entry's env clears both variables first, so what the user exported does
+ * not leak into the "default" run. */
+typedef struct bench_peer_env {
+    const char *env;   /* shell words before the command */
+    const char *label; /* e.g. "passive, OpenBLAS SkylakeX" */
+} bench_peer_env;
+int bench_peer_envs(const bench_peer_env **out);
+
 /* Print o as the bench's last line (compact JSON) and release it. */
 void bench_print_json(json_t *o);
 

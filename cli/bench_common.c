@@ -3,11 +3,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 
 #include "cli/bench.h"
+#include "kernels/cpu/gemm.h"
+
+char *openblas_get_corename(void); /* OpenBLAS, not in its cblas.h */
 
 double bench_now_s(void)
 {
@@ -72,6 +76,23 @@ tidal_status bench_run_python(const char *who, const char *script_text, const ch
     tidal_status s = *out ? TIDAL_OK : tidal_fail(TIDAL_ERR_DECODE, "%s: peer printed no JSON: %.200s", who, last);
     free(last);
     return s;
+}
+
+int bench_peer_envs(const bench_peer_env **out)
+{
+#define CLEAR "env -u OMP_WAIT_POLICY -u OPENBLAS_CORETYPE "
+    static const bench_peer_env all[4] = {
+        {CLEAR, "default"},
+        {CLEAR "OMP_WAIT_POLICY=PASSIVE", "passive"},
+        {CLEAR "OPENBLAS_CORETYPE=SkylakeX", "default, OpenBLAS SkylakeX"},
+        {CLEAR "OMP_WAIT_POLICY=PASSIVE OPENBLAS_CORETYPE=SkylakeX", "passive, OpenBLAS SkylakeX"},
+    };
+#undef CLEAR
+    const char *core = openblas_get_corename();
+    const int avx512_kernels = core && (!strcasecmp(core, "skylakex") || !strcasecmp(core, "cooperlake") ||
+                                        !strcasecmp(core, "sapphirerapids"));
+    *out = all;
+    return cpu_avx512() && !avx512_kernels ? 4 : 2;
 }
 
 void bench_print_json(json_t *o)

@@ -37,6 +37,8 @@
 #include "model/json_value.h"
 #include "model/config.h"
 
+#include "kernels/cpu/ops.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -388,6 +390,11 @@ tidal_status model_config_validate(const model_config *c, const char *name)
     if ((int64_t)c->num_heads * c->head_dim > MAX_WIDTH)
         return jv_bad(name, "head_dim", "num_attention_heads x head_dim = %lld is larger than tidal allows (%d)",
                    (long long)c->num_heads * c->head_dim, MAX_WIDTH);
+    const int group = c->num_heads / c->num_kv_heads;
+    if (group > CPU_ATT_MAX_GROUP || (int64_t)group * c->head_dim > CPU_ATT_MAX_GROUP_WIDTH)
+        return jv_bad(name, "num_key_value_heads",
+                   "%d query heads per kv head x head_dim %d is more than tidal's attention handles (%d heads, %d wide)",
+                   group, c->head_dim, CPU_ATT_MAX_GROUP, CPU_ATT_MAX_GROUP_WIDTH);
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
         return jv_bad(name, "rope_theta", "%g must be a positive finite number", c->rope_theta);
     if (!(c->rms_norm_eps > 0) || !isfinite(c->rms_norm_eps))

@@ -29,6 +29,7 @@
 #include <assert.h>
 #include <omp.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -36,6 +37,7 @@
 
 #define ROW_BLOCK 64 /* rows of x per block: 64 x K_BLOCK floats stay in L2 */
 #define K_BLOCK 512  /* a 4-row W tile of 8 KiB and 4 rows of x stay in L1 together */
+#define NN_K_BLOCK 128 /* NN: a 128-row x 64-column strip of v (32 KiB) stays in L1 */
 
 #define AVX512 __attribute__((target("avx512f,avx512vl")))
 #define AVX512_INLINE __attribute__((target("avx512f,avx512vl"), always_inline)) static inline
@@ -130,7 +132,8 @@ bool cpu_avx512(void)
     static int have = -1; /* a benign race: every thread computes the same answer */
     if (have < 0) {
         __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? 1 : 0;
+        const char *off = getenv("TIDAL_NO_AVX512"); /* for comparisons: the portable paths */
+        have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && !(off && *off) ? 1 : 0;
     }
     return have == 1 && avx512_allowed;
 }
@@ -165,6 +168,111 @@ void cpu_gemm_nt(float *out, const float *x, const float *w, const float *bias, 
     }
 }
 
+void cpu_gemm_nt_serial(float *out, size_t ldo, const float *x, size_t ldx, const float *w, size_t ldw, int M,
+                        int K, int N)
+{
+    assert(M >= 1 && N >= 1 && K >= 1 && cpu_avx512());
+    static const float zeros[4] = {0};
+    for (int k0 = 0; k0 < K; k0 += K_BLOCK) {
+        const int kb = K - k0 < K_BLOCK ? K - k0 : K_BLOCK;
+        for (int n0 = 0; n0 < N; n0 += 4)
+            for (int i = 0; i < M; i += 4)
+                tile_4x4(out + (size_t)i * ldo + n0, ldo, x + (size_t)i * ldx + k0, ldx, w + (size_t)n0 * ldw + k0,
+                         ldw, kb, k0 > 0 ? NULL : zeros, M - i < 4 ? M - i : 4, N - n0 < 4 ? N - n0 : 4, NULL);
+    }
+}
+
+/* A 4-row x 64-column tile of out += p v: 16 accumulators, per k 4 loads of
+ * v's row and 4 broadcasts of p for 16 FMAs. p(i, k) is p[i pi + k pk], so the
+ * same tile serves p and p^T. Rows past mr repeat row mr - 1 (computed, not
+ * stored); columns past nc are masked. */
+#define NN_FMA(i)                                                    \
+    do {                                                             \
+        const __m512 b_ = _mm512_set1_ps(*p##i);                     \
+        c##i##0 = _mm512_fmadd_ps(b_, v0, c##i##0);                  \
+        c##i##1 = _mm512_fmadd_ps(b_, v1, c##i##1);                  \
+        c##i##2 = _mm512_fmadd_ps(b_, v2, c##i##2);                  \
+        c##i##3 = _mm512_fmadd_ps(b_, v3, c##i##3);                  \
+    } while (0)
+#define NN_LOAD(i)                                                   \
+    __m512 c##i##0 = _mm512_maskz_loadu_ps(k0m, o##i),               \
+           c##i##1 = _mm512_maskz_loadu_ps(k1m, o##i + 16),          \
+           c##i##2 = _mm512_maskz_loadu_ps(k2m, o##i + 32),          \
+           c##i##3 = _mm512_maskz_loadu_ps(k3m, o##i + 48)
+#define NN_STORE(i)                                                  \
+    do {                                                             \
+        _mm512_mask_storeu_ps(o##i, k0m, c##i##0);                   \
+        _mm512_mask_storeu_ps(o##i + 16, k1m, c##i##1);              \
+        _mm512_mask_storeu_ps(o##i + 32, k2m, c##i##2);              \
+        _mm512_mask_storeu_ps(o##i + 48, k3m, c##i##3);              \
+    } while (0)
+
+AVX512 static void nn_tile_4x64(float *out, size_t ldo, const float *p, size_t pi, size_t pk, const float *v,
+                                size_t ldv, int K, int mr, int nc)
+{
+    const __mmask16 k0m = (__mmask16)(nc >= 16 ? 0xffff : (1u << nc) - 1),
+                    k1m = (__mmask16)(nc >= 32 ? 0xffff : nc <= 16 ? 0 : (1u << (nc - 16)) - 1),
+                    k2m = (__mmask16)(nc >= 48 ? 0xffff : nc <= 32 ? 0 : (1u << (nc - 32)) - 1),
+                    k3m = (__mmask16)(nc >= 64 ? 0xffff : nc <= 48 ? 0 : (1u << (nc - 48)) - 1);
+    const size_t r1 = (size_t)(mr > 1 ? 1 : 0), r2 = (size_t)(mr > 2 ? 2 : mr - 1), r3 = (size_t)(mr > 3 ? 3 : mr - 1);
+    float *o0 = out, *o1 = out + r1 * ldo, *o2 = out + r2 * ldo, *o3 = out + r3 * ldo;
+    const float *p0 = p, *p1 = p + r1 * pi, *p2 = p + r2 * pi, *p3 = p + r3 * pi;
+    NN_LOAD(0);
+    NN_LOAD(1);
+    NN_LOAD(2);
+    NN_LOAD(3);
+    for (int k = 0; k < K; k++) {
+        const float *vr = v + (size_t)k * ldv;
+        const __m512 v0 = _mm512_maskz_loadu_ps(k0m, vr), v1 = _mm512_maskz_loadu_ps(k1m, vr + 16),
+                     v2 = _mm512_maskz_loadu_ps(k2m, vr + 32), v3 = _mm512_maskz_loadu_ps(k3m, vr + 48);
+        NN_FMA(0);
+        NN_FMA(1);
+        NN_FMA(2);
+        NN_FMA(3);
+        p0 += pk, p1 += pk, p2 += pk, p3 += pk;
+    }
+    /* the repeated rows alias real ones: store the real rows last */
+    if (mr > 3) NN_STORE(3);
+    if (mr > 2) NN_STORE(2);
+    if (mr > 1) NN_STORE(1);
+    NN_STORE(0);
+}
+
+/* One unit of cpu_gemm_nn_acc: rows m0 .. m1-1, columns j0 .. j0+63 (fewer
+ * at the edge), all of K in blocks of NN_K_BLOCK, k in order. */
+AVX512 static void nn_unit(float *out, size_t ldo, const float *p, size_t pi, size_t pk, const float *v,
+                           size_t ldv, int m0, int m1, int K, int j0, int N)
+{
+    const int nc = N - j0 < 64 ? N - j0 : 64;
+    for (int k0 = 0; k0 < K; k0 += NN_K_BLOCK) {
+        const int kb = K - k0 < NN_K_BLOCK ? K - k0 : NN_K_BLOCK;
+        for (int i = m0; i < m1; i += 4)
+            nn_tile_4x64(out + (size_t)i * ldo + j0, ldo, p + (size_t)i * pi + (size_t)k0 * pk, pi, pk,
+                         v + (size_t)k0 * ldv + j0, ldv, kb, m1 - i < 4 ? m1 - i : 4, nc);
+    }
+}
+
+void cpu_gemm_nn_acc_serial(float *out, size_t ldo, const float *p, size_t pi, size_t pk, const float *v, size_t ldv,
+                            int M, int K, int N)
+{
+    assert(M >= 1 && N >= 1 && K >= 1 && cpu_avx512());
+    for (int j0 = 0; j0 < N; j0 += 64) nn_unit(out, ldo, p, pi, pk, v, ldv, 0, M, K, j0, N);
+}
+
+void cpu_gemm_nn_acc(float *out, size_t ldo, const float *p, size_t pi, size_t pk, const float *v, size_t ldv,
+                     int M, int K, int N)
+{
+    assert(M >= 1 && N >= 1 && K >= 1 && cpu_avx512());
+    const int row_blocks = (M + ROW_BLOCK - 1) / ROW_BLOCK, strips = (N + 63) / 64;
+    /* units of ROW_BLOCK rows x 64 columns; each output belongs to one unit,
+     * whose thread sums k in order: the result does not depend on threads */
+#pragma omp parallel for schedule(static)
+    for (int u = 0; u < row_blocks * strips; u++) {
+        const int rb = u / strips, j0 = (u % strips) * 64, m0 = rb * ROW_BLOCK;
+        nn_unit(out, ldo, p, pi, pk, v, ldv, m0, M - m0 < ROW_BLOCK ? M : m0 + ROW_BLOCK, K, j0, N);
+    }
+}
+
 #else /* not x86-64: the callers use BLAS */
 
 bool cpu_avx512(void) { return false; }
@@ -174,6 +282,27 @@ void cpu_gemm_nt(float *out, const float *x, const float *w, const float *bias, 
 {
     (void)out, (void)x, (void)w, (void)bias, (void)M, (void)K, (void)N;
     assert(!"cpu_gemm_nt needs AVX-512");
+}
+
+void cpu_gemm_nt_serial(float *out, size_t ldo, const float *x, size_t ldx, const float *w, size_t ldw, int M,
+                        int K, int N)
+{
+    (void)out, (void)ldo, (void)x, (void)ldx, (void)w, (void)ldw, (void)M, (void)K, (void)N;
+    assert(!"cpu_gemm_nt_serial needs AVX-512");
+}
+
+void cpu_gemm_nn_acc_serial(float *out, size_t ldo, const float *p, size_t pi, size_t pk, const float *v, size_t ldv,
+                            int M, int K, int N)
+{
+    (void)out, (void)ldo, (void)p, (void)pi, (void)pk, (void)v, (void)ldv, (void)M, (void)K, (void)N;
+    assert(!"cpu_gemm_nn_acc_serial needs AVX-512");
+}
+
+void cpu_gemm_nn_acc(float *out, size_t ldo, const float *p, size_t pi, size_t pk, const float *v, size_t ldv,
+                     int M, int K, int N)
+{
+    (void)out, (void)ldo, (void)p, (void)pi, (void)pk, (void)v, (void)ldv, (void)M, (void)K, (void)N;
+    assert(!"cpu_gemm_nn_acc needs AVX-512");
 }
 
 #endif

@@ -1,4 +1,5 @@
-/* gemm.h - y = x W^T on the CPU with the weight in its Hugging Face layout.
+/* gemm.h - the CPU GEMMs of the linear layers, with weights in their Hugging
+ * Face layout: y = x W^T (forward), and the backward's dx += dy W, dW += dy^T x.
  *
  * The linear layers' forward GEMM, for every M: one decode step (M = the
  * running sequences, often 1..64), a prefill, a training batch. OpenBLAS
@@ -16,9 +17,11 @@
 #define TIDAL_KERNELS_CPU_GEMM_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 /* Whether the AVX-512 kernels (this GEMM, kernels/cpu/softmax) run here: an
- * x86-64 CPU with AVX-512F and VL (checked once), unless turned off. */
+ * x86-64 CPU with AVX-512F and VL (checked once), unless turned off here or
+ * by a non-empty TIDAL_NO_AVX512 in the environment (to compare the paths). */
 bool cpu_avx512(void);
 /* Turn the AVX-512 kernels off (false) or back on: tests use it to check the
  * portable paths (OpenBLAS, scalar loops) on the same machine. Call it from
@@ -30,5 +33,28 @@ void cpu_avx512_allow(bool on);
  * x or w. Threads over N with OpenMP; call it from serial code. Requires
  * cpu_avx512(); M, N, K >= 1. */
 void cpu_gemm_nt(float *out, const float *x, const float *w, const float *bias, int M, int K, int N);
+
+/* The same dot products on strided operands, in the calling thread (for a
+ * kernel's inner block, e.g. attention scores): out[i * ldo + j] =
+ * dot(x[i * ldx .. + K], w[j * ldw .. + K]) for i < M, j < N. Same
+ * requirements as cpu_gemm_nt; the sums are ordered as there. */
+void cpu_gemm_nt_serial(float *out, size_t ldo, const float *x, size_t ldx, const float *w, size_t ldw, int M,
+                        int K, int N);
+
+/* out[i * ldo + j] += sum_k p[i * pi + k * pk] * v[k * ldv + j] for i < M,
+ * j < N (a small NN product, e.g. attention weights times values; pi = 1
+ * reads p transposed), in the calling thread; k runs in order. Requires
+ * cpu_avx512(); M, N, K >= 1. */
+void cpu_gemm_nn_acc_serial(float *out, size_t ldo, const float *p, size_t pi, size_t pk, const float *v, size_t ldv,
+                            int M, int K, int N);
+
+/* out[i * ldo + j] += sum_k p[i * pi + k * pk] * v[k * ldv + j] for i < M,
+ * j < N: the linear backward's products, dinp += dout w (pi = row length,
+ * pk = 1) and dw += dout^T x (pi = 1, pk = row length), with no transposed
+ * copies. Threads over blocks of rows x 64 columns; each output's sum over k
+ * runs in order in one thread, so the bits do not depend on the thread count.
+ * Requires cpu_avx512(); M, N, K >= 1; out must not alias p or v. */
+void cpu_gemm_nn_acc(float *out, size_t ldo, const float *p, size_t pi, size_t pk, const float *v, size_t ldv,
+                     int M, int K, int N);
 
 #endif

@@ -53,11 +53,16 @@ void cpu_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout
 {
     if (T <= 0 || OC <= 0)
         return;
-    /* dinp[T,C] += dout[T,OC] @ w[OC,C] */
-    if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, C, OC, 1.0f, dout, OC, w, C, 1.0f, dinp, C);
-    /* dw[OC,C] += dout^T[OC,T] @ inp[T,C] */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, T, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
+    if (C > 0 && cpu_avx512()) {
+        if (dinp) cpu_gemm_nn_acc(dinp, (size_t)C, dout, (size_t)OC, 1, w, (size_t)C, T, OC, C);
+        cpu_gemm_nn_acc(dw, (size_t)C, dout, 1, (size_t)OC, inp, (size_t)C, OC, T, C);
+    } else {
+        /* dinp[T,C] += dout[T,OC] @ w[OC,C] */
+        if (dinp)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, C, OC, 1.0f, dout, OC, w, C, 1.0f, dinp, C);
+        /* dw[OC,C] += dout^T[OC,T] @ inp[T,C] */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, T, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
+    }
     /* dbias[OC] += sum_t dout[t,:], per slice of channels, tokens in order, in double. */
     if (dbias) {
         int nblk = (OC + COL_BLOCK - 1) / COL_BLOCK;
@@ -211,7 +216,7 @@ void cpu_rope_backward(float *dx, const int32_t *pos, int T, int NH, int HD, flo
 
 /* ---- attention ---- */
 
-/* Keys per block of the forward's online softmax (scores on the stack). */
+/* Query rows and keys per block of the attention backward (on the stack). */
 #define ATT_BLOCK 64
 
 static inline float dot_f(const float *a, const float *b, int n)
@@ -256,56 +261,189 @@ static int seq_of(const int32_t *cu, int S, int t)
     return lo;
 }
 
+#define CACHED_MAX_HD 1024
+#define CACHED_MAX_GROUP CPU_ATT_MAX_GROUP      /* query heads per kv head (Qwen2.5-0.5B: 7) */
+#define CACHED_MAX_ACC CPU_ATT_MAX_GROUP_WIDTH  /* group x HD floats on the stack (32 KiB) */
+
+/* Keys per block of the cached attention: their scores, for every query head
+ * of the group, are computed, exponentiated (vectorised) and accumulated
+ * together, and the online softmax rescales once per block, not per key. */
+#define CACHED_BLOCK 64
+
+/* The vectorisable inner loops are compiled for AVX-512 too and picked at
+ * load time (GCC/clang function multi-versioning); the build's baseline is
+ * plain x86-64 (SSE2). */
+#if defined(__x86_64__) && !defined(__clang__)
+#define HOT_LOOPS __attribute__((target_clones("avx512f", "default")))
+#else
+#define HOT_LOOPS
+#endif
+
+/* s[g * CACHED_BLOCK + jj] = scale * q_g . k_(j0 + jj) for jj < n; k rows ld apart. */
+HOT_LOOPS static void cached_scores(float *s, const float *qg, const float *k, size_t ld, int n, int group,
+                                    int HD, float scale)
+{
+    if (cpu_avx512()) { /* [group, HD] x [n, HD]^T: the GEMM kernel's 4 x 4 dot tiles */
+        cpu_gemm_nt_serial(s, CACHED_BLOCK, qg, (size_t)HD, k, ld, group, HD, n);
+        for (int g = 0; g < group; g++)
+            for (int jj = 0; jj < n; jj++) s[g * CACHED_BLOCK + jj] *= scale;
+        return;
+    }
+    for (int jj = 0; jj < n; jj++) {
+        const float *kr = k + (size_t)jj * ld;
+        for (int g = 0; g < group; g++) {
+            const float *qr = qg + (size_t)g * HD;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int d = 0; d < HD; d++)
+                dot += qr[d] * kr[d];
+            s[g * CACHED_BLOCK + jj] = dot * scale;
+        }
+    }
+}
+
+/* acc_g[HD] += sum_jj p[g * CACHED_BLOCK + jj] * v_(j0 + jj) for each g; v rows ld apart. */
+HOT_LOOPS static void cached_accumulate(float *acc, const float *p, const float *v, size_t ld, int n, int group,
+                                        int HD)
+{
+    if (cpu_avx512()) { /* [group, n] x [n, HD] */
+        cpu_gemm_nn_acc_serial(acc, (size_t)HD, p, CACHED_BLOCK, 1, v, ld, group, n, HD);
+        return;
+    }
+    for (int jj = 0; jj < n; jj++) {
+        const float *vr = v + (size_t)jj * ld;
+        for (int g = 0; g < group; g++) {
+            float *ag = acc + (size_t)g * HD;
+            const float e = p[g * CACHED_BLOCK + jj];
+#pragma omp simd
+            for (int d = 0; d < HD; d++)
+                ag[d] += e * vr[d];
+        }
+    }
+}
+
+/* Attention of the `group` query heads qg[group, HD] (rows HD apart) that
+ * share one kv head, over n keys and values (rows ld apart, in order):
+ * o[g] = softmax(scale q_g K^T) V into o[group, HD] and, when lse is not NULL,
+ * lse[g] = the log-sum-exp of the scaled scores. Online softmax over blocks
+ * of CACHED_BLOCK keys: per block the scores of every head (one small GEMM),
+ * one rescale of what was accumulated, the exps (vectorised), the weighted
+ * sum of v (another small GEMM); each K/V row is read once per group. */
+static void attend_group(float *o, float *lse, const float *qg, const float *k, const float *v, size_t ld, int n,
+                         int group, int HD, float scale)
+{
+    float acc[CACHED_MAX_ACC];
+    float m[CACHED_MAX_GROUP];
+    double l[CACHED_MAX_GROUP];
+    float s[CACHED_MAX_GROUP * CACHED_BLOCK]; /* [group, CACHED_BLOCK] scores, then weights */
+    memset(acc, 0, (size_t)group * HD * sizeof(float));
+    for (int g = 0; g < group; g++) m[g] = -INFINITY, l[g] = 0.0;
+    for (int j0 = 0; j0 < n; j0 += CACHED_BLOCK) {
+        const int nb = n - j0 < CACHED_BLOCK ? n - j0 : CACHED_BLOCK;
+        cached_scores(s, qg, k + (size_t)j0 * ld, ld, nb, group, HD, scale);
+        for (int g = 0; g < group; g++) {
+            float *sg = s + g * CACHED_BLOCK, bm = sg[0];
+            for (int jj = 1; jj < nb; jj++) bm = sg[jj] > bm ? sg[jj] : bm;
+            if (bm > m[g]) { /* rescale what was accumulated under the old max */
+                const float r = expf(m[g] - bm); /* 0 on the first block */
+                l[g] *= r;
+                for (int d = 0; d < HD; d++) acc[(size_t)g * HD + d] *= r;
+                m[g] = bm;
+            }
+            for (int jj = 0; jj < nb; jj++) sg[jj] -= m[g];
+            cpu_vexpf(sg, nb);
+            float sum = 0.0f;
+            for (int jj = 0; jj < nb; jj++) sum += sg[jj];
+            l[g] += sum;
+        }
+        cached_accumulate(acc, s, v + (size_t)j0 * ld, ld, nb, group, HD);
+    }
+    for (int g = 0; g < group; g++) {
+        const float inv = (float)(1.0 / l[g]);
+        for (int d = 0; d < HD; d++) o[(size_t)g * HD + d] = acc[(size_t)g * HD + d] * inv;
+        if (lse) lse[g] = (float)((double)m[g] + log(l[g]));
+    }
+}
+
 void cpu_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                            const int32_t *cu_seqlens, int S, int T, int NH, int NKV, int HD)
 {
     check_seqlens(cu_seqlens, S, T, NH, NKV, HD);
-    const int G = NH / NKV;
+    const int G = NH / NKV, KVD = NKV * HD;
+    assert(G <= CACHED_MAX_GROUP && G * HD <= CACHED_MAX_ACC);
     const float scale = 1.0f / sqrtf((float)HD);
-    /* One task per query row (token t, head h); the row attends to keys
-     * start..t of its own sequence. Online softmax over blocks of keys: the
-     * running max m and sum l, the output accumulated (unnormalised) in place
-     * in out. Scores of a block are computed first (independent dot products),
-     * then their exps, then the weighted sum of v. Rows near the end of long
-     * sequences cost more, hence the dynamic schedule. */
-#pragma omp parallel for collapse(2) schedule(dynamic, 8)
-    for (int t = 0; t < T; t++) {
-        for (int h = 0; h < NH; h++) {
-            const int start = cu_seqlens[seq_of(cu_seqlens, S, t)];
-            const int kvh = h / G;
-            const float *qr = q + ((size_t)t * NH + h) * HD;
-            float *o = out + ((size_t)t * NH + h) * HD;
-            memset(o, 0, (size_t)HD * sizeof(float));
-            float m = -INFINITY;
-            double l = 0.0;
-            float p[ATT_BLOCK];
-            for (int j0 = start; j0 <= t; j0 += ATT_BLOCK) {
-                const int nb = t + 1 - j0 < ATT_BLOCK ? t + 1 - j0 : ATT_BLOCK;
-                float bmax = -INFINITY;
-                for (int b = 0; b < nb; b++) {
-                    p[b] = dot_f(qr, k + ((size_t)(j0 + b) * NKV + kvh) * HD, HD) * scale;
-                    bmax = p[b] > bmax ? p[b] : bmax;
-                }
-                if (bmax > m) { /* new max: rescale what was accumulated so far */
-                    const float corr = expf(m - bmax); /* 0 on the first block (m = -inf) */
-#pragma omp simd
-                    for (int d = 0; d < HD; d++)
-                        o[d] *= corr;
-                    l *= corr;
-                    m = bmax;
-                }
-                for (int b = 0; b < nb; b++) {
-                    p[b] = expf(p[b] - m);
-                    l += p[b];
-                }
-                for (int b = 0; b < nb; b++)
-                    axpy_f(o, p[b], v + ((size_t)(j0 + b) * NKV + kvh) * HD, HD);
+    /* One task per (token t, kv head): its group of query heads attends to
+     * keys start..t of t's own sequence. Rows near the end of long sequences
+     * cost more, hence the dynamic schedule. */
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int tk = 0; tk < T * NKV; tk++) {
+        const int t = tk / NKV, kvh = tk % NKV, start = cu_seqlens[seq_of(cu_seqlens, S, t)];
+        const size_t row = (size_t)t * NH + (size_t)kvh * G; /* the group's first query row */
+        const size_t kv0 = (size_t)start * KVD + (size_t)kvh * HD;
+        attend_group(out + row * HD, lse + row, q + row * HD, k + kv0, v + kv0, (size_t)KVD, t - start + 1, G, HD,
+                     scale);
+    }
+}
+
+/* The attention backward in blocks of ATT_BLOCK query rows x ATT_BLOCK keys,
+ * every product on the GEMM kernels (kernels/cpu/gemm): per block
+ *   S = Q K^T (scaled), P = exp(S - lse) (0 above the diagonal),
+ *   dP = dO V^T, dS = P (dP - D), dQ += dS K, dK += dS^T Q, dV += P^T dO.
+ * The same tasks as the scalar loop below (one per sequence and kv head,
+ * owning its dk, dv and the dq of its query heads), so no races and sums in a
+ * fixed order. Rows are ld = NH * HD (q, dout, out, dq) or NKV * HD (k, v)
+ * apart. */
+static void attention_backward_blocked(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                       const float *lse, const float *q, const float *k, const float *v,
+                                       const int32_t *cu_seqlens, int S, int NH, int NKV, int HD, float scale)
+{
+    const int G = NH / NKV;
+    const size_t ldq = (size_t)NH * HD, ldk = (size_t)NKV * HD;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int s = 0; s < S; s++) {
+        for (int kvh = 0; kvh < NKV; kvh++) {
+            const int start = cu_seqlens[s], end = cu_seqlens[s + 1];
+            float P[ATT_BLOCK * ATT_BLOCK], dS[ATT_BLOCK * ATT_BLOCK], D[ATT_BLOCK];
+            for (int j = start; j < end; j++) {
+                memset(dk + (size_t)j * ldk + (size_t)kvh * HD, 0, (size_t)HD * sizeof(float));
+                memset(dv + (size_t)j * ldk + (size_t)kvh * HD, 0, (size_t)HD * sizeof(float));
             }
-            const float inv_l = (float)(1.0 / l);
-#pragma omp simd
-            for (int d = 0; d < HD; d++)
-                o[d] *= inv_l;
-            lse[(size_t)t * NH + h] = (float)((double)m + log(l));
+            for (int h = kvh * G; h < (kvh + 1) * G; h++) {
+                for (int i0 = start; i0 < end; i0 += ATT_BLOCK) {
+                    const int ni = end - i0 < ATT_BLOCK ? end - i0 : ATT_BLOCK;
+                    const float *qb = q + (size_t)i0 * ldq + (size_t)h * HD;
+                    const float *dob = dout + (size_t)i0 * ldq + (size_t)h * HD;
+                    float *dqb = dq + (size_t)i0 * ldq + (size_t)h * HD;
+                    for (int ii = 0; ii < ni; ii++) {
+                        D[ii] = dot_f(dob + (size_t)ii * ldq, out + (size_t)(i0 + ii) * ldq + (size_t)h * HD, HD);
+                        memset(dqb + (size_t)ii * ldq, 0, (size_t)HD * sizeof(float));
+                    }
+                    for (int j0 = start; j0 < i0 + ni; j0 += ATT_BLOCK) {
+                        const int nj = i0 + ni - j0 < ATT_BLOCK ? i0 + ni - j0 : ATT_BLOCK;
+                        const float *kb = k + (size_t)j0 * ldk + (size_t)kvh * HD;
+                        const float *vb = v + (size_t)j0 * ldk + (size_t)kvh * HD;
+                        cpu_gemm_nt_serial(P, ATT_BLOCK, qb, ldq, kb, ldk, ni, HD, nj);
+                        cpu_gemm_nt_serial(dS, ATT_BLOCK, dob, ldq, vb, ldk, ni, HD, nj);
+                        for (int ii = 0; ii < ni; ii++) {
+                            float *pr = P + ii * ATT_BLOCK, *dr = dS + ii * ATT_BLOCK;
+                            const float l = lse[(size_t)(i0 + ii) * NH + h];
+                            const int last = i0 + ii - j0; /* keys j0 .. j0 + last are visible */
+                            for (int jj = 0; jj < nj; jj++) pr[jj] = jj <= last ? pr[jj] * scale - l : -INFINITY;
+                            cpu_vexpf(pr, nj);
+                            for (int jj = 0; jj < nj; jj++) dr[jj] = pr[jj] * (dr[jj] - D[ii]);
+                        }
+                        float *dkb = dk + (size_t)j0 * ldk + (size_t)kvh * HD;
+                        float *dvb = dv + (size_t)j0 * ldk + (size_t)kvh * HD;
+                        cpu_gemm_nn_acc_serial(dqb, ldq, dS, ATT_BLOCK, 1, kb, ldk, ni, nj, HD);
+                        cpu_gemm_nn_acc_serial(dkb, ldk, dS, 1, ATT_BLOCK, qb, ldq, nj, ni, HD);
+                        cpu_gemm_nn_acc_serial(dvb, ldk, P, 1, ATT_BLOCK, dob, ldq, nj, ni, HD);
+                    }
+                    for (int ii = 0; ii < ni; ii++)
+                        for (int d = 0; d < HD; d++) dqb[(size_t)ii * ldq + d] *= scale;
+                }
+            }
+            for (int j = start; j < end; j++)
+                for (int d = 0; d < HD; d++) dk[(size_t)j * ldk + (size_t)kvh * HD + d] *= scale;
         }
     }
 }
@@ -324,6 +462,10 @@ void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
      *   P_ij = exp(s_ij - lse_i), dP_ij = dout_i . v_j, D_i = dout_i . out_i,
      *   dS_ij = P_ij (dP_ij - D_i),
      *   dq_i += scale dS_ij k_j, dk_j += scale dS_ij q_i, dv_j += P_ij dout_i. */
+    if (cpu_avx512()) {
+        attention_backward_blocked(dq, dk, dv, dout, out, lse, q, k, v, cu_seqlens, S, NH, NKV, HD, scale);
+        return;
+    }
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int s = 0; s < S; s++) {
         for (int kvh = 0; kvh < NKV; kvh++) {
@@ -366,59 +508,6 @@ void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
     }
 }
 
-/* ---- attention against a KV cache ---- */
-
-#define CACHED_MAX_HD 1024
-#define CACHED_MAX_GROUP 64   /* query heads per kv head (Qwen2.5-0.5B: 7) */
-#define CACHED_MAX_ACC 8192   /* group x HD floats on the stack (32 KiB) */
-
-/* Keys per block of the cached attention: their scores, for every query head
- * of the group, are computed, exponentiated (vectorised) and accumulated
- * together, and the online softmax rescales once per block, not per key. */
-#define CACHED_BLOCK 64
-
-/* The vectorisable inner loops are compiled for AVX-512 too and picked at
- * load time (GCC/clang function multi-versioning); the build's baseline is
- * plain x86-64 (SSE2). */
-#if defined(__x86_64__) && !defined(__clang__)
-#define HOT_LOOPS __attribute__((target_clones("avx512f", "default")))
-#else
-#define HOT_LOOPS
-#endif
-
-/* s[g * CACHED_BLOCK + jj] = scale * q_g . k_(j0 + jj) for jj < n; k rows ld apart. */
-HOT_LOOPS static void cached_scores(float *s, const float *qg, const float *k, size_t ld, int n, int group,
-                                    int HD, float scale)
-{
-    for (int jj = 0; jj < n; jj++) {
-        const float *kr = k + (size_t)jj * ld;
-        for (int g = 0; g < group; g++) {
-            const float *qr = qg + (size_t)g * HD;
-            float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (int d = 0; d < HD; d++)
-                dot += qr[d] * kr[d];
-            s[g * CACHED_BLOCK + jj] = dot * scale;
-        }
-    }
-}
-
-/* acc_g[HD] += sum_jj p[g * CACHED_BLOCK + jj] * v_(j0 + jj) for each g; v rows ld apart. */
-HOT_LOOPS static void cached_accumulate(float *acc, const float *p, const float *v, size_t ld, int n, int group,
-                                        int HD)
-{
-    for (int jj = 0; jj < n; jj++) {
-        const float *vr = v + (size_t)jj * ld;
-        for (int g = 0; g < group; g++) {
-            float *ag = acc + (size_t)g * HD;
-            const float e = p[g * CACHED_BLOCK + jj];
-#pragma omp simd
-            for (int d = 0; d < HD; d++)
-                ag[d] += e * vr[d];
-        }
-    }
-}
-
 void cpu_attention_cached(float *out, const float *q, const float *kcache, const float *vcache,
                           const int32_t *slot, const int32_t *pos, int T, int NH, int NKV, int HD, int max_len)
 {
@@ -426,48 +515,21 @@ void cpu_attention_cached(float *out, const float *q, const float *kcache, const
     const int group = NH / NKV, KVD = NKV * HD;
     assert(group <= CACHED_MAX_GROUP && group * HD <= CACHED_MAX_ACC);
     const float scale = 1.0f / sqrtf((float)HD);
-    /* one (token, kv head) per task: the group's query heads share each cached
-     * K/V row (GQA), with an online softmax per head over blocks of keys, so
-     * nothing of length pos is stored and each row is read once per group
-     * rather than once per head */
+    /* one (token, kv head) per task, as the forward: nothing of length pos is
+     * stored, each cached row is read once per GQA group */
 #pragma omp parallel for schedule(dynamic, 2)
     for (int tk = 0; tk < T * NKV; tk++) {
         const int t = tk / NKV, kvh = tk % NKV;
         assert(pos[t] >= 0 && pos[t] < max_len);
-        const float *qg = q + ((size_t)t * NH + (size_t)kvh * group) * HD; /* [group, HD] */
+        const size_t row = (size_t)t * NH + (size_t)kvh * group;
         const size_t base = (size_t)slot[t] * max_len * KVD + (size_t)kvh * HD;
-        float acc[CACHED_MAX_ACC];
-        float m[CACHED_MAX_GROUP], l[CACHED_MAX_GROUP];
-        float s[CACHED_MAX_GROUP * CACHED_BLOCK]; /* [group, CACHED_BLOCK] scores, then weights */
-        memset(acc, 0, (size_t)group * HD * sizeof(float));
-        for (int g = 0; g < group; g++) m[g] = -INFINITY, l[g] = 0.0f;
-        for (int j0 = 0; j0 <= pos[t]; j0 += CACHED_BLOCK) {
-            const int n = pos[t] + 1 - j0 < CACHED_BLOCK ? pos[t] + 1 - j0 : CACHED_BLOCK;
-            cached_scores(s, qg, kcache + base + (size_t)j0 * KVD, (size_t)KVD, n, group, HD, scale);
-            for (int g = 0; g < group; g++) {
-                float *sg = s + g * CACHED_BLOCK, bm = sg[0];
-                for (int jj = 1; jj < n; jj++) bm = sg[jj] > bm ? sg[jj] : bm;
-                if (bm > m[g]) { /* rescale what was accumulated under the old max */
-                    const float r = expf(m[g] - bm); /* 0 on the first block */
-                    l[g] *= r;
-                    for (int d = 0; d < HD; d++) acc[(size_t)g * HD + d] *= r;
-                    m[g] = bm;
-                }
-                for (int jj = 0; jj < n; jj++) sg[jj] -= m[g];
-                cpu_vexpf(sg, n);
-                float sum = 0.0f;
-                for (int jj = 0; jj < n; jj++) sum += sg[jj];
-                l[g] += sum;
-            }
-            cached_accumulate(acc, s, vcache + base + (size_t)j0 * KVD, (size_t)KVD, n, group, HD);
-        }
-        for (int g = 0; g < group; g++) {
-            float *o = out + ((size_t)t * NH + (size_t)kvh * group + g) * HD;
-            const float inv = 1.0f / l[g];
-            for (int d = 0; d < HD; d++) o[d] = acc[(size_t)g * HD + d] * inv;
-        }
+        attend_group(out + row * HD, NULL, q + row * HD, kcache + base, vcache + base, (size_t)KVD, pos[t] + 1,
+                     group, HD, scale);
     }
 }
+
+
+/* ---- attention against a KV cache ---- */
 
 /* ---- SwiGLU ---- */
 
@@ -574,16 +636,21 @@ void cpu_head_backward(float *dh, float *dw, const float *dlogprob, const float 
             cpu_row_lse_entropy(z, V, &lse, &H);
             const double dl = dlogprob[t], de = dentropy ? dentropy[t] : 0.0;
             const int tgt = targets[t];
+            /* z = inv_temp * a with a = h w^T, so d/da = inv_temp dz */
             for (int j = 0; j < V; j++) {
                 double logp = (double)z[j] - lse, p = exp(logp);
-                z[j] = (float)(dl * ((j == tgt ? 1.0 : 0.0) - p) - de * p * (logp + H));
+                z[j] = (float)(inv_temp * (dl * ((j == tgt ? 1.0 : 0.0) - p) - de * p * (logp + H)));
             }
         }
-        /* z = inv_temp * a with a = h w^T, so d/da = inv_temp dz (the sgemm's alpha):
-         * dh[n,C] += dz[n,V] @ w[V,C];  dw[V,C] += dz^T[V,n] @ h[n,C] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, V, inv_temp, scratch, V, w, C, 1.0f,
-                    dh + (size_t)t0 * C, C);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, n, inv_temp, scratch, V, hc, C, 1.0f, dw, C);
+        /* dh[n,C] += da[n,V] @ w[V,C];  dw[V,C] += da^T[V,n] @ h[n,C] */
+        if (cpu_avx512()) {
+            cpu_gemm_nn_acc(dh + (size_t)t0 * C, (size_t)C, scratch, (size_t)V, 1, w, (size_t)C, n, V, C);
+            cpu_gemm_nn_acc(dw, (size_t)C, scratch, 1, (size_t)V, hc, (size_t)C, V, n, C);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, V, 1.0f, scratch, V, w, C, 1.0f,
+                        dh + (size_t)t0 * C, C);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, n, 1.0f, scratch, V, hc, C, 1.0f, dw, C);
+        }
     }
 }
 

@@ -25,6 +25,12 @@
  * only [CPU_HEAD_CHUNK, V] (the caller's scratch). */
 #define CPU_HEAD_CHUNK 256
 
+/* Limits of the attention ops (their per-task accumulators live on the
+ * stack): query heads per kv head, and that times head_dim. model/config
+ * refuses models beyond them by name. */
+#define CPU_ATT_MAX_GROUP 64
+#define CPU_ATT_MAX_GROUP_WIDTH 8192
+
 /* ---- linear ---- */
 /* out[T,OC] = inp[T,C] @ w[OC,C]^T + bias[OC] (bias may be NULL). Overwrites out. */
 void cpu_matmul_forward(float *out, const float *inp, const float *w, const float *bias, int T, int C, int OC);

@@ -430,6 +430,12 @@ static void test_validate(void)
     b.head_dim = 4096;
     CHECK_STATUS(model_config_validate(&b, "tiny"), TIDAL_ERR_INVALID);
     CHECK(strstr(tidal_errmsg(), "num_attention_heads x head_dim"));
+    b = c;
+    b.num_heads = 128; /* 128 query heads on one kv head: past the attention's group limit */
+    b.num_kv_heads = 1;
+    b.head_dim = 8;
+    CHECK_STATUS(model_config_validate(&b, "tiny"), TIDAL_ERR_INVALID);
+    CHECK(strstr(tidal_errmsg(), "tiny: num_key_value_heads") && strstr(tidal_errmsg(), "128 query heads per kv head"));
 }
 
 /* ---------------------------------------------------------------- save and load */

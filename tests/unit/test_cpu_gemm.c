@@ -1,7 +1,7 @@
 /* test_cpu_gemm.c - the AVX-512 linear forward (kernels/cpu/gemm) and the
  * logits row statistics and vectorised expf (kernels/cpu/softmax) against
  * double-precision references, on every edge of their tiling: M, N and K
- * not multiples of 4 / 16, K across the K_BLOCK boundary, M across
+ * not multiples of 4 / 16 / 64, K across the K blocks, M across
  * ROW_BLOCK. Plus the exact properties the engine relies on: a row's result
  * does not depend on M or on the thread count, and nothing outside `out` is
  * written. The portable paths (OpenBLAS, scalar loops) run through the same
@@ -138,6 +138,94 @@ static void test_gemm_row_and_thread_invariance(void)
     CHECK_MSG(threads_same, "1 and 2 threads give different bits");
 }
 
+/* The serial, strided forms the attention uses: results against double, and
+ * the padding between out's rows untouched. */
+static void test_gemm_serial_strided(void)
+{
+    if (!cpu_avx512()) {
+        printf("  skipped: no AVX-512 (the attention takes its portable loops)\n");
+        return;
+    }
+    rng_state = 14;
+    static const int SH[][3] = {{1, 1, 1}, {7, 22, 72}, {4, 64, 64}, {5, 65, 130}, {3, 3, 600}};
+    for (size_t c = 0; c < sizeof SH / sizeof SH[0]; c++) {
+        const int M = SH[c][0], N = SH[c][1], K = SH[c][2];
+        const size_t ldx = (size_t)K + 3, ldw = (size_t)K + 5, ldo = (size_t)N + 7, ldv = (size_t)N + 2;
+        float *x = frandom((size_t)M * ldx, 1), *w = frandom((size_t)N * ldw, 1), *v = frandom((size_t)K * ldv, 1);
+        float *o1 = malloc((size_t)M * ldo * sizeof(float)), *o2 = frandom((size_t)M * ldo, 1);
+        float *o2_before = malloc((size_t)M * ldo * sizeof(float));
+        memcpy(o2_before, o2, (size_t)M * ldo * sizeof(float));
+        for (size_t i = 0; i < (size_t)M * ldo; i++) o1[i] = SENTINEL;
+        cpu_gemm_nt_serial(o1, ldo, x, ldx, w, ldw, M, K, N);
+        /* p = x's first K columns as [M, K] weights over v's K rows */
+        cpu_gemm_nn_acc_serial(o2, ldo, x, ldx, 1, v, ldv, M, K, N);
+        int ok = 1;
+        for (int i = 0; i < M; i++)
+            for (size_t j = 0; j < ldo; j++) {
+                const size_t at = (size_t)i * ldo + j;
+                if (j >= (size_t)N) {
+                    ok &= o1[at] == SENTINEL && o2[at] == o2_before[at];
+                    continue;
+                }
+                double r1 = 0.0, m1 = 0.0, r2 = o2_before[at], m2 = fabs(r2);
+                for (int k = 0; k < K; k++) {
+                    double a = (double)x[(size_t)i * ldx + k] * w[j * ldw + k];
+                    double b = (double)x[(size_t)i * ldx + k] * v[(size_t)k * ldv + j];
+                    r1 += a, m1 += fabs(a), r2 += b, m2 += fabs(b);
+                }
+                ok &= fabs(o1[at] - r1) <= 1e-6 * m1 + 1e-30 && fabs(o2[at] - r2) <= 1e-6 * m2 + 1e-30;
+            }
+        free(x), free(w), free(v), free(o1), free(o2), free(o2_before);
+        CHECK_MSG(ok, "M %d N %d K %d: a result is off, or the padding between rows was written", M, N, K);
+    }
+}
+
+/* The backward's products: out += p v with p as given (dinp += dout w) and
+ * transposed (dw += dout^T x), against double, across NN_K_BLOCK (128),
+ * ROW_BLOCK (64) and the 64-column strips; bit-identical with 1 and 2 threads. */
+static void test_gemm_nn_acc(void)
+{
+    if (!cpu_avx512()) {
+        printf("  skipped: no AVX-512 (the backward is OpenBLAS's)\n");
+        return;
+    }
+    rng_state = 15;
+    static const int SH[][3] = {{1, 1, 1}, {3, 5, 7}, {4, 128, 64}, {5, 129, 65}, {70, 300, 130}, {130, 17, 200}};
+    double worst = 0.0;
+    for (size_t c = 0; c < sizeof SH / sizeof SH[0]; c++)
+        for (int tr = 0; tr < 2; tr++) {
+            const int M = SH[c][0], K = SH[c][1], N = SH[c][2];
+            /* p is [M, K] (pi = K, pk = 1) or stored as [K, M] (pi = 1, pk = M) */
+            const size_t pi = tr ? 1 : (size_t)K, pk = tr ? (size_t)M : 1;
+            float *p = frandom((size_t)M * K, 1), *v = frandom((size_t)K * N, 1), *o = frandom((size_t)M * N, 1);
+            float *o0 = malloc((size_t)M * N * sizeof(float)), *o1 = malloc((size_t)M * N * sizeof(float));
+            memcpy(o0, o, (size_t)M * N * sizeof(float));
+            memcpy(o1, o, (size_t)M * N * sizeof(float));
+            const int saved = cpu_threads();
+            cpu_set_threads(2);
+            cpu_gemm_nn_acc(o, (size_t)N, p, pi, pk, v, (size_t)N, M, K, N);
+            cpu_set_threads(1);
+            cpu_gemm_nn_acc(o1, (size_t)N, p, pi, pk, v, (size_t)N, M, K, N);
+            cpu_set_threads(saved);
+            int ok = memcmp(o, o1, (size_t)M * N * sizeof(float)) == 0;
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double r = o0[(size_t)i * N + j], mag = fabs(r);
+                    for (int k = 0; k < K; k++) {
+                        double a = (double)p[i * pi + k * pk] * v[(size_t)k * N + j];
+                        r += a, mag += fabs(a);
+                    }
+                    double e = fabs(o[(size_t)i * N + j] - r) / (mag + 1e-30);
+                    worst = fmax(worst, e);
+                    ok &= e <= 4e-7 * sqrt((double)K + 1) + 1e-7;
+                }
+            free(p), free(v), free(o), free(o0), free(o1);
+            CHECK_MSG(ok, "M %d K %d N %d %s: off against double, or 1 and 2 threads differ", M, K, N,
+                      tr ? "transposed" : "as given");
+        }
+    printf("  NN accumulate: worst error %.2e of sum |p v|, threads 1 = 2 bit for bit\n", worst);
+}
+
 /* ---- softmax row statistics ---- */
 
 static void row_stats_cases(const char *label)
@@ -224,6 +312,8 @@ int main(void)
     RUN(test_gemm_against_double);
     RUN(test_gemm_blas_path);
     RUN(test_gemm_row_and_thread_invariance);
+    RUN(test_gemm_serial_strided);
+    RUN(test_gemm_nn_acc);
     RUN(test_row_stats);
     return check_summary();
 }
