@@ -35,15 +35,14 @@ tidal_status bench_run_python(const char *who, const char *script_text, const ch
  *   - OpenMP's wait policy, default (spinning) and passive: Debian's torch
  *     pairs libgomp with the pthread build of OpenBLAS, whose threads and the
  *     spinning OpenMP threads can fight over the cores (4x at times).
- *   - OpenBLAS's kernels: Debian 12's OpenBLAS 0.3.21 runs its AVX2 (Haswell)
- *     kernels on AMD Zen 4/5 although they have AVX-512; where this process's
- *     OpenBLAS reports another core than SkylakeX / Cooperlake / SapphireRapids
- *     on an AVX-512 CPU, both policies run again with OPENBLAS_CORETYPE=SkylakeX.
- * Each entry's env clears both variables first, so what the user exported does
- * not leak into the "default" run. */
+ *   - OpenBLAS's kernels: where OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE is set
+ *     (some machines pin the AVX2 kernels, older OpenBLAS builds being wrong
+ *     on new CPUs), both policies run again with the two unset, on the
+ *     kernels OpenBLAS picks itself (Cooperlake's AVX-512 ones on Zen 5).
+ *     Each bench checks the peer's results against tidal's either way. */
 typedef struct bench_peer_env {
     const char *env;   /* shell words before the command */
-    const char *label; /* e.g. "passive, OpenBLAS SkylakeX" */
+    const char *label; /* e.g. "passive, OpenBLAS's own kernels" */
 } bench_peer_env;
 int bench_peer_envs(const bench_peer_env **out);
 
@@ -54,5 +53,6 @@ int bench_bus_main(int argc, char **argv);
 int bench_train_main(int argc, char **argv);
 int bench_generate_main(int argc, char **argv);
 int bench_tokenize_main(int argc, char **argv);
+int bench_gemm_main(int argc, char **argv);
 
 #endif

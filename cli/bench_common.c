@@ -3,15 +3,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 
 #include "cli/bench.h"
-#include "kernels/cpu/gemm.h"
 
-char *openblas_get_corename(void); /* OpenBLAS, not in its cblas.h */
 
 double bench_now_s(void)
 {
@@ -80,19 +77,16 @@ tidal_status bench_run_python(const char *who, const char *script_text, const ch
 
 int bench_peer_envs(const bench_peer_env **out)
 {
-#define CLEAR "env -u OMP_WAIT_POLICY -u OPENBLAS_CORETYPE "
+#define OWN "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
     static const bench_peer_env all[4] = {
-        {CLEAR, "default"},
-        {CLEAR "OMP_WAIT_POLICY=PASSIVE", "passive"},
-        {CLEAR "OPENBLAS_CORETYPE=SkylakeX", "default, OpenBLAS SkylakeX"},
-        {CLEAR "OMP_WAIT_POLICY=PASSIVE OPENBLAS_CORETYPE=SkylakeX", "passive, OpenBLAS SkylakeX"},
+        {"", "default"},
+        {"OMP_WAIT_POLICY=PASSIVE", "passive"},
+        {OWN, "default, OpenBLAS's own kernels"},
+        {OWN "OMP_WAIT_POLICY=PASSIVE", "passive, OpenBLAS's own kernels"},
     };
-#undef CLEAR
-    const char *core = openblas_get_corename();
-    const int avx512_kernels = core && (!strcasecmp(core, "skylakex") || !strcasecmp(core, "cooperlake") ||
-                                        !strcasecmp(core, "sapphirerapids"));
+#undef OWN
     *out = all;
-    return cpu_avx512() && !avx512_kernels ? 4 : 2;
+    return getenv("OPENBLAS_CORETYPE") || getenv("OPENBLAS_L2_SIZE") ? 4 : 2;
 }
 
 void bench_print_json(json_t *o)

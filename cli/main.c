@@ -92,7 +92,7 @@ static const struct command commands[] = {
      "Print the job's state, trainer version and live rollout workers.\n",
      cmd_unavailable},
     {"bench", "benchmarks against a peer (last line: JSON)",
-     "usage: tidal bench bus|weights|train|generate|env|async|tokenize [--json]\n"
+     "usage: tidal bench bus|weights|train|generate|env|async|tokenize|gemm [--json]\n"
      "\n"
      "Run a benchmark and its peer in the same invocation; the last line printed is one\n"
      "JSON object with the figures, `peer` and `ratio` (tidal / peer, higher is better).\n"
@@ -103,6 +103,7 @@ static const struct command commands[] = {
      "  env       environment round trips\n"
      "  async     asynchronous vs synchronous training\n"
      "  tokenize  tokenizer encode MB/s vs Hugging Face's JavaScript tokenizer\n"
+     "  gemm      the CPU GEMM kernels (AVX-512) vs OpenBLAS on the bench model's shapes\n"
      "`tidal bench WHAT --help` shows a benchmark's own options.\n",
      cmd_bench},
     {"tokenize", "text lines to token ids, or back",
@@ -136,6 +137,7 @@ static const struct {
 } benches[] = {
     {"bus", bench_bus_main}, {"weights", NULL}, {"train", bench_train_main},
     {"generate", bench_generate_main}, {"env", NULL}, {"async", NULL}, {"tokenize", bench_tokenize_main},
+    {"gemm", bench_gemm_main},
 };
 
 static const struct command *find_command(const char *name)

@@ -23,6 +23,16 @@
  * x86-64 CPU with AVX-512F and VL (checked once), unless turned off here or
  * by a non-empty TIDAL_NO_AVX512 in the environment (to compare the paths). */
 bool cpu_avx512(void);
+/* Whether OpenBLAS runs its own AVX-512 kernels here (SkylakeX, Cooperlake or
+ * SapphireRapids): then its packed GEMMs beat cpu_gemm_nt from M of about 64
+ * up (520 against 350 GFLOP/s at M = 2,048 on Zen 5), and the ops take them
+ * for large products. Where OpenBLAS runs AVX2 kernels - as with
+ * OPENBLAS_CORETYPE=Haswell, which some machines set because older OpenBLAS
+ * builds miscompute on new CPUs - every product is tidal's. */
+bool cpu_blas_avx512(void);
+/* The rows from which the forward takes OpenBLAS when cpu_blas_avx512(). */
+#define CPU_GEMM_BLAS_MIN_ROWS 64
+
 /* Turn the AVX-512 kernels off (false) or back on: tests use it to check the
  * portable paths (OpenBLAS, scalar loops) on the same machine. Call it from
  * serial code, between ops. */

@@ -1,8 +1,10 @@
 /* ops.c - the CPU reference ops (see ops.h for the contracts).
  *
- * fp32, row-major. The linear forward is kernels/cpu/gemm's AVX-512 kernel where
- * the CPU has it (twice OpenBLAS's speed on Zen 5, see gemm.h), else OpenBLAS;
- * the other GEMMs are OpenBLAS cblas_sgemm; everything else is a plain
+ * fp32, row-major. GEMMs: kernels/cpu/gemm's AVX-512 kernels where the CPU has
+ * them and OpenBLAS has not its own AVX-512 kernels, and for the products
+ * OpenBLAS does badly even then (few rows: a decode step; a short sum: the
+ * head's weight gradient per chunk); OpenBLAS cblas_sgemm otherwise (see
+ * gemm.h for the figures). Everything else is a plain
  * loop, threaded with OpenMP where there is parallel work. Every OpenMP loop
  * that reduces across tokens does so in a fixed order inside one thread, so
  * its results are the same bits whatever the thread count. (OpenBLAS's sgemm
@@ -34,7 +36,7 @@ void cpu_matmul_forward(float *out, const float *inp, const float *w, const floa
 {
     if (T <= 0 || OC <= 0)
         return;
-    if (C > 0 && cpu_avx512()) {
+    if (C > 0 && cpu_avx512() && (T < CPU_GEMM_BLAS_MIN_ROWS || !cpu_blas_avx512())) {
         cpu_gemm_nt(out, inp, w, bias, T, C, OC);
         return;
     }
@@ -53,7 +55,7 @@ void cpu_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout
 {
     if (T <= 0 || OC <= 0)
         return;
-    if (C > 0 && cpu_avx512()) {
+    if (C > 0 && cpu_avx512() && !cpu_blas_avx512()) {
         if (dinp) cpu_gemm_nn_acc(dinp, (size_t)C, dout, (size_t)OC, 1, w, (size_t)C, T, OC, C);
         cpu_gemm_nn_acc(dw, (size_t)C, dout, 1, (size_t)OC, inp, (size_t)C, OC, T, C);
     } else {
@@ -642,15 +644,18 @@ void cpu_head_backward(float *dh, float *dw, const float *dlogprob, const float 
                 z[j] = (float)(inv_temp * (dl * ((j == tgt ? 1.0 : 0.0) - p) - de * p * (logp + H)));
             }
         }
-        /* dh[n,C] += da[n,V] @ w[V,C];  dw[V,C] += da^T[V,n] @ h[n,C] */
-        if (cpu_avx512()) {
+        /* dh[n,C] += da[n,V] @ w[V,C];  dw[V,C] += da^T[V,n] @ h[n,C]. The
+         * second sums over only n <= CPU_HEAD_CHUNK tokens, where OpenBLAS's
+         * packing is not amortised: the NN kernel whenever it can run. */
+        if (cpu_avx512() && !cpu_blas_avx512())
             cpu_gemm_nn_acc(dh + (size_t)t0 * C, (size_t)C, scratch, (size_t)V, 1, w, (size_t)C, n, V, C);
-            cpu_gemm_nn_acc(dw, (size_t)C, scratch, 1, (size_t)V, hc, (size_t)C, V, n, C);
-        } else {
+        else
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, V, 1.0f, scratch, V, w, C, 1.0f,
                         dh + (size_t)t0 * C, C);
+        if (cpu_avx512())
+            cpu_gemm_nn_acc(dw, (size_t)C, scratch, 1, (size_t)V, hc, (size_t)C, V, n, C);
+        else
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, n, 1.0f, scratch, V, hc, C, 1.0f, dw, C);
-        }
     }
 }
 
