@@ -54,5 +54,6 @@ int bench_train_main(int argc, char **argv);
 int bench_generate_main(int argc, char **argv);
 int bench_tokenize_main(int argc, char **argv);
 int bench_gemm_main(int argc, char **argv);
+int bench_env_main(int argc, char **argv);
 
 #endif

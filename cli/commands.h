@@ -10,5 +10,7 @@ int debug_main(int argc, char **argv);
 int tokenize_main(int argc, char **argv);
 int generate_main(int argc, char **argv);
 extern const char generate_usage[]; /* the generate entry of the command table shows it */
+int env_main(int argc, char **argv);
+extern const char env_usage[];
 
 #endif

@@ -49,6 +49,12 @@ static int cmd_tokenize(const struct command *cmd, int argc, char **argv)
     (void)cmd;
     return tokenize_main(argc, argv);
 }
+static int cmd_env(const struct command *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    return env_main(argc, argv);
+}
+
 static int cmd_generate(const struct command *cmd, int argc, char **argv)
 {
     (void)cmd;
@@ -81,11 +87,7 @@ static const struct command commands[] = {
      "\n"
      "Run the trainer (and its replay buffer) of a job as its own process.\n",
      cmd_unavailable},
-    {"env", "serve a built-in environment on the bus",
-     "usage: tidal env serve NAME --bus URL\n"
-     "\n"
-     "Answer tidal.env.NAME requests (reset, step) from rollout workers.\n",
-     cmd_unavailable},
+    {"env", "list, serve or call environments on the bus", env_usage, cmd_env},
     {"status", "show a job's state and its workers",
      "usage: tidal status --bus URL --job NAME\n"
      "\n"
@@ -100,7 +102,7 @@ static const struct command commands[] = {
      "  weights   weight publication and sync\n"
      "  train     trainer step throughput\n"
      "  generate  built-in generation\n"
-     "  env       environment round trips\n"
+     "  env       environment requests over the bus vs in-process\n"
      "  async     asynchronous vs synchronous training\n"
      "  tokenize  tokenizer encode MB/s vs Hugging Face's JavaScript tokenizer\n"
      "  gemm      the CPU GEMM kernels (AVX-512) vs OpenBLAS on the bench model's shapes\n"
@@ -136,7 +138,7 @@ static const struct {
     int (*entry)(int argc, char **argv);
 } benches[] = {
     {"bus", bench_bus_main}, {"weights", NULL}, {"train", bench_train_main},
-    {"generate", bench_generate_main}, {"env", NULL}, {"async", NULL}, {"tokenize", bench_tokenize_main},
+    {"generate", bench_generate_main}, {"env", bench_env_main}, {"async", NULL}, {"tokenize", bench_tokenize_main},
     {"gemm", bench_gemm_main},
 };
 

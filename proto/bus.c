@@ -307,6 +307,12 @@ const char *bus_msg_subject(const bus_msg *m) { return natsMsg_GetSubject(m); }
 const void *bus_msg_data(const bus_msg *m) { return natsMsg_GetData(m); }
 int bus_msg_len(const bus_msg *m) { return natsMsg_GetDataLength(m); }
 
+const char *bus_msg_reply(const bus_msg *m)
+{
+    const char *r = natsMsg_GetReply((natsMsg *)m);
+    return r && *r ? r : NULL;
+}
+
 const char *bus_msg_header(bus_msg *m, const char *key)
 {
     const char *v = NULL;
@@ -436,6 +442,24 @@ tidal_status bus_next(bus_sub *s, int timeout_ms, bus_msg **out)
     natsStatus ns = natsSubscription_NextMsg(out, s->sub, timeout_ms);
     if (ns == NATS_TIMEOUT) return tidal_fail(TIDAL_ERR_TIMEOUT, "bus: next message on %s: none in %d ms", s->what, timeout_ms);
     if (ns != NATS_OK) return bus_nats_fail(ns, 0, "bus: next message on %s", s->what);
+    return TIDAL_OK;
+}
+
+tidal_status bus_sub_drain(bus_sub *s, int timeout_ms)
+{
+    natsStatus ns = natsSubscription_DrainTimeout(s->sub, timeout_ms);
+    if (ns != NATS_OK) return bus_nats_fail(ns, 0, "bus: drain %s", s->what);
+    ns = natsSubscription_WaitForDrainCompletion(s->sub, timeout_ms);
+    if (ns == NATS_TIMEOUT)
+        return tidal_fail(TIDAL_ERR_TIMEOUT, "bus: drain %s: not done in %d ms", s->what, timeout_ms);
+    if (ns != NATS_OK) return bus_nats_fail(ns, 0, "bus: drain %s", s->what);
+    return TIDAL_OK;
+}
+
+tidal_status bus_sub_limit(bus_sub *s, int max_msgs)
+{
+    natsStatus ns = natsSubscription_AutoUnsubscribe(s->sub, max_msgs);
+    if (ns != NATS_OK) return bus_nats_fail(ns, 0, "bus: limit %s to %d messages", s->what, max_msgs);
     return TIDAL_OK;
 }
 

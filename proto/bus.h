@@ -71,6 +71,8 @@ tidal_status bus_flush(tidal_bus *b, int timeout_ms);
 const char *bus_msg_subject(const bus_msg *m);
 const void *bus_msg_data(const bus_msg *m);
 int bus_msg_len(const bus_msg *m);
+/* The reply subject of a request, or NULL when it has none. */
+const char *bus_msg_reply(const bus_msg *m);
 /* Header value, or NULL when absent. Valid while m lives. */
 const char *bus_msg_header(bus_msg *m, const char *key);
 /* JetStream delivery count (1 on first delivery; 0 for a core message). */
@@ -111,6 +113,15 @@ tidal_status bus_next(bus_sub *s, int timeout_ms, bus_msg **out);
 
 /* Unsubscribe and free. NULL is a no-op. */
 void bus_unsubscribe(bus_sub *s);
+/* For an async subscription (bus_subscribe): remove the interest at the
+ * server, let the handler receive what was already delivered to this client,
+ * and wait up to timeout_ms for that to finish. The subscription is then
+ * closed; bus_unsubscribe still frees it. TIDAL_ERR_TIMEOUT when the handler
+ * did not get through the backlog in time (the rest is dropped). */
+tidal_status bus_sub_drain(bus_sub *s, int timeout_ms);
+/* Unsubscribe by itself after max_msgs messages in all (the server stops
+ * sending then; a one-shot subscription). */
+tidal_status bus_sub_limit(bus_sub *s, int max_msgs);
 
 /* ---------------------------------------------------------------- JetStream */
 

@@ -106,6 +106,13 @@ static tidal_status need_name(const vctx *c, const char *field, const char *s, b
     return TIDAL_OK;
 }
 
+tidal_status codec_check_name(const char *what, const char *s)
+{
+    vctx c;
+    snprintf(c.what, sizeof c.what, "%s", what);
+    return need_name(&c, "name", s, true);
+}
+
 /* Worker ids are keys of the TIDAL_J_WORKERS bucket: NATS KV key characters
  * [-/_=.A-Za-z0-9], 1..255 bytes, not starting or ending with '.'. */
 static tidal_status need_kv_key(const vctx *c, const char *field, const char *s)

@@ -69,6 +69,10 @@ tidal_status codec_validate(const ProtobufCMessage *m);
  * *buf NULL. */
 tidal_status codec_encode(const ProtobufCMessage *m, void **buf, size_t *len);
 
+/* A name that becomes one subject token (an env's, a role's) or a blob name:
+ * [A-Za-z0-9_-]{1,127}; TIDAL_ERR_INVALID "<what>: name ..." otherwise. */
+tidal_status codec_check_name(const char *what, const char *s);
+
 /* ---------------------------------------------------------------- per type */
 /* Each is codec_decode with that type's descriptor and a typed result; the
  * caller frees *out with the type's generated free_unpacked(…, NULL). */

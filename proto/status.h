@@ -27,6 +27,7 @@ typedef enum tidal_status {
     TIDAL_ERR_PERMISSION, /* authorization refused */
     TIDAL_ERR_BUS,        /* any other NATS / JetStream failure */
     TIDAL_ERR_UNAVAILABLE,/* feature or subcommand not available in this build */
+    TIDAL_ERR_REMOTE,     /* the other side (an environment, a service) answered with an error */
     TIDAL_ERR__COUNT
 } tidal_status;
 

@@ -117,7 +117,7 @@ static run_result run_tidal(const char *first, ...)
 static const char *const all_commands[] = {"run",   "controller", "rollout",  "trainer",
                                            "env",   "status",     "bench",    "tokenize",
                                            "generate", "debug",   "version"};
-static const char *const unavailable[] = {"run", "controller", "rollout", "trainer", "env", "status"};
+static const char *const unavailable[] = {"run", "controller", "rollout", "trainer", "status"};
 
 static void test_help_lists_every_command(void)
 {

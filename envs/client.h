@@ -1,0 +1,51 @@
+/* client.h - the one API a rollout worker uses to reach an environment,
+ * in-process or over the bus.
+ *
+ * A local client calls a built-in env (envs/env.h) in the calling thread. A
+ * remote client sends EnvRequest on tidal.env.<name> (core request/reply:
+ * the env's queue group picks one instance) and waits for the EnvResponse,
+ * with a timeout per attempt and a bounded number of retries with backoff;
+ * a retry may reach another instance, so a crashed or hung one costs a
+ * timeout, not the sample. Environments are stateless (env.h), which is what
+ * makes retrying safe.
+ *
+ * Outcomes of env_client_call:
+ *   TIDAL_OK              *out holds the answer
+ *   TIDAL_ERR_REMOTE      the env answered with `error` on every attempt (message: the last one)
+ *   TIDAL_ERR_TIMEOUT     no answer on any attempt (or nobody serves the env: "no responders")
+ *   TIDAL_ERR_PERMISSION  this connection may not publish on tidal.env.<name> (not retried)
+ *   TIDAL_ERR_DECODE      the answers did not decode, or were invalid (NaN reward, ...)
+ *   TIDAL_ERR_INVALID     a bad call (op, task_json not an object), or a local env's error
+ * The clients are thread-safe: one may serve every generation thread.
+ */
+#ifndef TIDAL_ENVS_CLIENT_H
+#define TIDAL_ENVS_CLIENT_H
+
+#include "envs/env.h"
+#include "proto/bus.h"
+
+typedef struct env_client env_client;
+
+typedef struct env_client_opts {
+    int timeout_ms; /* per attempt; 0 = 10,000 */
+    int retries;    /* further attempts after the first; 0 = none (-1 = the default, 2) */
+    int backoff_ms; /* before retry i: backoff_ms * 2^i, capped at 2 s; 0 = 50 */
+} env_client_opts;
+
+/* A built-in environment in this process (config as env_create). */
+tidal_status env_client_local(const char *name, const char *config_json, env_client **out);
+
+/* An environment on the bus (any instance serving tidal.env.<name>). The bus
+ * is borrowed: it must outlive the client. */
+tidal_status env_client_remote(tidal_bus *b, const char *name, const env_client_opts *opts, env_client **out);
+
+void env_client_free(env_client *c);
+
+/* Send one request and wait for its answer (see the outcomes above). On any
+ * error *out is cleared. */
+tidal_status env_client_call(env_client *c, const env_call *call, env_result *out);
+
+/* Attempts made and retries needed so far (for metrics and tests). */
+void env_client_stats(const env_client *c, uint64_t *calls, uint64_t *retries);
+
+#endif
