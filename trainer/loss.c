@@ -1,0 +1,384 @@
+/* loss.c - PPO-clip with behaviour correction, aggregation, gradients and metrics (see loss.h). */
+#include "trainer/loss.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define LOGRATIO_CLAMP 20.0f /* |log-ratio| before exp */
+#define K3_CLAMP 10.0        /* |k3| per token */
+
+/* ---------------------------------------------------------------- names */
+
+static const char *const KIND_NAMES[LOSS__COUNT] = {[LOSS_PPO] = "ppo"};
+static const char *const CORR_NAMES[CORR__COUNT] = {
+    [CORR_NONE] = "none", [CORR_TIS] = "tis",         [CORR_TIS_SEQ] = "tis_seq",
+    [CORR_MIS] = "mis",   [CORR_MIS_SEQ] = "mis_seq", [CORR_BYPASS] = "bypass"};
+static const char *const AGG_NAMES[AGG__COUNT] = {[AGG_TOKEN_MEAN] = "token-mean",
+                                                  [AGG_SEQ_MEAN_TOKEN_MEAN] = "seq-mean-token-mean",
+                                                  [AGG_SEQ_MEAN_TOKEN_SUM_NORM] = "seq-mean-token-sum-norm"};
+static const char *const STALE_NAMES[STALE__COUNT] = {[STALE_NONE] = "none", [STALE_POLY] = "poly",
+                                                      [STALE_HINGE] = "hinge"};
+
+const char *loss_kind_name(loss_kind k) { return (unsigned)k < LOSS__COUNT ? KIND_NAMES[k] : "?"; }
+const char *loss_correction_name(loss_correction c) { return (unsigned)c < CORR__COUNT ? CORR_NAMES[c] : "?"; }
+const char *loss_agg_name(loss_agg a) { return (unsigned)a < AGG__COUNT ? AGG_NAMES[a] : "?"; }
+const char *loss_stale_name(loss_stale s) { return (unsigned)s < STALE__COUNT ? STALE_NAMES[s] : "?"; }
+
+/* Index of s in names[n], or -1; on -1 a failure naming `what`, the value and
+ * the accepted names is recorded. */
+static int parse_name(const char *s, const char *const *names, int n, const char *what)
+{
+    for (int i = 0; s && i < n; i++)
+        if (!strcmp(s, names[i])) return i;
+    char list[256];
+    size_t off = 0;
+    list[0] = '\0';
+    for (int i = 0; i < n && off < sizeof list; i++)
+        off += (size_t)snprintf(list + off, sizeof list - off, "%s%s", i ? ", " : "", names[i]);
+    tidal_fail(TIDAL_ERR_INVALID, "loss: unknown %s \"%s\" (want one of: %s)", what, s ? s : "(null)", list);
+    return -1;
+}
+
+#define PARSE_FN(fn, type, names, count, what)                 \
+    tidal_status fn(const char *s, type *out)                  \
+    {                                                          \
+        int i = parse_name(s, names, count, what);             \
+        if (i < 0) return TIDAL_ERR_INVALID;                   \
+        *out = (type)i;                                        \
+        return TIDAL_OK;                                       \
+    }
+PARSE_FN(loss_kind_parse, loss_kind, KIND_NAMES, LOSS__COUNT, "loss")
+PARSE_FN(loss_correction_parse, loss_correction, CORR_NAMES, CORR__COUNT, "correction")
+PARSE_FN(loss_agg_parse, loss_agg, AGG_NAMES, AGG__COUNT, "aggregation")
+PARSE_FN(loss_stale_parse, loss_stale, STALE_NAMES, STALE__COUNT, "staleness weighting")
+
+/* ---------------------------------------------------------------- config */
+
+loss_cfg loss_cfg_defaults(void)
+{
+    return (loss_cfg){.kind = LOSS_PPO,
+                      .correction = CORR_NONE,
+                      .agg = AGG_TOKEN_MEAN,
+                      .eps_lo = 0.2,
+                      .eps_hi = 0.2,
+                      .dual_clip = false,
+                      .dual_clip_c = 3.0,
+                      .tis_c = 2.0,
+                      .mis_lo = 0.0,
+                      .mis_hi = 5.0,
+                      .sum_norm = 0.0,
+                      .kl_beta = 0.0,
+                      .stale = STALE_NONE,
+                      .stale_a = 0.5,
+                      .stale_b = 0.0};
+}
+
+tidal_status loss_cfg_validate(const loss_cfg *c)
+{
+    if (!c) return tidal_fail(TIDAL_ERR_INVALID, "loss: no config");
+    if ((unsigned)c->kind >= LOSS__COUNT) return tidal_fail(TIDAL_ERR_INVALID, "loss: kind %d out of range", (int)c->kind);
+    if ((unsigned)c->correction >= CORR__COUNT)
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: correction %d out of range", (int)c->correction);
+    if ((unsigned)c->agg >= AGG__COUNT) return tidal_fail(TIDAL_ERR_INVALID, "loss: agg %d out of range", (int)c->agg);
+    if ((unsigned)c->stale >= STALE__COUNT)
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: stale %d out of range", (int)c->stale);
+    if (!(c->eps_lo >= 0.0 && c->eps_lo <= 1.0))
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: eps_lo = %g must be in [0, 1]", c->eps_lo);
+    if (!(c->eps_hi >= 0.0 && isfinite(c->eps_hi)))
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: eps_hi = %g must be finite and >= 0", c->eps_hi);
+    if (c->dual_clip && !(c->dual_clip_c > 1.0 && isfinite(c->dual_clip_c)))
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: dual_clip_c = %g must be finite and > 1", c->dual_clip_c);
+    if ((c->correction == CORR_TIS || c->correction == CORR_TIS_SEQ) && !(c->tis_c > 0.0 && isfinite(c->tis_c)))
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: tis_c = %g must be finite and > 0", c->tis_c);
+    if ((c->correction == CORR_MIS || c->correction == CORR_MIS_SEQ) &&
+        !(c->mis_lo >= 0.0 && c->mis_hi > c->mis_lo && isfinite(c->mis_hi)))
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: mis_lo = %g, mis_hi = %g: want 0 <= mis_lo < mis_hi, finite",
+                          c->mis_lo, c->mis_hi);
+    if (c->agg == AGG_SEQ_MEAN_TOKEN_SUM_NORM && !(c->sum_norm > 0.0 && isfinite(c->sum_norm)))
+        return tidal_fail(TIDAL_ERR_INVALID,
+                          "loss: sum_norm = %g must be > 0 for seq-mean-token-sum-norm (e.g. the max response length)",
+                          c->sum_norm);
+    if (!(c->kl_beta >= 0.0 && isfinite(c->kl_beta)))
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: kl_beta = %g must be finite and >= 0", c->kl_beta);
+    if (c->stale != STALE_NONE) {
+        if (!(c->stale_a >= 0.0 && isfinite(c->stale_a)))
+            return tidal_fail(TIDAL_ERR_INVALID, "loss: stale_a = %g must be finite and >= 0", c->stale_a);
+        if (!(c->stale_b >= 0.0 && isfinite(c->stale_b)))
+            return tidal_fail(TIDAL_ERR_INVALID, "loss: stale_b = %g must be finite and >= 0", c->stale_b);
+    }
+    return TIDAL_OK;
+}
+
+/* ---------------------------------------------------------------- batch checks */
+
+/* The layout, the arrays config c needs, and the per-sample inputs. */
+static tidal_status check_batch(const loss_cfg *c, const loss_batch *b)
+{
+    if (!b) return tidal_fail(TIDAL_ERR_INVALID, "loss: no batch");
+    if (b->S < 1) return tidal_fail(TIDAL_ERR_INVALID, "loss: batch has %d samples", b->S);
+    if (!b->cu_seqlens || !b->logp || !b->mask || !b->adv)
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: batch lacks %s", !b->cu_seqlens ? "cu_seqlens"
+                                                                     : !b->logp     ? "logp"
+                                                                     : !b->mask     ? "mask"
+                                                                                    : "adv");
+    if (c->correction != CORR_BYPASS && !b->logp_prox)
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: batch lacks logp_prox (needed unless correction is bypass)");
+    if (c->correction != CORR_NONE && !b->logp_beh)
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: batch lacks logp_beh (needed by correction %s)",
+                          loss_correction_name(c->correction));
+    if (c->kl_beta > 0.0 && !b->logp_ref)
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: batch lacks logp_ref (needed by kl_beta = %g)", c->kl_beta);
+    if (c->stale != STALE_NONE && !b->staleness)
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: batch lacks staleness (needed by stale %s)",
+                          loss_stale_name(c->stale));
+    if (b->cu_seqlens[0] != 0)
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: cu_seqlens[0] = %d, want 0", (int)b->cu_seqlens[0]);
+    for (int i = 0; i < b->S; i++) {
+        if (b->cu_seqlens[i + 1] < b->cu_seqlens[i])
+            return tidal_fail(TIDAL_ERR_INVALID, "loss: cu_seqlens decreases at sample %d (%d after %d)", i,
+                              (int)b->cu_seqlens[i + 1], (int)b->cu_seqlens[i]);
+        if (!isfinite(b->adv[i]))
+            return tidal_fail(TIDAL_ERR_INVALID, "loss: advantage of sample %d is %g (not finite)", i, b->adv[i]);
+        if (c->stale != STALE_NONE && !(b->staleness[i] >= 0.0 && isfinite(b->staleness[i])))
+            return tidal_fail(TIDAL_ERR_INVALID, "loss: staleness of sample %d is %g (want finite, >= 0)", i,
+                              b->staleness[i]);
+    }
+    return TIDAL_OK;
+}
+
+/* f(s) before renormalisation. */
+static double stale_weight(const loss_cfg *c, double s)
+{
+    switch (c->stale) {
+    case STALE_POLY: return pow(1.0 + s, -c->stale_a);
+    case STALE_HINGE: return s <= c->stale_b ? 1.0 : 1.0 / (c->stale_a * (s - c->stale_b) + 1.0);
+    default: return 1.0;
+    }
+}
+
+/* Masked tokens of sample i. */
+static int64_t sample_tokens(const loss_batch *b, int i)
+{
+    int64_t n = 0;
+    for (int32_t t = b->cu_seqlens[i]; t < b->cu_seqlens[i + 1]; t++) n += b->mask[t] != 0;
+    return n;
+}
+
+/* This batch's counts (added to *n). */
+static void count_batch(const loss_cfg *c, const loss_batch *b, loss_norm *n)
+{
+    for (int i = 0; i < b->S; i++) {
+        int64_t k = sample_tokens(b, i);
+        if (!k) continue;
+        n->tokens += (double)k;
+        n->seqs += 1.0;
+        n->stale_sum += c->stale == STALE_NONE ? 1.0 : stale_weight(c, b->staleness[i]);
+    }
+}
+
+tidal_status loss_norm_add(const loss_cfg *c, const loss_batch *b, loss_norm *n)
+{
+    tidal_status st = loss_cfg_validate(c);
+    if (!st) st = check_batch(c, b);
+    if (st) return st;
+    count_batch(c, b, n);
+    return TIDAL_OK;
+}
+
+/* ---------------------------------------------------------------- the loss */
+
+/* a - b in fp32 as a log-ratio: non-finite -> 0 (and *bad set), then clamped
+ * to ±LOGRATIO_CLAMP. *live is 1 when the result moves with a (not replaced,
+ * not clamped; torch.clamp's convention, bounds inclusive), else 0. */
+static inline float log_ratio(float a, float b, int *live, int *bad)
+{
+    float d = a - b;
+    if (!isfinite(d)) {
+        *bad = 1;
+        *live = 0;
+        return 0.0f;
+    }
+    *live = 1;
+    if (d > LOGRATIO_CLAMP) {
+        *live = 0;
+        return LOGRATIO_CLAMP;
+    }
+    if (d < -LOGRATIO_CLAMP) {
+        *live = 0;
+        return -LOGRATIO_CLAMP;
+    }
+    return d;
+}
+
+static inline double clamp_k3(double k) { return k > K3_CLAMP ? K3_CLAMP : k < -K3_CLAMP ? -K3_CLAMP : k; }
+
+tidal_status loss_compute(const loss_cfg *c, const loss_batch *b, const loss_norm *norm, float *grad,
+                          loss_result *out)
+{
+    tidal_status st = loss_cfg_validate(c);
+    if (!st) st = check_batch(c, b);
+    if (st) return st;
+    if (!out) return tidal_fail(TIDAL_ERR_INVALID, "loss: no result struct");
+
+    loss_norm local = {0};
+    count_batch(c, b, &local);
+    const int32_t T = b->cu_seqlens[b->S];
+    if (local.tokens == 0.0)
+        return tidal_fail(TIDAL_ERR_INVALID,
+                          "loss: the batch's loss mask is entirely empty (%d samples, %d tokens, none masked in)",
+                          b->S, (int)T);
+    if (norm && !(norm->tokens >= local.tokens && norm->seqs >= local.seqs && norm->stale_sum > 0.0))
+        return tidal_fail(TIDAL_ERR_INVALID,
+                          "loss: step norm (tokens %g, seqs %g, stale_sum %g) smaller than this batch's (%g, %g)",
+                          norm->tokens, norm->seqs, norm->stale_sum, local.tokens, local.seqs);
+    const loss_norm *nrm = norm ? norm : &local;
+    if (!(nrm->stale_sum > 0.0 && isfinite(nrm->stale_sum)))
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: staleness weights sum to %g", nrm->stale_sum);
+
+    const bool bypass = c->correction == CORR_BYPASS;
+    const bool seq_w = c->correction == CORR_TIS_SEQ || c->correction == CORR_MIS_SEQ;
+    const bool mismatch = b->logp_beh && !bypass;
+    const bool kl = c->kl_beta > 0.0;
+    const double lo = 1.0 - c->eps_lo, hi = 1.0 + c->eps_hi;
+    const float *lprox = bypass ? b->logp_beh : b->logp_prox;
+
+    double pol_sum = 0.0, kl_sum = 0.0;                 /* aggregated (scaled) sums */
+    double s_negr = 0.0, s_mk1 = 0.0, s_mk3 = 0.0, s_w = 0.0, s_w2 = 0.0, w_max = 0.0, s_adv = 0.0, s_k3 = 0.0;
+    int64_t n_clip = 0, n_dual = 0, n_mis = 0, n_bad = 0, n_tok = 0, n_seq = 0;
+
+    for (int i = 0; i < b->S; i++) {
+        const int32_t t0 = b->cu_seqlens[i], t1 = b->cu_seqlens[i + 1];
+        const int64_t ni = sample_tokens(b, i);
+        if (!ni) {
+            if (grad) memset(grad + t0, 0, (size_t)(t1 - t0) * sizeof *grad);
+            continue;
+        }
+        n_seq++;
+        n_tok += ni;
+        const double A = b->adv[i];
+        const double f =
+            c->stale == STALE_NONE ? 1.0 : stale_weight(c, b->staleness[i]) * nrm->seqs / nrm->stale_sum;
+        double scale; /* d aggregate / d (per-token loss) */
+        switch (c->agg) {
+        case AGG_SEQ_MEAN_TOKEN_MEAN: scale = 1.0 / (fmax(nrm->seqs, 1.0) * (double)ni); break;
+        case AGG_SEQ_MEAN_TOKEN_SUM_NORM: scale = 1.0 / c->sum_norm; break;
+        default: scale = 1.0 / fmax(nrm->tokens, 1.0); break;
+        }
+
+        /* the sequence-level weight: exp of the clamped sum of token log-ratios */
+        double w_seq = 1.0;
+        bool seq_masked = false;
+        if (seq_w) {
+            double sd = 0.0;
+            for (int32_t t = t0; t < t1; t++) {
+                if (!b->mask[t]) continue;
+                int live, bad = 0;
+                sd += log_ratio(b->logp_prox[t], b->logp_beh[t], &live, &bad);
+            }
+            sd = fmin(fmax(sd, -(double)LOGRATIO_CLAMP), (double)LOGRATIO_CLAMP);
+            w_seq = exp(sd);
+            if (c->correction == CORR_TIS_SEQ) {
+                w_seq = fmin(w_seq, c->tis_c);
+            } else if (w_seq < c->mis_lo || w_seq > c->mis_hi) {
+                seq_masked = true;
+                w_seq = 0.0;
+            }
+        }
+
+        double pol_i = 0.0, kl_i = 0.0;
+        for (int32_t t = t0; t < t1; t++) {
+            if (!b->mask[t]) {
+                if (grad) grad[t] = 0.0f;
+                continue;
+            }
+            int bad = 0, live;
+            const double r = log_ratio(b->logp[t], lprox[t], &live, &bad);
+            const double u = exp(r);
+            /* PPO-clip: L = max(-A u, -A clip(u)); dL/du = -A on the unclipped branch, 0 on flat ones */
+            const double cu = u < lo ? lo : u > hi ? hi : u;
+            const double L1 = -A * u, L2 = -A * cu;
+            double L = L1, dLdu = -A;
+            if (L2 > L1) {
+                L = L2;
+                dLdu = 0.0;
+                n_clip++;
+            } else if (c->dual_clip && A < 0.0 && L1 > -c->dual_clip_c * A) {
+                L = -c->dual_clip_c * A;
+                dLdu = 0.0;
+                n_clip++;
+                n_dual++;
+            }
+
+            /* behaviour correction weight (no gradient) and mismatch metrics */
+            double w = 1.0;
+            if (mismatch) {
+                int dlive;
+                const double d = log_ratio(b->logp_prox[t], b->logp_beh[t], &dlive, &bad);
+                const double ed = exp(d);
+                s_mk1 += -d;
+                s_mk3 += clamp_k3(ed - 1.0 - d);
+                switch (c->correction) {
+                case CORR_TIS: w = fmin(ed, c->tis_c); break;
+                case CORR_MIS:
+                    w = ed;
+                    if (ed < c->mis_lo || ed > c->mis_hi) {
+                        w = 0.0;
+                        n_mis++;
+                    }
+                    break;
+                case CORR_TIS_SEQ:
+                case CORR_MIS_SEQ: w = w_seq; break;
+                default: break;
+                }
+            }
+            if (seq_masked) n_mis++;
+
+            const double fw = f * w;
+            pol_i += fw * L;
+            double g = fw * dLdu * u * (double)live;
+
+            if (kl) {
+                int klive;
+                const double dr = log_ratio(b->logp[t], b->logp_ref[t], &klive, &bad);
+                const double e = exp(-dr);
+                const double k3raw = e - 1.0 + dr, k3 = clamp_k3(k3raw);
+                const int kin = klive && k3raw <= K3_CLAMP && k3raw >= -K3_CLAMP;
+                kl_i += k3;
+                s_k3 += k3;
+                g += c->kl_beta * (1.0 - e) * (double)kin;
+            }
+            if (grad) grad[t] = (float)(g * scale);
+
+            s_negr += -r;
+            s_w += w;
+            s_w2 += w * w;
+            if (w > w_max) w_max = w;
+            s_adv += A;
+            n_bad += bad;
+        }
+        pol_sum += pol_i * scale;
+        kl_sum += kl_i * scale;
+    }
+
+    const double N = (double)n_tok;
+    memset(out, 0, sizeof *out);
+    out->policy_loss = pol_sum;
+    out->kl_loss = c->kl_beta * kl_sum;
+    out->loss = out->policy_loss + out->kl_loss;
+    out->tokens = n_tok;
+    out->seqs = n_seq;
+    out->clip_frac = (double)n_clip / N;
+    out->dual_clip_frac = (double)n_dual / N;
+    out->approx_kl = s_negr / N;
+    out->mismatch_k1 = s_mk1 / N;
+    out->mismatch_k3 = s_mk3 / N;
+    out->is_mean = s_w / N;
+    out->is_max = w_max;
+    out->is_ess = s_w2 > 0.0 ? s_w * s_w / s_w2 : 0.0;
+    out->masked_frac = (double)n_mis / N;
+    out->adv_mean = s_adv / N;
+    out->ref_kl = kl ? s_k3 / N : 0.0;
+    out->nonfinite = n_bad;
+    return TIDAL_OK;
+}
