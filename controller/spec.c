@@ -268,6 +268,7 @@ void spec_defaults(job_spec *s)
     memset(s, 0, sizeof *s);
     char err[256];
     for (int i = 0; i < N_KEYS; i++) {
+        if (KEYS[i].k == K_JSON) continue; /* NULL stands for {}: the defaults own no memory */
         int rc = set_value(&KEYS[i], KEYS[i].def, s, err, sizeof err);
         (void)rc;
         if (rc != 0) abort(); /* a default that fails its own rule is a bug in the table */

@@ -58,7 +58,7 @@ typedef struct job_spec {
         char name[128];        /* the environment: a built-in, or one served on the bus */
         bool remote;           /* call it over the bus (tidal.env.<name>) rather than in-process */
         int timeout_ms, retries;
-        char *config_json;     /* env.config as JSON text (heap, "{}" when absent) */
+        char *config_json;     /* env.config as JSON text (heap; NULL when absent: {}) */
     } env;
     struct {
         int workers;           /* rollout processes tidal run starts */
@@ -99,8 +99,8 @@ typedef struct job_spec {
     } eval;
 } job_spec;
 
-/* Overwrite *s with the defaults (every key's default value); s is not
- * released first. */
+/* Overwrite *s with the defaults (every key's default value). The defaults
+ * own no memory, so a spec that holds only them needs no release. */
 void spec_defaults(job_spec *s);
 /* Release what the spec owns (env.config_json); the spec is then defaults-free. */
 void spec_release(job_spec *s);

@@ -39,7 +39,7 @@ tidal_status adv_group(adv_kind kind, const double *rewards, size_t g, double *a
 {
     if ((unsigned)kind >= ADV__COUNT) return tidal_fail(TIDAL_ERR_INVALID, "advantage: kind %d out of range", (int)kind);
     if (g == 0) return tidal_fail(TIDAL_ERR_INVALID, "advantage: empty group (%s)", adv_kind_name(kind));
-    double mean;
+    double mean = 0.0;
     tidal_status st = group_mean(rewards, g, "reward of sample", &mean);
     if (st) return st;
     if (g == 1) { /* no baseline but itself: R - mean = 0 for every kind */
@@ -61,7 +61,7 @@ tidal_status adv_group(adv_kind kind, const double *rewards, size_t g, double *a
 tidal_status adv_whiten(double *adv, size_t n)
 {
     if (n == 0) return tidal_fail(TIDAL_ERR_INVALID, "advantage: whiten an empty batch");
-    double mean;
+    double mean = 0.0;
     tidal_status st = group_mean(adv, n, "advantage of sample", &mean);
     if (st) return st;
     double ss = 0.0;

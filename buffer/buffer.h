@@ -1,0 +1,120 @@
+/* buffer.h - the replay buffer: trajectories in, complete groups out, under
+ * the staleness bound (DESIGN.md "Versions and staleness").
+ *
+ * The trainer's consumer admits each decoded, validated trajectory with the
+ * handle of its stream message. The buffer assembles groups (group_id,
+ * group_size samples), drops what may not be trained - with a counted reason
+ * - and hands out batches of complete groups. A sample's fate becomes durable
+ * when it is dropped (its message is acknowledged at once) or when the step
+ * that trained it is in a checkpoint (buffer_checkpointed acknowledges every
+ * sample trained at or before that step). Until then its message stays
+ * unacknowledged, so a trainer that dies loses nothing: JetStream redelivers,
+ * and the ids already trained - which the checkpoint keeps - are dropped as
+ * duplicates.
+ *
+ * Drop reasons (counted): stale (oldest token older than v - K), stale_group
+ * (a group that lost a sample to staleness), failed (a sample whose status
+ * is not OK takes its group with it), zero_variance (all rewards equal, when
+ * filtering), capacity (complete groups beyond the capacity: the oldest go),
+ * duplicate (a trajectory id already admitted or trained).
+ *
+ * Not thread-safe: one trainer thread owns it.
+ */
+#ifndef TIDAL_BUFFER_BUFFER_H
+#define TIDAL_BUFFER_BUFFER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "proto/status.h"
+#include "tidal.pb-c.h"
+
+typedef enum { BUFFER_FIFO, BUFFER_NEWEST, BUFFER_UNIFORM } buffer_sampling;
+
+typedef enum {
+    BUFFER_DROP_STALE,
+    BUFFER_DROP_STALE_GROUP,
+    BUFFER_DROP_FAILED,
+    BUFFER_DROP_ZERO_VARIANCE,
+    BUFFER_DROP_CAPACITY,
+    BUFFER_DROP_DUPLICATE,
+    BUFFER_DROP__COUNT
+} buffer_drop_reason;
+
+/* "stale", "stale_group", ... (the summary.json keys). */
+const char *buffer_drop_name(buffer_drop_reason r);
+
+/* Called once per admitted trajectory when its fate is durable: dropped
+ * (true) or trained in a checkpointed step (false). The handle is the one
+ * given to buffer_admit (e.g. the JetStream message to acknowledge). */
+typedef void (*buffer_ack_fn)(void *ctx, void *handle, bool dropped);
+
+typedef struct buffer_opts {
+    int max_staleness;          /* K */
+    int capacity;               /* complete groups held at most (>= 1) */
+    buffer_sampling sampling;
+    bool filter_zero_variance;
+    uint64_t seed;              /* uniform sampling */
+    buffer_ack_fn ack;
+    void *ack_ctx;
+} buffer_opts;
+
+/* One group of a batch: its samples in sample_index order. */
+typedef struct buffer_group {
+    char group_id[256];
+    int n;                           /* = group_size */
+    Tidal__V1__Trajectory **samples; /* [n], owned by the buffer until buffer_trained */
+    void *priv;                      /* the buffer's (the samples' message handles) */
+} buffer_group;
+
+typedef struct buffer_batch {
+    int n_groups;
+    buffer_group *groups; /* [n_groups] */
+} buffer_batch;
+
+typedef struct buffer_counts {
+    uint64_t admitted, trained, acked;
+    uint64_t dropped[BUFFER_DROP__COUNT];
+    uint64_t samples_held, groups_complete, groups_partial;
+} buffer_counts;
+
+typedef struct buffer buffer;
+
+tidal_status buffer_create(const buffer_opts *o, buffer **out);
+/* Frees everything; samples not yet durable are released without acking
+ * (their messages will be redelivered). */
+void buffer_free(buffer *b);
+
+/* The trainer's version v moved: drop what is now older than v - K. */
+void buffer_set_version(buffer *b, uint64_t v);
+
+/* Take ownership of a validated trajectory t (freed with
+ * tidal__v1__trajectory__free_unpacked) and its message handle. Returns
+ * TIDAL_OK whether it was kept or dropped (see buffer_counts); a sample is
+ * dropped at once when stale, a duplicate, or part of a group already dropped. */
+tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle);
+
+/* Complete groups ready to train. */
+int buffer_ready(const buffer *b);
+
+/* Take n complete groups (buffer_ready() >= n) for the next step by the
+ * sampling rule; staleness is enforced at the take, too. */
+tidal_status buffer_take(buffer *b, int n, buffer_batch *out);
+
+/* The batch was trained in `step` (its version becomes step): its samples
+ * wait for a checkpoint; the batch's memory is released. */
+void buffer_trained(buffer *b, buffer_batch *batch, uint64_t step);
+
+/* A batch that was not trained (the step failed): its groups go back. */
+void buffer_untake(buffer *b, buffer_batch *batch);
+
+/* Steps <= step are in a durable checkpoint: acknowledge their samples. */
+void buffer_checkpointed(buffer *b, uint64_t step);
+
+/* Mark trajectory ids trained earlier (from a checkpoint): when they come
+ * again (redelivered) they are duplicates. */
+tidal_status buffer_remember_trained(buffer *b, const char *trajectory_id);
+
+void buffer_counts_get(const buffer *b, buffer_counts *c);
+
+#endif

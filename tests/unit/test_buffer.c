@@ -1,0 +1,240 @@
+/* test_buffer.c - the replay buffer (buffer/buffer.h): groups, the staleness
+ * bound at admission, at version changes and at the take, every drop reason
+ * counted and acknowledged once, acks of trained samples only after their
+ * checkpoint, duplicates after a restart, sampling orders, and the balance
+ * admitted = trained + dropped + held. Trajectories are real decoded
+ * messages (encoded here, decoded by the codec). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buffer/buffer.h"
+#include "check.h"
+#include "proto/codec.h"
+
+typedef struct acks {
+    int trained, dropped;
+    char last[64];
+} acks;
+
+static void on_ack(void *ctx, void *handle, bool dropped)
+{
+    acks *a = ctx;
+    if (dropped) a->dropped++;
+    else a->trained++;
+    snprintf(a->last, sizeof a->last, "%s", (const char *)handle);
+}
+
+/* A decoded trajectory of group `gid` (size G), sample i, completion tokens
+ * all at version v, with `reward`; status OK unless failed. */
+static Tidal__V1__Trajectory *traj(const char *gid, int G, int i, uint64_t v, double reward, int failed)
+{
+    char id[128];
+    snprintf(id, sizeof id, "%s-%d", gid, i);
+    Tidal__V1__Trajectory t = TIDAL__V1__TRAJECTORY__INIT;
+    uint32_t prompt[2] = {1, 2}, completion[3] = {3, 4, 5};
+    float lp[3] = {-0.5f, -0.25f, -1.0f};
+    uint64_t vv[1] = {v};
+    uint32_t runs[1] = {3};
+    protobuf_c_boolean mask[3] = {1, 1, 1};
+    t.schema_version = 1;
+    t.trajectory_id = id;
+    t.prompt_id = (char *)gid;
+    t.group_id = (char *)gid;
+    t.sample_index = (uint32_t)i;
+    t.group_size = (uint32_t)G;
+    t.worker_id = "w1";
+    t.n_prompt_token_ids = 2, t.prompt_token_ids = prompt;
+    t.n_completion_token_ids = 3, t.completion_token_ids = completion;
+    t.n_logprobs = 3, t.logprobs = lp;
+    t.n_version_values = 1, t.version_values = vv;
+    t.n_version_runs = 1, t.version_runs = runs;
+    t.n_loss_mask = 3, t.loss_mask = mask;
+    t.reward = reward;
+    t.min_version = v;
+    t.finish_reason = TIDAL__V1__FINISH_REASON__FINISH_REASON_STOP;
+    t.status = failed ? TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_ENV_ERROR
+                      : TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
+    if (failed) t.error = "env timeout";
+    void *buf = NULL;
+    size_t len = 0;
+    Tidal__V1__Trajectory *out = NULL;
+    if (codec_encode(&t.base, &buf, &len) != TIDAL_OK || codec_decode_trajectory(buf, len, &out) != TIDAL_OK) {
+        fprintf(stderr, "traj: %s\n", tidal_errmsg());
+        exit(1);
+    }
+    free(buf);
+    return out;
+}
+
+static char handles[256][64];
+static int n_handles;
+static void *handle_for(const char *gid, int i)
+{
+    snprintf(handles[n_handles], sizeof handles[0], "%s-%d", gid, i);
+    return handles[n_handles++ % 256];
+}
+
+static buffer *make(int K, int capacity, buffer_sampling sampling, bool zero_var, acks *a)
+{
+    buffer_opts o = {.max_staleness = K, .capacity = capacity, .sampling = sampling,
+                     .filter_zero_variance = zero_var, .ack = on_ack, .ack_ctx = a};
+    buffer *b = NULL;
+    if (buffer_create(&o, &b) != TIDAL_OK) exit(1);
+    return b;
+}
+
+static void admit_group(buffer *b, const char *gid, int G, uint64_t v, double reward0)
+{
+    for (int i = 0; i < G; i++) buffer_admit(b, traj(gid, G, i, v, reward0 + i, 0), handle_for(gid, i));
+}
+
+/* admitted = trained + dropped + held */
+static int balanced(const buffer *b)
+{
+    buffer_counts c;
+    buffer_counts_get(b, &c);
+    uint64_t dropped = 0;
+    for (int r = 0; r < BUFFER_DROP__COUNT; r++) dropped += c.dropped[r];
+    return c.admitted == c.trained + dropped + c.samples_held;
+}
+
+static void test_group_train_then_ack_at_checkpoint(void)
+{
+    acks a = {0};
+    buffer *b = make(2, 16, BUFFER_FIFO, false, &a);
+    admit_group(b, "g1", 4, 0, 0.0);
+    CHECK(buffer_ready(b) == 1);
+    buffer_batch batch;
+    CHECK_OK(buffer_take(b, 1, &batch));
+    CHECK(batch.n_groups == 1 && batch.groups[0].n == 4 && !strcmp(batch.groups[0].group_id, "g1"));
+    for (int i = 0; i < 4; i++) CHECK(batch.groups[0].samples[i]->sample_index == (uint32_t)i);
+    buffer_trained(b, &batch, 1);
+    buffer_checkpointed(b, 0);
+    CHECK_MSG(a.trained == 0, "acked before the checkpoint holds the step");
+    buffer_checkpointed(b, 1);
+    CHECK(a.trained == 4 && a.dropped == 0);
+    buffer_checkpointed(b, 5);
+    CHECK(a.trained == 4); /* once */
+    CHECK(balanced(b));
+    buffer_free(b);
+}
+
+static void test_staleness_everywhere(void)
+{
+    acks a = {0};
+    buffer *b = make(2, 16, BUFFER_FIFO, false, &a);
+    buffer_set_version(b, 5); /* trainable: oldest >= 3 */
+    /* on arrival: a sample at version 2 kills its group; later samples follow it */
+    buffer_admit(b, traj("old", 3, 0, 2, 1, 0), handle_for("old", 0));
+    buffer_admit(b, traj("old", 3, 1, 4, 1, 0), handle_for("old", 1));
+    buffer_counts c;
+    buffer_counts_get(b, &c);
+    CHECK_MSG(c.dropped[BUFFER_DROP_STALE] == 1 && c.dropped[BUFFER_DROP_STALE_GROUP] == 1 && a.dropped == 2, "stale %llu group %llu acks %d", (unsigned long long)c.dropped[BUFFER_DROP_STALE], (unsigned long long)c.dropped[BUFFER_DROP_STALE_GROUP], a.dropped);
+    /* a held group goes when the version moves past it: the stale sample and its partners */
+    admit_group(b, "v3", 2, 3, 0.0);
+    admit_group(b, "v5", 2, 5, 0.0);
+    buffer_admit(b, traj("part", 3, 0, 3, 0, 0), handle_for("part", 0));
+    CHECK(buffer_ready(b) == 2);
+    buffer_set_version(b, 6);
+    buffer_counts_get(b, &c);
+    CHECK_MSG(buffer_ready(b) == 1 && c.dropped[BUFFER_DROP_STALE] == 3 && c.dropped[BUFFER_DROP_STALE_GROUP] == 2,
+              "ready %d stale %llu stale_group %llu", buffer_ready(b), (unsigned long long)c.dropped[BUFFER_DROP_STALE],
+              (unsigned long long)c.dropped[BUFFER_DROP_STALE_GROUP]);
+    buffer_batch batch;
+    CHECK_OK(buffer_take(b, 1, &batch));
+    /* the invariant: every trained token is at most K versions old */
+    for (int i = 0; i < batch.groups[0].n; i++) CHECK(6 - batch.groups[0].samples[i]->version_values[0] <= 2);
+    buffer_trained(b, &batch, 7);
+    CHECK(balanced(b));
+    /* K = 0: only the current version trains */
+    buffer *b0 = make(0, 16, BUFFER_FIFO, false, &a);
+    buffer_set_version(b0, 3);
+    admit_group(b0, "on", 2, 3, 0.0);
+    admit_group(b0, "off", 2, 2, 0.0);
+    CHECK(buffer_ready(b0) == 1);
+    buffer_free(b0);
+    buffer_free(b);
+}
+
+static void test_drops_duplicates_failures_filters(void)
+{
+    acks a = {0};
+    buffer *b = make(4, 2, BUFFER_FIFO, true, &a);
+    admit_group(b, "dup", 2, 0, 0.0);
+    buffer_admit(b, traj("dup", 2, 1, 0, 1, 0), handle_for("dup", 1)); /* redelivered */
+    buffer_counts c;
+    buffer_counts_get(b, &c);
+    CHECK(c.dropped[BUFFER_DROP_DUPLICATE] == 1 && a.dropped == 1);
+    /* a failed sample takes its group with it, before and after */
+    buffer_admit(b, traj("f", 3, 0, 0, 1, 0), handle_for("f", 0));
+    buffer_admit(b, traj("f", 3, 1, 0, 1, 1), handle_for("f", 1));
+    buffer_admit(b, traj("f", 3, 2, 0, 1, 0), handle_for("f", 2));
+    buffer_counts_get(b, &c);
+    CHECK(c.dropped[BUFFER_DROP_FAILED] == 3);
+    /* all rewards equal: no learning signal, dropped when filtering */
+    for (int i = 0; i < 3; i++) buffer_admit(b, traj("flat", 3, i, 0, 0.5, 0), handle_for("flat", i));
+    buffer_counts_get(b, &c);
+    CHECK(c.dropped[BUFFER_DROP_ZERO_VARIANCE] == 3);
+    /* capacity 2: a third complete group pushes out the oldest */
+    admit_group(b, "c2", 2, 0, 0.0);
+    admit_group(b, "c3", 2, 0, 0.0);
+    buffer_counts_get(b, &c);
+    CHECK(buffer_ready(b) == 2 && c.dropped[BUFFER_DROP_CAPACITY] == 2);
+    buffer_batch batch;
+    CHECK_OK(buffer_take(b, 2, &batch));
+    CHECK(!strcmp(batch.groups[0].group_id, "c2") && !strcmp(batch.groups[1].group_id, "c3"));
+    buffer_untake(b, &batch); /* a failed step: the groups come back */
+    CHECK(buffer_ready(b) == 2);
+    CHECK_STATUS(buffer_take(b, 3, &batch), TIDAL_ERR_INVALID);
+    CHECK(balanced(b));
+    CHECK(a.dropped == 1 + 3 + 3 + 2);
+    buffer_free(b);
+}
+
+static void test_sampling_orders_and_restart(void)
+{
+    acks a = {0};
+    buffer *b = make(4, 16, BUFFER_NEWEST, false, &a);
+    admit_group(b, "a", 2, 0, 0.0);
+    admit_group(b, "b", 2, 0, 0.0);
+    admit_group(b, "c", 2, 0, 0.0);
+    buffer_batch batch;
+    CHECK_OK(buffer_take(b, 2, &batch));
+    CHECK(!strcmp(batch.groups[0].group_id, "c") && !strcmp(batch.groups[1].group_id, "b"));
+    buffer_trained(b, &batch, 1);
+    buffer_free(b);
+
+    /* after a restart: ids the checkpoint trained are duplicates when redelivered */
+    buffer *r = make(4, 16, BUFFER_UNIFORM, false, &a);
+    CHECK_OK(buffer_remember_trained(r, "c-0"));
+    CHECK_OK(buffer_remember_trained(r, "c-1"));
+    buffer_admit(r, traj("c", 2, 0, 0, 0, 0), handle_for("c", 0));
+    buffer_admit(r, traj("c", 2, 1, 0, 1, 0), handle_for("c", 1));
+    buffer_counts c;
+    buffer_counts_get(r, &c);
+    CHECK(c.dropped[BUFFER_DROP_DUPLICATE] == 2 && buffer_ready(r) == 0);
+    for (int g = 0; g < 40; g++) {
+        char id[16];
+        snprintf(id, sizeof id, "u%d", g);
+        admit_group(r, id, 1, 0, 0.0);
+    }
+    int seen_late = 0;
+    for (int k = 0; k < 10; k++) {
+        CHECK_OK(buffer_take(r, 1, &batch));
+        seen_late |= atoi(batch.groups[0].group_id + 1) > 10;
+        buffer_trained(r, &batch, 2);
+    }
+    CHECK_MSG(seen_late, "uniform sampling only ever took the oldest groups");
+    CHECK(balanced(r));
+    buffer_free(r);
+}
+
+int main(void)
+{
+    RUN(test_group_train_then_ack_at_checkpoint);
+    RUN(test_staleness_everywhere);
+    RUN(test_drops_duplicates_failures_filters);
+    RUN(test_sampling_orders_and_restart);
+    return check_summary();
+}
