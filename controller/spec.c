@@ -101,7 +101,7 @@ static const key KEYS[] = {
     DBL("trainer.grad_clip", trainer.grad_clip, 0, 1e9, "1.0", "global gradient-norm clip (0: off)"),
     ENUM("trainer.advantage", trainer.advantage, "grpo|drgrpo|rloo|reinforce_pp", "grpo", "advantage estimator (ALGORITHMS.md)"),
     ENUM("trainer.loss", trainer.loss, "ppo|cispo|gspo|m2po", "ppo", "policy loss (ALGORITHMS.md)"),
-    ENUM("trainer.correction", trainer.correction, "none|tis|tis_seq|mis|bypass", "tis", "behaviour-policy correction (decoupled PPO)"),
+    ENUM("trainer.correction", trainer.correction, "none|tis|tis_seq|mis|mis_seq|bypass", "tis", "behaviour-policy correction (decoupled PPO)"),
     DBL("trainer.eps_lo", trainer.eps_lo, 0, 1, "0.2", "PPO clip below 1"),
     DBL("trainer.eps_hi", trainer.eps_hi, 0, 10, "0.2", "PPO clip above 1 (DAPO clip-higher: 0.28)"),
     DBL("trainer.tis_c", trainer.tis_c, 1, 1e6, "2.0", "truncation of the importance weight (tis, tis_seq)"),

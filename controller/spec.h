@@ -81,7 +81,7 @@ typedef struct job_spec {
         int warmup_steps;
         char advantage[16];    /* grpo | drgrpo | rloo | reinforce_pp */
         char loss[16];         /* ppo | cispo | gspo | m2po */
-        char correction[16];   /* none | tis | tis_seq | mis | bypass */
+        char correction[16];   /* none | tis | tis_seq | mis | mis_seq | bypass */
         double eps_lo, eps_hi, tis_c, kl;
         int checkpoint_every, checkpoint_keep;
         int64_t seed;

@@ -121,7 +121,9 @@ typedef struct loss_norm {
     double stale_sum;           /* Σ f(s_i) over those sequences (= seqs without weighting) */
 } loss_norm;
 
-/* Add batch b's counts to *n. Checks the batch's layout (as loss_compute does). */
+/* Add batch b's counts to *n. Checks the config and the batch's layout (as
+ * loss_compute does). A micro-batch with nothing masked in adds nothing here,
+ * and loss_compute refuses it: skip it. */
 tidal_status loss_norm_add(const loss_cfg *c, const loss_batch *b, loss_norm *n);
 
 /* What a step reports (ALGORITHMS.md "Metrics"). Means are over this call's

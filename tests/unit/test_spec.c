@@ -76,7 +76,7 @@ static void test_errors_name_line_and_key(void)
     CHECK(parse_fails("trainer:\n  steps: \"3\"\n", NULL, 0, "job.yaml:2: trainer.steps", "not the string \"3\""));
     CHECK(parse_fails("rollout:\n  group_size: 0\n", NULL, 0, "job.yaml:2: rollout.group_size", "out of range [1, 65536]"));
     CHECK(parse_fails("trainer:\n  correction: tiss\n", NULL, 0, "job.yaml:2: trainer.correction",
-                      "not one of none|tis|tis_seq|mis|bypass"));
+                      "not one of none|tis|tis_seq|mis|mis_seq|bypass"));
     CHECK(parse_fails("buffer:\n  filter_zero_variance: maybe\n", NULL, 0, "job.yaml:2", "not true or false"));
     CHECK(parse_fails("trainer:\n  lr: [1, 2]\n", NULL, 0, "job.yaml:2: trainer.lr", "not a list"));
     CHECK(parse_fails("trainer: 5\n", NULL, 0, "job.yaml:1: trainer: unknown key", NULL));
