@@ -1,0 +1,232 @@
+/* episode.c - one group of episodes (see episode.h for the contract). */
+#include "rollout/episode.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <utf8proc.h>
+
+#include "proto/codec.h"
+
+typedef struct ep {
+    int32_t *tok;         /* completion: generated and env tokens */
+    float *lp;
+    protobuf_c_boolean *mask;
+    uint64_t *ver;
+    int n, cap;
+    int turns;
+    double reward, gen_ms, env_ms;
+    bool done;
+    Tidal__V1__FinishReason finish;
+    Tidal__V1__TrajectoryStatus status;
+    char error[512];
+    env_result last;      /* the last answer (metrics) */
+    int turn_start;       /* where this turn's generated tokens begin */
+} ep;
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void ep_free(ep *s)
+{
+    free(s->tok), free(s->lp), free(s->mask), free(s->ver);
+    env_result_clear(&s->last);
+}
+
+/* Decoded bytes as valid UTF-8 (heap; NULL when out of memory): an invalid
+ * sequence - a model can emit any bytes - becomes U+FFFD, as Hugging Face's
+ * decode does. Protobuf strings (the env's action text, completion_text)
+ * must be UTF-8, and other languages' decoders enforce it. */
+static char *utf8_clean(const char *s, size_t n)
+{
+    char *out = malloc(3 * n + 1), *o = out;
+    if (!out) return NULL;
+    for (size_t i = 0; i < n;) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
+        if (k > 0 && cp != 0) {
+            memcpy(o, s + i, (size_t)k), o += k, i += (size_t)k;
+        } else {
+            memcpy(o, "\xEF\xBF\xBD", 3), o += 3, i++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+/* Append one token (the arrays have room for the whole budget). */
+static void put(ep *s, int32_t t, float lp, bool mask, uint64_t v)
+{
+    s->tok[s->n] = t, s->lp[s->n] = lp, s->mask[s->n] = mask, s->ver[s->n] = v;
+    s->n++;
+}
+
+/* Score this turn's text; an env failure ends the sample. */
+static void score_turn(env_client *env, tokenizer *tok, const episode_group *g, int idx, ep *s, engine *e,
+                       bool budget_left)
+{
+    tok_bytes raw = {0};
+    tidal_status st = tokenizer_decode(tok, s->tok + s->turn_start, (size_t)(s->n - s->turn_start), &raw);
+    char *text = st == TIDAL_OK ? utf8_clean(raw.data ? raw.data : "", raw.len) : NULL;
+    tok_bytes_free(&raw);
+    char session[300];
+    snprintf(session, sizeof session, "%s-%d", g->group_id, idx);
+    env_call call = {.session = session, .op = ENV_OP_STEP, .task_json = g->task_json,
+                     .action = text ? text : "",
+                     .action_tokens = (const uint32_t *)(s->tok + s->turn_start),
+                     .n_action_tokens = (size_t)(s->n - s->turn_start), .turn = (uint32_t)s->turns};
+    const double t0 = now_ms();
+    env_result r = {0};
+    st = env_client_call(env, &call, &r);
+    s->env_ms += now_ms() - t0;
+    free(text);
+    if (st != TIDAL_OK) {
+        s->status = st == TIDAL_ERR_TIMEOUT ? TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_ENV_TIMEOUT
+                                            : TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_ENV_ERROR;
+        snprintf(s->error, sizeof s->error, "%s", tidal_errmsg());
+        s->finish = TIDAL__V1__FINISH_REASON__FINISH_REASON_ERROR;
+        s->reward = 0;
+        s->done = true;
+        return;
+    }
+    s->reward += r.reward;
+    env_result_clear(&s->last);
+    s->last = r;
+    if (r.done) {
+        s->done = true;
+        if (g->max_turns > 1) s->finish = TIDAL__V1__FINISH_REASON__FINISH_REASON_ENV_DONE;
+        return;
+    }
+    /* the observation joins the context, masked out, as far as the budget allows */
+    tok_ids obs = {0};
+    if (r.observation && *r.observation &&
+        tokenizer_encode(tok, r.observation, strlen(r.observation), false, &obs) == TIDAL_OK)
+        for (size_t i = 0; i < obs.n && s->n < g->max_tokens; i++) put(s, obs.ids[i], 0.0f, false, engine_version(e));
+    tok_ids_free(&obs);
+    if (!budget_left || s->n >= g->max_tokens || s->turns >= g->max_turns) {
+        s->done = true;
+        s->finish = TIDAL__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+    }
+}
+
+/* Encode sample idx as a Trajectory. */
+static tidal_status encode(const episode_group *g, int idx, const ep *s, tokenizer *tok, episode_out *out)
+{
+    char id[300];
+    snprintf(id, sizeof id, "%s-%d", g->group_id, idx);
+    Tidal__V1__Trajectory t = TIDAL__V1__TRAJECTORY__INIT;
+    uint32_t *prompt = malloc((size_t)g->prompt_len * sizeof *prompt);
+    uint64_t *vv = malloc((size_t)(s->n ? s->n : 1) * sizeof *vv);
+    uint32_t *runs = malloc((size_t)(s->n ? s->n : 1) * sizeof *runs);
+    Tidal__V1__Trajectory__RewardComponentsEntry ent[ENV_MAX_METRICS], *entp[ENV_MAX_METRICS];
+    tok_bytes raw = {0};
+    char *text = NULL;
+    tidal_status st = prompt && vv && runs ? TIDAL_OK : tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
+    if (st == TIDAL_OK) {
+        for (int i = 0; i < g->prompt_len; i++) prompt[i] = (uint32_t)g->prompt[i];
+        if (tokenizer_decode(tok, s->tok, (size_t)s->n, &raw) == TIDAL_OK) text = utf8_clean(raw.data ? raw.data : "", raw.len);
+        Tidal__V1__Timings tm = TIDAL__V1__TIMINGS__INIT;
+        tm.generate_ms = s->gen_ms, tm.env_ms = s->env_ms, tm.total_ms = s->gen_ms + s->env_ms;
+        t.schema_version = 1;
+        t.trajectory_id = id;
+        t.prompt_id = (char *)g->prompt_id, t.group_id = (char *)g->group_id, t.worker_id = (char *)g->worker_id;
+        t.sample_index = (uint32_t)idx, t.group_size = (uint32_t)g->group_size;
+        t.n_prompt_token_ids = (size_t)g->prompt_len, t.prompt_token_ids = prompt;
+        t.n_completion_token_ids = (size_t)s->n, t.completion_token_ids = (uint32_t *)s->tok;
+        t.n_logprobs = (size_t)s->n, t.logprobs = s->lp;
+        t.n_loss_mask = (size_t)s->n, t.loss_mask = s->mask;
+        t.n_version_values = t.n_version_runs = codec_versions_rle(s->ver, (size_t)s->n, vv, runs);
+        t.version_values = vv, t.version_runs = runs;
+        t.reward = s->reward;
+        for (int i = 0; i < s->last.n_metrics; i++) {
+            ent[i] = (Tidal__V1__Trajectory__RewardComponentsEntry)TIDAL__V1__TRAJECTORY__REWARD_COMPONENTS_ENTRY__INIT;
+            ent[i].key = (char *)s->last.metrics[i].name, ent[i].value = s->last.metrics[i].value;
+            entp[i] = &ent[i];
+        }
+        t.n_reward_components = (size_t)s->last.n_metrics, t.reward_components = entp;
+        t.finish_reason = s->finish, t.status = s->status;
+        t.error = (char *)(s->error[0] ? s->error : "");
+        t.timings = &tm;
+        t.turns = (uint32_t)s->turns;
+        t.min_version = g->min_version;
+        t.temperature = g->sampling.temperature;
+        t.completion_text = text ? text : (char *)"";
+        st = codec_encode(&t.base, &out->data, &out->len);
+        out->reward = s->reward;
+        out->status = s->status;
+    }
+    tok_bytes_free(&raw);
+    free(text);
+    free(prompt), free(vv), free(runs);
+    return st;
+}
+
+tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const episode_group *g,
+                               episode_out *out)
+{
+    if (g->group_size < 1 || g->prompt_len < 1 || g->max_tokens < 1 || g->max_turns < 1)
+        return tidal_fail(TIDAL_ERR_INVALID, "episode %s: group_size %d, prompt %d tokens, max_tokens %d, max_turns %d",
+                          g->group_id, g->group_size, g->prompt_len, g->max_tokens, g->max_turns);
+    if (engine_busy(e)) return tidal_fail(TIDAL_ERR_INVALID, "episode %s: the engine has requests of its own", g->group_id);
+    const int G = g->group_size;
+    for (int i = 0; i < G; i++) out[i] = (episode_out){0};
+    ep *s = calloc((size_t)G, sizeof *s);
+    int32_t *ctx = malloc((size_t)(g->prompt_len + g->max_tokens) * sizeof *ctx);
+    tidal_status st = s && ctx ? TIDAL_OK : tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
+    for (int i = 0; st == TIDAL_OK && i < G; i++) {
+        s[i].cap = g->max_tokens;
+        s[i].tok = malloc((size_t)s[i].cap * sizeof *s[i].tok);
+        s[i].lp = malloc((size_t)s[i].cap * sizeof *s[i].lp);
+        s[i].mask = malloc((size_t)s[i].cap * sizeof *s[i].mask);
+        s[i].ver = malloc((size_t)s[i].cap * sizeof *s[i].ver);
+        s[i].status = TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
+        s[i].finish = TIDAL__V1__FINISH_REASON__FINISH_REASON_STOP;
+        if (!s[i].tok || !s[i].lp || !s[i].mask || !s[i].ver) st = tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
+    }
+    const int stop[1] = {g->stop_id};
+    for (int turn = 1; st == TIDAL_OK && turn <= g->max_turns; turn++) {
+        int submitted = 0;
+        for (int i = 0; st == TIDAL_OK && i < G; i++) {
+            if (s[i].done) continue;
+            const int ctx_len = g->prompt_len + s[i].n;
+            int room = g->max_tokens - s[i].n;
+            if (g->max_turn_tokens > 0 && room > g->max_turn_tokens) room = g->max_turn_tokens;
+            memcpy(ctx, g->prompt, (size_t)g->prompt_len * sizeof *ctx);
+            memcpy(ctx + g->prompt_len, s[i].tok, (size_t)s[i].n * sizeof *ctx);
+            engine_request rq = {.prompt = ctx, .prompt_len = ctx_len, .max_new_tokens = room,
+                                 .sampling = g->sampling, .stop_ids = g->stop_id >= 0 ? stop : NULL,
+                                 .n_stop_ids = g->stop_id >= 0, .user = &s[i]};
+            rq.sampling.seed = g->sampling.seed + (uint64_t)i * 7919 + (uint64_t)turn * 104729;
+            s[i].turn_start = s[i].n;
+            s[i].turns = turn;
+            st = engine_submit(e, &rq, NULL);
+            submitted++;
+        }
+        if (st != TIDAL_OK || !submitted) break;
+        const double t0 = now_ms();
+        while (st == TIDAL_OK && engine_busy(e)) st = engine_step(e);
+        const double gen = now_ms() - t0;
+        for (engine_result *r; st == TIDAL_OK && (r = engine_next_result(e)); engine_result_free(r)) {
+            ep *x = r->user;
+            for (int k = 0; k < r->n && x->n < g->max_tokens; k++) put(x, r->ids[k], r->logprobs[k], true, r->versions[k]);
+            x->gen_ms += gen;
+            const bool budget_left = x->n < g->max_tokens; /* a turn cut at max_turn_tokens still continues */
+            if (!budget_left) x->finish = TIDAL__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+            score_turn(env, tok, g, (int)(x - s), x, e, budget_left);
+        }
+    }
+    for (int i = 0; st == TIDAL_OK && i < G; i++) st = encode(g, i, &s[i], tok, &out[i]);
+    if (st != TIDAL_OK)
+        for (int i = 0; i < G; i++) free(out[i].data), out[i] = (episode_out){0};
+    for (int i = 0; s && i < G; i++) ep_free(&s[i]);
+    free(s);
+    free(ctx);
+    return st;
+}

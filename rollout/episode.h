@@ -1,0 +1,58 @@
+/* episode.h - one group of episodes: G samples of a prompt generated with the
+ * engine and scored by an environment, as Trajectory messages.
+ *
+ * For every sample: the engine generates up to the token budget; the
+ * completion is decoded to text and sent to the environment (STEP, turn 1).
+ * A multi-turn environment answers done = false with an observation: its
+ * tokens are appended to the completion with loss mask false and log-prob 0
+ * (they carry the version of the weights current then), and the model takes
+ * its next turn on the whole context, until the env says done, the budget is
+ * spent (finish reason length) or max_turns is reached. The reward is the sum
+ * of the STEP rewards; the last answer's metrics become reward_components.
+ * An environment error or timeout makes the sample's status ENV_ERROR /
+ * ENV_TIMEOUT (reward 0) - the group is still published whole.
+ *
+ * The engine is used exclusively for the call (it must have no other
+ * requests); the env client may be shared.
+ */
+#ifndef TIDAL_ROLLOUT_EPISODE_H
+#define TIDAL_ROLLOUT_EPISODE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "envs/client.h"
+#include "model/tokenizer.h"
+#include "proto/status.h"
+#include "rollout/engine.h"
+
+typedef struct episode_group {
+    const char *prompt_id, *group_id, *worker_id;
+    const char *task_json;     /* the row, for the env */
+    const int32_t *prompt;     /* [prompt_len] the rendered prompt's ids */
+    int prompt_len;
+    int group_size;            /* G */
+    int max_tokens;            /* completion budget per sample, env tokens included */
+    int max_turns;             /* model turns at most (>= 1) */
+    int max_turn_tokens;       /* tokens per model turn at most; 0 = the rest of the budget */
+    engine_sampling sampling;  /* per sample, the seed is sampling.seed + sample index */
+    int32_t stop_id;           /* end of a turn (eos / end-of-turn), or -1 */
+    uint64_t min_version;
+} episode_group;
+
+/* An encoded Trajectory per sample (owned by the caller: free each data). */
+typedef struct episode_out {
+    void *data;
+    size_t len;
+    double reward;
+    int status;                /* Tidal__V1__TrajectoryStatus */
+} episode_out;
+
+/* Run group g: out[g->group_size] receives the encoded trajectories. The
+ * trajectory id is "<group_id>-<index>". TIDAL_ERR_INVALID for a bad group
+ * (sizes, an engine with requests of its own); env failures are not errors
+ * of the call (they are in the samples' status). */
+tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const episode_group *g,
+                               episode_out *out);
+
+#endif
