@@ -76,6 +76,9 @@ AVX512_INLINE __m512 reduce_lanes(__m512 v0, __m512 v1, __m512 v2, __m512 v3)
  * out[i, j] = d_ij + bias[j] when bias is not NULL, else out[i, j] += d_ij.
  * x rows ldx apart, w rows ldw apart, out rows ldo apart. pf, when not NULL,
  * is the next W tile to prefetch (4 rows, ldw apart, of K). */
+/* The "bias" of a first K block without one: the tile then writes, not adds. */
+static const float zeros[4] = {0};
+
 AVX512 static void tile_4x4(float *out, size_t ldo, const float *x, size_t ldx, const float *w, size_t ldw,
                             int K, const float *bias, int mr, int nr, const float *pf)
 {
@@ -164,7 +167,6 @@ bool cpu_blas_avx512(void)
 void cpu_gemm_nt(float *out, const float *x, const float *w, const float *bias, int M, int K, int N)
 {
     assert(M >= 1 && N >= 1 && K >= 1 && cpu_avx512());
-    static const float zeros[4] = {0};
     const int tiles = (N + 3) / 4;
 #pragma omp parallel
     {
@@ -193,7 +195,6 @@ void cpu_gemm_nt_serial(float *out, size_t ldo, const float *x, size_t ldx, cons
                         int K, int N)
 {
     assert(M >= 1 && N >= 1 && K >= 1 && cpu_avx512());
-    static const float zeros[4] = {0};
     for (int k0 = 0; k0 < K; k0 += K_BLOCK) {
         const int kb = K - k0 < K_BLOCK ? K - k0 : K_BLOCK;
         for (int n0 = 0; n0 < N; n0 += 4)

@@ -293,14 +293,7 @@ HOT_LOOPS static void cached_scores(float *s, const float *qg, const float *k, s
     }
     for (int jj = 0; jj < n; jj++) {
         const float *kr = k + (size_t)jj * ld;
-        for (int g = 0; g < group; g++) {
-            const float *qr = qg + (size_t)g * HD;
-            float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (int d = 0; d < HD; d++)
-                dot += qr[d] * kr[d];
-            s[g * CACHED_BLOCK + jj] = dot * scale;
-        }
+        for (int g = 0; g < group; g++) s[g * CACHED_BLOCK + jj] = dot_f(qg + (size_t)g * HD, kr, HD) * scale;
     }
 }
 
@@ -314,13 +307,7 @@ HOT_LOOPS static void cached_accumulate(float *acc, const float *p, const float 
     }
     for (int jj = 0; jj < n; jj++) {
         const float *vr = v + (size_t)jj * ld;
-        for (int g = 0; g < group; g++) {
-            float *ag = acc + (size_t)g * HD;
-            const float e = p[g * CACHED_BLOCK + jj];
-#pragma omp simd
-            for (int d = 0; d < HD; d++)
-                ag[d] += e * vr[d];
-        }
+        for (int g = 0; g < group; g++) axpy_f(acc + (size_t)g * HD, p[g * CACHED_BLOCK + jj], vr, HD);
     }
 }
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-DT = {"F32": np.float32, "I32": np.int32, "F64": np.float64, "I64": np.int64}
+DT = {"F32": np.float32, "I32": np.int32, "F64": np.float64, "I64": np.int64, "U8": np.uint8}
 
 
 def st_read(path):

@@ -13,9 +13,7 @@ with exit status 2 and a message naming the problem.
 
 usage: test_loss_parity.py PATH/TO/loss_driver
 """
-import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -28,39 +26,8 @@ TOL = 1e-5
 RESULTS = {"passed": 0, "failed": 0, "worst": 0.0}
 
 # ---------------------------------------------------------------- safetensors (numpy)
-DT = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "U8": np.uint8}
-DT_NAME = {np.dtype(v): k for k, v in DT.items()}
-
-
-def st_write(path, tensors, metadata):
-    header, blobs, off = {"__metadata__": {k: str(v) for k, v in metadata.items()}}, [], 0
-    for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
-        b = arr.tobytes()
-        header[name] = {"dtype": DT_NAME[arr.dtype], "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-
-
-def st_read(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    out = {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = e["data_offsets"]
-        out[name] = np.frombuffer(data[8 + n + a:8 + n + b], dtype=DT[e["dtype"]]).reshape(e["shape"])
-    return out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_np import st_read, st_write  # noqa: E402
 
 
 # ---------------------------------------------------------------- the reference (ALGORITHMS.md)

@@ -14,7 +14,6 @@ usage: test_model_parity.py PATH/TO/tidal
 """
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -27,28 +26,8 @@ TOL = 1e-4
 RESULTS = {"passed": 0, "failed": 0}
 
 # ---------------------------------------------------------------- safetensors (numpy)
-# the reader is the one the bench's PyTorch peer uses
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from train_peer import st_read  # noqa: E402
-
-DT_NAME = {np.dtype(np.float32): "F32", np.dtype(np.int32): "I32"}
-
-
-def st_write(path, tensors):
-    header, blobs, off = {}, [], 0
-    for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
-        b = arr.tobytes()
-        header[name] = {"dtype": DT_NAME[arr.dtype], "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_np import st_read, st_write  # noqa: E402
 
 
 # ---------------------------------------------------------------- the reference model
