@@ -140,6 +140,7 @@ static void group_free(group *g)
  * the group follow with `rest`. */
 static void drop_group(buffer *b, group *g, int first_i, buffer_drop_reason first, buffer_drop_reason rest)
 {
+    b->c.groups_dropped[first]++;
     for (int i = 0; i < g->size; i++)
         if (g->t[i]) {
             drop_one(b, g->t[i], g->handle[i], i == first_i ? first : rest);
@@ -253,6 +254,7 @@ tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle)
         return TIDAL_OK;
     }
     if (!g && (failed || too_old(b, oldest))) { /* the group dies with its first sample */
+        b->c.groups_dropped[failed ? BUFFER_DROP_FAILED : BUFFER_DROP_STALE]++;
         st = strset_put(&b->dead, t->group_id, (failed ? BUFFER_DROP_FAILED : BUFFER_DROP_STALE_GROUP) + 1);
         drop_one(b, t, handle, failed ? BUFFER_DROP_FAILED : BUFFER_DROP_STALE);
         return st;
@@ -373,6 +375,7 @@ void buffer_trained(buffer *b, buffer_batch *batch, uint64_t step)
         }
         free(bg->samples);
         group_free(g);
+        b->c.groups_trained++;
     }
     free(batch->groups);
     memset(batch, 0, sizeof *batch);

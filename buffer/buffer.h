@@ -74,7 +74,11 @@ typedef struct buffer_batch {
 
 typedef struct buffer_counts {
     uint64_t admitted, trained, acked;
-    uint64_t dropped[BUFFER_DROP__COUNT];
+    uint64_t dropped[BUFFER_DROP__COUNT]; /* samples, by reason */
+    /* Groups, each counted once by the reason that ended it: stale (a sample
+     * too old), failed, zero_variance, capacity; trained when a step took it. */
+    uint64_t groups_dropped[BUFFER_DROP__COUNT];
+    uint64_t groups_trained;
     uint64_t samples_held, groups_complete, groups_partial;
 } buffer_counts;
 

@@ -67,6 +67,7 @@ typedef struct job_spec {
         int group_size, max_tokens, slots;
         double temperature, top_p;
         int top_k;
+        int ack_wait_ms;       /* a silent worker's prompt is redelivered after this */
     } rollout;
     struct {
         int max_staleness;     /* K */

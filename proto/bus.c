@@ -669,6 +669,14 @@ tidal_status bus_consumer_state(tidal_bus *b, const char *stream, const char *du
     return TIDAL_OK;
 }
 
+tidal_status bus_consumer_delete(tidal_bus *b, const char *stream, const char *durable)
+{
+    jsErrCode jerr = 0;
+    natsStatus s = js_DeleteConsumer(b->js, stream, durable, NULL, &jerr);
+    if (s != NATS_OK) return bus_nats_fail(s, jerr, "bus: delete consumer %s on stream %s", durable, stream);
+    return TIDAL_OK;
+}
+
 /* ------------------------------------------------------------ JetStream publish */
 
 static bool publish_retryable(natsStatus s)

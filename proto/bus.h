@@ -171,6 +171,10 @@ tidal_status bus_consumer_ensure(tidal_bus *b, const bus_consumer_cfg *cfg);
 tidal_status bus_consumer_state(tidal_bus *b, const char *stream, const char *durable,
                                 uint64_t *pending, uint64_t *ack_pending);
 
+/* Delete a consumer (its un-acked messages become deliverable to the next
+ * consumer). TIDAL_ERR_NOT_FOUND when there is none. */
+tidal_status bus_consumer_delete(tidal_bus *b, const char *stream, const char *durable);
+
 /* Publish to a stream and wait for its acknowledgement, retrying through
  * disconnects until timeout_ms (0: the connection's js_timeout_ms). msg_id
  * (NULL: none) goes in Nats-Msg-Id so a retry is never stored twice;

@@ -31,6 +31,8 @@
 #define _GNU_SOURCE /* pipe2, nftw: Linux-only module (prctl) */
 #include "proto/server.h"
 
+#include "proto/fs.h"
+
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
@@ -563,26 +565,10 @@ static tidal_status wait_ready(tidal_server *s, int first_start)
 
 /* ---- clean-up ---- */
 
-static int remove_entry(const char *path, const struct stat *sb, int type, struct FTW *ftw)
-{
-    (void)sb;
-    (void)type;
-    (void)ftw;
-    if (remove(path) != 0 && errno != ENOENT)
-        tidal_log(TIDAL_LOG_WARN, "nats-server: cannot remove %s: %s", path, strerror(errno));
-    return 0; /* keep going: remove as much as we can */
-}
-
-/* Delete a directory tree without following symlinks. */
-static void remove_tree(const char *dir)
-{
-    nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static void server_free(tidal_server *s)
 {
     if (!s) return;
-    if (s->work_dir) remove_tree(s->work_dir);
+    if (s->work_dir) fs_remove_tree(s->work_dir, "nats-server");
     free(s->binary);
     free(s->work_dir);
     free(s->store_dir);

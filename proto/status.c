@@ -26,6 +26,7 @@ static const char *const status_names[TIDAL_ERR__COUNT] = {
     [TIDAL_ERR_BUS] = "bus error",
     [TIDAL_ERR_UNAVAILABLE] = "unavailable",
     [TIDAL_ERR_REMOTE] = "remote",
+    [TIDAL_ERR_CANCELLED] = "cancelled",
 };
 
 const char *tidal_status_name(tidal_status s)

@@ -28,6 +28,7 @@ typedef enum tidal_status {
     TIDAL_ERR_BUS,        /* any other NATS / JetStream failure */
     TIDAL_ERR_UNAVAILABLE,/* feature or subcommand not available in this build */
     TIDAL_ERR_REMOTE,     /* the other side (an environment, a service) answered with an error */
+    TIDAL_ERR_CANCELLED,  /* the caller asked for the work to stop (shutdown) */
     TIDAL_ERR__COUNT
 } tidal_status;
 

@@ -25,6 +25,7 @@ typedef struct ep {
     char error[512];
     env_result last;      /* the last answer (metrics) */
     int turn_start;       /* where this turn's generated tokens begin */
+    uint64_t req;         /* the engine request of the current turn */
 } ep;
 
 static double now_ms(void)
@@ -77,7 +78,7 @@ static void score_turn(env_client *env, tokenizer *tok, const episode_group *g, 
     char *text = st == TIDAL_OK ? utf8_clean(raw.data ? raw.data : "", raw.len) : NULL;
     tok_bytes_free(&raw);
     char session[300];
-    snprintf(session, sizeof session, "%s-%d", g->group_id, idx);
+    snprintf(session, sizeof session, "%s-%d", g->group_id, g->first_index + idx);
     env_call call = {.session = session, .op = ENV_OP_STEP, .task_json = g->task_json,
                      .action = text ? text : "",
                      .action_tokens = (const uint32_t *)(s->tok + s->turn_start),
@@ -120,6 +121,7 @@ static void score_turn(env_client *env, tokenizer *tok, const episode_group *g, 
 static tidal_status encode(const episode_group *g, int idx, const ep *s, tokenizer *tok, episode_out *out)
 {
     char id[300];
+    idx += g->first_index;
     snprintf(id, sizeof id, "%s-%d", g->group_id, idx);
     Tidal__V1__Trajectory t = TIDAL__V1__TRAJECTORY__INIT;
     uint32_t *prompt = malloc((size_t)g->prompt_len * sizeof *prompt);
@@ -156,6 +158,7 @@ static tidal_status encode(const episode_group *g, int idx, const ep *s, tokeniz
         t.timings = &tm;
         t.turns = (uint32_t)s->turns;
         t.min_version = g->min_version;
+        t.eval = g->eval;
         t.temperature = g->sampling.temperature;
         t.completion_text = text ? text : (char *)"";
         st = codec_encode(&t.base, &out->data, &out->len);
@@ -171,11 +174,14 @@ static tidal_status encode(const episode_group *g, int idx, const ep *s, tokeniz
 tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const episode_group *g,
                                episode_out *out)
 {
-    if (g->group_size < 1 || g->prompt_len < 1 || g->max_tokens < 1 || g->max_turns < 1)
-        return tidal_fail(TIDAL_ERR_INVALID, "episode %s: group_size %d, prompt %d tokens, max_tokens %d, max_turns %d",
-                          g->group_id, g->group_size, g->prompt_len, g->max_tokens, g->max_turns);
+    const int G = g->count > 0 ? g->count : g->group_size - g->first_index;
+    if (g->group_size < 1 || g->first_index < 0 || G < 1 || g->first_index + G > g->group_size || g->prompt_len < 1 ||
+        g->max_tokens < 1 || g->max_turns < 1)
+        return tidal_fail(TIDAL_ERR_INVALID,
+                          "episode %s: samples %d..%d of a group of %d, prompt %d tokens, max_tokens %d, max_turns %d",
+                          g->group_id, g->first_index, g->first_index + G - 1, g->group_size, g->prompt_len,
+                          g->max_tokens, g->max_turns);
     if (engine_busy(e)) return tidal_fail(TIDAL_ERR_INVALID, "episode %s: the engine has requests of its own", g->group_id);
-    const int G = g->group_size;
     for (int i = 0; i < G; i++) out[i] = (episode_out){0};
     ep *s = calloc((size_t)G, sizeof *s);
     int32_t *ctx = malloc((size_t)(g->prompt_len + g->max_tokens) * sizeof *ctx);
@@ -203,15 +209,19 @@ tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const
             engine_request rq = {.prompt = ctx, .prompt_len = ctx_len, .max_new_tokens = room,
                                  .sampling = g->sampling, .stop_ids = g->stop_id >= 0 ? stop : NULL,
                                  .n_stop_ids = g->stop_id >= 0, .user = &s[i]};
-            rq.sampling.seed = g->sampling.seed + (uint64_t)i * 7919 + (uint64_t)turn * 104729;
+            rq.sampling.seed = g->sampling.seed + (uint64_t)(g->first_index + i) * 7919 + (uint64_t)turn * 104729;
             s[i].turn_start = s[i].n;
             s[i].turns = turn;
-            st = engine_submit(e, &rq, NULL);
-            submitted++;
+            st = engine_submit(e, &rq, &s[i].req);
+            submitted += st == TIDAL_OK;
         }
         if (st != TIDAL_OK || !submitted) break;
         const double t0 = now_ms();
-        while (st == TIDAL_OK && engine_busy(e)) st = engine_step(e);
+        while (st == TIDAL_OK && engine_busy(e)) {
+            st = engine_step(e);
+            if (st == TIDAL_OK && g->between_steps && engine_busy(e) && !g->between_steps(g->hook_ctx, e))
+                st = tidal_fail(TIDAL_ERR_CANCELLED, "episode %s: abandoned", g->group_id);
+        }
         const double gen = now_ms() - t0;
         for (engine_result *r; st == TIDAL_OK && (r = engine_next_result(e)); engine_result_free(r)) {
             ep *x = r->user;
@@ -221,6 +231,10 @@ tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const
             if (!budget_left) x->finish = TIDAL__V1__FINISH_REASON__FINISH_REASON_LENGTH;
             score_turn(env, tok, g, (int)(x - s), x, e, budget_left);
         }
+    }
+    if (st != TIDAL_OK && s) { /* leave the engine as it came: nothing queued, running or finished */
+        for (int i = 0; i < G; i++) engine_abort(e, s[i].req);
+        for (engine_result *r; (r = engine_next_result(e));) engine_result_free(r);
     }
     for (int i = 0; st == TIDAL_OK && i < G; i++) st = encode(g, i, &s[i], tok, &out[i]);
     if (st != TIDAL_OK)

@@ -18,6 +18,7 @@
 #ifndef TIDAL_ROLLOUT_EPISODE_H
 #define TIDAL_ROLLOUT_EPISODE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,16 +32,25 @@ typedef struct episode_group {
     const char *task_json;     /* the row, for the env */
     const int32_t *prompt;     /* [prompt_len] the rendered prompt's ids */
     int prompt_len;
-    int group_size;            /* G */
+    int group_size;            /* G, samples in the whole group */
+    int first_index;           /* the first sample to run (a prompt may ask for part of a group) */
+    int count;                 /* samples to run: first_index .. first_index + count - 1; 0 = the rest */
+    bool eval;                 /* evaluation samples (marked so; never trained) */
     int max_tokens;            /* completion budget per sample, env tokens included */
     int max_turns;             /* model turns at most (>= 1) */
     int max_turn_tokens;       /* tokens per model turn at most; 0 = the rest of the budget */
     engine_sampling sampling;  /* per sample, the seed is sampling.seed + sample index */
     int32_t stop_id;           /* end of a turn (eos / end-of-turn), or -1 */
     uint64_t min_version;
+    /* Called between engine steps (a decode-step boundary): the worker swaps
+     * in new weights (engine_set_model) and keeps its prompt alive there.
+     * Returning false abandons the group: the call returns TIDAL_ERR_CANCELLED
+     * and nothing is output. NULL: never called. */
+    bool (*between_steps)(void *ctx, engine *e);
+    void *hook_ctx;
 } episode_group;
 
-/* An encoded Trajectory per sample (owned by the caller: free each data). */
+/* An encoded Trajectory per sample run (owned by the caller: free each data). */
 typedef struct episode_out {
     void *data;
     size_t len;
@@ -48,8 +58,8 @@ typedef struct episode_out {
     int status;                /* Tidal__V1__TrajectoryStatus */
 } episode_out;
 
-/* Run group g: out[g->group_size] receives the encoded trajectories. The
- * trajectory id is "<group_id>-<index>". TIDAL_ERR_INVALID for a bad group
+/* Run group g: out[count] receives the encoded trajectories, sample indices
+ * first_index, first_index + 1, ... The trajectory id is "<group_id>-<index>". TIDAL_ERR_INVALID for a bad group
  * (sizes, an engine with requests of its own); env failures are not errors
  * of the call (they are in the samples' status). */
 tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const episode_group *g,

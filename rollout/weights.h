@@ -1,0 +1,64 @@
+/* weights.h - a rollout worker's weight sync client (DESIGN.md "The bus").
+ *
+ * A background thread watches KV TIDAL_J key `weights.latest`. For each
+ * manifest newer than what it holds it fetches the blob "<version>" from
+ * stream TIDAL_J_WEIGHTS (chunks verified by the blob layer), checks the
+ * image's size and SHA-256 against the manifest, and builds a model from it
+ * (the manifest's config.json when it has one, else the config given at
+ * creation; every tensor present with its shape). The worker takes the
+ * newest ready model at a decode-step boundary (weights_client_take) or
+ * blocks for a minimum version before starting a prompt (weights_client_wait).
+ * A manifest that fails (does not decode, corrupt, wrong shapes) is logged,
+ * counted and skipped; a later one is tried as usual. A version is tried
+ * once, unless it is published again with other weights (another SHA-256).
+ * Memory: besides what the worker took, the client holds at most the ready
+ * model, plus the image and the model being built during a fetch.
+ */
+#ifndef TIDAL_ROLLOUT_WEIGHTS_H
+#define TIDAL_ROLLOUT_WEIGHTS_H
+
+#include <stdint.h>
+
+#include "model/model.h"
+#include "proto/bus.h"
+#include "proto/job.h"
+#include "proto/status.h"
+
+typedef struct weights_client weights_client;
+
+typedef struct weights_stats {
+    uint64_t fetched;          /* models built */
+    uint64_t failed;           /* manifests skipped (fetch, verify or build failed) */
+    uint64_t bytes;            /* image bytes fetched */
+    double fetch_ms_last;      /* manifest seen -> model ready, the last one */
+    uint64_t latest_seen;      /* newest manifest version seen; UINT64_MAX none */
+} weights_stats;
+
+/* Start watching (the job's KV bucket and weights stream are created when
+ * missing). cfg (may be NULL when every manifest carries its config) is
+ * validated and copied. The bus must outlive the client. */
+tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const model_config *cfg,
+                                   weights_client **out);
+
+/* The newest ready model with a version greater than `have` (UINT64_MAX:
+ * the caller holds none, any version will do), or NULL (never blocks). The
+ * model belongs to the caller (model_free); *version (may be NULL) gets its
+ * version. A model is handed out once. */
+model *weights_client_take(weights_client *c, uint64_t have, uint64_t *version);
+
+/* Block until a model of version >= min_version is ready and take it (as
+ * weights_client_take with have = min_version - 1, so min_version 0 takes
+ * any). TIDAL_ERR_TIMEOUT when none came in timeout_ms (< 0: wait forever;
+ * 0: just look), the message naming the newest manifest seen. */
+tidal_status weights_client_wait(weights_client *c, uint64_t min_version, int timeout_ms, model **out,
+                                 uint64_t *version);
+
+/* Counters so far (a consistent copy). */
+void weights_client_stats(weights_client *c, weights_stats *s);
+
+/* Stop the thread and free (an untaken model too). A fetch in progress ends
+ * after its blob read and is discarded, so this can take as long as reading
+ * one image. NULL is a no-op. */
+void weights_client_free(weights_client *c);
+
+#endif

@@ -1,0 +1,365 @@
+/* loop.c - the trainer role (loop.h). */
+#include "trainer/loop.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "buffer/buffer.h"
+#include "controller/jobmodel.h"
+#include "proto/codec.h"
+#include "proto/job.h"
+#include "trainer/checkpoint.h"
+#include "trainer/publish.h"
+#include "trainer/step.h"
+
+#define FETCH_BATCH 256
+
+typedef struct trainer {
+    const trainer_opts *o;
+    const job_spec *s;
+    job_names names;
+    tidal_bus *bus;
+    bus_kv *kv;
+    bus_sub *traj;
+    buffer *buf;
+    model *m;
+    adamw *opt;
+    weights_publisher *pub;
+    ckpt_state ck;              /* counts and trained ids so far (this life and the earlier ones) */
+    buffer_counts base;         /* the buffer's counts restored from the checkpoint (this life adds to them) */
+    uint64_t version, checkpointed;
+    char ckpt_root[4096];
+    double t0_ms;               /* this life's start, on the monotonic clock */
+    double last_step_ms;
+    uint64_t tokens_since;      /* completion tokens trained since the last step's metric */
+} trainer;
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static uint64_t unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static double elapsed_s(const trainer *t) { return t->ck.elapsed_s + (now_ms() - t->t0_ms) / 1e3; }
+
+/* A trajectory's fate is durable: acknowledge its message (it leaves the stream). */
+static void on_durable(void *ctx, void *handle, bool dropped)
+{
+    (void)ctx, (void)dropped;
+    bus_msg *m = handle;
+    if (bus_ack(m) != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "trainer: ack: %s", tidal_errmsg());
+    bus_msg_destroy(m);
+}
+
+/* The counts as of now: the checkpoint's plus this life's. */
+static void counts_now(const trainer *t, buffer_counts *c)
+{
+    buffer_counts_get(t->buf, c);
+    c->groups_trained += t->base.groups_trained;
+    for (int r = 0; r < BUFFER_DROP__COUNT; r++) {
+        c->groups_dropped[r] += t->base.groups_dropped[r];
+        c->dropped[r] += t->base.dropped[r];
+    }
+}
+
+/* KV trainer.groups: what the controller balances its summary against. */
+static void put_groups(trainer *t)
+{
+    buffer_counts c;
+    counts_now(t, &c);
+    json_t *o = json_object(), *d = json_object();
+    json_object_set_new(o, "version", json_integer((json_int_t)t->version));
+    json_object_set_new(o, "trained", json_integer((json_int_t)c.groups_trained));
+    json_object_set_new(o, "failed", json_integer((json_int_t)c.groups_dropped[BUFFER_DROP_FAILED]));
+    for (int r = 0; r < BUFFER_DROP__COUNT; r++)
+        if (r != BUFFER_DROP_FAILED && r != BUFFER_DROP_STALE_GROUP && r != BUFFER_DROP_DUPLICATE)
+            json_object_set_new(d, buffer_drop_name((buffer_drop_reason)r), json_integer((json_int_t)c.groups_dropped[r]));
+    json_object_set_new(o, "dropped", d);
+    json_object_set_new(o, "held_complete", json_integer((json_int_t)c.groups_complete));
+    json_object_set_new(o, "held_partial", json_integer((json_int_t)c.groups_partial));
+    json_object_set_new(o, "duplicate_samples", json_integer((json_int_t)c.dropped[BUFFER_DROP_DUPLICATE]));
+    json_object_set_new(o, "rejected", json_integer((json_int_t)t->ck.rejected));
+    json_object_set_new(o, "checkpointed", json_integer((json_int_t)t->checkpointed));
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (text && bus_kv_put(t->kv, JOB_KEY_GROUPS, text, strlen(text), NULL) != TIDAL_OK)
+        tidal_log(TIDAL_LOG_WARN, "trainer: %s", tidal_errmsg());
+    free(text);
+}
+
+static tidal_status checkpoint(trainer *t)
+{
+    buffer_counts c;
+    counts_now(t, &c);
+    t->ck.version = t->version;
+    t->ck.elapsed_s = elapsed_s(t);
+    t->ck.groups_trained = c.groups_trained;
+    memcpy(t->ck.groups_dropped, c.groups_dropped, sizeof c.groups_dropped);
+    memcpy(t->ck.samples_dropped, c.dropped, sizeof c.dropped);
+    const double t0 = now_ms();
+    tidal_status st = checkpoint_save(t->ckpt_root, t->m, t->opt, &t->ck, t->s->trainer.checkpoint_keep);
+    if (st != TIDAL_OK) return st;
+    buffer_checkpointed(t->buf, t->version); /* now their fate is durable */
+    bus_flush(t->bus, 5000);
+    t->checkpointed = t->version;
+    tidal_log(TIDAL_LOG_INFO, "trainer: checkpoint step-%llu (%.0f ms)", (unsigned long long)t->version,
+              now_ms() - t0);
+    put_groups(t);
+    return TIDAL_OK;
+}
+
+static void publish_metric(trainer *t, const trainer_step_result *r, double step_ms)
+{
+    buffer_counts c;
+    counts_now(t, &c);
+    const double since = now_ms() - t->last_step_ms;
+    struct {
+        const char *k;
+        double v;
+    } vals[] = {
+        {"version", (double)t->version},
+        {"reward_mean", r->reward_mean},
+        {"reward_std", r->reward_std},
+        {"staleness_mean", r->staleness_mean},
+        {"staleness_max", (double)r->staleness_max},
+        {"samples", r->samples},
+        {"dropped_stale", (double)(c.dropped[BUFFER_DROP_STALE] + c.dropped[BUFFER_DROP_STALE_GROUP])},
+        {"dropped_zero_var", (double)c.dropped[BUFFER_DROP_ZERO_VARIANCE]},
+        {"tokens_per_s", since > 0 ? (double)t->tokens_since * 1e3 / since : 0},
+        {"loss", r->loss.loss},
+        {"entropy", r->entropy_mean},
+        {"mismatch_k3", r->loss.mismatch_k3},
+        {"clip_frac", r->loss.clip_frac},
+        {"is_mean", r->loss.is_mean},
+        {"grad_norm", r->grad_norm},
+        {"step_ms", step_ms},
+        {"groups_trained", (double)c.groups_trained},
+        {"buffer_groups", (double)c.groups_complete},
+    };
+    enum { N = sizeof vals / sizeof vals[0] };
+    Tidal__V1__Metric__ValuesEntry ent[N], *entp[N];
+    for (int i = 0; i < N; i++) {
+        ent[i] = (Tidal__V1__Metric__ValuesEntry)TIDAL__V1__METRIC__VALUES_ENTRY__INIT;
+        ent[i].key = (char *)vals[i].k, ent[i].value = vals[i].v;
+        entp[i] = &ent[i];
+    }
+    Tidal__V1__Metric mt = TIDAL__V1__METRIC__INIT;
+    mt.schema_version = 1;
+    mt.role = "trainer", mt.source = "trainer";
+    mt.step = t->version;
+    mt.time = elapsed_s(t);
+    mt.unix_ms = unix_ms();
+    mt.n_values = N, mt.values = entp;
+    void *buf = NULL;
+    size_t len = 0;
+    char subject[200];
+    snprintf(subject, sizeof subject, "%s.trainer", t->names.metrics_prefix);
+    if (codec_encode(&mt.base, &buf, &len) == TIDAL_OK) bus_publish(t->bus, subject, buf, (int)len);
+    free(buf);
+    tidal_log(TIDAL_LOG_INFO,
+              "trainer: step %llu reward %.3f entropy %.3f loss %.4f staleness %.2f (max %llu) samples %d "
+              "grad %.3f %.0f ms",
+              (unsigned long long)t->version, r->reward_mean, r->entropy_mean, r->loss.loss, r->staleness_mean,
+              (unsigned long long)r->staleness_max, r->samples, r->grad_norm, step_ms);
+}
+
+/* One optimizer step on B groups from the buffer. */
+static tidal_status train_step(trainer *t)
+{
+    const job_spec *s = t->s;
+    buffer_batch batch;
+    tidal_status st = buffer_take(t->buf, s->trainer.groups_per_step, &batch);
+    if (st != TIDAL_OK) return st;
+    trainer_step_cfg cfg = {.micro_batch_tokens = s->trainer.micro_batch_tokens, .grad_clip = s->trainer.grad_clip};
+    adv_kind_parse(s->trainer.advantage, &cfg.advantage);
+    loss_correction_parse(s->trainer.correction, &cfg.loss.correction);
+    cfg.loss.kind = LOSS_PPO;
+    cfg.loss.agg = AGG_TOKEN_MEAN;
+    cfg.loss.eps_lo = s->trainer.eps_lo, cfg.loss.eps_hi = s->trainer.eps_hi;
+    cfg.loss.dual_clip_c = 3, cfg.loss.tis_c = s->trainer.tis_c;
+    cfg.loss.mis_lo = 0, cfg.loss.mis_hi = 5;
+    cfg.loss.kl_beta = 0; /* trainer.kl needs a reference model: the algorithm suite's issue */
+    cfg.loss.stale_a = 0.5;
+    lr_schedule lr = {.kind = LR_CONSTANT, .base = (float)s->trainer.lr, .warmup = s->trainer.warmup_steps};
+    cfg.lr = lr_at(&lr, (long)t->version);
+    uint64_t tokens = 0;
+    for (int g = 0; g < batch.n_groups; g++)
+        for (int i = 0; i < batch.groups[g].n; i++) tokens += batch.groups[g].samples[i]->n_completion_token_ids;
+    trainer_step_result r;
+    const double t0 = now_ms();
+    st = trainer_step(t->m, t->opt, &batch, t->version, &cfg, &r);
+    if (st != TIDAL_OK) {
+        buffer_untake(t->buf, &batch);
+        return st;
+    }
+    const double step_ms = now_ms() - t0;
+    for (int g = 0; g < batch.n_groups && st == TIDAL_OK; g++)
+        for (int i = 0; i < batch.groups[g].n && st == TIDAL_OK; i++)
+            st = ckpt_state_add_trained(&t->ck, batch.groups[g].samples[i]->trajectory_id);
+    t->version++;
+    buffer_trained(t->buf, &batch, t->version);
+    buffer_set_version(t->buf, t->version);
+    t->tokens_since += tokens;
+    if (st == TIDAL_OK) st = weights_publish(t->pub, t->m, t->version);
+    put_groups(t);
+    publish_metric(t, &r, step_ms);
+    t->tokens_since = 0;
+    t->last_step_ms = now_ms();
+    return st;
+}
+
+static void admit(trainer *t, bus_msg *m)
+{
+    Tidal__V1__Trajectory *tr = NULL;
+    if (codec_decode_trajectory(bus_msg_data(m), (size_t)bus_msg_len(m), &tr) != TIDAL_OK) {
+        tidal_log(TIDAL_LOG_WARN, "trainer: rejected a message on %s (stream seq %llu): %s", bus_msg_subject(m),
+                  (unsigned long long)bus_msg_stream_seq(m), tidal_errmsg());
+        t->ck.rejected++;
+        bus_term(m);
+        bus_msg_destroy(m);
+        return;
+    }
+    if (tr->eval) { /* evaluation samples never train (they belong on tidal.J.traj.eval) */
+        tidal_log(TIDAL_LOG_WARN, "trainer: rejected evaluation trajectory %s on %s", tr->trajectory_id,
+                  bus_msg_subject(m));
+        tidal__v1__trajectory__free_unpacked(tr, NULL);
+        t->ck.rejected++;
+        bus_term(m);
+        bus_msg_destroy(m);
+        return;
+    }
+    if (buffer_admit(t->buf, tr, m) != TIDAL_OK) { /* out of memory: not acked, so it comes again */
+        tidal_log(TIDAL_LOG_WARN, "trainer: %s", tidal_errmsg());
+        tidal__v1__trajectory__free_unpacked(tr, NULL);
+        bus_msg_destroy(m);
+    }
+}
+
+static tidal_status start(trainer *t)
+{
+    const job_spec *s = t->s;
+    tidal_status st = job_names_init(&t->names, s->job.name);
+    bus_opts bo = t->o->bus;
+    if (!bo.name) bo.name = "trainer";
+    if (st == TIDAL_OK) st = bus_connect(&t->bus, &bo);
+    job_bus_cfg jc = {.prompt_ack_wait_ms = s->rollout.ack_wait_ms, .prompt_max_deliver = 5};
+    if (st == TIDAL_OK) st = job_bus_ensure(t->bus, &t->names, &jc, &t->kv);
+    if (st != TIDAL_OK) return st;
+    snprintf(t->ckpt_root, sizeof t->ckpt_root, "%s/checkpoints", t->o->run_dir);
+    bool resumed = false;
+    if (t->o->resume) {
+        st = checkpoint_load_latest(t->ckpt_root, &t->m, &t->opt, &t->ck);
+        if (st == TIDAL_OK) resumed = true;
+        else if (st == TIDAL_ERR_NOT_FOUND) tidal_log(TIDAL_LOG_INFO, "trainer: --resume: %s; starting fresh", tidal_errmsg());
+        else return st;
+    }
+    if (!resumed) {
+        if ((st = job_model_initial(s, &t->m)) != TIDAL_OK) return st;
+        size_t n = 0;
+        model_params(t->m, &n);
+        adamw_cfg ac = adamw_defaults();
+        if ((st = adamw_create(n, &ac, &t->opt)) != TIDAL_OK) return st;
+    }
+    t->opt->cfg.beta1 = (float)s->trainer.beta1, t->opt->cfg.beta2 = (float)s->trainer.beta2;
+    t->opt->cfg.weight_decay = (float)s->trainer.weight_decay;
+    t->version = t->checkpointed = t->ck.version;
+    t->base.groups_trained = t->ck.groups_trained;
+    memcpy(t->base.groups_dropped, t->ck.groups_dropped, sizeof t->base.groups_dropped);
+    memcpy(t->base.dropped, t->ck.samples_dropped, sizeof t->base.dropped);
+
+    buffer_sampling smp = !strcmp(s->buffer.sampling, "newest")    ? BUFFER_NEWEST
+                          : !strcmp(s->buffer.sampling, "uniform") ? BUFFER_UNIFORM
+                                                                   : BUFFER_FIFO;
+    buffer_opts bopt = {.max_staleness = s->buffer.max_staleness, .capacity = s->buffer.capacity, .sampling = smp,
+                        .filter_zero_variance = s->buffer.filter_zero_variance,
+                        .seed = (uint64_t)s->trainer.seed, .ack = on_durable, .ack_ctx = t};
+    if ((st = buffer_create(&bopt, &t->buf)) != TIDAL_OK) return st;
+    buffer_set_version(t->buf, t->version);
+    for (size_t i = 0; i < t->ck.n_trained && st == TIDAL_OK; i++)
+        st = buffer_remember_trained(t->buf, t->ck.trained_ids[i]);
+    if (st != TIDAL_OK) return st;
+
+    st_dtype dt = !strcmp(s->weights.dtype, "bf16") ? ST_BF16 : ST_F32;
+    weights_publisher_opts po = {.bus = t->bus, .names = &t->names, .keep = s->weights.keep, .dtype = dt};
+    if ((st = weights_publisher_create(&po, &t->pub)) != TIDAL_OK) return st;
+    if ((st = weights_publish(t->pub, t->m, t->version)) != TIDAL_OK) return st;
+    if ((st = weights_publisher_flush(t->pub, 120000)) != TIDAL_OK) return st;
+    if (resumed) { /* what the dead trainer held un-acked comes again now, not after the ack wait */
+        if ((st = job_trainer_consumer_reset(t->bus, &t->names)) != TIDAL_OK) return st;
+        tidal_log(TIDAL_LOG_INFO, "trainer: resumed at step-%llu (%zu trajectories trained before)",
+                  (unsigned long long)t->version, t->ck.n_trained);
+    }
+    if ((st = bus_pull_subscribe(t->bus, t->names.traj_stream, JOB_CONSUMER_TRAINER, &t->traj)) != TIDAL_OK)
+        return st;
+    put_groups(t);
+    const char *state = t->version >= (uint64_t)s->trainer.steps ? "done" : "running";
+    return bus_kv_put(t->kv, JOB_KEY_STATE, state, strlen(state), NULL);
+}
+
+tidal_status trainer_run(const trainer_opts *o)
+{
+    trainer *t = calloc(1, sizeof *t);
+    if (!t) return tidal_fail(TIDAL_ERR_NOMEM, "trainer: out of memory");
+    t->o = o, t->s = o->spec;
+    t->t0_ms = t->last_step_ms = now_ms();
+    tidal_status st = start(t);
+    const uint64_t steps = (uint64_t)t->s->trainer.steps;
+    if (st == TIDAL_OK)
+        tidal_log(TIDAL_LOG_INFO, "trainer: job %s at v%llu, %llu steps of %d groups x %d, K = %d", t->names.job,
+                  (unsigned long long)t->version, (unsigned long long)steps, t->s->trainer.groups_per_step,
+                  t->s->rollout.group_size, t->s->buffer.max_staleness);
+    bool stopped = false;
+    while (st == TIDAL_OK && t->version < steps) {
+        if (o->stop && *o->stop) {
+            stopped = true;
+            break;
+        }
+        bus_msg *msgs[FETCH_BATCH];
+        int n = 0;
+        tidal_status fs = bus_fetch(t->traj, FETCH_BATCH, 100, msgs, &n);
+        if (fs != TIDAL_OK && fs != TIDAL_ERR_TIMEOUT) {
+            tidal_log(TIDAL_LOG_WARN, "trainer: fetch: %s", tidal_errmsg());
+            usleep(200 * 1000);
+        }
+        for (int i = 0; i < n; i++) admit(t, msgs[i]);
+        while (st == TIDAL_OK && t->version < steps && buffer_ready(t->buf) >= t->s->trainer.groups_per_step) {
+            st = train_step(t);
+            const int every = t->s->trainer.checkpoint_every;
+            if (st == TIDAL_OK && (t->version == steps || (every > 0 && t->version % (uint64_t)every == 0)))
+                st = checkpoint(t);
+        }
+    }
+    if (st == TIDAL_OK && t->version > t->checkpointed) st = checkpoint(t); /* a clean stop keeps its steps */
+    if (st == TIDAL_OK) st = weights_publisher_flush(t->pub, 120000);
+    if (st == TIDAL_OK && t->version >= steps) {
+        st = bus_kv_put(t->kv, JOB_KEY_STATE, "done", 4, NULL);
+        tidal_log(TIDAL_LOG_INFO, "trainer: done at v%llu", (unsigned long long)t->version);
+    } else if (st == TIDAL_OK && stopped) {
+        tidal_log(TIDAL_LOG_INFO, "trainer: stopped at v%llu", (unsigned long long)t->version);
+    }
+    char err[1024] = "";
+    if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());
+    weights_publisher_free(t->pub);
+    bus_unsubscribe(t->traj);
+    buffer_free(t->buf);
+    bus_kv_close(t->kv);
+    bus_close(t->bus);
+    model_free(t->m);
+    adamw_free(t->opt);
+    ckpt_state_clear(&t->ck);
+    free(t);
+    return st == TIDAL_OK ? TIDAL_OK : tidal_fail(st, "%s", err);
+}

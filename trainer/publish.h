@@ -1,0 +1,57 @@
+/* publish.h - the trainer's weight publisher (DESIGN.md "The bus", weights).
+ *
+ * After a step the trainer hands the new parameters over and goes on with
+ * the next step: the publisher copies them (the only work on the caller's
+ * thread), and a background thread writes a safetensors image, stores it as
+ * the chunked blob "<version>" in stream TIDAL_J_WEIGHTS (subjects
+ * tidal.J.weights.<version>.*, the newest `keep` versions kept), then puts a
+ * WeightsManifest (version, dtype, bytes, chunk count, SHA-256 of the image,
+ * the model's config.json) in KV TIDAL_J key `weights.latest` and the version
+ * in `trainer.version`. Workers watch that key (rollout/weights.h).
+ *
+ * Only the newest weights matter to a worker, so a version handed over while
+ * an older one still waits to start replaces it (the older is never sent).
+ */
+#ifndef TIDAL_TRAINER_PUBLISH_H
+#define TIDAL_TRAINER_PUBLISH_H
+
+#include <stdint.h>
+
+#include "model/model.h"
+#include "proto/bus.h"
+#include "proto/job.h"
+#include "proto/status.h"
+
+typedef struct weights_publisher weights_publisher;
+
+typedef struct weights_publisher_opts {
+    tidal_bus *bus;            /* shared; must outlive the publisher */
+    const job_names *names;
+    int keep;                  /* versions kept in the stream; 0: 3 (docs/protocol.md) */
+    st_dtype dtype;            /* ST_F32 (also for 0) or ST_BF16 (round to nearest even) on the wire */
+} weights_publisher_opts;
+
+/* Open (create) the weights stream and the job's KV bucket and start the
+ * background thread. The stream and bucket handles belong to that thread. */
+tidal_status weights_publisher_create(const weights_publisher_opts *o, weights_publisher **out);
+
+/* Hand over m's parameters as `version` (copied before returning; m is not
+ * used after). Versions must increase (TIDAL_ERR_INVALID otherwise, naming
+ * both); UINT64_MAX is reserved. Called by one thread at a time (the
+ * trainer's). The publisher keeps one buffer of the model's size for reuse. */
+tidal_status weights_publish(weights_publisher *p, const model *m, uint64_t version);
+
+/* Wait until everything handed over is on the bus (manifest put), at most
+ * timeout_ms (< 0: as long as it takes). Returns the first background failure
+ * since the last flush (the message names the version and the step that
+ * failed), TIDAL_ERR_TIMEOUT when still busy (the failure is then kept for
+ * the next flush). */
+tidal_status weights_publisher_flush(weights_publisher *p, int timeout_ms);
+
+/* The newest version whose manifest is on the bus; UINT64_MAX before the first. */
+uint64_t weights_published_version(weights_publisher *p);
+
+/* Finish what is in progress (not what waits), stop the thread, free. NULL is a no-op. */
+void weights_publisher_free(weights_publisher *p);
+
+#endif
