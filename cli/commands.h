@@ -11,6 +11,11 @@ int tokenize_main(int argc, char **argv);
 int generate_main(int argc, char **argv);
 extern const char generate_usage[]; /* the generate entry of the command table shows it */
 int env_main(int argc, char **argv);
+int run_main(int argc, char **argv);
+int controller_main(int argc, char **argv);
+int trainer_main(int argc, char **argv);
+int rollout_main(int argc, char **argv);
+int status_main(int argc, char **argv);
 extern const char env_usage[];
 
 #endif

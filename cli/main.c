@@ -55,6 +55,19 @@ static int cmd_env(const struct command *cmd, int argc, char **argv)
     return env_main(argc, argv);
 }
 
+#define ROLE(fn, entry)                                                  \
+    static int fn(const struct command *cmd, int argc, char **argv)      \
+    {                                                                    \
+        (void)cmd;                                                       \
+        return entry(argc, argv);                                        \
+    }
+ROLE(cmd_run, run_main)
+ROLE(cmd_controller, controller_main)
+ROLE(cmd_trainer, trainer_main)
+ROLE(cmd_rollout, rollout_main)
+ROLE(cmd_status, status_main)
+#undef ROLE
+
 static int cmd_generate(const struct command *cmd, int argc, char **argv)
 {
     (void)cmd;
@@ -64,42 +77,50 @@ static int cmd_generate(const struct command *cmd, int argc, char **argv)
 static const struct command commands[] = {
     {"run", "run a whole job on this machine",
      "usage: tidal run JOB.yaml [--set key=value]... [--out DIR]\n"
+     "       tidal run --resume RUN\n"
      "\n"
      "Run the job JOB.yaml on this machine: start a private nats-server unless the spec\n"
-     "names a bus, then the controller, the trainer and rollout.workers rollout workers\n"
-     "as child processes. Writes DIR/metrics.jsonl, DIR/summary.json and DIR/logs/.\n"
+     "names a bus (or --bus URL), then the controller, the trainer and rollout.workers\n"
+     "rollout workers as child processes, with a live progress line. Writes DIR/spec.json,\n"
+     "DIR/metrics.jsonl, DIR/summary.json, DIR/reward.svg, DIR/checkpoints/ and DIR/logs/.\n"
+     "Ctrl-C stops every role cleanly (the summary is still written).\n"
      "  --set key=value  override any key of the spec (e.g. --set trainer.steps=10)\n"
-     "  --out DIR        the run directory\n",
-     cmd_unavailable},
+     "  --out DIR        the run directory (default runs/JOB_NAME)\n"
+     "  --resume RUN     continue run directory RUN from its newest checkpoint\n",
+     cmd_run},
     {"controller", "the controller role: dispatch, eval, metrics",
-     "usage: tidal controller JOB.yaml [--set key=value]... [--out DIR]\n"
+     "usage: tidal controller JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL]\n"
      "\n"
      "Run the controller of a job as its own process (`tidal run` starts it for you).\n",
-     cmd_unavailable},
+     cmd_controller},
     {"rollout", "a rollout worker (joins and leaves at will)",
-     "usage: tidal rollout --bus URL --job NAME [--backend builtin|openai --endpoint URL]\n"
-     "                     [--device cpu|cuda]\n"
+     "usage: tidal rollout --bus URL --job NAME [--id ID] [--backend builtin] [--device cpu]\n"
      "\n"
-     "Join job NAME on the bus at URL as a rollout worker; workers may come and go.\n",
-     cmd_unavailable},
+     "Join job NAME on the bus at URL as a rollout worker; workers may come and go.\n"
+     "The spec and the weights come from the bus. SIGTERM returns the group in progress.\n"
+     "Credentials: --user/--password, --token, --creds FILE; TLS: --tls-ca/--tls-cert/--tls-key.\n"
+     "  --slowdown F     sleep (F - 1) x each group's generation time (benchmarks)\n",
+     cmd_rollout},
     {"trainer", "the trainer role: buffer, updates, weights",
-     "usage: tidal trainer JOB.yaml [--set key=value]... [--out DIR]\n"
+     "usage: tidal trainer JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL] [--resume]\n"
      "\n"
-     "Run the trainer (and its replay buffer) of a job as its own process.\n",
-     cmd_unavailable},
+     "Run the trainer (and its replay buffer) of a job as its own process; --resume\n"
+     "continues from the newest checkpoint under DIR/checkpoints.\n",
+     cmd_trainer},
     {"env", "list, serve or call environments on the bus", env_usage, cmd_env},
     {"status", "show a job's state and its workers",
-     "usage: tidal status --bus URL --job NAME\n"
+     "usage: tidal status --bus URL --job NAME [--json]\n"
      "\n"
-     "Print the job's state, trainer version and live rollout workers.\n",
-     cmd_unavailable},
+     "Print the job's state, trainer version and counts, prompts waiting and in\n"
+     "generation, and the live rollout workers, as JSON.\n",
+     cmd_status},
     {"bench", "benchmarks against a peer (last line: JSON)",
      "usage: tidal bench bus|weights|train|generate|env|async|tokenize|gemm [--json]\n"
      "\n"
      "Run a benchmark and its peer in the same invocation; the last line printed is one\n"
      "JSON object with the figures, `peer` and `ratio` (tidal / peer, higher is better).\n"
      "  bus       JetStream trajectories with acks vs raw core-NATS publish/subscribe\n"
-     "  weights   weight publication and sync\n"
+     "  weights   a 500 MB model trainer -> 2 workers over the bus vs raw core-NATS chunks\n"
      "  train     trainer step throughput\n"
      "  generate  built-in generation\n"
      "  env       environment requests over the bus vs in-process\n"
@@ -137,7 +158,7 @@ static const struct {
     const char *name;
     int (*entry)(int argc, char **argv);
 } benches[] = {
-    {"bus", bench_bus_main}, {"weights", NULL}, {"train", bench_train_main},
+    {"bus", bench_bus_main}, {"weights", bench_weights_main}, {"train", bench_train_main},
     {"generate", bench_generate_main}, {"env", bench_env_main}, {"async", NULL}, {"tokenize", bench_tokenize_main},
     {"gemm", bench_gemm_main},
 };

@@ -45,7 +45,7 @@ typedef struct worker {
     bool cur_eval;
     double last_progress_ms, last_beat_ms, last_state_ms;
     int state;
-    uint64_t started_ms, trajectories, errors, rejected, groups;
+    uint64_t started_ms, trajectories, errors, rejected, redelivered, groups;
     uint64_t tokens_mark;
     double tokens_mark_ms, tokens_per_s;
 } worker;
@@ -93,6 +93,7 @@ static void heartbeat(worker *w, bool force)
     s.started_unix_ms = w->started_ms, s.updated_unix_ms = unix_ms();
     s.capacity = 1;
     s.trajectories = w->trajectories, s.errors = w->errors, s.rejected = w->rejected;
+    s.redelivered = w->redelivered;
     void *buf = NULL;
     size_t len = 0;
     if (codec_encode(&s.base, &buf, &len) == TIDAL_OK && bus_kv_put(w->workers, w->id, buf, len, NULL) != TIDAL_OK)
@@ -439,6 +440,7 @@ tidal_status worker_run(const worker_opts *o)
             usleep(200 * 1000);
             continue;
         }
+        if (bus_msg_delivered(m) > 1) w->redelivered++;
         tidal_status ps = serve_prompt(w, m);
         if (ps != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "worker %s: %s", w->id, tidal_errmsg());
     }

@@ -1,0 +1,529 @@
+/* roles.c - the role subcommands: `tidal controller`, `tidal trainer`,
+ * `tidal rollout`, `tidal status`, and `tidal run`, which starts them all.
+ *
+ * Each role process takes the job spec (JOB.yaml with --set overrides, or
+ * the effective spec RUN/spec.json that `tidal run` writes) except rollout,
+ * which needs only the bus and the job's name. SIGTERM / SIGINT set a flag
+ * the role loops watch, so every role stops cleanly.
+ */
+#define _GNU_SOURCE /* prctl, strdup */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/commands.h"
+#include "controller/controller.h"
+#include "controller/spec.h"
+#include "proto/codec.h"
+#include "proto/fs.h"
+#include "proto/job.h"
+#include "proto/server.h"
+#include "rollout/worker.h"
+#include "trainer/loop.h"
+
+#define MAX_SETS 64
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+static void catch_signals(void)
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* Options every spec-taking role shares. */
+typedef struct role_args {
+    const char *spec_file, *out, *bus;
+    const char *sets[MAX_SETS];
+    int n_sets;
+    bool resume;
+    const char *job, *id, *backend, *device, *user, *password, *token, *creds, *tls_ca, *tls_cert, *tls_key;
+    double slowdown;
+    int join_timeout_ms;
+    bool json;
+} role_args;
+
+enum { OPT_SET = 1000, OPT_OUT, OPT_BUS, OPT_RESUME, OPT_JOB, OPT_ID, OPT_BACKEND, OPT_DEVICE, OPT_USER, OPT_PASSWORD,
+       OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_JOIN, OPT_JSON, OPT_ENDPOINT };
+
+static const struct option role_long[] = {
+    {"set", required_argument, 0, OPT_SET},         {"out", required_argument, 0, OPT_OUT},
+    {"bus", required_argument, 0, OPT_BUS},         {"resume", no_argument, 0, OPT_RESUME},
+    {"job", required_argument, 0, OPT_JOB},         {"id", required_argument, 0, OPT_ID},
+    {"backend", required_argument, 0, OPT_BACKEND}, {"device", required_argument, 0, OPT_DEVICE},
+    {"endpoint", required_argument, 0, OPT_ENDPOINT}, {"user", required_argument, 0, OPT_USER},
+    {"password", required_argument, 0, OPT_PASSWORD}, {"token", required_argument, 0, OPT_TOKEN},
+    {"creds", required_argument, 0, OPT_CREDS},     {"tls-ca", required_argument, 0, OPT_TLS_CA},
+    {"tls-cert", required_argument, 0, OPT_TLS_CERT}, {"tls-key", required_argument, 0, OPT_TLS_KEY},
+    {"slowdown", required_argument, 0, OPT_SLOWDOWN}, {"join-timeout-ms", required_argument, 0, OPT_JOIN},
+    {"json", no_argument, 0, OPT_JSON},             {0, 0, 0, 0}};
+
+/* Parse argv (argv[0] = the subcommand). Returns 0, or 2 after printing why. */
+static int parse_role_args(const char *role, int argc, char **argv, bool wants_spec, role_args *a)
+{
+    memset(a, 0, sizeof *a);
+    optind = 1;
+    opterr = 0;
+    for (int c; (c = getopt_long(argc, argv, "", role_long, NULL)) != -1;) {
+        switch (c) {
+        case OPT_SET:
+            if (a->n_sets == MAX_SETS) {
+                fprintf(stderr, "tidal %s: at most %d --set\n", role, MAX_SETS);
+                return 2;
+            }
+            a->sets[a->n_sets++] = optarg;
+            break;
+        case OPT_OUT: a->out = optarg; break;
+        case OPT_BUS: a->bus = optarg; break;
+        case OPT_RESUME: a->resume = true; break;
+        case OPT_JOB: a->job = optarg; break;
+        case OPT_ID: a->id = optarg; break;
+        case OPT_BACKEND: a->backend = optarg; break;
+        case OPT_DEVICE: a->device = optarg; break;
+        case OPT_ENDPOINT: break;
+        case OPT_USER: a->user = optarg; break;
+        case OPT_PASSWORD: a->password = optarg; break;
+        case OPT_TOKEN: a->token = optarg; break;
+        case OPT_CREDS: a->creds = optarg; break;
+        case OPT_TLS_CA: a->tls_ca = optarg; break;
+        case OPT_TLS_CERT: a->tls_cert = optarg; break;
+        case OPT_TLS_KEY: a->tls_key = optarg; break;
+        case OPT_SLOWDOWN: a->slowdown = atof(optarg); break;
+        case OPT_JOIN: a->join_timeout_ms = atoi(optarg); break;
+        case OPT_JSON: a->json = true; break;
+        default:
+            fprintf(stderr, "tidal %s: unknown option '%s' (see tidal %s --help)\n", role, argv[optind - 1], role);
+            return 2;
+        }
+    }
+    if (wants_spec) {
+        if (optind < argc) a->spec_file = argv[optind++];
+        if (!a->spec_file && !(a->resume && a->out)) {
+            fprintf(stderr, "tidal %s: which job? (JOB.yaml)\n", role);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tidal %s: unexpected argument '%s'\n", role, argv[optind]);
+        return 2;
+    }
+    return 0;
+}
+
+/* JOB.yaml (with --set) or an effective spec.json. */
+static tidal_status load_spec(const role_args *a, job_spec *s)
+{
+    const char *file = a->spec_file;
+    const size_t n = strlen(file);
+    if (n > 5 && !strcmp(file + n - 5, ".json")) {
+        json_error_t e;
+        json_t *j = json_load_file(file, 0, &e);
+        if (!j) return tidal_fail(TIDAL_ERR_INVALID, "%s:%d: %s", file, e.line, e.text);
+        tidal_status st = spec_from_json(j, file, s);
+        json_decref(j);
+        if (st != TIDAL_OK || !a->n_sets) return st;
+        /* --set over a JSON spec: not supported (the YAML is the source); refuse rather than ignore */
+        return tidal_fail(TIDAL_ERR_INVALID, "%s: --set applies to a YAML spec, not to an effective spec.json", file);
+    }
+    return spec_load(file, a->sets, a->n_sets, s);
+}
+
+static bus_opts bus_from(const role_args *a, const job_spec *s)
+{
+    bus_opts o = {.urls = a->bus ? a->bus : (s && s->bus.url[0] ? s->bus.url : getenv("TIDAL_BUS"))};
+#define PICK(field, flag, spec_field) o.field = a->flag ? a->flag : (s && s->bus.spec_field[0] ? s->bus.spec_field : NULL)
+    PICK(user, user, user);
+    PICK(password, password, password);
+    PICK(token, token, token);
+    PICK(creds_file, creds, creds);
+    PICK(tls_ca, tls_ca, tls_ca);
+    PICK(tls_cert, tls_cert, tls_cert);
+    PICK(tls_key, tls_key, tls_key);
+#undef PICK
+    return o;
+}
+
+static int exit_for(tidal_status st) { return st == TIDAL_OK ? 0 : st == TIDAL_ERR_INVALID ? 2 : 1; }
+
+static void default_run_dir(const job_spec *s, char *out, size_t n)
+{
+    snprintf(out, n, "runs/%s", s->job.name);
+}
+
+/* ---------------------------------------------------------------- controller, trainer */
+
+static int spec_role(const char *role, int argc, char **argv)
+{
+    role_args a;
+    int rc = parse_role_args(role, argc, argv, true, &a);
+    if (rc) return rc;
+    tidal_log_set_role(role);
+    job_spec s;
+    char path[4200];
+    if (!a.spec_file) { /* --resume with --out only: the run's own spec */
+        snprintf(path, sizeof path, "%s/spec.json", a.out);
+        a.spec_file = path;
+    }
+    tidal_status st = load_spec(&a, &s);
+    if (st != TIDAL_OK) {
+        fprintf(stderr, "tidal %s: %s\n", role, tidal_errmsg());
+        return exit_for(st);
+    }
+    char run_dir[4096];
+    if (a.out) snprintf(run_dir, sizeof run_dir, "%s", a.out);
+    else default_run_dir(&s, run_dir, sizeof run_dir);
+    bus_opts bo = bus_from(&a, &s);
+    if (!bo.urls || !*bo.urls) {
+        fprintf(stderr, "tidal %s: no bus: give --bus URL or bus.url in the spec (tidal run starts one)\n", role);
+        spec_release(&s);
+        return 2;
+    }
+    catch_signals();
+    if (!strcmp(role, "controller")) {
+        controller_opts co = {.spec = &s, .bus = bo, .run_dir = run_dir, .stop = &g_stop};
+        st = controller_run(&co);
+    } else {
+        trainer_opts to = {.spec = &s, .bus = bo, .run_dir = run_dir, .resume = a.resume, .stop = &g_stop};
+        st = trainer_run(&to);
+    }
+    if (st != TIDAL_OK) fprintf(stderr, "tidal %s: %s\n", role, tidal_errmsg());
+    spec_release(&s);
+    return exit_for(st);
+}
+
+int controller_main(int argc, char **argv) { return spec_role("controller", argc, argv); }
+int trainer_main(int argc, char **argv) { return spec_role("trainer", argc, argv); }
+
+/* ---------------------------------------------------------------- rollout */
+
+int rollout_main(int argc, char **argv)
+{
+    role_args a;
+    int rc = parse_role_args("rollout", argc, argv, false, &a);
+    if (rc) return rc;
+    if (!a.job) {
+        fprintf(stderr, "tidal rollout: --job NAME is required\n");
+        return 2;
+    }
+    if ((a.backend && strcmp(a.backend, "builtin")) || (a.device && strcmp(a.device, "cpu"))) {
+        fprintf(stderr, "tidal rollout: only --backend builtin on --device cpu is available in this build\n");
+        return 2;
+    }
+    bus_opts bo = bus_from(&a, NULL);
+    if (!bo.urls || !*bo.urls) {
+        fprintf(stderr, "tidal rollout: --bus URL (or $TIDAL_BUS) is required\n");
+        return 2;
+    }
+    tidal_log_set_role("rollout");
+    catch_signals();
+    worker_opts wo = {.bus = bo, .job = a.job, .id = a.id, .join_timeout_ms = a.join_timeout_ms,
+                      .slowdown = a.slowdown, .stop = &g_stop};
+    tidal_status st = worker_run(&wo);
+    if (st != TIDAL_OK) fprintf(stderr, "tidal rollout: %s\n", tidal_errmsg());
+    return exit_for(st);
+}
+
+/* ---------------------------------------------------------------- status */
+
+static json_t *kv_json(bus_kv *kv, const char *key)
+{
+    void *v = NULL;
+    size_t n = 0;
+    json_t *j = NULL;
+    if (bus_kv_get(kv, key, &v, &n, NULL) == TIDAL_OK) {
+        j = json_loadb(v, n, 0, NULL);
+        if (!j) j = json_stringn(v, n);
+    }
+    free(v);
+    return j ? j : json_null();
+}
+
+int status_main(int argc, char **argv)
+{
+    role_args a;
+    int rc = parse_role_args("status", argc, argv, false, &a);
+    if (rc) return rc;
+    bus_opts bo = bus_from(&a, NULL);
+    if (!a.job || !bo.urls || !*bo.urls) {
+        fprintf(stderr, "tidal status: --bus URL and --job NAME are required\n");
+        return 2;
+    }
+    job_names n;
+    tidal_bus *b = NULL;
+    bus_kv *kv = NULL, *wkv = NULL;
+    tidal_status st = job_names_init(&n, a.job);
+    bo.name = "status";
+    if (st == TIDAL_OK) st = bus_connect(&b, &bo);
+    if (st == TIDAL_OK) st = bus_kv_open(b, n.kv_bucket, &kv);
+    if (st != TIDAL_OK) {
+        fprintf(stderr, "tidal status: job %s: %s\n", a.job, tidal_errmsg());
+        bus_close(b);
+        return st == TIDAL_ERR_INVALID ? 2 : 1;
+    }
+    json_t *o = json_object(), *workers = json_array();
+    json_object_set_new(o, "job", json_string(a.job));
+    json_object_set_new(o, "state", kv_json(kv, JOB_KEY_STATE));
+    json_object_set_new(o, "trainer", kv_json(kv, JOB_KEY_GROUPS));
+    json_object_set_new(o, "cursor", kv_json(kv, JOB_KEY_CURSOR));
+    uint64_t pending = 0, ack_pending = 0, traj = 0;
+    if (bus_consumer_state(b, n.prompts_stream, JOB_CONSUMER_ROLLOUT, &pending, &ack_pending) == TIDAL_OK) {
+        json_object_set_new(o, "prompts_waiting", json_integer((json_int_t)pending));
+        json_object_set_new(o, "prompts_in_generation", json_integer((json_int_t)ack_pending));
+    }
+    if (bus_stream_state(b, n.traj_stream, &traj, NULL) == TIDAL_OK)
+        json_object_set_new(o, "trajectories_unacked", json_integer((json_int_t)traj));
+    if (bus_kv_open(b, n.workers_bucket, &wkv) == TIDAL_OK) {
+        bus_kv_watcher *w = NULL;
+        bus_kv_event ev;
+        if (bus_kv_watch(wkv, NULL, &w) == TIDAL_OK) {
+            while (bus_kv_watch_next(w, 500, &ev) == TIDAL_OK && ev.kind != BUS_KV_INITIAL_DONE) {
+                Tidal__V1__WorkerStatus *s = NULL;
+                if (ev.kind == BUS_KV_PUT && codec_decode_worker_status(ev.value, ev.len, &s) == TIDAL_OK) {
+                    json_array_append_new(
+                        workers, json_pack("{s:s, s:s, s:i, s:I, s:f, s:I, s:I}", "id", s->worker_id, "host", s->host,
+                                           "state", (int)s->state, "weights_version", (json_int_t)s->weights_version,
+                                           "tokens_per_s", s->tokens_per_s, "trajectories",
+                                           (json_int_t)s->trajectories, "updated_unix_ms",
+                                           (json_int_t)s->updated_unix_ms));
+                    tidal__v1__worker_status__free_unpacked(s, NULL);
+                }
+                bus_kv_event_clear(&ev);
+            }
+            bus_kv_watch_stop(w);
+        }
+        bus_kv_close(wkv);
+    }
+    json_object_set_new(o, "workers", workers);
+    char *text = json_dumps(o, a.json ? JSON_COMPACT : JSON_INDENT(2));
+    printf("%s\n", text ? text : "{}");
+    free(text);
+    json_decref(o);
+    bus_kv_close(kv);
+    bus_close(b);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- run */
+
+typedef struct child {
+    const char *role;
+    char name[64];
+    pid_t pid;
+    int status;
+    bool exited;
+} child;
+
+/* `threads` > 0: the child's OpenMP threads, unless the user set OMP_NUM_THREADS. */
+static pid_t spawn(const char *run_dir, const char *log_name, char *const argv[], int threads)
+{
+    char log[4200];
+    snprintf(log, sizeof log, "%s/logs/%s.log", run_dir, log_name);
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive `tidal run` */
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+    }
+    /* the roles share the machine: a thread that spins waiting for work takes a core from another role */
+    setenv("OMP_WAIT_POLICY", "passive", 0);
+    char nt[16];
+    snprintf(nt, sizeof nt, "%d", threads);
+    if (threads > 0) setenv("OMP_NUM_THREADS", nt, 0);
+    int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0) dup2(devnull, 0);
+    execv("/proc/self/exe", argv);
+    fprintf(stderr, "tidal run: cannot start %s: %s\n", argv[1], strerror(errno));
+    _exit(127);
+}
+
+static void progress_line(tidal_bus *b, bus_sub *sub, bool tty, double *last_print)
+{
+    bus_msg *m = NULL;
+    Tidal__V1__Metric *mt = NULL;
+    while (bus_next(sub, 1, &m) == TIDAL_OK) {
+        if (mt) tidal__v1__metric__free_unpacked(mt, NULL), mt = NULL;
+        if (codec_decode_metric(bus_msg_data(m), (size_t)bus_msg_len(m), &mt) != TIDAL_OK) mt = NULL;
+        bus_msg_destroy(m);
+    }
+    (void)b;
+    if (!mt) return;
+    double v[8] = {0};
+    const char *keys[8] = {"version", "steps", "reward_mean", "staleness_mean", "samples_per_s", "workers", "eta_s", 0};
+    for (size_t i = 0; i < mt->n_values; i++)
+        for (int k = 0; keys[k]; k++)
+            if (!strcmp(mt->values[i]->key, keys[k])) v[k] = mt->values[i]->value;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    const double now = ts.tv_sec + ts.tv_nsec / 1e9;
+    if (tty || now - *last_print >= 10) {
+        char eta[32] = "-";
+        if (v[6] >= 0) snprintf(eta, sizeof eta, "%.0fs", v[6]);
+        fprintf(stderr, "%sstep %.0f/%.0f  version %.0f  reward %.3f  staleness %.2f  samples/s %.1f  workers %.0f  ETA %s%s",
+                tty ? "\r" : "", v[0], v[1], v[0], isfinite(v[2]) ? v[2] : 0.0, v[3], v[4], v[5], eta,
+                tty ? "   " : "\n");
+        fflush(stderr);
+        *last_print = now;
+    }
+    tidal__v1__metric__free_unpacked(mt, NULL);
+}
+
+int run_main(int argc, char **argv)
+{
+    role_args a;
+    int rc = parse_role_args("run", argc, argv, true, &a);
+    if (rc) return rc;
+    job_spec s;
+    char run_dir[4096], path[4300];
+    const bool resume = a.resume;
+    if (resume && !a.out && a.spec_file) { /* tidal run --resume RUN */
+        a.out = a.spec_file;
+        a.spec_file = NULL;
+    }
+    if (!a.spec_file) {
+        snprintf(path, sizeof path, "%s/spec.json", a.out);
+        a.spec_file = path;
+    }
+    tidal_status st = load_spec(&a, &s);
+    if (st != TIDAL_OK) {
+        fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
+        return exit_for(st);
+    }
+    if (a.out) snprintf(run_dir, sizeof run_dir, "%s", a.out);
+    else default_run_dir(&s, run_dir, sizeof run_dir);
+    char logs[4200];
+    snprintf(logs, sizeof logs, "%s/logs", run_dir);
+    if ((st = fs_mkdirs(logs)) != TIDAL_OK) {
+        fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
+        spec_release(&s);
+        return 1;
+    }
+    /* the effective spec the children read */
+    json_t *sj = spec_to_json(&s);
+    char *text = sj ? json_dumps(sj, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(sj);
+    char spec_path[4200];
+    snprintf(spec_path, sizeof spec_path, "%s/spec.json", run_dir);
+    st = text ? fs_write_file(spec_path, text, strlen(text)) : TIDAL_ERR_NOMEM;
+    free(text);
+    tidal_server *srv = NULL;
+    char url[SPEC_STR + 64];
+    if (st == TIDAL_OK && !s.bus.url[0] && !a.bus) { /* the embedded default: a private server, store in the run */
+        char store[4200], nlog[4200];
+        snprintf(store, sizeof store, "%s/nats", run_dir);
+        snprintf(nlog, sizeof nlog, "%s/logs/nats-server.log", run_dir);
+        tidal_server_opts so = {.store_dir = store, .log_file = nlog};
+        if ((st = tidal_server_start(&srv, &so)) == TIDAL_OK) snprintf(url, sizeof url, "%s", tidal_server_url(srv));
+    } else {
+        snprintf(url, sizeof url, "%s", a.bus ? a.bus : s.bus.url);
+    }
+    if (st != TIDAL_OK) {
+        fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
+        tidal_server_stop(srv);
+        spec_release(&s);
+        return 1;
+    }
+    catch_signals();
+    const int nw = s.rollout.workers;
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    const int worker_threads = nw > 0 && cpus > nw ? (int)(cpus / nw) : 1; /* the workers split the cores */
+    child *kids = calloc((size_t)(2 + nw), sizeof *kids);
+    char *ctl_argv[] = {"tidal", "controller", spec_path, "--out", run_dir, "--bus", url, NULL};
+    char *tr_argv[] = {"tidal", "trainer", spec_path, "--out", run_dir, "--bus", url, resume ? "--resume" : NULL, NULL};
+    kids[0] = (child){.role = "controller", .pid = spawn(run_dir, "controller", ctl_argv, 1)};
+    kids[1] = (child){.role = "trainer", .pid = spawn(run_dir, "trainer", tr_argv, 0)};
+    snprintf(kids[0].name, sizeof kids[0].name, "controller");
+    snprintf(kids[1].name, sizeof kids[1].name, "trainer");
+    for (int i = 0; i < nw; i++) {
+        char id[64];
+        snprintf(id, sizeof id, "w%d-%d", i, (int)getpid());
+        char *w_argv[] = {"tidal", "rollout", "--bus", url, "--job", s.job.name, "--id", id, NULL};
+        snprintf(kids[2 + i].name, sizeof kids[2 + i].name, "rollout-%d", i);
+        kids[2 + i].role = "rollout";
+        kids[2 + i].pid = spawn(run_dir, kids[2 + i].name, w_argv, worker_threads);
+    }
+    snprintf(path, sizeof path, "%s/pids", run_dir);
+    FILE *pf = fopen(path, "w");
+    if (pf) {
+        if (srv) fprintf(pf, "nats-server %s\n", url);
+        for (int i = 0; i < 2 + nw; i++) fprintf(pf, "%s %d\n", kids[i].name, (int)kids[i].pid);
+        fclose(pf);
+    }
+    fprintf(stderr, "tidal run: job %s, run directory %s, bus %s%s, %d rollout workers\n", s.job.name, run_dir, url,
+            srv ? " (private)" : "", nw);
+    /* the progress line: the controller's Metric each second */
+    job_names names;
+    job_names_init(&names, s.job.name);
+    tidal_bus *b = NULL;
+    bus_sub *sub = NULL;
+    bus_opts bo = bus_from(&a, &s);
+    bo.urls = url, bo.name = "run";
+    char subj[200];
+    snprintf(subj, sizeof subj, "%s.controller", names.metrics_prefix);
+    if (bus_connect(&b, &bo) == TIDAL_OK) bus_subscribe_sync(b, subj, NULL, &sub);
+    const bool tty = isatty(2);
+    double last_print = 0;
+    bool stopping = false, failed = false;
+    int running = 2 + nw;
+    while (running > 0) {
+        int status = 0;
+        pid_t pid;
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+            for (int i = 0; i < 2 + nw; i++)
+                if (kids[i].pid == pid && !kids[i].exited) {
+                    kids[i].exited = true, kids[i].status = status;
+                    running--;
+                    const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+                    if (!ok || i < 2)
+                        fprintf(stderr, "%stidal run: %s %s (%s/logs/%s.log)\n", tty ? "\n" : "", kids[i].name,
+                                ok ? "finished" : "failed", run_dir, kids[i].name);
+                    if (!ok && i < 2 && !stopping) failed = true; /* the job cannot go on without it */
+                    if (i == 0 && !stopping) { /* the controller is done (summary written): stop the rest */
+                        stopping = true;
+                        for (int k = 1; k < 2 + nw; k++)
+                            if (!kids[k].exited) kill(kids[k].pid, SIGTERM);
+                    }
+                }
+        if ((g_stop || failed) && !stopping) {
+            stopping = true;
+            for (int k = 0; k < 2 + nw; k++)
+                if (!kids[k].exited) kill(kids[k].pid, SIGTERM);
+        }
+        if (sub) progress_line(b, sub, tty, &last_print);
+        usleep(50 * 1000);
+    }
+    if (tty) fprintf(stderr, "\n");
+    bus_unsubscribe(sub);
+    bus_close(b);
+    tidal_server_stop(srv);
+    const int ctl_status = kids[0].status;
+    free(kids);
+    snprintf(path, sizeof path, "%s/summary.json", run_dir);
+    struct stat sb;
+    if (stat(path, &sb) == 0) fprintf(stderr, "tidal run: %s\n", path);
+    spec_release(&s);
+    if (failed) return 1;
+    return WIFEXITED(ctl_status) ? WEXITSTATUS(ctl_status) : 1;
+}

@@ -1,0 +1,615 @@
+/* controller.c - the controller role (controller.h). */
+#include "controller/controller.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "controller/admission.h"
+#include "controller/data.h"
+#include "controller/jobmodel.h"
+#include "proto/codec.h"
+#include "proto/fs.h"
+#include "proto/job.h"
+
+#define MAX_WORKERS 4096
+#define WORKER_LIVE_MS 5000
+#define EVAL_TIMEOUT_MS 300000
+
+typedef struct worker_row {
+    char id[192];
+    uint64_t updated_ms, trajectories, rejected, redelivered;
+    bool gone;
+} worker_row;
+
+typedef struct eval_round {
+    bool active;
+    uint64_t version;
+    int prompts, k;
+    int received;
+    double reward_sum;
+    int *succ_first, *succ_any; /* [prompts] */
+    double started_ms;
+} eval_round;
+
+typedef struct ctl {
+    const controller_opts *o;
+    const job_spec *s;
+    job_names names;
+    tidal_bus *bus;
+    bus_kv *kv, *wkv;
+    bus_kv_watcher *wwatch;
+    bus_sub *metrics, *evals;
+    dataset *data;
+    chat_format fmt;
+    uint64_t next, epoch;       /* cursor: the next training group's number */
+    bool exhausted;
+    /* the trainer's counts (KV trainer.groups) */
+    uint64_t version, trained, failed, dropped_total, rejected_traj, duplicates;
+    json_t *dropped;            /* reason -> groups */
+    bool done;
+    worker_row *workers;
+    int n_workers;
+    FILE *metrics_f, *eval_f;
+    double t0_ms, last_progress_ms, last_counts_ms;
+    double reward_last, staleness_last, samples_last_s;
+    uint64_t samples_total;
+    double first_sample_ms;
+    eval_round ev;
+    uint64_t next_eval;         /* version of the next evaluation */
+    /* reward curve */
+    uint64_t *curve_step;
+    double *curve_reward;
+    size_t n_curve, cap_curve;
+} ctl;
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static uint64_t unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static bool stopping(const ctl *c) { return c->o->stop && *c->o->stop; }
+
+/* ---------------------------------------------------------------- cursor */
+
+static tidal_status cursor_load(ctl *c)
+{
+    void *v = NULL;
+    size_t n = 0;
+    tidal_status st = bus_kv_get(c->kv, JOB_KEY_CURSOR, &v, &n, NULL);
+    if (st == TIDAL_ERR_NOT_FOUND) return TIDAL_OK;
+    if (st != TIDAL_OK) return st;
+    json_t *o = json_loadb(v, n, 0, NULL);
+    free(v);
+    if (!json_is_integer(json_object_get(o, "next")))
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "controller: KV %s/%s: no \"next\"", c->names.kv_bucket, JOB_KEY_CURSOR);
+    else {
+        c->next = (uint64_t)json_integer_value(json_object_get(o, "next"));
+        c->epoch = (uint64_t)json_integer_value(json_object_get(o, "epoch"));
+        c->next_eval = (uint64_t)json_integer_value(json_object_get(o, "next_eval"));
+    }
+    json_decref(o);
+    return st;
+}
+
+static tidal_status cursor_put(ctl *c)
+{
+    char buf[160];
+    int n = snprintf(buf, sizeof buf, "{\"next\":%llu,\"epoch\":%llu,\"next_eval\":%llu}", (unsigned long long)c->next,
+                     (unsigned long long)c->epoch, (unsigned long long)c->next_eval);
+    return bus_kv_put(c->kv, JOB_KEY_CURSOR, buf, (size_t)n, NULL);
+}
+
+/* ---------------------------------------------------------------- the trainer's counts */
+
+static void read_counts(ctl *c)
+{
+    const double t = now_ms();
+    if (t - c->last_counts_ms < 50) return;
+    c->last_counts_ms = t;
+    void *v = NULL;
+    size_t n = 0;
+    if (bus_kv_get(c->kv, JOB_KEY_GROUPS, &v, &n, NULL) == TIDAL_OK) {
+        json_t *o = json_loadb(v, n, 0, NULL);
+        if (json_is_object(o)) {
+            c->version = (uint64_t)json_integer_value(json_object_get(o, "version"));
+            c->trained = (uint64_t)json_integer_value(json_object_get(o, "trained"));
+            c->failed = (uint64_t)json_integer_value(json_object_get(o, "failed"));
+            c->rejected_traj = (uint64_t)json_integer_value(json_object_get(o, "rejected"));
+            c->duplicates = (uint64_t)json_integer_value(json_object_get(o, "duplicate_samples"));
+            json_t *d = json_object_get(o, "dropped");
+            if (json_is_object(d)) {
+                json_decref(c->dropped);
+                c->dropped = json_incref(d);
+                c->dropped_total = 0;
+                const char *k;
+                json_t *x;
+                json_object_foreach(d, k, x) c->dropped_total += (uint64_t)json_integer_value(x);
+            }
+        }
+        json_decref(o);
+    }
+    free(v);
+    if (bus_kv_get(c->kv, JOB_KEY_STATE, &v, &n, NULL) == TIDAL_OK) c->done = n == 4 && !memcmp(v, "done", 4);
+    free(v);
+}
+
+/* ---------------------------------------------------------------- workers */
+
+static void read_workers(ctl *c)
+{
+    bus_kv_event ev;
+    while (c->wwatch && bus_kv_watch_next(c->wwatch, 1, &ev) == TIDAL_OK) {
+        if (ev.kind == BUS_KV_PUT || ev.kind == BUS_KV_DELETE) {
+            int i = 0;
+            while (i < c->n_workers && strcmp(c->workers[i].id, ev.key)) i++;
+            if (i == c->n_workers && c->n_workers < MAX_WORKERS) {
+                memset(&c->workers[i], 0, sizeof c->workers[i]);
+                snprintf(c->workers[i].id, sizeof c->workers[i].id, "%s", ev.key);
+                c->n_workers++;
+            }
+            worker_row *w = i < c->n_workers ? &c->workers[i] : NULL;
+            Tidal__V1__WorkerStatus *s = NULL;
+            if (w && ev.kind == BUS_KV_DELETE) w->gone = true;
+            else if (w && codec_decode_worker_status(ev.value, ev.len, &s) == TIDAL_OK) {
+                w->gone = false;
+                w->updated_ms = s->updated_unix_ms;
+                w->trajectories = s->trajectories, w->rejected = s->rejected, w->redelivered = s->redelivered;
+                tidal__v1__worker_status__free_unpacked(s, NULL);
+            }
+        }
+        bus_kv_event_clear(&ev);
+    }
+}
+
+static int live_workers(const ctl *c)
+{
+    const uint64_t t = unix_ms();
+    int n = 0;
+    for (int i = 0; i < c->n_workers; i++)
+        n += !c->workers[i].gone && c->workers[i].updated_ms + WORKER_LIVE_MS > t;
+    return n;
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+static tidal_status publish_prompt(ctl *c, const char *id, const char *group, const dataset_item *it, int first,
+                                   int count, int group_size, uint64_t min_version, uint64_t data_index, bool eval,
+                                   double temperature)
+{
+    char *text = NULL;
+    tidal_status st = job_render_prompt(c->fmt, it->prompt, &text);
+    if (st != TIDAL_OK) return st;
+    Tidal__V1__SamplingParams sp = TIDAL__V1__SAMPLING_PARAMS__INIT;
+    sp.temperature = temperature;
+    sp.top_p = c->s->rollout.top_p;
+    sp.top_k = (uint32_t)c->s->rollout.top_k;
+    Tidal__V1__Prompt p = TIDAL__V1__PROMPT__INIT;
+    p.schema_version = 1;
+    p.prompt_id = (char *)id, p.group_id = (char *)group;
+    p.sample_index = (uint32_t)first, p.sample_count = (uint32_t)count, p.group_size = (uint32_t)group_size;
+    p.text = text;
+    p.task_json = it->task_json;
+    p.env = (char *)c->s->env.name;
+    p.sampling = &sp;
+    p.max_tokens = (uint32_t)c->s->rollout.max_tokens;
+    p.min_version = min_version;
+    p.data_index = data_index;
+    p.dispatched_unix_ms = unix_ms();
+    p.controller_epoch = c->epoch;
+    p.eval = eval;
+    void *buf = NULL;
+    size_t len = 0;
+    if ((st = codec_validate(&p.base)) == TIDAL_OK && (st = codec_encode(&p.base, &buf, &len)) == TIDAL_OK)
+        st = bus_js_publish(c->bus, c->names.prompts_subject, buf, (int)len, id, 0, NULL, NULL);
+    free(buf);
+    free(text);
+    return st;
+}
+
+static tidal_status dispatch(ctl *c)
+{
+    const job_spec *s = c->s;
+    const uint32_t K = (uint32_t)s->buffer.max_staleness, B = (uint32_t)s->trainer.groups_per_step;
+    const uint64_t gone = c->dropped_total + c->failed;
+    uint64_t room = admission_room(c->version, K, B, c->next, gone);
+    while (room-- > 0 && !c->exhausted && !stopping(c)) {
+        dataset_item it = {0};
+        tidal_status st = dataset_train_item(c->data, c->next, s->data.epochs, s->data.shuffle, &it);
+        if (st == TIDAL_ERR_NOT_FOUND) {
+            tidal_log(TIDAL_LOG_WARN, "controller: the data is exhausted after %llu groups", (unsigned long long)c->next);
+            c->exhausted = true;
+            return TIDAL_OK;
+        }
+        if (st != TIDAL_OK) return st;
+        /* the step it feeds counts only groups still alive: dropped ones were replaced */
+        const uint64_t live = c->next > gone ? c->next - gone : 0;
+        const uint64_t minv = admission_min_version(admission_feeds(live, B), K);
+        char id[48], group[48];
+        snprintf(id, sizeof id, "p%llu", (unsigned long long)c->next);
+        snprintf(group, sizeof group, "g%llu", (unsigned long long)c->next);
+        st = publish_prompt(c, id, group, &it, 0, s->rollout.group_size, s->rollout.group_size, minv, c->next, false,
+                            s->rollout.temperature);
+        dataset_item_clear(&it);
+        if (st != TIDAL_OK) return st;
+        c->next++;
+        if ((st = cursor_put(c)) != TIDAL_OK) return st; /* a crash before this republishes p<n>: de-duplicated */
+    }
+    return TIDAL_OK;
+}
+
+/* ---------------------------------------------------------------- evaluation */
+
+static tidal_status eval_start(ctl *c)
+{
+    const job_spec *s = c->s;
+    eval_round *e = &c->ev;
+    size_t n = dataset_eval_count(c->data);
+    if (s->eval.max_prompts > 0 && n > (size_t)s->eval.max_prompts) n = (size_t)s->eval.max_prompts;
+    if (n == 0) return TIDAL_OK;
+    free(e->succ_first), free(e->succ_any);
+    *e = (eval_round){.active = true, .version = c->version, .prompts = (int)n, .k = s->eval.pass_k,
+                      .started_ms = now_ms()};
+    e->succ_first = calloc(n, sizeof *e->succ_first);
+    e->succ_any = calloc(n, sizeof *e->succ_any);
+    if (!e->succ_first || !e->succ_any) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
+    const double temp = e->k == 1 ? 0.0 : s->rollout.temperature;
+    for (size_t i = 0; i < n; i++) {
+        dataset_item it = {0};
+        tidal_status st = dataset_eval_item(c->data, i, &it);
+        char id[64], group[64];
+        snprintf(id, sizeof id, "e%llu-%zu", (unsigned long long)e->version, i);
+        snprintf(group, sizeof group, "eval%llu-%zu", (unsigned long long)e->version, i);
+        if (st == TIDAL_OK) st = publish_prompt(c, id, group, &it, 0, e->k, e->k, e->version, i, true, temp);
+        dataset_item_clear(&it);
+        if (st != TIDAL_OK) return st;
+    }
+    tidal_log(TIDAL_LOG_INFO, "controller: evaluation at v%llu: %zu prompts, pass@%d", (unsigned long long)e->version,
+              n, e->k);
+    return TIDAL_OK;
+}
+
+static void eval_finish(ctl *c, bool complete)
+{
+    eval_round *e = &c->ev;
+    int first = 0, any = 0;
+    for (int i = 0; i < e->prompts; i++) first += e->succ_first[i], any += e->succ_any[i] > 0;
+    json_t *o = json_object();
+    json_object_set_new(o, "step", json_integer((json_int_t)e->version));
+    json_object_set_new(o, "prompts", json_integer(e->prompts));
+    json_object_set_new(o, "samples", json_integer(e->received));
+    json_object_set_new(o, "complete", json_boolean(complete));
+    json_object_set_new(o, "reward_mean", json_real(e->received ? e->reward_sum / e->received : 0));
+    json_object_set_new(o, "pass@1", json_real((double)first / e->prompts));
+    if (e->k > 1) {
+        char key[32];
+        snprintf(key, sizeof key, "pass@%d", e->k);
+        json_object_set_new(o, key, json_real((double)any / e->prompts));
+    }
+    char *line = json_dumps(o, JSON_COMPACT);
+    if (line && c->eval_f) fprintf(c->eval_f, "%s\n", line), fflush(c->eval_f);
+    tidal_log(TIDAL_LOG_INFO, "controller: evaluation %s", line ? line : "");
+    free(line);
+    json_decref(o);
+    e->active = false;
+}
+
+static void read_evals(ctl *c)
+{
+    bus_msg *msgs[64];
+    int n = 0;
+    if (!c->evals || bus_fetch(c->evals, 64, 5, msgs, &n) != TIDAL_OK) n = 0;
+    eval_round *e = &c->ev;
+    for (int i = 0; i < n; i++) {
+        Tidal__V1__Trajectory *t = NULL;
+        unsigned long long v;
+        size_t idx;
+        if (codec_decode_trajectory(bus_msg_data(msgs[i]), (size_t)bus_msg_len(msgs[i]), &t) != TIDAL_OK) {
+            tidal_log(TIDAL_LOG_WARN, "controller: rejected a message on %s: %s", bus_msg_subject(msgs[i]),
+                      tidal_errmsg());
+        } else if (e->active && sscanf(t->group_id, "eval%llu-%zu", &v, &idx) == 2 && v == e->version &&
+                   idx < (size_t)e->prompts) {
+            const bool ok = t->status == TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK && t->reward >= 1.0 - 1e-9;
+            if (t->sample_index == 0) e->succ_first[idx] = ok;
+            e->succ_any[idx] += ok;
+            e->reward_sum += t->reward;
+            e->received++;
+        }
+        if (t) tidal__v1__trajectory__free_unpacked(t, NULL);
+        bus_ack(msgs[i]);
+        bus_msg_destroy(msgs[i]);
+    }
+    if (e->active && e->received >= e->prompts * e->k) eval_finish(c, true);
+    else if (e->active && now_ms() - e->started_ms > EVAL_TIMEOUT_MS) eval_finish(c, false);
+}
+
+/* ---------------------------------------------------------------- metrics */
+
+static void curve_add(ctl *c, uint64_t step, double reward)
+{
+    if (c->n_curve == c->cap_curve) {
+        size_t cap = c->cap_curve ? 2 * c->cap_curve : 256;
+        uint64_t *s = realloc(c->curve_step, cap * sizeof *s);
+        if (s) c->curve_step = s;
+        double *r = s ? realloc(c->curve_reward, cap * sizeof *r) : NULL;
+        if (!s || !r) return;
+        c->curve_reward = r, c->cap_curve = cap;
+    }
+    c->curve_step[c->n_curve] = step, c->curve_reward[c->n_curve] = reward;
+    c->n_curve++;
+}
+
+static void read_metrics(ctl *c)
+{
+    bus_msg *m = NULL;
+    while (c->metrics && bus_next(c->metrics, 1, &m) == TIDAL_OK) {
+        Tidal__V1__Metric *mt = NULL;
+        if (codec_decode_metric(bus_msg_data(m), (size_t)bus_msg_len(m), &mt) != TIDAL_OK) {
+            tidal_log(TIDAL_LOG_WARN, "controller: rejected a message on %s: %s", bus_msg_subject(m), tidal_errmsg());
+        } else if (!strcmp(mt->role, "trainer")) {
+            json_t *o = json_object();
+            json_object_set_new(o, "step", json_integer((json_int_t)mt->step));
+            json_object_set_new(o, "time", json_real(mt->time));
+            double reward = NAN, samples = 0;
+            for (size_t i = 0; i < mt->n_values; i++) {
+                const double v = mt->values[i]->value;
+                json_object_set_new(o, mt->values[i]->key, isfinite(v) ? json_real(v) : json_null());
+                if (!strcmp(mt->values[i]->key, "reward_mean")) reward = v;
+                if (!strcmp(mt->values[i]->key, "samples")) samples = v;
+                if (!strcmp(mt->values[i]->key, "staleness_mean")) c->staleness_last = v;
+            }
+            json_object_set_new(o, "workers", json_integer(live_workers(c)));
+            char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
+            if (line && c->metrics_f) fprintf(c->metrics_f, "%s\n", line), fflush(c->metrics_f);
+            free(line);
+            json_decref(o);
+            c->reward_last = reward;
+            if (!c->samples_total) c->first_sample_ms = now_ms();
+            c->samples_total += (uint64_t)samples;
+            curve_add(c, mt->step, reward);
+        }
+        if (mt) tidal__v1__metric__free_unpacked(mt, NULL);
+        bus_msg_destroy(m);
+    }
+}
+
+/* One line a second on tidal.J.metrics.controller: what `tidal run` shows. */
+static void progress(ctl *c)
+{
+    const double t = now_ms();
+    if (t - c->last_progress_ms < 1000) return;
+    c->last_progress_ms = t;
+    const double run_s = (t - c->first_sample_ms) / 1e3;
+    const double sps = c->samples_total && run_s > 0 ? (double)c->samples_total / run_s : 0;
+    const double steps = c->s->trainer.steps;
+    const double eta = c->version > 0 && sps > 0
+                           ? (steps - (double)c->version) * c->s->trainer.groups_per_step * c->s->rollout.group_size / sps
+                           : -1;
+    struct {
+        const char *k;
+        double v;
+    } vals[] = {{"version", (double)c->version}, {"steps", steps},           {"reward_mean", c->reward_last},
+                {"staleness_mean", c->staleness_last}, {"samples_per_s", sps}, {"workers", live_workers(c)},
+                {"eta_s", eta},                    {"dispatched", (double)c->next}};
+    enum { N = sizeof vals / sizeof vals[0] };
+    Tidal__V1__Metric__ValuesEntry ent[N], *entp[N];
+    for (int i = 0; i < N; i++) {
+        ent[i] = (Tidal__V1__Metric__ValuesEntry)TIDAL__V1__METRIC__VALUES_ENTRY__INIT;
+        ent[i].key = (char *)vals[i].k, ent[i].value = vals[i].v;
+        entp[i] = &ent[i];
+    }
+    Tidal__V1__Metric mt = TIDAL__V1__METRIC__INIT;
+    mt.schema_version = 1, mt.role = "controller", mt.source = "controller";
+    mt.step = c->version, mt.time = (t - c->t0_ms) / 1e3, mt.unix_ms = unix_ms();
+    mt.n_values = N, mt.values = entp;
+    void *buf = NULL;
+    size_t len = 0;
+    char subject[200];
+    snprintf(subject, sizeof subject, "%s.controller", c->names.metrics_prefix);
+    if (codec_encode(&mt.base, &buf, &len) == TIDAL_OK) bus_publish(c->bus, subject, buf, (int)len);
+    free(buf);
+}
+
+/* ---------------------------------------------------------------- the end */
+
+static void plot(ctl *c)
+{
+    char tsv[4200], svg[4200];
+    snprintf(tsv, sizeof tsv, "%s/reward.tsv", c->o->run_dir);
+    snprintf(svg, sizeof svg, "%s/reward.svg", c->o->run_dir);
+    FILE *f = fopen(tsv, "w");
+    if (!f) return;
+    fprintf(f, "# step\treward_mean\n");
+    for (size_t i = 0; i < c->n_curve; i++)
+        if (isfinite(c->curve_reward[i])) fprintf(f, "%llu\t%.6f\n", (unsigned long long)c->curve_step[i], c->curve_reward[i]);
+    fclose(f);
+    FILE *g = popen("gnuplot 2>&1", "w");
+    if (!g) {
+        tidal_log(TIDAL_LOG_WARN, "controller: no gnuplot: %s has the curve as text", tsv);
+        return;
+    }
+    fprintf(g,
+            "set terminal svg size 800,450 dynamic background rgb 'white'\n"
+            "set output '%s'\n"
+            "set title 'job %s: reward per step'\n"
+            "set xlabel 'trainer step'\nset ylabel 'reward mean'\nset yrange [0:1.05]\nset grid\nset key off\n"
+            "plot '%s' using 1:2 with linespoints lw 2 pt 7 ps 0.4\n",
+            svg, c->names.job, tsv);
+    if (pclose(g) != 0) tidal_log(TIDAL_LOG_WARN, "controller: gnuplot failed; %s has the curve as text", tsv);
+}
+
+static tidal_status summary(ctl *c)
+{
+    read_counts(c);
+    c->last_counts_ms = 0;
+    read_counts(c);
+    read_workers(c);
+    const uint64_t accounted = c->trained + c->dropped_total + c->failed;
+    json_t *o = json_object(), *g = json_object(), *p = json_object(), *r = json_object();
+    json_object_set_new(o, "job", json_string(c->names.job));
+    json_object_set_new(o, "version", json_integer((json_int_t)c->version));
+    json_object_set_new(o, "steps", json_integer(c->s->trainer.steps));
+    json_object_set_new(o, "done", json_boolean(c->done));
+    json_object_set_new(o, "wall_s", json_real((now_ms() - c->t0_ms) / 1e3));
+    uint64_t redelivered = 0, rejected_prompts = 0;
+    for (int i = 0; i < c->n_workers; i++)
+        redelivered += c->workers[i].redelivered, rejected_prompts += c->workers[i].rejected;
+    json_object_set_new(p, "dispatched", json_integer((json_int_t)c->next));
+    json_object_set_new(p, "redelivered", json_integer((json_int_t)redelivered));
+    json_object_set_new(o, "prompts", p);
+    json_object_set_new(g, "dispatched", json_integer((json_int_t)c->next));
+    json_object_set_new(g, "trained", json_integer((json_int_t)c->trained));
+    json_object_set_new(g, "dropped", c->dropped ? json_deep_copy(c->dropped) : json_object());
+    json_object_set_new(g, "failed", json_integer((json_int_t)c->failed));
+    json_object_set_new(g, "in_flight", json_integer((json_int_t)(c->next >= accounted ? c->next - accounted : 0)));
+    json_object_set_new(o, "groups", g);
+    json_object_set_new(r, "prompts", json_integer((json_int_t)rejected_prompts));
+    json_object_set_new(r, "trajectories", json_integer((json_int_t)c->rejected_traj));
+    json_object_set_new(o, "rejected", r);
+    json_object_set_new(o, "duplicate_samples", json_integer((json_int_t)c->duplicates));
+    double first = 0, last = 0;
+    size_t nf = 0, nl = 0;
+    for (size_t i = 0; i < c->n_curve && i < 10; i++) first += c->curve_reward[i], nf++;
+    for (size_t i = c->n_curve > 10 ? c->n_curve - 10 : 0; i < c->n_curve; i++) last += c->curve_reward[i], nl++;
+    json_t *rw = json_object();
+    json_object_set_new(rw, "first", c->n_curve ? json_real(c->curve_reward[0]) : json_null());
+    json_object_set_new(rw, "first10_mean", nf ? json_real(first / nf) : json_null());
+    json_object_set_new(rw, "last10_mean", nl ? json_real(last / nl) : json_null());
+    json_object_set_new(o, "reward", rw);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/summary.json", c->o->run_dir);
+    char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+    json_decref(o);
+    tidal_status st = text ? fs_write_file(path, text, strlen(text)) : tidal_fail(TIDAL_ERR_NOMEM, "out of memory");
+    free(text);
+    if (c->next < accounted)
+        return tidal_fail(TIDAL_ERR_CORRUPT,
+                          "controller: %llu groups dispatched but %llu accounted for (trained %llu, dropped %llu, "
+                          "failed %llu): a group was counted twice",
+                          (unsigned long long)c->next, (unsigned long long)accounted, (unsigned long long)c->trained,
+                          (unsigned long long)c->dropped_total, (unsigned long long)c->failed);
+    return st;
+}
+
+/* ---------------------------------------------------------------- start */
+
+static tidal_status start(ctl *c)
+{
+    const job_spec *s = c->s;
+    tidal_status st = job_names_init(&c->names, s->job.name);
+    if (st == TIDAL_OK) st = fs_mkdirs(c->o->run_dir);
+    bus_opts bo = c->o->bus;
+    if (!bo.name) bo.name = "controller";
+    if (st == TIDAL_OK) st = bus_connect(&c->bus, &bo);
+    job_bus_cfg jc = {.prompt_ack_wait_ms = s->rollout.ack_wait_ms, .prompt_max_deliver = 5};
+    if (st == TIDAL_OK) st = job_bus_ensure(c->bus, &c->names, &jc, &c->kv);
+    if (st != TIDAL_OK) return st;
+    /* the effective spec: for workers (KV) and for people (the run directory) */
+    json_t *sj = spec_to_json(s);
+    char *text = sj ? json_dumps(sj, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(sj);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/spec.json", c->o->run_dir);
+    st = text ? fs_write_file(path, text, strlen(text)) : tidal_fail(TIDAL_ERR_NOMEM, "out of memory");
+    if (st == TIDAL_OK) st = bus_kv_put(c->kv, JOB_KEY_SPEC, text, strlen(text), NULL);
+    free(text);
+    if (st != TIDAL_OK) return st;
+    if ((st = cursor_load(c)) != TIDAL_OK) return st;
+    c->epoch++;
+    if (s->data.generator[0])
+        st = dataset_open_generator(s->data.generator, s->env.config_json, (uint64_t)s->data.seed, s->data.eval_size,
+                                    &c->data);
+    else
+        st = dataset_open_jsonl(s->data.path, s->data.prompt_key, s->data.eval_fraction, (uint64_t)s->data.seed,
+                                &c->data);
+    if (st != TIDAL_OK) return st;
+    tokenizer *tok = NULL;
+    if ((st = job_tokenizer(s, &tok)) != TIDAL_OK) return st;
+    st = job_chat_format(s, tok, &c->fmt);
+    tokenizer_free(tok);
+    if (st != TIDAL_OK) return st;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", c->o->run_dir);
+    c->metrics_f = fopen(path, "a");
+    snprintf(path, sizeof path, "%s/eval.jsonl", c->o->run_dir);
+    c->eval_f = s->eval.every > 0 ? fopen(path, "a") : NULL;
+    if (!c->metrics_f) return tidal_fail(TIDAL_ERR_IO, "controller: cannot write %s/metrics.jsonl", c->o->run_dir);
+    char subj[200];
+    snprintf(subj, sizeof subj, "%s.>", c->names.metrics_prefix);
+    if ((st = bus_subscribe_sync(c->bus, subj, NULL, &c->metrics)) != TIDAL_OK) return st;
+    if ((st = bus_pull_subscribe(c->bus, c->names.traj_stream, JOB_CONSUMER_EVAL, &c->evals)) != TIDAL_OK) return st;
+    if ((st = bus_kv_open(c->bus, c->names.workers_bucket, &c->wkv)) != TIDAL_OK) return st;
+    if ((st = bus_kv_watch(c->wkv, NULL, &c->wwatch)) != TIDAL_OK) return st;
+    c->workers = calloc(MAX_WORKERS, sizeof *c->workers);
+    if (!c->workers) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
+    tidal_log(TIDAL_LOG_INFO, "controller: job %s (controller epoch %llu) continues at group %llu; run dir %s",
+              c->names.job, (unsigned long long)c->epoch, (unsigned long long)c->next, c->o->run_dir);
+    return cursor_put(c);
+}
+
+tidal_status controller_run(const controller_opts *o)
+{
+    ctl *c = calloc(1, sizeof *c);
+    if (!c) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
+    c->o = o, c->s = o->spec;
+    c->t0_ms = c->first_sample_ms = now_ms();
+    c->reward_last = NAN;
+    tidal_status st = start(c);
+    const int every = c->s->eval.every;
+    while (st == TIDAL_OK && !stopping(c)) {
+        read_counts(c);
+        read_workers(c);
+        read_metrics(c);
+        if (every > 0) {
+            read_evals(c);
+            if (!c->ev.active && c->version >= c->next_eval && (!c->done || c->version == c->next_eval)) {
+                st = eval_start(c);
+                c->next_eval = (c->version / (uint64_t)every + 1) * (uint64_t)every;
+                if (c->next_eval > (uint64_t)c->s->trainer.steps && c->version < (uint64_t)c->s->trainer.steps)
+                    c->next_eval = (uint64_t)c->s->trainer.steps; /* the last version is always evaluated */
+                if (st == TIDAL_OK) st = cursor_put(c);
+            }
+        }
+        if (c->done && !c->ev.active) break;
+        if (st == TIDAL_OK && !c->done) st = dispatch(c);
+        progress(c);
+        usleep(20 * 1000);
+    }
+    if (c->bus) {
+        read_metrics(c);
+        tidal_status ss = summary(c);
+        if (st == TIDAL_OK) st = ss;
+        plot(c);
+        if (c->done) tidal_log(TIDAL_LOG_INFO, "controller: job %s done at v%llu", c->names.job, (unsigned long long)c->version);
+    }
+    char err[1024] = "";
+    if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());
+    if (c->ev.active) eval_finish(c, false);
+    free(c->ev.succ_first), free(c->ev.succ_any);
+    if (c->metrics_f) fclose(c->metrics_f);
+    if (c->eval_f) fclose(c->eval_f);
+    bus_kv_watch_stop(c->wwatch);
+    bus_kv_close(c->wkv);
+    bus_unsubscribe(c->metrics);
+    bus_unsubscribe(c->evals);
+    bus_kv_close(c->kv);
+    bus_close(c->bus);
+    dataset_free(c->data);
+    json_decref(c->dropped);
+    free(c->workers);
+    free(c->curve_step), free(c->curve_reward);
+    free(c);
+    return st == TIDAL_OK ? TIDAL_OK : tidal_fail(st, "%s", err);
+}
