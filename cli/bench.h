@@ -50,6 +50,7 @@ int bench_peer_envs(const bench_peer_env **out);
 void bench_print_json(json_t *o);
 
 int bench_bus_main(int argc, char **argv);
+int bench_weights_main(int argc, char **argv);
 int bench_train_main(int argc, char **argv);
 int bench_generate_main(int argc, char **argv);
 int bench_tokenize_main(int argc, char **argv);

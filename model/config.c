@@ -432,13 +432,14 @@ static int real_digits(double x)
     return p;
 }
 
-tidal_status model_config_save(const model_config *c, const char *path, const char *dtype)
+tidal_status model_config_to_json(const model_config *c, const char *dtype, const char *name, char **out)
 {
-    if (!path) return tidal_fail(TIDAL_ERR_INVALID, "model_config_save: NULL path");
-    TRY(model_config_validate(c, path));
+    *out = NULL;
+    if (!name) name = "config.json";
+    TRY(model_config_validate(c, name));
     if (!dtype) dtype = "float32";
     if (strcmp(dtype, "float32") && strcmp(dtype, "bfloat16") && strcmp(dtype, "float16"))
-        return jv_bad(path, "torch_dtype", "\"%.40s\" is not float32, bfloat16 or float16", dtype);
+        return jv_bad(name, "torch_dtype", "\"%.40s\" is not float32, bfloat16 or float16", dtype);
     bool qwen = c->type == MODEL_QWEN2;
     /* keys in alphabetical order, as transformers writes them */
     json_t *o = json_object();
@@ -472,7 +473,16 @@ tidal_status model_config_save(const model_config *c, const char *path, const ch
     int p = real_digits(c->rms_norm_eps), q = real_digits(c->rope_theta);
     char *text = bad_ ? NULL : json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(p > q ? p : q));
     json_decref(o);
-    if (!text) return tidal_fail(TIDAL_ERR_NOMEM, "%s: config JSON", path);
+    if (!text) return tidal_fail(TIDAL_ERR_NOMEM, "%s: config JSON", name);
+    *out = text;
+    return TIDAL_OK;
+}
+
+tidal_status model_config_save(const model_config *c, const char *path, const char *dtype)
+{
+    if (!path) return tidal_fail(TIDAL_ERR_INVALID, "model_config_save: NULL path");
+    char *text = NULL;
+    TRY(model_config_to_json(c, dtype, path, &text));
 
     size_t tl = strlen(path) + 5;
     char *tmp = malloc(tl);

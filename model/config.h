@@ -49,6 +49,12 @@ tidal_status model_config_validate(const model_config *c, const char *name);
  * transformers and vLLM load. */
 tidal_status model_config_save(const model_config *c, const char *path, const char *dtype);
 
+/* The text model_config_save writes (without its final newline), as a
+ * malloc'd NUL-terminated string in *out (the caller frees it): what a
+ * WeightsManifest carries as model_config_json. `name` (NULL: "config.json")
+ * prefixes errors. */
+tidal_status model_config_to_json(const model_config *c, const char *dtype, const char *name, char **out);
+
 /* Number of parameters of the model the config describes. */
 size_t model_config_num_params(const model_config *c);
 

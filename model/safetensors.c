@@ -25,6 +25,7 @@
  */
 #include "model/safetensors.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -1062,6 +1063,46 @@ static tidal_status writer_header(const st_writer *w, char **out, size_t *len)
     return TIDAL_OK;
 }
 
+/* The file's bytes in order: the 8-byte little-endian header length, the
+ * header, then every tensor's data as added. One routine for both outputs, so
+ * a file and an in-memory image of the same writer are byte-identical. */
+typedef tidal_status (*writer_sink)(void *ctx, const void *buf, size_t len);
+
+static tidal_status writer_emit(const st_writer *w, const char *header, size_t hlen, writer_sink sink, void *ctx)
+{
+    uint8_t lenb[8];
+    for (int i = 0; i < 8; i++) lenb[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
+    TRY(sink(ctx, lenb, 8));
+    TRY(sink(ctx, header, hlen));
+    for (int i = 0; i < w->n; i++) TRY(sink(ctx, w->t[i].data, w->t[i].nbytes));
+    return TIDAL_OK;
+}
+
+typedef struct {
+    int fd;
+    const char *path;
+} fd_sink;
+
+static tidal_status sink_fd(void *ctx, const void *buf, size_t len)
+{
+    const fd_sink *f = ctx;
+    return write_all(f->fd, buf, len, f->path);
+}
+
+typedef struct {
+    uint8_t *p;
+    size_t off, cap;
+} mem_sink;
+
+static tidal_status sink_mem(void *ctx, const void *buf, size_t len)
+{
+    mem_sink *m = ctx;
+    assert(len <= m->cap - m->off); /* sized exactly by st_writer_to_memory */
+    if (len) memcpy(m->p + m->off, buf, len);
+    m->off += len;
+    return TIDAL_OK;
+}
+
 tidal_status st_writer_save(st_writer *w, const char *path)
 {
     if (!w || !path) return tidal_fail(TIDAL_ERR_INVALID, "st_writer_save: NULL argument");
@@ -1077,11 +1118,8 @@ tidal_status st_writer_save(st_writer *w, const char *path)
     if (fd < 0) {
         st = tidal_fail(TIDAL_ERR_IO, "%s: create: %s", tmp, strerror(errno));
     } else {
-        uint8_t lenb[8];
-        for (int i = 0; i < 8; i++) lenb[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-        st = write_all(fd, lenb, 8, tmp);
-        if (st == TIDAL_OK) st = write_all(fd, header, hlen, tmp);
-        for (int i = 0; i < w->n && st == TIDAL_OK; i++) st = write_all(fd, w->t[i].data, w->t[i].nbytes, tmp);
+        fd_sink f = {.fd = fd, .path = tmp};
+        st = writer_emit(w, header, hlen, sink_fd, &f);
         if (st == TIDAL_OK && fsync(fd) != 0) st = tidal_fail(TIDAL_ERR_IO, "%s: fsync: %s", tmp, strerror(errno));
         if (close(fd) != 0 && st == TIDAL_OK) st = tidal_fail(TIDAL_ERR_IO, "%s: close: %s", tmp, strerror(errno));
         if (st == TIDAL_OK && rename(tmp, path) != 0)
@@ -1091,4 +1129,34 @@ tidal_status st_writer_save(st_writer *w, const char *path)
     free(tmp);
     free(header);
     return st;
+}
+
+tidal_status st_writer_to_memory(st_writer *w, void **buf, size_t *len)
+{
+    if (buf) *buf = NULL;
+    if (len) *len = 0;
+    if (!w || !buf || !len) return tidal_fail(TIDAL_ERR_INVALID, "st_writer_to_memory: NULL argument");
+    char *header = NULL;
+    size_t hlen = 0;
+    TRY(writer_header(w, &header, &hlen));
+    size_t total = 8 + hlen;
+    for (int i = 0; i < w->n; i++) {
+        if (w->t[i].nbytes > SIZE_MAX - total) {
+            free(header);
+            return tidal_fail(TIDAL_ERR_INVALID, "st_writer_to_memory: the image does not fit in memory");
+        }
+        total += w->t[i].nbytes;
+    }
+    mem_sink m = {.p = malloc(total), .cap = total};
+    if (!m.p) {
+        free(header);
+        return tidal_fail(TIDAL_ERR_NOMEM, "st_writer_to_memory: cannot allocate %zu bytes", total);
+    }
+    tidal_status st = writer_emit(w, header, hlen, sink_mem, &m);
+    free(header);
+    if (st != TIDAL_OK) { free(m.p); return st; }
+    assert(m.off == total);
+    *buf = m.p;
+    *len = total;
+    return TIDAL_OK;
 }

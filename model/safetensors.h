@@ -85,6 +85,10 @@ tidal_status st_writer_metadata(st_writer *w, const char *key, const char *value
 /* Write the file: header padded with spaces to a multiple of 8, tensors in
  * the order added, written to PATH.tmp then renamed (never a torn file). */
 tidal_status st_writer_save(st_writer *w, const char *path);
+/* The same bytes as st_writer_save would write, as one malloc'd image:
+ * *buf (the caller frees it) of *len bytes, which st_open_memory reads. The
+ * writer is unchanged (it can be saved or imaged again). */
+tidal_status st_writer_to_memory(st_writer *w, void **buf, size_t *len);
 void st_writer_free(st_writer *w);
 
 #endif

@@ -1,0 +1,423 @@
+/* weights.c - a rollout worker's weight sync client (see weights.h).
+ *
+ * One background thread owns the KV handle, the watcher on `weights.latest`
+ * and the blob store. It drains the watcher before it fetches, so after a
+ * long fetch it goes straight to the newest manifest that came in meanwhile
+ * (the ones between are never fetched). For a manifest newer than anything it
+ * has tried it:
+ *   1. reads blob "<version>" (bus_blob_get checks every chunk and the SHA-256
+ *      of the whole against the blob's own manifest, and returns that hash);
+ *   2. checks the image's size and SHA-256 against the WeightsManifest: the
+ *      hash bus_blob_get computed over exactly the bytes it returned must be
+ *      the manifest's, so the image is not hashed a third time;
+ *   3. parses the manifest's config.json (or takes the creation config),
+ *      creates the model and fills every tensor by name from the image
+ *      (st_open_memory), checking dtype and shape, refusing strays;
+ *   4. replaces the ready model (an untaken older one is freed) and wakes
+ *      weights_client_wait.
+ * Any failure is logged with the version, counted in stats.failed, and that
+ * version is not tried again; the next manifest is tried as usual.
+ */
+#include "rollout/weights.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "proto/codec.h"
+
+#define POLL_MS 100 /* how long the thread waits for a change before looking at `stop` */
+
+struct weights_client {
+    tidal_bus *bus;
+    job_names names;
+    model_config cfg;
+    bool have_cfg;
+    bus_kv *kv;              /* the thread's */
+    bus_kv_watcher *watch;   /* the thread's */
+    bus_blob_store *store;   /* the thread's */
+    uint64_t tried;          /* newest version fetched or failed; UINT64_MAX none (the thread's) */
+    uint8_t tried_sha[32];   /* its image's SHA-256 (a re-published version differs) */
+
+    pthread_mutex_t mu;
+    pthread_cond_t ready_cv; /* a model became ready */
+    model *ready;            /* newest built, not taken (NULL: none) */
+    uint64_t ready_version;
+    weights_stats stats;
+    bool stop;
+
+    pthread_t thread;
+    bool thread_started;
+};
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static bool stopping(weights_client *c)
+{
+    pthread_mutex_lock(&c->mu);
+    bool s = c->stop;
+    pthread_mutex_unlock(&c->mu);
+    return s;
+}
+
+static void count_failure(weights_client *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->stats.failed++;
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* ---------------------------------------------------------------- building */
+
+static st_dtype manifest_dtype(const char *d)
+{
+    if (!strcmp(d, "fp32")) return ST_F32;
+    if (!strcmp(d, "bf16")) return ST_BF16;
+    return ST_F16; /* the validator allows only fp32, bf16 and fp16 */
+}
+
+/* A model for config cfg with every tensor filled from the safetensors image
+ * f: each present, in the manifest's dtype, with the model's shape; nothing
+ * else in the image (lm_head.weight is tolerated with tied embeddings). */
+static tidal_status build_model(const model_config *cfg, const st_file *f, st_dtype dtype, uint64_t v,
+                                model **out)
+{
+    *out = NULL;
+    model *m = NULL;
+    tidal_status st = model_create(cfg, &m);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": config", v);
+    float *params = model_params(m, NULL);
+    for (int i = 0; st == TIDAL_OK && i < model_num_tensors(m); i++) {
+        const model_tensor *t = model_tensor_at(m, i);
+        const st_tensor *x = st_find(f, t->name);
+        if (!x) {
+            st = tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": tensor %s is missing", v, t->name);
+        } else if (x->dtype != dtype) {
+            st = tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": tensor %s is %s, the manifest says %s", v,
+                            t->name, st_dtype_name(x->dtype), st_dtype_name(dtype));
+        } else if (x->ndim != t->ndim || x->shape[0] != t->shape[0] || (t->ndim == 2 && x->shape[1] != t->shape[1])) {
+            st = tidal_fail(TIDAL_ERR_INVALID,
+                            "weights v%" PRIu64 ": tensor %s has shape [%lld%s%lld], config.json implies [%lld%s%lld]",
+                            v, t->name, (long long)x->shape[0], x->ndim > 1 ? ", " : "",
+                            x->ndim > 1 ? (long long)x->shape[1] : 0LL, (long long)t->shape[0],
+                            t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL);
+        } else {
+            st = st_read_f32(x, params + t->offset, (int64_t)t->numel);
+            if (st != TIDAL_OK) tidal_wrap(st, "weights v%" PRIu64, v);
+        }
+    }
+    for (int i = 0; st == TIDAL_OK && i < st_count(f); i++) {
+        const st_tensor *x = st_at(f, i);
+        if (!model_find_tensor(m, x->name) && !(cfg->tie_word_embeddings && !strcmp(x->name, "lm_head.weight")))
+            st = tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": unexpected tensor %s (not in a %s model with this config)",
+                            v, x->name, cfg->type == MODEL_QWEN2 ? "qwen2" : "llama");
+    }
+    if (st != TIDAL_OK) {
+        model_free(m);
+        return st;
+    }
+    *out = m;
+    return TIDAL_OK;
+}
+
+static void hex8(const uint8_t *d, char out[17])
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < 8; i++) {
+        out[2 * i] = digits[d[i] >> 4];
+        out[2 * i + 1] = digits[d[i] & 15];
+    }
+    out[16] = '\0';
+}
+
+/* Fetch, verify and build the version manifest w describes. */
+static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsManifest *w, model **out,
+                                  uint64_t *bytes)
+{
+    *out = NULL;
+    *bytes = 0;
+    const uint64_t v = w->version;
+    if (strcmp(w->transport, "bus") != 0)
+        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights v%" PRIu64 ": transport %s is not supported by this worker",
+                          v, w->transport);
+    char name[24];
+    snprintf(name, sizeof name, "%" PRIu64, v);
+    void *image = NULL;
+    uint64_t len = 0;
+    bus_blob_info info;
+    const double t0 = now_ms();
+    tidal_status st = bus_blob_get(c->store, name, &image, &len, &info);
+    const double t_fetch = now_ms();
+    if (st != TIDAL_OK)
+        return tidal_wrap(st, "weights v%" PRIu64 ": fetch blob %s from %s", v, name, c->names.weights_stream);
+    *bytes = len;
+    assert(w->sha256.len == 32); /* codec_decode_weights_manifest checked it */
+    if (len != w->bytes) {
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the image has %" PRIu64 " bytes, the manifest says %" PRIu64,
+                        v, len, w->bytes);
+    } else if (memcmp(info.sha256, w->sha256.data, 32) != 0) {
+        char got[17], want[17];
+        hex8(info.sha256, got);
+        hex8(w->sha256.data, want);
+        st = tidal_fail(TIDAL_ERR_CORRUPT,
+                        "weights v%" PRIu64 ": the image's SHA-256 %s... does not match the manifest's %s...", v, got,
+                        want);
+    }
+    if (st == TIDAL_OK && stopping(c)) st = tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights v%" PRIu64 ": client closing", v);
+
+    model_config cfg;
+    if (st == TIDAL_OK) {
+        if (w->model_config_json && w->model_config_json[0]) {
+            char label[64];
+            snprintf(label, sizeof label, "weights v%" PRIu64 " config.json", v);
+            st = model_config_parse(w->model_config_json, strlen(w->model_config_json), label, &cfg);
+        } else if (c->have_cfg) {
+            cfg = c->cfg;
+        } else {
+            st = tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": the manifest has no config.json and the client was given none", v);
+        }
+    }
+    st_file *f = NULL;
+    if (st == TIDAL_OK) {
+        char label[64];
+        snprintf(label, sizeof label, "weights v%" PRIu64, v);
+        st = st_open_memory(image, (size_t)len, label, &f);
+    }
+    if (st == TIDAL_OK) st = build_model(&cfg, f, manifest_dtype(w->dtype), v, out);
+    st_close(f);
+    free(image);
+    if (st == TIDAL_OK)
+        tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes fetched in %.0f ms, model built in %.0f ms", v,
+                  len, t_fetch - t0, now_ms() - t_fetch);
+    return st;
+}
+
+/* ---------------------------------------------------------------- the thread */
+
+/* A watched value: a manifest to consider (kept in *cand when newer than the
+ * candidate and than everything tried), or one that does not decode (counted). */
+static void consider(weights_client *c, const bus_kv_event *ev, Tidal__V1__WeightsManifest **cand, double *seen_ms)
+{
+    Tidal__V1__WeightsManifest *w = NULL;
+    tidal_status st = codec_decode_weights_manifest(ev->value, ev->len, &w);
+    if (st != TIDAL_OK) {
+        tidal_log(TIDAL_LOG_WARN, "weights: kv %s key %s revision %" PRIu64 ": skipped: %s", c->names.kv_bucket,
+                  JOB_KEY_WEIGHTS, ev->revision, tidal_errmsg());
+        count_failure(c);
+        return;
+    }
+    pthread_mutex_lock(&c->mu);
+    if (c->stats.latest_seen == UINT64_MAX || w->version > c->stats.latest_seen) c->stats.latest_seen = w->version;
+    pthread_mutex_unlock(&c->mu);
+    /* newer than what was tried, or the same version published again with
+     * other weights (a trainer restarted from a checkpoint) */
+    bool newer = c->tried == UINT64_MAX || w->version > c->tried ||
+                 (w->version == c->tried && memcmp(w->sha256.data, c->tried_sha, 32) != 0);
+    if (*cand && w->version < (*cand)->version) newer = false;
+    if (!newer) {
+        tidal_log(TIDAL_LOG_DEBUG, "weights: manifest v%" PRIu64 " is not newer than what this worker has; ignored",
+                  w->version);
+        tidal__v1__weights_manifest__free_unpacked(w, NULL);
+        return;
+    }
+    if (*cand) tidal__v1__weights_manifest__free_unpacked(*cand, NULL);
+    *cand = w;
+    *seen_ms = now_ms();
+}
+
+static void process(weights_client *c, const Tidal__V1__WeightsManifest *w, double seen_ms)
+{
+    c->tried = w->version;
+    memcpy(c->tried_sha, w->sha256.data, 32);
+    model *m = NULL;
+    uint64_t bytes = 0;
+    tidal_status st = fetch_version(c, w, &m, &bytes);
+    pthread_mutex_lock(&c->mu);
+    c->stats.bytes += bytes;
+    if (st == TIDAL_OK && c->stop) {
+        st = TIDAL_ERR_UNAVAILABLE; /* built while closing: nobody will take it */
+    } else if (st == TIDAL_OK) {
+        model_free(c->ready);
+        c->ready = m;
+        m = NULL;
+        c->ready_version = w->version;
+        c->stats.fetched++;
+        c->stats.fetch_ms_last = now_ms() - seen_ms;
+        pthread_cond_broadcast(&c->ready_cv);
+    } else if (!c->stop) {
+        c->stats.failed++;
+    }
+    bool closing = c->stop;
+    pthread_mutex_unlock(&c->mu);
+    model_free(m);
+    if (st != TIDAL_OK && !closing) tidal_log(TIDAL_LOG_WARN, "weights: skipped: %s", tidal_errmsg());
+}
+
+static void *client_main(void *arg)
+{
+    weights_client *c = arg;
+    Tidal__V1__WeightsManifest *cand = NULL;
+    double seen_ms = 0;
+    bool warned = false;
+    while (!stopping(c)) {
+        bus_kv_event ev;
+        /* with a candidate, only drain what is queued already (then fetch) */
+        tidal_status st = bus_kv_watch_next(c->watch, cand ? 1 : POLL_MS, &ev);
+        if (st == TIDAL_OK) {
+            warned = false;
+            if (ev.kind == BUS_KV_PUT) consider(c, &ev, &cand, &seen_ms);
+            bus_kv_event_clear(&ev);
+            continue;
+        }
+        if (st != TIDAL_ERR_TIMEOUT) {
+            if (!warned) tidal_log(TIDAL_LOG_WARN, "weights: watching %s: %s", JOB_KEY_WEIGHTS, tidal_errmsg());
+            warned = true;
+            struct timespec ts = {0, POLL_MS * 1000000L};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        if (!cand) continue;
+        process(c, cand, seen_ms);
+        tidal__v1__weights_manifest__free_unpacked(cand, NULL);
+        cand = NULL;
+    }
+    if (cand) tidal__v1__weights_manifest__free_unpacked(cand, NULL);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- API */
+
+tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const model_config *cfg,
+                                   weights_client **out)
+{
+    *out = NULL;
+    if (!bus || !names) return tidal_fail(TIDAL_ERR_INVALID, "weights client: a bus and the job's names are required");
+    if (cfg) {
+        tidal_status st = model_config_validate(cfg, "weights client config");
+        if (st != TIDAL_OK) return st;
+    }
+    weights_client *c = calloc(1, sizeof *c);
+    if (!c) return tidal_fail(TIDAL_ERR_NOMEM, "weights client: out of memory");
+    c->bus = bus;
+    c->names = *names;
+    if (cfg) {
+        c->cfg = *cfg;
+        c->have_cfg = true;
+    }
+    c->tried = UINT64_MAX;
+    c->stats.latest_seen = UINT64_MAX;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->ready_cv, &ca);
+    pthread_condattr_destroy(&ca);
+
+    bus_kv_cfg kc = {.bucket = c->names.kv_bucket};
+    tidal_status st = bus_kv_ensure(bus, &kc, &c->kv);
+    if (st == TIDAL_OK) st = bus_kv_watch(c->kv, JOB_KEY_WEIGHTS, &c->watch);
+    /* keep 0: a reader never prunes */
+    if (st == TIDAL_OK) st = bus_blob_store_open(bus, c->names.weights_stream, c->names.weights_prefix, 0, &c->store);
+    if (st == TIDAL_OK && pthread_create(&c->thread, NULL, client_main, c) != 0)
+        st = tidal_fail(TIDAL_ERR_NOMEM, "cannot start the sync thread");
+    if (st != TIDAL_OK) {
+        weights_client_free(c);
+        return tidal_wrap(st, "weights client %s", names->job);
+    }
+    c->thread_started = true;
+    *out = c;
+    return TIDAL_OK;
+}
+
+/* The ready model when it is newer than `have` (UINT64_MAX: none held); under mu. */
+static model *take_locked(weights_client *c, uint64_t have, uint64_t *version)
+{
+    if (!c->ready || (have != UINT64_MAX && c->ready_version <= have)) return NULL;
+    model *m = c->ready;
+    c->ready = NULL;
+    if (version) *version = c->ready_version;
+    return m;
+}
+
+model *weights_client_take(weights_client *c, uint64_t have, uint64_t *version)
+{
+    assert(c);
+    pthread_mutex_lock(&c->mu);
+    model *m = take_locked(c, have, version);
+    pthread_mutex_unlock(&c->mu);
+    return m;
+}
+
+tidal_status weights_client_wait(weights_client *c, uint64_t min_version, int timeout_ms, model **out,
+                                 uint64_t *version)
+{
+    assert(c && out);
+    *out = NULL;
+    const uint64_t have = min_version - 1; /* 0 - 1 = UINT64_MAX: any version */
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    if (timeout_ms > 0) {
+        dl.tv_sec += timeout_ms / 1000;
+        dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (dl.tv_nsec >= 1000000000L) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000L;
+        }
+    }
+    pthread_mutex_lock(&c->mu);
+    model *m;
+    while (!(m = take_locked(c, have, version))) {
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&c->ready_cv, &c->mu);
+        } else if (pthread_cond_timedwait(&c->ready_cv, &c->mu, &dl) != 0) {
+            m = take_locked(c, have, version);
+            break;
+        }
+    }
+    uint64_t seen = c->stats.latest_seen;
+    pthread_mutex_unlock(&c->mu);
+    if (!m) {
+        char newest[32] = "none";
+        if (seen != UINT64_MAX) snprintf(newest, sizeof newest, "v%" PRIu64, seen);
+        return tidal_fail(TIDAL_ERR_TIMEOUT, "weights %s: no model of version >= %" PRIu64 " within %d ms (newest manifest seen: %s)",
+                          c->names.job, min_version, timeout_ms, newest);
+    }
+    *out = m;
+    return TIDAL_OK;
+}
+
+void weights_client_stats(weights_client *c, weights_stats *s)
+{
+    assert(c && s);
+    pthread_mutex_lock(&c->mu);
+    *s = c->stats;
+    pthread_mutex_unlock(&c->mu);
+}
+
+void weights_client_free(weights_client *c)
+{
+    if (!c) return;
+    if (c->thread_started) {
+        pthread_mutex_lock(&c->mu);
+        c->stop = true;
+        pthread_mutex_unlock(&c->mu);
+        pthread_join(c->thread, NULL);
+    }
+    bus_blob_store_close(c->store);
+    bus_kv_watch_stop(c->watch);
+    bus_kv_close(c->kv);
+    model_free(c->ready);
+    pthread_cond_destroy(&c->ready_cv);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}

@@ -1,0 +1,442 @@
+/* publish.c - the trainer's weight publisher (see publish.h for the contract).
+ *
+ * Two threads share three snapshot slots under one mutex:
+ *   pending  handed over by weights_publish, not started; a newer handover
+ *            overwrites it in place (the older version is never sent);
+ *   spare    a buffer kept for the next handover, so a steady trainer does not
+ *            allocate (and fault in) hundreds of MB per step;
+ *   the one the background thread is serializing, which it owns outside the
+ *   lock and gives back as the spare as soon as the safetensors writer holds
+ *   its own copy of the data.
+ * The background thread then images the writer (st_writer_to_memory), stores
+ * the image as blob "<version>" (bus_blob_put: chunks, their acks, the blob
+ * manifest, pruning to `keep`), reads the blob manifest back to embed it in
+ * the WeightsManifest (protocol.md: a "bus" manifest carries its blob's), and
+ * puts the WeightsManifest in `weights.latest` and the version in
+ * `trainer.version`. The blob store and KV handles belong to that thread.
+ *
+ * A failure in the background is logged, kept (the first since the last
+ * flush, with the thread's message) and reported by weights_publisher_flush;
+ * the thread goes on with the next handover.
+ */
+#include "trainer/publish.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "proto/codec.h"
+
+#define DEFAULT_KEEP 3 /* docs/protocol.md: the trainer's keep, default 3 */
+
+/* One handed-over version: the config, the tensor table and a copy of the
+ * parameters (capacities kept so the buffers can be reused). */
+typedef struct snapshot {
+    uint64_t version;
+    model_config cfg;
+    model_tensor *tensors;
+    int n_tensors, cap_tensors;
+    float *params;
+    size_t n_params, cap_params;
+} snapshot;
+
+struct weights_publisher {
+    tidal_bus *bus;
+    job_names names;
+    int keep;
+    st_dtype dtype;
+    bus_blob_store *store; /* the background thread's */
+    bus_kv *kv;            /* the background thread's */
+
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv; /* a handover or stop, for the thread */
+    pthread_cond_t idle_cv; /* the thread finished a version, for flush */
+    snapshot *pending;      /* handed over, not started (NULL: none) */
+    snapshot *spare;        /* a free buffer (NULL: none) */
+    bool working;           /* the thread is publishing working_version */
+    uint64_t working_version;
+    bool stop;
+    bool handed_any;
+    uint64_t last_handed;   /* the newest version handed over (when handed_any) */
+    uint64_t published;     /* newest manifest on the bus; UINT64_MAX none */
+    uint64_t replaced;      /* handovers overwritten before they started */
+    tidal_status failed;    /* first background failure since the last flush */
+    char failed_msg[512];
+
+    pthread_t thread;
+    bool thread_started;
+};
+
+static void snapshot_free(snapshot *s)
+{
+    if (!s) return;
+    free(s->tensors);
+    free(s->params);
+    free(s);
+}
+
+static struct timespec deadline_after(int timeout_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static int64_t unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---------------------------------------------------------------- background */
+
+/* Hand a snapshot back once its data is copied: it becomes the spare (or is
+ * freed when there is one already). */
+static void release_snapshot(weights_publisher *p, snapshot *s)
+{
+    pthread_mutex_lock(&p->mu);
+    if (!p->spare) {
+        p->spare = s;
+        s = NULL;
+    }
+    pthread_mutex_unlock(&p->mu);
+    snapshot_free(s);
+}
+
+/* The safetensors image of snapshot s in the publisher's dtype, every
+ * parameter under its Hugging Face name. Gives s back (release_snapshot) as
+ * soon as the writer holds the data, whether or not that succeeded. */
+static tidal_status serialize(weights_publisher *p, snapshot *s, void **image, size_t *len)
+{
+    const uint64_t v = s->version;
+    st_writer *w = NULL;
+    tidal_status st = st_writer_new(&w);
+    if (st == TIDAL_OK) st = st_writer_metadata(w, "format", "pt");
+    for (int i = 0; st == TIDAL_OK && i < s->n_tensors; i++) {
+        const model_tensor *t = &s->tensors[i];
+        assert(t->offset + t->numel <= s->n_params);
+        st = st_writer_add_f32(w, t->name, p->dtype, t->ndim, t->shape, s->params + t->offset);
+    }
+    release_snapshot(p, s);
+    if (st == TIDAL_OK) st = st_writer_to_memory(w, image, len);
+    st_writer_free(w);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": serialize", v);
+    return TIDAL_OK;
+}
+
+/* The manifest bus_blob_put just wrote for blob `name` (the last message on
+ * PREFIX.<name>.m, docs/protocol.md "Chunked blobs"), decoded. */
+static tidal_status read_blob_manifest(weights_publisher *p, const char *name, Tidal__V1__BlobManifest **out)
+{
+    char subj[sizeof p->names.weights_prefix + 64];
+    snprintf(subj, sizeof subj, "%s.%s.m", p->names.weights_prefix, name);
+    bus_msg *msg = NULL;
+    tidal_status st = bus_stream_get_last(p->bus, p->names.weights_stream, subj, &msg);
+    if (st != TIDAL_OK) return st;
+    st = codec_decode_blob_manifest(bus_msg_data(msg), (size_t)bus_msg_len(msg), out);
+    bus_msg_destroy(msg);
+    return st;
+}
+
+/* Store one version: blob, then WeightsManifest in `weights.latest`, then
+ * `trainer.version`. Owns s (given back by serialize). */
+static tidal_status publish_one(weights_publisher *p, snapshot *s)
+{
+    const uint64_t v = s->version;
+    const model_config cfg = s->cfg;
+    char name[24];
+    snprintf(name, sizeof name, "%" PRIu64, v);
+
+    const double t0 = mono_ms();
+    void *image = NULL;
+    size_t len = 0;
+    tidal_status st = serialize(p, s, &image, &len);
+    const double t_image = mono_ms();
+    s = NULL; /* given back */
+    if (st != TIDAL_OK) return st;
+
+    const bool bf16 = p->dtype == ST_BF16;
+    char *config_json = NULL;
+    st = model_config_to_json(&cfg, bf16 ? "bfloat16" : "float32", "config.json", &config_json);
+    if (st != TIDAL_OK) {
+        free(image);
+        return tidal_wrap(st, "weights v%" PRIu64, v);
+    }
+
+    bus_blob_info info;
+    st = bus_blob_put(p->store, name, image, len, &info);
+    free(image);
+    if (st != TIDAL_OK) {
+        free(config_json);
+        return tidal_wrap(st, "weights v%" PRIu64 ": store blob %s in %s", v, name, p->names.weights_stream);
+    }
+    assert(info.bytes == len);
+    const double t_blob = mono_ms();
+
+    Tidal__V1__BlobManifest *blob = NULL;
+    st = read_blob_manifest(p, name, &blob);
+    if (st != TIDAL_OK) {
+        free(config_json);
+        return tidal_wrap(st, "weights v%" PRIu64 ": read back the manifest of blob %s", v, name);
+    }
+
+    Tidal__V1__WeightsManifest wm = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
+    wm.schema_version = CODEC_SCHEMA_VERSION;
+    wm.version = v;
+    wm.dtype = bf16 ? "bf16" : "fp32";
+    wm.bytes = info.bytes;
+    wm.chunk_count = info.chunk_count;
+    wm.sha256.data = info.sha256;
+    wm.sha256.len = sizeof info.sha256;
+    wm.transport = "bus";
+    wm.blob = blob;
+    wm.model_config_json = config_json;
+    wm.created_unix_ms = (uint64_t)unix_ms();
+    void *buf = NULL;
+    size_t blen = 0;
+    st = codec_validate(&wm.base); /* our own bug, caught before a worker sees it */
+    if (st == TIDAL_OK) st = codec_encode(&wm.base, &buf, &blen);
+    tidal__v1__blob_manifest__free_unpacked(blob, NULL);
+    free(config_json);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": manifest", v);
+
+    st = bus_kv_put(p->kv, JOB_KEY_WEIGHTS, buf, blen, NULL);
+    free(buf);
+    if (st != TIDAL_OK)
+        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_WEIGHTS, p->names.kv_bucket);
+    pthread_mutex_lock(&p->mu);
+    p->published = v; /* the manifest is on the bus: workers can take it */
+    pthread_mutex_unlock(&p->mu);
+    st = bus_kv_put(p->kv, JOB_KEY_VERSION, name, strlen(name), NULL);
+    if (st != TIDAL_OK)
+        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_VERSION, p->names.kv_bucket);
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": published, %" PRIu64 " bytes in %" PRIu32 " chunks (%s): "
+              "image %.0f ms, blob %.0f ms, manifest %.0f ms", v, info.bytes, info.chunk_count, wm.dtype,
+              t_image - t0, t_blob - t_image, mono_ms() - t_blob);
+    return TIDAL_OK;
+}
+
+static void *publisher_main(void *arg)
+{
+    weights_publisher *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->stop && !p->pending) pthread_cond_wait(&p->work_cv, &p->mu);
+        if (p->stop) break; /* what waits is dropped (publish.h) */
+        snapshot *s = p->pending;
+        p->pending = NULL;
+        p->working = true;
+        p->working_version = s->version;
+        pthread_mutex_unlock(&p->mu);
+
+        tidal_status st = publish_one(p, s);
+        if (st != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "weights publisher: %s", tidal_errmsg());
+
+        pthread_mutex_lock(&p->mu);
+        if (st != TIDAL_OK && p->failed == TIDAL_OK) {
+            p->failed = st;
+            snprintf(p->failed_msg, sizeof p->failed_msg, "%s", tidal_errmsg());
+        }
+        p->working = false;
+        pthread_cond_broadcast(&p->idle_cv);
+    }
+    p->working = false;
+    pthread_cond_broadcast(&p->idle_cv);
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- API */
+
+tidal_status weights_publisher_create(const weights_publisher_opts *o, weights_publisher **out)
+{
+    *out = NULL;
+    if (!o || !o->bus || !o->names)
+        return tidal_fail(TIDAL_ERR_INVALID, "weights publisher: a bus and the job's names are required");
+    if (o->keep < 0) return tidal_fail(TIDAL_ERR_INVALID, "weights publisher: keep %d is negative", o->keep);
+    st_dtype dtype = o->dtype ? o->dtype : ST_F32;
+    if (dtype != ST_F32 && dtype != ST_BF16)
+        return tidal_fail(TIDAL_ERR_INVALID, "weights publisher: dtype %s is not F32 or BF16",
+                          st_dtype_name(dtype) ? st_dtype_name(dtype) : "(invalid)");
+
+    weights_publisher *p = calloc(1, sizeof *p);
+    if (!p) return tidal_fail(TIDAL_ERR_NOMEM, "weights publisher: out of memory");
+    p->bus = o->bus;
+    p->names = *o->names;
+    p->keep = o->keep ? o->keep : DEFAULT_KEEP;
+    p->dtype = dtype;
+    p->published = UINT64_MAX;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->work_cv, &ca);
+    pthread_cond_init(&p->idle_cv, &ca);
+    pthread_condattr_destroy(&ca);
+
+    tidal_status st = bus_blob_store_open(p->bus, p->names.weights_stream, p->names.weights_prefix, p->keep, &p->store);
+    if (st == TIDAL_OK) {
+        bus_kv_cfg kc = {.bucket = p->names.kv_bucket};
+        st = bus_kv_ensure(p->bus, &kc, &p->kv);
+    }
+    if (st == TIDAL_OK && pthread_create(&p->thread, NULL, publisher_main, p) != 0)
+        st = tidal_fail(TIDAL_ERR_NOMEM, "cannot start the publishing thread");
+    if (st != TIDAL_OK) {
+        weights_publisher_free(p);
+        return tidal_wrap(st, "weights publisher %s", o->names->job);
+    }
+    p->thread_started = true;
+    *out = p;
+    return TIDAL_OK;
+}
+
+/* Make s fit n_tensors tensors and n_params floats (contents not kept). */
+static tidal_status snapshot_reserve(snapshot *s, int n_tensors, size_t n_params)
+{
+    if (s->cap_tensors < n_tensors) {
+        free(s->tensors);
+        s->cap_tensors = 0;
+        s->tensors = malloc((size_t)n_tensors * sizeof *s->tensors);
+        if (!s->tensors) return TIDAL_ERR_NOMEM;
+        s->cap_tensors = n_tensors;
+    }
+    if (s->cap_params < n_params) {
+        free(s->params);
+        s->cap_params = 0;
+        s->params = malloc((n_params ? n_params : 1) * sizeof *s->params);
+        if (!s->params) return TIDAL_ERR_NOMEM;
+        s->cap_params = n_params;
+    }
+    return TIDAL_OK;
+}
+
+tidal_status weights_publish(weights_publisher *p, const model *m, uint64_t version)
+{
+    assert(p && m);
+    if (version == UINT64_MAX)
+        return tidal_fail(TIDAL_ERR_INVALID, "weights publish: version %" PRIu64 " is reserved (none)", version);
+    pthread_mutex_lock(&p->mu);
+    if (p->handed_any && version <= p->last_handed) {
+        uint64_t last = p->last_handed;
+        pthread_mutex_unlock(&p->mu);
+        return tidal_fail(TIDAL_ERR_INVALID, "weights publish v%" PRIu64 ": versions must increase (v%" PRIu64
+                          " was handed over already)", version, last);
+    }
+    /* a version still waiting is overwritten in place; else reuse the spare */
+    snapshot *s = p->pending ? p->pending : p->spare;
+    if (p->pending) {
+        p->replaced++;
+        tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": replaced by v%" PRIu64 " before it was sent",
+                  p->pending->version, version);
+        p->pending = NULL;
+    } else {
+        p->spare = NULL;
+    }
+    p->handed_any = true;
+    p->last_handed = version;
+    pthread_mutex_unlock(&p->mu);
+
+    /* the copy, outside the lock: the thread never touches a slot it has not taken */
+    const int nt = model_num_tensors(m);
+    size_t n = 0;
+    const float *params = model_params((model *)m, &n); /* read only: model_params has no const form */
+    if (!s) s = calloc(1, sizeof *s);
+    if (!s || snapshot_reserve(s, nt, n) != TIDAL_OK) {
+        snapshot_free(s);
+        return tidal_fail(TIDAL_ERR_NOMEM, "weights publish v%" PRIu64 ": cannot copy %zu parameters (%.1f MiB)",
+                          version, n, (double)n * 4 / (1 << 20));
+    }
+    s->version = version;
+    s->cfg = *model_cfg(m);
+    s->n_tensors = nt;
+    for (int i = 0; i < nt; i++) s->tensors[i] = *model_tensor_at(m, i);
+    s->n_params = n;
+    memcpy(s->params, params, n * sizeof *params);
+
+    pthread_mutex_lock(&p->mu);
+    /* weights_publish is called by one thread at a time: nothing came in meanwhile */
+    assert(!p->pending);
+    p->pending = s;
+    pthread_cond_signal(&p->work_cv);
+    pthread_mutex_unlock(&p->mu);
+    return TIDAL_OK;
+}
+
+tidal_status weights_publisher_flush(weights_publisher *p, int timeout_ms)
+{
+    assert(p);
+    struct timespec dl = deadline_after(timeout_ms > 0 ? timeout_ms : 0);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending || p->working) {
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&p->idle_cv, &p->mu);
+        } else if (pthread_cond_timedwait(&p->idle_cv, &p->mu, &dl) != 0) {
+            break;
+        }
+    }
+    if (p->pending || p->working) {
+        uint64_t v = p->pending ? p->pending->version : p->working_version;
+        pthread_mutex_unlock(&p->mu);
+        return tidal_fail(TIDAL_ERR_TIMEOUT, "weights publisher %s: v%" PRIu64 " still being published after %d ms",
+                          p->names.job, v, timeout_ms);
+    }
+    tidal_status st = p->failed;
+    char msg[sizeof p->failed_msg];
+    memcpy(msg, p->failed_msg, sizeof msg);
+    p->failed = TIDAL_OK;
+    p->failed_msg[0] = '\0';
+    pthread_mutex_unlock(&p->mu);
+    if (st != TIDAL_OK) return tidal_fail(st, "%s", msg);
+    return TIDAL_OK;
+}
+
+uint64_t weights_published_version(weights_publisher *p)
+{
+    assert(p);
+    pthread_mutex_lock(&p->mu);
+    uint64_t v = p->published;
+    pthread_mutex_unlock(&p->mu);
+    return v;
+}
+
+void weights_publisher_free(weights_publisher *p)
+{
+    if (!p) return;
+    if (p->thread_started) {
+        pthread_mutex_lock(&p->mu);
+        p->stop = true;
+        pthread_cond_signal(&p->work_cv);
+        pthread_mutex_unlock(&p->mu);
+        pthread_join(p->thread, NULL);
+    }
+    if (p->pending)
+        tidal_log(TIDAL_LOG_DEBUG, "weights publisher %s: v%" PRIu64 " dropped unsent at close", p->names.job,
+                  p->pending->version);
+    snapshot_free(p->pending);
+    snapshot_free(p->spare);
+    bus_kv_close(p->kv);
+    bus_blob_store_close(p->store);
+    pthread_cond_destroy(&p->work_cv);
+    pthread_cond_destroy(&p->idle_cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
