@@ -863,8 +863,9 @@ typedef struct {
     st_dtype dtype;
     int ndim;
     int64_t shape[ST_MAX_DIMS];
-    void *data;   /* owned copy, nbytes */
+    void *data;   /* owned copy, nbytes (or the caller's: borrowed) */
     size_t nbytes;
+    bool borrowed; /* st_writer_add_ref: data is not ours to free */
 } wtensor;
 
 struct st_writer {
@@ -891,7 +892,7 @@ void st_writer_free(st_writer *w)
     if (!w) return;
     for (int i = 0; i < w->n; i++) {
         free(w->t[i].name);
-        free(w->t[i].data);
+        if (!w->t[i].borrowed) free(w->t[i].data);
     }
     free(w->t);
     json_decref(w->names);
@@ -899,9 +900,11 @@ void st_writer_free(st_writer *w)
     free(w);
 }
 
-/* Check name and shape, reserve a slot; *nbytes_out = numel x dtype size. */
+/* Check name and shape, reserve a slot; *nbytes_out = numel x dtype size.
+ * With `alloc` the slot gets a buffer of that size for the data; without,
+ * the caller points it at data of its own (st_writer_add_ref). */
 static tidal_status writer_slot(st_writer *w, const char *name, st_dtype dtype, int ndim,
-                                const int64_t *shape, wtensor **slot, size_t *nbytes_out)
+                                const int64_t *shape, bool alloc, wtensor **slot, size_t *nbytes_out)
 {
     char nm[112];
     if (!w || !name) return tidal_fail(TIDAL_ERR_INVALID, "st_writer: NULL writer or name");
@@ -938,8 +941,9 @@ static tidal_status writer_slot(st_writer *w, const char *name, st_dtype dtype, 
     s->ndim = ndim;
     for (int i = 0; i < ndim; i++) s->shape[i] = shape[i];
     s->nbytes = (size_t)numel * es;
-    s->data = malloc(s->nbytes ? s->nbytes : 1);
-    if (!s->data) {
+    s->borrowed = !alloc;
+    s->data = alloc ? malloc(s->nbytes ? s->nbytes : 1) : NULL;
+    if (alloc && !s->data) {
         free(s->name);
         json_object_del(w->names, name);
         return tidal_fail(TIDAL_ERR_NOMEM, "st_writer: tensor \"%s\": %zu bytes", nm, s->nbytes);
@@ -954,7 +958,7 @@ static void slot_drop(st_writer *w, wtensor *s)
 {
     json_object_del(w->names, s->name);
     free(s->name);
-    free(s->data);
+    if (!s->borrowed) free(s->data);
     memset(s, 0, sizeof *s);
 }
 
@@ -966,7 +970,7 @@ tidal_status st_writer_add_f32(st_writer *w, const char *name, st_dtype dtype, i
                           name ? name : "?", st_dtype_name(dtype) ? st_dtype_name(dtype) : "an invalid dtype");
     wtensor *s;
     size_t nbytes;
-    TRY(writer_slot(w, name, dtype, ndim, shape, &s, &nbytes));
+    TRY(writer_slot(w, name, dtype, ndim, shape, true, &s, &nbytes));
     size_t n = nbytes / st_dtype_size(dtype);
     if (n && !data) {
         char nm[112];
@@ -993,7 +997,7 @@ tidal_status st_writer_add_raw(st_writer *w, const char *name, st_dtype dtype, i
 {
     wtensor *s;
     size_t want;
-    TRY(writer_slot(w, name, dtype, ndim, shape, &s, &want));
+    TRY(writer_slot(w, name, dtype, ndim, shape, true, &s, &want));
     if (nbytes != want || (want && !data)) {
         char nm[112];
         slot_drop(w, s);
@@ -1001,6 +1005,23 @@ tidal_status st_writer_add_raw(st_writer *w, const char *name, st_dtype dtype, i
                           safe(nm, sizeof nm, name), data ? nbytes : 0, st_dtype_name(dtype), want);
     }
     if (want) memcpy(s->data, data, want);
+    w->n++;
+    return TIDAL_OK;
+}
+
+tidal_status st_writer_add_ref(st_writer *w, const char *name, st_dtype dtype, int ndim,
+                               const int64_t *shape, const void *data, size_t nbytes)
+{
+    wtensor *s;
+    size_t want;
+    TRY(writer_slot(w, name, dtype, ndim, shape, false, &s, &want));
+    if (nbytes != want || (want && !data)) {
+        char nm[112];
+        slot_drop(w, s);
+        return tidal_fail(TIDAL_ERR_INVALID, "st_writer: tensor \"%s\": %zu bytes given, %s of that shape needs %zu",
+                          safe(nm, sizeof nm, name), data ? nbytes : 0, st_dtype_name(dtype), want);
+    }
+    s->data = (void *)data; /* borrowed: never written through, never freed */
     w->n++;
     return TIDAL_OK;
 }

@@ -80,6 +80,11 @@ tidal_status st_writer_add_f32(st_writer *w, const char *name, st_dtype dtype, i
 /* Add a tensor from raw bytes already in `dtype` (e.g. I32 ids). Copied. */
 tidal_status st_writer_add_raw(st_writer *w, const char *name, st_dtype dtype, int ndim,
                                const int64_t *shape, const void *data, size_t nbytes);
+/* As st_writer_add_raw, but the bytes are not copied: the writer keeps the
+ * pointer, so `data` must stay valid and unchanged until the writer is freed
+ * (for an image of a large model without a second copy of it). */
+tidal_status st_writer_add_ref(st_writer *w, const char *name, st_dtype dtype, int ndim,
+                               const int64_t *shape, const void *data, size_t nbytes);
 /* Add a "__metadata__" string entry (e.g. "format": "pt"). */
 tidal_status st_writer_metadata(st_writer *w, const char *key, const char *value);
 /* Write the file: header padded with spaces to a multiple of 8, tensors in

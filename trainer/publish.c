@@ -6,8 +6,8 @@
  *   spare    a buffer kept for the next handover, so a steady trainer does not
  *            allocate (and fault in) hundreds of MB per step;
  *   the one the background thread is serializing, which it owns outside the
- *   lock and gives back as the spare as soon as the safetensors writer holds
- *   its own copy of the data.
+ *   lock and gives back as the spare as soon as the image is made (fp32
+ *   tensors go from it straight into the image: st_writer_add_ref).
  * The background thread then images the writer (st_writer_to_memory), stores
  * the image as blob "<version>" (bus_blob_put: chunks, their acks, the blob
  * manifest, pruning to `keep`), reads the blob manifest back to embed it in
@@ -123,8 +123,10 @@ static void release_snapshot(weights_publisher *p, snapshot *s)
 }
 
 /* The safetensors image of snapshot s in the publisher's dtype, every
- * parameter under its Hugging Face name. Gives s back (release_snapshot) as
- * soon as the writer holds the data, whether or not that succeeded. */
+ * parameter under its Hugging Face name, in the model's order. fp32 tensors
+ * are borrowed from the snapshot (one copy: into the image); bf16 ones are
+ * converted (round to nearest even) by the writer. Gives s back
+ * (release_snapshot) once the image is made, whether or not that succeeded. */
 static tidal_status serialize(weights_publisher *p, snapshot *s, void **image, size_t *len)
 {
     const uint64_t v = s->version;
@@ -134,11 +136,15 @@ static tidal_status serialize(weights_publisher *p, snapshot *s, void **image, s
     for (int i = 0; st == TIDAL_OK && i < s->n_tensors; i++) {
         const model_tensor *t = &s->tensors[i];
         assert(t->offset + t->numel <= s->n_params);
-        st = st_writer_add_f32(w, t->name, p->dtype, t->ndim, t->shape, s->params + t->offset);
+        const float *data = s->params + t->offset;
+        if (p->dtype == ST_F32)
+            st = st_writer_add_ref(w, t->name, ST_F32, t->ndim, t->shape, data, t->numel * sizeof *data);
+        else
+            st = st_writer_add_f32(w, t->name, p->dtype, t->ndim, t->shape, data);
     }
-    release_snapshot(p, s);
     if (st == TIDAL_OK) st = st_writer_to_memory(w, image, len);
     st_writer_free(w);
+    release_snapshot(p, s);
     if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": serialize", v);
     return TIDAL_OK;
 }

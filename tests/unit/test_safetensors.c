@@ -361,6 +361,59 @@ static void test_f64_and_read_errors(void)
 
 /* ---------------------------------------------------------------- files */
 
+/* st_writer_to_memory: the very bytes st_writer_save writes, and an image
+ * st_open_memory reads back (metadata, dtypes, shapes, data); a borrowed
+ * tensor (st_writer_add_ref) is written like a copied one and never freed. */
+static void test_writer_to_memory(void)
+{
+    char dir[256], path[320];
+    CHECK(make_tmp(dir, sizeof dir));
+    snprintf(path, sizeof path, "%s/m.safetensors", dir);
+    st_writer *w;
+    CHECK_OK(st_writer_new(&w));
+    float a[6] = {1.5f, -2.0f, 0.1f, 3e-3f, 65504.0f, -0.0f};
+    int32_t ids[3] = {7, 8, 9};
+    int64_t s23[2] = {2, 3}, s3[1] = {3}, s0[1] = {0};
+    tidal_status st = st_writer_metadata(w, "format", "pt");
+    if (st == TIDAL_OK) st = st_writer_add_f32(w, "a", ST_F32, 2, s23, a);
+    if (st == TIDAL_OK) st = st_writer_add_f32(w, "a.bf16", ST_BF16, 2, s23, a);
+    if (st == TIDAL_OK) st = st_writer_add_raw(w, "ids", ST_I32, 1, s3, ids, sizeof ids);
+    if (st == TIDAL_OK) st = st_writer_add_f32(w, "empty", ST_F32, 1, s0, NULL);
+    if (st == TIDAL_OK) st = st_writer_add_ref(w, "ref", ST_F32, 2, s23, a, sizeof a);
+    tidal_status bad_ref = st_writer_add_ref(w, "ref2", ST_F32, 2, s23, a, sizeof a - 4);
+    void *img = NULL;
+    size_t len = 0;
+    if (st == TIDAL_OK) st = st_writer_save(w, path);
+    if (st == TIDAL_OK) st = st_writer_to_memory(w, &img, &len);
+    void *none = (void *)1;
+    size_t none_len = 1;
+    tidal_status bad = st_writer_to_memory(NULL, &none, &none_len);
+    st_writer_free(w);
+    FILE *f = fopen(path, "rb");
+    char *file = malloc(len + 1);
+    size_t flen = f && file ? fread(file, 1, len + 1, f) : 0;
+    if (f) fclose(f);
+    rm_dir(dir);
+    bool same = img && file && flen == len && !memcmp(file, img, len);
+    free(file);
+    st_file *sf = NULL;
+    if (st == TIDAL_OK) st = st_open_memory(img, len, "image", &sf);
+    float back[6];
+    const st_tensor *t = sf ? st_find(sf, "a") : NULL;
+    bool data_ok = t && t->ndim == 2 && t->shape[1] == 3 && st_read_f32(t, back, 6) == TIDAL_OK &&
+                   !memcmp(back, a, sizeof a) && st_count(sf) == 5 && st_find(sf, "a.bf16")->dtype == ST_BF16 &&
+                   st_find(sf, "ref") && !memcmp(st_find(sf, "ref")->data, a, sizeof a) && !st_find(sf, "ref2") &&
+                   st_metadata(sf, "format") && !strcmp(st_metadata(sf, "format"), "pt");
+    st_close(sf);
+    free(img);
+    CHECK_OK(st);
+    CHECK(bad == TIDAL_ERR_INVALID && none == NULL && none_len == 0);
+    CHECK(bad_ref == TIDAL_ERR_INVALID);
+    CHECK(same);
+    CHECK(data_ok);
+}
+
+
 static void test_round_trip(void)
 {
     char dir[256], path[320], tmp[330];
@@ -1010,6 +1063,7 @@ int main(void)
     RUN(test_rounding_random);
     RUN(test_f64_and_read_errors);
     RUN(test_round_trip);
+    RUN(test_writer_to_memory);
     RUN(test_bf16_file);
     RUN(test_empty_and_edge_files);
     RUN(test_bad_length);

@@ -1,0 +1,411 @@
+/* Weight publication, trainer -> bus -> rollout worker (trainer/publish.h,
+ * rollout/weights.h) on a real nats-server: bit-identical fp32 parameters,
+ * the newest of versions published in quick succession, take/wait semantics,
+ * a manifest whose SHA-256 lies (and one that does not decode) skipped and
+ * counted while the client goes on, bf16 on the wire, a background failure
+ * reported by flush, and the KV keys a worker reads. */
+#include <inttypes.h>
+#include <math.h>
+
+#include "check.h"
+#include "harness/fixture.h"
+#include "model/model.h"
+#include "proto/codec.h"
+#include "proto/job.h"
+#include "rollout/weights.h"
+#include "trainer/publish.h"
+
+static fixture F;
+
+static const model_config TINY = {.type = MODEL_QWEN2, .vocab_size = 32, .hidden_size = 32, .num_layers = 2,
+                                  .num_heads = 4, .num_kv_heads = 2, .head_dim = 8, .intermediate_size = 64,
+                                  .max_position_embeddings = 64, .rope_theta = 10000.0, .rms_norm_eps = 1e-6,
+                                  .tie_word_embeddings = true, .qkv_bias = true, .bos_token_id = -1,
+                                  .eos_token_id = -1};
+
+/* ~5 M parameters (20 MB): large enough that a publish is real work. */
+static const model_config LARGER = {.type = MODEL_LLAMA, .vocab_size = 4096, .hidden_size = 256, .num_layers = 4,
+                                    .num_heads = 4, .num_kv_heads = 2, .head_dim = 64, .intermediate_size = 1024,
+                                    .max_position_embeddings = 256, .rope_theta = 500000.0, .rms_norm_eps = 1e-5,
+                                    .tie_word_embeddings = false, .bos_token_id = 1, .eos_token_id = 2};
+
+static model *make_model(const model_config *c, uint64_t seed)
+{
+    model *m = NULL;
+    if (model_create(c, &m) != TIDAL_OK) {
+        fprintf(stderr, "model_create: %s\n", tidal_errmsg());
+        exit(1);
+    }
+    model_init_random(m, seed, 0.5f, true);
+    return m;
+}
+
+/* A second connection: a worker has its own. */
+static tidal_bus *connect_worker(void)
+{
+    tidal_bus *b = NULL;
+    bus_opts bo = {.urls = tidal_server_url(F.srv), .name = "test-worker", .js_timeout_ms = 5000};
+    if (bus_connect(&b, &bo) != TIDAL_OK) {
+        fprintf(stderr, "connect: %s\n", tidal_errmsg());
+        exit(1);
+    }
+    return b;
+}
+
+static bool same_params(model *a, model *b)
+{
+    size_t na = 0, nb = 0;
+    const float *pa = model_params(a, &na), *pb = model_params(b, &nb);
+    return na == nb && memcmp(pa, pb, na * sizeof *pa) == 0;
+}
+
+static bool same_config(const model_config *a, const model_config *b)
+{
+    return a->type == b->type && a->vocab_size == b->vocab_size && a->hidden_size == b->hidden_size &&
+           a->num_layers == b->num_layers && a->num_heads == b->num_heads && a->num_kv_heads == b->num_kv_heads &&
+           a->head_dim == b->head_dim && a->intermediate_size == b->intermediate_size &&
+           a->max_position_embeddings == b->max_position_embeddings && a->rope_theta == b->rope_theta &&
+           a->rms_norm_eps == b->rms_norm_eps && a->tie_word_embeddings == b->tie_word_embeddings &&
+           a->qkv_bias == b->qkv_bias && a->o_bias == b->o_bias && a->bos_token_id == b->bos_token_id &&
+           a->eos_token_id == b->eos_token_id;
+}
+
+/* Poll the client's counters until pred holds or ~10 s pass. */
+static bool wait_stats(weights_client *c, bool (*pred)(const weights_stats *, uint64_t), uint64_t arg,
+                       weights_stats *out)
+{
+    for (int i = 0; i < 1000; i++) {
+        weights_client_stats(c, out);
+        if (pred(out, arg)) return true;
+        sleep_ms(10);
+    }
+    return false;
+}
+
+static bool failed_at_least(const weights_stats *s, uint64_t n) { return s->failed >= n; }
+
+/* v0, v1, v2 handed over back to back: the client (created before any
+ * weights exist) ends at v2 with exactly its parameters, and the KV keys say
+ * what a worker needs. */
+static void test_versions_in_quick_succession(void)
+{
+    job_names n;
+    CHECK_OK(job_names_init(&n, "quick"));
+    tidal_bus *wb = connect_worker();
+    weights_client *c = NULL;
+    CHECK_OK(weights_client_create(wb, &n, NULL, &c));
+    CHECK(weights_client_take(c, UINT64_MAX, NULL) == NULL); /* nothing published yet */
+
+    weights_publisher *p = NULL;
+    weights_publisher_opts o = {.bus = F.bus, .names = &n};
+    CHECK_OK(weights_publisher_create(&o, &p));
+    CHECK(weights_published_version(p) == UINT64_MAX);
+    model *m[3];
+    for (int v = 0; v < 3; v++) {
+        m[v] = make_model(&TINY, 100 + (uint64_t)v);
+        CHECK_OK(weights_publish(p, m[v], (uint64_t)v));
+    }
+    CHECK_OK(weights_publisher_flush(p, 10000));
+    CHECK(weights_published_version(p) == 2);
+    CHECK_STATUS(weights_publish(p, m[0], 2), TIDAL_ERR_INVALID); /* versions increase */
+    CHECK_MSG(strstr(tidal_errmsg(), "v2"), "%s", tidal_errmsg());
+
+    model *got = NULL;
+    uint64_t ver = 0;
+    CHECK_OK(weights_client_wait(c, 2, 10000, &got, &ver));
+    CHECK(ver == 2);
+    CHECK(same_params(got, m[2]));
+    CHECK(same_config(model_cfg(got), &TINY)); /* from the manifest's config.json */
+    model_free(got);
+    CHECK(weights_client_take(c, 2, &ver) == NULL);    /* nothing newer */
+    CHECK(weights_client_take(c, UINT64_MAX, NULL) == NULL); /* and v2 was handed out once */
+    CHECK_STATUS(weights_client_wait(c, 3, 200, &got, &ver), TIDAL_ERR_TIMEOUT);
+    CHECK(got == NULL);
+    CHECK_MSG(strstr(tidal_errmsg(), ">= 3") && strstr(tidal_errmsg(), "v2"), "%s", tidal_errmsg());
+    weights_stats s;
+    weights_client_stats(c, &s);
+    CHECK(s.failed == 0 && s.latest_seen == 2 && s.fetched >= 1 && s.fetched <= 3 && s.bytes > 0);
+    CHECK(s.fetch_ms_last > 0);
+
+    /* the job's KV: trainer.version and the manifest itself */
+    bus_kv *kv = NULL;
+    CHECK_OK(bus_kv_open(F.bus, n.kv_bucket, &kv));
+    void *val = NULL;
+    size_t len = 0;
+    tidal_status st = bus_kv_get(kv, JOB_KEY_VERSION, &val, &len, NULL);
+    bool version_ok = st == TIDAL_OK && len == 1 && !memcmp(val, "2", 1);
+    free(val);
+    st = bus_kv_get(kv, JOB_KEY_WEIGHTS, &val, &len, NULL);
+    bus_kv_close(kv);
+    CHECK(version_ok);
+    CHECK_OK(st);
+    Tidal__V1__WeightsManifest *w = NULL;
+    st = codec_decode_weights_manifest(val, len, &w);
+    free(val);
+    CHECK_OK(st);
+    model_config back;
+    bool manifest_ok = w->version == 2 && !strcmp(w->dtype, "fp32") && !strcmp(w->transport, "bus") &&
+                       w->blob && !strcmp(w->blob->name, "2") && w->chunk_count == 1 && w->created_unix_ms > 0 &&
+                       model_config_parse(w->model_config_json, strlen(w->model_config_json), "manifest", &back) == TIDAL_OK &&
+                       same_config(&back, &TINY) && w->bytes > model_config_num_params(&TINY) * 4;
+    tidal__v1__weights_manifest__free_unpacked(w, NULL);
+    CHECK(manifest_ok);
+
+    /* a worker that starts late gets the current weights from the watch's initial value */
+    tidal_bus *wb2 = connect_worker();
+    weights_client *late = NULL;
+    CHECK_OK(weights_client_create(wb2, &n, &TINY, &late));
+    st = weights_client_wait(late, 0, 10000, &got, &ver);
+    bool late_ok = st == TIDAL_OK && ver == 2 && same_params(got, m[2]);
+    model_free(got);
+    weights_client_free(late);
+    bus_close(wb2);
+    CHECK_OK(st);
+    CHECK(late_ok);
+
+    weights_publisher_free(p);
+    weights_client_free(c);
+    bus_close(wb);
+    for (int v = 0; v < 3; v++) model_free(m[v]);
+}
+
+/* Put a WeightsManifest for blob "<version>" (stored by the test itself,
+ * the bytes of blob `from`): with `lie`, a SHA-256 that does not match those
+ * bytes; with config_json, that config.json. */
+static tidal_status put_doctored(const job_names *n, const char *from, uint64_t version, bool lie,
+                                 const char *config_json)
+{
+    bus_blob_store *bs = NULL;
+    bus_kv *kv = NULL;
+    void *img = NULL, *buf = NULL;
+    uint64_t len = 0;
+    size_t blen = 0;
+    bus_msg *msg = NULL;
+    Tidal__V1__BlobManifest *bm = NULL;
+    char name[24], subj[200];
+    snprintf(name, sizeof name, "%" PRIu64, version);
+    snprintf(subj, sizeof subj, "%s.%s.m", n->weights_prefix, name);
+    bus_blob_info info;
+    tidal_status st = bus_blob_store_open(F.bus, n->weights_stream, n->weights_prefix, 0, &bs);
+    if (st == TIDAL_OK) st = bus_blob_get(bs, from, &img, &len, NULL);
+    if (st == TIDAL_OK) st = bus_blob_put(bs, name, img, len, &info);
+    if (st == TIDAL_OK) st = bus_stream_get_last(F.bus, n->weights_stream, subj, &msg);
+    if (st == TIDAL_OK) st = codec_decode_blob_manifest(bus_msg_data(msg), (size_t)bus_msg_len(msg), &bm);
+    if (st == TIDAL_OK) {
+        if (lie) { /* the same lie in both places, so the manifest itself is valid */
+            info.sha256[7] ^= 0x20;
+            bm->sha256.data[7] ^= 0x20;
+        }
+        Tidal__V1__WeightsManifest w = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
+        w.schema_version = CODEC_SCHEMA_VERSION;
+        w.version = version;
+        w.dtype = "fp32";
+        w.bytes = len;
+        w.chunk_count = info.chunk_count;
+        w.sha256.data = info.sha256;
+        w.sha256.len = 32;
+        w.transport = "bus";
+        w.blob = bm;
+        w.model_config_json = (char *)config_json;
+        st = codec_validate(&w.base);
+        if (st == TIDAL_OK) st = codec_encode(&w.base, &buf, &blen);
+    }
+    if (st == TIDAL_OK) {
+        bus_kv_cfg kc = {.bucket = n->kv_bucket};
+        st = bus_kv_ensure(F.bus, &kc, &kv);
+    }
+    if (st == TIDAL_OK) st = bus_kv_put(kv, JOB_KEY_WEIGHTS, buf, blen, NULL);
+    if (bm) tidal__v1__blob_manifest__free_unpacked(bm, NULL);
+    bus_msg_destroy(msg);
+    bus_kv_close(kv);
+    bus_blob_store_close(bs);
+    free(img);
+    free(buf);
+    return st;
+}
+
+/* A manifest that lies about the image's SHA-256, a value that is no
+ * manifest at all, and a config.json the image's shapes do not fit: each
+ * skipped and counted; the next good version arrives. */
+static void test_bad_manifest_skipped(void)
+{
+    job_names n;
+    CHECK_OK(job_names_init(&n, "doctored"));
+    weights_publisher *p = NULL;
+    weights_publisher_opts o = {.bus = F.bus, .names = &n, .keep = 4};
+    CHECK_OK(weights_publisher_create(&o, &p));
+    tidal_bus *wb = connect_worker();
+    weights_client *c = NULL;
+    CHECK_OK(weights_client_create(wb, &n, &TINY, &c));
+    model *m0 = make_model(&TINY, 7), *m2 = make_model(&TINY, 9);
+    CHECK_OK(weights_publish(p, m0, 0));
+    CHECK_OK(weights_publisher_flush(p, 10000));
+    model *got = NULL;
+    uint64_t ver = 0;
+    CHECK_OK(weights_client_wait(c, 0, 10000, &got, &ver));
+    CHECK(ver == 0 && same_params(got, m0));
+    model_free(got);
+
+    CHECK_OK(put_doctored(&n, "0", 1, true, NULL));
+    weights_stats s;
+    CHECK_MSG(wait_stats(c, failed_at_least, 1, &s), "failed = %" PRIu64, s.failed);
+    CHECK(s.latest_seen == 1 && s.fetched == 1);
+    CHECK(weights_client_take(c, 0, &ver) == NULL); /* v1 was not built */
+
+    bus_kv *kv = NULL;
+    CHECK_OK(bus_kv_open(F.bus, n.kv_bucket, &kv));
+    tidal_status st = bus_kv_put(kv, JOB_KEY_WEIGHTS, "not a manifest", 14, NULL);
+    bus_kv_close(kv);
+    CHECK_OK(st);
+    CHECK_MSG(wait_stats(c, failed_at_least, 2, &s), "failed = %" PRIu64, s.failed);
+
+    model_config wide = TINY;
+    wide.intermediate_size = 96; /* the image's MLP tensors are 64 wide */
+    char *json = NULL;
+    CHECK_OK(model_config_to_json(&wide, "float32", NULL, &json));
+    st = put_doctored(&n, "0", 2, false, json);
+    free(json);
+    CHECK_OK(st);
+    CHECK_MSG(wait_stats(c, failed_at_least, 3, &s), "failed = %" PRIu64, s.failed);
+    CHECK(weights_client_take(c, 0, &ver) == NULL);
+
+    CHECK_OK(weights_publish(p, m2, 3));
+    CHECK_OK(weights_publisher_flush(p, 10000));
+    CHECK_OK(weights_client_wait(c, 1, 10000, &got, &ver));
+    CHECK(ver == 3 && same_params(got, m2));
+    model_free(got);
+    weights_client_stats(c, &s);
+    CHECK(s.failed == 3 && s.fetched == 2 && s.latest_seen == 3);
+
+    weights_client_free(c);
+    bus_close(wb);
+    weights_publisher_free(p);
+    model_free(m0);
+    model_free(m2);
+}
+
+/* x rounded to bfloat16, nearest even, and back (an implementation of the test's own). */
+static float bf16_round(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    uint32_t lsb = (u >> 16) & 1u;
+    u = (u + 0x7fffu + lsb) & 0xffff0000u;
+    float y;
+    memcpy(&y, &u, 4);
+    return y;
+}
+
+static void test_bf16_round_trip(void)
+{
+    job_names n;
+    CHECK_OK(job_names_init(&n, "bf16"));
+    weights_publisher *p = NULL;
+    weights_publisher_opts o = {.bus = F.bus, .names = &n, .dtype = ST_BF16};
+    CHECK_OK(weights_publisher_create(&o, &p));
+    tidal_bus *wb = connect_worker();
+    weights_client *c = NULL;
+    CHECK_OK(weights_client_create(wb, &n, NULL, &c));
+    model *m = make_model(&LARGER, 3);
+    CHECK_OK(weights_publish(p, m, 5));
+    CHECK_OK(weights_publisher_flush(p, 20000));
+    model *got = NULL;
+    uint64_t ver = 0;
+    CHECK_OK(weights_client_wait(c, 5, 20000, &got, &ver));
+    size_t na = 0, nb = 0;
+    const float *a = model_params(m, &na), *b = model_params(got, &nb);
+    size_t exact = 0, close = 0;
+    for (size_t i = 0; i < na && na == nb; i++) {
+        exact += b[i] == bf16_round(a[i]);
+        close += fabsf(b[i] - a[i]) <= fabsf(a[i]) * 0x1p-8f;
+    }
+    bool cfg_ok = same_config(model_cfg(got), &LARGER);
+    model_free(got);
+    weights_stats s;
+    weights_client_stats(c, &s);
+    weights_client_free(c);
+    bus_close(wb);
+    weights_publisher_free(p);
+    model_free(m);
+    CHECK(na == nb && cfg_ok);
+    CHECK_MSG(exact == na && close == na, "%zu exact, %zu within bf16 precision, of %zu", exact, close, na);
+    /* two bytes a parameter on the wire, plus the header */
+    CHECK_MSG(s.bytes > na * 2 && s.bytes < na * 2 + 65536, "%" PRIu64 " bytes for %zu parameters", s.bytes, na);
+}
+
+/* Five versions of a 20 MB model handed over as fast as the caller can: each
+ * call only copies; after the flush the newest is on the bus and the client
+ * reaches it exactly (versions in between may never have been sent). */
+static void test_handover_burst(void)
+{
+    job_names n;
+    CHECK_OK(job_names_init(&n, "burst"));
+    weights_publisher *p = NULL;
+    weights_publisher_opts o = {.bus = F.bus, .names = &n};
+    CHECK_OK(weights_publisher_create(&o, &p));
+    tidal_bus *wb = connect_worker();
+    weights_client *c = NULL;
+    CHECK_OK(weights_client_create(wb, &n, NULL, &c));
+    model *m = make_model(&LARGER, 11);
+    size_t np = 0;
+    float *params = model_params(m, &np);
+    tidal_status st = TIDAL_OK;
+    for (uint64_t v = 1; v <= 5 && st == TIDAL_OK; v++) {
+        params[v] += 1.0f; /* a new step's weights; the publisher has its own copy */
+        st = weights_publish(p, m, v * 10);
+    }
+    CHECK_OK(st);
+    CHECK_OK(weights_publisher_flush(p, 30000));
+    CHECK(weights_published_version(p) == 50);
+    model *got = NULL;
+    uint64_t ver = 0;
+    CHECK_OK(weights_client_wait(c, 50, 30000, &got, &ver));
+    bool same = ver == 50 && same_params(got, m);
+    model_free(got);
+    weights_client_free(c);
+    bus_close(wb);
+    weights_publisher_free(p);
+    model_free(m);
+    CHECK(same);
+}
+
+/* A failure on the background thread comes back from flush, naming the
+ * version; the publisher keeps going (and reports the next one too). */
+static void test_background_failure_reported(void)
+{
+    job_names n;
+    CHECK_OK(job_names_init(&n, "broken"));
+    weights_publisher *p = NULL;
+    weights_publisher_opts o = {.bus = F.bus, .names = &n};
+    CHECK_OK(weights_publisher_create(&o, &p));
+    model *m = make_model(&TINY, 5);
+    CHECK_OK(weights_publish(p, m, 1));
+    CHECK_OK(weights_publisher_flush(p, 10000));
+    CHECK_OK(bus_stream_delete(F.bus, n.weights_stream)); /* pulled from under the publisher */
+    CHECK_OK(weights_publish(p, m, 7));
+    tidal_status st = weights_publisher_flush(p, 10000);
+    bool named = strstr(tidal_errmsg(), "weights v7") != NULL;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", tidal_errmsg());
+    uint64_t pv = weights_published_version(p);
+    tidal_status again = weights_publisher_flush(p, 1000); /* reported once */
+    weights_publisher_free(p);
+    model_free(m);
+    CHECK(st != TIDAL_OK && st != TIDAL_ERR_TIMEOUT);
+    CHECK_MSG(named, "%s", msg);
+    CHECK(pv == 1);
+    CHECK_OK(again);
+}
+
+int main(void)
+{
+    fixture_start(&F);
+    RUN(test_versions_in_quick_succession);
+    RUN(test_bad_manifest_skipped);
+    RUN(test_bf16_round_trip);
+    RUN(test_handover_burst);
+    RUN(test_background_failure_reported);
+    fixture_stop(&F);
+    nats_Close();
+    return check_summary();
+}
