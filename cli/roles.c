@@ -186,9 +186,9 @@ static int spec_role(const char *role, int argc, char **argv)
         a.spec_file = path;
     }
     tidal_status st = load_spec(&a, &s);
-    if (st != TIDAL_OK) {
+    if (st != TIDAL_OK) { /* a spec that cannot be read or is wrong: a usage error */
         fprintf(stderr, "tidal %s: %s\n", role, tidal_errmsg());
-        return exit_for(st);
+        return 2;
     }
     char run_dir[4096];
     if (a.out) snprintf(run_dir, sizeof run_dir, "%s", a.out);
@@ -409,7 +409,7 @@ int run_main(int argc, char **argv)
     tidal_status st = load_spec(&a, &s);
     if (st != TIDAL_OK) {
         fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
-        return exit_for(st);
+        return 2;
     }
     if (a.out) snprintf(run_dir, sizeof run_dir, "%s", a.out);
     else default_run_dir(&s, run_dir, sizeof run_dir);

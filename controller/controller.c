@@ -451,6 +451,22 @@ static void plot(ctl *c)
     if (pclose(g) != 0) tidal_log(TIDAL_LOG_WARN, "controller: gnuplot failed; %s has the curve as text", tsv);
 }
 
+/* The job is done: every worker may leave now (they would notice the state
+ * key within a second, but the bus may be gone by then). */
+static void stop_workers(ctl *c)
+{
+    Tidal__V1__Control m = TIDAL__V1__CONTROL__INIT;
+    m.schema_version = 1;
+    m.command = TIDAL__V1__CONTROL_COMMAND__CONTROL_COMMAND_STOP;
+    m.reason = "job done", m.issuer = "controller", m.target = "rollout";
+    m.issued_unix_ms = unix_ms();
+    void *buf = NULL;
+    size_t len = 0;
+    if (codec_encode(&m.base, &buf, &len) == TIDAL_OK) bus_publish(c->bus, c->names.ctl_subject, buf, (int)len);
+    free(buf);
+    bus_flush(c->bus, 2000);
+}
+
 static tidal_status summary(ctl *c)
 {
     read_counts(c);
@@ -592,7 +608,10 @@ tidal_status controller_run(const controller_opts *o)
         tidal_status ss = summary(c);
         if (st == TIDAL_OK) st = ss;
         plot(c);
-        if (c->done) tidal_log(TIDAL_LOG_INFO, "controller: job %s done at v%llu", c->names.job, (unsigned long long)c->version);
+        if (c->done) {
+            tidal_log(TIDAL_LOG_INFO, "controller: job %s done at v%llu", c->names.job, (unsigned long long)c->version);
+            stop_workers(c);
+        }
     }
     char err[1024] = "";
     if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());

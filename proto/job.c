@@ -59,7 +59,8 @@ tidal_status job_bus_ensure(tidal_bus *b, const job_names *n, const job_bus_cfg 
     bus_consumer_cfg ec = {.stream = n->traj_stream, .durable = JOB_CONSUMER_EVAL, .filter_subject = n->eval_subject,
                            .ack_wait_ms = 30000};
     if (st == TIDAL_OK) st = bus_consumer_ensure(b, &ec);
-    bus_kv_cfg wk = {.bucket = n->workers_bucket, .ttl_ms = 15000, .memory = true};
+    /* file storage although heartbeats are short-lived: a memory bucket would vanish with a server restart */
+    bus_kv_cfg wk = {.bucket = n->workers_bucket, .ttl_ms = 15000};
     bus_kv *w = NULL;
     if (st == TIDAL_OK && (st = bus_kv_ensure(b, &wk, &w)) == TIDAL_OK) bus_kv_close(w);
     bus_kv_cfg jk = {.bucket = n->kv_bucket};

@@ -220,6 +220,7 @@ static void reject(worker *w, bus_msg *m, const char *why)
     w->rejected++;
     bus_term(m);
     bus_msg_destroy(m);
+    heartbeat(w, true); /* the count reaches the controller's summary even if the job ends now */
 }
 
 static int max_turns_of(const job_spec *s)
@@ -282,6 +283,7 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
     const double g0 = now_ms();
     if (st == TIDAL_OK) {
         w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_GENERATING;
+        heartbeat(w, true);
         const Tidal__V1__SamplingParams *sp = p->sampling;
         episode_group g = {
             .prompt_id = p->prompt_id, .group_id = p->group_id, .worker_id = w->id, .task_json = p->task_json,
@@ -298,7 +300,13 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
         st = episode_run_group(w->e, w->tok, w->env, &g, out);
     }
     const double gen_ms = now_ms() - g0;
-    if (st == TIDAL_OK && w->o->slowdown > 1) usleep((useconds_t)(gen_ms * (w->o->slowdown - 1) * 1e3));
+    if (st == TIDAL_OK && w->o->slowdown > 1) { /* slower hardware: the prompt is held (and kept alive) meanwhile */
+        const double until = now_ms() + gen_ms * (w->o->slowdown - 1);
+        while (now_ms() < until && !leaving(w)) {
+            usleep(20 * 1000);
+            keep_alive(w);
+        }
+    }
     /* publish: Nats-Msg-Id = trajectory id, so a redelivered prompt's trajectories are stored once */
     const char *subject = p->eval ? w->names.eval_subject : w->names.traj_subject;
     for (int i = 0; st == TIDAL_OK && i < count; i++) {
@@ -307,10 +315,10 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
         char msg_id[300];
         snprintf(msg_id, sizeof msg_id, "%s", t->trajectory_id);
         tidal__v1__trajectory__free_unpacked(t, NULL);
-        st = bus_js_publish_async(w->bus, subject, out[i].data, (int)out[i].len, msg_id);
+        /* one at a time, each retried through a server restart until the stream acks it */
+        st = bus_js_publish(w->bus, subject, out[i].data, (int)out[i].len, msg_id, 30000, NULL, NULL);
         w->errors += out[i].status != TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
     }
-    if (st == TIDAL_OK) st = bus_js_publish_wait(w->bus, 30000);
     if (st == TIDAL_OK) st = bus_ack_sync(m, 10000);
     if (st == TIDAL_OK) {
         w->trajectories += (uint64_t)count;
@@ -440,7 +448,10 @@ tidal_status worker_run(const worker_opts *o)
             usleep(200 * 1000);
             continue;
         }
-        if (bus_msg_delivered(m) > 1) w->redelivered++;
+        if (bus_msg_delivered(m) > 1) {
+            w->redelivered++;
+            heartbeat(w, true);
+        }
         tidal_status ps = serve_prompt(w, m);
         if (ps != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "worker %s: %s", w->id, tidal_errmsg());
     }

@@ -35,6 +35,7 @@ typedef struct trainer {
     uint64_t version, checkpointed;
     char ckpt_root[4096];
     double t0_ms;               /* this life's start, on the monotonic clock */
+    double elapsed0_s;          /* training time of the earlier lives (from the checkpoint) */
     double last_step_ms;
     uint64_t tokens_since;      /* completion tokens trained since the last step's metric */
 } trainer;
@@ -53,7 +54,7 @@ static uint64_t unix_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static double elapsed_s(const trainer *t) { return t->ck.elapsed_s + (now_ms() - t->t0_ms) / 1e3; }
+static double elapsed_s(const trainer *t) { return t->elapsed0_s + (now_ms() - t->t0_ms) / 1e3; }
 
 /* A trajectory's fate is durable: acknowledge its message (it leaves the stream). */
 static void on_durable(void *ctx, void *handle, bool dropped)
@@ -276,6 +277,7 @@ static tidal_status start(trainer *t)
     t->opt->cfg.beta1 = (float)s->trainer.beta1, t->opt->cfg.beta2 = (float)s->trainer.beta2;
     t->opt->cfg.weight_decay = (float)s->trainer.weight_decay;
     t->version = t->checkpointed = t->ck.version;
+    t->elapsed0_s = t->ck.elapsed_s;
     t->base.groups_trained = t->ck.groups_trained;
     memcpy(t->base.groups_dropped, t->ck.groups_dropped, sizeof t->base.groups_dropped);
     memcpy(t->base.dropped, t->ck.samples_dropped, sizeof t->base.dropped);

@@ -117,7 +117,6 @@ static run_result run_tidal(const char *first, ...)
 static const char *const all_commands[] = {"run",   "controller", "rollout",  "trainer",
                                            "env",   "status",     "bench",    "tokenize",
                                            "generate", "debug",   "version"};
-static const char *const unavailable[] = {"run", "controller", "rollout", "trainer", "status"};
 
 static void test_help_lists_every_command(void)
 {
@@ -189,16 +188,33 @@ static void test_unknown_or_missing_command(void)
     run_free(&r);
 }
 
-static void test_not_yet_available(void)
+/* The role commands refuse what they cannot run with exit 2 and say why. */
+static void test_role_usage_errors(void)
 {
-    for (size_t i = 0; i < sizeof unavailable / sizeof unavailable[0]; i++) {
-        run_result r = run_tidal(unavailable[i], "x", NULL);
-        char want[96];
-        snprintf(want, sizeof want, "tidal %s: not yet available in this build", unavailable[i]);
-        int ok = r.status == 2 && !r.out[0] && strstr(r.err, want);
-        CHECK_MSG(ok, "tidal %s: exit %d\nstdout: %s\nstderr: %s", unavailable[i], r.status, r.out, r.err);
+    const char *bad = "/tmp/tidal-test-cli-bad.yaml";
+    FILE *f = fopen(bad, "w");
+    fputs("job:\n  name: x\ntrainer:\n  lr: fast\n", f);
+    fclose(f);
+    struct {
+        const char *a, *b, *c, *d, *e, *want;
+    } cases[] = {
+        {"run", NULL, NULL, NULL, NULL, "tidal run: which job?"},
+        {"run", "/nonexistent/job.yaml", NULL, NULL, NULL, "/nonexistent/job.yaml"},
+        {"run", bad, NULL, NULL, NULL, "tidal-test-cli-bad.yaml:4: trainer.lr"},
+        {"trainer", bad, NULL, NULL, NULL, "tidal-test-cli-bad.yaml:4: trainer.lr"},
+        {"controller", bad, "--nosuch", NULL, NULL, "unknown option '--nosuch'"},
+        {"rollout", "--bus", "nats://127.0.0.1:1", NULL, NULL, "--job NAME is required"},
+        {"rollout", "--job", "j", "extra", NULL, "unexpected argument 'extra'"},
+        {"status", "--job", "j", NULL, NULL, "--bus URL and --job NAME are required"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        run_result r = run_tidal(cases[i].a, cases[i].b, cases[i].c, cases[i].d, cases[i].e, NULL);
+        int ok = r.status == 2 && strstr(r.err, cases[i].want);
+        CHECK_MSG(ok, "tidal %s %s: exit %d, want 2 and '%s'\nstderr: %s", cases[i].a, cases[i].b ? cases[i].b : "",
+                  r.status, cases[i].want, r.err);
         run_free(&r);
     }
+    remove(bad);
 }
 
 static void test_bench_dispatch(void)
@@ -213,9 +229,14 @@ static void test_bench_dispatch(void)
     CHECK_MSG(ok, "bench: exit %d\nstderr: %s", r.status, r.err);
     run_free(&r);
 
-    r = run_tidal("bench", "weights", NULL);
-    ok = r.status == 2 && strstr(r.err, "tidal bench weights: not yet available in this build");
-    CHECK_MSG(ok, "bench weights: exit %d\nstderr: %s", r.status, r.err);
+    r = run_tidal("bench", "async", NULL);
+    ok = r.status == 2 && strstr(r.err, "tidal bench async: not yet available in this build");
+    CHECK_MSG(ok, "bench async: exit %d\nstderr: %s", r.status, r.err);
+    run_free(&r);
+
+    r = run_tidal("bench", "weights", "--nosuch", NULL);
+    ok = r.status == 2 && strstr(r.err, "usage: tidal bench weights");
+    CHECK_MSG(ok, "bench weights --nosuch: exit %d\nstderr: %s", r.status, r.err);
     run_free(&r);
 }
 
@@ -266,7 +287,7 @@ int main(void)
     RUN(test_help_for_one_command);
     RUN(test_version);
     RUN(test_unknown_or_missing_command);
-    RUN(test_not_yet_available);
+    RUN(test_role_usage_errors);
     RUN(test_generate_tiny_model);
     RUN(test_bench_dispatch);
     return check_summary();
