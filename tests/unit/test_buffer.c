@@ -147,6 +147,12 @@ static void test_staleness_everywhere(void)
     for (int i = 0; i < batch.groups[0].n; i++) CHECK(6 - batch.groups[0].samples[i]->version_values[0] <= 2);
     buffer_trained(b, &batch, 7);
     CHECK(balanced(b));
+    /* groups, each once by what ended it: "old" and "v3"+"part" went stale, "v5" trained */
+    buffer_counts_get(b, &c);
+    CHECK_MSG(c.groups_dropped[BUFFER_DROP_STALE] == 3 && c.groups_trained == 1 &&
+                  c.groups_dropped[BUFFER_DROP_STALE_GROUP] == 0,
+              "groups: stale %llu trained %llu", (unsigned long long)c.groups_dropped[BUFFER_DROP_STALE],
+              (unsigned long long)c.groups_trained);
     /* K = 0: only the current version trains */
     buffer *b0 = make(0, 16, BUFFER_FIFO, false, &a);
     buffer_set_version(b0, 3);
@@ -189,6 +195,11 @@ static void test_drops_duplicates_failures_filters(void)
     CHECK_STATUS(buffer_take(b, 3, &batch), TIDAL_ERR_INVALID);
     CHECK(balanced(b));
     CHECK(a.dropped == 1 + 3 + 3 + 2);
+    /* groups: a duplicate sample ends no group; one failed, one zero-variance, one pushed out */
+    buffer_counts_get(b, &c);
+    CHECK(c.groups_dropped[BUFFER_DROP_FAILED] == 1 && c.groups_dropped[BUFFER_DROP_ZERO_VARIANCE] == 1 &&
+          c.groups_dropped[BUFFER_DROP_CAPACITY] == 1 && c.groups_dropped[BUFFER_DROP_DUPLICATE] == 0 &&
+          c.groups_trained == 0);
     buffer_free(b);
 }
 
