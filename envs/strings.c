@@ -2,7 +2,9 @@
  * (docs/environments.md "strings").
  *
  * generate(seed) draws a random string of `length` characters from the
- * alphabet (lower-case letters or digits) and one op from `ops`; STEP reads
+ * alphabet (lower-case letters or digits) and one op from `ops`, and states
+ * it as an English instruction (prompt "instruction", the default) or as
+ * "OP INPUT" (prompt "terse", for tiny byte-level models); STEP reads
  * the completion's last non-empty line (quotes and backticks trimmed) and
  * scores it position by position against task.answer.
  */
@@ -21,28 +23,34 @@ static const char *const op_names[N_OPS] = {"reverse", "sort", "copy", "shift", 
 typedef struct strings_cfg {
     int length;
     bool digits; /* the alphabet: digits, else lower-case letters */
+    bool terse;  /* prompt "OP INPUT", else the English instruction */
     size_t n_ops;
     strings_op ops[MAX_CFG_OPS];
 } strings_cfg;
 
-static const char *const strings_keys[] = {"length", "alphabet", "ops", NULL};
+static const char *const strings_keys[] = {"length", "alphabet", "ops", "prompt", NULL};
 
 static tidal_status strings_create(const json_t *config, void **state)
 {
     tidal_status st = env_cfg_keys(config, strings_keys);
     if (st != TIDAL_OK) return st;
     int64_t length;
-    const char *alphabet;
+    const char *alphabet, *prompt;
     if ((st = env_cfg_int(config, "length", 8, 1, 64, &length)) != TIDAL_OK) return st;
     if ((st = env_cfg_string(config, "alphabet", "letters", &alphabet)) != TIDAL_OK) return st;
     bool digits = strcmp(alphabet, "digits") == 0;
     if (!digits && strcmp(alphabet, "letters") != 0)
         return env_bad("config", "alphabet", "must be \"letters\" or \"digits\", got \"%.40s\"", alphabet);
+    if ((st = env_cfg_string(config, "prompt", "instruction", &prompt)) != TIDAL_OK) return st;
+    bool terse = strcmp(prompt, "terse") == 0;
+    if (!terse && strcmp(prompt, "instruction") != 0)
+        return env_bad("config", "prompt", "must be \"instruction\" or \"terse\", got \"%.40s\"", prompt);
 
     strings_cfg *c = calloc(1, sizeof *c);
     if (!c) return tidal_fail(TIDAL_ERR_NOMEM, "out of memory");
     c->length = (int)length;
     c->digits = digits;
+    c->terse = terse;
     json_t *ops = json_object_get(config, "ops");
     if (!ops || json_is_null(ops)) {
         for (int i = 0; i < OP_UPPER; i++) c->ops[c->n_ops++] = (strings_op)i;
@@ -138,7 +146,8 @@ static tidal_status strings_generate(const void *state, uint64_t seed, char **ta
     json_t *task = json_pack("{s:s, s:s, s:s}", "op", op_names[op], "input", in, "answer", ans);
     char *tj = task ? json_dumps(task, JSON_COMPACT) : NULL;
     json_decref(task);
-    char *p = env_printf("%s\nString: %s\nGive only the resulting string.", instruction(op, c->digits), in);
+    char *p = c->terse ? env_printf("%s %s", op_names[op], in)
+                       : env_printf("%s\nString: %s\nGive only the resulting string.", instruction(op, c->digits), in);
     if (!tj || !p) {
         free(tj);
         free(p);

@@ -249,10 +249,28 @@ static void admit(trainer *t, bus_msg *m)
     }
 }
 
+/* What the spec may ask that this trainer cannot do yet: refused, never ignored. */
+static tidal_status supported(const job_spec *s)
+{
+    if (strcmp(s->trainer.loss, "ppo") != 0)
+        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer.loss %s is not available in this build (ppo is)", s->trainer.loss);
+    if (strcmp(s->trainer.device, "cpu") != 0)
+        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer.device %s is not available in this build (cpu is)",
+                          s->trainer.device);
+    if (strcmp(s->weights.transport, "bus") != 0)
+        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights.transport %s is not available in this build (bus is)",
+                          s->weights.transport);
+    if (s->trainer.kl > 0)
+        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer.kl %g needs a reference model, not available in this build",
+                          s->trainer.kl);
+    return TIDAL_OK;
+}
+
 static tidal_status start(trainer *t)
 {
     const job_spec *s = t->s;
-    tidal_status st = job_names_init(&t->names, s->job.name);
+    tidal_status st = supported(s);
+    if (st == TIDAL_OK) st = job_names_init(&t->names, s->job.name);
     bus_opts bo = t->o->bus;
     if (!bo.name) bo.name = "trainer";
     if (st == TIDAL_OK) st = bus_connect(&t->bus, &bo);
