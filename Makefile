@@ -2,6 +2,8 @@
 #
 #   make deps        install the Debian packages that are missing (root)
 #   make             configure and build into build/
+#   make quickstart  deps + build, then the quickstart job (examples/quickstart.yaml) into
+#                    runs/quickstart: metrics.jsonl, summary.json, reward.svg
 #   make test        deps + build + every ctest label but gpu, then unit and
 #                    integration again under ASan + UBSan (build-asan/)
 #   make clean
@@ -17,7 +19,7 @@ DEPS = cmake make gcc pkg-config clang libclang-rt-14-dev \
        libssl-dev openssl libjansson-dev libopenblas-openmp-dev python3-torch \
        libpcre2-dev libutf8proc-dev libyaml-dev nodejs gnuplot-nox
 
-.PHONY: all deps build test test-asan clean
+.PHONY: all deps build test test-asan quickstart clean
 
 all: build
 
@@ -47,6 +49,12 @@ test-asan:
 	cmake -S . -B $(ASAN_BUILD) -DTIDAL_SANITIZE=ON -DTIDAL_CUDA=OFF $(CMAKE_ARGS)
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ctest --output-on-failure -L 'unit|integration' -j $(JOBS)
+
+quickstart: deps
+	$(MAKE) build
+	rm -rf runs/quickstart
+	./$(BUILD)/tidal run examples/quickstart.yaml --out runs/quickstart
+	@echo "make quickstart: runs/quickstart/summary.json, runs/quickstart/reward.svg"
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -56,5 +56,6 @@ int bench_generate_main(int argc, char **argv);
 int bench_tokenize_main(int argc, char **argv);
 int bench_gemm_main(int argc, char **argv);
 int bench_env_main(int argc, char **argv);
+int bench_async_main(int argc, char **argv);
 
 #endif

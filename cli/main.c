@@ -85,7 +85,7 @@ static const struct command commands[] = {
      "DIR/metrics.jsonl, DIR/summary.json, DIR/reward.svg, DIR/checkpoints/ and DIR/logs/.\n"
      "Ctrl-C stops every role cleanly (the summary is still written).\n"
      "  --set key=value  override any key of the spec (e.g. --set trainer.steps=10)\n"
-     "  --out DIR        the run directory (default runs/JOB_NAME)\n"
+     "  --out DIR        a new run directory (default runs/JOB_NAME-YYYYmmdd-HHMMSS)\n"
      "  --resume RUN     continue run directory RUN from its newest checkpoint\n",
      cmd_run},
     {"controller", "the controller role: dispatch, eval, metrics",
@@ -99,7 +99,9 @@ static const struct command commands[] = {
      "Join job NAME on the bus at URL as a rollout worker; workers may come and go.\n"
      "The spec and the weights come from the bus. SIGTERM returns the group in progress.\n"
      "Credentials: --user/--password, --token, --creds FILE; TLS: --tls-ca/--tls-cert/--tls-key.\n"
-     "  --slowdown F     sleep (F - 1) x each group's generation time (benchmarks)\n",
+     "  --slowdown F     hold each group (F - 1) x its generation time longer (simulated slower\n"
+     "                   hardware, for benchmarks)\n"
+     "  --tail A         and a Pareto(alpha A) multiple of it (simulated long-tailed completions)\n",
      cmd_rollout},
     {"trainer", "the trainer role: buffer, updates, weights",
      "usage: tidal trainer JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL] [--resume]\n"
@@ -159,7 +161,7 @@ static const struct {
     int (*entry)(int argc, char **argv);
 } benches[] = {
     {"bus", bench_bus_main}, {"weights", bench_weights_main}, {"train", bench_train_main},
-    {"generate", bench_generate_main}, {"env", bench_env_main}, {"async", NULL}, {"tokenize", bench_tokenize_main},
+    {"generate", bench_generate_main}, {"env", bench_env_main}, {"async", bench_async_main}, {"tokenize", bench_tokenize_main},
     {"gemm", bench_gemm_main},
 };
 

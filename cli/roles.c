@@ -59,13 +59,13 @@ typedef struct role_args {
     int n_sets;
     bool resume;
     const char *job, *id, *backend, *device, *user, *password, *token, *creds, *tls_ca, *tls_cert, *tls_key;
-    double slowdown;
+    double slowdown, tail;
     int join_timeout_ms;
     bool json;
 } role_args;
 
 enum { OPT_SET = 1000, OPT_OUT, OPT_BUS, OPT_RESUME, OPT_JOB, OPT_ID, OPT_BACKEND, OPT_DEVICE, OPT_USER, OPT_PASSWORD,
-       OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_JOIN, OPT_JSON, OPT_ENDPOINT };
+       OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_TAIL, OPT_JOIN, OPT_JSON, OPT_ENDPOINT };
 
 static const struct option role_long[] = {
     {"set", required_argument, 0, OPT_SET},         {"out", required_argument, 0, OPT_OUT},
@@ -76,7 +76,8 @@ static const struct option role_long[] = {
     {"password", required_argument, 0, OPT_PASSWORD}, {"token", required_argument, 0, OPT_TOKEN},
     {"creds", required_argument, 0, OPT_CREDS},     {"tls-ca", required_argument, 0, OPT_TLS_CA},
     {"tls-cert", required_argument, 0, OPT_TLS_CERT}, {"tls-key", required_argument, 0, OPT_TLS_KEY},
-    {"slowdown", required_argument, 0, OPT_SLOWDOWN}, {"join-timeout-ms", required_argument, 0, OPT_JOIN},
+    {"slowdown", required_argument, 0, OPT_SLOWDOWN}, {"tail", required_argument, 0, OPT_TAIL},
+    {"join-timeout-ms", required_argument, 0, OPT_JOIN},
     {"json", no_argument, 0, OPT_JSON},             {0, 0, 0, 0}};
 
 /* Parse argv (argv[0] = the subcommand). Returns 0, or 2 after printing why. */
@@ -110,6 +111,7 @@ static int parse_role_args(const char *role, int argc, char **argv, bool wants_s
         case OPT_TLS_CERT: a->tls_cert = optarg; break;
         case OPT_TLS_KEY: a->tls_key = optarg; break;
         case OPT_SLOWDOWN: a->slowdown = atof(optarg); break;
+        case OPT_TAIL: a->tail = atof(optarg); break;
         case OPT_JOIN: a->join_timeout_ms = atoi(optarg); break;
         case OPT_JSON: a->json = true; break;
         default:
@@ -166,9 +168,20 @@ static bus_opts bus_from(const role_args *a, const job_spec *s)
 
 static int exit_for(tidal_status st) { return st == TIDAL_OK ? 0 : st == TIDAL_ERR_INVALID ? 2 : 1; }
 
-static void default_run_dir(const job_spec *s, char *out, size_t n)
+/* tidal run: runs/JOB-YYYYmmdd-HHMMSS, a fresh directory per run. A role
+ * started by hand: runs/JOB, so a controller and a trainer of one job agree. */
+static void default_run_dir(const job_spec *s, bool stamped, char *out, size_t n)
 {
-    snprintf(out, n, "runs/%s", s->job.name);
+    if (!stamped) {
+        snprintf(out, n, "runs/%s", s->job.name);
+        return;
+    }
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    char stamp[32];
+    strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm);
+    snprintf(out, n, "runs/%s-%s", s->job.name, stamp);
 }
 
 /* ---------------------------------------------------------------- controller, trainer */
@@ -192,7 +205,7 @@ static int spec_role(const char *role, int argc, char **argv)
     }
     char run_dir[4096];
     if (a.out) snprintf(run_dir, sizeof run_dir, "%s", a.out);
-    else default_run_dir(&s, run_dir, sizeof run_dir);
+    else default_run_dir(&s, false, run_dir, sizeof run_dir);
     bus_opts bo = bus_from(&a, &s);
     if (!bo.urls || !*bo.urls) {
         fprintf(stderr, "tidal %s: no bus: give --bus URL or bus.url in the spec (tidal run starts one)\n", role);
@@ -238,7 +251,7 @@ int rollout_main(int argc, char **argv)
     tidal_log_set_role("rollout");
     catch_signals();
     worker_opts wo = {.bus = bo, .job = a.job, .id = a.id, .join_timeout_ms = a.join_timeout_ms,
-                      .slowdown = a.slowdown, .stop = &g_stop};
+                      .slowdown = a.slowdown, .tail = a.tail, .stop = &g_stop};
     tidal_status st = worker_run(&wo);
     if (st != TIDAL_OK) fprintf(stderr, "tidal rollout: %s\n", tidal_errmsg());
     return exit_for(st);
@@ -412,7 +425,15 @@ int run_main(int argc, char **argv)
         return 2;
     }
     if (a.out) snprintf(run_dir, sizeof run_dir, "%s", a.out);
-    else default_run_dir(&s, run_dir, sizeof run_dir);
+    else default_run_dir(&s, true, run_dir, sizeof run_dir);
+    snprintf(path, sizeof path, "%s/spec.json", run_dir);
+    struct stat held;
+    if (!resume && stat(path, &held) == 0) { /* its bus state (cursor, streams) would mix with the new run's */
+        fprintf(stderr, "tidal run: %s holds a run already: `tidal run --resume %s` continues it, or give another --out\n",
+                run_dir, run_dir);
+        spec_release(&s);
+        return 2;
+    }
     char logs[4200];
     snprintf(logs, sizeof logs, "%s/logs", run_dir);
     if ((st = fs_mkdirs(logs)) != TIDAL_OK) {

@@ -2,6 +2,7 @@
 #include "rollout/worker.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -300,8 +301,14 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
         st = episode_run_group(w->e, w->tok, w->env, &g, out);
     }
     const double gen_ms = now_ms() - g0;
-    if (st == TIDAL_OK && w->o->slowdown > 1) { /* slower hardware: the prompt is held (and kept alive) meanwhile */
-        const double until = now_ms() + gen_ms * (w->o->slowdown - 1);
+    double hold = w->o->slowdown > 1 ? w->o->slowdown - 1 : 0; /* simulated slower hardware / longer completions */
+    if (w->o->tail > 0) {
+        const double u = (double)((fnv1a(p->group_id) >> 11) + 1) / 9007199254740993.0; /* (0, 1], per group */
+        const double x = pow(u, -1.0 / w->o->tail);
+        hold = (hold + 1) * (x < 50 ? x : 50) - 1;
+    }
+    if (st == TIDAL_OK && hold > 0) { /* the prompt is held (and kept alive) meanwhile */
+        const double until = now_ms() + gen_ms * hold;
         while (now_ms() < until && !leaving(w)) {
             usleep(20 * 1000);
             keep_alive(w);

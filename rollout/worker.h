@@ -36,6 +36,9 @@ typedef struct worker_opts {
     int join_timeout_ms;        /* wait this long for the job (spec, weights) to appear; <= 0: forever */
     double slowdown;            /* >= 1: sleep (slowdown - 1) x each group's generation time (benchmarks
                                    simulate slower hardware); 0 or 1: none */
+    double tail;                /* > 0: also hold each group (tail draw - 1) x its generation time, the draw
+                                   Pareto(x_m = 1, alpha = tail), capped at 50: long-tailed completion times
+                                   for benchmarks; 0: none */
     volatile sig_atomic_t *stop;/* set (by a signal handler) to leave: the group in progress is returned */
 } worker_opts;
 

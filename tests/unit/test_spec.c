@@ -184,6 +184,21 @@ static void test_file_errors(void)
     spec_release(&s);
 }
 
+/* The job specs the repository ships are valid as they are. */
+static void test_examples_are_valid(void)
+{
+    const char *src = getenv("TIDAL_SOURCE_DIR");
+    const char *files[] = {"examples/quickstart.yaml", "examples/gsm8k-qwen2.5-0.5b.yaml"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", src ? src : ".", files[i]);
+        job_spec s;
+        tidal_status st = spec_load(path, NULL, 0, &s);
+        CHECK_MSG(st == TIDAL_OK, "%s: %s", files[i], tidal_errmsg());
+        spec_release(&s);
+    }
+}
+
 int main(void)
 {
     RUN(test_good_spec_and_defaults);
@@ -193,5 +208,6 @@ int main(void)
     RUN(test_json_round_trip);
     RUN(test_docs_list_every_key);
     RUN(test_file_errors);
+    RUN(test_examples_are_valid);
     return check_summary();
 }
