@@ -506,7 +506,7 @@ int run_main(int argc, char **argv)
     if (bus_connect(&b, &bo) == TIDAL_OK) bus_subscribe_sync(b, subj, NULL, &sub);
     const bool tty = isatty(2);
     double last_print = 0;
-    bool stopping = false, failed = false;
+    bool stopping = false, failed = false, child_failed = false;
     int running = 2 + nw;
     while (running > 0) {
         int status = 0;
@@ -521,6 +521,7 @@ int run_main(int argc, char **argv)
                         fprintf(stderr, "%stidal run: %s %s (%s/logs/%s.log)\n", tty ? "\n" : "", kids[i].name,
                                 ok ? "finished" : "failed", run_dir, kids[i].name);
                     if (!ok && i < 2 && !stopping) failed = true; /* the job cannot go on without it */
+                    if (!ok) child_failed = true;             /* a worker's failure still fails the run */
                     if (i == 0 && !stopping) { /* the controller is done (summary written): stop the rest */
                         stopping = true;
                         for (int k = 1; k < 2 + nw; k++)
@@ -545,6 +546,6 @@ int run_main(int argc, char **argv)
     struct stat sb;
     if (stat(path, &sb) == 0) fprintf(stderr, "tidal run: %s\n", path);
     spec_release(&s);
-    if (failed) return 1;
+    if (failed || child_failed) return 1;
     return WIFEXITED(ctl_status) ? WEXITSTATUS(ctl_status) : 1;
 }
