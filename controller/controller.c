@@ -67,20 +67,6 @@ typedef struct ctl {
     size_t n_curve, cap_curve;
 } ctl;
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static uint64_t unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static bool stopping(const ctl *c) { return c->o->stop && *c->o->stop; }
 
 /* ---------------------------------------------------------------- cursor */
@@ -117,7 +103,7 @@ static tidal_status cursor_put(ctl *c)
 
 static void read_counts(ctl *c)
 {
-    const double t = now_ms();
+    const double t = tidal_clock_ms();
     if (t - c->last_counts_ms < 50) return;
     c->last_counts_ms = t;
     void *v = NULL;
@@ -143,7 +129,8 @@ static void read_counts(ctl *c)
         json_decref(o);
     }
     free(v);
-    if (bus_kv_get(c->kv, JOB_KEY_STATE, &v, &n, NULL) == TIDAL_OK) c->done = n == 4 && !memcmp(v, "done", 4);
+    if (bus_kv_get(c->kv, JOB_KEY_STATE, &v, &n, NULL) == TIDAL_OK)
+        c->done = (n == 7 && !memcmp(v, "trained", 7)) || (n == 4 && !memcmp(v, "done", 4));
     free(v);
 }
 
@@ -177,7 +164,7 @@ static void read_workers(ctl *c)
 
 static int live_workers(const ctl *c)
 {
-    const uint64_t t = unix_ms();
+    const uint64_t t = tidal_unix_ms();
     int n = 0;
     for (int i = 0; i < c->n_workers; i++)
         n += !c->workers[i].gone && c->workers[i].updated_ms + WORKER_LIVE_MS > t;
@@ -208,7 +195,7 @@ static tidal_status publish_prompt(ctl *c, const char *id, const char *group, co
     p.max_tokens = (uint32_t)c->s->rollout.max_tokens;
     p.min_version = min_version;
     p.data_index = data_index;
-    p.dispatched_unix_ms = unix_ms();
+    p.dispatched_unix_ms = tidal_unix_ms();
     p.controller_epoch = c->epoch;
     p.eval = eval;
     void *buf = NULL;
@@ -262,7 +249,7 @@ static tidal_status eval_start(ctl *c)
     if (n == 0) return TIDAL_OK;
     free(e->succ_first), free(e->succ_any);
     *e = (eval_round){.active = true, .version = c->version, .prompts = (int)n, .k = s->eval.pass_k,
-                      .started_ms = now_ms()};
+                      .started_ms = tidal_clock_ms()};
     e->succ_first = calloc(n, sizeof *e->succ_first);
     e->succ_any = calloc(n, sizeof *e->succ_any);
     if (!e->succ_first || !e->succ_any) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
@@ -333,7 +320,7 @@ static void read_evals(ctl *c)
         bus_msg_destroy(msgs[i]);
     }
     if (e->active && e->received >= e->prompts * e->k) eval_finish(c, true);
-    else if (e->active && now_ms() - e->started_ms > EVAL_TIMEOUT_MS) eval_finish(c, false);
+    else if (e->active && tidal_clock_ms() - e->started_ms > EVAL_TIMEOUT_MS) eval_finish(c, false);
 }
 
 /* ---------------------------------------------------------------- metrics */
@@ -377,7 +364,7 @@ static void read_metrics(ctl *c)
             free(line);
             json_decref(o);
             c->reward_last = reward;
-            if (!c->samples_total) c->first_sample_ms = now_ms();
+            if (!c->samples_total) c->first_sample_ms = tidal_clock_ms();
             c->samples_total += (uint64_t)samples;
             curve_add(c, mt->step, reward);
         }
@@ -389,7 +376,7 @@ static void read_metrics(ctl *c)
 /* One line a second on tidal.J.metrics.controller: what `tidal run` shows. */
 static void progress(ctl *c)
 {
-    const double t = now_ms();
+    const double t = tidal_clock_ms();
     if (t - c->last_progress_ms < 1000) return;
     c->last_progress_ms = t;
     const double run_s = (t - c->first_sample_ms) / 1e3;
@@ -398,29 +385,13 @@ static void progress(ctl *c)
     const double eta = c->version > 0 && sps > 0
                            ? (steps - (double)c->version) * c->s->trainer.groups_per_step * c->s->rollout.group_size / sps
                            : -1;
-    struct {
-        const char *k;
-        double v;
-    } vals[] = {{"version", (double)c->version}, {"steps", steps},           {"reward_mean", c->reward_last},
-                {"staleness_mean", c->staleness_last}, {"samples_per_s", sps}, {"workers", live_workers(c)},
-                {"eta_s", eta},                    {"dispatched", (double)c->next}};
-    enum { N = sizeof vals / sizeof vals[0] };
-    Tidal__V1__Metric__ValuesEntry ent[N], *entp[N];
-    for (int i = 0; i < N; i++) {
-        ent[i] = (Tidal__V1__Metric__ValuesEntry)TIDAL__V1__METRIC__VALUES_ENTRY__INIT;
-        ent[i].key = (char *)vals[i].k, ent[i].value = vals[i].v;
-        entp[i] = &ent[i];
-    }
-    Tidal__V1__Metric mt = TIDAL__V1__METRIC__INIT;
-    mt.schema_version = 1, mt.role = "controller", mt.source = "controller";
-    mt.step = c->version, mt.time = (t - c->t0_ms) / 1e3, mt.unix_ms = unix_ms();
-    mt.n_values = N, mt.values = entp;
-    void *buf = NULL;
-    size_t len = 0;
-    char subject[200];
-    snprintf(subject, sizeof subject, "%s.controller", c->names.metrics_prefix);
-    if (codec_encode(&mt.base, &buf, &len) == TIDAL_OK) bus_publish(c->bus, subject, buf, (int)len);
-    free(buf);
+    const job_metric_value vals[] = {
+        {"version", (double)c->version}, {"steps", steps},     {"reward_mean", c->reward_last},
+        {"staleness_mean", c->staleness_last}, {"samples_per_s", sps}, {"workers", live_workers(c)},
+        {"eta_s", eta},                    {"dispatched", (double)c->next},
+    };
+    job_metric_publish(c->bus, &c->names, "controller", c->version, (t - c->t0_ms) / 1e3, vals,
+                       (int)(sizeof vals / sizeof vals[0]));
 }
 
 /* ---------------------------------------------------------------- the end */
@@ -459,7 +430,7 @@ static void stop_workers(ctl *c)
     m.schema_version = 1;
     m.command = TIDAL__V1__CONTROL_COMMAND__CONTROL_COMMAND_STOP;
     m.reason = "job done", m.issuer = "controller", m.target = "rollout";
-    m.issued_unix_ms = unix_ms();
+    m.issued_unix_ms = tidal_unix_ms();
     void *buf = NULL;
     size_t len = 0;
     if (codec_encode(&m.base, &buf, &len) == TIDAL_OK) bus_publish(c->bus, c->names.ctl_subject, buf, (int)len);
@@ -479,7 +450,7 @@ static tidal_status summary(ctl *c)
     json_object_set_new(o, "version", json_integer((json_int_t)c->version));
     json_object_set_new(o, "steps", json_integer(c->s->trainer.steps));
     json_object_set_new(o, "done", json_boolean(c->done));
-    json_object_set_new(o, "wall_s", json_real((now_ms() - c->t0_ms) / 1e3));
+    json_object_set_new(o, "wall_s", json_real((tidal_clock_ms() - c->t0_ms) / 1e3));
     uint64_t redelivered = 0, rejected_prompts = 0;
     for (int i = 0; i < c->n_workers; i++)
         redelivered += c->workers[i].redelivered, rejected_prompts += c->workers[i].rejected;
@@ -580,7 +551,7 @@ tidal_status controller_run(const controller_opts *o)
     ctl *c = calloc(1, sizeof *c);
     if (!c) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
     c->o = o, c->s = o->spec;
-    c->t0_ms = c->first_sample_ms = now_ms();
+    c->t0_ms = c->first_sample_ms = tidal_clock_ms();
     c->reward_last = NAN;
     tidal_status st = start(c);
     const int every = c->s->eval.every;
@@ -608,8 +579,10 @@ tidal_status controller_run(const controller_opts *o)
         tidal_status ss = summary(c);
         if (st == TIDAL_OK) st = ss;
         plot(c);
-        if (c->done) {
+        if (c->done) { /* workers that join later see "done" and leave at once */
             tidal_log(TIDAL_LOG_INFO, "controller: job %s done at v%llu", c->names.job, (unsigned long long)c->version);
+            if (bus_kv_put(c->kv, JOB_KEY_STATE, "done", 4, NULL) != TIDAL_OK)
+                tidal_log(TIDAL_LOG_WARN, "controller: %s", tidal_errmsg());
             stop_workers(c);
         }
     }

@@ -30,10 +30,12 @@ tidal_status job_model_config(const job_spec *s, model_config *out)
         .eos_token_id = 256, /* the byte-level tokenizer's <|endoftext|> */
     };
     out->qkv_bias = out->type == MODEL_QWEN2;
-    if (out->vocab_size < TOKENIZER_BYTE_LEVEL_VOCAB)
-        return tidal_fail(TIDAL_ERR_INVALID,
-                          "model.init.vocab: %d cannot hold the byte-level tokenizer's %d ids", out->vocab_size,
-                          TOKENIZER_BYTE_LEVEL_VOCAB);
+    const int n_alpha = (int)strlen(s->model.init.alphabet);
+    const int need = n_alpha ? n_alpha + 3 : TOKENIZER_BYTE_LEVEL_VOCAB;
+    if (n_alpha) out->eos_token_id = n_alpha; /* the alphabet tokenizer's <|endoftext|> */
+    if (out->vocab_size < need)
+        return tidal_fail(TIDAL_ERR_INVALID, "model.init.vocab: %d cannot hold the %s tokenizer's %d ids",
+                          out->vocab_size, n_alpha ? "alphabet" : "byte-level", need);
     return model_config_validate(out, "model.init");
 }
 
@@ -51,7 +53,8 @@ tidal_status job_model_initial(const job_spec *s, model **out)
 
 tidal_status job_tokenizer(const job_spec *s, tokenizer **out)
 {
-    if (s->model.init.on) return tokenizer_byte_level(out);
+    if (s->model.init.on)
+        return s->model.init.alphabet[0] ? tokenizer_alphabet(s->model.init.alphabet, out) : tokenizer_byte_level(out);
     return tokenizer_load(s->model.path, out);
 }
 

@@ -41,12 +41,13 @@ typedef struct job_spec {
             int layers, hidden, heads, kv_heads, ffn, vocab;
             int64_t seed;
             double std;
+            char alphabet[SPEC_STR]; /* non-empty: the alphabet tokenizer over these bytes */
         } init;
     } model;
     struct {
         char path[SPEC_STR];   /* JSONL file, or empty with a generator */
         char prompt_key[64], answer_key[64];
-        char template_[16];    /* chatml | llama3 | plain | auto */
+        char template_[16];    /* chatml | llama3 | plain | none | auto */
         char generator[32];    /* a built-in env's generator (arith, strings, guess), or empty */
         int64_t seed;
         bool shuffle;

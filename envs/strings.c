@@ -4,7 +4,8 @@
  * generate(seed) draws a random string of `length` characters from the
  * alphabet (lower-case letters or digits) and one op from `ops`, and states
  * it as an English instruction (prompt "instruction", the default) or as
- * "OP INPUT" (prompt "terse", for tiny byte-level models); STEP reads
+ * "OP INPUT" (prompt "terse", for tiny byte-level models) or the input
+ * alone (prompt "bare", with a single op: the quickstart); STEP reads
  * the completion's last non-empty line (quotes and backticks trimmed) and
  * scores it position by position against task.answer.
  */
@@ -24,6 +25,7 @@ typedef struct strings_cfg {
     int length;
     bool digits; /* the alphabet: digits, else lower-case letters */
     bool terse;  /* prompt "OP INPUT", else the English instruction */
+    bool bare;   /* prompt "INPUT" (one op: nothing to name) */
     size_t n_ops;
     strings_op ops[MAX_CFG_OPS];
 } strings_cfg;
@@ -42,17 +44,22 @@ static tidal_status strings_create(const json_t *config, void **state)
     if (!digits && strcmp(alphabet, "letters") != 0)
         return env_bad("config", "alphabet", "must be \"letters\" or \"digits\", got \"%.40s\"", alphabet);
     if ((st = env_cfg_string(config, "prompt", "instruction", &prompt)) != TIDAL_OK) return st;
-    bool terse = strcmp(prompt, "terse") == 0;
-    if (!terse && strcmp(prompt, "instruction") != 0)
-        return env_bad("config", "prompt", "must be \"instruction\" or \"terse\", got \"%.40s\"", prompt);
+    bool terse = strcmp(prompt, "terse") == 0, bare = strcmp(prompt, "bare") == 0;
+    if (!terse && !bare && strcmp(prompt, "instruction") != 0)
+        return env_bad("config", "prompt", "must be \"instruction\", \"terse\" or \"bare\", got \"%.40s\"", prompt);
 
     strings_cfg *c = calloc(1, sizeof *c);
     if (!c) return tidal_fail(TIDAL_ERR_NOMEM, "out of memory");
     c->length = (int)length;
     c->digits = digits;
     c->terse = terse;
+    c->bare = bare;
     json_t *ops = json_object_get(config, "ops");
     if (!ops || json_is_null(ops)) {
+        if (bare) {
+            free(c);
+            return env_bad("config", "prompt", "\"bare\" names no op, so ops must hold a single one");
+        }
         for (int i = 0; i < OP_UPPER; i++) c->ops[c->n_ops++] = (strings_op)i;
         *state = c;
         return TIDAL_OK;
@@ -78,6 +85,10 @@ static tidal_status strings_create(const json_t *config, void **state)
                               json_is_string(v) ? "\"" : "");
         }
         c->ops[c->n_ops++] = (strings_op)k;
+        if (bare && c->n_ops > 1 && c->ops[c->n_ops - 1] != c->ops[0]) {
+            free(c);
+            return env_bad("config", "prompt", "\"bare\" names no op, so ops must hold a single one");
+        }
     }
     *state = c;
     return TIDAL_OK;
@@ -146,8 +157,9 @@ static tidal_status strings_generate(const void *state, uint64_t seed, char **ta
     json_t *task = json_pack("{s:s, s:s, s:s}", "op", op_names[op], "input", in, "answer", ans);
     char *tj = task ? json_dumps(task, JSON_COMPACT) : NULL;
     json_decref(task);
-    char *p = c->terse ? env_printf("%s %s", op_names[op], in)
-                       : env_printf("%s\nString: %s\nGive only the resulting string.", instruction(op, c->digits), in);
+    char *p = c->bare    ? env_printf("%s", in)
+              : c->terse ? env_printf("%s %s", op_names[op], in)
+                         : env_printf("%s\nString: %s\nGive only the resulting string.", instruction(op, c->digits), in);
     if (!tj || !p) {
         free(tj);
         free(p);

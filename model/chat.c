@@ -38,11 +38,11 @@ static void puts_(buf *b, const char *s) { put(b, s, strlen(s)); }
 tidal_status chat_format_parse(const char *name, chat_format *out)
 {
     static const struct { const char *name; chat_format f; } names[] = {
-        {"chatml", CHAT_CHATML}, {"llama3", CHAT_LLAMA3}, {"plain", CHAT_PLAIN},
+        {"chatml", CHAT_CHATML}, {"llama3", CHAT_LLAMA3}, {"plain", CHAT_PLAIN}, {"none", CHAT_NONE},
     };
     for (size_t i = 0; name && i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(name, names[i].name)) { *out = names[i].f; return TIDAL_OK; }
-    return tidal_fail(TIDAL_ERR_INVALID, "chat template \"%s\": not one of chatml, llama3, plain",
+    return tidal_fail(TIDAL_ERR_INVALID, "chat template \"%s\": not one of chatml, llama3, plain, none",
                       name ? name : "(null)");
 }
 
@@ -52,6 +52,7 @@ const char *chat_format_name(chat_format f)
     case CHAT_CHATML: return "chatml";
     case CHAT_LLAMA3: return "llama3";
     case CHAT_PLAIN: return "plain";
+    case CHAT_NONE: return "none";
     }
     return "unknown";
 }
@@ -105,7 +106,7 @@ tidal_status chat_render(chat_format f, const chat_message *msgs, size_t n, bool
 {
     *out = NULL;
     if (len) *len = 0;
-    if (f != CHAT_CHATML && f != CHAT_LLAMA3 && f != CHAT_PLAIN)
+    if (f != CHAT_CHATML && f != CHAT_LLAMA3 && f != CHAT_PLAIN && f != CHAT_NONE)
         return tidal_fail(TIDAL_ERR_INVALID, "chat template: unknown format %d", (int)f);
     if (n && !msgs) return tidal_fail(TIDAL_ERR_INVALID, "chat template: NULL messages");
     for (size_t i = 0; i < n; i++) {
@@ -144,6 +145,10 @@ tidal_status chat_render(chat_format f, const chat_message *msgs, size_t n, bool
             puts_(&b, c);
             puts_(&b, "\n");
             break;
+        case CHAT_NONE:
+            puts_(&b, c);
+            puts_(&b, "\n");
+            break;
         }
     }
     if (add_generation_prompt) {
@@ -151,6 +156,7 @@ tidal_status chat_render(chat_format f, const chat_message *msgs, size_t n, bool
         case CHAT_CHATML: puts_(&b, "<|im_start|>assistant\n"); break;
         case CHAT_LLAMA3: puts_(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n"); break;
         case CHAT_PLAIN: puts_(&b, "assistant:"); break;
+        case CHAT_NONE: break;
         }
     }
     if (b.oom) {
@@ -168,6 +174,7 @@ const char *chat_end_of_turn(chat_format f)
     case CHAT_CHATML: return "<|im_end|>";
     case CHAT_LLAMA3: return "<|eot_id|>";
     case CHAT_PLAIN: return "\n";
+    case CHAT_NONE: return "\n";
     }
     return "";
 }

@@ -16,6 +16,9 @@
  *                    BPE tokenizer sees the model's " CONTENT" as it saw it in
  *                    rendered conversations. For tiny models without special
  *                    tokens.
+ *   none             CONTENT\n per message, no roles, no generation prompt:
+ *                    the bare task for tiny models trained from scratch
+ *                    (the completion follows the newline and ends with one).
  *
  * Nothing is added that the message list does not say: no default system
  * prompt (Qwen2.5's template adds one when there is none), no tools, no
@@ -31,7 +34,7 @@
 
 #include "proto/status.h"
 
-typedef enum { CHAT_PLAIN = 0, CHAT_CHATML = 1, CHAT_LLAMA3 = 2 } chat_format;
+typedef enum { CHAT_PLAIN = 0, CHAT_CHATML = 1, CHAT_LLAMA3 = 2, CHAT_NONE = 3 } chat_format;
 
 typedef struct chat_message {
     const char *role;    /* "system", "user" or "assistant" */

@@ -1075,9 +1075,15 @@ static tidal_status encode_valid(enc *e, const char *p, size_t n, bool ascii)
 static tidal_status encode_section(enc *e, const char *p, size_t n)
 {
     const tokenizer *t = e->t;
-    if (!t->bpe) {
+    if (!t->bpe) { /* one token per byte: the byte-level or an alphabet tokenizer */
         if (!ids_reserve(e->out, n)) return nomem(t->name);
-        for (size_t i = 0; i < n; i++) e->out->ids[e->out->n++] = (uint8_t)p[i];
+        for (size_t i = 0; i < n; i++) {
+            const int32_t id = t->byte_id[(uint8_t)p[i]];
+            if (id < 0)
+                return tidal_fail(TIDAL_ERR_INVALID, "%s: byte 0x%02x ('%c') is not in the alphabet", t->name,
+                                  (uint8_t)p[i], p[i] >= 32 && p[i] < 127 ? p[i] : '?');
+            e->out->ids[e->out->n++] = id;
+        }
         return TIDAL_OK;
     }
     size_t i = 0;
@@ -1230,7 +1236,7 @@ int32_t tokenizer_token_id(const tokenizer *t, const char *text)
         int32_t id = -1;
         if (trie_match(t, (const uint8_t *)text, n, &id) == n) return id;
     }
-    if (!t->bpe) return n == 1 ? (uint8_t)text[0] : -1;
+    if (!t->bpe) return n == 1 ? t->byte_id[(uint8_t)text[0]] : -1;
     return vocab_find(t, text, n);
 }
 
@@ -1323,6 +1329,38 @@ tidal_status tokenizer_byte_level(tokenizer **out)
         t->flags[256 + i] = TOKF_EXISTS | TOKF_ADDED | TOKF_SPECIAL;
     }
     t->eos = 256;
+    *out = t;
+    return TIDAL_OK;
+}
+
+tidal_status tokenizer_alphabet(const char *alphabet, tokenizer **out)
+{
+    *out = NULL;
+    bool seen[256] = {false};
+    int n = 0;
+    for (const uint8_t *c = (const uint8_t *)alphabet; *c; c++) {
+        if (seen[*c]) return tidal_fail(TIDAL_ERR_INVALID, "alphabet tokenizer: byte 0x%02x twice", *c);
+        seen[*c] = true, n++;
+    }
+    if (n == 0) return tidal_fail(TIDAL_ERR_INVALID, "alphabet tokenizer: the alphabet is empty");
+    tokenizer *t = tokenizer_new("alphabet");
+    if (!t || !alloc_ids(t, n + 3)) { tokenizer_free(t); return nomem("alphabet"); }
+    for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
+    int id = 0;
+    for (const uint8_t *c = (const uint8_t *)alphabet; *c; c++, id++) {
+        if (!set_token(t, id, c, 1)) { tokenizer_free(t); return nomem("alphabet"); }
+        t->flags[id] = TOKF_EXISTS;
+        t->byte_id[*c] = id;
+    }
+    for (int i = 0; i < 3; i++) {
+        const char *sp = byte_level_specials[i];
+        if (!set_token(t, n + i, sp, strlen(sp)) || !trie_add(t, (const uint8_t *)sp, strlen(sp), n + i)) {
+            tokenizer_free(t);
+            return nomem("alphabet");
+        }
+        t->flags[n + i] = TOKF_EXISTS | TOKF_ADDED | TOKF_SPECIAL;
+    }
+    t->eos = n;
     *out = t;
     return TIDAL_OK;
 }

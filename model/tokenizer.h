@@ -82,6 +82,14 @@ tidal_status tokenizer_load_buffer(const char *json, size_t len, const char *con
 #define TOKENIZER_BYTE_LEVEL_VOCAB 259
 tidal_status tokenizer_byte_level(tokenizer **out);
 
+/* A character-level tokenizer for tiny models on synthetic tasks: ids
+ * 0 .. n-1 are the n distinct bytes of `alphabet` in order, then
+ * "<|endoftext|>" (eos), "<|im_start|>", "<|im_end|>" (vocab n + 3). A small
+ * vocabulary makes a random policy's chance of a useful token large enough
+ * for RL alone to start. Text with a byte outside the alphabet is refused
+ * (TIDAL_ERR_INVALID naming the byte). */
+tidal_status tokenizer_alphabet(const char *alphabet, tokenizer **out);
+
 void tokenizer_free(tokenizer *t);
 
 /* ---- encoding and decoding ---- */

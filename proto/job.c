@@ -6,6 +6,8 @@
 
 #include "proto/codec.h"
 
+#include <stdlib.h>
+
 tidal_status job_names_init(job_names *n, const char *job)
 {
     memset(n, 0, sizeof *n);
@@ -77,4 +79,32 @@ tidal_status job_trainer_consumer_reset(tidal_bus *b, const job_names *n)
     tidal_status st = bus_consumer_delete(b, n->traj_stream, JOB_CONSUMER_TRAINER);
     if (st != TIDAL_OK && st != TIDAL_ERR_NOT_FOUND) return st;
     return bus_consumer_ensure(b, &tc);
+}
+
+tidal_status job_metric_publish(tidal_bus *b, const job_names *n, const char *role, uint64_t step, double time_s,
+                                const job_metric_value *v, int nv)
+{
+    Tidal__V1__Metric__ValuesEntry *ent = calloc((size_t)(nv > 0 ? nv : 1), sizeof *ent);
+    Tidal__V1__Metric__ValuesEntry **entp = calloc((size_t)(nv > 0 ? nv : 1), sizeof *entp);
+    tidal_status st = ent && entp ? TIDAL_OK : tidal_fail(TIDAL_ERR_NOMEM, "metric: out of memory");
+    for (int i = 0; st == TIDAL_OK && i < nv; i++) {
+        ent[i] = (Tidal__V1__Metric__ValuesEntry)TIDAL__V1__METRIC__VALUES_ENTRY__INIT;
+        ent[i].key = (char *)v[i].key, ent[i].value = v[i].value;
+        entp[i] = &ent[i];
+    }
+    Tidal__V1__Metric mt = TIDAL__V1__METRIC__INIT;
+    mt.schema_version = 1;
+    mt.role = (char *)role, mt.source = (char *)role;
+    mt.step = step, mt.time = time_s, mt.unix_ms = tidal_unix_ms();
+    mt.n_values = (size_t)nv, mt.values = entp;
+    void *buf = NULL;
+    size_t len = 0;
+    char subject[JOB_NAME_MAX + 64];
+    snprintf(subject, sizeof subject, "%s.%s", n->metrics_prefix, role);
+    if (st == TIDAL_OK) st = codec_encode(&mt.base, &buf, &len);
+    if (st == TIDAL_OK) st = bus_publish(b, subject, buf, (int)len);
+    free(buf);
+    free(ent);
+    free(entp);
+    return st;
 }

@@ -38,7 +38,8 @@ typedef struct job_names {
 #define JOB_KEY_WEIGHTS "weights.latest"
 #define JOB_KEY_VERSION "trainer.version"
 #define JOB_KEY_CURSOR "controller.cursor"
-#define JOB_KEY_STATE "state"           /* "running", then "done" when the last step is trained */
+#define JOB_KEY_STATE "state"           /* "running"; "trained" after the last step (the trainer);
+                                          "done" once the controller has finished (last evaluation, summary) */
 #define JOB_KEY_GROUPS "trainer.groups" /* the trainer's group counts (JSON): trained, dropped by reason, failed */
 
 /* Fill *n for job `job` ([A-Za-z0-9_-]{1,127}: one subject token);
@@ -56,6 +57,15 @@ typedef struct job_bus_cfg {
 /* Create (or update) the prompt and trajectory streams with their
  * consumers, and the two KV buckets. *kv (may be NULL) gets the job's bucket. */
 tidal_status job_bus_ensure(tidal_bus *b, const job_names *n, const job_bus_cfg *c, bus_kv **kv);
+
+/* One Metric (role, step, time, named values) on tidal.J.metrics.<role>:
+ * core NATS, fire and forget (the controller writes what it hears). */
+typedef struct job_metric_value {
+    const char *key;
+    double value;
+} job_metric_value;
+tidal_status job_metric_publish(tidal_bus *b, const job_names *n, const char *role, uint64_t step, double time_s,
+                                const job_metric_value *v, int nv);
 
 /* Recreate the trainer's consumer, so every trajectory not yet acknowledged
  * is delivered again at once (the trajectory stream keeps only those: work

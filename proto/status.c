@@ -116,3 +116,17 @@ void tidal_log(tidal_log_level level, const char *fmt, ...)
     if (len + 1 < sizeof line) { line[len] = '\n'; line[len + 1] = '\0'; }
     fputs(line, stderr);
 }
+
+double tidal_clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+uint64_t tidal_unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}

@@ -11,6 +11,8 @@
 #ifndef TIDAL_STATUS_H
 #define TIDAL_STATUS_H
 
+#include <stdint.h>
+
 #include <stdarg.h>
 #include <stddef.h>
 
@@ -61,5 +63,10 @@ void tidal_log_set_role(const char *role);
 /* Lines below `level` are dropped. Default INFO; TIDAL_LOG=debug|info|warn|error overrides. */
 void tidal_log_set_level(tidal_log_level level);
 void tidal_log(tidal_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Clocks: monotonic milliseconds (for durations; fractions kept) and Unix
+ * wall-clock milliseconds (for timestamps in messages). */
+double tidal_clock_ms(void);
+uint64_t tidal_unix_ms(void);
 
 #endif

@@ -28,13 +28,6 @@ typedef struct ep {
     uint64_t req;         /* the engine request of the current turn */
 } ep;
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 static void ep_free(ep *s)
 {
     free(s->tok), free(s->lp), free(s->mask), free(s->ver);
@@ -83,10 +76,10 @@ static void score_turn(env_client *env, tokenizer *tok, const episode_group *g, 
                      .action = text ? text : "",
                      .action_tokens = (const uint32_t *)(s->tok + s->turn_start),
                      .n_action_tokens = (size_t)(s->n - s->turn_start), .turn = (uint32_t)s->turns};
-    const double t0 = now_ms();
+    const double t0 = tidal_clock_ms();
     env_result r = {0};
     st = env_client_call(env, &call, &r);
-    s->env_ms += now_ms() - t0;
+    s->env_ms += tidal_clock_ms() - t0;
     free(text);
     if (st != TIDAL_OK) {
         s->status = st == TIDAL_ERR_TIMEOUT ? TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_ENV_TIMEOUT
@@ -216,13 +209,13 @@ tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const
             submitted += st == TIDAL_OK;
         }
         if (st != TIDAL_OK || !submitted) break;
-        const double t0 = now_ms();
+        const double t0 = tidal_clock_ms();
         while (st == TIDAL_OK && engine_busy(e)) {
             st = engine_step(e);
             if (st == TIDAL_OK && g->between_steps && engine_busy(e) && !g->between_steps(g->hook_ctx, e))
                 st = tidal_fail(TIDAL_ERR_CANCELLED, "episode %s: abandoned", g->group_id);
         }
-        const double gen = now_ms() - t0;
+        const double gen = tidal_clock_ms() - t0;
         for (engine_result *r; st == TIDAL_OK && (r = engine_next_result(e)); engine_result_free(r)) {
             ep *x = r->user;
             for (int k = 0; k < r->n && x->n < g->max_tokens; k++) put(x, r->ids[k], r->logprobs[k], true, r->versions[k]);

@@ -51,27 +51,13 @@ typedef struct worker {
     double tokens_mark_ms, tokens_per_s;
 } worker;
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static uint64_t unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static bool leaving(const worker *w) { return (w->o->stop && *w->o->stop) || w->ctl_stop; }
 
 /* ---------------------------------------------------------------- heartbeat */
 
 static void heartbeat(worker *w, bool force)
 {
-    const double t = now_ms();
+    const double t = tidal_clock_ms();
     if (!force && t - w->last_beat_ms < HEARTBEAT_MS) return;
     if (w->e) {
         engine_stats es = engine_get_stats(w->e);
@@ -91,7 +77,7 @@ static void heartbeat(worker *w, bool force)
     s.prompts_in_flight = w->cur ? 1 : 0;
     s.tokens_per_s = w->tokens_per_s;
     s.backend = "builtin", s.device = "cpu";
-    s.started_unix_ms = w->started_ms, s.updated_unix_ms = unix_ms();
+    s.started_unix_ms = w->started_ms, s.updated_unix_ms = tidal_unix_ms();
     s.capacity = 1;
     s.trajectories = w->trajectories, s.errors = w->errors, s.rejected = w->rejected;
     s.redelivered = w->redelivered;
@@ -130,7 +116,7 @@ static void on_control(tidal_bus *b, bus_msg *m, void *closure)
 /* The job's state key says "done": nothing more to do. */
 static bool job_done(worker *w)
 {
-    const double t = now_ms();
+    const double t = tidal_clock_ms();
     if (t - w->last_state_ms < STATE_POLL_MS) return false;
     w->last_state_ms = t;
     void *v = NULL;
@@ -161,7 +147,7 @@ static void take_newer_weights(worker *w)
 /* Keep the prompt alive while a long wait or group goes on. */
 static void keep_alive(worker *w)
 {
-    const double t = now_ms();
+    const double t = tidal_clock_ms();
     if (w->cur && t - w->last_progress_ms > (double)w->spec.rollout.ack_wait_ms / 4) {
         bus_in_progress(w->cur);
         w->last_progress_ms = t;
@@ -274,14 +260,14 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
     for (int i = 0; prompt && i < plen; i++) prompt[i] = p->n_token_ids ? (int32_t)p->token_ids[i] : ids.ids[i];
     tok_ids_free(&ids);
 
-    w->cur = m, w->cur_eval = p->eval, w->last_progress_ms = now_ms();
-    const double t0 = now_ms();
+    w->cur = m, w->cur_eval = p->eval, w->last_progress_ms = tidal_clock_ms();
+    const double t0 = tidal_clock_ms();
     if (st == TIDAL_OK) st = sync_to(w, p->min_version);
-    const double sync_ms = now_ms() - t0;
+    const double sync_ms = tidal_clock_ms() - t0;
     const int count = (int)p->sample_count;
     episode_out *out = calloc((size_t)(count > 0 ? count : 1), sizeof *out);
     if (st == TIDAL_OK && !out) st = tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
-    const double g0 = now_ms();
+    const double g0 = tidal_clock_ms();
     if (st == TIDAL_OK) {
         w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_GENERATING;
         heartbeat(w, true);
@@ -300,7 +286,7 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
         if (g.sampling.top_p >= 1.0f) g.sampling.top_p = 0;
         st = episode_run_group(w->e, w->tok, w->env, &g, out);
     }
-    const double gen_ms = now_ms() - g0;
+    const double gen_ms = tidal_clock_ms() - g0;
     double hold = w->o->slowdown > 1 ? w->o->slowdown - 1 : 0; /* simulated slower hardware / longer completions */
     if (w->o->tail > 0) {
         const double u = (double)((fnv1a(p->group_id) >> 11) + 1) / 9007199254740993.0; /* (0, 1], per group */
@@ -308,8 +294,8 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
         hold = (hold + 1) * (x < 50 ? x : 50) - 1;
     }
     if (st == TIDAL_OK && hold > 0) { /* the prompt is held (and kept alive) meanwhile */
-        const double until = now_ms() + gen_ms * hold;
-        while (now_ms() < until && !leaving(w)) {
+        const double until = tidal_clock_ms() + gen_ms * hold;
+        while (tidal_clock_ms() < until && !leaving(w)) {
             usleep(20 * 1000);
             keep_alive(w);
         }
@@ -354,7 +340,7 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
 static bool keep_trying(worker *w, double t0, const char *what, bool *said)
 {
     if (leaving(w)) return false;
-    if (w->o->join_timeout_ms > 0 && now_ms() - t0 > w->o->join_timeout_ms) return false;
+    if (w->o->join_timeout_ms > 0 && tidal_clock_ms() - t0 > w->o->join_timeout_ms) return false;
     if (!*said) tidal_log(TIDAL_LOG_INFO, "worker %s: waiting for %s of job %s", w->id, what, w->names.job);
     *said = true;
     usleep(200 * 1000);
@@ -363,7 +349,7 @@ static bool keep_trying(worker *w, double t0, const char *what, bool *said)
 
 static tidal_status join(worker *w)
 {
-    const double t0 = now_ms();
+    const double t0 = tidal_clock_ms();
     bool said = false;
     tidal_status st;
     while ((st = bus_kv_open(w->bus, w->names.kv_bucket, &w->kv)) != TIDAL_OK)
@@ -425,7 +411,7 @@ tidal_status worker_run(const worker_opts *o)
     for (char *c = w->id; *c; c++)
         if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-'))
             *c = '_'; /* a KV key and a subject token */
-    w->started_ms = unix_ms();
+    w->started_ms = tidal_unix_ms();
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
     bus_opts bo = o->bus;
     if (!bo.name) bo.name = w->id;

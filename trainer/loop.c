@@ -40,21 +40,7 @@ typedef struct trainer {
     uint64_t tokens_since;      /* completion tokens trained since the last step's metric */
 } trainer;
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static uint64_t unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static double elapsed_s(const trainer *t) { return t->elapsed0_s + (now_ms() - t->t0_ms) / 1e3; }
+static double elapsed_s(const trainer *t) { return t->elapsed0_s + (tidal_clock_ms() - t->t0_ms) / 1e3; }
 
 /* A trajectory's fate is durable: acknowledge its message (it leaves the stream). */
 static void on_durable(void *ctx, void *handle, bool dropped)
@@ -110,14 +96,14 @@ static tidal_status checkpoint(trainer *t)
     t->ck.groups_trained = c.groups_trained;
     memcpy(t->ck.groups_dropped, c.groups_dropped, sizeof c.groups_dropped);
     memcpy(t->ck.samples_dropped, c.dropped, sizeof c.dropped);
-    const double t0 = now_ms();
+    const double t0 = tidal_clock_ms();
     tidal_status st = checkpoint_save(t->ckpt_root, t->m, t->opt, &t->ck, t->s->trainer.checkpoint_keep);
     if (st != TIDAL_OK) return st;
     buffer_checkpointed(t->buf, t->version); /* now their fate is durable */
     bus_flush(t->bus, 5000);
     t->checkpointed = t->version;
     tidal_log(TIDAL_LOG_INFO, "trainer: checkpoint step-%llu (%.0f ms)", (unsigned long long)t->version,
-              now_ms() - t0);
+              tidal_clock_ms() - t0);
     put_groups(t);
     return TIDAL_OK;
 }
@@ -126,11 +112,8 @@ static void publish_metric(trainer *t, const trainer_step_result *r, double step
 {
     buffer_counts c;
     counts_now(t, &c);
-    const double since = now_ms() - t->last_step_ms;
-    struct {
-        const char *k;
-        double v;
-    } vals[] = {
+    const double since = tidal_clock_ms() - t->last_step_ms;
+    const job_metric_value vals[] = {
         {"version", (double)t->version},
         {"reward_mean", r->reward_mean},
         {"reward_std", r->reward_std},
@@ -150,26 +133,7 @@ static void publish_metric(trainer *t, const trainer_step_result *r, double step
         {"groups_trained", (double)c.groups_trained},
         {"buffer_groups", (double)c.groups_complete},
     };
-    enum { N = sizeof vals / sizeof vals[0] };
-    Tidal__V1__Metric__ValuesEntry ent[N], *entp[N];
-    for (int i = 0; i < N; i++) {
-        ent[i] = (Tidal__V1__Metric__ValuesEntry)TIDAL__V1__METRIC__VALUES_ENTRY__INIT;
-        ent[i].key = (char *)vals[i].k, ent[i].value = vals[i].v;
-        entp[i] = &ent[i];
-    }
-    Tidal__V1__Metric mt = TIDAL__V1__METRIC__INIT;
-    mt.schema_version = 1;
-    mt.role = "trainer", mt.source = "trainer";
-    mt.step = t->version;
-    mt.time = elapsed_s(t);
-    mt.unix_ms = unix_ms();
-    mt.n_values = N, mt.values = entp;
-    void *buf = NULL;
-    size_t len = 0;
-    char subject[200];
-    snprintf(subject, sizeof subject, "%s.trainer", t->names.metrics_prefix);
-    if (codec_encode(&mt.base, &buf, &len) == TIDAL_OK) bus_publish(t->bus, subject, buf, (int)len);
-    free(buf);
+    job_metric_publish(t->bus, &t->names, "trainer", t->version, elapsed_s(t), vals, (int)(sizeof vals / sizeof vals[0]));
     tidal_log(TIDAL_LOG_INFO,
               "trainer: step %llu reward %.3f entropy %.3f loss %.4f staleness %.2f (max %llu) samples %d "
               "grad %.3f %.0f ms",
@@ -200,13 +164,13 @@ static tidal_status train_step(trainer *t)
     for (int g = 0; g < batch.n_groups; g++)
         for (int i = 0; i < batch.groups[g].n; i++) tokens += batch.groups[g].samples[i]->n_completion_token_ids;
     trainer_step_result r;
-    const double t0 = now_ms();
+    const double t0 = tidal_clock_ms();
     st = trainer_step(t->m, t->opt, &batch, t->version, &cfg, &r);
     if (st != TIDAL_OK) {
         buffer_untake(t->buf, &batch);
         return st;
     }
-    const double step_ms = now_ms() - t0;
+    const double step_ms = tidal_clock_ms() - t0;
     for (int g = 0; g < batch.n_groups && st == TIDAL_OK; g++)
         for (int i = 0; i < batch.groups[g].n && st == TIDAL_OK; i++)
             st = ckpt_state_add_trained(&t->ck, batch.groups[g].samples[i]->trajectory_id);
@@ -218,7 +182,7 @@ static tidal_status train_step(trainer *t)
     put_groups(t);
     publish_metric(t, &r, step_ms);
     t->tokens_since = 0;
-    t->last_step_ms = now_ms();
+    t->last_step_ms = tidal_clock_ms();
     return st;
 }
 
@@ -325,7 +289,7 @@ static tidal_status start(trainer *t)
     if ((st = bus_pull_subscribe(t->bus, t->names.traj_stream, JOB_CONSUMER_TRAINER, &t->traj)) != TIDAL_OK)
         return st;
     put_groups(t);
-    const char *state = t->version >= (uint64_t)s->trainer.steps ? "done" : "running";
+    const char *state = t->version >= (uint64_t)s->trainer.steps ? "trained" : "running";
     return bus_kv_put(t->kv, JOB_KEY_STATE, state, strlen(state), NULL);
 }
 
@@ -334,7 +298,7 @@ tidal_status trainer_run(const trainer_opts *o)
     trainer *t = calloc(1, sizeof *t);
     if (!t) return tidal_fail(TIDAL_ERR_NOMEM, "trainer: out of memory");
     t->o = o, t->s = o->spec;
-    t->t0_ms = t->last_step_ms = now_ms();
+    t->t0_ms = t->last_step_ms = tidal_clock_ms();
     tidal_status st = start(t);
     const uint64_t steps = (uint64_t)t->s->trainer.steps;
     if (st == TIDAL_OK)
@@ -365,7 +329,7 @@ tidal_status trainer_run(const trainer_opts *o)
     if (st == TIDAL_OK && t->version > t->checkpointed) st = checkpoint(t); /* a clean stop keeps its steps */
     if (st == TIDAL_OK) st = weights_publisher_flush(t->pub, 120000);
     if (st == TIDAL_OK && t->version >= steps) {
-        st = bus_kv_put(t->kv, JOB_KEY_STATE, "done", 4, NULL);
+        st = bus_kv_put(t->kv, JOB_KEY_STATE, "trained", 7, NULL); /* the controller makes it "done" */
         tidal_log(TIDAL_LOG_INFO, "trainer: done at v%llu", (unsigned long long)t->version);
     } else if (st == TIDAL_OK && stopped) {
         tidal_log(TIDAL_LOG_INFO, "trainer: stopped at v%llu", (unsigned long long)t->version);

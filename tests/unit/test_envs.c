@@ -478,6 +478,36 @@ static void test_strings_generate(void)
     }
     CHECK(seen[0] && seen[1] && seen[2] && seen[3]);
     env_free(e);
+    /* prompt "terse": "OP INPUT", the same task as the instruction prompt's */
+    env *te, *ie;
+    CHECK_OK(env_create("strings", "{\"length\": 3, \"alphabet\": \"digits\", \"ops\": [\"reverse\"], \"prompt\": \"terse\"}", &te));
+    CHECK_OK(env_create("strings", "{\"length\": 3, \"alphabet\": \"digits\", \"ops\": [\"reverse\"], \"prompt\": \"instruction\"}", &ie));
+    for (uint64_t seed = 0; seed < 20; seed++) {
+        char *tj, *prompt, *tj2, *prompt2, want[32];
+        CHECK_OK(env_generate(te, seed, &tj, &prompt));
+        CHECK_OK(env_generate(ie, seed, &tj2, &prompt2));
+        CHECK(strcmp(tj, tj2) == 0 && contains(prompt2, "Give only the resulting string"));
+        json_t *t = json_loads(tj, 0, NULL);
+        snprintf(want, sizeof want, "reverse %s", json_string_value(json_object_get(t, "input")));
+        CHECK_MSG(strcmp(prompt, want) == 0, "terse prompt \"%s\", want \"%s\"", prompt, want);
+        json_decref(t);
+        free(tj), free(prompt), free(tj2), free(prompt2);
+    }
+    env_free(te), env_free(ie);
+    CHECK_STATUS(env_create("strings", "{\"prompt\": \"short\"}", &e), TIDAL_ERR_INVALID);
+    CHECK(contains(tidal_errmsg(), "prompt"));
+    /* prompt "bare": the input alone, for a single op only */
+    CHECK_OK(env_create("strings", "{\"length\": 3, \"alphabet\": \"digits\", \"ops\": [\"reverse\"], \"prompt\": \"bare\"}", &te));
+    char *tj, *prompt;
+    CHECK_OK(env_generate(te, 7, &tj, &prompt));
+    json_t *bt = json_loads(tj, 0, NULL);
+    CHECK(!strcmp(prompt, json_string_value(json_object_get(bt, "input"))) && strlen(prompt) == 3);
+    json_decref(bt);
+    free(tj), free(prompt);
+    env_free(te);
+    CHECK_STATUS(env_create("strings", "{\"ops\": [\"reverse\", \"copy\"], \"prompt\": \"bare\"}", &e), TIDAL_ERR_INVALID);
+    CHECK(contains(tidal_errmsg(), "single"));
+    CHECK_STATUS(env_create("strings", "{\"prompt\": \"bare\"}", &e), TIDAL_ERR_INVALID);
 }
 
 static void test_strings_scoring(void)

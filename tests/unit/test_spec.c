@@ -149,6 +149,16 @@ static void test_json_round_trip(void)
     json_decref(j2);
     spec_release(&a);
     spec_release(&b);
+    /* a string with a newline and spaces survives (model.init.alphabet) */
+    const char *sets[] = {"model.init.alphabet=0123 \nab"};
+    CHECK_OK(spec_parse(GOOD, strlen(GOOD), "job.yaml", sets, 1, &a));
+    j = spec_to_json(&a);
+    CHECK_OK(spec_from_json(j, "kv spec", &b));
+    CHECK_MSG(!strcmp(b.model.init.alphabet, a.model.init.alphabet) && strlen(a.model.init.alphabet) == 8,
+              "alphabet '%s' -> '%s'", a.model.init.alphabet, b.model.init.alphabet);
+    json_decref(j);
+    spec_release(&a);
+    spec_release(&b);
 }
 
 static void test_docs_list_every_key(void)

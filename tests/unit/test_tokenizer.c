@@ -149,6 +149,26 @@ static bool round_trip(tokenizer *t, const char *text, size_t len, const char *w
 
 /* ------------------------------------------------------------------ byte-level */
 
+/* A character-level tokenizer over a given alphabet (tiny models). */
+static void test_alphabet(void)
+{
+    tokenizer *t = NULL;
+    CHECK_OK(tokenizer_alphabet("0123456789\n", &t));
+    CHECK(tokenizer_vocab_size(t) == 14 && tokenizer_eos_id(t) == 11);
+    CHECK(tokenizer_token_id(t, "\n") == 10 && tokenizer_token_id(t, "7") == 7 && tokenizer_token_id(t, "a") == -1);
+    CHECK(tokenizer_token_id(t, "<|im_end|>") == 13 && tokenizer_is_special(t, 11));
+    IDS(t, "925\n", 9, 2, 5, 10);
+    IDS(t, "1<|endoftext|>", 1, 11);
+    CHECK(round_trip(t, "0123\n987", 8, "0123\n987", 8));
+    tok_ids ids = {0};
+    CHECK_STATUS(tokenizer_encode(t, "12a", 3, false, &ids), TIDAL_ERR_INVALID);
+    CHECK(strstr(tidal_errmsg(), "byte 0x61 ('a') is not in the alphabet") && ids.n == 0);
+    tok_ids_free(&ids);
+    tokenizer_free(t);
+    CHECK_STATUS(tokenizer_alphabet("0120", &t), TIDAL_ERR_INVALID);
+    CHECK_STATUS(tokenizer_alphabet("", &t), TIDAL_ERR_INVALID);
+}
+
 static void test_byte_level(void)
 {
     tokenizer *t = NULL;
@@ -607,12 +627,15 @@ static void test_chat(void)
     CHECK(rendered(CHAT_LLAMA3, NULL, 0, true, "<|begin_of_text|><|start_header_id|>assistant<|end_header_id|>\n\n"));
     CHECK(rendered(CHAT_PLAIN, conv, 3, true, "system: You are terse.\nuser: What is 2+2?\nassistant: 4\nassistant:"));
     CHECK(rendered(CHAT_PLAIN, NULL, 0, false, ""));
+    CHECK(rendered(CHAT_NONE, conv, 2, true, "You are terse.\nWhat is 2+2?\n"));
 
     chat_format f;
     CHECK_OK(chat_format_parse("llama3", &f));
     CHECK(f == CHAT_LLAMA3 && !strcmp(chat_format_name(f), "llama3"));
     CHECK_STATUS(chat_format_parse("alpaca", &f), TIDAL_ERR_INVALID);
-    CHECK(strstr(tidal_errmsg(), "chatml, llama3, plain"));
+    CHECK(strstr(tidal_errmsg(), "chatml, llama3, plain, none"));
+    CHECK_OK(chat_format_parse("none", &f));
+    CHECK(f == CHAT_NONE && !strcmp(chat_end_of_turn(f), "\n"));
     CHECK_OK(chat_format_detect("{%- for m in messages %}{{ '<|start_header_id|>' + m['role'] }}", &f));
     CHECK(f == CHAT_LLAMA3);
     CHECK_STATUS(chat_format_detect("{{ bos_token }}[INST]", &f), TIDAL_ERR_NOT_FOUND);
@@ -702,6 +725,7 @@ int main(void)
     if (seeds) return write_seeds(seeds);
 
     RUN(test_byte_level);
+    RUN(test_alphabet);
     RUN(test_merges);
     RUN(test_added_tokens);
     RUN(test_normalization_and_bytes);
