@@ -101,7 +101,9 @@ static const struct command commands[] = {
      "Credentials: --user/--password, --token, --creds FILE; TLS: --tls-ca/--tls-cert/--tls-key.\n"
      "  --slowdown F     hold each group (F - 1) x its generation time longer (simulated slower\n"
      "                   hardware, for benchmarks)\n"
-     "  --tail A         and a Pareto(alpha A) multiple of it (simulated long-tailed completions)\n",
+     "  --tail A         and a Pareto(alpha A) multiple of it (simulated long-tailed completions)\n"
+     "  --token-ms T     hold each group T ms per generated token (x F x the tail): a simulated\n"
+     "                   GPU worker\n",
      cmd_rollout},
     {"trainer", "the trainer role: buffer, updates, weights",
      "usage: tidal trainer JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL] [--resume]\n"

@@ -59,13 +59,13 @@ typedef struct role_args {
     int n_sets;
     bool resume;
     const char *job, *id, *backend, *device, *user, *password, *token, *creds, *tls_ca, *tls_cert, *tls_key;
-    double slowdown, tail;
+    double slowdown, tail, token_ms;
     int join_timeout_ms;
     bool json;
 } role_args;
 
 enum { OPT_SET = 1000, OPT_OUT, OPT_BUS, OPT_RESUME, OPT_JOB, OPT_ID, OPT_BACKEND, OPT_DEVICE, OPT_USER, OPT_PASSWORD,
-       OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_TAIL, OPT_JOIN, OPT_JSON, OPT_ENDPOINT };
+       OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_TAIL, OPT_TOKEN_MS, OPT_JOIN, OPT_JSON, OPT_ENDPOINT };
 
 static const struct option role_long[] = {
     {"set", required_argument, 0, OPT_SET},         {"out", required_argument, 0, OPT_OUT},
@@ -77,6 +77,7 @@ static const struct option role_long[] = {
     {"creds", required_argument, 0, OPT_CREDS},     {"tls-ca", required_argument, 0, OPT_TLS_CA},
     {"tls-cert", required_argument, 0, OPT_TLS_CERT}, {"tls-key", required_argument, 0, OPT_TLS_KEY},
     {"slowdown", required_argument, 0, OPT_SLOWDOWN}, {"tail", required_argument, 0, OPT_TAIL},
+    {"token-ms", required_argument, 0, OPT_TOKEN_MS},
     {"join-timeout-ms", required_argument, 0, OPT_JOIN},
     {"json", no_argument, 0, OPT_JSON},             {0, 0, 0, 0}};
 
@@ -112,6 +113,7 @@ static int parse_role_args(const char *role, int argc, char **argv, bool wants_s
         case OPT_TLS_KEY: a->tls_key = optarg; break;
         case OPT_SLOWDOWN: a->slowdown = atof(optarg); break;
         case OPT_TAIL: a->tail = atof(optarg); break;
+        case OPT_TOKEN_MS: a->token_ms = atof(optarg); break;
         case OPT_JOIN: a->join_timeout_ms = atoi(optarg); break;
         case OPT_JSON: a->json = true; break;
         default:
@@ -251,7 +253,7 @@ int rollout_main(int argc, char **argv)
     tidal_log_set_role("rollout");
     catch_signals();
     worker_opts wo = {.bus = bo, .job = a.job, .id = a.id, .join_timeout_ms = a.join_timeout_ms,
-                      .slowdown = a.slowdown, .tail = a.tail, .stop = &g_stop};
+                      .slowdown = a.slowdown, .tail = a.tail, .token_ms = a.token_ms, .stop = &g_stop};
     tidal_status st = worker_run(&wo);
     if (st != TIDAL_OK) fprintf(stderr, "tidal rollout: %s\n", tidal_errmsg());
     return exit_for(st);

@@ -49,6 +49,7 @@ typedef struct worker {
     uint64_t started_ms, trajectories, errors, rejected, redelivered, groups;
     uint64_t tokens_mark;
     double tokens_mark_ms, tokens_per_s;
+    double publish_ms;          /* the last group's publication and ack (a unit of --slowdown) */
 } worker;
 
 static bool leaving(const worker *w) { return (w->o->stop && *w->o->stop) || w->ctl_stop; }
@@ -287,32 +288,44 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
         st = episode_run_group(w->e, w->tok, w->env, &g, out);
     }
     const double gen_ms = tidal_clock_ms() - g0;
-    double hold = w->o->slowdown > 1 ? w->o->slowdown - 1 : 0; /* simulated slower hardware / longer completions */
-    if (w->o->tail > 0) {
-        const double u = (double)((fnv1a(p->group_id) >> 11) + 1) / 9007199254740993.0; /* (0, 1], per group */
-        const double x = pow(u, -1.0 / w->o->tail);
-        hold = (hold + 1) * (x < 50 ? x : 50) - 1;
-    }
-    if (st == TIDAL_OK && hold > 0) { /* the prompt is held (and kept alive) meanwhile */
-        const double until = tidal_clock_ms() + gen_ms * hold;
-        while (tidal_clock_ms() < until && !leaving(w)) {
-            usleep(20 * 1000);
-            keep_alive(w);
-        }
-    }
-    /* publish: Nats-Msg-Id = trajectory id, so a redelivered prompt's trajectories are stored once */
-    const char *subject = p->eval ? w->names.eval_subject : w->names.traj_subject;
+    /* the trajectory ids (Nats-Msg-Id) and the tokens generated */
+    char (*msg_ids)[300] = calloc((size_t)(count > 0 ? count : 1), sizeof *msg_ids);
+    uint64_t tokens = 0;
+    if (st == TIDAL_OK && !msg_ids) st = tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
     for (int i = 0; st == TIDAL_OK && i < count; i++) {
         Tidal__V1__Trajectory *t = NULL;
         if ((st = codec_decode_trajectory(out[i].data, out[i].len, &t)) != TIDAL_OK) break;
-        char msg_id[300];
-        snprintf(msg_id, sizeof msg_id, "%s", t->trajectory_id);
+        snprintf(msg_ids[i], sizeof msg_ids[i], "%s", t->trajectory_id);
+        tokens += t->n_completion_token_ids;
         tidal__v1__trajectory__free_unpacked(t, NULL);
+    }
+    /* simulated slower hardware and long-tailed completions (benchmarks): hold the group before publishing */
+    double factor = w->o->slowdown > 1 ? w->o->slowdown : 1;
+    if (w->o->tail > 0) {
+        const double u = (double)((fnv1a(p->group_id) >> 11) + 1) / 9007199254740993.0; /* (0, 1], per group */
+        const double x = pow(u, -1.0 / w->o->tail);
+        factor *= x < 50 ? x : 50;
+    }
+    const double hold_ms = w->o->token_ms > 0 ? w->o->token_ms * (double)tokens * factor
+                                              : (gen_ms + w->publish_ms) * (factor - 1);
+    if (st == TIDAL_OK && hold_ms > 0) { /* the prompt is held (and kept alive) meanwhile */
+        const double until = tidal_clock_ms() + hold_ms;
+        for (double left; (left = until - tidal_clock_ms()) > 0 && !leaving(w);) {
+            usleep((useconds_t)(left < 20 ? left * 1e3 : 20e3));
+            keep_alive(w);
+        }
+    }
+    const double pub0 = tidal_clock_ms();
+    /* publish: Nats-Msg-Id = trajectory id, so a redelivered prompt's trajectories are stored once */
+    const char *subject = p->eval ? w->names.eval_subject : w->names.traj_subject;
+    for (int i = 0; st == TIDAL_OK && i < count; i++) {
         /* one at a time, each retried through a server restart until the stream acks it */
-        st = bus_js_publish(w->bus, subject, out[i].data, (int)out[i].len, msg_id, 30000, NULL, NULL);
+        st = bus_js_publish(w->bus, subject, out[i].data, (int)out[i].len, msg_ids[i], 30000, NULL, NULL);
         w->errors += out[i].status != TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
     }
+    free(msg_ids);
     if (st == TIDAL_OK) st = bus_ack_sync(m, 10000);
+    if (st == TIDAL_OK) w->publish_ms = tidal_clock_ms() - pub0;
     if (st == TIDAL_OK) {
         w->trajectories += (uint64_t)count;
         w->groups++;

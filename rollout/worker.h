@@ -34,11 +34,13 @@ typedef struct worker_opts {
     const char *job;            /* the job's name */
     const char *id;             /* worker id; NULL: HOST-PID */
     int join_timeout_ms;        /* wait this long for the job (spec, weights) to appear; <= 0: forever */
-    double slowdown;            /* >= 1: sleep (slowdown - 1) x each group's generation time (benchmarks
-                                   simulate slower hardware); 0 or 1: none */
-    double tail;                /* > 0: also hold each group (tail draw - 1) x its generation time, the draw
-                                   Pareto(x_m = 1, alpha = tail), capped at 50: long-tailed completion times
-                                   for benchmarks; 0: none */
+    /* Benchmarks simulate other hardware by holding each group before publishing it:
+     *   token_ms > 0: for token_ms x (tokens generated) x factor - a GPU worker whose generation
+     *                 time is proportional to the completion's length;
+     *   else:         for (factor - 1) x the group's own time here (generation and publication);
+     * factor = slowdown (>= 1; 0: 1) x, with tail > 0, a Pareto(x_m = 1, alpha = tail) draw per
+     * group (a function of the group id, capped at 50): long-tailed completion times. */
+    double slowdown, tail, token_ms;
     volatile sig_atomic_t *stop;/* set (by a signal handler) to leave: the group in progress is returned */
 } worker_opts;
 
