@@ -374,6 +374,18 @@ static pid_t spawn(const char *run_dir, const char *log_name, char *const argv[]
     _exit(127);
 }
 
+/* The last line of a role's log: why it failed, as the user wants to see it first. */
+static void print_last_line(const char *run_dir, const char *name)
+{
+    char path[4200], line[2048], last[2048] = "";
+    snprintf(path, sizeof path, "%s/logs/%s.log", run_dir, name);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+        if (line[0] != '\n') snprintf(last, sizeof last, "%s", line);
+    if (f) fclose(f);
+    if (last[0]) fprintf(stderr, "  %s", last);
+}
+
 static void progress_line(tidal_bus *b, bus_sub *sub, bool tty, double *last_print)
 {
     bus_msg *m = NULL;
@@ -520,8 +532,11 @@ int run_main(int argc, char **argv)
                     running--;
                     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
                     if (!ok || i < 2)
+                    {
                         fprintf(stderr, "%stidal run: %s %s (%s/logs/%s.log)\n", tty ? "\n" : "", kids[i].name,
                                 ok ? "finished" : "failed", run_dir, kids[i].name);
+                        if (!ok) print_last_line(run_dir, kids[i].name);
+                    }
                     if (!ok && i < 2 && !stopping) failed = true; /* the job cannot go on without it */
                     if (!ok) child_failed = true;             /* a worker's failure still fails the run */
                     if (i == 0 && !stopping) { /* the controller is done (summary written): stop the rest */

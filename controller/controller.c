@@ -173,13 +173,39 @@ static int live_workers(const ctl *c)
 
 /* ---------------------------------------------------------------- dispatch */
 
+/* data.answer_key other than "answer": the environments read task.answer, so
+ * the row's answer_key field is copied there (the row is otherwise as in the
+ * file). *out is malloc'd, or NULL when the row goes as it is. */
+static tidal_status task_for_env(const ctl *c, const dataset_item *it, char **out)
+{
+    *out = NULL;
+    const char *key = c->s->data.answer_key;
+    if (c->s->data.generator[0] || !strcmp(key, "answer")) return TIDAL_OK;
+    json_t *row = json_loads(it->task_json, 0, NULL);
+    json_t *ans = json_object_get(row, key);
+    tidal_status st = TIDAL_OK;
+    if (!ans)
+        st = tidal_fail(TIDAL_ERR_INVALID, "%s:%llu: data.answer_key: the row has no field \"%s\"", c->s->data.path,
+                        (unsigned long long)it->source, key);
+    else {
+        json_object_set(row, "answer", ans);
+        if (!(*out = json_dumps(row, JSON_COMPACT))) st = tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
+    }
+    json_decref(row);
+    return st;
+}
+
 static tidal_status publish_prompt(ctl *c, const char *id, const char *group, const dataset_item *it, int first,
                                    int count, int group_size, uint64_t min_version, uint64_t data_index, bool eval,
                                    double temperature)
 {
-    char *text = NULL;
-    tidal_status st = job_render_prompt(c->fmt, it->prompt, &text);
-    if (st != TIDAL_OK) return st;
+    char *text = NULL, *task = NULL;
+    tidal_status st = task_for_env(c, it, &task);
+    if (st == TIDAL_OK) st = job_render_prompt(c->fmt, it->prompt, &text);
+    if (st != TIDAL_OK) {
+        free(task);
+        return st;
+    }
     Tidal__V1__SamplingParams sp = TIDAL__V1__SAMPLING_PARAMS__INIT;
     sp.temperature = temperature;
     sp.top_p = c->s->rollout.top_p;
@@ -189,7 +215,7 @@ static tidal_status publish_prompt(ctl *c, const char *id, const char *group, co
     p.prompt_id = (char *)id, p.group_id = (char *)group;
     p.sample_index = (uint32_t)first, p.sample_count = (uint32_t)count, p.group_size = (uint32_t)group_size;
     p.text = text;
-    p.task_json = it->task_json;
+    p.task_json = task ? task : it->task_json;
     p.env = (char *)c->s->env.name;
     p.sampling = &sp;
     p.max_tokens = (uint32_t)c->s->rollout.max_tokens;
@@ -204,6 +230,7 @@ static tidal_status publish_prompt(ctl *c, const char *id, const char *group, co
         st = bus_js_publish(c->bus, c->names.prompts_subject, buf, (int)len, id, 0, NULL, NULL);
     free(buf);
     free(text);
+    free(task);
     return st;
 }
 
@@ -217,7 +244,8 @@ static tidal_status dispatch(ctl *c)
         dataset_item it = {0};
         tidal_status st = dataset_train_item(c->data, c->next, s->data.epochs, s->data.shuffle, &it);
         if (st == TIDAL_ERR_NOT_FOUND) {
-            tidal_log(TIDAL_LOG_WARN, "controller: the data is exhausted after %llu groups", (unsigned long long)c->next);
+            if (!c->exhausted)
+                tidal_log(TIDAL_LOG_WARN, "controller: the data is exhausted after %llu groups", (unsigned long long)c->next);
             c->exhausted = true;
             return TIDAL_OK;
         }
@@ -570,13 +598,25 @@ tidal_status controller_run(const controller_opts *o)
             }
         }
         if (c->done && !c->ev.active) break;
+        /* a job where nothing can train: say so rather than spin */
+        const uint64_t B = (uint64_t)c->s->trainer.groups_per_step;
+        if (st == TIDAL_OK && c->trained == 0 && c->failed >= 8 * B)
+            st = tidal_fail(TIDAL_ERR_INVALID,
+                            "controller: the first %llu groups all failed (env errors or timeouts: the workers' logs "
+                            "say why); stopping the job", (unsigned long long)c->failed);
+        if (st == TIDAL_OK && c->exhausted && c->next == c->trained + c->dropped_total + c->failed)
+            st = tidal_fail(TIDAL_ERR_INVALID, "controller: the data is exhausted after %llu groups at v%llu of %d steps",
+                            (unsigned long long)c->next, (unsigned long long)c->version, c->s->trainer.steps);
         if (st == TIDAL_OK && !c->done) st = dispatch(c);
         progress(c);
         usleep(20 * 1000);
     }
+    char err[1024] = "";
+    if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg()); /* before the summary's calls overwrite it */
     if (c->bus) {
         read_metrics(c);
         tidal_status ss = summary(c);
+        if (st == TIDAL_OK && ss != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());
         if (st == TIDAL_OK) st = ss;
         plot(c);
         if (c->done) { /* workers that join later see "done" and leave at once */
@@ -586,8 +626,6 @@ tidal_status controller_run(const controller_opts *o)
             stop_workers(c);
         }
     }
-    char err[1024] = "";
-    if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());
     if (c->ev.active) eval_finish(c, false);
     free(c->ev.succ_first), free(c->ev.succ_any);
     if (c->metrics_f) fclose(c->metrics_f);

@@ -318,7 +318,14 @@ tidal_status trainer_run(const trainer_opts *o)
             tidal_log(TIDAL_LOG_WARN, "trainer: fetch: %s", tidal_errmsg());
             usleep(200 * 1000);
         }
+        uint64_t gone0 = 0, gone1 = 0;
+        buffer_counts bc;
+        buffer_counts_get(t->buf, &bc);
+        for (int r = 0; r < BUFFER_DROP__COUNT; r++) gone0 += bc.groups_dropped[r];
         for (int i = 0; i < n; i++) admit(t, msgs[i]);
+        buffer_counts_get(t->buf, &bc);
+        for (int r = 0; r < BUFFER_DROP__COUNT; r++) gone1 += bc.groups_dropped[r];
+        if (gone1 != gone0) put_groups(t); /* dropped groups free their places in the controller's admission */
         while (st == TIDAL_OK && t->version < steps && buffer_ready(t->buf) >= t->s->trainer.groups_per_step) {
             st = train_step(t);
             const int every = t->s->trainer.checkpoint_every;

@@ -15,6 +15,9 @@
  *                 the same port: every role reconnects, the run completes
  *   garbage       garbage on the prompt and trajectory subjects is rejected and
  *                 counted; the run completes
+ *   jsonl         a JSONL dataset with its own prompt and answer keys, scored by
+ *                 gsm8k: no group fails for want of an answer; `tidal status`
+ *                 reads the job while it runs
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -535,6 +538,64 @@ static void test_garbage(void)
     cleanup();
 }
 
+static void test_jsonl(void)
+{
+    fresh_work("jsonl");
+    char data[512], spec[512], run[512], url[256] = "";
+    snprintf(data, sizeof data, "%s/rows.jsonl", work);
+    snprintf(spec, sizeof spec, "%s/job.yaml", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    FILE *f = fopen(data, "w");
+    for (int i = 0; i < 40; i++)
+        fprintf(f, "{\"q\": \"What is %d + %d?\", \"sol\": \"%d + %d = %d\\n#### %d\"}\n", i, i, i, i, 2 * i, 2 * i);
+    fclose(f);
+    char text[2048];
+    snprintf(text, sizeof text,
+             "job:\n  name: e2e\n"
+             "model:\n  init: {layers: 1, hidden: 32, heads: 2, kv_heads: 1, ffn: 64, seed: 3}\n"
+             "data:\n  path: %s\n  prompt_key: q\n  answer_key: sol\n  template: plain\n  epochs: 20\n"
+             "  eval_fraction: 0.1\n"
+             "env:\n  name: gsm8k\n"
+             "rollout:\n  workers: 2\n  group_size: 4\n  max_tokens: 8\n"
+             "trainer:\n  steps: 40\n  groups_per_step: 4\n  lr: 0.001\n"
+             "eval:\n  every: 20\n",
+             data);
+    write_file(spec, text);
+    pid_t p = start_tidal("run", "run", spec, "--out", run, NULL);
+    CHECK_MSG(wait_step(run, 2, 120), "no step 2");
+    bus_url_of(run, url, sizeof url);
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "%s status --bus %s --job e2e --json > %s/status.json", tidal_bin, url, work);
+    CHECK_MSG(system(cmd) == 0, "tidal status failed");
+    json_t *st = load_json(work, "status.json");
+    CHECK_MSG(json_is_string(json_object_get(st, "state")) && json_is_array(json_object_get(st, "workers")) &&
+                  json_array_size(json_object_get(st, "workers")) == 2 &&
+                  json_is_integer(json_object_get(json_object_get(st, "trainer"), "trained")),
+              "tidal status: unexpected answer");
+    json_decref(st);
+    int rc = wait_exit(p, 240);
+    CHECK_MSG(rc == 0, "tidal run exit %d", rc);
+    json_t *s = load_json(run, "summary.json");
+    check_balance(s, 40, 4);
+    CHECK_MSG(jint(s, "groups", "failed") == 0, "%ld groups failed (the env could not find the answer?)",
+              jint(s, "groups", "failed"));
+    json_decref(s);
+    json_t *ev = NULL;
+    snprintf(cmd, sizeof cmd, "%s/eval.jsonl", run);
+    FILE *e = fopen(cmd, "r");
+    char line[4096];
+    int evals = 0;
+    while (e && fgets(line, sizeof line, e)) {
+        ev = json_loads(line, 0, NULL);
+        evals += json_is_true(json_object_get(ev, "complete"));
+        json_decref(ev);
+    }
+    if (e) fclose(e);
+    CHECK_MSG(evals == 3, "%d complete evaluations, want 3 (steps 0, 20, 40)", evals);
+    if (check_cur_failed_) show_output("run");
+    cleanup();
+}
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -552,6 +613,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "kill_trainer")) RUN(test_kill_trainer);
     else if (!strcmp(s, "kill_bus")) RUN(test_kill_bus);
     else if (!strcmp(s, "garbage")) RUN(test_garbage);
+    else if (!strcmp(s, "jsonl")) RUN(test_jsonl);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;
