@@ -196,11 +196,15 @@ void buffer_free(buffer *b)
     for (group *g = b->groups, *n; g; g = n) {
         n = g->next;
         for (int i = 0; i < g->size; i++)
-            if (g->t[i]) tidal__v1__trajectory__free_unpacked(g->t[i], NULL);
+            if (g->t[i]) {
+                tidal__v1__trajectory__free_unpacked(g->t[i], NULL);
+                if (b->o.release) b->o.release(b->o.ack_ctx, g->handle[i]);
+            }
         group_free(g);
     }
     for (pending *p = b->wait, *n; p; p = n) {
         n = p->next;
+        if (b->o.release) b->o.release(b->o.ack_ctx, p->handle);
         free(p);
     }
     strset_free(&b->seen);

@@ -48,6 +48,9 @@ const char *buffer_drop_name(buffer_drop_reason r);
  * (true) or trained in a checkpointed step (false). The handle is the one
  * given to buffer_admit (e.g. the JetStream message to acknowledge). */
 typedef void (*buffer_ack_fn)(void *ctx, void *handle, bool dropped);
+/* Called by buffer_free for each handle it lets go without a fate (held or
+ * trained but not checkpointed: not acknowledged, so its message comes again). */
+typedef void (*buffer_release_fn)(void *ctx, void *handle);
 
 typedef struct buffer_opts {
     int max_staleness;          /* K */
@@ -56,7 +59,8 @@ typedef struct buffer_opts {
     bool filter_zero_variance;
     uint64_t seed;              /* uniform sampling */
     buffer_ack_fn ack;
-    void *ack_ctx;
+    buffer_release_fn release;  /* may be NULL */
+    void *ack_ctx;              /* passed to ack and release */
 } buffer_opts;
 
 /* One group of a batch: its samples in sample_index order. */
@@ -86,7 +90,7 @@ typedef struct buffer buffer;
 
 tidal_status buffer_create(const buffer_opts *o, buffer **out);
 /* Frees everything; samples not yet durable are released without acking
- * (their messages will be redelivered). */
+ * (their messages will be redelivered): each handle goes to opts.release. */
 void buffer_free(buffer *b);
 
 /* The trainer's version v moved: drop what is now older than v - K. */

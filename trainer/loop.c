@@ -51,6 +51,13 @@ static void on_durable(void *ctx, void *handle, bool dropped)
     bus_msg_destroy(m);
 }
 
+/* The buffer lets a message go without a fate (at exit): not acked, it comes again. */
+static void on_release(void *ctx, void *handle)
+{
+    (void)ctx;
+    bus_msg_destroy(handle);
+}
+
 /* The counts as of now: the checkpoint's plus this life's. */
 static void counts_now(const trainer *t, buffer_counts *c)
 {
@@ -269,7 +276,7 @@ static tidal_status start(trainer *t)
                                                                    : BUFFER_FIFO;
     buffer_opts bopt = {.max_staleness = s->buffer.max_staleness, .capacity = s->buffer.capacity, .sampling = smp,
                         .filter_zero_variance = s->buffer.filter_zero_variance,
-                        .seed = (uint64_t)s->trainer.seed, .ack = on_durable, .ack_ctx = t};
+                        .seed = (uint64_t)s->trainer.seed, .ack = on_durable, .release = on_release, .ack_ctx = t};
     if ((st = buffer_create(&bopt, &t->buf)) != TIDAL_OK) return st;
     buffer_set_version(t->buf, t->version);
     for (size_t i = 0; i < t->ck.n_trained && st == TIDAL_OK; i++)

@@ -13,7 +13,7 @@
 #include "proto/codec.h"
 
 typedef struct acks {
-    int trained, dropped;
+    int trained, dropped, released;
     char last[64];
 } acks;
 
@@ -23,6 +23,12 @@ static void on_ack(void *ctx, void *handle, bool dropped)
     if (dropped) a->dropped++;
     else a->trained++;
     snprintf(a->last, sizeof a->last, "%s", (const char *)handle);
+}
+
+static void on_release(void *ctx, void *handle)
+{
+    (void)handle;
+    ((acks *)ctx)->released++;
 }
 
 /* A decoded trajectory of group `gid` (size G), sample i, completion tokens
@@ -78,7 +84,7 @@ static void *handle_for(const char *gid, int i)
 static buffer *make(int K, int capacity, buffer_sampling sampling, bool zero_var, acks *a)
 {
     buffer_opts o = {.max_staleness = K, .capacity = capacity, .sampling = sampling,
-                     .filter_zero_variance = zero_var, .ack = on_ack, .ack_ctx = a};
+                     .filter_zero_variance = zero_var, .ack = on_ack, .release = on_release, .ack_ctx = a};
     buffer *b = NULL;
     if (buffer_create(&o, &b) != TIDAL_OK) exit(1);
     return b;
@@ -117,7 +123,13 @@ static void test_group_train_then_ack_at_checkpoint(void)
     buffer_checkpointed(b, 5);
     CHECK(a.trained == 4); /* once */
     CHECK(balanced(b));
+    /* what has no fate at the end is released, not acked: a held sample, a trained one not checkpointed */
+    buffer_admit(b, traj("g2", 2, 0, 0, 0, 0), handle_for("g2", 0));
+    admit_group(b, "g3", 1, 0, 0.0);
+    CHECK_OK(buffer_take(b, 1, &batch));
+    buffer_trained(b, &batch, 2);
     buffer_free(b);
+    CHECK_MSG(a.released == 2 && a.trained == 4, "released %d trained %d", a.released, a.trained);
 }
 
 static void test_staleness_everywhere(void)
