@@ -500,16 +500,13 @@ static void test_kill_bus(void)
 static void test_garbage(void)
 {
     fresh_work("garbage");
-    char spec[512], run[512], url[256] = "", n[64], path[600];
+    char spec[512], run[512], url[256] = "";
     snprintf(spec, sizeof spec, "%s/job.yaml", work);
     snprintf(run, sizeof run, "%s/run", work);
     write_file(spec, BASE_SPEC);
     pid_t p = start_tidal("run", "run", spec, "--out", run, "--set", "trainer.steps=40", NULL);
     CHECK_MSG(wait_step(run, 2, 120), "no step 2");
-    snprintf(path, sizeof path, "%s/pids", run);
-    FILE *f = fopen(path, "r");
-    while (f && fscanf(f, "%63s %255s", n, url) == 2 && strcmp(n, "nats-server")) url[0] = 0;
-    if (f) fclose(f);
+    bus_url_of(run, url, sizeof url);
     tidal_bus *b = NULL;
     bus_opts bo = {.urls = url, .name = "garbage"};
     CHECK_OK(bus_connect(&b, &bo));
