@@ -234,7 +234,9 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
     tidal_status st = TIDAL_OK;
     if (p->n_token_ids) {
         for (size_t i = 0; i < p->n_token_ids && st == TIDAL_OK; i++)
-            if (p->token_ids[i] >= (uint32_t)w->cfg.vocab_size) st = TIDAL_ERR_INVALID;
+            if (p->token_ids[i] >= (uint32_t)w->cfg.vocab_size)
+                st = tidal_fail(TIDAL_ERR_INVALID, "token_ids[%zu] = %u outside the vocabulary of %d", i,
+                                p->token_ids[i], w->cfg.vocab_size);
     } else {
         st = tokenizer_encode(w->tok, p->text, strlen(p->text), false, &ids);
     }
@@ -247,6 +249,9 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
     else if (max_tokens > w->spec.rollout.max_tokens)
         snprintf(why, sizeof why, "prompt %s: max_tokens %d above the job's %d", p->prompt_id, max_tokens,
                  w->spec.rollout.max_tokens);
+    else if (*p->env && strcmp(p->env, w->spec.env.name) != 0)
+        snprintf(why, sizeof why, "prompt %s: env %.60s is not the job's (%.60s)", p->prompt_id, p->env,
+                 w->spec.env.name);
     else if (p->sample_index + p->sample_count > p->group_size)
         snprintf(why, sizeof why, "prompt %s: samples %u..%u of a group of %u", p->prompt_id, p->sample_index,
                  p->sample_index + p->sample_count - 1, p->group_size);
