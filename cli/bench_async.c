@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "cli/bench.h"
+#include "cli/commands.h"
 #include "controller/spec.h"
 #include "quickstart_yaml.h"
 
@@ -39,18 +40,6 @@ typedef struct async_result {
     long steps;
     double staleness_mean;
 } async_result;
-
-static pid_t spawn_self(const char *log, char *const argv[], bool one_thread)
-{
-    pid_t pid = fork();
-    if (pid != 0) return pid;
-    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
-    setenv("OMP_WAIT_POLICY", "passive", 0);
-    if (one_thread) setenv("OMP_NUM_THREADS", "1", 1);
-    execv("/proc/self/exe", argv);
-    _exit(127);
-}
 
 static int wait_child(pid_t pid, double timeout_s)
 {
@@ -114,7 +103,7 @@ static tidal_status run_once(const char *dir, const char *spec, const char *job,
     snprintf(setg, sizeof setg, "rollout.group_size=%d", group_size);
     char *argv[] = {"tidal", "run", (char *)spec, "--out", run, "--set", setk, "--set", sets,
                     "--set", "rollout.workers=0", "--set", setb, "--set", setg, NULL};
-    pid_t p = spawn_self(log, argv, false);
+    pid_t p = cli_spawn_self(log, argv, 0);
     snprintf(path, sizeof path, "%s/pids", run);
     for (int i = 0; i < 300 && !url[0]; i++) {
         usleep(100 * 1000);
@@ -137,7 +126,7 @@ static tidal_status run_once(const char *dir, const char *spec, const char *job,
         snprintf(wlog, sizeof wlog, "%s/k%d-%s.out", dir, K, id);
         char *wargv[] = {"tidal", "rollout", "--bus", url, "--job", (char *)job, "--id", id,
                          "--token-ms", tms, "--slowdown", i ? "1" : "3", "--tail", "1.5", NULL};
-        w[i] = spawn_self(wlog, wargv, true);
+        w[i] = cli_spawn_self(wlog, wargv, 1);
     }
     const int rc = wait_child(p, 900);
     for (int i = 0; i < workers; i++) {

@@ -349,14 +349,11 @@ typedef struct child {
     bool exited;
 } child;
 
-/* `threads` > 0: the child's OpenMP threads, unless the user set OMP_NUM_THREADS. */
-static pid_t spawn(const char *run_dir, const char *log_name, char *const argv[], int threads)
+pid_t cli_spawn_self(const char *log, char *const argv[], int threads)
 {
-    char log[4200];
-    snprintf(log, sizeof log, "%s/logs/%s.log", run_dir, log_name);
     pid_t pid = fork();
     if (pid != 0) return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive `tidal run` */
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the parent */
     int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd >= 0) {
         dup2(fd, 1);
@@ -370,8 +367,16 @@ static pid_t spawn(const char *run_dir, const char *log_name, char *const argv[]
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull >= 0) dup2(devnull, 0);
     execv("/proc/self/exe", argv);
-    fprintf(stderr, "tidal run: cannot start %s: %s\n", argv[1], strerror(errno));
+    fprintf(stderr, "tidal: cannot start %s: %s\n", argv[1], strerror(errno));
     _exit(127);
+}
+
+/* A role of `tidal run`, logging to RUN/logs/NAME.log. */
+static pid_t spawn(const char *run_dir, const char *log_name, char *const argv[], int threads)
+{
+    char log[4200];
+    snprintf(log, sizeof log, "%s/logs/%s.log", run_dir, log_name);
+    return cli_spawn_self(log, argv, threads);
 }
 
 /* The last line of a role's log: why it failed, as the user wants to see it first. */

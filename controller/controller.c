@@ -468,8 +468,7 @@ static void stop_workers(ctl *c)
 
 static tidal_status summary(ctl *c)
 {
-    read_counts(c);
-    c->last_counts_ms = 0;
+    c->last_counts_ms = 0; /* the newest counts, not a throttled read */
     read_counts(c);
     read_workers(c);
     const uint64_t accounted = c->trained + c->dropped_total + c->failed;

@@ -39,6 +39,7 @@ typedef struct worker {
     engine *e;
     env_client *env;
     int max_len;
+    int max_turns;              /* env.config.max_turns, else 16 */
     /* set by the control handler (another thread) */
     volatile sig_atomic_t ctl_stop, ctl_drain, ctl_pause;
     /* the prompt being worked on, for the hook */
@@ -282,7 +283,7 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
             .prompt_id = p->prompt_id, .group_id = p->group_id, .worker_id = w->id, .task_json = p->task_json,
             .prompt = prompt, .prompt_len = plen, .group_size = (int)p->group_size,
             .first_index = (int)p->sample_index, .count = count, .eval = p->eval, .max_tokens = max_tokens,
-            .max_turns = max_turns_of(&w->spec), .stop_id = w->stop_id, .min_version = p->min_version,
+            .max_turns = w->max_turns, .stop_id = w->stop_id, .min_version = p->min_version,
             .between_steps = between_steps, .hook_ctx = w,
             .sampling = {.temperature = sp ? (float)sp->temperature : (float)w->spec.rollout.temperature,
                          .top_p = sp ? (float)sp->top_p : (float)w->spec.rollout.top_p,
@@ -399,6 +400,7 @@ static tidal_status join(worker *w)
     said = false;
     while ((st = weights_client_wait(w->wc, 0, 500, &w->m, &w->version)) != TIDAL_OK)
         if (st != TIDAL_ERR_TIMEOUT || !keep_trying(w, t0, "the first weights", &said)) return st;
+    w->max_turns = max_turns_of(&w->spec);
     w->max_len = PROMPT_CAP_TOKENS + w->spec.rollout.max_tokens + 1;
     if (w->max_len > w->cfg.max_position_embeddings) w->max_len = w->cfg.max_position_embeddings;
     engine_options eo = {.slots = w->spec.rollout.slots, .max_len = w->max_len};

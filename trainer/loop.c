@@ -38,6 +38,8 @@ typedef struct trainer {
     double elapsed0_s;          /* training time of the earlier lives (from the checkpoint) */
     double last_step_ms;
     uint64_t tokens_since;      /* completion tokens trained since the last step's metric */
+    trainer_step_cfg step_cfg;  /* from the spec, once (the learning rate per step from lr) */
+    lr_schedule lr;
 } trainer;
 
 static double elapsed_s(const trainer *t) { return t->elapsed0_s + (tidal_clock_ms() - t->t0_ms) / 1e3; }
@@ -155,18 +157,8 @@ static tidal_status train_step(trainer *t)
     buffer_batch batch;
     tidal_status st = buffer_take(t->buf, s->trainer.groups_per_step, &batch);
     if (st != TIDAL_OK) return st;
-    trainer_step_cfg cfg = {.micro_batch_tokens = s->trainer.micro_batch_tokens, .grad_clip = s->trainer.grad_clip};
-    adv_kind_parse(s->trainer.advantage, &cfg.advantage);
-    loss_correction_parse(s->trainer.correction, &cfg.loss.correction);
-    cfg.loss.kind = LOSS_PPO;
-    cfg.loss.agg = AGG_TOKEN_MEAN;
-    cfg.loss.eps_lo = s->trainer.eps_lo, cfg.loss.eps_hi = s->trainer.eps_hi;
-    cfg.loss.dual_clip_c = 3, cfg.loss.tis_c = s->trainer.tis_c;
-    cfg.loss.mis_lo = 0, cfg.loss.mis_hi = 5;
-    cfg.loss.kl_beta = 0; /* trainer.kl needs a reference model: the algorithm suite's issue */
-    cfg.loss.stale_a = 0.5;
-    lr_schedule lr = {.kind = LR_CONSTANT, .base = (float)s->trainer.lr, .warmup = s->trainer.warmup_steps};
-    cfg.lr = lr_at(&lr, (long)t->version);
+    trainer_step_cfg cfg = t->step_cfg;
+    cfg.lr = lr_at(&t->lr, (long)t->version);
     uint64_t tokens = 0;
     for (int g = 0; g < batch.n_groups; g++)
         for (int i = 0; i < batch.groups[g].n; i++) tokens += batch.groups[g].samples[i]->n_completion_token_ids;
@@ -237,10 +229,28 @@ static tidal_status supported(const job_spec *s)
     return TIDAL_OK;
 }
 
+/* The step's configuration from the spec (validated names, so the parses hold). */
+static tidal_status step_cfg_from_spec(const job_spec *s, trainer_step_cfg *cfg, lr_schedule *lr)
+{
+    *cfg = (trainer_step_cfg){.micro_batch_tokens = s->trainer.micro_batch_tokens, .grad_clip = s->trainer.grad_clip};
+    tidal_status st = adv_kind_parse(s->trainer.advantage, &cfg->advantage);
+    if (st == TIDAL_OK) st = loss_correction_parse(s->trainer.correction, &cfg->loss.correction);
+    cfg->loss.kind = LOSS_PPO;
+    cfg->loss.agg = AGG_TOKEN_MEAN;
+    cfg->loss.eps_lo = s->trainer.eps_lo, cfg->loss.eps_hi = s->trainer.eps_hi;
+    cfg->loss.dual_clip_c = 3, cfg->loss.tis_c = s->trainer.tis_c;
+    cfg->loss.mis_lo = 0, cfg->loss.mis_hi = 5;
+    cfg->loss.kl_beta = 0; /* trainer.kl > 0 is refused (supported()): it needs a reference model */
+    cfg->loss.stale_a = 0.5;
+    *lr = (lr_schedule){.kind = LR_CONSTANT, .base = (float)s->trainer.lr, .warmup = s->trainer.warmup_steps};
+    return st;
+}
+
 static tidal_status start(trainer *t)
 {
     const job_spec *s = t->s;
     tidal_status st = supported(s);
+    if (st == TIDAL_OK) st = step_cfg_from_spec(s, &t->step_cfg, &t->lr);
     if (st == TIDAL_OK) st = job_names_init(&t->names, s->job.name);
     bus_opts bo = t->o->bus;
     if (!bo.name) bo.name = "trainer";
