@@ -2,6 +2,7 @@
 #include "trainer/advantage.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 static const char *const ADV_NAMES[ADV__COUNT] = {
@@ -69,6 +70,22 @@ tidal_status adv_whiten(double *adv, size_t n)
     double inv = 1.0 / sqrt(ss / (double)n + 1e-8);
     for (size_t i = 0; i < n; i++) adv[i] = (adv[i] - mean) * inv;
     return TIDAL_OK;
+}
+
+tidal_status adv_batch(adv_kind kind, const double *rewards, const int *off, int n_groups, double *adv)
+{
+    if (n_groups < 1 || off[0] != 0) return tidal_fail(TIDAL_ERR_INVALID, "advantage: a batch of %d groups", n_groups);
+    for (int j = 0; j < n_groups; j++) {
+        if (off[j + 1] <= off[j])
+            return tidal_fail(TIDAL_ERR_INVALID, "advantage: group %d is empty (offsets %d, %d)", j, off[j], off[j + 1]);
+        tidal_status st = adv_group(kind, rewards + off[j], (size_t)(off[j + 1] - off[j]), adv + off[j]);
+        if (st) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", tidal_errmsg()); /* the message buffer is about to be rewritten */
+            return tidal_fail(st, "group %d: %s", j, why);
+        }
+    }
+    return kind == ADV_REINFORCE_PP ? adv_whiten(adv, (size_t)off[n_groups]) : TIDAL_OK;
 }
 
 bool adv_group_zero_variance(const double *rewards, size_t g)

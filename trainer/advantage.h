@@ -44,6 +44,13 @@ tidal_status adv_group(adv_kind kind, const double *rewards, size_t g, double *a
  * TIDAL_ERR_INVALID naming the index. REINFORCE++-baseline's batch step. */
 tidal_status adv_whiten(double *adv, size_t n);
 
+/* Advantages of a whole batch: n_groups groups laid out back to back,
+ * group j = rewards[off[j] .. off[j+1]) (off[0] = 0, non-decreasing, each
+ * group non-empty), into adv[off[n_groups]] (may alias rewards). Per group
+ * adv_group(); for ADV_REINFORCE_PP then adv_whiten() over the batch. Errors
+ * as those two, naming the group. */
+tidal_status adv_batch(adv_kind kind, const double *rewards, const int *off, int n_groups, double *adv);
+
 /* True when the group's rewards are all exactly equal (std = 0), so every
  * group-relative advantage is 0 and the group carries no signal: DAPO's
  * dynamic sampling drops it. A group of 0 or 1 is zero-variance too. */

@@ -1,8 +1,9 @@
-/* loss.c - PPO-clip with behaviour correction, aggregation, gradients and metrics (see loss.h). */
+/* loss.c - the policy losses with behaviour correction, aggregation, gradients and metrics (see loss.h). */
 #include "trainer/loss.h"
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LOGRATIO_CLAMP 20.0f /* |log-ratio| before exp */
@@ -10,7 +11,9 @@
 
 /* ---------------------------------------------------------------- names */
 
-static const char *const KIND_NAMES[LOSS__COUNT] = {[LOSS_PPO] = "ppo"};
+static const char *const KIND_NAMES[LOSS__COUNT] = {
+    [LOSS_PPO] = "ppo", [LOSS_CISPO] = "cispo", [LOSS_GSPO] = "gspo", [LOSS_M2PO] = "m2po"};
+static const char *const M2PO_NAMES[M2PO__COUNT] = {[M2PO_HARMFUL] = "harmful", [M2PO_ALL] = "all"};
 static const char *const CORR_NAMES[CORR__COUNT] = {
     [CORR_NONE] = "none", [CORR_TIS] = "tis",         [CORR_TIS_SEQ] = "tis_seq",
     [CORR_MIS] = "mis",   [CORR_MIS_SEQ] = "mis_seq", [CORR_BYPASS] = "bypass"};
@@ -24,6 +27,7 @@ const char *loss_kind_name(loss_kind k) { return (unsigned)k < LOSS__COUNT ? KIN
 const char *loss_correction_name(loss_correction c) { return (unsigned)c < CORR__COUNT ? CORR_NAMES[c] : "?"; }
 const char *loss_agg_name(loss_agg a) { return (unsigned)a < AGG__COUNT ? AGG_NAMES[a] : "?"; }
 const char *loss_stale_name(loss_stale s) { return (unsigned)s < STALE__COUNT ? STALE_NAMES[s] : "?"; }
+const char *loss_m2po_set_name(loss_m2po_set s) { return (unsigned)s < M2PO__COUNT ? M2PO_NAMES[s] : "?"; }
 
 /* Index of s in names[n], or -1; on -1 a failure naming `what`, the value and
  * the accepted names is recorded. */
@@ -52,12 +56,15 @@ PARSE_FN(loss_kind_parse, loss_kind, KIND_NAMES, LOSS__COUNT, "loss")
 PARSE_FN(loss_correction_parse, loss_correction, CORR_NAMES, CORR__COUNT, "correction")
 PARSE_FN(loss_agg_parse, loss_agg, AGG_NAMES, AGG__COUNT, "aggregation")
 PARSE_FN(loss_stale_parse, loss_stale, STALE_NAMES, STALE__COUNT, "staleness weighting")
+PARSE_FN(loss_m2po_set_parse, loss_m2po_set, M2PO_NAMES, M2PO__COUNT, "m2po candidate set")
 
 /* ---------------------------------------------------------------- config */
 
 loss_cfg loss_cfg_defaults(void)
 {
     return (loss_cfg){.kind = LOSS_PPO,
+                      .m2po_tau = 0.04,
+                      .m2po_set = M2PO_HARMFUL,
                       .correction = CORR_NONE,
                       .agg = AGG_TOKEN_MEAN,
                       .eps_lo = 0.2,
@@ -74,10 +81,23 @@ loss_cfg loss_cfg_defaults(void)
                       .stale_b = 0.0};
 }
 
+loss_cfg loss_cfg_defaults_for(loss_kind k)
+{
+    loss_cfg c = loss_cfg_defaults();
+    c.kind = k;
+    if (k == LOSS_CISPO) c.eps_lo = 1.0, c.eps_hi = 0.28;         /* MiniMax-M1: no lower bound */
+    if (k == LOSS_GSPO) c.eps_lo = 3e-4, c.eps_hi = 4e-4, c.agg = AGG_SEQ_MEAN_TOKEN_MEAN; /* GSPO paper */
+    return c;
+}
+
 tidal_status loss_cfg_validate(const loss_cfg *c)
 {
     if (!c) return tidal_fail(TIDAL_ERR_INVALID, "loss: no config");
     if ((unsigned)c->kind >= LOSS__COUNT) return tidal_fail(TIDAL_ERR_INVALID, "loss: kind %d out of range", (int)c->kind);
+    if ((unsigned)c->m2po_set >= M2PO__COUNT)
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: m2po_set %d out of range", (int)c->m2po_set);
+    if (c->kind == LOSS_M2PO && !(c->m2po_tau > 0.0 && isfinite(c->m2po_tau)))
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: m2po_tau = %g must be finite and > 0", c->m2po_tau);
     if ((unsigned)c->correction >= CORR__COUNT)
         return tidal_fail(TIDAL_ERR_INVALID, "loss: correction %d out of range", (int)c->correction);
     if ((unsigned)c->agg >= AGG__COUNT) return tidal_fail(TIDAL_ERR_INVALID, "loss: agg %d out of range", (int)c->agg);
@@ -124,9 +144,10 @@ static tidal_status check_batch(const loss_cfg *c, const loss_batch *b)
                                                                                     : "adv");
     if (c->correction != CORR_BYPASS && !b->logp_prox)
         return tidal_fail(TIDAL_ERR_INVALID, "loss: batch lacks logp_prox (needed unless correction is bypass)");
-    if (c->correction != CORR_NONE && !b->logp_beh)
-        return tidal_fail(TIDAL_ERR_INVALID, "loss: batch lacks logp_beh (needed by correction %s)",
-                          loss_correction_name(c->correction));
+    if ((c->correction != CORR_NONE || c->kind == LOSS_M2PO) && !b->logp_beh)
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: batch lacks logp_beh (needed by %s %s)",
+                          c->kind == LOSS_M2PO ? "loss" : "correction",
+                          c->kind == LOSS_M2PO ? "m2po" : loss_correction_name(c->correction));
     if (c->kl_beta > 0.0 && !b->logp_ref)
         return tidal_fail(TIDAL_ERR_INVALID, "loss: batch lacks logp_ref (needed by kl_beta = %g)", c->kl_beta);
     if (c->stale != STALE_NONE && !b->staleness)
@@ -213,6 +234,76 @@ static inline float log_ratio(float a, float b, int *live, int *bad)
 
 static inline double clamp_k3(double k) { return k > K3_CLAMP ? K3_CLAMP : k < -K3_CLAMP ? -K3_CLAMP : k; }
 
+/* M2PO's candidate test for a token with advantage A and d = lθ - lbeh. */
+static inline bool m2po_candidate(const loss_cfg *c, double A, double d)
+{
+    return c->m2po_set == M2PO_ALL || (A > 0.0 && d > 0.0) || (A < 0.0 && d < 0.0);
+}
+
+typedef struct m2po_item {
+    double d2;
+    int32_t t;
+} m2po_item;
+
+static int by_d2_desc(const void *a, const void *b)
+{
+    const m2po_item *x = a, *y = b;
+    if (x->d2 != y->d2) return x->d2 < y->d2 ? 1 : -1;
+    return x->t < y->t ? -1 : x->t > y->t; /* ties: a total order, so the selection is deterministic */
+}
+
+tidal_status loss_m2po_select(const loss_cfg *c, const loss_batch *b, uint8_t *keep, int64_t *n_kept)
+{
+    tidal_status st = loss_cfg_validate(c);
+    if (!st) st = check_batch(c, b);
+    if (st) return st;
+    if (!b->logp_beh) return tidal_fail(TIDAL_ERR_INVALID, "loss: m2po selection needs logp_beh");
+    const int32_t T = b->cu_seqlens[b->S];
+    m2po_item *cand = malloc((size_t)(T ? T : 1) * sizeof *cand);
+    if (!cand) return tidal_fail(TIDAL_ERR_NOMEM, "loss: out of memory for the m2po selection of %d tokens", (int)T);
+    size_t n = 0;
+    double sum = 0.0;
+    int64_t kept = 0;
+    for (int i = 0; i < b->S; i++)
+        for (int32_t t = b->cu_seqlens[i]; t < b->cu_seqlens[i + 1]; t++) {
+            keep[t] = b->mask[t] != 0;
+            if (!keep[t]) continue;
+            kept++;
+            int live, bad = 0;
+            const double d = log_ratio(b->logp[t], b->logp_beh[t], &live, &bad);
+            if (!m2po_candidate(c, b->adv[i], d)) continue;
+            cand[n++] = (m2po_item){.d2 = d * d, .t = t};
+            sum += d * d;
+        }
+    qsort(cand, n, sizeof *cand, by_d2_desc);
+    /* drop the largest d² while the remaining candidates' mean exceeds tau; at least one stays */
+    size_t left = n;
+    for (size_t k = 0; left > 1 && sum > c->m2po_tau * (double)left; k++, left--) {
+        sum -= cand[k].d2;
+        keep[cand[k].t] = 0;
+        kept--;
+    }
+    free(cand);
+    if (n_kept) *n_kept = kept;
+    return TIDAL_OK;
+}
+
+/* The policy term of one token: its value *L and dL/du (u = exp(r), per token;
+ * gspo passes its sequence ratio as u); *flat / *dual say which clip branch
+ * took it. cispo is handled by the caller (its gradient is not through u). */
+static inline void pg_clip(const loss_cfg *c, double A, double u, double lo, double hi, double *L, double *dLdu,
+                           int *flat, int *dual)
+{
+    const double cu = u < lo ? lo : u > hi ? hi : u;
+    const double L1 = -A * u, L2 = -A * cu;
+    *L = L1, *dLdu = -A, *flat = 0, *dual = 0;
+    if (L2 > L1) {
+        *L = L2, *dLdu = 0.0, *flat = 1;
+    } else if (c->dual_clip && A < 0.0 && L1 > -c->dual_clip_c * A) {
+        *L = -c->dual_clip_c * A, *dLdu = 0.0, *flat = 1, *dual = 1;
+    }
+}
+
 tidal_status loss_compute(const loss_cfg *c, const loss_batch *b, const loss_norm *norm, float *grad,
                           loss_result *out)
 {
@@ -235,6 +326,18 @@ tidal_status loss_compute(const loss_cfg *c, const loss_batch *b, const loss_nor
     const loss_norm *nrm = norm ? norm : &local;
     if (!(nrm->stale_sum > 0.0 && isfinite(nrm->stale_sum)))
         return tidal_fail(TIDAL_ERR_INVALID, "loss: staleness weights sum to %g", nrm->stale_sum);
+
+    uint8_t *own_keep = NULL; /* m2po without a caller's selection: select over this batch */
+    const uint8_t *keep = c->kind == LOSS_M2PO ? b->keep : NULL;
+    if (c->kind == LOSS_M2PO && !keep) {
+        if (!(own_keep = malloc((size_t)(T ? T : 1))))
+            return tidal_fail(TIDAL_ERR_NOMEM, "loss: out of memory for %d tokens", (int)T);
+        if ((st = loss_m2po_select(c, b, own_keep, NULL)) != TIDAL_OK) {
+            free(own_keep);
+            return st;
+        }
+        keep = own_keep;
+    }
 
     const bool bypass = c->correction == CORR_BYPASS;
     const bool seq_w = c->correction == CORR_TIS_SEQ || c->correction == CORR_MIS_SEQ;
@@ -286,6 +389,20 @@ tidal_status loss_compute(const loss_cfg *c, const loss_batch *b, const loss_nor
             }
         }
 
+        /* gspo: the sequence ratio exp(mean of the clamped token log-ratios), clipped per sequence */
+        double s_seq = 1.0, gL = 0.0, gdLds = 0.0;
+        int gflat = 0, gdual = 0;
+        if (c->kind == LOSS_GSPO) {
+            double rho = 0.0;
+            for (int32_t t = t0; t < t1; t++) {
+                if (!b->mask[t]) continue;
+                int live, bad = 0;
+                rho += log_ratio(b->logp[t], lprox[t], &live, &bad);
+            }
+            s_seq = exp(rho / (double)ni);
+            pg_clip(c, A, s_seq, lo, hi, &gL, &gdLds, &gflat, &gdual);
+        }
+
         double pol_i = 0.0, kl_i = 0.0;
         for (int32_t t = t0; t < t1; t++) {
             if (!b->mask[t]) {
@@ -295,23 +412,40 @@ tidal_status loss_compute(const loss_cfg *c, const loss_batch *b, const loss_nor
             int bad = 0, live;
             const double r = log_ratio(b->logp[t], lprox[t], &live, &bad);
             const double u = exp(r);
-            /* PPO-clip: L = max(-A u, -A clip(u)); dL/du = -A on the unclipped branch, 0 on flat ones */
-            const double cu = u < lo ? lo : u > hi ? hi : u;
-            const double L1 = -A * u, L2 = -A * cu;
-            double L = L1, dLdu = -A;
-            if (L2 > L1) {
-                L = L2;
-                dLdu = 0.0;
-                n_clip++;
-            } else if (c->dual_clip && A < 0.0 && L1 > -c->dual_clip_c * A) {
-                L = -c->dual_clip_c * A;
-                dLdu = 0.0;
-                n_clip++;
-                n_dual++;
+            /* the policy term L and dL/dlθ (before the weights f w and the aggregation) */
+            double L, dL;
+            int flat = 0, dual = 0;
+            switch (c->kind) {
+            case LOSS_CISPO: { /* -sg(clip(u)) A lθ: the gradient flows through lθ itself */
+                const double cu = u < lo ? lo : u > hi ? hi : u;
+                flat = cu != u;
+                const double lt = b->logp[t];
+                if (isfinite(lt)) {
+                    L = -cu * A * lt, dL = -cu * A;
+                } else {
+                    L = 0.0, dL = 0.0, bad = 1;
+                }
+                break;
             }
+            case LOSS_GSPO: /* token form sg(s) exp(r - sg(r)): value s, d/dlθ_t = s where r is live */
+                L = gL, dL = gdLds * s_seq * (double)live, flat = gflat, dual = gdual;
+                break;
+            case LOSS_M2PO: /* -A u unclipped, on the kept tokens only */
+                L = -A * u, dL = -A * u * (double)live;
+                break;
+            default: {
+                double dLdu;
+                pg_clip(c, A, u, lo, hi, &L, &dLdu, &flat, &dual);
+                dL = dLdu * u * (double)live;
+                break;
+            }
+            }
+            n_clip += flat;
+            n_dual += dual;
 
             /* behaviour correction weight (no gradient) and mismatch metrics */
             double w = 1.0;
+            int zeroed = seq_masked; /* by masked IS or by M2PO */
             if (mismatch) {
                 int dlive;
                 const double d = log_ratio(b->logp_prox[t], b->logp_beh[t], &dlive, &bad);
@@ -324,7 +458,7 @@ tidal_status loss_compute(const loss_cfg *c, const loss_batch *b, const loss_nor
                     w = ed;
                     if (ed < c->mis_lo || ed > c->mis_hi) {
                         w = 0.0;
-                        n_mis++;
+                        zeroed = 1;
                     }
                     break;
                 case CORR_TIS_SEQ:
@@ -332,11 +466,13 @@ tidal_status loss_compute(const loss_cfg *c, const loss_batch *b, const loss_nor
                 default: break;
                 }
             }
-            if (seq_masked) n_mis++;
+            const int dropped = keep && !keep[t]; /* by M2PO: no loss, no gradient, like masked IS */
+            zeroed |= dropped;
+            n_mis += zeroed;
 
-            const double fw = f * w;
+            const double fw = dropped ? 0.0 : f * w;
             pol_i += fw * L;
-            double g = fw * dLdu * u * (double)live;
+            double g = fw * dL;
 
             if (kl) {
                 int klive;
@@ -380,5 +516,6 @@ tidal_status loss_compute(const loss_cfg *c, const loss_batch *b, const loss_nor
     out->adv_mean = s_adv / N;
     out->ref_kl = kl ? s_k3 / N : 0.0;
     out->nonfinite = n_bad;
+    free(own_keep);
     return TIDAL_OK;
 }

@@ -6,10 +6,11 @@
  *
  * Per loss-masked token t of sample i (A_i the sample's advantage):
  *   r   = lθ - lprox  (fp32; non-finite -> 0; clamped to [-20, 20]),  u = exp(r)
- *   ppo = max(-A u, -A clip(u, 1 - eps_lo, 1 + eps_hi)), then min(ppo, -c A) when
- *         dual clip is on and A < 0
+ *   pg  = the policy term of the loss kind (loss_kind below), e.g. for ppo
+ *         max(-A u, -A clip(u, 1 - eps_lo, 1 + eps_hi)), then min(ppo, -c A)
+ *         when dual clip is on and A < 0
  *   w   = behaviour correction from lprox - lbeh (no gradient; see loss_correction)
- *   L   = f_i * w * ppo  (+ kl_beta * k3(lθ - lref), neither weighted nor IS-masked)
+ *   L   = f_i * w * pg  (+ kl_beta * k3(lθ - lref), neither weighted nor IS-masked)
  * with f_i the optional staleness weight of the sample (mean 1 over the batch),
  * then aggregated (loss_agg). lprox, lbeh, lref, w and f carry no gradient: the
  * gradient is d L / d lθ only, 0 on flat (clipped, dual-clipped, clamped) branches
@@ -31,9 +32,25 @@
 
 #include "proto/status.h"
 
-/* The per-token objective; job-spec `trainer.loss`. Only "ppo" so far
- * (cispo, gspo, m2po are the planned kinds). */
-typedef enum { LOSS_PPO = 0, LOSS__COUNT } loss_kind;
+/* The per-token policy term pg; job-spec `trainer.loss`:
+ *   ppo    max(-A u, -A clip(u, 1 - eps_lo, 1 + eps_hi)), dual clip optional
+ *   cispo  -sg(clip(u, 1 - eps_lo, 1 + eps_hi)) A lθ: the clipped ratio is a
+ *          weight, so every token keeps its gradient -clip(u) A (a non-finite
+ *          lθ contributes 0 and counts as non-finite)
+ *   gspo   the ppo form on the sequence ratio s_i = exp(ρ_i),
+ *          ρ_i = Σ_t m r_t / n_i (n_i the sample's masked tokens), in its
+ *          token form sg(s_i) exp(r_t - sg(r_t)): every token of sample i has
+ *          the value of s_i, the clip is decided per sequence, and the gradient
+ *          of token t is dpg/ds s_i (0 where r_t was clamped)
+ *   m2po   -A u with no clip, on the tokens M2PO keeps (loss_m2po_select):
+ *          the others are zeroed like masked IS; needs lbeh
+ * loss_cfg_defaults_for() gives each kind its usual clip range and aggregation. */
+typedef enum { LOSS_PPO = 0, LOSS_CISPO, LOSS_GSPO, LOSS_M2PO, LOSS__COUNT } loss_kind;
+
+/* M2PO's candidate tokens for masking (`trainer.m2po_candidates`), with
+ * d = lθ - lbeh: harmful  (A > 0 and d > 0) or (A < 0 and d < 0) (the paper);
+ * all  every loss-masked token (AReaL). */
+typedef enum { M2PO_HARMFUL = 0, M2PO_ALL, M2PO__COUNT } loss_m2po_set;
 
 /* Behaviour correction; job-spec `trainer.correction`. With δ = lprox - lbeh
  * (non-finite -> 0, clamped to [-20, 20]):
@@ -62,6 +79,8 @@ typedef enum { STALE_NONE = 0, STALE_POLY, STALE_HINGE, STALE__COUNT } loss_stal
 
 typedef struct loss_cfg {
     loss_kind kind;             /* LOSS_PPO */
+    double m2po_tau;            /* 0.04: > 0; M2PO's bound on the mean of d² over the kept candidates */
+    loss_m2po_set m2po_set;     /* M2PO_HARMFUL */
     loss_correction correction; /* CORR_NONE */
     loss_agg agg;               /* AGG_TOKEN_MEAN */
     double eps_lo;              /* 0.2: lower clip 1 - eps_lo, in [0, 1] */
@@ -77,13 +96,17 @@ typedef struct loss_cfg {
     double stale_b;             /* 0: >= 0 (hinge knee) */
 } loss_cfg;
 
-/* The defaults above. */
+/* The defaults above (the ppo ones). */
 loss_cfg loss_cfg_defaults(void);
+/* The defaults with kind k and its usual clip range and aggregation: ppo and
+ * m2po as loss_cfg_defaults(); cispo eps_lo 1 (no lower bound), eps_hi 0.28;
+ * gspo eps 3e-4 / 4e-4 and seq-mean-token-mean. */
+loss_cfg loss_cfg_defaults_for(loss_kind k);
 
 /* Check every field; TIDAL_ERR_INVALID naming the first bad one and its value. */
 tidal_status loss_cfg_validate(const loss_cfg *c);
 
-/* Job-spec names: "ppo"; "none", "tis", "tis_seq", "mis", "mis_seq",
+/* Job-spec names: "ppo", "cispo", "gspo", "m2po"; "harmful", "all"; "none", "tis", "tis_seq", "mis", "mis_seq",
  * "bypass"; "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm";
  * "none", "poly", "hinge". Parsing is exact; an unknown name is
  * TIDAL_ERR_INVALID naming it and the accepted ones (*out untouched). A name
@@ -92,6 +115,8 @@ const char *loss_kind_name(loss_kind k);
 const char *loss_correction_name(loss_correction c);
 const char *loss_agg_name(loss_agg a);
 const char *loss_stale_name(loss_stale s);
+const char *loss_m2po_set_name(loss_m2po_set s);
+tidal_status loss_m2po_set_parse(const char *s, loss_m2po_set *out);
 tidal_status loss_kind_parse(const char *s, loss_kind *out);
 tidal_status loss_correction_parse(const char *s, loss_correction *out);
 tidal_status loss_agg_parse(const char *s, loss_agg *out);
@@ -105,12 +130,24 @@ typedef struct loss_batch {
     const float *logp;          /* [T] lθ, the live forward's logprobs */
     const float *logp_prox;     /* [T] proximal (old) logprobs; not read (may be NULL) in bypass mode */
     const float *logp_beh;      /* [T] the rollout worker's logprobs; may be NULL only with correction none
-                                 * (the mismatch metrics are 0 then) */
+                                 * and a loss other than m2po (the mismatch metrics are 0 then) */
     const float *logp_ref;      /* [T] reference model's logprobs; required when kl_beta > 0, else not read */
     const uint8_t *mask;        /* [T] loss mask: nonzero on tokens the policy generated */
     const double *adv;          /* [S] one advantage per sample, finite */
     const double *staleness;    /* [S] per-sample staleness (>= 0); required when stale != none, else not read */
+    const uint8_t *keep;        /* [T] m2po only: the tokens M2PO keeps, from loss_m2po_select() over the
+                                 * whole update; NULL: selected over this batch alone */
 } loss_batch;
+
+/* M2PO's token selection over batch b (ALGORITHMS.md "M2PO"): with
+ * d = lθ - lbeh (fp32; non-finite -> 0; clamped to ±20), candidates (cfg
+ * m2po_set) are dropped greedily, largest d² first, until the mean of d² over
+ * the remaining candidates is <= m2po_tau; at least one candidate always
+ * stays. keep[T] gets 1 on every loss-masked token kept, 0 elsewhere; *n_kept
+ * (may be NULL) the kept tokens. The selection must see a whole optimizer
+ * update at once, so a step split into micro-batches selects over the update
+ * and passes keep to each loss_compute(). Allocates its sort scratch. */
+tidal_status loss_m2po_select(const loss_cfg *c, const loss_batch *b, uint8_t *keep, int64_t *n_kept);
 
 /* The step-wide denominators, for a batch split into micro-batches: token-mean
  * and the staleness renormalisation must use the whole batch's counts. Zero it,
@@ -134,14 +171,15 @@ typedef struct loss_result {
     double kl_loss;             /* kl_beta * agg(k3(lθ - lref)); 0 when off */
     int64_t tokens;             /* masked tokens */
     int64_t seqs;               /* sequences with >= 1 masked token */
-    double clip_frac;           /* tokens on a flat clip branch (eps or dual clip), gradient 0 */
+    double clip_frac;           /* tokens on a flat clip branch (eps or dual clip), gradient 0; cispo: tokens
+                                 * whose weight was clipped (they keep a gradient) */
     double dual_clip_frac;      /* of which the dual clip */
     double approx_kl;           /* mean of -r = lprox - lθ (k1 of the update) */
     double mismatch_k1;         /* mean of lbeh - lprox: k1 of KL(beh || prox) on tokens sampled from beh */
     double mismatch_k3;         /* mean of exp(δ) - 1 - δ, δ = lprox - lbeh clamped to ±20, each term to ≤ 10 */
     double is_mean, is_max;     /* of the applied weight w (after TIS / MIS); 1, 1 without correction */
     double is_ess;              /* (Σw)² / Σw², a token count in [0, tokens] */
-    double masked_frac;         /* tokens zeroed by MIS */
+    double masked_frac;         /* tokens zeroed by MIS or by M2PO */
     double adv_mean;            /* token mean of the broadcast advantage */
     double ref_kl;              /* mean k3(lθ - lref) when kl_beta > 0, else 0 */
     int64_t nonfinite;          /* masked tokens with a non-finite log-ratio (replaced by 0) */
