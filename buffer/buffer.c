@@ -5,10 +5,15 @@
  * admitted (and ids trained before a restart) sit in a string set, so a
  * redelivered message is a duplicate; ids of dropped groups sit in another,
  * so late samples of a dropped group follow it at once.
+ *
+ * A group back for reuse keeps its handles and samples; when it is done
+ * (trained reuse times, stale, or pushed out) it retires: its handles move to
+ * the pending list with the step that last trained it.
  */
 #include "buffer/buffer.h"
 
 #include <assert.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +98,8 @@ typedef struct group {
     void **handle;             /* [size] */
     uint64_t *oldest;          /* [size]: the sample's oldest token version */
     uint64_t completed_seq;    /* when it became complete (0: partial) */
+    int uses;                  /* trainings so far */
+    uint64_t last_step;        /* the step of the latest (uses >= 1) */
     struct group *next;
 } group;
 
@@ -162,6 +169,48 @@ static void unlink_group(buffer *b, group *g)
         }
 }
 
+/* g is done: its handles wait for a checkpoint of `step`, its samples (those
+ * still with the group) are freed, and g itself. The caller unlinked g. */
+static void retire_group(buffer *b, group *g, uint64_t step)
+{
+    for (int i = 0; i < g->size; i++) {
+        pending *p = malloc(sizeof *p);
+        if (p) {
+            *p = (pending){.handle = g->handle[i], .step = step, .next = b->wait};
+            b->wait = p;
+        } /* out of memory: the message is redelivered later and dropped as a duplicate */
+        if (g->t && g->t[i]) tidal__v1__trajectory__free_unpacked(g->t[i], NULL);
+    }
+    group_free(g);
+}
+
+/* A held complete group leaves without training: a never-trained one is
+ * dropped (reasons as drop_group); one trained before retires: its training
+ * stands, so it is acked after the checkpoint of the step that last trained it. */
+static void evict_group(buffer *b, group *g, int first_i, buffer_drop_reason first, buffer_drop_reason rest)
+{
+    unlink_group(b, g);
+    if (!g->uses) {
+        drop_group(b, g, first_i, first, rest);
+        group_free(g);
+        return;
+    }
+    b->c.groups_complete--;
+    b->c.samples_held -= (uint64_t)g->size;
+    b->c.samples_held_trained -= (uint64_t)g->size;
+    retire_group(b, g, g->last_step);
+}
+
+static void enforce_capacity(buffer *b)
+{
+    while ((int)b->c.groups_complete > b->o.capacity) { /* the oldest complete group goes */
+        group *old = NULL;
+        for (group *x = b->groups; x; x = x->next)
+            if (x->completed_seq && (!old || x->completed_seq < old->completed_seq)) old = x;
+        evict_group(b, old, -1, BUFFER_DROP_CAPACITY, BUFFER_DROP_CAPACITY);
+    }
+}
+
 static bool too_old(const buffer *b, uint64_t oldest)
 {
     return b->version > (uint64_t)b->o.max_staleness && oldest < b->version - (uint64_t)b->o.max_staleness;
@@ -182,9 +231,14 @@ tidal_status buffer_create(const buffer_opts *o, buffer **out)
     *out = NULL;
     if (!o || o->max_staleness < 0 || o->capacity < 1)
         return tidal_fail(TIDAL_ERR_INVALID, "buffer: max_staleness >= 0 and capacity >= 1 are required");
+    if (o->reuse < 0) return tidal_fail(TIDAL_ERR_INVALID, "buffer: reuse must be >= 1, got %d", o->reuse);
+    if (o->sampling == BUFFER_PRIORITY && !(o->priority_temperature > 0 && isfinite(o->priority_temperature)))
+        return tidal_fail(TIDAL_ERR_INVALID, "buffer: priority_temperature must be > 0 and finite, got %g",
+                          o->priority_temperature);
     buffer *b = calloc(1, sizeof *b);
     if (!b) return tidal_fail(TIDAL_ERR_NOMEM, "buffer: out of memory");
     b->o = *o;
+    if (!b->o.reuse) b->o.reuse = 1; /* zero-initialised opts: train once, as before reuse existed */
     b->rng = o->seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull;
     *out = b;
     return TIDAL_OK;
@@ -219,9 +273,7 @@ void buffer_set_version(buffer *b, uint64_t v)
         n = g->next;
         for (int i = 0; i < g->size; i++)
             if (g->t[i] && too_old(b, g->oldest[i])) {
-                unlink_group(b, g);
-                drop_group(b, g, i, BUFFER_DROP_STALE, BUFFER_DROP_STALE_GROUP);
-                group_free(g);
+                evict_group(b, g, i, BUFFER_DROP_STALE, BUFFER_DROP_STALE_GROUP);
                 break;
             }
     }
@@ -304,14 +356,7 @@ tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle)
     g->completed_seq = ++b->seq;
     b->c.groups_partial--;
     b->c.groups_complete++;
-    while ((int)b->c.groups_complete > b->o.capacity) { /* the oldest complete group goes */
-        group *old = NULL;
-        for (group *x = b->groups; x; x = x->next)
-            if (x->completed_seq && (!old || x->completed_seq < old->completed_seq)) old = x;
-        unlink_group(b, old);
-        drop_group(b, old, -1, BUFFER_DROP_CAPACITY, BUFFER_DROP_CAPACITY);
-        group_free(old);
-    }
+    enforce_capacity(b);
     return TIDAL_OK;
 }
 
@@ -323,6 +368,33 @@ static uint64_t next_rand(buffer *b)
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
+}
+
+static double mean_reward(const group *g)
+{
+    double s = 0;
+    for (int i = 0; i < g->size; i++) s += g->t[i]->reward;
+    return s / g->size;
+}
+
+/* A complete group drawn with P proportional to exp(mean_reward / T): the
+ * softmax less its max, so no exp overflows and the best group weighs 1. */
+static group *pick_priority(buffer *b)
+{
+    const double T = b->o.priority_temperature;
+    double hi = -INFINITY, total = 0;
+    for (group *x = b->groups; x; x = x->next)
+        if (x->completed_seq) hi = fmax(hi, mean_reward(x));
+    for (group *x = b->groups; x; x = x->next)
+        if (x->completed_seq) total += exp((mean_reward(x) - hi) / T);
+    double r = (double)(next_rand(b) >> 11) * 0x1p-53 * total; /* uniform in [0, total) */
+    group *last = NULL;
+    for (group *x = b->groups; x; x = x->next)
+        if (x->completed_seq) {
+            last = x;
+            if ((r -= exp((mean_reward(x) - hi) / T)) < 0) return x;
+        }
+    return last; /* rounding left r >= 0 at the end */
 }
 
 tidal_status buffer_take(buffer *b, int n, buffer_batch *out)
@@ -342,6 +414,8 @@ tidal_status buffer_take(buffer *b, int n, buffer_batch *out)
                     pick = x;
                     break;
                 }
+        } else if (b->o.sampling == BUFFER_PRIORITY) {
+            pick = pick_priority(b);
         } else {
             for (group *x = b->groups; x; x = x->next)
                 if (x->completed_seq && (!pick || (b->o.sampling == BUFFER_FIFO ? x->completed_seq < pick->completed_seq
@@ -352,9 +426,11 @@ tidal_status buffer_take(buffer *b, int n, buffer_batch *out)
         unlink_group(b, pick);
         b->c.groups_complete--;
         b->c.samples_held -= (uint64_t)pick->size;
+        if (pick->uses) b->c.samples_held_trained -= (uint64_t)pick->size;
         buffer_group *bg = &out->groups[out->n_groups++];
         snprintf(bg->group_id, sizeof bg->group_id, "%s", pick->id);
         bg->n = pick->size;
+        bg->uses = pick->uses;
         bg->samples = pick->t; /* ownership moves to the batch; the handles stay with the group */
         bg->priv = pick;
         pick->t = NULL;
@@ -368,18 +444,26 @@ void buffer_trained(buffer *b, buffer_batch *batch, uint64_t step)
     for (int k = 0; k < batch->n_groups; k++) {
         buffer_group *bg = &batch->groups[k];
         group *g = bg->priv;
-        for (int i = 0; i < bg->n; i++) {
-            pending *p = malloc(sizeof *p);
-            if (p) {
-                *p = (pending){.handle = g->handle[i], .step = step, .next = b->wait};
-                b->wait = p;
-            } /* out of memory: the message is redelivered later and dropped as a duplicate */
-            tidal__v1__trajectory__free_unpacked(bg->samples[i], NULL);
-            b->c.trained++;
+        g->t = bg->samples;
+        if (g->uses++) {
+            b->c.groups_reused++;
+        } else { /* counted once, so the controller's balance holds */
+            b->c.trained += (uint64_t)g->size;
+            b->c.groups_trained++;
         }
-        free(bg->samples);
-        group_free(g);
-        b->c.groups_trained++;
+        /* done, or no room: untrained groups are worth more than a reuse */
+        if (g->uses >= b->o.reuse || (int)b->c.groups_complete >= b->o.capacity) {
+            retire_group(b, g, step);
+            continue;
+        }
+        g->last_step = step; /* back as a complete group, behind those waiting */
+        g->completed_seq = ++b->seq;
+        group **tail = &b->groups;
+        while (*tail) tail = &(*tail)->next;
+        *tail = g;
+        b->c.groups_complete++;
+        b->c.samples_held += (uint64_t)g->size;
+        b->c.samples_held_trained += (uint64_t)g->size;
     }
     free(batch->groups);
     memset(batch, 0, sizeof *batch);
@@ -396,6 +480,7 @@ void buffer_untake(buffer *b, buffer_batch *batch)
         b->groups = g;
         b->c.groups_complete++;
         b->c.samples_held += (uint64_t)g->size;
+        if (g->uses) b->c.samples_held_trained += (uint64_t)g->size; /* uses: untouched by the take */
     }
     free(batch->groups);
     memset(batch, 0, sizeof *batch);

@@ -5,18 +5,36 @@
  * handle of its stream message. The buffer assembles groups (group_id,
  * group_size samples), drops what may not be trained - with a counted reason
  * - and hands out batches of complete groups. A sample's fate becomes durable
- * when it is dropped (its message is acknowledged at once) or when the step
- * that trained it is in a checkpoint (buffer_checkpointed acknowledges every
- * sample trained at or before that step). Until then its message stays
- * unacknowledged, so a trainer that dies loses nothing: JetStream redelivers,
- * and the ids already trained - which the checkpoint keeps - are dropped as
- * duplicates.
+ * when it is dropped (its message is acknowledged at once) or when the last
+ * step that trained it is in a checkpoint (buffer_checkpointed acknowledges
+ * every retired sample trained last at or before that step). Until then its
+ * message stays unacknowledged, so a trainer that dies loses nothing:
+ * JetStream redelivers, and the ids already trained - which the checkpoint
+ * keeps - are dropped as duplicates.
  *
  * Drop reasons (counted): stale (oldest token older than v - K), stale_group
  * (a group that lost a sample to staleness), failed (a sample whose status
  * is not OK takes its group with it), zero_variance (all rewards equal, when
  * filtering), capacity (complete groups beyond the capacity: the oldest go),
  * duplicate (a trajectory id already admitted or trained).
+ *
+ * Sampling: fifo (oldest complete first), newest, uniform, or priority
+ * (without replacement, P(g) proportional to exp(mean reward of g / T)).
+ *
+ * Reuse: with opts.reuse = R a group may be trained up to R times. After each
+ * training but the last it goes back into the buffer as a complete group,
+ * behind the groups already waiting, when the capacity has room for it (a
+ * reuse never pushes out a group not yet trained); else it retires. A group
+ * trained at least once is never dropped: when it goes stale or is pushed out
+ * by capacity it retires, too. A retired group's samples are acknowledged
+ * (dropped = false) once a checkpoint holds the step that last trained it.
+ *
+ * The balance, whenever no batch is out: every admitted sample is acked
+ * exactly once, either dropped (at once) or after a checkpoint covering the
+ * last step that trained it, and
+ *   admitted = trained + sum(dropped) + (samples_held - samples_held_trained)
+ * since trained counts a sample on its first training only and samples held
+ * for reuse are already in trained.
  *
  * Not thread-safe: one trainer thread owns it.
  */
@@ -29,7 +47,8 @@
 #include "proto/status.h"
 #include "tidal.pb-c.h"
 
-typedef enum { BUFFER_FIFO, BUFFER_NEWEST, BUFFER_UNIFORM } buffer_sampling;
+/* Job-spec names "fifo", "newest", "uniform", "priority". */
+typedef enum { BUFFER_FIFO, BUFFER_NEWEST, BUFFER_UNIFORM, BUFFER_PRIORITY } buffer_sampling;
 
 typedef enum {
     BUFFER_DROP_STALE,
@@ -57,7 +76,9 @@ typedef struct buffer_opts {
     int capacity;               /* complete groups held at most (>= 1) */
     buffer_sampling sampling;
     bool filter_zero_variance;
-    uint64_t seed;              /* uniform sampling */
+    uint64_t seed;              /* uniform and priority sampling */
+    double priority_temperature; /* T of priority sampling (> 0, finite); unused otherwise */
+    int reuse;                  /* trainings per group at most (>= 1; 0 means 1) */
     buffer_ack_fn ack;
     buffer_release_fn release;  /* may be NULL */
     void *ack_ctx;              /* passed to ack and release */
@@ -68,6 +89,7 @@ typedef struct buffer_group {
     char group_id[256];
     int n;                           /* = group_size */
     Tidal__V1__Trajectory **samples; /* [n], owned by the buffer until buffer_trained */
+    int uses;                        /* trainings of this group before this batch (0: first) */
     void *priv;                      /* the buffer's (the samples' message handles) */
 } buffer_group;
 
@@ -77,23 +99,33 @@ typedef struct buffer_batch {
 } buffer_batch;
 
 typedef struct buffer_counts {
-    uint64_t admitted, trained, acked;
+    uint64_t admitted, acked;
+    uint64_t trained;                     /* samples, on their group's first training only */
     uint64_t dropped[BUFFER_DROP__COUNT]; /* samples, by reason */
     /* Groups, each counted once by the reason that ended it: stale (a sample
-     * too old), failed, zero_variance, capacity; trained when a step took it. */
+     * too old), failed, zero_variance, capacity; trained when a step first
+     * took it (a group once trained is never dropped). */
     uint64_t groups_dropped[BUFFER_DROP__COUNT];
     uint64_t groups_trained;
+    uint64_t groups_reused; /* trainings of a group beyond its first */
     uint64_t samples_held, groups_complete, groups_partial;
+    uint64_t samples_held_trained; /* of samples_held: in groups back for reuse */
 } buffer_counts;
 
 typedef struct buffer buffer;
 
+/* TIDAL_ERR_INVALID (naming the field) unless max_staleness >= 0,
+ * capacity >= 1, reuse >= 0 and, for priority sampling, priority_temperature
+ * > 0 and finite. */
 tidal_status buffer_create(const buffer_opts *o, buffer **out);
 /* Frees everything; samples not yet durable are released without acking
- * (their messages will be redelivered): each handle goes to opts.release. */
+ * (their messages will be redelivered): each handle goes to opts.release,
+ * held groups (back for reuse, too) and trained ones not checkpointed alike. */
 void buffer_free(buffer *b);
 
-/* The trainer's version v moved: drop what is now older than v - K. */
+/* The trainer's version v moved: drop what is now older than v - K. A group
+ * already trained retires instead (not dropped: acked after a checkpoint of
+ * the step that last trained it). */
 void buffer_set_version(buffer *b, uint64_t v);
 
 /* Take ownership of a validated trajectory t (freed with
@@ -106,17 +138,25 @@ tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle);
 int buffer_ready(const buffer *b);
 
 /* Take n complete groups (buffer_ready() >= n) for the next step by the
- * sampling rule; staleness is enforced at the take, too. */
+ * sampling rule; staleness is enforced at the take, too (as by
+ * buffer_set_version). Each group's `uses` says how often it was trained
+ * before: only at 0 are its trajectory ids new to training. */
 tidal_status buffer_take(buffer *b, int n, buffer_batch *out);
 
-/* The batch was trained in `step` (its version becomes step): its samples
- * wait for a checkpoint; the batch's memory is released. */
+/* The batch was trained in `step` (its version becomes step); the batch's
+ * memory is released. A group with uses + 1 < reuse goes back into the buffer
+ * as a complete group (uses + 1, behind the groups waiting) if there is room
+ * under the capacity. Any other retires: its samples are freed and their
+ * handles wait for a checkpoint holding `step`. Counts trained and
+ * groups_trained on a group's first training, groups_reused on the others. */
 void buffer_trained(buffer *b, buffer_batch *batch, uint64_t step);
 
-/* A batch that was not trained (the step failed): its groups go back. */
+/* A batch that was not trained (the step failed): its groups go back, each
+ * with the uses it had before the take. */
 void buffer_untake(buffer *b, buffer_batch *batch);
 
-/* Steps <= step are in a durable checkpoint: acknowledge their samples. */
+/* Steps <= step are in a durable checkpoint: acknowledge the samples of the
+ * groups retired with such a step (dropped = false). */
 void buffer_checkpointed(buffer *b, uint64_t step);
 
 /* Mark trajectory ids trained earlier (from a checkpoint): when they come

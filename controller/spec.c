@@ -88,7 +88,9 @@ static const key KEYS[] = {
     INT("rollout.top_k", rollout.top_k, 0, 1 << 20, "0", "top-k sampling (0: off)"),
     INT("rollout.ack_wait_ms", rollout.ack_wait_ms, 100, 3600000, "30000", "a prompt whose worker went silent this long is redelivered"),
     INT("buffer.max_staleness", buffer.max_staleness, 0, 1000000, "2", "K: a trained token is at most K versions old (0: on-policy)"),
-    ENUM("buffer.sampling", buffer.sampling, "fifo|newest|uniform", "fifo", "which complete groups a step takes"),
+    ENUM("buffer.sampling", buffer.sampling, "fifo|newest|uniform|priority", "fifo", "which complete groups a step takes: oldest first, newest first, uniformly, or by reward (softmax over the group's mean reward)"),
+    DBL("buffer.priority_temperature", buffer.priority_temperature, 1e-9, 1e9, "1.0", "temperature of the priority softmax: small favours high reward, large is uniform"),
+    INT("buffer.reuse", buffer.reuse, 1, 1000, "1", "times a group may be trained (replay); each use stays within max_staleness"),
     BOOL("buffer.filter_zero_variance", buffer.filter_zero_variance, "false", "drop groups whose rewards are all equal (DAPO)"),
     INT("buffer.capacity", buffer.capacity, 1, 1 << 24, "1024", "complete groups held at most"),
     ENUM("trainer.device", trainer.device, "cpu|cuda", "cpu", "where the trainer runs"),
@@ -102,12 +104,27 @@ static const key KEYS[] = {
     DBL("trainer.beta2", trainer.beta2, 0, 0.999999, "0.999", "AdamW beta2"),
     DBL("trainer.grad_clip", trainer.grad_clip, 0, 1e9, "1.0", "global gradient-norm clip (0: off)"),
     ENUM("trainer.advantage", trainer.advantage, "grpo|drgrpo|rloo|reinforce_pp", "grpo", "advantage estimator (ALGORITHMS.md)"),
-    ENUM("trainer.loss", trainer.loss, "ppo|cispo|gspo|m2po", "ppo", "policy loss (ALGORITHMS.md)"),
-    ENUM("trainer.correction", trainer.correction, "none|tis|tis_seq|mis|mis_seq|bypass", "tis", "behaviour-policy correction (decoupled PPO)"),
-    DBL("trainer.eps_lo", trainer.eps_lo, 0, 1, "0.2", "PPO clip below 1"),
-    DBL("trainer.eps_hi", trainer.eps_hi, 0, 10, "0.2", "PPO clip above 1 (DAPO clip-higher: 0.28)"),
+    ENUM("trainer.loss", trainer.loss, "ppo|cispo|gspo|m2po", "ppo", "policy loss: ppo-clip; cispo (clipped ratio as a weight, every token keeps a gradient); gspo (sequence ratio); m2po (second-moment masking, for very stale data)"),
+    ENUM("trainer.correction", trainer.correction, "none|tis|tis_seq|mis|mis_seq|bypass", "tis", "behaviour-policy correction (decoupled PPO): token / sequence truncated IS, token / sequence masked IS, or bypass (ratio on the behaviour policy, no recompute)"),
+    ENUM("trainer.proximal", trainer.proximal, "recompute|loglinear", "recompute", "the proximal policy with minibatches > 1: a recompute pass, or AReaL's log-linear interpolation from per-token versions (no pass)"),
+    INT("trainer.minibatches", trainer.minibatches, 1, 65536, "1", "optimizer updates per step, by whole groups (PPO mini-batches); one weight version per step"),
+    ENUM("trainer.loss_agg", trainer.loss_agg, "auto|token-mean|seq-mean-token-mean|seq-mean-token-sum-norm", "auto", "how token losses become one number; auto: gspo seq-mean-token-mean, the others token-mean"),
+    DBL("trainer.loss_agg_norm", trainer.loss_agg_norm, 0, 1e9, "0", "seq-mean-token-sum-norm's constant (Dr. GRPO); 0: rollout.max_tokens"),
+    DBL("trainer.eps_lo", trainer.eps_lo, -1, 1, "-1", "clip below 1 (ratio >= 1 - eps_lo); -1: the loss's own (ppo 0.2, cispo 1 = no bound, gspo 3e-4)"),
+    DBL("trainer.eps_hi", trainer.eps_hi, -1, 10, "-1", "clip above 1; -1: the loss's own (ppo 0.2, cispo 0.28, gspo 4e-4; DAPO clip-higher 0.28)"),
+    DBL("trainer.dual_clip", trainer.dual_clip, 0, 1e6, "0", "dual clip c > 1 caps the loss at -c A when A < 0 (ppo, gspo; usual 3; 0: off)"),
     DBL("trainer.tis_c", trainer.tis_c, 1, 1e6, "2.0", "truncation of the importance weight (tis, tis_seq)"),
-    DBL("trainer.kl", trainer.kl, 0, 10, "0.0", "beta of the k3 KL term to the initial policy (0: off)"),
+    DBL("trainer.mis_lo", trainer.mis_lo, 0, 1e6, "0", "masked IS: tokens (mis) or sequences (mis_seq) with a weight below this are dropped"),
+    DBL("trainer.mis_hi", trainer.mis_hi, 0, 1e6, "5", "masked IS: weights above this are dropped"),
+    DBL("trainer.m2po_tau", trainer.m2po_tau, 1e-12, 1e6, "0.04", "m2po: bound on the mean squared log-ratio to the behaviour policy of the kept tokens"),
+    ENUM("trainer.m2po_candidates", trainer.m2po_candidates, "harmful|all", "harmful", "m2po: tokens that may be masked: those whose ratio pushes with the advantage (the paper), or all (AReaL)"),
+    DBL("trainer.kl", trainer.kl, 0, 10, "0.0", "beta of k3(lθ - lref) in the loss, to the initial weights held by the trainer (0: off)"),
+    DBL("trainer.kl_reward", trainer.kl_reward, 0, 10, "0.0", "beta of k1 = Σ (lbeh - lref) subtracted from each reward (0: off)"),
+    ENUM("trainer.stale_weight", trainer.stale_weight, "none|poly|hinge", "none", "weight samples by staleness s: (1+s)^-a, or 1 up to b then 1/(a(s-b)+1); renormalised to mean 1"),
+    DBL("trainer.stale_a", trainer.stale_a, 0, 1e6, "0.5", "staleness weighting: poly exponent / hinge slope"),
+    DBL("trainer.stale_b", trainer.stale_b, 0, 1e9, "0", "staleness weighting: hinge knee (versions)"),
+    INT("trainer.overlong_buffer", trainer.overlong_buffer, 0, 1 << 20, "0", "DAPO overlong shaping: the last this many tokens of rollout.max_tokens cost up to overlong_factor of reward (0: off)"),
+    DBL("trainer.overlong_factor", trainer.overlong_factor, 0, 1e6, "1.0", "DAPO overlong shaping: the penalty at rollout.max_tokens"),
     INT("trainer.checkpoint_every", trainer.checkpoint_every, 0, 1 << 30, "50", "steps between checkpoints (0: only at the end)"),
     INT("trainer.checkpoint_keep", trainer.checkpoint_keep, 1, 1000, "2", "newest checkpoints kept"),
     I64("trainer.seed", trainer.seed, "0", "the trainer's RNG seed"),
@@ -475,7 +492,17 @@ static tidal_status check_spec(const job_spec *s, const char *name)
         return BAD("%s: rollout.endpoint is required with rollout.backend openai", name);
     if (!strcmp(s->weights.transport, "url") && !s->weights.url[0])
         return BAD("%s: weights.url is required with weights.transport url", name);
-    if (s->trainer.eps_lo >= 1.0) return BAD("%s: trainer.eps_lo: %g must be below 1", name, s->trainer.eps_lo);
+    if (s->trainer.eps_lo != -1 && s->trainer.eps_lo < 0)
+        return BAD("%s: trainer.eps_lo: %g must be -1 (the loss's own) or in [0, 1]", name, s->trainer.eps_lo);
+    if (s->trainer.eps_hi != -1 && s->trainer.eps_hi < 0)
+        return BAD("%s: trainer.eps_hi: %g must be -1 (the loss's own) or >= 0", name, s->trainer.eps_hi);
+    if (s->trainer.dual_clip != 0 && s->trainer.dual_clip <= 1)
+        return BAD("%s: trainer.dual_clip: %g must be 0 (off) or above 1", name, s->trainer.dual_clip);
+    if (s->trainer.mis_hi <= s->trainer.mis_lo)
+        return BAD("%s: trainer.mis_hi: %g must be above trainer.mis_lo = %g", name, s->trainer.mis_hi, s->trainer.mis_lo);
+    if (!strcmp(s->trainer.loss_agg, "seq-mean-token-sum-norm") && s->trainer.loss_agg_norm == 0 &&
+        s->rollout.max_tokens < 1)
+        return BAD("%s: trainer.loss_agg_norm: 0 needs rollout.max_tokens", name);
     return TIDAL_OK;
 #undef BAD
 }

@@ -72,7 +72,9 @@ typedef struct job_spec {
     } rollout;
     struct {
         int max_staleness;     /* K */
-        char sampling[16];     /* fifo | newest | uniform */
+        char sampling[16];     /* fifo | newest | uniform | priority */
+        double priority_temperature; /* priority: softmax over group mean reward / this */
+        int reuse;             /* times a group may be trained */
         bool filter_zero_variance;
         int capacity;          /* groups held at most */
     } buffer;
@@ -84,7 +86,17 @@ typedef struct job_spec {
         char advantage[16];    /* grpo | drgrpo | rloo | reinforce_pp */
         char loss[16];         /* ppo | cispo | gspo | m2po */
         char correction[16];   /* none | tis | tis_seq | mis | mis_seq | bypass */
-        double eps_lo, eps_hi, tis_c, kl;
+        char proximal[16];     /* recompute | loglinear */
+        char loss_agg[32];     /* auto | token-mean | seq-mean-token-mean | seq-mean-token-sum-norm */
+        double loss_agg_norm;  /* seq-mean-token-sum-norm's constant; 0: rollout.max_tokens */
+        int minibatches;       /* optimizer updates per step */
+        double eps_lo, eps_hi; /* -1: the loss's own */
+        double dual_clip, tis_c, mis_lo, mis_hi, m2po_tau, kl, kl_reward;
+        char m2po_candidates[16]; /* harmful | all */
+        char stale_weight[16]; /* none | poly | hinge */
+        double stale_a, stale_b;
+        int overlong_buffer;
+        double overlong_factor;
         int checkpoint_every, checkpoint_keep;
         int64_t seed;
     } trainer;

@@ -28,6 +28,7 @@ typedef struct trainer {
     bus_sub *traj;
     buffer *buf;
     model *m;
+    model *ref;                 /* the frozen initial weights, when a KL term is on */
     adamw *opt;
     weights_publisher *pub;
     ckpt_state ck;              /* counts and trained ids so far (this life and the earlier ones) */
@@ -117,7 +118,7 @@ static tidal_status checkpoint(trainer *t)
     return TIDAL_OK;
 }
 
-static void publish_metric(trainer *t, const trainer_step_result *r, double step_ms)
+static void publish_metric(trainer *t, const trainer_step_result *r, double step_ms, double lr)
 {
     buffer_counts c;
     counts_now(t, &c);
@@ -132,12 +133,28 @@ static void publish_metric(trainer *t, const trainer_step_result *r, double step
         {"dropped_stale", (double)(c.dropped[BUFFER_DROP_STALE] + c.dropped[BUFFER_DROP_STALE_GROUP])},
         {"dropped_zero_var", (double)c.dropped[BUFFER_DROP_ZERO_VARIANCE]},
         {"tokens_per_s", since > 0 ? (double)t->tokens_since * 1e3 / since : 0},
+        {"staleness_min", r->staleness_min},
         {"loss", r->loss.loss},
+        {"policy_loss", r->loss.policy_loss},
+        {"kl_loss", r->loss.kl_loss},
+        {"ref_kl", r->loss.ref_kl},
+        {"kl_reward", r->kl_reward_mean},
+        {"overlong", r->overlong_mean},
+        {"adv_mean", r->loss.adv_mean},
         {"entropy", r->entropy_mean},
+        {"mismatch_k1", r->loss.mismatch_k1},
         {"mismatch_k3", r->loss.mismatch_k3},
+        {"approx_kl", r->loss.approx_kl},
         {"clip_frac", r->loss.clip_frac},
+        {"dual_clip_frac", r->loss.dual_clip_frac},
+        {"masked_frac", r->loss.masked_frac},
         {"is_mean", r->loss.is_mean},
+        {"is_max", r->loss.is_max},
+        {"is_ess", r->loss.tokens > 0 ? r->loss.is_ess / (double)r->loss.tokens : 0},
         {"grad_norm", r->grad_norm},
+        {"lr", lr},
+        {"updates", r->updates},
+        {"groups_reused", (double)c.groups_reused},
         {"step_ms", step_ms},
         {"groups_trained", (double)c.groups_trained},
         {"buffer_groups", (double)c.groups_complete},
@@ -170,8 +187,8 @@ static tidal_status train_step(trainer *t)
         return st;
     }
     const double step_ms = tidal_clock_ms() - t0;
-    for (int g = 0; g < batch.n_groups && st == TIDAL_OK; g++)
-        for (int i = 0; i < batch.groups[g].n && st == TIDAL_OK; i++)
+    for (int g = 0; g < batch.n_groups && st == TIDAL_OK; g++) /* a reused group's ids are in already */
+        for (int i = 0; i < batch.groups[g].n && st == TIDAL_OK && batch.groups[g].uses == 0; i++)
             st = ckpt_state_add_trained(&t->ck, batch.groups[g].samples[i]->trajectory_id);
     t->version++;
     buffer_trained(t->buf, &batch, t->version);
@@ -179,7 +196,7 @@ static tidal_status train_step(trainer *t)
     t->tokens_since += tokens;
     if (st == TIDAL_OK) st = weights_publish(t->pub, t->m, t->version);
     put_groups(t);
-    publish_metric(t, &r, step_ms);
+    publish_metric(t, &r, step_ms, cfg.lr);
     t->tokens_since = 0;
     t->last_step_ms = tidal_clock_ms();
     return st;
@@ -215,35 +232,55 @@ static void admit(trainer *t, bus_msg *m)
 /* What the spec may ask that this trainer cannot do yet: refused, never ignored. */
 static tidal_status supported(const job_spec *s)
 {
-    if (strcmp(s->trainer.loss, "ppo") != 0)
-        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer.loss %s is not available in this build (ppo is)", s->trainer.loss);
     if (strcmp(s->trainer.device, "cpu") != 0)
         return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer.device %s is not available in this build (cpu is)",
                           s->trainer.device);
     if (strcmp(s->weights.transport, "bus") != 0)
         return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights.transport %s is not available in this build (bus is)",
                           s->weights.transport);
-    if (s->trainer.kl > 0)
-        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer.kl %g needs a reference model, not available in this build",
-                          s->trainer.kl);
     return TIDAL_OK;
 }
 
-/* The step's configuration from the spec (validated names, so the parses hold). */
+/* The step's configuration from the spec (validated names, so the parses hold).
+ * The loss's own defaults (loss_cfg_defaults_for) stand where the spec says
+ * -1 or auto. */
 static tidal_status step_cfg_from_spec(const job_spec *s, trainer_step_cfg *cfg, lr_schedule *lr)
 {
-    *cfg = (trainer_step_cfg){.micro_batch_tokens = s->trainer.micro_batch_tokens, .grad_clip = s->trainer.grad_clip};
-    tidal_status st = adv_kind_parse(s->trainer.advantage, &cfg->advantage);
-    if (st == TIDAL_OK) st = loss_correction_parse(s->trainer.correction, &cfg->loss.correction);
-    cfg->loss.kind = LOSS_PPO;
-    cfg->loss.agg = AGG_TOKEN_MEAN;
-    cfg->loss.eps_lo = s->trainer.eps_lo, cfg->loss.eps_hi = s->trainer.eps_hi;
-    cfg->loss.dual_clip_c = 3, cfg->loss.tis_c = s->trainer.tis_c;
-    cfg->loss.mis_lo = 0, cfg->loss.mis_hi = 5;
-    cfg->loss.kl_beta = 0; /* trainer.kl > 0 is refused (supported()): it needs a reference model */
-    cfg->loss.stale_a = 0.5;
+    const trainer_step_cfg z = {0};
+    *cfg = z;
+    loss_kind kind = LOSS_PPO;
+    tidal_status st = loss_kind_parse(s->trainer.loss, &kind);
+    if (st == TIDAL_OK) st = adv_kind_parse(s->trainer.advantage, &cfg->advantage);
+    if (st != TIDAL_OK) return st;
+    loss_cfg *c = &cfg->loss;
+    *c = loss_cfg_defaults_for(kind);
+    if ((st = loss_correction_parse(s->trainer.correction, &c->correction)) != TIDAL_OK) return st;
+    if (strcmp(s->trainer.loss_agg, "auto") && (st = loss_agg_parse(s->trainer.loss_agg, &c->agg)) != TIDAL_OK)
+        return st;
+    if ((st = loss_m2po_set_parse(s->trainer.m2po_candidates, &c->m2po_set)) != TIDAL_OK) return st;
+    if ((st = loss_stale_parse(s->trainer.stale_weight, &c->stale)) != TIDAL_OK) return st;
+    if (s->trainer.eps_lo >= 0) c->eps_lo = s->trainer.eps_lo;
+    if (s->trainer.eps_hi >= 0) c->eps_hi = s->trainer.eps_hi;
+    c->dual_clip = s->trainer.dual_clip > 1, c->dual_clip_c = c->dual_clip ? s->trainer.dual_clip : 3.0;
+    c->tis_c = s->trainer.tis_c, c->mis_lo = s->trainer.mis_lo, c->mis_hi = s->trainer.mis_hi;
+    c->m2po_tau = s->trainer.m2po_tau;
+    c->sum_norm = s->trainer.loss_agg_norm > 0 ? s->trainer.loss_agg_norm : (double)s->rollout.max_tokens;
+    c->kl_beta = s->trainer.kl;
+    c->stale_a = s->trainer.stale_a, c->stale_b = s->trainer.stale_b;
+    cfg->micro_batch_tokens = s->trainer.micro_batch_tokens;
+    cfg->grad_clip = s->trainer.grad_clip;
+    cfg->minibatches = s->trainer.minibatches;
+    cfg->proximal = !strcmp(s->trainer.proximal, "loglinear") ? PROX_LOGLINEAR : PROX_RECOMPUTE;
+    cfg->kl_reward = s->trainer.kl_reward;
+    cfg->overlong_buffer = s->trainer.overlong_buffer, cfg->overlong_factor = s->trainer.overlong_factor;
+    cfg->max_tokens = s->rollout.max_tokens;
     *lr = (lr_schedule){.kind = LR_CONSTANT, .base = (float)s->trainer.lr, .warmup = s->trainer.warmup_steps};
-    return st;
+    if ((st = loss_cfg_validate(c)) != TIDAL_OK) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", tidal_errmsg());
+        return tidal_fail(st, "trainer: the spec's loss settings: %s", why);
+    }
+    return TIDAL_OK;
 }
 
 static tidal_status start(trainer *t)
@@ -273,6 +310,10 @@ static tidal_status start(trainer *t)
         adamw_cfg ac = adamw_defaults();
         if ((st = adamw_create(n, &ac, &t->opt)) != TIDAL_OK) return st;
     }
+    if (t->step_cfg.kl_reward > 0 || t->step_cfg.loss.kl_beta > 0) { /* the frozen reference: the initial weights */
+        if ((st = job_model_initial(s, &t->ref)) != TIDAL_OK) return st;
+        t->step_cfg.ref = t->ref;
+    }
     t->opt->cfg.beta1 = (float)s->trainer.beta1, t->opt->cfg.beta2 = (float)s->trainer.beta2;
     t->opt->cfg.weight_decay = (float)s->trainer.weight_decay;
     t->version = t->checkpointed = t->ck.version;
@@ -281,10 +322,12 @@ static tidal_status start(trainer *t)
     memcpy(t->base.groups_dropped, t->ck.groups_dropped, sizeof t->base.groups_dropped);
     memcpy(t->base.dropped, t->ck.samples_dropped, sizeof t->base.dropped);
 
-    buffer_sampling smp = !strcmp(s->buffer.sampling, "newest")    ? BUFFER_NEWEST
-                          : !strcmp(s->buffer.sampling, "uniform") ? BUFFER_UNIFORM
-                                                                   : BUFFER_FIFO;
+    buffer_sampling smp = !strcmp(s->buffer.sampling, "newest")     ? BUFFER_NEWEST
+                          : !strcmp(s->buffer.sampling, "uniform")  ? BUFFER_UNIFORM
+                          : !strcmp(s->buffer.sampling, "priority") ? BUFFER_PRIORITY
+                                                                    : BUFFER_FIFO;
     buffer_opts bopt = {.max_staleness = s->buffer.max_staleness, .capacity = s->buffer.capacity, .sampling = smp,
+                        .priority_temperature = s->buffer.priority_temperature, .reuse = s->buffer.reuse,
                         .filter_zero_variance = s->buffer.filter_zero_variance,
                         .seed = (uint64_t)s->trainer.seed, .ack = on_durable, .release = on_release, .ack_ctx = t};
     if ((st = buffer_create(&bopt, &t->buf)) != TIDAL_OK) return st;
@@ -366,6 +409,7 @@ tidal_status trainer_run(const trainer_opts *o)
     bus_kv_close(t->kv);
     bus_close(t->bus);
     model_free(t->m);
+    model_free(t->ref);
     adamw_free(t->opt);
     ckpt_state_clear(&t->ck);
     free(t);

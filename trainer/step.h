@@ -1,12 +1,23 @@
-/* step.h - one optimizer step of the trainer over a batch of complete groups.
+/* step.h - one trainer step (version v -> v + 1) over a batch of complete groups.
  *
- * The path of a step (ALGORITHMS.md): group advantages from the samples'
- * rewards, the batch packed into micro-batches by token budget, per
- * micro-batch the live forward (lθ; with one update per batch the proximal
- * logprobs are these same values, recomputed under the weights the step
- * starts from), the loss and d loss / d lθ (trainer/loss.h, with step-wide
- * denominators), the model's backward; then gradient clipping and one AdamW
- * update - the version goes from v to v + 1.
+ * The path of a step (ALGORITHMS.md):
+ *  1. rewards: the env's reward, plus DAPO's overlong shaping, minus
+ *     kl_reward * Σ_t k1 with k1 = lbeh - lref (the reference model's forward);
+ *  2. group advantages (adv_batch);
+ *  3. the batch laid out once as packed sequences, split into `minibatches`
+ *     optimizer updates (by whole groups), each packed into micro-batches by
+ *     token budget;
+ *  4. the proximal logprobs lprox (the weights the step starts from): with one
+ *     update they are the live forward itself; with several, a recompute pass
+ *     first - unless correction is bypass (lprox := lbeh) or proximal is
+ *     loglinear (lprox = lbeh + alpha (lθ - lbeh), alpha = clamp((v - v_beh)
+ *     / (v_θ - v_beh), 0, 1) per token from the token's behaviour version, v_θ
+ *     = v + u / minibatches for update u, so no pass is needed);
+ *  5. per update: for m2po a forward over the update and the selection
+ *     (loss_m2po_select sees the whole update); per micro-batch the live
+ *     forward (lθ), the loss and d loss / d lθ with the update's denominators,
+ *     the backward; then gradient clipping and one AdamW update.
+ * The weights' version moves by one per step, whatever `minibatches` is.
  *
  * A sample's sequence is prompt + completion; the model predicts token t+1
  * at position t, so completion token k is scored at position P - 1 + k, with
@@ -23,23 +34,34 @@
 #include "trainer/loss.h"
 #include "trainer/optimizer.h"
 
+typedef enum { PROX_RECOMPUTE = 0, PROX_LOGLINEAR } trainer_proximal;
+
 typedef struct trainer_step_cfg {
     adv_kind advantage;
     loss_cfg loss;
     int micro_batch_tokens; /* token positions per forward/backward; a longer sample gets one of its own */
     float lr;
     double grad_clip;       /* <= 0: off */
+    int minibatches;        /* optimizer updates per step (0 is 1; at most one per group) */
+    trainer_proximal proximal;
+    double kl_reward;       /* >= 0: beta of k1 = lbeh - lref subtracted from each sample's reward */
+    model *ref;             /* the frozen reference model; required when kl_reward > 0 or loss.kl_beta > 0 */
+    double overlong_buffer; /* DAPO L_buf in tokens (0: off); the penalty reaches -overlong_factor at max_tokens */
+    double overlong_factor;
+    int max_tokens;         /* L_max, the completion budget */
 } trainer_step_cfg;
 
 typedef struct trainer_step_result {
     loss_result loss;       /* summed shares (loss) and token-weighted means (metrics) over micro-batches */
-    double grad_norm;       /* before clipping */
-    double reward_mean, reward_std;
+    double grad_norm;       /* before clipping; the mean over the step's updates */
+    double reward_mean, reward_std; /* the env's rewards, before shaping */
+    double overlong_mean;   /* mean overlong penalty added (<= 0) */
+    double kl_reward_mean;  /* mean of kl_reward * Σ_t k1 subtracted from the rewards */
     double entropy_mean;    /* over masked tokens */
-    double staleness_mean;
+    double staleness_mean, staleness_min;
     uint64_t staleness_max;
-    int samples, micro_batches;
-    int64_t positions;      /* token positions forwarded */
+    int samples, micro_batches, updates;
+    int64_t positions;      /* token positions forwarded (live, recompute, selection and reference passes) */
 } trainer_step_result;
 
 /* One step at trainer version `version` (the samples' staleness is measured

@@ -1,9 +1,12 @@
 /* test_buffer.c - the replay buffer (buffer/buffer.h): groups, the staleness
  * bound at admission, at version changes and at the take, every drop reason
  * counted and acknowledged once, acks of trained samples only after their
- * checkpoint, duplicates after a restart, sampling orders, and the balance
- * admitted = trained + dropped + held. Trajectories are real decoded
- * messages (encoded here, decoded by the codec). */
+ * checkpoint, duplicates after a restart, sampling orders (priority by
+ * reward, too), reuse of a group up to opts.reuse trainings, and the balance
+ * admitted = trained + dropped + held (not counting groups held for reuse,
+ * which trained already counts). Trajectories are real decoded messages
+ * (encoded here, decoded by the codec). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,7 +80,7 @@ static char handles[256][64];
 static int n_handles;
 static void *handle_for(const char *gid, int i)
 {
-    snprintf(handles[n_handles], sizeof handles[0], "%s-%d", gid, i);
+    snprintf(handles[n_handles % 256], sizeof handles[0], "%s-%d", gid, i);
     return handles[n_handles++ % 256];
 }
 
@@ -90,19 +93,35 @@ static buffer *make(int K, int capacity, buffer_sampling sampling, bool zero_var
     return b;
 }
 
+/* A buffer from o with the test's callbacks. */
+static buffer *make_opts(buffer_opts o, acks *a)
+{
+    o.ack = on_ack, o.release = on_release, o.ack_ctx = a;
+    buffer *b = NULL;
+    if (buffer_create(&o, &b) != TIDAL_OK) exit(1);
+    return b;
+}
+
 static void admit_group(buffer *b, const char *gid, int G, uint64_t v, double reward0)
 {
     for (int i = 0; i < G; i++) buffer_admit(b, traj(gid, G, i, v, reward0 + i, 0), handle_for(gid, i));
 }
 
-/* admitted = trained + dropped + held */
+/* Every sample of the group with the same reward (mean = reward). */
+static void admit_rewarded(buffer *b, const char *gid, int G, double reward)
+{
+    for (int i = 0; i < G; i++) buffer_admit(b, traj(gid, G, i, 0, reward, 0), handle_for(gid, i));
+}
+
+/* admitted = trained + dropped + held, held counting only groups never
+ * trained (trained counts a sample once, on its group's first training) */
 static int balanced(const buffer *b)
 {
     buffer_counts c;
     buffer_counts_get(b, &c);
     uint64_t dropped = 0;
     for (int r = 0; r < BUFFER_DROP__COUNT; r++) dropped += c.dropped[r];
-    return c.admitted == c.trained + dropped + c.samples_held;
+    return c.admitted == c.trained + dropped + c.samples_held - c.samples_held_trained;
 }
 
 static void test_group_train_then_ack_at_checkpoint(void)
@@ -253,11 +272,210 @@ static void test_sampling_orders_and_restart(void)
     buffer_free(r);
 }
 
+static void test_priority_sampling(void)
+{
+    acks a = {0};
+    buffer_batch batch;
+    /* a low temperature: the best mean reward first, whatever the seed and arrival order */
+    for (uint64_t seed = 1; seed <= 100; seed++) {
+        buffer *b = make_opts((buffer_opts){.max_staleness = 4, .capacity = 16, .sampling = BUFFER_PRIORITY,
+                                            .priority_temperature = 0.01, .seed = seed},
+                              &a);
+        const char *ids[3] = {"lo", "mid", "hi"};
+        const double rewards[3] = {0.0, 0.5, 1.0};
+        for (int k = 0; k < 3; k++) {
+            const int j = (int)((seed + (uint64_t)k) % 3); /* rotate the arrival order */
+            admit_rewarded(b, ids[j], 2, rewards[j]);
+        }
+        CHECK_OK(buffer_take(b, 3, &batch)); /* without replacement: all three, best first */
+        CHECK_MSG(!strcmp(batch.groups[0].group_id, "hi") && !strcmp(batch.groups[1].group_id, "mid") &&
+                      !strcmp(batch.groups[2].group_id, "lo"),
+                  "seed %llu: %s %s %s", (unsigned long long)seed, batch.groups[0].group_id,
+                  batch.groups[1].group_id, batch.groups[2].group_id);
+        buffer_trained(b, &batch, 1);
+        buffer_free(b);
+    }
+    /* a high temperature: about uniform (each of 4 near 25% of 4000 draws; sd ~ 0.7%) */
+    buffer *b = make_opts((buffer_opts){.max_staleness = 4, .capacity = 16, .sampling = BUFFER_PRIORITY,
+                                        .priority_temperature = 1e6, .seed = 7},
+                          &a);
+    const char *four[4] = {"p0", "p1", "p2", "p3"};
+    for (int g = 0; g < 4; g++) admit_rewarded(b, four[g], 1, (double)g);
+    int picks[4] = {0};
+    for (int k = 0; k < 4000; k++) {
+        CHECK_OK(buffer_take(b, 1, &batch));
+        picks[atoi(batch.groups[0].group_id + 1)]++;
+        buffer_untake(b, &batch);
+    }
+    for (int g = 0; g < 4; g++) CHECK_MSG(picks[g] > 600 && picks[g] < 1400, "group %d picked %d of 4000", g, picks[g]);
+    buffer_free(b);
+    /* T = 1, rewards 0 and 1: P(1) = e / (1 + e) = 0.731 (sd over 4000 draws ~ 0.7%) */
+    b = make_opts((buffer_opts){.max_staleness = 4, .capacity = 16, .sampling = BUFFER_PRIORITY,
+                                .priority_temperature = 1.0, .seed = 11},
+                  &a);
+    admit_rewarded(b, "p0", 1, 0.0);
+    admit_rewarded(b, "p1", 1, 1.0);
+    int hi = 0;
+    for (int k = 0; k < 4000; k++) {
+        CHECK_OK(buffer_take(b, 1, &batch));
+        hi += !strcmp(batch.groups[0].group_id, "p1");
+        buffer_untake(b, &batch);
+    }
+    CHECK_MSG(hi > 2700 && hi < 3150, "reward 1 picked %d of 4000", hi);
+    CHECK(balanced(b));
+    buffer_free(b);
+    /* the temperature must be > 0 and finite for priority sampling, and only then */
+    const double bad[] = {0.0, -1.0, NAN, INFINITY};
+    for (int k = 0; k < 4; k++) {
+        buffer_opts o = {.max_staleness = 1, .capacity = 1, .sampling = BUFFER_PRIORITY, .priority_temperature = bad[k]};
+        CHECK_STATUS(buffer_create(&o, &b), TIDAL_ERR_INVALID);
+        CHECK_MSG(!b && strstr(tidal_errmsg(), "priority_temperature"), "%s", tidal_errmsg());
+    }
+    buffer_opts fifo = {.max_staleness = 1, .capacity = 1, .sampling = BUFFER_FIFO};
+    CHECK_OK(buffer_create(&fifo, &b));
+    buffer_free(b);
+    fifo.reuse = -1;
+    CHECK_STATUS(buffer_create(&fifo, &b), TIDAL_ERR_INVALID);
+    CHECK_MSG(strstr(tidal_errmsg(), "reuse"), "%s", tidal_errmsg());
+}
+
+static void test_reuse_trains_then_retires(void)
+{
+    acks a = {0};
+    buffer *b = make_opts((buffer_opts){.max_staleness = 8, .capacity = 16, .reuse = 3}, &a);
+    admit_group(b, "r", 3, 0, 0.0);
+    buffer_batch batch;
+    buffer_counts c;
+    for (int use = 0; use < 3; use++) {
+        CHECK_OK(buffer_take(b, 1, &batch));
+        CHECK_MSG(!strcmp(batch.groups[0].group_id, "r") && batch.groups[0].uses == use, "use %d: uses %d", use,
+                  batch.groups[0].uses);
+        for (int i = 0; i < 3; i++) CHECK(batch.groups[0].samples[i]->sample_index == (uint32_t)i); /* kept */
+        buffer_trained(b, &batch, (uint64_t)use + 1);
+        CHECK(buffer_ready(b) == (use < 2 ? 1 : 0));
+        CHECK(balanced(b));
+        buffer_checkpointed(b, (uint64_t)use); /* up to the step before this one: nothing durable yet */
+        CHECK_MSG(a.trained == 0 && a.dropped == 0, "use %d: acked %d", use, a.trained);
+    }
+    buffer_counts_get(b, &c);
+    CHECK_MSG(c.groups_trained == 1 && c.groups_reused == 2 && c.trained == 3 && c.samples_held == 0 &&
+                  c.samples_held_trained == 0,
+              "groups trained %llu reused %llu samples %llu", (unsigned long long)c.groups_trained,
+              (unsigned long long)c.groups_reused, (unsigned long long)c.trained);
+    buffer_checkpointed(b, 2);
+    CHECK(a.trained == 0);
+    buffer_checkpointed(b, 3); /* the third training is durable: each sample once, not dropped */
+    CHECK(a.trained == 3 && a.dropped == 0);
+    buffer_checkpointed(b, 9);
+    buffer_counts_get(b, &c);
+    CHECK(a.trained == 3 && c.acked == 3 && balanced(b));
+    buffer_free(b);
+    CHECK(a.released == 0);
+}
+
+static void test_reuse_untake_and_order(void)
+{
+    acks a = {0};
+    buffer *b = make_opts((buffer_opts){.max_staleness = 8, .capacity = 16, .reuse = 2}, &a);
+    admit_group(b, "r", 2, 0, 0.0);
+    buffer_batch batch;
+    CHECK_OK(buffer_take(b, 1, &batch));
+    admit_group(b, "w", 1, 0, 0.0); /* waits while r trains */
+    buffer_trained(b, &batch, 1);
+    /* fifo: r came back behind w; a failed step keeps each group's uses */
+    for (int k = 0; k < 2; k++) {
+        CHECK_OK(buffer_take(b, 2, &batch));
+        CHECK(!strcmp(batch.groups[0].group_id, "w") && batch.groups[0].uses == 0);
+        CHECK(!strcmp(batch.groups[1].group_id, "r") && batch.groups[1].uses == 1);
+        if (!k) buffer_untake(b, &batch);
+        buffer_counts c;
+        buffer_counts_get(b, &c);
+        CHECK(c.samples_held_trained == (k ? 0u : 2u) && (k || balanced(b))); /* balanced with no batch out */
+    }
+    buffer_trained(b, &batch, 2); /* r retires (2 uses), w comes back */
+    buffer_counts c;
+    buffer_counts_get(b, &c);
+    CHECK(c.groups_trained == 2 && c.groups_reused == 1 && c.trained == 3 && buffer_ready(b) == 1 && balanced(b));
+    buffer_checkpointed(b, 2);
+    CHECK(a.trained == 2 && a.dropped == 0);
+    buffer_free(b); /* w, held for reuse, is released: its message comes again */
+    CHECK_MSG(a.released == 1 && a.trained == 2, "released %d", a.released);
+}
+
+static void test_reuse_stale_retires(void)
+{
+    acks a = {0};
+    buffer *b = make_opts((buffer_opts){.max_staleness = 1, .capacity = 16, .reuse = 2}, &a);
+    admit_group(b, "r", 2, 0, 0.0);
+    admit_group(b, "n", 2, 0, 0.0); /* never trained: dropped when stale, as always */
+    buffer_batch batch;
+    CHECK_OK(buffer_take(b, 1, &batch));
+    CHECK(!strcmp(batch.groups[0].group_id, "r"));
+    buffer_trained(b, &batch, 1);
+    buffer_set_version(b, 1);
+    CHECK(buffer_ready(b) == 2);
+    buffer_set_version(b, 2); /* version 0 is older than 2 - 1 */
+    buffer_counts c;
+    buffer_counts_get(b, &c);
+    CHECK_MSG(buffer_ready(b) == 0 && c.samples_held == 0 && c.samples_held_trained == 0 && c.groups_complete == 0,
+              "ready %d held %llu", buffer_ready(b), (unsigned long long)c.samples_held);
+    CHECK_MSG(c.dropped[BUFFER_DROP_STALE] + c.dropped[BUFFER_DROP_STALE_GROUP] == 2 &&
+                  c.groups_dropped[BUFFER_DROP_STALE] == 1 && a.dropped == 2 && a.trained == 0,
+              "stale %llu groups %llu acks %d", (unsigned long long)c.dropped[BUFFER_DROP_STALE],
+              (unsigned long long)c.groups_dropped[BUFFER_DROP_STALE], a.dropped);
+    CHECK(c.groups_trained == 1 && c.groups_reused == 0 && balanced(b));
+    buffer_checkpointed(b, 0);
+    CHECK(a.trained == 0);
+    buffer_checkpointed(b, 1); /* the step that trained r */
+    buffer_counts_get(b, &c);
+    CHECK(a.trained == 2 && a.dropped == 2 && c.acked == c.admitted);
+    buffer_free(b);
+    CHECK(a.released == 0);
+}
+
+static void test_reuse_capacity_retires(void)
+{
+    acks a = {0};
+    buffer *b = make_opts((buffer_opts){.max_staleness = 8, .capacity = 1, .reuse = 2}, &a);
+    admit_group(b, "r", 2, 0, 0.0);
+    buffer_batch batch;
+    CHECK_OK(buffer_take(b, 1, &batch));
+    buffer_trained(b, &batch, 1); /* back: the buffer had room */
+    CHECK(buffer_ready(b) == 1);
+    admit_group(b, "n", 1, 0, 0.0); /* pushes out the oldest: r retires, not dropped */
+    buffer_counts c;
+    buffer_counts_get(b, &c);
+    CHECK_MSG(buffer_ready(b) == 1 && c.dropped[BUFFER_DROP_CAPACITY] == 0 &&
+                  c.groups_dropped[BUFFER_DROP_CAPACITY] == 0 && a.dropped == 0 && c.samples_held_trained == 0,
+              "ready %d capacity drops %llu", buffer_ready(b), (unsigned long long)c.dropped[BUFFER_DROP_CAPACITY]);
+    CHECK(balanced(b));
+    buffer_checkpointed(b, 1);
+    CHECK(a.trained == 2 && a.dropped == 0);
+    /* no room when a trained group would come back: it retires, the untrained group stays */
+    CHECK_OK(buffer_take(b, 1, &batch));
+    admit_group(b, "m", 1, 0, 0.0);
+    buffer_trained(b, &batch, 2);
+    buffer_counts_get(b, &c);
+    CHECK(buffer_ready(b) == 1 && c.dropped[BUFFER_DROP_CAPACITY] == 0 && c.groups_trained == 2 && balanced(b));
+    CHECK_OK(buffer_take(b, 1, &batch));
+    CHECK(!strcmp(batch.groups[0].group_id, "m"));
+    buffer_untake(b, &batch);
+    buffer_checkpointed(b, 2);
+    CHECK(a.trained == 3 && a.dropped == 0);
+    buffer_free(b);
+    CHECK(a.released == 1); /* m */
+}
+
 int main(void)
 {
     RUN(test_group_train_then_ack_at_checkpoint);
     RUN(test_staleness_everywhere);
     RUN(test_drops_duplicates_failures_filters);
     RUN(test_sampling_orders_and_restart);
+    RUN(test_priority_sampling);
+    RUN(test_reuse_trains_then_retires);
+    RUN(test_reuse_untake_and_order);
+    RUN(test_reuse_stale_retires);
+    RUN(test_reuse_capacity_retires);
     return check_summary();
 }
