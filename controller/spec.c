@@ -86,6 +86,7 @@ static const key KEYS[] = {
     DBL("rollout.temperature", rollout.temperature, 0, 10, "1.0", "sampling temperature (0: greedy)"),
     DBL("rollout.top_p", rollout.top_p, 0, 1, "1.0", "nucleus sampling (1: off)"),
     INT("rollout.top_k", rollout.top_k, 0, 1 << 20, "0", "top-k sampling (0: off)"),
+    ENUM("rollout.weights", rollout.weights, "newest|oldest", "newest", "the weights a worker generates with: the newest it has (swapped in mid-generation), or the oldest the staleness bound allows (stress tests and staleness studies: every sample about K versions old; holds K + 2 models)"),
     INT("rollout.ack_wait_ms", rollout.ack_wait_ms, 100, 3600000, "30000", "a prompt whose worker went silent this long is redelivered"),
     INT("buffer.max_staleness", buffer.max_staleness, 0, 1000000, "2", "K: a trained token is at most K versions old (0: on-policy)"),
     ENUM("buffer.sampling", buffer.sampling, "fifo|newest|uniform|priority", "fifo", "which complete groups a step takes: oldest first, newest first, uniformly, or by reward (softmax over the group's mean reward)"),

@@ -69,6 +69,7 @@ typedef struct job_spec {
         double temperature, top_p;
         int top_k;
         int ack_wait_ms;       /* a silent worker's prompt is redelivered after this */
+        char weights[16];      /* newest | oldest: the weights a worker generates with */
     } rollout;
     struct {
         int max_staleness;     /* K */

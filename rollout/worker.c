@@ -34,8 +34,14 @@ typedef struct worker {
     int32_t stop_id;
     model_config cfg;
     weights_client *wc;
-    model *m;
+    model *m;                   /* the engine's model; in oldest mode one of hist_m */
     uint64_t version;
+    /* rollout.weights oldest: the versions received, oldest first, so a prompt
+     * is generated with the oldest one its min_version allows */
+    bool oldest;
+    model **hist_m;
+    uint64_t *hist_v;
+    int n_hist, hist_cap;
     engine *e;
     env_client *env;
     int max_len;
@@ -130,20 +136,55 @@ static bool job_done(worker *w)
 
 /* ---------------------------------------------------------------- weights */
 
-/* Swap in the newest weights there are (between decode steps, or before a prompt). */
-static void take_newer_weights(worker *w)
+/* oldest mode: keep model nm of version v (newest last); beyond the cap the
+ * oldest ones go, never the engine's. */
+static void hist_push(worker *w, model *nm, uint64_t v)
 {
-    uint64_t v = 0;
-    model *nm = weights_client_take(w->wc, w->version, &v);
-    if (!nm) return;
-    if (engine_set_model(w->e, nm, v) != TIDAL_OK) {
-        tidal_log(TIDAL_LOG_WARN, "worker %s: weights v%llu: %s", w->id, (unsigned long long)v, tidal_errmsg());
-        model_free(nm);
-        return;
+    w->hist_m[w->n_hist] = nm, w->hist_v[w->n_hist] = v, w->n_hist++;
+    for (int i = 0; w->n_hist > w->hist_cap && i < w->n_hist;) {
+        if (w->hist_m[i] == w->m) {
+            i++;
+            continue;
+        }
+        model_free(w->hist_m[i]);
+        memmove(w->hist_m + i, w->hist_m + i + 1, (size_t)(w->n_hist - i - 1) * sizeof *w->hist_m);
+        memmove(w->hist_v + i, w->hist_v + i + 1, (size_t)(w->n_hist - i - 1) * sizeof *w->hist_v);
+        w->n_hist--;
     }
-    model_free(w->m);
+}
+
+/* Make nm (version v) the engine's model. The previous one is freed unless
+ * the history holds it. */
+static tidal_status use_model(worker *w, model *nm, uint64_t v)
+{
+    if (nm == w->m) return TIDAL_OK;
+    tidal_status st = engine_set_model(w->e, nm, v);
+    if (st != TIDAL_OK) return st;
+    if (!w->oldest) model_free(w->m);
     w->m = nm;
     w->version = v;
+    return TIDAL_OK;
+}
+
+/* Newest mode: swap in the newest weights there are (between decode steps, or
+ * before a prompt). Oldest mode: only collect them into the history. */
+static void take_newer_weights(worker *w)
+{
+    for (;;) {
+        uint64_t v = 0;
+        const uint64_t have = w->oldest && w->n_hist ? w->hist_v[w->n_hist - 1] : w->version;
+        model *nm = weights_client_take(w->wc, have, &v);
+        if (!nm) return;
+        if (w->oldest) {
+            hist_push(w, nm, v);
+            continue;
+        }
+        if (use_model(w, nm, v) != TIDAL_OK) {
+            tidal_log(TIDAL_LOG_WARN, "worker %s: weights v%llu: %s", w->id, (unsigned long long)v, tidal_errmsg());
+            model_free(nm);
+        }
+        return;
+    }
 }
 
 /* Keep the prompt alive while a long wait or group goes on. */
@@ -161,16 +202,19 @@ static bool between_steps(void *ctx, engine *e)
 {
     (void)e;
     worker *w = ctx;
-    if (!w->cur_eval) take_newer_weights(w); /* in-flight update: later tokens carry the new version */
+    if (!w->cur_eval || w->oldest) take_newer_weights(w); /* in-flight update: later tokens carry the new version */
     keep_alive(w);
     return !leaving(w);
 }
 
-/* Wait for weights >= min_version (the prompt stays alive meanwhile). */
+/* Wait for weights >= min_version (the prompt stays alive meanwhile). In
+ * oldest mode the oldest received version >= min_version is used. */
 static tidal_status sync_to(worker *w, uint64_t min_version)
 {
     take_newer_weights(w);
-    if (w->version >= min_version) return TIDAL_OK;
+    for (int i = 0; w->oldest && i < w->n_hist; i++)
+        if (w->hist_v[i] >= min_version) return use_model(w, w->hist_m[i], w->hist_v[i]);
+    if (!w->oldest && w->version >= min_version) return TIDAL_OK;
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_SYNCING;
     heartbeat(w, true);
     while (!leaving(w)) {
@@ -178,13 +222,9 @@ static tidal_status sync_to(worker *w, uint64_t min_version)
         uint64_t v = 0;
         tidal_status st = weights_client_wait(w->wc, min_version, 200, &nm, &v);
         if (st == TIDAL_OK) {
-            if ((st = engine_set_model(w->e, nm, v)) != TIDAL_OK) {
-                model_free(nm);
-                return st;
-            }
-            model_free(w->m);
-            w->m = nm, w->version = v;
-            return TIDAL_OK;
+            if (w->oldest) hist_push(w, nm, v);
+            if ((st = use_model(w, nm, v)) != TIDAL_OK && !w->oldest) model_free(nm);
+            return st;
         }
         if (st != TIDAL_ERR_TIMEOUT) return st;
         keep_alive(w);
@@ -400,6 +440,14 @@ static tidal_status join(worker *w)
     said = false;
     while ((st = weights_client_wait(w->wc, 0, 500, &w->m, &w->version)) != TIDAL_OK)
         if (st != TIDAL_ERR_TIMEOUT || !keep_trying(w, t0, "the first weights", &said)) return st;
+    w->oldest = !strcmp(w->spec.rollout.weights, "oldest");
+    if (w->oldest) { /* K + 1 versions span the bound; one more arrives while the engine holds one */
+        w->hist_cap = w->spec.buffer.max_staleness + 2;
+        w->hist_m = calloc((size_t)w->hist_cap + 1, sizeof *w->hist_m);
+        w->hist_v = calloc((size_t)w->hist_cap + 1, sizeof *w->hist_v);
+        if (!w->hist_m || !w->hist_v) return tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
+        hist_push(w, w->m, w->version);
+    }
     w->max_turns = max_turns_of(&w->spec);
     w->max_len = PROMPT_CAP_TOKENS + w->spec.rollout.max_tokens + 1;
     if (w->max_len > w->cfg.max_position_embeddings) w->max_len = w->cfg.max_position_embeddings;
@@ -482,6 +530,9 @@ tidal_status worker_run(const worker_opts *o)
     env_client_free(w->env);
     engine_free(w->e);
     weights_client_free(w->wc);
+    for (int i = 0; i < w->n_hist; i++) model_free(w->hist_m[i] == w->m ? NULL : w->hist_m[i]);
+    free(w->hist_m);
+    free(w->hist_v);
     model_free(w->m);
     tokenizer_free(w->tok);
     bus_close(w->bus);
