@@ -7,6 +7,7 @@
 #define TIDAL_CLI_COMMANDS_H
 
 int debug_main(int argc, char **argv);
+int debug_step(int argc, char **argv); /* `tidal debug step` (debug_step.c) */
 int tokenize_main(int argc, char **argv);
 int generate_main(int argc, char **argv);
 extern const char generate_usage[]; /* the generate entry of the command table shows it */

@@ -1,4 +1,5 @@
-/* debug.c - `tidal debug fwdbwd`: the parity hook.
+/* debug.c - `tidal debug fwdbwd`: the model's parity hook (`tidal debug step`,
+ * the trainer step's, is in debug_step.c).
  *
  * Tokens, targets, sequence offsets and per-token loss weights in (one
  * safetensors file); logits, per-token logprobs and entropy, the loss
@@ -251,6 +252,7 @@ int debug_main(int argc, char **argv)
         return argc < 2 ? EXIT_USAGE : 0;
     }
     if (!strcmp(argv[1], "fwdbwd")) return fwdbwd(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "step")) return debug_step(argc - 1, argv + 1);
     fprintf(stderr, "tidal debug: unknown hook '%s'\n%s", argv[1], fwdbwd_usage);
     return EXIT_USAGE;
 }

@@ -142,11 +142,14 @@ static const struct command commands[] = {
      "and print the texts. PATH is a tokenizer.json or a directory holding one.\n",
      cmd_tokenize},
     {"generate", "generate with the built-in engine", generate_usage, cmd_generate},
-    {"debug", "developer hooks (fwdbwd: the parity hook)",
+    {"debug", "developer hooks (fwdbwd: the model's parity hook; step: the trainer step's)",
      "usage: tidal debug fwdbwd --model DIR --input IN.safetensors --out OUT.safetensors\n"
+     "       tidal debug step --model DIR --input IN.safetensors --out OUT.safetensors [--set k=v]...\n"
      "\n"
-     "Run one forward and backward pass: tokens and targets in; logits, per-token\n"
-     "logprobs, loss and grad.<parameter name> out (`tidal debug fwdbwd --help`).\n",
+     "fwdbwd: one forward and backward pass: tokens and targets in; logits, per-token\n"
+     "logprobs, loss and grad.<parameter name> out (`tidal debug fwdbwd --help`).\n"
+     "step: one trainer step on trajectories given as tensors, configured by job-spec\n"
+     "keys; gradients, parameters and metrics out (`tidal debug step --help`).\n",
      cmd_debug},
     {"version", "print tidal's and its libraries' versions",
      "usage: tidal version\n"

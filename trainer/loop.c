@@ -241,10 +241,7 @@ static tidal_status supported(const job_spec *s)
     return TIDAL_OK;
 }
 
-/* The step's configuration from the spec (validated names, so the parses hold).
- * The loss's own defaults (loss_cfg_defaults_for) stand where the spec says
- * -1 or auto. */
-static tidal_status step_cfg_from_spec(const job_spec *s, trainer_step_cfg *cfg, lr_schedule *lr)
+tidal_status trainer_step_cfg_from_spec(const job_spec *s, trainer_step_cfg *cfg, lr_schedule *lr)
 {
     const trainer_step_cfg z = {0};
     *cfg = z;
@@ -287,7 +284,7 @@ static tidal_status start(trainer *t)
 {
     const job_spec *s = t->s;
     tidal_status st = supported(s);
-    if (st == TIDAL_OK) st = step_cfg_from_spec(s, &t->step_cfg, &t->lr);
+    if (st == TIDAL_OK) st = trainer_step_cfg_from_spec(s, &t->step_cfg, &t->lr);
     if (st == TIDAL_OK) st = job_names_init(&t->names, s->job.name);
     bus_opts bo = t->o->bus;
     if (!bo.name) bo.name = "trainer";

@@ -26,6 +26,8 @@
 #include "controller/spec.h"
 #include "proto/bus.h"
 #include "proto/status.h"
+#include "trainer/optimizer.h"
+#include "trainer/step.h"
 
 typedef struct trainer_opts {
     const job_spec *spec;        /* validated */
@@ -36,5 +38,12 @@ typedef struct trainer_opts {
 } trainer_opts;
 
 tidal_status trainer_run(const trainer_opts *o);
+
+/* The step configuration spec s asks for (advantage, loss and its knobs,
+ * minibatches, proximal, KL betas, overlong shaping), with the loss's own
+ * defaults where the spec says -1 or auto, and the learning-rate schedule.
+ * cfg->ref is left NULL: the caller holds the reference model. Errors name
+ * the spec key. Used by the trainer and by `tidal debug step`. */
+tidal_status trainer_step_cfg_from_spec(const job_spec *s, trainer_step_cfg *cfg, lr_schedule *lr);
 
 #endif

@@ -381,6 +381,9 @@ tidal_status trainer_step(model *m, adamw *opt, const buffer_batch *batch, uint6
         out->updates++;
     }
     finish_means(&acc);
+    if (out->updates > 1) { /* each update's loss is a whole (its own denominators): report their mean */
+        acc.loss /= out->updates, acc.policy_loss /= out->updates, acc.kl_loss /= out->updates;
+    }
     out->loss = acc;
     out->entropy_mean = ent_n ? ent_sum / (double)ent_n : 0.0;
     out->grad_norm = out->updates ? gn_sum / out->updates : 0.0;

@@ -52,7 +52,8 @@ typedef struct trainer_step_cfg {
 } trainer_step_cfg;
 
 typedef struct trainer_step_result {
-    loss_result loss;       /* summed shares (loss) and token-weighted means (metrics) over micro-batches */
+    loss_result loss;       /* the loss: each update's summed micro-batch shares, averaged over updates;
+                             * metrics: token-weighted means over every micro-batch */
     double grad_norm;       /* before clipping; the mean over the step's updates */
     double reward_mean, reward_std; /* the env's rewards, before shaping */
     double overlong_mean;   /* mean overlong penalty added (<= 0) */

@@ -61,7 +61,10 @@ def m2po_keep(d, A, m, tau, cand_set):
     return torch.tensor(keep)
 
 
-def reference(inp, cfg):
+def reference(inp, cfg, lp_graph=None):
+    """The loss of batch inp under cfg, its gradient and metrics. lp_graph: lθ as a tensor with
+    its own autograd graph (the step parity test's model forward); then inp["logp"] is not read,
+    the backward reaches whatever lp_graph came from, and "grad" is not returned."""
     c = dict(DEFAULTS, **LOSS_DEFAULTS[cfg.get("loss", "ppo")])
     c.update(cfg)
     cu = inp["cu_seqlens"].astype(np.int64)
@@ -78,7 +81,7 @@ def reference(inp, cfg):
         d = a - b
         return torch.where(torch.isfinite(d), d, zero).clamp(-20.0, 20.0)
 
-    lp_leaf = torch.tensor(inp["logp"].astype(np.float64), requires_grad=True)
+    lp_leaf = lp_graph if lp_graph is not None else torch.tensor(inp["logp"].astype(np.float64), requires_grad=True)
     lp = torch.where(m, lp_leaf, zero)
     lbeh = f64("logp_beh") if "logp_beh" in inp else None
     lprox = lbeh if c["correction"] == "bypass" else f64("logp_prox")
@@ -177,7 +180,7 @@ def reference(inp, cfg):
         wm = torch.where(m, w, zero)
         r = log_ratio(lp, lprox)
         out = {
-            "grad": lp_leaf.grad.numpy(),
+            "grad": lp_leaf.grad.numpy() if lp_graph is None else None,
             "loss": loss.item(), "policy_loss": policy.item(), "kl_loss": kl.item(),
             "tokens": N.item(), "seqs": float((n_seq > 0).sum()),
             "clip_frac": ((clipped | dual) & m).double().sum().item() / N.item(),
