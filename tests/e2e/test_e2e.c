@@ -72,12 +72,12 @@ static void write_file(const char *path, const char *text)
 /* Start tidal with these arguments (NULL-terminated); output to WORK/NAME.out. */
 static pid_t start_tidal(const char *name, ...)
 {
-    char *argv[32];
+    char *argv[64];
     int argc = 0;
     argv[argc++] = (char *)tidal_bin;
     va_list ap;
     va_start(ap, name);
-    for (const char *a; argc < 31 && (a = va_arg(ap, const char *));) argv[argc++] = (char *)a;
+    for (const char *a; argc < 63 && (a = va_arg(ap, const char *));) argv[argc++] = (char *)a;
     va_end(ap);
     argv[argc] = NULL;
     char out[512];
@@ -198,15 +198,15 @@ static void check_balance(const json_t *s, long steps, long B)
               jint(s, "version", NULL));
 }
 
-/* The newest checkpoint's trained ids: each exactly once, steps x B x G of them. */
-static void check_trained_once(const char *run, long steps, long B, long G)
+/* The checkpoint at `steps`: its trained ids, each exactly once, `want` of them. */
+static void check_trained_once(const char *run, long steps, long want)
 {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/checkpoints/step-%ld", run, steps);
     json_t *st = load_json(dir, "state.json");
     json_t *ids = json_object_get(st, "trained_ids");
     const size_t n = json_array_size(ids);
-    CHECK_MSG((long)n == steps * B * G, "%zu trajectories trained, want %ld", n, steps * B * G);
+    CHECK_MSG((long)n == want, "%zu trajectories trained, want %ld", n, want);
     json_t *seen = json_object();
     size_t twice = 0, i;
     json_t *v;
@@ -308,6 +308,81 @@ static void test_staleness(void)
         if (check_cur_failed_) show_output("run");
         cleanup();
     }
+}
+
+/* The last row of metrics.jsonl, and for each key the largest value over all rows (*mx, a new object). */
+static json_t *metrics_last(const char *run, json_t **mx)
+{
+    char path[512], line[16384];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run);
+    FILE *f = fopen(path, "r");
+    json_t *last = NULL;
+    *mx = json_object();
+    while (f && fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        if (!o) continue;
+        const char *k;
+        json_t *v;
+        json_object_foreach(o, k, v) {
+            const json_t *m = json_object_get(*mx, k);
+            if (json_is_number(v) && (!m || json_number_value(v) > json_number_value(m)))
+                json_object_set_new(*mx, k, json_real(json_number_value(v)));
+        }
+        json_decref(last);
+        last = o;
+    }
+    if (f) fclose(f);
+    return last;
+}
+
+/* Every option of the algorithm suite at once, from the job spec: the job runs to the end, each
+ * option shows in the metrics, and the ledger holds (a reused group is trained twice but its
+ * trajectories are recorded once). */
+static void test_options(void)
+{
+    fresh_work("options");
+    char spec[512], run[512];
+    snprintf(spec, sizeof spec, "%s/job.yaml", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    write_file(spec, BASE_SPEC);
+    pid_t p = start_tidal("run", "run", spec, "--out", run, "--set", "trainer.loss=m2po", "--set",
+                          "trainer.correction=tis", "--set", "trainer.minibatches=2", "--set", "trainer.kl=0.01",
+                          "--set", "trainer.kl_reward=0.01", "--set", "trainer.stale_weight=poly", "--set",
+                          "trainer.overlong_buffer=2", "--set", "trainer.advantage=rloo", "--set",
+                          "buffer.sampling=priority", "--set", "buffer.reuse=2", "--set",
+                          "buffer.filter_zero_variance=true", "--set", "rollout.weights=oldest", "--set",
+                          "buffer.max_staleness=3", "--set", "weights.keep=5", NULL);
+    int rc = wait_exit(p, 300);
+    CHECK_MSG(rc == 0, "tidal run with every option: exit %d", rc);
+    json_t *mx = NULL, *last = metrics_last(run, &mx);
+    CHECK_MSG(last != NULL, "no metrics");
+    const double steps = 12, B = 4, G = 8;
+    const double trained = json_number_value(json_object_get(last, "groups_trained"));
+    const double reused = json_number_value(json_object_get(last, "groups_reused"));
+    fprintf(stderr, "options: %g groups trained, %g reused; staleness max %g; updates %g; ref_kl max %g; "
+            "kl_reward max %g; masked max %g; dropped_zero_var %g\n", trained, reused,
+            json_number_value(json_object_get(mx, "staleness_max")), json_number_value(json_object_get(last, "updates")),
+            json_number_value(json_object_get(mx, "ref_kl")), json_number_value(json_object_get(mx, "kl_reward")),
+            json_number_value(json_object_get(mx, "masked_frac")),
+            json_number_value(json_object_get(last, "dropped_zero_var")));
+    CHECK_MSG(trained + reused == steps * B, "%g first trainings + %g reuses != %g batch slots", trained, reused,
+              steps * B);
+    CHECK_MSG(reused > 0, "buffer.reuse 2: no group was trained twice");
+    CHECK_MSG(json_number_value(json_object_get(last, "updates")) == 2, "trainer.minibatches 2: updates %g",
+              json_number_value(json_object_get(last, "updates")));
+    CHECK_MSG(json_number_value(json_object_get(mx, "staleness_max")) == 3,
+              "rollout.weights oldest, K = 3: the stalest sample is %g versions old, want exactly 3",
+              json_number_value(json_object_get(mx, "staleness_max")));
+    CHECK_MSG(json_number_value(json_object_get(mx, "ref_kl")) > 0, "trainer.kl: ref_kl never above 0");
+    json_t *s = load_json(run, "summary.json");
+    const long inf = jint(json_object_get(s, "groups"), "in_flight", NULL);
+    CHECK_MSG(s && inf >= 0 && json_is_true(json_object_get(s, "done")), "summary: in_flight %ld", inf);
+    check_trained_once(run, (long)steps, (long)(trained * G));
+    json_decref(s);
+    json_decref(last);
+    json_decref(mx);
+    if (check_cur_failed_) show_output("run");
+    cleanup();
 }
 
 /* Samples trained per second between steps a and b of metrics.jsonl. */
@@ -435,7 +510,7 @@ static void test_kill_worker(void)
     check_balance(s, 100, 4);
     CHECK_MSG(jint(s, "prompts", "redelivered") >= 1, "no prompt redelivered after the kill");
     json_decref(s);
-    check_trained_once(run, 100, 4, 8);
+    check_trained_once(run, 100, 100 * 4 * 8);
     if (check_cur_failed_) show_output("run");
     cleanup();
 }
@@ -463,7 +538,7 @@ static void test_kill_trainer(void)
     json_t *s = load_json(run, "summary.json");
     check_balance(s, 12, 4);
     json_decref(s);
-    check_trained_once(run, 12, 4, 8);
+    check_trained_once(run, 12, 12 * 4 * 8);
     if (check_cur_failed_) show_output("resume");
     cleanup();
 }
@@ -491,7 +566,7 @@ static void test_kill_bus(void)
     json_t *s = load_json(run, "summary.json");
     check_balance(s, 16, 4);
     json_decref(s);
-    check_trained_once(run, 16, 4, 8);
+    check_trained_once(run, 16, 16 * 4 * 8);
     if (check_cur_failed_) show_output("run");
     tidal_server_stop(srv);
     cleanup();
@@ -611,6 +686,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "kill_bus")) RUN(test_kill_bus);
     else if (!strcmp(s, "garbage")) RUN(test_garbage);
     else if (!strcmp(s, "jsonl")) RUN(test_jsonl);
+    else if (!strcmp(s, "options")) RUN(test_options);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;
