@@ -4,6 +4,8 @@
 #   make             configure and build into build/
 #   make quickstart  deps + build, then the quickstart job (examples/quickstart.yaml) into
 #                    runs/quickstart: metrics.jsonl, summary.json, reward.svg
+#   make staleness-study  deps + build, then the staleness study (examples/experiments/staleness.py)
+#                    into runs/staleness, its table and plot into docs/experiments (about an hour)
 #   make test        deps + build + every ctest label but gpu, then unit and
 #                    integration again under ASan + UBSan (build-asan/)
 #   make clean
@@ -19,7 +21,7 @@ DEPS = cmake make gcc pkg-config clang libclang-rt-14-dev \
        libssl-dev openssl libjansson-dev libopenblas-openmp-dev python3-torch \
        libpcre2-dev libutf8proc-dev libyaml-dev nodejs gnuplot-nox
 
-.PHONY: all deps build test test-asan quickstart clean
+.PHONY: all deps build test test-asan quickstart staleness-study clean
 
 all: build
 
@@ -55,6 +57,10 @@ quickstart: deps
 	rm -rf runs/quickstart
 	./$(BUILD)/tidal run examples/quickstart.yaml --out runs/quickstart
 	@echo "make quickstart: runs/quickstart/summary.json, runs/quickstart/reward.svg"
+
+staleness-study: deps
+	@$(MAKE) --no-print-directory build
+	/usr/bin/python3 examples/experiments/staleness.py --tidal $(BUILD)/tidal --out runs/staleness --doc docs/experiments
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
