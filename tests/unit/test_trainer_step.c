@@ -7,7 +7,13 @@
  *   samples of A_i x (change of the sample's log-likelihood) is positive;
  * - micro-batching changes nothing but rounding (same parameters after the
  *   step with a budget of 40 positions as with one micro-batch);
- * - malformed samples are refused naming the trajectory, nothing updated. */
+ * - malformed samples are refused naming the trajectory, nothing updated;
+ * - every path of the step (several updates, the recompute and log-linear
+ *   proximal policies, M2PO's whole-update selection, the reference model for
+ *   both KL terms, overlong shaping, cispo, gspo, bypass) runs, moves the
+ *   parameters and is unchanged by micro-batching (so M2PO's selection sees
+ *   the whole update whatever the token budget). The values themselves are
+ *   checked against PyTorch by tests/parity/test_step_parity.py. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,10 +218,108 @@ static void test_bad_samples(void)
     model_free(m);
 }
 
+/* Behaviour logprobs off the trainer's, as stale samples have them. */
+static void make_stale(void)
+{
+    for (int g = 0; g < GROUPS; g++)
+        for (int i = 0; i < G; i++)
+            for (size_t k = 0; k < S[g][i].t.n_completion_token_ids; k++)
+                S[g][i].lp[k] += 0.6f * sinf((float)(3 * k + 7 * i + g));
+}
+
+static void test_every_path(void)
+{
+    model *ref = make_model();
+    model_init_random(ref, 43, 0.3f, true); /* a reference model unlike the policy */
+    struct {
+        const char *name;
+        loss_kind kind;
+        loss_correction corr;
+        int minibatches;
+        trainer_proximal prox;
+        double kl, kl_reward, overlong;
+    } cases[] = {
+        {"ppo tis, 2 updates, recompute", LOSS_PPO, CORR_TIS, 2, PROX_RECOMPUTE, 0, 0, 0},
+        {"ppo tis, 2 updates, loglinear", LOSS_PPO, CORR_TIS, 2, PROX_LOGLINEAR, 0, 0, 0},
+        {"m2po bypass, 2 updates", LOSS_M2PO, CORR_BYPASS, 2, PROX_RECOMPUTE, 0, 0, 0},
+        {"m2po tis, 1 update", LOSS_M2PO, CORR_TIS, 1, PROX_RECOMPUTE, 0, 0, 0},
+        {"cispo mis, KL both ways", LOSS_CISPO, CORR_MIS, 1, PROX_RECOMPUTE, 0.05, 0.02, 0},
+        {"gspo, 2 updates, overlong", LOSS_GSPO, CORR_NONE, 2, PROX_RECOMPUTE, 0, 0, 3},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        model *m1 = make_model(), *m2 = make_model();
+        buffer_batch b;
+        buffer_group groups[GROUPS];
+        sample_batch(m1, &b, groups);
+        make_stale();
+        size_t np;
+        const float before = model_params(m1, &np)[5];
+        adamw *o1 = NULL, *o2 = NULL;
+        CHECK_OK(adamw_create(np, NULL, &o1));
+        CHECK_OK(adamw_create(np, NULL, &o2));
+        trainer_step_cfg c1 = step_cfg(100000), c2 = step_cfg(12);
+        for (trainer_step_cfg *c = &c1; c; c = c == &c1 ? &c2 : NULL) {
+            const int micro = c->micro_batch_tokens;
+            c->loss = loss_cfg_defaults_for(cases[k].kind);
+            c->loss.correction = cases[k].corr, c->loss.kl_beta = cases[k].kl, c->loss.m2po_tau = 0.01;
+            c->micro_batch_tokens = micro, c->minibatches = cases[k].minibatches, c->proximal = cases[k].prox;
+            c->kl_reward = cases[k].kl_reward, c->overlong_buffer = cases[k].overlong, c->overlong_factor = 1;
+            c->max_tokens = NEW;
+            c->ref = cases[k].kl > 0 || cases[k].kl_reward > 0 ? ref : NULL;
+        }
+        trainer_step_result r1, r2;
+        CHECK_OK(trainer_step(m1, o1, &b, 2, &c1, &r1));
+        CHECK_OK(trainer_step(m2, o2, &b, 2, &c2, &r2));
+        const float *p1 = model_params(m1, &np), *p2 = model_params(m2, &np);
+        double d = 0, sc = 0;
+        for (size_t i = 0; i < np; i++) d = fmax(d, fabs((double)p1[i] - p2[i])), sc = fmax(sc, fabs((double)p1[i]));
+        printf("  %s: %d update(s), %d vs %d micro-batches, loss %.6g, masked %.3f, clip %.3f, ref_kl %.3g, "
+               "kl_reward %.3g, overlong %.3g, max param difference %.2e\n", cases[k].name, r1.updates,
+               r1.micro_batches, r2.micro_batches, r1.loss.loss, r1.loss.masked_frac, r1.loss.clip_frac,
+               r1.loss.ref_kl, r1.kl_reward_mean, r1.overlong_mean, d);
+        CHECK(r1.updates == cases[k].minibatches && r2.micro_batches > r1.micro_batches);
+        CHECK(isfinite(r1.loss.loss) && r1.grad_norm > 0 && p1[5] != before);
+        /* Adam turns rounding in a near-zero gradient element into a full step of its own, so the
+         * parameters are compared after one update only; the losses (and M2PO's selection, to a
+         * token) after every update */
+        const double one_token = 1.0 / (double)(r1.loss.tokens ? r1.loss.tokens : 1);
+        CHECK_MSG(fabs(r1.loss.loss - r2.loss.loss) <= 1e-5 * fmax(1.0, fabs(r1.loss.loss)) &&
+                      fabs(r1.loss.masked_frac - r2.loss.masked_frac) <= one_token + 1e-12 &&
+                      (r1.updates > 1 || d <= 1e-6 * sc),
+                  "%s: micro-batching changed the step (loss %.8g vs %.8g, masked %.4f vs %.4f, parameters by %.3g)",
+                  cases[k].name, r1.loss.loss, r2.loss.loss, r1.loss.masked_frac, r2.loss.masked_frac, d);
+        if (cases[k].kind == LOSS_M2PO) CHECK_MSG(r1.loss.masked_frac > 0, "%s: M2PO masked nothing", cases[k].name);
+        if (cases[k].kl > 0) CHECK(r1.loss.ref_kl > 0 && r1.kl_reward_mean != 0);
+        if (cases[k].overlong > 0) CHECK(r1.overlong_mean < 0);
+        if (cases[k].minibatches > 1 && cases[k].corr != CORR_BYPASS && cases[k].kind == LOSS_PPO)
+            CHECK_MSG(r1.loss.approx_kl != 0, "%s: the second update saw no change of policy", cases[k].name);
+        adamw_free(o1), adamw_free(o2);
+        model_free(m1), model_free(m2);
+    }
+    /* a KL term without a reference model is refused */
+    model *m = make_model();
+    buffer_batch b;
+    buffer_group groups[GROUPS];
+    sample_batch(m, &b, groups);
+    size_t np;
+    model_params(m, &np);
+    adamw *o = NULL;
+    CHECK_OK(adamw_create(np, NULL, &o));
+    trainer_step_cfg c = step_cfg(1000);
+    c.kl_reward = 0.1;
+    trainer_step_result r;
+    CHECK_STATUS(trainer_step(m, o, &b, 1, &c, &r), TIDAL_ERR_INVALID);
+    CHECK(strstr(tidal_errmsg(), "reference model"));
+    adamw_free(o);
+    model_free(m);
+    model_free(ref);
+}
+
 int main(void)
 {
     RUN(test_step_follows_advantages);
     RUN(test_micro_batches_change_nothing);
     RUN(test_bad_samples);
+    RUN(test_every_path);
     return check_summary();
 }
