@@ -166,23 +166,26 @@ static tidal_status check_cfg(const trainer_step_cfg *cfg, const model *m)
     return TIDAL_OK;
 }
 
-/* Add micro-batch result r to the running sums of *acc (token-weighted means). */
-static void accumulate(loss_result *acc, const loss_result *r)
+/* Add micro-batch result r to the running sums of *acc (token-weighted means);
+ * *sw2 collects Σw² so the step's effective sample size is exact. */
+static void accumulate(loss_result *acc, const loss_result *r, double *sw2)
 {
+    const double sw = r->is_mean * (double)r->tokens;
+    if (r->is_ess > 0) *sw2 += sw * sw / r->is_ess;
     acc->loss += r->loss, acc->policy_loss += r->policy_loss, acc->kl_loss += r->kl_loss;
     acc->tokens += r->tokens, acc->seqs += r->seqs, acc->nonfinite += r->nonfinite;
     const double w = (double)r->tokens;
     acc->clip_frac += w * r->clip_frac, acc->dual_clip_frac += w * r->dual_clip_frac, acc->approx_kl += w * r->approx_kl;
     acc->mismatch_k1 += w * r->mismatch_k1, acc->mismatch_k3 += w * r->mismatch_k3, acc->is_mean += w * r->is_mean;
     acc->masked_frac += w * r->masked_frac, acc->adv_mean += w * r->adv_mean, acc->ref_kl += w * r->ref_kl;
-    acc->is_ess += r->is_ess;
     if (r->is_max > acc->is_max) acc->is_max = r->is_max;
 }
 
-static void finish_means(loss_result *acc)
+static void finish_means(loss_result *acc, double sw2)
 {
     if (acc->tokens <= 0) return;
     const double w = (double)acc->tokens;
+    acc->is_ess = sw2 > 0 ? acc->is_mean * acc->is_mean / sw2 : 0.0; /* (Σw)² / Σw², is_mean still a sum here */
     acc->clip_frac /= w, acc->dual_clip_frac /= w, acc->approx_kl /= w, acc->mismatch_k1 /= w;
     acc->mismatch_k3 /= w, acc->is_mean /= w, acc->masked_frac /= w, acc->adv_mean /= w, acc->ref_kl /= w;
 }
@@ -309,7 +312,7 @@ tidal_status trainer_step(model *m, adamw *opt, const buffer_batch *batch, uint6
         memcpy(L.lprox, L.lbeh, (size_t)(P ? P : 1) * sizeof *L.lprox);
     }
 
-    double ent_sum = 0, gn_sum = 0;
+    double ent_sum = 0, gn_sum = 0, sw2 = 0;
     int64_t ent_n = 0;
     loss_result acc = {0};
     size_t np = 0;
@@ -374,13 +377,13 @@ tidal_status trainer_step(model *m, adamw *opt, const buffer_batch *batch, uint6
             loss_result r;
             if ((st = loss_compute(lc, &v, &norm, L.grad + mb->pos, &r)) != TIDAL_OK) goto out;
             if ((st = model_backward(m, &b, L.grad + mb->pos, NULL)) != TIDAL_OK) goto out;
-            accumulate(&acc, &r);
+            accumulate(&acc, &r, &sw2);
         }
         gn_sum += clip_grad_norm(grads, np, cfg->grad_clip);
         adamw_step(opt, params, grads, NULL, cfg->lr);
         out->updates++;
     }
-    finish_means(&acc);
+    finish_means(&acc, sw2);
     if (out->updates > 1) { /* each update's loss is a whole (its own denominators): report their mean */
         acc.loss /= out->updates, acc.policy_loss /= out->updates, acc.kl_loss /= out->updates;
     }

@@ -195,6 +195,18 @@ def reference(W, Wref, smp, lbeh, sets, temperature):
     return out
 
 
+def write_input(path, smp, lbeh, temperature):
+    """The samples as `tidal debug step` reads them (see its --help)."""
+    C = np.array([len(x) for x in smp["comps"]])
+    st_write(path, {"prompt_ids": np.concatenate(smp["prompts"]).astype(np.int32),
+                    "prompt_off": np.concatenate([[0], np.cumsum([len(p) for p in smp["prompts"]])]).astype(np.int32),
+                    "completion_ids": np.concatenate(smp["comps"]).astype(np.int32),
+                    "completion_off": np.concatenate([[0], np.cumsum(C)]).astype(np.int32),
+                    "logprobs": lbeh, "loss_mask": np.concatenate(smp["masks"]).astype(np.uint8),
+                    "versions": np.concatenate(smp["vers"]), "rewards": smp["rewards"], "group_off": smp["goff"],
+                    "temperature": np.array([float(temperature)])})
+
+
 def run_case(tidal, tmp, name, sets, seed, temperature=1.0, far=False):
     rng = np.random.default_rng(seed)
     W = random_weights(rng)
@@ -207,16 +219,8 @@ def run_case(tidal, tmp, name, sets, seed, temperature=1.0, far=False):
         Pt = {k: torch.tensor(v.astype(np.float64)) for k, v in W.items()}
         lt0 = completion_logp(Pt, smp, 1.0 / temperature).numpy()
     lbeh = (lt0 + rng.normal(0, 0.6 if far else 0.2, len(lt0))).astype(np.float32)
-    C = np.array([len(x) for x in smp["comps"]])
-    inp = {"prompt_ids": np.concatenate(smp["prompts"]).astype(np.int32),
-           "prompt_off": np.concatenate([[0], np.cumsum([len(p) for p in smp["prompts"]])]).astype(np.int32),
-           "completion_ids": np.concatenate(smp["comps"]).astype(np.int32),
-           "completion_off": np.concatenate([[0], np.cumsum(C)]).astype(np.int32),
-           "logprobs": lbeh, "loss_mask": np.concatenate(smp["masks"]).astype(np.uint8),
-           "versions": np.concatenate(smp["vers"]), "rewards": smp["rewards"], "group_off": smp["goff"],
-           "temperature": np.array([temperature])}
     pin, pout = os.path.join(tmp, name + ".in.safetensors"), os.path.join(tmp, name + ".out.safetensors")
-    st_write(pin, inp)
+    write_input(pin, smp, lbeh, temperature)
     sets = [f"rollout.max_tokens={MAX_TOKENS}"] + sets
     cmd = [tidal, "debug", "step", "--model", mdir, "--ref", rdir, "--input", pin, "--out", pout,
            "--version", str(VERSION)]
@@ -257,15 +261,8 @@ def run_errors(tidal, tmp):
     mdir = os.path.join(tmp, "err.model")
     write_model(mdir, random_weights(rng))
     smp = make_samples(rng)
-    C = np.array([len(x) for x in smp["comps"]])
     pin = os.path.join(tmp, "err.in.safetensors")
-    st_write(pin, {"prompt_ids": np.concatenate(smp["prompts"]).astype(np.int32),
-                   "prompt_off": np.concatenate([[0], np.cumsum([len(p) for p in smp["prompts"]])]).astype(np.int32),
-                   "completion_ids": np.concatenate(smp["comps"]).astype(np.int32),
-                   "completion_off": np.concatenate([[0], np.cumsum(C)]).astype(np.int32),
-                   "logprobs": np.zeros(C.sum(), np.float32), "loss_mask": np.ones(C.sum(), np.uint8),
-                   "versions": np.zeros(C.sum()), "rewards": smp["rewards"], "group_off": smp["goff"],
-                   "temperature": np.array([1.0])})
+    write_input(pin, smp, np.zeros(sum(len(c) for c in smp["comps"]), np.float32), 1.0)
     cases = [(["trainer.loss=dpo"], "trainer.loss"), (["trainer.kl=0.1"], "reference model"),
              (["trainer.dual_clip=0.5"], "trainer.dual_clip"), (["trainer.m2po_candidates=most"], "m2po_candidates")]
     for sets, needle in cases:
