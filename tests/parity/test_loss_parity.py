@@ -223,6 +223,12 @@ def make_batch(rng, S=14, extreme=False, stale=False, ref=False, far=False):
         out["logp_ref"] = (lp + rng.normal(0, 0.3, T)).astype(np.float32)
     if stale:
         out["staleness"] = rng.integers(0, 6, S).astype(np.float64)
+    if extreme:  # non-finite log-ratios on trained tokens too: replaced by 0 before exp
+        on = np.nonzero(mask != 0)[0]
+        pick = rng.choice(on, 6, replace=False)
+        out["logp_prox"][pick[0:2]] = -np.inf
+        out["logp_beh"][pick[2:4]] = np.nan
+        out["logp_beh"][pick[4:6]] = -np.inf
     # masked-out positions hold what a prompt may: -inf, NaN
     off = np.nonzero(mask == 0)[0]
     for k in ("logp", "logp_prox", "logp_beh", "logp_ref"):
