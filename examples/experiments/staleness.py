@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """How far staleness can go: the quickstart task trained at staleness K, per method.
 
-Every run is a real `tidal run` of examples/quickstart.yaml (private nats-server, controller,
-trainer, two rollout workers) with `rollout.weights: oldest`, so each sample is generated
-with the oldest weights the bound K allows and trained about K versions later, and
-`trainer.minibatches: 4`, so the proximal policy moves away from the behaviour policy within
-a step (four optimizer updates per weight version) and the clip has something to do.
+Every run is a real `tidal run` of examples/quickstart.yaml as shipped (private nats-server,
+controller, trainer, two rollout workers) with `rollout.weights: oldest`, so each sample is
+generated with the oldest weights the bound K allows and trained about K versions later.
+`--minibatches N` (default 1, the quickstart's) sets trainer.minibatches: with N > 1 the
+proximal policy moves away from the behaviour policy within a step and PPO's clip against it
+has something to do.
 
 Methods (docs/experiments/staleness.md):
   ppo         PPO-clip against the recomputed proximal policy, no behaviour correction
@@ -20,7 +21,8 @@ DIR/staleness-table.md. Runs that exist with a summary.json are reused (so an in
 continues). Progress: one line per run.
 
 usage: staleness.py [--tidal build/tidal] [--out runs/staleness] [--seeds 1,2,3] [--ks 0,4,16,64]
-                    [--methods ppo,ppo-bypass,tis,m2po] [--steps 300] [--doc docs/experiments]
+                    [--methods ppo,ppo-bypass,tis,m2po] [--steps 300] [--minibatches 1]
+                    [--doc docs/experiments] [--name staleness]
 """
 import argparse
 import json
@@ -38,7 +40,7 @@ METHODS = {
     "cispo": ["trainer.loss=cispo", "trainer.correction=tis"],
     "gspo": ["trainer.loss=gspo", "trainer.correction=none"],
 }
-COMMON = ["rollout.weights=oldest", "trainer.minibatches=4"]
+COMMON = ["rollout.weights=oldest"]
 EXTRA_AT_K4 = ["cispo", "gspo"]
 
 
@@ -78,13 +80,13 @@ def summarise(run_dir):
     }
 
 
-def run_one(tidal, out, method, K, seed, steps):
+def run_one(tidal, out, method, K, seed, steps, minibatches):
     d = os.path.join(out, f"{method}-k{K}-s{seed}")
     if os.path.exists(os.path.join(d, "summary.json")):
         return d, 0.0, True
     if os.path.exists(d):
         subprocess.run(["rm", "-rf", d], check=True)
-    sets = COMMON + METHODS[method] + [f"buffer.max_staleness={K}", f"weights.keep={K + 2}",
+    sets = COMMON + METHODS[method] + [f"trainer.minibatches={minibatches}", f"buffer.max_staleness={K}", f"weights.keep={K + 2}",
                                        f"model.init.seed={seed}", f"data.seed={seed}", f"trainer.steps={steps}"]
     cmd = [tidal, "run", os.path.join(ROOT, "examples", "quickstart.yaml"), "--out", d]
     for s in sets:
@@ -160,7 +162,9 @@ def main():
     ap.add_argument("--ks", default="0,4,16,64")
     ap.add_argument("--methods", default="ppo,ppo-bypass,tis,m2po")
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--doc", default=None, help="also write staleness.svg and staleness-table.md here")
+    ap.add_argument("--minibatches", type=int, default=1, help="trainer.minibatches (optimizer updates per step)")
+    ap.add_argument("--doc", default=None, help="also write NAME.svg and NAME-table.md here")
+    ap.add_argument("--name", default="staleness", help="the file names under --doc")
     a = ap.parse_args()
     seeds = [int(x) for x in a.seeds.split(",")]
     ks = [int(x) for x in a.ks.split(",")]
@@ -174,7 +178,7 @@ def main():
         plan += [(m, 4, s) for m in EXTRA_AT_K4 if m not in methods for s in seeds]
     results, t_all = [], time.time()
     for i, (m, K, s) in enumerate(plan):
-        d, secs, reused = run_one(a.tidal, a.out, m, K, s, a.steps)
+        d, secs, reused = run_one(a.tidal, a.out, m, K, s, a.steps, a.minibatches)
         sm = summarise(d)
         results.append({"method": m, "K": K, "seed": s, "dir": d, "s": sm})
         tag = "reused" if reused else f"{secs:.0f} s"
@@ -202,8 +206,8 @@ def main():
     plot(results, all_methods, ks, os.path.join(a.out, "staleness.svg"), os.path.join(a.out, "curves.tsv"))
     if a.doc:
         os.makedirs(a.doc, exist_ok=True)
-        plot(results, all_methods, ks, os.path.join(a.doc, "staleness.svg"), os.path.join(a.out, "curves.tsv"))
-        with open(os.path.join(a.doc, "staleness-table.md"), "w") as f:
+        plot(results, all_methods, ks, os.path.join(a.doc, a.name + ".svg"), os.path.join(a.out, "curves.tsv"))
+        with open(os.path.join(a.doc, a.name + "-table.md"), "w") as f:
             f.write(tab + "\n" + "\n".join(f"- {c}" for c in checks) + "\n")
     print(tab)
     for c in checks:
