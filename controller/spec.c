@@ -100,6 +100,8 @@ static const key KEYS[] = {
     INT("trainer.micro_batch_tokens", trainer.micro_batch_tokens, 16, 1 << 24, "8192", "tokens per forward/backward micro-batch"),
     DBL("trainer.lr", trainer.lr, 0, 1, "1e-6", "AdamW learning rate"),
     INT("trainer.warmup_steps", trainer.warmup_steps, 0, 1 << 30, "0", "linear warm-up of the learning rate"),
+    ENUM("trainer.lr_schedule", trainer.lr_schedule, "constant|cosine", "constant", "after the warm-up: constant, or a cosine decay to lr_min_ratio x lr at trainer.steps"),
+    DBL("trainer.lr_min_ratio", trainer.lr_min_ratio, 0, 1, "0.1", "cosine: the final learning rate as a fraction of trainer.lr"),
     DBL("trainer.weight_decay", trainer.weight_decay, 0, 1, "0.0", "AdamW weight decay"),
     DBL("trainer.beta1", trainer.beta1, 0, 0.999999, "0.9", "AdamW beta1"),
     DBL("trainer.beta2", trainer.beta2, 0, 0.999999, "0.999", "AdamW beta2"),

@@ -84,6 +84,8 @@ typedef struct job_spec {
         int steps, groups_per_step, micro_batch_tokens;
         double lr, weight_decay, grad_clip, beta1, beta2;
         int warmup_steps;
+        char lr_schedule[16];  /* constant | cosine */
+        double lr_min_ratio;   /* cosine: the floor as a fraction of lr */
         char advantage[16];    /* grpo | drgrpo | rloo | reinforce_pp */
         char loss[16];         /* ppo | cispo | gspo | m2po */
         char correction[16];   /* none | tis | tis_seq | mis | mis_seq | bypass */

@@ -271,7 +271,9 @@ tidal_status trainer_step_cfg_from_spec(const job_spec *s, trainer_step_cfg *cfg
     cfg->kl_reward = s->trainer.kl_reward;
     cfg->overlong_buffer = s->trainer.overlong_buffer, cfg->overlong_factor = s->trainer.overlong_factor;
     cfg->max_tokens = s->rollout.max_tokens;
-    *lr = (lr_schedule){.kind = LR_CONSTANT, .base = (float)s->trainer.lr, .warmup = s->trainer.warmup_steps};
+    *lr = (lr_schedule){.kind = !strcmp(s->trainer.lr_schedule, "cosine") ? LR_COSINE : LR_CONSTANT,
+                        .base = (float)s->trainer.lr, .warmup = s->trainer.warmup_steps, .total = s->trainer.steps,
+                        .min_ratio = (float)s->trainer.lr_min_ratio};
     if ((st = loss_cfg_validate(c)) != TIDAL_OK) {
         char why[512];
         snprintf(why, sizeof why, "%s", tidal_errmsg());

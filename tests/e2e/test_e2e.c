@@ -351,7 +351,8 @@ static void test_options(void)
                           "trainer.overlong_buffer=2", "--set", "trainer.advantage=rloo", "--set",
                           "buffer.sampling=priority", "--set", "buffer.reuse=2", "--set",
                           "buffer.filter_zero_variance=true", "--set", "rollout.weights=oldest", "--set",
-                          "buffer.max_staleness=3", "--set", "weights.keep=5", NULL);
+                          "buffer.max_staleness=3", "--set", "weights.keep=5", "--set", "trainer.lr_schedule=cosine",
+                          NULL);
     int rc = wait_exit(p, 300);
     CHECK_MSG(rc == 0, "tidal run with every option: exit %d", rc);
     json_t *mx = NULL, *last = metrics_last(run, &mx);
@@ -374,6 +375,9 @@ static void test_options(void)
               "rollout.weights oldest, K = 3: the stalest sample is %g versions old, want exactly 3",
               json_number_value(json_object_get(mx, "staleness_max")));
     CHECK_MSG(json_number_value(json_object_get(mx, "ref_kl")) > 0, "trainer.kl: ref_kl never above 0");
+    const double lr_last = json_number_value(json_object_get(last, "lr")), lr_max = json_number_value(json_object_get(mx, "lr"));
+    CHECK_MSG(lr_max > 0.0029 && lr_last < 0.5 * lr_max, "trainer.lr_schedule cosine: lr %g at the end, %g at most",
+              lr_last, lr_max);
     json_t *s = load_json(run, "summary.json");
     const long inf = jint(json_object_get(s, "groups"), "in_flight", NULL);
     CHECK_MSG(s && inf >= 0 && json_is_true(json_object_get(s, "done")), "summary: in_flight %ld", inf);
