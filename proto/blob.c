@@ -173,7 +173,14 @@ static tidal_status wait_chunks(bus_blob_store *st, const char *name, int timeou
     if (failed)
         return tidal_fail(TIDAL_ERR_BUS, "bus: blob %s: %llu chunks were not stored; first: %s", name,
                           (unsigned long long)failed, first);
-    if (ns != NATS_OK) return bus_nats_fail(ns, 0, "bus: blob %s: waiting for chunk acks", name);
+    if (ns != NATS_OK) {
+        /* Acks lost in a disconnect never come: take those chunks out of the
+         * context's pending list, or every later put would wait for them too.
+         * This put fails; putting the blob again replaces it whole. */
+        natsMsgList lost = {0};
+        if (js_PublishAsyncGetPendingList(&lost, st->js) == NATS_OK) natsMsgList_Destroy(&lost);
+        return bus_nats_fail(ns, 0, "bus: blob %s: waiting for chunk acks", name);
+    }
     return TIDAL_OK;
 }
 

@@ -957,6 +957,13 @@ static tidal_status kv_write(bus_kv *kv, kv_write_kind kind, const char *key, co
     natsStatus s = kind == KV_PUT      ? kvStore_Put(&r, kv->kv, key, val, (int)len)
                    : kind == KV_CREATE ? kvStore_Create(&r, kv->kv, key, val, (int)len)
                                        : kvStore_Update(&r, kv->kv, key, val, (int)len, last);
+    /* only a put is safe to repeat: a create or update that timed out may have landed */
+    const double t0 = tidal_clock_ms();
+    while (kind == KV_PUT && (s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS) &&
+           tidal_clock_ms() - t0 < BUS_KV_PUT_RETRY_MS) {
+        nats_Sleep(250);
+        s = kvStore_Put(&r, kv->kv, key, val, (int)len);
+    }
     if (s != NATS_OK) return kv_fail(kv, s, op[kind], key);
     if (rev) *rev = r;
     return TIDAL_OK;

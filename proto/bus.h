@@ -231,6 +231,10 @@ void bus_kv_close(bus_kv *kv);
 /* Get a key's value (malloc'd copy, NUL-terminated past *len for convenience)
  * and revision. TIDAL_ERR_NOT_FOUND when absent or deleted. val/len/rev may be NULL. */
 tidal_status bus_kv_get(bus_kv *kv, const char *key, void **val, size_t *len, uint64_t *rev);
+/* Put a value. A put is idempotent, so one that times out or finds no
+ * JetStream responder (the server restarting, the client reconnecting) is
+ * tried again for up to BUS_KV_PUT_RETRY_MS before it fails. */
+#define BUS_KV_PUT_RETRY_MS 20000
 tidal_status bus_kv_put(bus_kv *kv, const char *key, const void *val, size_t len, uint64_t *rev);
 /* Put only if the key does not exist: TIDAL_ERR_CONFLICT when it does. */
 tidal_status bus_kv_create(bus_kv *kv, const char *key, const void *val, size_t len,

@@ -29,10 +29,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "proto/codec.h"
 
 #define DEFAULT_KEEP 3 /* docs/protocol.md: the trainer's keep, default 3 */
+#define RETRY_MS 500        /* a version that failed on a bus outage is tried again this often */
+#define RETRY_FOR_MS 120000 /* and given up (a failure for the next flush) after this long */
 
 /* One handed-over version: the config, the tensor table and a copy of the
  * parameters (capacities kept so the buffers can be reused). */
@@ -163,34 +166,25 @@ static tidal_status read_blob_manifest(weights_publisher *p, const char *name, T
     return st;
 }
 
-/* Store one version: blob, then WeightsManifest in `weights.latest`, then
- * `trainer.version`. Owns s (given back by serialize). */
-static tidal_status publish_one(weights_publisher *p, snapshot *s)
+/* Store one serialized version (image[len], not consumed): blob, then
+ * WeightsManifest in `weights.latest`, then `trainer.version`. Safe to repeat
+ * after a failure: the blob is replaced, the keys are put again. */
+static tidal_status store_image(weights_publisher *p, uint64_t v, const model_config *cfgp, const void *image,
+                                size_t len)
 {
-    const uint64_t v = s->version;
-    const model_config cfg = s->cfg;
+    const model_config cfg = *cfgp;
     char name[24];
     snprintf(name, sizeof name, "%" PRIu64, v);
-
-    const double t0 = mono_ms();
-    void *image = NULL;
-    size_t len = 0;
-    tidal_status st = serialize(p, s, &image, &len);
     const double t_image = mono_ms();
-    s = NULL; /* given back */
-    if (st != TIDAL_OK) return st;
+    tidal_status st;
 
     const bool bf16 = p->dtype == ST_BF16;
     char *config_json = NULL;
     st = model_config_to_json(&cfg, bf16 ? "bfloat16" : "float32", "config.json", &config_json);
-    if (st != TIDAL_OK) {
-        free(image);
-        return tidal_wrap(st, "weights v%" PRIu64, v);
-    }
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64, v);
 
     bus_blob_info info;
     st = bus_blob_put(p->store, name, image, len, &info);
-    free(image);
     if (st != TIDAL_OK) {
         free(config_json);
         return tidal_wrap(st, "weights v%" PRIu64 ": store blob %s in %s", v, name, p->names.weights_stream);
@@ -236,8 +230,8 @@ static tidal_status publish_one(weights_publisher *p, snapshot *s)
     if (st != TIDAL_OK)
         return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_VERSION, p->names.kv_bucket);
     tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": published, %" PRIu64 " bytes in %" PRIu32 " chunks (%s): "
-              "image %.0f ms, blob %.0f ms, manifest %.0f ms", v, info.bytes, info.chunk_count, wm.dtype,
-              t_image - t0, t_blob - t_image, mono_ms() - t_blob);
+              "blob %.0f ms, manifest %.0f ms", v, info.bytes, info.chunk_count, wm.dtype, t_blob - t_image,
+              mono_ms() - t_blob);
     return TIDAL_OK;
 }
 
@@ -254,7 +248,30 @@ static void *publisher_main(void *arg)
         p->working_version = s->version;
         pthread_mutex_unlock(&p->mu);
 
-        tidal_status st = publish_one(p, s);
+        const uint64_t v = s->version;
+        const model_config cfg = s->cfg;
+        void *image = NULL;
+        size_t len = 0;
+        tidal_status st = serialize(p, s, &image, &len); /* gives s back */
+        if (st == TIDAL_OK) st = store_image(p, v, &cfg, image, len);
+        /* A bus outage (the client reconnects by itself) is waited out: the same
+         * image again every RETRY_MS, until it goes through, a newer version is
+         * handed over (only the newest matters), the publisher stops, or
+         * RETRY_FOR_MS have passed. */
+        const double t_fail = mono_ms();
+        while ((st == TIDAL_ERR_TIMEOUT || st == TIDAL_ERR_BUS) && mono_ms() - t_fail < RETRY_FOR_MS) {
+            tidal_log(TIDAL_LOG_WARN, "weights publisher: %s; retrying", tidal_errmsg());
+            usleep(RETRY_MS * 1000);
+            pthread_mutex_lock(&p->mu);
+            const bool give_up = p->stop || p->pending;
+            pthread_mutex_unlock(&p->mu);
+            if (give_up) {
+                st = TIDAL_OK; /* superseded (or stopping): not a failure */
+                break;
+            }
+            st = store_image(p, v, &cfg, image, len);
+        }
+        free(image);
         if (st != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "weights publisher: %s", tidal_errmsg());
 
         pthread_mutex_lock(&p->mu);
