@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cli/commands.h"
+#include "cli/debug.h"
 #include "kernels/cpu/ops.h"
 #include "model/model.h"
 #include "model/safetensors.h"
@@ -37,9 +38,9 @@ static const char fwdbwd_usage[] =
     "--save-model DIR writes the model (after the steps) as a Hugging Face directory.\n"
     "--recompute recomputes the MLP activations in the backward (less memory).\n";
 
-/* Find tensor `name` in IN with dtype `dt` and one dimension; *n its length. */
-static tidal_status input_1d(const st_file *in, const char *path, const char *name, st_dtype dt,
-                             const st_tensor **out)
+/* (debug.h) */
+tidal_status debug_input_1d(const st_file *in, const char *path, const char *name, st_dtype dt,
+                            const st_tensor **out)
 {
     const st_tensor *t = st_find(in, name);
     if (!t) return tidal_fail(TIDAL_ERR_INVALID, "%s: tensor %s is missing", path, name);
@@ -50,8 +51,8 @@ static tidal_status input_1d(const st_file *in, const char *path, const char *na
     return TIDAL_OK;
 }
 
-/* Copy a 1-D tensor's elements out of the (possibly unaligned) mapping. */
-static void *copy_out(const st_tensor *t)
+/* (debug.h) */
+void *debug_copy_out(const st_tensor *t)
 {
     void *p = malloc(t->nbytes ? t->nbytes : 1);
     if (p) memcpy(p, t->data, t->nbytes);
@@ -121,10 +122,10 @@ static int fwdbwd(int argc, char **argv)
     }
     s = st_open(in_path, &in);
     const st_tensor *t_ids = NULL, *t_tg = NULL, *t_cu = NULL, *t_w = NULL;
-    if (s == TIDAL_OK) s = input_1d(in, in_path, "input_ids", ST_I32, &t_ids);
-    if (s == TIDAL_OK) s = input_1d(in, in_path, "target_ids", ST_I32, &t_tg);
-    if (s == TIDAL_OK) s = input_1d(in, in_path, "cu_seqlens", ST_I32, &t_cu);
-    if (s == TIDAL_OK) s = input_1d(in, in_path, "loss_weights", ST_F32, &t_w);
+    if (s == TIDAL_OK) s = debug_input_1d(in, in_path, "input_ids", ST_I32, &t_ids);
+    if (s == TIDAL_OK) s = debug_input_1d(in, in_path, "target_ids", ST_I32, &t_tg);
+    if (s == TIDAL_OK) s = debug_input_1d(in, in_path, "cu_seqlens", ST_I32, &t_cu);
+    if (s == TIDAL_OK) s = debug_input_1d(in, in_path, "loss_weights", ST_F32, &t_w);
     if (s == TIDAL_OK && (t_tg->shape[0] != t_ids->shape[0] || t_w->shape[0] != t_ids->shape[0]))
         s = tidal_fail(TIDAL_ERR_INVALID, "%s: input_ids, target_ids and loss_weights must have the same length (%lld, %lld, %lld)",
                        in_path, (long long)t_ids->shape[0], (long long)t_tg->shape[0], (long long)t_w->shape[0]);
@@ -136,10 +137,10 @@ static int fwdbwd(int argc, char **argv)
     }
     model_set_recompute_mlp(m, recompute);
     const int T = (int)t_ids->shape[0], S = (int)t_cu->shape[0] - 1, V = model_cfg(m)->vocab_size;
-    ids = copy_out(t_ids);
-    targets = copy_out(t_tg);
-    cu = copy_out(t_cu);
-    weights = copy_out(t_w);
+    ids = debug_copy_out(t_ids);
+    targets = debug_copy_out(t_tg);
+    cu = debug_copy_out(t_cu);
+    weights = debug_copy_out(t_w);
     logprob = malloc((size_t)T * sizeof(float));
     entropy = malloc((size_t)T * sizeof(float));
     dlogprob = malloc((size_t)T * sizeof(float));

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cli/commands.h"
+#include "cli/debug.h"
 #include "controller/spec.h"
 #include "kernels/cpu/ops.h"
 #include "model/model.h"
@@ -37,24 +38,6 @@ static const char step_usage[] =
     "reference model for trainer.kl / trainer.kl_reward. OUT receives grad.<name> of every\n"
     "parameter (the last update's gradients, before clipping when trainer.grad_clip=0),\n"
     "param.<name> after the step, and the step's metrics as F64 scalars.\n";
-
-static tidal_status tensor_1d(const st_file *in, const char *path, const char *name, st_dtype dt, const st_tensor **out)
-{
-    const st_tensor *t = st_find(in, name);
-    if (!t) return tidal_fail(TIDAL_ERR_INVALID, "%s: tensor %s is missing", path, name);
-    if (t->dtype != dt || t->ndim != 1)
-        return tidal_fail(TIDAL_ERR_INVALID, "%s: tensor %s must be %s with one dimension", path, name, st_dtype_name(dt));
-    *out = t;
-    return TIDAL_OK;
-}
-
-/* A copy of a 1-D tensor (the mapping may be unaligned); NULL when out of memory. */
-static void *dup_data(const st_tensor *t)
-{
-    void *p = malloc(t->nbytes ? t->nbytes : 1);
-    if (p) memcpy(p, t->data, t->nbytes);
-    return p;
-}
 
 /* What IN holds, copied out, and the trajectories built over it. */
 typedef struct inputs {
@@ -89,14 +72,14 @@ static tidal_status read_inputs(const char *path, inputs *x, uint64_t *newest)
     const char *names[10] = {"prompt_ids", "prompt_off", "completion_ids", "completion_off", "group_off",
                              "logprobs", "loss_mask", "versions", "rewards", "temperature"};
     const st_dtype dts[10] = {ST_I32, ST_I32, ST_I32, ST_I32, ST_I32, ST_F32, ST_U8, ST_F64, ST_F64, ST_F64};
-    for (int i = 0; i < 10 && st == TIDAL_OK; i++) st = tensor_1d(f, path, names[i], dts[i], &t[i]);
+    for (int i = 0; i < 10 && st == TIDAL_OK; i++) st = debug_input_1d(f, path, names[i], dts[i], &t[i]);
     if (st != TIDAL_OK) {
         st_close(f);
         return st;
     }
-    x->pid = dup_data(t[0]), x->poff = dup_data(t[1]), x->cid = dup_data(t[2]), x->coff = dup_data(t[3]);
-    x->goff = dup_data(t[4]), x->lp = dup_data(t[5]), x->mask = dup_data(t[6]), x->ver = dup_data(t[7]);
-    x->rew = dup_data(t[8]);
+    x->pid = debug_copy_out(t[0]), x->poff = debug_copy_out(t[1]), x->cid = debug_copy_out(t[2]), x->coff = debug_copy_out(t[3]);
+    x->goff = debug_copy_out(t[4]), x->lp = debug_copy_out(t[5]), x->mask = debug_copy_out(t[6]), x->ver = debug_copy_out(t[7]);
+    x->rew = debug_copy_out(t[8]);
     memcpy(&x->temperature, t[9]->data, sizeof x->temperature);
     x->n = (int)t[8]->shape[0], x->G = (int)t[4]->shape[0] - 1;
     x->n_p = t[0]->shape[0], x->n_c = t[2]->shape[0];
