@@ -116,11 +116,17 @@ static loss_batch view(const sample_ref *sr, layout *L, int first, int n, int po
                         .keep = L->keep ? L->keep + pos : NULL};
 }
 
+/* The model's view of micro-batch mb (its offsets in L->cu, until the next rel_cu). */
+static model_batch micro_batch(const sample_ref *sr, layout *L, const micro *mb, float inv_temp)
+{
+    return (model_batch){.T = mb->T, .S = mb->n, .ids = L->ids + mb->pos, .targets = L->targets + mb->pos,
+                         .cu_seqlens = rel_cu(sr, L, mb->first, mb->n), .inv_temp = inv_temp};
+}
+
 /* Forward m over micro-batch mb: logprobs into out[pos...], entropies into L->ent. */
 static tidal_status forward(model *m, const sample_ref *sr, layout *L, const micro *mb, float inv_temp, float *out)
 {
-    model_batch b = {.T = mb->T, .S = mb->n, .ids = L->ids + mb->pos, .targets = L->targets + mb->pos,
-                     .cu_seqlens = rel_cu(sr, L, mb->first, mb->n), .inv_temp = inv_temp};
+    model_batch b = micro_batch(sr, L, mb, inv_temp);
     return model_forward(m, &b, out + mb->pos, L->ent + mb->pos, NULL);
 }
 
@@ -354,9 +360,8 @@ tidal_status trainer_step(model *m, adamw *opt, const buffer_batch *batch, uint6
         const double v_theta = (double)version + (double)u / (double)U; /* the live weights' version */
         for (int j = uoff[u]; j < uoff[u + 1]; j++) {
             const micro *mb = &mbs[j];
-            if ((st = forward(m, sr, &L, mb, inv_temp, L.logp)) != TIDAL_OK) goto out;
-            model_batch b = {.T = mb->T, .S = mb->n, .ids = L.ids + mb->pos, .targets = L.targets + mb->pos,
-                             .cu_seqlens = rel_cu(sr, &L, mb->first, mb->n), .inv_temp = inv_temp};
+            const model_batch b = micro_batch(sr, &L, mb, inv_temp); /* for the forward and the backward */
+            if ((st = model_forward(m, &b, L.logp + mb->pos, L.ent + mb->pos, NULL)) != TIDAL_OK) goto out;
             out->positions += mb->T;
             out->micro_batches++;
             int64_t here = 0;
