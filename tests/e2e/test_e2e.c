@@ -119,24 +119,44 @@ static void show_output(const char *name)
     if (system(cmd) != 0) fprintf(stderr, "(no output)\n");
 }
 
-/* The newest step in RUN/metrics.jsonl (0 when none). */
-static long last_step(const char *run)
+/* The last row of metrics.jsonl, and for each key the largest value over all rows (*mx, a new object). */
+static json_t *metrics_last(const char *run, json_t **mx)
 {
-    char path[512];
+    char path[512], line[16384];
     snprintf(path, sizeof path, "%s/metrics.jsonl", run);
     FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    long step = 0;
-    char line[8192];
-    while (fgets(line, sizeof line, f)) {
+    json_t *last = NULL;
+    *mx = json_object();
+    while (f && fgets(line, sizeof line, f)) {
         json_t *o = json_loads(line, 0, NULL);
-        long s = (long)json_integer_value(json_object_get(o, "step"));
-        if (s > step) step = s;
-        json_decref(o);
+        if (!o) continue;
+        const char *k;
+        json_t *v;
+        json_object_foreach(o, k, v) {
+            const json_t *m = json_object_get(*mx, k);
+            if (json_is_number(v) && (!m || json_number_value(v) > json_number_value(m)))
+                json_object_set_new(*mx, k, json_real(json_number_value(v)));
+        }
+        json_decref(last);
+        last = o;
     }
-    fclose(f);
-    return step;
+    if (f) fclose(f);
+    return last;
 }
+
+/* The largest value of metric `key` over RUN/metrics.jsonl's rows; `none` when it has none. */
+static double metrics_max(const char *run, const char *key, double none)
+{
+    json_t *mx = NULL, *last = metrics_last(run, &mx);
+    const json_t *v = json_object_get(mx, key);
+    const double r = v ? json_number_value(v) : none;
+    json_decref(last);
+    json_decref(mx);
+    return r;
+}
+
+/* The newest step in RUN/metrics.jsonl (0 when none). */
+static long last_step(const char *run) { return (long)metrics_max(run, "step", 0); }
 
 static bool wait_step(const char *run, long step, double timeout_s)
 {
@@ -219,22 +239,8 @@ static void check_trained_once(const char *run, long steps, long want)
     json_decref(st);
 }
 
-/* Every step's staleness_max <= K; returns the largest seen. */
-static long max_staleness(const char *run)
-{
-    char path[512], line[8192];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", run);
-    FILE *f = fopen(path, "r");
-    long mx = -1;
-    while (f && fgets(line, sizeof line, f)) {
-        json_t *o = json_loads(line, 0, NULL);
-        long s = (long)json_number_value(json_object_get(o, "staleness_max"));
-        if (s > mx) mx = s;
-        json_decref(o);
-    }
-    if (f) fclose(f);
-    return mx;
-}
+/* The largest staleness_max of any step (-1 when there is none). */
+static long max_staleness(const char *run) { return (long)metrics_max(run, "staleness_max", -1); }
 
 static void fresh_work(const char *name)
 {
@@ -308,31 +314,6 @@ static void test_staleness(void)
         if (check_cur_failed_) show_output("run");
         cleanup();
     }
-}
-
-/* The last row of metrics.jsonl, and for each key the largest value over all rows (*mx, a new object). */
-static json_t *metrics_last(const char *run, json_t **mx)
-{
-    char path[512], line[16384];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", run);
-    FILE *f = fopen(path, "r");
-    json_t *last = NULL;
-    *mx = json_object();
-    while (f && fgets(line, sizeof line, f)) {
-        json_t *o = json_loads(line, 0, NULL);
-        if (!o) continue;
-        const char *k;
-        json_t *v;
-        json_object_foreach(o, k, v) {
-            const json_t *m = json_object_get(*mx, k);
-            if (json_is_number(v) && (!m || json_number_value(v) > json_number_value(m)))
-                json_object_set_new(*mx, k, json_real(json_number_value(v)));
-        }
-        json_decref(last);
-        last = o;
-    }
-    if (f) fclose(f);
-    return last;
 }
 
 /* Every option of the algorithm suite at once, from the job spec: the job runs to the end, each
