@@ -19,6 +19,11 @@
 double bench_now_s(void);
 double bench_peak_rss_mb(void);
 
+/* CPU seconds (user + system) used so far by this process (all its threads),
+ * and by process `pid` read from /proc/PID/stat (-1 when it cannot be read). */
+double bench_cpu_s(void);
+double bench_proc_cpu_s(int pid);
+
 /* Make $TMPDIR/PREFIX-XXXXXX into buf (buf[0] = 0 on failure); remove it again
  * (a no-op for ""). `who` ("bench train") prefixes messages. */
 tidal_status bench_temp_dir(const char *who, const char *prefix, char *buf, size_t cap);

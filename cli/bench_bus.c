@@ -2,12 +2,17 @@
  * raw core NATS on the same server in the same run.
  *
  * tidal path: trajectory-sized protobuf messages (a real Trajectory with 1,024
- * completion tokens and their logprobs, ~8 KB) published with Nats-Msg-Id to a
- * file-storage stream (pipelined publishes, acks awaited) while a durable pull
- * consumer fetches and acks them - what rollout workers and the trainer do.
+ * completion tokens and their logprobs, ~8 KB) published with Nats-Msg-Id to
+ * the trajectory stream of job "tidal-bench-bus" (pipelined publishes, acks awaited)
+ * while that job's trainer consumer fetches and acks them - what rollout
+ * workers and the trainer do.
  * peer: the same bytes published on a core subject to one plain subscriber
  * (no storage, no acks). Both clocks run from the first publish to the last
  * message consumed. ratio = tidal msgs/s / peer msgs/s.
+ * With a private server the bench also reads the CPU time each path costs
+ * (this process's and nats-server's), per message: cpu_ratio = peer CPU per
+ * message / tidal CPU per message is what the ratio is once every core is busy,
+ * which tells a machine-bound result from a latency-bound one.
  */
 #include <getopt.h>
 #include <stdbool.h>
@@ -16,15 +21,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/bench.h"
 #include "proto/bus.h"
 #include "proto/codec.h"
+#include "proto/job.h"
 #include "proto/server.h"
 
-#define BENCH_SUBJECT_JS "tidal.bench.traj"
+#define BENCH_JOB "tidal-bench-bus" /* a name no real job should have: its bus objects are removed after */
 #define BENCH_SUBJECT_RAW "tidal.bench.raw"
-#define BENCH_STREAM "TIDAL_bench_TRAJ"
 #define FETCH_BATCH 256
 #define BENCH_MAX_PUBLISHERS 16
 
@@ -33,7 +39,12 @@ typedef struct {
     double msgs_per_s;
     double mb_per_s;
     long received;
+    double client_cpu_s; /* this process, all threads, over the timed window */
+    double server_cpu_s; /* the private nats-server over the same window; -1: not ours (--bus) */
 } bench_result;
+
+static int server_pid = -1;          /* the private server's, for its CPU time */
+static const char *js_subject = NULL; /* the bench job's trajectory subject */
 
 typedef struct {
     tidal_bus *bus;
@@ -142,9 +153,12 @@ static void *raw_consume(void *arg)
     return NULL;
 }
 
-static void finish(bench_result *r, double t0, long n, size_t len)
+static void finish(bench_result *r, double t0, double cpu0, double srv0, long n, size_t len)
 {
     r->seconds = bench_now_s() - t0;
+    r->client_cpu_s = bench_cpu_s() - cpu0;
+    double srv1 = bench_proc_cpu_s(server_pid);
+    r->server_cpu_s = srv0 >= 0 && srv1 >= 0 ? srv1 - srv0 : -1;
     r->received = n;
     r->msgs_per_s = (double)n / r->seconds;
     r->mb_per_s = r->msgs_per_s * (double)len / 1e6;
@@ -169,7 +183,7 @@ static void *publish(void *arg)
         if (p->jetstream) {
             char id[32];
             snprintf(id, sizeof id, "traj-%ld", i);
-            s = bus_js_publish_async(p->bus, BENCH_SUBJECT_JS, p->payload, (int)p->len, id);
+            s = bus_js_publish_async(p->bus, js_subject, p->payload, (int)p->len, id);
         } else {
             s = bus_publish(p->bus, BENCH_SUBJECT_RAW, p->payload, (int)p->len);
         }
@@ -187,7 +201,7 @@ static tidal_status run_path(bool jetstream, tidal_bus **pubs, int n_pubs, consu
 {
     pthread_t cth, pth[BENCH_MAX_PUBLISHERS];
     publisher_ctx pc[BENCH_MAX_PUBLISHERS];
-    double t0 = bench_now_s();
+    double t0 = bench_now_s(), cpu0 = bench_cpu_s(), srv0 = bench_proc_cpu_s(server_pid);
     pthread_create(&cth, NULL, jetstream ? js_consume : raw_consume, c);
     for (int i = 0; i < n_pubs; i++) {
         long first = n * i / n_pubs, last = n * (i + 1) / n_pubs;
@@ -202,31 +216,48 @@ static tidal_status run_path(bool jetstream, tidal_bus **pubs, int n_pubs, consu
     }
     if (s != TIDAL_OK) c->want = 0; /* let the consumer stop */
     pthread_join(cth, NULL);
-    finish(r, t0, c->got, len);
+    finish(r, t0, cpu0, srv0, c->got, len);
     if (s == TIDAL_OK && c->status != TIDAL_OK) s = tidal_fail(c->status, "bench: consumer: %s", c->err);
     if (s == TIDAL_OK && c->got != n)
         s = tidal_fail(TIDAL_ERR_BUS, "bench: the consumer got %ld of %ld messages", c->got, n);
     return s;
 }
 
+/* The JetStream path runs on a job's own trajectory stream and trainer
+ * consumer (job_bus_ensure: work-queue retention, the 10-minute Nats-Msg-Id
+ * window, the trainer's ack wait and pending bound), so the bench measures
+ * what a job pays, not a cheaper stream of its own. */
 static tidal_status run_jetstream(tidal_bus **pubs, int n_pubs, tidal_bus *subconn, const void *payload, size_t len,
                                   long n, bench_result *r)
 {
-    const char *subjects[] = {BENCH_SUBJECT_JS};
-    bus_stream_delete(subconn, BENCH_STREAM); /* a clean stream each run */
-    tidal_clear();
-    bus_stream_cfg sc = {.name = BENCH_STREAM, .subjects = subjects, .n_subjects = 1};
-    tidal_status s = bus_stream_ensure(subconn, &sc);
-    bus_consumer_cfg cc = {.stream = BENCH_STREAM, .durable = "trainer", .ack_wait_ms = 60000,
-                           .max_ack_pending = 20000};
-    if (s == TIDAL_OK) s = bus_consumer_ensure(subconn, &cc);
-    consumer_ctx c = {.bus = subconn, .want = n};
-    if (s == TIDAL_OK) s = bus_pull_subscribe(subconn, BENCH_STREAM, "trainer", &c.sub);
+    job_names names;
+    tidal_status s = job_names_init(&names, BENCH_JOB);
     if (s != TIDAL_OK) return s;
+    bus_stream_delete(subconn, names.traj_stream); /* a clean stream each run */
+    tidal_clear();
+    job_bus_cfg jc = {.prompt_ack_wait_ms = 60000, .prompt_max_deliver = 5}; /* the prompts stream is unused here */
+    s = job_bus_ensure(subconn, &names, &jc, NULL);
+    consumer_ctx c = {.bus = subconn, .want = n};
+    if (s == TIDAL_OK) s = bus_pull_subscribe(subconn, names.traj_stream, JOB_CONSUMER_TRAINER, &c.sub);
+    if (s != TIDAL_OK) return s;
+    js_subject = names.traj_subject;
     s = run_path(true, pubs, n_pubs, &c, payload, len, n, r);
     bus_unsubscribe(c.sub);
-    bus_stream_delete(subconn, BENCH_STREAM);
+    bus_stream_delete(subconn, names.traj_stream);
     return s;
+}
+
+/* Remove what job_bus_ensure made for the bench job (on a --bus server too). */
+static void remove_bench_job(tidal_bus *b)
+{
+    job_names names;
+    if (!b || job_names_init(&names, BENCH_JOB) != TIDAL_OK) return;
+    char kv[sizeof names.kv_bucket + 3], workers[sizeof names.workers_bucket + 3];
+    snprintf(kv, sizeof kv, "KV_%s", names.kv_bucket); /* a KV bucket is the stream KV_<bucket> */
+    snprintf(workers, sizeof workers, "KV_%s", names.workers_bucket);
+    const char *streams[] = {names.traj_stream, names.prompts_stream, kv, workers};
+    for (size_t i = 0; i < sizeof streams / sizeof *streams; i++) bus_stream_delete(b, streams[i]);
+    tidal_clear();
 }
 
 static tidal_status run_raw(tidal_bus **pubs, int n_pubs, tidal_bus *subconn, const void *payload, size_t len, long n,
@@ -244,18 +275,31 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: tidal bench bus [--bus URL] [--publishers P] [--messages N] [--rounds R] [--json]\n"
-            "  JetStream trajectory path (publish with Nats-Msg-Id to a file stream, pull\n"
-            "  consumer with acks) against raw core NATS pub/sub of the same ~8 KB\n"
-            "  Trajectory messages, on the same server. Without --bus a private\n"
-            "  nats-server is started. P publishers (default 1), each on its own connection\n"
-            "  like rollout workers, share the N messages; one consumer. Each path runs R\n"
-            "  rounds (default 3); the best counts.\n");
+            "  JetStream trajectory path (publish with Nats-Msg-Id to the trajectory stream\n"
+            "  of job tidal-bench-bus, its trainer pull consumer with acks) against raw core\n"
+            "  NATS pub/sub of the same ~8 KB Trajectory messages, on the same server.\n"
+            "  Without --bus a private nats-server is started, and the CPU each path costs\n"
+            "  per message (this process and nats-server) is reported too. P publishers\n"
+            "  (default 1), each on its own connection like rollout workers, share the N\n"
+            "  messages; one consumer. Each path runs R rounds (default 3); the best counts.\n");
+}
+
+/* CPU microseconds per message, client + server (client only with --bus). */
+static double cpu_us_per_msg(const bench_result *r)
+{
+    double cpu = r->client_cpu_s + (r->server_cpu_s > 0 ? r->server_cpu_s : 0);
+    return r->received > 0 ? cpu * 1e6 / (double)r->received : 0;
 }
 
 static json_t *result_json(const bench_result *r)
 {
-    return json_pack("{s:f, s:f, s:f, s:I}", "seconds", r->seconds, "msgs_per_s", r->msgs_per_s, "mb_per_s",
-                     r->mb_per_s, "messages", (json_int_t)r->received);
+    json_t *o = json_pack("{s:f, s:f, s:f, s:I, s:f, s:f}", "seconds", r->seconds, "msgs_per_s", r->msgs_per_s,
+                          "mb_per_s", r->mb_per_s, "messages", (json_int_t)r->received, "client_cpu_us_per_msg",
+                          r->client_cpu_s * 1e6 / (double)r->received, "cores_used",
+                          (r->client_cpu_s + (r->server_cpu_s > 0 ? r->server_cpu_s : 0)) / r->seconds);
+    json_object_set_new(o, "server_cpu_us_per_msg",
+                        r->server_cpu_s >= 0 ? json_real(r->server_cpu_s * 1e6 / (double)r->received) : json_null());
+    return o;
 }
 
 int bench_bus_main(int argc, char **argv)
@@ -296,6 +340,7 @@ int bench_bus_main(int argc, char **argv)
         tidal_server_opts so = {0};
         s = tidal_server_start(&srv, &so);
         if (s == TIDAL_OK) url = tidal_server_url(srv);
+        server_pid = tidal_server_pid(srv);
     }
     bus_opts bo = {.urls = url, .name = "tidal-bench", .async_max_pending = 8192, .js_timeout_ms = 10000};
     for (int i = 0; i < n_pubs && s == TIDAL_OK; i++) s = bus_connect(&pubs[i], &bo);
@@ -307,8 +352,10 @@ int bench_bus_main(int argc, char **argv)
         s = run_raw(pubs, n_pubs, subconn, payload, len, n, &raw);
         if (s == TIDAL_OK) s = run_jetstream(pubs, n_pubs, subconn, payload, len, n, &js);
         if (s != TIDAL_OK) break;
-        fprintf(stderr, "round %d: jetstream %.0f msgs/s (%.1f MB/s), raw %.0f msgs/s (%.1f MB/s)\n", i + 1,
-                    js.msgs_per_s, js.mb_per_s, raw.msgs_per_s, raw.mb_per_s);
+        fprintf(stderr,
+                "round %d: jetstream %.0f msgs/s (%.1f MB/s, %.1f CPU us/msg), raw %.0f msgs/s (%.1f MB/s, %.1f CPU us/msg)\n",
+                i + 1, js.msgs_per_s, js.mb_per_s, cpu_us_per_msg(&js), raw.msgs_per_s, raw.mb_per_s,
+                cpu_us_per_msg(&raw));
         if (js.msgs_per_s > js_best.msgs_per_s) js_best = js;
         if (raw.msgs_per_s > raw_best.msgs_per_s) raw_best = raw;
     }
@@ -318,19 +365,32 @@ int bench_bus_main(int argc, char **argv)
         rc = 1;
     } else {
         double ratio = js_best.msgs_per_s / raw_best.msgs_per_s;
-        if (!as_json)
+        /* Both paths keep every core of a small machine partly busy; the CPU
+         * each spends per message is the bound: with all cores saturated the
+         * ratio would be raw's CPU per message over JetStream's. */
+        bool cpu_known = js_best.server_cpu_s >= 0 && raw_best.server_cpu_s >= 0;
+        double cpu_ratio = cpu_known ? cpu_us_per_msg(&raw_best) / cpu_us_per_msg(&js_best) : 0;
+        if (!as_json) {
             printf("bench bus: %ld messages of %zu bytes from %d publisher%s\n"
                    "  tidal (JetStream file stream, Nats-Msg-Id, pull consumer + acks): %10.0f msgs/s %8.1f MB/s\n"
                    "  peer  (core NATS pub/sub, no storage, no acks):                  %10.0f msgs/s %8.1f MB/s\n"
                    "  ratio %.3f\n",
-                   n, len, n_pubs, n_pubs > 1 ? "s" : "", js_best.msgs_per_s, js_best.mb_per_s, raw_best.msgs_per_s, raw_best.mb_per_s, ratio);
-        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:o, s:o, s:f}", "bench", "bus", "peer",
+                   n, len, n_pubs, n_pubs > 1 ? "s" : "", js_best.msgs_per_s, js_best.mb_per_s, raw_best.msgs_per_s,
+                   raw_best.mb_per_s, ratio);
+            if (cpu_known)
+                printf("  CPU per message (client + nats-server): tidal %.1f us, peer %.1f us; "
+                       "ratio at full CPU %.3f (%ld cores)\n",
+                       cpu_us_per_msg(&js_best), cpu_us_per_msg(&raw_best), cpu_ratio, sysconf(_SC_NPROCESSORS_ONLN));
+        }
+        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:o, s:o, s:f}", "bench", "bus", "peer",
                               "core NATS publish/subscribe of the same bytes on the same server",
                               "messages", (json_int_t)n, "message_bytes", (json_int_t)len, "publishers", n_pubs,
-                              "rounds", rounds,
+                              "rounds", rounds, "cores", (json_int_t)sysconf(_SC_NPROCESSORS_ONLN),
                               "tidal", result_json(&js_best), "raw", result_json(&raw_best), "ratio", ratio);
+        json_object_set_new(o, "cpu_ratio", cpu_known ? json_real(cpu_ratio) : json_null());
         bench_print_json(o);
     }
+    remove_bench_job(subconn);
     bus_close(subconn);
     for (int i = 0; i < n_pubs; i++) bus_close(pubs[i]);
     tidal_server_stop(srv);

@@ -660,6 +660,8 @@ const char *tidal_server_url(const tidal_server *s) { return s ? s->url : NULL; 
 
 int tidal_server_port(const tidal_server *s) { return s ? s->port : 0; }
 
+int tidal_server_pid(const tidal_server *s) { return s ? (int)s->pid : -1; }
+
 const char *tidal_server_store_dir(const tidal_server *s) { return s ? s->store_dir : NULL; }
 
 tidal_status tidal_server_kill(tidal_server *s)

@@ -33,6 +33,8 @@ tidal_status tidal_server_start(tidal_server **out, const tidal_server_opts *opt
 /* "nats://127.0.0.1:PORT"; valid until tidal_server_stop. */
 const char *tidal_server_url(const tidal_server *s);
 int tidal_server_port(const tidal_server *s);
+/* The running child's pid (what `tidal bench bus` reads CPU time from), or -1. */
+int tidal_server_pid(const tidal_server *s);
 const char *tidal_server_store_dir(const tidal_server *s);
 
 /* SIGKILL the server and reap it (no clean shutdown: the crash tests). */

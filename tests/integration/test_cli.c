@@ -12,6 +12,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "check.h"
 #include "model/model.h"
 
@@ -275,6 +277,31 @@ static void test_generate_tiny_model(void)
     CHECK(system(cmd) == 0);
 }
 
+/* `tidal bench bus` end to end on a private server, small: the JSON line has
+ * both paths' figures and the CPU accounting (a number only a real
+ * nats-server child and real traffic give), and every message arrived. */
+static void test_bench_bus_reports(void)
+{
+    run_result r = run_tidal("bench", "bus", "--messages", "3000", "--rounds", "1", "--json", NULL);
+    size_t n = r.out ? strlen(r.out) : 0;
+    while (n > 0 && r.out[n - 1] == '\n') r.out[--n] = '\0';
+    const char *nl = r.out ? strrchr(r.out, '\n') : NULL;
+    const char *last = nl ? nl + 1 : r.out; /* the JSON is the last line */
+    json_error_t jerr;
+    json_t *o = last ? json_loads(last, 0, &jerr) : NULL;
+    json_t *t = json_object_get(o, "tidal"), *raw = json_object_get(o, "raw");
+    double ratio = json_number_value(json_object_get(o, "ratio"));
+    double cpu_ratio = json_number_value(json_object_get(o, "cpu_ratio"));
+    int ok = r.status == 0 && o && t && raw && json_integer_value(json_object_get(t, "messages")) == 3000 &&
+             json_integer_value(json_object_get(raw, "messages")) == 3000 && ratio > 0 && cpu_ratio > 0 &&
+             json_number_value(json_object_get(t, "server_cpu_us_per_msg")) > 0 &&
+             json_number_value(json_object_get(t, "client_cpu_us_per_msg")) > 0 &&
+             json_number_value(json_object_get(raw, "cores_used")) > 0 && strstr(r.err, "round 1:");
+    CHECK_MSG(ok, "bench bus: exit %d\nstdout: %s\nstderr: %s", r.status, r.out, r.err);
+    json_decref(o);
+    run_free(&r);
+}
+
 int main(void)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -290,5 +317,6 @@ int main(void)
     RUN(test_role_usage_errors);
     RUN(test_generate_tiny_model);
     RUN(test_bench_dispatch);
+    RUN(test_bench_bus_reports);
     return check_summary();
 }
