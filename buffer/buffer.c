@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "proto/codec.h"
+#include "proto/hash.h"
 
 /* ---------------------------------------------------------------- a string set */
 
@@ -28,16 +29,9 @@ typedef struct strset {
     size_t cap, n;
 } strset;
 
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
-    return h;
-}
-
 static size_t strset_find(const strset *s, const char *k)
 {
-    size_t i = (size_t)fnv1a(k) & (s->cap - 1);
+    size_t i = (size_t)hash_string(k) & (s->cap - 1);
     while (s->slots[i] && strcmp(s->slots[i], k)) i = (i + 1) & (s->cap - 1);
     return i;
 }

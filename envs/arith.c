@@ -9,6 +9,7 @@
  * digits x terms <= 18, so no product of operands reaches 10^18.
  */
 #include "envs/builtin.h"
+#include "proto/str.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -95,7 +96,7 @@ static tidal_status arith_generate(const void *state, uint64_t seed, char **task
     json_t *task = json_pack("{s:s, s:I}", "question", q, "answer", (json_int_t)total);
     char *tj = task ? json_dumps(task, JSON_COMPACT) : NULL;
     json_decref(task);
-    char *p = env_printf("What is %s? Give only the number.", q);
+    char *p = str_printf("What is %s? Give only the number.", q);
     if (!tj || !p) {
         free(tj);
         free(p);

@@ -51,9 +51,6 @@ json_t *env_task_field(const json_t *task, const char *path);
 /* Record TIDAL_ERR_INVALID "<prefix>.<key>: <text>" and return it. */
 tidal_status env_bad(const char *prefix, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* A malloc'd printf-formatted string (NULL when out of memory). */
-char *env_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
 /* ---- a seeded generator (env.c): splitmix64, the same sequence on every
  * platform, so generate(seed) is reproducible anywhere ---- */
 typedef struct env_rng {

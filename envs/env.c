@@ -11,6 +11,7 @@
 #include "envs/env.h"
 #include "envs/builtin.h"
 #include "model/json_value.h"
+#include "proto/str.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -28,33 +29,11 @@ void env_result_clear(env_result *r)
     memset(r, 0, sizeof *r);
 }
 
-static char *vformat(const char *fmt, va_list ap)
-{
-    va_list ap2;
-    va_copy(ap2, ap);
-    int n = vsnprintf(NULL, 0, fmt, ap2);
-    va_end(ap2);
-    if (n < 0) return NULL;
-    char *s = malloc((size_t)n + 1);
-    if (!s) return NULL;
-    vsnprintf(s, (size_t)n + 1, fmt, ap);
-    return s;
-}
-
-char *env_printf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = vformat(fmt, ap);
-    va_end(ap);
-    return s;
-}
-
 tidal_status env_result_observe(env_result *r, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    char *s = vformat(fmt, ap);
+    char *s = str_vprintf(fmt, ap);
     va_end(ap);
     if (!s) return tidal_fail(TIDAL_ERR_NOMEM, "env: observation: out of memory");
     free(r->observation);

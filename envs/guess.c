@@ -8,6 +8,7 @@
  * turn max_turns ends the episode revealing the number (reward 0).
  */
 #include "envs/builtin.h"
+#include "proto/str.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -67,7 +68,7 @@ static tidal_status read_game(const guess_cfg *c, const json_t *task, game *g)
 
 static char *intro(const game *g)
 {
-    return env_printf("I am thinking of a number between %" PRId64 " and %" PRId64
+    return str_printf("I am thinking of a number between %" PRId64 " and %" PRId64
                       ". Guess it: answer with a number. You have %" PRId64 " guesses.",
                       g->low, g->high, g->max_turns);
 }

@@ -10,6 +10,7 @@
  * scores it position by position against task.answer.
  */
 #include "envs/builtin.h"
+#include "proto/str.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,9 +158,9 @@ static tidal_status strings_generate(const void *state, uint64_t seed, char **ta
     json_t *task = json_pack("{s:s, s:s, s:s}", "op", op_names[op], "input", in, "answer", ans);
     char *tj = task ? json_dumps(task, JSON_COMPACT) : NULL;
     json_decref(task);
-    char *p = c->bare    ? env_printf("%s", in)
-              : c->terse ? env_printf("%s %s", op_names[op], in)
-                         : env_printf("%s\nString: %s\nGive only the resulting string.", instruction(op, c->digits), in);
+    char *p = c->bare    ? str_printf("%s", in)
+              : c->terse ? str_printf("%s %s", op_names[op], in)
+                         : str_printf("%s\nString: %s\nGive only the resulting string.", instruction(op, c->digits), in);
     if (!tj || !p) {
         free(tj);
         free(p);

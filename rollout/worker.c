@@ -13,6 +13,7 @@
 #include "controller/spec.h"
 #include "envs/client.h"
 #include "proto/codec.h"
+#include "proto/hash.h"
 #include "proto/job.h"
 #include "rollout/engine.h"
 #include "rollout/episode.h"
@@ -235,13 +236,6 @@ static tidal_status sync_to(worker *w, uint64_t min_version)
 
 /* ---------------------------------------------------------------- one prompt */
 
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
-    return h;
-}
-
 /* Reject a message that is not a usable prompt: it is never redelivered. */
 static void reject(worker *w, bus_msg *m, const char *why)
 {
@@ -328,7 +322,7 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
             .sampling = {.temperature = sp ? (float)sp->temperature : (float)w->spec.rollout.temperature,
                          .top_p = sp ? (float)sp->top_p : (float)w->spec.rollout.top_p,
                          .top_k = sp ? (int)sp->top_k : w->spec.rollout.top_k,
-                         .seed = sp && sp->seed ? sp->seed : fnv1a(p->group_id) ^ (uint64_t)w->spec.data.seed},
+                         .seed = sp && sp->seed ? sp->seed : hash_string(p->group_id) ^ (uint64_t)w->spec.data.seed},
         };
         if (g.sampling.top_p >= 1.0f) g.sampling.top_p = 0;
         st = episode_run_group(w->e, w->tok, w->env, &g, out);
@@ -348,7 +342,7 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
     /* simulated slower hardware and long-tailed completions (benchmarks): hold the group before publishing */
     double factor = w->o->slowdown > 1 ? w->o->slowdown : 1;
     if (w->o->tail > 0) {
-        const double u = (double)((fnv1a(p->group_id) >> 11) + 1) / 9007199254740993.0; /* (0, 1], per group */
+        const double u = (double)((hash_string(p->group_id) >> 11) + 1) / 9007199254740993.0; /* (0, 1], per group */
         const double x = pow(u, -1.0 / w->o->tail);
         factor *= x < 50 ? x : 50;
     }
