@@ -247,19 +247,6 @@ static tidal_status run_jetstream(tidal_bus **pubs, int n_pubs, tidal_bus *subco
     return s;
 }
 
-/* Remove what job_bus_ensure made for the bench job (on a --bus server too). */
-static void remove_bench_job(tidal_bus *b)
-{
-    job_names names;
-    if (!b || job_names_init(&names, BENCH_JOB) != TIDAL_OK) return;
-    char kv[sizeof names.kv_bucket + 3], workers[sizeof names.workers_bucket + 3];
-    snprintf(kv, sizeof kv, "KV_%s", names.kv_bucket); /* a KV bucket is the stream KV_<bucket> */
-    snprintf(workers, sizeof workers, "KV_%s", names.workers_bucket);
-    const char *streams[] = {names.traj_stream, names.prompts_stream, kv, workers};
-    for (size_t i = 0; i < sizeof streams / sizeof *streams; i++) bus_stream_delete(b, streams[i]);
-    tidal_clear();
-}
-
 static tidal_status run_raw(tidal_bus **pubs, int n_pubs, tidal_bus *subconn, const void *payload, size_t len, long n,
                             bench_result *r)
 {
@@ -390,7 +377,8 @@ int bench_bus_main(int argc, char **argv)
         json_object_set_new(o, "cpu_ratio", cpu_known ? json_real(cpu_ratio) : json_null());
         bench_print_json(o);
     }
-    remove_bench_job(subconn);
+    job_names bench_job;
+    if (subconn && job_names_init(&bench_job, BENCH_JOB) == TIDAL_OK) job_bus_remove(subconn, &bench_job);
     bus_close(subconn);
     for (int i = 0; i < n_pubs; i++) bus_close(pubs[i]);
     tidal_server_stop(srv);

@@ -534,9 +534,23 @@ tidal_status bus_stream_ensure(tidal_bus *b, const bus_stream_cfg *c)
         jerr = 0;
         s = js_AddStream(&si, b->js, &want, NULL, &jerr);
         jsStreamInfo_Destroy(si);
-        if (s != NATS_OK) return bus_nats_fail(s, jerr, "bus: create stream %s", c->name);
-        tidal_log(TIDAL_LOG_DEBUG, "bus: created stream %s", c->name);
-        return TIDAL_OK;
+        si = NULL;
+        if (s == NATS_OK) {
+            tidal_log(TIDAL_LOG_DEBUG, "bus: created stream %s", c->name);
+            return TIDAL_OK;
+        }
+        /* Another role may have created it between the two calls (the
+         * controller and the trainer ensure the same streams at start-up);
+         * then the server refuses ours ("subjects overlap", "name in use")
+         * and the stream is there to compare with, as if it had been found. */
+        tidal_status fail = bus_nats_fail(s, jerr, "bus: create stream %s", c->name);
+        jsErrCode jerr2 = 0;
+        if (js_GetStreamInfo(&si, b->js, c->name, NULL, &jerr2) != NATS_OK) {
+            jsStreamInfo_Destroy(si);
+            return fail;
+        }
+        tidal_clear();
+        s = NATS_OK;
     }
     if (s != NATS_OK) return bus_nats_fail(s, jerr, "bus: stream info %s", c->name);
 
@@ -626,8 +640,17 @@ tidal_status bus_consumer_ensure(tidal_bus *b, const bus_consumer_cfg *c)
         jerr = 0;
         s = js_AddConsumer(&ci, b->js, c->stream, &want, NULL, &jerr);
         jsConsumerInfo_Destroy(ci);
-        if (s != NATS_OK) return bus_nats_fail(s, jerr, "bus: create consumer %s on stream %s", c->durable, c->stream);
-        return TIDAL_OK;
+        ci = NULL;
+        if (s == NATS_OK) return TIDAL_OK;
+        /* lost a creation race (see bus_stream_ensure): compare with the winner's */
+        tidal_status fail = bus_nats_fail(s, jerr, "bus: create consumer %s on stream %s", c->durable, c->stream);
+        jsErrCode jerr2 = 0;
+        if (js_GetConsumerInfo(&ci, b->js, c->stream, c->durable, NULL, &jerr2) != NATS_OK) {
+            jsConsumerInfo_Destroy(ci);
+            return fail;
+        }
+        tidal_clear();
+        s = NATS_OK;
     }
     if (s != NATS_OK) return bus_nats_fail(s, jerr, "bus: consumer info %s on stream %s", c->durable, c->stream);
 
@@ -895,7 +918,13 @@ tidal_status bus_kv_ensure(tidal_bus *b, const bus_kv_cfg *c, bus_kv **out)
     kc.StorageType = c->memory ? js_MemoryStorage : js_FileStorage;
     if (c->max_value_bytes > 0) kc.MaxValueSize = c->max_value_bytes;
     s = js_CreateKeyValue(&kv, b->js, &kc);
-    if (s != NATS_OK) return bus_nats_fail(s, 0, "bus: create kv bucket %s", c->bucket);
+    if (s != NATS_OK) {
+        /* lost a creation race (see bus_stream_ensure): use the winner's bucket */
+        tidal_status fail = bus_nats_fail(s, 0, "bus: create kv bucket %s", c->bucket);
+        kv = NULL;
+        if (js_KeyValue(&kv, b->js, c->bucket) != NATS_OK) return fail;
+        tidal_clear();
+    }
     return kv_wrap(b, kv, c->bucket, out);
 }
 

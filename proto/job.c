@@ -81,6 +81,25 @@ tidal_status job_trainer_consumer_reset(tidal_bus *b, const job_names *n)
     return bus_consumer_ensure(b, &tc);
 }
 
+tidal_status job_bus_remove(tidal_bus *b, const job_names *n)
+{
+    char kv[sizeof n->kv_bucket + 3], workers[sizeof n->workers_bucket + 3];
+    snprintf(kv, sizeof kv, "KV_%s", n->kv_bucket); /* a KV bucket is the stream KV_<bucket> */
+    snprintf(workers, sizeof workers, "KV_%s", n->workers_bucket);
+    const char *streams[] = {n->traj_stream, n->prompts_stream, n->weights_stream, kv, workers};
+    tidal_status first = TIDAL_OK;
+    char why[512] = "";
+    for (size_t i = 0; i < sizeof streams / sizeof *streams; i++) {
+        tidal_status s = bus_stream_delete(b, streams[i]);
+        if (s == TIDAL_OK || s == TIDAL_ERR_NOT_FOUND || first != TIDAL_OK) continue;
+        first = s;
+        snprintf(why, sizeof why, "%s", tidal_errmsg());
+    }
+    if (first != TIDAL_OK) return tidal_fail(first, "%s", why);
+    tidal_clear();
+    return TIDAL_OK;
+}
+
 tidal_status job_metric_publish(tidal_bus *b, const job_names *n, const char *role, uint64_t step, double time_s,
                                 const job_metric_value *v, int nv)
 {

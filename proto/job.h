@@ -58,6 +58,11 @@ typedef struct job_bus_cfg {
  * consumers, and the two KV buckets. *kv (may be NULL) gets the job's bucket. */
 tidal_status job_bus_ensure(tidal_bus *b, const job_names *n, const job_bus_cfg *c, bus_kv **kv);
 
+/* Delete what job_bus_ensure made for the job (its two streams and two KV
+ * buckets, with every message in them) and the weights stream. What is not
+ * there is skipped; the first other failure is returned after trying all. */
+tidal_status job_bus_remove(tidal_bus *b, const job_names *n);
+
 /* One Metric (role, step, time, named values) on tidal.J.metrics.<role>:
  * core NATS, fire and forget (the controller writes what it hears). */
 typedef struct job_metric_value {
