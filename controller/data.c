@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "envs/env.h"
+#include "proto/hash.h"
 
 /* A generator's evaluation seeds come from another base (and are odd). */
 #define EVAL_SEED_BASE 0x45564100000000ull /* "EVA" */
@@ -26,14 +27,6 @@ struct dataset {
     uint64_t *perm;    /* the current epoch's order */
     int64_t perm_epoch; /* which epoch perm holds (-1: none) */
 };
-
-static uint64_t mix(uint64_t z)
-{
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 void dataset_item_clear(dataset_item *it)
 {
@@ -108,7 +101,7 @@ tidal_status dataset_open_jsonl(const char *path, const char *prompt_key, double
             st = tidal_fail(TIDAL_ERR_NOMEM, "dataset: out of memory");
             break;
         }
-        const bool held = (double)(mix(seed ^ mix(no)) >> 11) * 0x1.0p-53 < eval_fraction;
+        const bool held = (double)(mix64(seed ^ mix64(no)) >> 11) * 0x1.0p-53 < eval_fraction;
         st = held ? push(&d->eval, &d->n_eval, &cap_e, text, no) : push(&d->train, &d->n_train, &cap_t, text, no);
         if (st != TIDAL_OK) free(text);
     }
@@ -172,7 +165,7 @@ tidal_status dataset_train_item(dataset *d, uint64_t i, int epochs, bool shuffle
 {
     memset(out, 0, sizeof *out);
     if (d->gen) {
-        const uint64_t s = (mix(d->seed) + i) << 1; /* training seeds are even, evaluation seeds odd */
+        const uint64_t s = (mix64(d->seed) + i) << 1; /* training seeds are even, evaluation seeds odd */
         out->source = s;
         return env_generate(d->gen, s, &out->task_json, &out->prompt);
     }
@@ -183,9 +176,9 @@ tidal_status dataset_train_item(dataset *d, uint64_t i, int epochs, bool shuffle
     if ((int64_t)epoch != d->perm_epoch) { /* this epoch's order: Fisher-Yates from (seed, epoch) */
         for (size_t k = 0; k < d->n_train; k++) d->perm[k] = k;
         if (shuffle) {
-            uint64_t r = mix(d->seed ^ mix(epoch + 1));
+            uint64_t r = mix64(d->seed ^ mix64(epoch + 1));
             for (size_t k = d->n_train - 1; k > 0; k--) {
-                r = mix(r);
+                r = mix64(r);
                 size_t j = (size_t)(r % (k + 1));
                 uint64_t t = d->perm[k];
                 d->perm[k] = d->perm[j];
@@ -203,7 +196,7 @@ tidal_status dataset_eval_item(dataset *d, size_t i, dataset_item *out)
     if (i >= d->n_eval)
         return tidal_fail(TIDAL_ERR_NOT_FOUND, "dataset: evaluation item %zu of %zu", i, d->n_eval);
     if (d->gen) {
-        out->source = ((mix(d->seed ^ EVAL_SEED_BASE) + i) << 1) | 1;
+        out->source = ((mix64(d->seed ^ EVAL_SEED_BASE) + i) << 1) | 1;
         return env_generate(d->gen, out->source, &out->task_json, &out->prompt);
     }
     return row_item(d, &d->eval[i], out);

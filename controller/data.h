@@ -10,8 +10,9 @@
  * A file row is any JSON object; its prompt_key field (a string) is the
  * prompt text, and the whole row becomes the task the environment scores
  * against (gsm8k reads `answer`). A row is held out for evaluation by a hash
- * of its line and the seed (stable under edits elsewhere in the file), so
- * about eval_fraction of the rows never train. A generator's task for seed
+ * of its line number and the seed (the same split on every run over the same
+ * file; inserting or deleting lines moves the rows after them), so about
+ * eval_fraction of the rows never train. A generator's task for seed
  * s is env_generate(s); training seeds are even and evaluation seeds odd,
  * so the two never share a seed.
  */

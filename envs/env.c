@@ -11,6 +11,7 @@
 #include "envs/env.h"
 #include "envs/builtin.h"
 #include "model/json_value.h"
+#include "proto/hash.h"
 #include "proto/str.h"
 
 #include <inttypes.h>
@@ -349,13 +350,7 @@ json_t *env_task_field(const json_t *task, const char *path)
 
 void env_rng_seed(env_rng *r, uint64_t seed) { r->s = seed; }
 
-uint64_t env_rng_next(env_rng *r)
-{
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
+uint64_t env_rng_next(env_rng *r) { return splitmix64_next(&r->s); }
 
 uint64_t env_rng_below(env_rng *r, uint64_t n)
 {

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 
 #include "kernels/cpu/ops.h"
+#include "proto/hash.h"
 
 /* Views of one layer's parameters (or gradients) into a buffer. */
 typedef struct layer_view {
@@ -249,19 +250,10 @@ void model_zero_grads(model *m) { memset(m->grads, 0, m->n_params * sizeof(float
 
 /* ------------------------------------------------------------ initialisation */
 
-/* splitmix64: a seeded, portable stream (the same model on every machine). */
-static uint64_t next_u64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static double next_normal(uint64_t *s)
 {
-    double u1 = ((double)(next_u64(s) >> 11) + 0.5) / 9007199254740992.0;
-    double u2 = ((double)(next_u64(s) >> 11) + 0.5) / 9007199254740992.0;
+    double u1 = ((double)(splitmix64_next(s) >> 11) + 0.5) / 9007199254740992.0;
+    double u2 = ((double)(splitmix64_next(s) >> 11) + 0.5) / 9007199254740992.0;
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 

@@ -17,6 +17,7 @@
 #include "rollout/engine.h"
 
 #include "kernels/cpu/softmax.h"
+#include "proto/hash.h"
 
 #include <math.h>
 #include <omp.h>
@@ -108,14 +109,6 @@ const char *engine_finish_name(engine_finish f)
 }
 
 /* ------------------------------------------------------------ RNG */
-
-static uint64_t splitmix64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
@@ -400,7 +393,7 @@ tidal_status engine_submit(engine *e, const engine_request *r, uint64_t *id)
         return tidal_fail(TIDAL_ERR_NOMEM, "engine: out of memory queueing a request");
     }
     uint64_t sm = s->sp.seed;
-    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&sm);
+    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64_next(&sm);
     s->id = ++e->next_id;
     if (e->q_tail) e->q_tail->next = s;
     else e->q_head = s;
