@@ -45,6 +45,7 @@ typedef struct {
 
 static int server_pid = -1;          /* the private server's, for its CPU time */
 static const char *js_subject = NULL; /* the bench job's trajectory subject */
+static int traj_per_msg = 1;          /* --group */
 
 typedef struct {
     tidal_bus *bus;
@@ -106,6 +107,31 @@ static tidal_status make_trajectory(void **buf, size_t *len)
     s = codec_decode_trajectory(*buf, *len, &back);
     if (back) tidal__v1__trajectory__free_unpacked(back, NULL);
     return s;
+}
+
+/* G copies of the trajectory as one message, encoded as a `repeated
+ * Trajectory trajectories = 1` field would be (tag, length, bytes per
+ * element): what one message per group would carry. Replaces *buf. */
+static tidal_status group_payload(void **buf, size_t *len, int g)
+{
+    uint8_t head[11];
+    size_t h = 0;
+    head[h++] = 0x0A; /* field 1, length-delimited */
+    for (uint64_t v = *len;; v >>= 7) {
+        head[h++] = (uint8_t)(v & 0x7F) | (v >= 0x80 ? 0x80 : 0);
+        if (v < 0x80) break;
+    }
+    size_t one = h + *len;
+    uint8_t *out = malloc(one * (size_t)g);
+    if (!out) return tidal_fail(TIDAL_ERR_NOMEM, "bench bus: out of memory");
+    for (int i = 0; i < g; i++) {
+        memcpy(out + i * one, head, h);
+        memcpy(out + i * one + h, *buf, *len);
+    }
+    free(*buf);
+    *buf = out;
+    *len = one * (size_t)g;
+    return TIDAL_OK;
 }
 
 static void *js_consume(void *arg)
@@ -261,14 +287,16 @@ static tidal_status run_raw(tidal_bus **pubs, int n_pubs, tidal_bus *subconn, co
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: tidal bench bus [--bus URL] [--publishers P] [--messages N] [--rounds R] [--json]\n"
+            "usage: tidal bench bus [--bus URL] [--publishers P] [--messages N] [--rounds R] [--group G] [--json]\n"
             "  JetStream trajectory path (publish with Nats-Msg-Id to the trajectory stream\n"
             "  of job tidal-bench-bus, its trainer pull consumer with acks) against raw core\n"
             "  NATS pub/sub of the same ~8 KB Trajectory messages, on the same server.\n"
             "  Without --bus a private nats-server is started, and the CPU each path costs\n"
             "  per message (this process and nats-server) is reported too. P publishers\n"
             "  (default 1), each on its own connection like rollout workers, share the N\n"
-            "  messages; one consumer. Each path runs R rounds (default 3); the best counts.\n");
+            "  messages; one consumer. Each path runs R rounds (default 3); the best counts.\n"
+            "  --group G: G trajectories per message (as a repeated Trajectory field), the\n"
+            "  one-message-per-group form; both paths carry the same bytes (default 1).\n");
 }
 
 /* CPU microseconds per message, client + server (client only with --bus). */
@@ -280,8 +308,8 @@ static double cpu_us_per_msg(const bench_result *r)
 
 static json_t *result_json(const bench_result *r)
 {
-    json_t *o = json_pack("{s:f, s:f, s:f, s:I, s:f, s:f}", "seconds", r->seconds, "msgs_per_s", r->msgs_per_s,
-                          "mb_per_s", r->mb_per_s, "messages", (json_int_t)r->received, "client_cpu_us_per_msg",
+    json_t *o = json_pack("{s:f, s:f, s:f, s:f, s:I, s:f, s:f}", "seconds", r->seconds, "msgs_per_s", r->msgs_per_s,
+                          "trajectories_per_s", r->msgs_per_s * traj_per_msg, "mb_per_s", r->mb_per_s, "messages", (json_int_t)r->received, "client_cpu_us_per_msg",
                           r->client_cpu_s * 1e6 / (double)r->received, "cores_used",
                           (r->client_cpu_s + (r->server_cpu_s > 0 ? r->server_cpu_s : 0)) / r->seconds);
     json_object_set_new(o, "server_cpu_us_per_msg",
@@ -293,27 +321,30 @@ int bench_bus_main(int argc, char **argv)
 {
     const char *url = NULL;
     long n = 100000;
-    int rounds = 3, as_json = 0, n_pubs = 1;
+    int rounds = 3, as_json = 0, n_pubs = 1, group = 1;
     static const struct option opts[] = {{"bus", required_argument, 0, 'b'},
                                          {"publishers", required_argument, 0, 'p'},
+                                         {"group", required_argument, 0, 'g'},
                                          {"messages", required_argument, 0, 'n'},
                                          {"rounds", required_argument, 0, 'r'},
                                          {"json", no_argument, 0, 'j'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "b:p:n:r:jh", opts, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "b:p:n:r:g:jh", opts, NULL)) != -1;) {
         switch (c) {
         case 'b': url = optarg; break;
         case 'n': n = strtol(optarg, NULL, 10); break;
         case 'p': n_pubs = atoi(optarg); break;
+        case 'g': group = atoi(optarg); break;
         case 'r': rounds = atoi(optarg); break;
         case 'j': as_json = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc || n <= 0 || rounds <= 0 || n_pubs < 1 || n_pubs > BENCH_MAX_PUBLISHERS) {
+    if (optind < argc || n <= 0 || rounds <= 0 || n_pubs < 1 || n_pubs > BENCH_MAX_PUBLISHERS || group < 1 ||
+        group > 64) {
         usage(stderr);
         return 2;
     }
@@ -323,6 +354,8 @@ int bench_bus_main(int argc, char **argv)
     tidal_server *srv = NULL;
     tidal_bus *pubs[BENCH_MAX_PUBLISHERS] = {0}, *subconn = NULL;
     tidal_status s = make_trajectory(&payload, &len);
+    if (s == TIDAL_OK && group > 1) s = group_payload(&payload, &len, group);
+    traj_per_msg = group;
     if (s == TIDAL_OK && !url) {
         tidal_server_opts so = {0};
         s = tidal_server_start(&srv, &so);
@@ -358,20 +391,21 @@ int bench_bus_main(int argc, char **argv)
         bool cpu_known = js_best.server_cpu_s >= 0 && raw_best.server_cpu_s >= 0;
         double cpu_ratio = cpu_known ? cpu_us_per_msg(&raw_best) / cpu_us_per_msg(&js_best) : 0;
         if (!as_json) {
-            printf("bench bus: %ld messages of %zu bytes from %d publisher%s\n"
+            printf("bench bus: %ld messages of %zu bytes (%d trajector%s each) from %d publisher%s\n"
                    "  tidal (JetStream file stream, Nats-Msg-Id, pull consumer + acks): %10.0f msgs/s %8.1f MB/s\n"
                    "  peer  (core NATS pub/sub, no storage, no acks):                  %10.0f msgs/s %8.1f MB/s\n"
                    "  ratio %.3f\n",
-                   n, len, n_pubs, n_pubs > 1 ? "s" : "", js_best.msgs_per_s, js_best.mb_per_s, raw_best.msgs_per_s,
+                   n, len, group, group > 1 ? "ies" : "y", n_pubs, n_pubs > 1 ? "s" : "", js_best.msgs_per_s, js_best.mb_per_s, raw_best.msgs_per_s,
                    raw_best.mb_per_s, ratio);
             if (cpu_known)
                 printf("  CPU per message (client + nats-server): tidal %.1f us, peer %.1f us; "
                        "ratio at full CPU %.3f (%ld cores)\n",
                        cpu_us_per_msg(&js_best), cpu_us_per_msg(&raw_best), cpu_ratio, sysconf(_SC_NPROCESSORS_ONLN));
         }
-        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:o, s:o, s:f}", "bench", "bus", "peer",
+        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i, s:I, s:o, s:o, s:f}", "bench", "bus", "peer",
                               "core NATS publish/subscribe of the same bytes on the same server",
-                              "messages", (json_int_t)n, "message_bytes", (json_int_t)len, "publishers", n_pubs,
+                              "messages", (json_int_t)n, "message_bytes", (json_int_t)len,
+                              "trajectories_per_message", group, "publishers", n_pubs,
                               "rounds", rounds, "cores", (json_int_t)sysconf(_SC_NPROCESSORS_ONLN),
                               "tidal", result_json(&js_best), "raw", result_json(&raw_best), "ratio", ratio);
         json_object_set_new(o, "cpu_ratio", cpu_known ? json_real(cpu_ratio) : json_null());

@@ -3,6 +3,7 @@
  * stdout and stderr for help, version, unknown and not-yet-available commands. */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -299,6 +300,25 @@ static void test_bench_bus_reports(void)
              json_number_value(json_object_get(raw, "cores_used")) > 0 && strstr(r.err, "round 1:");
     CHECK_MSG(ok, "bench bus: exit %d\nstdout: %s\nstderr: %s", r.status, r.out, r.err);
     json_decref(o);
+    run_free(&r);
+
+    /* one message per group of 3: 3 trajectories (and their framing) per message */
+    r = run_tidal("bench", "bus", "--messages", "500", "--rounds", "1", "--group", "3", "--json", NULL);
+    n = r.out ? strlen(r.out) : 0;
+    while (n > 0 && r.out[n - 1] == '\n') r.out[--n] = '\0';
+    nl = r.out ? strrchr(r.out, '\n') : NULL;
+    o = json_loads(nl ? nl + 1 : r.out ? r.out : "", 0, &jerr);
+    t = json_object_get(o, "tidal");
+    ok = r.status == 0 && json_integer_value(json_object_get(o, "trajectories_per_message")) == 3 &&
+         json_integer_value(json_object_get(o, "message_bytes")) > 3 * 8900 &&
+         fabs(json_number_value(json_object_get(t, "trajectories_per_s")) -
+              3 * json_number_value(json_object_get(t, "msgs_per_s"))) <=
+             1e-4 * json_number_value(json_object_get(t, "trajectories_per_s")); /* printed to 6 digits */
+    CHECK_MSG(ok, "bench bus --group 3: exit %d\nstdout: %s\nstderr: %s", r.status, r.out, r.err);
+    json_decref(o);
+    run_free(&r);
+    r = run_tidal("bench", "bus", "--group", "0", NULL);
+    CHECK_MSG(r.status == 2 && strstr(r.err, "usage: tidal bench bus"), "--group 0: exit %d", r.status);
     run_free(&r);
 }
 
