@@ -3,9 +3,9 @@
  *
  * tidal path: trajectory-sized protobuf messages (a real Trajectory with 1,024
  * completion tokens and their logprobs, ~8 KB) published with Nats-Msg-Id to
- * the trajectory stream of job "tidal-bench-bus" (pipelined publishes, acks awaited)
- * while that job's trainer consumer fetches and acks them - what rollout
- * workers and the trainer do.
+ * the trajectory stream of job "tidal-bench-bus" (pipelined publishes, acks
+ * awaited) while that job's trainer consumer fetches and acks them - what
+ * rollout workers and the trainer do.
  * peer: the same bytes published on a core subject to one plain subscriber
  * (no storage, no acks). Both clocks run from the first publish to the last
  * message consumed. ratio = tidal msgs/s / peer msgs/s.
@@ -44,7 +44,7 @@ typedef struct {
 } bench_result;
 
 static int server_pid = -1;          /* the private server's, for its CPU time */
-static const char *js_subject = NULL; /* the bench job's trajectory subject */
+static char js_subject[JOB_NAME_MAX + 16]; /* the bench job's trajectory subject */
 static int traj_per_msg = 1;          /* --group */
 
 typedef struct {
@@ -266,7 +266,7 @@ static tidal_status run_jetstream(tidal_bus **pubs, int n_pubs, tidal_bus *subco
     consumer_ctx c = {.bus = subconn, .want = n};
     if (s == TIDAL_OK) s = bus_pull_subscribe(subconn, names.traj_stream, JOB_CONSUMER_TRAINER, &c.sub);
     if (s != TIDAL_OK) return s;
-    js_subject = names.traj_subject;
+    snprintf(js_subject, sizeof js_subject, "%s", names.traj_subject);
     s = run_path(true, pubs, n_pubs, &c, payload, len, n, r);
     bus_unsubscribe(c.sub);
     bus_stream_delete(subconn, names.traj_stream);
