@@ -10,7 +10,7 @@
 #include <stdarg.h>
 
 char *str_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* The same with a va_list; ap is left as va_copy leaves it (the caller still va_ends it). */
+/* The same with a va_list, which it consumes as vsnprintf does (the caller va_ends it). */
 char *str_vprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 
 #endif
