@@ -163,6 +163,17 @@ static void test_step_follows_advantages(void)
     model_free(m);
 }
 
+/* The largest |a - b| over two models' parameters; *scale gets the largest |a|. */
+static double max_param_difference(model *a, model *b, double *scale)
+{
+    size_t np;
+    const float *pa = model_params(a, &np), *pb = model_params(b, &np);
+    double d = 0, s = 0;
+    for (size_t i = 0; i < np; i++) d = fmax(d, fabs((double)pa[i] - pb[i])), s = fmax(s, fabs((double)pa[i]));
+    *scale = s;
+    return d;
+}
+
 static void test_micro_batches_change_nothing(void)
 {
     model *m1 = make_model(), *m2 = make_model();
@@ -178,9 +189,7 @@ static void test_micro_batches_change_nothing(void)
     trainer_step_result r1, r2;
     CHECK_OK(trainer_step(m1, o1, &b, 1, &c1, &r1));
     CHECK_OK(trainer_step(m2, o2, &b, 1, &c2, &r2));
-    const float *p1 = model_params(m1, &np), *p2 = model_params(m2, &np);
-    double d = 0, s = 0;
-    for (size_t i = 0; i < np; i++) d = fmax(d, fabs((double)p1[i] - p2[i])), s = fmax(s, fabs((double)p1[i]));
+    double s, d = max_param_difference(m1, m2, &s);
     printf("  %d vs %d micro-batches: loss %.8g vs %.8g, max param difference %.2e\n", r1.micro_batches,
            r2.micro_batches, r1.loss.loss, r2.loss.loss, d);
     CHECK(r2.micro_batches > 1 && r1.staleness_max == 1);
@@ -270,9 +279,8 @@ static void test_every_path(void)
         trainer_step_result r1, r2;
         CHECK_OK(trainer_step(m1, o1, &b, 2, &c1, &r1));
         CHECK_OK(trainer_step(m2, o2, &b, 2, &c2, &r2));
-        const float *p1 = model_params(m1, &np), *p2 = model_params(m2, &np);
-        double d = 0, sc = 0;
-        for (size_t i = 0; i < np; i++) d = fmax(d, fabs((double)p1[i] - p2[i])), sc = fmax(sc, fabs((double)p1[i]));
+        const float *p1 = model_params(m1, &np);
+        double sc, d = max_param_difference(m1, m2, &sc);
         printf("  %s: %d update(s), %d vs %d micro-batches, loss %.6g, masked %.3f, clip %.3f, ref_kl %.3g, "
                "kl_reward %.3g, overlong %.3g, max param difference %.2e\n", cases[k].name, r1.updates,
                r1.micro_batches, r2.micro_batches, r1.loss.loss, r1.loss.masked_frac, r1.loss.clip_frac,
