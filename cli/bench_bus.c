@@ -44,7 +44,7 @@ typedef struct {
 } bench_result;
 
 static int server_pid = -1;          /* the private server's, for its CPU time */
-static char js_subject[JOB_NAME_MAX + 16]; /* the bench job's trajectory subject */
+static job_names bench_names;        /* the bench job's streams and subjects (set once in main) */
 static int traj_per_msg = 1;          /* --group */
 
 typedef struct {
@@ -209,7 +209,7 @@ static void *publish(void *arg)
         if (p->jetstream) {
             char id[32];
             snprintf(id, sizeof id, "traj-%ld", i);
-            s = bus_js_publish_async(p->bus, js_subject, p->payload, (int)p->len, id);
+            s = bus_js_publish_async(p->bus, bench_names.traj_subject, p->payload, (int)p->len, id);
         } else {
             s = bus_publish(p->bus, BENCH_SUBJECT_RAW, p->payload, (int)p->len);
         }
@@ -256,20 +256,17 @@ static tidal_status run_path(bool jetstream, tidal_bus **pubs, int n_pubs, consu
 static tidal_status run_jetstream(tidal_bus **pubs, int n_pubs, tidal_bus *subconn, const void *payload, size_t len,
                                   long n, bench_result *r)
 {
-    job_names names;
-    tidal_status s = job_names_init(&names, BENCH_JOB);
-    if (s != TIDAL_OK) return s;
-    bus_stream_delete(subconn, names.traj_stream); /* a clean stream each run */
+    const job_names *names = &bench_names;
+    bus_stream_delete(subconn, names->traj_stream); /* a clean stream each run */
     tidal_clear();
     job_bus_cfg jc = {.prompt_ack_wait_ms = 60000, .prompt_max_deliver = 5}; /* the prompts stream is unused here */
-    s = job_bus_ensure(subconn, &names, &jc, NULL);
+    tidal_status s = job_bus_ensure(subconn, names, &jc, NULL);
     consumer_ctx c = {.bus = subconn, .want = n};
-    if (s == TIDAL_OK) s = bus_pull_subscribe(subconn, names.traj_stream, JOB_CONSUMER_TRAINER, &c.sub);
+    if (s == TIDAL_OK) s = bus_pull_subscribe(subconn, names->traj_stream, JOB_CONSUMER_TRAINER, &c.sub);
     if (s != TIDAL_OK) return s;
-    snprintf(js_subject, sizeof js_subject, "%s", names.traj_subject);
     s = run_path(true, pubs, n_pubs, &c, payload, len, n, r);
     bus_unsubscribe(c.sub);
-    bus_stream_delete(subconn, names.traj_stream);
+    bus_stream_delete(subconn, names->traj_stream);
     return s;
 }
 
@@ -353,7 +350,8 @@ int bench_bus_main(int argc, char **argv)
     size_t len = 0;
     tidal_server *srv = NULL;
     tidal_bus *pubs[BENCH_MAX_PUBLISHERS] = {0}, *subconn = NULL;
-    tidal_status s = make_trajectory(&payload, &len);
+    tidal_status s = job_names_init(&bench_names, BENCH_JOB);
+    if (s == TIDAL_OK) s = make_trajectory(&payload, &len);
     if (s == TIDAL_OK && group > 1) s = group_payload(&payload, &len, group);
     traj_per_msg = group;
     if (s == TIDAL_OK && !url) {
@@ -411,8 +409,7 @@ int bench_bus_main(int argc, char **argv)
         json_object_set_new(o, "cpu_ratio", cpu_known ? json_real(cpu_ratio) : json_null());
         bench_print_json(o);
     }
-    job_names bench_job;
-    if (subconn && job_names_init(&bench_job, BENCH_JOB) == TIDAL_OK) job_bus_remove(subconn, &bench_job);
+    if (subconn) job_bus_remove(subconn, &bench_names);
     bus_close(subconn);
     for (int i = 0; i < n_pubs; i++) bus_close(pubs[i]);
     tidal_server_stop(srv);
