@@ -281,15 +281,20 @@ static void test_generate_tiny_model(void)
 /* `tidal bench bus` end to end on a private server, small: the JSON line has
  * both paths' figures and the CPU accounting (a number only a real
  * nats-server child and real traffic give), and every message arrived. */
+/* A bench's last stdout line parsed as JSON (NULL when it is not); the caller decrefs. */
+static json_t *last_line_json(const run_result *r)
+{
+    size_t n = r->out ? strlen(r->out) : 0;
+    while (n > 0 && r->out[n - 1] == '\n') n--;
+    size_t start = n;
+    while (start > 0 && r->out[start - 1] != '\n') start--;
+    return n > start ? json_loadb(r->out + start, n - start, 0, NULL) : NULL;
+}
+
 static void test_bench_bus_reports(void)
 {
     run_result r = run_tidal("bench", "bus", "--messages", "3000", "--rounds", "1", "--json", NULL);
-    size_t n = r.out ? strlen(r.out) : 0;
-    while (n > 0 && r.out[n - 1] == '\n') r.out[--n] = '\0';
-    const char *nl = r.out ? strrchr(r.out, '\n') : NULL;
-    const char *last = nl ? nl + 1 : r.out; /* the JSON is the last line */
-    json_error_t jerr;
-    json_t *o = last ? json_loads(last, 0, &jerr) : NULL;
+    json_t *o = last_line_json(&r);
     json_t *t = json_object_get(o, "tidal"), *raw = json_object_get(o, "raw");
     double ratio = json_number_value(json_object_get(o, "ratio"));
     double cpu_ratio = json_number_value(json_object_get(o, "cpu_ratio"));
@@ -304,10 +309,7 @@ static void test_bench_bus_reports(void)
 
     /* one message per group of 3: 3 trajectories (and their framing) per message */
     r = run_tidal("bench", "bus", "--messages", "500", "--rounds", "1", "--group", "3", "--json", NULL);
-    n = r.out ? strlen(r.out) : 0;
-    while (n > 0 && r.out[n - 1] == '\n') r.out[--n] = '\0';
-    nl = r.out ? strrchr(r.out, '\n') : NULL;
-    o = json_loads(nl ? nl + 1 : r.out ? r.out : "", 0, &jerr);
+    o = last_line_json(&r);
     t = json_object_get(o, "tidal");
     ok = r.status == 0 && json_integer_value(json_object_get(o, "trajectories_per_message")) == 3 &&
          json_integer_value(json_object_get(o, "message_bytes")) > 3 * 8900 &&
