@@ -84,6 +84,12 @@ tidal_status dataset_open_jsonl(const char *path, const char *prompt_key, double
         no++;
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
         size_t lead = strspn(line, " \t");
+        const char *nul = memchr(line, '\0', (size_t)n);
+        if (nul) { /* a row is kept as a C string (the task JSON), so it cannot hold one */
+            st = tidal_fail(TIDAL_ERR_INVALID, "%s:%llu: a NUL byte at column %zu", path, (unsigned long long)no,
+                            (size_t)(nul - line) + 1);
+            break;
+        }
         if (!line[lead]) continue; /* blank lines are allowed */
         json_error_t je;
         json_t *o = json_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES, &je);

@@ -36,7 +36,8 @@ typedef struct dataset_item {
 void dataset_item_clear(dataset_item *it);
 
 /* Read a JSONL file. Every non-empty line must be a JSON object whose
- * prompt_key is a string; otherwise TIDAL_ERR_INVALID "FILE:LINE: ...". An
+ * prompt_key is a string, with no NUL byte in the line; otherwise
+ * TIDAL_ERR_INVALID "FILE:LINE: ...". An
  * empty file, or one whose rows all land in the evaluation split, is an error. */
 tidal_status dataset_open_jsonl(const char *path, const char *prompt_key, double eval_fraction, uint64_t seed,
                                 dataset **out);

@@ -36,6 +36,15 @@ static void test_jsonl_errors(void)
     CHECK_STATUS(dataset_open_jsonl(write_file("d.jsonl", "\n\n"), "prompt", 0, 1, &d), TIDAL_ERR_INVALID);
     CHECK(strstr(tidal_errmsg(), "no training rows"));
     CHECK_STATUS(dataset_open_jsonl("/nonexistent.jsonl", "prompt", 0, 1, &d), TIDAL_ERR_IO);
+    /* a NUL byte inside a row (found by fuzz_jsonl: jansson read past it, and the row, kept as a C
+     * string, could not be served later) */
+    static const char nul_row[] = "{\"prompt\": \"x\"}\n{\"prompt\": \"y\", \"m\": null\0}\n";
+    const char *e = write_file("e.jsonl", "");
+    FILE *f = fopen(e, "wb");
+    CHECK(f && fwrite(nul_row, 1, sizeof nul_row - 1, f) == sizeof nul_row - 1);
+    if (f) fclose(f);
+    CHECK_STATUS(dataset_open_jsonl(e, "prompt", 0, 1, &d), TIDAL_ERR_INVALID);
+    CHECK_MSG(strstr(tidal_errmsg(), "e.jsonl:2: a NUL byte at column 26"), "%s", tidal_errmsg());
 }
 
 static void test_epochs_split_and_order(void)
