@@ -6,8 +6,8 @@
 #                    runs/quickstart: metrics.jsonl, summary.json, reward.svg
 #   make staleness-study  deps + build, then the staleness study (examples/experiments/staleness.py)
 #                    into runs/staleness, its table and plot into docs/experiments (about an hour)
-#   make test        deps + build + every ctest label but gpu, then unit and
-#                    integration again under ASan + UBSan (build-asan/)
+#   make test        deps + build (warnings are errors) + every ctest label but gpu, then
+#                    unit and integration again under ASan + UBSan (build-asan/)
 #   make clean
 
 BUILD      ?= build
@@ -43,12 +43,13 @@ build: $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 
 test: deps
+	cmake -S . -B $(BUILD) -DTIDAL_WERROR=ON $(CMAKE_ARGS)
 	$(MAKE) build
 	cd $(BUILD) && ctest --output-on-failure -LE gpu -j $(JOBS)
 	$(MAKE) test-asan
 
 test-asan:
-	cmake -S . -B $(ASAN_BUILD) -DTIDAL_SANITIZE=ON -DTIDAL_CUDA=OFF $(CMAKE_ARGS)
+	cmake -S . -B $(ASAN_BUILD) -DTIDAL_SANITIZE=ON -DTIDAL_CUDA=OFF -DTIDAL_WERROR=ON $(CMAKE_ARGS)
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ctest --output-on-failure -L 'unit|integration' -j $(JOBS)
 

@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "proto/codec.h"
-#include "proto/hash.h"
+#include "base/hash.h"
 
 /* ---------------------------------------------------------------- a string set */
 

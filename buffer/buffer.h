@@ -44,7 +44,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "proto/status.h"
+#include "base/status.h"
 #include "tidal.pb-c.h"
 
 /* Job-spec names "fifo", "newest", "uniform", "priority". */

@@ -18,14 +18,6 @@ int trainer_main(int argc, char **argv);
 int rollout_main(int argc, char **argv);
 int status_main(int argc, char **argv);
 
-#include <sys/types.h>
-/* Start this binary again as a child (argv[0] is ignored; argv[1] the
- * subcommand) with stdout and stderr appended to `log`, stdin from
- * /dev/null, killed when the parent dies. Roles share the machine, so the
- * child gets OMP_WAIT_POLICY=passive and, with threads > 0, that many
- * OpenMP threads - unless the user set either. Returns the child's pid (-1
- * when fork fails). */
-pid_t cli_spawn_self(const char *log, char *const argv[], int threads);
 extern const char env_usage[];
 
 #endif

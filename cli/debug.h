@@ -4,7 +4,7 @@
 #define TIDAL_CLI_DEBUG_H
 
 #include "model/safetensors.h"
-#include "proto/status.h"
+#include "base/status.h"
 
 /* Tensor `name` of IN (read from `path`, for the message) with dtype dt and
  * one dimension into *out; TIDAL_ERR_INVALID naming it when missing or not so. */

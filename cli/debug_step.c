@@ -14,7 +14,7 @@
 
 #include "cli/commands.h"
 #include "cli/debug.h"
-#include "controller/spec.h"
+#include "job/spec.h"
 #include "kernels/cpu/ops.h"
 #include "model/model.h"
 #include "model/safetensors.h"

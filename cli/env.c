@@ -19,7 +19,7 @@
 #include "envs/client.h"
 #include "envs/env.h"
 #include "envs/service.h"
-#include "proto/bus.h"
+#include "bus/bus.h"
 
 const char env_usage[] =
     "usage: tidal env list\n"

@@ -22,7 +22,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "model/model.h"
-#include "proto/status.h"
+#include "base/status.h"
 #include "model/chat.h"
 #include "model/tokenizer.h"
 #include "rollout/engine.h"

@@ -12,9 +12,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli/bench.h"
+#include "bench/bench.h"
 #include "cli/commands.h"
-#include "proto/status.h"
+#include "base/status.h"
 
 #ifndef TIDAL_VERSION
 #define TIDAL_VERSION "unknown"

@@ -22,13 +22,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/spawn.h"
 #include "cli/commands.h"
 #include "controller/controller.h"
-#include "controller/spec.h"
+#include "job/spec.h"
 #include "proto/codec.h"
-#include "proto/fs.h"
-#include "proto/job.h"
-#include "proto/server.h"
+#include "base/fs.h"
+#include "job/names.h"
+#include "bus/server.h"
 #include "rollout/worker.h"
 #include "trainer/loop.h"
 
@@ -349,34 +350,14 @@ typedef struct child {
     bool exited;
 } child;
 
-pid_t cli_spawn_self(const char *log, char *const argv[], int threads)
-{
-    pid_t pid = fork();
-    if (pid != 0) return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the parent */
-    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd >= 0) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-    }
-    /* the roles share the machine: a thread that spins waiting for work takes a core from another role */
-    setenv("OMP_WAIT_POLICY", "passive", 0);
-    char nt[16];
-    snprintf(nt, sizeof nt, "%d", threads);
-    if (threads > 0) setenv("OMP_NUM_THREADS", nt, 0);
-    int devnull = open("/dev/null", O_RDONLY);
-    if (devnull >= 0) dup2(devnull, 0);
-    execv("/proc/self/exe", argv);
-    fprintf(stderr, "tidal: cannot start %s: %s\n", argv[1], strerror(errno));
-    _exit(127);
-}
-
 /* A role of `tidal run`, logging to RUN/logs/NAME.log. */
 static pid_t spawn(const char *run_dir, const char *log_name, char *const argv[], int threads)
 {
     char log[4200];
     snprintf(log, sizeof log, "%s/logs/%s.log", run_dir, log_name);
-    return cli_spawn_self(log, argv, threads);
+    pid_t pid = -1;
+    if (spawn_self(log, argv, threads, &pid) != TIDAL_OK) fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
+    return pid;
 }
 
 /* The last line of a role's log: why it failed, as the user wants to see it first. */
@@ -527,6 +508,12 @@ int run_main(int argc, char **argv)
     double last_print = 0;
     bool stopping = false, failed = false, child_failed = false;
     int running = 2 + nw;
+    for (int i = 0; i < 2 + nw; i++)
+        if (kids[i].pid < 0) { /* never started (spawn said why): nothing to wait for or signal */
+            kids[i].exited = true, kids[i].status = 127 << 8;
+            running--;
+            failed = child_failed = true;
+        }
     while (running > 0) {
         int status = 0;
         pid_t pid;

@@ -11,10 +11,10 @@
 
 #include "controller/admission.h"
 #include "controller/data.h"
-#include "controller/jobmodel.h"
+#include "job/jobmodel.h"
 #include "proto/codec.h"
-#include "proto/fs.h"
-#include "proto/job.h"
+#include "base/fs.h"
+#include "job/names.h"
 
 #define MAX_WORKERS 4096
 #define WORKER_LIVE_MS 5000

@@ -1,6 +1,6 @@
 /* controller.h - the controller role: `tidal controller JOB.yaml --out RUN`.
  *
- * It owns the job: it creates the bus objects (proto/job.h), stores the
+ * It owns the job: it creates the bus objects (job/names.h), stores the
  * effective spec in KV `spec` (and RUN/spec.json), and dispatches prompts
  * under the admission rule (controller/admission.h): each training group n
  * is one Prompt (prompt_id p<n>, group_id g<n>, Nats-Msg-Id p<n>) with
@@ -26,9 +26,9 @@
 
 #include <signal.h>
 
-#include "controller/spec.h"
-#include "proto/bus.h"
-#include "proto/status.h"
+#include "job/spec.h"
+#include "bus/bus.h"
+#include "base/status.h"
 
 typedef struct controller_opts {
     const job_spec *spec;        /* validated */

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "envs/env.h"
-#include "proto/hash.h"
+#include "base/hash.h"
 
 /* A generator's evaluation seeds come from another base (and are odd). */
 #define EVAL_SEED_BASE 0x45564100000000ull /* "EVA" */

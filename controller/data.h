@@ -23,7 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto/status.h"
+#include "base/status.h"
 
 typedef struct dataset dataset;
 

@@ -9,7 +9,7 @@
  * digits x terms <= 18, so no product of operands reaches 10^18.
  */
 #include "envs/builtin.h"
-#include "proto/str.h"
+#include "base/str.h"
 
 #include <inttypes.h>
 #include <stdio.h>

@@ -4,7 +4,7 @@
  * fuzz targets call directly (docs/environments.md "Built-in environments").
  *
  * Nothing here touches the bus: env.c, text.c and the six env files link with
- * jansson, PCRE2, utf8proc and proto/status.c alone.
+ * jansson, PCRE2, utf8proc and base/status.c alone.
  */
 #ifndef TIDAL_ENVS_BUILTIN_H
 #define TIDAL_ENVS_BUILTIN_H
@@ -15,7 +15,7 @@
 #include <stdint.h>
 
 #include "envs/env.h"
-#include "proto/status.h"
+#include "base/status.h"
 
 /* The classes, in the order env_builtins lists them. */
 extern const env_class env_arith, env_strings, env_gsm8k, env_countdown, env_match, env_guess;

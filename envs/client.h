@@ -22,7 +22,7 @@
 #define TIDAL_ENVS_CLIENT_H
 
 #include "envs/env.h"
-#include "proto/bus.h"
+#include "bus/bus.h"
 
 typedef struct env_client env_client;
 

@@ -10,9 +10,9 @@
  */
 #include "envs/env.h"
 #include "envs/builtin.h"
-#include "model/json_value.h"
-#include "proto/hash.h"
-#include "proto/str.h"
+#include "base/json.h"
+#include "base/hash.h"
+#include "base/str.h"
 
 #include <inttypes.h>
 #include <math.h>

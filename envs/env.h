@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto/status.h"
+#include "base/status.h"
 
 /* The ops, with the values of tidal.v1.EnvOp. */
 typedef enum { ENV_OP_RESET = 1, ENV_OP_STEP = 2 } env_op;

@@ -8,7 +8,7 @@
  * turn max_turns ends the episode revealing the number (reward 0).
  */
 #include "envs/builtin.h"
-#include "proto/str.h"
+#include "base/str.h"
 
 #include <inttypes.h>
 #include <stdio.h>

@@ -15,7 +15,7 @@
 #include <stdint.h>
 
 #include "envs/env.h"
-#include "proto/bus.h"
+#include "bus/bus.h"
 
 /* The service's handler: answer one call. Called on the service's threads,
  * up to `concurrency` at once. A non-OK return becomes an error reply with

@@ -10,7 +10,7 @@
  * scores it position by position against task.answer.
  */
 #include "envs/builtin.h"
-#include "proto/str.h"
+#include "base/str.h"
 
 #include <stdio.h>
 #include <stdlib.h>

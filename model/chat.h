@@ -32,7 +32,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "proto/status.h"
+#include "base/status.h"
 
 typedef enum { CHAT_PLAIN = 0, CHAT_CHATML = 1, CHAT_LLAMA3 = 2, CHAT_NONE = 3 } chat_format;
 

@@ -34,7 +34,7 @@
  *
  * Every error is TIDAL_ERR_INVALID "<name>: <field>: <what>".
  */
-#include "model/json_value.h"
+#include "base/json.h"
 #include "model/config.h"
 
 #include "kernels/cpu/ops.h"
@@ -49,12 +49,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define TRY(expr)                                \
-    do {                                         \
-        tidal_status try_st_ = (expr);           \
-        if (try_st_ != TIDAL_OK) return try_st_; \
-    } while (0)
 
 /* Upper bounds of validate: far above any released model (Llama 3 405B has
  * hidden 16384, ffn 53248, 126 layers, vocab 128256), low enough that every

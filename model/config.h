@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "proto/status.h"
+#include "base/status.h"
 
 typedef enum { MODEL_QWEN2 = 1, MODEL_LLAMA = 2 } model_type;
 

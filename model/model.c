@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 
 #include "kernels/cpu/ops.h"
-#include "proto/hash.h"
+#include "base/hash.h"
 
 /* Views of one layer's parameters (or gradients) into a buffer. */
 typedef struct layer_view {

@@ -22,7 +22,7 @@
 
 #include "model/config.h"
 #include "model/safetensors.h"
-#include "proto/status.h"
+#include "base/status.h"
 
 typedef struct model model;
 

@@ -43,12 +43,6 @@
 #error "safetensors.c assumes a little-endian host"
 #endif
 
-#define TRY(expr)                                \
-    do {                                         \
-        tidal_status try_st_ = (expr);           \
-        if (try_st_ != TIDAL_OK) return try_st_; \
-    } while (0)
-
 /* The reference implementation's bound on the header (a guard against
  * allocating gigabytes for a hostile length field). */
 #define ST_MAX_HEADER 100000000ull

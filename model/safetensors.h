@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto/status.h"
+#include "base/status.h"
 
 #define ST_MAX_DIMS 8
 

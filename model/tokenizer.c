@@ -39,7 +39,7 @@
  * (PCRE2 match data and JIT stack, BPE arrays, the word cache) lives in
  * scratch blocks taken from and returned to a mutex-protected pool.
  */
-#include "model/json_value.h"
+#include "base/json.h"
 #include "model/tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -211,12 +211,6 @@ static tidal_status get_type(const char *name, const json_t *obj, const char *pa
     *out = json_string_value(v);
     return TIDAL_OK;
 }
-
-#define TRY(expr)                                \
-    do {                                         \
-        tidal_status try_st_ = (expr);           \
-        if (try_st_ != TIDAL_OK) return try_st_; \
-    } while (0)
 
 /* ------------------------------------------------------------------ hashing */
 

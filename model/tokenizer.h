@@ -35,7 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto/status.h"
+#include "base/status.h"
 
 typedef struct tokenizer tokenizer;
 

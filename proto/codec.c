@@ -20,12 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TRY(expr)                                \
-    do {                                         \
-        tidal_status try_st_ = (expr);           \
-        if (try_st_ != TIDAL_OK) return try_st_; \
-    } while (0)
-
 /* ---------------------------------------------------------------- failure text */
 
 /* What is being validated, as the prefix of every failure message:

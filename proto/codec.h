@@ -32,7 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto/status.h"
+#include "base/status.h"
 #include "tidal.pb-c.h"
 
 /* The newest schema_version this build reads and the one it writes. */

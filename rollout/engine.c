@@ -17,7 +17,7 @@
 #include "rollout/engine.h"
 
 #include "kernels/cpu/softmax.h"
-#include "proto/hash.h"
+#include "base/hash.h"
 
 #include <math.h>
 #include <omp.h>

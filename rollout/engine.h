@@ -72,7 +72,7 @@
 #include <stdint.h>
 
 #include "model/model.h"
-#include "proto/status.h"
+#include "base/status.h"
 
 typedef struct engine engine;
 

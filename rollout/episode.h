@@ -24,7 +24,7 @@
 
 #include "envs/client.h"
 #include "model/tokenizer.h"
-#include "proto/status.h"
+#include "base/status.h"
 #include "rollout/engine.h"
 
 typedef struct episode_group {

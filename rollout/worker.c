@@ -9,12 +9,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "controller/jobmodel.h"
-#include "controller/spec.h"
+#include "job/jobmodel.h"
+#include "job/spec.h"
 #include "envs/client.h"
 #include "proto/codec.h"
-#include "proto/hash.h"
-#include "proto/job.h"
+#include "base/hash.h"
+#include "job/names.h"
 #include "rollout/engine.h"
 #include "rollout/episode.h"
 #include "rollout/weights.h"

@@ -26,8 +26,8 @@
 
 #include <signal.h>
 
-#include "proto/bus.h"
-#include "proto/status.h"
+#include "bus/bus.h"
+#include "base/status.h"
 
 typedef struct worker_opts {
     bus_opts bus;               /* how to reach the bus (urls required) */

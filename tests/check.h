@@ -14,7 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "proto/status.h"
+#include "base/status.h"
 
 static int check_passed_, check_failed_, check_cur_failed_;
 

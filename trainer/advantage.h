@@ -19,7 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "proto/status.h"
+#include "base/status.h"
 
 typedef enum { ADV_GRPO = 0, ADV_DRGRPO, ADV_RLOO, ADV_REINFORCE_PP, ADV__COUNT } adv_kind;
 

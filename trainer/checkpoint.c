@@ -10,7 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "proto/fs.h"
+#include "base/fs.h"
 
 tidal_status ckpt_state_add_trained(ckpt_state *s, const char *id)
 {

@@ -10,9 +10,9 @@
 #include <unistd.h>
 
 #include "buffer/buffer.h"
-#include "controller/jobmodel.h"
+#include "job/jobmodel.h"
 #include "proto/codec.h"
-#include "proto/job.h"
+#include "job/names.h"
 #include "trainer/checkpoint.h"
 #include "trainer/publish.h"
 #include "trainer/step.h"

@@ -23,9 +23,9 @@
 #include <signal.h>
 #include <stdbool.h>
 
-#include "controller/spec.h"
-#include "proto/bus.h"
-#include "proto/status.h"
+#include "job/spec.h"
+#include "bus/bus.h"
+#include "base/status.h"
 #include "trainer/optimizer.h"
 #include "trainer/step.h"
 

@@ -30,7 +30,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "proto/status.h"
+#include "base/status.h"
 
 /* The per-token policy term pg; job-spec `trainer.loss`:
  *   ppo    max(-A u, -A clip(u, 1 - eps_lo, 1 + eps_hi)), dual clip optional

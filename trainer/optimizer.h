@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto/status.h"
+#include "base/status.h"
 
 typedef struct adamw_cfg {
     float beta1;               /* 0.9 */

@@ -18,9 +18,9 @@
 #include <stdint.h>
 
 #include "model/model.h"
-#include "proto/bus.h"
-#include "proto/job.h"
-#include "proto/status.h"
+#include "bus/bus.h"
+#include "job/names.h"
+#include "base/status.h"
 
 typedef struct weights_publisher weights_publisher;
 

@@ -13,7 +13,7 @@
 #include <time.h>
 
 #include "envs/service.h"
-#include "proto/bus.h"
+#include "bus/bus.h"
 
 #define EXPORT __attribute__((visibility("default")))
 

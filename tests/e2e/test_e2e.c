@@ -34,10 +34,10 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "proto/bus.h"
+#include "bus/bus.h"
 #include "proto/codec.h"
-#include "proto/job.h"
-#include "proto/server.h"
+#include "job/names.h"
+#include "bus/server.h"
 
 static const char *tidal_bin, *source_dir;
 static char work[256];

@@ -1,11 +1,11 @@
-/* fuzz_spec.c - libFuzzer target: the job-spec reader (controller/spec.c) on
+/* fuzz_spec.c - libFuzzer target: the job-spec reader (job/spec.c) on
  * any bytes, with and without --set overrides. It must never crash, leak or
  * hang; an accepted spec must survive the JSON round trip unchanged. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "controller/spec.h"
+#include "job/spec.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -1,6 +1,6 @@
 /* fixture.h - a real nats-server and a connected bus for an integration test.
  *
- * fixture_start() starts a private server (proto/server.h) and connects to it;
+ * fixture_start() starts a private server (bus/server.h) and connects to it;
  * fixture_stop() closes and removes everything. Header-only: each test binary
  * includes it once.
  */
@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "proto/bus.h"
-#include "proto/server.h"
+#include "bus/bus.h"
+#include "bus/server.h"
 
 typedef struct fixture {
     tidal_server *srv;

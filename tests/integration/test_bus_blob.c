@@ -1,4 +1,4 @@
-/* Chunked blobs through proto/bus: a 256 MiB round trip with checksums,
+/* Chunked blobs through bus/: a 256 MiB round trip with checksums,
  * corrupted and missing chunks detected, only the newest N kept. */
 #include <openssl/evp.h>
 

@@ -1,4 +1,4 @@
-/* Core NATS through proto/bus: pub/sub, queue groups, request/reply, large messages. */
+/* Core NATS through bus/: pub/sub, queue groups, request/reply, large messages. */
 #include <pthread.h>
 #include <stdatomic.h>
 

@@ -1,11 +1,11 @@
-/* JetStream through proto/bus: streams, work-queue pull consumers, acks,
+/* JetStream through bus/: streams, work-queue pull consumers, acks,
  * redelivery, de-duplication, async publishing. */
 #include <pthread.h>
 #include <string.h>
 
 #include "check.h"
 #include "harness/fixture.h"
-#include "proto/job.h"
+#include "job/names.h"
 
 static fixture F;
 

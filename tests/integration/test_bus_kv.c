@@ -1,4 +1,4 @@
-/* KV buckets through proto/bus: get/put/create/CAS update/delete/watch/TTL. */
+/* KV buckets through bus/: get/put/create/CAS update/delete/watch/TTL. */
 #include "check.h"
 #include "harness/fixture.h"
 

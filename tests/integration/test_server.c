@@ -1,4 +1,4 @@
-/* test_server.c - the private nats-server helper (proto/server.h) against the
+/* test_server.c - the private nats-server helper (bus/server.h) against the
  * real nats-server: start, answer, kill -9, restart on the same port and
  * store (JetStream data survives), two at once, clear errors for a bad
  * binary, a bad config and a taken port, and clean-up of the temp dirs. */
@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "proto/server.h"
+#include "bus/server.h"
 
 /* Connect a client to url (1 s timeout, no reconnect) and flush: 1 when the
  * server answered, 0 otherwise. */

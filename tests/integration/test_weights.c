@@ -11,7 +11,7 @@
 #include "harness/fixture.h"
 #include "model/model.h"
 #include "proto/codec.h"
-#include "proto/job.h"
+#include "job/names.h"
 #include "rollout/weights.h"
 #include "trainer/publish.h"
 

@@ -1,6 +1,6 @@
 """safetensors_np - the numpy safetensors reader and writer the parity tests share.
 
-The reader is the bench peers' (tests/bench/train_peer.py: the peers are embedded in
+The reader is the bench peers' (bench/peers/train_peer.py: the peers are embedded in
 the tidal binary, so they carry their own); the writer adds what tests need: F32, F64,
 I32 and U8 tensors and an optional __metadata__ map.
 """

@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "proto/fs.h"
+#include "base/fs.h"
 #include "trainer/checkpoint.h"
 
 static const model_config CFG = {.type = MODEL_QWEN2, .vocab_size = 40, .hidden_size = 16, .num_layers = 1,

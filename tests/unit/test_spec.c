@@ -1,4 +1,4 @@
-/* test_spec.c - the job spec (controller/spec.h): a full spec read with its
+/* test_spec.c - the job spec (job/spec.h): a full spec read with its
  * values, defaults for the rest, every kind of error naming FILE:LINE and
  * the key path, --set, the JSON round trip, and docs/configuration.md
  * listing every key with its default. */
@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "controller/spec.h"
+#include "job/spec.h"
 
 static const char GOOD[] = "job:\n"
                            "  name: quick-1\n"

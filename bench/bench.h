@@ -1,0 +1,66 @@
+/* bench.h - `tidal bench <what>`: benchmarks that run tidal and a peer in the
+ * same invocation and end with one JSON line (figures, `peer`, `ratio`).
+ *
+ * Each entry point takes the arguments after `tidal bench <what>` (argv[0] is
+ * "<what>") and returns the process exit status (0 ok, 1 failure, 2 usage).
+ */
+#ifndef TIDAL_CLI_BENCH_H
+#define TIDAL_CLI_BENCH_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "base/status.h"
+
+/* Debian's python3, where python3-torch lives (the PyTorch peers). */
+#define BENCH_PYTHON "/usr/bin/python3"
+
+/* Seconds on the monotonic clock; this process's peak resident set in MB. */
+double bench_now_s(void);
+double bench_peak_rss_mb(void);
+
+/* CPU seconds (user + system) used so far by this process (all its threads),
+ * and by process `pid` read from /proc/PID/stat (-1 when it cannot be read). */
+double bench_cpu_s(void);
+double bench_proc_cpu_s(int pid);
+
+/* Make $TMPDIR/PREFIX-XXXXXX into buf (buf[0] = 0 on failure); remove it again
+ * (a no-op for ""). `who` ("bench train") prefixes messages. */
+tidal_status bench_temp_dir(const char *who, const char *prefix, char *buf, size_t cap);
+void bench_remove_dir(const char *who, const char *dir);
+
+/* Write script_text to DIR/script_name and run it with BENCH_PYTHON, `env`
+ * ("" or e.g. "OMP_WAIT_POLICY=PASSIVE") before the command and `args` (shell
+ * words) after it; *out is the JSON of its last stdout line (caller decrefs). */
+tidal_status bench_run_python(const char *who, const char *script_text, const char *script_name, const char *dir,
+                              const char *env, const char *args, json_t **out);
+
+/* The environments a PyTorch peer runs under; each bench keeps the peer's
+ * best figure, so a ratio never rests on a handicapped peer.
+ *   - OpenMP's wait policy, default (spinning) and passive: Debian's torch
+ *     pairs libgomp with the pthread build of OpenBLAS, whose threads and the
+ *     spinning OpenMP threads can fight over the cores (4x at times).
+ *   - OpenBLAS's kernels: where OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE is set
+ *     (some machines pin the AVX2 kernels, older OpenBLAS builds being wrong
+ *     on new CPUs), both policies run again with the two unset, on the
+ *     kernels OpenBLAS picks itself (Cooperlake's AVX-512 ones on Zen 5).
+ *     Each bench checks the peer's results against tidal's either way. */
+typedef struct bench_peer_env {
+    const char *env;   /* shell words before the command */
+    const char *label; /* e.g. "passive, OpenBLAS's own kernels" */
+} bench_peer_env;
+int bench_peer_envs(const bench_peer_env **out);
+
+/* Print o as the bench's last line (compact JSON) and release it. */
+void bench_print_json(json_t *o);
+
+int bench_bus_main(int argc, char **argv);
+int bench_weights_main(int argc, char **argv);
+int bench_train_main(int argc, char **argv);
+int bench_generate_main(int argc, char **argv);
+int bench_tokenize_main(int argc, char **argv);
+int bench_gemm_main(int argc, char **argv);
+int bench_env_main(int argc, char **argv);
+int bench_async_main(int argc, char **argv);
+
+#endif

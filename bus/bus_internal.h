@@ -1,0 +1,27 @@
+/* bus_internal.h - what bus.c and blob.c share; not part of the public API. */
+#ifndef TIDAL_BUS_INTERNAL_H
+#define TIDAL_BUS_INTERNAL_H
+
+#include <pthread.h>
+
+#include "bus/bus.h"
+
+struct tidal_bus {
+    natsConnection *nc;
+    jsCtx *js;
+    int js_timeout_ms;
+    pthread_mutex_t lock;      /* guards the fields below */
+    uint64_t async_failed;     /* async publishes that failed since the last wait */
+    char async_first_err[256];
+    char perm_err[512];        /* last permission violation not yet reported */
+};
+
+/* Map a nats.c failure to a tidal status, recording "<context>: <nats text>".
+ * `jerr` is the JetStream error code when there is one (0 otherwise). */
+tidal_status bus_nats_fail(natsStatus s, jsErrCode jerr, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Milliseconds on the monotonic clock. */
+int64_t bus_now_ms(void);
+
+#endif

@@ -1,0 +1,44 @@
+/* jobmodel.h - the model, tokenizer and prompt format a job spec names.
+ *
+ * Controller, trainer and rollout workers must agree on these exactly: the
+ * controller renders prompts with the chat format, workers tokenize them and
+ * stop at the end-of-turn token, the trainer builds the initial weights.
+ * So each role derives them from the spec here, once:
+ *   model.path   config.json, the safetensors, tokenizer.json (and
+ *                tokenizer_config.json's chat template for data.template auto)
+ *   model.init.* a tiny model from scratch with tidal's byte-level tokenizer
+ *                (TOKENIZER_BYTE_LEVEL_VOCAB ids; model.init.vocab must hold
+ *                them) and the plain format unless data.template names one.
+ */
+#ifndef TIDAL_JOB_JOBMODEL_H
+#define TIDAL_JOB_JOBMODEL_H
+
+#include <stdint.h>
+
+#include "job/spec.h"
+#include "model/chat.h"
+#include "model/model.h"
+#include "model/tokenizer.h"
+
+/* The model's shape: model.init's, or model.path/config.json. */
+tidal_status job_model_config(const job_spec *s, model_config *out);
+
+/* The initial weights (version 0): loaded from model.path, or model.init
+ * initialised from its seed and std. *out belongs to the caller. */
+tidal_status job_model_initial(const job_spec *s, model **out);
+
+/* The tokenizer: model.path/tokenizer.json or the byte-level one. */
+tidal_status job_tokenizer(const job_spec *s, tokenizer **out);
+
+/* data.template resolved (auto: the tokenizer's chat template, else plain). */
+tidal_status job_chat_format(const job_spec *s, const tokenizer *t, chat_format *out);
+
+/* The prompt text as one user message with the generation prompt, in format
+ * f. *out is malloc'd (the caller frees it). */
+tidal_status job_render_prompt(chat_format f, const char *text, char **out);
+
+/* The token that ends the model's turn: the format's end-of-turn token when
+ * the tokenizer has it, else eos; -1 when neither exists. */
+int32_t job_stop_id(chat_format f, const tokenizer *t);
+
+#endif
