@@ -153,6 +153,10 @@ void cpu_avx512_allow(bool on) { avx512_allowed = on; }
 
 char *openblas_get_corename(void); /* OpenBLAS, not in its cblas.h */
 
+static bool blas_allowed = true;
+
+void cpu_blas_allow(bool on) { blas_allowed = on; }
+
 bool cpu_blas_avx512(void)
 {
     static int have = -1;
@@ -161,7 +165,7 @@ bool cpu_blas_avx512(void)
         have = core && (!strcasecmp(core, "skylakex") || !strcasecmp(core, "cooperlake") ||
                         !strcasecmp(core, "sapphirerapids"));
     }
-    return have == 1 && cpu_avx512();
+    return have == 1 && blas_allowed && cpu_avx512();
 }
 
 void cpu_gemm_nt(float *out, const float *x, const float *w, const float *bias, int M, int K, int N)
@@ -314,6 +318,7 @@ void cpu_gemm_nn_acc(float *out, size_t ldo, const float *p, size_t pi, size_t p
 bool cpu_avx512(void) { return false; }
 void cpu_avx512_allow(bool on) { (void)on; }
 bool cpu_blas_avx512(void) { return false; }
+void cpu_blas_allow(bool on) { (void)on; }
 
 void cpu_gemm_nt(float *out, const float *x, const float *w, const float *bias, int M, int K, int N)
 {

@@ -30,6 +30,11 @@ bool cpu_avx512(void);
  * OPENBLAS_CORETYPE=Haswell, which some machines set because older OpenBLAS
  * builds miscompute on new CPUs - every product is tidal's. */
 bool cpu_blas_avx512(void);
+/* Turn that OpenBLAS route off (false) or back on. OpenBLAS sums in an order
+ * that depends on the number of rows, so with it a product's bits depend on the
+ * batch: tests that check that micro-batching or batch composition changes
+ * nothing turn it off. Call it from serial code, between ops. */
+void cpu_blas_allow(bool on);
 /* The rows from which the forward takes OpenBLAS when cpu_blas_avx512(). */
 #define CPU_GEMM_BLAS_MIN_ROWS 64
 
