@@ -1,5 +1,5 @@
 /* buffer.h - the replay buffer: trajectories in, complete groups out, under
- * the staleness bound (DESIGN.md "Versions and staleness").
+ * the staleness bound (docs/design.md "Versions and staleness").
  *
  * The trainer's consumer admits each decoded, validated trajectory with the
  * handle of its stream message. The buffer assembles groups (group_id,

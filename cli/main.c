@@ -1,10 +1,10 @@
 /* main.c - `tidal`, the multi-call entry point: one subcommand per role.
  *
  * A table maps each subcommand to a one-line summary, its usage text and a
- * handler. Subcommands whose issue has not landed say so and exit 2 rather
+ * handler. Subcommands not built yet say so and exit 2 rather
  * than pretend. Help is built in: `tidal --help`, `tidal help [CMD]` and
  * `tidal CMD --help` print to stdout and exit 0; a usage error prints usage
- * to stderr and exits 2. Exit statuses (DESIGN.md): 0 success, 2 usage or
+ * to stderr and exits 2. Exit statuses (docs/design.md): 0 success, 2 usage or
  * configuration error, 1 any other failure.
  */
 #include <nats/nats.h>
@@ -160,7 +160,7 @@ static const struct command commands[] = {
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
-/* Benchmarks DESIGN.md names; a NULL entry point has not landed yet. */
+/* The benchmarks (docs/benchmarks.md); a NULL entry point is not built yet. */
 static const struct {
     const char *name;
     int (*entry)(int argc, char **argv);

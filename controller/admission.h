@@ -1,5 +1,5 @@
 /* admission.h - which prompts the controller may dispatch, and with what
- * min_version (DESIGN.md "Versions and staleness").
+ * min_version (docs/design.md "Versions and staleness").
  *
  * Groups are numbered in dispatch order, n = 0, 1, 2, ...; with B groups per
  * training step, group n is expected to feed the step taken at trainer

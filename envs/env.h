@@ -1,6 +1,6 @@
 /* env.h - environments: the interface built-in envs implement, and the one
  * call through which a rollout worker reaches an environment, in-process or
- * over the bus (DESIGN.md "Environments", docs/protocol.md).
+ * over the bus (docs/design.md "Environments", docs/protocol.md).
  *
  * An environment answers requests: RESET (start an episode: its first
  * observation) and STEP (the model's turn: a reward, done, and for a

@@ -1,4 +1,4 @@
-/* names.h - the names of a job's bus objects (DESIGN.md "The bus").
+/* names.h - the names of a job's bus objects (docs/design.md "The bus", docs/protocol.md).
  *
  * Every role derives the subjects, streams, consumers and buckets of job J
  * from J alone, here, so the names are written once: a rollout worker needs

@@ -10,7 +10,7 @@
  * (the copy in the run directory and in the job's KV bucket, which rollout
  * workers read) and back.
  *
- * Sections follow DESIGN.md: job, bus, model, data, env, rollout, buffer,
+ * Sections (docs/design.md "The job spec"): job, bus, model, data, env, rollout, buffer,
  * trainer, weights, eval.
  */
 #ifndef TIDAL_JOB_SPEC_H

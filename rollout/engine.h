@@ -15,7 +15,7 @@
  *     logit_j * (float)(1/T), as the trainer scales), logprob = z_tok -
  *     logsumexp(z), max-shifted, exp and sums in double - the trainer's own
  *     formula (kernels/cpu head) at the same temperature (model_batch.inv_temp
- *     = 1/T; ALGORITHMS.md: lbeh): equal to ~1e-6 with the same weights on the
+ *     = 1/T; docs/training.md: lbeh): equal to ~1e-6 with the same weights on the
  *     CPU (the KV-cache GEMMs round differently from the training forward);
  *   - a flag `truncated`: top-k / top-p / min-p removed at least one token
  *     of the vocabulary from the distribution the token was drawn from, so

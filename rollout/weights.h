@@ -1,4 +1,4 @@
-/* weights.h - a rollout worker's weight sync client (DESIGN.md "The bus").
+/* weights.h - a rollout worker's weight sync client (docs/design.md "The bus", docs/protocol.md "Weights").
  *
  * A background thread watches KV TIDAL_J key `weights.latest`. For each
  * manifest newer than what it holds it fetches the blob "<version>" from

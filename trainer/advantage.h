@@ -1,4 +1,4 @@
-/* advantage.h - per-sample advantages from a group's scalar rewards (ALGORITHMS.md "Advantages").
+/* advantage.h - per-sample advantages from a group's scalar rewards (docs/training.md "Rewards and advantages").
  *
  * A group is the G samples of one prompt. Every estimator here is group-relative
  * (no critic): the sample's reward against a baseline made of its group's

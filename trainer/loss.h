@@ -2,7 +2,7 @@
  *
  * The model (model/model.h) gives per-token logprobs lθ and takes d(loss)/d(logprob)
  * in its backward, so the whole RL objective lives here and works on per-token
- * arrays (ALGORITHMS.md "Policy losses", "Aggregation", "Numerical pitfalls").
+ * arrays (docs/training.md "The losses"; docs/architecture.md "Losses and advantages").
  *
  * Per loss-masked token t of sample i (A_i the sample's advantage):
  *   r   = lθ - lprox  (fp32; non-finite -> 0; clamped to [-20, 20]),  u = exp(r)
@@ -139,7 +139,7 @@ typedef struct loss_batch {
                                  * whole update; NULL: selected over this batch alone */
 } loss_batch;
 
-/* M2PO's token selection over batch b (ALGORITHMS.md "M2PO"): with
+/* M2PO's token selection over batch b (docs/training.md "The losses"): with
  * d = lθ - lbeh (fp32; non-finite -> 0; clamped to ±20), candidates (cfg
  * m2po_set) are dropped greedily, largest d² first, until the mean of d² over
  * the remaining candidates is <= m2po_tau; at least one candidate always
@@ -163,7 +163,7 @@ typedef struct loss_norm {
  * and loss_compute refuses it: skip it. */
 tidal_status loss_norm_add(const loss_cfg *c, const loss_batch *b, loss_norm *n);
 
-/* What a step reports (ALGORITHMS.md "Metrics"). Means are over this call's
+/* What a step reports (docs/training.md "Metrics"). Means are over this call's
  * masked tokens (m = 1) unless said otherwise. */
 typedef struct loss_result {
     double loss;                /* policy_loss + kl_loss */

@@ -1,4 +1,4 @@
-/* publish.h - the trainer's weight publisher (DESIGN.md "The bus", weights).
+/* publish.h - the trainer's weight publisher (docs/design.md "The bus", docs/protocol.md "Weights").
  *
  * After a step the trainer hands the new parameters over and goes on with
  * the next step: the publisher copies them (the only work on the caller's

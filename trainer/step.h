@@ -1,6 +1,6 @@
 /* step.h - one trainer step (version v -> v + 1) over a batch of complete groups.
  *
- * The path of a step (ALGORITHMS.md):
+ * The path of a step (docs/training.md):
  *  1. rewards: the env's reward, plus DAPO's overlong shaping, minus
  *     kl_reward * Σ_t k1 with k1 = lbeh - lref (the reference model's forward);
  *  2. group advantages (adv_batch);

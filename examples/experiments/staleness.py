@@ -195,7 +195,7 @@ def main():
               f"{fmt(sm and sm['eval_final'])}, solved at {fmt(sm and sm['solved_at'])} ({tag})", flush=True)
     all_methods = methods + [m for m in EXTRA_AT_K4 if m not in methods and 4 in ks]
     tab = table(results, all_methods, ks)
-    # the acceptance check of the issue: tis and m2po at K = 16 keep >= 90 % of their K = 0 reward
+    # the study's acceptance check: tis and m2po at K = 16 keep >= 90 % of their K = 0 reward
     checks = []
     for m in ("tis", "m2po", "m2po-all", "m2po-tis"):
         r0 = [r["s"]["last10"] for r in results if r["method"] == m and r["K"] == 0 and r["s"]]

@@ -1,8 +1,12 @@
 /* ops.h - the CPU reference ops of the transformer: forward and backward.
  *
  * fp32, row-major, one readable implementation per op (llm.c style): GEMMs go
- * to OpenBLAS, everything else is a plain loop threaded with OpenMP. These are
- * the oracle the CUDA kernels are tested against, so clarity beats cleverness.
+ * to the AVX-512 tiles of kernels/cpu/gemm.c where the CPU has AVX-512, and to
+ * OpenBLAS for large products (where OpenBLAS has AVX-512 kernels of its own)
+ * and on CPUs without AVX-512 (docs/architecture.md "CPU GEMMs of our own");
+ * everything else is a plain loop threaded with OpenMP. These are the oracle
+ * the GPU path (designed, not built yet) is to be tested against, so clarity
+ * beats cleverness.
  *
  * Layout conventions (T tokens of a packed batch, C channels):
  *   activations [T, C]; a Linear weight is [OC, C] (Hugging Face layout) and

@@ -5,8 +5,8 @@ For each configuration a random packed batch (fp32 logprobs, masked-out position
 -inf and NaN as prompt tokens may, an empty sample, a sample with nothing masked in) is
 written as IN.safetensors with the config in its metadata; tests/parity/loss_driver (a
 small C program over loss_compute) writes the loss, d loss / d lθ and the metrics. The
-reference below is written from /work/shared/ALGORITHMS.md ("Policy losses",
-"Aggregation", "KL to a reference policy", "Numerical pitfalls"), not from tidal's code:
+reference below is written from the published methods as docs/training.md states them ("The
+losses": losses, corrections, aggregation, KL to the reference, log-ratio clamps), not from tidal's code:
 it computes the loss in float64 and its gradient with autograd. Every value must agree
 within 1e-5 relative error (vectors: ||tidal - ref|| / ||ref||). Bad inputs must fail
 with exit status 2 and a message naming the problem.
@@ -30,13 +30,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from safetensors_np import st_read, st_write  # noqa: E402
 
 
-# ---------------------------------------------------------------- the reference (ALGORITHMS.md)
+# ---------------------------------------------------------------- the reference (docs/training.md)
 DEFAULTS = {"loss": "ppo", "m2po_tau": 0.04, "m2po_set": "harmful", "correction": "none", "agg": "token-mean", "eps_lo": 0.2, "eps_hi": 0.2, "dual_clip": 0,
             "dual_clip_c": 3.0, "tis_c": 2.0, "mis_lo": 0.0, "mis_hi": 5.0, "sum_norm": 0.0, "kl_beta": 0.0,
             "stale": "none", "stale_a": 0.5, "stale_b": 0.0}
 
 
-# each loss's usual clip range and aggregation (ALGORITHMS.md: CISPO no lower bound, eps_hi 0.2-0.28;
+# each loss's usual clip range and aggregation (docs/training.md: CISPO no lower bound, eps_hi 0.2-0.28;
 # GSPO eps 3e-4 / 4e-4, seq-mean-token-mean)
 LOSS_DEFAULTS = {"ppo": {}, "m2po": {}, "cispo": {"eps_lo": 1.0, "eps_hi": 0.28},
                  "gspo": {"eps_lo": 3e-4, "eps_hi": 4e-4, "agg": "seq-mean-token-mean"}}
@@ -292,7 +292,7 @@ def run_m2po_one_left(driver, tmp):
 
 
 def adv_reference(R, off, kind):
-    """ALGORITHMS.md "Advantages", in float64 torch."""
+    """docs/training.md "Rewards and advantages", in float64 torch."""
     out = []
     for j in range(len(off) - 1):
         r = torch.tensor(R[off[j]:off[j + 1]])

@@ -8,7 +8,7 @@ length one, one of length zero), env tokens masked out, behaviour logprobs off t
 per-token behaviour versions - then runs `tidal debug step` with job-spec keys (--set), which
 calls the trainer's own trainer_step_cfg_from_spec and trainer_step. The reference composes the
 model of test_model_parity.py and the loss of test_loss_parity.py (both written from the
-published architecture and ALGORITHMS.md, not from tidal's code): the shaped rewards (overlong,
+published architecture and methods (docs/training.md), not from tidal's code): the shaped rewards (overlong,
 k1 in the reward), the advantages, lθ from the model's forward at each completion token,
 the proximal policy (the live forward, the behaviour policy in bypass mode, a recompute under
 the step's starting weights or the log-linear interpolation with trainer.minibatches 2), the
