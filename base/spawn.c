@@ -126,6 +126,7 @@ static void child_exec(const spawn_opts *o, char *const envp[], int null_fd, int
 
     if (null_fd >= 0 && dup2(null_fd, 0) < 0) goto fail;
     if (log_fd >= 0 && (dup2(log_fd, 1) < 0 || dup2(log_fd, 2) < 0)) goto fail;
+    if (o->stdout_fd > 2 && dup2(o->stdout_fd, 1) < 0) goto fail;
 
     /* Leak none of the parent's other descriptors (sockets, pipes) into the
      * child: everything above stderr becomes close-on-exec. */
@@ -193,6 +194,69 @@ tidal_status spawn_process(const spawn_opts *o, pid_t *pid)
     }
     *pid = child;
     return TIDAL_OK;
+}
+
+int spawn_wait(pid_t pid)
+{
+    int ws = 0;
+    pid_t r;
+    while ((r = waitpid(pid, &ws, 0)) < 0 && errno == EINTR) {}
+    if (r < 0) return -1;
+    if (WIFEXITED(ws)) return WEXITSTATUS(ws);
+    return WIFSIGNALED(ws) ? 128 + WTERMSIG(ws) : -1;
+}
+
+tidal_status spawn_capture(const char *program, char *const argv[], char *const envp[], char **out, size_t *len,
+                           int *exit_code)
+{
+    *out = NULL, *len = 0, *exit_code = -1;
+    char *binary = NULL, *buf = NULL;
+    int fds[2] = {-1, -1};
+    pid_t pid = -1;
+    size_t n = 0, cap = 0;
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(spawn_which(program, &binary));
+    /* Both ends above stderr and close-on-exec: the child's dup2 onto 1 is the
+     * only copy it keeps, so EOF arrives when the child exits. */
+    if (pipe2(fds, O_CLOEXEC) != 0 || (fds[0] = fd_above_stdio(fds[0])) < 0 ||
+        (fds[1] = fd_above_stdio(fds[1])) < 0) {
+        st = tidal_fail(TIDAL_ERR_IO, "%s: pipe: %s", program, strerror(errno));
+        goto cleanup;
+    }
+    spawn_opts o = {.binary = binary, .argv = argv, .envp = envp, .stdin_null = true, .stdout_fd = fds[1]};
+    TRY_GOTO(spawn_process(&o, &pid));
+    close(fds[1]);
+    fds[1] = -1;
+    for (;;) {
+        if (cap - n < 4096) {
+            char *grown = realloc(buf, cap = cap ? 2 * cap : 65536);
+            if (!grown) {
+                st = tidal_fail(TIDAL_ERR_NOMEM, "%s: out of memory reading its output", program);
+                goto cleanup;
+            }
+            buf = grown;
+        }
+        ssize_t got = read(fds[0], buf + n, cap - n - 1);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            st = tidal_fail(TIDAL_ERR_IO, "%s: reading its output: %s", program, strerror(errno));
+            goto cleanup;
+        }
+        if (got == 0) break;
+        n += (size_t)got;
+    }
+    buf[n] = '\0';
+cleanup:
+    if (fds[0] >= 0) close(fds[0]);
+    if (fds[1] >= 0) close(fds[1]);
+    if (pid > 0) *exit_code = spawn_wait(pid); /* after closing the pipe: a child still writing gets EPIPE */
+    free(binary);
+    if (st == TIDAL_OK) {
+        *out = buf, *len = n;
+    } else {
+        free(buf);
+    }
+    return st;
 }
 
 tidal_status spawn_self(const char *log, char *const argv[], int threads, pid_t *pid)

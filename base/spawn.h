@@ -8,8 +8,10 @@
  * fails is reported back through a close-on-exec pipe, so a bad binary is an
  * error at spawn time naming the binary, never a silent exit 127 later.
  *
- * Used by the private nats-server launcher (bus/server.c) and by `tidal run`,
- * which starts its roles as children of one parent (cli/roles.c).
+ * Used by the private nats-server launcher (bus/server.c), by `tidal run`, which
+ * starts its roles as children of one parent (cli/roles.c), by the benches that
+ * run a peer and read its answer, and by the controller's plot. No shell is
+ * involved anywhere, so a path with a quote or a space in it is just a path.
  */
 #ifndef TIDAL_BASE_SPAWN_H
 #define TIDAL_BASE_SPAWN_H
@@ -25,6 +27,8 @@ typedef struct spawn_opts {
     char *const *envp;      /* NULL-terminated; NULL: this process's environment */
     const char *log_path;   /* stdout and stderr appended here (created 0644); NULL: inherited */
     bool stdin_null;        /* stdin from /dev/null instead of inherited */
+    int stdout_fd;          /* > 2: the child's stdout (not its stderr) goes to this descriptor,
+                             * e.g. a pipe's end; 0: as log_path says */
     bool own_group;         /* setpgid(0, 0): a terminal's Ctrl-C reaches only the parent */
     bool die_with_parent;   /* PR_SET_PDEATHSIG(SIGKILL); Linux delivers it when the forking
                              * *thread* exits, so spawn from a thread that outlives the child */
@@ -54,6 +58,20 @@ void spawn_env_free(char **env);
  * OMP_WAIT_POLICY=passive (a spinning OpenMP thread of one role takes a core
  * from another) and, when threads > 0, OMP_NUM_THREADS=threads - unless the
  * user set them. */
+/* Wait for child `pid` (retrying EINTR). Returns its exit status, or 128 + the
+ * signal that killed it, or -1 when it cannot be waited for. */
+int spawn_wait(pid_t pid);
+
+/* Run `program` (a name looked up on $PATH, or a path) with argv and envp (NULL:
+ * this process's environment), stdin from /dev/null, stderr inherited so its
+ * messages reach the user, and its stdout read whole into *out (heap,
+ * NUL-terminated, *len bytes; the caller frees it). *exit_code is spawn_wait's
+ * answer. Returns an error only when the program cannot be started or read
+ * (TIDAL_ERR_NOT_FOUND naming it when it is not installed); a program that ran
+ * and failed is TIDAL_OK with its exit code, for the caller to judge. */
+tidal_status spawn_capture(const char *program, char *const argv[], char *const envp[], char **out, size_t *len,
+                           int *exit_code);
+
 tidal_status spawn_self(const char *log, char *const argv[], int threads, pid_t *pid);
 
 #endif

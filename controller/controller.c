@@ -14,6 +14,8 @@
 #include "job/jobmodel.h"
 #include "proto/codec.h"
 #include "base/fs.h"
+#include "base/spawn.h"
+#include "base/str.h"
 #include "job/names.h"
 
 #define MAX_WORKERS 4096
@@ -424,30 +426,60 @@ static void progress(ctl *c)
 
 /* ---------------------------------------------------------------- the end */
 
+/* PATH as a gnuplot single-quoted string's body: a quote is doubled. Heap; NULL on OOM. */
+static char *gnuplot_quoted(const char *path)
+{
+    char *q = malloc(2 * strlen(path) + 1), *w = q;
+    for (const char *p = path; q && *p; p++) {
+        if (*p == '\'') *w++ = '\'';
+        *w++ = *p;
+    }
+    if (q) *w = '\0';
+    return q;
+}
+
+/* The reward curve: RUN/reward.tsv always, RUN/reward.svg when gnuplot is
+ * installed (RUN/reward.gp is the script, to re-plot by hand). Best effort: a
+ * missing or failing gnuplot is a warning, never a failed job. */
 static void plot(ctl *c)
 {
-    char tsv[4200], svg[4200];
+    char tsv[4200], svg[4200], gp[4200];
     snprintf(tsv, sizeof tsv, "%s/reward.tsv", c->o->run_dir);
     snprintf(svg, sizeof svg, "%s/reward.svg", c->o->run_dir);
+    snprintf(gp, sizeof gp, "%s/reward.gp", c->o->run_dir);
     FILE *f = fopen(tsv, "w");
     if (!f) return;
     fprintf(f, "# step\treward_mean\n");
     for (size_t i = 0; i < c->n_curve; i++)
         if (isfinite(c->curve_reward[i])) fprintf(f, "%llu\t%.6f\n", (unsigned long long)c->curve_step[i], c->curve_reward[i]);
     fclose(f);
-    FILE *g = popen("gnuplot 2>&1", "w");
-    if (!g) {
-        tidal_log(TIDAL_LOG_WARN, "controller: no gnuplot: %s has the curve as text", tsv);
+    char *svg_q = gnuplot_quoted(svg), *tsv_q = gnuplot_quoted(tsv), *job_q = gnuplot_quoted(c->names.job);
+    char *script = svg_q && tsv_q && job_q
+                       ? str_printf("set terminal svg size 800,450 dynamic background rgb 'white'\n"
+                                    "set output '%s'\n"
+                                    "set title 'job %s: reward per step'\n"
+                                    "set xlabel 'trainer step'\nset ylabel 'reward mean'\nset yrange [0:1.05]\n"
+                                    "set grid\nset key off\n"
+                                    "plot '%s' using 1:2 with linespoints lw 2 pt 7 ps 0.4\n",
+                                    svg_q, job_q, tsv_q)
+                       : NULL;
+    free(svg_q), free(tsv_q), free(job_q);
+    if (!script || fs_write_file(gp, script, strlen(script)) != TIDAL_OK) {
+        tidal_log(TIDAL_LOG_WARN, "controller: cannot write %s; %s has the curve as text", gp, tsv);
+        free(script);
         return;
     }
-    fprintf(g,
-            "set terminal svg size 800,450 dynamic background rgb 'white'\n"
-            "set output '%s'\n"
-            "set title 'job %s: reward per step'\n"
-            "set xlabel 'trainer step'\nset ylabel 'reward mean'\nset yrange [0:1.05]\nset grid\nset key off\n"
-            "plot '%s' using 1:2 with linespoints lw 2 pt 7 ps 0.4\n",
-            svg, c->names.job, tsv);
-    if (pclose(g) != 0) tidal_log(TIDAL_LOG_WARN, "controller: gnuplot failed; %s has the curve as text", tsv);
+    free(script);
+    char *argv[] = {"gnuplot", gp, NULL}, *out = NULL;
+    size_t len = 0;
+    int code = -1;
+    tidal_status st = spawn_capture("gnuplot", argv, NULL, &out, &len, &code);
+    free(out);
+    if (st == TIDAL_ERR_NOT_FOUND)
+        tidal_log(TIDAL_LOG_WARN, "controller: no gnuplot: %s has the curve as text", tsv);
+    else if (st != TIDAL_OK || code != 0)
+        tidal_log(TIDAL_LOG_WARN, "controller: gnuplot %s failed (%s); %s has the curve as text", gp,
+                  st != TIDAL_OK ? tidal_errmsg() : "see its message above", tsv);
 }
 
 /* The job is done: every worker may leave now (they would notice the state
