@@ -365,12 +365,14 @@ static tidal_status v_versions(const vctx *c, const Tidal__V1__Trajectory *t)
     return TIDAL_OK;
 }
 
-static tidal_status v_trajectory(const ProtobufCMessage *m, const char *parent)
+/* The rules of one trajectory after pass 1 (begin), which a group has run over
+ * all of its trajectories at once. */
+static tidal_status v_trajectory_rules(const vctx *c_, const Tidal__V1__Trajectory *t)
 {
-    const Tidal__V1__Trajectory *t = (const Tidal__V1__Trajectory *)m;
-    vctx c;
-    label(&c, parent, "trajectory", t->trajectory_id);
-    TRY(begin(&c, m, t->schema_version));
+    vctx c = *c_;
+    if (t->schema_version > CODEC_SCHEMA_VERSION)
+        return bad(&c, "schema_version %" PRIu32 " not supported (max %u)", t->schema_version,
+                   CODEC_SCHEMA_VERSION);
     TRY(need_id(&c, "trajectory_id", t->trajectory_id));
     TRY(need_id(&c, "prompt_id", t->prompt_id));
     TRY(need_id(&c, "group_id", t->group_id));
@@ -418,6 +420,79 @@ static tidal_status v_trajectory(const ProtobufCMessage *m, const char *parent)
         TRY(need_nonneg(&c, "timings.total_ms", t->timings->total_ms));
     }
     TRY(need_nonneg(&c, "temperature", t->temperature));
+    return TIDAL_OK;
+}
+
+static tidal_status v_trajectory(const ProtobufCMessage *m, const char *parent)
+{
+    const Tidal__V1__Trajectory *t = (const Tidal__V1__Trajectory *)m;
+    vctx c;
+    label(&c, parent, "trajectory", t->trajectory_id);
+    TRY(begin(&c, m, t->schema_version));
+    return v_trajectory_rules(&c, t);
+}
+
+uint32_t codec_group_sample_count(const Tidal__V1__TrajectoryGroup *g)
+{
+    return g->sample_count ? g->sample_count : g->group_size;
+}
+
+uint32_t codec_group_part_count(const Tidal__V1__TrajectoryGroup *g)
+{
+    return g->part_count ? g->part_count : 1;
+}
+
+/* One part of a group on its own: the header, then each trajectory by its own
+ * rules and as a member of this group and prompt, sample indices unique inside
+ * the asked range. What only the whole group can show (the count across parts,
+ * indices unique across parts) the buffer checks as it assembles. */
+static tidal_status v_trajectory_group(const ProtobufCMessage *m, const char *parent)
+{
+    const Tidal__V1__TrajectoryGroup *g = (const Tidal__V1__TrajectoryGroup *)m;
+    vctx c;
+    label(&c, parent, "trajectory group", g->group_id);
+    TRY(begin(&c, m, g->schema_version));
+    TRY(need_id(&c, "group_id", g->group_id));
+    TRY(need_id(&c, "prompt_id", g->prompt_id));
+    TRY(need_kv_key(&c, "worker_id", g->worker_id));
+    if (g->attempt < 1) return bad(&c, "attempt is 0 (the first delivery is 1)");
+    if (g->group_size < 1 || g->group_size > CODEC_MAX_GROUP_SIZE)
+        return bad(&c, "group_size %" PRIu32 " is outside 1..%u", g->group_size, CODEC_MAX_GROUP_SIZE);
+    const uint32_t count = codec_group_sample_count(g), parts = codec_group_part_count(g);
+    if ((uint64_t)g->sample_index + count > g->group_size)
+        return bad(&c, "samples %" PRIu32 "..%" PRIu64 " are outside the group of %" PRIu32, g->sample_index,
+                   (uint64_t)g->sample_index + count - 1, g->group_size);
+    if (parts > count) return bad(&c, "part_count %" PRIu32 " exceeds the %" PRIu32 " samples", parts, count);
+    if (g->part_index >= parts)
+        return bad(&c, "part_index %" PRIu32 " is outside 0..%" PRIu32, g->part_index, parts - 1);
+    if (g->n_trajectories < 1) return bad(&c, "part %" PRIu32 " holds no trajectory", g->part_index);
+    if (g->n_trajectories > count)
+        return bad(&c, "%zu trajectories for %" PRIu32 " samples", g->n_trajectories, count);
+    if (parts == 1 && g->n_trajectories != count)
+        return bad(&c, "%zu trajectories in a one-part answer for %" PRIu32 " samples", g->n_trajectories, count);
+
+    uint8_t seen[CODEC_MAX_GROUP_SIZE / 8];
+    memset(seen, 0, count / 8 + 1);
+    for (size_t i = 0; i < g->n_trajectories; i++) {
+        const Tidal__V1__Trajectory *t = g->trajectories[i];
+        vctx tc;
+        char field[48];
+        snprintf(field, sizeof field, "trajectories[%zu]", i);
+        label(&tc, c.what, field, t->trajectory_id);
+        TRY(v_trajectory_rules(&tc, t));
+        if (strcmp(t->group_id, g->group_id) != 0) return bad(&tc, "group_id is not the group's");
+        if (strcmp(t->prompt_id, g->prompt_id) != 0) return bad(&tc, "prompt_id is not the group's");
+        if (strcmp(t->worker_id, g->worker_id) != 0) return bad(&tc, "worker_id is not the group's");
+        if (t->group_size != g->group_size)
+            return bad(&tc, "group_size %" PRIu32 ", the group's is %" PRIu32, t->group_size, g->group_size);
+        if (t->eval != g->eval) return bad(&tc, "eval differs from the group's");
+        if (t->sample_index < g->sample_index || t->sample_index - g->sample_index >= count)
+            return bad(&tc, "sample_index %" PRIu32 " is outside the prompt's samples %" PRIu32 "..%" PRIu32,
+                       t->sample_index, g->sample_index, g->sample_index + count - 1);
+        uint32_t k = t->sample_index - g->sample_index;
+        if (seen[k / 8] & (1u << (k % 8))) return bad(&tc, "sample_index %" PRIu32 " appears twice", t->sample_index);
+        seen[k / 8] |= (uint8_t)(1u << (k % 8));
+    }
     return TIDAL_OK;
 }
 
@@ -598,6 +673,7 @@ static const struct {
 } types[] = {
     {&tidal__v1__prompt__descriptor, v_prompt},
     {&tidal__v1__trajectory__descriptor, v_trajectory},
+    {&tidal__v1__trajectory_group__descriptor, v_trajectory_group},
     {&tidal__v1__blob_manifest__descriptor, v_blob_manifest},
     {&tidal__v1__weights_manifest__descriptor, v_weights_manifest},
     {&tidal__v1__env_request__descriptor, v_env_request},
@@ -680,6 +756,7 @@ tidal_status codec_encode(const ProtobufCMessage *m, void **buf, size_t *len)
 
 DECODE_AS(codec_decode_prompt, Tidal__V1__Prompt, tidal__v1__prompt__descriptor)
 DECODE_AS(codec_decode_trajectory, Tidal__V1__Trajectory, tidal__v1__trajectory__descriptor)
+DECODE_AS(codec_decode_trajectory_group, Tidal__V1__TrajectoryGroup, tidal__v1__trajectory_group__descriptor)
 DECODE_AS(codec_decode_blob_manifest, Tidal__V1__BlobManifest, tidal__v1__blob_manifest__descriptor)
 DECODE_AS(codec_decode_weights_manifest, Tidal__V1__WeightsManifest,
           tidal__v1__weights_manifest__descriptor)
@@ -739,4 +816,100 @@ bool codec_trajectory_versions(const Tidal__V1__Trajectory *t, uint64_t *oldest,
     if (oldest) *oldest = lo;
     if (newest) *newest = hi;
     return true;
+}
+
+/* ---------------------------------------------------------------- trajectory groups */
+
+static size_t varint_size(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) v >>= 7, n++;
+    return n;
+}
+
+void codec_parts_free(codec_parts *p)
+{
+    if (!p) return;
+    for (size_t i = 0; i < p->n; i++) free(p->buf[i]);
+    free(p->buf);
+    free(p->len);
+    memset(p, 0, sizeof *p);
+}
+
+tidal_status codec_encode_group_parts(const Tidal__V1__TrajectoryGroup *g, size_t max_bytes, codec_parts *out)
+{
+    assert(g && out);
+    memset(out, 0, sizeof *out);
+    const size_t n = g->n_trajectories;
+    if (n == 0) return tidal_fail(TIDAL_ERR_INVALID, "trajectory group %s: no trajectories to encode", g->group_id);
+    /* The whole answer in one message when it fits (part fields absent). */
+    Tidal__V1__TrajectoryGroup one = *g;
+    one.part_index = 0, one.part_count = 0;
+    if (protobuf_c_message_get_packed_size(&one.base) <= max_bytes) {
+        out->buf = calloc(1, sizeof *out->buf);
+        out->len = calloc(1, sizeof *out->len);
+        if (!out->buf || !out->len) {
+            codec_parts_free(out);
+            return tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", g->group_id);
+        }
+        tidal_status st = codec_encode(&one.base, &out->buf[0], &out->len[0]);
+        if (st != TIDAL_OK) codec_parts_free(out);
+        else out->n = 1;
+        return st;
+    }
+    /* Parts: the header's size with part fields at their largest (n parts at
+     * most), so no part's real header is larger than what was budgeted. */
+    Tidal__V1__TrajectoryGroup h = *g;
+    h.n_trajectories = 0, h.trajectories = NULL;
+    h.part_index = (uint32_t)n, h.part_count = (uint32_t)n;
+    const size_t header = protobuf_c_message_get_packed_size(&h.base);
+    size_t *cost = malloc(n * sizeof *cost), *first = malloc((n + 1) * sizeof *first);
+    tidal_status st = TIDAL_OK;
+    if (!cost || !first) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", g->group_id);
+        goto cleanup;
+    }
+    size_t parts = 0, used = header;
+    first[0] = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = protobuf_c_message_get_packed_size(&g->trajectories[i]->base);
+        cost[i] = 1 + varint_size(len) + len; /* field 11's tag is one byte */
+        if (header + cost[i] > max_bytes) {
+            st = tidal_fail(TIDAL_ERR_INVALID,
+                            "trajectory group %s: trajectory %s encodes to %zu bytes, over the %zu a message "
+                            "may hold (the server's max_payload less headers)",
+                            g->group_id, g->trajectories[i]->trajectory_id, cost[i] + header, max_bytes);
+            goto cleanup;
+        }
+        if (i > 0 && used + cost[i] > max_bytes) first[++parts] = i, used = header;
+        used += cost[i];
+    }
+    first[++parts] = n;
+    out->buf = calloc(parts, sizeof *out->buf);
+    out->len = calloc(parts, sizeof *out->len);
+    if (!out->buf || !out->len) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", g->group_id);
+        goto cleanup;
+    }
+    for (size_t p = 0; p < parts; p++) {
+        Tidal__V1__TrajectoryGroup part = *g;
+        part.part_index = (uint32_t)p;
+        part.part_count = parts > 1 ? (uint32_t)parts : 0;
+        part.trajectories = g->trajectories + first[p];
+        part.n_trajectories = first[p + 1] - first[p];
+        TRY_GOTO(codec_encode(&part.base, &out->buf[p], &out->len[p]));
+        out->n = p + 1;
+        assert(out->len[p] <= max_bytes);
+    }
+cleanup:
+    free(cost);
+    free(first);
+    if (st != TIDAL_OK) codec_parts_free(out);
+    return st;
+}
+
+int codec_group_msg_id(const Tidal__V1__TrajectoryGroup *g, char *buf, size_t cap)
+{
+    if (codec_group_part_count(g) == 1) return snprintf(buf, cap, "%s", g->prompt_id);
+    return snprintf(buf, cap, "%s:%" PRIu32 ":%" PRIu32, g->prompt_id, g->attempt, g->part_index);
 }

@@ -79,6 +79,7 @@ tidal_status codec_check_name(const char *what, const char *s);
 
 tidal_status codec_decode_prompt(const void *data, size_t len, Tidal__V1__Prompt **out);
 tidal_status codec_decode_trajectory(const void *data, size_t len, Tidal__V1__Trajectory **out);
+tidal_status codec_decode_trajectory_group(const void *data, size_t len, Tidal__V1__TrajectoryGroup **out);
 tidal_status codec_decode_blob_manifest(const void *data, size_t len,
                                         Tidal__V1__BlobManifest **out);
 tidal_status codec_decode_weights_manifest(const void *data, size_t len,
@@ -90,6 +91,38 @@ tidal_status codec_decode_worker_status(const void *data, size_t len,
                                         Tidal__V1__WorkerStatus **out);
 tidal_status codec_decode_control(const void *data, size_t len, Tidal__V1__Control **out);
 tidal_status codec_decode_metric(const void *data, size_t len, Tidal__V1__Metric **out);
+
+/* ---------------------------------------------------------------- trajectory groups */
+
+/* The samples a validated group answers (sample_count, 0 read as group_size)
+ * and the parts it comes in (part_count, 0 read as 1). */
+uint32_t codec_group_sample_count(const Tidal__V1__TrajectoryGroup *g);
+uint32_t codec_group_part_count(const Tidal__V1__TrajectoryGroup *g);
+
+/* Encoded parts of one group: n malloc'd buffers buf[i] of len[i] bytes, in
+ * part order. Owned by the holder; codec_parts_free releases them and zeroes
+ * the struct (safe on a zeroed or freed one). */
+typedef struct codec_parts {
+    size_t n;
+    void **buf;
+    size_t *len;
+} codec_parts;
+void codec_parts_free(codec_parts *p);
+
+/* Encode g's trajectories (its part fields are ignored) as the fewest parts in
+ * trajectory order whose encodings are each at most max_bytes: one message
+ * with part_count 0 when all fit, else parts 0..n-1 with part_count n. A
+ * trajectory is never split: one that cannot fit with the group's header is
+ * TIDAL_ERR_INVALID naming it, its size and max_bytes. The caller passes the
+ * server's max_payload less what the headers take. On failure *out is empty. */
+tidal_status codec_encode_group_parts(const Tidal__V1__TrajectoryGroup *g, size_t max_bytes, codec_parts *out);
+
+/* The Nats-Msg-Id of a part, written like snprintf (returns the length it
+ * needs): the prompt_id for a one-part answer, so a redelivered prompt's
+ * second answer is one the stream already has; "<prompt_id>:<attempt>:<part>"
+ * for a part of several, so parts of two attempts (which may be cut at other
+ * trajectories) never mix - the buffer keeps one complete attempt per prompt. */
+int codec_group_msg_id(const Tidal__V1__TrajectoryGroup *g, char *buf, size_t cap);
 
 /* ---------------------------------------------------------------- per-token versions */
 

@@ -15,6 +15,7 @@
 #include "proto/codec.h"
 
 #define MSG(x) ((ProtobufCMessage *)&(x))
+#define N_TYPES 10 /* top-level message types, in all_types order */
 
 /* ---------------------------------------------------------------- fixtures */
 /* Each fixture holds a valid message with non-trivial values and the storage
@@ -146,6 +147,38 @@ static void traj_init(traj_fx *f)
     p->temperature = 1.0;
     p->completion_text = "174 ... 2 digits wrong; try again: 147";
     p->finished_unix_ms = 1732390001024ull;
+}
+
+/* A group of GROUP_N trajectories of prompt quick-e0-g000042, samples 0 ..
+ * GROUP_N - 1, in one part. */
+#define GROUP_N 8
+typedef struct {
+    Tidal__V1__TrajectoryGroup g;
+    traj_fx t[GROUP_N];
+    Tidal__V1__Trajectory *tp[GROUP_N];
+    char ids[GROUP_N][16];
+} group_fx;
+
+static void group_init(group_fx *f)
+{
+    Tidal__V1__TrajectoryGroup g = TIDAL__V1__TRAJECTORY_GROUP__INIT;
+    f->g = g;
+    for (int i = 0; i < GROUP_N; i++) {
+        traj_init(&f->t[i]);
+        snprintf(f->ids[i], sizeof f->ids[i], "g000042.s%d", i);
+        f->t[i].t.trajectory_id = f->ids[i];
+        f->t[i].t.sample_index = (uint32_t)i;
+        f->t[i].t.reward = i % 2 ? 1.0 : 0.0;
+        f->tp[i] = &f->t[i].t;
+    }
+    f->g.schema_version = CODEC_SCHEMA_VERSION;
+    f->g.group_id = "g000042";
+    f->g.prompt_id = "quick-e0-g000042";
+    f->g.worker_id = "host-a.1234";
+    f->g.attempt = 1;
+    f->g.group_size = GROUP_N;
+    f->g.n_trajectories = GROUP_N;
+    f->g.trajectories = f->tp;
 }
 
 typedef struct {
@@ -355,15 +388,15 @@ static bool rejected(const ProtobufCMessage *m, const char *want)
 static bool streq(const char *a, const char *b) { return strcmp(a ? a : "", b ? b : "") == 0; }
 
 /* The order of message types behind tests/fuzz/fuzz_decode.c's first byte. */
-static const ProtobufCMessageDescriptor *const all_types[9] = {
+static const ProtobufCMessageDescriptor *const all_types[N_TYPES] = {
     &tidal__v1__prompt__descriptor,          &tidal__v1__trajectory__descriptor,
     &tidal__v1__blob_manifest__descriptor,   &tidal__v1__weights_manifest__descriptor,
     &tidal__v1__env_request__descriptor,     &tidal__v1__env_response__descriptor,
     &tidal__v1__worker_status__descriptor,   &tidal__v1__control__descriptor,
-    &tidal__v1__metric__descriptor,
+    &tidal__v1__metric__descriptor,          &tidal__v1__trajectory_group__descriptor,
 };
 
-/* Valid samples of all nine types, in all_types order, built in `store`. */
+/* Valid samples of all ten types, in all_types order, built in `store`. */
 typedef struct {
     prompt_fx prompt;
     traj_fx traj;
@@ -374,7 +407,8 @@ typedef struct {
     Tidal__V1__WorkerStatus worker;
     Tidal__V1__Control control;
     metric_fx metric;
-    const ProtobufCMessage *msgs[9];
+    group_fx group;
+    const ProtobufCMessage *msgs[N_TYPES];
 } samples;
 
 static void samples_init(samples *s)
@@ -388,9 +422,10 @@ static void samples_init(samples *s)
     s->worker = worker_sample();
     s->control = control_sample();
     metric_init(&s->metric);
-    const ProtobufCMessage *msgs[9] = {
-        MSG(s->prompt.p), MSG(s->traj.t),     MSG(s->blob.b),   MSG(s->weights.w), MSG(s->envreq.r),
-        MSG(s->envresp.r), MSG(s->worker), MSG(s->control), MSG(s->metric.m),
+    group_init(&s->group);
+    const ProtobufCMessage *msgs[N_TYPES] = {
+        MSG(s->prompt.p),  MSG(s->traj.t), MSG(s->blob.b),    MSG(s->weights.w), MSG(s->envreq.r),
+        MSG(s->envresp.r), MSG(s->worker), MSG(s->control),   MSG(s->metric.m),  MSG(s->group.g),
     };
     memcpy(s->msgs, msgs, sizeof msgs);
 }
@@ -410,7 +445,7 @@ static void test_every_sample_is_valid(void)
 {
     static samples s;
     samples_init(&s);
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < N_TYPES; i++) {
         CHECK(s.msgs[i]->descriptor == all_types[i]);
         CHECK_OK(codec_validate(s.msgs[i]));
     }
@@ -591,14 +626,14 @@ static void test_typed_decoders(void)
     static samples s;
     samples_init(&s);
     typedef tidal_status (*typed)(const void *, size_t, void **);
-    const typed fns[9] = {
+    const typed fns[N_TYPES] = {
         (typed)codec_decode_prompt,          (typed)codec_decode_trajectory,
         (typed)codec_decode_blob_manifest,   (typed)codec_decode_weights_manifest,
         (typed)codec_decode_env_request,     (typed)codec_decode_env_response,
         (typed)codec_decode_worker_status,   (typed)codec_decode_control,
-        (typed)codec_decode_metric,
+        (typed)codec_decode_metric,          (typed)codec_decode_trajectory_group,
     };
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < N_TYPES; i++) {
         void *buf, *m;
         size_t len;
         CHECK_OK(codec_encode(s.msgs[i], &buf, &len));
@@ -685,13 +720,13 @@ static void test_random_bytes(void)
         size_t len = rng() % sizeof buf;
         for (size_t i = 0; i < len; i++) buf[i] = (uint8_t)rng();
         tidal_status st;
-        CHECK(decode_is_safe(all_types[iter % 9], buf, len, &st));
+        CHECK(decode_is_safe(all_types[iter % N_TYPES], buf, len, &st));
         /* every field of an env message is optional: a few random strings
          * (the empty one first) are valid there; nowhere else */
-        bool lenient = all_types[iter % 9] == &tidal__v1__env_response__descriptor ||
-                       all_types[iter % 9] == &tidal__v1__env_request__descriptor;
+        bool lenient = all_types[iter % N_TYPES] == &tidal__v1__env_response__descriptor ||
+                       all_types[iter % N_TYPES] == &tidal__v1__env_request__descriptor;
         CHECK_MSG(st != TIDAL_OK || lenient, "random bytes (%zu) decoded as a valid %s", len,
-                  all_types[iter % 9]->short_name);
+                  all_types[iter % N_TYPES]->short_name);
         valid += st == TIDAL_OK;
         decode_errors += st == TIDAL_ERR_DECODE;
     }
@@ -704,7 +739,7 @@ static void test_mutated_encodings(void)
 {
     static samples s;
     samples_init(&s);
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < N_TYPES; i++) {
         void *enc;
         size_t len;
         CHECK_OK(codec_encode(s.msgs[i], &enc, &len));
@@ -731,7 +766,7 @@ static void test_truncated_encodings(void)
 {
     static samples s;
     samples_init(&s);
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < N_TYPES; i++) {
         void *enc;
         size_t len;
         CHECK_OK(codec_encode(s.msgs[i], &enc, &len));
@@ -766,11 +801,11 @@ static void test_wrong_message_type(void)
 {
     static samples s;
     samples_init(&s);
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < N_TYPES; i++) {
         void *enc;
         size_t len;
         CHECK_OK(codec_encode(s.msgs[i], &enc, &len));
-        for (int j = 0; j < 9; j++) {
+        for (int j = 0; j < N_TYPES; j++) {
             if (i == j) continue;
             tidal_status st;
             bool safe = decode_is_safe(all_types[j], enc, len, &st);
@@ -1120,16 +1155,108 @@ static void test_versions_rle(void)
     CHECK(strstr(tidal_errmsg(), "version runs cover 8589934590 tokens, room for 1000"));
 }
 
+/* ---------------------------------------------------------------- trajectory groups */
+
+/* A group in one message and in parts: every part fits, decodes, says which
+ * part it is, and together the parts hold the trajectories in order; a
+ * trajectory that cannot fit is refused by name. */
+static void test_group_parts(void)
+{
+    static group_fx f;
+    group_init(&f);
+    codec_parts parts;
+    char id[128];
+    CHECK_OK(codec_encode_group_parts(&f.g, 1 << 20, &parts));
+    CHECK(parts.n == 1);
+    Tidal__V1__TrajectoryGroup *g = NULL;
+    CHECK_OK(codec_decode_trajectory_group(parts.buf[0], parts.len[0], &g));
+    CHECK(g->part_count == 0 && g->n_trajectories == GROUP_N && codec_group_sample_count(g) == GROUP_N);
+    codec_group_msg_id(g, id, sizeof id);
+    CHECK_MSG(streq(id, "quick-e0-g000042"), "one-part id %s", id);
+    tidal__v1__trajectory_group__free_unpacked(g, NULL);
+    const size_t whole = parts.len[0];
+    codec_parts_free(&parts);
+    CHECK(parts.n == 0 && parts.buf == NULL);
+
+    /* about three trajectories per part: 8 trajectories in 3 parts */
+    const size_t one = protobuf_c_message_get_packed_size(MSG(f.t[0].t));
+    const size_t max = whole / GROUP_N * 3 + 40;
+    CHECK_OK(codec_encode_group_parts(&f.g, max, &parts));
+    CHECK_MSG(parts.n == 3, "%zu parts of at most %zu bytes (one trajectory %zu)", parts.n, max, one);
+    uint32_t next = 0;
+    for (size_t p = 0; p < parts.n; p++) {
+        CHECK(parts.len[p] <= max);
+        CHECK_OK(codec_decode_trajectory_group(parts.buf[p], parts.len[p], &g));
+        bool ok = g->part_index == p && g->part_count == parts.n && g->n_trajectories >= 1;
+        for (size_t k = 0; ok && k < g->n_trajectories; k++, next++) ok = g->trajectories[k]->sample_index == next;
+        codec_group_msg_id(g, id, sizeof id);
+        char want[64];
+        snprintf(want, sizeof want, "quick-e0-g000042:1:%zu", p);
+        ok = ok && streq(id, want);
+        tidal__v1__trajectory_group__free_unpacked(g, NULL);
+        CHECK_MSG(ok, "part %zu (id %s)", p, id);
+    }
+    CHECK(next == GROUP_N);
+    codec_parts_free(&parts);
+
+    /* one trajectory per part at the smallest size that holds each */
+    CHECK_OK(codec_encode_group_parts(&f.g, one + 80, &parts));
+    CHECK(parts.n == GROUP_N);
+    codec_parts_free(&parts);
+    CHECK_STATUS(codec_encode_group_parts(&f.g, one, &parts), TIDAL_ERR_INVALID);
+    CHECK(parts.n == 0 && strstr(tidal_errmsg(), "trajectory g000042.s0 encodes to"));
+}
+
+static void test_group_rules(void)
+{
+    static group_fx f;
+    group_init(&f);
+    CHECK_OK(codec_validate(MSG(f.g)));
+#define GROUP_BAD(mutation, want)    \
+    do {                             \
+        group_init(&f);              \
+        mutation;                    \
+        CHECK(rejected(MSG(f.g), want)); \
+    } while (0)
+    GROUP_BAD(f.g.attempt = 0, "trajectory group g000042: attempt is 0");
+    GROUP_BAD(f.g.group_size = 0, "group_size 0 is outside");
+    GROUP_BAD(f.g.n_trajectories = 7, "7 trajectories in a one-part answer for 8 samples");
+    GROUP_BAD(f.g.n_trajectories = 0, "part 0 holds no trajectory");
+    GROUP_BAD((f.g.part_count = 3, f.g.part_index = 3), "part_index 3 is outside 0..2");
+    GROUP_BAD((f.g.sample_index = 4, f.g.sample_count = 5), "samples 4..8 are outside the group of 8");
+    GROUP_BAD(f.t[3].t.sample_index = 5, "trajectories[5] g000042.s5: sample_index 5 appears twice");
+    GROUP_BAD(f.t[6].t.group_id = "g000043", "trajectories[6] g000042.s6: group_id is not the group's");
+    GROUP_BAD(f.t[6].t.prompt_id = "other", "prompt_id is not the group's");
+    GROUP_BAD(f.t[2].t.worker_id = "host-b.1", "trajectories[2] g000042.s2: worker_id is not the group's");
+    GROUP_BAD(f.t[2].t.group_size = 9, "group_size 9, the group's is 8");
+    GROUP_BAD(f.t[2].t.eval = 1, "eval differs from the group's");
+    GROUP_BAD(f.t[4].logprobs[17] = 0.3f, "trajectory group g000042: trajectories[4] g000042.s4: logprob[17] = 0.3 > 0");
+    GROUP_BAD(f.t[1].t.worker_id = "bad worker", "trajectories[1]");
+    /* a prompt that asked for samples 2..4: those, in any order, in two parts */
+    group_init(&f);
+    f.g.sample_index = 2, f.g.sample_count = 3, f.g.part_count = 2, f.g.part_index = 1;
+    f.g.trajectories = f.tp + 2, f.g.n_trajectories = 2;
+    f.tp[2] = &f.t[4].t;
+    f.tp[3] = &f.t[2].t;
+    CHECK_OK(codec_validate(MSG(f.g)));
+    f.tp[3] = &f.t[5].t;
+    CHECK(rejected(MSG(f.g), "sample_index 5 is outside the prompt's samples 2..4"));
+    group_init(&f);
+    f.g.part_count = 9;
+    CHECK(rejected(MSG(f.g), "part_count 9 exceeds the 8 samples"));
+#undef GROUP_BAD
+}
+
 /* ---------------------------------------------------------------- fuzz seeds */
 
 static int write_seeds(const char *dir)
 {
     static samples s;
     samples_init(&s);
-    static const char *const names[9] = {"prompt",       "trajectory", "blob_manifest",
-                                         "weights_manifest", "env_request", "env_response",
-                                         "worker_status", "control",  "metric"};
-    for (int i = 0; i < 9; i++) {
+    static const char *const names[N_TYPES] = {"prompt",        "trajectory",   "blob_manifest", "weights_manifest",
+                                               "env_request",   "env_response", "worker_status", "control",
+                                               "metric",        "trajectory_group"};
+    for (int i = 0; i < N_TYPES; i++) {
         void *buf;
         size_t len;
         if (codec_encode(s.msgs[i], &buf, &len) != TIDAL_OK) return 1;
@@ -1159,6 +1286,8 @@ int main(void)
     RUN(test_env_round_trip);
     RUN(test_worker_control_metric_round_trip);
     RUN(test_typed_decoders);
+    RUN(test_group_parts);
+    RUN(test_group_rules);
     RUN(test_schema_versions);
     RUN(test_unknown_fields_ignored);
     RUN(test_random_bytes);
