@@ -94,6 +94,7 @@ typedef struct group {
     uint64_t completed_seq;    /* when it became complete (0: partial) */
     int uses;                  /* trainings so far */
     uint64_t last_step;        /* the step of the latest (uses >= 1) */
+    uint64_t first_ms;         /* buffer_tick's clock when its first sample came */
     struct group *next;
 } group;
 
@@ -105,7 +106,7 @@ typedef struct pending {
 
 struct buffer {
     buffer_opts o;
-    uint64_t version, seq, rng;
+    uint64_t version, seq, rng, now_ms;
     group *groups; /* arrival order */
     strset seen, dead;
     pending *wait; /* trained, waiting for a checkpoint */
@@ -113,7 +114,7 @@ struct buffer {
 };
 
 static const char *const DROP_NAMES[BUFFER_DROP__COUNT] = {"stale", "stale_group", "failed", "zero_variance",
-                                                           "capacity", "duplicate"};
+                                                           "capacity", "duplicate", "incomplete"};
 
 const char *buffer_drop_name(buffer_drop_reason r)
 {
@@ -203,6 +204,29 @@ static void enforce_capacity(buffer *b)
             if (x->completed_seq && (!old || x->completed_seq < old->completed_seq)) old = x;
         evict_group(b, old, -1, BUFFER_DROP_CAPACITY, BUFFER_DROP_CAPACITY);
     }
+}
+
+/* Partial groups beyond max_partial (the oldest first) or older than
+ * partial_max_age_ms go as incomplete; their late samples follow them. */
+static void enforce_partial(buffer *b)
+{
+    for (group *g = b->groups, *n; g; g = n) {
+        n = g->next;
+        if (g->completed_seq) continue;
+        bool too_many = b->o.max_partial > 0 && (int)b->c.groups_partial > b->o.max_partial;
+        bool aged = b->o.partial_max_age_ms > 0 && b->now_ms > g->first_ms &&
+                    b->now_ms - g->first_ms > b->o.partial_max_age_ms;
+        if (!too_many && !aged) continue;
+        unlink_group(b, g);
+        drop_group(b, g, -1, BUFFER_DROP_INCOMPLETE, BUFFER_DROP_INCOMPLETE);
+        group_free(g);
+    }
+}
+
+void buffer_tick(buffer *b, uint64_t now_ms)
+{
+    b->now_ms = now_ms;
+    enforce_partial(b);
 }
 
 static bool too_old(const buffer *b, uint64_t oldest)
@@ -322,6 +346,7 @@ tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle)
             return tidal_fail(TIDAL_ERR_NOMEM, "buffer: out of memory for group %s", t->group_id);
         }
         snprintf(g->id, sizeof g->id, "%s", t->group_id);
+        g->first_ms = b->now_ms;
         group **tail = &b->groups;
         while (*tail) tail = &(*tail)->next;
         *tail = g;
@@ -340,7 +365,7 @@ tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle)
         group_free(g);
         return TIDAL_OK;
     }
-    if (g->arrived < g->size) return TIDAL_OK;
+    if (g->arrived < g->size) return TIDAL_OK; /* the bound on partial groups waits for buffer_tick */
     if (b->o.filter_zero_variance && g->size > 1 && zero_variance(g)) {
         unlink_group(b, g);
         drop_group(b, g, -1, BUFFER_DROP_ZERO_VARIANCE, BUFFER_DROP_ZERO_VARIANCE);

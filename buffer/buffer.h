@@ -16,7 +16,11 @@
  * (a group that lost a sample to staleness), failed (a sample whose status
  * is not OK takes its group with it), zero_variance (all rewards equal, when
  * filtering), capacity (complete groups beyond the capacity: the oldest go),
- * duplicate (a trajectory id already admitted or trained).
+ * duplicate (a trajectory id already admitted or trained), incomplete (a
+ * group still missing samples when the bound on partial groups - their
+ * number, or the age of their first sample - pushed it out; a group whose
+ * parts stopped coming, e.g. its worker died between two parts and the
+ * prompt was never answered whole).
  *
  * Sampling: fifo (oldest complete first), newest, uniform, or priority
  * (without replacement, P(g) proportional to exp(mean reward of g / T)).
@@ -57,6 +61,7 @@ typedef enum {
     BUFFER_DROP_ZERO_VARIANCE,
     BUFFER_DROP_CAPACITY,
     BUFFER_DROP_DUPLICATE,
+    BUFFER_DROP_INCOMPLETE,
     BUFFER_DROP__COUNT
 } buffer_drop_reason;
 
@@ -79,6 +84,10 @@ typedef struct buffer_opts {
     uint64_t seed;              /* uniform and priority sampling */
     double priority_temperature; /* T of priority sampling (> 0, finite); unused otherwise */
     int reuse;                  /* trainings per group at most (>= 1; 0 means 1) */
+    int max_partial;            /* groups still missing samples held at most; beyond, the
+                                 * oldest goes as incomplete (0: no bound) */
+    uint64_t partial_max_age_ms; /* a partial group whose first sample came longer ago than
+                                 * this (by buffer_tick's clock) goes as incomplete (0: none) */
     buffer_ack_fn ack;
     buffer_release_fn release;  /* may be NULL */
     void *ack_ctx;              /* passed to ack and release */
@@ -133,6 +142,15 @@ void buffer_set_version(buffer *b, uint64_t v);
  * TIDAL_OK whether it was kept or dropped (see buffer_counts); a sample is
  * dropped at once when stale, a duplicate, or part of a group already dropped. */
 tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle);
+
+/* Apply the bound on partial groups: the clock moved to now_ms (any monotonic
+ * milliseconds); partial groups first seen more than partial_max_age_ms
+ * before it, and the oldest beyond max_partial, are dropped as incomplete.
+ * Groups admitted afterwards are stamped with now_ms. Only here: a group
+ * whose samples are admitted one after another (the trajectories of one
+ * message) is partial in between and must not be pushed out for it, so the
+ * caller ticks after admitting what it fetched. */
+void buffer_tick(buffer *b, uint64_t now_ms);
 
 /* Complete groups ready to train. */
 int buffer_ready(const buffer *b);

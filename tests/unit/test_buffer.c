@@ -466,6 +466,52 @@ static void test_reuse_capacity_retires(void)
     CHECK(a.released == 1); /* m */
 }
 
+/* Partial groups are bounded in number (the oldest goes first) and in age
+ * (by the caller's clock); what goes is counted incomplete, acked at once,
+ * and late samples of such a group follow it. A complete group is never
+ * touched by the bound. */
+static void test_incomplete_groups(void)
+{
+    acks a = {0};
+    buffer *b = make_opts((buffer_opts){.max_staleness = 4, .capacity = 16, .max_partial = 2,
+                                        .partial_max_age_ms = 1000},
+                          &a);
+    buffer_tick(b, 100);
+    buffer_admit(b, traj("pA", 4, 0, 0, 0, 0), handle_for("pA", 0));
+    buffer_admit(b, traj("pA", 4, 1, 0, 1, 0), handle_for("pA", 1));
+    buffer_tick(b, 200);
+    buffer_admit(b, traj("pB", 4, 0, 0, 0, 0), handle_for("pB", 0));
+    admit_group(b, "whole", 2, 0, 0.0); /* complete before the tick: not pushed out */
+    buffer_tick(b, 200);
+    buffer_counts c;
+    buffer_counts_get(b, &c);
+    CHECK(c.groups_partial == 2 && c.groups_complete == 1 && a.dropped == 0);
+    buffer_admit(b, traj("pC", 4, 0, 0, 0, 0), handle_for("pC", 0)); /* a third: the oldest (pA) goes */
+    buffer_counts_get(b, &c);
+    CHECK(c.groups_partial == 3 && a.dropped == 0); /* at the tick, not before */
+    buffer_tick(b, 200);
+    buffer_counts_get(b, &c);
+    CHECK_MSG(c.groups_partial == 2 && c.groups_dropped[BUFFER_DROP_INCOMPLETE] == 1 &&
+                  c.dropped[BUFFER_DROP_INCOMPLETE] == 2 && a.dropped == 2,
+              "partial %llu, incomplete groups %llu samples %llu, acked dropped %d",
+              (unsigned long long)c.groups_partial, (unsigned long long)c.groups_dropped[BUFFER_DROP_INCOMPLETE],
+              (unsigned long long)c.dropped[BUFFER_DROP_INCOMPLETE], a.dropped);
+    buffer_admit(b, traj("pA", 4, 2, 0, 0, 0), handle_for("pA", 2)); /* a late part of pA follows it */
+    buffer_counts_get(b, &c);
+    CHECK(c.dropped[BUFFER_DROP_INCOMPLETE] == 3 && c.groups_dropped[BUFFER_DROP_INCOMPLETE] == 1 && a.dropped == 3);
+    CHECK(!strcmp(buffer_drop_name(BUFFER_DROP_INCOMPLETE), "incomplete"));
+    /* age: pB was first seen at 200, pC at 200; at 1200 neither is over 1000 ms old, at 1201 both are */
+    buffer_tick(b, 1200);
+    buffer_counts_get(b, &c);
+    CHECK(c.groups_partial == 2);
+    buffer_tick(b, 1201);
+    buffer_counts_get(b, &c);
+    CHECK(c.groups_partial == 0 && c.groups_dropped[BUFFER_DROP_INCOMPLETE] == 3 && c.groups_complete == 1);
+    CHECK(buffer_ready(b) == 1 && balanced(b));
+    buffer_free(b);
+    CHECK(a.released == 2); /* the complete group, never trained */
+}
+
 int main(void)
 {
     RUN(test_group_train_then_ack_at_checkpoint);
@@ -477,5 +523,6 @@ int main(void)
     RUN(test_reuse_untake_and_order);
     RUN(test_reuse_stale_retires);
     RUN(test_reuse_capacity_retires);
+    RUN(test_incomplete_groups);
     return check_summary();
 }
