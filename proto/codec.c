@@ -836,75 +836,111 @@ void codec_parts_free(codec_parts *p)
     memset(p, 0, sizeof *p);
 }
 
+/* The header of one part: head's fields with the part fields given, no
+ * trajectories; *buf malloc'd with room for `extra` more bytes. */
+static tidal_status group_header(const Tidal__V1__TrajectoryGroup *head, uint32_t part_index, uint32_t part_count,
+                                 size_t extra, uint8_t **buf, size_t *len)
+{
+    Tidal__V1__TrajectoryGroup h = *head;
+    h.n_trajectories = 0, h.trajectories = NULL;
+    h.part_index = part_index, h.part_count = part_count;
+    *len = protobuf_c_message_get_packed_size(&h.base);
+    if (!(*buf = malloc(*len + extra + 1)))
+        return tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory for %zu bytes", head->group_id,
+                          *len + extra);
+    protobuf_c_message_pack(&h.base, *buf);
+    return TIDAL_OK;
+}
+
+/* Append trajectory bytes as field 11 (tag (11 << 3) | 2, one byte) to buf at *len. */
+static void frame_trajectory(uint8_t *buf, size_t *len, const codec_encoded *t)
+{
+    buf[(*len)++] = (11u << 3) | 2u;
+    for (uint64_t v = t->len; ; v >>= 7) {
+        buf[(*len)++] = (uint8_t)(v < 0x80 ? v : (v & 0x7f) | 0x80);
+        if (v < 0x80) break;
+    }
+    memcpy(buf + *len, t->data, t->len);
+    *len += t->len;
+}
+
+tidal_status codec_frame_group_parts(const Tidal__V1__TrajectoryGroup *head, const codec_encoded *t, size_t n,
+                                     size_t max_bytes, codec_parts *out)
+{
+    assert(head && out && (t || !n));
+    memset(out, 0, sizeof *out);
+    if (n == 0) return tidal_fail(TIDAL_ERR_INVALID, "trajectory group %s: no trajectories to send", head->group_id);
+    size_t *first = malloc((n + 1) * sizeof *first), total = 0;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    tidal_status st = TIDAL_OK;
+    if (!first) return tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", head->group_id);
+    for (size_t i = 0; i < n; i++) total += 1 + varint_size(t[i].len) + t[i].len;
+    /* The whole answer in one message when it fits (part fields absent). Else
+     * parts, budgeting the header with part fields at their largest (n parts
+     * at most), so no real header is larger than what was budgeted. */
+    Tidal__V1__TrajectoryGroup h = *head;
+    h.n_trajectories = 0, h.trajectories = NULL, h.part_index = 0, h.part_count = 0;
+    size_t parts = 1;
+    first[0] = 0, first[1] = n;
+    if (protobuf_c_message_get_packed_size(&h.base) + total > max_bytes) {
+        h.part_index = (uint32_t)n, h.part_count = (uint32_t)n;
+        const size_t header = protobuf_c_message_get_packed_size(&h.base);
+        size_t used = header;
+        parts = 0;
+        for (size_t i = 0; i < n; i++) {
+            size_t cost = 1 + varint_size(t[i].len) + t[i].len;
+            if (header + cost > max_bytes) {
+                st = tidal_fail(TIDAL_ERR_INVALID,
+                                "trajectory group %s: trajectory %s encodes to %zu bytes with the group's header, "
+                                "over the %zu a message may hold (the server's max_payload less headers)",
+                                head->group_id, t[i].trajectory_id ? t[i].trajectory_id : "?", header + cost,
+                                max_bytes);
+                goto cleanup;
+            }
+            if (i > 0 && used + cost > max_bytes) first[++parts] = i, used = header;
+            used += cost;
+        }
+        first[++parts] = n;
+    }
+    out->buf = calloc(parts, sizeof *out->buf);
+    out->len = calloc(parts, sizeof *out->len);
+    if (!out->buf || !out->len) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", head->group_id);
+        goto cleanup;
+    }
+    for (size_t p = 0; p < parts; p++) {
+        size_t extra = 0;
+        for (size_t i = first[p]; i < first[p + 1]; i++) extra += 1 + varint_size(t[i].len) + t[i].len;
+        TRY_GOTO(group_header(head, (uint32_t)p, parts > 1 ? (uint32_t)parts : 0, extra, &buf, &len));
+        for (size_t i = first[p]; i < first[p + 1]; i++) frame_trajectory(buf, &len, &t[i]);
+        assert(len <= max_bytes);
+        out->buf[p] = buf, out->len[p] = len, out->n = p + 1;
+        buf = NULL;
+    }
+cleanup:
+    free(first);
+    free(buf);
+    if (st != TIDAL_OK) codec_parts_free(out);
+    return st;
+}
+
 tidal_status codec_encode_group_parts(const Tidal__V1__TrajectoryGroup *g, size_t max_bytes, codec_parts *out)
 {
     assert(g && out);
     memset(out, 0, sizeof *out);
-    const size_t n = g->n_trajectories;
-    if (n == 0) return tidal_fail(TIDAL_ERR_INVALID, "trajectory group %s: no trajectories to encode", g->group_id);
-    /* The whole answer in one message when it fits (part fields absent). */
-    Tidal__V1__TrajectoryGroup one = *g;
-    one.part_index = 0, one.part_count = 0;
-    if (protobuf_c_message_get_packed_size(&one.base) <= max_bytes) {
-        out->buf = calloc(1, sizeof *out->buf);
-        out->len = calloc(1, sizeof *out->len);
-        if (!out->buf || !out->len) {
-            codec_parts_free(out);
-            return tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", g->group_id);
-        }
-        tidal_status st = codec_encode(&one.base, &out->buf[0], &out->len[0]);
-        if (st != TIDAL_OK) codec_parts_free(out);
-        else out->n = 1;
-        return st;
+    codec_encoded *t = calloc(g->n_trajectories ? g->n_trajectories : 1, sizeof *t);
+    tidal_status st = t ? TIDAL_OK : tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", g->group_id);
+    size_t done = 0;
+    for (; st == TIDAL_OK && done < g->n_trajectories; done++) {
+        void *data = NULL;
+        st = codec_encode(&g->trajectories[done]->base, &data, &t[done].len);
+        t[done].data = data;
+        t[done].trajectory_id = g->trajectories[done]->trajectory_id;
     }
-    /* Parts: the header's size with part fields at their largest (n parts at
-     * most), so no part's real header is larger than what was budgeted. */
-    Tidal__V1__TrajectoryGroup h = *g;
-    h.n_trajectories = 0, h.trajectories = NULL;
-    h.part_index = (uint32_t)n, h.part_count = (uint32_t)n;
-    const size_t header = protobuf_c_message_get_packed_size(&h.base);
-    size_t *cost = malloc(n * sizeof *cost), *first = malloc((n + 1) * sizeof *first);
-    tidal_status st = TIDAL_OK;
-    if (!cost || !first) {
-        st = tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", g->group_id);
-        goto cleanup;
-    }
-    size_t parts = 0, used = header;
-    first[0] = 0;
-    for (size_t i = 0; i < n; i++) {
-        size_t len = protobuf_c_message_get_packed_size(&g->trajectories[i]->base);
-        cost[i] = 1 + varint_size(len) + len; /* field 11's tag is one byte */
-        if (header + cost[i] > max_bytes) {
-            st = tidal_fail(TIDAL_ERR_INVALID,
-                            "trajectory group %s: trajectory %s encodes to %zu bytes, over the %zu a message "
-                            "may hold (the server's max_payload less headers)",
-                            g->group_id, g->trajectories[i]->trajectory_id, cost[i] + header, max_bytes);
-            goto cleanup;
-        }
-        if (i > 0 && used + cost[i] > max_bytes) first[++parts] = i, used = header;
-        used += cost[i];
-    }
-    first[++parts] = n;
-    out->buf = calloc(parts, sizeof *out->buf);
-    out->len = calloc(parts, sizeof *out->len);
-    if (!out->buf || !out->len) {
-        st = tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", g->group_id);
-        goto cleanup;
-    }
-    for (size_t p = 0; p < parts; p++) {
-        Tidal__V1__TrajectoryGroup part = *g;
-        part.part_index = (uint32_t)p;
-        part.part_count = parts > 1 ? (uint32_t)parts : 0;
-        part.trajectories = g->trajectories + first[p];
-        part.n_trajectories = first[p + 1] - first[p];
-        TRY_GOTO(codec_encode(&part.base, &out->buf[p], &out->len[p]));
-        out->n = p + 1;
-        assert(out->len[p] <= max_bytes);
-    }
-cleanup:
-    free(cost);
-    free(first);
-    if (st != TIDAL_OK) codec_parts_free(out);
+    if (st == TIDAL_OK) st = codec_frame_group_parts(g, t, g->n_trajectories, max_bytes, out);
+    for (size_t i = 0; t && i < done; i++) free((void *)t[i].data);
+    free(t);
     return st;
 }
 

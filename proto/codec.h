@@ -109,12 +109,26 @@ typedef struct codec_parts {
 } codec_parts;
 void codec_parts_free(codec_parts *p);
 
-/* Encode g's trajectories (its part fields are ignored) as the fewest parts in
- * trajectory order whose encodings are each at most max_bytes: one message
- * with part_count 0 when all fit, else parts 0..n-1 with part_count n. A
- * trajectory is never split: one that cannot fit with the group's header is
- * TIDAL_ERR_INVALID naming it, its size and max_bytes. The caller passes the
- * server's max_payload less what the headers take. On failure *out is empty. */
+/* One trajectory already encoded (what a rollout episode produces): its
+ * bytes and, for messages, its id. Borrowed. */
+typedef struct codec_encoded {
+    const void *data;
+    size_t len;
+    const char *trajectory_id;
+} codec_encoded;
+
+/* Frame n encoded trajectories under head (its group fields; its trajectories
+ * and part fields are ignored) as the fewest parts in trajectory order whose
+ * encodings are each at most max_bytes: one message with part_count 0 when
+ * all fit, else parts 0..k-1 with part_count k. No trajectory is decoded or
+ * re-encoded (a repeated field is the concatenation of its framed elements),
+ * and none is cut: one that cannot fit with the header is TIDAL_ERR_INVALID
+ * naming it, its size and max_bytes. The caller passes the server's
+ * max_payload less what the headers take. On failure *out is empty. */
+tidal_status codec_frame_group_parts(const Tidal__V1__TrajectoryGroup *head, const codec_encoded *t, size_t n,
+                                     size_t max_bytes, codec_parts *out);
+
+/* The same from g's decoded trajectories (each is encoded first). */
 tidal_status codec_encode_group_parts(const Tidal__V1__TrajectoryGroup *g, size_t max_bytes, codec_parts *out);
 
 /* The Nats-Msg-Id of a part, written like snprintf (returns the length it
