@@ -1,8 +1,8 @@
 /* debug_step.c - `tidal debug step`: the trainer step's parity hook.
  *
  * One real trainer_step (trainer/step.c) on trajectories given as tensors,
- * with the configuration read from job-spec keys (--set, through the same
- * trainer_step_cfg_from_spec the trainer uses), so a reference can check the
+ * with the configuration read from job-spec keys (--set) by trainer/config.h,
+ * as the trainer's is, so a reference can check the
  * whole path - shaped rewards, advantages, the layout, the proximal policy,
  * M2PO's selection, the loss and the model's backward - tensor by tensor.
  */
@@ -19,7 +19,7 @@
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "proto/codec.h"
-#include "trainer/loop.h"
+#include "trainer/config.h"
 #include "trainer/step.h"
 
 #define EXIT_USAGE 2
@@ -212,9 +212,7 @@ int debug_step(int argc, char **argv)
     cfg.lr = lr_at(&lrs, 0);
     size_t np = 0;
     model_params(m, &np);
-    adamw_cfg ac = adamw_defaults();
-    ac.beta1 = (float)spec.trainer.beta1, ac.beta2 = (float)spec.trainer.beta2;
-    ac.weight_decay = (float)spec.trainer.weight_decay;
+    const adamw_cfg ac = trainer_adamw_cfg_from_spec(&spec);
     if ((st = adamw_create(np, &ac, &opt)) != TIDAL_OK) goto out;
     buffer_batch batch = {.n_groups = x.G, .groups = x.groups};
     if ((st = trainer_step(m, opt, &batch, version >= 0 ? (uint64_t)version : newest, &cfg, &r)) != TIDAL_OK) {
