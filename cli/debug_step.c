@@ -1,8 +1,8 @@
 /* debug_step.c - `tidal debug step`: the trainer step's parity hook.
  *
  * One real trainer_step (trainer/step.c) on trajectories given as tensors,
- * with the configuration read from job-spec keys (--set, through the same
- * trainer_step_cfg_from_spec the trainer uses), so a reference can check the
+ * with the configuration read from job-spec keys (--set) by trainer/config.h,
+ * as the trainer's is, so a reference can check the
  * whole path - shaped rewards, advantages, the layout, the proximal policy,
  * M2PO's selection, the loss and the model's backward - tensor by tensor.
  */
@@ -19,7 +19,7 @@
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "proto/codec.h"
-#include "trainer/loop.h"
+#include "trainer/config.h"
 #include "trainer/step.h"
 
 #define EXIT_USAGE 2
@@ -64,19 +64,18 @@ static void inputs_free(inputs *x)
     free(x->ids), free(x->ptr), free(x->groups);
 }
 
-static tidal_status read_inputs(const char *path, inputs *x, uint64_t *newest)
+/* IN's ten tensors, checked for dtype and rank, copied out into x (their
+ * lengths checked against each other). */
+static tidal_status read_tensors(const char *path, inputs *x)
 {
     st_file *f = NULL;
-    tidal_status st = st_open(path, &f);
+    TRY(st_open(path, &f));
+    tidal_status st = TIDAL_OK;
     const st_tensor *t[10] = {0};
     const char *names[10] = {"prompt_ids", "prompt_off", "completion_ids", "completion_off", "group_off",
                              "logprobs", "loss_mask", "versions", "rewards", "temperature"};
     const st_dtype dts[10] = {ST_I32, ST_I32, ST_I32, ST_I32, ST_I32, ST_F32, ST_U8, ST_F64, ST_F64, ST_F64};
-    for (int i = 0; i < 10 && st == TIDAL_OK; i++) st = debug_input_1d(f, path, names[i], dts[i], &t[i]);
-    if (st != TIDAL_OK) {
-        st_close(f);
-        return st;
-    }
+    for (int i = 0; i < 10; i++) TRY_GOTO(debug_input_1d(f, path, names[i], dts[i], &t[i]));
     x->pid = debug_copy_out(t[0]), x->poff = debug_copy_out(t[1]), x->cid = debug_copy_out(t[2]), x->coff = debug_copy_out(t[3]);
     x->goff = debug_copy_out(t[4]), x->lp = debug_copy_out(t[5]), x->mask = debug_copy_out(t[6]), x->ver = debug_copy_out(t[7]);
     x->rew = debug_copy_out(t[8]);
@@ -85,10 +84,20 @@ static tidal_status read_inputs(const char *path, inputs *x, uint64_t *newest)
     x->n_p = t[0]->shape[0], x->n_c = t[2]->shape[0];
     const bool sizes = t[1]->shape[0] == x->n + 1 && t[3]->shape[0] == x->n + 1 && t[5]->shape[0] == x->n_c &&
                        t[6]->shape[0] == x->n_c && t[7]->shape[0] == x->n_c && x->G >= 1 && x->n >= 1;
-    st_close(f);
     if (!x->pid || !x->poff || !x->cid || !x->coff || !x->goff || !x->lp || !x->mask || !x->ver || !x->rew)
-        return tidal_fail(TIDAL_ERR_NOMEM, "debug step: out of memory");
-    if (!sizes) return tidal_fail(TIDAL_ERR_INVALID, "%s: the tensors' lengths do not agree (see --help)", path);
+        st = tidal_fail(TIDAL_ERR_NOMEM, "debug step: out of memory");
+    else if (!sizes)
+        st = tidal_fail(TIDAL_ERR_INVALID, "%s: the tensors' lengths do not agree (see --help)", path);
+cleanup:
+    st_close(f);
+    return st;
+}
+
+/* IN (see step_usage) into x: its tensors, their offsets checked, and the
+ * trajectories and groups built over them; *newest is the newest token version. */
+static tidal_status read_inputs(const char *path, inputs *x, uint64_t *newest)
+{
+    TRY(read_tensors(path, x));
     if (x->poff[0] != 0 || x->poff[x->n] != x->n_p || x->coff[0] != 0 || x->coff[x->n] != x->n_c ||
         x->goff[0] != 0 || x->goff[x->G] != x->n)
         return tidal_fail(TIDAL_ERR_INVALID, "%s: an offsets tensor does not start at 0 or end at its length", path);
@@ -153,6 +162,37 @@ static tidal_status add_scalar(st_writer *w, const char *name, double v)
     return st_writer_add_raw(w, name, ST_F64, 1, shape, &v, sizeof v);
 }
 
+/* OUT: grad.<name> and param.<name> of every parameter after the step, and
+ * the step's metrics r as F64 scalars. */
+static tidal_status write_outputs(model *m, const trainer_step_result *r, const char *path)
+{
+    st_writer *w = NULL;
+    tidal_status st = TIDAL_OK;
+    size_t np = 0;
+    const float *params = model_params(m, &np), *grads = model_grads(m, &np);
+    TRY_GOTO(st_writer_new(&w));
+    for (int i = 0; i < model_num_tensors(m); i++) {
+        const model_tensor *mt = model_tensor_at(m, i);
+        char name[160];
+        snprintf(name, sizeof name, "grad.%s", mt->name);
+        TRY_GOTO(st_writer_add_f32(w, name, ST_F32, mt->ndim, mt->shape, grads + mt->offset));
+        snprintf(name, sizeof name, "param.%s", mt->name);
+        TRY_GOTO(st_writer_add_f32(w, name, ST_F32, mt->ndim, mt->shape, params + mt->offset));
+    }
+    const struct { const char *name; double v; } mv[] = {
+        {"loss", r->loss.loss}, {"policy_loss", r->loss.policy_loss}, {"kl_loss", r->loss.kl_loss},
+        {"tokens", (double)r->loss.tokens}, {"clip_frac", r->loss.clip_frac}, {"masked_frac", r->loss.masked_frac},
+        {"mismatch_k3", r->loss.mismatch_k3}, {"adv_mean", r->loss.adv_mean}, {"ref_kl", r->loss.ref_kl},
+        {"entropy", r->entropy_mean}, {"kl_reward", r->kl_reward_mean}, {"overlong", r->overlong_mean},
+        {"updates", r->updates}, {"grad_norm", r->grad_norm}, {"staleness_mean", r->staleness_mean},
+    };
+    for (size_t i = 0; i < sizeof mv / sizeof mv[0]; i++) TRY_GOTO(add_scalar(w, mv[i].name, mv[i].v));
+    TRY_GOTO(st_writer_save(w, path));
+cleanup:
+    st_writer_free(w);
+    return st;
+}
+
 int debug_step(int argc, char **argv)
 {
     static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"ref", required_argument, 0, 'r'},
@@ -194,60 +234,35 @@ int debug_step(int argc, char **argv)
     job_spec spec;
     model *m = NULL, *ref = NULL;
     adamw *opt = NULL;
-    st_writer *w = NULL;
     inputs x = {0};
     uint64_t newest = 0;
     trainer_step_cfg cfg;
     lr_schedule lrs;
     trainer_step_result r;
-    int rc = EXIT_USAGE;
-    tidal_status st = spec_parse(base, strlen(base), "debug step", sets, n_sets, &spec);
-    if (st == TIDAL_OK) st = trainer_step_cfg_from_spec(&spec, &cfg, &lrs);
-    if (st == TIDAL_OK) st = model_load(model_dir, &m);
-    if (st == TIDAL_OK && ref_dir) st = model_load(ref_dir, &ref);
-    if (st == TIDAL_OK) st = read_inputs(in_path, &x, &newest);
-    if (st != TIDAL_OK) goto out;
+    size_t np = 0;
+    int rc = EXIT_USAGE; /* a spec, model or input the caller got wrong */
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(spec_parse(base, strlen(base), "debug step", sets, n_sets, &spec));
+    TRY_GOTO(trainer_step_cfg_from_spec(&spec, &cfg, &lrs));
+    TRY_GOTO(model_load(model_dir, &m));
+    if (ref_dir) TRY_GOTO(model_load(ref_dir, &ref));
+    TRY_GOTO(read_inputs(in_path, &x, &newest));
     rc = 1;
     cfg.ref = ref;
     cfg.lr = lr_at(&lrs, 0);
-    size_t np = 0;
     model_params(m, &np);
-    adamw_cfg ac = adamw_defaults();
-    ac.beta1 = (float)spec.trainer.beta1, ac.beta2 = (float)spec.trainer.beta2;
-    ac.weight_decay = (float)spec.trainer.weight_decay;
-    if ((st = adamw_create(np, &ac, &opt)) != TIDAL_OK) goto out;
-    buffer_batch batch = {.n_groups = x.G, .groups = x.groups};
-    if ((st = trainer_step(m, opt, &batch, version >= 0 ? (uint64_t)version : newest, &cfg, &r)) != TIDAL_OK) {
-        rc = EXIT_USAGE;
-        goto out;
-    }
-    float *params = model_params(m, &np), *grads = model_grads(m, &np);
-    if ((st = st_writer_new(&w)) != TIDAL_OK) goto out;
-    for (int i = 0; st == TIDAL_OK && i < model_num_tensors(m); i++) {
-        const model_tensor *mt = model_tensor_at(m, i);
-        char name[160];
-        snprintf(name, sizeof name, "grad.%s", mt->name);
-        st = st_writer_add_f32(w, name, ST_F32, mt->ndim, mt->shape, grads + mt->offset);
-        snprintf(name, sizeof name, "param.%s", mt->name);
-        if (st == TIDAL_OK) st = st_writer_add_f32(w, name, ST_F32, mt->ndim, mt->shape, params + mt->offset);
-    }
-    const struct { const char *name; double v; } mv[] = {
-        {"loss", r.loss.loss}, {"policy_loss", r.loss.policy_loss}, {"kl_loss", r.loss.kl_loss},
-        {"tokens", (double)r.loss.tokens}, {"clip_frac", r.loss.clip_frac}, {"masked_frac", r.loss.masked_frac},
-        {"mismatch_k3", r.loss.mismatch_k3}, {"adv_mean", r.loss.adv_mean}, {"ref_kl", r.loss.ref_kl},
-        {"entropy", r.entropy_mean}, {"kl_reward", r.kl_reward_mean}, {"overlong", r.overlong_mean},
-        {"updates", r.updates}, {"grad_norm", r.grad_norm}, {"staleness_mean", r.staleness_mean},
-    };
-    for (size_t i = 0; st == TIDAL_OK && i < sizeof mv / sizeof mv[0]; i++) st = add_scalar(w, mv[i].name, mv[i].v);
-    if (st == TIDAL_OK) st = st_writer_save(w, out_path);
-    if (st == TIDAL_OK) {
-        fprintf(stderr, "debug step: %d samples in %d groups, %d update(s), loss %.6g, grad norm %.6g\n", x.n, x.G,
-                r.updates, r.loss.loss, r.grad_norm);
-        rc = 0;
-    }
-out:
+    const adamw_cfg ac = trainer_adamw_cfg_from_spec(&spec);
+    TRY_GOTO(adamw_create(np, &ac, &opt));
+    const buffer_batch batch = {.n_groups = x.G, .groups = x.groups};
+    rc = EXIT_USAGE; /* a batch or configuration the step refuses */
+    TRY_GOTO(trainer_step(m, opt, &batch, version >= 0 ? (uint64_t)version : newest, &cfg, &r));
+    rc = 1;
+    TRY_GOTO(write_outputs(m, &r, out_path));
+    fprintf(stderr, "debug step: %d samples in %d groups, %d update(s), loss %.6g, grad norm %.6g\n", x.n, x.G,
+            r.updates, r.loss.loss, r.grad_norm);
+    rc = 0;
+cleanup:
     if (rc != 0) fprintf(stderr, "tidal debug step: %s\n", tidal_errmsg());
-    st_writer_free(w);
     inputs_free(&x);
     model_free(m);
     model_free(ref);

@@ -2,7 +2,6 @@
 #include "trainer/advantage.h"
 
 #include <math.h>
-#include <stdio.h>
 #include <string.h>
 
 static const char *const ADV_NAMES[ADV__COUNT] = {
@@ -41,8 +40,7 @@ tidal_status adv_group(adv_kind kind, const double *rewards, size_t g, double *a
     if ((unsigned)kind >= ADV__COUNT) return tidal_fail(TIDAL_ERR_INVALID, "advantage: kind %d out of range", (int)kind);
     if (g == 0) return tidal_fail(TIDAL_ERR_INVALID, "advantage: empty group (%s)", adv_kind_name(kind));
     double mean = 0.0;
-    tidal_status st = group_mean(rewards, g, "reward of sample", &mean);
-    if (st) return st;
+    TRY(group_mean(rewards, g, "reward of sample", &mean));
     if (g == 1) { /* no baseline but itself: R - mean = 0 for every kind */
         adv[0] = 0.0;
         return TIDAL_OK;
@@ -63,8 +61,7 @@ tidal_status adv_whiten(double *adv, size_t n)
 {
     if (n == 0) return tidal_fail(TIDAL_ERR_INVALID, "advantage: whiten an empty batch");
     double mean = 0.0;
-    tidal_status st = group_mean(adv, n, "advantage of sample", &mean);
-    if (st) return st;
+    TRY(group_mean(adv, n, "advantage of sample", &mean));
     double ss = 0.0;
     for (size_t i = 0; i < n; i++) ss += (adv[i] - mean) * (adv[i] - mean);
     double inv = 1.0 / sqrt(ss / (double)n + 1e-8);
@@ -78,12 +75,7 @@ tidal_status adv_batch(adv_kind kind, const double *rewards, const int *off, int
     for (int j = 0; j < n_groups; j++) {
         if (off[j + 1] <= off[j])
             return tidal_fail(TIDAL_ERR_INVALID, "advantage: group %d is empty (offsets %d, %d)", j, off[j], off[j + 1]);
-        tidal_status st = adv_group(kind, rewards + off[j], (size_t)(off[j + 1] - off[j]), adv + off[j]);
-        if (st) {
-            char why[512];
-            snprintf(why, sizeof why, "%s", tidal_errmsg()); /* the message buffer is about to be rewritten */
-            return tidal_fail(st, "group %d: %s", j, why);
-        }
+        TRY_WRAP(adv_group(kind, rewards + off[j], (size_t)(off[j + 1] - off[j]), adv + off[j]), "group %d", j);
     }
     return kind == ADV_REINFORCE_PP ? adv_whiten(adv, (size_t)off[n_groups]) : TIDAL_OK;
 }

@@ -69,24 +69,32 @@ static int list_steps(const char *root, uint64_t *steps, int cap)
     return n;
 }
 
+/* The optimizer's moments as DIR/optimizer.safetensors. */
+static tidal_status save_optimizer(const char *dir, const adamw *opt)
+{
+    char path[4300];
+    st_writer *w = NULL;
+    tidal_status st = TIDAL_OK;
+    const int64_t shape[1] = {(int64_t)opt->n};
+    TRY_GOTO(st_writer_new(&w));
+    TRY_GOTO(st_writer_add_f32(w, "adamw.m", ST_F32, 1, shape, opt->m));
+    TRY_GOTO(st_writer_add_f32(w, "adamw.v", ST_F32, 1, shape, opt->v));
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    TRY_GOTO(st_writer_save(w, path));
+cleanup:
+    st_writer_free(w);
+    return st;
+}
+
 tidal_status checkpoint_save(const char *root, const model *m, const adamw *opt, const ckpt_state *s, int keep)
 {
-    tidal_status st = fs_mkdirs(root);
-    if (st != TIDAL_OK) return st;
+    TRY(fs_mkdirs(root));
     char dir[4096], tmp[4200], path[4300];
     snprintf(dir, sizeof dir, "%s/step-%llu", root, (unsigned long long)s->version);
     snprintf(tmp, sizeof tmp, "%s.tmp", dir);
     fs_remove_tree(tmp, "checkpoint");
-    if ((st = model_save(m, tmp, ST_F32)) != TIDAL_OK) return st;
-
-    st_writer *w = NULL;
-    const int64_t shape[1] = {(int64_t)opt->n};
-    if ((st = st_writer_new(&w)) == TIDAL_OK) st = st_writer_add_f32(w, "adamw.m", ST_F32, 1, shape, opt->m);
-    if (st == TIDAL_OK) st = st_writer_add_f32(w, "adamw.v", ST_F32, 1, shape, opt->v);
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
-    if (st == TIDAL_OK) st = st_writer_save(w, path);
-    st_writer_free(w);
-    if (st != TIDAL_OK) return st;
+    TRY(model_save(m, tmp, ST_F32));
+    TRY(save_optimizer(tmp, opt));
 
     json_t *o = json_object(), *ids = json_array();
     json_object_set_new(o, "format", json_integer(1));
@@ -102,9 +110,10 @@ tidal_status checkpoint_save(const char *root, const model *m, const adamw *opt,
     char *text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     snprintf(path, sizeof path, "%s/state.json", tmp);
-    st = text ? fs_write_file(path, text, strlen(text)) : tidal_fail(TIDAL_ERR_NOMEM, "checkpoint: out of memory");
+    const tidal_status st =
+        text ? fs_write_file(path, text, strlen(text)) : tidal_fail(TIDAL_ERR_NOMEM, "checkpoint: out of memory");
     free(text);
-    if (st != TIDAL_OK) return st;
+    TRY(st);
     fs_remove_tree(dir, "checkpoint"); /* a checkpoint of the same step from an earlier life */
     if (rename(tmp, dir) != 0) return tidal_fail(TIDAL_ERR_IO, "checkpoint: rename %s: %s", tmp, strerror(errno));
 
@@ -157,22 +166,24 @@ tidal_status checkpoint_load_latest(const char *root, model **m, adamw **opt, ck
     char dir[4096], path[4200];
     snprintf(dir, sizeof dir, "%s/step-%llu", root, (unsigned long long)steps[0]);
     long opt_step = 0;
-    tidal_status st = model_load(dir, m);
-    if (st == TIDAL_OK) st = load_state(dir, s, &opt_step);
     size_t n = 0;
-    if (st == TIDAL_OK) model_params(*m, &n);
-    adamw_cfg ac = adamw_defaults();
-    if (st == TIDAL_OK) st = adamw_create(n, &ac, opt);
     st_file *f = NULL;
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(model_load(dir, m));
+    TRY_GOTO(load_state(dir, s, &opt_step));
+    model_params(*m, &n);
+    const adamw_cfg ac = adamw_defaults(); /* the trainer applies the spec's betas and decay */
+    TRY_GOTO(adamw_create(n, &ac, opt));
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (st == TIDAL_OK) st = st_open(path, &f);
-    const st_tensor *tm = f ? st_find(f, "adamw.m") : NULL, *tv = f ? st_find(f, "adamw.v") : NULL;
-    if (st == TIDAL_OK && (!tm || !tv)) st = tidal_fail(TIDAL_ERR_CORRUPT, "%s: adamw.m or adamw.v missing", path);
-    if (st == TIDAL_OK) st = st_read_f32(tm, (*opt)->m, (int64_t)n);
-    if (st == TIDAL_OK) st = st_read_f32(tv, (*opt)->v, (int64_t)n);
+    TRY_GOTO(st_open(path, &f));
+    const st_tensor *tm = st_find(f, "adamw.m"), *tv = st_find(f, "adamw.v");
+    if (!tm || !tv) TRY_GOTO(tidal_fail(TIDAL_ERR_CORRUPT, "%s: adamw.m or adamw.v missing", path));
+    TRY_GOTO(st_read_f32(tm, (*opt)->m, (int64_t)n));
+    TRY_GOTO(st_read_f32(tv, (*opt)->v, (int64_t)n));
+    (*opt)->step = opt_step;
+cleanup:
     st_close(f);
-    if (st == TIDAL_OK) (*opt)->step = opt_step;
-    if (st != TIDAL_OK) {
+    if (st != TIDAL_OK) { /* nothing half-loaded is left to the caller */
         model_free(*m), adamw_free(*opt);
         *m = NULL, *opt = NULL;
         ckpt_state_clear(s);

@@ -14,6 +14,7 @@
 #include "proto/codec.h"
 #include "job/names.h"
 #include "trainer/checkpoint.h"
+#include "trainer/config.h"
 #include "trainer/publish.h"
 #include "trainer/step.h"
 
@@ -107,8 +108,7 @@ static tidal_status checkpoint(trainer *t)
     memcpy(t->ck.groups_dropped, c.groups_dropped, sizeof c.groups_dropped);
     memcpy(t->ck.samples_dropped, c.dropped, sizeof c.dropped);
     const double t0 = tidal_clock_ms();
-    tidal_status st = checkpoint_save(t->ckpt_root, t->m, t->opt, &t->ck, t->s->trainer.checkpoint_keep);
-    if (st != TIDAL_OK) return st;
+    TRY(checkpoint_save(t->ckpt_root, t->m, t->opt, &t->ck, t->s->trainer.checkpoint_keep));
     buffer_checkpointed(t->buf, t->version); /* now their fate is durable */
     bus_flush(t->bus, 5000);
     t->checkpointed = t->version;
@@ -172,8 +172,7 @@ static tidal_status train_step(trainer *t)
 {
     const job_spec *s = t->s;
     buffer_batch batch;
-    tidal_status st = buffer_take(t->buf, s->trainer.groups_per_step, &batch);
-    if (st != TIDAL_OK) return st;
+    TRY(buffer_take(t->buf, s->trainer.groups_per_step, &batch));
     trainer_step_cfg cfg = t->step_cfg;
     cfg.lr = lr_at(&t->lr, (long)t->version);
     uint64_t tokens = 0;
@@ -181,8 +180,8 @@ static tidal_status train_step(trainer *t)
         for (int i = 0; i < batch.groups[g].n; i++) tokens += batch.groups[g].samples[i]->n_completion_token_ids;
     trainer_step_result r;
     const double t0 = tidal_clock_ms();
-    st = trainer_step(t->m, t->opt, &batch, t->version, &cfg, &r);
-    if (st != TIDAL_OK) {
+    tidal_status st = trainer_step(t->m, t->opt, &batch, t->version, &cfg, &r);
+    if (st != TIDAL_OK) { /* the groups go back to the buffer untrained */
         buffer_untake(t->buf, &batch);
         return st;
     }
@@ -241,80 +240,39 @@ static tidal_status supported(const job_spec *s)
     return TIDAL_OK;
 }
 
-tidal_status trainer_step_cfg_from_spec(const job_spec *s, trainer_step_cfg *cfg, lr_schedule *lr)
-{
-    const trainer_step_cfg z = {0};
-    *cfg = z;
-    loss_kind kind = LOSS_PPO;
-    tidal_status st = loss_kind_parse(s->trainer.loss, &kind);
-    if (st == TIDAL_OK) st = adv_kind_parse(s->trainer.advantage, &cfg->advantage);
-    if (st != TIDAL_OK) return st;
-    loss_cfg *c = &cfg->loss;
-    *c = loss_cfg_defaults_for(kind);
-    if ((st = loss_correction_parse(s->trainer.correction, &c->correction)) != TIDAL_OK) return st;
-    if (strcmp(s->trainer.loss_agg, "auto") && (st = loss_agg_parse(s->trainer.loss_agg, &c->agg)) != TIDAL_OK)
-        return st;
-    if ((st = loss_m2po_set_parse(s->trainer.m2po_candidates, &c->m2po_set)) != TIDAL_OK) return st;
-    if ((st = loss_stale_parse(s->trainer.stale_weight, &c->stale)) != TIDAL_OK) return st;
-    if (s->trainer.eps_lo >= 0) c->eps_lo = s->trainer.eps_lo;
-    if (s->trainer.eps_hi >= 0) c->eps_hi = s->trainer.eps_hi;
-    c->dual_clip = s->trainer.dual_clip > 1, c->dual_clip_c = c->dual_clip ? s->trainer.dual_clip : 3.0;
-    c->tis_c = s->trainer.tis_c, c->mis_lo = s->trainer.mis_lo, c->mis_hi = s->trainer.mis_hi;
-    c->m2po_tau = s->trainer.m2po_tau;
-    c->sum_norm = s->trainer.loss_agg_norm > 0 ? s->trainer.loss_agg_norm : (double)s->rollout.max_tokens;
-    c->kl_beta = s->trainer.kl;
-    c->stale_a = s->trainer.stale_a, c->stale_b = s->trainer.stale_b;
-    cfg->micro_batch_tokens = s->trainer.micro_batch_tokens;
-    cfg->grad_clip = s->trainer.grad_clip;
-    cfg->minibatches = s->trainer.minibatches;
-    cfg->proximal = !strcmp(s->trainer.proximal, "loglinear") ? PROX_LOGLINEAR : PROX_RECOMPUTE;
-    cfg->kl_reward = s->trainer.kl_reward;
-    cfg->overlong_buffer = s->trainer.overlong_buffer, cfg->overlong_factor = s->trainer.overlong_factor;
-    cfg->max_tokens = s->rollout.max_tokens;
-    *lr = (lr_schedule){.kind = !strcmp(s->trainer.lr_schedule, "cosine") ? LR_COSINE : LR_CONSTANT,
-                        .base = (float)s->trainer.lr, .warmup = s->trainer.warmup_steps, .total = s->trainer.steps,
-                        .min_ratio = (float)s->trainer.lr_min_ratio};
-    if ((st = loss_cfg_validate(c)) != TIDAL_OK) {
-        char why[512];
-        snprintf(why, sizeof why, "%s", tidal_errmsg());
-        return tidal_fail(st, "trainer: the spec's loss settings: %s", why);
-    }
-    return TIDAL_OK;
-}
-
 static tidal_status start(trainer *t)
 {
     const job_spec *s = t->s;
-    tidal_status st = supported(s);
-    if (st == TIDAL_OK) st = trainer_step_cfg_from_spec(s, &t->step_cfg, &t->lr);
-    if (st == TIDAL_OK) st = job_names_init(&t->names, s->job.name);
+    TRY(supported(s));
+    TRY(trainer_step_cfg_from_spec(s, &t->step_cfg, &t->lr));
+    TRY(job_names_init(&t->names, s->job.name));
     bus_opts bo = t->o->bus;
     if (!bo.name) bo.name = "trainer";
-    if (st == TIDAL_OK) st = bus_connect(&t->bus, &bo);
+    TRY(bus_connect(&t->bus, &bo));
     job_bus_cfg jc = {.prompt_ack_wait_ms = s->rollout.ack_wait_ms, .prompt_max_deliver = 5};
-    if (st == TIDAL_OK) st = job_bus_ensure(t->bus, &t->names, &jc, &t->kv);
-    if (st != TIDAL_OK) return st;
+    TRY(job_bus_ensure(t->bus, &t->names, &jc, &t->kv));
     snprintf(t->ckpt_root, sizeof t->ckpt_root, "%s/checkpoints", t->o->run_dir);
     bool resumed = false;
-    if (t->o->resume) {
-        st = checkpoint_load_latest(t->ckpt_root, &t->m, &t->opt, &t->ck);
+    if (t->o->resume) { /* no checkpoint yet is not a failure: start fresh */
+        tidal_status st = checkpoint_load_latest(t->ckpt_root, &t->m, &t->opt, &t->ck);
         if (st == TIDAL_OK) resumed = true;
         else if (st == TIDAL_ERR_NOT_FOUND) tidal_log(TIDAL_LOG_INFO, "trainer: --resume: %s; starting fresh", tidal_errmsg());
         else return st;
     }
+    const adamw_cfg ac = trainer_adamw_cfg_from_spec(s);
     if (!resumed) {
-        if ((st = job_model_initial(s, &t->m)) != TIDAL_OK) return st;
+        TRY(job_model_initial(s, &t->m));
         size_t n = 0;
         model_params(t->m, &n);
-        adamw_cfg ac = adamw_defaults();
-        if ((st = adamw_create(n, &ac, &t->opt)) != TIDAL_OK) return st;
+        TRY(adamw_create(n, &ac, &t->opt));
     }
     if (t->step_cfg.kl_reward > 0 || t->step_cfg.loss.kl_beta > 0) { /* the frozen reference: the initial weights */
-        if ((st = job_model_initial(s, &t->ref)) != TIDAL_OK) return st;
+        TRY(job_model_initial(s, &t->ref));
         t->step_cfg.ref = t->ref;
     }
-    t->opt->cfg.beta1 = (float)s->trainer.beta1, t->opt->cfg.beta2 = (float)s->trainer.beta2;
-    t->opt->cfg.weight_decay = (float)s->trainer.weight_decay;
+    /* a resumed optimizer keeps its moments and eps; the spec's betas and decay apply to it too */
+    t->opt->cfg.beta1 = ac.beta1, t->opt->cfg.beta2 = ac.beta2;
+    t->opt->cfg.weight_decay = ac.weight_decay;
     t->version = t->checkpointed = t->ck.version;
     t->elapsed0_s = t->ck.elapsed_s;
     t->base.groups_trained = t->ck.groups_trained;
@@ -329,24 +287,21 @@ static tidal_status start(trainer *t)
                         .priority_temperature = s->buffer.priority_temperature, .reuse = s->buffer.reuse,
                         .filter_zero_variance = s->buffer.filter_zero_variance,
                         .seed = (uint64_t)s->trainer.seed, .ack = on_durable, .release = on_release, .ack_ctx = t};
-    if ((st = buffer_create(&bopt, &t->buf)) != TIDAL_OK) return st;
+    TRY(buffer_create(&bopt, &t->buf));
     buffer_set_version(t->buf, t->version);
-    for (size_t i = 0; i < t->ck.n_trained && st == TIDAL_OK; i++)
-        st = buffer_remember_trained(t->buf, t->ck.trained_ids[i]);
-    if (st != TIDAL_OK) return st;
+    for (size_t i = 0; i < t->ck.n_trained; i++) TRY(buffer_remember_trained(t->buf, t->ck.trained_ids[i]));
 
     st_dtype dt = !strcmp(s->weights.dtype, "bf16") ? ST_BF16 : ST_F32;
     weights_publisher_opts po = {.bus = t->bus, .names = &t->names, .keep = s->weights.keep, .dtype = dt};
-    if ((st = weights_publisher_create(&po, &t->pub)) != TIDAL_OK) return st;
-    if ((st = weights_publish(t->pub, t->m, t->version)) != TIDAL_OK) return st;
-    if ((st = weights_publisher_flush(t->pub, 120000)) != TIDAL_OK) return st;
+    TRY(weights_publisher_create(&po, &t->pub));
+    TRY(weights_publish(t->pub, t->m, t->version));
+    TRY(weights_publisher_flush(t->pub, 120000));
     if (resumed) { /* what the dead trainer held un-acked comes again now, not after the ack wait */
-        if ((st = job_trainer_consumer_reset(t->bus, &t->names)) != TIDAL_OK) return st;
+        TRY(job_trainer_consumer_reset(t->bus, &t->names));
         tidal_log(TIDAL_LOG_INFO, "trainer: resumed at step-%llu (%zu trajectories trained before)",
                   (unsigned long long)t->version, t->ck.n_trained);
     }
-    if ((st = bus_pull_subscribe(t->bus, t->names.traj_stream, JOB_CONSUMER_TRAINER, &t->traj)) != TIDAL_OK)
-        return st;
+    TRY(bus_pull_subscribe(t->bus, t->names.traj_stream, JOB_CONSUMER_TRAINER, &t->traj));
     put_groups(t);
     const char *state = t->version >= (uint64_t)s->trainer.steps ? "trained" : "running";
     return bus_kv_put(t->kv, JOB_KEY_STATE, state, strlen(state), NULL);
@@ -358,14 +313,14 @@ tidal_status trainer_run(const trainer_opts *o)
     if (!t) return tidal_fail(TIDAL_ERR_NOMEM, "trainer: out of memory");
     t->o = o, t->s = o->spec;
     t->t0_ms = t->last_step_ms = tidal_clock_ms();
-    tidal_status st = start(t);
+    tidal_status st = TIDAL_OK;
     const uint64_t steps = (uint64_t)t->s->trainer.steps;
-    if (st == TIDAL_OK)
-        tidal_log(TIDAL_LOG_INFO, "trainer: job %s at v%llu, %llu steps of %d groups x %d, K = %d", t->names.job,
-                  (unsigned long long)t->version, (unsigned long long)steps, t->s->trainer.groups_per_step,
-                  t->s->rollout.group_size, t->s->buffer.max_staleness);
     bool stopped = false;
-    while (st == TIDAL_OK && t->version < steps) {
+    TRY_GOTO(start(t));
+    tidal_log(TIDAL_LOG_INFO, "trainer: job %s at v%llu, %llu steps of %d groups x %d, K = %d", t->names.job,
+              (unsigned long long)t->version, (unsigned long long)steps, t->s->trainer.groups_per_step,
+              t->s->rollout.group_size, t->s->buffer.max_staleness);
+    while (t->version < steps) {
         if (o->stop && *o->stop) {
             stopped = true;
             break;
@@ -385,22 +340,22 @@ tidal_status trainer_run(const trainer_opts *o)
         buffer_counts_get(t->buf, &bc);
         for (int r = 0; r < BUFFER_DROP__COUNT; r++) gone1 += bc.groups_dropped[r];
         if (gone1 != gone0) put_groups(t); /* dropped groups free their places in the controller's admission */
-        while (st == TIDAL_OK && t->version < steps && buffer_ready(t->buf) >= t->s->trainer.groups_per_step) {
-            st = train_step(t);
+        while (t->version < steps && buffer_ready(t->buf) >= t->s->trainer.groups_per_step) {
+            TRY_GOTO(train_step(t));
             const int every = t->s->trainer.checkpoint_every;
-            if (st == TIDAL_OK && (t->version == steps || (every > 0 && t->version % (uint64_t)every == 0)))
-                st = checkpoint(t);
+            if (t->version == steps || (every > 0 && t->version % (uint64_t)every == 0)) TRY_GOTO(checkpoint(t));
         }
     }
-    if (st == TIDAL_OK && t->version > t->checkpointed) st = checkpoint(t); /* a clean stop keeps its steps */
-    if (st == TIDAL_OK) st = weights_publisher_flush(t->pub, 120000);
-    if (st == TIDAL_OK && t->version >= steps) {
+    if (t->version > t->checkpointed) TRY_GOTO(checkpoint(t)); /* a clean stop keeps its steps */
+    TRY_GOTO(weights_publisher_flush(t->pub, 120000));
+    if (t->version >= steps) {
         st = bus_kv_put(t->kv, JOB_KEY_STATE, "trained", 7, NULL); /* the controller makes it "done" */
         tidal_log(TIDAL_LOG_INFO, "trainer: done at v%llu", (unsigned long long)t->version);
-    } else if (st == TIDAL_OK && stopped) {
+    } else if (stopped) {
         tidal_log(TIDAL_LOG_INFO, "trainer: stopped at v%llu", (unsigned long long)t->version);
     }
-    char err[1024] = "";
+cleanup:;
+    char err[1024] = ""; /* the message, before releasing can overwrite it */
     if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());
     weights_publisher_free(t->pub);
     bus_unsubscribe(t->traj);

@@ -26,8 +26,6 @@
 #include "job/spec.h"
 #include "bus/bus.h"
 #include "base/status.h"
-#include "trainer/optimizer.h"
-#include "trainer/step.h"
 
 typedef struct trainer_opts {
     const job_spec *spec;        /* validated */
@@ -37,13 +35,9 @@ typedef struct trainer_opts {
     volatile sig_atomic_t *stop; /* set by a signal: stop after the step in progress (no checkpoint) */
 } trainer_opts;
 
+/* Run the trainer role until trainer.steps (the job's state becomes "trained";
+ * the controller makes it "done") or until *o->stop; the last steps are
+ * checkpointed either way. Errors carry the failing stage's context. */
 tidal_status trainer_run(const trainer_opts *o);
-
-/* The step configuration spec s asks for (advantage, loss and its knobs,
- * minibatches, proximal, KL betas, overlong shaping), with the loss's own
- * defaults where the spec says -1 or auto, and the learning-rate schedule.
- * cfg->ref is left NULL: the caller holds the reference model. Errors name
- * the spec key. Used by the trainer and by `tidal debug step`. */
-tidal_status trainer_step_cfg_from_spec(const job_spec *s, trainer_step_cfg *cfg, lr_schedule *lr);
 
 #endif

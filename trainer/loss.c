@@ -200,9 +200,8 @@ static void count_batch(const loss_cfg *c, const loss_batch *b, loss_norm *n)
 
 tidal_status loss_norm_add(const loss_cfg *c, const loss_batch *b, loss_norm *n)
 {
-    tidal_status st = loss_cfg_validate(c);
-    if (!st) st = check_batch(c, b);
-    if (st) return st;
+    TRY(loss_cfg_validate(c));
+    TRY(check_batch(c, b));
     count_batch(c, b, n);
     return TIDAL_OK;
 }
@@ -254,9 +253,8 @@ static int by_d2_desc(const void *a, const void *b)
 
 tidal_status loss_m2po_select(const loss_cfg *c, const loss_batch *b, uint8_t *keep, int64_t *n_kept)
 {
-    tidal_status st = loss_cfg_validate(c);
-    if (!st) st = check_batch(c, b);
-    if (st) return st;
+    TRY(loss_cfg_validate(c));
+    TRY(check_batch(c, b));
     if (!b->logp_beh) return tidal_fail(TIDAL_ERR_INVALID, "loss: m2po selection needs logp_beh");
     const int32_t T = b->cu_seqlens[b->S];
     m2po_item *cand = malloc((size_t)(T ? T : 1) * sizeof *cand);
@@ -304,52 +302,319 @@ static inline void pg_clip(const loss_cfg *c, double A, double u, double lo, dou
     }
 }
 
+/* ---------------------------------------------------------------- loss_compute's parts
+ *
+ * loss_compute is one serial pass: per sample (sample_loss) the terms its
+ * tokens share, then per token (token_loss) the ratio, the policy term of the
+ * loss kind, the behaviour-correction weight, M2PO's drop and the KL term.
+ * Every sum is added in that one order - token by token within a sample, a
+ * sample's partial sums scaled into the batch's - which is what fixes the
+ * result's bits.
+ */
+
+/* What one call works with: the config, the batch, the denominators in use
+ * and what follows from the config. */
+typedef struct loss_run {
+    const loss_cfg *c;
+    const loss_batch *b;
+    const loss_norm *nrm;
+    const uint8_t *keep;  /* M2PO's selection (NULL: every masked token is kept) */
+    const float *lprox;   /* the proximal logprobs: lbeh in bypass mode */
+    bool seq_w;           /* a sequence-level IS weight (tis_seq, mis_seq) */
+    bool mismatch;        /* lbeh given and not bypass: correction weights and mismatch metrics */
+    bool kl;              /* the KL-to-reference term */
+    double lo, hi;        /* the ratio's clip range */
+} loss_run;
+
+/* The running sums a result's fields come from. */
+typedef struct loss_sums {
+    double pol_sum, kl_sum; /* aggregated (scaled) sums */
+    double s_negr, s_mk1, s_mk3, s_w, s_w2, w_max, s_adv, s_k3;
+    int64_t n_clip, n_dual, n_mis, n_bad, n_tok, n_seq;
+} loss_sums;
+
+/* What the tokens of one sample share. */
+typedef struct seq_terms {
+    double A;              /* the advantage */
+    double f;              /* the staleness weight, renormalised */
+    double scale;          /* d aggregate / d (per-token loss) */
+    double w_seq;          /* the sequence-level IS weight (1 without) */
+    bool seq_masked;       /* mis_seq zeroed the sequence */
+    double s_seq, gL, gdLds; /* gspo: the sequence ratio, its clipped term and d term / d ratio */
+    int gflat, gdual;      /* gspo: which clip branch took the sequence */
+} seq_terms;
+
+/* The denominators to use (*nrm: norm, or the batch's own counts in *local
+ * when norm is NULL), refusing a batch with nothing masked in and a step norm
+ * smaller than the batch. */
+static tidal_status loss_denominators(const loss_cfg *c, const loss_batch *b, const loss_norm *norm, loss_norm *local,
+                                      const loss_norm **nrm)
+{
+    count_batch(c, b, local);
+    if (local->tokens == 0.0)
+        return tidal_fail(TIDAL_ERR_INVALID,
+                          "loss: the batch's loss mask is entirely empty (%d samples, %d tokens, none masked in)",
+                          b->S, (int)b->cu_seqlens[b->S]);
+    if (norm && !(norm->tokens >= local->tokens && norm->seqs >= local->seqs && norm->stale_sum > 0.0))
+        return tidal_fail(TIDAL_ERR_INVALID,
+                          "loss: step norm (tokens %g, seqs %g, stale_sum %g) smaller than this batch's (%g, %g)",
+                          norm->tokens, norm->seqs, norm->stale_sum, local->tokens, local->seqs);
+    *nrm = norm ? norm : local;
+    if (!((*nrm)->stale_sum > 0.0 && isfinite((*nrm)->stale_sum)))
+        return tidal_fail(TIDAL_ERR_INVALID, "loss: staleness weights sum to %g", (*nrm)->stale_sum);
+    return TIDAL_OK;
+}
+
+/* M2PO's selection for this call: the caller's (b->keep), or one made over
+ * this batch into *own (freed by the caller; NULL when not needed). */
+static tidal_status m2po_keep(const loss_cfg *c, const loss_batch *b, uint8_t **own, const uint8_t **keep)
+{
+    *own = NULL;
+    *keep = c->kind == LOSS_M2PO ? b->keep : NULL;
+    if (c->kind != LOSS_M2PO || *keep) return TIDAL_OK;
+    const int32_t T = b->cu_seqlens[b->S];
+    if (!(*own = malloc((size_t)(T ? T : 1))))
+        return tidal_fail(TIDAL_ERR_NOMEM, "loss: out of memory for %d tokens", (int)T);
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(loss_m2po_select(c, b, *own, NULL));
+    *keep = *own;
+    return TIDAL_OK;
+cleanup:
+    free(*own);
+    *own = NULL;
+    return st;
+}
+
+/* The aggregation: d aggregate / d (per-token loss) for a sample of ni masked tokens. */
+static double agg_scale(const loss_cfg *c, const loss_norm *nrm, int64_t ni)
+{
+    switch (c->agg) {
+    case AGG_SEQ_MEAN_TOKEN_MEAN: return 1.0 / (fmax(nrm->seqs, 1.0) * (double)ni);
+    case AGG_SEQ_MEAN_TOKEN_SUM_NORM: return 1.0 / c->sum_norm;
+    default: return 1.0 / fmax(nrm->tokens, 1.0);
+    }
+}
+
+/* tis_seq / mis_seq: the sequence's weight, exp of the clamped sum of its
+ * token log-ratios lprox - lbeh, truncated (tis_seq) or zeroing the sequence
+ * outside [mis_lo, mis_hi] (mis_seq, *masked set). */
+static void seq_is_weight(const loss_cfg *c, const loss_batch *b, int32_t t0, int32_t t1, double *w_seq, bool *masked)
+{
+    double sd = 0.0;
+    for (int32_t t = t0; t < t1; t++) {
+        if (!b->mask[t]) continue;
+        int live, bad = 0;
+        sd += log_ratio(b->logp_prox[t], b->logp_beh[t], &live, &bad);
+    }
+    sd = fmin(fmax(sd, -(double)LOGRATIO_CLAMP), (double)LOGRATIO_CLAMP);
+    *w_seq = exp(sd);
+    if (c->correction == CORR_TIS_SEQ) {
+        *w_seq = fmin(*w_seq, c->tis_c);
+    } else if (*w_seq < c->mis_lo || *w_seq > c->mis_hi) {
+        *masked = true;
+        *w_seq = 0.0;
+    }
+}
+
+/* gspo: the sequence ratio exp(mean of the clamped token log-ratios over its
+ * ni masked tokens), clipped per sequence, into q. */
+static void gspo_seq_ratio(const loss_run *R, int32_t t0, int32_t t1, int64_t ni, seq_terms *q)
+{
+    double rho = 0.0;
+    for (int32_t t = t0; t < t1; t++) {
+        if (!R->b->mask[t]) continue;
+        int live, bad = 0;
+        rho += log_ratio(R->b->logp[t], R->lprox[t], &live, &bad);
+    }
+    q->s_seq = exp(rho / (double)ni);
+    pg_clip(R->c, q->A, q->s_seq, R->lo, R->hi, &q->gL, &q->gdLds, &q->gflat, &q->gdual);
+}
+
+/* The policy term of one token for the loss kind: its value *L and dL/dlθ
+ * (before the weights f w and the aggregation), from the ratio u = exp(r), lθ
+ * itself (cispo) and whether r moves with lθ (live); *flat / *dual say which
+ * clip branch took it, *bad is set for a non-finite lθ (cispo). */
+static void policy_term(const loss_run *R, const seq_terms *q, double lt, double u, int live, double *L, double *dL,
+                        int *flat, int *dual, int *bad)
+{
+    const loss_cfg *c = R->c;
+    const double A = q->A, lo = R->lo, hi = R->hi;
+    switch (c->kind) {
+    case LOSS_CISPO: { /* -sg(clip(u)) A lθ: the gradient flows through lθ itself */
+        const double cu = u < lo ? lo : u > hi ? hi : u;
+        *flat = cu != u;
+        if (isfinite(lt)) {
+            *L = -cu * A * lt, *dL = -cu * A;
+        } else {
+            *L = 0.0, *dL = 0.0, *bad = 1;
+        }
+        break;
+    }
+    case LOSS_GSPO: /* token form sg(s) exp(r - sg(r)): value s, d/dlθ_t = s where r is live */
+        *L = q->gL, *dL = q->gdLds * q->s_seq * (double)live, *flat = q->gflat, *dual = q->gdual;
+        break;
+    case LOSS_M2PO: /* -A u unclipped, on the kept tokens only */
+        *L = -A * u, *dL = -A * u * (double)live;
+        break;
+    default: {
+        double dLdu;
+        pg_clip(c, A, u, lo, hi, L, &dLdu, flat, dual);
+        *dL = dLdu * u * (double)live;
+        break;
+    }
+    }
+}
+
+/* The behaviour correction's weight of token t (no gradient), with the
+ * mismatch metrics added to S; *zeroed is set when MIS zeroes the token. */
+static double correction_weight(const loss_run *R, const seq_terms *q, int32_t t, loss_sums *S, int *bad, int *zeroed)
+{
+    const loss_cfg *c = R->c;
+    const loss_batch *b = R->b;
+    double w = 1.0;
+    int dlive;
+    const double d = log_ratio(b->logp_prox[t], b->logp_beh[t], &dlive, bad);
+    const double ed = exp(d);
+    S->s_mk1 += -d;
+    S->s_mk3 += clamp_k3(ed - 1.0 - d);
+    switch (c->correction) {
+    case CORR_TIS: w = fmin(ed, c->tis_c); break;
+    case CORR_MIS:
+        w = ed;
+        if (ed < c->mis_lo || ed > c->mis_hi) {
+            w = 0.0;
+            *zeroed = 1;
+        }
+        break;
+    case CORR_TIS_SEQ:
+    case CORR_MIS_SEQ: w = q->w_seq; break;
+    default: break;
+    }
+    return w;
+}
+
+/* The KL-to-reference term of token t: k3 added to *kl_i and S, and its
+ * d/dlθ (before the aggregation) returned; no gradient where k3 was clamped. */
+static double kl_term(const loss_run *R, int32_t t, loss_sums *S, double *kl_i, int *bad)
+{
+    int klive;
+    const double dr = log_ratio(R->b->logp[t], R->b->logp_ref[t], &klive, bad);
+    const double e = exp(-dr);
+    const double k3raw = e - 1.0 + dr, k3 = clamp_k3(k3raw);
+    const int kin = klive && k3raw <= K3_CLAMP && k3raw >= -K3_CLAMP;
+    *kl_i += k3;
+    S->s_k3 += k3;
+    return R->c->kl_beta * (1.0 - e) * (double)kin;
+}
+
+/* One masked token t: its weighted policy term added to *pol_i, its KL term
+ * to *kl_i, the metrics to S; returns d loss / d lθ before the aggregation. */
+static double token_loss(const loss_run *R, const seq_terms *q, int32_t t, loss_sums *S, double *pol_i, double *kl_i)
+{
+    const loss_batch *b = R->b;
+    int bad = 0, live;
+    const double r = log_ratio(b->logp[t], R->lprox[t], &live, &bad);
+    const double u = exp(r);
+    double L, dL;
+    int flat = 0, dual = 0;
+    policy_term(R, q, b->logp[t], u, live, &L, &dL, &flat, &dual, &bad);
+    S->n_clip += flat;
+    S->n_dual += dual;
+
+    int zeroed = q->seq_masked; /* by masked IS or by M2PO */
+    const double w = R->mismatch ? correction_weight(R, q, t, S, &bad, &zeroed) : 1.0;
+    const int dropped = R->keep && !R->keep[t]; /* by M2PO: no loss, no gradient, like masked IS */
+    zeroed |= dropped;
+    S->n_mis += zeroed;
+
+    const double fw = dropped ? 0.0 : q->f * w;
+    *pol_i += fw * L;
+    double g = fw * dL;
+    if (R->kl) g += kl_term(R, t, S, kl_i, &bad);
+
+    S->s_negr += -r;
+    S->s_w += w;
+    S->s_w2 += w * w;
+    if (w > S->w_max) S->w_max = w;
+    S->s_adv += q->A;
+    S->n_bad += bad;
+    return g;
+}
+
+/* Sample i with ni > 0 masked tokens: its shared terms, then every token
+ * (grad[t] = d loss / d lθ_t, 0 where masked out); its policy and KL sums,
+ * scaled by the aggregation, added to S. */
+static void sample_loss(const loss_run *R, int i, int64_t ni, loss_sums *S, float *grad)
+{
+    const loss_cfg *c = R->c;
+    const loss_batch *b = R->b;
+    const int32_t t0 = b->cu_seqlens[i], t1 = b->cu_seqlens[i + 1];
+    seq_terms q = {.A = b->adv[i], .w_seq = 1.0, .s_seq = 1.0};
+    q.f = c->stale == STALE_NONE ? 1.0 : stale_weight(c, b->staleness[i]) * R->nrm->seqs / R->nrm->stale_sum;
+    q.scale = agg_scale(c, R->nrm, ni);
+    if (R->seq_w) seq_is_weight(c, b, t0, t1, &q.w_seq, &q.seq_masked);
+    if (c->kind == LOSS_GSPO) gspo_seq_ratio(R, t0, t1, ni, &q);
+
+    double pol_i = 0.0, kl_i = 0.0;
+    for (int32_t t = t0; t < t1; t++) {
+        if (!b->mask[t]) {
+            if (grad) grad[t] = 0.0f;
+            continue;
+        }
+        const double g = token_loss(R, &q, t, S, &pol_i, &kl_i);
+        if (grad) grad[t] = (float)(g * q.scale);
+    }
+    S->pol_sum += pol_i * q.scale;
+    S->kl_sum += kl_i * q.scale;
+}
+
+/* The result from the sums: the losses, and the metrics as means over the masked tokens. */
+static void fill_result(const loss_cfg *c, const loss_sums *S, loss_result *out)
+{
+    const double N = (double)S->n_tok;
+    memset(out, 0, sizeof *out);
+    out->policy_loss = S->pol_sum;
+    out->kl_loss = c->kl_beta * S->kl_sum;
+    out->loss = out->policy_loss + out->kl_loss;
+    out->tokens = S->n_tok;
+    out->seqs = S->n_seq;
+    out->clip_frac = (double)S->n_clip / N;
+    out->dual_clip_frac = (double)S->n_dual / N;
+    out->approx_kl = S->s_negr / N;
+    out->mismatch_k1 = S->s_mk1 / N;
+    out->mismatch_k3 = S->s_mk3 / N;
+    out->is_mean = S->s_w / N;
+    out->is_max = S->w_max;
+    out->is_ess = S->s_w2 > 0.0 ? S->s_w * S->s_w / S->s_w2 : 0.0;
+    out->masked_frac = (double)S->n_mis / N;
+    out->adv_mean = S->s_adv / N;
+    out->ref_kl = c->kl_beta > 0.0 ? S->s_k3 / N : 0.0;
+    out->nonfinite = S->n_bad;
+}
+
 tidal_status loss_compute(const loss_cfg *c, const loss_batch *b, const loss_norm *norm, float *grad,
                           loss_result *out)
 {
-    tidal_status st = loss_cfg_validate(c);
-    if (!st) st = check_batch(c, b);
-    if (st) return st;
+    TRY(loss_cfg_validate(c));
+    TRY(check_batch(c, b));
     if (!out) return tidal_fail(TIDAL_ERR_INVALID, "loss: no result struct");
-
     loss_norm local = {0};
-    count_batch(c, b, &local);
-    const int32_t T = b->cu_seqlens[b->S];
-    if (local.tokens == 0.0)
-        return tidal_fail(TIDAL_ERR_INVALID,
-                          "loss: the batch's loss mask is entirely empty (%d samples, %d tokens, none masked in)",
-                          b->S, (int)T);
-    if (norm && !(norm->tokens >= local.tokens && norm->seqs >= local.seqs && norm->stale_sum > 0.0))
-        return tidal_fail(TIDAL_ERR_INVALID,
-                          "loss: step norm (tokens %g, seqs %g, stale_sum %g) smaller than this batch's (%g, %g)",
-                          norm->tokens, norm->seqs, norm->stale_sum, local.tokens, local.seqs);
-    const loss_norm *nrm = norm ? norm : &local;
-    if (!(nrm->stale_sum > 0.0 && isfinite(nrm->stale_sum)))
-        return tidal_fail(TIDAL_ERR_INVALID, "loss: staleness weights sum to %g", nrm->stale_sum);
-
-    uint8_t *own_keep = NULL; /* m2po without a caller's selection: select over this batch */
-    const uint8_t *keep = c->kind == LOSS_M2PO ? b->keep : NULL;
-    if (c->kind == LOSS_M2PO && !keep) {
-        if (!(own_keep = malloc((size_t)(T ? T : 1))))
-            return tidal_fail(TIDAL_ERR_NOMEM, "loss: out of memory for %d tokens", (int)T);
-        if ((st = loss_m2po_select(c, b, own_keep, NULL)) != TIDAL_OK) {
-            free(own_keep);
-            return st;
-        }
-        keep = own_keep;
-    }
-
+    const loss_norm *nrm = NULL;
+    TRY(loss_denominators(c, b, norm, &local, &nrm));
     const bool bypass = c->correction == CORR_BYPASS;
-    const bool seq_w = c->correction == CORR_TIS_SEQ || c->correction == CORR_MIS_SEQ;
-    const bool mismatch = b->logp_beh && !bypass;
-    const bool kl = c->kl_beta > 0.0;
-    const double lo = 1.0 - c->eps_lo, hi = 1.0 + c->eps_hi;
-    const float *lprox = bypass ? b->logp_beh : b->logp_prox;
+    loss_run R = {.c = c,
+                  .b = b,
+                  .nrm = nrm,
+                  .lprox = bypass ? b->logp_beh : b->logp_prox,
+                  .seq_w = c->correction == CORR_TIS_SEQ || c->correction == CORR_MIS_SEQ,
+                  .mismatch = b->logp_beh && !bypass,
+                  .kl = c->kl_beta > 0.0,
+                  .lo = 1.0 - c->eps_lo,
+                  .hi = 1.0 + c->eps_hi};
+    uint8_t *own_keep = NULL; /* m2po without a caller's selection: select over this batch */
+    TRY(m2po_keep(c, b, &own_keep, &R.keep));
 
-    double pol_sum = 0.0, kl_sum = 0.0;                 /* aggregated (scaled) sums */
-    double s_negr = 0.0, s_mk1 = 0.0, s_mk3 = 0.0, s_w = 0.0, s_w2 = 0.0, w_max = 0.0, s_adv = 0.0, s_k3 = 0.0;
-    int64_t n_clip = 0, n_dual = 0, n_mis = 0, n_bad = 0, n_tok = 0, n_seq = 0;
-
+    loss_sums S = {0};
     for (int i = 0; i < b->S; i++) {
         const int32_t t0 = b->cu_seqlens[i], t1 = b->cu_seqlens[i + 1];
         const int64_t ni = sample_tokens(b, i);
@@ -357,165 +622,11 @@ tidal_status loss_compute(const loss_cfg *c, const loss_batch *b, const loss_nor
             if (grad) memset(grad + t0, 0, (size_t)(t1 - t0) * sizeof *grad);
             continue;
         }
-        n_seq++;
-        n_tok += ni;
-        const double A = b->adv[i];
-        const double f =
-            c->stale == STALE_NONE ? 1.0 : stale_weight(c, b->staleness[i]) * nrm->seqs / nrm->stale_sum;
-        double scale; /* d aggregate / d (per-token loss) */
-        switch (c->agg) {
-        case AGG_SEQ_MEAN_TOKEN_MEAN: scale = 1.0 / (fmax(nrm->seqs, 1.0) * (double)ni); break;
-        case AGG_SEQ_MEAN_TOKEN_SUM_NORM: scale = 1.0 / c->sum_norm; break;
-        default: scale = 1.0 / fmax(nrm->tokens, 1.0); break;
-        }
-
-        /* the sequence-level weight: exp of the clamped sum of token log-ratios */
-        double w_seq = 1.0;
-        bool seq_masked = false;
-        if (seq_w) {
-            double sd = 0.0;
-            for (int32_t t = t0; t < t1; t++) {
-                if (!b->mask[t]) continue;
-                int live, bad = 0;
-                sd += log_ratio(b->logp_prox[t], b->logp_beh[t], &live, &bad);
-            }
-            sd = fmin(fmax(sd, -(double)LOGRATIO_CLAMP), (double)LOGRATIO_CLAMP);
-            w_seq = exp(sd);
-            if (c->correction == CORR_TIS_SEQ) {
-                w_seq = fmin(w_seq, c->tis_c);
-            } else if (w_seq < c->mis_lo || w_seq > c->mis_hi) {
-                seq_masked = true;
-                w_seq = 0.0;
-            }
-        }
-
-        /* gspo: the sequence ratio exp(mean of the clamped token log-ratios), clipped per sequence */
-        double s_seq = 1.0, gL = 0.0, gdLds = 0.0;
-        int gflat = 0, gdual = 0;
-        if (c->kind == LOSS_GSPO) {
-            double rho = 0.0;
-            for (int32_t t = t0; t < t1; t++) {
-                if (!b->mask[t]) continue;
-                int live, bad = 0;
-                rho += log_ratio(b->logp[t], lprox[t], &live, &bad);
-            }
-            s_seq = exp(rho / (double)ni);
-            pg_clip(c, A, s_seq, lo, hi, &gL, &gdLds, &gflat, &gdual);
-        }
-
-        double pol_i = 0.0, kl_i = 0.0;
-        for (int32_t t = t0; t < t1; t++) {
-            if (!b->mask[t]) {
-                if (grad) grad[t] = 0.0f;
-                continue;
-            }
-            int bad = 0, live;
-            const double r = log_ratio(b->logp[t], lprox[t], &live, &bad);
-            const double u = exp(r);
-            /* the policy term L and dL/dlθ (before the weights f w and the aggregation) */
-            double L, dL;
-            int flat = 0, dual = 0;
-            switch (c->kind) {
-            case LOSS_CISPO: { /* -sg(clip(u)) A lθ: the gradient flows through lθ itself */
-                const double cu = u < lo ? lo : u > hi ? hi : u;
-                flat = cu != u;
-                const double lt = b->logp[t];
-                if (isfinite(lt)) {
-                    L = -cu * A * lt, dL = -cu * A;
-                } else {
-                    L = 0.0, dL = 0.0, bad = 1;
-                }
-                break;
-            }
-            case LOSS_GSPO: /* token form sg(s) exp(r - sg(r)): value s, d/dlθ_t = s where r is live */
-                L = gL, dL = gdLds * s_seq * (double)live, flat = gflat, dual = gdual;
-                break;
-            case LOSS_M2PO: /* -A u unclipped, on the kept tokens only */
-                L = -A * u, dL = -A * u * (double)live;
-                break;
-            default: {
-                double dLdu;
-                pg_clip(c, A, u, lo, hi, &L, &dLdu, &flat, &dual);
-                dL = dLdu * u * (double)live;
-                break;
-            }
-            }
-            n_clip += flat;
-            n_dual += dual;
-
-            /* behaviour correction weight (no gradient) and mismatch metrics */
-            double w = 1.0;
-            int zeroed = seq_masked; /* by masked IS or by M2PO */
-            if (mismatch) {
-                int dlive;
-                const double d = log_ratio(b->logp_prox[t], b->logp_beh[t], &dlive, &bad);
-                const double ed = exp(d);
-                s_mk1 += -d;
-                s_mk3 += clamp_k3(ed - 1.0 - d);
-                switch (c->correction) {
-                case CORR_TIS: w = fmin(ed, c->tis_c); break;
-                case CORR_MIS:
-                    w = ed;
-                    if (ed < c->mis_lo || ed > c->mis_hi) {
-                        w = 0.0;
-                        zeroed = 1;
-                    }
-                    break;
-                case CORR_TIS_SEQ:
-                case CORR_MIS_SEQ: w = w_seq; break;
-                default: break;
-                }
-            }
-            const int dropped = keep && !keep[t]; /* by M2PO: no loss, no gradient, like masked IS */
-            zeroed |= dropped;
-            n_mis += zeroed;
-
-            const double fw = dropped ? 0.0 : f * w;
-            pol_i += fw * L;
-            double g = fw * dL;
-
-            if (kl) {
-                int klive;
-                const double dr = log_ratio(b->logp[t], b->logp_ref[t], &klive, &bad);
-                const double e = exp(-dr);
-                const double k3raw = e - 1.0 + dr, k3 = clamp_k3(k3raw);
-                const int kin = klive && k3raw <= K3_CLAMP && k3raw >= -K3_CLAMP;
-                kl_i += k3;
-                s_k3 += k3;
-                g += c->kl_beta * (1.0 - e) * (double)kin;
-            }
-            if (grad) grad[t] = (float)(g * scale);
-
-            s_negr += -r;
-            s_w += w;
-            s_w2 += w * w;
-            if (w > w_max) w_max = w;
-            s_adv += A;
-            n_bad += bad;
-        }
-        pol_sum += pol_i * scale;
-        kl_sum += kl_i * scale;
+        S.n_seq++;
+        S.n_tok += ni;
+        sample_loss(&R, i, ni, &S, grad);
     }
-
-    const double N = (double)n_tok;
-    memset(out, 0, sizeof *out);
-    out->policy_loss = pol_sum;
-    out->kl_loss = c->kl_beta * kl_sum;
-    out->loss = out->policy_loss + out->kl_loss;
-    out->tokens = n_tok;
-    out->seqs = n_seq;
-    out->clip_frac = (double)n_clip / N;
-    out->dual_clip_frac = (double)n_dual / N;
-    out->approx_kl = s_negr / N;
-    out->mismatch_k1 = s_mk1 / N;
-    out->mismatch_k3 = s_mk3 / N;
-    out->is_mean = s_w / N;
-    out->is_max = w_max;
-    out->is_ess = s_w2 > 0.0 ? s_w * s_w / s_w2 : 0.0;
-    out->masked_frac = (double)n_mis / N;
-    out->adv_mean = s_adv / N;
-    out->ref_kl = kl ? s_k3 / N : 0.0;
-    out->nonfinite = n_bad;
+    fill_result(c, &S, out);
     free(own_keep);
     return TIDAL_OK;
 }

@@ -6,6 +6,10 @@
  * gradient, M2PO's selection, behaviour version). A micro-batch is then a
  * contiguous range of samples and of positions, and each pass (reference,
  * recompute, selection, live) reads and writes its own slice.
+ *
+ * trainer_step is the stages of step.h in order, one call each, over a
+ * `step` that holds the batch's layout, plan and running sums; everything it
+ * allocates is released on one path (step_free).
  */
 #include "trainer/step.h"
 
@@ -62,22 +66,26 @@ static tidal_status layout_alloc(layout *L, int P, int n, bool ref, bool m2po, b
     return TIDAL_OK;
 }
 
-/* Sample i's sequence into the layout at its position. */
+/* Trajectory t's per-token behaviour versions, run-length decoded into ver[C]. */
+static tidal_status expand_versions(const Tidal__V1__Trajectory *t, uint64_t *ver, size_t C)
+{
+    size_t got = 0;
+    TRY(codec_versions_expand(t->version_values, t->version_runs, t->n_version_values, ver, C, &got));
+    if (got != C) return tidal_fail(TIDAL_ERR_INVALID, "versions cover %zu of %zu tokens", got, C);
+    return TIDAL_OK;
+}
+
+/* Sample r's sequence into the layout at its position (and, for loglinear,
+ * each scored token's behaviour version). */
 static tidal_status lay_out(const sample_ref *r, layout *L)
 {
     const Tidal__V1__Trajectory *t = r->t;
     const int P = (int)t->n_prompt_token_ids, C = (int)t->n_completion_token_ids;
     uint64_t *ver = NULL;
+    tidal_status st = TIDAL_OK;
     if (L->vbeh && C) {
-        size_t got = 0;
         if (!(ver = malloc((size_t)C * sizeof *ver))) return tidal_fail(TIDAL_ERR_NOMEM, "trainer step: out of memory");
-        tidal_status st = codec_versions_expand(t->version_values, t->version_runs, t->n_version_values, ver, (size_t)C, &got);
-        if (st == TIDAL_OK && got != (size_t)C)
-            st = tidal_fail(TIDAL_ERR_INVALID, "versions cover %zu of %d tokens", got, C);
-        if (st != TIDAL_OK) {
-            free(ver);
-            return tidal_fail(st, "trainer step: trajectory %s: per-token versions", t->trajectory_id);
-        }
+        TRY_GOTO(expand_versions(t, ver, (size_t)C));
     }
     for (int q = 0, at = r->pos; q < P + C - 1; q++, at++) {
         const uint32_t cur = q < P ? t->prompt_token_ids[q] : t->completion_token_ids[q - P];
@@ -89,7 +97,10 @@ static tidal_status lay_out(const sample_ref *r, layout *L)
         L->lbeh[at] = k >= 0 ? t->logprobs[k] : 0.0f;
         if (L->vbeh) L->vbeh[at] = k >= 0 && ver ? (double)ver[k] : 0.0;
     }
+cleanup:
     free(ver);
+    if (st != TIDAL_OK) /* this text replaces the detail's (as it always has; a wrap would keep both) */
+        return tidal_fail(st, "trainer step: trajectory %s: per-token versions", t->trajectory_id);
     return TIDAL_OK;
 }
 
@@ -152,10 +163,10 @@ static tidal_status check_sample(const Tidal__V1__Trajectory *t, int vocab, uint
     return TIDAL_OK;
 }
 
+/* The configuration's own checks and those against model m (the reference's vocabulary). */
 static tidal_status check_cfg(const trainer_step_cfg *cfg, const model *m)
 {
-    tidal_status st = loss_cfg_validate(&cfg->loss);
-    if (st != TIDAL_OK) return st;
+    TRY(loss_cfg_validate(&cfg->loss));
     if (cfg->micro_batch_tokens < 1)
         return tidal_fail(TIDAL_ERR_INVALID, "trainer step: micro_batch_tokens %d", cfg->micro_batch_tokens);
     if (cfg->minibatches < 0) return tidal_fail(TIDAL_ERR_INVALID, "trainer step: minibatches %d", cfg->minibatches);
@@ -196,211 +207,327 @@ static void finish_means(loss_result *acc, double sw2)
     acc->mismatch_k3 /= w, acc->is_mean /= w, acc->masked_frac /= w, acc->adv_mean /= w, acc->ref_kl /= w;
 }
 
+/* A step in progress: its inputs, what the configuration implies, the
+ * batch's layout and plan, and the running sums its metrics come from. */
+typedef struct step {
+    model *m;
+    adamw *opt;
+    const buffer_batch *batch;
+    uint64_t version;
+    const trainer_step_cfg *cfg;
+    trainer_step_result *out;
+    const loss_cfg *lc;
+    bool bypass, m2po, need_ref, loglinear;
+    bool recompute;    /* a pass for lprox before the first update */
+    int n, G, U;       /* samples, groups, updates */
+    int P;             /* positions in the layout */
+    double temperature;
+    float inv_temp;
+    sample_ref *sr;    /* [n] */
+    micro *mbs;        /* [n]: every update's micro-batches, in order */
+    int nm;            /* micro-batches */
+    double *rw;        /* [n] shaped rewards for adv_batch */
+    int *goff, *uoff;  /* [G + 1] first sample of each group, [U + 1] first micro-batch of each update */
+    layout L;
+    /* running sums, added in the order the micro-batches run (that order is part of the metrics' bits) */
+    double ent_sum, gn_sum, sw2;
+    int64_t ent_n;
+    loss_result acc;
+} step;
+
+/* What cfg implies for a batch of n samples in G groups (no allocation). */
+static void step_init(step *s, model *m, adamw *opt, const buffer_batch *batch, uint64_t version,
+                      const trainer_step_cfg *cfg, trainer_step_result *out, int n)
+{
+    const loss_cfg *lc = &cfg->loss;
+    const int G = batch->n_groups;
+    *s = (step){.m = m, .opt = opt, .batch = batch, .version = version, .cfg = cfg, .out = out, .lc = lc, .n = n,
+                .G = G, .temperature = -1};
+    s->bypass = lc->correction == CORR_BYPASS, s->m2po = lc->kind == LOSS_M2PO;
+    s->need_ref = cfg->kl_reward > 0 || lc->kl_beta > 0;
+    s->loglinear = cfg->proximal == PROX_LOGLINEAR && !s->bypass;
+    s->U = cfg->minibatches < 1 ? 1 : cfg->minibatches < G ? cfg->minibatches : G; /* each has >= 1 group */
+    s->recompute = s->U > 1 && !s->bypass && !s->loglinear;
+}
+
+static void step_free(step *s)
+{
+    layout_free(&s->L);
+    free(s->sr);
+    free(s->mbs);
+    free(s->rw);
+    free(s->goff);
+    free(s->uoff);
+}
+
+/* The per-sample and per-group arrays (the layout comes once the positions are known). */
+static tidal_status step_alloc(step *s)
+{
+    s->sr = calloc((size_t)s->n, sizeof *s->sr);
+    s->mbs = calloc((size_t)s->n, sizeof *s->mbs);
+    s->rw = calloc((size_t)s->n, sizeof *s->rw);
+    s->goff = calloc((size_t)s->G + 1, sizeof *s->goff), s->uoff = calloc((size_t)s->U + 1, sizeof *s->uoff);
+    if (!s->sr || !s->mbs || !s->rw || !s->goff || !s->uoff)
+        return tidal_fail(TIDAL_ERR_NOMEM, "trainer step: out of memory");
+    return TIDAL_OK;
+}
+
+/* Stage 1 (without the reference's k1): every sample checked, its staleness,
+ * its place in the layout and its reward with the overlong shaping; the
+ * reward and staleness metrics. All samples must share one temperature. */
+static tidal_status read_samples(step *s)
+{
+    const trainer_step_cfg *cfg = s->cfg;
+    trainer_step_result *out = s->out;
+    const int vocab = model_cfg(s->m)->vocab_size, n = s->n;
+    double rsum = 0, rsq = 0;
+    int k = 0;
+    out->staleness_min = INFINITY;
+    for (int g = 0; g < s->G; g++) {
+        s->goff[g] = k;
+        for (int i = 0; i < s->batch->groups[g].n; i++, k++) {
+            const Tidal__V1__Trajectory *t = s->batch->groups[g].samples[i];
+            uint64_t oldest = 0;
+            TRY(check_sample(t, vocab, &oldest));
+            if (s->temperature < 0) s->temperature = t->temperature;
+            else if (t->temperature != s->temperature)
+                return tidal_fail(TIDAL_ERR_INVALID, "trainer step: trajectory %s was sampled at temperature %g, the "
+                                  "others at %g", t->trajectory_id, t->temperature, s->temperature);
+            const double pen = adv_overlong_penalty((double)t->n_completion_token_ids, cfg->max_tokens,
+                                                    cfg->overlong_buffer, cfg->overlong_factor);
+            sample_ref *r = &s->sr[k];
+            *r = (sample_ref){.t = t, .reward = t->reward + pen,
+                              .staleness = s->version > oldest ? (double)(s->version - oldest) : 0, .pos = s->P,
+                              .positions = (int)(t->n_prompt_token_ids + t->n_completion_token_ids) - 1};
+            s->P += r->positions;
+            rsum += t->reward;
+            rsq += t->reward * t->reward;
+            out->overlong_mean += pen / n;
+            out->staleness_mean += r->staleness / n;
+            if (r->staleness > (double)out->staleness_max) out->staleness_max = (uint64_t)r->staleness;
+            if (r->staleness < out->staleness_min) out->staleness_min = r->staleness;
+        }
+    }
+    s->goff[s->G] = n;
+    out->samples = n;
+    out->reward_mean = rsum / n;
+    out->reward_std = n > 1 ? sqrt(fmax(0.0, (rsq - rsum * rsum / n) / (n - 1))) : 0.0;
+    return TIDAL_OK;
+}
+
+/* Stage 3: the layout, once, for every sample. */
+static tidal_status lay_out_batch(step *s)
+{
+    TRY(layout_alloc(&s->L, s->P, s->n, s->need_ref, s->m2po, s->loglinear));
+    for (int i = 0; i < s->n; i++) TRY(lay_out(&s->sr[i], &s->L));
+    for (int i = 0; i < s->n; i++) s->L.stale[i] = s->sr[i].staleness;
+    return TIDAL_OK;
+}
+
+/* Stage 3: the updates (whole groups, as even as they go) and their
+ * micro-batches by token budget (a sample longer than the budget gets one of
+ * its own). */
+static void plan_updates(step *s)
+{
+    const int G = s->G, U = s->U;
+    int nm = 0;
+    for (int u = 0; u < U; u++) {
+        s->uoff[u] = nm;
+        const int s0 = s->goff[(int)((int64_t)u * G / U)], s1 = s->goff[(int)((int64_t)(u + 1) * G / U)];
+        for (int i = s0; i < s1; i++) {
+            micro *cur = nm > s->uoff[u] ? &s->mbs[nm - 1] : NULL;
+            if (!cur || cur->T + s->sr[i].positions > s->cfg->micro_batch_tokens) {
+                cur = &s->mbs[nm++];
+                *cur = (micro){.first = i, .pos = s->sr[i].pos, .update = u};
+            }
+            cur->n++;
+            cur->T += s->sr[i].positions;
+        }
+    }
+    s->uoff[U] = nm;
+    s->nm = nm;
+    s->inv_temp = s->temperature > 0 ? (float)(1.0 / s->temperature) : 1.0f;
+}
+
+/* Forward model m over micro-batches [j0, j1) into dst (a per-position array),
+ * counting the positions. */
+static tidal_status forward_range(step *s, model *m, int j0, int j1, float *dst)
+{
+    for (int j = j0; j < j1; j++) {
+        s->out->positions += s->mbs[j].T;
+        TRY(forward(m, s->sr, &s->L, &s->mbs[j], s->inv_temp, dst));
+    }
+    return TIDAL_OK;
+}
+
+/* Stage 1, the KL part: the reference model's logprobs (for the loss's KL term
+ * too), and kl_reward * Σ_t k1 subtracted from each sample's reward. */
+static tidal_status reference_kl(step *s)
+{
+    if (!s->need_ref) return TIDAL_OK;
+    TRY(forward_range(s, s->cfg->ref, 0, s->nm, s->L.lref));
+    const layout *L = &s->L;
+    for (int i = 0; i < s->n && s->cfg->kl_reward > 0; i++) {
+        sample_ref *r = &s->sr[i];
+        double k1 = 0;
+        for (int q = r->pos; q < r->pos + r->positions; q++) {
+            if (!L->mask[q]) continue;
+            const double d = (double)L->lbeh[q] - (double)L->lref[q];
+            if (isfinite(d)) k1 += fmin(fmax(d, -20.0), 20.0);
+        }
+        r->reward -= s->cfg->kl_reward * k1;
+        s->out->kl_reward_mean += s->cfg->kl_reward * k1 / s->n;
+    }
+    return TIDAL_OK;
+}
+
+/* Stage 2: the group advantages over the shaped rewards. */
+static tidal_status advantages(step *s)
+{
+    for (int i = 0; i < s->n; i++) s->rw[i] = s->sr[i].reward;
+    return adv_batch(s->cfg->advantage, s->rw, s->goff, s->G, s->L.adv);
+}
+
+/* Stage 4, before any update: the proximal logprobs under the weights the
+ * step starts from when they need a pass of their own, lbeh in bypass mode.
+ * (With one update the live forward is lprox, and loglinear interpolates per
+ * micro-batch: set_proximal.) */
+static tidal_status proximal_logprobs(step *s)
+{
+    if (s->recompute) return forward_range(s, s->m, 0, s->nm, s->L.lprox);
+    if (s->bypass) memcpy(s->L.lprox, s->L.lbeh, (size_t)(s->P ? s->P : 1) * sizeof *s->L.lprox);
+    return TIDAL_OK;
+}
+
+/* Stage 4 for micro-batch mb, after its live forward: lprox interpolated
+ * log-linearly at the live weights' version v_theta, or the live forward itself
+ * when the step has one update. */
+static void set_proximal(step *s, const micro *mb, double v_theta)
+{
+    layout *L = &s->L;
+    if (s->loglinear) {
+        for (int q = mb->pos; q < mb->pos + mb->T; q++) {
+            const double den = v_theta - L->vbeh[q];
+            const double a = den > 0 ? fmin(fmax(((double)s->version - L->vbeh[q]) / den, 0.0), 1.0) : 1.0;
+            L->lprox[q] = (float)((double)L->lbeh[q] + a * ((double)L->logp[q] - (double)L->lbeh[q]));
+        }
+    } else if (!s->recompute && !s->bypass) {
+        memcpy(L->lprox + mb->pos, L->logp + mb->pos, (size_t)mb->T * sizeof *L->lprox);
+    }
+}
+
+/* Update u's loss denominators (masks and staleness only) into *norm. */
+static tidal_status update_norm(step *s, int u, loss_norm *norm)
+{
+    for (int j = s->uoff[u]; j < s->uoff[u + 1]; j++) {
+        loss_batch v = view(s->sr, &s->L, s->mbs[j].first, s->mbs[j].n, s->mbs[j].pos);
+        TRY(loss_norm_add(s->lc, &v, norm));
+    }
+    return TIDAL_OK;
+}
+
+/* Stage 5, M2PO: the selection over the whole of update u, from lθ before it
+ * (the recompute pass already holds it for the first update). */
+static tidal_status m2po_select(step *s, int u)
+{
+    const micro *m0 = &s->mbs[s->uoff[u]], *m1 = &s->mbs[s->uoff[u + 1] - 1];
+    layout *L = &s->L;
+    if (u == 0 && s->recompute)
+        memcpy(L->logp + m0->pos, L->lprox + m0->pos, (size_t)(m1->pos + m1->T - m0->pos) * sizeof *L->logp);
+    else
+        TRY(forward_range(s, s->m, s->uoff[u], s->uoff[u + 1], L->logp));
+    loss_batch v = view(s->sr, L, m0->first, m1->first + m1->n - m0->first, m0->pos);
+    v.keep = NULL;
+    return loss_m2po_select(s->lc, &v, L->keep + m0->pos, NULL);
+}
+
+/* Stage 5, one micro-batch: the live forward (lθ, entropies), the proximal
+ * policy where it comes from the live weights, the loss and d loss / d lθ
+ * with the update's denominators, and the backward (gradients add up over
+ * the update's micro-batches). One without a masked token only counts. */
+static tidal_status train_micro_batch(step *s, const micro *mb, const loss_norm *norm, double v_theta)
+{
+    layout *L = &s->L;
+    const model_batch b = micro_batch(s->sr, L, mb, s->inv_temp); /* for the forward and the backward */
+    TRY(model_forward(s->m, &b, L->logp + mb->pos, L->ent + mb->pos, NULL));
+    s->out->positions += mb->T;
+    s->out->micro_batches++;
+    int64_t here = 0;
+    for (int q = mb->pos; q < mb->pos + mb->T; q++)
+        if (L->mask[q]) here++, s->ent_sum += L->ent[q];
+    s->ent_n += here;
+    if (here == 0) return TIDAL_OK; /* nothing to train in this one (loss_compute refuses it) */
+    set_proximal(s, mb, v_theta);
+    loss_batch v = view(s->sr, L, mb->first, mb->n, mb->pos);
+    loss_result r;
+    TRY(loss_compute(s->lc, &v, norm, L->grad + mb->pos, &r));
+    TRY(model_backward(s->m, &b, L->grad + mb->pos, NULL));
+    accumulate(&s->acc, &r, &s->sw2);
+    return TIDAL_OK;
+}
+
+/* Stage 5, update u: its denominators, M2PO's selection, every micro-batch's
+ * forward, loss and backward, then gradient clipping and one AdamW update.
+ * An update without a trainable token is skipped, unless it is the only one. */
+static tidal_status train_update(step *s, int u)
+{
+    loss_norm norm = {0};
+    TRY(update_norm(s, u, &norm));
+    if (norm.tokens == 0) {
+        if (s->U == 1)
+            return tidal_fail(TIDAL_ERR_INVALID, "trainer step: no sample of the batch has a trainable (masked) token");
+        return TIDAL_OK; /* nothing to train in this update */
+    }
+    if (s->m2po) TRY(m2po_select(s, u));
+    model_zero_grads(s->m);
+    const double v_theta = (double)s->version + (double)u / (double)s->U; /* the live weights' version */
+    for (int j = s->uoff[u]; j < s->uoff[u + 1]; j++) TRY(train_micro_batch(s, &s->mbs[j], &norm, v_theta));
+    size_t np = 0;
+    float *params = model_params(s->m, &np);
+    float *grads = model_grads(s->m, &np);
+    s->gn_sum += clip_grad_norm(grads, np, s->cfg->grad_clip);
+    adamw_step(s->opt, params, grads, NULL, s->cfg->lr);
+    s->out->updates++;
+    return TIDAL_OK;
+}
+
+/* The step's metrics from the running sums: token-weighted means, each
+ * update's loss averaged over the updates, entropy and gradient norm means. */
+static void finish_metrics(step *s)
+{
+    trainer_step_result *out = s->out;
+    loss_result *acc = &s->acc;
+    finish_means(acc, s->sw2);
+    if (out->updates > 1) { /* each update's loss is a whole (its own denominators): report their mean */
+        acc->loss /= out->updates, acc->policy_loss /= out->updates, acc->kl_loss /= out->updates;
+    }
+    out->loss = *acc;
+    out->entropy_mean = s->ent_n ? s->ent_sum / (double)s->ent_n : 0.0;
+    out->grad_norm = out->updates ? s->gn_sum / out->updates : 0.0;
+}
+
 tidal_status trainer_step(model *m, adamw *opt, const buffer_batch *batch, uint64_t version,
                           const trainer_step_cfg *cfg, trainer_step_result *out)
 {
     memset(out, 0, sizeof *out);
-    tidal_status st = check_cfg(cfg, m);
-    if (st != TIDAL_OK) return st;
-    const int G = batch->n_groups;
+    TRY(check_cfg(cfg, m));
     int n = 0;
-    for (int g = 0; g < G; g++) n += batch->groups[g].n;
+    for (int g = 0; g < batch->n_groups; g++) n += batch->groups[g].n;
     if (n == 0) return tidal_fail(TIDAL_ERR_INVALID, "trainer step: an empty batch");
-    const loss_cfg *lc = &cfg->loss;
-    const bool bypass = lc->correction == CORR_BYPASS, m2po = lc->kind == LOSS_M2PO;
-    const bool need_ref = cfg->kl_reward > 0 || lc->kl_beta > 0;
-    const bool loglinear = cfg->proximal == PROX_LOGLINEAR && !bypass;
-    const int U = cfg->minibatches < 1 ? 1 : cfg->minibatches < G ? cfg->minibatches : G; /* each has >= 1 group */
-    const bool recompute = U > 1 && !bypass && !loglinear;      /* a pass for lprox before the first update */
 
-    sample_ref *sr = calloc((size_t)n, sizeof *sr);
-    micro *mbs = calloc((size_t)n, sizeof *mbs);
-    double *rw = calloc((size_t)n, sizeof *rw);
-    int *goff = calloc((size_t)G + 1, sizeof *goff), *uoff = calloc((size_t)U + 1, sizeof *uoff);
-    layout L = {0};
-    if (!sr || !mbs || !rw || !goff || !uoff) {
-        st = tidal_fail(TIDAL_ERR_NOMEM, "trainer step: out of memory");
-        goto out;
-    }
-
-    /* the samples: checks, staleness, positions, rewards (shaped) */
-    const int vocab = model_cfg(m)->vocab_size;
-    double temperature = -1, rsum = 0, rsq = 0;
-    int k = 0, P = 0;
-    out->staleness_min = INFINITY;
-    for (int g = 0; g < G && st == TIDAL_OK; g++) {
-        goff[g] = k;
-        for (int i = 0; i < batch->groups[g].n; i++, k++) {
-            const Tidal__V1__Trajectory *t = batch->groups[g].samples[i];
-            uint64_t oldest = 0;
-            if ((st = check_sample(t, vocab, &oldest)) != TIDAL_OK) break;
-            if (temperature < 0) temperature = t->temperature;
-            else if (t->temperature != temperature) {
-                st = tidal_fail(TIDAL_ERR_INVALID, "trainer step: trajectory %s was sampled at temperature %g, the "
-                                "others at %g", t->trajectory_id, t->temperature, temperature);
-                break;
-            }
-            const double pen = adv_overlong_penalty((double)t->n_completion_token_ids, cfg->max_tokens,
-                                                    cfg->overlong_buffer, cfg->overlong_factor);
-            sr[k] = (sample_ref){.t = t, .reward = t->reward + pen,
-                                 .staleness = version > oldest ? (double)(version - oldest) : 0, .pos = P,
-                                 .positions = (int)(t->n_prompt_token_ids + t->n_completion_token_ids) - 1};
-            P += sr[k].positions;
-            rsum += t->reward;
-            rsq += t->reward * t->reward;
-            out->overlong_mean += pen / n;
-            out->staleness_mean += sr[k].staleness / n;
-            if (sr[k].staleness > (double)out->staleness_max) out->staleness_max = (uint64_t)sr[k].staleness;
-            if (sr[k].staleness < out->staleness_min) out->staleness_min = sr[k].staleness;
-        }
-    }
-    goff[G] = n;
-    if (st != TIDAL_OK) goto out;
-    out->samples = n;
-    out->reward_mean = rsum / n;
-    out->reward_std = n > 1 ? sqrt(fmax(0.0, (rsq - rsum * rsum / n) / (n - 1))) : 0.0;
-
-    /* the layout, once */
-    if ((st = layout_alloc(&L, P, n, need_ref, m2po, loglinear)) != TIDAL_OK) goto out;
-    for (int i = 0; i < n && st == TIDAL_OK; i++) st = lay_out(&sr[i], &L);
-    if (st != TIDAL_OK) goto out;
-    for (int i = 0; i < n; i++) L.stale[i] = sr[i].staleness;
-
-    /* updates (whole groups, as even as they go) and their micro-batches by token budget */
-    int nm = 0;
-    for (int u = 0; u < U; u++) {
-        uoff[u] = nm;
-        const int s0 = goff[(int)((int64_t)u * G / U)], s1 = goff[(int)((int64_t)(u + 1) * G / U)];
-        for (int i = s0; i < s1; i++) {
-            micro *cur = nm > uoff[u] ? &mbs[nm - 1] : NULL;
-            if (!cur || cur->T + sr[i].positions > cfg->micro_batch_tokens) {
-                cur = &mbs[nm++];
-                *cur = (micro){.first = i, .pos = sr[i].pos, .update = u};
-            }
-            cur->n++;
-            cur->T += sr[i].positions;
-        }
-    }
-    uoff[U] = nm;
-    const float inv_temp = temperature > 0 ? (float)(1.0 / temperature) : 1.0f;
-
-    /* the reference model's logprobs, and k1 in the reward */
-    if (need_ref) {
-        for (int j = 0; j < nm && st == TIDAL_OK; j++) {
-            st = forward(cfg->ref, sr, &L, &mbs[j], inv_temp, L.lref);
-            out->positions += mbs[j].T;
-        }
-        if (st != TIDAL_OK) goto out;
-        for (int i = 0; i < n && cfg->kl_reward > 0; i++) {
-            double k1 = 0;
-            for (int q = sr[i].pos; q < sr[i].pos + sr[i].positions; q++) {
-                if (!L.mask[q]) continue;
-                const double d = (double)L.lbeh[q] - (double)L.lref[q];
-                if (isfinite(d)) k1 += fmin(fmax(d, -20.0), 20.0);
-            }
-            sr[i].reward -= cfg->kl_reward * k1;
-            out->kl_reward_mean += cfg->kl_reward * k1 / n;
-        }
-    }
-
-    /* advantages over the shaped rewards */
-    for (int i = 0; i < n; i++) rw[i] = sr[i].reward;
-    if ((st = adv_batch(cfg->advantage, rw, goff, G, L.adv)) != TIDAL_OK) goto out;
-
-    /* the proximal logprobs under the weights the step starts from */
-    if (recompute) {
-        for (int j = 0; j < nm && st == TIDAL_OK; j++) {
-            st = forward(m, sr, &L, &mbs[j], inv_temp, L.lprox);
-            out->positions += mbs[j].T;
-        }
-        if (st != TIDAL_OK) goto out;
-    } else if (bypass) {
-        memcpy(L.lprox, L.lbeh, (size_t)(P ? P : 1) * sizeof *L.lprox);
-    }
-
-    double ent_sum = 0, gn_sum = 0, sw2 = 0;
-    int64_t ent_n = 0;
-    loss_result acc = {0};
-    size_t np = 0;
-    float *params = model_params(m, &np);
-    float *grads = model_grads(m, &np);
-    for (int u = 0; u < U; u++) {
-        const micro *m0 = &mbs[uoff[u]], *m1 = &mbs[uoff[u + 1] - 1];
-        const int first = m0->first, ns = m1->first + m1->n - first;
-        /* the update's denominators (masks and staleness only) */
-        loss_norm norm = {0};
-        for (int j = uoff[u]; j < uoff[u + 1] && st == TIDAL_OK; j++) {
-            loss_batch v = view(sr, &L, mbs[j].first, mbs[j].n, mbs[j].pos);
-            st = loss_norm_add(lc, &v, &norm);
-        }
-        if (st != TIDAL_OK) goto out;
-        if (norm.tokens == 0) {
-            if (U == 1) {
-                st = tidal_fail(TIDAL_ERR_INVALID, "trainer step: no sample of the batch has a trainable (masked) token");
-                goto out;
-            }
-            continue; /* nothing to train in this update */
-        }
-        /* M2PO selects over the whole update, from lθ before it */
-        if (m2po) {
-            if (u == 0 && recompute) {
-                memcpy(L.logp + m0->pos, L.lprox + m0->pos, (size_t)(m1->pos + m1->T - m0->pos) * sizeof *L.logp);
-            } else {
-                for (int j = uoff[u]; j < uoff[u + 1] && st == TIDAL_OK; j++) {
-                    st = forward(m, sr, &L, &mbs[j], inv_temp, L.logp);
-                    out->positions += mbs[j].T;
-                }
-            }
-            loss_batch v = view(sr, &L, first, ns, m0->pos);
-            v.keep = NULL;
-            if (st == TIDAL_OK) st = loss_m2po_select(lc, &v, L.keep + m0->pos, NULL);
-            if (st != TIDAL_OK) goto out;
-        }
-        model_zero_grads(m);
-        const double v_theta = (double)version + (double)u / (double)U; /* the live weights' version */
-        for (int j = uoff[u]; j < uoff[u + 1]; j++) {
-            const micro *mb = &mbs[j];
-            const model_batch b = micro_batch(sr, &L, mb, inv_temp); /* for the forward and the backward */
-            if ((st = model_forward(m, &b, L.logp + mb->pos, L.ent + mb->pos, NULL)) != TIDAL_OK) goto out;
-            out->positions += mb->T;
-            out->micro_batches++;
-            int64_t here = 0;
-            for (int q = mb->pos; q < mb->pos + mb->T; q++)
-                if (L.mask[q]) here++, ent_sum += L.ent[q];
-            ent_n += here;
-            if (here == 0) continue; /* nothing to train in this one (loss_compute refuses it) */
-            if (loglinear) {
-                for (int q = mb->pos; q < mb->pos + mb->T; q++) {
-                    const double den = v_theta - L.vbeh[q];
-                    const double a = den > 0 ? fmin(fmax(((double)version - L.vbeh[q]) / den, 0.0), 1.0) : 1.0;
-                    L.lprox[q] = (float)((double)L.lbeh[q] + a * ((double)L.logp[q] - (double)L.lbeh[q]));
-                }
-            } else if (!recompute && !bypass) { /* one update: the live forward is the proximal policy */
-                memcpy(L.lprox + mb->pos, L.logp + mb->pos, (size_t)mb->T * sizeof *L.lprox);
-            }
-            loss_batch v = view(sr, &L, mb->first, mb->n, mb->pos);
-            loss_result r;
-            if ((st = loss_compute(lc, &v, &norm, L.grad + mb->pos, &r)) != TIDAL_OK) goto out;
-            if ((st = model_backward(m, &b, L.grad + mb->pos, NULL)) != TIDAL_OK) goto out;
-            accumulate(&acc, &r, &sw2);
-        }
-        gn_sum += clip_grad_norm(grads, np, cfg->grad_clip);
-        adamw_step(opt, params, grads, NULL, cfg->lr);
-        out->updates++;
-    }
-    finish_means(&acc, sw2);
-    if (out->updates > 1) { /* each update's loss is a whole (its own denominators): report their mean */
-        acc.loss /= out->updates, acc.policy_loss /= out->updates, acc.kl_loss /= out->updates;
-    }
-    out->loss = acc;
-    out->entropy_mean = ent_n ? ent_sum / (double)ent_n : 0.0;
-    out->grad_norm = out->updates ? gn_sum / out->updates : 0.0;
-out:
-    layout_free(&L);
-    free(sr);
-    free(mbs);
-    free(rw);
-    free(goff);
-    free(uoff);
+    step s;
+    step_init(&s, m, opt, batch, version, cfg, out, n);
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(step_alloc(&s));
+    TRY_GOTO(read_samples(&s));      /* 1. checks, staleness, rewards with overlong shaping */
+    TRY_GOTO(lay_out_batch(&s));     /* 3. the packed layout */
+    plan_updates(&s);                /* 3. updates and their micro-batches */
+    TRY_GOTO(reference_kl(&s));      /* 1. the reference's logprobs, k1 in the reward */
+    TRY_GOTO(advantages(&s));        /* 2. group advantages */
+    TRY_GOTO(proximal_logprobs(&s)); /* 4. lprox before the first update */
+    for (int u = 0; u < s.U; u++) TRY_GOTO(train_update(&s, u)); /* 5. */
+    finish_metrics(&s);
+cleanup:
+    step_free(&s);
     return st;
 }
