@@ -427,7 +427,7 @@ static tidal_status join(worker *w)
                           w->spec.rollout.backend);
     chat_format f;
     if ((st = job_tokenizer(&w->spec, &w->tok)) != TIDAL_OK) return st;
-    if ((st = job_chat_format(&w->spec, w->tok, &f)) != TIDAL_OK) return st;
+    if ((st = job_chat_format(&w->spec, &f)) != TIDAL_OK) return st;
     w->stop_id = job_stop_id(f, w->tok);
     if ((st = job_model_config(&w->spec, &w->cfg)) != TIDAL_OK) return st;
     if ((st = weights_client_create(w->bus, &w->names, &w->cfg, &w->wc)) != TIDAL_OK) return st;
