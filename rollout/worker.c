@@ -416,8 +416,8 @@ static void give_back(worker *w, const served *sv, tidal_status st)
 
 /* Serve one prompt message m (consumed here): validate, generate, publish.
  * TIDAL_OK also for a rejected message and for a group abandoned because
- * the worker leaves (its prompt returned); another error was logged by
- * nobody yet and its prompt has been returned. */
+ * the worker leaves (its prompt returned); any other error has returned the
+ * prompt (logged with its group) and is the caller's to log. */
 static tidal_status serve_prompt(worker *w, bus_msg *m)
 {
     served sv = {.m = m};
