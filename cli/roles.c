@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "base/spawn.h"
+#include "bench/bench_hold.h"
 #include "cli/commands.h"
 #include "controller/controller.h"
 #include "job/spec.h"
@@ -253,8 +254,11 @@ int rollout_main(int argc, char **argv)
     }
     tidal_log_set_role("rollout");
     catch_signals();
+    /* --slowdown, --tail, --token-ms: a benchmark's simulated hardware, through the worker's bench hook */
+    const bench_hold_knobs knobs = {.slowdown = a.slowdown, .tail = a.tail, .token_ms = a.token_ms};
+    rollout_bench_hook hook;
     worker_opts wo = {.bus = bo, .job = a.job, .id = a.id, .join_timeout_ms = a.join_timeout_ms,
-                      .slowdown = a.slowdown, .tail = a.tail, .token_ms = a.token_ms, .stop = &g_stop};
+                      .bench = bench_hold_hook(&knobs, &hook), .stop = &g_stop};
     tidal_status st = worker_run(&wo);
     if (st != TIDAL_OK) fprintf(stderr, "tidal rollout: %s\n", tidal_errmsg());
     return exit_for(st);

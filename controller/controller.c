@@ -582,11 +582,8 @@ static tidal_status start(ctl *c)
         st = dataset_open_jsonl(s->data.path, s->data.prompt_key, s->data.eval_fraction, (uint64_t)s->data.seed,
                                 &c->data);
     if (st != TIDAL_OK) return st;
-    tokenizer *tok = NULL;
-    if ((st = job_tokenizer(s, &tok)) != TIDAL_OK) return st;
-    st = job_chat_format(s, tok, &c->fmt);
-    tokenizer_free(tok);
-    if (st != TIDAL_OK) return st;
+    /* the format from the model directory's files: rendering text needs no tokenizer */
+    if ((st = job_chat_format(s, &c->fmt)) != TIDAL_OK) return st;
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->o->run_dir);
     c->metrics_f = fopen(path, "a");
     snprintf(path, sizeof path, "%s/eval.jsonl", c->o->run_dir);

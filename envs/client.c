@@ -2,6 +2,7 @@
  * client.h for the contract and the outcomes). */
 #include "envs/client.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -33,14 +34,13 @@ tidal_status env_client_local(const char *name, const char *config_json, env_cli
     *out = NULL;
     env_client *c = client_new();
     if (!c) return tidal_fail(TIDAL_ERR_NOMEM, "env client: out of memory");
-    tidal_status st = env_create(name, config_json, &c->local);
-    if (st != TIDAL_OK) {
-        env_client_free(c);
-        return st;
-    }
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(env_create(name, config_json, &c->local));
     snprintf(c->name, sizeof c->name, "%s", name);
     *out = c;
-    return TIDAL_OK;
+cleanup:
+    if (st != TIDAL_OK) env_client_free(c);
+    return st;
 }
 
 tidal_status env_client_remote(tidal_bus *b, const char *name, const env_client_opts *opts, env_client **out)
@@ -48,11 +48,8 @@ tidal_status env_client_remote(tidal_bus *b, const char *name, const env_client_
     *out = NULL;
     env_client *c = client_new();
     if (!c) return tidal_fail(TIDAL_ERR_NOMEM, "env client: out of memory");
-    tidal_status st = env_subject(name, c->subject, sizeof c->subject);
-    if (st != TIDAL_OK) {
-        env_client_free(c);
-        return tidal_wrap(st, "env client");
-    }
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(env_subject(name, c->subject, sizeof c->subject));
     snprintf(c->name, sizeof c->name, "%s", name);
     c->bus = b;
     c->o = opts ? *opts : (env_client_opts){.retries = -1};
@@ -60,6 +57,11 @@ tidal_status env_client_remote(tidal_bus *b, const char *name, const env_client_
     if (c->o.retries < 0) c->o.retries = 2;
     if (c->o.backoff_ms <= 0) c->o.backoff_ms = 50;
     *out = c;
+cleanup:
+    if (st != TIDAL_OK) {
+        env_client_free(c);
+        return tidal_wrap(st, "env client");
+    }
     return TIDAL_OK;
 }
 
@@ -69,6 +71,17 @@ void env_client_free(env_client *c)
     env_free(c->local);
     pthread_mutex_destroy(&c->mu);
     free(c);
+}
+
+int env_client_max_turns(const char *config_json)
+{
+    int turns = ENV_CLIENT_MAX_TURNS_DEFAULT;
+    json_t *cfg = config_json ? json_loads(config_json, 0, NULL) : NULL;
+    json_t *mt = cfg ? json_object_get(cfg, "max_turns") : NULL;
+    if (json_is_integer(mt) && json_integer_value(mt) >= 1 && json_integer_value(mt) <= 1024)
+        turns = (int)json_integer_value(mt);
+    json_decref(cfg);
+    return turns;
 }
 
 void env_client_stats(const env_client *c, uint64_t *calls, uint64_t *retries)
@@ -95,29 +108,39 @@ static tidal_status take_response(const env_client *c, const Tidal__V1__EnvRespo
     env_result_clear(out);
     out->reward = rsp->reward;
     out->done = rsp->done;
-    tidal_status st = rsp->observation[0] ? env_result_observe(out, "%s", rsp->observation) : TIDAL_OK;
-    for (size_t i = 0; st == TIDAL_OK && i < rsp->n_metrics; i++)
-        st = env_result_metric(out, rsp->metrics[i]->key, rsp->metrics[i]->value);
-    if (st != TIDAL_OK) {
+    tidal_status st = TIDAL_OK;
+    if (rsp->observation[0]) TRY_GOTO(env_result_observe(out, "%s", rsp->observation));
+    for (size_t i = 0; i < rsp->n_metrics; i++)
+        TRY_GOTO(env_result_metric(out, rsp->metrics[i]->key, rsp->metrics[i]->value));
+cleanup:
+    if (st != TIDAL_OK) { /* what does not fit is the env's fault: a decode error of its answer */
         env_result_clear(out);
         return tidal_fail(TIDAL_ERR_DECODE, "env %s: the answer does not fit: %s", c->name, tidal_errmsg());
     }
     return TIDAL_OK;
 }
 
+/* The request sent once, its answer awaited. "No responders" and silence are
+ * both timeouts for the caller (another attempt may find an instance). */
+static tidal_status ask(const env_client *c, const void *buf, size_t len, bus_msg **reply)
+{
+    const tidal_status st = bus_request(c->bus, c->subject, buf, (int)len, c->o.timeout_ms, reply);
+    if (st == TIDAL_ERR_NOT_FOUND) /* NATS's "no responders" */
+        return tidal_fail(TIDAL_ERR_TIMEOUT, "env %s: no instance serves %s (no responders)", c->name, c->subject);
+    if (st == TIDAL_ERR_TIMEOUT)
+        return tidal_fail(TIDAL_ERR_TIMEOUT, "env %s: no answer on %s in %d ms", c->name, c->subject, c->o.timeout_ms);
+    return st;
+}
+
 /* One attempt over the bus. */
 static tidal_status attempt(const env_client *c, const void *buf, size_t len, env_result *out)
 {
     bus_msg *m = NULL;
-    tidal_status st = bus_request(c->bus, c->subject, buf, (int)len, c->o.timeout_ms, &m);
-    if (st == TIDAL_ERR_NOT_FOUND) /* NATS's "no responders" */
-        st = tidal_fail(TIDAL_ERR_TIMEOUT, "env %s: no instance serves %s (no responders)", c->name, c->subject);
-    else if (st == TIDAL_ERR_TIMEOUT)
-        st = tidal_fail(TIDAL_ERR_TIMEOUT, "env %s: no answer on %s in %d ms", c->name, c->subject, c->o.timeout_ms);
-    if (st != TIDAL_OK) return st;
+    TRY(ask(c, buf, len, &m));
     Tidal__V1__EnvResponse *rsp = NULL;
-    st = codec_decode_env_response(bus_msg_data(m), (size_t)bus_msg_len(m), &rsp);
+    tidal_status st = codec_decode_env_response(bus_msg_data(m), (size_t)bus_msg_len(m), &rsp);
     bus_msg_destroy(m);
+    /* an answer that decodes but is invalid is as unusable as one that does not decode */
     if (st != TIDAL_OK) return tidal_wrap(st == TIDAL_ERR_INVALID ? TIDAL_ERR_DECODE : st, "env %s: answer", c->name);
     st = take_response(c, rsp, out);
     tidal__v1__env_response__free_unpacked(rsp, NULL);
@@ -146,8 +169,8 @@ tidal_status env_client_call(env_client *c, const env_call *call, env_result *ou
     rq.turn = call->turn;
     void *buf = NULL;
     size_t len = 0;
-    tidal_status st = codec_encode(&rq.base, &buf, &len);
-    if (st != TIDAL_OK) return st;
+    TRY(codec_encode(&rq.base, &buf, &len));
+    tidal_status st = TIDAL_OK;
     /* bounded retries with backoff: a retry may reach another instance */
     for (int i = 0; i <= c->o.retries; i++) {
         if (i > 0) {

@@ -45,6 +45,15 @@ void env_client_free(env_client *c);
  * error *out is cleared. */
 tidal_status env_client_call(env_client *c, const env_call *call, env_result *out);
 
+/* The most model turns an episode of this environment may take, as the job
+ * configures it: config_json's "max_turns" when it is an integer in 1..1024,
+ * else ENV_CLIENT_MAX_TURNS_DEFAULT (also for NULL, non-JSON or non-object
+ * text). Local and remote envs alike: the worker, not the env, ends an
+ * episode at this count, so it is read from the job's config, never asked
+ * of an env instance. */
+#define ENV_CLIENT_MAX_TURNS_DEFAULT 16
+int env_client_max_turns(const char *config_json);
+
 /* Attempts made and retries needed so far (for metrics and tests). */
 void env_client_stats(const env_client *c, uint64_t *calls, uint64_t *retries);
 

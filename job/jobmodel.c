@@ -58,13 +58,12 @@ tidal_status job_tokenizer(const job_spec *s, tokenizer **out)
     return tokenizer_load(s->model.path, out);
 }
 
-tidal_status job_chat_format(const job_spec *s, const tokenizer *t, chat_format *out)
+tidal_status job_chat_format(const job_spec *s, chat_format *out)
 {
     if (strcmp(s->data.template_, "auto") != 0) return chat_format_parse(s->data.template_, out);
-    *out = CHAT_PLAIN;
-    const char *tmpl = t ? tokenizer_chat_template(t) : NULL;
-    if (tmpl && chat_format_detect(tmpl, out) != TIDAL_OK) *out = CHAT_PLAIN;
-    return TIDAL_OK;
+    *out = CHAT_PLAIN; /* tidal's byte-level and alphabet tokenizers have no chat template */
+    if (s->model.init.on) return TIDAL_OK;
+    return chat_format_of_model_dir(s->model.path, out);
 }
 
 tidal_status job_render_prompt(chat_format f, const char *text, char **out)

@@ -5,7 +5,8 @@
  * stop at the end-of-turn token, the trainer builds the initial weights.
  * So each role derives them from the spec here, once:
  *   model.path   config.json, the safetensors, tokenizer.json (and
- *                tokenizer_config.json's chat template for data.template auto)
+ *                tokenizer_config.json's chat template for data.template
+ *                auto, read on its own: the controller loads no tokenizer)
  *   model.init.* a tiny model from scratch with tidal's byte-level tokenizer
  *                (TOKENIZER_BYTE_LEVEL_VOCAB ids; model.init.vocab must hold
  *                them) and the plain format unless data.template names one.
@@ -30,8 +31,12 @@ tidal_status job_model_initial(const job_spec *s, model **out);
 /* The tokenizer: model.path/tokenizer.json or the byte-level one. */
 tidal_status job_tokenizer(const job_spec *s, tokenizer **out);
 
-/* data.template resolved (auto: the tokenizer's chat template, else plain). */
-tidal_status job_chat_format(const job_spec *s, const tokenizer *t, chat_format *out);
+/* data.template resolved, without loading a tokenizer: a named format, or for
+ * auto the one model.path's files ask for (chat_format_of_model_dir: its
+ * tokenizer_config.json's chat template, else plain), plain for model.init.
+ * Errors name the model directory's file (a missing tokenizer.json, a
+ * malformed tokenizer_config.json). */
+tidal_status job_chat_format(const job_spec *s, chat_format *out);
 
 /* The prompt text as one user message with the generation prompt, in format
  * f. *out is malloc'd (the caller frees it). */

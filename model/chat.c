@@ -7,9 +7,13 @@
  */
 #include "model/chat.h"
 
+#include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct {
     char *p;
@@ -65,6 +69,65 @@ tidal_status chat_format_detect(const char *chat_template, chat_format *out)
     return tidal_fail(TIDAL_ERR_NOT_FOUND,
                       "chat_template has neither <|im_start|> (chatml) nor <|start_header_id|> (llama3): name a "
                       "template (chatml, llama3, plain)");
+}
+
+tidal_status chat_template_of_config(const json_t *root, const char *name, const char **out)
+{
+    *out = NULL;
+    json_t *tpl = jv_get(root, "chat_template");
+    if (json_is_array(tpl)) { /* [{name, template}, ...]: the one named "default", else the first */
+        json_t *pick = NULL;
+        for (size_t i = 0; i < json_array_size(tpl); i++) {
+            json_t *e = json_array_get(tpl, i), *nm = jv_get(e, "name");
+            if (!pick || (json_is_string(nm) && !strcmp(json_string_value(nm), "default"))) pick = e;
+        }
+        tpl = pick ? jv_get(pick, "template") : NULL;
+        if (pick && !json_is_string(tpl)) return jv_bad(name, "chat_template", "entries must hold a \"template\" string");
+    } else if (tpl && !json_is_string(tpl)) {
+        return jv_bad(name, "chat_template", "must be a string or a list of {name, template}");
+    }
+    if (json_is_string(tpl)) *out = json_string_value(tpl);
+    return TIDAL_OK;
+}
+
+/* PATH can be opened for reading: NOT_FOUND or IO naming it otherwise. */
+static tidal_status readable(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return tidal_fail(errno == ENOENT ? TIDAL_ERR_NOT_FOUND : TIDAL_ERR_IO, "%s: open: %s", path, strerror(errno));
+    fclose(f);
+    return TIDAL_OK;
+}
+
+tidal_status chat_format_of_model_dir(const char *dir, chat_format *out)
+{
+    *out = CHAT_PLAIN;
+    if (!dir) return tidal_fail(TIDAL_ERR_INVALID, "chat format: no model directory");
+    struct stat sb;
+    if (stat(dir, &sb) != 0)
+        return tidal_fail(errno == ENOENT ? TIDAL_ERR_NOT_FOUND : TIDAL_ERR_IO, "%s: %s", dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode)) return tidal_fail(TIDAL_ERR_INVALID, "%s: not a model directory", dir);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    TRY(readable(path));
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    json_error_t jerr;
+    /* integers as reals: Llama-3 sets model_max_length to 1e30 as an integer */
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &jerr);
+    if (!root && access(path, F_OK) != 0 && errno == ENOENT) return TIDAL_OK; /* no config: no template */
+    if (!root)
+        return tidal_fail(TIDAL_ERR_INVALID, "%s: JSON at line %d column %d: %s", path, jerr.line, jerr.column,
+                          jerr.text);
+    const char *tmpl = NULL;
+    tidal_status st = json_is_object(root) ? chat_template_of_config(root, path, &tmpl)
+                                           : jv_bad(path, "(top level)", "must be an object");
+    if (st == TIDAL_OK && tmpl && chat_format_detect(tmpl, out) != TIDAL_OK) { /* unrecognised: plain */
+        *out = CHAT_PLAIN;
+        tidal_clear();
+    }
+    json_decref(root);
+    return st;
 }
 
 /* Length of the whitespace (Python's str.isspace, as Jinja's trim strips)

@@ -32,6 +32,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "base/json.h"
 #include "base/status.h"
 
 typedef enum { CHAT_PLAIN = 0, CHAT_CHATML = 1, CHAT_LLAMA3 = 2, CHAT_NONE = 3 } chat_format;
@@ -53,6 +54,24 @@ const char *chat_format_name(chat_format f);
  * TIDAL_ERR_NOT_FOUND when the template is NULL or has neither marker (the
  * caller then names a format). */
 tidal_status chat_format_detect(const char *chat_template, chat_format *out);
+
+/* The chat_template of a parsed tokenizer_config.json (root): a string, or a
+ * list of {name, template} entries (the one named "default", else the
+ * first). *out borrows from root; NULL when there is none. TIDAL_ERR_INVALID
+ * "NAME: chat_template: ..." for another shape. One reading for every role:
+ * the tokenizer (tokenizer_chat_template) and chat_format_of_model_dir. */
+tidal_status chat_template_of_config(const json_t *root, const char *name, const char **out);
+
+/* The chat format a Hugging Face model directory asks for, from its files
+ * and without loading its tokenizer: tokenizer_config.json's chat_template
+ * recognised by chat_format_detect; CHAT_PLAIN when the file or its template
+ * is absent or has neither marker (what a job's `data.template: auto`
+ * means). The directory must hold tokenizer.json (it is only opened: the
+ * workers load it), so a bad model.path fails here naming the file.
+ * Errors: TIDAL_ERR_NOT_FOUND "DIR/tokenizer.json: ..." (or DIR itself),
+ * TIDAL_ERR_IO, TIDAL_ERR_INVALID "DIR/tokenizer_config.json: ..." for a
+ * file that is not a JSON object or a chat_template of another shape. */
+tidal_status chat_format_of_model_dir(const char *dir, chat_format *out);
 
 /* Render n messages, then the generation prompt when add_generation_prompt.
  * *out is a malloc'd NUL-terminated string (free it) of *len bytes (len may

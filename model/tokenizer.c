@@ -40,6 +40,7 @@
  * scratch blocks taken from and returned to a mutex-protected pool.
  */
 #include "base/json.h"
+#include "model/chat.h"
 #include "model/tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -1903,20 +1904,10 @@ static tidal_status parse_config(tokenizer *t, const char *json, size_t len, con
     if (!json_is_object(root)) st = jv_bad(cname, "(top level)", "must be an object");
     if (st == TIDAL_OK) st = config_token(t, cname, root, "bos_token", &t->bos);
     if (st == TIDAL_OK) st = config_token(t, cname, root, "eos_token", &t->eos);
-    json_t *tpl = st == TIDAL_OK ? jv_get(root, "chat_template") : NULL;
-    if (json_is_array(tpl)) { /* [{name, template}, ...]: the one named "default", else the first */
-        json_t *pick = NULL;
-        for (size_t i = 0; i < json_array_size(tpl); i++) {
-            json_t *e = json_array_get(tpl, i), *nm = jv_get(e, "name");
-            if (!pick || (json_is_string(nm) && !strcmp(json_string_value(nm), "default"))) pick = e;
-        }
-        tpl = pick ? jv_get(pick, "template") : NULL;
-        if (pick && !json_is_string(tpl)) st = jv_bad(cname, "chat_template", "entries must hold a \"template\" string");
-    } else if (tpl && !json_is_string(tpl)) {
-        st = jv_bad(cname, "chat_template", "must be a string or a list of {name, template}");
-    }
-    if (st == TIDAL_OK && json_is_string(tpl)) {
-        t->chat_template = strdup(json_string_value(tpl));
+    const char *tpl = NULL;
+    if (st == TIDAL_OK) st = chat_template_of_config(root, cname, &tpl);
+    if (st == TIDAL_OK && tpl) {
+        t->chat_template = strdup(tpl);
         if (!t->chat_template) st = nomem(cname);
     }
     json_decref(root);

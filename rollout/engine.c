@@ -354,8 +354,7 @@ static bool seq_grow(seq *s)
 tidal_status engine_submit(engine *e, const engine_request *r, uint64_t *id)
 {
     if (id) *id = 0;
-    tidal_status st = check_request(e, r);
-    if (st != TIDAL_OK) return st;
+    TRY(check_request(e, r));
     seq *s = calloc(1, sizeof *s);
     if (!s) return tidal_fail(TIDAL_ERR_NOMEM, "engine: out of memory");
     s->user = r->user;
@@ -497,18 +496,19 @@ tidal_status engine_create(model *m, uint64_t version, const engine_options *o, 
     e->logits = malloc(slots * V * sizeof *e->logits);
     e->scratch = malloc((size_t)e->n_threads * V * sizeof *e->scratch);
     e->terms = malloc((size_t)e->n_threads * V * sizeof *e->terms);
+    tidal_status st = TIDAL_OK;
     if (!e->running || !e->seg_slot || !e->cu || !e->seg_seq || !e->tokens || !e->logits || !e->scratch ||
         !e->terms) {
-        engine_free(e);
-        return tidal_fail(TIDAL_ERR_NOMEM, "engine: cannot allocate step buffers for %d slots x %zu vocabulary",
-                          o->slots, V);
+        st = tidal_fail(TIDAL_ERR_NOMEM, "cannot allocate step buffers for %d slots x %zu vocabulary", o->slots, V);
+        goto cleanup;
     }
-    tidal_status s = model_kv_create(c, o->slots, o->max_len, &e->kv);
-    if (s != TIDAL_OK) {
-        engine_free(e);
-        return tidal_wrap(s, "engine");
-    }
+    TRY_GOTO(model_kv_create(c, o->slots, o->max_len, &e->kv));
     *out = e;
+cleanup:
+    if (st != TIDAL_OK) {
+        engine_free(e);
+        return tidal_wrap(st, "engine");
+    }
     return TIDAL_OK;
 }
 
@@ -673,8 +673,8 @@ tidal_status engine_step(engine *e)
     if (S == 0) return TIDAL_OK;
     e->cu[S] = (int32_t)T;
 
-    tidal_status st = model_infer(e->m, e->kv, S, e->seg_slot, e->cu, e->tokens, e->logits);
-    if (st != TIDAL_OK) return tidal_wrap(st, "engine step (%d decodes, %d prefills, %zu tokens)", n_decode, n_admit, T);
+    TRY_WRAP(model_infer(e->m, e->kv, S, e->seg_slot, e->cu, e->tokens, e->logits),
+             "engine step (%d decodes, %d prefills, %zu tokens)", n_decode, n_admit, T);
 
     /* commit the admissions */
     for (int k = n_decode; k < S; k++) {
@@ -700,7 +700,8 @@ tidal_status engine_step(engine *e)
                    e->terms + (size_t)t * V);
     }
 
-    /* record, stream, finish */
+    /* record, stream, finish: every row, even after a failure (kept, the first one
+     * returned), so no sequence is left half-recorded */
     tidal_status err = TIDAL_OK;
     for (int k = 0; k < S; k++) {
         seq *s = e->seg_seq[k];

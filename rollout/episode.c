@@ -110,12 +110,12 @@ static void score_turn(env_client *env, tokenizer *tok, const episode_group *g, 
     }
 }
 
-/* Encode sample idx as a Trajectory. */
+/* Encode sample idx as a Trajectory into out, with its id and length beside
+ * it. On failure out holds nothing. */
 static tidal_status encode(const episode_group *g, int idx, const ep *s, tokenizer *tok, episode_out *out)
 {
-    char id[300];
     idx += g->first_index;
-    snprintf(id, sizeof id, "%s-%d", g->group_id, idx);
+    snprintf(out->trajectory_id, sizeof out->trajectory_id, "%s-%d", g->group_id, idx);
     Tidal__V1__Trajectory t = TIDAL__V1__TRAJECTORY__INIT;
     uint32_t *prompt = malloc((size_t)g->prompt_len * sizeof *prompt);
     uint64_t *vv = malloc((size_t)(s->n ? s->n : 1) * sizeof *vv);
@@ -123,45 +123,127 @@ static tidal_status encode(const episode_group *g, int idx, const ep *s, tokeniz
     Tidal__V1__Trajectory__RewardComponentsEntry ent[ENV_MAX_METRICS], *entp[ENV_MAX_METRICS];
     tok_bytes raw = {0};
     char *text = NULL;
-    tidal_status st = prompt && vv && runs ? TIDAL_OK : tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
-    if (st == TIDAL_OK) {
-        for (int i = 0; i < g->prompt_len; i++) prompt[i] = (uint32_t)g->prompt[i];
-        if (tokenizer_decode(tok, s->tok, (size_t)s->n, &raw) == TIDAL_OK) text = utf8_clean(raw.data ? raw.data : "", raw.len);
-        Tidal__V1__Timings tm = TIDAL__V1__TIMINGS__INIT;
-        tm.generate_ms = s->gen_ms, tm.env_ms = s->env_ms, tm.total_ms = s->gen_ms + s->env_ms;
-        t.schema_version = 1;
-        t.trajectory_id = id;
-        t.prompt_id = (char *)g->prompt_id, t.group_id = (char *)g->group_id, t.worker_id = (char *)g->worker_id;
-        t.sample_index = (uint32_t)idx, t.group_size = (uint32_t)g->group_size;
-        t.n_prompt_token_ids = (size_t)g->prompt_len, t.prompt_token_ids = prompt;
-        t.n_completion_token_ids = (size_t)s->n, t.completion_token_ids = (uint32_t *)s->tok;
-        t.n_logprobs = (size_t)s->n, t.logprobs = s->lp;
-        t.n_loss_mask = (size_t)s->n, t.loss_mask = s->mask;
-        t.n_version_values = t.n_version_runs = codec_versions_rle(s->ver, (size_t)s->n, vv, runs);
-        t.version_values = vv, t.version_runs = runs;
-        t.reward = s->reward;
-        for (int i = 0; i < s->last.n_metrics; i++) {
-            ent[i] = (Tidal__V1__Trajectory__RewardComponentsEntry)TIDAL__V1__TRAJECTORY__REWARD_COMPONENTS_ENTRY__INIT;
-            ent[i].key = (char *)s->last.metrics[i].name, ent[i].value = s->last.metrics[i].value;
-            entp[i] = &ent[i];
-        }
-        t.n_reward_components = (size_t)s->last.n_metrics, t.reward_components = entp;
-        t.finish_reason = s->finish, t.status = s->status;
-        t.error = (char *)(s->error[0] ? s->error : "");
-        t.timings = &tm;
-        t.turns = (uint32_t)s->turns;
-        t.min_version = g->min_version;
-        t.eval = g->eval;
-        t.temperature = g->sampling.temperature;
-        t.completion_text = text ? text : (char *)"";
-        st = codec_encode(&t.base, &out->data, &out->len);
-        out->reward = s->reward;
-        out->status = s->status;
+    tidal_status st = TIDAL_OK;
+    if (!prompt || !vv || !runs) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
+        goto cleanup;
     }
+    for (int i = 0; i < g->prompt_len; i++) prompt[i] = (uint32_t)g->prompt[i];
+    /* the text is a convenience for people reading trajectories: without it the sample still trains */
+    if (tokenizer_decode(tok, s->tok, (size_t)s->n, &raw) == TIDAL_OK) text = utf8_clean(raw.data ? raw.data : "", raw.len);
+    Tidal__V1__Timings tm = TIDAL__V1__TIMINGS__INIT;
+    tm.generate_ms = s->gen_ms, tm.env_ms = s->env_ms, tm.total_ms = s->gen_ms + s->env_ms;
+    t.schema_version = 1;
+    t.trajectory_id = out->trajectory_id;
+    t.prompt_id = (char *)g->prompt_id, t.group_id = (char *)g->group_id, t.worker_id = (char *)g->worker_id;
+    t.sample_index = (uint32_t)idx, t.group_size = (uint32_t)g->group_size;
+    t.n_prompt_token_ids = (size_t)g->prompt_len, t.prompt_token_ids = prompt;
+    t.n_completion_token_ids = (size_t)s->n, t.completion_token_ids = (uint32_t *)s->tok;
+    t.n_logprobs = (size_t)s->n, t.logprobs = s->lp;
+    t.n_loss_mask = (size_t)s->n, t.loss_mask = s->mask;
+    t.n_version_values = t.n_version_runs = codec_versions_rle(s->ver, (size_t)s->n, vv, runs);
+    t.version_values = vv, t.version_runs = runs;
+    t.reward = s->reward;
+    for (int i = 0; i < s->last.n_metrics; i++) {
+        ent[i] = (Tidal__V1__Trajectory__RewardComponentsEntry)TIDAL__V1__TRAJECTORY__REWARD_COMPONENTS_ENTRY__INIT;
+        ent[i].key = (char *)s->last.metrics[i].name, ent[i].value = s->last.metrics[i].value;
+        entp[i] = &ent[i];
+    }
+    t.n_reward_components = (size_t)s->last.n_metrics, t.reward_components = entp;
+    t.finish_reason = s->finish, t.status = s->status;
+    t.error = (char *)(s->error[0] ? s->error : "");
+    t.timings = &tm;
+    t.turns = (uint32_t)s->turns;
+    t.min_version = g->min_version;
+    t.eval = g->eval;
+    t.temperature = g->sampling.temperature;
+    t.completion_text = text ? text : (char *)"";
+    TRY_GOTO(codec_encode(&t.base, &out->data, &out->len));
+    out->completion_tokens = (uint64_t)s->n;
+    out->reward = s->reward;
+    out->status = s->status;
+cleanup:
     tok_bytes_free(&raw);
     free(text);
     free(prompt), free(vv), free(runs);
     return st;
+}
+
+/* A sample's token arrays, room for the whole budget. */
+static tidal_status ep_init(ep *s, int cap)
+{
+    s->cap = cap;
+    s->tok = malloc((size_t)cap * sizeof *s->tok);
+    s->lp = malloc((size_t)cap * sizeof *s->lp);
+    s->mask = malloc((size_t)cap * sizeof *s->mask);
+    s->ver = malloc((size_t)cap * sizeof *s->ver);
+    s->status = TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
+    s->finish = TIDAL__V1__FINISH_REASON__FINISH_REASON_STOP;
+    if (!s->tok || !s->lp || !s->mask || !s->ver) return tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
+    return TIDAL_OK;
+}
+
+/* Submit turn `turn` of every sample not done yet: its context is the prompt
+ * and its completion so far (ctx is scratch for the longest). *submitted
+ * counts the requests; 0 means the group is done. */
+static tidal_status submit_turn(engine *e, const episode_group *g, ep *s, int G, int32_t *ctx, int turn,
+                                int *submitted)
+{
+    const int stop[1] = {g->stop_id};
+    *submitted = 0;
+    for (int i = 0; i < G; i++) {
+        if (s[i].done) continue;
+        const int ctx_len = g->prompt_len + s[i].n;
+        int room = g->max_tokens - s[i].n;
+        if (g->max_turn_tokens > 0 && room > g->max_turn_tokens) room = g->max_turn_tokens;
+        memcpy(ctx, g->prompt, (size_t)g->prompt_len * sizeof *ctx);
+        memcpy(ctx + g->prompt_len, s[i].tok, (size_t)s[i].n * sizeof *ctx);
+        engine_request rq = {.prompt = ctx, .prompt_len = ctx_len, .max_new_tokens = room,
+                             .sampling = g->sampling, .stop_ids = g->stop_id >= 0 ? stop : NULL,
+                             .n_stop_ids = g->stop_id >= 0, .user = &s[i]};
+        rq.sampling.seed = g->sampling.seed + (uint64_t)(g->first_index + i) * 7919 + (uint64_t)turn * 104729;
+        s[i].turn_start = s[i].n;
+        s[i].turns = turn;
+        TRY(engine_submit(e, &rq, &s[i].req));
+        (*submitted)++;
+    }
+    return TIDAL_OK;
+}
+
+/* Step the engine until the turn's requests are finished (the caller's hook
+ * runs between steps and may abandon the group: TIDAL_ERR_CANCELLED), then
+ * append each completion and let the env score it. */
+static tidal_status finish_turn(engine *e, tokenizer *tok, env_client *env, const episode_group *g, ep *s)
+{
+    const double t0 = tidal_clock_ms();
+    while (engine_busy(e)) {
+        TRY(engine_step(e));
+        if (g->between_steps && engine_busy(e) && !g->between_steps(g->hook_ctx, e))
+            return tidal_fail(TIDAL_ERR_CANCELLED, "episode %s: abandoned", g->group_id);
+    }
+    const double gen = tidal_clock_ms() - t0;
+    for (engine_result *r; (r = engine_next_result(e)); engine_result_free(r)) {
+        ep *x = r->user;
+        for (int k = 0; k < r->n && x->n < g->max_tokens; k++) put(x, r->ids[k], r->logprobs[k], true, r->versions[k]);
+        x->gen_ms += gen;
+        const bool budget_left = x->n < g->max_tokens; /* a turn cut at max_turn_tokens still continues */
+        if (!budget_left) x->finish = TIDAL__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+        score_turn(env, tok, g, (int)(x - s), x, e, budget_left);
+    }
+    return TIDAL_OK;
+}
+
+/* After a failure: leave the engine as it came - nothing queued, running or
+ * finished. Requests that already finished are not found by engine_abort,
+ * which is expected here, so the failure's message is kept. */
+static void leave_engine(engine *e, const ep *s, int G, tidal_status st)
+{
+    char why[1024];
+    snprintf(why, sizeof why, "%s", tidal_errmsg());
+    for (int i = 0; i < G; i++)
+        if (s[i].req) (void)engine_abort(e, s[i].req);
+    for (engine_result *r; (r = engine_next_result(e));) engine_result_free(r);
+    tidal_fail(st, "%s", why);
 }
 
 tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const episode_group *g,
@@ -176,62 +258,26 @@ tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const
                           g->max_tokens, g->max_turns);
     if (engine_busy(e)) return tidal_fail(TIDAL_ERR_INVALID, "episode %s: the engine has requests of its own", g->group_id);
     for (int i = 0; i < G; i++) out[i] = (episode_out){0};
+    tidal_status st = TIDAL_OK;
     ep *s = calloc((size_t)G, sizeof *s);
     int32_t *ctx = malloc((size_t)(g->prompt_len + g->max_tokens) * sizeof *ctx);
-    tidal_status st = s && ctx ? TIDAL_OK : tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
-    for (int i = 0; st == TIDAL_OK && i < G; i++) {
-        s[i].cap = g->max_tokens;
-        s[i].tok = malloc((size_t)s[i].cap * sizeof *s[i].tok);
-        s[i].lp = malloc((size_t)s[i].cap * sizeof *s[i].lp);
-        s[i].mask = malloc((size_t)s[i].cap * sizeof *s[i].mask);
-        s[i].ver = malloc((size_t)s[i].cap * sizeof *s[i].ver);
-        s[i].status = TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
-        s[i].finish = TIDAL__V1__FINISH_REASON__FINISH_REASON_STOP;
-        if (!s[i].tok || !s[i].lp || !s[i].mask || !s[i].ver) st = tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
+    if (!s || !ctx) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
+        goto cleanup;
     }
-    const int stop[1] = {g->stop_id};
-    for (int turn = 1; st == TIDAL_OK && turn <= g->max_turns; turn++) {
+    for (int i = 0; i < G; i++) TRY_GOTO(ep_init(&s[i], g->max_tokens));
+    for (int turn = 1; turn <= g->max_turns; turn++) {
         int submitted = 0;
-        for (int i = 0; st == TIDAL_OK && i < G; i++) {
-            if (s[i].done) continue;
-            const int ctx_len = g->prompt_len + s[i].n;
-            int room = g->max_tokens - s[i].n;
-            if (g->max_turn_tokens > 0 && room > g->max_turn_tokens) room = g->max_turn_tokens;
-            memcpy(ctx, g->prompt, (size_t)g->prompt_len * sizeof *ctx);
-            memcpy(ctx + g->prompt_len, s[i].tok, (size_t)s[i].n * sizeof *ctx);
-            engine_request rq = {.prompt = ctx, .prompt_len = ctx_len, .max_new_tokens = room,
-                                 .sampling = g->sampling, .stop_ids = g->stop_id >= 0 ? stop : NULL,
-                                 .n_stop_ids = g->stop_id >= 0, .user = &s[i]};
-            rq.sampling.seed = g->sampling.seed + (uint64_t)(g->first_index + i) * 7919 + (uint64_t)turn * 104729;
-            s[i].turn_start = s[i].n;
-            s[i].turns = turn;
-            st = engine_submit(e, &rq, &s[i].req);
-            submitted += st == TIDAL_OK;
-        }
-        if (st != TIDAL_OK || !submitted) break;
-        const double t0 = tidal_clock_ms();
-        while (st == TIDAL_OK && engine_busy(e)) {
-            st = engine_step(e);
-            if (st == TIDAL_OK && g->between_steps && engine_busy(e) && !g->between_steps(g->hook_ctx, e))
-                st = tidal_fail(TIDAL_ERR_CANCELLED, "episode %s: abandoned", g->group_id);
-        }
-        const double gen = tidal_clock_ms() - t0;
-        for (engine_result *r; st == TIDAL_OK && (r = engine_next_result(e)); engine_result_free(r)) {
-            ep *x = r->user;
-            for (int k = 0; k < r->n && x->n < g->max_tokens; k++) put(x, r->ids[k], r->logprobs[k], true, r->versions[k]);
-            x->gen_ms += gen;
-            const bool budget_left = x->n < g->max_tokens; /* a turn cut at max_turn_tokens still continues */
-            if (!budget_left) x->finish = TIDAL__V1__FINISH_REASON__FINISH_REASON_LENGTH;
-            score_turn(env, tok, g, (int)(x - s), x, e, budget_left);
-        }
+        TRY_GOTO(submit_turn(e, g, s, G, ctx, turn, &submitted));
+        if (!submitted) break;
+        TRY_GOTO(finish_turn(e, tok, env, g, s));
     }
-    if (st != TIDAL_OK && s) { /* leave the engine as it came: nothing queued, running or finished */
-        for (int i = 0; i < G; i++) engine_abort(e, s[i].req);
-        for (engine_result *r; (r = engine_next_result(e));) engine_result_free(r);
-    }
-    for (int i = 0; st == TIDAL_OK && i < G; i++) st = encode(g, i, &s[i], tok, &out[i]);
-    if (st != TIDAL_OK)
+    for (int i = 0; i < G; i++) TRY_GOTO(encode(g, i, &s[i], tok, &out[i]));
+cleanup:
+    if (st != TIDAL_OK) {
+        if (s) leave_engine(e, s, G, st);
         for (int i = 0; i < G; i++) free(out[i].data), out[i] = (episode_out){0};
+    }
     for (int i = 0; s && i < G; i++) ep_free(&s[i]);
     free(s);
     free(ctx);

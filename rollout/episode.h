@@ -50,18 +50,27 @@ typedef struct episode_group {
     void *hook_ctx;
 } episode_group;
 
-/* An encoded Trajectory per sample run (owned by the caller: free each data). */
+/* The trajectory id's room: "<group_id>-<index>" (ids are at most 255 bytes on the wire). */
+#define EPISODE_ID_CAP 300
+
+/* One sample run, encoded, with what its publisher needs to know without
+ * decoding it again (the caller owns data: free it). */
 typedef struct episode_out {
-    void *data;
+    void *data;                          /* the encoded Trajectory */
     size_t len;
+    char trajectory_id[EPISODE_ID_CAP];  /* "<group_id>-<index>": the Nats-Msg-Id it is published with */
+    uint64_t completion_tokens;          /* its completion's tokens, generated and env tokens alike */
     double reward;
-    int status;                /* Tidal__V1__TrajectoryStatus */
+    int status;                          /* Tidal__V1__TrajectoryStatus */
 } episode_out;
 
 /* Run group g: out[count] receives the encoded trajectories, sample indices
- * first_index, first_index + 1, ... The trajectory id is "<group_id>-<index>". TIDAL_ERR_INVALID for a bad group
- * (sizes, an engine with requests of its own); env failures are not errors
- * of the call (they are in the samples' status). */
+ * first_index, first_index + 1, ..., each with its id ("<group_id>-<index>")
+ * and completion length, so the publisher never decodes what was just
+ * encoded. TIDAL_ERR_INVALID for a bad group (sizes, an engine with requests
+ * of its own); env failures are not errors of the call (they are in the
+ * samples' status). On any error out[] is left zeroed, the engine as it came
+ * and this thread's error message names the failure. */
 tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const episode_group *g,
                                episode_out *out);
 

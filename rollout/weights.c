@@ -86,6 +86,25 @@ static st_dtype manifest_dtype(const char *d)
     return ST_F16; /* the validator allows only fp32, bf16 and fp16 */
 }
 
+/* Model tensor t filled from its tensor in the image f: present, in the
+ * manifest's dtype, with the model's shape. */
+static tidal_status fill_tensor(const model_tensor *t, const st_file *f, st_dtype dtype, uint64_t v, float *params)
+{
+    const st_tensor *x = st_find(f, t->name);
+    if (!x) return tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": tensor %s is missing", v, t->name);
+    if (x->dtype != dtype)
+        return tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": tensor %s is %s, the manifest says %s", v, t->name,
+                          st_dtype_name(x->dtype), st_dtype_name(dtype));
+    if (x->ndim != t->ndim || x->shape[0] != t->shape[0] || (t->ndim == 2 && x->shape[1] != t->shape[1]))
+        return tidal_fail(TIDAL_ERR_INVALID,
+                          "weights v%" PRIu64 ": tensor %s has shape [%lld%s%lld], config.json implies [%lld%s%lld]",
+                          v, t->name, (long long)x->shape[0], x->ndim > 1 ? ", " : "",
+                          x->ndim > 1 ? (long long)x->shape[1] : 0LL, (long long)t->shape[0],
+                          t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL);
+    TRY_WRAP(st_read_f32(x, params + t->offset, (int64_t)t->numel), "weights v%" PRIu64, v);
+    return TIDAL_OK;
+}
+
 /* A model for config cfg with every tensor filled from the safetensors image
  * f: each present, in the manifest's dtype, with the model's shape; nothing
  * else in the image (lm_head.weight is tolerated with tied embeddings). */
@@ -94,40 +113,22 @@ static tidal_status build_model(const model_config *cfg, const st_file *f, st_dt
 {
     *out = NULL;
     model *m = NULL;
-    tidal_status st = model_create(cfg, &m);
-    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": config", v);
+    TRY_WRAP(model_create(cfg, &m), "weights v%" PRIu64 ": config", v);
+    tidal_status st = TIDAL_OK;
     float *params = model_params(m, NULL);
-    for (int i = 0; st == TIDAL_OK && i < model_num_tensors(m); i++) {
-        const model_tensor *t = model_tensor_at(m, i);
-        const st_tensor *x = st_find(f, t->name);
-        if (!x) {
-            st = tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": tensor %s is missing", v, t->name);
-        } else if (x->dtype != dtype) {
-            st = tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": tensor %s is %s, the manifest says %s", v,
-                            t->name, st_dtype_name(x->dtype), st_dtype_name(dtype));
-        } else if (x->ndim != t->ndim || x->shape[0] != t->shape[0] || (t->ndim == 2 && x->shape[1] != t->shape[1])) {
-            st = tidal_fail(TIDAL_ERR_INVALID,
-                            "weights v%" PRIu64 ": tensor %s has shape [%lld%s%lld], config.json implies [%lld%s%lld]",
-                            v, t->name, (long long)x->shape[0], x->ndim > 1 ? ", " : "",
-                            x->ndim > 1 ? (long long)x->shape[1] : 0LL, (long long)t->shape[0],
-                            t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL);
-        } else {
-            st = st_read_f32(x, params + t->offset, (int64_t)t->numel);
-            if (st != TIDAL_OK) tidal_wrap(st, "weights v%" PRIu64, v);
-        }
-    }
-    for (int i = 0; st == TIDAL_OK && i < st_count(f); i++) {
+    for (int i = 0; i < model_num_tensors(m); i++) TRY_GOTO(fill_tensor(model_tensor_at(m, i), f, dtype, v, params));
+    for (int i = 0; i < st_count(f); i++) {
         const st_tensor *x = st_at(f, i);
-        if (!model_find_tensor(m, x->name) && !(cfg->tie_word_embeddings && !strcmp(x->name, "lm_head.weight")))
+        if (!model_find_tensor(m, x->name) && !(cfg->tie_word_embeddings && !strcmp(x->name, "lm_head.weight"))) {
             st = tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": unexpected tensor %s (not in a %s model with this config)",
                             v, x->name, cfg->type == MODEL_QWEN2 ? "qwen2" : "llama");
-    }
-    if (st != TIDAL_OK) {
-        model_free(m);
-        return st;
+            goto cleanup;
+        }
     }
     *out = m;
-    return TIDAL_OK;
+cleanup:
+    if (st != TIDAL_OK) model_free(m);
+    return st;
 }
 
 static void hex8(const uint8_t *d, char out[17])
@@ -138,6 +139,44 @@ static void hex8(const uint8_t *d, char out[17])
         out[2 * i + 1] = digits[d[i] & 15];
     }
     out[16] = '\0';
+}
+
+/* The fetched image (len bytes, SHA-256 in info) is the one manifest w
+ * describes, and the client still wants it. */
+static tidal_status verify_image(weights_client *c, const Tidal__V1__WeightsManifest *w, uint64_t len,
+                                 const bus_blob_info *info)
+{
+    const uint64_t v = w->version;
+    assert(w->sha256.len == 32); /* codec_decode_weights_manifest checked it */
+    if (len != w->bytes)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the image has %" PRIu64 " bytes, the manifest says %" PRIu64,
+                          v, len, w->bytes);
+    if (memcmp(info->sha256, w->sha256.data, 32) != 0) {
+        char got[17], want[17];
+        hex8(info->sha256, got);
+        hex8(w->sha256.data, want);
+        return tidal_fail(TIDAL_ERR_CORRUPT,
+                          "weights v%" PRIu64 ": the image's SHA-256 %s... does not match the manifest's %s...", v, got,
+                          want);
+    }
+    if (stopping(c)) return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights v%" PRIu64 ": client closing", v);
+    return TIDAL_OK;
+}
+
+/* The model's shape for version w: the manifest's config.json, else the one
+ * the client was given. */
+static tidal_status version_config(const weights_client *c, const Tidal__V1__WeightsManifest *w, model_config *cfg)
+{
+    const uint64_t v = w->version;
+    if (w->model_config_json && w->model_config_json[0]) {
+        char label[64];
+        snprintf(label, sizeof label, "weights v%" PRIu64 " config.json", v);
+        return model_config_parse(w->model_config_json, strlen(w->model_config_json), label, cfg);
+    }
+    if (!c->have_cfg)
+        return tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": the manifest has no config.json and the client was given none", v);
+    *cfg = c->cfg;
+    return TIDAL_OK;
 }
 
 /* Fetch, verify and build the version manifest w describes. */
@@ -156,49 +195,24 @@ static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsMan
     uint64_t len = 0;
     bus_blob_info info;
     const double t0 = now_ms();
-    tidal_status st = bus_blob_get(c->store, name, &image, &len, &info);
+    TRY_WRAP(bus_blob_get(c->store, name, &image, &len, &info), "weights v%" PRIu64 ": fetch blob %s from %s", v, name,
+             c->names.weights_stream);
     const double t_fetch = now_ms();
-    if (st != TIDAL_OK)
-        return tidal_wrap(st, "weights v%" PRIu64 ": fetch blob %s from %s", v, name, c->names.weights_stream);
     *bytes = len;
-    assert(w->sha256.len == 32); /* codec_decode_weights_manifest checked it */
-    if (len != w->bytes) {
-        st = tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the image has %" PRIu64 " bytes, the manifest says %" PRIu64,
-                        v, len, w->bytes);
-    } else if (memcmp(info.sha256, w->sha256.data, 32) != 0) {
-        char got[17], want[17];
-        hex8(info.sha256, got);
-        hex8(w->sha256.data, want);
-        st = tidal_fail(TIDAL_ERR_CORRUPT,
-                        "weights v%" PRIu64 ": the image's SHA-256 %s... does not match the manifest's %s...", v, got,
-                        want);
-    }
-    if (st == TIDAL_OK && stopping(c)) st = tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights v%" PRIu64 ": client closing", v);
-
+    tidal_status st = TIDAL_OK;
     model_config cfg;
-    if (st == TIDAL_OK) {
-        if (w->model_config_json && w->model_config_json[0]) {
-            char label[64];
-            snprintf(label, sizeof label, "weights v%" PRIu64 " config.json", v);
-            st = model_config_parse(w->model_config_json, strlen(w->model_config_json), label, &cfg);
-        } else if (c->have_cfg) {
-            cfg = c->cfg;
-        } else {
-            st = tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": the manifest has no config.json and the client was given none", v);
-        }
-    }
     st_file *f = NULL;
-    if (st == TIDAL_OK) {
-        char label[64];
-        snprintf(label, sizeof label, "weights v%" PRIu64, v);
-        st = st_open_memory(image, (size_t)len, label, &f);
-    }
-    if (st == TIDAL_OK) st = build_model(&cfg, f, manifest_dtype(w->dtype), v, out);
+    char label[64];
+    snprintf(label, sizeof label, "weights v%" PRIu64, v);
+    TRY_GOTO(verify_image(c, w, len, &info));
+    TRY_GOTO(version_config(c, w, &cfg));
+    TRY_GOTO(st_open_memory(image, (size_t)len, label, &f));
+    TRY_GOTO(build_model(&cfg, f, manifest_dtype(w->dtype), v, out));
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes fetched in %.0f ms, model built in %.0f ms", v,
+              len, t_fetch - t0, now_ms() - t_fetch);
+cleanup:
     st_close(f);
     free(image);
-    if (st == TIDAL_OK)
-        tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes fetched in %.0f ms, model built in %.0f ms", v,
-                  len, t_fetch - t0, now_ms() - t_fetch);
     return st;
 }
 
@@ -302,10 +316,7 @@ tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const
 {
     *out = NULL;
     if (!bus || !names) return tidal_fail(TIDAL_ERR_INVALID, "weights client: a bus and the job's names are required");
-    if (cfg) {
-        tidal_status st = model_config_validate(cfg, "weights client config");
-        if (st != TIDAL_OK) return st;
-    }
+    if (cfg) TRY(model_config_validate(cfg, "weights client config"));
     weights_client *c = calloc(1, sizeof *c);
     if (!c) return tidal_fail(TIDAL_ERR_NOMEM, "weights client: out of memory");
     c->bus = bus;
@@ -324,18 +335,22 @@ tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const
     pthread_condattr_destroy(&ca);
 
     bus_kv_cfg kc = {.bucket = c->names.kv_bucket};
-    tidal_status st = bus_kv_ensure(bus, &kc, &c->kv);
-    if (st == TIDAL_OK) st = bus_kv_watch(c->kv, JOB_KEY_WEIGHTS, &c->watch);
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(bus_kv_ensure(bus, &kc, &c->kv));
+    TRY_GOTO(bus_kv_watch(c->kv, JOB_KEY_WEIGHTS, &c->watch));
     /* keep 0: a reader never prunes */
-    if (st == TIDAL_OK) st = bus_blob_store_open(bus, c->names.weights_stream, c->names.weights_prefix, 0, &c->store);
-    if (st == TIDAL_OK && pthread_create(&c->thread, NULL, client_main, c) != 0)
+    TRY_GOTO(bus_blob_store_open(bus, c->names.weights_stream, c->names.weights_prefix, 0, &c->store));
+    if (pthread_create(&c->thread, NULL, client_main, c) != 0) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "cannot start the sync thread");
+        goto cleanup;
+    }
+    c->thread_started = true;
+    *out = c;
+cleanup:
     if (st != TIDAL_OK) {
         weights_client_free(c);
         return tidal_wrap(st, "weights client %s", names->job);
     }
-    c->thread_started = true;
-    *out = c;
     return TIDAL_OK;
 }
 

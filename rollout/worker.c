@@ -2,7 +2,6 @@
 #include "rollout/worker.h"
 
 #include <jansson.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +45,7 @@ typedef struct worker {
     engine *e;
     env_client *env;
     int max_len;
-    int max_turns;              /* env.config.max_turns, else 16 */
+    int max_turns;              /* env_client_max_turns of the job's env config */
     /* set by the control handler (another thread) */
     volatile sig_atomic_t ctl_stop, ctl_drain, ctl_pause;
     /* the prompt being worked on, for the hook */
@@ -57,7 +56,7 @@ typedef struct worker {
     uint64_t started_ms, trajectories, errors, rejected, redelivered, groups;
     uint64_t tokens_mark;
     double tokens_mark_ms, tokens_per_s;
-    double publish_ms;          /* the last group's publication and ack (a unit of --slowdown) */
+    double publish_ms;          /* the last group's publication and ack (for the bench hook) */
 } worker;
 
 static bool leaving(const worker *w) { return (w->o->stop && *w->o->stop) || w->ctl_stop; }
@@ -159,8 +158,7 @@ static void hist_push(worker *w, model *nm, uint64_t v)
 static tidal_status use_model(worker *w, model *nm, uint64_t v)
 {
     if (nm == w->m) return TIDAL_OK;
-    tidal_status st = engine_set_model(w->e, nm, v);
-    if (st != TIDAL_OK) return st;
+    TRY(engine_set_model(w->e, nm, v));
     if (!w->oldest) model_free(w->m);
     w->m = nm;
     w->version = v;
@@ -236,6 +234,18 @@ static tidal_status sync_to(worker *w, uint64_t min_version)
 
 /* ---------------------------------------------------------------- one prompt */
 
+/* The prompt being served, from validation to its ack or nak. */
+typedef struct served {
+    bus_msg *m;                 /* the message, consumed by serve_prompt */
+    Tidal__V1__Prompt *p;       /* decoded */
+    tok_ids ids;                /* its text's tokens (when it gives text, not token_ids) */
+    int plen, max_tokens;       /* the prompt's tokens; the completion budget per sample */
+    int32_t *prompt;            /* [plen] what the engine is given */
+    int count;                  /* samples asked for */
+    episode_out *out;           /* [count] the encoded trajectories */
+    double sync_ms, gen_ms;
+} served;
+
 /* Reject a message that is not a usable prompt: it is never redelivered. */
 static void reject(worker *w, bus_msg *m, const char *why)
 {
@@ -246,141 +256,181 @@ static void reject(worker *w, bus_msg *m, const char *why)
     heartbeat(w, true); /* the count reaches the controller's summary even if the job ends now */
 }
 
-static int max_turns_of(const job_spec *s)
+/* Why prompt p (its tokens in sv) cannot be served by this worker, into why
+ * ("" when it can): tokens outside the vocabulary or untokenizable text, a
+ * length the engine's cache is not sized for, a budget above the job's,
+ * another env, samples outside the group. */
+static void check_prompt(const worker *w, const served *sv, tidal_status tokens_st, char *why, size_t cap)
 {
-    int turns = 16;
-    json_t *cfg = s->env.config_json ? json_loads(s->env.config_json, 0, NULL) : NULL;
-    json_t *mt = cfg ? json_object_get(cfg, "max_turns") : NULL;
-    if (json_is_integer(mt) && json_integer_value(mt) >= 1 && json_integer_value(mt) <= 1024)
-        turns = (int)json_integer_value(mt);
-    json_decref(cfg);
-    return turns;
-}
-
-/* Generate, publish and ack one prompt message m (consumed here). */
-static tidal_status serve_prompt(worker *w, bus_msg *m)
-{
-    Tidal__V1__Prompt *p = NULL;
-    if (codec_decode_prompt(bus_msg_data(m), (size_t)bus_msg_len(m), &p) != TIDAL_OK) {
-        reject(w, m, tidal_errmsg());
-        return TIDAL_OK;
-    }
-    tok_ids ids = {0};
-    tidal_status st = TIDAL_OK;
-    if (p->n_token_ids) {
-        for (size_t i = 0; i < p->n_token_ids && st == TIDAL_OK; i++)
-            if (p->token_ids[i] >= (uint32_t)w->cfg.vocab_size)
-                st = tidal_fail(TIDAL_ERR_INVALID, "token_ids[%zu] = %u outside the vocabulary of %d", i,
-                                p->token_ids[i], w->cfg.vocab_size);
-    } else {
-        st = tokenizer_encode(w->tok, p->text, strlen(p->text), false, &ids);
-    }
-    const int plen = p->n_token_ids ? (int)p->n_token_ids : (int)ids.n;
-    const int max_tokens = p->max_tokens ? (int)p->max_tokens : w->spec.rollout.max_tokens;
-    char why[256] = "";
-    if (st != TIDAL_OK) snprintf(why, sizeof why, "prompt %s: tokens: %s", p->prompt_id, tidal_errmsg());
-    else if (plen < 1 || plen > PROMPT_CAP_TOKENS)
-        snprintf(why, sizeof why, "prompt %s: %d tokens (1 .. %d accepted)", p->prompt_id, plen, PROMPT_CAP_TOKENS);
-    else if (max_tokens > w->spec.rollout.max_tokens)
-        snprintf(why, sizeof why, "prompt %s: max_tokens %d above the job's %d", p->prompt_id, max_tokens,
+    const Tidal__V1__Prompt *p = sv->p;
+    if (tokens_st != TIDAL_OK) snprintf(why, cap, "prompt %s: tokens: %s", p->prompt_id, tidal_errmsg());
+    else if (sv->plen < 1 || sv->plen > PROMPT_CAP_TOKENS)
+        snprintf(why, cap, "prompt %s: %d tokens (1 .. %d accepted)", p->prompt_id, sv->plen, PROMPT_CAP_TOKENS);
+    else if (sv->max_tokens > w->spec.rollout.max_tokens)
+        snprintf(why, cap, "prompt %s: max_tokens %d above the job's %d", p->prompt_id, sv->max_tokens,
                  w->spec.rollout.max_tokens);
     else if (*p->env && strcmp(p->env, w->spec.env.name) != 0)
-        snprintf(why, sizeof why, "prompt %s: env %.60s is not the job's (%.60s)", p->prompt_id, p->env,
-                 w->spec.env.name);
+        snprintf(why, cap, "prompt %s: env %.60s is not the job's (%.60s)", p->prompt_id, p->env, w->spec.env.name);
     else if (p->sample_index + p->sample_count > p->group_size)
-        snprintf(why, sizeof why, "prompt %s: samples %u..%u of a group of %u", p->prompt_id, p->sample_index,
+        snprintf(why, cap, "prompt %s: samples %u..%u of a group of %u", p->prompt_id, p->sample_index,
                  p->sample_index + p->sample_count - 1, p->group_size);
-    if (*why) {
-        tok_ids_free(&ids);
-        tidal__v1__prompt__free_unpacked(p, NULL);
-        reject(w, m, why);
-        return TIDAL_OK;
-    }
-    int32_t *prompt = malloc((size_t)plen * sizeof *prompt);
-    if (!prompt) st = tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
-    for (int i = 0; prompt && i < plen; i++) prompt[i] = p->n_token_ids ? (int32_t)p->token_ids[i] : ids.ids[i];
-    tok_ids_free(&ids);
+}
 
-    w->cur = m, w->cur_eval = p->eval, w->last_progress_ms = tidal_clock_ms();
+/* The prompt's tokens: its token_ids, each inside the vocabulary, or its text
+ * tokenized into sv->ids. */
+static tidal_status prompt_tokens(const worker *w, served *sv)
+{
+    const Tidal__V1__Prompt *p = sv->p;
+    if (!p->n_token_ids) return tokenizer_encode(w->tok, p->text, strlen(p->text), false, &sv->ids);
+    for (size_t i = 0; i < p->n_token_ids; i++)
+        if (p->token_ids[i] >= (uint32_t)w->cfg.vocab_size)
+            return tidal_fail(TIDAL_ERR_INVALID, "token_ids[%zu] = %u outside the vocabulary of %d", i,
+                              p->token_ids[i], w->cfg.vocab_size);
+    return TIDAL_OK;
+}
+
+/* Validate: decode sv->m and check it is a prompt this worker can serve.
+ * true: sv holds the decoded prompt, its tokens and budget. false: the
+ * message was no usable prompt and has been rejected (terminated, never
+ * redelivered; logged and counted) and consumed - a bad message is the
+ * producer's fault, not a failure of this worker. */
+static bool validate(worker *w, served *sv)
+{
+    if (codec_decode_prompt(bus_msg_data(sv->m), (size_t)bus_msg_len(sv->m), &sv->p) != TIDAL_OK) {
+        reject(w, sv->m, tidal_errmsg());
+        return false;
+    }
+    const Tidal__V1__Prompt *p = sv->p;
+    const tidal_status tokens_st = prompt_tokens(w, sv);
+    sv->plen = p->n_token_ids ? (int)p->n_token_ids : (int)sv->ids.n;
+    sv->max_tokens = p->max_tokens ? (int)p->max_tokens : w->spec.rollout.max_tokens;
+    sv->count = (int)p->sample_count;
+    char why[256] = "";
+    check_prompt(w, sv, tokens_st, why, sizeof why);
+    if (!*why) return true;
+    tok_ids_free(&sv->ids);
+    tidal__v1__prompt__free_unpacked(sv->p, NULL);
+    sv->p = NULL;
+    reject(w, sv->m, why);
+    return false;
+}
+
+/* The episode group sv's prompt asks for, as the job configures it (the
+ * prompt's sampling parameters win over the job's). */
+static episode_group group_of(worker *w, const served *sv)
+{
+    const Tidal__V1__Prompt *p = sv->p;
+    const Tidal__V1__SamplingParams *sp = p->sampling;
+    episode_group g = {
+        .prompt_id = p->prompt_id, .group_id = p->group_id, .worker_id = w->id, .task_json = p->task_json,
+        .prompt = sv->prompt, .prompt_len = sv->plen, .group_size = (int)p->group_size,
+        .first_index = (int)p->sample_index, .count = sv->count, .eval = p->eval, .max_tokens = sv->max_tokens,
+        .max_turns = w->max_turns, .stop_id = w->stop_id, .min_version = p->min_version,
+        .between_steps = between_steps, .hook_ctx = w,
+        .sampling = {.temperature = sp ? (float)sp->temperature : (float)w->spec.rollout.temperature,
+                     .top_p = sp ? (float)sp->top_p : (float)w->spec.rollout.top_p,
+                     .top_k = sp ? (int)sp->top_k : w->spec.rollout.top_k,
+                     .seed = sp && sp->seed ? sp->seed : hash_string(p->group_id) ^ (uint64_t)w->spec.data.seed},
+    };
+    if (g.sampling.top_p >= 1.0f) g.sampling.top_p = 0;
+    return g;
+}
+
+/* Generate: with weights >= the prompt's min_version (waited for, the
+ * prompt kept alive meanwhile), run the group's episodes into sv->out. The
+ * prompt becomes the worker's current one here (in-progress acks, the
+ * heartbeat). TIDAL_ERR_CANCELLED when the worker leaves meanwhile; any
+ * failure leaves the prompt to be returned. */
+static tidal_status generate(worker *w, served *sv)
+{
+    const Tidal__V1__Prompt *p = sv->p;
+    sv->prompt = malloc((size_t)sv->plen * sizeof *sv->prompt);
+    for (int i = 0; sv->prompt && i < sv->plen; i++)
+        sv->prompt[i] = p->n_token_ids ? (int32_t)p->token_ids[i] : sv->ids.ids[i];
+    tok_ids_free(&sv->ids);
+    w->cur = sv->m, w->cur_eval = p->eval, w->last_progress_ms = tidal_clock_ms();
+    if (!sv->prompt) return tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
     const double t0 = tidal_clock_ms();
-    if (st == TIDAL_OK) st = sync_to(w, p->min_version);
-    const double sync_ms = tidal_clock_ms() - t0;
-    const int count = (int)p->sample_count;
-    episode_out *out = calloc((size_t)(count > 0 ? count : 1), sizeof *out);
-    if (st == TIDAL_OK && !out) st = tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
+    TRY(sync_to(w, p->min_version));
+    sv->sync_ms = tidal_clock_ms() - t0;
+    sv->out = calloc((size_t)(sv->count > 0 ? sv->count : 1), sizeof *sv->out);
+    if (!sv->out) return tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
     const double g0 = tidal_clock_ms();
-    if (st == TIDAL_OK) {
-        w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_GENERATING;
-        heartbeat(w, true);
-        const Tidal__V1__SamplingParams *sp = p->sampling;
-        episode_group g = {
-            .prompt_id = p->prompt_id, .group_id = p->group_id, .worker_id = w->id, .task_json = p->task_json,
-            .prompt = prompt, .prompt_len = plen, .group_size = (int)p->group_size,
-            .first_index = (int)p->sample_index, .count = count, .eval = p->eval, .max_tokens = max_tokens,
-            .max_turns = w->max_turns, .stop_id = w->stop_id, .min_version = p->min_version,
-            .between_steps = between_steps, .hook_ctx = w,
-            .sampling = {.temperature = sp ? (float)sp->temperature : (float)w->spec.rollout.temperature,
-                         .top_p = sp ? (float)sp->top_p : (float)w->spec.rollout.top_p,
-                         .top_k = sp ? (int)sp->top_k : w->spec.rollout.top_k,
-                         .seed = sp && sp->seed ? sp->seed : hash_string(p->group_id) ^ (uint64_t)w->spec.data.seed},
-        };
-        if (g.sampling.top_p >= 1.0f) g.sampling.top_p = 0;
-        st = episode_run_group(w->e, w->tok, w->env, &g, out);
+    w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_GENERATING;
+    heartbeat(w, true);
+    const episode_group g = group_of(w, sv);
+    TRY(episode_run_group(w->e, w->tok, w->env, &g, sv->out));
+    sv->gen_ms = tidal_clock_ms() - g0;
+    return TIDAL_OK;
+}
+
+/* A benchmark's hold (worker_opts.bench) of the generated group: the prompt
+ * is kept alive meanwhile, and the hold ends early when the worker leaves. */
+static void bench_hold(worker *w, const served *sv)
+{
+    const rollout_bench_hook *h = w->o->bench;
+    if (!h || !h->hold_ms) return;
+    rollout_group_info gi = {.group_id = sv->p->group_id, .generate_ms = sv->gen_ms, .last_publish_ms = w->publish_ms};
+    for (int i = 0; i < sv->count; i++) gi.tokens += sv->out[i].completion_tokens;
+    const double hold_ms = h->hold_ms(h->ctx, &gi);
+    if (!(hold_ms > 0)) return;
+    const double until = tidal_clock_ms() + hold_ms;
+    for (double left; (left = until - tidal_clock_ms()) > 0 && !leaving(w);) {
+        usleep((useconds_t)(left < 20 ? left * 1e3 : 20e3));
+        keep_alive(w);
     }
-    const double gen_ms = tidal_clock_ms() - g0;
-    /* the trajectory ids (Nats-Msg-Id) and the tokens generated */
-    char (*msg_ids)[300] = calloc((size_t)(count > 0 ? count : 1), sizeof *msg_ids);
-    uint64_t tokens = 0;
-    if (st == TIDAL_OK && !msg_ids) st = tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
-    for (int i = 0; st == TIDAL_OK && i < count; i++) {
-        Tidal__V1__Trajectory *t = NULL;
-        if ((st = codec_decode_trajectory(out[i].data, out[i].len, &t)) != TIDAL_OK) break;
-        snprintf(msg_ids[i], sizeof msg_ids[i], "%s", t->trajectory_id);
-        tokens += t->n_completion_token_ids;
-        tidal__v1__trajectory__free_unpacked(t, NULL);
-    }
-    /* simulated slower hardware and long-tailed completions (benchmarks): hold the group before publishing */
-    double factor = w->o->slowdown > 1 ? w->o->slowdown : 1;
-    if (w->o->tail > 0) {
-        const double u = (double)((hash_string(p->group_id) >> 11) + 1) / 9007199254740993.0; /* (0, 1], per group */
-        const double x = pow(u, -1.0 / w->o->tail);
-        factor *= x < 50 ? x : 50;
-    }
-    const double hold_ms = w->o->token_ms > 0 ? w->o->token_ms * (double)tokens * factor
-                                              : (gen_ms + w->publish_ms) * (factor - 1);
-    if (st == TIDAL_OK && hold_ms > 0) { /* the prompt is held (and kept alive) meanwhile */
-        const double until = tidal_clock_ms() + hold_ms;
-        for (double left; (left = until - tidal_clock_ms()) > 0 && !leaving(w);) {
-            usleep((useconds_t)(left < 20 ? left * 1e3 : 20e3));
-            keep_alive(w);
-        }
-    }
+}
+
+/* Publish: each trajectory on tidal.J.traj (.eval for evaluation prompts)
+ * with its id as Nats-Msg-Id - a redelivered prompt's trajectories are
+ * stored once - one at a time, each retried through a server restart until
+ * the stream acks it; then the prompt is acked. An error leaves the prompt
+ * to be returned (what was stored stays, de-duplicated on the next try). */
+static tidal_status publish(worker *w, served *sv)
+{
+    const Tidal__V1__Prompt *p = sv->p;
+    bench_hold(w, sv);
     const double pub0 = tidal_clock_ms();
-    /* publish: Nats-Msg-Id = trajectory id, so a redelivered prompt's trajectories are stored once */
     const char *subject = p->eval ? w->names.eval_subject : w->names.traj_subject;
-    for (int i = 0; st == TIDAL_OK && i < count; i++) {
-        /* one at a time, each retried through a server restart until the stream acks it */
-        st = bus_js_publish(w->bus, subject, out[i].data, (int)out[i].len, msg_ids[i], 30000, NULL, NULL);
-        w->errors += out[i].status != TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
+    for (int i = 0; i < sv->count; i++) {
+        const episode_out *o = &sv->out[i];
+        w->errors += o->status != TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK; /* counted as it is sent */
+        TRY(bus_js_publish(w->bus, subject, o->data, (int)o->len, o->trajectory_id, 30000, NULL, NULL));
     }
-    free(msg_ids);
-    if (st == TIDAL_OK) st = bus_ack_sync(m, 10000);
-    if (st == TIDAL_OK) w->publish_ms = tidal_clock_ms() - pub0;
-    if (st == TIDAL_OK) {
-        w->trajectories += (uint64_t)count;
-        w->groups++;
-        tidal_log(TIDAL_LOG_DEBUG, "worker %s: %s done: %d samples, v%llu, sync %.0f ms, generate %.0f ms", w->id,
-                  p->group_id, count, (unsigned long long)w->version, sync_ms, gen_ms);
-    } else {
-        /* returned: another worker (or this one) takes it again */
-        tidal_log(st == TIDAL_ERR_CANCELLED ? TIDAL_LOG_INFO : TIDAL_LOG_WARN, "worker %s: %s returned: %s", w->id,
-                  p->group_id, tidal_errmsg());
-        bus_nak(m, 0);
-    }
-    for (int i = 0; out && i < count; i++) free(out[i].data);
-    free(out);
-    free(prompt);
-    tidal__v1__prompt__free_unpacked(p, NULL);
+    TRY(bus_ack_sync(sv->m, 10000));
+    w->publish_ms = tidal_clock_ms() - pub0;
+    w->trajectories += (uint64_t)sv->count;
+    w->groups++;
+    tidal_log(TIDAL_LOG_DEBUG, "worker %s: %s done: %d samples, v%llu, sync %.0f ms, generate %.0f ms", w->id,
+              p->group_id, sv->count, (unsigned long long)w->version, sv->sync_ms, sv->gen_ms);
+    return TIDAL_OK;
+}
+
+/* Return the prompt (nak): another worker (or this one) takes it again. */
+static void give_back(worker *w, const served *sv, tidal_status st)
+{
+    tidal_log(st == TIDAL_ERR_CANCELLED ? TIDAL_LOG_INFO : TIDAL_LOG_WARN, "worker %s: %s returned: %s", w->id,
+              sv->p->group_id, tidal_errmsg());
+    bus_nak(sv->m, 0);
+}
+
+/* Serve one prompt message m (consumed here): validate, generate, publish.
+ * TIDAL_OK also for a rejected message and for a group abandoned because
+ * the worker leaves (its prompt returned); any other error has returned the
+ * prompt (logged with its group) and is the caller's to log. */
+static tidal_status serve_prompt(worker *w, bus_msg *m)
+{
+    served sv = {.m = m};
+    if (!validate(w, &sv)) return TIDAL_OK; /* rejected: terminated and counted */
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(generate(w, &sv));
+    TRY_GOTO(publish(w, &sv));
+cleanup:
+    if (st != TIDAL_OK) give_back(w, &sv, st);
+    for (int i = 0; sv.out && i < sv.count; i++) free(sv.out[i].data);
+    free(sv.out);
+    free(sv.prompt);
+    tidal__v1__prompt__free_unpacked(sv.p, NULL);
     w->cur = NULL;
     bus_msg_destroy(m);
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
@@ -400,9 +450,10 @@ static bool keep_trying(worker *w, double t0, const char *what, bool *said)
     return true;
 }
 
-static tidal_status join(worker *w)
+/* The job's spec from KV `spec` (waiting for the bucket and the key to
+ * appear), one this build can honour. */
+static tidal_status join_spec(worker *w, double t0)
 {
-    const double t0 = tidal_clock_ms();
     bool said = false;
     tidal_status st;
     while ((st = bus_kv_open(w->bus, w->names.kv_bucket, &w->kv)) != TIDAL_OK)
@@ -421,17 +472,25 @@ static tidal_status join(worker *w)
     snprintf(name, sizeof name, "KV %s/%s", w->names.kv_bucket, JOB_KEY_SPEC);
     st = spec_from_json(j, name, &w->spec);
     json_decref(j);
-    if (st != TIDAL_OK) return st;
+    TRY(st);
     if (strcmp(w->spec.rollout.backend, "builtin") != 0)
         return tidal_fail(TIDAL_ERR_UNAVAILABLE, "worker: rollout.backend %s is not available in this build",
                           w->spec.rollout.backend);
+    return TIDAL_OK;
+}
+
+/* The model side: tokenizer, stop token, shape, the first weights (waited
+ * for) and, in oldest mode, the history they start. */
+static tidal_status join_model(worker *w, double t0)
+{
     chat_format f;
-    if ((st = job_tokenizer(&w->spec, &w->tok)) != TIDAL_OK) return st;
-    if ((st = job_chat_format(&w->spec, w->tok, &f)) != TIDAL_OK) return st;
+    TRY(job_tokenizer(&w->spec, &w->tok));
+    TRY(job_chat_format(&w->spec, &f));
     w->stop_id = job_stop_id(f, w->tok);
-    if ((st = job_model_config(&w->spec, &w->cfg)) != TIDAL_OK) return st;
-    if ((st = weights_client_create(w->bus, &w->names, &w->cfg, &w->wc)) != TIDAL_OK) return st;
-    said = false;
+    TRY(job_model_config(&w->spec, &w->cfg));
+    TRY(weights_client_create(w->bus, &w->names, &w->cfg, &w->wc));
+    bool said = false;
+    tidal_status st;
     while ((st = weights_client_wait(w->wc, 0, 500, &w->m, &w->version)) != TIDAL_OK)
         if (st != TIDAL_ERR_TIMEOUT || !keep_trying(w, t0, "the first weights", &said)) return st;
     w->oldest = !strcmp(w->spec.rollout.weights, "oldest");
@@ -442,48 +501,49 @@ static tidal_status join(worker *w)
         if (!w->hist_m || !w->hist_v) return tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
         hist_push(w, w->m, w->version);
     }
-    w->max_turns = max_turns_of(&w->spec);
+    return TIDAL_OK;
+}
+
+/* Everything a worker needs from the job, waited for up to the join
+ * timeout: spec, model and first weights, engine, env client, the prompt
+ * consumer, the heartbeat bucket and the control subject. */
+static tidal_status join(worker *w)
+{
+    const double t0 = tidal_clock_ms();
+    TRY(join_spec(w, t0));
+    TRY(join_model(w, t0));
+    w->max_turns = env_client_max_turns(w->spec.env.config_json);
     w->max_len = PROMPT_CAP_TOKENS + w->spec.rollout.max_tokens + 1;
     if (w->max_len > w->cfg.max_position_embeddings) w->max_len = w->cfg.max_position_embeddings;
     engine_options eo = {.slots = w->spec.rollout.slots, .max_len = w->max_len};
-    if ((st = engine_create(w->m, w->version, &eo, &w->e)) != TIDAL_OK) return st;
+    TRY(engine_create(w->m, w->version, &eo, &w->e));
     if (w->spec.env.remote) {
         env_client_opts co = {.timeout_ms = w->spec.env.timeout_ms, .retries = w->spec.env.retries};
-        st = env_client_remote(w->bus, w->spec.env.name, &co, &w->env);
+        TRY(env_client_remote(w->bus, w->spec.env.name, &co, &w->env));
     } else {
-        st = env_client_local(w->spec.env.name, w->spec.env.config_json, &w->env);
+        TRY(env_client_local(w->spec.env.name, w->spec.env.config_json, &w->env));
     }
-    if (st != TIDAL_OK) return st;
-    said = false;
+    bool said = false;
+    tidal_status st;
     while ((st = bus_pull_subscribe(w->bus, w->names.prompts_stream, JOB_CONSUMER_ROLLOUT, &w->prompts)) != TIDAL_OK)
         if (st != TIDAL_ERR_NOT_FOUND || !keep_trying(w, t0, "the prompt consumer", &said)) return st;
-    if ((st = bus_kv_open(w->bus, w->names.workers_bucket, &w->workers)) != TIDAL_OK) return st;
+    TRY(bus_kv_open(w->bus, w->names.workers_bucket, &w->workers));
     return bus_subscribe(w->bus, w->names.ctl_subject, NULL, on_control, w, &w->ctl);
 }
 
-tidal_status worker_run(const worker_opts *o)
+/* Connect and join, then serve prompts until the job is done, a STOP or
+ * DRAIN arrives or *stop is set. Errors are the join's and the bus's for
+ * good; a prompt's failure is logged and the loop goes on. */
+static tidal_status serve(worker *w)
 {
-    worker *w = calloc(1, sizeof *w);
-    if (!w) return tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
-    w->o = o;
-    spec_defaults(&w->spec);
-    gethostname(w->host, sizeof w->host - 1);
-    if (o->id) snprintf(w->id, sizeof w->id, "%s", o->id);
-    else snprintf(w->id, sizeof w->id, "%.120s-%d", w->host, (int)getpid());
-    for (char *c = w->id; *c; c++)
-        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-'))
-            *c = '_'; /* a KV key and a subject token */
-    w->started_ms = tidal_unix_ms();
-    w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
-    bus_opts bo = o->bus;
+    bus_opts bo = w->o->bus;
     if (!bo.name) bo.name = w->id;
-    tidal_status st = job_names_init(&w->names, o->job);
-    if (st == TIDAL_OK) st = bus_connect(&w->bus, &bo);
-    if (st == TIDAL_OK) st = join(w);
-    if (st == TIDAL_OK)
-        tidal_log(TIDAL_LOG_INFO, "worker %s: joined job %s at weights v%llu (env %s%s)", w->id, w->names.job,
-                  (unsigned long long)w->version, w->spec.env.name, w->spec.env.remote ? ", remote" : "");
-    while (st == TIDAL_OK && !leaving(w) && !w->ctl_drain) {
+    TRY(job_names_init(&w->names, w->o->job));
+    TRY(bus_connect(&w->bus, &bo));
+    TRY(join(w));
+    tidal_log(TIDAL_LOG_INFO, "worker %s: joined job %s at weights v%llu (env %s%s)", w->id, w->names.job,
+              (unsigned long long)w->version, w->spec.env.name, w->spec.env.remote ? ", remote" : "");
+    while (!leaving(w) && !w->ctl_drain) {
         heartbeat(w, false);
         if (job_done(w)) {
             tidal_log(TIDAL_LOG_INFO, "worker %s: job %s is done", w->id, w->names.job);
@@ -507,11 +567,27 @@ tidal_status worker_run(const worker_opts *o)
             w->redelivered++;
             heartbeat(w, true);
         }
-        tidal_status ps = serve_prompt(w, m);
-        if (ps != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "worker %s: %s", w->id, tidal_errmsg());
+        if (serve_prompt(w, m) != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "worker %s: %s", w->id, tidal_errmsg());
     }
-    const tidal_status result = st;
-    char err[1024] = "";
+    return TIDAL_OK;
+}
+
+tidal_status worker_run(const worker_opts *o)
+{
+    worker *w = calloc(1, sizeof *w);
+    if (!w) return tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
+    w->o = o;
+    spec_defaults(&w->spec);
+    gethostname(w->host, sizeof w->host - 1);
+    if (o->id) snprintf(w->id, sizeof w->id, "%s", o->id);
+    else snprintf(w->id, sizeof w->id, "%.120s-%d", w->host, (int)getpid());
+    for (char *c = w->id; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-'))
+            *c = '_'; /* a KV key and a subject token */
+    w->started_ms = tidal_unix_ms();
+    w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
+    const tidal_status st = serve(w);
+    char err[1024] = ""; /* the failure's message, kept through the releases below */
     if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());
     if (w->ctl) bus_unsubscribe(w->ctl);
     if (w->workers) bus_kv_delete(w->workers, w->id);
@@ -532,6 +608,6 @@ tidal_status worker_run(const worker_opts *o)
     bus_close(w->bus);
     spec_release(&w->spec);
     free(w);
-    if (result != TIDAL_OK) return tidal_fail(result, "%s", err);
+    if (st != TIDAL_OK) return tidal_fail(st, "%s", err);
     return TIDAL_OK;
 }

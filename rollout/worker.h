@@ -25,22 +25,37 @@
 #define TIDAL_ROLLOUT_WORKER_H
 
 #include <signal.h>
+#include <stdint.h>
 
 #include "bus/bus.h"
 #include "base/status.h"
+
+/* What a benchmark's hook is told about a group that has been generated and
+ * is about to be published. */
+typedef struct rollout_group_info {
+    const char *group_id;
+    uint64_t tokens;            /* completion tokens of its samples, generated and env tokens */
+    double generate_ms;         /* its generation (the episodes) here */
+    double last_publish_ms;     /* the previous group's publication and ack; 0 before the first */
+} rollout_group_info;
+
+/* A benchmark's hook into the worker (worker_opts.bench; NULL in production).
+ * Benchmarks simulate other hardware by holding each group between its
+ * generation and its publication - the one point where they need the
+ * worker; what to hold is theirs (bench/bench_hold.c). */
+typedef struct rollout_bench_hook {
+    /* How long to hold group g, in ms (<= 0: not at all). The worker holds
+     * it keeping the prompt alive and stops early when it is leaving. */
+    double (*hold_ms)(void *ctx, const rollout_group_info *g);
+    void *ctx;
+} rollout_bench_hook;
 
 typedef struct worker_opts {
     bus_opts bus;               /* how to reach the bus (urls required) */
     const char *job;            /* the job's name */
     const char *id;             /* worker id; NULL: HOST-PID */
     int join_timeout_ms;        /* wait this long for the job (spec, weights) to appear; <= 0: forever */
-    /* Benchmarks simulate other hardware by holding each group before publishing it:
-     *   token_ms > 0: for token_ms x (tokens generated) x factor - a GPU worker whose generation
-     *                 time is proportional to the completion's length;
-     *   else:         for (factor - 1) x the group's own time here (generation and publication);
-     * factor = slowdown (>= 1; 0: 1) x, with tail > 0, a Pareto(x_m = 1, alpha = tail) draw per
-     * group (a function of the group id, capped at 50): long-tailed completion times. */
-    double slowdown, tail, token_ms;
+    const rollout_bench_hook *bench; /* NULL in production; must outlive worker_run */
     volatile sig_atomic_t *stop;/* set (by a signal handler) to leave: the group in progress is returned */
 } worker_opts;
 

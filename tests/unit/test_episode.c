@@ -2,7 +2,8 @@
  * model, the byte tokenizer and real built-in envs in-process: every
  * trajectory decodes and validates (codec), carries masks, logprobs and
  * versions that line up, rewards from the env; a multi-turn env's tokens are
- * masked out with log-prob 0; an env error becomes the sample's status. */
+ * masked out with log-prob 0; an env error becomes the sample's status; each
+ * output's id and token count are the encoded trajectory's. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,12 @@ static tidal_status run(const char *env_name, const char *config, const char *ta
     for (int i = 0; st == TIDAL_OK && i < 4; i++) {
         st = codec_decode_trajectory(out[i].data, out[i].len, &t[i]);
         free(out[i].data);
+        /* what the worker publishes by, without decoding: the same id and length as inside */
+        if (st == TIDAL_OK && (strcmp(out[i].trajectory_id, t[i]->trajectory_id) != 0 ||
+                               out[i].completion_tokens != t[i]->n_completion_token_ids))
+            st = tidal_fail(TIDAL_ERR_INVALID, "output %d: %s / %llu tokens, but the trajectory says %s / %zu", i,
+                            out[i].trajectory_id, (unsigned long long)out[i].completion_tokens,
+                            t[i]->trajectory_id, t[i]->n_completion_token_ids);
     }
     tok_ids_free(&ids);
     env_client_free(c);
@@ -100,6 +107,38 @@ static void test_env_error_is_the_samples_status(void)
     for (int i = 0; i < 4; i++) tidal__v1__trajectory__free_unpacked(t[i], NULL);
 }
 
+/* The hook abandons the group once a request has finished while another still runs. */
+static bool abandon_after_a_finish(void *ctx, engine *e)
+{
+    const uint64_t *finished_before = ctx;
+    return engine_get_stats(e).finished == *finished_before;
+}
+
+/* An abandoned group: TIDAL_ERR_CANCELLED naming the group (not the engine's
+ * "not queued or running" about requests that had already finished), nothing
+ * output, the engine left empty for the next group. */
+static void test_abandoned_group(void)
+{
+    env_client *c = NULL;
+    CHECK_OK(env_client_local("gsm8k", NULL, &c));
+    tok_ids ids = {0};
+    CHECK_OK(tokenizer_encode(TOK, "What is 2 + 2?", 14, false, &ids));
+    uint64_t finished_before = engine_get_stats(E).finished;
+    /* five samples on four slots: the fifth runs after the first four finished */
+    episode_group g = {.prompt_id = "p2", .group_id = "gone", .worker_id = "w", .task_json = "{\"question\": \"q\"}",
+                       .prompt = ids.ids, .prompt_len = (int)ids.n, .group_size = 5, .max_tokens = 6,
+                       .max_turns = 1, .sampling = {.temperature = 1.0f, .seed = 5}, .stop_id = -1,
+                       .between_steps = abandon_after_a_finish, .hook_ctx = &finished_before};
+    episode_out out[5];
+    memset(out, 0x5a, sizeof out);
+    CHECK_STATUS(episode_run_group(E, TOK, c, &g, out), TIDAL_ERR_CANCELLED);
+    CHECK_MSG(strstr(tidal_errmsg(), "episode gone: abandoned") != NULL, "message: %s", tidal_errmsg());
+    for (int i = 0; i < 5; i++) CHECK(out[i].data == NULL && out[i].trajectory_id[0] == '\0');
+    CHECK(!engine_busy(E) && engine_next_result(E) == NULL);
+    tok_ids_free(&ids);
+    env_client_free(c);
+}
+
 int main(void)
 {
     if (model_create(&CFG, &M) != TIDAL_OK || tokenizer_byte_level(&TOK) != TIDAL_OK) return 1;
@@ -109,6 +148,7 @@ int main(void)
     RUN(test_single_turn_strings);
     RUN(test_multi_turn_guess);
     RUN(test_env_error_is_the_samples_status);
+    RUN(test_abandoned_group);
     engine_free(E);
     tokenizer_free(TOK);
     model_free(M);

@@ -537,6 +537,28 @@ static void test_load_files(void)
     CHECK(strstr(tokenizer_name(t), "tokenizer.json"));
     tokenizer_free(t);
 
+    /* the format from the directory's files alone, as the loaded tokenizer's template says */
+    f = CHAT_PLAIN;
+    CHECK_OK(chat_format_of_model_dir(tmpdir, &f));
+    CHECK(f == CHAT_CHATML);
+    CHECK(write_file(tmpdir, "tokenizer_config.json",
+                     "{\"model_max_length\": 1000000000000000019884624838656, \"chat_template\": [{\"name\": \"tool_use\", "
+                     "\"template\": \"<|im_start|>\"}, {\"name\": \"default\", \"template\": \"<|start_header_id|>\"}]}"));
+    CHECK_OK(chat_format_of_model_dir(tmpdir, &f));
+    CHECK(f == CHAT_LLAMA3);
+    CHECK(write_file(tmpdir, "tokenizer_config.json", "{\"chat_template\": \"{{ bos_token }}[INST]\"}"));
+    CHECK_OK(chat_format_of_model_dir(tmpdir, &f)); /* unrecognised: plain */
+    CHECK(f == CHAT_PLAIN);
+    CHECK(write_file(tmpdir, "tokenizer_config.json", "{\"chat_template\": 3}"));
+    CHECK_STATUS(chat_format_of_model_dir(tmpdir, &f), TIDAL_ERR_INVALID);
+    CHECK(strstr(tidal_errmsg(), "tokenizer_config.json: chat_template"));
+    CHECK(write_file(tmpdir, "tokenizer_config.json", "{\"chat_template\": "));
+    CHECK_STATUS(chat_format_of_model_dir(tmpdir, &f), TIDAL_ERR_INVALID);
+    CHECK(strstr(tidal_errmsg(), "tokenizer_config.json: JSON at line 1"));
+    CHECK(write_file(tmpdir, "tokenizer_config.json", "{\"chat_template\": [{\"name\": \"default\"}]}"));
+    CHECK_STATUS(tokenizer_load(tmpdir, &t), TIDAL_ERR_INVALID); /* the tokenizer reads the template the same way */
+    CHECK(strstr(tidal_errmsg(), "chat_template") && strstr(tidal_errmsg(), "\"template\" string"));
+
     CHECK(write_file(tmpdir, "tokenizer_config.json", "{\"eos_token\": \"<|nope|>\"}"));
     CHECK_STATUS(tokenizer_load(tmpdir, &t), TIDAL_ERR_INVALID);
     CHECK(strstr(tidal_errmsg(), "tokenizer_config.json: eos_token") && strstr(tidal_errmsg(), "<|nope|>"));
@@ -545,6 +567,19 @@ static void test_load_files(void)
     snprintf(missing, sizeof missing, "%s/nothing", tmpdir);
     CHECK_STATUS(tokenizer_load(missing, &t), TIDAL_ERR_NOT_FOUND);
     CHECK(strstr(tidal_errmsg(), missing));
+    CHECK_STATUS(chat_format_of_model_dir(missing, &f), TIDAL_ERR_NOT_FOUND);
+    CHECK(strstr(tidal_errmsg(), missing));
+
+    unlink(path); /* a model directory without its tokenizer fails naming the file */
+    CHECK_STATUS(chat_format_of_model_dir(tmpdir, &f), TIDAL_ERR_NOT_FOUND);
+    CHECK(strstr(tidal_errmsg(), "tokenizer.json: open"));
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", tmpdir);
+    unlink(path); /* neither file: only the tokenizer is missing */
+    snprintf(path, sizeof path, "%s/tokenizer.json", tmpdir);
+    CHECK(write_file(tmpdir, "tokenizer.json", "{}"));
+    f = CHAT_LLAMA3;
+    CHECK_OK(chat_format_of_model_dir(tmpdir, &f)); /* no tokenizer_config.json: plain */
+    CHECK(f == CHAT_PLAIN);
 
     unlink(path);
     snprintf(path, sizeof path, "%s/tokenizer_config.json", tmpdir);
