@@ -132,10 +132,12 @@ tidal_status codec_frame_group_parts(const Tidal__V1__TrajectoryGroup *head, con
 tidal_status codec_encode_group_parts(const Tidal__V1__TrajectoryGroup *g, size_t max_bytes, codec_parts *out);
 
 /* The Nats-Msg-Id of a part, written like snprintf (returns the length it
- * needs): the prompt_id for a one-part answer, so a redelivered prompt's
- * second answer is one the stream already has; "<prompt_id>:<attempt>:<part>"
- * for a part of several, so parts of two attempts (which may be cut at other
- * trajectories) never mix - the buffer keeps one complete attempt per prompt. */
+ * needs): the prompt_id for a one-part answer, so the stream keeps one answer
+ * to a redelivered prompt; "<prompt_id>:<attempt>:<part>" for a part of
+ * several, since two attempts may cut at different trajectories and a part of
+ * one is not the same message as the same-numbered part of the other (the
+ * buffer takes each sample once, by trajectory id, whichever attempt brings
+ * it). */
 int codec_group_msg_id(const Tidal__V1__TrajectoryGroup *g, char *buf, size_t cap);
 
 /* ---------------------------------------------------------------- per-token versions */
