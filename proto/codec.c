@@ -714,18 +714,17 @@ tidal_status codec_decode(const ProtobufCMessageDescriptor *desc, const void *da
     if (!m)
         return tidal_fail(TIDAL_ERR_DECODE, "%s: %zu bytes are not a valid message", desc->short_name,
                           len);
+    tidal_status st = TIDAL_OK;
     if (has_field_zero(m)) {
-        protobuf_c_message_free_unpacked(m, NULL);
-        return tidal_fail(TIDAL_ERR_DECODE, "%s: %zu bytes hold a field numbered 0", desc->short_name,
-                          len);
+        st = tidal_fail(TIDAL_ERR_DECODE, "%s: %zu bytes hold a field numbered 0", desc->short_name, len);
+        goto cleanup;
     }
-    tidal_status st = codec_validate(m);
-    if (st != TIDAL_OK) {
-        protobuf_c_message_free_unpacked(m, NULL);
-        return st;
-    }
+    TRY_GOTO(codec_validate(m));
     *out = m;
-    return TIDAL_OK;
+    m = NULL;
+cleanup:
+    if (m) protobuf_c_message_free_unpacked(m, NULL);
+    return st;
 }
 
 tidal_status codec_encode(const ProtobufCMessage *m, void **buf, size_t *len)
@@ -842,6 +841,8 @@ tidal_status codec_encode_group_parts(const Tidal__V1__TrajectoryGroup *g, size_
     memset(out, 0, sizeof *out);
     const size_t n = g->n_trajectories;
     if (n == 0) return tidal_fail(TIDAL_ERR_INVALID, "trajectory group %s: no trajectories to encode", g->group_id);
+    tidal_status st = TIDAL_OK;
+    size_t *cost = NULL, *first = NULL;
     /* The whole answer in one message when it fits (part fields absent). */
     Tidal__V1__TrajectoryGroup one = *g;
     one.part_index = 0, one.part_count = 0;
@@ -849,13 +850,12 @@ tidal_status codec_encode_group_parts(const Tidal__V1__TrajectoryGroup *g, size_
         out->buf = calloc(1, sizeof *out->buf);
         out->len = calloc(1, sizeof *out->len);
         if (!out->buf || !out->len) {
-            codec_parts_free(out);
-            return tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", g->group_id);
+            st = tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", g->group_id);
+            goto cleanup;
         }
-        tidal_status st = codec_encode(&one.base, &out->buf[0], &out->len[0]);
-        if (st != TIDAL_OK) codec_parts_free(out);
-        else out->n = 1;
-        return st;
+        TRY_GOTO(codec_encode(&one.base, &out->buf[0], &out->len[0]));
+        out->n = 1;
+        goto cleanup;
     }
     /* Parts: the header's size with part fields at their largest (n parts at
      * most), so no part's real header is larger than what was budgeted. */
@@ -863,8 +863,7 @@ tidal_status codec_encode_group_parts(const Tidal__V1__TrajectoryGroup *g, size_
     h.n_trajectories = 0, h.trajectories = NULL;
     h.part_index = (uint32_t)n, h.part_count = (uint32_t)n;
     const size_t header = protobuf_c_message_get_packed_size(&h.base);
-    size_t *cost = malloc(n * sizeof *cost), *first = malloc((n + 1) * sizeof *first);
-    tidal_status st = TIDAL_OK;
+    cost = malloc(n * sizeof *cost), first = malloc((n + 1) * sizeof *first);
     if (!cost || !first) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", g->group_id);
         goto cleanup;
