@@ -462,7 +462,10 @@ tidal_status tidal_server_start(tidal_server **out, const tidal_server_opts *opt
     const char *tmp = getenv("TMPDIR");
     if (!tmp || !*tmp) tmp = "/tmp";
     s->work_dir = str_printf("%s/tidal-nats-XXXXXX", tmp);
-    if (!s->work_dir) goto nomem;
+    if (!s->work_dir) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "nats-server: out of memory");
+        goto cleanup;
+    }
     if (!mkdtemp(s->work_dir)) {
         int e = errno;
         st = tidal_fail(TIDAL_ERR_IO, "nats-server %s: create work dir %s: %s", s->binary, s->work_dir,
@@ -476,7 +479,10 @@ tidal_status tidal_server_start(tidal_server **out, const tidal_server_opts *opt
     s->log_file = opts->log_file ? strdup(opts->log_file) : str_printf("%s/nats-server.log", s->work_dir);
     s->config_file = opts->config_file ? strdup(opts->config_file)
                                        : str_printf("%s/nats-server.conf", s->work_dir);
-    if (!s->store_dir || !s->log_file || !s->config_file) goto nomem;
+    if (!s->store_dir || !s->log_file || !s->config_file) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "nats-server: out of memory");
+        goto cleanup;
+    }
     s->log_is_temp = !opts->log_file;
 
     if (!opts->config_file) {
@@ -505,10 +511,6 @@ tidal_status tidal_server_start(tidal_server **out, const tidal_server_opts *opt
 cleanup:
     server_free(s);
     return st;
-
-nomem:
-    st = tidal_fail(TIDAL_ERR_NOMEM, "nats-server: out of memory");
-    goto cleanup;
 }
 
 const char *tidal_server_url(const tidal_server *s) { return s ? s->url : NULL; }
