@@ -103,7 +103,9 @@ static tidal_status run_once(const char *dir, const char *spec, const char *job,
     snprintf(setg, sizeof setg, "rollout.group_size=%d", group_size);
     char *argv[] = {"tidal", "run", (char *)spec, "--out", run, "--set", setk, "--set", sets,
                     "--set", "rollout.workers=0", "--set", setb, "--set", setg, NULL};
-    pid_t p;
+    pid_t p = -1, w[MAX_WORKERS];
+    int started = 0;
+    tidal_status st = TIDAL_OK;
     TRY(spawn_self(log, argv, 0, &p));
     snprintf(path, sizeof path, "%s/pids", run);
     for (int i = 0; i < 300 && !url[0]; i++) {
@@ -115,11 +117,9 @@ static tidal_status run_once(const char *dir, const char *spec, const char *job,
         if (f) fclose(f);
     }
     if (!url[0]) {
-        kill(p, SIGTERM);
-        wait_child(p, 30);
-        return tidal_fail(TIDAL_ERR_IO, "bench async: K = %d: tidal run did not start (see %s)", K, log);
+        st = tidal_fail(TIDAL_ERR_IO, "bench async: K = %d: tidal run did not start (see %s)", K, log);
+        goto cleanup;
     }
-    pid_t w[MAX_WORKERS];
     for (int i = 0; i < workers; i++) { /* worker 0 is the slow one */
         char wlog[4300], id[32], tms[32];
         snprintf(tms, sizeof tms, "%g", token_ms);
@@ -127,21 +127,25 @@ static tidal_status run_once(const char *dir, const char *spec, const char *job,
         snprintf(wlog, sizeof wlog, "%s/k%d-%s.out", dir, K, id);
         char *wargv[] = {"tidal", "rollout", "--bus", url, "--job", (char *)job, "--id", id,
                          "--token-ms", tms, "--slowdown", i ? "1" : "3", "--tail", "1.5", NULL};
-        if (spawn_self(wlog, wargv, 1, &w[i]) != TIDAL_OK) {
-            tidal_status st = tidal_wrap(TIDAL_ERR_IO, "bench async: K = %d: ", K);
-            for (int j = 0; j < i; j++) kill(w[j], SIGTERM), wait_child(w[j], 30);
-            kill(p, SIGTERM);
-            wait_child(p, 30);
-            return st;
+        if (spawn_self(wlog, wargv, 1, &w[i]) != TIDAL_OK) { /* reported as an i/o failure of this K */
+            st = tidal_wrap(TIDAL_ERR_IO, "bench async: K = %d: ", K);
+            goto cleanup;
         }
+        started++;
     }
     const int rc = wait_child(p, 900);
-    for (int i = 0; i < workers; i++) {
+    p = -1;
+    if (rc != 0) st = tidal_fail(TIDAL_ERR_IO, "bench async: K = %d: tidal run exit %d (see %s)", K, rc, log);
+cleanup:
+    for (int i = 0; i < started; i++) {
         kill(w[i], SIGTERM);
         wait_child(w[i], 30);
     }
-    if (rc != 0) return tidal_fail(TIDAL_ERR_IO, "bench async: K = %d: tidal run exit %d (see %s)", K, rc, log);
-    return read_metrics(run, r);
+    if (p > 0) {
+        kill(p, SIGTERM);
+        wait_child(p, 30);
+    }
+    return st == TIDAL_OK ? read_metrics(run, r) : st;
 }
 
 int bench_async_main(int argc, char **argv)
@@ -201,21 +205,13 @@ int bench_async_main(int argc, char **argv)
     const int Ks[2] = {0, 4};
     async_result r[2] = {{0}};
     tidal_status st = TIDAL_OK;
-    for (int i = 0; i < 2 && st == TIDAL_OK; i++) {
+    for (int i = 0; i < 2; i++) {
         fprintf(stderr, "bench async: K = %d, %d steps, %d workers (one 3x slower), Pareto(1.5) tails ...\n", Ks[i],
                 steps, workers);
-        st = run_once(dir, spec_file, s.job.name, Ks[i], steps, workers, token_ms, groups, group_size, &r[i]);
-        if (st == TIDAL_OK)
-            fprintf(stderr, "bench async: K = %d: %ld steps in %.1f s, reward >= 0.9 after %.1f s, last-10 reward %.3f, "
-                    "staleness %.2f\n", Ks[i], r[i].steps, r[i].to_steps_s, r[i].to_reward_s, r[i].reward_last10,
-                    r[i].staleness_mean);
-    }
-    spec_release(&s);
-    if (!keep) bench_remove_dir("bench async", dir);
-    else fprintf(stderr, "bench async: runs kept in %s\n", dir);
-    if (st != TIDAL_OK) {
-        fprintf(stderr, "tidal bench async: %s\n", tidal_errmsg());
-        return 1;
+        TRY_GOTO(run_once(dir, spec_file, s.job.name, Ks[i], steps, workers, token_ms, groups, group_size, &r[i]));
+        fprintf(stderr, "bench async: K = %d: %ld steps in %.1f s, reward >= 0.9 after %.1f s, last-10 reward %.3f, "
+                "staleness %.2f\n", Ks[i], r[i].steps, r[i].to_steps_s, r[i].to_reward_s, r[i].reward_last10,
+                r[i].staleness_mean);
     }
     const double ratio = r[0].to_steps_s / r[1].to_steps_s;
     const double ratio_reward =
@@ -231,5 +227,10 @@ int bench_async_main(int argc, char **argv)
                           "ratio_to_reward", ratio_reward, "peer",
                           "the same job synchronous (K = 0), same workers and tails", "ratio", ratio);
     bench_print_json(o);
-    return 0;
+cleanup:
+    spec_release(&s);
+    if (!keep) bench_remove_dir("bench async", dir);
+    else fprintf(stderr, "bench async: runs kept in %s\n", dir);
+    if (st != TIDAL_OK) fprintf(stderr, "tidal bench async: %s\n", tidal_errmsg());
+    return st == TIDAL_OK ? 0 : 1;
 }

@@ -100,13 +100,12 @@ static tidal_status make_trajectory(void **buf, size_t *len)
     t.temperature = 1.0;
     t.finish_reason = TIDAL__V1__FINISH_REASON__FINISH_REASON_STOP;
     t.status = TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
-    tidal_status s = codec_encode(&t.base, buf, len);
-    if (s != TIDAL_OK) return s;
+    TRY(codec_encode(&t.base, buf, len));
     /* the payload must be what the trainer accepts */
     Tidal__V1__Trajectory *back = NULL;
-    s = codec_decode_trajectory(*buf, *len, &back);
+    tidal_status st = codec_decode_trajectory(*buf, *len, &back);
     if (back) tidal__v1__trajectory__free_unpacked(back, NULL);
-    return s;
+    return st;
 }
 
 /* G copies of the trajectory as one message, encoded as a `repeated
@@ -142,14 +141,14 @@ static void *js_consume(void *arg)
     while (c->got < c->want) {
         int n = 0;
         tidal_status s = bus_fetch(c->sub, FETCH_BATCH, 1000, msgs, &n);
-        if (s == TIDAL_ERR_TIMEOUT && ++idle < 10) continue;
+        if (s == TIDAL_ERR_TIMEOUT && ++idle < 10) continue; /* up to 10 s without a message */
         if (s != TIDAL_OK) {
             c->status = s;
             snprintf(c->err, sizeof c->err, "%s", tidal_errmsg());
             return NULL;
         }
         idle = 0;
-        for (int i = 0; i < n; i++) {
+        for (int i = 0; i < n; i++) { /* every message is destroyed; the first failed ack is kept */
             tidal_status as = bus_ack(msgs[i]);
             if (as != TIDAL_OK && c->status == TIDAL_OK) {
                 c->status = as;
@@ -204,19 +203,20 @@ typedef struct {
 static void *publish(void *arg)
 {
     publisher_ctx *p = arg;
-    tidal_status s = TIDAL_OK;
-    for (long i = p->first; i < p->first + p->count && s == TIDAL_OK; i++) {
+    tidal_status st = TIDAL_OK;
+    for (long i = p->first; i < p->first + p->count; i++) {
         if (p->jetstream) {
             char id[32];
             snprintf(id, sizeof id, "traj-%ld", i);
-            s = bus_js_publish_async(p->bus, bench_names.traj_subject, p->payload, (int)p->len, id);
+            TRY_GOTO(bus_js_publish_async(p->bus, bench_names.traj_subject, p->payload, (int)p->len, id));
         } else {
-            s = bus_publish(p->bus, BENCH_SUBJECT_RAW, p->payload, (int)p->len);
+            TRY_GOTO(bus_publish(p->bus, BENCH_SUBJECT_RAW, p->payload, (int)p->len));
         }
     }
-    if (s == TIDAL_OK) s = p->jetstream ? bus_js_publish_wait(p->bus, 60000) : bus_flush(p->bus, 30000);
-    p->status = s;
-    if (s != TIDAL_OK) snprintf(p->err, sizeof p->err, "%s", tidal_errmsg());
+    TRY_GOTO(p->jetstream ? bus_js_publish_wait(p->bus, 60000) : bus_flush(p->bus, 30000));
+cleanup:
+    p->status = st;
+    if (st != TIDAL_OK) snprintf(p->err, sizeof p->err, "%s", tidal_errmsg());
     return NULL;
 }
 
@@ -235,6 +235,7 @@ static tidal_status run_path(bool jetstream, tidal_bus **pubs, int n_pubs, consu
                                 .count = last - first, .jetstream = jetstream};
         pthread_create(&pth[i], NULL, publish, &pc[i]);
     }
+    /* every thread is joined; the first failure is the run's */
     tidal_status s = TIDAL_OK;
     for (int i = 0; i < n_pubs; i++) {
         pthread_join(pth[i], NULL);
@@ -260,25 +261,26 @@ static tidal_status run_jetstream(tidal_bus **pubs, int n_pubs, tidal_bus *subco
     bus_stream_delete(subconn, names->traj_stream); /* a clean stream each run */
     tidal_clear();
     job_bus_cfg jc = {.prompt_ack_wait_ms = 60000, .prompt_max_deliver = 5}; /* the prompts stream is unused here */
-    tidal_status s = job_bus_ensure(subconn, names, &jc, NULL);
+    TRY(job_bus_ensure(subconn, names, &jc, NULL));
     consumer_ctx c = {.bus = subconn, .want = n};
-    if (s == TIDAL_OK) s = bus_pull_subscribe(subconn, names->traj_stream, JOB_CONSUMER_TRAINER, &c.sub);
-    if (s != TIDAL_OK) return s;
-    s = run_path(true, pubs, n_pubs, &c, payload, len, n, r);
+    TRY(bus_pull_subscribe(subconn, names->traj_stream, JOB_CONSUMER_TRAINER, &c.sub));
+    tidal_status st = run_path(true, pubs, n_pubs, &c, payload, len, n, r);
     bus_unsubscribe(c.sub);
     bus_stream_delete(subconn, names->traj_stream);
-    return s;
+    return st;
 }
 
 static tidal_status run_raw(tidal_bus **pubs, int n_pubs, tidal_bus *subconn, const void *payload, size_t len, long n,
                             bench_result *r)
 {
     consumer_ctx c = {.bus = subconn, .want = n};
-    tidal_status s = bus_subscribe_sync(subconn, BENCH_SUBJECT_RAW, NULL, &c.sub);
-    if (s == TIDAL_OK) s = bus_flush(subconn, 5000);
-    if (s == TIDAL_OK) s = run_path(false, pubs, n_pubs, &c, payload, len, n, r);
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(bus_subscribe_sync(subconn, BENCH_SUBJECT_RAW, NULL, &c.sub));
+    TRY_GOTO(bus_flush(subconn, 5000));
+    TRY_GOTO(run_path(false, pubs, n_pubs, &c, payload, len, n, r));
+cleanup:
     bus_unsubscribe(c.sub);
-    return s;
+    return st;
 }
 
 static void usage(FILE *f)
@@ -350,26 +352,26 @@ int bench_bus_main(int argc, char **argv)
     size_t len = 0;
     tidal_server *srv = NULL;
     tidal_bus *pubs[BENCH_MAX_PUBLISHERS] = {0}, *subconn = NULL;
-    tidal_status s = job_names_init(&bench_names, BENCH_JOB);
-    if (s == TIDAL_OK) s = make_trajectory(&payload, &len);
-    if (s == TIDAL_OK && group > 1) s = group_payload(&payload, &len, group);
+    tidal_status st = TIDAL_OK;
     traj_per_msg = group;
-    if (s == TIDAL_OK && !url) {
+    TRY_GOTO(job_names_init(&bench_names, BENCH_JOB));
+    TRY_GOTO(make_trajectory(&payload, &len));
+    if (group > 1) TRY_GOTO(group_payload(&payload, &len, group));
+    if (!url) {
         tidal_server_opts so = {0};
-        s = tidal_server_start(&srv, &so);
-        if (s == TIDAL_OK) url = tidal_server_url(srv);
+        TRY_GOTO(tidal_server_start(&srv, &so));
+        url = tidal_server_url(srv);
         server_pid = tidal_server_pid(srv);
     }
     bus_opts bo = {.urls = url, .name = "tidal-bench", .async_max_pending = 8192, .js_timeout_ms = 10000};
-    for (int i = 0; i < n_pubs && s == TIDAL_OK; i++) s = bus_connect(&pubs[i], &bo);
-    if (s == TIDAL_OK) s = bus_connect(&subconn, &bo);
+    for (int i = 0; i < n_pubs; i++) TRY_GOTO(bus_connect(&pubs[i], &bo));
+    TRY_GOTO(bus_connect(&subconn, &bo));
 
     bench_result js_best = {0}, raw_best = {0};
-    for (int i = 0; i < rounds && s == TIDAL_OK; i++) {
+    for (int i = 0; i < rounds; i++) {
         bench_result js = {0}, raw = {0};
-        s = run_raw(pubs, n_pubs, subconn, payload, len, n, &raw);
-        if (s == TIDAL_OK) s = run_jetstream(pubs, n_pubs, subconn, payload, len, n, &js);
-        if (s != TIDAL_OK) break;
+        TRY_GOTO(run_raw(pubs, n_pubs, subconn, payload, len, n, &raw));
+        TRY_GOTO(run_jetstream(pubs, n_pubs, subconn, payload, len, n, &js));
         fprintf(stderr,
                 "round %d: jetstream %.0f msgs/s (%.1f MB/s, %.1f CPU us/msg), raw %.0f msgs/s (%.1f MB/s, %.1f CPU us/msg)\n",
                 i + 1, js.msgs_per_s, js.mb_per_s, cpu_us_per_msg(&js), raw.msgs_per_s, raw.mb_per_s,
@@ -377,42 +379,38 @@ int bench_bus_main(int argc, char **argv)
         if (js.msgs_per_s > js_best.msgs_per_s) js_best = js;
         if (raw.msgs_per_s > raw_best.msgs_per_s) raw_best = raw;
     }
-    int rc = 0;
-    if (s != TIDAL_OK) {
-        fprintf(stderr, "tidal bench bus: %s\n", tidal_errmsg());
-        rc = 1;
-    } else {
-        double ratio = js_best.msgs_per_s / raw_best.msgs_per_s;
-        /* Both paths keep every core of a small machine partly busy; the CPU
-         * each spends per message is the bound: with all cores saturated the
-         * ratio would be raw's CPU per message over JetStream's. */
-        bool cpu_known = js_best.server_cpu_s >= 0 && raw_best.server_cpu_s >= 0;
-        double cpu_ratio = cpu_known ? cpu_us_per_msg(&raw_best) / cpu_us_per_msg(&js_best) : 0;
-        if (!as_json) {
-            printf("bench bus: %ld messages of %zu bytes (%d trajector%s each) from %d publisher%s\n"
-                   "  tidal (JetStream file stream, Nats-Msg-Id, pull consumer + acks): %10.0f msgs/s %8.1f MB/s\n"
-                   "  peer  (core NATS pub/sub, no storage, no acks):                  %10.0f msgs/s %8.1f MB/s\n"
-                   "  ratio %.3f\n",
-                   n, len, group, group > 1 ? "ies" : "y", n_pubs, n_pubs > 1 ? "s" : "", js_best.msgs_per_s, js_best.mb_per_s, raw_best.msgs_per_s,
-                   raw_best.mb_per_s, ratio);
-            if (cpu_known)
-                printf("  CPU per message (client + nats-server): tidal %.1f us, peer %.1f us; "
-                       "ratio at full CPU %.3f (%ld cores)\n",
-                       cpu_us_per_msg(&js_best), cpu_us_per_msg(&raw_best), cpu_ratio, sysconf(_SC_NPROCESSORS_ONLN));
-        }
-        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i, s:I, s:o, s:o, s:f}", "bench", "bus", "peer",
-                              "core NATS publish/subscribe of the same bytes on the same server",
-                              "messages", (json_int_t)n, "message_bytes", (json_int_t)len,
-                              "trajectories_per_message", group, "publishers", n_pubs,
-                              "rounds", rounds, "cores", (json_int_t)sysconf(_SC_NPROCESSORS_ONLN),
-                              "tidal", result_json(&js_best), "raw", result_json(&raw_best), "ratio", ratio);
-        json_object_set_new(o, "cpu_ratio", cpu_known ? json_real(cpu_ratio) : json_null());
-        bench_print_json(o);
+    double ratio = js_best.msgs_per_s / raw_best.msgs_per_s;
+    /* Both paths keep every core of a small machine partly busy; the CPU
+     * each spends per message is the bound: with all cores saturated the
+     * ratio would be raw's CPU per message over JetStream's. */
+    bool cpu_known = js_best.server_cpu_s >= 0 && raw_best.server_cpu_s >= 0;
+    double cpu_ratio = cpu_known ? cpu_us_per_msg(&raw_best) / cpu_us_per_msg(&js_best) : 0;
+    if (!as_json) {
+        printf("bench bus: %ld messages of %zu bytes (%d trajector%s each) from %d publisher%s\n"
+               "  tidal (JetStream file stream, Nats-Msg-Id, pull consumer + acks): %10.0f msgs/s %8.1f MB/s\n"
+               "  peer  (core NATS pub/sub, no storage, no acks):                  %10.0f msgs/s %8.1f MB/s\n"
+               "  ratio %.3f\n",
+               n, len, group, group > 1 ? "ies" : "y", n_pubs, n_pubs > 1 ? "s" : "", js_best.msgs_per_s, js_best.mb_per_s, raw_best.msgs_per_s,
+               raw_best.mb_per_s, ratio);
+        if (cpu_known)
+            printf("  CPU per message (client + nats-server): tidal %.1f us, peer %.1f us; "
+                   "ratio at full CPU %.3f (%ld cores)\n",
+                   cpu_us_per_msg(&js_best), cpu_us_per_msg(&raw_best), cpu_ratio, sysconf(_SC_NPROCESSORS_ONLN));
     }
+    json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i, s:I, s:o, s:o, s:f}", "bench", "bus", "peer",
+                          "core NATS publish/subscribe of the same bytes on the same server",
+                          "messages", (json_int_t)n, "message_bytes", (json_int_t)len,
+                          "trajectories_per_message", group, "publishers", n_pubs,
+                          "rounds", rounds, "cores", (json_int_t)sysconf(_SC_NPROCESSORS_ONLN),
+                          "tidal", result_json(&js_best), "raw", result_json(&raw_best), "ratio", ratio);
+    json_object_set_new(o, "cpu_ratio", cpu_known ? json_real(cpu_ratio) : json_null());
+    bench_print_json(o);
+cleanup:
+    if (st != TIDAL_OK) fprintf(stderr, "tidal bench bus: %s\n", tidal_errmsg());
     if (subconn) job_bus_remove(subconn, &bench_names);
     bus_close(subconn);
     for (int i = 0; i < n_pubs; i++) bus_close(pubs[i]);
     tidal_server_stop(srv);
     free(payload);
-    return rc;
+    return st == TIDAL_OK ? 0 : 1;
 }

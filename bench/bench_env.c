@@ -48,15 +48,21 @@ typedef struct caller {
 static void *run_caller(void *arg)
 {
     caller *k = arg;
-    for (int i = 0; i < k->n && k->st == TIDAL_OK; i++) {
-        env_result r = {0};
+    tidal_status st = TIDAL_OK;
+    env_result r = {0};
+    for (int i = 0; i < k->n; i++) {
         double t0 = bench_now_s();
-        k->st = env_client_call(k->c, &CALL, &r);
+        TRY_GOTO(env_client_call(k->c, &CALL, &r));
         k->lat_ms[i] = (bench_now_s() - t0) * 1e3;
-        if (k->st == TIDAL_OK && r.reward != 1.0)
-            k->st = tidal_fail(TIDAL_ERR_INVALID, "bench env: reward %g, want 1", r.reward);
+        if (r.reward != 1.0) {
+            st = tidal_fail(TIDAL_ERR_INVALID, "bench env: reward %g, want 1", r.reward);
+            goto cleanup;
+        }
         env_result_clear(&r);
     }
+cleanup:
+    env_result_clear(&r);
+    k->st = st;
     return NULL;
 }
 
@@ -98,40 +104,43 @@ int bench_env_main(int argc, char **argv)
     caller *ks = calloc((size_t)callers, sizeof *ks);
     double *lat = calloc((size_t)requests, sizeof *lat);
     pthread_t *th = calloc((size_t)callers, sizeof *th);
-    int rc = 1;
-    tidal_status st = ks && lat && th ? env_create("match", NULL, &e) : tidal_fail(TIDAL_ERR_NOMEM, "bench env: out of memory");
-    if (st != TIDAL_OK) goto out;
+    env_result r = {0};
+    tidal_status st = TIDAL_OK;
+    if (!ks || !lat || !th) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "bench env: out of memory");
+        goto cleanup;
+    }
+    TRY_GOTO(env_create("match", NULL, &e));
 
     /* in-process: one thread, the same call */
     const int local_n = requests * 10;
     double t0 = bench_now_s();
-    for (int i = 0; i < local_n && st == TIDAL_OK; i++) {
-        env_result r = {0};
-        st = env_handle(e, &CALL, &r);
-        if (st == TIDAL_OK && r.reward != 1.0) st = tidal_fail(TIDAL_ERR_INVALID, "bench env: reward %g", r.reward);
+    for (int i = 0; i < local_n; i++) {
+        TRY_GOTO(env_handle(e, &CALL, &r));
+        if (r.reward != 1.0) {
+            st = tidal_fail(TIDAL_ERR_INVALID, "bench env: reward %g", r.reward);
+            goto cleanup;
+        }
         env_result_clear(&r);
     }
     const double local_rps = local_n / (bench_now_s() - t0);
-    if (st != TIDAL_OK) goto out;
     fprintf(stderr, "in-process: %.0f requests/s\n", local_rps);
 
     /* over the bus */
-    st = tidal_server_start(&srv, &(tidal_server_opts){0});
-    bus_opts bo = {.name = "bench-env"};
-    if (st == TIDAL_OK) bo.urls = tidal_server_url(srv), st = bus_connect(&b, &bo);
+    TRY_GOTO(tidal_server_start(&srv, &(tidal_server_opts){0}));
+    bus_opts bo = {.name = "bench-env", .urls = tidal_server_url(srv)};
+    TRY_GOTO(bus_connect(&b, &bo));
     env_service_opts so = {.concurrency = concurrency};
-    if (st == TIDAL_OK) st = env_service_start(b, "match", serve, e, &so, &svc);
+    TRY_GOTO(env_service_start(b, "match", serve, e, &so, &svc));
     env_client_opts co = {.timeout_ms = 10000, .retries = 0};
-    if (st == TIDAL_OK) st = env_client_remote(b, "match", &co, &cl);
-    if (st != TIDAL_OK) goto out;
+    TRY_GOTO(env_client_remote(b, "match", &co, &cl));
     const int per = requests / callers;
     for (int i = 0; i < callers; i++) ks[i] = (caller){.c = cl, .n = per, .lat_ms = lat + (size_t)i * per};
     t0 = bench_now_s();
     for (int i = 0; i < callers; i++) pthread_create(&th[i], NULL, run_caller, &ks[i]);
     for (int i = 0; i < callers; i++) pthread_join(th[i], NULL);
     const double secs = bench_now_s() - t0, bus_rps = (double)per * callers / secs;
-    for (int i = 0; i < callers && st == TIDAL_OK; i++) st = ks[i].st;
-    if (st != TIDAL_OK) goto out;
+    for (int i = 0; i < callers; i++) TRY_GOTO(ks[i].st); /* the first caller's failure */
     const int total = per * callers;
     qsort(lat, (size_t)total, sizeof *lat, cmp_double);
     const double p50 = lat[total / 2], p99 = lat[(size_t)(total * 0.99)];
@@ -147,9 +156,9 @@ int bench_env_main(int argc, char **argv)
                                "the same env (match) called in-process", "requests", total, "callers", callers,
                                "concurrency", concurrency, "in_process_rps", local_rps, "bus_rps", bus_rps,
                                "bus_p50_ms", p50, "bus_p99_ms", p99, "ratio", ratio));
-    rc = 0;
-out:
-    if (rc) fprintf(stderr, "tidal bench env: %s\n", tidal_errmsg());
+cleanup:
+    if (st != TIDAL_OK) fprintf(stderr, "tidal bench env: %s\n", tidal_errmsg());
+    env_result_clear(&r);
     env_client_free(cl);
     env_service_stop(svc, 5000);
     bus_close(b);
@@ -158,5 +167,5 @@ out:
     free(ks);
     free(lat);
     free(th);
-    return rc;
+    return st == TIDAL_OK ? 0 : 1;
 }

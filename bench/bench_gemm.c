@@ -126,15 +126,15 @@ int bench_gemm_main(int argc, char **argv)
     json_t *rows = json_array();
     double log_sum = 0.0;
     int rc = 1;
+    float *a = NULL, *b = NULL, *o1 = NULL, *o2 = NULL; /* one shape's operands */
     for (int si = 0; si < N_SHAPES; si++) {
         const shape *s = &SHAPES[si];
         const size_t na = (size_t)s->M * s->K, nb = (size_t)s->K * s->N, no = (size_t)s->M * s->N;
-        float *a = malloc(na * sizeof(float)), *b = malloc(nb * sizeof(float));
-        float *o1 = calloc(no, sizeof(float)), *o2 = calloc(no, sizeof(float));
+        a = malloc(na * sizeof(float)), b = malloc(nb * sizeof(float));
+        o1 = calloc(no, sizeof(float)), o2 = calloc(no, sizeof(float));
         if (!a || !b || !o1 || !o2) {
             fprintf(stderr, "tidal bench gemm: out of memory\n");
-            free(a), free(b), free(o1), free(o2);
-            goto out;
+            goto cleanup;
         }
         uint64_t x = 0x9E3779B97F4A7C15ull * (uint64_t)(si + 1);
         for (size_t i = 0; i < na; i++) a[i] = (float)((x = x * 6364136223846793005ull + 1) >> 40) / 16777216.0f - 0.5f;
@@ -150,8 +150,7 @@ int bench_gemm_main(int argc, char **argv)
         if (!(worst <= 1e-4 * big)) {
             fprintf(stderr, "tidal bench gemm: %s: tidal and OpenBLAS differ by %.3g (largest %.3g)\n", s->name, worst,
                     big);
-            free(a), free(b), free(o1), free(o2);
-            goto out;
+            goto cleanup;
         }
         const double flop = 2.0 * s->M * s->K * s->N;
         const int calls = (int)(2e10 / flop) + 1; /* ~50 ms a side at 400 GFLOP/s */
@@ -169,6 +168,7 @@ int bench_gemm_main(int argc, char **argv)
         json_array_append_new(rows, json_pack("{s:s, s:i, s:i, s:i, s:f, s:f}", "shape", s->name, "M", s->M, "K",
                                               s->K, "N", s->N, "tidal_gflops", gt, "openblas_gflops", gb));
         free(a), free(b), free(o1), free(o2);
+        a = b = o1 = o2 = NULL;
     }
     fputc('\n', stderr);
     const double ratio = exp(log_sum / N_SHAPES);
@@ -177,7 +177,8 @@ int bench_gemm_main(int argc, char **argv)
                                core ? core : "?", " kernels", "threads", threads, "shapes", rows, "ratio", ratio));
     rows = NULL;
     rc = 0;
-out:
+cleanup:
+    free(a), free(b), free(o1), free(o2);
     json_decref(rows);
     return rc;
 }

@@ -58,31 +58,36 @@ static tidal_status run_tidal(model *m, const int32_t *prompts, int B, int P, in
 {
     engine *e = NULL;
     engine_options o = {.slots = B, .max_len = P + N};
-    tidal_status s = engine_create(m, 0, &o, &e);
-    for (int i = 0; s == TIDAL_OK && i < B; i++) {
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(engine_create(m, 0, &o, &e));
+    for (int i = 0; i < B; i++) {
         engine_request rq = {.prompt = prompts + (size_t)i * P, .prompt_len = P, .max_new_tokens = N,
                              .user = (void *)(intptr_t)i};
-        s = engine_submit(e, &rq, NULL);
+        TRY_GOTO(engine_submit(e, &rq, NULL));
     }
-    if (s == TIDAL_OK) s = engine_step(e); /* the prefill, untimed */
+    TRY_GOTO(engine_step(e)); /* the prefill, untimed */
     double t0 = bench_now_s();
-    while (s == TIDAL_OK && engine_busy(e)) s = engine_step(e);
+    while (engine_busy(e)) TRY_GOTO(engine_step(e));
     out->seconds = bench_now_s() - t0;
     out->tps = (double)B * (N - 1) / out->seconds;
     int done = 0;
-    for (engine_result *r; s == TIDAL_OK && (r = engine_next_result(e)); engine_result_free(r)) {
+    for (engine_result *r; (r = engine_next_result(e)); engine_result_free(r)) {
         intptr_t i = (intptr_t)r->user;
-        if (r->n != N) s = tidal_fail(TIDAL_ERR_INVALID, "bench generate: sequence %d made %d tokens, not %d", (int)i,
-                                      r->n, N);
+        if (r->n != N) {
+            st = tidal_fail(TIDAL_ERR_INVALID, "bench generate: sequence %d made %d tokens, not %d", (int)i, r->n, N);
+            engine_result_free(r);
+            goto cleanup;
+        }
         for (int t = 0; t < CHECK_STEPS && t < r->n; t++) {
             out->tok[i][t] = r->ids[t];
             out->lp[i][t] = r->logprobs[t];
         }
         done++;
     }
-    if (s == TIDAL_OK && done != B) s = tidal_fail(TIDAL_ERR_INVALID, "bench generate: %d of %d sequences finished", done, B);
+    if (done != B) st = tidal_fail(TIDAL_ERR_INVALID, "bench generate: %d of %d sequences finished", done, B);
+cleanup:
     engine_free(e);
-    return s;
+    return st;
 }
 
 /* Run the peer (with `env` before the command, e.g. an OMP_WAIT_POLICY). */
@@ -161,11 +166,15 @@ int bench_generate_main(int argc, char **argv)
     side *t1 = calloc(1, sizeof *t1), *tB = calloc(1, sizeof *tB), *p1 = calloc(1, sizeof *p1),
          *pB = calloc(1, sizeof *pB);
     char dir[256] = "";
-    json_t *peer = NULL;
-    int rc = 1;
-    tidal_status s = (prompts && t1 && tB && p1 && pB) ? model_create(&cfg, &m)
-                                                       : tidal_fail(TIDAL_ERR_NOMEM, "bench generate: out of memory");
-    if (s != TIDAL_OK) goto out;
+    json_t *peer = NULL, *pj = NULL;
+    st_writer *sw = NULL;
+    side *try = NULL, *q1 = NULL, *qB = NULL;
+    tidal_status st = TIDAL_OK;
+    if (!prompts || !t1 || !tB || !p1 || !pB) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "bench generate: out of memory");
+        goto cleanup;
+    }
+    TRY_GOTO(model_create(&cfg, &m));
     model_init_random(m, 1, 0.02f, true);
     uint64_t x = 12345;
     for (int i = 0; i < B * P; i++) {
@@ -174,19 +183,17 @@ int bench_generate_main(int argc, char **argv)
     }
 
     /* the peer's inputs */
-    s = bench_temp_dir("bench generate", "tidal-bench-generate", dir, sizeof dir);
-    if (s != TIDAL_OK) goto out;
+    TRY_GOTO(bench_temp_dir("bench generate", "tidal-bench-generate", dir, sizeof dir));
     char path[512];
     snprintf(path, sizeof path, "%s/model", dir);
-    s = model_save(m, path, ST_F32);
-    st_writer *sw = NULL;
-    if (s == TIDAL_OK) s = st_writer_new(&sw);
+    TRY_GOTO(model_save(m, path, ST_F32));
+    TRY_GOTO(st_writer_new(&sw));
     int64_t shape[2] = {B, P};
-    if (s == TIDAL_OK) s = st_writer_add_raw(sw, "prompts", ST_I32, 2, shape, prompts, (size_t)B * P * 4);
+    TRY_GOTO(st_writer_add_raw(sw, "prompts", ST_I32, 2, shape, prompts, (size_t)B * P * 4));
     snprintf(path, sizeof path, "%s/prompts.safetensors", dir);
-    if (s == TIDAL_OK) s = st_writer_save(sw, path);
+    TRY_GOTO(st_writer_save(sw, path));
     st_writer_free(sw);
-    if (s != TIDAL_OK) goto out;
+    sw = NULL;
 
     /* Rounds, one per environment of bench_peer_envs: tidal at batch 1 and B,
      * then the peer under that environment. Each side's best figure per batch
@@ -195,44 +202,40 @@ int bench_generate_main(int argc, char **argv)
     const bench_peer_env *envs;
     const int n_envs = bench_peer_envs(&envs);
     fprintf(stderr, "tidal: warm-up...\n");
-    s = run_tidal(m, prompts, B, 8 < P ? 8 : P, CHECK_STEPS, tB);
-    side *try = calloc(1, sizeof *try), *q1 = calloc(1, sizeof *q1), *qB = calloc(1, sizeof *qB);
-    if (!try || !q1 || !qB) s = tidal_fail(TIDAL_ERR_NOMEM, "bench generate: out of memory");
+    TRY_GOTO(run_tidal(m, prompts, B, 8 < P ? 8 : P, CHECK_STEPS, tB));
+    try = calloc(1, sizeof *try), q1 = calloc(1, sizeof *q1), qB = calloc(1, sizeof *qB);
+    if (!try || !q1 || !qB) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "bench generate: out of memory");
+        goto cleanup;
+    }
     t1->tps = tB->tps = 0.0;
     const char *pol1 = NULL, *polB = NULL;
-    for (int k = 0; k < n_envs && s == TIDAL_OK; k++) {
-        s = run_tidal(m, prompts, 1, P, N, try);
-        if (s == TIDAL_OK && try->tps > t1->tps) *t1 = *try;
+    for (int k = 0; k < n_envs; k++) {
+        TRY_GOTO(run_tidal(m, prompts, 1, P, N, try));
+        if (try->tps > t1->tps) *t1 = *try;
         double b1 = try->tps;
-        if (s == TIDAL_OK) s = run_tidal(m, prompts, B, P, N, try);
-        if (s == TIDAL_OK && try->tps > tB->tps) *tB = *try;
-        if (s != TIDAL_OK) break;
+        TRY_GOTO(run_tidal(m, prompts, B, P, N, try));
+        if (try->tps > tB->tps) *tB = *try;
         fprintf(stderr, "round %d/%d: tidal:   batch 1 %7.1f tokens/s, batch %d %7.1f tokens/s\n", k + 1, n_envs, b1, B,
                 try->tps);
-        json_t *pj = NULL;
-        s = run_peer(dir, envs[k].env, threads, N, &pj);
-        if (s == TIDAL_OK) s = peer_side(pj, "b1", 1, t1, q1);
-        if (s == TIDAL_OK) s = peer_side(pj, "bB", B, tB, qB);
-        if (s == TIDAL_OK) {
-            fprintf(stderr, "round %d/%d: PyTorch: batch 1 %7.1f tokens/s, batch %d %7.1f tokens/s (%s)\n", k + 1,
-                    n_envs, q1->tps, B, qB->tps, envs[k].label);
-            if (q1->tps > p1->tps) {
-                *p1 = *q1;
-                pol1 = envs[k].label;
-            }
-            if (qB->tps > pB->tps) {
-                *pB = *qB;
-                polB = envs[k].label;
-            }
-            if (!peer) peer = pj, pj = NULL;
+        TRY_GOTO(run_peer(dir, envs[k].env, threads, N, &pj));
+        TRY_GOTO(peer_side(pj, "b1", 1, t1, q1));
+        TRY_GOTO(peer_side(pj, "bB", B, tB, qB));
+        fprintf(stderr, "round %d/%d: PyTorch: batch 1 %7.1f tokens/s, batch %d %7.1f tokens/s (%s)\n", k + 1,
+                n_envs, q1->tps, B, qB->tps, envs[k].label);
+        if (q1->tps > p1->tps) {
+            *p1 = *q1;
+            pol1 = envs[k].label;
         }
+        if (qB->tps > pB->tps) {
+            *pB = *qB;
+            polB = envs[k].label;
+        }
+        if (!peer) peer = pj, pj = NULL;
         json_decref(pj);
+        pj = NULL;
     }
-    free(try);
-    free(q1);
-    free(qB);
     double tidal_rss = bench_peak_rss_mb();
-    if (s != TIDAL_OK) goto out;
     int agree = 0;
     for (int i = 0; i < B; i++)
         for (int t = 0; t < CHECK_STEPS && tB->tok[i][t] == pB->tok[i][t]; t++) agree++;
@@ -259,10 +262,14 @@ int bench_generate_main(int argc, char **argv)
                           "batch_env", polB, "ratio_b1", ratio1, "ratio",
                           ratio, "tokens_agreeing", agree);
     bench_print_json(o);
-    rc = 0;
-out:
-    if (rc) fprintf(stderr, "tidal bench generate: %s\n", tidal_errmsg());
+cleanup:
+    if (st != TIDAL_OK) fprintf(stderr, "tidal bench generate: %s\n", tidal_errmsg());
     bench_remove_dir("tidal bench generate", dir);
+    st_writer_free(sw);
+    free(try);
+    free(q1);
+    free(qB);
+    json_decref(pj);
     json_decref(peer);
     model_free(m);
     free(prompts);
@@ -270,5 +277,5 @@ out:
     free(tB);
     free(p1);
     free(pB);
-    return rc;
+    return st == TIDAL_OK ? 0 : 1;
 }

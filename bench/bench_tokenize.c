@@ -376,14 +376,14 @@ int bench_tokenize_main(int argc, char **argv)
     double t0 = bench_now_s();
     tidal_status s = tokenizer_load(tok_dir, &tok);
     double load_s = bench_now_s() - t0;
-    if (s != TIDAL_OK) { fprintf(stderr, "tidal bench tokenize: %s\n", tidal_errmsg()); rc = 2; goto out; }
+    if (s != TIDAL_OK) { fprintf(stderr, "tidal bench tokenize: %s\n", tidal_errmsg()); rc = 2; goto cleanup; }
     if (!gen_corpus((size_t)(mb * 1e6), &all, &offs, &n_docs)) {
         fprintf(stderr, "tidal bench tokenize: out of memory\n");
-        goto out;
+        goto cleanup;
     }
 
     /* the corpus as JSON lines for the peer */
-    if (!mkdtemp(dir)) { perror("tidal bench tokenize: mkdtemp"); goto out; }
+    if (!mkdtemp(dir)) { perror("tidal bench tokenize: mkdtemp"); goto cleanup; }
     have_dir = true;
     char corpus_path[64], script_path[64];
     snprintf(corpus_path, sizeof corpus_path, "%s/corpus.jsonl", dir);
@@ -401,7 +401,7 @@ int bench_tokenize_main(int argc, char **argv)
     f = ok ? fopen(script_path, "w") : NULL;
     if (!f || fputs(tokenize_peer_js, f) < 0 || fclose(f) != 0) {
         fprintf(stderr, "tidal bench tokenize: cannot write %s\n", dir);
-        goto out;
+        goto cleanup;
     }
 
     /* tidal: warm-up pass with the checksum, then timed passes */
@@ -411,7 +411,7 @@ int bench_tokenize_main(int argc, char **argv)
         ids.n = 0;
         if ((s = tokenizer_encode(tok, all.p + offs[i], offs[i + 1] - offs[i], false, &ids)) != TIDAL_OK) {
             fprintf(stderr, "tidal bench tokenize: %s\n", tidal_errmsg());
-            goto out;
+            goto cleanup;
         }
         tokens += ids.n;
         for (size_t k = 0; k < ids.n; k++) { h ^= (uint32_t)ids.ids[k]; h *= 16777619u; }
@@ -426,7 +426,7 @@ int bench_tokenize_main(int argc, char **argv)
             n += ids.n;
         }
         double sec = bench_now_s() - a;
-        if (n != tokens) { fprintf(stderr, "tidal bench tokenize: token count changed between passes\n"); goto out; }
+        if (n != tokens) { fprintf(stderr, "tidal bench tokenize: token count changed between passes\n"); goto cleanup; }
         if (sec < best) best = sec;
     }
     double tidal_mbs = (double)all.len / 1e6 / best;
@@ -437,14 +437,14 @@ int bench_tokenize_main(int argc, char **argv)
     char cmd[3 * PATH_MAX];
     snprintf(cmd, sizeof cmd, "node '%s' '%s' '%s' '%s' %d", script_path, corpus_path, tok_dir, prefix, iters);
     FILE *p = popen(cmd, "r");
-    if (!p) { fprintf(stderr, "tidal bench tokenize: cannot run node\n"); goto out; }
+    if (!p) { fprintf(stderr, "tidal bench tokenize: cannot run node\n"); goto cleanup; }
     char line[4096], last[4096] = "";
     while (fgets(line, sizeof line, p)) memcpy(last, line, sizeof last);
     int pst = pclose(p);
     if (pst != 0 || !last[0]) {
         fprintf(stderr, "tidal bench tokenize: the node peer failed (exit %d); see its message above\n",
                 WIFEXITED(pst) ? WEXITSTATUS(pst) : -1);
-        goto out;
+        goto cleanup;
     }
     json_error_t jerr;
     peer = json_loads(last, 0, &jerr);
@@ -454,7 +454,7 @@ int bench_tokenize_main(int argc, char **argv)
     json_int_t peer_bytes = json_integer_value(json_object_get(peer, "bytes"));
     if (!peer || !(peer_mbs > 0)) {
         fprintf(stderr, "tidal bench tokenize: the peer printed no figures: %s", last);
-        goto out;
+        goto cleanup;
     }
     bool same = peer_tokens == (json_int_t)tokens && peer_sum == (json_int_t)h && peer_bytes == (json_int_t)all.len;
     double ratio = tidal_mbs / peer_mbs;
@@ -482,10 +482,10 @@ int bench_tokenize_main(int argc, char **argv)
                 "tidal bench tokenize: tidal and the peer produced different ids (tokens %llu vs %lld, "
                 "checksum %u vs %lld): not the same work\n",
                 (unsigned long long)tokens, (long long)peer_tokens, h, (long long)peer_sum);
-        goto out;
+        goto cleanup;
     }
     rc = 0;
-out:
+cleanup:
     if (have_dir) {
         char rm[128];
         snprintf(rm, sizeof rm, "rm -rf '%s'", dir);

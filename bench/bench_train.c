@@ -76,11 +76,14 @@ int bench_train_main(int argc, char **argv)
     int32_t *ids = malloc((size_t)T * 4), *tg = malloc((size_t)T * 4), cu[5];
     float *w = malloc((size_t)T * 4), *lp = malloc((size_t)T * 4), *ent = malloc((size_t)T * 4), *dlp = malloc((size_t)T * 4);
     char dir[256] = "";
-    json_t *peer = NULL;
-    int rc = 1;
-    tidal_status s = (ids && tg && w && lp && ent && dlp) ? model_create(&cfg, &m)
-                                                          : tidal_fail(TIDAL_ERR_NOMEM, "bench train: out of memory");
-    if (s != TIDAL_OK) goto out;
+    json_t *peer = NULL, *one = NULL;
+    st_writer *sw = NULL;
+    tidal_status st = TIDAL_OK;
+    if (!ids || !tg || !w || !lp || !ent || !dlp) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "bench train: out of memory");
+        goto cleanup;
+    }
+    TRY_GOTO(model_create(&cfg, &m));
     model_init_random(m, 1, 0.02f, true);
     uint64_t x = 12345;
     for (int t = 0; t < T; t++) {
@@ -96,22 +99,20 @@ int bench_train_main(int argc, char **argv)
     model_batch b = {.T = T, .S = S, .ids = ids, .targets = tg, .cu_seqlens = cu, .inv_temp = 1.0f};
 
     /* the peer's inputs */
-    s = bench_temp_dir("bench train", "tidal-bench-train", dir, sizeof dir);
-    if (s != TIDAL_OK) goto out;
+    TRY_GOTO(bench_temp_dir("bench train", "tidal-bench-train", dir, sizeof dir));
     char path[512];
     snprintf(path, sizeof path, "%s/model", dir);
-    s = model_save(m, path, ST_F32);
-    st_writer *sw = NULL;
-    if (s == TIDAL_OK) s = st_writer_new(&sw);
+    TRY_GOTO(model_save(m, path, ST_F32));
+    TRY_GOTO(st_writer_new(&sw));
     int64_t shT = T, shS = S + 1;
-    if (s == TIDAL_OK) s = st_writer_add_raw(sw, "input_ids", ST_I32, 1, &shT, ids, (size_t)T * 4);
-    if (s == TIDAL_OK) s = st_writer_add_raw(sw, "target_ids", ST_I32, 1, &shT, tg, (size_t)T * 4);
-    if (s == TIDAL_OK) s = st_writer_add_raw(sw, "cu_seqlens", ST_I32, 1, &shS, cu, (size_t)(S + 1) * 4);
-    if (s == TIDAL_OK) s = st_writer_add_f32(sw, "loss_weights", ST_F32, 1, &shT, w);
+    TRY_GOTO(st_writer_add_raw(sw, "input_ids", ST_I32, 1, &shT, ids, (size_t)T * 4));
+    TRY_GOTO(st_writer_add_raw(sw, "target_ids", ST_I32, 1, &shT, tg, (size_t)T * 4));
+    TRY_GOTO(st_writer_add_raw(sw, "cu_seqlens", ST_I32, 1, &shS, cu, (size_t)(S + 1) * 4));
+    TRY_GOTO(st_writer_add_f32(sw, "loss_weights", ST_F32, 1, &shT, w));
     snprintf(path, sizeof path, "%s/batch.safetensors", dir);
-    if (s == TIDAL_OK) s = st_writer_save(sw, path);
+    TRY_GOTO(st_writer_save(sw, path));
     st_writer_free(sw);
-    if (s != TIDAL_OK) goto out;
+    sw = NULL;
 
     /* Rounds, one per environment of bench_peer_envs: tidal's iterations, then
      * the peer's under that environment. Each side's best figure counts;
@@ -120,26 +121,23 @@ int bench_train_main(int argc, char **argv)
     const int n_envs = bench_peer_envs(&envs);
     const char *policy = "default"; /* the label of the peer's best environment */
     double loss = 0.0, tidal_s = 0.0, tidal_tps = 0.0;
-    for (int k = 0; k < n_envs && s == TIDAL_OK; k++) {
+    for (int k = 0; k < n_envs; k++) {
         double t0 = 0.0;
-        for (int it = 0; it <= iters && s == TIDAL_OK; it++) {
+        for (int it = 0; it <= iters; it++) {
             if (it == 1) t0 = bench_now_s(); /* iteration 0 warms up */
             model_zero_grads(m);
-            s = model_forward(m, &b, lp, ent, NULL);
-            if (s == TIDAL_OK) s = model_backward(m, &b, dlp, NULL);
+            TRY_GOTO(model_forward(m, &b, lp, ent, NULL));
+            TRY_GOTO(model_backward(m, &b, dlp, NULL));
             if (it == 0 && k == 0) {
                 loss = 0.0;
                 for (int t = 0; t < T; t++) loss -= (double)w[t] * lp[t];
             }
             fprintf(stderr, "\rround %d/%d: tidal: iteration %d/%d", k + 1, n_envs, it, iters);
         }
-        if (s != TIDAL_OK) break;
         const double secs = bench_now_s() - t0, tps = (double)T * iters / secs;
         if (tps > tidal_tps) tidal_tps = tps, tidal_s = secs;
         fprintf(stderr, "\rround %d/%d: tidal:   %6.0f tokens/s\n", k + 1, n_envs, tps);
-        json_t *one = NULL;
-        s = run_peer(dir, threads, iters, envs[k].env, &one);
-        if (s != TIDAL_OK) break;
+        TRY_GOTO(run_peer(dir, threads, iters, envs[k].env, &one));
         const double ptps = json_number_value(json_object_get(one, "tokens_per_s"));
         fprintf(stderr, "round %d/%d: PyTorch: %6.0f tokens/s (%s)\n", k + 1, n_envs, ptps, envs[k].label);
         if (!peer || ptps > json_number_value(json_object_get(peer, "tokens_per_s"))) {
@@ -149,17 +147,17 @@ int bench_train_main(int argc, char **argv)
         } else {
             json_decref(one);
         }
+        one = NULL;
     }
-    if (s != TIDAL_OK) goto out;
     const double tidal_rss = bench_peak_rss_mb();
     double peer_tps = json_number_value(json_object_get(peer, "tokens_per_s"));
     double peer_loss = json_number_value(json_object_get(peer, "loss"));
     double peer_rss = json_number_value(json_object_get(peer, "peak_rss_mb"));
     const char *torch_version = json_string_value(json_object_get(peer, "torch"));
     if (!(peer_tps > 0) || fabs(peer_loss - loss) > 1e-3 * fabs(loss) + 1e-6) {
-        s = tidal_fail(TIDAL_ERR_INVALID, "bench train: the peer computed loss %.6f, tidal %.6f: not the same work",
-                       peer_loss, loss);
-        goto out;
+        st = tidal_fail(TIDAL_ERR_INVALID, "bench train: the peer computed loss %.6f, tidal %.6f: not the same work",
+                        peer_loss, loss);
+        goto cleanup;
     }
     double ratio = tidal_tps / peer_tps;
     size_t n_params = 0;
@@ -179,10 +177,11 @@ int bench_train_main(int argc, char **argv)
                           json_number_value(json_object_get(peer, "seconds")), "peak_rss_mb", peer_rss, "loss",
                           peer_loss, "env", policy, "ratio", ratio);
     bench_print_json(o);
-    rc = 0;
-out:
-    if (rc) fprintf(stderr, "tidal bench train: %s\n", tidal_errmsg());
+cleanup:
+    if (st != TIDAL_OK) fprintf(stderr, "tidal bench train: %s\n", tidal_errmsg());
     bench_remove_dir("tidal bench train", dir);
+    st_writer_free(sw);
+    json_decref(one);
     json_decref(peer);
     model_free(m);
     free(ids);
@@ -191,5 +190,5 @@ out:
     free(lp);
     free(ent);
     free(dlp);
-    return rc;
+    return st == TIDAL_OK ? 0 : 1;
 }

@@ -99,6 +99,14 @@ static void *tidal_worker_main(void *arg)
     return NULL;
 }
 
+/* Publish `version` and wait until it is on the bus; the publish call's time goes to r. */
+static tidal_status publish_version(weights_publisher *p, model *src, uint64_t version, double t0, round_result *r)
+{
+    TRY(weights_publish(p, src, version));
+    r->publish_call_ms = (bench_now_s() - t0) * 1e3;
+    return weights_publisher_flush(p, WAIT_MS);
+}
+
 static tidal_status run_tidal(weights_publisher *p, weights_client **clients, int workers, model *src,
                               const float *want, uint64_t version, uint64_t bytes, round_result *r)
 {
@@ -110,31 +118,30 @@ static tidal_status run_tidal(weights_publisher *p, weights_client **clients, in
         tw[i] = (tidal_worker){.c = clients[i], .version = version, .t0 = t0, .abort = &abort};
         pthread_create(&th[i], NULL, tidal_worker_main, &tw[i]);
     }
-    tidal_status s = weights_publish(p, src, version);
-    r->publish_call_ms = (bench_now_s() - t0) * 1e3;
-    if (s == TIDAL_OK) s = weights_publisher_flush(p, WAIT_MS);
+    tidal_status st = publish_version(p, src, version, t0, r);
     r->on_bus_s = bench_now_s() - t0;
     char msg[512] = "";
-    if (s != TIDAL_OK) {
+    if (st != TIDAL_OK) { /* the workers stop waiting: they are joined either way */
         snprintf(msg, sizeof msg, "%s", tidal_errmsg());
         atomic_store(&abort, 1);
     }
     for (int i = 0; i < workers; i++) pthread_join(th[i], NULL);
-    if (s != TIDAL_OK) tidal_fail(s, "bench weights: publish v%" PRIu64 ": %s", version, msg);
+    if (st != TIDAL_OK) tidal_fail(st, "bench weights: publish v%" PRIu64 ": %s", version, msg);
     size_t n = 0;
     model_params(src, &n);
+    /* every worker's model is freed; the first failure is the round's */
     for (int i = 0; i < workers; i++) {
         r->secs[i] = tw[i].secs;
-        if (s == TIDAL_OK && tw[i].status != TIDAL_OK)
-            s = tidal_fail(tw[i].status, "bench weights: worker %d: %s", i, tw[i].err);
+        if (st == TIDAL_OK && tw[i].status != TIDAL_OK)
+            st = tidal_fail(tw[i].status, "bench weights: worker %d: %s", i, tw[i].err);
         size_t got_n = 0;
-        if (s == TIDAL_OK && (memcmp(model_params(tw[i].m, &got_n), want, n * sizeof *want) != 0 || got_n != n))
-            s = tidal_fail(TIDAL_ERR_CORRUPT, "bench weights: worker %d: v%" PRIu64 " differs from the published parameters",
-                           i, version);
+        if (st == TIDAL_OK && (memcmp(model_params(tw[i].m, &got_n), want, n * sizeof *want) != 0 || got_n != n))
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "bench weights: worker %d: v%" PRIu64 " differs from the published parameters",
+                            i, version);
         model_free(tw[i].m);
     }
     finish(r, workers, bytes);
-    return s;
+    return st;
 }
 
 /* ---------------------------------------------------------------- raw peer */
@@ -158,30 +165,31 @@ static void *raw_sub_main(void *arg)
     char ack_subject[64];
     snprintf(ack_subject, sizeof ack_subject, "%s.%d", RAW_ACK_PREFIX, r->index);
     uint64_t off = 0;
-    tidal_status s = TIDAL_OK;
-    for (uint32_t i = 0; i < r->chunks && s == TIDAL_OK; i++) {
+    tidal_status st = TIDAL_OK;
+    for (uint32_t i = 0; i < r->chunks; i++) {
         bus_msg *m = NULL;
-        s = bus_next(r->sub, 30000, &m);
-        if (s != TIDAL_OK) break;
+        TRY_GOTO(bus_next(r->sub, 30000, &m));
         uint64_t len = (uint64_t)bus_msg_len(m);
         if (len > r->bytes - off) {
-            s = tidal_fail(TIDAL_ERR_CORRUPT, "raw subscriber %d: chunk %u overflows the image", r->index, i);
-        } else {
-            memcpy(r->buf + off, bus_msg_data(m), len);
-            off += len;
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "raw subscriber %d: chunk %u overflows the image", r->index, i);
+            bus_msg_destroy(m);
+            goto cleanup;
         }
+        memcpy(r->buf + off, bus_msg_data(m), len);
+        off += len;
         bus_msg_destroy(m);
-        if (s == TIDAL_OK && ((i + 1) % RAW_WINDOW == 0 || i + 1 == r->chunks)) {
+        if ((i + 1) % RAW_WINDOW == 0 || i + 1 == r->chunks) {
             char w[16];
             int wl = snprintf(w, sizeof w, "%u", i / RAW_WINDOW);
-            s = bus_publish(r->bus, ack_subject, w, wl);
+            TRY_GOTO(bus_publish(r->bus, ack_subject, w, wl));
         }
     }
+    if (off != r->bytes)
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "raw subscriber %d: %" PRIu64 " of %" PRIu64 " bytes", r->index, off, r->bytes);
+cleanup:
     r->secs = bench_now_s() - r->t0;
-    if (s == TIDAL_OK && off != r->bytes)
-        s = tidal_fail(TIDAL_ERR_CORRUPT, "raw subscriber %d: %" PRIu64 " of %" PRIu64 " bytes", r->index, off, r->bytes);
-    r->status = s;
-    if (s != TIDAL_OK) snprintf(r->err, sizeof r->err, "%s", tidal_errmsg());
+    r->status = st;
+    if (st != TIDAL_OK) snprintf(r->err, sizeof r->err, "%s", tidal_errmsg());
     return NULL;
 }
 
@@ -194,8 +202,7 @@ static tidal_status wait_acks(bus_sub *acks, int workers, int64_t *acked, int64_
         for (int i = 0; i < workers; i++) all = all && acked[i] >= w;
         if (all) return TIDAL_OK;
         bus_msg *m = NULL;
-        tidal_status s = bus_next(acks, 30000, &m);
-        if (s != TIDAL_OK) return tidal_wrap(s, "raw publisher: waiting for acks of window %lld", (long long)w);
+        TRY_WRAP(bus_next(acks, 30000, &m), "raw publisher: waiting for acks of window %lld", (long long)w);
         const char *subj = bus_msg_subject(m);
         const char *dot = strrchr(subj, '.');
         int who = dot ? atoi(dot + 1) : -1;
@@ -207,49 +214,63 @@ static tidal_status wait_acks(bus_sub *acks, int workers, int64_t *acked, int64_
     }
 }
 
+/* The image as chunks, at most RAW_IN_FLIGHT windows ahead of the slowest subscriber's ack. */
+static tidal_status raw_publish(tidal_bus *pub, bus_sub *acks, int workers, int64_t *acked, const uint8_t *image,
+                                uint64_t bytes, uint32_t chunks)
+{
+    for (uint32_t c = 0; c < chunks; c++) {
+        int64_t w = c / RAW_WINDOW;
+        if (c % RAW_WINDOW == 0 && w >= RAW_IN_FLIGHT) TRY(wait_acks(acks, workers, acked, w - RAW_IN_FLIGHT));
+        uint64_t off = (uint64_t)c * RAW_CHUNK;
+        uint32_t n = (uint32_t)(bytes - off < RAW_CHUNK ? bytes - off : RAW_CHUNK);
+        TRY(bus_publish(pub, RAW_DATA_SUBJECT, image + off, (int)n));
+    }
+    TRY(bus_flush(pub, 30000));
+    return wait_acks(acks, workers, acked, (int64_t)(chunks - 1) / RAW_WINDOW);
+}
+
 static tidal_status run_raw(tidal_bus *pub, tidal_bus **subs_bus, int workers, const uint8_t *image, uint64_t bytes,
                             uint8_t **bufs, round_result *r)
 {
     const uint32_t chunks = (uint32_t)((bytes + RAW_CHUNK - 1) / RAW_CHUNK);
-    raw_sub rs[MAX_WORKERS];
+    raw_sub rs[MAX_WORKERS] = {0};
     pthread_t th[MAX_WORKERS];
     bus_sub *acks = NULL;
-    tidal_status s = bus_subscribe_sync(pub, RAW_ACK_PREFIX ".*", NULL, &acks);
-    int started = 0;
-    for (int i = 0; i < workers && s == TIDAL_OK; i++) {
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(bus_subscribe_sync(pub, RAW_ACK_PREFIX ".*", NULL, &acks));
+    for (int i = 0; i < workers; i++) {
         rs[i] = (raw_sub){.bus = subs_bus[i], .index = i, .buf = bufs[i], .bytes = bytes, .chunks = chunks};
-        s = bus_subscribe_sync(subs_bus[i], RAW_DATA_SUBJECT, NULL, &rs[i].sub);
-        if (s == TIDAL_OK) s = bus_flush(subs_bus[i], 5000); /* the interest is at the server */
-        if (s == TIDAL_OK) started++;
+        TRY_GOTO(bus_subscribe_sync(subs_bus[i], RAW_DATA_SUBJECT, NULL, &rs[i].sub));
+        TRY_GOTO(bus_flush(subs_bus[i], 5000)); /* the interest is at the server */
     }
-    if (s == TIDAL_OK) s = bus_flush(pub, 5000);
+    TRY_GOTO(bus_flush(pub, 5000));
     double t0 = bench_now_s();
-    for (int i = 0; i < started; i++) {
+    for (int i = 0; i < workers; i++) {
         rs[i].t0 = t0;
         pthread_create(&th[i], NULL, raw_sub_main, &rs[i]);
     }
     int64_t acked[MAX_WORKERS];
     for (int i = 0; i < workers; i++) acked[i] = -1;
-    for (uint32_t c = 0; c < chunks && s == TIDAL_OK; c++) {
-        int64_t w = c / RAW_WINDOW;
-        if (c % RAW_WINDOW == 0 && w >= RAW_IN_FLIGHT) s = wait_acks(acks, workers, acked, w - RAW_IN_FLIGHT);
-        uint64_t off = (uint64_t)c * RAW_CHUNK;
-        uint32_t n = (uint32_t)(bytes - off < RAW_CHUNK ? bytes - off : RAW_CHUNK);
-        if (s == TIDAL_OK) s = bus_publish(pub, RAW_DATA_SUBJECT, image + off, (int)n);
+    st = raw_publish(pub, acks, workers, acked, image, bytes, chunks);
+    /* joined even after a failed publish (they give up after 30 s without a chunk) */
+    for (int i = 0; i < workers; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < workers; i++) r->secs[i] = rs[i].secs;
+    if (st != TIDAL_OK) goto cleanup;
+    for (int i = 0; i < workers; i++) {
+        if (rs[i].status != TIDAL_OK) {
+            st = tidal_fail(rs[i].status, "%s", rs[i].err);
+            goto cleanup;
+        }
+        if (memcmp(bufs[i], image, bytes) != 0) {
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "raw subscriber %d: the bytes differ from the image", i);
+            goto cleanup;
+        }
     }
-    if (s == TIDAL_OK) s = bus_flush(pub, 30000);
-    if (s == TIDAL_OK) s = wait_acks(acks, workers, acked, (int64_t)(chunks - 1) / RAW_WINDOW);
-    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
-    for (int i = 0; i < started; i++) {
-        r->secs[i] = rs[i].secs;
-        if (s == TIDAL_OK && rs[i].status != TIDAL_OK) s = tidal_fail(rs[i].status, "%s", rs[i].err);
-        if (s == TIDAL_OK && memcmp(bufs[i], image, bytes) != 0)
-            s = tidal_fail(TIDAL_ERR_CORRUPT, "raw subscriber %d: the bytes differ from the image", i);
-        bus_unsubscribe(rs[i].sub);
-    }
+cleanup:
+    for (int i = 0; i < workers; i++) bus_unsubscribe(rs[i].sub);
     bus_unsubscribe(acks);
     finish(r, workers, bytes);
-    return s;
+    return st;
 }
 
 /* ---------------------------------------------------------------- main */
@@ -284,29 +305,33 @@ static tidal_status expected_params(model *m, const void *image, size_t len, flo
     *out = malloc(n * sizeof **out);
     if (!*out) return tidal_fail(TIDAL_ERR_NOMEM, "bench weights: %zu parameters", n);
     st_file *f = NULL;
-    tidal_status s = st_open_memory(image, len, "bench image", &f);
-    for (int i = 0; s == TIDAL_OK && i < model_num_tensors(m); i++) {
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(st_open_memory(image, len, "bench image", &f));
+    for (int i = 0; i < model_num_tensors(m); i++) {
         const model_tensor *t = model_tensor_at(m, i);
-        s = st_read_f32(st_find(f, t->name), *out + t->offset, (int64_t)t->numel);
+        TRY_GOTO(st_read_f32(st_find(f, t->name), *out + t->offset, (int64_t)t->numel));
     }
+cleanup:
     st_close(f);
-    return s;
+    return st;
 }
 
 /* The image weights_publish sends, made here for the peer (same writer, same bytes). */
 static tidal_status make_image(model *m, st_dtype dtype, void **image, size_t *len)
 {
     st_writer *w = NULL;
-    tidal_status s = st_writer_new(&w);
-    if (s == TIDAL_OK) s = st_writer_metadata(w, "format", "pt");
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(st_writer_new(&w));
+    TRY_GOTO(st_writer_metadata(w, "format", "pt"));
     float *params = model_params(m, NULL);
-    for (int i = 0; s == TIDAL_OK && i < model_num_tensors(m); i++) {
+    for (int i = 0; i < model_num_tensors(m); i++) {
         const model_tensor *t = model_tensor_at(m, i);
-        s = st_writer_add_f32(w, t->name, dtype, t->ndim, t->shape, params + t->offset);
+        TRY_GOTO(st_writer_add_f32(w, t->name, dtype, t->ndim, t->shape, params + t->offset));
     }
-    if (s == TIDAL_OK) s = st_writer_to_memory(w, image, len);
+    TRY_GOTO(st_writer_to_memory(w, image, len));
+cleanup:
     st_writer_free(w);
-    return s;
+    return st;
 }
 
 int bench_weights_main(int argc, char **argv)
@@ -350,47 +375,43 @@ int bench_weights_main(int argc, char **argv)
     job_names names;
 
     double t_init = bench_now_s();
-    tidal_status s = model_create(&BENCH_CFG, &src);
-    if (s == TIDAL_OK) {
-        model_init_random(src, 1234, 0.02f, true);
-        s = make_image(src, dtype, &image, &bytes);
-    }
-    if (s == TIDAL_OK && bf16) s = expected_params(src, image, bytes, &expect);
-    for (int i = 0; i < workers && s == TIDAL_OK; i++) {
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(model_create(&BENCH_CFG, &src));
+    model_init_random(src, 1234, 0.02f, true);
+    TRY_GOTO(make_image(src, dtype, &image, &bytes));
+    if (bf16) TRY_GOTO(expected_params(src, image, bytes, &expect));
+    for (int i = 0; i < workers; i++) {
         bufs[i] = malloc(bytes);
-        if (!bufs[i]) s = tidal_fail(TIDAL_ERR_NOMEM, "bench weights: %zu bytes for subscriber %d", bytes, i);
-        else memset(bufs[i], 0, bytes); /* faulted in before any clock runs */
+        if (!bufs[i]) {
+            st = tidal_fail(TIDAL_ERR_NOMEM, "bench weights: %zu bytes for subscriber %d", bytes, i);
+            goto cleanup;
+        }
+        memset(bufs[i], 0, bytes); /* faulted in before any clock runs */
     }
-    if (s == TIDAL_OK)
-        fprintf(stderr, "bench weights: model of %zu parameters, image %.1f MB (%s), made in %.1f s\n",
-                model_config_num_params(&BENCH_CFG), (double)bytes / 1e6, bf16 ? "bf16" : "fp32",
-                bench_now_s() - t_init);
-    if (s == TIDAL_OK && !url) {
+    fprintf(stderr, "bench weights: model of %zu parameters, image %.1f MB (%s), made in %.1f s\n",
+            model_config_num_params(&BENCH_CFG), (double)bytes / 1e6, bf16 ? "bf16" : "fp32",
+            bench_now_s() - t_init);
+    if (!url) {
         tidal_server_opts so = {0};
-        s = tidal_server_start(&srv, &so);
-        if (s == TIDAL_OK) url = tidal_server_url(srv);
+        TRY_GOTO(tidal_server_start(&srv, &so));
+        url = tidal_server_url(srv);
     }
     bus_opts bo = {.urls = url, .name = "tidal-bench-weights", .js_timeout_ms = 30000};
-    if (s == TIDAL_OK) s = bus_connect(&pub, &bo);
-    for (int i = 0; i < workers && s == TIDAL_OK; i++) s = bus_connect(&wbus[i], &bo);
-    if (s == TIDAL_OK) s = job_names_init(&names, BENCH_JOB);
-    if (s == TIDAL_OK) {
-        /* a clean job each run (a --bus server may hold an earlier one) */
-        bus_stream_delete(pub, names.weights_stream);
-        tidal_clear();
-        weights_publisher_opts po = {.bus = pub, .names = &names, .dtype = dtype};
-        s = weights_publisher_create(&po, &p);
-    }
-    for (int i = 0; i < workers && s == TIDAL_OK; i++)
-        s = weights_client_create(wbus[i], &names, NULL, &clients[i]);
+    TRY_GOTO(bus_connect(&pub, &bo));
+    for (int i = 0; i < workers; i++) TRY_GOTO(bus_connect(&wbus[i], &bo));
+    TRY_GOTO(job_names_init(&names, BENCH_JOB));
+    /* a clean job each run (a --bus server may hold an earlier one) */
+    bus_stream_delete(pub, names.weights_stream);
+    tidal_clear();
+    weights_publisher_opts po = {.bus = pub, .names = &names, .dtype = dtype};
+    TRY_GOTO(weights_publisher_create(&po, &p));
+    for (int i = 0; i < workers; i++) TRY_GOTO(weights_client_create(wbus[i], &names, NULL, &clients[i]));
 
     round_result best_t = {0}, best_r = {0};
-    for (int r = 0; r < rounds && s == TIDAL_OK; r++) {
+    for (int r = 0; r < rounds; r++) {
         round_result tr = {0}, rr = {0};
-        s = run_raw(pub, wbus, workers, image, bytes, bufs, &rr);
-        if (s == TIDAL_OK)
-            s = run_tidal(p, clients, workers, src, bf16 ? expect : model_params(src, NULL), (uint64_t)r, bytes, &tr);
-        if (s != TIDAL_OK) break;
+        TRY_GOTO(run_raw(pub, wbus, workers, image, bytes, bufs, &rr));
+        TRY_GOTO(run_tidal(p, clients, workers, src, bf16 ? expect : model_params(src, NULL), (uint64_t)r, bytes, &tr));
         fprintf(stderr, "round %d: tidal %.2f GB/s per worker (publish call %.0f ms, on the bus after %.2f s, workers",
                 r + 1, tr.gbps_mean, tr.publish_call_ms, tr.on_bus_s);
         for (int i = 0; i < workers; i++) fprintf(stderr, " %.2f s", tr.secs[i]);
@@ -401,34 +422,30 @@ int bench_weights_main(int argc, char **argv)
         if (rr.gbps_mean > best_r.gbps_mean) best_r = rr;
     }
 
-    int rc = 0;
-    if (s != TIDAL_OK) {
-        fprintf(stderr, "tidal bench weights: %s\n", tidal_errmsg());
-        rc = 1;
-    } else {
-        double ratio = best_t.gbps_mean / best_r.gbps_mean;
-        if (!as_json)
-            printf("bench weights: %zu parameters, %zu-byte %s image, %d workers, best of %d rounds\n"
-                   "  tidal (weights_publish -> blob in a file stream + KV manifest -> weights_client, verified):\n"
-                   "        %6.2f GB/s per worker (publish call %.0f ms, on the bus after %.2f s)\n"
-                   "  peer  (core NATS, 4 MiB chunks, windowed acks, no storage, no checksums):\n"
-                   "        %6.2f GB/s per worker\n"
-                   "  ratio %.3f\n",
-                   model_config_num_params(&BENCH_CFG), bytes, bf16 ? "bf16" : "fp32", workers, rounds,
-                   best_t.gbps_mean, best_t.publish_call_ms, best_t.on_bus_s, best_r.gbps_mean, ratio);
-        json_t *o = json_pack(
-            "{s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:{s:f, s:o, s:f, s:f}, s:{s:f, s:o}, s:f, s:f}", "bench", "weights",
-            "peer", "core NATS publish/subscribe of the same image as 4 MiB chunks with windowed acks, same server",
-            "params", (json_int_t)model_config_num_params(&BENCH_CFG), "image_bytes", (json_int_t)bytes, "dtype",
-            bf16 ? "bf16" : "fp32", "workers", workers, "rounds", rounds, "tidal", "gb_per_s_per_worker",
-            best_t.gbps_mean, "seconds_per_worker", secs_json(&best_t, workers), "publish_call_ms",
-            best_t.publish_call_ms, "on_bus_s", best_t.on_bus_s, "raw", "gb_per_s_per_worker", best_r.gbps_mean,
-            "seconds_per_worker", secs_json(&best_r, workers), "peak_rss_mb", bench_peak_rss_mb(), "ratio", ratio);
-        bench_print_json(o);
-    }
+    double ratio = best_t.gbps_mean / best_r.gbps_mean;
+    if (!as_json)
+        printf("bench weights: %zu parameters, %zu-byte %s image, %d workers, best of %d rounds\n"
+               "  tidal (weights_publish -> blob in a file stream + KV manifest -> weights_client, verified):\n"
+               "        %6.2f GB/s per worker (publish call %.0f ms, on the bus after %.2f s)\n"
+               "  peer  (core NATS, 4 MiB chunks, windowed acks, no storage, no checksums):\n"
+               "        %6.2f GB/s per worker\n"
+               "  ratio %.3f\n",
+               model_config_num_params(&BENCH_CFG), bytes, bf16 ? "bf16" : "fp32", workers, rounds,
+               best_t.gbps_mean, best_t.publish_call_ms, best_t.on_bus_s, best_r.gbps_mean, ratio);
+    json_t *o = json_pack(
+        "{s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:{s:f, s:o, s:f, s:f}, s:{s:f, s:o}, s:f, s:f}", "bench", "weights",
+        "peer", "core NATS publish/subscribe of the same image as 4 MiB chunks with windowed acks, same server",
+        "params", (json_int_t)model_config_num_params(&BENCH_CFG), "image_bytes", (json_int_t)bytes, "dtype",
+        bf16 ? "bf16" : "fp32", "workers", workers, "rounds", rounds, "tidal", "gb_per_s_per_worker",
+        best_t.gbps_mean, "seconds_per_worker", secs_json(&best_t, workers), "publish_call_ms",
+        best_t.publish_call_ms, "on_bus_s", best_t.on_bus_s, "raw", "gb_per_s_per_worker", best_r.gbps_mean,
+        "seconds_per_worker", secs_json(&best_r, workers), "peak_rss_mb", bench_peak_rss_mb(), "ratio", ratio);
+    bench_print_json(o);
+cleanup:
+    if (st != TIDAL_OK) fprintf(stderr, "tidal bench weights: %s\n", tidal_errmsg());
     for (int i = 0; i < workers; i++) weights_client_free(clients[i]);
     weights_publisher_free(p);
-    if (pub && s == TIDAL_OK) bus_stream_delete(pub, names.weights_stream);
+    if (pub && st == TIDAL_OK) bus_stream_delete(pub, names.weights_stream);
     for (int i = 0; i < workers; i++) bus_close(wbus[i]);
     bus_close(pub);
     tidal_server_stop(srv);
@@ -436,5 +453,5 @@ int bench_weights_main(int argc, char **argv)
     free(image);
     free(expect);
     model_free(src);
-    return rc;
+    return st == TIDAL_OK ? 0 : 1;
 }

@@ -311,8 +311,7 @@ tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle)
         drop_one(b, t, handle, BUFFER_DROP_DUPLICATE);
         return TIDAL_OK;
     }
-    tidal_status st = strset_put(&b->seen, t->trajectory_id, 1);
-    if (st != TIDAL_OK) return st;
+    TRY(strset_put(&b->seen, t->trajectory_id, 1));
     int dead = strset_get(&b->dead, t->group_id);
     if (dead) {
         drop_one(b, t, handle, (buffer_drop_reason)(dead - 1));
@@ -329,7 +328,8 @@ tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle)
     }
     if (!g && (failed || too_old(b, oldest))) { /* the group dies with its first sample */
         b->c.groups_dropped[failed ? BUFFER_DROP_FAILED : BUFFER_DROP_STALE]++;
-        st = strset_put(&b->dead, t->group_id, (failed ? BUFFER_DROP_FAILED : BUFFER_DROP_STALE_GROUP) + 1);
+        /* the sample is dropped even when its group cannot be recorded as dead; that failure is returned */
+        tidal_status st = strset_put(&b->dead, t->group_id, (failed ? BUFFER_DROP_FAILED : BUFFER_DROP_STALE_GROUP) + 1);
         drop_one(b, t, handle, failed ? BUFFER_DROP_FAILED : BUFFER_DROP_STALE);
         return st;
     }

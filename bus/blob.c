@@ -89,8 +89,7 @@ tidal_status bus_blob_store_open(tidal_bus *b, const char *stream, const char *p
         .max_msgs_per_subject = 1,
         .allow_direct = true,
     };
-    tidal_status s = bus_stream_ensure(b, &sc);
-    if (s != TIDAL_OK) return tidal_wrap(s, "bus: blob store %s", stream);
+    TRY_WRAP(bus_stream_ensure(b, &sc), "bus: blob store %s", stream);
 
     bus_blob_store *st = calloc(1, sizeof *st);
     if (!st) return tidal_fail(TIDAL_ERR_NOMEM, "bus: blob store %s: out of memory", stream);
@@ -222,6 +221,7 @@ static tidal_status prune(bus_blob_store *st)
         for (int i = 0; e && i < n; i++) {
             snprintf(e[i].subj, sizeof e[i].subj, "%s", si->State.Subjects->List[i].Subject);
             bus_msg *m = NULL;
+            /* a manifest gone since the listing keeps sequence 0: pruned first */
             if (bus_stream_get_last(st->b, st->stream, e[i].subj, &m) == TIDAL_OK) {
                 e[i].seq = bus_msg_stream_seq(m);
                 bus_msg_destroy(m);
@@ -237,6 +237,7 @@ static tidal_status prune(bus_blob_store *st)
                 /* "P.N.m" -> purge "P.N.>" */
                 char *dot = strrchr(e[best].subj, '.');
                 if (dot) strcpy(dot, ".>");
+                /* one failed purge does not stop the others; the first failure is returned */
                 tidal_status ps = bus_stream_purge_subject(st->b, st->stream, e[best].subj);
                 if (ps != TIDAL_OK && s == TIDAL_OK) s = ps;
             }
@@ -248,43 +249,46 @@ static tidal_status prune(bus_blob_store *st)
     return s;
 }
 
-tidal_status bus_blob_put(bus_blob_store *st, const char *name, const void *data, uint64_t len,
+tidal_status bus_blob_put(bus_blob_store *bs, const char *name, const void *data, uint64_t len,
                           bus_blob_info *info)
 {
     if (!blob_name_ok(name))
         return tidal_fail(TIDAL_ERR_INVALID, "bus: blob put: bad name '%s' (letters, digits, '-', '_'; at most 100)", name ? name : "(null)");
-    const uint32_t cb = chunk_size(st);
+    const uint32_t cb = chunk_size(bs);
     const uint64_t count64 = (len + cb - 1) / cb;
     if (count64 > UINT32_MAX) return tidal_fail(TIDAL_ERR_INVALID, "bus: blob %s: too large", name);
     const uint32_t count = (uint32_t)count64;
 
     /* replacing a blob: its old chunks and manifest go first */
     char subj[320];
-    snprintf(subj, sizeof subj, "%s.%s.>", st->prefix, name);
-    tidal_status s = bus_stream_purge_subject(st->b, st->stream, subj);
-    if (s != TIDAL_OK) return s;
+    snprintf(subj, sizeof subj, "%s.%s.>", bs->prefix, name);
+    TRY(bus_stream_purge_subject(bs->b, bs->stream, subj));
 
+    tidal_status st = TIDAL_OK;
+    void *buf = NULL;
     uint8_t (*digests)[32] = calloc(count ? count : 1, 32);
     ProtobufCBinaryData *chunk_sha = calloc(count ? count : 1, sizeof *chunk_sha);
     EVP_MD_CTX *whole = EVP_MD_CTX_new();
     if (!digests || !chunk_sha || !whole || !EVP_DigestInit_ex(whole, EVP_sha256(), NULL)) {
-        s = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
-        goto out;
+        st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
+        goto cleanup;
     }
     const uint8_t *p = data;
-    for (uint32_t i = 0; i < count && s == TIDAL_OK; i++) {
+    for (uint32_t i = 0; i < count && st == TIDAL_OK; i++) {
         uint64_t off = (uint64_t)i * cb;
         uint32_t n = (uint32_t)(len - off < cb ? len - off : cb);
         sha256(p + off, n, digests[i]);
         EVP_DigestUpdate(whole, p + off, n);
         chunk_sha[i].data = digests[i];
         chunk_sha[i].len = 32;
-        s = publish_chunk(st, name, i, p + off, n, digests[i]);
+        st = publish_chunk(bs, name, i, p + off, n, digests[i]);
     }
-    int wait_ms = st->b->js_timeout_ms * 4 > BLOB_MIN_WAIT_MS ? st->b->js_timeout_ms * 4 : BLOB_MIN_WAIT_MS;
-    tidal_status ws = wait_chunks(st, name, wait_ms);
-    if (s == TIDAL_OK) s = ws;
-    if (s != TIDAL_OK) goto out;
+    /* Chunks already sent are waited for even after a failed publish (their acks
+     * would otherwise stay pending on the context); the first failure is returned. */
+    int wait_ms = bs->b->js_timeout_ms * 4 > BLOB_MIN_WAIT_MS ? bs->b->js_timeout_ms * 4 : BLOB_MIN_WAIT_MS;
+    tidal_status ws = wait_chunks(bs, name, wait_ms);
+    if (st == TIDAL_OK) st = ws;
+    if (st != TIDAL_OK) goto cleanup;
 
     uint8_t total[32];
     unsigned int tn = 32;
@@ -293,7 +297,7 @@ tidal_status bus_blob_put(bus_blob_store *st, const char *name, const void *data
     Tidal__V1__BlobManifest m = TIDAL__V1__BLOB_MANIFEST__INIT;
     m.schema_version = CODEC_SCHEMA_VERSION;
     m.name = (char *)name;
-    m.subject_prefix = st->prefix;
+    m.subject_prefix = bs->prefix;
     m.bytes = len;
     m.chunk_bytes = cb;
     m.chunk_count = count;
@@ -302,24 +306,19 @@ tidal_status bus_blob_put(bus_blob_store *st, const char *name, const void *data
     m.n_chunk_sha256 = count;
     m.chunk_sha256 = chunk_sha;
     m.created_unix_ms = unix_ms();
-    void *buf = NULL;
     size_t blen = 0;
-    s = codec_encode(&m.base, &buf, &blen);
-    if (s != TIDAL_OK) goto out;
-    snprintf(subj, sizeof subj, "%s.%s.m", st->prefix, name);
-    s = bus_js_publish(st->b, subj, buf, (int)blen, NULL, 0, NULL, NULL);
-    free(buf);
-    if (s != TIDAL_OK) {
-        tidal_wrap(s, "bus: blob %s: manifest", name);
-        goto out;
-    }
+    TRY_GOTO(codec_encode(&m.base, &buf, &blen));
+    snprintf(subj, sizeof subj, "%s.%s.m", bs->prefix, name);
+    TRY_GOTO(tidal_wrap(bus_js_publish(bs->b, subj, buf, (int)blen, NULL, 0, NULL, NULL),
+                        "bus: blob %s: manifest", name));
     if (info) info_from_manifest(info, &m);
-    s = prune(st);
-out:
+    st = prune(bs);
+cleanup:
+    free(buf);
     EVP_MD_CTX_free(whole);
     free(chunk_sha);
     free(digests);
-    return s;
+    return st;
 }
 
 static tidal_status read_manifest(bus_blob_store *st, const char *name, Tidal__V1__BlobManifest **out)
@@ -343,71 +342,67 @@ static tidal_status read_manifest(bus_blob_store *st, const char *name, Tidal__V
 tidal_status bus_blob_stat(bus_blob_store *st, const char *name, bus_blob_info *info)
 {
     Tidal__V1__BlobManifest *m = NULL;
-    tidal_status s = read_manifest(st, name, &m);
-    if (s != TIDAL_OK) return s;
+    TRY(read_manifest(st, name, &m));
     info_from_manifest(info, m);
     tidal__v1__blob_manifest__free_unpacked(m, NULL);
     return TIDAL_OK;
 }
 
-tidal_status bus_blob_get(bus_blob_store *st, const char *name, void **data, uint64_t *len,
+tidal_status bus_blob_get(bus_blob_store *bs, const char *name, void **data, uint64_t *len,
                           bus_blob_info *info)
 {
     *data = NULL;
     *len = 0;
     Tidal__V1__BlobManifest *m = NULL;
-    tidal_status s = read_manifest(st, name, &m);
-    if (s != TIDAL_OK) return s;
+    TRY(read_manifest(bs, name, &m));
+    tidal_status st = TIDAL_OK;
     uint8_t *buf = malloc(m->bytes ? m->bytes : 1);
     EVP_MD_CTX *whole = EVP_MD_CTX_new();
     if (!buf || !whole || !EVP_DigestInit_ex(whole, EVP_sha256(), NULL)) {
-        s = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: cannot allocate %llu bytes", name, (unsigned long long)m->bytes);
-        goto out;
+        st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: cannot allocate %llu bytes", name, (unsigned long long)m->bytes);
+        goto cleanup;
     }
-    for (uint32_t i = 0; i < m->chunk_count && s == TIDAL_OK; i++) {
+    for (uint32_t i = 0; i < m->chunk_count; i++) {
         uint64_t off = (uint64_t)i * m->chunk_bytes;
         uint64_t want = m->bytes - off < m->chunk_bytes ? m->bytes - off : m->chunk_bytes;
         char subj[320];
-        snprintf(subj, sizeof subj, "%s.%s.c.%u", st->prefix, name, i);
+        snprintf(subj, sizeof subj, "%s.%s.c.%u", bs->prefix, name, i);
         bus_msg *c = NULL;
-        s = bus_stream_get_last(st->b, st->stream, subj, &c);
-        if (s == TIDAL_ERR_NOT_FOUND) {
-            s = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u missing (%s)", name, i, m->chunk_count, subj);
-            break;
-        }
-        if (s != TIDAL_OK) break;
+        st = bus_stream_get_last(bs->b, bs->stream, subj, &c);
+        if (st == TIDAL_ERR_NOT_FOUND) /* a missing chunk is a corrupt blob */
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u missing (%s)", name, i, m->chunk_count, subj);
+        if (st != TIDAL_OK) goto cleanup;
         uint8_t d[32];
         sha256(bus_msg_data(c), (size_t)bus_msg_len(c), d);
         if ((uint64_t)bus_msg_len(c) != want)
-            s = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u has %d bytes, manifest says %llu", name, i,
-                           m->chunk_count, bus_msg_len(c), (unsigned long long)want);
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u has %d bytes, manifest says %llu", name, i,
+                            m->chunk_count, bus_msg_len(c), (unsigned long long)want);
         else if (memcmp(d, m->chunk_sha256[i].data, 32) != 0)
-            s = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u fails its SHA-256 check (%s)", name, i,
-                           m->chunk_count, subj);
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u fails its SHA-256 check (%s)", name, i,
+                            m->chunk_count, subj);
         else {
             memcpy(buf + off, bus_msg_data(c), want);
             EVP_DigestUpdate(whole, buf + off, want);
         }
         bus_msg_destroy(c);
+        if (st != TIDAL_OK) goto cleanup;
     }
-    if (s == TIDAL_OK) {
-        uint8_t total[32];
-        unsigned int tn = 32;
-        EVP_DigestFinal_ex(whole, total, &tn);
-        if (memcmp(total, m->sha256.data, 32) != 0)
-            s = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: SHA-256 of the whole does not match the manifest", name);
+    uint8_t total[32];
+    unsigned int tn = 32;
+    EVP_DigestFinal_ex(whole, total, &tn);
+    if (memcmp(total, m->sha256.data, 32) != 0) {
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: SHA-256 of the whole does not match the manifest", name);
+        goto cleanup;
     }
-    if (s == TIDAL_OK) {
-        if (info) info_from_manifest(info, m);
-        *data = buf;
-        *len = m->bytes;
-        buf = NULL;
-    }
-out:
+    if (info) info_from_manifest(info, m);
+    *data = buf;
+    *len = m->bytes;
+    buf = NULL;
+cleanup:
     EVP_MD_CTX_free(whole);
     free(buf);
     tidal__v1__blob_manifest__free_unpacked(m, NULL);
-    return s;
+    return st;
 }
 
 tidal_status bus_blob_delete(bus_blob_store *st, const char *name)

@@ -178,7 +178,7 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
     tidal_status st = TIDAL_OK;
     if (s == NATS_OK && n == 0) {
         st = tidal_fail(TIDAL_ERR_INVALID, "bus: connect: no server URL in '%s'", o->urls);
-        goto fail;
+        goto cleanup;
     }
     if (s == NATS_OK) s = natsOptions_SetServers(no, urls, n);
     if (s == NATS_OK) s = natsOptions_SetName(no, o->name ? o->name : "tidal");
@@ -207,7 +207,7 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
     if (s != NATS_OK) {
         st = bus_nats_fail(s, 0, "bus: connect %s: bad connection options", o->urls);
         if (st == TIDAL_ERR_BUS) st = TIDAL_ERR_INVALID;
-        goto fail;
+        goto cleanup;
     }
     s = natsConnection_Connect(&b->nc, no);
     if (s != NATS_OK) {
@@ -225,7 +225,7 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
         }
         if (s == NATS_NO_SERVER || s == NATS_TIMEOUT) st = TIDAL_ERR_UNAVAILABLE;
         if (s == NATS_CONNECTION_AUTH_FAILED) st = TIDAL_ERR_PERMISSION;
-        goto fail;
+        goto cleanup;
     }
     jsOptions jo;
     jsOptions_Init(&jo);
@@ -237,14 +237,11 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
     s = natsConnection_JetStream(&b->js, b->nc, &jo);
     if (s != NATS_OK) {
         st = bus_nats_fail(s, 0, "bus: connect %s: JetStream context", o->urls);
-        goto fail;
+        goto cleanup;
     }
-    natsOptions_Destroy(no);
-    free(urlbuf);
     *out = b;
-    return TIDAL_OK;
-
-fail:
+    b = NULL;
+cleanup:
     natsOptions_Destroy(no);
     free(urlbuf);
     bus_close(b);
@@ -404,6 +401,7 @@ static tidal_status subscribe(tidal_bus *b, const char *subject, const char *que
     s->handler = handler;
     s->closure = closure;
     snprintf(s->what, sizeof s->what, "%s", subject);
+    tidal_status st = TIDAL_OK;
     natsStatus ns;
     if (handler)
         ns = queue ? natsConnection_QueueSubscribe(&s->sub, b->nc, subject, queue, on_sub_msg, s)
@@ -412,16 +410,15 @@ static tidal_status subscribe(tidal_bus *b, const char *subject, const char *que
         ns = queue ? natsConnection_QueueSubscribeSync(&s->sub, b->nc, subject, queue)
                    : natsConnection_SubscribeSync(&s->sub, b->nc, subject);
     if (ns != NATS_OK) {
-        free(s);
-        return bus_nats_fail(ns, 0, "bus: subscribe %s", subject);
+        st = bus_nats_fail(ns, 0, "bus: subscribe %s", subject);
+        goto cleanup;
     }
-    tidal_status st = lift_pending_limits(s);
-    if (st != TIDAL_OK) {
-        bus_unsubscribe(s);
-        return st;
-    }
+    TRY_GOTO(lift_pending_limits(s));
     *out = s;
-    return TIDAL_OK;
+    s = NULL;
+cleanup:
+    bus_unsubscribe(s); /* frees a bus_sub that has no subscription yet too */
+    return st;
 }
 
 tidal_status bus_subscribe(tidal_bus *b, const char *subject, const char *queue,
@@ -793,12 +790,13 @@ tidal_status bus_pull_subscribe(tidal_bus *b, const char *stream, const char *du
     snprintf(s->what, sizeof s->what, "stream %s consumer %s", stream, durable);
 
     /* bind to the durable as it is: its filter is the subject */
+    tidal_status st = TIDAL_OK;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     natsStatus ns = js_GetConsumerInfo(&ci, b->js, stream, durable, NULL, &jerr);
     if (ns != NATS_OK) {
-        free(s);
-        return bus_nats_fail(ns, jerr, "bus: pull subscribe: consumer %s on stream %s", durable, stream);
+        st = bus_nats_fail(ns, jerr, "bus: pull subscribe: consumer %s on stream %s", durable, stream);
+        goto cleanup;
     }
     jsSubOptions so;
     jsSubOptions_Init(&so);
@@ -807,18 +805,17 @@ tidal_status bus_pull_subscribe(tidal_bus *b, const char *stream, const char *du
     so.ManualAck = true;
     const char *filter = ci->Config->FilterSubject;
     ns = js_PullSubscribe(&s->sub, b->js, filter && *filter ? filter : NULL, durable, NULL, &so, &jerr);
-    jsConsumerInfo_Destroy(ci);
     if (ns != NATS_OK) {
-        free(s);
-        return bus_nats_fail(ns, jerr, "bus: pull subscribe to consumer %s on stream %s", durable, stream);
+        st = bus_nats_fail(ns, jerr, "bus: pull subscribe to consumer %s on stream %s", durable, stream);
+        goto cleanup;
     }
-    tidal_status st = lift_pending_limits(s);
-    if (st != TIDAL_OK) {
-        bus_unsubscribe(s);
-        return st;
-    }
+    TRY_GOTO(lift_pending_limits(s));
     *out = s;
-    return TIDAL_OK;
+    s = NULL;
+cleanup:
+    jsConsumerInfo_Destroy(ci);
+    bus_unsubscribe(s); /* frees a bus_sub that has no subscription yet too */
+    return st;
 }
 
 tidal_status bus_fetch(bus_sub *s, int max, int timeout_ms, bus_msg **msgs, int *n)

@@ -251,8 +251,7 @@ static tidal_status spawn(tidal_server *s, const char *port_arg)
                     .own_group = true,
                     .die_with_parent = true};
     pid_t pid;
-    tidal_status st = spawn_process(&o, &pid);
-    if (st != TIDAL_OK) return tidal_wrap(st, "nats-server: ");
+    TRY_WRAP(spawn_process(&o, &pid), "nats-server: ");
     s->pid = pid;
     return TIDAL_OK;
 }
@@ -457,31 +456,33 @@ tidal_status tidal_server_start(tidal_server **out, const tidal_server_opts *opt
     s->port = opts->port;
     s->start_timeout_ms = opts->start_timeout_ms > 0 ? opts->start_timeout_ms : DEFAULT_START_TIMEOUT_MS;
 
-    tidal_status st = resolve_binary(opts->binary, &s->binary);
-    if (st != TIDAL_OK) {
-        server_free(s);
-        return st;
-    }
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(resolve_binary(opts->binary, &s->binary));
 
     const char *tmp = getenv("TMPDIR");
     if (!tmp || !*tmp) tmp = "/tmp";
     s->work_dir = str_printf("%s/tidal-nats-XXXXXX", tmp);
-    if (!s->work_dir) goto nomem;
+    if (!s->work_dir) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "nats-server: out of memory");
+        goto cleanup;
+    }
     if (!mkdtemp(s->work_dir)) {
         int e = errno;
         st = tidal_fail(TIDAL_ERR_IO, "nats-server %s: create work dir %s: %s", s->binary, s->work_dir,
                         strerror(e));
         free(s->work_dir);
         s->work_dir = NULL; /* nothing to remove */
-        server_free(s);
-        return st;
+        goto cleanup;
     }
 
     s->store_dir = opts->store_dir ? strdup(opts->store_dir) : str_printf("%s/store", s->work_dir);
     s->log_file = opts->log_file ? strdup(opts->log_file) : str_printf("%s/nats-server.log", s->work_dir);
     s->config_file = opts->config_file ? strdup(opts->config_file)
                                        : str_printf("%s/nats-server.conf", s->work_dir);
-    if (!s->store_dir || !s->log_file || !s->config_file) goto nomem;
+    if (!s->store_dir || !s->log_file || !s->config_file) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "nats-server: out of memory");
+        goto cleanup;
+    }
     s->log_is_temp = !opts->log_file;
 
     if (!opts->config_file) {
@@ -491,32 +492,25 @@ tidal_status tidal_server_start(tidal_server **out, const tidal_server_opts *opt
         if (!ok) {
             st = tidal_fail(TIDAL_ERR_IO, "nats-server %s: write default config %s: %s", s->binary,
                             s->config_file, strerror(errno));
-            server_free(s);
-            return st;
+            goto cleanup;
         }
     } else if (access(opts->config_file, R_OK) != 0) {
         st = tidal_fail(errno == ENOENT ? TIDAL_ERR_NOT_FOUND : TIDAL_ERR_IO,
                         "nats-server %s: config file %s: %s", s->binary, opts->config_file, strerror(errno));
-        server_free(s);
-        return st;
+        goto cleanup;
     }
 
     char port_arg[16];
     snprintf(port_arg, sizeof port_arg, "%d", s->port > 0 ? s->port : -1);
-    st = spawn(s, port_arg);
-    if (st == TIDAL_OK) st = wait_ready(s, 1);
-    if (st != TIDAL_OK) {
-        server_free(s);
-        return st;
-    }
+    TRY_GOTO(spawn(s, port_arg));
+    TRY_GOTO(wait_ready(s, 1));
     tidal_log(TIDAL_LOG_DEBUG, "nats-server %s pid %ld on %s, store %s, log %s", s->binary, (long)s->pid,
               s->url, s->store_dir, s->log_file);
     *out = s;
-    return TIDAL_OK;
-
-nomem:
+    s = NULL;
+cleanup:
     server_free(s);
-    return tidal_fail(TIDAL_ERR_NOMEM, "nats-server: out of memory");
+    return st;
 }
 
 const char *tidal_server_url(const tidal_server *s) { return s ? s->url : NULL; }
@@ -554,9 +548,8 @@ tidal_status tidal_server_restart(tidal_server *s)
     }
     char port_arg[16];
     snprintf(port_arg, sizeof port_arg, "%d", s->port);
-    tidal_status st = spawn(s, port_arg);
-    if (st == TIDAL_OK) st = wait_ready(s, 0);
-    if (st != TIDAL_OK) return tidal_wrap(st, "restart");
+    TRY_WRAP(spawn(s, port_arg), "restart");
+    TRY_WRAP(wait_ready(s, 0), "restart");
     tidal_log(TIDAL_LOG_DEBUG, "nats-server %s restarted, pid %ld on %s", s->binary, (long)s->pid, s->url);
     return TIDAL_OK;
 }

@@ -115,26 +115,25 @@ static int fwdbwd(int argc, char **argv)
     uint8_t *decay = NULL;
     int rc = 1;
 
-    tidal_status s = model_load(model_dir, &m);
-    if (s != TIDAL_OK) {
-        rc = EXIT_USAGE;
-        goto out;
-    }
-    s = st_open(in_path, &in);
+    tidal_status st = TIDAL_OK;
+    rc = EXIT_USAGE; /* the model directory and the input file: a failure to read them is bad input */
+    TRY_GOTO(model_load(model_dir, &m));
+    TRY_GOTO(st_open(in_path, &in));
     const st_tensor *t_ids = NULL, *t_tg = NULL, *t_cu = NULL, *t_w = NULL;
-    if (s == TIDAL_OK) s = debug_input_1d(in, in_path, "input_ids", ST_I32, &t_ids);
-    if (s == TIDAL_OK) s = debug_input_1d(in, in_path, "target_ids", ST_I32, &t_tg);
-    if (s == TIDAL_OK) s = debug_input_1d(in, in_path, "cu_seqlens", ST_I32, &t_cu);
-    if (s == TIDAL_OK) s = debug_input_1d(in, in_path, "loss_weights", ST_F32, &t_w);
-    if (s == TIDAL_OK && (t_tg->shape[0] != t_ids->shape[0] || t_w->shape[0] != t_ids->shape[0]))
-        s = tidal_fail(TIDAL_ERR_INVALID, "%s: input_ids, target_ids and loss_weights must have the same length (%lld, %lld, %lld)",
-                       in_path, (long long)t_ids->shape[0], (long long)t_tg->shape[0], (long long)t_w->shape[0]);
-    if (s == TIDAL_OK && (t_cu->shape[0] < 2 || t_ids->shape[0] < 1 || t_ids->shape[0] > (1 << 24)))
-        s = tidal_fail(TIDAL_ERR_INVALID, "%s: need at least one token and one sequence (cu_seqlens has S+1 entries)", in_path);
-    if (s != TIDAL_OK) {
-        rc = EXIT_USAGE;
-        goto out;
+    TRY_GOTO(debug_input_1d(in, in_path, "input_ids", ST_I32, &t_ids));
+    TRY_GOTO(debug_input_1d(in, in_path, "target_ids", ST_I32, &t_tg));
+    TRY_GOTO(debug_input_1d(in, in_path, "cu_seqlens", ST_I32, &t_cu));
+    TRY_GOTO(debug_input_1d(in, in_path, "loss_weights", ST_F32, &t_w));
+    if (t_tg->shape[0] != t_ids->shape[0] || t_w->shape[0] != t_ids->shape[0]) {
+        st = tidal_fail(TIDAL_ERR_INVALID, "%s: input_ids, target_ids and loss_weights must have the same length (%lld, %lld, %lld)",
+                        in_path, (long long)t_ids->shape[0], (long long)t_tg->shape[0], (long long)t_w->shape[0]);
+        goto cleanup;
     }
+    if (t_cu->shape[0] < 2 || t_ids->shape[0] < 1 || t_ids->shape[0] > (1 << 24)) {
+        st = tidal_fail(TIDAL_ERR_INVALID, "%s: need at least one token and one sequence (cu_seqlens has S+1 entries)", in_path);
+        goto cleanup;
+    }
+    rc = 1;
     model_set_recompute_mlp(m, recompute);
     const int T = (int)t_ids->shape[0], S = (int)t_cu->shape[0] - 1, V = model_cfg(m)->vocab_size;
     ids = debug_copy_out(t_ids);
@@ -147,24 +146,24 @@ static int fwdbwd(int argc, char **argv)
     logits = malloc((size_t)T * (size_t)V * sizeof(float));
     step_losses = calloc((size_t)(steps ? steps : 1), sizeof(float));
     if (!ids || !targets || !cu || !weights || !logprob || !entropy || !dlogprob || !logits || !step_losses) {
-        s = tidal_fail(TIDAL_ERR_NOMEM, "debug fwdbwd: out of memory for %d tokens x %d vocabulary", T, V);
-        goto out;
+        st = tidal_fail(TIDAL_ERR_NOMEM, "debug fwdbwd: out of memory for %d tokens x %d vocabulary", T, V);
+        goto cleanup;
     }
     for (int t = 0; t < T; t++) {
         if (!(weights[t] == weights[t]) || weights[t] > 3.0e38f || weights[t] < -3.0e38f) {
-            s = tidal_fail(TIDAL_ERR_INVALID, "%s: loss_weights[%d] is not finite", in_path, t);
+            st = tidal_fail(TIDAL_ERR_INVALID, "%s: loss_weights[%d] is not finite", in_path, t);
             rc = EXIT_USAGE;
-            goto out;
+            goto cleanup;
         }
         dlogprob[t] = -weights[t];
     }
     model_batch b = {.T = T, .S = S, .ids = ids, .targets = targets, .cu_seqlens = cu,
                      .inv_temp = (float)(1.0 / temperature)};
-    s = model_batch_check(m, &b);
-    if (s != TIDAL_OK) {
-        tidal_wrap(s, "%s", in_path);
+    st = model_batch_check(m, &b);
+    if (st != TIDAL_OK) { /* a batch the model refuses: bad input */
+        tidal_wrap(st, "%s", in_path);
         rc = EXIT_USAGE;
-        goto out;
+        goto cleanup;
     }
 
     size_t n_params = 0;
@@ -173,24 +172,24 @@ static int fwdbwd(int argc, char **argv)
     if (steps > 0) {
         adamw_cfg oc = adamw_defaults();
         oc.weight_decay = (float)wd;
-        s = adamw_create(n_params, &oc, &opt);
+        TRY_GOTO(adamw_create(n_params, &oc, &opt));
         decay = calloc(n_params, 1);
-        if (s == TIDAL_OK && !decay) s = tidal_fail(TIDAL_ERR_NOMEM, "debug fwdbwd: out of memory");
-        for (int i = 0; s == TIDAL_OK && i < model_num_tensors(m); i++) {
+        first_grads = malloc(n_params * sizeof(float));
+        if (!decay || !first_grads) {
+            st = tidal_fail(TIDAL_ERR_NOMEM, "debug fwdbwd: out of memory");
+            goto cleanup;
+        }
+        for (int i = 0; i < model_num_tensors(m); i++) {
             const model_tensor *mt = model_tensor_at(m, i);
             if (mt->ndim == 2) memset(decay + mt->offset, 1, mt->numel);
         }
-        first_grads = malloc(n_params * sizeof(float));
-        if (s == TIDAL_OK && !first_grads) s = tidal_fail(TIDAL_ERR_NOMEM, "debug fwdbwd: out of memory");
-        if (s != TIDAL_OK) goto out;
     }
     /* first pass: the outputs; then the optimizer steps, if any */
     float loss0 = 0.0f;
     for (int step = 0; step < (steps ? steps : 1); step++) {
         model_zero_grads(m);
-        s = model_forward(m, &b, logprob, entropy, step == 0 ? logits : NULL);
-        if (s == TIDAL_OK) s = model_backward(m, &b, dlogprob, NULL);
-        if (s != TIDAL_OK) goto out;
+        TRY_GOTO(model_forward(m, &b, logprob, entropy, step == 0 ? logits : NULL));
+        TRY_GOTO(model_backward(m, &b, dlogprob, NULL));
         double loss = 0.0;
         for (int t = 0; t < T; t++) loss -= (double)weights[t] * logprob[t];
         step_losses[step] = (float)loss;
@@ -198,35 +197,32 @@ static int fwdbwd(int argc, char **argv)
             loss0 = (float)loss;
             if (steps) memcpy(first_grads, grads, n_params * sizeof(float));
             /* keep the first pass's per-token outputs */
-            s = st_writer_new(&w);
-            if (s == TIDAL_OK) s = add_f32(w, "logits", 2, T, V, logits);
-            if (s == TIDAL_OK) s = add_f32(w, "logprobs", 1, T, 0, logprob);
-            if (s == TIDAL_OK) s = add_f32(w, "entropy", 1, T, 0, entropy);
-            if (s == TIDAL_OK) s = add_f32(w, "loss", 1, 1, 0, &loss0);
-            if (s != TIDAL_OK) goto out;
+            TRY_GOTO(st_writer_new(&w));
+            TRY_GOTO(add_f32(w, "logits", 2, T, V, logits));
+            TRY_GOTO(add_f32(w, "logprobs", 1, T, 0, logprob));
+            TRY_GOTO(add_f32(w, "entropy", 1, T, 0, entropy));
+            TRY_GOTO(add_f32(w, "loss", 1, 1, 0, &loss0));
         }
         if (steps) adamw_step(opt, params, grads, decay, (float)lr);
     }
     const float *g0 = steps ? first_grads : grads;
-    for (int i = 0; s == TIDAL_OK && i < model_num_tensors(m); i++) {
+    for (int i = 0; i < model_num_tensors(m); i++) {
         const model_tensor *mt = model_tensor_at(m, i);
         char name[128];
         snprintf(name, sizeof name, "grad.%s", mt->name);
-        s = st_writer_add_f32(w, name, ST_F32, mt->ndim, mt->shape, g0 + mt->offset);
-        if (s == TIDAL_OK && steps) {
+        TRY_GOTO(st_writer_add_f32(w, name, ST_F32, mt->ndim, mt->shape, g0 + mt->offset));
+        if (steps) {
             snprintf(name, sizeof name, "param.%s", mt->name);
-            s = st_writer_add_f32(w, name, ST_F32, mt->ndim, mt->shape, params + mt->offset);
+            TRY_GOTO(st_writer_add_f32(w, name, ST_F32, mt->ndim, mt->shape, params + mt->offset));
         }
     }
-    if (s == TIDAL_OK && steps) s = add_f32(w, "step_losses", 1, steps, 0, step_losses);
-    if (s == TIDAL_OK) s = st_writer_save(w, out_path);
-    if (s == TIDAL_OK && save_dir) s = model_save(m, save_dir, ST_F32);
-    if (s == TIDAL_OK) {
-        fprintf(stderr, "fwdbwd: %d tokens in %d sequences, loss %.6f, grad norm %.6g%s\n", T, S, (double)loss0,
-                model_grad_norm(m), steps ? " (after the last step)" : "");
-        rc = 0;
-    }
-out:
+    if (steps) TRY_GOTO(add_f32(w, "step_losses", 1, steps, 0, step_losses));
+    TRY_GOTO(st_writer_save(w, out_path));
+    if (save_dir) TRY_GOTO(model_save(m, save_dir, ST_F32));
+    fprintf(stderr, "fwdbwd: %d tokens in %d sequences, loss %.6f, grad norm %.6g%s\n", T, S, (double)loss0,
+            model_grad_norm(m), steps ? " (after the last step)" : "");
+    rc = 0;
+cleanup:
     if (rc != 0) fprintf(stderr, "tidal debug fwdbwd: %s\n", tidal_errmsg());
     st_writer_free(w);
     st_close(in);

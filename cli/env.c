@@ -77,7 +77,7 @@ static int env_serve(const char *name, const conn_flags *cf, int concurrency, co
     tidal_bus *b = NULL;
     env_service *svc = NULL;
     tidal_status st = env_create(name, config, &e);
-    if (st != TIDAL_OK) {
+    if (st != TIDAL_OK) { /* an env that cannot be made from this name and config: a usage error */
         fprintf(stderr, "tidal env serve: %s\n", tidal_errmsg());
         return 2;
     }
@@ -88,15 +88,9 @@ static int env_serve(const char *name, const conn_flags *cf, int concurrency, co
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    st = connect_bus(cf, conn_name, &b);
+    TRY_GOTO(connect_bus(cf, conn_name, &b));
     env_service_opts so = {.concurrency = concurrency, .max_request_bytes = max_request};
-    if (st == TIDAL_OK) st = env_service_start(b, name, serve_builtin, e, &so, &svc);
-    if (st != TIDAL_OK) {
-        fprintf(stderr, "tidal env serve: %s\n", tidal_errmsg());
-        bus_close(b);
-        env_free(e);
-        return st == TIDAL_ERR_INVALID ? 2 : 1;
-    }
+    TRY_GOTO(env_service_start(b, name, serve_builtin, e, &so, &svc));
     tidal_log(TIDAL_LOG_INFO, "env %s: serving tidal.env.%s with %d threads", name, name,
               concurrency > 0 ? concurrency : 4);
     while (!stop_signal) {
@@ -105,9 +99,11 @@ static int env_serve(const char *name, const conn_flags *cf, int concurrency, co
     }
     tidal_log(TIDAL_LOG_INFO, "env %s: signal %d: draining", name, (int)stop_signal);
     env_service_stop(svc, 10000);
+cleanup:
+    if (st != TIDAL_OK) fprintf(stderr, "tidal env serve: %s\n", tidal_errmsg());
     bus_close(b);
     env_free(e);
-    return 0;
+    return st == TIDAL_OK ? 0 : st == TIDAL_ERR_INVALID ? 2 : 1;
 }
 
 /* ---------------------------------------------------------------- call */
@@ -116,28 +112,25 @@ static int env_call_once(const char *name, const conn_flags *cf, const env_call 
 {
     tidal_bus *b = NULL;
     env_client *cl = NULL;
-    tidal_status st = connect_bus(cf, "tidal-env-call", &b);
-    if (st == TIDAL_OK) st = env_client_remote(b, name, co, &cl);
+    tidal_status st = TIDAL_OK;
     env_result r = {0};
-    if (st == TIDAL_OK) st = env_client_call(cl, c, &r);
-    int rc = 0;
-    if (st != TIDAL_OK) {
-        fprintf(stderr, "tidal env call: %s\n", tidal_errmsg());
-        rc = st == TIDAL_ERR_INVALID ? 2 : 1;
-    } else {
-        json_t *metrics = json_object();
-        for (int i = 0; i < r.n_metrics; i++) json_object_set_new(metrics, r.metrics[i].name, json_real(r.metrics[i].value));
-        json_t *o = json_pack("{s:s, s:f, s:b, s:o}", "observation", r.observation ? r.observation : "", "reward",
-                              r.reward, "done", r.done, "metrics", metrics);
-        char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        if (line) printf("%s\n", line);
-        free(line);
-        json_decref(o);
-    }
+    TRY_GOTO(connect_bus(cf, "tidal-env-call", &b));
+    TRY_GOTO(env_client_remote(b, name, co, &cl));
+    TRY_GOTO(env_client_call(cl, c, &r));
+    json_t *metrics = json_object();
+    for (int i = 0; i < r.n_metrics; i++) json_object_set_new(metrics, r.metrics[i].name, json_real(r.metrics[i].value));
+    json_t *o = json_pack("{s:s, s:f, s:b, s:o}", "observation", r.observation ? r.observation : "", "reward",
+                          r.reward, "done", r.done, "metrics", metrics);
+    char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (line) printf("%s\n", line);
+    free(line);
+    json_decref(o);
+cleanup:
+    if (st != TIDAL_OK) fprintf(stderr, "tidal env call: %s\n", tidal_errmsg());
     env_result_clear(&r);
     env_client_free(cl);
     bus_close(b);
-    return rc;
+    return st == TIDAL_OK ? 0 : st == TIDAL_ERR_INVALID ? 2 : 1;
 }
 
 /* ---------------------------------------------------------------- main */

@@ -59,34 +59,32 @@ static tidal_status encode_prompt(tok_ctx *tc, const char *text, bool chat, int3
 {
     *ids = NULL;
     *n = 0;
-    tidal_status s = tokenizer_load(tc->model_dir, &tc->tokenizer);
-    if (s != TIDAL_OK) return tidal_wrap(s, "generate: text prompts need the model's tokenizer");
+    TRY_WRAP(tokenizer_load(tc->model_dir, &tc->tokenizer), "generate: text prompts need the model's tokenizer");
+    tidal_status st = TIDAL_OK;
     char *rendered = NULL;
+    tok_ids out = {0};
     size_t len = strlen(text);
     if (chat) {
         chat_format f = CHAT_PLAIN;
         const char *tmpl = tokenizer_chat_template(tc->tokenizer);
-        if (!tmpl || chat_format_detect(tmpl, &f) != TIDAL_OK) f = CHAT_PLAIN;
+        if (!tmpl || chat_format_detect(tmpl, &f) != TIDAL_OK) f = CHAT_PLAIN; /* unknown template: plain */
         chat_message msg = {.role = "user", .content = text};
-        s = chat_render(f, &msg, 1, true, &rendered, &len);
-        if (s != TIDAL_OK) return s;
+        TRY_GOTO(chat_render(f, &msg, 1, true, &rendered, &len));
         text = rendered;
         tc->end_of_turn = tokenizer_token_id(tc->tokenizer, chat_end_of_turn(f));
     }
-    tok_ids out = {0};
-    s = tokenizer_encode(tc->tokenizer, text, len, false, &out);
-    free(rendered);
-    if (s != TIDAL_OK) {
-        tok_ids_free(&out);
-        return s;
-    }
+    TRY_GOTO(tokenizer_encode(tc->tokenizer, text, len, false, &out));
     if (out.n == 0 || out.n > (size_t)INT32_MAX) {
-        tok_ids_free(&out);
-        return tidal_fail(TIDAL_ERR_INVALID, "generate: the prompt encodes to %zu tokens", out.n);
+        st = tidal_fail(TIDAL_ERR_INVALID, "generate: the prompt encodes to %zu tokens", out.n);
+        goto cleanup;
     }
     *ids = out.ids;
     *n = (int)out.n;
-    return TIDAL_OK;
+    out.ids = NULL;
+cleanup:
+    free(rendered);
+    tok_ids_free(&out);
+    return st;
 }
 
 /* A token's bytes (engine_token_bytes_fn): for streaming and stop strings. */
@@ -242,66 +240,64 @@ int generate_main(int argc, char **argv)
     int32_t *ids = NULL;
     int n_ids = 0, rc = 1;
     tok_ctx tc = {.model_dir = dir, .end_of_turn = -1};
-    tidal_status s = model_load(dir, &m);
-    if (s != TIDAL_OK) {
+    /* exit 2 for bad input (the model directory, --ids, the request), 1 for other failures */
+    tidal_status st = model_load(dir, &m);
+    if (st != TIDAL_OK) {
         rc = 2; /* a bad model directory is bad input */
-        goto out;
+        goto cleanup;
     }
     const model_config *cfg = model_cfg(m);
     if (ids_arg) {
-        s = parse_ids(ids_arg, cfg->vocab_size, &ids, &n_ids);
-        if (s != TIDAL_OK) {
+        st = parse_ids(ids_arg, cfg->vocab_size, &ids, &n_ids);
+        if (st != TIDAL_OK) {
             rc = 2;
-            goto out;
+            goto cleanup;
         }
     } else {
-        s = encode_prompt(&tc, prompt, chat, &ids, &n_ids);
-        if (s != TIDAL_OK) goto out;
+        TRY_GOTO(encode_prompt(&tc, prompt, chat, &ids, &n_ids));
     }
     if (cfg->eos_token_id >= 0 && n_stop < 34) stop_ids[n_stop++] = cfg->eos_token_id;
     if (tc.end_of_turn >= 0 && n_stop < 34) stop_ids[n_stop++] = tc.end_of_turn;
     for (int i = 0; i < n_stop; i++)
         if (stop_ids[i] >= cfg->vocab_size) {
-            s = tidal_fail(TIDAL_ERR_INVALID, "generate: --stop-id %d is not below the vocabulary size %d", stop_ids[i],
-                           cfg->vocab_size);
+            st = tidal_fail(TIDAL_ERR_INVALID, "generate: --stop-id %d is not below the vocabulary size %d", stop_ids[i],
+                            cfg->vocab_size);
             rc = 2;
-            goto out;
+            goto cleanup;
         }
     if (n_ids >= cfg->max_position_embeddings) {
-        s = tidal_fail(TIDAL_ERR_INVALID, "generate: the prompt has %d tokens, the model takes %d", n_ids,
-                       cfg->max_position_embeddings);
+        st = tidal_fail(TIDAL_ERR_INVALID, "generate: the prompt has %d tokens, the model takes %d", n_ids,
+                        cfg->max_position_embeddings);
         rc = 2;
-        goto out;
+        goto cleanup;
     }
     long max_len = (long)n_ids + max_tokens;
     if (max_len > cfg->max_position_embeddings) max_len = cfg->max_position_embeddings;
 
-    stream st = {.tc = &tc, .text = prompt != NULL};
-    engine_options o = {.slots = 1, .max_len = (int)max_len, .on_token = on_token, .on_token_ctx = &st,
+    stream sm = {.tc = &tc, .text = prompt != NULL};
+    engine_options o = {.slots = 1, .max_len = (int)max_len, .on_token = on_token, .on_token_ctx = &sm,
                         .token_bytes = tc.tokenizer ? token_bytes : NULL, .token_bytes_ctx = &tc};
-    s = engine_create(m, 0, &o, &e);
-    if (s != TIDAL_OK) goto out;
+    TRY_GOTO(engine_create(m, 0, &o, &e));
     engine_request rq = {.prompt = ids, .prompt_len = n_ids, .max_new_tokens = max_tokens, .stop_ids = stop_ids,
                          .n_stop_ids = n_stop,
                          .sampling = {.temperature = (float)temperature, .top_p = (float)top_p, .top_k = top_k,
                                       .min_p = (float)min_p, .seed = seed}};
-    s = engine_submit(e, &rq, NULL);
-    if (s != TIDAL_OK) {
+    st = engine_submit(e, &rq, NULL);
+    if (st != TIDAL_OK) {
         rc = 2;
-        goto out;
+        goto cleanup;
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (s == TIDAL_OK && engine_busy(e)) s = engine_step(e);
+    while (engine_busy(e)) TRY_GOTO(engine_step(e));
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    if (s != TIDAL_OK) goto out;
     r = engine_next_result(e);
-    if (st.text) putchar('\n');
+    if (sm.text) putchar('\n');
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     fprintf(stderr, "[%s: %d prompt tokens, %d generated in %.2f s, %.1f tokens/s]\n",
             r ? engine_finish_name(r->finish) : "?", n_ids, r ? r->n : 0, secs, r && secs > 0 ? r->n / secs : 0.0);
     rc = 0;
-out:
+cleanup:
     if (rc) fprintf(stderr, "tidal generate: %s\n", tidal_errmsg());
     engine_result_free(r);
     engine_free(e);

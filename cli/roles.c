@@ -292,15 +292,12 @@ int status_main(int argc, char **argv)
     job_names n;
     tidal_bus *b = NULL;
     bus_kv *kv = NULL, *wkv = NULL;
-    tidal_status st = job_names_init(&n, a.job);
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(job_names_init(&n, a.job));
     bo.name = "status";
-    if (st == TIDAL_OK) st = bus_connect(&b, &bo);
-    if (st == TIDAL_OK) st = bus_kv_open(b, n.kv_bucket, &kv);
-    if (st != TIDAL_OK) {
-        fprintf(stderr, "tidal status: job %s: %s\n", a.job, tidal_errmsg());
-        bus_close(b);
-        return st == TIDAL_ERR_INVALID ? 2 : 1;
-    }
+    TRY_GOTO(bus_connect(&b, &bo));
+    TRY_GOTO(bus_kv_open(b, n.kv_bucket, &kv));
+    /* what follows is shown when it can be read, left out when it cannot */
     json_t *o = json_object(), *workers = json_array();
     json_object_set_new(o, "job", json_string(a.job));
     json_object_set_new(o, "state", kv_json(kv, JOB_KEY_STATE));
@@ -339,9 +336,11 @@ int status_main(int argc, char **argv)
     printf("%s\n", text ? text : "{}");
     free(text);
     json_decref(o);
+cleanup:
+    if (st != TIDAL_OK) fprintf(stderr, "tidal status: job %s: %s\n", a.job, tidal_errmsg());
     bus_kv_close(kv);
     bus_close(b);
-    return 0;
+    return exit_for(st);
 }
 
 /* ---------------------------------------------------------------- run */
@@ -438,43 +437,42 @@ int run_main(int argc, char **argv)
         spec_release(&s);
         return 2;
     }
+    rc = 1;
+    tidal_server *srv = NULL;
+    child *kids = NULL;
+    tidal_bus *b = NULL;
+    bus_sub *sub = NULL;
+    char *text = NULL;
     char logs[4200];
     snprintf(logs, sizeof logs, "%s/logs", run_dir);
-    if ((st = fs_mkdirs(logs)) != TIDAL_OK) {
-        fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
-        spec_release(&s);
-        return 1;
-    }
+    TRY_GOTO(fs_mkdirs(logs));
     /* the effective spec the children read */
     json_t *sj = spec_to_json(&s);
-    char *text = sj ? json_dumps(sj, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    text = sj ? json_dumps(sj, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     json_decref(sj);
     char spec_path[4200];
     snprintf(spec_path, sizeof spec_path, "%s/spec.json", run_dir);
-    st = text ? fs_write_file(spec_path, text, strlen(text)) : TIDAL_ERR_NOMEM;
-    free(text);
-    tidal_server *srv = NULL;
+    if (!text) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    TRY_GOTO(fs_write_file(spec_path, text, strlen(text)));
     char url[SPEC_STR + 64];
-    if (st == TIDAL_OK && !s.bus.url[0] && !a.bus) { /* the embedded default: a private server, store in the run */
+    if (!s.bus.url[0] && !a.bus) { /* the embedded default: a private server, store in the run */
         char store[4200], nlog[4200];
         snprintf(store, sizeof store, "%s/nats", run_dir);
         snprintf(nlog, sizeof nlog, "%s/logs/nats-server.log", run_dir);
         tidal_server_opts so = {.store_dir = store, .log_file = nlog};
-        if ((st = tidal_server_start(&srv, &so)) == TIDAL_OK) snprintf(url, sizeof url, "%s", tidal_server_url(srv));
+        TRY_GOTO(tidal_server_start(&srv, &so));
+        snprintf(url, sizeof url, "%s", tidal_server_url(srv));
     } else {
         snprintf(url, sizeof url, "%s", a.bus ? a.bus : s.bus.url);
-    }
-    if (st != TIDAL_OK) {
-        fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
-        tidal_server_stop(srv);
-        spec_release(&s);
-        return 1;
     }
     catch_signals();
     const int nw = s.rollout.workers;
     const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     const int worker_threads = nw > 0 && cpus > nw ? (int)(cpus / nw) : 1; /* the workers split the cores */
-    child *kids = calloc((size_t)(2 + nw), sizeof *kids);
+    kids = calloc((size_t)(2 + nw), sizeof *kids);
     char *ctl_argv[] = {"tidal", "controller", spec_path, "--out", run_dir, "--bus", url, NULL};
     char *tr_argv[] = {"tidal", "trainer", spec_path, "--out", run_dir, "--bus", url, resume ? "--resume" : NULL, NULL};
     kids[0] = (child){.role = "controller", .pid = spawn(run_dir, "controller", ctl_argv, 1)};
@@ -501,13 +499,11 @@ int run_main(int argc, char **argv)
     /* the progress line: the controller's Metric each second */
     job_names names;
     job_names_init(&names, s.job.name);
-    tidal_bus *b = NULL;
-    bus_sub *sub = NULL;
     bus_opts bo = bus_from(&a, &s);
     bo.urls = url, bo.name = "run";
     char subj[200];
     snprintf(subj, sizeof subj, "%s.controller", names.metrics_prefix);
-    if (bus_connect(&b, &bo) == TIDAL_OK) bus_subscribe_sync(b, subj, NULL, &sub);
+    if (bus_connect(&b, &bo) == TIDAL_OK) bus_subscribe_sync(b, subj, NULL, &sub); /* else no progress line: the run goes on */
     const bool tty = isatty(2);
     double last_print = 0;
     bool stopping = false, failed = false, child_failed = false;
@@ -550,15 +546,20 @@ int run_main(int argc, char **argv)
         usleep(50 * 1000);
     }
     if (tty) fprintf(stderr, "\n");
+    const int ctl_status = kids[0].status;
+    rc = failed || child_failed ? 1 : WIFEXITED(ctl_status) ? WEXITSTATUS(ctl_status) : 1;
+cleanup:
+    if (st != TIDAL_OK) fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
     bus_unsubscribe(sub);
     bus_close(b);
     tidal_server_stop(srv);
-    const int ctl_status = kids[0].status;
     free(kids);
-    snprintf(path, sizeof path, "%s/summary.json", run_dir);
-    struct stat sb;
-    if (stat(path, &sb) == 0) fprintf(stderr, "tidal run: %s\n", path);
+    free(text);
+    if (st == TIDAL_OK) { /* the roles ran */
+        snprintf(path, sizeof path, "%s/summary.json", run_dir);
+        struct stat sb;
+        if (stat(path, &sb) == 0) fprintf(stderr, "tidal run: %s\n", path);
+    }
     spec_release(&s);
-    if (failed || child_failed) return 1;
-    return WIFEXITED(ctl_status) ? WEXITSTATUS(ctl_status) : 1;
+    return rc;
 }

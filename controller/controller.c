@@ -78,7 +78,7 @@ static tidal_status cursor_load(ctl *c)
     void *v = NULL;
     size_t n = 0;
     tidal_status st = bus_kv_get(c->kv, JOB_KEY_CURSOR, &v, &n, NULL);
-    if (st == TIDAL_ERR_NOT_FOUND) return TIDAL_OK;
+    if (st == TIDAL_ERR_NOT_FOUND) return TIDAL_OK; /* a new job: it starts at group 0 */
     if (st != TIDAL_OK) return st;
     json_t *o = json_loadb(v, n, 0, NULL);
     free(v);
@@ -110,6 +110,7 @@ static void read_counts(ctl *c)
     c->last_counts_ms = t;
     void *v = NULL;
     size_t n = 0;
+    /* polled: a key not there yet (or a failed read) leaves the last counts until the next poll */
     if (bus_kv_get(c->kv, JOB_KEY_GROUPS, &v, &n, NULL) == TIDAL_OK) {
         json_t *o = json_loadb(v, n, 0, NULL);
         if (json_is_object(o)) {
@@ -201,13 +202,12 @@ static tidal_status publish_prompt(ctl *c, const char *id, const char *group, co
                                    int count, int group_size, uint64_t min_version, uint64_t data_index, bool eval,
                                    double temperature)
 {
+    tidal_status st = TIDAL_OK;
     char *text = NULL, *task = NULL;
-    tidal_status st = task_for_env(c, it, &task);
-    if (st == TIDAL_OK) st = job_render_prompt(c->fmt, it->prompt, &text);
-    if (st != TIDAL_OK) {
-        free(task);
-        return st;
-    }
+    void *buf = NULL;
+    size_t len = 0;
+    TRY_GOTO(task_for_env(c, it, &task));
+    TRY_GOTO(job_render_prompt(c->fmt, it->prompt, &text));
     Tidal__V1__SamplingParams sp = TIDAL__V1__SAMPLING_PARAMS__INIT;
     sp.temperature = temperature;
     sp.top_p = c->s->rollout.top_p;
@@ -226,10 +226,10 @@ static tidal_status publish_prompt(ctl *c, const char *id, const char *group, co
     p.dispatched_unix_ms = tidal_unix_ms();
     p.controller_epoch = c->epoch;
     p.eval = eval;
-    void *buf = NULL;
-    size_t len = 0;
-    if ((st = codec_validate(&p.base)) == TIDAL_OK && (st = codec_encode(&p.base, &buf, &len)) == TIDAL_OK)
-        st = bus_js_publish(c->bus, c->names.prompts_subject, buf, (int)len, id, 0, NULL, NULL);
+    TRY_GOTO(codec_validate(&p.base));
+    TRY_GOTO(codec_encode(&p.base, &buf, &len));
+    TRY_GOTO(bus_js_publish(c->bus, c->names.prompts_subject, buf, (int)len, id, 0, NULL, NULL));
+cleanup:
     free(buf);
     free(text);
     free(task);
@@ -242,30 +242,33 @@ static tidal_status dispatch(ctl *c)
     const uint32_t K = (uint32_t)s->buffer.max_staleness, B = (uint32_t)s->trainer.groups_per_step;
     const uint64_t gone = c->dropped_total + c->failed;
     uint64_t room = admission_room(c->version, K, B, c->next, gone);
+    tidal_status st = TIDAL_OK;
+    dataset_item it = {0};
     while (room-- > 0 && !c->exhausted && !stopping(c)) {
-        dataset_item it = {0};
-        tidal_status st = dataset_train_item(c->data, c->next, s->data.epochs, s->data.shuffle, &it);
-        if (st == TIDAL_ERR_NOT_FOUND) {
+        st = dataset_train_item(c->data, c->next, s->data.epochs, s->data.shuffle, &it);
+        if (st == TIDAL_ERR_NOT_FOUND) { /* the end of the data is not a failure */
             if (!c->exhausted)
                 tidal_log(TIDAL_LOG_WARN, "controller: the data is exhausted after %llu groups", (unsigned long long)c->next);
             c->exhausted = true;
-            return TIDAL_OK;
+            st = TIDAL_OK;
+            goto cleanup;
         }
-        if (st != TIDAL_OK) return st;
+        if (st != TIDAL_OK) goto cleanup;
         /* the step it feeds counts only groups still alive: dropped ones were replaced */
         const uint64_t live = c->next > gone ? c->next - gone : 0;
         const uint64_t minv = admission_min_version(admission_feeds(live, B), K);
         char id[48], group[48];
         snprintf(id, sizeof id, "p%llu", (unsigned long long)c->next);
         snprintf(group, sizeof group, "g%llu", (unsigned long long)c->next);
-        st = publish_prompt(c, id, group, &it, 0, s->rollout.group_size, s->rollout.group_size, minv, c->next, false,
-                            s->rollout.temperature);
+        TRY_GOTO(publish_prompt(c, id, group, &it, 0, s->rollout.group_size, s->rollout.group_size, minv, c->next,
+                                false, s->rollout.temperature));
         dataset_item_clear(&it);
-        if (st != TIDAL_OK) return st;
         c->next++;
-        if ((st = cursor_put(c)) != TIDAL_OK) return st; /* a crash before this republishes p<n>: de-duplicated */
+        TRY_GOTO(cursor_put(c)); /* a crash before this republishes p<n>: de-duplicated */
     }
-    return TIDAL_OK;
+cleanup:
+    dataset_item_clear(&it);
+    return st;
 }
 
 /* ---------------------------------------------------------------- evaluation */
@@ -284,19 +287,21 @@ static tidal_status eval_start(ctl *c)
     e->succ_any = calloc(n, sizeof *e->succ_any);
     if (!e->succ_first || !e->succ_any) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
     const double temp = e->k == 1 ? 0.0 : s->rollout.temperature;
+    tidal_status st = TIDAL_OK;
+    dataset_item it = {0};
     for (size_t i = 0; i < n; i++) {
-        dataset_item it = {0};
-        tidal_status st = dataset_eval_item(c->data, i, &it);
+        TRY_GOTO(dataset_eval_item(c->data, i, &it));
         char id[64], group[64];
         snprintf(id, sizeof id, "e%llu-%zu", (unsigned long long)e->version, i);
         snprintf(group, sizeof group, "eval%llu-%zu", (unsigned long long)e->version, i);
-        if (st == TIDAL_OK) st = publish_prompt(c, id, group, &it, 0, e->k, e->k, e->version, i, true, temp);
+        TRY_GOTO(publish_prompt(c, id, group, &it, 0, e->k, e->k, e->version, i, true, temp));
         dataset_item_clear(&it);
-        if (st != TIDAL_OK) return st;
     }
     tidal_log(TIDAL_LOG_INFO, "controller: evaluation at v%llu: %zu prompts, pass@%d", (unsigned long long)e->version,
               n, e->k);
-    return TIDAL_OK;
+cleanup:
+    dataset_item_clear(&it);
+    return st;
 }
 
 static void eval_finish(ctl *c, bool complete)
@@ -328,7 +333,7 @@ static void read_evals(ctl *c)
 {
     bus_msg *msgs[64];
     int n = 0;
-    if (!c->evals || bus_fetch(c->evals, 64, 5, msgs, &n) != TIDAL_OK) n = 0;
+    if (!c->evals || bus_fetch(c->evals, 64, 5, msgs, &n) != TIDAL_OK) n = 0; /* polled: nothing this time */
     eval_round *e = &c->ev;
     for (int i = 0; i < n; i++) {
         Tidal__V1__Trajectory *t = NULL;
@@ -552,38 +557,45 @@ static tidal_status summary(ctl *c)
 
 /* ---------------------------------------------------------------- start */
 
+/* The effective spec: for workers (KV) and for people (the run directory). */
+static tidal_status write_spec(ctl *c)
+{
+    json_t *sj = spec_to_json(c->s);
+    char *text = sj ? json_dumps(sj, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(sj);
+    if (!text) return tidal_fail(TIDAL_ERR_NOMEM, "out of memory");
+    tidal_status st = TIDAL_OK;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/spec.json", c->o->run_dir);
+    TRY_GOTO(fs_write_file(path, text, strlen(text)));
+    TRY_GOTO(bus_kv_put(c->kv, JOB_KEY_SPEC, text, strlen(text), NULL));
+cleanup:
+    free(text);
+    return st;
+}
+
 static tidal_status start(ctl *c)
 {
     const job_spec *s = c->s;
-    tidal_status st = job_names_init(&c->names, s->job.name);
-    if (st == TIDAL_OK) st = fs_mkdirs(c->o->run_dir);
+    TRY(job_names_init(&c->names, s->job.name));
+    TRY(fs_mkdirs(c->o->run_dir));
     bus_opts bo = c->o->bus;
     if (!bo.name) bo.name = "controller";
-    if (st == TIDAL_OK) st = bus_connect(&c->bus, &bo);
+    TRY(bus_connect(&c->bus, &bo));
     job_bus_cfg jc = {.prompt_ack_wait_ms = s->rollout.ack_wait_ms, .prompt_max_deliver = 5};
-    if (st == TIDAL_OK) st = job_bus_ensure(c->bus, &c->names, &jc, &c->kv);
-    if (st != TIDAL_OK) return st;
-    /* the effective spec: for workers (KV) and for people (the run directory) */
-    json_t *sj = spec_to_json(s);
-    char *text = sj ? json_dumps(sj, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
-    json_decref(sj);
-    char path[4200];
-    snprintf(path, sizeof path, "%s/spec.json", c->o->run_dir);
-    st = text ? fs_write_file(path, text, strlen(text)) : tidal_fail(TIDAL_ERR_NOMEM, "out of memory");
-    if (st == TIDAL_OK) st = bus_kv_put(c->kv, JOB_KEY_SPEC, text, strlen(text), NULL);
-    free(text);
-    if (st != TIDAL_OK) return st;
-    if ((st = cursor_load(c)) != TIDAL_OK) return st;
+    TRY(job_bus_ensure(c->bus, &c->names, &jc, &c->kv));
+    TRY(write_spec(c));
+    TRY(cursor_load(c));
     c->epoch++;
     if (s->data.generator[0])
-        st = dataset_open_generator(s->data.generator, s->env.config_json, (uint64_t)s->data.seed, s->data.eval_size,
-                                    &c->data);
+        TRY(dataset_open_generator(s->data.generator, s->env.config_json, (uint64_t)s->data.seed, s->data.eval_size,
+                                   &c->data));
     else
-        st = dataset_open_jsonl(s->data.path, s->data.prompt_key, s->data.eval_fraction, (uint64_t)s->data.seed,
-                                &c->data);
-    if (st != TIDAL_OK) return st;
+        TRY(dataset_open_jsonl(s->data.path, s->data.prompt_key, s->data.eval_fraction, (uint64_t)s->data.seed,
+                               &c->data));
     /* the format from the model directory's files: rendering text needs no tokenizer */
-    if ((st = job_chat_format(s, &c->fmt)) != TIDAL_OK) return st;
+    TRY(job_chat_format(s, &c->fmt));
+    char path[4200];
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->o->run_dir);
     c->metrics_f = fopen(path, "a");
     snprintf(path, sizeof path, "%s/eval.jsonl", c->o->run_dir);
@@ -591,10 +603,10 @@ static tidal_status start(ctl *c)
     if (!c->metrics_f) return tidal_fail(TIDAL_ERR_IO, "controller: cannot write %s/metrics.jsonl", c->o->run_dir);
     char subj[200];
     snprintf(subj, sizeof subj, "%s.>", c->names.metrics_prefix);
-    if ((st = bus_subscribe_sync(c->bus, subj, NULL, &c->metrics)) != TIDAL_OK) return st;
-    if ((st = bus_pull_subscribe(c->bus, c->names.traj_stream, JOB_CONSUMER_EVAL, &c->evals)) != TIDAL_OK) return st;
-    if ((st = bus_kv_open(c->bus, c->names.workers_bucket, &c->wkv)) != TIDAL_OK) return st;
-    if ((st = bus_kv_watch(c->wkv, NULL, &c->wwatch)) != TIDAL_OK) return st;
+    TRY(bus_subscribe_sync(c->bus, subj, NULL, &c->metrics));
+    TRY(bus_pull_subscribe(c->bus, c->names.traj_stream, JOB_CONSUMER_EVAL, &c->evals));
+    TRY(bus_kv_open(c->bus, c->names.workers_bucket, &c->wkv));
+    TRY(bus_kv_watch(c->wkv, NULL, &c->wwatch));
     c->workers = calloc(MAX_WORKERS, sizeof *c->workers);
     if (!c->workers) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
     tidal_log(TIDAL_LOG_INFO, "controller: job %s (controller epoch %llu) continues at group %llu; run dir %s",
@@ -609,36 +621,44 @@ tidal_status controller_run(const controller_opts *o)
     c->o = o, c->s = o->spec;
     c->t0_ms = c->first_sample_ms = tidal_clock_ms();
     c->reward_last = NAN;
-    tidal_status st = start(c);
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(start(c));
     const int every = c->s->eval.every;
-    while (st == TIDAL_OK && !stopping(c)) {
+    while (!stopping(c)) {
         read_counts(c);
         read_workers(c);
         read_metrics(c);
         if (every > 0) {
             read_evals(c);
             if (!c->ev.active && c->version >= c->next_eval && (!c->done || c->version == c->next_eval)) {
-                st = eval_start(c);
+                TRY_GOTO(eval_start(c));
                 c->next_eval = (c->version / (uint64_t)every + 1) * (uint64_t)every;
                 if (c->next_eval > (uint64_t)c->s->trainer.steps && c->version < (uint64_t)c->s->trainer.steps)
                     c->next_eval = (uint64_t)c->s->trainer.steps; /* the last version is always evaluated */
-                if (st == TIDAL_OK) st = cursor_put(c);
+                TRY_GOTO(cursor_put(c));
             }
         }
         if (c->done && !c->ev.active) break;
         /* a job where nothing can train: say so rather than spin */
         const uint64_t B = (uint64_t)c->s->trainer.groups_per_step;
-        if (st == TIDAL_OK && c->trained == 0 && c->failed >= 8 * B)
+        if (c->trained == 0 && c->failed >= 8 * B) {
             st = tidal_fail(TIDAL_ERR_INVALID,
                             "controller: the first %llu groups all failed (env errors or timeouts: the workers' logs "
                             "say why); stopping the job", (unsigned long long)c->failed);
-        if (st == TIDAL_OK && c->exhausted && c->next == c->trained + c->dropped_total + c->failed)
+            goto cleanup;
+        }
+        if (c->exhausted && c->next == c->trained + c->dropped_total + c->failed) {
             st = tidal_fail(TIDAL_ERR_INVALID, "controller: the data is exhausted after %llu groups at v%llu of %d steps",
                             (unsigned long long)c->next, (unsigned long long)c->version, c->s->trainer.steps);
-        if (st == TIDAL_OK && !c->done) st = dispatch(c);
+            goto cleanup;
+        }
+        if (!c->done) TRY_GOTO(dispatch(c));
         progress(c);
         usleep(20 * 1000);
     }
+    /* Stopped, done or failed, the job ends the same way: the summary, the curve, the
+     * workers told; a summary's failure is reported only when nothing failed before. */
+cleanup:;
     char err[1024] = "";
     if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg()); /* before the summary's calls overwrite it */
     if (c->bus) {

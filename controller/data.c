@@ -67,20 +67,20 @@ tidal_status dataset_open_jsonl(const char *path, const char *prompt_key, double
         return tidal_fail(TIDAL_ERR_INVALID, "%s: eval_fraction %g is not in [0, 1)", path, eval_fraction);
     FILE *f = fopen(path, "rb");
     if (!f) return tidal_fail(TIDAL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    tidal_status st = TIDAL_OK;
+    char *line = NULL;
     dataset *d = calloc(1, sizeof *d);
     if (!d) {
-        fclose(f);
-        return tidal_fail(TIDAL_ERR_NOMEM, "dataset: out of memory");
+        st = tidal_fail(TIDAL_ERR_NOMEM, "dataset: out of memory");
+        goto cleanup;
     }
     snprintf(d->path, sizeof d->path, "%s", path);
     snprintf(d->prompt_key, sizeof d->prompt_key, "%s", prompt_key);
     d->seed = seed;
     d->perm_epoch = -1;
     size_t cap_t = 0, cap_e = 0, len_cap = 0;
-    char *line = NULL;
-    tidal_status st = TIDAL_OK;
     uint64_t no = 0;
-    for (ssize_t n; st == TIDAL_OK && (n = getline(&line, &len_cap, f)) > 0;) {
+    for (ssize_t n; (n = getline(&line, &len_cap, f)) > 0;) {
         no++;
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
         size_t lead = strspn(line, " \t");
@@ -88,7 +88,7 @@ tidal_status dataset_open_jsonl(const char *path, const char *prompt_key, double
         if (nul) { /* a row is kept as a C string (the task JSON), so it cannot hold one */
             st = tidal_fail(TIDAL_ERR_INVALID, "%s:%llu: a NUL byte at column %zu", path, (unsigned long long)no,
                             (size_t)(nul - line) + 1);
-            break;
+            goto cleanup;
         }
         if (!line[lead]) continue; /* blank lines are allowed */
         json_error_t je;
@@ -101,28 +101,34 @@ tidal_status dataset_open_jsonl(const char *path, const char *prompt_key, double
             st = tidal_fail(TIDAL_ERR_INVALID, "%s:%llu: %s is %s (the prompt must be a string; data.prompt_key "
                             "names the field)", path, (unsigned long long)no, prompt_key, p ? "not a string" : "missing");
         json_decref(o);
-        if (st != TIDAL_OK) break;
+        if (st != TIDAL_OK) goto cleanup;
         char *text = strdup(line + lead);
         if (!text) {
             st = tidal_fail(TIDAL_ERR_NOMEM, "dataset: out of memory");
-            break;
+            goto cleanup;
         }
         const bool held = (double)(mix64(seed ^ mix64(no)) >> 11) * 0x1.0p-53 < eval_fraction;
         st = held ? push(&d->eval, &d->n_eval, &cap_e, text, no) : push(&d->train, &d->n_train, &cap_t, text, no);
-        if (st != TIDAL_OK) free(text);
+        if (st != TIDAL_OK) {
+            free(text); /* not pushed: still ours */
+            goto cleanup;
+        }
     }
-    free(line);
-    fclose(f);
-    if (st == TIDAL_OK && d->n_train == 0)
+    if (d->n_train == 0) {
         st = tidal_fail(TIDAL_ERR_INVALID, "%s: no training rows (%zu held out for evaluation)", path, d->n_eval);
-    if (st == TIDAL_OK && !(d->perm = malloc(d->n_train * sizeof *d->perm)))
+        goto cleanup;
+    }
+    if (!(d->perm = malloc(d->n_train * sizeof *d->perm))) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "dataset: out of memory");
-    if (st != TIDAL_OK) {
-        dataset_free(d);
-        return st;
+        goto cleanup;
     }
     *out = d;
-    return TIDAL_OK;
+    d = NULL;
+cleanup:
+    free(line);
+    fclose(f);
+    dataset_free(d);
+    return st;
 }
 
 tidal_status dataset_open_generator(const char *env_name, const char *config_json, uint64_t seed, int eval_size,
@@ -135,16 +141,16 @@ tidal_status dataset_open_generator(const char *env_name, const char *config_jso
     d->seed = seed;
     d->n_eval = (size_t)eval_size;
     d->perm_epoch = -1;
-    tidal_status st = env_create(env_name, config_json, &d->gen);
+    tidal_status st = TIDAL_OK;
     dataset_item probe = {0};
-    if (st == TIDAL_OK) st = env_generate(d->gen, seed, &probe.task_json, &probe.prompt); /* it generates at all */
-    dataset_item_clear(&probe);
-    if (st != TIDAL_OK) {
-        dataset_free(d);
-        return tidal_wrap(st, "data.generator %s", env_name);
-    }
+    TRY_GOTO(env_create(env_name, config_json, &d->gen));
+    TRY_GOTO(env_generate(d->gen, seed, &probe.task_json, &probe.prompt)); /* it generates at all */
     *out = d;
-    return TIDAL_OK;
+    d = NULL;
+cleanup:
+    dataset_item_clear(&probe);
+    dataset_free(d);
+    return tidal_wrap(st, "data.generator %s", env_name);
 }
 
 size_t dataset_train_rows(const dataset *d) { return d->gen ? 0 : d->n_train; }

@@ -44,9 +44,8 @@ tidal_status job_model_initial(const job_spec *s, model **out)
     *out = NULL;
     if (!s->model.init.on) return model_load(s->model.path, out);
     model_config c;
-    tidal_status st = job_model_config(s, &c);
-    if (st != TIDAL_OK) return st;
-    if ((st = model_create(&c, out)) != TIDAL_OK) return st;
+    TRY(job_model_config(s, &c));
+    TRY(model_create(&c, out));
     model_init_random(*out, (uint64_t)s->model.init.seed, (float)s->model.init.std, false);
     return TIDAL_OK;
 }

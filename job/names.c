@@ -11,8 +11,7 @@
 tidal_status job_names_init(job_names *n, const char *job)
 {
     memset(n, 0, sizeof *n);
-    tidal_status st = codec_check_name("job.name", job);
-    if (st != TIDAL_OK) return st;
+    TRY(codec_check_name("job.name", job));
     snprintf(n->job, sizeof n->job, "%s", job);
     snprintf(n->prompts_stream, sizeof n->prompts_stream, "TIDAL_%s_PROMPTS", job);
     snprintf(n->prompts_subject, sizeof n->prompts_subject, "tidal.%s.prompts", job);
@@ -45,31 +44,33 @@ static bus_consumer_cfg trainer_consumer(const job_names *n)
 tidal_status job_bus_ensure(tidal_bus *b, const job_names *n, const job_bus_cfg *c, bus_kv **kv)
 {
     if (kv) *kv = NULL;
+    tidal_status st = TIDAL_OK;
+    bus_kv *w = NULL, *j = NULL;
     const char *psubj[1] = {n->prompts_subject};
     bus_stream_cfg ps = {.name = n->prompts_stream, .subjects = psubj, .n_subjects = 1, .work_queue = true,
                          .duplicate_window_ms = 10 * 60 * 1000};
-    tidal_status st = bus_stream_ensure(b, &ps);
+    TRY_GOTO(bus_stream_ensure(b, &ps));
     bus_consumer_cfg pc = {.stream = n->prompts_stream, .durable = JOB_CONSUMER_ROLLOUT,
                            .ack_wait_ms = c->prompt_ack_wait_ms, .max_deliver = c->prompt_max_deliver};
-    if (st == TIDAL_OK) st = bus_consumer_ensure(b, &pc);
+    TRY_GOTO(bus_consumer_ensure(b, &pc));
     const char *tsubj[2] = {n->traj_subject, n->eval_subject};
     bus_stream_cfg ts = {.name = n->traj_stream, .subjects = tsubj, .n_subjects = 2, .work_queue = true,
                          .duplicate_window_ms = 10 * 60 * 1000};
-    if (st == TIDAL_OK) st = bus_stream_ensure(b, &ts);
+    TRY_GOTO(bus_stream_ensure(b, &ts));
     bus_consumer_cfg tc = trainer_consumer(n);
-    if (st == TIDAL_OK) st = bus_consumer_ensure(b, &tc);
+    TRY_GOTO(bus_consumer_ensure(b, &tc));
     bus_consumer_cfg ec = {.stream = n->traj_stream, .durable = JOB_CONSUMER_EVAL, .filter_subject = n->eval_subject,
                            .ack_wait_ms = 30000};
-    if (st == TIDAL_OK) st = bus_consumer_ensure(b, &ec);
+    TRY_GOTO(bus_consumer_ensure(b, &ec));
     /* file storage although heartbeats are short-lived: a memory bucket would vanish with a server restart */
     bus_kv_cfg wk = {.bucket = n->workers_bucket, .ttl_ms = 15000};
-    bus_kv *w = NULL;
-    if (st == TIDAL_OK && (st = bus_kv_ensure(b, &wk, &w)) == TIDAL_OK) bus_kv_close(w);
+    TRY_GOTO(bus_kv_ensure(b, &wk, &w));
     bus_kv_cfg jk = {.bucket = n->kv_bucket};
-    bus_kv *j = NULL;
-    if (st == TIDAL_OK) st = bus_kv_ensure(b, &jk, &j);
-    if (st == TIDAL_OK && kv) *kv = j;
-    else bus_kv_close(j);
+    TRY_GOTO(bus_kv_ensure(b, &jk, &j));
+    if (kv) *kv = j, j = NULL;
+cleanup:
+    bus_kv_close(w);
+    bus_kv_close(j);
     return st;
 }
 
@@ -77,7 +78,7 @@ tidal_status job_trainer_consumer_reset(tidal_bus *b, const job_names *n)
 {
     bus_consumer_cfg tc = trainer_consumer(n);
     tidal_status st = bus_consumer_delete(b, n->traj_stream, JOB_CONSUMER_TRAINER);
-    if (st != TIDAL_OK && st != TIDAL_ERR_NOT_FOUND) return st;
+    if (st != TIDAL_OK && st != TIDAL_ERR_NOT_FOUND) return st; /* none to delete is fine */
     return bus_consumer_ensure(b, &tc);
 }
 
@@ -90,6 +91,7 @@ tidal_status job_bus_remove(tidal_bus *b, const job_names *n)
     tidal_status first = TIDAL_OK;
     char why[512] = "";
     for (size_t i = 0; i < sizeof streams / sizeof *streams; i++) {
+        /* every stream is tried; the first failure other than "not there" is returned */
         tidal_status s = bus_stream_delete(b, streams[i]);
         if (s == TIDAL_OK || s == TIDAL_ERR_NOT_FOUND || first != TIDAL_OK) continue;
         first = s;
@@ -103,10 +105,16 @@ tidal_status job_bus_remove(tidal_bus *b, const job_names *n)
 tidal_status job_metric_publish(tidal_bus *b, const job_names *n, const char *role, uint64_t step, double time_s,
                                 const job_metric_value *v, int nv)
 {
+    tidal_status st = TIDAL_OK;
+    void *buf = NULL;
+    size_t len = 0;
     Tidal__V1__Metric__ValuesEntry *ent = calloc((size_t)(nv > 0 ? nv : 1), sizeof *ent);
     Tidal__V1__Metric__ValuesEntry **entp = calloc((size_t)(nv > 0 ? nv : 1), sizeof *entp);
-    tidal_status st = ent && entp ? TIDAL_OK : tidal_fail(TIDAL_ERR_NOMEM, "metric: out of memory");
-    for (int i = 0; st == TIDAL_OK && i < nv; i++) {
+    if (!ent || !entp) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "metric: out of memory");
+        goto cleanup;
+    }
+    for (int i = 0; i < nv; i++) {
         ent[i] = (Tidal__V1__Metric__ValuesEntry)TIDAL__V1__METRIC__VALUES_ENTRY__INIT;
         ent[i].key = (char *)v[i].key, ent[i].value = v[i].value;
         entp[i] = &ent[i];
@@ -116,12 +124,11 @@ tidal_status job_metric_publish(tidal_bus *b, const job_names *n, const char *ro
     mt.role = (char *)role, mt.source = (char *)role;
     mt.step = step, mt.time = time_s, mt.unix_ms = tidal_unix_ms();
     mt.n_values = (size_t)nv, mt.values = entp;
-    void *buf = NULL;
-    size_t len = 0;
     char subject[JOB_NAME_MAX + 64];
     snprintf(subject, sizeof subject, "%s.%s", n->metrics_prefix, role);
-    if (st == TIDAL_OK) st = codec_encode(&mt.base, &buf, &len);
-    if (st == TIDAL_OK) st = bus_publish(b, subject, buf, (int)len);
+    TRY_GOTO(codec_encode(&mt.base, &buf, &len));
+    TRY_GOTO(bus_publish(b, subject, buf, (int)len));
+cleanup:
     free(buf);
     free(ent);
     free(entp);

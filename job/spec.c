@@ -428,8 +428,7 @@ static tidal_status read_mapping(reader *r, yaml_node_t *m, const char *prefix, 
         char path[256];
         int n = snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", name);
         if (n < 0 || (size_t)n >= sizeof path) return bad_at(r, kn, prefix, "a key path longer than 255 bytes");
-        tidal_status st = read_value(r, kn, vn, path, depth);
-        if (st != TIDAL_OK) return st;
+        TRY(read_value(r, kn, vn, path, depth));
     }
     return TIDAL_OK;
 }
@@ -475,9 +474,9 @@ static tidal_status check_spec(const job_spec *s, const char *name)
 {
 #define BAD(...) tidal_fail(TIDAL_ERR_INVALID, __VA_ARGS__)
     if (!s->job.name[0]) return BAD("%s: job.name is required", name);
-    if (codec_check_name("job.name", s->job.name) != TIDAL_OK) return tidal_wrap(TIDAL_ERR_INVALID, "%s", name);
+    TRY_WRAP(codec_check_name("job.name", s->job.name), "%s", name);
     if (!s->env.name[0]) return BAD("%s: env.name is required (`tidal env list` shows the built-in ones)", name);
-    if (codec_check_name("env.name", s->env.name) != TIDAL_OK) return tidal_wrap(TIDAL_ERR_INVALID, "%s", name);
+    TRY_WRAP(codec_check_name("env.name", s->env.name), "%s", name);
     if (!!s->model.path[0] == s->model.init.on)
         return BAD("%s: model: give exactly one of model.path (a Hugging Face directory) and model.init (a tiny "
                    "model)", name);
@@ -519,29 +518,38 @@ tidal_status spec_parse(const char *yaml, size_t len, const char *name, const ch
     if (!yaml_parser_initialize(&p)) return tidal_fail(TIDAL_ERR_NOMEM, "%s: cannot start the YAML parser", name);
     yaml_parser_set_input_string(&p, (const unsigned char *)yaml, len);
     tidal_status st = TIDAL_OK;
+    bool loaded = false;
     if (!yaml_parser_load(&p, &d)) {
         st = tidal_fail(TIDAL_ERR_INVALID, "%s:%zu: YAML: %s%s%s", name, p.problem_mark.line + 1,
                         p.problem ? p.problem : "syntax error", p.context ? " " : "", p.context ? p.context : "");
-        yaml_parser_delete(&p);
-        return st;
+        goto cleanup;
     }
+    loaded = true;
     yaml_node_t *root = yaml_document_get_root_node(&d);
     reader r = {.doc = &d, .name = name, .s = s};
-    if (!root) st = tidal_fail(TIDAL_ERR_INVALID, "%s: the spec is empty (job.name and env.name are required)", name);
-    else if (root->type != YAML_MAPPING_NODE) st = bad_at(&r, root, "", "the spec must be a mapping of sections");
-    else st = read_mapping(&r, root, "", 0);
+    if (!root) {
+        st = tidal_fail(TIDAL_ERR_INVALID, "%s: the spec is empty (job.name and env.name are required)", name);
+        goto cleanup;
+    }
+    if (root->type != YAML_MAPPING_NODE) {
+        st = bad_at(&r, root, "", "the spec must be a mapping of sections");
+        goto cleanup;
+    }
+    TRY_GOTO(read_mapping(&r, root, "", 0));
     /* a second document is a mistake, not a spec */
     yaml_document_t d2;
-    if (st == TIDAL_OK && yaml_parser_load(&p, &d2)) {
+    if (yaml_parser_load(&p, &d2)) {
         if (yaml_document_get_root_node(&d2))
             st = tidal_fail(TIDAL_ERR_INVALID, "%s:%zu: a second YAML document (one spec per file)", name,
                             p.mark.line + 1);
         yaml_document_delete(&d2);
+        if (st != TIDAL_OK) goto cleanup;
     }
-    yaml_document_delete(&d);
+    for (int i = 0; i < n_sets; i++) TRY_GOTO(apply_set(sets[i], s));
+    TRY_GOTO(check_spec(s, name));
+cleanup:
+    if (loaded) yaml_document_delete(&d);
     yaml_parser_delete(&p);
-    for (int i = 0; st == TIDAL_OK && i < n_sets; i++) st = apply_set(sets[i], s);
-    if (st == TIDAL_OK) st = check_spec(s, name);
     if (st != TIDAL_OK) {
         spec_release(s);
         spec_defaults(s);
@@ -638,8 +646,7 @@ static tidal_status from_json_obj(const json_t *o, const char *prefix, const cha
         snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", mk);
         const key *k = find_key(path);
         if (!k && json_is_object(v)) {
-            tidal_status st = from_json_obj(v, path, name, s, depth + 1);
-            if (st != TIDAL_OK) return st;
+            TRY(from_json_obj(v, path, name, s, depth + 1));
             continue;
         }
         if (!k) return tidal_fail(TIDAL_ERR_INVALID, "%s: %s: unknown key", name, path);
@@ -665,9 +672,14 @@ static tidal_status from_json_obj(const json_t *o, const char *prefix, const cha
 tidal_status spec_from_json(const json_t *o, const char *name, job_spec *s)
 {
     spec_defaults(s);
-    tidal_status st = json_is_object(o) ? from_json_obj(o, "", name, s, 0)
-                                        : tidal_fail(TIDAL_ERR_INVALID, "%s: the spec is not a JSON object", name);
-    if (st == TIDAL_OK) st = check_spec(s, name);
+    tidal_status st = TIDAL_OK;
+    if (!json_is_object(o)) {
+        st = tidal_fail(TIDAL_ERR_INVALID, "%s: the spec is not a JSON object", name);
+        goto cleanup;
+    }
+    TRY_GOTO(from_json_obj(o, "", name, s, 0));
+    TRY_GOTO(check_spec(s, name));
+cleanup:
     if (st != TIDAL_OK) {
         spec_release(s);
         spec_defaults(s);

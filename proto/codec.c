@@ -714,18 +714,17 @@ tidal_status codec_decode(const ProtobufCMessageDescriptor *desc, const void *da
     if (!m)
         return tidal_fail(TIDAL_ERR_DECODE, "%s: %zu bytes are not a valid message", desc->short_name,
                           len);
+    tidal_status st = TIDAL_OK;
     if (has_field_zero(m)) {
-        protobuf_c_message_free_unpacked(m, NULL);
-        return tidal_fail(TIDAL_ERR_DECODE, "%s: %zu bytes hold a field numbered 0", desc->short_name,
-                          len);
+        st = tidal_fail(TIDAL_ERR_DECODE, "%s: %zu bytes hold a field numbered 0", desc->short_name, len);
+        goto cleanup;
     }
-    tidal_status st = codec_validate(m);
-    if (st != TIDAL_OK) {
-        protobuf_c_message_free_unpacked(m, NULL);
-        return st;
-    }
+    TRY_GOTO(codec_validate(m));
     *out = m;
-    return TIDAL_OK;
+    m = NULL;
+cleanup:
+    if (m) protobuf_c_message_free_unpacked(m, NULL);
+    return st;
 }
 
 tidal_status codec_encode(const ProtobufCMessage *m, void **buf, size_t *len)
