@@ -306,12 +306,13 @@ static bool zero_variance(const group *g)
 
 tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle)
 {
-    b->c.admitted++;
     if (strset_get(&b->seen, t->trajectory_id)) {
+        b->c.admitted++;
         drop_one(b, t, handle, BUFFER_DROP_DUPLICATE);
         return TIDAL_OK;
     }
     TRY(strset_put(&b->seen, t->trajectory_id, 1));
+    b->c.admitted++;
     int dead = strset_get(&b->dead, t->group_id);
     if (dead) {
         drop_one(b, t, handle, (buffer_drop_reason)(dead - 1));
@@ -328,10 +329,10 @@ tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle)
     }
     if (!g && (failed || too_old(b, oldest))) { /* the group dies with its first sample */
         b->c.groups_dropped[failed ? BUFFER_DROP_FAILED : BUFFER_DROP_STALE]++;
-        /* the sample is dropped even when its group cannot be recorded as dead; that failure is returned */
-        tidal_status st = strset_put(&b->dead, t->group_id, (failed ? BUFFER_DROP_FAILED : BUFFER_DROP_STALE_GROUP) + 1);
-        drop_one(b, t, handle, failed ? BUFFER_DROP_FAILED : BUFFER_DROP_STALE);
-        return st;
+        if (strset_put(&b->dead, t->group_id, (failed ? BUFFER_DROP_FAILED : BUFFER_DROP_STALE_GROUP) + 1) != TIDAL_OK)
+            tidal_log(TIDAL_LOG_WARN, "buffer: %s", tidal_errmsg()); /* late samples then wait: not lost */
+        drop_one(b, t, handle, failed ? BUFFER_DROP_FAILED : BUFFER_DROP_STALE); /* t is consumed: report OK */
+        return TIDAL_OK;
     }
     if (!g) {
         g = calloc(1, sizeof *g);
@@ -343,6 +344,9 @@ tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle)
         }
         if (!g || !g->t || !g->handle || !g->oldest) {
             if (g) group_free(g);
+            /* t stays the caller's and its message comes again: forget its id (tag 0 reads as absent) */
+            b->c.admitted--;
+            (void)strset_put(&b->seen, t->trajectory_id, 0);
             return tidal_fail(TIDAL_ERR_NOMEM, "buffer: out of memory for group %s", t->group_id);
         }
         snprintf(g->id, sizeof g->id, "%s", t->group_id);

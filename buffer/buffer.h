@@ -140,7 +140,8 @@ void buffer_set_version(buffer *b, uint64_t v);
 /* Take ownership of a validated trajectory t (freed with
  * tidal__v1__trajectory__free_unpacked) and its message handle. Returns
  * TIDAL_OK whether it was kept or dropped (see buffer_counts); a sample is
- * dropped at once when stale, a duplicate, or part of a group already dropped. */
+ * dropped at once when stale, a duplicate, or part of a group already dropped.
+ * An error (out of memory) leaves t and handle with the caller, untouched. */
 tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle);
 
 /* Apply the bound on partial groups: the clock moved to now_ms (any monotonic

@@ -309,7 +309,7 @@ int status_main(int argc, char **argv)
         json_object_set_new(o, "prompts_in_generation", json_integer((json_int_t)ack_pending));
     }
     if (bus_stream_state(b, n.traj_stream, &traj, NULL) == TIDAL_OK)
-        json_object_set_new(o, "trajectories_unacked", json_integer((json_int_t)traj));
+        json_object_set_new(o, "trajectory_messages_unacked", json_integer((json_int_t)traj)); /* groups or parts of one */
     if (bus_kv_open(b, n.workers_bucket, &wkv) == TIDAL_OK) {
         bus_kv_watcher *w = NULL;
         bus_kv_event ev;

@@ -35,6 +35,7 @@ typedef struct eval_round {
     int received;
     double reward_sum;
     int *succ_first, *succ_any; /* [prompts] */
+    uint8_t *seen;              /* [prompts * k]: samples counted (a repeat of one is not) */
     double started_ms;
 } eval_round;
 
@@ -280,12 +281,13 @@ static tidal_status eval_start(ctl *c)
     size_t n = dataset_eval_count(c->data);
     if (s->eval.max_prompts > 0 && n > (size_t)s->eval.max_prompts) n = (size_t)s->eval.max_prompts;
     if (n == 0) return TIDAL_OK;
-    free(e->succ_first), free(e->succ_any);
+    free(e->succ_first), free(e->succ_any), free(e->seen);
     *e = (eval_round){.active = true, .version = c->version, .prompts = (int)n, .k = s->eval.pass_k,
                       .started_ms = tidal_clock_ms()};
     e->succ_first = calloc(n, sizeof *e->succ_first);
     e->succ_any = calloc(n, sizeof *e->succ_any);
-    if (!e->succ_first || !e->succ_any) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
+    e->seen = calloc(n * (size_t)(e->k > 0 ? e->k : 1), 1);
+    if (!e->succ_first || !e->succ_any || !e->seen) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
     const double temp = e->k == 1 ? 0.0 : s->rollout.temperature;
     tidal_status st = TIDAL_OK;
     dataset_item it = {0};
@@ -329,28 +331,37 @@ static void eval_finish(ctl *c, bool complete)
     e->active = false;
 }
 
+/* Count one evaluation sample of the active round (once per sample). */
+static void eval_count(eval_round *e, const Tidal__V1__Trajectory *t)
+{
+    unsigned long long v;
+    size_t idx;
+    if (!e->active || sscanf(t->group_id, "eval%llu-%zu", &v, &idx) != 2 || v != e->version ||
+        idx >= (size_t)e->prompts || t->sample_index >= (uint32_t)e->k)
+        return;
+    uint8_t *seen = &e->seen[idx * (size_t)e->k + t->sample_index];
+    if (*seen) return;
+    *seen = 1;
+    const bool ok = t->status == TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK && t->reward >= 1.0 - 1e-9;
+    if (t->sample_index == 0) e->succ_first[idx] = ok;
+    e->succ_any[idx] += ok;
+    e->reward_sum += t->reward;
+    e->received++;
+}
+
 static void read_evals(ctl *c)
 {
     bus_msg *msgs[64];
     int n = 0;
-    if (!c->evals || bus_fetch(c->evals, 64, 5, msgs, &n) != TIDAL_OK) n = 0; /* polled: nothing this time */
+    if (!c->evals || bus_fetch(c->evals, 64, 5, msgs, &n) != TIDAL_OK) n = 0;
     eval_round *e = &c->ev;
     for (int i = 0; i < n; i++) {
-        Tidal__V1__Trajectory *t = NULL;
-        unsigned long long v;
-        size_t idx;
-        if (codec_decode_trajectory(bus_msg_data(msgs[i]), (size_t)bus_msg_len(msgs[i]), &t) != TIDAL_OK) {
+        Tidal__V1__TrajectoryGroup *g = NULL;
+        if (codec_decode_trajectory_group(bus_msg_data(msgs[i]), (size_t)bus_msg_len(msgs[i]), &g) != TIDAL_OK)
             tidal_log(TIDAL_LOG_WARN, "controller: rejected a message on %s: %s", bus_msg_subject(msgs[i]),
                       tidal_errmsg());
-        } else if (e->active && sscanf(t->group_id, "eval%llu-%zu", &v, &idx) == 2 && v == e->version &&
-                   idx < (size_t)e->prompts) {
-            const bool ok = t->status == TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK && t->reward >= 1.0 - 1e-9;
-            if (t->sample_index == 0) e->succ_first[idx] = ok;
-            e->succ_any[idx] += ok;
-            e->reward_sum += t->reward;
-            e->received++;
-        }
-        if (t) tidal__v1__trajectory__free_unpacked(t, NULL);
+        for (size_t k = 0; g && k < g->n_trajectories; k++) eval_count(e, g->trajectories[k]);
+        if (g) tidal__v1__trajectory_group__free_unpacked(g, NULL);
         bus_ack(msgs[i]);
         bus_msg_destroy(msgs[i]);
     }
@@ -675,7 +686,7 @@ cleanup:;
         }
     }
     if (c->ev.active) eval_finish(c, false);
-    free(c->ev.succ_first), free(c->ev.succ_any);
+    free(c->ev.succ_first), free(c->ev.succ_any), free(c->ev.seen);
     if (c->metrics_f) fclose(c->metrics_f);
     if (c->eval_f) fclose(c->eval_f);
     bus_kv_watch_stop(c->wwatch);

@@ -21,6 +21,7 @@
 #define PROMPT_CAP_TOKENS 1024 /* the longest rendered prompt the engine's cache is sized for */
 #define HEARTBEAT_MS 1000
 #define STATE_POLL_MS 1000
+#define TRAJ_HEADER_ROOM 1024 /* of max_payload, for the message's headers (Nats-Msg-Id and the protocol's) */
 
 typedef struct worker {
     const worker_opts *o;
@@ -381,29 +382,53 @@ static void bench_hold(worker *w, const served *sv)
     }
 }
 
-/* Publish: each trajectory on tidal.J.traj (.eval for evaluation prompts)
- * with its id as Nats-Msg-Id - a redelivered prompt's trajectories are
- * stored once - one at a time, each retried through a server restart until
- * the stream acks it; then the prompt is acked. An error leaves the prompt
- * to be returned (what was stored stays, de-duplicated on the next try). */
+/* Publish: the prompt's trajectories as one TrajectoryGroup on tidal.J.traj
+ * (.eval for evaluation prompts) - or, when it would exceed the server's
+ * max_payload, as parts of whole trajectories - each with its Nats-Msg-Id
+ * (codec_group_msg_id) and retried through a server restart until the stream
+ * acks it; then the prompt is acked. An error leaves the prompt to be
+ * returned (what was stored stays; the buffer takes each sample once). */
 static tidal_status publish(worker *w, served *sv)
 {
     const Tidal__V1__Prompt *p = sv->p;
     bench_hold(w, sv);
     const double pub0 = tidal_clock_ms();
     const char *subject = p->eval ? w->names.eval_subject : w->names.traj_subject;
+    codec_encoded *enc = calloc((size_t)sv->count, sizeof *enc);
+    codec_parts parts = {0};
+    tidal_status st = TIDAL_OK;
+    if (!enc) return tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
     for (int i = 0; i < sv->count; i++) {
         const episode_out *o = &sv->out[i];
-        w->errors += o->status != TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK; /* counted as it is sent */
-        TRY(bus_js_publish(w->bus, subject, o->data, (int)o->len, o->trajectory_id, 30000, NULL, NULL));
+        enc[i] = (codec_encoded){.data = o->data, .len = o->len, .trajectory_id = o->trajectory_id};
     }
-    TRY(bus_ack_sync(sv->m, 10000));
+    Tidal__V1__TrajectoryGroup head = TIDAL__V1__TRAJECTORY_GROUP__INIT;
+    head.schema_version = CODEC_SCHEMA_VERSION;
+    head.group_id = p->group_id, head.prompt_id = p->prompt_id, head.worker_id = w->id;
+    head.attempt = (uint32_t)bus_msg_delivered(sv->m);
+    if (head.attempt < 1) head.attempt = 1;
+    head.group_size = p->group_size, head.sample_index = p->sample_index, head.sample_count = (uint32_t)sv->count;
+    head.eval = p->eval;
+    const int64_t room = bus_max_payload(w->bus) - TRAJ_HEADER_ROOM;
+    TRY_GOTO(codec_frame_group_parts(&head, enc, (size_t)sv->count, room > 0 ? (size_t)room : 0, &parts));
+    for (size_t k = 0; k < parts.n; k++) {
+        char id[CODEC_MAX_ID_BYTES + 32];
+        head.part_index = (uint32_t)k, head.part_count = parts.n > 1 ? (uint32_t)parts.n : 0;
+        codec_group_msg_id(&head, id, sizeof id);
+        TRY_GOTO(bus_js_publish(w->bus, subject, parts.buf[k], (int)parts.len[k], id, 30000, NULL, NULL));
+    }
+    TRY_GOTO(bus_ack_sync(sv->m, 10000));
     w->publish_ms = tidal_clock_ms() - pub0;
     w->trajectories += (uint64_t)sv->count;
+    for (int i = 0; i < sv->count; i++)
+        w->errors += sv->out[i].status != TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
     w->groups++;
-    tidal_log(TIDAL_LOG_DEBUG, "worker %s: %s done: %d samples, v%llu, sync %.0f ms, generate %.0f ms", w->id,
-              p->group_id, sv->count, (unsigned long long)w->version, sv->sync_ms, sv->gen_ms);
-    return TIDAL_OK;
+    tidal_log(TIDAL_LOG_DEBUG, "worker %s: %s done: %d samples in %zu message(s), v%llu, sync %.0f ms, generate %.0f ms",
+              w->id, p->group_id, sv->count, parts.n, (unsigned long long)w->version, sv->sync_ms, sv->gen_ms);
+cleanup:
+    codec_parts_free(&parts);
+    free(enc);
+    return st;
 }
 
 /* Return the prompt (nak): another worker (or this one) takes it again. */

@@ -19,6 +19,10 @@
 #include "trainer/step.h"
 
 #define FETCH_BATCH 256
+/* A partial group (in parts) is dropped as incomplete this long after its first part: two ack
+ * waits (the prompt redelivered, answered again) and a margin for generating it. */
+#define PARTIAL_MAX_AGE_ACK_WAITS 2u
+#define PARTIAL_MAX_AGE_MIN_MS 300000u
 
 typedef struct trainer {
     const trainer_opts *o;
@@ -46,20 +50,39 @@ typedef struct trainer {
 
 static double elapsed_s(const trainer *t) { return t->elapsed0_s + (tidal_clock_ms() - t->t0_ms) / 1e3; }
 
-/* A trajectory's fate is durable: acknowledge its message (it leaves the stream). */
+/* One trajectory message (a group, or a part of one) shared by the
+ * trajectories it brought: each admitted trajectory holds a reference, and
+ * the admission holds one while it works. The message is acked when the last
+ * reference goes and every one of them had a durable fate; a trajectory let
+ * go without a fate (at exit) leaves it un-acked, so it comes again. */
+typedef struct traj_msg {
+    bus_msg *m;
+    int refs;
+    bool released;
+} traj_msg;
+
+static void traj_msg_unref(traj_msg *r)
+{
+    if (--r->refs > 0) return;
+    if (!r->released && bus_ack(r->m) != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "trainer: ack: %s", tidal_errmsg());
+    bus_msg_destroy(r->m);
+    free(r);
+}
+
+/* A trajectory's fate is durable (dropped or trained and checkpointed). */
 static void on_durable(void *ctx, void *handle, bool dropped)
 {
     (void)ctx, (void)dropped;
-    bus_msg *m = handle;
-    if (bus_ack(m) != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "trainer: ack: %s", tidal_errmsg());
-    bus_msg_destroy(m);
+    traj_msg_unref(handle);
 }
 
-/* The buffer lets a message go without a fate (at exit): not acked, it comes again. */
+/* The buffer lets a trajectory go without a fate (at exit). */
 static void on_release(void *ctx, void *handle)
 {
     (void)ctx;
-    bus_msg_destroy(handle);
+    traj_msg *r = handle;
+    r->released = true;
+    traj_msg_unref(r);
 }
 
 /* The counts as of now: the checkpoint's plus this life's. */
@@ -201,31 +224,61 @@ static tidal_status train_step(trainer *t)
     return st;
 }
 
+/* Reject a message that is not a usable trajectory group: terminated (never
+ * redelivered) and counted. */
+static void reject(trainer *t, bus_msg *m, const char *why)
+{
+    tidal_log(TIDAL_LOG_WARN, "trainer: rejected a message on %s (stream seq %llu): %s", bus_msg_subject(m),
+              (unsigned long long)bus_msg_stream_seq(m), why);
+    t->ck.rejected++;
+    bus_term(m);
+    bus_msg_destroy(m);
+}
+
+/* Admit the trajectories of one message (a TrajectoryGroup or a part of
+ * one) into the buffer, each holding a reference to the message. */
 static void admit(trainer *t, bus_msg *m)
 {
-    Tidal__V1__Trajectory *tr = NULL;
-    if (codec_decode_trajectory(bus_msg_data(m), (size_t)bus_msg_len(m), &tr) != TIDAL_OK) {
-        tidal_log(TIDAL_LOG_WARN, "trainer: rejected a message on %s (stream seq %llu): %s", bus_msg_subject(m),
-                  (unsigned long long)bus_msg_stream_seq(m), tidal_errmsg());
-        t->ck.rejected++;
-        bus_term(m);
+    Tidal__V1__TrajectoryGroup *g = NULL;
+    if (codec_decode_trajectory_group(bus_msg_data(m), (size_t)bus_msg_len(m), &g) != TIDAL_OK) {
+        reject(t, m, tidal_errmsg());
+        return;
+    }
+    if (g->eval) { /* evaluation samples never train (they belong on tidal.J.traj.eval) */
+        char why[320];
+        snprintf(why, sizeof why, "evaluation group %s on the training subject", g->group_id);
+        tidal__v1__trajectory_group__free_unpacked(g, NULL);
+        reject(t, m, why);
+        return;
+    }
+    traj_msg *r = malloc(sizeof *r);
+    if (!r) { /* not acked: it comes again */
+        tidal_log(TIDAL_LOG_WARN, "trainer: out of memory admitting %s", g->group_id);
+        tidal__v1__trajectory_group__free_unpacked(g, NULL);
         bus_msg_destroy(m);
         return;
     }
-    if (tr->eval) { /* evaluation samples never train (they belong on tidal.J.traj.eval) */
-        tidal_log(TIDAL_LOG_WARN, "trainer: rejected evaluation trajectory %s on %s", tr->trajectory_id,
-                  bus_msg_subject(m));
-        tidal__v1__trajectory__free_unpacked(tr, NULL);
-        t->ck.rejected++;
-        bus_term(m);
-        bus_msg_destroy(m);
-        return;
+    *r = (traj_msg){.m = m, .refs = 1};
+    size_t i = 0;
+    for (; i < g->n_trajectories; i++) {
+        r->refs++;
+        if (buffer_admit(t->buf, g->trajectories[i], r) != TIDAL_OK) break;
+        g->trajectories[i] = NULL; /* the buffer's now */
     }
-    if (buffer_admit(t->buf, tr, m) != TIDAL_OK) { /* out of memory: not acked, so it comes again */
-        tidal_log(TIDAL_LOG_WARN, "trainer: %s", tidal_errmsg());
-        tidal__v1__trajectory__free_unpacked(tr, NULL);
-        bus_msg_destroy(m);
+    if (i < g->n_trajectories) {
+        /* Out of memory: the rest is not admitted, so the message must never be
+         * acked by this life; the admission's reference stays released. */
+        tidal_log(TIDAL_LOG_WARN, "trainer: %s (group %s: %zu of %zu trajectories admitted; the message comes again)",
+                  tidal_errmsg(), g->group_id, i, g->n_trajectories);
+        r->refs--, r->released = true;
+        for (size_t k = i; k < g->n_trajectories; k++) {
+            tidal__v1__trajectory__free_unpacked(g->trajectories[k], NULL);
+            g->trajectories[k] = NULL;
+        }
     }
+    g->n_trajectories = 0; /* its trajectories are the buffer's or freed */
+    tidal__v1__trajectory_group__free_unpacked(g, NULL);
+    traj_msg_unref(r);
 }
 
 /* What the spec may ask that this trainer cannot do yet: refused, never ignored. */
@@ -286,7 +339,12 @@ static tidal_status start(trainer *t)
     buffer_opts bopt = {.max_staleness = s->buffer.max_staleness, .capacity = s->buffer.capacity, .sampling = smp,
                         .priority_temperature = s->buffer.priority_temperature, .reuse = s->buffer.reuse,
                         .filter_zero_variance = s->buffer.filter_zero_variance,
-                        .seed = (uint64_t)s->trainer.seed, .ack = on_durable, .release = on_release, .ack_ctx = t};
+                        .seed = (uint64_t)s->trainer.seed, .ack = on_durable, .release = on_release, .ack_ctx = t,
+                        /* A group in parts waits for the rest while its prompt may be redelivered
+                         * (after the ack wait) and answered again; one whose parts stop coming goes. */
+                        .max_partial = 4 * s->buffer.capacity + 64,
+                        .partial_max_age_ms = PARTIAL_MAX_AGE_ACK_WAITS * (uint64_t)s->rollout.ack_wait_ms +
+                                              PARTIAL_MAX_AGE_MIN_MS};
     TRY(buffer_create(&bopt, &t->buf));
     buffer_set_version(t->buf, t->version);
     for (size_t i = 0; i < t->ck.n_trained; i++) TRY(buffer_remember_trained(t->buf, t->ck.trained_ids[i]));
@@ -337,6 +395,7 @@ tidal_status trainer_run(const trainer_opts *o)
         buffer_counts_get(t->buf, &bc);
         for (int r = 0; r < BUFFER_DROP__COUNT; r++) gone0 += bc.groups_dropped[r];
         for (int i = 0; i < n; i++) admit(t, msgs[i]);
+        buffer_tick(t->buf, (uint64_t)tidal_clock_ms());
         buffer_counts_get(t->buf, &bc);
         for (int r = 0; r < BUFFER_DROP__COUNT; r++) gone1 += bc.groups_dropped[r];
         if (gone1 != gone0) put_groups(t); /* dropped groups free their places in the controller's admission */
