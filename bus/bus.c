@@ -15,6 +15,7 @@
 
 #define NS_PER_MS 1000000LL
 #define DEFAULT_JS_TIMEOUT_MS 5000
+#define JS_ATTEMPT_MAX_WAIT_MS 2000 /* one attempt of bus_js_publish waits for its ack at most this */
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define DEFAULT_RECONNECT_BUF (64 << 20)
 #define DEFAULT_ASYNC_MAX_PENDING 4096
@@ -716,7 +717,11 @@ tidal_status bus_js_publish(tidal_bus *b, const char *subject, const void *data,
         jsPubOptions po;
         jsPubOptions_Init(&po);
         po.MsgId = msg_id;
-        po.MaxWait = left < b->js_timeout_ms ? (left > 1 ? left : 1) : b->js_timeout_ms;
+        /* Several attempts fit in the deadline: a request sent while the connection was down (or
+         * as the server restarted) gets no answer, and only a new attempt after the reconnect can
+         * get one. The message id keeps retries from storing twice. */
+        int64_t wait = b->js_timeout_ms < JS_ATTEMPT_MAX_WAIT_MS ? b->js_timeout_ms : JS_ATTEMPT_MAX_WAIT_MS;
+        po.MaxWait = left < wait ? (left > 1 ? left : 1) : wait;
         jsPubAck *pa = NULL;
         jsErrCode jerr = 0;
         natsStatus s = js_Publish(&pa, b->js, subject, data, len, &po, &jerr);

@@ -28,6 +28,10 @@ typedef struct worker_row {
     bool gone;
 } worker_row;
 
+/* A prompt's publication rides out a bus restart (reconnect, JetStream recovering its streams):
+ * giving up ends the job. */
+#define PROMPT_PUBLISH_TIMEOUT_MS 60000
+
 typedef struct eval_round {
     bool active;
     uint64_t version;
@@ -229,7 +233,7 @@ static tidal_status publish_prompt(ctl *c, const char *id, const char *group, co
     p.eval = eval;
     TRY_GOTO(codec_validate(&p.base));
     TRY_GOTO(codec_encode(&p.base, &buf, &len));
-    TRY_GOTO(bus_js_publish(c->bus, c->names.prompts_subject, buf, (int)len, id, 0, NULL, NULL));
+    TRY_GOTO(bus_js_publish(c->bus, c->names.prompts_subject, buf, (int)len, id, PROMPT_PUBLISH_TIMEOUT_MS, NULL, NULL));
 cleanup:
     free(buf);
     free(text);
