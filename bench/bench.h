@@ -7,6 +7,7 @@
 #ifndef TIDAL_CLI_BENCH_H
 #define TIDAL_CLI_BENCH_H
 
+#include <stdbool.h>
 #include <jansson.h>
 #include <stddef.h>
 
@@ -29,11 +30,21 @@ double bench_proc_cpu_s(int pid);
 tidal_status bench_temp_dir(const char *who, const char *prefix, char *buf, size_t cap);
 void bench_remove_dir(const char *who, const char *dir);
 
-/* Write script_text to DIR/script_name and run it with BENCH_PYTHON, `env`
- * ("" or e.g. "OMP_WAIT_POLICY=PASSIVE") before the command and `args` (shell
- * words) after it; *out is the JSON of its last stdout line (caller decrefs). */
+/* Run a peer: `program` (a name on $PATH or a path) with argv, under `env`
+ * (NULL: this process's environment), no shell involved, its stderr the
+ * user's; *out is the JSON of its last stdout line (caller decrefs).
+ * TIDAL_ERR_UNAVAILABLE when it exits non-zero or prints nothing,
+ * TIDAL_ERR_NOT_FOUND when it is not installed. */
+typedef struct bench_peer_env bench_peer_env;
+tidal_status bench_run_peer(const char *who, const char *program, char *const argv[], const bench_peer_env *env,
+                            json_t **out);
+
+/* Write script_text to DIR/script_name and run it with BENCH_PYTHON under
+ * `env` (NULL: this process's environment) with argv `args` (NULL-terminated)
+ * after the script, no shell involved; *out is the JSON of its last stdout
+ * line (caller decrefs). */
 tidal_status bench_run_python(const char *who, const char *script_text, const char *script_name, const char *dir,
-                              const char *env, const char *args, json_t **out);
+                              const bench_peer_env *env, char *const args[], json_t **out);
 
 /* The environments a PyTorch peer runs under; each bench keeps the peer's
  * best figure, so a ratio never rests on a handicapped peer.
@@ -45,10 +56,11 @@ tidal_status bench_run_python(const char *who, const char *script_text, const ch
  *     on new CPUs), both policies run again with the two unset, on the
  *     kernels OpenBLAS picks itself (Cooperlake's AVX-512 ones on Zen 5).
  *     Each bench checks the peer's results against tidal's either way. */
-typedef struct bench_peer_env {
-    const char *env;   /* shell words before the command */
+struct bench_peer_env {
+    bool passive;      /* OMP_WAIT_POLICY=PASSIVE */
+    bool own_kernels;  /* OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset */
     const char *label; /* e.g. "passive, OpenBLAS's own kernels" */
-} bench_peer_env;
+};
 int bench_peer_envs(const bench_peer_env **out);
 
 /* Print o as the bench's last line (compact JSON) and release it. */

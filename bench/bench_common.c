@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include "bench/bench.h"
+#include "base/fs.h"
+#include "base/spawn.h"
 
 
 double bench_now_s(void)
@@ -66,52 +68,89 @@ tidal_status bench_temp_dir(const char *who, const char *prefix, char *buf, size
 void bench_remove_dir(const char *who, const char *dir)
 {
     if (!dir || !dir[0]) return;
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "%s: could not remove %s\n", who, dir);
+    fs_remove_tree(dir, who);
+}
+
+extern char **environ;
+
+/* This process's environment as `e` asks: NULL-terminated, the caller frees
+ * it with spawn_env_free; NULL when out of memory. */
+static char **peer_environment(const bench_peer_env *e)
+{
+    size_t have = 0;
+    while (environ[have]) have++;
+    char **env = calloc(have + 2, sizeof *env);
+    if (!env) return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < have; i++) {
+        const char *v = environ[i];
+        if (e->own_kernels && (!strncmp(v, "OPENBLAS_CORETYPE=", 18) || !strncmp(v, "OPENBLAS_L2_SIZE=", 17)))
+            continue;
+        if (e->passive && !strncmp(v, "OMP_WAIT_POLICY=", 16)) continue;
+        if (!(env[k++] = strdup(v))) goto oom;
+    }
+    if (e->passive && !(env[k++] = strdup("OMP_WAIT_POLICY=PASSIVE"))) goto oom;
+    return env;
+oom:
+    spawn_env_free(env);
+    return NULL;
+}
+
+tidal_status bench_run_peer(const char *who, const char *program, char *const argv[], const bench_peer_env *e,
+                            json_t **out)
+{
+    *out = NULL;
+    char **env = e ? peer_environment(e) : NULL, *text = NULL;
+    if (e && !env) return tidal_fail(TIDAL_ERR_NOMEM, "%s: out of memory", who);
+    size_t len = 0;
+    int code = -1;
+    tidal_status st = spawn_capture(program, argv, env, &text, &len, &code);
+    spawn_env_free(env);
+    TRY_WRAP(st, "%s: the peer: ", who);
+    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r')) text[--len] = '\0';
+    const char *last = strrchr(text, '\n');
+    last = last ? last + 1 : text;
+    json_error_t jerr;
+    if (code != 0 || !*last)
+        st = tidal_fail(TIDAL_ERR_UNAVAILABLE, "%s: the peer (%s) failed (exit %d); its message is above", who, program,
+                        code);
+    else if (!(*out = json_loads(last, 0, &jerr)))
+        st = tidal_fail(TIDAL_ERR_DECODE, "%s: the peer printed no JSON: %.200s", who, last);
+    free(text);
+    return st;
 }
 
 tidal_status bench_run_python(const char *who, const char *script_text, const char *script_name, const char *dir,
-                              const char *env, const char *args, json_t **out)
+                              const bench_peer_env *e, char *const args[], json_t **out)
 {
     *out = NULL;
-    char script[600], cmd[2048];
+    char script[600], *argv[16] = {BENCH_PYTHON, script};
+    int argc = 2;
+    for (int i = 0; args && args[i]; i++) {
+        if (argc + 1 >= (int)(sizeof argv / sizeof argv[0]))
+            return tidal_fail(TIDAL_ERR_INVALID, "%s: too many peer arguments", who);
+        argv[argc++] = args[i];
+    }
+    argv[argc] = NULL;
     snprintf(script, sizeof script, "%s/%s", dir, script_name);
-    FILE *f = fopen(script, "w");
-    if (!f || fputs(script_text, f) < 0 || fclose(f) != 0) return tidal_fail(TIDAL_ERR_IO, "%s: cannot write %s", who, script);
-    snprintf(cmd, sizeof cmd, "%s %s '%s' %s", env ? env : "", BENCH_PYTHON, script, args);
-    FILE *p = popen(cmd, "r");
-    if (!p) return tidal_fail(TIDAL_ERR_IO, "%s: cannot run %s", who, BENCH_PYTHON);
-    char *line = NULL, *last = NULL;
-    size_t cap = 0;
-    for (ssize_t n; (n = getline(&line, &cap, p)) > 0;) {
-        free(last);
-        last = strdup(line);
+    TRY_WRAP(fs_write_file(script, script_text, strlen(script_text)), "%s: ", who);
+    tidal_status st = bench_run_peer(who, BENCH_PYTHON, argv, e, out);
+    if (st == TIDAL_ERR_UNAVAILABLE) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", tidal_errmsg());
+        return tidal_fail(st, "%s: is python3-torch installed? (make deps)", why);
     }
-    free(line);
-    int st = pclose(p);
-    if (st != 0 || !last) {
-        free(last);
-        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "%s: the PyTorch peer failed (exit %d): is python3-torch installed? (make deps)",
-                          who, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-    }
-    json_error_t jerr;
-    *out = json_loads(last, 0, &jerr);
-    tidal_status s = *out ? TIDAL_OK : tidal_fail(TIDAL_ERR_DECODE, "%s: peer printed no JSON: %.200s", who, last);
-    free(last);
-    return s;
+    return st;
 }
 
 int bench_peer_envs(const bench_peer_env **out)
 {
-#define OWN "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
     static const bench_peer_env all[4] = {
-        {"", "default"},
-        {"OMP_WAIT_POLICY=PASSIVE", "passive"},
-        {OWN, "default, OpenBLAS's own kernels"},
-        {OWN "OMP_WAIT_POLICY=PASSIVE", "passive, OpenBLAS's own kernels"},
+        {false, false, "default"},
+        {true, false, "passive"},
+        {false, true, "default, OpenBLAS's own kernels"},
+        {true, true, "passive, OpenBLAS's own kernels"},
     };
-#undef OWN
     *out = all;
     return getenv("OPENBLAS_CORETYPE") || getenv("OPENBLAS_L2_SIZE") ? 4 : 2;
 }

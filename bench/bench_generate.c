@@ -90,11 +90,14 @@ cleanup:
     return st;
 }
 
-/* Run the peer (with `env` before the command, e.g. an OMP_WAIT_POLICY). */
-static tidal_status run_peer(const char *dir, const char *env, int threads, int N, json_t **out)
+/* Run the peer under environment `env`. */
+static tidal_status run_peer(const char *dir, const bench_peer_env *env, int threads, int N, json_t **out)
 {
-    char args[1024];
-    snprintf(args, sizeof args, "'%s/model' '%s/prompts.safetensors' %d %d %d", dir, dir, threads, N, CHECK_STEPS);
+    char model[600], prompts[600], t[16], n[16], steps[16];
+    snprintf(model, sizeof model, "%s/model", dir);
+    snprintf(prompts, sizeof prompts, "%s/prompts.safetensors", dir);
+    snprintf(t, sizeof t, "%d", threads), snprintf(n, sizeof n, "%d", N), snprintf(steps, sizeof steps, "%d", CHECK_STEPS);
+    char *args[] = {model, prompts, t, n, steps, NULL};
     return bench_run_python("bench generate", generate_peer_py, "generate_peer.py", dir, env, args, out);
 }
 
@@ -218,7 +221,7 @@ int bench_generate_main(int argc, char **argv)
         if (try->tps > tB->tps) *tB = *try;
         fprintf(stderr, "round %d/%d: tidal:   batch 1 %7.1f tokens/s, batch %d %7.1f tokens/s\n", k + 1, n_envs, b1, B,
                 try->tps);
-        TRY_GOTO(run_peer(dir, envs[k].env, threads, N, &pj));
+        TRY_GOTO(run_peer(dir, &envs[k], threads, N, &pj));
         TRY_GOTO(peer_side(pj, "b1", 1, t1, q1));
         TRY_GOTO(peer_side(pj, "bB", B, tB, qB));
         fprintf(stderr, "round %d/%d: PyTorch: batch 1 %7.1f tokens/s, batch %d %7.1f tokens/s (%s)\n", k + 1,

