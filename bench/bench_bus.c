@@ -59,7 +59,7 @@ typedef struct {
 
 /* A realistic trajectory: 256 prompt tokens, 1,024 completion tokens from a
  * 150k vocabulary, behaviour logprobs, one version run, a full loss mask. */
-static tidal_status make_trajectory(void **buf, size_t *len)
+static tidal_status make_trajectory(int index, int group_size, void **buf, size_t *len)
 {
     enum { PROMPT = 256, COMPLETION = 1024 };
     static uint32_t prompt_ids[PROMPT], completion_ids[COMPLETION];
@@ -77,10 +77,13 @@ static tidal_status make_trajectory(void **buf, size_t *len)
     }
     Tidal__V1__Trajectory t = TIDAL__V1__TRAJECTORY__INIT;
     t.schema_version = CODEC_SCHEMA_VERSION;
-    t.trajectory_id = "bench-0000000000-00";
+    char id[64];
+    snprintf(id, sizeof id, "bench-0000000000.s%d", index);
+    t.trajectory_id = id;
     t.prompt_id = "bench-0000000000";
     t.group_id = "bench-0000000000";
-    t.group_size = 8;
+    t.sample_index = (uint32_t)index;
+    t.group_size = (uint32_t)group_size;
     t.worker_id = "bench-worker";
     t.n_prompt_token_ids = PROMPT;
     t.prompt_token_ids = prompt_ids;
@@ -108,29 +111,35 @@ static tidal_status make_trajectory(void **buf, size_t *len)
     return st;
 }
 
-/* G copies of the trajectory as one message, encoded as a `repeated
- * Trajectory trajectories = 1` field would be (tag, length, bytes per
- * element): what one message per group would carry. Replaces *buf. */
-static tidal_status group_payload(void **buf, size_t *len, int g)
+/* The message a rollout worker publishes for a prompt of G samples: G
+ * trajectories framed as one TrajectoryGroup (codec_frame_group_parts, as the
+ * worker does), checked to be what the trainer accepts. With G = 1 and
+ * --single, a bare Trajectory (the former contract) instead. */
+static tidal_status make_payload(int g, bool single, void **buf, size_t *len)
 {
-    uint8_t head[11];
-    size_t h = 0;
-    head[h++] = 0x0A; /* field 1, length-delimited */
-    for (uint64_t v = *len;; v >>= 7) {
-        head[h++] = (uint8_t)(v & 0x7F) | (v >= 0x80 ? 0x80 : 0);
-        if (v < 0x80) break;
-    }
-    size_t one = h + *len;
-    uint8_t *out = malloc(one * (size_t)g);
-    if (!out) return tidal_fail(TIDAL_ERR_NOMEM, "bench bus: out of memory");
+    if (single) return make_trajectory(0, 1, buf, len);
+    codec_encoded enc[64] = {{0}};
+    void *data[64] = {0};
+    codec_parts parts = {0};
+    Tidal__V1__TrajectoryGroup *back = NULL;
+    tidal_status st = TIDAL_OK;
     for (int i = 0; i < g; i++) {
-        memcpy(out + i * one, head, h);
-        memcpy(out + i * one + h, *buf, *len);
+        TRY_GOTO(make_trajectory(i, g, &data[i], &enc[i].len));
+        enc[i].data = data[i];
     }
-    free(*buf);
-    *buf = out;
-    *len = one * (size_t)g;
-    return TIDAL_OK;
+    Tidal__V1__TrajectoryGroup head = TIDAL__V1__TRAJECTORY_GROUP__INIT;
+    head.schema_version = CODEC_SCHEMA_VERSION;
+    head.group_id = "bench-0000000000", head.prompt_id = "bench-0000000000", head.worker_id = "bench-worker";
+    head.attempt = 1, head.group_size = (uint32_t)g, head.sample_count = (uint32_t)g;
+    TRY_GOTO(codec_frame_group_parts(&head, enc, (size_t)g, SIZE_MAX, &parts));
+    TRY_GOTO(codec_decode_trajectory_group(parts.buf[0], parts.len[0], &back));
+    *buf = parts.buf[0], *len = parts.len[0];
+    parts.buf[0] = NULL;
+cleanup:
+    if (back) tidal__v1__trajectory_group__free_unpacked(back, NULL);
+    codec_parts_free(&parts);
+    for (int i = 0; i < g; i++) free(data[i]);
+    return st;
 }
 
 static void *js_consume(void *arg)
@@ -289,13 +298,14 @@ static void usage(FILE *f)
             "usage: tidal bench bus [--bus URL] [--publishers P] [--messages N] [--rounds R] [--group G] [--json]\n"
             "  JetStream trajectory path (publish with Nats-Msg-Id to the trajectory stream\n"
             "  of job tidal-bench-bus, its trainer pull consumer with acks) against raw core\n"
-            "  NATS pub/sub of the same ~8 KB Trajectory messages, on the same server.\n"
+            "  NATS pub/sub of the same bytes, on the same server: the messages a job sends,\n"
+            "  one TrajectoryGroup of G trajectories (1,024 completion tokens each) per prompt.\n"
             "  Without --bus a private nats-server is started, and the CPU each path costs\n"
             "  per message (this process and nats-server) is reported too. P publishers\n"
             "  (default 1), each on its own connection like rollout workers, share the N\n"
-            "  messages; one consumer. Each path runs R rounds (default 3); the best counts.\n"
-            "  --group G: G trajectories per message (as a repeated Trajectory field), the\n"
-            "  one-message-per-group form; both paths carry the same bytes (default 1).\n");
+            "  messages (default 160,000 / G); one consumer. Each path runs R rounds\n"
+            "  (default 3); the best counts. --group G: the group size (default 8);\n"
+            "  --single: one bare Trajectory per message, the former contract, for comparison.\n");
 }
 
 /* CPU microseconds per message, client + server (client only with --bus). */
@@ -319,29 +329,33 @@ static json_t *result_json(const bench_result *r)
 int bench_bus_main(int argc, char **argv)
 {
     const char *url = NULL;
-    long n = 100000;
-    int rounds = 3, as_json = 0, n_pubs = 1, group = 1;
+    long n = 0;
+    int rounds = 3, as_json = 0, n_pubs = 1, group = 8, single = 0;
     static const struct option opts[] = {{"bus", required_argument, 0, 'b'},
                                          {"publishers", required_argument, 0, 'p'},
                                          {"group", required_argument, 0, 'g'},
+                                         {"single", no_argument, 0, 's'},
                                          {"messages", required_argument, 0, 'n'},
                                          {"rounds", required_argument, 0, 'r'},
                                          {"json", no_argument, 0, 'j'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "b:p:n:r:g:jh", opts, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "b:p:n:r:g:sjh", opts, NULL)) != -1;) {
         switch (c) {
         case 'b': url = optarg; break;
         case 'n': n = strtol(optarg, NULL, 10); break;
         case 'p': n_pubs = atoi(optarg); break;
         case 'g': group = atoi(optarg); break;
+        case 's': single = 1; break;
         case 'r': rounds = atoi(optarg); break;
         case 'j': as_json = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
+    if (single) group = 1;
+    if (n == 0 && group >= 1) n = 160000 / group;
     if (optind < argc || n <= 0 || rounds <= 0 || n_pubs < 1 || n_pubs > BENCH_MAX_PUBLISHERS || group < 1 ||
         group > 64) {
         usage(stderr);
@@ -355,8 +369,7 @@ int bench_bus_main(int argc, char **argv)
     tidal_status st = TIDAL_OK;
     traj_per_msg = group;
     TRY_GOTO(job_names_init(&bench_names, BENCH_JOB));
-    TRY_GOTO(make_trajectory(&payload, &len));
-    if (group > 1) TRY_GOTO(group_payload(&payload, &len, group));
+    TRY_GOTO(make_payload(group, single, &payload, &len));
     if (!url) {
         tidal_server_opts so = {0};
         TRY_GOTO(tidal_server_start(&srv, &so));
@@ -404,6 +417,7 @@ int bench_bus_main(int argc, char **argv)
                           "rounds", rounds, "cores", (json_int_t)sysconf(_SC_NPROCESSORS_ONLN),
                           "tidal", result_json(&js_best), "raw", result_json(&raw_best), "ratio", ratio);
     json_object_set_new(o, "cpu_ratio", cpu_known ? json_real(cpu_ratio) : json_null());
+    json_object_set_new(o, "message", json_string(single ? "Trajectory" : "TrajectoryGroup"));
     bench_print_json(o);
 cleanup:
     if (st != TIDAL_OK) fprintf(stderr, "tidal bench bus: %s\n", tidal_errmsg());

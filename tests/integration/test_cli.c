@@ -278,9 +278,6 @@ static void test_generate_tiny_model(void)
     CHECK(system(cmd) == 0);
 }
 
-/* `tidal bench bus` end to end on a private server, small: the JSON line has
- * both paths' figures and the CPU accounting (a number only a real
- * nats-server child and real traffic give), and every message arrived. */
 /* A bench's last stdout line parsed as JSON (NULL when it is not); the caller decrefs. */
 static json_t *last_line_json(const run_result *r)
 {
@@ -291,9 +288,12 @@ static json_t *last_line_json(const run_result *r)
     return n > start ? json_loadb(r->out + start, n - start, 0, NULL) : NULL;
 }
 
+/* `tidal bench bus` end to end on a private server, small: the JSON line has
+ * both paths' figures and the CPU accounting (a number only a real
+ * nats-server child and real traffic give), and every message arrived. */
 static void test_bench_bus_reports(void)
 {
-    run_result r = run_tidal("bench", "bus", "--messages", "3000", "--rounds", "1", "--json", NULL);
+    run_result r = run_tidal("bench", "bus", "--single", "--messages", "3000", "--rounds", "1", "--json", NULL);
     json_t *o = last_line_json(&r);
     json_t *t = json_object_get(o, "tidal"), *raw = json_object_get(o, "raw");
     double ratio = json_number_value(json_object_get(o, "ratio"));
@@ -302,16 +302,20 @@ static void test_bench_bus_reports(void)
              json_integer_value(json_object_get(raw, "messages")) == 3000 && ratio > 0 && cpu_ratio > 0 &&
              json_number_value(json_object_get(t, "server_cpu_us_per_msg")) > 0 &&
              json_number_value(json_object_get(t, "client_cpu_us_per_msg")) > 0 &&
-             json_number_value(json_object_get(raw, "cores_used")) > 0 && strstr(r.err, "round 1:");
+             json_number_value(json_object_get(raw, "cores_used")) > 0 && strstr(r.err, "round 1:") &&
+             !strcmp(json_string_value(json_object_get(o, "message")) ? json_string_value(json_object_get(o, "message")) : "",
+                     "Trajectory");
     CHECK_MSG(ok, "bench bus: exit %d\nstdout: %s\nstderr: %s", r.status, r.out, r.err);
     json_decref(o);
     run_free(&r);
 
-    /* one message per group of 3: 3 trajectories (and their framing) per message */
+    /* one TrajectoryGroup of 3 per message, as a worker sends it: 3 trajectories and the group's header */
     r = run_tidal("bench", "bus", "--messages", "500", "--rounds", "1", "--group", "3", "--json", NULL);
     o = last_line_json(&r);
     t = json_object_get(o, "tidal");
     ok = r.status == 0 && json_integer_value(json_object_get(o, "trajectories_per_message")) == 3 &&
+         json_is_string(json_object_get(o, "message")) &&
+         !strcmp(json_string_value(json_object_get(o, "message")), "TrajectoryGroup") &&
          json_integer_value(json_object_get(o, "message_bytes")) > 3 * 8900 &&
          fabs(json_number_value(json_object_get(t, "trajectories_per_s")) -
               3 * json_number_value(json_object_get(t, "msgs_per_s"))) <=
