@@ -23,7 +23,8 @@ static double hold_ms(void *ctx, const rollout_group_info *g) { return bench_hol
 
 const rollout_bench_hook *bench_hold_hook(const bench_hold_knobs *knobs, rollout_bench_hook *hook)
 {
-    if (!(knobs->slowdown > 1) && !(knobs->tail > 0) && !(knobs->token_ms > 0)) return NULL;
-    *hook = (rollout_bench_hook){.hold_ms = hold_ms, .ctx = (void *)knobs};
+    if (!(knobs->slowdown > 1) && !(knobs->tail > 0) && !(knobs->token_ms > 0) && !(knobs->part_gap_ms > 0))
+        return NULL;
+    *hook = (rollout_bench_hook){.hold_ms = hold_ms, .part_gap_ms = knobs->part_gap_ms, .ctx = (void *)knobs};
     return hook;
 }

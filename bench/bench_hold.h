@@ -20,10 +20,12 @@
  * long-tailed completion times. */
 typedef struct bench_hold_knobs {
     double slowdown, tail, token_ms;
+    double part_gap_ms; /* between two parts of a group sent in parts (rollout_bench_hook) */
 } bench_hold_knobs;
 
 /* The hook holding groups as knobs says, filled into *hook and returned; NULL
- * when the knobs hold nothing (slowdown <= 1, no tail, no token_ms): then the
+ * when the knobs hold nothing (slowdown <= 1, no tail, no token_ms, no part
+ * gap): then the
  * worker runs as in production. knobs must outlive the worker. */
 const rollout_bench_hook *bench_hold_hook(const bench_hold_knobs *knobs, rollout_bench_hook *hook);
 

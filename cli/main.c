@@ -103,7 +103,8 @@ static const struct command commands[] = {
      "                   hardware, for benchmarks)\n"
      "  --tail A         and a Pareto(alpha A) multiple of it (simulated long-tailed completions)\n"
      "  --token-ms T     hold each group T ms per generated token (x F x the tail): a simulated\n"
-     "                   GPU worker\n",
+     "                   GPU worker\n"
+     "  --part-gap-ms G  wait G ms between two parts of a group sent in parts (a slow link)\n",
      cmd_rollout},
     {"trainer", "the trainer role: buffer, updates, weights",
      "usage: tidal trainer JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL] [--resume]\n"

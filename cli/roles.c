@@ -61,13 +61,13 @@ typedef struct role_args {
     int n_sets;
     bool resume;
     const char *job, *id, *backend, *device, *user, *password, *token, *creds, *tls_ca, *tls_cert, *tls_key;
-    double slowdown, tail, token_ms;
+    double slowdown, tail, token_ms, part_gap_ms;
     int join_timeout_ms;
     bool json;
 } role_args;
 
 enum { OPT_SET = 1000, OPT_OUT, OPT_BUS, OPT_RESUME, OPT_JOB, OPT_ID, OPT_BACKEND, OPT_DEVICE, OPT_USER, OPT_PASSWORD,
-       OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_TAIL, OPT_TOKEN_MS, OPT_JOIN, OPT_JSON, OPT_ENDPOINT };
+       OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_TAIL, OPT_TOKEN_MS, OPT_PART_GAP_MS, OPT_JOIN, OPT_JSON, OPT_ENDPOINT };
 
 static const struct option role_long[] = {
     {"set", required_argument, 0, OPT_SET},         {"out", required_argument, 0, OPT_OUT},
@@ -79,7 +79,7 @@ static const struct option role_long[] = {
     {"creds", required_argument, 0, OPT_CREDS},     {"tls-ca", required_argument, 0, OPT_TLS_CA},
     {"tls-cert", required_argument, 0, OPT_TLS_CERT}, {"tls-key", required_argument, 0, OPT_TLS_KEY},
     {"slowdown", required_argument, 0, OPT_SLOWDOWN}, {"tail", required_argument, 0, OPT_TAIL},
-    {"token-ms", required_argument, 0, OPT_TOKEN_MS},
+    {"token-ms", required_argument, 0, OPT_TOKEN_MS}, {"part-gap-ms", required_argument, 0, OPT_PART_GAP_MS},
     {"join-timeout-ms", required_argument, 0, OPT_JOIN},
     {"json", no_argument, 0, OPT_JSON},             {0, 0, 0, 0}};
 
@@ -116,6 +116,7 @@ static int parse_role_args(const char *role, int argc, char **argv, bool wants_s
         case OPT_SLOWDOWN: a->slowdown = atof(optarg); break;
         case OPT_TAIL: a->tail = atof(optarg); break;
         case OPT_TOKEN_MS: a->token_ms = atof(optarg); break;
+        case OPT_PART_GAP_MS: a->part_gap_ms = atof(optarg); break;
         case OPT_JOIN: a->join_timeout_ms = atoi(optarg); break;
         case OPT_JSON: a->json = true; break;
         default:
@@ -255,7 +256,8 @@ int rollout_main(int argc, char **argv)
     tidal_log_set_role("rollout");
     catch_signals();
     /* --slowdown, --tail, --token-ms: a benchmark's simulated hardware, through the worker's bench hook */
-    const bench_hold_knobs knobs = {.slowdown = a.slowdown, .tail = a.tail, .token_ms = a.token_ms};
+    const bench_hold_knobs knobs = {.slowdown = a.slowdown, .tail = a.tail, .token_ms = a.token_ms,
+                                    .part_gap_ms = a.part_gap_ms};
     rollout_bench_hook hook;
     worker_opts wo = {.bus = bo, .job = a.job, .id = a.id, .join_timeout_ms = a.join_timeout_ms,
                       .bench = bench_hold_hook(&knobs, &hook), .stop = &g_stop};

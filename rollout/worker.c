@@ -365,6 +365,17 @@ static tidal_status generate(worker *w, served *sv)
     return TIDAL_OK;
 }
 
+/* Wait ms (if > 0), keeping the prompt alive; ends early when the worker leaves. */
+static void hold_for(worker *w, double ms)
+{
+    if (!(ms > 0)) return;
+    const double until = tidal_clock_ms() + ms;
+    for (double left; (left = until - tidal_clock_ms()) > 0 && !leaving(w);) {
+        usleep((useconds_t)(left < 20 ? left * 1e3 : 20e3));
+        keep_alive(w);
+    }
+}
+
 /* A benchmark's hold (worker_opts.bench) of the generated group: the prompt
  * is kept alive meanwhile, and the hold ends early when the worker leaves. */
 static void bench_hold(worker *w, const served *sv)
@@ -373,13 +384,7 @@ static void bench_hold(worker *w, const served *sv)
     if (!h || !h->hold_ms) return;
     rollout_group_info gi = {.group_id = sv->p->group_id, .generate_ms = sv->gen_ms, .last_publish_ms = w->publish_ms};
     for (int i = 0; i < sv->count; i++) gi.tokens += sv->out[i].completion_tokens;
-    const double hold_ms = h->hold_ms(h->ctx, &gi);
-    if (!(hold_ms > 0)) return;
-    const double until = tidal_clock_ms() + hold_ms;
-    for (double left; (left = until - tidal_clock_ms()) > 0 && !leaving(w);) {
-        usleep((useconds_t)(left < 20 ? left * 1e3 : 20e3));
-        keep_alive(w);
-    }
+    hold_for(w, h->hold_ms(h->ctx, &gi));
 }
 
 /* Publish: the prompt's trajectories as one TrajectoryGroup on tidal.J.traj
@@ -416,6 +421,10 @@ static tidal_status publish(worker *w, served *sv)
         head.part_index = (uint32_t)k, head.part_count = parts.n > 1 ? (uint32_t)parts.n : 0;
         codec_group_msg_id(&head, id, sizeof id);
         TRY_GOTO(bus_js_publish(w->bus, subject, parts.buf[k], (int)parts.len[k], id, 30000, NULL, NULL));
+        if (parts.n > 1)
+            tidal_log(TIDAL_LOG_DEBUG, "worker %s: %s part %zu of %zu stored (%zu bytes)", w->id, p->group_id, k + 1,
+                      parts.n, parts.len[k]);
+        if (k + 1 < parts.n && w->o->bench) hold_for(w, w->o->bench->part_gap_ms);
     }
     TRY_GOTO(bus_ack_sync(sv->m, 10000));
     w->publish_ms = tidal_clock_ms() - pub0;

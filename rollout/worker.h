@@ -47,6 +47,9 @@ typedef struct rollout_bench_hook {
     /* How long to hold group g, in ms (<= 0: not at all). The worker holds
      * it keeping the prompt alive and stops early when it is leaving. */
     double (*hold_ms)(void *ctx, const rollout_group_info *g);
+    /* Hold this long between two parts of a group sent in parts (a slow link;
+     * tests kill a worker there). */
+    double part_gap_ms;
     void *ctx;
 } rollout_bench_hook;
 

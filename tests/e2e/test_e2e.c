@@ -557,6 +557,80 @@ static void test_kill_bus(void)
     cleanup();
 }
 
+/* True when `file` (under work/) has a line matching the grep pattern. */
+static bool grep_file(const char *file, const char *pattern)
+{
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "grep -q -e '%s' %s/%s 2>/dev/null", pattern, work, file);
+    return system(cmd) == 0;
+}
+
+/* A server whose max_payload (64 KB) cannot hold a group of 96 samples of a
+ * 900-token prompt: every answer goes in parts, which the trainer reassembles
+ * and trains once. A worker that waits between two parts is killed -9 there:
+ * its prompt is redelivered, the answer comes again whole, the samples of the
+ * part it had stored are duplicates, and the summary balances. */
+static void test_parts(void)
+{
+    fresh_work("parts");
+    char conf[512], store[512], data[512], spec[512], run[512], set[300], url[256];
+    snprintf(conf, sizeof conf, "%s/nats.conf", work);
+    snprintf(store, sizeof store, "%s/nats", work);
+    snprintf(data, sizeof data, "%s/rows.jsonl", work);
+    snprintf(spec, sizeof spec, "%s/job.yaml", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    write_file(conf, "max_payload: 65536\nmax_pending: 512MB\nwrite_deadline: \"10s\"\n");
+    FILE *f = fopen(data, "w");
+    for (int i = 0; f && i < 40; i++) {
+        fprintf(f, "{\"q\": \"");
+        for (int k = 0; k < 90; k++) fprintf(f, "context%02d ", k); /* 900 bytes: 900 tokens of one byte each on the wire */
+        fprintf(f, "What is %d + %d?\", \"sol\": \"#### %d\"}\n", i, i, 2 * i);
+    }
+    if (f) fclose(f);
+    char text[2048];
+    snprintf(text, sizeof text,
+             "job:\n  name: e2e\n"
+             "model:\n  init: {layers: 1, hidden: 32, heads: 2, kv_heads: 1, ffn: 64, seed: 3}\n"
+             "data:\n  path: %s\n  prompt_key: q\n  answer_key: sol\n  template: plain\n  epochs: 20\n"
+             "env:\n  name: gsm8k\n"
+             "rollout:\n  workers: 1\n  group_size: 96\n  max_tokens: 8\n  ack_wait_ms: 2000\n"
+             "buffer:\n  max_staleness: 4\n"
+             "trainer:\n  steps: 6\n  groups_per_step: 2\n  lr: 0.001\n  checkpoint_every: 3\n",
+             data);
+    write_file(spec, text);
+    tidal_server *srv = NULL;
+    tidal_server_opts so = {.store_dir = store, .config_file = conf};
+    CHECK_OK(tidal_server_start(&srv, &so));
+    if (!srv) return;
+    snprintf(url, sizeof url, "%s", tidal_server_url(srv));
+    snprintf(set, sizeof set, "bus.url=%s", url);
+    setenv("TIDAL_LOG", "debug", 1); /* the workers say where each part went */
+    setenv("OMP_NUM_THREADS", "1", 1);
+    pid_t p = start_tidal("run", "run", spec, "--out", run, "--set", set, NULL);
+    pid_t victim = start_tidal("victim", "rollout", "--bus", url, "--job", "e2e", "--id", "victim", "--part-gap-ms",
+                               "60000", NULL);
+    unsetenv("OMP_NUM_THREADS");
+    unsetenv("TIDAL_LOG");
+    bool between = false;
+    for (double t0 = now_s(); !between && now_s() - t0 < 120; usleep(100 * 1000))
+        between = grep_file("victim.out", "part 1 of [2-9] stored");
+    kill(victim, SIGKILL);
+    waitpid(victim, NULL, 0);
+    CHECK_MSG(between, "the victim never stored a first part (no group in parts?)");
+    int rc = wait_exit(p, 300);
+    CHECK_MSG(rc == 0, "tidal run exit %d after a worker died between two parts", rc);
+    json_t *s = load_json(run, "summary.json");
+    check_balance(s, 6, 2);
+    CHECK_MSG(jint(s, "duplicate_samples", NULL) > 0,
+              "no duplicate samples: the redelivered answer did not repeat the stored part's samples");
+    json_decref(s);
+    check_trained_once(run, 6, 6 * 2 * 96);
+    CHECK_MSG(grep_file("run/logs/rollout-0.log", "part 2 of [2-9] stored"), "the job's worker sent no group in parts");
+    if (check_cur_failed_) show_output("run");
+    tidal_server_stop(srv);
+    cleanup();
+}
+
 static void test_garbage(void)
 {
     fresh_work("garbage");
@@ -684,6 +758,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "garbage")) RUN(test_garbage);
     else if (!strcmp(s, "jsonl")) RUN(test_jsonl);
     else if (!strcmp(s, "options")) RUN(test_options);
+    else if (!strcmp(s, "parts")) RUN(test_parts);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;
