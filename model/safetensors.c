@@ -896,7 +896,9 @@ void st_writer_free(st_writer *w)
 
 /* Check name and shape, reserve a slot; *nbytes_out = numel x dtype size.
  * With `alloc` the slot gets a buffer of that size for the data; without,
- * the caller points it at data of its own (st_writer_add_ref). */
+ * the caller points it at data of its own (st_writer_add_ref). *slot and
+ * *nbytes_out are set on success only; callers initialise them anyway, as
+ * gcc 12 at -O3 cannot see through TRY's early return that they are set. */
 static tidal_status writer_slot(st_writer *w, const char *name, st_dtype dtype, int ndim,
                                 const int64_t *shape, bool alloc, wtensor **slot, size_t *nbytes_out)
 {
@@ -962,8 +964,8 @@ tidal_status st_writer_add_f32(st_writer *w, const char *name, st_dtype dtype, i
     if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16)
         return tidal_fail(TIDAL_ERR_INVALID, "st_writer: tensor \"%s\": fp32 data can be stored as F32, F16 or BF16, not %s",
                           name ? name : "?", st_dtype_name(dtype) ? st_dtype_name(dtype) : "an invalid dtype");
-    wtensor *s;
-    size_t nbytes;
+    wtensor *s = NULL;
+    size_t nbytes = 0;
     TRY(writer_slot(w, name, dtype, ndim, shape, true, &s, &nbytes));
     size_t n = nbytes / st_dtype_size(dtype);
     if (n && !data) {
@@ -989,8 +991,8 @@ tidal_status st_writer_add_f32(st_writer *w, const char *name, st_dtype dtype, i
 tidal_status st_writer_add_raw(st_writer *w, const char *name, st_dtype dtype, int ndim,
                                const int64_t *shape, const void *data, size_t nbytes)
 {
-    wtensor *s;
-    size_t want;
+    wtensor *s = NULL;
+    size_t want = 0;
     TRY(writer_slot(w, name, dtype, ndim, shape, true, &s, &want));
     if (nbytes != want || (want && !data)) {
         char nm[112];
@@ -1006,8 +1008,8 @@ tidal_status st_writer_add_raw(st_writer *w, const char *name, st_dtype dtype, i
 tidal_status st_writer_add_ref(st_writer *w, const char *name, st_dtype dtype, int ndim,
                                const int64_t *shape, const void *data, size_t nbytes)
 {
-    wtensor *s;
-    size_t want;
+    wtensor *s = NULL;
+    size_t want = 0;
     TRY(writer_slot(w, name, dtype, ndim, shape, false, &s, &want));
     if (nbytes != want || (want && !data)) {
         char nm[112];
