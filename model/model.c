@@ -20,6 +20,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "base/hash.h"
+#include "model/modeldir.h"
 
 /* Views of one layer's parameters (or gradients) into a buffer. */
 typedef struct layer_view {

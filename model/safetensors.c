@@ -1,5 +1,6 @@
-/* safetensors.c - the safetensors reader, model-directory loader and writer
- * (see safetensors.h for the format).
+/* safetensors.c - the safetensors format: header validation, the reader and
+ * the writer (see safetensors.h). Model directories, which hold one such file
+ * or several shards, are model/modeldir.c's.
  *
  * Reading validates the whole header before any tensor is handed out, by the
  * rules of the reference implementation (huggingface/safetensors):
@@ -24,6 +25,7 @@
  * host (x86-64, arm64) and refuses to compile elsewhere.
  */
 #include "model/safetensors.h"
+#include "model/safetensors_internal.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -42,10 +44,6 @@
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.c assumes a little-endian host"
 #endif
-
-/* The reference implementation's bound on the header (a guard against
- * allocating gigabytes for a hostile length field). */
-#define ST_MAX_HEADER 100000000ull
 
 /* ---------------------------------------------------------------- dtypes */
 
@@ -161,8 +159,8 @@ static inline uint16_t f32_to_f16(float f)
 
 /* ---------------------------------------------------------------- messages */
 
-/* A name fit for a message: at most 96 bytes, control characters as '?'. */
-static const char *safe(char *buf, size_t cap, const char *s)
+/* Shared with modeldir.c (safetensors_internal.h has the contract). */
+const char *st_safe_name(char *buf, size_t cap, const char *s)
 {
     size_t n = 0;
     for (; s && *s && n < 96 && n + 4 < cap; s++)
@@ -172,16 +170,16 @@ static const char *safe(char *buf, size_t cap, const char *s)
     return buf;
 }
 
-__attribute__((format(printf, 3, 4)))
-static tidal_status bad_tensor(const char *file, const char *tensor, const char *fmt, ...)
+/* Shared with modeldir.c (safetensors_internal.h has the contract). */
+tidal_status st_bad_tensor(const char *file, const char *tensor, const char *fmt, ...)
 {
     char text[512], f[112], t[112];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    return tidal_fail(TIDAL_ERR_INVALID, "%s: tensor \"%s\": %s", safe(f, sizeof f, file),
-                      safe(t, sizeof t, tensor), text);
+    return tidal_fail(TIDAL_ERR_INVALID, "%s: tensor \"%s\": %s", st_safe_name(f, sizeof f, file),
+                      st_safe_name(t, sizeof t, tensor), text);
 }
 
 __attribute__((format(printf, 2, 3)))
@@ -192,7 +190,7 @@ static tidal_status bad_header(const char *file, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    return tidal_fail(TIDAL_ERR_INVALID, "%s: header: %s", safe(f, sizeof f, file), text);
+    return tidal_fail(TIDAL_ERR_INVALID, "%s: header: %s", st_safe_name(f, sizeof f, file), text);
 }
 
 static const char *json_kind(const json_t *v)
@@ -241,68 +239,68 @@ static int entry_by_offset(const void *a, const void *b)
 static tidal_status parse_entry(const char *file, const char *name, json_t *v, uint64_t data_len,
                                 entry *e)
 {
-    if (!json_is_object(v)) return bad_tensor(file, name, "entry is %s, not an object", json_kind(v));
+    if (!json_is_object(v)) return st_bad_tensor(file, name, "entry is %s, not an object", json_kind(v));
     const char *key;
     json_t *field;
     json_object_foreach(v, key, field) {
         if (strcmp(key, "dtype") && strcmp(key, "shape") && strcmp(key, "data_offsets")) {
             char k[112];
-            return bad_tensor(file, name, "unknown key \"%s\" (allowed: dtype, shape, data_offsets)",
-                              safe(k, sizeof k, key));
+            return st_bad_tensor(file, name, "unknown key \"%s\" (allowed: dtype, shape, data_offsets)",
+                                 st_safe_name(k, sizeof k, key));
         }
     }
     memset(e, 0, sizeof *e);
     e->t.name = name;
 
     json_t *dt = json_object_get(v, "dtype");
-    if (!dt) return bad_tensor(file, name, "no dtype");
-    if (!json_is_string(dt)) return bad_tensor(file, name, "dtype is %s, not a string", json_kind(dt));
+    if (!dt) return st_bad_tensor(file, name, "no dtype");
+    if (!json_is_string(dt)) return st_bad_tensor(file, name, "dtype is %s, not a string", json_kind(dt));
     e->t.dtype = dtype_parse(json_string_value(dt));
     if (!e->t.dtype) {
         char d[112];
-        return bad_tensor(file, name,
-                          "dtype \"%s\" is not supported (F32, F16, BF16, F64, I32, I64, I8, U8, BOOL)",
-                          safe(d, sizeof d, json_string_value(dt)));
+        return st_bad_tensor(file, name,
+                             "dtype \"%s\" is not supported (F32, F16, BF16, F64, I32, I64, I8, U8, BOOL)",
+                             st_safe_name(d, sizeof d, json_string_value(dt)));
     }
 
     json_t *shape = json_object_get(v, "shape");
-    if (!shape) return bad_tensor(file, name, "no shape");
-    if (!json_is_array(shape)) return bad_tensor(file, name, "shape is %s, not an array", json_kind(shape));
+    if (!shape) return st_bad_tensor(file, name, "no shape");
+    if (!json_is_array(shape)) return st_bad_tensor(file, name, "shape is %s, not an array", json_kind(shape));
     size_t nd = json_array_size(shape);
-    if (nd > ST_MAX_DIMS) return bad_tensor(file, name, "shape has %zu dimensions (max %d)", nd, ST_MAX_DIMS);
+    if (nd > ST_MAX_DIMS) return st_bad_tensor(file, name, "shape has %zu dimensions (max %d)", nd, ST_MAX_DIMS);
     e->t.ndim = (int)nd;
     for (size_t i = 0; i < nd; i++) {
         json_t *d = json_array_get(shape, i);
-        if (!json_is_integer(d)) return bad_tensor(file, name, "shape[%zu] is %s, not an integer", i, json_kind(d));
+        if (!json_is_integer(d)) return st_bad_tensor(file, name, "shape[%zu] is %s, not an integer", i, json_kind(d));
         json_int_t x = json_integer_value(d);
-        if (x < 0) return bad_tensor(file, name, "shape[%zu] = %" JSON_INTEGER_FORMAT " is negative", i, x);
+        if (x < 0) return st_bad_tensor(file, name, "shape[%zu] = %" JSON_INTEGER_FORMAT " is negative", i, x);
         e->t.shape[i] = (int64_t)x;
     }
     int64_t numel = shape_numel(e->t.ndim, e->t.shape);
     size_t esize = st_dtype_size(e->t.dtype);
     if (numel < 0 || (uint64_t)numel > (uint64_t)INT64_MAX / esize)
-        return bad_tensor(file, name, "shape's element count overflows");
+        return st_bad_tensor(file, name, "shape's element count overflows");
     uint64_t want = (uint64_t)numel * esize;
 
     json_t *off = json_object_get(v, "data_offsets");
-    if (!off) return bad_tensor(file, name, "no data_offsets");
+    if (!off) return st_bad_tensor(file, name, "no data_offsets");
     if (!json_is_array(off) || json_array_size(off) != 2)
-        return bad_tensor(file, name, "data_offsets is not an array [begin, end]");
+        return st_bad_tensor(file, name, "data_offsets is not an array [begin, end]");
     json_t *jb = json_array_get(off, 0), *je = json_array_get(off, 1);
     if (!json_is_integer(jb) || !json_is_integer(je))
-        return bad_tensor(file, name, "data_offsets holds something other than integers");
+        return st_bad_tensor(file, name, "data_offsets holds something other than integers");
     json_int_t b = json_integer_value(jb), en = json_integer_value(je);
     if (b < 0 || en < 0)
-        return bad_tensor(file, name, "data_offsets [%" JSON_INTEGER_FORMAT ", %" JSON_INTEGER_FORMAT
-                          "] is negative", b, en);
+        return st_bad_tensor(file, name, "data_offsets [%" JSON_INTEGER_FORMAT ", %" JSON_INTEGER_FORMAT
+                             "] is negative", b, en);
     if (en < b)
-        return bad_tensor(file, name, "data_offsets [%" JSON_INTEGER_FORMAT ", %" JSON_INTEGER_FORMAT
-                          "] ends before it begins", b, en);
+        return st_bad_tensor(file, name, "data_offsets [%" JSON_INTEGER_FORMAT ", %" JSON_INTEGER_FORMAT
+                             "] ends before it begins", b, en);
     e->begin = (uint64_t)b;
     e->end = (uint64_t)en;
     if (e->end > data_len)
-        return bad_tensor(file, name, "data_offsets [%" PRIu64 ", %" PRIu64 "] reach beyond the %" PRIu64
-                          " bytes of data", e->begin, e->end, data_len);
+        return st_bad_tensor(file, name, "data_offsets [%" PRIu64 ", %" PRIu64 "] reach beyond the %" PRIu64
+                             " bytes of data", e->begin, e->end, data_len);
     if (e->end - e->begin != want) {
         char dims[160];
         size_t k = 0;
@@ -310,9 +308,9 @@ static tidal_status parse_entry(const char *file, const char *name, json_t *v, u
         for (int i = 0; i < e->t.ndim && k < sizeof dims - 24; i++)
             k += (size_t)snprintf(dims + k, sizeof dims - k, "%s%" PRId64, i ? ", " : "", e->t.shape[i]);
         snprintf(dims + k, sizeof dims - k, "]");
-        return bad_tensor(file, name, "data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
-                          " bytes, but %s %s needs %" PRIu64, e->begin, e->end, e->end - e->begin,
-                          st_dtype_name(e->t.dtype), dims, want);
+        return st_bad_tensor(file, name, "data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
+                             " bytes, but %s %s needs %" PRIu64, e->begin, e->end, e->end - e->begin,
+                             st_dtype_name(e->t.dtype), dims, want);
     }
     e->t.nbytes = (size_t)want;
     return TIDAL_OK;
@@ -329,7 +327,7 @@ static tidal_status parse_metadata(const char *file, json_t *v, json_t **meta)
     json_object_foreach(v, key, val) {
         if (!json_is_string(val)) {
             char k[112];
-            return bad_header(file, "__metadata__ \"%s\" is %s, not a string", safe(k, sizeof k, key),
+            return bad_header(file, "__metadata__ \"%s\" is %s, not a string", st_safe_name(k, sizeof k, key),
                               json_kind(val));
         }
     }
@@ -398,29 +396,29 @@ static tidal_status parse_image(st_file *f, const uint8_t *buf, size_t len)
         for (size_t i = 0; i < n && st == TIDAL_OK; i++) {
             char prev[112];
             if (es[i].begin < pos)
-                st = bad_tensor(file, es[i].t.name,
-                                "data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor \"%s\", which ends at %" PRIu64,
-                                es[i].begin, es[i].end, safe(prev, sizeof prev, es[i - 1].t.name), pos);
+                st = st_bad_tensor(file, es[i].t.name,
+                                   "data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor \"%s\", which ends at %" PRIu64,
+                                   es[i].begin, es[i].end, st_safe_name(prev, sizeof prev, es[i - 1].t.name), pos);
             else if (es[i].begin > pos && i == 0)
-                st = bad_tensor(file, es[i].t.name,
-                                "data_offsets [%" PRIu64 ", %" PRIu64 "]: bytes [0, %" PRIu64
-                                ") of the data belong to no tensor (the first tensor must start at 0)",
-                                es[i].begin, es[i].end, es[i].begin);
+                st = st_bad_tensor(file, es[i].t.name,
+                                   "data_offsets [%" PRIu64 ", %" PRIu64 "]: bytes [0, %" PRIu64
+                                   ") of the data belong to no tensor (the first tensor must start at 0)",
+                                   es[i].begin, es[i].end, es[i].begin);
             else if (es[i].begin > pos)
-                st = bad_tensor(file, es[i].t.name,
-                                "data_offsets [%" PRIu64 ", %" PRIu64 "] leave a gap of %" PRIu64
-                                " bytes after tensor \"%s\", which ends at %" PRIu64,
-                                es[i].begin, es[i].end, es[i].begin - pos,
-                                safe(prev, sizeof prev, es[i - 1].t.name), pos);
+                st = st_bad_tensor(file, es[i].t.name,
+                                   "data_offsets [%" PRIu64 ", %" PRIu64 "] leave a gap of %" PRIu64
+                                   " bytes after tensor \"%s\", which ends at %" PRIu64,
+                                   es[i].begin, es[i].end, es[i].begin - pos,
+                                   st_safe_name(prev, sizeof prev, es[i - 1].t.name), pos);
             pos = es[i].end;
         }
         if (st == TIDAL_OK && pos != data_len) {
             if (n == 0)
                 st = bad_header(file, "no tensors, but %" PRIu64 " bytes of data", data_len);
             else
-                st = bad_tensor(file, es[n - 1].t.name,
-                                "the last tensor ends at %" PRIu64 ", but the data region has %" PRIu64
-                                " bytes (trailing bytes belong to no tensor)", pos, data_len);
+                st = st_bad_tensor(file, es[n - 1].t.name,
+                                   "the last tensor ends at %" PRIu64 ", but the data region has %" PRIu64
+                                   " bytes (trailing bytes belong to no tensor)", pos, data_len);
         }
     }
     if (st == TIDAL_OK) {
@@ -550,7 +548,7 @@ tidal_status st_read_f32(const st_tensor *t, float *dst, int64_t numel)
 {
     if (!t) return tidal_fail(TIDAL_ERR_INVALID, "st_read_f32: no tensor");
     char nm[112];
-    safe(nm, sizeof nm, t->name);
+    st_safe_name(nm, sizeof nm, t->name);
     if (!dtype_ok(t->dtype))
         return tidal_fail(TIDAL_ERR_INVALID, "tensor \"%s\": invalid dtype %d", nm, (int)t->dtype);
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16 && t->dtype != ST_F64)
@@ -588,266 +586,6 @@ tidal_status st_read_f32(const st_tensor *t, float *dst, int64_t numel)
         break;
     }
     return TIDAL_OK;
-}
-
-/* ---------------------------------------------------------------- model directories */
-
-/* A tensor of a model and the shard (index into files) holding it. */
-typedef struct {
-    const st_tensor *t;
-    int file;
-} model_entry;
-
-struct st_model {
-    int nfiles;
-    st_file **files;      /* owned; shards in file-name order */
-    char **file_names;    /* [nfiles] shard file names, for messages */
-    int n;
-    model_entry *order;   /* [n] shard by shard, each in file order */
-    model_entry *by_name; /* [n] sorted by name */
-};
-
-static int model_entry_cmp(const void *a, const void *b)
-{
-    return strcmp(((const model_entry *)a)->t->name, ((const model_entry *)b)->t->name);
-}
-
-static char *path_join(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
-static bool is_file(const char *path)
-{
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
-/* Read a whole (small) file into a malloc'ed buffer. */
-static tidal_status read_all(const char *path, size_t limit, char **out, size_t *len)
-{
-    *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return tidal_fail(errno == ENOENT ? TIDAL_ERR_NOT_FOUND : TIDAL_ERR_IO, "%s: open: %s", path,
-                          strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    tidal_status st = buf ? TIDAL_OK : tidal_fail(TIDAL_ERR_NOMEM, "%s: read", path);
-    while (st == TIDAL_OK) {
-        if (n == cap) {
-            if (cap >= limit) { st = tidal_fail(TIDAL_ERR_INVALID, "%s: larger than %zu bytes", path, limit); break; }
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) { st = tidal_fail(TIDAL_ERR_NOMEM, "%s: read", path); break; }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - n, fp);
-        n += got;
-        if (got == 0) {
-            if (ferror(fp)) st = tidal_fail(TIDAL_ERR_IO, "%s: read error", path);
-            break;
-        }
-    }
-    fclose(fp);
-    if (st != TIDAL_OK) { free(buf); return st; }
-    *out = buf;
-    *len = n;
-    return TIDAL_OK;
-}
-
-void st_model_close(st_model *m)
-{
-    if (!m) return;
-    for (int i = 0; i < m->nfiles; i++) {
-        st_close(m->files[i]);
-        free(m->file_names[i]);
-    }
-    free(m->files);
-    free(m->file_names);
-    free(m->order);
-    free(m->by_name);
-    free(m);
-}
-
-/* Open the files named in `names` (sorted, distinct; relative to dir) into
- * m. An error opening one is prefixed with `index` (the index file's path)
- * when there is one. */
-static tidal_status open_shards(st_model *m, const char *dir, const char *const *names, int count,
-                                const char *index)
-{
-    m->files = calloc((size_t)count, sizeof *m->files);
-    m->file_names = calloc((size_t)count, sizeof *m->file_names);
-    if (!m->files || !m->file_names) return tidal_fail(TIDAL_ERR_NOMEM, "%s: shards", dir);
-    for (int i = 0; i < count; i++) {
-        char *path = path_join(dir, names[i]);
-        m->file_names[i] = strdup(names[i]);
-        if (!path || !m->file_names[i]) { free(path); return tidal_fail(TIDAL_ERR_NOMEM, "%s: shards", dir); }
-        m->nfiles = i + 1;
-        tidal_status st = st_open(path, &m->files[i]);
-        free(path);
-        if (st != TIDAL_OK) return index ? tidal_wrap(st, "%s: shard", index) : st;
-    }
-    return TIDAL_OK;
-}
-
-/* Build m->order and m->by_name over every tensor of every file; a name in
- * two files is an error. */
-static tidal_status index_model(st_model *m, const char *label)
-{
-    size_t total = 0;
-    for (int i = 0; i < m->nfiles; i++) total += (size_t)st_count(m->files[i]);
-    if (total > INT_MAX) return tidal_fail(TIDAL_ERR_INVALID, "%s: too many tensors", label);
-    m->order = calloc(total ? total : 1, sizeof *m->order);
-    m->by_name = calloc(total ? total : 1, sizeof *m->by_name);
-    if (!m->order || !m->by_name) return tidal_fail(TIDAL_ERR_NOMEM, "%s: tensor table", label);
-    size_t k = 0;
-    for (int i = 0; i < m->nfiles; i++)
-        for (int j = 0; j < st_count(m->files[i]); j++) {
-            m->order[k].t = st_at(m->files[i], j);
-            m->order[k].file = i;
-            k++;
-        }
-    m->n = (int)total;
-    memcpy(m->by_name, m->order, total * sizeof *m->order);
-    qsort(m->by_name, total, sizeof *m->by_name, model_entry_cmp);
-    for (size_t i = 1; i < total; i++)
-        if (strcmp(m->by_name[i - 1].t->name, m->by_name[i].t->name) == 0) {
-            char a[112], b[112];
-            int fa = m->by_name[i - 1].file, fb = m->by_name[i].file;
-            if (fa > fb) { int x = fa; fa = fb; fb = x; }
-            return bad_tensor(label, m->by_name[i].t->name, "is in two shards, %s and %s",
-                              safe(a, sizeof a, m->file_names[fa]), safe(b, sizeof b, m->file_names[fb]));
-        }
-    return TIDAL_OK;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* The sharded layout: parse the index, open each shard once, check the
- * weight map against the shards' contents. */
-static tidal_status open_sharded(st_model *m, const char *dir, const char *index_path)
-{
-    char *text = NULL;
-    size_t len = 0;
-    TRY(read_all(index_path, (size_t)ST_MAX_HEADER, &text, &len));
-    json_error_t jerr;
-    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-    free(text);
-    if (!root)
-        return tidal_fail(TIDAL_ERR_INVALID, "%s: JSON at line %d: %s", index_path, jerr.line, jerr.text);
-    tidal_status st = TIDAL_OK;
-    const char **names = NULL;
-    json_t *map = json_object_get(root, "weight_map");
-    if (!json_is_object(root) || !json_is_object(map)) {
-        st = tidal_fail(TIDAL_ERR_INVALID, "%s: no \"weight_map\" object", index_path);
-        goto done;
-    }
-    size_t count = json_object_size(map);
-    if (count == 0) {
-        st = tidal_fail(TIDAL_ERR_INVALID, "%s: weight_map is empty", index_path);
-        goto done;
-    }
-    names = calloc(count, sizeof *names);
-    if (!names) { st = tidal_fail(TIDAL_ERR_NOMEM, "%s", index_path); goto done; }
-    size_t k = 0;
-    const char *tensor;
-    json_t *v;
-    json_object_foreach(map, tensor, v) {
-        const char *shard = json_string_value(v);
-        if (!shard || !*shard || strchr(shard, '/') || !strcmp(shard, ".") || !strcmp(shard, "..")) {
-            st = bad_tensor(index_path, tensor, "weight_map entry is not a file name in the directory");
-            goto done;
-        }
-        names[k++] = shard;
-    }
-    qsort(names, count, sizeof *names, cmp_str);
-    size_t distinct = 0;
-    for (size_t i = 0; i < count; i++)
-        if (distinct == 0 || strcmp(names[distinct - 1], names[i]) != 0) names[distinct++] = names[i];
-    st = open_shards(m, dir, names, (int)distinct, index_path);
-    if (st != TIDAL_OK) goto done;
-    /* every mapped tensor is in the shard the map names */
-    json_object_foreach(map, tensor, v) {
-        const char *shard = json_string_value(v);
-        int fi = 0;
-        while (fi < m->nfiles && strcmp(m->file_names[fi], shard) != 0) fi++;
-        if (fi == m->nfiles || !st_find(m->files[fi], tensor)) {
-            char s[112];
-            st = bad_tensor(index_path, tensor, "the weight_map puts it in %s, which does not hold it",
-                            safe(s, sizeof s, shard));
-            goto done;
-        }
-    }
-    st = index_model(m, index_path);
-    if (st != TIDAL_OK) goto done;
-    /* and every tensor of a shard is in the map (a stray tensor means the
-     * index and the shards disagree; refuse rather than guess) */
-    for (int i = 0; i < m->n; i++)
-        if (!json_object_get(map, m->order[i].t->name)) {
-            char s[112];
-            st = bad_tensor(index_path, m->order[i].t->name, "is in %s but not in the weight_map",
-                            safe(s, sizeof s, m->file_names[m->order[i].file]));
-            goto done;
-        }
-done:
-    free(names);
-    json_decref(root);
-    return st;
-}
-
-tidal_status st_model_open(const char *dir, st_model **out)
-{
-    *out = NULL;
-    st_model *m = calloc(1, sizeof *m);
-    char *single = path_join(dir, "model.safetensors");
-    char *index = path_join(dir, "model.safetensors.index.json");
-    tidal_status st = TIDAL_OK;
-    if (!m || !single || !index) {
-        st = tidal_fail(TIDAL_ERR_NOMEM, "%s: open model", dir);
-    } else if (is_file(single)) {
-        /* like transformers: the single file wins when both are present */
-        static const char *const one[1] = {"model.safetensors"};
-        st = open_shards(m, dir, one, 1, NULL);
-        if (st == TIDAL_OK) st = index_model(m, single);
-    } else if (is_file(index)) {
-        st = open_sharded(m, dir, index);
-    } else {
-        st = tidal_fail(TIDAL_ERR_NOT_FOUND, "%s: no model weights: looked for %s and %s", dir, single,
-                        index);
-    }
-    free(single);
-    free(index);
-    if (st != TIDAL_OK) { st_model_close(m); return st; }
-    *out = m;
-    return TIDAL_OK;
-}
-
-const st_tensor *st_model_find(const st_model *m, const char *name)
-{
-    if (!m || !name) return NULL;
-    int lo = 0, hi = m->n - 1;
-    while (lo <= hi) {
-        int mid = lo + (hi - lo) / 2;
-        int c = strcmp(name, m->by_name[mid].t->name);
-        if (c == 0) return m->by_name[mid].t;
-        if (c < 0) hi = mid - 1;
-        else lo = mid + 1;
-    }
-    return NULL;
-}
-
-int st_model_count(const st_model *m) { return m ? m->n : 0; }
-
-const st_tensor *st_model_at(const st_model *m, int i)
-{
-    return (m && i >= 0 && i < m->n) ? m->order[i].t : NULL;
 }
 
 /* ---------------------------------------------------------------- writing */
@@ -896,13 +634,15 @@ void st_writer_free(st_writer *w)
 
 /* Check name and shape, reserve a slot; *nbytes_out = numel x dtype size.
  * With `alloc` the slot gets a buffer of that size for the data; without,
- * the caller points it at data of its own (st_writer_add_ref). */
+ * the caller points it at data of its own (st_writer_add_ref). *slot and
+ * *nbytes_out are set on success only; callers initialise them anyway, as
+ * gcc 12 at -O3 cannot see through TRY's early return that they are set. */
 static tidal_status writer_slot(st_writer *w, const char *name, st_dtype dtype, int ndim,
                                 const int64_t *shape, bool alloc, wtensor **slot, size_t *nbytes_out)
 {
     char nm[112];
     if (!w || !name) return tidal_fail(TIDAL_ERR_INVALID, "st_writer: NULL writer or name");
-    safe(nm, sizeof nm, name);
+    st_safe_name(nm, sizeof nm, name);
     if (!*name || !strcmp(name, "__metadata__"))
         return tidal_fail(TIDAL_ERR_INVALID, "st_writer: tensor name \"%s\" is not allowed", nm);
     if (!dtype_ok(dtype)) return tidal_fail(TIDAL_ERR_INVALID, "st_writer: tensor \"%s\": invalid dtype %d", nm, (int)dtype);
@@ -962,13 +702,13 @@ tidal_status st_writer_add_f32(st_writer *w, const char *name, st_dtype dtype, i
     if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16)
         return tidal_fail(TIDAL_ERR_INVALID, "st_writer: tensor \"%s\": fp32 data can be stored as F32, F16 or BF16, not %s",
                           name ? name : "?", st_dtype_name(dtype) ? st_dtype_name(dtype) : "an invalid dtype");
-    wtensor *s;
-    size_t nbytes;
+    wtensor *s = NULL;
+    size_t nbytes = 0;
     TRY(writer_slot(w, name, dtype, ndim, shape, true, &s, &nbytes));
     size_t n = nbytes / st_dtype_size(dtype);
     if (n && !data) {
         char nm[112];
-        safe(nm, sizeof nm, name);
+        st_safe_name(nm, sizeof nm, name);
         slot_drop(w, s);
         return tidal_fail(TIDAL_ERR_INVALID, "st_writer: tensor \"%s\": NULL data", nm);
     }
@@ -989,14 +729,14 @@ tidal_status st_writer_add_f32(st_writer *w, const char *name, st_dtype dtype, i
 tidal_status st_writer_add_raw(st_writer *w, const char *name, st_dtype dtype, int ndim,
                                const int64_t *shape, const void *data, size_t nbytes)
 {
-    wtensor *s;
-    size_t want;
+    wtensor *s = NULL;
+    size_t want = 0;
     TRY(writer_slot(w, name, dtype, ndim, shape, true, &s, &want));
     if (nbytes != want || (want && !data)) {
         char nm[112];
         slot_drop(w, s);
         return tidal_fail(TIDAL_ERR_INVALID, "st_writer: tensor \"%s\": %zu bytes given, %s of that shape needs %zu",
-                          safe(nm, sizeof nm, name), data ? nbytes : 0, st_dtype_name(dtype), want);
+                          st_safe_name(nm, sizeof nm, name), data ? nbytes : 0, st_dtype_name(dtype), want);
     }
     if (want) memcpy(s->data, data, want);
     w->n++;
@@ -1006,14 +746,14 @@ tidal_status st_writer_add_raw(st_writer *w, const char *name, st_dtype dtype, i
 tidal_status st_writer_add_ref(st_writer *w, const char *name, st_dtype dtype, int ndim,
                                const int64_t *shape, const void *data, size_t nbytes)
 {
-    wtensor *s;
-    size_t want;
+    wtensor *s = NULL;
+    size_t want = 0;
     TRY(writer_slot(w, name, dtype, ndim, shape, false, &s, &want));
     if (nbytes != want || (want && !data)) {
         char nm[112];
         slot_drop(w, s);
         return tidal_fail(TIDAL_ERR_INVALID, "st_writer: tensor \"%s\": %zu bytes given, %s of that shape needs %zu",
-                          safe(nm, sizeof nm, name), data ? nbytes : 0, st_dtype_name(dtype), want);
+                          st_safe_name(nm, sizeof nm, name), data ? nbytes : 0, st_dtype_name(dtype), want);
     }
     s->data = (void *)data; /* borrowed: never written through, never freed */
     w->n++;

@@ -7,8 +7,8 @@
  * neither overlapping nor leaving gaps, sizes matching dtype x shape, no
  * duplicate names. Every error names the file and the tensor.
  *
- * A model directory holds model.safetensors, or shards listed by
- * model.safetensors.index.json ("weight_map": name -> shard file).
+ * A model directory's weights (one file or shards with an index) are
+ * model/modeldir.h's.
  */
 #ifndef TIDAL_MODEL_SAFETENSORS_H
 #define TIDAL_MODEL_SAFETENSORS_H
@@ -56,18 +56,6 @@ const char *st_metadata(const st_file *f, const char *key);
  * that it holds exactly `numel` elements. TIDAL_ERR_INVALID naming the tensor
  * otherwise (wrong dtype for a float, wrong size). */
 tidal_status st_read_f32(const st_tensor *t, float *dst, int64_t numel);
-
-/* ---- reading a model directory (single file or shards) ---- */
-typedef struct st_model st_model;
-
-/* Open DIR/model.safetensors, or every shard named in
- * DIR/model.safetensors.index.json (checking that each tensor is in the
- * shard the index names, and that no tensor appears twice). */
-tidal_status st_model_open(const char *dir, st_model **out);
-void st_model_close(st_model *m);
-const st_tensor *st_model_find(const st_model *m, const char *name);
-int st_model_count(const st_model *m);
-const st_tensor *st_model_at(const st_model *m, int i);
 
 /* ---- writing ---- */
 typedef struct st_writer st_writer;

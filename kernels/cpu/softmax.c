@@ -50,8 +50,11 @@ static void row_sums_scalar(const float *z, int V, float scale, float m, float *
 
 #define AVX512 __attribute__((target("avx512f,avx512vl")))
 
-/* glibc libmvec, x86-64 vector function ABI: expf on 16 lanes (AVX-512). */
-extern __m512 _ZGVeN16v_expf(__m512 x);
+/* glibc libmvec, x86-64 vector function ABI: expf on 16 lanes (AVX-512).
+ * Declared with the AVX-512 target of its callers: its __m512 argument and
+ * result travel in a zmm register, which clang otherwise reports (-Wpsabi)
+ * as an ABI change at every call. */
+AVX512 extern __m512 _ZGVeN16v_expf(__m512 x);
 
 AVX512 static float row_max_avx512(const float *z, int V, float scale, int *argmax)
 {

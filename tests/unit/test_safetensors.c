@@ -1,4 +1,5 @@
-/* test_safetensors.c - the safetensors reader and writer (model/safetensors.h):
+/* test_safetensors.c - the safetensors reader and writer (model/safetensors.h)
+ * and model directories (model/modeldir.h):
  * hand-checked fp32 -> BF16 / F16 rounding (ties to even, subnormals, inf,
  * NaN) and the exact conversions back, write/read round trips on disk (F32
  * bits identical), a bf16 file laid out as PyTorch writes it, metadata, a
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "model/modeldir.h"
 #include "model/safetensors.h"
 
 /* ---------------------------------------------------------------- helpers */
