@@ -134,18 +134,20 @@ static tidal_status serialize(weights_publisher *p, snapshot *s, void **image, s
 {
     const uint64_t v = s->version;
     st_writer *w = NULL;
-    tidal_status st = st_writer_new(&w);
-    if (st == TIDAL_OK) st = st_writer_metadata(w, "format", "pt");
-    for (int i = 0; st == TIDAL_OK && i < s->n_tensors; i++) {
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(st_writer_new(&w));
+    TRY_GOTO(st_writer_metadata(w, "format", "pt"));
+    for (int i = 0; i < s->n_tensors; i++) {
         const model_tensor *t = &s->tensors[i];
         assert(t->offset + t->numel <= s->n_params);
         const float *data = s->params + t->offset;
         if (p->dtype == ST_F32)
-            st = st_writer_add_ref(w, t->name, ST_F32, t->ndim, t->shape, data, t->numel * sizeof *data);
+            TRY_GOTO(st_writer_add_ref(w, t->name, ST_F32, t->ndim, t->shape, data, t->numel * sizeof *data));
         else
-            st = st_writer_add_f32(w, t->name, p->dtype, t->ndim, t->shape, data);
+            TRY_GOTO(st_writer_add_f32(w, t->name, p->dtype, t->ndim, t->shape, data));
     }
-    if (st == TIDAL_OK) st = st_writer_to_memory(w, image, len);
+    TRY_GOTO(st_writer_to_memory(w, image, len));
+cleanup:
     st_writer_free(w);
     release_snapshot(p, s);
     if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": serialize", v);
@@ -214,7 +216,7 @@ static tidal_status store_image(weights_publisher *p, uint64_t v, const model_co
     void *buf = NULL;
     size_t blen = 0;
     st = codec_validate(&wm.base); /* our own bug, caught before a worker sees it */
-    if (st == TIDAL_OK) st = codec_encode(&wm.base, &buf, &blen);
+    if (st == TIDAL_OK) st = codec_encode(&wm.base, &buf, &blen); /* (one wrap below names the manifest) */
     tidal__v1__blob_manifest__free_unpacked(blob, NULL);
     free(config_json);
     if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": manifest", v);
