@@ -309,6 +309,23 @@ static tidal_status begin(const vctx *c, const ProtobufCMessage *m, uint32_t sch
 
 /* ---------------------------------------------------------------- per-type rules */
 
+/* A group's size: 1 .. CODEC_MAX_GROUP_SIZE (prompts, trajectories, groups). */
+static tidal_status need_group_size(const vctx *c, uint32_t group_size)
+{
+    if (group_size < 1 || group_size > CODEC_MAX_GROUP_SIZE)
+        return bad(c, "group_size %" PRIu32 " is outside 1..%u", group_size, CODEC_MAX_GROUP_SIZE);
+    return TIDAL_OK;
+}
+
+/* Samples first .. first + count - 1 (count >= 1) lie inside a group of group_size. */
+static tidal_status need_samples_in_group(const vctx *c, uint32_t first, uint32_t count, uint32_t group_size)
+{
+    if ((uint64_t)first + count > group_size)
+        return bad(c, "samples %" PRIu32 "..%" PRIu64 " are outside the group of %" PRIu32, first,
+                   (uint64_t)first + count - 1, group_size);
+    return TIDAL_OK;
+}
+
 static tidal_status v_sampling(const vctx *c, const Tidal__V1__SamplingParams *s)
 {
     TRY(need_nonneg(c, "sampling.temperature", s->temperature));
@@ -327,12 +344,9 @@ static tidal_status v_prompt(const ProtobufCMessage *m, const char *parent)
     TRY(begin(&c, m, p->schema_version));
     TRY(need_id(&c, "prompt_id", p->prompt_id));
     TRY(need_id(&c, "group_id", p->group_id));
-    if (p->group_size < 1 || p->group_size > CODEC_MAX_GROUP_SIZE)
-        return bad(&c, "group_size %" PRIu32 " is outside 1..%u", p->group_size, CODEC_MAX_GROUP_SIZE);
+    TRY(need_group_size(&c, p->group_size));
     if (p->sample_count < 1) return bad(&c, "sample_count is 0");
-    if ((uint64_t)p->sample_index + p->sample_count > p->group_size)
-        return bad(&c, "samples %" PRIu32 "..%" PRIu64 " are outside the group of %" PRIu32,
-                   p->sample_index, (uint64_t)p->sample_index + p->sample_count - 1, p->group_size);
+    TRY(need_samples_in_group(&c, p->sample_index, p->sample_count, p->group_size));
     if (!str(p->text)[0] && p->n_token_ids == 0) return bad(&c, "has neither text nor token_ids");
     TRY(need_name(&c, "env", p->env, false));
     if (p->sampling) TRY(v_sampling(&c, p->sampling));
@@ -377,8 +391,7 @@ static tidal_status v_trajectory_rules(const vctx *c_, const Tidal__V1__Trajecto
     TRY(need_id(&c, "prompt_id", t->prompt_id));
     TRY(need_id(&c, "group_id", t->group_id));
     TRY(need_kv_key(&c, "worker_id", t->worker_id));
-    if (t->group_size < 1 || t->group_size > CODEC_MAX_GROUP_SIZE)
-        return bad(&c, "group_size %" PRIu32 " is outside 1..%u", t->group_size, CODEC_MAX_GROUP_SIZE);
+    TRY(need_group_size(&c, t->group_size));
     if (t->sample_index >= t->group_size)
         return bad(&c, "sample_index %" PRIu32 " is outside the group of %" PRIu32, t->sample_index,
                    t->group_size);
@@ -456,12 +469,9 @@ static tidal_status v_trajectory_group(const ProtobufCMessage *m, const char *pa
     TRY(need_id(&c, "prompt_id", g->prompt_id));
     TRY(need_kv_key(&c, "worker_id", g->worker_id));
     if (g->attempt < 1) return bad(&c, "attempt is 0 (the first delivery is 1)");
-    if (g->group_size < 1 || g->group_size > CODEC_MAX_GROUP_SIZE)
-        return bad(&c, "group_size %" PRIu32 " is outside 1..%u", g->group_size, CODEC_MAX_GROUP_SIZE);
+    TRY(need_group_size(&c, g->group_size));
     const uint32_t count = codec_group_sample_count(g), parts = codec_group_part_count(g);
-    if ((uint64_t)g->sample_index + count > g->group_size)
-        return bad(&c, "samples %" PRIu32 "..%" PRIu64 " are outside the group of %" PRIu32, g->sample_index,
-                   (uint64_t)g->sample_index + count - 1, g->group_size);
+    TRY(need_samples_in_group(&c, g->sample_index, count, g->group_size));
     if (parts > count) return bad(&c, "part_count %" PRIu32 " exceeds the %" PRIu32 " samples", parts, count);
     if (g->part_index >= parts)
         return bad(&c, "part_index %" PRIu32 " is outside 0..%" PRIu32, g->part_index, parts - 1);
@@ -851,6 +861,9 @@ static tidal_status group_header(const Tidal__V1__TrajectoryGroup *head, uint32_
     return TIDAL_OK;
 }
 
+/* Bytes trajectory t takes inside a group: field 11's one-byte tag, its length, its bytes. */
+static size_t framed_size(const codec_encoded *t) { return 1 + varint_size(t->len) + t->len; }
+
 /* Append trajectory bytes as field 11 (tag (11 << 3) | 2, one byte) to buf at *len. */
 static void frame_trajectory(uint8_t *buf, size_t *len, const codec_encoded *t)
 {
@@ -874,7 +887,7 @@ tidal_status codec_frame_group_parts(const Tidal__V1__TrajectoryGroup *head, con
     size_t len = 0;
     tidal_status st = TIDAL_OK;
     if (!first) return tidal_fail(TIDAL_ERR_NOMEM, "trajectory group %s: out of memory", head->group_id);
-    for (size_t i = 0; i < n; i++) total += 1 + varint_size(t[i].len) + t[i].len;
+    for (size_t i = 0; i < n; i++) total += framed_size(&t[i]);
     /* The whole answer in one message when it fits (part fields absent). Else
      * parts, budgeting the header with part fields at their largest (n parts
      * at most), so no real header is larger than what was budgeted. */
@@ -888,7 +901,7 @@ tidal_status codec_frame_group_parts(const Tidal__V1__TrajectoryGroup *head, con
         size_t used = header;
         parts = 0;
         for (size_t i = 0; i < n; i++) {
-            size_t cost = 1 + varint_size(t[i].len) + t[i].len;
+            const size_t cost = framed_size(&t[i]);
             if (header + cost > max_bytes) {
                 st = tidal_fail(TIDAL_ERR_INVALID,
                                 "trajectory group %s: trajectory %s encodes to %zu bytes with the group's header, "
@@ -910,7 +923,7 @@ tidal_status codec_frame_group_parts(const Tidal__V1__TrajectoryGroup *head, con
     }
     for (size_t p = 0; p < parts; p++) {
         size_t extra = 0;
-        for (size_t i = first[p]; i < first[p + 1]; i++) extra += 1 + varint_size(t[i].len) + t[i].len;
+        for (size_t i = first[p]; i < first[p + 1]; i++) extra += framed_size(&t[i]);
         TRY_GOTO(group_header(head, (uint32_t)p, parts > 1 ? (uint32_t)parts : 0, extra, &buf, &len));
         for (size_t i = first[p]; i < first[p + 1]; i++) frame_trajectory(buf, &len, &t[i]);
         assert(len <= max_bytes);
