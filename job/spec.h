@@ -83,6 +83,7 @@ typedef struct job_spec {
         char device[8];        /* cpu | cuda */
         int steps, groups_per_step, micro_batch_tokens;
         double lr, weight_decay, grad_clip, beta1, beta2;
+        double grad_spike;     /* spike clipping: x the recent gradient norms (0: off) */
         int warmup_steps;
         char lr_schedule[16];  /* constant | cosine */
         double lr_min_ratio;   /* cosine: the floor as a fraction of lr */

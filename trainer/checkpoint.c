@@ -100,6 +100,8 @@ tidal_status checkpoint_save(const char *root, const model *m, const adamw *opt,
     json_object_set_new(o, "format", json_integer(1));
     json_object_set_new(o, "version", json_integer((json_int_t)s->version));
     json_object_set_new(o, "optimizer_step", json_integer(opt->step));
+    json_object_set_new(o, "grad_norm_mean", json_real(opt->norm_mean)); /* spike clipping goes on where it was */
+    json_object_set_new(o, "grad_norms_seen", json_integer(opt->norms_seen));
     json_object_set_new(o, "elapsed_s", json_real(s->elapsed_s));
     json_object_set_new(o, "groups_trained", json_integer((json_int_t)s->groups_trained));
     json_object_set_new(o, "groups_dropped", counts_json(s->groups_dropped));
@@ -126,7 +128,9 @@ tidal_status checkpoint_save(const char *root, const model *m, const adamw *opt,
     return TIDAL_OK;
 }
 
-static tidal_status load_state(const char *dir, ckpt_state *s, long *opt_step)
+/* The trainer's state and the optimizer's counters (opt: step, norm_mean,
+ * norms_seen; a checkpoint from before spike clipping has no norms: 0). */
+static tidal_status load_state(const char *dir, ckpt_state *s, adamw *opt)
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/state.json", dir);
@@ -139,7 +143,9 @@ static tidal_status load_state(const char *dir, ckpt_state *s, long *opt_step)
                           : tidal_fail(TIDAL_ERR_CORRUPT, "%s: version or trained_ids missing", path);
     if (st == TIDAL_OK) {
         s->version = (uint64_t)json_integer_value(json_object_get(o, "version"));
-        *opt_step = (long)json_integer_value(json_object_get(o, "optimizer_step"));
+        opt->step = (long)json_integer_value(json_object_get(o, "optimizer_step"));
+        opt->norm_mean = json_number_value(json_object_get(o, "grad_norm_mean"));
+        opt->norms_seen = (long)json_integer_value(json_object_get(o, "grad_norms_seen"));
         s->elapsed_s = json_number_value(json_object_get(o, "elapsed_s"));
         s->groups_trained = (uint64_t)json_integer_value(json_object_get(o, "groups_trained"));
         s->rejected = (uint64_t)json_integer_value(json_object_get(o, "rejected"));
@@ -165,22 +171,20 @@ tidal_status checkpoint_load_latest(const char *root, model **m, adamw **opt, ck
     if (list_steps(root, steps, 256) == 0) return tidal_fail(TIDAL_ERR_NOT_FOUND, "no checkpoint under %s", root);
     char dir[4096], path[4200];
     snprintf(dir, sizeof dir, "%s/step-%llu", root, (unsigned long long)steps[0]);
-    long opt_step = 0;
     size_t n = 0;
     st_file *f = NULL;
     tidal_status st = TIDAL_OK;
     TRY_GOTO(model_load(dir, m));
-    TRY_GOTO(load_state(dir, s, &opt_step));
     model_params(*m, &n);
     const adamw_cfg ac = adamw_defaults(); /* the trainer applies the spec's betas and decay */
     TRY_GOTO(adamw_create(n, &ac, opt));
+    TRY_GOTO(load_state(dir, s, *opt));
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     TRY_GOTO(st_open(path, &f));
     const st_tensor *tm = st_find(f, "adamw.m"), *tv = st_find(f, "adamw.v");
     if (!tm || !tv) TRY_GOTO(tidal_fail(TIDAL_ERR_CORRUPT, "%s: adamw.m or adamw.v missing", path));
     TRY_GOTO(st_read_f32(tm, (*opt)->m, (int64_t)n));
     TRY_GOTO(st_read_f32(tv, (*opt)->v, (int64_t)n));
-    (*opt)->step = opt_step;
 cleanup:
     st_close(f);
     if (st != TIDAL_OK) { /* nothing half-loaded is left to the caller */

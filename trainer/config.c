@@ -38,6 +38,7 @@ tidal_status trainer_step_cfg_from_spec(const job_spec *s, trainer_step_cfg *cfg
     TRY(loss_cfg_from_spec(s, kind, &cfg->loss));
     cfg->micro_batch_tokens = s->trainer.micro_batch_tokens;
     cfg->grad_clip = s->trainer.grad_clip;
+    cfg->grad_spike = s->trainer.grad_spike;
     cfg->minibatches = s->trainer.minibatches;
     cfg->proximal = !strcmp(s->trainer.proximal, "loglinear") ? PROX_LOGLINEAR : PROX_RECOMPUTE;
     cfg->kl_reward = s->trainer.kl_reward;

@@ -175,6 +175,7 @@ static void publish_metric(trainer *t, const trainer_step_result *r, double step
         {"is_max", r->loss.is_max},
         {"is_ess", r->loss.tokens > 0 ? r->loss.is_ess / (double)r->loss.tokens : 0},
         {"grad_norm", r->grad_norm},
+        {"grad_spikes", (double)r->grad_spikes},
         {"lr", lr},
         {"updates", r->updates},
         {"groups_reused", (double)c.groups_reused},

@@ -64,6 +64,20 @@ double clip_grad_norm(float *grads, size_t n, double max_norm)
     return norm;
 }
 
+double grad_clip_bound(const adamw *o, double max_norm, double spike)
+{
+    if (!(spike > 0.0) || o->norms_seen < GRAD_SPIKE_WARMUP || !(o->norm_mean > 0.0)) return max_norm;
+    const double b = spike * o->norm_mean;
+    return max_norm > 0.0 && max_norm < b ? max_norm : b;
+}
+
+void grad_norm_observe(adamw *o, double applied)
+{
+    if (!isfinite(applied)) return; /* a non-finite gradient is the step's news, not the scale */
+    o->norm_mean = o->norms_seen ? GRAD_SPIKE_DECAY * o->norm_mean + (1.0 - GRAD_SPIKE_DECAY) * applied : applied;
+    o->norms_seen++;
+}
+
 float lr_at(const lr_schedule *s, long step)
 {
     if (s->warmup > 0 && step < s->warmup) return s->base * (float)(step + 1) / (float)s->warmup;

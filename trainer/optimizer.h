@@ -27,6 +27,8 @@ typedef struct adamw {
     long step;                 /* updates applied */
     float *m;                  /* [n] first moment */
     float *v;                  /* [n] second moment */
+    double norm_mean;          /* running mean of the gradient norms applied (spike clipping) */
+    long norms_seen;           /* updates that fed norm_mean */
 } adamw;
 
 /* Default configuration (torch's: 0.9, 0.999, 1e-8, 0.01). */
@@ -41,6 +43,20 @@ void adamw_step(adamw *o, float *params, const float *grads, const uint8_t *deca
 /* Scale grads so that their global L2 norm is at most max_norm (<= 0: no
  * clipping). Returns the norm before clipping. */
 double clip_grad_norm(float *grads, size_t n, double max_norm);
+
+/* Spike clipping. AdamW's second moment follows the gradient scale of the
+ * recent updates; once a policy has learned its task most updates are small,
+ * and one gradient far above them becomes a full-size step of every parameter
+ * (and, through the first moment, of the next ten). The bound for an update
+ * is the lower of max_norm (<= 0: none) and `spike` times the running mean of
+ * the norms applied so far (spike <= 0: off; not before GRAD_SPIKE_WARMUP
+ * updates). <= 0 means no clipping. */
+#define GRAD_SPIKE_WARMUP 10
+#define GRAD_SPIKE_DECAY 0.9 /* the running mean's weight on the past: about 10 updates */
+double grad_clip_bound(const adamw *o, double max_norm, double spike);
+
+/* Record the norm an update applied (after clipping) in o's running mean. */
+void grad_norm_observe(adamw *o, double applied);
 
 typedef enum { LR_CONSTANT = 0, LR_COSINE } lr_kind;
 

@@ -485,7 +485,12 @@ static tidal_status train_update(step *s, int u)
     size_t np = 0;
     float *params = model_params(s->m, &np);
     float *grads = model_grads(s->m, &np);
-    s->gn_sum += clip_grad_norm(grads, np, s->cfg->grad_clip);
+    const double bound = grad_clip_bound(s->opt, s->cfg->grad_clip, s->cfg->grad_spike);
+    const double gn = clip_grad_norm(grads, np, bound);
+    const bool clipped = bound > 0.0 && gn > bound;
+    if (clipped && !(s->cfg->grad_clip > 0.0 && bound >= s->cfg->grad_clip)) s->out->grad_spikes++;
+    grad_norm_observe(s->opt, clipped ? bound : gn);
+    s->gn_sum += gn;
     adamw_step(s->opt, params, grads, NULL, s->cfg->lr);
     s->out->updates++;
     return TIDAL_OK;

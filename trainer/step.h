@@ -42,6 +42,7 @@ typedef struct trainer_step_cfg {
     int micro_batch_tokens; /* token positions per forward/backward; a longer sample gets one of its own */
     float lr;
     double grad_clip;       /* <= 0: off */
+    double grad_spike;      /* spike clipping (optimizer.h): at most this x the recent norms; <= 0: off */
     int minibatches;        /* optimizer updates per step (0 is 1; at most one per group) */
     trainer_proximal proximal;
     double kl_reward;       /* >= 0: beta of k1 = lbeh - lref subtracted from each sample's reward */
@@ -55,6 +56,7 @@ typedef struct trainer_step_result {
     loss_result loss;       /* the loss: each update's summed micro-batch shares, averaged over updates;
                              * metrics: token-weighted means over every micro-batch */
     double grad_norm;       /* before clipping; the mean over the step's updates */
+    int grad_spikes;        /* updates whose gradient the spike bound (not grad_clip) cut down */
     double reward_mean, reward_std; /* the env's rewards, before shaping */
     double overlong_mean;   /* mean overlong penalty added (<= 0) */
     double kl_reward_mean;  /* mean of kl_reward * Σ_t k1 subtracted from the rewards */

@@ -30,6 +30,7 @@ static void setup(model **m, adamw **o, ckpt_state *s, uint64_t version)
     CHECK_OK(adamw_create(n, &ac, o));
     for (size_t i = 0; i < n; i++) (*o)->m[i] = (float)i * 1e-3f, (*o)->v[i] = 1.0f / (float)(i + 1);
     (*o)->step = (long)version;
+    (*o)->norm_mean = 0.125 + (double)version, (*o)->norms_seen = (long)version + 1; /* spike clipping's scale */
     memset(s, 0, sizeof *s);
     s->version = version;
     s->elapsed_s = 12.5;
@@ -72,6 +73,7 @@ static void test_round_trip_and_keep(void)
     CHECK(lp && n == ln && !memcmp(p, lp, n * sizeof *p));
     CHECK(lo && !memcmp(lo->m, o[2]->m, n * sizeof(float)) && !memcmp(lo->v, o[2]->v, n * sizeof(float)));
     CHECK(lo && lo->step == 30);
+    CHECK(lo && lo->norm_mean == 30.125 && lo->norms_seen == 31);
     CHECK(ls.version == 30 && ls.elapsed_s == 12.5 && ls.groups_trained == 120 && ls.rejected == 2);
     CHECK(ls.groups_dropped[BUFFER_DROP_STALE] == 3 && ls.samples_dropped[BUFFER_DROP_DUPLICATE] == 5);
     CHECK(ls.n_trained == 90 && !strcmp(ls.trained_ids[0], "g0-0") && !strcmp(ls.trained_ids[89], "g29-2"));

@@ -309,6 +309,34 @@ static void test_clip_and_schedules(void)
     CHECK(fabsf(lr_at(&cos, 500) - 0.1f) < 1e-6f);
 }
 
+/* Spike clipping: no bound of its own before GRAD_SPIKE_WARMUP norms, then
+ * spike x the running mean of the applied norms, never above grad_clip; a
+ * spike is recorded at its clipped size, so it does not raise the bound. */
+static void test_spike_clipping(void)
+{
+    adamw *o = NULL;
+    CHECK_OK(adamw_create(4, NULL, &o));
+    CHECK(grad_clip_bound(o, 1.0, 3.0) == 1.0);  /* nothing seen: grad_clip */
+    CHECK(grad_clip_bound(o, 0.0, 3.0) == 0.0);  /* nothing seen, no grad_clip: no clipping */
+    for (int i = 0; i < GRAD_SPIKE_WARMUP - 1; i++) grad_norm_observe(o, 0.1);
+    CHECK(grad_clip_bound(o, 1.0, 3.0) == 1.0);  /* still warming up */
+    grad_norm_observe(o, 0.1);
+    CHECK_MSG(fabs(grad_clip_bound(o, 1.0, 3.0) - 0.3) < 1e-12, "bound %g", grad_clip_bound(o, 1.0, 3.0));
+    CHECK(fabs(grad_clip_bound(o, 0.0, 3.0) - 0.3) < 1e-12); /* spike clipping alone */
+    CHECK(grad_clip_bound(o, 0.2, 3.0) == 0.2);              /* grad_clip lower: it wins */
+    CHECK(grad_clip_bound(o, 1.0, 0.0) == 1.0);              /* off */
+    /* a spike of 2.9 is cut to 0.3 and observed as 0.3: the mean moves by 0.02, not by 0.28 */
+    float g[4] = {2.9f, 0, 0, 0};
+    const double bound = grad_clip_bound(o, 1.0, 3.0);
+    const double norm = clip_grad_norm(g, 4, bound);
+    CHECK(fabs(norm - 2.9) < 1e-6 && fabsf(g[0] - 0.3f) < 1e-5f);
+    grad_norm_observe(o, norm > bound ? bound : norm);
+    CHECK(fabs(o->norm_mean - 0.12) < 1e-12);
+    grad_norm_observe(o, NAN); /* a non-finite norm leaves the scale alone */
+    CHECK(fabs(o->norm_mean - 0.12) < 1e-12 && o->norms_seen == GRAD_SPIKE_WARMUP + 1);
+    adamw_free(o);
+}
+
 int main(void)
 {
     cpu_set_threads(2);
@@ -323,5 +351,6 @@ int main(void)
     RUN(test_save_load_round_trip);
     RUN(test_adamw_matches_hand_computation);
     RUN(test_clip_and_schedules);
+    RUN(test_spike_clipping);
     return check_summary();
 }
