@@ -405,7 +405,7 @@ int bench_weights_main(int argc, char **argv)
     tidal_clear();
     weights_publisher_opts po = {.bus = pub, .names = &names, .dtype = dtype};
     TRY_GOTO(weights_publisher_create(&po, &p));
-    for (int i = 0; i < workers; i++) TRY_GOTO(weights_client_create(wbus[i], &names, NULL, &clients[i]));
+    for (int i = 0; i < workers; i++) TRY_GOTO(weights_client_create(wbus[i], &names, NULL, NULL, &clients[i]));
 
     round_result best_t = {0}, best_r = {0};
     for (int r = 0; r < rounds; r++) {
