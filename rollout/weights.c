@@ -262,8 +262,9 @@ static bool signed_by_job(weights_client *c, const Tidal__V1__WeightsManifest *w
     pthread_mutex_unlock(&c->mu);
     char keep[40] = "no weights yet";
     if (good != UINT64_MAX) snprintf(keep, sizeof keep, "keeping v%" PRIu64, good);
-    tidal_log(TIDAL_LOG_WARN, "weights: refused manifest v%" PRIu64 " (kv %s key %s revision %" PRIu64 "): %s; %s",
-              w->version, c->names.kv_bucket, JOB_KEY_WEIGHTS, rev, tidal_errmsg(), keep);
+    /* the message names the version and says why: "weights vN: refused: ..." */
+    tidal_log(TIDAL_LOG_WARN, "weights: kv %s key %s revision %" PRIu64 ": %s; %s", c->names.kv_bucket,
+              JOB_KEY_WEIGHTS, rev, tidal_errmsg(), keep);
     return false;
 }
 
