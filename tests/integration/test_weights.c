@@ -7,6 +7,8 @@
  * writes (unsigned, another key, altered) refused while the worker goes on. */
 #include <inttypes.h>
 #include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "harness/fixture.h"
@@ -293,6 +295,48 @@ static void test_bad_manifest_skipped(void)
     model_free(m2);
 }
 
+/* The trainer's key: made once in the run directory (0600) and found there
+ * again (a resumed trainer), or loaded from weights.signing_key; a
+ * weights.public_key that is not its public half, a missing key file and a
+ * malformed pin are refused by name. */
+static void test_signing_key_open(void)
+{
+    char dir[64], file[128], text[TIDAL_SIGN_PUB_TEXT], other[TIDAL_SIGN_PUB_TEXT];
+    snprintf(dir, sizeof dir, "/tmp/tidal-test-key-XXXXXX");
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(file, sizeof file, "%s/weights_signing_key.pem", dir);
+    tidal_sign_key *a = NULL, *b = NULL, *c = NULL;
+    uint8_t pa[TIDAL_SIGN_PUB_BYTES], pb[TIDAL_SIGN_PUB_BYTES];
+    CHECK_OK(weights_signing_key_open("", dir, "", &a));
+    struct stat fst;
+    CHECK(stat(file, &fst) == 0 && (fst.st_mode & 0777) == 0600);
+    CHECK_OK(weights_signing_key_open(NULL, dir, NULL, &b)); /* resumed: the same key */
+    tidal_sign_key_public(a, pa);
+    tidal_sign_key_public(b, pb);
+    CHECK(memcmp(pa, pb, sizeof pa) == 0);
+    tidal_sign_key_free(b);
+    b = NULL;
+    tidal_sign_pub_format(pa, text);
+    CHECK_OK(weights_signing_key_open(file, "/nonexistent", text, &b)); /* given in the spec, pinned */
+    tidal_sign_key_free(b);
+    b = NULL;
+    CHECK_OK(tidal_sign_keygen(&c));
+    tidal_sign_key_public(c, pb);
+    tidal_sign_pub_format(pb, other);
+    CHECK_STATUS(weights_signing_key_open(file, dir, other, &b), TIDAL_ERR_INVALID);
+    CHECK_MSG(b == NULL && strstr(tidal_errmsg(), "weights.public_key") && strstr(tidal_errmsg(), text), "%s",
+              tidal_errmsg());
+    CHECK_STATUS(weights_signing_key_open(file, dir, "ed25519:00", &b), TIDAL_ERR_INVALID);
+    char missing[160];
+    snprintf(missing, sizeof missing, "%s/none.pem", dir);
+    CHECK_STATUS(weights_signing_key_open(missing, dir, "", &b), TIDAL_ERR_NOT_FOUND);
+    CHECK_MSG(strstr(tidal_errmsg(), "weights.signing_key") && strstr(tidal_errmsg(), missing), "%s", tidal_errmsg());
+    tidal_sign_key_free(a);
+    tidal_sign_key_free(c);
+    unlink(file);
+    rmdir(dir);
+}
+
 static bool refused_at_least(const weights_stats *s, uint64_t n) { return s->refused >= n; }
 
 /* A rogue with write access to the weights stream and `weights.latest`
@@ -528,6 +572,7 @@ int main(void)
     RUN(test_versions_in_quick_succession);
     RUN(test_bad_manifest_skipped);
     RUN(test_rogue_manifest_refused);
+    RUN(test_signing_key_open);
     RUN(test_bf16_round_trip);
     RUN(test_handover_burst);
     RUN(test_background_failure_reported);
