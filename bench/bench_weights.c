@@ -400,12 +400,16 @@ int bench_weights_main(int argc, char **argv)
     TRY_GOTO(bus_connect(&pub, &bo));
     for (int i = 0; i < workers; i++) TRY_GOTO(bus_connect(&wbus[i], &bo));
     TRY_GOTO(job_names_init(&names, BENCH_JOB));
-    /* a clean job each run (a --bus server may hold an earlier one) */
+    /* a clean job each run (a --bus server may hold an earlier one, and its
+     * public key: this run's publisher signs with a key of its own) */
     bus_stream_delete(pub, names.weights_stream);
+    bus_kv *kv = NULL;
+    if (bus_kv_open(pub, names.kv_bucket, &kv) == TIDAL_OK) bus_kv_delete(kv, JOB_KEY_PUBKEY);
+    bus_kv_close(kv);
     tidal_clear();
     weights_publisher_opts po = {.bus = pub, .names = &names, .dtype = dtype};
     TRY_GOTO(weights_publisher_create(&po, &p));
-    for (int i = 0; i < workers; i++) TRY_GOTO(weights_client_create(wbus[i], &names, NULL, &clients[i]));
+    for (int i = 0; i < workers; i++) TRY_GOTO(weights_client_create(wbus[i], &names, NULL, NULL, &clients[i]));
 
     round_result best_t = {0}, best_r = {0};
     for (int r = 0; r < rounds; r++) {

@@ -305,6 +305,7 @@ int status_main(int argc, char **argv)
     json_object_set_new(o, "state", kv_json(kv, JOB_KEY_STATE));
     json_object_set_new(o, "trainer", kv_json(kv, JOB_KEY_GROUPS));
     json_object_set_new(o, "cursor", kv_json(kv, JOB_KEY_CURSOR));
+    json_object_set_new(o, "weights_public_key", kv_json(kv, JOB_KEY_PUBKEY)); /* what workers verify with */
     uint64_t pending = 0, ack_pending = 0, traj = 0;
     if (bus_consumer_state(b, n.prompts_stream, JOB_CONSUMER_ROLLOUT, &pending, &ack_pending) == TIDAL_OK) {
         json_object_set_new(o, "prompts_waiting", json_integer((json_int_t)pending));
@@ -320,10 +321,11 @@ int status_main(int argc, char **argv)
                 Tidal__V1__WorkerStatus *s = NULL;
                 if (ev.kind == BUS_KV_PUT && codec_decode_worker_status(ev.value, ev.len, &s) == TIDAL_OK) {
                     json_array_append_new(
-                        workers, json_pack("{s:s, s:s, s:i, s:I, s:f, s:I, s:I}", "id", s->worker_id, "host", s->host,
+                        workers, json_pack("{s:s, s:s, s:i, s:I, s:f, s:I, s:I, s:I}", "id", s->worker_id, "host", s->host,
                                            "state", (int)s->state, "weights_version", (json_int_t)s->weights_version,
                                            "tokens_per_s", s->tokens_per_s, "trajectories",
-                                           (json_int_t)s->trajectories, "updated_unix_ms",
+                                           (json_int_t)s->trajectories, "weights_refused",
+                                           (json_int_t)s->weights_refused, "updated_unix_ms",
                                            (json_int_t)s->updated_unix_ms));
                     tidal__v1__worker_status__free_unpacked(s, NULL);
                 }

@@ -41,6 +41,9 @@ typedef struct job_names {
 #define JOB_KEY_STATE "state"           /* "running"; "trained" after the last step (the trainer);
                                           "done" once the controller has finished (last evaluation, summary) */
 #define JOB_KEY_GROUPS "trainer.groups" /* the trainer's group counts (JSON): trained, dropped by reason, failed */
+#define JOB_KEY_PUBKEY "trainer.pubkey" /* the public key the job's weights are signed with, "ed25519:<64 hex>":
+                                           created once by the trainer, never replaced (docs/protocol.md
+                                           "Signed weights"); outside weights.* so a grant on those does not cover it */
 
 /* Fill *n for job `job` ([A-Za-z0-9_-]{1,127}: one subject token);
  * TIDAL_ERR_INVALID naming the job otherwise. */

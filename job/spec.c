@@ -136,6 +136,8 @@ static const key KEYS[] = {
     ENUM("weights.dtype", weights.dtype, "f32|bf16", "f32", "the published weights' dtype"),
     STR("weights.url", weights.url, "", "transport url: file://DIR or http(s)://... where versions are written"),
     INT("weights.keep", weights.keep, 1, 1000, "2", "newest weight versions kept on the bus"),
+    STR("weights.signing_key", weights.signing_key, "", "PEM file of the trainer's Ed25519 key that signs every weights manifest; empty: one made per job in RUN/weights_signing_key.pem"),
+    STR("weights.public_key", weights.public_key, "", "ed25519:<64 hex> that the weights must be signed with (the trainer checks its key, workers verify with it); empty: the key the trainer put in the job's KV"),
     INT("eval.every", eval.every, 0, 1 << 30, "0", "steps between evaluations on the held-out split (0: never)"),
     INT("eval.pass_k", eval.pass_k, 1, 1024, "1", "samples per prompt for pass@k (1: greedy pass@1 only)"),
     INT("eval.max_prompts", eval.max_prompts, 0, 1 << 24, "0", "held-out prompts per evaluation (0: all)"),
@@ -470,6 +472,18 @@ static tidal_status apply_set(const char *set, job_spec *s)
     return TIDAL_OK;
 }
 
+/* The text form of an Ed25519 public key (base/sign.h): "ed25519:" (may be
+ * left out) and 64 hex digits. Checked here by its shape so that the spec
+ * parser needs no crypto library (the fuzz build links it alone). */
+static bool public_key_text(const char *t)
+{
+    if (!strncmp(t, "ed25519:", 8)) t += 8;
+    size_t n = 0;
+    for (; t[n]; n++)
+        if (!((t[n] >= '0' && t[n] <= '9') || (t[n] >= 'a' && t[n] <= 'f') || (t[n] >= 'A' && t[n] <= 'F'))) return false;
+    return n == 64;
+}
+
 /* Rules across keys; `where(path)` names the place of a key ("FILE:LINE: " or "--set/FILE: "). */
 static tidal_status check_spec(const job_spec *s, const char *name)
 {
@@ -495,6 +509,9 @@ static tidal_status check_spec(const job_spec *s, const char *name)
         return BAD("%s: rollout.endpoint is required with rollout.backend openai", name);
     if (!strcmp(s->weights.transport, "url") && !s->weights.url[0])
         return BAD("%s: weights.url is required with weights.transport url", name);
+    if (s->weights.public_key[0] && !public_key_text(s->weights.public_key))
+        return BAD("%s: weights.public_key: \"%.80s\" is not \"ed25519:\" and 64 hex digits", name,
+                   s->weights.public_key);
     if (s->trainer.eps_lo != -1 && s->trainer.eps_lo < 0)
         return BAD("%s: trainer.eps_lo: %g must be -1 (the loss's own) or in [0, 1]", name, s->trainer.eps_lo);
     if (s->trainer.eps_hi != -1 && s->trainer.eps_hi < 0)

@@ -109,6 +109,8 @@ typedef struct job_spec {
         char dtype[8];         /* f32 | bf16 */
         char url[SPEC_STR];    /* transport url: file://DIR or http(s)://... */
         int keep;              /* newest versions kept */
+        char signing_key[SPEC_STR]; /* PEM file of the trainer's Ed25519 key; empty: RUN/weights_signing_key.pem */
+        char public_key[SPEC_STR];  /* "ed25519:<hex>" the weights must be signed with; empty: the job's KV key */
     } weights;
     struct {
         int every;             /* steps between evaluations; 0 = never */

@@ -574,6 +574,8 @@ static tidal_status v_weights_manifest(const ProtobufCMessage *m, const char *pa
         return bad(&c, "dtype \"%.32s\" is not fp32, bf16 or fp16", dtype);
     if (w->bytes == 0) return bad(&c, "bytes is 0");
     TRY(need_sha256(&c, "sha256", w->sha256));
+    if (w->signature.len != 0 && w->signature.len != 64) /* Ed25519; empty = unsigned (the worker refuses it) */
+        return bad(&c, "signature has %zu bytes, an Ed25519 signature has 64", w->signature.len);
 
     const char *transport = str(w->transport);
     if (!strcmp(transport, "bus")) {

@@ -17,6 +17,10 @@
  *      weights_client_wait.
  * Any failure is logged with the version, counted in stats.failed, and that
  * version is not tried again; the next manifest is tried as usual.
+ * Before all that, when the manifest is read off the watcher, its signature
+ * is checked (consider): a refused manifest is dropped there, so it neither
+ * becomes the candidate (a rogue's v1000000 would otherwise hide the
+ * trainer's next real version) nor moves `tried` or `latest_seen`.
  */
 #include "rollout/weights.h"
 
@@ -30,6 +34,7 @@
 #include <time.h>
 
 #include "proto/codec.h"
+#include "proto/manifest_sign.h"
 
 #define POLL_MS 100 /* how long the thread waits for a change before looking at `stop` */
 
@@ -43,11 +48,14 @@ struct weights_client {
     bus_blob_store *store;   /* the thread's */
     uint64_t tried;          /* newest version fetched or failed; UINT64_MAX none (the thread's) */
     uint8_t tried_sha[32];   /* its image's SHA-256 (a re-published version differs) */
+    uint8_t pub[TIDAL_SIGN_PUB_BYTES]; /* the job's key, once known (have_pub); the thread's after creation */
+    bool have_pub;
 
     pthread_mutex_t mu;
     pthread_cond_t ready_cv; /* a model became ready */
     model *ready;            /* newest built, not taken (NULL: none) */
     uint64_t ready_version;
+    uint64_t good_version;   /* the newest version built; UINT64_MAX none (for the refusal's log line) */
     weights_stats stats;
     bool stop;
 
@@ -218,6 +226,48 @@ cleanup:
 
 /* ---------------------------------------------------------------- the thread */
 
+/* The job's public key from KV `trainer.pubkey` into c->pub, unless known. */
+static tidal_status load_job_key(weights_client *c)
+{
+    if (c->have_pub) return TIDAL_OK;
+    void *val = NULL;
+    size_t len = 0;
+    char what[256];
+    snprintf(what, sizeof what, "kv %s key %s", c->names.kv_bucket, JOB_KEY_PUBKEY);
+    tidal_status st = bus_kv_get(c->kv, JOB_KEY_PUBKEY, &val, &len, NULL);
+    if (st == TIDAL_ERR_NOT_FOUND)
+        return tidal_fail(st, "%s is not there: the job's trainer has not published its signing key", what);
+    TRY_WRAP(st, "read %s", what);
+    st = tidal_sign_pub_parse(val, len, what, c->pub);
+    free(val);
+    TRY(st);
+    c->have_pub = true;
+    char text[TIDAL_SIGN_PUB_TEXT];
+    tidal_sign_pub_format(c->pub, text);
+    tidal_log(TIDAL_LOG_INFO, "weights: job %s: weights must be signed with %s (%s)", c->names.job, text, what);
+    return TIDAL_OK;
+}
+
+/* Whether manifest w (KV revision rev) is signed by the job's key. A refusal
+ * is logged - the version, the revision, why, and the version the worker
+ * keeps - and counted. */
+static bool signed_by_job(weights_client *c, const Tidal__V1__WeightsManifest *w, uint64_t rev)
+{
+    tidal_status st = load_job_key(c);
+    if (st == TIDAL_OK) st = codec_manifest_verify(w, c->names.job, c->pub);
+    if (st == TIDAL_OK) return true;
+    pthread_mutex_lock(&c->mu);
+    c->stats.refused++;
+    const uint64_t good = c->good_version;
+    pthread_mutex_unlock(&c->mu);
+    char keep[40] = "no weights yet";
+    if (good != UINT64_MAX) snprintf(keep, sizeof keep, "keeping v%" PRIu64, good);
+    /* the message names the version and says why: "weights vN: refused: ..." */
+    tidal_log(TIDAL_LOG_WARN, "weights: kv %s key %s revision %" PRIu64 ": %s; %s", c->names.kv_bucket,
+              JOB_KEY_WEIGHTS, rev, tidal_errmsg(), keep);
+    return false;
+}
+
 /* A watched value: a manifest to consider (kept in *cand when newer than the
  * candidate and than everything tried), or one that does not decode (counted). */
 static void consider(weights_client *c, const bus_kv_event *ev, Tidal__V1__WeightsManifest **cand, double *seen_ms)
@@ -228,6 +278,10 @@ static void consider(weights_client *c, const bus_kv_event *ev, Tidal__V1__Weigh
         tidal_log(TIDAL_LOG_WARN, "weights: kv %s key %s revision %" PRIu64 ": skipped: %s", c->names.kv_bucket,
                   JOB_KEY_WEIGHTS, ev->revision, tidal_errmsg());
         count_failure(c);
+        return;
+    }
+    if (!signed_by_job(c, w, ev->revision)) {
+        tidal__v1__weights_manifest__free_unpacked(w, NULL);
         return;
     }
     pthread_mutex_lock(&c->mu);
@@ -265,6 +319,7 @@ static void process(weights_client *c, const Tidal__V1__WeightsManifest *w, doub
         c->ready = m;
         m = NULL;
         c->ready_version = w->version;
+        c->good_version = w->version;
         c->stats.fetched++;
         c->stats.fetch_ms_last = now_ms() - seen_ms;
         pthread_cond_broadcast(&c->ready_cv);
@@ -312,7 +367,7 @@ static void *client_main(void *arg)
 /* ---------------------------------------------------------------- API */
 
 tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const model_config *cfg,
-                                   weights_client **out)
+                                   const uint8_t *public_key, weights_client **out)
 {
     *out = NULL;
     if (!bus || !names) return tidal_fail(TIDAL_ERR_INVALID, "weights client: a bus and the job's names are required");
@@ -326,7 +381,12 @@ tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const
         c->have_cfg = true;
     }
     c->tried = UINT64_MAX;
+    c->good_version = UINT64_MAX;
     c->stats.latest_seen = UINT64_MAX;
+    if (public_key) {
+        memcpy(c->pub, public_key, sizeof c->pub);
+        c->have_pub = true;
+    }
     pthread_mutex_init(&c->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -337,6 +397,20 @@ tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const
     bus_kv_cfg kc = {.bucket = c->names.kv_bucket};
     tidal_status st = TIDAL_OK;
     TRY_GOTO(bus_kv_ensure(bus, &kc, &c->kv));
+    /* the job's key now when it is there (else with the first manifest); a
+     * pinned key that the job's state contradicts is worth a warning */
+    if (public_key) {
+        uint8_t job_pub[TIDAL_SIGN_PUB_BYTES];
+        void *val = NULL;
+        size_t len = 0;
+        if (bus_kv_get(c->kv, JOB_KEY_PUBKEY, &val, &len, NULL) == TIDAL_OK &&
+            tidal_sign_pub_parse(val, len, JOB_KEY_PUBKEY, job_pub) == TIDAL_OK && memcmp(job_pub, c->pub, 32) != 0)
+            tidal_log(TIDAL_LOG_WARN, "weights: job %s: kv %s key %s is not weights.public_key; manifests are verified "
+                      "with weights.public_key", c->names.job, c->names.kv_bucket, JOB_KEY_PUBKEY);
+        free(val);
+    } else if (load_job_key(c) != TIDAL_OK) {
+        tidal_clear(); /* not yet: looked for again with the first manifest */
+    }
     TRY_GOTO(bus_kv_watch(c->kv, JOB_KEY_WEIGHTS, &c->watch));
     /* keep 0: a reader never prunes */
     TRY_GOTO(bus_blob_store_open(bus, c->names.weights_stream, c->names.weights_prefix, 0, &c->store));

@@ -8,6 +8,13 @@
  * creation; every tensor present with its shape). The worker takes the
  * newest ready model at a decode-step boundary (weights_client_take) or
  * blocks for a minimum version before starting a prompt (weights_client_wait).
+ * Every manifest must be signed by the job's key (docs/protocol.md "Signed
+ * weights"): the key given at creation (the spec's weights.public_key), else
+ * the one in KV `trainer.pubkey`, read once and kept for the client's life.
+ * A manifest that is unsigned or whose signature does not verify is refused
+ * before anything is fetched: logged (version, why), counted in
+ * stats.refused, and it never displaces a good manifest - the worker keeps
+ * generating with the last good version.
  * A manifest that fails (does not decode, corrupt, wrong shapes) is logged,
  * counted and skipped; a later one is tried as usual. A version is tried
  * once, unless it is published again with other weights (another SHA-256).
@@ -29,6 +36,7 @@ typedef struct weights_client weights_client;
 typedef struct weights_stats {
     uint64_t fetched;          /* models built */
     uint64_t failed;           /* manifests skipped (fetch, verify or build failed) */
+    uint64_t refused;          /* manifests refused: unsigned, or not signed by the job's key */
     uint64_t bytes;            /* image bytes fetched */
     double fetch_ms_last;      /* manifest seen -> model ready, the last one */
     uint64_t latest_seen;      /* newest manifest version seen; UINT64_MAX none */
@@ -36,9 +44,12 @@ typedef struct weights_stats {
 
 /* Start watching (the job's KV bucket and weights stream are created when
  * missing). cfg (may be NULL when every manifest carries its config) is
- * validated and copied. The bus must outlive the client. */
+ * validated and copied. public_key (32 bytes, may be NULL) pins the key the
+ * manifests must be signed with; NULL: the job's KV `trainer.pubkey`, read
+ * now or, when the trainer has not put it yet, with the first manifest. The
+ * bus must outlive the client. */
 tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const model_config *cfg,
-                                   weights_client **out);
+                                   const uint8_t *public_key, weights_client **out);
 
 /* The newest ready model with a version greater than `have` (UINT64_MAX:
  * the caller holds none, any version will do), or NULL (never blocks). The

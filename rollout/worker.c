@@ -13,6 +13,7 @@
 #include "envs/client.h"
 #include "proto/codec.h"
 #include "base/hash.h"
+#include "base/sign.h"
 #include "job/names.h"
 #include "rollout/engine.h"
 #include "rollout/episode.h"
@@ -90,6 +91,11 @@ static void heartbeat(worker *w, bool force)
     s.capacity = 1;
     s.trajectories = w->trajectories, s.errors = w->errors, s.rejected = w->rejected;
     s.redelivered = w->redelivered;
+    if (w->wc) {
+        weights_stats ws;
+        weights_client_stats(w->wc, &ws);
+        s.weights_refused = ws.refused;
+    }
     void *buf = NULL;
     size_t len = 0;
     if (codec_encode(&s.base, &buf, &len) == TIDAL_OK && bus_kv_put(w->workers, w->id, buf, len, NULL) != TIDAL_OK)
@@ -522,7 +528,10 @@ static tidal_status join_model(worker *w, double t0)
     TRY(job_chat_format(&w->spec, &f));
     w->stop_id = job_stop_id(f, w->tok);
     TRY(job_model_config(&w->spec, &w->cfg));
-    TRY(weights_client_create(w->bus, &w->names, &w->cfg, &w->wc));
+    uint8_t pin[TIDAL_SIGN_PUB_BYTES]; /* the spec's weights.public_key, when it pins one */
+    if (w->spec.weights.public_key[0])
+        TRY(tidal_sign_pub_parse(w->spec.weights.public_key, strlen(w->spec.weights.public_key), "weights.public_key", pin));
+    TRY(weights_client_create(w->bus, &w->names, &w->cfg, w->spec.weights.public_key[0] ? pin : NULL, &w->wc));
     bool said = false;
     tidal_status st;
     while ((st = weights_client_wait(w->wc, 0, 500, &w->m, &w->version)) != TIDAL_OK)

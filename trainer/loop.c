@@ -36,6 +36,7 @@ typedef struct trainer {
     model *ref;                 /* the frozen initial weights, when a KL term is on */
     adamw *opt;
     weights_publisher *pub;
+    tidal_sign_key *sign_key; /* signs the weights (the publisher borrows it) */
     ckpt_state ck;              /* counts and trained ids so far (this life and the earlier ones) */
     buffer_counts base;         /* the buffer's counts restored from the checkpoint (this life adds to them) */
     uint64_t version, checkpointed;
@@ -351,7 +352,9 @@ static tidal_status start(trainer *t)
     for (size_t i = 0; i < t->ck.n_trained; i++) TRY(buffer_remember_trained(t->buf, t->ck.trained_ids[i]));
 
     st_dtype dt = !strcmp(s->weights.dtype, "bf16") ? ST_BF16 : ST_F32;
-    weights_publisher_opts po = {.bus = t->bus, .names = &t->names, .keep = s->weights.keep, .dtype = dt};
+    TRY(weights_signing_key_open(s->weights.signing_key, t->o->run_dir, s->weights.public_key, &t->sign_key));
+    weights_publisher_opts po = {.bus = t->bus, .names = &t->names, .keep = s->weights.keep, .dtype = dt,
+                                 .signing_key = t->sign_key};
     TRY(weights_publisher_create(&po, &t->pub));
     TRY(weights_publish(t->pub, t->m, t->version));
     TRY(weights_publisher_flush(t->pub, 120000));
@@ -418,6 +421,7 @@ cleanup:;
     char err[1024] = ""; /* the message, before releasing can overwrite it */
     if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());
     weights_publisher_free(t->pub);
+    tidal_sign_key_free(t->sign_key);
     bus_unsubscribe(t->traj);
     buffer_free(t->buf);
     bus_kv_close(t->kv);

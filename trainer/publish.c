@@ -31,7 +31,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/fs.h"
 #include "proto/codec.h"
+#include "proto/manifest_sign.h"
 
 #define DEFAULT_KEEP 3 /* docs/protocol.md: the trainer's keep, default 3 */
 #define RETRY_MS 500        /* a version that failed on a bus outage is tried again this often */
@@ -53,6 +55,8 @@ struct weights_publisher {
     job_names names;
     int keep;
     st_dtype dtype;
+    const tidal_sign_key *key; /* signs every manifest */
+    tidal_sign_key *own_key;   /* the key made for this publisher when none was given */
     bus_blob_store *store; /* the background thread's */
     bus_kv *kv;            /* the background thread's */
 
@@ -215,7 +219,9 @@ static tidal_status store_image(weights_publisher *p, uint64_t v, const model_co
     wm.created_unix_ms = (uint64_t)unix_ms();
     void *buf = NULL;
     size_t blen = 0;
-    st = codec_validate(&wm.base); /* our own bug, caught before a worker sees it */
+    uint8_t sig[TIDAL_SIGN_SIG_BYTES];
+    st = codec_manifest_sign(&wm, p->names.job, p->key, sig); /* every field set: the signature covers them */
+    if (st == TIDAL_OK) st = codec_validate(&wm.base); /* our own bug, caught before a worker sees it */
     if (st == TIDAL_OK) st = codec_encode(&wm.base, &buf, &blen); /* (one wrap below names the manifest) */
     tidal__v1__blob_manifest__free_unpacked(blob, NULL);
     free(config_json);
@@ -290,6 +296,81 @@ static void *publisher_main(void *arg)
     return NULL;
 }
 
+/* ---------------------------------------------------------------- the key */
+
+/* Put the public half of the publisher's key in KV `trainer.pubkey`, or find
+ * it there already: create-only, so a job's key is set once (by its first
+ * trainer) and a trainer with another key is refused rather than replacing it. */
+static tidal_status claim_public_key(weights_publisher *p)
+{
+    uint8_t pub[TIDAL_SIGN_PUB_BYTES], have[TIDAL_SIGN_PUB_BYTES];
+    char text[TIDAL_SIGN_PUB_TEXT];
+    tidal_sign_key_public(p->key, pub);
+    tidal_sign_pub_format(pub, text);
+    tidal_status st = bus_kv_create(p->kv, JOB_KEY_PUBKEY, text, strlen(text), NULL);
+    if (st == TIDAL_OK) {
+        tidal_log(TIDAL_LOG_INFO, "weights publisher %s: weights signed with %s", p->names.job, text);
+        return TIDAL_OK;
+    }
+    if (st != TIDAL_ERR_CONFLICT)
+        return tidal_wrap(st, "put %s in kv %s", JOB_KEY_PUBKEY, p->names.kv_bucket);
+    void *val = NULL;
+    size_t len = 0;
+    char what[256];
+    snprintf(what, sizeof what, "kv %s key %s", p->names.kv_bucket, JOB_KEY_PUBKEY);
+    TRY_WRAP(bus_kv_get(p->kv, JOB_KEY_PUBKEY, &val, &len, NULL), "read %s", what);
+    st = tidal_sign_pub_parse(val, len, what, have);
+    free(val);
+    TRY(st);
+    if (memcmp(have, pub, sizeof pub) != 0) {
+        char other[TIDAL_SIGN_PUB_TEXT];
+        tidal_sign_pub_format(have, other);
+        return tidal_fail(TIDAL_ERR_CONFLICT,
+                          "%s holds %s, but this trainer signs with %s: the job's weights were signed with another "
+                          "key (give that key in weights.signing_key, or remove the job's bus objects to start it anew)",
+                          what, other, text);
+    }
+    return TIDAL_OK;
+}
+
+tidal_status weights_signing_key_open(const char *path, const char *run_dir, const char *pin, tidal_sign_key **out)
+{
+    *out = NULL;
+    tidal_sign_key *k = NULL;
+    tidal_status st = TIDAL_OK;
+    char file[4200];
+    if (path && path[0]) {
+        TRY_WRAP(tidal_sign_key_load(path, &k), "weights.signing_key");
+    } else {
+        snprintf(file, sizeof file, "%s/weights_signing_key.pem", run_dir);
+        st = tidal_sign_key_load(file, &k);
+        if (st == TIDAL_ERR_NOT_FOUND) { /* a new job: a key of its own, kept for a resumed trainer */
+            TRY_GOTO(tidal_sign_keygen(&k));
+            TRY_GOTO(fs_mkdirs(run_dir));
+            TRY_GOTO(tidal_sign_key_save(k, file));
+            tidal_log(TIDAL_LOG_INFO, "trainer: made the weights signing key %s", file);
+        }
+        TRY_GOTO(st);
+    }
+    if (pin && pin[0]) {
+        uint8_t want[TIDAL_SIGN_PUB_BYTES], pub[TIDAL_SIGN_PUB_BYTES];
+        TRY_GOTO(tidal_sign_pub_parse(pin, strlen(pin), "weights.public_key", want));
+        tidal_sign_key_public(k, pub);
+        if (memcmp(want, pub, sizeof pub) != 0) {
+            char text[TIDAL_SIGN_PUB_TEXT];
+            tidal_sign_pub_format(pub, text);
+            st = tidal_fail(TIDAL_ERR_INVALID, "weights.public_key %s is not the public half of the signing key %s (%s)",
+                            pin, path && path[0] ? path : file, text);
+            goto cleanup;
+        }
+    }
+    *out = k;
+    k = NULL;
+cleanup:
+    tidal_sign_key_free(k);
+    return st;
+}
+
 /* ---------------------------------------------------------------- API */
 
 tidal_status weights_publisher_create(const weights_publisher_opts *o, weights_publisher **out)
@@ -310,6 +391,7 @@ tidal_status weights_publisher_create(const weights_publisher_opts *o, weights_p
     p->keep = o->keep ? o->keep : DEFAULT_KEEP;
     p->dtype = dtype;
     p->published = UINT64_MAX;
+    p->key = o->signing_key;
     pthread_mutex_init(&p->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -318,19 +400,26 @@ tidal_status weights_publisher_create(const weights_publisher_opts *o, weights_p
     pthread_cond_init(&p->idle_cv, &ca);
     pthread_condattr_destroy(&ca);
 
-    tidal_status st = bus_blob_store_open(p->bus, p->names.weights_stream, p->names.weights_prefix, p->keep, &p->store);
-    if (st == TIDAL_OK) {
-        bus_kv_cfg kc = {.bucket = p->names.kv_bucket};
-        st = bus_kv_ensure(p->bus, &kc, &p->kv);
+    tidal_status st = TIDAL_OK;
+    if (!p->key) {
+        TRY_GOTO(tidal_sign_keygen(&p->own_key));
+        p->key = p->own_key;
     }
-    if (st == TIDAL_OK && pthread_create(&p->thread, NULL, publisher_main, p) != 0)
+    TRY_GOTO(bus_blob_store_open(p->bus, p->names.weights_stream, p->names.weights_prefix, p->keep, &p->store));
+    bus_kv_cfg kc = {.bucket = p->names.kv_bucket};
+    TRY_GOTO(bus_kv_ensure(p->bus, &kc, &p->kv));
+    TRY_GOTO(claim_public_key(p));
+    if (pthread_create(&p->thread, NULL, publisher_main, p) != 0) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "cannot start the publishing thread");
+        goto cleanup;
+    }
+    p->thread_started = true;
+    *out = p;
+cleanup:
     if (st != TIDAL_OK) {
         weights_publisher_free(p);
         return tidal_wrap(st, "weights publisher %s", o->names->job);
     }
-    p->thread_started = true;
-    *out = p;
     return TIDAL_OK;
 }
 
@@ -460,6 +549,7 @@ void weights_publisher_free(weights_publisher *p)
     snapshot_free(p->spare);
     bus_kv_close(p->kv);
     bus_blob_store_close(p->store);
+    tidal_sign_key_free(p->own_key);
     pthread_cond_destroy(&p->work_cv);
     pthread_cond_destroy(&p->idle_cv);
     pthread_mutex_destroy(&p->mu);

@@ -9,6 +9,11 @@
  * the model's config.json) in KV TIDAL_J key `weights.latest` and the version
  * in `trainer.version`. Workers watch that key (rollout/weights.h).
  *
+ * Every manifest is signed (Ed25519, proto/manifest_sign.h) with the
+ * publisher's key, whose public half the publisher puts in KV
+ * `trainer.pubkey` when it is created - once: a key already there must be the
+ * same (docs/protocol.md "Signed weights").
+ *
  * Only the newest weights matter to a worker, so a version handed over while
  * an older one still waits to start replaces it (the older is never sent).
  */
@@ -17,6 +22,7 @@
 
 #include <stdint.h>
 
+#include "base/sign.h"
 #include "model/model.h"
 #include "bus/bus.h"
 #include "job/names.h"
@@ -29,10 +35,14 @@ typedef struct weights_publisher_opts {
     const job_names *names;
     int keep;                  /* versions kept in the stream; 0: 3 (docs/protocol.md) */
     st_dtype dtype;            /* ST_F32 (also for 0) or ST_BF16 (round to nearest even) on the wire */
+    const tidal_sign_key *signing_key; /* borrowed, must outlive the publisher; NULL: a key made for
+                                          the publisher's lifetime (tests, benches) */
 } weights_publisher_opts;
 
-/* Open (create) the weights stream and the job's KV bucket and start the
- * background thread. The stream and bucket handles belong to that thread. */
+/* Open (create) the weights stream and the job's KV bucket, claim KV
+ * `trainer.pubkey` for the signing key (created when absent; TIDAL_ERR_CONFLICT
+ * when it holds another key, naming both) and start the background thread.
+ * The stream and bucket handles belong to that thread. */
 tidal_status weights_publisher_create(const weights_publisher_opts *o, weights_publisher **out);
 
 /* Hand over m's parameters as `version` (copied before returning; m is not
@@ -50,6 +60,13 @@ tidal_status weights_publisher_flush(weights_publisher *p, int timeout_ms);
 
 /* The newest version whose manifest is on the bus; UINT64_MAX before the first. */
 uint64_t weights_published_version(weights_publisher *p);
+
+/* The trainer's signing key: the PEM file `path` when it is not empty (the
+ * spec's weights.signing_key; it must exist), else RUN_DIR/weights_signing_key.pem,
+ * made (random, mode 0600) when missing so that a resumed trainer signs with
+ * the same key. When `pin` is not empty (the spec's weights.public_key) the
+ * key's public half must be that one (TIDAL_ERR_INVALID naming both). */
+tidal_status weights_signing_key_open(const char *path, const char *run_dir, const char *pin, tidal_sign_key **out);
 
 /* Finish what is in progress (not what waits), stop the thread, free. NULL is a no-op. */
 void weights_publisher_free(weights_publisher *p);

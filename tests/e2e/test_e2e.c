@@ -18,10 +18,16 @@
  *   jsonl         a JSONL dataset with its own prompt and answer keys, scored by
  *                 gsm8k: no group fails for want of an answer; `tidal status`
  *                 reads the job while it runs
+ *   rogue_weights a rogue client with write access to the weights stream and
+ *                 KV publishes newer versions (a valid blob, signed with its
+ *                 own key; and unsigned): every worker refuses both, logs why,
+ *                 counts them in its heartbeat and keeps generating; the run
+ *                 completes
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -35,7 +41,9 @@
 
 #include "check.h"
 #include "bus/bus.h"
+#include "base/sign.h"
 #include "proto/codec.h"
+#include "proto/manifest_sign.h"
 #include "job/names.h"
 #include "bus/server.h"
 
@@ -739,6 +747,163 @@ static void test_jsonl(void)
     cleanup();
 }
 
+/* What the rogue does: blob "<version>" holding the current weights' image
+ * with its last 4 bytes (a parameter) changed - SHA-256s all correct - and a
+ * WeightsManifest for it in `weights.latest`, signed with `key` (NULL:
+ * unsigned). */
+static tidal_status rogue_publish(tidal_bus *b, const job_names *n, uint64_t version, const tidal_sign_key *key)
+{
+    bus_kv *kv = NULL;
+    bus_blob_store *bs = NULL;
+    bus_msg *msg = NULL;
+    void *val = NULL, *img = NULL, *buf = NULL;
+    size_t vlen = 0, blen = 0;
+    uint64_t len = 0;
+    Tidal__V1__WeightsManifest *cur = NULL;
+    Tidal__V1__BlobManifest *bm = NULL;
+    char name[24], subj[300];
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(bus_kv_open(b, n->kv_bucket, &kv));
+    TRY_GOTO(bus_kv_get(kv, JOB_KEY_WEIGHTS, &val, &vlen, NULL));
+    TRY_GOTO(codec_decode_weights_manifest(val, vlen, &cur));
+    TRY_GOTO(bus_blob_store_open(b, n->weights_stream, n->weights_prefix, 0, &bs));
+    snprintf(name, sizeof name, "%" PRIu64, cur->version);
+    TRY_GOTO(bus_blob_get(bs, name, &img, &len, NULL));
+    ((unsigned char *)img)[len - 1] ^= 0x40; /* a float's exponent: weights of the rogue's choosing */
+    snprintf(name, sizeof name, "%" PRIu64, version);
+    bus_blob_info info;
+    TRY_GOTO(bus_blob_put(bs, name, img, len, &info));
+    snprintf(subj, sizeof subj, "%s.%s.m", n->weights_prefix, name);
+    TRY_GOTO(bus_stream_get_last(b, n->weights_stream, subj, &msg));
+    TRY_GOTO(codec_decode_blob_manifest(bus_msg_data(msg), (size_t)bus_msg_len(msg), &bm));
+    Tidal__V1__WeightsManifest w = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
+    w.schema_version = CODEC_SCHEMA_VERSION;
+    w.version = version;
+    w.dtype = cur->dtype;
+    w.bytes = len;
+    w.chunk_count = info.chunk_count;
+    w.sha256.data = info.sha256;
+    w.sha256.len = 32;
+    w.transport = "bus";
+    w.blob = bm;
+    w.model_config_json = cur->model_config_json;
+    uint8_t sig[TIDAL_SIGN_SIG_BYTES];
+    if (key) TRY_GOTO(codec_manifest_sign(&w, n->job, key, sig));
+    TRY_GOTO(codec_validate(&w.base));
+    TRY_GOTO(codec_encode(&w.base, &buf, &blen));
+    TRY_GOTO(bus_kv_put(kv, JOB_KEY_WEIGHTS, buf, blen, NULL));
+cleanup:
+    if (cur) tidal__v1__weights_manifest__free_unpacked(cur, NULL);
+    if (bm) tidal__v1__blob_manifest__free_unpacked(bm, NULL);
+    bus_msg_destroy(msg);
+    bus_blob_store_close(bs);
+    bus_kv_close(kv);
+    free(val);
+    free(img);
+    free(buf);
+    return st;
+}
+
+/* The heartbeats of the job's workers: how many, the fewest refusals among
+ * them and the lowest and highest weights_version. */
+typedef struct beats {
+    int n;
+    uint64_t refused_min, version_min, version_max;
+} beats;
+
+static beats read_beats(tidal_bus *b, const job_names *n)
+{
+    beats r = {0, UINT64_MAX, UINT64_MAX, 0};
+    bus_kv *kv = NULL;
+    bus_kv_watcher *w = NULL;
+    bus_kv_event ev;
+    if (bus_kv_open(b, n->workers_bucket, &kv) == TIDAL_OK && bus_kv_watch(kv, NULL, &w) == TIDAL_OK) {
+        while (bus_kv_watch_next(w, 500, &ev) == TIDAL_OK && ev.kind != BUS_KV_INITIAL_DONE) {
+            Tidal__V1__WorkerStatus *s = NULL;
+            if (ev.kind == BUS_KV_PUT && codec_decode_worker_status(ev.value, ev.len, &s) == TIDAL_OK) {
+                r.n++;
+                if (s->weights_refused < r.refused_min) r.refused_min = s->weights_refused;
+                if (s->weights_version < r.version_min) r.version_min = s->weights_version;
+                if (s->weights_version > r.version_max) r.version_max = s->weights_version;
+                tidal__v1__worker_status__free_unpacked(s, NULL);
+            }
+            bus_kv_event_clear(&ev);
+        }
+    }
+    bus_kv_watch_stop(w);
+    bus_kv_close(kv);
+    return r;
+}
+
+static void test_rogue_weights(void)
+{
+    fresh_work("rogue");
+    char spec[512], run[512], url[256] = "";
+    snprintf(spec, sizeof spec, "%s/job.yaml", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    write_file(spec, BASE_SPEC);
+    pid_t p = start_tidal("run", "run", spec, "--out", run, "--set", "trainer.steps=24", NULL);
+    CHECK_MSG(wait_step(run, 2, 120), "no step 2");
+    bus_url_of(run, url, sizeof url);
+    tidal_bus *b = NULL;
+    bus_opts bo = {.urls = url, .name = "rogue"};
+    CHECK_OK(bus_connect(&b, &bo));
+    job_names jn;
+    job_names_init(&jn, "e2e");
+    tidal_sign_key *rogue = NULL;
+    CHECK_OK(tidal_sign_keygen(&rogue));
+    beats before = {0};
+    for (double t0 = now_s(); before.n < 2 && now_s() - t0 < 30; usleep(200 * 1000)) before = read_beats(b, &jn);
+    CHECK_MSG(before.n == 2 && before.refused_min == 0, "%d heartbeats, %" PRIu64 " refused before the rogue",
+              before.n, before.refused_min);
+    const long step0 = last_step(run);
+    CHECK_OK(rogue_publish(b, &jn, 1000000, rogue));
+    CHECK_OK(rogue_publish(b, &jn, 1000001, NULL));
+    tidal_sign_key_free(rogue);
+
+    /* every worker refuses both and says why */
+    const char *why[2] = {"weights v1000000: refused: the signature does not verify",
+                          "weights v1000001: refused: the manifest is unsigned"};
+    bool said = false;
+    for (double t0 = now_s(); !said && now_s() - t0 < 30; usleep(200 * 1000))
+        said = grep_file("run/logs/rollout-0.log", why[0]) && grep_file("run/logs/rollout-0.log", why[1]) &&
+               grep_file("run/logs/rollout-1.log", why[0]) && grep_file("run/logs/rollout-1.log", why[1]);
+    CHECK_MSG(said, "a worker's log does not say it refused v1000000 and v1000001");
+    /* and counts them, and goes on generating with good weights: the job
+     * moves 3 steps and the workers take the trainer's next versions */
+    CHECK_MSG(wait_step(run, step0 + 3, 120), "no step after the rogue's manifests");
+    beats after = {0};
+    for (double t0 = now_s(); now_s() - t0 < 30; usleep(200 * 1000)) {
+        after = read_beats(b, &jn);
+        if (after.n == 2 && after.refused_min >= 2 && after.version_min > before.version_max) break;
+    }
+    CHECK_MSG(after.n == 2 && after.refused_min >= 2, "%d heartbeats, fewest refusals %" PRIu64 " (want 2)", after.n,
+              after.refused_min);
+    CHECK_MSG(after.version_max < 1000000 && after.version_min > before.version_max,
+              "weights_version %" PRIu64 "..%" PRIu64 " after the rogue, %" PRIu64 " at most before", after.version_min,
+              after.version_max, before.version_max);
+    /* the job's key, as tidal status shows it, is the one the trainer made (RUN, owner only) */
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "%s status --bus %s --job e2e --json > %s/status.json", tidal_bin, url, work);
+    CHECK_MSG(system(cmd) == 0, "tidal status failed");
+    json_t *st = load_json(work, "status.json");
+    const char *pub = json_string_value(json_object_get(st, "weights_public_key"));
+    CHECK_MSG(pub && !strncmp(pub, "ed25519:", 8) && strlen(pub) == 72, "weights_public_key %s", pub ? pub : "(none)");
+    json_decref(st);
+    struct stat kst;
+    snprintf(cmd, sizeof cmd, "%s/weights_signing_key.pem", run);
+    CHECK_MSG(stat(cmd, &kst) == 0 && (kst.st_mode & 077) == 0, "%s missing or readable by others", cmd);
+    bus_close(b);
+
+    int rc = wait_exit(p, 240);
+    CHECK_MSG(rc == 0, "tidal run exit %d after the rogue's manifests", rc);
+    json_t *s = load_json(run, "summary.json");
+    check_balance(s, 24, 4);
+    json_decref(s);
+    if (check_cur_failed_) show_output("run");
+    cleanup();
+}
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -759,6 +924,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "jsonl")) RUN(test_jsonl);
     else if (!strcmp(s, "options")) RUN(test_options);
     else if (!strcmp(s, "parts")) RUN(test_parts);
+    else if (!strcmp(s, "rogue_weights")) RUN(test_rogue_weights);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;

@@ -3,14 +3,19 @@
  * the newest of versions published in quick succession, take/wait semantics,
  * a manifest whose SHA-256 lies (and one that does not decode) skipped and
  * counted while the client goes on, bf16 on the wire, a background failure
- * reported by flush, and the KV keys a worker reads. */
+ * reported by flush, the KV keys a worker reads, and manifests a rogue
+ * writes (unsigned, another key, altered) refused while the worker goes on. */
 #include <inttypes.h>
 #include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "harness/fixture.h"
 #include "model/model.h"
+#include "base/sign.h"
 #include "proto/codec.h"
+#include "proto/manifest_sign.h"
 #include "job/names.h"
 #include "rollout/weights.h"
 #include "trainer/publish.h"
@@ -93,7 +98,7 @@ static void test_versions_in_quick_succession(void)
     CHECK_OK(job_names_init(&n, "quick"));
     tidal_bus *wb = connect_worker();
     weights_client *c = NULL;
-    CHECK_OK(weights_client_create(wb, &n, NULL, &c));
+    CHECK_OK(weights_client_create(wb, &n, NULL, NULL, &c));
     CHECK(weights_client_take(c, UINT64_MAX, NULL) == NULL); /* nothing published yet */
 
     weights_publisher *p = NULL;
@@ -154,7 +159,7 @@ static void test_versions_in_quick_succession(void)
     /* a worker that starts late gets the current weights from the watch's initial value */
     tidal_bus *wb2 = connect_worker();
     weights_client *late = NULL;
-    CHECK_OK(weights_client_create(wb2, &n, &TINY, &late));
+    CHECK_OK(weights_client_create(wb2, &n, &TINY, NULL, &late));
     st = weights_client_wait(late, 0, 10000, &got, &ver);
     bool late_ok = st == TIDAL_OK && ver == 2 && same_params(got, m[2]);
     model_free(got);
@@ -171,9 +176,10 @@ static void test_versions_in_quick_succession(void)
 
 /* Put a WeightsManifest for blob "<version>" (stored by the test itself,
  * the bytes of blob `from`): with `lie`, a SHA-256 that does not match those
- * bytes; with config_json, that config.json. */
+ * bytes; with config_json, that config.json; signed with `key` (NULL:
+ * unsigned). */
 static tidal_status put_doctored(const job_names *n, const char *from, uint64_t version, bool lie,
-                                 const char *config_json)
+                                 const char *config_json, const tidal_sign_key *key)
 {
     bus_blob_store *bs = NULL;
     bus_kv *kv = NULL;
@@ -207,7 +213,9 @@ static tidal_status put_doctored(const job_names *n, const char *from, uint64_t 
         w.transport = "bus";
         w.blob = bm;
         w.model_config_json = (char *)config_json;
-        st = codec_validate(&w.base);
+        uint8_t sig[TIDAL_SIGN_SIG_BYTES];
+        if (key) st = codec_manifest_sign(&w, n->job, key, sig);
+        if (st == TIDAL_OK) st = codec_validate(&w.base);
         if (st == TIDAL_OK) st = codec_encode(&w.base, &buf, &blen);
     }
     if (st == TIDAL_OK) {
@@ -231,12 +239,14 @@ static void test_bad_manifest_skipped(void)
 {
     job_names n;
     CHECK_OK(job_names_init(&n, "doctored"));
+    tidal_sign_key *key = NULL; /* the doctored manifests are signed: what fails is what they say */
+    CHECK_OK(tidal_sign_keygen(&key));
     weights_publisher *p = NULL;
-    weights_publisher_opts o = {.bus = F.bus, .names = &n, .keep = 4};
+    weights_publisher_opts o = {.bus = F.bus, .names = &n, .keep = 4, .signing_key = key};
     CHECK_OK(weights_publisher_create(&o, &p));
     tidal_bus *wb = connect_worker();
     weights_client *c = NULL;
-    CHECK_OK(weights_client_create(wb, &n, &TINY, &c));
+    CHECK_OK(weights_client_create(wb, &n, &TINY, NULL, &c));
     model *m0 = make_model(&TINY, 7), *m2 = make_model(&TINY, 9);
     CHECK_OK(weights_publish(p, m0, 0));
     CHECK_OK(weights_publisher_flush(p, 10000));
@@ -246,7 +256,7 @@ static void test_bad_manifest_skipped(void)
     CHECK(ver == 0 && same_params(got, m0));
     model_free(got);
 
-    CHECK_OK(put_doctored(&n, "0", 1, true, NULL));
+    CHECK_OK(put_doctored(&n, "0", 1, true, NULL, key));
     weights_stats s;
     CHECK_MSG(wait_stats(c, failed_at_least, 1, &s), "failed = %" PRIu64, s.failed);
     CHECK(s.latest_seen == 1 && s.fetched == 1);
@@ -263,7 +273,7 @@ static void test_bad_manifest_skipped(void)
     wide.intermediate_size = 96; /* the image's MLP tensors are 64 wide */
     char *json = NULL;
     CHECK_OK(model_config_to_json(&wide, "float32", NULL, &json));
-    st = put_doctored(&n, "0", 2, false, json);
+    st = put_doctored(&n, "0", 2, false, json, key);
     free(json);
     CHECK_OK(st);
     CHECK_MSG(wait_stats(c, failed_at_least, 3, &s), "failed = %" PRIu64, s.failed);
@@ -275,13 +285,172 @@ static void test_bad_manifest_skipped(void)
     CHECK(ver == 3 && same_params(got, m2));
     model_free(got);
     weights_client_stats(c, &s);
-    CHECK(s.failed == 3 && s.fetched == 2 && s.latest_seen == 3);
+    CHECK(s.failed == 3 && s.fetched == 2 && s.latest_seen == 3 && s.refused == 0);
 
     weights_client_free(c);
     bus_close(wb);
     weights_publisher_free(p);
+    tidal_sign_key_free(key);
     model_free(m0);
     model_free(m2);
+}
+
+/* The trainer's key: made once in the run directory (0600) and found there
+ * again (a resumed trainer), or loaded from weights.signing_key; a
+ * weights.public_key that is not its public half, a missing key file and a
+ * malformed pin are refused by name. */
+static void test_signing_key_open(void)
+{
+    char dir[64], file[128], text[TIDAL_SIGN_PUB_TEXT], other[TIDAL_SIGN_PUB_TEXT];
+    snprintf(dir, sizeof dir, "/tmp/tidal-test-key-XXXXXX");
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(file, sizeof file, "%s/weights_signing_key.pem", dir);
+    tidal_sign_key *a = NULL, *b = NULL, *c = NULL;
+    uint8_t pa[TIDAL_SIGN_PUB_BYTES], pb[TIDAL_SIGN_PUB_BYTES];
+    CHECK_OK(weights_signing_key_open("", dir, "", &a));
+    struct stat fst;
+    CHECK(stat(file, &fst) == 0 && (fst.st_mode & 0777) == 0600);
+    CHECK_OK(weights_signing_key_open(NULL, dir, NULL, &b)); /* resumed: the same key */
+    tidal_sign_key_public(a, pa);
+    tidal_sign_key_public(b, pb);
+    CHECK(memcmp(pa, pb, sizeof pa) == 0);
+    tidal_sign_key_free(b);
+    b = NULL;
+    tidal_sign_pub_format(pa, text);
+    CHECK_OK(weights_signing_key_open(file, "/nonexistent", text, &b)); /* given in the spec, pinned */
+    tidal_sign_key_free(b);
+    b = NULL;
+    CHECK_OK(tidal_sign_keygen(&c));
+    tidal_sign_key_public(c, pb);
+    tidal_sign_pub_format(pb, other);
+    CHECK_STATUS(weights_signing_key_open(file, dir, other, &b), TIDAL_ERR_INVALID);
+    CHECK_MSG(b == NULL && strstr(tidal_errmsg(), "weights.public_key") && strstr(tidal_errmsg(), text), "%s",
+              tidal_errmsg());
+    CHECK_STATUS(weights_signing_key_open(file, dir, "ed25519:00", &b), TIDAL_ERR_INVALID);
+    char missing[160];
+    snprintf(missing, sizeof missing, "%s/none.pem", dir);
+    CHECK_STATUS(weights_signing_key_open(missing, dir, "", &b), TIDAL_ERR_NOT_FOUND);
+    CHECK_MSG(strstr(tidal_errmsg(), "weights.signing_key") && strstr(tidal_errmsg(), missing), "%s", tidal_errmsg());
+    tidal_sign_key_free(a);
+    tidal_sign_key_free(c);
+    unlink(file);
+    rmdir(dir);
+}
+
+static bool refused_at_least(const weights_stats *s, uint64_t n) { return s->refused >= n; }
+
+/* A rogue with write access to the weights stream and `weights.latest`
+ * (the test's own connection) stores a blob whose SHA-256 is right and puts
+ * manifests for newer versions: unsigned, signed with its own key, and
+ * signed by the trainer's key but altered after. Each is refused before
+ * anything is fetched (counted, not a failure, latest_seen unmoved), the
+ * worker keeps its good version, and the trainer's next version - lower than
+ * the rogue's - still arrives. The job's key is set once: a publisher with
+ * another key is refused, one with the same key (a resumed trainer) is not;
+ * a client pinned to another key refuses the trainer's manifests. */
+static void test_rogue_manifest_refused(void)
+{
+    job_names n;
+    CHECK_OK(job_names_init(&n, "rogue"));
+    tidal_sign_key *key = NULL, *rogue = NULL;
+    CHECK_OK(tidal_sign_keygen(&key));
+    CHECK_OK(tidal_sign_keygen(&rogue));
+    weights_publisher *p = NULL;
+    weights_publisher_opts o = {.bus = F.bus, .names = &n, .keep = 8, .signing_key = key};
+    CHECK_OK(weights_publisher_create(&o, &p));
+    tidal_bus *wb = connect_worker();
+    weights_client *c = NULL;
+    CHECK_OK(weights_client_create(wb, &n, &TINY, NULL, &c));
+    model *m0 = make_model(&TINY, 11), *m1 = make_model(&TINY, 12);
+    CHECK_OK(weights_publish(p, m0, 0));
+    CHECK_OK(weights_publisher_flush(p, 10000));
+    model *got = NULL;
+    uint64_t ver = 0;
+    CHECK_OK(weights_client_wait(c, 0, 10000, &got, &ver));
+    CHECK(ver == 0 && same_params(got, m0));
+    model_free(got);
+
+    /* the job's state holds the trainer's public key */
+    uint8_t pub[TIDAL_SIGN_PUB_BYTES];
+    char text[TIDAL_SIGN_PUB_TEXT];
+    tidal_sign_key_public(key, pub);
+    tidal_sign_pub_format(pub, text);
+    bus_kv *kv = NULL;
+    CHECK_OK(bus_kv_open(F.bus, n.kv_bucket, &kv));
+    void *val = NULL;
+    size_t len = 0;
+    CHECK_OK(bus_kv_get(kv, JOB_KEY_PUBKEY, &val, &len, NULL));
+    CHECK(len == strlen(text) && !memcmp(val, text, len));
+    free(val);
+
+    weights_stats s;
+    CHECK_OK(put_doctored(&n, "0", 1000, false, NULL, NULL)); /* unsigned */
+    CHECK_MSG(wait_stats(c, refused_at_least, 1, &s), "refused = %" PRIu64, s.refused);
+    CHECK_OK(put_doctored(&n, "0", 1001, false, NULL, rogue)); /* another key */
+    CHECK_MSG(wait_stats(c, refused_at_least, 2, &s), "refused = %" PRIu64, s.refused);
+    /* signed with the trainer's key, then put again with one signed field
+     * changed on the wire (created_unix_ms: any field would do, test_sign
+     * flips each) */
+    CHECK_OK(put_doctored(&n, "0", 1002, false, NULL, key));
+    CHECK_OK(bus_kv_get(kv, JOB_KEY_WEIGHTS, &val, &len, NULL));
+    Tidal__V1__WeightsManifest *w = NULL;
+    tidal_status st = codec_decode_weights_manifest(val, len, &w);
+    free(val);
+    CHECK_OK(st);
+    w->created_unix_ms += 1;
+    void *buf = NULL;
+    size_t blen = 0;
+    st = codec_encode(&w->base, &buf, &blen);
+    tidal__v1__weights_manifest__free_unpacked(w, NULL);
+    CHECK_OK(st);
+    st = bus_kv_put(kv, JOB_KEY_WEIGHTS, buf, blen, NULL);
+    free(buf);
+    CHECK_OK(st);
+    /* 1002 as signed is a good manifest: it is taken; the altered one is refused */
+    CHECK_MSG(wait_stats(c, refused_at_least, 3, &s), "refused = %" PRIu64, s.refused);
+    CHECK_OK(weights_client_wait(c, 1002, 10000, &got, &ver));
+    CHECK(ver == 1002 && same_params(got, m0));
+    model_free(got);
+    weights_client_stats(c, &s);
+    CHECK_MSG(s.refused == 3 && s.failed == 0 && s.latest_seen == 1002 && s.fetched == 2,
+              "refused %" PRIu64 " failed %" PRIu64 " seen %" PRIu64 " fetched %" PRIu64, s.refused, s.failed,
+              s.latest_seen, s.fetched);
+
+    /* the rogue's v5000 does not hide the trainer's next version */
+    CHECK_OK(put_doctored(&n, "0", 5000, false, NULL, rogue));
+    CHECK_MSG(wait_stats(c, refused_at_least, 4, &s), "refused = %" PRIu64, s.refused);
+    CHECK_OK(weights_publish(p, m1, 1003));
+    CHECK_OK(weights_publisher_flush(p, 10000));
+    CHECK_OK(weights_client_wait(c, 1003, 10000, &got, &ver));
+    CHECK(ver == 1003 && same_params(got, m1));
+    model_free(got);
+
+    /* the key is the job's: another is refused, the same one (a resumed trainer) is not */
+    weights_publisher *p2 = NULL;
+    weights_publisher_opts o2 = {.bus = F.bus, .names = &n, .keep = 8, .signing_key = rogue};
+    CHECK_STATUS(weights_publisher_create(&o2, &p2), TIDAL_ERR_CONFLICT);
+    CHECK_MSG(strstr(tidal_errmsg(), JOB_KEY_PUBKEY) && strstr(tidal_errmsg(), text), "%s", tidal_errmsg());
+    CHECK(p2 == NULL);
+    CHECK_OK(weights_publisher_create(&o, &p2));
+    weights_publisher_free(p2);
+
+    /* a worker pinned to another key (weights.public_key) refuses the trainer's */
+    uint8_t rogue_pub[TIDAL_SIGN_PUB_BYTES];
+    tidal_sign_key_public(rogue, rogue_pub);
+    weights_client *pinned = NULL;
+    CHECK_OK(weights_client_create(wb, &n, &TINY, rogue_pub, &pinned));
+    CHECK_MSG(wait_stats(pinned, refused_at_least, 1, &s), "refused = %" PRIu64, s.refused);
+    CHECK(weights_client_take(pinned, UINT64_MAX, NULL) == NULL);
+    weights_client_free(pinned);
+
+    bus_kv_close(kv);
+    weights_client_free(c);
+    bus_close(wb);
+    weights_publisher_free(p);
+    tidal_sign_key_free(key);
+    tidal_sign_key_free(rogue);
+    model_free(m0);
+    model_free(m1);
 }
 
 /* x rounded to bfloat16, nearest even, and back (an implementation of the test's own). */
@@ -305,7 +474,7 @@ static void test_bf16_round_trip(void)
     CHECK_OK(weights_publisher_create(&o, &p));
     tidal_bus *wb = connect_worker();
     weights_client *c = NULL;
-    CHECK_OK(weights_client_create(wb, &n, NULL, &c));
+    CHECK_OK(weights_client_create(wb, &n, NULL, NULL, &c));
     model *m = make_model(&LARGER, 3);
     CHECK_OK(weights_publish(p, m, 5));
     CHECK_OK(weights_publisher_flush(p, 20000));
@@ -345,7 +514,7 @@ static void test_handover_burst(void)
     CHECK_OK(weights_publisher_create(&o, &p));
     tidal_bus *wb = connect_worker();
     weights_client *c = NULL;
-    CHECK_OK(weights_client_create(wb, &n, NULL, &c));
+    CHECK_OK(weights_client_create(wb, &n, NULL, NULL, &c));
     model *m = make_model(&LARGER, 11);
     size_t np = 0;
     float *params = model_params(m, &np);
@@ -402,6 +571,8 @@ int main(void)
     fixture_start(&F);
     RUN(test_versions_in_quick_succession);
     RUN(test_bad_manifest_skipped);
+    RUN(test_rogue_manifest_refused);
+    RUN(test_signing_key_open);
     RUN(test_bf16_round_trip);
     RUN(test_handover_burst);
     RUN(test_background_failure_reported);

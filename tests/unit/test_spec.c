@@ -105,6 +105,16 @@ static void test_rules_across_keys(void)
                       "model: {init: {heads: 4, kv_heads: 3}}\n", NULL, 0, "model.init.kv_heads: 3 does not divide", NULL));
     CHECK(parse_fails("job: {name: a}\nenv: {name: arith}\ndata: {generator: arith}\nmodel: {path: /m}\n"
                       "rollout: {backend: openai}\n", NULL, 0, "rollout.endpoint is required", NULL));
+    /* weights.public_key: "ed25519:" (optional) and 64 hex digits */
+    const char *key_sets[] = {"weights.public_key=ed25519:0123"};
+    CHECK(parse_fails(GOOD, key_sets, 1, "weights.public_key", "64 hex digits"));
+    const char *hex_sets[] = {"weights.public_key=ed25519:"
+                              "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdeg"};
+    CHECK(parse_fails(GOOD, hex_sets, 1, "weights.public_key", "64 hex digits"));
+    job_spec ok;
+    const char *good_sets[] = {"weights.public_key=0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"};
+    CHECK_OK(spec_parse(GOOD, strlen(GOOD), "job.yaml", good_sets, 1, &ok));
+    spec_release(&ok);
 }
 
 static void test_set_overrides(void)
