@@ -66,6 +66,7 @@ ROLE(cmd_controller, controller_main)
 ROLE(cmd_trainer, trainer_main)
 ROLE(cmd_rollout, rollout_main)
 ROLE(cmd_status, status_main)
+ROLE(cmd_creds, creds_main)
 #undef ROLE
 
 static int cmd_generate(const struct command *cmd, int argc, char **argv)
@@ -119,6 +120,7 @@ static const struct command commands[] = {
      "Print the job's state, trainer version and counts, prompts waiting and in\n"
      "generation, and the live rollout workers, as JSON.\n",
      cmd_status},
+    {"creds", "per-role NATS credentials for a job, and the server's authorization", creds_usage, cmd_creds},
     {"bench", "benchmarks against a peer (last line: JSON)",
      "usage: tidal bench bus|weights|train|generate|env|async|tokenize|gemm [--json]\n"
      "\n"
