@@ -862,10 +862,11 @@ static void creds_job(const char *url, const char *spec, const char *run)
                             "{\"length\": 3, \"alphabet\": \"digits\", \"ops\": [\"reverse\"]}", NULL);
     /* the worker first: it waits for the spec and makes the weights stream if the trainer has not yet */
     pid_t w = start_tidal("worker", "rollout", "--bus", url, "--job", "e2e", "--id", "w1", "--creds", rc_, NULL);
+    /* an evaluation every 3 steps: the worker's evaluation samples and the controller's eval consumer too */
     pid_t ctl = start_tidal("controller", "controller", spec, "--set", "env.remote=true", "--set", "trainer.steps=6",
-                            "--bus", url, "--out", run, "--creds", cc, NULL);
-    pid_t tr = start_tidal("trainer", "trainer", spec, "--set", "env.remote=true", "--set", "trainer.steps=6", "--bus",
-                           url, "--out", run, "--creds", tc, NULL);
+                            "--set", "eval.every=3", "--bus", url, "--out", run, "--creds", cc, NULL);
+    pid_t tr = start_tidal("trainer", "trainer", spec, "--set", "env.remote=true", "--set", "trainer.steps=6", "--set",
+                           "eval.every=3", "--bus", url, "--out", run, "--creds", tc, NULL);
     const int rt = wait_exit(tr, 180), rcl = wait_exit(ctl, 60), rw = wait_exit(w, 60);
     kill(env, SIGTERM);
     const int re = wait_exit(env, 30);
@@ -881,6 +882,10 @@ static void creds_job(const char *url, const char *spec, const char *run)
     CHECK_MSG(system(cmd) == 0, "tidal status with the observer's credentials did not read the job's state");
     snprintf(cmd, sizeof cmd, "grep -q 'leaving after [1-9][0-9]* groups' %s/worker.out", work);
     CHECK_MSG(system(cmd) == 0, "the worker generated no group");
+    snprintf(cmd, sizeof cmd, "test $(grep -c '\"complete\": *true' %s/eval.jsonl) -ge 2", run);
+    CHECK_MSG(system(cmd) == 0, "fewer than 2 complete evaluations in %s/eval.jsonl", run);
+    snprintf(cmd, sizeof cmd, "grep -il 'violation' %s/*.out", work);
+    CHECK_MSG(system(cmd) != 0, "a role was refused something it does (see the file named above)");
     json_t *s = load_json(run, "summary.json");
     check_balance(s, 6, 4);
     json_decref(s);
