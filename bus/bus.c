@@ -5,6 +5,7 @@
  * (reconnect forever, pending limits lifted, idempotent ensure-* calls), and
  * give the layers above a small surface. Chunked blobs live in blob.c.
  */
+#include <errno.h>
 #include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -171,7 +172,7 @@ static tidal_status creds_kind(const char *path, bool *nkey_only, char public_ke
     char seed[BUS_NKEY_SEED_LEN + 1], line[256];
     bool jwt = false;
     FILE *f = fopen(path, "r");
-    if (!f) return tidal_fail(TIDAL_ERR_INVALID, "bus: credentials %s: cannot read it", path);
+    if (!f) return tidal_fail(TIDAL_ERR_INVALID, "bus: credentials %s: %s", path, strerror(errno));
     while (!jwt && fgets(line, sizeof line, f)) jwt = strstr(line, "BEGIN NATS USER JWT") != NULL;
     fclose(f);
     *nkey_only = !jwt;

@@ -98,7 +98,8 @@ static const char *const STATUS_SUB[] = {INBOX, "{metrics}.>", NULL};
 static const char *const NONE[] = {NULL};
 static const char *const ENV_SUB[] = {"tidal.env.{env}", NULL};
 
-/* Expand one template; NULL when out of memory. */
+/* Expand one template; NULL when out of memory. Names are at most 127 bytes
+ * (job_names_init, codec_check_name), so `out` always holds the longest. */
 static char *expand(const char *tmpl, const job_names *n, const char *env)
 {
     const struct {
@@ -269,6 +270,7 @@ tidal_status job_creds_write(const job_names *n, const job_creds_opts *o)
     TRY_GOTO(fs_mkdirs(o->dir));
     /* every file is checked before any is written: all new, or none */
     for (int i = 0; i <= JOB_CREDS_N_ROLES && !o->force; i++) {
+        if (i < JOB_CREDS_N_ROLES && !strcmp(job_creds_roles[i], "env") && !o->env_name) continue;
         if (i < JOB_CREDS_N_ROLES) snprintf(path, sizeof path, "%s/%s.creds", o->dir, job_creds_roles[i]);
         else snprintf(path, sizeof path, "%s/nats-auth.conf", o->dir);
         struct stat sb;
