@@ -5,6 +5,8 @@
  * (reconnect forever, pending limits lifted, idempotent ensure-* calls), and
  * give the layers above a small surface. Chunked blobs live in blob.c.
  */
+#include <errno.h>
+#include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +14,7 @@
 #include <time.h>
 
 #include "bus/bus_internal.h"
+#include "bus/nkey.h"
 
 #define NS_PER_MS 1000000LL
 #define DEFAULT_JS_TIMEOUT_MS 5000
@@ -161,6 +164,30 @@ static int split_urls(char *buf, const char **out, int cap)
     return n;
 }
 
+/* What a credentials file holds: a user JWT with its seed (a NATS .creds,
+ * decentralized auth), or a user nkey seed alone (`tidal creds`, `nk -gen
+ * user`), whose public key *public_key then gets. */
+static tidal_status creds_kind(const char *path, bool *nkey_only, char public_key[BUS_NKEY_PUBLIC_LEN + 1])
+{
+    char seed[BUS_NKEY_SEED_LEN + 1], line[256];
+    bool jwt = false;
+    FILE *f = fopen(path, "r");
+    if (!f) return tidal_fail(TIDAL_ERR_INVALID, "bus: credentials %s: %s", path, strerror(errno));
+    while (!jwt && fgets(line, sizeof line, f)) jwt = strstr(line, "BEGIN NATS USER JWT") != NULL;
+    fclose(f);
+    *nkey_only = !jwt;
+    if (jwt) return TIDAL_OK; /* nats.c reads and checks it */
+    tidal_status st = bus_nkey_seed_in_file(path, seed);
+    if (st == TIDAL_OK) st = bus_nkey_public_of(seed, public_key);
+    OPENSSL_cleanse(seed, sizeof seed);
+    if (st != TIDAL_OK) { /* a file of the wrong kind is a configuration mistake */
+        char why[512];
+        snprintf(why, sizeof why, "%s", tidal_errmsg());
+        return tidal_fail(TIDAL_ERR_INVALID, "bus: credentials %s: neither a user JWT nor a user nkey seed: %s", path, why);
+    }
+    return TIDAL_OK;
+}
+
 tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
 {
     *out = NULL;
@@ -200,7 +227,13 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
     if (s == NATS_OK) s = natsOptions_SetErrorHandler(no, on_error, b);
     if (s == NATS_OK && o->user) s = natsOptions_SetUserInfo(no, o->user, o->password ? o->password : "");
     if (s == NATS_OK && o->token) s = natsOptions_SetToken(no, o->token);
-    if (s == NATS_OK && o->creds_file) s = natsOptions_SetUserCredentialsFromFiles(no, o->creds_file, NULL);
+    if (s == NATS_OK && o->creds_file) {
+        bool nkey_only = false;
+        char public_key[BUS_NKEY_PUBLIC_LEN + 1];
+        TRY_GOTO(creds_kind(o->creds_file, &nkey_only, public_key));
+        s = nkey_only ? natsOptions_SetNKeyFromSeed(no, public_key, o->creds_file)
+                      : natsOptions_SetUserCredentialsFromFiles(no, o->creds_file, NULL);
+    }
     if (s == NATS_OK && (o->tls_ca || o->tls_cert)) s = natsOptions_SetSecure(no, true);
     if (s == NATS_OK && o->tls_ca) s = natsOptions_LoadCATrustedCertificates(no, o->tls_ca);
     if (s == NATS_OK && o->tls_cert)
@@ -988,12 +1021,20 @@ static tidal_status kv_write(bus_kv *kv, kv_write_kind kind, const char *key, co
     natsStatus s = kind == KV_PUT      ? kvStore_Put(&r, kv->kv, key, val, (int)len)
                    : kind == KV_CREATE ? kvStore_Create(&r, kv->kv, key, val, (int)len)
                                        : kvStore_Update(&r, kv->kv, key, val, (int)len, last);
+    /* a write the server refused (no permission on $KV.<bucket>.<key>) times out
+     * here; the refusal itself arrived asynchronously and says why */
+    char subject[sizeof kv->bucket + 512];
+    snprintf(subject, sizeof subject, "$KV.%s.%s", kv->bucket, key);
+    if (s == NATS_TIMEOUT && take_permission_error(kv->b, op[kind], subject) == TIDAL_ERR_PERMISSION)
+        return TIDAL_ERR_PERMISSION;
     /* only a put is safe to repeat: a create or update that timed out may have landed */
     const double t0 = tidal_clock_ms();
     while (kind == KV_PUT && (s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS) &&
            tidal_clock_ms() - t0 < BUS_KV_PUT_RETRY_MS) {
         nats_Sleep(250);
         s = kvStore_Put(&r, kv->kv, key, val, (int)len);
+        if (s == NATS_TIMEOUT && take_permission_error(kv->b, op[kind], subject) == TIDAL_ERR_PERMISSION)
+            return TIDAL_ERR_PERMISSION;
     }
     if (s != NATS_OK) return kv_fail(kv, s, op[kind], key);
     if (rev) *rev = r;

@@ -36,7 +36,8 @@ typedef struct bus_opts {
     const char *user;          /* user/password auth, or NULL */
     const char *password;
     const char *token;         /* token auth, or NULL */
-    const char *creds_file;    /* NATS .creds (JWT + nkey seed), or NULL */
+    const char *creds_file;    /* NATS .creds (JWT + nkey seed), or a user nkey seed file
+                                  (`tidal creds`: a line SU...), or NULL */
     const char *tls_ca;        /* PEM CA file; setting any tls_* turns TLS on */
     const char *tls_cert;      /* client certificate (mutual TLS), with tls_key */
     const char *tls_key;

@@ -17,6 +17,8 @@ int controller_main(int argc, char **argv);
 int trainer_main(int argc, char **argv);
 int rollout_main(int argc, char **argv);
 int status_main(int argc, char **argv);
+int creds_main(int argc, char **argv);
+extern const char creds_usage[];
 
 extern const char env_usage[];
 

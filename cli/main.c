@@ -66,6 +66,7 @@ ROLE(cmd_controller, controller_main)
 ROLE(cmd_trainer, trainer_main)
 ROLE(cmd_rollout, rollout_main)
 ROLE(cmd_status, status_main)
+ROLE(cmd_creds, creds_main)
 #undef ROLE
 
 static int cmd_generate(const struct command *cmd, int argc, char **argv)
@@ -91,14 +92,16 @@ static const struct command commands[] = {
     {"controller", "the controller role: dispatch, eval, metrics",
      "usage: tidal controller JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL]\n"
      "\n"
-     "Run the controller of a job as its own process (`tidal run` starts it for you).\n",
+     "Run the controller of a job as its own process (`tidal run` starts it for you).\n"
+     "Credentials: --creds FILE (`tidal creds`, docs/deployment.md), --user/--password, --token.\n",
      cmd_controller},
     {"rollout", "a rollout worker (joins and leaves at will)",
      "usage: tidal rollout --bus URL --job NAME [--id ID] [--backend builtin] [--device cpu]\n"
      "\n"
      "Join job NAME on the bus at URL as a rollout worker; workers may come and go.\n"
      "The spec and the weights come from the bus. SIGTERM returns the group in progress.\n"
-     "Credentials: --user/--password, --token, --creds FILE; TLS: --tls-ca/--tls-cert/--tls-key.\n"
+     "Credentials: --user/--password, --token, --creds FILE (a NATS .creds or a `tidal creds` file);\n"
+     "TLS: --tls-ca/--tls-cert/--tls-key.\n"
      "  --slowdown F     hold each group (F - 1) x its generation time longer (simulated slower\n"
      "                   hardware, for benchmarks)\n"
      "  --tail A         and a Pareto(alpha A) multiple of it (simulated long-tailed completions)\n"
@@ -110,15 +113,18 @@ static const struct command commands[] = {
      "usage: tidal trainer JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL] [--resume]\n"
      "\n"
      "Run the trainer (and its replay buffer) of a job as its own process; --resume\n"
-     "continues from the newest checkpoint under DIR/checkpoints.\n",
+     "continues from the newest checkpoint under DIR/checkpoints.\n"
+     "Credentials: --creds FILE (`tidal creds`, docs/deployment.md), --user/--password, --token.\n",
      cmd_trainer},
     {"env", "list, serve or call environments on the bus", env_usage, cmd_env},
     {"status", "show a job's state and its workers",
      "usage: tidal status --bus URL --job NAME [--json]\n"
      "\n"
      "Print the job's state, trainer version and counts, prompts waiting and in\n"
-     "generation, and the live rollout workers, as JSON.\n",
+     "generation, and the live rollout workers, as JSON.\n"
+     "Credentials: --creds FILE (`tidal creds`, docs/deployment.md), --user/--password, --token.\n",
      cmd_status},
+    {"creds", "per-role NATS credentials for a job, and the server's authorization", creds_usage, cmd_creds},
     {"bench", "benchmarks against a peer (last line: JSON)",
      "usage: tidal bench bus|weights|train|generate|env|async|tokenize|gemm [--json]\n"
      "\n"

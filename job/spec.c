@@ -46,7 +46,7 @@ static const key KEYS[] = {
     STR("bus.user", bus.user, "", "user for user/password authentication"),
     STR("bus.password", bus.password, "", "password for user/password authentication"),
     STR("bus.token", bus.token, "", "token authentication"),
-    STR("bus.creds", bus.creds, "", "a NATS .creds file (JWT and nkey seed)"),
+    STR("bus.creds", bus.creds, "", "a NATS .creds file (JWT and nkey seed), or a user nkey seed file (`tidal creds`)"),
     STR("bus.tls_ca", bus.tls_ca, "", "PEM CA file; any tls_* key turns TLS on"),
     STR("bus.tls_cert", bus.tls_cert, "", "client certificate for mutual TLS (with tls_key)"),
     STR("bus.tls_key", bus.tls_key, "", "client key for mutual TLS"),

@@ -23,6 +23,10 @@
  *                 own key; and unsigned): every worker refuses both, logs why,
  *                 counts them in its heartbeat and keeps generating; the run
  *                 completes
+ *   creds         `tidal creds`: a nats-server with only its authorization block;
+ *                 controller, trainer, a worker, the env service and `tidal status`
+ *                 each with its own credentials run the job to the end; the
+ *                 worker's cannot publish weights, control messages or prompts
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -46,6 +50,7 @@
 #include "proto/manifest_sign.h"
 #include "job/names.h"
 #include "bus/server.h"
+#include "bus/nkey.h"
 
 static const char *tidal_bin, *source_dir;
 static char work[256];
@@ -904,6 +909,210 @@ static void test_rogue_weights(void)
     cleanup();
 }
 
+/* ---------------------------------------------------------------- creds */
+
+/* The connections of the creds scenario, one per role's credentials, closed by its caller. */
+typedef struct creds_buses {
+    tidal_bus *rollout, *watcher, *controller, *trainer, *status, *env;
+} creds_buses;
+
+static tidal_status connect_with(const char *url, const char *creds, tidal_bus **b)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/creds/%s", work, creds);
+    bus_opts o = {.urls = url, .name = "e2e-creds", .creds_file = path, .connect_timeout_ms = 3000,
+                  .js_timeout_ms = 1500};
+    return bus_connect(b, &o);
+}
+
+/* A core publish the server refuses: reported by the next flush, naming the subject. */
+static bool core_refused(tidal_bus *b, const char *subject)
+{
+    bus_flush(b, 2000); /* a late report of an earlier refusal is not this one's */
+    if (bus_publish(b, subject, "x", 1) != TIDAL_OK) return false;
+    return bus_flush(b, 2000) == TIDAL_ERR_PERMISSION && strstr(tidal_errmsg(), subject) != NULL;
+}
+
+static bool js_refused(tidal_bus *b, const char *subject)
+{
+    return bus_js_publish(b, subject, "x", 1, NULL, 1500, NULL, NULL) == TIDAL_ERR_PERMISSION;
+}
+
+/* After the job: what each role's credentials may not do, they cannot, and it changes nothing. */
+static void creds_forbidden(const char *url, const job_names *n, creds_buses *c)
+{
+    CHECK_OK(connect_with(url, "rollout.creds", &c->rollout));
+    CHECK_OK(connect_with(url, "rollout.creds", &c->watcher));
+    CHECK_OK(connect_with(url, "controller.creds", &c->controller));
+    CHECK_OK(connect_with(url, "trainer.creds", &c->trainer));
+    CHECK_OK(connect_with(url, "status.creds", &c->status));
+    CHECK_OK(connect_with(url, "env.creds", &c->env));
+    uint64_t weights0 = 0, prompts0 = 0, weights1 = 0, prompts1 = 0, rev0 = 0, rev1 = 0;
+    CHECK_OK(bus_stream_state(c->trainer, n->weights_stream, &weights0, NULL));
+    CHECK_OK(bus_stream_state(c->controller, n->prompts_stream, &prompts0, NULL));
+    bus_kv *kv = NULL, *workers = NULL, *skv = NULL;
+    void *v = NULL;
+    size_t len = 0;
+    CHECK_OK(bus_kv_open(c->rollout, n->kv_bucket, &kv));
+    tidal_status st = bus_kv_get(kv, JOB_KEY_WEIGHTS, &v, &len, &rev0);
+    free(v), v = NULL;
+    CHECK_MSG(st == TIDAL_OK && weights0 > 0, "before: %s, %llu weight messages, %llu prompts",
+              tidal_status_name(st), (unsigned long long)weights0, (unsigned long long)prompts0);
+    /* a second worker connection listens on the control subject: a permitted message reaches it, a refused one not */
+    bus_sub *ctl = NULL;
+    bus_msg *m = NULL;
+    CHECK_OK(bus_subscribe_sync(c->watcher, n->ctl_subject, NULL, &ctl));
+    CHECK_OK(bus_flush(c->watcher, 2000));
+    CHECK_OK(bus_publish(c->controller, n->ctl_subject, "ok", 2));
+    CHECK_OK(bus_flush(c->controller, 2000));
+    st = bus_next(ctl, 2000, &m);
+    const bool heard = st == TIDAL_OK && bus_msg_len(m) == 2;
+    bus_msg_destroy(m), m = NULL;
+    CHECK_MSG(heard, "the controller's control message did not reach a worker: %s", tidal_status_name(st));
+
+    /* the worker: no weights (stream or KV pointer), no control message, no prompt */
+    char subj[256];
+    snprintf(subj, sizeof subj, "%s.%llu.m", n->weights_prefix, (unsigned long long)99);
+    CHECK_MSG(js_refused(c->rollout, subj), "worker published weights %s: %s", subj, tidal_errmsg());
+    CHECK_MSG(core_refused(c->rollout, subj), "worker core-published %s: %s", subj, tidal_errmsg());
+    CHECK_MSG(core_refused(c->rollout, n->ctl_subject), "worker published control: %s", tidal_errmsg());
+    st = bus_next(ctl, 500, &m);
+    bus_msg_destroy(m), m = NULL;
+    CHECK_MSG(st == TIDAL_ERR_TIMEOUT, "a worker's control message reached the workers (%s)", tidal_status_name(st));
+    CHECK_MSG(js_refused(c->rollout, n->prompts_subject), "worker published a prompt: %s", tidal_errmsg());
+    CHECK_STATUS(bus_kv_put(kv, JOB_KEY_WEIGHTS, "evil", 4, NULL), TIDAL_ERR_PERMISSION);
+    CHECK_MSG(bus_stream_delete(c->rollout, n->weights_stream) != TIDAL_OK, "a worker deleted the weights stream");
+    /* ... while what a worker does is allowed: its heartbeat */
+    CHECK_OK(bus_kv_open(c->rollout, n->workers_bucket, &workers));
+    st = bus_kv_put(workers, "creds-probe", "hb", 2, NULL);
+    bus_kv_close(workers);
+    CHECK_MSG(st == TIDAL_OK, "a worker cannot write its heartbeat: %s", tidal_errmsg());
+
+    /* the other roles, each outside its own lane */
+    CHECK_MSG(js_refused(c->controller, subj), "controller published weights: %s", tidal_errmsg());
+    CHECK_MSG(js_refused(c->trainer, n->prompts_subject), "trainer published a prompt: %s", tidal_errmsg());
+    CHECK_MSG(core_refused(c->trainer, n->ctl_subject), "trainer published control: %s", tidal_errmsg());
+    CHECK_MSG(core_refused(c->env, n->traj_subject), "env service published a trajectory: %s", tidal_errmsg());
+    CHECK_OK(bus_kv_open(c->status, n->kv_bucket, &skv));
+    st = bus_kv_put(skv, JOB_KEY_STATE, "running", 7, NULL);
+    bus_kv_close(skv);
+    CHECK_MSG(st == TIDAL_ERR_PERMISSION, "the observer's KV %s write: %s", JOB_KEY_STATE, tidal_status_name(st));
+
+    /* nothing changed */
+    CHECK_OK(bus_stream_state(c->trainer, n->weights_stream, &weights1, NULL));
+    CHECK_OK(bus_stream_state(c->controller, n->prompts_stream, &prompts1, NULL));
+    st = bus_kv_get(kv, JOB_KEY_WEIGHTS, &v, &len, &rev1);
+    const bool evil = st == TIDAL_OK && len == 4 && !memcmp(v, "evil", 4);
+    free(v);
+    bus_kv_close(kv);
+    bus_unsubscribe(ctl);
+    CHECK_MSG(weights1 == weights0 && prompts1 == prompts0 && rev1 == rev0 && !evil,
+              "weights %llu -> %llu messages, prompts %llu -> %llu, weights.latest revision %llu -> %llu",
+              (unsigned long long)weights0, (unsigned long long)weights1, (unsigned long long)prompts0,
+              (unsigned long long)prompts1, (unsigned long long)rev0, (unsigned long long)rev1);
+}
+
+/* The job itself, each role with its own credentials. */
+static void creds_job(const char *url, const char *spec, const char *run)
+{
+    char c[512];
+    snprintf(c, sizeof c, "%s/creds/", work);
+    char cc[600], tc[600], rc_[600], ec[600], sc[600];
+    snprintf(cc, sizeof cc, "%scontroller.creds", c);
+    snprintf(tc, sizeof tc, "%strainer.creds", c);
+    snprintf(rc_, sizeof rc_, "%srollout.creds", c);
+    snprintf(ec, sizeof ec, "%senv.creds", c);
+    snprintf(sc, sizeof sc, "%sstatus.creds", c);
+    pid_t env = start_tidal("env", "env", "serve", "strings", "--bus", url, "--creds", ec, "--config",
+                            "{\"length\": 3, \"alphabet\": \"digits\", \"ops\": [\"reverse\"]}", NULL);
+    /* the worker first: it waits for the spec and makes the weights stream if the trainer has not yet */
+    pid_t w = start_tidal("worker", "rollout", "--bus", url, "--job", "e2e", "--id", "w1", "--creds", rc_, NULL);
+    /* an evaluation every 3 steps: the worker's evaluation samples and the controller's eval consumer too */
+    pid_t ctl = start_tidal("controller", "controller", spec, "--set", "env.remote=true", "--set", "trainer.steps=6",
+                            "--set", "eval.every=3", "--bus", url, "--out", run, "--creds", cc, NULL);
+    pid_t tr = start_tidal("trainer", "trainer", spec, "--set", "env.remote=true", "--set", "trainer.steps=6", "--set",
+                           "eval.every=3", "--bus", url, "--out", run, "--creds", tc, NULL);
+    const int rt = wait_exit(tr, 180), rcl = wait_exit(ctl, 60), rw = wait_exit(w, 60);
+    kill(env, SIGTERM);
+    const int re = wait_exit(env, 30);
+    const int rs = wait_exit(start_tidal("status", "status", "--bus", url, "--job", "e2e", "--creds", sc, NULL), 30);
+    if (rt || rcl || rw || re || rs) {
+        show_output("trainer"), show_output("controller"), show_output("worker"), show_output("env");
+        show_output("status");
+    }
+    CHECK_MSG(rt == 0 && rcl == 0 && rw == 0 && re == 0 && rs == 0,
+              "exit statuses: trainer %d, controller %d, worker %d, env %d, status %d", rt, rcl, rw, re, rs);
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "grep -q '\"state\": \"done\"' %s/status.out", work);
+    CHECK_MSG(system(cmd) == 0, "tidal status with the observer's credentials did not read the job's state");
+    snprintf(cmd, sizeof cmd, "grep -q 'leaving after [1-9][0-9]* groups' %s/worker.out", work);
+    CHECK_MSG(system(cmd) == 0, "the worker generated no group");
+    snprintf(cmd, sizeof cmd, "test $(grep -c '\"complete\": *true' %s/eval.jsonl) -ge 2", run);
+    CHECK_MSG(system(cmd) == 0, "fewer than 2 complete evaluations in %s/eval.jsonl", run);
+    snprintf(cmd, sizeof cmd, "grep -il 'violation' %s/*.out", work);
+    CHECK_MSG(system(cmd) != 0, "a role was refused something it does (see the file named above)");
+    json_t *s = load_json(run, "summary.json");
+    check_balance(s, 6, 4);
+    json_decref(s);
+}
+
+static void test_creds(void)
+{
+    fresh_work("creds");
+    char spec[512], run[512], dir[512], conf[512], path[700];
+    snprintf(spec, sizeof spec, "%s/job.yaml", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    snprintf(dir, sizeof dir, "%s/creds", work);
+    snprintf(conf, sizeof conf, "%s/nats.conf", work);
+    write_file(spec, BASE_SPEC);
+    int rc = wait_exit(start_tidal("creds", "creds", spec, "--set", "env.remote=true", "--out", dir, NULL), 30);
+    CHECK_MSG(rc == 0, "tidal creds exit %d", rc);
+    /* again: it keeps what it wrote */
+    rc = wait_exit(start_tidal("creds-again", "creds", spec, "--set", "env.remote=true", "--out", dir, NULL), 30);
+    CHECK_MSG(rc == 2, "tidal creds over existing credentials exit %d, want 2", rc);
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/rollout.creds", dir);
+    CHECK_MSG(stat(path, &sb) == 0 && (sb.st_mode & 077) == 0, "%s is readable by others", path);
+    /* the server knows only the job's roles */
+    write_file(conf, "max_payload: 8MB\ninclude \"creds/nats-auth.conf\"\n");
+    tidal_server *srv = NULL;
+    tidal_server_opts so = {.config_file = conf};
+    if (tidal_server_start(&srv, &so) != TIDAL_OK) {
+        fprintf(stderr, "creds: cannot start nats-server: %s\n", tidal_errmsg());
+        CHECK(0);
+    }
+    const char *url = tidal_server_url(srv);
+    /* a key the server does not know, and no key at all, are refused */
+    char pub[BUS_NKEY_PUBLIC_LEN + 1], seed[BUS_NKEY_SEED_LEN + 1], stranger[700];
+    snprintf(stranger, sizeof stranger, "%s/stranger.creds", work);
+    tidal_bus *b = NULL;
+    tidal_status st = bus_nkey_generate(pub, seed);
+    if (st == TIDAL_OK) {
+        write_file(stranger, seed);
+        bus_opts o = {.urls = url, .creds_file = stranger, .connect_timeout_ms = 2000};
+        st = bus_connect(&b, &o);
+        bus_close(b), b = NULL;
+        bus_opts anon = {.urls = url, .connect_timeout_ms = 2000};
+        tidal_status sa = bus_connect(&b, &anon);
+        bus_close(b), b = NULL;
+        st = st == TIDAL_ERR_PERMISSION && sa == TIDAL_ERR_PERMISSION ? TIDAL_OK : TIDAL_ERR_INVALID;
+    }
+    job_names n;
+    job_names_init(&n, "e2e");
+    creds_buses c = {0};
+    if (st == TIDAL_OK) {
+        creds_job(url, spec, run);
+        if (!check_cur_failed_) creds_forbidden(url, &n, &c);
+    } else {
+        fprintf(stderr, "creds: a stranger's key or no key was let in\n");
+        check_cur_failed_ = 1;
+    }
+    bus_close(c.rollout), bus_close(c.watcher), bus_close(c.controller), bus_close(c.trainer), bus_close(c.status);
+    bus_close(c.env);
+    tidal_server_stop(srv);
+    if (!check_cur_failed_) cleanup();
+}
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -925,6 +1134,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "options")) RUN(test_options);
     else if (!strcmp(s, "parts")) RUN(test_parts);
     else if (!strcmp(s, "rogue_weights")) RUN(test_rogue_weights);
+    else if (!strcmp(s, "creds")) RUN(test_creds);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;
