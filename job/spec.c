@@ -107,7 +107,7 @@ static const key KEYS[] = {
     DBL("trainer.beta2", trainer.beta2, 0, 0.999999, "0.999", "AdamW beta2"),
     DBL("trainer.grad_clip", trainer.grad_clip, 0, 1e9, "1.0", "global gradient-norm clip (0: off)"),
     DBL("trainer.grad_spike", trainer.grad_spike, 0, 1e9, "3.0", "spike clipping: an update's gradient norm at most this x the running mean of the last ~10 (0: off; docs/training.md)"),
-    ENUM("trainer.advantage", trainer.advantage, "grpo|drgrpo|rloo|reinforce_pp", "drgrpo", "advantage estimator (docs/training.md)"),
+    ENUM("trainer.advantage", trainer.advantage, "grpo|drgrpo|rloo|reinforce_pp", "grpo", "advantage estimator (docs/training.md)"),
     ENUM("trainer.loss", trainer.loss, "ppo|cispo|gspo|m2po", "ppo", "policy loss: ppo-clip; cispo (clipped ratio as a weight, every token keeps a gradient); gspo (sequence ratio); m2po (second-moment masking, for very stale data)"),
     ENUM("trainer.correction", trainer.correction, "none|tis|tis_seq|mis|mis_seq|bypass", "tis", "behaviour-policy correction (decoupled PPO): token / sequence truncated IS, token / sequence masked IS, or bypass (ratio on the behaviour policy, no recompute)"),
     ENUM("trainer.proximal", trainer.proximal, "recompute|loglinear", "recompute", "the proximal policy with minibatches > 1: a recompute pass, or AReaL's log-linear interpolation from per-token versions (no pass)"),

@@ -122,7 +122,7 @@ def spec_to_ref(sets):
     c["stale"] = kv.get("trainer.stale_weight", "none")
     norm = float(kv.get("trainer.loss_agg_norm", 0))
     c["sum_norm"] = norm if norm > 0 else float(kv.get("rollout.max_tokens", 256))
-    step = {"advantage": kv.get("trainer.advantage", "drgrpo"), "minibatches": int(kv.get("trainer.minibatches", 1)),
+    step = {"advantage": kv.get("trainer.advantage", "grpo"), "minibatches": int(kv.get("trainer.minibatches", 1)),
             "proximal": kv.get("trainer.proximal", "recompute"), "kl_reward": float(kv.get("trainer.kl_reward", 0)),
             "overlong_buffer": float(kv.get("trainer.overlong_buffer", 0)),
             "overlong_factor": float(kv.get("trainer.overlong_factor", 1.0)),
@@ -276,8 +276,8 @@ def run_errors(tidal, tmp):
 
 
 CASES = [
-    ("grpo-ppo-tis", ["trainer.advantage=grpo"], {}),
-    ("grpo-ppo-none-temp0.7", ["trainer.advantage=grpo", "trainer.correction=none"], {"temperature": 0.7}),
+    ("grpo-ppo-tis", [], {}),
+    ("grpo-ppo-none-temp0.7", ["trainer.correction=none"], {"temperature": 0.7}),
     ("cispo-tis", ["trainer.loss=cispo", "trainer.correction=tis"], {}),
     ("gspo-none", ["trainer.loss=gspo", "trainer.correction=none"], {}),
     ("m2po-bypass", ["trainer.loss=m2po", "trainer.correction=bypass"], {"far": True}),
@@ -296,13 +296,7 @@ CASES = [
      {"far": True}),
     ("gspo-seq-mean-token-mean-2-updates-kl", ["trainer.loss=gspo", "trainer.minibatches=2", "trainer.lr=0.01",
                                                "trainer.eps_lo=0.02", "trainer.eps_hi=0.02", "trainer.kl=0.02"], {}),
-    ("default-advantage-ppo-tis", [], {}),  # the spec's defaults as they are (drgrpo since the quickstart sweep)
 ]
-# Cases that name no estimator ran under grpo, the default until the quickstart sweep: they keep it,
-# so each tests what it tested then (m2po's mask is decided per token, and new data can flip a token
-# sitting on the threshold between float32 and float64).
-CASES = [(n, s if n.startswith("default-") or any(x.startswith("trainer.advantage=") for x in s)
-          else ["trainer.advantage=grpo"] + s, kw) for n, s, kw in CASES]
 
 
 def main():
