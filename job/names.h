@@ -41,6 +41,7 @@ typedef struct job_names {
 #define JOB_KEY_STATE "state"           /* "running"; "trained" after the last step (the trainer);
                                           "done" once the controller has finished (last evaluation, summary) */
 #define JOB_KEY_GROUPS "trainer.groups" /* the trainer's group counts (JSON): trained, dropped by reason, failed */
+#define JOB_KEY_WORKER_CHECK "trainer.workers" /* the trainer's check of each worker (JSON): mismatch, quarantine */
 
 /* Fill *n for job `job` ([A-Za-z0-9_-]{1,127}: one subject token);
  * TIDAL_ERR_INVALID naming the job otherwise. */

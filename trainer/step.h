@@ -73,4 +73,23 @@ typedef struct trainer_step_result {
 tidal_status trainer_step(model *m, adamw *opt, const buffer_batch *batch, uint64_t version,
                           const trainer_step_cfg *cfg, trainer_step_result *out);
 
+/* How far one sample's behaviour log-probabilities are from the trainer's own
+ * at the same weights: over its loss-masked completion tokens whose behaviour
+ * version is the step's version (the weights the step starts from, so the
+ * trainer holds the very policy that sampled them), the sum of
+ * k3 = exp(d) - 1 - d with d = l_trainer - l_beh (each term at most 10; a
+ * non-finite d counts 10), and how many tokens that is. Tokens of older
+ * versions are not scored: the trainer no longer has their weights, and honest
+ * staleness would read as mismatch. With minibatches > 1 and no recompute pass
+ * (loglinear, bypass) only the first update's samples are scored. */
+typedef struct trainer_sample_check {
+    double k3_sum;
+    int tokens;
+} trainer_sample_check;
+
+/* trainer_step, and checks[i] (caller-owned, one per sample of the batch in
+ * batch order: groups in order, samples in order) filled as above. */
+tidal_status trainer_step_checked(model *m, adamw *opt, const buffer_batch *batch, uint64_t version,
+                                  const trainer_step_cfg *cfg, trainer_step_result *out, trainer_sample_check *checks);
+
 #endif

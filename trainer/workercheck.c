@@ -1,0 +1,125 @@
+/* workercheck.c - the per-worker statistic and the quarantine decision (workercheck.h).
+ *
+ * Workers are few (tens, rarely thousands): a plain array searched by id.
+ */
+#include "trainer/workercheck.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct worker_check {
+    worker_check_cfg cfg;
+    worker_check_row *rows;
+    int n, cap;
+};
+
+tidal_status worker_check_create(const worker_check_cfg *cfg, worker_check **out)
+{
+    *out = NULL;
+    if (!(cfg->threshold > 0 && isfinite(cfg->threshold)))
+        return tidal_fail(TIDAL_ERR_INVALID, "trainer.worker_check.threshold must be > 0 and finite, got %g",
+                          cfg->threshold);
+    if (cfg->window < 1)
+        return tidal_fail(TIDAL_ERR_INVALID, "trainer.worker_check.window must be >= 1, got %d", cfg->window);
+    if (cfg->min_tokens < 1)
+        return tidal_fail(TIDAL_ERR_INVALID, "trainer.worker_check.min_tokens must be >= 1, got %d", cfg->min_tokens);
+    worker_check *wc = calloc(1, sizeof *wc);
+    if (!wc) return tidal_fail(TIDAL_ERR_NOMEM, "worker check: out of memory");
+    wc->cfg = *cfg;
+    *out = wc;
+    return TIDAL_OK;
+}
+
+void worker_check_free(worker_check *wc)
+{
+    if (!wc) return;
+    free(wc->rows);
+    free(wc);
+}
+
+static worker_check_row *find(const worker_check *wc, const char *worker)
+{
+    for (int i = 0; i < wc->n; i++)
+        if (!strcmp(wc->rows[i].id, worker)) return &wc->rows[i];
+    return NULL;
+}
+
+/* worker's row, a new one when it has none. */
+static tidal_status row_of(worker_check *wc, const char *worker, worker_check_row **out)
+{
+    *out = find(wc, worker);
+    if (*out) return TIDAL_OK;
+    if (wc->n == wc->cap) {
+        const int cap = wc->cap ? 2 * wc->cap : 16;
+        worker_check_row *r = realloc(wc->rows, (size_t)cap * sizeof *r);
+        if (!r) return tidal_fail(TIDAL_ERR_NOMEM, "worker check: out of memory for %d workers", cap);
+        wc->rows = r, wc->cap = cap;
+    }
+    worker_check_row *r = &wc->rows[wc->n++];
+    *r = (worker_check_row){.last = -1};
+    snprintf(r->id, sizeof r->id, "%s", worker);
+    *out = r;
+    return TIDAL_OK;
+}
+
+tidal_status worker_check_add(worker_check *wc, const char *worker, double k3_sum, int tokens)
+{
+    if (tokens <= 0 || !worker || !*worker) return TIDAL_OK;
+    worker_check_row *r = NULL;
+    TRY(row_of(wc, worker, &r));
+    r->step_k3 += k3_sum;
+    r->step_tokens += (uint64_t)tokens;
+    return TIDAL_OK;
+}
+
+int worker_check_end_step(worker_check *wc, uint64_t step, int *newly, int cap)
+{
+    int got = 0;
+    for (int i = 0; i < wc->n; i++) {
+        worker_check_row *r = &wc->rows[i];
+        const uint64_t n = r->step_tokens;
+        const double sum = r->step_k3;
+        r->step_k3 = 0, r->step_tokens = 0;
+        if (n == 0) continue;
+        r->k3_sum += sum, r->tokens += n;
+        if (n < (uint64_t)wc->cfg.min_tokens) continue; /* too few to judge: neither counts nor breaks the row */
+        r->last = sum / (double)n;
+        r->steps++;
+        r->over = r->last > wc->cfg.threshold ? r->over + 1 : 0;
+        if (!wc->cfg.enabled || r->quarantined || r->over < wc->cfg.window) continue;
+        r->quarantined = true;
+        r->quarantined_at = step;
+        snprintf(r->reason, sizeof r->reason,
+                 "mismatch: mean k3 %.3g per token above %.3g on %d scored steps in a row (at step %llu)", r->last,
+                 wc->cfg.threshold, r->over, (unsigned long long)step);
+        if (got < cap) newly[got++] = i;
+    }
+    return got;
+}
+
+tidal_status worker_check_restore(worker_check *wc, const char *worker, uint64_t step, const char *reason)
+{
+    if (!worker || !*worker) return TIDAL_OK;
+    worker_check_row *r = NULL;
+    TRY(row_of(wc, worker, &r));
+    r->quarantined = true;
+    r->quarantined_at = step;
+    snprintf(r->reason, sizeof r->reason, "%s", reason ? reason : "");
+    return TIDAL_OK;
+}
+
+bool worker_check_is_quarantined(const worker_check *wc, const char *worker)
+{
+    const worker_check_row *r = worker ? find(wc, worker) : NULL;
+    return r && r->quarantined;
+}
+
+const worker_check_row *worker_check_rows(const worker_check *wc, int *n)
+{
+    *n = wc->n;
+    return wc->rows;
+}
+
+const worker_check_cfg *worker_check_config(const worker_check *wc) { return &wc->cfg; }
