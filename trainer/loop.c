@@ -173,7 +173,8 @@ static void put_workers(trainer *t)
         const worker_check_row *w = &rows[i];
         json_t *x = json_object();
         json_object_set_new(x, "k3_mean", json_real(w->tokens ? w->k3_sum / (double)w->tokens : 0.0));
-        json_object_set_new(x, "k3_last", w->last >= 0 ? json_real(w->last) : json_null());
+        json_object_set_new(x, "score_mean", json_real(w->excess_tokens ? w->excess_sum / (double)w->excess_tokens : 0.0));
+        json_object_set_new(x, "score_last", w->steps ? json_real(w->last) : json_null());
         json_object_set_new(x, "tokens", json_integer((json_int_t)w->tokens));
         json_object_set_new(x, "steps", json_integer((json_int_t)w->steps));
         json_object_set_new(x, "over", json_integer(w->over));
@@ -230,24 +231,28 @@ static void check_workers(trainer *t)
     put_workers(t);
 }
 
-/* This step's check values for the Metric, before check_workers closes it:
- * the mean k3 over every scored token and their count, and per worker scored
- * k3.<id> and k3_tokens.<id> (keys in keys[]). Returns how many. */
+/* The check values of the step just closed, for its Metric: the raw mean k3
+ * over every scored token and their count, and per scored worker
+ * k3.<id> (raw), k3_score.<id> (above the baseline; when it counted) and
+ * k3_tokens.<id> (keys in keys[]). Returns how many. */
 static int worker_values(const trainer *t, job_metric_value *v, char (*keys)[224])
 {
     int n = 0, nv = 0, nk = 0;
     const worker_check_row *rows = worker_check_rows(t->wc, &n);
     double sum = 0;
     uint64_t tokens = 0;
-    for (int i = 0; i < n; i++) sum += rows[i].step_k3, tokens += rows[i].step_tokens;
+    for (int i = 0; i < n; i++) sum += rows[i].step_raw * (double)rows[i].step_n, tokens += rows[i].step_n;
     v[nv++] = (job_metric_value){"check_k3", tokens ? sum / (double)tokens : 0.0};
     v[nv++] = (job_metric_value){"check_tokens", (double)tokens};
-    for (int i = 0; i < n && nk < 2 * METRIC_WORKERS_MAX; i++) {
-        if (!rows[i].step_tokens) continue;
+    for (int i = 0; i < n && nk + 3 <= 3 * METRIC_WORKERS_MAX; i++) {
+        if (!rows[i].step_n) continue;
         snprintf(keys[nk], sizeof keys[nk], "k3.%s", rows[i].id);
-        v[nv++] = (job_metric_value){keys[nk++], rows[i].step_k3 / (double)rows[i].step_tokens};
+        v[nv++] = (job_metric_value){keys[nk++], rows[i].step_raw};
         snprintf(keys[nk], sizeof keys[nk], "k3_tokens.%s", rows[i].id);
-        v[nv++] = (job_metric_value){keys[nk++], (double)rows[i].step_tokens};
+        v[nv++] = (job_metric_value){keys[nk++], (double)rows[i].step_n};
+        if (!rows[i].counted) continue;
+        snprintf(keys[nk], sizeof keys[nk], "k3_score.%s", rows[i].id);
+        v[nv++] = (job_metric_value){keys[nk++], rows[i].step_score};
     }
     return nv;
 }
@@ -296,7 +301,7 @@ static void publish_metric(trainer *t, const trainer_step_result *r, double step
         {"dropped_quarantined", (double)c.groups_dropped[BUFFER_DROP_QUARANTINED]},
     };
     const int nb = (int)(sizeof vals / sizeof vals[0]);
-    job_metric_value all[sizeof vals / sizeof vals[0] + 2 + 2 * METRIC_WORKERS_MAX];
+    job_metric_value all[sizeof vals / sizeof vals[0] + 2 + 3 * METRIC_WORKERS_MAX];
     memcpy(all, vals, sizeof vals);
     memcpy(all + nb, extra, (size_t)n_extra * sizeof *extra);
     job_metric_publish(t->bus, &t->names, "trainer", t->version, elapsed_s(t), all, nb + n_extra);
@@ -331,8 +336,7 @@ static tidal_status train_step(trainer *t)
     const double step_ms = tidal_clock_ms() - t0;
     for (int g = 0, k = 0; g < batch.n_groups && st == TIDAL_OK; g++)
         for (int i = 0; i < batch.groups[g].n && st == TIDAL_OK; i++, k++)
-            st = worker_check_add(t->wc, batch.groups[g].samples[i]->worker_id, t->checks[k].k3_sum,
-                                  t->checks[k].tokens);
+            st = worker_check_add(t->wc, batch.groups[g].samples[i]->worker_id, &t->checks[k]);
     for (int g = 0; g < batch.n_groups && st == TIDAL_OK; g++) /* a reused group's ids are in already */
         for (int i = 0; i < batch.groups[g].n && st == TIDAL_OK && batch.groups[g].uses == 0; i++)
             st = ckpt_state_add_trained(&t->ck, batch.groups[g].samples[i]->trajectory_id);
@@ -341,10 +345,10 @@ static tidal_status train_step(trainer *t)
     buffer_set_version(t->buf, t->version);
     t->tokens_since += tokens;
     if (st == TIDAL_OK) st = weights_publish(t->pub, t->m, t->version);
-    job_metric_value wv[2 + 2 * METRIC_WORKERS_MAX];
-    char wkeys[2 * METRIC_WORKERS_MAX][224];
-    const int nwv = worker_values(t, wv, wkeys);
+    job_metric_value wv[2 + 3 * METRIC_WORKERS_MAX];
+    char wkeys[3 * METRIC_WORKERS_MAX][224];
     check_workers(t);
+    const int nwv = worker_values(t, wv, wkeys);
     put_groups(t);
     publish_metric(t, &r, step_ms, cfg.lr, wv, nwv);
     t->tokens_since = 0;

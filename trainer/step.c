@@ -536,11 +536,12 @@ static tidal_status score_samples(step *s, trainer_sample_check *checks)
             TRY_GOTO(expand_versions(t, ver, C));
             for (size_t k = 0; k < C; k++) {
                 const int q = r->pos + P - 1 + (int)k; /* where completion token k is scored */
-                if (!L->mask[q] || ver[k] != s->version) continue;
-                const double d = (double)at_v[q] - (double)L->lbeh[q];
-                const double k3 = isfinite(d) ? exp(fmin(d, 20.0)) - 1.0 - d : CHECK_K3_CAP;
-                checks[i].k3_sum += fmin(k3, CHECK_K3_CAP);
-                checks[i].tokens++;
+                if (!L->mask[q] || ver[k] > s->version || s->version - ver[k] >= TRAINER_CHECK_VERSIONS) continue;
+                const int behind = (int)(s->version - ver[k]);
+                const double x = (double)at_v[q] - (double)L->lbeh[q];
+                const double k3 = isfinite(x) ? exp(fmin(x, 20.0)) - 1.0 - x : CHECK_K3_CAP;
+                checks[i].k3_sum[behind] += fmin(k3, CHECK_K3_CAP);
+                checks[i].tokens[behind]++;
             }
         }
     }

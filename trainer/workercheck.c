@@ -58,42 +58,76 @@ static tidal_status row_of(worker_check *wc, const char *worker, worker_check_ro
         wc->rows = r, wc->cap = cap;
     }
     worker_check_row *r = &wc->rows[wc->n++];
-    *r = (worker_check_row){.last = -1};
+    memset(r, 0, sizeof *r);
     snprintf(r->id, sizeof r->id, "%s", worker);
     *out = r;
     return TIDAL_OK;
 }
 
-tidal_status worker_check_add(worker_check *wc, const char *worker, double k3_sum, int tokens)
+tidal_status worker_check_add(worker_check *wc, const char *worker, const trainer_sample_check *c)
 {
-    if (tokens <= 0 || !worker || !*worker) return TIDAL_OK;
+    int n = 0;
+    for (int d = 0; d < TRAINER_CHECK_VERSIONS; d++) n += c->tokens[d];
+    if (n <= 0 || !worker || !*worker) return TIDAL_OK;
     worker_check_row *r = NULL;
     TRY(row_of(wc, worker, &r));
-    r->step_k3 += k3_sum;
-    r->step_tokens += (uint64_t)tokens;
+    for (int d = 0; d < TRAINER_CHECK_VERSIONS; d++) {
+        r->acc_k3[d] += c->k3_sum[d];
+        r->acc_n[d] += (uint64_t)(c->tokens[d] > 0 ? c->tokens[d] : 0);
+    }
     return TIDAL_OK;
+}
+
+/* The baseline of each d for the step in progress: 0 at d = 0; at d > 0 the
+ * lowest mean k3 of a worker not quarantined with >= min_tokens there (NAN:
+ * none, then nothing at that d counts). */
+static void baselines(const worker_check *wc, double *base)
+{
+    base[0] = 0;
+    for (int d = 1; d < TRAINER_CHECK_VERSIONS; d++) {
+        base[d] = NAN;
+        for (int i = 0; i < wc->n; i++) {
+            const worker_check_row *r = &wc->rows[i];
+            if (r->quarantined || r->acc_n[d] < (uint64_t)wc->cfg.min_tokens) continue;
+            const double m = r->acc_k3[d] / (double)r->acc_n[d];
+            if (isnan(base[d]) || m < base[d]) base[d] = m;
+        }
+    }
 }
 
 int worker_check_end_step(worker_check *wc, uint64_t step, int *newly, int cap)
 {
+    double base[TRAINER_CHECK_VERSIONS];
+    baselines(wc, base);
     int got = 0;
     for (int i = 0; i < wc->n; i++) {
         worker_check_row *r = &wc->rows[i];
-        const uint64_t n = r->step_tokens;
-        const double sum = r->step_k3;
-        r->step_k3 = 0, r->step_tokens = 0;
-        if (n == 0) continue;
-        r->k3_sum += sum, r->tokens += n;
-        if (n < (uint64_t)wc->cfg.min_tokens) continue; /* too few to judge: neither counts nor breaks the row */
-        r->last = sum / (double)n;
+        double raw = 0, excess = 0;
+        uint64_t n = 0, counted = 0;
+        for (int d = 0; d < TRAINER_CHECK_VERSIONS; d++) {
+            raw += r->acc_k3[d], n += r->acc_n[d];
+            if (r->acc_n[d] >= (uint64_t)wc->cfg.min_tokens && !isnan(base[d])) {
+                excess += r->acc_k3[d] - base[d] * (double)r->acc_n[d];
+                counted += r->acc_n[d];
+            }
+            r->acc_k3[d] = 0, r->acc_n[d] = 0;
+        }
+        r->k3_sum += raw, r->tokens += n;
+        r->step_raw = n ? raw / (double)n : 0, r->step_n = n;
+        r->counted = counted > 0;
+        r->step_score = r->counted ? excess / (double)counted : 0;
+        if (!r->counted) continue; /* too few to judge: neither counts nor breaks the row */
+        r->excess_sum += excess, r->excess_tokens += counted;
+        r->last = r->step_score;
         r->steps++;
         r->over = r->last > wc->cfg.threshold ? r->over + 1 : 0;
         if (!wc->cfg.enabled || r->quarantined || r->over < wc->cfg.window) continue;
         r->quarantined = true;
         r->quarantined_at = step;
         snprintf(r->reason, sizeof r->reason,
-                 "mismatch: mean k3 %.3g per token above %.3g on %d scored steps in a row (at step %llu)", r->last,
-                 wc->cfg.threshold, r->over, (unsigned long long)step);
+                 "mismatch: k3 %.3g per token above the honest baseline (threshold %.3g) on %d scored steps in a "
+                 "row, at step %llu",
+                 r->last, wc->cfg.threshold, r->over, (unsigned long long)step);
         if (got < cap) newly[got++] = i;
     }
     return got;
