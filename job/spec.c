@@ -132,7 +132,7 @@ static const key KEYS[] = {
     INT("trainer.checkpoint_keep", trainer.checkpoint_keep, 1, 1000, "2", "newest checkpoints kept"),
     I64("trainer.seed", trainer.seed, "0", "the trainer's RNG seed"),
     BOOL("trainer.worker_check.enabled", trainer.worker_check.enabled, "true", "quarantine a rollout worker whose log-probabilities keep disagreeing with the trainer's at the same weights (docs/training.md \"Worker checks\"); off: measured only"),
-    DBL("trainer.worker_check.threshold", trainer.worker_check.threshold, 1e-9, 10, "0.03", "a worker's mean k3 per token above the honest baseline (0 at its own version, the lowest worker's at older ones) above which its step counts against it"),
+    DBL("trainer.worker_check.threshold", trainer.worker_check.threshold, 1e-9, 10, "0.03", "a worker's mean k3 per token above the honest baseline (0 at its own version, the workers' median at older ones) above which its step counts against it"),
     INT("trainer.worker_check.window", trainer.worker_check.window, 1, 1 << 20, "5", "counted steps in a row above the threshold that quarantine a worker"),
     INT("trainer.worker_check.min_tokens", trainer.worker_check.min_tokens, 1, 1 << 30, "16", "scored tokens a worker needs in a step for the step to count"),
     ENUM("weights.transport", weights.transport, "bus|url", "bus", "how new weights reach workers: chunked blobs on the bus, or a file/HTTP store"),

@@ -506,7 +506,10 @@ static void finish_metrics(step *s)
     out->grad_norm = out->updates ? s->gn_sum / out->updates : 0.0;
 }
 
-#define CHECK_K3_CAP 10.0
+/* Each token's k3 counts at most this much in the worker check: an honest
+ * worker's rare tokens where the policy moved a lot since must not outweigh
+ * the rest (a liar's are many, each well below it). */
+#define CHECK_K3_CAP 1.0
 
 /* Each sample's agreement with the weights the step started from (step.h,
  * trainer_sample_check), after the updates: the recompute pass holds those

@@ -79,8 +79,9 @@ tidal_status trainer_step(model *m, adamw *opt, const buffer_batch *batch, uint6
 /* How far one sample's behaviour log-probabilities are from the trainer's,
  * by how many versions d = v - v_token its tokens are behind the step's
  * version v: over its loss-masked completion tokens, the sum of
- * k3 = exp(x) - 1 - x with x = l_trainer - l_beh (each term at most 10; a
- * non-finite x counts 10), and how many tokens that is. At d = 0 the trainer
+ * k3 = exp(x) - 1 - x with x = l_trainer - l_beh (each term at most 1, so a
+ * few tokens where the policy moved a lot do not outweigh the rest; a
+ * non-finite x counts 1), and how many tokens that is. At d = 0 the trainer
  * holds the very weights that sampled the token, so an honest worker differs
  * only by arithmetic; at d > 0 honest staleness adds its own mismatch, which
  * the worker check (trainer/workercheck.h) compares across workers at the

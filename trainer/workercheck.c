@@ -78,27 +78,42 @@ tidal_status worker_check_add(worker_check *wc, const char *worker, const traine
     return TIDAL_OK;
 }
 
-/* The baseline of each d for the step in progress: 0 at d = 0; at d > 0 the
- * lowest mean k3 of a worker not quarantined with >= min_tokens there (NAN:
- * none, then nothing at that d counts). */
-static void baselines(const worker_check *wc, double *base)
+static int cmp_double(const void *a, const void *b)
 {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The baseline of each d for the step in progress: 0 at d = 0; at d > 0 the
+ * median of the mean k3 of the workers not quarantined with >= min_tokens
+ * there (the mean of the middle two for an even count; NAN: none, then
+ * nothing at that d counts). While honest workers are the majority the
+ * median is an honest one's. */
+static tidal_status baselines(const worker_check *wc, double *base)
+{
+    double *m = malloc((size_t)(wc->n ? wc->n : 1) * sizeof *m);
+    if (!m) return tidal_fail(TIDAL_ERR_NOMEM, "worker check: out of memory");
     base[0] = 0;
     for (int d = 1; d < TRAINER_CHECK_VERSIONS; d++) {
-        base[d] = NAN;
+        int k = 0;
         for (int i = 0; i < wc->n; i++) {
             const worker_check_row *r = &wc->rows[i];
-            if (r->quarantined || r->acc_n[d] < (uint64_t)wc->cfg.min_tokens) continue;
-            const double m = r->acc_k3[d] / (double)r->acc_n[d];
-            if (isnan(base[d]) || m < base[d]) base[d] = m;
+            if (!r->quarantined && r->acc_n[d] >= (uint64_t)wc->cfg.min_tokens) m[k++] = r->acc_k3[d] / (double)r->acc_n[d];
         }
+        qsort(m, (size_t)k, sizeof *m, cmp_double);
+        base[d] = !k ? NAN : k % 2 ? m[k / 2] : 0.5 * (m[k / 2 - 1] + m[k / 2]);
     }
+    free(m);
+    return TIDAL_OK;
 }
 
 int worker_check_end_step(worker_check *wc, uint64_t step, int *newly, int cap)
 {
     double base[TRAINER_CHECK_VERSIONS];
-    baselines(wc, base);
+    if (baselines(wc, base) != TIDAL_OK) { /* out of memory: this step judges nobody at d > 0 */
+        tidal_log(TIDAL_LOG_WARN, "%s", tidal_errmsg());
+        for (int d = 1; d < TRAINER_CHECK_VERSIONS; d++) base[d] = NAN;
+    }
     int got = 0;
     for (int i = 0; i < wc->n; i++) {
         worker_check_row *r = &wc->rows[i];

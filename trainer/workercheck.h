@@ -7,11 +7,11 @@
  * KV cache of an in-flight weight swap), so its mean k3 is about 0. At d > 0
  * the trainer's weights moved on since, and honest staleness has a mismatch
  * of its own (large while the policy learns fast); the same for every honest
- * worker, though, so a worker's mean at d is compared with the lowest mean of
- * any worker at that d in the same step. A worker's score for a step is its
- * excess: over the tokens it had in each d that counts (>= min_tokens of them
- * there), the mean of k3 less the baseline of their d (0 at d = 0, the lowest
- * worker's mean at d > 0). A worker that perturbs its log-probabilities,
+ * worker, though, so a worker's mean at d is compared with the median of the
+ * workers' means at that d in the same step. A worker's score for a step is
+ * its excess: over the tokens it had in each d that counts (>= min_tokens of
+ * them there), the mean of k3 less the baseline of their d (0 at d = 0, the
+ * workers' median at d > 0). A worker that perturbs its log-probabilities,
  * samples at another temperature than it reports, or generates with weights
  * of another version than it reports scores orders of magnitude above an
  * honest one (docs/training.md "Worker checks" has the measurements). Alone
