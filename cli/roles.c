@@ -243,6 +243,11 @@ int rollout_main(int argc, char **argv)
     role_args a;
     int rc = parse_role_args("rollout", argc, argv, false, &a);
     if (rc) return rc;
+    rollout_fault fault = ROLLOUT_FAULT_NONE; /* --fault: test-only, not in the help */
+    if (a.fault && !rollout_fault_parse(a.fault, &fault)) {
+        fprintf(stderr, "tidal rollout: --fault %s: not logprob-noise, temperature or stale-weights\n", a.fault);
+        return 2;
+    }
     if (!a.job) {
         fprintf(stderr, "tidal rollout: --job NAME is required\n");
         return 2;
@@ -254,11 +259,6 @@ int rollout_main(int argc, char **argv)
     bus_opts bo = bus_from(&a, NULL);
     if (!bo.urls || !*bo.urls) {
         fprintf(stderr, "tidal rollout: --bus URL (or $TIDAL_BUS) is required\n");
-        return 2;
-    }
-    rollout_fault fault = ROLLOUT_FAULT_NONE; /* --fault: test-only, not in the help */
-    if (a.fault && !rollout_fault_parse(a.fault, &fault)) {
-        fprintf(stderr, "tidal rollout: --fault %s: not logprob-noise, temperature or stale-weights\n", a.fault);
         return 2;
     }
     tidal_log_set_role("rollout");

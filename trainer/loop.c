@@ -223,11 +223,17 @@ static void quarantine(trainer *t, const worker_check_row *w, bool tell)
 /* The step just trained closes the workers' check: the newly quarantined go. */
 static void check_workers(trainer *t)
 {
-    int newly[64];
-    const int n = worker_check_end_step(t->wc, t->version, newly, 64);
     int nr = 0;
+    worker_check_rows(t->wc, &nr);
+    int *newly = malloc((size_t)(nr ? nr : 1) * sizeof *newly);
+    if (!newly) { /* the step stays open: it closes with the next one */
+        tidal_log(TIDAL_LOG_WARN, "trainer: worker check: out of memory");
+        return;
+    }
+    const int n = worker_check_end_step(t->wc, t->version, newly, nr);
     const worker_check_row *rows = worker_check_rows(t->wc, &nr);
     for (int i = 0; i < n; i++) quarantine(t, &rows[newly[i]], true);
+    free(newly);
     put_workers(t);
 }
 

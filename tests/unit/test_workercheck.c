@@ -1,6 +1,7 @@
 /* test_workercheck.c - the trainer's per-worker check (trainer/workercheck.h):
- * - the score: k3 against 0 at d = 0, against the lowest worker's mean at d > 0
- *   (honest staleness is the same for every worker), only where a worker has
+ * - the score: k3 against 0 at d = 0, against the median of the workers'
+ *   means at d > 0 (honest staleness is the same for every honest worker; the
+ *   mean of the middle two for an even count), only where a worker has
  *   min_tokens tokens;
  * - the decision: quarantined after `window` counted steps in a row above the
  *   threshold, not before; a step at or below breaks the row, a step without
@@ -55,7 +56,7 @@ static void test_bad_config(void)
     CHECK(strstr(tidal_errmsg(), "trainer.worker_check.min_tokens"));
 }
 
-/* At d > 0 the baseline is the lowest worker's mean: honest staleness costs nothing. */
+/* At d > 0 the baseline is the workers' median: honest staleness costs nothing. */
 static void test_score_against_baseline(void)
 {
     worker_check *wc = make(true, 0.03, 1, 10);
@@ -67,9 +68,9 @@ static void test_score_against_baseline(void)
     const int n = worker_check_end_step(wc, 1, newly, 4);
     const worker_check_row *a = row(wc, "a"), *b = row(wc, "b"), *l = row(wc, "liar");
     CHECK(a && b && l);
-    CHECK_MSG(fabs(a->step_score) < 1e-12 && fabs(b->step_score - 0.01) < 1e-9, "a %g b %g", a->step_score,
+    CHECK_MSG(fabs(a->step_score + 0.01) < 1e-9 && fabs(b->step_score) < 1e-12, "a %g b %g", a->step_score,
               b->step_score);
-    const double want = (50 * 0.20 + 20 * 0.10) / 70; /* (0.40 - 0.20) on 50, 0.10 on 20 */
+    const double want = (50 * 0.19 + 20 * 0.10) / 70; /* (0.40 - 0.21) on 50, 0.10 on 20 */
     CHECK_MSG(fabs(l->step_score - want) < 1e-9, "liar %g, want %g", l->step_score, want);
     CHECK_MSG(fabs(l->step_raw - (50 * 0.40 + 20 * 0.10) / 70) < 1e-9 && l->step_n == 70, "raw %g n %llu",
               l->step_raw, (unsigned long long)l->step_n);
@@ -161,7 +162,22 @@ static void test_quarantined_leave_baseline(void)
     CHECK_OK(add(wc, "b", 1, 100, 0.31));
     int newly[2];
     CHECK(worker_check_end_step(wc, 41, newly, 2) == 0);
-    CHECK_MSG(row(wc, "a")->step_score == 0 && !row(wc, "b")->quarantined, "a %g", row(wc, "a")->step_score);
+    CHECK_MSG(fabs(row(wc, "a")->step_score + 0.005) < 1e-9 && !row(wc, "b")->quarantined, "a %g",
+              row(wc, "a")->step_score); /* the median of a and b alone: 0.305 */
+    worker_check_free(wc);
+}
+
+/* Two workers at d > 0: the baseline is their mean, so a liar still scores half its lie. */
+static void test_even_count(void)
+{
+    worker_check *wc = make(true, 0.03, 1, 1);
+    CHECK_OK(add(wc, "honest", 1, 100, 0.05));
+    CHECK_OK(add(wc, "liar", 1, 100, 0.25));
+    int newly[2];
+    CHECK(worker_check_end_step(wc, 1, newly, 2) == 1);
+    CHECK_MSG(fabs(row(wc, "liar")->step_score - 0.10) < 1e-9 && fabs(row(wc, "honest")->step_score + 0.10) < 1e-9,
+              "liar %g honest %g", row(wc, "liar")->step_score, row(wc, "honest")->step_score);
+    CHECK(row(wc, "liar")->quarantined && !row(wc, "honest")->quarantined);
     worker_check_free(wc);
 }
 
@@ -174,5 +190,6 @@ int main(void)
     RUN(test_threshold_is_strict);
     RUN(test_disabled);
     RUN(test_quarantined_leave_baseline);
+    RUN(test_even_count);
     return check_summary();
 }
