@@ -340,9 +340,11 @@ static tidal_status train_step(trainer *t)
         return st;
     }
     const double step_ms = tidal_clock_ms() - t0;
-    for (int g = 0, k = 0; g < batch.n_groups && st == TIDAL_OK; g++)
-        for (int i = 0; i < batch.groups[g].n && st == TIDAL_OK; i++, k++)
-            st = worker_check_add(t->wc, batch.groups[g].samples[i]->worker_id, &t->checks[k]);
+    tidal_status cs = TIDAL_OK; /* the check's failure (out of memory) costs a step's scores, never the step */
+    for (int g = 0, k = 0; g < batch.n_groups && cs == TIDAL_OK; g++)
+        for (int i = 0; i < batch.groups[g].n && cs == TIDAL_OK; i++, k++)
+            cs = worker_check_add(t->wc, batch.groups[g].samples[i]->worker_id, &t->checks[k]);
+    if (cs != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "trainer: worker check: %s", tidal_errmsg());
     for (int g = 0; g < batch.n_groups && st == TIDAL_OK; g++) /* a reused group's ids are in already */
         for (int i = 0; i < batch.groups[g].n && st == TIDAL_OK && batch.groups[g].uses == 0; i++)
             st = ckpt_state_add_trained(&t->ck, batch.groups[g].samples[i]->trajectory_id);
