@@ -530,10 +530,11 @@ static json_t *worker_check_json(ctl *c)
     if (!j) return json_null();
     const char *id;
     json_t *w;
-    json_object_foreach(json_object_get(j, "workers"), id, w)
+    json_object_foreach(json_object_get(j, "workers"), id, w) {
+        const char *why = json_string_value(json_object_get(w, "reason"));
         if (json_is_true(json_object_get(w, "quarantined")))
-            tidal_log(TIDAL_LOG_WARN, "controller: worker %s was quarantined: %s", id,
-                      json_string_value(json_object_get(w, "reason")) ? json_string_value(json_object_get(w, "reason")) : "");
+            tidal_log(TIDAL_LOG_WARN, "controller: worker %s was quarantined: %s", id, why ? why : "");
+    }
     return j;
 }
 

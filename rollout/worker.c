@@ -686,7 +686,8 @@ tidal_status worker_run(const worker_opts *o)
             *c = '_'; /* a KV key and a subject token */
     w->started_ms = tidal_unix_ms();
     w->fault_rng = hash_string(w->id);
-    if (o->fault != ROLLOUT_FAULT_NONE) tidal_log(TIDAL_LOG_WARN, "worker %s: test-only fault %d on", w->id, (int)o->fault);
+    if (o->fault != ROLLOUT_FAULT_NONE)
+        tidal_log(TIDAL_LOG_WARN, "worker %s: test-only fault %d on: it lies to the trainer", w->id, (int)o->fault);
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
     const tidal_status st = serve(w);
     char err[1024] = ""; /* the failure's message, kept through the releases below */

@@ -98,7 +98,8 @@ static tidal_status baselines(const worker_check *wc, double *base)
         int k = 0;
         for (int i = 0; i < wc->n; i++) {
             const worker_check_row *r = &wc->rows[i];
-            if (!r->quarantined && r->acc_n[d] >= (uint64_t)wc->cfg.min_tokens) m[k++] = r->acc_k3[d] / (double)r->acc_n[d];
+            if (!r->quarantined && r->acc_n[d] >= (uint64_t)wc->cfg.min_tokens)
+                m[k++] = r->acc_k3[d] / (double)r->acc_n[d];
         }
         qsort(m, (size_t)k, sizeof *m, cmp_double);
         base[d] = !k ? NAN : k % 2 ? m[k / 2] : 0.5 * (m[k / 2 - 1] + m[k / 2]);

@@ -370,7 +370,8 @@ static void test_worker_check_scores(void)
     CHECK_MSG(scored == 0, "%d tokens scored %d versions behind", scored, TRAINER_CHECK_VERSIONS);
     /* a lying group (its logprobs moved): far above, the honest group still ~ 0 */
     for (int i = 0; i < G; i++)
-        for (size_t k = 0; k < S[1][i].t.n_completion_token_ids; k++) S[1][i].lp[k] = fminf(0.0f, S[1][i].lp[k] + 0.5f * ((k + i) % 2 ? 1.0f : -1.0f));
+        for (size_t k = 0; k < S[1][i].t.n_completion_token_ids; k++)
+            S[1][i].lp[k] = fminf(0.0f, S[1][i].lp[k] + 0.5f * ((k + i) % 2 ? 1.0f : -1.0f));
     CHECK_OK(trainer_step_checked(m, o, &b, 0, &c, &r, chk));
     const double honest = check_mean(chk, 0, G, 0, &n), liar = check_mean(chk, G, 2 * G, 0, &n);
     CHECK_MSG(honest < 1e-5 && liar > 0.05, "honest group k3 %g, lying group %g", honest, liar);
