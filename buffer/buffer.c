@@ -109,12 +109,14 @@ struct buffer {
     uint64_t version, seq, rng, now_ms;
     group *groups; /* arrival order */
     strset seen, dead;
+    strset quarantined; /* worker ids */
     pending *wait; /* trained, waiting for a checkpoint */
     buffer_counts c;
 };
 
 static const char *const DROP_NAMES[BUFFER_DROP__COUNT] = {"stale", "stale_group", "failed", "zero_variance",
-                                                           "capacity", "duplicate", "incomplete"};
+                                                           "capacity", "duplicate", "incomplete",
+                                                           "quarantined"};
 
 const char *buffer_drop_name(buffer_drop_reason r)
 {
@@ -281,6 +283,7 @@ void buffer_free(buffer *b)
     }
     strset_free(&b->seen);
     strset_free(&b->dead);
+    strset_free(&b->quarantined);
     free(b);
 }
 
@@ -320,6 +323,19 @@ tidal_status buffer_admit(buffer *b, Tidal__V1__Trajectory *t, void *handle)
     }
     group *g = b->groups;
     while (g && strcmp(g->id, t->group_id)) g = g->next;
+    if (t->worker_id && strset_get(&b->quarantined, t->worker_id)) { /* its group goes with it */
+        if (g) {
+            unlink_group(b, g);
+            drop_group(b, g, -1, BUFFER_DROP_QUARANTINED, BUFFER_DROP_QUARANTINED);
+            group_free(g);
+        } else {
+            b->c.groups_dropped[BUFFER_DROP_QUARANTINED]++;
+            if (strset_put(&b->dead, t->group_id, BUFFER_DROP_QUARANTINED + 1) != TIDAL_OK)
+                tidal_log(TIDAL_LOG_WARN, "buffer: %s", tidal_errmsg()); /* late samples then wait: not lost */
+        }
+        drop_one(b, t, handle, BUFFER_DROP_QUARANTINED);
+        return TIDAL_OK;
+    }
     const uint64_t oldest = oldest_of(t);
     const bool failed = t->status != TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
     if (g && ((int)t->group_size != g->size || g->t[t->sample_index])) {
@@ -530,3 +546,23 @@ tidal_status buffer_remember_trained(buffer *b, const char *trajectory_id)
 }
 
 void buffer_counts_get(const buffer *b, buffer_counts *c) { *c = b->c; }
+
+static bool has_sample_of(const group *g, const char *worker_id)
+{
+    for (int i = 0; i < g->size; i++)
+        if (g->t && g->t[i] && g->t[i]->worker_id && !strcmp(g->t[i]->worker_id, worker_id)) return true;
+    return false;
+}
+
+tidal_status buffer_quarantine(buffer *b, const char *worker_id, int *dropped_now)
+{
+    *dropped_now = 0;
+    TRY(strset_put(&b->quarantined, worker_id, 1));
+    for (group *g = b->groups, *n; g; g = n) {
+        n = g->next;
+        if (!has_sample_of(g, worker_id)) continue;
+        *dropped_now += !g->uses;
+        evict_group(b, g, -1, BUFFER_DROP_QUARANTINED, BUFFER_DROP_QUARANTINED);
+    }
+    return TIDAL_OK;
+}

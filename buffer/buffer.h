@@ -20,7 +20,8 @@
  * group still missing samples when the bound on partial groups - their
  * number, or the age of their first sample - pushed it out; a group whose
  * parts stopped coming, e.g. its worker died between two parts and the
- * prompt was never answered whole).
+ * prompt was never answered whole), quarantined (a sample of a worker the
+ * trainer quarantined, buffer_quarantine: its group goes with it).
  *
  * Sampling: fifo (oldest complete first), newest, uniform, or priority
  * (without replacement, P(g) proportional to exp(mean reward of g / T)).
@@ -62,6 +63,7 @@ typedef enum {
     BUFFER_DROP_CAPACITY,
     BUFFER_DROP_DUPLICATE,
     BUFFER_DROP_INCOMPLETE,
+    BUFFER_DROP_QUARANTINED,
     BUFFER_DROP__COUNT
 } buffer_drop_reason;
 
@@ -183,5 +185,12 @@ void buffer_checkpointed(buffer *b, uint64_t step);
 tidal_status buffer_remember_trained(buffer *b, const char *trajectory_id);
 
 void buffer_counts_get(const buffer *b, buffer_counts *c);
+
+/* Worker `worker_id` is quarantined: every held group with a sample of it
+ * that was never trained is dropped as quarantined now (one trained before
+ * retires, as under staleness), and so is every later sample of it, with
+ * its group. Returns the groups dropped now; TIDAL_ERR_NOMEM leaves the
+ * worker unmarked. */
+tidal_status buffer_quarantine(buffer *b, const char *worker_id, int *dropped_now);
 
 #endif

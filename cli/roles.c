@@ -61,13 +61,15 @@ typedef struct role_args {
     int n_sets;
     bool resume;
     const char *job, *id, *backend, *device, *user, *password, *token, *creds, *tls_ca, *tls_cert, *tls_key;
+    const char *fault; /* rollout, test-only: a lying worker the trainer must quarantine */
     double slowdown, tail, token_ms, part_gap_ms;
     int join_timeout_ms;
     bool json;
 } role_args;
 
 enum { OPT_SET = 1000, OPT_OUT, OPT_BUS, OPT_RESUME, OPT_JOB, OPT_ID, OPT_BACKEND, OPT_DEVICE, OPT_USER, OPT_PASSWORD,
-       OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_TAIL, OPT_TOKEN_MS, OPT_PART_GAP_MS, OPT_JOIN, OPT_JSON, OPT_ENDPOINT };
+       OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_TAIL, OPT_TOKEN_MS, OPT_PART_GAP_MS, OPT_JOIN, OPT_JSON, OPT_ENDPOINT,
+       OPT_FAULT };
 
 static const struct option role_long[] = {
     {"set", required_argument, 0, OPT_SET},         {"out", required_argument, 0, OPT_OUT},
@@ -80,7 +82,7 @@ static const struct option role_long[] = {
     {"tls-cert", required_argument, 0, OPT_TLS_CERT}, {"tls-key", required_argument, 0, OPT_TLS_KEY},
     {"slowdown", required_argument, 0, OPT_SLOWDOWN}, {"tail", required_argument, 0, OPT_TAIL},
     {"token-ms", required_argument, 0, OPT_TOKEN_MS}, {"part-gap-ms", required_argument, 0, OPT_PART_GAP_MS},
-    {"join-timeout-ms", required_argument, 0, OPT_JOIN},
+    {"join-timeout-ms", required_argument, 0, OPT_JOIN}, {"fault", required_argument, 0, OPT_FAULT},
     {"json", no_argument, 0, OPT_JSON},             {0, 0, 0, 0}};
 
 /* Parse argv (argv[0] = the subcommand). Returns 0, or 2 after printing why. */
@@ -119,6 +121,7 @@ static int parse_role_args(const char *role, int argc, char **argv, bool wants_s
         case OPT_PART_GAP_MS: a->part_gap_ms = atof(optarg); break;
         case OPT_JOIN: a->join_timeout_ms = atoi(optarg); break;
         case OPT_JSON: a->json = true; break;
+        case OPT_FAULT: a->fault = optarg; break;
         default:
             fprintf(stderr, "tidal %s: unknown option '%s' (see tidal %s --help)\n", role, argv[optind - 1], role);
             return 2;
@@ -240,6 +243,11 @@ int rollout_main(int argc, char **argv)
     role_args a;
     int rc = parse_role_args("rollout", argc, argv, false, &a);
     if (rc) return rc;
+    rollout_fault fault = ROLLOUT_FAULT_NONE; /* --fault: test-only, not in the help */
+    if (a.fault && !rollout_fault_parse(a.fault, &fault)) {
+        fprintf(stderr, "tidal rollout: --fault %s: not logprob-noise, temperature or stale-weights\n", a.fault);
+        return 2;
+    }
     if (!a.job) {
         fprintf(stderr, "tidal rollout: --job NAME is required\n");
         return 2;
@@ -260,7 +268,7 @@ int rollout_main(int argc, char **argv)
                                     .part_gap_ms = a.part_gap_ms};
     rollout_bench_hook hook;
     worker_opts wo = {.bus = bo, .job = a.job, .id = a.id, .join_timeout_ms = a.join_timeout_ms,
-                      .bench = bench_hold_hook(&knobs, &hook), .stop = &g_stop};
+                      .bench = bench_hold_hook(&knobs, &hook), .fault = fault, .stop = &g_stop};
     tidal_status st = worker_run(&wo);
     if (st != TIDAL_OK) fprintf(stderr, "tidal rollout: %s\n", tidal_errmsg());
     return exit_for(st);
@@ -304,6 +312,7 @@ int status_main(int argc, char **argv)
     json_object_set_new(o, "job", json_string(a.job));
     json_object_set_new(o, "state", kv_json(kv, JOB_KEY_STATE));
     json_object_set_new(o, "trainer", kv_json(kv, JOB_KEY_GROUPS));
+    json_object_set_new(o, "worker_check", kv_json(kv, JOB_KEY_WORKER_CHECK)); /* mismatch, quarantined with why */
     json_object_set_new(o, "cursor", kv_json(kv, JOB_KEY_CURSOR));
     json_object_set_new(o, "weights_public_key", kv_json(kv, JOB_KEY_PUBKEY)); /* what workers verify with */
     uint64_t pending = 0, ack_pending = 0, traj = 0;

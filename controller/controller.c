@@ -518,6 +518,26 @@ static void stop_workers(ctl *c)
     bus_flush(c->bus, 2000);
 }
 
+/* The trainer's check of each worker (KV trainer.workers: mismatch, who was
+ * quarantined and why), as the summary shows it; null when not there. */
+static json_t *worker_check_json(ctl *c)
+{
+    void *v = NULL;
+    size_t n = 0;
+    json_t *j = NULL;
+    if (bus_kv_get(c->kv, JOB_KEY_WORKER_CHECK, &v, &n, NULL) == TIDAL_OK) j = json_loadb(v, n, 0, NULL);
+    free(v);
+    if (!j) return json_null();
+    const char *id;
+    json_t *w;
+    json_object_foreach(json_object_get(j, "workers"), id, w) {
+        const char *why = json_string_value(json_object_get(w, "reason"));
+        if (json_is_true(json_object_get(w, "quarantined")))
+            tidal_log(TIDAL_LOG_WARN, "controller: worker %s was quarantined: %s", id, why ? why : "");
+    }
+    return j;
+}
+
 static tidal_status summary(ctl *c)
 {
     c->last_counts_ms = 0; /* the newest counts, not a throttled read */
@@ -546,6 +566,7 @@ static tidal_status summary(ctl *c)
     json_object_set_new(r, "trajectories", json_integer((json_int_t)c->rejected_traj));
     json_object_set_new(o, "rejected", r);
     json_object_set_new(o, "duplicate_samples", json_integer((json_int_t)c->duplicates));
+    json_object_set_new(o, "worker_check", worker_check_json(c));
     double first = 0, last = 0;
     size_t nf = 0, nl = 0;
     for (size_t i = 0; i < c->n_curve && i < 10; i++) first += c->curve_reward[i], nf++;

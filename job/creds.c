@@ -62,6 +62,7 @@ static const char *const TRAINER_PUB[] = {
     "{weights}.>", "{metrics}.trainer",
     "$KV.{kv}." JOB_KEY_STATE, "$KV.{kv}." JOB_KEY_VERSION, "$KV.{kv}." JOB_KEY_WEIGHTS, "$KV.{kv}." JOB_KEY_GROUPS,
     "$KV.{kv}." JOB_KEY_PUBKEY, /* claimed once (create): the key the weights are signed with */
+    "$KV.{kv}." JOB_KEY_WORKER_CHECK, "{ctl}", /* the worker check: its table, and QUARANTINE to a worker */
     JS_CLIENT,
     ENSURE_STREAM("{prompts_stream}"), ENSURE_STREAM("{traj_stream}"), ENSURE_STREAM("KV_{kv}"),
     ENSURE_STREAM("KV_{workers}"), ENSURE_STREAM("{weights_stream}"),

@@ -44,6 +44,7 @@ typedef struct job_names {
 #define JOB_KEY_PUBKEY "trainer.pubkey" /* the public key the job's weights are signed with, "ed25519:<64 hex>":
                                            created once by the trainer, never replaced (docs/protocol.md
                                            "Signed weights"); outside weights.* so a grant on those does not cover it */
+#define JOB_KEY_WORKER_CHECK "trainer.workers" /* the trainer's check of each worker (JSON): mismatch, quarantine */
 
 /* Fill *n for job `job` ([A-Za-z0-9_-]{1,127}: one subject token);
  * TIDAL_ERR_INVALID naming the job otherwise. */

@@ -103,6 +103,12 @@ typedef struct job_spec {
         double overlong_factor;
         int checkpoint_every, checkpoint_keep;
         int64_t seed;
+        struct {
+            bool enabled;      /* quarantine workers whose log-probabilities disagree */
+            double threshold;  /* mean k3 per scored token */
+            int window;        /* scored steps in a row above it */
+            int min_tokens;    /* scored tokens a step needs to count for a worker */
+        } worker_check;
     } trainer;
     struct {
         char transport[8];     /* bus | url */

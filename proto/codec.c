@@ -660,6 +660,8 @@ static tidal_status v_control(const ProtobufCMessage *m, const char *parent)
     TRY(begin(&c, m, k->schema_version));
     if (k->command == TIDAL__V1__CONTROL_COMMAND__CONTROL_COMMAND_UNSPECIFIED)
         return bad(&c, "command is unspecified");
+    if (k->command == TIDAL__V1__CONTROL_COMMAND__CONTROL_COMMAND_QUARANTINE) /* one worker, never everyone */
+        TRY(need_kv_key(&c, "target", k->target));
     return TIDAL_OK;
 }
 

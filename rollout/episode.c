@@ -158,6 +158,7 @@ static tidal_status encode(const episode_group *g, int idx, const ep *s, tokeniz
     t.eval = g->eval;
     t.temperature = g->sampling.temperature;
     t.completion_text = text ? text : (char *)"";
+    if (g->tamper) g->tamper(g->hook_ctx, &t);
     TRY_GOTO(codec_encode(&t.base, &out->data, &out->len));
     out->completion_tokens = (uint64_t)s->n;
     out->reward = s->reward;

@@ -26,6 +26,7 @@
 #include "model/tokenizer.h"
 #include "base/status.h"
 #include "rollout/engine.h"
+#include "tidal.pb-c.h"
 
 typedef struct episode_group {
     const char *prompt_id, *group_id, *worker_id;
@@ -47,6 +48,9 @@ typedef struct episode_group {
      * Returning false abandons the group: the call returns TIDAL_ERR_CANCELLED
      * and nothing is output. NULL: never called. */
     bool (*between_steps)(void *ctx, engine *e);
+    /* Test-only (a lying worker, `tidal rollout --fault`): may change each
+     * trajectory before it is encoded. NULL in production. */
+    void (*tamper)(void *ctx, Tidal__V1__Trajectory *t);
     void *hook_ctx;
 } episode_group;
 

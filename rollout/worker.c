@@ -2,6 +2,7 @@
 #include "rollout/worker.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +50,9 @@ typedef struct worker {
     int max_len;
     int max_turns;              /* env_client_max_turns of the job's env config */
     /* set by the control handler (another thread) */
-    volatile sig_atomic_t ctl_stop, ctl_drain, ctl_pause;
+    volatile sig_atomic_t ctl_stop, ctl_drain, ctl_pause, ctl_quarantine;
+    uint64_t fault_rng;         /* ROLLOUT_FAULT_LOGPROB_NOISE's generator */
+    double reported_temperature; /* ROLLOUT_FAULT_TEMPERATURE: what the group's trajectories claim */
     /* the prompt being worked on, for the hook */
     bus_msg *cur;
     bool cur_eval;
@@ -62,6 +65,9 @@ typedef struct worker {
 } worker;
 
 static bool leaving(const worker *w) { return (w->o->stop && *w->o->stop) || w->ctl_stop; }
+
+/* The group in progress must be abandoned (its prompt returned). */
+static bool abandon(const worker *w) { return leaving(w) || w->ctl_quarantine; }
 
 /* ---------------------------------------------------------------- heartbeat */
 
@@ -119,6 +125,9 @@ static void on_control(tidal_bus *b, bus_msg *m, void *closure)
         case TIDAL__V1__CONTROL_COMMAND__CONTROL_COMMAND_DRAIN: w->ctl_drain = 1; break;
         case TIDAL__V1__CONTROL_COMMAND__CONTROL_COMMAND_PAUSE: w->ctl_pause = 1; break;
         case TIDAL__V1__CONTROL_COMMAND__CONTROL_COMMAND_RESUME: w->ctl_pause = 0; break;
+        case TIDAL__V1__CONTROL_COMMAND__CONTROL_COMMAND_QUARANTINE: /* for this worker alone, never by role */
+            if (!strcmp(c->target, w->id)) w->ctl_quarantine = 1;
+            break;
         default: break;
         }
         tidal_log(TIDAL_LOG_INFO, "worker %s: control %d from %s (%s)", w->id, (int)c->command, c->issuer,
@@ -165,6 +174,12 @@ static void hist_push(worker *w, model *nm, uint64_t v)
 static tidal_status use_model(worker *w, model *nm, uint64_t v)
 {
     if (nm == w->m) return TIDAL_OK;
+    if (w->o->fault == ROLLOUT_FAULT_STALE_WEIGHTS) { /* the lie: the old weights under the new version */
+        TRY(engine_set_model(w->e, w->m, v));
+        if (!w->oldest) model_free(nm);
+        w->version = v;
+        return TIDAL_OK;
+    }
     TRY(engine_set_model(w->e, nm, v));
     if (!w->oldest) model_free(w->m);
     w->m = nm;
@@ -210,7 +225,7 @@ static bool between_steps(void *ctx, engine *e)
     worker *w = ctx;
     if (!w->cur_eval || w->oldest) take_newer_weights(w); /* in-flight update: later tokens carry the new version */
     keep_alive(w);
-    return !leaving(w);
+    return !abandon(w);
 }
 
 /* Wait for weights >= min_version (the prompt stays alive meanwhile). In
@@ -223,7 +238,7 @@ static tidal_status sync_to(worker *w, uint64_t min_version)
     if (!w->oldest && w->version >= min_version) return TIDAL_OK;
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_SYNCING;
     heartbeat(w, true);
-    while (!leaving(w)) {
+    while (!abandon(w)) {
         model *nm = NULL;
         uint64_t v = 0;
         tidal_status st = weights_client_wait(w->wc, min_version, 200, &nm, &v);
@@ -322,6 +337,41 @@ static bool validate(worker *w, served *sv)
     return false;
 }
 
+/* A standard normal draw from the worker's fault generator (Box-Muller). */
+static double fault_normal(worker *w)
+{
+    double u[2];
+    for (int i = 0; i < 2; i++) {
+        uint64_t z = (w->fault_rng += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        u[i] = ((double)((z ^ (z >> 31)) >> 11) + 0.5) * 0x1p-53; /* in (0, 1) */
+    }
+    return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
+}
+
+/* Test-only (worker_opts.fault): the lies told in each trajectory. */
+static void tamper(void *ctx, Tidal__V1__Trajectory *t)
+{
+    worker *w = ctx;
+    if (w->o->fault == ROLLOUT_FAULT_TEMPERATURE) t->temperature = w->reported_temperature;
+    if (w->o->fault != ROLLOUT_FAULT_LOGPROB_NOISE) return;
+    for (size_t i = 0; i < t->n_logprobs; i++)
+        if (t->loss_mask[i] && isfinite(t->logprobs[i]))
+            t->logprobs[i] = (float)fmin(0.0, (double)t->logprobs[i] + 0.5 * fault_normal(w));
+}
+
+bool rollout_fault_parse(const char *name, rollout_fault *out)
+{
+    static const char *const names[] = {"none", "logprob-noise", "temperature", "stale-weights"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, names[i])) {
+            *out = (rollout_fault)i;
+            return true;
+        }
+    return false;
+}
+
 /* The episode group sv's prompt asks for, as the job configures it (the
  * prompt's sampling parameters win over the job's). */
 static episode_group group_of(worker *w, const served *sv)
@@ -340,6 +390,9 @@ static episode_group group_of(worker *w, const served *sv)
                      .seed = sp && sp->seed ? sp->seed : hash_string(p->group_id) ^ (uint64_t)w->spec.data.seed},
     };
     if (g.sampling.top_p >= 1.0f) g.sampling.top_p = 0;
+    if (w->o->fault == ROLLOUT_FAULT_TEMPERATURE || w->o->fault == ROLLOUT_FAULT_LOGPROB_NOISE) g.tamper = tamper;
+    w->reported_temperature = g.sampling.temperature;
+    if (w->o->fault == ROLLOUT_FAULT_TEMPERATURE) g.sampling.temperature *= 2.0f;
     return g;
 }
 
@@ -464,6 +517,10 @@ static tidal_status serve_prompt(worker *w, bus_msg *m)
     if (!validate(w, &sv)) return TIDAL_OK; /* rejected: terminated and counted */
     tidal_status st = TIDAL_OK;
     TRY_GOTO(generate(w, &sv));
+    if (w->ctl_quarantine) { /* the trainer would drop it: another worker answers it */
+        st = tidal_fail(TIDAL_ERR_CANCELLED, "worker %s: quarantined", w->id);
+        goto cleanup;
+    }
     TRY_GOTO(publish(w, &sv));
 cleanup:
     if (st != TIDAL_OK) give_back(w, &sv, st);
@@ -473,7 +530,7 @@ cleanup:
     tidal__v1__prompt__free_unpacked(sv.p, NULL);
     w->cur = NULL;
     bus_msg_destroy(m);
-    w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
+    if (!w->ctl_quarantine) w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
     return st == TIDAL_ERR_CANCELLED ? TIDAL_OK : st;
 }
 
@@ -592,6 +649,15 @@ static tidal_status serve(worker *w)
             tidal_log(TIDAL_LOG_INFO, "worker %s: job %s is done", w->id, w->names.job);
             break;
         }
+        if (w->ctl_quarantine) { /* idle until the job is done or it is stopped */
+            if (w->state != TIDAL__V1__WORKER_STATE__WORKER_STATE_QUARANTINED) {
+                tidal_log(TIDAL_LOG_WARN, "worker %s: quarantined by the trainer: taking no more prompts", w->id);
+                w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_QUARANTINED;
+                heartbeat(w, true);
+            }
+            usleep(100 * 1000);
+            continue;
+        }
         if (w->ctl_pause) {
             usleep(100 * 1000);
             continue;
@@ -628,6 +694,9 @@ tidal_status worker_run(const worker_opts *o)
         if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-'))
             *c = '_'; /* a KV key and a subject token */
     w->started_ms = tidal_unix_ms();
+    w->fault_rng = hash_string(w->id);
+    if (o->fault != ROLLOUT_FAULT_NONE)
+        tidal_log(TIDAL_LOG_WARN, "worker %s: test-only fault %d on: it lies to the trainer", w->id, (int)o->fault);
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
     const tidal_status st = serve(w);
     char err[1024] = ""; /* the failure's message, kept through the releases below */

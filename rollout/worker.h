@@ -19,12 +19,17 @@
  * (WorkerStatus in KV TIDAL_J_WORKERS, key = worker id) says what it does.
  * Control STOP or the stop flag (SIGTERM): the group in progress is
  * abandoned and its prompt returned (nak) for another worker; DRAIN: the
- * group is finished first. A job whose state is "done" ends the worker.
+ * group is finished first. QUARANTINE (from the trainer, aimed at this
+ * worker's id): the group is abandoned and returned, and the worker takes no
+ * more prompts; it stays, idle, with heartbeat state QUARANTINED, so `tidal
+ * status` shows it, until the job is done or it is stopped. A job whose
+ * state is "done" ends the worker.
  */
 #ifndef TIDAL_ROLLOUT_WORKER_H
 #define TIDAL_ROLLOUT_WORKER_H
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "bus/bus.h"
@@ -53,12 +58,25 @@ typedef struct rollout_bench_hook {
     void *ctx;
 } rollout_bench_hook;
 
+/* Test-only lies (`tidal rollout --fault KIND`, hidden): what the trainer's
+ * worker check (trainer/workercheck.h) must catch and quarantine. */
+typedef enum {
+    ROLLOUT_FAULT_NONE = 0,
+    ROLLOUT_FAULT_LOGPROB_NOISE, /* "logprob-noise": each trained token's logprob moved by N(0, 0.5) (kept <= 0) */
+    ROLLOUT_FAULT_TEMPERATURE,   /* "temperature": samples at 2 x the prompt's temperature, reports the prompt's */
+    ROLLOUT_FAULT_STALE_WEIGHTS, /* "stale-weights": keeps its first weights, reports each newer version it receives */
+} rollout_fault;
+
+/* The fault named `name` into *out; false for an unknown name. */
+bool rollout_fault_parse(const char *name, rollout_fault *out);
+
 typedef struct worker_opts {
     bus_opts bus;               /* how to reach the bus (urls required) */
     const char *job;            /* the job's name */
     const char *id;             /* worker id; NULL: HOST-PID */
     int join_timeout_ms;        /* wait this long for the job (spec, weights) to appear; <= 0: forever */
     const rollout_bench_hook *bench; /* NULL in production; must outlive worker_run */
+    rollout_fault fault;        /* ROLLOUT_FAULT_NONE in production */
     volatile sig_atomic_t *stop;/* set (by a signal handler) to leave: the group in progress is returned */
 } worker_opts;
 

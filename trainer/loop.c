@@ -17,12 +17,15 @@
 #include "trainer/config.h"
 #include "trainer/publish.h"
 #include "trainer/step.h"
+#include "trainer/workercheck.h"
 
 #define FETCH_BATCH 256
 /* A partial group (in parts) is dropped as incomplete this long after its first part: two ack
  * waits (the prompt redelivered, answered again) and a margin for generating it. */
 #define PARTIAL_MAX_AGE_ACK_WAITS 2u
 #define PARTIAL_MAX_AGE_MIN_MS 300000u
+/* Per-worker values in one step's Metric at most (the message's map holds 1024). */
+#define METRIC_WORKERS_MAX 256
 
 typedef struct trainer {
     const trainer_opts *o;
@@ -47,6 +50,9 @@ typedef struct trainer {
     uint64_t tokens_since;      /* completion tokens trained since the last step's metric */
     trainer_step_cfg step_cfg;  /* from the spec, once (the learning rate per step from lr) */
     lr_schedule lr;
+    worker_check *wc;           /* each worker's mismatch, the quarantine */
+    trainer_sample_check *checks; /* [cap_checks] per sample of a step */
+    int cap_checks;
 } trainer;
 
 static double elapsed_s(const trainer *t) { return t->elapsed0_s + (tidal_clock_ms() - t->t0_ms) / 1e3; }
@@ -142,7 +148,124 @@ static tidal_status checkpoint(trainer *t)
     return TIDAL_OK;
 }
 
-static void publish_metric(trainer *t, const trainer_step_result *r, double step_ms, double lr)
+/* t->checks holds room for n samples. */
+static tidal_status checks_room(trainer *t, int n)
+{
+    if (n <= t->cap_checks) return TIDAL_OK;
+    trainer_sample_check *c = realloc(t->checks, (size_t)n * sizeof *c);
+    if (!c) return tidal_fail(TIDAL_ERR_NOMEM, "trainer: out of memory for %d samples", n);
+    t->checks = c, t->cap_checks = n;
+    return TIDAL_OK;
+}
+
+/* KV trainer.workers: each worker's check (what `tidal status` and the summary show). */
+static void put_workers(trainer *t)
+{
+    int n = 0;
+    const worker_check_row *rows = worker_check_rows(t->wc, &n);
+    const worker_check_cfg *cfg = worker_check_config(t->wc);
+    json_t *o = json_object(), *ws = json_object();
+    json_object_set_new(o, "enabled", json_boolean(cfg->enabled));
+    json_object_set_new(o, "threshold", json_real(cfg->threshold));
+    json_object_set_new(o, "window", json_integer(cfg->window));
+    json_object_set_new(o, "version", json_integer((json_int_t)t->version));
+    int q = 0;
+    for (int i = 0; i < n; i++) {
+        const worker_check_row *w = &rows[i];
+        json_t *x = json_object();
+        json_object_set_new(x, "k3_mean", json_real(w->tokens ? w->k3_sum / (double)w->tokens : 0.0));
+        json_object_set_new(x, "score_mean", json_real(w->excess_tokens ? w->excess_sum / (double)w->excess_tokens : 0.0));
+        json_object_set_new(x, "score_last", w->steps ? json_real(w->last) : json_null());
+        json_object_set_new(x, "tokens", json_integer((json_int_t)w->tokens));
+        json_object_set_new(x, "steps", json_integer((json_int_t)w->steps));
+        json_object_set_new(x, "over", json_integer(w->over));
+        json_object_set_new(x, "quarantined", json_boolean(w->quarantined));
+        if (w->quarantined) {
+            json_object_set_new(x, "quarantined_at", json_integer((json_int_t)w->quarantined_at));
+            json_object_set_new(x, "reason", json_string(w->reason));
+            q++;
+        }
+        json_object_set_new(ws, w->id, x);
+    }
+    json_object_set_new(o, "quarantined", json_integer(q));
+    json_object_set_new(o, "workers", ws);
+    char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+    json_decref(o);
+    if (text && bus_kv_put(t->kv, JOB_KEY_WORKER_CHECK, text, strlen(text), NULL) != TIDAL_OK)
+        tidal_log(TIDAL_LOG_WARN, "trainer: %s", tidal_errmsg());
+    free(text);
+}
+
+/* Quarantine worker row w (just decided, or restored at a resume): its held
+ * groups go, its later samples follow them, and it is told on the control
+ * subject to take no more prompts. */
+static void quarantine(trainer *t, const worker_check_row *w, bool tell)
+{
+    int dropped = 0;
+    if (buffer_quarantine(t->buf, w->id, &dropped) != TIDAL_OK)
+        tidal_log(TIDAL_LOG_WARN, "trainer: quarantine of worker %s: %s", w->id, tidal_errmsg());
+    tidal_log(TIDAL_LOG_WARN, "trainer: worker %s quarantined: %s; %d held groups of it dropped as quarantined", w->id,
+              w->reason, dropped);
+    if (!tell) return;
+    Tidal__V1__Control m = TIDAL__V1__CONTROL__INIT;
+    m.schema_version = 1;
+    m.command = TIDAL__V1__CONTROL_COMMAND__CONTROL_COMMAND_QUARANTINE;
+    m.reason = (char *)w->reason, m.issuer = "trainer", m.target = (char *)w->id;
+    m.issued_unix_ms = tidal_unix_ms();
+    void *buf = NULL;
+    size_t len = 0;
+    /* best effort: its samples are dropped here whether or not it hears */
+    if (codec_encode(&m.base, &buf, &len) != TIDAL_OK ||
+        bus_publish(t->bus, t->names.ctl_subject, buf, (int)len) != TIDAL_OK)
+        tidal_log(TIDAL_LOG_WARN, "trainer: telling worker %s of its quarantine: %s", w->id, tidal_errmsg());
+    free(buf);
+}
+
+/* The step just trained closes the workers' check: the newly quarantined go. */
+static void check_workers(trainer *t)
+{
+    int nr = 0;
+    worker_check_rows(t->wc, &nr);
+    int *newly = malloc((size_t)(nr ? nr : 1) * sizeof *newly);
+    if (!newly) { /* the step stays open: it closes with the next one */
+        tidal_log(TIDAL_LOG_WARN, "trainer: worker check: out of memory");
+        return;
+    }
+    const int n = worker_check_end_step(t->wc, t->version, newly, nr);
+    const worker_check_row *rows = worker_check_rows(t->wc, &nr);
+    for (int i = 0; i < n; i++) quarantine(t, &rows[newly[i]], true);
+    free(newly);
+    put_workers(t);
+}
+
+/* The check values of the step just closed, for its Metric: the raw mean k3
+ * over every scored token and their count, and per scored worker
+ * k3.<id> (raw), k3_score.<id> (above the baseline; when it counted) and
+ * k3_tokens.<id> (keys in keys[]). Returns how many. */
+static int worker_values(const trainer *t, job_metric_value *v, char (*keys)[224])
+{
+    int n = 0, nv = 0, nk = 0;
+    const worker_check_row *rows = worker_check_rows(t->wc, &n);
+    double sum = 0;
+    uint64_t tokens = 0;
+    for (int i = 0; i < n; i++) sum += rows[i].step_raw * (double)rows[i].step_n, tokens += rows[i].step_n;
+    v[nv++] = (job_metric_value){"check_k3", tokens ? sum / (double)tokens : 0.0};
+    v[nv++] = (job_metric_value){"check_tokens", (double)tokens};
+    for (int i = 0; i < n && nk + 3 <= 3 * METRIC_WORKERS_MAX; i++) {
+        if (!rows[i].step_n) continue;
+        snprintf(keys[nk], sizeof keys[nk], "k3.%s", rows[i].id);
+        v[nv++] = (job_metric_value){keys[nk++], rows[i].step_raw};
+        snprintf(keys[nk], sizeof keys[nk], "k3_tokens.%s", rows[i].id);
+        v[nv++] = (job_metric_value){keys[nk++], (double)rows[i].step_n};
+        if (!rows[i].counted) continue;
+        snprintf(keys[nk], sizeof keys[nk], "k3_score.%s", rows[i].id);
+        v[nv++] = (job_metric_value){keys[nk++], rows[i].step_score};
+    }
+    return nv;
+}
+
+static void publish_metric(trainer *t, const trainer_step_result *r, double step_ms, double lr,
+                           const job_metric_value *extra, int n_extra)
 {
     buffer_counts c;
     counts_now(t, &c);
@@ -183,8 +306,13 @@ static void publish_metric(trainer *t, const trainer_step_result *r, double step
         {"step_ms", step_ms},
         {"groups_trained", (double)c.groups_trained},
         {"buffer_groups", (double)c.groups_complete},
+        {"dropped_quarantined", (double)c.groups_dropped[BUFFER_DROP_QUARANTINED]},
     };
-    job_metric_publish(t->bus, &t->names, "trainer", t->version, elapsed_s(t), vals, (int)(sizeof vals / sizeof vals[0]));
+    const int nb = (int)(sizeof vals / sizeof vals[0]);
+    job_metric_value all[sizeof vals / sizeof vals[0] + 2 + 3 * METRIC_WORKERS_MAX];
+    memcpy(all, vals, sizeof vals);
+    memcpy(all + nb, extra, (size_t)n_extra * sizeof *extra);
+    job_metric_publish(t->bus, &t->names, "trainer", t->version, elapsed_s(t), all, nb + n_extra);
     tidal_log(TIDAL_LOG_INFO,
               "trainer: step %llu reward %.3f entropy %.3f loss %.4f staleness %.2f (max %llu) samples %d "
               "grad %.3f %.0f ms",
@@ -203,14 +331,22 @@ static tidal_status train_step(trainer *t)
     uint64_t tokens = 0;
     for (int g = 0; g < batch.n_groups; g++)
         for (int i = 0; i < batch.groups[g].n; i++) tokens += batch.groups[g].samples[i]->n_completion_token_ids;
+    int n = 0;
+    for (int g = 0; g < batch.n_groups; g++) n += batch.groups[g].n;
     trainer_step_result r;
     const double t0 = tidal_clock_ms();
-    tidal_status st = trainer_step(t->m, t->opt, &batch, t->version, &cfg, &r);
+    tidal_status st = checks_room(t, n);
+    if (st == TIDAL_OK) st = trainer_step_checked(t->m, t->opt, &batch, t->version, &cfg, &r, t->checks);
     if (st != TIDAL_OK) { /* the groups go back to the buffer untrained */
         buffer_untake(t->buf, &batch);
         return st;
     }
     const double step_ms = tidal_clock_ms() - t0;
+    tidal_status cs = TIDAL_OK; /* the check's failure (out of memory) costs a step's scores, never the step */
+    for (int g = 0, k = 0; g < batch.n_groups && cs == TIDAL_OK; g++)
+        for (int i = 0; i < batch.groups[g].n && cs == TIDAL_OK; i++, k++)
+            cs = worker_check_add(t->wc, batch.groups[g].samples[i]->worker_id, &t->checks[k]);
+    if (cs != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "trainer: worker check: %s", tidal_errmsg());
     for (int g = 0; g < batch.n_groups && st == TIDAL_OK; g++) /* a reused group's ids are in already */
         for (int i = 0; i < batch.groups[g].n && st == TIDAL_OK && batch.groups[g].uses == 0; i++)
             st = ckpt_state_add_trained(&t->ck, batch.groups[g].samples[i]->trajectory_id);
@@ -219,8 +355,12 @@ static tidal_status train_step(trainer *t)
     buffer_set_version(t->buf, t->version);
     t->tokens_since += tokens;
     if (st == TIDAL_OK) st = weights_publish(t->pub, t->m, t->version);
+    job_metric_value wv[2 + 3 * METRIC_WORKERS_MAX];
+    char wkeys[3 * METRIC_WORKERS_MAX][224];
+    check_workers(t);
+    const int nwv = worker_values(t, wv, wkeys);
     put_groups(t);
-    publish_metric(t, &r, step_ms, cfg.lr);
+    publish_metric(t, &r, step_ms, cfg.lr, wv, nwv);
     t->tokens_since = 0;
     t->last_step_ms = tidal_clock_ms();
     return st;
@@ -281,6 +421,33 @@ static void admit(trainer *t, bus_msg *m)
     g->n_trajectories = 0; /* its trajectories are the buffer's or freed */
     tidal__v1__trajectory_group__free_unpacked(g, NULL);
     traj_msg_unref(r);
+}
+
+/* A resumed trainer keeps the quarantines its earlier life decided (KV
+ * trainer.workers): their samples are dropped again, and each is told again.
+ * No key or one that does not read: nobody was quarantined. */
+static tidal_status restore_quarantine(trainer *t)
+{
+    void *v = NULL;
+    size_t n = 0;
+    if (bus_kv_get(t->kv, JOB_KEY_WORKER_CHECK, &v, &n, NULL) != TIDAL_OK) return TIDAL_OK;
+    json_t *o = json_loadb(v, n, 0, NULL);
+    free(v);
+    const char *id;
+    json_t *w;
+    tidal_status st = TIDAL_OK;
+    json_object_foreach(json_object_get(o, "workers"), id, w) {
+        if (!json_is_true(json_object_get(w, "quarantined"))) continue;
+        TRY_GOTO(worker_check_restore(t->wc, id, (uint64_t)json_integer_value(json_object_get(w, "quarantined_at")),
+                                      json_string_value(json_object_get(w, "reason"))));
+    }
+    int nr = 0;
+    const worker_check_row *rows = worker_check_rows(t->wc, &nr);
+    for (int i = 0; i < nr; i++) quarantine(t, &rows[i], true);
+    if (nr) put_workers(t);
+cleanup:
+    json_decref(o);
+    return st;
 }
 
 /* What the spec may ask that this trainer cannot do yet: refused, never ignored. */
@@ -349,6 +516,12 @@ static tidal_status start(trainer *t)
                                               PARTIAL_MAX_AGE_MIN_MS};
     TRY(buffer_create(&bopt, &t->buf));
     buffer_set_version(t->buf, t->version);
+    const worker_check_cfg wcc = {.enabled = s->trainer.worker_check.enabled,
+                                  .threshold = s->trainer.worker_check.threshold,
+                                  .window = s->trainer.worker_check.window,
+                                  .min_tokens = s->trainer.worker_check.min_tokens};
+    TRY(worker_check_create(&wcc, &t->wc));
+    if (resumed) TRY(restore_quarantine(t));
     for (size_t i = 0; i < t->ck.n_trained; i++) TRY(buffer_remember_trained(t->buf, t->ck.trained_ids[i]));
 
     st_dtype dt = !strcmp(s->weights.dtype, "bf16") ? ST_BF16 : ST_F32;
@@ -424,6 +597,8 @@ cleanup:;
     tidal_sign_key_free(t->sign_key);
     bus_unsubscribe(t->traj);
     buffer_free(t->buf);
+    worker_check_free(t->wc);
+    free(t->checks);
     bus_kv_close(t->kv);
     bus_close(t->bus);
     model_free(t->m);

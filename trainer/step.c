@@ -511,8 +511,61 @@ static void finish_metrics(step *s)
     out->grad_norm = out->updates ? s->gn_sum / out->updates : 0.0;
 }
 
+/* Each token's k3 counts at most this much in the worker check: an honest
+ * worker's rare tokens where the policy moved a lot since must not outweigh
+ * the rest (a liar's are many, each well below it). */
+#define CHECK_K3_CAP 1.0
+
+/* Each sample's agreement with the weights the step started from (step.h,
+ * trainer_sample_check), after the updates: the recompute pass holds those
+ * logprobs for every sample; otherwise the live forward of the first update
+ * does, for that update's samples (each update forwards its own positions). */
+static tidal_status score_samples(step *s, trainer_sample_check *checks)
+{
+    const layout *L = &s->L;
+    uint64_t *ver = NULL;
+    tidal_status st = TIDAL_OK;
+    for (int i = 0; i < s->n; i++) checks[i] = (trainer_sample_check){0};
+    const float *at_v = s->recompute ? L->lprox : L->logp;
+    for (int j = 0; j < s->nm; j++) {
+        const micro *mb = &s->mbs[j];
+        if (!s->recompute && mb->update != 0) break; /* later updates ran on newer weights */
+        for (int i = mb->first; i < mb->first + mb->n; i++) {
+            const sample_ref *r = &s->sr[i];
+            const Tidal__V1__Trajectory *t = r->t;
+            const size_t C = t->n_completion_token_ids;
+            const int P = (int)t->n_prompt_token_ids;
+            if (!C) continue;
+            free(ver);
+            if (!(ver = malloc(C * sizeof *ver))) {
+                st = tidal_fail(TIDAL_ERR_NOMEM, "trainer step: out of memory");
+                goto cleanup;
+            }
+            TRY_GOTO(expand_versions(t, ver, C));
+            for (size_t k = 0; k < C; k++) {
+                const int q = r->pos + P - 1 + (int)k; /* where completion token k is scored */
+                if (!L->mask[q] || ver[k] > s->version || s->version - ver[k] >= TRAINER_CHECK_VERSIONS) continue;
+                const int behind = (int)(s->version - ver[k]);
+                const double x = (double)at_v[q] - (double)L->lbeh[q];
+                const double k3 = isfinite(x) ? exp(fmin(x, 20.0)) - 1.0 - x : CHECK_K3_CAP;
+                checks[i].k3_sum[behind] += fmin(k3, CHECK_K3_CAP);
+                checks[i].tokens[behind]++;
+            }
+        }
+    }
+cleanup:
+    free(ver);
+    return st;
+}
+
 tidal_status trainer_step(model *m, adamw *opt, const buffer_batch *batch, uint64_t version,
                           const trainer_step_cfg *cfg, trainer_step_result *out)
+{
+    return trainer_step_checked(m, opt, batch, version, cfg, out, NULL);
+}
+
+tidal_status trainer_step_checked(model *m, adamw *opt, const buffer_batch *batch, uint64_t version,
+                                  const trainer_step_cfg *cfg, trainer_step_result *out, trainer_sample_check *checks)
 {
     memset(out, 0, sizeof *out);
     TRY(check_cfg(cfg, m));
@@ -532,6 +585,7 @@ tidal_status trainer_step(model *m, adamw *opt, const buffer_batch *batch, uint6
     TRY_GOTO(proximal_logprobs(&s)); /* 4. lprox before the first update */
     for (int u = 0; u < s.U; u++) TRY_GOTO(train_update(&s, u)); /* 5. */
     finish_metrics(&s);
+    if (checks) TRY_GOTO(score_samples(&s, checks));
 cleanup:
     step_free(&s);
     return st;

@@ -75,4 +75,29 @@ typedef struct trainer_step_result {
 tidal_status trainer_step(model *m, adamw *opt, const buffer_batch *batch, uint64_t version,
                           const trainer_step_cfg *cfg, trainer_step_result *out);
 
+/* Versions behind the step's that a sample's tokens are scored at (0 .. this - 1). */
+#define TRAINER_CHECK_VERSIONS 8
+
+/* How far one sample's behaviour log-probabilities are from the trainer's,
+ * by how many versions d = v - v_token its tokens are behind the step's
+ * version v: over its loss-masked completion tokens, the sum of
+ * k3 = exp(x) - 1 - x with x = l_trainer - l_beh (each term at most 1, so a
+ * few tokens where the policy moved a lot do not outweigh the rest; a
+ * non-finite x counts 1), and how many tokens that is. At d = 0 the trainer
+ * holds the very weights that sampled the token, so an honest worker differs
+ * only by arithmetic; at d > 0 honest staleness adds its own mismatch, which
+ * the worker check (trainer/workercheck.h) compares across workers at the
+ * same d. Tokens TRAINER_CHECK_VERSIONS or more behind are not scored. With
+ * minibatches > 1 and no recompute pass (loglinear, bypass) only the first
+ * update's samples are scored (the later ones run on newer weights). */
+typedef struct trainer_sample_check {
+    double k3_sum[TRAINER_CHECK_VERSIONS];
+    int tokens[TRAINER_CHECK_VERSIONS];
+} trainer_sample_check;
+
+/* trainer_step, and checks[i] (caller-owned, one per sample of the batch in
+ * batch order: groups in order, samples in order) filled as above. */
+tidal_status trainer_step_checked(model *m, adamw *opt, const buffer_batch *batch, uint64_t version,
+                                  const trainer_step_cfg *cfg, trainer_step_result *out, trainer_sample_check *checks);
+
 #endif

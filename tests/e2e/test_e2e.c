@@ -27,6 +27,14 @@
  *                 controller, trainer, a worker, the env service and `tidal status`
  *                 each with its own credentials run the job to the end; the
  *                 worker's cannot publish weights, control messages or prompts
+ *   quarantine    for each test-only fault (logprob-noise, temperature,
+ *                 stale-weights) a lying worker joins a learning job of two
+ *                 honest ones: it is quarantined within a few steps (trainer
+ *                 log, `tidal status` with the reason and its heartbeat's state,
+ *                 the summary), its groups are dropped as quarantined, the job
+ *                 learns on and balances
+ * Every scenario that checks the balance also checks that no honest worker
+ * (any but one named "liar") was quarantined by the trainer's worker check.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -211,8 +219,20 @@ static long jint(const json_t *o, const char *a, const char *b)
     return (long)json_integer_value(x);
 }
 
+/* The trainer's worker check quarantined no worker but the test's liar. */
+static void check_honest_kept(const json_t *s)
+{
+    const json_t *wc = json_object_get(s, "worker_check");
+    CHECK_MSG(json_is_object(json_object_get(wc, "workers")), "summary: no worker_check");
+    const char *id;
+    json_t *w;
+    json_object_foreach(json_object_get(wc, "workers"), id, w)
+        CHECK_MSG(!strcmp(id, "liar") || !json_is_true(json_object_get(w, "quarantined")),
+                  "honest worker %s was quarantined: %s", id, json_string_value(json_object_get(w, "reason")));
+}
+
 /* dispatched = trained + dropped + failed + in_flight, trained = steps x B,
- * in_flight >= 0. */
+ * in_flight >= 0, and no honest worker quarantined. */
 static void check_balance(const json_t *s, long steps, long B)
 {
     CHECK_MSG(s != NULL, "no summary.json");
@@ -227,6 +247,7 @@ static void check_balance(const json_t *s, long steps, long B)
     CHECK_MSG(disp == tr + dropped + fl + inf && inf >= 0, "summary: dispatched %ld != trained %ld + dropped %ld + "
               "failed %ld + in_flight %ld", disp, tr, dropped, fl, inf);
     CHECK_MSG(tr == steps * B, "summary: trained %ld groups, want %ld", tr, steps * B);
+    check_honest_kept(s);
     CHECK_MSG(jint(s, "version", NULL) == steps && json_is_true(json_object_get(s, "done")), "summary: version %ld",
               jint(s, "version", NULL));
 }
@@ -299,6 +320,7 @@ static void test_quickstart(void)
             json_number_value(json_object_get(s, "wall_s")));
     CHECK_MSG(first <= 0.3, "reward at the start %.3f > 0.3", first);
     CHECK_MSG(last10 >= 0.9, "mean reward of the last 10 steps %.3f < 0.9", last10);
+    check_honest_kept(s);
     struct stat sb;
     char svg[600];
     snprintf(svg, sizeof svg, "%s/reward.svg", run);
@@ -991,7 +1013,8 @@ static void creds_forbidden(const char *url, const job_names *n, creds_buses *c)
     /* the other roles, each outside its own lane */
     CHECK_MSG(js_refused(c->controller, subj), "controller published weights: %s", tidal_errmsg());
     CHECK_MSG(js_refused(c->trainer, n->prompts_subject), "trainer published a prompt: %s", tidal_errmsg());
-    CHECK_MSG(core_refused(c->trainer, n->ctl_subject), "trainer published control: %s", tidal_errmsg());
+    /* the trainer may publish control (it quarantines workers), never a trajectory */
+    CHECK_MSG(core_refused(c->trainer, n->traj_subject), "trainer published a trajectory: %s", tidal_errmsg());
     CHECK_MSG(core_refused(c->env, n->traj_subject), "env service published a trajectory: %s", tidal_errmsg());
     CHECK_OK(bus_kv_open(c->status, n->kv_bucket, &skv));
     st = bus_kv_put(skv, JOB_KEY_STATE, "running", 7, NULL);
@@ -1113,6 +1136,97 @@ static void test_creds(void)
     if (!check_cur_failed_) cleanup();
 }
 
+/* The quickstart's task and model in 50 steps of 24 groups (its reward climbs from about 0.1 to 0.3-0.4). */
+static const char QUARANTINE_SPEC[] =
+    "job:\n  name: e2e\n"
+    "model:\n  init: {layers: 2, hidden: 64, heads: 4, kv_heads: 2, ffn: 256, seed: 1, vocab: 14,\n"
+    "         alphabet: \"0123456789\\n\", std: 0.1}\n"
+    "data:\n  generator: strings\n  template: none\n  seed: 1\n  eval_size: 8\n"
+    "env:\n  name: strings\n  config: {length: 3, alphabet: digits, ops: [copy], prompt: bare}\n"
+    "rollout:\n  workers: 2\n  group_size: 16\n  max_tokens: 3\n  ack_wait_ms: 2000\n"
+    "buffer:\n  max_staleness: 2\n"
+    "trainer:\n  steps: 50\n  groups_per_step: 24\n  lr: 0.002\n  checkpoint_every: 25\n";
+
+/* Ask `tidal status` until the liar shows quarantined, with its reason, in the
+ * trainer's worker check and (its heartbeat) in state QUARANTINED. */
+static bool status_shows_quarantine(const char *url, double timeout_s)
+{
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "%s status --bus %s --job e2e --json > %s/status.json 2>/dev/null", tidal_bin, url, work);
+    bool check = false, state = false;
+    for (double t0 = now_s(); !(check && state) && now_s() - t0 < timeout_s; usleep(100 * 1000)) {
+        if (system(cmd) != 0) continue;
+        json_t *st = load_json(work, "status.json");
+        const json_t *liar = json_object_get(json_object_get(json_object_get(st, "worker_check"), "workers"), "liar");
+        const char *why = json_string_value(json_object_get(liar, "reason"));
+        check = json_is_true(json_object_get(liar, "quarantined")) && why && strstr(why, "mismatch");
+        size_t i;
+        json_t *w;
+        json_array_foreach(json_object_get(st, "workers"), i, w)
+            if (!strcmp(json_string_value(json_object_get(w, "id")) ? json_string_value(json_object_get(w, "id")) : "",
+                        "liar"))
+                state = state || json_integer_value(json_object_get(w, "state")) == 5; /* WORKER_STATE_QUARANTINED */
+        json_decref(st);
+    }
+    if (!check || !state) fprintf(stderr, "status: worker check %s, heartbeat state %s\n", check ? "yes" : "no",
+                                  state ? "yes" : "no");
+    return check && state;
+}
+
+static void test_quarantine(void)
+{
+    static const char *const faults[] = {"logprob-noise", "temperature", "stale-weights"};
+    for (int k = 0; k < 3; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "quarantine-%s", faults[k]);
+        fresh_work(name);
+        char store[512], spec[512], run[512], set[300], url[256];
+        snprintf(store, sizeof store, "%s/nats", work);
+        snprintf(spec, sizeof spec, "%s/job.yaml", work);
+        snprintf(run, sizeof run, "%s/run", work);
+        write_file(spec, QUARANTINE_SPEC);
+        /* a server of the test's own, so `tidal status` can read the job after its end, too */
+        tidal_server *srv = NULL;
+        tidal_server_opts so = {.store_dir = store};
+        CHECK_OK(tidal_server_start(&srv, &so));
+        if (!srv) return;
+        snprintf(url, sizeof url, "%s", tidal_server_url(srv));
+        snprintf(set, sizeof set, "bus.url=%s", url);
+        pid_t p = start_tidal("run", "run", spec, "--out", run, "--set", set, NULL);
+        setenv("OMP_NUM_THREADS", "1", 1);
+        pid_t liar = start_tidal("liar", "rollout", "--bus", url, "--job", "e2e", "--id", "liar", "--fault", faults[k],
+                                 NULL);
+        unsetenv("OMP_NUM_THREADS");
+        const bool shown = status_shows_quarantine(url, 60);
+        int rc = wait_exit(p, 180);
+        const int liar_rc = wait_exit(liar, 30);
+        CHECK_MSG(rc == 0 && liar_rc == 0, "%s: tidal run exit %d, the liar's %d", faults[k], rc, liar_rc);
+        CHECK_MSG(shown, "%s: tidal status never showed the liar quarantined with its reason and state", faults[k]);
+        CHECK_MSG(grep_file("run/logs/trainer.log", "worker liar quarantined: mismatch"),
+                  "%s: the trainer's log does not name the quarantine", faults[k]);
+        CHECK_MSG(grep_file("liar.out", "quarantined by the trainer"), "%s: the liar was not told", faults[k]);
+        json_t *s = load_json(run, "summary.json");
+        check_balance(s, 50, 24);
+        const json_t *l = json_object_get(json_object_get(json_object_get(s, "worker_check"), "workers"), "liar");
+        const long at = (long)json_integer_value(json_object_get(l, "quarantined_at"));
+        const long dropped = jint(json_object_get(s, "groups"), "dropped", "quarantined");
+        const json_t *rw = json_object_get(s, "reward");
+        const double first = json_number_value(json_object_get(rw, "first10_mean"));
+        const double last = json_number_value(json_object_get(rw, "last10_mean"));
+        fprintf(stderr, "quarantine %s: at step %ld, %ld groups dropped as quarantined, reward %.3f -> %.3f, %.0f s\n",
+                faults[k], at, dropped, first, last, json_number_value(json_object_get(s, "wall_s")));
+        CHECK_MSG(json_is_true(json_object_get(l, "quarantined")) && at >= 1 && at <= 20,
+                  "%s: the liar quarantined at step %ld (want within 20 steps)", faults[k], at);
+        CHECK_MSG(dropped >= 1, "%s: no group counted as dropped quarantined", faults[k]);
+        CHECK_MSG(last > first + 0.05, "%s: the job did not learn on: reward %.3f -> %.3f", faults[k], first, last);
+        json_decref(s);
+        if (check_cur_failed_) show_output("run");
+        tidal_server_stop(srv);
+        if (check_cur_failed_) return;
+        cleanup();
+    }
+}
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -1135,6 +1249,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "parts")) RUN(test_parts);
     else if (!strcmp(s, "rogue_weights")) RUN(test_rogue_weights);
     else if (!strcmp(s, "creds")) RUN(test_creds);
+    else if (!strcmp(s, "quarantine")) RUN(test_quarantine);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;

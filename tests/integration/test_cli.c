@@ -208,6 +208,7 @@ static void test_role_usage_errors(void)
         {"controller", bad, "--nosuch", NULL, NULL, "unknown option '--nosuch'"},
         {"rollout", "--bus", "nats://127.0.0.1:1", NULL, NULL, "--job NAME is required"},
         {"rollout", "--job", "j", "extra", NULL, "unexpected argument 'extra'"},
+        {"rollout", "--fault", "bogus", NULL, NULL, "--fault bogus: not logprob-noise, temperature or stale-weights"},
         {"status", "--job", "j", NULL, NULL, "--bus URL and --job NAME are required"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

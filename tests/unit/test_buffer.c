@@ -4,8 +4,9 @@
  * checkpoint, duplicates after a restart, sampling orders (priority by
  * reward, too), reuse of a group up to opts.reuse trainings, and the balance
  * admitted = trained + dropped + held (not counting groups held for reuse,
- * which trained already counts). Trajectories are real decoded messages
- * (encoded here, decoded by the codec). */
+ * which trained already counts), and a quarantined worker's groups dropped
+ * (held ones at once, later ones as they come). Trajectories are real decoded
+ * messages (encoded here, decoded by the codec). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,8 @@ static void on_release(void *ctx, void *handle)
 
 /* A decoded trajectory of group `gid` (size G), sample i, completion tokens
  * all at version v, with `reward`; status OK unless failed. */
+static const char *traj_worker = "w1"; /* the worker_id traj() gives */
+
 static Tidal__V1__Trajectory *traj(const char *gid, int G, int i, uint64_t v, double reward, int failed)
 {
     char id[128];
@@ -52,7 +55,7 @@ static Tidal__V1__Trajectory *traj(const char *gid, int G, int i, uint64_t v, do
     t.group_id = (char *)gid;
     t.sample_index = (uint32_t)i;
     t.group_size = (uint32_t)G;
-    t.worker_id = "w1";
+    t.worker_id = (char *)traj_worker;
     t.n_prompt_token_ids = 2, t.prompt_token_ids = prompt;
     t.n_completion_token_ids = 3, t.completion_token_ids = completion;
     t.n_logprobs = 3, t.logprobs = lp;
@@ -512,6 +515,60 @@ static void test_incomplete_groups(void)
     CHECK(a.released == 2); /* the complete group, never trained */
 }
 
+static void test_quarantine(void)
+{
+    acks a = {0};
+    buffer *b = make(4, 16, BUFFER_FIFO, false, &a);
+    traj_worker = "liar";
+    admit_group(b, "l-whole", 2, 0, 0.0);                               /* complete, held */
+    buffer_admit(b, traj("l-part", 3, 0, 0, 0, 0), handle_for("l-part", 0)); /* partial, held */
+    admit_group(b, "l-other", 2, 0, 0.0);
+    traj_worker = "honest";
+    admit_group(b, "h1", 2, 0, 0.0);
+    buffer_batch bt;
+    CHECK_OK(buffer_take(b, 1, &bt)); /* fifo: l-whole */
+    buffer_untake(b, &bt);
+    buffer_counts c;
+    buffer_counts_get(b, &c);
+    CHECK(c.groups_complete == 3 && c.groups_partial == 1);
+    int now = -1;
+    CHECK_OK(buffer_quarantine(b, "liar", &now));
+    buffer_counts_get(b, &c);
+    CHECK_MSG(now == 3 && c.groups_dropped[BUFFER_DROP_QUARANTINED] == 3 && c.dropped[BUFFER_DROP_QUARANTINED] == 5 &&
+                  a.dropped == 5 && c.groups_complete == 1 && c.groups_partial == 0,
+              "now %d, groups %llu samples %llu acked %d", now,
+              (unsigned long long)c.groups_dropped[BUFFER_DROP_QUARANTINED],
+              (unsigned long long)c.dropped[BUFFER_DROP_QUARANTINED], a.dropped);
+    /* its late samples: of a dropped group (follows it), of a new one (the group goes, counted once) */
+    traj_worker = "liar";
+    buffer_admit(b, traj("l-part", 3, 1, 0, 0, 0), handle_for("l-part", 1));
+    buffer_admit(b, traj("l-new", 2, 0, 0, 0, 0), handle_for("l-new", 0));
+    buffer_admit(b, traj("l-new", 2, 1, 0, 0, 0), handle_for("l-new", 1));
+    traj_worker = "honest";
+    admit_group(b, "h2", 2, 0, 0.0);
+    buffer_counts_get(b, &c);
+    CHECK_MSG(c.groups_dropped[BUFFER_DROP_QUARANTINED] == 4 && c.dropped[BUFFER_DROP_QUARANTINED] == 8 &&
+                  buffer_ready(b) == 2 && balanced(b),
+              "groups %llu samples %llu ready %d", (unsigned long long)c.groups_dropped[BUFFER_DROP_QUARANTINED],
+              (unsigned long long)c.dropped[BUFFER_DROP_QUARANTINED], buffer_ready(b));
+    /* a group it trained before the quarantine retires (its training stands), never dropped */
+    acks a2 = {0};
+    buffer *r = make_opts((buffer_opts){.max_staleness = 4, .capacity = 16, .reuse = 2}, &a2);
+    traj_worker = "liar";
+    admit_group(r, "l-reused", 2, 0, 0.0);
+    traj_worker = "w1";
+    CHECK_OK(buffer_take(r, 1, &bt));
+    buffer_trained(r, &bt, 1); /* back for its second training */
+    CHECK_OK(buffer_quarantine(r, "liar", &now));
+    buffer_counts_get(r, &c);
+    CHECK(now == 0 && c.groups_dropped[BUFFER_DROP_QUARANTINED] == 0 && c.groups_trained == 1 && buffer_ready(r) == 0);
+    buffer_checkpointed(r, 1);
+    CHECK(a2.trained == 2 && a2.dropped == 0 && balanced(r));
+    CHECK(!strcmp(buffer_drop_name(BUFFER_DROP_QUARANTINED), "quarantined"));
+    buffer_free(r);
+    buffer_free(b);
+}
+
 int main(void)
 {
     RUN(test_group_train_then_ack_at_checkpoint);
@@ -524,5 +581,6 @@ int main(void)
     RUN(test_reuse_stale_retires);
     RUN(test_reuse_capacity_retires);
     RUN(test_incomplete_groups);
+    RUN(test_quarantine);
     return check_summary();
 }

@@ -666,6 +666,21 @@ static void test_schema_versions(void)
     CHECK(rejected(MSG(w.w), "blob schema_version 5 not supported"));
 }
 
+/* QUARANTINE aims at one worker (a kv-key-like id), never at everyone; an unknown command is refused. */
+static void test_control_commands(void)
+{
+    Tidal__V1__Control c = control_sample();
+    c.command = TIDAL__V1__CONTROL_COMMAND__CONTROL_COMMAND_QUARANTINE;
+    c.target = "";
+    CHECK(rejected(MSG(c), "target is empty"));
+    c.target = "a worker";
+    CHECK(rejected(MSG(c), "target"));
+    c.target = "w0-1234";
+    CHECK_OK(codec_validate(MSG(c)));
+    c.command = (Tidal__V1__ControlCommand)9;
+    CHECK(rejected(MSG(c), "command 9 is not a known ControlCommand"));
+}
+
 /* A field this build does not know (a newer sender's) is skipped. */
 static void test_unknown_fields_ignored(void)
 {
@@ -1290,6 +1305,7 @@ int main(void)
     RUN(test_group_rules);
     RUN(test_schema_versions);
     RUN(test_unknown_fields_ignored);
+    RUN(test_control_commands);
     RUN(test_random_bytes);
     RUN(test_mutated_encodings);
     RUN(test_truncated_encodings);

@@ -121,7 +121,7 @@ static void test_lanes(void)
                                           "tidal.j.traj", "$JS.API.STREAM.DELETE.TIDAL_j_PROMPTS",
                                           "$JS.API.CONSUMER.MSG.NEXT.TIDAL_j_PROMPTS.rollout", NULL};
     CHECK(lane_kept(&n, "controller", controller_not));
-    const char *const trainer_not[] = {"tidal.j.prompts", "tidal.j.ctl", "tidal.j.traj", "$KV.TIDAL_j.spec",
+    const char *const trainer_not[] = {"tidal.j.prompts", "tidal.j.traj", "tidal.j.metrics.controller", "$KV.TIDAL_j.spec",
                                        "$KV.TIDAL_j.controller.cursor", "$JS.API.STREAM.DELETE.TIDAL_j_TRAJ", NULL};
     CHECK(lane_kept(&n, "trainer", trainer_not));
     const char *const status_not[] = {"$KV.TIDAL_j.state", "$KV.TIDAL_j_WORKERS.w", "tidal.j.ctl", "tidal.j.prompts",

@@ -13,7 +13,11 @@
  *   both KL terms, overlong shaping, cispo, gspo, bypass) runs, moves the
  *   parameters and is unchanged by micro-batching (so M2PO's selection sees
  *   the whole update whatever the token budget). The values themselves are
- *   checked against PyTorch by tests/parity/test_step_parity.py. */
+ *   checked against PyTorch by tests/parity/test_step_parity.py;
+ * - the worker check's scores (trainer_step_checked): the engine's own
+ *   logprobs at the step's version score k3 ~ 0 on every token, perturbed
+ *   ones far above, tokens a version behind land at d = 1, tokens too far
+ *   behind or of a later update without a recompute are not scored. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -324,6 +328,70 @@ static void test_every_path(void)
     model_free(ref);
 }
 
+/* Token-weighted mean k3 of checks[i0, i1) at d, and their tokens. */
+static double check_mean(const trainer_sample_check *c, int i0, int i1, int d, int *tokens)
+{
+    double s = 0;
+    *tokens = 0;
+    for (int i = i0; i < i1; i++) s += c[i].k3_sum[d], *tokens += c[i].tokens[d];
+    return *tokens ? s / *tokens : 0;
+}
+
+static void test_worker_check_scores(void)
+{
+    model *m = make_model();
+    buffer_batch b;
+    buffer_group groups[GROUPS];
+    sample_batch(m, &b, groups);
+    int all = 0;
+    for (int g = 0; g < GROUPS; g++)
+        for (int i = 0; i < G; i++) all += (int)S[g][i].t.n_completion_token_ids;
+    adamw *o = NULL;
+    size_t np;
+    model_params(m, &np);
+    CHECK_OK(adamw_create(np, NULL, &o));
+    trainer_step_cfg c = step_cfg(1000);
+    c.lr = 0; /* the weights stay those that sampled: each step sees the same policy */
+    trainer_step_result r;
+    trainer_sample_check chk[GROUPS * G];
+    int n = 0;
+    /* honest, at the step's own version: every trained token scored at d = 0, k3 ~ 0 */
+    CHECK_OK(trainer_step_checked(m, o, &b, 0, &c, &r, chk));
+    double k3 = check_mean(chk, 0, GROUPS * G, 0, &n);
+    CHECK_MSG(n == all && k3 < 1e-5, "d = 0: %d of %d tokens scored, mean k3 %g", n, all, k3);
+    /* the same samples a version behind: scored at d = 1 (the same weights here, so still ~ 0) */
+    CHECK_OK(trainer_step_checked(m, o, &b, 1, &c, &r, chk));
+    k3 = check_mean(chk, 0, GROUPS * G, 1, &n);
+    CHECK_MSG(n == all && k3 < 1e-5 && check_mean(chk, 0, GROUPS * G, 0, &n) == 0 && n == 0, "d = 1: %d tokens", n);
+    /* too far behind: not scored at all */
+    CHECK_OK(trainer_step_checked(m, o, &b, TRAINER_CHECK_VERSIONS, &c, &r, chk));
+    int scored = 0;
+    for (int d = 0; d < TRAINER_CHECK_VERSIONS; d++) scored += (check_mean(chk, 0, GROUPS * G, d, &n), n);
+    CHECK_MSG(scored == 0, "%d tokens scored %d versions behind", scored, TRAINER_CHECK_VERSIONS);
+    /* a lying group (its logprobs moved): far above, the honest group still ~ 0 */
+    for (int i = 0; i < G; i++)
+        for (size_t k = 0; k < S[1][i].t.n_completion_token_ids; k++)
+            S[1][i].lp[k] = fminf(0.0f, S[1][i].lp[k] + 0.5f * ((k + i) % 2 ? 1.0f : -1.0f));
+    CHECK_OK(trainer_step_checked(m, o, &b, 0, &c, &r, chk));
+    const double honest = check_mean(chk, 0, G, 0, &n), liar = check_mean(chk, G, 2 * G, 0, &n);
+    CHECK_MSG(honest < 1e-5 && liar > 0.05, "honest group k3 %g, lying group %g", honest, liar);
+    /* two updates without a recompute pass: only the first update's samples are scored */
+    c.minibatches = 2, c.proximal = PROX_LOGLINEAR;
+    CHECK_OK(trainer_step_checked(m, o, &b, 0, &c, &r, chk));
+    int first = 0, second = 0;
+    check_mean(chk, 0, G, 0, &first);
+    check_mean(chk, G, 2 * G, 0, &second);
+    CHECK_MSG(first > 0 && second == 0, "loglinear, 2 updates: %d tokens scored in the first, %d in the second", first,
+              second);
+    /* with the recompute pass every sample is */
+    c.proximal = PROX_RECOMPUTE;
+    CHECK_OK(trainer_step_checked(m, o, &b, 0, &c, &r, chk));
+    check_mean(chk, G, 2 * G, 0, &second);
+    CHECK_MSG(second > 0 && check_mean(chk, 0, G, 0, &n) < 1e-5, "recompute, 2 updates: %d tokens in the second", second);
+    adamw_free(o);
+    model_free(m);
+}
+
 int main(void)
 {
     /* Micro-batching may change a step only by rounding, and AdamW's first update
@@ -336,5 +404,6 @@ int main(void)
     RUN(test_micro_batches_change_nothing);
     RUN(test_bad_samples);
     RUN(test_every_path);
+    RUN(test_worker_check_scores);
     return check_summary();
 }
