@@ -620,9 +620,13 @@ tidal_status worker_run(const worker_opts *o)
             *c = '_'; /* a KV key and a subject token */
     w->started_ms = tidal_unix_ms();
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
-    const tidal_status st = serve(w);
+    tidal_status st = serve(w);
     char err[1024] = ""; /* the failure's message, kept through the releases below */
     if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());
+    if (st != TIDAL_OK && !w->ctl && leaving(w)) { /* told to leave while joining (its waits end early): a clean leave */
+        tidal_log(TIDAL_LOG_INFO, "worker %s: told to leave while joining (%s)", w->id, err);
+        st = TIDAL_OK;
+    }
     if (w->ctl) bus_unsubscribe(w->ctl);
     if (w->workers) bus_kv_delete(w->workers, w->id);
     tidal_log(TIDAL_LOG_INFO, "worker %s: leaving after %llu groups (%llu trajectories, %llu rejected messages)",

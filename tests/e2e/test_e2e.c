@@ -10,7 +10,8 @@
  *   kill_worker   kill -9 of a worker mid-generation: its prompt comes back,
  *                 the run completes, the summary balances, nothing trained twice;
  *                 kill -9 of one of tidal run's own workers too: the run still
- *                 exits 0 and summary.json's workers_lost names it
+ *                 exits 0 and summary.json's workers_lost names it; a worker
+ *                 SIGTERMed while it joins leaves with exit 0
  *   kill_trainer  kill -9 of the trainer fails `tidal run` (exit 1), then
  *                 `tidal run --resume`: the versions continue, the summary
  *                 balances, nothing lost or twice
@@ -491,7 +492,14 @@ static void test_kill_worker(void)
     bus_url_of(run, url, sizeof url);
     /* a slow worker (it holds each prompt 10 x its generation time) is killed in the middle of a group */
     pid_t w = start_tidal("victim", "rollout", "--bus", url, "--job", "e2e", "--id", "victim", "--slowdown", "10", NULL);
+    /* a worker told to leave while it is still joining (here: waiting for a job that never starts) leaves
+       cleanly, exit 0, as a churning fleet's do */
+    pid_t early = start_tidal("early", "rollout", "--bus", url, "--job", "e2e-none", "--id", "early", NULL);
     CHECK_MSG(wait_generating(url, "victim", 60), "the victim never got to generate");
+    CHECK_MSG(grep_file("early.out", "waiting for the KV bucket"), "the early worker is not waiting for its job");
+    kill(early, SIGTERM);
+    const int early_rc = wait_exit(early, 30);
+    CHECK_MSG(early_rc == 0, "a worker told to leave while joining: exit %d, want 0", early_rc);
     CHECK_MSG(kill(w, SIGKILL) == 0, "cannot kill the victim (%d)", (int)w);
     waitpid(w, NULL, 0);
     /* and one of tidal run's own workers: elastic, so the run still completes and exits 0, and names it lost */
