@@ -16,6 +16,7 @@ Checks (exit 1 when one fails, each printed):
   - the job completed: `tidal run` exits 0, summary.json done at version = steps;
   - balance: summary.json groups dispatched = trained + dropped + failed + in flight, trained =
     steps x groups_per_step;
+  - staleness: no trained token more than buffer.max_staleness (2) versions old;
   - trained once: the last checkpoint's trained_ids (every trajectory trained) has each id once, and
     steps x groups_per_step x group_size of them;
   - every worker sent SIGTERM left with exit 0, and no process outlived the run (each is SIGTERMed
@@ -26,7 +27,7 @@ trainer's RSS early and at the end (a leak would show). One JSON line at the end
 
 usage: churn.py [--tidal build/tidal] [--out /tmp/churn] [--steps 150] [--groups 24] [--max-workers 64]
                 [--min-workers 40] [--period 3] [--kill 3] [--term 3] [--token-ms 30] [--tail 2]
-                [--seed 1] [--timeout 1800]
+                [--ack-wait-ms 3000] [--seed 1] [--timeout 1800]
 """
 import argparse
 import json
@@ -181,6 +182,8 @@ def main():
     ap.add_argument("--term", type=int, default=3, help="at most this many SIGTERM per round")
     ap.add_argument("--token-ms", type=float, default=30)
     ap.add_argument("--tail", type=float, default=2)
+    ap.add_argument("--ack-wait-ms", type=int, default=3000,
+                    help="rollout.ack_wait_ms: how soon a killed worker's prompt comes back")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=1800)
     a = ap.parse_args()
@@ -191,7 +194,7 @@ def main():
     os.makedirs(os.path.join(a.out, "workers"))
     run = os.path.join(a.out, "run")
     sets = ["rollout.workers=0", "trainer.steps=%d" % a.steps, "trainer.groups_per_step=%d" % a.groups,
-            "rollout.ack_wait_ms=3000", "eval.every=0", "trainer.checkpoint_every=50"]
+            "rollout.ack_wait_ms=%d" % a.ack_wait_ms, "eval.every=0", "trainer.checkpoint_every=50"]
     cmd = [a.tidal, "run", os.path.join(ROOT, "examples", "quickstart.yaml"), "--out", run]
     for s in sets:
         cmd += ["--set", s]
@@ -238,6 +241,7 @@ def main():
             job.kill()
     rc = job.wait()
     wall = time.time() - t0
+    churned = (pool.n_killed, pool.n_termed)  # during the job; finish() SIGTERMs the rest
     hung = pool.finish(15)
     pool.reap()
 
@@ -279,19 +283,27 @@ def main():
           "%d trajectories trained, want %d" % (len(ids), a.steps * a.groups * group_size))
     check(not pool.bad_exits, "workers that ended other than as told (id, returncode, what it was sent): %s" % pool.bad_exits[:10])
     check(not hung, "workers still there 15 s after SIGTERM at the end: %s" % hung[:10])
+    rows = read_jsonl(os.path.join(run, "metrics.jsonl"))
+    stale_max = max((r.get("staleness_max", 0) for r in rows), default=None)
+    stale_mean = sum(r.get("staleness_mean", 0) for r in rows) / len(rows) if rows else None
+    K = 2  # examples/quickstart.yaml buffer.max_staleness
+    check(stale_max is not None and stale_max <= K, "a trained token %s versions old, bound %d" % (stale_max, K))
     wall_s = s.get("wall_s") or wall
     fig = {
         "steps": a.steps, "groups_per_step": a.groups, "group_size": group_size, "ok": not failures,
         "exit": rc, "wall_s": round(wall, 1), "controller_wall_s": round(wall_s, 1),
         "samples_per_s": round(trained * group_size / wall_s, 1) if wall_s else None,
         "steps_per_s": round(a.steps / wall_s, 3) if wall_s else None,
-        "workers_started": pool.n_started, "workers_killed": pool.n_killed, "workers_terminated": pool.n_termed,
+        "workers_started": pool.n_started, "workers_killed": churned[0], "workers_terminated": churned[1],
+        "workers_left_at_end": pool.n_termed - churned[1],
         "max_live_workers": pool.max_live, "workers_too_late": pool.late,
         "groups_dispatched": disp, "groups_trained": trained, "groups_dropped": dropped, "groups_failed": failed,
         "groups_in_flight": inflight,
         "prompts_redelivered": s.get("prompts", {}).get("redelivered"),
         "duplicate_samples": s.get("duplicate_samples"), "trained_twice": twice,
-        "rss": rss, "token_ms": a.token_ms, "tail": a.tail, "period_s": a.period,
+        "reward_last10": s.get("reward", {}).get("last10_mean"),
+        "staleness_mean": round(stale_mean, 3) if stale_mean is not None else None, "staleness_max": stale_max,
+        "rss": rss, "token_ms": a.token_ms, "tail": a.tail, "period_s": a.period, "ack_wait_ms": a.ack_wait_ms,
     }
     print(json.dumps(fig), flush=True)
     return 1 if failures else 0
