@@ -350,6 +350,7 @@ static tidal_status generate(worker *w, served *sv)
         sv->prompt[i] = p->n_token_ids ? (int32_t)p->token_ids[i] : sv->ids.ids[i];
     tok_ids_free(&sv->ids);
     w->cur = sv->m, w->cur_eval = p->eval, w->last_progress_ms = tidal_clock_ms();
+    tidal_log(TIDAL_LOG_DEBUG, "worker %s: %s taken (delivery %d)", w->id, p->group_id, (int)bus_msg_delivered(sv->m));
     if (!sv->prompt) return tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
     const double t0 = tidal_clock_ms();
     TRY(sync_to(w, p->min_version));
@@ -432,8 +433,10 @@ static tidal_status publish(worker *w, served *sv)
     for (int i = 0; i < sv->count; i++)
         w->errors += sv->out[i].status != TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
     w->groups++;
-    tidal_log(TIDAL_LOG_DEBUG, "worker %s: %s done: %d samples in %zu message(s), v%llu, sync %.0f ms, generate %.0f ms",
-              w->id, p->group_id, sv->count, parts.n, (unsigned long long)w->version, sv->sync_ms, sv->gen_ms);
+    tidal_log(TIDAL_LOG_DEBUG,
+              "worker %s: %s done: %d samples in %zu message(s), v%llu, sync %.0f ms, generate %.0f ms, publish %.0f ms",
+              w->id, p->group_id, sv->count, parts.n, (unsigned long long)w->version, sv->sync_ms, sv->gen_ms,
+              w->publish_ms);
 cleanup:
     codec_parts_free(&parts);
     free(enc);
