@@ -361,9 +361,11 @@ cleanup:
 typedef struct child {
     const char *role;
     char name[64];
+    char id[64]; /* a rollout worker's --id; empty for the controller and the trainer */
     pid_t pid;
     int status;
     bool exited;
+    int64_t exit_unix_ms; /* when tidal run saw it exit */
 } child;
 
 /* A role of `tidal run`, logging to RUN/logs/NAME.log. */
@@ -388,7 +390,50 @@ static void print_last_line(const char *run_dir, const char *name)
     if (last[0]) fprintf(stderr, "  %s", last);
 }
 
-static void progress_line(tidal_bus *b, bus_sub *sub, bool tty, double *last_print)
+/* How a child ended, for people: "exit 3", "killed by signal 9". */
+static void describe_exit(int status, char *out, size_t n)
+{
+    if (WIFSIGNALED(status)) snprintf(out, n, "killed by signal %d", WTERMSIG(status));
+    else if (WIFEXITED(status)) snprintf(out, n, "exit %d", WEXITSTATUS(status));
+    else snprintf(out, n, "status %d", status);
+}
+
+/* Rollout workers are elastic: one that dies is lost, not a failure of the
+ * run. RUN/summary.json (the controller's, written when the job ended) gets
+ * "workers_lost": [{id, name, exit_code, signal, unix_ms}] for each of
+ * tidal run's own workers that ended other than with exit 0 - tidal run is the
+ * one process that saw them exit. Without a summary (the controller failed
+ * before writing one) there is nothing to add to; a failure here is logged,
+ * the run's exit status is the job's. */
+static void add_workers_lost(const char *run_dir, const child *kids, int n)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/summary.json", run_dir);
+    json_t *o = json_load_file(path, 0, NULL);
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return;
+    }
+    json_t *lost = json_array();
+    for (int i = 0; i < n; i++) {
+        const child *k = &kids[i];
+        if (strcmp(k->role, "rollout") || !k->exited || (WIFEXITED(k->status) && WEXITSTATUS(k->status) == 0))
+            continue;
+        json_array_append_new(
+            lost, json_pack("{s:s, s:s, s:o, s:o, s:I}", "id", k->id, "name", k->name, "exit_code",
+                            WIFEXITED(k->status) ? json_integer(WEXITSTATUS(k->status)) : json_null(), "signal",
+                            WIFSIGNALED(k->status) ? json_integer(WTERMSIG(k->status)) : json_null(), "unix_ms",
+                            (json_int_t)k->exit_unix_ms));
+    }
+    json_object_set_new(o, "workers_lost", lost);
+    char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+    json_decref(o);
+    if (!text || fs_write_file(path, text, strlen(text)) != TIDAL_OK)
+        fprintf(stderr, "tidal run: cannot add workers_lost to %s: %s\n", path, text ? tidal_errmsg() : "out of memory");
+    free(text);
+}
+
+static void progress_line(tidal_bus *b, bus_sub *sub, bool tty, int lost, double *last_print)
 {
     bus_msg *m = NULL;
     Tidal__V1__Metric *mt = NULL;
@@ -410,8 +455,10 @@ static void progress_line(tidal_bus *b, bus_sub *sub, bool tty, double *last_pri
     if (tty || now - *last_print >= 10) {
         char eta[32] = "-";
         if (v[6] >= 0) snprintf(eta, sizeof eta, "%.0fs", v[6]);
-        fprintf(stderr, "%sstep %.0f/%.0f  version %.0f  reward %.3f  staleness %.2f  samples/s %.1f  workers %.0f  ETA %s%s",
-                tty ? "\r" : "", v[0], v[1], v[0], isfinite(v[2]) ? v[2] : 0.0, v[3], v[4], v[5], eta,
+        char lost_s[32] = "";
+        if (lost > 0) snprintf(lost_s, sizeof lost_s, " (%d lost)", lost);
+        fprintf(stderr, "%sstep %.0f/%.0f  version %.0f  reward %.3f  staleness %.2f  samples/s %.1f  workers %.0f%s  ETA %s%s",
+                tty ? "\r" : "", v[0], v[1], v[0], isfinite(v[2]) ? v[2] : 0.0, v[3], v[4], v[5], lost_s, eta,
                 tty ? "   " : "\n");
         fflush(stderr);
         *last_print = now;
@@ -419,6 +466,11 @@ static void progress_line(tidal_bus *b, bus_sub *sub, bool tty, double *last_pri
     tidal__v1__metric__free_unpacked(mt, NULL);
 }
 
+/* tidal run: a private nats-server (unless the spec names a bus), then the
+ * controller, the trainer and rollout.workers workers as children, until the
+ * controller ends. Exit 0 when the job completed - rollout workers are
+ * elastic, one that dies is lost (summary.json workers_lost), not a failure;
+ * 1 when the controller or the trainer failed; 2 for a usage error. */
 int run_main(int argc, char **argv)
 {
     role_args a;
@@ -493,8 +545,8 @@ int run_main(int argc, char **argv)
     snprintf(kids[0].name, sizeof kids[0].name, "controller");
     snprintf(kids[1].name, sizeof kids[1].name, "trainer");
     for (int i = 0; i < nw; i++) {
-        char id[64];
-        snprintf(id, sizeof id, "w%d-%d", i, (int)getpid());
+        char *id = kids[2 + i].id;
+        snprintf(id, sizeof kids[2 + i].id, "w%d-%d", i, (int)getpid());
         char *w_argv[] = {"tidal", "rollout", "--bus", url, "--job", s.job.name, "--id", id, NULL};
         snprintf(kids[2 + i].name, sizeof kids[2 + i].name, "rollout-%d", i);
         kids[2 + i].role = "rollout";
@@ -520,7 +572,7 @@ int run_main(int argc, char **argv)
     const bool tty = isatty(2);
     double last_print = 0;
     bool stopping = false, failed = false, child_failed = false;
-    int running = 2 + nw;
+    int running = 2 + nw, lost = 0;
     for (int i = 0; i < 2 + nw; i++)
         if (kids[i].pid < 0) { /* never started (spawn said why): nothing to wait for or signal */
             kids[i].exited = true, kids[i].status = 127 << 8;
@@ -533,17 +585,26 @@ int run_main(int argc, char **argv)
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
             for (int i = 0; i < 2 + nw; i++)
                 if (kids[i].pid == pid && !kids[i].exited) {
-                    kids[i].exited = true, kids[i].status = status;
+                    kids[i].exited = true, kids[i].status = status, kids[i].exit_unix_ms = tidal_unix_ms();
                     running--;
                     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-                    if (!ok || i < 2)
-                    {
+                    char how[64];
+                    describe_exit(status, how, sizeof how);
+                    if (i < 2) {
                         fprintf(stderr, "%stidal run: %s %s (%s/logs/%s.log)\n", tty ? "\n" : "", kids[i].name,
                                 ok ? "finished" : "failed", run_dir, kids[i].name);
                         if (!ok) print_last_line(run_dir, kids[i].name);
+                    } else if (!ok) { /* elastic: the job goes on with the others (and any that join) */
+                        lost++;
+                        fprintf(stderr, "%stidal run: %s (worker %s) lost: %s; the job goes on (%s/logs/%s.log)\n",
+                                tty ? "\n" : "", kids[i].name, kids[i].id, how, run_dir, kids[i].name);
+                        print_last_line(run_dir, kids[i].name);
+                        if (lost == nw && !stopping)
+                            fprintf(stderr, "tidal run: no worker of its own is left: the job waits for workers "
+                                            "started by hand (tidal rollout --bus %s --job %s)\n", url, s.job.name);
                     }
                     if (!ok && i < 2 && !stopping) failed = true; /* the job cannot go on without it */
-                    if (!ok) child_failed = true;             /* a worker's failure still fails the run */
+                    if (!ok && i < 2) child_failed = true;    /* a controller or trainer that failed fails the run */
                     if (i == 0 && !stopping) { /* the controller is done (summary written): stop the rest */
                         stopping = true;
                         for (int k = 1; k < 2 + nw; k++)
@@ -555,12 +616,14 @@ int run_main(int argc, char **argv)
             for (int k = 0; k < 2 + nw; k++)
                 if (!kids[k].exited) kill(kids[k].pid, SIGTERM);
         }
-        if (sub) progress_line(b, sub, tty, &last_print);
+        if (sub) progress_line(b, sub, tty, lost, &last_print);
         usleep(50 * 1000);
     }
     if (tty) fprintf(stderr, "\n");
     const int ctl_status = kids[0].status;
     rc = failed || child_failed ? 1 : WIFEXITED(ctl_status) ? WEXITSTATUS(ctl_status) : 1;
+    add_workers_lost(run_dir, kids, 2 + nw);
+    if (lost) fprintf(stderr, "tidal run: %d of %d rollout workers lost (summary.json workers_lost)\n", lost, nw);
 cleanup:
     if (st != TIDAL_OK) fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
     bus_unsubscribe(sub);

@@ -409,6 +409,7 @@ static tidal_status generate(worker *w, served *sv)
         sv->prompt[i] = p->n_token_ids ? (int32_t)p->token_ids[i] : sv->ids.ids[i];
     tok_ids_free(&sv->ids);
     w->cur = sv->m, w->cur_eval = p->eval, w->last_progress_ms = tidal_clock_ms();
+    tidal_log(TIDAL_LOG_DEBUG, "worker %s: %s taken (delivery %d)", w->id, p->group_id, (int)bus_msg_delivered(sv->m));
     if (!sv->prompt) return tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
     const double t0 = tidal_clock_ms();
     TRY(sync_to(w, p->min_version));
@@ -491,8 +492,10 @@ static tidal_status publish(worker *w, served *sv)
     for (int i = 0; i < sv->count; i++)
         w->errors += sv->out[i].status != TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
     w->groups++;
-    tidal_log(TIDAL_LOG_DEBUG, "worker %s: %s done: %d samples in %zu message(s), v%llu, sync %.0f ms, generate %.0f ms",
-              w->id, p->group_id, sv->count, parts.n, (unsigned long long)w->version, sv->sync_ms, sv->gen_ms);
+    tidal_log(TIDAL_LOG_DEBUG,
+              "worker %s: %s done: %d samples in %zu message(s), v%llu, sync %.0f ms, generate %.0f ms, publish %.0f ms",
+              w->id, p->group_id, sv->count, parts.n, (unsigned long long)w->version, sv->sync_ms, sv->gen_ms,
+              w->publish_ms);
 cleanup:
     codec_parts_free(&parts);
     free(enc);
@@ -698,9 +701,13 @@ tidal_status worker_run(const worker_opts *o)
     if (o->fault != ROLLOUT_FAULT_NONE)
         tidal_log(TIDAL_LOG_WARN, "worker %s: test-only fault %d on: it lies to the trainer", w->id, (int)o->fault);
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
-    const tidal_status st = serve(w);
+    tidal_status st = serve(w);
     char err[1024] = ""; /* the failure's message, kept through the releases below */
     if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());
+    if (st != TIDAL_OK && !w->ctl && leaving(w)) { /* told to leave while joining (its waits end early): a clean leave */
+        tidal_log(TIDAL_LOG_INFO, "worker %s: told to leave while joining (%s)", w->id, err);
+        st = TIDAL_OK;
+    }
     if (w->ctl) bus_unsubscribe(w->ctl);
     if (w->workers) bus_kv_delete(w->workers, w->id);
     tidal_log(TIDAL_LOG_INFO, "worker %s: leaving after %llu groups (%llu trajectories, %llu rejected messages)",

@@ -81,8 +81,9 @@ typedef struct worker_opts {
 } worker_opts;
 
 /* Run until the job is done, a STOP or DRAIN arrives, or *stop is set.
- * TIDAL_OK then; an error when the job cannot be joined (no spec, a spec
- * this build cannot honour) or the bus fails for good. */
+ * TIDAL_OK then (also when *stop is set while it is still joining); an error
+ * when the job cannot be joined (no spec, a spec this build cannot honour)
+ * or the bus fails for good. */
 tidal_status worker_run(const worker_opts *o);
 
 #endif

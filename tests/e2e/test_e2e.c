@@ -8,9 +8,13 @@
  *   join          a worker started by hand mid-run contributes and the
  *                 sample rate rises
  *   kill_worker   kill -9 of a worker mid-generation: its prompt comes back,
- *                 the run completes, the summary balances, nothing trained twice
- *   kill_trainer  kill -9 of the trainer, then `tidal run --resume`: the
- *                 versions continue, the summary balances, nothing lost or twice
+ *                 the run completes, the summary balances, nothing trained twice;
+ *                 kill -9 of one of tidal run's own workers too: the run still
+ *                 exits 0 and summary.json's workers_lost names it; a worker
+ *                 SIGTERMed while it joins leaves with exit 0
+ *   kill_trainer  kill -9 of the trainer fails `tidal run` (exit 1), then
+ *                 `tidal run --resume`: the versions continue, the summary
+ *                 balances, nothing lost or twice
  *   kill_bus      kill -9 of nats-server (JetStream on disk) and a restart on
  *                 the same port: every role reconnects, the run completes
  *   garbage       garbage on the prompt and trajectory subjects is rejected and
@@ -508,6 +512,8 @@ static void test_join(void)
     cleanup();
 }
 
+static bool grep_file(const char *file, const char *pattern);
+
 static void test_kill_worker(void)
 {
     fresh_work("kill_worker");
@@ -521,15 +527,35 @@ static void test_kill_worker(void)
     bus_url_of(run, url, sizeof url);
     /* a slow worker (it holds each prompt 10 x its generation time) is killed in the middle of a group */
     pid_t w = start_tidal("victim", "rollout", "--bus", url, "--job", "e2e", "--id", "victim", "--slowdown", "10", NULL);
+    /* a worker told to leave while it is still joining (here: waiting for a job that never starts) leaves
+       cleanly, exit 0, as a churning fleet's do */
+    pid_t early = start_tidal("early", "rollout", "--bus", url, "--job", "e2e-none", "--id", "early", NULL);
     CHECK_MSG(wait_generating(url, "victim", 60), "the victim never got to generate");
+    CHECK_MSG(grep_file("early.out", "waiting for the KV bucket"), "the early worker is not waiting for its job");
+    kill(early, SIGTERM);
+    const int early_rc = wait_exit(early, 30);
+    CHECK_MSG(early_rc == 0, "a worker told to leave while joining: exit %d, want 0", early_rc);
     CHECK_MSG(kill(w, SIGKILL) == 0, "cannot kill the victim (%d)", (int)w);
     waitpid(w, NULL, 0);
+    /* and one of tidal run's own workers: elastic, so the run still completes and exits 0, and names it lost */
+    const pid_t own = pid_of(run, "rollout-0");
+    CHECK_MSG(own > 0 && kill(own, SIGKILL) == 0, "cannot kill rollout-0 (%d)", (int)own);
     int rc = wait_exit(p, 300);
-    CHECK_MSG(rc == 0, "tidal run exit %d after the worker's kill", rc);
+    CHECK_MSG(rc == 0, "tidal run exit %d after the workers' kill", rc);
     json_t *s = load_json(run, "summary.json");
     check_balance(s, 100, 4);
     CHECK_MSG(jint(s, "prompts", "redelivered") >= 1, "no prompt redelivered after the kill");
+    const json_t *lost = json_object_get(s, "workers_lost"), *l0 = json_array_get(lost, 0);
+    const char *lost_id = json_string_value(json_object_get(l0, "id"));
+    CHECK_MSG(json_array_size(lost) == 1 && lost_id && !strncmp(lost_id, "w0-", 3) &&
+                  !strcmp(json_string_value(json_object_get(l0, "name")), "rollout-0") &&
+                  json_integer_value(json_object_get(l0, "signal")) == SIGKILL &&
+                  json_is_null(json_object_get(l0, "exit_code")) && jint(l0, "unix_ms", NULL) > 0,
+              "summary.json workers_lost: want rollout-0 (w0-...) killed by signal 9, have %zu entries (first %s)",
+              json_array_size(lost), lost_id ? lost_id : "none");
     json_decref(s);
+    CHECK_MSG(grep_file("run.out", "rollout-0 (worker w0-[0-9]*) lost: killed by signal 9"),
+              "tidal run did not say rollout-0 was lost");
     check_trained_once(run, 100, 100 * 4 * 8);
     if (check_cur_failed_) show_output("run");
     cleanup();
