@@ -33,6 +33,19 @@ static const char *ossl_reason(char *buf, size_t n)
     return buf[0] ? buf : "unknown OpenSSL error";
 }
 
+/* *out = a key owning pkey; pkey is freed if that fails. */
+static tidal_status key_wrap(EVP_PKEY *pkey, tidal_sign_key **out)
+{
+    tidal_sign_key *k = calloc(1, sizeof *k);
+    if (!k) {
+        EVP_PKEY_free(pkey);
+        return tidal_fail(TIDAL_ERR_NOMEM, "sign: out of memory");
+    }
+    k->pkey = pkey;
+    *out = k;
+    return TIDAL_OK;
+}
+
 tidal_status tidal_sign_keygen(tidal_sign_key **out)
 {
     *out = NULL;
@@ -44,14 +57,7 @@ tidal_status tidal_sign_keygen(tidal_sign_key **out)
         return tidal_fail(TIDAL_ERR_INVALID, "sign: cannot make an ed25519 key: %s", ossl_reason(why, sizeof why));
     }
     EVP_PKEY_CTX_free(ctx);
-    tidal_sign_key *k = calloc(1, sizeof *k);
-    if (!k) {
-        EVP_PKEY_free(pkey);
-        return tidal_fail(TIDAL_ERR_NOMEM, "sign: out of memory");
-    }
-    k->pkey = pkey;
-    *out = k;
-    return TIDAL_OK;
+    return key_wrap(pkey, out);
 }
 
 tidal_status tidal_sign_key_load(const char *path, tidal_sign_key **out)
@@ -72,14 +78,7 @@ tidal_status tidal_sign_key_load(const char *path, tidal_sign_key **out)
         return tidal_fail(TIDAL_ERR_INVALID, "sign: key file %s: not an ed25519 key (make one with "
                           "`openssl genpkey -algorithm ed25519`)", path);
     }
-    tidal_sign_key *k = calloc(1, sizeof *k);
-    if (!k) {
-        EVP_PKEY_free(pkey);
-        return tidal_fail(TIDAL_ERR_NOMEM, "sign: out of memory");
-    }
-    k->pkey = pkey;
-    *out = k;
-    return TIDAL_OK;
+    return key_wrap(pkey, out);
 }
 
 tidal_status tidal_sign_key_save(const tidal_sign_key *k, const char *path)

@@ -692,21 +692,34 @@ static void test_parts(void)
     cleanup();
 }
 
-static void test_garbage(void)
+/* Scenario `name` in a fresh work/: `tidal run` of BASE_SPEC into work/run for
+ * `steps` steps, past step 2, and a client connection named `name` to its
+ * bus in *b (a failed check leaves *b NULL), with the job's names; *p is the run. */
+static void run_and_connect(const char *name, const char *steps, char *run, size_t nrun, pid_t *p, tidal_bus **b,
+                            job_names *jn)
 {
-    fresh_work("garbage");
-    char spec[512], run[512], url[256] = "";
+    fresh_work(name);
+    char spec[512], url[256] = "";
     snprintf(spec, sizeof spec, "%s/job.yaml", work);
-    snprintf(run, sizeof run, "%s/run", work);
+    snprintf(run, nrun, "%s/run", work);
     write_file(spec, BASE_SPEC);
-    pid_t p = start_tidal("run", "run", spec, "--out", run, "--set", "trainer.steps=40", NULL);
+    *b = NULL;
+    job_names_init(jn, "e2e");
+    *p = start_tidal("run", "run", spec, "--out", run, "--set", steps, NULL);
     CHECK_MSG(wait_step(run, 2, 120), "no step 2");
     bus_url_of(run, url, sizeof url);
+    bus_opts bo = {.urls = url, .name = name};
+    CHECK_OK(bus_connect(b, &bo));
+}
+
+static void test_garbage(void)
+{
+    char run[512];
     tidal_bus *b = NULL;
-    bus_opts bo = {.urls = url, .name = "garbage"};
-    CHECK_OK(bus_connect(&b, &bo));
     job_names jn;
-    job_names_init(&jn, "e2e");
+    pid_t p = 0;
+    run_and_connect("garbage", "trainer.steps=40", run, sizeof run, &p, &b, &jn);
+    if (!b) return; /* the check said why */
     const char junk[] = "\xff\x01garbage, not a protobuf";
     const unsigned char neg[] = {0x10, 0xff, 0xff, 0xff, 0xff, 0x0f}; /* decodes, but schema_version nonsense */
     for (int i = 0; b && i < 3; i++) {
@@ -890,19 +903,14 @@ static beats read_beats(tidal_bus *b, const job_names *n)
 
 static void test_rogue_weights(void)
 {
-    fresh_work("rogue");
-    char spec[512], run[512], url[256] = "";
-    snprintf(spec, sizeof spec, "%s/job.yaml", work);
-    snprintf(run, sizeof run, "%s/run", work);
-    write_file(spec, BASE_SPEC);
-    pid_t p = start_tidal("run", "run", spec, "--out", run, "--set", "trainer.steps=24", NULL);
-    CHECK_MSG(wait_step(run, 2, 120), "no step 2");
-    bus_url_of(run, url, sizeof url);
+    char run[512];
     tidal_bus *b = NULL;
-    bus_opts bo = {.urls = url, .name = "rogue"};
-    CHECK_OK(bus_connect(&b, &bo));
     job_names jn;
-    job_names_init(&jn, "e2e");
+    pid_t p = 0;
+    run_and_connect("rogue", "trainer.steps=24", run, sizeof run, &p, &b, &jn);
+    if (!b) return; /* the check said why */
+    char url[256] = "";
+    bus_url_of(run, url, sizeof url);
     tidal_sign_key *rogue = NULL;
     CHECK_OK(tidal_sign_keygen(&rogue));
     beats before = {0};
