@@ -60,7 +60,15 @@ def summarise(run_dir, wall):
     first95 = next((i for i, x in enumerate(rew) if x >= 0.95), None)
     late = [r for r in m if r["step"] > SPIKE_AFTER]
     gn = [r.get("grad_norm", 0.0) for r in late]
+    quarantined = None  # workers the trainer's worker check quarantined (None: a trainer without the check)
+    summary = os.path.join(run_dir, "summary.json")
+    if os.path.exists(summary):
+        with open(summary) as f:
+            wc = json.load(f).get("worker_check")
+        if isinstance(wc, dict):
+            quarantined = sum(1 for w in wc.get("workers", {}).values() if w.get("quarantined"))
     return {
+        "quarantined": quarantined,
         "steps": len(m),
         "last10": sum(rew[-10:]) / min(10, len(rew)),
         "first95": None if first95 is None else m[first95]["step"],
@@ -111,11 +119,16 @@ def fmt(x, p=3):
     return "-" if x is None else (f"{x:.{p}f}" if isinstance(x, float) else str(x))
 
 
+def quarantine_cell(rs):
+    checked = [s["quarantined"] for s in rs if s.get("quarantined") is not None]
+    return f"{sum(checked)} ({len(checked)})" if checked else "-"
+
+
 def table(results):
     head = ("| variant | condition | runs | last-10 mean (min - max) | runs with last-10 >= 0.95 | floor after 0.95: "
             "worst | runs below 0.9 after 0.95 | grad-norm spikes > 1 after step 150: runs, steps, max | "
-            "max mismatch k3 after 150 | wall s |")
-    lines = [head, "|" + "---|" * 10]
+            "max mismatch k3 after 150 | workers quarantined (runs with the check) | wall s |")
+    lines = [head, "|" + "---|" * 11]
     keys = []
     for r in results:
         if (r["label"], r["cond"]) not in keys:
@@ -134,7 +147,8 @@ def table(results):
             f"{sum(1 for x in l10 if x >= 0.95)} | {fmt(min(floors) if floors else None)} | "
             f"{below}{f' ({never} never reached 0.95)' if never else ''} | {spiky}, "
             f"{sum(s['spikes'] for s in rs)}, {max(s['grad_max_late'] for s in rs):.2f} | "
-            f"{max(s['k3_max_late'] for s in rs):.3g} | {sum(s['wall_s'] for s in rs) / len(rs):.0f} |")
+            f"{max(s['k3_max_late'] for s in rs):.3g} | {quarantine_cell(rs)} | "
+            f"{sum(s['wall_s'] for s in rs) / len(rs):.0f} |")
     return "\n".join(lines) + "\n"
 
 
