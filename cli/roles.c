@@ -488,8 +488,10 @@ int run_main(int argc, char **argv)
         a.spec_file = path;
     }
     tidal_status st = load_spec(&a, &s);
+    if (st == TIDAL_OK) st = spec_check_paths(&s, a.spec_file); /* before a server or a role starts */
     if (st != TIDAL_OK) {
         fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
+        spec_release(&s);
         return 2;
     }
     if (a.out) snprintf(run_dir, sizeof run_dir, "%s", a.out);

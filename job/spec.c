@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "proto/codec.h"
@@ -577,6 +579,29 @@ cleanup:
         spec_defaults(s);
     }
     return st;
+}
+
+tidal_status spec_check_paths(const job_spec *s, const char *name)
+{
+    struct stat st;
+    if (s->model.path[0]) {
+        char cfg[SPEC_STR + 16];
+        snprintf(cfg, sizeof cfg, "%s/config.json", s->model.path);
+        if (stat(s->model.path, &st) != 0 || !S_ISDIR(st.st_mode))
+            return tidal_fail(TIDAL_ERR_INVALID, "%s: model.path: %s: %s", name, s->model.path,
+                              errno == ENOENT ? "no such directory" : "not a directory");
+        if (access(cfg, R_OK) != 0)
+            return tidal_fail(TIDAL_ERR_INVALID, "%s: model.path: %s has no readable config.json (want a Hugging Face "
+                              "model directory)", name, s->model.path);
+    }
+    if (s->data.path[0]) {
+        if (stat(s->data.path, &st) != 0)
+            return tidal_fail(TIDAL_ERR_INVALID, "%s: data.path: %s: %s", name, s->data.path, strerror(errno));
+        if (!S_ISREG(st.st_mode) || access(s->data.path, R_OK) != 0)
+            return tidal_fail(TIDAL_ERR_INVALID, "%s: data.path: %s is not a readable file (want JSONL)", name,
+                              s->data.path);
+    }
+    return TIDAL_OK;
 }
 
 tidal_status spec_load(const char *file, const char *const *sets, int n_sets, job_spec *s)

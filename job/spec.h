@@ -140,6 +140,13 @@ tidal_status spec_load(const char *file, const char *const *sets, int n_sets, jo
 tidal_status spec_parse(const char *yaml, size_t len, const char *name, const char *const *sets, int n_sets,
                         job_spec *s);
 
+/* The spec's local files, checked before anything starts (`tidal run` runs
+ * every role here; a spec read elsewhere, by a worker on another machine,
+ * names paths of the machine that runs the role, so spec_load does not look):
+ * model.path is a directory with a config.json, data.path a readable file.
+ * TIDAL_ERR_INVALID with "NAME: key: path: what is wrong". */
+tidal_status spec_check_paths(const job_spec *s, const char *name);
+
 /* The effective spec as a JSON object (every key, defaults included), and
  * back (the same checks: a worker refuses a spec it cannot honour). */
 json_t *spec_to_json(const job_spec *s);

@@ -8,6 +8,7 @@
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -221,6 +222,38 @@ static void test_role_usage_errors(void)
     remove(bad);
 }
 
+/* `tidal run` checks the spec's local paths before it starts a server or a
+ * role: exit 2 naming the key and the path, and no run directory made. */
+static void test_run_checks_paths_first(void)
+{
+    const char *spec = "/tmp/tidal-test-cli-paths.yaml", *out = "/tmp/tidal-test-cli-paths-run";
+    struct {
+        const char *yaml, *want;
+    } cases[] = {
+        {"job: {name: p}\nmodel: {path: /nonexistent/model}\ndata: {generator: strings}\nenv: {name: strings}\n",
+         "tidal-test-cli-paths.yaml: model.path: /nonexistent/model: no such directory"},
+        {"job: {name: p}\nmodel: {path: /tmp}\ndata: {generator: strings}\nenv: {name: strings}\n",
+         "model.path: /tmp has no readable config.json"},
+        {"job: {name: p}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32}}\n"
+         "data: {path: /nonexistent/data.jsonl}\nenv: {name: gsm8k}\n",
+         "data.path: /nonexistent/data.jsonl: No such file or directory"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        FILE *f = fopen(spec, "w");
+        CHECK(f != NULL);
+        if (!f) return;
+        fputs(cases[i].yaml, f);
+        fclose(f);
+        run_result r = run_tidal("run", spec, "--out", out, NULL);
+        struct stat st;
+        CHECK_MSG(r.status == 2 && strstr(r.err, cases[i].want), "case %zu: exit %d, want 2 and '%s'\nstderr: %s", i,
+                  r.status, cases[i].want, r.err);
+        CHECK_MSG(stat(out, &st) != 0, "case %zu: %s was made for a run that cannot start", i, out);
+        run_free(&r);
+    }
+    remove(spec);
+}
+
 static void test_bench_dispatch(void)
 {
     run_result r = run_tidal("bench", "nosuch", NULL);
@@ -342,6 +375,7 @@ int main(void)
     RUN(test_version);
     RUN(test_unknown_or_missing_command);
     RUN(test_role_usage_errors);
+    RUN(test_run_checks_paths_first);
     RUN(test_generate_tiny_model);
     RUN(test_bench_dispatch);
     RUN(test_bench_bus_reports);
