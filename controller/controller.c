@@ -459,8 +459,9 @@ static char *gnuplot_quoted(const char *path)
 }
 
 /* The reward curve: RUN/reward.tsv always, RUN/reward.svg when gnuplot is
- * installed (RUN/reward.gp is the script, to re-plot by hand). Best effort: a
- * missing or failing gnuplot is a warning, never a failed job. */
+ * installed and a step has trained (RUN/reward.gp is the script, to re-plot by
+ * hand). Best effort: a missing or failing gnuplot is a warning, never a
+ * failed job. */
 static void plot(ctl *c)
 {
     char tsv[4200], svg[4200], gp[4200];
@@ -470,9 +471,15 @@ static void plot(ctl *c)
     FILE *f = fopen(tsv, "w");
     if (!f) return;
     fprintf(f, "# step\treward_mean\n");
+    size_t points = 0;
     for (size_t i = 0; i < c->n_curve; i++)
-        if (isfinite(c->curve_reward[i])) fprintf(f, "%llu\t%.6f\n", (unsigned long long)c->curve_step[i], c->curve_reward[i]);
+        if (isfinite(c->curve_reward[i]))
+            fprintf(f, "%llu\t%.6f\n", (unsigned long long)c->curve_step[i], c->curve_reward[i]), points++;
     fclose(f);
+    if (points == 0) { /* gnuplot would only say "x range is invalid" */
+        tidal_log(TIDAL_LOG_INFO, "controller: no step trained: no reward curve to plot");
+        return;
+    }
     char *svg_q = gnuplot_quoted(svg), *tsv_q = gnuplot_quoted(tsv), *job_q = gnuplot_quoted(c->names.job);
     char *script = svg_q && tsv_q && job_q
                        ? str_printf("set terminal svg size 800,450 dynamic background rgb 'white'\n"

@@ -27,6 +27,8 @@
  *                 own key; and unsigned): every worker refuses both, logs why,
  *                 counts them in its heartbeat and keeps generating; the run
  *                 completes
+ *   stopped_early a job stopped before any step trained: no gnuplot on an
+ *                 empty curve, the controller says why
  *   creds         `tidal creds`: a nats-server with only its authorization block;
  *                 controller, trainer, a worker, the env service and `tidal status`
  *                 each with its own credentials run the job to the end; the
@@ -1261,6 +1263,30 @@ static void test_quarantine(void)
     }
 }
 
+/* A job stopped before any step trained (no worker; SIGTERM once the
+ * controller has started): the controller says so, and gnuplot is not run on
+ * an empty curve (it fills the log with "x range is invalid"). */
+static void test_stopped_early(void)
+{
+    fresh_work("stopped_early");
+    char spec[512], run[512];
+    const char *log = "run/logs/controller.log"; /* grep_file reads below work/ */
+    snprintf(spec, sizeof spec, "%s/job.yaml", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    write_file(spec, BASE_SPEC);
+    pid_t p = start_tidal("run", "run", spec, "--out", run, "--set", "rollout.workers=0", NULL);
+    const double t0 = now_s();
+    while (!grep_file(log, "continues at group") && now_s() - t0 < 60) usleep(200 * 1000);
+    CHECK_MSG(grep_file(log, "continues at group"), "the controller never started");
+    kill(p, SIGTERM);
+    const int rc = wait_exit(p, 60);
+    CHECK_MSG(rc >= 0, "tidal run did not stop on SIGTERM");
+    CHECK_MSG(grep_file(log, "no step trained: no reward curve to plot"), "the controller did not say why no curve");
+    CHECK_MSG(!grep_file(log, "gnuplot"), "gnuplot ran on an empty curve");
+    if (check_cur_failed_) show_output("run");
+    cleanup();
+}
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -1283,6 +1309,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "parts")) RUN(test_parts);
     else if (!strcmp(s, "rogue_weights")) RUN(test_rogue_weights);
     else if (!strcmp(s, "creds")) RUN(test_creds);
+    else if (!strcmp(s, "stopped_early")) RUN(test_stopped_early);
     else if (!strcmp(s, "quarantine")) RUN(test_quarantine);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
