@@ -39,7 +39,7 @@ typedef struct layout {
     int32_t *ids, *targets;
     uint8_t *mask, *keep;
     float *lbeh, *lprox, *logp, *ent, *grad, *lref;
-    double *vbeh;      /* the behaviour version of each scored completion token (loglinear) */
+    double *vbeh;      /* the behaviour version of each scored completion token (loglinear, the worker check) */
     double *adv, *stale;
     int32_t *cu;       /* [n + 1] scratch: offsets relative to a micro-batch or update */
 } layout;
@@ -50,7 +50,7 @@ static void layout_free(layout *L)
     free(L->ent), free(L->grad), free(L->lref), free(L->vbeh), free(L->adv), free(L->stale), free(L->cu);
 }
 
-static tidal_status layout_alloc(layout *L, int P, int n, bool ref, bool m2po, bool loglinear)
+static tidal_status layout_alloc(layout *L, int P, int n, bool ref, bool m2po, bool versions)
 {
     const size_t p = (size_t)(P ? P : 1), s = (size_t)n + 1;
     L->ids = malloc(p * sizeof *L->ids), L->targets = malloc(p * sizeof *L->targets);
@@ -58,10 +58,10 @@ static tidal_status layout_alloc(layout *L, int P, int n, bool ref, bool m2po, b
     L->lbeh = malloc(p * sizeof(float)), L->lprox = malloc(p * sizeof(float)), L->logp = malloc(p * sizeof(float));
     L->ent = malloc(p * sizeof(float)), L->grad = malloc(p * sizeof(float));
     L->lref = ref ? malloc(p * sizeof(float)) : NULL;
-    L->vbeh = loglinear ? malloc(p * sizeof(double)) : NULL;
+    L->vbeh = versions ? malloc(p * sizeof(double)) : NULL;
     L->adv = malloc(s * sizeof(double)), L->stale = malloc(s * sizeof(double)), L->cu = malloc(s * sizeof(int32_t));
     if (!L->ids || !L->targets || !L->mask || (m2po && !L->keep) || !L->lbeh || !L->lprox || !L->logp || !L->ent ||
-        !L->grad || (ref && !L->lref) || (loglinear && !L->vbeh) || !L->adv || !L->stale || !L->cu)
+        !L->grad || (ref && !L->lref) || (versions && !L->vbeh) || !L->adv || !L->stale || !L->cu)
         return tidal_fail(TIDAL_ERR_NOMEM, "trainer step: out of memory for %d positions", P);
     return TIDAL_OK;
 }
@@ -75,8 +75,8 @@ static tidal_status expand_versions(const Tidal__V1__Trajectory *t, uint64_t *ve
     return TIDAL_OK;
 }
 
-/* Sample r's sequence into the layout at its position (and, for loglinear,
- * each scored token's behaviour version). */
+/* Sample r's sequence into the layout at its position (and, when the layout
+ * keeps them, each scored token's behaviour version). */
 static tidal_status lay_out(const sample_ref *r, layout *L)
 {
     const Tidal__V1__Trajectory *t = r->t;
@@ -218,6 +218,7 @@ typedef struct step {
     trainer_step_result *out;
     const loss_cfg *lc;
     bool bypass, m2po, need_ref, loglinear;
+    bool scored;       /* the worker check wants each token's version (trainer_step_checked) */
     bool recompute;    /* a pass for lprox before the first update */
     int n, G, U;       /* samples, groups, updates */
     int P;             /* positions in the layout */
@@ -318,7 +319,7 @@ static tidal_status read_samples(step *s)
 /* Stage 3: the layout, once, for every sample. */
 static tidal_status lay_out_batch(step *s)
 {
-    TRY(layout_alloc(&s->L, s->P, s->n, s->need_ref, s->m2po, s->loglinear));
+    TRY(layout_alloc(&s->L, s->P, s->n, s->need_ref, s->m2po, s->loglinear || s->scored));
     for (int i = 0; i < s->n; i++) TRY(lay_out(&s->sr[i], &s->L));
     for (int i = 0; i < s->n; i++) s->L.stale[i] = s->sr[i].staleness;
     return TIDAL_OK;
@@ -520,11 +521,9 @@ static void finish_metrics(step *s)
  * trainer_sample_check), after the updates: the recompute pass holds those
  * logprobs for every sample; otherwise the live forward of the first update
  * does, for that update's samples (each update forwards its own positions). */
-static tidal_status score_samples(step *s, trainer_sample_check *checks)
+static void score_samples(const step *s, trainer_sample_check *checks)
 {
     const layout *L = &s->L;
-    uint64_t *ver = NULL;
-    tidal_status st = TIDAL_OK;
     for (int i = 0; i < s->n; i++) checks[i] = (trainer_sample_check){0};
     const float *at_v = s->recompute ? L->lprox : L->logp;
     for (int j = 0; j < s->nm; j++) {
@@ -532,20 +531,10 @@ static tidal_status score_samples(step *s, trainer_sample_check *checks)
         if (!s->recompute && mb->update != 0) break; /* later updates ran on newer weights */
         for (int i = mb->first; i < mb->first + mb->n; i++) {
             const sample_ref *r = &s->sr[i];
-            const Tidal__V1__Trajectory *t = r->t;
-            const size_t C = t->n_completion_token_ids;
-            const int P = (int)t->n_prompt_token_ids;
-            if (!C) continue;
-            free(ver);
-            if (!(ver = malloc(C * sizeof *ver))) {
-                st = tidal_fail(TIDAL_ERR_NOMEM, "trainer step: out of memory");
-                goto cleanup;
-            }
-            TRY_GOTO(expand_versions(t, ver, C));
-            for (size_t k = 0; k < C; k++) {
-                const int q = r->pos + P - 1 + (int)k; /* where completion token k is scored */
-                if (!L->mask[q] || ver[k] > s->version || s->version - ver[k] >= TRAINER_CHECK_VERSIONS) continue;
-                const int behind = (int)(s->version - ver[k]);
+            for (int q = r->pos; q < r->pos + r->positions; q++) {
+                const double v = L->vbeh[q]; /* the layout's versions, decoded once by lay_out */
+                if (!L->mask[q] || v > (double)s->version || (double)s->version - v >= TRAINER_CHECK_VERSIONS) continue;
+                const int behind = (int)((double)s->version - v);
                 const double x = (double)at_v[q] - (double)L->lbeh[q];
                 const double k3 = isfinite(x) ? exp(fmin(x, 20.0)) - 1.0 - x : CHECK_K3_CAP;
                 checks[i].k3_sum[behind] += fmin(k3, CHECK_K3_CAP);
@@ -553,9 +542,6 @@ static tidal_status score_samples(step *s, trainer_sample_check *checks)
             }
         }
     }
-cleanup:
-    free(ver);
-    return st;
 }
 
 tidal_status trainer_step(model *m, adamw *opt, const buffer_batch *batch, uint64_t version,
@@ -575,6 +561,7 @@ tidal_status trainer_step_checked(model *m, adamw *opt, const buffer_batch *batc
 
     step s;
     step_init(&s, m, opt, batch, version, cfg, out, n);
+    s.scored = checks != NULL;
     tidal_status st = TIDAL_OK;
     TRY_GOTO(step_alloc(&s));
     TRY_GOTO(read_samples(&s));      /* 1. checks, staleness, rewards with overlong shaping */
@@ -585,7 +572,7 @@ tidal_status trainer_step_checked(model *m, adamw *opt, const buffer_batch *batc
     TRY_GOTO(proximal_logprobs(&s)); /* 4. lprox before the first update */
     for (int u = 0; u < s.U; u++) TRY_GOTO(train_update(&s, u)); /* 5. */
     finish_metrics(&s);
-    if (checks) TRY_GOTO(score_samples(&s, checks));
+    if (checks) score_samples(&s, checks);
 cleanup:
     step_free(&s);
     return st;
