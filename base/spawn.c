@@ -274,5 +274,5 @@ tidal_status spawn_self(const char *log, char *const argv[], int threads, pid_t 
                     .die_with_parent = true};
     tidal_status st = spawn_process(&o, pid);
     spawn_env_free(env);
-    return tidal_wrap(st, "start %s: ", argv[1] ? argv[1] : "tidal");
+    return tidal_wrap(st, "start %s", argv[1] ? argv[1] : "tidal");
 }

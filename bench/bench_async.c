@@ -128,7 +128,7 @@ static tidal_status run_once(const char *dir, const char *spec, const char *job,
         char *wargv[] = {"tidal", "rollout", "--bus", url, "--job", (char *)job, "--id", id,
                          "--token-ms", tms, "--slowdown", i ? "1" : "3", "--tail", "1.5", NULL};
         if (spawn_self(wlog, wargv, 1, &w[i]) != TIDAL_OK) { /* reported as an i/o failure of this K */
-            st = tidal_wrap(TIDAL_ERR_IO, "bench async: K = %d: ", K);
+            st = tidal_wrap(TIDAL_ERR_IO, "bench async: K = %d", K);
             goto cleanup;
         }
         started++;

@@ -217,7 +217,7 @@ static tidal_status resolve_binary(const char *want, char **out)
         return tidal_fail(st, "nats-server binary \"%s\"%s%s not found on PATH (install nats-server, "
                               "or set TIDAL_NATS_SERVER to its path)",
                           name, source ? " from " : "", source ? source : "");
-    return tidal_wrap(st, "nats-server binary (from %s): ", source ? source : "default");
+    return tidal_wrap(st, "nats-server binary (from %s)", source ? source : "default");
 }
 
 /* ---- the child ---- */
@@ -251,7 +251,7 @@ static tidal_status spawn(tidal_server *s, const char *port_arg)
                     .own_group = true,
                     .die_with_parent = true};
     pid_t pid;
-    TRY_WRAP(spawn_process(&o, &pid), "nats-server: ");
+    TRY_WRAP(spawn_process(&o, &pid), "nats-server");
     s->pid = pid;
     return TIDAL_OK;
 }

@@ -25,6 +25,7 @@
 #include "base/spawn.h"
 #include "bench/bench_hold.h"
 #include "cli/commands.h"
+#include "cli/preflight.h"
 #include "controller/controller.h"
 #include "job/spec.h"
 #include "proto/codec.h"
@@ -488,7 +489,7 @@ int run_main(int argc, char **argv)
         a.spec_file = path;
     }
     tidal_status st = load_spec(&a, &s);
-    if (st == TIDAL_OK) st = spec_check_paths(&s, a.spec_file); /* before a server or a role starts */
+    if (st == TIDAL_OK) st = run_preflight(&s, a.spec_file); /* before a server or a role starts */
     if (st != TIDAL_OK) {
         fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
         spec_release(&s);

@@ -638,6 +638,11 @@ static tidal_status start(ctl *c)
                                &c->data));
     /* the format from the model directory's files: rendering text needs no tokenizer */
     TRY(job_chat_format(s, &c->fmt));
+    if (!strcmp(s->data.template_, "auto")) /* say what auto chose: a wrong format is a silent failure */
+        tidal_log(TIDAL_LOG_INFO, "controller: data.template auto: prompts in the %s format (%s)",
+                  chat_format_name(c->fmt),
+                  s->model.init.on ? "model.init has no chat template"
+                                   : "from model.path's tokenizer_config.json chat_template; plain when it has none");
     char path[4200];
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->o->run_dir);
     c->metrics_f = fopen(path, "a");

@@ -237,7 +237,25 @@ static void test_run_checks_paths_first(void)
         {"job: {name: p}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32}}\n"
          "data: {path: /nonexistent/data.jsonl}\nenv: {name: gsm8k}\n",
          "data.path: /nonexistent/data.jsonl: No such file or directory"},
+        /* beyond paths: what the roles would find first, found before anything starts */
+        {"job: {name: p}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32}}\n"
+         "data: {path: /tmp/tidal-test-cli-paths.jsonl, prompt_key: question}\nenv: {name: gsm8k}\n",
+         "tidal-test-cli-paths.yaml: data.path: /tmp/tidal-test-cli-paths.jsonl:2: question is missing"},
+        {"job: {name: p}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32, vocab: 100}}\n"
+         "data: {generator: strings}\nenv: {name: strings}\n",
+         "tidal-test-cli-paths.yaml: model.init.vocab: 100 cannot hold"},
+        {"job: {name: p}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32}}\n"
+         "data: {generator: strings}\nenv: {name: strings, config: {length: 0}}\n",
+         "tidal-test-cli-paths.yaml: data.generator strings: env strings: config.length"},
+        {"job: {name: p}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32}}\n"
+         "data: {generator: strings}\nenv: {name: nosuchenv}\n",
+         "env nosuchenv: no such built-in environment"},
     };
+    FILE *df = fopen("/tmp/tidal-test-cli-paths.jsonl", "w");
+    CHECK(df != NULL);
+    if (!df) return;
+    fputs("{\"question\": \"1+1?\", \"answer\": \"#### 2\"}\n{\"q\": \"no question key\"}\n", df);
+    fclose(df);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         FILE *f = fopen(spec, "w");
         CHECK(f != NULL);
@@ -252,6 +270,7 @@ static void test_run_checks_paths_first(void)
         run_free(&r);
     }
     remove(spec);
+    remove("/tmp/tidal-test-cli-paths.jsonl");
 }
 
 static void test_bench_dispatch(void)
