@@ -18,6 +18,8 @@ int trainer_main(int argc, char **argv);
 int rollout_main(int argc, char **argv);
 int status_main(int argc, char **argv);
 int creds_main(int argc, char **argv);
+int serve_main(int argc, char **argv);
+extern const char serve_usage[];
 extern const char creds_usage[];
 
 extern const char env_usage[];

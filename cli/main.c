@@ -75,6 +75,12 @@ static int cmd_generate(const struct command *cmd, int argc, char **argv)
     return generate_main(argc, argv);
 }
 
+static int cmd_serve(const struct command *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    return serve_main(argc, argv);
+}
+
 static const struct command commands[] = {
     {"run", "run a whole job on this machine",
      "usage: tidal run JOB.yaml [--set key=value]... [--out DIR]\n"
@@ -149,6 +155,7 @@ static const struct command commands[] = {
      "and print the texts. PATH is a tokenizer.json or a directory holding one.\n",
      cmd_tokenize},
     {"generate", "generate with the built-in engine", generate_usage, cmd_generate},
+    {"serve", "the built-in engine behind vLLM's and SGLang's HTTP routes", serve_usage, cmd_serve},
     {"debug", "developer hooks (fwdbwd: the model's parity hook; step: the trainer step's)",
      "usage: tidal debug fwdbwd --model DIR --input IN.safetensors --out OUT.safetensors\n"
      "       tidal debug step --model DIR --input IN.safetensors --out OUT.safetensors [--set k=v]...\n"
