@@ -207,7 +207,7 @@ static tidal_status parse_completions(parse_ctx *pc, const json_t *root, const s
     json_t *p = jv_get(root, "prompt");
     if (!p) return bad_msg(pc, "prompt", "missing (a string, a list of token ids, or a list of either)");
     TRY(prompts_of(pc, p, "prompt", lim, r));
-    long long x = 16; /* OpenAI's and vLLM's default */
+    long long x = lim->max_tokens < 16 ? lim->max_tokens : 16; /* OpenAI's and vLLM's default */
     TRY(get_int(pc, root, "max_tokens", "max_tokens", 1, lim->max_tokens, &x));
     r->max_tokens = (int)x;
     TRY(sampling_of(pc, root, "", lim, r));
@@ -307,7 +307,7 @@ static tidal_status parse_generate(parse_ctx *pc, const json_t *root, const serv
     TRY(prompts_of(pc, text ? text : ids, text ? "text" : "input_ids", lim, r));
     json_t *sp = jv_get(root, "sampling_params");
     if (sp && !json_is_object(sp)) return bad(pc, "sampling_params", sp, "an object");
-    long long x = 128; /* SGLang's default */
+    long long x = lim->max_tokens < 128 ? lim->max_tokens : 128; /* SGLang's default */
     TRY(get_int(pc, sp, "max_new_tokens", "sampling_params.max_new_tokens", 1, lim->max_tokens, &x));
     r->max_tokens = (int)x;
     TRY(sampling_of(pc, sp, "sampling_params.", lim, r));
