@@ -63,7 +63,7 @@ static void put(ep *s, int32_t t, float lp, bool mask, uint64_t v)
 }
 
 /* Score this turn's text; an env failure ends the sample. */
-static void score_turn(env_client *env, tokenizer *tok, const episode_group *g, int idx, ep *s, engine *e,
+static void score_turn(env_client *env, tokenizer *tok, const episode_group *g, int idx, ep *s, generator *e,
                        bool budget_left)
 {
     tok_bytes raw = {0};
@@ -102,7 +102,7 @@ static void score_turn(env_client *env, tokenizer *tok, const episode_group *g, 
     tok_ids obs = {0};
     if (r.observation && *r.observation &&
         tokenizer_encode(tok, r.observation, strlen(r.observation), false, &obs) == TIDAL_OK)
-        for (size_t i = 0; i < obs.n && s->n < g->max_tokens; i++) put(s, obs.ids[i], 0.0f, false, engine_version(e));
+        for (size_t i = 0; i < obs.n && s->n < g->max_tokens; i++) put(s, obs.ids[i], 0.0f, false, generator_version(e));
     tok_ids_free(&obs);
     if (!budget_left || s->n >= g->max_tokens || s->turns >= g->max_turns) {
         s->done = true;
@@ -187,7 +187,7 @@ static tidal_status ep_init(ep *s, int cap)
 /* Submit turn `turn` of every sample not done yet: its context is the prompt
  * and its completion so far (ctx is scratch for the longest). *submitted
  * counts the requests; 0 means the group is done. */
-static tidal_status submit_turn(engine *e, const episode_group *g, ep *s, int G, int32_t *ctx, int turn,
+static tidal_status submit_turn(generator *e, const episode_group *g, ep *s, int G, int32_t *ctx, int turn,
                                 int *submitted)
 {
     const int stop[1] = {g->stop_id};
@@ -205,7 +205,7 @@ static tidal_status submit_turn(engine *e, const episode_group *g, ep *s, int G,
         rq.sampling.seed = g->sampling.seed + (uint64_t)(g->first_index + i) * 7919 + (uint64_t)turn * 104729;
         s[i].turn_start = s[i].n;
         s[i].turns = turn;
-        TRY(engine_submit(e, &rq, &s[i].req));
+        TRY(generator_submit(e, &rq, &s[i].req));
         (*submitted)++;
     }
     return TIDAL_OK;
@@ -214,16 +214,16 @@ static tidal_status submit_turn(engine *e, const episode_group *g, ep *s, int G,
 /* Step the engine until the turn's requests are finished (the caller's hook
  * runs between steps and may abandon the group: TIDAL_ERR_CANCELLED), then
  * append each completion and let the env score it. */
-static tidal_status finish_turn(engine *e, tokenizer *tok, env_client *env, const episode_group *g, ep *s)
+static tidal_status finish_turn(generator *e, tokenizer *tok, env_client *env, const episode_group *g, ep *s)
 {
     const double t0 = tidal_clock_ms();
-    while (engine_busy(e)) {
-        TRY(engine_step(e));
-        if (g->between_steps && engine_busy(e) && !g->between_steps(g->hook_ctx, e))
+    while (generator_busy(e)) {
+        TRY(generator_step(e));
+        if (g->between_steps && generator_busy(e) && !g->between_steps(g->hook_ctx))
             return tidal_fail(TIDAL_ERR_CANCELLED, "episode %s: abandoned", g->group_id);
     }
     const double gen = tidal_clock_ms() - t0;
-    for (engine_result *r; (r = engine_next_result(e)); engine_result_free(r)) {
+    for (engine_result *r; (r = generator_next_result(e)); engine_result_free(r)) {
         ep *x = r->user;
         for (int k = 0; k < r->n && x->n < g->max_tokens; k++) put(x, r->ids[k], r->logprobs[k], true, r->versions[k]);
         x->gen_ms += gen;
@@ -237,17 +237,17 @@ static tidal_status finish_turn(engine *e, tokenizer *tok, env_client *env, cons
 /* After a failure: leave the engine as it came - nothing queued, running or
  * finished. Requests that already finished are not found by engine_abort,
  * which is expected here, so the failure's message is kept. */
-static void leave_engine(engine *e, const ep *s, int G, tidal_status st)
+static void leave_engine(generator *e, const ep *s, int G, tidal_status st)
 {
     char why[1024];
     snprintf(why, sizeof why, "%s", tidal_errmsg());
     for (int i = 0; i < G; i++)
-        if (s[i].req) (void)engine_abort(e, s[i].req);
-    for (engine_result *r; (r = engine_next_result(e));) engine_result_free(r);
+        if (s[i].req) (void)generator_abort(e, s[i].req);
+    for (engine_result *r; (r = generator_next_result(e));) engine_result_free(r);
     tidal_fail(st, "%s", why);
 }
 
-tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const episode_group *g,
+tidal_status episode_run_group(generator *e, tokenizer *tok, env_client *env, const episode_group *g,
                                episode_out *out)
 {
     const int G = g->count > 0 ? g->count : g->group_size - g->first_index;
@@ -257,7 +257,7 @@ tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const
                           "episode %s: samples %d..%d of a group of %d, prompt %d tokens, max_tokens %d, max_turns %d",
                           g->group_id, g->first_index, g->first_index + G - 1, g->group_size, g->prompt_len,
                           g->max_tokens, g->max_turns);
-    if (engine_busy(e)) return tidal_fail(TIDAL_ERR_INVALID, "episode %s: the engine has requests of its own", g->group_id);
+    if (generator_busy(e)) return tidal_fail(TIDAL_ERR_INVALID, "episode %s: the engine has requests of its own", g->group_id);
     for (int i = 0; i < G; i++) out[i] = (episode_out){0};
     tidal_status st = TIDAL_OK;
     ep *s = calloc((size_t)G, sizeof *s);

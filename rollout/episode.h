@@ -25,7 +25,7 @@
 #include "envs/client.h"
 #include "model/tokenizer.h"
 #include "base/status.h"
-#include "rollout/engine.h"
+#include "rollout/generator.h"
 #include "tidal.pb-c.h"
 
 typedef struct episode_group {
@@ -47,7 +47,7 @@ typedef struct episode_group {
      * in new weights (engine_set_model) and keeps its prompt alive there.
      * Returning false abandons the group: the call returns TIDAL_ERR_CANCELLED
      * and nothing is output. NULL: never called. */
-    bool (*between_steps)(void *ctx, engine *e);
+    bool (*between_steps)(void *ctx);
     /* Test-only (a lying worker, `tidal rollout --fault`): may change each
      * trajectory before it is encoded. NULL in production. */
     void (*tamper)(void *ctx, Tidal__V1__Trajectory *t);
@@ -75,7 +75,7 @@ typedef struct episode_out {
  * of its own); env failures are not errors of the call (they are in the
  * samples' status). On any error out[] is left zeroed, the engine as it came
  * and this thread's error message names the failure. */
-tidal_status episode_run_group(engine *e, tokenizer *tok, env_client *env, const episode_group *g,
+tidal_status episode_run_group(generator *e, tokenizer *tok, env_client *env, const episode_group *g,
                                episode_out *out);
 
 #endif

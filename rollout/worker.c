@@ -46,6 +46,7 @@ typedef struct worker {
     uint64_t *hist_v;
     int n_hist, hist_cap;
     engine *e;
+    generator gen;              /* what episodes generate with: over e */
     env_client *env;
     int max_len;
     int max_turns;              /* env_client_max_turns of the job's env config */
@@ -219,9 +220,8 @@ static void keep_alive(worker *w)
     heartbeat(w, false);
 }
 
-static bool between_steps(void *ctx, engine *e)
+static bool between_steps(void *ctx)
 {
-    (void)e;
     worker *w = ctx;
     if (!w->cur_eval || w->oldest) take_newer_weights(w); /* in-flight update: later tokens carry the new version */
     keep_alive(w);
@@ -420,7 +420,7 @@ static tidal_status generate(worker *w, served *sv)
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_GENERATING;
     heartbeat(w, true);
     const episode_group g = group_of(w, sv);
-    TRY(episode_run_group(w->e, w->tok, w->env, &g, sv->out));
+    TRY(episode_run_group(&w->gen, w->tok, w->env, &g, sv->out));
     sv->gen_ms = tidal_clock_ms() - g0;
     return TIDAL_OK;
 }
@@ -620,6 +620,7 @@ static tidal_status join(worker *w)
     if (w->max_len > w->cfg.max_position_embeddings) w->max_len = w->cfg.max_position_embeddings;
     engine_options eo = {.slots = w->spec.rollout.slots, .max_len = w->max_len};
     TRY(engine_create(w->m, w->version, &eo, &w->e));
+    w->gen = generator_of_engine(w->e);
     if (w->spec.env.remote) {
         env_client_opts co = {.timeout_ms = w->spec.env.timeout_ms, .retries = w->spec.env.retries};
         TRY(env_client_remote(w->bus, w->spec.env.name, &co, &w->env));

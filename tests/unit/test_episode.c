@@ -21,6 +21,7 @@ static const model_config CFG = {.type = MODEL_QWEN2, .vocab_size = TOKENIZER_BY
 
 static model *M;
 static engine *E;
+static generator GEN; /* over E */
 static tokenizer *TOK;
 
 /* Run a group of 4 and decode the results. */
@@ -35,7 +36,7 @@ static tidal_status run(const char *env_name, const char *config, const char *ta
                        .prompt = ids.ids, .prompt_len = (int)ids.n, .group_size = 4, .max_tokens = max_tokens,
                        .max_turns = max_turns, .max_turn_tokens = turn_tokens, .sampling = {.temperature = 1.0f, .seed = 11}, .stop_id = 256};
     episode_out out[4];
-    if (st == TIDAL_OK) st = episode_run_group(E, TOK, c, &g, out);
+    if (st == TIDAL_OK) st = episode_run_group(&GEN, TOK, c, &g, out);
     for (int i = 0; st == TIDAL_OK && i < 4; i++) {
         st = codec_decode_trajectory(out[i].data, out[i].len, &t[i]);
         free(out[i].data);
@@ -108,10 +109,10 @@ static void test_env_error_is_the_samples_status(void)
 }
 
 /* The hook abandons the group once a request has finished while another still runs. */
-static bool abandon_after_a_finish(void *ctx, engine *e)
+static bool abandon_after_a_finish(void *ctx)
 {
     const uint64_t *finished_before = ctx;
-    return engine_get_stats(e).finished == *finished_before;
+    return engine_get_stats(E).finished == *finished_before;
 }
 
 /* An abandoned group: TIDAL_ERR_CANCELLED naming the group (not the engine's
@@ -131,7 +132,7 @@ static void test_abandoned_group(void)
                        .between_steps = abandon_after_a_finish, .hook_ctx = &finished_before};
     episode_out out[5];
     memset(out, 0x5a, sizeof out);
-    CHECK_STATUS(episode_run_group(E, TOK, c, &g, out), TIDAL_ERR_CANCELLED);
+    CHECK_STATUS(episode_run_group(&GEN, TOK, c, &g, out), TIDAL_ERR_CANCELLED);
     CHECK_MSG(strstr(tidal_errmsg(), "episode gone: abandoned") != NULL, "message: %s", tidal_errmsg());
     for (int i = 0; i < 5; i++) CHECK(out[i].data == NULL && out[i].trajectory_id[0] == '\0');
     CHECK(!engine_busy(E) && engine_next_result(E) == NULL);
@@ -145,6 +146,7 @@ int main(void)
     model_init_random(M, 3, 0.5f, false);
     engine_options o = {.slots = 4, .max_len = 256};
     if (engine_create(M, 7, &o, &E) != TIDAL_OK) return 1;
+    GEN = generator_of_engine(E);
     RUN(test_single_turn_strings);
     RUN(test_multi_turn_guess);
     RUN(test_env_error_is_the_samples_status);
