@@ -11,6 +11,7 @@
 
 #include "controller/admission.h"
 #include "controller/data.h"
+#include "controller/stopreason.h"
 #include "job/jobmodel.h"
 #include "proto/codec.h"
 #include "base/fs.h"
@@ -55,6 +56,7 @@ typedef struct ctl {
     chat_format fmt;
     uint64_t next, epoch;       /* cursor: the next training group's number */
     bool exhausted;
+    bool said_zero_variance;    /* the warning that nothing trains because every group is dropped */
     /* the trainer's counts (KV trainer.groups) */
     uint64_t version, trained, failed, dropped_total, rejected_traj, duplicates;
     json_t *dropped;            /* reason -> groups */
@@ -252,8 +254,10 @@ static tidal_status dispatch(ctl *c)
     while (room-- > 0 && !c->exhausted && !stopping(c)) {
         st = dataset_train_item(c->data, c->next, s->data.epochs, s->data.shuffle, &it);
         if (st == TIDAL_ERR_NOT_FOUND) { /* the end of the data is not a failure */
-            if (!c->exhausted)
-                tidal_log(TIDAL_LOG_WARN, "controller: the data is exhausted after %llu groups", (unsigned long long)c->next);
+            if (!c->exhausted) /* not yet the stop: the groups in flight may still train the last steps */
+                tidal_log(TIDAL_LOG_WARN, "controller: the data ends after %llu groups (data.epochs %d): no more "
+                          "prompts; the job stops short if the groups in flight do not finish trainer.steps",
+                          (unsigned long long)c->next, s->data.epochs);
             c->exhausted = true;
             st = TIDAL_OK;
             goto cleanup;
@@ -545,7 +549,9 @@ static json_t *worker_check_json(ctl *c)
     return j;
 }
 
-static tidal_status summary(ctl *c)
+/* RUN/summary.json; `stop_reason` says why the job ended ("done", or the
+ * failure, or a stop by signal). */
+static tidal_status summary(ctl *c, const char *stop_reason)
 {
     c->last_counts_ms = 0; /* the newest counts, not a throttled read */
     read_counts(c);
@@ -556,6 +562,8 @@ static tidal_status summary(ctl *c)
     json_object_set_new(o, "version", json_integer((json_int_t)c->version));
     json_object_set_new(o, "steps", json_integer(c->s->trainer.steps));
     json_object_set_new(o, "done", json_boolean(c->done));
+    json_t *why = json_string(stop_reason);
+    json_object_set_new(o, "stop_reason", why ? why : json_string("(not UTF-8)"));
     json_object_set_new(o, "wall_s", json_real((tidal_clock_ms() - c->t0_ms) / 1e3));
     uint64_t redelivered = 0, rejected_prompts = 0;
     for (int i = 0; i < c->n_workers; i++)
@@ -641,8 +649,12 @@ static tidal_status start(ctl *c)
     if (!strcmp(s->data.template_, "auto")) /* say what auto chose: a wrong format is a silent failure */
         tidal_log(TIDAL_LOG_INFO, "controller: data.template auto: prompts in the %s format (%s)",
                   chat_format_name(c->fmt),
-                  s->model.init.on ? "model.init has no chat template"
-                                   : "from model.path's tokenizer_config.json chat_template; plain when it has none");
+                  s->model.init.on && !s->model.init.tokenizer[0]
+                      ? "model.init's own tokenizer has no chat template"
+                      : s->model.init.on ? "from model.init.tokenizer's tokenizer_config.json chat_template; plain "
+                                           "when it has none"
+                                         : "from model.path's tokenizer_config.json chat_template; plain when it has "
+                                           "none");
     char path[4200];
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->o->run_dir);
     c->metrics_f = fopen(path, "a");
@@ -660,6 +672,31 @@ static tidal_status start(ctl *c)
     tidal_log(TIDAL_LOG_INFO, "controller: job %s (controller epoch %llu) continues at group %llu; run dir %s",
               c->names.job, (unsigned long long)c->epoch, (unsigned long long)c->next, c->o->run_dir);
     return cursor_put(c);
+}
+
+/* The counts a stop reason names. */
+static stop_counts counts_of(const ctl *c)
+{
+    return (stop_counts){.dispatched = c->next, .trained = c->trained, .failed = c->failed, .dropped = c->dropped,
+                         .version = c->version, .steps = c->s->trainer.steps,
+                         .groups_per_step = c->s->trainer.groups_per_step, .epochs = c->s->data.epochs};
+}
+
+/* Say once, early, that nothing trains because every group so far was
+ * dropped as zero-variance (an untrained model that solves none of its
+ * tasks): the job goes on - a group that differs may come - but the user
+ * should not have to wait for the data to run out to learn why. */
+static void warn_zero_variance(ctl *c)
+{
+    const uint64_t B = (uint64_t)c->s->trainer.groups_per_step;
+    stop_counts sc = counts_of(c);
+    const uint64_t zv = stop_counts_dropped(&sc, "zero_variance");
+    if (c->said_zero_variance || c->trained > 0 || zv < 4 * B || zv < c->dropped_total + c->failed) return;
+    c->said_zero_variance = true;
+    tidal_log(TIDAL_LOG_WARN, "controller: the first %llu groups were all dropped as zero-variance (every sample of "
+              "each scored the same; buffer.filter_zero_variance): nothing trains until a group's rewards differ. An "
+              "untrained model that solves none of its tasks never gets there: set buffer.filter_zero_variance: "
+              "false, or start from a model that solves some", (unsigned long long)zv);
 }
 
 tidal_status controller_run(const controller_opts *o)
@@ -695,9 +732,12 @@ tidal_status controller_run(const controller_opts *o)
                             "say why); stopping the job", (unsigned long long)c->failed);
             goto cleanup;
         }
+        warn_zero_variance(c);
         if (c->exhausted && c->next == c->trained + c->dropped_total + c->failed) {
-            st = tidal_fail(TIDAL_ERR_INVALID, "controller: the data is exhausted after %llu groups at v%llu of %d steps",
-                            (unsigned long long)c->next, (unsigned long long)c->version, c->s->trainer.steps);
+            char why[1024];
+            stop_counts sc = counts_of(c);
+            stop_reason_exhausted(&sc, why, sizeof why);
+            st = tidal_fail(TIDAL_ERR_INVALID, "controller: %s", why);
             goto cleanup;
         }
         if (!c->done) TRY_GOTO(dispatch(c));
@@ -711,7 +751,7 @@ cleanup:;
     if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg()); /* before the summary's calls overwrite it */
     if (c->bus) {
         read_metrics(c);
-        tidal_status ss = summary(c);
+        tidal_status ss = summary(c, c->done ? "done" : err[0] ? err : "stopped (SIGINT or SIGTERM) before the end");
         if (st == TIDAL_OK && ss != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());
         if (st == TIDAL_OK) st = ss;
         plot(c);

@@ -1,17 +1,116 @@
 /* jobmodel.c - the model, tokenizer and prompt format of a job (jobmodel.h). */
 #include "job/jobmodel.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
-tidal_status job_model_config(const job_spec *s, model_config *out)
+/* model.init.tokenizer's two files: the tokenizer.json (the path itself, or
+ * DIR/tokenizer.json) and the tokenizer_config.json beside it (which
+ * tokenizer_load reads too). */
+static void tokenizer_files(const char *path, char *json, size_t nj, char *config, size_t nc)
 {
-    memset(out, 0, sizeof *out);
-    if (!s->model.init.on) {
-        char path[SPEC_STR + 16];
-        snprintf(path, sizeof path, "%s/config.json", s->model.path);
-        return model_config_load(path, out);
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        snprintf(json, nj, "%s/tokenizer.json", path);
+        snprintf(config, nc, "%s/tokenizer_config.json", path);
+        return;
     }
+    snprintf(json, nj, "%s", path);
+    const char *slash = strrchr(path, '/');
+    if (slash) snprintf(config, nc, "%.*s/tokenizer_config.json", (int)(slash - path), path);
+    else snprintf(config, nc, "tokenizer_config.json");
+}
+
+/* The chat format model.init.tokenizer's tokenizer_config.json asks for, as
+ * chat_format_of_model_dir reads a model directory's: its chat_template
+ * recognised, else plain (no file, no template, neither marker). The
+ * tokenizer.json must be readable (the workers load it). */
+static tidal_status tokenizer_chat_format(const char *path, chat_format *out)
+{
+    char json[SPEC_STR + 32], config[SPEC_STR + 32];
+    tokenizer_files(path, json, sizeof json, config, sizeof config);
+    *out = CHAT_PLAIN;
+    if (access(json, R_OK) != 0)
+        return tidal_fail(errno == ENOENT ? TIDAL_ERR_NOT_FOUND : TIDAL_ERR_IO, "model.init.tokenizer: %s: %s", json,
+                          strerror(errno));
+    json_error_t jerr;
+    /* integers as reals: Llama-3 sets model_max_length to 1e30 as an integer */
+    json_t *root = json_load_file(config, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &jerr);
+    if (!root && access(config, F_OK) != 0 && errno == ENOENT) return TIDAL_OK; /* no config: no template */
+    if (!root || !json_is_object(root)) {
+        json_decref(root);
+        return tidal_fail(TIDAL_ERR_INVALID, "model.init.tokenizer: %s: not a JSON object (%s)", config,
+                          root ? "another type" : jerr.text);
+    }
+    const char *tmpl = NULL;
+    tidal_status st = chat_template_of_config(root, config, &tmpl);
+    if (st == TIDAL_OK && tmpl && chat_format_detect(tmpl, out) != TIDAL_OK) { /* unrecognised: plain */
+        *out = CHAT_PLAIN;
+        tidal_clear();
+    }
+    json_decref(root);
+    return st;
+}
+
+/* Copy file `from` to `to` whole (written to TO.tmp and renamed). */
+static tidal_status copy_file(const char *from, const char *to)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", to);
+    FILE *in = fopen(from, "rb"), *out = NULL;
+    tidal_status st = TIDAL_OK;
+    if (!in) {
+        st = tidal_fail(TIDAL_ERR_IO, "copy %s: %s", from, strerror(errno));
+        goto cleanup;
+    }
+    if (!(out = fopen(tmp, "wb"))) {
+        st = tidal_fail(TIDAL_ERR_IO, "copy to %s: %s", tmp, strerror(errno));
+        goto cleanup;
+    }
+    char buf[1 << 16];
+    for (size_t n; (n = fread(buf, 1, sizeof buf, in)) > 0;)
+        if (fwrite(buf, 1, n, out) != n) {
+            st = tidal_fail(TIDAL_ERR_IO, "copy to %s: %s", tmp, strerror(errno));
+            goto cleanup;
+        }
+    if (ferror(in)) {
+        st = tidal_fail(TIDAL_ERR_IO, "copy %s: read error", from);
+        goto cleanup;
+    }
+    const int rc = fclose(out);
+    out = NULL;
+    if (rc != 0 || rename(tmp, to) != 0) st = tidal_fail(TIDAL_ERR_IO, "copy to %s: %s", to, strerror(errno));
+cleanup:
+    if (in) fclose(in);
+    if (out) fclose(out);
+    if (st != TIDAL_OK) unlink(tmp);
+    return st;
+}
+
+tidal_status job_tokenizer_copy(const job_spec *s, const char *dir)
+{
+    if (!s->model.init.on || !s->model.init.tokenizer[0]) return TIDAL_OK;
+    char json[SPEC_STR + 32], config[SPEC_STR + 32], to[4200];
+    tokenizer_files(s->model.init.tokenizer, json, sizeof json, config, sizeof config);
+    snprintf(to, sizeof to, "%s/tokenizer.json", dir);
+    TRY_WRAP(copy_file(json, to), "model.init.tokenizer");
+    if (access(config, F_OK) != 0) return TIDAL_OK; /* a bare tokenizer.json: nothing more to copy */
+    snprintf(to, sizeof to, "%s/tokenizer_config.json", dir);
+    TRY_WRAP(copy_file(config, to), "model.init.tokenizer");
+    return TIDAL_OK;
+}
+
+/* The tiny model's shape with tokenizer `tok` (NULL: the byte-level or
+ * alphabet tokenizer, whose ids are fixed). A real tokenizer raises the
+ * vocabulary to its size and gives eos / bos: tokenizer_config.json's, else
+ * "<|endoftext|>" as eos when the vocabulary has it (a bare tokenizer.json),
+ * else none (generation then stops at the chat format's end-of-turn token or
+ * rollout.max_tokens). */
+static tidal_status init_config(const job_spec *s, const tokenizer *tok, model_config *out)
+{
     const int hd = s->model.init.hidden / s->model.init.heads;
     *out = (model_config){
         .type = strcmp(s->model.init.arch, "llama") == 0 ? MODEL_LLAMA : MODEL_QWEN2,
@@ -30,6 +129,14 @@ tidal_status job_model_config(const job_spec *s, model_config *out)
         .eos_token_id = 256, /* the byte-level tokenizer's <|endoftext|> */
     };
     out->qkv_bias = out->type == MODEL_QWEN2;
+    if (tok) {
+        const int32_t n = tokenizer_vocab_size(tok);
+        if (out->vocab_size < n) out->vocab_size = n; /* "unless given larger": room for ids added later */
+        out->bos_token_id = tokenizer_bos_id(tok);
+        out->eos_token_id = tokenizer_eos_id(tok);
+        if (out->eos_token_id < 0) out->eos_token_id = tokenizer_token_id(tok, "<|endoftext|>");
+        return model_config_validate(out, "model.init");
+    }
     const int n_alpha = (int)strlen(s->model.init.alphabet);
     const int need = n_alpha ? n_alpha + 3 : TOKENIZER_BYTE_LEVEL_VOCAB;
     if (n_alpha) out->eos_token_id = n_alpha; /* the alphabet tokenizer's <|endoftext|> */
@@ -37,6 +144,36 @@ tidal_status job_model_config(const job_spec *s, model_config *out)
         return tidal_fail(TIDAL_ERR_INVALID, "model.init.vocab: %d cannot hold the %s tokenizer's %d ids",
                           out->vocab_size, n_alpha ? "alphabet" : "byte-level", need);
     return model_config_validate(out, "model.init");
+}
+
+/* model.init.tokenizer loaded; errors name the key. */
+static tidal_status init_tokenizer(const job_spec *s, tokenizer **out)
+{
+    TRY_WRAP(tokenizer_load(s->model.init.tokenizer, out), "model.init.tokenizer");
+    return TIDAL_OK;
+}
+
+tidal_status job_model_config(const job_spec *s, model_config *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!s->model.init.on) {
+        char path[SPEC_STR + 16];
+        snprintf(path, sizeof path, "%s/config.json", s->model.path);
+        return model_config_load(path, out);
+    }
+    if (!s->model.init.tokenizer[0]) return init_config(s, NULL, out);
+    tokenizer *tok = NULL;
+    TRY(init_tokenizer(s, &tok));
+    const tidal_status st = init_config(s, tok, out);
+    tokenizer_free(tok);
+    return st;
+}
+
+tidal_status job_model_config_of(const job_spec *s, const tokenizer *tok, model_config *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!s->model.init.on) return job_model_config(s, out);
+    return init_config(s, s->model.init.tokenizer[0] ? tok : NULL, out);
 }
 
 tidal_status job_model_initial(const job_spec *s, model **out)
@@ -52,6 +189,7 @@ tidal_status job_model_initial(const job_spec *s, model **out)
 
 tidal_status job_tokenizer(const job_spec *s, tokenizer **out)
 {
+    if (s->model.init.on && s->model.init.tokenizer[0]) return init_tokenizer(s, out);
     if (s->model.init.on)
         return s->model.init.alphabet[0] ? tokenizer_alphabet(s->model.init.alphabet, out) : tokenizer_byte_level(out);
     return tokenizer_load(s->model.path, out);
@@ -61,6 +199,7 @@ tidal_status job_chat_format(const job_spec *s, chat_format *out)
 {
     if (strcmp(s->data.template_, "auto") != 0) return chat_format_parse(s->data.template_, out);
     *out = CHAT_PLAIN; /* tidal's byte-level and alphabet tokenizers have no chat template */
+    if (s->model.init.on && s->model.init.tokenizer[0]) return tokenizer_chat_format(s->model.init.tokenizer, out);
     if (s->model.init.on) return TIDAL_OK;
     return chat_format_of_model_dir(s->model.path, out);
 }

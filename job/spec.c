@@ -63,6 +63,7 @@ static const key KEYS[] = {
     I64("model.init.seed", model.init.seed, "0", "seed of the initial weights"),
     DBL("model.init.std", model.init.std, 1e-6, 1.0, "0.02", "standard deviation of the initial weights"),
     STR("model.init.alphabet", model.init.alphabet, "", "a character-level tokenizer over these bytes (plus 3 specials) instead of the byte-level one; empty: byte-level"),
+    STR("model.init.tokenizer", model.init.tokenizer, "", "a Hugging Face tokenizer.json, or a directory holding it and tokenizer_config.json: the tiny model's tokenizer (vocab raised to its size, eos/bos and chat template from it); empty: byte-level or alphabet"),
     STR("data.path", data.path, "", "a JSONL dataset, one row per line; or data.generator"),
     STR("data.prompt_key", data.prompt_key, "prompt", "the row's field holding the prompt text"),
     STR("data.answer_key", data.answer_key, "answer", "the row's field the environment scores against"),
@@ -508,6 +509,8 @@ static tidal_status check_spec(const job_spec *s, const char *name)
         if (s->model.init.hidden % s->model.init.heads || (s->model.init.hidden / s->model.init.heads) % 2)
             return BAD("%s: model.init.hidden: %d is not an even multiple of model.init.heads = %d (head_dim must "
                        "be even)", name, s->model.init.hidden, s->model.init.heads);
+        if (s->model.init.tokenizer[0] && s->model.init.alphabet[0])
+            return BAD("%s: model.init: give at most one of model.init.tokenizer and model.init.alphabet", name);
     }
     if (!!s->data.path[0] == !!s->data.generator[0])
         return BAD("%s: data: give exactly one of data.path (a JSONL file) and data.generator (a built-in env)", name);
@@ -593,6 +596,17 @@ tidal_status spec_check_paths(const job_spec *s, const char *name)
         if (access(cfg, R_OK) != 0)
             return tidal_fail(TIDAL_ERR_INVALID, "%s: model.path: %s has no readable config.json (want a Hugging Face "
                               "model directory)", name, s->model.path);
+    }
+    if (s->model.init.tokenizer[0]) {
+        const char *tp = s->model.init.tokenizer;
+        if (stat(tp, &st) != 0)
+            return tidal_fail(TIDAL_ERR_INVALID, "%s: model.init.tokenizer: %s: %s", name, tp, strerror(errno));
+        char tj[SPEC_STR + 16];
+        snprintf(tj, sizeof tj, "%s%s", tp, S_ISDIR(st.st_mode) ? "/tokenizer.json" : "");
+        if (S_ISDIR(st.st_mode) ? access(tj, R_OK) != 0 : !S_ISREG(st.st_mode) || access(tp, R_OK) != 0)
+            return tidal_fail(TIDAL_ERR_INVALID, "%s: model.init.tokenizer: %s %s (want a tokenizer.json file or a "
+                              "directory holding one)", name, tp,
+                              S_ISDIR(st.st_mode) ? "has no readable tokenizer.json" : "is not a readable file");
     }
     if (s->data.path[0]) {
         if (stat(s->data.path, &st) != 0)

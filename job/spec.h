@@ -42,6 +42,7 @@ typedef struct job_spec {
             int64_t seed;
             double std;
             char alphabet[SPEC_STR]; /* non-empty: the alphabet tokenizer over these bytes */
+            char tokenizer[SPEC_STR]; /* non-empty: a tokenizer.json (or a directory holding one) */
         } init;
     } model;
     struct {
@@ -143,7 +144,9 @@ tidal_status spec_parse(const char *yaml, size_t len, const char *name, const ch
 /* The spec's local files, checked before anything starts (`tidal run` runs
  * every role here; a spec read elsewhere, by a worker on another machine,
  * names paths of the machine that runs the role, so spec_load does not look):
- * model.path is a directory with a config.json, data.path a readable file.
+ * model.path is a directory with a config.json, model.init.tokenizer a
+ * readable file or a directory holding a readable tokenizer.json, data.path
+ * a readable file.
  * TIDAL_ERR_INVALID with "NAME: key: path: what is wrong". */
 tidal_status spec_check_paths(const job_spec *s, const char *name);
 

@@ -587,7 +587,7 @@ static tidal_status join_model(worker *w, double t0)
     TRY(job_tokenizer(&w->spec, &w->tok));
     TRY(job_chat_format(&w->spec, &f));
     w->stop_id = job_stop_id(f, w->tok);
-    TRY(job_model_config(&w->spec, &w->cfg));
+    TRY(job_model_config_of(&w->spec, w->tok, &w->cfg)); /* the tokenizer just loaded sets a tiny model's vocab */
     uint8_t pin[TIDAL_SIGN_PUB_BYTES]; /* the spec's weights.public_key, when it pins one */
     if (w->spec.weights.public_key[0])
         TRY(tidal_sign_pub_parse(w->spec.weights.public_key, strlen(w->spec.weights.public_key), "weights.public_key", pin));

