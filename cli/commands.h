@@ -19,6 +19,8 @@ int rollout_main(int argc, char **argv);
 int status_main(int argc, char **argv);
 int creds_main(int argc, char **argv);
 int serve_main(int argc, char **argv);
+int init_model_main(int argc, char **argv);
+extern const char init_model_usage[];
 extern const char serve_usage[];
 extern const char creds_usage[];
 

@@ -81,6 +81,12 @@ static int cmd_serve(const struct command *cmd, int argc, char **argv)
     return serve_main(argc, argv);
 }
 
+static int cmd_init_model(const struct command *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    return init_model_main(argc, argv);
+}
+
 static const struct command commands[] = {
     {"run", "run a whole job on this machine",
      "usage: tidal run JOB.yaml [--set key=value]... [--out DIR]\n"
@@ -102,12 +108,17 @@ static const struct command commands[] = {
      "Credentials: --creds FILE (`tidal creds`, docs/deployment.md), --user/--password, --token.\n",
      cmd_controller},
     {"rollout", "a rollout worker (joins and leaves at will)",
-     "usage: tidal rollout --bus URL --job NAME [--id ID] [--backend builtin] [--device cpu]\n"
+     "usage: tidal rollout --bus URL --job NAME [--id ID] [--backend builtin|openai] [--device cpu]\n"
      "\n"
      "Join job NAME on the bus at URL as a rollout worker; workers may come and go.\n"
      "The spec and the weights come from the bus. SIGTERM returns the group in progress.\n"
      "Credentials: --user/--password, --token, --creds FILE (a NATS .creds or a `tidal creds` file);\n"
      "TLS: --tls-ca/--tls-cert/--tls-key.\n"
+     "Inference servers (rollout.backend openai; docs/inference.md): the worker is their sidecar.\n"
+     "  --endpoints URLS  the servers' base URLs, comma-separated (else the spec's rollout.endpoints)\n"
+     "  --dialect D       vllm or sglang (else the spec's rollout.dialect)\n"
+     "  --weights-dir DIR where each version is written for the servers to load\n"
+     "                    (else rollout.weights_dir; $TIDAL_ENDPOINT_TOKEN: their bearer token)\n"
      "  --slowdown F     hold each group (F - 1) x its generation time longer (simulated slower\n"
      "                   hardware, for benchmarks)\n"
      "  --tail A         and a Pareto(alpha A) multiple of it (simulated long-tailed completions)\n"
@@ -156,6 +167,7 @@ static const struct command commands[] = {
      cmd_tokenize},
     {"generate", "generate with the built-in engine", generate_usage, cmd_generate},
     {"serve", "the built-in engine behind vLLM's and SGLang's HTTP routes", serve_usage, cmd_serve},
+    {"init-model", "write a job's initial weights as a model directory", init_model_usage, cmd_init_model},
     {"debug", "developer hooks (fwdbwd: the model's parity hook; step: the trainer step's)",
      "usage: tidal debug fwdbwd --model DIR --input IN.safetensors --out OUT.safetensors\n"
      "       tidal debug step --model DIR --input IN.safetensors --out OUT.safetensors [--set k=v]...\n"

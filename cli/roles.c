@@ -63,6 +63,7 @@ typedef struct role_args {
     bool resume;
     const char *job, *id, *backend, *device, *user, *password, *token, *creds, *tls_ca, *tls_cert, *tls_key;
     const char *fault; /* rollout, test-only: a lying worker the trainer must quarantine */
+    const char *endpoints, *dialect, *weights_dir; /* rollout, backend openai: this worker's servers */
     double slowdown, tail, token_ms, part_gap_ms;
     int join_timeout_ms;
     bool json;
@@ -70,14 +71,16 @@ typedef struct role_args {
 
 enum { OPT_SET = 1000, OPT_OUT, OPT_BUS, OPT_RESUME, OPT_JOB, OPT_ID, OPT_BACKEND, OPT_DEVICE, OPT_USER, OPT_PASSWORD,
        OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_TAIL, OPT_TOKEN_MS, OPT_PART_GAP_MS, OPT_JOIN, OPT_JSON, OPT_ENDPOINT,
-       OPT_FAULT };
+       OPT_FAULT, OPT_DIALECT, OPT_WEIGHTS_DIR };
 
 static const struct option role_long[] = {
     {"set", required_argument, 0, OPT_SET},         {"out", required_argument, 0, OPT_OUT},
     {"bus", required_argument, 0, OPT_BUS},         {"resume", no_argument, 0, OPT_RESUME},
     {"job", required_argument, 0, OPT_JOB},         {"id", required_argument, 0, OPT_ID},
     {"backend", required_argument, 0, OPT_BACKEND}, {"device", required_argument, 0, OPT_DEVICE},
-    {"endpoint", required_argument, 0, OPT_ENDPOINT}, {"user", required_argument, 0, OPT_USER},
+    {"endpoint", required_argument, 0, OPT_ENDPOINT}, {"endpoints", required_argument, 0, OPT_ENDPOINT},
+    {"dialect", required_argument, 0, OPT_DIALECT}, {"weights-dir", required_argument, 0, OPT_WEIGHTS_DIR},
+    {"user", required_argument, 0, OPT_USER},
     {"password", required_argument, 0, OPT_PASSWORD}, {"token", required_argument, 0, OPT_TOKEN},
     {"creds", required_argument, 0, OPT_CREDS},     {"tls-ca", required_argument, 0, OPT_TLS_CA},
     {"tls-cert", required_argument, 0, OPT_TLS_CERT}, {"tls-key", required_argument, 0, OPT_TLS_KEY},
@@ -108,7 +111,9 @@ static int parse_role_args(const char *role, int argc, char **argv, bool wants_s
         case OPT_ID: a->id = optarg; break;
         case OPT_BACKEND: a->backend = optarg; break;
         case OPT_DEVICE: a->device = optarg; break;
-        case OPT_ENDPOINT: break;
+        case OPT_ENDPOINT: a->endpoints = optarg; break;
+        case OPT_DIALECT: a->dialect = optarg; break;
+        case OPT_WEIGHTS_DIR: a->weights_dir = optarg; break;
         case OPT_USER: a->user = optarg; break;
         case OPT_PASSWORD: a->password = optarg; break;
         case OPT_TOKEN: a->token = optarg; break;
@@ -253,8 +258,12 @@ int rollout_main(int argc, char **argv)
         fprintf(stderr, "tidal rollout: --job NAME is required\n");
         return 2;
     }
-    if ((a.backend && strcmp(a.backend, "builtin")) || (a.device && strcmp(a.device, "cpu"))) {
-        fprintf(stderr, "tidal rollout: only --backend builtin on --device cpu is available in this build\n");
+    if ((a.backend && strcmp(a.backend, "builtin") && strcmp(a.backend, "openai")) || (a.device && strcmp(a.device, "cpu"))) {
+        fprintf(stderr, "tidal rollout: --backend builtin (on --device cpu) or openai (with --endpoints) in this build\n");
+        return 2;
+    }
+    if (a.dialect && strcmp(a.dialect, "vllm") && strcmp(a.dialect, "sglang")) {
+        fprintf(stderr, "tidal rollout: --dialect %s: want vllm or sglang\n", a.dialect);
         return 2;
     }
     bus_opts bo = bus_from(&a, NULL);
@@ -269,7 +278,9 @@ int rollout_main(int argc, char **argv)
                                     .part_gap_ms = a.part_gap_ms};
     rollout_bench_hook hook;
     worker_opts wo = {.bus = bo, .job = a.job, .id = a.id, .join_timeout_ms = a.join_timeout_ms,
-                      .bench = bench_hold_hook(&knobs, &hook), .fault = fault, .stop = &g_stop};
+                      .bench = bench_hold_hook(&knobs, &hook), .fault = fault, .stop = &g_stop,
+                      .backend = a.backend, .endpoints = a.endpoints, .dialect = a.dialect,
+                      .weights_dir = a.weights_dir, .endpoint_token = getenv("TIDAL_ENDPOINT_TOKEN")};
     tidal_status st = worker_run(&wo);
     if (st != TIDAL_OK) fprintf(stderr, "tidal rollout: %s\n", tidal_errmsg());
     return exit_for(st);

@@ -10,7 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/fs.h"
 #include "cli/commands.h"
+#include "job/jobmodel.h"
+#include "job/spec.h"
 #include "kernels/cpu/ops.h"
 #include "serve/serve.h"
 
@@ -107,4 +110,53 @@ int serve_main(int argc, char **argv)
     fprintf(stderr, "tidal serve: %s: stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     serve_stop(s);
     return 0;
+}
+
+/* ---------------------------------------------------------------- init-model */
+
+const char init_model_usage[] =
+    "usage: tidal init-model JOB.yaml --out DIR [--set key=value]...\n"
+    "Write the job's initial weights (version 0: model.path's, or model.init's from its seed) as a\n"
+    "Hugging Face directory DIR (config.json, model.safetensors, the tokenizer files there are), for\n"
+    "starting an inference server the job's workers then reload (docs/inference.md).\n";
+
+int init_model_main(int argc, char **argv)
+{
+    const char *out = NULL, *file = NULL;
+    const char *sets[64];
+    int n_sets = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--set") && i + 1 < argc && n_sets < 64) sets[n_sets++] = argv[++i];
+        else if (!strcmp(argv[i], "--help")) {
+            fputs(init_model_usage, stdout);
+            return 0;
+        } else if (argv[i][0] != '-' && !file) file = argv[i];
+        else {
+            fprintf(stderr, "tidal init-model: unexpected argument '%s'\n", argv[i]);
+            fputs(init_model_usage, stderr);
+            return 2;
+        }
+    }
+    if (!file || !out) {
+        fputs(init_model_usage, stderr);
+        return 2;
+    }
+    job_spec s;
+    model *m = NULL;
+    tidal_status st = spec_load(file, sets, n_sets, &s);
+    int rc = 2;
+    if (st != TIDAL_OK) goto cleanup;
+    rc = 1;
+    TRY_GOTO(job_model_initial(&s, &m));
+    TRY_GOTO(fs_mkdirs(out));
+    TRY_GOTO(model_save(m, out, !strcmp(s.weights.dtype, "bf16") ? ST_BF16 : ST_F32));
+    TRY_GOTO(job_tokenizer_copy(&s, out));
+    fprintf(stderr, "tidal init-model: %s: version 0 of job %s\n", out, s.job.name);
+    rc = 0;
+cleanup:
+    if (rc) fprintf(stderr, "tidal init-model: %s\n", tidal_errmsg());
+    model_free(m);
+    spec_release(&s);
+    return rc;
 }

@@ -81,8 +81,14 @@ static const key KEYS[] = {
     {"env.config", K_JSON, offsetof(job_spec, env.config_json), 0, 0, 0, NULL, "{}",
      "the environment's configuration, any mapping (the keys of each built-in env: docs/environments.md)"},
     INT("rollout.workers", rollout.workers, 0, 4096, "1", "rollout processes `tidal run` starts (more may join)"),
-    ENUM("rollout.backend", rollout.backend, "builtin|openai", "builtin", "generation: the built-in engine, or an OpenAI-compatible server"),
-    STR("rollout.endpoint", rollout.endpoint, "", "the OpenAI-compatible server's URL (backend openai)"),
+    ENUM("rollout.backend", rollout.backend, "builtin|openai", "builtin", "generation: the built-in engine, or inference servers over HTTP (vLLM, SGLang, `tidal serve`; docs/inference.md)"),
+    STR("rollout.endpoints", rollout.endpoints, "", "backend openai: the inference servers' base URLs, comma-separated (a worker's `--endpoints` overrides; docs/inference.md)"),
+    ENUM("rollout.dialect", rollout.dialect, "vllm|sglang", "vllm", "backend openai: the servers' API, vLLM's /v1/completions or SGLang's /generate"),
+    STR("rollout.weights_dir", rollout.weights_dir, "", "backend openai: where a worker writes each version for its servers to load (empty: /tmp/tidal-sidecar-WORKER)"),
+    INT("rollout.connect_timeout_ms", rollout.connect_timeout_ms, 1, 3600000, "5000", "backend openai: connecting to a server"),
+    INT("rollout.request_timeout_ms", rollout.request_timeout_ms, 1, 86400000, "600000", "backend openai: one generation request, end to end"),
+    INT("rollout.retries", rollout.retries, 0, 100, "3", "backend openai: a request retried after a connection error, a 5xx or an abort"),
+    INT("rollout.in_flight", rollout.in_flight, 1, 65536, "64", "backend openai: requests on the wire at once per worker"),
     INT("rollout.group_size", rollout.group_size, 1, 65536, "8", "samples per prompt (G)"),
     INT("rollout.max_tokens", rollout.max_tokens, 1, 1 << 20, "256", "completion budget per sample, environment tokens included"),
     INT("rollout.slots", rollout.slots, 1, 4096, "32", "sequences a worker's engine runs at once"),
@@ -514,8 +520,6 @@ static tidal_status check_spec(const job_spec *s, const char *name)
     }
     if (!!s->data.path[0] == !!s->data.generator[0])
         return BAD("%s: data: give exactly one of data.path (a JSONL file) and data.generator (a built-in env)", name);
-    if (!strcmp(s->rollout.backend, "openai") && !s->rollout.endpoint[0])
-        return BAD("%s: rollout.endpoint is required with rollout.backend openai", name);
     if (!strcmp(s->weights.transport, "url") && !s->weights.url[0])
         return BAD("%s: weights.url is required with weights.transport url", name);
     if (s->weights.public_key[0] && !public_key_text(s->weights.public_key))

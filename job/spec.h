@@ -65,7 +65,10 @@ typedef struct job_spec {
     struct {
         int workers;           /* rollout processes tidal run starts */
         char backend[16];      /* builtin | openai */
-        char endpoint[SPEC_STR];
+        char endpoints[2048];  /* backend openai: the servers' base URLs, comma-separated */
+        char dialect[16];      /* vllm | sglang */
+        char weights_dir[SPEC_STR]; /* backend openai: where the sidecar writes versions for its servers */
+        int connect_timeout_ms, request_timeout_ms, retries, in_flight;
         int group_size, max_tokens, slots;
         double temperature, top_p;
         int top_k;

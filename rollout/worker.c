@@ -1,14 +1,17 @@
 /* worker.c - the rollout worker loop (worker.h). */
 #include "rollout/worker.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "base/fs.h"
 #include "job/jobmodel.h"
 #include "job/spec.h"
 #include "envs/client.h"
@@ -18,6 +21,7 @@
 #include "job/names.h"
 #include "rollout/engine.h"
 #include "rollout/episode.h"
+#include "rollout/remote.h"
 #include "rollout/weights.h"
 
 #define PROMPT_CAP_TOKENS 1024 /* the longest rendered prompt the engine's cache is sized for */
@@ -46,7 +50,11 @@ typedef struct worker {
     uint64_t *hist_v;
     int n_hist, hist_cap;
     engine *e;
-    generator gen;              /* what episodes generate with: over e */
+    generator gen;              /* what episodes generate with: over e, or over rm */
+    remote *rm;                 /* rollout.backend openai: the servers this worker is the sidecar of */
+    char sidecar_dir[1024];     /* absolute: where versions are written for them */
+    uint64_t sidecar_prev;      /* the version written before the current one (removed at the next) */
+    bool sidecar_has_prev;
     env_client *env;
     int max_len;
     int max_turns;              /* env_client_max_turns of the job's env config */
@@ -93,7 +101,7 @@ static void heartbeat(worker *w, bool force)
     s.weights_version = w->version;
     s.prompts_in_flight = w->cur ? 1 : 0;
     s.tokens_per_s = w->tokens_per_s;
-    s.backend = "builtin", s.device = "cpu";
+    s.backend = w->rm ? "openai" : "builtin", s.device = "cpu";
     s.started_unix_ms = w->started_ms, s.updated_unix_ms = tidal_unix_ms();
     s.capacity = 1;
     s.trajectories = w->trajectories, s.errors = w->errors, s.rejected = w->rejected;
@@ -172,9 +180,18 @@ static void hist_push(worker *w, model *nm, uint64_t v)
 
 /* Make nm (version v) the engine's model. The previous one is freed unless
  * the history holds it. */
+static tidal_status sidecar_push(worker *w, const model *nm, uint64_t v);
+
 static tidal_status use_model(worker *w, model *nm, uint64_t v)
 {
     if (nm == w->m) return TIDAL_OK;
+    if (w->rm) { /* the servers load it; on failure they and this worker keep the old version */
+        TRY(sidecar_push(w, nm, v));
+        if (!w->oldest) model_free(w->m);
+        w->m = nm;
+        w->version = v;
+        return TIDAL_OK;
+    }
     if (w->o->fault == ROLLOUT_FAULT_STALE_WEIGHTS) { /* the lie: the old weights under the new version */
         TRY(engine_set_model(w->e, w->m, v));
         if (!w->oldest) model_free(nm);
@@ -223,7 +240,9 @@ static void keep_alive(worker *w)
 static bool between_steps(void *ctx)
 {
     worker *w = ctx;
-    if (!w->cur_eval || w->oldest) take_newer_weights(w); /* in-flight update: later tokens carry the new version */
+    /* in-flight update: later tokens carry the new version. Not for servers:
+     * their reload waits for requests in flight, so it happens between groups */
+    if (!w->rm && (!w->cur_eval || w->oldest)) take_newer_weights(w);
     keep_alive(w);
     return !abandon(w);
 }
@@ -573,9 +592,6 @@ static tidal_status join_spec(worker *w, double t0)
     st = spec_from_json(j, name, &w->spec);
     json_decref(j);
     TRY(st);
-    if (strcmp(w->spec.rollout.backend, "builtin") != 0)
-        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "worker: rollout.backend %s is not available in this build",
-                          w->spec.rollout.backend);
     return TIDAL_OK;
 }
 
@@ -607,6 +623,80 @@ static tidal_status join_model(worker *w, double t0)
     return TIDAL_OK;
 }
 
+/* ---------------------------------------------------------------- servers (backend openai) */
+
+/* Write version v of the weights as a Hugging Face directory
+ * SIDECAR/step_V (under a temporary name, then renamed, so a server never
+ * reads half a version) and reload the servers from it. The directory
+ * before the current one is removed: a server holds at most the current. */
+static tidal_status sidecar_push(worker *w, const model *nm, uint64_t v)
+{
+    char dir[1100], tmp[1200];
+    snprintf(dir, sizeof dir, "%s/step_%llu", w->sidecar_dir, (unsigned long long)v);
+    snprintf(tmp, sizeof tmp, "%s.tmp", dir);
+    char cmd[2600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", tmp, dir);
+    if (system(cmd) != 0) return tidal_fail(TIDAL_ERR_IO, "worker %s: cannot clear %s", w->id, dir);
+    const st_dtype dt = !strcmp(w->spec.weights.dtype, "bf16") ? ST_BF16 : ST_F32; /* as the bus carried them */
+    TRY_WRAP(model_save(nm, tmp, dt), "worker %s: sidecar", w->id);
+    TRY_WRAP(job_tokenizer_copy(&w->spec, tmp), "worker %s: sidecar", w->id);
+    if (rename(tmp, dir) != 0) return tidal_fail(TIDAL_ERR_IO, "worker %s: rename %s: %s", w->id, tmp, strerror(errno));
+    const double t0 = tidal_clock_ms();
+    tidal_status st = remote_reload(w->rm, dir, v);
+    if (st != TIDAL_OK) {
+        char why[2048];
+        snprintf(why, sizeof why, "%s", tidal_errmsg());
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0) tidal_log(TIDAL_LOG_WARN, "worker %s: cannot remove %s", w->id, dir);
+        return tidal_fail(st, "worker %s: the servers stay on v%llu: %s", w->id, (unsigned long long)w->version, why);
+    }
+    tidal_log(TIDAL_LOG_INFO, "worker %s: servers reloaded v%llu from %s in %.0f ms", w->id, (unsigned long long)v, dir,
+              tidal_clock_ms() - t0);
+    if (w->sidecar_has_prev && w->sidecar_prev != v) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s/step_%llu'", w->sidecar_dir, (unsigned long long)w->sidecar_prev);
+        if (system(cmd) != 0) tidal_log(TIDAL_LOG_WARN, "worker %s: cannot remove an old version", w->id);
+    }
+    w->sidecar_prev = w->version, w->sidecar_has_prev = true;
+    return TIDAL_OK;
+}
+
+/* The servers this worker drives: reachable (waited for up to the join
+ * timeout), and loaded with the weights it holds. */
+static tidal_status join_servers(worker *w, double t0)
+{
+    const char *endpoints = w->o->endpoints ? w->o->endpoints : w->spec.rollout.endpoints;
+    const char *dialect = w->o->dialect ? w->o->dialect : w->spec.rollout.dialect;
+    remote_opts ro = {.endpoints = endpoints, .token = w->o->endpoint_token, .vocab = w->cfg.vocab_size,
+                      .connect_timeout_ms = w->spec.rollout.connect_timeout_ms,
+                      .request_timeout_ms = w->spec.rollout.request_timeout_ms, .retries = w->spec.rollout.retries,
+                      .in_flight = w->spec.rollout.in_flight};
+    if (!endpoints || !*endpoints)
+        return tidal_fail(TIDAL_ERR_INVALID, "worker %s: rollout.backend openai needs the servers: rollout.endpoints "
+                          "or `tidal rollout --endpoints URL`", w->id);
+    TRY_WRAP(remote_dialect_parse(dialect, &ro.dialect), "worker %s: rollout.dialect", w->id);
+    TRY_WRAP(remote_create(&ro, &w->rm), "worker %s", w->id);
+    bool said = false;
+    tidal_status st;
+    while ((st = remote_check(w->rm)) != TIDAL_OK) {
+        if (!said) tidal_log(TIDAL_LOG_WARN, "worker %s: %s", w->id, tidal_errmsg());
+        if (st != TIDAL_ERR_UNAVAILABLE || !keep_trying(w, t0, "the inference servers", &said)) return st;
+    }
+    const char *wd = w->o->weights_dir ? w->o->weights_dir : w->spec.rollout.weights_dir;
+    char want[1024];
+    if (*wd) snprintf(want, sizeof want, "%s", wd);
+    else snprintf(want, sizeof want, "/tmp/tidal-sidecar-%s", w->id);
+    TRY(fs_mkdirs(want));
+    char *abs = realpath(want, NULL); /* servers resolve paths from their own working directory */
+    if (!abs) return tidal_fail(TIDAL_ERR_IO, "worker %s: rollout.weights_dir %s: %s", w->id, want, strerror(errno));
+    snprintf(w->sidecar_dir, sizeof w->sidecar_dir, "%s", abs);
+    free(abs);
+    TRY(sidecar_push(w, w->m, w->version));
+    w->gen = remote_generator(w->rm);
+    tidal_log(TIDAL_LOG_INFO, "worker %s: generating on %s (%s), versions written under %s", w->id, endpoints, dialect,
+              w->sidecar_dir);
+    return TIDAL_OK;
+}
+
 /* Everything a worker needs from the job, waited for up to the join
  * timeout: spec, model and first weights, engine, env client, the prompt
  * consumer, the heartbeat bucket and the control subject. */
@@ -618,9 +708,13 @@ static tidal_status join(worker *w)
     w->max_turns = env_client_max_turns(w->spec.env.config_json);
     w->max_len = PROMPT_CAP_TOKENS + w->spec.rollout.max_tokens + 1;
     if (w->max_len > w->cfg.max_position_embeddings) w->max_len = w->cfg.max_position_embeddings;
-    engine_options eo = {.slots = w->spec.rollout.slots, .max_len = w->max_len};
-    TRY(engine_create(w->m, w->version, &eo, &w->e));
-    w->gen = generator_of_engine(w->e);
+    if (!strcmp(w->o->backend ? w->o->backend : w->spec.rollout.backend, "openai")) {
+        TRY(join_servers(w, t0));
+    } else {
+        engine_options eo = {.slots = w->spec.rollout.slots, .max_len = w->max_len};
+        TRY(engine_create(w->m, w->version, &eo, &w->e));
+        w->gen = generator_of_engine(w->e);
+    }
     if (w->spec.env.remote) {
         env_client_opts co = {.timeout_ms = w->spec.env.timeout_ms, .retries = w->spec.env.retries};
         TRY(env_client_remote(w->bus, w->spec.env.name, &co, &w->env));
@@ -719,6 +813,7 @@ tidal_status worker_run(const worker_opts *o)
     bus_kv_close(w->kv);
     env_client_free(w->env);
     engine_free(w->e);
+    remote_free(w->rm);
     weights_client_free(w->wc);
     for (int i = 0; i < w->n_hist; i++) model_free(w->hist_m[i] == w->m ? NULL : w->hist_m[i]);
     free(w->hist_m);

@@ -78,6 +78,10 @@ typedef struct worker_opts {
     const rollout_bench_hook *bench; /* NULL in production; must outlive worker_run */
     rollout_fault fault;        /* ROLLOUT_FAULT_NONE in production */
     volatile sig_atomic_t *stop;/* set (by a signal handler) to leave: the group in progress is returned */
+    /* rollout.backend openai, this worker's own (NULL: the spec's): the
+     * servers it is the sidecar of, their dialect, where it writes versions */
+    const char *backend, *endpoints, *dialect, *weights_dir;
+    const char *endpoint_token; /* bearer token for the servers (NULL: none) */
 } worker_opts;
 
 /* Run until the job is done, a STOP or DRAIN arrives, or *stop is set.

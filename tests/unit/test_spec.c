@@ -114,7 +114,7 @@ static void test_rules_across_keys(void)
     CHECK(tk.model.init.on && !strcmp(tk.model.init.tokenizer, "/t"));
     spec_release(&tk);
     CHECK(parse_fails("job: {name: a}\nenv: {name: arith}\ndata: {generator: arith}\nmodel: {path: /m}\n"
-                      "rollout: {backend: openai}\n", NULL, 0, "rollout.endpoint is required", NULL));
+                      "rollout: {backend: openai, dialect: tgi}\n", NULL, 0, "rollout.dialect", NULL));
     /* weights.public_key: "ed25519:" (optional) and 64 hex digits */
     const char *key_sets[] = {"weights.public_key=ed25519:0123"};
     CHECK(parse_fails(GOOD, key_sets, 1, "weights.public_key", "64 hex digits"));
