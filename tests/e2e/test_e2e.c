@@ -21,7 +21,7 @@
  *                 counted; the run completes
  *   jsonl         a JSONL dataset with its own prompt and answer keys, scored by
  *                 gsm8k: no group fails for want of an answer; `tidal status`
- *                 reads the job while it runs
+ *                 reads the job while it runs (each worker's state a name)
  *   rogue_weights a rogue client with write access to the weights stream and
  *                 KV publishes newer versions (a valid blob, signed with its
  *                 own key; and unsigned): every worker refuses both, logs why,
@@ -36,7 +36,8 @@
  *   quarantine    for each test-only fault (logprob-noise, temperature,
  *                 stale-weights) a lying worker joins a learning job of two
  *                 honest ones: it is quarantined within a few steps (trainer
- *                 log, `tidal status` with the reason and its heartbeat's state,
+ *                 log, `tidal status` with the reason and its heartbeat's state
+ *                 by name, the liar's log naming the control it got,
  *                 the summary), its groups are dropped as quarantined, the job
  *                 learns on and balances
  * Every scenario that checks the balance also checks that no honest worker
@@ -226,6 +227,13 @@ static long jint(const json_t *o, const char *a, const char *b)
 }
 
 /* The trainer's worker check quarantined no worker but the test's liar. */
+/* o[key] as a string; "" when absent or not a string. */
+static const char *jstr(const json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v ? v : "";
+}
+
 static void check_honest_kept(const json_t *s)
 {
     const json_t *wc = json_object_get(s, "worker_check");
@@ -791,6 +799,18 @@ static void test_jsonl(void)
         free(text);
     }
     CHECK_MSG(whole, "tidal status: no whole answer in 30 s");
+    /* people read it: each worker's state is a name, never the enum's number */
+    static const char *const states[] = {"idle", "generating", "syncing", "draining"};
+    size_t wi;
+    json_t *wk;
+    json_array_foreach(json_object_get(st, "workers"), wi, wk) {
+        bool named = false;
+        for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
+            named = named || !strcmp(jstr(wk, "state"), states[k]);
+        char *text = json_dumps(json_object_get(wk, "state"), JSON_ENCODE_ANY);
+        CHECK_MSG(named, "tidal status: worker %s's state is %s, not a state's name", jstr(wk, "id"), text ? text : "?");
+        free(text);
+    }
     json_decref(st);
     int rc = wait_exit(p, 240);
     CHECK_MSG(rc == 0, "tidal run exit %d", rc);
@@ -1201,7 +1221,7 @@ static bool status_shows_quarantine(const char *url, double timeout_s)
         json_array_foreach(json_object_get(st, "workers"), i, w)
             if (!strcmp(json_string_value(json_object_get(w, "id")) ? json_string_value(json_object_get(w, "id")) : "",
                         "liar"))
-                state = state || json_integer_value(json_object_get(w, "state")) == 5; /* WORKER_STATE_QUARANTINED */
+                state = state || !strcmp(jstr(w, "state"), "quarantined"); /* a name, never the enum's number */
         json_decref(st);
     }
     if (!check || !state) fprintf(stderr, "status: worker check %s, heartbeat state %s\n", check ? "yes" : "no",
@@ -1241,6 +1261,8 @@ static void test_quarantine(void)
         CHECK_MSG(grep_file("run/logs/trainer.log", "worker liar quarantined: mismatch"),
                   "%s: the trainer's log does not name the quarantine", faults[k]);
         CHECK_MSG(grep_file("liar.out", "quarantined by the trainer"), "%s: the liar was not told", faults[k]);
+        CHECK_MSG(grep_file("liar.out", "control quarantine from trainer"), "%s: the liar's log does not name the control",
+                  faults[k]);
         json_t *s = load_json(run, "summary.json");
         check_balance(s, 50, 24);
         const json_t *l = json_object_get(json_object_get(json_object_get(s, "worker_check"), "workers"), "liar");
