@@ -57,6 +57,38 @@ tidal_status job_tokenizer(const job_spec *s, tokenizer **out)
     return tokenizer_load(s->model.path, out);
 }
 
+const char *job_tokenizer_source(const job_spec *s)
+{
+    if (!s->model.init.on) return s->model.path;
+    return NULL; /* the built-in byte-level or alphabet tokenizer */
+}
+
+tidal_status job_hf_files(const job_spec *s, hf_files *out)
+{
+    memset(out, 0, sizeof *out);
+    model_config c;
+    chat_format f;
+    tokenizer *t = NULL;
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(job_model_config(s, &c));
+    TRY_GOTO(job_chat_format(s, &f));
+    const char *source = job_tokenizer_source(s);
+    if (source) {
+        TRY_GOTO(hf_files_from_source(source, out));
+        /* the tokenizer is loaded only when its files lack what the directory needs */
+        if (!hf_files_find(out, "tokenizer_config.json") || !hf_files_find(out, "generation_config.json"))
+            TRY_GOTO(tokenizer_load(source, &t));
+    } else {
+        TRY_GOTO(job_tokenizer(s, &t));
+        TRY_GOTO(hf_files_from_tokenizer(t, c.max_position_embeddings, out));
+    }
+    TRY_GOTO(hf_files_complete(out, t, &c, t ? job_stop_id(f, t) : -1));
+cleanup:
+    tokenizer_free(t);
+    if (st != TIDAL_OK) hf_files_clear(out);
+    return st;
+}
+
 tidal_status job_chat_format(const job_spec *s, chat_format *out)
 {
     if (strcmp(s->data.template_, "auto") != 0) return chat_format_parse(s->data.template_, out);
