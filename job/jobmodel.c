@@ -80,7 +80,8 @@ tidal_status job_hf_files(const job_spec *s, hf_files *out)
             TRY_GOTO(tokenizer_load(source, &t));
     } else {
         TRY_GOTO(job_tokenizer(s, &t));
-        TRY_GOTO(hf_files_from_tokenizer(t, c.max_position_embeddings, out));
+        /* the format the job renders prompts with, so --chat and apply_chat_template render them so too */
+        TRY_GOTO(hf_files_from_tokenizer(t, c.max_position_embeddings, chat_format_jinja(f), out));
     }
     TRY_GOTO(hf_files_complete(out, t, &c, t ? job_stop_id(f, t) : -1));
 cleanup:

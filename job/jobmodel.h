@@ -42,7 +42,9 @@ const char *job_tokenizer_source(const job_spec *s);
 
 /* The files a model directory of this job holds besides config.json and the
  * weights (model/hfdir.h): the tokenizer's, copied from
- * job_tokenizer_source or written from the built-in tokenizer, with
+ * job_tokenizer_source or written from the built-in tokenizer (its
+ * tokenizer_config.json's chat_template the job's data.template as Jinja:
+ * chat_format_jinja), with
  * tokenizer_config.json and generation_config.json (eos, the chat format's
  * end of turn, pad) added where the source has none. *out (from {0}) belongs
  * to the caller: hf_files_clear. */

@@ -94,12 +94,13 @@ tidal_status hf_files_from_source(const char *source, hf_files *out)
     return TIDAL_OK;
 }
 
-tidal_status hf_files_from_tokenizer(const tokenizer *t, int model_max_length, hf_files *out)
+tidal_status hf_files_from_tokenizer(const tokenizer *t, int model_max_length, const char *chat_template,
+                                     hf_files *out)
 {
     char *text = NULL;
     TRY(tokenizer_json_text(t, &text));
     TRY(add(out, "tokenizer.json", text, strlen(text)));
-    TRY(tokenizer_config_text(t, model_max_length, &text));
+    TRY(tokenizer_config_text(t, model_max_length, chat_template, &text));
     return add(out, "tokenizer_config.json", text, strlen(text));
 }
 
@@ -114,17 +115,21 @@ static tidal_status generation_config(const model_config *c, int32_t stop, hf_fi
                                                                  : json_integer(c->eos_token_id));
         json_object_set_new(o, "pad_token_id", json_integer(c->eos_token_id));
     }
-    char *text = json_dumps(o, JSON_INDENT(2));
+    char *text = json_dumps(o, JSON_INDENT(2)), *line = text ? realloc(text, strlen(text) + 2) : NULL;
     json_decref(o);
-    if (!text) return tidal_fail(TIDAL_ERR_NOMEM, "generation_config.json: out of memory");
-    return add(out, "generation_config.json", text, strlen(text));
+    if (!line) {
+        free(text);
+        return tidal_fail(TIDAL_ERR_NOMEM, "generation_config.json: out of memory");
+    }
+    strcat(line, "\n");
+    return add(out, "generation_config.json", line, strlen(line));
 }
 
 tidal_status hf_files_complete(hf_files *out, const tokenizer *t, const model_config *c, int32_t stop)
 {
     if (t && !hf_files_find(out, "tokenizer_config.json")) {
         char *text = NULL;
-        TRY(tokenizer_config_text(t, c->max_position_embeddings, &text));
+        TRY(tokenizer_config_text(t, c->max_position_embeddings, NULL, &text));
         TRY(add(out, "tokenizer_config.json", text, strlen(text)));
     }
     if (!hf_files_find(out, "generation_config.json")) TRY(generation_config(c, stop, out));

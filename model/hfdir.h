@@ -41,9 +41,11 @@ typedef struct hf_files {
  * file when there is no tokenizer.json; TIDAL_ERR_IO. */
 tidal_status hf_files_from_source(const char *source, hf_files *out);
 
-/* tokenizer.json and tokenizer_config.json written from t (a tokenizer
- * without merges: tokenizer_json_text), appended to *out. */
-tidal_status hf_files_from_tokenizer(const tokenizer *t, int model_max_length, hf_files *out);
+/* tokenizer.json and tokenizer_config.json (with chat_template when not
+ * NULL) written from t (a tokenizer without merges: tokenizer_json_text),
+ * appended to *out. */
+tidal_status hf_files_from_tokenizer(const tokenizer *t, int model_max_length, const char *chat_template,
+                                     hf_files *out);
 
 /* Add what *out lacks: tokenizer_config.json from t (when t is not NULL),
  * and generation_config.json with c's bos_token_id (when it has one), the

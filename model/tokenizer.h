@@ -154,8 +154,8 @@ tidal_status tokenizer_json_text(const tokenizer *t, char **out);
 
 /* tokenizer_config.json text for t: bos_token, eos_token, pad_token (eos),
  * the special tokens as added_tokens_decoder, model_max_length (when > 0),
- * the chat template when t has one, tokenizer_class
+ * chat_template (NULL: t's own, when it has one), tokenizer_class
  * PreTrainedTokenizerFast. *out is malloc'd. */
-tidal_status tokenizer_config_text(const tokenizer *t, int model_max_length, char **out);
+tidal_status tokenizer_config_text(const tokenizer *t, int model_max_length, const char *chat_template, char **out);
 
 #endif

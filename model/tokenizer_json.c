@@ -392,6 +392,22 @@ static tidal_status parse_post(tokenizer *t, const json_t *v, const char *path, 
     return jv_bad(t->name, field, "\"%s\" is not supported (ByteLevel, TemplateProcessing and Sequence are)", type);
 }
 
+/* TIDAL_OK when every byte has a token; else the refusal naming the first
+ * byte without one. */
+static tidal_status missing_byte(const tokenizer *t)
+{
+    for (int b = 0; b < 256; b++)
+        if (t->byte_id[b] < 0) {
+            char ch[5];
+            ch[u8_encode(tok_byte_to_cp[b], ch)] = '\0';
+            return jv_bad(t->name, "model.vocab",
+                          "has no token for byte 0x%02x (\"%s\"): not a byte-level vocabulary (only a file without "
+                          "merges, normalizer, Split steps or prefix space may leave bytes out)",
+                          b, ch);
+        }
+    return TIDAL_OK;
+}
+
 /* model: type, options, vocab; the per-id arrays are sized for max_id + 1. */
 static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t *added)
 {
@@ -497,7 +513,8 @@ static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t 
         uint8_t c = (uint8_t)b;
         t->byte_id[b] = vocab_find(t, &c, 1);
     }
-    return TIDAL_OK;
+    /* with merges it cannot be one token per byte: say so before the merges name a missing token */
+    return json_array_size(jv_get(model, "merges")) ? missing_byte(t) : TIDAL_OK;
 }
 
 /* A vocabulary that lacks a token for some byte is read only when the file
@@ -508,21 +525,15 @@ static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t 
  * other file must hold every byte, named in the error otherwise. */
 static tidal_status one_token_per_byte(tokenizer *t, const json_t *model)
 {
-    int missing = -1;
-    for (int b = 255; b >= 0; b--)
-        if (t->byte_id[b] < 0) missing = b;
-    if (missing < 0) return TIDAL_OK;
+    bool every_byte = true;
+    for (int b = 0; b < 256; b++) every_byte = every_byte && t->byte_id[b] >= 0;
+    if (every_byte) return TIDAL_OK;
     const json_t *merges = jv_get(model, "merges");
     if (json_array_size(merges) == 0 && t->n_norm == 0 && t->n_split == 0 && !t->bl_prefix && !t->ignore_merges) {
         t->bpe = false;
         return TIDAL_OK;
     }
-    char ch[5];
-    ch[u8_encode(tok_byte_to_cp[missing], ch)] = '\0';
-    return jv_bad(t->name, "model.vocab",
-                  "has no token for byte 0x%02x (\"%s\"): not a byte-level vocabulary (only a file without merges, "
-                  "normalizer, Split steps or prefix space may leave bytes out)",
-                  missing, ch);
+    return missing_byte(t);
 }
 
 /* The vocabulary id of token s[0..n), named in merge i; an error when the

@@ -68,12 +68,17 @@ static json_t *added_token(const tokenizer *t, int32_t id, bool with_id)
     return o;
 }
 
-/* Dump o (stolen) to a malloc'd string. */
+/* Dump o (stolen) to a malloc'd string ending in a newline. */
 static tidal_status dump(json_t *o, const char *what, char **out)
 {
-    *out = o ? json_dumps(o, JSON_INDENT(2) | JSON_ENSURE_ASCII) : NULL;
+    char *text = o ? json_dumps(o, JSON_INDENT(2) | JSON_ENSURE_ASCII) : NULL;
     json_decref(o);
-    if (!*out) return tidal_fail(TIDAL_ERR_NOMEM, "%s: out of memory", what);
+    *out = text ? realloc(text, strlen(text) + 2) : NULL;
+    if (!*out) {
+        free(text);
+        return tidal_fail(TIDAL_ERR_NOMEM, "%s: out of memory", what);
+    }
+    strcat(*out, "\n");
     return TIDAL_OK;
 }
 
@@ -127,7 +132,7 @@ static json_t *token_or_null(const tokenizer *t, int32_t id)
     return s ? s : json_null();
 }
 
-tidal_status tokenizer_config_text(const tokenizer *t, int model_max_length, char **out)
+tidal_status tokenizer_config_text(const tokenizer *t, int model_max_length, const char *chat_template, char **out)
 {
     *out = NULL;
     json_t *o = json_object(), *dec = json_object();
@@ -149,7 +154,8 @@ tidal_status tokenizer_config_text(const tokenizer *t, int model_max_length, cha
     json_object_set_new(o, "clean_up_tokenization_spaces", json_false());
     json_object_set_new(o, "split_special_tokens", json_false());
     if (model_max_length > 0) json_object_set_new(o, "model_max_length", json_integer(model_max_length));
-    if (tokenizer_chat_template(t)) json_object_set_new(o, "chat_template", json_string(tokenizer_chat_template(t)));
+    if (!chat_template) chat_template = tokenizer_chat_template(t);
+    if (chat_template) json_object_set_new(o, "chat_template", json_string(chat_template));
     json_object_set_new(o, "tokenizer_class", json_string("PreTrainedTokenizerFast"));
     return dump(o, "tokenizer_config.json", out);
 }

@@ -2,7 +2,9 @@
  * real nats-server, the real engine and trainer. One scenario per ctest
  * entry (argv[1]):
  *   quickstart    examples/quickstart.yaml learns: reward <= 0.3 at the
- *                 start, mean of the last 10 steps >= 0.9
+ *                 start, mean of the last 10 steps >= 0.9; `tidal generate`
+ *                 serves its last checkpoint (tokenizer included) and copies
+ *                 the digits
  *   staleness     every trained token has v - v_token <= K (K = 2), and with
  *                 K = 0 every token is exactly on-policy
  *   join          a worker started by hand mid-run contributes and the
@@ -318,6 +320,38 @@ static int run_base(const char *name, const char *set1, const char *set2, double
 
 /* ---------------------------------------------------------------- scenarios */
 
+/* The end of docs/quickstart.md: the last checkpoint is a Hugging Face
+ * directory that `tidal generate --chat --prompt TEXT` serves with its own
+ * tokenizer (written by the trainer for the alphabet tokenizer) and its
+ * chat template (the job's format none: the digits and a newline); greedy,
+ * in the 3 tokens it was trained to use, it copies the digits. */
+static void try_the_model(const char *run)
+{
+    static const char *const prompts[] = {"925", "031", "777", "460", "118"};
+    char ckpt[600], name[32], path[700], out[256];
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoints/step-300", run);
+    int copied = 0;
+    for (size_t i = 0; i < sizeof prompts / sizeof prompts[0]; i++) {
+        snprintf(name, sizeof name, "generate-%s", prompts[i]);
+        int rc = wait_exit(start_tidal(name, "generate", "--model", ckpt, "--chat", "--prompt", prompts[i],
+                                       "--temperature", "0", "--max-tokens", "3", NULL),
+                           60);
+        snprintf(path, sizeof path, "%s/%s.out", work, name);
+        FILE *f = fopen(path, "r");
+        size_t n = f ? fread(out, 1, sizeof out - 1, f) : 0;
+        if (f) fclose(f);
+        out[n] = 0;
+        CHECK_MSG(rc == 0, "tidal generate --model %s --chat --prompt %s: exit %d: %s", ckpt, prompts[i], rc, out);
+        /* the completion (stdout, one write per token), the summary (stderr): "[length: 4 prompt tokens, ..." */
+        CHECK_MSG(strspn(out, "0123456789") == 3 && strstr(out, "4 prompt tokens"),
+                  "tidal generate --chat --prompt %s printed \"%s\", not three digits after a 4-token prompt",
+                  prompts[i], out);
+        copied += !strncmp(out, prompts[i], 3);
+    }
+    fprintf(stderr, "quickstart: tidal generate on step-300 copied %d of 5 prompts\n", copied);
+    CHECK_MSG(copied >= 4, "the trained model copied %d of 5 prompts", copied);
+}
+
 static void test_quickstart(void)
 {
     fresh_work("quickstart");
@@ -339,8 +373,9 @@ static void test_quickstart(void)
     char svg[600];
     snprintf(svg, sizeof svg, "%s/reward.svg", run);
     CHECK_MSG(stat(svg, &sb) == 0 && sb.st_size > 1000, "no reward curve at %s", svg);
-    if (check_cur_failed_) show_output("quickstart");
     json_decref(s);
+    try_the_model(run);
+    if (check_cur_failed_) show_output("quickstart");
     cleanup();
 }
 

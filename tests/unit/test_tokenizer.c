@@ -449,6 +449,11 @@ static void test_refusals(void)
     REFUSE(with_model("dropout", json_real(0.1)), "model.dropout", NULL);
     REFUSE(with_model("continuing_subword_prefix", json_string("##")), "model.continuing_subword_prefix", NULL);
     REFUSE(with_model("vocab", json_pack("{s:i}", "a", 0)), "model.vocab", "no token for byte");
+    /* without merges too, while a normalizer and a Split step make it more than one token per byte
+       (tidal's alphabet tokenizer, written out, has neither: test_checkpoint loads one) */
+    json_t *partial = with_model("vocab", json_pack("{s:i}", "a", 0));
+    json_object_set_new(json_object_get(partial, "model"), "merges", json_array());
+    REFUSE(partial, "model.vocab", "no token for byte 0x00");
     REFUSE(with_model("vocab", json_pack("{s:s}", "a", "zero")), "model.vocab", "id must be an integer");
     REFUSE(with_model("merges", json_pack("[s]", "h zz")), "model.merges[0]", "\"zz\" is not in the vocabulary");
     REFUSE(with_model("merges", json_pack("[s]", "h q")), "model.merges[0]", "merged token \"hq\"");
