@@ -198,8 +198,10 @@ static tidal_status generation_config_stops(const char *dir, int32_t *stop, int 
     json_t *o = json_loadf(f, 0, &e);
     fclose(f);
     if (!json_is_object(o)) {
+        const bool parsed = o != NULL;
         json_decref(o);
-        return tidal_fail(TIDAL_ERR_INVALID, "generate: %s: not a JSON object (%s)", path, o ? "" : e.text);
+        return parsed ? tidal_fail(TIDAL_ERR_INVALID, "generate: %s: not a JSON object", path)
+                      : tidal_fail(TIDAL_ERR_INVALID, "generate: %s: line %d: %s", path, e.line, e.text);
     }
     json_t *eos = json_object_get(o, "eos_token_id"), *one = json_array();
     if (json_is_integer(eos)) json_array_append(one, eos);
@@ -295,7 +297,11 @@ int generate_main(int argc, char **argv)
             goto cleanup;
         }
     } else {
-        TRY_GOTO(encode_prompt(&tc, prompt, chat, &ids, &n_ids));
+        st = encode_prompt(&tc, prompt, chat, &ids, &n_ids);
+        if (st != TIDAL_OK) { /* no tokenizer, or a text it refuses: bad input */
+            rc = st == TIDAL_ERR_INVALID || st == TIDAL_ERR_NOT_FOUND ? 2 : 1;
+            goto cleanup;
+        }
     }
     if (cfg->eos_token_id >= 0 && n_stop < 34) stop_ids[n_stop++] = cfg->eos_token_id;
     if (tc.end_of_turn >= 0 && n_stop < 34) stop_ids[n_stop++] = tc.end_of_turn;
