@@ -739,11 +739,17 @@ static int write_seeds(const char *dir)
     j = with_model("type", json_string("WordPiece"));
     char *d = json_dumps(j, JSON_COMPACT);
     json_decref(j);
+    /* the quickstart's alphabet tokenizer as a checkpoint carries it: one token per byte, other bytes refused */
+    tokenizer *alpha = NULL;
+    char *e = NULL;
+    if (tokenizer_alphabet("0123456789\n", &alpha) != TIDAL_OK || tokenizer_json_text(alpha, &e) != TIDAL_OK) return 1;
+    tokenizer_free(alpha);
     struct { const char *name; const char *text; } seeds[] = {
         {"bpe.json", a},
         {"bpe-pairs-gpt2.json", b},
         {"pipelines.json", c},
         {"wordpiece.json", d},
+        {"alphabet.json", e},
         {"text-mixed.txt",
          "Hello, world! <|endoftext|> caf\xC3\xA9 e\xCC\x81 \xE4\xBD\xA0\xE5\xA5\xBD 123 \xF0\x9F\x98\x80"},
         {"text-invalid.txt", "ab\xFF\xFE\xE4\xBD <|im_end|>\xC0\xAF \n\r\n\t  x"},
@@ -755,6 +761,7 @@ static int write_seeds(const char *dir)
     free(b);
     free(c);
     free(d);
+    free(e);
     printf("wrote %zu seeds to %s\n", sizeof seeds / sizeof seeds[0], dir);
     return 0;
 }
