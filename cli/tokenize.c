@@ -201,9 +201,9 @@ int tokenize_main(int argc, char **argv)
     }
 
     tokenizer *tok = NULL;
-    tidal_status st = strcmp(path, "byte-level") == 0          ? tokenizer_byte_level(&tok)
-                      : strncmp(path, "alphabet:", 9) == 0     ? tokenizer_alphabet(path + 9, &tok)
-                                                               : tokenizer_load(path, &tok);
+    tidal_status st = strcmp(path, "byte-level") == 0      ? tokenizer_byte_level(&tok)
+                      : strncmp(path, "alphabet:", 9) == 0 ? tokenizer_alphabet(path + 9, &tok)
+                                                           : tokenizer_load(path, &tok);
     if (st != TIDAL_OK) {
         fprintf(stderr, "tidal tokenize: %s\n", tidal_errmsg());
         return st == TIDAL_ERR_INVALID || st == TIDAL_ERR_NOT_FOUND ? EXIT_USAGE : EXIT_FAIL;
