@@ -58,6 +58,7 @@ quickstart: deps
 	rm -rf runs/quickstart
 	./$(BUILD)/tidal run examples/quickstart.yaml --out runs/quickstart
 	@echo "make quickstart: runs/quickstart/summary.json, runs/quickstart/reward.svg"
+	@echo "try the trained model: $(BUILD)/tidal generate --model runs/quickstart/checkpoints/step-300 --chat --prompt 925 --temperature 0 --max-tokens 3"
 
 staleness-study: deps
 	@$(MAKE) --no-print-directory build

@@ -29,6 +29,7 @@
 #include "controller/controller.h"
 #include "job/spec.h"
 #include "proto/codec.h"
+#include "proto/enum_names.h"
 #include "base/fs.h"
 #include "job/names.h"
 #include "bus/server.h"
@@ -331,8 +332,9 @@ int status_main(int argc, char **argv)
                 Tidal__V1__WorkerStatus *s = NULL;
                 if (ev.kind == BUS_KV_PUT && codec_decode_worker_status(ev.value, ev.len, &s) == TIDAL_OK) {
                     json_array_append_new(
-                        workers, json_pack("{s:s, s:s, s:i, s:I, s:f, s:I, s:I, s:I}", "id", s->worker_id, "host", s->host,
-                                           "state", (int)s->state, "weights_version", (json_int_t)s->weights_version,
+                        workers, json_pack("{s:s, s:s, s:s, s:I, s:f, s:I, s:I, s:I}", "id", s->worker_id, "host", s->host,
+                                           "state", proto_worker_state_name(s->state), /* a name: docs/protocol.md */
+                                           "weights_version", (json_int_t)s->weights_version,
                                            "tokens_per_s", s->tokens_per_s, "trajectories",
                                            (json_int_t)s->trajectories, "weights_refused",
                                            (json_int_t)s->weights_refused, "updated_unix_ms",

@@ -13,6 +13,7 @@
 #include "job/spec.h"
 #include "envs/client.h"
 #include "proto/codec.h"
+#include "proto/enum_names.h"
 #include "base/hash.h"
 #include "base/sign.h"
 #include "job/names.h"
@@ -130,8 +131,8 @@ static void on_control(tidal_bus *b, bus_msg *m, void *closure)
             break;
         default: break;
         }
-        tidal_log(TIDAL_LOG_INFO, "worker %s: control %d from %s (%s)", w->id, (int)c->command, c->issuer,
-                  c->reason);
+        tidal_log(TIDAL_LOG_INFO, "worker %s: control %s from %s (%s)", w->id, proto_control_command_name(c->command),
+                  c->issuer, c->reason);
     }
     if (c) tidal__v1__control__free_unpacked(c, NULL);
     bus_msg_destroy(m);
@@ -361,11 +362,18 @@ static void tamper(void *ctx, Tidal__V1__Trajectory *t)
             t->logprobs[i] = (float)fmin(0.0, (double)t->logprobs[i] + 0.5 * fault_normal(w));
 }
 
+/* The faults' names, by rollout_fault value. */
+static const char *const fault_names[] = {"none", "logprob-noise", "temperature", "stale-weights"};
+
+const char *rollout_fault_name(rollout_fault f)
+{
+    return (unsigned)f < sizeof fault_names / sizeof fault_names[0] ? fault_names[f] : "unknown";
+}
+
 bool rollout_fault_parse(const char *name, rollout_fault *out)
 {
-    static const char *const names[] = {"none", "logprob-noise", "temperature", "stale-weights"};
-    for (int i = 0; i < 4; i++)
-        if (!strcmp(name, names[i])) {
+    for (int i = 0; i < (int)(sizeof fault_names / sizeof fault_names[0]); i++)
+        if (!strcmp(name, fault_names[i])) {
             *out = (rollout_fault)i;
             return true;
         }
@@ -699,7 +707,8 @@ tidal_status worker_run(const worker_opts *o)
     w->started_ms = tidal_unix_ms();
     w->fault_rng = hash_string(w->id);
     if (o->fault != ROLLOUT_FAULT_NONE)
-        tidal_log(TIDAL_LOG_WARN, "worker %s: test-only fault %d on: it lies to the trainer", w->id, (int)o->fault);
+        tidal_log(TIDAL_LOG_WARN, "worker %s: test-only fault %s on: it lies to the trainer", w->id,
+                  rollout_fault_name(o->fault));
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
     tidal_status st = serve(w);
     char err[1024] = ""; /* the failure's message, kept through the releases below */

@@ -41,6 +41,7 @@ typedef struct trainer {
     weights_publisher *pub;
     tidal_sign_key *sign_key; /* signs the weights (the publisher borrows it) */
     ckpt_state ck;              /* counts and trained ids so far (this life and the earlier ones) */
+    hf_files hf;                /* the tokenizer files and generation_config.json each checkpoint carries */
     buffer_counts base;         /* the buffer's counts restored from the checkpoint (this life adds to them) */
     uint64_t version, checkpointed;
     char ckpt_root[4096];
@@ -138,10 +139,7 @@ static tidal_status checkpoint(trainer *t)
     memcpy(t->ck.groups_dropped, c.groups_dropped, sizeof c.groups_dropped);
     memcpy(t->ck.samples_dropped, c.dropped, sizeof c.dropped);
     const double t0 = tidal_clock_ms();
-    TRY(checkpoint_save(t->ckpt_root, t->m, t->opt, &t->ck, t->s->trainer.checkpoint_keep));
-    char dir[sizeof t->ckpt_root + 32];
-    snprintf(dir, sizeof dir, "%s/step-%llu", t->ckpt_root, (unsigned long long)t->version);
-    TRY(job_tokenizer_copy(t->s, dir)); /* model.init.tokenizer: the checkpoint loads with its tokenizer */
+    TRY(checkpoint_save(t->ckpt_root, t->m, t->opt, &t->ck, t->s->trainer.checkpoint_keep, &t->hf));
     buffer_checkpointed(t->buf, t->version); /* now their fate is durable */
     bus_flush(t->bus, 5000);
     t->checkpointed = t->version;
@@ -477,6 +475,7 @@ static tidal_status start(trainer *t)
     job_bus_cfg jc = {.prompt_ack_wait_ms = s->rollout.ack_wait_ms, .prompt_max_deliver = 5};
     TRY(job_bus_ensure(t->bus, &t->names, &jc, &t->kv));
     snprintf(t->ckpt_root, sizeof t->ckpt_root, "%s/checkpoints", t->o->run_dir);
+    TRY_WRAP(job_hf_files(s, &t->hf), "trainer: the checkpoints' tokenizer files");
     bool resumed = false;
     if (t->o->resume) { /* no checkpoint yet is not a failure: start fresh */
         tidal_status st = checkpoint_load_latest(t->ckpt_root, &t->m, &t->opt, &t->ck);
@@ -608,6 +607,7 @@ cleanup:;
     model_free(t->ref);
     adamw_free(t->opt);
     ckpt_state_clear(&t->ck);
+    hf_files_clear(&t->hf);
     free(t);
     return st == TIDAL_OK ? TIDAL_OK : tidal_fail(st, "%s", err);
 }

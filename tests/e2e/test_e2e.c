@@ -2,7 +2,9 @@
  * real nats-server, the real engine and trainer. One scenario per ctest
  * entry (argv[1]):
  *   quickstart    examples/quickstart.yaml learns: reward <= 0.3 at the
- *                 start, mean of the last 10 steps >= 0.9
+ *                 start, mean of the last 10 steps >= 0.9; `tidal generate`
+ *                 serves its last checkpoint (tokenizer included) and copies
+ *                 the digits
  *   staleness     every trained token has v - v_token <= K (K = 2), and with
  *                 K = 0 every token is exactly on-policy
  *   join          a worker started by hand mid-run contributes and the
@@ -21,7 +23,7 @@
  *                 counted; the run completes
  *   jsonl         a JSONL dataset with its own prompt and answer keys, scored by
  *                 gsm8k: no group fails for want of an answer; `tidal status`
- *                 reads the job while it runs
+ *                 reads the job while it runs (each worker's state a name)
  *   rogue_weights a rogue client with write access to the weights stream and
  *                 KV publishes newer versions (a valid blob, signed with its
  *                 own key; and unsigned): every worker refuses both, logs why,
@@ -48,7 +50,8 @@
  *   quarantine    for each test-only fault (logprob-noise, temperature,
  *                 stale-weights) a lying worker joins a learning job of two
  *                 honest ones: it is quarantined within a few steps (trainer
- *                 log, `tidal status` with the reason and its heartbeat's state,
+ *                 log, `tidal status` with the reason and its heartbeat's state
+ *                 by name, the liar's log naming the control it got,
  *                 the summary), its groups are dropped as quarantined, the job
  *                 learns on and balances
  * Every scenario that checks the balance also checks that no honest worker
@@ -238,6 +241,13 @@ static long jint(const json_t *o, const char *a, const char *b)
 }
 
 /* The trainer's worker check quarantined no worker but the test's liar. */
+/* o[key] as a string; "" when absent or not a string. */
+static const char *jstr(const json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v ? v : "";
+}
+
 static void check_honest_kept(const json_t *s)
 {
     const json_t *wc = json_object_get(s, "worker_check");
@@ -322,6 +332,38 @@ static int run_base(const char *name, const char *set1, const char *set2, double
 
 /* ---------------------------------------------------------------- scenarios */
 
+/* The end of docs/quickstart.md: the last checkpoint is a Hugging Face
+ * directory that `tidal generate --chat --prompt TEXT` serves with its own
+ * tokenizer (written by the trainer for the alphabet tokenizer) and its
+ * chat template (the job's format none: the digits and a newline); greedy,
+ * in the 3 tokens it was trained to use, it copies the digits. */
+static void try_the_model(const char *run)
+{
+    static const char *const prompts[] = {"925", "031", "777", "460", "118"};
+    char ckpt[600], name[32], path[700], out[256];
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoints/step-300", run);
+    int copied = 0;
+    for (size_t i = 0; i < sizeof prompts / sizeof prompts[0]; i++) {
+        snprintf(name, sizeof name, "generate-%s", prompts[i]);
+        int rc = wait_exit(start_tidal(name, "generate", "--model", ckpt, "--chat", "--prompt", prompts[i],
+                                       "--temperature", "0", "--max-tokens", "3", NULL),
+                           60);
+        snprintf(path, sizeof path, "%s/%s.out", work, name);
+        FILE *f = fopen(path, "r");
+        size_t n = f ? fread(out, 1, sizeof out - 1, f) : 0;
+        if (f) fclose(f);
+        out[n] = 0;
+        CHECK_MSG(rc == 0, "tidal generate --model %s --chat --prompt %s: exit %d: %s", ckpt, prompts[i], rc, out);
+        /* the completion (stdout, one write per token), the summary (stderr): "[length: 4 prompt tokens, ..." */
+        CHECK_MSG(strspn(out, "0123456789") == 3 && strstr(out, "4 prompt tokens"),
+                  "tidal generate --chat --prompt %s printed \"%s\", not three digits after a 4-token prompt",
+                  prompts[i], out);
+        copied += !strncmp(out, prompts[i], 3);
+    }
+    fprintf(stderr, "quickstart: tidal generate on step-300 copied %d of 5 prompts\n", copied);
+    CHECK_MSG(copied >= 4, "the trained model copied %d of 5 prompts", copied);
+}
+
 static void test_quickstart(void)
 {
     fresh_work("quickstart");
@@ -343,8 +385,9 @@ static void test_quickstart(void)
     char svg[600];
     snprintf(svg, sizeof svg, "%s/reward.svg", run);
     CHECK_MSG(stat(svg, &sb) == 0 && sb.st_size > 1000, "no reward curve at %s", svg);
-    if (check_cur_failed_) show_output("quickstart");
     json_decref(s);
+    try_the_model(run);
+    if (check_cur_failed_) show_output("quickstart");
     cleanup();
 }
 
@@ -803,6 +846,18 @@ static void test_jsonl(void)
         free(text);
     }
     CHECK_MSG(whole, "tidal status: no whole answer in 30 s");
+    /* people read it: each worker's state is a name, never the enum's number */
+    static const char *const states[] = {"idle", "generating", "syncing", "draining"};
+    size_t wi;
+    json_t *wk;
+    json_array_foreach(json_object_get(st, "workers"), wi, wk) {
+        bool named = false;
+        for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
+            named = named || !strcmp(jstr(wk, "state"), states[k]);
+        char *text = json_dumps(json_object_get(wk, "state"), JSON_ENCODE_ANY);
+        CHECK_MSG(named, "tidal status: worker %s's state is %s, not a state's name", jstr(wk, "id"), text ? text : "?");
+        free(text);
+    }
     json_decref(st);
     int rc = wait_exit(p, 240);
     CHECK_MSG(rc == 0, "tidal run exit %d", rc);
@@ -1213,7 +1268,7 @@ static bool status_shows_quarantine(const char *url, double timeout_s)
         json_array_foreach(json_object_get(st, "workers"), i, w)
             if (!strcmp(json_string_value(json_object_get(w, "id")) ? json_string_value(json_object_get(w, "id")) : "",
                         "liar"))
-                state = state || json_integer_value(json_object_get(w, "state")) == 5; /* WORKER_STATE_QUARANTINED */
+                state = state || !strcmp(jstr(w, "state"), "quarantined"); /* a name, never the enum's number */
         json_decref(st);
     }
     if (!check || !state) fprintf(stderr, "status: worker check %s, heartbeat state %s\n", check ? "yes" : "no",
@@ -1253,6 +1308,8 @@ static void test_quarantine(void)
         CHECK_MSG(grep_file("run/logs/trainer.log", "worker liar quarantined: mismatch"),
                   "%s: the trainer's log does not name the quarantine", faults[k]);
         CHECK_MSG(grep_file("liar.out", "quarantined by the trainer"), "%s: the liar was not told", faults[k]);
+        CHECK_MSG(grep_file("liar.out", "control quarantine from trainer"), "%s: the liar's log does not name the control",
+                  faults[k]);
         json_t *s = load_json(run, "summary.json");
         check_balance(s, 50, 24);
         const json_t *l = json_object_get(json_object_get(json_object_get(s, "worker_check"), "workers"), "liar");

@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "check.h"
+#include "base/fs.h"
 #include "model/model.h"
 
 extern char **environ;
@@ -303,7 +304,8 @@ static void test_bench_dispatch(void)
 }
 
 /* `tidal generate` on a tiny model tidal writes itself: greedy ids with
- * logprobs, deterministic; a text prompt without a tokenizer is a clear error. */
+ * logprobs, deterministic; a text prompt without a tokenizer is a clear error;
+ * generation_config.json's eos ids stop it, a malformed one is named. */
 static void test_generate_tiny_model(void)
 {
     model_config c = {.type = MODEL_QWEN2, .vocab_size = 50, .hidden_size = 16, .num_layers = 1, .num_heads = 2,
@@ -332,6 +334,24 @@ static void test_generate_tiny_model(void)
     ok = t.status != 0 && strstr(t.err, "tokenizer") != NULL;
     CHECK_MSG(ok, "text prompt without a tokenizer: exit %d, stderr: %s", t.status, t.err);
     run_free(&t);
+    /* generation_config.json's eos ids stop it too (as in transformers): the first greedy token ends it */
+    char path[128], text[64];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    snprintf(text, sizeof text, "{\"eos_token_id\": [49, %d]}\n", id);
+    CHECK_OK(fs_write_file(path, text, strlen(text)));
+    run_result g = run_tidal("generate", "--model", dir, "--ids", "1 2 3", "--max-tokens", "5", "--temperature", "0", NULL);
+    lines = 0;
+    for (const char *p = g.out; *p; p++) lines += *p == '\n';
+    ok = g.status == 0 && lines == 1 && strstr(g.err, "[stop:");
+    CHECK_MSG(ok, "stop at generation_config.json's eos %d: exit %d, %d lines\nstdout: %s\nstderr: %s", id, g.status,
+              lines, g.out, g.err);
+    run_free(&g);
+    static const char bad[] = "{\"eos_token_id\": \"x\"}";
+    CHECK_OK(fs_write_file(path, bad, strlen(bad)));
+    g = run_tidal("generate", "--model", dir, "--ids", "1 2 3", NULL);
+    ok = g.status == 2 && strstr(g.err, "generation_config.json") && strstr(g.err, "eos_token_id");
+    CHECK_MSG(ok, "a malformed generation_config.json: exit %d, stderr: %s", g.status, g.err);
+    run_free(&g);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);
