@@ -18,7 +18,7 @@ CMAKE_ARGS ?=
 # Everything the build and the tests need, by Debian package name.
 DEPS = cmake make gcc pkg-config clang libclang-rt-14-dev \
        libnats-dev nats-server libprotobuf-c-dev protobuf-c-compiler \
-       libssl-dev openssl libjansson-dev libopenblas-openmp-dev python3-torch \
+       libssl-dev openssl libjansson-dev libopenblas-openmp-dev python3-torch python3-jinja2 \
        libpcre2-dev libutf8proc-dev libyaml-dev nodejs gnuplot-nox
 
 .PHONY: all deps build test test-asan quickstart staleness-study clean
