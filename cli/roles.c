@@ -434,16 +434,17 @@ static void add_workers_lost(const char *run_dir, const child *kids, int n)
 }
 
 /* The controller's alert (a failing env, ...) on a line of its own: when it
- * appears or changes, then every 10 s while it lasts, and once when it ends. */
+ * appears, then every 10 s while it lasts (its text, with counts, changes each
+ * second), and once when it ends. */
 static void progress_alert(const char *alert, bool tty, double now)
 {
-    static char last[800];
+    static bool on;
     static double last_s;
-    const bool same = !strcmp(alert, last);
-    if (same && (!*alert || now - last_s < 10)) return;
+    if (*alert && on && now - last_s < 10) return;
+    if (!*alert && !on) return;
     if (*alert) fprintf(stderr, "%stidal run: %s\n", tty ? "\r" : "", alert);
-    else fprintf(stderr, "%stidal run: the alert is over\n", tty ? "\r" : "");
-    snprintf(last, sizeof last, "%s", alert);
+    else fprintf(stderr, "%stidal run: the alert is over (the controller's log has the details)\n", tty ? "\r" : "");
+    on = *alert != '\0';
     last_s = now;
 }
 

@@ -36,18 +36,21 @@ tidal_status env_watch_update(env_watch *w, const env_watch_worker *rows, int n,
         if (w->reported)
             tidal_log(TIDAL_LOG_INFO, "controller: env %s answers again on every worker (it failed for %.0f s: %llu "
                       "samples failed)", w->env, (now_ms - w->failing_since_ms) / 1e3,
-                      (unsigned long long)(w->failed - w->failed_at_start));
+                      (unsigned long long)(w->failed > w->failed_at_start ? w->failed - w->failed_at_start : 0));
         w->reported = false;
+        w->failed_before = w->failed;
         w->failing_since_ms = w->all_since_ms = 0;
         w->alert[0] = '\0';
         return TIDAL_OK;
     }
-    if (w->failing_since_ms == 0) w->failing_since_ms = now_ms, w->failed_at_start = w->failed;
+    if (w->failing_since_ms == 0) w->failing_since_ms = now_ms, w->failed_at_start = w->failed_before;
     const bool all = w->failing_workers == w->active_workers;
     if (!all) w->all_since_ms = 0;
     else if (w->all_since_ms == 0) w->all_since_ms = now_ms;
     const double for_s = (now_ms - w->failing_since_ms) / 1e3;
-    const unsigned long long lost = (unsigned long long)(w->failed - w->failed_at_start);
+    /* a worker gone takes its count along: never below 0 */
+    const unsigned long long lost =
+        (unsigned long long)(w->failed > w->failed_at_start ? w->failed - w->failed_at_start : 0);
     snprintf(w->alert, sizeof w->alert, "env %s failing on %d of %d workers for %.0f s (%llu samples failed): %s",
              w->env, w->failing_workers, w->active_workers, for_s, lost, w->error[0] ? w->error : "(no message)");
     /* at once, then every ENV_WATCH_REPORT_MS while it lasts */

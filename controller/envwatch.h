@@ -42,6 +42,7 @@ typedef struct env_watch {
     int failing_workers, active_workers;
     uint64_t failed;          /* samples failed in all, over the live workers */
     uint64_t failed_at_start; /* `failed` when the current failing run began */
+    uint64_t failed_before;   /* `failed` at the last update that found no worker failing */
     uint64_t reports;         /* failing lines written (for tests) */
     char error[512];          /* a failing worker's message (the first found) */
     char alert[768];          /* "" when the env answers everywhere */
