@@ -1357,7 +1357,7 @@ static void test_env_missing(void)
     CHECK_MSG(rc == 1 && took < 30, "tidal run without its env: exit %d after %.0f s, want 1 (stopped)", rc, took);
     CHECK_MSG(grep_file("run/logs/rollout-*.log", "env strings failing for .*no responders on tidal.env.strings"),
               "no worker log says the env fails with no responders on tidal.env.strings");
-    CHECK_MSG(grep_file("run/logs/controller.log", "env strings failing on [12] of 2 workers.*no responders on tidal.env.strings"),
+    CHECK_MSG(grep_file("run/logs/controller.log", "env strings failing on [12] of [12] workers.*no responders on tidal.env.strings"),
               "the controller's log does not say the env fails");
     CHECK_MSG(grep_file("missing.out", "^tidal run: env strings failing on .*no responders on tidal.env.strings"),
               "the progress output of tidal run does not say the env fails");
