@@ -53,14 +53,14 @@ tidal_status env_watch_update(env_watch *w, const env_watch_worker *rows, int n,
         (unsigned long long)(w->failed > w->failed_at_start ? w->failed - w->failed_at_start : 0);
     snprintf(w->alert, sizeof w->alert, "env %s failing on %d of %d workers for %.0f s (%llu samples failed): %s",
              w->env, w->failing_workers, w->active_workers, for_s, lost, w->error[0] ? w->error : "(no message)");
-    /* at once, then every ENV_WATCH_REPORT_MS while it lasts */
-    if (!w->reported || now_ms - w->last_report_ms >= ENV_WATCH_REPORT_MS) {
+    /* at once, then every ENV_WATCH_REPORT_MS while it lasts; never more often */
+    if (!w->ever_reported || now_ms - w->last_report_ms >= ENV_WATCH_REPORT_MS) {
         char bound[160] = "the job waits for it (env.missing_timeout_s: 0)";
         if (w->missing_timeout_s > 0)
             snprintf(bound, sizeof bound, "the job stops if it fails on every worker for %d s (env.missing_timeout_s)",
                      w->missing_timeout_s);
         tidal_log(TIDAL_LOG_WARN, "controller: %s; those samples are not trained or scored, %s", w->alert, bound);
-        w->reported = true;
+        w->reported = w->ever_reported = true;
         w->last_report_ms = now_ms;
         w->reports++;
     }

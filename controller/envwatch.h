@@ -7,7 +7,10 @@
  * workers' rows the watch keeps the job's view:
  *   - the env fails on some worker: a warning in the controller's log at
  *     once, then every ENV_WATCH_REPORT_MS while it lasts (with the count of
- *     failed samples), and a line when it answers again on every worker;
+ *     failed samples), and a line when it answers again on every worker; at
+ *     most one warning per ENV_WATCH_REPORT_MS even when it flips between
+ *     failing and answering (a few bad rows): a failure within that time of
+ *     the last warning is told when it is up, if it still lasts;
  *   - an alert in words for the progress line (`tidal run`) while it fails;
  *   - the env fails on every live worker that calls it for
  *     env.missing_timeout_s (> 0): the job must stop (docs/environments.md).
@@ -36,6 +39,7 @@ typedef struct env_watch {
     char env[128];
     int missing_timeout_s;    /* 0: never stop (keep reporting) */
     bool reported;            /* a failing line was written and no recovery line since */
+    bool ever_reported;       /* a failing line was ever written */
     double last_report_ms;    /* when the last failing line was written */
     double failing_since_ms;  /* when some worker was first seen failing (0 = none fails) */
     double all_since_ms;      /* when every active worker was first seen failing (0 = not so) */

@@ -128,8 +128,8 @@ static void env_report(worker *w)
     env_client_health h;
     env_client_health_get(w->env, &h);
     const double t = tidal_clock_ms();
-    if (h.failing) {
-        if (w->env_reported && t - w->env_report_ms < ENV_REPORT_MS) return;
+    if (h.failing) { /* never more often than ENV_REPORT_MS, even when it flips (a few bad rows) */
+        if (w->env_report_ms > 0 && t - w->env_report_ms < ENV_REPORT_MS) return;
         const uint64_t now = tidal_unix_ms();
         const double for_s = now > h.failing_since_unix_ms ? (double)(now - h.failing_since_unix_ms) / 1e3 : 0;
         tidal_log(TIDAL_LOG_WARN,
