@@ -325,7 +325,8 @@ static tidal_status eval_start(ctl *c)
     e->seen = calloc(n * (size_t)(e->k > 0 ? e->k : 1), 1);
     e->first_scored = calloc(n, sizeof *e->first_scored);
     e->n_scored = calloc(n, sizeof *e->n_scored);
-    if (!e->succ_first || !e->succ_any || !e->seen || !e->first_scored || !e->n_scored) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
+    if (!e->succ_first || !e->succ_any || !e->seen || !e->first_scored || !e->n_scored)
+        return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
     const double temp = e->k == 1 ? 0.0 : s->rollout.temperature;
     tidal_status st = TIDAL_OK;
     dataset_item it = {0};
