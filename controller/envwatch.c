@@ -32,6 +32,11 @@ static void tally(env_watch *w, const env_watch_worker *rows, int n)
 tidal_status env_watch_update(env_watch *w, const env_watch_worker *rows, int n, double now_ms)
 {
     tally(w, rows, n);
+    if (w->active_workers == 0) { /* nobody calls the env (no live worker): nothing to tell, nothing to stop */
+        w->all_since_ms = 0;
+        w->alert[0] = '\0';
+        return TIDAL_OK;
+    }
     if (w->failing_workers == 0) {
         if (w->reported)
             tidal_log(TIDAL_LOG_INFO, "controller: env %s answers again on every worker (it failed for %.0f s: %llu "

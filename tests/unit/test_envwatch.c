@@ -76,6 +76,9 @@ static void test_recovery_clears_and_restarts_the_clock(void)
     CHECK(w.reports == 2);
     CHECK_OK(env_watch_update(&w, &r, 1, 19700)); /* 9.9 s of this run: the clock restarted */
     CHECK_STATUS(env_watch_update(&w, &r, 1, 19800), TIDAL_ERR_TIMEOUT);
+    /* the failing workers vanish (died, left): no "answers again", and the next failure is no news */
+    CHECK_OK(env_watch_update(&w, NULL, 0, 20000));
+    CHECK(w.reported && w.alert[0] == '\0' && !env_watch_all_failing(&w));
     /* no workers at all: nothing fails, nothing stops */
     env_watch_init(&w, "e", 1);
     CHECK_OK(env_watch_update(&w, NULL, 0, 0));
