@@ -14,6 +14,8 @@
  *   - an alert in words for the progress line (`tidal run`) while it fails;
  *   - the env fails on every live worker that calls it for
  *     env.missing_timeout_s (> 0): the job must stop (docs/environments.md).
+ * With no live worker calling the env there is nothing to tell: the alert
+ * and the stop clock are cleared, and no "answers again" is said.
  * Pure bookkeeping on the caller's clock: no bus, no threads.
  */
 #ifndef TIDAL_CONTROLLER_ENVWATCH_H
