@@ -436,6 +436,21 @@ static void add_workers_lost(const char *run_dir, const child *kids, int n)
     free(text);
 }
 
+/* The controller's alert (a failing env, ...) on a line of its own: when it
+ * appears, then every 10 s while it lasts (its text, with counts, changes each
+ * second), and once when it ends. */
+static void progress_alert(const char *alert, bool tty, double now)
+{
+    static bool on;
+    static double last_s;
+    if (*alert && on && now - last_s < 10) return;
+    if (!*alert && !on) return;
+    if (*alert) fprintf(stderr, "%stidal run: %s\n", tty ? "\r" : "", alert);
+    else fprintf(stderr, "%stidal run: the alert is over (the controller's log has the details)\n", tty ? "\r" : "");
+    on = *alert != '\0';
+    last_s = now;
+}
+
 static void progress_line(tidal_bus *b, bus_sub *sub, bool tty, int lost, double *last_print)
 {
     bus_msg *m = NULL;
@@ -455,13 +470,16 @@ static void progress_line(tidal_bus *b, bus_sub *sub, bool tty, int lost, double
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     const double now = ts.tv_sec + ts.tv_nsec / 1e9;
+    progress_alert(mt->alert ? mt->alert : "", tty, now);
     if (tty || now - *last_print >= 10) {
         char eta[32] = "-";
         if (v[6] >= 0) snprintf(eta, sizeof eta, "%.0fs", v[6]);
         char lost_s[32] = "";
         if (lost > 0) snprintf(lost_s, sizeof lost_s, " (%d lost)", lost);
-        fprintf(stderr, "%sstep %.0f/%.0f  version %.0f  reward %.3f  staleness %.2f  samples/s %.1f  workers %.0f%s  ETA %s%s",
-                tty ? "\r" : "", v[0], v[1], v[0], isfinite(v[2]) ? v[2] : 0.0, v[3], v[4], v[5], lost_s, eta,
+        char reward[32] = "-"; /* no step trained yet: no reward (never a 0 that was not earned) */
+        if (isfinite(v[2])) snprintf(reward, sizeof reward, "%.3f", v[2]);
+        fprintf(stderr, "%sstep %.0f/%.0f  version %.0f  reward %s  staleness %.2f  samples/s %.1f  workers %.0f%s  ETA %s%s",
+                tty ? "\r" : "", v[0], v[1], v[0], reward, v[3], v[4], v[5], lost_s, eta,
                 tty ? "   " : "\n");
         fflush(stderr);
         *last_print = now;

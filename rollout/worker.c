@@ -24,6 +24,7 @@
 #define PROMPT_CAP_TOKENS 1024 /* the longest rendered prompt the engine's cache is sized for */
 #define HEARTBEAT_MS 1000
 #define STATE_POLL_MS 1000
+#define ENV_REPORT_MS 10000 /* a failing env is logged at once, then this often while it lasts */
 #define TRAJ_HEADER_ROOM 1024 /* of max_payload, for the message's headers (Nats-Msg-Id and the protocol's) */
 
 typedef struct worker {
@@ -63,6 +64,9 @@ typedef struct worker {
     uint64_t tokens_mark;
     double tokens_mark_ms, tokens_per_s;
     double publish_ms;          /* the last group's publication and ack (for the bench hook) */
+    /* the env's failures as the log has told them (env_report) */
+    bool env_reported;          /* a failing line was written and no recovery line since */
+    double env_report_ms;       /* when the last failing line was written */
 } worker;
 
 static bool leaving(const worker *w) { return (w->o->stop && *w->o->stop) || w->ctl_stop; }
@@ -98,6 +102,11 @@ static void heartbeat(worker *w, bool force)
     s.capacity = 1;
     s.trajectories = w->trajectories, s.errors = w->errors, s.rejected = w->rejected;
     s.redelivered = w->redelivered;
+    env_client_health eh = {0};
+    if (w->env) env_client_health_get(w->env, &eh);
+    s.env_failed = eh.failed;
+    s.env_error = eh.failing ? eh.last_error : (char *)"";
+    s.env_failing_since_unix_ms = eh.failing ? eh.failing_since_unix_ms : 0;
     if (w->wc) {
         weights_stats ws;
         weights_client_stats(w->wc, &ws);
@@ -108,6 +117,35 @@ static void heartbeat(worker *w, bool force)
     if (codec_encode(&s.base, &buf, &len) == TIDAL_OK && bus_kv_put(w->workers, w->id, buf, len, NULL) != TIDAL_OK)
         tidal_log(TIDAL_LOG_WARN, "worker %s: heartbeat: %s", w->id, tidal_errmsg());
     free(buf);
+}
+
+/* Say in the log that the env fails - at once, then every ENV_REPORT_MS while
+ * it lasts, with the failure's message (a missing remote env's names its
+ * subject: "no responders on tidal.env.NAME") - and when it answers again.
+ * A change reaches the heartbeat (and so the controller) at once. */
+static void env_report(worker *w)
+{
+    if (!w->env) return;
+    env_client_health h;
+    env_client_health_get(w->env, &h);
+    const double t = tidal_clock_ms();
+    if (h.failing) { /* never more often than ENV_REPORT_MS, even when it flips (a few bad rows) */
+        if (w->env_report_ms > 0 && t - w->env_report_ms < ENV_REPORT_MS) return;
+        const uint64_t now = tidal_unix_ms();
+        const double for_s = now > h.failing_since_unix_ms ? (double)(now - h.failing_since_unix_ms) / 1e3 : 0;
+        tidal_log(TIDAL_LOG_WARN,
+                  "worker %s: env %s failing for %.0f s (%llu samples failed, %llu in all): %s; those samples are "
+                  "published as failed: never trained or scored", w->id, w->spec.env.name, for_s,
+                  (unsigned long long)h.failed_in_run, (unsigned long long)h.failed, h.last_error);
+        const bool news = !w->env_reported;
+        w->env_reported = true, w->env_report_ms = t;
+        if (news) heartbeat(w, true);
+    } else if (w->env_reported) {
+        tidal_log(TIDAL_LOG_INFO, "worker %s: env %s answers again (%llu samples failed in all)", w->id,
+                  w->spec.env.name, (unsigned long long)h.failed);
+        w->env_reported = false;
+        heartbeat(w, true);
+    }
 }
 
 /* ---------------------------------------------------------------- control */
@@ -428,7 +466,9 @@ static tidal_status generate(worker *w, served *sv)
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_GENERATING;
     heartbeat(w, true);
     const episode_group g = group_of(w, sv);
-    TRY(episode_run_group(w->e, w->tok, w->env, &g, sv->out));
+    const tidal_status st = episode_run_group(w->e, w->tok, w->env, &g, sv->out);
+    TRY(st);
+    env_report(w);
     sv->gen_ms = tidal_clock_ms() - g0;
     return TIDAL_OK;
 }

@@ -15,6 +15,7 @@
 #include "job/names.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/envmetrics.h"
 #include "trainer/publish.h"
 #include "trainer/step.h"
 #include "trainer/workercheck.h"
@@ -310,7 +311,7 @@ static void publish_metric(trainer *t, const trainer_step_result *r, double step
         {"dropped_quarantined", (double)c.groups_dropped[BUFFER_DROP_QUARANTINED]},
     };
     const int nb = (int)(sizeof vals / sizeof vals[0]);
-    job_metric_value all[sizeof vals / sizeof vals[0] + 2 + 3 * METRIC_WORKERS_MAX];
+    job_metric_value all[sizeof vals / sizeof vals[0] + 2 + 3 * METRIC_WORKERS_MAX + ENV_METRICS_MAX];
     memcpy(all, vals, sizeof vals);
     memcpy(all + nb, extra, (size_t)n_extra * sizeof *extra);
     job_metric_publish(t->bus, &t->names, "trainer", t->version, elapsed_s(t), all, nb + n_extra);
@@ -343,6 +344,8 @@ static tidal_status train_step(trainer *t)
         return st;
     }
     const double step_ms = tidal_clock_ms() - t0;
+    env_metrics em; /* the env's own metrics of the step (before buffer_trained frees the samples) */
+    env_metrics_of_batch(&batch, &em);
     tidal_status cs = TIDAL_OK; /* the check's failure (out of memory) costs a step's scores, never the step */
     for (int g = 0, k = 0; g < batch.n_groups && cs == TIDAL_OK; g++)
         for (int i = 0; i < batch.groups[g].n && cs == TIDAL_OK; i++, k++)
@@ -356,10 +359,11 @@ static tidal_status train_step(trainer *t)
     buffer_set_version(t->buf, t->version);
     t->tokens_since += tokens;
     if (st == TIDAL_OK) st = weights_publish(t->pub, t->m, t->version);
-    job_metric_value wv[2 + 3 * METRIC_WORKERS_MAX];
+    job_metric_value wv[2 + 3 * METRIC_WORKERS_MAX + ENV_METRICS_MAX];
     char wkeys[3 * METRIC_WORKERS_MAX][224];
     check_workers(t);
-    const int nwv = worker_values(t, wv, wkeys);
+    int nwv = worker_values(t, wv, wkeys);
+    nwv += env_metrics_values(&em, wv + nwv);
     put_groups(t);
     publish_metric(t, &r, step_ms, cfg.lr, wv, nwv);
     t->tokens_since = 0;

@@ -47,6 +47,13 @@
  *                 controller, trainer, a worker, the env service and `tidal status`
  *                 each with its own credentials run the job to the end; the
  *                 worker's cannot publish weights, control messages or prompts
+ *   env_missing   a remote env that is not running: the workers' logs, the
+ *                 controller's log and the progress line say "no responders on
+ *                 tidal.env.strings", the step-0 evaluation reports its samples
+ *                 failed (scoring none), the job stops after
+ *                 env.missing_timeout_s naming it; with the env started late
+ *                 the job completes, balances, and metrics.jsonl has the env's
+ *                 own metric (env.exact) in every step
  *   quarantine    for each test-only fault (logprob-noise, temperature,
  *                 stale-weights) a lying worker joins a learning job of two
  *                 honest ones: it is quarantined within a few steps (trainer
@@ -1490,6 +1497,139 @@ static void test_zero_variance(void)
     cleanup();
 }
 
+/* The first line of RUN/eval.jsonl for `step` (a new reference; NULL when none). */
+static json_t *eval_row(const char *run, long step)
+{
+    char path[600], line[4096];
+    snprintf(path, sizeof path, "%s/eval.jsonl", run);
+    FILE *f = fopen(path, "r");
+    json_t *row = NULL;
+    while (f && !row && fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        if (o && json_integer_value(json_object_get(o, "step")) == step) row = o;
+        else json_decref(o);
+    }
+    if (f) fclose(f);
+    return row;
+}
+
+/* Every row of RUN/metrics.jsonl has env.exact (the strings env's own metric)
+ * in [0, reward_mean]: a sample's exact is 1 only when its reward is 1. */
+static bool env_metric_in_every_step(const char *run, long *rows)
+{
+    char path[600], line[16384];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run);
+    FILE *f = fopen(path, "r");
+    bool ok = f != NULL;
+    *rows = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        const json_t *x = json_object_get(o, "env.exact"), *r = json_object_get(o, "reward_mean");
+        if (!json_is_number(x) || !json_is_number(r) || json_number_value(x) < 0 ||
+            json_number_value(x) > json_number_value(r) + 1e-9) {
+            fprintf(stderr, "metrics.jsonl row without a sound env.exact: %s", line);
+            ok = false;
+        }
+        (*rows)++;
+        json_decref(o);
+    }
+    if (f) fclose(f);
+    return ok && *rows > 0;
+}
+
+/* A remote env that is not running (issue 19): loud in the workers' logs,
+ * the controller's log and the progress line ("no responders on
+ * tidal.env.strings"); the step-0 evaluation says its samples failed and
+ * scores none of them; the job stops after env.missing_timeout_s with that
+ * reason. Then the same job with the env started late: it says the env
+ * answers again, completes and balances (the failed groups counted), and
+ * the env's own metric (exact) is in every step of metrics.jsonl. */
+static void test_env_missing(void)
+{
+    fresh_work("env_missing");
+    char spec[512], run[512], url[256], set[300];
+    snprintf(spec, sizeof spec, "%s/job.yaml", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    write_file(spec, BASE_SPEC);
+    /* 1. nobody serves tidal.env.strings: the job stops after 4 s of it */
+    const double t0 = now_s();
+    int rc = wait_exit(start_tidal("missing", "run", spec, "--out", run, "--set", "env.remote=true", "--set",
+                                   "env.missing_timeout_s=4", "--set", "eval.every=3", NULL), 60);
+    const double took = now_s() - t0;
+    fprintf(stderr, "env_missing: the job without its env stopped after %.1f s (exit %d)\n", took, rc);
+    CHECK_MSG(rc == 1 && took < 30, "tidal run without its env: exit %d after %.0f s, want 1 (stopped)", rc, took);
+    CHECK_MSG(grep_file("run/logs/rollout-*.log", "env strings failing for .*no responders on tidal.env.strings"),
+              "no worker log says the env fails with no responders on tidal.env.strings");
+    CHECK_MSG(grep_file("run/logs/controller.log", "env strings failing on [12] of [12] workers.*no responders on tidal.env.strings"),
+              "the controller's log does not say the env fails");
+    CHECK_MSG(grep_file("missing.out", "^tidal run: env strings failing on .*no responders on tidal.env.strings"),
+              "the progress output of tidal run does not say the env fails");
+    CHECK_MSG(grep_file("missing.out", "env strings failed on every worker for 4 s (env.missing_timeout_s"),
+              "tidal run does not give the stop reason");
+    json_t *ev = eval_row(run, 0);
+    CHECK_MSG(ev && json_integer_value(json_object_get(ev, "failed")) == 8 &&
+              json_integer_value(json_object_get(ev, "scored")) == 0 &&
+              json_is_null(json_object_get(ev, "reward_mean")) && json_is_null(json_object_get(ev, "pass@1")) &&
+              strstr(json_string_value(json_object_get(ev, "error")) ? json_string_value(json_object_get(ev, "error"))
+                                                                     : "", "no responders"),
+              "the step-0 evaluation does not say its 8 samples failed (or scores them)");
+    json_decref(ev);
+    CHECK_MSG(grep_file("run/logs/controller.log", "evaluation at v0: 8 of 8 samples failed"),
+              "the controller's log does not say the evaluation's samples failed");
+    json_t *s = load_json(run, "summary.json");
+    const json_t *g = json_object_get(s, "groups");
+    CHECK_MSG(jint(g, "trained", NULL) == 0 && jint(g, "failed", NULL) >= 1 &&
+              jint(g, "dispatched", NULL) == jint(g, "failed", NULL) + jint(g, "in_flight", NULL) +
+                                                jint(g, "dropped", "stale") + jint(g, "dropped", "incomplete"),
+              "summary: the failed groups are not accounted for");
+    json_decref(s);
+    if (check_cur_failed_) {
+        show_output("missing");
+        return;
+    }
+    /* 2. the env starts late, on the job's own server: the job completes */
+    char store[512];
+    snprintf(store, sizeof store, "%s/nats", work);
+    snprintf(run, sizeof run, "%s/run2", work);
+    tidal_server *srv = NULL;
+    tidal_server_opts so = {.store_dir = store};
+    CHECK_OK(tidal_server_start(&srv, &so));
+    if (!srv) return;
+    snprintf(url, sizeof url, "%s", tidal_server_url(srv));
+    snprintf(set, sizeof set, "bus.url=%s", url);
+    pid_t p = start_tidal("late", "run", spec, "--out", run, "--set", set, "--set", "env.remote=true", "--set",
+                          "env.missing_timeout_s=60", "--set", "eval.every=3", "--set", "trainer.steps=3", NULL);
+    const double t1 = now_s();
+    while (!grep_file("run2/logs/controller.log", "env strings failing on") && now_s() - t1 < 60) usleep(100 * 1000);
+    CHECK_MSG(grep_file("run2/logs/controller.log", "env strings failing on"), "the env's absence was not reported");
+    usleep(3000 * 1000); /* past the evaluation's prompts: training groups fail too */
+    pid_t env = start_tidal("env", "env", "serve", "strings", "--bus", url, "--config",
+                            "{\"length\": 3, \"alphabet\": \"digits\", \"ops\": [\"reverse\"]}", NULL);
+    rc = wait_exit(p, 120);
+    kill(env, SIGTERM);
+    const int re = wait_exit(env, 30);
+    fprintf(stderr, "env_missing: with the env started late the job ended after %.1f s (exit %d)\n", now_s() - t1, rc);
+    CHECK_MSG(rc == 0 && re == 0, "tidal run with the env started late: exit %d (env %d)", rc, re);
+    CHECK_MSG(grep_file("run2/logs/controller.log", "env strings answers again on every worker"),
+              "the controller did not say the env answers again");
+    CHECK_MSG(grep_file("run2/logs/rollout-*.log", "env strings answers again"), "no worker said the env answers again");
+    s = load_json(run, "summary.json");
+    check_balance(s, 3, 4);
+    CHECK_MSG(jint(json_object_get(s, "groups"), "failed", NULL) >= 1, "no group counted failed while the env was missing");
+    json_decref(s);
+    ev = eval_row(run, 3);
+    CHECK_MSG(ev && json_integer_value(json_object_get(ev, "scored")) == 8 &&
+              json_integer_value(json_object_get(ev, "failed")) == 0 && json_is_number(json_object_get(ev, "pass@1")),
+              "the step-3 evaluation did not score its 8 samples");
+    json_decref(ev);
+    long rows = 0;
+    CHECK_MSG(env_metric_in_every_step(run, &rows) && rows == 3, "env.exact missing or unsound in metrics.jsonl (%ld rows)",
+              rows);
+    if (check_cur_failed_) show_output("late"), show_output("env");
+    tidal_server_stop(srv);
+    if (!check_cur_failed_) cleanup();
+}
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -1516,6 +1656,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "quarantine")) RUN(test_quarantine);
     else if (!strcmp(s, "zero_variance")) RUN(test_zero_variance);
     else if (!strcmp(s, "gsm8k_tiny")) RUN(test_gsm8k_tiny);
+    else if (!strcmp(s, "env_missing")) RUN(test_env_missing);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;
