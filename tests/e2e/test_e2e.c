@@ -43,6 +43,12 @@
  *                 warns early, the job stops when the data runs out, and the
  *                 stop reason (tidal run's output, summary.json) counts the
  *                 groups dropped as zero-variance and says what to change
+ *   byhand        README's across-machines recipe on one machine: a
+ *                 nats-server, then `tidal controller`, `tidal trainer` and two
+ *                 `tidal rollout` as separate processes with no OMP_* variable
+ *                 and no flag: each role logs the threading it chose (passive
+ *                 waiting set by itself, threads from the cores it may use);
+ *                 a shortened quickstart learns and balances
  *   creds         `tidal creds`: a nats-server with only its authorization block;
  *                 controller, trainer, a worker, the env service and `tidal status`
  *                 each with its own credentials run the job to the end; the
@@ -81,6 +87,7 @@
 
 #include "check.h"
 #include "bus/bus.h"
+#include "base/threading.h"
 #include "base/sign.h"
 #include "proto/codec.h"
 #include "proto/manifest_sign.h"
@@ -1630,6 +1637,74 @@ static void test_env_missing(void)
     if (!check_cur_failed_) cleanup();
 }
 
+/* README's across-machines recipe, all on this machine: a nats-server, then each role by hand with
+ * no OMP_* in its environment (as a new user's shell has none) and no threading flag. Each role
+ * must choose for itself (base/threading.h): passive waiting, set by re-executing itself, and its
+ * thread count from the cores it may use. A quickstart shortened to 60 steps learns and balances. */
+static void test_byhand(void)
+{
+    fresh_work("byhand");
+    char store[512], spec[512], run[512], url[256];
+    snprintf(store, sizeof store, "%s/nats", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    snprintf(spec, sizeof spec, "%s/examples/quickstart.yaml", source_dir);
+    tidal_server *srv = NULL;
+    tidal_server_opts so = {.store_dir = store};
+    CHECK_OK(tidal_server_start(&srv, &so));
+    if (!srv) return;
+    snprintf(url, sizeof url, "%s", tidal_server_url(srv));
+    static const char *const omp[] = {"OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT"};
+    char *saved[3];
+    for (int i = 0; i < 3; i++) {
+        saved[i] = getenv(omp[i]) ? strdup(getenv(omp[i])) : NULL;
+        unsetenv(omp[i]);
+    }
+    const double t0 = now_s();
+#define JOB_SETS "--set", "trainer.steps=60", "--set", "trainer.checkpoint_every=60", "--set", "eval.every=0"
+    pid_t ctl = start_tidal("controller", "controller", spec, JOB_SETS, "--bus", url, "--out", run, NULL);
+    pid_t tr = start_tidal("trainer", "trainer", spec, JOB_SETS, "--bus", url, "--out", run, NULL);
+#undef JOB_SETS
+    pid_t w0 = start_tidal("rollout-0", "rollout", "--bus", url, "--job", "quickstart", NULL);
+    pid_t w1 = start_tidal("rollout-1", "rollout", "--bus", url, "--job", "quickstart", "--id", "w1", NULL);
+    for (int i = 0; i < 3; i++) {
+        if (saved[i]) setenv(omp[i], saved[i], 1);
+        free(saved[i]);
+    }
+    const int rt = wait_exit(tr, 240), rc = wait_exit(ctl, 60), r0 = wait_exit(w0, 60), r1 = wait_exit(w1, 60);
+    const double wall = now_s() - t0;
+    CHECK_MSG(rt == 0 && rc == 0 && r0 == 0 && r1 == 0, "exit statuses: trainer %d, controller %d, workers %d, %d",
+              rt, rc, r0, r1);
+    /* each role's one line on its threading, with the count this test expects from the same cores */
+    const threading_cores cores = threading_cores_now();
+    char want[200];
+    snprintf(want, sizeof want, "controller: 1 thread (it runs no model; .*OMP_WAIT_POLICY=passive, set by tidal)");
+    CHECK_MSG(grep_file("controller.out", want), "controller.out has no line: %s", want);
+    snprintf(want, sizeof want, "trainer: %d threads* (all of %d core.*OMP_WAIT_POLICY=passive, set by tidal)",
+             cores.cores, cores.cores);
+    CHECK_MSG(grep_file("trainer.out", want), "trainer.out has no line: %s", want);
+    snprintf(want, sizeof want, "rollout: %d threads* (all of %d core.*OMP_WAIT_POLICY=passive, set by tidal)",
+             cores.cores, cores.cores);
+    CHECK_MSG(grep_file("rollout-0.out", want) && grep_file("rollout-1.out", want), "a worker has no line: %s", want);
+    CHECK_MSG(grep_file("rollout-1.out", "leaving after [1-9][0-9]* groups") &&
+                  grep_file("rollout-0.out", "leaving after [1-9][0-9]* groups"),
+              "a worker generated no group");
+    json_t *s = load_json(run, "summary.json");
+    const json_t *r = json_object_get(s, "reward");
+    const double first = json_number_value(json_object_get(r, "first10_mean"));
+    const double last = json_number_value(json_object_get(r, "last10_mean"));
+    fprintf(stderr, "byhand: reward %.3f -> %.3f, %.0f s (controller's wall_s %.0f)\n", first, last, wall,
+            json_number_value(json_object_get(s, "wall_s")));
+    CHECK_MSG(first <= 0.3 && last > first + 0.1, "the job did not learn: reward %.3f -> %.3f", first, last);
+    check_balance(s, 60, 48);
+    json_decref(s);
+    check_trained_once(run, 60, 60 * 48 * 16);
+    if (check_cur_failed_) {
+        show_output("controller"), show_output("trainer"), show_output("rollout-0"), show_output("rollout-1");
+    }
+    tidal_server_stop(srv);
+    cleanup();
+}
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -1657,6 +1732,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "zero_variance")) RUN(test_zero_variance);
     else if (!strcmp(s, "gsm8k_tiny")) RUN(test_gsm8k_tiny);
     else if (!strcmp(s, "env_missing")) RUN(test_env_missing);
+    else if (!strcmp(s, "byhand")) RUN(test_byhand);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;

@@ -212,6 +212,9 @@ static void test_role_usage_errors(void)
         {"rollout", "--job", "j", "extra", NULL, "unexpected argument 'extra'"},
         {"rollout", "--fault", "bogus", NULL, NULL, "--fault bogus: not logprob-noise, temperature or stale-weights"},
         {"status", "--job", "j", NULL, NULL, "--bus URL and --job NAME are required"},
+        {"rollout", "--threads", "0", NULL, NULL, "--threads 0: want an integer from 1 to 4096"},
+        {"trainer", bad, "--share", "2x", NULL, "--share 2x: want an integer from 1 to 4096"},
+        {"status", "--share", "2", "--job", "j", "--threads and --share are for tidal controller, trainer and rollout"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         run_result r = run_tidal(cases[i].a, cases[i].b, cases[i].c, cases[i].d, cases[i].e, NULL);
@@ -221,6 +224,22 @@ static void test_role_usage_errors(void)
         run_free(&r);
     }
     remove(bad);
+}
+
+/* A role started by hand says which threading it chose and why, before it
+ * connects (here to a bus that is not there: exit 1): --threads and --share
+ * as given, and the policy the test's environment set (OMP_WAIT_POLICY=passive,
+ * so not "set by tidal"). */
+static void test_role_threading_line(void)
+{
+    run_result r = run_tidal("rollout", "--bus", "nats://127.0.0.1:1", "--job", "j", "--threads", "3", NULL);
+    CHECK_MSG(r.status == 1 && strstr(r.err, "rollout: 3 threads (--threads 3; ") &&
+                  strstr(r.err, "; OMP_WAIT_POLICY=passive)"),
+              "exit %d\nstderr: %s", r.status, r.err);
+    run_free(&r);
+    r = run_tidal("rollout", "--bus", "nats://127.0.0.1:1", "--job", "j", "--share", "4096", NULL);
+    CHECK_MSG(r.status == 1 && strstr(r.err, "rollout: 1 thread (--share 4096: "), "exit %d\nstderr: %s", r.status, r.err);
+    run_free(&r);
 }
 
 /* `tidal run` checks the spec's local paths before it starts a server or a
@@ -421,6 +440,7 @@ int main(void)
     RUN(test_unknown_or_missing_command);
     RUN(test_role_usage_errors);
     RUN(test_run_checks_paths_first);
+    RUN(test_role_threading_line);
     RUN(test_generate_tiny_model);
     RUN(test_bench_dispatch);
     RUN(test_bench_bus_reports);
