@@ -18,7 +18,7 @@ CMAKE_ARGS ?=
 # Everything the build and the tests need, by Debian package name.
 DEPS = cmake make gcc pkg-config clang libclang-rt-14-dev \
        libnats-dev nats-server libprotobuf-c-dev protobuf-c-compiler \
-       libssl-dev openssl libjansson-dev libopenblas-openmp-dev python3-torch \
+       libssl-dev openssl libjansson-dev libopenblas-openmp-dev python3-torch python3-jinja2 \
        libpcre2-dev libutf8proc-dev libyaml-dev libmicrohttpd-dev libcurl4-openssl-dev nodejs gnuplot-nox
 
 .PHONY: all deps build test test-asan quickstart staleness-study clean
@@ -58,6 +58,7 @@ quickstart: deps
 	rm -rf runs/quickstart
 	./$(BUILD)/tidal run examples/quickstart.yaml --out runs/quickstart
 	@echo "make quickstart: runs/quickstart/summary.json, runs/quickstart/reward.svg"
+	@echo "try the trained model: $(BUILD)/tidal generate --model runs/quickstart/checkpoints/step-300 --chat --prompt 925 --temperature 0 --max-tokens 3"
 
 staleness-study: deps
 	@$(MAKE) --no-print-directory build

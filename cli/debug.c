@@ -13,10 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/commands.h"
 #include "cli/debug.h"
 #include "kernels/cpu/ops.h"
+#include "model/hfdir.h"
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "trainer/optimizer.h"
@@ -35,7 +37,8 @@ static const char fwdbwd_usage[] =
     "With --steps N: N AdamW updates (decay on 2-D weights) on the same batch;\n"
     "OUT also gets step_losses (F32 [N]) and param.<name> after the last update;\n"
     "the other outputs are those of the first pass.\n"
-    "--save-model DIR writes the model (after the steps) as a Hugging Face directory.\n"
+    "--save-model DIR writes the model (after the steps) as a Hugging Face directory\n"
+    "(with the tokenizer files of --model DIR, when it has them).\n"
     "--recompute recomputes the MLP activations in the backward (less memory).\n";
 
 /* (debug.h) */
@@ -63,6 +66,25 @@ static tidal_status add_f32(st_writer *w, const char *name, int ndim, int64_t d0
 {
     int64_t shape[2] = {d0, d1};
     return st_writer_add_f32(w, name, ST_F32, ndim, shape, x);
+}
+
+/* --save-model: the model as a Hugging Face directory, with the tokenizer
+ * files and generation_config.json of the model it was loaded from when that
+ * directory has them (model/hfdir.h). */
+static tidal_status save_model(const model *m, const char *from, const char *dir)
+{
+    char path[4200];
+    hf_files f = {0};
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(model_save(m, dir, ST_F32));
+    snprintf(path, sizeof path, "%s/tokenizer.json", from);
+    if (access(path, F_OK) == 0) {
+        TRY_GOTO(hf_files_from_source(from, &f));
+        TRY_GOTO(hf_files_write(&f, dir));
+    }
+cleanup:
+    hf_files_clear(&f);
+    return st;
 }
 
 static int fwdbwd(int argc, char **argv)
@@ -218,7 +240,7 @@ static int fwdbwd(int argc, char **argv)
     }
     if (steps) TRY_GOTO(add_f32(w, "step_losses", 1, steps, 0, step_losses));
     TRY_GOTO(st_writer_save(w, out_path));
-    if (save_dir) TRY_GOTO(model_save(m, save_dir, ST_F32));
+    if (save_dir) TRY_GOTO(save_model(m, model_dir, save_dir));
     fprintf(stderr, "fwdbwd: %d tokens in %d sequences, loss %.6f, grad norm %.6g%s\n", T, S, (double)loss0,
             model_grad_norm(m), steps ? " (after the last step)" : "");
     rc = 0;

@@ -10,10 +10,13 @@
  *
  * A text prompt loads the tokenizer from the model directory (tokenizer.json
  * and tokenizer_config.json); with --chat the chat format's end-of-turn token
- * also stops generation.
+ * also stops generation, and so do generation_config.json's eos_token_id
+ * (one or a list, as transformers reads it: a checkpoint lists its job's end
+ * of turn there).
  */
 #include <errno.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +38,8 @@ const char generate_usage[] =
     "  --min-p X         keep tokens with p >= X * p_max (default 0: off)\n"
     "  --max-tokens N    new tokens at most (default 256)\n"
     "  --seed N          sampling seed (default 0)\n"
-    "  --stop-id N       stop at token N (repeatable; the model's eos_token_id always stops)\n"
+    "  --stop-id N       stop at token N (repeatable; the model's eos_token_id always stops,\n"
+    "                    and so do generation_config.json's)\n"
     "  --threads N       CPU threads (default: all cores)\n"
     "Streams the completion to stdout (with --ids: one \"id logprob\" line per token, \"T\"\n"
     "appended where the distribution was truncated); a summary goes to stderr.\n";
@@ -178,6 +182,45 @@ static bool parse_int(const char *s, long long lo, long long hi, long long *out)
     return true;
 }
 
+#define GEN_CONFIG_STOPS 8 /* eos ids read from generation_config.json, at most */
+
+/* generation_config.json's eos_token_id (an id or a list of ids) in DIR,
+ * appended to stop[*n] (room for GEN_CONFIG_STOPS more): what transformers
+ * stops at too - a checkpoint of a job lists the chat format's end of turn
+ * there. No file: nothing; a malformed one: TIDAL_ERR_INVALID naming it. */
+static tidal_status generation_config_stops(const char *dir, int32_t *stop, int *n)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    FILE *f = fopen(path, "rb");
+    if (!f) return TIDAL_OK;
+    json_error_t e;
+    json_t *o = json_loadf(f, 0, &e);
+    fclose(f);
+    if (!json_is_object(o)) {
+        const bool parsed = o != NULL;
+        json_decref(o);
+        return parsed ? tidal_fail(TIDAL_ERR_INVALID, "generate: %s: not a JSON object", path)
+                      : tidal_fail(TIDAL_ERR_INVALID, "generate: %s: line %d: %s", path, e.line, e.text);
+    }
+    json_t *eos = json_object_get(o, "eos_token_id"), *one = json_array();
+    if (json_is_integer(eos)) json_array_append(one, eos);
+    json_t *list = json_is_array(eos) ? eos : one;
+    tidal_status st = TIDAL_OK;
+    for (size_t i = 0; i < json_array_size(list) && st == TIDAL_OK; i++) {
+        json_t *v = json_array_get(list, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX || i >= GEN_CONFIG_STOPS)
+            st = tidal_fail(TIDAL_ERR_INVALID, "generate: %s: eos_token_id[%zu] is not a token id (or more than %d)",
+                            path, i, GEN_CONFIG_STOPS);
+        else stop[(*n)++] = (int32_t)json_integer_value(v);
+    }
+    if (st == TIDAL_OK && eos && !json_is_null(eos) && !json_is_integer(eos) && !json_is_array(eos))
+        st = tidal_fail(TIDAL_ERR_INVALID, "generate: %s: eos_token_id must be an id or a list of ids", path);
+    json_decref(one);
+    json_decref(o);
+    return st;
+}
+
 int generate_main(int argc, char **argv)
 {
     const char *dir = NULL, *prompt = NULL, *ids_arg = NULL;
@@ -186,7 +229,7 @@ int generate_main(int argc, char **argv)
     long long x = 0;
     int top_k = 0, max_tokens = 256, threads = 0, n_stop = 0;
     uint64_t seed = 0;
-    int32_t stop_ids[34]; /* 32 from --stop-id, eos, end of turn */
+    int32_t stop_ids[34 + GEN_CONFIG_STOPS]; /* 32 from --stop-id, eos, end of turn, generation_config.json's */
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"prompt", required_argument, 0, 'p'},
                                          {"ids", required_argument, 0, 'i'},
@@ -254,10 +297,19 @@ int generate_main(int argc, char **argv)
             goto cleanup;
         }
     } else {
-        TRY_GOTO(encode_prompt(&tc, prompt, chat, &ids, &n_ids));
+        st = encode_prompt(&tc, prompt, chat, &ids, &n_ids);
+        if (st != TIDAL_OK) { /* no tokenizer, or a text it refuses: bad input */
+            rc = st == TIDAL_ERR_INVALID || st == TIDAL_ERR_NOT_FOUND ? 2 : 1;
+            goto cleanup;
+        }
     }
     if (cfg->eos_token_id >= 0 && n_stop < 34) stop_ids[n_stop++] = cfg->eos_token_id;
     if (tc.end_of_turn >= 0 && n_stop < 34) stop_ids[n_stop++] = tc.end_of_turn;
+    st = generation_config_stops(dir, stop_ids, &n_stop);
+    if (st != TIDAL_OK) {
+        rc = 2;
+        goto cleanup;
+    }
     for (int i = 0; i < n_stop; i++)
         if (stop_ids[i] >= cfg->vocab_size) {
             st = tidal_fail(TIDAL_ERR_INVALID, "generate: --stop-id %d is not below the vocabulary size %d", stop_ids[i],

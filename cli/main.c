@@ -105,7 +105,12 @@ static const struct command commands[] = {
      "usage: tidal controller JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL]\n"
      "\n"
      "Run the controller of a job as its own process (`tidal run` starts it for you).\n"
-     "Credentials: --creds FILE (`tidal creds`, docs/deployment.md), --user/--password, --token.\n",
+     "Credentials: --creds FILE (`tidal creds`, docs/deployment.md), --user/--password, --token.\n"
+     "Threads: OMP_WAIT_POLICY=passive unless set (the process re-executes itself once to\n"
+     "apply it) and one thread by default (it runs no model):\n"
+     "  --threads N      exactly N threads (else OMP_NUM_THREADS when set)\n"
+     "  --share K        cores / K threads (at least 1): K busy processes share this machine\n"
+     "One log line says what was chosen and why (docs/architecture.md, \"Threads of a role\").\n",
      cmd_controller},
     {"rollout", "a rollout worker (joins and leaves at will)",
      "usage: tidal rollout --bus URL --job NAME [--id ID] [--backend builtin|openai] [--device cpu]\n"
@@ -124,14 +129,24 @@ static const struct command commands[] = {
      "  --tail A         and a Pareto(alpha A) multiple of it (simulated long-tailed completions)\n"
      "  --token-ms T     hold each group T ms per generated token (x F x the tail): a simulated\n"
      "                   GPU worker\n"
-     "  --part-gap-ms G  wait G ms between two parts of a group sent in parts (a slow link)\n",
+     "  --part-gap-ms G  wait G ms between two parts of a group sent in parts (a slow link)\n"
+     "Threads: OMP_WAIT_POLICY=passive unless set (the process re-executes itself once to\n"
+     "apply it) and every core it may use by default (affinity, cgroup quota):\n"
+     "  --threads N      exactly N threads (else OMP_NUM_THREADS when set)\n"
+     "  --share K        cores / K threads (at least 1): K busy processes share this machine\n"
+     "One log line says what was chosen and why (docs/architecture.md, \"Threads of a role\").\n",
      cmd_rollout},
     {"trainer", "the trainer role: buffer, updates, weights",
      "usage: tidal trainer JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL] [--resume]\n"
      "\n"
      "Run the trainer (and its replay buffer) of a job as its own process; --resume\n"
      "continues from the newest checkpoint under DIR/checkpoints.\n"
-     "Credentials: --creds FILE (`tidal creds`, docs/deployment.md), --user/--password, --token.\n",
+     "Credentials: --creds FILE (`tidal creds`, docs/deployment.md), --user/--password, --token.\n"
+     "Threads: OMP_WAIT_POLICY=passive unless set (the process re-executes itself once to\n"
+     "apply it) and every core it may use by default (affinity, cgroup quota):\n"
+     "  --threads N      exactly N threads (else OMP_NUM_THREADS when set)\n"
+     "  --share K        cores / K threads (at least 1): K busy processes share this machine\n"
+     "One log line says what was chosen and why (docs/architecture.md, \"Threads of a role\").\n",
      cmd_trainer},
     {"env", "list, serve or call environments on the bus", env_usage, cmd_env},
     {"status", "show a job's state and its workers",

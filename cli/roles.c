@@ -23,12 +23,15 @@
 #include <unistd.h>
 
 #include "base/spawn.h"
+#include "base/threading.h"
 #include "bench/bench_hold.h"
 #include "cli/commands.h"
 #include "cli/preflight.h"
 #include "controller/controller.h"
 #include "job/spec.h"
+#include "kernels/cpu/ops.h"
 #include "proto/codec.h"
+#include "proto/enum_names.h"
 #include "base/fs.h"
 #include "job/names.h"
 #include "bus/server.h"
@@ -66,12 +69,13 @@ typedef struct role_args {
     const char *endpoints, *dialect, *weights_dir; /* rollout, backend openai: this worker's servers */
     double slowdown, tail, token_ms, part_gap_ms;
     int join_timeout_ms;
+    int threads, share; /* --threads N, --share K (0: not given); base/threading.h */
     bool json;
 } role_args;
 
 enum { OPT_SET = 1000, OPT_OUT, OPT_BUS, OPT_RESUME, OPT_JOB, OPT_ID, OPT_BACKEND, OPT_DEVICE, OPT_USER, OPT_PASSWORD,
        OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_TAIL, OPT_TOKEN_MS, OPT_PART_GAP_MS, OPT_JOIN, OPT_JSON, OPT_ENDPOINT,
-       OPT_FAULT, OPT_DIALECT, OPT_WEIGHTS_DIR };
+       OPT_FAULT, OPT_THREADS, OPT_SHARE, OPT_DIALECT, OPT_WEIGHTS_DIR };
 
 static const struct option role_long[] = {
     {"set", required_argument, 0, OPT_SET},         {"out", required_argument, 0, OPT_OUT},
@@ -87,7 +91,22 @@ static const struct option role_long[] = {
     {"slowdown", required_argument, 0, OPT_SLOWDOWN}, {"tail", required_argument, 0, OPT_TAIL},
     {"token-ms", required_argument, 0, OPT_TOKEN_MS}, {"part-gap-ms", required_argument, 0, OPT_PART_GAP_MS},
     {"join-timeout-ms", required_argument, 0, OPT_JOIN}, {"fault", required_argument, 0, OPT_FAULT},
+    {"threads", required_argument, 0, OPT_THREADS}, {"share", required_argument, 0, OPT_SHARE},
     {"json", no_argument, 0, OPT_JSON},             {0, 0, 0, 0}};
+
+/* --threads / --share: an integer 1 .. 4096, or exit 2 naming the flag. */
+static bool parse_count(const char *role, const char *flag, const char *text, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    const long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < 1 || v > 4096) {
+        fprintf(stderr, "tidal %s: --%s %s: want an integer from 1 to 4096\n", role, flag, text);
+        return false;
+    }
+    *out = (int)v;
+    return true;
+}
 
 /* Parse argv (argv[0] = the subcommand). Returns 0, or 2 after printing why. */
 static int parse_role_args(const char *role, int argc, char **argv, bool wants_spec, role_args *a)
@@ -128,6 +147,12 @@ static int parse_role_args(const char *role, int argc, char **argv, bool wants_s
         case OPT_JOIN: a->join_timeout_ms = atoi(optarg); break;
         case OPT_JSON: a->json = true; break;
         case OPT_FAULT: a->fault = optarg; break;
+        case OPT_THREADS:
+            if (!parse_count(role, "threads", optarg, &a->threads)) return 2;
+            break;
+        case OPT_SHARE:
+            if (!parse_count(role, "share", optarg, &a->share)) return 2;
+            break;
         default:
             fprintf(stderr, "tidal %s: unknown option '%s' (see tidal %s --help)\n", role, argv[optind - 1], role);
             return 2;
@@ -144,7 +169,32 @@ static int parse_role_args(const char *role, int argc, char **argv, bool wants_s
         fprintf(stderr, "tidal %s: unexpected argument '%s'\n", role, argv[optind]);
         return 2;
     }
+    if ((a->threads || a->share) && strcmp(role, "controller") && strcmp(role, "trainer") && strcmp(role, "rollout")) {
+        fprintf(stderr, "tidal %s: --threads and --share are for tidal controller, trainer and rollout\n", role);
+        return 2;
+    }
     return 0;
+}
+
+/* The threading a role runs with (base/threading.h), for one that does the
+ * math itself: the count from its flags and the cores it may use, and
+ * OMP_WAIT_POLICY=passive unless the user chose - applied by re-executing
+ * this process once when the environment must change, so call it before any
+ * thread starts or the bus is connected. Logs one line saying what it chose
+ * and why. */
+static void role_threading(const char *role, const role_args *a, bool one_thread)
+{
+    const threading_ask ask = {.threads = a->threads, .share = a->share, .one_thread = one_thread,
+                               .env_threads = threading_user_env_threads(), .cores = threading_cores_now()};
+    const threading_choice c = threading_choose(&ask);
+    threading_policy p;
+    threading_settle(c.threads, &p); /* may re-execute this process: nothing after it runs twice */
+    cpu_set_threads(c.threads);     /* OpenBLAS too, when OPENBLAS_NUM_THREADS said otherwise */
+    tidal_log(TIDAL_LOG_INFO, "%s: %d thread%s (%s; %s%s)", role, c.threads, c.threads == 1 ? "" : "s", c.why, p.wait,
+              p.set_by_tidal ? ", set by tidal" : "");
+    if (p.note[0])
+        tidal_log(TIDAL_LOG_WARN, "%s: %s; set OMP_WAIT_POLICY=passive and OMP_NUM_THREADS=%d before starting it",
+                  role, p.note, c.threads);
 }
 
 /* JOB.yaml (with --set) or an effective spec.json. */
@@ -226,6 +276,7 @@ static int spec_role(const char *role, int argc, char **argv)
         spec_release(&s);
         return 2;
     }
+    role_threading(role, &a, !strcmp(role, "controller"));
     catch_signals();
     if (!strcmp(role, "controller")) {
         controller_opts co = {.spec = &s, .bus = bo, .run_dir = run_dir, .stop = &g_stop};
@@ -272,6 +323,7 @@ int rollout_main(int argc, char **argv)
         return 2;
     }
     tidal_log_set_role("rollout");
+    role_threading("rollout", &a, false);
     catch_signals();
     /* --slowdown, --tail, --token-ms: a benchmark's simulated hardware, through the worker's bench hook */
     const bench_hold_knobs knobs = {.slowdown = a.slowdown, .tail = a.tail, .token_ms = a.token_ms,
@@ -342,8 +394,9 @@ int status_main(int argc, char **argv)
                 Tidal__V1__WorkerStatus *s = NULL;
                 if (ev.kind == BUS_KV_PUT && codec_decode_worker_status(ev.value, ev.len, &s) == TIDAL_OK) {
                     json_array_append_new(
-                        workers, json_pack("{s:s, s:s, s:i, s:I, s:f, s:I, s:I, s:I}", "id", s->worker_id, "host", s->host,
-                                           "state", (int)s->state, "weights_version", (json_int_t)s->weights_version,
+                        workers, json_pack("{s:s, s:s, s:s, s:I, s:f, s:I, s:I, s:I}", "id", s->worker_id, "host", s->host,
+                                           "state", proto_worker_state_name(s->state), /* a name: docs/protocol.md */
+                                           "weights_version", (json_int_t)s->weights_version,
                                            "tokens_per_s", s->tokens_per_s, "trajectories",
                                            (json_int_t)s->trajectories, "weights_refused",
                                            (json_int_t)s->weights_refused, "updated_unix_ms",
@@ -445,6 +498,21 @@ static void add_workers_lost(const char *run_dir, const child *kids, int n)
     free(text);
 }
 
+/* The controller's alert (a failing env, ...) on a line of its own: when it
+ * appears, then every 10 s while it lasts (its text, with counts, changes each
+ * second), and once when it ends. */
+static void progress_alert(const char *alert, bool tty, double now)
+{
+    static bool on;
+    static double last_s;
+    if (*alert && on && now - last_s < 10) return;
+    if (!*alert && !on) return;
+    if (*alert) fprintf(stderr, "%stidal run: %s\n", tty ? "\r" : "", alert);
+    else fprintf(stderr, "%stidal run: the alert is over (the controller's log has the details)\n", tty ? "\r" : "");
+    on = *alert != '\0';
+    last_s = now;
+}
+
 static void progress_line(tidal_bus *b, bus_sub *sub, bool tty, int lost, double *last_print)
 {
     bus_msg *m = NULL;
@@ -464,13 +532,16 @@ static void progress_line(tidal_bus *b, bus_sub *sub, bool tty, int lost, double
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     const double now = ts.tv_sec + ts.tv_nsec / 1e9;
+    progress_alert(mt->alert ? mt->alert : "", tty, now);
     if (tty || now - *last_print >= 10) {
         char eta[32] = "-";
         if (v[6] >= 0) snprintf(eta, sizeof eta, "%.0fs", v[6]);
         char lost_s[32] = "";
         if (lost > 0) snprintf(lost_s, sizeof lost_s, " (%d lost)", lost);
-        fprintf(stderr, "%sstep %.0f/%.0f  version %.0f  reward %.3f  staleness %.2f  samples/s %.1f  workers %.0f%s  ETA %s%s",
-                tty ? "\r" : "", v[0], v[1], v[0], isfinite(v[2]) ? v[2] : 0.0, v[3], v[4], v[5], lost_s, eta,
+        char reward[32] = "-"; /* no step trained yet: no reward (never a 0 that was not earned) */
+        if (isfinite(v[2])) snprintf(reward, sizeof reward, "%.3f", v[2]);
+        fprintf(stderr, "%sstep %.0f/%.0f  version %.0f  reward %s  staleness %.2f  samples/s %.1f  workers %.0f%s  ETA %s%s",
+                tty ? "\r" : "", v[0], v[1], v[0], reward, v[3], v[4], v[5], lost_s, eta,
                 tty ? "   " : "\n");
         fflush(stderr);
         *last_print = now;
@@ -549,22 +620,34 @@ int run_main(int argc, char **argv)
     }
     catch_signals();
     const int nw = s.rollout.workers;
-    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    const int worker_threads = nw > 0 && cpus > nw ? (int)(cpus / nw) : 1; /* the workers split the cores */
+    /* each role's threads by the rule a role started by hand follows (base/threading.h), passed down as
+     * --threads: the controller one, the trainer every core, the workers split the cores among them */
+    const threading_cores cores = threading_cores_now();
+    const char *env_threads = threading_user_env_threads();
+    const threading_ask ctl_ask = {.one_thread = true, .env_threads = env_threads, .cores = cores};
+    const threading_ask tr_ask = {.env_threads = env_threads, .cores = cores};
+    const threading_ask w_ask = {.beside = nw, .env_threads = env_threads, .cores = cores};
+    const threading_choice ctl_t = threading_choose(&ctl_ask), tr_t = threading_choose(&tr_ask),
+                           w_t = threading_choose(&w_ask);
+    char ctl_n[16], tr_n[16], w_n[16];
+    snprintf(ctl_n, sizeof ctl_n, "%d", ctl_t.threads);
+    snprintf(tr_n, sizeof tr_n, "%d", tr_t.threads);
+    snprintf(w_n, sizeof w_n, "%d", w_t.threads);
     kids = calloc((size_t)(2 + nw), sizeof *kids);
-    char *ctl_argv[] = {"tidal", "controller", spec_path, "--out", run_dir, "--bus", url, NULL};
-    char *tr_argv[] = {"tidal", "trainer", spec_path, "--out", run_dir, "--bus", url, resume ? "--resume" : NULL, NULL};
-    kids[0] = (child){.role = "controller", .pid = spawn(run_dir, "controller", ctl_argv, 1)};
-    kids[1] = (child){.role = "trainer", .pid = spawn(run_dir, "trainer", tr_argv, 0)};
+    char *ctl_argv[] = {"tidal", "controller", spec_path, "--out", run_dir, "--bus", url, "--threads", ctl_n, NULL};
+    char *tr_argv[] = {"tidal", "trainer", spec_path, "--out", run_dir, "--bus", url, "--threads", tr_n,
+                       resume ? "--resume" : NULL, NULL};
+    kids[0] = (child){.role = "controller", .pid = spawn(run_dir, "controller", ctl_argv, ctl_t.threads)};
+    kids[1] = (child){.role = "trainer", .pid = spawn(run_dir, "trainer", tr_argv, tr_t.threads)};
     snprintf(kids[0].name, sizeof kids[0].name, "controller");
     snprintf(kids[1].name, sizeof kids[1].name, "trainer");
     for (int i = 0; i < nw; i++) {
         char *id = kids[2 + i].id;
         snprintf(id, sizeof kids[2 + i].id, "w%d-%d", i, (int)getpid());
-        char *w_argv[] = {"tidal", "rollout", "--bus", url, "--job", s.job.name, "--id", id, NULL};
+        char *w_argv[] = {"tidal", "rollout", "--bus", url, "--job", s.job.name, "--id", id, "--threads", w_n, NULL};
         snprintf(kids[2 + i].name, sizeof kids[2 + i].name, "rollout-%d", i);
         kids[2 + i].role = "rollout";
-        kids[2 + i].pid = spawn(run_dir, kids[2 + i].name, w_argv, worker_threads);
+        kids[2 + i].pid = spawn(run_dir, kids[2 + i].name, w_argv, w_t.threads);
     }
     snprintf(path, sizeof path, "%s/pids", run_dir);
     FILE *pf = fopen(path, "w");
@@ -575,6 +658,8 @@ int run_main(int argc, char **argv)
     }
     fprintf(stderr, "tidal run: job %s, run directory %s, bus %s%s, %d rollout workers\n", s.job.name, run_dir, url,
             srv ? " (private)" : "", nw);
+    fprintf(stderr, "tidal run: threads: controller %d (%s), trainer %d (%s), rollout %d each (%s)\n", ctl_t.threads,
+            ctl_t.why, tr_t.threads, tr_t.why, w_t.threads, w_t.why);
     /* the progress line: the controller's Metric each second */
     job_names names;
     job_names_init(&names, s.job.name);

@@ -144,6 +144,7 @@ int init_model_main(int argc, char **argv)
     }
     job_spec s;
     model *m = NULL;
+    hf_files hf = {0};
     tidal_status st = spec_load(file, sets, n_sets, &s);
     int rc = 2;
     if (st != TIDAL_OK) goto cleanup;
@@ -151,12 +152,14 @@ int init_model_main(int argc, char **argv)
     TRY_GOTO(job_model_initial(&s, &m));
     TRY_GOTO(fs_mkdirs(out));
     TRY_GOTO(model_save(m, out, !strcmp(s.weights.dtype, "bf16") ? ST_BF16 : ST_F32));
-    TRY_GOTO(job_tokenizer_copy(&s, out));
+    TRY_GOTO(job_hf_files(&s, &hf));
+    TRY_GOTO(hf_files_write(&hf, out));
     fprintf(stderr, "tidal init-model: %s: version 0 of job %s\n", out, s.job.name);
     rc = 0;
 cleanup:
     if (rc) fprintf(stderr, "tidal init-model: %s\n", tidal_errmsg());
     model_free(m);
+    hf_files_clear(&hf);
     spec_release(&s);
     return rc;
 }

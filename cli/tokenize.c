@@ -13,6 +13,11 @@
  * with --jsonl one JSON string per line, where a byte that is not part of
  * valid UTF-8 prints as U+FFFD (JSON cannot hold it).
  *
+ * --save DIR writes the tokenizer as Hugging Face files instead (tidal's
+ * byte-level and alphabet tokenizers: model/tokenizer_save.c), what a
+ * checkpoint of a model.init job carries; the parity test loads them into
+ * Hugging Face's tokenizers.
+ *
  * Exit status: 0 ok; 2 usage, an unreadable or unsupported tokenizer, or a
  * bad input line (the message names its number; nothing after it is read);
  * 1 any other failure.
@@ -25,7 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/fs.h"
 #include "cli/commands.h"
+#include "model/hfdir.h"
 #include "model/tokenizer.h"
 
 #define EXIT_OK 0
@@ -35,12 +42,17 @@
 static void usage(FILE *f)
 {
     fputs("usage: tidal tokenize --tokenizer PATH [--jsonl] [--decode] [--add-special]\n"
+          "       tidal tokenize --tokenizer PATH --save DIR\n"
           "\n"
           "Read one text per line on stdin and print one JSON array of token ids per line;\n"
           "with --decode, read JSON arrays of ids and print the texts.\n"
           "  --tokenizer PATH  a tokenizer.json file, or a directory holding one (and\n"
           "                    optionally tokenizer_config.json); \"byte-level\" for the\n"
-          "                    byte-level tokenizer of tiny models\n"
+          "                    byte-level tokenizer of tiny models, \"alphabet:CHARS\" for\n"
+          "                    the alphabet tokenizer of model.init.alphabet CHARS\n"
+          "  --save DIR        write the tokenizer as DIR/tokenizer.json and\n"
+          "                    DIR/tokenizer_config.json (Hugging Face files) and exit:\n"
+          "                    the files a checkpoint of a model.init job carries\n"
           "  --jsonl           each input (encode) or output (decode) line is a JSON string,\n"
           "                    so texts may hold newlines\n"
           "  --decode          ids to text\n"
@@ -148,12 +160,13 @@ static int parse_ids(const char *line, size_t len, long lineno, tok_ids *ids)
 
 int tokenize_main(int argc, char **argv)
 {
-    const char *path = NULL;
+    const char *path = NULL, *save = NULL;
     bool jsonl = false, decode = false, add_special = false;
     static const struct option opts[] = {
         {"tokenizer", required_argument, NULL, 't'}, {"jsonl", no_argument, NULL, 'j'},
         {"decode", no_argument, NULL, 'd'},          {"add-special", no_argument, NULL, 's'},
-        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
+        {"save", required_argument, NULL, 'S'},      {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     optind = 1;
     opterr = 0;
@@ -164,6 +177,7 @@ int tokenize_main(int argc, char **argv)
         case 'j': jsonl = true; break;
         case 'd': decode = true; break;
         case 's': add_special = true; break;
+        case 'S': save = optarg; break;
         case 'h': usage(stdout); return EXIT_OK;
         default:
             fprintf(stderr, "tidal tokenize: unknown or incomplete option '%s'\n", argv[optind - 1]);
@@ -187,10 +201,22 @@ int tokenize_main(int argc, char **argv)
     }
 
     tokenizer *tok = NULL;
-    tidal_status st = strcmp(path, "byte-level") == 0 ? tokenizer_byte_level(&tok) : tokenizer_load(path, &tok);
+    tidal_status st = strcmp(path, "byte-level") == 0      ? tokenizer_byte_level(&tok)
+                      : strncmp(path, "alphabet:", 9) == 0 ? tokenizer_alphabet(path + 9, &tok)
+                                                           : tokenizer_load(path, &tok);
     if (st != TIDAL_OK) {
         fprintf(stderr, "tidal tokenize: %s\n", tidal_errmsg());
         return st == TIDAL_ERR_INVALID || st == TIDAL_ERR_NOT_FOUND ? EXIT_USAGE : EXIT_FAIL;
+    }
+    if (save) {
+        hf_files f = {0};
+        st = fs_mkdirs(save);
+        if (st == TIDAL_OK) st = hf_files_from_tokenizer(tok, 0, NULL, &f);
+        if (st == TIDAL_OK) st = hf_files_write(&f, save);
+        hf_files_clear(&f);
+        tokenizer_free(tok);
+        if (st != TIDAL_OK) fprintf(stderr, "tidal tokenize: --save %s: %s\n", save, tidal_errmsg());
+        return st == TIDAL_OK ? EXIT_OK : st == TIDAL_ERR_INVALID ? EXIT_USAGE : EXIT_FAIL;
     }
 
     int rc = EXIT_OK;

@@ -11,6 +11,7 @@
 
 #include "controller/admission.h"
 #include "controller/data.h"
+#include "controller/envwatch.h"
 #include "controller/stopreason.h"
 #include "job/jobmodel.h"
 #include "proto/codec.h"
@@ -27,6 +28,9 @@ typedef struct worker_row {
     char id[192];
     uint64_t updated_ms, trajectories, rejected, redelivered;
     bool gone;
+    uint64_t env_failed;        /* its heartbeat's env fields (controller/envwatch.h) */
+    bool env_failing;
+    char env_error[512];
 } worker_row;
 
 /* A prompt's publication rides out a bus restart (reconnect, JetStream recovering its streams):
@@ -38,8 +42,11 @@ typedef struct eval_round {
     uint64_t version;
     int prompts, k;
     int received;
-    double reward_sum;
+    int scored, failed;         /* samples scored (status OK), and failed (env error, timeout, ...) */
+    char error[512];            /* the first failed sample's error */
+    double reward_sum;          /* over the scored samples */
     int *succ_first, *succ_any; /* [prompts] */
+    int *first_scored, *n_scored; /* [prompts]: its sample 0 scored; its samples scored */
     uint8_t *seen;              /* [prompts * k]: samples counted (a repeat of one is not) */
     double started_ms;
 } eval_round;
@@ -70,6 +77,8 @@ typedef struct ctl {
     double first_sample_ms;
     eval_round ev;
     uint64_t next_eval;         /* version of the next evaluation */
+    env_watch envw;             /* the env's failures, from the workers' heartbeats */
+    env_watch_worker *env_rows; /* [MAX_WORKERS] scratch for watch_env */
     /* reward curve */
     uint64_t *curve_step;
     double *curve_reward;
@@ -165,6 +174,9 @@ static void read_workers(ctl *c)
                 w->gone = false;
                 w->updated_ms = s->updated_unix_ms;
                 w->trajectories = s->trajectories, w->rejected = s->rejected, w->redelivered = s->redelivered;
+                w->env_failed = s->env_failed;
+                w->env_failing = s->env_failing_since_unix_ms != 0;
+                snprintf(w->env_error, sizeof w->env_error, "%s", s->env_error);
                 tidal__v1__worker_status__free_unpacked(s, NULL);
             }
         }
@@ -172,12 +184,32 @@ static void read_workers(ctl *c)
     }
 }
 
+static bool worker_live(const worker_row *w, uint64_t now_unix_ms)
+{
+    return !w->gone && w->updated_ms + WORKER_LIVE_MS > now_unix_ms;
+}
+
+/* The env watch (controller/envwatch.h) over the live workers' heartbeats;
+ * an error is the job's stop reason (env.missing_timeout_s). */
+static tidal_status watch_env(ctl *c)
+{
+    env_watch_worker *rows = c->env_rows;
+    const uint64_t t = tidal_unix_ms();
+    int n = 0;
+    for (int i = 0; i < c->n_workers; i++) {
+        const worker_row *w = &c->workers[i];
+        if (!worker_live(w, t)) continue;
+        rows[n++] = (env_watch_worker){.id = w->id, .active = w->trajectories > 0 || w->env_failed > 0,
+                                       .failing = w->env_failing, .failed = w->env_failed, .error = w->env_error};
+    }
+    return env_watch_update(&c->envw, rows, n, tidal_clock_ms());
+}
+
 static int live_workers(const ctl *c)
 {
     const uint64_t t = tidal_unix_ms();
     int n = 0;
-    for (int i = 0; i < c->n_workers; i++)
-        n += !c->workers[i].gone && c->workers[i].updated_ms + WORKER_LIVE_MS > t;
+    for (int i = 0; i < c->n_workers; i++) n += worker_live(&c->workers[i], t);
     return n;
 }
 
@@ -289,13 +321,16 @@ static tidal_status eval_start(ctl *c)
     size_t n = dataset_eval_count(c->data);
     if (s->eval.max_prompts > 0 && n > (size_t)s->eval.max_prompts) n = (size_t)s->eval.max_prompts;
     if (n == 0) return TIDAL_OK;
-    free(e->succ_first), free(e->succ_any), free(e->seen);
+    free(e->succ_first), free(e->succ_any), free(e->seen), free(e->first_scored), free(e->n_scored);
     *e = (eval_round){.active = true, .version = c->version, .prompts = (int)n, .k = s->eval.pass_k,
                       .started_ms = tidal_clock_ms()};
     e->succ_first = calloc(n, sizeof *e->succ_first);
     e->succ_any = calloc(n, sizeof *e->succ_any);
     e->seen = calloc(n * (size_t)(e->k > 0 ? e->k : 1), 1);
-    if (!e->succ_first || !e->succ_any || !e->seen) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
+    e->first_scored = calloc(n, sizeof *e->first_scored);
+    e->n_scored = calloc(n, sizeof *e->n_scored);
+    if (!e->succ_first || !e->succ_any || !e->seen || !e->first_scored || !e->n_scored)
+        return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
     const double temp = e->k == 1 ? 0.0 : s->rollout.temperature;
     tidal_status st = TIDAL_OK;
     dataset_item it = {0};
@@ -314,23 +349,41 @@ cleanup:
     return st;
 }
 
+/* x / n as JSON, null when n is 0 (nothing scored: no value, never 0). */
+static json_t *ratio_or_null(double x, int n) { return n > 0 ? json_real(x / n) : json_null(); }
+
+/* The round's record in RUN/eval.jsonl and the log. Failed samples (an env
+ * error or timeout) are counted apart and never scored: reward_mean is over
+ * the scored samples, pass@1 over the prompts whose sample 0 scored, pass@k
+ * over the prompts whose k samples all scored; null when there are none. */
 static void eval_finish(ctl *c, bool complete)
 {
     eval_round *e = &c->ev;
-    int first = 0, any = 0;
-    for (int i = 0; i < e->prompts; i++) first += e->succ_first[i], any += e->succ_any[i] > 0;
+    int first = 0, any = 0, n_first = 0, n_all = 0;
+    for (int i = 0; i < e->prompts; i++) {
+        if (e->first_scored[i]) first += e->succ_first[i], n_first++;
+        if (e->n_scored[i] == e->k) any += e->succ_any[i] > 0, n_all++;
+    }
     json_t *o = json_object();
     json_object_set_new(o, "step", json_integer((json_int_t)e->version));
     json_object_set_new(o, "prompts", json_integer(e->prompts));
     json_object_set_new(o, "samples", json_integer(e->received));
+    json_object_set_new(o, "scored", json_integer(e->scored));
+    json_object_set_new(o, "failed", json_integer(e->failed));
     json_object_set_new(o, "complete", json_boolean(complete));
-    json_object_set_new(o, "reward_mean", json_real(e->received ? e->reward_sum / e->received : 0));
-    json_object_set_new(o, "pass@1", json_real((double)first / e->prompts));
+    json_object_set_new(o, "reward_mean", ratio_or_null(e->reward_sum, e->scored));
+    json_object_set_new(o, "pass@1", ratio_or_null(first, n_first));
     if (e->k > 1) {
         char key[32];
         snprintf(key, sizeof key, "pass@%d", e->k);
-        json_object_set_new(o, key, json_real((double)any / e->prompts));
+        json_object_set_new(o, key, ratio_or_null(any, n_all));
     }
+    if (e->failed) json_object_set_new(o, "error", json_string(e->error));
+    if (e->failed)
+        tidal_log(TIDAL_LOG_WARN, "controller: evaluation at v%llu: %d of %d samples failed (%s)%s",
+                  (unsigned long long)e->version, e->failed, e->received, e->error,
+                  e->scored ? "; reward and pass@ are over the scored samples only"
+                            : ": no sample scored, so no reward or pass@ (null in eval.jsonl)");
     char *line = json_dumps(o, JSON_COMPACT);
     if (line && c->eval_f) fprintf(c->eval_f, "%s\n", line), fflush(c->eval_f);
     tidal_log(TIDAL_LOG_INFO, "controller: evaluation %s", line ? line : "");
@@ -350,11 +403,17 @@ static void eval_count(eval_round *e, const Tidal__V1__Trajectory *t)
     uint8_t *seen = &e->seen[idx * (size_t)e->k + t->sample_index];
     if (*seen) return;
     *seen = 1;
-    const bool ok = t->status == TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK && t->reward >= 1.0 - 1e-9;
-    if (t->sample_index == 0) e->succ_first[idx] = ok;
-    e->succ_any[idx] += ok;
-    e->reward_sum += t->reward;
     e->received++;
+    if (t->status != TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK) { /* failed: counted, never scored */
+        if (!e->failed++) snprintf(e->error, sizeof e->error, "%s", *t->error ? t->error : "no message");
+        return;
+    }
+    const bool ok = t->reward >= 1.0 - 1e-9;
+    if (t->sample_index == 0) e->succ_first[idx] = ok, e->first_scored[idx] = 1;
+    e->succ_any[idx] += ok;
+    e->n_scored[idx]++;
+    e->reward_sum += t->reward;
+    e->scored++;
 }
 
 static void read_evals(ctl *c)
@@ -443,9 +502,10 @@ static void progress(ctl *c)
         {"version", (double)c->version}, {"steps", steps},     {"reward_mean", c->reward_last},
         {"staleness_mean", c->staleness_last}, {"samples_per_s", sps}, {"workers", live_workers(c)},
         {"eta_s", eta},                    {"dispatched", (double)c->next},
+        {"env_failed", (double)c->envw.failed}, {"env_failing_workers", c->envw.failing_workers},
     };
-    job_metric_publish(c->bus, &c->names, "controller", c->version, (t - c->t0_ms) / 1e3, vals,
-                       (int)(sizeof vals / sizeof vals[0]));
+    job_metric_publish_alert(c->bus, &c->names, "controller", c->version, (t - c->t0_ms) / 1e3, vals,
+                             (int)(sizeof vals / sizeof vals[0]), c->envw.alert);
 }
 
 /* ---------------------------------------------------------------- the end */
@@ -668,7 +728,8 @@ static tidal_status start(ctl *c)
     TRY(bus_kv_open(c->bus, c->names.workers_bucket, &c->wkv));
     TRY(bus_kv_watch(c->wkv, NULL, &c->wwatch));
     c->workers = calloc(MAX_WORKERS, sizeof *c->workers);
-    if (!c->workers) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
+    c->env_rows = calloc(MAX_WORKERS, sizeof *c->env_rows);
+    if (!c->workers || !c->env_rows) return tidal_fail(TIDAL_ERR_NOMEM, "controller: out of memory");
     tidal_log(TIDAL_LOG_INFO, "controller: job %s (controller epoch %llu) continues at group %llu; run dir %s",
               c->names.job, (unsigned long long)c->epoch, (unsigned long long)c->next, c->o->run_dir);
     return cursor_put(c);
@@ -706,6 +767,7 @@ tidal_status controller_run(const controller_opts *o)
     c->o = o, c->s = o->spec;
     c->t0_ms = c->first_sample_ms = tidal_clock_ms();
     c->reward_last = NAN;
+    env_watch_init(&c->envw, o->spec->env.name, o->spec->env.missing_timeout_s);
     tidal_status st = TIDAL_OK;
     TRY_GOTO(start(c));
     const int every = c->s->eval.every;
@@ -724,9 +786,10 @@ tidal_status controller_run(const controller_opts *o)
             }
         }
         if (c->done && !c->ev.active) break;
-        /* a job where nothing can train: say so rather than spin */
+        TRY_GOTO(watch_env(c)); /* a failing env: said loudly; the job stops after env.missing_timeout_s */
+        /* a job where nothing can train: say so rather than spin (an env failing everywhere has its own bound) */
         const uint64_t B = (uint64_t)c->s->trainer.groups_per_step;
-        if (c->trained == 0 && c->failed >= 8 * B) {
+        if (c->trained == 0 && c->failed >= 8 * B && !env_watch_all_failing(&c->envw)) {
             st = tidal_fail(TIDAL_ERR_INVALID,
                             "controller: the first %llu groups all failed (env errors or timeouts: the workers' logs "
                             "say why); stopping the job", (unsigned long long)c->failed);
@@ -763,7 +826,7 @@ cleanup:;
         }
     }
     if (c->ev.active) eval_finish(c, false);
-    free(c->ev.succ_first), free(c->ev.succ_any), free(c->ev.seen);
+    free(c->ev.succ_first), free(c->ev.succ_any), free(c->ev.seen), free(c->ev.first_scored), free(c->ev.n_scored);
     if (c->metrics_f) fclose(c->metrics_f);
     if (c->eval_f) fclose(c->eval_f);
     bus_kv_watch_stop(c->wwatch);
@@ -775,6 +838,7 @@ cleanup:;
     dataset_free(c->data);
     json_decref(c->dropped);
     free(c->workers);
+    free(c->env_rows);
     free(c->curve_step), free(c->curve_reward);
     free(c);
     return st == TIDAL_OK ? TIDAL_OK : tidal_fail(st, "%s", err);

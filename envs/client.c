@@ -20,6 +20,7 @@ struct env_client {
     env_client_opts o;
     pthread_mutex_t mu;
     uint64_t calls, retries;
+    env_client_health health; /* under mu */
 };
 
 static env_client *client_new(void)
@@ -93,6 +94,34 @@ void env_client_stats(const env_client *c, uint64_t *calls, uint64_t *retries)
     pthread_mutex_unlock(&m->mu);
 }
 
+void env_client_health_get(const env_client *c, env_client_health *out)
+{
+    env_client *m = (env_client *)c; /* the mutex, not the data, changes */
+    pthread_mutex_lock(&m->mu);
+    *out = m->health;
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* Record a call's final outcome st (its message, when it failed, is this
+ * thread's error message). */
+static void note_outcome(env_client *c, tidal_status st)
+{
+    env_client_health *h = &c->health;
+    pthread_mutex_lock(&c->mu);
+    if (st == TIDAL_OK) {
+        h->answered++;
+        h->failing = false;
+        h->failing_since_unix_ms = 0, h->failed_in_run = 0;
+    } else {
+        h->failed++;
+        if (!h->failing) h->failing_since_unix_ms = tidal_unix_ms();
+        h->failing = true;
+        h->failed_in_run++;
+        snprintf(h->last_error, sizeof h->last_error, "%s", tidal_errmsg());
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -126,7 +155,8 @@ static tidal_status ask(const env_client *c, const void *buf, size_t len, bus_ms
 {
     const tidal_status st = bus_request(c->bus, c->subject, buf, (int)len, c->o.timeout_ms, reply);
     if (st == TIDAL_ERR_NOT_FOUND) /* NATS's "no responders" */
-        return tidal_fail(TIDAL_ERR_TIMEOUT, "env %s: no instance serves %s (no responders)", c->name, c->subject);
+        return tidal_fail(TIDAL_ERR_TIMEOUT, "env %s: no responders on %s (no instance of the env is running)",
+                          c->name, c->subject);
     if (st == TIDAL_ERR_TIMEOUT)
         return tidal_fail(TIDAL_ERR_TIMEOUT, "env %s: no answer on %s in %d ms", c->name, c->subject, c->o.timeout_ms);
     return st;
@@ -147,11 +177,9 @@ static tidal_status attempt(const env_client *c, const void *buf, size_t len, en
     return st;
 }
 
-tidal_status env_client_call(env_client *c, const env_call *call, env_result *out)
+/* One call, local or with its bounded retries over the bus. */
+static tidal_status call_env(env_client *c, const env_call *call, env_result *out)
 {
-    env_result_clear(out);
-    if (call->op != ENV_OP_RESET && call->op != ENV_OP_STEP)
-        return tidal_fail(TIDAL_ERR_INVALID, "env %s: op %d is neither RESET nor STEP", c->name, (int)call->op);
     pthread_mutex_lock(&c->mu);
     c->calls++;
     pthread_mutex_unlock(&c->mu);
@@ -185,5 +213,15 @@ tidal_status env_client_call(env_client *c, const env_call *call, env_result *ou
     }
     free(buf);
     if (st != TIDAL_OK && c->o.retries > 0) tidal_wrap(st, "after %d attempts", c->o.retries + 1);
+    return st;
+}
+
+tidal_status env_client_call(env_client *c, const env_call *call, env_result *out)
+{
+    env_result_clear(out);
+    if (call->op != ENV_OP_RESET && call->op != ENV_OP_STEP) /* the caller's mistake: not the env's health */
+        return tidal_fail(TIDAL_ERR_INVALID, "env %s: op %d is neither RESET nor STEP", c->name, (int)call->op);
+    const tidal_status st = call_env(c, call, out);
+    note_outcome(c, st);
     return st;
 }

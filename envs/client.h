@@ -12,7 +12,8 @@
  * Outcomes of env_client_call:
  *   TIDAL_OK              *out holds the answer
  *   TIDAL_ERR_REMOTE      the env answered with `error` on every attempt (message: the last one)
- *   TIDAL_ERR_TIMEOUT     no answer on any attempt (or nobody serves the env: "no responders")
+ *   TIDAL_ERR_TIMEOUT     no answer on any attempt (or nobody serves the env: "no responders on
+ *                         tidal.env.<name>", the message naming the subject)
  *   TIDAL_ERR_PERMISSION  this connection may not publish on tidal.env.<name> (not retried)
  *   TIDAL_ERR_DECODE      the answers did not decode, or were invalid (NaN reward, ...)
  *   TIDAL_ERR_INVALID     a bad call (op, task_json not an object), or a local env's error
@@ -56,5 +57,21 @@ int env_client_max_turns(const char *config_json);
 
 /* Attempts made and retries needed so far (for metrics and tests). */
 void env_client_stats(const env_client *c, uint64_t *calls, uint64_t *retries);
+
+/* How the client's calls have gone, for the loud reports of a failing env
+ * (the worker's log and heartbeat): a run of failures begins with a call
+ * that fails for good (after its retries; any outcome but TIDAL_OK) and ends
+ * with the next call that is answered. */
+#define ENV_CLIENT_ERROR_MAX 512
+typedef struct env_client_health {
+    uint64_t answered, failed;          /* calls, in all */
+    bool failing;                       /* the last call failed */
+    uint64_t failing_since_unix_ms;     /* when the current run of failures began; 0 when not failing */
+    uint64_t failed_in_run;             /* calls failed in the current run (0 when not failing) */
+    char last_error[ENV_CLIENT_ERROR_MAX]; /* the last failure's message ("" before any) */
+} env_client_health;
+
+/* A consistent copy of c's health into *out. Thread-safe. */
+void env_client_health_get(const env_client *c, env_client_health *out);
 
 #endif

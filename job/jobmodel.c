@@ -55,54 +55,6 @@ static tidal_status tokenizer_chat_format(const char *path, chat_format *out)
     return st;
 }
 
-/* Copy file `from` to `to` whole (written to TO.tmp and renamed). */
-static tidal_status copy_file(const char *from, const char *to)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", to);
-    FILE *in = fopen(from, "rb"), *out = NULL;
-    tidal_status st = TIDAL_OK;
-    if (!in) {
-        st = tidal_fail(TIDAL_ERR_IO, "copy %s: %s", from, strerror(errno));
-        goto cleanup;
-    }
-    if (!(out = fopen(tmp, "wb"))) {
-        st = tidal_fail(TIDAL_ERR_IO, "copy to %s: %s", tmp, strerror(errno));
-        goto cleanup;
-    }
-    char buf[1 << 16];
-    for (size_t n; (n = fread(buf, 1, sizeof buf, in)) > 0;)
-        if (fwrite(buf, 1, n, out) != n) {
-            st = tidal_fail(TIDAL_ERR_IO, "copy to %s: %s", tmp, strerror(errno));
-            goto cleanup;
-        }
-    if (ferror(in)) {
-        st = tidal_fail(TIDAL_ERR_IO, "copy %s: read error", from);
-        goto cleanup;
-    }
-    const int rc = fclose(out);
-    out = NULL;
-    if (rc != 0 || rename(tmp, to) != 0) st = tidal_fail(TIDAL_ERR_IO, "copy to %s: %s", to, strerror(errno));
-cleanup:
-    if (in) fclose(in);
-    if (out) fclose(out);
-    if (st != TIDAL_OK) unlink(tmp);
-    return st;
-}
-
-tidal_status job_tokenizer_copy(const job_spec *s, const char *dir)
-{
-    if (!s->model.init.on || !s->model.init.tokenizer[0]) return TIDAL_OK;
-    char json[SPEC_STR + 32], config[SPEC_STR + 32], to[4200];
-    tokenizer_files(s->model.init.tokenizer, json, sizeof json, config, sizeof config);
-    snprintf(to, sizeof to, "%s/tokenizer.json", dir);
-    TRY_WRAP(copy_file(json, to), "model.init.tokenizer");
-    if (access(config, F_OK) != 0) return TIDAL_OK; /* a bare tokenizer.json: nothing more to copy */
-    snprintf(to, sizeof to, "%s/tokenizer_config.json", dir);
-    TRY_WRAP(copy_file(config, to), "model.init.tokenizer");
-    return TIDAL_OK;
-}
-
 /* The tiny model's shape with tokenizer `tok` (NULL: the byte-level or
  * alphabet tokenizer, whose ids are fixed). A real tokenizer raises the
  * vocabulary to its size and gives eos / bos: tokenizer_config.json's, else
@@ -193,6 +145,40 @@ tidal_status job_tokenizer(const job_spec *s, tokenizer **out)
     if (s->model.init.on)
         return s->model.init.alphabet[0] ? tokenizer_alphabet(s->model.init.alphabet, out) : tokenizer_byte_level(out);
     return tokenizer_load(s->model.path, out);
+}
+
+const char *job_tokenizer_source(const job_spec *s)
+{
+    if (!s->model.init.on) return s->model.path;
+    if (s->model.init.tokenizer[0]) return s->model.init.tokenizer;
+    return NULL; /* the built-in byte-level or alphabet tokenizer */
+}
+
+tidal_status job_hf_files(const job_spec *s, hf_files *out)
+{
+    memset(out, 0, sizeof *out);
+    model_config c;
+    chat_format f;
+    tokenizer *t = NULL;
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(job_model_config(s, &c));
+    TRY_GOTO(job_chat_format(s, &f));
+    const char *source = job_tokenizer_source(s);
+    if (source) {
+        TRY_GOTO(hf_files_from_source(source, out));
+        /* the tokenizer is loaded only when its files lack what the directory needs */
+        if (!hf_files_find(out, "tokenizer_config.json") || !hf_files_find(out, "generation_config.json"))
+            TRY_GOTO(tokenizer_load(source, &t));
+    } else {
+        TRY_GOTO(job_tokenizer(s, &t));
+        /* the format the job renders prompts with, so --chat and apply_chat_template render them so too */
+        TRY_GOTO(hf_files_from_tokenizer(t, c.max_position_embeddings, chat_format_jinja(f), out));
+    }
+    TRY_GOTO(hf_files_complete(out, t, &c, t ? job_stop_id(f, t) : -1));
+cleanup:
+    tokenizer_free(t);
+    if (st != TIDAL_OK) hf_files_clear(out);
+    return st;
 }
 
 tidal_status job_chat_format(const job_spec *s, chat_format *out)

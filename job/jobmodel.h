@@ -25,6 +25,7 @@
 
 #include "job/spec.h"
 #include "model/chat.h"
+#include "model/hfdir.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 
@@ -43,11 +44,22 @@ tidal_status job_model_initial(const job_spec *s, model **out);
  * alphabet or byte-level one. */
 tidal_status job_tokenizer(const job_spec *s, tokenizer **out);
 
-/* Copy model.init.tokenizer's tokenizer.json and tokenizer_config.json (when
- * there is one) into DIR (a checkpoint), so the directory loads with its
- * tokenizer; nothing to do for other specs (TIDAL_OK). Errors name the key
- * and the file. */
-tidal_status job_tokenizer_copy(const job_spec *s, const char *dir);
+/* Where this job's tokenizer files come from, for a model directory tidal
+ * writes (a checkpoint) to carry them: a path as tokenizer_load takes it
+ * (model.path; model.init.tokenizer when the spec names one), or NULL for tidal's built-in byte-level and alphabet tokenizers,
+ * which are written out instead (job_hf_files). The one place that decides;
+ * the pointer borrows from s. */
+const char *job_tokenizer_source(const job_spec *s);
+
+/* The files a model directory of this job holds besides config.json and the
+ * weights (model/hfdir.h): the tokenizer's, copied from
+ * job_tokenizer_source or written from the built-in tokenizer (its
+ * tokenizer_config.json's chat_template the job's data.template as Jinja:
+ * chat_format_jinja), with
+ * tokenizer_config.json and generation_config.json (eos, the chat format's
+ * end of turn, pad) added where the source has none. *out (from {0}) belongs
+ * to the caller: hf_files_clear. */
+tidal_status job_hf_files(const job_spec *s, hf_files *out);
 
 /* data.template resolved, without loading a tokenizer: a named format, or for
  * auto the one model.path's files ask for (chat_format_of_model_dir: its

@@ -105,6 +105,12 @@ tidal_status job_bus_remove(tidal_bus *b, const job_names *n)
 tidal_status job_metric_publish(tidal_bus *b, const job_names *n, const char *role, uint64_t step, double time_s,
                                 const job_metric_value *v, int nv)
 {
+    return job_metric_publish_alert(b, n, role, step, time_s, v, nv, NULL);
+}
+
+tidal_status job_metric_publish_alert(tidal_bus *b, const job_names *n, const char *role, uint64_t step,
+                                      double time_s, const job_metric_value *v, int nv, const char *alert)
+{
     tidal_status st = TIDAL_OK;
     void *buf = NULL;
     size_t len = 0;
@@ -124,6 +130,7 @@ tidal_status job_metric_publish(tidal_bus *b, const job_names *n, const char *ro
     mt.role = (char *)role, mt.source = (char *)role;
     mt.step = step, mt.time = time_s, mt.unix_ms = tidal_unix_ms();
     mt.n_values = (size_t)nv, mt.values = entp;
+    mt.alert = (char *)(alert ? alert : "");
     char subject[JOB_NAME_MAX + 64];
     snprintf(subject, sizeof subject, "%s.%s", n->metrics_prefix, role);
     TRY_GOTO(codec_encode(&mt.base, &buf, &len));

@@ -75,6 +75,10 @@ typedef struct job_metric_value {
 } job_metric_value;
 tidal_status job_metric_publish(tidal_bus *b, const job_names *n, const char *role, uint64_t step, double time_s,
                                 const job_metric_value *v, int nv);
+/* The same with the Metric's alert: a problem the job has now, in words
+ * (NULL or "" = none), which `tidal run`'s progress line shows. */
+tidal_status job_metric_publish_alert(tidal_bus *b, const job_names *n, const char *role, uint64_t step,
+                                      double time_s, const job_metric_value *v, int nv, const char *alert);
 
 /* Recreate the trainer's consumer, so every trajectory not yet acknowledged
  * is delivered again at once (the trajectory stream keeps only those: work

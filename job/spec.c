@@ -78,6 +78,9 @@ static const key KEYS[] = {
     BOOL("env.remote", env.remote, "false", "call the environment over the bus (tidal.env.NAME) rather than in-process"),
     INT("env.timeout_ms", env.timeout_ms, 1, 3600000, "10000", "per request; then retried"),
     INT("env.retries", env.retries, 0, 100, "2", "retries of a failed or timed-out request"),
+    INT("env.missing_timeout_s", env.missing_timeout_s, 0, 86400, "60",
+        "stop the job when the env has failed on every worker this long (no instance running, or an error on every "
+        "call); 0 = wait for it, reporting every 10 s"),
     {"env.config", K_JSON, offsetof(job_spec, env.config_json), 0, 0, 0, NULL, "{}",
      "the environment's configuration, any mapping (the keys of each built-in env: docs/environments.md)"},
     INT("rollout.workers", rollout.workers, 0, 4096, "1", "rollout processes `tidal run` starts (more may join)"),

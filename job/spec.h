@@ -60,6 +60,7 @@ typedef struct job_spec {
         char name[128];        /* the environment: a built-in, or one served on the bus */
         bool remote;           /* call it over the bus (tidal.env.<name>) rather than in-process */
         int timeout_ms, retries;
+        int missing_timeout_s; /* stop the job when the env fails on every worker this long; 0 = never */
         char *config_json;     /* env.config as JSON text (heap; NULL when absent: {}) */
     } env;
     struct {

@@ -61,9 +61,31 @@ const char *chat_format_name(chat_format f)
     return "unknown";
 }
 
+const char *chat_format_jinja(chat_format f)
+{
+    switch (f) {
+    case CHAT_CHATML:
+        return "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+               "'<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+               "{%- endif %}";
+    case CHAT_LLAMA3:
+        return "{{ '<|begin_of_text|>' }}{%- for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+               "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}{%- if "
+               "add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}";
+    case CHAT_PLAIN:
+        return "{%- for message in messages %}{{ message['role'] + ': ' + message['content'] + '\\n' }}{%- endfor %}"
+               "{%- if add_generation_prompt %}{{ 'assistant:' }}{%- endif %}";
+    case CHAT_NONE: return "{%- for message in messages %}{{ message['content'] + '\\n' }}{%- endfor %}";
+    }
+    return "";
+}
+
 tidal_status chat_format_detect(const char *chat_template, chat_format *out)
 {
     if (!chat_template) return tidal_fail(TIDAL_ERR_NOT_FOUND, "no chat_template to recognise");
+    /* tidal's own templates (a model directory it wrote for a tiny model) */
+    if (!strcmp(chat_template, chat_format_jinja(CHAT_PLAIN))) { *out = CHAT_PLAIN; return TIDAL_OK; }
+    if (!strcmp(chat_template, chat_format_jinja(CHAT_NONE))) { *out = CHAT_NONE; return TIDAL_OK; }
     if (strstr(chat_template, "<|im_start|>")) { *out = CHAT_CHATML; return TIDAL_OK; }
     if (strstr(chat_template, "<|start_header_id|>")) { *out = CHAT_LLAMA3; return TIDAL_OK; }
     return tidal_fail(TIDAL_ERR_NOT_FOUND,

@@ -49,8 +49,15 @@ tidal_status chat_format_parse(const char *name, chat_format *out);
 /* The name of a format ("chatml", ...). */
 const char *chat_format_name(chat_format f);
 
+/* A Jinja chat_template that renders as format f does (Hugging Face's
+ * apply_chat_template then gives chat_render's text): what tidal writes into
+ * tokenizer_config.json for its own tokenizers, so a tiny model's checkpoint
+ * says how its prompts were rendered. Static; "" for an unknown f. */
+const char *chat_format_jinja(chat_format f);
+
 /* Recognise a Jinja chat_template from tokenizer_config.json by its markers:
- * "<|im_start|>" -> chatml, "<|start_header_id|>" -> llama3.
+ * "<|im_start|>" -> chatml, "<|start_header_id|>" -> llama3; tidal's own
+ * plain and none templates (chat_format_jinja) exactly.
  * TIDAL_ERR_NOT_FOUND when the template is NULL or has neither marker (the
  * caller then names a format). */
 tidal_status chat_format_detect(const char *chat_template, chat_format *out);

@@ -520,3 +520,8 @@ size_t model_config_num_params(const model_config *c)
                  + L * layer + C;                 /* layers, final norm */
     return (size_t)n;
 }
+
+const char *model_type_name(model_type t)
+{
+    return t == MODEL_QWEN2 ? "qwen2" : t == MODEL_LLAMA ? "llama" : "unknown";
+}

@@ -15,6 +15,9 @@
 
 typedef enum { MODEL_QWEN2 = 1, MODEL_LLAMA = 2 } model_type;
 
+/* config.json's model_type for t: "qwen2", "llama"; "unknown" otherwise. */
+const char *model_type_name(model_type t);
+
 typedef struct model_config {
     model_type type;
     int vocab_size;

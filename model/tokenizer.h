@@ -22,7 +22,10 @@
  * other than BPE (WordPiece, Unigram), BPE with byte_fallback (SentencePiece
  * style, Llama-2 / Mistral), dropout, subword prefixes or suffixes, and
  * normalizer, pre-tokenizer, post-processor or decoder types this reader does
- * not implement.
+ * not implement; a vocabulary without a token for every byte, except in a
+ * file that encodes one token per byte (no merges, normalizer, Split steps or
+ * prefix space: tidal's alphabet tokenizer as tokenizer_json_text writes it),
+ * which then refuses text with a byte outside its vocabulary.
  *
  * A loaded tokenizer is immutable; encode and decode may be called from
  * several threads at once (each call borrows its scratch space from a small
@@ -136,5 +139,23 @@ const char *tokenizer_chat_template(const tokenizer *t);
 
 /* The name errors use: the tokenizer.json path, or "byte-level". */
 const char *tokenizer_name(const tokenizer *t);
+
+/* ---- writing Hugging Face files (tokenizer_save.c) ---- */
+
+/* tokenizer.json text for a tokenizer without merges - tidal's byte-level
+ * and alphabet tokenizers: a byte-level BPE with an empty merge list, the
+ * special tokens as added tokens, ByteLevel pre-tokenizer and decoder
+ * without a prefix space. Hugging Face's tokenizers and tokenizer_load give
+ * the ids this tokenizer gives (an alphabet's vocabulary holds only its
+ * bytes; tokenizer_load then refuses other bytes as tokenizer_alphabet
+ * does). *out is malloc'd. TIDAL_ERR_INVALID for a tokenizer with a token
+ * of more bytes than one (a loaded BPE: copy its own files instead). */
+tidal_status tokenizer_json_text(const tokenizer *t, char **out);
+
+/* tokenizer_config.json text for t: bos_token, eos_token, pad_token (eos),
+ * the special tokens as added_tokens_decoder, model_max_length (when > 0),
+ * chat_template (NULL: t's own, when it has one), tokenizer_class
+ * PreTrainedTokenizerFast. *out is malloc'd. */
+tidal_status tokenizer_config_text(const tokenizer *t, int model_max_length, const char *chat_template, char **out);
 
 #endif

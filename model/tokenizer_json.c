@@ -392,6 +392,22 @@ static tidal_status parse_post(tokenizer *t, const json_t *v, const char *path, 
     return jv_bad(t->name, field, "\"%s\" is not supported (ByteLevel, TemplateProcessing and Sequence are)", type);
 }
 
+/* TIDAL_OK when every byte has a token; else the refusal naming the first
+ * byte without one. */
+static tidal_status missing_byte(const tokenizer *t)
+{
+    for (int b = 0; b < 256; b++)
+        if (t->byte_id[b] < 0) {
+            char ch[5];
+            ch[u8_encode(tok_byte_to_cp[b], ch)] = '\0';
+            return jv_bad(t->name, "model.vocab",
+                          "has no token for byte 0x%02x (\"%s\"): not a byte-level vocabulary (only a file without "
+                          "merges, normalizer, Split steps or prefix space may leave bytes out)",
+                          b, ch);
+        }
+    return TIDAL_OK;
+}
+
 /* model: type, options, vocab; the per-id arrays are sized for max_id + 1. */
 static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t *added)
 {
@@ -493,17 +509,31 @@ static tidal_status parse_model(tokenizer *t, const json_t *model, const json_t 
     for (int32_t id = 0; id < t->n_ids; id++)
         if ((t->flags[id] & TOKF_MAPPED) && vocab_find(t, t->bytes + t->tb_off[id], t->tb_len[id]) < 0)
             vocab_insert(t, id);
-    for (int b = 0; b < 256; b++) {
+    for (int b = 0; b < 256; b++) { /* a byte without a token: see one_token_per_byte */
         uint8_t c = (uint8_t)b;
         t->byte_id[b] = vocab_find(t, &c, 1);
-        if (t->byte_id[b] < 0) {
-            char ch[5];
-            ch[u8_encode(tok_byte_to_cp[b], ch)] = '\0';
-            return jv_bad(name, "model.vocab", "has no token for byte 0x%02x (\"%s\"): not a byte-level vocabulary", b,
-                       ch);
-        }
     }
-    return TIDAL_OK;
+    /* with merges it cannot be one token per byte: say so before the merges name a missing token */
+    return json_array_size(jv_get(model, "merges")) ? missing_byte(t) : TIDAL_OK;
+}
+
+/* A vocabulary that lacks a token for some byte is read only when the file
+ * encodes one token per byte - no merges, no normalizer, no Split steps,
+ * ByteLevel without a prefix space: tidal's alphabet tokenizer written out
+ * (tokenizer_json_text). It then encodes as that tokenizer does, refusing a
+ * byte outside the vocabulary (Hugging Face would drop it silently). Any
+ * other file must hold every byte, named in the error otherwise. */
+static tidal_status one_token_per_byte(tokenizer *t, const json_t *model)
+{
+    bool every_byte = true;
+    for (int b = 0; b < 256; b++) every_byte = every_byte && t->byte_id[b] >= 0;
+    if (every_byte) return TIDAL_OK;
+    const json_t *merges = jv_get(model, "merges");
+    if (json_array_size(merges) == 0 && t->n_norm == 0 && t->n_split == 0 && !t->bl_prefix && !t->ignore_merges) {
+        t->bpe = false;
+        return TIDAL_OK;
+    }
+    return missing_byte(t);
 }
 
 /* The vocabulary id of token s[0..n), named in merge i; an error when the
@@ -704,7 +734,7 @@ static tidal_status parse_root(tokenizer *t, const json_t *root)
     json_t *dec = jv_get(root, "decoder");
     if (dec) TRY(parse_decoder(t, dec, "decoder", 0));
     t->bpe = true;
-    return TIDAL_OK;
+    return one_token_per_byte(t, model);
 }
 
 tidal_status tokenizer_load_buffer(const char *json, size_t len, const char *config, size_t config_len,

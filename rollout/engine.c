@@ -558,8 +558,8 @@ tidal_status engine_set_model(engine *e, model *m, uint64_t version)
     SAME(rms_norm_eps, "%g");
 #undef SAME
     if (a->type != b->type)
-        return tidal_fail(TIDAL_ERR_INVALID, "engine: new weights are of another model type (%d, the engine's %d)",
-                          (int)b->type, (int)a->type);
+        return tidal_fail(TIDAL_ERR_INVALID, "engine: new weights are of another model type (%s, the engine's %s)",
+                          model_type_name(b->type), model_type_name(a->type));
     e->m = m;
     e->version = version;
     return TIDAL_OK;

@@ -16,6 +16,7 @@
 #include "job/spec.h"
 #include "envs/client.h"
 #include "proto/codec.h"
+#include "proto/enum_names.h"
 #include "base/hash.h"
 #include "base/sign.h"
 #include "job/names.h"
@@ -27,6 +28,7 @@
 #define PROMPT_CAP_TOKENS 1024 /* the longest rendered prompt the engine's cache is sized for */
 #define HEARTBEAT_MS 1000
 #define STATE_POLL_MS 1000
+#define ENV_REPORT_MS 10000 /* a failing env is logged at once, then this often while it lasts */
 #define TRAJ_HEADER_ROOM 1024 /* of max_payload, for the message's headers (Nats-Msg-Id and the protocol's) */
 
 typedef struct worker {
@@ -54,6 +56,7 @@ typedef struct worker {
     remote *rm;                 /* rollout.backend openai: the servers this worker is the sidecar of */
     char sidecar_dir[1024];     /* absolute: where versions are written for them */
     uint64_t sidecar_prev;      /* the version written before the current one (removed at the next) */
+    hf_files hf;                /* the tokenizer and config files written beside each version */
     bool sidecar_has_prev;
     env_client *env;
     int max_len;
@@ -71,6 +74,9 @@ typedef struct worker {
     uint64_t tokens_mark;
     double tokens_mark_ms, tokens_per_s;
     double publish_ms;          /* the last group's publication and ack (for the bench hook) */
+    /* the env's failures as the log has told them (env_report) */
+    bool env_reported;          /* a failing line was written and no recovery line since */
+    double env_report_ms;       /* when the last failing line was written */
 } worker;
 
 static bool leaving(const worker *w) { return (w->o->stop && *w->o->stop) || w->ctl_stop; }
@@ -106,6 +112,11 @@ static void heartbeat(worker *w, bool force)
     s.capacity = 1;
     s.trajectories = w->trajectories, s.errors = w->errors, s.rejected = w->rejected;
     s.redelivered = w->redelivered;
+    env_client_health eh = {0};
+    if (w->env) env_client_health_get(w->env, &eh);
+    s.env_failed = eh.failed;
+    s.env_error = eh.failing ? eh.last_error : (char *)"";
+    s.env_failing_since_unix_ms = eh.failing ? eh.failing_since_unix_ms : 0;
     if (w->wc) {
         weights_stats ws;
         weights_client_stats(w->wc, &ws);
@@ -116,6 +127,35 @@ static void heartbeat(worker *w, bool force)
     if (codec_encode(&s.base, &buf, &len) == TIDAL_OK && bus_kv_put(w->workers, w->id, buf, len, NULL) != TIDAL_OK)
         tidal_log(TIDAL_LOG_WARN, "worker %s: heartbeat: %s", w->id, tidal_errmsg());
     free(buf);
+}
+
+/* Say in the log that the env fails - at once, then every ENV_REPORT_MS while
+ * it lasts, with the failure's message (a missing remote env's names its
+ * subject: "no responders on tidal.env.NAME") - and when it answers again.
+ * A change reaches the heartbeat (and so the controller) at once. */
+static void env_report(worker *w)
+{
+    if (!w->env) return;
+    env_client_health h;
+    env_client_health_get(w->env, &h);
+    const double t = tidal_clock_ms();
+    if (h.failing) { /* never more often than ENV_REPORT_MS, even when it flips (a few bad rows) */
+        if (w->env_report_ms > 0 && t - w->env_report_ms < ENV_REPORT_MS) return;
+        const uint64_t now = tidal_unix_ms();
+        const double for_s = now > h.failing_since_unix_ms ? (double)(now - h.failing_since_unix_ms) / 1e3 : 0;
+        tidal_log(TIDAL_LOG_WARN,
+                  "worker %s: env %s failing for %.0f s (%llu samples failed, %llu in all): %s; those samples are "
+                  "published as failed: never trained or scored", w->id, w->spec.env.name, for_s,
+                  (unsigned long long)h.failed_in_run, (unsigned long long)h.failed, h.last_error);
+        const bool news = !w->env_reported;
+        w->env_reported = true, w->env_report_ms = t;
+        if (news) heartbeat(w, true);
+    } else if (w->env_reported) {
+        tidal_log(TIDAL_LOG_INFO, "worker %s: env %s answers again (%llu samples failed in all)", w->id,
+                  w->spec.env.name, (unsigned long long)h.failed);
+        w->env_reported = false;
+        heartbeat(w, true);
+    }
 }
 
 /* ---------------------------------------------------------------- control */
@@ -139,8 +179,8 @@ static void on_control(tidal_bus *b, bus_msg *m, void *closure)
             break;
         default: break;
         }
-        tidal_log(TIDAL_LOG_INFO, "worker %s: control %d from %s (%s)", w->id, (int)c->command, c->issuer,
-                  c->reason);
+        tidal_log(TIDAL_LOG_INFO, "worker %s: control %s from %s (%s)", w->id, proto_control_command_name(c->command),
+                  c->issuer, c->reason);
     }
     if (c) tidal__v1__control__free_unpacked(c, NULL);
     bus_msg_destroy(m);
@@ -380,11 +420,18 @@ static void tamper(void *ctx, Tidal__V1__Trajectory *t)
             t->logprobs[i] = (float)fmin(0.0, (double)t->logprobs[i] + 0.5 * fault_normal(w));
 }
 
+/* The faults' names, by rollout_fault value. */
+static const char *const fault_names[] = {"none", "logprob-noise", "temperature", "stale-weights"};
+
+const char *rollout_fault_name(rollout_fault f)
+{
+    return (unsigned)f < sizeof fault_names / sizeof fault_names[0] ? fault_names[f] : "unknown";
+}
+
 bool rollout_fault_parse(const char *name, rollout_fault *out)
 {
-    static const char *const names[] = {"none", "logprob-noise", "temperature", "stale-weights"};
-    for (int i = 0; i < 4; i++)
-        if (!strcmp(name, names[i])) {
+    for (int i = 0; i < (int)(sizeof fault_names / sizeof fault_names[0]); i++)
+        if (!strcmp(name, fault_names[i])) {
             *out = (rollout_fault)i;
             return true;
         }
@@ -439,7 +486,9 @@ static tidal_status generate(worker *w, served *sv)
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_GENERATING;
     heartbeat(w, true);
     const episode_group g = group_of(w, sv);
-    TRY(episode_run_group(&w->gen, w->tok, w->env, &g, sv->out));
+    const tidal_status st = episode_run_group(&w->gen, w->tok, w->env, &g, sv->out);
+    TRY(st);
+    env_report(w);
     sv->gen_ms = tidal_clock_ms() - g0;
     return TIDAL_OK;
 }
@@ -639,7 +688,7 @@ static tidal_status sidecar_push(worker *w, const model *nm, uint64_t v)
     if (system(cmd) != 0) return tidal_fail(TIDAL_ERR_IO, "worker %s: cannot clear %s", w->id, dir);
     const st_dtype dt = !strcmp(w->spec.weights.dtype, "bf16") ? ST_BF16 : ST_F32; /* as the bus carried them */
     TRY_WRAP(model_save(nm, tmp, dt), "worker %s: sidecar", w->id);
-    TRY_WRAP(job_tokenizer_copy(&w->spec, tmp), "worker %s: sidecar", w->id);
+    TRY_WRAP(hf_files_write(&w->hf, tmp), "worker %s: sidecar", w->id);
     if (rename(tmp, dir) != 0) return tidal_fail(TIDAL_ERR_IO, "worker %s: rename %s: %s", w->id, tmp, strerror(errno));
     const double t0 = tidal_clock_ms();
     tidal_status st = remote_reload(w->rm, dir, v);
@@ -686,6 +735,7 @@ static tidal_status join_servers(worker *w, double t0)
     if (*wd) snprintf(want, sizeof want, "%s", wd);
     else snprintf(want, sizeof want, "/tmp/tidal-sidecar-%s", w->id);
     TRY(fs_mkdirs(want));
+    TRY_WRAP(job_hf_files(&w->spec, &w->hf), "worker %s: the files beside the weights", w->id);
     char *abs = realpath(want, NULL); /* servers resolve paths from their own working directory */
     if (!abs) return tidal_fail(TIDAL_ERR_IO, "worker %s: rollout.weights_dir %s: %s", w->id, want, strerror(errno));
     snprintf(w->sidecar_dir, sizeof w->sidecar_dir, "%s", abs);
@@ -794,7 +844,8 @@ tidal_status worker_run(const worker_opts *o)
     w->started_ms = tidal_unix_ms();
     w->fault_rng = hash_string(w->id);
     if (o->fault != ROLLOUT_FAULT_NONE)
-        tidal_log(TIDAL_LOG_WARN, "worker %s: test-only fault %d on: it lies to the trainer", w->id, (int)o->fault);
+        tidal_log(TIDAL_LOG_WARN, "worker %s: test-only fault %s on: it lies to the trainer", w->id,
+                  rollout_fault_name(o->fault));
     w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
     tidal_status st = serve(w);
     char err[1024] = ""; /* the failure's message, kept through the releases below */
@@ -814,6 +865,7 @@ tidal_status worker_run(const worker_opts *o)
     env_client_free(w->env);
     engine_free(w->e);
     remote_free(w->rm);
+    hf_files_clear(&w->hf);
     weights_client_free(w->wc);
     for (int i = 0; i < w->n_hist; i++) model_free(w->hist_m[i] == w->m ? NULL : w->hist_m[i]);
     free(w->hist_m);

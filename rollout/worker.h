@@ -69,6 +69,8 @@ typedef enum {
 
 /* The fault named `name` into *out; false for an unknown name. */
 bool rollout_fault_parse(const char *name, rollout_fault *out);
+/* The name of fault f ("logprob-noise"; "unknown" outside the enum). */
+const char *rollout_fault_name(rollout_fault f);
 
 typedef struct worker_opts {
     bus_opts bus;               /* how to reach the bus (urls required) */

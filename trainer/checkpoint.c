@@ -86,7 +86,8 @@ cleanup:
     return st;
 }
 
-tidal_status checkpoint_save(const char *root, const model *m, const adamw *opt, const ckpt_state *s, int keep)
+tidal_status checkpoint_save(const char *root, const model *m, const adamw *opt, const ckpt_state *s, int keep,
+                             const hf_files *hf)
 {
     TRY(fs_mkdirs(root));
     char dir[4096], tmp[4200], path[4300];
@@ -95,6 +96,7 @@ tidal_status checkpoint_save(const char *root, const model *m, const adamw *opt,
     fs_remove_tree(tmp, "checkpoint");
     TRY(model_save(m, tmp, ST_F32));
     TRY(save_optimizer(tmp, opt));
+    if (hf) TRY(hf_files_write(hf, tmp));
 
     json_t *o = json_object(), *ids = json_array();
     json_object_set_new(o, "format", json_integer(1));

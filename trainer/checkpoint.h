@@ -1,9 +1,12 @@
 /* checkpoint.h - the trainer's checkpoints: a Hugging Face directory plus
  * tidal's state, so `tidal trainer --resume` continues exactly.
  *
- * ROOT/step-<version>/ holds config.json and model.safetensors (loadable by
- * transformers or vLLM as they are), optimizer.safetensors (AdamW's two
- * moments, fp32, as 1-D tensors "adamw.m" and "adamw.v") and state.json: the
+ * ROOT/step-<version>/ is a complete Hugging Face directory - config.json,
+ * model.safetensors, the tokenizer's files (tokenizer.json,
+ * tokenizer_config.json, ...) and generation_config.json, loadable by
+ * transformers, vLLM or `tidal generate` as it is - plus
+ * optimizer.safetensors (AdamW's two moments, fp32, as 1-D tensors
+ * "adamw.m" and "adamw.v") and state.json: the
  * version, the optimizer's step count, the group and drop counts so far, and
  * the id of every trajectory trained (a redelivered one is then a
  * duplicate). The directory is written as step-<version>.tmp and renamed,
@@ -17,6 +20,7 @@
 #include <stdint.h>
 
 #include "buffer/buffer.h"
+#include "model/hfdir.h"
 #include "model/model.h"
 #include "trainer/optimizer.h"
 
@@ -35,9 +39,11 @@ typedef struct ckpt_state {
 tidal_status ckpt_state_add_trained(ckpt_state *s, const char *id);
 void ckpt_state_clear(ckpt_state *s);
 
-/* Write ROOT/step-<s->version> (ROOT is created when missing) and remove
- * all but the newest `keep` checkpoints. */
-tidal_status checkpoint_save(const char *root, const model *m, const adamw *opt, const ckpt_state *s, int keep);
+/* Write ROOT/step-<s->version> (ROOT is created when missing) with the
+ * files of hf (the tokenizer's and generation_config.json: job_hf_files;
+ * NULL: none) and remove all but the newest `keep` checkpoints. */
+tidal_status checkpoint_save(const char *root, const model *m, const adamw *opt, const ckpt_state *s, int keep,
+                             const hf_files *hf);
 
 /* Load the newest checkpoint under ROOT: *m, *opt (owned by the caller) and
  * *s. TIDAL_ERR_NOT_FOUND when there is none; TIDAL_ERR_CORRUPT naming the

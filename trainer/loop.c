@@ -15,6 +15,7 @@
 #include "job/names.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/envmetrics.h"
 #include "trainer/publish.h"
 #include "trainer/step.h"
 #include "trainer/workercheck.h"
@@ -41,6 +42,7 @@ typedef struct trainer {
     weights_publisher *pub;
     tidal_sign_key *sign_key; /* signs the weights (the publisher borrows it) */
     ckpt_state ck;              /* counts and trained ids so far (this life and the earlier ones) */
+    hf_files hf;                /* the tokenizer files and generation_config.json each checkpoint carries */
     buffer_counts base;         /* the buffer's counts restored from the checkpoint (this life adds to them) */
     uint64_t version, checkpointed;
     char ckpt_root[4096];
@@ -138,10 +140,7 @@ static tidal_status checkpoint(trainer *t)
     memcpy(t->ck.groups_dropped, c.groups_dropped, sizeof c.groups_dropped);
     memcpy(t->ck.samples_dropped, c.dropped, sizeof c.dropped);
     const double t0 = tidal_clock_ms();
-    TRY(checkpoint_save(t->ckpt_root, t->m, t->opt, &t->ck, t->s->trainer.checkpoint_keep));
-    char dir[sizeof t->ckpt_root + 32];
-    snprintf(dir, sizeof dir, "%s/step-%llu", t->ckpt_root, (unsigned long long)t->version);
-    TRY(job_tokenizer_copy(t->s, dir)); /* model.init.tokenizer: the checkpoint loads with its tokenizer */
+    TRY(checkpoint_save(t->ckpt_root, t->m, t->opt, &t->ck, t->s->trainer.checkpoint_keep, &t->hf));
     buffer_checkpointed(t->buf, t->version); /* now their fate is durable */
     bus_flush(t->bus, 5000);
     t->checkpointed = t->version;
@@ -312,7 +311,7 @@ static void publish_metric(trainer *t, const trainer_step_result *r, double step
         {"dropped_quarantined", (double)c.groups_dropped[BUFFER_DROP_QUARANTINED]},
     };
     const int nb = (int)(sizeof vals / sizeof vals[0]);
-    job_metric_value all[sizeof vals / sizeof vals[0] + 2 + 3 * METRIC_WORKERS_MAX];
+    job_metric_value all[sizeof vals / sizeof vals[0] + 2 + 3 * METRIC_WORKERS_MAX + ENV_METRICS_MAX];
     memcpy(all, vals, sizeof vals);
     memcpy(all + nb, extra, (size_t)n_extra * sizeof *extra);
     job_metric_publish(t->bus, &t->names, "trainer", t->version, elapsed_s(t), all, nb + n_extra);
@@ -345,6 +344,8 @@ static tidal_status train_step(trainer *t)
         return st;
     }
     const double step_ms = tidal_clock_ms() - t0;
+    env_metrics em; /* the env's own metrics of the step (before buffer_trained frees the samples) */
+    env_metrics_of_batch(&batch, &em);
     tidal_status cs = TIDAL_OK; /* the check's failure (out of memory) costs a step's scores, never the step */
     for (int g = 0, k = 0; g < batch.n_groups && cs == TIDAL_OK; g++)
         for (int i = 0; i < batch.groups[g].n && cs == TIDAL_OK; i++, k++)
@@ -358,10 +359,11 @@ static tidal_status train_step(trainer *t)
     buffer_set_version(t->buf, t->version);
     t->tokens_since += tokens;
     if (st == TIDAL_OK) st = weights_publish(t->pub, t->m, t->version);
-    job_metric_value wv[2 + 3 * METRIC_WORKERS_MAX];
+    job_metric_value wv[2 + 3 * METRIC_WORKERS_MAX + ENV_METRICS_MAX];
     char wkeys[3 * METRIC_WORKERS_MAX][224];
     check_workers(t);
-    const int nwv = worker_values(t, wv, wkeys);
+    int nwv = worker_values(t, wv, wkeys);
+    nwv += env_metrics_values(&em, wv + nwv);
     put_groups(t);
     publish_metric(t, &r, step_ms, cfg.lr, wv, nwv);
     t->tokens_since = 0;
@@ -477,6 +479,7 @@ static tidal_status start(trainer *t)
     job_bus_cfg jc = {.prompt_ack_wait_ms = s->rollout.ack_wait_ms, .prompt_max_deliver = 5};
     TRY(job_bus_ensure(t->bus, &t->names, &jc, &t->kv));
     snprintf(t->ckpt_root, sizeof t->ckpt_root, "%s/checkpoints", t->o->run_dir);
+    TRY_WRAP(job_hf_files(s, &t->hf), "trainer: the checkpoints' tokenizer files");
     bool resumed = false;
     if (t->o->resume) { /* no checkpoint yet is not a failure: start fresh */
         tidal_status st = checkpoint_load_latest(t->ckpt_root, &t->m, &t->opt, &t->ck);
@@ -608,6 +611,7 @@ cleanup:;
     model_free(t->ref);
     adamw_free(t->opt);
     ckpt_state_clear(&t->ck);
+    hf_files_clear(&t->hf);
     free(t);
     return st == TIDAL_OK ? TIDAL_OK : tidal_fail(st, "%s", err);
 }

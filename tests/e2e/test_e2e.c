@@ -2,7 +2,9 @@
  * real nats-server, the real engine and trainer. One scenario per ctest
  * entry (argv[1]):
  *   quickstart    examples/quickstart.yaml learns: reward <= 0.3 at the
- *                 start, mean of the last 10 steps >= 0.9
+ *                 start, mean of the last 10 steps >= 0.9; `tidal generate`
+ *                 serves its last checkpoint (tokenizer included) and copies
+ *                 the digits
  *   staleness     every trained token has v - v_token <= K (K = 2), and with
  *                 K = 0 every token is exactly on-policy
  *   join          a worker started by hand mid-run contributes and the
@@ -21,7 +23,7 @@
  *                 counted; the run completes
  *   jsonl         a JSONL dataset with its own prompt and answer keys, scored by
  *                 gsm8k: no group fails for want of an answer; `tidal status`
- *                 reads the job while it runs
+ *                 reads the job while it runs (each worker's state a name)
  *   rogue_weights a rogue client with write access to the weights stream and
  *                 KV publishes newer versions (a valid blob, signed with its
  *                 own key; and unsigned): every worker refuses both, logs why,
@@ -41,14 +43,28 @@
  *                 warns early, the job stops when the data runs out, and the
  *                 stop reason (tidal run's output, summary.json) counts the
  *                 groups dropped as zero-variance and says what to change
+ *   byhand        README's across-machines recipe on one machine: a
+ *                 nats-server, then `tidal controller`, `tidal trainer` and two
+ *                 `tidal rollout` as separate processes with no OMP_* variable
+ *                 and no flag: each role logs the threading it chose (passive
+ *                 waiting set by itself, threads from the cores it may use);
+ *                 a shortened quickstart learns and balances
  *   creds         `tidal creds`: a nats-server with only its authorization block;
  *                 controller, trainer, a worker, the env service and `tidal status`
  *                 each with its own credentials run the job to the end; the
  *                 worker's cannot publish weights, control messages or prompts
+ *   env_missing   a remote env that is not running: the workers' logs, the
+ *                 controller's log and the progress line say "no responders on
+ *                 tidal.env.strings", the step-0 evaluation reports its samples
+ *                 failed (scoring none), the job stops after
+ *                 env.missing_timeout_s naming it; with the env started late
+ *                 the job completes, balances, and metrics.jsonl has the env's
+ *                 own metric (env.exact) in every step
  *   quarantine    for each test-only fault (logprob-noise, temperature,
  *                 stale-weights) a lying worker joins a learning job of two
  *                 honest ones: it is quarantined within a few steps (trainer
- *                 log, `tidal status` with the reason and its heartbeat's state,
+ *                 log, `tidal status` with the reason and its heartbeat's state
+ *                 by name, the liar's log naming the control it got,
  *                 the summary), its groups are dropped as quarantined, the job
  *                 learns on and balances
  * Every scenario that checks the balance also checks that no honest worker
@@ -71,6 +87,7 @@
 
 #include "check.h"
 #include "bus/bus.h"
+#include "base/threading.h"
 #include "base/sign.h"
 #include "proto/codec.h"
 #include "proto/manifest_sign.h"
@@ -238,6 +255,13 @@ static long jint(const json_t *o, const char *a, const char *b)
 }
 
 /* The trainer's worker check quarantined no worker but the test's liar. */
+/* o[key] as a string; "" when absent or not a string. */
+static const char *jstr(const json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v ? v : "";
+}
+
 static void check_honest_kept(const json_t *s)
 {
     const json_t *wc = json_object_get(s, "worker_check");
@@ -322,6 +346,38 @@ static int run_base(const char *name, const char *set1, const char *set2, double
 
 /* ---------------------------------------------------------------- scenarios */
 
+/* The end of docs/quickstart.md: the last checkpoint is a Hugging Face
+ * directory that `tidal generate --chat --prompt TEXT` serves with its own
+ * tokenizer (written by the trainer for the alphabet tokenizer) and its
+ * chat template (the job's format none: the digits and a newline); greedy,
+ * in the 3 tokens it was trained to use, it copies the digits. */
+static void try_the_model(const char *run)
+{
+    static const char *const prompts[] = {"925", "031", "777", "460", "118"};
+    char ckpt[600], name[32], path[700], out[256];
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoints/step-300", run);
+    int copied = 0;
+    for (size_t i = 0; i < sizeof prompts / sizeof prompts[0]; i++) {
+        snprintf(name, sizeof name, "generate-%s", prompts[i]);
+        int rc = wait_exit(start_tidal(name, "generate", "--model", ckpt, "--chat", "--prompt", prompts[i],
+                                       "--temperature", "0", "--max-tokens", "3", NULL),
+                           60);
+        snprintf(path, sizeof path, "%s/%s.out", work, name);
+        FILE *f = fopen(path, "r");
+        size_t n = f ? fread(out, 1, sizeof out - 1, f) : 0;
+        if (f) fclose(f);
+        out[n] = 0;
+        CHECK_MSG(rc == 0, "tidal generate --model %s --chat --prompt %s: exit %d: %s", ckpt, prompts[i], rc, out);
+        /* the completion (stdout, one write per token), the summary (stderr): "[length: 4 prompt tokens, ..." */
+        CHECK_MSG(strspn(out, "0123456789") == 3 && strstr(out, "4 prompt tokens"),
+                  "tidal generate --chat --prompt %s printed \"%s\", not three digits after a 4-token prompt",
+                  prompts[i], out);
+        copied += !strncmp(out, prompts[i], 3);
+    }
+    fprintf(stderr, "quickstart: tidal generate on step-300 copied %d of 5 prompts\n", copied);
+    CHECK_MSG(copied >= 4, "the trained model copied %d of 5 prompts", copied);
+}
+
 static void test_quickstart(void)
 {
     fresh_work("quickstart");
@@ -343,8 +399,9 @@ static void test_quickstart(void)
     char svg[600];
     snprintf(svg, sizeof svg, "%s/reward.svg", run);
     CHECK_MSG(stat(svg, &sb) == 0 && sb.st_size > 1000, "no reward curve at %s", svg);
-    if (check_cur_failed_) show_output("quickstart");
     json_decref(s);
+    try_the_model(run);
+    if (check_cur_failed_) show_output("quickstart");
     cleanup();
 }
 
@@ -803,6 +860,18 @@ static void test_jsonl(void)
         free(text);
     }
     CHECK_MSG(whole, "tidal status: no whole answer in 30 s");
+    /* people read it: each worker's state is a name, never the enum's number */
+    static const char *const states[] = {"idle", "generating", "syncing", "draining"};
+    size_t wi;
+    json_t *wk;
+    json_array_foreach(json_object_get(st, "workers"), wi, wk) {
+        bool named = false;
+        for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
+            named = named || !strcmp(jstr(wk, "state"), states[k]);
+        char *text = json_dumps(json_object_get(wk, "state"), JSON_ENCODE_ANY);
+        CHECK_MSG(named, "tidal status: worker %s's state is %s, not a state's name", jstr(wk, "id"), text ? text : "?");
+        free(text);
+    }
     json_decref(st);
     int rc = wait_exit(p, 240);
     CHECK_MSG(rc == 0, "tidal run exit %d", rc);
@@ -1213,7 +1282,7 @@ static bool status_shows_quarantine(const char *url, double timeout_s)
         json_array_foreach(json_object_get(st, "workers"), i, w)
             if (!strcmp(json_string_value(json_object_get(w, "id")) ? json_string_value(json_object_get(w, "id")) : "",
                         "liar"))
-                state = state || json_integer_value(json_object_get(w, "state")) == 5; /* WORKER_STATE_QUARANTINED */
+                state = state || !strcmp(jstr(w, "state"), "quarantined"); /* a name, never the enum's number */
         json_decref(st);
     }
     if (!check || !state) fprintf(stderr, "status: worker check %s, heartbeat state %s\n", check ? "yes" : "no",
@@ -1253,6 +1322,8 @@ static void test_quarantine(void)
         CHECK_MSG(grep_file("run/logs/trainer.log", "worker liar quarantined: mismatch"),
                   "%s: the trainer's log does not name the quarantine", faults[k]);
         CHECK_MSG(grep_file("liar.out", "quarantined by the trainer"), "%s: the liar was not told", faults[k]);
+        CHECK_MSG(grep_file("liar.out", "control quarantine from trainer"), "%s: the liar's log does not name the control",
+                  faults[k]);
         json_t *s = load_json(run, "summary.json");
         check_balance(s, 50, 24);
         const json_t *l = json_object_get(json_object_get(json_object_get(s, "worker_check"), "workers"), "liar");
@@ -1433,6 +1504,207 @@ static void test_zero_variance(void)
     cleanup();
 }
 
+/* The first line of RUN/eval.jsonl for `step` (a new reference; NULL when none). */
+static json_t *eval_row(const char *run, long step)
+{
+    char path[600], line[4096];
+    snprintf(path, sizeof path, "%s/eval.jsonl", run);
+    FILE *f = fopen(path, "r");
+    json_t *row = NULL;
+    while (f && !row && fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        if (o && json_integer_value(json_object_get(o, "step")) == step) row = o;
+        else json_decref(o);
+    }
+    if (f) fclose(f);
+    return row;
+}
+
+/* Every row of RUN/metrics.jsonl has env.exact (the strings env's own metric)
+ * in [0, reward_mean]: a sample's exact is 1 only when its reward is 1. */
+static bool env_metric_in_every_step(const char *run, long *rows)
+{
+    char path[600], line[16384];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run);
+    FILE *f = fopen(path, "r");
+    bool ok = f != NULL;
+    *rows = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        const json_t *x = json_object_get(o, "env.exact"), *r = json_object_get(o, "reward_mean");
+        if (!json_is_number(x) || !json_is_number(r) || json_number_value(x) < 0 ||
+            json_number_value(x) > json_number_value(r) + 1e-9) {
+            fprintf(stderr, "metrics.jsonl row without a sound env.exact: %s", line);
+            ok = false;
+        }
+        (*rows)++;
+        json_decref(o);
+    }
+    if (f) fclose(f);
+    return ok && *rows > 0;
+}
+
+/* A remote env that is not running (issue 19): loud in the workers' logs,
+ * the controller's log and the progress line ("no responders on
+ * tidal.env.strings"); the step-0 evaluation says its samples failed and
+ * scores none of them; the job stops after env.missing_timeout_s with that
+ * reason. Then the same job with the env started late: it says the env
+ * answers again, completes and balances (the failed groups counted), and
+ * the env's own metric (exact) is in every step of metrics.jsonl. */
+static void test_env_missing(void)
+{
+    fresh_work("env_missing");
+    char spec[512], run[512], url[256], set[300];
+    snprintf(spec, sizeof spec, "%s/job.yaml", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    write_file(spec, BASE_SPEC);
+    /* 1. nobody serves tidal.env.strings: the job stops after 4 s of it */
+    const double t0 = now_s();
+    int rc = wait_exit(start_tidal("missing", "run", spec, "--out", run, "--set", "env.remote=true", "--set",
+                                   "env.missing_timeout_s=4", "--set", "eval.every=3", NULL), 60);
+    const double took = now_s() - t0;
+    fprintf(stderr, "env_missing: the job without its env stopped after %.1f s (exit %d)\n", took, rc);
+    CHECK_MSG(rc == 1 && took < 30, "tidal run without its env: exit %d after %.0f s, want 1 (stopped)", rc, took);
+    CHECK_MSG(grep_file("run/logs/rollout-*.log", "env strings failing for .*no responders on tidal.env.strings"),
+              "no worker log says the env fails with no responders on tidal.env.strings");
+    CHECK_MSG(grep_file("run/logs/controller.log", "env strings failing on [12] of [12] workers.*no responders on tidal.env.strings"),
+              "the controller's log does not say the env fails");
+    CHECK_MSG(grep_file("missing.out", "^tidal run: env strings failing on .*no responders on tidal.env.strings"),
+              "the progress output of tidal run does not say the env fails");
+    CHECK_MSG(grep_file("missing.out", "env strings failed on every worker for 4 s (env.missing_timeout_s"),
+              "tidal run does not give the stop reason");
+    json_t *ev = eval_row(run, 0);
+    CHECK_MSG(ev && json_integer_value(json_object_get(ev, "failed")) == 8 &&
+              json_integer_value(json_object_get(ev, "scored")) == 0 &&
+              json_is_null(json_object_get(ev, "reward_mean")) && json_is_null(json_object_get(ev, "pass@1")) &&
+              strstr(json_string_value(json_object_get(ev, "error")) ? json_string_value(json_object_get(ev, "error"))
+                                                                     : "", "no responders"),
+              "the step-0 evaluation does not say its 8 samples failed (or scores them)");
+    json_decref(ev);
+    CHECK_MSG(grep_file("run/logs/controller.log", "evaluation at v0: 8 of 8 samples failed"),
+              "the controller's log does not say the evaluation's samples failed");
+    json_t *s = load_json(run, "summary.json");
+    const json_t *g = json_object_get(s, "groups");
+    CHECK_MSG(jint(g, "trained", NULL) == 0 && jint(g, "failed", NULL) >= 1 &&
+              jint(g, "dispatched", NULL) == jint(g, "failed", NULL) + jint(g, "in_flight", NULL) +
+                                                jint(g, "dropped", "stale") + jint(g, "dropped", "incomplete"),
+              "summary: the failed groups are not accounted for");
+    json_decref(s);
+    if (check_cur_failed_) {
+        show_output("missing");
+        return;
+    }
+    /* 2. the env starts late, on the job's own server: the job completes */
+    char store[512];
+    snprintf(store, sizeof store, "%s/nats", work);
+    snprintf(run, sizeof run, "%s/run2", work);
+    tidal_server *srv = NULL;
+    tidal_server_opts so = {.store_dir = store};
+    CHECK_OK(tidal_server_start(&srv, &so));
+    if (!srv) return;
+    snprintf(url, sizeof url, "%s", tidal_server_url(srv));
+    snprintf(set, sizeof set, "bus.url=%s", url);
+    pid_t p = start_tidal("late", "run", spec, "--out", run, "--set", set, "--set", "env.remote=true", "--set",
+                          "env.missing_timeout_s=60", "--set", "eval.every=3", "--set", "trainer.steps=3", NULL);
+    const double t1 = now_s();
+    while (!grep_file("run2/logs/controller.log", "env strings failing on") && now_s() - t1 < 60) usleep(100 * 1000);
+    CHECK_MSG(grep_file("run2/logs/controller.log", "env strings failing on"), "the env's absence was not reported");
+    usleep(3000 * 1000); /* past the evaluation's prompts: training groups fail too */
+    pid_t env = start_tidal("env", "env", "serve", "strings", "--bus", url, "--config",
+                            "{\"length\": 3, \"alphabet\": \"digits\", \"ops\": [\"reverse\"]}", NULL);
+    rc = wait_exit(p, 120);
+    kill(env, SIGTERM);
+    const int re = wait_exit(env, 30);
+    fprintf(stderr, "env_missing: with the env started late the job ended after %.1f s (exit %d)\n", now_s() - t1, rc);
+    CHECK_MSG(rc == 0 && re == 0, "tidal run with the env started late: exit %d (env %d)", rc, re);
+    CHECK_MSG(grep_file("run2/logs/controller.log", "env strings answers again on every worker"),
+              "the controller did not say the env answers again");
+    CHECK_MSG(grep_file("run2/logs/rollout-*.log", "env strings answers again"), "no worker said the env answers again");
+    s = load_json(run, "summary.json");
+    check_balance(s, 3, 4);
+    CHECK_MSG(jint(json_object_get(s, "groups"), "failed", NULL) >= 1, "no group counted failed while the env was missing");
+    json_decref(s);
+    ev = eval_row(run, 3);
+    CHECK_MSG(ev && json_integer_value(json_object_get(ev, "scored")) == 8 &&
+              json_integer_value(json_object_get(ev, "failed")) == 0 && json_is_number(json_object_get(ev, "pass@1")),
+              "the step-3 evaluation did not score its 8 samples");
+    json_decref(ev);
+    long rows = 0;
+    CHECK_MSG(env_metric_in_every_step(run, &rows) && rows == 3, "env.exact missing or unsound in metrics.jsonl (%ld rows)",
+              rows);
+    if (check_cur_failed_) show_output("late"), show_output("env");
+    tidal_server_stop(srv);
+    if (!check_cur_failed_) cleanup();
+}
+
+/* README's across-machines recipe, all on this machine: a nats-server, then each role by hand with
+ * no OMP_* in its environment (as a new user's shell has none) and no threading flag. Each role
+ * must choose for itself (base/threading.h): passive waiting, set by re-executing itself, and its
+ * thread count from the cores it may use. A quickstart shortened to 60 steps learns and balances. */
+static void test_byhand(void)
+{
+    fresh_work("byhand");
+    char store[512], spec[512], run[512], url[256];
+    snprintf(store, sizeof store, "%s/nats", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    snprintf(spec, sizeof spec, "%s/examples/quickstart.yaml", source_dir);
+    tidal_server *srv = NULL;
+    tidal_server_opts so = {.store_dir = store};
+    CHECK_OK(tidal_server_start(&srv, &so));
+    if (!srv) return;
+    snprintf(url, sizeof url, "%s", tidal_server_url(srv));
+    static const char *const omp[] = {"OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT"};
+    char *saved[3];
+    for (int i = 0; i < 3; i++) {
+        saved[i] = getenv(omp[i]) ? strdup(getenv(omp[i])) : NULL;
+        unsetenv(omp[i]);
+    }
+    const double t0 = now_s();
+#define JOB_SETS "--set", "trainer.steps=60", "--set", "trainer.checkpoint_every=60", "--set", "eval.every=0"
+    pid_t ctl = start_tidal("controller", "controller", spec, JOB_SETS, "--bus", url, "--out", run, NULL);
+    pid_t tr = start_tidal("trainer", "trainer", spec, JOB_SETS, "--bus", url, "--out", run, NULL);
+#undef JOB_SETS
+    pid_t w0 = start_tidal("rollout-0", "rollout", "--bus", url, "--job", "quickstart", NULL);
+    pid_t w1 = start_tidal("rollout-1", "rollout", "--bus", url, "--job", "quickstart", "--id", "w1", NULL);
+    for (int i = 0; i < 3; i++) {
+        if (saved[i]) setenv(omp[i], saved[i], 1);
+        free(saved[i]);
+    }
+    const int rt = wait_exit(tr, 240), rc = wait_exit(ctl, 60), r0 = wait_exit(w0, 60), r1 = wait_exit(w1, 60);
+    const double wall = now_s() - t0;
+    CHECK_MSG(rt == 0 && rc == 0 && r0 == 0 && r1 == 0, "exit statuses: trainer %d, controller %d, workers %d, %d",
+              rt, rc, r0, r1);
+    /* each role's one line on its threading, with the count this test expects from the same cores */
+    const threading_cores cores = threading_cores_now();
+    char want[200];
+    snprintf(want, sizeof want, "controller: 1 thread (it runs no model; .*OMP_WAIT_POLICY=passive, set by tidal)");
+    CHECK_MSG(grep_file("controller.out", want), "controller.out has no line: %s", want);
+    snprintf(want, sizeof want, "trainer: %d threads* (all of %d core.*OMP_WAIT_POLICY=passive, set by tidal)",
+             cores.cores, cores.cores);
+    CHECK_MSG(grep_file("trainer.out", want), "trainer.out has no line: %s", want);
+    snprintf(want, sizeof want, "rollout: %d threads* (all of %d core.*OMP_WAIT_POLICY=passive, set by tidal)",
+             cores.cores, cores.cores);
+    CHECK_MSG(grep_file("rollout-0.out", want) && grep_file("rollout-1.out", want), "a worker has no line: %s", want);
+    CHECK_MSG(grep_file("rollout-1.out", "leaving after [1-9][0-9]* groups") &&
+                  grep_file("rollout-0.out", "leaving after [1-9][0-9]* groups"),
+              "a worker generated no group");
+    json_t *s = load_json(run, "summary.json");
+    const json_t *r = json_object_get(s, "reward");
+    const double first = json_number_value(json_object_get(r, "first10_mean"));
+    const double last = json_number_value(json_object_get(r, "last10_mean"));
+    fprintf(stderr, "byhand: reward %.3f -> %.3f, %.0f s (controller's wall_s %.0f)\n", first, last, wall,
+            json_number_value(json_object_get(s, "wall_s")));
+    CHECK_MSG(first <= 0.3 && last > first + 0.1, "the job did not learn: reward %.3f -> %.3f", first, last);
+    check_balance(s, 60, 48);
+    json_decref(s);
+    check_trained_once(run, 60, 60 * 48 * 16);
+    if (check_cur_failed_) {
+        show_output("controller"), show_output("trainer"), show_output("rollout-0"), show_output("rollout-1");
+    }
+    tidal_server_stop(srv);
+    cleanup();
+}
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -1459,6 +1731,8 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "quarantine")) RUN(test_quarantine);
     else if (!strcmp(s, "zero_variance")) RUN(test_zero_variance);
     else if (!strcmp(s, "gsm8k_tiny")) RUN(test_gsm8k_tiny);
+    else if (!strcmp(s, "env_missing")) RUN(test_env_missing);
+    else if (!strcmp(s, "byhand")) RUN(test_byhand);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;

@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "check.h"
+#include "base/fs.h"
 #include "model/model.h"
 
 extern char **environ;
@@ -211,6 +212,9 @@ static void test_role_usage_errors(void)
         {"rollout", "--job", "j", "extra", NULL, "unexpected argument 'extra'"},
         {"rollout", "--fault", "bogus", NULL, NULL, "--fault bogus: not logprob-noise, temperature or stale-weights"},
         {"status", "--job", "j", NULL, NULL, "--bus URL and --job NAME are required"},
+        {"rollout", "--threads", "0", NULL, NULL, "--threads 0: want an integer from 1 to 4096"},
+        {"trainer", bad, "--share", "2x", NULL, "--share 2x: want an integer from 1 to 4096"},
+        {"status", "--share", "2", "--job", "j", "--threads and --share are for tidal controller, trainer and rollout"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         run_result r = run_tidal(cases[i].a, cases[i].b, cases[i].c, cases[i].d, cases[i].e, NULL);
@@ -220,6 +224,22 @@ static void test_role_usage_errors(void)
         run_free(&r);
     }
     remove(bad);
+}
+
+/* A role started by hand says which threading it chose and why, before it
+ * connects (here to a bus that is not there: exit 1): --threads and --share
+ * as given, and the policy the test's environment set (OMP_WAIT_POLICY=passive,
+ * so not "set by tidal"). */
+static void test_role_threading_line(void)
+{
+    run_result r = run_tidal("rollout", "--bus", "nats://127.0.0.1:1", "--job", "j", "--threads", "3", NULL);
+    CHECK_MSG(r.status == 1 && strstr(r.err, "rollout: 3 threads (--threads 3; ") &&
+                  strstr(r.err, "; OMP_WAIT_POLICY=passive)"),
+              "exit %d\nstderr: %s", r.status, r.err);
+    run_free(&r);
+    r = run_tidal("rollout", "--bus", "nats://127.0.0.1:1", "--job", "j", "--share", "4096", NULL);
+    CHECK_MSG(r.status == 1 && strstr(r.err, "rollout: 1 thread (--share 4096: "), "exit %d\nstderr: %s", r.status, r.err);
+    run_free(&r);
 }
 
 /* `tidal run` checks the spec's local paths before it starts a server or a
@@ -303,7 +323,8 @@ static void test_bench_dispatch(void)
 }
 
 /* `tidal generate` on a tiny model tidal writes itself: greedy ids with
- * logprobs, deterministic; a text prompt without a tokenizer is a clear error. */
+ * logprobs, deterministic; a text prompt without a tokenizer is a clear error;
+ * generation_config.json's eos ids stop it, a malformed one is named. */
 static void test_generate_tiny_model(void)
 {
     model_config c = {.type = MODEL_QWEN2, .vocab_size = 50, .hidden_size = 16, .num_layers = 1, .num_heads = 2,
@@ -332,6 +353,24 @@ static void test_generate_tiny_model(void)
     ok = t.status != 0 && strstr(t.err, "tokenizer") != NULL;
     CHECK_MSG(ok, "text prompt without a tokenizer: exit %d, stderr: %s", t.status, t.err);
     run_free(&t);
+    /* generation_config.json's eos ids stop it too (as in transformers): the first greedy token ends it */
+    char path[128], text[64];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    snprintf(text, sizeof text, "{\"eos_token_id\": [49, %d]}\n", id);
+    CHECK_OK(fs_write_file(path, text, strlen(text)));
+    run_result g = run_tidal("generate", "--model", dir, "--ids", "1 2 3", "--max-tokens", "5", "--temperature", "0", NULL);
+    lines = 0;
+    for (const char *p = g.out; *p; p++) lines += *p == '\n';
+    ok = g.status == 0 && lines == 1 && strstr(g.err, "[stop:");
+    CHECK_MSG(ok, "stop at generation_config.json's eos %d: exit %d, %d lines\nstdout: %s\nstderr: %s", id, g.status,
+              lines, g.out, g.err);
+    run_free(&g);
+    static const char bad[] = "{\"eos_token_id\": \"x\"}";
+    CHECK_OK(fs_write_file(path, bad, strlen(bad)));
+    g = run_tidal("generate", "--model", dir, "--ids", "1 2 3", NULL);
+    ok = g.status == 2 && strstr(g.err, "generation_config.json") && strstr(g.err, "eos_token_id");
+    CHECK_MSG(ok, "a malformed generation_config.json: exit %d, stderr: %s", g.status, g.err);
+    run_free(&g);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);
@@ -401,6 +440,7 @@ int main(void)
     RUN(test_unknown_or_missing_command);
     RUN(test_role_usage_errors);
     RUN(test_run_checks_paths_first);
+    RUN(test_role_threading_line);
     RUN(test_generate_tiny_model);
     RUN(test_bench_dispatch);
     RUN(test_bench_bus_reports);

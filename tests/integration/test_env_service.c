@@ -10,7 +10,9 @@
  *   the service keeps serving;
  * - the caller: a timeout then a retry that succeeds, no responders, an
  *   error answer (TIDAL_ERR_REMOTE), an instance that dies holding a request
- *   (the retry reaches the other instance);
+ *   (the retry reaches the other instance); its health (a run of failures
+ *   from a missing env, "no responders on tidal.env.NAME", ended by the
+ *   first answer once the env starts);
  * - `tidal env serve` exits 0 on SIGTERM, and 2 on an unknown env.
  */
 #include <pthread.h>
@@ -416,6 +418,40 @@ static void test_no_responders_and_remote_errors(void)
     CHECK_MSG(strstr(msg, "task_json.answer: missing") && strstr(msg, "2 attempts"), "%s", msg);
 }
 
+/* The client's health (what the worker's log and heartbeat report): a
+ * missing env fails with "no responders" naming the subject and starts a run
+ * of failures; once an instance serves it, the next call ends the run; an
+ * env's own error starts another. */
+static void test_health_of_a_missing_then_started_env(void)
+{
+    env_client *c = client("late", 2000, 1);
+    CHECK(c);
+    if (!c) return;
+    env_client_health h;
+    env_client_health_get(c, &h);
+    CHECK(!h.failing && h.failed == 0 && h.answered == 0 && h.failing_since_unix_ms == 0 && !h.last_error[0]);
+    env_result r = {0};
+    const uint64_t t0 = tidal_unix_ms();
+    CHECK_STATUS(step(c, "x", &r), TIDAL_ERR_TIMEOUT);
+    CHECK_STATUS(step(c, "x", &r), TIDAL_ERR_TIMEOUT);
+    env_client_health_get(c, &h);
+    CHECK(h.failing && h.failed == 2 && h.failed_in_run == 2 && h.answered == 0);
+    CHECK(h.failing_since_unix_ms >= t0 && h.failing_since_unix_ms <= tidal_unix_ms());
+    CHECK_MSG(strstr(h.last_error, "no responders on tidal.env.late"), "last error: %s", h.last_error);
+    env_service *s = start_test_env("late", 1);
+    CHECK(s);
+    CHECK_OK(step(c, "abc", &r));
+    env_result_clear(&r);
+    env_client_health_get(c, &h);
+    CHECK(!h.failing && h.failed == 2 && h.failed_in_run == 0 && h.answered == 1 && h.failing_since_unix_ms == 0);
+    CHECK_STATUS(step(c, "fail", &r), TIDAL_ERR_REMOTE);
+    env_client_health_get(c, &h);
+    CHECK(h.failing && h.failed == 3 && h.failed_in_run == 1);
+    CHECK_MSG(strstr(h.last_error, "task_json.answer: missing"), "last error: %s", h.last_error);
+    env_client_free(c);
+    env_service_stop(s, 5000);
+}
+
 /* An instance that takes a request and dies with it (gone from the queue
  * group after one message, which it never answers): the caller's retry must
  * reach the live instance. Repeated until the dying one has been hit three
@@ -471,6 +507,7 @@ int main(void)
     RUN(test_bad_requests_get_error_replies);
     RUN(test_timeout_then_retry);
     RUN(test_no_responders_and_remote_errors);
+    RUN(test_health_of_a_missing_then_started_env);
     RUN(test_crashed_instance_retry_reaches_another);
     fixture_stop(&F);
     return check_summary();

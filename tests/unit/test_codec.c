@@ -13,6 +13,7 @@
 
 #include "check.h"
 #include "proto/codec.h"
+#include "proto/enum_names.h"
 
 #define MSG(x) ((ProtobufCMessage *)&(x))
 #define N_TYPES 10 /* top-level message types, in all_types order */
@@ -1288,6 +1289,43 @@ static int write_seeds(const char *dir)
     return 0;
 }
 
+/* Every value proto/tidal.proto declares has its name in proto/enum_names.c:
+ * the value's proto name without the enum's prefix, in lower case; a value
+ * outside the schema is "unknown". */
+static void check_enum_names(const ProtobufCEnumDescriptor *d, const char *prefix, const char *(*name)(int))
+{
+    const size_t pn = strlen(prefix);
+    for (unsigned i = 0; i < d->n_values; i++) {
+        const ProtobufCEnumValue *v = &d->values[i];
+        char want[64];
+        size_t k = 0;
+        CHECK_MSG(strncmp(v->name, prefix, pn) == 0, "%s does not start with %s", v->name, prefix);
+        for (const char *c = v->name + pn; *c && k + 1 < sizeof want; c++)
+            want[k++] = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
+        want[k] = 0;
+        CHECK_MSG(strcmp(name(v->value), want) == 0, "%s: name \"%s\", want \"%s\"", v->name, name(v->value), want);
+    }
+    CHECK(strcmp(name(-1), "unknown") == 0);
+    CHECK(strcmp(name(1000), "unknown") == 0);
+}
+
+static const char *ws_name(int v) { return proto_worker_state_name((Tidal__V1__WorkerState)v); }
+static const char *cc_name(int v) { return proto_control_command_name((Tidal__V1__ControlCommand)v); }
+static const char *fr_name(int v) { return proto_finish_reason_name((Tidal__V1__FinishReason)v); }
+static const char *ts_name(int v) { return proto_trajectory_status_name((Tidal__V1__TrajectoryStatus)v); }
+static const char *op_name(int v) { return proto_env_op_name((Tidal__V1__EnvOp)v); }
+
+static void test_enum_names(void)
+{
+    check_enum_names(&tidal__v1__worker_state__descriptor, "WORKER_STATE_", ws_name);
+    check_enum_names(&tidal__v1__control_command__descriptor, "CONTROL_COMMAND_", cc_name);
+    check_enum_names(&tidal__v1__finish_reason__descriptor, "FINISH_REASON_", fr_name);
+    check_enum_names(&tidal__v1__trajectory_status__descriptor, "TRAJECTORY_STATUS_", ts_name);
+    check_enum_names(&tidal__v1__env_op__descriptor, "ENV_OP_", op_name);
+    CHECK(strcmp(proto_worker_state_name(TIDAL__V1__WORKER_STATE__WORKER_STATE_QUARANTINED), "quarantined") == 0);
+    CHECK(strcmp(proto_control_command_name(TIDAL__V1__CONTROL_COMMAND__CONTROL_COMMAND_STOP), "stop") == 0);
+}
+
 int main(void)
 {
     const char *seeds = getenv("TIDAL_FUZZ_SEEDS_OUT");
@@ -1319,5 +1357,6 @@ int main(void)
     RUN(test_map_limit);
     RUN(test_encode_empty_message);
     RUN(test_versions_rle);
+    RUN(test_enum_names);
     return check_summary();
 }

@@ -64,7 +64,10 @@ static void test_single_turn_strings(void)
         CHECK(t[i]->sample_index == (uint32_t)i && t[i]->group_size == 4 && !strcmp(t[i]->group_id, "grp"));
         CHECK(t[i]->n_completion_token_ids >= 1 && t[i]->n_completion_token_ids <= 8 && t[i]->turns == 1);
         CHECK(t[i]->status == TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK);
-        CHECK(t[i]->reward >= 0 && t[i]->reward <= 1 && t[i]->n_reward_components >= 1);
+        CHECK(t[i]->reward >= 0 && t[i]->reward <= 1 && t[i]->n_reward_components == 1);
+        /* the env's own metric rides along: exact is 1 exactly when the reward is 1 */
+        CHECK(!strcmp(t[i]->reward_components[0]->key, "exact") &&
+              t[i]->reward_components[0]->value == (t[i]->reward == 1.0 ? 1.0 : 0.0));
         CHECK(t[i]->n_version_values == 1 && t[i]->version_values[0] == 7 && t[i]->temperature == 1.0);
         for (size_t k = 0; k < t[i]->n_completion_token_ids; k++)
             CHECK(t[i]->loss_mask[k] && t[i]->logprobs[k] <= 0 && isfinite(t[i]->logprobs[k]));

@@ -97,7 +97,10 @@ static void test_directory_with_config(void)
     char ck[128], cmd[512];
     snprintf(ck, sizeof ck, "%s/ckpt", dir);
     CHECK(mkdir(ck, 0755) == 0);
-    CHECK_OK(job_tokenizer_copy(&s, ck));
+    hf_files hf = {0};
+    CHECK_OK(job_hf_files(&s, &hf)); /* what a checkpoint carries: model.init.tokenizer's files, as they are */
+    CHECK_OK(hf_files_write(&hf, ck));
+    hf_files_clear(&hf);
     snprintf(cmd, sizeof cmd, "cmp -s %s/tokenizer.json %s/tokenizer.json && cmp -s %s/tokenizer_config.json "
              "%s/tokenizer_config.json", dir, ck, dir, ck);
     CHECK_MSG(system(cmd) == 0, "the checkpoint's tokenizer files differ");
@@ -128,9 +131,15 @@ static void test_bare_file(void)
     char ck[96];
     snprintf(ck, sizeof ck, "%s/ckpt2", dir);
     CHECK(mkdir(ck, 0755) == 0);
-    CHECK_OK(job_tokenizer_copy(&s, ck));
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", ck);
-    CHECK_MSG(access(path, F_OK) != 0, "a tokenizer_config.json appeared from nowhere");
+    hf_files hf = {0};
+    CHECK_OK(job_hf_files(&s, &hf));
+    CHECK_OK(hf_files_write(&hf, ck));
+    hf_files_clear(&hf);
+    /* the checkpoint completes what the bare file lacks: it loads with the same eos */
+    tokenizer *t = NULL;
+    CHECK_OK(tokenizer_load(ck, &t));
+    CHECK(tokenizer_eos_id(t) == 256);
+    tokenizer_free(t);
     spec_release(&s);
 }
 
@@ -157,7 +166,7 @@ static void test_errors(void)
     spec_release(&s);
     const char *plain = "job: {name: t}\nenv: {name: gsm8k}\ndata: {path: /d.jsonl}\nmodel: {init: {layers: 1}}\n";
     CHECK_OK(spec_parse(plain, strlen(plain), "job.yaml", NULL, 0, &s));
-    CHECK_OK(job_tokenizer_copy(&s, "/nonexistent/dir")); /* nothing to copy */
+    CHECK(job_tokenizer_source(&s) == NULL); /* the built-in tokenizer: written, not copied */
     spec_release(&s);
 }
 

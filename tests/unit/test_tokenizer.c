@@ -449,6 +449,11 @@ static void test_refusals(void)
     REFUSE(with_model("dropout", json_real(0.1)), "model.dropout", NULL);
     REFUSE(with_model("continuing_subword_prefix", json_string("##")), "model.continuing_subword_prefix", NULL);
     REFUSE(with_model("vocab", json_pack("{s:i}", "a", 0)), "model.vocab", "no token for byte");
+    /* without merges too, while a normalizer and a Split step make it more than one token per byte
+       (tidal's alphabet tokenizer, written out, has neither: test_checkpoint loads one) */
+    json_t *partial = with_model("vocab", json_pack("{s:i}", "a", 0));
+    json_object_set_new(json_object_get(partial, "model"), "merges", json_array());
+    REFUSE(partial, "model.vocab", "no token for byte 0x00");
     REFUSE(with_model("vocab", json_pack("{s:s}", "a", "zero")), "model.vocab", "id must be an integer");
     REFUSE(with_model("merges", json_pack("[s]", "h zz")), "model.merges[0]", "\"zz\" is not in the vocabulary");
     REFUSE(with_model("merges", json_pack("[s]", "h q")), "model.merges[0]", "merged token \"hq\"");
@@ -734,11 +739,17 @@ static int write_seeds(const char *dir)
     j = with_model("type", json_string("WordPiece"));
     char *d = json_dumps(j, JSON_COMPACT);
     json_decref(j);
+    /* the quickstart's alphabet tokenizer as a checkpoint carries it: one token per byte, other bytes refused */
+    tokenizer *alpha = NULL;
+    char *e = NULL;
+    if (tokenizer_alphabet("0123456789\n", &alpha) != TIDAL_OK || tokenizer_json_text(alpha, &e) != TIDAL_OK) return 1;
+    tokenizer_free(alpha);
     struct { const char *name; const char *text; } seeds[] = {
         {"bpe.json", a},
         {"bpe-pairs-gpt2.json", b},
         {"pipelines.json", c},
         {"wordpiece.json", d},
+        {"alphabet.json", e},
         {"text-mixed.txt",
          "Hello, world! <|endoftext|> caf\xC3\xA9 e\xCC\x81 \xE4\xBD\xA0\xE5\xA5\xBD 123 \xF0\x9F\x98\x80"},
         {"text-invalid.txt", "ab\xFF\xFE\xE4\xBD <|im_end|>\xC0\xAF \n\r\n\t  x"},
@@ -750,6 +761,7 @@ static int write_seeds(const char *dir)
     free(b);
     free(c);
     free(d);
+    free(e);
     printf("wrote %zu seeds to %s\n", sizeof seeds / sizeof seeds[0], dir);
     return 0;
 }
