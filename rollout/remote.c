@@ -388,7 +388,7 @@ static tidal_status remote_submit(void *impl, const engine_request *q, uint64_t 
 /* Put c on the wire to its endpoint for this attempt. */
 static tidal_status send_call(remote *r, call *c)
 {
-    const char *ep = r->endpoints[(c->id + (uint64_t)c->attempt) % (uint64_t)r->n_endpoints];
+    const char *ep = r->endpoints[(c->id - 1 + (uint64_t)c->attempt) % (uint64_t)r->n_endpoints]; /* round robin from the first */
     char url[1200];
     snprintf(url, sizeof url, "%s%s", ep, r->o.dialect == REMOTE_VLLM ? "/v1/completions" : "/generate");
     CURL *h = curl_easy_init();

@@ -392,7 +392,11 @@ static json_t *text_json(const char *s, size_t len)
         int need = u[i] < 0x80 ? 1 : (u[i] >> 5) == 6 ? 2 : (u[i] >> 4) == 14 ? 3 : (u[i] >> 3) == 30 ? 4 : 0;
         bool ok = need > 0 && i + (size_t)need <= len && (need == 1 || u[i] != 0xC0);
         for (int k = 1; ok && k < need; k++) ok = (u[i + k] & 0xC0) == 0x80;
-        if (ok && json_stringn((const char *)u + i, (size_t)need) == NULL) ok = false; /* overlong, surrogate */
+        if (ok) { /* overlong forms and surrogates are refused by jansson too */
+            json_t *probe = json_stringn((const char *)u + i, (size_t)need);
+            ok = probe != NULL;
+            json_decref(probe);
+        }
         if (ok) {
             memcpy(fixed + o, u + i, (size_t)need);
             o += (size_t)need, i += (size_t)need;
