@@ -43,6 +43,11 @@
  *                 warns early, the job stops when the data runs out, and the
  *                 stop reason (tidal run's output, summary.json) counts the
  *                 groups dropped as zero-variance and says what to change
+ *   serve_sglang  rollout.backend openai, dialect sglang: two `tidal serve`
+ *                 processes, each with its own worker as its sidecar
+ *                 (reloaded every version); the quickstart learns to >= 0.9,
+ *                 within K, balanced, nothing trained twice
+ *   serve_vllm    the same through vLLM's routes (60 steps: it learns)
  *   byhand        README's across-machines recipe on one machine: a
  *                 nats-server, then `tidal controller`, `tidal trainer` and two
  *                 `tidal rollout` as separate processes with no OMP_* variable
@@ -1705,6 +1710,108 @@ static void test_byhand(void)
     cleanup();
 }
 
+/* The first line of WORK/NAME.out that starts with "http://" (a `tidal serve`'s
+ * URL) into url, waiting up to 30 s; false when none came. */
+static bool served_url(const char *name, char *url, size_t cap)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s.out", work, name);
+    for (int i = 0; i < 300; i++) {
+        FILE *f = fopen(path, "r");
+        char line[512];
+        while (f && fgets(line, sizeof line, f))
+            if (!strncmp(line, "http://", 7)) {
+                line[strcspn(line, "\n")] = '\0';
+                snprintf(url, cap, "%.255s", line);
+                fclose(f);
+                return true;
+            }
+        if (f) fclose(f);
+        usleep(100 * 1000);
+    }
+    return false;
+}
+
+/* rollout.backend openai: two `tidal serve` processes, each with its own
+ * worker as its sidecar (weights reloaded into it every version), in the
+ * dialect given; the controller and the trainer by hand. The job learns as
+ * with the built-in engine, stays within K, balances, trains nothing twice,
+ * and every server took versions from its worker. */
+static void serve_backend(const char *dialect, int steps, double want_last)
+{
+    char name[64];
+    snprintf(name, sizeof name, "serve_%s", dialect);
+    fresh_work(name);
+    char store[512], spec[512], run[512], d0[512], url[256], wd[2][300], ep[2][256], set_steps[64], set_ck[64];
+    snprintf(store, sizeof store, "%s/nats", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    snprintf(d0, sizeof d0, "%s/d0", work);
+    snprintf(spec, sizeof spec, "%s/examples/quickstart.yaml", source_dir);
+    snprintf(set_steps, sizeof set_steps, "trainer.steps=%d", steps);
+    snprintf(set_ck, sizeof set_ck, "trainer.checkpoint_every=%d", steps);
+    tidal_server *srv = NULL;
+    tidal_server_opts so = {.store_dir = store};
+    CHECK_OK(tidal_server_start(&srv, &so));
+    if (!srv) return;
+    snprintf(url, sizeof url, "%s", tidal_server_url(srv));
+    /* version 0 as a model directory, for the servers to start with */
+    CHECK_MSG(wait_exit(start_tidal("init", "init-model", spec, "--out", d0, NULL), 60) == 0, "tidal init-model failed");
+    pid_t sv[2], w[2];
+    for (int i = 0; i < 2; i++) {
+        char n[32];
+        snprintf(n, sizeof n, "serve-%d", i);
+        sv[i] = start_tidal(n, "serve", "--model", d0, "--port", "0", "--threads", "1", NULL);
+        CHECK_MSG(served_url(n, ep[i], sizeof ep[i]), "tidal serve %d printed no URL", i);
+        snprintf(wd[i], sizeof wd[i], "%s/sidecar-%d", work, i);
+    }
+    const double t0 = now_s();
+#define JOB_SETS "--set", set_steps, "--set", set_ck, "--set", "eval.every=0", "--set", "rollout.backend=openai"
+    pid_t ctl = start_tidal("controller", "controller", spec, JOB_SETS, "--bus", url, "--out", run, NULL);
+    pid_t tr = start_tidal("trainer", "trainer", spec, JOB_SETS, "--bus", url, "--out", run, "--threads", "1", NULL);
+#undef JOB_SETS
+    for (int i = 0; i < 2; i++) {
+        char n[32], id[32];
+        snprintf(n, sizeof n, "rollout-%d", i);
+        snprintf(id, sizeof id, "w%d", i);
+        w[i] = start_tidal(n, "rollout", "--bus", url, "--job", "quickstart", "--id", id, "--endpoints", ep[i],
+                           "--dialect", dialect, "--weights-dir", wd[i], "--threads", "1", NULL);
+    }
+    const int rt = wait_exit(tr, 400), rc = wait_exit(ctl, 60), r0 = wait_exit(w[0], 60), r1 = wait_exit(w[1], 60);
+    const double wall = now_s() - t0;
+    for (int i = 0; i < 2; i++) kill(sv[i], SIGTERM);
+    const int s0 = wait_exit(sv[0], 30), s1 = wait_exit(sv[1], 30);
+    CHECK_MSG(rt == 0 && rc == 0 && r0 == 0 && r1 == 0 && s0 == 0 && s1 == 0,
+              "exit statuses: trainer %d, controller %d, workers %d %d, servers %d %d", rt, rc, r0, r1, s0, s1);
+    json_t *s = load_json(run, "summary.json");
+    const json_t *r = json_object_get(s, "reward");
+    const double first = json_number_value(json_object_get(r, "first10_mean"));
+    const double last = json_number_value(json_object_get(r, "last10_mean"));
+    fprintf(stderr, "%s: reward %.3f -> %.3f in %d steps, %.0f s\n", name, first, last, steps, wall);
+    CHECK_MSG(first <= 0.3 && last >= want_last && last > first + 0.1, "the job did not learn: reward %.3f -> %.3f (want >= %.2f)", first,
+              last, want_last);
+    check_balance(s, steps, 48);
+    json_decref(s);
+    check_trained_once(run, steps, (long)steps * 48 * 16);
+    const long k = max_staleness(run);
+    CHECK_MSG(k >= 0 && k <= 2, "staleness_max %ld, K = 2", k);
+    for (int i = 0; i < 2; i++) {
+        char n[32], pat[600];
+        snprintf(n, sizeof n, "rollout-%d.out", i);
+        CHECK_MSG(grep_file(n, "servers reloaded v[1-9]"), "worker %d never reloaded its server", i);
+        snprintf(n, sizeof n, "serve-%d.out", i);
+        snprintf(pat, sizeof pat, "weights from %.500s/step_[1-9]", wd[i]);
+        CHECK_MSG(grep_file(n, pat), "server %d never loaded from its worker's directory", i);
+    }
+    if (check_cur_failed_) {
+        show_output("controller"), show_output("trainer"), show_output("rollout-0"), show_output("serve-0");
+    }
+    tidal_server_stop(srv);
+    if (!check_cur_failed_) cleanup();
+}
+
+static void test_serve_sglang(void) { serve_backend("sglang", 300, 0.9); }
+static void test_serve_vllm(void) { serve_backend("vllm", 60, 0.0); }
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -1733,6 +1840,8 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "gsm8k_tiny")) RUN(test_gsm8k_tiny);
     else if (!strcmp(s, "env_missing")) RUN(test_env_missing);
     else if (!strcmp(s, "byhand")) RUN(test_byhand);
+    else if (!strcmp(s, "serve_sglang")) RUN(test_serve_sglang);
+    else if (!strcmp(s, "serve_vllm")) RUN(test_serve_vllm);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;
