@@ -74,5 +74,6 @@ int bench_tokenize_main(int argc, char **argv);
 int bench_gemm_main(int argc, char **argv);
 int bench_env_main(int argc, char **argv);
 int bench_async_main(int argc, char **argv);
+int bench_serve_main(int argc, char **argv);
 
 #endif

@@ -158,7 +158,7 @@ static const struct command commands[] = {
      cmd_status},
     {"creds", "per-role NATS credentials for a job, and the server's authorization", creds_usage, cmd_creds},
     {"bench", "benchmarks against a peer (last line: JSON)",
-     "usage: tidal bench bus|weights|train|generate|env|async|tokenize|gemm [--json]\n"
+     "usage: tidal bench bus|weights|train|generate|env|async|tokenize|gemm|serve [--json]\n"
      "\n"
      "Run a benchmark and its peer in the same invocation; the last line printed is one\n"
      "JSON object with the figures, `peer` and `ratio` (tidal / peer, higher is better).\n"
@@ -170,6 +170,7 @@ static const struct command commands[] = {
      "  async     asynchronous vs synchronous training\n"
      "  tokenize  tokenizer encode MB/s vs Hugging Face's JavaScript tokenizer\n"
      "  gemm      the CPU GEMM kernels (AVX-512) vs OpenBLAS on the bench model's shapes\n"
+     "  serve     the engine in-process vs behind `tidal serve` over HTTP (the openai backend)\n"
      "`tidal bench WHAT --help` shows a benchmark's own options.\n",
      cmd_bench},
     {"tokenize", "text lines to token ids, or back",
@@ -208,7 +209,7 @@ static const struct {
 } benches[] = {
     {"bus", bench_bus_main}, {"weights", bench_weights_main}, {"train", bench_train_main},
     {"generate", bench_generate_main}, {"env", bench_env_main}, {"async", bench_async_main}, {"tokenize", bench_tokenize_main},
-    {"gemm", bench_gemm_main},
+    {"gemm", bench_gemm_main}, {"serve", bench_serve_main},
 };
 
 static const struct command *find_command(const char *name)

@@ -199,6 +199,12 @@ static void test_reload(void)
 
 /* ---------------------------------------------------------------- faults */
 
+static size_t discard(char *p, size_t size, size_t n, void *ctx)
+{
+    (void)p, (void)ctx;
+    return size * n;
+}
+
 typedef struct fault_server {
     struct MHD_Daemon *d;
     const char *mode; /* what every /generate answer is */
@@ -309,6 +315,45 @@ static void test_faults(void)
     CHECK_STATUS(remote_create(&(remote_opts){.endpoints = " , ", .vocab = V}, &rm), TIDAL_ERR_INVALID);
 }
 
+/* A server that goes away with the request on it (paused, so the request is
+ * surely in flight, then stopped): the request is retried on the next
+ * endpoint and succeeds there with that server's answer. */
+static void test_server_killed_mid_request(void)
+{
+    serve_opts so = {.model_dir = dir1, .port = 0, .slots = 2};
+    serve_server *doomed = NULL;
+    CHECK_OK(serve_start(&so, &doomed));
+    char eps[200], pause[200];
+    snprintf(eps, sizeof eps, "http://127.0.0.1:%d,%s", serve_port(doomed), url);
+    snprintf(pause, sizeof pause, "http://127.0.0.1:%d/pause_generation", serve_port(doomed));
+    CURL *h = curl_easy_init();
+    curl_easy_setopt(h, CURLOPT_URL, pause);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, "{\"mode\": \"in_place\"}");
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
+    CHECK(curl_easy_perform(h) == CURLE_OK);
+    curl_easy_cleanup(h);
+    remote *rm = NULL;
+    remote_opts o = {.dialect = REMOTE_SGLANG, .endpoints = eps, .vocab = V, .retries = 2};
+    CHECK_OK(remote_create(&o, &rm));
+    generator g = remote_generator(rm);
+    int32_t stop = 258, want[32];
+    const int nw = greedy(dir1, P, 4, 12, want);
+    engine_request rq = {.prompt = P, .prompt_len = 4, .max_new_tokens = 12, .stop_ids = &stop, .n_stop_ids = 1};
+    uint64_t id = 0;
+    CHECK_OK(generator_submit(&g, &rq, &id));
+    for (int i = 0; i < 5; i++) CHECK_OK(generator_step(&g)); /* on the wire to the paused server */
+    CHECK(generator_busy(&g));
+    serve_stop(doomed); /* its sequences end aborted; its socket closes */
+    tidal_status st = TIDAL_OK;
+    while (generator_busy(&g) && st == TIDAL_OK) st = generator_step(&g);
+    engine_result *r = generator_next_result(&g);
+    const remote_stats rs = remote_get_stats(rm);
+    CHECK_MSG(st == TIDAL_OK && r && r->n == nw && !memcmp(r->ids, want, (size_t)nw * sizeof *want) && rs.retries >= 1,
+              "%s; retries %llu", st == TIDAL_OK ? "wrong answer" : tidal_errmsg(), (unsigned long long)rs.retries);
+    engine_result_free(r);
+    remote_free(rm);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
@@ -329,6 +374,7 @@ int main(void)
     RUN(test_dialects_match_the_engine);
     RUN(test_reload);
     RUN(test_faults);
+    RUN(test_server_killed_mid_request);
     serve_stop(srv);
     char cmd[200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dir1, dir2);
