@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "base/fs.h"
+#include "base/threading.h"
 #include "cli/commands.h"
 #include "job/jobmodel.h"
 #include "job/spec.h"
@@ -87,7 +88,16 @@ int serve_main(int argc, char **argv)
         fputs(serve_usage, stderr);
         return 2;
     }
-    cpu_set_threads(threads);
+    /* as a role does (cli/roles.c): passive OpenMP waiting, threads from the cores - it shares its
+     * machine with its sidecar worker at least */
+    const threading_ask ask = {.threads = threads, .env_threads = threading_user_env_threads(),
+                               .cores = threading_cores_now()};
+    const threading_choice tc = threading_choose(&ask);
+    threading_policy tp;
+    threading_settle(tc.threads, &tp); /* may re-execute this process: nothing above it must not run twice */
+    cpu_set_threads(tc.threads);
+    fprintf(stderr, "tidal serve: %d thread%s (%s; %s%s)\n", tc.threads, tc.threads == 1 ? "" : "s", tc.why, tp.wait,
+            tp.set_by_tidal ? ", set by tidal" : "");
     /* the signals are taken by sigwait below: block them before any thread starts */
     sigset_t set;
     sigemptyset(&set);

@@ -58,6 +58,9 @@ struct job {
     int32_t stop_ids[80];
     int n_stop_ids;
     bool cancelled; /* the client went away: abort what runs */
+    bool moved;     /* tokens came since its waiter last looked (streams) */
+    pthread_cond_t cv; /* its one waiter (the handler, or the stream's reader) waits here, not on changed:
+                          one wake-up per job per step rather than every job's */
     int refs;       /* the handler (or the stream's response) and the engine side */
     char id[64];
     long long created;
@@ -112,6 +115,7 @@ static void job_free(job *j)
     free(j->prompt_lens);
     serve_request_clear(&j->req);
     free(j->out);
+    pthread_cond_destroy(&j->cv);
     free(j);
 }
 
@@ -151,6 +155,7 @@ static void on_token(void *ctx, const engine_token_event *ev)
         q->logprobs[q->n] = ev->logprob;
         q->n++;
     }
+    q->j->moved = true;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -169,6 +174,7 @@ static void seq_finish_locked(serve_server *s, seq *q, engine_finish f, int stop
     q->stop_offset = stop_offset;
     snprintf(q->version, sizeof q->version, "%s", s->version);
     job *j = q->j;
+    pthread_cond_signal(&j->cv);
     if (++j->n_done == j->n_seqs) {
         jobs_remove_locked(s, j);
         job_release_locked(j); /* the engine side's reference */
@@ -282,7 +288,12 @@ static void *engine_thread(void *arg)
             abort_cancelled_locked(s);
         }
         take_results_locked(s);
-        pthread_cond_broadcast(&s->changed);
+        for (int i = 0; i < s->n_jobs; i++)
+            if (s->jobs[i]->moved && s->jobs[i]->req.stream) {
+                s->jobs[i]->moved = false;
+                pthread_cond_signal(&s->jobs[i]->cv);
+            }
+        pthread_cond_broadcast(&s->changed); /* control calls: running counts, swaps */
     }
     /* shutting down: everything still queued or running ends as aborted */
     while (s->pending_head) {
@@ -643,7 +654,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
             pthread_mutex_unlock(&s->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
-        pthread_cond_wait(&s->changed, &s->mu);
+        pthread_cond_wait(&j->cv, &s->mu);
     }
 }
 
@@ -667,6 +678,7 @@ static enum MHD_Result handle_generation(serve_server *s, struct MHD_Connection 
     if (!j) return reply_error(c, 500, "out of memory", NULL);
     j->srv = s;
     j->refs = 1; /* the handler's */
+    pthread_cond_init(&j->cv, NULL);
     char param[96] = "";
     serve_limits lim = {.vocab = s->vocab, .max_n = 256, .max_sequences = 4096, .max_tokens = s->max_len};
     tidal_status st = serve_parse(dialect, cn->body ? cn->body : "", cn->len, &lim, &j->req, param, sizeof param);
@@ -699,7 +711,7 @@ static enum MHD_Result handle_generation(serve_server *s, struct MHD_Connection 
         return ret;
     }
     pthread_mutex_lock(&s->mu);
-    while (j->n_done < j->n_seqs) pthread_cond_wait(&s->changed, &s->mu);
+    while (j->n_done < j->n_seqs) pthread_cond_wait(&j->cv, &s->mu);
     char *body = job_body_locked(s, j);
     job_release_locked(j);
     pthread_mutex_unlock(&s->mu);
