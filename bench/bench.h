@@ -12,6 +12,7 @@
 #include <stddef.h>
 
 #include "base/status.h"
+#include "model/model.h"
 
 /* Debian's python3, where python3-torch lives (the PyTorch peers). */
 #define BENCH_PYTHON "/usr/bin/python3"
@@ -65,6 +66,14 @@ int bench_peer_envs(const bench_peer_env **out);
 
 /* Print o as the bench's last line (compact JSON) and release it. */
 void bench_print_json(json_t *o);
+
+/* The benches' model: Qwen2-shaped, ~29 M parameters (vocab 32,768, hidden
+ * 512, 4 layers, 8 heads / 2 KV heads, FFN 1,536), created and initialised
+ * from seed 1 (std 0.02) into *out. The peers build the same shape. */
+tidal_status bench_model(model **out);
+
+/* n token ids below vocab from a fixed LCG (the same ids every run). */
+void bench_token_ids(int32_t *ids, size_t n, int vocab);
 
 int bench_bus_main(int argc, char **argv);
 int bench_weights_main(int argc, char **argv);

@@ -162,3 +162,24 @@ void bench_print_json(json_t *o)
     free(line);
     json_decref(o);
 }
+
+tidal_status bench_model(model **out)
+{
+    const model_config cfg = {.type = MODEL_QWEN2, .vocab_size = 32768, .hidden_size = 512, .num_layers = 4,
+                              .num_heads = 8, .num_kv_heads = 2, .head_dim = 64, .intermediate_size = 1536,
+                              .max_position_embeddings = 65536, .rope_theta = 1e6, .rms_norm_eps = 1e-6,
+                              .tie_word_embeddings = true, .qkv_bias = true, .o_bias = false,
+                              .bos_token_id = -1, .eos_token_id = -1};
+    TRY(model_create(&cfg, out));
+    model_init_random(*out, 1, 0.02f, true);
+    return TIDAL_OK;
+}
+
+void bench_token_ids(int32_t *ids, size_t n, int vocab)
+{
+    uint64_t x = 12345;
+    for (size_t i = 0; i < n; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((x >> 33) % (uint64_t)vocab);
+    }
+}

@@ -136,11 +136,6 @@ int bench_serve_main(int argc, char **argv)
     threading_policy tp;
     threading_settle(threads, &tp);
     cpu_set_threads(threads);
-    model_config cfg = {.type = MODEL_QWEN2, .vocab_size = 32768, .hidden_size = 512, .num_layers = 4,
-                        .num_heads = 8, .num_kv_heads = 2, .head_dim = 64, .intermediate_size = 1536,
-                        .max_position_embeddings = 65536, .rope_theta = 1e6, .rms_norm_eps = 1e-6,
-                        .tie_word_embeddings = true, .qkv_bias = true, .o_bias = false,
-                        .bos_token_id = -1, .eos_token_id = -1};
     model *m = NULL;
     engine *e = NULL;
     remote *rm = NULL;
@@ -154,13 +149,9 @@ int bench_serve_main(int argc, char **argv)
         st = tidal_fail(TIDAL_ERR_NOMEM, "bench serve: out of memory");
         goto cleanup;
     }
-    TRY_GOTO(model_create(&cfg, &m));
-    model_init_random(m, 1, 0.02f, true);
-    uint64_t x = 12345;
-    for (int i = 0; i < B * P; i++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        prompts[i] = (int32_t)((x >> 33) % (uint64_t)cfg.vocab_size);
-    }
+    TRY_GOTO(bench_model(&m));
+    const model_config cfg = *model_cfg(m);
+    bench_token_ids(prompts, (size_t)(B * P), cfg.vocab_size);
     TRY_GOTO(bench_temp_dir("bench serve", "tidal-bench-serve", dir, sizeof dir));
     char path[512], log[512], url[300], slots[16], nthreads[16], maxlen[16];
     snprintf(path, sizeof path, "%s/model", dir);

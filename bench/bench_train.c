@@ -69,11 +69,6 @@ int bench_train_main(int argc, char **argv)
     if (threads == 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     cpu_set_threads(threads);
 
-    model_config cfg = {.type = MODEL_QWEN2, .vocab_size = 32768, .hidden_size = 512, .num_layers = 4,
-                        .num_heads = 8, .num_kv_heads = 2, .head_dim = 64, .intermediate_size = 1536,
-                        .max_position_embeddings = 65536, .rope_theta = 1e6, .rms_norm_eps = 1e-6,
-                        .tie_word_embeddings = true, .qkv_bias = true, .o_bias = false,
-                        .bos_token_id = -1, .eos_token_id = -1};
     const int S = 4;
     model *m = NULL;
     int32_t *ids = malloc((size_t)T * 4), *tg = malloc((size_t)T * 4), cu[5];
@@ -86,13 +81,9 @@ int bench_train_main(int argc, char **argv)
         st = tidal_fail(TIDAL_ERR_NOMEM, "bench train: out of memory");
         goto cleanup;
     }
-    TRY_GOTO(model_create(&cfg, &m));
-    model_init_random(m, 1, 0.02f, true);
-    uint64_t x = 12345;
-    for (int t = 0; t < T; t++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        ids[t] = (int32_t)((x >> 33) % (uint64_t)cfg.vocab_size);
-    }
+    TRY_GOTO(bench_model(&m));
+    const model_config cfg = *model_cfg(m);
+    bench_token_ids(ids, (size_t)(T), cfg.vocab_size);
     for (int t = 0; t < T; t++) {
         tg[t] = ids[(t + 1) % T];
         w[t] = 1.0f / (float)T;

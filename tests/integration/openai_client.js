@@ -35,34 +35,8 @@ const tidal = process.argv[2], source = process.argv[3];
 if (!tidal || !source) die("usage: node openai_client.js PATH/TO/tidal SOURCE_DIR [NPM_PREFIX]");
 const prefix = path.resolve(process.argv[4] || path.join(path.dirname(path.resolve(tidal)), "npm-openai"));
 
-function resolveOpenAI() {
-  try {
-    return require.resolve("openai", { paths: [prefix] });
-  } catch (e) {
-    return null;
-  }
-}
-if (!resolveOpenAI()) {
-  console.error(`openai_client: installing openai@4 into ${prefix}`);
-  fs.mkdirSync(prefix, { recursive: true });
-  const r = spawnSync("npm", ["install", "--no-save", "--no-audit", "--no-fund", "--prefix", prefix, "openai@4"], {
-    encoding: "utf8",
-    timeout: 300000,
-  });
-  const out = (r.stdout || "") + (r.stderr || "");
-  if (r.error && r.error.code === "ENOENT") die("npm is not installed (apt-get install npm)");
-  if (r.status !== 0) {
-    if (/ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH|network|socket hang up/i.test(out)) {
-      console.log("SKIP: npm cannot reach its registry, so the openai package is not available:");
-      console.log(out.trim().split("\n").slice(-5).join("\n"));
-      console.log("0 passed, 0 failed (skipped)");
-      process.exit(0);
-    }
-    die(`npm install openai@4 failed (exit ${r.status}):\n${out}`);
-  }
-  if (!resolveOpenAI()) die(`npm reported success but openai is not under ${prefix}`);
-}
-const OpenAI = require(resolveOpenAI());
+const { require_package } = require(path.join(__dirname, "..", "harness", "npm_package.js"));
+const OpenAI = require(require_package("openai_client", "openai@4", prefix, "openai", die));
 
 /* ------------------------------------------------------------ the server */
 

