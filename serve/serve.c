@@ -51,8 +51,9 @@ typedef struct seq {
 struct job {
     struct serve_server *srv;
     serve_request req;
-    int32_t **prompt_ids; /* [n_prompts]: each prompt's ids (owned) */
+    int32_t **prompt_ids; /* [n_prompt_ids]: each prompt's ids (owned; chat has one) */
     int *prompt_lens;
+    int n_prompt_ids;
     seq *seqs;
     int n_seqs, n_done;
     int32_t stop_ids[80];
@@ -110,7 +111,7 @@ static void job_free(job *j)
         free(j->seqs[i].logprobs);
     }
     free(j->seqs);
-    for (int i = 0; j->prompt_ids && i < j->req.n_prompts; i++) free(j->prompt_ids[i]);
+    for (int i = 0; j->prompt_ids && i < j->n_prompt_ids; i++) free(j->prompt_ids[i]);
     free(j->prompt_ids);
     free(j->prompt_lens);
     serve_request_clear(&j->req);
@@ -448,6 +449,7 @@ static tidal_status job_prompts(serve_server *s, job *j, char *param, size_t cap
     j->prompt_ids = calloc((size_t)n_prompts, sizeof *j->prompt_ids);
     j->prompt_lens = calloc((size_t)n_prompts, sizeof *j->prompt_lens);
     if (!j->prompt_ids || !j->prompt_lens) return tidal_fail(TIDAL_ERR_NOMEM, "out of memory");
+    j->n_prompt_ids = n_prompts;
     const char *field = r->dialect == SERVE_CHAT ? "messages" : r->dialect == SERVE_GENERATE ? "text" : "prompt";
     for (int i = 0; i < n_prompts; i++) {
         if (r->dialect != SERVE_CHAT && r->prompts[i].ids) { /* ids are taken as they are */
