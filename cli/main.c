@@ -124,6 +124,7 @@ static const struct command commands[] = {
      "  --dialect D       vllm or sglang (else the spec's rollout.dialect)\n"
      "  --weights-dir DIR where each version is written for the servers to load\n"
      "                    (else rollout.weights_dir; $TIDAL_ENDPOINT_TOKEN: their bearer token)\n"
+     "  --metrics-port N  serve Prometheus metrics at http://METRICS.BIND:N/metrics (-1: any free port)\n"
      "  --slowdown F     hold each group (F - 1) x its generation time longer (simulated slower\n"
      "                   hardware, for benchmarks)\n"
      "  --tail A         and a Pareto(alpha A) multiple of it (simulated long-tailed completions)\n"

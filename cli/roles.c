@@ -67,6 +67,7 @@ typedef struct role_args {
     const char *job, *id, *backend, *device, *user, *password, *token, *creds, *tls_ca, *tls_cert, *tls_key;
     const char *fault; /* rollout, test-only: a lying worker the trainer must quarantine */
     const char *endpoints, *dialect, *weights_dir; /* rollout, backend openai: this worker's servers */
+    int metrics_port; /* rollout: /metrics (0: off) */
     double slowdown, tail, token_ms, part_gap_ms;
     int join_timeout_ms;
     int threads, share; /* --threads N, --share K (0: not given); base/threading.h */
@@ -75,7 +76,7 @@ typedef struct role_args {
 
 enum { OPT_SET = 1000, OPT_OUT, OPT_BUS, OPT_RESUME, OPT_JOB, OPT_ID, OPT_BACKEND, OPT_DEVICE, OPT_USER, OPT_PASSWORD,
        OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_TAIL, OPT_TOKEN_MS, OPT_PART_GAP_MS, OPT_JOIN, OPT_JSON, OPT_ENDPOINT,
-       OPT_FAULT, OPT_THREADS, OPT_SHARE, OPT_DIALECT, OPT_WEIGHTS_DIR };
+       OPT_FAULT, OPT_THREADS, OPT_SHARE, OPT_DIALECT, OPT_WEIGHTS_DIR, OPT_METRICS_PORT };
 
 static const struct option role_long[] = {
     {"set", required_argument, 0, OPT_SET},         {"out", required_argument, 0, OPT_OUT},
@@ -84,6 +85,7 @@ static const struct option role_long[] = {
     {"backend", required_argument, 0, OPT_BACKEND}, {"device", required_argument, 0, OPT_DEVICE},
     {"endpoint", required_argument, 0, OPT_ENDPOINT}, {"endpoints", required_argument, 0, OPT_ENDPOINT},
     {"dialect", required_argument, 0, OPT_DIALECT}, {"weights-dir", required_argument, 0, OPT_WEIGHTS_DIR},
+    {"metrics-port", required_argument, 0, OPT_METRICS_PORT},
     {"user", required_argument, 0, OPT_USER},
     {"password", required_argument, 0, OPT_PASSWORD}, {"token", required_argument, 0, OPT_TOKEN},
     {"creds", required_argument, 0, OPT_CREDS},     {"tls-ca", required_argument, 0, OPT_TLS_CA},
@@ -133,6 +135,16 @@ static int parse_role_args(const char *role, int argc, char **argv, bool wants_s
         case OPT_ENDPOINT: a->endpoints = optarg; break;
         case OPT_DIALECT: a->dialect = optarg; break;
         case OPT_WEIGHTS_DIR: a->weights_dir = optarg; break;
+        case OPT_METRICS_PORT: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end || v < -1 || v > 65535) {
+                fprintf(stderr, "tidal %s: --metrics-port %s: want a port, 0 (off) or -1 (any free port)\n", role, optarg);
+                return 2;
+            }
+            a->metrics_port = (int)v;
+            break;
+        }
         case OPT_USER: a->user = optarg; break;
         case OPT_PASSWORD: a->password = optarg; break;
         case OPT_TOKEN: a->token = optarg; break;
@@ -332,7 +344,8 @@ int rollout_main(int argc, char **argv)
     worker_opts wo = {.bus = bo, .job = a.job, .id = a.id, .join_timeout_ms = a.join_timeout_ms,
                       .bench = bench_hold_hook(&knobs, &hook), .fault = fault, .stop = &g_stop,
                       .backend = a.backend, .endpoints = a.endpoints, .dialect = a.dialect,
-                      .weights_dir = a.weights_dir, .endpoint_token = getenv("TIDAL_ENDPOINT_TOKEN")};
+                      .weights_dir = a.weights_dir, .endpoint_token = getenv("TIDAL_ENDPOINT_TOKEN"),
+                      .metrics_port = a.metrics_port};
     tidal_status st = worker_run(&wo);
     if (st != TIDAL_OK) fprintf(stderr, "tidal rollout: %s\n", tidal_errmsg());
     return exit_for(st);

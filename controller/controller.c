@@ -11,6 +11,7 @@
 
 #include "controller/admission.h"
 #include "controller/data.h"
+#include "base/prom.h"
 #include "controller/envwatch.h"
 #include "controller/stopreason.h"
 #include "job/jobmodel.h"
@@ -54,6 +55,7 @@ typedef struct eval_round {
 typedef struct ctl {
     const controller_opts *o;
     const job_spec *s;
+    prom *prom;                 /* metrics.controller_port: /metrics (docs/metrics.md); NULL when off */
     job_names names;
     tidal_bus *bus;
     bus_kv *kv, *wkv;
@@ -462,11 +464,13 @@ static void read_metrics(ctl *c)
         } else if (!strcmp(mt->role, "trainer")) {
             json_t *o = json_object();
             json_object_set_new(o, "step", json_integer((json_int_t)mt->step));
+            prom_set(c->prom, "tidal_step", NULL, "the trainer's last step", (double)mt->step);
             json_object_set_new(o, "time", json_real(mt->time));
             double reward = NAN, samples = 0;
             for (size_t i = 0; i < mt->n_values; i++) {
                 const double v = mt->values[i]->value;
                 json_object_set_new(o, mt->values[i]->key, isfinite(v) ? json_real(v) : json_null());
+                job_metric_export(c->prom, "tidal_trainer", mt->values[i]->key, v); /* every metrics.jsonl field */
                 if (!strcmp(mt->values[i]->key, "reward_mean")) reward = v;
                 if (!strcmp(mt->values[i]->key, "samples")) samples = v;
                 if (!strcmp(mt->values[i]->key, "staleness_mean")) c->staleness_last = v;
@@ -484,6 +488,29 @@ static void read_metrics(ctl *c)
         if (mt) tidal__v1__metric__free_unpacked(mt, NULL);
         bus_msg_destroy(m);
     }
+}
+
+/* The controller's own numbers on /metrics (once a second, with the progress
+ * line): the job's progress and every group by what became of it. */
+static void export_metrics(ctl *c, const job_metric_value *vals, int n)
+{
+    if (!c->prom) return;
+    for (int i = 0; i < n; i++) {
+        char name[160];
+        snprintf(name, sizeof name, "tidal_job_%s", vals[i].key);
+        prom_set(c->prom, name, NULL, NULL, vals[i].value);
+    }
+    prom_set(c->prom, "tidal_groups", "fate=\"trained\"", "groups by what became of them", (double)c->trained);
+    prom_set(c->prom, "tidal_groups", "fate=\"failed\"", NULL, (double)c->failed);
+    const char *fate;
+    json_t *v;
+    json_object_foreach(c->dropped, fate, v) {
+        char label[96];
+        snprintf(label, sizeof label, "fate=\"%.80s\"", fate);
+        prom_set(c->prom, "tidal_groups", label, NULL, json_number_value(v));
+    }
+    prom_set(c->prom, "tidal_groups", "fate=\"dispatched\"", NULL, (double)c->next);
+    prom_set(c->prom, "tidal_job_done", NULL, "1 once the last step is trained", c->done ? 1.0 : 0.0);
 }
 
 /* One line a second on tidal.J.metrics.controller: what `tidal run` shows. */
@@ -506,6 +533,7 @@ static void progress(ctl *c)
     };
     job_metric_publish_alert(c->bus, &c->names, "controller", c->version, (t - c->t0_ms) / 1e3, vals,
                              (int)(sizeof vals / sizeof vals[0]), c->envw.alert);
+    export_metrics(c, vals, (int)(sizeof vals / sizeof vals[0]));
 }
 
 /* ---------------------------------------------------------------- the end */
@@ -724,6 +752,14 @@ static tidal_status start(ctl *c)
     char subj[200];
     snprintf(subj, sizeof subj, "%s.>", c->names.metrics_prefix);
     TRY(bus_subscribe_sync(c->bus, subj, NULL, &c->metrics));
+    if (s->metrics.controller_port != 0) {
+        char labels[160];
+        snprintf(labels, sizeof labels, "tidal_job=\"%s\"", c->names.job);
+        TRY_WRAP(prom_start(s->metrics.bind, s->metrics.controller_port > 0 ? s->metrics.controller_port : 0, labels,
+                            &c->prom),
+                 "controller: metrics.controller_port");
+        tidal_log(TIDAL_LOG_INFO, "controller: metrics on http://%s:%d/metrics", s->metrics.bind, prom_port(c->prom));
+    }
     TRY(bus_pull_subscribe(c->bus, c->names.traj_stream, JOB_CONSUMER_EVAL, &c->evals));
     TRY(bus_kv_open(c->bus, c->names.workers_bucket, &c->wkv));
     TRY(bus_kv_watch(c->wkv, NULL, &c->wwatch));
@@ -837,6 +873,7 @@ cleanup:;
     bus_close(c->bus);
     dataset_free(c->data);
     json_decref(c->dropped);
+    prom_stop(c->prom);
     free(c->workers);
     free(c->env_rows);
     free(c->curve_step), free(c->curve_reward);

@@ -141,3 +141,20 @@ cleanup:
     free(entp);
     return st;
 }
+
+void job_metric_export(prom *p, const char *prefix, const char *key, double v)
+{
+    if (!p) return;
+    char name[256], label[256];
+    const char *dot = strchr(key, '.');
+    if (dot && strncmp(key, "env.", 4) != 0) { /* NAME.WORKER */
+        snprintf(name, sizeof name, "%s_%.*s", prefix, (int)(dot - key), key);
+        snprintf(label, sizeof label, "worker=\"%.200s\"", dot + 1);
+        for (char *c = label + 8; *c && c[1]; c++)
+            if (*c == '"' || *c == '\\' || *c == '\n') *c = '_'; /* a label value holds no quote or escape */
+        prom_set(p, name, label, NULL, v);
+        return;
+    }
+    snprintf(name, sizeof name, "%s_%s", prefix, key);
+    prom_set(p, name, NULL, NULL, v);
+}

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "bus/bus.h"
+#include "base/prom.h"
 #include "base/status.h"
 
 #define JOB_NAME_MAX 128
@@ -84,5 +85,12 @@ tidal_status job_metric_publish_alert(tidal_bus *b, const job_names *n, const ch
  * is delivered again at once (the trajectory stream keeps only those: work
  * queue retention) rather than after its ack wait: a resumed trainer. */
 tidal_status job_trainer_consumer_reset(tidal_bus *b, const job_names *n);
+
+/* Export one Metric value on a role's /metrics (NULL p: no-op) as
+ * PREFIX_KEY: a per-worker key "NAME.WORKER" (k3.w0, k3_score.w0, ...)
+ * becomes PREFIX_NAME{worker="WORKER"}, an env's "env.NAME" becomes
+ * PREFIX_env_NAME, characters a metric name cannot hold become '_'
+ * (docs/metrics.md). */
+void job_metric_export(prom *p, const char *prefix, const char *key, double v);
 
 #endif

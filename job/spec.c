@@ -157,6 +157,9 @@ static const key KEYS[] = {
     INT("eval.every", eval.every, 0, 1 << 30, "0", "steps between evaluations on the held-out split (0: never)"),
     INT("eval.pass_k", eval.pass_k, 1, 1024, "1", "samples per prompt for pass@k (1: greedy pass@1 only)"),
     INT("eval.max_prompts", eval.max_prompts, 0, 1 << 24, "0", "held-out prompts per evaluation (0: all)"),
+    STR("metrics.bind", metrics.bind, "127.0.0.1", "the IPv4 address the roles' Prometheus endpoints (/metrics) listen on (docs/metrics.md)"),
+    INT("metrics.controller_port", metrics.controller_port, -1, 65535, "0", "the controller's /metrics port (0: off; -1: any free port, logged)"),
+    INT("metrics.trainer_port", metrics.trainer_port, -1, 65535, "0", "the trainer's /metrics port (0: off; -1: any free port, logged); a worker's is `tidal rollout --metrics-port`"),
 };
 #define N_KEYS (int)(sizeof KEYS / sizeof KEYS[0])
 

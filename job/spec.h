@@ -128,6 +128,10 @@ typedef struct job_spec {
         int pass_k;            /* 1 = pass@1 only */
         int max_prompts;       /* 0 = the whole held-out split */
     } eval;
+    struct {
+        char bind[64];          /* the address every role's /metrics listens on */
+        int controller_port, trainer_port; /* 0: off; -1: any free port (logged) */
+    } metrics;
 } job_spec;
 
 /* Overwrite *s with the defaults (every key's default value). The defaults

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/prom.h"
 #include "base/fs.h"
 #include "job/jobmodel.h"
 #include "job/spec.h"
@@ -57,6 +58,7 @@ typedef struct worker {
     char sidecar_dir[1024];     /* absolute: where versions are written for them */
     uint64_t sidecar_prev;      /* the version written before the current one (removed at the next) */
     hf_files hf;                /* the tokenizer and config files written beside each version */
+    prom *prom;                 /* --metrics-port: /metrics (docs/metrics.md); NULL when off */
     bool sidecar_has_prev;
     env_client *env;
     int max_len;
@@ -112,11 +114,25 @@ static void heartbeat(worker *w, bool force)
     s.capacity = 1;
     s.trajectories = w->trajectories, s.errors = w->errors, s.rejected = w->rejected;
     s.redelivered = w->redelivered;
+    if (w->prom) { /* the heartbeat's numbers on /metrics too */
+        prom_set(w->prom, "tidal_worker_tokens_per_s", NULL, "generated tokens per second", w->tokens_per_s);
+        prom_set(w->prom, "tidal_worker_weights_version", NULL, "the weights version it generates with",
+                 (double)w->version);
+        prom_set(w->prom, "tidal_worker_groups", NULL, "groups generated and published", (double)w->groups);
+        prom_set(w->prom, "tidal_worker_trajectories", NULL, NULL, (double)w->trajectories);
+        prom_set(w->prom, "tidal_worker_errors", NULL, NULL, (double)w->errors);
+        prom_set(w->prom, "tidal_worker_rejected", NULL, "messages rejected", (double)w->rejected);
+        prom_set(w->prom, "tidal_worker_redelivered", NULL, "prompts that came a second time", (double)w->redelivered);
+        prom_set(w->prom, "tidal_worker_state", NULL, "its WorkerState (docs/protocol.md)", (double)w->state);
+    }
     env_client_health eh = {0};
     if (w->env) env_client_health_get(w->env, &eh);
     s.env_failed = eh.failed;
     s.env_error = eh.failing ? eh.last_error : (char *)"";
     s.env_failing_since_unix_ms = eh.failing ? eh.failing_since_unix_ms : 0;
+    prom_set(w->prom, "tidal_worker_env_calls", "result=\"answered\"", "env calls by how they ended", (double)eh.answered);
+    prom_set(w->prom, "tidal_worker_env_calls", "result=\"failed\"", NULL, (double)eh.failed);
+    prom_set(w->prom, "tidal_worker_env_failing", NULL, "1 while the env's last call failed", eh.failing ? 1.0 : 0.0);
     if (w->wc) {
         weights_stats ws;
         weights_client_stats(w->wc, &ws);
@@ -754,6 +770,14 @@ static tidal_status join(worker *w)
 {
     const double t0 = tidal_clock_ms();
     TRY(join_spec(w, t0));
+    if (w->o->metrics_port != 0) {
+        char labels[400];
+        snprintf(labels, sizeof labels, "tidal_job=\"%s\",worker=\"%s\"", w->names.job, w->id);
+        TRY_WRAP(prom_start(w->spec.metrics.bind, w->o->metrics_port > 0 ? w->o->metrics_port : 0, labels, &w->prom),
+                 "worker %s: --metrics-port", w->id);
+        tidal_log(TIDAL_LOG_INFO, "worker %s: metrics on http://%s:%d/metrics", w->id, w->spec.metrics.bind,
+                  prom_port(w->prom));
+    }
     TRY(join_model(w, t0));
     w->max_turns = env_client_max_turns(w->spec.env.config_json);
     w->max_len = PROMPT_CAP_TOKENS + w->spec.rollout.max_tokens + 1;
@@ -865,6 +889,7 @@ tidal_status worker_run(const worker_opts *o)
     env_client_free(w->env);
     engine_free(w->e);
     remote_free(w->rm);
+    prom_stop(w->prom);
     hf_files_clear(&w->hf);
     weights_client_free(w->wc);
     for (int i = 0; i < w->n_hist; i++) model_free(w->hist_m[i] == w->m ? NULL : w->hist_m[i]);

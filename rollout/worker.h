@@ -84,6 +84,7 @@ typedef struct worker_opts {
      * servers it is the sidecar of, their dialect, where it writes versions */
     const char *backend, *endpoints, *dialect, *weights_dir;
     const char *endpoint_token; /* bearer token for the servers (NULL: none) */
+    int metrics_port;           /* /metrics on the spec's metrics.bind (0: off; -1: any free port, logged) */
 } worker_opts;
 
 /* Run until the job is done, a STOP or DRAIN arrives, or *stop is set.

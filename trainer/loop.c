@@ -1,4 +1,5 @@
 /* loop.c - the trainer role (loop.h). */
+#include "base/prom.h"
 #include "trainer/loop.h"
 
 #include <jansson.h>
@@ -31,6 +32,7 @@
 typedef struct trainer {
     const trainer_opts *o;
     const job_spec *s;
+    prom *prom;                 /* metrics.trainer_port: /metrics (docs/metrics.md); NULL when off */
     job_names names;
     tidal_bus *bus;
     bus_kv *kv;
@@ -315,6 +317,9 @@ static void publish_metric(trainer *t, const trainer_step_result *r, double step
     memcpy(all, vals, sizeof vals);
     memcpy(all + nb, extra, (size_t)n_extra * sizeof *extra);
     job_metric_publish(t->bus, &t->names, "trainer", t->version, elapsed_s(t), all, nb + n_extra);
+    for (int i = 0; t->prom && i < nb + n_extra; i++) /* the same numbers on /metrics */
+        job_metric_export(t->prom, "tidal_trainer", all[i].key, all[i].value);
+    prom_set(t->prom, "tidal_trainer_step", NULL, "optimizer steps applied", (double)t->version);
     tidal_log(TIDAL_LOG_INFO,
               "trainer: step %llu reward %.3f entropy %.3f loss %.4f staleness %.2f (max %llu) samples %d "
               "grad %.3f %.0f ms",
@@ -532,6 +537,13 @@ static tidal_status start(trainer *t)
 
     st_dtype dt = !strcmp(s->weights.dtype, "bf16") ? ST_BF16 : ST_F32;
     TRY(weights_signing_key_open(s->weights.signing_key, t->o->run_dir, s->weights.public_key, &t->sign_key));
+    if (s->metrics.trainer_port != 0) {
+        char labels[160];
+        snprintf(labels, sizeof labels, "tidal_job=\"%s\"", t->names.job);
+        TRY_WRAP(prom_start(s->metrics.bind, s->metrics.trainer_port > 0 ? s->metrics.trainer_port : 0, labels, &t->prom),
+                 "trainer: metrics.trainer_port");
+        tidal_log(TIDAL_LOG_INFO, "trainer: metrics on http://%s:%d/metrics", s->metrics.bind, prom_port(t->prom));
+    }
     weights_publisher_opts po = {.bus = t->bus, .names = &t->names, .keep = s->weights.keep, .dtype = dt,
                                  .signing_key = t->sign_key};
     TRY(weights_publisher_create(&po, &t->pub));
@@ -600,6 +612,7 @@ cleanup:;
     char err[1024] = ""; /* the message, before releasing can overwrite it */
     if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());
     weights_publisher_free(t->pub);
+    prom_stop(t->prom);
     tidal_sign_key_free(t->sign_key);
     bus_unsubscribe(t->traj);
     buffer_free(t->buf);

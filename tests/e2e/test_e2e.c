@@ -43,6 +43,10 @@
  *                 warns early, the job stops when the data runs out, and the
  *                 stop reason (tidal run's output, summary.json) counts the
  *                 groups dropped as zero-variance and says what to change
+ *   prometheus    Debian's Prometheus scrapes the controller, the trainer
+ *                 and a worker at 1 s: the reward series it stored is
+ *                 metrics.jsonl's, the worker's series carry its label, every
+ *                 metric the Grafana dashboard queries exists
  *   serve_sglang  rollout.backend openai, dialect sglang: two `tidal serve`
  *                 processes, each with its own worker as its sidecar
  *                 (reloaded every version); the quickstart learns to >= 0.9,
@@ -76,15 +80,21 @@
  * (any but one named "liar") was quarantined by the trainer's worker check.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <math.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1812,6 +1822,227 @@ static void serve_backend(const char *dialect, int steps, double want_last)
 static void test_serve_sglang(void) { serve_backend("sglang", 300, 0.9); }
 static void test_serve_vllm(void) { serve_backend("vllm", 60, 0.0); }
 
+/* ---------------------------------------------------------------- prometheus */
+
+/* A free loopback port (bound, read, closed: another process takes it next). */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t n = sizeof a;
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &n) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0) close(fd);
+    return port;
+}
+
+static size_t http_collect(char *p, size_t size, size_t n, void *ctx)
+{
+    char **buf = ctx;
+    size_t old = *buf ? strlen(*buf) : 0, k = size * n;
+    char *b = realloc(*buf, old + k + 1);
+    if (!b) return 0;
+    memcpy(b + old, p, k);
+    b[old + k] = '\0';
+    *buf = b;
+    return k;
+}
+
+/* GET url: the body (malloc'd) when the answer is 200, else NULL. */
+static char *http_get(const char *url)
+{
+    CURL *h = curl_easy_init();
+    char *body = NULL;
+    long status = 0;
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, http_collect);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 10L);
+    const CURLcode rc = curl_easy_perform(h);
+    if (rc == CURLE_OK) curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    else fprintf(stderr, "GET %s: %s\n", url, curl_easy_strerror(rc));
+    curl_easy_cleanup(h);
+    if (status != 200) {
+        if (status) fprintf(stderr, "GET %s: HTTP %ld: %.300s\n", url, status, body ? body : "");
+        free(body);
+        return NULL;
+    }
+    return body;
+}
+
+/* Prometheus's HTTP API: GET base + path (query already escaped); data, or NULL. */
+static json_t *prom_api(const char *base, const char *path)
+{
+    char url[2048];
+    snprintf(url, sizeof url, "%s%s", base, path);
+    char *body = http_get(url);
+    json_t *v = body ? json_loads(body, 0, NULL) : NULL;
+    free(body);
+    const char *status = json_string_value(json_object_get(v, "status"));
+    json_t *data = status && !strcmp(status, "success") ? json_incref(json_object_get(v, "data")) : NULL;
+    json_decref(v);
+    return data;
+}
+
+/* A real Prometheus (Debian's) scrapes the controller, the trainer and a
+ * worker of a running quickstart at 1 s; afterwards its query API gives the
+ * reward series, every value of which is a reward_mean of metrics.jsonl; the
+ * worker's series are there with its label; and every metric the Grafana
+ * dashboard (deploy/grafana/tidal.json) queries is one Prometheus saw. */
+static void test_prometheus(void)
+{
+    const char *prom_bin = "/usr/bin/prometheus";
+    if (access(prom_bin, X_OK) != 0) {
+        printf("SKIP: %s is not installed (Debian's prometheus; `make deps` installs it)\n", prom_bin);
+        skipped = true;
+        return;
+    }
+    fresh_work("prometheus");
+    char store[512], spec[512], run[512], url[256], cfg[512], tsdb[512], papi[64];
+    snprintf(store, sizeof store, "%s/nats", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    snprintf(spec, sizeof spec, "%s/examples/quickstart.yaml", source_dir);
+    snprintf(cfg, sizeof cfg, "%s/prometheus.yml", work);
+    snprintf(tsdb, sizeof tsdb, "%s/tsdb", work);
+    const int pc = free_port(), pt = free_port(), pw = free_port(), pp = free_port();
+    CHECK(pc > 0 && pt > 0 && pw > 0 && pp > 0 && pc != pt && pt != pw && pw != pp);
+    FILE *f = fopen(cfg, "w");
+    CHECK(f != NULL);
+    if (!f) return;
+    fprintf(f, "global: {scrape_interval: 1s, scrape_timeout: 900ms}\nscrape_configs:\n"
+               "  - job_name: tidal\n    static_configs:\n"
+               "      - targets: ['127.0.0.1:%d', '127.0.0.1:%d', '127.0.0.1:%d']\n", pc, pt, pw);
+    fclose(f);
+    char cfg_arg[600], tsdb_arg[600], listen_arg[64];
+    snprintf(cfg_arg, sizeof cfg_arg, "--config.file=%s", cfg);
+    snprintf(tsdb_arg, sizeof tsdb_arg, "--storage.tsdb.path=%s", tsdb);
+    snprintf(listen_arg, sizeof listen_arg, "--web.listen-address=127.0.0.1:%d", pp);
+    snprintf(papi, sizeof papi, "http://127.0.0.1:%d", pp);
+    char plog[600];
+    snprintf(plog, sizeof plog, "%s/prometheus.out", work);
+    pid_t prom_pid = fork();
+    if (prom_pid == 0) {
+        int fd = open(plog, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        dup2(fd, 1), dup2(fd, 2);
+        execl(prom_bin, prom_bin, cfg_arg, tsdb_arg, listen_arg, (char *)NULL);
+        _exit(127);
+    }
+    char ready[128];
+    snprintf(ready, sizeof ready, "%s/-/ready", papi);
+    char *r = NULL;
+    for (int i = 0; i < 300 && !(r = http_get(ready)); i++) usleep(100 * 1000);
+    CHECK_MSG(r != NULL, "prometheus did not become ready (%s)", plog);
+    free(r);
+    tidal_server *srv = NULL;
+    tidal_server_opts so = {.store_dir = store};
+    CHECK_OK(tidal_server_start(&srv, &so));
+    if (!srv) return;
+    snprintf(url, sizeof url, "%s", tidal_server_url(srv));
+    char set_c[64], set_t[64], wport[16];
+    snprintf(set_c, sizeof set_c, "metrics.controller_port=%d", pc);
+    snprintf(set_t, sizeof set_t, "metrics.trainer_port=%d", pt);
+    snprintf(wport, sizeof wport, "%d", pw);
+    const long t0 = (long)time(NULL) - 1;
+#define JOB_SETS "--set", "trainer.steps=40", "--set", "trainer.checkpoint_every=40", "--set", "eval.every=0", \
+                 "--set", set_c, "--set", set_t
+    pid_t ctl = start_tidal("controller", "controller", spec, JOB_SETS, "--bus", url, "--out", run, NULL);
+    pid_t tr = start_tidal("trainer", "trainer", spec, JOB_SETS, "--bus", url, "--out", run, NULL);
+#undef JOB_SETS
+    pid_t w0 = start_tidal("rollout-0", "rollout", "--bus", url, "--job", "quickstart", "--id", "w0", "--metrics-port",
+                           wport, "--share", "2", NULL);
+    pid_t w1 = start_tidal("rollout-1", "rollout", "--bus", url, "--job", "quickstart", "--id", "w1", "--share", "2",
+                           NULL);
+    const int rt = wait_exit(tr, 240), rc = wait_exit(ctl, 60), r0 = wait_exit(w0, 60), r1 = wait_exit(w1, 60);
+    CHECK_MSG(rt == 0 && rc == 0 && r0 == 0 && r1 == 0, "exit statuses: trainer %d, controller %d, workers %d %d", rt,
+              rc, r0, r1);
+    const long t1 = (long)time(NULL) + 1;
+    /* the reward series, as Prometheus stored it */
+    char q[512];
+    snprintf(q, sizeof q, "/api/v1/query_range?query=tidal_trainer_reward_mean&start=%ld&end=%ld&step=1", t0, t1);
+    json_t *d = prom_api(papi, q);
+    if (!d) fprintf(stderr, "prometheus: %s%s gave no data\n", papi, q);
+    json_t *series = json_object_get(d, "result");
+    /* every series: the controller's and the trainer's endpoints both export it */
+    size_t n_values = 0, n_bad = 0, n_series = json_array_size(series);
+    double distinct[400];
+    size_t n_distinct = 0;
+    char line[8192];
+    snprintf(line, sizeof line, "%s/metrics.jsonl", run);
+    double want[400];
+    size_t n_want = 0;
+    FILE *mj = fopen(line, "r");
+    while (mj && fgets(line, sizeof line, mj) && n_want < 400) {
+        json_t *o = json_loads(line, 0, NULL);
+        json_t *v = json_object_get(o, "reward_mean");
+        if (json_is_number(v)) want[n_want++] = json_number_value(v);
+        json_decref(o);
+    }
+    if (mj) fclose(mj);
+    for (size_t i = 0; i < n_series; i++) {
+        json_t *vals = json_object_get(json_array_get(series, i), "values");
+        for (size_t k = 0; k < json_array_size(vals); k++) {
+            const double x = atof(json_string_value(json_array_get(json_array_get(vals, k), 1)) ?: "nan");
+            bool known = false;
+            for (size_t j = 0; j < n_want && !known; j++) known = fabs(x - want[j]) <= 1e-6 * (fabs(want[j]) + 1e-9);
+            n_values++, n_bad += !known;
+            bool seen = false;
+            for (size_t j = 0; j < n_distinct && !seen; j++) seen = distinct[j] == x;
+            if (!seen && n_distinct < 400) distinct[n_distinct++] = x;
+        }
+    }
+    fprintf(stderr, "prometheus: %zu reward series, %zu values (%zu distinct), metrics.jsonl has %zu steps\n", n_series,
+            n_values, n_distinct, n_want);
+    CHECK_MSG(n_series == 2 && n_values > 0 && n_bad == 0 && n_distinct >= 5,
+              "%zu series, %zu values of which %zu are no reward_mean of metrics.jsonl, %zu distinct", n_series,
+              n_values, n_bad, n_distinct);
+    json_decref(d);
+    /* the worker's own series, with its label */
+    snprintf(q, sizeof q, "/api/v1/query?query=max_over_time(tidal_worker_groups%%7Bworker%%3D%%22w0%%22%%7D%%5B10m%%5D)&time=%ld", t1);
+    d = prom_api(papi, q);
+    const char *groups = json_string_value(json_array_get(json_object_get(json_array_get(json_object_get(d, "result"), 0), "value"), 1));
+    CHECK_MSG(groups && atof(groups) > 0, "worker w0's tidal_worker_groups: %s", groups ? groups : "absent");
+    json_decref(d);
+    /* every metric the dashboard queries exists */
+    json_t *names = prom_api(papi, "/api/v1/label/__name__/values");
+    char dash[512];
+    snprintf(dash, sizeof dash, "%s/deploy/grafana/tidal.json", source_dir);
+    json_t *db = json_load_file(dash, 0, NULL);
+    CHECK_MSG(db && names, "cannot read %s or the names Prometheus knows", dash);
+    json_t *panel;
+    size_t pi, checked = 0;
+    json_array_foreach(json_object_get(db, "panels"), pi, panel) {
+        json_t *tg;
+        size_t ti;
+        json_array_foreach(json_object_get(panel, "targets"), ti, tg) {
+            const char *e = json_string_value(json_object_get(tg, "expr"));
+            for (const char *p = e ? strstr(e, "tidal_") : NULL; p; p = strstr(p + 1, "tidal_")) {
+                if (p > e && (isalnum((unsigned char)p[-1]) || p[-1] == '_')) continue; /* inside a name */
+                char name[128];
+                size_t k = 0;
+                while (k + 1 < sizeof name && (isalnum((unsigned char)p[k]) || p[k] == '_' || p[k] == ':')) name[k] = p[k], k++;
+                name[k] = '\0';
+                if (!strcmp(name, "tidal_job")) continue; /* the label */
+                bool found = false;
+                json_t *nm;
+                size_t ni;
+                json_array_foreach(names, ni, nm) found = found || !strcmp(json_string_value(nm), name);
+                CHECK_MSG(found, "the dashboard's panel \"%s\" queries %s, which no endpoint exports",
+                          json_string_value(json_object_get(panel, "title")), name);
+                checked++;
+            }
+        }
+    }
+    CHECK(checked >= 14);
+    json_decref(db);
+    json_decref(names);
+    kill(prom_pid, SIGTERM);
+    CHECK(wait_exit(prom_pid, 30) == 0);
+    if (check_cur_failed_) show_output("controller"), show_output("trainer"), show_output("rollout-0"), show_output("prometheus");
+    tidal_server_stop(srv);
+    if (!check_cur_failed_) cleanup();
+}
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -1842,6 +2073,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "byhand")) RUN(test_byhand);
     else if (!strcmp(s, "serve_sglang")) RUN(test_serve_sglang);
     else if (!strcmp(s, "serve_vllm")) RUN(test_serve_vllm);
+    else if (!strcmp(s, "prometheus")) RUN(test_prometheus);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;
