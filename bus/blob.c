@@ -3,15 +3,22 @@
  * Layout, for store prefix P and blob N (docs/protocol.md):
  *   P.N.c.<i>   chunk i (i = 0 .. count-1), at most BUS_BLOB_MAX_CHUNK bytes, with
  *               headers Tidal-Blob: N, Tidal-Chunk: i, Tidal-Sha256: <hex of the chunk>
- *   P.N.m       the BlobManifest (protobuf): size, chunk size and count, SHA-256
- *               of the whole blob and of every chunk; written last, so a blob is
- *               visible only once all its chunks are stored.
+ *   P.N.m       the BlobManifest (protobuf): size, chunk size and count, the
+ *               SHA-256 of every chunk and the blob's digest (SHA-256 over the
+ *               chunk SHA-256s, so no side hashes the bytes twice); written
+ *               last, so a blob is visible only once all its chunks are stored.
  * The stream keeps one message per subject, so a chunk re-published under the
  * same index replaces the old one; readers trust only the manifest's hashes.
- * Chunks are pipelined (a few in flight) on a JetStream context of the store's
- * own, so their acks and failures are never mixed with other async publishes.
+ * Writing streams: a writer fills one chunk at a time, hashes it and publishes
+ * it asynchronously (a few in flight) on a JetStream context of the store's
+ * own, so their acks and failures are never mixed with other async publishes;
+ * the whole blob never needs to exist in one buffer. Reading runs
+ * BLOB_GETS_IN_FLIGHT direct gets at once (one thread each), every chunk
+ * copied to its place in the caller's buffer and hashed there in one pass; a
+ * chunk that fails its hash is fetched again (BLOB_FETCH_TRIES in all).
  */
 #include <ctype.h>
+#include <stdatomic.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +31,8 @@
 #define BLOB_IN_FLIGHT 8             /* chunks un-acked at once: <= 32 MiB buffered */
 #define BLOB_HEADER_ROOM (16 << 10)  /* max_payload headroom for headers */
 #define BLOB_MIN_WAIT_MS 30000
+#define BLOB_GETS_IN_FLIGHT 4        /* direct gets in flight per fetch (one thread each) */
+#define BLOB_FETCH_TRIES 3           /* a chunk failing its SHA-256 is fetched this often at most */
 
 struct bus_blob_store {
     tidal_bus *b;
@@ -249,65 +258,164 @@ static tidal_status prune(bus_blob_store *st)
     return s;
 }
 
-tidal_status bus_blob_put(bus_blob_store *bs, const char *name, const void *data, uint64_t len,
-                          bus_blob_info *info)
+/* ---------------------------------------------------------------- writing */
+
+struct bus_blob_writer {
+    bus_blob_store *bs;
+    char name[128];
+    uint32_t cb;               /* chunk size */
+    uint8_t *chunk;            /* the chunk being filled (cb bytes) */
+    uint32_t fill;             /* bytes in it */
+    uint64_t len;              /* bytes written so far */
+    uint32_t count;            /* chunks published */
+    uint8_t (*digests)[32];    /* their SHA-256s */
+    uint32_t cap_digests;
+    tidal_status failed;       /* the first failure (the writer then takes no more) */
+    char failed_msg[512];
+};
+
+static void (*hook_chunk_put)(uint32_t index);
+static void (*hook_chunk_got)(uint32_t index);
+static atomic_uint hook_corrupt; /* chunks still to corrupt on arrival */
+
+void bus_blob_test_hooks(void (*chunk_put)(uint32_t index), void (*chunk_got)(uint32_t index))
 {
+    hook_chunk_put = chunk_put;
+    hook_chunk_got = chunk_got;
+}
+
+void bus_blob_test_corrupt(unsigned chunks) { atomic_store(&hook_corrupt, chunks); }
+
+/* The blob's digest: SHA-256 over its chunks' SHA-256s, in order (protocol.md
+ * "Chunked blobs"), so neither side hashes the bytes twice. */
+static void list_digest(const uint8_t (*digests)[32], uint32_t count, uint8_t out[32])
+{
+    sha256(digests, (size_t)count * 32, out);
+}
+
+static void writer_fail(bus_blob_writer *w, tidal_status st)
+{
+    if (w->failed != TIDAL_OK) return;
+    w->failed = st;
+    snprintf(w->failed_msg, sizeof w->failed_msg, "%s", tidal_errmsg());
+}
+
+/* Hash and publish the filled chunk (asynchronously; its ack comes later). */
+static void flush_chunk(bus_blob_writer *w)
+{
+    if (w->failed != TIDAL_OK || w->fill == 0) return;
+    if (w->count == w->cap_digests) {
+        uint32_t cap = w->cap_digests ? w->cap_digests * 2 : 64;
+        void *d = realloc(w->digests, (size_t)cap * 32);
+        if (!d) {
+            writer_fail(w, tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", w->name));
+            return;
+        }
+        w->digests = d;
+        w->cap_digests = cap;
+    }
+    sha256(w->chunk, w->fill, w->digests[w->count]);
+    tidal_status st = publish_chunk(w->bs, w->name, w->count, w->chunk, w->fill, w->digests[w->count]);
+    if (st != TIDAL_OK) {
+        writer_fail(w, st);
+        return;
+    }
+    if (hook_chunk_put) hook_chunk_put(w->count);
+    w->count++;
+    w->fill = 0;
+}
+
+tidal_status bus_blob_writer_open(bus_blob_store *bs, const char *name, bus_blob_writer **out)
+{
+    *out = NULL;
     if (!blob_name_ok(name))
         return tidal_fail(TIDAL_ERR_INVALID, "bus: blob put: bad name '%s' (letters, digits, '-', '_'; at most 100)", name ? name : "(null)");
-    const uint32_t cb = chunk_size(bs);
-    const uint64_t count64 = (len + cb - 1) / cb;
-    if (count64 > UINT32_MAX) return tidal_fail(TIDAL_ERR_INVALID, "bus: blob %s: too large", name);
-    const uint32_t count = (uint32_t)count64;
-
     /* replacing a blob: its old chunks and manifest go first */
     char subj[320];
     snprintf(subj, sizeof subj, "%s.%s.>", bs->prefix, name);
     TRY(bus_stream_purge_subject(bs->b, bs->stream, subj));
+    bus_blob_writer *w = calloc(1, sizeof *w);
+    if (w) w->cb = chunk_size(bs);
+    if (w) w->chunk = malloc(w->cb);
+    if (!w || !w->chunk) {
+        if (w) free(w->chunk);
+        free(w);
+        return tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
+    }
+    w->bs = bs;
+    snprintf(w->name, sizeof w->name, "%s", name);
+    *out = w;
+    return TIDAL_OK;
+}
 
-    tidal_status st = TIDAL_OK;
-    void *buf = NULL;
-    uint8_t (*digests)[32] = calloc(count ? count : 1, 32);
-    ProtobufCBinaryData *chunk_sha = calloc(count ? count : 1, sizeof *chunk_sha);
-    EVP_MD_CTX *whole = EVP_MD_CTX_new();
-    if (!digests || !chunk_sha || !whole || !EVP_DigestInit_ex(whole, EVP_sha256(), NULL)) {
-        st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
-        goto cleanup;
-    }
+tidal_status bus_blob_writer_write(bus_blob_writer *w, const void *data, size_t len)
+{
     const uint8_t *p = data;
-    for (uint32_t i = 0; i < count && st == TIDAL_OK; i++) {
-        uint64_t off = (uint64_t)i * cb;
-        uint32_t n = (uint32_t)(len - off < cb ? len - off : cb);
-        sha256(p + off, n, digests[i]);
-        EVP_DigestUpdate(whole, p + off, n);
-        chunk_sha[i].data = digests[i];
-        chunk_sha[i].len = 32;
-        st = publish_chunk(bs, name, i, p + off, n, digests[i]);
+    while (len > 0 && w->failed == TIDAL_OK) {
+        size_t n = w->cb - w->fill < len ? w->cb - w->fill : len;
+        memcpy(w->chunk + w->fill, p, n);
+        w->fill += (uint32_t)n;
+        w->len += n;
+        p += n;
+        len -= n;
+        if (w->fill == w->cb) flush_chunk(w);
     }
+    if (w->failed != TIDAL_OK) return tidal_fail(w->failed, "%s", w->failed_msg);
+    return TIDAL_OK;
+}
+
+static void writer_free(bus_blob_writer *w)
+{
+    free(w->chunk);
+    free(w->digests);
+    free(w);
+}
+
+void bus_blob_writer_abort(bus_blob_writer *w)
+{
+    if (!w) return;
+    /* chunks sent are waited for: their acks would stay pending on the context */
+    if (w->count) (void)wait_chunks(w->bs, w->name, BLOB_MIN_WAIT_MS);
+    tidal_clear();
+    writer_free(w);
+}
+
+tidal_status bus_blob_writer_close(bus_blob_writer *w, bus_blob_info *info)
+{
+    bus_blob_store *bs = w->bs;
+    const char *name = w->name;
+    flush_chunk(w);
     /* Chunks already sent are waited for even after a failed publish (their acks
      * would otherwise stay pending on the context); the first failure is returned. */
     int wait_ms = bs->b->js_timeout_ms * 4 > BLOB_MIN_WAIT_MS ? bs->b->js_timeout_ms * 4 : BLOB_MIN_WAIT_MS;
-    tidal_status ws = wait_chunks(bs, name, wait_ms);
-    if (st == TIDAL_OK) st = ws;
+    tidal_status st = wait_chunks(bs, name, wait_ms);
+    if (w->failed != TIDAL_OK) st = tidal_fail(w->failed, "%s", w->failed_msg);
+    void *buf = NULL;
+    ProtobufCBinaryData *chunk_sha = calloc(w->count ? w->count : 1, sizeof *chunk_sha);
+    if (st == TIDAL_OK && !chunk_sha) st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
     if (st != TIDAL_OK) goto cleanup;
-
+    for (uint32_t i = 0; i < w->count; i++) {
+        chunk_sha[i].data = w->digests[i];
+        chunk_sha[i].len = 32;
+    }
     uint8_t total[32];
-    unsigned int tn = 32;
-    EVP_DigestFinal_ex(whole, total, &tn);
+    list_digest((const uint8_t(*)[32])w->digests, w->count, total);
 
     Tidal__V1__BlobManifest m = TIDAL__V1__BLOB_MANIFEST__INIT;
     m.schema_version = CODEC_SCHEMA_VERSION;
     m.name = (char *)name;
     m.subject_prefix = bs->prefix;
-    m.bytes = len;
-    m.chunk_bytes = cb;
-    m.chunk_count = count;
+    m.bytes = w->len;
+    m.chunk_bytes = w->cb;
+    m.chunk_count = w->count;
     m.sha256.data = total;
     m.sha256.len = 32;
-    m.n_chunk_sha256 = count;
+    m.n_chunk_sha256 = w->count;
     m.chunk_sha256 = chunk_sha;
     m.created_unix_ms = unix_ms();
     size_t blen = 0;
     TRY_GOTO(codec_encode(&m.base, &buf, &blen));
+    char subj[320];
     snprintf(subj, sizeof subj, "%s.%s.m", bs->prefix, name);
     TRY_GOTO(tidal_wrap(bus_js_publish(bs->b, subj, buf, (int)blen, NULL, 0, NULL, NULL),
                         "bus: blob %s: manifest", name));
@@ -315,10 +423,26 @@ tidal_status bus_blob_put(bus_blob_store *bs, const char *name, const void *data
     st = prune(bs);
 cleanup:
     free(buf);
-    EVP_MD_CTX_free(whole);
     free(chunk_sha);
-    free(digests);
+    writer_free(w);
     return st;
+}
+
+tidal_status bus_blob_put(bus_blob_store *bs, const char *name, const void *data, uint64_t len,
+                          bus_blob_info *info)
+{
+    if (len > (uint64_t)BUS_BLOB_MAX_CHUNK * UINT32_MAX)
+        return tidal_fail(TIDAL_ERR_INVALID, "bus: blob %s: too large", name ? name : "(null)");
+    bus_blob_writer *w = NULL;
+    TRY(bus_blob_writer_open(bs, name, &w));
+    tidal_status st = bus_blob_writer_write(w, data, (size_t)len);
+    if (st != TIDAL_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tidal_errmsg());
+        bus_blob_writer_abort(w);
+        return tidal_fail(st, "%s", msg);
+    }
+    return bus_blob_writer_close(w, info);
 }
 
 static tidal_status read_manifest(bus_blob_store *st, const char *name, Tidal__V1__BlobManifest **out)
@@ -348,6 +472,112 @@ tidal_status bus_blob_stat(bus_blob_store *st, const char *name, bus_blob_info *
     return TIDAL_OK;
 }
 
+/* ---------------------------------------------------------------- reading */
+
+typedef struct fetch_job {
+    bus_blob_store *bs;
+    const char *name;
+    const bus_blob_layout *want;
+    uint8_t *dest;
+    atomic_uint next;          /* the next chunk index to take */
+    atomic_uint refetched;
+    atomic_bool stop;          /* a chunk failed: the others stop taking work */
+    pthread_mutex_t lock;
+    tidal_status failed;       /* the first failure, with its message */
+    char failed_msg[512];
+} fetch_job;
+
+static void fetch_fail(fetch_job *j, tidal_status st)
+{
+    pthread_mutex_lock(&j->lock);
+    if (j->failed == TIDAL_OK) {
+        j->failed = st;
+        snprintf(j->failed_msg, sizeof j->failed_msg, "%s", tidal_errmsg());
+    }
+    pthread_mutex_unlock(&j->lock);
+    atomic_store(&j->stop, true);
+}
+
+/* Chunk i into its place in dest, checked against its SHA-256 in the same
+ * pass (the bytes are hashed where they land); a chunk that fails its check
+ * is fetched again, up to BLOB_FETCH_TRIES times. */
+static tidal_status fetch_chunk(fetch_job *j, uint32_t i)
+{
+    const bus_blob_layout *L = j->want;
+    const uint64_t off = (uint64_t)i * L->chunk_bytes;
+    const uint64_t want = L->bytes - off < L->chunk_bytes ? L->bytes - off : L->chunk_bytes;
+    char subj[320];
+    snprintf(subj, sizeof subj, "%s.%s.c.%u", j->bs->prefix, j->name, i);
+    for (int attempt = 1;; attempt++) {
+        bus_msg *c = NULL;
+        tidal_status st = bus_stream_get_last(j->bs->b, j->bs->stream, subj, &c);
+        if (st == TIDAL_ERR_NOT_FOUND) /* a missing chunk is a corrupt blob */
+            return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u missing (%s)", j->name, i,
+                              L->chunk_count, subj);
+        if (st != TIDAL_OK) return st;
+        if ((uint64_t)bus_msg_len(c) != want) {
+            int got = bus_msg_len(c);
+            bus_msg_destroy(c);
+            return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u has %d bytes, the manifest says %llu",
+                              j->name, i, L->chunk_count, got, (unsigned long long)want);
+        }
+        memcpy(j->dest + off, bus_msg_data(c), want);
+        bus_msg_destroy(c);
+        unsigned left = atomic_load(&hook_corrupt);
+        while (left > 0 && !atomic_compare_exchange_weak(&hook_corrupt, &left, left - 1)) {}
+        if (left > 0) j->dest[off + want / 2] ^= 0x01; /* the test hook: a bit flipped in transit */
+        uint8_t d[32];
+        sha256(j->dest + off, want, d);
+        if (memcmp(d, L->chunk_sha256 + 32 * (size_t)i, 32) == 0) break;
+        if (attempt >= BLOB_FETCH_TRIES)
+            return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u fails its SHA-256 check %d times (%s)",
+                              j->name, i, L->chunk_count, attempt, subj);
+        atomic_fetch_add(&j->refetched, 1);
+        tidal_log(TIDAL_LOG_WARN, "bus: blob %s: chunk %u of %u fails its SHA-256 check (%s); fetching it again",
+                  j->name, i, L->chunk_count, subj);
+    }
+    if (hook_chunk_got) hook_chunk_got(i);
+    return TIDAL_OK;
+}
+
+static void *fetch_main(void *arg)
+{
+    fetch_job *j = arg;
+    while (!atomic_load(&j->stop)) {
+        unsigned i = atomic_fetch_add(&j->next, 1);
+        if (i >= j->want->chunk_count) break;
+        tidal_status st = fetch_chunk(j, i);
+        if (st != TIDAL_OK) fetch_fail(j, st);
+    }
+    return NULL;
+}
+
+tidal_status bus_blob_fetch(bus_blob_store *bs, const char *name, const bus_blob_layout *want, void *dest,
+                            unsigned *refetched)
+{
+    if (refetched) *refetched = 0;
+    if (!blob_name_ok(name))
+        return tidal_fail(TIDAL_ERR_INVALID, "bus: blob get: bad name '%s'", name ? name : "(null)");
+    const uint64_t cb = want->chunk_bytes;
+    if (cb == 0 || cb > BUS_BLOB_MAX_CHUNK || (want->bytes + cb - 1) / cb != want->chunk_count || !want->chunk_sha256)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: the manifest's layout is inconsistent (%llu bytes, %u chunks of %llu)",
+                          name, (unsigned long long)want->bytes, want->chunk_count, (unsigned long long)cb);
+    fetch_job j = {.bs = bs, .name = name, .want = want, .dest = dest};
+    pthread_mutex_init(&j.lock, NULL);
+    pthread_t th[BLOB_GETS_IN_FLIGHT];
+    int started = 0;
+    const int n = want->chunk_count < BLOB_GETS_IN_FLIGHT ? (int)want->chunk_count : BLOB_GETS_IN_FLIGHT;
+    /* the caller's thread is one of the fetchers */
+    for (int t = 1; t < n; t++)
+        if (pthread_create(&th[started], NULL, fetch_main, &j) == 0) started++;
+    fetch_main(&j);
+    for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
+    pthread_mutex_destroy(&j.lock);
+    if (refetched) *refetched = atomic_load(&j.refetched);
+    if (j.failed != TIDAL_OK) return tidal_fail(j.failed, "%s", j.failed_msg);
+    return TIDAL_OK;
+}
+
 tidal_status bus_blob_get(bus_blob_store *bs, const char *name, void **data, uint64_t *len,
                           bus_blob_info *info)
 {
@@ -356,51 +586,40 @@ tidal_status bus_blob_get(bus_blob_store *bs, const char *name, void **data, uin
     Tidal__V1__BlobManifest *m = NULL;
     TRY(read_manifest(bs, name, &m));
     tidal_status st = TIDAL_OK;
+    uint8_t *hashes = calloc(m->n_chunk_sha256 ? m->n_chunk_sha256 : 1, 32);
     uint8_t *buf = malloc(m->bytes ? m->bytes : 1);
-    EVP_MD_CTX *whole = EVP_MD_CTX_new();
-    if (!buf || !whole || !EVP_DigestInit_ex(whole, EVP_sha256(), NULL)) {
+    if (!buf || !hashes) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: cannot allocate %llu bytes", name, (unsigned long long)m->bytes);
         goto cleanup;
     }
-    for (uint32_t i = 0; i < m->chunk_count; i++) {
-        uint64_t off = (uint64_t)i * m->chunk_bytes;
-        uint64_t want = m->bytes - off < m->chunk_bytes ? m->bytes - off : m->chunk_bytes;
-        char subj[320];
-        snprintf(subj, sizeof subj, "%s.%s.c.%u", bs->prefix, name, i);
-        bus_msg *c = NULL;
-        st = bus_stream_get_last(bs->b, bs->stream, subj, &c);
-        if (st == TIDAL_ERR_NOT_FOUND) /* a missing chunk is a corrupt blob */
-            st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u missing (%s)", name, i, m->chunk_count, subj);
-        if (st != TIDAL_OK) goto cleanup;
-        uint8_t d[32];
-        sha256(bus_msg_data(c), (size_t)bus_msg_len(c), d);
-        if ((uint64_t)bus_msg_len(c) != want)
-            st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u has %d bytes, manifest says %llu", name, i,
-                            m->chunk_count, bus_msg_len(c), (unsigned long long)want);
-        else if (memcmp(d, m->chunk_sha256[i].data, 32) != 0)
-            st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u fails its SHA-256 check (%s)", name, i,
-                            m->chunk_count, subj);
-        else {
-            memcpy(buf + off, bus_msg_data(c), want);
-            EVP_DigestUpdate(whole, buf + off, want);
-        }
-        bus_msg_destroy(c);
-        if (st != TIDAL_OK) goto cleanup;
-    }
-    uint8_t total[32];
-    unsigned int tn = 32;
-    EVP_DigestFinal_ex(whole, total, &tn);
-    if (memcmp(total, m->sha256.data, 32) != 0) {
-        st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: SHA-256 of the whole does not match the manifest", name);
+    if (m->n_chunk_sha256 != m->chunk_count) {
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: the manifest has %zu chunk hashes for %u chunks", name,
+                        m->n_chunk_sha256, m->chunk_count);
         goto cleanup;
     }
+    for (size_t i = 0; i < m->n_chunk_sha256; i++) {
+        if (m->chunk_sha256[i].len != 32) {
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %zu's hash is not 32 bytes", name, i);
+            goto cleanup;
+        }
+        memcpy(hashes + 32 * i, m->chunk_sha256[i].data, 32);
+    }
+    uint8_t total[32];
+    list_digest((const uint8_t(*)[32])hashes, m->chunk_count, total);
+    if (m->sha256.len != 32 || memcmp(total, m->sha256.data, 32) != 0) {
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: the manifest's SHA-256 is not that of its chunk hashes", name);
+        goto cleanup;
+    }
+    bus_blob_layout L = {.bytes = m->bytes, .chunk_bytes = m->chunk_bytes, .chunk_count = m->chunk_count,
+                         .chunk_sha256 = hashes};
+    TRY_GOTO(bus_blob_fetch(bs, name, &L, buf, NULL));
     if (info) info_from_manifest(info, m);
     *data = buf;
     *len = m->bytes;
     buf = NULL;
 cleanup:
-    EVP_MD_CTX_free(whole);
     free(buf);
+    free(hashes);
     tidal__v1__blob_manifest__free_unpacked(m, NULL);
     return st;
 }
