@@ -152,6 +152,9 @@ static tidal_status publish_chunk(bus_blob_store *st, const char *name, uint32_t
     if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Blob", name);
     if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Chunk", idxs);
     if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Sha256", hex);
+    char cbs[16];
+    snprintf(cbs, sizeof cbs, "%u", chunk_size(st));
+    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Chunk-Bytes", cbs);
     while (ns == NATS_OK) {
         ns = js_PublishMsgAsync(st->js, &m, NULL); /* takes m on success */
         if (ns == NATS_TIMEOUT && bus_connected(st->b)) { /* stalled: wait for acks */
@@ -472,6 +475,131 @@ tidal_status bus_blob_stat(bus_blob_store *st, const char *name, bus_blob_info *
     return TIDAL_OK;
 }
 
+/* ---------------------------------------------------------------- the tap */
+
+/* What the tap caught of one chunk. */
+typedef struct tap_rec {
+    bool have;
+    uint32_t len;
+    uint8_t sha[32];
+} tap_rec;
+
+struct bus_blob_tap {
+    bus_blob_store *bs;
+    natsSubscription *sub;
+    pthread_mutex_t lock;      /* guards everything below; held while a chunk is copied */
+    uint8_t *buf;              /* armed: chunks go here (NULL: disarmed) */
+    uint8_t *last_buf;         /* the buffer it was last armed with (its records are in it) */
+    size_t cap;
+    char name[128];            /* the blob the records are of ("" none) */
+    uint32_t cb;               /* its chunk size */
+    tap_rec *recs;
+    uint32_t n_recs;
+    uint64_t caught;           /* chunks caught (for the log) */
+};
+
+/* A chunk seen on its way into the stream: copied to its place in the armed
+ * buffer and hashed there. A chunk of another blob than the one recorded
+ * starts a new record (the trainer moved on). */
+static void on_tap_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    bus_blob_tap *t = closure;
+    const char *subj = natsMsg_GetSubject(msg);
+    const size_t pl = strlen(t->bs->prefix);
+    const char *cbh = NULL;
+    if (strncmp(subj, t->bs->prefix, pl) != 0 || subj[pl] != '.' ||
+        natsMsgHeader_Get(msg, "Tidal-Chunk-Bytes", &cbh) != NATS_OK || !cbh)
+        goto done;
+    const char *name = subj + pl + 1, *c = strstr(name, ".c.");
+    if (!c || (size_t)(c - name) >= sizeof t->name) goto done;
+    char *end = NULL;
+    unsigned long idx = strtoul(c + 3, &end, 10), cb = strtoul(cbh, NULL, 10);
+    const int len = natsMsg_GetDataLength(msg);
+    if (!end || *end || cb == 0 || cb > BUS_BLOB_MAX_CHUNK || (unsigned long)len > cb) goto done;
+    pthread_mutex_lock(&t->lock);
+    if (t->buf) {
+        const size_t nl = (size_t)(c - name);
+        if (strlen(t->name) != nl || strncmp(t->name, name, nl) != 0 || t->cb != cb) { /* a new blob */
+            memcpy(t->name, name, nl);
+            t->name[nl] = '\0';
+            t->cb = (uint32_t)cb;
+            memset(t->recs, 0, (size_t)t->n_recs * sizeof *t->recs);
+        }
+        const uint64_t off = (uint64_t)idx * cb;
+        if (idx < t->n_recs && off + (uint64_t)len <= t->cap) {
+            memcpy(t->buf + off, natsMsg_GetData(msg), (size_t)len);
+            sha256(t->buf + off, (size_t)len, t->recs[idx].sha);
+            t->recs[idx].len = (uint32_t)len;
+            t->recs[idx].have = true;
+            t->caught++;
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+done:
+    natsMsg_Destroy(msg);
+}
+
+tidal_status bus_blob_tap_open(bus_blob_store *bs, bus_blob_tap **out)
+{
+    *out = NULL;
+    bus_blob_tap *t = calloc(1, sizeof *t);
+    if (!t) return tidal_fail(TIDAL_ERR_NOMEM, "bus: blob tap %s: out of memory", bs->prefix);
+    t->bs = bs;
+    pthread_mutex_init(&t->lock, NULL);
+    char subj[200];
+    snprintf(subj, sizeof subj, "%s.*.c.*", bs->prefix);
+    natsStatus ns = natsConnection_Subscribe(&t->sub, bs->b->nc, subj, on_tap_msg, t);
+    /* a backlog beyond this is dropped by the client (a direct get fills the gap) */
+    if (ns == NATS_OK) ns = natsSubscription_SetPendingLimits(t->sub, 64, 64 * (int)BUS_BLOB_MAX_CHUNK);
+    if (ns != NATS_OK) {
+        bus_blob_tap_close(t);
+        return bus_nats_fail(ns, 0, "bus: blob tap: subscribe %s", subj);
+    }
+    *out = t;
+    return TIDAL_OK;
+}
+
+void bus_blob_tap_arm(bus_blob_tap *t, void *buf, size_t cap)
+{
+    pthread_mutex_lock(&t->lock);
+    const uint32_t n = (uint32_t)(cap / 4096 + 1); /* enough records for the smallest chunk size */
+    if (buf && n > t->n_recs) {
+        tap_rec *r = realloc(t->recs, (size_t)n * sizeof *r);
+        if (r) {
+            t->recs = r;
+            t->n_recs = n;
+        }
+    }
+    if (t->recs) memset(t->recs, 0, (size_t)t->n_recs * sizeof *t->recs);
+    t->name[0] = '\0';
+    t->buf = t->recs ? buf : NULL;
+    t->last_buf = t->buf;
+    t->cap = t->recs ? cap : 0;
+    pthread_mutex_unlock(&t->lock);
+}
+
+void bus_blob_tap_disarm(bus_blob_tap *t)
+{
+    pthread_mutex_lock(&t->lock);
+    t->buf = NULL;
+    pthread_mutex_unlock(&t->lock);
+}
+
+void bus_blob_tap_close(bus_blob_tap *t)
+{
+    if (!t) return;
+    if (t->sub) {
+        natsSubscription_Unsubscribe(t->sub);
+        natsSubscription_WaitForDrainCompletion(t->sub, 1000);
+        natsSubscription_Destroy(t->sub);
+    }
+    pthread_mutex_destroy(&t->lock);
+    free(t->recs);
+    free(t);
+}
+
 /* ---------------------------------------------------------------- reading */
 
 typedef struct fetch_job {
@@ -479,6 +607,8 @@ typedef struct fetch_job {
     const char *name;
     const bus_blob_layout *want;
     uint8_t *dest;
+    const tap_rec *caught;     /* what the tap caught of this blob in dest (NULL: nothing) */
+    uint32_t n_caught;
     atomic_uint next;          /* the next chunk index to take */
     atomic_uint refetched;
     atomic_bool stop;          /* a chunk failed: the others stop taking work */
@@ -546,6 +676,8 @@ static void *fetch_main(void *arg)
     while (!atomic_load(&j->stop)) {
         unsigned i = atomic_fetch_add(&j->next, 1);
         if (i >= j->want->chunk_count) break;
+        if (i < j->n_caught && j->caught[i].have && memcmp(j->caught[i].sha, j->want->chunk_sha256 + 32 * (size_t)i, 32) == 0)
+            continue; /* caught on its way in, in place, and it is the one the manifest names */
         tidal_status st = fetch_chunk(j, i);
         if (st != TIDAL_OK) fetch_fail(j, st);
     }
@@ -553,9 +685,10 @@ static void *fetch_main(void *arg)
 }
 
 tidal_status bus_blob_fetch(bus_blob_store *bs, const char *name, const bus_blob_layout *want, void *dest,
-                            unsigned *refetched)
+                            bus_blob_tap *tap, unsigned *refetched, unsigned *caught)
 {
     if (refetched) *refetched = 0;
+    if (caught) *caught = 0;
     if (!blob_name_ok(name))
         return tidal_fail(TIDAL_ERR_INVALID, "bus: blob get: bad name '%s'", name ? name : "(null)");
     const uint64_t cb = want->chunk_bytes;
@@ -563,6 +696,21 @@ tidal_status bus_blob_fetch(bus_blob_store *bs, const char *name, const bus_blob
         return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: the manifest's layout is inconsistent (%llu bytes, %u chunks of %llu)",
                           name, (unsigned long long)want->bytes, want->chunk_count, (unsigned long long)cb);
     fetch_job j = {.bs = bs, .name = name, .want = want, .dest = dest};
+    tap_rec *recs = NULL;
+    if (tap) { /* the tap's records, when they are of this blob in this buffer (it is disarmed: they stay) */
+        pthread_mutex_lock(&tap->lock);
+        if (!tap->buf && tap->recs && !strcmp(tap->name, name) && tap->cb == want->chunk_bytes &&
+            tap->cap >= want->bytes && (recs = malloc((size_t)tap->n_recs * sizeof *recs)) != NULL) {
+            memcpy(recs, tap->recs, (size_t)tap->n_recs * sizeof *recs);
+            j.n_caught = tap->n_recs;
+        }
+        const bool same_buf = tap->last_buf == dest;
+        pthread_mutex_unlock(&tap->lock);
+        if (!same_buf) j.n_caught = 0;
+        j.caught = recs;
+        for (uint32_t i = 0; i < j.n_caught && i < want->chunk_count; i++)
+            if (recs[i].have && !memcmp(recs[i].sha, want->chunk_sha256 + 32 * (size_t)i, 32) && caught) (*caught)++;
+    }
     pthread_mutex_init(&j.lock, NULL);
     pthread_t th[BLOB_GETS_IN_FLIGHT];
     int started = 0;
@@ -573,6 +721,7 @@ tidal_status bus_blob_fetch(bus_blob_store *bs, const char *name, const bus_blob
     fetch_main(&j);
     for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
     pthread_mutex_destroy(&j.lock);
+    free(recs);
     if (refetched) *refetched = atomic_load(&j.refetched);
     if (j.failed != TIDAL_OK) return tidal_fail(j.failed, "%s", j.failed_msg);
     return TIDAL_OK;
@@ -612,7 +761,7 @@ tidal_status bus_blob_get(bus_blob_store *bs, const char *name, void **data, uin
     }
     bus_blob_layout L = {.bytes = m->bytes, .chunk_bytes = m->chunk_bytes, .chunk_count = m->chunk_count,
                          .chunk_sha256 = hashes};
-    TRY_GOTO(bus_blob_fetch(bs, name, &L, buf, NULL));
+    TRY_GOTO(bus_blob_fetch(bs, name, &L, buf, NULL, NULL, NULL));
     if (info) info_from_manifest(info, m);
     *data = buf;
     *len = m->bytes;

@@ -320,14 +320,32 @@ typedef struct bus_blob_layout {
     const uint8_t *chunk_sha256;
 } bus_blob_layout;
 
+/* A tap: a core subscription on the store's chunk subjects that catches
+ * chunks as a writer publishes them (the server fans them out as it stores
+ * them), so a reader can have most of a blob before its manifest exists.
+ * While armed with a buffer, each chunk caught is copied to its place in it
+ * and hashed there; the records are of the newest blob seen (a chunk of
+ * another blob starts over). Nothing is trusted: bus_blob_fetch uses a caught
+ * chunk only when its hash is the one the trusted layout names, and fetches
+ * the rest (chunks dropped, missed or altered). Disarm before reading the
+ * buffer; the tap is used by one thread (its callback runs on the client's). */
+typedef struct bus_blob_tap bus_blob_tap;
+tidal_status bus_blob_tap_open(bus_blob_store *st, bus_blob_tap **out);
+void bus_blob_tap_arm(bus_blob_tap *t, void *buf, size_t cap);
+void bus_blob_tap_disarm(bus_blob_tap *t);
+void bus_blob_tap_close(bus_blob_tap *t);
+
 /* Read blob `name` laid out as `want` into dest (want->bytes, the caller's,
  * e.g. reused from the previous version), several direct gets in flight, each
  * chunk hashed where it lands and fetched again when its SHA-256 does not
  * match (at most 3 tries); *refetched (may be NULL) counts those retries.
+ * tap (may be NULL; disarmed, last armed with dest): chunks it caught of this
+ * blob whose hashes match are already in place and not fetched; *caught (may
+ * be NULL) counts them.
  * TIDAL_ERR_CORRUPT for a missing chunk, one of the wrong size, or one that
  * keeps failing its check (the message names it). */
 tidal_status bus_blob_fetch(bus_blob_store *st, const char *name, const bus_blob_layout *want, void *dest,
-                            unsigned *refetched);
+                            bus_blob_tap *tap, unsigned *refetched, unsigned *caught);
 
 /* Test hooks (process-wide; NULL clears): chunk_put is called after each
  * chunk a writer published, chunk_got after each chunk a fetch verified;

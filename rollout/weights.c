@@ -9,10 +9,13 @@
  *      size and chunk count are the manifest's, and the SHA-256 over its chunk
  *      hashes is the manifest's sha256 - so the signature covers every chunk;
  *   2. reads blob "<version>" laid out as that embedded manifest says into
- *      the image buffer the client keeps from version to version
- *      (bus_blob_fetch: several direct gets at once, each chunk hashed where
- *      it lands, a chunk failing its hash fetched again), so no byte is hashed
- *      twice and no fresh image memory is faulted in;
+ *      the image buffer the client keeps from version to version: chunks the
+ *      tap caught while the trainer was publishing (a core subscription on
+ *      the chunk subjects, armed with that buffer while the thread is idle)
+ *      are in place already and kept when their hash is the manifest's; the
+ *      rest come by bus_blob_fetch (several direct gets at once, each chunk
+ *      hashed where it lands, one failing its hash fetched again). No byte is
+ *      hashed twice and no fresh image memory is faulted in;
  *   3. parses the manifest's config.json (or takes the creation config),
  *      takes a model the worker handed back (weights_client_recycle) when it
  *      has that config, else creates one, and fills every tensor by name from
@@ -51,6 +54,7 @@ struct weights_client {
     bus_kv *kv;              /* the thread's */
     bus_kv_watcher *watch;   /* the thread's */
     bus_blob_store *store;   /* the thread's */
+    bus_blob_tap *tap;       /* catches chunks as the trainer publishes them (armed while idle) */
     uint64_t tried;          /* newest version fetched or failed; UINT64_MAX none (the thread's) */
     uint8_t tried_sha[32];   /* its image's SHA-256 (a re-published version differs) */
     uint8_t pub[TIDAL_SIGN_PUB_BYTES]; /* the job's key, once known (have_pub); the thread's after creation */
@@ -281,13 +285,14 @@ static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsMan
     unsigned refetched = 0;
     const double t0 = now_ms();
     TRY_GOTO(check_blob(w, name, &L, &hashes));
+    bus_blob_tap_disarm(c->tap); /* what it caught stays in the image buffer, checked below */
     TRY_GOTO(image_buffer(c, L.bytes, v));
-    st = bus_blob_fetch(c->store, name, &L, c->image, &refetched);
-    if (refetched) {
-        pthread_mutex_lock(&c->mu);
-        c->stats.refetched += refetched;
-        pthread_mutex_unlock(&c->mu);
-    }
+    unsigned caught = 0;
+    st = bus_blob_fetch(c->store, name, &L, c->image, c->tap, &refetched, &caught);
+    pthread_mutex_lock(&c->mu);
+    c->stats.refetched += refetched;
+    c->stats.caught += caught;
+    pthread_mutex_unlock(&c->mu);
     if (st != TIDAL_OK) {
         st = tidal_wrap(st, "weights v%" PRIu64 ": fetch blob %s from %s", v, name, c->names.weights_stream);
         goto cleanup;
@@ -303,8 +308,9 @@ static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsMan
     TRY_GOTO(version_config(c, w, &cfg));
     TRY_GOTO(st_open_memory(c->image, (size_t)L.bytes, label, &f));
     TRY_GOTO(build_model(c, &cfg, f, manifest_dtype(w->dtype), v, out));
-    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes fetched in %.0f ms, model built in %.0f ms", v,
-              L.bytes, t_fetch - t0, now_ms() - t_fetch);
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes in %u chunks (%u caught as published) "
+              "fetched in %.0f ms, model built in %.0f ms", v, L.bytes, L.chunk_count, caught, t_fetch - t0,
+              now_ms() - t_fetch);
 cleanup:
     st_close(f);
     free(hashes);
@@ -444,6 +450,8 @@ static void *client_main(void *arg)
         }
         if (!cand) continue;
         process(c, cand, seen_ms);
+        /* idle again: the next version's chunks are caught into the image buffer as they are published */
+        if (c->image) bus_blob_tap_arm(c->tap, c->image, c->image_cap);
         tidal__v1__weights_manifest__free_unpacked(cand, NULL);
         cand = NULL;
     }
@@ -501,6 +509,7 @@ tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const
     TRY_GOTO(bus_kv_watch(c->kv, JOB_KEY_WEIGHTS, &c->watch));
     /* keep 0: a reader never prunes */
     TRY_GOTO(bus_blob_store_open(bus, c->names.weights_stream, c->names.weights_prefix, 0, &c->store));
+    TRY_GOTO(bus_blob_tap_open(c->store, &c->tap));
     if (pthread_create(&c->thread, NULL, client_main, c) != 0) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "cannot start the sync thread");
         goto cleanup;
@@ -600,6 +609,7 @@ void weights_client_free(weights_client *c)
         pthread_mutex_unlock(&c->mu);
         pthread_join(c->thread, NULL);
     }
+    bus_blob_tap_close(c->tap); /* before the store: its callback reads the store's prefix */
     bus_blob_store_close(c->store);
     bus_kv_watch_stop(c->watch);
     bus_kv_close(c->kv);

@@ -41,6 +41,7 @@ typedef struct weights_stats {
     uint64_t refused;          /* manifests refused: unsigned, or not signed by the job's key */
     uint64_t bytes;            /* image bytes fetched */
     uint64_t refetched;        /* chunks fetched again after failing their SHA-256 */
+    uint64_t caught;           /* chunks caught as the trainer published them (not fetched) */
     double fetch_ms_last;      /* manifest seen -> model ready, the last one */
     uint64_t latest_seen;      /* newest manifest version seen; UINT64_MAX none */
 } weights_stats;
