@@ -28,7 +28,7 @@
 #include "bus/bus_internal.h"
 #include "proto/codec.h"
 
-#define BLOB_IN_FLIGHT 8             /* chunks un-acked at once: <= 32 MiB buffered */
+#define BLOB_IN_FLIGHT 16            /* chunks un-acked at once: <= 64 MiB buffered */
 #define BLOB_HEADER_ROOM (16 << 10)  /* max_payload headroom for headers */
 #define BLOB_MIN_WAIT_MS 30000
 #define BLOB_GETS_IN_FLIGHT 4        /* direct gets in flight per fetch (one thread each) */
@@ -289,6 +289,14 @@ void bus_blob_test_hooks(void (*chunk_put)(uint32_t index), void (*chunk_got)(ui
 
 void bus_blob_test_corrupt(unsigned chunks) { atomic_store(&hook_corrupt, chunks); }
 
+/* Whether the test hook wants this chunk corrupted (one of its count taken). */
+static bool take_corrupt(void)
+{
+    unsigned left = atomic_load(&hook_corrupt);
+    while (left > 0 && !atomic_compare_exchange_weak(&hook_corrupt, &left, left - 1)) {}
+    return left > 0;
+}
+
 /* The blob's digest: SHA-256 over its chunks' SHA-256s, in order (protocol.md
  * "Chunked blobs"), so neither side hashes the bytes twice. */
 static void list_digest(const uint8_t (*digests)[32], uint32_t count, uint8_t out[32])
@@ -303,10 +311,10 @@ static void writer_fail(bus_blob_writer *w, tidal_status st)
     snprintf(w->failed_msg, sizeof w->failed_msg, "%s", tidal_errmsg());
 }
 
-/* Hash and publish the filled chunk (asynchronously; its ack comes later). */
-static void flush_chunk(bus_blob_writer *w)
+/* Hash and publish chunk bytes data[n] (asynchronously; its ack comes later). */
+static void send_chunk(bus_blob_writer *w, const uint8_t *data, uint32_t n)
 {
-    if (w->failed != TIDAL_OK || w->fill == 0) return;
+    if (w->failed != TIDAL_OK) return;
     if (w->count == w->cap_digests) {
         uint32_t cap = w->cap_digests ? w->cap_digests * 2 : 64;
         void *d = realloc(w->digests, (size_t)cap * 32);
@@ -317,14 +325,21 @@ static void flush_chunk(bus_blob_writer *w)
         w->digests = d;
         w->cap_digests = cap;
     }
-    sha256(w->chunk, w->fill, w->digests[w->count]);
-    tidal_status st = publish_chunk(w->bs, w->name, w->count, w->chunk, w->fill, w->digests[w->count]);
+    sha256(data, n, w->digests[w->count]);
+    tidal_status st = publish_chunk(w->bs, w->name, w->count, data, n, w->digests[w->count]);
     if (st != TIDAL_OK) {
         writer_fail(w, st);
         return;
     }
     if (hook_chunk_put) hook_chunk_put(w->count);
     w->count++;
+}
+
+/* The filled chunk buffer, sent. */
+static void flush_chunk(bus_blob_writer *w)
+{
+    if (w->fill == 0) return;
+    send_chunk(w, w->chunk, w->fill);
     w->fill = 0;
 }
 
@@ -355,6 +370,13 @@ tidal_status bus_blob_writer_write(bus_blob_writer *w, const void *data, size_t 
 {
     const uint8_t *p = data;
     while (len > 0 && w->failed == TIDAL_OK) {
+        if (w->fill == 0 && len >= w->cb) { /* a whole chunk in the caller's bytes: sent from there, no copy */
+            send_chunk(w, p, w->cb);
+            w->len += w->cb;
+            p += w->cb;
+            len -= w->cb;
+            continue;
+        }
         size_t n = w->cb - w->fill < len ? w->cb - w->fill : len;
         memcpy(w->chunk + w->fill, p, n);
         w->fill += (uint32_t)n;
@@ -530,6 +552,7 @@ static void on_tap_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
         const uint64_t off = (uint64_t)idx * cb;
         if (idx < t->n_recs && off + (uint64_t)len <= t->cap) {
             memcpy(t->buf + off, natsMsg_GetData(msg), (size_t)len);
+            if (take_corrupt() && len > 0) t->buf[off + (size_t)len / 2] ^= 0x01; /* the test hook */
             sha256(t->buf + off, (size_t)len, t->recs[idx].sha);
             t->recs[idx].len = (uint32_t)len;
             t->recs[idx].have = true;
@@ -653,9 +676,7 @@ static tidal_status fetch_chunk(fetch_job *j, uint32_t i)
         }
         memcpy(j->dest + off, bus_msg_data(c), want);
         bus_msg_destroy(c);
-        unsigned left = atomic_load(&hook_corrupt);
-        while (left > 0 && !atomic_compare_exchange_weak(&hook_corrupt, &left, left - 1)) {}
-        if (left > 0) j->dest[off + want / 2] ^= 0x01; /* the test hook: a bit flipped in transit */
+        if (take_corrupt()) j->dest[off + want / 2] ^= 0x01; /* the test hook: a bit flipped in transit */
         uint8_t d[32];
         sha256(j->dest + off, want, d);
         if (memcmp(d, L->chunk_sha256 + 32 * (size_t)i, 32) == 0) break;

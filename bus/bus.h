@@ -350,7 +350,7 @@ tidal_status bus_blob_fetch(bus_blob_store *st, const char *name, const bus_blob
 /* Test hooks (process-wide; NULL clears): chunk_put is called after each
  * chunk a writer published, chunk_got after each chunk a fetch verified;
  * bus_blob_test_corrupt flips one bit in each of the next `chunks` chunks
- * fetched, after they arrive and before their check. */
+ * fetched or caught by a tap, after they arrive and before their check. */
 void bus_blob_test_hooks(void (*chunk_put)(uint32_t index), void (*chunk_got)(uint32_t index));
 void bus_blob_test_corrupt(unsigned chunks);
 
