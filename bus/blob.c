@@ -275,7 +275,15 @@ struct bus_blob_writer {
     uint32_t cap_digests;
     tidal_status failed;       /* the first failure (the writer then takes no more) */
     char failed_msg[512];
+    double t_open, hash_ms, send_ms; /* where the time goes (the debug log at close) */
 };
+
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
 
 static void (*hook_chunk_put)(uint32_t index);
 static void (*hook_chunk_got)(uint32_t index);
@@ -325,8 +333,12 @@ static void send_chunk(bus_blob_writer *w, const uint8_t *data, uint32_t n)
         w->digests = d;
         w->cap_digests = cap;
     }
+    const double t0 = mono_ms();
     sha256(data, n, w->digests[w->count]);
+    const double t1 = mono_ms();
     tidal_status st = publish_chunk(w->bs, w->name, w->count, data, n, w->digests[w->count]);
+    w->hash_ms += t1 - t0;
+    w->send_ms += mono_ms() - t1; /* with 16 chunks un-acked this includes waiting for acks */
     if (st != TIDAL_OK) {
         writer_fail(w, st);
         return;
@@ -362,6 +374,7 @@ tidal_status bus_blob_writer_open(bus_blob_store *bs, const char *name, bus_blob
     }
     w->bs = bs;
     snprintf(w->name, sizeof w->name, "%s", name);
+    w->t_open = mono_ms();
     *out = w;
     return TIDAL_OK;
 }
@@ -413,7 +426,12 @@ tidal_status bus_blob_writer_close(bus_blob_writer *w, bus_blob_info *info)
     /* Chunks already sent are waited for even after a failed publish (their acks
      * would otherwise stay pending on the context); the first failure is returned. */
     int wait_ms = bs->b->js_timeout_ms * 4 > BLOB_MIN_WAIT_MS ? bs->b->js_timeout_ms * 4 : BLOB_MIN_WAIT_MS;
+    const double t_wait = mono_ms();
     tidal_status st = wait_chunks(bs, name, wait_ms);
+    tidal_log(TIDAL_LOG_DEBUG, "bus: blob %s: %u chunks, %llu bytes in %.0f ms: hashing %.0f ms, publishing %.0f ms "
+              "(with waits for acks), last acks %.0f ms, the rest (serialising, copies) %.0f ms", name, w->count,
+              (unsigned long long)w->len, mono_ms() - w->t_open, w->hash_ms, w->send_ms, mono_ms() - t_wait,
+              t_wait - w->t_open - w->hash_ms - w->send_ms);
     if (w->failed != TIDAL_OK) st = tidal_fail(w->failed, "%s", w->failed_msg);
     void *buf = NULL;
     ProtobufCBinaryData *chunk_sha = calloc(w->count ? w->count : 1, sizeof *chunk_sha);
