@@ -632,8 +632,10 @@ void bus_blob_tap_close(bus_blob_tap *t)
 {
     if (!t) return;
     if (t->sub) {
-        natsSubscription_Unsubscribe(t->sub);
-        natsSubscription_WaitForDrainCompletion(t->sub, 1000);
+        bus_blob_tap_disarm(t); /* what is still queued is dropped quickly */
+        /* drained, so no callback still runs on t once this returns */
+        if (natsSubscription_Drain(t->sub) != NATS_OK || natsSubscription_WaitForDrainCompletion(t->sub, 5000) != NATS_OK)
+            natsSubscription_Unsubscribe(t->sub);
         natsSubscription_Destroy(t->sub);
     }
     pthread_mutex_destroy(&t->lock);
