@@ -331,7 +331,7 @@ typedef struct bus_blob_layout {
  * buffer; the tap is used by one thread (its callback runs on the client's). */
 typedef struct bus_blob_tap bus_blob_tap;
 tidal_status bus_blob_tap_open(bus_blob_store *st, bus_blob_tap **out);
-void bus_blob_tap_arm(bus_blob_tap *t, void *buf, size_t cap);
+void bus_blob_tap_arm(bus_blob_tap *t, void *buf, size_t cap); /* buf NULL: disarmed, records forgotten */
 void bus_blob_tap_disarm(bus_blob_tap *t);
 void bus_blob_tap_close(bus_blob_tap *t);
 

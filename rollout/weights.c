@@ -240,6 +240,7 @@ static tidal_status check_blob(const Tidal__V1__WeightsManifest *w, const char *
 static tidal_status image_buffer(weights_client *c, uint64_t len, uint64_t v)
 {
     if (c->image && c->image_cap >= len) return TIDAL_OK;
+    bus_blob_tap_arm(c->tap, NULL, 0); /* its records are of the old buffer (a new one may get its address) */
     free(c->image);
     c->image_cap = 0;
     c->image = malloc(len ? (size_t)len : 1);
