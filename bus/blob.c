@@ -621,6 +621,16 @@ void bus_blob_tap_arm(bus_blob_tap *t, void *buf, size_t cap)
     pthread_mutex_unlock(&t->lock);
 }
 
+unsigned bus_blob_tap_caught(bus_blob_tap *t, const char *name)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&t->lock);
+    if (name && !strcmp(t->name, name))
+        for (uint32_t i = 0; i < t->n_recs; i++) n += t->recs[i].have;
+    pthread_mutex_unlock(&t->lock);
+    return n;
+}
+
 void bus_blob_tap_disarm(bus_blob_tap *t)
 {
     pthread_mutex_lock(&t->lock);

@@ -333,6 +333,8 @@ typedef struct bus_blob_tap bus_blob_tap;
 tidal_status bus_blob_tap_open(bus_blob_store *st, bus_blob_tap **out);
 void bus_blob_tap_arm(bus_blob_tap *t, void *buf, size_t cap); /* buf NULL: disarmed, records forgotten */
 void bus_blob_tap_disarm(bus_blob_tap *t);
+/* Chunks of blob `name` the tap holds (verified or not). */
+unsigned bus_blob_tap_caught(bus_blob_tap *t, const char *name);
 void bus_blob_tap_close(bus_blob_tap *t);
 
 /* Read blob `name` laid out as `want` into dest (want->bytes, the caller's,

@@ -103,6 +103,64 @@ static void test_streamed_and_refetched(void)
     bus_blob_store_close(st);
 }
 
+/* A tap catches a blob's chunks as they are published, in place in its
+ * buffer; the fetch then gets none of them. A caught chunk whose bytes differ
+ * from what the trusted layout names (the test hook) is fetched instead, and
+ * a layout the tap's blob does not match (other hashes) makes it fetch all. */
+static void test_tap_catches_chunks(void)
+{
+    bus_blob_store *st = NULL;
+    CHECK_OK(bus_blob_store_open(F.bus, "TIDAL_t_WEIGHTS", "tidal.t.weights", 2, &st));
+    tidal_bus *rb = NULL;
+    bus_opts bo = {.urls = tidal_server_url(F.srv), .name = "test-tap", .js_timeout_ms = 5000};
+    CHECK_OK(bus_connect(&rb, &bo));
+    bus_blob_store *rs = NULL;
+    CHECK_OK(bus_blob_store_open(rb, "TIDAL_t_WEIGHTS", "tidal.t.weights", 0, &rs));
+    bus_blob_tap *tap = NULL;
+    CHECK_OK(bus_blob_tap_open(rs, &tap));
+    CHECK_OK(bus_flush(rb, 5000)); /* the subscription is at the server */
+    const uint64_t n = (9ull << 20) + 11;
+    uint8_t *data = malloc(n), *buf = malloc(n);
+    fill(data, n, 4);
+    memset(buf, 0, n);
+    for (int round = 0; round < 2; round++) {
+        bus_blob_tap_arm(tap, buf, n);
+        if (round == 1) bus_blob_test_corrupt(1); /* the first chunk the tap sees */
+        bus_blob_info info;
+        CHECK_OK(bus_blob_put(st, "t", data, n, &info));
+        CHECK(info.chunk_count == 3);
+        for (int i = 0; i < 200 && bus_blob_tap_caught(tap, "t") < 3; i++) usleep(10000);
+        bus_blob_test_corrupt(0);
+        bus_blob_tap_disarm(tap);
+        CHECK(bus_blob_tap_caught(tap, "t") == 3);
+        Tidal__V1__BlobManifest *m = NULL;
+        bus_msg *mm = NULL;
+        CHECK_OK(bus_stream_get_last(F.bus, "TIDAL_t_WEIGHTS", "tidal.t.weights.t.m", &mm));
+        CHECK_OK(codec_decode_blob_manifest(bus_msg_data(mm), (size_t)bus_msg_len(mm), &m));
+        bus_msg_destroy(mm);
+        uint8_t hashes[3 * 32];
+        for (int i = 0; i < 3; i++) memcpy(hashes + 32 * i, m->chunk_sha256[i].data, 32);
+        bus_blob_layout L = {.bytes = m->bytes, .chunk_bytes = m->chunk_bytes, .chunk_count = 3, .chunk_sha256 = hashes};
+        tidal__v1__blob_manifest__free_unpacked(m, NULL);
+        unsigned caught = 99, refetched = 99;
+        CHECK_OK(bus_blob_fetch(rs, "t", &L, buf, tap, &refetched, &caught));
+        CHECK_MSG(caught == (round == 0 ? 3u : 2u) && refetched == 0, "round %d: caught %u", round, caught);
+        CHECK(!memcmp(buf, data, n));
+        if (round == 1) { /* hashes the tap's chunks do not have: every chunk fetched */
+            hashes[0] ^= 1, hashes[32] ^= 1, hashes[64] ^= 1;
+            CHECK_STATUS(bus_blob_fetch(rs, "t", &L, buf, tap, &refetched, &caught), TIDAL_ERR_CORRUPT);
+            CHECK(caught == 0 && refetched >= 2); /* a chunk tried 3 times (the others in parallel), and named */
+            CHECK_MSG(strstr(tidal_errmsg(), "fails its SHA-256 check 3 times"), "%s", tidal_errmsg());
+        }
+    }
+    bus_blob_tap_close(tap);
+    bus_blob_store_close(rs);
+    bus_close(rb);
+    bus_blob_store_close(st);
+    free(data);
+    free(buf);
+}
+
 /* A chunk replaced by other bytes, and a chunk gone, are both caught and named. */
 static void test_corruption_detected(void)
 {
@@ -208,6 +266,7 @@ int main(void)
     fixture_start(&F);
     RUN(test_round_trip_256mib);
     RUN(test_streamed_and_refetched);
+    RUN(test_tap_catches_chunks);
     RUN(test_corruption_detected);
     RUN(test_missing_chunk);
     RUN(test_keep_newest);
