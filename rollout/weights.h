@@ -2,8 +2,9 @@
  *
  * A background thread watches KV TIDAL_J key `weights.latest`. For each
  * manifest newer than what it holds it fetches the blob "<version>" from
- * stream TIDAL_J_WEIGHTS (chunks verified by the blob layer), checks the
- * image's size and SHA-256 against the manifest, and builds a model from it
+ * stream TIDAL_J_WEIGHTS as the manifest's embedded blob manifest lays it out
+ * (several chunks in flight, each checked against its signed SHA-256 and
+ * fetched again when it fails), and builds a model from it
  * (the manifest's config.json when it has one, else the config given at
  * creation; every tensor present with its shape). The worker takes the
  * newest ready model at a decode-step boundary (weights_client_take) or
@@ -19,7 +20,8 @@
  * counted and skipped; a later one is tried as usual. A version is tried
  * once, unless it is published again with other weights (another SHA-256).
  * Memory: besides what the worker took, the client holds at most the ready
- * model, plus the image and the model being built during a fetch.
+ * model, one model handed back for reuse (weights_client_recycle), the image
+ * buffer (kept from version to version) and the model being built.
  */
 #ifndef TIDAL_ROLLOUT_WEIGHTS_H
 #define TIDAL_ROLLOUT_WEIGHTS_H
@@ -38,6 +40,8 @@ typedef struct weights_stats {
     uint64_t failed;           /* manifests skipped (fetch, verify or build failed) */
     uint64_t refused;          /* manifests refused: unsigned, or not signed by the job's key */
     uint64_t bytes;            /* image bytes fetched */
+    uint64_t refetched;        /* chunks fetched again after failing their SHA-256 */
+    uint64_t caught;           /* chunks caught as the trainer published them (not fetched) */
     double fetch_ms_last;      /* manifest seen -> model ready, the last one */
     uint64_t latest_seen;      /* newest manifest version seen; UINT64_MAX none */
 } weights_stats;
@@ -63,6 +67,12 @@ model *weights_client_take(weights_client *c, uint64_t have, uint64_t *version);
  * 0: just look), the message naming the newest manifest seen. */
 tidal_status weights_client_wait(weights_client *c, uint64_t min_version, int timeout_ms, model **out,
                                  uint64_t *version);
+
+/* Hand back a model the worker no longer uses (one it took; NULL is a
+ * no-op): the client builds the next version of the same config in its
+ * memory rather than allocating and faulting in a new one. The client keeps
+ * one such model (an older one is freed); the caller must not touch m again. */
+void weights_client_recycle(weights_client *c, model *m);
 
 /* Counters so far (a consistent copy). */
 void weights_client_stats(weights_client *c, weights_stats *s);

@@ -238,12 +238,20 @@ static void hist_push(worker *w, model *nm, uint64_t v)
  * the history holds it. */
 static tidal_status sidecar_push(worker *w, const model *nm, uint64_t v);
 
+/* A model the worker is done with goes back to the weights client, which
+ * builds the next version in its memory (no fresh pages to fault in). */
+static void drop_model(worker *w, model *m)
+{
+    if (w->wc) weights_client_recycle(w->wc, m);
+    else model_free(m);
+}
+
 static tidal_status use_model(worker *w, model *nm, uint64_t v)
 {
     if (nm == w->m) return TIDAL_OK;
     if (w->rm) { /* the servers load it; on failure they and this worker keep the old version */
         TRY(sidecar_push(w, nm, v));
-        if (!w->oldest) model_free(w->m);
+        if (!w->oldest) drop_model(w, w->m);
         w->m = nm;
         w->version = v;
         return TIDAL_OK;
@@ -255,7 +263,7 @@ static tidal_status use_model(worker *w, model *nm, uint64_t v)
         return TIDAL_OK;
     }
     TRY(engine_set_model(w->e, nm, v));
-    if (!w->oldest) model_free(w->m);
+    if (!w->oldest) drop_model(w, w->m);
     w->m = nm;
     w->version = v;
     return TIDAL_OK;

@@ -5,14 +5,15 @@
  *            overwrites it in place (the older version is never sent);
  *   spare    a buffer kept for the next handover, so a steady trainer does not
  *            allocate (and fault in) hundreds of MB per step;
- *   the one the background thread is serializing, which it owns outside the
- *   lock and gives back as the spare as soon as the image is made (fp32
- *   tensors go from it straight into the image: st_writer_add_ref).
- * The background thread then images the writer (st_writer_to_memory), stores
- * the image as blob "<version>" (bus_blob_put: chunks, their acks, the blob
- * manifest, pruning to `keep`), reads the blob manifest back to embed it in
- * the WeightsManifest (protocol.md: a "bus" manifest carries its blob's), and
- * puts the WeightsManifest in `weights.latest` and the version in
+ *   the one the background thread is publishing, which it owns outside the
+ *   lock and gives back as the spare once that version is on the bus (or
+ *   given up): fp32 tensors go from it straight into the blob's chunks.
+ * The background thread streams the safetensors image into blob "<version>"
+ * as it serialises it (st_writer_emit into a bus_blob_writer: each 4 MiB
+ * chunk hashed and published as it fills, no copy of the whole image), reads
+ * the blob manifest back to embed it in the WeightsManifest (protocol.md: a
+ * "bus" manifest carries its blob's), and puts the WeightsManifest in
+ * `weights.latest` and the version in
  * `trainer.version`. The blob store and KV handles belong to that thread.
  *
  * A failure in the background is logged, kept (the first since the last
@@ -116,8 +117,8 @@ static int64_t unix_ms(void)
 
 /* ---------------------------------------------------------------- background */
 
-/* Hand a snapshot back once its data is copied: it becomes the spare (or is
- * freed when there is one already). */
+/* Hand a snapshot back once it is published (or given up): it becomes the
+ * spare (or is freed when there is one already). */
 static void release_snapshot(weights_publisher *p, snapshot *s)
 {
     pthread_mutex_lock(&p->mu);
@@ -129,15 +130,21 @@ static void release_snapshot(weights_publisher *p, snapshot *s)
     snapshot_free(s);
 }
 
-/* The safetensors image of snapshot s in the publisher's dtype, every
- * parameter under its Hugging Face name, in the model's order. fp32 tensors
- * are borrowed from the snapshot (one copy: into the image); bf16 ones are
- * converted (round to nearest even) by the writer. Gives s back
- * (release_snapshot) once the image is made, whether or not that succeeded. */
-static tidal_status serialize(weights_publisher *p, snapshot *s, void **image, size_t *len)
+static tidal_status sink_blob(void *ctx, const void *buf, size_t len)
+{
+    return bus_blob_writer_write(ctx, buf, len);
+}
+
+/* Stream the safetensors image of snapshot s in the publisher's dtype (every
+ * parameter under its Hugging Face name, in the model's order) into blob
+ * `name` as it is serialised: chunk by chunk, never the whole image in one
+ * buffer. fp32 tensors are borrowed from the snapshot; bf16 ones are
+ * converted (round to nearest even) by the writer. */
+static tidal_status stream_image(weights_publisher *p, const snapshot *s, const char *name, bus_blob_info *info)
 {
     const uint64_t v = s->version;
     st_writer *w = NULL;
+    bus_blob_writer *bw = NULL;
     tidal_status st = TIDAL_OK;
     TRY_GOTO(st_writer_new(&w));
     TRY_GOTO(st_writer_metadata(w, "format", "pt"));
@@ -150,11 +157,20 @@ static tidal_status serialize(weights_publisher *p, snapshot *s, void **image, s
         else
             TRY_GOTO(st_writer_add_f32(w, t->name, p->dtype, t->ndim, t->shape, data));
     }
-    TRY_GOTO(st_writer_to_memory(w, image, len));
+    TRY_GOTO(bus_blob_writer_open(p->store, name, &bw));
+    TRY_GOTO(st_writer_emit(w, sink_blob, bw));
+    st = bus_blob_writer_close(bw, info);
+    bw = NULL;
 cleanup:
+    if (bw) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tidal_errmsg());
+        bus_blob_writer_abort(bw);
+        tidal_fail(st, "%s", msg);
+    }
     st_writer_free(w);
-    release_snapshot(p, s);
-    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": serialize", v);
+    if (st != TIDAL_OK)
+        return tidal_wrap(st, "weights v%" PRIu64 ": store blob %s in %s", v, name, p->names.weights_stream);
     return TIDAL_OK;
 }
 
@@ -172,13 +188,13 @@ static tidal_status read_blob_manifest(weights_publisher *p, const char *name, T
     return st;
 }
 
-/* Store one serialized version (image[len], not consumed): blob, then
+/* Publish snapshot s: its image streamed into blob "<version>", then the
  * WeightsManifest in `weights.latest`, then `trainer.version`. Safe to repeat
  * after a failure: the blob is replaced, the keys are put again. */
-static tidal_status store_image(weights_publisher *p, uint64_t v, const model_config *cfgp, const void *image,
-                                size_t len)
+static tidal_status store_version(weights_publisher *p, const snapshot *s)
 {
-    const model_config cfg = *cfgp;
+    const uint64_t v = s->version;
+    const model_config cfg = s->cfg;
     char name[24];
     snprintf(name, sizeof name, "%" PRIu64, v);
     const double t_image = mono_ms();
@@ -190,12 +206,11 @@ static tidal_status store_image(weights_publisher *p, uint64_t v, const model_co
     if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64, v);
 
     bus_blob_info info;
-    st = bus_blob_put(p->store, name, image, len, &info);
+    st = stream_image(p, s, name, &info);
     if (st != TIDAL_OK) {
         free(config_json);
-        return tidal_wrap(st, "weights v%" PRIu64 ": store blob %s in %s", v, name, p->names.weights_stream);
+        return st;
     }
-    assert(info.bytes == len);
     const double t_blob = mono_ms();
 
     Tidal__V1__BlobManifest *blob = NULL;
@@ -256,12 +271,7 @@ static void *publisher_main(void *arg)
         p->working_version = s->version;
         pthread_mutex_unlock(&p->mu);
 
-        const uint64_t v = s->version;
-        const model_config cfg = s->cfg;
-        void *image = NULL;
-        size_t len = 0;
-        tidal_status st = serialize(p, s, &image, &len); /* gives s back */
-        if (st == TIDAL_OK) st = store_image(p, v, &cfg, image, len);
+        tidal_status st = store_version(p, s);
         /* A bus outage (the client reconnects by itself) is waited out: the same
          * image again every RETRY_MS, until it goes through, a newer version is
          * handed over (only the newest matters), the publisher stops, or
@@ -277,9 +287,9 @@ static void *publisher_main(void *arg)
                 st = TIDAL_OK; /* superseded (or stopping): not a failure */
                 break;
             }
-            st = store_image(p, v, &cfg, image, len);
+            st = store_version(p, s);
         }
-        free(image);
+        release_snapshot(p, s);
         if (st != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "weights publisher: %s", tidal_errmsg());
 
         pthread_mutex_lock(&p->mu);
