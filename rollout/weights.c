@@ -208,8 +208,11 @@ static tidal_status fetch_http(weights_client *c, const Tidal__V1__WeightsManife
     if (st == TIDAL_OK) {
         *verified = true;
         pthread_mutex_lock(&c->mu);
-        c->stats.http_fetched++;
+        const bool first = c->stats.http_fetched++ == 0;
         pthread_mutex_unlock(&c->mu);
+        if (first) /* once: the later ones are in the debug line of fetch_version */
+            tidal_log(TIDAL_LOG_INFO, "weights v%" PRIu64 ": fetched over HTTP from %s (%" PRIu64 " bytes, every range "
+                      "verified)", v, w->url, *len);
         return TIDAL_OK;
     }
     if (st == TIDAL_ERR_CANCELLED) return st;
