@@ -24,10 +24,14 @@ typedef struct fetch_http_opts {
     int parallel;       /* Range requests in flight; <= 0: 4 */
     bool (*cancelled)(void *ctx); /* polled between transfers' progress; true: TIDAL_ERR_CANCELLED */
     void *cancelled_ctx;
+    void **reuse;       /* optional: a buffer from an earlier fetch (*reuse, reuse_cap bytes, from this
+                           function), written into instead of fresh memory when it is large enough - its
+                           pages are faulted in already; taken (*reuse = NULL) when used */
+    uint64_t reuse_cap;
 } fetch_http_opts;
 
 /* Fetch the image manifest w (transport "http", validated) names into a
- * malloc'd buffer of w->bytes (*image, *len). Errors say why, with the URL:
+ * buffer of w->bytes (*image, *len; free() it, or hand it back as reuse). Errors say why, with the URL:
  * TIDAL_ERR_TIMEOUT (no progress for stall_ms: the server stopped answering),
  * TIDAL_ERR_PERMISSION (401/403: the token), TIDAL_ERR_NOT_FOUND (404: the
  * version is no longer served), TIDAL_ERR_CORRUPT (a range's hash twice

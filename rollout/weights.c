@@ -55,6 +55,8 @@ struct weights_client {
     bool have_pub;
     int http_timeout_ms, http_parallel; /* transport http */
     char *http_token;                   /* NULL: none */
+    void *spare_image;                  /* the last HTTP image's buffer, written into by the next fetch */
+    uint64_t spare_cap;                 /* (the thread's) */
 
     pthread_mutex_t mu;
     pthread_cond_t ready_cv; /* a model became ready */
@@ -203,7 +205,8 @@ static tidal_status fetch_http(weights_client *c, const Tidal__V1__WeightsManife
 {
     const uint64_t v = w->version;
     fetch_http_opts fo = {.token = c->http_token, .stall_ms = c->http_timeout_ms, .parallel = c->http_parallel,
-                          .cancelled = cancelled, .cancelled_ctx = c};
+                          .cancelled = cancelled, .cancelled_ctx = c, .reuse = &c->spare_image,
+                          .reuse_cap = c->spare_cap};
     tidal_status st = fetch_http_image(w, &fo, image, len);
     if (st == TIDAL_OK) {
         *verified = true;
@@ -283,7 +286,12 @@ static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsMan
               v, len, verified ? "http" : "bus", t_fetch - t0, now_ms() - t_fetch);
 cleanup:
     st_close(f);
-    free(image);
+    if (verified && !c->spare_image) { /* its pages stay faulted in for the next HTTP fetch */
+        c->spare_image = image;
+        c->spare_cap = len;
+    } else {
+        free(image);
+    }
     return st;
 }
 
@@ -589,6 +597,7 @@ void weights_client_free(weights_client *c)
     bus_kv_close(c->kv);
     model_free(c->ready);
     free(c->http_token);
+    free(c->spare_image);
     pthread_cond_destroy(&c->ready_cv);
     pthread_mutex_destroy(&c->mu);
     free(c);

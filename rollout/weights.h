@@ -25,7 +25,9 @@
  * "<version>", is taken instead (checked against the manifest's SHA-256),
  * counted in stats.http_fallbacks.
  * Memory: besides what the worker took, the client holds at most the ready
- * model, plus the image and the model being built during a fetch.
+ * model, plus the image and the model being built during a fetch; with
+ * transport http it keeps the last image's buffer for the next fetch (its
+ * pages faulted in already: a fresh one costs a page fault per 4 KiB).
  */
 #ifndef TIDAL_ROLLOUT_WEIGHTS_H
 #define TIDAL_ROLLOUT_WEIGHTS_H

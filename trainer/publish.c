@@ -294,26 +294,26 @@ static tidal_status hash_image(uint64_t v, const void *image, size_t len, http_p
         ok = ok && EVP_Digest((const uint8_t *)image + off, n, hp->chunk_sha[i], &dn, EVP_sha256(), NULL) == 1;
     }
     if (threaded) pthread_join(th, NULL);
-    if (!ok || !wh.ok) return tidal_fail(TIDAL_ERR_IO, "weights v%" PRIu64 ": SHA-256 failed (libcrypto)", v);
+    if (!ok || !wh.ok) {
+        free(hp->chunk_sha);
+        hp->chunk_sha = NULL;
+        return tidal_fail(TIDAL_ERR_IO, "weights v%" PRIu64 ": SHA-256 failed (libcrypto)", v);
+    }
     memcpy(hp->sha256, wh.out, 32);
     return TIDAL_OK;
 }
 
-/* transport http: serve image[len] (ownership passes to the server on the
- * first call) and put its manifest in weights.latest and the version in
- * trainer.version. Steps done already are skipped. */
-static tidal_status announce_http(weights_publisher *p, uint64_t v, const model_config *cfg, void *image, size_t len,
-                                  http_progress *hp)
+/* transport http: serve image[len] (the server copies it) and put its
+ * manifest in weights.latest and the version in trainer.version. Steps done
+ * already are skipped. */
+static tidal_status announce_http(weights_publisher *p, uint64_t v, const model_config *cfg, const void *image,
+                                  size_t len, http_progress *hp)
 {
     const double t0 = mono_ms();
     if (!hp->served) {
-        tidal_status st = hash_image(v, image, len, hp);
-        hp->served = true; /* the image is the server's from here, also on failure */
-        if (st != TIDAL_OK) {
-            free(image);
-            return st;
-        }
+        if (!hp->chunk_sha) TRY(hash_image(v, image, len, hp));
         TRY(weights_http_add(p->http, v, image, len));
+        hp->served = true;
     }
     if (hp->announced) return TIDAL_OK;
     const double t_hash = mono_ms();
@@ -412,7 +412,7 @@ static void *publisher_main(void *arg)
             }
             st = store_version(p, v, &cfg, image, len, &hp);
         }
-        if (!hp.served) free(image); /* else the server's, freed when it is pruned */
+        free(image);
         free(hp.chunk_sha);
         if (st != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "weights publisher: %s", tidal_errmsg());
 

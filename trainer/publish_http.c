@@ -1,11 +1,16 @@
 /* publish_http.c - the trainer's weights server (see publish_http.h).
  *
- * Images are reference counted: the server's list holds one reference per
- * served version, each response reading an image another (dropped by the
- * response's free callback), so pruning a version that a worker is still
- * fetching frees it only when that fetch is done. A thread per connection
- * (as serve/ does): a slow worker holds its own thread, never another's.
+ * Each served image is copied into a memfd (an anonymous in-memory file), so
+ * a response is sent with sendfile straight from its pages, as nginx sends a
+ * cached file: over loopback the bytes are copied once, into the worker's
+ * socket buffer (a response from a memory buffer costs a second copy, into
+ * the server's). Each response reads its own dup of the descriptor, so
+ * pruning a version that a worker is still fetching frees its pages only when
+ * that fetch is done (the kernel counts the references). A thread per
+ * connection (as serve/ does): a slow worker holds its own thread, never
+ * another's.
  */
+#define _GNU_SOURCE /* memfd_create */
 #include "trainer/publish_http.h"
 
 #include <arpa/inet.h>
@@ -19,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,9 +34,8 @@
 
 typedef struct image {
     uint64_t version;
-    uint8_t *data;
+    int fd;     /* the memfd holding the image */
     size_t len;
-    atomic_int refs;
 } image;
 
 struct weights_http {
@@ -45,12 +50,11 @@ struct weights_http {
     atomic_bool stopping;
 };
 
-static void image_unref(image *im)
+static void image_free(image *im)
 {
-    if (im && atomic_fetch_sub(&im->refs, 1) == 1) {
-        free(im->data);
-        free(im);
-    }
+    if (!im) return;
+    close(im->fd);
+    free(im);
 }
 
 /* ---------------------------------------------------------------- requests */
@@ -118,7 +122,7 @@ static int parse_range(const char *hdr, uint64_t len, uint64_t *from, uint64_t *
  * stall_after bytes, then nothing until the server stops. */
 typedef struct reader {
     weights_http *h;
-    image *im;
+    int fd; /* a dup of the image's memfd */
     uint64_t from;
 } reader;
 
@@ -136,14 +140,14 @@ static ssize_t stalling_read(void *cls, uint64_t pos, char *buf, size_t max)
     }
     size_t n = max;
     if (n > limit - pos) n = (size_t)(limit - pos);
-    memcpy(buf, r->im->data + r->from + pos, n);
-    return (ssize_t)n;
+    const ssize_t got = pread(r->fd, buf, n, (off_t)(r->from + pos));
+    return got > 0 ? got : MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
 static void reader_free(void *cls)
 {
     reader *r = cls;
-    image_unref(r->im);
+    close(r->fd);
     free(r);
 }
 
@@ -161,22 +165,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     unsigned long long v = strtoull(vs, &end, 10);
     if (!*vs || *end || errno || *vs < '0' || *vs > '9') return reply_text(c, 404, "not a version\n");
 
-    image *im = NULL;
+    int fd = -1;
+    size_t len = 0;
     pthread_mutex_lock(&h->mu);
     for (int i = 0; i < h->n_served; i++)
         if (h->served[i]->version == v) {
-            im = h->served[i];
-            atomic_fetch_add(&im->refs, 1);
+            fd = dup(h->served[i]->fd); /* the response's own: the image may be pruned meanwhile */
+            len = h->served[i]->len;
         }
     pthread_mutex_unlock(&h->mu);
-    if (!im) return reply_text(c, 404, "this version is not served (pruned, or not published yet)\n");
+    if (fd < 0 && len) return reply_text(c, 503, "out of file descriptors\n");
+    if (fd < 0) return reply_text(c, 404, "this version is not served (pruned, or not published yet)\n");
 
-    uint64_t from = 0, to = im->len - 1;
-    const int ranged = parse_range(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range"), im->len, &from, &to);
+    uint64_t from = 0, to = len - 1;
+    const int ranged = parse_range(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range"), len, &from, &to);
     if (ranged < 0) {
         char cr[64];
-        snprintf(cr, sizeof cr, "bytes */%zu", im->len);
-        image_unref(im);
+        snprintf(cr, sizeof cr, "bytes */%zu", len);
+        close(fd);
         struct MHD_Response *r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
         if (!r) return MHD_NO;
         MHD_add_response_header(r, "Content-Range", cr);
@@ -185,26 +191,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return ret;
     }
     const uint64_t n = to - from + 1;
-    reader *rd = malloc(sizeof *rd);
-    if (!rd) {
-        image_unref(im);
-        return MHD_NO;
-    }
-    *rd = (reader){.h = h, .im = im, .from = from};
-    struct MHD_Response *r;
-    if (atomic_load(&h->stall_after) != UINT64_MAX)
+    struct MHD_Response *r = NULL;
+    if (atomic_load(&h->stall_after) != UINT64_MAX) {
+        reader *rd = malloc(sizeof *rd);
+        if (!rd) {
+            close(fd);
+            return MHD_NO;
+        }
+        *rd = (reader){.h = h, .fd = fd, .from = from};
         r = MHD_create_response_from_callback(n, BLOCK_BYTES, stalling_read, rd, reader_free);
-    else /* zero copy: sent from the image */
-        r = MHD_create_response_from_buffer_with_free_callback_cls((size_t)n, im->data + from, reader_free, rd);
-    if (!r) {
-        reader_free(rd);
-        return MHD_NO;
+        if (!r) reader_free(rd);
+    } else { /* sendfile from the memfd; MHD closes fd with the response */
+        r = MHD_create_response_from_fd_at_offset64(n, fd, from);
+        if (!r) close(fd);
     }
+    if (!r) return MHD_NO;
     MHD_add_response_header(r, "Content-Type", "application/octet-stream");
     MHD_add_response_header(r, "Accept-Ranges", "bytes");
     if (ranged) {
         char cr[96];
-        snprintf(cr, sizeof cr, "bytes %" PRIu64 "-%" PRIu64 "/%zu", from, to, im->len);
+        snprintf(cr, sizeof cr, "bytes %" PRIu64 "-%" PRIu64 "/%zu", from, to, len);
         MHD_add_response_header(r, "Content-Range", cr);
     }
     enum MHD_Result ret = MHD_queue_response(c, ranged ? 206 : 200, r);
@@ -283,17 +289,32 @@ cleanup:
 
 const char *weights_http_base_url(const weights_http *h) { return h->base_url; }
 
-tidal_status weights_http_add(weights_http *h, uint64_t version, void *data, size_t len)
+tidal_status weights_http_add(weights_http *h, uint64_t version, const void *data, size_t len)
 {
+    char name[40];
+    snprintf(name, sizeof name, "tidal-weights-%" PRIu64, version);
     image *im = calloc(1, sizeof *im);
-    if (!im) {
-        free(data);
-        return tidal_fail(TIDAL_ERR_NOMEM, "weights http: v%" PRIu64 ": out of memory", version);
-    }
+    if (!im) return tidal_fail(TIDAL_ERR_NOMEM, "weights http: v%" PRIu64 ": out of memory", version);
     im->version = version;
-    im->data = data;
     im->len = len;
-    atomic_init(&im->refs, 1);
+    im->fd = memfd_create(name, MFD_CLOEXEC);
+    if (im->fd < 0) {
+        free(im);
+        return tidal_fail(TIDAL_ERR_IO, "weights http: v%" PRIu64 ": memfd_create: %s", version, strerror(errno));
+    }
+    /* written through a mapping: one copy, no syscall per block */
+    void *map = MAP_FAILED;
+    if (ftruncate(im->fd, (off_t)len) != 0 ||
+        (len && (map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, im->fd, 0)) == MAP_FAILED)) {
+        tidal_status st = tidal_fail(TIDAL_ERR_NOMEM, "weights http: v%" PRIu64 ": %zu bytes in memory: %s", version,
+                                     len, strerror(errno));
+        image_free(im);
+        return st;
+    }
+    if (len) {
+        memcpy(map, data, len);
+        munmap(map, len);
+    }
     image *drop[2] = {NULL, NULL};
     pthread_mutex_lock(&h->mu);
     for (int i = 0; i < h->n_served; i++)
@@ -310,8 +331,8 @@ tidal_status weights_http_add(weights_http *h, uint64_t version, void *data, siz
     }
     h->served[h->n_served++] = im;
     pthread_mutex_unlock(&h->mu);
-    image_unref(drop[0]);
-    image_unref(drop[1]);
+    image_free(drop[0]);
+    image_free(drop[1]);
     return TIDAL_OK;
 }
 
@@ -322,7 +343,7 @@ void weights_http_stop(weights_http *h)
     if (!h) return;
     atomic_store(&h->stopping, true);
     if (h->d) MHD_stop_daemon(h->d); /* joins the connection threads: no response reads an image after */
-    for (int i = 0; i < h->n_served; i++) image_unref(h->served[i]);
+    for (int i = 0; i < h->n_served; i++) image_free(h->served[i]);
     free(h->served);
     free(h->token);
     pthread_mutex_destroy(&h->mu);

@@ -4,10 +4,10 @@
  * An HTTP/1.1 server (libmicrohttpd, a thread per connection, keep-alive)
  * that serves the safetensors image of each of the newest `keep` versions at
  * GET /weights/<version>, whole or one byte range (Range: bytes=a-b, a-,
- * -n; 206 with Content-Range), straight from the image in memory. With a
- * token every request must carry "Authorization: Bearer <token>" (401
- * otherwise). An image is freed when it is pruned and the last response
- * reading it is done.
+ * -n; 206 with Content-Range), sent with sendfile from an in-memory copy
+ * (memfd). With a token every request must carry "Authorization: Bearer
+ * <token>" (401 otherwise). An image is freed when it is pruned and the last
+ * response reading it is done.
  */
 #ifndef TIDAL_TRAINER_PUBLISH_HTTP_H
 #define TIDAL_TRAINER_PUBLISH_HTTP_H
@@ -35,11 +35,10 @@ tidal_status weights_http_start(const weights_http_opts *o, weights_http **out);
 /* The base URL workers fetch from ("http://host:port", no trailing slash). */
 const char *weights_http_base_url(const weights_http *h);
 
-/* Serve image[len] (malloc'd; ownership passes to the server, also on
- * failure) as `version`, replacing a version of that number, and stop
- * serving versions beyond the newest `keep`. The caller may read the image
- * until its next weights_http_add or weights_http_stop (only those free it). */
-tidal_status weights_http_add(weights_http *h, uint64_t version, void *image, size_t len);
+/* Serve a copy of image[len] (the caller keeps its own) as `version`,
+ * replacing a version of that number, and stop serving versions beyond the
+ * newest `keep`. */
+tidal_status weights_http_add(weights_http *h, uint64_t version, const void *image, size_t len);
 
 /* Test hook (tests/integration/test_weights_http.c): from now on every
  * response sends `after_bytes` bytes of its body and then stops sending

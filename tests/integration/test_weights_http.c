@@ -185,6 +185,7 @@ static void test_fetch_ranges_token_keep(void)
 
     /* keep 2: after v1, v2 the first is gone */
     CHECK_OK(weights_publish(p, src, 1));
+    CHECK_OK(weights_publisher_flush(p, 30000)); /* each served (not replaced while pending) */
     CHECK_OK(weights_publish(p, src, 2));
     CHECK_OK(weights_publisher_flush(p, 30000));
     r = get(url, "tok-right", "0-9");
