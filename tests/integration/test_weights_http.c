@@ -67,17 +67,22 @@ static double now_s(void)
 typedef struct {
     long status;
     char *body;
-    size_t len;
+    size_t len, cap;
     char content_range[128];
 } reply;
 
 static size_t on_body(char *d, size_t s, size_t n, void *arg)
 {
     reply *r = arg;
-    char *b = realloc(r->body, r->len + s * n + 1);
-    if (!b) return 0;
-    memcpy(b + r->len, d, s * n);
-    r->body = b;
+    if (r->len + s * n + 1 > r->cap) { /* doubling: a 24 MB body in a few reallocs */
+        size_t cap = r->cap ? r->cap : 4096;
+        while (cap < r->len + s * n + 1) cap *= 2;
+        char *b = realloc(r->body, cap);
+        if (!b) return 0;
+        r->body = b;
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, d, s * n);
     r->len += s * n;
     return s * n;
 }
@@ -110,7 +115,7 @@ static reply get(const char *url, const char *token, const char *range)
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &r);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 60000L);
     if (curl_easy_perform(h) == CURLE_OK) curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r.status);
     curl_slist_free_all(hd);
     curl_easy_cleanup(h);
