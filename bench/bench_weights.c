@@ -334,8 +334,20 @@ cleanup:
     return st;
 }
 
+/* The transport --transport names (NULL: none given). */
+static const char *transport_arg(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--transport") && i + 1 < argc) return argv[i + 1];
+        if (!strncmp(argv[i], "--transport=", 12)) return argv[i] + 12;
+    }
+    return NULL;
+}
+
 int bench_weights_main(int argc, char **argv)
 {
+    const char *transport = transport_arg(argc, argv);
+    if (transport && !strcmp(transport, "http")) return bench_weights_http_main(argc, argv); /* bench_weights_http.c */
     const char *url = NULL;
     const char *transport = "bus";
     int rounds = 4, workers = 2, as_json = 0, bf16 = 0;

@@ -80,6 +80,12 @@ static void put_manifest(canon *c, const Tidal__V1__WeightsManifest *w, const ch
     }
     put_str(c, w->model_config_json);
     put_u64(c, w->created_unix_ms);
+    /* transport http (fields 16-17): the ranges' hashes, so a verified
+     * manifest vouches for every byte fetched from the trainer's server */
+    put_u32(c, w->http_chunk_bytes);
+    put_u32(c, (uint32_t)w->n_http_chunk_sha256);
+    for (size_t i = 0; i < w->n_http_chunk_sha256; i++)
+        put_bytes(c, w->http_chunk_sha256[i].data, w->http_chunk_sha256[i].len);
 }
 
 tidal_status codec_manifest_signed_bytes(const Tidal__V1__WeightsManifest *w, const char *job, uint8_t **out,

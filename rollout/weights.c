@@ -41,10 +41,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "job/weights_token.h"
 #include "proto/codec.h"
 #include "proto/manifest_sign.h"
+#include "rollout/fetch_http.h"
 
 #define POLL_MS 100 /* how long the thread waits for a change before looking at `stop` */
+#define BUS_COPY_WAIT_MS 120000 /* transport http: how long a fallback waits for the bus copy to be stored */
 
 struct weights_client {
     tidal_bus *bus;
@@ -61,6 +64,10 @@ struct weights_client {
     bool have_pub;
     uint8_t *image;          /* the image buffer, kept from version to version (the thread's) */
     size_t image_cap;
+    int http_timeout_ms, http_parallel; /* transport http */
+    char *http_token;                   /* NULL: none */
+    void *spare_image;                  /* the last HTTP image's buffer, written into by the next fetch */
+    uint64_t spare_cap;                 /* (the thread's) */
 
     pthread_mutex_t mu;
     pthread_cond_t ready_cv; /* a model became ready */
@@ -266,6 +273,105 @@ static tidal_status version_config(const weights_client *c, const Tidal__V1__Wei
     return TIDAL_OK;
 }
 
+static bool cancelled(void *ctx) { return stopping(ctx); }
+
+/* transport http: the image from the trainer's server (*verified: every
+ * range's hash checked), else - the reason logged - the bus copy, blob
+ * "<version>" (waited for: the trainer stores it after the manifest; its
+ * SHA-256 in *info, for verify_image). */
+static tidal_status fetch_http(weights_client *c, const Tidal__V1__WeightsManifest *w, void **image, uint64_t *len,
+                               bus_blob_info *info, bool *verified)
+{
+    const uint64_t v = w->version;
+    fetch_http_opts fo = {.token = c->http_token, .stall_ms = c->http_timeout_ms, .parallel = c->http_parallel,
+                          .cancelled = cancelled, .cancelled_ctx = c, .reuse = &c->spare_image,
+                          .reuse_cap = c->spare_cap};
+    tidal_status st = fetch_http_image(w, &fo, image, len);
+    if (st == TIDAL_OK) {
+        *verified = true;
+        pthread_mutex_lock(&c->mu);
+        const bool first = c->stats.http_fetched++ == 0;
+        pthread_mutex_unlock(&c->mu);
+        if (first) /* once: the later ones are in the debug line of fetch_version */
+            tidal_log(TIDAL_LOG_INFO, "weights v%" PRIu64 ": fetched over HTTP from %s (%" PRIu64 " bytes, every range "
+                      "verified)", v, w->url, *len);
+        return TIDAL_OK;
+    }
+    if (st == TIDAL_ERR_CANCELLED) return st;
+    tidal_log(TIDAL_LOG_WARN, "weights v%" PRIu64 ": HTTP fetch failed (%s): %s; taking the bus copy", v,
+              tidal_status_name(st), tidal_errmsg());
+    pthread_mutex_lock(&c->mu);
+    c->stats.http_fallbacks++;
+    pthread_mutex_unlock(&c->mu);
+    char name[24];
+    snprintf(name, sizeof name, "%" PRIu64, v);
+    const double t0 = now_ms();
+    for (;;) {
+        st = bus_blob_get(c->store, name, image, len, info);
+        if (st != TIDAL_ERR_NOT_FOUND || now_ms() - t0 > BUS_COPY_WAIT_MS || stopping(c)) break;
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    TRY_WRAP(st, "weights v%" PRIu64 ": fetch the bus copy, blob %s from %s", v, name, c->names.weights_stream);
+    tidal_log(TIDAL_LOG_INFO, "weights v%" PRIu64 ": took the bus copy (%" PRIu64 " bytes) after the HTTP fetch failed",
+              v, *len);
+    return TIDAL_OK;
+}
+
+/* transport http: the image over HTTP (every range checked against the
+ * signed manifest), or the bus copy when the server does not answer (then
+ * checked here against the manifest's SHA-256 of the whole file), built. */
+static tidal_status fetch_version_http(weights_client *c, const Tidal__V1__WeightsManifest *w, model **out,
+                                       uint64_t *bytes)
+{
+    const uint64_t v = w->version;
+    void *image = NULL;
+    uint64_t len = 0;
+    bus_blob_info info;
+    bool verified = false;
+    model_config cfg;
+    st_file *f = NULL;
+    const double t0 = now_ms();
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(fetch_http(c, w, &image, &len, &info, &verified));
+    const double t_fetch = now_ms();
+    *bytes = len;
+    if (len != w->bytes || stopping(c)) {
+        st = tidal_fail(len != w->bytes ? TIDAL_ERR_CORRUPT : TIDAL_ERR_UNAVAILABLE,
+                        "weights v%" PRIu64 ": %" PRIu64 " bytes fetched, the manifest says %" PRIu64, v, len, w->bytes);
+        goto cleanup;
+    }
+    if (!verified) { /* the bus copy: its blob digest is over chunk hashes, the manifest's over the file */
+        uint8_t digest[32];
+        unsigned int dn = 32;
+        EVP_Digest(image, (size_t)len, digest, &dn, EVP_sha256(), NULL);
+        if (memcmp(digest, w->sha256.data, 32) != 0) {
+            char got[17], want[17];
+            hex8(digest, got);
+            hex8(w->sha256.data, want);
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the bus copy's SHA-256 %s... does not match the "
+                            "manifest's %s...", v, got, want);
+            goto cleanup;
+        }
+    }
+    char label[64];
+    snprintf(label, sizeof label, "weights v%" PRIu64, v);
+    TRY_GOTO(version_config(c, w, &cfg));
+    TRY_GOTO(st_open_memory(image, (size_t)len, label, &f));
+    TRY_GOTO(build_model(c, &cfg, f, manifest_dtype(w->dtype), v, out));
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes fetched (%s) in %.0f ms, model built in %.0f ms",
+              v, len, verified ? "http" : "bus copy", t_fetch - t0, now_ms() - t_fetch);
+cleanup:
+    st_close(f);
+    if (verified && !c->spare_image) { /* its pages stay faulted in for the next HTTP fetch */
+        c->spare_image = image;
+        c->spare_cap = len;
+    } else {
+        free(image);
+    }
+    return st;
+}
+
 /* Fetch, verify and build the version manifest w describes. */
 static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsManifest *w, model **out,
                                   uint64_t *bytes)
@@ -273,11 +379,13 @@ static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsMan
     *out = NULL;
     *bytes = 0;
     const uint64_t v = w->version;
-    if (strcmp(w->transport, "bus") != 0)
+    const bool http = !strcmp(w->transport, "http");
+    if (!http && strcmp(w->transport, "bus") != 0)
         return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights v%" PRIu64 ": transport %s is not supported by this worker",
                           v, w->transport);
     char name[24];
     snprintf(name, sizeof name, "%" PRIu64, v);
+    if (http) return fetch_version_http(c, w, out, bytes);
     bus_blob_layout L;
     uint8_t *hashes = NULL;
     tidal_status st = TIDAL_OK;
@@ -465,6 +573,13 @@ static void *client_main(void *arg)
 tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const model_config *cfg,
                                    const uint8_t *public_key, weights_client **out)
 {
+    return weights_client_create_http(bus, names, cfg, public_key, NULL, out);
+}
+
+tidal_status weights_client_create_http(tidal_bus *bus, const job_names *names, const model_config *cfg,
+                                        const uint8_t *public_key, const weights_client_http *http,
+                                        weights_client **out)
+{
     *out = NULL;
     if (!bus || !names) return tidal_fail(TIDAL_ERR_INVALID, "weights client: a bus and the job's names are required");
     if (cfg) TRY(model_config_validate(cfg, "weights client config"));
@@ -478,6 +593,18 @@ tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const
     }
     c->tried = UINT64_MAX;
     c->good_version = UINT64_MAX;
+    c->http_timeout_ms = http ? http->timeout_ms : 0;
+    c->http_parallel = http ? http->parallel : 0;
+    if (http && http->token) {
+        if (!(c->http_token = strdup(http->token))) {
+            free(c);
+            return tidal_fail(TIDAL_ERR_NOMEM, "weights client: out of memory");
+        }
+    } else if (weights_token_from_env(&c->http_token) != TIDAL_OK) {
+        /* a worker of a bus job does not need it: said now, refused by the server later */
+        tidal_log(TIDAL_LOG_WARN, "weights client %s: %s; HTTP fetches go without a token", names->job, tidal_errmsg());
+        tidal_clear();
+    }
     c->stats.latest_seen = UINT64_MAX;
     if (public_key) {
         memcpy(c->pub, public_key, sizeof c->pub);
@@ -617,6 +744,8 @@ void weights_client_free(weights_client *c)
     model_free(c->ready);
     model_free(c->spare);
     free(c->image);
+    free(c->http_token);
+    free(c->spare_image);
     pthread_cond_destroy(&c->ready_cv);
     pthread_mutex_destroy(&c->mu);
     free(c);

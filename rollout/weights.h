@@ -19,9 +19,17 @@
  * A manifest that fails (does not decode, corrupt, wrong shapes) is logged,
  * counted and skipped; a later one is tried as usual. A version is tried
  * once, unless it is published again with other weights (another SHA-256).
+ * A manifest of transport "http" is fetched from the trainer's HTTP server
+ * (rollout/fetch_http.h: parallel Range requests, each range's hash checked
+ * against the signed manifest); when that fails (no answer, stalled, refused
+ * token, a range twice corrupt) the reason is logged and the bus copy, blob
+ * "<version>", is taken instead (checked against the manifest's SHA-256),
+ * counted in stats.http_fallbacks.
  * Memory: besides what the worker took, the client holds at most the ready
  * model, one model handed back for reuse (weights_client_recycle), the image
- * buffer (kept from version to version) and the model being built.
+ * buffer (kept from version to version; with transport http too: its pages are
+ * faulted in already, a fresh one costs a page fault per 4 KiB) and the model
+ * being built.
  */
 #ifndef TIDAL_ROLLOUT_WEIGHTS_H
 #define TIDAL_ROLLOUT_WEIGHTS_H
@@ -44,7 +52,16 @@ typedef struct weights_stats {
     uint64_t caught;           /* chunks caught as the trainer published them (not fetched) */
     double fetch_ms_last;      /* manifest seen -> model ready, the last one */
     uint64_t latest_seen;      /* newest manifest version seen; UINT64_MAX none */
+    uint64_t http_fetched;     /* transport http: versions fetched over HTTP */
+    uint64_t http_fallbacks;   /* transport http: versions whose HTTP fetch failed, then tried on the bus */
 } weights_stats;
+
+/* transport http, for a worker (the spec's weights.http_*). */
+typedef struct weights_client_http {
+    int timeout_ms;     /* a fetch without a byte for this long falls back to the bus; <= 0: 10000 */
+    int parallel;       /* Range requests in flight; <= 0: 4 */
+    const char *token;  /* bearer token (copied); NULL: TIDAL_WEIGHTS_HTTP_TOKEN(_FILE) from the environment */
+} weights_client_http;
 
 /* Start watching (the job's KV bucket and weights stream are created when
  * missing). cfg (may be NULL when every manifest carries its config) is
@@ -54,6 +71,11 @@ typedef struct weights_stats {
  * bus must outlive the client. */
 tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const model_config *cfg,
                                    const uint8_t *public_key, weights_client **out);
+
+/* weights_client_create with the HTTP settings (NULL: the defaults above). */
+tidal_status weights_client_create_http(tidal_bus *bus, const job_names *names, const model_config *cfg,
+                                        const uint8_t *public_key, const weights_client_http *http,
+                                        weights_client **out);
 
 /* The newest ready model with a version greater than `have` (UINT64_MAX:
  * the caller holds none, any version will do), or NULL (never blocks). The

@@ -680,7 +680,10 @@ static tidal_status join_model(worker *w, double t0)
     uint8_t pin[TIDAL_SIGN_PUB_BYTES]; /* the spec's weights.public_key, when it pins one */
     if (w->spec.weights.public_key[0])
         TRY(tidal_sign_pub_parse(w->spec.weights.public_key, strlen(w->spec.weights.public_key), "weights.public_key", pin));
-    TRY(weights_client_create(w->bus, &w->names, &w->cfg, w->spec.weights.public_key[0] ? pin : NULL, &w->wc));
+    const weights_client_http wh = {.timeout_ms = w->spec.weights.http_timeout_ms,
+                                    .parallel = w->spec.weights.http_parallel}; /* the token: from the environment */
+    TRY(weights_client_create_http(w->bus, &w->names, &w->cfg, w->spec.weights.public_key[0] ? pin : NULL, &wh,
+                                   &w->wc));
     bool said = false;
     tidal_status st;
     while ((st = weights_client_wait(w->wc, 0, 500, &w->m, &w->version)) != TIDAL_OK)

@@ -32,6 +32,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "base/fs.h"
 #include "proto/codec.h"
 #include "proto/manifest_sign.h"
@@ -39,6 +41,7 @@
 #define DEFAULT_KEEP 3 /* docs/protocol.md: the trainer's keep, default 3 */
 #define RETRY_MS 500        /* a version that failed on a bus outage is tried again this often */
 #define RETRY_FOR_MS 120000 /* and given up (a failure for the next flush) after this long */
+#define HTTP_CHUNK_BYTES (4u << 20) /* transport http: the hashed ranges (docs/protocol.md) */
 
 /* One handed-over version: the config, the tensor table and a copy of the
  * parameters (capacities kept so the buffers can be reused). */
@@ -60,6 +63,7 @@ struct weights_publisher {
     tidal_sign_key *own_key;   /* the key made for this publisher when none was given */
     bus_blob_store *store; /* the background thread's */
     bus_kv *kv;            /* the background thread's */
+    weights_http *http;    /* transport http: the server (NULL: bus only) */
 
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* a handover or stop, for the thread */
@@ -188,10 +192,10 @@ static tidal_status read_blob_manifest(weights_publisher *p, const char *name, T
     return st;
 }
 
-/* Publish snapshot s: its image streamed into blob "<version>", then the
- * WeightsManifest in `weights.latest`, then `trainer.version`. Safe to repeat
- * after a failure: the blob is replaced, the keys are put again. */
-static tidal_status store_version(weights_publisher *p, const snapshot *s)
+/* transport bus: publish snapshot s: its image streamed into blob "<version>",
+ * then the WeightsManifest in `weights.latest`, then `trainer.version`. Safe
+ * to repeat after a failure: the blob is replaced, the keys are put again. */
+static tidal_status store_bus(weights_publisher *p, const snapshot *s)
 {
     const uint64_t v = s->version;
     const model_config cfg = s->cfg;
@@ -212,6 +216,12 @@ static tidal_status store_version(weights_publisher *p, const snapshot *s)
         return st;
     }
     const double t_blob = mono_ms();
+    if (p->http) { /* the manifest (transport http) is out already: this is the bus copy */
+        free(config_json);
+        tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": bus copy stored, %" PRIu64 " bytes in %.0f ms", v, info.bytes,
+                  t_blob - t_image);
+        return TIDAL_OK;
+    }
 
     Tidal__V1__BlobManifest *blob = NULL;
     st = read_blob_manifest(p, name, &blob);
@@ -258,6 +268,163 @@ static tidal_status store_version(weights_publisher *p, const snapshot *s)
     return TIDAL_OK;
 }
 
+/* transport http: what is done of a version (store_version may run again after a bus outage). */
+typedef struct http_progress {
+    bool served;   /* the server holds the image */
+    bool announced; /* its manifest is in weights.latest */
+    uint8_t sha256[32];
+    uint8_t (*chunk_sha)[32];
+    uint32_t n_chunks;
+} http_progress;
+
+typedef struct whole_hash {
+    const void *data;
+    size_t len;
+    uint8_t out[32];
+    bool ok;
+} whole_hash;
+
+static void *whole_hash_main(void *arg)
+{
+    whole_hash *w = arg;
+    unsigned n = 0;
+    w->ok = EVP_Digest(w->data, w->len, w->out, &n, EVP_sha256(), NULL) == 1;
+    return NULL;
+}
+
+/* The image's SHA-256 and its ranges' (two threads: the two hashes take as long as each other). */
+static tidal_status hash_image(uint64_t v, const void *image, size_t len, http_progress *hp)
+{
+    hp->n_chunks = (uint32_t)((len + HTTP_CHUNK_BYTES - 1) / HTTP_CHUNK_BYTES);
+    hp->chunk_sha = malloc((hp->n_chunks ? hp->n_chunks : 1) * sizeof *hp->chunk_sha);
+    if (!hp->chunk_sha) return tidal_fail(TIDAL_ERR_NOMEM, "weights v%" PRIu64 ": range hashes", v);
+    whole_hash wh = {.data = image, .len = len};
+    pthread_t th;
+    const bool threaded = pthread_create(&th, NULL, whole_hash_main, &wh) == 0;
+    if (!threaded) whole_hash_main(&wh);
+    bool ok = true;
+    for (uint32_t i = 0; i < hp->n_chunks; i++) {
+        const size_t off = (size_t)i * HTTP_CHUNK_BYTES, n = len - off < HTTP_CHUNK_BYTES ? len - off : HTTP_CHUNK_BYTES;
+        unsigned dn = 0;
+        ok = ok && EVP_Digest((const uint8_t *)image + off, n, hp->chunk_sha[i], &dn, EVP_sha256(), NULL) == 1;
+    }
+    if (threaded) pthread_join(th, NULL);
+    if (!ok || !wh.ok) {
+        free(hp->chunk_sha);
+        hp->chunk_sha = NULL;
+        return tidal_fail(TIDAL_ERR_IO, "weights v%" PRIu64 ": SHA-256 failed (libcrypto)", v);
+    }
+    memcpy(hp->sha256, wh.out, 32);
+    return TIDAL_OK;
+}
+
+/* transport http: serve image[len] (the server copies it) and put its
+ * manifest in weights.latest and the version in trainer.version. Steps done
+ * already are skipped. */
+static tidal_status announce_http(weights_publisher *p, uint64_t v, const model_config *cfg, const void *image,
+                                  size_t len, http_progress *hp)
+{
+    const double t0 = mono_ms();
+    if (!hp->served) {
+        if (!hp->chunk_sha) TRY(hash_image(v, image, len, hp));
+        TRY(weights_http_add(p->http, v, image, len));
+        hp->served = true;
+    }
+    if (hp->announced) return TIDAL_OK;
+    const double t_hash = mono_ms();
+    const bool bf16 = p->dtype == ST_BF16;
+    char *config_json = NULL;
+    TRY_WRAP(model_config_to_json(cfg, bf16 ? "bfloat16" : "float32", "config.json", &config_json), "weights v%" PRIu64, v);
+    char url[400], name[24];
+    snprintf(name, sizeof name, "%" PRIu64, v);
+    snprintf(url, sizeof url, "%s/weights/%s", weights_http_base_url(p->http), name);
+    ProtobufCBinaryData *hs = malloc((hp->n_chunks ? hp->n_chunks : 1) * sizeof *hs);
+    if (!hs) {
+        free(config_json);
+        return tidal_fail(TIDAL_ERR_NOMEM, "weights v%" PRIu64 ": manifest", v);
+    }
+    for (uint32_t i = 0; i < hp->n_chunks; i++) hs[i] = (ProtobufCBinaryData){32, hp->chunk_sha[i]};
+    Tidal__V1__WeightsManifest wm = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
+    wm.schema_version = CODEC_SCHEMA_VERSION;
+    wm.version = v;
+    wm.dtype = bf16 ? "bf16" : "fp32";
+    wm.bytes = len;
+    wm.sha256 = (ProtobufCBinaryData){32, hp->sha256};
+    wm.transport = "http";
+    wm.url = url;
+    wm.http_chunk_bytes = HTTP_CHUNK_BYTES;
+    wm.n_http_chunk_sha256 = hp->n_chunks;
+    wm.http_chunk_sha256 = hs;
+    wm.model_config_json = config_json;
+    wm.created_unix_ms = (uint64_t)unix_ms();
+    void *buf = NULL;
+    size_t blen = 0;
+    uint8_t sig[TIDAL_SIGN_SIG_BYTES];
+    tidal_status st = codec_manifest_sign(&wm, p->names.job, p->key, sig);
+    if (st == TIDAL_OK) st = codec_validate(&wm.base);
+    if (st == TIDAL_OK) st = codec_encode(&wm.base, &buf, &blen);
+    free(hs);
+    free(config_json);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": manifest", v);
+    st = bus_kv_put(p->kv, JOB_KEY_WEIGHTS, buf, blen, NULL);
+    free(buf);
+    if (st != TIDAL_OK)
+        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_WEIGHTS, p->names.kv_bucket);
+    hp->announced = true;
+    pthread_mutex_lock(&p->mu);
+    p->published = v;
+    pthread_mutex_unlock(&p->mu);
+    TRY_WRAP(bus_kv_put(p->kv, JOB_KEY_VERSION, name, strlen(name), NULL), "weights v%" PRIu64 ": put %s in kv %s", v,
+             JOB_KEY_VERSION, p->names.kv_bucket);
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": served at %s, %zu bytes in %" PRIu32 " ranges: hashes %.0f ms, "
+              "manifest %.0f ms", v, url, len, hp->n_chunks, t_hash - t0, mono_ms() - t_hash);
+    return TIDAL_OK;
+}
+
+/* transport http: snapshot s as one safetensors image in memory (the server
+ * keeps a copy; the bus copy is stored from it). Gives s back. */
+static tidal_status serialize(weights_publisher *p, snapshot *s, void **image, size_t *len)
+{
+    const uint64_t v = s->version;
+    st_writer *w = NULL;
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(st_writer_new(&w));
+    TRY_GOTO(st_writer_metadata(w, "format", "pt"));
+    for (int i = 0; i < s->n_tensors; i++) {
+        const model_tensor *t = &s->tensors[i];
+        assert(t->offset + t->numel <= s->n_params);
+        const float *data = s->params + t->offset;
+        if (p->dtype == ST_F32)
+            TRY_GOTO(st_writer_add_ref(w, t->name, ST_F32, t->ndim, t->shape, data, t->numel * sizeof *data));
+        else
+            TRY_GOTO(st_writer_add_f32(w, t->name, p->dtype, t->ndim, t->shape, data));
+    }
+    TRY_GOTO(st_writer_to_memory(w, image, len));
+cleanup:
+    st_writer_free(w);
+    release_snapshot(p, s);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": serialize", v);
+    return TIDAL_OK;
+}
+
+/* transport http: one version out: served and announced (steps done already
+ * skipped), then its bus copy, blob "<version>", for workers that cannot
+ * reach the server. Safe to repeat after a failure. */
+static tidal_status store_http(weights_publisher *p, uint64_t v, const model_config *cfg, void *image, size_t len,
+                               http_progress *hp)
+{
+    TRY(announce_http(p, v, cfg, image, len, hp));
+    char name[24];
+    snprintf(name, sizeof name, "%" PRIu64, v);
+    const double t0 = mono_ms();
+    bus_blob_info info;
+    TRY_WRAP(bus_blob_put(p->store, name, image, len, &info), "weights v%" PRIu64 ": store blob %s in %s", v, name,
+             p->names.weights_stream);
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": bus copy stored, %" PRIu64 " bytes in %.0f ms", v, info.bytes,
+              mono_ms() - t0);
+    return TIDAL_OK;
+}
+
 static void *publisher_main(void *arg)
 {
     weights_publisher *p = arg;
@@ -271,7 +438,14 @@ static void *publisher_main(void *arg)
         p->working_version = s->version;
         pthread_mutex_unlock(&p->mu);
 
-        tidal_status st = store_version(p, s);
+        const uint64_t v = s->version;
+        const model_config cfg = s->cfg;
+        void *image = NULL;
+        size_t len = 0;
+        http_progress hp = {0};
+        tidal_status st = p->http ? serialize(p, s, &image, &len) /* gives s back */ : store_bus(p, s);
+        if (p->http) s = NULL;
+        if (st == TIDAL_OK && p->http) st = store_http(p, v, &cfg, image, len, &hp);
         /* A bus outage (the client reconnects by itself) is waited out: the same
          * image again every RETRY_MS, until it goes through, a newer version is
          * handed over (only the newest matters), the publisher stops, or
@@ -287,9 +461,11 @@ static void *publisher_main(void *arg)
                 st = TIDAL_OK; /* superseded (or stopping): not a failure */
                 break;
             }
-            st = store_version(p, s);
+            st = p->http ? store_http(p, v, &cfg, image, len, &hp) : store_bus(p, s);
         }
-        release_snapshot(p, s);
+        if (s) release_snapshot(p, s);
+        free(image);
+        free(hp.chunk_sha);
         if (st != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "weights publisher: %s", tidal_errmsg());
 
         pthread_mutex_lock(&p->mu);
@@ -419,6 +595,10 @@ tidal_status weights_publisher_create(const weights_publisher_opts *o, weights_p
     bus_kv_cfg kc = {.bucket = p->names.kv_bucket};
     TRY_GOTO(bus_kv_ensure(p->bus, &kc, &p->kv));
     TRY_GOTO(claim_public_key(p));
+    if (o->http) {
+        weights_http_opts ho = {.bind = o->http_bind, .base_url = o->http_url, .token = o->http_token, .keep = p->keep};
+        TRY_GOTO(weights_http_start(&ho, &p->http));
+    }
     if (pthread_create(&p->thread, NULL, publisher_main, p) != 0) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "cannot start the publishing thread");
         goto cleanup;
@@ -533,6 +713,8 @@ tidal_status weights_publisher_flush(weights_publisher *p, int timeout_ms)
     return TIDAL_OK;
 }
 
+weights_http *weights_publisher_http(weights_publisher *p) { return p->http; }
+
 uint64_t weights_published_version(weights_publisher *p)
 {
     assert(p);
@@ -557,6 +739,7 @@ void weights_publisher_free(weights_publisher *p)
                   p->pending->version);
     snapshot_free(p->pending);
     snapshot_free(p->spare);
+    weights_http_stop(p->http);
     bus_kv_close(p->kv);
     bus_blob_store_close(p->store);
     tidal_sign_key_free(p->own_key);

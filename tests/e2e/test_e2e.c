@@ -420,6 +420,42 @@ static void test_quickstart(void)
     cleanup();
 }
 
+static bool grep_file(const char *file, const char *pattern);
+
+/* The quickstart with weights.transport=http, shortened: the trainer serves
+ * each version over HTTP with a bearer token (from the environment, as a
+ * deployment gives it), the workers fetch it there - not one falls back to
+ * the bus copy - and the job learns. */
+static void test_weights_http(void)
+{
+    fresh_work("weights_http");
+    char spec[512], run[512];
+    snprintf(spec, sizeof spec, "%s/examples/quickstart.yaml", source_dir);
+    snprintf(run, sizeof run, "%s/run", work);
+    setenv("TIDAL_WEIGHTS_HTTP_TOKEN", "e2e-token-7f3a", 1);
+    int rc = wait_exit(start_tidal("run", "run", spec, "--out", run, "--set", "weights.transport=http", "--set",
+                                   "trainer.steps=80", "--set", "eval.every=0", "--set", "trainer.checkpoint_every=80", NULL),
+                       240);
+    unsetenv("TIDAL_WEIGHTS_HTTP_TOKEN");
+    CHECK_MSG(rc == 0, "tidal run examples/quickstart.yaml --set weights.transport=http: exit %d", rc);
+    CHECK_MSG(grep_file("run/logs/trainer.log", "weights http: serving the newest .* bearer token required"),
+              "the trainer did not serve the weights over HTTP with a token");
+    CHECK_MSG(grep_file("run/logs/rollout-0.log", "fetched over HTTP from http://127.0.0.1:") &&
+                  grep_file("run/logs/rollout-1.log", "fetched over HTTP from http://127.0.0.1:"),
+              "a worker did not fetch its weights over HTTP");
+    CHECK_MSG(!grep_file("run/logs/rollout-*.log", "HTTP fetch failed"), "a worker fell back to the bus copy");
+    json_t *s = load_json(run, "summary.json");
+    const json_t *r = json_object_get(s, "reward");
+    const double first = json_number_value(json_object_get(r, "first"));
+    const double last10 = json_number_value(json_object_get(r, "last10_mean"));
+    fprintf(stderr, "weights_http: reward first %.3f, last-10 mean %.3f, %.0f s\n", first, last10,
+            json_number_value(json_object_get(s, "wall_s")));
+    CHECK_MSG(last10 >= first + 0.2, "reward did not rise: first %.3f, last-10 mean %.3f", first, last10);
+    json_decref(s);
+    if (check_cur_failed_) show_output("run");
+    cleanup();
+}
+
 static void test_staleness(void)
 {
     const int Ks[2] = {2, 0};
@@ -2055,6 +2091,7 @@ int main(int argc, char **argv)
     const char *s = argv[1];
     if (!strcmp(s, "quickstart")) RUN(test_quickstart);
     else if (!strcmp(s, "staleness")) RUN(test_staleness);
+    else if (!strcmp(s, "weights_http")) RUN(test_weights_http);
     else if (!strcmp(s, "join")) RUN(test_join);
     else if (!strcmp(s, "kill_worker")) RUN(test_kill_worker);
     else if (!strcmp(s, "kill_trainer")) RUN(test_kill_trainer);

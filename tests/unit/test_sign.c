@@ -198,7 +198,7 @@ static void make_manifest(fixture_manifest *f)
 }
 
 /* Change signed field number `which` of f (0 .. N_CHANGES - 1). */
-#define N_CHANGES 21
+#define N_CHANGES 23
 static void change(fixture_manifest *f, int which)
 {
     switch (which) {
@@ -208,7 +208,7 @@ static void change(fixture_manifest *f, int which)
     case 3: f->w.bytes++; break;
     case 4: f->w.chunk_count = 3; break;
     case 5: f->sha[31] ^= 1; break; /* the manifest's and the blob's SHA-256 (shared storage) */
-    case 6: f->w.transport = "url"; break;
+    case 6: f->w.transport = "http"; break;
     case 7: f->w.url = "file:///x"; break;
     case 8: f->b.name = "8"; break;
     case 9: f->b.subject_prefix = "tidal.job-b.weights"; break;
@@ -223,6 +223,8 @@ static void change(fixture_manifest *f, int which)
     case 18: f->w.created_unix_ms++; break;
     case 19: f->w.blob = NULL; break;
     case 20: f->w.sha256.len = 31; break;
+    case 21: f->w.http_chunk_bytes = 1 << 20; break;
+    case 22: f->w.n_http_chunk_sha256 = 1, f->w.http_chunk_sha256 = &f->w.sha256; break;
     }
 }
 
