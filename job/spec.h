@@ -116,10 +116,13 @@ typedef struct job_spec {
         } worker_check;
     } trainer;
     struct {
-        char transport[8];     /* bus | url */
+        char transport[8];     /* bus | url | dir */
         char dtype[8];         /* f32 | bf16 */
         char url[SPEC_STR];    /* transport url: file://DIR or http(s)://... */
         int keep;              /* newest versions kept */
+        char dir[SPEC_STR];    /* transport dir: the shared directory of step_<version>/ */
+        bool delta;            /* transport bus: versions as compressed deltas (model/delta.h) */
+        int full_every;        /* weights.delta: a full image at least this often */
         char signing_key[SPEC_STR]; /* PEM file of the trainer's Ed25519 key; empty: RUN/weights_signing_key.pem */
         char public_key[SPEC_STR];  /* "ed25519:<hex>" the weights must be signed with; empty: the job's KV key */
     } weights;

@@ -80,6 +80,15 @@ static void put_manifest(canon *c, const Tidal__V1__WeightsManifest *w, const ch
     }
     put_str(c, w->model_config_json);
     put_u64(c, w->created_unix_ms);
+    /* 20-29: transport dir and delta versions */
+    put_str(c, w->dir);
+    put_u8(c, w->delta ? 1 : 0);
+    put_u64(c, w->delta_base);
+    put_u32(c, (uint32_t)w->n_chain);
+    for (size_t i = 0; i < w->n_chain; i++) put_u64(c, w->chain[i]);
+    put_u64(c, w->image_bytes);
+    put_bytes(c, w->image_sha256.data, w->image_sha256.len);
+    put_u32(c, w->full_every);
 }
 
 tidal_status codec_manifest_signed_bytes(const Tidal__V1__WeightsManifest *w, const char *job, uint8_t **out,

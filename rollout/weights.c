@@ -35,6 +35,7 @@
 
 #include "proto/codec.h"
 #include "proto/manifest_sign.h"
+#include "rollout/weights_fetch.h"
 
 #define POLL_MS 100 /* how long the thread waits for a change before looking at `stop` */
 
@@ -46,6 +47,7 @@ struct weights_client {
     bus_kv *kv;              /* the thread's */
     bus_kv_watcher *watch;   /* the thread's */
     bus_blob_store *store;   /* the thread's */
+    weights_base base;       /* the last image built, kept when versions may come as deltas (the thread's) */
     uint64_t tried;          /* newest version fetched or failed; UINT64_MAX none (the thread's) */
     uint8_t tried_sha[32];   /* its image's SHA-256 (a re-published version differs) */
     uint8_t pub[TIDAL_SIGN_PUB_BYTES]; /* the job's key, once known (have_pub); the thread's after creation */
@@ -194,7 +196,8 @@ static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsMan
     *out = NULL;
     *bytes = 0;
     const uint64_t v = w->version;
-    if (strcmp(w->transport, "bus") != 0)
+    const bool dir = !strcmp(w->transport, "dir");
+    if (strcmp(w->transport, "bus") != 0 && !dir)
         return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights v%" PRIu64 ": transport %s is not supported by this worker",
                           v, w->transport);
     char name[24];
@@ -203,21 +206,45 @@ static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsMan
     uint64_t len = 0;
     bus_blob_info info;
     const double t0 = now_ms();
-    TRY_WRAP(bus_blob_get(c->store, name, &image, &len, &info), "weights v%" PRIu64 ": fetch blob %s from %s", v, name,
-             c->names.weights_stream);
-    const double t_fetch = now_ms();
+    if (dir) { /* weights_fetch_dir checks the size and SHA-256 */
+        size_t dlen = 0;
+        TRY(weights_fetch_dir(w, &image, &dlen));
+        len = dlen;
+    } else {
+        TRY_WRAP(bus_blob_get(c->store, name, &image, &len, &info), "weights v%" PRIu64 ": fetch blob %s from %s", v,
+                 name, c->names.weights_stream);
+    }
     *bytes = len;
     tidal_status st = TIDAL_OK;
     model_config cfg;
     st_file *f = NULL;
     char label[64];
     snprintf(label, sizeof label, "weights v%" PRIu64, v);
-    TRY_GOTO(verify_image(c, w, len, &info));
+    if (!dir) TRY_GOTO(verify_image(c, w, len, &info));
+    if (w->delta) { /* the blob was a delta: the image it makes of the base (or of the chain) */
+        void *rebuilt = NULL;
+        size_t rlen = 0;
+        uint64_t more = 0;
+        st = weights_delta_rebuild(c->store, w, image, (size_t)len, &c->base, &rebuilt, &rlen, &more);
+        *bytes += more;
+        TRY_GOTO(st);
+        free(image);
+        image = rebuilt;
+        len = rlen;
+    }
+    const double t_fetch = now_ms();
     TRY_GOTO(version_config(c, w, &cfg));
     TRY_GOTO(st_open_memory(image, (size_t)len, label, &f));
     TRY_GOTO(build_model(&cfg, f, manifest_dtype(w->dtype), v, out));
     tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes fetched in %.0f ms, model built in %.0f ms", v,
-              len, t_fetch - t0, now_ms() - t_fetch);
+              *bytes, t_fetch - t0, now_ms() - t_fetch);
+    if (w->full_every > 0) { /* the next version may be a delta against this one */
+        st_close(f);
+        f = NULL;
+        free(c->base.image);
+        c->base = (weights_base){.image = image, .len = (size_t)len, .version = v};
+        image = NULL;
+    }
 cleanup:
     st_close(f);
     free(image);
@@ -506,6 +533,7 @@ void weights_client_free(weights_client *c)
     bus_kv_watch_stop(c->watch);
     bus_kv_close(c->kv);
     model_free(c->ready);
+    free(c->base.image);
     pthread_cond_destroy(&c->ready_cv);
     pthread_mutex_destroy(&c->mu);
     free(c);

@@ -1,7 +1,9 @@
 /* loop.c - the trainer role (loop.h). */
 #include "trainer/loop.h"
 
+#include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/fs.h"
 #include "buffer/buffer.h"
 #include "job/jobmodel.h"
 #include "proto/codec.h"
@@ -461,8 +464,8 @@ static tidal_status supported(const job_spec *s)
     if (strcmp(s->trainer.device, "cpu") != 0)
         return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer.device %s is not available in this build (cpu is)",
                           s->trainer.device);
-    if (strcmp(s->weights.transport, "bus") != 0)
-        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights.transport %s is not available in this build (bus is)",
+    if (strcmp(s->weights.transport, "bus") != 0 && strcmp(s->weights.transport, "dir") != 0)
+        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights.transport %s is not available in this build (bus and dir are)",
                           s->weights.transport);
     return TIDAL_OK;
 }
@@ -533,8 +536,18 @@ static tidal_status start(trainer *t)
     st_dtype dt = !strcmp(s->weights.dtype, "bf16") ? ST_BF16 : ST_F32;
     TRY(weights_signing_key_open(s->weights.signing_key, t->o->run_dir, s->weights.public_key, &t->sign_key));
     weights_publisher_opts po = {.bus = t->bus, .names = &t->names, .keep = s->weights.keep, .dtype = dt,
-                                 .signing_key = t->sign_key};
-    TRY(weights_publisher_create(&po, &t->pub));
+                                 .signing_key = t->sign_key, .hf = &t->hf, .delta = s->weights.delta,
+                                 .full_every = s->weights.full_every};
+    char *wdir = NULL; /* transport dir: absolute, as the manifest names it to workers and servers */
+    if (!strcmp(s->weights.transport, "dir")) {
+        TRY_WRAP(fs_mkdirs(s->weights.dir), "weights.dir");
+        if (!(wdir = realpath(s->weights.dir, NULL)))
+            return tidal_fail(TIDAL_ERR_IO, "weights.dir %s: %s", s->weights.dir, strerror(errno));
+        po.dir = wdir;
+    }
+    const tidal_status pst = weights_publisher_create(&po, &t->pub);
+    free(wdir);
+    TRY(pst);
     TRY(weights_publish(t->pub, t->m, t->version));
     TRY(weights_publisher_flush(t->pub, 120000));
     if (resumed) { /* what the dead trainer held un-acked comes again now, not after the ack wait */

@@ -14,15 +14,23 @@
  * `trainer.pubkey` when it is created - once: a key already there must be the
  * same (docs/protocol.md "Signed weights").
  *
+ * With `dir` the versions go to a shared directory instead (trainer/publish_dir.h:
+ * ROOT/step_<version>/, the manifest's transport "dir" naming it); with
+ * `delta` a version's blob is a compressed delta against the previous one
+ * (trainer/publish_delta.h), the manifest carrying the rebuilt image's
+ * SHA-256 (docs/protocol.md "Delta versions").
+ *
  * Only the newest weights matter to a worker, so a version handed over while
  * an older one still waits to start replaces it (the older is never sent).
  */
 #ifndef TIDAL_TRAINER_PUBLISH_H
 #define TIDAL_TRAINER_PUBLISH_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "base/sign.h"
+#include "model/hfdir.h"
 #include "model/model.h"
 #include "bus/bus.h"
 #include "job/names.h"
@@ -37,6 +45,11 @@ typedef struct weights_publisher_opts {
     st_dtype dtype;            /* ST_F32 (also for 0) or ST_BF16 (round to nearest even) on the wire */
     const tidal_sign_key *signing_key; /* borrowed, must outlive the publisher; NULL: a key made for
                                           the publisher's lifetime (tests, benches) */
+    const char *dir;           /* weights.transport dir: write versions under this directory
+                                  (trainer/publish_dir.h) instead of the bus; NULL or "": the bus */
+    const hf_files *hf;        /* transport dir: the files each version's directory carries (borrowed) */
+    bool delta;                /* bus: versions as deltas against the previous one (trainer/publish_delta.h) */
+    int full_every;            /* delta: a full image at least this often; 0: 10 */
 } weights_publisher_opts;
 
 /* Open (create) the weights stream and the job's KV bucket, claim KV

@@ -1,0 +1,146 @@
+/* delta.c - weights images as compressed XOR deltas (see delta.h). */
+#include "model/delta.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <zstd.h>
+
+static const char MAGIC[4] = {'T', 'D', 'L', 'T'};
+#define FORMAT 1
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* Where a safetensors image's tensor data starts (8 + its header's length),
+ * or 0 when the image is too short to be one. */
+static size_t data_offset(const uint8_t *img, size_t len)
+{
+    if (len < 8) return 0;
+    const uint64_t n = get_u64(img);
+    if (n > len - 8) return 0;
+    return (size_t)(8 + n);
+}
+
+tidal_status delta_encode(const void *base, const void *next, size_t len, int value_bytes, int level, void **out,
+                          size_t *out_len, delta_stats *stats)
+{
+    *out = NULL;
+    *out_len = 0;
+    if (stats) *stats = (delta_stats){0};
+    if (value_bytes != 1 && value_bytes != 2 && value_bytes != 4)
+        return tidal_fail(TIDAL_ERR_INVALID, "weights delta: values of %d bytes (1, 2 or 4)", value_bytes);
+    const uint8_t *a = base, *b = next;
+    const size_t off = data_offset(b, len);
+    if (!off || data_offset(a, len) != off)
+        return tidal_fail(TIDAL_ERR_INVALID, "weights delta: the images are not safetensors with one layout");
+    const size_t vb = (size_t)value_bytes, nv = (len - off) / vb, tail = (len - off) % vb;
+    uint8_t *x = malloc(len ? len : 1);
+    const size_t bound = DELTA_HEADER_BYTES + ZSTD_compressBound(len);
+    uint8_t *d = malloc(bound);
+    if (!x || !d) {
+        free(x);
+        free(d);
+        return tidal_fail(TIDAL_ERR_NOMEM, "weights delta: out of memory for %zu bytes", len);
+    }
+    for (size_t i = 0; i < off; i++) x[i] = a[i] ^ b[i];
+    /* byte planes: plane k holds byte k of every value */
+    uint64_t changed = 0;
+    for (size_t i = 0; i < nv; i++) {
+        const uint8_t *pa = a + off + i * vb, *pb = b + off + i * vb;
+        uint8_t any = 0;
+        for (size_t k = 0; k < vb; k++) {
+            const uint8_t v = pa[k] ^ pb[k];
+            x[off + k * nv + i] = v;
+            any |= v;
+        }
+        changed += any != 0;
+    }
+    for (size_t i = len - tail; i < len; i++) x[i] = a[i] ^ b[i];
+
+    memcpy(d, MAGIC, 4);
+    d[4] = FORMAT;
+    d[5] = (uint8_t)vb;
+    d[6] = d[7] = 0;
+    put_u64(d + 8, len);
+    put_u64(d + 16, off);
+    const size_t z = ZSTD_compress(d + DELTA_HEADER_BYTES, bound - DELTA_HEADER_BYTES, x, len, level > 0 ? level : 1);
+    free(x);
+    if (ZSTD_isError(z)) {
+        free(d);
+        return tidal_fail(TIDAL_ERR_INVALID, "weights delta: zstd: %s", ZSTD_getErrorName(z));
+    }
+    if (stats) *stats = (delta_stats){.values = nv, .changed = changed};
+    *out = d;
+    *out_len = DELTA_HEADER_BYTES + z;
+    return TIDAL_OK;
+}
+
+uint64_t delta_image_bytes(const void *dv, size_t d_len)
+{
+    const uint8_t *d = dv;
+    if (d_len < DELTA_HEADER_BYTES || memcmp(d, MAGIC, 4) != 0 || d[4] != FORMAT) return 0;
+    return get_u64(d + 8);
+}
+
+tidal_status delta_apply(const void *base, size_t base_len, const void *dv, size_t d_len, const char *what,
+                         void **out, size_t *out_len)
+{
+    *out = NULL;
+    *out_len = 0;
+    const uint8_t *d = dv, *a = base;
+    if (d_len < DELTA_HEADER_BYTES || memcmp(d, MAGIC, 4) != 0)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: not a weights delta (%zu bytes, no TDLT header)", what, d_len);
+    if (d[4] != FORMAT)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: delta format %u (this build reads %d)", what, d[4], FORMAT);
+    const size_t vb = d[5];
+    const uint64_t len = get_u64(d + 8), off = get_u64(d + 16);
+    if (vb != 1 && vb != 2 && vb != 4)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: delta of %zu-byte values (1, 2 or 4)", what, vb);
+    if (len != base_len)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: the delta rebuilds %llu bytes, its base has %zu", what,
+                          (unsigned long long)len, base_len);
+    if (off > len || off != data_offset(a, base_len))
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: the delta's data offset %llu is not its base's", what,
+                          (unsigned long long)off);
+    const void *z = d + DELTA_HEADER_BYTES;
+    const size_t zlen = d_len - DELTA_HEADER_BYTES;
+    const unsigned long long content = ZSTD_getFrameContentSize(z, zlen);
+    if (content != len)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: the delta's zstd frame %s", what,
+                          content == ZSTD_CONTENTSIZE_ERROR ? "is not a zstd frame" : "has another size than its header");
+    uint8_t *x = malloc(len ? len : 1), *y = malloc(len ? len : 1);
+    if (!x || !y) {
+        free(x);
+        free(y);
+        return tidal_fail(TIDAL_ERR_NOMEM, "%s: out of memory for %llu bytes", what, (unsigned long long)len);
+    }
+    const size_t got = ZSTD_decompress(x, len, z, zlen);
+    if (ZSTD_isError(got) || got != len) {
+        free(x);
+        free(y);
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: the delta does not decompress: %s", what,
+                          ZSTD_isError(got) ? ZSTD_getErrorName(got) : "short");
+    }
+    const size_t nv = (size_t)(len - off) / vb, tail = (size_t)(len - off) % vb;
+    for (size_t i = 0; i < off; i++) y[i] = a[i] ^ x[i];
+    for (size_t k = 0; k < vb; k++) {
+        const uint8_t *plane = x + off + k * nv;
+        uint8_t *dst = y + off + k;
+        const uint8_t *src = a + off + k;
+        for (size_t i = 0; i < nv; i++) dst[i * vb] = src[i * vb] ^ plane[i];
+    }
+    for (size_t i = (size_t)len - tail; i < len; i++) y[i] = a[i] ^ x[i];
+    free(x);
+    *out = y;
+    *out_len = (size_t)len;
+    return TIDAL_OK;
+}
