@@ -10,7 +10,8 @@
 
 /* Versioned, and ending in a NUL, so no other tidal signature (there are
  * none yet) can be taken for a manifest's. */
-static const char DOMAIN_TAG[] = "tidal.v1.WeightsManifest"; /* sizeof includes the NUL */
+/* v2: fields 20-26 (transport dir, delta versions) joined the signed bytes */
+static const char DOMAIN_TAG[] = "tidal.v2.WeightsManifest"; /* sizeof includes the NUL */
 
 /* A writer that only counts when buf is NULL: the same code sizes and fills. */
 typedef struct canon {

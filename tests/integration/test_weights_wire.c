@@ -83,12 +83,12 @@ static uint64_t image_bytes(void)
     return 4 * (uint64_t)n;
 }
 
-/* Wait for version v on c and compare with the trainer's m; *bytes gets the
- * bytes the client fetched for it. */
+/* Wait for version v on c and compare with the trainer's m; *bytes holds the
+ * client's byte count before v (the version may be fetched before this is
+ * called) and gets what it fetched for v. */
 static void expect_version(weights_client *c, uint64_t v, const model *m, uint64_t *bytes)
 {
-    weights_stats s0, s1;
-    weights_client_stats(c, &s0);
+    weights_stats s1;
     model *got = NULL;
     uint64_t ver = 0;
     CHECK_OK(weights_client_wait(c, v, 10000, &got, &ver));
@@ -98,7 +98,8 @@ static void expect_version(weights_client *c, uint64_t v, const model *m, uint64
     model_free(got);
     CHECK_MSG(same, "v%" PRIu64 ": the worker's parameters are not the trainer's bit for bit", v);
     CHECK(s1.failed == 0);
-    *bytes = s1.bytes - s0.bytes;
+    const uint64_t before = *bytes;
+    *bytes = s1.bytes - before;
 }
 
 static void test_delta_chain(void)
@@ -113,30 +114,37 @@ static void test_delta_chain(void)
     weights_publisher_opts o = {.bus = F.bus, .names = &n, .keep = 2, .delta = true, .full_every = 4};
     CHECK_OK(weights_publisher_create(&o, &p));
     model *m = make_model(7);
-    uint64_t got = 0;
+    uint64_t got = 0, total_a = 0, total_b = 0;
     /* v0 is a full image; v1..v3 deltas, each applied by the worker holding the one before */
     for (uint32_t v = 0; v <= 3; v++) {
         if (v) nudge(m, v);
         CHECK_OK(weights_publish(p, m, v));
         CHECK_OK(weights_publisher_flush(p, 10000));
+        got = total_a;
         expect_version(a, v, m, &got);
+        total_a += got;
         if (v == 0) CHECK_MSG(got > image, "v0: %" PRIu64 " bytes, the image has %" PRIu64, got, image);
         else CHECK_MSG(got < image / 4, "v%u as a delta: %" PRIu64 " bytes for a %" PRIu64 "-byte image", v, got, image);
     }
     /* a worker without the base (it joins at v3): the full image v0, deltas 1 and 2, then v3's */
     CHECK_OK(weights_client_create(wb, &n, NULL, NULL, &b));
+    got = 0;
     expect_version(b, 3, m, &got);
+    total_b = got;
     CHECK_MSG(got > image, "the late worker fetched %" PRIu64 " bytes: not the full image and the deltas", got);
     /* v4: the chain holds full_every versions, so a full image; v5 a delta on it */
     for (uint32_t v = 4; v <= 5; v++) {
         nudge(m, v);
         CHECK_OK(weights_publish(p, m, v));
         CHECK_OK(weights_publisher_flush(p, 10000));
+        got = total_a;
         expect_version(a, v, m, &got);
+        total_a += got;
         if (v == 4) CHECK_MSG(got > image, "v4 should be a full image: %" PRIu64 " bytes", got);
         else CHECK_MSG(got < image / 4, "v5 as a delta: %" PRIu64 " bytes", got);
-        uint64_t got_b = 0;
-        expect_version(b, v, m, &got_b);
+        got = total_b;
+        expect_version(b, v, m, &got);
+        total_b += got;
     }
     /* what no worker can need any more is gone from the stream; the chain stays */
     bus_blob_store *st = NULL;
@@ -234,6 +242,7 @@ static void test_dir_full_disk(void)
         if (v) nudge(m, v);
         CHECK_OK(weights_publish(p, m, v));
         CHECK_OK(weights_publisher_flush(p, 10000));
+        got = 0;
         expect_version(c, v, m, &got);
         CHECK(file_size_is(root, v, "config.json", NULL));
     }
