@@ -58,6 +58,7 @@ struct weights_client {
     model *ready;            /* newest built, not taken (NULL: none) */
     uint64_t ready_version;
     uint64_t good_version;   /* the newest version built; UINT64_MAX none (for the refusal's log line) */
+    char good_dir[4096];     /* its directory when it came by transport dir, else "" */
     weights_stats stats;
     bool stop;
 
@@ -347,6 +348,7 @@ static void process(weights_client *c, const Tidal__V1__WeightsManifest *w, doub
         m = NULL;
         c->ready_version = w->version;
         c->good_version = w->version;
+        snprintf(c->good_dir, sizeof c->good_dir, "%s", !strcmp(w->transport, "dir") ? w->dir : "");
         c->stats.fetched++;
         c->stats.fetch_ms_last = now_ms() - seen_ms;
         pthread_cond_broadcast(&c->ready_cv);
@@ -510,6 +512,16 @@ tidal_status weights_client_wait(weights_client *c, uint64_t min_version, int ti
     }
     *out = m;
     return TIDAL_OK;
+}
+
+bool weights_client_dir(weights_client *c, uint64_t v, char *out, size_t cap)
+{
+    assert(c && out && cap);
+    pthread_mutex_lock(&c->mu);
+    const bool ok = c->good_version == v && c->good_dir[0] && strlen(c->good_dir) < cap;
+    if (ok) snprintf(out, cap, "%s", c->good_dir);
+    pthread_mutex_unlock(&c->mu);
+    return ok;
 }
 
 void weights_client_stats(weights_client *c, weights_stats *s)

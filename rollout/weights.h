@@ -24,6 +24,8 @@
 #ifndef TIDAL_ROLLOUT_WEIGHTS_H
 #define TIDAL_ROLLOUT_WEIGHTS_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model/model.h"
@@ -63,6 +65,12 @@ model *weights_client_take(weights_client *c, uint64_t have, uint64_t *version);
  * 0: just look), the message naming the newest manifest seen. */
 tidal_status weights_client_wait(weights_client *c, uint64_t min_version, int timeout_ms, model **out,
                                  uint64_t *version);
+
+/* Transport dir: when the newest model built is version v and came from the
+ * trainer's shared directory, that directory (the manifest's, absolute) in
+ * out[cap] and true; else false. An inference server can load it as it is
+ * (rollout/worker.c's sidecar). */
+bool weights_client_dir(weights_client *c, uint64_t v, char *out, size_t cap);
 
 /* Counters so far (a consistent copy). */
 void weights_client_stats(weights_client *c, weights_stats *s);

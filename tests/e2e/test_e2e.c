@@ -1818,15 +1818,19 @@ static bool served_url(const char *name, char *url, size_t cap)
  * dialect given; the controller and the trainer by hand. The job learns as
  * with the built-in engine, stays within K, balances, trains nothing twice,
  * and every server took versions from its worker. */
-static void serve_backend(const char *dialect, int steps, double want_last)
+static void serve_backend(const char *dialect, int steps, double want_last, bool shared)
 {
-    char name[64];
-    snprintf(name, sizeof name, "serve_%s", dialect);
+    char name[64], set_tr[64] = "weights.transport=bus", set_dir[600] = "weights.dir=";
+    snprintf(name, sizeof name, "serve_%s%s", dialect, shared ? "_dir" : "");
     fresh_work(name);
     char store[512], spec[512], run[512], d0[512], url[256], wd[2][300], ep[2][256], set_steps[64], set_ck[64];
     snprintf(store, sizeof store, "%s/nats", work);
     snprintf(run, sizeof run, "%s/run", work);
     snprintf(d0, sizeof d0, "%s/d0", work);
+    if (shared) { /* weights.transport dir: the servers load the trainer's directories */
+        snprintf(set_tr, sizeof set_tr, "weights.transport=dir");
+        snprintf(set_dir, sizeof set_dir, "weights.dir=%s/shared", work);
+    }
     snprintf(spec, sizeof spec, "%s/examples/quickstart.yaml", source_dir);
     snprintf(set_steps, sizeof set_steps, "trainer.steps=%d", steps);
     snprintf(set_ck, sizeof set_ck, "trainer.checkpoint_every=%d", steps);
@@ -1846,7 +1850,8 @@ static void serve_backend(const char *dialect, int steps, double want_last)
         snprintf(wd[i], sizeof wd[i], "%s/sidecar-%d", work, i);
     }
     const double t0 = now_s();
-#define JOB_SETS "--set", set_steps, "--set", set_ck, "--set", "eval.every=0", "--set", "rollout.backend=openai"
+#define JOB_SETS "--set", set_steps, "--set", set_ck, "--set", "eval.every=0", "--set", "rollout.backend=openai", \
+                 "--set", set_tr, "--set", set_dir
     pid_t ctl = start_tidal("controller", "controller", spec, JOB_SETS, "--bus", url, "--out", run, NULL);
     pid_t tr = start_tidal("trainer", "trainer", spec, JOB_SETS, "--bus", url, "--out", run, "--threads", "1", NULL);
 #undef JOB_SETS
@@ -1880,8 +1885,9 @@ static void serve_backend(const char *dialect, int steps, double want_last)
         snprintf(n, sizeof n, "rollout-%d.out", i);
         CHECK_MSG(grep_file(n, "servers reloaded v[1-9]"), "worker %d never reloaded its server", i);
         snprintf(n, sizeof n, "serve-%d.out", i);
-        snprintf(pat, sizeof pat, "weights from %.500s/step_[1-9]", wd[i]);
-        CHECK_MSG(grep_file(n, pat), "server %d never loaded from its worker's directory", i);
+        if (shared) snprintf(pat, sizeof pat, "weights from %.500s/shared/step_[1-9]", work);
+        else snprintf(pat, sizeof pat, "weights from %.500s/step_[1-9]", wd[i]);
+        CHECK_MSG(grep_file(n, pat), "server %d never loaded from %s directory", i, shared ? "the trainer's" : "its worker's");
     }
     if (check_cur_failed_) {
         show_output("controller"), show_output("trainer"), show_output("rollout-0"), show_output("serve-0");
@@ -1890,8 +1896,10 @@ static void serve_backend(const char *dialect, int steps, double want_last)
     if (!check_cur_failed_) cleanup();
 }
 
-static void test_serve_sglang(void) { serve_backend("sglang", 300, 0.9); }
-static void test_serve_vllm(void) { serve_backend("vllm", 60, 0.0); }
+static void test_serve_sglang(void) { serve_backend("sglang", 300, 0.9, false); }
+static void test_serve_vllm(void) { serve_backend("vllm", 60, 0.0, false); }
+/* weights.transport dir: each sidecar hands its server the trainer's step_<v>/, writing nothing */
+static void test_serve_dir(void) { serve_backend("vllm", 60, 0.0, true); }
 
 int main(int argc, char **argv)
 {
@@ -1924,6 +1932,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "serve_sglang")) RUN(test_serve_sglang);
     else if (!strcmp(s, "serve_vllm")) RUN(test_serve_vllm);
     else if (!strcmp(s, "weights_dir")) RUN(test_weights_dir);
+    else if (!strcmp(s, "serve_dir")) RUN(test_serve_dir);
     else if (!strcmp(s, "weights_delta")) RUN(test_weights_delta);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
