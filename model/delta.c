@@ -144,3 +144,73 @@ tidal_status delta_apply(const void *base, size_t base_len, const void *dv, size
     *out_len = (size_t)len;
     return TIDAL_OK;
 }
+
+#define WINDOW (1u << 20)
+
+tidal_status delta_apply_inplace(void *imgv, size_t len, const void *dv, size_t d_len, const char *what)
+{
+    const uint8_t *d = dv;
+    uint8_t *img = imgv;
+    if (d_len < DELTA_HEADER_BYTES || memcmp(d, MAGIC, 4) != 0)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: not a weights delta (%zu bytes, no TDLT header)", what, d_len);
+    if (d[4] != FORMAT)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: delta format %u (this build reads %d)", what, d[4], FORMAT);
+    const size_t vb = d[5];
+    const uint64_t n = get_u64(d + 8), off = get_u64(d + 16);
+    if (vb != 1 && vb != 2 && vb != 4)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: delta of %zu-byte values (1, 2 or 4)", what, vb);
+    if (n != len)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: the delta rebuilds %llu bytes, its base has %zu", what,
+                          (unsigned long long)n, len);
+    if (off > len || off != data_offset(img, len))
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: the delta's data offset %llu is not its base's", what,
+                          (unsigned long long)off);
+    ZSTD_inBuffer in = {d + DELTA_HEADER_BYTES, d_len - DELTA_HEADER_BYTES, 0};
+    if (ZSTD_getFrameContentSize(in.src, in.size) != len)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "%s: the delta's zstd frame is not one of the image's size", what);
+    ZSTD_DCtx *dc = ZSTD_createDCtx();
+    uint8_t *win = malloc(WINDOW);
+    if (!dc || !win) {
+        ZSTD_freeDCtx(dc);
+        free(win);
+        return tidal_fail(TIDAL_ERR_NOMEM, "%s: out of memory", what);
+    }
+    const size_t nv = (len - off) / vb, planes_end = off + nv * vb;
+    size_t pos = 0, k = 0, i = 0; /* the stream's position; in the planes: plane k, value i */
+    size_t ret = 1;
+    tidal_status st = TIDAL_OK;
+    while (pos < len) {
+        ZSTD_outBuffer out = {win, len - pos < WINDOW ? len - pos : WINDOW, 0};
+        ret = ZSTD_decompressStream(dc, &out, &in);
+        if (ZSTD_isError(ret)) {
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "%s: the delta does not decompress: %s", what, ZSTD_getErrorName(ret));
+            break;
+        }
+        if (out.pos == 0 && in.pos == in.size) {
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "%s: the delta ends early (%zu of %zu bytes)", what, pos, len);
+            break;
+        }
+        for (size_t j = 0; j < out.pos;) {
+            const size_t s = pos + j;
+            if (s < off || s >= planes_end) { /* the header, and the tail: as they are */
+                const size_t upto = s < off ? off : len, m = (upto - s < out.pos - j) ? upto - s : out.pos - j;
+                for (size_t t = 0; t < m; t++) img[s + t] ^= win[j + t];
+                j += m;
+                continue;
+            }
+            /* plane k from value i: as far as the window or the plane goes */
+            const size_t m = (nv - i < out.pos - j) ? nv - i : out.pos - j;
+            uint8_t *dst = img + off + i * vb + k;
+            for (size_t t = 0; t < m; t++) dst[t * vb] ^= win[j + t];
+            j += m, i += m;
+            if (i == nv) i = 0, k++;
+        }
+        pos += out.pos;
+    }
+    if (st == TIDAL_OK && (ret != 0 || in.pos != in.size))
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "%s: the delta's zstd frame %s", what,
+                        ret != 0 ? "does not end where the image does" : "is followed by other bytes");
+    ZSTD_freeDCtx(dc);
+    free(win);
+    return st;
+}

@@ -46,6 +46,12 @@ tidal_status delta_encode(const void *base, const void *next, size_t len, int va
 tidal_status delta_apply(const void *base, size_t base_len, const void *d, size_t d_len, const char *what,
                          void **out, size_t *out_len);
 
+/* The same, in place: image (len bytes, the base) becomes the new image.
+ * The delta is decompressed a window at a time (no image-sized buffer), so a
+ * worker rebuilds a version without allocating or faulting in fresh memory.
+ * On an error (as delta_apply's) the image is left part-way: discard it. */
+tidal_status delta_apply_inplace(void *image, size_t len, const void *d, size_t d_len, const char *what);
+
 /* The image bytes a delta rebuilds (from its header), or 0 when d is not a delta. */
 uint64_t delta_image_bytes(const void *d, size_t d_len);
 

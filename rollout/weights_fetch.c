@@ -55,23 +55,10 @@ tidal_status weights_fetch_dir(const Tidal__V1__WeightsManifest *w, void **image
     return TIDAL_OK;
 }
 
-/* cur (owned or not) with the delta d applied; cur is freed when owned. */
-static tidal_status step(void **cur, size_t *cur_len, bool *owned, const void *d, size_t dlen, const char *what)
-{
-    void *next = NULL;
-    size_t nlen = 0;
-    const tidal_status st = delta_apply(*cur, *cur_len, d, dlen, what, &next, &nlen);
-    if (*owned) free(*cur);
-    *cur = next;
-    *cur_len = nlen;
-    *owned = next != NULL;
-    return st;
-}
-
-/* Apply the deltas of chain[from..] (from blobs in store), then d, to cur. */
+/* Apply the deltas of chain[from..] (from blobs in store), then d, to the
+ * image cur in place. */
 static tidal_status apply_chain(bus_blob_store *store, const Tidal__V1__WeightsManifest *w, size_t from,
-                                void **cur, size_t *cur_len, bool *owned, const void *d, size_t dlen,
-                                uint64_t *fetched)
+                                void *cur, size_t cur_len, const void *d, size_t dlen, uint64_t *fetched)
 {
     char what[64], name[24];
     for (size_t i = from; i < w->n_chain; i++) {
@@ -81,16 +68,16 @@ static tidal_status apply_chain(bus_blob_store *store, const Tidal__V1__WeightsM
         uint64_t blen = 0;
         TRY_WRAP(bus_blob_get(store, name, &blob, &blen, NULL), "%s: fetch blob %s", what, name);
         *fetched += blen;
-        const tidal_status st = step(cur, cur_len, owned, blob, (size_t)blen, what);
+        const tidal_status st = delta_apply_inplace(cur, cur_len, blob, (size_t)blen, what);
         free(blob);
         TRY(st);
     }
     snprintf(what, sizeof what, "weights v%" PRIu64 " (delta)", w->version);
-    return step(cur, cur_len, owned, d, dlen, what);
+    return delta_apply_inplace(cur, cur_len, d, dlen, what);
 }
 
 tidal_status weights_delta_rebuild(bus_blob_store *store, const Tidal__V1__WeightsManifest *w, const void *d,
-                                   size_t dlen, const weights_base *base, void **image, size_t *len,
+                                   size_t dlen, weights_base *base, void **image, size_t *len,
                                    uint64_t *fetched)
 {
     *image = NULL;
@@ -99,23 +86,24 @@ tidal_status weights_delta_rebuild(bus_blob_store *store, const Tidal__V1__Weigh
     const uint64_t v = w->version;
     void *cur = NULL;
     size_t cur_len = 0;
-    bool owned = false;
     tidal_status st;
-    /* from the base this worker holds, when the chain passes through it */
+    /* from the base this worker holds, when the chain passes through it: the
+     * deltas go into that image in place (it becomes the result, or is freed) */
     if (base && base->image) {
         for (size_t k = 0; k < w->n_chain; k++) {
             if (w->chain[k] != base->version) continue;
-            cur = base->image, cur_len = base->len, owned = false;
-            st = apply_chain(store, w, k + 1, &cur, &cur_len, &owned, d, dlen, fetched);
+            cur = base->image, cur_len = base->len;
+            base->image = NULL, base->len = 0;
+            st = apply_chain(store, w, k + 1, cur, cur_len, d, dlen, fetched);
             if (st == TIDAL_OK && cur_len == w->image_bytes && sha_is(cur, cur_len, w->image_sha256.data)) {
                 *image = cur, *len = cur_len;
                 return TIDAL_OK;
             }
             tidal_log(TIDAL_LOG_WARN, "weights v%" PRIu64 ": the delta on the v%" PRIu64 " this worker holds %s; "
-                      "rebuilding from the full image v%" PRIu64, v, base->version,
+                      "rebuilding from the full image v%" PRIu64, v, w->chain[k],
                       st == TIDAL_OK ? "does not give the manifest's SHA-256" : tidal_errmsg(), w->chain[0]);
-            if (owned) free(cur);
-            cur = NULL, owned = false;
+            free(cur);
+            cur = NULL;
             break;
         }
     }
@@ -127,7 +115,7 @@ tidal_status weights_delta_rebuild(bus_blob_store *store, const Tidal__V1__Weigh
              " (this worker holds %s): fetch blob %s", v, w->chain[0], base && base->image ? "another version" : "none",
              name);
     *fetched += flen;
-    cur_len = (size_t)flen, owned = true;
+    cur_len = (size_t)flen;
     if (delta_image_bytes(cur, cur_len) != 0) {
         free(cur);
         return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": blob %s is a delta, the chain says a full image",
@@ -135,12 +123,12 @@ tidal_status weights_delta_rebuild(bus_blob_store *store, const Tidal__V1__Weigh
     }
     tidal_log(TIDAL_LOG_INFO, "weights v%" PRIu64 ": rebuilt from the full image v%" PRIu64 " and %zu deltas", v,
               w->chain[0], w->n_chain);
-    st = apply_chain(store, w, 1, &cur, &cur_len, &owned, d, dlen, fetched);
+    st = apply_chain(store, w, 1, cur, cur_len, d, dlen, fetched);
     if (st == TIDAL_OK && (cur_len != w->image_bytes || !sha_is(cur, cur_len, w->image_sha256.data)))
         st = tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the rebuilt image (%zu bytes) is not the "
                         "manifest's (%" PRIu64 " bytes, image_sha256)", v, cur_len, w->image_bytes);
     if (st != TIDAL_OK) {
-        if (owned) free(cur);
+        free(cur);
         return st;
     }
     *image = cur, *len = cur_len;

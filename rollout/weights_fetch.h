@@ -26,14 +26,16 @@ typedef struct weights_base {
 tidal_status weights_fetch_dir(const Tidal__V1__WeightsManifest *w, void **image, size_t *len);
 
 /* The image delta version w rebuilds. d[dlen] is w's blob (already checked
- * against w's sha256). Applied to base when base holds w's delta_base (or a
- * version of w's chain: the deltas after it first); otherwise, or when that
- * does not give the manifest's image_sha256, the chain from its full image
- * (chain[0]) is read from store and applied. The result must have
- * image_bytes and image_sha256 (TIDAL_ERR_CORRUPT otherwise). *fetched gets
- * the bytes of the other blobs read. */
+ * against w's sha256). Applied in place to base's image when base holds w's
+ * delta_base (or a version of w's chain: the deltas after it first) - the
+ * image is taken from base (base->image becomes NULL) and becomes the result
+ * or is freed; otherwise, or when that does not give the manifest's
+ * image_sha256, the chain from its full image (chain[0]) is read from store
+ * and applied. The result must have image_bytes and image_sha256
+ * (TIDAL_ERR_CORRUPT otherwise). *fetched gets the bytes of the other blobs
+ * read. */
 tidal_status weights_delta_rebuild(bus_blob_store *store, const Tidal__V1__WeightsManifest *w, const void *d,
-                                   size_t dlen, const weights_base *base, void **image, size_t *len,
+                                   size_t dlen, weights_base *base, void **image, size_t *len,
                                    uint64_t *fetched);
 
 #endif

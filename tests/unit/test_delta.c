@@ -62,6 +62,10 @@ static void round_trip(st_dtype dt, int vb)
     CHECK(delta_image_bytes(d, ld) == la);
     CHECK_OK(delta_apply(ia, la, d, ld, "test", &out, &lo));
     CHECK(lo == lb && memcmp(out, ib, lb) == 0); /* bit for bit */
+    /* in place, a window at a time: the same bits */
+    memcpy(out, ia, la);
+    CHECK_OK(delta_apply_inplace(out, la, d, ld, "test"));
+    CHECK(memcmp(out, ib, lb) == 0);
     free(out);
     /* the same image: a delta of zeros, tiny, and the base back */
     free(d);
@@ -110,6 +114,27 @@ static void test_corrupted_delta_refused(void)
         free(o);
     }
     CHECK_MSG(refused > 0, "no flipped byte was refused");
+    /* in place: the same refusals */
+    void *work = malloc(la);
+    memcpy(work, ia, la);
+    CHECK_STATUS(delta_apply_inplace(work, la, d, ld - 9, "v7"), TIDAL_ERR_CORRUPT);
+    memcpy(work, ia, la);
+    CHECK_STATUS(delta_apply_inplace(work, la, d, 10, "v7"), TIDAL_ERR_CORRUPT);
+    memcpy(bad, d, ld);
+    bad[0] = 'X';
+    CHECK_STATUS(delta_apply_inplace(work, la, bad, ld, "v7"), TIDAL_ERR_CORRUPT);
+    CHECK_STATUS(delta_apply_inplace(work, la - 2, d, ld, "v7"), TIDAL_ERR_CORRUPT);
+    /* trailing bytes after the frame */
+    uint8_t *longer = malloc(ld + 4);
+    memcpy(longer, d, ld);
+    memset(longer + ld, 0, 4);
+    memcpy(work, ia, la);
+    CHECK_STATUS(delta_apply_inplace(work, la, longer, ld + 4, "v7"), TIDAL_ERR_CORRUPT);
+    memcpy(work, ia, la);
+    CHECK_OK(delta_apply_inplace(work, la, d, ld, "v7"));
+    CHECK(memcmp(work, ib, la) == 0);
+    free(longer);
+    free(work);
     /* another base: a different size */
     CHECK_STATUS(delta_apply(ia, la - 2, d, ld, "v7", &out, &lo), TIDAL_ERR_CORRUPT);
     CHECK(strstr(tidal_errmsg(), "its base has"));
