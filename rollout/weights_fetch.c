@@ -125,8 +125,9 @@ tidal_status weights_delta_rebuild(bus_blob_store *store, const Tidal__V1__Weigh
               w->chain[0], w->n_chain);
     st = apply_chain(store, w, 1, cur, cur_len, d, dlen, fetched);
     if (st == TIDAL_OK && (cur_len != w->image_bytes || !sha_is(cur, cur_len, w->image_sha256.data)))
-        st = tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the rebuilt image (%zu bytes) is not the "
-                        "manifest's (%" PRIu64 " bytes, image_sha256)", v, cur_len, w->image_bytes);
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the image rebuilt from the full image v%" PRIu64
+                        " and %zu deltas (%zu bytes) does not match the manifest's image_bytes %" PRIu64
+                        " and image_sha256", v, w->chain[0], w->n_chain, cur_len, w->image_bytes);
     if (st != TIDAL_OK) {
         free(cur);
         return st;

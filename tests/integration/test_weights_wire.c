@@ -6,6 +6,9 @@
  *     holds no base: it fetches the last full image and the deltas after it
  *     and gets the same bits; a full image comes every full_every versions
  *     and the blobs before it are deleted;
+ *   - a delta whose rebuilt image is not the one its (signed) manifest names
+ *     is refused, the worker keeps its version and takes the next one (from
+ *     the full image: its own base went into the failed rebuild);
  *   - weights.transport dir: versions as directories read by a worker; a full
  *     disk (a 2.5-image tmpfs, or where mounting is not allowed a file size
  *     limit) fails the version with a clear error naming weights.dir while
@@ -18,8 +21,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
+#include "base/sign.h"
 #include "check.h"
 #include "harness/fixture.h"
+#include "proto/codec.h"
+#include "proto/manifest_sign.h"
 #include "job/names.h"
 #include "model/model.h"
 #include "rollout/weights.h"
@@ -97,7 +105,6 @@ static void expect_version(weights_client *c, uint64_t v, const model *m, uint64
     const bool same = same_params(got, m);
     model_free(got);
     CHECK_MSG(same, "v%" PRIu64 ": the worker's parameters are not the trainer's bit for bit", v);
-    CHECK(s1.failed == 0);
     const uint64_t before = *bytes;
     *bytes = s1.bytes - before;
 }
@@ -155,6 +162,10 @@ static void test_delta_chain(void)
     CHECK_OK(bus_blob_stat(st, "4", &info));
     CHECK_OK(bus_blob_stat(st, "5", &info));
     bus_blob_store_close(st);
+    weights_stats sa, sb;
+    weights_client_stats(a, &sa);
+    weights_client_stats(b, &sb);
+    CHECK(sa.failed == 0 && sb.failed == 0);
     weights_client_free(a);
     weights_client_free(b);
     weights_publisher_free(p);
@@ -198,6 +209,157 @@ static void test_delta_bf16(void)
     weights_publisher_free(p);
     bus_close(wa);
     bus_close(wb);
+}
+
+/* A delta version `version` signed with key: blob `from` (a delta on
+ * from - 1) stored again as blob `version`, claimed to apply to delta_base
+ * with chain {0 .. delta_base} and to rebuild an image of image_bytes with
+ * SHA-256 image_sha. */
+static tidal_status put_forged_delta(const job_names *n, const char *from, uint64_t version, uint64_t delta_base,
+                                     uint64_t image_bytes, const uint8_t image_sha[32], const tidal_sign_key *key)
+{
+    bus_blob_store *bs = NULL;
+    bus_kv *kv = NULL;
+    void *blob = NULL, *buf = NULL;
+    uint64_t len = 0;
+    size_t blen = 0;
+    bus_msg *msg = NULL;
+    Tidal__V1__BlobManifest *bm = NULL;
+    char name[24], subj[200];
+    snprintf(name, sizeof name, "%" PRIu64, version);
+    snprintf(subj, sizeof subj, "%s.%s.m", n->weights_prefix, name);
+    bus_blob_info info;
+    uint64_t chain[16];
+    for (uint64_t i = 0; i <= delta_base && i < 16; i++) chain[i] = i;
+    tidal_status st = bus_blob_store_open(F.bus, n->weights_stream, n->weights_prefix, 0, &bs);
+    if (st == TIDAL_OK) st = bus_blob_get(bs, from, &blob, &len, NULL);
+    if (st == TIDAL_OK) st = bus_blob_put(bs, name, blob, len, &info);
+    if (st == TIDAL_OK) st = bus_stream_get_last(F.bus, n->weights_stream, subj, &msg);
+    if (st == TIDAL_OK) st = codec_decode_blob_manifest(bus_msg_data(msg), (size_t)bus_msg_len(msg), &bm);
+    if (st == TIDAL_OK) {
+        Tidal__V1__WeightsManifest w = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
+        w.schema_version = CODEC_SCHEMA_VERSION;
+        w.version = version;
+        w.dtype = "fp32";
+        w.bytes = len;
+        w.chunk_count = info.chunk_count;
+        w.sha256.data = info.sha256;
+        w.sha256.len = 32;
+        w.transport = "bus";
+        w.blob = bm;
+        w.delta = true;
+        w.delta_base = delta_base;
+        w.chain = chain;
+        w.n_chain = (size_t)delta_base + 1;
+        w.image_bytes = image_bytes;
+        w.image_sha256.data = (uint8_t *)image_sha;
+        w.image_sha256.len = 32;
+        w.full_every = 10;
+        uint8_t sig[TIDAL_SIGN_SIG_BYTES];
+        st = codec_manifest_sign(&w, n->job, key, sig);
+        if (st == TIDAL_OK) st = codec_validate(&w.base);
+        if (st == TIDAL_OK) st = codec_encode(&w.base, &buf, &blen);
+    }
+    if (st == TIDAL_OK) {
+        bus_kv_cfg kc = {.bucket = n->kv_bucket};
+        st = bus_kv_ensure(F.bus, &kc, &kv);
+    }
+    if (st == TIDAL_OK) st = bus_kv_put(kv, JOB_KEY_WEIGHTS, buf, blen, NULL);
+    if (bm) tidal__v1__blob_manifest__free_unpacked(bm, NULL);
+    bus_msg_destroy(msg);
+    bus_kv_close(kv);
+    bus_blob_store_close(bs);
+    free(blob);
+    free(buf);
+    return st;
+}
+
+static bool failed_at_least(const weights_stats *s, uint64_t want) { return s->failed >= want; }
+
+/* Poll c's counters until pred holds or ~10 s pass. */
+static bool wait_stats(weights_client *c, bool (*pred)(const weights_stats *, uint64_t), uint64_t arg,
+                       weights_stats *out)
+{
+    for (int i = 0; i < 1000; i++) {
+        weights_client_stats(c, out);
+        if (pred(out, arg)) return true;
+        sleep_ms(10);
+    }
+    return false;
+}
+
+/* Signed deltas that do and do not rebuild what they claim. The delta
+ * v0 -> v1 applied to v1 gives v0's image back (XOR undoes itself): claimed
+ * with another SHA-256 it is refused after the rebuild (from the worker's
+ * base, then from the full image); claimed with v0's SHA-256 it is v0's
+ * weights, bit for bit. The trainer's next real delta still arrives. */
+static void test_delta_rebuild_checked(void)
+{
+    job_names n;
+    CHECK_OK(job_names_init(&n, "forged"));
+    tidal_sign_key *key = NULL;
+    CHECK_OK(tidal_sign_keygen(&key));
+    tidal_bus *wa = connect_worker();
+    weights_client *a = NULL;
+    CHECK_OK(weights_client_create(wa, &n, &SMALL, NULL, &a)); /* the forged manifests carry no config.json */
+    weights_publisher *p = NULL;
+    weights_publisher_opts o = {.bus = F.bus, .names = &n, .keep = 8, .delta = true, .full_every = 10,
+                                .signing_key = key};
+    CHECK_OK(weights_publisher_create(&o, &p));
+    model *m = make_model(21), *m0 = make_model(21);
+    uint64_t got = 0;
+    for (uint32_t v = 0; v <= 1; v++) {
+        if (v) nudge(m, v);
+        CHECK_OK(weights_publish(p, m, v));
+        CHECK_OK(weights_publisher_flush(p, 10000));
+        got = 0;
+        expect_version(a, v, m, &got);
+    }
+    /* v0's image and its SHA-256, as the trainer stored it */
+    bus_blob_store *bs = NULL;
+    CHECK_OK(bus_blob_store_open(F.bus, n.weights_stream, n.weights_prefix, 0, &bs));
+    void *img0 = NULL;
+    uint64_t len0 = 0;
+    CHECK_OK(bus_blob_get(bs, "0", &img0, &len0, NULL));
+    bus_blob_store_close(bs);
+    uint8_t sha0[32], wrong[32];
+    unsigned hn = 0;
+    EVP_Digest(img0, (size_t)len0, sha0, &hn, EVP_sha256(), NULL);
+    free(img0);
+    memcpy(wrong, sha0, 32);
+    wrong[5] ^= 1;
+
+    weights_stats s;
+    CHECK_OK(put_forged_delta(&n, "1", 2, 1, len0, wrong, key));
+    CHECK_MSG(wait_stats(a, failed_at_least, 1, &s), "the wrong rebuild was not refused (failed %" PRIu64 ")",
+              s.failed);
+    CHECK(weights_client_take(a, 1, NULL) == NULL); /* the worker keeps v1 */
+    CHECK(s.refused == 0);
+
+    CHECK_OK(put_forged_delta(&n, "1", 3, 1, len0, sha0, key));
+    model *back = NULL;
+    uint64_t ver = 0;
+    CHECK_OK(weights_client_wait(a, 3, 10000, &back, &ver));
+    CHECK(ver == 3);
+    const bool same = same_params(back, m0);
+    model_free(back);
+    CHECK_MSG(same, "v3 (the delta undone) is not v0's weights");
+
+    /* the trainer's next version: a delta on its v1, which this worker no longer holds */
+    nudge(m, 4);
+    CHECK_OK(weights_publish(p, m, 4));
+    CHECK_OK(weights_publisher_flush(p, 10000));
+    got = 0;
+    expect_version(a, 4, m, &got);
+    weights_client_stats(a, &s);
+    CHECK(s.failed == 1);
+
+    weights_client_free(a);
+    weights_publisher_free(p);
+    tidal_sign_key_free(key);
+    model_free(m);
+    model_free(m0);
+    bus_close(wa);
 }
 
 static bool file_size_is(const char *dir, uint64_t v, const char *file, uint64_t *size)
@@ -291,6 +453,7 @@ int main(void)
     fixture_start(&F);
     RUN(test_delta_chain);
     RUN(test_delta_bf16);
+    RUN(test_delta_rebuild_checked);
     RUN(test_dir_full_disk);
     fixture_stop(&F);
     nats_Close();
