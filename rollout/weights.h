@@ -18,8 +18,15 @@
  * A manifest that fails (does not decode, corrupt, wrong shapes) is logged,
  * counted and skipped; a later one is tried as usual. A version is tried
  * once, unless it is published again with other weights (another SHA-256).
+ * A manifest of transport "dir" is read from the trainer's directory instead
+ * of the bus, and a delta version (weights.delta) is rebuilt from the image
+ * the client kept or from the last full image and the deltas after it
+ * (rollout/weights_fetch.h); either way the image is checked against the
+ * signed manifest before anything is built.
  * Memory: besides what the worker took, the client holds at most the ready
- * model, plus the image and the model being built during a fetch.
+ * model, plus the image and the model being built during a fetch; in a job
+ * with weights.delta also the image of the last version built (the next
+ * delta's base, rebuilt in place).
  */
 #ifndef TIDAL_ROLLOUT_WEIGHTS_H
 #define TIDAL_ROLLOUT_WEIGHTS_H
