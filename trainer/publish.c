@@ -464,10 +464,13 @@ tidal_status weights_publisher_create(const weights_publisher_opts *o, weights_p
         TRY_GOTO(tidal_sign_keygen(&p->own_key));
         p->key = p->own_key;
     }
-    /* with deltas the chain decides what goes (publish_delta.h); with dir nothing is on the bus */
+    /* With deltas the chain decides what goes (publish_delta.h deletes what no
+     * worker needs); the store's own bound, full_every + keep blobs, always
+     * covers a chain and clears what a trainer's earlier life left. With dir
+     * nothing is on the bus. */
     if (!p->dir[0])
-        TRY_GOTO(bus_blob_store_open(p->bus, p->names.weights_stream, p->names.weights_prefix, p->delta ? 0 : p->keep,
-                                     &p->store));
+        TRY_GOTO(bus_blob_store_open(p->bus, p->names.weights_stream, p->names.weights_prefix,
+                                     p->delta ? p->chain.full_every + p->keep : p->keep, &p->store));
     bus_kv_cfg kc = {.bucket = p->names.kv_bucket};
     TRY_GOTO(bus_kv_ensure(p->bus, &kc, &p->kv));
     TRY_GOTO(claim_public_key(p));

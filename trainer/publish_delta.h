@@ -8,7 +8,9 @@
  * image's layout changed, or the deltas since the last full image would then
  * weigh more than one image (a worker without a base would fetch more than
  * an image: a full image is cheaper). The blobs from the last full image on,
- * and the newest `keep`, stay in the stream; older ones are deleted.
+ * and the newest `keep`, stay in the stream; older ones are deleted (and the
+ * blob store, opened with a bound of full_every + keep, drops what an earlier
+ * life of the trainer left).
  */
 #ifndef TIDAL_TRAINER_PUBLISH_DELTA_H
 #define TIDAL_TRAINER_PUBLISH_DELTA_H
