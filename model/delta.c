@@ -30,6 +30,30 @@ static size_t data_offset(const uint8_t *img, size_t len)
     return (size_t)(8 + n);
 }
 
+#define WINDOW (1u << 20)
+
+/* The transformed XOR stream's bytes [pos, pos + n) into win: the header
+ * and the tail as they are, the values' bytes plane by plane. */
+static void transform_window(const uint8_t *a, const uint8_t *b, size_t off, size_t nv, size_t vb, size_t pos,
+                             size_t n, uint8_t *win)
+{
+    const size_t planes_end = off + nv * vb;
+    for (size_t j = 0; j < n;) {
+        const size_t s = pos + j;
+        if (s < off || s >= planes_end) {
+            const size_t upto = s < off ? off : pos + n, m = (upto - s < n - j) ? upto - s : n - j;
+            for (size_t t = 0; t < m; t++) win[j + t] = a[s + t] ^ b[s + t];
+            j += m;
+            continue;
+        }
+        const size_t k = (s - off) / nv, i = (s - off) % nv;
+        const size_t m = (nv - i < n - j) ? nv - i : n - j;
+        const uint8_t *pa = a + off + i * vb + k, *pb = b + off + i * vb + k;
+        for (size_t t = 0; t < m; t++) win[j + t] = pa[t * vb] ^ pb[t * vb];
+        j += m;
+    }
+}
+
 tidal_status delta_encode(const void *base, const void *next, size_t len, int value_bytes, int level, void **out,
                           size_t *out_len, delta_stats *stats)
 {
@@ -42,46 +66,68 @@ tidal_status delta_encode(const void *base, const void *next, size_t len, int va
     const size_t off = data_offset(b, len);
     if (!off || data_offset(a, len) != off)
         return tidal_fail(TIDAL_ERR_INVALID, "weights delta: the images are not safetensors with one layout");
-    const size_t vb = (size_t)value_bytes, nv = (len - off) / vb, tail = (len - off) % vb;
-    uint8_t *x = malloc(len ? len : 1);
-    const size_t bound = DELTA_HEADER_BYTES + ZSTD_compressBound(len);
-    uint8_t *d = malloc(bound);
-    if (!x || !d) {
-        free(x);
-        free(d);
-        return tidal_fail(TIDAL_ERR_NOMEM, "weights delta: out of memory for %zu bytes", len);
-    }
-    for (size_t i = 0; i < off; i++) x[i] = a[i] ^ b[i];
-    /* byte planes: plane k holds byte k of every value */
+    const size_t vb = (size_t)value_bytes, nv = (len - off) / vb;
     uint64_t changed = 0;
-    for (size_t i = 0; i < nv; i++) {
-        const uint8_t *pa = a + off + i * vb, *pb = b + off + i * vb;
-        uint8_t any = 0;
-        for (size_t k = 0; k < vb; k++) {
-            const uint8_t v = pa[k] ^ pb[k];
-            x[off + k * nv + i] = v;
-            any |= v;
+    if (vb == 2) { /* bf16: the common case, as 16-bit words */
+        for (size_t i = 0; i < nv; i++) {
+            uint16_t x, y;
+            memcpy(&x, a + off + 2 * i, 2);
+            memcpy(&y, b + off + 2 * i, 2);
+            changed += x != y;
         }
-        changed += any != 0;
+    } else {
+        for (size_t i = 0; i < nv; i++) {
+            uint8_t any = 0;
+            for (size_t k = 0; k < vb; k++) any |= a[off + i * vb + k] ^ b[off + i * vb + k];
+            changed += any != 0;
+        }
     }
-    for (size_t i = len - tail; i < len; i++) x[i] = a[i] ^ b[i];
 
+    /* Streamed a window at a time: no image-sized XOR buffer. The output's
+     * bound is only address space until zstd writes it (a small delta touches
+     * few of its pages). */
+    const size_t bound = DELTA_HEADER_BYTES + ZSTD_compressBound(len);
+    uint8_t *d = malloc(bound), *win = malloc(WINDOW);
+    ZSTD_CCtx *cc = ZSTD_createCCtx();
+    tidal_status st = TIDAL_OK;
+    if (!d || !win || !cc) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "weights delta: out of memory for %zu bytes", len);
+        goto cleanup;
+    }
     memcpy(d, MAGIC, 4);
     d[4] = FORMAT;
     d[5] = (uint8_t)vb;
     d[6] = d[7] = 0;
     put_u64(d + 8, len);
     put_u64(d + 16, off);
-    const size_t z = ZSTD_compress(d + DELTA_HEADER_BYTES, bound - DELTA_HEADER_BYTES, x, len, level > 0 ? level : 1);
-    free(x);
-    if (ZSTD_isError(z)) {
-        free(d);
-        return tidal_fail(TIDAL_ERR_INVALID, "weights delta: zstd: %s", ZSTD_getErrorName(z));
+    ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, level > 0 ? level : 1);
+    ZSTD_CCtx_setPledgedSrcSize(cc, len); /* the frame says its size (delta_apply checks it) */
+    ZSTD_outBuffer zo = {d + DELTA_HEADER_BYTES, bound - DELTA_HEADER_BYTES, 0};
+    for (size_t pos = 0;;) {
+        const size_t n = len - pos < WINDOW ? len - pos : WINDOW;
+        transform_window(a, b, off, nv, vb, pos, n, win);
+        pos += n;
+        const ZSTD_EndDirective end = pos == len ? ZSTD_e_end : ZSTD_e_continue;
+        ZSTD_inBuffer zi = {win, n, 0};
+        size_t left;
+        do {
+            left = ZSTD_compressStream2(cc, &zo, &zi, end);
+            if (ZSTD_isError(left)) {
+                st = tidal_fail(TIDAL_ERR_INVALID, "weights delta: zstd: %s", ZSTD_getErrorName(left));
+                goto cleanup;
+            }
+        } while (end == ZSTD_e_end ? left != 0 : zi.pos < zi.size);
+        if (end == ZSTD_e_end) break;
     }
     if (stats) *stats = (delta_stats){.values = nv, .changed = changed};
     *out = d;
-    *out_len = DELTA_HEADER_BYTES + z;
-    return TIDAL_OK;
+    *out_len = DELTA_HEADER_BYTES + zo.pos;
+    d = NULL;
+cleanup:
+    ZSTD_freeCCtx(cc);
+    free(win);
+    free(d);
+    return st;
 }
 
 uint64_t delta_image_bytes(const void *dv, size_t d_len)
@@ -144,8 +190,6 @@ tidal_status delta_apply(const void *base, size_t base_len, const void *dv, size
     *out_len = (size_t)len;
     return TIDAL_OK;
 }
-
-#define WINDOW (1u << 20)
 
 tidal_status delta_apply_inplace(void *imgv, size_t len, const void *dv, size_t d_len, const char *what)
 {
