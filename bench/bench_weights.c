@@ -278,7 +278,7 @@ cleanup:
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: tidal bench weights [--transport bus] [--bus URL] [--workers W] [--rounds R] [--bf16] [--json]\n"
+            "usage: tidal bench weights [--transport bus|http] [--bus URL] [--workers W] [--rounds R] [--bf16] [--json]\n"
             "  Publish a 127 M-parameter model (509 MB as fp32) with weights_publish to W\n"
             "  rollout workers (weights_client, each on its own connection; default 2),\n"
             "  timed from the publish call to each worker holding the verified model,\n"
@@ -346,8 +346,8 @@ static const char *transport_arg(int argc, char **argv)
 
 int bench_weights_main(int argc, char **argv)
 {
-    const char *transport = transport_arg(argc, argv);
-    if (transport && !strcmp(transport, "http")) return bench_weights_http_main(argc, argv); /* bench_weights_http.c */
+    const char *asked = transport_arg(argc, argv);
+    if (asked && !strcmp(asked, "http")) return bench_weights_http_main(argc, argv); /* bench_weights_http.c */
     const char *url = NULL;
     const char *transport = "bus";
     int rounds = 4, workers = 2, as_json = 0, bf16 = 0;
@@ -373,7 +373,7 @@ int bench_weights_main(int argc, char **argv)
         }
     }
     if (strcmp(transport, "bus") != 0) {
-        fprintf(stderr, "tidal bench weights: --transport %s: only bus is built\n", transport);
+        fprintf(stderr, "tidal bench weights: --transport %s: want bus or http\n", transport);
         return 2;
     }
     if (optind < argc || rounds <= 0 || workers < 1 || workers > MAX_WORKERS) {

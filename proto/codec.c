@@ -613,8 +613,28 @@ static tidal_status v_weights_manifest(const ProtobufCMessage *m, const char *pa
         for (size_t i = 0; i < w->n_http_chunk_sha256; i++)
             if (w->http_chunk_sha256[i].len != 32)
                 return bad(&c, "http_chunk_sha256[%zu] has %zu bytes, not 32", i, w->http_chunk_sha256[i].len);
+    } else if (!strcmp(transport, "dir")) {
+        if (!str(w->dir)[0]) return bad(&c, "transport dir without a dir");
+        if (w->blob) return bad(&c, "transport dir with a blob manifest");
+        if (str(w->url)[0]) return bad(&c, "transport dir with a url");
+        if (w->chunk_count != 0) return bad(&c, "transport dir with chunk_count %" PRIu32, w->chunk_count);
     } else {
-        return bad(&c, "transport \"%.32s\" is neither bus nor http", transport);
+        return bad(&c, "transport \"%.32s\" is neither bus, http nor dir", transport);
+    }
+    if (str(w->dir)[0] && strcmp(transport, "dir")) return bad(&c, "transport %.32s with a dir", transport);
+    if (w->delta) {
+        if (strcmp(transport, "bus")) return bad(&c, "a delta on transport %.32s (deltas go on the bus)", transport);
+        if (w->full_every == 0) return bad(&c, "a delta with full_every 0");
+        if (w->delta_base >= w->version)
+            return bad(&c, "delta_base %" PRIu64 " is not before the version", w->delta_base);
+        if (w->n_chain == 0 || w->chain[w->n_chain - 1] != w->delta_base)
+            return bad(&c, "the delta's chain does not end at delta_base %" PRIu64, w->delta_base);
+        for (size_t i = 1; i < w->n_chain; i++)
+            if (w->chain[i] <= w->chain[i - 1]) return bad(&c, "the delta's chain is not increasing at %zu", i);
+        if (w->image_bytes == 0) return bad(&c, "a delta with image_bytes 0");
+        TRY(need_sha256(&c, "image_sha256", w->image_sha256));
+    } else if (w->delta_base || w->n_chain || w->image_bytes || w->image_sha256.len) {
+        return bad(&c, "delta fields on a full image");
     }
     return TIDAL_OK;
 }

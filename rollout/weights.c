@@ -45,6 +45,7 @@
 #include "proto/codec.h"
 #include "proto/manifest_sign.h"
 #include "rollout/fetch_http.h"
+#include "rollout/weights_fetch.h"
 
 #define POLL_MS 100 /* how long the thread waits for a change before looking at `stop` */
 #define BUS_COPY_WAIT_MS 120000 /* transport http: how long a fallback waits for the bus copy to be stored */
@@ -58,6 +59,7 @@ struct weights_client {
     bus_kv_watcher *watch;   /* the thread's */
     bus_blob_store *store;   /* the thread's */
     bus_blob_tap *tap;       /* catches chunks as the trainer publishes them (armed while idle) */
+    weights_base base;       /* the last image built, kept when versions may come as deltas (the thread's) */
     uint64_t tried;          /* newest version fetched or failed; UINT64_MAX none (the thread's) */
     uint8_t tried_sha[32];   /* its image's SHA-256 (a re-published version differs) */
     uint8_t pub[TIDAL_SIGN_PUB_BYTES]; /* the job's key, once known (have_pub); the thread's after creation */
@@ -75,6 +77,7 @@ struct weights_client {
     model *spare;            /* handed back by the worker, reused for the next build (NULL: none) */
     uint64_t ready_version;
     uint64_t good_version;   /* the newest version built; UINT64_MAX none (for the refusal's log line) */
+    char good_dir[4096];     /* its directory when it came by transport dir, else "" */
     weights_stats stats;
     bool stop;
 
@@ -372,6 +375,87 @@ cleanup:
     return st;
 }
 
+/* The blob's size and digest against the manifest's (transport bus; for a
+ * delta, the delta's blob). */
+static tidal_status verify_blob(weights_client *c, const Tidal__V1__WeightsManifest *w, uint64_t len,
+                                const bus_blob_info *info)
+{
+    const uint64_t v = w->version;
+    if (len != w->bytes)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the blob has %" PRIu64 " bytes, the manifest says %" PRIu64,
+                          v, len, w->bytes);
+    if (memcmp(info->sha256, w->sha256.data, 32) != 0) {
+        char got[17], want[17];
+        hex8(info->sha256, got);
+        hex8(w->sha256.data, want);
+        return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the blob's digest %s... does not match the manifest's %s...",
+                          v, got, want);
+    }
+    if (stopping(c)) return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights v%" PRIu64 ": client closing", v);
+    return TIDAL_OK;
+}
+
+/* transport dir, or a delta version on the bus: the whole image in memory
+ * (read from the trainer's directory, or rebuilt from the delta and the base
+ * this client kept or the chain from the last full image; weights_fetch.h
+ * checks the result against the signed manifest), then built. With deltas on,
+ * the image is kept as the next version's base. */
+static tidal_status fetch_version_whole(weights_client *c, const Tidal__V1__WeightsManifest *w, model **out,
+                                        uint64_t *bytes)
+{
+    const uint64_t v = w->version;
+    const bool dir = !strcmp(w->transport, "dir");
+    char name[24];
+    snprintf(name, sizeof name, "%" PRIu64, v);
+    void *image = NULL;
+    uint64_t len = 0;
+    bus_blob_info info;
+    const double t0 = now_ms();
+    if (dir) { /* weights_fetch_dir checks the size and SHA-256 */
+        size_t dlen = 0;
+        TRY(weights_fetch_dir(w, &image, &dlen));
+        len = dlen;
+    } else {
+        TRY_WRAP(bus_blob_get(c->store, name, &image, &len, &info), "weights v%" PRIu64 ": fetch blob %s from %s", v,
+                 name, c->names.weights_stream);
+    }
+    *bytes = len;
+    tidal_status st = TIDAL_OK;
+    model_config cfg;
+    st_file *f = NULL;
+    char label[64];
+    snprintf(label, sizeof label, "weights v%" PRIu64, v);
+    if (!dir) TRY_GOTO(verify_blob(c, w, len, &info));
+    if (w->delta) { /* the blob was a delta: the image it makes of the base (or of the chain) */
+        void *rebuilt = NULL;
+        size_t rlen = 0;
+        uint64_t more = 0;
+        st = weights_delta_rebuild(c->store, w, image, (size_t)len, &c->base, &rebuilt, &rlen, &more);
+        *bytes += more;
+        TRY_GOTO(st);
+        free(image);
+        image = rebuilt;
+        len = rlen;
+    }
+    const double t_fetch = now_ms();
+    TRY_GOTO(version_config(c, w, &cfg));
+    TRY_GOTO(st_open_memory(image, (size_t)len, label, &f));
+    TRY_GOTO(build_model(c, &cfg, f, manifest_dtype(w->dtype), v, out));
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes fetched in %.0f ms, model built in %.0f ms", v,
+              *bytes, t_fetch - t0, now_ms() - t_fetch);
+    if (w->full_every > 0) { /* the next version may be a delta against this one */
+        st_close(f);
+        f = NULL;
+        free(c->base.image);
+        c->base = (weights_base){.image = image, .len = (size_t)len, .version = v};
+        image = NULL;
+    }
+cleanup:
+    st_close(f);
+    free(image);
+    return st;
+}
+
 /* Fetch, verify and build the version manifest w describes. */
 static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsManifest *w, model **out,
                                   uint64_t *bytes)
@@ -380,12 +464,14 @@ static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsMan
     *bytes = 0;
     const uint64_t v = w->version;
     const bool http = !strcmp(w->transport, "http");
-    if (!http && strcmp(w->transport, "bus") != 0)
+    if (!http && strcmp(w->transport, "bus") != 0 && strcmp(w->transport, "dir") != 0)
         return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights v%" PRIu64 ": transport %s is not supported by this worker",
                           v, w->transport);
     char name[24];
     snprintf(name, sizeof name, "%" PRIu64, v);
     if (http) return fetch_version_http(c, w, out, bytes);
+    /* dir, and every version of a delta job (a full one too: it becomes the next delta's base) */
+    if (!strcmp(w->transport, "dir") || w->delta || w->full_every > 0) return fetch_version_whole(c, w, out, bytes);
     bus_blob_layout L;
     uint8_t *hashes = NULL;
     tidal_status st = TIDAL_OK;
@@ -522,6 +608,7 @@ static void process(weights_client *c, const Tidal__V1__WeightsManifest *w, doub
         m = NULL;
         c->ready_version = w->version;
         c->good_version = w->version;
+        snprintf(c->good_dir, sizeof c->good_dir, "%s", !strcmp(w->transport, "dir") ? w->dir : "");
         c->stats.fetched++;
         c->stats.fetch_ms_last = now_ms() - seen_ms;
         pthread_cond_broadcast(&c->ready_cv);
@@ -720,6 +807,16 @@ void weights_client_recycle(weights_client *c, model *m)
     model_free(old);
 }
 
+bool weights_client_dir(weights_client *c, uint64_t v, char *out, size_t cap)
+{
+    assert(c && out && cap);
+    pthread_mutex_lock(&c->mu);
+    const bool ok = c->good_version == v && c->good_dir[0] && strlen(c->good_dir) < cap;
+    if (ok) snprintf(out, cap, "%s", c->good_dir);
+    pthread_mutex_unlock(&c->mu);
+    return ok;
+}
+
 void weights_client_stats(weights_client *c, weights_stats *s)
 {
     assert(c && s);
@@ -746,6 +843,7 @@ void weights_client_free(weights_client *c)
     free(c->image);
     free(c->http_token);
     free(c->spare_image);
+    free(c->base.image);
     pthread_cond_destroy(&c->ready_cv);
     pthread_mutex_destroy(&c->mu);
     free(c);

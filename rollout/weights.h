@@ -24,16 +24,23 @@
  * against the signed manifest); when that fails (no answer, stalled, refused
  * token, a range twice corrupt) the reason is logged and the bus copy, blob
  * "<version>", is taken instead (checked against the manifest's SHA-256),
- * counted in stats.http_fallbacks.
+ * counted in stats.http_fallbacks. A manifest of transport "dir" is read from
+ * the trainer's directory instead of the bus, and a delta version
+ * (weights.delta) is rebuilt from the image the client kept or from the last
+ * full image and the deltas after it (rollout/weights_fetch.h); either way
+ * the image is checked against the signed manifest before anything is built.
  * Memory: besides what the worker took, the client holds at most the ready
  * model, one model handed back for reuse (weights_client_recycle), the image
  * buffer (kept from version to version; with transport http too: its pages are
- * faulted in already, a fresh one costs a page fault per 4 KiB) and the model
- * being built.
+ * faulted in already, a fresh one costs a page fault per 4 KiB), the model
+ * being built and, in a job with weights.delta, the image of the last version
+ * built (the next delta's base, rebuilt in place).
  */
 #ifndef TIDAL_ROLLOUT_WEIGHTS_H
 #define TIDAL_ROLLOUT_WEIGHTS_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model/model.h"
@@ -95,6 +102,11 @@ tidal_status weights_client_wait(weights_client *c, uint64_t min_version, int ti
  * memory rather than allocating and faulting in a new one. The client keeps
  * one such model (an older one is freed); the caller must not touch m again. */
 void weights_client_recycle(weights_client *c, model *m);
+/* Transport dir: when the newest model built is version v and came from the
+ * trainer's shared directory, that directory (the manifest's, absolute) in
+ * out[cap] and true; else false. An inference server can load it as it is
+ * (rollout/worker.c's sidecar). */
+bool weights_client_dir(weights_client *c, uint64_t v, char *out, size_t cap);
 
 /* Counters so far (a consistent copy). */
 void weights_client_stats(weights_client *c, weights_stats *s);

@@ -37,6 +37,8 @@
 #include "base/fs.h"
 #include "proto/codec.h"
 #include "proto/manifest_sign.h"
+#include "trainer/publish_delta.h"
+#include "trainer/publish_dir.h"
 
 #define DEFAULT_KEEP 3 /* docs/protocol.md: the trainer's keep, default 3 */
 #define RETRY_MS 500        /* a version that failed on a bus outage is tried again this often */
@@ -64,6 +66,10 @@ struct weights_publisher {
     bus_blob_store *store; /* the background thread's */
     bus_kv *kv;            /* the background thread's */
     weights_http *http;    /* transport http: the server (NULL: bus only) */
+    char dir[4096];        /* transport dir: the root of step_<v>/ ("" for the bus) */
+    const hf_files *hf;    /* transport dir: borrowed */
+    bool delta;
+    delta_chain chain;     /* delta: the background thread's */
 
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* a handover or stop, for the thread */
@@ -268,6 +274,108 @@ static tidal_status store_bus(weights_publisher *p, const snapshot *s)
     return TIDAL_OK;
 }
 
+/* Store one serialized version (image[len], not consumed): blob, then
+ * WeightsManifest in `weights.latest`, then `trainer.version`. Safe to repeat
+ * after a failure: the blob is replaced, the keys are put again. */
+static tidal_status store_image(weights_publisher *p, uint64_t v, const model_config *cfgp, const void *image,
+                                size_t len, const delta_wire *wire)
+{
+    const model_config cfg = *cfgp;
+    char name[24];
+    snprintf(name, sizeof name, "%" PRIu64, v);
+    const double t_image = mono_ms();
+    tidal_status st;
+
+    const bool bf16 = p->dtype == ST_BF16;
+    char *config_json = NULL;
+    st = model_config_to_json(&cfg, bf16 ? "bfloat16" : "float32", "config.json", &config_json);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64, v);
+
+    Tidal__V1__WeightsManifest wm = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
+    bus_blob_info info = {0};
+    Tidal__V1__BlobManifest *blob = NULL;
+    char path[4096];
+    if (p->dir[0]) { /* transport dir: the directory, no bus copy */
+        st = publish_dir_write(p->dir, v, config_json, image, len, p->hf, p->keep, path, sizeof path);
+        if (st != TIDAL_OK) {
+            free(config_json);
+            return st;
+        }
+        info.bytes = len;
+        memcpy(info.sha256, wire->image_sha, 32);
+        wm.transport = "dir";
+        wm.dir = path;
+    } else {
+        const void *data = wire ? wire->data : image; /* a delta, or the image */
+        const size_t dlen = wire ? wire->len : len;
+        st = bus_blob_put(p->store, name, data, dlen, &info);
+        if (st != TIDAL_OK) {
+            free(config_json);
+            return tidal_wrap(st, "weights v%" PRIu64 ": store blob %s in %s", v, name, p->names.weights_stream);
+        }
+        assert(info.bytes == dlen);
+        st = read_blob_manifest(p, name, &blob);
+        if (st != TIDAL_OK) {
+            free(config_json);
+            return tidal_wrap(st, "weights v%" PRIu64 ": read back the manifest of blob %s", v, name);
+        }
+        wm.transport = "bus";
+        wm.blob = blob;
+        wm.chunk_count = info.chunk_count;
+    }
+    const double t_blob = mono_ms();
+
+    wm.schema_version = CODEC_SCHEMA_VERSION;
+    wm.version = v;
+    wm.dtype = bf16 ? "bf16" : "fp32";
+    wm.bytes = info.bytes;
+    wm.sha256.data = info.sha256;
+    wm.sha256.len = sizeof info.sha256;
+    wm.model_config_json = config_json;
+    wm.created_unix_ms = (uint64_t)unix_ms();
+    if (p->delta) {
+        wm.full_every = (uint32_t)p->chain.full_every;
+        if (wire->delta) {
+            wm.delta = true;
+            wm.delta_base = wire->base;
+            wm.chain = p->chain.chain;
+            wm.n_chain = p->chain.n_chain;
+            wm.image_bytes = len;
+            wm.image_sha256.data = (uint8_t *)wire->image_sha;
+            wm.image_sha256.len = 32;
+        }
+    }
+    void *buf = NULL;
+    size_t blen = 0;
+    uint8_t sig[TIDAL_SIGN_SIG_BYTES];
+    st = codec_manifest_sign(&wm, p->names.job, p->key, sig); /* every field set: the signature covers them */
+    if (st == TIDAL_OK) st = codec_validate(&wm.base); /* our own bug, caught before a worker sees it */
+    if (st == TIDAL_OK) st = codec_encode(&wm.base, &buf, &blen); /* (one wrap below names the manifest) */
+    tidal__v1__blob_manifest__free_unpacked(blob, NULL);
+    free(config_json);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": manifest", v);
+
+    st = bus_kv_put(p->kv, JOB_KEY_WEIGHTS, buf, blen, NULL);
+    free(buf);
+    if (st != TIDAL_OK)
+        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_WEIGHTS, p->names.kv_bucket);
+    pthread_mutex_lock(&p->mu);
+    p->published = v; /* the manifest is on the bus: workers can take it */
+    pthread_mutex_unlock(&p->mu);
+    st = bus_kv_put(p->kv, JOB_KEY_VERSION, name, strlen(name), NULL);
+    if (st != TIDAL_OK)
+        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_VERSION, p->names.kv_bucket);
+    if (wire && wire->delta)
+        tidal_log(TIDAL_LOG_INFO, "weights v%" PRIu64 ": published as a delta against v%" PRIu64 ": %" PRIu64
+                  " bytes for a %zu-byte image (%.2f%%), %" PRIu64 " of %" PRIu64 " values changed (%.3f%%)", v,
+                  wire->base, info.bytes, len, 100.0 * (double)info.bytes / (double)len, wire->stats.changed,
+                  wire->stats.values, wire->stats.values ? 100.0 * (double)wire->stats.changed / (double)wire->stats.values : 0.0);
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": published, %" PRIu64 " bytes in %" PRIu32 " chunks (%s, %s): "
+              "blob %.0f ms, manifest %.0f ms", v, info.bytes, info.chunk_count, wm.dtype, wm.transport,
+              t_blob - t_image, mono_ms() - t_blob);
+    return TIDAL_OK;
+}
+
 /* transport http: what is done of a version (store_version may run again after a bus outage). */
 typedef struct http_progress {
     bool served;   /* the server holds the image */
@@ -442,10 +550,19 @@ static void *publisher_main(void *arg)
         const model_config cfg = s->cfg;
         void *image = NULL;
         size_t len = 0;
+        /* three ways out: streamed to the bus (plain bus); whole in memory, then served over HTTP with
+         * a bus copy (http); whole in memory, then as a directory or a delta (dir, weights.delta) */
+        const bool in_memory = p->http || p->delta || p->dir[0];
         http_progress hp = {0};
-        tidal_status st = p->http ? serialize(p, s, &image, &len) /* gives s back */ : store_bus(p, s);
-        if (p->http) s = NULL;
-        if (st == TIDAL_OK && p->http) st = store_http(p, v, &cfg, image, len, &hp);
+        delta_wire wire = {0}, *wp = NULL;
+        tidal_status st = in_memory ? serialize(p, s, &image, &len) /* gives s back */ : store_bus(p, s);
+        if (in_memory) s = NULL;
+        if (st == TIDAL_OK && !p->http && (p->delta || p->dir[0])) { /* the image's SHA-256, the delta when it pays */
+            st = delta_chain_prepare(&p->chain, v, image, len, p->dtype == ST_BF16 ? 2 : 4, &wire);
+            wp = &wire;
+        }
+        if (st == TIDAL_OK && in_memory)
+            st = p->http ? store_http(p, v, &cfg, image, len, &hp) : store_image(p, v, &cfg, image, len, wp);
         /* A bus outage (the client reconnects by itself) is waited out: the same
          * image again every RETRY_MS, until it goes through, a newer version is
          * handed over (only the newest matters), the publisher stops, or
@@ -461,9 +578,13 @@ static void *publisher_main(void *arg)
                 st = TIDAL_OK; /* superseded (or stopping): not a failure */
                 break;
             }
-            st = p->http ? store_http(p, v, &cfg, image, len, &hp) : store_bus(p, s);
+            st = p->http ? store_http(p, v, &cfg, image, len, &hp)
+                 : in_memory ? store_image(p, v, &cfg, image, len, wp)
+                             : store_bus(p, s);
         }
         if (s) release_snapshot(p, s);
+        if (st == TIDAL_OK && p->delta) delta_chain_commit(&p->chain, p->store, v, &image, len, &wire);
+        delta_wire_clear(&wire);
         free(image);
         free(hp.chunk_sha);
         if (st != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "weights publisher: %s", tidal_errmsg());
@@ -578,6 +699,21 @@ tidal_status weights_publisher_create(const weights_publisher_opts *o, weights_p
     p->dtype = dtype;
     p->published = UINT64_MAX;
     p->key = o->signing_key;
+    if (o->dir && o->dir[0]) {
+        if (o->delta) {
+            free(p);
+            return tidal_fail(TIDAL_ERR_INVALID, "weights publisher: weights.delta needs weights.transport bus, not dir");
+        }
+        if (strlen(o->dir) >= sizeof p->dir - 64) {
+            free(p);
+            return tidal_fail(TIDAL_ERR_INVALID, "weights publisher: weights.dir is too long");
+        }
+        snprintf(p->dir, sizeof p->dir, "%s", o->dir);
+        p->hf = o->hf;
+    }
+    p->delta = o->delta;
+    p->chain.full_every = o->full_every > 0 ? o->full_every : 10;
+    p->chain.keep = p->keep;
     pthread_mutex_init(&p->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -591,7 +727,13 @@ tidal_status weights_publisher_create(const weights_publisher_opts *o, weights_p
         TRY_GOTO(tidal_sign_keygen(&p->own_key));
         p->key = p->own_key;
     }
-    TRY_GOTO(bus_blob_store_open(p->bus, p->names.weights_stream, p->names.weights_prefix, p->keep, &p->store));
+    /* With deltas the chain decides what goes (publish_delta.h deletes what no
+     * worker needs); the store's own bound, full_every + keep blobs, always
+     * covers a chain and clears what a trainer's earlier life left. With dir
+     * nothing is on the bus. */
+    if (!p->dir[0])
+        TRY_GOTO(bus_blob_store_open(p->bus, p->names.weights_stream, p->names.weights_prefix,
+                                     p->delta ? p->chain.full_every + p->keep : p->keep, &p->store));
     bus_kv_cfg kc = {.bucket = p->names.kv_bucket};
     TRY_GOTO(bus_kv_ensure(p->bus, &kc, &p->kv));
     TRY_GOTO(claim_public_key(p));
@@ -742,6 +884,7 @@ void weights_publisher_free(weights_publisher *p)
     weights_http_stop(p->http);
     bus_kv_close(p->kv);
     bus_blob_store_close(p->store);
+    delta_chain_free(&p->chain);
     tidal_sign_key_free(p->own_key);
     pthread_cond_destroy(&p->work_cv);
     pthread_cond_destroy(&p->idle_cv);

@@ -18,6 +18,11 @@
  * (trainer/publish_http.h) and the manifest, transport "http", names its URL
  * and the hashes of its 4 MiB ranges; it goes into `weights.latest` before the
  * bus copy is stored, which follows as the workers' fallback.
+ * With `dir` the versions go to a shared directory instead (trainer/publish_dir.h:
+ * ROOT/step_<version>/, the manifest's transport "dir" naming it); with
+ * `delta` a version's blob is a compressed delta against the previous one
+ * (trainer/publish_delta.h), the manifest carrying the rebuilt image's
+ * SHA-256 (docs/protocol.md "Delta versions").
  *
  * Only the newest weights matter to a worker, so a version handed over while
  * an older one still waits to start replaces it (the older is never sent).
@@ -29,6 +34,7 @@
 #include <stdint.h>
 
 #include "base/sign.h"
+#include "model/hfdir.h"
 #include "model/model.h"
 #include "bus/bus.h"
 #include "job/names.h"
@@ -49,6 +55,11 @@ typedef struct weights_publisher_opts {
     const char *http_bind;     /* weights.http_bind ("" or NULL: 127.0.0.1:0) */
     const char *http_url;      /* weights.http_url ("" or NULL: from the bind) */
     const char *http_token;    /* the bearer token (weights_token_from_env); NULL: none */
+    const char *dir;           /* weights.transport dir: write versions under this directory
+                                  (trainer/publish_dir.h) instead of the bus; NULL or "": the bus */
+    const hf_files *hf;        /* transport dir: the files each version's directory carries (borrowed) */
+    bool delta;                /* bus: versions as deltas against the previous one (trainer/publish_delta.h) */
+    int full_every;            /* delta: a full image at least this often; 0: 10 */
 } weights_publisher_opts;
 
 /* Open (create) the weights stream and the job's KV bucket, claim KV

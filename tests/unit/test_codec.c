@@ -991,7 +991,7 @@ static void test_weights_manifest_rules(void)
     WEIGHTS_BAD(f.w.dtype = "int8", "weights manifest v12: dtype \"int8\" is not fp32, bf16 or fp16");
     WEIGHTS_BAD(f.w.bytes = 0, "bytes is 0");
     WEIGHTS_BAD(f.w.sha256.len = 0, "sha256 has 0 bytes");
-    WEIGHTS_BAD(f.w.transport = "s3", "transport \"s3\" is neither bus nor http");
+    WEIGHTS_BAD(f.w.transport = "s3", "transport \"s3\" is neither bus, http nor dir");
     WEIGHTS_BAD(f.w.blob = NULL, "transport bus without a blob manifest");
     WEIGHTS_BAD(f.w.url = "file:///x", "transport bus with a url");
     WEIGHTS_BAD(f.w.version = 13, "weights manifest v13: blob name \"12\" is not the version 13");
@@ -1016,6 +1016,32 @@ static void test_weights_manifest_rules(void)
     HTTP_FX;
     CHECK_OK(codec_validate(MSG(f.w)));
 #undef HTTP_FX
+    /* transport dir (fields 20-29) */
+    WEIGHTS_BAD((f.w.transport = "dir", f.w.blob = NULL, f.w.chunk_count = 0), "transport dir without a dir");
+    WEIGHTS_BAD((f.w.transport = "dir", f.w.dir = "/w/step_12", f.w.chunk_count = 0), "transport dir with a blob manifest");
+    WEIGHTS_BAD((f.w.transport = "dir", f.w.dir = "/w/step_12", f.w.blob = NULL), "transport dir with chunk_count 3");
+    WEIGHTS_BAD(f.w.dir = "/w/step_12", "transport bus with a dir");
+    /* delta versions */
+    static uint64_t chain[3] = {8, 10, 11};
+    static uint8_t isha[32] = {1};
+#define DELTA(f) ((f).w.delta = true, (f).w.delta_base = 11, (f).w.chain = chain, (f).w.n_chain = 3, \
+                  (f).w.image_bytes = 5000, (f).w.image_sha256.data = isha, (f).w.image_sha256.len = 32, \
+                  (f).w.full_every = 10)
+    weights_init(&f);
+    DELTA(f);
+    CHECK_OK(codec_validate(MSG(f.w)));
+    WEIGHTS_BAD((DELTA(f), f.w.full_every = 0), "a delta with full_every 0");
+    WEIGHTS_BAD((DELTA(f), f.w.delta_base = 12), "delta_base 12 is not before the version");
+    WEIGHTS_BAD((DELTA(f), f.w.delta_base = 10), "the delta's chain does not end at delta_base 10");
+    WEIGHTS_BAD((DELTA(f), f.w.n_chain = 0), "the delta's chain does not end at delta_base 11");
+    WEIGHTS_BAD((DELTA(f), chain[1] = 7), "the delta's chain is not increasing at 1");
+    chain[1] = 10;
+    WEIGHTS_BAD((DELTA(f), f.w.image_bytes = 0), "a delta with image_bytes 0");
+    WEIGHTS_BAD((DELTA(f), f.w.image_sha256.len = 31), "image_sha256 has 31 bytes");
+    WEIGHTS_BAD((DELTA(f), f.w.delta = false), "delta fields on a full image");
+    WEIGHTS_BAD((DELTA(f), f.w.transport = "dir", f.w.dir = "/w", f.w.blob = NULL, f.w.chunk_count = 0),
+                "a delta on transport dir (deltas go on the bus)");
+#undef DELTA
     WEIGHTS_BAD(f.w.model_config_json = "\xe2\x82", "model_config_json is not valid UTF-8");
     WEIGHTS_BAD(f.blob.b.subject_prefix = "\xe2\x82", "blob.subject_prefix is not valid UTF-8");
 #undef WEIGHTS_BAD
