@@ -198,6 +198,32 @@ static tidal_status read_blob_manifest(weights_publisher *p, const char *name, T
     return st;
 }
 
+/* Sign, check and encode manifest wm (every field set: the signature covers
+ * them), then put it in `weights.latest` and the version `name` in
+ * `trainer.version`. Safe to repeat. */
+static tidal_status put_manifest(weights_publisher *p, Tidal__V1__WeightsManifest *wm, const char *name)
+{
+    const uint64_t v = wm->version;
+    void *buf = NULL;
+    size_t blen = 0;
+    uint8_t sig[TIDAL_SIGN_SIG_BYTES];
+    tidal_status st = codec_manifest_sign(wm, p->names.job, p->key, sig);
+    if (st == TIDAL_OK) st = codec_validate(&wm->base); /* our own bug, caught before a worker sees it */
+    if (st == TIDAL_OK) st = codec_encode(&wm->base, &buf, &blen);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": manifest", v);
+    st = bus_kv_put(p->kv, JOB_KEY_WEIGHTS, buf, blen, NULL);
+    free(buf);
+    if (st != TIDAL_OK)
+        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_WEIGHTS, p->names.kv_bucket);
+    pthread_mutex_lock(&p->mu);
+    p->published = v; /* the manifest is on the bus: workers can take it */
+    pthread_mutex_unlock(&p->mu);
+    st = bus_kv_put(p->kv, JOB_KEY_VERSION, name, strlen(name), NULL);
+    if (st != TIDAL_OK)
+        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_VERSION, p->names.kv_bucket);
+    return TIDAL_OK;
+}
+
 /* transport bus: publish snapshot s: its image streamed into blob "<version>",
  * then the WeightsManifest in `weights.latest`, then `trainer.version`. Safe
  * to repeat after a failure: the blob is replaced, the keys are put again. */
@@ -248,26 +274,10 @@ static tidal_status store_bus(weights_publisher *p, const snapshot *s)
     wm.blob = blob;
     wm.model_config_json = config_json;
     wm.created_unix_ms = (uint64_t)unix_ms();
-    void *buf = NULL;
-    size_t blen = 0;
-    uint8_t sig[TIDAL_SIGN_SIG_BYTES];
-    st = codec_manifest_sign(&wm, p->names.job, p->key, sig); /* every field set: the signature covers them */
-    if (st == TIDAL_OK) st = codec_validate(&wm.base); /* our own bug, caught before a worker sees it */
-    if (st == TIDAL_OK) st = codec_encode(&wm.base, &buf, &blen); /* (one wrap below names the manifest) */
+    st = put_manifest(p, &wm, name);
     tidal__v1__blob_manifest__free_unpacked(blob, NULL);
     free(config_json);
-    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": manifest", v);
-
-    st = bus_kv_put(p->kv, JOB_KEY_WEIGHTS, buf, blen, NULL);
-    free(buf);
-    if (st != TIDAL_OK)
-        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_WEIGHTS, p->names.kv_bucket);
-    pthread_mutex_lock(&p->mu);
-    p->published = v; /* the manifest is on the bus: workers can take it */
-    pthread_mutex_unlock(&p->mu);
-    st = bus_kv_put(p->kv, JOB_KEY_VERSION, name, strlen(name), NULL);
-    if (st != TIDAL_OK)
-        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_VERSION, p->names.kv_bucket);
+    TRY(st);
     tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": published, %" PRIu64 " bytes in %" PRIu32 " chunks (%s): "
               "blob %.0f ms, manifest %.0f ms", v, info.bytes, info.chunk_count, wm.dtype, t_blob - t_image,
               mono_ms() - t_blob);
@@ -345,26 +355,10 @@ static tidal_status store_image(weights_publisher *p, uint64_t v, const model_co
             wm.image_sha256.len = 32;
         }
     }
-    void *buf = NULL;
-    size_t blen = 0;
-    uint8_t sig[TIDAL_SIGN_SIG_BYTES];
-    st = codec_manifest_sign(&wm, p->names.job, p->key, sig); /* every field set: the signature covers them */
-    if (st == TIDAL_OK) st = codec_validate(&wm.base); /* our own bug, caught before a worker sees it */
-    if (st == TIDAL_OK) st = codec_encode(&wm.base, &buf, &blen); /* (one wrap below names the manifest) */
+    st = put_manifest(p, &wm, name);
     tidal__v1__blob_manifest__free_unpacked(blob, NULL);
     free(config_json);
-    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": manifest", v);
-
-    st = bus_kv_put(p->kv, JOB_KEY_WEIGHTS, buf, blen, NULL);
-    free(buf);
-    if (st != TIDAL_OK)
-        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_WEIGHTS, p->names.kv_bucket);
-    pthread_mutex_lock(&p->mu);
-    p->published = v; /* the manifest is on the bus: workers can take it */
-    pthread_mutex_unlock(&p->mu);
-    st = bus_kv_put(p->kv, JOB_KEY_VERSION, name, strlen(name), NULL);
-    if (st != TIDAL_OK)
-        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_VERSION, p->names.kv_bucket);
+    TRY(st);
     if (wire && wire->delta)
         tidal_log(TIDAL_LOG_INFO, "weights v%" PRIu64 ": published as a delta against v%" PRIu64 ": %" PRIu64
                   " bytes for a %zu-byte image (%.2f%%), %" PRIu64 " of %" PRIu64 " values changed (%.3f%%)", v,
@@ -465,25 +459,11 @@ static tidal_status announce_http(weights_publisher *p, uint64_t v, const model_
     wm.http_chunk_sha256 = hs;
     wm.model_config_json = config_json;
     wm.created_unix_ms = (uint64_t)unix_ms();
-    void *buf = NULL;
-    size_t blen = 0;
-    uint8_t sig[TIDAL_SIGN_SIG_BYTES];
-    tidal_status st = codec_manifest_sign(&wm, p->names.job, p->key, sig);
-    if (st == TIDAL_OK) st = codec_validate(&wm.base);
-    if (st == TIDAL_OK) st = codec_encode(&wm.base, &buf, &blen);
+    const tidal_status st = put_manifest(p, &wm, name);
     free(hs);
     free(config_json);
-    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": manifest", v);
-    st = bus_kv_put(p->kv, JOB_KEY_WEIGHTS, buf, blen, NULL);
-    free(buf);
-    if (st != TIDAL_OK)
-        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_WEIGHTS, p->names.kv_bucket);
+    TRY(st);
     hp->announced = true;
-    pthread_mutex_lock(&p->mu);
-    p->published = v;
-    pthread_mutex_unlock(&p->mu);
-    TRY_WRAP(bus_kv_put(p->kv, JOB_KEY_VERSION, name, strlen(name), NULL), "weights v%" PRIu64 ": put %s in kv %s", v,
-             JOB_KEY_VERSION, p->names.kv_bucket);
     tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": served at %s, %zu bytes in %" PRIu32 " ranges: hashes %.0f ms, "
               "manifest %.0f ms", v, url, len, hp->n_chunks, t_hash - t0, mono_ms() - t_hash);
     return TIDAL_OK;
