@@ -456,7 +456,7 @@ static void test_weights_http(void)
     cleanup();
 }
 
-/* The quickstart shortened to 60 steps with one of issue 21's weight paths
+/* The quickstart shortened to 60 steps with one of the weight paths (dir, delta)
  * (`--set` a and b): it runs to the end and learns (about 0.07 -> 0.35 in
  * the reward), and no honest worker is quarantined (the worker check
  * compares the workers' log-probabilities with the trainer's own weights:
@@ -1676,7 +1676,7 @@ static bool env_metric_in_every_step(const char *run, long *rows)
     return ok && *rows > 0;
 }
 
-/* A remote env that is not running (issue 19): loud in the workers' logs,
+/* A remote env that is not running: loud in the workers' logs,
  * the controller's log and the progress line ("no responders on
  * tidal.env.strings"); the step-0 evaluation says its samples failed and
  * scores none of them; the job stops after env.missing_timeout_s with that
