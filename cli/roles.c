@@ -336,6 +336,7 @@ static int spec_role(const char *role, int argc, char **argv)
             const int port = ctl ? s.metrics.controller_port : s.metrics.trainer_port;
             dry_run_print(role, &a, &bo, ctl);
             printf("  job: %s (spec %s)\n", s.job.name, a.spec_file);
+            printf("  env: %s (%s)\n", s.env.name, s.env.remote ? "served on the bus: tidal env serve" : "in each worker");
             printf("  run directory: %s%s\n", run_dir, a.resume ? " (--resume: from its newest checkpoint)" : "");
             if (port) printf("  metrics: http://%s:%d/metrics%s\n", s.metrics.bind, port > 0 ? port : 0, port < 0 ? " (any free port)" : "");
             else printf("  metrics: off\n");
