@@ -19,8 +19,10 @@
  *    files they name are readable) and nats-server's with -t (its configuration parses). The
  *    job the workers join, the env they call and the metrics ports are compared with what the
  *    controller's and trainer's dry runs report from the spec.
- * 5. The checks can fail: three broken copies of the render (a mistyped field, a wrong type,
- *    an unknown flag) must each be refused.
+ * 5. The overlay docs/deploy.md shows, with credentials from `tidal creds`, renders and passes
+ *    the same checks, holding those credentials and no GPU request.
+ * 6. The checks can fail: broken copies of the render (a mistyped field, a wrong type, an
+ *    unknown flag, workers of another job) must each be refused.
  *
  * Prints one line per check and "N passed, N failed"; exit 1 on any failure. npm's registry
  * out of reach: SKIP, exit 77.
@@ -187,6 +189,11 @@ function references(objs) {
     for (const v of vols.values()) {
       if (v.configMap && !cms.has(v.configMap.name)) errors.push(`${who}: volume ${v.name}: no ConfigMap ${v.configMap.name}`);
       if (v.secret && !secrets.has(v.secret.secretName)) errors.push(`${who}: volume ${v.name}: no Secret ${v.secret.secretName}`);
+      // the image runs as user tidal: a secret's files are root's unless the pod has an fsGroup (the
+      // kubelet then gives them that group, readable), so a mode that others cannot read needs one
+      const mode = v.secret && v.secret.defaultMode !== undefined ? v.secret.defaultMode : 0o644;
+      if (v.secret && !(mode & 0o004) && !(spec.securityContext && spec.securityContext.fsGroup))
+        errors.push(`${who}: volume ${v.name}: mode 0${mode.toString(8)} and no fsGroup: user tidal cannot read it`);
       if (v.persistentVolumeClaim && !claims.has(v.persistentVolumeClaim.claimName))
         errors.push(`${who}: volume ${v.name}: no PersistentVolumeClaim ${v.persistentVolumeClaim.claimName}`);
     }
@@ -341,28 +348,87 @@ function agreement(reports) {
   return errors;
 }
 
-function checkAll(objs, quiet) {
+/* Every check on one render; label: the prefix of its check lines, or null to only return the errors. */
+function checkAll(objs, label) {
+  const quiet = label === null;
   const errors = [];
   for (const o of objs) for (const e of validate(o)) errors.push(`${objName(o)}: ${e}`);
   errors.push(...references(objs));
   if (!quiet) {
-    check(`${objs.length} objects valid against kubernetes-models' schemas, no unknown field, references hold`, errors);
+    check(`${label}: ${objs.length} objects valid against kubernetes-models' schemas, no unknown field, references hold`, errors);
     errors.length = 0;
   }
   const { errors: cmdErrors, reports } = commands(objs, quiet);
   errors.push(...cmdErrors);
   if (cmdErrors.length === 0) errors.push(...agreement(reports));
-  if (!quiet) check("every container's command parses (tidal --dry-run, nats-server -t) and the roles agree", errors);
+  if (!quiet) check(`${label}: every container's command parses (tidal --dry-run, nats-server -t) and the roles agree`, errors);
   return errors;
 }
 
-// ---------------------------------------------------------------- run
+const find = (objs, kind, name) => objs.find((o) => o.kind === kind && o.metadata.name === name);
+const trainerLimits = (objs) => {
+  const t = find(objs, "Job", "tidal-trainer");
+  return (t && t.spec.template.spec.containers[0].resources.limits) || {};
+};
 
-checkAll(rendered, false);
+// ---------------------------------------------------------------- the base
+
+checkAll(rendered, "deploy/k8s");
+{
+  const errors = [];
+  if (String(trainerLimits(rendered)["nvidia.com/gpu"]) !== "1") errors.push("the trainer does not request nvidia.com/gpu: 1");
+  const nats = find(rendered, "StatefulSet", "tidal-nats");
+  if (!nats || nats.spec.replicas !== 3 || !(nats.spec.volumeClaimTemplates || []).length)
+    errors.push("no StatefulSet tidal-nats of 3 replicas with a volume claim template");
+  if (!find(rendered, "Deployment", "tidal-rollout")) errors.push("no Deployment tidal-rollout to scale");
+  check("deploy/k8s: the trainer requests a GPU, the bus is 3 nodes with volumes, workers are a Deployment", errors);
+}
+
+// ---------------------------------------------------------------- docs/deploy.md's overlay
+
+/* The overlay docs/deploy.md shows (its `# my-job/FILE` blocks), with credentials `tidal creds`
+ * writes, rendered beside a link to deploy/: the real credentials replace the placeholders, the
+ * trainer loses its GPU request, and everything above still holds. */
+{
+  const doc = fs.readFileSync(path.join(src, "docs", "deploy.md"), "utf8");
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "tidal-k8s-overlay-"));
+  try {
+    fs.symlinkSync(path.join(src, "deploy"), path.join(tmp, "deploy"));
+    const dir = path.join(tmp, "my-job");
+    fs.mkdirSync(dir);
+    let files = 0;
+    for (const m of doc.matchAll(/```yaml\n# my-job\/(\S+)\n([\s\S]*?)```/g)) {
+      fs.writeFileSync(path.join(dir, m[1]), m[2]);
+      files++;
+    }
+    if (files < 2) die("docs/deploy.md: no `# my-job/kustomization.yaml` and `# my-job/trainer-cpu.yaml` blocks");
+    const cr = spawnSync(tidal, ["creds", path.join(src, "deploy", "k8s", "job.yaml"), "--out", path.join(dir, "creds")],
+                         { encoding: "utf8" });
+    if (cr.status !== 0) die(`tidal creds deploy/k8s/job.yaml (exit ${cr.status}): ${cr.stderr}`);
+    const ro = spawnSync(kubectl, ["kustomize", dir], { encoding: "utf8" });
+    if (ro.status !== 0) die(`${kubectl} kustomize of docs/deploy.md's overlay (exit ${ro.status}):\n${ro.stderr}`);
+    const objs = YAML.parseAllDocuments(ro.stdout).map((d) => d.toJS()).filter((o) => o);
+    checkAll(objs, "docs/deploy.md's overlay");
+    const errors = [];
+    if (trainerLimits(objs)["nvidia.com/gpu"] !== undefined) errors.push("the trainer still requests a GPU");
+    for (const role of ["controller", "trainer", "rollout", "env"]) {
+      const want = fs.readFileSync(path.join(dir, "creds", `${role}.creds`));
+      const s = objs.find((o) => o.kind === "Secret" && o.metadata.name.startsWith(`tidal-${role}-creds`));
+      const got = s && s.data && Buffer.from(String(s.data[`${role}.creds`] || "").replace(/\s/g, ""), "base64");
+      if (!got || !got.equals(want)) errors.push(`Secret tidal-${role}-creds does not hold the ${role}.creds tidal creds wrote`);
+    }
+    const cm = objs.find((o) => o.kind === "ConfigMap" && o.metadata.name.startsWith("tidal-nats-config"));
+    const auth = fs.readFileSync(path.join(dir, "creds", "nats-auth.conf"), "utf8");
+    if (!cm || cm.data["nats-auth.conf"] !== auth || !cm.data["nats.conf"])
+      errors.push("ConfigMap tidal-nats-config does not hold nats.conf and the nats-auth.conf tidal creds wrote");
+    check("docs/deploy.md's overlay: real credentials in place of the placeholders, the trainer on the CPU", errors);
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
 
 /* The checks can fail: each broken copy must be refused, naming the object and the fault. */
 const copy = () => JSON.parse(JSON.stringify(rendered));
-const find = (objs, kind, name) => objs.find((o) => o.kind === kind && o.metadata.name === name);
 const broken = [
   ["a mistyped field", (objs) => {
     const d = find(objs, "Deployment", "tidal-rollout");
@@ -371,6 +437,9 @@ const broken = [
   ["a wrong type", (objs) => {
     find(objs, "StatefulSet", "tidal-nats").spec.replicas = "three";
   }, /must be integer/],
+  ["credentials the image's user cannot read", (objs) => {
+    delete find(objs, "Deployment", "tidal-rollout").spec.template.spec.securityContext;
+  }, /user tidal cannot read/],
   ["an unknown flag", (objs) => {
     find(objs, "Deployment", "tidal-rollout").spec.template.spec.containers[0].args.push("--metrics-prot", "9103");
   }, /unknown option/],
@@ -382,7 +451,7 @@ const broken = [
 for (const [what, breakIt, expected] of broken) {
   const objs = copy();
   breakIt(objs);
-  const errors = checkAll(objs, true);
+  const errors = checkAll(objs, null);
   const hit = errors.find((e) => expected.test(e));
   check(`refuses ${what}`, hit ? [] : [`not refused as expected (${expected}); errors: ${errors.join("; ") || "none"}`]);
   if (hit) console.log(`  (${hit.split("\n")[0]})`);
