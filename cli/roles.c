@@ -329,8 +329,10 @@ static int spec_role(const char *role, int argc, char **argv)
         spec_release(&s);
         return 2;
     }
-    if (a.dry_run) { /* the spec was read and checked above; nothing is started */
-        const bool ok = dry_run_files(role, &bo);
+    if (a.dry_run) { /* the spec as tidal run checks it before it starts anything; nothing is started */
+        bool ok = run_preflight(&s, a.spec_file) == TIDAL_OK;
+        if (!ok) fprintf(stderr, "tidal %s: %s\n", role, tidal_errmsg());
+        ok = ok && dry_run_files(role, &bo);
         if (ok) {
             const bool ctl = !strcmp(role, "controller");
             const int port = ctl ? s.metrics.controller_port : s.metrics.trainer_port;

@@ -455,6 +455,8 @@ static void test_dry_run(void)
         {"controller", spec, "--bus", bus, "--dry-run", NULL, NULL, NULL, 0, "env: strings (served on the bus"},
         {"trainer", spec, "--bus", bus, "--out", out, "--dry-run", NULL, 0, "metrics: http://127.0.0.1:9102/metrics"},
         {"trainer", bad, "--bus", bus, "--dry-run", NULL, NULL, NULL, 2, "tidal-test-cli-dry-bad.yaml:4: trainer.lr"},
+        {"controller", spec, "--bus", bus, "--set", "model.init.tokenizer=/nonexistent/tok", "--dry-run", NULL, 2,
+         "model.init.tokenizer: /nonexistent/tok: No such file or directory"},
         {"trainer", spec, "--bus", bus, "--creds", "/nonexistent/t.creds", "--dry-run", NULL, 2,
          "--creds /nonexistent/t.creds: No such file or directory"},
         {"rollout", "--bus", bus, "--job", "dry", "--id", "w1", "--dry-run", 0, "worker id: w1\n"},
