@@ -17,12 +17,13 @@
  *    point there, $(VAR) references are expanded from its environment as the kubelet would, and
  *    then tidal's containers run with --dry-run (exit 0: flags, spec and env config parse, the
  *    files they name are readable) and nats-server's with -t (its configuration parses). The
- *    job the workers join, the env they call and the metrics ports are compared with what the
- *    controller's and trainer's dry runs report from the spec.
+ *    job the workers join, the env they call (and its config) and the metrics ports are compared
+ *    with the spec and what the controller's and trainer's dry runs report from it.
  * 5. The overlay docs/deploy.md shows, with credentials from `tidal creds`, renders and passes
  *    the same checks, holding those credentials and no GPU request.
- * 6. The checks can fail: broken copies of the render (a mistyped field, a wrong type, an
- *    unknown flag, workers of another job) must each be refused.
+ * 6. The checks can fail: broken copies of the render (a mistyped field, a wrong type,
+ *    unreadable credentials, an env configured unlike the spec's, an unknown flag, workers of
+ *    another job) must each be refused.
  *
  * Prints one line per check and "N passed, N failed"; exit 1 on any failure. npm's registry
  * out of reach: SKIP, exit 77.
@@ -320,7 +321,7 @@ function commands(objs, quiet) {
 
 /* The roles agree: workers join the job the controller and trainer run, the env the spec calls
  * on the bus is served, each role's scrape port is the port it serves its metrics on. */
-function agreement(reports) {
+function agreement(reports, objs) {
   const errors = [];
   const field = (rep, key) => {
     const m = new RegExp(`^  ${key}: (\\S+)`, "m").exec(rep.out);
@@ -345,6 +346,23 @@ function agreement(reports) {
     if (envLine[2] && envLine[2].startsWith("served on the bus") && !served.includes(envLine[1]))
       errors.push(`the spec's env ${envLine[1]} is served on the bus, but no container serves it (serves: ${served.join(", ") || "none"})`);
   }
+  // an env served on the bus is configured by its own --config: it must be the spec's env.config
+  const jobCm = objs.find((o) => o.kind === "ConfigMap" && o.data && o.data["job.yaml"]);
+  const specDoc = jobCm ? YAML.parse(jobCm.data["job.yaml"]) : null;
+  const canonical = (v) => JSON.stringify(v, (k, x) =>
+    x && typeof x === "object" && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort()) : x);
+  for (const rep of reports.filter((x) => x.role === "env" && specDoc && specDoc.env && x.argv[3] === specDoc.env.name)) {
+    const i = rep.argv.indexOf("--config");
+    let config = null;
+    try {
+      config = i > 0 ? JSON.parse(rep.argv[i + 1]) : {};
+    } catch (e) {
+      errors.push(`${objName(rep.owner)}: --config is not JSON: ${e.message}`);
+      continue;
+    }
+    if (canonical(config) !== canonical(specDoc.env.config || {}))
+      errors.push(`${objName(rep.owner)}: serves ${specDoc.env.name} with --config ${canonical(config)}, the spec's env.config is ${canonical(specDoc.env.config || {})}`);
+  }
   return errors;
 }
 
@@ -360,7 +378,7 @@ function checkAll(objs, label) {
   }
   const { errors: cmdErrors, reports } = commands(objs, quiet);
   errors.push(...cmdErrors);
-  if (cmdErrors.length === 0) errors.push(...agreement(reports));
+  if (cmdErrors.length === 0) errors.push(...agreement(reports, objs));
   if (!quiet) check(`${label}: every container's command parses (tidal --dry-run, nats-server -t) and the roles agree`, errors);
   return errors;
 }
@@ -440,6 +458,10 @@ const broken = [
   ["credentials the image's user cannot read", (objs) => {
     delete find(objs, "Deployment", "tidal-rollout").spec.template.spec.securityContext;
   }, /user tidal cannot read/],
+  ["an env configured unlike the spec's", (objs) => {
+    const a = find(objs, "Deployment", "tidal-env").spec.template.spec.containers[0].args;
+    a[a.indexOf("--config") + 1] = '{"length": 4, "alphabet": "digits", "ops": ["copy"], "prompt": "bare"}';
+  }, /the spec's env.config is/],
   ["an unknown flag", (objs) => {
     find(objs, "Deployment", "tidal-rollout").spec.template.spec.containers[0].args.push("--metrics-prot", "9103");
   }, /unknown option/],
