@@ -273,6 +273,18 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
         st = bus_nats_fail(s, 0, "bus: connect %s: JetStream context", o->urls);
         goto cleanup;
     }
+    b->replicas = o->replicas;
+    if (b->replicas <= 0) { /* auto: a 3-node (or larger) cluster keeps 3 copies, one server 1 */
+        char **servers = NULL;
+        int n = 0;
+        if (natsConnection_GetServers(b->nc, &servers, &n) == NATS_OK) {
+            for (int i = 0; i < n; i++) free(servers[i]);
+            free(servers);
+        }
+        b->replicas = n >= 3 ? 3 : 1;
+    }
+    tidal_log(TIDAL_LOG_DEBUG, "bus: streams and buckets this connection creates keep %d replica%s", b->replicas,
+              b->replicas == 1 ? "" : "s");
     *out = b;
     b = NULL;
 cleanup:
@@ -517,10 +529,11 @@ static bool subjects_equal(const bus_stream_cfg *c, const jsStreamConfig *have)
     return true;
 }
 
-static void stream_cfg_fill(jsStreamConfig *sc, const bus_stream_cfg *c)
+static void stream_cfg_fill(jsStreamConfig *sc, const bus_stream_cfg *c, int replicas)
 {
     jsStreamConfig_Init(sc);
     sc->Name = c->name;
+    sc->Replicas = c->replicas > 0 ? c->replicas : replicas;
     sc->Subjects = (const char **)c->subjects;
     sc->SubjectsLen = c->n_subjects;
     sc->Retention = c->work_queue ? js_WorkQueuePolicy : js_LimitsPolicy;
@@ -549,6 +562,7 @@ static const char *stream_cfg_diff(const jsStreamConfig *want, const jsStreamCon
     if (want->Duplicates != have->Duplicates) return "duplicate_window";
     if (want->AllowDirect != have->AllowDirect) return "allow_direct";
     if (want->Discard != have->Discard) return "discard";
+    if (want->Replicas != have->Replicas) return "replicas";
     return NULL;
 }
 
@@ -557,7 +571,7 @@ tidal_status bus_stream_ensure(tidal_bus *b, const bus_stream_cfg *c)
     if (!c || !c->name || !*c->name || c->n_subjects <= 0)
         return tidal_fail(TIDAL_ERR_INVALID, "bus: ensure stream: a name and at least one subject are required");
     jsStreamConfig want;
-    stream_cfg_fill(&want, c);
+    stream_cfg_fill(&want, c, b->replicas);
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetStreamInfo(&si, b->js, c->name, NULL, &jerr);
@@ -600,6 +614,18 @@ tidal_status bus_stream_ensure(tidal_bus *b, const bus_stream_cfg *c)
     jsStreamInfo_Destroy(si);
     if (s != NATS_OK) return bus_nats_fail(s, jerr, "bus: update stream %s (%s changed)", c->name, field);
     tidal_log(TIDAL_LOG_INFO, "bus: updated stream %s (%s changed)", c->name, field);
+    return TIDAL_OK;
+}
+
+tidal_status bus_stream_leader(tidal_bus *b, const char *stream, int *replicas, char *leader, size_t cap)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, b->js, stream, NULL, &jerr);
+    if (s != NATS_OK) return bus_nats_fail(s, jerr, "bus: stream info %s", stream);
+    if (replicas) *replicas = si->Config ? (int)si->Config->Replicas : 0;
+    if (cap) snprintf(leader, cap, "%s", si->Cluster && si->Cluster->Leader ? si->Cluster->Leader : "");
+    jsStreamInfo_Destroy(si);
     return TIDAL_OK;
 }
 
@@ -951,6 +977,7 @@ tidal_status bus_kv_ensure(tidal_bus *b, const bus_kv_cfg *c, bus_kv **out)
     kc.History = (uint8_t)(c->history > 0 ? (c->history > 64 ? 64 : c->history) : 1);
     kc.TTL = c->ttl_ms * NS_PER_MS;
     kc.StorageType = c->memory ? js_MemoryStorage : js_FileStorage;
+    kc.Replicas = b->replicas;
     if (c->max_value_bytes > 0) kc.MaxValueSize = c->max_value_bytes;
     s = js_CreateKeyValue(&kv, b->js, &kc);
     if (s != NATS_OK) {

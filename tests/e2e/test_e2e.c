@@ -89,6 +89,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -2043,6 +2044,134 @@ static void test_prometheus(void)
     if (!check_cur_failed_) cleanup();
 }
 
+/* ---------------------------------------------------------------- cluster */
+
+typedef struct node_start {
+    tidal_server_opts o;
+    tidal_server *srv;
+    tidal_status st;
+    char err[1024];
+} node_start;
+
+static void *start_node(void *arg)
+{
+    node_start *n = arg;
+    n->st = tidal_server_start(&n->srv, &n->o);
+    if (n->st != TIDAL_OK) snprintf(n->err, sizeof n->err, "%s", tidal_errmsg());
+    return NULL;
+}
+
+/* Three nats-server processes on loopback form a JetStream cluster (each
+ * node's configuration written here: its name, client and route ports, the
+ * other two as routes). The quickstart runs on it with the job's streams and
+ * buckets at 3 replicas (bus.replicas auto: 3 nodes); mid-run the node that
+ * leads the trajectory stream is killed -9, later a second node (JetStream
+ * loses its quorum until one comes back), then both are restarted. The job
+ * completes, learns, balances, and trains nothing twice. */
+static void test_cluster(void)
+{
+    fresh_work("cluster");
+    enum { N = 3 };
+    int cport[N], rport[N];
+    for (int i = 0; i < N; i++) cport[i] = free_port(), rport[i] = free_port();
+    node_start nodes[N];
+    memset(nodes, 0, sizeof nodes);
+    char conf[N][512], store[N][512], nlog[N][512], urls[512] = "";
+    for (int i = 0; i < N; i++) {
+        snprintf(conf[i], sizeof conf[i], "%s/n%d.conf", work, i);
+        snprintf(store[i], sizeof store[i], "%s/n%d", work, i);
+        snprintf(nlog[i], sizeof nlog[i], "%s/n%d.log", work, i);
+        FILE *f = fopen(conf[i], "w");
+        CHECK(f != NULL);
+        if (!f) return;
+        fprintf(f, "server_name: n%d\nmax_payload: 8MB\nmax_pending: 512MB\njetstream {}\n"
+                   "cluster {\n  name: tidal\n  listen: 127.0.0.1:%d\n  routes: [\n", i, rport[i]);
+        for (int k = 0; k < N; k++)
+            if (k != i) fprintf(f, "    nats-route://127.0.0.1:%d\n", rport[k]);
+        fprintf(f, "  ]\n}\n");
+        fclose(f);
+        nodes[i].o = (tidal_server_opts){.config_file = conf[i], .store_dir = store[i], .log_file = nlog[i],
+                                         .port = cport[i], .start_timeout_ms = 60000};
+        char u[64];
+        snprintf(u, sizeof u, "%snats://127.0.0.1:%d", i ? "," : "", cport[i]);
+        strncat(urls, u, sizeof urls - strlen(urls) - 1);
+    }
+    /* one after the other, in this thread: a server started from another thread would die with it
+     * (the harness ties its children to their parent thread) */
+    for (int i = 0; i < N; i++) {
+        start_node(&nodes[i]);
+        CHECK_MSG(nodes[i].st == TIDAL_OK, "node %d: %s", i, nodes[i].err);
+    }
+    /* the routes take a moment: wait until the cluster places a 3-replica stream (as the roles will) */
+    {
+        tidal_bus *probe = NULL;
+        bus_opts po = {.urls = urls, .name = "cluster-probe", .replicas = 3};
+        CHECK_OK(bus_connect(&probe, &po));
+        const char *subj[1] = {"cluster.probe"};
+        bus_stream_cfg pc = {.name = "CLUSTER_PROBE", .subjects = subj, .n_subjects = 1};
+        tidal_status pst = TIDAL_ERR_UNAVAILABLE;
+        for (int i = 0; i < 600 && (pst = bus_stream_ensure(probe, &pc)) != TIDAL_OK; i++) usleep(100 * 1000);
+        CHECK_MSG(pst == TIDAL_OK, "the cluster never placed a 3-replica stream: %s", tidal_errmsg());
+        bus_stream_delete(probe, "CLUSTER_PROBE");
+        bus_close(probe);
+    }
+    char spec[512], run[512];
+    snprintf(run, sizeof run, "%s/run", work);
+    snprintf(spec, sizeof spec, "%s/examples/quickstart.yaml", source_dir);
+    const int steps = 100;
+#define JOB_SETS "--set", "trainer.steps=100", "--set", "trainer.checkpoint_every=20", "--set", "eval.every=0"
+    pid_t ctl = start_tidal("controller", "controller", spec, JOB_SETS, "--bus", urls, "--out", run, NULL);
+    pid_t tr = start_tidal("trainer", "trainer", spec, JOB_SETS, "--bus", urls, "--out", run, NULL);
+#undef JOB_SETS
+    pid_t w0 = start_tidal("rollout-0", "rollout", "--bus", urls, "--job", "quickstart", "--id", "w0", "--share", "2", NULL);
+    pid_t w1 = start_tidal("rollout-1", "rollout", "--bus", urls, "--job", "quickstart", "--id", "w1", "--share", "2", NULL);
+    /* the trajectory stream at 3 replicas, and who leads it */
+    tidal_bus *b = NULL;
+    bus_opts bo = {.urls = urls, .name = "cluster-test"};
+    CHECK_OK(bus_connect(&b, &bo));
+    job_names names;
+    job_names_init(&names, "quickstart");
+    int replicas = 0;
+    char leader[64] = "";
+    for (int i = 0; i < 300 && (bus_stream_leader(b, names.traj_stream, &replicas, leader, sizeof leader) != TIDAL_OK ||
+                                !leader[0]); i++)
+        usleep(100 * 1000);
+    CHECK_MSG(replicas == 3 && leader[0] == 'n', "stream %s: %d replicas, leader \"%s\"", names.traj_stream, replicas,
+              leader);
+    const int first = leader[1] - '0';
+    /* step 20: kill -9 the leader; step 45: a second node; 5 s later both come back */
+    long v = 0;
+    for (int i = 0; i < 1200 && (v = (long)metrics_max(run, "step", 0)) < 20; i++) usleep(100 * 1000);
+    fprintf(stderr, "cluster: step %ld: kill -9 n%d (leads %s)\n", v, first, names.traj_stream);
+    CHECK_OK(tidal_server_kill(nodes[first].srv));
+    for (int i = 0; i < 1800 && (v = (long)metrics_max(run, "step", 0)) < 45; i++) usleep(100 * 1000);
+    const int second = (first + 1) % N;
+    fprintf(stderr, "cluster: step %ld: kill -9 n%d too (no quorum)\n", v, second);
+    CHECK_OK(tidal_server_kill(nodes[second].srv));
+    sleep(5);
+    fprintf(stderr, "cluster: restarting n%d and n%d\n", first, second);
+    CHECK_OK(tidal_server_restart(nodes[first].srv));
+    CHECK_OK(tidal_server_restart(nodes[second].srv));
+    const int rt = wait_exit(tr, 400), rc = wait_exit(ctl, 120), r0 = wait_exit(w0, 120), r1 = wait_exit(w1, 120);
+    CHECK_MSG(rt == 0 && rc == 0 && r0 == 0 && r1 == 0, "exit statuses: trainer %d, controller %d, workers %d %d", rt,
+              rc, r0, r1);
+    json_t *sj = load_json(run, "summary.json");
+    const json_t *r = json_object_get(sj, "reward");
+    const double f10 = json_number_value(json_object_get(r, "first10_mean"));
+    const double l10 = json_number_value(json_object_get(r, "last10_mean"));
+    fprintf(stderr, "cluster: reward %.3f -> %.3f\n", f10, l10);
+    CHECK_MSG(f10 <= 0.3 && l10 > f10 + 0.1, "the job did not learn: %.3f -> %.3f", f10, l10);
+    check_balance(sj, steps, 48);
+    json_decref(sj);
+    check_trained_once(run, steps, (long)steps * 48 * 16);
+    if (check_cur_failed_) {
+        show_output("controller"), show_output("trainer"), show_output("rollout-0");
+    }
+    bus_close(b);
+    for (int i = 0; i < N; i++) tidal_server_stop(nodes[i].srv);
+    if (!check_cur_failed_) cleanup();
+}
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -2074,6 +2203,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "serve_sglang")) RUN(test_serve_sglang);
     else if (!strcmp(s, "serve_vllm")) RUN(test_serve_vllm);
     else if (!strcmp(s, "prometheus")) RUN(test_prometheus);
+    else if (!strcmp(s, "cluster")) RUN(test_cluster);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;
