@@ -77,6 +77,7 @@ void bench_token_ids(int32_t *ids, size_t n, int vocab);
 
 int bench_bus_main(int argc, char **argv);
 int bench_weights_main(int argc, char **argv);
+int bench_weights_http_main(int argc, char **argv); /* bench_weights --transport http */
 int bench_train_main(int argc, char **argv);
 int bench_generate_main(int argc, char **argv);
 int bench_tokenize_main(int argc, char **argv);

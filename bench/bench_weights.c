@@ -138,7 +138,7 @@ static tidal_status run_tidal(weights_publisher *p, weights_client **clients, in
         if (st == TIDAL_OK && (memcmp(model_params(tw[i].m, &got_n), want, n * sizeof *want) != 0 || got_n != n))
             st = tidal_fail(TIDAL_ERR_CORRUPT, "bench weights: worker %d: v%" PRIu64 " differs from the published parameters",
                             i, version);
-        model_free(tw[i].m);
+        weights_client_recycle(clients[i], tw[i].m); /* as a rollout worker does: the next version reuses it */
     }
     finish(r, workers, bytes);
     return st;
@@ -278,7 +278,7 @@ cleanup:
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: tidal bench weights [--bus URL] [--workers W] [--rounds R] [--bf16] [--json]\n"
+            "usage: tidal bench weights [--transport bus|http] [--bus URL] [--workers W] [--rounds R] [--bf16] [--json]\n"
             "  Publish a 127 M-parameter model (509 MB as fp32) with weights_publish to W\n"
             "  rollout workers (weights_client, each on its own connection; default 2),\n"
             "  timed from the publish call to each worker holding the verified model,\n"
@@ -334,11 +334,25 @@ cleanup:
     return st;
 }
 
+/* The transport --transport names (NULL: none given). */
+static const char *transport_arg(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--transport") && i + 1 < argc) return argv[i + 1];
+        if (!strncmp(argv[i], "--transport=", 12)) return argv[i] + 12;
+    }
+    return NULL;
+}
+
 int bench_weights_main(int argc, char **argv)
 {
+    const char *asked = transport_arg(argc, argv);
+    if (asked && !strcmp(asked, "http")) return bench_weights_http_main(argc, argv); /* bench_weights_http.c */
     const char *url = NULL;
+    const char *transport = "bus";
     int rounds = 4, workers = 2, as_json = 0, bf16 = 0;
     static const struct option opts[] = {{"bus", required_argument, 0, 'b'},
+                                         {"transport", required_argument, 0, 't'},
                                          {"workers", required_argument, 0, 'w'},
                                          {"rounds", required_argument, 0, 'r'},
                                          {"bf16", no_argument, 0, 'f'},
@@ -346,9 +360,10 @@ int bench_weights_main(int argc, char **argv)
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "b:w:r:fjh", opts, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "b:t:w:r:fjh", opts, NULL)) != -1;) {
         switch (c) {
         case 'b': url = optarg; break;
+        case 't': transport = optarg; break;
         case 'w': workers = atoi(optarg); break;
         case 'r': rounds = atoi(optarg); break;
         case 'f': bf16 = 1; break;
@@ -356,6 +371,10 @@ int bench_weights_main(int argc, char **argv)
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
+    }
+    if (strcmp(transport, "bus") != 0) {
+        fprintf(stderr, "tidal bench weights: --transport %s: want bus or http\n", transport);
+        return 2;
     }
     if (optind < argc || rounds <= 0 || workers < 1 || workers > MAX_WORKERS) {
         usage(stderr);
@@ -437,7 +456,7 @@ int bench_weights_main(int argc, char **argv)
                model_config_num_params(&BENCH_CFG), bytes, bf16 ? "bf16" : "fp32", workers, rounds,
                best_t.gbps_mean, best_t.publish_call_ms, best_t.on_bus_s, best_r.gbps_mean, ratio);
     json_t *o = json_pack(
-        "{s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:{s:f, s:o, s:f, s:f}, s:{s:f, s:o}, s:f, s:f}", "bench", "weights",
+        "{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:{s:f, s:o, s:f, s:f}, s:{s:f, s:o}, s:f, s:f}", "bench", "weights", "transport", transport,
         "peer", "core NATS publish/subscribe of the same image as 4 MiB chunks with windowed acks, same server",
         "params", (json_int_t)model_config_num_params(&BENCH_CFG), "image_bytes", (json_int_t)bytes, "dtype",
         bf16 ? "bf16" : "fp32", "workers", workers, "rounds", rounds, "tidal", "gb_per_s_per_worker",

@@ -3,15 +3,22 @@
  * Layout, for store prefix P and blob N (docs/protocol.md):
  *   P.N.c.<i>   chunk i (i = 0 .. count-1), at most BUS_BLOB_MAX_CHUNK bytes, with
  *               headers Tidal-Blob: N, Tidal-Chunk: i, Tidal-Sha256: <hex of the chunk>
- *   P.N.m       the BlobManifest (protobuf): size, chunk size and count, SHA-256
- *               of the whole blob and of every chunk; written last, so a blob is
- *               visible only once all its chunks are stored.
+ *   P.N.m       the BlobManifest (protobuf): size, chunk size and count, the
+ *               SHA-256 of every chunk and the blob's digest (SHA-256 over the
+ *               chunk SHA-256s, so no side hashes the bytes twice); written
+ *               last, so a blob is visible only once all its chunks are stored.
  * The stream keeps one message per subject, so a chunk re-published under the
  * same index replaces the old one; readers trust only the manifest's hashes.
- * Chunks are pipelined (a few in flight) on a JetStream context of the store's
- * own, so their acks and failures are never mixed with other async publishes.
+ * Writing streams: a writer fills one chunk at a time, hashes it and publishes
+ * it asynchronously (a few in flight) on a JetStream context of the store's
+ * own, so their acks and failures are never mixed with other async publishes;
+ * the whole blob never needs to exist in one buffer. Reading runs
+ * BLOB_GETS_IN_FLIGHT direct gets at once (one thread each), every chunk
+ * copied to its place in the caller's buffer and hashed there in one pass; a
+ * chunk that fails its hash is fetched again (BLOB_FETCH_TRIES in all).
  */
 #include <ctype.h>
+#include <stdatomic.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,9 +28,11 @@
 #include "bus/bus_internal.h"
 #include "proto/codec.h"
 
-#define BLOB_IN_FLIGHT 8             /* chunks un-acked at once: <= 32 MiB buffered */
+#define BLOB_IN_FLIGHT 16            /* chunks un-acked at once: <= 64 MiB buffered */
 #define BLOB_HEADER_ROOM (16 << 10)  /* max_payload headroom for headers */
 #define BLOB_MIN_WAIT_MS 30000
+#define BLOB_GETS_IN_FLIGHT 4        /* direct gets in flight per fetch (one thread each) */
+#define BLOB_FETCH_TRIES 3           /* a chunk failing its SHA-256 is fetched this often at most */
 
 struct bus_blob_store {
     tidal_bus *b;
@@ -143,6 +152,9 @@ static tidal_status publish_chunk(bus_blob_store *st, const char *name, uint32_t
     if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Blob", name);
     if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Chunk", idxs);
     if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Sha256", hex);
+    char cbs[16];
+    snprintf(cbs, sizeof cbs, "%u", chunk_size(st));
+    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Chunk-Bytes", cbs);
     while (ns == NATS_OK) {
         ns = js_PublishMsgAsync(st->js, &m, NULL); /* takes m on success */
         if (ns == NATS_TIMEOUT && bus_connected(st->b)) { /* stalled: wait for acks */
@@ -249,65 +261,204 @@ static tidal_status prune(bus_blob_store *st)
     return s;
 }
 
-tidal_status bus_blob_put(bus_blob_store *bs, const char *name, const void *data, uint64_t len,
-                          bus_blob_info *info)
+/* ---------------------------------------------------------------- writing */
+
+struct bus_blob_writer {
+    bus_blob_store *bs;
+    char name[128];
+    uint32_t cb;               /* chunk size */
+    uint8_t *chunk;            /* the chunk being filled (cb bytes) */
+    uint32_t fill;             /* bytes in it */
+    uint64_t len;              /* bytes written so far */
+    uint32_t count;            /* chunks published */
+    uint8_t (*digests)[32];    /* their SHA-256s */
+    uint32_t cap_digests;
+    tidal_status failed;       /* the first failure (the writer then takes no more) */
+    char failed_msg[512];
+    double t_open, hash_ms, send_ms; /* where the time goes (the debug log at close) */
+};
+
+static double mono_ms(void)
 {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static void (*hook_chunk_put)(uint32_t index);
+static void (*hook_chunk_got)(uint32_t index);
+static atomic_uint hook_corrupt; /* chunks still to corrupt on arrival */
+
+void bus_blob_test_hooks(void (*chunk_put)(uint32_t index), void (*chunk_got)(uint32_t index))
+{
+    hook_chunk_put = chunk_put;
+    hook_chunk_got = chunk_got;
+}
+
+void bus_blob_test_corrupt(unsigned chunks) { atomic_store(&hook_corrupt, chunks); }
+
+/* Whether the test hook wants this chunk corrupted (one of its count taken). */
+static bool take_corrupt(void)
+{
+    unsigned left = atomic_load(&hook_corrupt);
+    while (left > 0 && !atomic_compare_exchange_weak(&hook_corrupt, &left, left - 1)) {}
+    return left > 0;
+}
+
+/* The blob's digest: SHA-256 over its chunks' SHA-256s, in order (protocol.md
+ * "Chunked blobs"), so neither side hashes the bytes twice. */
+static void list_digest(const uint8_t (*digests)[32], uint32_t count, uint8_t out[32])
+{
+    sha256(digests, (size_t)count * 32, out);
+}
+
+static void writer_fail(bus_blob_writer *w, tidal_status st)
+{
+    if (w->failed != TIDAL_OK) return;
+    w->failed = st;
+    snprintf(w->failed_msg, sizeof w->failed_msg, "%s", tidal_errmsg());
+}
+
+/* Hash and publish chunk bytes data[n] (asynchronously; its ack comes later). */
+static void send_chunk(bus_blob_writer *w, const uint8_t *data, uint32_t n)
+{
+    if (w->failed != TIDAL_OK) return;
+    if (w->count == w->cap_digests) {
+        uint32_t cap = w->cap_digests ? w->cap_digests * 2 : 64;
+        void *d = realloc(w->digests, (size_t)cap * 32);
+        if (!d) {
+            writer_fail(w, tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", w->name));
+            return;
+        }
+        w->digests = d;
+        w->cap_digests = cap;
+    }
+    const double t0 = mono_ms();
+    sha256(data, n, w->digests[w->count]);
+    const double t1 = mono_ms();
+    tidal_status st = publish_chunk(w->bs, w->name, w->count, data, n, w->digests[w->count]);
+    w->hash_ms += t1 - t0;
+    w->send_ms += mono_ms() - t1; /* with 16 chunks un-acked this includes waiting for acks */
+    if (st != TIDAL_OK) {
+        writer_fail(w, st);
+        return;
+    }
+    if (hook_chunk_put) hook_chunk_put(w->count);
+    w->count++;
+}
+
+/* The filled chunk buffer, sent. */
+static void flush_chunk(bus_blob_writer *w)
+{
+    if (w->fill == 0) return;
+    send_chunk(w, w->chunk, w->fill);
+    w->fill = 0;
+}
+
+tidal_status bus_blob_writer_open(bus_blob_store *bs, const char *name, bus_blob_writer **out)
+{
+    *out = NULL;
     if (!blob_name_ok(name))
         return tidal_fail(TIDAL_ERR_INVALID, "bus: blob put: bad name '%s' (letters, digits, '-', '_'; at most 100)", name ? name : "(null)");
-    const uint32_t cb = chunk_size(bs);
-    const uint64_t count64 = (len + cb - 1) / cb;
-    if (count64 > UINT32_MAX) return tidal_fail(TIDAL_ERR_INVALID, "bus: blob %s: too large", name);
-    const uint32_t count = (uint32_t)count64;
-
     /* replacing a blob: its old chunks and manifest go first */
     char subj[320];
     snprintf(subj, sizeof subj, "%s.%s.>", bs->prefix, name);
     TRY(bus_stream_purge_subject(bs->b, bs->stream, subj));
+    bus_blob_writer *w = calloc(1, sizeof *w);
+    if (w) w->cb = chunk_size(bs);
+    if (w) w->chunk = malloc(w->cb);
+    if (!w || !w->chunk) {
+        if (w) free(w->chunk);
+        free(w);
+        return tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
+    }
+    w->bs = bs;
+    snprintf(w->name, sizeof w->name, "%s", name);
+    w->t_open = mono_ms();
+    *out = w;
+    return TIDAL_OK;
+}
 
-    tidal_status st = TIDAL_OK;
-    void *buf = NULL;
-    uint8_t (*digests)[32] = calloc(count ? count : 1, 32);
-    ProtobufCBinaryData *chunk_sha = calloc(count ? count : 1, sizeof *chunk_sha);
-    EVP_MD_CTX *whole = EVP_MD_CTX_new();
-    if (!digests || !chunk_sha || !whole || !EVP_DigestInit_ex(whole, EVP_sha256(), NULL)) {
-        st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
-        goto cleanup;
-    }
+tidal_status bus_blob_writer_write(bus_blob_writer *w, const void *data, size_t len)
+{
     const uint8_t *p = data;
-    for (uint32_t i = 0; i < count && st == TIDAL_OK; i++) {
-        uint64_t off = (uint64_t)i * cb;
-        uint32_t n = (uint32_t)(len - off < cb ? len - off : cb);
-        sha256(p + off, n, digests[i]);
-        EVP_DigestUpdate(whole, p + off, n);
-        chunk_sha[i].data = digests[i];
-        chunk_sha[i].len = 32;
-        st = publish_chunk(bs, name, i, p + off, n, digests[i]);
+    while (len > 0 && w->failed == TIDAL_OK) {
+        if (w->fill == 0 && len >= w->cb) { /* a whole chunk in the caller's bytes: sent from there, no copy */
+            send_chunk(w, p, w->cb);
+            w->len += w->cb;
+            p += w->cb;
+            len -= w->cb;
+            continue;
+        }
+        size_t n = w->cb - w->fill < len ? w->cb - w->fill : len;
+        memcpy(w->chunk + w->fill, p, n);
+        w->fill += (uint32_t)n;
+        w->len += n;
+        p += n;
+        len -= n;
+        if (w->fill == w->cb) flush_chunk(w);
     }
+    if (w->failed != TIDAL_OK) return tidal_fail(w->failed, "%s", w->failed_msg);
+    return TIDAL_OK;
+}
+
+static void writer_free(bus_blob_writer *w)
+{
+    free(w->chunk);
+    free(w->digests);
+    free(w);
+}
+
+void bus_blob_writer_abort(bus_blob_writer *w)
+{
+    if (!w) return;
+    /* chunks sent are waited for: their acks would stay pending on the context */
+    if (w->count) (void)wait_chunks(w->bs, w->name, BLOB_MIN_WAIT_MS);
+    tidal_clear();
+    writer_free(w);
+}
+
+tidal_status bus_blob_writer_close(bus_blob_writer *w, bus_blob_info *info)
+{
+    bus_blob_store *bs = w->bs;
+    const char *name = w->name;
+    flush_chunk(w);
     /* Chunks already sent are waited for even after a failed publish (their acks
      * would otherwise stay pending on the context); the first failure is returned. */
     int wait_ms = bs->b->js_timeout_ms * 4 > BLOB_MIN_WAIT_MS ? bs->b->js_timeout_ms * 4 : BLOB_MIN_WAIT_MS;
-    tidal_status ws = wait_chunks(bs, name, wait_ms);
-    if (st == TIDAL_OK) st = ws;
+    const double t_wait = mono_ms();
+    tidal_status st = wait_chunks(bs, name, wait_ms);
+    tidal_log(TIDAL_LOG_DEBUG, "bus: blob %s: %u chunks, %llu bytes in %.0f ms: hashing %.0f ms, publishing %.0f ms "
+              "(with waits for acks), last acks %.0f ms, the rest (serialising, copies) %.0f ms", name, w->count,
+              (unsigned long long)w->len, mono_ms() - w->t_open, w->hash_ms, w->send_ms, mono_ms() - t_wait,
+              t_wait - w->t_open - w->hash_ms - w->send_ms);
+    if (w->failed != TIDAL_OK) st = tidal_fail(w->failed, "%s", w->failed_msg);
+    void *buf = NULL;
+    ProtobufCBinaryData *chunk_sha = calloc(w->count ? w->count : 1, sizeof *chunk_sha);
+    if (st == TIDAL_OK && !chunk_sha) st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
     if (st != TIDAL_OK) goto cleanup;
-
+    for (uint32_t i = 0; i < w->count; i++) {
+        chunk_sha[i].data = w->digests[i];
+        chunk_sha[i].len = 32;
+    }
     uint8_t total[32];
-    unsigned int tn = 32;
-    EVP_DigestFinal_ex(whole, total, &tn);
+    list_digest((const uint8_t(*)[32])w->digests, w->count, total);
 
     Tidal__V1__BlobManifest m = TIDAL__V1__BLOB_MANIFEST__INIT;
     m.schema_version = CODEC_SCHEMA_VERSION;
     m.name = (char *)name;
     m.subject_prefix = bs->prefix;
-    m.bytes = len;
-    m.chunk_bytes = cb;
-    m.chunk_count = count;
+    m.bytes = w->len;
+    m.chunk_bytes = w->cb;
+    m.chunk_count = w->count;
     m.sha256.data = total;
     m.sha256.len = 32;
-    m.n_chunk_sha256 = count;
+    m.n_chunk_sha256 = w->count;
     m.chunk_sha256 = chunk_sha;
     m.created_unix_ms = unix_ms();
     size_t blen = 0;
     TRY_GOTO(codec_encode(&m.base, &buf, &blen));
+    char subj[320];
     snprintf(subj, sizeof subj, "%s.%s.m", bs->prefix, name);
     TRY_GOTO(tidal_wrap(bus_js_publish(bs->b, subj, buf, (int)blen, NULL, 0, NULL, NULL),
                         "bus: blob %s: manifest", name));
@@ -315,10 +466,26 @@ tidal_status bus_blob_put(bus_blob_store *bs, const char *name, const void *data
     st = prune(bs);
 cleanup:
     free(buf);
-    EVP_MD_CTX_free(whole);
     free(chunk_sha);
-    free(digests);
+    writer_free(w);
     return st;
+}
+
+tidal_status bus_blob_put(bus_blob_store *bs, const char *name, const void *data, uint64_t len,
+                          bus_blob_info *info)
+{
+    if (len > (uint64_t)BUS_BLOB_MAX_CHUNK * UINT32_MAX)
+        return tidal_fail(TIDAL_ERR_INVALID, "bus: blob %s: too large", name ? name : "(null)");
+    bus_blob_writer *w = NULL;
+    TRY(bus_blob_writer_open(bs, name, &w));
+    tidal_status st = bus_blob_writer_write(w, data, (size_t)len);
+    if (st != TIDAL_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tidal_errmsg());
+        bus_blob_writer_abort(w);
+        return tidal_fail(st, "%s", msg);
+    }
+    return bus_blob_writer_close(w, info);
 }
 
 static tidal_status read_manifest(bus_blob_store *st, const char *name, Tidal__V1__BlobManifest **out)
@@ -348,6 +515,269 @@ tidal_status bus_blob_stat(bus_blob_store *st, const char *name, bus_blob_info *
     return TIDAL_OK;
 }
 
+/* ---------------------------------------------------------------- the tap */
+
+/* What the tap caught of one chunk. */
+typedef struct tap_rec {
+    bool have;
+    uint32_t len;
+    uint8_t sha[32];
+} tap_rec;
+
+struct bus_blob_tap {
+    bus_blob_store *bs;
+    natsSubscription *sub;
+    pthread_mutex_t lock;      /* guards everything below; held while a chunk is copied */
+    uint8_t *buf;              /* armed: chunks go here (NULL: disarmed) */
+    uint8_t *last_buf;         /* the buffer it was last armed with (its records are in it) */
+    size_t cap;
+    char name[128];            /* the blob the records are of ("" none) */
+    uint32_t cb;               /* its chunk size */
+    tap_rec *recs;
+    uint32_t n_recs;
+    uint64_t caught;           /* chunks caught (for the log) */
+};
+
+/* A chunk seen on its way into the stream: copied to its place in the armed
+ * buffer and hashed there. A chunk of another blob than the one recorded
+ * starts a new record (the trainer moved on). */
+static void on_tap_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    bus_blob_tap *t = closure;
+    const char *subj = natsMsg_GetSubject(msg);
+    const size_t pl = strlen(t->bs->prefix);
+    const char *cbh = NULL;
+    if (strncmp(subj, t->bs->prefix, pl) != 0 || subj[pl] != '.' ||
+        natsMsgHeader_Get(msg, "Tidal-Chunk-Bytes", &cbh) != NATS_OK || !cbh)
+        goto done;
+    const char *name = subj + pl + 1, *c = strstr(name, ".c.");
+    if (!c || (size_t)(c - name) >= sizeof t->name) goto done;
+    char *end = NULL;
+    unsigned long idx = strtoul(c + 3, &end, 10), cb = strtoul(cbh, NULL, 10);
+    const int len = natsMsg_GetDataLength(msg);
+    if (!end || *end || cb == 0 || cb > BUS_BLOB_MAX_CHUNK || (unsigned long)len > cb) goto done;
+    pthread_mutex_lock(&t->lock);
+    if (t->buf) {
+        const size_t nl = (size_t)(c - name);
+        if (strlen(t->name) != nl || strncmp(t->name, name, nl) != 0 || t->cb != cb) { /* a new blob */
+            memcpy(t->name, name, nl);
+            t->name[nl] = '\0';
+            t->cb = (uint32_t)cb;
+            memset(t->recs, 0, (size_t)t->n_recs * sizeof *t->recs);
+        }
+        const uint64_t off = (uint64_t)idx * cb;
+        if (idx < t->n_recs && off + (uint64_t)len <= t->cap) {
+            memcpy(t->buf + off, natsMsg_GetData(msg), (size_t)len);
+            if (take_corrupt() && len > 0) t->buf[off + (size_t)len / 2] ^= 0x01; /* the test hook */
+            sha256(t->buf + off, (size_t)len, t->recs[idx].sha);
+            t->recs[idx].len = (uint32_t)len;
+            t->recs[idx].have = true;
+            t->caught++;
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+done:
+    natsMsg_Destroy(msg);
+}
+
+tidal_status bus_blob_tap_open(bus_blob_store *bs, bus_blob_tap **out)
+{
+    *out = NULL;
+    bus_blob_tap *t = calloc(1, sizeof *t);
+    if (!t) return tidal_fail(TIDAL_ERR_NOMEM, "bus: blob tap %s: out of memory", bs->prefix);
+    t->bs = bs;
+    pthread_mutex_init(&t->lock, NULL);
+    char subj[200];
+    snprintf(subj, sizeof subj, "%s.*.c.*", bs->prefix);
+    natsStatus ns = natsConnection_Subscribe(&t->sub, bs->b->nc, subj, on_tap_msg, t);
+    /* a backlog beyond this is dropped by the client (a direct get fills the gap) */
+    if (ns == NATS_OK) ns = natsSubscription_SetPendingLimits(t->sub, 64, 64 * (int)BUS_BLOB_MAX_CHUNK);
+    if (ns != NATS_OK) {
+        bus_blob_tap_close(t);
+        return bus_nats_fail(ns, 0, "bus: blob tap: subscribe %s", subj);
+    }
+    *out = t;
+    return TIDAL_OK;
+}
+
+void bus_blob_tap_arm(bus_blob_tap *t, void *buf, size_t cap)
+{
+    pthread_mutex_lock(&t->lock);
+    const uint32_t n = (uint32_t)(cap / 4096 + 1); /* enough records for the smallest chunk size */
+    if (buf && n > t->n_recs) {
+        tap_rec *r = realloc(t->recs, (size_t)n * sizeof *r);
+        if (r) {
+            t->recs = r;
+            t->n_recs = n;
+        }
+    }
+    if (t->recs) memset(t->recs, 0, (size_t)t->n_recs * sizeof *t->recs);
+    t->name[0] = '\0';
+    t->buf = t->recs ? buf : NULL;
+    t->last_buf = t->buf;
+    t->cap = t->recs ? cap : 0;
+    pthread_mutex_unlock(&t->lock);
+}
+
+unsigned bus_blob_tap_caught(bus_blob_tap *t, const char *name)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&t->lock);
+    if (name && !strcmp(t->name, name))
+        for (uint32_t i = 0; i < t->n_recs; i++) n += t->recs[i].have;
+    pthread_mutex_unlock(&t->lock);
+    return n;
+}
+
+void bus_blob_tap_disarm(bus_blob_tap *t)
+{
+    pthread_mutex_lock(&t->lock);
+    t->buf = NULL;
+    pthread_mutex_unlock(&t->lock);
+}
+
+void bus_blob_tap_close(bus_blob_tap *t)
+{
+    if (!t) return;
+    if (t->sub) {
+        bus_blob_tap_disarm(t); /* what is still queued is dropped quickly */
+        /* drained, so no callback still runs on t once this returns */
+        if (natsSubscription_Drain(t->sub) != NATS_OK || natsSubscription_WaitForDrainCompletion(t->sub, 5000) != NATS_OK)
+            natsSubscription_Unsubscribe(t->sub);
+        natsSubscription_Destroy(t->sub);
+    }
+    pthread_mutex_destroy(&t->lock);
+    free(t->recs);
+    free(t);
+}
+
+/* ---------------------------------------------------------------- reading */
+
+typedef struct fetch_job {
+    bus_blob_store *bs;
+    const char *name;
+    const bus_blob_layout *want;
+    uint8_t *dest;
+    const tap_rec *caught;     /* what the tap caught of this blob in dest (NULL: nothing) */
+    uint32_t n_caught;
+    atomic_uint next;          /* the next chunk index to take */
+    atomic_uint refetched;
+    atomic_bool stop;          /* a chunk failed: the others stop taking work */
+    pthread_mutex_t lock;
+    tidal_status failed;       /* the first failure, with its message */
+    char failed_msg[512];
+} fetch_job;
+
+static void fetch_fail(fetch_job *j, tidal_status st)
+{
+    pthread_mutex_lock(&j->lock);
+    if (j->failed == TIDAL_OK) {
+        j->failed = st;
+        snprintf(j->failed_msg, sizeof j->failed_msg, "%s", tidal_errmsg());
+    }
+    pthread_mutex_unlock(&j->lock);
+    atomic_store(&j->stop, true);
+}
+
+/* Chunk i into its place in dest, checked against its SHA-256 in the same
+ * pass (the bytes are hashed where they land); a chunk that fails its check
+ * is fetched again, up to BLOB_FETCH_TRIES times. */
+static tidal_status fetch_chunk(fetch_job *j, uint32_t i)
+{
+    const bus_blob_layout *L = j->want;
+    const uint64_t off = (uint64_t)i * L->chunk_bytes;
+    const uint64_t want = L->bytes - off < L->chunk_bytes ? L->bytes - off : L->chunk_bytes;
+    char subj[320];
+    snprintf(subj, sizeof subj, "%s.%s.c.%u", j->bs->prefix, j->name, i);
+    for (int attempt = 1;; attempt++) {
+        bus_msg *c = NULL;
+        tidal_status st = bus_stream_get_last(j->bs->b, j->bs->stream, subj, &c);
+        if (st == TIDAL_ERR_NOT_FOUND) /* a missing chunk is a corrupt blob */
+            return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u missing (%s)", j->name, i,
+                              L->chunk_count, subj);
+        if (st != TIDAL_OK) return st;
+        if ((uint64_t)bus_msg_len(c) != want) {
+            int got = bus_msg_len(c);
+            bus_msg_destroy(c);
+            return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u has %d bytes, the manifest says %llu",
+                              j->name, i, L->chunk_count, got, (unsigned long long)want);
+        }
+        memcpy(j->dest + off, bus_msg_data(c), want);
+        bus_msg_destroy(c);
+        if (take_corrupt()) j->dest[off + want / 2] ^= 0x01; /* the test hook: a bit flipped in transit */
+        uint8_t d[32];
+        sha256(j->dest + off, want, d);
+        if (memcmp(d, L->chunk_sha256 + 32 * (size_t)i, 32) == 0) break;
+        if (attempt >= BLOB_FETCH_TRIES)
+            return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u fails its SHA-256 check %d times (%s)",
+                              j->name, i, L->chunk_count, attempt, subj);
+        atomic_fetch_add(&j->refetched, 1);
+        tidal_log(TIDAL_LOG_WARN, "bus: blob %s: chunk %u of %u fails its SHA-256 check (%s); fetching it again",
+                  j->name, i, L->chunk_count, subj);
+    }
+    if (hook_chunk_got) hook_chunk_got(i);
+    return TIDAL_OK;
+}
+
+static void *fetch_main(void *arg)
+{
+    fetch_job *j = arg;
+    while (!atomic_load(&j->stop)) {
+        unsigned i = atomic_fetch_add(&j->next, 1);
+        if (i >= j->want->chunk_count) break;
+        if (i < j->n_caught && j->caught[i].have && memcmp(j->caught[i].sha, j->want->chunk_sha256 + 32 * (size_t)i, 32) == 0)
+            continue; /* caught on its way in, in place, and it is the one the manifest names */
+        tidal_status st = fetch_chunk(j, i);
+        if (st != TIDAL_OK) fetch_fail(j, st);
+    }
+    return NULL;
+}
+
+tidal_status bus_blob_fetch(bus_blob_store *bs, const char *name, const bus_blob_layout *want, void *dest,
+                            bus_blob_tap *tap, unsigned *refetched, unsigned *caught)
+{
+    if (refetched) *refetched = 0;
+    if (caught) *caught = 0;
+    if (!blob_name_ok(name))
+        return tidal_fail(TIDAL_ERR_INVALID, "bus: blob get: bad name '%s'", name ? name : "(null)");
+    const uint64_t cb = want->chunk_bytes;
+    if (cb == 0 || cb > BUS_BLOB_MAX_CHUNK || (want->bytes + cb - 1) / cb != want->chunk_count || !want->chunk_sha256)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: the manifest's layout is inconsistent (%llu bytes, %u chunks of %llu)",
+                          name, (unsigned long long)want->bytes, want->chunk_count, (unsigned long long)cb);
+    fetch_job j = {.bs = bs, .name = name, .want = want, .dest = dest};
+    tap_rec *recs = NULL;
+    if (tap) { /* the tap's records, when they are of this blob in this buffer (it is disarmed: they stay) */
+        pthread_mutex_lock(&tap->lock);
+        if (!tap->buf && tap->recs && !strcmp(tap->name, name) && tap->cb == want->chunk_bytes &&
+            tap->cap >= want->bytes && (recs = malloc((size_t)tap->n_recs * sizeof *recs)) != NULL) {
+            memcpy(recs, tap->recs, (size_t)tap->n_recs * sizeof *recs);
+            j.n_caught = tap->n_recs;
+        }
+        const bool same_buf = tap->last_buf == dest;
+        pthread_mutex_unlock(&tap->lock);
+        if (!same_buf) j.n_caught = 0;
+        j.caught = recs;
+        for (uint32_t i = 0; i < j.n_caught && i < want->chunk_count; i++)
+            if (recs[i].have && !memcmp(recs[i].sha, want->chunk_sha256 + 32 * (size_t)i, 32) && caught) (*caught)++;
+    }
+    pthread_mutex_init(&j.lock, NULL);
+    pthread_t th[BLOB_GETS_IN_FLIGHT];
+    int started = 0;
+    const int n = want->chunk_count < BLOB_GETS_IN_FLIGHT ? (int)want->chunk_count : BLOB_GETS_IN_FLIGHT;
+    /* the caller's thread is one of the fetchers */
+    for (int t = 1; t < n; t++)
+        if (pthread_create(&th[started], NULL, fetch_main, &j) == 0) started++;
+    fetch_main(&j);
+    for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
+    pthread_mutex_destroy(&j.lock);
+    free(recs);
+    if (refetched) *refetched = atomic_load(&j.refetched);
+    if (j.failed != TIDAL_OK) return tidal_fail(j.failed, "%s", j.failed_msg);
+    return TIDAL_OK;
+}
+
 tidal_status bus_blob_get(bus_blob_store *bs, const char *name, void **data, uint64_t *len,
                           bus_blob_info *info)
 {
@@ -356,51 +786,40 @@ tidal_status bus_blob_get(bus_blob_store *bs, const char *name, void **data, uin
     Tidal__V1__BlobManifest *m = NULL;
     TRY(read_manifest(bs, name, &m));
     tidal_status st = TIDAL_OK;
+    uint8_t *hashes = calloc(m->n_chunk_sha256 ? m->n_chunk_sha256 : 1, 32);
     uint8_t *buf = malloc(m->bytes ? m->bytes : 1);
-    EVP_MD_CTX *whole = EVP_MD_CTX_new();
-    if (!buf || !whole || !EVP_DigestInit_ex(whole, EVP_sha256(), NULL)) {
+    if (!buf || !hashes) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: cannot allocate %llu bytes", name, (unsigned long long)m->bytes);
         goto cleanup;
     }
-    for (uint32_t i = 0; i < m->chunk_count; i++) {
-        uint64_t off = (uint64_t)i * m->chunk_bytes;
-        uint64_t want = m->bytes - off < m->chunk_bytes ? m->bytes - off : m->chunk_bytes;
-        char subj[320];
-        snprintf(subj, sizeof subj, "%s.%s.c.%u", bs->prefix, name, i);
-        bus_msg *c = NULL;
-        st = bus_stream_get_last(bs->b, bs->stream, subj, &c);
-        if (st == TIDAL_ERR_NOT_FOUND) /* a missing chunk is a corrupt blob */
-            st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u missing (%s)", name, i, m->chunk_count, subj);
-        if (st != TIDAL_OK) goto cleanup;
-        uint8_t d[32];
-        sha256(bus_msg_data(c), (size_t)bus_msg_len(c), d);
-        if ((uint64_t)bus_msg_len(c) != want)
-            st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u has %d bytes, manifest says %llu", name, i,
-                            m->chunk_count, bus_msg_len(c), (unsigned long long)want);
-        else if (memcmp(d, m->chunk_sha256[i].data, 32) != 0)
-            st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u fails its SHA-256 check (%s)", name, i,
-                            m->chunk_count, subj);
-        else {
-            memcpy(buf + off, bus_msg_data(c), want);
-            EVP_DigestUpdate(whole, buf + off, want);
-        }
-        bus_msg_destroy(c);
-        if (st != TIDAL_OK) goto cleanup;
-    }
-    uint8_t total[32];
-    unsigned int tn = 32;
-    EVP_DigestFinal_ex(whole, total, &tn);
-    if (memcmp(total, m->sha256.data, 32) != 0) {
-        st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: SHA-256 of the whole does not match the manifest", name);
+    if (m->n_chunk_sha256 != m->chunk_count) {
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: the manifest has %zu chunk hashes for %u chunks", name,
+                        m->n_chunk_sha256, m->chunk_count);
         goto cleanup;
     }
+    for (size_t i = 0; i < m->n_chunk_sha256; i++) {
+        if (m->chunk_sha256[i].len != 32) {
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %zu's hash is not 32 bytes", name, i);
+            goto cleanup;
+        }
+        memcpy(hashes + 32 * i, m->chunk_sha256[i].data, 32);
+    }
+    uint8_t total[32];
+    list_digest((const uint8_t(*)[32])hashes, m->chunk_count, total);
+    if (m->sha256.len != 32 || memcmp(total, m->sha256.data, 32) != 0) {
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: the manifest's SHA-256 is not that of its chunk hashes", name);
+        goto cleanup;
+    }
+    bus_blob_layout L = {.bytes = m->bytes, .chunk_bytes = m->chunk_bytes, .chunk_count = m->chunk_count,
+                         .chunk_sha256 = hashes};
+    TRY_GOTO(bus_blob_fetch(bs, name, &L, buf, NULL, NULL, NULL));
     if (info) info_from_manifest(info, m);
     *data = buf;
     *len = m->bytes;
     buf = NULL;
 cleanup:
-    EVP_MD_CTX_free(whole);
     free(buf);
+    free(hashes);
     tidal__v1__blob_manifest__free_unpacked(m, NULL);
     return st;
 }

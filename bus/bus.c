@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "bus/bus_internal.h"
@@ -694,10 +695,16 @@ tidal_status bus_consumer_ensure(tidal_bus *b, const bus_consumer_cfg *c)
     jsErrCode jerr = 0;
     natsStatus s = js_GetConsumerInfo(&ci, b->js, c->stream, c->durable, NULL, &jerr);
     if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
-        jerr = 0;
-        s = js_AddConsumer(&ci, b->js, c->stream, &want, NULL, &jerr);
-        jsConsumerInfo_Destroy(ci);
-        ci = NULL;
+        /* A stream another role has just created can answer "invalid stream" for a moment (its
+         * assignment not yet applied on the server that takes the call): a few quick tries. */
+        for (int attempt = 0; attempt < 4; attempt++) {
+            if (attempt) usleep(50 * 1000 << attempt);
+            jerr = 0;
+            s = js_AddConsumer(&ci, b->js, c->stream, &want, NULL, &jerr);
+            jsConsumerInfo_Destroy(ci);
+            ci = NULL;
+            if (s == NATS_OK || jerr == JSConsumerNameExistErr || jerr == JSConsumerExistingActiveErr) break;
+        }
         if (s == NATS_OK) return TIDAL_OK;
         /* lost a creation race (see bus_stream_ensure): compare with the winner's */
         tidal_status fail = bus_nats_fail(s, jerr, "bus: create consumer %s on stream %s", c->durable, c->stream);

@@ -282,7 +282,8 @@ void bus_kv_watch_stop(bus_kv_watcher *w);
  * stored in stream `stream` as chunks of at most 4 MiB (less when the server's
  * max_payload is smaller) on subjects PREFIX.<name>.c.<index>, followed by a
  * BlobManifest (proto/tidal.proto) on PREFIX.<name>.m holding the SHA-256 of
- * the whole blob and of every chunk. Only the newest `keep` blobs are kept. */
+ * every chunk and the blob's digest, the SHA-256 over those chunk hashes.
+ * Only the newest `keep` blobs are kept. */
 typedef struct bus_blob_store bus_blob_store;
 
 #define BUS_BLOB_MAX_CHUNK (4u << 20)
@@ -306,9 +307,68 @@ void bus_blob_store_close(bus_blob_store *st);
 tidal_status bus_blob_put(bus_blob_store *st, const char *name, const void *data,
                           uint64_t len, bus_blob_info *info);
 
-/* Read blob `name` into a malloc'd buffer, verifying every chunk and the whole
- * against the manifest: TIDAL_ERR_NOT_FOUND without a manifest,
- * TIDAL_ERR_CORRUPT for a missing or altered chunk (the message names it). */
+/* Stream a blob in: open (an existing blob of that name is removed), write
+ * its bytes in any pieces (every full chunk is hashed and published as it
+ * fills; nothing else is buffered), then close (the last chunk, every chunk's
+ * ack, the manifest, pruning; *info may be NULL) or abort (no manifest: the
+ * chunks sent stay invisible). Close and abort free the writer; after a
+ * failed write only they may be called. */
+typedef struct bus_blob_writer bus_blob_writer;
+tidal_status bus_blob_writer_open(bus_blob_store *st, const char *name, bus_blob_writer **out);
+tidal_status bus_blob_writer_write(bus_blob_writer *w, const void *data, size_t len);
+tidal_status bus_blob_writer_close(bus_blob_writer *w, bus_blob_info *info);
+void bus_blob_writer_abort(bus_blob_writer *w);
+
+/* What a reader expects of a blob, from a manifest it trusts (e.g. one
+ * embedded in a signed WeightsManifest): size, chunk size and count, and the
+ * chunk_count SHA-256s (32 bytes each, contiguous). */
+typedef struct bus_blob_layout {
+    uint64_t bytes;
+    uint32_t chunk_bytes;
+    uint32_t chunk_count;
+    const uint8_t *chunk_sha256;
+} bus_blob_layout;
+
+/* A tap: a core subscription on the store's chunk subjects that catches
+ * chunks as a writer publishes them (the server fans them out as it stores
+ * them), so a reader can have most of a blob before its manifest exists.
+ * While armed with a buffer, each chunk caught is copied to its place in it
+ * and hashed there; the records are of the newest blob seen (a chunk of
+ * another blob starts over). Nothing is trusted: bus_blob_fetch uses a caught
+ * chunk only when its hash is the one the trusted layout names, and fetches
+ * the rest (chunks dropped, missed or altered). Disarm before reading the
+ * buffer; the tap is used by one thread (its callback runs on the client's). */
+typedef struct bus_blob_tap bus_blob_tap;
+tidal_status bus_blob_tap_open(bus_blob_store *st, bus_blob_tap **out);
+void bus_blob_tap_arm(bus_blob_tap *t, void *buf, size_t cap); /* buf NULL: disarmed, records forgotten */
+void bus_blob_tap_disarm(bus_blob_tap *t);
+/* Chunks of blob `name` the tap holds (verified or not). */
+unsigned bus_blob_tap_caught(bus_blob_tap *t, const char *name);
+void bus_blob_tap_close(bus_blob_tap *t);
+
+/* Read blob `name` laid out as `want` into dest (want->bytes, the caller's,
+ * e.g. reused from the previous version), several direct gets in flight, each
+ * chunk hashed where it lands and fetched again when its SHA-256 does not
+ * match (at most 3 tries); *refetched (may be NULL) counts those retries.
+ * tap (may be NULL; disarmed, last armed with dest): chunks it caught of this
+ * blob whose hashes match are already in place and not fetched; *caught (may
+ * be NULL) counts them.
+ * TIDAL_ERR_CORRUPT for a missing chunk, one of the wrong size, or one that
+ * keeps failing its check (the message names it). */
+tidal_status bus_blob_fetch(bus_blob_store *st, const char *name, const bus_blob_layout *want, void *dest,
+                            bus_blob_tap *tap, unsigned *refetched, unsigned *caught);
+
+/* Test hooks (process-wide; NULL clears): chunk_put is called after each
+ * chunk a writer published, chunk_got after each chunk a fetch verified;
+ * bus_blob_test_corrupt flips one bit in each of the next `chunks` chunks
+ * fetched or caught by a tap, after they arrive and before their check. */
+void bus_blob_test_hooks(void (*chunk_put)(uint32_t index), void (*chunk_got)(uint32_t index));
+void bus_blob_test_corrupt(unsigned chunks);
+
+/* Read blob `name` into a malloc'd buffer, verifying every chunk and the
+ * digest against the blob's own manifest (as bus_blob_fetch):
+ * TIDAL_ERR_NOT_FOUND without a manifest, TIDAL_ERR_CORRUPT for a missing or
+ * altered chunk (the message names it). */
 tidal_status bus_blob_get(bus_blob_store *st, const char *name, void **data, uint64_t *len,
                           bus_blob_info *info);
 

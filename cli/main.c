@@ -165,6 +165,7 @@ static const struct command commands[] = {
      "JSON object with the figures, `peer` and `ratio` (tidal / peer, higher is better).\n"
      "  bus       JetStream trajectories with acks vs raw core-NATS publish/subscribe\n"
      "  weights   a 500 MB model trainer -> 2 workers over the bus vs raw core-NATS chunks\n"
+     "            (--transport http: the trainer's HTTP server vs nginx + curl)\n"
      "  train     trainer step throughput\n"
      "  generate  built-in generation\n"
      "  env       environment requests over the bus vs in-process\n"

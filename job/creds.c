@@ -86,7 +86,9 @@ static const char *const ROLLOUT_PUB[] = {
     GET("KV_{kv}"), WATCH("{kv}"), /* the spec and state; weights.latest */
     GET("{weights_stream}"),       /* weight blobs, chunk by chunk */
     NULL};
-static const char *const ROLLOUT_SUB[] = {INBOX, "{ctl}", NULL};
+/* {weights}.*.c.*: the chunks as the trainer publishes them, caught by the worker's tap
+   (rollout/weights.c): read-only, what a worker may fetch anyway */
+static const char *const ROLLOUT_SUB[] = {INBOX, "{ctl}", "{weights}.*.c.*", NULL};
 
 static const char *const STATUS_PUB[] = {
     JS_CLIENT,

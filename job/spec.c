@@ -8,6 +8,7 @@
  */
 #include "job/spec.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -149,10 +150,16 @@ static const key KEYS[] = {
     DBL("trainer.worker_check.threshold", trainer.worker_check.threshold, 1e-9, 10, "0.03", "a worker's mean k3 per token above the honest baseline (0 at its own version, the workers' median at older ones) above which its step counts against it"),
     INT("trainer.worker_check.window", trainer.worker_check.window, 1, 1 << 20, "5", "counted steps in a row above the threshold that quarantine a worker"),
     INT("trainer.worker_check.min_tokens", trainer.worker_check.min_tokens, 1, 1 << 30, "16", "scored tokens a worker needs in a step for the step to count"),
-    ENUM("weights.transport", weights.transport, "bus|url", "bus", "how new weights reach workers: chunked blobs on the bus, or a file/HTTP store"),
+    ENUM("weights.transport", weights.transport, "bus|http|dir", "bus", "how new weights reach workers: chunked blobs on the bus, the trainer's HTTP server (with the bus copy as fallback; docs/protocol.md \"Weights over HTTP\"), or a Hugging Face directory per version under weights.dir (a shared filesystem)"),
     ENUM("weights.dtype", weights.dtype, "f32|bf16", "f32", "the published weights' dtype"),
-    STR("weights.url", weights.url, "", "transport url: file://DIR or http(s)://... where versions are written"),
-    INT("weights.keep", weights.keep, 1, 1000, "2", "newest weight versions kept on the bus"),
+    STR("weights.http_bind", weights.http_bind, "127.0.0.1:0", "transport http: IPv4 address:port the trainer's weights server listens on (port 0: a free one); a bind beyond loopback needs a token (TIDAL_WEIGHTS_HTTP_TOKEN or _FILE in the environment)"),
+    STR("weights.http_url", weights.http_url, "", "transport http: the base URL workers fetch from (http://host:port), for a bind they cannot reach as such (0.0.0.0, NAT); empty: from weights.http_bind (0.0.0.0: this host's name)"),
+    INT("weights.http_timeout_ms", weights.http_timeout_ms, 100, 600000, "10000", "transport http: a worker gives up on a fetch that brings no byte for this long (or cannot connect) and takes the bus copy"),
+    INT("weights.http_parallel", weights.http_parallel, 1, 64, "4", "transport http: Range requests a worker keeps in flight"),
+    INT("weights.keep", weights.keep, 1, 1000, "2", "newest weight versions kept on the bus (or in weights.dir)"),
+    STR("weights.dir", weights.dir, "", "transport dir: the shared directory the trainer writes each version into as step_<version>/ (config.json, model.safetensors, tokenizer files); every worker must see it at this path"),
+    BOOL("weights.delta", weights.delta, "false", "transport bus: send a version as the zstd-compressed XOR of its image with the previous one (docs/protocol.md \"Delta versions\")"),
+    INT("weights.full_every", weights.full_every, 1, 100000, "10", "weights.delta: a full image at least every this many versions (also whenever the deltas since the last one outweigh an image)"),
     STR("weights.signing_key", weights.signing_key, "", "PEM file of the trainer's Ed25519 key that signs every weights manifest; empty: one made per job in RUN/weights_signing_key.pem"),
     STR("weights.public_key", weights.public_key, "", "ed25519:<64 hex> that the weights must be signed with (the trainer checks its key, workers verify with it); empty: the key the trainer put in the job's KV"),
     INT("eval.every", eval.every, 0, 1 << 30, "0", "steps between evaluations on the held-out split (0: never)"),
@@ -495,6 +502,22 @@ static tidal_status apply_set(const char *set, job_spec *s)
 /* The text form of an Ed25519 public key (base/sign.h): "ed25519:" (may be
  * left out) and 64 hex digits. Checked here by its shape so that the spec
  * parser needs no crypto library (the fuzz build links it alone). */
+/* "a.b.c.d:port": an IPv4 address and a port in 0..65535. */
+static bool http_bind_ok(const char *t)
+{
+    const char *colon = strrchr(t, ':');
+    if (!colon || colon == t || (size_t)(colon - t) >= 16 || !colon[1]) return false;
+    char host[16];
+    memcpy(host, t, (size_t)(colon - t));
+    host[colon - t] = '\0';
+    struct in_addr a;
+    if (inet_pton(AF_INET, host, &a) != 1) return false;
+    char *end = NULL;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    return errno == 0 && *end == '\0' && colon[1] != '-' && colon[1] != '+' && port >= 0 && port <= 65535;
+}
+
 static bool public_key_text(const char *t)
 {
     if (!strncmp(t, "ed25519:", 8)) t += 8;
@@ -527,11 +550,19 @@ static tidal_status check_spec(const job_spec *s, const char *name)
     }
     if (!!s->data.path[0] == !!s->data.generator[0])
         return BAD("%s: data: give exactly one of data.path (a JSONL file) and data.generator (a built-in env)", name);
-    if (!strcmp(s->weights.transport, "url") && !s->weights.url[0])
-        return BAD("%s: weights.url is required with weights.transport url", name);
     if (s->bus.replicas == 2 || s->bus.replicas == 4)
         return BAD("%s: bus.replicas: %d: JetStream keeps an odd number of copies (1, 3 or 5; 0: auto)", name,
                    s->bus.replicas);
+    if (!http_bind_ok(s->weights.http_bind))
+        return BAD("%s: weights.http_bind: \"%.80s\" is not an IPv4 address and a port (127.0.0.1:0, 0.0.0.0:8470)",
+                   name, s->weights.http_bind);
+    if (s->weights.http_url[0] && (strncmp(s->weights.http_url, "http://", 7) || !s->weights.http_url[7]))
+        return BAD("%s: weights.http_url: \"%.80s\" is not http://host:port", name, s->weights.http_url);
+    if (!strcmp(s->weights.transport, "dir") && !s->weights.dir[0])
+        return BAD("%s: weights.dir is required with weights.transport dir", name);
+    if (s->weights.delta && strcmp(s->weights.transport, "bus"))
+        return BAD("%s: weights.delta needs weights.transport bus (a directory holds whole images: what a server "
+                   "loads), not %s", name, s->weights.transport);
     if (s->weights.public_key[0] && !public_key_text(s->weights.public_key))
         return BAD("%s: weights.public_key: \"%.80s\" is not \"ed25519:\" and 64 hex digits", name,
                    s->weights.public_key);

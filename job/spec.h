@@ -117,10 +117,16 @@ typedef struct job_spec {
         } worker_check;
     } trainer;
     struct {
-        char transport[8];     /* bus | url */
+        char transport[8];     /* bus | http | dir */
         char dtype[8];         /* f32 | bf16 */
-        char url[SPEC_STR];    /* transport url: file://DIR or http(s)://... */
+        char http_bind[SPEC_STR]; /* transport http: "IPv4:port" the trainer serves on */
+        char http_url[SPEC_STR];  /* transport http: base URL for workers; empty: from http_bind */
+        int http_timeout_ms;      /* transport http: a fetch without progress this long falls back to the bus */
+        int http_parallel;        /* transport http: Range requests in flight per worker */
         int keep;              /* newest versions kept */
+        char dir[SPEC_STR];    /* transport dir: the shared directory of step_<version>/ */
+        bool delta;            /* transport bus: versions as compressed deltas (model/delta.h) */
+        int full_every;        /* weights.delta: a full image at least this often */
         char signing_key[SPEC_STR]; /* PEM file of the trainer's Ed25519 key; empty: RUN/weights_signing_key.pem */
         char public_key[SPEC_STR];  /* "ed25519:<hex>" the weights must be signed with; empty: the job's KV key */
     } weights;

@@ -886,6 +886,17 @@ tidal_status st_writer_save(st_writer *w, const char *path)
     return st;
 }
 
+tidal_status st_writer_emit(st_writer *w, st_sink sink, void *ctx)
+{
+    if (!w || !sink) return tidal_fail(TIDAL_ERR_INVALID, "st_writer_emit: NULL argument");
+    char *header = NULL;
+    size_t hlen = 0;
+    TRY(writer_header(w, &header, &hlen));
+    tidal_status st = writer_emit(w, header, hlen, sink, ctx);
+    free(header);
+    return st;
+}
+
 tidal_status st_writer_to_memory(st_writer *w, void **buf, size_t *len)
 {
     if (buf) *buf = NULL;

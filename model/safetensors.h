@@ -82,6 +82,11 @@ tidal_status st_writer_save(st_writer *w, const char *path);
  * *buf (the caller frees it) of *len bytes, which st_open_memory reads. The
  * writer is unchanged (it can be saved or imaged again). */
 tidal_status st_writer_to_memory(st_writer *w, void **buf, size_t *len);
+/* The same bytes again, streamed: sink(ctx, piece, len) is called with the
+ * file's pieces in order (the length, the header, each tensor's bytes as
+ * added), nothing copied; a sink's failure stops it and is returned. */
+typedef tidal_status (*st_sink)(void *ctx, const void *buf, size_t len);
+tidal_status st_writer_emit(st_writer *w, st_sink sink, void *ctx);
 void st_writer_free(st_writer *w);
 
 #endif

@@ -581,6 +581,7 @@ static tidal_status v_weights_manifest(const ProtobufCMessage *m, const char *pa
     if (!strcmp(transport, "bus")) {
         if (!w->blob) return bad(&c, "transport bus without a blob manifest");
         if (str(w->url)[0]) return bad(&c, "transport bus with a url");
+        if (w->http_chunk_bytes || w->n_http_chunk_sha256) return bad(&c, "transport bus with http chunks");
         const Tidal__V1__BlobManifest *b = w->blob;
         if (b->schema_version > CODEC_SCHEMA_VERSION)
             return bad(&c, "blob schema_version %" PRIu32 " not supported (max %u)", b->schema_version,
@@ -597,16 +598,43 @@ static tidal_status v_weights_manifest(const ProtobufCMessage *m, const char *pa
                        w->chunk_count);
         if (memcmp(b->sha256.data, w->sha256.data, 32))
             return bad(&c, "blob sha256 differs from the manifest's");
-    } else if (!strcmp(transport, "url")) {
+    } else if (!strcmp(transport, "http")) {
+        /* the image at url, in ranges whose hashes the signature covers; the
+         * bus copy is blob "<version>", checked against sha256 (no blob here) */
         const char *url = str(w->url);
-        if (!url[0]) return bad(&c, "transport url without a url");
-        if (strncmp(url, "file://", 7) && strncmp(url, "http://", 7) && strncmp(url, "https://", 8))
-            return bad(&c, "url \"%.64s\" is not file://, http:// or https://", url);
-        if (w->blob) return bad(&c, "transport url with a blob manifest");
-        if (w->chunk_count != 0)
-            return bad(&c, "transport url with chunk_count %" PRIu32, w->chunk_count);
+        if (strncmp(url, "http://", 7) || !url[7]) return bad(&c, "transport http with url \"%.64s\" (not http://...)", url);
+        if (w->blob) return bad(&c, "transport http with a blob manifest");
+        if (w->chunk_count != 0) return bad(&c, "transport http with chunk_count %" PRIu32, w->chunk_count);
+        if (w->http_chunk_bytes == 0) return bad(&c, "transport http with http_chunk_bytes 0");
+        const uint64_t ranges = (w->bytes + w->http_chunk_bytes - 1) / w->http_chunk_bytes;
+        if (w->n_http_chunk_sha256 != ranges)
+            return bad(&c, "transport http: %zu http_chunk_sha256 for %" PRIu64 " ranges of %" PRIu32 " bytes",
+                       w->n_http_chunk_sha256, ranges, w->http_chunk_bytes);
+        for (size_t i = 0; i < w->n_http_chunk_sha256; i++)
+            if (w->http_chunk_sha256[i].len != 32)
+                return bad(&c, "http_chunk_sha256[%zu] has %zu bytes, not 32", i, w->http_chunk_sha256[i].len);
+    } else if (!strcmp(transport, "dir")) {
+        if (!str(w->dir)[0]) return bad(&c, "transport dir without a dir");
+        if (w->blob) return bad(&c, "transport dir with a blob manifest");
+        if (str(w->url)[0]) return bad(&c, "transport dir with a url");
+        if (w->chunk_count != 0) return bad(&c, "transport dir with chunk_count %" PRIu32, w->chunk_count);
     } else {
-        return bad(&c, "transport \"%.32s\" is neither bus nor url", transport);
+        return bad(&c, "transport \"%.32s\" is neither bus, http nor dir", transport);
+    }
+    if (str(w->dir)[0] && strcmp(transport, "dir")) return bad(&c, "transport %.32s with a dir", transport);
+    if (w->delta) {
+        if (strcmp(transport, "bus")) return bad(&c, "a delta on transport %.32s (deltas go on the bus)", transport);
+        if (w->full_every == 0) return bad(&c, "a delta with full_every 0");
+        if (w->delta_base >= w->version)
+            return bad(&c, "delta_base %" PRIu64 " is not before the version", w->delta_base);
+        if (w->n_chain == 0 || w->chain[w->n_chain - 1] != w->delta_base)
+            return bad(&c, "the delta's chain does not end at delta_base %" PRIu64, w->delta_base);
+        for (size_t i = 1; i < w->n_chain; i++)
+            if (w->chain[i] <= w->chain[i - 1]) return bad(&c, "the delta's chain is not increasing at %zu", i);
+        if (w->image_bytes == 0) return bad(&c, "a delta with image_bytes 0");
+        TRY(need_sha256(&c, "image_sha256", w->image_sha256));
+    } else if (w->delta_base || w->n_chain || w->image_bytes || w->image_sha256.len) {
+        return bad(&c, "delta fields on a full image");
     }
     return TIDAL_OK;
 }

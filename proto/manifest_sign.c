@@ -10,7 +10,8 @@
 
 /* Versioned, and ending in a NUL, so no other tidal signature (there are
  * none yet) can be taken for a manifest's. */
-static const char DOMAIN_TAG[] = "tidal.v1.WeightsManifest"; /* sizeof includes the NUL */
+/* v2: fields 20-26 (transport dir, delta versions) joined the signed bytes */
+static const char DOMAIN_TAG[] = "tidal.v2.WeightsManifest"; /* sizeof includes the NUL */
 
 /* A writer that only counts when buf is NULL: the same code sizes and fills. */
 typedef struct canon {
@@ -80,6 +81,21 @@ static void put_manifest(canon *c, const Tidal__V1__WeightsManifest *w, const ch
     }
     put_str(c, w->model_config_json);
     put_u64(c, w->created_unix_ms);
+    /* transport http (fields 16-17): the ranges' hashes, so a verified
+     * manifest vouches for every byte fetched from the trainer's server */
+    put_u32(c, w->http_chunk_bytes);
+    put_u32(c, (uint32_t)w->n_http_chunk_sha256);
+    for (size_t i = 0; i < w->n_http_chunk_sha256; i++)
+        put_bytes(c, w->http_chunk_sha256[i].data, w->http_chunk_sha256[i].len);
+    /* 20-29: transport dir and delta versions */
+    put_str(c, w->dir);
+    put_u8(c, w->delta ? 1 : 0);
+    put_u64(c, w->delta_base);
+    put_u32(c, (uint32_t)w->n_chain);
+    for (size_t i = 0; i < w->n_chain; i++) put_u64(c, w->chain[i]);
+    put_u64(c, w->image_bytes);
+    put_bytes(c, w->image_sha256.data, w->image_sha256.len);
+    put_u32(c, w->full_every);
 }
 
 tidal_status codec_manifest_signed_bytes(const Tidal__V1__WeightsManifest *w, const char *job, uint8_t **out,

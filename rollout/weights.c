@@ -5,14 +5,21 @@
  * long fetch it goes straight to the newest manifest that came in meanwhile
  * (the ones between are never fetched). For a manifest newer than anything it
  * has tried it:
- *   1. reads blob "<version>" (bus_blob_get checks every chunk and the SHA-256
- *      of the whole against the blob's own manifest, and returns that hash);
- *   2. checks the image's size and SHA-256 against the WeightsManifest: the
- *      hash bus_blob_get computed over exactly the bytes it returned must be
- *      the manifest's, so the image is not hashed a third time;
+ *   1. checks the blob manifest embedded in the (signed) WeightsManifest: its
+ *      size and chunk count are the manifest's, and the SHA-256 over its chunk
+ *      hashes is the manifest's sha256 - so the signature covers every chunk;
+ *   2. reads blob "<version>" laid out as that embedded manifest says into
+ *      the image buffer the client keeps from version to version: chunks the
+ *      tap caught while the trainer was publishing (a core subscription on
+ *      the chunk subjects, armed with that buffer while the thread is idle)
+ *      are in place already and kept when their hash is the manifest's; the
+ *      rest come by bus_blob_fetch (several direct gets at once, each chunk
+ *      hashed where it lands, one failing its hash fetched again). No byte is
+ *      hashed twice and no fresh image memory is faulted in;
  *   3. parses the manifest's config.json (or takes the creation config),
- *      creates the model and fills every tensor by name from the image
- *      (st_open_memory), checking dtype and shape, refusing strays;
+ *      takes a model the worker handed back (weights_client_recycle) when it
+ *      has that config, else creates one, and fills every tensor by name from
+ *      the image (st_open_memory), checking dtype and shape, refusing strays;
  *   4. replaces the ready model (an untaken older one is freed) and wakes
  *      weights_client_wait.
  * Any failure is logged with the version, counted in stats.failed, and that
@@ -26,6 +33,7 @@
 
 #include <assert.h>
 #include <inttypes.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -33,10 +41,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "job/weights_token.h"
 #include "proto/codec.h"
 #include "proto/manifest_sign.h"
+#include "rollout/fetch_http.h"
+#include "rollout/weights_fetch.h"
 
 #define POLL_MS 100 /* how long the thread waits for a change before looking at `stop` */
+#define BUS_COPY_WAIT_MS 120000 /* transport http: how long a fallback waits for the bus copy to be stored */
 
 struct weights_client {
     tidal_bus *bus;
@@ -46,16 +58,26 @@ struct weights_client {
     bus_kv *kv;              /* the thread's */
     bus_kv_watcher *watch;   /* the thread's */
     bus_blob_store *store;   /* the thread's */
+    bus_blob_tap *tap;       /* catches chunks as the trainer publishes them (armed while idle) */
+    weights_base base;       /* the last image built, kept when versions may come as deltas (the thread's) */
     uint64_t tried;          /* newest version fetched or failed; UINT64_MAX none (the thread's) */
     uint8_t tried_sha[32];   /* its image's SHA-256 (a re-published version differs) */
     uint8_t pub[TIDAL_SIGN_PUB_BYTES]; /* the job's key, once known (have_pub); the thread's after creation */
     bool have_pub;
+    uint8_t *image;          /* the image buffer, kept from version to version (the thread's) */
+    size_t image_cap;
+    int http_timeout_ms, http_parallel; /* transport http */
+    char *http_token;                   /* NULL: none */
+    void *spare_image;                  /* the last HTTP image's buffer, written into by the next fetch */
+    uint64_t spare_cap;                 /* (the thread's) */
 
     pthread_mutex_t mu;
     pthread_cond_t ready_cv; /* a model became ready */
     model *ready;            /* newest built, not taken (NULL: none) */
+    model *spare;            /* handed back by the worker, reused for the next build (NULL: none) */
     uint64_t ready_version;
     uint64_t good_version;   /* the newest version built; UINT64_MAX none (for the refusal's log line) */
+    char good_dir[4096];     /* its directory when it came by transport dir, else "" */
     weights_stats stats;
     bool stop;
 
@@ -116,12 +138,41 @@ static tidal_status fill_tensor(const model_tensor *t, const st_file *f, st_dtyp
 /* A model for config cfg with every tensor filled from the safetensors image
  * f: each present, in the manifest's dtype, with the model's shape; nothing
  * else in the image (lm_head.weight is tolerated with tied embeddings). */
-static tidal_status build_model(const model_config *cfg, const st_file *f, st_dtype dtype, uint64_t v,
-                                model **out)
+static bool same_config(const model_config *a, const model_config *b)
+{
+    return a->type == b->type && a->vocab_size == b->vocab_size && a->hidden_size == b->hidden_size &&
+           a->num_layers == b->num_layers && a->num_heads == b->num_heads && a->num_kv_heads == b->num_kv_heads &&
+           a->head_dim == b->head_dim && a->intermediate_size == b->intermediate_size &&
+           a->max_position_embeddings == b->max_position_embeddings && a->rope_theta == b->rope_theta &&
+           a->rms_norm_eps == b->rms_norm_eps && a->tie_word_embeddings == b->tie_word_embeddings &&
+           a->qkv_bias == b->qkv_bias && a->o_bias == b->o_bias && a->bos_token_id == b->bos_token_id &&
+           a->eos_token_id == b->eos_token_id;
+}
+
+/* A model for cfg: the one the worker handed back when it has that config
+ * (its memory is faulted in already and every parameter is overwritten),
+ * else a new one. */
+static tidal_status model_for(weights_client *c, const model_config *cfg, uint64_t v, model **out)
+{
+    pthread_mutex_lock(&c->mu);
+    model *m = c->spare;
+    c->spare = NULL;
+    pthread_mutex_unlock(&c->mu);
+    if (m && same_config(model_cfg(m), cfg)) {
+        *out = m;
+        return TIDAL_OK;
+    }
+    model_free(m);
+    TRY_WRAP(model_create(cfg, out), "weights v%" PRIu64 ": config", v);
+    return TIDAL_OK;
+}
+
+static tidal_status build_model(weights_client *c, const model_config *cfg, const st_file *f, st_dtype dtype,
+                                uint64_t v, model **out)
 {
     *out = NULL;
     model *m = NULL;
-    TRY_WRAP(model_create(cfg, &m), "weights v%" PRIu64 ": config", v);
+    TRY(model_for(c, cfg, v, &m));
     tidal_status st = TIDAL_OK;
     float *params = model_params(m, NULL);
     for (int i = 0; i < model_num_tensors(m); i++) TRY_GOTO(fill_tensor(model_tensor_at(m, i), f, dtype, v, params));
@@ -149,25 +200,63 @@ static void hex8(const uint8_t *d, char out[17])
     out[16] = '\0';
 }
 
-/* The fetched image (len bytes, SHA-256 in info) is the one manifest w
- * describes, and the client still wants it. */
-static tidal_status verify_image(weights_client *c, const Tidal__V1__WeightsManifest *w, uint64_t len,
-                                 const bus_blob_info *info)
+/* The blob manifest embedded in w (covered by w's signature) describes w's
+ * image: its size, its chunk count, and chunk hashes whose SHA-256 is w's
+ * sha256. Its chunk hashes go to *hashes (malloc'd) as the layout to fetch. */
+static tidal_status check_blob(const Tidal__V1__WeightsManifest *w, const char *name, bus_blob_layout *L,
+                               uint8_t **hashes)
 {
     const uint64_t v = w->version;
+    const Tidal__V1__BlobManifest *b = w->blob;
+    *hashes = NULL;
     assert(w->sha256.len == 32); /* codec_decode_weights_manifest checked it */
-    if (len != w->bytes)
-        return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the image has %" PRIu64 " bytes, the manifest says %" PRIu64,
-                          v, len, w->bytes);
-    if (memcmp(info->sha256, w->sha256.data, 32) != 0) {
-        char got[17], want[17];
-        hex8(info->sha256, got);
-        hex8(w->sha256.data, want);
+    if (!b) return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": a bus manifest without its blob manifest", v);
+    if (!b->name || strcmp(b->name, name) != 0 || b->bytes != w->bytes || b->chunk_count != w->chunk_count ||
+        b->n_chunk_sha256 != b->chunk_count)
         return tidal_fail(TIDAL_ERR_CORRUPT,
-                          "weights v%" PRIu64 ": the image's SHA-256 %s... does not match the manifest's %s...", v, got,
-                          want);
+                          "weights v%" PRIu64 ": the blob manifest (%s, %" PRIu64 " bytes, %u chunks, %zu hashes) does "
+                          "not match the weights manifest (blob %s, %" PRIu64 " bytes, %u chunks)",
+                          v, b->name ? b->name : "", b->bytes, b->chunk_count, b->n_chunk_sha256, name, w->bytes,
+                          w->chunk_count);
+    uint8_t *h = malloc((size_t)b->chunk_count * 32 + 1);
+    if (!h) return tidal_fail(TIDAL_ERR_NOMEM, "weights v%" PRIu64 ": out of memory", v);
+    for (size_t i = 0; i < b->n_chunk_sha256; i++) {
+        if (b->chunk_sha256[i].len != 32) {
+            free(h);
+            return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": chunk %zu's hash is not 32 bytes", v, i);
+        }
+        memcpy(h + 32 * i, b->chunk_sha256[i].data, 32);
     }
-    if (stopping(c)) return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights v%" PRIu64 ": client closing", v);
+    uint8_t digest[32];
+    unsigned int dn = 32;
+    EVP_Digest(h, (size_t)b->chunk_count * 32, digest, &dn, EVP_sha256(), NULL);
+    if (memcmp(digest, w->sha256.data, 32) != 0) {
+        char got[17], want[17];
+        hex8(digest, got);
+        hex8(w->sha256.data, want);
+        free(h);
+        return tidal_fail(TIDAL_ERR_CORRUPT,
+                          "weights v%" PRIu64 ": the SHA-256 over the chunk hashes %s... does not match the manifest's %s...",
+                          v, got, want);
+    }
+    *L = (bus_blob_layout){.bytes = b->bytes, .chunk_bytes = b->chunk_bytes, .chunk_count = b->chunk_count,
+                           .chunk_sha256 = h};
+    *hashes = h;
+    return TIDAL_OK;
+}
+
+/* The client's image buffer, at least len bytes: the previous version's when
+ * it is large enough (no fresh pages to fault in). */
+static tidal_status image_buffer(weights_client *c, uint64_t len, uint64_t v)
+{
+    if (c->image && c->image_cap >= len) return TIDAL_OK;
+    bus_blob_tap_arm(c->tap, NULL, 0); /* its records are of the old buffer (a new one may get its address) */
+    free(c->image);
+    c->image_cap = 0;
+    c->image = malloc(len ? (size_t)len : 1);
+    if (!c->image)
+        return tidal_fail(TIDAL_ERR_NOMEM, "weights v%" PRIu64 ": cannot allocate %" PRIu64 " bytes for the image", v, len);
+    c->image_cap = (size_t)len;
     return TIDAL_OK;
 }
 
@@ -187,6 +276,186 @@ static tidal_status version_config(const weights_client *c, const Tidal__V1__Wei
     return TIDAL_OK;
 }
 
+static bool cancelled(void *ctx) { return stopping(ctx); }
+
+/* transport http: the image from the trainer's server (*verified: every
+ * range's hash checked), else - the reason logged - the bus copy, blob
+ * "<version>" (waited for: the trainer stores it after the manifest; its
+ * SHA-256 in *info, for verify_image). */
+static tidal_status fetch_http(weights_client *c, const Tidal__V1__WeightsManifest *w, void **image, uint64_t *len,
+                               bus_blob_info *info, bool *verified)
+{
+    const uint64_t v = w->version;
+    fetch_http_opts fo = {.token = c->http_token, .stall_ms = c->http_timeout_ms, .parallel = c->http_parallel,
+                          .cancelled = cancelled, .cancelled_ctx = c, .reuse = &c->spare_image,
+                          .reuse_cap = c->spare_cap};
+    tidal_status st = fetch_http_image(w, &fo, image, len);
+    if (st == TIDAL_OK) {
+        *verified = true;
+        pthread_mutex_lock(&c->mu);
+        const bool first = c->stats.http_fetched++ == 0;
+        pthread_mutex_unlock(&c->mu);
+        if (first) /* once: the later ones are in the debug line of fetch_version */
+            tidal_log(TIDAL_LOG_INFO, "weights v%" PRIu64 ": fetched over HTTP from %s (%" PRIu64 " bytes, every range "
+                      "verified)", v, w->url, *len);
+        return TIDAL_OK;
+    }
+    if (st == TIDAL_ERR_CANCELLED) return st;
+    tidal_log(TIDAL_LOG_WARN, "weights v%" PRIu64 ": HTTP fetch failed (%s): %s; taking the bus copy", v,
+              tidal_status_name(st), tidal_errmsg());
+    pthread_mutex_lock(&c->mu);
+    c->stats.http_fallbacks++;
+    pthread_mutex_unlock(&c->mu);
+    char name[24];
+    snprintf(name, sizeof name, "%" PRIu64, v);
+    const double t0 = now_ms();
+    for (;;) {
+        st = bus_blob_get(c->store, name, image, len, info);
+        if (st != TIDAL_ERR_NOT_FOUND || now_ms() - t0 > BUS_COPY_WAIT_MS || stopping(c)) break;
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    TRY_WRAP(st, "weights v%" PRIu64 ": fetch the bus copy, blob %s from %s", v, name, c->names.weights_stream);
+    tidal_log(TIDAL_LOG_INFO, "weights v%" PRIu64 ": took the bus copy (%" PRIu64 " bytes) after the HTTP fetch failed",
+              v, *len);
+    return TIDAL_OK;
+}
+
+/* transport http: the image over HTTP (every range checked against the
+ * signed manifest), or the bus copy when the server does not answer (then
+ * checked here against the manifest's SHA-256 of the whole file), built. */
+static tidal_status fetch_version_http(weights_client *c, const Tidal__V1__WeightsManifest *w, model **out,
+                                       uint64_t *bytes)
+{
+    const uint64_t v = w->version;
+    void *image = NULL;
+    uint64_t len = 0;
+    bus_blob_info info;
+    bool verified = false;
+    model_config cfg;
+    st_file *f = NULL;
+    const double t0 = now_ms();
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(fetch_http(c, w, &image, &len, &info, &verified));
+    const double t_fetch = now_ms();
+    *bytes = len;
+    if (len != w->bytes || stopping(c)) {
+        st = tidal_fail(len != w->bytes ? TIDAL_ERR_CORRUPT : TIDAL_ERR_UNAVAILABLE,
+                        "weights v%" PRIu64 ": %" PRIu64 " bytes fetched, the manifest says %" PRIu64, v, len, w->bytes);
+        goto cleanup;
+    }
+    if (!verified) { /* the bus copy: its blob digest is over chunk hashes, the manifest's over the file */
+        uint8_t digest[32];
+        unsigned int dn = 32;
+        EVP_Digest(image, (size_t)len, digest, &dn, EVP_sha256(), NULL);
+        if (memcmp(digest, w->sha256.data, 32) != 0) {
+            char got[17], want[17];
+            hex8(digest, got);
+            hex8(w->sha256.data, want);
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the bus copy's SHA-256 %s... does not match the "
+                            "manifest's %s...", v, got, want);
+            goto cleanup;
+        }
+    }
+    char label[64];
+    snprintf(label, sizeof label, "weights v%" PRIu64, v);
+    TRY_GOTO(version_config(c, w, &cfg));
+    TRY_GOTO(st_open_memory(image, (size_t)len, label, &f));
+    TRY_GOTO(build_model(c, &cfg, f, manifest_dtype(w->dtype), v, out));
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes fetched (%s) in %.0f ms, model built in %.0f ms",
+              v, len, verified ? "http" : "bus copy", t_fetch - t0, now_ms() - t_fetch);
+cleanup:
+    st_close(f);
+    if (verified && !c->spare_image) { /* its pages stay faulted in for the next HTTP fetch */
+        c->spare_image = image;
+        c->spare_cap = len;
+    } else {
+        free(image);
+    }
+    return st;
+}
+
+/* The blob's size and digest against the manifest's (transport bus; for a
+ * delta, the delta's blob). */
+static tidal_status verify_blob(weights_client *c, const Tidal__V1__WeightsManifest *w, uint64_t len,
+                                const bus_blob_info *info)
+{
+    const uint64_t v = w->version;
+    if (len != w->bytes)
+        return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the blob has %" PRIu64 " bytes, the manifest says %" PRIu64,
+                          v, len, w->bytes);
+    if (memcmp(info->sha256, w->sha256.data, 32) != 0) {
+        char got[17], want[17];
+        hex8(info->sha256, got);
+        hex8(w->sha256.data, want);
+        return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the blob's digest %s... does not match the manifest's %s...",
+                          v, got, want);
+    }
+    if (stopping(c)) return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights v%" PRIu64 ": client closing", v);
+    return TIDAL_OK;
+}
+
+/* transport dir, or a delta version on the bus: the whole image in memory
+ * (read from the trainer's directory, or rebuilt from the delta and the base
+ * this client kept or the chain from the last full image; weights_fetch.h
+ * checks the result against the signed manifest), then built. With deltas on,
+ * the image is kept as the next version's base. */
+static tidal_status fetch_version_whole(weights_client *c, const Tidal__V1__WeightsManifest *w, model **out,
+                                        uint64_t *bytes)
+{
+    const uint64_t v = w->version;
+    const bool dir = !strcmp(w->transport, "dir");
+    char name[24];
+    snprintf(name, sizeof name, "%" PRIu64, v);
+    void *image = NULL;
+    uint64_t len = 0;
+    bus_blob_info info;
+    const double t0 = now_ms();
+    if (dir) { /* weights_fetch_dir checks the size and SHA-256 */
+        size_t dlen = 0;
+        TRY(weights_fetch_dir(w, &image, &dlen));
+        len = dlen;
+    } else {
+        TRY_WRAP(bus_blob_get(c->store, name, &image, &len, &info), "weights v%" PRIu64 ": fetch blob %s from %s", v,
+                 name, c->names.weights_stream);
+    }
+    *bytes = len;
+    tidal_status st = TIDAL_OK;
+    model_config cfg;
+    st_file *f = NULL;
+    char label[64];
+    snprintf(label, sizeof label, "weights v%" PRIu64, v);
+    if (!dir) TRY_GOTO(verify_blob(c, w, len, &info));
+    if (w->delta) { /* the blob was a delta: the image it makes of the base (or of the chain) */
+        void *rebuilt = NULL;
+        size_t rlen = 0;
+        uint64_t more = 0;
+        st = weights_delta_rebuild(c->store, w, image, (size_t)len, &c->base, &rebuilt, &rlen, &more);
+        *bytes += more;
+        TRY_GOTO(st);
+        free(image);
+        image = rebuilt;
+        len = rlen;
+    }
+    const double t_fetch = now_ms();
+    TRY_GOTO(version_config(c, w, &cfg));
+    TRY_GOTO(st_open_memory(image, (size_t)len, label, &f));
+    TRY_GOTO(build_model(c, &cfg, f, manifest_dtype(w->dtype), v, out));
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes fetched in %.0f ms, model built in %.0f ms", v,
+              *bytes, t_fetch - t0, now_ms() - t_fetch);
+    if (w->full_every > 0) { /* the next version may be a delta against this one */
+        st_close(f);
+        f = NULL;
+        free(c->base.image);
+        c->base = (weights_base){.image = image, .len = (size_t)len, .version = v};
+        image = NULL;
+    }
+cleanup:
+    st_close(f);
+    free(image);
+    return st;
+}
+
 /* Fetch, verify and build the version manifest w describes. */
 static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsManifest *w, model **out,
                                   uint64_t *bytes)
@@ -194,33 +463,52 @@ static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsMan
     *out = NULL;
     *bytes = 0;
     const uint64_t v = w->version;
-    if (strcmp(w->transport, "bus") != 0)
+    const bool http = !strcmp(w->transport, "http");
+    if (!http && strcmp(w->transport, "bus") != 0 && strcmp(w->transport, "dir") != 0)
         return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights v%" PRIu64 ": transport %s is not supported by this worker",
                           v, w->transport);
     char name[24];
     snprintf(name, sizeof name, "%" PRIu64, v);
-    void *image = NULL;
-    uint64_t len = 0;
-    bus_blob_info info;
-    const double t0 = now_ms();
-    TRY_WRAP(bus_blob_get(c->store, name, &image, &len, &info), "weights v%" PRIu64 ": fetch blob %s from %s", v, name,
-             c->names.weights_stream);
-    const double t_fetch = now_ms();
-    *bytes = len;
+    if (http) return fetch_version_http(c, w, out, bytes);
+    /* dir, and every version of a delta job (a full one too: it becomes the next delta's base) */
+    if (!strcmp(w->transport, "dir") || w->delta || w->full_every > 0) return fetch_version_whole(c, w, out, bytes);
+    bus_blob_layout L;
+    uint8_t *hashes = NULL;
     tidal_status st = TIDAL_OK;
     model_config cfg;
     st_file *f = NULL;
+    unsigned refetched = 0;
+    const double t0 = now_ms();
+    TRY_GOTO(check_blob(w, name, &L, &hashes));
+    bus_blob_tap_disarm(c->tap); /* what it caught stays in the image buffer, checked below */
+    TRY_GOTO(image_buffer(c, L.bytes, v));
+    unsigned caught = 0;
+    st = bus_blob_fetch(c->store, name, &L, c->image, c->tap, &refetched, &caught);
+    pthread_mutex_lock(&c->mu);
+    c->stats.refetched += refetched;
+    c->stats.caught += caught;
+    pthread_mutex_unlock(&c->mu);
+    if (st != TIDAL_OK) {
+        st = tidal_wrap(st, "weights v%" PRIu64 ": fetch blob %s from %s", v, name, c->names.weights_stream);
+        goto cleanup;
+    }
+    const double t_fetch = now_ms();
+    *bytes = L.bytes;
+    if (stopping(c)) {
+        st = tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights v%" PRIu64 ": client closing", v);
+        goto cleanup;
+    }
     char label[64];
     snprintf(label, sizeof label, "weights v%" PRIu64, v);
-    TRY_GOTO(verify_image(c, w, len, &info));
     TRY_GOTO(version_config(c, w, &cfg));
-    TRY_GOTO(st_open_memory(image, (size_t)len, label, &f));
-    TRY_GOTO(build_model(&cfg, f, manifest_dtype(w->dtype), v, out));
-    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes fetched in %.0f ms, model built in %.0f ms", v,
-              len, t_fetch - t0, now_ms() - t_fetch);
+    TRY_GOTO(st_open_memory(c->image, (size_t)L.bytes, label, &f));
+    TRY_GOTO(build_model(c, &cfg, f, manifest_dtype(w->dtype), v, out));
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes in %u chunks (%u caught as published) "
+              "fetched in %.0f ms, model built in %.0f ms", v, L.bytes, L.chunk_count, caught, t_fetch - t0,
+              now_ms() - t_fetch);
 cleanup:
     st_close(f);
-    free(image);
+    free(hashes);
     return st;
 }
 
@@ -320,6 +608,7 @@ static void process(weights_client *c, const Tidal__V1__WeightsManifest *w, doub
         m = NULL;
         c->ready_version = w->version;
         c->good_version = w->version;
+        snprintf(c->good_dir, sizeof c->good_dir, "%s", !strcmp(w->transport, "dir") ? w->dir : "");
         c->stats.fetched++;
         c->stats.fetch_ms_last = now_ms() - seen_ms;
         pthread_cond_broadcast(&c->ready_cv);
@@ -357,6 +646,8 @@ static void *client_main(void *arg)
         }
         if (!cand) continue;
         process(c, cand, seen_ms);
+        /* idle again: the next version's chunks are caught into the image buffer as they are published */
+        if (c->image) bus_blob_tap_arm(c->tap, c->image, c->image_cap);
         tidal__v1__weights_manifest__free_unpacked(cand, NULL);
         cand = NULL;
     }
@@ -368,6 +659,13 @@ static void *client_main(void *arg)
 
 tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const model_config *cfg,
                                    const uint8_t *public_key, weights_client **out)
+{
+    return weights_client_create_http(bus, names, cfg, public_key, NULL, out);
+}
+
+tidal_status weights_client_create_http(tidal_bus *bus, const job_names *names, const model_config *cfg,
+                                        const uint8_t *public_key, const weights_client_http *http,
+                                        weights_client **out)
 {
     *out = NULL;
     if (!bus || !names) return tidal_fail(TIDAL_ERR_INVALID, "weights client: a bus and the job's names are required");
@@ -382,6 +680,18 @@ tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const
     }
     c->tried = UINT64_MAX;
     c->good_version = UINT64_MAX;
+    c->http_timeout_ms = http ? http->timeout_ms : 0;
+    c->http_parallel = http ? http->parallel : 0;
+    if (http && http->token) {
+        if (!(c->http_token = strdup(http->token))) {
+            free(c);
+            return tidal_fail(TIDAL_ERR_NOMEM, "weights client: out of memory");
+        }
+    } else if (weights_token_from_env(&c->http_token) != TIDAL_OK) {
+        /* a worker of a bus job does not need it: said now, refused by the server later */
+        tidal_log(TIDAL_LOG_WARN, "weights client %s: %s; HTTP fetches go without a token", names->job, tidal_errmsg());
+        tidal_clear();
+    }
     c->stats.latest_seen = UINT64_MAX;
     if (public_key) {
         memcpy(c->pub, public_key, sizeof c->pub);
@@ -414,6 +724,7 @@ tidal_status weights_client_create(tidal_bus *bus, const job_names *names, const
     TRY_GOTO(bus_kv_watch(c->kv, JOB_KEY_WEIGHTS, &c->watch));
     /* keep 0: a reader never prunes */
     TRY_GOTO(bus_blob_store_open(bus, c->names.weights_stream, c->names.weights_prefix, 0, &c->store));
+    TRY_GOTO(bus_blob_tap_open(c->store, &c->tap));
     if (pthread_create(&c->thread, NULL, client_main, c) != 0) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "cannot start the sync thread");
         goto cleanup;
@@ -485,6 +796,27 @@ tidal_status weights_client_wait(weights_client *c, uint64_t min_version, int ti
     return TIDAL_OK;
 }
 
+void weights_client_recycle(weights_client *c, model *m)
+{
+    assert(c);
+    if (!m) return;
+    pthread_mutex_lock(&c->mu);
+    model *old = c->spare;
+    c->spare = m;
+    pthread_mutex_unlock(&c->mu);
+    model_free(old);
+}
+
+bool weights_client_dir(weights_client *c, uint64_t v, char *out, size_t cap)
+{
+    assert(c && out && cap);
+    pthread_mutex_lock(&c->mu);
+    const bool ok = c->good_version == v && c->good_dir[0] && strlen(c->good_dir) < cap;
+    if (ok) snprintf(out, cap, "%s", c->good_dir);
+    pthread_mutex_unlock(&c->mu);
+    return ok;
+}
+
 void weights_client_stats(weights_client *c, weights_stats *s)
 {
     assert(c && s);
@@ -502,10 +834,16 @@ void weights_client_free(weights_client *c)
         pthread_mutex_unlock(&c->mu);
         pthread_join(c->thread, NULL);
     }
+    bus_blob_tap_close(c->tap); /* before the store: its callback reads the store's prefix */
     bus_blob_store_close(c->store);
     bus_kv_watch_stop(c->watch);
     bus_kv_close(c->kv);
     model_free(c->ready);
+    model_free(c->spare);
+    free(c->image);
+    free(c->http_token);
+    free(c->spare_image);
+    free(c->base.image);
     pthread_cond_destroy(&c->ready_cv);
     pthread_mutex_destroy(&c->mu);
     free(c);

@@ -238,12 +238,20 @@ static void hist_push(worker *w, model *nm, uint64_t v)
  * the history holds it. */
 static tidal_status sidecar_push(worker *w, const model *nm, uint64_t v);
 
+/* A model the worker is done with goes back to the weights client, which
+ * builds the next version in its memory (no fresh pages to fault in). */
+static void drop_model(worker *w, model *m)
+{
+    if (w->wc) weights_client_recycle(w->wc, m);
+    else model_free(m);
+}
+
 static tidal_status use_model(worker *w, model *nm, uint64_t v)
 {
     if (nm == w->m) return TIDAL_OK;
     if (w->rm) { /* the servers load it; on failure they and this worker keep the old version */
         TRY(sidecar_push(w, nm, v));
-        if (!w->oldest) model_free(w->m);
+        if (!w->oldest) drop_model(w, w->m);
         w->m = nm;
         w->version = v;
         return TIDAL_OK;
@@ -255,7 +263,7 @@ static tidal_status use_model(worker *w, model *nm, uint64_t v)
         return TIDAL_OK;
     }
     TRY(engine_set_model(w->e, nm, v));
-    if (!w->oldest) model_free(w->m);
+    if (!w->oldest) drop_model(w, w->m);
     w->m = nm;
     w->version = v;
     return TIDAL_OK;
@@ -672,7 +680,10 @@ static tidal_status join_model(worker *w, double t0)
     uint8_t pin[TIDAL_SIGN_PUB_BYTES]; /* the spec's weights.public_key, when it pins one */
     if (w->spec.weights.public_key[0])
         TRY(tidal_sign_pub_parse(w->spec.weights.public_key, strlen(w->spec.weights.public_key), "weights.public_key", pin));
-    TRY(weights_client_create(w->bus, &w->names, &w->cfg, w->spec.weights.public_key[0] ? pin : NULL, &w->wc));
+    const weights_client_http wh = {.timeout_ms = w->spec.weights.http_timeout_ms,
+                                    .parallel = w->spec.weights.http_parallel}; /* the token: from the environment */
+    TRY(weights_client_create_http(w->bus, &w->names, &w->cfg, w->spec.weights.public_key[0] ? pin : NULL, &wh,
+                                   &w->wc));
     bool said = false;
     tidal_status st;
     while ((st = weights_client_wait(w->wc, 0, 500, &w->m, &w->version)) != TIDAL_OK)
@@ -694,8 +705,38 @@ static tidal_status join_model(worker *w, double t0)
  * SIDECAR/step_V (under a temporary name, then renamed, so a server never
  * reads half a version) and reload the servers from it. The directory
  * before the current one is removed: a server holds at most the current. */
+/* weights.transport dir: the servers load the trainer's own directory for v
+ * (nothing written here); false when the worker's weights client has none
+ * for v (then the sidecar writes its own). */
+static bool sidecar_push_shared(worker *w, uint64_t v, tidal_status *st)
+{
+    char shared[4096];
+    if (!w->wc || !weights_client_dir(w->wc, v, shared, sizeof shared)) return false;
+    const double t0 = tidal_clock_ms();
+    *st = remote_reload(w->rm, shared, v);
+    if (*st != TIDAL_OK) {
+        char why[2048];
+        snprintf(why, sizeof why, "%s", tidal_errmsg());
+        *st = tidal_fail(*st, "worker %s: the servers stay on v%llu: %s", w->id, (unsigned long long)w->version, why);
+        return true;
+    }
+    tidal_log(TIDAL_LOG_INFO, "worker %s: servers reloaded v%llu from the trainer's %s in %.0f ms", w->id,
+              (unsigned long long)v, shared, tidal_clock_ms() - t0);
+    /* what this sidecar wrote itself before, unless its directory is the trainer's */
+    const size_t n = strlen(w->sidecar_dir);
+    if (w->sidecar_has_prev && w->sidecar_prev != v && !(strncmp(shared, w->sidecar_dir, n) == 0 && shared[n] == '/')) {
+        char cmd[2600];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s/step_%llu'", w->sidecar_dir, (unsigned long long)w->sidecar_prev);
+        if (system(cmd) != 0) tidal_log(TIDAL_LOG_WARN, "worker %s: cannot remove an old version", w->id);
+    }
+    w->sidecar_prev = w->version, w->sidecar_has_prev = true;
+    return true;
+}
+
 static tidal_status sidecar_push(worker *w, const model *nm, uint64_t v)
 {
+    tidal_status shared_st;
+    if (sidecar_push_shared(w, v, &shared_st)) return shared_st;
     char dir[1100], tmp[1200];
     snprintf(dir, sizeof dir, "%s/step_%llu", w->sidecar_dir, (unsigned long long)v);
     snprintf(tmp, sizeof tmp, "%s.tmp", dir);

@@ -2,7 +2,9 @@
 #include "base/prom.h"
 #include "trainer/loop.h"
 
+#include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,10 +12,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/fs.h"
 #include "buffer/buffer.h"
 #include "job/jobmodel.h"
 #include "proto/codec.h"
 #include "job/names.h"
+#include "job/weights_token.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/envmetrics.h"
@@ -466,8 +470,9 @@ static tidal_status supported(const job_spec *s)
     if (strcmp(s->trainer.device, "cpu") != 0)
         return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer.device %s is not available in this build (cpu is)",
                           s->trainer.device);
-    if (strcmp(s->weights.transport, "bus") != 0)
-        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights.transport %s is not available in this build (bus is)",
+    if (strcmp(s->weights.transport, "bus") != 0 && strcmp(s->weights.transport, "http") != 0 &&
+        strcmp(s->weights.transport, "dir") != 0)
+        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights.transport %s is not available in this build (bus, http and dir are)",
                           s->weights.transport);
     return TIDAL_OK;
 }
@@ -544,9 +549,26 @@ static tidal_status start(trainer *t)
                  "trainer: metrics.trainer_port");
         tidal_log(TIDAL_LOG_INFO, "trainer: metrics on http://%s:%d/metrics", s->metrics.bind, prom_port(t->prom));
     }
+    char *http_token = NULL; /* from the environment, never the spec (job/weights_token.h) */
+    const bool http = !strcmp(s->weights.transport, "http");
+    if (http) TRY(weights_token_from_env(&http_token));
     weights_publisher_opts po = {.bus = t->bus, .names = &t->names, .keep = s->weights.keep, .dtype = dt,
-                                 .signing_key = t->sign_key};
-    TRY(weights_publisher_create(&po, &t->pub));
+                                 .signing_key = t->sign_key, .http = http, .http_bind = s->weights.http_bind,
+                                 .http_url = s->weights.http_url, .http_token = http_token, .hf = &t->hf,
+                                 .delta = s->weights.delta, .full_every = s->weights.full_every};
+    char *wdir = NULL; /* transport dir: absolute, as the manifest names it to workers and servers */
+    if (!strcmp(s->weights.transport, "dir")) {
+        TRY_WRAP(fs_mkdirs(s->weights.dir), "weights.dir");
+        if (!(wdir = realpath(s->weights.dir, NULL))) {
+            free(http_token);
+            return tidal_fail(TIDAL_ERR_IO, "weights.dir %s: %s", s->weights.dir, strerror(errno));
+        }
+        po.dir = wdir;
+    }
+    const tidal_status pst = weights_publisher_create(&po, &t->pub);
+    free(http_token);
+    free(wdir);
+    TRY(pst);
     TRY(weights_publish(t->pub, t->m, t->version));
     TRY(weights_publisher_flush(t->pub, 120000));
     if (resumed) { /* what the dead trainer held un-acked comes again now, not after the ack wait */

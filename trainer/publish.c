@@ -5,14 +5,15 @@
  *            overwrites it in place (the older version is never sent);
  *   spare    a buffer kept for the next handover, so a steady trainer does not
  *            allocate (and fault in) hundreds of MB per step;
- *   the one the background thread is serializing, which it owns outside the
- *   lock and gives back as the spare as soon as the image is made (fp32
- *   tensors go from it straight into the image: st_writer_add_ref).
- * The background thread then images the writer (st_writer_to_memory), stores
- * the image as blob "<version>" (bus_blob_put: chunks, their acks, the blob
- * manifest, pruning to `keep`), reads the blob manifest back to embed it in
- * the WeightsManifest (protocol.md: a "bus" manifest carries its blob's), and
- * puts the WeightsManifest in `weights.latest` and the version in
+ *   the one the background thread is publishing, which it owns outside the
+ *   lock and gives back as the spare once that version is on the bus (or
+ *   given up): fp32 tensors go from it straight into the blob's chunks.
+ * The background thread streams the safetensors image into blob "<version>"
+ * as it serialises it (st_writer_emit into a bus_blob_writer: each 4 MiB
+ * chunk hashed and published as it fills, no copy of the whole image), reads
+ * the blob manifest back to embed it in the WeightsManifest (protocol.md: a
+ * "bus" manifest carries its blob's), and puts the WeightsManifest in
+ * `weights.latest` and the version in
  * `trainer.version`. The blob store and KV handles belong to that thread.
  *
  * A failure in the background is logged, kept (the first since the last
@@ -31,13 +32,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "base/fs.h"
 #include "proto/codec.h"
 #include "proto/manifest_sign.h"
+#include "trainer/publish_delta.h"
+#include "trainer/publish_dir.h"
 
 #define DEFAULT_KEEP 3 /* docs/protocol.md: the trainer's keep, default 3 */
 #define RETRY_MS 500        /* a version that failed on a bus outage is tried again this often */
 #define RETRY_FOR_MS 120000 /* and given up (a failure for the next flush) after this long */
+#define HTTP_CHUNK_BYTES (4u << 20) /* transport http: the hashed ranges (docs/protocol.md) */
 
 /* One handed-over version: the config, the tensor table and a copy of the
  * parameters (capacities kept so the buffers can be reused). */
@@ -59,6 +65,11 @@ struct weights_publisher {
     tidal_sign_key *own_key;   /* the key made for this publisher when none was given */
     bus_blob_store *store; /* the background thread's */
     bus_kv *kv;            /* the background thread's */
+    weights_http *http;    /* transport http: the server (NULL: bus only) */
+    char dir[4096];        /* transport dir: the root of step_<v>/ ("" for the bus) */
+    const hf_files *hf;    /* transport dir: borrowed */
+    bool delta;
+    delta_chain chain;     /* delta: the background thread's */
 
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* a handover or stop, for the thread */
@@ -116,8 +127,8 @@ static int64_t unix_ms(void)
 
 /* ---------------------------------------------------------------- background */
 
-/* Hand a snapshot back once its data is copied: it becomes the spare (or is
- * freed when there is one already). */
+/* Hand a snapshot back once it is published (or given up): it becomes the
+ * spare (or is freed when there is one already). */
 static void release_snapshot(weights_publisher *p, snapshot *s)
 {
     pthread_mutex_lock(&p->mu);
@@ -129,11 +140,337 @@ static void release_snapshot(weights_publisher *p, snapshot *s)
     snapshot_free(s);
 }
 
-/* The safetensors image of snapshot s in the publisher's dtype, every
- * parameter under its Hugging Face name, in the model's order. fp32 tensors
- * are borrowed from the snapshot (one copy: into the image); bf16 ones are
- * converted (round to nearest even) by the writer. Gives s back
- * (release_snapshot) once the image is made, whether or not that succeeded. */
+static tidal_status sink_blob(void *ctx, const void *buf, size_t len)
+{
+    return bus_blob_writer_write(ctx, buf, len);
+}
+
+/* Stream the safetensors image of snapshot s in the publisher's dtype (every
+ * parameter under its Hugging Face name, in the model's order) into blob
+ * `name` as it is serialised: chunk by chunk, never the whole image in one
+ * buffer. fp32 tensors are borrowed from the snapshot; bf16 ones are
+ * converted (round to nearest even) by the writer. */
+static tidal_status stream_image(weights_publisher *p, const snapshot *s, const char *name, bus_blob_info *info)
+{
+    const uint64_t v = s->version;
+    st_writer *w = NULL;
+    bus_blob_writer *bw = NULL;
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(st_writer_new(&w));
+    TRY_GOTO(st_writer_metadata(w, "format", "pt"));
+    for (int i = 0; i < s->n_tensors; i++) {
+        const model_tensor *t = &s->tensors[i];
+        assert(t->offset + t->numel <= s->n_params);
+        const float *data = s->params + t->offset;
+        if (p->dtype == ST_F32)
+            TRY_GOTO(st_writer_add_ref(w, t->name, ST_F32, t->ndim, t->shape, data, t->numel * sizeof *data));
+        else
+            TRY_GOTO(st_writer_add_f32(w, t->name, p->dtype, t->ndim, t->shape, data));
+    }
+    TRY_GOTO(bus_blob_writer_open(p->store, name, &bw));
+    TRY_GOTO(st_writer_emit(w, sink_blob, bw));
+    st = bus_blob_writer_close(bw, info);
+    bw = NULL;
+cleanup:
+    if (bw) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tidal_errmsg());
+        bus_blob_writer_abort(bw);
+        tidal_fail(st, "%s", msg);
+    }
+    st_writer_free(w);
+    if (st != TIDAL_OK)
+        return tidal_wrap(st, "weights v%" PRIu64 ": store blob %s in %s", v, name, p->names.weights_stream);
+    return TIDAL_OK;
+}
+
+/* The manifest bus_blob_put just wrote for blob `name` (the last message on
+ * PREFIX.<name>.m, docs/protocol.md "Chunked blobs"), decoded. */
+static tidal_status read_blob_manifest(weights_publisher *p, const char *name, Tidal__V1__BlobManifest **out)
+{
+    char subj[sizeof p->names.weights_prefix + 64];
+    snprintf(subj, sizeof subj, "%s.%s.m", p->names.weights_prefix, name);
+    bus_msg *msg = NULL;
+    tidal_status st = bus_stream_get_last(p->bus, p->names.weights_stream, subj, &msg);
+    if (st != TIDAL_OK) return st;
+    st = codec_decode_blob_manifest(bus_msg_data(msg), (size_t)bus_msg_len(msg), out);
+    bus_msg_destroy(msg);
+    return st;
+}
+
+/* Sign, check and encode manifest wm (every field set: the signature covers
+ * them), then put it in `weights.latest` and the version `name` in
+ * `trainer.version`. Safe to repeat. */
+static tidal_status put_manifest(weights_publisher *p, Tidal__V1__WeightsManifest *wm, const char *name)
+{
+    const uint64_t v = wm->version;
+    void *buf = NULL;
+    size_t blen = 0;
+    uint8_t sig[TIDAL_SIGN_SIG_BYTES];
+    tidal_status st = codec_manifest_sign(wm, p->names.job, p->key, sig);
+    if (st == TIDAL_OK) st = codec_validate(&wm->base); /* our own bug, caught before a worker sees it */
+    if (st == TIDAL_OK) st = codec_encode(&wm->base, &buf, &blen);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": manifest", v);
+    st = bus_kv_put(p->kv, JOB_KEY_WEIGHTS, buf, blen, NULL);
+    free(buf);
+    if (st != TIDAL_OK)
+        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_WEIGHTS, p->names.kv_bucket);
+    pthread_mutex_lock(&p->mu);
+    p->published = v; /* the manifest is on the bus: workers can take it */
+    pthread_mutex_unlock(&p->mu);
+    st = bus_kv_put(p->kv, JOB_KEY_VERSION, name, strlen(name), NULL);
+    if (st != TIDAL_OK)
+        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_VERSION, p->names.kv_bucket);
+    return TIDAL_OK;
+}
+
+/* transport bus: publish snapshot s: its image streamed into blob "<version>",
+ * then the WeightsManifest in `weights.latest`, then `trainer.version`. Safe
+ * to repeat after a failure: the blob is replaced, the keys are put again. */
+static tidal_status store_bus(weights_publisher *p, const snapshot *s)
+{
+    const uint64_t v = s->version;
+    const model_config cfg = s->cfg;
+    char name[24];
+    snprintf(name, sizeof name, "%" PRIu64, v);
+    const double t_image = mono_ms();
+    tidal_status st;
+
+    const bool bf16 = p->dtype == ST_BF16;
+    char *config_json = NULL;
+    st = model_config_to_json(&cfg, bf16 ? "bfloat16" : "float32", "config.json", &config_json);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64, v);
+
+    bus_blob_info info;
+    st = stream_image(p, s, name, &info);
+    if (st != TIDAL_OK) {
+        free(config_json);
+        return st;
+    }
+    const double t_blob = mono_ms();
+    if (p->http) { /* the manifest (transport http) is out already: this is the bus copy */
+        free(config_json);
+        tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": bus copy stored, %" PRIu64 " bytes in %.0f ms", v, info.bytes,
+                  t_blob - t_image);
+        return TIDAL_OK;
+    }
+
+    Tidal__V1__BlobManifest *blob = NULL;
+    st = read_blob_manifest(p, name, &blob);
+    if (st != TIDAL_OK) {
+        free(config_json);
+        return tidal_wrap(st, "weights v%" PRIu64 ": read back the manifest of blob %s", v, name);
+    }
+
+    Tidal__V1__WeightsManifest wm = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
+    wm.schema_version = CODEC_SCHEMA_VERSION;
+    wm.version = v;
+    wm.dtype = bf16 ? "bf16" : "fp32";
+    wm.bytes = info.bytes;
+    wm.chunk_count = info.chunk_count;
+    wm.sha256.data = info.sha256;
+    wm.sha256.len = sizeof info.sha256;
+    wm.transport = "bus";
+    wm.blob = blob;
+    wm.model_config_json = config_json;
+    wm.created_unix_ms = (uint64_t)unix_ms();
+    st = put_manifest(p, &wm, name);
+    tidal__v1__blob_manifest__free_unpacked(blob, NULL);
+    free(config_json);
+    TRY(st);
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": published, %" PRIu64 " bytes in %" PRIu32 " chunks (%s): "
+              "blob %.0f ms, manifest %.0f ms", v, info.bytes, info.chunk_count, wm.dtype, t_blob - t_image,
+              mono_ms() - t_blob);
+    return TIDAL_OK;
+}
+
+/* Store one serialized version (image[len], not consumed): blob, then
+ * WeightsManifest in `weights.latest`, then `trainer.version`. Safe to repeat
+ * after a failure: the blob is replaced, the keys are put again. */
+static tidal_status store_image(weights_publisher *p, uint64_t v, const model_config *cfgp, const void *image,
+                                size_t len, const delta_wire *wire)
+{
+    const model_config cfg = *cfgp;
+    char name[24];
+    snprintf(name, sizeof name, "%" PRIu64, v);
+    const double t_image = mono_ms();
+    tidal_status st;
+
+    const bool bf16 = p->dtype == ST_BF16;
+    char *config_json = NULL;
+    st = model_config_to_json(&cfg, bf16 ? "bfloat16" : "float32", "config.json", &config_json);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64, v);
+
+    Tidal__V1__WeightsManifest wm = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
+    bus_blob_info info = {0};
+    Tidal__V1__BlobManifest *blob = NULL;
+    char path[4096];
+    if (p->dir[0]) { /* transport dir: the directory, no bus copy */
+        st = publish_dir_write(p->dir, v, config_json, image, len, p->hf, p->keep, path, sizeof path);
+        if (st != TIDAL_OK) {
+            free(config_json);
+            return st;
+        }
+        info.bytes = len;
+        memcpy(info.sha256, wire->image_sha, 32);
+        wm.transport = "dir";
+        wm.dir = path;
+    } else {
+        const void *data = wire ? wire->data : image; /* a delta, or the image */
+        const size_t dlen = wire ? wire->len : len;
+        st = bus_blob_put(p->store, name, data, dlen, &info);
+        if (st != TIDAL_OK) {
+            free(config_json);
+            return tidal_wrap(st, "weights v%" PRIu64 ": store blob %s in %s", v, name, p->names.weights_stream);
+        }
+        assert(info.bytes == dlen);
+        st = read_blob_manifest(p, name, &blob);
+        if (st != TIDAL_OK) {
+            free(config_json);
+            return tidal_wrap(st, "weights v%" PRIu64 ": read back the manifest of blob %s", v, name);
+        }
+        wm.transport = "bus";
+        wm.blob = blob;
+        wm.chunk_count = info.chunk_count;
+    }
+    const double t_blob = mono_ms();
+
+    wm.schema_version = CODEC_SCHEMA_VERSION;
+    wm.version = v;
+    wm.dtype = bf16 ? "bf16" : "fp32";
+    wm.bytes = info.bytes;
+    wm.sha256.data = info.sha256;
+    wm.sha256.len = sizeof info.sha256;
+    wm.model_config_json = config_json;
+    wm.created_unix_ms = (uint64_t)unix_ms();
+    if (p->delta) {
+        wm.full_every = (uint32_t)p->chain.full_every;
+        if (wire->delta) {
+            wm.delta = true;
+            wm.delta_base = wire->base;
+            wm.chain = p->chain.chain;
+            wm.n_chain = p->chain.n_chain;
+            wm.image_bytes = len;
+            wm.image_sha256.data = (uint8_t *)wire->image_sha;
+            wm.image_sha256.len = 32;
+        }
+    }
+    st = put_manifest(p, &wm, name);
+    tidal__v1__blob_manifest__free_unpacked(blob, NULL);
+    free(config_json);
+    TRY(st);
+    if (wire && wire->delta)
+        tidal_log(TIDAL_LOG_INFO, "weights v%" PRIu64 ": published as a delta against v%" PRIu64 ": %" PRIu64
+                  " bytes for a %zu-byte image (%.2f%%), %" PRIu64 " of %" PRIu64 " values changed (%.3f%%)", v,
+                  wire->base, info.bytes, len, 100.0 * (double)info.bytes / (double)len, wire->stats.changed,
+                  wire->stats.values, wire->stats.values ? 100.0 * (double)wire->stats.changed / (double)wire->stats.values : 0.0);
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": published, %" PRIu64 " bytes in %" PRIu32 " chunks (%s, %s): "
+              "blob %.0f ms, manifest %.0f ms", v, info.bytes, info.chunk_count, wm.dtype, wm.transport,
+              t_blob - t_image, mono_ms() - t_blob);
+    return TIDAL_OK;
+}
+
+/* transport http: what is done of a version (store_version may run again after a bus outage). */
+typedef struct http_progress {
+    bool served;   /* the server holds the image */
+    bool announced; /* its manifest is in weights.latest */
+    uint8_t sha256[32];
+    uint8_t (*chunk_sha)[32];
+    uint32_t n_chunks;
+} http_progress;
+
+typedef struct whole_hash {
+    const void *data;
+    size_t len;
+    uint8_t out[32];
+    bool ok;
+} whole_hash;
+
+static void *whole_hash_main(void *arg)
+{
+    whole_hash *w = arg;
+    unsigned n = 0;
+    w->ok = EVP_Digest(w->data, w->len, w->out, &n, EVP_sha256(), NULL) == 1;
+    return NULL;
+}
+
+/* The image's SHA-256 and its ranges' (two threads: the two hashes take as long as each other). */
+static tidal_status hash_image(uint64_t v, const void *image, size_t len, http_progress *hp)
+{
+    hp->n_chunks = (uint32_t)((len + HTTP_CHUNK_BYTES - 1) / HTTP_CHUNK_BYTES);
+    hp->chunk_sha = malloc((hp->n_chunks ? hp->n_chunks : 1) * sizeof *hp->chunk_sha);
+    if (!hp->chunk_sha) return tidal_fail(TIDAL_ERR_NOMEM, "weights v%" PRIu64 ": range hashes", v);
+    whole_hash wh = {.data = image, .len = len};
+    pthread_t th;
+    const bool threaded = pthread_create(&th, NULL, whole_hash_main, &wh) == 0;
+    if (!threaded) whole_hash_main(&wh);
+    bool ok = true;
+    for (uint32_t i = 0; i < hp->n_chunks; i++) {
+        const size_t off = (size_t)i * HTTP_CHUNK_BYTES, n = len - off < HTTP_CHUNK_BYTES ? len - off : HTTP_CHUNK_BYTES;
+        unsigned dn = 0;
+        ok = ok && EVP_Digest((const uint8_t *)image + off, n, hp->chunk_sha[i], &dn, EVP_sha256(), NULL) == 1;
+    }
+    if (threaded) pthread_join(th, NULL);
+    if (!ok || !wh.ok) {
+        free(hp->chunk_sha);
+        hp->chunk_sha = NULL;
+        return tidal_fail(TIDAL_ERR_IO, "weights v%" PRIu64 ": SHA-256 failed (libcrypto)", v);
+    }
+    memcpy(hp->sha256, wh.out, 32);
+    return TIDAL_OK;
+}
+
+/* transport http: serve image[len] (the server copies it) and put its
+ * manifest in weights.latest and the version in trainer.version. Steps done
+ * already are skipped. */
+static tidal_status announce_http(weights_publisher *p, uint64_t v, const model_config *cfg, const void *image,
+                                  size_t len, http_progress *hp)
+{
+    const double t0 = mono_ms();
+    if (!hp->served) {
+        if (!hp->chunk_sha) TRY(hash_image(v, image, len, hp));
+        TRY(weights_http_add(p->http, v, image, len));
+        hp->served = true;
+    }
+    if (hp->announced) return TIDAL_OK;
+    const double t_hash = mono_ms();
+    const bool bf16 = p->dtype == ST_BF16;
+    char *config_json = NULL;
+    TRY_WRAP(model_config_to_json(cfg, bf16 ? "bfloat16" : "float32", "config.json", &config_json), "weights v%" PRIu64, v);
+    char url[400], name[24];
+    snprintf(name, sizeof name, "%" PRIu64, v);
+    snprintf(url, sizeof url, "%s/weights/%s", weights_http_base_url(p->http), name);
+    ProtobufCBinaryData *hs = malloc((hp->n_chunks ? hp->n_chunks : 1) * sizeof *hs);
+    if (!hs) {
+        free(config_json);
+        return tidal_fail(TIDAL_ERR_NOMEM, "weights v%" PRIu64 ": manifest", v);
+    }
+    for (uint32_t i = 0; i < hp->n_chunks; i++) hs[i] = (ProtobufCBinaryData){32, hp->chunk_sha[i]};
+    Tidal__V1__WeightsManifest wm = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
+    wm.schema_version = CODEC_SCHEMA_VERSION;
+    wm.version = v;
+    wm.dtype = bf16 ? "bf16" : "fp32";
+    wm.bytes = len;
+    wm.sha256 = (ProtobufCBinaryData){32, hp->sha256};
+    wm.transport = "http";
+    wm.url = url;
+    wm.http_chunk_bytes = HTTP_CHUNK_BYTES;
+    wm.n_http_chunk_sha256 = hp->n_chunks;
+    wm.http_chunk_sha256 = hs;
+    wm.model_config_json = config_json;
+    wm.created_unix_ms = (uint64_t)unix_ms();
+    const tidal_status st = put_manifest(p, &wm, name);
+    free(hs);
+    free(config_json);
+    TRY(st);
+    hp->announced = true;
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": served at %s, %zu bytes in %" PRIu32 " ranges: hashes %.0f ms, "
+              "manifest %.0f ms", v, url, len, hp->n_chunks, t_hash - t0, mono_ms() - t_hash);
+    return TIDAL_OK;
+}
+
+/* transport http: snapshot s as one safetensors image in memory (the server
+ * keeps a copy; the bus copy is stored from it). Gives s back. */
 static tidal_status serialize(weights_publisher *p, snapshot *s, void **image, size_t *len)
 {
     const uint64_t v = s->version;
@@ -158,88 +495,21 @@ cleanup:
     return TIDAL_OK;
 }
 
-/* The manifest bus_blob_put just wrote for blob `name` (the last message on
- * PREFIX.<name>.m, docs/protocol.md "Chunked blobs"), decoded. */
-static tidal_status read_blob_manifest(weights_publisher *p, const char *name, Tidal__V1__BlobManifest **out)
+/* transport http: one version out: served and announced (steps done already
+ * skipped), then its bus copy, blob "<version>", for workers that cannot
+ * reach the server. Safe to repeat after a failure. */
+static tidal_status store_http(weights_publisher *p, uint64_t v, const model_config *cfg, void *image, size_t len,
+                               http_progress *hp)
 {
-    char subj[sizeof p->names.weights_prefix + 64];
-    snprintf(subj, sizeof subj, "%s.%s.m", p->names.weights_prefix, name);
-    bus_msg *msg = NULL;
-    tidal_status st = bus_stream_get_last(p->bus, p->names.weights_stream, subj, &msg);
-    if (st != TIDAL_OK) return st;
-    st = codec_decode_blob_manifest(bus_msg_data(msg), (size_t)bus_msg_len(msg), out);
-    bus_msg_destroy(msg);
-    return st;
-}
-
-/* Store one serialized version (image[len], not consumed): blob, then
- * WeightsManifest in `weights.latest`, then `trainer.version`. Safe to repeat
- * after a failure: the blob is replaced, the keys are put again. */
-static tidal_status store_image(weights_publisher *p, uint64_t v, const model_config *cfgp, const void *image,
-                                size_t len)
-{
-    const model_config cfg = *cfgp;
+    TRY(announce_http(p, v, cfg, image, len, hp));
     char name[24];
     snprintf(name, sizeof name, "%" PRIu64, v);
-    const double t_image = mono_ms();
-    tidal_status st;
-
-    const bool bf16 = p->dtype == ST_BF16;
-    char *config_json = NULL;
-    st = model_config_to_json(&cfg, bf16 ? "bfloat16" : "float32", "config.json", &config_json);
-    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64, v);
-
+    const double t0 = mono_ms();
     bus_blob_info info;
-    st = bus_blob_put(p->store, name, image, len, &info);
-    if (st != TIDAL_OK) {
-        free(config_json);
-        return tidal_wrap(st, "weights v%" PRIu64 ": store blob %s in %s", v, name, p->names.weights_stream);
-    }
-    assert(info.bytes == len);
-    const double t_blob = mono_ms();
-
-    Tidal__V1__BlobManifest *blob = NULL;
-    st = read_blob_manifest(p, name, &blob);
-    if (st != TIDAL_OK) {
-        free(config_json);
-        return tidal_wrap(st, "weights v%" PRIu64 ": read back the manifest of blob %s", v, name);
-    }
-
-    Tidal__V1__WeightsManifest wm = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
-    wm.schema_version = CODEC_SCHEMA_VERSION;
-    wm.version = v;
-    wm.dtype = bf16 ? "bf16" : "fp32";
-    wm.bytes = info.bytes;
-    wm.chunk_count = info.chunk_count;
-    wm.sha256.data = info.sha256;
-    wm.sha256.len = sizeof info.sha256;
-    wm.transport = "bus";
-    wm.blob = blob;
-    wm.model_config_json = config_json;
-    wm.created_unix_ms = (uint64_t)unix_ms();
-    void *buf = NULL;
-    size_t blen = 0;
-    uint8_t sig[TIDAL_SIGN_SIG_BYTES];
-    st = codec_manifest_sign(&wm, p->names.job, p->key, sig); /* every field set: the signature covers them */
-    if (st == TIDAL_OK) st = codec_validate(&wm.base); /* our own bug, caught before a worker sees it */
-    if (st == TIDAL_OK) st = codec_encode(&wm.base, &buf, &blen); /* (one wrap below names the manifest) */
-    tidal__v1__blob_manifest__free_unpacked(blob, NULL);
-    free(config_json);
-    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": manifest", v);
-
-    st = bus_kv_put(p->kv, JOB_KEY_WEIGHTS, buf, blen, NULL);
-    free(buf);
-    if (st != TIDAL_OK)
-        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_WEIGHTS, p->names.kv_bucket);
-    pthread_mutex_lock(&p->mu);
-    p->published = v; /* the manifest is on the bus: workers can take it */
-    pthread_mutex_unlock(&p->mu);
-    st = bus_kv_put(p->kv, JOB_KEY_VERSION, name, strlen(name), NULL);
-    if (st != TIDAL_OK)
-        return tidal_wrap(st, "weights v%" PRIu64 ": put %s in kv %s", v, JOB_KEY_VERSION, p->names.kv_bucket);
-    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": published, %" PRIu64 " bytes in %" PRIu32 " chunks (%s): "
-              "blob %.0f ms, manifest %.0f ms", v, info.bytes, info.chunk_count, wm.dtype, t_blob - t_image,
-              mono_ms() - t_blob);
+    TRY_WRAP(bus_blob_put(p->store, name, image, len, &info), "weights v%" PRIu64 ": store blob %s in %s", v, name,
+             p->names.weights_stream);
+    tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": bus copy stored, %" PRIu64 " bytes in %.0f ms", v, info.bytes,
+              mono_ms() - t0);
     return TIDAL_OK;
 }
 
@@ -260,8 +530,19 @@ static void *publisher_main(void *arg)
         const model_config cfg = s->cfg;
         void *image = NULL;
         size_t len = 0;
-        tidal_status st = serialize(p, s, &image, &len); /* gives s back */
-        if (st == TIDAL_OK) st = store_image(p, v, &cfg, image, len);
+        /* three ways out: streamed to the bus (plain bus); whole in memory, then served over HTTP with
+         * a bus copy (http); whole in memory, then as a directory or a delta (dir, weights.delta) */
+        const bool in_memory = p->http || p->delta || p->dir[0];
+        http_progress hp = {0};
+        delta_wire wire = {0}, *wp = NULL;
+        tidal_status st = in_memory ? serialize(p, s, &image, &len) /* gives s back */ : store_bus(p, s);
+        if (in_memory) s = NULL;
+        if (st == TIDAL_OK && !p->http && (p->delta || p->dir[0])) { /* the image's SHA-256, the delta when it pays */
+            st = delta_chain_prepare(&p->chain, v, image, len, p->dtype == ST_BF16 ? 2 : 4, &wire);
+            wp = &wire;
+        }
+        if (st == TIDAL_OK && in_memory)
+            st = p->http ? store_http(p, v, &cfg, image, len, &hp) : store_image(p, v, &cfg, image, len, wp);
         /* A bus outage (the client reconnects by itself) is waited out: the same
          * image again every RETRY_MS, until it goes through, a newer version is
          * handed over (only the newest matters), the publisher stops, or
@@ -277,9 +558,15 @@ static void *publisher_main(void *arg)
                 st = TIDAL_OK; /* superseded (or stopping): not a failure */
                 break;
             }
-            st = store_image(p, v, &cfg, image, len);
+            st = p->http ? store_http(p, v, &cfg, image, len, &hp)
+                 : in_memory ? store_image(p, v, &cfg, image, len, wp)
+                             : store_bus(p, s);
         }
+        if (s) release_snapshot(p, s);
+        if (st == TIDAL_OK && p->delta) delta_chain_commit(&p->chain, p->store, v, &image, len, &wire);
+        delta_wire_clear(&wire);
         free(image);
+        free(hp.chunk_sha);
         if (st != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "weights publisher: %s", tidal_errmsg());
 
         pthread_mutex_lock(&p->mu);
@@ -392,6 +679,21 @@ tidal_status weights_publisher_create(const weights_publisher_opts *o, weights_p
     p->dtype = dtype;
     p->published = UINT64_MAX;
     p->key = o->signing_key;
+    if (o->dir && o->dir[0]) {
+        if (o->delta) {
+            free(p);
+            return tidal_fail(TIDAL_ERR_INVALID, "weights publisher: weights.delta needs weights.transport bus, not dir");
+        }
+        if (strlen(o->dir) >= sizeof p->dir - 64) {
+            free(p);
+            return tidal_fail(TIDAL_ERR_INVALID, "weights publisher: weights.dir is too long");
+        }
+        snprintf(p->dir, sizeof p->dir, "%s", o->dir);
+        p->hf = o->hf;
+    }
+    p->delta = o->delta;
+    p->chain.full_every = o->full_every > 0 ? o->full_every : 10;
+    p->chain.keep = p->keep;
     pthread_mutex_init(&p->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -405,10 +707,20 @@ tidal_status weights_publisher_create(const weights_publisher_opts *o, weights_p
         TRY_GOTO(tidal_sign_keygen(&p->own_key));
         p->key = p->own_key;
     }
-    TRY_GOTO(bus_blob_store_open(p->bus, p->names.weights_stream, p->names.weights_prefix, p->keep, &p->store));
+    /* With deltas the chain decides what goes (publish_delta.h deletes what no
+     * worker needs); the store's own bound, full_every + keep blobs, always
+     * covers a chain and clears what a trainer's earlier life left. With dir
+     * nothing is on the bus. */
+    if (!p->dir[0])
+        TRY_GOTO(bus_blob_store_open(p->bus, p->names.weights_stream, p->names.weights_prefix,
+                                     p->delta ? p->chain.full_every + p->keep : p->keep, &p->store));
     bus_kv_cfg kc = {.bucket = p->names.kv_bucket};
     TRY_GOTO(bus_kv_ensure(p->bus, &kc, &p->kv));
     TRY_GOTO(claim_public_key(p));
+    if (o->http) {
+        weights_http_opts ho = {.bind = o->http_bind, .base_url = o->http_url, .token = o->http_token, .keep = p->keep};
+        TRY_GOTO(weights_http_start(&ho, &p->http));
+    }
     if (pthread_create(&p->thread, NULL, publisher_main, p) != 0) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "cannot start the publishing thread");
         goto cleanup;
@@ -523,6 +835,8 @@ tidal_status weights_publisher_flush(weights_publisher *p, int timeout_ms)
     return TIDAL_OK;
 }
 
+weights_http *weights_publisher_http(weights_publisher *p) { return p->http; }
+
 uint64_t weights_published_version(weights_publisher *p)
 {
     assert(p);
@@ -547,8 +861,10 @@ void weights_publisher_free(weights_publisher *p)
                   p->pending->version);
     snapshot_free(p->pending);
     snapshot_free(p->spare);
+    weights_http_stop(p->http);
     bus_kv_close(p->kv);
     bus_blob_store_close(p->store);
+    delta_chain_free(&p->chain);
     tidal_sign_key_free(p->own_key);
     pthread_cond_destroy(&p->work_cv);
     pthread_cond_destroy(&p->idle_cv);

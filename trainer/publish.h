@@ -14,18 +14,31 @@
  * `trainer.pubkey` when it is created - once: a key already there must be the
  * same (docs/protocol.md "Signed weights").
  *
+ * With `http` the image is also served by the publisher's HTTP server
+ * (trainer/publish_http.h) and the manifest, transport "http", names its URL
+ * and the hashes of its 4 MiB ranges; it goes into `weights.latest` before the
+ * bus copy is stored, which follows as the workers' fallback.
+ * With `dir` the versions go to a shared directory instead (trainer/publish_dir.h:
+ * ROOT/step_<version>/, the manifest's transport "dir" naming it); with
+ * `delta` a version's blob is a compressed delta against the previous one
+ * (trainer/publish_delta.h), the manifest carrying the rebuilt image's
+ * SHA-256 (docs/protocol.md "Delta versions").
+ *
  * Only the newest weights matter to a worker, so a version handed over while
  * an older one still waits to start replaces it (the older is never sent).
  */
 #ifndef TIDAL_TRAINER_PUBLISH_H
 #define TIDAL_TRAINER_PUBLISH_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "base/sign.h"
+#include "model/hfdir.h"
 #include "model/model.h"
 #include "bus/bus.h"
 #include "job/names.h"
+#include "trainer/publish_http.h"
 #include "base/status.h"
 
 typedef struct weights_publisher weights_publisher;
@@ -37,6 +50,16 @@ typedef struct weights_publisher_opts {
     st_dtype dtype;            /* ST_F32 (also for 0) or ST_BF16 (round to nearest even) on the wire */
     const tidal_sign_key *signing_key; /* borrowed, must outlive the publisher; NULL: a key made for
                                           the publisher's lifetime (tests, benches) */
+    bool http;                 /* weights.transport http: serve each image over HTTP too, the manifest
+                                  names its URL (docs/protocol.md "Weights over HTTP") */
+    const char *http_bind;     /* weights.http_bind ("" or NULL: 127.0.0.1:0) */
+    const char *http_url;      /* weights.http_url ("" or NULL: from the bind) */
+    const char *http_token;    /* the bearer token (weights_token_from_env); NULL: none */
+    const char *dir;           /* weights.transport dir: write versions under this directory
+                                  (trainer/publish_dir.h) instead of the bus; NULL or "": the bus */
+    const hf_files *hf;        /* transport dir: the files each version's directory carries (borrowed) */
+    bool delta;                /* bus: versions as deltas against the previous one (trainer/publish_delta.h) */
+    int full_every;            /* delta: a full image at least this often; 0: 10 */
 } weights_publisher_opts;
 
 /* Open (create) the weights stream and the job's KV bucket, claim KV
@@ -57,6 +80,10 @@ tidal_status weights_publish(weights_publisher *p, const model *m, uint64_t vers
  * failed), TIDAL_ERR_TIMEOUT when still busy (the failure is then kept for
  * the next flush). */
 tidal_status weights_publisher_flush(weights_publisher *p, int timeout_ms);
+
+/* The publisher's HTTP server (weights.transport http), NULL otherwise: for
+ * its base URL and the tests' stall hook. */
+weights_http *weights_publisher_http(weights_publisher *p);
 
 /* The newest version whose manifest is on the bus; UINT64_MAX before the first. */
 uint64_t weights_published_version(weights_publisher *p);

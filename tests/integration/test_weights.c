@@ -4,10 +4,19 @@
  * a manifest whose SHA-256 lies (and one that does not decode) skipped and
  * counted while the client goes on, bf16 on the wire, a background failure
  * reported by flush, the KV keys a worker reads, and manifests a rogue
- * writes (unsigned, another key, altered) refused while the worker goes on. */
+ * writes (unsigned, another key, altered) refused while the worker goes on.
+ * Faults, against the same real server: a trainer process SIGKILLed in the
+ * middle of a publish (the workers keep their version and take the next
+ * complete one), a worker process SIGKILLed in the middle of a fetch (others,
+ * and a restarted worker, fetch that version whole), and a chunk corrupted
+ * after it arrived (a test hook flips a bit) caught by its hash and fetched
+ * again. The killed processes are this binary re-executed (--child), so
+ * nothing of the parent's NATS client state is forked. */
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -566,8 +575,235 @@ static void test_background_failure_reported(void)
     CHECK_OK(again);
 }
 
-int main(void)
+/* ---------------------------------------------------------------- faults */
+
+static int child_signal_fd = -1;
+static uint32_t child_stop_at;
+
+/* The test hook of a child: at chunk child_stop_at, tell the parent (one byte
+ * on the pipe) and wait to be killed. */
+static void stop_at_chunk(uint32_t index)
 {
+    if (index != child_stop_at) return;
+    if (write(child_signal_fd, "x", 1) != 1) _exit(3);
+    for (;;) pause();
+}
+
+/* The child roles (argv: --child ROLE URL JOB KEYFILE VERSION STOP_AT FD):
+ * "publish" publishes LARGER seed VERSION with the key and stops at chunk
+ * STOP_AT of the blob; "fetch" starts a worker and stops at chunk STOP_AT of
+ * its fetch. Neither returns normally: the parent kills it. */
+static int child_main(char **argv)
+{
+    const char *role = argv[2], *url = argv[3], *job = argv[4], *keyfile = argv[5];
+    const uint64_t version = strtoull(argv[6], NULL, 10);
+    child_stop_at = (uint32_t)atoi(argv[7]);
+    child_signal_fd = atoi(argv[8]);
+    tidal_bus *b = NULL;
+    bus_opts bo = {.urls = url, .name = "test-child", .js_timeout_ms = 5000};
+    job_names n;
+    if (bus_connect(&b, &bo) != TIDAL_OK || job_names_init(&n, job) != TIDAL_OK) goto fail;
+    if (!strcmp(role, "publish")) {
+        tidal_sign_key *k = NULL;
+        weights_publisher *p = NULL;
+        if (tidal_sign_key_load(keyfile, &k) != TIDAL_OK) goto fail;
+        weights_publisher_opts o = {.bus = b, .names = &n, .signing_key = k};
+        if (weights_publisher_create(&o, &p) != TIDAL_OK) goto fail;
+        bus_blob_test_hooks(stop_at_chunk, NULL);
+        model *m = make_model(&LARGER, 1000 + version);
+        if (weights_publish(p, m, version) != TIDAL_OK) goto fail;
+        weights_publisher_flush(p, 60000);
+    } else {
+        weights_client *c = NULL;
+        bus_blob_test_hooks(NULL, stop_at_chunk);
+        if (weights_client_create(b, &n, NULL, NULL, &c) != TIDAL_OK) goto fail;
+        sleep(60);
+    }
+fail:
+    fprintf(stderr, "child %s: did not stop at chunk %u: %s\n", role, child_stop_at, tidal_errmsg());
+    return 2;
+}
+
+/* This binary re-executed as a child in `role`; returns its pid once it has
+ * reached its stop (or -1 when it failed or took more than 20 s). */
+static pid_t start_child(const char *role, const char *job, const char *keyfile, uint64_t version, uint32_t stop_at)
+{
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        char vs[24], ss[16], fs[16];
+        snprintf(vs, sizeof vs, "%" PRIu64, version);
+        snprintf(ss, sizeof ss, "%u", stop_at);
+        snprintf(fs, sizeof fs, "%d", fds[1]);
+        char *args[] = {"test_weights", "--child", (char *)role, (char *)tidal_server_url(F.srv), (char *)job,
+                        (char *)keyfile, vs, ss, fs, NULL};
+        execv("/proc/self/exe", args);
+        _exit(127);
+    }
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        return -1;
+    }
+    struct timeval tv = {20, 0};
+    fd_set rs;
+    FD_ZERO(&rs);
+    FD_SET(fds[0], &rs);
+    char x = 0;
+    bool stopped = select(fds[0] + 1, &rs, NULL, NULL, &tv) == 1 && read(fds[0], &x, 1) == 1;
+    close(fds[0]);
+    if (!stopped) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    return pid;
+}
+
+static bool killed(pid_t pid)
+{
+    if (kill(pid, SIGKILL) != 0) return false;
+    int ws = 0;
+    return waitpid(pid, &ws, 0) == pid && WIFSIGNALED(ws) && WTERMSIG(ws) == SIGKILL;
+}
+
+/* A trainer killed after 2 of the 5 chunks of v2: no v2 manifest, so the
+ * worker keeps v1 (nothing failed, nothing taken), and takes v3 whole when a
+ * restarted trainer (the same key) publishes it. */
+static void test_trainer_killed_mid_publish(void)
+{
+    char keyfile[64];
+    snprintf(keyfile, sizeof keyfile, "/tmp/tidal_test_weights_kill_%d.pem", (int)getpid());
+    tidal_sign_key *k = NULL;
+    CHECK_OK(tidal_sign_keygen(&k));
+    CHECK_OK(tidal_sign_key_save(k, keyfile));
+    job_names n;
+    CHECK_OK(job_names_init(&n, "killpub"));
+    weights_publisher *p = NULL;
+    weights_publisher_opts o = {.bus = F.bus, .names = &n, .signing_key = k};
+    CHECK_OK(weights_publisher_create(&o, &p));
+    model *m1 = make_model(&LARGER, 1001), *m3 = make_model(&LARGER, 1003);
+    CHECK_OK(weights_publish(p, m1, 1));
+    CHECK_OK(weights_publisher_flush(p, 20000));
+    weights_publisher_free(p);
+    tidal_bus *wb = connect_worker();
+    weights_client *c = NULL;
+    CHECK_OK(weights_client_create(wb, &n, NULL, NULL, &c));
+    model *got = NULL;
+    uint64_t ver = 0;
+    CHECK_OK(weights_client_wait(c, 1, 20000, &got, &ver));
+    CHECK(ver == 1 && same_params(got, m1));
+
+    pid_t pid = start_child("publish", "killpub", keyfile, 2, 2);
+    CHECK(pid > 0);
+    CHECK(killed(pid));
+    usleep(300 * 1000); /* what the worker would do with a v2, it has had time for */
+    uint64_t have = ver;
+    CHECK(weights_client_take(c, have, &ver) == NULL); /* still v1 */
+    weights_stats s;
+    weights_client_stats(c, &s);
+    CHECK(s.failed == 0 && s.latest_seen == 1);
+
+    CHECK_OK(weights_publisher_create(&o, &p)); /* the restarted trainer */
+    CHECK_OK(weights_publish(p, m3, 3));
+    CHECK_OK(weights_publisher_flush(p, 20000));
+    weights_client_recycle(c, got); /* its memory is reused for v3 */
+    got = NULL;
+    CHECK_OK(weights_client_wait(c, 2, 20000, &got, &ver));
+    CHECK(ver == 3 && same_params(got, m3));
+    weights_client_stats(c, &s);
+    CHECK(s.failed == 0 && s.fetched == 2);
+    model_free(got);
+    weights_client_free(c);
+    bus_close(wb);
+    weights_publisher_free(p);
+    tidal_sign_key_free(k);
+    unlink(keyfile);
+    model_free(m1);
+    model_free(m3);
+}
+
+/* A worker killed after fetching part of v1: another worker already running
+ * and a restarted one both get v1 whole (a direct get leaves no state). */
+static void test_worker_killed_mid_fetch(void)
+{
+    job_names n;
+    CHECK_OK(job_names_init(&n, "killfetch"));
+    weights_publisher *p = NULL;
+    weights_publisher_opts o = {.bus = F.bus, .names = &n};
+    CHECK_OK(weights_publisher_create(&o, &p));
+    model *m1 = make_model(&LARGER, 2001);
+    CHECK_OK(weights_publish(p, m1, 1));
+    CHECK_OK(weights_publisher_flush(p, 20000));
+    pid_t pid = start_child("fetch", "killfetch", "-", 1, 1);
+    CHECK(pid > 0);
+    CHECK(killed(pid));
+    tidal_bus *wb = connect_worker();
+    weights_client *c = NULL;
+    CHECK_OK(weights_client_create(wb, &n, NULL, NULL, &c)); /* the restarted worker */
+    model *got = NULL;
+    uint64_t ver = 0;
+    CHECK_OK(weights_client_wait(c, 1, 20000, &got, &ver));
+    CHECK(ver == 1 && same_params(got, m1));
+    weights_stats s;
+    weights_client_stats(c, &s);
+    CHECK(s.failed == 0 && s.refetched == 0);
+    model_free(got);
+    weights_client_free(c);
+    bus_close(wb);
+    weights_publisher_free(p);
+    model_free(m1);
+}
+
+/* One chunk corrupted after it arrived, on a fetch (by direct get) and on a
+ * chunk the tap caught as it was published: each caught by its hash and
+ * fetched again; the models are bit-identical to the trainer's. */
+static void test_corrupted_chunk_fetched_again(void)
+{
+    job_names n;
+    CHECK_OK(job_names_init(&n, "corrupt"));
+    weights_publisher *p = NULL;
+    weights_publisher_opts o = {.bus = F.bus, .names = &n};
+    CHECK_OK(weights_publisher_create(&o, &p));
+    model *m1 = make_model(&LARGER, 3001), *m2 = make_model(&LARGER, 3002);
+    CHECK_OK(weights_publish(p, m1, 1));
+    CHECK_OK(weights_publisher_flush(p, 20000));
+    tidal_bus *wb = connect_worker();
+    weights_client *c = NULL;
+    bus_blob_test_corrupt(1);
+    CHECK_OK(weights_client_create(wb, &n, NULL, NULL, &c)); /* v1 by direct gets */
+    model *got = NULL;
+    uint64_t ver = 0;
+    CHECK_OK(weights_client_wait(c, 1, 20000, &got, &ver));
+    CHECK(ver == 1 && same_params(got, m1));
+    weights_stats s;
+    weights_client_stats(c, &s);
+    CHECK(s.refetched == 1 && s.failed == 0);
+    weights_client_recycle(c, got);
+    usleep(200 * 1000); /* the tap armed */
+    bus_blob_test_corrupt(1);
+    CHECK_OK(weights_publish(p, m2, 2));
+    CHECK_OK(weights_publisher_flush(p, 20000));
+    CHECK_OK(weights_client_wait(c, 2, 20000, &got, &ver));
+    bus_blob_test_corrupt(0);
+    CHECK(ver == 2 && same_params(got, m2));
+    weights_client_stats(c, &s);
+    /* the flipped chunk: caught by the tap and refused (fetched), or fetched and fetched again */
+    CHECK_MSG(s.failed == 0 && (s.refetched == 2 || (s.refetched == 1 && s.caught >= 1)), "refetched %" PRIu64
+              " caught %" PRIu64, s.refetched, s.caught);
+    model_free(got);
+    weights_client_free(c);
+    bus_close(wb);
+    weights_publisher_free(p);
+    model_free(m1);
+    model_free(m2);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 8 && !strcmp(argv[1], "--child")) return child_main(argv);
     fixture_start(&F);
     RUN(test_versions_in_quick_succession);
     RUN(test_bad_manifest_skipped);
@@ -576,6 +812,9 @@ int main(void)
     RUN(test_bf16_round_trip);
     RUN(test_handover_burst);
     RUN(test_background_failure_reported);
+    RUN(test_trainer_killed_mid_publish);
+    RUN(test_worker_killed_mid_fetch);
+    RUN(test_corrupted_chunk_fetched_again);
     fixture_stop(&F);
     nats_Close();
     return check_summary();

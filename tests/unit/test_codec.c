@@ -547,13 +547,19 @@ static void test_weights_manifest_round_trip(void)
     tidal__v1__weights_manifest__free_unpacked(w, NULL);
     CHECK(same);
 
-    /* the url transport */
-    f.w.transport = "url";
-    f.w.url = "https://store.example/quick/weights-00000012.safetensors";
+    /* the http transport: the url and the ranges' hashes */
+    static uint8_t h[3][32] = {{1}, {2}, {3}};
+    ProtobufCBinaryData hs[3] = {{32, h[0]}, {32, h[1]}, {32, h[2]}};
+    f.w.transport = "http";
+    f.w.url = "http://10.0.0.5:8470/weights/12";
     f.w.blob = NULL;
     f.w.chunk_count = 0;
+    f.w.http_chunk_bytes = 4u << 20; /* 8400953 bytes: 3 ranges */
+    f.w.n_http_chunk_sha256 = 3;
+    f.w.http_chunk_sha256 = hs;
     CHECK_OK(round_trip(MSG(f.w), (ProtobufCMessage **)&w));
-    same = streq(w->url, f.w.url) && !w->blob && w->chunk_count == 0;
+    same = streq(w->url, f.w.url) && !w->blob && w->chunk_count == 0 && w->http_chunk_bytes == 4u << 20 &&
+           w->n_http_chunk_sha256 == 3 && !memcmp(w->http_chunk_sha256[2].data, h[2], 32);
     tidal__v1__weights_manifest__free_unpacked(w, NULL);
     CHECK(same);
 }
@@ -985,7 +991,7 @@ static void test_weights_manifest_rules(void)
     WEIGHTS_BAD(f.w.dtype = "int8", "weights manifest v12: dtype \"int8\" is not fp32, bf16 or fp16");
     WEIGHTS_BAD(f.w.bytes = 0, "bytes is 0");
     WEIGHTS_BAD(f.w.sha256.len = 0, "sha256 has 0 bytes");
-    WEIGHTS_BAD(f.w.transport = "s3", "transport \"s3\" is neither bus nor url");
+    WEIGHTS_BAD(f.w.transport = "s3", "transport \"s3\" is neither bus, http nor dir");
     WEIGHTS_BAD(f.w.blob = NULL, "transport bus without a blob manifest");
     WEIGHTS_BAD(f.w.url = "file:///x", "transport bus with a url");
     WEIGHTS_BAD(f.w.version = 13, "weights manifest v13: blob name \"12\" is not the version 13");
@@ -993,15 +999,49 @@ static void test_weights_manifest_rules(void)
     WEIGHTS_BAD(f.w.chunk_count = 4, "blob has 3 chunks, manifest 4");
     WEIGHTS_BAD(f.blob.sha[0] ^= 1, "blob sha256 differs from the manifest's");
     WEIGHTS_BAD(f.blob.b.chunk_count = 1, "weights manifest v12: blob 12: chunk_count 1, but");
-    WEIGHTS_BAD((f.w.transport = "url", f.w.blob = NULL, f.w.chunk_count = 0),
-                "transport url without a url");
-    WEIGHTS_BAD((f.w.transport = "url", f.w.url = "/srv/w.safetensors", f.w.blob = NULL,
-                 f.w.chunk_count = 0),
-                "url \"/srv/w.safetensors\" is not file://, http:// or https://");
-    WEIGHTS_BAD((f.w.transport = "url", f.w.url = "file:///srv/w.safetensors"),
-                "transport url with a blob manifest");
-    WEIGHTS_BAD((f.w.transport = "url", f.w.url = "file:///srv/w.safetensors", f.w.blob = NULL),
-                "transport url with chunk_count 3");
+    static uint8_t hh[3][32];
+    static ProtobufCBinaryData hs[3] = {{32, hh[0]}, {32, hh[1]}, {32, hh[2]}};
+#define HTTP_FX (f.w.transport = "http", f.w.url = "http://h:1/weights/12", f.w.blob = NULL, f.w.chunk_count = 0, \
+                 f.w.http_chunk_bytes = 4u << 20, f.w.n_http_chunk_sha256 = 3, f.w.http_chunk_sha256 = hs)
+    WEIGHTS_BAD(f.w.http_chunk_bytes = 7, "transport bus with http chunks");
+    WEIGHTS_BAD((HTTP_FX, f.w.url = ""), "transport http with url \"\" (not http://...)");
+    WEIGHTS_BAD((HTTP_FX, f.w.url = "file:///srv/w"), "transport http with url \"file:///srv/w\" (not http://...)");
+    WEIGHTS_BAD((HTTP_FX, f.w.blob = &f.blob.b), "transport http with a blob manifest");
+    WEIGHTS_BAD((HTTP_FX, f.w.chunk_count = 3), "transport http with chunk_count 3");
+    WEIGHTS_BAD((HTTP_FX, f.w.http_chunk_bytes = 0), "transport http with http_chunk_bytes 0");
+    WEIGHTS_BAD((HTTP_FX, f.w.n_http_chunk_sha256 = 2), "transport http: 2 http_chunk_sha256 for 3 ranges of 4194304 bytes");
+    WEIGHTS_BAD((HTTP_FX, hs[1].len = 31), "http_chunk_sha256[1] has 31 bytes, not 32");
+    hs[1].len = 32;
+    weights_init(&f);
+    HTTP_FX;
+    CHECK_OK(codec_validate(MSG(f.w)));
+#undef HTTP_FX
+    /* transport dir (fields 20-29) */
+    WEIGHTS_BAD((f.w.transport = "dir", f.w.blob = NULL, f.w.chunk_count = 0), "transport dir without a dir");
+    WEIGHTS_BAD((f.w.transport = "dir", f.w.dir = "/w/step_12", f.w.chunk_count = 0), "transport dir with a blob manifest");
+    WEIGHTS_BAD((f.w.transport = "dir", f.w.dir = "/w/step_12", f.w.blob = NULL), "transport dir with chunk_count 3");
+    WEIGHTS_BAD(f.w.dir = "/w/step_12", "transport bus with a dir");
+    /* delta versions */
+    static uint64_t chain[3] = {8, 10, 11};
+    static uint8_t isha[32] = {1};
+#define DELTA(f) ((f).w.delta = true, (f).w.delta_base = 11, (f).w.chain = chain, (f).w.n_chain = 3, \
+                  (f).w.image_bytes = 5000, (f).w.image_sha256.data = isha, (f).w.image_sha256.len = 32, \
+                  (f).w.full_every = 10)
+    weights_init(&f);
+    DELTA(f);
+    CHECK_OK(codec_validate(MSG(f.w)));
+    WEIGHTS_BAD((DELTA(f), f.w.full_every = 0), "a delta with full_every 0");
+    WEIGHTS_BAD((DELTA(f), f.w.delta_base = 12), "delta_base 12 is not before the version");
+    WEIGHTS_BAD((DELTA(f), f.w.delta_base = 10), "the delta's chain does not end at delta_base 10");
+    WEIGHTS_BAD((DELTA(f), f.w.n_chain = 0), "the delta's chain does not end at delta_base 11");
+    WEIGHTS_BAD((DELTA(f), chain[1] = 7), "the delta's chain is not increasing at 1");
+    chain[1] = 10;
+    WEIGHTS_BAD((DELTA(f), f.w.image_bytes = 0), "a delta with image_bytes 0");
+    WEIGHTS_BAD((DELTA(f), f.w.image_sha256.len = 31), "image_sha256 has 31 bytes");
+    WEIGHTS_BAD((DELTA(f), f.w.delta = false), "delta fields on a full image");
+    WEIGHTS_BAD((DELTA(f), f.w.transport = "dir", f.w.dir = "/w", f.w.blob = NULL, f.w.chunk_count = 0),
+                "a delta on transport dir (deltas go on the bus)");
+#undef DELTA
     WEIGHTS_BAD(f.w.model_config_json = "\xe2\x82", "model_config_json is not valid UTF-8");
     WEIGHTS_BAD(f.blob.b.subject_prefix = "\xe2\x82", "blob.subject_prefix is not valid UTF-8");
 #undef WEIGHTS_BAD

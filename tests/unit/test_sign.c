@@ -162,6 +162,7 @@ typedef struct fixture_manifest {
     Tidal__V1__WeightsManifest w;
     Tidal__V1__BlobManifest b;
     uint8_t sha[32], c0[32], c1[32];
+    uint64_t chain[2];
     ProtobufCBinaryData chunks[2];
 } fixture_manifest;
 
@@ -198,7 +199,7 @@ static void make_manifest(fixture_manifest *f)
 }
 
 /* Change signed field number `which` of f (0 .. N_CHANGES - 1). */
-#define N_CHANGES 21
+#define N_CHANGES 31
 static void change(fixture_manifest *f, int which)
 {
     switch (which) {
@@ -208,7 +209,7 @@ static void change(fixture_manifest *f, int which)
     case 3: f->w.bytes++; break;
     case 4: f->w.chunk_count = 3; break;
     case 5: f->sha[31] ^= 1; break; /* the manifest's and the blob's SHA-256 (shared storage) */
-    case 6: f->w.transport = "url"; break;
+    case 6: f->w.transport = "http"; break;
     case 7: f->w.url = "file:///x"; break;
     case 8: f->b.name = "8"; break;
     case 9: f->b.subject_prefix = "tidal.job-b.weights"; break;
@@ -223,6 +224,17 @@ static void change(fixture_manifest *f, int which)
     case 18: f->w.created_unix_ms++; break;
     case 19: f->w.blob = NULL; break;
     case 20: f->w.sha256.len = 31; break;
+    case 21: f->w.http_chunk_bytes = 1 << 20; break;
+    case 22: f->w.n_http_chunk_sha256 = 1, f->w.http_chunk_sha256 = &f->w.sha256; break;
+    /* 20-29: transport dir and delta versions */
+    case 23: f->w.dir = "/shared/w/step_7"; break;
+    case 24: f->w.delta = true; break;
+    case 25: f->w.delta_base = 6; break;
+    case 26: f->w.n_chain = 1, f->w.chain = f->chain; break;
+    case 27: f->w.n_chain = 2, f->w.chain = f->chain, f->chain[1] = 99; break;
+    case 28: f->w.image_bytes = 9; break;
+    case 29: f->w.image_sha256 = (ProtobufCBinaryData){32, f->c0}; break;
+    case 30: f->w.full_every = 10; break;
     }
 }
 

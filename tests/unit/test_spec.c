@@ -125,6 +125,21 @@ static void test_rules_across_keys(void)
     const char *good_sets[] = {"weights.public_key=0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"};
     CHECK_OK(spec_parse(GOOD, strlen(GOOD), "job.yaml", good_sets, 1, &ok));
     spec_release(&ok);
+    /* transport http: the bind is an IPv4 address and a port, the URL http:// */
+    const char *bind_bad[][1] = {{"weights.http_bind=localhost:80"}, {"weights.http_bind=1.2.3.4"},
+                                 {"weights.http_bind=1.2.3.4:70000"}, {"weights.http_bind=1.2.3.4:-1"},
+                                 {"weights.http_bind=:80"}};
+    for (int i = 0; i < 5; i++) CHECK(parse_fails(GOOD, bind_bad[i], 1, "weights.http_bind", "IPv4 address and a port"));
+    const char *url_bad[] = {"weights.http_url=https://h:1"};
+    CHECK(parse_fails(GOOD, url_bad, 1, "weights.http_url", "is not http://host:port"));
+    const char *url_none[] = {"weights.transport=url"};
+    CHECK(parse_fails(GOOD, url_none, 1, "weights.transport", NULL));
+    const char *http_sets[] = {"weights.transport=http", "weights.http_bind=0.0.0.0:8470",
+                               "weights.http_url=http://trainer-0:8470"};
+    CHECK_OK(spec_parse(GOOD, strlen(GOOD), "job.yaml", http_sets, 3, &ok));
+    CHECK(!strcmp(ok.weights.transport, "http") && !strcmp(ok.weights.http_bind, "0.0.0.0:8470") &&
+          ok.weights.http_timeout_ms == 10000 && ok.weights.http_parallel == 4);
+    spec_release(&ok);
 }
 
 static void test_set_overrides(void)
