@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "bus/bus_internal.h"
@@ -694,7 +695,12 @@ static tidal_status fetch_chunk(fetch_job *j, uint32_t i)
     for (int attempt = 1;; attempt++) {
         bus_msg *c = NULL;
         tidal_status st = bus_stream_get_last(j->bs->b, j->bs->stream, subj, &c);
-        if (st == TIDAL_ERR_NOT_FOUND) /* a missing chunk is a corrupt blob */
+        if (st == TIDAL_ERR_NOT_FOUND && attempt < 2 * BLOB_FETCH_TRIES) {
+            /* a replica that has not applied it yet may answer a direct get (a JetStream cluster) */
+            usleep(100 * 1000 * (useconds_t)attempt);
+            continue;
+        }
+        if (st == TIDAL_ERR_NOT_FOUND) /* still missing: a corrupt blob */
             return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u missing (%s)", j->name, i,
                               L->chunk_count, subj);
         if (st != TIDAL_OK) return st;
