@@ -34,6 +34,9 @@ struct bus_sub {
     bus_handler handler;
     void *closure;
     char what[192]; /* "subject" or "stream/consumer", for error messages */
+    /* pull subscriptions: what to bind again after the consumer's leader changed (a cluster) */
+    char stream[128], durable[128];
+    int64_t quiet_since_ms;  /* fetches have brought nothing since then (0: the last one did) */
 };
 
 struct bus_kv {
@@ -799,7 +802,9 @@ tidal_status bus_js_publish(tidal_bus *b, const char *subject, const void *data,
             return TIDAL_OK;
         }
         if (take_permission_error(b, "publish", subject) == TIDAL_ERR_PERMISSION) return TIDAL_ERR_PERMISSION;
-        if (jerr || !publish_retryable(s) || bus_now_ms() + 50 >= deadline) {
+        /* on a cluster "no responders" is also what a stream electing a new leader answers */
+        const bool electing = s == NATS_NO_RESPONDERS && b->replicas > 1;
+        if (jerr || !(publish_retryable(s) || electing) || bus_now_ms() + 50 >= deadline) {
             if (s == NATS_NO_RESPONDERS)
                 return tidal_fail(TIDAL_ERR_NOT_FOUND, "bus: publish %s: no JetStream stream took it (no stream for that subject, or JetStream unavailable) after %d attempts", subject, attempt);
             return bus_nats_fail(s, jerr, "bus: publish %s (after %d attempts)", subject, attempt);
@@ -859,6 +864,8 @@ tidal_status bus_pull_subscribe(tidal_bus *b, const char *stream, const char *du
     if (!s) return tidal_fail(TIDAL_ERR_NOMEM, "bus: pull subscribe %s/%s: out of memory", stream, durable);
     s->b = b;
     snprintf(s->what, sizeof s->what, "stream %s consumer %s", stream, durable);
+    snprintf(s->stream, sizeof s->stream, "%s", stream);
+    snprintf(s->durable, sizeof s->durable, "%s", durable);
 
     /* bind to the durable as it is: its filter is the subject */
     tidal_status st = TIDAL_OK;
@@ -889,16 +896,58 @@ cleanup:
     return st;
 }
 
+/* Bind pull subscription s to its durable again (its consumer's leader moved,
+ * or heartbeats were missed: the old subscription may never deliver again). */
+static void pull_rebind(bus_sub *s)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetConsumerInfo(&ci, s->b->js, s->stream, s->durable, NULL, &jerr) != NATS_OK) {
+        jsConsumerInfo_Destroy(ci);
+        return; /* not answering yet: the next fetch tries again */
+    }
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = s->stream;
+    so.Consumer = s->durable;
+    so.ManualAck = true;
+    const char *filter = ci->Config->FilterSubject;
+    natsSubscription *fresh = NULL;
+    natsStatus ns = js_PullSubscribe(&fresh, s->b->js, filter && *filter ? filter : NULL, s->durable, NULL, &so, &jerr);
+    jsConsumerInfo_Destroy(ci);
+    if (ns != NATS_OK) return;
+    natsSubscription_Destroy(s->sub); /* not Unsubscribe: the durable consumer stays */
+    s->sub = fresh;
+    lift_pending_limits(s);
+    tidal_log(TIDAL_LOG_INFO, "bus: bound to %s again", s->what);
+}
+
 tidal_status bus_fetch(bus_sub *s, int max, int timeout_ms, bus_msg **msgs, int *n)
 {
     *n = 0;
     natsMsgList list = {0};
     jsErrCode jerr = 0;
     natsStatus ns = natsSubscription_Fetch(&list, s->sub, max, timeout_ms, &jerr);
+    const int64_t now = bus_now_ms();
     if (ns == NATS_TIMEOUT && list.Count == 0) {
+        if (!s->quiet_since_ms) s->quiet_since_ms = now;
+        else if (s->durable[0] && now - s->quiet_since_ms > 15000) { /* long quiet: cheap to bind again, in case */
+            pull_rebind(s);
+            s->quiet_since_ms = now;
+        }
         return tidal_fail(TIDAL_ERR_TIMEOUT, "bus: fetch from %s: nothing in %d ms", s->what, timeout_ms);
     }
-    if (ns != NATS_OK && list.Count == 0) return bus_nats_fail(ns, jerr, "bus: fetch from %s", s->what);
+    if (ns != NATS_OK && list.Count == 0) {
+        tidal_status st = bus_nats_fail(ns, jerr, "bus: fetch from %s", s->what);
+        if (s->durable[0]) { /* a leader change, missed heartbeats: bind again, keep the failure's message */
+            char why[512];
+            snprintf(why, sizeof why, "%s", tidal_errmsg());
+            pull_rebind(s);
+            tidal_fail(st, "%s", why);
+        }
+        return st;
+    }
+    s->quiet_since_ms = 0;
     for (int i = 0; i < list.Count && i < max; i++) {
         msgs[i] = list.Msgs[i];
         list.Msgs[i] = NULL; /* ownership moves to the caller */
