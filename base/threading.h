@@ -6,7 +6,7 @@
  * - The wait policy. libgomp's default spins an idle thread for about 3 ms
  *   after each parallel region, taking a core from every other process; on a
  *   shared machine that made a job started role by role 7x slower than the
- *   same job under `tidal run` (issue 19). OMP_WAIT_POLICY=passive makes idle
+ *   same job under `tidal run`. OMP_WAIT_POLICY=passive makes idle
  *   threads sleep at once. libgomp reads the variable only when it is loaded,
  *   so a process that finds it unset sets it and re-executes itself
  *   (/proc/self/exe with the same argv) before it starts a thread or connects

@@ -9,7 +9,7 @@
  * first submission to the last result, prefill included. As a guard against
  * comparing different work, every sequence's tokens must be the same on both
  * sides. The sides alternate over R rounds; each side's best round counts.
- * ratio = HTTP / in-process; overhead = 1 - ratio (the issue's bound: 10 %).
+ * ratio = HTTP / in-process; overhead = 1 - ratio (the bound we hold it to: 10 %).
  */
 #include <getopt.h>
 #include <jansson.h>

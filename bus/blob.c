@@ -537,6 +537,9 @@ struct bus_blob_tap {
     tap_rec *recs;
     uint32_t n_recs;
     uint64_t caught;           /* chunks caught (for the log) */
+    pthread_cond_t done_cv;    /* signalled with done */
+    bool done;                 /* the subscription is closed and its handler has returned */
+    bool done_cb;              /* nats.c will report done (natsSubscription_SetOnCompleteCB) */
 };
 
 /* A chunk seen on its way into the stream: copied to its place in the armed
@@ -583,6 +586,16 @@ done:
     natsMsg_Destroy(msg);
 }
 
+/* nats.c: the tap's subscription is closed and on_tap_msg will not run again. */
+static void on_tap_done(void *closure)
+{
+    bus_blob_tap *t = closure;
+    pthread_mutex_lock(&t->lock);
+    t->done = true;
+    pthread_cond_signal(&t->done_cv);
+    pthread_mutex_unlock(&t->lock);
+}
+
 tidal_status bus_blob_tap_open(bus_blob_store *bs, bus_blob_tap **out)
 {
     *out = NULL;
@@ -590,11 +603,14 @@ tidal_status bus_blob_tap_open(bus_blob_store *bs, bus_blob_tap **out)
     if (!t) return tidal_fail(TIDAL_ERR_NOMEM, "bus: blob tap %s: out of memory", bs->prefix);
     t->bs = bs;
     pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->done_cv, NULL);
     char subj[200];
     snprintf(subj, sizeof subj, "%s.*.c.*", bs->prefix);
     natsStatus ns = natsConnection_Subscribe(&t->sub, bs->b->nc, subj, on_tap_msg, t);
     /* a backlog beyond this is dropped by the client (a direct get fills the gap) */
     if (ns == NATS_OK) ns = natsSubscription_SetPendingLimits(t->sub, 64, 64 * (int)BUS_BLOB_MAX_CHUNK);
+    if (ns == NATS_OK) ns = natsSubscription_SetOnCompleteCB(t->sub, on_tap_done, t);
+    t->done_cb = ns == NATS_OK;
     if (ns != NATS_OK) {
         bus_blob_tap_close(t);
         return bus_nats_fail(ns, 0, "bus: blob tap: subscribe %s", subj);
@@ -644,11 +660,27 @@ void bus_blob_tap_close(bus_blob_tap *t)
     if (!t) return;
     if (t->sub) {
         bus_blob_tap_disarm(t); /* what is still queued is dropped quickly */
-        /* drained, so no callback still runs on t once this returns */
-        if (natsSubscription_Drain(t->sub) != NATS_OK || natsSubscription_WaitForDrainCompletion(t->sub, 5000) != NATS_OK)
-            natsSubscription_Unsubscribe(t->sub);
+        /* Not a drain: that waits for the server, which may be gone (a job's end
+         * stops it). Unsubscribing closes the subscription locally and nats.c
+         * reports done once its handler has returned: only then may t go. */
+        natsSubscription_Unsubscribe(t->sub);
+        bool done = !t->done_cb;
+        if (t->done_cb) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 5;
+            pthread_mutex_lock(&t->lock);
+            while (!t->done && pthread_cond_timedwait(&t->done_cv, &t->lock, &until) == 0) {}
+            done = t->done;
+            pthread_mutex_unlock(&t->lock);
+        }
         natsSubscription_Destroy(t->sub);
+        if (!done) { /* its handler may still run on t: kept, not freed */
+            tidal_log(TIDAL_LOG_WARN, "bus: blob tap %s: its handler did not return in 5 s", t->bs->prefix);
+            return;
+        }
     }
+    pthread_cond_destroy(&t->done_cv);
     pthread_mutex_destroy(&t->lock);
     free(t->recs);
     free(t);

@@ -301,11 +301,18 @@ cleanup:
 void bus_close(tidal_bus *b)
 {
     if (!b) return;
-    if (b->nc) natsConnection_FlushTimeout(b->nc, 1000);
+    if (b->nc && natsConnection_Status(b->nc) == NATS_CONN_STATUS_CONNECTED) natsConnection_FlushTimeout(b->nc, 1000);
     jsCtx_Destroy(b->js);
     natsConnection_Destroy(b->nc);
     pthread_mutex_destroy(&b->lock);
     free(b);
+}
+
+void bus_detach(tidal_bus *b)
+{
+    if (!b || !b->nc) return;
+    if (natsConnection_Status(b->nc) == NATS_CONN_STATUS_CONNECTED) natsConnection_FlushTimeout(b->nc, 1000);
+    natsConnection_Close(b->nc);
 }
 
 int64_t bus_max_payload(const tidal_bus *b) { return natsConnection_GetMaxPayload(b->nc); }

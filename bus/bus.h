@@ -59,6 +59,13 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *opts);
 /* Flush pending data, drain nothing, close and free. NULL is a no-op. */
 void bus_close(tidal_bus *b);
 
+/* For a leaving process's teardown: flush what is pending (1 s at most) and
+ * close the connection, keeping b. After it, unsubscribing and stopping
+ * watchers are local and immediate, where they would otherwise wait seconds
+ * on a server that is gone (the end of a job stops it); ephemeral consumers
+ * are the server's to expire. bus_close still frees b. NULL is a no-op. */
+void bus_detach(tidal_bus *b);
+
 /* The server's max_payload for this connection (bytes). */
 int64_t bus_max_payload(const tidal_bus *b);
 

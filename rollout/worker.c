@@ -932,6 +932,7 @@ tidal_status worker_run(const worker_opts *o)
     tidal_log(TIDAL_LOG_INFO, "worker %s: leaving after %llu groups (%llu trajectories, %llu rejected messages)",
               w->id, (unsigned long long)w->groups, (unsigned long long)w->trajectories,
               (unsigned long long)w->rejected);
+    bus_detach(w->bus); /* what follows needs no server, which a job's end may have stopped */
     bus_unsubscribe(w->prompts);
     bus_kv_close(w->workers);
     bus_kv_close(w->kv);

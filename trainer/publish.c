@@ -140,6 +140,26 @@ static void release_snapshot(weights_publisher *p, snapshot *s)
     snapshot_free(s);
 }
 
+/* A safetensors writer holding snapshot s in the publisher's dtype: every
+ * parameter under its Hugging Face name, in the model's order; fp32 tensors
+ * borrowed from the snapshot, bf16 ones converted (round to nearest even).
+ * *out belongs to the caller (st_writer_free), also on failure. */
+static tidal_status image_writer(weights_publisher *p, const snapshot *s, st_writer **out)
+{
+    TRY(st_writer_new(out));
+    TRY(st_writer_metadata(*out, "format", "pt"));
+    for (int i = 0; i < s->n_tensors; i++) {
+        const model_tensor *t = &s->tensors[i];
+        assert(t->offset + t->numel <= s->n_params);
+        const float *data = s->params + t->offset;
+        if (p->dtype == ST_F32)
+            TRY(st_writer_add_ref(*out, t->name, ST_F32, t->ndim, t->shape, data, t->numel * sizeof *data));
+        else
+            TRY(st_writer_add_f32(*out, t->name, p->dtype, t->ndim, t->shape, data));
+    }
+    return TIDAL_OK;
+}
+
 static tidal_status sink_blob(void *ctx, const void *buf, size_t len)
 {
     return bus_blob_writer_write(ctx, buf, len);
@@ -156,17 +176,7 @@ static tidal_status stream_image(weights_publisher *p, const snapshot *s, const 
     st_writer *w = NULL;
     bus_blob_writer *bw = NULL;
     tidal_status st = TIDAL_OK;
-    TRY_GOTO(st_writer_new(&w));
-    TRY_GOTO(st_writer_metadata(w, "format", "pt"));
-    for (int i = 0; i < s->n_tensors; i++) {
-        const model_tensor *t = &s->tensors[i];
-        assert(t->offset + t->numel <= s->n_params);
-        const float *data = s->params + t->offset;
-        if (p->dtype == ST_F32)
-            TRY_GOTO(st_writer_add_ref(w, t->name, ST_F32, t->ndim, t->shape, data, t->numel * sizeof *data));
-        else
-            TRY_GOTO(st_writer_add_f32(w, t->name, p->dtype, t->ndim, t->shape, data));
-    }
+    TRY_GOTO(image_writer(p, s, &w));
     TRY_GOTO(bus_blob_writer_open(p->store, name, &bw));
     TRY_GOTO(st_writer_emit(w, sink_blob, bw));
     st = bus_blob_writer_close(bw, info);
@@ -481,17 +491,7 @@ static tidal_status serialize(weights_publisher *p, snapshot *s, void **image, s
     const uint64_t v = s->version;
     st_writer *w = NULL;
     tidal_status st = TIDAL_OK;
-    TRY_GOTO(st_writer_new(&w));
-    TRY_GOTO(st_writer_metadata(w, "format", "pt"));
-    for (int i = 0; i < s->n_tensors; i++) {
-        const model_tensor *t = &s->tensors[i];
-        assert(t->offset + t->numel <= s->n_params);
-        const float *data = s->params + t->offset;
-        if (p->dtype == ST_F32)
-            TRY_GOTO(st_writer_add_ref(w, t->name, ST_F32, t->ndim, t->shape, data, t->numel * sizeof *data));
-        else
-            TRY_GOTO(st_writer_add_f32(w, t->name, p->dtype, t->ndim, t->shape, data));
-    }
+    TRY_GOTO(image_writer(p, s, &w));
     TRY_GOTO(st_writer_to_memory(w, image, len));
 cleanup:
     st_writer_free(w);

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Is a job started role by role as fast as `tidal run`? The quickstart both ways (issue 19 point 1).
+"""Is a job started role by role as fast as `tidal run`? The quickstart both ways.
 
 Modes, each a real run of examples/quickstart.yaml (with --set keys) on this machine:
 

@@ -9,10 +9,12 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "model/model.h"
 #include "rollout/engine.h"
+#include "serve/serve.h"
 
 #define V 259 /* 256 bytes + <|endoftext|> <|im_start|> <|im_end|> */
 
@@ -107,6 +109,36 @@ static int greedy(const char *dir, const int32_t *prompt, int n, int max_new, in
     engine_free(e);
     model_free(m);
     return got;
+}
+
+/* Two tiny models in fresh directories PREFIX-XXXXXX and PREFIX2-XXXXXX
+ * (seeds seed and seed + 1) and `tidal serve` on the first at a free port,
+ * its base URL in url. 0, or 1 after saying why on stderr. */
+static int tiny_models_serve(const char *prefix, uint64_t seed, char dir1[64], char dir2[64], serve_server **srv,
+                             char *url, size_t cap)
+{
+    snprintf(dir1, 64, "%s-XXXXXX", prefix);
+    snprintf(dir2, 64, "%s2-XXXXXX", prefix);
+    if (!mkdtemp(dir1) || !mkdtemp(dir2) || write_model(dir1, seed) != TIDAL_OK || write_model(dir2, seed + 1) != TIDAL_OK) {
+        fprintf(stderr, "cannot write the test models: %s\n", tidal_errmsg());
+        return 1;
+    }
+    serve_opts o = {.model_dir = dir1, .port = 0, .slots = 4};
+    if (serve_start(&o, srv) != TIDAL_OK) {
+        fprintf(stderr, "serve_start: %s\n", tidal_errmsg());
+        return 1;
+    }
+    snprintf(url, cap, "http://127.0.0.1:%d", serve_port(*srv));
+    return 0;
+}
+
+/* Stop the server and remove both directories. */
+static void tiny_models_stop(serve_server *srv, const char *dir1, const char *dir2)
+{
+    serve_stop(srv);
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dir1, dir2);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir1);
 }
 
 #endif

@@ -357,28 +357,14 @@ static void test_server_killed_mid_request(void)
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
-    snprintf(dir1, sizeof dir1, "/tmp/tidal-remote-XXXXXX");
-    snprintf(dir2, sizeof dir2, "/tmp/tidal-remote2-XXXXXX");
-    if (!mkdtemp(dir1) || !mkdtemp(dir2) || write_model(dir1, 21) != TIDAL_OK || write_model(dir2, 22) != TIDAL_OK) {
-        fprintf(stderr, "cannot write the test models: %s\n", tidal_errmsg());
-        return 1;
-    }
-    serve_opts so = {.model_dir = dir1, .port = 0, .slots = 4};
-    if (serve_start(&so, &srv) != TIDAL_OK) {
-        fprintf(stderr, "serve_start: %s\n", tidal_errmsg());
-        return 1;
-    }
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", serve_port(srv));
+    if (tiny_models_serve("/tmp/tidal-remote", 21, dir1, dir2, &srv, url, sizeof url)) return 1;
     RUN(test_parse_vllm);
     RUN(test_parse_sglang);
     RUN(test_dialects_match_the_engine);
     RUN(test_reload);
     RUN(test_faults);
     RUN(test_server_killed_mid_request);
-    serve_stop(srv);
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dir1, dir2);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir1);
+    tiny_models_stop(srv, dir1, dir2);
     curl_global_cleanup();
     return check_summary();
 }

@@ -411,18 +411,7 @@ static void test_token(void)
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
-    snprintf(dir1, sizeof dir1, "/tmp/tidal-serve-XXXXXX");
-    snprintf(dir2, sizeof dir2, "/tmp/tidal-serve2-XXXXXX");
-    if (!mkdtemp(dir1) || !mkdtemp(dir2) || write_model(dir1, 11) != TIDAL_OK || write_model(dir2, 12) != TIDAL_OK) {
-        fprintf(stderr, "cannot write the test models: %s\n", tidal_errmsg());
-        return 1;
-    }
-    serve_opts o = {.model_dir = dir1, .port = 0, .slots = 4};
-    if (serve_start(&o, &srv) != TIDAL_OK) {
-        fprintf(stderr, "serve_start: %s\n", tidal_errmsg());
-        return 1;
-    }
-    snprintf(base_url, sizeof base_url, "http://127.0.0.1:%d", serve_port(srv));
+    if (tiny_models_serve("/tmp/tidal-serve", 11, dir1, dir2, &srv, base_url, sizeof base_url)) return 1;
     RUN(test_routes);
     RUN(test_completions_ids);
     RUN(test_completions_text_and_seed);
@@ -432,10 +421,7 @@ int main(void)
     RUN(test_errors);
     RUN(test_reload);
     RUN(test_token);
-    serve_stop(srv);
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dir1, dir2);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir1);
+    tiny_models_stop(srv, dir1, dir2);
     curl_global_cleanup();
     return check_summary();
 }

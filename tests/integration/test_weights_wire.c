@@ -1,4 +1,4 @@
-/* Delta versions and the shared-directory transport (issue 21 parts 3-4:
+/* Delta versions and the shared-directory transport (
  * trainer/publish_delta.h, trainer/publish_dir.h, rollout/weights_fetch.h)
  * on a real nats-server:
  *   - a worker that holds v-1 applies v's delta (a few bytes on the wire) and

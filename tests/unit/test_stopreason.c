@@ -17,7 +17,7 @@ static void reason(const char *dropped_json, uint64_t dispatched, uint64_t train
     json_decref(d);
 }
 
-/* The case: an untrained model, filter_zero_variance on, every group dropped. */
+/* The case a user met: an untrained model, filter_zero_variance on, every group dropped. */
 static void test_all_zero_variance(void)
 {
     char r[1024];
