@@ -685,6 +685,17 @@ tidal_status bus_stream_get_last(tidal_bus *b, const char *stream, const char *s
     return TIDAL_OK;
 }
 
+tidal_status bus_stream_get_last_leader(tidal_bus *b, const char *stream, const char *subject, bus_msg **out)
+{
+    *out = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetLastMsg(out, b->js, stream, subject, NULL, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr)
+        return tidal_fail(TIDAL_ERR_NOT_FOUND, "bus: get last %s from stream %s's leader: no message", subject, stream);
+    if (s != NATS_OK) return bus_nats_fail(s, jerr, "bus: get last %s from stream %s's leader", subject, stream);
+    return TIDAL_OK;
+}
+
 /* ------------------------------------------------------------ JetStream consumers */
 
 tidal_status bus_consumer_ensure(tidal_bus *b, const bus_consumer_cfg *c)

@@ -171,6 +171,10 @@ tidal_status bus_stream_purge_subject(tidal_bus *b, const char *stream, const ch
  * allow_direct). TIDAL_ERR_NOT_FOUND when there is none. */
 tidal_status bus_stream_get_last(tidal_bus *b, const char *stream, const char *subject,
                                  bus_msg **out);
+/* The same read from the stream's leader (not a direct get, which any replica
+ * may answer before it has applied a write just acked): for a writer reading
+ * back what it wrote. Slower; one request through the JetStream API. */
+tidal_status bus_stream_get_last_leader(tidal_bus *b, const char *stream, const char *subject, bus_msg **out);
 
 typedef struct bus_consumer_cfg {
     const char *stream;

@@ -201,12 +201,8 @@ static tidal_status read_blob_manifest(weights_publisher *p, const char *name, T
     char subj[sizeof p->names.weights_prefix + 64];
     snprintf(subj, sizeof subj, "%s.%s.m", p->names.weights_prefix, name);
     bus_msg *msg = NULL;
-    /* direct gets may be answered by a replica that has not applied the write yet (a JetStream
-     * cluster): "no message" right after the put is retried for a few seconds */
-    tidal_status st;
-    for (int i = 0; (st = bus_stream_get_last(p->bus, p->names.weights_stream, subj, &msg)) == TIDAL_ERR_NOT_FOUND && i < 40;
-         i++)
-        usleep(100 * 1000);
+    /* from the leader: a direct get may reach a replica that has not applied the put yet (a cluster) */
+    tidal_status st = bus_stream_get_last_leader(p->bus, p->names.weights_stream, subj, &msg);
     if (st != TIDAL_OK) return st;
     st = codec_decode_blob_manifest(bus_msg_data(msg), (size_t)bus_msg_len(msg), out);
     bus_msg_destroy(msg);
