@@ -234,10 +234,17 @@ static tidal_status prune(bus_blob_store *st)
         for (int i = 0; e && i < n; i++) {
             snprintf(e[i].subj, sizeof e[i].subj, "%s", si->State.Subjects->List[i].Subject);
             bus_msg *m = NULL;
-            /* a manifest gone since the listing keeps sequence 0: pruned first */
-            if (bus_stream_get_last(st->b, st->stream, e[i].subj, &m) == TIDAL_OK) {
+            /* a manifest gone since the listing keeps sequence 0: pruned first. From the leader:
+             * a replica behind it (a cluster) would say "no message" for the blob just written */
+            const tidal_status gs = bus_stream_get_last_leader(st->b, st->stream, e[i].subj, &m);
+            if (gs == TIDAL_OK) {
                 e[i].seq = bus_msg_stream_seq(m);
                 bus_msg_destroy(m);
+            } else if (gs != TIDAL_ERR_NOT_FOUND) { /* unknown is not gone: prune after the next put instead */
+                tidal_log(TIDAL_LOG_DEBUG, "bus: blob store %s: prune skipped: %s", st->stream, tidal_errmsg());
+                free(e);
+                e = NULL;
+                break;
             }
         }
         /* selection by repeated max: n is small (a handful of versions) */

@@ -820,9 +820,11 @@ tidal_status bus_js_publish(tidal_bus *b, const char *subject, const void *data,
             return TIDAL_OK;
         }
         if (take_permission_error(b, "publish", subject) == TIDAL_ERR_PERMISSION) return TIDAL_ERR_PERMISSION;
-        /* on a cluster "no responders" is also what a stream electing a new leader answers */
+        /* on a cluster "no responders" is also what a stream electing a new leader answers (nats.c
+         * sets a JetStream error code with it): retried until the deadline. On one server it means
+         * no stream takes the subject, a mistake to report at once. */
         const bool electing = s == NATS_NO_RESPONDERS && b->replicas > 1;
-        if (jerr || !(publish_retryable(s) || electing) || bus_now_ms() + 50 >= deadline) {
+        if ((jerr && !electing) || !publish_retryable(s) || bus_now_ms() + 50 >= deadline) {
             if (s == NATS_NO_RESPONDERS)
                 return tidal_fail(TIDAL_ERR_NOT_FOUND, "bus: publish %s: no JetStream stream took it (no stream for that subject, or JetStream unavailable) after %d attempts", subject, attempt);
             return bus_nats_fail(s, jerr, "bus: publish %s (after %d attempts)", subject, attempt);
