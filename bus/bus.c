@@ -37,6 +37,10 @@ struct bus_sub {
     /* pull subscriptions: what to bind again after the consumer's leader changed (a cluster) */
     char stream[128], durable[128];
     int64_t quiet_since_ms;  /* fetches have brought nothing since then (0: the last one did) */
+    /* subscriptions replaced by a rebind: unsubscribed but not destroyed, since a message fetched
+     * through one is acked through it (nats.c's ack reads msg->sub); destroyed with s */
+    natsSubscription **retired;
+    int n_retired;
 };
 
 struct bus_kv {
@@ -524,6 +528,8 @@ void bus_unsubscribe(bus_sub *s)
         natsSubscription_Unsubscribe(s->sub);
         natsSubscription_Destroy(s->sub);
     }
+    for (int i = 0; i < s->n_retired; i++) natsSubscription_Destroy(s->retired[i]);
+    free(s->retired);
     free(s);
 }
 
@@ -917,14 +923,20 @@ cleanup:
 }
 
 /* Bind pull subscription s to its durable again (its consumer's leader moved,
- * or heartbeats were missed: the old subscription may never deliver again). */
-static void pull_rebind(bus_sub *s)
+ * or heartbeats were missed: the old subscription may never deliver again).
+ * After a quiet spell (quiet) only when the consumer holds messages not yet
+ * delivered: those should have come. */
+static void pull_rebind(bus_sub *s, bool quiet)
 {
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     if (js_GetConsumerInfo(&ci, s->b->js, s->stream, s->durable, NULL, &jerr) != NATS_OK) {
         jsConsumerInfo_Destroy(ci);
         return; /* not answering yet: the next fetch tries again */
+    }
+    if (quiet && ci->NumPending == 0) { /* nothing to fetch: quiet is just quiet */
+        jsConsumerInfo_Destroy(ci);
+        return;
     }
     jsSubOptions so;
     jsSubOptions_Init(&so);
@@ -936,7 +948,16 @@ static void pull_rebind(bus_sub *s)
     natsStatus ns = js_PullSubscribe(&fresh, s->b->js, filter && *filter ? filter : NULL, s->durable, NULL, &so, &jerr);
     jsConsumerInfo_Destroy(ci);
     if (ns != NATS_OK) return;
-    natsSubscription_Destroy(s->sub); /* not Unsubscribe: the durable consumer stays */
+    natsSubscription **r = realloc(s->retired, (size_t)(s->n_retired + 1) * sizeof *r);
+    if (!r) { /* no room to keep the old one for the acks of what it fetched: stay on it */
+        natsSubscription_Unsubscribe(fresh);
+        natsSubscription_Destroy(fresh);
+        return;
+    }
+    s->retired = r;
+    /* unsubscribed (a bound durable consumer stays: nats.c deletes only those it made), kept */
+    natsSubscription_Unsubscribe(s->sub);
+    s->retired[s->n_retired++] = s->sub;
     s->sub = fresh;
     lift_pending_limits(s);
     tidal_log(TIDAL_LOG_INFO, "bus: bound to %s again", s->what);
@@ -952,7 +973,7 @@ tidal_status bus_fetch(bus_sub *s, int max, int timeout_ms, bus_msg **msgs, int 
     if (ns == NATS_TIMEOUT && list.Count == 0) {
         if (!s->quiet_since_ms) s->quiet_since_ms = now;
         else if (s->durable[0] && now - s->quiet_since_ms > 15000) { /* long quiet: cheap to bind again, in case */
-            pull_rebind(s);
+            pull_rebind(s, true);
             s->quiet_since_ms = now;
         }
         return tidal_fail(TIDAL_ERR_TIMEOUT, "bus: fetch from %s: nothing in %d ms", s->what, timeout_ms);
@@ -962,7 +983,7 @@ tidal_status bus_fetch(bus_sub *s, int max, int timeout_ms, bus_msg **msgs, int 
         if (s->durable[0]) { /* a leader change, missed heartbeats: bind again, keep the failure's message */
             char why[512];
             snprintf(why, sizeof why, "%s", tidal_errmsg());
-            pull_rebind(s);
+            pull_rebind(s, false);
             tidal_fail(st, "%s", why);
         }
         return st;
