@@ -76,6 +76,8 @@ extern char **environ;
     "max_pending: 512MB\n"                                                \
     "write_deadline: \"10s\"\n"
 
+#define SERVER_MAX_ARGS 16
+
 struct tidal_server {
     pid_t pid;            /* the running child, or -1 */
     int port;             /* 0 until the first start has read it */
@@ -83,6 +85,8 @@ struct tidal_server {
     char *binary;         /* resolved path that is exec'd (owned) */
     char *work_dir;       /* mkdtemp dir, removed by stop (owned) */
     char *store_dir;      /* JetStream store (owned copy) */
+    char *args[SERVER_MAX_ARGS]; /* tidal_server_opts.args (owned copies) */
+    int n_args;
     char *config_file;    /* caller's config or WORK/nats-server.conf (owned copy) */
     char *log_file;       /* caller's log or WORK/nats-server.log (owned copy) */
     int log_is_temp;      /* log_file lives in work_dir (gone after a failed start) */
@@ -227,7 +231,7 @@ static tidal_status resolve_binary(const char *want, char **out)
  * server to answer (wait_ready does). */
 static tidal_status spawn(tidal_server *s, const char *port_arg)
 {
-    char *argv[20];
+    char *argv[20 + SERVER_MAX_ARGS];
     int argc = 0;
     argv[argc++] = s->binary;
     argv[argc++] = "-c";
@@ -243,6 +247,7 @@ static tidal_status spawn(tidal_server *s, const char *port_arg)
     argv[argc++] = s->store_dir;
     argv[argc++] = "-l";
     argv[argc++] = s->log_file;
+    for (int i = 0; i < s->n_args; i++) argv[argc++] = s->args[i];
     argv[argc] = NULL;
     spawn_opts o = {.binary = s->binary,
                     .argv = argv,
@@ -436,6 +441,7 @@ static void server_free(tidal_server *s)
     free(s->store_dir);
     free(s->config_file);
     free(s->log_file);
+    for (int i = 0; i < s->n_args; i++) free(s->args[i]);
     free(s);
 }
 
@@ -484,6 +490,16 @@ tidal_status tidal_server_start(tidal_server **out, const tidal_server_opts *opt
         goto cleanup;
     }
     s->log_is_temp = !opts->log_file;
+    for (int i = 0; opts->args && opts->args[i]; i++) {
+        if (i == SERVER_MAX_ARGS) {
+            st = tidal_fail(TIDAL_ERR_INVALID, "nats-server: more than %d extra arguments", SERVER_MAX_ARGS);
+            goto cleanup;
+        }
+        if (!(s->args[s->n_args++] = strdup(opts->args[i]))) {
+            st = tidal_fail(TIDAL_ERR_NOMEM, "nats-server: out of memory");
+            goto cleanup;
+        }
+    }
 
     if (!opts->config_file) {
         FILE *f = fopen(s->config_file, "w");

@@ -21,6 +21,9 @@ typedef struct tidal_server_opts {
     const char *log_file;    /* NULL: <work dir>/nats-server.log */
     int port;                /* 0: a random free port */
     int start_timeout_ms;    /* 0: 10000 */
+    /* more command-line options, NULL-terminated (at most 16; they override the config file's
+     * settings, e.g. a cluster node's --server_name, --cluster and --routes); NULL: none */
+    const char *const *args;
 } tidal_server_opts;
 
 /* Start a server and wait until it accepts a client and reports JetStream.

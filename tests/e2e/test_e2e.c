@@ -2238,22 +2238,33 @@ static void test_cluster(void)
     for (int i = 0; i < N; i++) cport[i] = free_port(), rport[i] = free_port();
     node_start nodes[N];
     memset(nodes, 0, sizeof nodes);
-    char conf[N][512], store[N][512], nlog[N][512], urls[512] = "";
+    char conf[512], store[N][512], nlog[N][512], urls[512] = "", sname[N][16], clus[N][64], routes[N][160];
+    const char *args[N][8];
+    /* the shipped node configuration without its store_dir (each node here has its own, -sd) */
+    snprintf(conf, sizeof conf, "%s/cluster-node.conf", work);
+    {
+        char cmd[1400];
+        snprintf(cmd, sizeof cmd, "sed '/store_dir/d' %s/deploy/nats/cluster-node.conf > %s", source_dir, conf);
+        CHECK_MSG(system(cmd) == 0, "cannot copy deploy/nats/cluster-node.conf");
+    }
     for (int i = 0; i < N; i++) {
-        snprintf(conf[i], sizeof conf[i], "%s/n%d.conf", work, i);
         snprintf(store[i], sizeof store[i], "%s/n%d", work, i);
         snprintf(nlog[i], sizeof nlog[i], "%s/n%d.log", work, i);
-        FILE *f = fopen(conf[i], "w");
-        CHECK(f != NULL);
-        if (!f) return;
-        fprintf(f, "server_name: n%d\nmax_payload: 8MB\nmax_pending: 512MB\njetstream {}\n"
-                   "cluster {\n  name: tidal\n  listen: 127.0.0.1:%d\n  routes: [\n", i, rport[i]);
+        /* with this node's name, loopback ports and routes as command-line options (they override
+           the file's) */
+        snprintf(sname[i], sizeof sname[i], "n%d", i);
+        snprintf(clus[i], sizeof clus[i], "nats://127.0.0.1:%d", rport[i]);
+        routes[i][0] = 0;
         for (int k = 0; k < N; k++)
-            if (k != i) fprintf(f, "    nats-route://127.0.0.1:%d\n", rport[k]);
-        fprintf(f, "  ]\n}\n");
-        fclose(f);
-        nodes[i].o = (tidal_server_opts){.config_file = conf[i], .store_dir = store[i], .log_file = nlog[i],
-                                         .port = cport[i], .start_timeout_ms = 60000};
+            if (k != i) {
+                char r[64];
+                snprintf(r, sizeof r, "%snats://127.0.0.1:%d", routes[i][0] ? "," : "", rport[k]);
+                strncat(routes[i], r, sizeof routes[i] - strlen(routes[i]) - 1);
+            }
+        args[i][0] = "--server_name", args[i][1] = sname[i], args[i][2] = "--cluster", args[i][3] = clus[i];
+        args[i][4] = "--routes", args[i][5] = routes[i], args[i][6] = NULL;
+        nodes[i].o = (tidal_server_opts){.config_file = conf, .store_dir = store[i], .log_file = nlog[i],
+                                         .port = cport[i], .start_timeout_ms = 60000, .args = args[i]};
         char u[64];
         snprintf(u, sizeof u, "%snats://127.0.0.1:%d", i ? "," : "", cport[i]);
         strncat(urls, u, sizeof urls - strlen(urls) - 1);
@@ -2314,7 +2325,32 @@ static void test_cluster(void)
     fprintf(stderr, "cluster: restarting n%d and n%d\n", first, second);
     CHECK_OK(tidal_server_restart(nodes[first].srv));
     CHECK_OK(tidal_server_restart(nodes[second].srv));
-    const int rt = wait_exit(tr, 400), rc = wait_exit(ctl, 120), r0 = wait_exit(w0, 120), r1 = wait_exit(w1, 120);
+    /* the rest of the job; a minute without a step is a stall: say what each consumer holds */
+    long last = -1;
+    double last_t = now_s();
+    int rt = -1;
+    for (;;) {
+        const pid_t got = waitpid(tr, &rt, WNOHANG);
+        if (got == tr) {
+            rt = WIFEXITED(rt) ? WEXITSTATUS(rt) : 128 + WTERMSIG(rt);
+            break;
+        }
+        const long now_step = (long)metrics_max(run, "step", 0);
+        if (now_step != last) last = now_step, last_t = now_s();
+        if (now_s() - last_t > 60) {
+            uint64_t pp = 0, pa = 0, tp = 0, ta = 0;
+            bus_consumer_state(b, names.prompts_stream, JOB_CONSUMER_ROLLOUT, &pp, &pa);
+            bus_consumer_state(b, names.traj_stream, JOB_CONSUMER_TRAINER, &tp, &ta);
+            fprintf(stderr, "cluster: stalled at step %ld for 60 s: prompts pending %llu, unacked %llu; "
+                            "trajectories pending %llu, unacked %llu\n", last, (unsigned long long)pp,
+                    (unsigned long long)pa, (unsigned long long)tp, (unsigned long long)ta);
+            kill(tr, SIGTERM);
+            rt = wait_exit(tr, 60);
+            break;
+        }
+        usleep(200 * 1000);
+    }
+    const int rc = wait_exit(ctl, 120), r0 = wait_exit(w0, 120), r1 = wait_exit(w1, 120);
     CHECK_MSG(rt == 0 && rc == 0 && r0 == 0 && r1 == 0, "exit statuses: trainer %d, controller %d, workers %d %d", rt,
               rc, r0, r1);
     json_t *sj = load_json(run, "summary.json");
