@@ -15,20 +15,28 @@ ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_ARGS ?=
 
-# Everything the build and the tests need, by Debian package name.
+# Everything the build and the tests need, by Debian package name. A name counts as present when a
+# package of that name is installed or an installed package provides it (NodeSource's nodejs provides
+# npm); A|B: either will do, A is installed when neither is (kubectl: Debian's kubernetes-client, or
+# the kubectl package of Google's repository).
 DEPS = cmake make gcc pkg-config clang libclang-rt-14-dev \
        libnats-dev nats-server libprotobuf-c-dev protobuf-c-compiler \
        libssl-dev openssl libjansson-dev libopenblas-openmp-dev python3-torch python3-jinja2 \
        libpcre2-dev libutf8proc-dev libyaml-dev libmicrohttpd-dev libcurl4-openssl-dev libzstd-dev nodejs gnuplot-nox \
-       prometheus nginx curl
+       prometheus nginx curl npm kubernetes-client|kubectl
 
 .PHONY: all deps build test test-asan quickstart staleness-study clean
 
 all: build
 
 deps:
-	@missing=""; for p in $(DEPS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	@have=" $$(dpkg-query -W -f='$${Status}|$${Package}, $${Provides}\n' 2>/dev/null | sed -n 's/^install ok installed|//p' \
+	  | sed 's/ *([^)]*)//g' | tr ',\n' '  ' | tr -s ' ') "; \
+	missing=""; for p in $(patsubst %,'%',$(DEPS)); do \
+	  found=""; for alt in $$(echo $$p | tr '|' ' '); do \
+	    case "$$have" in *" $$alt "*) found=1;; esac; \
+	  done; \
+	  [ -n "$$found" ] || missing="$$missing $${p%%|*}"; \
 	done; \
 	if [ -z "$$missing" ]; then echo "make deps: all packages present"; exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \

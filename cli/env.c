@@ -7,6 +7,7 @@
  *                                        (a person's probe, and a client that knows only
  *                                        the protocol)
  */
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <signal.h>
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli/commands.h"
 #include "envs/client.h"
@@ -24,6 +26,7 @@
 const char env_usage[] =
     "usage: tidal env list\n"
     "       tidal env serve NAME --bus URL [--concurrency N] [--config JSON] [--max-request-bytes N]\n"
+    "                       [--dry-run]\n"
     "       tidal env call NAME --bus URL [--op reset|step] [--task JSON] [--action TEXT] [--turn N]\n"
     "                      [--timeout-ms N] [--retries N]\n"
     "\n"
@@ -31,6 +34,8 @@ const char env_usage[] =
     "serve  answer tidal.env.NAME requests (queue group tidal.env.NAME, so instances share the\n"
     "       load) with N handler threads (default 4); SIGINT or SIGTERM stops taking requests,\n"
     "       answers those received, and exits 0. --config is the env's JSON configuration.\n"
+    "       --dry-run makes the env from NAME and --config, checks the flags, prints what it\n"
+    "       would serve and exits 0, connecting to nothing.\n"
     "call   send one EnvRequest (default: --op step, --turn 1) and print the EnvResponse as one\n"
     "       JSON line; exit 1 when the env answers with an error or does not answer.\n"
     "--bus also takes $TIDAL_BUS. Credentials: --user/--password, --token, --creds FILE, TLS:\n"
@@ -70,8 +75,31 @@ static tidal_status serve_builtin(void *ctx, const env_call *c, env_result *out)
     return env_handle((const env *)ctx, c, out);
 }
 
+/* serve --dry-run, once the env was made: the bus URL must be known and each
+ * file a flag names readable (their contents are the bus's to judge). */
+static int env_serve_dry_run(const char *name, const conn_flags *cf, int concurrency)
+{
+    const char *url = cf->url ? cf->url : getenv("TIDAL_BUS");
+    if (!url || !*url) {
+        fprintf(stderr, "tidal env serve: --bus URL (or $TIDAL_BUS) is required\n");
+        return 2;
+    }
+    const char *flag[] = {"creds", "tls-ca", "tls-cert", "tls-key"};
+    const char *file[] = {cf->creds, cf->tls_ca, cf->tls_cert, cf->tls_key};
+    for (int i = 0; i < 4; i++)
+        if (file[i] && access(file[i], R_OK) != 0) {
+            fprintf(stderr, "tidal env serve: --%s %s: %s\n", flag[i], file[i], strerror(errno));
+            return 2;
+        }
+    printf("tidal env serve --dry-run: the arguments parse; it would start with\n");
+    printf("  env: %s, serving tidal.env.%s with %d threads\n", name, name, concurrency > 0 ? concurrency : 4);
+    printf("  bus: %s\n", url);
+    printf("  credentials: %s\n", cf->creds ? cf->creds : cf->user ? "user and password" : cf->token ? "token" : "none");
+    return 0;
+}
+
 static int env_serve(const char *name, const conn_flags *cf, int concurrency, const char *config,
-                     size_t max_request)
+                     size_t max_request, bool dry_run)
 {
     env *e = NULL;
     tidal_bus *b = NULL;
@@ -80,6 +108,10 @@ static int env_serve(const char *name, const conn_flags *cf, int concurrency, co
     if (st != TIDAL_OK) { /* an env that cannot be made from this name and config: a usage error */
         fprintf(stderr, "tidal env serve: %s\n", tidal_errmsg());
         return 2;
+    }
+    if (dry_run) {
+        env_free(e);
+        return env_serve_dry_run(name, cf, concurrency);
     }
     char conn_name[160];
     snprintf(conn_name, sizeof conn_name, "env-%s", name);
@@ -158,6 +190,7 @@ int env_main(int argc, char **argv)
     int concurrency = 0, turn = -1;
     long long max_request = 0;
     const char *config = NULL, *task = NULL, *action = NULL, *op = "step";
+    bool dry_run = false;
     env_client_opts co = {.retries = -1};
     static const struct option opts[] = {
         {"bus", required_argument, 0, 'b'},         {"user", required_argument, 0, 'u'},
@@ -169,7 +202,8 @@ int env_main(int argc, char **argv)
         {"op", required_argument, 0, 'o'},          {"task", required_argument, 0, 't'},
         {"action", required_argument, 0, 'a'},      {"turn", required_argument, 0, 'T'},
         {"timeout-ms", required_argument, 0, 'w'},  {"retries", required_argument, 0, 'r'},
-        {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
+        {"dry-run", no_argument, 0, 'D'},           {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     optind = 3;
     for (int ch; (ch = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
         switch (ch) {
@@ -190,6 +224,7 @@ int env_main(int argc, char **argv)
         case 'T': turn = atoi(optarg); break;
         case 'w': co.timeout_ms = atoi(optarg); break;
         case 'r': co.retries = atoi(optarg); break;
+        case 'D': dry_run = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -199,7 +234,11 @@ int env_main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (!strcmp(sub, "serve")) return env_serve(name, &cf, concurrency, config, (size_t)max_request);
+    if (!strcmp(sub, "serve")) return env_serve(name, &cf, concurrency, config, (size_t)max_request, dry_run);
+    if (dry_run) {
+        fprintf(stderr, "tidal env call: --dry-run is for tidal env serve\n");
+        return 2;
+    }
     const bool reset = !strcmp(op, "reset");
     if (!reset && strcmp(op, "step") != 0) {
         fprintf(stderr, "tidal env call: --op %s (reset or step)\n", op);

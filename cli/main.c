@@ -102,9 +102,12 @@ static const struct command commands[] = {
      "  --resume RUN     continue run directory RUN from its newest checkpoint\n",
      cmd_run},
     {"controller", "the controller role: dispatch, eval, metrics",
-     "usage: tidal controller JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL]\n"
+     "usage: tidal controller JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL] [--dry-run]\n"
      "\n"
      "Run the controller of a job as its own process (`tidal run` starts it for you).\n"
+     "--dry-run: read the flags, check the spec as `tidal run` does before it starts (its paths, model\n"
+     "shape, tokenizer, data, env config), print what it would start and exit 0 (2 when wrong);\n"
+     "connects to nothing and writes nothing (deploy/k8s's test checks its commands with it).\n"
      "Credentials: --creds FILE (`tidal creds`, docs/deployment.md), --user/--password, --token.\n"
      "Threads: OMP_WAIT_POLICY=passive unless set (the process re-executes itself once to\n"
      "apply it) and one thread by default (it runs no model):\n"
@@ -113,12 +116,14 @@ static const struct command commands[] = {
      "One log line says what was chosen and why (docs/architecture.md, \"Threads of a role\").\n",
      cmd_controller},
     {"rollout", "a rollout worker (joins and leaves at will)",
-     "usage: tidal rollout --bus URL --job NAME [--id ID] [--backend builtin|openai] [--device cpu]\n"
+     "usage: tidal rollout --bus URL --job NAME [--id ID] [--backend builtin|openai] [--device cpu] [--dry-run]\n"
      "\n"
      "Join job NAME on the bus at URL as a rollout worker; workers may come and go.\n"
      "The spec and the weights come from the bus. SIGTERM returns the group in progress.\n"
      "Credentials: --user/--password, --token, --creds FILE (a NATS .creds or a `tidal creds` file);\n"
      "TLS: --tls-ca/--tls-cert/--tls-key.\n"
+     "--dry-run: read the flags, print what it would start and exit 0 (2 when they are wrong);\n"
+     "connects to nothing and writes nothing (deploy/k8s's test checks its commands with it).\n"
      "Inference servers (rollout.backend openai; docs/inference.md): the worker is their sidecar.\n"
      "  --endpoints URLS  the servers' base URLs, comma-separated (else the spec's rollout.endpoints)\n"
      "  --dialect D       vllm or sglang (else the spec's rollout.dialect)\n"
@@ -138,11 +143,14 @@ static const struct command commands[] = {
      "One log line says what was chosen and why (docs/architecture.md, \"Threads of a role\").\n",
      cmd_rollout},
     {"trainer", "the trainer role: buffer, updates, weights",
-     "usage: tidal trainer JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL] [--resume]\n"
+     "usage: tidal trainer JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL] [--resume] [--dry-run]\n"
      "\n"
      "Run the trainer (and its replay buffer) of a job as its own process; --resume\n"
      "continues from the newest checkpoint under DIR/checkpoints.\n"
      "Credentials: --creds FILE (`tidal creds`, docs/deployment.md), --user/--password, --token.\n"
+     "--dry-run: read the flags, check the spec as `tidal run` does before it starts (its paths, model\n"
+     "shape, tokenizer, data, env config), print what it would start and exit 0 (2 when wrong);\n"
+     "connects to nothing and writes nothing (deploy/k8s's test checks its commands with it).\n"
      "Threads: OMP_WAIT_POLICY=passive unless set (the process re-executes itself once to\n"
      "apply it) and every core it may use by default (affinity, cgroup quota):\n"
      "  --threads N      exactly N threads (else OMP_NUM_THREADS when set)\n"

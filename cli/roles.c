@@ -72,11 +72,12 @@ typedef struct role_args {
     int join_timeout_ms;
     int threads, share; /* --threads N, --share K (0: not given); base/threading.h */
     bool json;
+    bool dry_run; /* --dry-run: check the arguments (and the spec), say what would start, start nothing */
 } role_args;
 
 enum { OPT_SET = 1000, OPT_OUT, OPT_BUS, OPT_RESUME, OPT_JOB, OPT_ID, OPT_BACKEND, OPT_DEVICE, OPT_USER, OPT_PASSWORD,
        OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_TAIL, OPT_TOKEN_MS, OPT_PART_GAP_MS, OPT_JOIN, OPT_JSON, OPT_ENDPOINT,
-       OPT_FAULT, OPT_THREADS, OPT_SHARE, OPT_DIALECT, OPT_WEIGHTS_DIR, OPT_METRICS_PORT };
+       OPT_FAULT, OPT_THREADS, OPT_SHARE, OPT_DIALECT, OPT_WEIGHTS_DIR, OPT_METRICS_PORT, OPT_DRY_RUN };
 
 static const struct option role_long[] = {
     {"set", required_argument, 0, OPT_SET},         {"out", required_argument, 0, OPT_OUT},
@@ -94,7 +95,8 @@ static const struct option role_long[] = {
     {"token-ms", required_argument, 0, OPT_TOKEN_MS}, {"part-gap-ms", required_argument, 0, OPT_PART_GAP_MS},
     {"join-timeout-ms", required_argument, 0, OPT_JOIN}, {"fault", required_argument, 0, OPT_FAULT},
     {"threads", required_argument, 0, OPT_THREADS}, {"share", required_argument, 0, OPT_SHARE},
-    {"json", no_argument, 0, OPT_JSON},             {0, 0, 0, 0}};
+    {"json", no_argument, 0, OPT_JSON},             {"dry-run", no_argument, 0, OPT_DRY_RUN},
+    {0, 0, 0, 0}};
 
 /* --threads / --share: an integer 1 .. 4096, or exit 2 naming the flag. */
 static bool parse_count(const char *role, const char *flag, const char *text, int *out)
@@ -158,6 +160,7 @@ static int parse_role_args(const char *role, int argc, char **argv, bool wants_s
         case OPT_PART_GAP_MS: a->part_gap_ms = atof(optarg); break;
         case OPT_JOIN: a->join_timeout_ms = atoi(optarg); break;
         case OPT_JSON: a->json = true; break;
+        case OPT_DRY_RUN: a->dry_run = true; break;
         case OPT_FAULT: a->fault = optarg; break;
         case OPT_THREADS:
             if (!parse_count(role, "threads", optarg, &a->threads)) return 2;
@@ -183,6 +186,10 @@ static int parse_role_args(const char *role, int argc, char **argv, bool wants_s
     }
     if ((a->threads || a->share) && strcmp(role, "controller") && strcmp(role, "trainer") && strcmp(role, "rollout")) {
         fprintf(stderr, "tidal %s: --threads and --share are for tidal controller, trainer and rollout\n", role);
+        return 2;
+    }
+    if (a->dry_run && strcmp(role, "controller") && strcmp(role, "trainer") && strcmp(role, "rollout")) {
+        fprintf(stderr, "tidal %s: --dry-run is for tidal controller, trainer and rollout (and tidal env serve)\n", role);
         return 2;
     }
     return 0;
@@ -261,6 +268,40 @@ static void default_run_dir(const job_spec *s, bool stamped, char *out, size_t n
     snprintf(out, n, "runs/%s-%s", s->job.name, stamp);
 }
 
+/* ---------------------------------------------------------------- --dry-run */
+
+/* --dry-run: every file a role would open at start that came from its flags
+ * (credentials, TLS) must be readable; their contents are the bus's to judge
+ * when it connects. Prints why and returns false when one is not. */
+static bool dry_run_files(const char *role, const bus_opts *bo)
+{
+    const char *flag[] = {"creds", "tls-ca", "tls-cert", "tls-key"};
+    const char *file[] = {bo->creds_file, bo->tls_ca, bo->tls_cert, bo->tls_key};
+    for (int i = 0; i < 4; i++)
+        if (file[i] && access(file[i], R_OK) != 0) {
+            fprintf(stderr, "tidal %s: --%s %s: %s\n", role, flag[i], file[i], strerror(errno));
+            return false;
+        }
+    return true;
+}
+
+/* --dry-run's report on stdout: what the role would start with, one
+ * "key: value" line each (threads as the role would choose them here). */
+static void dry_run_print(const char *role, const role_args *a, const bus_opts *bo, bool one_thread)
+{
+    const threading_ask ask = {.threads = a->threads, .share = a->share, .one_thread = one_thread,
+                               .env_threads = threading_user_env_threads(), .cores = threading_cores_now()};
+    const threading_choice c = threading_choose(&ask);
+    printf("tidal %s --dry-run: the arguments parse; it would start with\n", role);
+    printf("  bus: %s\n", bo->urls);
+    printf("  credentials: %s\n", bo->creds_file ? bo->creds_file
+                               : bo->user      ? "user and password"
+                               : bo->token     ? "token"
+                                               : "none");
+    if (bo->tls_ca || bo->tls_cert) printf("  tls: ca %s, cert %s\n", bo->tls_ca ? bo->tls_ca : "-", bo->tls_cert ? bo->tls_cert : "-");
+    printf("  threads: %d (%s)\n", c.threads, c.why);
+}
+
 /* ---------------------------------------------------------------- controller, trainer */
 
 static int spec_role(const char *role, int argc, char **argv)
@@ -288,6 +329,23 @@ static int spec_role(const char *role, int argc, char **argv)
         fprintf(stderr, "tidal %s: no bus: give --bus URL or bus.url in the spec (tidal run starts one)\n", role);
         spec_release(&s);
         return 2;
+    }
+    if (a.dry_run) { /* the spec as tidal run checks it before it starts anything; nothing is started */
+        bool ok = run_preflight(&s, a.spec_file) == TIDAL_OK;
+        if (!ok) fprintf(stderr, "tidal %s: %s\n", role, tidal_errmsg());
+        ok = ok && dry_run_files(role, &bo);
+        if (ok) {
+            const bool ctl = !strcmp(role, "controller");
+            const int port = ctl ? s.metrics.controller_port : s.metrics.trainer_port;
+            dry_run_print(role, &a, &bo, ctl);
+            printf("  job: %s (spec %s)\n", s.job.name, a.spec_file);
+            printf("  env: %s (%s)\n", s.env.name, s.env.remote ? "served on the bus: tidal env serve" : "in each worker");
+            printf("  run directory: %s%s\n", run_dir, a.resume ? " (--resume: from its newest checkpoint)" : "");
+            if (port) printf("  metrics: http://%s:%d/metrics%s\n", s.metrics.bind, port > 0 ? port : 0, port < 0 ? " (any free port)" : "");
+            else printf("  metrics: off\n");
+        }
+        spec_release(&s);
+        return ok ? 0 : 2;
     }
     role_threading(role, &a, !strcmp(role, "controller"));
     catch_signals();
@@ -334,6 +392,16 @@ int rollout_main(int argc, char **argv)
     if (!bo.urls || !*bo.urls) {
         fprintf(stderr, "tidal rollout: --bus URL (or $TIDAL_BUS) is required\n");
         return 2;
+    }
+    if (a.dry_run) { /* the spec comes from the bus: only the flags are checked */
+        if (!dry_run_files("rollout", &bo)) return 2;
+        dry_run_print("rollout", &a, &bo, false);
+        printf("  job: %s (spec and weights from the bus)\n", a.job);
+        printf("  worker id: %s\n", a.id ? a.id : "HOST-PID");
+        printf("  backend: %s\n", a.backend ? a.backend : "the spec's rollout.backend");
+        if (a.metrics_port) printf("  metrics: port %d on the spec's metrics.bind%s\n", a.metrics_port > 0 ? a.metrics_port : 0, a.metrics_port < 0 ? " (any free port)" : "");
+        else printf("  metrics: off\n");
+        return 0;
     }
     tidal_log_set_role("rollout");
     role_threading("rollout", &a, false);

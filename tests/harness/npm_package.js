@@ -6,8 +6,9 @@
  * resolved path of `entry` (a module or a file inside the package) under
  * prefix, installing `spec` (for example "openai@4") first when it is not
  * there. When npm cannot reach its registry the test prints SKIP, the
- * "0 passed, 0 failed (skipped)" line and exits 0; any other failure calls
- * die(message), which must not return.
+ * "0 passed, 0 failed (skipped)" line and exits with skip_code (default 0;
+ * a test registered with SKIP_RETURN_CODE 77 passes 77 so ctest shows the
+ * skip); any other failure calls die(message), which must not return.
  */
 "use strict";
 const fs = require("fs");
@@ -21,7 +22,7 @@ function resolveIn(entry, prefix) {
   }
 }
 
-function require_package(who, spec, prefix, entry, die) {
+function require_package(who, spec, prefix, entry, die, skip_code = 0) {
   let found = resolveIn(entry, prefix);
   if (found) return found;
   console.error(`${who}: installing ${spec} into ${prefix}`);
@@ -38,7 +39,7 @@ function require_package(who, spec, prefix, entry, die) {
       console.log(`SKIP: npm cannot reach its registry, so ${spec} is not available:`);
       console.log(out.trim().split("\n").slice(-5).join("\n"));
       console.log("0 passed, 0 failed (skipped)");
-      process.exit(0);
+      process.exit(skip_code);
     }
     die(`npm install ${spec} failed (exit ${r.status}):\n${out}`);
   }

@@ -426,6 +426,63 @@ static void test_bench_bus_reports(void)
     run_free(&r);
 }
 
+/* --dry-run: the role reads its flags and spec (or env config), checks the
+ * files its flags name, prints what it would start and exits 0 - connecting
+ * to nothing (the bus here is a closed port, which a real start fails on with
+ * exit 1) and writing nothing; a wrong flag, spec or file is still exit 2. */
+static void test_dry_run(void)
+{
+    const char *spec = "/tmp/tidal-test-cli-dry.yaml", *bad = "/tmp/tidal-test-cli-dry-bad.yaml";
+    const char *out = "/tmp/tidal-test-cli-dry-run", *bus = "nats://127.0.0.1:1";
+    FILE *f = fopen(spec, "w");
+    CHECK(f != NULL);
+    if (!f) return;
+    fputs("job: {name: dry}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32}}\n"
+          "data: {generator: strings}\nenv: {name: strings, remote: true}\nmetrics: {trainer_port: 9102}\n",
+          f);
+    fclose(f);
+    f = fopen(bad, "w");
+    CHECK(f != NULL);
+    if (!f) return;
+    fputs("job:\n  name: x\ntrainer:\n  lr: fast\n", f);
+    fclose(f);
+    struct {
+        const char *a, *b, *c, *d, *e, *f, *g, *h;
+        int status;
+        const char *want; /* in stdout when 0, in stderr when 2 */
+    } cases[] = {
+        {"controller", spec, "--bus", bus, "--out", out, "--dry-run", NULL, 0, "run directory: /tmp/tidal-test-cli-dry-run\n"},
+        {"controller", spec, "--bus", bus, "--dry-run", NULL, NULL, NULL, 0, "env: strings (served on the bus"},
+        {"trainer", spec, "--bus", bus, "--out", out, "--dry-run", NULL, 0, "metrics: http://127.0.0.1:9102/metrics"},
+        {"trainer", bad, "--bus", bus, "--dry-run", NULL, NULL, NULL, 2, "tidal-test-cli-dry-bad.yaml:4: trainer.lr"},
+        {"controller", spec, "--bus", bus, "--set", "model.init.tokenizer=/nonexistent/tok", "--dry-run", NULL, 2,
+         "model.init.tokenizer: /nonexistent/tok: No such file or directory"},
+        {"trainer", spec, "--bus", bus, "--creds", "/nonexistent/t.creds", "--dry-run", NULL, 2,
+         "--creds /nonexistent/t.creds: No such file or directory"},
+        {"rollout", "--bus", bus, "--job", "dry", "--id", "w1", "--dry-run", 0, "worker id: w1\n"},
+        {"rollout", "--bus", bus, "--job", "dry", "--metrics-prot", "1", "--dry-run", 2, "unknown option '--metrics-prot'"},
+        {"rollout", "--bus", bus, "--dry-run", NULL, NULL, NULL, NULL, 2, "--job NAME is required"},
+        {"env", "serve", "strings", "--bus", bus, "--config", "{\"length\": 4}", "--dry-run", 0, "serving tidal.env.strings"},
+        {"env", "serve", "strings", "--bus", bus, "--config", "{\"length\": 0}", "--dry-run", 2, "config.length"},
+        {"env", "serve", "strings", "--dry-run", NULL, NULL, NULL, NULL, 2, "--bus URL (or $TIDAL_BUS) is required"},
+        {"env", "call", "strings", "--bus", bus, "--dry-run", NULL, NULL, 2, "--dry-run is for tidal env serve"},
+        {"status", "--bus", bus, "--job", "dry", "--dry-run", NULL, NULL, 2, "--dry-run is for tidal controller"},
+    };
+    unsetenv("TIDAL_BUS");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        run_result r = run_tidal(cases[i].a, cases[i].b, cases[i].c, cases[i].d, cases[i].e, cases[i].f, cases[i].g,
+                                 cases[i].h, NULL);
+        const char *where = cases[i].status == 0 ? r.out : r.err;
+        CHECK_MSG(r.status == cases[i].status && strstr(where, cases[i].want),
+                  "case %zu (tidal %s %s): exit %d, want %d and '%s'\nstdout: %s\nstderr: %s", i, cases[i].a,
+                  cases[i].b ? cases[i].b : "", r.status, cases[i].status, cases[i].want, r.out, r.err);
+        run_free(&r);
+    }
+    struct stat st;
+    CHECK_MSG(stat(out, &st) != 0, "%s was made by a dry run", out);
+    remove(spec);
+    remove(bad);
+}
 int main(void)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -441,6 +498,7 @@ int main(void)
     RUN(test_role_usage_errors);
     RUN(test_run_checks_paths_first);
     RUN(test_role_threading_line);
+    RUN(test_dry_run);
     RUN(test_generate_tiny_model);
     RUN(test_bench_dispatch);
     RUN(test_bench_bus_reports);
