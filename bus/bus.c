@@ -696,6 +696,8 @@ tidal_status bus_stream_get_last_leader(tidal_bus *b, const char *stream, const 
     *out = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetLastMsg(out, b->js, stream, subject, NULL, &jerr);
+    if (s != NATS_OK && take_permission_error(b, "get last message", NULL) == TIDAL_ERR_PERMISSION)
+        return TIDAL_ERR_PERMISSION; /* refused, not slow: a timeout would be retried */
     if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr)
         return tidal_fail(TIDAL_ERR_NOT_FOUND, "bus: get last %s from stream %s's leader: no message", subject, stream);
     if (s != NATS_OK) return bus_nats_fail(s, jerr, "bus: get last %s from stream %s's leader", subject, stream);
