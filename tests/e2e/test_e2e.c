@@ -2547,6 +2547,7 @@ static void test_cluster_partition(void)
     if (geteuid() != 0) {
         printf("SKIP: cluster_partition needs root (ip netns add, veth, a bridge)\n");
         skipped = true;
+        cleanup();
         return;
     }
     netns_clear_leftovers();
