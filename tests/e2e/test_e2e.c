@@ -76,6 +76,14 @@
  *                 by name, the liar's log naming the control it got,
  *                 the summary), its groups are dropped as quarantined, the job
  *                 learns on and balances
+ *   cluster       three nats-server processes clustered on loopback, the job at
+ *                 3 replicas: the trajectory stream's leader killed -9 at step
+ *                 20, a second node at 45, both restarted; the job completes,
+ *                 learns, balances, trains nothing twice
+ *   cluster_partition  the same cluster with each node in its own network
+ *                 namespace (veth pairs into a bridge): the trajectory stream's
+ *                 leader is cut off for 15 s at step 20, not killed; the same
+ *                 checks (root only: otherwise exit 77, SKIP)
  * Every scenario that checks the balance also checks that no honest worker
  * (any but one named "liar") was quarantined by the trainer's worker check.
  */
