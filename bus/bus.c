@@ -22,6 +22,12 @@
 #define JS_ATTEMPT_MAX_WAIT_MS 2000 /* one attempt of bus_js_publish waits for its ack at most this */
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define DEFAULT_RECONNECT_BUF (64 << 20)
+/* A server cut off by the network (no TCP reset, only silence) is noticed
+ * only by the client's pings: 2 unanswered pings 3 s apart (6-9 s) end the
+ * connection and the client reconnects to another cluster node. nats.c's
+ * default, 2 minutes, left roles talking to a cut-off node for minutes. */
+#define PING_INTERVAL_MS 3000
+#define MAX_PINGS_OUT 2
 #define DEFAULT_ASYNC_MAX_PENDING 4096
 #define DEFAULT_ACK_WAIT_MS 30000
 #define IO_BUF_BYTES (1 << 20)
@@ -225,6 +231,8 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
      * one syscall per few messages */
     if (s == NATS_OK) s = natsOptions_SetIOBufSize(no, IO_BUF_BYTES);
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(no, -1);
+    if (s == NATS_OK) s = natsOptions_SetPingInterval(no, PING_INTERVAL_MS);
+    if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(no, MAX_PINGS_OUT);
     if (s == NATS_OK) s = natsOptions_SetCustomReconnectDelay(no, reconnect_delay, NULL);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectBufSize(no, o->reconnect_buf_bytes > 0 ? o->reconnect_buf_bytes

@@ -5,7 +5,7 @@
  * (mkdtemp under $TMPDIR or /tmp) that holds the ports file, tidal's default
  * config, and - unless the caller names them - the JetStream store and the log.
  *
- * Start-up: the child is `nats-server -c CONFIG -a 127.0.0.1 -p PORT|-1
+ * Start-up: the child is `nats-server -c CONFIG -a HOST -p PORT|-1
  * --ports_file_dir WORK -js -sd STORE -l LOG` with stdin from /dev/null and
  * stdout/stderr appended to LOG (so a config parse error, which nats-server
  * prints before its logger exists, lands in the log too). The parent reads the
@@ -81,7 +81,9 @@ extern char **environ;
 struct tidal_server {
     pid_t pid;            /* the running child, or -1 */
     int port;             /* 0 until the first start has read it */
-    char url[64];         /* "nats://127.0.0.1:PORT" */
+    char url[64];         /* "nats://HOST:PORT" */
+    char host[INET_ADDRSTRLEN]; /* listen and probe address (opts.host or 127.0.0.1) */
+    struct in_addr host_addr;
     char *binary;         /* resolved path that is exec'd (owned) */
     char *work_dir;       /* mkdtemp dir, removed by stop (owned) */
     char *store_dir;      /* JetStream store (owned copy) */
@@ -237,7 +239,7 @@ static tidal_status spawn(tidal_server *s, const char *port_arg)
     argv[argc++] = "-c";
     argv[argc++] = s->config_file;
     argv[argc++] = "-a";
-    argv[argc++] = "127.0.0.1";
+    argv[argc++] = s->host;
     argv[argc++] = "-p";
     argv[argc++] = (char *)port_arg;
     argv[argc++] = "--ports_file_dir";
@@ -318,9 +320,9 @@ static void remove_ports_file(const tidal_server *s, pid_t pid)
 
 typedef enum { PROBE_NO_ANSWER, PROBE_NO_JETSTREAM, PROBE_READY } probe_result;
 
-/* Connect to 127.0.0.1:port and read the server's first line, waiting at most
+/* Connect to host:port and read the server's first line, waiting at most
  * timeout_ms. PROBE_READY when it is `INFO {...}` with "jetstream":true. */
-static probe_result probe(int port, int timeout_ms)
+static probe_result probe(struct in_addr host, int port, int timeout_ms)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return PROBE_NO_ANSWER;
@@ -328,7 +330,7 @@ static probe_result probe(int port, int timeout_ms)
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_addr = host;
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
         close(fd);
         return PROBE_NO_ANSWER;
@@ -409,10 +411,10 @@ static tidal_status wait_ready(tidal_server *s, int first_start)
         }
         int64_t left = deadline - now_ms();
         if (port) {
-            last = probe(port, left > 1000 ? 1000 : (left > 0 ? (int)left : 1));
+            last = probe(s->host_addr, port, left > 1000 ? 1000 : (left > 0 ? (int)left : 1));
             if (last == PROBE_READY) {
                 s->port = port;
-                snprintf(s->url, sizeof s->url, "nats://127.0.0.1:%d", port);
+                snprintf(s->url, sizeof s->url, "nats://%s:%d", s->host, port);
                 return TIDAL_OK;
             }
         }
@@ -461,6 +463,12 @@ tidal_status tidal_server_start(tidal_server **out, const tidal_server_opts *opt
     s->pid = -1;
     s->port = opts->port;
     s->start_timeout_ms = opts->start_timeout_ms > 0 ? opts->start_timeout_ms : DEFAULT_START_TIMEOUT_MS;
+    const char *host = opts->host && *opts->host ? opts->host : "127.0.0.1";
+    if (inet_pton(AF_INET, host, &s->host_addr) != 1) {
+        free(s);
+        return tidal_fail(TIDAL_ERR_INVALID, "nats-server: start: host \"%s\" is not an IPv4 address", host);
+    }
+    snprintf(s->host, sizeof s->host, "%s", host);
 
     tidal_status st = TIDAL_OK;
     TRY_GOTO(resolve_binary(opts->binary, &s->binary));
