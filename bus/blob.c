@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "bus/bus_internal.h"
@@ -233,10 +234,17 @@ static tidal_status prune(bus_blob_store *st)
         for (int i = 0; e && i < n; i++) {
             snprintf(e[i].subj, sizeof e[i].subj, "%s", si->State.Subjects->List[i].Subject);
             bus_msg *m = NULL;
-            /* a manifest gone since the listing keeps sequence 0: pruned first */
-            if (bus_stream_get_last(st->b, st->stream, e[i].subj, &m) == TIDAL_OK) {
+            /* a manifest gone since the listing keeps sequence 0: pruned first. From the leader:
+             * a replica behind it (a cluster) would say "no message" for the blob just written */
+            const tidal_status gs = bus_stream_get_last_leader(st->b, st->stream, e[i].subj, &m);
+            if (gs == TIDAL_OK) {
                 e[i].seq = bus_msg_stream_seq(m);
                 bus_msg_destroy(m);
+            } else if (gs != TIDAL_ERR_NOT_FOUND) { /* unknown is not gone: prune after the next put instead */
+                tidal_log(TIDAL_LOG_DEBUG, "bus: blob store %s: prune skipped: %s", st->stream, tidal_errmsg());
+                free(e);
+                e = NULL;
+                break;
             }
         }
         /* selection by repeated max: n is small (a handful of versions) */
@@ -726,7 +734,12 @@ static tidal_status fetch_chunk(fetch_job *j, uint32_t i)
     for (int attempt = 1;; attempt++) {
         bus_msg *c = NULL;
         tidal_status st = bus_stream_get_last(j->bs->b, j->bs->stream, subj, &c);
-        if (st == TIDAL_ERR_NOT_FOUND) /* a missing chunk is a corrupt blob */
+        if (st == TIDAL_ERR_NOT_FOUND && attempt < 2 * BLOB_FETCH_TRIES) {
+            /* a replica that has not applied it yet may answer a direct get (a JetStream cluster) */
+            usleep(100 * 1000 * (useconds_t)attempt);
+            continue;
+        }
+        if (st == TIDAL_ERR_NOT_FOUND) /* still missing: a corrupt blob */
             return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u missing (%s)", j->name, i,
                               L->chunk_count, subj);
         if (st != TIDAL_OK) return st;

@@ -22,6 +22,12 @@
 #define JS_ATTEMPT_MAX_WAIT_MS 2000 /* one attempt of bus_js_publish waits for its ack at most this */
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define DEFAULT_RECONNECT_BUF (64 << 20)
+/* A server cut off by the network (no TCP reset, only silence) is noticed
+ * only by the client's pings: 2 unanswered pings 3 s apart (6-9 s) end the
+ * connection and the client reconnects to another cluster node. nats.c's
+ * default, 2 minutes, left roles talking to a cut-off node for minutes. */
+#define PING_INTERVAL_MS 3000
+#define MAX_PINGS_OUT 2
 #define DEFAULT_ASYNC_MAX_PENDING 4096
 #define DEFAULT_ACK_WAIT_MS 30000
 #define IO_BUF_BYTES (1 << 20)
@@ -34,6 +40,13 @@ struct bus_sub {
     bus_handler handler;
     void *closure;
     char what[192]; /* "subject" or "stream/consumer", for error messages */
+    /* pull subscriptions: what to bind again after the consumer's leader changed (a cluster) */
+    char stream[128], durable[128];
+    int64_t quiet_since_ms;  /* fetches have brought nothing since then (0: the last one did) */
+    /* subscriptions replaced by a rebind: unsubscribed but not destroyed, since a message fetched
+     * through one is acked through it (nats.c's ack reads msg->sub); destroyed with s */
+    natsSubscription **retired;
+    int n_retired;
 };
 
 struct bus_kv {
@@ -218,6 +231,8 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
      * one syscall per few messages */
     if (s == NATS_OK) s = natsOptions_SetIOBufSize(no, IO_BUF_BYTES);
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(no, -1);
+    if (s == NATS_OK) s = natsOptions_SetPingInterval(no, PING_INTERVAL_MS);
+    if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(no, MAX_PINGS_OUT);
     if (s == NATS_OK) s = natsOptions_SetCustomReconnectDelay(no, reconnect_delay, NULL);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectBufSize(no, o->reconnect_buf_bytes > 0 ? o->reconnect_buf_bytes
@@ -274,6 +289,18 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
         st = bus_nats_fail(s, 0, "bus: connect %s: JetStream context", o->urls);
         goto cleanup;
     }
+    b->replicas = o->replicas;
+    if (b->replicas <= 0) { /* auto: a 3-node (or larger) cluster keeps 3 copies, one server 1 */
+        char **servers = NULL;
+        int n = 0;
+        if (natsConnection_GetServers(b->nc, &servers, &n) == NATS_OK) {
+            for (int i = 0; i < n; i++) free(servers[i]);
+            free(servers);
+        }
+        b->replicas = n >= 3 ? 3 : 1;
+    }
+    tidal_log(TIDAL_LOG_DEBUG, "bus: streams and buckets this connection creates keep %d replica%s", b->replicas,
+              b->replicas == 1 ? "" : "s");
     *out = b;
     b = NULL;
 cleanup:
@@ -509,6 +536,8 @@ void bus_unsubscribe(bus_sub *s)
         natsSubscription_Unsubscribe(s->sub);
         natsSubscription_Destroy(s->sub);
     }
+    for (int i = 0; i < s->n_retired; i++) natsSubscription_Destroy(s->retired[i]);
+    free(s->retired);
     free(s);
 }
 
@@ -525,10 +554,11 @@ static bool subjects_equal(const bus_stream_cfg *c, const jsStreamConfig *have)
     return true;
 }
 
-static void stream_cfg_fill(jsStreamConfig *sc, const bus_stream_cfg *c)
+static void stream_cfg_fill(jsStreamConfig *sc, const bus_stream_cfg *c, int replicas)
 {
     jsStreamConfig_Init(sc);
     sc->Name = c->name;
+    sc->Replicas = c->replicas > 0 ? c->replicas : replicas;
     sc->Subjects = (const char **)c->subjects;
     sc->SubjectsLen = c->n_subjects;
     sc->Retention = c->work_queue ? js_WorkQueuePolicy : js_LimitsPolicy;
@@ -557,6 +587,7 @@ static const char *stream_cfg_diff(const jsStreamConfig *want, const jsStreamCon
     if (want->Duplicates != have->Duplicates) return "duplicate_window";
     if (want->AllowDirect != have->AllowDirect) return "allow_direct";
     if (want->Discard != have->Discard) return "discard";
+    if (want->Replicas != have->Replicas) return "replicas";
     return NULL;
 }
 
@@ -565,7 +596,7 @@ tidal_status bus_stream_ensure(tidal_bus *b, const bus_stream_cfg *c)
     if (!c || !c->name || !*c->name || c->n_subjects <= 0)
         return tidal_fail(TIDAL_ERR_INVALID, "bus: ensure stream: a name and at least one subject are required");
     jsStreamConfig want;
-    stream_cfg_fill(&want, c);
+    stream_cfg_fill(&want, c, b->replicas);
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetStreamInfo(&si, b->js, c->name, NULL, &jerr);
@@ -611,6 +642,18 @@ tidal_status bus_stream_ensure(tidal_bus *b, const bus_stream_cfg *c)
     return TIDAL_OK;
 }
 
+tidal_status bus_stream_leader(tidal_bus *b, const char *stream, int *replicas, char *leader, size_t cap)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, b->js, stream, NULL, &jerr);
+    if (s != NATS_OK) return bus_nats_fail(s, jerr, "bus: stream info %s", stream);
+    if (replicas) *replicas = si->Config ? (int)si->Config->Replicas : 0;
+    if (cap) snprintf(leader, cap, "%s", si->Cluster && si->Cluster->Leader ? si->Cluster->Leader : "");
+    jsStreamInfo_Destroy(si);
+    return TIDAL_OK;
+}
+
 tidal_status bus_stream_delete(tidal_bus *b, const char *stream)
 {
     jsErrCode jerr = 0;
@@ -653,6 +696,19 @@ tidal_status bus_stream_get_last(tidal_bus *b, const char *stream, const char *s
         return tidal_fail(TIDAL_ERR_NOT_FOUND, "bus: get last %s from stream %s: no message", subject, stream);
     }
     if (s != NATS_OK) return bus_nats_fail(s, 0, "bus: get last %s from stream %s", subject, stream);
+    return TIDAL_OK;
+}
+
+tidal_status bus_stream_get_last_leader(tidal_bus *b, const char *stream, const char *subject, bus_msg **out)
+{
+    *out = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetLastMsg(out, b->js, stream, subject, NULL, &jerr);
+    if (s != NATS_OK && take_permission_error(b, "get last message", NULL) == TIDAL_ERR_PERMISSION)
+        return TIDAL_ERR_PERMISSION; /* refused, not slow: a timeout would be retried */
+    if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr)
+        return tidal_fail(TIDAL_ERR_NOT_FOUND, "bus: get last %s from stream %s's leader: no message", subject, stream);
+    if (s != NATS_OK) return bus_nats_fail(s, jerr, "bus: get last %s from stream %s's leader", subject, stream);
     return TIDAL_OK;
 }
 
@@ -780,7 +836,11 @@ tidal_status bus_js_publish(tidal_bus *b, const char *subject, const void *data,
             return TIDAL_OK;
         }
         if (take_permission_error(b, "publish", subject) == TIDAL_ERR_PERMISSION) return TIDAL_ERR_PERMISSION;
-        if (jerr || !publish_retryable(s) || bus_now_ms() + 50 >= deadline) {
+        /* on a cluster "no responders" is also what a stream electing a new leader answers (nats.c
+         * sets a JetStream error code with it): retried until the deadline. On one server it means
+         * no stream takes the subject, a mistake to report at once. */
+        const bool electing = s == NATS_NO_RESPONDERS && b->replicas > 1;
+        if ((jerr && !electing) || !publish_retryable(s) || bus_now_ms() + 50 >= deadline) {
             if (s == NATS_NO_RESPONDERS)
                 return tidal_fail(TIDAL_ERR_NOT_FOUND, "bus: publish %s: no JetStream stream took it (no stream for that subject, or JetStream unavailable) after %d attempts", subject, attempt);
             return bus_nats_fail(s, jerr, "bus: publish %s (after %d attempts)", subject, attempt);
@@ -840,6 +900,8 @@ tidal_status bus_pull_subscribe(tidal_bus *b, const char *stream, const char *du
     if (!s) return tidal_fail(TIDAL_ERR_NOMEM, "bus: pull subscribe %s/%s: out of memory", stream, durable);
     s->b = b;
     snprintf(s->what, sizeof s->what, "stream %s consumer %s", stream, durable);
+    snprintf(s->stream, sizeof s->stream, "%s", stream);
+    snprintf(s->durable, sizeof s->durable, "%s", durable);
 
     /* bind to the durable as it is: its filter is the subject */
     tidal_status st = TIDAL_OK;
@@ -870,16 +932,73 @@ cleanup:
     return st;
 }
 
+/* Bind pull subscription s to its durable again (its consumer's leader moved,
+ * or heartbeats were missed: the old subscription may never deliver again).
+ * After a quiet spell (quiet) only when the consumer holds messages not yet
+ * delivered: those should have come. */
+static void pull_rebind(bus_sub *s, bool quiet)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetConsumerInfo(&ci, s->b->js, s->stream, s->durable, NULL, &jerr) != NATS_OK) {
+        jsConsumerInfo_Destroy(ci);
+        return; /* not answering yet: the next fetch tries again */
+    }
+    if (quiet && ci->NumPending == 0) { /* nothing to fetch: quiet is just quiet */
+        jsConsumerInfo_Destroy(ci);
+        return;
+    }
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = s->stream;
+    so.Consumer = s->durable;
+    so.ManualAck = true;
+    const char *filter = ci->Config->FilterSubject;
+    natsSubscription *fresh = NULL;
+    natsStatus ns = js_PullSubscribe(&fresh, s->b->js, filter && *filter ? filter : NULL, s->durable, NULL, &so, &jerr);
+    jsConsumerInfo_Destroy(ci);
+    if (ns != NATS_OK) return;
+    natsSubscription **r = realloc(s->retired, (size_t)(s->n_retired + 1) * sizeof *r);
+    if (!r) { /* no room to keep the old one for the acks of what it fetched: stay on it */
+        natsSubscription_Unsubscribe(fresh);
+        natsSubscription_Destroy(fresh);
+        return;
+    }
+    s->retired = r;
+    /* unsubscribed (a bound durable consumer stays: nats.c deletes only those it made), kept */
+    natsSubscription_Unsubscribe(s->sub);
+    s->retired[s->n_retired++] = s->sub;
+    s->sub = fresh;
+    lift_pending_limits(s);
+    tidal_log(TIDAL_LOG_INFO, "bus: bound to %s again", s->what);
+}
+
 tidal_status bus_fetch(bus_sub *s, int max, int timeout_ms, bus_msg **msgs, int *n)
 {
     *n = 0;
     natsMsgList list = {0};
     jsErrCode jerr = 0;
     natsStatus ns = natsSubscription_Fetch(&list, s->sub, max, timeout_ms, &jerr);
+    const int64_t now = bus_now_ms();
     if (ns == NATS_TIMEOUT && list.Count == 0) {
+        if (!s->quiet_since_ms) s->quiet_since_ms = now;
+        else if (s->durable[0] && now - s->quiet_since_ms > 15000) { /* long quiet: cheap to bind again, in case */
+            pull_rebind(s, true);
+            s->quiet_since_ms = now;
+        }
         return tidal_fail(TIDAL_ERR_TIMEOUT, "bus: fetch from %s: nothing in %d ms", s->what, timeout_ms);
     }
-    if (ns != NATS_OK && list.Count == 0) return bus_nats_fail(ns, jerr, "bus: fetch from %s", s->what);
+    if (ns != NATS_OK && list.Count == 0) {
+        tidal_status st = bus_nats_fail(ns, jerr, "bus: fetch from %s", s->what);
+        if (s->durable[0]) { /* a leader change, missed heartbeats: bind again, keep the failure's message */
+            char why[512];
+            snprintf(why, sizeof why, "%s", tidal_errmsg());
+            pull_rebind(s, false);
+            tidal_fail(st, "%s", why);
+        }
+        return st;
+    }
+    s->quiet_since_ms = 0;
     for (int i = 0; i < list.Count && i < max; i++) {
         msgs[i] = list.Msgs[i];
         list.Msgs[i] = NULL; /* ownership moves to the caller */
@@ -965,6 +1084,7 @@ tidal_status bus_kv_ensure(tidal_bus *b, const bus_kv_cfg *c, bus_kv **out)
     kc.History = (uint8_t)(c->history > 0 ? (c->history > 64 ? 64 : c->history) : 1);
     kc.TTL = c->ttl_ms * NS_PER_MS;
     kc.StorageType = c->memory ? js_MemoryStorage : js_FileStorage;
+    kc.Replicas = b->replicas;
     if (c->max_value_bytes > 0) kc.MaxValueSize = c->max_value_bytes;
     s = js_CreateKeyValue(&kv, b->js, &kc);
     if (s != NATS_OK) {

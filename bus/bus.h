@@ -45,6 +45,9 @@ typedef struct bus_opts {
     int reconnect_buf_bytes;   /* bytes buffered while reconnecting; 0: 64 MiB */
     int js_timeout_ms;         /* JetStream API / publish-ack wait; 0: 5000 */
     int async_max_pending;     /* bound on un-acked async publishes; 0: 4096 */
+    int replicas;              /* copies of every stream and KV bucket it creates: 1, 3 or 5; 0: 3 when
+                                  the cluster (the servers the connection knows, its URLs and the ones
+                                  the server announces) has 3 or more nodes, else 1 */
 } bus_opts;
 
 /* Connect to the first reachable server of opts->urls. The connection then
@@ -135,6 +138,7 @@ tidal_status bus_sub_limit(bus_sub *s, int max_msgs);
 
 typedef struct bus_stream_cfg {
     const char *name;
+    int replicas;              /* 0: the connection's (bus_opts.replicas) */
     const char *const *subjects;
     int n_subjects;
     bool work_queue;           /* retention: work queue (each message consumed once) */
@@ -153,6 +157,11 @@ typedef struct bus_stream_cfg {
  * Idempotent. A change the server cannot make (storage, retention) is an
  * error naming the stream and the field. */
 tidal_status bus_stream_ensure(tidal_bus *b, const bus_stream_cfg *cfg);
+
+/* The stream's replicas and the name of the server that leads it now
+ * (jsStreamInfo's cluster leader; "" on a single server) into leader (cap
+ * bytes). For operations and the cluster tests. */
+tidal_status bus_stream_leader(tidal_bus *b, const char *stream, int *replicas, char *leader, size_t cap);
 tidal_status bus_stream_delete(tidal_bus *b, const char *stream);
 /* Message and byte counts of a stream. Either pointer may be NULL. */
 tidal_status bus_stream_state(tidal_bus *b, const char *stream, uint64_t *msgs, uint64_t *bytes);
@@ -162,6 +171,10 @@ tidal_status bus_stream_purge_subject(tidal_bus *b, const char *stream, const ch
  * allow_direct). TIDAL_ERR_NOT_FOUND when there is none. */
 tidal_status bus_stream_get_last(tidal_bus *b, const char *stream, const char *subject,
                                  bus_msg **out);
+/* The same read from the stream's leader (not a direct get, which any replica
+ * may answer before it has applied a write just acked): for a writer reading
+ * back what it wrote. Slower; one request through the JetStream API. */
+tidal_status bus_stream_get_last_leader(tidal_bus *b, const char *stream, const char *subject, bus_msg **out);
 
 typedef struct bus_consumer_cfg {
     const char *stream;

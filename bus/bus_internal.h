@@ -10,6 +10,7 @@ struct tidal_bus {
     natsConnection *nc;
     jsCtx *js;
     int js_timeout_ms;
+    int replicas;              /* of every stream and bucket this connection creates (bus_opts.replicas) */
     pthread_mutex_t lock;      /* guards the fields below */
     uint64_t async_failed;     /* async publishes that failed since the last wait */
     char async_first_err[256];

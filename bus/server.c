@@ -5,7 +5,7 @@
  * (mkdtemp under $TMPDIR or /tmp) that holds the ports file, tidal's default
  * config, and - unless the caller names them - the JetStream store and the log.
  *
- * Start-up: the child is `nats-server -c CONFIG -a 127.0.0.1 -p PORT|-1
+ * Start-up: the child is `nats-server -c CONFIG -a HOST -p PORT|-1
  * --ports_file_dir WORK -js -sd STORE -l LOG` with stdin from /dev/null and
  * stdout/stderr appended to LOG (so a config parse error, which nats-server
  * prints before its logger exists, lands in the log too). The parent reads the
@@ -76,13 +76,19 @@ extern char **environ;
     "max_pending: 512MB\n"                                                \
     "write_deadline: \"10s\"\n"
 
+#define SERVER_MAX_ARGS 16
+
 struct tidal_server {
     pid_t pid;            /* the running child, or -1 */
     int port;             /* 0 until the first start has read it */
-    char url[64];         /* "nats://127.0.0.1:PORT" */
+    char url[64];         /* "nats://HOST:PORT" */
+    char host[INET_ADDRSTRLEN]; /* listen and probe address (opts.host or 127.0.0.1) */
+    struct in_addr host_addr;
     char *binary;         /* resolved path that is exec'd (owned) */
     char *work_dir;       /* mkdtemp dir, removed by stop (owned) */
     char *store_dir;      /* JetStream store (owned copy) */
+    char *args[SERVER_MAX_ARGS]; /* tidal_server_opts.args (owned copies) */
+    int n_args;
     char *config_file;    /* caller's config or WORK/nats-server.conf (owned copy) */
     char *log_file;       /* caller's log or WORK/nats-server.log (owned copy) */
     int log_is_temp;      /* log_file lives in work_dir (gone after a failed start) */
@@ -227,13 +233,13 @@ static tidal_status resolve_binary(const char *want, char **out)
  * server to answer (wait_ready does). */
 static tidal_status spawn(tidal_server *s, const char *port_arg)
 {
-    char *argv[20];
+    char *argv[20 + SERVER_MAX_ARGS];
     int argc = 0;
     argv[argc++] = s->binary;
     argv[argc++] = "-c";
     argv[argc++] = s->config_file;
     argv[argc++] = "-a";
-    argv[argc++] = "127.0.0.1";
+    argv[argc++] = s->host;
     argv[argc++] = "-p";
     argv[argc++] = (char *)port_arg;
     argv[argc++] = "--ports_file_dir";
@@ -243,6 +249,7 @@ static tidal_status spawn(tidal_server *s, const char *port_arg)
     argv[argc++] = s->store_dir;
     argv[argc++] = "-l";
     argv[argc++] = s->log_file;
+    for (int i = 0; i < s->n_args; i++) argv[argc++] = s->args[i];
     argv[argc] = NULL;
     spawn_opts o = {.binary = s->binary,
                     .argv = argv,
@@ -313,9 +320,9 @@ static void remove_ports_file(const tidal_server *s, pid_t pid)
 
 typedef enum { PROBE_NO_ANSWER, PROBE_NO_JETSTREAM, PROBE_READY } probe_result;
 
-/* Connect to 127.0.0.1:port and read the server's first line, waiting at most
+/* Connect to host:port and read the server's first line, waiting at most
  * timeout_ms. PROBE_READY when it is `INFO {...}` with "jetstream":true. */
-static probe_result probe(int port, int timeout_ms)
+static probe_result probe(struct in_addr host, int port, int timeout_ms)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return PROBE_NO_ANSWER;
@@ -323,7 +330,7 @@ static probe_result probe(int port, int timeout_ms)
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_addr = host;
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
         close(fd);
         return PROBE_NO_ANSWER;
@@ -404,10 +411,10 @@ static tidal_status wait_ready(tidal_server *s, int first_start)
         }
         int64_t left = deadline - now_ms();
         if (port) {
-            last = probe(port, left > 1000 ? 1000 : (left > 0 ? (int)left : 1));
+            last = probe(s->host_addr, port, left > 1000 ? 1000 : (left > 0 ? (int)left : 1));
             if (last == PROBE_READY) {
                 s->port = port;
-                snprintf(s->url, sizeof s->url, "nats://127.0.0.1:%d", port);
+                snprintf(s->url, sizeof s->url, "nats://%s:%d", s->host, port);
                 return TIDAL_OK;
             }
         }
@@ -436,6 +443,7 @@ static void server_free(tidal_server *s)
     free(s->store_dir);
     free(s->config_file);
     free(s->log_file);
+    for (int i = 0; i < s->n_args; i++) free(s->args[i]);
     free(s);
 }
 
@@ -455,6 +463,12 @@ tidal_status tidal_server_start(tidal_server **out, const tidal_server_opts *opt
     s->pid = -1;
     s->port = opts->port;
     s->start_timeout_ms = opts->start_timeout_ms > 0 ? opts->start_timeout_ms : DEFAULT_START_TIMEOUT_MS;
+    const char *host = opts->host && *opts->host ? opts->host : "127.0.0.1";
+    if (inet_pton(AF_INET, host, &s->host_addr) != 1) {
+        free(s);
+        return tidal_fail(TIDAL_ERR_INVALID, "nats-server: start: host \"%s\" is not an IPv4 address", host);
+    }
+    snprintf(s->host, sizeof s->host, "%s", host);
 
     tidal_status st = TIDAL_OK;
     TRY_GOTO(resolve_binary(opts->binary, &s->binary));
@@ -484,6 +498,16 @@ tidal_status tidal_server_start(tidal_server **out, const tidal_server_opts *opt
         goto cleanup;
     }
     s->log_is_temp = !opts->log_file;
+    for (int i = 0; opts->args && opts->args[i]; i++) {
+        if (i == SERVER_MAX_ARGS) {
+            st = tidal_fail(TIDAL_ERR_INVALID, "nats-server: more than %d extra arguments", SERVER_MAX_ARGS);
+            goto cleanup;
+        }
+        if (!(s->args[s->n_args++] = strdup(opts->args[i]))) {
+            st = tidal_fail(TIDAL_ERR_NOMEM, "nats-server: out of memory");
+            goto cleanup;
+        }
+    }
 
     if (!opts->config_file) {
         FILE *f = fopen(s->config_file, "w");

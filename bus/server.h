@@ -20,7 +20,13 @@ typedef struct tidal_server_opts {
     const char *config_file; /* optional nats-server config (auth, TLS); NULL: tidal's default */
     const char *log_file;    /* NULL: <work dir>/nats-server.log */
     int port;                /* 0: a random free port */
+    /* the IPv4 address it listens on, is probed at and its URL names; NULL: 127.0.0.1
+     * (another: a node in its own network namespace, reached through a bridge) */
+    const char *host;
     int start_timeout_ms;    /* 0: 10000 */
+    /* more command-line options, NULL-terminated (at most 16; they override the config file's
+     * settings, e.g. a cluster node's --server_name, --cluster and --routes); NULL: none */
+    const char *const *args;
 } tidal_server_opts;
 
 /* Start a server and wait until it accepts a client and reports JetStream.
@@ -30,7 +36,7 @@ typedef struct tidal_server_opts {
  * with the tail of the server's log. */
 tidal_status tidal_server_start(tidal_server **out, const tidal_server_opts *opts);
 
-/* "nats://127.0.0.1:PORT"; valid until tidal_server_stop. */
+/* "nats://HOST:PORT" (HOST: opts.host, 127.0.0.1 by default); valid until tidal_server_stop. */
 const char *tidal_server_url(const tidal_server *s);
 int tidal_server_port(const tidal_server *s);
 /* The running child's pid (what `tidal bench bus` reads CPU time from), or -1. */

@@ -246,6 +246,7 @@ static bus_opts bus_from(const role_args *a, const job_spec *s)
     PICK(tls_cert, tls_cert, tls_cert);
     PICK(tls_key, tls_key, tls_key);
 #undef PICK
+    o.replicas = s ? s->bus.replicas : 0;
     return o;
 }
 

@@ -67,6 +67,7 @@ static const char *const TRAINER_PUB[] = {
     ENSURE_STREAM("{prompts_stream}"), ENSURE_STREAM("{traj_stream}"), ENSURE_STREAM("KV_{kv}"),
     ENSURE_STREAM("KV_{workers}"), ENSURE_STREAM("{weights_stream}"),
     "$JS.API.STREAM.PURGE.{weights_stream}", /* weights.keep: older versions go */
+    "$JS.API.STREAM.MSG.GET.{weights_stream}", /* reading back what it wrote, from the leader */
     ENSURE_CONSUMER("{prompts_stream}", JOB_CONSUMER_ROLLOUT), ENSURE_CONSUMER("{traj_stream}", JOB_CONSUMER_TRAINER),
     ENSURE_CONSUMER("{traj_stream}", JOB_CONSUMER_EVAL),
     "$JS.API.CONSUMER.DELETE.{traj_stream}." JOB_CONSUMER_TRAINER, /* a resumed trainer resets its consumer */

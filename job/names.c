@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "proto/codec.h"
 
@@ -41,7 +42,23 @@ static bus_consumer_cfg trainer_consumer(const job_names *n)
                               .max_ack_pending = TRAINER_MAX_ACK_PENDING};
 }
 
+static tidal_status bus_ensure_once(tidal_bus *b, const job_names *n, const job_bus_cfg *c, bus_kv **kv);
+
 tidal_status job_bus_ensure(tidal_bus *b, const job_names *n, const job_bus_cfg *c, bus_kv **kv)
+{
+    /* On a JetStream cluster a stream or bucket just created (by this role or the other one
+     * starting beside it) elects its leader, and API calls time out meanwhile: wait that out,
+     * up to a minute, rather than end the role. */
+    const double t0 = tidal_clock_ms();
+    for (int attempt = 1;; attempt++) {
+        tidal_status st = bus_ensure_once(b, n, c, kv);
+        if ((st != TIDAL_ERR_TIMEOUT && st != TIDAL_ERR_UNAVAILABLE) || tidal_clock_ms() - t0 > 60000) return st;
+        tidal_log(TIDAL_LOG_WARN, "%s; the bus is not answering yet (attempt %d), trying again", tidal_errmsg(), attempt);
+        usleep(500 * 1000);
+    }
+}
+
+static tidal_status bus_ensure_once(tidal_bus *b, const job_names *n, const job_bus_cfg *c, bus_kv **kv)
 {
     if (kv) *kv = NULL;
     tidal_status st = TIDAL_OK;

@@ -53,6 +53,7 @@ static const key KEYS[] = {
     STR("bus.tls_ca", bus.tls_ca, "", "PEM CA file; any tls_* key turns TLS on"),
     STR("bus.tls_cert", bus.tls_cert, "", "client certificate for mutual TLS (with tls_key)"),
     STR("bus.tls_key", bus.tls_key, "", "client key for mutual TLS"),
+    INT("bus.replicas", bus.replicas, 0, 5, "0", "copies of every stream and KV bucket the job creates, on a JetStream cluster (1, 3 or 5; 0: 3 when the cluster has 3 or more nodes, else 1)"),
     STR("model.path", model.path, "", "a Hugging Face model directory (config.json, safetensors, tokenizer.json); or model.init"),
     ENUM("model.init.arch", model.init.arch, "qwen2|llama", "qwen2", "the architecture of a tiny model initialised from scratch"),
     INT("model.init.layers", model.init.layers, 1, 256, "2", "decoder layers of the tiny model"),
@@ -549,6 +550,9 @@ static tidal_status check_spec(const job_spec *s, const char *name)
     }
     if (!!s->data.path[0] == !!s->data.generator[0])
         return BAD("%s: data: give exactly one of data.path (a JSONL file) and data.generator (a built-in env)", name);
+    if (s->bus.replicas == 2 || s->bus.replicas == 4)
+        return BAD("%s: bus.replicas: %d: JetStream keeps an odd number of copies (1, 3 or 5; 0: auto)", name,
+                   s->bus.replicas);
     if (!http_bind_ok(s->weights.http_bind))
         return BAD("%s: weights.http_bind: \"%.80s\" is not an IPv4 address and a port (127.0.0.1:0, 0.0.0.0:8470)",
                    name, s->weights.http_bind);

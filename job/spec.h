@@ -32,6 +32,7 @@ typedef struct job_spec {
         char url[SPEC_STR]; /* empty: tidal run starts a private nats-server */
         char user[SPEC_STR], password[SPEC_STR], token[SPEC_STR], creds[SPEC_STR];
         char tls_ca[SPEC_STR], tls_cert[SPEC_STR], tls_key[SPEC_STR];
+        int replicas;          /* copies of the job's streams and buckets; 0: 3 on a 3-node cluster, else 1 */
     } bus;
     struct {
         char path[SPEC_STR]; /* a Hugging Face directory, or empty with init */

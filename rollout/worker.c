@@ -644,17 +644,25 @@ static bool keep_trying(worker *w, double t0, const char *what, bool *said)
 
 /* The job's spec from KV `spec` (waiting for the bucket and the key to
  * appear), one this build can honour. */
+/* A failure a join waits out rather than gives up on. */
+static bool join_transient(tidal_status st)
+{
+    return st == TIDAL_ERR_NOT_FOUND || st == TIDAL_ERR_TIMEOUT || st == TIDAL_ERR_UNAVAILABLE;
+}
+
 static tidal_status join_spec(worker *w, double t0)
 {
     bool said = false;
     tidal_status st;
+    /* not there yet, or not answering yet (a replicated bucket just created elects its leader; a
+     * cluster node is restarting): both are waited for, up to the join timeout */
     while ((st = bus_kv_open(w->bus, w->names.kv_bucket, &w->kv)) != TIDAL_OK)
-        if (st != TIDAL_ERR_NOT_FOUND || !keep_trying(w, t0, "the KV bucket", &said)) return st;
+        if (!join_transient(st) || !keep_trying(w, t0, "the KV bucket", &said)) return st;
     void *spec = NULL;
     size_t n = 0;
     said = false;
     while ((st = bus_kv_get(w->kv, JOB_KEY_SPEC, &spec, &n, NULL)) != TIDAL_OK)
-        if (st != TIDAL_ERR_NOT_FOUND || !keep_trying(w, t0, "the spec", &said)) return st;
+        if (!join_transient(st) || !keep_trying(w, t0, "the spec", &said)) return st;
     json_error_t jerr;
     json_t *j = json_loadb(spec, n, 0, &jerr);
     free(spec);

@@ -201,7 +201,8 @@ static tidal_status read_blob_manifest(weights_publisher *p, const char *name, T
     char subj[sizeof p->names.weights_prefix + 64];
     snprintf(subj, sizeof subj, "%s.%s.m", p->names.weights_prefix, name);
     bus_msg *msg = NULL;
-    tidal_status st = bus_stream_get_last(p->bus, p->names.weights_stream, subj, &msg);
+    /* from the leader: a direct get may reach a replica that has not applied the put yet (a cluster) */
+    tidal_status st = bus_stream_get_last_leader(p->bus, p->names.weights_stream, subj, &msg);
     if (st != TIDAL_OK) return st;
     st = codec_decode_blob_manifest(bus_msg_data(msg), (size_t)bus_msg_len(msg), out);
     bus_msg_destroy(msg);

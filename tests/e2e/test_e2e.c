@@ -76,6 +76,14 @@
  *                 by name, the liar's log naming the control it got,
  *                 the summary), its groups are dropped as quarantined, the job
  *                 learns on and balances
+ *   cluster       three nats-server processes clustered on loopback, the job at
+ *                 3 replicas: the trajectory stream's leader killed -9 at step
+ *                 20, a second node at 45, both restarted; the job completes,
+ *                 learns, balances, trains nothing twice
+ *   cluster_partition  the same cluster with each node in its own network
+ *                 namespace (veth pairs into a bridge): the trajectory stream's
+ *                 leader is cut off for 15 s at step 20, not killed; the same
+ *                 checks (root only: otherwise exit 77, SKIP)
  * Every scenario that checks the balance also checks that no honest worker
  * (any but one named "liar") was quarantined by the trainer's worker check.
  */
@@ -89,6 +97,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -2205,6 +2214,373 @@ static void test_prometheus(void)
     if (!check_cur_failed_) cleanup();
 }
 
+/* ---------------------------------------------------------------- cluster */
+
+typedef struct node_start {
+    tidal_server_opts o;
+    tidal_server *srv;
+    tidal_status st;
+    char err[1024];
+} node_start;
+
+static void *start_node(void *arg)
+{
+    node_start *n = arg;
+    n->st = tidal_server_start(&n->srv, &n->o);
+    if (n->st != TIDAL_OK) snprintf(n->err, sizeof n->err, "%s", tidal_errmsg());
+    return NULL;
+}
+
+enum { CLUSTER_N = 3 };
+
+/* A 3-node JetStream cluster and the quickstart's roles running on it. */
+typedef struct cluster {
+    node_start nodes[CLUSTER_N];
+    char conf[512], store[CLUSTER_N][512], nlog[CLUSTER_N][512], urls[512], sname[CLUSTER_N][16];
+    char clus[CLUSTER_N][64], routes[CLUSTER_N][160];
+    const char *args[CLUSTER_N][8];
+    char run[512];
+    pid_t ctl, tr, w0, w1; /* 0 once reaped */
+    tidal_bus *b;
+    job_names names;
+    int leader; /* the node that leads the trajectory stream at the start */
+    long seen_step; /* the step last seen by cluster_watch, when it came, the longest wait for one */
+    double seen_t, longest_gap;
+} cluster;
+
+/* Note the job's step; returns it. Keeps the longest time the job went without a step (after step 1). */
+static long cluster_watch(cluster *c)
+{
+    const long v = last_step(c->run);
+    const double t = now_s();
+    if (v != c->seen_step || v < 1) c->seen_step = v, c->seen_t = t; /* from step 1: not the start-up */
+    if (t - c->seen_t > c->longest_gap) c->longest_gap = t - c->seen_t;
+    return v;
+}
+
+/* Start the three nodes from deploy/nats/cluster-node.conf (each node's name,
+ * client and route addresses and the other two as routes given as command-line
+ * options, which override the file's), wait until the cluster places a
+ * 3-replica stream, start the quickstart's controller, trainer and two workers
+ * on it (100 steps) and find the node that leads the trajectory stream.
+ * hosts NULL: every node on loopback with random ports; else node i listens on
+ * hosts[i] at 4222 (routes 6222) and runs binaries[i] (a wrapper that starts
+ * nats-server in the node's network namespace). A failed CHECK returns early:
+ * the caller checks check_cur_failed_ and calls cluster_stop either way. */
+static void cluster_start(cluster *c, const char *const *hosts, const char *const *binaries)
+{
+    int cport[CLUSTER_N], rport[CLUSTER_N];
+    char addr[CLUSTER_N][32];
+    for (int i = 0; i < CLUSTER_N; i++) {
+        cport[i] = hosts ? 4222 : free_port(), rport[i] = hosts ? 6222 : free_port();
+        snprintf(addr[i], sizeof addr[i], "%s", hosts ? hosts[i] : "127.0.0.1");
+    }
+    /* the shipped node configuration without its store_dir (each node here has its own, -sd) */
+    snprintf(c->conf, sizeof c->conf, "%s/cluster-node.conf", work);
+    {
+        char cmd[1400];
+        snprintf(cmd, sizeof cmd, "sed '/store_dir/d' %s/deploy/nats/cluster-node.conf > %s", source_dir, c->conf);
+        CHECK_MSG(system(cmd) == 0, "cannot copy deploy/nats/cluster-node.conf");
+    }
+    c->urls[0] = 0;
+    for (int i = 0; i < CLUSTER_N; i++) {
+        snprintf(c->store[i], sizeof c->store[i], "%s/n%d", work, i);
+        snprintf(c->nlog[i], sizeof c->nlog[i], "%s/n%d.log", work, i);
+        snprintf(c->sname[i], sizeof c->sname[i], "n%d", i);
+        snprintf(c->clus[i], sizeof c->clus[i], "nats://%s:%d", addr[i], rport[i]);
+        c->routes[i][0] = 0;
+        for (int k = 0; k < CLUSTER_N; k++)
+            if (k != i) {
+                char r[64];
+                snprintf(r, sizeof r, "%snats://%s:%d", c->routes[i][0] ? "," : "", addr[k], rport[k]);
+                strncat(c->routes[i], r, sizeof c->routes[i] - strlen(c->routes[i]) - 1);
+            }
+        const char **a = c->args[i];
+        a[0] = "--server_name", a[1] = c->sname[i], a[2] = "--cluster", a[3] = c->clus[i];
+        a[4] = "--routes", a[5] = c->routes[i], a[6] = NULL;
+        c->nodes[i].o = (tidal_server_opts){.config_file = c->conf, .store_dir = c->store[i], .log_file = c->nlog[i],
+                                            .port = cport[i], .start_timeout_ms = 60000, .args = a,
+                                            .host = hosts ? hosts[i] : NULL, .binary = binaries ? binaries[i] : NULL};
+        char u[64];
+        snprintf(u, sizeof u, "%snats://%s:%d", i ? "," : "", addr[i], cport[i]);
+        strncat(c->urls, u, sizeof c->urls - strlen(c->urls) - 1);
+    }
+    /* one after the other, in this thread: a server started from another thread would die with it
+     * (the harness ties its children to their parent thread) */
+    for (int i = 0; i < CLUSTER_N; i++) {
+        start_node(&c->nodes[i]);
+        CHECK_MSG(c->nodes[i].st == TIDAL_OK, "node %d: %s", i, c->nodes[i].err);
+    }
+    /* the routes take a moment: wait until the cluster places a 3-replica stream (as the roles will) */
+    {
+        tidal_bus *probe = NULL;
+        bus_opts po = {.urls = c->urls, .name = "cluster-probe", .replicas = 3};
+        CHECK_OK(bus_connect(&probe, &po));
+        const char *subj[1] = {"cluster.probe"};
+        bus_stream_cfg pc = {.name = "CLUSTER_PROBE", .subjects = subj, .n_subjects = 1};
+        tidal_status pst = TIDAL_ERR_UNAVAILABLE;
+        for (int i = 0; i < 600 && (pst = bus_stream_ensure(probe, &pc)) != TIDAL_OK; i++) usleep(100 * 1000);
+        if (pst == TIDAL_OK) bus_stream_delete(probe, "CLUSTER_PROBE");
+        bus_close(probe);
+        CHECK_MSG(pst == TIDAL_OK, "the cluster never placed a 3-replica stream: %s", tidal_errmsg());
+    }
+    char spec[512];
+    snprintf(c->run, sizeof c->run, "%s/run", work);
+    snprintf(spec, sizeof spec, "%s/examples/quickstart.yaml", source_dir);
+#define JOB_SETS "--set", "trainer.steps=100", "--set", "trainer.checkpoint_every=20", "--set", "eval.every=0"
+    c->ctl = start_tidal("controller", "controller", spec, JOB_SETS, "--bus", c->urls, "--out", c->run, NULL);
+    c->tr = start_tidal("trainer", "trainer", spec, JOB_SETS, "--bus", c->urls, "--out", c->run, NULL);
+#undef JOB_SETS
+    c->w0 = start_tidal("rollout-0", "rollout", "--bus", c->urls, "--job", "quickstart", "--id", "w0", "--share", "2",
+                        NULL);
+    c->w1 = start_tidal("rollout-1", "rollout", "--bus", c->urls, "--job", "quickstart", "--id", "w1", "--share", "2",
+                        NULL);
+    /* the trajectory stream at 3 replicas, and who leads it */
+    bus_opts bo = {.urls = c->urls, .name = "cluster-test"};
+    CHECK_OK(bus_connect(&c->b, &bo));
+    job_names_init(&c->names, "quickstart");
+    int replicas = 0;
+    char leader[64] = "";
+    for (int i = 0; i < 300 && (bus_stream_leader(c->b, c->names.traj_stream, &replicas, leader, sizeof leader) !=
+                                    TIDAL_OK || !leader[0]); i++)
+        usleep(100 * 1000);
+    CHECK_MSG(replicas == 3 && leader[0] == 'n' && leader[1] >= '0' && leader[1] < '0' + CLUSTER_N,
+              "stream %s: %d replicas, leader \"%s\"", c->names.traj_stream, replicas, leader);
+    c->leader = leader[1] - '0';
+}
+
+/* The step the job is at (metrics.jsonl), waiting at most timeout_s for `step`. */
+static long cluster_wait_step(cluster *c, long step, double timeout_s)
+{
+    long v = 0;
+    for (double t0 = now_s(); (v = cluster_watch(c)) < step && now_s() - t0 < timeout_s;) usleep(100 * 1000);
+    return v;
+}
+
+/* The rest of the job, then its checks: every role exits 0, the job learns,
+ * the summary balances and no trajectory is trained twice. A minute without a
+ * step is a stall: it says what each consumer holds and ends the trainer. */
+static void cluster_finish(cluster *c, const char *name)
+{
+    const long steps = 100;
+    long last = -1;
+    double last_t = now_s();
+    int rt = -1;
+    for (;;) {
+        const pid_t got = waitpid(c->tr, &rt, WNOHANG);
+        if (got == c->tr) {
+            rt = WIFEXITED(rt) ? WEXITSTATUS(rt) : 128 + WTERMSIG(rt);
+            break;
+        }
+        const long now_step = cluster_watch(c);
+        if (now_step != last) last = now_step, last_t = now_s();
+        if (now_s() - last_t > 60) {
+            uint64_t pp = 0, pa = 0, tp = 0, ta = 0;
+            bus_consumer_state(c->b, c->names.prompts_stream, JOB_CONSUMER_ROLLOUT, &pp, &pa);
+            bus_consumer_state(c->b, c->names.traj_stream, JOB_CONSUMER_TRAINER, &tp, &ta);
+            fprintf(stderr, "%s: stalled at step %ld for 60 s: prompts pending %llu, unacked %llu; "
+                            "trajectories pending %llu, unacked %llu\n", name, last, (unsigned long long)pp,
+                    (unsigned long long)pa, (unsigned long long)tp, (unsigned long long)ta);
+            kill(c->tr, SIGTERM);
+            rt = wait_exit(c->tr, 60);
+            break;
+        }
+        usleep(200 * 1000);
+    }
+    c->tr = 0;
+    fprintf(stderr, "%s: the longest time without a step: %.1f s\n", name, c->longest_gap);
+    const int rc = wait_exit(c->ctl, 120), r0 = wait_exit(c->w0, 120), r1 = wait_exit(c->w1, 120);
+    c->ctl = c->w0 = c->w1 = 0;
+    CHECK_MSG(rt == 0 && rc == 0 && r0 == 0 && r1 == 0, "exit statuses: trainer %d, controller %d, workers %d %d", rt,
+              rc, r0, r1);
+    json_t *sj = load_json(c->run, "summary.json");
+    const json_t *r = json_object_get(sj, "reward");
+    const double f10 = json_number_value(json_object_get(r, "first10_mean"));
+    const double l10 = json_number_value(json_object_get(r, "last10_mean"));
+    fprintf(stderr, "%s: reward %.3f -> %.3f\n", name, f10, l10);
+    if (!(f10 <= 0.3 && l10 > f10 + 0.1)) json_decref(sj);
+    CHECK_MSG(f10 <= 0.3 && l10 > f10 + 0.1, "the job did not learn: %.3f -> %.3f", f10, l10);
+    check_balance(sj, steps, 48);
+    json_decref(sj);
+    if (check_cur_failed_) return;
+    check_trained_once(c->run, steps, steps * 48 * 16);
+}
+
+/* Show the roles' output after a failure, kill any role still running, close
+ * the test's connection and stop the nodes. */
+static void cluster_stop(cluster *c)
+{
+    if (check_cur_failed_) show_output("controller"), show_output("trainer"), show_output("rollout-0");
+    const pid_t roles[4] = {c->ctl, c->tr, c->w0, c->w1};
+    for (int i = 0; i < 4; i++)
+        if (roles[i] > 0) kill(roles[i], SIGKILL), waitpid(roles[i], NULL, 0);
+    c->ctl = c->tr = c->w0 = c->w1 = 0;
+    bus_close(c->b);
+    c->b = NULL;
+    for (int i = 0; i < CLUSTER_N; i++) tidal_server_stop(c->nodes[i].srv), c->nodes[i].srv = NULL;
+}
+
+/* Kill -9 the trajectory stream's leader at step 20, a second node at step 45
+ * (JetStream loses its quorum until one comes back), restart both 5 s later. */
+static void cluster_kill_two(cluster *c)
+{
+    const int first = c->leader, second = (first + 1) % CLUSTER_N;
+    long v = cluster_wait_step(c, 20, 120);
+    fprintf(stderr, "cluster: step %ld: kill -9 n%d (leads %s)\n", v, first, c->names.traj_stream);
+    CHECK_OK(tidal_server_kill(c->nodes[first].srv));
+    v = cluster_wait_step(c, 45, 180);
+    fprintf(stderr, "cluster: step %ld: kill -9 n%d too (no quorum)\n", v, second);
+    CHECK_OK(tidal_server_kill(c->nodes[second].srv));
+    for (const double t0 = now_s(); now_s() - t0 < 5;) cluster_watch(c), usleep(100 * 1000);
+    fprintf(stderr, "cluster: restarting n%d and n%d\n", first, second);
+    CHECK_OK(tidal_server_restart(c->nodes[first].srv));
+    CHECK_OK(tidal_server_restart(c->nodes[second].srv));
+}
+
+/* Three nats-server processes on loopback form a JetStream cluster (each
+ * node's configuration written here: its name, client and route ports, the
+ * other two as routes). The quickstart runs on it with the job's streams and
+ * buckets at 3 replicas (bus.replicas auto: 3 nodes); mid-run the node that
+ * leads the trajectory stream is killed -9, later a second node (JetStream
+ * loses its quorum until one comes back), then both are restarted. The job
+ * completes, learns, balances, and trains nothing twice. */
+static void test_cluster(void)
+{
+    fresh_work("cluster");
+    static cluster c;
+    memset(&c, 0, sizeof c);
+    cluster_start(&c, NULL, NULL);
+    if (!check_cur_failed_) cluster_kill_two(&c);
+    if (!check_cur_failed_) cluster_finish(&c, "cluster");
+    cluster_stop(&c);
+    if (!check_cur_failed_) cleanup();
+}
+
+/* ------------------------------------------------- cluster_partition */
+
+/* The partition scenario's network: a bridge in the root namespace
+ * (10.213.0.1/24) and per node a network namespace whose eth0 (10.213.0.2+i)
+ * is one end of a veth pair, the other end a port of the bridge. The names
+ * carry this process's pid: tidal-tp<pid>-n<i>, bridge tp<pid>br, ports
+ * tp<pid>v<i> (a link name has at most 15 characters). */
+typedef struct netns_net {
+    char ns[CLUSTER_N][48], port[CLUSTER_N][16], bridge[16], host[CLUSTER_N][16], wrapper[CLUSTER_N][512];
+} netns_net;
+
+/* Run a shell command, quietly; its exit status. */
+static int sh(const char *cmd)
+{
+    const int r = system(cmd);
+    return r == -1 ? -1 : WIFEXITED(r) ? WEXITSTATUS(r) : 128;
+}
+
+/* Remove the namespaces and the bridge of an earlier run whose process is gone (a crash or a kill -9
+ * leaves them: nothing else would). */
+static void netns_clear_leftovers(void)
+{
+    sh("for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^tidal-tp[0-9]*-n[0-9]$'); do "
+       "p=${ns#tidal-tp}; p=${p%%-*}; kill -0 $p 2>/dev/null || ip netns del $ns; done; "
+       "for l in $(ip -o link show type bridge 2>/dev/null | awk -F': ' '{print $2}' | grep '^tp[0-9]*br$'); do "
+       "p=${l#tp}; p=${p%br}; kill -0 $p 2>/dev/null || ip link del $l; done");
+}
+
+/* Build the network and write each node's wrapper (`exec ip netns exec NS nats-server "$@"`: ip execs,
+ * so the harness's child pid is nats-server's). NULL when this machine cannot (the reason printed as
+ * a SKIP line); whatever was made is removed by netns_down. */
+static const char *netns_up(netns_net *n)
+{
+    const int pid = (int)getpid();
+    snprintf(n->bridge, sizeof n->bridge, "tp%dbr", pid);
+    if (sh("ip -o addr show 2>/dev/null | grep -q ' 10\\.213\\.0\\.1/'") == 0)
+        return "10.213.0.1 is in use on this machine (another cluster_partition running?)";
+    const char *nats = getenv("TIDAL_NATS_SERVER");
+    if (!nats || !*nats) nats = "nats-server";
+    char cmd[4096];
+    int len = snprintf(cmd, sizeof cmd,
+                       "set -e; exec >/dev/null 2>&1; ip link add %s type bridge; ip addr add 10.213.0.1/24 dev %s; "
+                       "ip link set %s up; ", n->bridge, n->bridge, n->bridge);
+    for (int i = 0; i < CLUSTER_N; i++) {
+        snprintf(n->ns[i], sizeof n->ns[i], "tidal-tp%d-n%d", pid, i);
+        snprintf(n->port[i], sizeof n->port[i], "tp%dv%d", pid, i);
+        snprintf(n->host[i], sizeof n->host[i], "10.213.0.%d", 2 + i);
+        len += snprintf(cmd + len, sizeof cmd - (size_t)len,
+                        "ip netns add %s; ip -n %s link set lo up; ip link add %s type veth peer name eth0 netns %s; "
+                        "ip link set %s master %s; ip link set %s up; ip -n %s addr add %s/24 dev eth0; "
+                        "ip -n %s link set eth0 up; ",
+                        n->ns[i], n->ns[i], n->port[i], n->ns[i], n->port[i], n->bridge, n->port[i], n->ns[i],
+                        n->host[i], n->ns[i]);
+        snprintf(n->wrapper[i], sizeof n->wrapper[i], "%s/nats-server-n%d.sh", work, i);
+        char text[600];
+        snprintf(text, sizeof text, "#!/bin/sh\nexec ip netns exec %s %s \"$@\"\n", n->ns[i], nats);
+        write_file(n->wrapper[i], text);
+        if (chmod(n->wrapper[i], 0755) != 0) return "cannot make the node wrapper executable";
+    }
+    if (sh(cmd) != 0) return "cannot build the network (ip netns add, a veth pair, a bridge)";
+    return NULL;
+}
+
+/* Remove the namespaces and the bridge (deleting a namespace deletes its veth pair). */
+static void netns_down(const netns_net *n)
+{
+    char cmd[1024];
+    int len = snprintf(cmd, sizeof cmd, "exec >/dev/null 2>&1; ip link del %s; ", n->bridge);
+    for (int i = 0; i < CLUSTER_N; i++)
+        if (n->ns[i][0]) len += snprintf(cmd + len, sizeof cmd - (size_t)len, "ip netns del %s; ", n->ns[i]);
+    sh(cmd);
+}
+
+/* At step 20, take down the bridge port of the node that leads the trajectory stream: it keeps
+ * running, cut off (its clients see no error, only silence); 15 s later the link comes back. */
+static void cluster_cut_leader(cluster *c, const netns_net *n)
+{
+    const int cut = c->leader;
+    char cmd[256];
+    long v = cluster_wait_step(c, 20, 120);
+    const double t0 = now_s();
+    fprintf(stderr, "cluster_partition: step %ld: cut n%d off (leads %s)\n", v, cut, c->names.traj_stream);
+    snprintf(cmd, sizeof cmd, "ip link set %s down", n->port[cut]);
+    CHECK_MSG(sh(cmd) == 0, "%s failed", cmd);
+    while (now_s() - t0 < 15) cluster_watch(c), usleep(100 * 1000);
+    snprintf(cmd, sizeof cmd, "ip link set %s up", n->port[cut]);
+    CHECK_MSG(sh(cmd) == 0, "%s failed", cmd);
+    fprintf(stderr, "cluster_partition: step %ld: n%d back (cut %.1f s)\n", last_step(c->run), cut, now_s() - t0);
+}
+
+/* As `cluster`, but each node runs in its own network namespace and the trajectory stream's leader is
+ * cut off for 15 s at step 20 rather than killed; the roles stay in the root namespace. Root only
+ * (SKIP otherwise). */
+static void test_cluster_partition(void)
+{
+    fresh_work("cluster_partition");
+    if (geteuid() != 0) {
+        printf("SKIP: cluster_partition needs root (ip netns add, veth, a bridge)\n");
+        skipped = true;
+        cleanup();
+        return;
+    }
+    netns_clear_leftovers();
+    static netns_net n;
+    memset(&n, 0, sizeof n);
+    const char *why = netns_up(&n);
+    if (why) {
+        printf("SKIP: cluster_partition: %s\n", why);
+        skipped = true;
+        netns_down(&n);
+        cleanup();
+        return;
+    }
+    static cluster c;
+    memset(&c, 0, sizeof c);
+    const char *hosts[CLUSTER_N], *wrappers[CLUSTER_N];
+    for (int i = 0; i < CLUSTER_N; i++) hosts[i] = n.host[i], wrappers[i] = n.wrapper[i];
+    cluster_start(&c, hosts, wrappers);
+    if (!check_cur_failed_) cluster_cut_leader(&c, &n);
+    if (!check_cur_failed_) cluster_finish(&c, "cluster_partition");
+    cluster_stop(&c);
+    netns_down(&n);
+    if (!check_cur_failed_) cleanup();
+}
+
 int main(int argc, char **argv)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -2237,6 +2613,8 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "serve_sglang")) RUN(test_serve_sglang);
     else if (!strcmp(s, "serve_vllm")) RUN(test_serve_vllm);
     else if (!strcmp(s, "prometheus")) RUN(test_prometheus);
+    else if (!strcmp(s, "cluster")) RUN(test_cluster);
+    else if (!strcmp(s, "cluster_partition")) RUN(test_cluster_partition);
     else if (!strcmp(s, "weights_dir")) RUN(test_weights_dir);
     else if (!strcmp(s, "serve_dir")) RUN(test_serve_dir);
     else if (!strcmp(s, "weights_delta")) RUN(test_weights_delta);

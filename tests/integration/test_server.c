@@ -147,6 +147,27 @@ static void test_start_answers(void)
     CHECK_MSG(ok, "url %s (port %d) does not answer", want, port);
 }
 
+/* opts.host: the server listens on that address and its URL names it (127.0.0.2 is loopback too,
+ * and 127.0.0.1 then does not answer); a host that is no IPv4 address is refused by name. */
+static void test_host(void)
+{
+    tidal_server *s = NULL;
+    tidal_server_opts o = {.host = "127.0.0.2"};
+    CHECK_OK(tidal_server_start(&s, &o));
+    const int port = tidal_server_port(s);
+    char want[64], other[64], url[64];
+    snprintf(url, sizeof url, "%s", tidal_server_url(s));
+    snprintf(want, sizeof want, "nats://127.0.0.2:%d", port);
+    snprintf(other, sizeof other, "nats://127.0.0.1:%d", port);
+    const int named = strcmp(url, want) == 0, there = answers(want), elsewhere = answers(other);
+    tidal_server_stop(s);
+    CHECK_MSG(named && there && !elsewhere, "url %s (want %s): answers %d, on 127.0.0.1 %d", url, want, there,
+              elsewhere);
+    tidal_server_opts bad = {.host = "node-a"};
+    CHECK_STATUS(tidal_server_start(&s, &bad), TIDAL_ERR_INVALID);
+    CHECK_MSG(s == NULL && strstr(tidal_errmsg(), "\"node-a\""), "message: %s", tidal_errmsg());
+}
+
 static void test_kill_restart_same_port_and_store(void)
 {
     tidal_server *s = NULL;
@@ -280,6 +301,7 @@ int main(void)
 {
     RUN(test_stop_removes_temp_dirs);
     RUN(test_start_answers);
+    RUN(test_host);
     RUN(test_kill_restart_same_port_and_store);
     RUN(test_two_servers_different_ports);
     RUN(test_taken_port_is_a_clear_error);
