@@ -1161,12 +1161,17 @@ static tidal_status kv_write(bus_kv *kv, kv_write_kind kind, const char *key, co
     snprintf(subject, sizeof subject, "$KV.%s.%s", kv->bucket, key);
     if (s == NATS_TIMEOUT && take_permission_error(kv->b, op[kind], subject) == TIDAL_ERR_PERMISSION)
         return TIDAL_ERR_PERMISSION;
-    /* only a put is safe to repeat: a create or update that timed out may have landed */
+    /* only a put is safe to repeat after a timeout: a create or update that timed out may have
+     * landed. "No responders" means nobody took it: on a cluster (a bucket electing its leader,
+     * as right after it is made) every kind is repeated */
     const double t0 = tidal_clock_ms();
-    while (kind == KV_PUT && (s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS) &&
+    while (((kind == KV_PUT && s == NATS_TIMEOUT) ||
+            (s == NATS_NO_RESPONDERS && (kind == KV_PUT || kv->b->replicas > 1))) &&
            tidal_clock_ms() - t0 < BUS_KV_PUT_RETRY_MS) {
         nats_Sleep(250);
-        s = kvStore_Put(&r, kv->kv, key, val, (int)len);
+        s = kind == KV_PUT      ? kvStore_Put(&r, kv->kv, key, val, (int)len)
+            : kind == KV_CREATE ? kvStore_Create(&r, kv->kv, key, val, (int)len)
+                                : kvStore_Update(&r, kv->kv, key, val, (int)len, last);
         if (s == NATS_TIMEOUT && take_permission_error(kv->b, op[kind], subject) == TIDAL_ERR_PERMISSION)
             return TIDAL_ERR_PERMISSION;
     }

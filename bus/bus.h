@@ -257,7 +257,10 @@ tidal_status bus_kv_get(bus_kv *kv, const char *key, void **val, size_t *len, ui
  * tried again for up to BUS_KV_PUT_RETRY_MS before it fails. */
 #define BUS_KV_PUT_RETRY_MS 20000
 tidal_status bus_kv_put(bus_kv *kv, const char *key, const void *val, size_t len, uint64_t *rev);
-/* Put only if the key does not exist: TIDAL_ERR_CONFLICT when it does. */
+/* Put only if the key does not exist: TIDAL_ERR_CONFLICT when it does. On a
+ * cluster (replicas > 1) it and bus_kv_update are tried again while no
+ * JetStream responder answers (a bucket electing its leader), for up to
+ * BUS_KV_PUT_RETRY_MS: nothing took the request, so it cannot have landed. */
 tidal_status bus_kv_create(bus_kv *kv, const char *key, const void *val, size_t len,
                            uint64_t *rev);
 /* Compare-and-set: put only if the key's revision is still `last`:

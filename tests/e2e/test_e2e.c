@@ -2350,10 +2350,26 @@ static void cluster_start(cluster *c, const char *const *hosts, const char *cons
 }
 
 /* The step the job is at (metrics.jsonl), waiting at most timeout_s for `step`. */
+/* Whether child pid has exited (a zombie not yet reaped: cluster_finish reaps it). */
+static bool child_exited(pid_t pid)
+{
+    char path[64], stat[256] = "";
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    const bool read = f && fgets(stat, sizeof stat, f);
+    if (f) fclose(f);
+    const char *close = read ? strrchr(stat, ')') : NULL;
+    return !close || close[1] != ' ' || close[2] == 'Z';
+}
+
+/* Wait for the step (or until the trainer or controller has exited: the checks say why). */
 static long cluster_wait_step(cluster *c, long step, double timeout_s)
 {
     long v = 0;
-    for (double t0 = now_s(); (v = cluster_watch(c)) < step && now_s() - t0 < timeout_s;) usleep(100 * 1000);
+    for (double t0 = now_s(); (v = cluster_watch(c)) < step && now_s() - t0 < timeout_s;) {
+        if (child_exited(c->tr) || child_exited(c->ctl)) break;
+        usleep(100 * 1000);
+    }
     return v;
 }
 
