@@ -47,6 +47,11 @@ struct bus_sub {
      * through one is acked through it (nats.c's ack reads msg->sub); destroyed with s */
     natsSubscription **retired;
     int n_retired;
+    /* callback subscriptions: nats.c reports (on_sub_done) when the subscription is closed and
+     * its handler has returned; only then may s (the handler's closure) be freed */
+    pthread_mutex_t done_mu;
+    pthread_cond_t done_cv;
+    bool done, done_cb;
 };
 
 struct bus_kv {
@@ -451,6 +456,26 @@ static void on_sub_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     s->handler(s->b, msg, s->closure);
 }
 
+/* A zeroed bus_sub of b, its done lock and condition made; NULL when out of memory. */
+static bus_sub *sub_new(tidal_bus *b)
+{
+    bus_sub *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->b = b;
+    pthread_mutex_init(&s->done_mu, NULL);
+    pthread_cond_init(&s->done_cv, NULL);
+    return s;
+}
+
+static void on_sub_done(void *closure)
+{
+    bus_sub *s = closure;
+    pthread_mutex_lock(&s->done_mu);
+    s->done = true;
+    pthread_cond_signal(&s->done_cv);
+    pthread_mutex_unlock(&s->done_mu);
+}
+
 /* Pending limits are lifted on every subscription: the client's defaults
  * (65536 messages / 64 MiB) drop messages silently for a slow reader. */
 static tidal_status lift_pending_limits(bus_sub *s)
@@ -464,17 +489,19 @@ static tidal_status subscribe(tidal_bus *b, const char *subject, const char *que
                               bus_handler handler, void *closure, bus_sub **out)
 {
     *out = NULL;
-    bus_sub *s = calloc(1, sizeof *s);
+    bus_sub *s = sub_new(b);
     if (!s) return tidal_fail(TIDAL_ERR_NOMEM, "bus: subscribe %s: out of memory", subject);
-    s->b = b;
     s->handler = handler;
     s->closure = closure;
     snprintf(s->what, sizeof s->what, "%s", subject);
     tidal_status st = TIDAL_OK;
     natsStatus ns;
-    if (handler)
+    if (handler) {
         ns = queue ? natsConnection_QueueSubscribe(&s->sub, b->nc, subject, queue, on_sub_msg, s)
                    : natsConnection_Subscribe(&s->sub, b->nc, subject, on_sub_msg, s);
+        if (ns == NATS_OK) ns = natsSubscription_SetOnCompleteCB(s->sub, on_sub_done, s);
+        s->done_cb = ns == NATS_OK;
+    }
     else
         ns = queue ? natsConnection_QueueSubscribeSync(&s->sub, b->nc, subject, queue)
                    : natsConnection_SubscribeSync(&s->sub, b->nc, subject);
@@ -534,10 +561,26 @@ void bus_unsubscribe(bus_sub *s)
     if (!s) return;
     if (s->sub) {
         natsSubscription_Unsubscribe(s->sub);
+        bool done = !s->done_cb;
+        if (s->done_cb) { /* a handler still running uses s: wait for it (not from the handler itself) */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 5;
+            pthread_mutex_lock(&s->done_mu);
+            while (!s->done && pthread_cond_timedwait(&s->done_cv, &s->done_mu, &until) == 0) {}
+            done = s->done;
+            pthread_mutex_unlock(&s->done_mu);
+        }
         natsSubscription_Destroy(s->sub);
+        if (!done) { /* kept, not freed: its handler may still run */
+            tidal_log(TIDAL_LOG_WARN, "bus: unsubscribe %s: its handler did not return in 5 s", s->what);
+            return;
+        }
     }
     for (int i = 0; i < s->n_retired; i++) natsSubscription_Destroy(s->retired[i]);
     free(s->retired);
+    pthread_cond_destroy(&s->done_cv);
+    pthread_mutex_destroy(&s->done_mu);
     free(s);
 }
 
@@ -896,9 +939,8 @@ tidal_status bus_js_publish_wait(tidal_bus *b, int timeout_ms)
 tidal_status bus_pull_subscribe(tidal_bus *b, const char *stream, const char *durable, bus_sub **out)
 {
     *out = NULL;
-    bus_sub *s = calloc(1, sizeof *s);
+    bus_sub *s = sub_new(b);
     if (!s) return tidal_fail(TIDAL_ERR_NOMEM, "bus: pull subscribe %s/%s: out of memory", stream, durable);
-    s->b = b;
     snprintf(s->what, sizeof s->what, "stream %s consumer %s", stream, durable);
     snprintf(s->stream, sizeof s->stream, "%s", stream);
     snprintf(s->durable, sizeof s->durable, "%s", durable);

@@ -122,7 +122,9 @@ tidal_status bus_subscribe_sync(tidal_bus *b, const char *subject, const char *q
 /* Next message of a synchronous subscription; TIDAL_ERR_TIMEOUT when none came. */
 tidal_status bus_next(bus_sub *s, int timeout_ms, bus_msg **out);
 
-/* Unsubscribe and free. NULL is a no-op. */
+/* Unsubscribe and free. NULL is a no-op. For a bus_subscribe subscription it
+ * first waits (up to 5 s) until a handler call in progress has returned, so the
+ * handler never runs on freed state: not to be called from that handler. */
 void bus_unsubscribe(bus_sub *s);
 /* For an async subscription (bus_subscribe): remove the interest at the
  * server, let the handler receive what was already delivered to this client,

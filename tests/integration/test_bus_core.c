@@ -1,6 +1,7 @@
 /* Core NATS through bus/: pub/sub, queue groups, request/reply, large messages. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "harness/fixture.h"
@@ -164,6 +165,35 @@ static void test_connect_errors(void)
     bus_close(b);
 }
 
+/* A handler still running when its subscription goes: bus_unsubscribe returns
+ * only after it has returned (its closure may be freed right after). */
+typedef struct {
+    atomic_int started, finished;
+} slow_handler;
+
+static void on_slow(tidal_bus *b, bus_msg *m, void *closure)
+{
+    (void)b;
+    slow_handler *h = closure;
+    atomic_store(&h->started, 1);
+    usleep(300 * 1000);
+    atomic_store(&h->finished, 1);
+    bus_msg_destroy(m);
+}
+
+static void test_unsubscribe_waits_for_handler(void)
+{
+    slow_handler h = {0};
+    bus_sub *sub = NULL;
+    CHECK_OK(bus_subscribe(F.bus, "t.core.slow", NULL, on_slow, &h, &sub));
+    CHECK_OK(bus_publish(F.bus, "t.core.slow", "x", 1));
+    CHECK_OK(bus_flush(F.bus, 2000));
+    for (int i = 0; i < 200 && !atomic_load(&h.started); i++) usleep(10 * 1000);
+    CHECK_MSG(atomic_load(&h.started), "the handler never ran");
+    bus_unsubscribe(sub);
+    CHECK_MSG(atomic_load(&h.finished), "bus_unsubscribe returned while its handler was still running");
+}
+
 int main(void)
 {
     fixture_start(&F);
@@ -172,6 +202,7 @@ int main(void)
     RUN(test_request_reply);
     RUN(test_large_messages_not_dropped);
     RUN(test_connect_errors);
+    RUN(test_unsubscribe_waits_for_handler);
     fixture_stop(&F);
     nats_Close();
     return check_summary();
