@@ -671,16 +671,7 @@ void bus_blob_tap_close(bus_blob_tap *t)
          * stops it). Unsubscribing closes the subscription locally and nats.c
          * reports done once its handler has returned: only then may t go. */
         natsSubscription_Unsubscribe(t->sub);
-        bool done = !t->done_cb;
-        if (t->done_cb) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 5;
-            pthread_mutex_lock(&t->lock);
-            while (!t->done && pthread_cond_timedwait(&t->done_cv, &t->lock, &until) == 0) {}
-            done = t->done;
-            pthread_mutex_unlock(&t->lock);
-        }
+        const bool done = !t->done_cb || bus_wait_done(&t->lock, &t->done_cv, &t->done, 5);
         natsSubscription_Destroy(t->sub);
         if (!done) { /* its handler may still run on t: kept, not freed */
             tidal_log(TIDAL_LOG_WARN, "bus: blob tap %s: its handler did not return in 5 s", t->bs->prefix);

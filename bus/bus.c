@@ -456,6 +456,18 @@ static void on_sub_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     s->handler(s->b, msg, s->closure);
 }
 
+bool bus_wait_done(pthread_mutex_t *mu, pthread_cond_t *cv, const bool *done, int timeout_s)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_s;
+    pthread_mutex_lock(mu);
+    while (!*done && pthread_cond_timedwait(cv, mu, &until) == 0) {}
+    const bool yes = *done;
+    pthread_mutex_unlock(mu);
+    return yes;
+}
+
 /* A zeroed bus_sub of b, its done lock and condition made; NULL when out of memory. */
 static bus_sub *sub_new(tidal_bus *b)
 {
@@ -561,16 +573,8 @@ void bus_unsubscribe(bus_sub *s)
     if (!s) return;
     if (s->sub) {
         natsSubscription_Unsubscribe(s->sub);
-        bool done = !s->done_cb;
-        if (s->done_cb) { /* a handler still running uses s: wait for it (not from the handler itself) */
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 5;
-            pthread_mutex_lock(&s->done_mu);
-            while (!s->done && pthread_cond_timedwait(&s->done_cv, &s->done_mu, &until) == 0) {}
-            done = s->done;
-            pthread_mutex_unlock(&s->done_mu);
-        }
+        /* a handler still running uses s: wait for it (not from the handler itself) */
+        const bool done = !s->done_cb || bus_wait_done(&s->done_mu, &s->done_cv, &s->done, 5);
         natsSubscription_Destroy(s->sub);
         if (!done) { /* kept, not freed: its handler may still run */
             tidal_log(TIDAL_LOG_WARN, "bus: unsubscribe %s: its handler did not return in 5 s", s->what);

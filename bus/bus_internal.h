@@ -25,4 +25,8 @@ tidal_status bus_nats_fail(natsStatus s, jsErrCode jerr, const char *fmt, ...)
 /* Milliseconds on the monotonic clock. */
 int64_t bus_now_ms(void);
 
+/* Wait until *done is set (under mu, signalled on cv: a subscription's
+ * on-complete callback), at most timeout_s seconds; returns *done. */
+bool bus_wait_done(pthread_mutex_t *mu, pthread_cond_t *cv, const bool *done, int timeout_s);
+
 #endif
