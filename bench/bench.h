@@ -64,6 +64,11 @@ struct bench_peer_env {
 };
 int bench_peer_envs(const bench_peer_env **out);
 
+/* The median of v[0..n-1] (n >= 1; v is sorted in place). For the ratio of
+ * two paths timed back to back in each round: a burst of load on a shared
+ * machine skews one round's ratio, not the median. */
+double bench_median(double *v, int n);
+
 /* Print o as the bench's last line (compact JSON) and release it. */
 void bench_print_json(json_t *o);
 

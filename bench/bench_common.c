@@ -155,6 +155,17 @@ int bench_peer_envs(const bench_peer_env **out)
     return getenv("OPENBLAS_CORETYPE") || getenv("OPENBLAS_L2_SIZE") ? 4 : 2;
 }
 
+double bench_median(double *v, int n)
+{
+    for (int i = 1; i < n; i++) /* insertion sort: a handful of rounds */
+        for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+            const double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 void bench_print_json(json_t *o)
 {
     char *line = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;

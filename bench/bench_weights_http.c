@@ -6,7 +6,7 @@
  * Three clocks, each over R rounds (interleaved; the best counts):
  *   fetch   (the ratio's): W threads each run the worker's fetch,
  *           fetch_http_image (parallel Range requests on keep-alive
- *           connections, every range SHA-256-checked against the signed
+ *           connections, every range digest-checked against the signed
  *           manifest, into the worker's memory: the last round's buffer,
  *           as a worker reuses its last image's) from the trainer's
  *           server, a bearer token on every request; the bytes are then
@@ -452,18 +452,11 @@ int bench_weights_http_main(int argc, char **argv)
         if (wr.gbps_mean > best_w.gbps_mean) best_w = wr;
     }
     const double ratio = best_f.gbps_mean / best_p.gbps_mean;
-    for (int i = 1; i < rounds; i++) /* insertion sort: a handful of rounds */
-        for (int j = i; j > 0 && round_ratio[j - 1] > round_ratio[j]; j--) {
-            const double t = round_ratio[j];
-            round_ratio[j] = round_ratio[j - 1];
-            round_ratio[j - 1] = t;
-        }
-    const double median = rounds % 2 ? round_ratio[rounds / 2]
-                                     : (round_ratio[rounds / 2 - 1] + round_ratio[rounds / 2]) / 2;
+    const double median = bench_median(round_ratio, rounds);
     if (!as_json)
         printf("bench weights --transport http: %zu parameters, %zu-byte %s image, %d workers, %d ranges in flight "
                "each, best of %d rounds\n"
-               "  tidal fetch (trainer's libmicrohttpd server -> fetch_http_image, token, every range SHA-256-checked):\n"
+               "  tidal fetch (trainer's libmicrohttpd server -> fetch_http_image, token, every range digest-checked):\n"
                "        %6.2f GB/s per worker\n"
                "  peer  (nginx sendfile -> curl -o /dev/null, no checks):\n"
                "        %6.2f GB/s per worker\n"

@@ -2,10 +2,10 @@
  *
  * Layout, for store prefix P and blob N (docs/protocol.md):
  *   P.N.c.<i>   chunk i (i = 0 .. count-1), at most BUS_BLOB_MAX_CHUNK bytes, with
- *               headers Tidal-Blob: N, Tidal-Chunk: i, Tidal-Sha256: <hex of the chunk>
+ *               headers Tidal-Blob: N, Tidal-Chunk: i, Tidal-Digest: <hex of the chunk>
  *   P.N.m       the BlobManifest (protobuf): size, chunk size and count, the
- *               SHA-256 of every chunk and the blob's digest (SHA-256 over the
- *               chunk SHA-256s, so no side hashes the bytes twice); written
+ *               digest of every chunk and the blob's digest (digest over the
+ *               chunk digests, so no side hashes the bytes twice); written
  *               last, so a blob is visible only once all its chunks are stored.
  * The stream keeps one message per subject, so a chunk re-published under the
  * same index replaces the old one; readers trust only the manifest's hashes.
@@ -19,7 +19,6 @@
  */
 #include <ctype.h>
 #include <stdatomic.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,12 +27,13 @@
 
 #include "bus/bus_internal.h"
 #include "proto/codec.h"
+#include "base/digest.h"
 
 #define BLOB_IN_FLIGHT 16            /* chunks un-acked at once: <= 64 MiB buffered */
 #define BLOB_HEADER_ROOM (16 << 10)  /* max_payload headroom for headers */
 #define BLOB_MIN_WAIT_MS 30000
 #define BLOB_GETS_IN_FLIGHT 4        /* direct gets in flight per fetch (one thread each) */
-#define BLOB_FETCH_TRIES 3           /* a chunk failing its SHA-256 is fetched this often at most */
+#define BLOB_FETCH_TRIES 3           /* a chunk failing its digest is fetched this often at most */
 
 struct bus_blob_store {
     tidal_bus *b;
@@ -65,22 +65,6 @@ static bool blob_name_ok(const char *name)
     for (const char *p = name; *p; p++)
         if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_') return false;
     return true;
-}
-
-static void hex32(const uint8_t *d, char out[65])
-{
-    static const char digits[] = "0123456789abcdef";
-    for (int i = 0; i < 32; i++) {
-        out[2 * i] = digits[d[i] >> 4];
-        out[2 * i + 1] = digits[d[i] & 15];
-    }
-    out[64] = '\0';
-}
-
-static void sha256(const void *data, size_t len, uint8_t out[32])
-{
-    unsigned int n = 32;
-    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
 }
 
 tidal_status bus_blob_store_open(tidal_bus *b, const char *stream, const char *prefix, int keep,
@@ -147,12 +131,12 @@ static tidal_status publish_chunk(bus_blob_store *st, const char *name, uint32_t
     char subj[320], idxs[16], hex[65];
     snprintf(subj, sizeof subj, "%s.%s.c.%u", st->prefix, name, idx);
     snprintf(idxs, sizeof idxs, "%u", idx);
-    hex32(digest, hex);
+    digest_hex(digest, DIGEST_BYTES, hex);
     natsMsg *m = NULL;
     natsStatus ns = natsMsg_Create(&m, subj, NULL, (const char *)data, (int)n);
     if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Blob", name);
     if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Chunk", idxs);
-    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Sha256", hex);
+    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Digest", hex);
     char cbs[16];
     snprintf(cbs, sizeof cbs, "%u", chunk_size(st));
     if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Chunk-Bytes", cbs);
@@ -210,7 +194,7 @@ static void info_from_manifest(bus_blob_info *info, const Tidal__V1__BlobManifes
     info->bytes = m->bytes;
     info->chunk_bytes = m->chunk_bytes;
     info->chunk_count = m->chunk_count;
-    if (m->sha256.len == 32) memcpy(info->sha256, m->sha256.data, 32);
+    if (m->digest.len == 32) memcpy(info->digest, m->digest.data, 32);
 }
 
 /* Keep the newest st->keep blobs (by the stream sequence of their manifests). */
@@ -279,7 +263,7 @@ struct bus_blob_writer {
     uint32_t fill;             /* bytes in it */
     uint64_t len;              /* bytes written so far */
     uint32_t count;            /* chunks published */
-    uint8_t (*digests)[32];    /* their SHA-256s */
+    uint8_t (*digests)[32];    /* their digests */
     uint32_t cap_digests;
     tidal_status failed;       /* the first failure (the writer then takes no more) */
     char failed_msg[512];
@@ -313,11 +297,11 @@ static bool take_corrupt(void)
     return left > 0;
 }
 
-/* The blob's digest: SHA-256 over its chunks' SHA-256s, in order (protocol.md
+/* The blob's digest: digest over its chunks' digests, in order (protocol.md
  * "Chunked blobs"), so neither side hashes the bytes twice. */
 static void list_digest(const uint8_t (*digests)[32], uint32_t count, uint8_t out[32])
 {
-    sha256(digests, (size_t)count * 32, out);
+    digest_compute(digests, (size_t)count * 32, out);
 }
 
 static void writer_fail(bus_blob_writer *w, tidal_status st)
@@ -342,7 +326,7 @@ static void send_chunk(bus_blob_writer *w, const uint8_t *data, uint32_t n)
         w->cap_digests = cap;
     }
     const double t0 = mono_ms();
-    sha256(data, n, w->digests[w->count]);
+    digest_compute(data, n, w->digests[w->count]);
     const double t1 = mono_ms();
     tidal_status st = publish_chunk(w->bs, w->name, w->count, data, n, w->digests[w->count]);
     w->hash_ms += t1 - t0;
@@ -442,12 +426,12 @@ tidal_status bus_blob_writer_close(bus_blob_writer *w, bus_blob_info *info)
               t_wait - w->t_open - w->hash_ms - w->send_ms);
     if (w->failed != TIDAL_OK) st = tidal_fail(w->failed, "%s", w->failed_msg);
     void *buf = NULL;
-    ProtobufCBinaryData *chunk_sha = calloc(w->count ? w->count : 1, sizeof *chunk_sha);
-    if (st == TIDAL_OK && !chunk_sha) st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
+    ProtobufCBinaryData *chunk_digests = calloc(w->count ? w->count : 1, sizeof *chunk_digests);
+    if (st == TIDAL_OK && !chunk_digests) st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
     if (st != TIDAL_OK) goto cleanup;
     for (uint32_t i = 0; i < w->count; i++) {
-        chunk_sha[i].data = w->digests[i];
-        chunk_sha[i].len = 32;
+        chunk_digests[i].data = w->digests[i];
+        chunk_digests[i].len = 32;
     }
     uint8_t total[32];
     list_digest((const uint8_t(*)[32])w->digests, w->count, total);
@@ -459,10 +443,10 @@ tidal_status bus_blob_writer_close(bus_blob_writer *w, bus_blob_info *info)
     m.bytes = w->len;
     m.chunk_bytes = w->cb;
     m.chunk_count = w->count;
-    m.sha256.data = total;
-    m.sha256.len = 32;
-    m.n_chunk_sha256 = w->count;
-    m.chunk_sha256 = chunk_sha;
+    m.digest.data = total;
+    m.digest.len = 32;
+    m.n_chunk_digest = w->count;
+    m.chunk_digest = chunk_digests;
     m.created_unix_ms = unix_ms();
     size_t blen = 0;
     TRY_GOTO(codec_encode(&m.base, &buf, &blen));
@@ -474,7 +458,7 @@ tidal_status bus_blob_writer_close(bus_blob_writer *w, bus_blob_info *info)
     st = prune(bs);
 cleanup:
     free(buf);
-    free(chunk_sha);
+    free(chunk_digests);
     writer_free(w);
     return st;
 }
@@ -529,7 +513,7 @@ tidal_status bus_blob_stat(bus_blob_store *st, const char *name, bus_blob_info *
 typedef struct tap_rec {
     bool have;
     uint32_t len;
-    uint8_t sha[32];
+    uint8_t digest[32];
 } tap_rec;
 
 struct bus_blob_tap {
@@ -582,7 +566,7 @@ static void on_tap_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
         if (idx < t->n_recs && off + (uint64_t)len <= t->cap) {
             memcpy(t->buf + off, natsMsg_GetData(msg), (size_t)len);
             if (take_corrupt() && len > 0) t->buf[off + (size_t)len / 2] ^= 0x01; /* the test hook */
-            sha256(t->buf + off, (size_t)len, t->recs[idx].sha);
+            digest_compute(t->buf + off, (size_t)len, t->recs[idx].digest);
             t->recs[idx].len = (uint32_t)len;
             t->recs[idx].have = true;
             t->caught++;
@@ -712,7 +696,7 @@ static void fetch_fail(fetch_job *j, tidal_status st)
     atomic_store(&j->stop, true);
 }
 
-/* Chunk i into its place in dest, checked against its SHA-256 in the same
+/* Chunk i into its place in dest, checked against its digest in the same
  * pass (the bytes are hashed where they land); a chunk that fails its check
  * is fetched again, up to BLOB_FETCH_TRIES times. */
 static tidal_status fetch_chunk(fetch_job *j, uint32_t i)
@@ -744,13 +728,13 @@ static tidal_status fetch_chunk(fetch_job *j, uint32_t i)
         bus_msg_destroy(c);
         if (take_corrupt()) j->dest[off + want / 2] ^= 0x01; /* the test hook: a bit flipped in transit */
         uint8_t d[32];
-        sha256(j->dest + off, want, d);
-        if (memcmp(d, L->chunk_sha256 + 32 * (size_t)i, 32) == 0) break;
+        digest_compute(j->dest + off, want, d);
+        if (memcmp(d, L->chunk_digest + 32 * (size_t)i, 32) == 0) break;
         if (attempt >= BLOB_FETCH_TRIES)
-            return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u fails its SHA-256 check %d times (%s)",
+            return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %u of %u fails its digest check %d times (%s)",
                               j->name, i, L->chunk_count, attempt, subj);
         atomic_fetch_add(&j->refetched, 1);
-        tidal_log(TIDAL_LOG_WARN, "bus: blob %s: chunk %u of %u fails its SHA-256 check (%s); fetching it again",
+        tidal_log(TIDAL_LOG_WARN, "bus: blob %s: chunk %u of %u fails its digest check (%s); fetching it again",
                   j->name, i, L->chunk_count, subj);
     }
     if (hook_chunk_got) hook_chunk_got(i);
@@ -763,7 +747,7 @@ static void *fetch_main(void *arg)
     while (!atomic_load(&j->stop)) {
         unsigned i = atomic_fetch_add(&j->next, 1);
         if (i >= j->want->chunk_count) break;
-        if (i < j->n_caught && j->caught[i].have && memcmp(j->caught[i].sha, j->want->chunk_sha256 + 32 * (size_t)i, 32) == 0)
+        if (i < j->n_caught && j->caught[i].have && memcmp(j->caught[i].digest, j->want->chunk_digest + 32 * (size_t)i, 32) == 0)
             continue; /* caught on its way in, in place, and it is the one the manifest names */
         tidal_status st = fetch_chunk(j, i);
         if (st != TIDAL_OK) fetch_fail(j, st);
@@ -779,7 +763,7 @@ tidal_status bus_blob_fetch(bus_blob_store *bs, const char *name, const bus_blob
     if (!blob_name_ok(name))
         return tidal_fail(TIDAL_ERR_INVALID, "bus: blob get: bad name '%s'", name ? name : "(null)");
     const uint64_t cb = want->chunk_bytes;
-    if (cb == 0 || cb > BUS_BLOB_MAX_CHUNK || (want->bytes + cb - 1) / cb != want->chunk_count || !want->chunk_sha256)
+    if (cb == 0 || cb > BUS_BLOB_MAX_CHUNK || (want->bytes + cb - 1) / cb != want->chunk_count || !want->chunk_digest)
         return tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: the manifest's layout is inconsistent (%llu bytes, %u chunks of %llu)",
                           name, (unsigned long long)want->bytes, want->chunk_count, (unsigned long long)cb);
     fetch_job j = {.bs = bs, .name = name, .want = want, .dest = dest};
@@ -796,7 +780,7 @@ tidal_status bus_blob_fetch(bus_blob_store *bs, const char *name, const bus_blob
         if (!same_buf) j.n_caught = 0;
         j.caught = recs;
         for (uint32_t i = 0; i < j.n_caught && i < want->chunk_count; i++)
-            if (recs[i].have && !memcmp(recs[i].sha, want->chunk_sha256 + 32 * (size_t)i, 32) && caught) (*caught)++;
+            if (recs[i].have && !memcmp(recs[i].digest, want->chunk_digest + 32 * (size_t)i, 32) && caught) (*caught)++;
     }
     pthread_mutex_init(&j.lock, NULL);
     pthread_t th[BLOB_GETS_IN_FLIGHT];
@@ -822,32 +806,32 @@ tidal_status bus_blob_get(bus_blob_store *bs, const char *name, void **data, uin
     Tidal__V1__BlobManifest *m = NULL;
     TRY(read_manifest(bs, name, &m));
     tidal_status st = TIDAL_OK;
-    uint8_t *hashes = calloc(m->n_chunk_sha256 ? m->n_chunk_sha256 : 1, 32);
+    uint8_t *hashes = calloc(m->n_chunk_digest ? m->n_chunk_digest : 1, 32);
     uint8_t *buf = malloc(m->bytes ? m->bytes : 1);
     if (!buf || !hashes) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: cannot allocate %llu bytes", name, (unsigned long long)m->bytes);
         goto cleanup;
     }
-    if (m->n_chunk_sha256 != m->chunk_count) {
+    if (m->n_chunk_digest != m->chunk_count) {
         st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: the manifest has %zu chunk hashes for %u chunks", name,
-                        m->n_chunk_sha256, m->chunk_count);
+                        m->n_chunk_digest, m->chunk_count);
         goto cleanup;
     }
-    for (size_t i = 0; i < m->n_chunk_sha256; i++) {
-        if (m->chunk_sha256[i].len != 32) {
+    for (size_t i = 0; i < m->n_chunk_digest; i++) {
+        if (m->chunk_digest[i].len != 32) {
             st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %zu's hash is not 32 bytes", name, i);
             goto cleanup;
         }
-        memcpy(hashes + 32 * i, m->chunk_sha256[i].data, 32);
+        memcpy(hashes + 32 * i, m->chunk_digest[i].data, 32);
     }
     uint8_t total[32];
     list_digest((const uint8_t(*)[32])hashes, m->chunk_count, total);
-    if (m->sha256.len != 32 || memcmp(total, m->sha256.data, 32) != 0) {
-        st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: the manifest's SHA-256 is not that of its chunk hashes", name);
+    if (m->digest.len != 32 || memcmp(total, m->digest.data, 32) != 0) {
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: the manifest's digest is not that of its chunk hashes", name);
         goto cleanup;
     }
     bus_blob_layout L = {.bytes = m->bytes, .chunk_bytes = m->chunk_bytes, .chunk_count = m->chunk_count,
-                         .chunk_sha256 = hashes};
+                         .chunk_digest = hashes};
     TRY_GOTO(bus_blob_fetch(bs, name, &L, buf, NULL, NULL, NULL));
     if (info) info_from_manifest(info, m);
     *data = buf;

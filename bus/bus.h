@@ -297,8 +297,8 @@ void bus_kv_watch_stop(bus_kv_watcher *w);
 /* Chunked blobs (nats.c 3.4 has no Object Store): a named blob of any size is
  * stored in stream `stream` as chunks of at most 4 MiB (less when the server's
  * max_payload is smaller) on subjects PREFIX.<name>.c.<index>, followed by a
- * BlobManifest (proto/tidal.proto) on PREFIX.<name>.m holding the SHA-256 of
- * every chunk and the blob's digest, the SHA-256 over those chunk hashes.
+ * BlobManifest (proto/tidal.proto) on PREFIX.<name>.m holding the digest of
+ * every chunk and the blob's digest, the digest over those chunk hashes.
  * Only the newest `keep` blobs are kept. */
 typedef struct bus_blob_store bus_blob_store;
 
@@ -309,7 +309,7 @@ typedef struct bus_blob_info {
     uint64_t bytes;
     uint32_t chunk_bytes;
     uint32_t chunk_count;
-    uint8_t sha256[32];
+    uint8_t digest[32];
 } bus_blob_info;
 
 /* Create (or bind to) the blob stream `stream` holding subjects `prefix`.>,
@@ -337,12 +337,12 @@ void bus_blob_writer_abort(bus_blob_writer *w);
 
 /* What a reader expects of a blob, from a manifest it trusts (e.g. one
  * embedded in a signed WeightsManifest): size, chunk size and count, and the
- * chunk_count SHA-256s (32 bytes each, contiguous). */
+ * chunk_count digests (32 bytes each, contiguous). */
 typedef struct bus_blob_layout {
     uint64_t bytes;
     uint32_t chunk_bytes;
     uint32_t chunk_count;
-    const uint8_t *chunk_sha256;
+    const uint8_t *chunk_digest;
 } bus_blob_layout;
 
 /* A tap: a core subscription on the store's chunk subjects that catches
@@ -364,7 +364,7 @@ void bus_blob_tap_close(bus_blob_tap *t);
 
 /* Read blob `name` laid out as `want` into dest (want->bytes, the caller's,
  * e.g. reused from the previous version), several direct gets in flight, each
- * chunk hashed where it lands and fetched again when its SHA-256 does not
+ * chunk hashed where it lands and fetched again when its digest does not
  * match (at most 3 tries); *refetched (may be NULL) counts those retries.
  * tap (may be NULL; disarmed, last armed with dest): chunks it caught of this
  * blob whose hashes match are already in place and not fetched; *caught (may

@@ -8,7 +8,7 @@
  * byte, then every second byte, ...: a bf16 value's sign and exponent byte
  * barely changes, its low mantissa byte does), and the whole compressed with
  * zstd. Applying it to the base gives the new image bit for bit; the caller
- * checks that against the SHA-256 its manifest carries.
+ * checks that against the digest its manifest carries.
  *
  * Layout of an encoded delta (little-endian): "TDLT", u8 format 1, u8 value
  * bytes, u16 0, u64 image bytes, u64 data offset (where the byte planes start:

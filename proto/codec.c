@@ -12,6 +12,8 @@
  */
 #include "proto/codec.h"
 
+#include "base/digest.h"
+
 #include <assert.h>
 #include <inttypes.h>
 #include <math.h>
@@ -136,9 +138,9 @@ static tidal_status need_nonneg(const vctx *c, const char *field, double x)
     return x >= 0 ? TIDAL_OK : bad(c, "%s = %g < 0", field, x);
 }
 
-static tidal_status need_sha256(const vctx *c, const char *field, ProtobufCBinaryData b)
+static tidal_status need_digest(const vctx *c, const char *field, ProtobufCBinaryData b)
 {
-    return b.len == 32 ? TIDAL_OK : bad(c, "%s has %zu bytes, a SHA-256 has 32", field, b.len);
+    return b.len == 32 ? TIDAL_OK : bad(c, "%s has %zu bytes, a digest has 32", field, b.len);
 }
 
 /* The key and value of a map<string, double> entry (protoc-c makes each map a
@@ -541,14 +543,14 @@ static tidal_status v_blob_rules(const vctx *c, const Tidal__V1__BlobManifest *b
         return bad(c, "chunk_count %" PRIu32 ", but %" PRIu64 " bytes in chunks of %" PRIu32
                       " make %" PRIu64,
                    b->chunk_count, b->bytes, b->chunk_bytes, want);
-    TRY(need_sha256(c, "sha256", b->sha256));
-    if (b->n_chunk_sha256 != b->chunk_count)
-        return bad(c, "chunk_sha256 has %zu entries for %" PRIu32 " chunks", b->n_chunk_sha256,
+    TRY(need_digest(c, "digest", b->digest));
+    if (b->n_chunk_digest != b->chunk_count)
+        return bad(c, "chunk_digest has %zu entries for %" PRIu32 " chunks", b->n_chunk_digest,
                    b->chunk_count);
-    for (size_t i = 0; i < b->n_chunk_sha256; i++)
-        if (b->chunk_sha256[i].len != 32)
-            return bad(c, "chunk_sha256[%zu] has %zu bytes, a SHA-256 has 32", i,
-                       b->chunk_sha256[i].len);
+    for (size_t i = 0; i < b->n_chunk_digest; i++)
+        if (b->chunk_digest[i].len != 32)
+            return bad(c, "chunk_digest[%zu] has %zu bytes, a digest has 32", i,
+                       b->chunk_digest[i].len);
     return TIDAL_OK;
 }
 
@@ -573,7 +575,13 @@ static tidal_status v_weights_manifest(const ProtobufCMessage *m, const char *pa
     if (strcmp(dtype, "fp32") && strcmp(dtype, "bf16") && strcmp(dtype, "fp16"))
         return bad(&c, "dtype \"%.32s\" is not fp32, bf16 or fp16", dtype);
     if (w->bytes == 0) return bad(&c, "bytes is 0");
-    TRY(need_sha256(&c, "sha256", w->sha256));
+    TRY(need_digest(&c, "digest", w->digest));
+    const char *alg = str(w->digest_algorithm);
+    if (!alg[0]) /* field 30 came with BLAKE3; before it the digests were SHA-256 */
+        return bad(&c, "no digest_algorithm: written by a tidal whose digests were SHA-256; the trainer and the "
+                       "workers must run the same tidal");
+    if (strcmp(alg, DIGEST_ALGORITHM))
+        return bad(&c, "digest_algorithm \"%.32s\" is not " DIGEST_ALGORITHM, alg);
     if (w->signature.len != 0 && w->signature.len != 64) /* Ed25519; empty = unsigned (the worker refuses it) */
         return bad(&c, "signature has %zu bytes, an Ed25519 signature has 64", w->signature.len);
 
@@ -581,7 +589,7 @@ static tidal_status v_weights_manifest(const ProtobufCMessage *m, const char *pa
     if (!strcmp(transport, "bus")) {
         if (!w->blob) return bad(&c, "transport bus without a blob manifest");
         if (str(w->url)[0]) return bad(&c, "transport bus with a url");
-        if (w->http_chunk_bytes || w->n_http_chunk_sha256) return bad(&c, "transport bus with http chunks");
+        if (w->http_chunk_bytes || w->n_http_chunk_digest) return bad(&c, "transport bus with http chunks");
         const Tidal__V1__BlobManifest *b = w->blob;
         if (b->schema_version > CODEC_SCHEMA_VERSION)
             return bad(&c, "blob schema_version %" PRIu32 " not supported (max %u)", b->schema_version,
@@ -596,23 +604,23 @@ static tidal_status v_weights_manifest(const ProtobufCMessage *m, const char *pa
         if (b->chunk_count != w->chunk_count)
             return bad(&c, "blob has %" PRIu32 " chunks, manifest %" PRIu32, b->chunk_count,
                        w->chunk_count);
-        if (memcmp(b->sha256.data, w->sha256.data, 32))
-            return bad(&c, "blob sha256 differs from the manifest's");
+        if (memcmp(b->digest.data, w->digest.data, 32))
+            return bad(&c, "blob digest differs from the manifest's");
     } else if (!strcmp(transport, "http")) {
         /* the image at url, in ranges whose hashes the signature covers; the
-         * bus copy is blob "<version>", checked against sha256 (no blob here) */
+         * bus copy is blob "<version>", checked against digest (no blob here) */
         const char *url = str(w->url);
         if (strncmp(url, "http://", 7) || !url[7]) return bad(&c, "transport http with url \"%.64s\" (not http://...)", url);
         if (w->blob) return bad(&c, "transport http with a blob manifest");
         if (w->chunk_count != 0) return bad(&c, "transport http with chunk_count %" PRIu32, w->chunk_count);
         if (w->http_chunk_bytes == 0) return bad(&c, "transport http with http_chunk_bytes 0");
         const uint64_t ranges = (w->bytes + w->http_chunk_bytes - 1) / w->http_chunk_bytes;
-        if (w->n_http_chunk_sha256 != ranges)
-            return bad(&c, "transport http: %zu http_chunk_sha256 for %" PRIu64 " ranges of %" PRIu32 " bytes",
-                       w->n_http_chunk_sha256, ranges, w->http_chunk_bytes);
-        for (size_t i = 0; i < w->n_http_chunk_sha256; i++)
-            if (w->http_chunk_sha256[i].len != 32)
-                return bad(&c, "http_chunk_sha256[%zu] has %zu bytes, not 32", i, w->http_chunk_sha256[i].len);
+        if (w->n_http_chunk_digest != ranges)
+            return bad(&c, "transport http: %zu http_chunk_digest for %" PRIu64 " ranges of %" PRIu32 " bytes",
+                       w->n_http_chunk_digest, ranges, w->http_chunk_bytes);
+        for (size_t i = 0; i < w->n_http_chunk_digest; i++)
+            if (w->http_chunk_digest[i].len != 32)
+                return bad(&c, "http_chunk_digest[%zu] has %zu bytes, not 32", i, w->http_chunk_digest[i].len);
     } else if (!strcmp(transport, "dir")) {
         if (!str(w->dir)[0]) return bad(&c, "transport dir without a dir");
         if (w->blob) return bad(&c, "transport dir with a blob manifest");
@@ -632,8 +640,8 @@ static tidal_status v_weights_manifest(const ProtobufCMessage *m, const char *pa
         for (size_t i = 1; i < w->n_chain; i++)
             if (w->chain[i] <= w->chain[i - 1]) return bad(&c, "the delta's chain is not increasing at %zu", i);
         if (w->image_bytes == 0) return bad(&c, "a delta with image_bytes 0");
-        TRY(need_sha256(&c, "image_sha256", w->image_sha256));
-    } else if (w->delta_base || w->n_chain || w->image_bytes || w->image_sha256.len) {
+        TRY(need_digest(&c, "image_digest", w->image_digest));
+    } else if (w->delta_base || w->n_chain || w->image_bytes || w->image_digest.len) {
         return bad(&c, "delta fields on a full image");
     }
     return TIDAL_OK;

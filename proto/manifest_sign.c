@@ -10,8 +10,9 @@
 
 /* Versioned, and ending in a NUL, so no other tidal signature (there are
  * none yet) can be taken for a manifest's. */
-/* v2: fields 20-26 (transport dir, delta versions) joined the signed bytes */
-static const char DOMAIN_TAG[] = "tidal.v2.WeightsManifest"; /* sizeof includes the NUL */
+/* v2: fields 20-26 (transport dir, delta versions) joined the signed bytes;
+ * v3: the digests are BLAKE3, and field 30 (digest_algorithm) is signed */
+static const char DOMAIN_TAG[] = "tidal.v3.WeightsManifest"; /* sizeof includes the NUL */
 
 /* A writer that only counts when buf is NULL: the same code sizes and fills. */
 typedef struct canon {
@@ -62,7 +63,7 @@ static void put_manifest(canon *c, const Tidal__V1__WeightsManifest *w, const ch
     put_str(c, w->dtype);
     put_u64(c, w->bytes);
     put_u32(c, w->chunk_count);
-    put_bytes(c, w->sha256.data, w->sha256.len);
+    put_bytes(c, w->digest.data, w->digest.len);
     put_str(c, w->transport);
     put_str(c, w->url);
     const Tidal__V1__BlobManifest *b = w->blob;
@@ -74,9 +75,9 @@ static void put_manifest(canon *c, const Tidal__V1__WeightsManifest *w, const ch
         put_u64(c, b->bytes);
         put_u32(c, b->chunk_bytes);
         put_u32(c, b->chunk_count);
-        put_bytes(c, b->sha256.data, b->sha256.len);
-        put_u32(c, (uint32_t)b->n_chunk_sha256);
-        for (size_t i = 0; i < b->n_chunk_sha256; i++) put_bytes(c, b->chunk_sha256[i].data, b->chunk_sha256[i].len);
+        put_bytes(c, b->digest.data, b->digest.len);
+        put_u32(c, (uint32_t)b->n_chunk_digest);
+        for (size_t i = 0; i < b->n_chunk_digest; i++) put_bytes(c, b->chunk_digest[i].data, b->chunk_digest[i].len);
         put_u64(c, b->created_unix_ms);
     }
     put_str(c, w->model_config_json);
@@ -84,9 +85,9 @@ static void put_manifest(canon *c, const Tidal__V1__WeightsManifest *w, const ch
     /* transport http (fields 16-17): the ranges' hashes, so a verified
      * manifest vouches for every byte fetched from the trainer's server */
     put_u32(c, w->http_chunk_bytes);
-    put_u32(c, (uint32_t)w->n_http_chunk_sha256);
-    for (size_t i = 0; i < w->n_http_chunk_sha256; i++)
-        put_bytes(c, w->http_chunk_sha256[i].data, w->http_chunk_sha256[i].len);
+    put_u32(c, (uint32_t)w->n_http_chunk_digest);
+    for (size_t i = 0; i < w->n_http_chunk_digest; i++)
+        put_bytes(c, w->http_chunk_digest[i].data, w->http_chunk_digest[i].len);
     /* 20-29: transport dir and delta versions */
     put_str(c, w->dir);
     put_u8(c, w->delta ? 1 : 0);
@@ -94,8 +95,9 @@ static void put_manifest(canon *c, const Tidal__V1__WeightsManifest *w, const ch
     put_u32(c, (uint32_t)w->n_chain);
     for (size_t i = 0; i < w->n_chain; i++) put_u64(c, w->chain[i]);
     put_u64(c, w->image_bytes);
-    put_bytes(c, w->image_sha256.data, w->image_sha256.len);
+    put_bytes(c, w->image_digest.data, w->image_digest.len);
     put_u32(c, w->full_every);
+    put_str(c, w->digest_algorithm); /* 30 */
 }
 
 tidal_status codec_manifest_signed_bytes(const Tidal__V1__WeightsManifest *w, const char *job, uint8_t **out,

@@ -4,7 +4,7 @@
  * The image is fetched as the manifest's ranges (http_chunk_bytes each), up to
  * `parallel` Range requests in flight on one libcurl multi handle
  * (keep-alive connections reused), each written straight into its place in
- * the image and hashed as it arrives; a range whose SHA-256 is not the
+ * the image and hashed as it arrives; a range whose digest is not the
  * manifest's is asked for once more, then the fetch fails. The manifest's
  * signature covers the range hashes, so a fetch that returns has every byte
  * vouched for by the trainer's key.

@@ -6,7 +6,7 @@
  * (the ones between are never fetched). For a manifest newer than anything it
  * has tried it:
  *   1. checks the blob manifest embedded in the (signed) WeightsManifest: its
- *      size and chunk count are the manifest's, and the SHA-256 over its chunk
+ *      size and chunk count are the manifest's, and the digest over its chunk
  *      hashes is the manifest's sha256 - so the signature covers every chunk;
  *   2. reads blob "<version>" laid out as that embedded manifest says into
  *      the image buffer the client keeps from version to version: chunks the
@@ -33,7 +33,6 @@
 
 #include <assert.h>
 #include <inttypes.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -41,6 +40,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/digest.h"
 #include "job/weights_token.h"
 #include "proto/codec.h"
 #include "proto/manifest_sign.h"
@@ -61,7 +61,7 @@ struct weights_client {
     bus_blob_tap *tap;       /* catches chunks as the trainer publishes them (armed while idle) */
     weights_base base;       /* the last image built, kept when versions may come as deltas (the thread's) */
     uint64_t tried;          /* newest version fetched or failed; UINT64_MAX none (the thread's) */
-    uint8_t tried_sha[32];   /* its image's SHA-256 (a re-published version differs) */
+    uint8_t tried_digest[32];   /* its image's digest (a re-published version differs) */
     uint8_t pub[TIDAL_SIGN_PUB_BYTES]; /* the job's key, once known (have_pub); the thread's after creation */
     bool have_pub;
     uint8_t *image;          /* the image buffer, kept from version to version (the thread's) */
@@ -190,57 +190,46 @@ cleanup:
     return st;
 }
 
-static void hex8(const uint8_t *d, char out[17])
-{
-    static const char digits[] = "0123456789abcdef";
-    for (int i = 0; i < 8; i++) {
-        out[2 * i] = digits[d[i] >> 4];
-        out[2 * i + 1] = digits[d[i] & 15];
-    }
-    out[16] = '\0';
-}
-
 /* The blob manifest embedded in w (covered by w's signature) describes w's
- * image: its size, its chunk count, and chunk hashes whose SHA-256 is w's
- * sha256. Its chunk hashes go to *hashes (malloc'd) as the layout to fetch. */
+ * image: its size, its chunk count, and chunk hashes whose digest is w's
+ * digest. Its chunk hashes go to *hashes (malloc'd) as the layout to fetch. */
 static tidal_status check_blob(const Tidal__V1__WeightsManifest *w, const char *name, bus_blob_layout *L,
                                uint8_t **hashes)
 {
     const uint64_t v = w->version;
     const Tidal__V1__BlobManifest *b = w->blob;
     *hashes = NULL;
-    assert(w->sha256.len == 32); /* codec_decode_weights_manifest checked it */
+    assert(w->digest.len == 32); /* codec_decode_weights_manifest checked it */
     if (!b) return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": a bus manifest without its blob manifest", v);
     if (!b->name || strcmp(b->name, name) != 0 || b->bytes != w->bytes || b->chunk_count != w->chunk_count ||
-        b->n_chunk_sha256 != b->chunk_count)
+        b->n_chunk_digest != b->chunk_count)
         return tidal_fail(TIDAL_ERR_CORRUPT,
                           "weights v%" PRIu64 ": the blob manifest (%s, %" PRIu64 " bytes, %u chunks, %zu hashes) does "
                           "not match the weights manifest (blob %s, %" PRIu64 " bytes, %u chunks)",
-                          v, b->name ? b->name : "", b->bytes, b->chunk_count, b->n_chunk_sha256, name, w->bytes,
+                          v, b->name ? b->name : "", b->bytes, b->chunk_count, b->n_chunk_digest, name, w->bytes,
                           w->chunk_count);
     uint8_t *h = malloc((size_t)b->chunk_count * 32 + 1);
     if (!h) return tidal_fail(TIDAL_ERR_NOMEM, "weights v%" PRIu64 ": out of memory", v);
-    for (size_t i = 0; i < b->n_chunk_sha256; i++) {
-        if (b->chunk_sha256[i].len != 32) {
+    for (size_t i = 0; i < b->n_chunk_digest; i++) {
+        if (b->chunk_digest[i].len != 32) {
             free(h);
             return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": chunk %zu's hash is not 32 bytes", v, i);
         }
-        memcpy(h + 32 * i, b->chunk_sha256[i].data, 32);
+        memcpy(h + 32 * i, b->chunk_digest[i].data, 32);
     }
-    uint8_t digest[32];
-    unsigned int dn = 32;
-    EVP_Digest(h, (size_t)b->chunk_count * 32, digest, &dn, EVP_sha256(), NULL);
-    if (memcmp(digest, w->sha256.data, 32) != 0) {
+    uint8_t digest[DIGEST_BYTES];
+    digest_compute(h, (size_t)b->chunk_count * 32, digest);
+    if (!digest_equal(digest, w->digest.data)) {
         char got[17], want[17];
-        hex8(digest, got);
-        hex8(w->sha256.data, want);
+        digest_hex(digest, 8, got);
+        digest_hex(w->digest.data, 8, want);
         free(h);
         return tidal_fail(TIDAL_ERR_CORRUPT,
-                          "weights v%" PRIu64 ": the SHA-256 over the chunk hashes %s... does not match the manifest's %s...",
+                          "weights v%" PRIu64 ": the digest over the chunk hashes %s... does not match the manifest's %s...",
                           v, got, want);
     }
     *L = (bus_blob_layout){.bytes = b->bytes, .chunk_bytes = b->chunk_bytes, .chunk_count = b->chunk_count,
-                           .chunk_sha256 = h};
+                           .chunk_digest = h};
     *hashes = h;
     return TIDAL_OK;
 }
@@ -281,7 +270,7 @@ static bool cancelled(void *ctx) { return stopping(ctx); }
 /* transport http: the image from the trainer's server (*verified: every
  * range's hash checked), else - the reason logged - the bus copy, blob
  * "<version>" (waited for: the trainer stores it after the manifest; its
- * SHA-256 in *info, for verify_image). */
+ * digest in *info, for verify_image). */
 static tidal_status fetch_http(weights_client *c, const Tidal__V1__WeightsManifest *w, void **image, uint64_t *len,
                                bus_blob_info *info, bool *verified)
 {
@@ -323,7 +312,7 @@ static tidal_status fetch_http(weights_client *c, const Tidal__V1__WeightsManife
 
 /* transport http: the image over HTTP (every range checked against the
  * signed manifest), or the bus copy when the server does not answer (then
- * checked here against the manifest's SHA-256 of the whole file), built. */
+ * checked here against the manifest's digest of the whole file), built. */
 static tidal_status fetch_version_http(weights_client *c, const Tidal__V1__WeightsManifest *w, model **out,
                                        uint64_t *bytes)
 {
@@ -345,14 +334,13 @@ static tidal_status fetch_version_http(weights_client *c, const Tidal__V1__Weigh
         goto cleanup;
     }
     if (!verified) { /* the bus copy: its blob digest is over chunk hashes, the manifest's over the file */
-        uint8_t digest[32];
-        unsigned int dn = 32;
-        EVP_Digest(image, (size_t)len, digest, &dn, EVP_sha256(), NULL);
-        if (memcmp(digest, w->sha256.data, 32) != 0) {
+        uint8_t digest[DIGEST_BYTES];
+        digest_compute(image, (size_t)len, digest);
+        if (!digest_equal(digest, w->digest.data)) {
             char got[17], want[17];
-            hex8(digest, got);
-            hex8(w->sha256.data, want);
-            st = tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the bus copy's SHA-256 %s... does not match the "
+            digest_hex(digest, 8, got);
+            digest_hex(w->digest.data, 8, want);
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the bus copy's digest %s... does not match the "
                             "manifest's %s...", v, got, want);
             goto cleanup;
         }
@@ -384,10 +372,10 @@ static tidal_status verify_blob(weights_client *c, const Tidal__V1__WeightsManif
     if (len != w->bytes)
         return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the blob has %" PRIu64 " bytes, the manifest says %" PRIu64,
                           v, len, w->bytes);
-    if (memcmp(info->sha256, w->sha256.data, 32) != 0) {
+    if (memcmp(info->digest, w->digest.data, 32) != 0) {
         char got[17], want[17];
-        hex8(info->sha256, got);
-        hex8(w->sha256.data, want);
+        digest_hex(info->digest, 8, got);
+        digest_hex(w->digest.data, 8, want);
         return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the blob's digest %s... does not match the manifest's %s...",
                           v, got, want);
     }
@@ -411,7 +399,7 @@ static tidal_status fetch_version_whole(weights_client *c, const Tidal__V1__Weig
     uint64_t len = 0;
     bus_blob_info info;
     const double t0 = now_ms();
-    if (dir) { /* weights_fetch_dir checks the size and SHA-256 */
+    if (dir) { /* weights_fetch_dir checks the size and digest */
         size_t dlen = 0;
         TRY(weights_fetch_dir(w, &image, &dlen));
         len = dlen;
@@ -578,7 +566,7 @@ static void consider(weights_client *c, const bus_kv_event *ev, Tidal__V1__Weigh
     /* newer than what was tried, or the same version published again with
      * other weights (a trainer restarted from a checkpoint) */
     bool newer = c->tried == UINT64_MAX || w->version > c->tried ||
-                 (w->version == c->tried && memcmp(w->sha256.data, c->tried_sha, 32) != 0);
+                 (w->version == c->tried && memcmp(w->digest.data, c->tried_digest, 32) != 0);
     if (*cand && w->version < (*cand)->version) newer = false;
     if (!newer) {
         tidal_log(TIDAL_LOG_DEBUG, "weights: manifest v%" PRIu64 " is not newer than what this worker has; ignored",
@@ -594,7 +582,7 @@ static void consider(weights_client *c, const bus_kv_event *ev, Tidal__V1__Weigh
 static void process(weights_client *c, const Tidal__V1__WeightsManifest *w, double seen_ms)
 {
     c->tried = w->version;
-    memcpy(c->tried_sha, w->sha256.data, 32);
+    memcpy(c->tried_digest, w->digest.data, 32);
     model *m = NULL;
     uint64_t bytes = 0;
     tidal_status st = fetch_version(c, w, &m, &bytes);

@@ -3,7 +3,7 @@
  * A background thread watches KV TIDAL_J key `weights.latest`. For each
  * manifest newer than what it holds it fetches the blob "<version>" from
  * stream TIDAL_J_WEIGHTS as the manifest's embedded blob manifest lays it out
- * (several chunks in flight, each checked against its signed SHA-256 and
+ * (several chunks in flight, each checked against its signed digest and
  * fetched again when it fails), and builds a model from it
  * (the manifest's config.json when it has one, else the config given at
  * creation; every tensor present with its shape). The worker takes the
@@ -18,12 +18,12 @@
  * generating with the last good version.
  * A manifest that fails (does not decode, corrupt, wrong shapes) is logged,
  * counted and skipped; a later one is tried as usual. A version is tried
- * once, unless it is published again with other weights (another SHA-256).
+ * once, unless it is published again with other weights (another digest).
  * A manifest of transport "http" is fetched from the trainer's HTTP server
  * (rollout/fetch_http.h: parallel Range requests, each range's hash checked
  * against the signed manifest); when that fails (no answer, stalled, refused
  * token, a range twice corrupt) the reason is logged and the bus copy, blob
- * "<version>", is taken instead (checked against the manifest's SHA-256),
+ * "<version>", is taken instead (checked against the manifest's digest),
  * counted in stats.http_fallbacks. A manifest of transport "dir" is read from
  * the trainer's directory instead of the bus, and a delta version
  * (weights.delta) is rebuilt from the image the client kept or from the last
@@ -55,7 +55,7 @@ typedef struct weights_stats {
     uint64_t failed;           /* manifests skipped (fetch, verify or build failed) */
     uint64_t refused;          /* manifests refused: unsigned, or not signed by the job's key */
     uint64_t bytes;            /* image bytes fetched */
-    uint64_t refetched;        /* chunks fetched again after failing their SHA-256 */
+    uint64_t refetched;        /* chunks fetched again after failing their digest */
     uint64_t caught;           /* chunks caught as the trainer published them (not fetched) */
     double fetch_ms_last;      /* manifest seen -> model ready, the last one */
     uint64_t latest_seen;      /* newest manifest version seen; UINT64_MAX none */

@@ -3,20 +3,20 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <openssl/evp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "base/digest.h"
 #include "model/delta.h"
 
-static bool sha_is(const void *data, size_t len, const uint8_t *want)
+static bool digest_is(const void *data, size_t len, const uint8_t *want)
 {
-    uint8_t got[32];
-    unsigned n = 0;
-    return EVP_Digest(data, len, got, &n, EVP_sha256(), NULL) && memcmp(got, want, 32) == 0;
+    uint8_t got[DIGEST_BYTES];
+    digest_compute(data, len, got);
+    return digest_equal(got, want);
 }
 
 tidal_status weights_fetch_dir(const Tidal__V1__WeightsManifest *w, void **image, size_t *len)
@@ -46,9 +46,9 @@ tidal_status weights_fetch_dir(const Tidal__V1__WeightsManifest *w, void **image
         return tidal_fail(TIDAL_ERR_IO, "weights v%" PRIu64 ": %s: short read (%zu of %" PRIu64 " bytes)", v, path, got,
                           w->bytes);
     }
-    if (!sha_is(buf, got, w->sha256.data)) {
+    if (!digest_is(buf, got, w->digest.data)) {
         free(buf);
-        return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": %s does not have the manifest's SHA-256", v, path);
+        return tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": %s does not have the manifest's digest", v, path);
     }
     *image = buf;
     *len = got;
@@ -95,13 +95,13 @@ tidal_status weights_delta_rebuild(bus_blob_store *store, const Tidal__V1__Weigh
             cur = base->image, cur_len = base->len;
             base->image = NULL, base->len = 0;
             st = apply_chain(store, w, k + 1, cur, cur_len, d, dlen, fetched);
-            if (st == TIDAL_OK && cur_len == w->image_bytes && sha_is(cur, cur_len, w->image_sha256.data)) {
+            if (st == TIDAL_OK && cur_len == w->image_bytes && digest_is(cur, cur_len, w->image_digest.data)) {
                 *image = cur, *len = cur_len;
                 return TIDAL_OK;
             }
             tidal_log(TIDAL_LOG_WARN, "weights v%" PRIu64 ": the delta on the v%" PRIu64 " this worker holds %s; "
                       "rebuilding from the full image v%" PRIu64, v, w->chain[k],
-                      st == TIDAL_OK ? "does not give the manifest's SHA-256" : tidal_errmsg(), w->chain[0]);
+                      st == TIDAL_OK ? "does not give the manifest's digest" : tidal_errmsg(), w->chain[0]);
             free(cur);
             cur = NULL;
             break;
@@ -124,10 +124,10 @@ tidal_status weights_delta_rebuild(bus_blob_store *store, const Tidal__V1__Weigh
     tidal_log(TIDAL_LOG_INFO, "weights v%" PRIu64 ": rebuilt from the full image v%" PRIu64 " and %zu deltas", v,
               w->chain[0], w->n_chain);
     st = apply_chain(store, w, 1, cur, cur_len, d, dlen, fetched);
-    if (st == TIDAL_OK && (cur_len != w->image_bytes || !sha_is(cur, cur_len, w->image_sha256.data)))
+    if (st == TIDAL_OK && (cur_len != w->image_bytes || !digest_is(cur, cur_len, w->image_digest.data)))
         st = tidal_fail(TIDAL_ERR_CORRUPT, "weights v%" PRIu64 ": the image rebuilt from the full image v%" PRIu64
                         " and %zu deltas (%zu bytes) does not match the manifest's image_bytes %" PRIu64
-                        " and image_sha256", v, w->chain[0], w->n_chain, cur_len, w->image_bytes);
+                        " and image_digest", v, w->chain[0], w->n_chain, cur_len, w->image_bytes);
     if (st != TIDAL_OK) {
         free(cur);
         return st;

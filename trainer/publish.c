@@ -32,8 +32,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
 
+#include "base/digest.h"
 #include "base/fs.h"
 #include "proto/codec.h"
 #include "proto/manifest_sign.h"
@@ -218,6 +218,7 @@ static tidal_status put_manifest(weights_publisher *p, Tidal__V1__WeightsManifes
     void *buf = NULL;
     size_t blen = 0;
     uint8_t sig[TIDAL_SIGN_SIG_BYTES];
+    wm->digest_algorithm = DIGEST_ALGORITHM; /* every digest the trainer writes is BLAKE3 (base/digest.h) */
     tidal_status st = codec_manifest_sign(wm, p->names.job, p->key, sig);
     if (st == TIDAL_OK) st = codec_validate(&wm->base); /* our own bug, caught before a worker sees it */
     if (st == TIDAL_OK) st = codec_encode(&wm->base, &buf, &blen);
@@ -279,8 +280,8 @@ static tidal_status store_bus(weights_publisher *p, const snapshot *s)
     wm.dtype = bf16 ? "bf16" : "fp32";
     wm.bytes = info.bytes;
     wm.chunk_count = info.chunk_count;
-    wm.sha256.data = info.sha256;
-    wm.sha256.len = sizeof info.sha256;
+    wm.digest.data = info.digest;
+    wm.digest.len = sizeof info.digest;
     wm.transport = "bus";
     wm.blob = blob;
     wm.model_config_json = config_json;
@@ -323,7 +324,7 @@ static tidal_status store_image(weights_publisher *p, uint64_t v, const model_co
             return st;
         }
         info.bytes = len;
-        memcpy(info.sha256, wire->image_sha, 32);
+        memcpy(info.digest, wire->image_digest, 32);
         wm.transport = "dir";
         wm.dir = path;
     } else {
@@ -350,8 +351,8 @@ static tidal_status store_image(weights_publisher *p, uint64_t v, const model_co
     wm.version = v;
     wm.dtype = bf16 ? "bf16" : "fp32";
     wm.bytes = info.bytes;
-    wm.sha256.data = info.sha256;
-    wm.sha256.len = sizeof info.sha256;
+    wm.digest.data = info.digest;
+    wm.digest.len = sizeof info.digest;
     wm.model_config_json = config_json;
     wm.created_unix_ms = (uint64_t)unix_ms();
     if (p->delta) {
@@ -362,8 +363,8 @@ static tidal_status store_image(weights_publisher *p, uint64_t v, const model_co
             wm.chain = p->chain.chain;
             wm.n_chain = p->chain.n_chain;
             wm.image_bytes = len;
-            wm.image_sha256.data = (uint8_t *)wire->image_sha;
-            wm.image_sha256.len = 32;
+            wm.image_digest.data = (uint8_t *)wire->image_digest;
+            wm.image_digest.len = 32;
         }
     }
     st = put_manifest(p, &wm, name);
@@ -385,8 +386,8 @@ static tidal_status store_image(weights_publisher *p, uint64_t v, const model_co
 typedef struct http_progress {
     bool served;   /* the server holds the image */
     bool announced; /* its manifest is in weights.latest */
-    uint8_t sha256[32];
-    uint8_t (*chunk_sha)[32];
+    uint8_t digest[32];
+    uint8_t (*chunk_digests)[32];
     uint32_t n_chunks;
 } http_progress;
 
@@ -394,40 +395,31 @@ typedef struct whole_hash {
     const void *data;
     size_t len;
     uint8_t out[32];
-    bool ok;
 } whole_hash;
 
 static void *whole_hash_main(void *arg)
 {
     whole_hash *w = arg;
-    unsigned n = 0;
-    w->ok = EVP_Digest(w->data, w->len, w->out, &n, EVP_sha256(), NULL) == 1;
+    digest_compute(w->data, w->len, w->out);
     return NULL;
 }
 
-/* The image's SHA-256 and its ranges' (two threads: the two hashes take as long as each other). */
+/* The image's digest and its ranges' (two threads: the two hashes take as long as each other). */
 static tidal_status hash_image(uint64_t v, const void *image, size_t len, http_progress *hp)
 {
     hp->n_chunks = (uint32_t)((len + HTTP_CHUNK_BYTES - 1) / HTTP_CHUNK_BYTES);
-    hp->chunk_sha = malloc((hp->n_chunks ? hp->n_chunks : 1) * sizeof *hp->chunk_sha);
-    if (!hp->chunk_sha) return tidal_fail(TIDAL_ERR_NOMEM, "weights v%" PRIu64 ": range hashes", v);
+    hp->chunk_digests = malloc((hp->n_chunks ? hp->n_chunks : 1) * sizeof *hp->chunk_digests);
+    if (!hp->chunk_digests) return tidal_fail(TIDAL_ERR_NOMEM, "weights v%" PRIu64 ": range hashes", v);
     whole_hash wh = {.data = image, .len = len};
     pthread_t th;
     const bool threaded = pthread_create(&th, NULL, whole_hash_main, &wh) == 0;
     if (!threaded) whole_hash_main(&wh);
-    bool ok = true;
     for (uint32_t i = 0; i < hp->n_chunks; i++) {
         const size_t off = (size_t)i * HTTP_CHUNK_BYTES, n = len - off < HTTP_CHUNK_BYTES ? len - off : HTTP_CHUNK_BYTES;
-        unsigned dn = 0;
-        ok = ok && EVP_Digest((const uint8_t *)image + off, n, hp->chunk_sha[i], &dn, EVP_sha256(), NULL) == 1;
+        digest_compute((const uint8_t *)image + off, n, hp->chunk_digests[i]);
     }
     if (threaded) pthread_join(th, NULL);
-    if (!ok || !wh.ok) {
-        free(hp->chunk_sha);
-        hp->chunk_sha = NULL;
-        return tidal_fail(TIDAL_ERR_IO, "weights v%" PRIu64 ": SHA-256 failed (libcrypto)", v);
-    }
-    memcpy(hp->sha256, wh.out, 32);
+    memcpy(hp->digest, wh.out, 32);
     return TIDAL_OK;
 }
 
@@ -439,7 +431,7 @@ static tidal_status announce_http(weights_publisher *p, uint64_t v, const model_
 {
     const double t0 = mono_ms();
     if (!hp->served) {
-        if (!hp->chunk_sha) TRY(hash_image(v, image, len, hp));
+        if (!hp->chunk_digests) TRY(hash_image(v, image, len, hp));
         TRY(weights_http_add(p->http, v, image, len));
         hp->served = true;
     }
@@ -456,18 +448,18 @@ static tidal_status announce_http(weights_publisher *p, uint64_t v, const model_
         free(config_json);
         return tidal_fail(TIDAL_ERR_NOMEM, "weights v%" PRIu64 ": manifest", v);
     }
-    for (uint32_t i = 0; i < hp->n_chunks; i++) hs[i] = (ProtobufCBinaryData){32, hp->chunk_sha[i]};
+    for (uint32_t i = 0; i < hp->n_chunks; i++) hs[i] = (ProtobufCBinaryData){32, hp->chunk_digests[i]};
     Tidal__V1__WeightsManifest wm = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
     wm.schema_version = CODEC_SCHEMA_VERSION;
     wm.version = v;
     wm.dtype = bf16 ? "bf16" : "fp32";
     wm.bytes = len;
-    wm.sha256 = (ProtobufCBinaryData){32, hp->sha256};
+    wm.digest = (ProtobufCBinaryData){32, hp->digest};
     wm.transport = "http";
     wm.url = url;
     wm.http_chunk_bytes = HTTP_CHUNK_BYTES;
-    wm.n_http_chunk_sha256 = hp->n_chunks;
-    wm.http_chunk_sha256 = hs;
+    wm.n_http_chunk_digest = hp->n_chunks;
+    wm.http_chunk_digest = hs;
     wm.model_config_json = config_json;
     wm.created_unix_ms = (uint64_t)unix_ms();
     const tidal_status st = put_manifest(p, &wm, name);
@@ -538,7 +530,7 @@ static void *publisher_main(void *arg)
         delta_wire wire = {0}, *wp = NULL;
         tidal_status st = in_memory ? serialize(p, s, &image, &len) /* gives s back */ : store_bus(p, s);
         if (in_memory) s = NULL;
-        if (st == TIDAL_OK && !p->http && (p->delta || p->dir[0])) { /* the image's SHA-256, the delta when it pays */
+        if (st == TIDAL_OK && !p->http && (p->delta || p->dir[0])) { /* the image's digest, the delta when it pays */
             st = delta_chain_prepare(&p->chain, v, image, len, p->dtype == ST_BF16 ? 2 : 4, &wire);
             wp = &wire;
         }
@@ -567,7 +559,7 @@ static void *publisher_main(void *arg)
         if (st == TIDAL_OK && p->delta) delta_chain_commit(&p->chain, p->store, v, &image, len, &wire);
         delta_wire_clear(&wire);
         free(image);
-        free(hp.chunk_sha);
+        free(hp.chunk_digests);
         if (st != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "weights publisher: %s", tidal_errmsg());
 
         pthread_mutex_lock(&p->mu);

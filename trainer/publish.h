@@ -5,7 +5,7 @@
  * thread), and a background thread writes a safetensors image, stores it as
  * the chunked blob "<version>" in stream TIDAL_J_WEIGHTS (subjects
  * tidal.J.weights.<version>.*, the newest `keep` versions kept), then puts a
- * WeightsManifest (version, dtype, bytes, chunk count, SHA-256 of the image,
+ * WeightsManifest (version, dtype, bytes, chunk count, digest of the image,
  * the model's config.json) in KV TIDAL_J key `weights.latest` and the version
  * in `trainer.version`. Workers watch that key (rollout/weights.h).
  *
@@ -22,7 +22,7 @@
  * ROOT/step_<version>/, the manifest's transport "dir" naming it); with
  * `delta` a version's blob is a compressed delta against the previous one
  * (trainer/publish_delta.h), the manifest carrying the rebuilt image's
- * SHA-256 (docs/protocol.md "Delta versions").
+ * digest (docs/protocol.md "Delta versions").
  *
  * Only the newest weights matter to a worker, so a version handed over while
  * an older one still waits to start replaces it (the older is never sent).

@@ -2,10 +2,11 @@
 #include "trainer/publish_delta.h"
 
 #include <inttypes.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "base/digest.h"
 
 static bool push(uint64_t **a, size_t *n, size_t *cap, uint64_t v)
 {
@@ -23,9 +24,7 @@ tidal_status delta_chain_prepare(delta_chain *c, uint64_t v, const void *image, 
                                  delta_wire *out)
 {
     *out = (delta_wire){.data = image, .len = len};
-    unsigned n = 0;
-    if (!EVP_Digest(image, len, out->image_sha, &n, EVP_sha256(), NULL))
-        return tidal_fail(TIDAL_ERR_NOMEM, "weights v%" PRIu64 ": SHA-256 of the image failed", v);
+    digest_compute(image, len, out->image_digest);
     if (!c->base || c->base_len != len || c->n_chain == 0 || c->n_chain >= (size_t)c->full_every) return TIDAL_OK;
     void *d = NULL;
     size_t dlen = 0;

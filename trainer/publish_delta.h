@@ -42,7 +42,7 @@ typedef struct delta_wire {
     void *owned;           /* the encoded delta (NULL for a full image) */
     bool delta;
     uint64_t base;         /* delta: its base version */
-    uint8_t image_sha[32]; /* SHA-256 of the image */
+    uint8_t image_digest[32]; /* digest of the image */
     delta_stats stats;     /* delta: values changed since the base */
 } delta_wire;
 

@@ -2,7 +2,7 @@
  * directory under a shared path (docs/protocol.md "Shared directory").
  *
  * The trainer writes version v into ROOT/.step_<v>.tmp/ - config.json,
- * model.safetensors (the image the manifest's size and SHA-256 describe), the
+ * model.safetensors (the image the manifest's size and digest describe), the
  * job's tokenizer files and generation_config.json - then renames it to
  * ROOT/step_<v>/, so a worker or an inference server never sees half a
  * version, and removes all but the newest `keep` step_* directories.

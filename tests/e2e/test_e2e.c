@@ -109,6 +109,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/digest.h"
 #include "check.h"
 #include "bus/bus.h"
 #include "base/threading.h"
@@ -528,7 +529,7 @@ static void test_weights_dir(void)
 }
 
 /* weights.delta: versions go as compressed deltas in bf16 (a full image
- * every 10), workers rebuild them bit for bit (the manifest's SHA-256). */
+ * every 10), workers rebuild them bit for bit (the manifest's digest). */
 static void test_weights_delta(void)
 {
     fresh_work("weights_delta");
@@ -1074,7 +1075,7 @@ static void test_jsonl(void)
 }
 
 /* What the rogue does: blob "<version>" holding the current weights' image
- * with its last 4 bytes (a parameter) changed - SHA-256s all correct - and a
+ * with its last 4 bytes (a parameter) changed - digests all correct - and a
  * WeightsManifest for it in `weights.latest`, signed with `key` (NULL:
  * unsigned). */
 static tidal_status rogue_publish(tidal_bus *b, const job_names *n, uint64_t version, const tidal_sign_key *key)
@@ -1104,12 +1105,13 @@ static tidal_status rogue_publish(tidal_bus *b, const job_names *n, uint64_t ver
     TRY_GOTO(codec_decode_blob_manifest(bus_msg_data(msg), (size_t)bus_msg_len(msg), &bm));
     Tidal__V1__WeightsManifest w = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
     w.schema_version = CODEC_SCHEMA_VERSION;
+    w.digest_algorithm = DIGEST_ALGORITHM;
     w.version = version;
     w.dtype = cur->dtype;
     w.bytes = len;
     w.chunk_count = info.chunk_count;
-    w.sha256.data = info.sha256;
-    w.sha256.len = 32;
+    w.digest.data = info.digest;
+    w.digest.len = 32;
     w.transport = "bus";
     w.blob = bm;
     w.model_config_json = cur->model_config_json;

@@ -1,7 +1,7 @@
 /* Weight publication, trainer -> bus -> rollout worker (trainer/publish.h,
  * rollout/weights.h) on a real nats-server: bit-identical fp32 parameters,
  * the newest of versions published in quick succession, take/wait semantics,
- * a manifest whose SHA-256 lies (and one that does not decode) skipped and
+ * a manifest whose digest lies (and one that does not decode) skipped and
  * counted while the client goes on, bf16 on the wire, a background failure
  * reported by flush, the KV keys a worker reads, and manifests a rogue
  * writes (unsigned, another key, altered) refused while the worker goes on.
@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "base/digest.h"
 #include "check.h"
 #include "harness/fixture.h"
 #include "model/model.h"
@@ -184,7 +185,7 @@ static void test_versions_in_quick_succession(void)
 }
 
 /* Put a WeightsManifest for blob "<version>" (stored by the test itself,
- * the bytes of blob `from`): with `lie`, a SHA-256 that does not match those
+ * the bytes of blob `from`): with `lie`, a digest that does not match those
  * bytes; with config_json, that config.json; signed with `key` (NULL:
  * unsigned). */
 static tidal_status put_doctored(const job_names *n, const char *from, uint64_t version, bool lie,
@@ -208,17 +209,18 @@ static tidal_status put_doctored(const job_names *n, const char *from, uint64_t 
     if (st == TIDAL_OK) st = codec_decode_blob_manifest(bus_msg_data(msg), (size_t)bus_msg_len(msg), &bm);
     if (st == TIDAL_OK) {
         if (lie) { /* the same lie in both places, so the manifest itself is valid */
-            info.sha256[7] ^= 0x20;
-            bm->sha256.data[7] ^= 0x20;
+            info.digest[7] ^= 0x20;
+            bm->digest.data[7] ^= 0x20;
         }
         Tidal__V1__WeightsManifest w = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
         w.schema_version = CODEC_SCHEMA_VERSION;
+        w.digest_algorithm = DIGEST_ALGORITHM;
         w.version = version;
         w.dtype = "fp32";
         w.bytes = len;
         w.chunk_count = info.chunk_count;
-        w.sha256.data = info.sha256;
-        w.sha256.len = 32;
+        w.digest.data = info.digest;
+        w.digest.len = 32;
         w.transport = "bus";
         w.blob = bm;
         w.model_config_json = (char *)config_json;
@@ -241,7 +243,7 @@ static tidal_status put_doctored(const job_names *n, const char *from, uint64_t 
     return st;
 }
 
-/* A manifest that lies about the image's SHA-256, a value that is no
+/* A manifest that lies about the image's digest, a value that is no
  * manifest at all, and a config.json the image's shapes do not fit: each
  * skipped and counted; the next good version arrives. */
 static void test_bad_manifest_skipped(void)
@@ -349,7 +351,7 @@ static void test_signing_key_open(void)
 static bool refused_at_least(const weights_stats *s, uint64_t n) { return s->refused >= n; }
 
 /* A rogue with write access to the weights stream and `weights.latest`
- * (the test's own connection) stores a blob whose SHA-256 is right and puts
+ * (the test's own connection) stores a blob whose digest is right and puts
  * manifests for newer versions: unsigned, signed with its own key, and
  * signed by the trainer's key but altered after. Each is refused before
  * anything is fetched (counted, not a failure, latest_seen unmoved), the

@@ -21,8 +21,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
 
+#include "base/digest.h"
 #include "base/sign.h"
 #include "check.h"
 #include "harness/fixture.h"
@@ -214,9 +214,9 @@ static void test_delta_bf16(void)
 /* A delta version `version` signed with key: blob `from` (a delta on
  * from - 1) stored again as blob `version`, claimed to apply to delta_base
  * with chain {0 .. delta_base} and to rebuild an image of image_bytes with
- * SHA-256 image_sha. */
+ * digest image_digest. */
 static tidal_status put_forged_delta(const job_names *n, const char *from, uint64_t version, uint64_t delta_base,
-                                     uint64_t image_bytes, const uint8_t image_sha[32], const tidal_sign_key *key)
+                                     uint64_t image_bytes, const uint8_t image_digest[32], const tidal_sign_key *key)
 {
     bus_blob_store *bs = NULL;
     bus_kv *kv = NULL;
@@ -239,12 +239,13 @@ static tidal_status put_forged_delta(const job_names *n, const char *from, uint6
     if (st == TIDAL_OK) {
         Tidal__V1__WeightsManifest w = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
         w.schema_version = CODEC_SCHEMA_VERSION;
+        w.digest_algorithm = DIGEST_ALGORITHM;
         w.version = version;
         w.dtype = "fp32";
         w.bytes = len;
         w.chunk_count = info.chunk_count;
-        w.sha256.data = info.sha256;
-        w.sha256.len = 32;
+        w.digest.data = info.digest;
+        w.digest.len = 32;
         w.transport = "bus";
         w.blob = bm;
         w.delta = true;
@@ -252,8 +253,8 @@ static tidal_status put_forged_delta(const job_names *n, const char *from, uint6
         w.chain = chain;
         w.n_chain = (size_t)delta_base + 1;
         w.image_bytes = image_bytes;
-        w.image_sha256.data = (uint8_t *)image_sha;
-        w.image_sha256.len = 32;
+        w.image_digest.data = (uint8_t *)image_digest;
+        w.image_digest.len = 32;
         w.full_every = 10;
         uint8_t sig[TIDAL_SIGN_SIG_BYTES];
         st = codec_manifest_sign(&w, n->job, key, sig);
@@ -290,8 +291,8 @@ static bool wait_stats(weights_client *c, bool (*pred)(const weights_stats *, ui
 
 /* Signed deltas that do and do not rebuild what they claim. The delta
  * v0 -> v1 applied to v1 gives v0's image back (XOR undoes itself): claimed
- * with another SHA-256 it is refused after the rebuild (from the worker's
- * base, then from the full image); claimed with v0's SHA-256 it is v0's
+ * with another digest it is refused after the rebuild (from the worker's
+ * base, then from the full image); claimed with v0's digest it is v0's
  * weights, bit for bit. The trainer's next real delta still arrives. */
 static void test_delta_rebuild_checked(void)
 {
@@ -315,18 +316,17 @@ static void test_delta_rebuild_checked(void)
         got = 0;
         expect_version(a, v, m, &got);
     }
-    /* v0's image and its SHA-256, as the trainer stored it */
+    /* v0's image and its digest, as the trainer stored it */
     bus_blob_store *bs = NULL;
     CHECK_OK(bus_blob_store_open(F.bus, n.weights_stream, n.weights_prefix, 0, &bs));
     void *img0 = NULL;
     uint64_t len0 = 0;
     CHECK_OK(bus_blob_get(bs, "0", &img0, &len0, NULL));
     bus_blob_store_close(bs);
-    uint8_t sha0[32], wrong[32];
-    unsigned hn = 0;
-    EVP_Digest(img0, (size_t)len0, sha0, &hn, EVP_sha256(), NULL);
+    uint8_t digest0[DIGEST_BYTES], wrong[DIGEST_BYTES];
+    digest_compute(img0, (size_t)len0, digest0);
     free(img0);
-    memcpy(wrong, sha0, 32);
+    memcpy(wrong, digest0, 32);
     wrong[5] ^= 1;
 
     weights_stats s;
@@ -336,7 +336,7 @@ static void test_delta_rebuild_checked(void)
     CHECK(weights_client_take(a, 1, NULL) == NULL); /* the worker keeps v1 */
     CHECK(s.refused == 0);
 
-    CHECK_OK(put_forged_delta(&n, "1", 3, 1, len0, sha0, key));
+    CHECK_OK(put_forged_delta(&n, "1", 3, 1, len0, digest0, key));
     model *back = NULL;
     uint64_t ver = 0;
     CHECK_OK(weights_client_wait(a, 3, 10000, &back, &ver));

@@ -184,8 +184,8 @@ static void group_init(group_fx *f)
 
 typedef struct {
     Tidal__V1__BlobManifest b;
-    uint8_t sha[32];
-    uint8_t chunk_sha[3][32];
+    uint8_t digest[32];
+    uint8_t chunk_digests[3][32];
     ProtobufCBinaryData chunks[3];
 } blob_fx;
 
@@ -194,12 +194,12 @@ static void blob_init(blob_fx *f, const char *name)
     Tidal__V1__BlobManifest b = TIDAL__V1__BLOB_MANIFEST__INIT;
     f->b = b;
     for (int i = 0; i < 32; i++) {
-        f->sha[i] = (uint8_t)(i * 37 + 1);
-        for (int k = 0; k < 3; k++) f->chunk_sha[k][i] = (uint8_t)(i * 11 + k * 101);
+        f->digest[i] = (uint8_t)(i * 37 + 1);
+        for (int k = 0; k < 3; k++) f->chunk_digests[k][i] = (uint8_t)(i * 11 + k * 101);
     }
     for (int k = 0; k < 3; k++) {
         f->chunks[k].len = 32;
-        f->chunks[k].data = f->chunk_sha[k];
+        f->chunks[k].data = f->chunk_digests[k];
     }
     f->b.schema_version = CODEC_SCHEMA_VERSION;
     f->b.name = (char *)name;
@@ -207,16 +207,16 @@ static void blob_init(blob_fx *f, const char *name)
     f->b.bytes = 2ull * (4u << 20) + 12345; /* two full chunks and a short one */
     f->b.chunk_bytes = 4u << 20;
     f->b.chunk_count = 3;
-    f->b.sha256.len = 32;
-    f->b.sha256.data = f->sha;
-    f->b.n_chunk_sha256 = 3;
-    f->b.chunk_sha256 = f->chunks;
+    f->b.digest.len = 32;
+    f->b.digest.data = f->digest;
+    f->b.n_chunk_digest = 3;
+    f->b.chunk_digest = f->chunks;
     f->b.created_unix_ms = 1732390002000ull;
 }
 
 typedef struct {
     Tidal__V1__WeightsManifest w;
-    uint8_t sha[32];
+    uint8_t digest[32];
     blob_fx blob;
 } weights_fx;
 
@@ -230,13 +230,14 @@ static void weights_init(weights_fx *f)
     f->w.dtype = "bf16";
     f->w.bytes = f->blob.b.bytes;
     f->w.chunk_count = 3;
-    memcpy(f->sha, f->blob.sha, 32);
-    f->w.sha256.len = 32;
-    f->w.sha256.data = f->sha;
+    memcpy(f->digest, f->blob.digest, 32);
+    f->w.digest.len = 32;
+    f->w.digest.data = f->digest;
     f->w.transport = "bus";
     f->w.blob = &f->blob.b;
     f->w.model_config_json = "{\"architectures\":[\"Qwen2ForCausalLM\"],\"hidden_size\":64}";
     f->w.created_unix_ms = 1732390003000ull;
+    f->w.digest_algorithm = "blake3";
 }
 
 typedef struct {
@@ -514,11 +515,11 @@ static bool blob_same(const Tidal__V1__BlobManifest *b, const blob_fx *f)
 {
     bool same = b->schema_version == 1 && streq(b->name, f->b.name) &&
                 streq(b->subject_prefix, "tidal.quick.weights") && b->bytes == f->b.bytes &&
-                b->chunk_bytes == (4u << 20) && b->chunk_count == 3 && b->sha256.len == 32 &&
-                !memcmp(b->sha256.data, f->sha, 32) && b->n_chunk_sha256 == 3 &&
+                b->chunk_bytes == (4u << 20) && b->chunk_count == 3 && b->digest.len == 32 &&
+                !memcmp(b->digest.data, f->digest, 32) && b->n_chunk_digest == 3 &&
                 b->created_unix_ms == 1732390002000ull;
     for (int k = 0; same && k < 3; k++)
-        same = b->chunk_sha256[k].len == 32 && !memcmp(b->chunk_sha256[k].data, f->chunk_sha[k], 32);
+        same = b->chunk_digest[k].len == 32 && !memcmp(b->chunk_digest[k].data, f->chunk_digests[k], 32);
     return same;
 }
 
@@ -540,7 +541,7 @@ static void test_weights_manifest_round_trip(void)
     Tidal__V1__WeightsManifest *w;
     CHECK_OK(round_trip(MSG(f.w), (ProtobufCMessage **)&w));
     bool same = w->version == 12 && streq(w->dtype, "bf16") && w->bytes == f.blob.b.bytes &&
-                w->chunk_count == 3 && w->sha256.len == 32 && !memcmp(w->sha256.data, f.blob.sha, 32) &&
+                w->chunk_count == 3 && w->digest.len == 32 && !memcmp(w->digest.data, f.blob.digest, 32) &&
                 streq(w->transport, "bus") && streq(w->url, "") && w->blob &&
                 blob_same(w->blob, &f.blob) && streq(w->model_config_json, f.w.model_config_json) &&
                 w->created_unix_ms == 1732390003000ull;
@@ -555,11 +556,11 @@ static void test_weights_manifest_round_trip(void)
     f.w.blob = NULL;
     f.w.chunk_count = 0;
     f.w.http_chunk_bytes = 4u << 20; /* 8400953 bytes: 3 ranges */
-    f.w.n_http_chunk_sha256 = 3;
-    f.w.http_chunk_sha256 = hs;
+    f.w.n_http_chunk_digest = 3;
+    f.w.http_chunk_digest = hs;
     CHECK_OK(round_trip(MSG(f.w), (ProtobufCMessage **)&w));
     same = streq(w->url, f.w.url) && !w->blob && w->chunk_count == 0 && w->http_chunk_bytes == 4u << 20 &&
-           w->n_http_chunk_sha256 == 3 && !memcmp(w->http_chunk_sha256[2].data, h[2], 32);
+           w->n_http_chunk_digest == 3 && !memcmp(w->http_chunk_digest[2].data, h[2], 32);
     tidal__v1__weights_manifest__free_unpacked(w, NULL);
     CHECK(same);
 }
@@ -967,15 +968,15 @@ static void test_blob_manifest_rules(void)
     BLOB_BAD(f.b.chunk_bytes = (4u << 20) + 1, "chunk_bytes 4194305 is outside");
     BLOB_BAD(f.b.chunk_count = 2, "chunk_count 2, but 8400953 bytes in chunks of 4194304 make 3");
     BLOB_BAD(f.b.bytes = 2ull * (4u << 20), "chunk_count 3, but 8388608 bytes");
-    BLOB_BAD(f.b.sha256.len = 31, "sha256 has 31 bytes, a SHA-256 has 32");
-    BLOB_BAD(f.b.n_chunk_sha256 = 2, "chunk_sha256 has 2 entries for 3 chunks");
-    BLOB_BAD(f.chunks[2].len = 0, "chunk_sha256[2] has 0 bytes");
+    BLOB_BAD(f.b.digest.len = 31, "digest has 31 bytes, a digest has 32");
+    BLOB_BAD(f.b.n_chunk_digest = 2, "chunk_digest has 2 entries for 3 chunks");
+    BLOB_BAD(f.chunks[2].len = 0, "chunk_digest[2] has 0 bytes");
 #undef BLOB_BAD
     /* the empty blob: no chunks */
     blob_init(&f, "empty");
     f.b.bytes = 0;
     f.b.chunk_count = 0;
-    f.b.n_chunk_sha256 = 0;
+    f.b.n_chunk_digest = 0;
     CHECK_OK(codec_validate(MSG(f.b)));
 }
 
@@ -990,27 +991,29 @@ static void test_weights_manifest_rules(void)
     } while (0)
     WEIGHTS_BAD(f.w.dtype = "int8", "weights manifest v12: dtype \"int8\" is not fp32, bf16 or fp16");
     WEIGHTS_BAD(f.w.bytes = 0, "bytes is 0");
-    WEIGHTS_BAD(f.w.sha256.len = 0, "sha256 has 0 bytes");
+    WEIGHTS_BAD(f.w.digest.len = 0, "digest has 0 bytes");
+    WEIGHTS_BAD(f.w.digest_algorithm = "", "no digest_algorithm: written by a tidal whose digests were SHA-256");
+    WEIGHTS_BAD(f.w.digest_algorithm = "sha256", "digest_algorithm \"sha256\" is not blake3");
     WEIGHTS_BAD(f.w.transport = "s3", "transport \"s3\" is neither bus, http nor dir");
     WEIGHTS_BAD(f.w.blob = NULL, "transport bus without a blob manifest");
     WEIGHTS_BAD(f.w.url = "file:///x", "transport bus with a url");
     WEIGHTS_BAD(f.w.version = 13, "weights manifest v13: blob name \"12\" is not the version 13");
     WEIGHTS_BAD(f.w.bytes = 1, "blob has 8400953 bytes, manifest 1");
     WEIGHTS_BAD(f.w.chunk_count = 4, "blob has 3 chunks, manifest 4");
-    WEIGHTS_BAD(f.blob.sha[0] ^= 1, "blob sha256 differs from the manifest's");
+    WEIGHTS_BAD(f.blob.digest[0] ^= 1, "blob digest differs from the manifest's");
     WEIGHTS_BAD(f.blob.b.chunk_count = 1, "weights manifest v12: blob 12: chunk_count 1, but");
     static uint8_t hh[3][32];
     static ProtobufCBinaryData hs[3] = {{32, hh[0]}, {32, hh[1]}, {32, hh[2]}};
 #define HTTP_FX (f.w.transport = "http", f.w.url = "http://h:1/weights/12", f.w.blob = NULL, f.w.chunk_count = 0, \
-                 f.w.http_chunk_bytes = 4u << 20, f.w.n_http_chunk_sha256 = 3, f.w.http_chunk_sha256 = hs)
+                 f.w.http_chunk_bytes = 4u << 20, f.w.n_http_chunk_digest = 3, f.w.http_chunk_digest = hs)
     WEIGHTS_BAD(f.w.http_chunk_bytes = 7, "transport bus with http chunks");
     WEIGHTS_BAD((HTTP_FX, f.w.url = ""), "transport http with url \"\" (not http://...)");
     WEIGHTS_BAD((HTTP_FX, f.w.url = "file:///srv/w"), "transport http with url \"file:///srv/w\" (not http://...)");
     WEIGHTS_BAD((HTTP_FX, f.w.blob = &f.blob.b), "transport http with a blob manifest");
     WEIGHTS_BAD((HTTP_FX, f.w.chunk_count = 3), "transport http with chunk_count 3");
     WEIGHTS_BAD((HTTP_FX, f.w.http_chunk_bytes = 0), "transport http with http_chunk_bytes 0");
-    WEIGHTS_BAD((HTTP_FX, f.w.n_http_chunk_sha256 = 2), "transport http: 2 http_chunk_sha256 for 3 ranges of 4194304 bytes");
-    WEIGHTS_BAD((HTTP_FX, hs[1].len = 31), "http_chunk_sha256[1] has 31 bytes, not 32");
+    WEIGHTS_BAD((HTTP_FX, f.w.n_http_chunk_digest = 2), "transport http: 2 http_chunk_digest for 3 ranges of 4194304 bytes");
+    WEIGHTS_BAD((HTTP_FX, hs[1].len = 31), "http_chunk_digest[1] has 31 bytes, not 32");
     hs[1].len = 32;
     weights_init(&f);
     HTTP_FX;
@@ -1023,9 +1026,9 @@ static void test_weights_manifest_rules(void)
     WEIGHTS_BAD(f.w.dir = "/w/step_12", "transport bus with a dir");
     /* delta versions */
     static uint64_t chain[3] = {8, 10, 11};
-    static uint8_t isha[32] = {1};
+    static uint8_t image_digest[32] = {1};
 #define DELTA(f) ((f).w.delta = true, (f).w.delta_base = 11, (f).w.chain = chain, (f).w.n_chain = 3, \
-                  (f).w.image_bytes = 5000, (f).w.image_sha256.data = isha, (f).w.image_sha256.len = 32, \
+                  (f).w.image_bytes = 5000, (f).w.image_digest.data = image_digest, (f).w.image_digest.len = 32, \
                   (f).w.full_every = 10)
     weights_init(&f);
     DELTA(f);
@@ -1037,7 +1040,7 @@ static void test_weights_manifest_rules(void)
     WEIGHTS_BAD((DELTA(f), chain[1] = 7), "the delta's chain is not increasing at 1");
     chain[1] = 10;
     WEIGHTS_BAD((DELTA(f), f.w.image_bytes = 0), "a delta with image_bytes 0");
-    WEIGHTS_BAD((DELTA(f), f.w.image_sha256.len = 31), "image_sha256 has 31 bytes");
+    WEIGHTS_BAD((DELTA(f), f.w.image_digest.len = 31), "image_digest has 31 bytes");
     WEIGHTS_BAD((DELTA(f), f.w.delta = false), "delta fields on a full image");
     WEIGHTS_BAD((DELTA(f), f.w.transport = "dir", f.w.dir = "/w", f.w.blob = NULL, f.w.chunk_count = 0),
                 "a delta on transport dir (deltas go on the bus)");

@@ -102,7 +102,7 @@ static void test_corrupted_delta_refused(void)
     CHECK_STATUS(delta_apply(ia, la, d, 10, "v7", &out, &lo), TIDAL_ERR_CORRUPT);
     /* a byte flipped in the compressed data (zstd's frame checksum is off by
      * default: the image may still come out wrong, which the manifest's
-     * SHA-256 catches; here the block structure breaks) */
+     * digest catches; here the block structure breaks) */
     int refused = 0;
     for (size_t k = DELTA_HEADER_BYTES + 4; k < ld; k += ld / 16 + 1) {
         memcpy(bad, d, ld);

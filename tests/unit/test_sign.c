@@ -161,7 +161,7 @@ static const char JOB[] = "job-a";
 typedef struct fixture_manifest {
     Tidal__V1__WeightsManifest w;
     Tidal__V1__BlobManifest b;
-    uint8_t sha[32], c0[32], c1[32];
+    uint8_t digest[32], c0[32], c1[32];
     uint64_t chain[2];
     ProtobufCBinaryData chunks[2];
 } fixture_manifest;
@@ -172,7 +172,7 @@ static void make_manifest(fixture_manifest *f)
     Tidal__V1__WeightsManifest w = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
     Tidal__V1__BlobManifest b = TIDAL__V1__BLOB_MANIFEST__INIT;
     f->w = w, f->b = b;
-    for (int i = 0; i < 32; i++) f->sha[i] = (uint8_t)i, f->c0[i] = (uint8_t)(100 + i), f->c1[i] = (uint8_t)(200 + i);
+    for (int i = 0; i < 32; i++) f->digest[i] = (uint8_t)i, f->c0[i] = (uint8_t)(100 + i), f->c1[i] = (uint8_t)(200 + i);
     f->chunks[0] = (ProtobufCBinaryData){32, f->c0};
     f->chunks[1] = (ProtobufCBinaryData){32, f->c1};
     f->b.schema_version = 1;
@@ -181,25 +181,26 @@ static void make_manifest(fixture_manifest *f)
     f->b.bytes = 5000000;
     f->b.chunk_bytes = 4194304;
     f->b.chunk_count = 2;
-    f->b.sha256 = (ProtobufCBinaryData){32, f->sha};
-    f->b.n_chunk_sha256 = 2;
-    f->b.chunk_sha256 = f->chunks;
+    f->b.digest = (ProtobufCBinaryData){32, f->digest};
+    f->b.n_chunk_digest = 2;
+    f->b.chunk_digest = f->chunks;
     f->b.created_unix_ms = 1700000000000;
     f->w.schema_version = 1;
     f->w.version = 7;
     f->w.dtype = "fp32";
     f->w.bytes = 5000000;
     f->w.chunk_count = 2;
-    f->w.sha256 = (ProtobufCBinaryData){32, f->sha};
+    f->w.digest = (ProtobufCBinaryData){32, f->digest};
     f->w.transport = "bus";
     f->w.url = "";
     f->w.blob = &f->b;
     f->w.model_config_json = "{\"model_type\": \"qwen2\"}";
     f->w.created_unix_ms = 1700000000001;
+    f->w.digest_algorithm = "blake3";
 }
 
 /* Change signed field number `which` of f (0 .. N_CHANGES - 1). */
-#define N_CHANGES 31
+#define N_CHANGES 32
 static void change(fixture_manifest *f, int which)
 {
     switch (which) {
@@ -208,7 +209,7 @@ static void change(fixture_manifest *f, int which)
     case 2: f->w.dtype = "bf16"; break;
     case 3: f->w.bytes++; break;
     case 4: f->w.chunk_count = 3; break;
-    case 5: f->sha[31] ^= 1; break; /* the manifest's and the blob's SHA-256 (shared storage) */
+    case 5: f->digest[31] ^= 1; break; /* the manifest's and the blob's digest (shared storage) */
     case 6: f->w.transport = "http"; break;
     case 7: f->w.url = "file:///x"; break;
     case 8: f->b.name = "8"; break;
@@ -217,15 +218,15 @@ static void change(fixture_manifest *f, int which)
     case 11: f->b.chunk_bytes = 1 << 20; break;
     case 12: f->b.chunk_count = 1; break;
     case 13: f->c1[0] ^= 0x80; break; /* the second chunk's hash */
-    case 14: f->b.n_chunk_sha256 = 1; break;
+    case 14: f->b.n_chunk_digest = 1; break;
     case 15: f->b.created_unix_ms++; break;
     case 16: f->b.schema_version = 0; break;
     case 17: f->w.model_config_json = "{\"model_type\": \"llama\"}"; break;
     case 18: f->w.created_unix_ms++; break;
     case 19: f->w.blob = NULL; break;
-    case 20: f->w.sha256.len = 31; break;
+    case 20: f->w.digest.len = 31; break;
     case 21: f->w.http_chunk_bytes = 1 << 20; break;
-    case 22: f->w.n_http_chunk_sha256 = 1, f->w.http_chunk_sha256 = &f->w.sha256; break;
+    case 22: f->w.n_http_chunk_digest = 1, f->w.http_chunk_digest = &f->w.digest; break;
     /* 20-29: transport dir and delta versions */
     case 23: f->w.dir = "/shared/w/step_7"; break;
     case 24: f->w.delta = true; break;
@@ -233,8 +234,9 @@ static void change(fixture_manifest *f, int which)
     case 26: f->w.n_chain = 1, f->w.chain = f->chain; break;
     case 27: f->w.n_chain = 2, f->w.chain = f->chain, f->chain[1] = 99; break;
     case 28: f->w.image_bytes = 9; break;
-    case 29: f->w.image_sha256 = (ProtobufCBinaryData){32, f->c0}; break;
+    case 29: f->w.image_digest = (ProtobufCBinaryData){32, f->c0}; break;
     case 30: f->w.full_every = 10; break;
+    case 31: f->w.digest_algorithm = "sha256"; break;
     }
 }
 
