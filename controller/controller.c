@@ -366,8 +366,8 @@ static void eval_keep_text(eval_round *e, size_t prompt, const Tidal__V1__Trajec
                                          .completion = text};
 }
 
-/* The round's kept samples as TensorBoard text (tag eval/samples, one Markdown row each): the
- * prompt as the controller rendered it from the held-out item, the completion, the reward. */
+/* The round's kept samples as TensorBoard text, tag eval/sample_texts (eval/samples is eval.jsonl's
+ * count), one Markdown row each: the held-out item's prompt, the completion, the reward. */
 static void eval_tb_texts(ctl *c)
 {
     const eval_round *e = &c->ev;
@@ -380,14 +380,15 @@ static void eval_tb_texts(ctl *c)
                                                                               : NULL;
         dataset_item_clear(&it);
         char head[128];
-        if (t->ok) snprintf(head, sizeof head, "held-out item %zu, sample %u: reward %.4g", t->prompt, t->sample, t->reward);
+        if (t->ok)
+            snprintf(head, sizeof head, "held-out item %zu, sample %u: reward %.4g", t->prompt, t->sample, t->reward);
         else snprintf(head, sizeof head, "held-out item %zu, sample %u: failed", t->prompt, t->sample);
         rows[n] = str_printf("**%s**\n\nprompt:\n\n```\n%s\n```\n\n%s:\n\n```\n%s\n```", head,
                              prompt ? prompt : "(not available)", t->ok ? "completion" : "error", t->completion);
         free(prompt);
         if (rows[n]) n++;
     }
-    tb_note(c, tbevents_texts(c->tb, (int64_t)e->version, (double)tidal_unix_ms() / 1e3, "eval/samples",
+    tb_note(c, tbevents_texts(c->tb, (int64_t)e->version, (double)tidal_unix_ms() / 1e3, "eval/sample_texts",
                               (const char *const *)rows, (size_t)n));
     for (int i = 0; i < n; i++) free(rows[i]);
 }

@@ -155,7 +155,8 @@ tidal_status tbevents_texts(tbevents *w, int64_t step, double wall_time, const c
     if (n == 0) return TIDAL_OK;
     ProtobufCBinaryData *strs = calloc(n, sizeof *strs);
     if (!strs) return tidal_fail(TIDAL_ERR_NOMEM, "tensorboard: out of memory");
-    for (size_t i = 0; i < n; i++) strs[i] = (ProtobufCBinaryData){.len = strlen(texts[i]), .data = (uint8_t *)texts[i]};
+    for (size_t i = 0; i < n; i++)
+        strs[i] = (ProtobufCBinaryData){.len = strlen(texts[i]), .data = (uint8_t *)texts[i]};
     Tensorboard__TensorShapeProto__Dim dim = TENSORBOARD__TENSOR_SHAPE_PROTO__DIM__INIT, *dims[1] = {&dim};
     dim.size = (int64_t)n;
     Tensorboard__TensorShapeProto shape = TENSORBOARD__TENSOR_SHAPE_PROTO__INIT;

@@ -49,7 +49,10 @@ static uint64_t le64(const unsigned char *p)
     return v;
 }
 
-static uint32_t le32(const unsigned char *p) { return (uint32_t)le64((const unsigned char[8]){p[0], p[1], p[2], p[3]}); }
+static uint32_t le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
 
 /* The file's events, each unpacked (caller frees them); -1 when the framing or a CRC is wrong. */
 static int read_events(const char *path, Tensorboard__Event **ev, int max)
@@ -111,7 +114,7 @@ static void test_writer_round_trip(void)
     CHECK_OK(tbevents_json(w, 9, 1700000003.0, "eval/", o, "step"));
     json_decref(o);
     const char *texts[] = {"**row one**", "row two: `1+1` \xc3\xa9"};
-    CHECK_OK(tbevents_texts(w, 9, 1700000003.5, "eval/samples", texts, 2));
+    CHECK_OK(tbevents_texts(w, 9, 1700000003.5, "eval/sample_texts", texts, 2));
     tbevents_close(w);
 
     Tensorboard__Event *ev[8] = {0};
@@ -131,7 +134,7 @@ static void test_writer_round_trip(void)
     CHECK(value_of(ev[2], "eval/complete") && value_of(ev[2], "eval/complete")->simple_value == 1.0f);
     CHECK(value_of(ev[2], "eval/prompts") && value_of(ev[2], "eval/prompts")->simple_value == 8.0f);
     CHECK(!value_of(ev[2], "eval/step") && !value_of(ev[2], "eval/reward_mean") && !value_of(ev[2], "eval/error"));
-    const Tensorboard__Summary__Value *t = value_of(ev[3], "eval/samples");
+    const Tensorboard__Summary__Value *t = value_of(ev[3], "eval/sample_texts");
     CHECK(ev[3]->step == 9 && t && t->value_case == TENSORBOARD__SUMMARY__VALUE__VALUE_TENSOR);
     CHECK(t->metadata && t->metadata->plugin_data && !strcmp(t->metadata->plugin_data->plugin_name, "text"));
     CHECK(t->metadata->data_class == TENSORBOARD__DATA_CLASS__DATA_CLASS_TENSOR);
