@@ -1,9 +1,10 @@
 /* test_tbevents.c - CRC-32C against RFC 3720's test vectors (base/crc32c.h),
  * and the TensorBoard event writer (controller/tbevents.h): the file it makes
  * is read back record by record - the TFRecord framing and both masked CRCs
- * checked, each Event decoded - and holds what was written; a write that the
- * file system refuses (a file-size limit) fails with a message, and every
- * later write fails the same way without touching the file.
+ * checked, each Event decoded - and holds what was written, each record
+ * readable as soon as it is written (flushed); a write that the file system
+ * refuses (a file-size limit) fails with a message, and every later write
+ * fails the same way without touching the file.
  * (tests/tools/read_tfevents.py is the independent reader; e2e_tensorboard runs it.) */
 #include <dirent.h>
 #include <jansson.h>
@@ -109,6 +110,10 @@ static void test_writer_round_trip(void)
     const tbevents_scalar sc[] = {{"reward_mean", 0.625}, {"loss", -1.5e-3}, {"env.exact", 1.0 / 3.0}};
     CHECK_OK(tbevents_scalars(w, 7, 1700000001.5, sc, 3));
     CHECK_OK(tbevents_scalars(w, 8, 1700000002.0, sc, 0)); /* nothing */
+    Tensorboard__Event *live[4] = {0}; /* flushed: a reader sees both records while the file is open */
+    const int nlive = read_events(path, live, 4);
+    for (int i = 0; i < nlive; i++) tensorboard__event__free_unpacked(live[i], NULL);
+    CHECK_MSG(nlive == 2, "%d events readable before the close, want 2", nlive);
     json_t *o = json_pack("{s:i, s:f, s:n, s:s, s:b, s:i}", "step", 9, "pass@1", 0.75, "reward_mean", "error", "x",
                           "complete", 1, "prompts", 8);
     CHECK_OK(tbevents_json(w, 9, 1700000003.0, "eval/", o, "step"));
