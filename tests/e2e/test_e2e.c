@@ -86,7 +86,8 @@
  *                 every metrics.jsonl and eval.jsonl row is there as a scalar
  *                 at its step (float32), nothing else is, and each evaluation
  *                 has its samples' texts (text plugin); the same file with a
- *                 byte flipped, or cut short, is refused naming why
+ *                 byte flipped, or cut short, is refused naming why; with RUN/tb
+ *                 blocked (a file), the controller says so once and the job ends well
  *   cluster_partition  the same cluster with each node in its own network
  *                 namespace (veth pairs into a bridge): the trajectory stream's
  *                 leader is cut off for 15 s at step 20, not killed; the same
@@ -1619,6 +1620,21 @@ static void test_tensorboard(void)
     /* damaged copies: the reader refuses them and says why */
     CHECK_MSG(refused(file, "flipped", "CRC does not match"), "a flipped byte was not refused as a CRC mismatch");
     CHECK_MSG(refused(file, "short", "truncated"), "a file cut short was not refused as truncated");
+    if (check_cur_failed_) show_output("run");
+    cleanup();
+    /* RUN/tb cannot be made (a file is in the way): the controller says so once and the job runs to the end */
+    fresh_work("tensorboard-blocked");
+    snprintf(run, sizeof run, "%s/run", work);
+    mkdir(run, 0755);
+    snprintf(path, sizeof path, "%s/tb", run);
+    write_file(path, "in the way\n");
+    const int rc2 = run_base("run", NULL, NULL, 240);
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "test \"$(grep -c 'controller: tensorboard: .*the job goes on' %s/logs/controller.log)\" = 1",
+             run);
+    const bool said_once = system(cmd) == 0;
+    CHECK_MSG(rc2 == 0 && last_step(run) == 12, "with RUN/tb blocked: exit %d, last step %ld", rc2, last_step(run));
+    CHECK_MSG(said_once, "with RUN/tb blocked: the controller's log does not say so exactly once");
     if (check_cur_failed_) show_output("run");
     cleanup();
 }
