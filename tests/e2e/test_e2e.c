@@ -1630,8 +1630,8 @@ static void test_tensorboard(void)
     write_file(path, "in the way\n");
     const int rc2 = run_base("run", NULL, NULL, 240);
     char cmd[1400];
-    snprintf(cmd, sizeof cmd, "test \"$(grep -c 'controller: tensorboard: .*the job goes on' %s/logs/controller.log)\" = 1",
-             run);
+    snprintf(cmd, sizeof cmd, "test \"$(grep -c 'controller: tensorboard: .*the job goes on' %s/logs/controller.log)\" "
+             "= 1", run);
     const bool said_once = system(cmd) == 0;
     CHECK_MSG(rc2 == 0 && last_step(run) == 12, "with RUN/tb blocked: exit %d, last step %ld", rc2, last_step(run));
     CHECK_MSG(said_once, "with RUN/tb blocked: the controller's log does not say so exactly once");
