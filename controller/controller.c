@@ -14,6 +14,7 @@
 #include "base/prom.h"
 #include "controller/envwatch.h"
 #include "controller/stopreason.h"
+#include "controller/tbevents.h"
 #include "job/jobmodel.h"
 #include "proto/codec.h"
 #include "base/fs.h"
@@ -24,6 +25,8 @@
 #define MAX_WORKERS 4096
 #define WORKER_LIVE_MS 5000
 #define EVAL_TIMEOUT_MS 300000
+#define EVAL_TEXTS 8            /* evaluation samples per round shown as text in TensorBoard */
+#define EVAL_TEXT_BYTES 1500    /* of a prompt or a completion in that text */
 
 typedef struct worker_row {
     char id[192];
@@ -38,6 +41,15 @@ typedef struct worker_row {
  * giving up ends the job. */
 #define PROMPT_PUBLISH_TIMEOUT_MS 60000
 
+/* One evaluation sample kept for its text (the first EVAL_TEXTS of a round). */
+typedef struct eval_text {
+    size_t prompt;              /* the held-out item */
+    uint32_t sample;
+    bool ok;                    /* scored; otherwise `completion` is the error */
+    double reward;
+    char *completion;           /* heap */
+} eval_text;
+
 typedef struct eval_round {
     bool active;
     uint64_t version;
@@ -50,6 +62,8 @@ typedef struct eval_round {
     int *first_scored, *n_scored; /* [prompts]: its sample 0 scored; its samples scored */
     uint8_t *seen;              /* [prompts * k]: samples counted (a repeat of one is not) */
     double started_ms;
+    eval_text texts[EVAL_TEXTS];
+    int n_texts;
 } eval_round;
 
 typedef struct ctl {
@@ -73,6 +87,8 @@ typedef struct ctl {
     worker_row *workers;
     int n_workers;
     FILE *metrics_f, *eval_f;
+    tbevents *tb;               /* RUN/tb/ (metrics.tensorboard); NULL when off or it could not be made */
+    bool tb_said;               /* its first failure was logged: once is enough */
     double t0_ms, last_progress_ms, last_counts_ms;
     double reward_last, staleness_last, samples_last_s;
     uint64_t samples_total;
@@ -314,6 +330,69 @@ cleanup:
     return st;
 }
 
+/* ---------------------------------------------------------------- TensorBoard */
+
+/* A failed write to RUN/tb/ is said once; the job goes on without it. */
+static void tb_note(ctl *c, tidal_status st)
+{
+    if (st == TIDAL_OK || c->tb_said) return;
+    c->tb_said = true;
+    tidal_log(TIDAL_LOG_WARN, "controller: %s; the job goes on (metrics.jsonl has every step)", tidal_errmsg());
+}
+
+/* At most max bytes of s, cut before a UTF-8 sequence that would not fit, with "..." when cut. Heap; NULL on OOM. */
+static char *text_head(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n <= max) return strdup(s);
+    while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80) max--;
+    return str_printf("%.*s...", (int)max, s);
+}
+
+static void eval_texts_clear(eval_round *e)
+{
+    for (int i = 0; i < e->n_texts; i++) free(e->texts[i].completion);
+    e->n_texts = 0;
+}
+
+/* Keep sample t of held-out item `prompt` for the round's text (while fewer than EVAL_TEXTS are kept). */
+static void eval_keep_text(eval_round *e, size_t prompt, const Tidal__V1__Trajectory *t)
+{
+    if (e->n_texts >= EVAL_TEXTS) return;
+    const bool ok = t->status == TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK;
+    char *text = text_head(ok ? t->completion_text : *t->error ? t->error : "no message", EVAL_TEXT_BYTES);
+    if (!text) return; /* out of memory: one text fewer */
+    e->texts[e->n_texts++] = (eval_text){.prompt = prompt, .sample = t->sample_index, .ok = ok, .reward = t->reward,
+                                         .completion = text};
+}
+
+/* The round's kept samples as TensorBoard text, tag eval/sample_texts (eval/samples is eval.jsonl's
+ * count), one Markdown row each: the held-out item's prompt, the completion, the reward. */
+static void eval_tb_texts(ctl *c)
+{
+    const eval_round *e = &c->ev;
+    char *rows[EVAL_TEXTS] = {0};
+    int n = 0;
+    for (int i = 0; i < e->n_texts; i++) {
+        const eval_text *t = &e->texts[i];
+        dataset_item it = {0};
+        char *prompt = dataset_eval_item(c->data, t->prompt, &it) == TIDAL_OK ? text_head(it.prompt, EVAL_TEXT_BYTES)
+                                                                              : NULL;
+        dataset_item_clear(&it);
+        char head[128];
+        if (t->ok)
+            snprintf(head, sizeof head, "held-out item %zu, sample %u: reward %.4g", t->prompt, t->sample, t->reward);
+        else snprintf(head, sizeof head, "held-out item %zu, sample %u: failed", t->prompt, t->sample);
+        rows[n] = str_printf("**%s**\n\nprompt:\n\n```\n%s\n```\n\n%s:\n\n```\n%s\n```", head,
+                             prompt ? prompt : "(not available)", t->ok ? "completion" : "error", t->completion);
+        free(prompt);
+        if (rows[n]) n++;
+    }
+    tb_note(c, tbevents_texts(c->tb, (int64_t)e->version, (double)tidal_unix_ms() / 1e3, "eval/sample_texts",
+                              (const char *const *)rows, (size_t)n));
+    for (int i = 0; i < n; i++) free(rows[i]);
+}
+
 /* ---------------------------------------------------------------- evaluation */
 
 static tidal_status eval_start(ctl *c)
@@ -324,6 +403,7 @@ static tidal_status eval_start(ctl *c)
     if (s->eval.max_prompts > 0 && n > (size_t)s->eval.max_prompts) n = (size_t)s->eval.max_prompts;
     if (n == 0) return TIDAL_OK;
     free(e->succ_first), free(e->succ_any), free(e->seen), free(e->first_scored), free(e->n_scored);
+    eval_texts_clear(e);
     *e = (eval_round){.active = true, .version = c->version, .prompts = (int)n, .k = s->eval.pass_k,
                       .started_ms = tidal_clock_ms()};
     e->succ_first = calloc(n, sizeof *e->succ_first);
@@ -388,6 +468,11 @@ static void eval_finish(ctl *c, bool complete)
                             : ": no sample scored, so no reward or pass@ (null in eval.jsonl)");
     char *line = json_dumps(o, JSON_COMPACT);
     if (line && c->eval_f) fprintf(c->eval_f, "%s\n", line), fflush(c->eval_f);
+    if (c->tb) { /* eval.jsonl's numbers as eval/<field>, then the samples' text */
+        tb_note(c, tbevents_json(c->tb, (int64_t)e->version, (double)tidal_unix_ms() / 1e3, "eval/", o, "step"));
+        eval_tb_texts(c);
+    }
+    eval_texts_clear(e);
     tidal_log(TIDAL_LOG_INFO, "controller: evaluation %s", line ? line : "");
     free(line);
     json_decref(o);
@@ -406,6 +491,7 @@ static void eval_count(eval_round *e, const Tidal__V1__Trajectory *t)
     if (*seen) return;
     *seen = 1;
     e->received++;
+    eval_keep_text(e, idx, t);
     if (t->status != TIDAL__V1__TRAJECTORY_STATUS__TRAJECTORY_STATUS_OK) { /* failed: counted, never scored */
         if (!e->failed++) snprintf(e->error, sizeof e->error, "%s", *t->error ? t->error : "no message");
         return;
@@ -478,6 +564,8 @@ static void read_metrics(ctl *c)
             json_object_set_new(o, "workers", json_integer(live_workers(c)));
             char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
             if (line && c->metrics_f) fprintf(c->metrics_f, "%s\n", line), fflush(c->metrics_f);
+            if (c->tb) /* the same record: every number of it but the step, tagged by its key */
+                tb_note(c, tbevents_json(c->tb, (int64_t)mt->step, (double)tidal_unix_ms() / 1e3, "", o, "step"));
             free(line);
             json_decref(o);
             c->reward_last = reward;
@@ -749,6 +837,12 @@ static tidal_status start(ctl *c)
     snprintf(path, sizeof path, "%s/eval.jsonl", c->o->run_dir);
     c->eval_f = s->eval.every > 0 ? fopen(path, "a") : NULL;
     if (!c->metrics_f) return tidal_fail(TIDAL_ERR_IO, "controller: cannot write %s/metrics.jsonl", c->o->run_dir);
+    if (s->metrics.tensorboard) { /* best effort: a run directory that takes no event file still runs */
+        snprintf(path, sizeof path, "%s/tb", c->o->run_dir);
+        tb_note(c, tbevents_open(path, (double)tidal_unix_ms() / 1e3, &c->tb));
+        if (c->tb) tidal_log(TIDAL_LOG_INFO, "controller: TensorBoard events in %s (tensorboard --logdir %s)",
+                             tbevents_path(c->tb), path);
+    }
     char subj[200];
     snprintf(subj, sizeof subj, "%s.>", c->names.metrics_prefix);
     TRY(bus_subscribe_sync(c->bus, subj, NULL, &c->metrics));
@@ -862,6 +956,8 @@ cleanup:;
         }
     }
     if (c->ev.active) eval_finish(c, false);
+    eval_texts_clear(&c->ev);
+    tbevents_close(c->tb);
     free(c->ev.succ_first), free(c->ev.succ_any), free(c->ev.seen), free(c->ev.first_scored), free(c->ev.n_scored);
     if (c->metrics_f) fclose(c->metrics_f);
     if (c->eval_f) fclose(c->eval_f);

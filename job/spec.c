@@ -168,6 +168,7 @@ static const key KEYS[] = {
     STR("metrics.bind", metrics.bind, "127.0.0.1", "the IPv4 address the roles' Prometheus endpoints (/metrics) listen on (docs/metrics.md)"),
     INT("metrics.controller_port", metrics.controller_port, -1, 65535, "0", "the controller's /metrics port (0: off; -1: any free port, logged)"),
     INT("metrics.trainer_port", metrics.trainer_port, -1, 65535, "0", "the trainer's /metrics port (0: off; -1: any free port, logged); a worker's is `tidal rollout --metrics-port`"),
+    BOOL("metrics.tensorboard", metrics.tensorboard, "true", "write TensorBoard event files under RUN/tb/ (`tensorboard --logdir RUN/tb`; docs/tensorboard.md)"),
 };
 #define N_KEYS (int)(sizeof KEYS / sizeof KEYS[0])
 

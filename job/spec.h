@@ -138,6 +138,7 @@ typedef struct job_spec {
     struct {
         char bind[64];          /* the address every role's /metrics listens on */
         int controller_port, trainer_port; /* 0: off; -1: any free port (logged) */
+        bool tensorboard;       /* the controller writes RUN/tb/events.out.tfevents.* */
     } metrics;
 } job_spec;
 

@@ -80,6 +80,14 @@
  *                 3 replicas: the trajectory stream's leader killed -9 at step
  *                 20, a second node at 45, both restarted; the job completes,
  *                 learns, balances, trains nothing twice
+ *   tensorboard   the short base job with an evaluation every 4 steps: RUN/tb/ holds
+ *                 one event file, which tests/tools/read_tfevents.py (its own
+ *                 CRC-32C and protobuf decoding) reads back: every number of
+ *                 every metrics.jsonl and eval.jsonl row is there as a scalar
+ *                 at its step (float32), nothing else is, and each evaluation
+ *                 has its samples' texts (text plugin); the same file with a
+ *                 byte flipped, or cut short, is refused naming why; with RUN/tb
+ *                 blocked (a file), the controller says so once and the job ends well
  *   cluster_partition  the same cluster with each node in its own network
  *                 namespace (veth pairs into a bridge): the trajectory stream's
  *                 leader is cut off for 15 s at step 20, not killed; the same
@@ -90,6 +98,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1432,6 +1441,206 @@ static void test_creds(void)
     if (!check_cur_failed_) cleanup();
 }
 
+/* ---------------------------------------------------------------- tensorboard */
+
+/* Run the reader (tests/tools/read_tfevents.py) on PATH with ARGS: its exit status; stdout to
+ * WORK/reader.out, stderr to WORK/reader.err. */
+static int read_tfevents(const char *args, const char *path)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "python3 %s/tests/tools/read_tfevents.py %s %s >%s/reader.out 2>%s/reader.err",
+             source_dir, args, path, work, work);
+    const int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    *n = 0;
+    if (f && fseek(f, 0, SEEK_END) == 0) {
+        const long len = ftell(f);
+        rewind(f);
+        buf = len >= 0 ? malloc((size_t)len + 1) : NULL;
+        if (buf) *n = fread(buf, 1, (size_t)len, f), buf[*n] = '\0';
+    }
+    if (f) fclose(f);
+    return buf;
+}
+
+/* float32 of both sides equal, give or take metrics.jsonl's 9 digits (one float ulp). */
+static bool same_f32(double tb, double jsonl)
+{
+    const float a = (float)tb, b = (float)jsonl;
+    return a == b || fabsf(a - b) <= 1.2e-7f * fmaxf(fabsf(a), fabsf(b));
+}
+
+/* The scalars of the reader's output at `step` whose tag starts with `prefix` (and, for "", has no
+ * '/'): every numeric member of `row` but the step is one of them with its value, and there are no others. */
+static int check_row(const json_t *scalars, const json_t *row, const char *prefix, long step, char *why, size_t n)
+{
+    int found = 0, want = 0;
+    const char *key;
+    json_t *x;
+    json_object_foreach((json_t *)row, key, x) {
+        if (!strcmp(key, "step") || !(json_is_number(x) || json_is_boolean(x))) continue;
+        want++;
+        const double v = json_is_boolean(x) ? json_is_true(x) : json_number_value(x);
+        char tag[256];
+        snprintf(tag, sizeof tag, "%s%s", prefix, key);
+        size_t i;
+        json_t *s;
+        bool hit = false;
+        json_array_foreach(scalars, i, s)
+            if (json_integer_value(json_object_get(s, "step")) == step && !strcmp(jstr(s, "tag"), tag)) {
+                if (hit || !same_f32(json_number_value(json_object_get(s, "value")), v)) {
+                    snprintf(why, n, "step %ld %s: %s %.9g, metrics says %.9g", step, tag, hit ? "twice," : "",
+                             json_number_value(json_object_get(s, "value")), v);
+                    return -1;
+                }
+                hit = true;
+            }
+        if (!hit) {
+            snprintf(why, n, "step %ld: no scalar %s (%.9g)", step, tag, v);
+            return -1;
+        }
+        found++;
+    }
+    size_t i;
+    json_t *s;
+    int there = 0;
+    json_array_foreach(scalars, i, s) {
+        const char *tag = jstr(s, "tag");
+        const bool mine = *prefix ? !strncmp(tag, prefix, strlen(prefix)) : strncmp(tag, "eval/", 5) != 0;
+        there += json_integer_value(json_object_get(s, "step")) == step && mine;
+    }
+    if (there != want) {
+        snprintf(why, n, "step %ld: %d %s scalars in the event file, %d numbers in the row", step, there,
+                 *prefix ? prefix : "training", want);
+        return -1;
+    }
+    return found;
+}
+
+/* A copy of FILE damaged as `how` says ("flipped": a byte in the middle; "short": the last 3 bytes
+ * gone): the reader exits 1 saying `says`. */
+static bool refused(const char *file, const char *how, const char *says)
+{
+    size_t n = 0, m = 0;
+    char *bytes = slurp(file, &n), copy[700], err_path[700];
+    snprintf(copy, sizeof copy, "%s/%s.tfevents", work, how);
+    if (!bytes || n < 200) return false;
+    if (!strcmp(how, "flipped")) bytes[n / 2] ^= 0x10;
+    else n -= 3;
+    FILE *w = fopen(copy, "wb");
+    const bool written = w && fwrite(bytes, 1, n, w) == n;
+    if (w) fclose(w);
+    free(bytes);
+    const int st = written ? read_tfevents("", copy) : -1;
+    snprintf(err_path, sizeof err_path, "%s/reader.err", work);
+    char *err = slurp(err_path, &m);
+    const bool ok = st == 1 && err && strstr(err, says);
+    fprintf(stderr, "tensorboard: %s: exit %d: %s", how, st, err && *err ? err : "(nothing)\n");
+    free(err);
+    return ok;
+}
+
+static void test_tensorboard(void)
+{
+    fresh_work("tensorboard");
+    char run[512], tb[600], file[1200] = "", line[16384], why[512] = "";
+    snprintf(run, sizeof run, "%s/run", work);
+    snprintf(tb, sizeof tb, "%s/tb", run);
+    const int rc = run_base("run", "eval.every=4", NULL, 240);
+    CHECK_MSG(rc == 0, "tidal run: exit %d", rc);
+    DIR *d = opendir(tb);
+    int files = 0;
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (!strncmp(e->d_name, "events.out.tfevents.", 20)) snprintf(file, sizeof file, "%s/%s", tb, e->d_name), files++;
+    if (d) closedir(d);
+    CHECK_MSG(files == 1, "%s: %d event files, want 1", tb, files);
+    CHECK_MSG(read_tfevents("--selftest", "") == 0, "the reader's own CRC-32C fails RFC 3720's vectors");
+    int st = read_tfevents("--json", file);
+    char path[700];
+    snprintf(path, sizeof path, "%s/reader.out", work);
+    json_error_t je;
+    json_t *out = st == 0 ? json_load_file(path, 0, &je) : NULL;
+    CHECK_MSG(out, "read_tfevents.py %s: exit %d", file, st);
+    CHECK(!strcmp(jstr(out, "file_version"), "brain.Event:2"));
+    const json_t *scalars = json_object_get(out, "scalars"), *texts = json_object_get(out, "texts");
+    /* every training step: metrics.jsonl's row */
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run);
+    FILE *f = fopen(path, "r");
+    int rows = 0, values = 0, bad = 0;
+    while (f && !bad && fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        const long step = (long)json_integer_value(json_object_get(o, "step"));
+        const int k = o ? check_row(scalars, o, "", step, why, sizeof why) : -1;
+        if (k < 0) bad = 1;
+        else rows++, values += k;
+        json_decref(o);
+    }
+    if (f) fclose(f);
+    CHECK_MSG(!bad, "metrics.jsonl row %d: %s", rows + 1, why);
+    CHECK_MSG(rows == 12, "%d metrics.jsonl rows, want 12", rows);
+    /* every evaluation: eval.jsonl's row as eval/..., and its samples' text */
+    snprintf(path, sizeof path, "%s/eval.jsonl", run);
+    f = fopen(path, "r");
+    int evals = 0, eval_values = 0;
+    while (f && !bad && fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        const long step = (long)json_integer_value(json_object_get(o, "step"));
+        const int k = o ? check_row(scalars, o, "eval/", step, why, sizeof why) : -1;
+        size_t i;
+        json_t *t;
+        int rows_text = -1;
+        json_array_foreach(texts, i, t)
+            if (json_integer_value(json_object_get(t, "step")) == step && !strcmp(jstr(t, "tag"), "eval/sample_texts") &&
+                !strcmp(jstr(t, "plugin"), "text")) {
+                rows_text = 0;
+                size_t j;
+                json_t *v;
+                json_array_foreach(json_object_get(t, "values"), j, v)
+                    rows_text += strstr(json_string_value(v), "prompt:") && strstr(json_string_value(v), "String: ") &&
+                                 (strstr(json_string_value(v), "completion:") || strstr(json_string_value(v), "error:"));
+            }
+        const long samples = (long)json_integer_value(json_object_get(o, "samples"));
+        if (k < 0) bad = 1;
+        else if (rows_text != (samples < 8 ? samples : 8))
+            snprintf(why, sizeof why, "step %ld: %d sample texts with a prompt and a completion, want %ld", step,
+                     rows_text, samples < 8 ? samples : 8), bad = 1;
+        else evals++, eval_values += k;
+        json_decref(o);
+    }
+    if (f) fclose(f);
+    CHECK_MSG(!bad, "eval.jsonl row %d: %s", evals + 1, why);
+    CHECK_MSG(evals >= 3, "%d evaluations, want at least 3 (steps 0, 4 or so, ..., 12)", evals);
+    fprintf(stderr, "tensorboard: %d steps (%d scalars) and %d evaluations (%d scalars, their texts) read back "
+            "from %s\n", rows, values, evals, eval_values, file);
+    json_decref(out);
+    /* damaged copies: the reader refuses them and says why */
+    CHECK_MSG(refused(file, "flipped", "CRC does not match"), "a flipped byte was not refused as a CRC mismatch");
+    CHECK_MSG(refused(file, "short", "truncated"), "a file cut short was not refused as truncated");
+    if (check_cur_failed_) show_output("run");
+    cleanup();
+    /* RUN/tb cannot be made (a file is in the way): the controller says so once and the job runs to the end */
+    fresh_work("tensorboard-blocked");
+    snprintf(run, sizeof run, "%s/run", work);
+    mkdir(run, 0755);
+    snprintf(path, sizeof path, "%s/tb", run);
+    write_file(path, "in the way\n");
+    const int rc2 = run_base("run", NULL, NULL, 240);
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "test \"$(grep -c 'controller: tensorboard: .*the job goes on' %s/logs/controller.log)\" "
+             "= 1", run);
+    const bool said_once = system(cmd) == 0;
+    CHECK_MSG(rc2 == 0 && last_step(run) == 12, "with RUN/tb blocked: exit %d, last step %ld", rc2, last_step(run));
+    CHECK_MSG(said_once, "with RUN/tb blocked: the controller's log does not say so exactly once");
+    if (check_cur_failed_) show_output("run");
+    cleanup();
+}
+
 /* The quickstart's task and model in 50 steps of 24 groups (its reward climbs from about 0.1 to 0.3-0.4). */
 static const char QUARANTINE_SPEC[] =
     "job:\n  name: e2e\n"
@@ -2636,6 +2845,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "weights_dir")) RUN(test_weights_dir);
     else if (!strcmp(s, "serve_dir")) RUN(test_serve_dir);
     else if (!strcmp(s, "weights_delta")) RUN(test_weights_delta);
+    else if (!strcmp(s, "tensorboard")) RUN(test_tensorboard);
     else {
         fprintf(stderr, "test_e2e: unknown scenario %s\n", s);
         return 2;

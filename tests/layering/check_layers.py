@@ -18,6 +18,7 @@ import sys
 # Generated headers, by the floor that owns what they are generated from.
 GENERATED = {
     "tidal.pb-c.h": "proto",  # protoc-c, from proto/tidal.proto
+    "tensorboard.pb-c.h": "proto",  # protoc-c, from proto/tensorboard.proto
 }
 # Files the bench and CLI embed at build time (cmake/embed.cmake): <symbol>.h
 EMBEDDED = re.compile(r"^[a-z0-9_]+_(py|js|yaml)\.h$")
