@@ -759,7 +759,7 @@ static tidal_status start(ctl *c)
     if (s->eval.every > 0) { /* best effort: the job goes on without them */
         if (job_tokenizer(s, &c->tok) != TIDAL_OK)
             tidal_log(TIDAL_LOG_WARN, "controller: eval_samples.jsonl shows token ids: %s", tidal_errmsg());
-        if (samples_log_open(c->o->run_dir, "eval_samples", c->tok, &c->eval_samples) != TIDAL_OK)
+        if (samples_log_open(c->o->run_dir, "eval_samples", c->tok, 0, &c->eval_samples) != TIDAL_OK)
             tidal_log(TIDAL_LOG_WARN, "controller: %s", tidal_errmsg());
     }
     if (!c->metrics_f) return tidal_fail(TIDAL_ERR_IO, "controller: cannot write %s/metrics.jsonl", c->o->run_dir);

@@ -14,12 +14,13 @@
 struct samples_log {
     char path[4200], old_path[4200];
     FILE *f;
-    long size;
+    long size, max;
     const tokenizer *tok;
     int warned;
 };
 
-tidal_status samples_log_open(const char *run_dir, const char *name, const tokenizer *tok, samples_log **out)
+tidal_status samples_log_open(const char *run_dir, const char *name, const tokenizer *tok, size_t max_bytes,
+                              samples_log **out)
 {
     *out = NULL;
     samples_log *l = calloc(1, sizeof *l);
@@ -27,6 +28,7 @@ tidal_status samples_log_open(const char *run_dir, const char *name, const token
     snprintf(l->path, sizeof l->path, "%s/%s.jsonl", run_dir, name);
     snprintf(l->old_path, sizeof l->old_path, "%s/%s.1.jsonl", run_dir, name);
     l->tok = tok;
+    l->max = max_bytes ? (long)max_bytes : (long)SAMPLES_FILE_MAX;
     l->f = fopen(l->path, "a");
     if (!l->f) {
         free(l);
@@ -195,7 +197,7 @@ void samples_log_step(samples_log *l, uint64_t step, uint64_t version, Tidal__V1
     json_decref(o);
     if (!line) return;
     const size_t n = strlen(line);
-    if (l->size > 0 && l->size + (long)n + 1 > (long)SAMPLES_FILE_MAX) { /* rotate: the old half replaces NAME.1 */
+    if (l->size > 0 && l->size + (long)n + 1 > l->max) { /* rotate: the old half replaces NAME.1 */
         fclose(l->f);
         rename(l->path, l->old_path);
         l->f = fopen(l->path, "w");

@@ -17,6 +17,7 @@
 #ifndef TIDAL_JOB_SAMPLES_H
 #define TIDAL_JOB_SAMPLES_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "base/status.h"
@@ -31,9 +32,11 @@ typedef struct samples_log samples_log;
 
 /* A writer appending to RUN_DIR/NAME.jsonl (NAME "samples" or
  * "eval_samples"), decoding tokens with tok (borrowed; NULL: only the
- * trajectories' completion_text is shown, the prompt as token ids).
- * TIDAL_ERR_IO naming the file when it cannot be opened. */
-tidal_status samples_log_open(const char *run_dir, const char *name, const tokenizer *tok, samples_log **out);
+ * trajectories' completion_text is shown, the prompt as token ids), rotating
+ * at max_bytes (0: SAMPLES_FILE_MAX). TIDAL_ERR_IO naming the file when it
+ * cannot be opened. */
+tidal_status samples_log_open(const char *run_dir, const char *name, const tokenizer *tok, size_t max_bytes,
+                              samples_log **out);
 
 /* Append one line for a step: `step` (the version the step made),
  * `version` (the policy the step trained, against which staleness is

@@ -594,7 +594,7 @@ static tidal_status start(trainer *t)
     /* the rollout viewer's samples: best effort, the training goes on without them */
     if (job_tokenizer(s, &t->tok) != TIDAL_OK)
         tidal_log(TIDAL_LOG_WARN, "trainer: samples.jsonl shows token ids: %s", tidal_errmsg());
-    if (samples_log_open(t->o->run_dir, "samples", t->tok, &t->samples) != TIDAL_OK)
+    if (samples_log_open(t->o->run_dir, "samples", t->tok, 0, &t->samples) != TIDAL_OK)
         tidal_log(TIDAL_LOG_WARN, "trainer: %s; the dashboard shows no samples", tidal_errmsg());
     TRY(bus_pull_subscribe(t->bus, t->names.traj_stream, JOB_CONSUMER_TRAINER, &t->traj));
     put_groups(t);
