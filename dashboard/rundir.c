@@ -138,6 +138,8 @@ tidal_status dash_api_info(const char *run_dir, json_t **out)
         if (json_is_string(name)) json_object_set(o, "job", name);
         json_t *steps = json_object_get(json_object_get(spec, "trainer"), "steps");
         if (json_is_integer(steps)) json_object_set(o, "steps", steps);
+        json_t *gs = json_object_get(json_object_get(spec, "rollout"), "group_size");
+        if (json_is_integer(gs)) json_object_set(o, "group_size", gs);
     }
     json_decref(spec);
     *out = o;

@@ -26,7 +26,8 @@
  * holds neither (naming the directory). */
 tidal_status dash_run_dir_check(const char *run_dir);
 
-/* {"run_dir", "job", "finished": summary.json is there, "files": {name: bytes}}. */
+/* {"run_dir", "job", "steps", "group_size" (from spec.json), "finished":
+ * summary.json is there, "files": {name: bytes}}. */
 tidal_status dash_api_info(const char *run_dir, json_t **out);
 
 /* {"rows": [metrics.jsonl rows with step > q->since, in file order], "bad_lines"}. */
