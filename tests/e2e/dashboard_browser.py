@@ -23,7 +23,8 @@ Screenshots go to WORK (dashboard-live.png, dashboard-view.png,
 dashboard-rollouts.png); docs/images/ holds copies the docs show.
 
   dashboard_browser.py TIDAL_BIN SOURCE_DIR WORK
-exit 0 passed, 1 failed, 77 skipped (no Chromium that starts: the message says why).
+exit 0 passed, 1 failed, 77 skipped (no Chromium that starts: the message says why) - except under
+TIDAL_REQUIRE_CHROMIUM=1 (CI: .ci/run sets it, `make deps` installed Chromium), where that fails.
 """
 import base64
 import fcntl
@@ -41,7 +42,7 @@ import time
 import urllib.error
 import urllib.request
 
-SKIP = 77
+SKIP = 1 if os.environ.get("TIDAL_REQUIRE_CHROMIUM") == "1" else 77
 
 
 def log(msg):
@@ -281,7 +282,7 @@ def main():
     tidal, source, work = sys.argv[1:]
     exe = find_chromium()
     if not exe:
-        print("SKIP: dashboard_browser: no chromium on PATH (Debian's chromium package; `make deps` installs it)")
+        print(f"{'FAIL' if SKIP == 1 else 'SKIP'}: dashboard_browser: no chromium on PATH (Debian's chromium package; `make deps` installs it)")
         return SKIP
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
@@ -290,7 +291,7 @@ def main():
         b = Browser(exe, profile)
         b.call("Browser.getVersion", session=False, timeout=30)
     except (RuntimeError, OSError) as e:
-        print(f"SKIP: dashboard_browser: {exe} does not start headless: {e}")
+        print(f"{'FAIL' if SKIP == 1 else 'SKIP'}: dashboard_browser: {exe} does not start headless: {e}")
         return SKIP
     procs = []
     try:
