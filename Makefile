@@ -23,7 +23,7 @@ DEPS = cmake make gcc pkg-config clang libclang-rt-14-dev \
        libnats-dev nats-server libprotobuf-c-dev protobuf-c-compiler \
        libssl-dev openssl libjansson-dev libopenblas-openmp-dev python3-torch python3-jinja2 \
        libpcre2-dev libutf8proc-dev libyaml-dev libmicrohttpd-dev libcurl4-openssl-dev libzstd-dev librust-blake3-dev b3sum nodejs gnuplot-nox \
-       prometheus nginx curl npm kubernetes-client|kubectl
+       prometheus nginx curl npm kubernetes-client|kubectl chromium
 
 .PHONY: all deps build test test-asan quickstart staleness-study clean
 

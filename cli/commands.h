@@ -21,6 +21,8 @@ int creds_main(int argc, char **argv);
 int serve_main(int argc, char **argv);
 int init_model_main(int argc, char **argv);
 extern const char init_model_usage[];
+int view_main(int argc, char **argv);
+extern const char view_usage[];
 extern const char serve_usage[];
 extern const char creds_usage[];
 

@@ -87,6 +87,12 @@ static int cmd_init_model(const struct command *cmd, int argc, char **argv)
     return init_model_main(argc, argv);
 }
 
+static int cmd_view(const struct command *cmd, int argc, char **argv)
+{
+    (void)cmd;
+    return view_main(argc, argv);
+}
+
 static const struct command commands[] = {
     {"run", "run a whole job on this machine",
      "usage: tidal run JOB.yaml [--set key=value]... [--out DIR]\n"
@@ -99,7 +105,10 @@ static const struct command commands[] = {
      "Ctrl-C stops every role cleanly (the summary is still written).\n"
      "  --set key=value  override any key of the spec (e.g. --set trainer.steps=10)\n"
      "  --out DIR        a new run directory (default runs/JOB_NAME-YYYYmmdd-HHMMSS)\n"
-     "  --resume RUN     continue run directory RUN from its newest checkpoint\n",
+     "  --resume RUN     continue run directory RUN from its newest checkpoint\n"
+     "  --dashboard PORT serve the run's dashboard at http://127.0.0.1:PORT/ while it runs (the\n"
+     "                   controller does; -1: any free port, DIR/dashboard.url names it; docs/dashboard.md)\n"
+     "  --dashboard-bind ADDR  listen on ADDR instead of 127.0.0.1 ($TIDAL_DASHBOARD_TOKEN: a token asked)\n",
      cmd_run},
     {"controller", "the controller role: dispatch, eval, metrics",
      "usage: tidal controller JOB.yaml|RUN/spec.json [--set key=value]... [--out DIR] [--bus URL] [--dry-run]\n"
@@ -113,7 +122,9 @@ static const struct command commands[] = {
      "apply it) and one thread by default (it runs no model):\n"
      "  --threads N      exactly N threads (else OMP_NUM_THREADS when set)\n"
      "  --share K        cores / K threads (at least 1): K busy processes share this machine\n"
-     "One log line says what was chosen and why (docs/architecture.md, \"Threads of a role\").\n",
+     "One log line says what was chosen and why (docs/architecture.md, \"Threads of a role\").\n"
+     "  --dashboard PORT serve the run's dashboard at http://127.0.0.1:PORT/ (-1: any free port;\n"
+     "                   DIR/dashboard.url names it); --dashboard-bind ADDR, $TIDAL_DASHBOARD_TOKEN\n",
      cmd_controller},
     {"rollout", "a rollout worker (joins and leaves at will)",
      "usage: tidal rollout --bus URL --job NAME [--id ID] [--backend builtin|openai] [--device cpu] [--dry-run]\n"
@@ -158,6 +169,7 @@ static const struct command commands[] = {
      "One log line says what was chosen and why (docs/architecture.md, \"Threads of a role\").\n",
      cmd_trainer},
     {"env", "list, serve or call environments on the bus", env_usage, cmd_env},
+    {"view", "the dashboard of a run directory (no bus needed)", view_usage, cmd_view},
     {"status", "show a job's state and its workers",
      "usage: tidal status --bus URL --job NAME [--json]\n"
      "\n"

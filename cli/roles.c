@@ -28,6 +28,7 @@
 #include "cli/commands.h"
 #include "cli/preflight.h"
 #include "controller/controller.h"
+#include "dashboard/dashboard.h"
 #include "job/spec.h"
 #include "kernels/cpu/ops.h"
 #include "proto/codec.h"
@@ -68,6 +69,8 @@ typedef struct role_args {
     const char *fault; /* rollout, test-only: a lying worker the trainer must quarantine */
     const char *endpoints, *dialect, *weights_dir; /* rollout, backend openai: this worker's servers */
     int metrics_port; /* rollout: /metrics (0: off) */
+    int dashboard_port; /* controller, run: the dashboard (0: off, -1: any free port) */
+    const char *dashboard_bind;
     double slowdown, tail, token_ms, part_gap_ms;
     int join_timeout_ms;
     int threads, share; /* --threads N, --share K (0: not given); base/threading.h */
@@ -77,7 +80,8 @@ typedef struct role_args {
 
 enum { OPT_SET = 1000, OPT_OUT, OPT_BUS, OPT_RESUME, OPT_JOB, OPT_ID, OPT_BACKEND, OPT_DEVICE, OPT_USER, OPT_PASSWORD,
        OPT_TOKEN, OPT_CREDS, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_SLOWDOWN, OPT_TAIL, OPT_TOKEN_MS, OPT_PART_GAP_MS, OPT_JOIN, OPT_JSON, OPT_ENDPOINT,
-       OPT_FAULT, OPT_THREADS, OPT_SHARE, OPT_DIALECT, OPT_WEIGHTS_DIR, OPT_METRICS_PORT, OPT_DRY_RUN };
+       OPT_FAULT, OPT_THREADS, OPT_SHARE, OPT_DIALECT, OPT_WEIGHTS_DIR, OPT_METRICS_PORT, OPT_DRY_RUN,
+       OPT_DASHBOARD, OPT_DASHBOARD_BIND };
 
 static const struct option role_long[] = {
     {"set", required_argument, 0, OPT_SET},         {"out", required_argument, 0, OPT_OUT},
@@ -87,6 +91,7 @@ static const struct option role_long[] = {
     {"endpoint", required_argument, 0, OPT_ENDPOINT}, {"endpoints", required_argument, 0, OPT_ENDPOINT},
     {"dialect", required_argument, 0, OPT_DIALECT}, {"weights-dir", required_argument, 0, OPT_WEIGHTS_DIR},
     {"metrics-port", required_argument, 0, OPT_METRICS_PORT},
+    {"dashboard", required_argument, 0, OPT_DASHBOARD}, {"dashboard-bind", required_argument, 0, OPT_DASHBOARD_BIND},
     {"user", required_argument, 0, OPT_USER},
     {"password", required_argument, 0, OPT_PASSWORD}, {"token", required_argument, 0, OPT_TOKEN},
     {"creds", required_argument, 0, OPT_CREDS},     {"tls-ca", required_argument, 0, OPT_TLS_CA},
@@ -147,6 +152,17 @@ static int parse_role_args(const char *role, int argc, char **argv, bool wants_s
             a->metrics_port = (int)v;
             break;
         }
+        case OPT_DASHBOARD: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end || v < -1 || v > 65535 || v == 0) {
+                fprintf(stderr, "tidal %s: --dashboard %s: want a port 1 .. 65535, or -1 (any free port)\n", role, optarg);
+                return 2;
+            }
+            a->dashboard_port = (int)v;
+            break;
+        }
+        case OPT_DASHBOARD_BIND: a->dashboard_bind = optarg; break;
         case OPT_USER: a->user = optarg; break;
         case OPT_PASSWORD: a->password = optarg; break;
         case OPT_TOKEN: a->token = optarg; break;
@@ -186,6 +202,15 @@ static int parse_role_args(const char *role, int argc, char **argv, bool wants_s
     }
     if ((a->threads || a->share) && strcmp(role, "controller") && strcmp(role, "trainer") && strcmp(role, "rollout")) {
         fprintf(stderr, "tidal %s: --threads and --share are for tidal controller, trainer and rollout\n", role);
+        return 2;
+    }
+    if ((a->dashboard_port || a->dashboard_bind) && strcmp(role, "controller") && strcmp(role, "run")) {
+        fprintf(stderr, "tidal %s: --dashboard and --dashboard-bind are for tidal run and tidal controller "
+                        "(tidal view RUN serves a finished run)\n", role);
+        return 2;
+    }
+    if (a->dashboard_bind && !a->dashboard_port) {
+        fprintf(stderr, "tidal %s: --dashboard-bind without --dashboard PORT\n", role);
         return 2;
     }
     if (a->dry_run && strcmp(role, "controller") && strcmp(role, "trainer") && strcmp(role, "rollout")) {
@@ -304,6 +329,25 @@ static void dry_run_print(const char *role, const role_args *a, const bus_opts *
 
 /* ---------------------------------------------------------------- controller, trainer */
 
+/* The dashboard of --dashboard PORT over run_dir, workers from the bus; its
+ * token from $TIDAL_DASHBOARD_TOKEN (never a flag, which ps shows). Logs its
+ * URL and writes it to RUN/dashboard.url (port -1: which port it took). */
+static tidal_status start_dashboard(const role_args *a, const job_spec *s, const bus_opts *bo, const char *run_dir,
+                                    dashboard **out)
+{
+    const char *token = getenv("TIDAL_DASHBOARD_TOKEN");
+    const dashboard_opts o = {.run_dir = run_dir, .bind = a->dashboard_bind, .port = a->dashboard_port > 0 ? a->dashboard_port : 0,
+                              .token = token, .bus = bo, .job = s->job.name};
+    TRY(dashboard_start(&o, out));
+    char url[512], path[4200];
+    snprintf(url, sizeof url, "http://%s:%d/%s\n", a->dashboard_bind ? a->dashboard_bind : "127.0.0.1",
+             dashboard_port(*out), token && *token ? "?token=..." : "");
+    tidal_log(TIDAL_LOG_INFO, "controller: dashboard on %.*s", (int)strlen(url) - 1, url);
+    TRY(fs_mkdirs(run_dir));
+    snprintf(path, sizeof path, "%s/dashboard.url", run_dir);
+    return fs_write_file(path, url, strlen(url));
+}
+
 static int spec_role(const char *role, int argc, char **argv)
 {
     role_args a;
@@ -350,8 +394,21 @@ static int spec_role(const char *role, int argc, char **argv)
     role_threading(role, &a, !strcmp(role, "controller"));
     catch_signals();
     if (!strcmp(role, "controller")) {
+        dashboard *dash = NULL;
+        if (a.dashboard_port) { /* the run's dashboard beside the controller (docs/dashboard.md) */
+            st = start_dashboard(&a, &s, &bo, run_dir, &dash);
+            if (st != TIDAL_OK) {
+                fprintf(stderr, "tidal %s: --dashboard: %s\n", role, tidal_errmsg());
+                spec_release(&s);
+                return 2;
+            }
+        }
         controller_opts co = {.spec = &s, .bus = bo, .run_dir = run_dir, .stop = &g_stop};
         st = controller_run(&co);
+        char err[1024] = ""; /* the controller's failure, before stopping the dashboard can overwrite it */
+        if (st != TIDAL_OK) snprintf(err, sizeof err, "%s", tidal_errmsg());
+        dashboard_stop(dash);
+        if (st != TIDAL_OK) tidal_fail(st, "%s", err);
     } else {
         trainer_opts to = {.spec = &s, .bus = bo, .run_dir = run_dir, .resume = a.resume, .stop = &g_stop};
         st = trainer_run(&to);
@@ -716,7 +773,11 @@ int run_main(int argc, char **argv)
     snprintf(tr_n, sizeof tr_n, "%d", tr_t.threads);
     snprintf(w_n, sizeof w_n, "%d", w_t.threads);
     kids = calloc((size_t)(2 + nw), sizeof *kids);
-    char *ctl_argv[] = {"tidal", "controller", spec_path, "--out", run_dir, "--bus", url, "--threads", ctl_n, NULL};
+    char dash_n[16];
+    snprintf(dash_n, sizeof dash_n, "%d", a.dashboard_port);
+    char *ctl_argv[] = {"tidal", "controller", spec_path, "--out", run_dir, "--bus", url, "--threads", ctl_n,
+                        a.dashboard_port ? "--dashboard" : NULL, dash_n,
+                        a.dashboard_bind ? "--dashboard-bind" : NULL, (char *)a.dashboard_bind, NULL};
     char *tr_argv[] = {"tidal", "trainer", spec_path, "--out", run_dir, "--bus", url, "--threads", tr_n,
                        resume ? "--resume" : NULL, NULL};
     kids[0] = (child){.role = "controller", .pid = spawn(run_dir, "controller", ctl_argv, ctl_t.threads)};
@@ -740,6 +801,11 @@ int run_main(int argc, char **argv)
     }
     fprintf(stderr, "tidal run: job %s, run directory %s, bus %s%s, %d rollout workers\n", s.job.name, run_dir, url,
             srv ? " (private)" : "", nw);
+    if (a.dashboard_port > 0)
+        fprintf(stderr, "tidal run: dashboard on http://%s:%d/ (served by the controller while the job runs; "
+                        "`tidal view %s` after)\n", a.dashboard_bind ? a.dashboard_bind : "127.0.0.1", a.dashboard_port, run_dir);
+    else if (a.dashboard_port)
+        fprintf(stderr, "tidal run: dashboard on a free port: %s/dashboard.url names it\n", run_dir);
     fprintf(stderr, "tidal run: threads: controller %d (%s), trainer %d (%s), rollout %d each (%s)\n", ctl_t.threads,
             ctl_t.why, tr_t.threads, tr_t.why, w_t.threads, w_t.why);
     /* the progress line: the controller's Metric each second */

@@ -21,6 +21,7 @@
 #include "base/spawn.h"
 #include "base/str.h"
 #include "job/names.h"
+#include "job/samples.h"
 
 #define MAX_WORKERS 4096
 #define WORKER_LIVE_MS 5000
@@ -89,6 +90,8 @@ typedef struct ctl {
     FILE *metrics_f, *eval_f;
     tbevents *tb;               /* RUN/tb/ (metrics.tensorboard); NULL when off or it could not be made */
     bool tb_said;               /* its first failure was logged: once is enough */
+    tokenizer *tok;             /* decodes the evaluation samples the dashboard shows; NULL: token ids */
+    samples_log *eval_samples;  /* RUN/eval_samples.jsonl (job/samples.h); NULL when off */
     double t0_ms, last_progress_ms, last_counts_ms;
     double reward_last, staleness_last, samples_last_s;
     uint64_t samples_total;
@@ -516,6 +519,11 @@ static void read_evals(ctl *c)
             tidal_log(TIDAL_LOG_WARN, "controller: rejected a message on %s: %s", bus_msg_subject(msgs[i]),
                       tidal_errmsg());
         for (size_t k = 0; g && k < g->n_trajectories; k++) eval_count(e, g->trajectories[k]);
+        if (g && g->n_trajectories) { /* the rollout viewer's evaluation samples */
+            Tidal__V1__Trajectory **one[1] = {g->trajectories};
+            const int size = (int)g->n_trajectories;
+            samples_log_step(c->eval_samples, e->version, e->version, one, &size, 1, 1);
+        }
         if (g) tidal__v1__trajectory_group__free_unpacked(g, NULL);
         bus_ack(msgs[i]);
         bus_msg_destroy(msgs[i]);
@@ -836,6 +844,12 @@ static tidal_status start(ctl *c)
     c->metrics_f = fopen(path, "a");
     snprintf(path, sizeof path, "%s/eval.jsonl", c->o->run_dir);
     c->eval_f = s->eval.every > 0 ? fopen(path, "a") : NULL;
+    if (s->eval.every > 0) { /* best effort: the job goes on without them */
+        if (job_tokenizer(s, &c->tok) != TIDAL_OK)
+            tidal_log(TIDAL_LOG_WARN, "controller: eval_samples.jsonl shows token ids: %s", tidal_errmsg());
+        if (samples_log_open(c->o->run_dir, "eval_samples", c->tok, 0, &c->eval_samples) != TIDAL_OK)
+            tidal_log(TIDAL_LOG_WARN, "controller: %s", tidal_errmsg());
+    }
     if (!c->metrics_f) return tidal_fail(TIDAL_ERR_IO, "controller: cannot write %s/metrics.jsonl", c->o->run_dir);
     if (s->metrics.tensorboard) { /* best effort: a run directory that takes no event file still runs */
         snprintf(path, sizeof path, "%s/tb", c->o->run_dir);
@@ -961,6 +975,8 @@ cleanup:;
     free(c->ev.succ_first), free(c->ev.succ_any), free(c->ev.seen), free(c->ev.first_scored), free(c->ev.n_scored);
     if (c->metrics_f) fclose(c->metrics_f);
     if (c->eval_f) fclose(c->eval_f);
+    samples_log_close(c->eval_samples);
+    tokenizer_free(c->tok);
     bus_kv_watch_stop(c->wwatch);
     bus_kv_close(c->wkv);
     bus_unsubscribe(c->metrics);

@@ -17,6 +17,7 @@
 #include "job/jobmodel.h"
 #include "proto/codec.h"
 #include "job/names.h"
+#include "job/samples.h"
 #include "job/weights_token.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
@@ -61,6 +62,8 @@ typedef struct trainer {
     worker_check *wc;           /* each worker's mismatch, the quarantine */
     trainer_sample_check *checks; /* [cap_checks] per sample of a step */
     int cap_checks;
+    tokenizer *tok;             /* decodes the samples RUN/samples.jsonl keeps; NULL: token ids are shown */
+    samples_log *samples;       /* RUN/samples.jsonl (job/samples.h); NULL when it cannot be written */
 } trainer;
 
 static double elapsed_s(const trainer *t) { return t->elapsed0_s + (tidal_clock_ms() - t->t0_ms) / 1e3; }
@@ -331,6 +334,17 @@ static void publish_metric(trainer *t, const trainer_step_result *r, double step
               (unsigned long long)r->staleness_max, r->samples, r->grad_norm, step_ms);
 }
 
+/* A few of the step's groups into RUN/samples.jsonl, with the staleness they
+ * were trained at (t->version is still the policy this step trained). */
+static void log_samples(trainer *t, const buffer_batch *b)
+{
+    if (!t->samples || b->n_groups <= 0) return;
+    Tidal__V1__Trajectory **groups[b->n_groups];
+    int sizes[b->n_groups];
+    for (int g = 0; g < b->n_groups; g++) groups[g] = b->groups[g].samples, sizes[g] = b->groups[g].n;
+    samples_log_step(t->samples, t->version + 1, t->version, groups, sizes, b->n_groups, 0);
+}
+
 /* One optimizer step on B groups from the buffer. */
 static tidal_status train_step(trainer *t)
 {
@@ -355,6 +369,7 @@ static tidal_status train_step(trainer *t)
     const double step_ms = tidal_clock_ms() - t0;
     env_metrics em; /* the env's own metrics of the step (before buffer_trained frees the samples) */
     env_metrics_of_batch(&batch, &em);
+    log_samples(t, &batch);
     tidal_status cs = TIDAL_OK; /* the check's failure (out of memory) costs a step's scores, never the step */
     for (int g = 0, k = 0; g < batch.n_groups && cs == TIDAL_OK; g++)
         for (int i = 0; i < batch.groups[g].n && cs == TIDAL_OK; i++, k++)
@@ -576,6 +591,11 @@ static tidal_status start(trainer *t)
         tidal_log(TIDAL_LOG_INFO, "trainer: resumed at step-%llu (%zu trajectories trained before)",
                   (unsigned long long)t->version, t->ck.n_trained);
     }
+    /* the rollout viewer's samples: best effort, the training goes on without them */
+    if (job_tokenizer(s, &t->tok) != TIDAL_OK)
+        tidal_log(TIDAL_LOG_WARN, "trainer: samples.jsonl shows token ids: %s", tidal_errmsg());
+    if (samples_log_open(t->o->run_dir, "samples", t->tok, 0, &t->samples) != TIDAL_OK)
+        tidal_log(TIDAL_LOG_WARN, "trainer: %s; the dashboard shows no samples", tidal_errmsg());
     TRY(bus_pull_subscribe(t->bus, t->names.traj_stream, JOB_CONSUMER_TRAINER, &t->traj));
     put_groups(t);
     const char *state = t->version >= (uint64_t)s->trainer.steps ? "trained" : "running";
@@ -647,6 +667,8 @@ cleanup:;
     adamw_free(t->opt);
     ckpt_state_clear(&t->ck);
     hf_files_clear(&t->hf);
+    samples_log_close(t->samples);
+    tokenizer_free(t->tok);
     free(t);
     return st == TIDAL_OK ? TIDAL_OK : tidal_fail(st, "%s", err);
 }

@@ -121,7 +121,7 @@ static run_result run_tidal(const char *first, ...)
 
 static const char *const all_commands[] = {"run",   "controller", "rollout",  "trainer",
                                            "env",   "status",     "bench",    "tokenize",
-                                           "generate", "debug",   "version"};
+                                           "generate", "debug",   "version", "view"};
 
 static void test_help_lists_every_command(void)
 {
@@ -215,6 +215,13 @@ static void test_role_usage_errors(void)
         {"rollout", "--threads", "0", NULL, NULL, "--threads 0: want an integer from 1 to 4096"},
         {"trainer", bad, "--share", "2x", NULL, "--share 2x: want an integer from 1 to 4096"},
         {"status", "--share", "2", "--job", "j", "--threads and --share are for tidal controller, trainer and rollout"},
+        {"trainer", bad, "--dashboard", "8080", NULL, "--dashboard and --dashboard-bind are for tidal run and tidal controller"},
+        {"controller", bad, "--dashboard", "0", NULL, "--dashboard 0: want a port 1 .. 65535, or -1"},
+        {"controller", bad, "--dashboard-bind", "0.0.0.0", NULL, "--dashboard-bind without --dashboard PORT"},
+        {"view", NULL, NULL, NULL, NULL, "tidal view: which run directory?"},
+        {"view", "/nonexistent/run", NULL, NULL, NULL, "/nonexistent/run: No such file or directory"},
+        {"view", "/tmp", "--port", "70000", NULL, "--port 70000: want a port"},
+        {"view", "/", NULL, NULL, NULL, "/: not a run directory: it holds neither spec.json nor metrics.jsonl"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         run_result r = run_tidal(cases[i].a, cases[i].b, cases[i].c, cases[i].d, cases[i].e, NULL);

@@ -21,7 +21,7 @@ GENERATED = {
     "tensorboard.pb-c.h": "proto",  # protoc-c, from proto/tensorboard.proto
 }
 # Files the bench and CLI embed at build time (cmake/embed.cmake): <symbol>.h
-EMBEDDED = re.compile(r"^[a-z0-9_]+_(py|js|yaml)\.h$")
+EMBEDDED = re.compile(r"^[a-z0-9_]+_(py|js|yaml|html)\.h$")
 ABOVE_ALL = ("tests", "examples")
 SOURCES = (".c", ".h", ".cu", ".cuh")
 INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"')
