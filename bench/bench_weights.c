@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench/bench.h"
 #include "model/model.h"
@@ -61,7 +62,26 @@ typedef struct {
     double gbps_mean;         /* mean over workers of bytes / secs */
     double publish_call_ms;   /* tidal: how long weights_publish held the caller */
     double on_bus_s;          /* tidal: until the manifest was on the bus (flush returned) */
+    double cpu_s;             /* CPU seconds of this process (publisher and workers) over the round */
+    double server_cpu_s;      /* nats-server's CPU seconds over the round; < 0 when unknown (--bus) */
 } round_result;
+
+/* The private nats-server's pid, for its CPU time (-1 with --bus). */
+static int server_pid = -1;
+
+/* CPU clocks at the start of a round's clock, read again when its workers are done. */
+static void cpu_start(round_result *r)
+{
+    r->cpu_s = bench_cpu_s();
+    r->server_cpu_s = bench_proc_cpu_s(server_pid);
+}
+
+static void cpu_stop(round_result *r)
+{
+    r->cpu_s = bench_cpu_s() - r->cpu_s;
+    const double srv = bench_proc_cpu_s(server_pid);
+    r->server_cpu_s = srv >= 0 && r->server_cpu_s >= 0 ? srv - r->server_cpu_s : -1;
+}
 
 static void finish(round_result *r, int workers, uint64_t bytes)
 {
@@ -113,6 +133,7 @@ static tidal_status run_tidal(weights_publisher *p, weights_client **clients, in
     tidal_worker tw[MAX_WORKERS];
     pthread_t th[MAX_WORKERS];
     atomic_int abort = 0;
+    cpu_start(r);
     double t0 = bench_now_s();
     for (int i = 0; i < workers; i++) {
         tw[i] = (tidal_worker){.c = clients[i], .version = version, .t0 = t0, .abort = &abort};
@@ -126,6 +147,7 @@ static tidal_status run_tidal(weights_publisher *p, weights_client **clients, in
         atomic_store(&abort, 1);
     }
     for (int i = 0; i < workers; i++) pthread_join(th[i], NULL);
+    cpu_stop(r); /* before the checks below, which are the bench's, not the path's */
     if (st != TIDAL_OK) tidal_fail(st, "bench weights: publish v%" PRIu64 ": %s", version, msg);
     size_t n = 0;
     model_params(src, &n);
@@ -244,6 +266,7 @@ static tidal_status run_raw(tidal_bus *pub, tidal_bus **subs_bus, int workers, c
         TRY_GOTO(bus_flush(subs_bus[i], 5000)); /* the interest is at the server */
     }
     TRY_GOTO(bus_flush(pub, 5000));
+    cpu_start(r);
     double t0 = bench_now_s();
     for (int i = 0; i < workers; i++) {
         rs[i].t0 = t0;
@@ -254,6 +277,7 @@ static tidal_status run_raw(tidal_bus *pub, tidal_bus **subs_bus, int workers, c
     st = raw_publish(pub, acks, workers, acked, image, bytes, chunks);
     /* joined even after a failed publish (they give up after 30 s without a chunk) */
     for (int i = 0; i < workers; i++) pthread_join(th[i], NULL);
+    cpu_stop(r);
     for (int i = 0; i < workers; i++) r->secs[i] = rs[i].secs;
     if (st != TIDAL_OK) goto cleanup;
     for (int i = 0; i < workers; i++) {
@@ -414,6 +438,7 @@ int bench_weights_main(int argc, char **argv)
         tidal_server_opts so = {0};
         TRY_GOTO(tidal_server_start(&srv, &so));
         url = tidal_server_url(srv);
+        server_pid = tidal_server_pid(srv);
     }
     bus_opts bo = {.urls = url, .name = "tidal-bench-weights", .js_timeout_ms = 30000};
     TRY_GOTO(bus_connect(&pub, &bo));
@@ -431,7 +456,7 @@ int bench_weights_main(int argc, char **argv)
     for (int i = 0; i < workers; i++) TRY_GOTO(weights_client_create(wbus[i], &names, NULL, NULL, &clients[i]));
 
     round_result best_t = {0}, best_r = {0};
-    double round_ratio[64];
+    double round_ratio[64], cpu_tidal[64], cpu_raw[64];
     int n_ratios = 0;
     for (int r = 0; r < rounds; r++) {
         round_result tr = {0}, rr = {0};
@@ -442,33 +467,47 @@ int bench_weights_main(int argc, char **argv)
         for (int i = 0; i < workers; i++) fprintf(stderr, " %.2f s", tr.secs[i]);
         fprintf(stderr, "); raw %.2f GB/s per worker (", rr.gbps_mean);
         for (int i = 0; i < workers; i++) fprintf(stderr, "%s%.2f s", i ? " " : "", rr.secs[i]);
-        fprintf(stderr, ")\n");
+        fprintf(stderr, "); CPU s tidal %.2f + server %.2f, raw %.2f + server %.2f\n", tr.cpu_s, tr.server_cpu_s,
+                rr.cpu_s, rr.server_cpu_s);
         /* the first round is a warm-up: fresh memory, and no image for the tap yet */
-        if (r > 0 && n_ratios < 64) round_ratio[n_ratios++] = tr.gbps_mean / rr.gbps_mean;
+        if (r > 0 && n_ratios < 64) {
+            cpu_tidal[n_ratios] = tr.cpu_s + (tr.server_cpu_s > 0 ? tr.server_cpu_s : 0);
+            cpu_raw[n_ratios] = rr.cpu_s + (rr.server_cpu_s > 0 ? rr.server_cpu_s : 0);
+            round_ratio[n_ratios++] = tr.gbps_mean / rr.gbps_mean;
+        }
         if (tr.gbps_mean > best_t.gbps_mean) best_t = tr;
         if (rr.gbps_mean > best_r.gbps_mean) best_r = rr;
     }
 
     const double ratio = best_t.gbps_mean / best_r.gbps_mean;
     const double median = n_ratios ? bench_median(round_ratio, n_ratios) : ratio;
+    /* CPU seconds per round (this process + nats-server, median after the
+     * first): the ratio the paths would have if every core were busy, the
+     * bound on a machine with fewer cores than the paths have threads */
+    const double cpu_t = n_ratios ? bench_median(cpu_tidal, n_ratios) : 0,
+                 cpu_r = n_ratios ? bench_median(cpu_raw, n_ratios) : 0;
+    const double cpu_ratio = cpu_t > 0 ? cpu_r / cpu_t : 0;
     if (!as_json)
         printf("bench weights: %zu parameters, %zu-byte %s image, %d workers, best of %d rounds\n"
                "  tidal (weights_publish -> blob in a file stream + KV manifest -> weights_client, verified):\n"
                "        %6.2f GB/s per worker (publish call %.0f ms, on the bus after %.2f s)\n"
                "  peer  (core NATS, 4 MiB chunks, windowed acks, no storage, no checksums):\n"
                "        %6.2f GB/s per worker\n"
-               "  ratio %.3f (best against best), median of the rounds' ratios after the first %.3f\n",
+               "  ratio %.3f (best against best), median of the rounds' ratios after the first %.3f\n"
+               "  CPU s per round (process + nats-server, median): tidal %.2f, raw %.2f: cpu_ratio %.3f on %ld cores\n",
                model_config_num_params(&BENCH_CFG), bytes, bf16 ? "bf16" : "fp32", workers, rounds,
-               best_t.gbps_mean, best_t.publish_call_ms, best_t.on_bus_s, best_r.gbps_mean, ratio, median);
+               best_t.gbps_mean, best_t.publish_call_ms, best_t.on_bus_s, best_r.gbps_mean, ratio, median, cpu_t, cpu_r,
+               cpu_ratio, sysconf(_SC_NPROCESSORS_ONLN));
     json_t *o = json_pack(
-        "{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:{s:f, s:o, s:f, s:f}, s:{s:f, s:o}, s:f, s:f, s:f}", "bench", "weights", "transport", transport,
+        "{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:{s:f, s:o, s:f, s:f, s:f}, s:{s:f, s:o, s:f}, s:f, s:f, s:f, s:f, s:i}", "bench", "weights", "transport", transport,
         "peer", "core NATS publish/subscribe of the same image as 4 MiB chunks with windowed acks, same server",
         "params", (json_int_t)model_config_num_params(&BENCH_CFG), "image_bytes", (json_int_t)bytes, "dtype",
         bf16 ? "bf16" : "fp32", "workers", workers, "rounds", rounds, "tidal", "gb_per_s_per_worker",
         best_t.gbps_mean, "seconds_per_worker", secs_json(&best_t, workers), "publish_call_ms",
-        best_t.publish_call_ms, "on_bus_s", best_t.on_bus_s, "raw", "gb_per_s_per_worker", best_r.gbps_mean,
-        "seconds_per_worker", secs_json(&best_r, workers), "peak_rss_mb", bench_peak_rss_mb(), "ratio", ratio,
-        "ratio_median_of_rounds", median);
+        best_t.publish_call_ms, "on_bus_s", best_t.on_bus_s, "cpu_s_per_round", cpu_t, "raw", "gb_per_s_per_worker",
+        best_r.gbps_mean, "seconds_per_worker", secs_json(&best_r, workers), "cpu_s_per_round", cpu_r, "peak_rss_mb",
+        bench_peak_rss_mb(), "ratio", ratio, "ratio_median_of_rounds", median, "cpu_ratio", cpu_ratio, "cores",
+        (int)sysconf(_SC_NPROCESSORS_ONLN));
     bench_print_json(o);
 cleanup:
     if (st != TIDAL_OK) fprintf(stderr, "tidal bench weights: %s\n", tidal_errmsg());
