@@ -17,11 +17,13 @@
 
 #include <cuda_runtime_api.h>
 
-#include "base/status.h"
-
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* base/status.h is plain C without linkage guards: its functions (tidal_fail)
+ * are C functions for the .cu files too. */
+#include "base/status.h"
 
 /* The element type of activations and weights a kernel reads and writes.
  * Statistics (rstd, lse), master weights, gradients of parameters and
