@@ -17,26 +17,6 @@
 #include "kernels/cuda/index.h"
 #include "kernels/cuda/ops_cuda.h"
 
-/* Max over the block (blockDim.x a multiple of 32); every thread calls it. */
-__device__ float block_max(float x)
-{
-    __shared__ float partial[32];
-    __shared__ float total;
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
-    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-    if (lane == 0) partial[warp] = x;
-    __syncthreads();
-    if (warp == 0) {
-        float y = lane < nwarps ? partial[lane] : -INFINITY;
-        for (int o = 16; o > 0; o >>= 1) y = fmaxf(y, __shfl_xor_sync(0xffffffffu, y, o));
-        if (lane == 0) total = y;
-    }
-    __syncthreads();
-    float r = total;
-    __syncthreads();
-    return r;
-}
-
 template <typename X>
 __global__ void attention_naive_kernel(X *out, float *lse, const X *q, const X *k, const X *v, const int32_t *cu,
                                        int S, int NH, int NKV, int HD, int max_seqlen)

@@ -56,6 +56,26 @@ __device__ __forceinline__ double block_sum_d(double x)
     return r;
 }
 
+/* Max over the block (blockDim.x a multiple of 32); every thread calls it. */
+__device__ __forceinline__ float block_max(float x)
+{
+    __shared__ float partial[32];
+    __shared__ float total;
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    if (lane == 0) partial[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+        float y = lane < nwarps ? partial[lane] : -INFINITY;
+        for (int o = 16; o > 0; o >>= 1) y = fmaxf(y, __shfl_xor_sync(0xffffffffu, y, o));
+        if (lane == 0) total = y;
+    }
+    __syncthreads();
+    float r = total;
+    __syncthreads();
+    return r;
+}
+
 /* Blocks for n items at `per_block` a block, at most max_blocks (grid-stride
  * loops cover the rest), at least 1. */
 static inline unsigned grid_for(size_t n, unsigned per_block, unsigned max_blocks)

@@ -56,12 +56,14 @@ void cuda_blas_free(cuda_blas *b)
 
 static cudaDataType_t cuda_type(cuda_dtype dt) { return dt == CUDA_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
-/* The column-major layout of a stored row-major [rows, cols] operand, batched. */
-static tidal_status make_layout(cublasLtMatrixLayout_t *l, cuda_dtype dt, int rows, int cols, int batch,
+/* The column-major layout of a stored row-major [rows, cols] operand whose
+ * rows are ld elements apart (0: cols), batched. */
+static tidal_status make_layout(cublasLtMatrixLayout_t *l, cuda_dtype dt, int rows, int cols, long long ld, int batch,
                                 long long stride)
 {
-    /* column-major view: cols x rows, leading dimension cols */
-    TRY(blas_check(cublasLtMatrixLayoutCreate(l, cuda_type(dt), (uint64_t)cols, (uint64_t)rows, (int64_t)cols),
+    /* column-major view: cols x rows, leading dimension ld */
+    TRY(blas_check(cublasLtMatrixLayoutCreate(l, cuda_type(dt), (uint64_t)cols, (uint64_t)rows,
+                                              (int64_t)(ld > 0 ? ld : cols)),
                    "layout"));
     if (batch > 1) {
         int32_t count = batch;
@@ -87,6 +89,10 @@ tidal_status cuda_gemm(cuda_blas *b, void *D, const void *A, const void *B, cons
     int batch = op->batch > 1 ? op->batch : 1;
     if (op->M <= 0 || op->N <= 0 || op->K <= 0)
         return tidal_fail(TIDAL_ERR_INVALID, "cuda: gemm: bad shape M %d, N %d, K %d", op->M, op->N, op->K);
+    long long cols_a = op->transA ? op->M : op->K, cols_b = op->transB ? op->K : op->N;
+    if ((op->lda && op->lda < cols_a) || (op->ldb && op->ldb < cols_b) || (op->ldd && op->ldd < op->N))
+        return tidal_fail(TIDAL_ERR_INVALID, "cuda: gemm: M %d, N %d, K %d: a leading dimension below its row length",
+                          op->M, op->N, op->K);
     if (op->in == CUDA_F32 && op->out == CUDA_BF16)
         return tidal_fail(TIDAL_ERR_INVALID, "cuda: gemm: f32 inputs with a bf16 output are not supported");
     if (!aligned16(A) || !aligned16(B) || !aligned16(D) || (bias && !aligned16(bias)))
@@ -106,9 +112,11 @@ tidal_status cuda_gemm(cuda_blas *b, void *D, const void *A, const void *B, cons
                             "bias pointer"));
     }
     /* stored row-major shapes: B is [K,N] or (transB) [N,K]; A is [M,K] or (transA) [K,M]; D is [M,N] */
-    TRY_GOTO(make_layout(&la, op->in, op->transB ? op->N : op->K, op->transB ? op->K : op->N, batch, op->strideB));
-    TRY_GOTO(make_layout(&lb, op->in, op->transA ? op->K : op->M, op->transA ? op->M : op->K, batch, op->strideA));
-    TRY_GOTO(make_layout(&ld, op->out, op->M, op->N, batch, op->strideD));
+    TRY_GOTO(make_layout(&la, op->in, op->transB ? op->N : op->K, op->transB ? op->K : op->N, op->ldb, batch,
+                         op->strideB));
+    TRY_GOTO(make_layout(&lb, op->in, op->transA ? op->K : op->M, op->transA ? op->M : op->K, op->lda, batch,
+                         op->strideA));
+    TRY_GOTO(make_layout(&ld, op->out, op->M, op->N, op->ldd, batch, op->strideD));
 
     TRY_GOTO(blas_check(cublasLtMatmulPreferenceCreate(&pref), "preference"));
     {

@@ -92,6 +92,31 @@ tidal_status cuda_attention_forward_naive(void *out, float *lse, const void *q, 
                                           const int32_t *cu_seqlens, int S, int T, int NH, int NKV, int HD,
                                           int max_seqlen, cuda_dtype dt, cudaStream_t stream);
 
+/* ---- LM head with log-probabilities and entropy, chunked over tokens ---- */
+/* Tokens per chunk: the [T, V] logits are never held at once, only
+ * [CUDA_HEAD_CHUNK, V] fp32 in the caller's scratch. */
+#define CUDA_HEAD_CHUNK 256
+struct cuda_blas;
+/* Bytes of scratch the head needs: one chunk's fp32 logits (rows padded to a
+ * multiple of 8), and in bf16 the chunk's logit gradients as bf16. */
+size_t cuda_head_scratch_bytes(int V, cuda_dtype dt);
+/* cpu_head_forward's contract without logits_out: per token t, z = (h[t,:]
+ * w^T) inv_temp over V (w [V, C], h [T, C], both dt), logprob[t] =
+ * z[target] - logsumexp(z), entropy[t] = -sum p log p (floats, overwritten).
+ * Per chunk: one GEMM into fp32 logits (alpha = inv_temp), then one block per
+ * row computes max, sum of exps and sum of e (z - max) in double. A target
+ * outside [0, V) gives NaN (the CPU op asserts instead). */
+tidal_status cuda_head_forward(struct cuda_blas *b, float *logprob, float *entropy, const void *h, const void *w,
+                               const int32_t *targets, int T, int C, int V, float inv_temp, void *scratch,
+                               cuda_dtype dt, cudaStream_t stream);
+/* cpu_head_backward's contract: recomputes each chunk's logits, dz_j =
+ * inv_temp (dlogprob (1[j = target] - p_j) - dentropy p_j (log p_j + H))
+ * (dentropy may be NULL), then dh[T,C] (dt) += dz w and dw[V,C] (float) +=
+ * dz^T h, both GEMMs with beta = 1. */
+tidal_status cuda_head_backward(struct cuda_blas *b, void *dh, float *dw, const float *dlogprob,
+                                const float *dentropy, const void *h, const void *w, const int32_t *targets, int T,
+                                int C, int V, float inv_temp, void *scratch, cuda_dtype dt, cudaStream_t stream);
+
 /* ---- AdamW and the global gradient norm ---- */
 typedef struct cuda_adamw_args {
     float lr, beta1, beta2, eps, weight_decay;
@@ -128,11 +153,14 @@ void cuda_blas_free(cuda_blas *b);
  *   forward  out = in W^T:  M = T, N = OC, K = C, transB (bias: EPILOGUE_BIAS)
  *   dinp    += dout W:      M = T, N = C, K = OC, beta 1
  *   dW      += dout^T in:   M = OC, N = C, K = T, transA, beta 1.
- * batch > 1: `batch` products, the i-th at A + i strideA (elements), etc. */
+ * Rows of a stored operand are lda / ldb / ldd elements apart (0: dense, the
+ * row length). batch > 1: `batch` products, the i-th at A + i strideA
+ * (elements), etc. */
 typedef struct cuda_gemm_op {
     int M, N, K;
     bool transA, transB;
     float alpha, beta;
+    long long lda, ldb, ldd;              /* row strides of the stored A, B, D; 0: dense */
     int batch;                            /* <= 1: one product */
     long long strideA, strideB, strideD;  /* elements between batched products */
     cuda_dtype in;                        /* A and B */

@@ -4,8 +4,8 @@
  *
  *   test_gpu_parity [--quick] [--skip-gemm]
  *       --quick: a few small shapes per op (for compute-sanitizer, tests/gpu/check.sh)
- *       --skip-gemm: leave the cuBLASLt wrapper out (racecheck and initcheck
- *       would check cuBLASLt's own kernels)
+ *       --skip-gemm: leave out the cuBLASLt wrapper and the LM head, which
+ *       uses it (racecheck and initcheck would check cuBLASLt's own kernels)
  * Exit 0 when every check passes, 1 when one fails, 77 (ctest's SKIP) when
  * there is no usable CUDA device - said on one line first.
  *
@@ -533,6 +533,72 @@ static void attention_case(int T, const int *lens, int nlens, int NH, int NKV, i
     cuda_free(dout2), cuda_free(dlse2);
 }
 
+/* ---- LM head ---- */
+
+static void head_case(cuda_blas *blas, int T, int C, int V, bool with_dentropy, cuda_dtype dt)
+{
+    char shape[64];
+    snprintf(shape, sizeof shape, "T%d C%d V%d%s", T, C, V, with_dentropy ? " +dentropy" : "");
+    const float inv_temp = 1.0f / 0.7f;
+    float *h = hrand((size_t)T * C, 1.0f, 0.0f, dt), *w = hrand((size_t)V * C, 0.5f, 0.0f, dt);
+    int32_t *tg = xmalloc((size_t)T * 4);
+    for (int t = 0; t < T; t++) tg[t] = (int32_t)((frand() + 1.0f) * 0.5f * V) % V;
+    float *lp = xmalloc((size_t)T * 4), *ent = xmalloc((size_t)T * 4);
+    float *scratch = xmalloc((size_t)CPU_HEAD_CHUNK * V * sizeof(float));
+    cpu_head_forward(lp, ent, NULL, h, w, tg, T, C, V, inv_temp, scratch);
+    float *dl = hrand((size_t)T, 1.0f, 0.0f, CUDA_F32);
+    float *de = with_dentropy ? hrand((size_t)T, 0.5f, 0.0f, CUDA_F32) : NULL;
+    float *dh0 = hrand((size_t)T * C, 1.0f, 0.0f, dt), *dw0 = hrand((size_t)V * C, 1.0f, 0.0f, CUDA_F32);
+    float *dhref = hcopy(dh0, (size_t)T * C), *dwref = hcopy(dw0, (size_t)V * C);
+    cpu_head_backward(dhref, dwref, dl, de, h, w, tg, T, C, V, inv_temp, scratch);
+    void *dh = dput(h, (size_t)T * C, dt), *dwt = dput(w, (size_t)V * C, dt), *dtg = dput_i32(tg, (size_t)T);
+    void *dlp = dnan((size_t)T, CUDA_F32), *dent = dnan((size_t)T, CUDA_F32);
+    void *ddl = dput(dl, (size_t)T, CUDA_F32), *dde = de ? dput(de, (size_t)T, CUDA_F32) : NULL;
+    void *ddh = dput(dh0, (size_t)T * C, dt), *ddw = dput(dw0, (size_t)V * C, CUDA_F32), *dscratch = NULL;
+    if (cuda_alloc(&dscratch, cuda_head_scratch_bytes(V, dt), "head scratch") != TIDAL_OK) fatal("alloc");
+    if (ran(cuda_head_forward(blas, dlp, dent, dh, dwt, dtg, T, C, V, inv_temp, dscratch, dt, stream), "head_forward",
+            dt, shape)) {
+        float *glp = dfetch(dlp, (size_t)T, CUDA_F32), *gent = dfetch(dent, (size_t)T, CUDA_F32);
+        record("head_forward logprob", dt, shape, rel_err(glp, lp, (size_t)T), tol_of(dt));
+        record("head_forward entropy", dt, shape, rel_err(gent, ent, (size_t)T), tol_of(dt));
+        free(glp), free(gent);
+    }
+    if (ran(cuda_head_backward(blas, ddh, ddw, ddl, dde, dh, dwt, dtg, T, C, V, inv_temp, dscratch, dt, stream),
+            "head_backward", dt, shape)) {
+        float *gdh = dfetch(ddh, (size_t)T * C, dt), *gdw = dfetch(ddw, (size_t)V * C, CUDA_F32);
+        /* compare the increments: the accumulated-onto values would hide them */
+        for (size_t i = 0; i < (size_t)T * C; i++) gdh[i] -= dh0[i], dhref[i] -= dh0[i];
+        for (size_t i = 0; i < (size_t)V * C; i++) gdw[i] -= dw0[i], dwref[i] -= dw0[i];
+        record("head_backward dh", dt, shape, rel_err(gdh, dhref, (size_t)T * C), tol_of(dt));
+        record("head_backward dw", dt, shape, rel_err(gdw, dwref, (size_t)V * C), tol_of(dt));
+        free(gdh), free(gdw);
+    }
+    free(h), free(w), free(tg), free(lp), free(ent), free(scratch), free(dl), free(de), free(dh0), free(dw0);
+    free(dhref), free(dwref);
+    cuda_free(dh), cuda_free(dwt), cuda_free(dtg), cuda_free(dlp), cuda_free(dent), cuda_free(ddl), cuda_free(dde);
+    cuda_free(ddh), cuda_free(ddw), cuda_free(dscratch);
+}
+
+static void test_head(void)
+{
+    cuda_blas *blas = NULL;
+    if (cuda_blas_create(&blas) != TIDAL_OK) {
+        record("head (gemm create)", CUDA_F32, "", INFINITY, 0.0);
+        fprintf(stderr, "gpu parity: %s\n", tidal_errmsg());
+        return;
+    }
+    const cuda_dtype dts[] = {CUDA_F32, CUDA_BF16};
+    for (int d = 0; d < 2; d++) {
+        head_case(blas, 7, 64, 1003, false, dts[d]);
+        head_case(blas, 33, 96, 1003, true, dts[d]);
+        if (!quick) {
+            head_case(blas, 257, 64, 1003, true, dts[d]); /* two chunks, the second of one token */
+            head_case(blas, 300, 96, 32007, true, dts[d]);
+        }
+    }
+    cuda_blas_free(blas);
+}
+
 /* ---- gradient norm and AdamW ---- */
 
 static void grad_norm_case(size_t n, float max_norm)
@@ -656,7 +722,10 @@ int main(int argc, char **argv)
     int nT = quick ? 2 : 5, nC = quick ? 1 : 3, nH = quick ? 1 : 4;
     const cuda_dtype dts[] = {CUDA_F32, CUDA_BF16};
 
-    if (!skip_gemm) test_gemm();
+    if (!skip_gemm) {
+        test_gemm();
+        test_head(); /* its products are cuda_gemm's */
+    }
     sync_or_die("gemm");
     for (int d = 0; d < 2; d++) {
         cuda_dtype dt = dts[d];
