@@ -92,11 +92,36 @@ tidal_status cuda_attention_forward_naive(void *out, float *lse, const void *q, 
                                           const int32_t *cu_seqlens, int S, int T, int NH, int NKV, int HD,
                                           int max_seqlen, cuda_dtype dt, cudaStream_t stream);
 
+/* ---- causal attention over a packed batch, GQA, through cuBLASLt ---- */
+struct cuda_blas;
+/* Bytes of scratch the GEMM attention needs when the longest sequence has
+ * max_seqlen tokens: fp32 scores and dt probabilities [NH, n, n rounded up
+ * to 8], head-major copies of q, k, v, out and the gradients. */
+size_t cuda_attention_scratch_bytes(int max_seqlen, int NH, int NKV, int HD, cuda_dtype dt);
+/* cpu_attention_forward's contract (out [T,NH,HD] dt, lse [T,NH] float,
+ * overwritten); cu_seqlens_host[S+1] is host memory (the per-sequence loop
+ * runs on the host), checked: 0 .. T, non-decreasing. Per sequence: head-major
+ * copies, S = scale Q K^T as one strided-batched GEMM over the kv heads
+ * (M = group x n: no K/V copies per query head), a masked-softmax row kernel
+ * (LSE saved), O = P V. scratch_bytes below cuda_attention_scratch_bytes is
+ * refused, naming both. */
+tidal_status cuda_attention_forward(struct cuda_blas *b, void *out, float *lse, const void *q, const void *k,
+                                    const void *v, const int32_t *cu_seqlens_host, int S, int T, int NH, int NKV,
+                                    int HD, void *scratch, size_t scratch_bytes, cuda_dtype dt, cudaStream_t stream);
+/* cpu_attention_backward's contract: overwrites dq, dk, dv from dout and the
+ * forward's out, lse, q, k, v. P is recomputed from the scores and lse;
+ * dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO . O)) scale, dQ = dS K,
+ * dK = dS^T Q; the GEMMs over the group's rows sum the query heads of a kv
+ * head (no atomics). */
+tidal_status cuda_attention_backward(struct cuda_blas *b, void *dq, void *dk, void *dv, const void *dout,
+                                     const void *out, const float *lse, const void *q, const void *k, const void *v,
+                                     const int32_t *cu_seqlens_host, int S, int T, int NH, int NKV, int HD,
+                                     void *scratch, size_t scratch_bytes, cuda_dtype dt, cudaStream_t stream);
+
 /* ---- LM head with log-probabilities and entropy, chunked over tokens ---- */
 /* Tokens per chunk: the [T, V] logits are never held at once, only
  * [CUDA_HEAD_CHUNK, V] fp32 in the caller's scratch. */
 #define CUDA_HEAD_CHUNK 256
-struct cuda_blas;
 /* Bytes of scratch the head needs: one chunk's fp32 logits (rows padded to a
  * multiple of 8), and in bf16 the chunk's logit gradients as bf16. */
 size_t cuda_head_scratch_bytes(int V, cuda_dtype dt);

@@ -37,6 +37,7 @@
 #define TOL_BF16 1e-2
 
 static cudaStream_t stream;
+static cuda_blas *blas; /* NULL with --skip-gemm, or when it cannot be created */
 static bool quick, skip_gemm;
 
 /* ---- the summary table: one row per (op, dtype) ---- */
@@ -309,12 +310,6 @@ static void gemm_case(cuda_blas *blas, int M, int N, int K, bool ta, bool tb, in
 
 static void test_gemm(void)
 {
-    cuda_blas *blas = NULL;
-    if (cuda_blas_create(&blas) != TIDAL_OK) {
-        record("gemm (create)", CUDA_F32, "", INFINITY, 0.0);
-        fprintf(stderr, "gpu parity: %s\n", tidal_errmsg());
-        return;
-    }
     static const int shapes[][3] = {{1, 1, 1},     {7, 33, 64},     {33, 96, 17},
                                     {257, 64, 96}, {1000, 896, 64}, {33, 1003, 896}};
     int nshapes = quick ? 2 : (int)(sizeof shapes / sizeof shapes[0]);
@@ -333,7 +328,6 @@ static void test_gemm(void)
         gemm_case(blas, 7 * 16, 16, 64, false, true, 2, false, 0.0f, ins[d], outs[d]);
         if (!quick) gemm_case(blas, 6 * 128, 128, 128, false, false, 4, false, 0.0f, ins[d], outs[d]);
     }
-    cuda_blas_free(blas);
 }
 
 /* ---- embedding ---- */
@@ -528,6 +522,37 @@ static void attention_case(int T, const int *lens, int nlens, int NH, int NKV, i
         record_rerun("attention_forward_naive", dt, shape, dout, dout2, nq * cuda_dtype_size(dt));
         free(got), free(glse);
     }
+    if (blas) { /* the cuBLASLt attention, forward and backward */
+        size_t sb = cuda_attention_scratch_bytes(maxlen, NH, NKV, HD, dt);
+        void *scratch = NULL, *gout = dnan(nq, dt), *glse = dnan((size_t)T * NH, CUDA_F32);
+        if (cuda_alloc(&scratch, sb, "attention scratch") != TIDAL_OK) fatal("alloc");
+        if (ran(cuda_attention_forward(blas, gout, glse, dq, dk, dv, cu, S, T, NH, NKV, HD, scratch, sb, dt, stream),
+                "attention_forward", dt, shape)) {
+            float *got = dfetch(gout, nq, dt), *gl = dfetch(glse, (size_t)T * NH, CUDA_F32);
+            record("attention_forward", dt, shape, rel_err(got, ref, nq), tol_of(dt));
+            record("attention_forward lse", dt, shape, rel_err(gl, lse, (size_t)T * NH), tol_of(dt));
+            free(got), free(gl);
+        }
+        float *dy = hrand(nq, 1.0f, 0.0f, dt), *dqr = xmalloc(nq * 4), *dkr = xmalloc(nk * 4), *dvr = xmalloc(nk * 4);
+        float *o = hcopy(ref, nq); /* the forward's output as the GPU gets it (rounded to dt) */
+        if (dt == CUDA_BF16)
+            for (size_t i = 0; i < nq; i++) o[i] = cuda_float_from_bf16(cuda_bf16_from_float(o[i]));
+        cpu_attention_backward(dqr, dkr, dvr, dy, o, lse, q, k, v, cu, S, T, NH, NKV, HD);
+        void *ddy = dput(dy, nq, dt), *dref = dput(o, nq, dt), *dl = dput(lse, (size_t)T * NH, CUDA_F32);
+        void *gdq = dnan(nq, dt), *gdk = dnan(nk, dt), *gdv = dnan(nk, dt);
+        if (ran(cuda_attention_backward(blas, gdq, gdk, gdv, ddy, dref, dl, dq, dk, dv, cu, S, T, NH, NKV, HD,
+                                        scratch, sb, dt, stream),
+                "attention_backward", dt, shape)) {
+            float *a = dfetch(gdq, nq, dt), *b = dfetch(gdk, nk, dt), *c = dfetch(gdv, nk, dt);
+            record("attention_backward dq", dt, shape, rel_err(a, dqr, nq), tol_of(dt));
+            record("attention_backward dk", dt, shape, rel_err(b, dkr, nk), tol_of(dt));
+            record("attention_backward dv", dt, shape, rel_err(c, dvr, nk), tol_of(dt));
+            free(a), free(b), free(c);
+        }
+        free(dy), free(dqr), free(dkr), free(dvr), free(o);
+        cuda_free(scratch), cuda_free(gout), cuda_free(glse), cuda_free(ddy), cuda_free(dref), cuda_free(dl);
+        cuda_free(gdq), cuda_free(gdk), cuda_free(gdv);
+    }
     free(cu), free(q), free(k), free(v), free(ref), free(lse);
     cuda_free(dq), cuda_free(dk), cuda_free(dv), cuda_free(dcu), cuda_free(dout), cuda_free(dlse);
     cuda_free(dout2), cuda_free(dlse2);
@@ -581,12 +606,6 @@ static void head_case(cuda_blas *blas, int T, int C, int V, bool with_dentropy, 
 
 static void test_head(void)
 {
-    cuda_blas *blas = NULL;
-    if (cuda_blas_create(&blas) != TIDAL_OK) {
-        record("head (gemm create)", CUDA_F32, "", INFINITY, 0.0);
-        fprintf(stderr, "gpu parity: %s\n", tidal_errmsg());
-        return;
-    }
     const cuda_dtype dts[] = {CUDA_F32, CUDA_BF16};
     for (int d = 0; d < 2; d++) {
         head_case(blas, 7, 64, 1003, false, dts[d]);
@@ -596,7 +615,6 @@ static void test_head(void)
             head_case(blas, 300, 96, 32007, true, dts[d]);
         }
     }
-    cuda_blas_free(blas);
 }
 
 /* ---- gradient norm and AdamW ---- */
@@ -723,8 +741,13 @@ int main(int argc, char **argv)
     const cuda_dtype dts[] = {CUDA_F32, CUDA_BF16};
 
     if (!skip_gemm) {
-        test_gemm();
-        test_head(); /* its products are cuda_gemm's */
+        if (cuda_blas_create(&blas) != TIDAL_OK) {
+            fprintf(stderr, "gpu parity: %s\n", tidal_errmsg());
+            record("gemm (cuBLASLt handle)", CUDA_F32, "", INFINITY, 0.0);
+        } else {
+            test_gemm();
+            test_head(); /* its products are cuda_gemm's */
+        }
     }
     sync_or_die("gemm");
     for (int d = 0; d < 2; d++) {
@@ -755,6 +778,7 @@ int main(int argc, char **argv)
     if (!quick) grad_norm_case((size_t)3 << 20 | 7, 1e9f);
     adamw_case(quick ? 1001 : (size_t)1 << 20 | 13);
     sync_or_die("end");
+    cuda_blas_free(blas);
     cudaStreamDestroy(stream);
     return print_summary();
 }
