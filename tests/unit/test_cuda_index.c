@@ -11,7 +11,9 @@
  * - the embedding backward's index: summing rows group by group in token
  *   order gives cpu_embedding_backward's bits, on a non-zero gradient too;
  *   out-of-range ids are refused;
- * - bf16 rounding: known values, ties to even, NaN and infinities.
+ * - bf16 rounding: known values, ties to even, NaN and infinities;
+ * - the GPU decoder's parameter layout (model/gpu_layout.h) against
+ *   model.c's tensor table, with and without biases, tied and untied.
  */
 #include <math.h>
 #include <stdint.h>
@@ -22,6 +24,8 @@
 #include "check.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/index.h"
+#include "model/gpu_layout.h"
+#include "model/model.h"
 
 static uint64_t rng_state = 12345;
 static float frand(void)
@@ -70,7 +74,8 @@ static void naive_attention(float *out, const float *q, const float *k, const fl
             for (int j = j0; j <= t; j++) {
                 double s = 0.0;
                 for (int d = 0; d < HD; d++)
-                    s += (double)q[cuda_token_major_offset(t, h, d, NH, HD)] * k[cuda_token_major_offset(j, kh, d, NKV, HD)];
+                    s += (double)q[cuda_token_major_offset(t, h, d, NH, HD)] *
+                         k[cuda_token_major_offset(j, kh, d, NKV, HD)];
                 p[j] = s / sqrt((double)HD);
                 if (p[j] > m) m = p[j];
             }
@@ -209,6 +214,57 @@ static void test_bf16(void)
     }
 }
 
+/* Every tensor's offset by model_gpu_* equals model.c's; absent ones absent. */
+static void check_layout(const model_config *c)
+{
+    model *m = NULL;
+    CHECK_OK(model_create(c, &m));
+    model_gpu_dims d = model_gpu_dims_of(c);
+    size_t n = 0;
+    model_params(m, &n);
+    int bad = n != model_gpu_params(&d);
+    char name[96];
+#define AT(nm) (model_find_tensor(m, nm) ? model_find_tensor(m, nm)->offset : MODEL_GPU_ABSENT)
+    bad |= AT("model.embed_tokens.weight") != model_gpu_embed(&d);
+    bad |= AT("model.norm.weight") != model_gpu_norm(&d);
+    bad |= (c->tie_word_embeddings ? 0 : AT("lm_head.weight")) != model_gpu_head(&d);
+    for (int l = 0; l < c->num_layers; l++) {
+        model_gpu_layer_offsets o = model_gpu_layer(&d, l);
+#define L(field, suffix) (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), bad |= AT(name) != o.field)
+        L(ln1, "input_layernorm.weight");
+        L(wq, "self_attn.q_proj.weight");
+        L(bq, "self_attn.q_proj.bias");
+        L(wk, "self_attn.k_proj.weight");
+        L(bk, "self_attn.k_proj.bias");
+        L(wv, "self_attn.v_proj.weight");
+        L(bv, "self_attn.v_proj.bias");
+        L(wo, "self_attn.o_proj.weight");
+        L(bo, "self_attn.o_proj.bias");
+        L(ln2, "post_attention_layernorm.weight");
+        L(wg, "mlp.gate_proj.weight");
+        L(wu, "mlp.up_proj.weight");
+        L(wd, "mlp.down_proj.weight");
+#undef L
+    }
+#undef AT
+    model_free(m);
+    CHECK_MSG(!bad, "model_gpu layout differs from model.c's (qkv_bias %d, o_bias %d, tied %d)", c->qkv_bias,
+              c->o_bias, c->tie_word_embeddings);
+}
+
+static void test_gpu_layout(void)
+{
+    model_config c = {.type = MODEL_QWEN2, .vocab_size = 97, .hidden_size = 32, .num_layers = 3, .num_heads = 4,
+                      .num_kv_heads = 2, .head_dim = 8, .intermediate_size = 48, .max_position_embeddings = 256,
+                      .rope_theta = 1e6, .rms_norm_eps = 1e-6, .tie_word_embeddings = true, .qkv_bias = true,
+                      .bos_token_id = -1, .eos_token_id = -1};
+    check_layout(&c);
+    c.type = MODEL_LLAMA, c.tie_word_embeddings = false, c.qkv_bias = true, c.o_bias = true; /* llama attention_bias */
+    check_layout(&c);
+    c.qkv_bias = false, c.o_bias = false;
+    check_layout(&c);
+}
+
 int main(void)
 {
     RUN(test_seq_and_pos);
@@ -217,5 +273,6 @@ int main(void)
     RUN(test_rope_pairs);
     RUN(test_embedding_index);
     RUN(test_bf16);
+    RUN(test_gpu_layout);
     return check_summary();
 }
