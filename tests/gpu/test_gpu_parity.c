@@ -31,7 +31,11 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/index.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "model/gpu_layout.h"
+#include "model/model_cuda.h"
 #include "trainer/optimizer.h"
+
+#include "gpu/cpu_decoder.h"
 
 #define TOL_F32 1e-5
 #define TOL_BF16 1e-2
@@ -705,6 +709,115 @@ static void adamw_case(size_t n)
     cuda_free(dmask), cuda_free(partials);
 }
 
+/* ---- the whole decoder: model/model_cuda against model.c's steps on the CPU ops ---- */
+
+/* Per tensor of layout d: the relative error of got against ref, one case each. */
+static void record_tensors(const char *op, cuda_dtype dt, const model_gpu_dims *d, const float *got, const float *ref,
+                           double tol)
+{
+    static const char *names[13] = {"ln1", "wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo", "ln2", "wg", "wu", "wd"};
+    const size_t C = (size_t)d->hidden, QD = (size_t)d->heads * d->head_dim, KVD = (size_t)d->kv_heads * d->head_dim;
+    const size_t F = (size_t)d->ffn, sizes[13] = {C, QD * C, QD, KVD * C, KVD, KVD * C, KVD, C * QD, C, C, F * C, F * C,
+                                                  C * F};
+    char shape[64];
+    record(op, dt, "embed", rel_err(got, ref, (size_t)d->vocab * C), tol);
+    for (int l = 0; l < d->layers; l++) {
+        model_gpu_layer_offsets o = model_gpu_layer(d, l);
+        const size_t offs[13] = {o.ln1, o.wq, o.bq, o.wk, o.bk, o.wv, o.bv, o.wo, o.bo, o.ln2, o.wg, o.wu, o.wd};
+        for (int i = 0; i < 13; i++) {
+            if (offs[i] == MODEL_GPU_ABSENT) continue;
+            snprintf(shape, sizeof shape, "layer %d %s", l, names[i]);
+            record(op, dt, shape, rel_err(got + offs[i], ref + offs[i], sizes[i]), tol);
+        }
+    }
+    record(op, dt, "norm", rel_err(got + model_gpu_norm(d), ref + model_gpu_norm(d), C), tol);
+    if (!d->tied)
+        record(op, dt, "lm_head", rel_err(got + model_gpu_head(d), ref + model_gpu_head(d), (size_t)d->vocab * C), tol);
+}
+
+/* The tiny model of /work/shared/CUDA.md: 2 layers, C 128, H 4, Hkv 2, hd 64, V 1003, packed lengths 1/17/70:
+ * logprobs, entropies and every gradient against the CPU; a rerun bit for bit; 5 AdamW steps tracking the
+ * CPU's. Tolerances for the whole model (errors compound over layers): 1e-4 fp32, 3e-2 bf16. */
+static void decoder_case(cuda_dtype dt)
+{
+    const model_gpu_dims d = {.layers = 2, .hidden = 128, .heads = 4, .kv_heads = 2, .head_dim = 64, .ffn = 352,
+                              .vocab = 1003, .qkv_bias = true, .o_bias = false, .tied = true, .rms_eps = 1e-6f,
+                              .rope_theta = 1e6f};
+    const double tol = dt == CUDA_BF16 ? 3e-2 : 1e-4;
+    const int32_t cu[] = {0, 1, 18, 88};
+    const int T = 88, S = 3;
+    int32_t ids[88], targets[88];
+    for (int t = 0; t < T; t++) ids[t] = (t * 37 + 11) % d.vocab, targets[t] = (t * 53 + 5) % d.vocab;
+    model_cuda_batch b = {.T = T, .S = S, .ids = ids, .targets = targets, .cu_seqlens = cu, .inv_temp = 1.0f / 0.9f};
+    const size_t n = model_gpu_params(&d);
+    float *P = hrand(n, 0.1f, 0.0f, dt);
+    for (int l = 0; l < d.layers; l++) { /* norms near 1 */
+        model_gpu_layer_offsets o = model_gpu_layer(&d, l);
+        for (int c = 0; c < d.hidden; c++) P[o.ln1 + c] += 1.0f, P[o.ln2 + c] += 1.0f;
+    }
+    for (int c = 0; c < d.hidden; c++) P[model_gpu_norm(&d) + c] += 1.0f;
+    if (dt == CUDA_BF16) /* the CPU computes with the weights the GPU reads */
+        for (size_t i = 0; i < n; i++) P[i] = cuda_float_from_bf16(cuda_bf16_from_float(P[i]));
+    float *G = calloc(n, 4), *gg = xmalloc(n * 4), *gg2 = xmalloc(n * 4);
+    float lp[88], ent[88], glp[88], gent[88], glp2[88], gent2[88], dl[88], de[88];
+    for (int t = 0; t < T; t++) dl[t] = -1.0f / T, de[t] = 0.01f * frand();
+    cpu_decoder(&d, P, G, T, S, ids, targets, cu, b.inv_temp, lp, ent, dl, de);
+
+    const char *shape = "2 layers C128 H4/2 hd64 V1003 T88";
+    model_cuda *m = NULL;
+    if (!ran(model_cuda_create(&d, dt, &m), "model forward", dt, shape)) goto cleanup;
+    if (!ran(model_cuda_set_params(m, P), "model forward", dt, shape)) goto cleanup;
+    if (!ran(model_cuda_forward(m, &b, glp, gent), "model forward", dt, shape)) goto cleanup;
+    record("model forward logprob", dt, shape, rel_err(glp, lp, (size_t)T), tol);
+    record("model forward entropy", dt, shape, rel_err(gent, ent, (size_t)T), tol);
+    if (!ran(model_cuda_backward(m, &b, dl, de), "model backward", dt, shape)) goto cleanup;
+    if (!ran(model_cuda_get_grads(m, gg), "model backward", dt, shape)) goto cleanup;
+    record("model backward (all grads)", dt, shape, rel_err(gg, G, n), tol);
+    record_tensors("model backward (per tensor)", dt, &d, gg, G, tol);
+    /* the same batch again: the same bits */
+    if (!ran(model_cuda_zero_grads(m), "model rerun", dt, shape) ||
+        !ran(model_cuda_forward(m, &b, glp2, gent2), "model rerun", dt, shape) ||
+        !ran(model_cuda_backward(m, &b, dl, de), "model rerun", dt, shape) ||
+        !ran(model_cuda_get_grads(m, gg2), "model rerun", dt, shape))
+        goto cleanup;
+    bool same = memcmp(glp, glp2, sizeof glp) == 0 && memcmp(gent, gent2, sizeof gent) == 0 &&
+                memcmp(gg, gg2, n * 4) == 0;
+    record("model rerun (bits)", dt, shape, same ? 0.0 : INFINITY, 0.0);
+    /* 5 AdamW steps with clipping, CPU and GPU from the same start */
+    {
+        adamw_cfg cfg = adamw_defaults();
+        adamw *o = NULL;
+        if (adamw_create(n, &cfg, &o) != TIDAL_OK) fatal("adamw_create");
+        float *Pc = hcopy(P, n), *Pg = xmalloc(n * 4);
+        model_cuda_adamw ga = {.lr = 1e-3f, .beta1 = cfg.beta1, .beta2 = cfg.beta2, .eps = cfg.eps,
+                               .weight_decay = cfg.weight_decay, .max_norm = 0.5f};
+        double worst_lp = 0.0;
+        bool ok = true;
+        for (int step = 0; step < 5 && ok; step++) {
+            memset(G, 0, n * 4);
+            cpu_decoder(&d, Pc, G, T, S, ids, targets, cu, b.inv_temp, lp, ent, dl, NULL);
+            clip_grad_norm(G, n, ga.max_norm);
+            adamw_step(o, Pc, G, NULL, ga.lr);
+            double norm;
+            ok = ran(model_cuda_zero_grads(m), "model 5 AdamW steps", dt, shape) &&
+                 ran(model_cuda_forward(m, &b, glp, gent), "model 5 AdamW steps", dt, shape) &&
+                 ran(model_cuda_backward(m, &b, dl, NULL), "model 5 AdamW steps", dt, shape) &&
+                 ran(model_cuda_step(m, &ga, &norm), "model 5 AdamW steps", dt, shape);
+            double e = rel_err(glp, lp, (size_t)T);
+            if (!(e <= worst_lp)) worst_lp = e;
+        }
+        if (ok && ran(model_cuda_get_params(m, Pg), "model 5 AdamW steps", dt, shape)) {
+            record("model 5 steps: logprobs", dt, shape, worst_lp, tol);
+            record("model 5 steps: params", dt, shape, rel_err(Pg, Pc, n), tol);
+        }
+        adamw_free(o);
+        free(Pc), free(Pg);
+    }
+cleanup:
+    model_cuda_free(m);
+    free(P), free(G), free(gg), free(gg2);
+}
+
 /* ---- the grid ---- */
 
 int main(int argc, char **argv)
@@ -777,6 +890,10 @@ int main(int argc, char **argv)
     grad_norm_case(1000, 1.0f);
     if (!quick) grad_norm_case((size_t)3 << 20 | 7, 1e9f);
     adamw_case(quick ? 1001 : (size_t)1 << 20 | 13);
+    if (!skip_gemm) {
+        decoder_case(CUDA_F32);
+        decoder_case(CUDA_BF16);
+    }
     sync_or_die("end");
     cuda_blas_free(blas);
     cudaStreamDestroy(stream);

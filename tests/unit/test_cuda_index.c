@@ -13,7 +13,9 @@
  *   out-of-range ids are refused;
  * - bf16 rounding: known values, ties to even, NaN and infinities;
  * - the GPU decoder's parameter layout (model/gpu_layout.h) against
- *   model.c's tensor table, with and without biases, tied and untied.
+ *   model.c's tensor table, with and without biases, tied and untied;
+ * - the GPU decoder's CPU oracle (tests/gpu/cpu_decoder.h) against model.c:
+ *   logprobs, entropies and gradients, bit for bit.
  */
 #include <math.h>
 #include <stdint.h>
@@ -26,6 +28,8 @@
 #include "kernels/cuda/index.h"
 #include "model/gpu_layout.h"
 #include "model/model.h"
+
+#include "gpu/cpu_decoder.h"
 
 static uint64_t rng_state = 12345;
 static float frand(void)
@@ -265,6 +269,46 @@ static void test_gpu_layout(void)
     check_layout(&c);
 }
 
+/* cpu_decoder (the oracle of the GPU decoder's check) is model.c's forward and backward. */
+static void check_oracle(const model_config *c)
+{
+    model *m = NULL;
+    CHECK_OK(model_create(c, &m));
+    model_init_random(m, 7, 0.1f, true);
+    const int32_t cu[] = {0, 1, 18, 40};
+    int32_t ids[40], targets[40];
+    for (int t = 0; t < 40; t++) ids[t] = (t * 37 + 11) % c->vocab_size, targets[t] = (t * 53 + 5) % c->vocab_size;
+    model_batch b = {.T = 40, .S = 3, .ids = ids, .targets = targets, .cu_seqlens = cu, .inv_temp = 1.0f / 0.9f};
+    float lp[40], ent[40], lp2[40], ent2[40], dl[40], de[40];
+    for (int t = 0; t < 40; t++) dl[t] = frand(), de[t] = 0.1f * frand();
+    size_t n = 0;
+    float *P = model_params(m, &n);
+    model_zero_grads(m);
+    tidal_status st = model_forward(m, &b, lp, ent, NULL);
+    if (st == TIDAL_OK) st = model_backward(m, &b, dl, de);
+    float *G = calloc(n, sizeof(float));
+    model_gpu_dims d = model_gpu_dims_of(c);
+    cpu_decoder(&d, P, G, b.T, b.S, ids, targets, cu, b.inv_temp, lp2, ent2, dl, de);
+    int same = st == TIDAL_OK && memcmp(lp, lp2, sizeof lp) == 0 && memcmp(ent, ent2, sizeof ent) == 0 &&
+               memcmp(G, model_grads(m, &n), n * sizeof(float)) == 0;
+    free(G);
+    model_free(m);
+    CHECK_OK(st);
+    CHECK_MSG(same, "cpu_decoder differs from model.c (qkv_bias %d, o_bias %d, tied %d)", c->qkv_bias, c->o_bias,
+              c->tie_word_embeddings);
+}
+
+static void test_cpu_decoder_oracle(void)
+{
+    model_config c = {.type = MODEL_QWEN2, .vocab_size = 97, .hidden_size = 32, .num_layers = 2, .num_heads = 4,
+                      .num_kv_heads = 2, .head_dim = 16, .intermediate_size = 48, .max_position_embeddings = 256,
+                      .rope_theta = 1e6, .rms_norm_eps = 1e-6, .tie_word_embeddings = true, .qkv_bias = true,
+                      .bos_token_id = -1, .eos_token_id = -1};
+    check_oracle(&c);
+    c.type = MODEL_LLAMA, c.tie_word_embeddings = false, c.o_bias = true;
+    check_oracle(&c);
+}
+
 int main(void)
 {
     RUN(test_seq_and_pos);
@@ -274,5 +318,6 @@ int main(void)
     RUN(test_embedding_index);
     RUN(test_bf16);
     RUN(test_gpu_layout);
+    RUN(test_cpu_decoder_oracle);
     return check_summary();
 }
