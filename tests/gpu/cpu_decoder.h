@@ -20,8 +20,9 @@
  * model.c's table); grads accumulate. model.c itself cannot be linked here
  * (its loading code needs tidal's Debian libraries). */
 static inline void cpu_decoder(const model_gpu_dims *d, const float *P, float *G, int T, int S,
-                               const int32_t *ids, const int32_t *targets, const int32_t *cu_seqlens, float inv_temp_in, float *logprob,
-                               float *entropy, const float *dlogprob, const float *dentropy)
+                               const int32_t *ids, const int32_t *targets, const int32_t *cu_seqlens,
+                               float inv_temp_in, float *logprob, float *entropy, const float *dlogprob,
+                               const float *dentropy)
 {
     const int C = d->hidden, NH = d->heads, NKV = d->kv_heads, HD = d->head_dim, F = d->ffn, V = d->vocab;
     const int QD = NH * HD, KVD = NKV * HD, L = d->layers;
