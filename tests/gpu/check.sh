@@ -28,6 +28,14 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
     exit 77
 fi
 
+# The build's RPATH names the toolkit directory of the build machine; the GPU host's toolkit may
+# live elsewhere: its usual library directories go on the search path (after the RPATH).
+for d in ${CUDA_HOME:+$CUDA_HOME/lib64} ${CUDA_HOME:+$CUDA_HOME/lib} /usr/local/cuda/lib64 /usr/local/cuda/lib \
+         /usr/local/cuda/targets/x86_64-linux/lib; do
+    [[ -d $d ]] && LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d
+done
+export LD_LIBRARY_PATH
+
 echo "== 0. host"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 if ldd "$parity" | grep -q "not found"; then
