@@ -6,7 +6,8 @@
 # Builds nothing: BUILD_DIR is a build made elsewhere (a machine without a GPU, the same nvcc)
 # and carried along. Steps, each with a time limit, then a summary, last:
 #   0. the host: nvidia-smi, ldd of the test binary (no library missing), compute-sanitizer --version
-#   1. test_gpu_parity: every kernel against its CPU op over the shape grid, fp32 and bf16
+#   1. test_gpu_parity: every kernel against its CPU op over the shape grid, fp32 and bf16, and the
+#      whole decoder against the CPU's; one process per group of checks
 #   2. test_gpu_parity --quick with TIDAL_CUDA_SYNC=1 (every launch checked synchronously)
 #   3. compute-sanitizer memcheck on --quick; racecheck, initcheck, synccheck on --quick --skip-gemm
 #      (cuBLASLt's own kernels are not ours to race-check); "device not supported" is a SKIP, said
@@ -75,14 +76,16 @@ run() {
     return $rc
 }
 
-echo "== 1. parity, full grid"
-run "1. parity (full grid)" 240 "$parity"
-rc=$?
-if [[ $rc -eq 77 ]]; then
-    echo "SKIP: gpu check: the parity binary finds no usable device: $(grep -m1 SKIP <<<"$out")"
-    exit 77
-fi
-while read -r l; do note "   $l"; done < <(grep -E "^(FAIL|gpu parity:)" <<<"$out")
+echo "== 1. parity, full grid (each group of checks in its own process: a fault stops only its group)"
+for group in gemm head embedding rmsnorm rope swiglu attention adamw decoder; do
+    run "1. parity $group" 120 "$parity" --only "$group"
+    rc=$?
+    if [[ $rc -eq 77 ]]; then
+        echo "SKIP: gpu check: the parity binary finds no usable device: $(grep -m1 SKIP <<<"$out")"
+        exit 77
+    fi
+    while read -r l; do note "   $l"; done < <(grep -E "^(FAIL|gpu parity:)" <<<"$out")
+done
 
 echo "== 2. parity, quick grid, TIDAL_CUDA_SYNC=1"
 TIDAL_CUDA_SYNC=1 run "2. parity --quick, TIDAL_CUDA_SYNC=1" 120 "$parity" --quick >/dev/null

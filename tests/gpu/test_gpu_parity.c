@@ -2,10 +2,12 @@
  * CPU op it replaces (kernels/cpu/ops.h, trainer/optimizer.h), over a grid of
  * shapes, in fp32 and bf16; one summary table at the end.
  *
- *   test_gpu_parity [--quick] [--skip-gemm]
+ *   test_gpu_parity [--quick] [--skip-gemm] [--only GROUP,...]
  *       --quick: a few small shapes per op (for compute-sanitizer, tests/gpu/check.sh)
  *       --skip-gemm: leave out the cuBLASLt wrapper and the LM head, which
  *       uses it (racecheck and initcheck would check cuBLASLt's own kernels)
+ *       --only: these groups of checks (gemm head embedding rmsnorm rope
+ *       swiglu attention adamw decoder), not all
  * Exit 0 when every check passes, 1 when one fails, 77 (ctest's SKIP) when
  * there is no usable CUDA device - said on one line first.
  *
@@ -820,18 +822,56 @@ cleanup:
 
 /* ---- the grid ---- */
 
+/* The groups of checks, run all or by --only (check.sh runs each in its own
+ * process, so a device fault in one leaves the others' results standing). */
+static const char *const groups[] = {"gemm", "head", "embedding", "rmsnorm", "rope", "swiglu", "attention", "adamw",
+                                     "decoder"};
+#define NGROUPS (int)(sizeof groups / sizeof groups[0])
+static bool selected[NGROUPS];
+
+static bool want(const char *group)
+{
+    for (int i = 0; i < NGROUPS; i++)
+        if (strcmp(groups[i], group) == 0) return selected[i];
+    return false;
+}
+
+/* Select the comma-separated groups of list; false naming an unknown one. */
+static bool select_groups(const char *list)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *save = NULL, *g = strtok_r(buf, ",", &save); g; g = strtok_r(NULL, ",", &save)) {
+        int i = 0;
+        while (i < NGROUPS && strcmp(groups[i], g) != 0) i++;
+        if (i == NGROUPS) {
+            fprintf(stderr, "test_gpu_parity: --only: no group '%s' (groups: gemm head embedding rmsnorm rope swiglu "
+                            "attention adamw decoder)\n", g);
+            return false;
+        }
+        selected[i] = true;
+    }
+    return true;
+}
+
 int main(int argc, char **argv)
 {
+    bool only = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = true;
         } else if (strcmp(argv[i], "--skip-gemm") == 0) {
             skip_gemm = true;
+        } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+            if (!select_groups(argv[++i])) return 2;
+            only = true;
         } else {
-            fprintf(stderr, "usage: test_gpu_parity [--quick] [--skip-gemm]\n");
+            fprintf(stderr, "usage: test_gpu_parity [--quick] [--skip-gemm] [--only GROUP,...]\n");
             return 2;
         }
     }
+    if (!only)
+        for (int i = 0; i < NGROUPS; i++) selected[i] = true;
     int ndev = 0;
     if (cuda_device_count(&ndev) != TIDAL_OK) {
         printf("SKIP: test_gpu_parity: %s\n", tidal_errmsg());
@@ -853,30 +893,29 @@ int main(int argc, char **argv)
     int nT = quick ? 2 : 5, nC = quick ? 1 : 3, nH = quick ? 1 : 4;
     const cuda_dtype dts[] = {CUDA_F32, CUDA_BF16};
 
-    if (!skip_gemm) {
-        if (cuda_blas_create(&blas) != TIDAL_OK) {
-            fprintf(stderr, "gpu parity: %s\n", tidal_errmsg());
-            record("gemm (cuBLASLt handle)", CUDA_F32, "", INFINITY, 0.0);
-        } else {
-            test_gemm();
-            test_head(); /* its products are cuda_gemm's */
-        }
+    /* everything on cuBLASLt: the GEMM, the head, the GEMM attention, the decoder */
+    if (!skip_gemm && (want("gemm") || want("head") || want("attention") || want("decoder")) &&
+        cuda_blas_create(&blas) != TIDAL_OK) {
+        fprintf(stderr, "gpu parity: %s\n", tidal_errmsg());
+        record("gemm (cuBLASLt handle)", CUDA_F32, "", INFINITY, 0.0);
     }
+    if (blas && want("gemm")) test_gemm();
+    if (blas && want("head")) test_head();
     sync_or_die("gemm");
     for (int d = 0; d < 2; d++) {
         cuda_dtype dt = dts[d];
         for (int i = 0; i < nT; i++)
             for (int j = 0; j < nC; j++) {
-                embedding_case(Ts[i], Cs[j], 1003, dt);
-                rmsnorm_case(Ts[i], Cs[j], dt);
+                if (want("embedding")) embedding_case(Ts[i], Cs[j], 1003, dt);
+                if (want("rmsnorm")) rmsnorm_case(Ts[i], Cs[j], dt);
             }
-        if (!quick) embedding_case(257, 64, 32007, dt);
-        for (int i = 0; i < nT; i++)
+        if (!quick && want("embedding")) embedding_case(257, 64, 32007, dt);
+        for (int i = 0; i < nT && want("rope"); i++)
             for (int h = 0; h < nH; h++) rope_case(Ts[i], heads[h][0], heads[h][2], dt);
         static const size_t Ns[] = {1, 7, 1000, 257 * 4864 + 3};
-        for (int i = 0; i < (quick ? 2 : 4); i++) swiglu_case(Ns[i], dt);
+        for (int i = 0; i < (quick ? 2 : 4) && want("swiglu"); i++) swiglu_case(Ns[i], dt);
         static const int lens_mixed[] = {1, 2, 17, 129}, lens_one[] = {1}, lens_17[] = {17}, lens_129[] = {129};
-        for (int h = 0; h < nH; h++) {
+        for (int h = 0; h < nH && want("attention"); h++) {
             attention_case(quick ? 7 : 33, lens_one, 1, heads[h][0], heads[h][1], heads[h][2], dt);
             attention_case(quick ? 20 : 257, lens_mixed, 4, heads[h][0], heads[h][1], heads[h][2], dt);
             if (!quick) {
@@ -886,11 +925,13 @@ int main(int argc, char **argv)
         }
         sync_or_die("kernels");
     }
-    grad_norm_case(1, 0.0f);
-    grad_norm_case(1000, 1.0f);
-    if (!quick) grad_norm_case((size_t)3 << 20 | 7, 1e9f);
-    adamw_case(quick ? 1001 : (size_t)1 << 20 | 13);
-    if (!skip_gemm) {
+    if (want("adamw")) {
+        grad_norm_case(1, 0.0f);
+        grad_norm_case(1000, 1.0f);
+        if (!quick) grad_norm_case((size_t)3 << 20 | 7, 1e9f);
+        adamw_case(quick ? 1001 : (size_t)1 << 20 | 13);
+    }
+    if (blas && want("decoder")) {
         decoder_case(CUDA_F32);
         decoder_case(CUDA_BF16);
     }
