@@ -78,7 +78,7 @@ run() {
 
 echo "== 1. parity, full grid (each group of checks in its own process: a fault stops only its group)"
 for group in gemm head embedding rmsnorm rope swiglu attention adamw decoder; do
-    run "1. parity $group" 120 "$parity" --only "$group"
+    run "1. parity $group" 60 "$parity" --only "$group"
     rc=$?
     if [[ $rc -eq 77 ]]; then
         echo "SKIP: gpu check: the parity binary finds no usable device: $(grep -m1 SKIP <<<"$out")"
@@ -98,7 +98,7 @@ else
         args=(--quick)
         [[ $tool != memcheck ]] && args+=(--skip-gemm)
         t0=$SECONDS
-        out=$(timeout 150 "$sanitizer" --tool "$tool" --error-exitcode 3 "$parity" "${args[@]}" 2>&1)
+        out=$(timeout 90 "$sanitizer" --tool "$tool" --error-exitcode 3 "$parity" "${args[@]}" 2>&1)
         rc=$?
         printf '%s\n' "$out" | tail -5
         if grep -qi "not supported" <<<"$out"; then
