@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# check.sh - the one-shot GPU check of the CUDA kernels (docs/gpu.md), for a GPU host.
+#
+#   tests/gpu/check.sh BUILD_DIR
+#
+# Builds nothing: BUILD_DIR is a build made elsewhere (a machine without a GPU, the same nvcc)
+# and carried along. Steps, each with a time limit, then a summary, last:
+#   0. the host: nvidia-smi, ldd of the test binary (no library missing), compute-sanitizer --version
+#   1. test_gpu_parity: every kernel against its CPU op over the shape grid, fp32 and bf16, and the
+#      whole decoder against the CPU's; one process per group of checks
+#   2. test_gpu_parity --quick with TIDAL_CUDA_SYNC=1 (every launch checked synchronously)
+#   3. compute-sanitizer memcheck on --quick; racecheck, initcheck, synccheck on --quick --skip-gemm
+#      (cuBLASLt's own kernels are not ours to race-check); "device not supported" is a SKIP, said
+# Exit: 0 all ran steps passed, 1 a step failed, 77 (ctest's SKIP) no GPU or no CUDA build - said
+# on one line. ctest runs it as `gpu_check` (label gpu).
+set -u
+build=${1:?usage: check.sh BUILD_DIR}
+parity=$build/tests/test_gpu_parity
+summary=()
+failed=0
+note() { summary+=("$1"); }
+
+if [[ ! -x $parity ]]; then
+    echo "SKIP: gpu check: $parity not built (the build found no nvcc: TIDAL_CUDA)"
+    exit 77
+fi
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "SKIP: gpu check: no GPU here (nvidia-smi absent or lists no device)"
+    exit 77
+fi
+
+# The build's RPATH names the toolkit directory of the build machine; the GPU host's toolkit may
+# live elsewhere: its usual library directories go on the search path (after the RPATH).
+for d in ${CUDA_HOME:+$CUDA_HOME/lib64} ${CUDA_HOME:+$CUDA_HOME/lib} /usr/local/cuda/lib64 /usr/local/cuda/lib \
+         /usr/local/cuda/targets/x86_64-linux/lib; do
+    [[ -d $d ]] && LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d
+done
+export LD_LIBRARY_PATH
+
+echo "== 0. host"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+if ldd "$parity" | grep -q "not found"; then
+    ldd "$parity" | grep "not found"
+    note "0. ldd test_gpu_parity: FAIL (libraries missing, above)"
+    failed=1
+else
+    ldd "$parity" | grep -E "cuda|cublas|gomp" || true
+    note "0. ldd test_gpu_parity: PASS (nothing missing)"
+fi
+sanitizer=$(command -v compute-sanitizer || true)
+for d in ${CUDA_HOME:-} /usr/local/cuda; do
+    [[ -z $sanitizer && -n $d && -x $d/bin/compute-sanitizer ]] && sanitizer=$d/bin/compute-sanitizer
+done
+if [[ -n $sanitizer ]]; then "$sanitizer" --version | tail -1; fi
+
+# run NAME LIMIT_S CMD...: one step, its output kept in $out, its verdict noted
+run() {
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS rc
+    out=$(timeout "$limit" "$@" 2>&1)
+    rc=$?
+    printf '%s\n' "$out"
+    local took=$((SECONDS - t0))
+    if [[ $rc -eq 0 ]]; then
+        note "$name: PASS (${took}s)"
+    elif [[ $rc -eq 77 ]]; then
+        note "$name: SKIP ($(grep -m1 SKIP <<<"$out"))"
+    elif [[ $rc -eq 124 ]]; then
+        note "$name: FAIL (over ${limit}s)"
+        failed=1
+    else
+        note "$name: FAIL (exit $rc)"
+        failed=1
+    fi
+    return $rc
+}
+
+echo "== 1. parity, full grid (each group of checks in its own process: a fault stops only its group)"
+for group in gemm head embedding rmsnorm rope swiglu attention adamw decoder; do
+    run "1. parity $group" 60 "$parity" --only "$group"
+    rc=$?
+    if [[ $rc -eq 77 ]]; then
+        echo "SKIP: gpu check: the parity binary finds no usable device: $(grep -m1 SKIP <<<"$out")"
+        exit 77
+    fi
+    while read -r l; do note "   $l"; done < <(grep -E "^(FAIL|gpu parity:)" <<<"$out")
+done
+
+echo "== 2. parity, quick grid, TIDAL_CUDA_SYNC=1"
+TIDAL_CUDA_SYNC=1 run "2. parity --quick, TIDAL_CUDA_SYNC=1" 120 "$parity" --quick >/dev/null
+
+echo "== 3. compute-sanitizer"
+if [[ -z $sanitizer ]]; then
+    note "3. compute-sanitizer: SKIP (not found on PATH, CUDA_HOME or /usr/local/cuda)"
+else
+    for tool in memcheck racecheck initcheck synccheck; do
+        args=(--quick)
+        [[ $tool != memcheck ]] && args+=(--skip-gemm)
+        t0=$SECONDS
+        out=$(timeout 90 "$sanitizer" --tool "$tool" --error-exitcode 3 "$parity" "${args[@]}" 2>&1)
+        rc=$?
+        printf '%s\n' "$out" | tail -5
+        if grep -qi "not supported" <<<"$out"; then
+            note "3. $tool: SKIP ($(grep -i -m1 "not supported" <<<"$out"))"
+        elif [[ $rc -eq 0 ]]; then
+            note "3. $tool: PASS ($((SECONDS - t0))s)"
+        else
+            note "3. $tool: FAIL (exit $rc; $(grep -m1 -E "ERROR SUMMARY|Invalid|Race|Uninitialized" <<<"$out"))"
+            failed=1
+        fi
+    done
+fi
+
+echo
+echo "== gpu check summary ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
+for l in "${summary[@]}"; do echo "$l"; done
+[[ $failed -eq 0 ]] && echo "gpu check: PASS" || echo "gpu check: FAIL"
+exit $failed
