@@ -120,6 +120,7 @@
 
 #include "base/digest.h"
 #include "check.h"
+#include "harness/http.h"
 #include "bus/bus.h"
 #include "base/threading.h"
 #include "base/sign.h"
@@ -2218,32 +2219,12 @@ static int free_port(void)
     return port;
 }
 
-static size_t http_collect(char *p, size_t size, size_t n, void *ctx)
-{
-    char **buf = ctx;
-    size_t old = *buf ? strlen(*buf) : 0, k = size * n;
-    char *b = realloc(*buf, old + k + 1);
-    if (!b) return 0;
-    memcpy(b + old, p, k);
-    b[old + k] = '\0';
-    *buf = b;
-    return k;
-}
-
 /* GET url: the body (malloc'd) when the answer is 200, else NULL. */
 static char *http_get(const char *url)
 {
-    CURL *h = curl_easy_init();
     char *body = NULL;
-    long status = 0;
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, http_collect);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, 10L);
-    const CURLcode rc = curl_easy_perform(h);
-    if (rc == CURLE_OK) curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    /* a connection refused is the readiness poll's normal answer: not worth a line */
-    curl_easy_cleanup(h);
+    const long status = harness_http(NULL, url, NULL, &body);
+    /* a connection refused (status 0) is the readiness poll's normal answer: not worth a line */
     if (status != 200) {
         if (status) fprintf(stderr, "GET %s: HTTP %ld: %.300s\n", url, status, body ? body : "");
         free(body);

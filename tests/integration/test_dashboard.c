@@ -16,6 +16,7 @@
 
 #include "base/fs.h"
 #include "check.h"
+#include "harness/http.h"
 #include "dashboard/dashboard.h"
 #include "dashboard/query.h"
 #include "dashboard/rundir.h"
@@ -261,39 +262,13 @@ static void test_rundir(void)
 
 /* ------------------------------------------------------------ HTTP */
 
-static size_t collect(char *d, size_t size, size_t n, void *ctx)
-{
-    char **b = ctx;
-    size_t old = *b ? strlen(*b) : 0;
-    char *nb = realloc(*b, old + size * n + 1);
-    if (!nb) return 0;
-    memcpy(nb + old, d, size * n);
-    nb[old + size * n] = '\0';
-    *b = nb;
-    return size * n;
-}
-
 /* GET (or `method`) path; the status, the body parsed as JSON when it is (else NULL). */
 static long request(int port, const char *method, const char *path, const char *auth, json_t **body, char **raw)
 {
     char url[600];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
-    CURL *h = curl_easy_init();
-    long status = 0;
     char *b = NULL;
-    struct curl_slist *hdr = NULL;
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
-    if (method) curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    if (auth) {
-        hdr = curl_slist_append(hdr, auth);
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-    }
-    if (curl_easy_perform(h) == CURLE_OK) curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(h);
-    curl_slist_free_all(hdr);
+    const long status = harness_http(method, url, auth, &b);
     *body = b ? json_loads(b, 0, NULL) : NULL;
     if (raw) *raw = b;
     else free(b);

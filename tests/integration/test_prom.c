@@ -8,6 +8,7 @@
 
 #include "base/prom.h"
 #include "check.h"
+#include "harness/http.h"
 
 static void test_names(void)
 {
@@ -43,31 +44,11 @@ static void test_text(void)
     prom_set(NULL, "x", NULL, NULL, 1); /* no-op */
 }
 
-static size_t collect(char *d, size_t size, size_t n, void *ctx)
-{
-    char **b = ctx;
-    size_t old = *b ? strlen(*b) : 0;
-    char *nb = realloc(*b, old + size * n + 1);
-    if (!nb) return 0;
-    memcpy(nb + old, d, size * n);
-    nb[old + size * n] = '\0';
-    *b = nb;
-    return size * n;
-}
-
 static long get(int port, const char *path, char **body)
 {
     char url[128];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
-    CURL *h = curl_easy_init();
-    long status = 0;
-    *body = NULL;
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, body);
-    if (curl_easy_perform(h) == CURLE_OK) curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(h);
-    return status;
+    return harness_http(NULL, url, NULL, body);
 }
 
 static void test_http(void)
