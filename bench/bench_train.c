@@ -47,12 +47,14 @@ static void usage(FILE *f)
                "  of 1024; tokens/s and MFU (6 x params x tokens/s / the card's bf16 peak).\n");
 }
 
+#ifdef TIDAL_HAVE_CUDA
 /* Qwen2.5-0.5B's shape (its config.json). */
 static const model_config qwen05b = {.type = MODEL_QWEN2, .vocab_size = 151936, .hidden_size = 896, .num_layers = 24,
                                      .num_heads = 14, .num_kv_heads = 2, .head_dim = 64, .intermediate_size = 4864,
                                      .max_position_embeddings = 32768, .rope_theta = 1e6, .rms_norm_eps = 1e-6,
                                      .tie_word_embeddings = true, .qkv_bias = true, .o_bias = false,
                                      .bos_token_id = -1, .eos_token_id = -1};
+#endif
 
 /* --device cuda (see the top comment). */
 static int bench_train_cuda(int T, int iters, int as_json, const char *dtype)
