@@ -14,8 +14,9 @@
 #   4. the trainer on the GPU (needs tidal's runtime libraries - NATS, protobuf-c, jansson, libyaml,
 #      OpenBLAS, ...: a SKIP naming the missing ones when `ldd BUILD_DIR/tidal` lacks any):
 #      `tidal debug selfcheck --device cuda` (the trainer's start-up self-check), the same with an
-#      error planted (it must refuse, naming the op), test_trainer_device and test_selfcheck (which
-#      run the CUDA device against the CPU when a GPU answers)
+#      error planted (it must refuse, naming the op), test_trainer_device, test_selfcheck and
+#      test_trainer_step (which run the CUDA device, and a whole trainer step on it, against the CPU
+#      when a GPU answers)
 #   5. `tidal bench train --device cuda --json`: tokens/s and MFU, Qwen2.5-0.5B shape (same libraries)
 # Exit: 0 all ran steps passed, 1 a step failed, 77 (ctest's SKIP) no GPU or no CUDA build - said
 # on one line. ctest runs it as `gpu_check` (label gpu).
@@ -139,7 +140,7 @@ else
         note "4. selfcheck refuses a planted error: FAIL (exit $rc; $(tail -1 <<<"$out"))"
         failed=1
     fi
-    for t in test_trainer_device test_selfcheck; do
+    for t in test_trainer_device test_selfcheck test_trainer_step; do
         if [[ -x $build/tests/$t ]]; then run "4. $t" 120 "$build/tests/$t" >/dev/null
         else note "4. $t: SKIP (not built)"; fi
     done
