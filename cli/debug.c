@@ -1,5 +1,6 @@
 /* debug.c - `tidal debug fwdbwd`: the model's parity hook (`tidal debug step`,
- * the trainer step's, is in debug_step.c).
+ * the trainer step's, is in debug_step.c); `tidal debug selfcheck`: the
+ * trainer's device self-check (trainer/selfcheck.h) on its own.
  *
  * Tokens, targets, sequence offsets and per-token loss weights in (one
  * safetensors file); logits, per-token logprobs and entropy, the loss
@@ -21,14 +22,17 @@
 #include "model/hfdir.h"
 #include "model/model.h"
 #include "model/safetensors.h"
+#include "trainer/device.h"
 #include "trainer/optimizer.h"
+#include "trainer/selfcheck.h"
 
 #define EXIT_USAGE 2
 
 static const char fwdbwd_usage[] =
     "usage: tidal debug fwdbwd --model DIR --input IN.safetensors --out OUT.safetensors\n"
     "                          [--steps N --lr X --weight-decay X] [--temperature X]\n"
-    "                          [--save-model DIR] [--threads N] [--recompute]\n"
+    "                          [--save-model DIR] [--threads N] [--recompute] [--device cpu|cuda]\n"
+    "       tidal debug selfcheck [--device cuda|cpu|auto]\n"
     "\n"
     "IN holds input_ids (I32 [T]), target_ids (I32 [T]), cu_seqlens (I32 [S+1]) and\n"
     "loss_weights (F32 [T]). OUT receives logits (F32 [T, V]), logprobs (F32 [T]),\n"
@@ -39,7 +43,16 @@ static const char fwdbwd_usage[] =
     "the other outputs are those of the first pass.\n"
     "--save-model DIR writes the model (after the steps) as a Hugging Face directory\n"
     "(with the tokenizer files of --model DIR, when it has them).\n"
-    "--recompute recomputes the MLP activations in the backward (less memory).\n";
+    "--recompute recomputes the MLP activations in the backward (less memory).\n"
+    "--device cuda runs the forward, backward and AdamW steps on the GPU (model_cuda,\n"
+    "fp32, through the trainer's device: trainer/device.h); OUT then has no logits\n"
+    "(the GPU head never holds them), and --weight-decay must be 0 (the device decays\n"
+    "every element, fwdbwd only 2-D weights). Refused when there is no GPU.\n"
+    "\n"
+    "selfcheck: the trainer's start-up check of a device - a tiny model's forward,\n"
+    "backward and one AdamW update there and on the CPU, compared tensor by tensor\n"
+    "(exit 1 naming the first op over the tolerance). TIDAL_SELFCHECK_PLANT=STAGE:NAME\n"
+    "perturbs one tensor of the device's results (a test of the check itself).\n";
 
 /* (debug.h) */
 tidal_status debug_input_1d(const st_file *in, const char *path, const char *name, st_dtype dt,
@@ -92,6 +105,7 @@ static int fwdbwd(int argc, char **argv)
     const char *model_dir = NULL, *in_path = NULL, *out_path = NULL, *save_dir = NULL;
     int steps = 0, threads = 0, recompute = 0;
     double lr = 1e-3, wd = 0.0, temperature = 1.0;
+    const char *device = "cpu";
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"input", required_argument, 0, 'i'},
                                          {"out", required_argument, 0, 'o'},
@@ -102,11 +116,13 @@ static int fwdbwd(int argc, char **argv)
                                          {"save-model", required_argument, 0, 'S'},
                                          {"threads", required_argument, 0, 'j'},
                                          {"recompute", no_argument, 0, 'R'},
+                                         {"device", required_argument, 0, 'd'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "m:i:o:s:l:w:t:S:j:Rh", opts, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "m:i:o:s:l:w:t:S:j:Rd:h", opts, NULL)) != -1;) {
         switch (c) {
+        case 'd': device = optarg; break;
         case 'm': model_dir = optarg; break;
         case 'i': in_path = optarg; break;
         case 'o': out_path = optarg; break;
@@ -121,11 +137,23 @@ static int fwdbwd(int argc, char **argv)
         default: fputs(fwdbwd_usage, stderr); return EXIT_USAGE;
         }
     }
-    if (!model_dir || !in_path || !out_path || optind < argc || steps < 0 || !(temperature > 0)) {
+    const bool on_cuda = !strcmp(device, "cuda");
+    if (!model_dir || !in_path || !out_path || optind < argc || steps < 0 || !(temperature > 0) ||
+        (!on_cuda && strcmp(device, "cpu") != 0)) {
         fputs(fwdbwd_usage, stderr);
         return EXIT_USAGE;
     }
+    if (on_cuda && steps > 0 && wd != 0.0) {
+        fprintf(stderr, "tidal debug fwdbwd: --device cuda --weight-decay %g: the device decays every element, "
+                        "fwdbwd 2-D weights only; use 0\n", wd);
+        return EXIT_USAGE;
+    }
+    if (on_cuda && trainer_device_cuda_available() != TIDAL_OK) { /* before any work */
+        fprintf(stderr, "tidal debug fwdbwd: --device cuda: %s\n", tidal_errmsg());
+        return 1;
+    }
     cpu_set_threads(threads);
+    trainer_device *dev = NULL; /* --device cuda */
 
     model *m = NULL;
     st_file *in = NULL;
@@ -165,7 +193,7 @@ static int fwdbwd(int argc, char **argv)
     logprob = malloc((size_t)T * sizeof(float));
     entropy = malloc((size_t)T * sizeof(float));
     dlogprob = malloc((size_t)T * sizeof(float));
-    logits = malloc((size_t)T * (size_t)V * sizeof(float));
+    logits = on_cuda ? malloc(sizeof(float)) : malloc((size_t)T * (size_t)V * sizeof(float));
     step_losses = calloc((size_t)(steps ? steps : 1), sizeof(float));
     if (!ids || !targets || !cu || !weights || !logprob || !entropy || !dlogprob || !logits || !step_losses) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "debug fwdbwd: out of memory for %d tokens x %d vocabulary", T, V);
@@ -206,12 +234,20 @@ static int fwdbwd(int argc, char **argv)
             if (mt->ndim == 2) memset(decay + mt->offset, 1, mt->numel);
         }
     }
+    if (on_cuda) TRY_GOTO(trainer_device_create(TRAINER_DEVICE_CUDA, m, opt, &dev)); /* opt: NULL without steps */
     /* first pass: the outputs; then the optimizer steps, if any */
     float loss0 = 0.0f;
     for (int step = 0; step < (steps ? steps : 1); step++) {
-        model_zero_grads(m);
-        TRY_GOTO(model_forward(m, &b, logprob, entropy, step == 0 ? logits : NULL));
-        TRY_GOTO(model_backward(m, &b, dlogprob, NULL));
+        if (dev) { /* the GPU: the trainer's device, gradients back to the host model for the outputs */
+            TRY_GOTO(trainer_device_zero_grads(dev));
+            TRY_GOTO(trainer_device_forward(dev, &b, logprob, entropy));
+            TRY_GOTO(trainer_device_backward(dev, &b, dlogprob, NULL));
+            TRY_GOTO(trainer_device_sync_grads(dev));
+        } else {
+            model_zero_grads(m);
+            TRY_GOTO(model_forward(m, &b, logprob, entropy, step == 0 ? logits : NULL));
+            TRY_GOTO(model_backward(m, &b, dlogprob, NULL));
+        }
         double loss = 0.0;
         for (int t = 0; t < T; t++) loss -= (double)weights[t] * logprob[t];
         step_losses[step] = (float)loss;
@@ -220,13 +256,19 @@ static int fwdbwd(int argc, char **argv)
             if (steps) memcpy(first_grads, grads, n_params * sizeof(float));
             /* keep the first pass's per-token outputs */
             TRY_GOTO(st_writer_new(&w));
-            TRY_GOTO(add_f32(w, "logits", 2, T, V, logits));
+            if (!dev) TRY_GOTO(add_f32(w, "logits", 2, T, V, logits));
             TRY_GOTO(add_f32(w, "logprobs", 1, T, 0, logprob));
             TRY_GOTO(add_f32(w, "entropy", 1, T, 0, entropy));
             TRY_GOTO(add_f32(w, "loss", 1, 1, 0, &loss0));
         }
-        if (steps) adamw_step(opt, params, grads, decay, (float)lr);
+        if (steps && dev) {
+            double norm = 0.0;
+            TRY_GOTO(trainer_device_update(dev, 0.0, (float)lr, &norm)); /* no clipping, as adamw_step */
+        } else if (steps) {
+            adamw_step(opt, params, grads, decay, (float)lr);
+        }
     }
+    if (dev) TRY_GOTO(trainer_device_sync_params(dev)); /* param.* and --save-model from the device's weights */
     const float *g0 = steps ? first_grads : grads;
     for (int i = 0; i < model_num_tensors(m); i++) {
         const model_tensor *mt = model_tensor_at(m, i);
@@ -246,6 +288,7 @@ static int fwdbwd(int argc, char **argv)
     rc = 0;
 cleanup:
     if (rc != 0) fprintf(stderr, "tidal debug fwdbwd: %s\n", tidal_errmsg());
+    trainer_device_free(dev);
     st_writer_free(w);
     st_close(in);
     model_free(m);
@@ -264,6 +307,41 @@ cleanup:
     return rc;
 }
 
+/* `tidal debug selfcheck [--device D]`: exit 0 when the device agrees with the CPU, 1 naming the op. */
+static int selfcheck(int argc, char **argv)
+{
+    const char *device = "cuda";
+    static const struct option opts[] = {{"device", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    optind = 1;
+    for (int c; (c = getopt_long(argc, argv, "d:h", opts, NULL)) != -1;) {
+        switch (c) {
+        case 'd': device = optarg; break;
+        case 'h': fputs(fwdbwd_usage, stdout); return 0;
+        default: fputs(fwdbwd_usage, stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind < argc || (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto"))) {
+        fputs(fwdbwd_usage, stderr);
+        return EXIT_USAGE;
+    }
+    trainer_device_kind k = TRAINER_DEVICE_CPU;
+    char why[512];
+    tidal_status st = trainer_device_resolve(device, &k, why, sizeof why);
+    selfcheck_errors e;
+    if (st == TIDAL_OK) {
+        fprintf(stderr, "selfcheck: %s\n", why);
+        st = trainer_selfcheck(k, &e);
+    }
+    if (st != TIDAL_OK) {
+        fprintf(stderr, "tidal debug selfcheck: %s\n", tidal_errmsg());
+        return 1;
+    }
+    printf("selfcheck (%s): agrees with the CPU: worst error forward %.3g, backward %.3g, adamw %.3g (tolerance %.0e)\n",
+           trainer_device_kind_name(k), e.forward, e.backward, e.adamw, SELFCHECK_TOL);
+    return 0;
+}
+
 int debug_main(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -272,6 +350,7 @@ int debug_main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "fwdbwd")) return fwdbwd(argc - 1, argv + 1);
     if (!strcmp(argv[1], "step")) return debug_step(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "selfcheck")) return selfcheck(argc - 1, argv + 1);
     fprintf(stderr, "tidal debug: unknown hook '%s'\n%s", argv[1], fwdbwd_usage);
     return EXIT_USAGE;
 }

@@ -20,6 +20,7 @@
 #include "model/safetensors.h"
 #include "proto/codec.h"
 #include "trainer/config.h"
+#include "trainer/device.h"
 #include "trainer/step.h"
 
 #define EXIT_USAGE 2
@@ -27,7 +28,7 @@
 
 static const char step_usage[] =
     "usage: tidal debug step --model DIR --input IN.safetensors --out OUT.safetensors\n"
-    "                        [--ref DIR] [--version V] [--set key=value]...\n"
+    "                        [--ref DIR] [--version V] [--set key=value]... [--device cpu|cuda]\n"
     "\n"
     "IN holds n samples in G groups: prompt_ids and prompt_off (I32, [sum P], [n+1]),\n"
     "completion_ids and completion_off (I32, [sum C], [n+1]), logprobs (F32 [sum C], the\n"
@@ -37,7 +38,9 @@ static const char step_usage[] =
     "trainer.* keys given by --set (e.g. --set trainer.loss=gspo); --ref DIR is the\n"
     "reference model for trainer.kl / trainer.kl_reward. OUT receives grad.<name> of every\n"
     "parameter (the last update's gradients, before clipping when trainer.grad_clip=0),\n"
-    "param.<name> after the step, and the step's metrics as F64 scalars.\n";
+    "param.<name> after the step, and the step's metrics as F64 scalars.\n"
+    "--device cuda runs the step on the GPU (trainer/device.h; the reference too);\n"
+    "grad.<name> are then the device's gradients, never clipped in place.\n";
 
 /* What IN holds, copied out, and the trajectories built over it. */
 typedef struct inputs {
@@ -198,7 +201,9 @@ int debug_step(int argc, char **argv)
     static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"ref", required_argument, 0, 'r'},
                                          {"input", required_argument, 0, 'i'}, {"out", required_argument, 0, 'o'},
                                          {"version", required_argument, 0, 'v'}, {"set", required_argument, 0, 's'},
-                                         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+                                         {"device", required_argument, 0, 'd'},  {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *device = "cpu";
     const char *model_dir = NULL, *ref_dir = NULL, *in_path = NULL, *out_path = NULL;
     const char *sets[MAX_SETS];
     int n_sets = 0;
@@ -212,6 +217,7 @@ int debug_step(int argc, char **argv)
         case 'i': in_path = optarg; break;
         case 'o': out_path = optarg; break;
         case 'v': version = atoll(optarg); break;
+        case 'd': device = optarg; break;
         case 's':
             if (n_sets == MAX_SETS) {
                 fprintf(stderr, "tidal debug step: more than %d --set\n", MAX_SETS);
@@ -223,9 +229,14 @@ int debug_step(int argc, char **argv)
         default: fputs(step_usage, stderr); return EXIT_USAGE;
         }
     }
-    if (!model_dir || !in_path || !out_path || optind < argc) {
+    const bool on_cuda = !strcmp(device, "cuda");
+    if (!model_dir || !in_path || !out_path || optind < argc || (!on_cuda && strcmp(device, "cpu") != 0)) {
         fputs(step_usage, stderr);
         return EXIT_USAGE;
+    }
+    if (on_cuda && trainer_device_cuda_available() != TIDAL_OK) { /* before any work */
+        fprintf(stderr, "tidal debug step: --device cuda: %s\n", tidal_errmsg());
+        return 1;
     }
     cpu_set_threads(0);
     static const char base[] = "job: {name: debug}\nenv: {name: strings}\ndata: {generator: strings}\n"
@@ -234,6 +245,7 @@ int debug_step(int argc, char **argv)
     job_spec spec;
     model *m = NULL, *ref = NULL;
     adamw *opt = NULL;
+    trainer_device *dev = NULL, *ref_dev = NULL;
     inputs x = {0};
     uint64_t newest = 0;
     trainer_step_cfg cfg;
@@ -255,14 +267,24 @@ int debug_step(int argc, char **argv)
     TRY_GOTO(adamw_create(np, &ac, &opt));
     const buffer_batch batch = {.n_groups = x.G, .groups = x.groups};
     rc = EXIT_USAGE; /* a batch or configuration the step refuses */
-    TRY_GOTO(trainer_step(m, opt, &batch, version >= 0 ? (uint64_t)version : newest, &cfg, &r));
+    const trainer_device_kind kind = on_cuda ? TRAINER_DEVICE_CUDA : TRAINER_DEVICE_CPU;
     rc = 1;
+    TRY_GOTO(trainer_device_create(kind, m, opt, &dev));
+    if (ref && on_cuda) TRY_GOTO(trainer_device_create(kind, ref, NULL, &ref_dev));
+    cfg.ref_device = ref_dev;
+    rc = EXIT_USAGE;
+    TRY_GOTO(trainer_step_on(dev, &batch, version >= 0 ? (uint64_t)version : newest, &cfg, &r, NULL));
+    rc = 1;
+    TRY_GOTO(trainer_device_sync_params(dev)); /* the outputs from the host model (no-ops on the CPU) */
+    TRY_GOTO(trainer_device_sync_grads(dev));
     TRY_GOTO(write_outputs(m, &r, out_path));
     fprintf(stderr, "debug step: %d samples in %d groups, %d update(s), loss %.6g, grad norm %.6g\n", x.n, x.G,
             r.updates, r.loss.loss, r.grad_norm);
     rc = 0;
 cleanup:
     if (rc != 0) fprintf(stderr, "tidal debug step: %s\n", tidal_errmsg());
+    trainer_device_free(dev);
+    trainer_device_free(ref_dev);
     inputs_free(&x);
     model_free(m);
     model_free(ref);

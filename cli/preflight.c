@@ -6,8 +6,11 @@
  * that, tidal run does here what the roles will do first, with no bus: the
  * paths exist, the model's shape and tokenizer load, the chat format
  * resolves, the data opens (every JSONL row parses and has its prompt key),
- * and a built-in env accepts its config. An env served on the bus cannot be
- * checked before the bus exists; the workers report it (docs/environments.md).
+ * and a built-in env accepts its config; on the trainer's machine, that
+ * trainer.device cuda finds a GPU (the self-check runs when the trainer
+ * starts). An env
+ * served on the bus cannot be checked before the bus exists; the workers
+ * report it (docs/environments.md).
  */
 #include <string.h>
 
@@ -15,6 +18,7 @@
 #include "controller/data.h"
 #include "envs/env.h"
 #include "job/jobmodel.h"
+#include "trainer/device.h"
 
 tidal_status run_preflight(const job_spec *s, const char *spec_file)
 {
@@ -47,5 +51,12 @@ tidal_status run_preflight(const job_spec *s, const char *spec_file)
         TRY_WRAP(env_create(s->env.name, s->env.config_json, &e), "%s", spec_file);
         env_free(e);
     }
+    return TIDAL_OK;
+}
+
+tidal_status run_preflight_device(const job_spec *s, const char *spec_file)
+{
+    if (!strcmp(s->trainer.device, "cuda") && trainer_device_cuda_available() != TIDAL_OK)
+        return tidal_wrap(TIDAL_ERR_UNAVAILABLE, "%s: trainer.device cuda", spec_file);
     return TIDAL_OK;
 }

@@ -13,4 +13,9 @@
  * "SPEC_FILE: KEY: what is wrong" on the first problem. Nothing is written. */
 tidal_status run_preflight(const job_spec *s, const char *spec_file);
 
+/* Where the trainer will run (tidal run, tidal trainer --dry-run; not the
+ * controller's dry run, which may be on another machine): trainer.device cuda
+ * needs a usable GPU here, else TIDAL_ERR_UNAVAILABLE naming the key and why. */
+tidal_status run_preflight_device(const job_spec *s, const char *spec_file);
+
 #endif

@@ -375,7 +375,8 @@ static int spec_role(const char *role, int argc, char **argv)
         return 2;
     }
     if (a.dry_run) { /* the spec as tidal run checks it before it starts anything; nothing is started */
-        bool ok = run_preflight(&s, a.spec_file) == TIDAL_OK;
+        bool ok = run_preflight(&s, a.spec_file) == TIDAL_OK &&
+                  (strcmp(role, "trainer") != 0 || run_preflight_device(&s, a.spec_file) == TIDAL_OK);
         if (!ok) fprintf(stderr, "tidal %s: %s\n", role, tidal_errmsg());
         ok = ok && dry_run_files(role, &bo);
         if (ok) {
@@ -711,6 +712,7 @@ int run_main(int argc, char **argv)
     }
     tidal_status st = load_spec(&a, &s);
     if (st == TIDAL_OK) st = run_preflight(&s, a.spec_file); /* before a server or a role starts */
+    if (st == TIDAL_OK) st = run_preflight_device(&s, a.spec_file);
     if (st != TIDAL_OK) {
         fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
         spec_release(&s);

@@ -86,7 +86,7 @@ typedef struct job_spec {
         int capacity;          /* groups held at most */
     } buffer;
     struct {
-        char device[8];        /* cpu | cuda */
+        char device[8];        /* auto | cpu | cuda */
         int steps, groups_per_step, micro_batch_tokens;
         double lr, weight_decay, grad_clip, beta1, beta2;
         double grad_spike;     /* spike clipping: x the recent gradient norms (0: off) */

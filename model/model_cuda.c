@@ -252,6 +252,25 @@ tidal_status model_cuda_get_grads(model_cuda *m, float *grads)
     return sync(m, "model_cuda: get grads");
 }
 
+tidal_status model_cuda_get_moments(model_cuda *m, float *m1, float *m2, long *step)
+{
+    TRY(cuda_download(m1, m->m1, m->n_params * sizeof(float), m->stream));
+    TRY(cuda_download(m2, m->m2, m->n_params * sizeof(float), m->stream));
+    TRY(sync(m, "model_cuda: get moments"));
+    *step = m->step;
+    return TIDAL_OK;
+}
+
+tidal_status model_cuda_set_moments(model_cuda *m, const float *m1, const float *m2, long step)
+{
+    if (step < 0) return tidal_fail(TIDAL_ERR_INVALID, "model_cuda: AdamW step count %ld", step);
+    TRY(cuda_upload(m->m1, m1, m->n_params * sizeof(float), m->stream));
+    TRY(cuda_upload(m->m2, m2, m->n_params * sizeof(float), m->stream));
+    TRY(sync(m, "model_cuda: set moments")); /* the host arrays must outlive the copies */
+    m->step = step;
+    return TIDAL_OK;
+}
+
 tidal_status model_cuda_zero_grads(model_cuda *m)
 {
     return cuda_check(cudaMemsetAsync(m->grads, 0, m->n_params * sizeof(float), m->stream), "model_cuda: zero grads");

@@ -10,7 +10,8 @@
  * handle per model. Batches come from the host (ids, targets, cu_seqlens),
  * as model_batch does; logprobs and entropies go back to the host.
  *
- * Compiled, never run on a GPU yet (docs/gpu.md); not used by the trainer yet.
+ * Compiled, never run on a GPU yet (docs/gpu.md); the trainer drives it
+ * through trainer/device.h when trainer.device is cuda.
  */
 #ifndef TIDAL_MODEL_MODEL_CUDA_H
 #define TIDAL_MODEL_MODEL_CUDA_H
@@ -41,6 +42,11 @@ tidal_status model_cuda_set_params(model_cuda *m, const float *params);
 tidal_status model_cuda_get_params(model_cuda *m, float *params);
 tidal_status model_cuda_get_grads(model_cuda *m, float *grads);
 tidal_status model_cuda_zero_grads(model_cuda *m);
+/* AdamW's state to and from the host (checkpoints, resume): the two moments
+ * (fp32 [model_gpu_params(d)] each) and the updates applied so far (the bias
+ * correction's t). These wait for the stream. */
+tidal_status model_cuda_get_moments(model_cuda *m, float *m1, float *m2, long *step);
+tidal_status model_cuda_set_moments(model_cuda *m, const float *m1, const float *m2, long step);
 
 /* model_forward on the GPU: logprob[T] and entropy[T] (host) for batch b;
  * keeps the activations for the backward. Waits for the stream. */

@@ -20,6 +20,8 @@
 #include "job/samples.h"
 #include "job/weights_token.h"
 #include "trainer/checkpoint.h"
+#include "trainer/device.h"
+#include "trainer/selfcheck.h"
 #include "trainer/config.h"
 #include "trainer/envmetrics.h"
 #include "trainer/publish.h"
@@ -46,6 +48,9 @@ typedef struct trainer {
     model *m;
     model *ref;                 /* the frozen initial weights, when a KL term is on */
     adamw *opt;
+    trainer_device_kind device; /* trainer.device resolved (auto: cuda when there is one) */
+    trainer_device *dev;        /* where m trains (trainer/device.h); m's weights are synced after each step */
+    trainer_device *ref_dev;    /* where ref computes; NULL without a reference */
     weights_publisher *pub;
     tidal_sign_key *sign_key; /* signs the weights (the publisher borrows it) */
     ckpt_state ck;              /* counts and trained ids so far (this life and the earlier ones) */
@@ -149,6 +154,7 @@ static tidal_status checkpoint(trainer *t)
     memcpy(t->ck.groups_dropped, c.groups_dropped, sizeof c.groups_dropped);
     memcpy(t->ck.samples_dropped, c.dropped, sizeof c.dropped);
     const double t0 = tidal_clock_ms();
+    TRY_WRAP(trainer_device_sync_optimizer(t->dev), "trainer: checkpoint: the optimizer from the device");
     TRY(checkpoint_save(t->ckpt_root, t->m, t->opt, &t->ck, t->s->trainer.checkpoint_keep, &t->hf));
     buffer_checkpointed(t->buf, t->version); /* now their fate is durable */
     bus_flush(t->bus, 5000);
@@ -361,7 +367,7 @@ static tidal_status train_step(trainer *t)
     trainer_step_result r;
     const double t0 = tidal_clock_ms();
     tidal_status st = checks_room(t, n);
-    if (st == TIDAL_OK) st = trainer_step_checked(t->m, t->opt, &batch, t->version, &cfg, &r, t->checks);
+    if (st == TIDAL_OK) st = trainer_step_on(t->dev, &batch, t->version, &cfg, &r, t->checks);
     if (st != TIDAL_OK) { /* the groups go back to the buffer untrained */
         buffer_untake(t->buf, &batch);
         return st;
@@ -382,6 +388,7 @@ static tidal_status train_step(trainer *t)
     buffer_trained(t->buf, &batch, t->version);
     buffer_set_version(t->buf, t->version);
     t->tokens_since += tokens;
+    if (st == TIDAL_OK) st = trainer_device_sync_params(t->dev); /* the device's master weights, to publish */
     if (st == TIDAL_OK) st = weights_publish(t->pub, t->m, t->version);
     job_metric_value wv[2 + 3 * METRIC_WORKERS_MAX + ENV_METRICS_MAX];
     char wkeys[3 * METRIC_WORKERS_MAX][224];
@@ -479,12 +486,22 @@ cleanup:
     return st;
 }
 
+/* trainer.device: which device (auto: cuda when there is one), said in the
+ * log; a GPU must first pass the self-check (trainer/selfcheck.h) - one that
+ * disagrees with the CPU is refused, naming the op, before anything else starts. */
+static tidal_status choose_device(trainer *t)
+{
+    char why[512];
+    TRY(trainer_device_resolve(t->s->trainer.device, &t->device, why, sizeof why));
+    tidal_log(TIDAL_LOG_INFO, "trainer: %s", why);
+    if (t->device == TRAINER_DEVICE_CUDA)
+        TRY_WRAP(trainer_selfcheck(t->device, NULL), "trainer.device %s: refused", t->s->trainer.device);
+    return TIDAL_OK;
+}
+
 /* What the spec may ask that this trainer cannot do yet: refused, never ignored. */
 static tidal_status supported(const job_spec *s)
 {
-    if (strcmp(s->trainer.device, "cpu") != 0)
-        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer.device %s is not available in this build (cpu is)",
-                          s->trainer.device);
     if (strcmp(s->weights.transport, "bus") != 0 && strcmp(s->weights.transport, "http") != 0 &&
         strcmp(s->weights.transport, "dir") != 0)
         return tidal_fail(TIDAL_ERR_UNAVAILABLE, "weights.transport %s is not available in this build (bus, http and dir are)",
@@ -496,6 +513,7 @@ static tidal_status start(trainer *t)
 {
     const job_spec *s = t->s;
     TRY(supported(s));
+    TRY(choose_device(t));
     TRY(trainer_step_cfg_from_spec(s, &t->step_cfg, &t->lr));
     TRY(job_names_init(&t->names, s->job.name));
     bus_opts bo = t->o->bus;
@@ -526,6 +544,11 @@ static tidal_status start(trainer *t)
     /* a resumed optimizer keeps its moments and eps; the spec's betas and decay apply to it too */
     t->opt->cfg.beta1 = ac.beta1, t->opt->cfg.beta2 = ac.beta2;
     t->opt->cfg.weight_decay = ac.weight_decay;
+    TRY(trainer_device_create(t->device, t->m, t->opt, &t->dev)); /* CUDA: the weights and moments uploaded */
+    if (t->ref && t->device != TRAINER_DEVICE_CPU) {
+        TRY(trainer_device_create(t->device, t->ref, NULL, &t->ref_dev));
+        t->step_cfg.ref_device = t->ref_dev;
+    }
     t->version = t->checkpointed = t->ck.version;
     t->elapsed0_s = t->ck.elapsed_s;
     t->base.groups_trained = t->ck.groups_trained;
@@ -662,6 +685,8 @@ cleanup:;
     free(t->checks);
     bus_kv_close(t->kv);
     bus_close(t->bus);
+    trainer_device_free(t->dev);
+    trainer_device_free(t->ref_dev);
     model_free(t->m);
     model_free(t->ref);
     adamw_free(t->opt);

@@ -134,11 +134,12 @@ static model_batch micro_batch(const sample_ref *sr, layout *L, const micro *mb,
                          .cu_seqlens = rel_cu(sr, L, mb->first, mb->n), .inv_temp = inv_temp};
 }
 
-/* Forward m over micro-batch mb: logprobs into out[pos...], entropies into L->ent. */
-static tidal_status forward(model *m, const sample_ref *sr, layout *L, const micro *mb, float inv_temp, float *out)
+/* Forward device d over micro-batch mb: logprobs into out[pos...], entropies into L->ent. */
+static tidal_status forward(trainer_device *d, const sample_ref *sr, layout *L, const micro *mb, float inv_temp,
+                            float *out)
 {
     model_batch b = micro_batch(sr, L, mb, inv_temp);
-    return model_forward(m, &b, out + mb->pos, L->ent + mb->pos, NULL);
+    return trainer_device_forward(d, &b, out + mb->pos, L->ent + mb->pos);
 }
 
 /* Check one sample; its oldest token version into *oldest. */
@@ -210,7 +211,9 @@ static void finish_means(loss_result *acc, double sw2)
 /* A step in progress: its inputs, what the configuration implies, the
  * batch's layout and plan, and the running sums its metrics come from. */
 typedef struct step {
-    model *m;
+    trainer_device *dev;   /* where the policy computes */
+    trainer_device *ref;   /* where the reference computes (when need_ref) */
+    model *m;              /* dev's host model: the configuration */
     adamw *opt;
     const buffer_batch *batch;
     uint64_t version;
@@ -237,13 +240,13 @@ typedef struct step {
 } step;
 
 /* What cfg implies for a batch of n samples in G groups (no allocation). */
-static void step_init(step *s, model *m, adamw *opt, const buffer_batch *batch, uint64_t version,
-                      const trainer_step_cfg *cfg, trainer_step_result *out, int n)
+static void step_init(step *s, trainer_device *dev, trainer_device *ref, adamw *opt, const buffer_batch *batch,
+                      uint64_t version, const trainer_step_cfg *cfg, trainer_step_result *out, int n)
 {
     const loss_cfg *lc = &cfg->loss;
     const int G = batch->n_groups;
-    *s = (step){.m = m, .opt = opt, .batch = batch, .version = version, .cfg = cfg, .out = out, .lc = lc, .n = n,
-                .G = G, .temperature = -1};
+    *s = (step){.dev = dev, .ref = ref, .m = trainer_device_model(dev), .opt = opt, .batch = batch, .version = version,
+                .cfg = cfg, .out = out, .lc = lc, .n = n, .G = G, .temperature = -1};
     s->bypass = lc->correction == CORR_BYPASS, s->m2po = lc->kind == LOSS_M2PO;
     s->need_ref = cfg->kl_reward > 0 || lc->kl_beta > 0;
     s->loglinear = cfg->proximal == PROX_LOGLINEAR && !s->bypass;
@@ -350,13 +353,13 @@ static void plan_updates(step *s)
     s->inv_temp = s->temperature > 0 ? (float)(1.0 / s->temperature) : 1.0f;
 }
 
-/* Forward model m over micro-batches [j0, j1) into dst (a per-position array),
+/* Forward device d over micro-batches [j0, j1) into dst (a per-position array),
  * counting the positions. */
-static tidal_status forward_range(step *s, model *m, int j0, int j1, float *dst)
+static tidal_status forward_range(step *s, trainer_device *d, int j0, int j1, float *dst)
 {
     for (int j = j0; j < j1; j++) {
         s->out->positions += s->mbs[j].T;
-        TRY(forward(m, s->sr, &s->L, &s->mbs[j], s->inv_temp, dst));
+        TRY(forward(d, s->sr, &s->L, &s->mbs[j], s->inv_temp, dst));
     }
     return TIDAL_OK;
 }
@@ -366,7 +369,7 @@ static tidal_status forward_range(step *s, model *m, int j0, int j1, float *dst)
 static tidal_status reference_kl(step *s)
 {
     if (!s->need_ref) return TIDAL_OK;
-    TRY(forward_range(s, s->cfg->ref, 0, s->nm, s->L.lref));
+    TRY(forward_range(s, s->ref, 0, s->nm, s->L.lref));
     const layout *L = &s->L;
     for (int i = 0; i < s->n && s->cfg->kl_reward > 0; i++) {
         sample_ref *r = &s->sr[i];
@@ -395,7 +398,7 @@ static tidal_status advantages(step *s)
  * micro-batch: set_proximal.) */
 static tidal_status proximal_logprobs(step *s)
 {
-    if (s->recompute) return forward_range(s, s->m, 0, s->nm, s->L.lprox);
+    if (s->recompute) return forward_range(s, s->dev, 0, s->nm, s->L.lprox);
     if (s->bypass) memcpy(s->L.lprox, s->L.lbeh, (size_t)(s->P ? s->P : 1) * sizeof *s->L.lprox);
     return TIDAL_OK;
 }
@@ -436,7 +439,7 @@ static tidal_status m2po_select(step *s, int u)
     if (u == 0 && s->recompute)
         memcpy(L->logp + m0->pos, L->lprox + m0->pos, (size_t)(m1->pos + m1->T - m0->pos) * sizeof *L->logp);
     else
-        TRY(forward_range(s, s->m, s->uoff[u], s->uoff[u + 1], L->logp));
+        TRY(forward_range(s, s->dev, s->uoff[u], s->uoff[u + 1], L->logp));
     loss_batch v = view(s->sr, L, m0->first, m1->first + m1->n - m0->first, m0->pos);
     v.keep = NULL;
     return loss_m2po_select(s->lc, &v, L->keep + m0->pos, NULL);
@@ -450,7 +453,7 @@ static tidal_status train_micro_batch(step *s, const micro *mb, const loss_norm 
 {
     layout *L = &s->L;
     const model_batch b = micro_batch(s->sr, L, mb, s->inv_temp); /* for the forward and the backward */
-    TRY(model_forward(s->m, &b, L->logp + mb->pos, L->ent + mb->pos, NULL));
+    TRY(trainer_device_forward(s->dev, &b, L->logp + mb->pos, L->ent + mb->pos));
     s->out->positions += mb->T;
     s->out->micro_batches++;
     int64_t here = 0;
@@ -462,7 +465,7 @@ static tidal_status train_micro_batch(step *s, const micro *mb, const loss_norm 
     loss_batch v = view(s->sr, L, mb->first, mb->n, mb->pos);
     loss_result r;
     TRY(loss_compute(s->lc, &v, norm, L->grad + mb->pos, &r));
-    TRY(model_backward(s->m, &b, L->grad + mb->pos, NULL));
+    TRY(trainer_device_backward(s->dev, &b, L->grad + mb->pos, NULL));
     accumulate(&s->acc, &r, &s->sw2);
     return TIDAL_OK;
 }
@@ -480,19 +483,16 @@ static tidal_status train_update(step *s, int u)
         return TIDAL_OK; /* nothing to train in this update */
     }
     if (s->m2po) TRY(m2po_select(s, u));
-    model_zero_grads(s->m);
+    TRY(trainer_device_zero_grads(s->dev));
     const double v_theta = (double)s->version + (double)u / (double)s->U; /* the live weights' version */
     for (int j = s->uoff[u]; j < s->uoff[u + 1]; j++) TRY(train_micro_batch(s, &s->mbs[j], &norm, v_theta));
-    size_t np = 0;
-    float *params = model_params(s->m, &np);
-    float *grads = model_grads(s->m, &np);
     const double bound = grad_clip_bound(s->opt, s->cfg->grad_clip, s->cfg->grad_spike);
-    const double gn = clip_grad_norm(grads, np, bound);
+    double gn = 0.0;
+    TRY(trainer_device_update(s->dev, bound, s->cfg->lr, &gn)); /* clip_grad_norm to bound, then AdamW */
     const bool clipped = bound > 0.0 && gn > bound;
     if (clipped && !(s->cfg->grad_clip > 0.0 && bound >= s->cfg->grad_clip)) s->out->grad_spikes++;
     grad_norm_observe(s->opt, clipped ? bound : gn);
     s->gn_sum += gn;
-    adamw_step(s->opt, params, grads, NULL, s->cfg->lr);
     s->out->updates++;
     return TIDAL_OK;
 }
@@ -554,15 +554,34 @@ tidal_status trainer_step_checked(model *m, adamw *opt, const buffer_batch *batc
                                   const trainer_step_cfg *cfg, trainer_step_result *out, trainer_sample_check *checks)
 {
     memset(out, 0, sizeof *out);
+    trainer_device *dev = NULL;
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(trainer_device_create(TRAINER_DEVICE_CPU, m, opt, &dev));
+    st = trainer_step_on(dev, batch, version, cfg, out, checks);
+cleanup:
+    trainer_device_free(dev);
+    return st;
+}
+
+tidal_status trainer_step_on(trainer_device *dev, const buffer_batch *batch, uint64_t version,
+                             const trainer_step_cfg *cfg, trainer_step_result *out, trainer_sample_check *checks)
+{
+    memset(out, 0, sizeof *out);
+    model *m = trainer_device_model(dev);
     TRY(check_cfg(cfg, m));
     int n = 0;
     for (int g = 0; g < batch->n_groups; g++) n += batch->groups[g].n;
     if (n == 0) return tidal_fail(TIDAL_ERR_INVALID, "trainer step: an empty batch");
 
+    trainer_device *ref_cpu = NULL; /* the reference on the CPU when the caller gave no device for it */
     step s;
-    step_init(&s, m, opt, batch, version, cfg, out, n);
+    step_init(&s, dev, cfg->ref_device, trainer_device_optimizer(dev), batch, version, cfg, out, n);
     s.scored = checks != NULL;
     tidal_status st = TIDAL_OK;
+    if (s.need_ref && !s.ref) {
+        TRY_GOTO(trainer_device_create(TRAINER_DEVICE_CPU, cfg->ref, NULL, &ref_cpu));
+        s.ref = ref_cpu;
+    }
     TRY_GOTO(step_alloc(&s));
     TRY_GOTO(read_samples(&s));      /* 1. checks, staleness, rewards with overlong shaping */
     TRY_GOTO(lay_out_batch(&s));     /* 3. the packed layout */
@@ -575,5 +594,6 @@ tidal_status trainer_step_checked(model *m, adamw *opt, const buffer_batch *batc
     if (checks) score_samples(&s, checks);
 cleanup:
     step_free(&s);
+    trainer_device_free(ref_cpu);
     return st;
 }

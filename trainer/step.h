@@ -31,6 +31,7 @@
 #include "buffer/buffer.h"
 #include "model/model.h"
 #include "trainer/advantage.h"
+#include "trainer/device.h"
 #include "trainer/loss.h"
 #include "trainer/optimizer.h"
 
@@ -47,6 +48,7 @@ typedef struct trainer_step_cfg {
     trainer_proximal proximal;
     double kl_reward;       /* >= 0: beta of k1 = lbeh - lref subtracted from each sample's reward */
     model *ref;             /* the frozen reference model; required when kl_reward > 0 or loss.kl_beta > 0 */
+    trainer_device *ref_device; /* where ref computes (a device over ref); NULL: on the CPU */
     double overlong_buffer; /* DAPO L_buf in tokens (0: off); the penalty reaches -overlong_factor at max_tokens */
     double overlong_factor;
     int max_tokens;         /* L_max, the completion budget */
@@ -99,5 +101,12 @@ typedef struct trainer_sample_check {
  * batch order: groups in order, samples in order) filled as above. */
 tidal_status trainer_step_checked(model *m, adamw *opt, const buffer_batch *batch, uint64_t version,
                                   const trainer_step_cfg *cfg, trainer_step_result *out, trainer_sample_check *checks);
+
+/* trainer_step_checked on a device (trainer/device.h): its host model and
+ * optimizer are the step's; on CUDA the forwards, backwards and updates run
+ * there and the host model's weights are not updated (trainer_device_sync_params).
+ * checks may be NULL. */
+tidal_status trainer_step_on(trainer_device *dev, const buffer_batch *batch, uint64_t version,
+                             const trainer_step_cfg *cfg, trainer_step_result *out, trainer_sample_check *checks);
 
 #endif

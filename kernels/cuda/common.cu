@@ -2,6 +2,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/device.cuh"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,6 +52,17 @@ tidal_status cuda_device_count(int *out)
     }
     if (n == 0) return tidal_fail(TIDAL_ERR_UNAVAILABLE, "cuda: no usable device: none found");
     *out = n;
+    return TIDAL_OK;
+}
+
+tidal_status cuda_device_name(char *buf, size_t n)
+{
+    if (n) buf[0] = '\0';
+    int dev = 0;
+    TRY(cuda_check(cudaGetDevice(&dev), "device name: cudaGetDevice"));
+    cudaDeviceProp p;
+    TRY(cuda_check(cudaGetDeviceProperties(&p, dev), "device name: cudaGetDeviceProperties"));
+    if (n) snprintf(buf, n, "%s", p.name);
     return TIDAL_OK;
 }
 

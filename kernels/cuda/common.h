@@ -53,6 +53,10 @@ bool cuda_sync_mode(void);
  * (no driver, driver older than the runtime, no device). */
 tidal_status cuda_device_count(int *out);
 
+/* The current device's name (cudaGetDeviceProperties: "NVIDIA H100 80GB
+ * HBM3"), into buf[n]. */
+tidal_status cuda_device_name(char *buf, size_t n);
+
 /* *out = bytes of device memory (NULL first; NULL for bytes == 0); what names
  * the buffer in the message when the allocation fails. */
 tidal_status cuda_alloc(void **out, size_t bytes, const char *what);

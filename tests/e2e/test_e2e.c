@@ -578,8 +578,8 @@ static void test_staleness(void)
     }
 }
 
-/* Every option of the algorithm suite at once, from the job spec: the job runs to the end, each
- * option shows in the metrics, and the ledger holds (a reused group is trained twice but its
+/* Every option of the algorithm suite at once, from the job spec (trainer.device auto: the CPU
+ * where no GPU answers): the job runs to the end, each option shows in the metrics, and the ledger holds (a reused group is trained twice but its
  * trajectories are recorded once). */
 static void test_options(void)
 {
@@ -595,7 +595,7 @@ static void test_options(void)
                           "buffer.sampling=priority", "--set", "buffer.reuse=2", "--set",
                           "buffer.filter_zero_variance=true", "--set", "rollout.weights=oldest", "--set",
                           "buffer.max_staleness=3", "--set", "weights.keep=5", "--set", "trainer.lr_schedule=cosine",
-                          NULL);
+                          "--set", "trainer.device=auto", NULL);
     int rc = wait_exit(p, 300);
     CHECK_MSG(rc == 0, "tidal run with every option: exit %d", rc);
     json_t *mx = NULL, *last = metrics_last(run, &mx);

@@ -11,6 +11,13 @@
 #   2. test_gpu_parity --quick with TIDAL_CUDA_SYNC=1 (every launch checked synchronously)
 #   3. compute-sanitizer memcheck on --quick; racecheck, initcheck, synccheck on --quick --skip-gemm
 #      (cuBLASLt's own kernels are not ours to race-check); "device not supported" is a SKIP, said
+#   4. the trainer on the GPU (needs tidal's runtime libraries - NATS, protobuf-c, jansson, libyaml,
+#      OpenBLAS, ...: a SKIP naming the missing ones when `ldd BUILD_DIR/tidal` lacks any):
+#      `tidal debug selfcheck --device cuda` (the trainer's start-up self-check), the same with an
+#      error planted (it must refuse, naming the op), test_trainer_device, test_selfcheck and
+#      test_trainer_step (which run the CUDA device, and a whole trainer step on it, against the CPU
+#      when a GPU answers)
+#   5. `tidal bench train --device cuda --json`: tokens/s and MFU, Qwen2.5-0.5B shape (same libraries)
 # Exit: 0 all ran steps passed, 1 a step failed, 77 (ctest's SKIP) no GPU or no CUDA build - said
 # on one line. ctest runs it as `gpu_check` (label gpu).
 set -u
@@ -110,6 +117,42 @@ else
             failed=1
         fi
     done
+fi
+
+echo "== 4. the trainer on the GPU (tidal debug selfcheck, the device tests)"
+tidal=$build/tidal
+tidal_ok=0
+if [[ ! -x $tidal ]]; then
+    note "4. trainer self-check: SKIP ($tidal not built)"
+elif missing=$(ldd "$tidal" | grep "not found" | awk '{print $1}' | tr '\n' ' ') && [[ -n $missing ]]; then
+    note "4. trainer self-check: SKIP (tidal's runtime libraries are missing here: $missing- install them, docs/gpu.md)"
+else
+    tidal_ok=1
+    run "4. tidal debug selfcheck --device cuda" 120 "$tidal" debug selfcheck --device cuda
+    t0=$SECONDS
+    out=$(TIDAL_SELFCHECK_PLANT=backward:model.layers.1.mlp.down_proj.weight timeout 120 \
+          "$tidal" debug selfcheck --device cuda 2>&1)
+    rc=$?
+    printf '%s\n' "$out" | tail -2
+    if [[ $rc -eq 1 ]] && grep -q "backward: gradient of model.layers.1.mlp.down_proj.weight" <<<"$out"; then
+        note "4. selfcheck refuses a planted error: PASS ($((SECONDS - t0))s)"
+    else
+        note "4. selfcheck refuses a planted error: FAIL (exit $rc; $(tail -1 <<<"$out"))"
+        failed=1
+    fi
+    for t in test_trainer_device test_selfcheck test_trainer_step; do
+        if [[ -x $build/tests/$t ]]; then run "4. $t" 120 "$build/tests/$t" >/dev/null
+        else note "4. $t: SKIP (not built)"; fi
+    done
+fi
+
+echo "== 5. bench train --device cuda"
+if [[ $tidal_ok -eq 1 ]]; then
+    run "5. bench train --device cuda" 300 "$tidal" bench train --device cuda --json >/dev/null
+    line=$(grep -m1 '"bench"' <<<"$out" || true)
+    [[ -n $line ]] && note "   $line"
+else
+    note "5. bench train --device cuda: SKIP (see step 4)"
 fi
 
 echo

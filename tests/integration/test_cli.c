@@ -490,6 +490,69 @@ static void test_dry_run(void)
     remove(spec);
     remove(bad);
 }
+/* The GPU paths where no GPU answers (CUDA compiled in without a driver, or a
+ * build without CUDA): each refuses with the reason, before any work - the
+ * trainer with trainer.device cuda (exit 1, before it connects to a bus),
+ * tidal run (exit 2, before a server starts), the self-check, the fwdbwd
+ * parity hook and bench train. The self-check's comparison itself, CPU
+ * against CPU with an error planted through TIDAL_SELFCHECK_PLANT, names the
+ * op. (On a GPU host the device cases are skipped, said on stderr.) */
+static void test_gpu_refusals(void)
+{
+    run_result probe = run_tidal("debug", "selfcheck", "--device", "auto", NULL);
+    CHECK_RUN(probe, 0);
+    const bool no_gpu = strstr(probe.err, "trainer.device auto: the CPU (no CUDA: ") != NULL;
+    run_free(&probe);
+    if (no_gpu) {
+        const char *spec = "/tmp/tidal-test-cli-cuda.yaml", *out = "/tmp/tidal-test-cli-cuda-run";
+        FILE *f = fopen(spec, "w");
+        CHECK(f != NULL);
+        if (!f) return;
+        fputs("job: {name: g}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32}}\n"
+              "data: {generator: strings}\nenv: {name: strings}\ntrainer: {device: cuda}\n", f);
+        fclose(f);
+        run_result r = run_tidal("trainer", spec, "--bus", "nats://127.0.0.1:1", NULL);
+        CHECK_RUN(r, 1);
+        CHECK_MSG(strstr(r.err, "tidal trainer: trainer.device cuda: ") && !strstr(r.err, "bus: connect"),
+                  "stderr: %s", r.err);
+        run_free(&r);
+        r = run_tidal("run", spec, "--out", out, NULL);
+        struct stat sst;
+        CHECK_RUN(r, 2);
+        CHECK_MSG(strstr(r.err, "tidal run: /tmp/tidal-test-cli-cuda.yaml: trainer.device cuda: "), "stderr: %s", r.err);
+        CHECK_MSG(stat(out, &sst) != 0, "%s was made for a run that cannot start", out);
+        run_free(&r);
+        remove(spec);
+        const char *cmds[][8] = {
+            {"debug", "selfcheck", "--device", "cuda", NULL},
+            {"debug", "fwdbwd", "--model", "/nonexistent", "--input", "x", "--out", "y"},
+            {"bench", "train", "--device", "cuda", "--json", NULL},
+        };
+        const char *want[] = {"tidal debug selfcheck: trainer.device cuda: ", "tidal debug fwdbwd: --device cuda: ",
+                              "tidal bench train: --device cuda: "};
+        for (size_t i = 0; i < 3; i++) {
+            r = i == 1 ? run_tidal(cmds[i][0], cmds[i][1], cmds[i][2], cmds[i][3], cmds[i][4], cmds[i][5], cmds[i][6],
+                                   cmds[i][7], "--device", "cuda", NULL)
+                       : run_tidal(cmds[i][0], cmds[i][1], cmds[i][2], cmds[i][3], cmds[i][4], NULL);
+            CHECK_RUN(r, 1);
+            CHECK_MSG(strstr(r.err, want[i]) && (strstr(r.err, "no usable device") || strstr(r.err, "no CUDA path")),
+                      "tidal %s %s: stderr: %s", cmds[i][0], cmds[i][1], r.err);
+            CHECK_MSG(r.out[0] == '\0', "tidal %s %s printed: %s", cmds[i][0], cmds[i][1], r.out);
+            run_free(&r);
+        }
+    } else {
+        fprintf(stderr, "  a GPU answers here: the refusals without one are not exercised\n");
+    }
+    setenv("TIDAL_SELFCHECK_PLANT", "backward:model.layers.1.self_attn.o_proj.weight", 1);
+    run_result r = run_tidal("debug", "selfcheck", "--device", "cpu", NULL);
+    unsetenv("TIDAL_SELFCHECK_PLANT");
+    CHECK_RUN(r, 1);
+    CHECK_MSG(strstr(r.err, "tidal debug selfcheck: trainer self-check (cpu): backward: gradient of "
+                            "model.layers.1.self_attn.o_proj.weight: error "),
+              "stderr: %s", r.err);
+    run_free(&r);
+}
+
 int main(void)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -509,5 +572,6 @@ int main(void)
     RUN(test_generate_tiny_model);
     RUN(test_bench_dispatch);
     RUN(test_bench_bus_reports);
+    RUN(test_gpu_refusals);
     return check_summary();
 }

@@ -17,7 +17,10 @@
  * - the worker check's scores (trainer_step_checked): the engine's own
  *   logprobs at the step's version score k3 ~ 0 on every token, perturbed
  *   ones far above, tokens a version behind land at d = 1, tokens too far
- *   behind or of a later update without a recompute are not scored. */
+ *   behind or of a later update without a recompute are not scored;
+ * - on a GPU host, the same step on the CUDA device (trainer_step_on,
+ *   trainer/device.h) against the CPU's: loss, gradient norm and the weights
+ *   after it within the self-check's tolerance (skipped, said, without a GPU). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +29,7 @@
 #include "check.h"
 #include "kernels/cpu/gemm.h"
 #include "rollout/engine.h"
+#include "trainer/selfcheck.h"
 #include "trainer/step.h"
 
 enum { G = 8, GROUPS = 2, P = 4, NEW = 6 };
@@ -392,6 +396,60 @@ static void test_worker_check_scores(void)
     model_free(m);
 }
 
+/* ||a - b|| / ||b|| over n floats (infinity on a non-finite value). */
+static double rel_err(const float *a, const float *b, size_t n)
+{
+    double dd = 0, bb = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i]) || !isfinite(b[i])) return INFINITY;
+        dd += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        bb += (double)b[i] * b[i];
+    }
+    return bb > 0 ? sqrt(dd / bb) : sqrt(dd);
+}
+
+static void test_step_on_cuda(void)
+{
+    if (trainer_device_cuda_available() != TIDAL_OK) {
+        fprintf(stderr, "  no GPU here (%s): the CUDA step is not compared\n", tidal_errmsg());
+        return;
+    }
+    model *mc = make_model(), *mg = make_model();
+    buffer_batch b;
+    buffer_group groups[GROUPS];
+    sample_batch(mc, &b, groups);
+    size_t np = 0;
+    model_params(mc, &np);
+    adamw *oc = NULL, *og = NULL;
+    adamw_cfg ac = adamw_defaults();
+    CHECK_OK(adamw_create(np, &ac, &oc));
+    CHECK_OK(adamw_create(np, &ac, &og));
+    trainer_device *d = NULL;
+    CHECK_OK(trainer_device_create(TRAINER_DEVICE_CUDA, mg, og, &d));
+    /* two updates with the recompute pass, clipping on; a small lr: AdamW's first update is
+     * ~lr sign(g), so a near-zero gradient's rounding would otherwise flip whole steps */
+    trainer_step_cfg c = step_cfg(24);
+    c.lr = 1e-5f, c.minibatches = 2, c.grad_clip = 0.5;
+    trainer_step_result rc, rg;
+    CHECK_OK(trainer_step(mc, oc, &b, 0, &c, &rc));
+    CHECK_OK(trainer_step_on(d, &b, 0, &c, &rg, NULL));
+    CHECK_OK(trainer_device_sync_params(d));
+    CHECK_OK(trainer_device_sync_optimizer(d));
+    CHECK(rg.updates == rc.updates && rg.micro_batches == rc.micro_batches && og->step == oc->step);
+    CHECK_MSG(fabs(rg.loss.loss - rc.loss.loss) <= SELFCHECK_TOL * (fabs(rc.loss.loss) + 1e-3), "loss %.9g vs %.9g",
+              rg.loss.loss, rc.loss.loss);
+    CHECK_MSG(fabs(rg.grad_norm - rc.grad_norm) <= SELFCHECK_TOL * rc.grad_norm, "grad norm %.9g vs %.9g", rg.grad_norm,
+              rc.grad_norm);
+    const double pe = rel_err(model_params(mg, NULL), model_params(mc, NULL), np);
+    CHECK_MSG(pe <= SELFCHECK_TOL, "weights after the step: error %g", pe);
+    CHECK_MSG(rel_err(og->v, oc->v, np) <= 1e-3, "AdamW second moment: error %g", rel_err(og->v, oc->v, np));
+    trainer_device_free(d);
+    adamw_free(oc);
+    adamw_free(og);
+    model_free(mc);
+    model_free(mg);
+}
+
 int main(void)
 {
     /* Micro-batching may change a step only by rounding, and AdamW's first update
@@ -405,5 +463,6 @@ int main(void)
     RUN(test_bad_samples);
     RUN(test_every_path);
     RUN(test_worker_check_scores);
+    RUN(test_step_on_cuda);
     return check_summary();
 }

@@ -1,0 +1,145 @@
+/* test_selfcheck.c - the trainer's device self-check (trainer/selfcheck.h)
+ * without a GPU: the comparison given two result sets - the CPU's and the
+ * CPU's again, with an error planted through the test hook - finds the
+ * planted tensor and names its stage and op; equal results pass, an error
+ * below the tolerance passes, NaN fails; the hook refuses names that name
+ * nothing; and the whole check for cuda refuses where no GPU answers (CUDA
+ * compiled in, no driver: what `make test` runs here), or passes on a GPU host.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "trainer/selfcheck.h"
+
+static selfcheck_result want, got;
+
+/* Fresh CPU results in want and got. */
+static bool two_cpu_runs(void)
+{
+    selfcheck_result_free(&want);
+    selfcheck_result_free(&got);
+    tidal_status a = selfcheck_run(TRAINER_DEVICE_CPU, &want), b = selfcheck_run(TRAINER_DEVICE_CPU, &got);
+    if (a == TIDAL_OK && b == TIDAL_OK) return true;
+    fprintf(stderr, "%s:%d: selfcheck_run: %s\n", __FILE__, __LINE__, tidal_errmsg());
+    check_cur_failed_ = 1; /* the caller returns */
+    return false;
+}
+
+static void test_equal_results_pass(void)
+{
+    if (!two_cpu_runs()) return;
+    CHECK(want.T == 88 && want.n > 0 && want.grad_norm > 0 && isfinite(want.grad_norm));
+    selfcheck_errors e = {1, 1, 1};
+    CHECK_OK(selfcheck_compare(&got, &want, SELFCHECK_TOL, &e));
+    CHECK_MSG(e.forward == 0 && e.backward == 0 && e.adamw == 0, "errors %g %g %g: the CPU is deterministic", e.forward,
+              e.backward, e.adamw);
+    /* the update moved the weights: the adamw stage compares something */
+    model *fresh = NULL;
+    const model_config c = selfcheck_model_config();
+    CHECK_OK(model_create(&c, &fresh));
+    if (fresh) {
+        model_init_random(fresh, 20261207, 0.02f, true);
+        size_t n = 0;
+        const float *p0 = model_params(fresh, &n), *p1 = model_params(want.m, NULL);
+        size_t moved = 0;
+        for (size_t i = 0; i < n; i++) moved += p0[i] != p1[i];
+        CHECK_MSG(moved > n / 2, "only %zu of %zu parameters moved in the update", moved, n);
+        model_free(fresh);
+    }
+}
+
+/* Each stage's planted error is found and named. */
+static void test_planted_errors_are_named(void)
+{
+    const struct {
+        const char *plant, *want;
+    } cases[] = {
+        {"forward:logprob", "trainer self-check (cpu): forward: logprob: error "},
+        {"forward:entropy", "trainer self-check (cpu): forward: entropy: error "},
+        {"backward:model.layers.1.mlp.down_proj.weight",
+         "trainer self-check (cpu): backward: gradient of model.layers.1.mlp.down_proj.weight: error "},
+        {"backward:model.layers.0.self_attn.k_proj.bias",
+         "trainer self-check (cpu): backward: gradient of model.layers.0.self_attn.k_proj.bias: error "},
+        {"adamw:grad_norm", "trainer self-check (cpu): adamw: gradient norm: error "},
+        {"adamw:model.embed_tokens.weight", "trainer self-check (cpu): adamw: model.embed_tokens.weight after the update"},
+        {"adamw:model.norm.weight", "trainer self-check (cpu): adamw: model.norm.weight after the update"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (!two_cpu_runs()) return;
+        CHECK_OK(selfcheck_plant(&got, cases[i].plant));
+        selfcheck_errors e;
+        tidal_status st = selfcheck_compare(&got, &want, SELFCHECK_TOL, &e);
+        CHECK_MSG(st == TIDAL_ERR_UNAVAILABLE && strstr(tidal_errmsg(), cases[i].want) == tidal_errmsg(),
+                  "plant %s: status %d, message '%s', want '%s'", cases[i].plant, st, tidal_errmsg(), cases[i].want);
+        CHECK_MSG(strstr(tidal_errmsg(), "> 1e-04") != NULL, "plant %s: %s", cases[i].plant, tidal_errmsg());
+    }
+}
+
+/* Below the tolerance passes; NaN anywhere fails. */
+static void test_tolerance_and_nan(void)
+{
+    if (!two_cpu_runs()) return;
+    const model_tensor *t = model_find_tensor(got.m, "model.layers.0.mlp.up_proj.weight");
+    CHECK(t != NULL);
+    if (!t) return;
+    float *g = got.grads + t->offset;
+    for (size_t i = 0; i < t->numel; i++) g[i] *= 1.0f + 1e-6f; /* relative error 1e-6: arithmetic, not a fault */
+    selfcheck_errors e;
+    CHECK_OK(selfcheck_compare(&got, &want, SELFCHECK_TOL, &e));
+    CHECK_MSG(e.backward > 0 && e.backward < 1e-5, "backward error %g", e.backward);
+    got.entropy[40] = NAN;
+    CHECK_STATUS(selfcheck_compare(&got, &want, SELFCHECK_TOL, &e), TIDAL_ERR_UNAVAILABLE);
+    CHECK_MSG(strstr(tidal_errmsg(), "forward: entropy: error inf") != NULL, "%s", tidal_errmsg());
+}
+
+static void test_plant_refuses_nonsense(void)
+{
+    if (!two_cpu_runs()) return;
+    const char *bad[] = {"", "logprob", "forward:logits", "backward:model.nosuch.weight", "sideways:model.norm.weight",
+                         "adamw:"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_STATUS(selfcheck_plant(&got, bad[i]), TIDAL_ERR_INVALID);
+        CHECK(strstr(tidal_errmsg(), "TIDAL_SELFCHECK_PLANT") == tidal_errmsg());
+    }
+    CHECK_OK(selfcheck_compare(&got, &want, SELFCHECK_TOL, NULL)); /* nothing was perturbed */
+}
+
+/* The whole check: the environment's plant reaches the comparison; cuda
+ * refuses without a GPU (the message says why) and passes with one. */
+static void test_trainer_selfcheck(void)
+{
+    selfcheck_errors e;
+    CHECK_OK(trainer_selfcheck(TRAINER_DEVICE_CPU, &e));
+    setenv(SELFCHECK_PLANT_ENV, "backward:model.layers.0.input_layernorm.weight", 1);
+    CHECK_STATUS(trainer_selfcheck(TRAINER_DEVICE_CPU, &e), TIDAL_ERR_UNAVAILABLE);
+    CHECK_MSG(strstr(tidal_errmsg(), "backward: gradient of model.layers.0.input_layernorm.weight") != NULL, "%s",
+              tidal_errmsg());
+    unsetenv(SELFCHECK_PLANT_ENV);
+    tidal_status st = trainer_selfcheck(TRAINER_DEVICE_CUDA, &e);
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", tidal_errmsg()); /* before the availability probe replaces it */
+    if (trainer_device_cuda_available() == TIDAL_OK) {
+        CHECK_MSG(st == TIDAL_OK, "the GPU disagrees with the CPU: %s", msg);
+    } else {
+        CHECK(st == TIDAL_ERR_UNAVAILABLE);
+        CHECK_MSG(strstr(msg, "trainer self-check (cuda): trainer device cuda: ") == msg &&
+                      strstr(msg, trainer_device_cuda_built() ? "no usable device" : "no CUDA path") != NULL,
+                  "message: %s", msg);
+    }
+}
+
+int main(void)
+{
+    unsetenv(SELFCHECK_PLANT_ENV);
+    RUN(test_equal_results_pass);
+    RUN(test_planted_errors_are_named);
+    RUN(test_tolerance_and_nan);
+    RUN(test_plant_refuses_nonsense);
+    RUN(test_trainer_selfcheck);
+    selfcheck_result_free(&want);
+    selfcheck_result_free(&got);
+    return check_summary();
+}
