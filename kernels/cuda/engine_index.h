@@ -126,7 +126,22 @@ CUDA_EHD double cuda_sampler_gumbel(uint64_t seed, uint64_t sequence, uint32_t s
     return -log(-log(cuda_sampler_uniform(seed, sequence, step, j)));
 }
 
-/* ---- the sampler's ranking ---- */
+/* ---- the sampler ---- */
+
+/* One row's sampling parameters (a device array of them, one per row,
+ * for cuda_sample; a host array for the CPU reference). temperature
+ * <= 0: greedy. top_k 0 (or >= V): off; top_p 0 or >= 1: off; min_p 0: off.
+ * The RNG is keyed by (seed, sequence, step): cuda_sampler_uniform. */
+typedef struct cuda_sample_params {
+    float temperature, top_p, min_p;
+    int32_t top_k;
+    uint64_t seed;
+    uint64_t sequence; /* the sample's identity (not its batch row) */
+    uint32_t step;     /* its generated-token index */
+    uint32_t pad_;
+} cuda_sample_params;
+
+
 
 /* A float as an unsigned integer with the same order (-inf lowest, +inf
  * highest; -0 is +0, as they compare equal). NaN logits are the caller's to
