@@ -380,7 +380,7 @@ __global__ void sample_kernel(int32_t *token, float *logprob, uint8_t *truncated
     const int amax = (int)(0xFFFFFFFFu - (uint32_t)best);
     const float m = row[amax] * sc;
     double se = 0.0;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) se += (double)expf(row[j] * sc - m);
+    for (int j = threadIdx.x; j < V; j += blockDim.x) se += exp((double)(row[j] * sc) - (double)m);
     se = block_sum_d(se);
     const double lse = (double)m + log(se);
     if (greedy) {

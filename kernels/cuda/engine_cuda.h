@@ -78,7 +78,9 @@ tidal_status cuda_decode_attention(void *out, float *lse, const void *q, const v
  * token[b], logprob[b] and truncated[b] (1 when top-k / top-p / min-p left
  * out a token, and always for greedy), the CPU engine's definitions
  * (rollout/engine.h): z = logits * (float)(1/T), m = max z, lse = m +
- * log(sum exp(z - m)) (the sum in double), logprob = (double)z_tok - lse,
+ * log(sum exp(z - m)) (exp and sum in double: the CPU engine sums float
+ * expf terms in double, so the two agree to ~1e-7, and the GPU and its CPU
+ * reference to ~1e-15), logprob = (double)z_tok - lse,
  * i.e. at the sampling temperature before truncation; greedy takes the
  * argmax (ties: lowest id) and reports the temperature-1 logprob.
  * The kept set is {j : rank_key(z_j, j) >= K} (engine_index.h: ranks z

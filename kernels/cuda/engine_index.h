@@ -24,6 +24,7 @@
 #define TIDAL_KERNELS_CUDA_ENGINE_INDEX_H
 
 #include <math.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>

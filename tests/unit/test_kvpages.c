@@ -13,7 +13,15 @@
  *   fork shares the full blocks of a prompt and copies its partial tail,
  *   release returns blocks only when the last holder goes, exhaustion is an
  *   error naming the sequence, the blocks asked and free, and changes
- *   nothing; a random mix of operations keeps every invariant (kvpages_check).
+ *   nothing; a random mix of operations keeps every invariant (kvpages_check);
+ * - the CPU references of the GPU engine's kernels (kernels/cpu/engine_ref.h):
+ *   KV store into blocks a GRPO group shares (padding and unmapped slots
+ *   skipped), paged decode attention against cpu_attention_forward on the
+ *   same sequences laid out contiguously; the sampler against the CPU
+ *   engine's definitions: greedy argmax (ties low) and its temperature-1
+ *   logprob, logprob = z_tok - lse at the sampling temperature, the kept sets
+ *   of top-k / top-p / min-p computed by brute force in double, and draw
+ *   frequencies equal to the renormalised distribution.
  */
 #include <math.h>
 #include <stdint.h>
@@ -22,6 +30,9 @@
 #include <string.h>
 
 #include "check.h"
+#include "kernels/cpu/engine_ref.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/softmax.h"
 #include "kernels/cuda/engine_index.h"
 #include "rollout/kvpages.h"
 
@@ -302,6 +313,259 @@ static void test_random_operations(void)
     CHECK(refused > 0); /* the mix reached exhaustion (or a full row) */
 }
 
+static uint64_t frand_state = 4242;
+static float frand(void)
+{ /* splitmix64 -> uniform [-1, 1) */
+    uint64_t z = (frand_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)((double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+/* Five sequences (lengths 1, 5, 17, 33 and a GRPO sample forked from the
+ * 17-token one after its prompt of 10 and grown to 17 with tokens of its
+ * own) in a paged cache of blocks of 4, allocated interleaved; each
+ * sequence's last query attends over its paged keys. Reference:
+ * cpu_attention_forward over the same sequences laid out contiguously. */
+static void test_paged_attention_reference(void)
+{
+    enum { NH = 4, NKV = 2, HD = 16, BS = 4, NSEQ = 5 };
+    const int lens[NSEQ] = {1, 5, 17, 33, 17}, prompt = 10, parent = 2, child = 4;
+    const size_t kvn = (size_t)NKV * HD;
+    kvpages *p = NULL;
+    CHECK_OK(kvpages_create(64, BS, NSEQ, 16, &p));
+    tidal_status st = TIDAL_OK;
+    int total = 0, cu[NSEQ + 1] = {0};
+    for (int s = 0; s < NSEQ; s++) cu[s + 1] = cu[s] + lens[s], total += lens[s];
+    float *q = malloc((size_t)total * NH * HD * sizeof(float)), *k = malloc((size_t)total * kvn * sizeof(float));
+    float *v = malloc((size_t)total * kvn * sizeof(float)), *out = malloc((size_t)total * NH * HD * sizeof(float));
+    float *lse = malloc((size_t)total * NH * sizeof(float)), *kc = malloc((size_t)64 * BS * kvn * sizeof(float));
+    float *vc = malloc((size_t)64 * BS * kvn * sizeof(float)), *dq = malloc((size_t)NSEQ * NH * HD * sizeof(float));
+    float *dout = malloc((size_t)NSEQ * NH * HD * sizeof(float)), *dlse = malloc((size_t)NSEQ * NH * sizeof(float));
+    int32_t *seq = malloc((size_t)(total + 2) * sizeof(int32_t)), *pos = malloc((size_t)(total + 2) * sizeof(int32_t));
+    if (!q || !k || !v || !out || !lse || !kc || !vc || !dq || !dout || !dlse || !seq || !pos) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "test: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < total * NH * HD; i++) q[i] = frand();
+    for (size_t i = 0; i < (size_t)total * kvn; i++) k[i] = frand(), v[i] = frand();
+    /* the child's prompt is the parent's: the same K/V for positions < prompt */
+    memcpy(k + (size_t)cu[child] * kvn, k + (size_t)cu[parent] * kvn, (size_t)prompt * kvn * sizeof(float));
+    memcpy(v + (size_t)cu[child] * kvn, v + (size_t)cu[parent] * kvn, (size_t)prompt * kvn * sizeof(float));
+    for (size_t i = 0; i < (size_t)64 * BS * kvn; i++) kc[i] = vc[i] = 1e30f; /* poison: a wrong slot shows */
+    /* blocks interleaved: every sequence grows 3 positions at a time */
+    for (int upto = 3; upto < 36 && st == TIDAL_OK; upto += 3)
+        for (int s = 0; s < 4 && st == TIDAL_OK; s++) {
+            int want = upto < lens[s] ? upto : lens[s];
+            if (s == parent && kvpages_length(p, child) == 0 && want >= prompt) {
+                if ((st = kvpages_reserve(p, parent, prompt)) != TIDAL_OK) break;
+                kvpages_copy cp;
+                if ((st = kvpages_fork(p, parent, child, &cp)) != TIDAL_OK) break;
+                /* store the prompt once (the parent's rows), then the tail copy */
+                int n = 0;
+                for (int t = 0; t < prompt; t++) seq[n] = parent, pos[n] = t, n++;
+                cpu_ref_kv_store(kc, vc, kvpages_table(p), 16, BS, k + (size_t)cu[parent] * kvn,
+                                 v + (size_t)cu[parent] * kvn, seq, pos, n, NKV, HD);
+                memcpy(kc + (size_t)cp.dst * BS * kvn, kc + (size_t)cp.src * BS * kvn, (size_t)cp.n * kvn * sizeof(float));
+                memcpy(vc + (size_t)cp.dst * BS * kvn, vc + (size_t)cp.src * BS * kvn, (size_t)cp.n * kvn * sizeof(float));
+                if (cp.n != prompt % BS) st = tidal_fail(TIDAL_ERR_CORRUPT, "test: tail copy of %d slots", cp.n);
+            }
+            if (st == TIDAL_OK) st = kvpages_reserve(p, s, want);
+        }
+    if (st == TIDAL_OK) st = kvpages_reserve(p, child, lens[child]);
+    if (st != TIDAL_OK || (st = kvpages_check(p)) != TIDAL_OK) goto done;
+    /* store every token not stored yet in one call, a padding token and an unmapped position among them */
+    int n = 0;
+    for (int s = 0; s < NSEQ; s++)
+        for (int t = (s == parent || s == child) ? prompt : 0; t < lens[s]; t++) seq[n] = s, pos[n] = t, n++;
+    seq[n] = -1, pos[n] = 0, n++; /* padding */
+    seq[n] = 0, pos[n] = 40, n++; /* beyond the sequence's blocks: slot -1 */
+    float *kall = malloc((size_t)n * kvn * sizeof(float)), *vall = malloc((size_t)n * kvn * sizeof(float));
+    if (!kall || !vall) {
+        free(kall), free(vall);
+        st = tidal_fail(TIDAL_ERR_NOMEM, "test: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        const float *ks = seq[i] >= 0 && pos[i] < lens[seq[i]] ? k + ((size_t)cu[seq[i]] + pos[i]) * kvn : NULL;
+        const float *vs = seq[i] >= 0 && pos[i] < lens[seq[i]] ? v + ((size_t)cu[seq[i]] + pos[i]) * kvn : NULL;
+        for (size_t e = 0; e < kvn; e++) kall[i * kvn + e] = ks ? ks[e] : 7.0f, vall[i * kvn + e] = vs ? vs[e] : 7.0f;
+    }
+    cpu_ref_kv_store(kc, vc, kvpages_table(p), 16, BS, kall, vall, seq, pos, n, NKV, HD);
+    free(kall), free(vall);
+    /* every position's slot holds its K/V: the shared prompt's too */
+    for (int s = 0; s < NSEQ && st == TIDAL_OK; s++)
+        for (int t = 0; t < lens[s]; t++) {
+            int64_t slot = kvpages_slot(p, s, t);
+            if (slot < 0 || memcmp(kc + (size_t)slot * kvn, k + ((size_t)cu[s] + t) * kvn, kvn * sizeof(float)) ||
+                memcmp(vc + (size_t)slot * kvn, v + ((size_t)cu[s] + t) * kvn, kvn * sizeof(float))) {
+                st = tidal_fail(TIDAL_ERR_CORRUPT, "test: sequence %d position %d: slot %lld holds other K/V", s, t,
+                                (long long)slot);
+                break;
+            }
+        }
+    if (st == TIDAL_OK && kvpages_slot(p, child, 3) != kvpages_slot(p, parent, 3))
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "test: the forked sample does not share the prompt's first block");
+    if (st != TIDAL_OK) goto done;
+    /* the reference: contiguous causal attention; the last token of each sequence */
+    cpu_attention_forward(out, lse, q, k, v, cu, NSEQ, total, NH, NKV, HD);
+    int32_t bseq[NSEQ], blen[NSEQ];
+    for (int s = 0; s < NSEQ; s++) {
+        bseq[s] = s, blen[s] = lens[s];
+        memcpy(dq + (size_t)s * NH * HD, q + (size_t)(cu[s + 1] - 1) * NH * HD, (size_t)NH * HD * sizeof(float));
+    }
+    cpu_ref_decode_attention(dout, dlse, dq, kc, vc, kvpages_table(p), 16, BS, bseq, blen, NSEQ, NH, NKV, HD);
+    for (int s = 0; s < NSEQ && st == TIDAL_OK; s++) {
+        const float *ref = out + (size_t)(cu[s + 1] - 1) * NH * HD, *got = dout + (size_t)s * NH * HD;
+        double dd = 0, rr = 0;
+        for (int i = 0; i < NH * HD; i++) dd += ((double)got[i] - ref[i]) * (got[i] - ref[i]), rr += (double)ref[i] * ref[i];
+        for (int h = 0; h < NH; h++) dd += ((double)dlse[s * NH + h] - lse[(size_t)(cu[s + 1] - 1) * NH + h]) *
+                                           ((double)dlse[s * NH + h] - lse[(size_t)(cu[s + 1] - 1) * NH + h]);
+        if (!(sqrt(dd / rr) < 1e-5))
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "test: sequence %d: paged decode differs from cpu_attention_forward by %g",
+                            s, sqrt(dd / rr));
+    }
+    /* an unmapped key makes the row NaN, not a read elsewhere */
+    if (st == TIDAL_OK) {
+        int32_t s0 = 0, l40 = 40;
+        cpu_ref_decode_attention(dout, dlse, dq, kc, vc, kvpages_table(p), 16, BS, &s0, &l40, 1, NH, NKV, HD);
+        if (!isnan(dout[0]) || !isnan(dlse[0])) st = tidal_fail(TIDAL_ERR_CORRUPT, "test: unmapped key not NaN");
+    }
+done:
+    kvpages_free(p);
+    free(q), free(k), free(v), free(out), free(lse), free(kc), free(vc), free(dq), free(dout), free(dlse);
+    free(seq), free(pos);
+    CHECK_OK(st);
+}
+
+/* Sampling from one row many times (steps 0 .. N-1): the kept set must be
+ * exactly `kept` (brute force) and frequencies the renormalised softmax. */
+static tidal_status sample_stats(const float *row, int V, cuda_sample_params P, const bool *kept, int N,
+                                 const char *what)
+{
+    double lse, pk = 0.0, *pz = malloc((size_t)V * sizeof(double));
+    int *hits = calloc((size_t)V, sizeof(int)), nkept = 0;
+    float *rows = malloc((size_t)V * sizeof(float));
+    tidal_status st = TIDAL_OK;
+    if (!pz || !hits || !rows) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "test: out of memory");
+        goto cleanup;
+    }
+    const float sc = 1.0f / P.temperature;
+    double m = -INFINITY, se = 0.0;
+    for (int j = 0; j < V; j++) m = fmax(m, (double)(row[j] * sc));
+    for (int j = 0; j < V; j++) se += exp((double)(row[j] * sc) - m);
+    lse = m + log(se);
+    for (int j = 0; j < V; j++) pz[j] = exp((double)(row[j] * sc) - lse), pk += kept[j] ? pz[j] : 0.0, nkept += kept[j];
+    for (int i = 0; i < N; i++) {
+        P.step = (uint32_t)i;
+        int32_t tok;
+        float lp;
+        uint8_t tr;
+        if (cpu_ref_sample(&tok, &lp, &tr, row, &P, 1, V) != 0) {
+            st = tidal_fail(TIDAL_ERR_NOMEM, "test: out of memory");
+            goto cleanup;
+        }
+        if (tok < 0 || tok >= V || !kept[tok] || tr != (nkept < V) ||
+            fabs((double)lp - ((double)(row[tok] * sc) - lse)) > 1e-6) {
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "test: %s: step %d: token %d (kept %d), logprob %g want %g, flag %d",
+                            what, i, tok, tok >= 0 && tok < V ? kept[tok] : -1, (double)lp,
+                            tok >= 0 && tok < V ? (double)(row[tok] * sc) - lse : 0.0, tr);
+            goto cleanup;
+        }
+        hits[tok]++;
+    }
+    for (int j = 0; j < V; j++) {
+        if (!kept[j]) continue;
+        double want = pz[j] / pk, f = (double)hits[j] / N, sd = sqrt(want * (1 - want) / N);
+        if (fabs(f - want) > 5 * sd + 1e-9) {
+            st = tidal_fail(TIDAL_ERR_CORRUPT, "test: %s: token %d drawn %g of the time, probability %g", what, j, f, want);
+            goto cleanup;
+        }
+    }
+cleanup:
+    free(pz), free(hits), free(rows);
+    return st;
+}
+
+static void test_sampler_reference(void)
+{
+    enum { V = 40 };
+    float row[V];
+    for (int j = 0; j < V; j++) row[j] = 2.5f * frand();
+    row[3] = row[7] = 3.0f; /* a tie at the top: greedy takes 3 */
+    /* greedy: the CPU engine's argmax and temperature-1 logprob */
+    cuda_sample_params g = {.temperature = 0.0f};
+    int32_t tok;
+    float lp;
+    uint8_t tr;
+    CHECK(cpu_ref_sample(&tok, &lp, &tr, row, &g, 1, V) == 0);
+    int a;
+    float m = cpu_row_max(row, V, 1.0f, &a);
+    double want = (double)row[a] - ((double)m + log(cpu_row_sumexp(row, V, 1.0f, m, NULL)));
+    CHECK_MSG(tok == 3 && a == 3 && tr == 1 && fabs(lp - want) < 1e-6, "greedy %d (cpu %d) lp %g want %g", tok, a,
+              (double)lp, want);
+    /* the brute-force kept sets, in double */
+    const float T = 0.7f, sc = 1.0f / T;
+    double p[V], se = 0.0, mx = -INFINITY;
+    for (int j = 0; j < V; j++) mx = fmax(mx, (double)(row[j] * sc));
+    for (int j = 0; j < V; j++) se += exp((double)(row[j] * sc) - mx);
+    for (int j = 0; j < V; j++) p[j] = exp((double)(row[j] * sc) - mx) / se;
+    int order[V];
+    for (int j = 0; j < V; j++) order[j] = j;
+    for (int i = 0; i < V; i++) /* selection sort by p descending, id ascending */
+        for (int j = i + 1; j < V; j++)
+            if (p[order[j]] > p[order[i]] || (p[order[j]] == p[order[i]] && order[j] < order[i])) {
+                int t = order[i];
+                order[i] = order[j];
+                order[j] = t;
+            }
+    bool all[V], topk[V], topp[V], minp[V], both[V];
+    double cum = 0.0, cumk = 0.0, massk = 0.0;
+    for (int i = 0; i < 6; i++) massk += p[order[i]];
+    bool done_p = false, done_b = false;
+    for (int i = 0; i < V; i++) {
+        int j = order[i];
+        all[j] = true;
+        topk[j] = i < 6;
+        topp[j] = !done_p;
+        cum += p[j];
+        if (cum >= 0.8) done_p = true;
+        both[j] = i < 6 && !done_b;
+        if (i < 6) {
+            cumk += p[j];
+            if (cumk >= 0.5 * massk) done_b = true;
+        }
+        minp[j] = p[j] >= 0.2 * p[order[0]];
+    }
+    const int N = 20000;
+    cuda_sample_params P = {.temperature = T, .seed = 11, .sequence = 5};
+    CHECK_OK(sample_stats(row, V, P, all, N, "temperature only"));
+    P.top_k = 6;
+    CHECK_OK(sample_stats(row, V, P, topk, N, "top-k 6"));
+    P.top_k = 0, P.top_p = 0.8f;
+    CHECK_OK(sample_stats(row, V, P, topp, N, "top-p 0.8"));
+    P.top_k = 6, P.top_p = 0.5f;
+    CHECK_OK(sample_stats(row, V, P, both, N, "top-k 6 then top-p 0.5"));
+    P.top_k = 0, P.top_p = 0.0f, P.min_p = 0.2f;
+    CHECK_OK(sample_stats(row, V, P, minp, N, "min-p 0.2"));
+    /* a row's draw does not depend on its neighbours in the batch */
+    float batch[3 * V];
+    cuda_sample_params bp[3] = {{.temperature = 1.3f, .top_k = 9, .seed = 1, .sequence = 1, .step = 4},
+                                {.temperature = T, .top_p = 0.9f, .seed = 2, .sequence = 8, .step = 17},
+                                {.temperature = 0.0f}};
+    for (int i = 0; i < 3 * V; i++) batch[i] = 2.0f * frand();
+    int32_t bt[3], one;
+    float bl[3], onel;
+    uint8_t btr[3], onetr;
+    CHECK(cpu_ref_sample(bt, bl, btr, batch, bp, 3, V) == 0);
+    for (int b = 0; b < 3; b++) {
+        CHECK(cpu_ref_sample(&one, &onel, &onetr, batch + b * V, &bp[b], 1, V) == 0);
+        CHECK(one == bt[b] && onel == bl[b] && onetr == btr[b]);
+    }
+}
+
 int main(void)
 {
     RUN(test_philox_known_answers);
@@ -313,5 +577,7 @@ int main(void)
     RUN(test_fork_shares_prompt);
     RUN(test_exhaustion_is_an_error);
     RUN(test_random_operations);
+    RUN(test_paged_attention_reference);
+    RUN(test_sampler_reference);
     return check_summary();
 }
