@@ -1,0 +1,306 @@
+/* engine_cases.h - the generation engine's kernels (kernels/cuda/engine_cuda.h)
+ * against their CPU references (kernels/cpu/engine_ref.h): the parity groups
+ * kvstore, decode_attention and sampler of test_gpu_parity. Included by
+ * test_gpu_parity.c after its helpers (record, dput, dfetch, rel_err, ...),
+ * whose conventions it follows: NaN-poisoned outputs, reruns compared bit
+ * for bit, one summary row per (op, dtype).
+ *
+ *   kvstore           tokens of a paged batch (a forked GRPO prompt, a
+ *                     padding token, an unmapped position) stored into a
+ *                     cache of random contents; the whole cache must equal
+ *                     the CPU's bit for bit (stores are copies, bf16 rounding
+ *                     RNE on both sides); the fork's tail block copy too.
+ *   decode_attention  one query per row over paged keys (lengths 1 .. 1000,
+ *                     blocks of 16, shared prompts), f32 and bf16 queries and
+ *                     cache: out and lse against the CPU reference (1e-5 /
+ *                     1e-2); a rerun and each row alone vs the batch of 64,
+ *                     bit for bit.
+ *   sampler           rows of V 1003 and 32007 logits with greedy, plain
+ *                     temperature, top-k, top-p, both, min-p, ties: tokens and
+ *                     truncation flags equal to the CPU's (a mismatch fails),
+ *                     logprobs to 1e-6; rerun and each row alone vs the batch
+ *                     of 64, bit for bit.
+ */
+#ifndef TIDAL_TESTS_GPU_ENGINE_CASES_H
+#define TIDAL_TESTS_GPU_ENGINE_CASES_H
+
+#include "kernels/cpu/engine_ref.h"
+#include "kernels/cuda/engine_cuda.h"
+#include "kernels/cuda/engine_index.h"
+#include "rollout/kvpages.h"
+
+static void *dput_raw(const void *x, size_t bytes)
+{
+    void *d = NULL;
+    if (cuda_alloc(&d, bytes + 16, "test raw buffer") != TIDAL_OK) fatal("alloc");
+    if (bytes && cuda_check(cudaMemcpy(d, x, bytes, cudaMemcpyHostToDevice), "upload") != TIDAL_OK) fatal("upload");
+    return d;
+}
+
+static void dget_raw(void *x, const void *d, size_t bytes)
+{
+    sync_or_die("download");
+    if (cuda_check(cudaMemcpy(x, d, bytes, cudaMemcpyDeviceToHost), "download") != TIDAL_OK) fatal("download");
+}
+
+/* Values as stored in dt (bf16: rounded to nearest even), in place. */
+static void round_to(float *x, size_t n, cuda_dtype dt)
+{
+    if (dt == CUDA_BF16)
+        for (size_t i = 0; i < n; i++) x[i] = cuda_float_from_bf16(cuda_bf16_from_float(x[i]));
+}
+
+/* A paged layout for sequences of lens[0..nseq): sequence i forks from
+ * fork_of[i] (>= 0: after the parent's first `prompt` tokens, a GRPO sample)
+ * or stands alone; blocks handed out interleaved, so tables are not
+ * contiguous. Copies of forked tails go to copies[] (*ncopies). */
+static kvpages *make_pages(const int *lens, const int *fork_of, int nseq, int prompt, int block_size,
+                           kvpages_copy *copies, int *ncopies)
+{
+    int maxlen = 1, total = 0;
+    for (int i = 0; i < nseq; i++) maxlen = lens[i] > maxlen ? lens[i] : maxlen, total += lens[i];
+    const int max_blocks = (maxlen + block_size - 1) / block_size;
+    kvpages *p = NULL;
+    if (kvpages_create(total / block_size + 2 * nseq + 1, block_size, nseq, max_blocks, &p) != TIDAL_OK)
+        fatal("kvpages_create");
+    *ncopies = 0;
+    for (int i = 0; i < nseq; i++)
+        if (fork_of[i] < 0 && kvpages_reserve(p, i, lens[i] < prompt ? lens[i] : prompt) != TIDAL_OK)
+            fatal("kvpages_reserve");
+    for (int i = 0; i < nseq; i++)
+        if (fork_of[i] >= 0 && kvpages_fork(p, fork_of[i], i, &copies[(*ncopies)++]) != TIDAL_OK) fatal("kvpages_fork");
+    for (int upto = prompt; upto < maxlen + block_size; upto += block_size)
+        for (int i = 0; i < nseq; i++)
+            if (kvpages_reserve(p, i, lens[i] < upto ? lens[i] : upto) != TIDAL_OK) fatal("kvpages_reserve");
+    if (kvpages_check(p) != TIDAL_OK) fatal("kvpages_check");
+    return p;
+}
+
+/* ---- kvstore ---- */
+
+static void kvstore_case(int NKV, int HD, cuda_dtype in_dt, cuda_dtype cache_dt)
+{
+    char shape[96];
+    snprintf(shape, sizeof shape, "NKV%d HD%d %s->%s cache", NKV, HD, cuda_dtype_name(in_dt), cuda_dtype_name(cache_dt));
+    const int lens[4] = {21, 5, 21, 40}, fork_of[4] = {-1, -1, 0, -1}, prompt = 13, BS = 8;
+    kvpages_copy copies[4];
+    int ncopies = 0;
+    kvpages *p = make_pages(lens, fork_of, 4, prompt, BS, copies, &ncopies);
+    const size_t kvn = (size_t)NKV * HD;
+    const int64_t n_slots = (int64_t)kvpages_total_blocks(p) * BS;
+    const size_t ncache = (size_t)n_slots * kvn;
+    /* tokens: every position of every sequence except the forked prompt (the parent stores it), plus padding */
+    int T = 0;
+    for (int i = 0; i < 4; i++) T += lens[i] - (fork_of[i] >= 0 ? prompt : 0);
+    T += 2;
+    int32_t *seq = xmalloc((size_t)T * 4), *pos = xmalloc((size_t)T * 4);
+    int t = 0;
+    for (int i = 0; i < 4; i++)
+        for (int j = fork_of[i] >= 0 ? prompt : 0; j < lens[i]; j++) seq[t] = i, pos[t] = j, t++;
+    seq[t] = -1, pos[t] = 0, t++;            /* padding */
+    seq[t] = 1, pos[t] = lens[1] + BS * 4, t++; /* past its blocks: slot -1 */
+    float *k = hrand((size_t)T * kvn, 1.0f, 0.0f, in_dt), *v = hrand((size_t)T * kvn, 1.0f, 0.0f, in_dt);
+    float *kc = hrand(ncache, 1.0f, 0.0f, cache_dt), *vc = hrand(ncache, 1.0f, 0.0f, cache_dt);
+    void *dkc = dput(kc, ncache, cache_dt), *dvc = dput(vc, ncache, cache_dt);
+    void *dk = dput(k, (size_t)T * kvn, in_dt), *dv = dput(v, (size_t)T * kvn, in_dt);
+    void *dseq = dput_i32(seq, (size_t)T), *dpos = dput_i32(pos, (size_t)T);
+    const int max_blocks = kvpages_max_blocks(p);
+    void *dtab = dput_i32(kvpages_table(p), (size_t)4 * max_blocks);
+    cuda_kv_pages pg = {.tables = dtab, .max_blocks = max_blocks, .block_size = BS, .n_slots = n_slots, .NKV = NKV,
+                        .HD = HD, .dt = cache_dt};
+    /* the parent's prompt first (its tokens are in the batch), then the tail copies, as the engine orders them */
+    cpu_ref_kv_store(kc, vc, kvpages_table(p), max_blocks, BS, k, v, seq, pos, T, NKV, HD);
+    round_to(kc, ncache, cache_dt), round_to(vc, ncache, cache_dt);
+    if (ran(cuda_kv_store(dkc, dvc, &pg, dk, dv, dseq, dpos, T, in_dt, stream), "kv_store", cache_dt, shape)) {
+        float *gk = dfetch(dkc, ncache, cache_dt), *gv = dfetch(dvc, ncache, cache_dt);
+        record("kv_store", cache_dt, shape, rel_err(gk, kc, ncache) + rel_err(gv, vc, ncache), 0.0);
+        free(gk), free(gv);
+    }
+    /* the fork's tail copies, in both caches */
+    int32_t src[4], dst[4], cnt[4];
+    for (int c = 0; c < ncopies; c++) {
+        src[c] = copies[c].src, dst[c] = copies[c].dst, cnt[c] = copies[c].n;
+        memcpy(kc + (size_t)dst[c] * BS * kvn, kc + (size_t)src[c] * BS * kvn, (size_t)cnt[c] * kvn * sizeof(float));
+        memcpy(vc + (size_t)dst[c] * BS * kvn, vc + (size_t)src[c] * BS * kvn, (size_t)cnt[c] * kvn * sizeof(float));
+    }
+    void *caches[2] = {dkc, dvc};
+    void *dcaches = dput_raw(caches, sizeof caches), *dsrc = dput_i32(src, 4), *ddst = dput_i32(dst, 4);
+    void *dcnt = dput_i32(cnt, 4);
+    if (ran(cuda_kv_copy_blocks(dcaches, 2, &pg, dsrc, ddst, dcnt, ncopies, stream), "kv_copy_blocks", cache_dt,
+            shape)) {
+        float *gk = dfetch(dkc, ncache, cache_dt), *gv = dfetch(dvc, ncache, cache_dt);
+        record("kv_copy_blocks", cache_dt, shape, rel_err(gk, kc, ncache) + rel_err(gv, vc, ncache), 0.0);
+        free(gk), free(gv);
+    }
+    kvpages_free(p);
+    free(seq), free(pos), free(k), free(v), free(kc), free(vc);
+    cuda_free(dkc), cuda_free(dvc), cuda_free(dk), cuda_free(dv), cuda_free(dseq), cuda_free(dpos), cuda_free(dtab);
+    cuda_free(dcaches), cuda_free(dsrc), cuda_free(ddst), cuda_free(dcnt);
+}
+
+/* ---- decode attention ---- */
+
+static void decode_attention_case(int B, int NH, int NKV, int HD, int maxlen, cuda_dtype q_dt, cuda_dtype cache_dt)
+{
+    char shape[96];
+    snprintf(shape, sizeof shape, "B%d H%d/%d/%d len<=%d %s q %s cache", B, NH, NKV, HD, maxlen, cuda_dtype_name(q_dt),
+             cuda_dtype_name(cache_dt));
+    const int BS = 16, prompt = 9;
+    int *lens = xmalloc((size_t)B * sizeof(int)), *fork_of = xmalloc((size_t)B * sizeof(int));
+    for (int b = 0; b < B; b++) { /* lengths 1 .. maxlen; every 4th row a GRPO sample of the row before */
+        lens[b] = b == 0 ? maxlen : 1 + (int)((frand() + 1.0f) * 0.5f * (float)(maxlen - 1));
+        fork_of[b] = (b % 4 == 3 && lens[b - 1] >= prompt) ? b - 1 : -1;
+        if (fork_of[b] >= 0 && lens[b] < prompt) lens[b] = prompt;
+    }
+    kvpages_copy *copies = xmalloc((size_t)B * sizeof *copies);
+    int ncopies = 0;
+    kvpages *p = make_pages(lens, fork_of, B, prompt, BS, copies, &ncopies);
+    const int max_blocks = kvpages_max_blocks(p);
+    const size_t kvn = (size_t)NKV * HD;
+    const int64_t n_slots = (int64_t)kvpages_total_blocks(p) * BS;
+    const size_t ncache = (size_t)n_slots * kvn;
+    /* the cache's contents: random everywhere (a shared prompt is one set of values by construction) */
+    float *kc = hrand(ncache, 1.0f, 0.0f, cache_dt), *vc = hrand(ncache, 1.0f, 0.0f, cache_dt);
+    float *q = hrand((size_t)B * NH * HD, 1.0f, 0.0f, q_dt);
+    int32_t *seq = xmalloc((size_t)B * 4), *len = xmalloc((size_t)B * 4);
+    for (int b = 0; b < B; b++) seq[b] = b, len[b] = lens[b];
+    float *ref = xmalloc((size_t)B * NH * HD * sizeof(float)), *rlse = xmalloc((size_t)B * NH * sizeof(float));
+    cpu_ref_decode_attention(ref, rlse, q, kc, vc, kvpages_table(p), max_blocks, BS, seq, len, B, NH, NKV, HD);
+    void *dkc = dput(kc, ncache, cache_dt), *dvc = dput(vc, ncache, cache_dt), *dq = dput(q, (size_t)B * NH * HD, q_dt);
+    void *dtab = dput_i32(kvpages_table(p), (size_t)B * max_blocks), *dseq = dput_i32(seq, (size_t)B);
+    void *dlen = dput_i32(len, (size_t)B);
+    void *dout = dnan((size_t)B * NH * HD, q_dt), *dout2 = dnan((size_t)B * NH * HD, q_dt);
+    float *dlse = dnan((size_t)B * NH, CUDA_F32), *scratch = dnan((size_t)B * NH * maxlen, CUDA_F32);
+    cuda_kv_pages pg = {.tables = dtab, .max_blocks = max_blocks, .block_size = BS, .n_slots = n_slots, .NKV = NKV,
+                        .HD = HD, .dt = cache_dt};
+    const size_t no = (size_t)B * NH * HD;
+    if (ran(cuda_decode_attention(dout, dlse, dq, dkc, dvc, &pg, dseq, dlen, B, NH, maxlen, scratch, q_dt, stream),
+            "decode_attention", q_dt, shape) &&
+        ran(cuda_decode_attention(dout2, NULL, dq, dkc, dvc, &pg, dseq, dlen, B, NH, maxlen, scratch, q_dt, stream),
+            "decode_attention", q_dt, shape)) {
+        float *got = dfetch(dout, no, q_dt), *glse = dfetch(dlse, (size_t)B * NH, CUDA_F32);
+        record("decode_attention", q_dt, shape, rel_err(got, ref, no), tol_of(q_dt));
+        record("decode_attention lse", q_dt, shape, rel_err(glse, rlse, (size_t)B * NH), tol_of(q_dt));
+        record_rerun("decode_attention", q_dt, shape, dout, dout2, no * cuda_dtype_size(q_dt));
+        /* a row alone (B = 1, its own table row) equals the same row in the batch, bit for bit */
+        const size_t row = (size_t)NH * HD * cuda_dtype_size(q_dt);
+        unsigned char *batch = xmalloc(no * cuda_dtype_size(q_dt)), *alone = xmalloc(row);
+        dget_raw(batch, dout, no * cuda_dtype_size(q_dt));
+        bool same = true;
+        for (int b = 0; b < B && same; b += (B > 8 ? 7 : 1)) {
+            char *qb = (char *)dq + (size_t)b * row, *sb = (char *)dseq + (size_t)b * 4, *lb = (char *)dlen + (size_t)b * 4;
+            if (!ran(cuda_decode_attention(dout2, NULL, qb, dkc, dvc, &pg, (const int32_t *)sb, (const int32_t *)lb, 1,
+                                           NH, maxlen, scratch, q_dt, stream),
+                     "decode_attention", q_dt, shape))
+                break;
+            dget_raw(alone, dout2, row);
+            same = memcmp(alone, batch + (size_t)b * row, row) == 0;
+        }
+        record("decode_attn alone=batch (bits)", q_dt, shape, same ? 0.0 : INFINITY, 0.0);
+        free(got), free(glse), free(batch), free(alone);
+    }
+    kvpages_free(p);
+    free(lens), free(fork_of), free(copies), free(kc), free(vc), free(q), free(seq), free(len), free(ref), free(rlse);
+    cuda_free(dkc), cuda_free(dvc), cuda_free(dq), cuda_free(dtab), cuda_free(dseq), cuda_free(dlen);
+    cuda_free(dout), cuda_free(dout2), cuda_free(dlse), cuda_free(scratch);
+}
+
+/* ---- sampler ---- */
+
+static void sampler_case(int B, int V)
+{
+    char shape[64];
+    snprintf(shape, sizeof shape, "B%d V%d", B, V);
+    float *logits = hrand((size_t)B * V, 4.0f, 0.0f, CUDA_F32);
+    cuda_sample_params *P = xmalloc((size_t)B * sizeof *P);
+    for (int b = 0; b < B; b++) {
+        cuda_sample_params x = {.temperature = 0.6f + 0.1f * (float)(b % 7), .seed = 1000u + (uint64_t)b / 8,
+                                .sequence = (uint64_t)b % 8, .step = (uint32_t)(b * 3)};
+        switch (b % 7) {
+        case 0: x.temperature = 0.0f; break;   /* greedy */
+        case 1: break;                         /* temperature only */
+        case 2: x.top_k = 1 + b % 50; break;
+        case 3: x.top_p = 0.9f; break;
+        case 4: x.top_k = 40, x.top_p = 0.7f; break;
+        case 5: x.min_p = 0.05f; break;
+        case 6: x.top_k = V - 1, x.top_p = 0.999f, x.min_p = 0.001f; break;
+        }
+        P[b] = x;
+        if (b % 5 == 0) { /* ties at the top */
+            float *r = logits + (size_t)b * V;
+            r[V / 2] = r[V / 3] = r[1] = 9.0f;
+        }
+    }
+    int32_t *rt = xmalloc((size_t)B * 4), *gt = xmalloc((size_t)B * 4), *gt2 = xmalloc((size_t)B * 4);
+    float *rl = xmalloc((size_t)B * 4), *gl = xmalloc((size_t)B * 4);
+    uint8_t *rtr = xmalloc((size_t)B), *gtr = xmalloc((size_t)B);
+    if (cpu_ref_sample(rt, rl, rtr, logits, P, B, V) != 0) fatal("cpu_ref_sample");
+    void *dlog = dput(logits, (size_t)B * V, CUDA_F32), *dP = dput_raw(P, (size_t)B * sizeof *P);
+    void *dtok = dput_raw(rt, (size_t)B * 4), *dtok2 = dput_raw(rt, (size_t)B * 4);
+    float *dlp = dnan((size_t)B, CUDA_F32), *dlp2 = dnan((size_t)B, CUDA_F32);
+    void *dtr = dput_raw(rtr, (size_t)B), *dtr2 = dput_raw(rtr, (size_t)B);
+    cudaMemset(dtok, 0xff, (size_t)B * 4);
+    cudaMemset(dtr, 0xff, (size_t)B);
+    if (ran(cuda_sample(dtok, dlp, dtr, dlog, dP, B, V, stream), "sample", CUDA_F32, shape) &&
+        ran(cuda_sample(dtok2, dlp2, dtr2, dlog, dP, B, V, stream), "sample", CUDA_F32, shape)) {
+        dget_raw(gt, dtok, (size_t)B * 4);
+        dget_raw(gtr, dtr, (size_t)B);
+        dget(gl, dlp, (size_t)B, CUDA_F32);
+        int bad = 0;
+        char first[96] = "";
+        for (int b = 0; b < B; b++)
+            if (gt[b] != rt[b] || gtr[b] != rtr[b]) {
+                if (!bad++)
+                    snprintf(first, sizeof first, "row %d (mode %d): token %d flag %d, cpu %d flag %d", b, b % 7, gt[b],
+                             gtr[b], rt[b], rtr[b]);
+            }
+        if (bad) fprintf(stderr, "gpu parity: sample %s: %d rows differ, first %s\n", shape, bad, first);
+        record("sample tokens+flags", CUDA_F32, shape, (double)bad / B, 0.0);
+        record("sample logprob", CUDA_F32, shape, rel_err(gl, rl, (size_t)B), 1e-6);
+        record_rerun("sample", CUDA_F32, shape, dtok, dtok2, (size_t)B * 4);
+        record_rerun("sample logprob", CUDA_F32, shape, dlp, dlp2, (size_t)B * 4);
+        /* each row alone equals itself in the batch */
+        bool same = true;
+        for (int b = 0; b < B && same; b++) {
+            int32_t one;
+            float onel, batchl;
+            const char *lb = (const char *)dlog + (size_t)b * V * 4, *pb = (const char *)dP + (size_t)b * sizeof *P;
+            if (!ran(cuda_sample(dtok2, dlp2, dtr2, (const float *)lb, (const cuda_sample_params *)pb, 1, V, stream),
+                     "sample", CUDA_F32, shape))
+                break;
+            dget_raw(&one, dtok2, 4);
+            dget_raw(&onel, dlp2, 4);
+            memcpy(&batchl, &gl[b], 4);
+            same = one == gt[b] && memcmp(&onel, &batchl, 4) == 0;
+        }
+        record("sample alone=batch (bits)", CUDA_F32, shape, same ? 0.0 : INFINITY, 0.0);
+    }
+    free(logits), free(P), free(rt), free(gt), free(gt2), free(rl), free(gl), free(rtr), free(gtr);
+    cuda_free(dlog), cuda_free(dP), cuda_free(dtok), cuda_free(dtok2), cuda_free(dlp), cuda_free(dlp2);
+    cuda_free(dtr), cuda_free(dtr2);
+}
+
+/* The three groups over the grid (quick: the small shapes). */
+static void test_engine_kernels(bool kvstore, bool decode, bool sampler)
+{
+    static const int heads[][3] = {{14, 2, 64}, {12, 2, 128}, {8, 1, 64}, {4, 4, 128}};
+    const int nh = quick ? 1 : 4;
+    const cuda_dtype dts[] = {CUDA_F32, CUDA_BF16};
+    for (int h = 0; h < nh && kvstore; h++)
+        for (int a = 0; a < 2; a++)
+            for (int c = 0; c < 2; c++) kvstore_case(heads[h][1], heads[h][2], dts[a], dts[c]);
+    for (int h = 0; h < nh && decode; h++)
+        for (int a = 0; a < 2; a++)
+            for (int c = 0; c < 2; c++) {
+                decode_attention_case(quick ? 9 : 64, heads[h][0], heads[h][1], heads[h][2], quick ? 40 : 1000, dts[a],
+                                      dts[c]);
+                if (!quick) decode_attention_case(3, heads[h][0], heads[h][1], heads[h][2], 17, dts[a], dts[c]);
+            }
+    if (sampler) {
+        sampler_case(quick ? 14 : 64, 1003);
+        if (!quick) sampler_case(64, 32007);
+    }
+    sync_or_die("engine kernels");
+}
+
+#endif
