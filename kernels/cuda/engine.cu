@@ -304,54 +304,38 @@ __device__ __forceinline__ int block_argmax(double v, int id)
 /* The threshold key of the kept set among keys >= floor_key: the key at
  * which the count (by_mass false) or the fixed-point mass (true) of the keys
  * at or above it first reaches target, ranking from the top. MSB-first radix
- * select, 8 passes of 8 bits: a 256-bin histogram (integer atomics in shared
- * memory: order-free) of the keys that share the prefix found so far, then
- * thread 0 walks the bins from the top. *reached is false when the whole set
- * holds less than target (then the result is floor_key: keep all). */
+ * select, 8 passes of 8 bits: each pass a 256-bin histogram (64-bit integer
+ * atomics in shared memory: exact and order-free) of the candidate keys
+ * (cuda_radix_candidate), then thread 0 takes the pass's digit
+ * (cuda_radix_step; both in engine_index.h, tested on the CPU). *reached is
+ * false when the whole set holds less than target (then the result is
+ * floor_key: keep all). */
 __device__ unsigned long long radix_select(const float *row, int V, float sc, double lse,
                                           unsigned long long floor_key, bool by_mass, unsigned long long target,
                                           bool *reached)
 {
-    __shared__ unsigned int cnt[256];
-    __shared__ unsigned long long mass[256];
+    __shared__ unsigned long long hist[256];
     __shared__ unsigned long long s_prefix, s_target;
     __shared__ int s_ok;
     if (threadIdx.x == 0) s_prefix = 0ull, s_target = target, s_ok = 1;
-    unsigned long long mask = 0ull;
     for (int pass = 0; pass < 8; pass++) {
-        const int shift = 56 - 8 * pass;
-        for (int i = threadIdx.x; i < 256; i += blockDim.x) cnt[i] = 0u, mass[i] = 0ull;
-        __syncthreads();
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0ull;
+        __syncthreads(); /* also publishes thread 0's s_prefix of the last pass */
         const unsigned long long prefix = s_prefix;
         for (int j = threadIdx.x; j < V; j += blockDim.x) {
             const float z = row[j] * sc;
-            const unsigned long long key = cuda_rank_key(z, j);
-            if (key < floor_key || (key & mask) != prefix) continue;
-            const int dgt = (int)((key >> shift) & 255u);
-            if (by_mass)
-                atomicAdd(&mass[dgt], (unsigned long long)cuda_mass_fixed(exp((double)z - lse)));
-            else
-                atomicAdd(&cnt[dgt], 1u);
+            int dgt;
+            if (!cuda_radix_candidate(cuda_rank_key(z, j), pass, prefix, floor_key, &dgt)) continue;
+            atomicAdd(&hist[dgt], by_mass ? (unsigned long long)cuda_mass_fixed(exp((double)z - lse)) : 1ull);
         }
         __syncthreads();
         if (threadIdx.x == 0) {
-            unsigned long long acc = 0ull;
-            const unsigned long long tgt = s_target;
-            int found = -1;
-            for (int d = 255; d >= 0; d--) {
-                const unsigned long long h = by_mass ? mass[d] : (unsigned long long)cnt[d];
-                if (h > 0 && acc + h >= tgt) {
-                    found = d;
-                    break;
-                }
-                acc += h;
-            }
-            if (found < 0)
-                s_ok = 0;
+            unsigned long long pr = prefix, tg = s_target;
+            if (cuda_radix_step(hist, pass, &pr, &tg))
+                s_prefix = pr, s_target = tg;
             else
-                s_prefix = prefix | ((unsigned long long)found << shift), s_target = tgt - acc;
+                s_ok = 0;
         }
-        mask |= 255ull << shift;
         __syncthreads();
         if (!s_ok) break; /* uniform: every thread reads it after the barrier */
     }

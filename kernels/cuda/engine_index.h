@@ -164,6 +164,44 @@ CUDA_EHD uint64_t cuda_rank_key(float z, int32_t id)
     return ((uint64_t)cuda_float_order(z) << 32) | (uint64_t)(0xFFFFFFFFu - (uint32_t)id);
 }
 
+/* One pass of the sampler's MSB-first radix select over 64-bit rank keys
+ * (8 passes of 8 bits, pass p deciding bits 63-8p .. 56-8p). hist[256] is
+ * the total (a count, or fixed-point mass) of the candidate keys whose
+ * decided bits equal *prefix, per value of this pass's digit. Walking from
+ * the top digit, the first non-empty bin at which the running total reaches
+ * *target holds the wanted key: its digit goes into *prefix and *target
+ * drops by the totals of the bins above it. false when all bins together
+ * hold less than *target (nothing changed). After 8 passes *prefix is the
+ * key at which the total of the keys at or above it first reaches the
+ * original target: the k-th largest key for counts, the top-p cut for mass.
+ * The kernel builds hist in parallel; the unit test on the CPU. */
+CUDA_EHD bool cuda_radix_step(const unsigned long long *hist, int pass, unsigned long long *prefix,
+                              unsigned long long *target)
+{
+    unsigned long long acc = 0ull;
+    for (int d = 255; d >= 0; d--) {
+        const unsigned long long h = hist[d];
+        if (h > 0ull && acc + h >= *target) {
+            *prefix |= (unsigned long long)d << (56 - 8 * pass);
+            *target -= acc;
+            return true;
+        }
+        acc += h;
+    }
+    return false;
+}
+
+/* Whether key is a candidate in pass p of the select: at or above floor_key
+ * and equal to prefix in the bits decided before pass p; *digit gets its
+ * digit of pass p. */
+CUDA_EHD bool cuda_radix_candidate(unsigned long long key, int pass, unsigned long long prefix,
+                                   unsigned long long floor_key, int *digit)
+{
+    const unsigned long long decided = pass == 0 ? 0ull : ~0ull << (64 - 8 * pass);
+    *digit = (int)((key >> (56 - 8 * pass)) & 255u);
+    return key >= floor_key && (key & decided) == prefix;
+}
+
 /* Probability mass as a 2^-60 fixed-point integer (p clamped to [0, 1]):
  * sums of these are exact and order-free (integer additions, atomics
  * included), so the GPU's top-p cut and its CPU reference's agree; the

@@ -566,12 +566,93 @@ static void test_sampler_reference(void)
     }
 }
 
+/* The sampler's radix select (cuda_radix_candidate / cuda_radix_step, the
+ * kernel's per-pass logic) run on the CPU with serial histograms, against
+ * sorting: the k-th largest key, and the shortest prefix of the ranked keys
+ * at or above a floor whose fixed-point mass reaches a target. */
+static unsigned long long radix_select_host(const uint64_t *keys, const uint64_t *mass, int V, uint64_t floor_key,
+                                            bool by_mass, uint64_t target, bool *reached)
+{
+    unsigned long long prefix = 0ull, tg = target, hist[256];
+    for (int pass = 0; pass < 8; pass++) {
+        memset(hist, 0, sizeof hist);
+        for (int j = 0; j < V; j++) {
+            int d;
+            if (cuda_radix_candidate(keys[j], pass, prefix, floor_key, &d)) hist[d] += by_mass ? mass[j] : 1ull;
+        }
+        if (!cuda_radix_step(hist, pass, &prefix, &tg)) {
+            *reached = false;
+            return floor_key;
+        }
+    }
+    *reached = true;
+    return prefix;
+}
+
+static int u64_desc(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x < y) - (x > y);
+}
+
+static void test_radix_select(void)
+{
+    enum { V = 3001 };
+    static uint64_t keys[V], sorted[V], mass[V], mass_of_sorted[V];
+    for (int trial = 0; trial < 20; trial++) {
+        double se = 0.0;
+        float z[V];
+        for (int j = 0; j < V; j++) { /* coarse values: many ties, split by id */
+            z[j] = trial % 2 ? (float)(int)(8.0f * frand()) : 6.0f * frand();
+            se += exp((double)z[j]);
+        }
+        for (int j = 0; j < V; j++) keys[j] = cuda_rank_key(z[j], j), mass[j] = cuda_mass_fixed(exp((double)z[j]) / se);
+        memcpy(sorted, keys, sizeof keys);
+        qsort(sorted, V, sizeof sorted[0], u64_desc);
+        for (int i = 0; i < V; i++) mass_of_sorted[i] = mass[0xFFFFFFFFu - (uint32_t)sorted[i]];
+        const int ks[] = {1, 2, 17, 1000, V - 1};
+        for (int t = 0; t < 5; t++) {
+            bool ok;
+            unsigned long long got = radix_select_host(keys, mass, V, 0, false, (uint64_t)ks[t], &ok);
+            CHECK_MSG(ok && got == sorted[ks[t] - 1], "trial %d: top-%d key %llx, want %llx", trial, ks[t], got,
+                      (unsigned long long)sorted[ks[t] - 1]);
+        }
+        /* top-p within the top-k set (floor = the k-th key), as the sampler does */
+        const double ps[] = {0.0, 1e-9, 0.3, 0.9, 0.999999};
+        const int floors[] = {V, 40};
+        for (int f = 0; f < 2; f++) {
+            uint64_t floor_key = f ? sorted[floors[f] - 1] : 0, mk = 0;
+            for (int i = 0; i < floors[f]; i++) mk += mass_of_sorted[i];
+            for (int t = 0; t < 5; t++) {
+                uint64_t thr = (uint64_t)(ps[t] * (double)mk), cum = 0, want = floor_key;
+                bool want_ok = false;
+                for (int i = 0; i < floors[f]; i++) {
+                    cum += mass_of_sorted[i];
+                    if (mass_of_sorted[i] > 0 && cum >= thr) {
+                        want = sorted[i], want_ok = true;
+                        break;
+                    }
+                }
+                bool ok;
+                unsigned long long got = radix_select_host(keys, mass, V, floor_key, true, thr, &ok);
+                CHECK_MSG(ok == want_ok && got == want, "trial %d floor %d top-p %g: key %llx (%d), want %llx (%d)", trial,
+                          floors[f], ps[t], got, ok, (unsigned long long)want, want_ok);
+            }
+            /* more mass than the set holds: not reached, keep the whole set */
+            bool ok;
+            unsigned long long got = radix_select_host(keys, mass, V, floor_key, true, mk + 1, &ok);
+            CHECK(!ok && got == floor_key);
+        }
+    }
+}
+
 int main(void)
 {
     RUN(test_philox_known_answers);
     RUN(test_sampler_uniform);
     RUN(test_gumbel_max_frequencies);
     RUN(test_rank_key);
+    RUN(test_radix_select);
     RUN(test_slot_maths);
     RUN(test_reserve_and_release);
     RUN(test_fork_shares_prompt);
