@@ -78,7 +78,7 @@ run() {
 }
 
 echo "== 1. parity, full grid (each group of checks in its own process: a fault stops only its group)"
-for group in gemm head embedding rmsnorm rope swiglu attention adamw decoder kvstore decode_attention sampler; do
+for group in gemm head embedding rmsnorm rope swiglu attention adamw decoder kvstore decode_attention sampler decode; do
     run "1. parity $group" 60 "$parity" --only "$group"
     rc=$?
     if [[ $rc -eq 77 ]]; then

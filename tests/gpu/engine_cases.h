@@ -20,6 +20,14 @@
  *                     truncation flags equal to the CPU's (a mismatch fails),
  *                     logprobs to 1e-6; rerun and each row alone vs the batch
  *                     of 64, bit for bit.
+ *   decode            the GPU decode step (model/decode_cuda) on a tiny model
+ *                     (2 layers, C 128, H 4/2, hd 64, V 1003, biases, untied):
+ *                     prefill logits of two prompts against model.c's forward
+ *                     on the CPU ops (1e-4 fp32, 3e-2 bf16); greedy generation
+ *                     of 8 tokens with a GRPO sample forked from one prompt
+ *                     (shared blocks, tail copy): in fp32 token for token equal
+ *                     to greedy decoding on the CPU, the forked sample equal to
+ *                     its parent, one sequence alone equal to the batch.
  */
 #ifndef TIDAL_TESTS_GPU_ENGINE_CASES_H
 #define TIDAL_TESTS_GPU_ENGINE_CASES_H
@@ -27,6 +35,7 @@
 #include "kernels/cpu/engine_ref.h"
 #include "kernels/cuda/engine_cuda.h"
 #include "kernels/cuda/engine_index.h"
+#include "model/decode_cuda.h"
 #include "rollout/kvpages.h"
 
 static void *dput_raw(const void *x, size_t bytes)
@@ -278,6 +287,199 @@ static void sampler_case(int B, int V)
     free(logits), free(P), free(rt), free(gt), free(gt2), free(rl), free(gl), free(rtr), free(gtr);
     cuda_free(dlog), cuda_free(dP), cuda_free(dtok), cuda_free(dtok2), cuda_free(dlp), cuda_free(dlp2);
     cuda_free(dtr), cuda_free(dtr2);
+}
+
+
+/* ---- the decode step ---- */
+
+/* model.c's forward over one sequence ids[0..n) with the CPU ops (the order
+ * of tests/gpu/cpu_decoder.h): logits [n, V] of every position. */
+static void cpu_logits(const model_gpu_dims *d, const float *P, const int32_t *ids, int n, float *logits)
+{
+    const int C = d->hidden, NH = d->heads, NKV = d->kv_heads, HD = d->head_dim, F = d->ffn, V = d->vocab;
+    const int QD = NH * HD, KVD = NKV * HD;
+    const size_t t = (size_t)n;
+    float *x = xmalloc(t * C * 4), *a = xmalloc(t * C * 4), *r = xmalloc(t * 4), *q = xmalloc(t * QD * 4);
+    float *k = xmalloc(t * KVD * 4), *v = xmalloc(t * KVD * 4), *att = xmalloc(t * QD * 4), *lse = xmalloc(t * NH * 4);
+    float *xm = xmalloc(t * C * 4), *gate = xmalloc(t * F * 4), *up = xmalloc(t * F * 4), *h = xmalloc(t * F * 4);
+    int32_t *pos = xmalloc(t * 4), cu[2] = {0, n};
+    for (int i = 0; i < n; i++) pos[i] = i;
+#define PW(off) ((off) == MODEL_GPU_ABSENT ? NULL : P + (off))
+    cpu_embedding_forward(x, ids, P + model_gpu_embed(d), n, C);
+    for (int l = 0; l < d->layers; l++) {
+        model_gpu_layer_offsets o = model_gpu_layer(d, l);
+        cpu_rmsnorm_forward(a, r, x, PW(o.ln1), n, C, d->rms_eps);
+        cpu_matmul_forward(q, a, PW(o.wq), PW(o.bq), n, C, QD);
+        cpu_matmul_forward(k, a, PW(o.wk), PW(o.bk), n, C, KVD);
+        cpu_matmul_forward(v, a, PW(o.wv), PW(o.bv), n, C, KVD);
+        cpu_rope_forward(q, pos, n, NH, HD, d->rope_theta);
+        cpu_rope_forward(k, pos, n, NKV, HD, d->rope_theta);
+        cpu_attention_forward(att, lse, q, k, v, cu, 1, n, NH, NKV, HD);
+        cpu_matmul_forward(xm, att, PW(o.wo), PW(o.bo), n, QD, C);
+        for (size_t i = 0; i < t * C; i++) xm[i] += x[i];
+        cpu_rmsnorm_forward(a, r, xm, PW(o.ln2), n, C, d->rms_eps);
+        cpu_matmul_forward(gate, a, PW(o.wg), NULL, n, C, F);
+        cpu_matmul_forward(up, a, PW(o.wu), NULL, n, C, F);
+        cpu_swiglu_forward(h, gate, up, t * F);
+        cpu_matmul_forward(x, h, PW(o.wd), NULL, n, F, C);
+        for (size_t i = 0; i < t * C; i++) x[i] += xm[i];
+    }
+#undef PW
+    cpu_rmsnorm_forward(a, r, x, P + model_gpu_norm(d), n, C, d->rms_eps);
+    cpu_matmul_forward(logits, a, P + model_gpu_head(d), NULL, n, C, V);
+    free(x), free(a), free(r), free(q), free(k), free(v), free(att), free(lse), free(xm), free(gate), free(up), free(h);
+    free(pos);
+}
+
+static int argmax_low(const float *z, int V)
+{
+    int a = 0;
+    for (int j = 1; j < V; j++)
+        if (z[j] > z[a]) a = j;
+    return a;
+}
+
+/* Greedy generation on the GPU of `steps` tokens for the sequences whose
+ * prompts are given (sequence i of nseq; fork_of[i] >= 0: a GRPO sample of
+ * that sequence's prompt, forked after the prefill). gen[i * steps + s]
+ * receives the tokens; prefill_logits (may be NULL) the logits of every
+ * prompt row, in order. false when a call failed (recorded). */
+static bool gpu_greedy(decode_cuda *g, const model_gpu_dims *d, const int32_t *const *prompts, const int *plen,
+                       const int *fork_of, int nseq, int steps, int32_t *gen, float *prefill_logits, cuda_dtype dt,
+                       const char *shape)
+{
+    const int V = d->vocab, BS = 16, MB = 4, ROWS = 3; /* decode_case's options: the table the step uploads */
+    kvpages *p = NULL;
+    if (nseq > ROWS || kvpages_create(64, BS, ROWS, MB, &p) != TIDAL_OK) fatal("kvpages_create");
+    int32_t tok[64], seq[64], pos[64], len[8];
+    int T = 0;
+    bool ok = false;
+    const float *dlog = NULL;
+    float *row = xmalloc((size_t)V * 4);
+    for (int i = 0; i < nseq; i++) {
+        if (fork_of[i] >= 0) continue;
+        if (kvpages_reserve(p, i, plen[i]) != TIDAL_OK) fatal("kvpages_reserve");
+        for (int j = 0; j < plen[i]; j++) tok[T] = prompts[i][j], seq[T] = i, pos[T] = j, T++;
+        len[i] = plen[i];
+    }
+    if (!ran(decode_cuda_step(g, tok, seq, pos, T, kvpages_table(p), &dlog), "decode step", dt, shape)) goto done;
+    if (prefill_logits) {
+        if (cuda_check(cudaMemcpyAsync(prefill_logits, dlog, (size_t)T * V * 4, cudaMemcpyDeviceToHost,
+                                       decode_cuda_stream(g)), "download") != TIDAL_OK)
+            fatal("download");
+    }
+    /* the first generated token of each prompt: its last row's argmax */
+    int last = -1;
+    int32_t next[8];
+    for (int i = 0, r = 0; i < nseq; i++) {
+        if (fork_of[i] >= 0) continue;
+        r += plen[i];
+        last = r - 1;
+        if (cuda_check(cudaMemcpyAsync(row, dlog + (size_t)last * V, (size_t)V * 4, cudaMemcpyDeviceToHost,
+                                       decode_cuda_stream(g)), "download") != TIDAL_OK ||
+            cuda_check(cudaStreamSynchronize(decode_cuda_stream(g)), "decode step") != TIDAL_OK)
+            fatal("decode step");
+        next[i] = argmax_low(row, V);
+    }
+    /* the forks: shared prompt blocks, the tail copied */
+    for (int i = 0; i < nseq; i++) {
+        if (fork_of[i] < 0) continue;
+        kvpages_copy cp;
+        if (kvpages_fork(p, fork_of[i], i, &cp) != TIDAL_OK) fatal("kvpages_fork");
+        if (cp.n > 0 && !ran(decode_cuda_copy_blocks(g, &cp.src, &cp.dst, &cp.n, 1), "decode step", dt, shape))
+            goto done;
+        len[i] = plen[fork_of[i]];
+        next[i] = next[fork_of[i]];
+    }
+    for (int s = 0; s < steps; s++) {
+        for (int i = 0; i < nseq; i++) {
+            gen[i * steps + s] = next[i];
+            if (kvpages_reserve(p, i, len[i] + 1) != TIDAL_OK) fatal("kvpages_reserve");
+            tok[i] = next[i], seq[i] = i, pos[i] = len[i];
+            len[i]++;
+        }
+        if (s + 1 == steps) break;
+        if (!ran(decode_cuda_step(g, tok, seq, pos, nseq, kvpages_table(p), &dlog), "decode step", dt, shape))
+            goto done;
+        for (int i = 0; i < nseq; i++) {
+            if (cuda_check(cudaMemcpyAsync(row, dlog + (size_t)i * V, (size_t)V * 4, cudaMemcpyDeviceToHost,
+                                           decode_cuda_stream(g)), "download") != TIDAL_OK ||
+                cuda_check(cudaStreamSynchronize(decode_cuda_stream(g)), "decode step") != TIDAL_OK)
+                fatal("decode step");
+            next[i] = argmax_low(row, V);
+        }
+    }
+    ok = true;
+done:
+    free(row);
+    kvpages_free(p);
+    return ok;
+}
+
+static void decode_case(cuda_dtype dt)
+{
+    const model_gpu_dims d = {.layers = 2, .hidden = 128, .heads = 4, .kv_heads = 2, .head_dim = 64, .ffn = 352,
+                              .vocab = 1003, .qkv_bias = true, .o_bias = true, .tied = false, .rms_eps = 1e-6f,
+                              .rope_theta = 1e6f};
+    const char *shape = "2 layers C128 H4/2 hd64 V1003 untied";
+    const double tol = dt == CUDA_BF16 ? 3e-2 : 1e-4;
+    const int V = d.vocab, steps = 8;
+    const size_t n = model_gpu_params(&d);
+    float *P = hrand(n, 0.1f, 0.0f, dt);
+    for (int l = 0; l < d.layers; l++) {
+        model_gpu_layer_offsets o = model_gpu_layer(&d, l);
+        for (int c = 0; c < d.hidden; c++) P[o.ln1 + c] += 1.0f, P[o.ln2 + c] += 1.0f;
+    }
+    for (int c = 0; c < d.hidden; c++) P[model_gpu_norm(&d) + c] += 1.0f;
+    if (dt == CUDA_BF16)
+        for (size_t i = 0; i < n; i++) P[i] = cuda_float_from_bf16(cuda_bf16_from_float(P[i]));
+    int32_t p0[5], p1[17];
+    for (int i = 0; i < 5; i++) p0[i] = (i * 37 + 11) % V;
+    for (int i = 0; i < 17; i++) p1[i] = (i * 53 + 5) % V;
+    const int32_t *prompts[3] = {p0, p1, p1};
+    const int plen[3] = {5, 17, 17}, fork_of[3] = {-1, -1, 1}, alone_fork[1] = {-1};
+    decode_cuda_options o = {.max_rows = 32, .n_blocks = 64, .block_size = 16, .max_seqs = 3, .max_blocks = 4,
+                             .dt = dt, .cache_dt = dt};
+    decode_cuda *g = NULL;
+    int32_t gen[3 * 8], alone[8];
+    float *pre = xmalloc((size_t)22 * V * 4), *ref = xmalloc((size_t)(17 + steps) * V * 4);
+    if (!ran(decode_cuda_create(&d, &o, &g), "decode step", dt, shape)) goto cleanup;
+    if (!ran(decode_cuda_set_params(g, P), "decode step", dt, shape)) goto cleanup;
+    if (!gpu_greedy(g, &d, prompts, plen, fork_of, 3, steps, gen, pre, dt, shape)) goto cleanup;
+    /* prefill logits against the CPU forward of each prompt */
+    cpu_logits(&d, P, p0, 5, ref);
+    cpu_logits(&d, P, p1, 17, ref + (size_t)5 * V);
+    record("decode prefill logits", dt, shape, rel_err(pre, ref, (size_t)22 * V), tol);
+    /* the forked sample is its parent, token for token */
+    record("decode fork = parent (tokens)", dt, shape, memcmp(gen + steps, gen + 2 * steps, steps * 4) ? INFINITY : 0.0,
+           0.0);
+    if (dt == CUDA_F32) { /* greedy on the CPU: the same tokens */
+        int bad = 0;
+        for (int i = 0; i < 2; i++) {
+            int32_t ids[17 + 8];
+            int m = plen[i];
+            memcpy(ids, prompts[i], (size_t)m * 4);
+            for (int s = 0; s < steps; s++) {
+                cpu_logits(&d, P, ids, m, ref);
+                ids[m] = argmax_low(ref + (size_t)(m - 1) * V, V);
+                if (ids[m] != gen[i * steps + s]) {
+                    if (!bad) fprintf(stderr, "gpu parity: decode: sequence %d token %d: gpu %d, cpu %d\n", i, s,
+                                      gen[i * steps + s], ids[m]);
+                    bad++;
+                    ids[m] = gen[i * steps + s]; /* follow the GPU to count later differences */
+                }
+                m++;
+            }
+        }
+        record("decode greedy = cpu (tokens)", dt, shape, (double)bad / (2 * steps), 0.0);
+        /* sequence 0 alone: the tokens it got in the batch */
+        const int32_t *one[1] = {p0};
+        if (gpu_greedy(g, &d, one, plen, alone_fork, 1, steps, alone, NULL, dt, shape))
+            record("decode alone = batch (tokens)", dt, shape, memcmp(alone, gen, steps * 4) ? INFINITY : 0.0, 0.0);
+    }
+cleanup:
+    decode_cuda_free(g);
+    free(P), free(pre), free(ref);
 }
 
 /* The three groups over the grid (quick: the small shapes). */
