@@ -79,9 +79,11 @@ static int32_t pop_block(kvpages *p)
 
 tidal_status kvpages_reserve(kvpages *p, int seq, int n)
 {
-    if (!seq_ok(p, seq)) return tidal_fail(TIDAL_ERR_INVALID, "kvpages: sequence %d (need 0 .. %d)", seq, p->max_seqs - 1);
+    if (!seq_ok(p, seq))
+        return tidal_fail(TIDAL_ERR_INVALID, "kvpages: sequence %d (need 0 .. %d)", seq, p->max_seqs - 1);
     if (n < 0 || n > p->max_blocks * p->block_size)
-        return tidal_fail(TIDAL_ERR_INVALID, "kvpages: sequence %d: %d tokens (a sequence holds at most %d: %d blocks of %d)",
+        return tidal_fail(TIDAL_ERR_INVALID,
+                          "kvpages: sequence %d: %d tokens (a sequence holds at most %d: %d blocks of %d)",
                           seq, n, p->max_blocks * p->block_size, p->max_blocks, p->block_size);
     int need = blocks_for(p, n) - p->nmapped[seq];
     if (need > p->nfree) return out_of_blocks(p, seq, need, n);
@@ -103,7 +105,8 @@ tidal_status kvpages_fork(kvpages *p, int parent, int child, kvpages_copy *copy)
                           child, child, p->length[child]);
     const int len = p->length[parent], full = len / p->block_size, tail = len % p->block_size;
     if (tail && !copy)
-        return tidal_fail(TIDAL_ERR_INVALID, "kvpages: fork %d -> %d: a partly filled block needs a copy", parent, child);
+        return tidal_fail(TIDAL_ERR_INVALID, "kvpages: fork %d -> %d: a partly filled block needs a copy", parent,
+                          child);
     if (tail && p->nfree < 1) return out_of_blocks(p, child, 1, len);
     const int32_t *prow = p->table + (size_t)parent * p->max_blocks;
     int32_t *crow = p->table + (size_t)child * p->max_blocks;

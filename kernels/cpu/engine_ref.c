@@ -60,7 +60,8 @@ void cpu_ref_decode_attention(float *out, float *lse, const float *q, const floa
             for (int d = 0; d < HD; d++) {
                 float acc = 0.0f;
                 for (int p = 0; p < n; p++)
-                    acc += sc[p] * v_cache[cuda_kv_offset(cuda_kv_slot(row, max_blocks, block_size, p), kh, d, NKV, HD)];
+                    acc += sc[p] *
+                           v_cache[cuda_kv_offset(cuda_kv_slot(row, max_blocks, block_size, p), kh, d, NKV, HD)];
                 o[d] = acc * inv;
             }
             if (lse) lse[(size_t)b * NH + h] = (float)((double)m + log(l));

@@ -13,7 +13,8 @@
 
 static tidal_status bad_pages(const char *op, const cuda_kv_pages *p)
 {
-    return tidal_fail(TIDAL_ERR_INVALID, "cuda: %s: bad cache shape: max_blocks %d, block_size %d, slots %lld, NKV %d, HD %d",
+    return tidal_fail(TIDAL_ERR_INVALID,
+                      "cuda: %s: bad cache shape: max_blocks %d, block_size %d, slots %lld, NKV %d, HD %d",
                       op, p->max_blocks, p->block_size, (long long)p->n_slots, p->NKV, p->HD);
 }
 
@@ -130,7 +131,8 @@ __global__ void decode_attention_kernel(Q *out, float *lse, const Q *q, const C 
         for (int j = 0; j < g; j++) {
             float s = 0.0f;
             if (slot >= 0)
-                for (int d = lane; d < HD; d += 32) s += qs[j * HD + d] * load_f(kc, cuda_kv_offset(slot, kh, d, NKV, HD));
+                for (int d = lane; d < HD; d += 32)
+                    s += qs[j * HD + d] * load_f(kc, cuda_kv_offset(slot, kh, d, NKV, HD));
             s = warp_sum(s);
             if (lane == 0) sc[(size_t)j * max_len + p] = slot >= 0 ? s * scale : NAN;
         }

@@ -21,7 +21,12 @@
  *   engine's definitions: greedy argmax (ties low) and its temperature-1
  *   logprob, logprob = z_tok - lse at the sampling temperature, the kept sets
  *   of top-k / top-p / min-p computed by brute force in double, and draw
- *   frequencies equal to the renormalised distribution.
+ *   frequencies equal to the renormalised distribution;
+ * - the GPU decode step's composition (model/decode_cuda.c) done with the
+ *   CPU ops and these references: every row's K/V stored before any row
+ *   attends over its paged keys 0 .. pos, so a prefill of two prompts in one
+ *   step, a forked GRPO sample and decode steps give the logits of the full
+ *   causal forward (tests/gpu/cpu_decoder.h's op order) and its greedy tokens.
  */
 #include <math.h>
 #include <stdint.h>
@@ -34,6 +39,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/softmax.h"
 #include "kernels/cuda/engine_index.h"
+#include "model/gpu_layout.h"
 #include "rollout/kvpages.h"
 
 static void test_philox_known_answers(void)
@@ -646,6 +652,203 @@ static void test_radix_select(void)
     }
 }
 
+/* ---- the decode step's composition, on the CPU ---- */
+
+typedef struct paged_model {
+    model_gpu_dims d;
+    const float *P;
+    float *kc, *vc; /* [L][n_slots][KVD] each */
+    int64_t n_slots;
+    int max_blocks, block_size;
+} paged_model;
+
+/* decode_cuda_step's op order with the CPU ops: logits [T, V]. */
+static void paged_step(const paged_model *m, const int32_t *tables, const int32_t *tok, const int32_t *seq,
+                       const int32_t *pos, int T, float *logits)
+{
+    const model_gpu_dims *d = &m->d;
+    const int C = d->hidden, NH = d->heads, NKV = d->kv_heads, HD = d->head_dim, F = d->ffn, V = d->vocab;
+    const int QD = NH * HD, KVD = NKV * HD;
+    const size_t t = (size_t)T;
+    float *x = calloc(t * C, 4), *h = calloc(t * C, 4), *r = calloc(t, 4), *q = calloc(t * QD, 4);
+    float *k = calloc(t * KVD, 4), *v = calloc(t * KVD, 4), *att = calloc(t * QD, 4), *tmp = calloc(t * C, 4);
+    float *gate = calloc(t * F, 4), *up = calloc(t * F, 4), *act = calloc(t * F, 4);
+    int32_t *len = calloc(t, 4);
+    for (int i = 0; i < T; i++) len[i] = pos[i] + 1;
+    const float *P = m->P;
+#define PW(off) ((off) == MODEL_GPU_ABSENT ? NULL : P + (off))
+    cpu_embedding_forward(x, tok, P + model_gpu_embed(d), T, C);
+    for (int l = 0; l < d->layers; l++) {
+        model_gpu_layer_offsets o = model_gpu_layer(d, l);
+        float *kc = m->kc + (size_t)l * m->n_slots * KVD, *vc = m->vc + (size_t)l * m->n_slots * KVD;
+        cpu_rmsnorm_forward(h, r, x, PW(o.ln1), T, C, d->rms_eps);
+        cpu_matmul_forward(q, h, PW(o.wq), PW(o.bq), T, C, QD);
+        cpu_matmul_forward(k, h, PW(o.wk), PW(o.bk), T, C, KVD);
+        cpu_matmul_forward(v, h, PW(o.wv), PW(o.bv), T, C, KVD);
+        cpu_rope_forward(q, pos, T, NH, HD, d->rope_theta);
+        cpu_rope_forward(k, pos, T, NKV, HD, d->rope_theta);
+        cpu_ref_kv_store(kc, vc, tables, m->max_blocks, m->block_size, k, v, seq, pos, T, NKV, HD);
+        cpu_ref_decode_attention(att, NULL, q, kc, vc, tables, m->max_blocks, m->block_size, seq, len, T, NH, NKV, HD);
+        cpu_matmul_forward(tmp, att, PW(o.wo), PW(o.bo), T, QD, C);
+        for (size_t i = 0; i < t * C; i++) x[i] += tmp[i];
+        cpu_rmsnorm_forward(h, r, x, PW(o.ln2), T, C, d->rms_eps);
+        cpu_matmul_forward(gate, h, PW(o.wg), NULL, T, C, F);
+        cpu_matmul_forward(up, h, PW(o.wu), NULL, T, C, F);
+        cpu_swiglu_forward(act, gate, up, t * F);
+        cpu_matmul_forward(tmp, act, PW(o.wd), NULL, T, F, C);
+        for (size_t i = 0; i < t * C; i++) x[i] += tmp[i];
+    }
+    cpu_rmsnorm_forward(h, r, x, P + model_gpu_norm(d), T, C, d->rms_eps);
+    cpu_matmul_forward(logits, h, P + model_gpu_head(d), NULL, T, C, V);
+#undef PW
+    free(x), free(h), free(r), free(q), free(k), free(v), free(att), free(tmp), free(gate), free(up), free(act);
+    free(len);
+}
+
+/* The full causal forward of one sequence (cpu_decoder.h's order): logits [n, V]. */
+static void full_forward(const paged_model *m, const int32_t *ids, int n, float *logits)
+{
+    const model_gpu_dims *d = &m->d;
+    const int C = d->hidden, NH = d->heads, NKV = d->kv_heads, HD = d->head_dim, F = d->ffn, V = d->vocab;
+    const int QD = NH * HD, KVD = NKV * HD;
+    const size_t t = (size_t)n;
+    float *x = calloc(t * C, 4), *a = calloc(t * C, 4), *r = calloc(t, 4), *q = calloc(t * QD, 4);
+    float *k = calloc(t * KVD, 4), *v = calloc(t * KVD, 4), *att = calloc(t * QD, 4), *lse = calloc(t * NH, 4);
+    float *xm = calloc(t * C, 4), *gate = calloc(t * F, 4), *up = calloc(t * F, 4), *h = calloc(t * F, 4);
+    int32_t *pos = calloc(t, 4), cu[2] = {0, n};
+    for (int i = 0; i < n; i++) pos[i] = i;
+    const float *P = m->P;
+#define PW(off) ((off) == MODEL_GPU_ABSENT ? NULL : P + (off))
+    cpu_embedding_forward(x, ids, P + model_gpu_embed(d), n, C);
+    for (int l = 0; l < d->layers; l++) {
+        model_gpu_layer_offsets o = model_gpu_layer(d, l);
+        cpu_rmsnorm_forward(a, r, x, PW(o.ln1), n, C, d->rms_eps);
+        cpu_matmul_forward(q, a, PW(o.wq), PW(o.bq), n, C, QD);
+        cpu_matmul_forward(k, a, PW(o.wk), PW(o.bk), n, C, KVD);
+        cpu_matmul_forward(v, a, PW(o.wv), PW(o.bv), n, C, KVD);
+        cpu_rope_forward(q, pos, n, NH, HD, d->rope_theta);
+        cpu_rope_forward(k, pos, n, NKV, HD, d->rope_theta);
+        cpu_attention_forward(att, lse, q, k, v, cu, 1, n, NH, NKV, HD);
+        cpu_matmul_forward(xm, att, PW(o.wo), PW(o.bo), n, QD, C);
+        for (size_t i = 0; i < t * C; i++) xm[i] += x[i];
+        cpu_rmsnorm_forward(a, r, xm, PW(o.ln2), n, C, d->rms_eps);
+        cpu_matmul_forward(gate, a, PW(o.wg), NULL, n, C, F);
+        cpu_matmul_forward(up, a, PW(o.wu), NULL, n, C, F);
+        cpu_swiglu_forward(h, gate, up, t * F);
+        cpu_matmul_forward(x, h, PW(o.wd), NULL, n, F, C);
+        for (size_t i = 0; i < t * C; i++) x[i] += xm[i];
+    }
+#undef PW
+    cpu_rmsnorm_forward(a, r, x, P + model_gpu_norm(d), n, C, d->rms_eps);
+    cpu_matmul_forward(logits, a, P + model_gpu_head(d), NULL, n, C, V);
+    free(x), free(a), free(r), free(q), free(k), free(v), free(att), free(lse), free(xm), free(gate), free(up), free(h);
+    free(pos);
+}
+
+static double rel_diff(const float *a, const float *b, size_t n)
+{
+    double dd = 0.0, rr = 0.0;
+    for (size_t i = 0; i < n; i++) dd += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), rr += (double)b[i] * b[i];
+    return rr > 0.0 ? sqrt(dd / rr) : sqrt(dd);
+}
+
+static int argmax_of(const float *z, int V)
+{
+    int a = 0;
+    for (int j = 1; j < V; j++)
+        if (z[j] > z[a]) a = j;
+    return a;
+}
+
+/* Two prompts (7 and 20 tokens) prefilled in one step, a third sequence
+ * forked from the second (blocks of 8: two shared, a tail of 4 copied), then
+ * 6 greedy decode steps of the three together: every step's logits equal the
+ * full forward of each sequence so far, and the tokens its greedy tokens. */
+static void test_paged_decode_composition(void)
+{
+    enum { BS = 8, MB = 8, NB = 32, STEPS = 6 };
+    paged_model m = {.d = {.layers = 2, .hidden = 32, .heads = 4, .kv_heads = 2, .head_dim = 8, .ffn = 48, .vocab = 97,
+                           .qkv_bias = true, .o_bias = true, .tied = false, .rms_eps = 1e-6f, .rope_theta = 1e4f},
+                     .max_blocks = MB, .block_size = BS, .n_slots = NB * BS};
+    const model_gpu_dims *d = &m.d;
+    const int V = d->vocab, KVD = d->kv_heads * d->head_dim;
+    const size_t np = model_gpu_params(d);
+    float *P = malloc(np * 4), *logits = malloc((size_t)40 * V * 4), *ref = malloc((size_t)40 * V * 4);
+    m.kc = calloc((size_t)d->layers * m.n_slots * KVD, 4);
+    m.vc = calloc((size_t)d->layers * m.n_slots * KVD, 4);
+    kvpages *p = NULL;
+    tidal_status st = kvpages_create(NB, BS, 3, MB, &p);
+    if (st != TIDAL_OK || !P || !logits || !ref || !m.kc || !m.vc) {
+        if (st == TIDAL_OK) st = tidal_fail(TIDAL_ERR_NOMEM, "test: out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < np; i++) P[i] = 0.3f * frand();
+    for (int l = 0; l < d->layers; l++) {
+        model_gpu_layer_offsets o = model_gpu_layer(d, l);
+        for (int c = 0; c < d->hidden; c++) P[o.ln1 + c] += 1.0f, P[o.ln2 + c] += 1.0f;
+    }
+    for (int c = 0; c < d->hidden; c++) P[model_gpu_norm(d) + c] += 1.0f;
+    m.P = P;
+    int32_t ids[3][40], len[3] = {7, 20, 20};
+    for (int i = 0; i < 7; i++) ids[0][i] = (i * 13 + 5) % V;
+    for (int i = 0; i < 20; i++) ids[1][i] = ids[2][i] = (i * 29 + 3) % V;
+    /* the prefill: both prompts in one step */
+    int32_t tok[40], seq[40], pos[40];
+    int T = 0;
+    if ((st = kvpages_reserve(p, 0, 7)) != TIDAL_OK || (st = kvpages_reserve(p, 1, 20)) != TIDAL_OK) goto done;
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < len[s]; i++) tok[T] = ids[s][i], seq[T] = s, pos[T] = i, T++;
+    paged_step(&m, kvpages_table(p), tok, seq, pos, T, logits);
+    full_forward(&m, ids[0], 7, ref);
+    full_forward(&m, ids[1], 20, ref + (size_t)7 * V);
+    double e = rel_diff(logits, ref, (size_t)T * V);
+    if (!(e < 1e-5)) {
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "test: prefill logits differ from the full forward by %g", e);
+        goto done;
+    }
+    int32_t next[3] = {argmax_of(logits + (size_t)6 * V, V), argmax_of(logits + (size_t)26 * V, V), 0};
+    next[2] = next[1];
+    /* the GRPO sample: the prompt's full blocks shared, its tail copied in every layer */
+    kvpages_copy cp;
+    if ((st = kvpages_fork(p, 1, 2, &cp)) != TIDAL_OK) goto done;
+    if (cp.n != 20 % BS) {
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "test: fork copies %d slots", cp.n);
+        goto done;
+    }
+    for (int l = 0; l < d->layers; l++) {
+        float *kc = m.kc + (size_t)l * m.n_slots * KVD, *vc = m.vc + (size_t)l * m.n_slots * KVD;
+        memcpy(kc + (size_t)cp.dst * BS * KVD, kc + (size_t)cp.src * BS * KVD, (size_t)cp.n * KVD * 4);
+        memcpy(vc + (size_t)cp.dst * BS * KVD, vc + (size_t)cp.src * BS * KVD, (size_t)cp.n * KVD * 4);
+    }
+    for (int step = 0; step < STEPS; step++) {
+        for (int s = 0; s < 3; s++) {
+            ids[s][len[s]] = next[s];
+            if ((st = kvpages_reserve(p, s, len[s] + 1)) != TIDAL_OK) goto done;
+            tok[s] = next[s], seq[s] = s, pos[s] = len[s];
+            len[s]++;
+        }
+        paged_step(&m, kvpages_table(p), tok, seq, pos, 3, logits);
+        for (int s = 0; s < 3; s++) {
+            full_forward(&m, ids[s], len[s], ref);
+            const float *want = ref + (size_t)(len[s] - 1) * V, *got = logits + (size_t)s * V;
+            e = rel_diff(got, want, (size_t)V);
+            if (!(e < 1e-5) || argmax_of(got, V) != argmax_of(want, V)) {
+                st = tidal_fail(TIDAL_ERR_CORRUPT, "test: step %d sequence %d: logits differ by %g, tokens %d / %d",
+                                step, s, e, argmax_of(got, V), argmax_of(want, V));
+                goto done;
+            }
+            next[s] = argmax_of(got, V);
+        }
+    }
+    if (len[1] != len[2] || memcmp(ids[1], ids[2], (size_t)len[1] * 4) != 0)
+        st = tidal_fail(TIDAL_ERR_CORRUPT, "test: fork and parent diverged");
+    if (st == TIDAL_OK) st = kvpages_check(p);
+done:
+    kvpages_free(p);
+    free(P), free(logits), free(ref), free(m.kc), free(m.vc);
+    CHECK_OK(st);
+}
+
 int main(void)
 {
     RUN(test_philox_known_answers);
@@ -660,5 +863,6 @@ int main(void)
     RUN(test_random_operations);
     RUN(test_paged_attention_reference);
     RUN(test_sampler_reference);
+    RUN(test_paged_decode_composition);
     return check_summary();
 }
