@@ -22,12 +22,13 @@
  *                     of 64, bit for bit.
  *   decode            the GPU decode step (model/decode_cuda) on a tiny model
  *                     (2 layers, C 128, H 4/2, hd 64, V 1003, biases, untied):
- *                     prefill logits of two prompts against model.c's forward
- *                     on the CPU ops (1e-4 fp32, 3e-2 bf16); greedy generation
- *                     of 8 tokens with a GRPO sample forked from one prompt
- *                     (shared blocks, tail copy): in fp32 token for token equal
- *                     to greedy decoding on the CPU, the forked sample equal to
- *                     its parent, one sequence alone equal to the batch.
+ *                     a batch of 64 sequences (one a GRPO sample forked from
+ *                     another: shared blocks, tail copy) prefilled in one step:
+ *                     two prompts' logits against model.c's forward on the CPU
+ *                     ops (1e-4 fp32, 3e-2 bf16); 8 greedy tokens each: the
+ *                     forked sample equal to its parent, and in fp32 four
+ *                     sequences token for token equal to greedy decoding on the
+ *                     CPU and one sequence alone equal to itself in the batch.
  */
 #ifndef TIDAL_TESTS_GPU_ENGINE_CASES_H
 #define TIDAL_TESTS_GPU_ENGINE_CASES_H
@@ -348,10 +349,10 @@ static bool gpu_greedy(decode_cuda *g, const model_gpu_dims *d, const int32_t *c
                        const int *fork_of, int nseq, int steps, int32_t *gen, float *prefill_logits, cuda_dtype dt,
                        const char *shape)
 {
-    const int V = d->vocab, BS = 16, MB = 4, ROWS = 3; /* decode_case's options: the table the step uploads */
+    const int V = d->vocab, BS = 16, MB = 4, ROWS = 64; /* decode_case's options: the table the step uploads */
     kvpages *p = NULL;
-    if (nseq > ROWS || kvpages_create(64, BS, ROWS, MB, &p) != TIDAL_OK) fatal("kvpages_create");
-    int32_t tok[64], seq[64], pos[64], len[8];
+    if (nseq > ROWS || kvpages_create(256, BS, ROWS, MB, &p) != TIDAL_OK) fatal("kvpages_create");
+    int32_t tok[1024], seq[1024], pos[1024], len[64];
     int T = 0;
     bool ok = false;
     const float *dlog = NULL;
@@ -370,7 +371,7 @@ static bool gpu_greedy(decode_cuda *g, const model_gpu_dims *d, const int32_t *c
     }
     /* the first generated token of each prompt: its last row's argmax */
     int last = -1;
-    int32_t next[8];
+    int32_t next[64];
     for (int i = 0, r = 0; i < nseq; i++) {
         if (fork_of[i] >= 0) continue;
         r += plen[i];
@@ -436,16 +437,25 @@ static void decode_case(cuda_dtype dt)
     int32_t p0[5], p1[17];
     for (int i = 0; i < 5; i++) p0[i] = (i * 37 + 11) % V;
     for (int i = 0; i < 17; i++) p1[i] = (i * 53 + 5) % V;
-    const int32_t *prompts[3] = {p0, p1, p1};
-    const int plen[3] = {5, 17, 17}, fork_of[3] = {-1, -1, 1}, alone_fork[1] = {-1};
-    decode_cuda_options o = {.max_rows = 32, .n_blocks = 64, .block_size = 16, .max_seqs = 3, .max_blocks = 4,
+    /* 64 sequences: p0, p1, a GRPO sample of p1, then 61 prompts of 1 .. 9 tokens */
+    enum { NSEQ = 64 };
+    int32_t others[NSEQ][9];
+    const int32_t *prompts[NSEQ] = {p0, p1, p1};
+    int plen[NSEQ] = {5, 17, 17}, fork_of[NSEQ] = {-1, -1, 1}, prefill_rows = 22;
+    const int alone_fork[1] = {-1};
+    for (int i = 3; i < NSEQ; i++) {
+        plen[i] = 1 + i % 9, fork_of[i] = -1, prompts[i] = others[i];
+        for (int j = 0; j < plen[i]; j++) others[i][j] = (i * 101 + j * 7) % V;
+        prefill_rows += plen[i];
+    }
+    decode_cuda_options o = {.max_rows = 1024, .n_blocks = 256, .block_size = 16, .max_seqs = NSEQ, .max_blocks = 4,
                              .dt = dt, .cache_dt = dt};
     decode_cuda *g = NULL;
-    int32_t gen[3 * 8], alone[8];
-    float *pre = xmalloc((size_t)22 * V * 4), *ref = xmalloc((size_t)(17 + steps) * V * 4);
+    int32_t gen[NSEQ * 8], alone[8];
+    float *pre = xmalloc((size_t)prefill_rows * V * 4), *ref = xmalloc((size_t)(17 + steps) * V * 4);
     if (!ran(decode_cuda_create(&d, &o, &g), "decode step", dt, shape)) goto cleanup;
     if (!ran(decode_cuda_set_params(g, P), "decode step", dt, shape)) goto cleanup;
-    if (!gpu_greedy(g, &d, prompts, plen, fork_of, 3, steps, gen, pre, dt, shape)) goto cleanup;
+    if (!gpu_greedy(g, &d, prompts, plen, fork_of, NSEQ, steps, gen, pre, dt, shape)) goto cleanup;
     /* prefill logits against the CPU forward of each prompt */
     cpu_logits(&d, P, p0, 5, ref);
     cpu_logits(&d, P, p1, 17, ref + (size_t)5 * V);
@@ -455,7 +465,9 @@ static void decode_case(cuda_dtype dt)
            0.0);
     if (dt == CUDA_F32) { /* greedy on the CPU: the same tokens */
         int bad = 0;
-        for (int i = 0; i < 2; i++) {
+        const int checked[4] = {0, 1, 3, 63};
+        for (int c = 0; c < 4; c++) {
+            const int i = checked[c];
             int32_t ids[17 + 8];
             int m = plen[i];
             memcpy(ids, prompts[i], (size_t)m * 4);
@@ -471,8 +483,8 @@ static void decode_case(cuda_dtype dt)
                 m++;
             }
         }
-        record("decode greedy = cpu (tokens)", dt, shape, (double)bad / (2 * steps), 0.0);
-        /* sequence 0 alone: the tokens it got in the batch */
+        record("decode greedy = cpu (tokens)", dt, shape, (double)bad / (4 * steps), 0.0);
+        /* sequence 0 alone: the tokens it got in the batch of 64 */
         const int32_t *one[1] = {p0};
         if (gpu_greedy(g, &d, one, plen, alone_fork, 1, steps, alone, NULL, dt, shape))
             record("decode alone = batch (tokens)", dt, shape, memcmp(alone, gen, steps * 4) ? INFINITY : 0.0, 0.0);
