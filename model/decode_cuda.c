@@ -33,9 +33,9 @@ struct decode_cuda {
     void *cache;            /* [2][L][n_slots][NKV * HD] in o.cache_dt */
     void **cache_ptrs;      /* device: the 2L caches, K of every layer then V */
     int64_t n_slots;
-    int32_t *d_tables, *d_tokens, *d_seq, *d_pos, *d_len, *d_copy; /* d_copy: 3 x max copies */
+    int32_t *d_tables, *d_tokens, *d_seq, *d_pos, *d_len, *d_out, *d_copy; /* d_copy: 3 x max copies */
     int32_t *h_len;
-    void *x, *h, *q, *k, *v, *att, *gate, *up, *act;
+    void *x, *h, *hout, *q, *k, *v, *att, *gate, *up, *act;
     float *rstd, *logits, *scores;
 };
 
@@ -52,6 +52,7 @@ void decode_cuda_free(decode_cuda *g)
     cuda_free(g->cache);
     cuda_free(g->cache_ptrs);
     cuda_free(g->d_tables), cuda_free(g->d_tokens), cuda_free(g->d_seq), cuda_free(g->d_pos), cuda_free(g->d_len);
+    cuda_free(g->d_out), cuda_free(g->hout);
     cuda_free(g->d_copy);
     free(g->h_len);
     cuda_free(g->x), cuda_free(g->h), cuda_free(g->q), cuda_free(g->k), cuda_free(g->v), cuda_free(g->att);
@@ -81,10 +82,11 @@ tidal_status decode_cuda_create(const model_gpu_dims *d, const decode_cuda_optio
         return tidal_fail(TIDAL_ERR_INVALID, "decode_cuda: bad model shape: layers %d, hidden %d, heads %d/%d, "
                                              "head_dim %d, ffn %d, vocab %d",
                           d->layers, d->hidden, d->heads, d->kv_heads, d->head_dim, d->ffn, d->vocab);
-    if (o->max_rows < 1 || o->n_blocks < 1 || o->block_size < 1 || o->max_seqs < 1 || o->max_blocks < 1)
-        return tidal_fail(TIDAL_ERR_INVALID, "decode_cuda: bad options: max_rows %d, n_blocks %d, block_size %d, "
-                                             "max_seqs %d, max_blocks %d",
-                          o->max_rows, o->n_blocks, o->block_size, o->max_seqs, o->max_blocks);
+    if (o->max_rows < 1 || o->max_logit_rows < 1 || o->max_logit_rows > o->max_rows || o->n_blocks < 1 ||
+        o->block_size < 1 || o->max_seqs < 1 || o->max_blocks < 1)
+        return tidal_fail(TIDAL_ERR_INVALID, "decode_cuda: bad options: max_rows %d, max_logit_rows %d, n_blocks %d, "
+                                             "block_size %d, max_seqs %d, max_blocks %d",
+                          o->max_rows, o->max_logit_rows, o->n_blocks, o->block_size, o->max_seqs, o->max_blocks);
     tidal_status st = TIDAL_OK;
     decode_cuda *g = calloc(1, sizeof *g);
     if (!g) return tidal_fail(TIDAL_ERR_NOMEM, "decode_cuda: out of memory");
@@ -158,7 +160,9 @@ tidal_status decode_cuda_create(const model_gpu_dims *d, const decode_cuda_optio
     TRY_GOTO(cuda_alloc(&g->up, R * F * es, "decode_cuda: up"));
     TRY_GOTO(cuda_alloc(&g->act, R * F * es, "decode_cuda: swiglu"));
     TRY_GOTO(cuda_alloc((void **)&g->rstd, R * 4, "decode_cuda: rstd"));
-    TRY_GOTO(cuda_alloc((void **)&g->logits, R * V * 4, "decode_cuda: logits"));
+    TRY_GOTO(cuda_alloc((void **)&g->d_out, (size_t)o->max_logit_rows * 4, "decode_cuda: logit rows"));
+    TRY_GOTO(cuda_alloc(&g->hout, (size_t)o->max_logit_rows * C * es, "decode_cuda: head rows"));
+    TRY_GOTO(cuda_alloc((void **)&g->logits, (size_t)o->max_logit_rows * V * 4, "decode_cuda: logits"));
     TRY_GOTO(cuda_alloc((void **)&g->scores, R * NH * (size_t)max_len * 4, "decode_cuda: attention scores"));
     *out = g;
     g = NULL;
@@ -198,7 +202,7 @@ static tidal_status linear(decode_cuda *g, void *out, const void *in, const void
 }
 
 tidal_status decode_cuda_step(decode_cuda *g, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int T,
-                              const int32_t *tables, const float **logits)
+                              const int32_t *tables, const int32_t *out_rows, int n_out, const float **logits)
 {
     const model_gpu_dims *d = &g->d;
     const int C = d->hidden, NH = d->heads, NKV = d->kv_heads, HD = d->head_dim, F = d->ffn, V = d->vocab;
@@ -220,6 +224,14 @@ tidal_status decode_cuda_step(decode_cuda *g, const int32_t *tokens, const int32
                               pos[i], seq[i]);
         g->h_len[i] = pos[i] + 1;
     }
+    if (!out_rows) n_out = T;
+    if (n_out < 1 || n_out > g->o.max_logit_rows)
+        return tidal_fail(TIDAL_ERR_INVALID, "decode_cuda: logits of %d rows asked (1 .. %d: max_logit_rows)", n_out,
+                          g->o.max_logit_rows);
+    for (int i = 0; out_rows && i < n_out; i++)
+        if (out_rows[i] < 0 || out_rows[i] >= T)
+            return tidal_fail(TIDAL_ERR_INVALID, "decode_cuda: logit row %d is %d (the step has %d rows)", i,
+                              out_rows[i], T);
     cudaStream_t s = g->stream;
     TRY(cuda_upload(g->d_tables, tables, (size_t)g->o.max_seqs * g->o.max_blocks * 4, s));
     TRY(cuda_upload(g->d_tokens, tokens, (size_t)T * 4, s));
@@ -251,7 +263,13 @@ tidal_status decode_cuda_step(decode_cuda *g, const int32_t *tokens, const int32
         TRY(linear(g, g->x, g->act, y->wd, NULL, T, F, C, 1.0f, dt));
     }
     TRY(cuda_rmsnorm_forward(g->h, g->rstd, g->x, g->norm, T, C, d->rms_eps, dt, s));
-    TRY(linear(g, g->logits, g->h, g->head, NULL, T, C, V, 0.0f, CUDA_F32));
+    const void *hin = g->h;
+    if (out_rows) { /* the wanted rows only: a gather is the embedding lookup with h as the table */
+        TRY(cuda_upload(g->d_out, out_rows, (size_t)n_out * 4, s));
+        TRY(cuda_embedding_forward(g->hout, g->d_out, g->h, n_out, C, dt, s));
+        hin = g->hout;
+    }
+    TRY(linear(g, g->logits, hin, g->head, NULL, n_out, C, V, 0.0f, CUDA_F32));
     *logits = g->logits;
     return TIDAL_OK;
 }

@@ -7,7 +7,10 @@
  * RoPE at the rows' positions, cuda_kv_store of every row's K/V, then
  * cuda_decode_attention of every row over keys 0 .. pos[i] of its sequence,
  * the O GEMM onto the residual, RMSNorm, the SwiGLU MLP onto the residual;
- * last the final norm and the LM head into fp32 logits [T, V] on the device.
+ * last the final norm and the LM head into fp32 logits on the device - of
+ * the rows the caller names only (a prompt's last row, every decode row):
+ * their normed hidden rows are gathered first, so a long prefill never
+ * makes [T, V] logits.
  * All rows' K/V are stored before any row attends, so a prompt's tokens in
  * one step (prefill) attend causally to each other exactly as a decode token
  * attends to its past: one path for prefill and decode, continuous batching
@@ -35,6 +38,7 @@ typedef struct decode_cuda decode_cuda;
 
 typedef struct decode_cuda_options {
     int max_rows;       /* rows per step (prefill tokens + decodes), >= 1 */
+    int max_logit_rows; /* rows whose logits one step returns, 1 .. max_rows */
     int n_blocks;       /* KV cache blocks (all layers share the block ids) */
     int block_size;     /* slots per block */
     int max_seqs;       /* block-table rows */
@@ -56,10 +60,11 @@ tidal_status decode_cuda_set_params(decode_cuda *g, const float *params);
  * max_seqs), 0 <= pos < max_blocks * block_size) with the block table
  * tables[max_seqs][max_blocks] (host, as kvpages_table gives it; every row's
  * positions 0 .. pos must be mapped). *logits receives the device pointer of
- * the fp32 logits [T, V], valid until the next step. Asynchronous on the
- * decoder's stream. */
+ * the fp32 logits [n_out, V] of rows out_rows[0 .. n_out) (host, each in
+ * [0, T); NULL: every row, n_out = T), valid until the next step.
+ * Asynchronous on the decoder's stream. */
 tidal_status decode_cuda_step(decode_cuda *g, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int T,
-                              const int32_t *tables, const float **logits);
+                              const int32_t *tables, const int32_t *out_rows, int n_out, const float **logits);
 
 /* The forked tails kvpages_fork asked for: slots 0 .. count[i]-1 of block
  * src[i] into dst[i], in every layer's K and V (host arrays of n). */

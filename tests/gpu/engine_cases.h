@@ -28,7 +28,8 @@
  *                     ops (1e-4 fp32, 3e-2 bf16); 8 greedy tokens each: the
  *                     forked sample equal to its parent, and in fp32 four
  *                     sequences token for token equal to greedy decoding on the
- *                     CPU and one sequence alone equal to itself in the batch.
+ *                     CPU and one sequence alone (its logits through the row
+ *                     gather) equal to itself in the batch.
  */
 #ifndef TIDAL_TESTS_GPU_ENGINE_CASES_H
 #define TIDAL_TESTS_GPU_ENGINE_CASES_H
@@ -363,20 +364,26 @@ static bool gpu_greedy(decode_cuda *g, const model_gpu_dims *d, const int32_t *c
         for (int j = 0; j < plen[i]; j++) tok[T] = prompts[i][j], seq[T] = i, pos[T] = j, T++;
         len[i] = plen[i];
     }
-    if (!ran(decode_cuda_step(g, tok, seq, pos, T, kvpages_table(p), &dlog), "decode step", dt, shape)) goto done;
+    /* the prompts' last rows: every row's logits when the caller wants them, else only those (the gather) */
+    int32_t lastrow[64];
+    int nlast = 0;
+    for (int i = 0, r = 0; i < nseq; i++)
+        if (fork_of[i] < 0) r += plen[i], lastrow[nlast++] = r - 1;
+    if (!ran(decode_cuda_step(g, tok, seq, pos, T, kvpages_table(p), prefill_logits ? NULL : lastrow, nlast, &dlog),
+             "decode step", dt, shape))
+        goto done;
     if (prefill_logits) {
         if (cuda_check(cudaMemcpyAsync(prefill_logits, dlog, (size_t)T * V * 4, cudaMemcpyDeviceToHost,
                                        decode_cuda_stream(g)), "download") != TIDAL_OK)
             fatal("download");
     }
     /* the first generated token of each prompt: its last row's argmax */
-    int last = -1;
     int32_t next[64];
-    for (int i = 0, r = 0; i < nseq; i++) {
+    for (int i = 0, k = 0; i < nseq; i++) {
         if (fork_of[i] >= 0) continue;
-        r += plen[i];
-        last = r - 1;
-        if (cuda_check(cudaMemcpyAsync(row, dlog + (size_t)last * V, (size_t)V * 4, cudaMemcpyDeviceToHost,
+        const int at = prefill_logits ? lastrow[k] : k;
+        k++;
+        if (cuda_check(cudaMemcpyAsync(row, dlog + (size_t)at * V, (size_t)V * 4, cudaMemcpyDeviceToHost,
                                        decode_cuda_stream(g)), "download") != TIDAL_OK ||
             cuda_check(cudaStreamSynchronize(decode_cuda_stream(g)), "decode step") != TIDAL_OK)
             fatal("decode step");
@@ -400,7 +407,8 @@ static bool gpu_greedy(decode_cuda *g, const model_gpu_dims *d, const int32_t *c
             len[i]++;
         }
         if (s + 1 == steps) break;
-        if (!ran(decode_cuda_step(g, tok, seq, pos, nseq, kvpages_table(p), &dlog), "decode step", dt, shape))
+        if (!ran(decode_cuda_step(g, tok, seq, pos, nseq, kvpages_table(p), NULL, nseq, &dlog), "decode step", dt,
+                 shape))
             goto done;
         for (int i = 0; i < nseq; i++) {
             if (cuda_check(cudaMemcpyAsync(row, dlog + (size_t)i * V, (size_t)V * 4, cudaMemcpyDeviceToHost,
@@ -448,7 +456,7 @@ static void decode_case(cuda_dtype dt)
         for (int j = 0; j < plen[i]; j++) others[i][j] = (i * 101 + j * 7) % V;
         prefill_rows += plen[i];
     }
-    decode_cuda_options o = {.max_rows = 1024, .n_blocks = 256, .block_size = 16, .max_seqs = NSEQ, .max_blocks = 4,
+    decode_cuda_options o = {.max_rows = 1024, .max_logit_rows = 1024, .n_blocks = 256, .block_size = 16, .max_seqs = NSEQ, .max_blocks = 4,
                              .dt = dt, .cache_dt = dt};
     decode_cuda *g = NULL;
     int32_t gen[NSEQ * 8], alone[8];
