@@ -7,7 +7,8 @@
 # and carried along. Steps, each with a time limit, then a summary, last:
 #   0. the host: nvidia-smi, ldd of the test binary (no library missing), compute-sanitizer --version
 #   1. test_gpu_parity: every kernel against its CPU op over the shape grid, fp32 and bf16, and the
-#      whole decoder against the CPU's; one process per group of checks
+#      whole decoder against the CPU's; the generation engine's kernels (kvstore, decode_attention,
+#      sampler) against kernels/cpu/engine_ref.c; one process per group of checks
 #   2. test_gpu_parity --quick with TIDAL_CUDA_SYNC=1 (every launch checked synchronously)
 #   3. compute-sanitizer memcheck on --quick; racecheck, initcheck, synccheck on --quick --skip-gemm
 #      (cuBLASLt's own kernels are not ours to race-check); "device not supported" is a SKIP, said
@@ -84,7 +85,7 @@ run() {
 }
 
 echo "== 1. parity, full grid (each group of checks in its own process: a fault stops only its group)"
-for group in gemm head embedding rmsnorm rope swiglu attention adamw decoder; do
+for group in gemm head embedding rmsnorm rope swiglu attention adamw decoder kvstore decode_attention sampler decode; do
     run "1. parity $group" 60 "$parity" --only "$group"
     rc=$?
     if [[ $rc -eq 77 ]]; then

@@ -7,7 +7,9 @@
  *       --skip-gemm: leave out the cuBLASLt wrapper and the LM head, which
  *       uses it (racecheck and initcheck would check cuBLASLt's own kernels)
  *       --only: these groups of checks (gemm head embedding rmsnorm rope
- *       swiglu attention adamw decoder), not all
+ *       swiglu attention adamw decoder kvstore decode_attention sampler
+ *       decode),
+ *       not all (the engine's three: gpu/engine_cases.h)
  * Exit 0 when every check passes, 1 when one fails, 77 (ctest's SKIP) when
  * there is no usable CUDA device - said on one line first.
  *
@@ -57,7 +59,7 @@ typedef struct result_row {
     char first_failure[160];
 } result_row;
 
-static result_row rows[96];
+static result_row rows[160];
 static int nrows;
 
 static void record(const char *op, cuda_dtype dt, const char *shape, double err, double tol)
@@ -820,12 +822,16 @@ cleanup:
     free(P), free(G), free(gg), free(gg2);
 }
 
+/* ---- the generation engine's kernels ---- */
+
+#include "gpu/engine_cases.h"
+
 /* ---- the grid ---- */
 
 /* The groups of checks, run all or by --only (check.sh runs each in its own
  * process, so a device fault in one leaves the others' results standing). */
 static const char *const groups[] = {"gemm", "head", "embedding", "rmsnorm", "rope", "swiglu", "attention", "adamw",
-                                     "decoder"};
+                                     "decoder", "kvstore", "decode_attention", "sampler", "decode"};
 #define NGROUPS (int)(sizeof groups / sizeof groups[0])
 static bool selected[NGROUPS];
 
@@ -846,7 +852,7 @@ static bool select_groups(const char *list)
         while (i < NGROUPS && strcmp(groups[i], g) != 0) i++;
         if (i == NGROUPS) {
             fprintf(stderr, "test_gpu_parity: --only: no group '%s' (groups: gemm head embedding rmsnorm rope swiglu "
-                            "attention adamw decoder)\n", g);
+                            "attention adamw decoder kvstore decode_attention sampler decode)\n", g);
             return false;
         }
         selected[i] = true;
@@ -925,11 +931,17 @@ int main(int argc, char **argv)
         }
         sync_or_die("kernels");
     }
+    if (want("kvstore") || want("decode_attention") || want("sampler"))
+        test_engine_kernels(want("kvstore"), want("decode_attention"), want("sampler"));
     if (want("adamw")) {
         grad_norm_case(1, 0.0f);
         grad_norm_case(1000, 1.0f);
         if (!quick) grad_norm_case((size_t)3 << 20 | 7, 1e9f);
         adamw_case(quick ? 1001 : (size_t)1 << 20 | 13);
+    }
+    if (!skip_gemm && want("decode")) { /* its own cuBLASLt handle */
+        decode_case(CUDA_F32);
+        decode_case(CUDA_BF16);
     }
     if (blas && want("decoder")) {
         decoder_case(CUDA_F32);
