@@ -12,8 +12,9 @@
  *
  * A device is made over a host model and its optimizer, which it borrows. On
  * the CPU they are the computation itself. On CUDA the device holds its own
- * fp32 master weights, gradients and AdamW moments (fp32 arithmetic: the CPU
- * path's, TF32 off) and the host copies fall behind until synced:
+ * fp32 master weights, gradients and AdamW moments (computing in fp32 - the
+ * CPU path's arithmetic, TF32 off - or bf16, below) and the host copies fall
+ * behind until synced:
  * trainer_device_sync_params before the weights are published or saved,
  * trainer_device_sync_optimizer before a checkpoint. The host adamw keeps the
  * update count and the spike-clipping statistics on both devices.
