@@ -78,7 +78,8 @@ tidal_status selfcheck_run(trainer_device_kind kind, trainer_precision prec, sel
     model_init_random(out->m, SC_SEED, 0.02f, true);
     size_t n = 0;
     model_params(out->m, &n);
-    const adamw_cfg ac = adamw_defaults(); /* weight decay 0.01: the decay path is checked too */
+    adamw_cfg ac = adamw_defaults(); /* weight decay 0.01: the decay path is checked too */
+    ac.eps = SELFCHECK_ADAMW_EPS;
     TRY_GOTO(adamw_create(n, &ac, &opt));
     out->T = T, out->n = n;
     out->logprob = malloc((size_t)T * sizeof(float));
@@ -257,7 +258,8 @@ static tidal_status track_run(trainer_device_kind kind, trainer_precision prec, 
     model_init_random(m, SC_SEED, 0.02f, true);
     size_t n = 0;
     model_params(m, &n);
-    const adamw_cfg ac = adamw_defaults();
+    adamw_cfg ac = adamw_defaults();
+    ac.eps = SELFCHECK_ADAMW_EPS;
     TRY_GOTO(adamw_create(n, &ac, &opt));
     TRY_GOTO(trainer_device_create_in(kind, prec, m, opt, &d));
     for (int i = 0; i <= steps; i++) {

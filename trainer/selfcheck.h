@@ -10,7 +10,8 @@
  * (trainer/device.h) from the same weights: forward -> logprobs and
  * entropies, backward of sum_t w_t logprob_t -> every parameter's gradient,
  * one update (global-norm clipping to 0.5, AdamW at lr 1e-3, weight decay
- * 0.01) -> the gradient norm and every parameter after it.
+ * 0.01, eps 1e-5 so the update is continuous in the gradient - selfcheck.c)
+ * -> the gradient norm and every parameter after it.
  *
  * The device computes in the precision the trainer will train in
  * (trainer.precision, trainer/device.h); the CPU always in fp32. The error of
@@ -44,6 +45,15 @@
 #define SELFCHECK_TOL 1e-4      /* fp32 */
 #define SELFCHECK_TOL_BF16 3e-2 /* bf16 */
 #define SELFCHECK_PLANT_ENV "TIDAL_SELFCHECK_PLANT"
+/* AdamW's eps in the self-check, not the trainer's 1e-8: the first update is
+ * lr g / (|g| + eps), sign(g) for |g| >> eps, so with 1e-8 a gradient error
+ * of 1e-5 (fp32 arithmetic) flips near-zero elements and leaves a
+ * 128-element bias 4.9e-4 off after the update - a correct GPU refused
+ * (measured on the CPU with noise of 1e-5 x each tensor's RMS injected into
+ * the gradients). With 1e-5 the update is continuous in g and its error stays
+ * below the gradient's (7.6e-6 for 1e-5, 7.2e-3 for bf16-like 1e-2 noise):
+ * test_selfcheck keeps it so. */
+#define SELFCHECK_ADAMW_EPS 1e-5f
 
 /* What one device computed for the tiny model. */
 typedef struct selfcheck_result {

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "trainer/optimizer.h"
 #include "trainer/selfcheck.h"
 
 static selfcheck_result want, got;
@@ -239,6 +240,79 @@ static void test_rerun(void)
     CHECK_MSG(strstr(tidal_errmsg(), "adamw: gradient norm: 1 of 1 element(s) differ") != NULL, "%s", tidal_errmsg());
 }
 
+/* A standard normal from an LCG state (Box-Muller). */
+static double normal(uint64_t *x)
+{
+    double u[2];
+    for (int i = 0; i < 2; i++) {
+        *x = *x * 6364136223846793005ull + 1442695040888963407ull;
+        u[i] = ((double)(*x >> 11) + 0.5) / 9007199254740992.0;
+    }
+    return sqrt(-2 * log(u[0])) * cos(6.283185307179586 * u[1]);
+}
+
+/* The worst per-tensor error of the self-check's update (clip 0.5, AdamW lr
+ * 1e-3 with eps) from grads with noise of `noise` x each tensor's RMS added,
+ * against the same update from the clean grads. */
+static double update_error(const selfcheck_result *r, double noise, float eps)
+{
+    const model_config c = selfcheck_model_config();
+    const size_t n = r->n;
+    model *m[2] = {NULL, NULL};
+    adamw *o[2] = {NULL, NULL};
+    float *g[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))};
+    adamw_cfg ac = adamw_defaults();
+    ac.eps = eps;
+    double worst = INFINITY;
+    uint64_t x = 99;
+    for (int k = 0; k < 2; k++) {
+        if (model_create(&c, &m[k]) != TIDAL_OK || adamw_create(n, &ac, &o[k]) != TIDAL_OK || !g[k]) goto cleanup;
+        model_init_random(m[k], 20261207, 0.02f, true);
+        memcpy(g[k], r->grads, n * sizeof(float));
+    }
+    const int nt = model_num_tensors(r->m);
+    for (int i = 0; i < nt; i++) {
+        const model_tensor *t = model_tensor_at(r->m, i);
+        double ss = 0;
+        for (size_t j = 0; j < t->numel; j++) ss += (double)g[1][t->offset + j] * g[1][t->offset + j];
+        const double rms = sqrt(ss / (double)t->numel);
+        for (size_t j = 0; j < t->numel; j++) g[1][t->offset + j] += (float)(noise * rms * normal(&x));
+    }
+    for (int k = 0; k < 2; k++) {
+        clip_grad_norm(g[k], n, 0.5);
+        adamw_step(o[k], model_params(m[k], NULL), g[k], NULL, 1e-3f);
+    }
+    worst = 0;
+    for (int i = 0; i < nt; i++) {
+        const model_tensor *t = model_tensor_at(r->m, i);
+        const float *a = model_params(m[1], NULL) + t->offset, *b = model_params(m[0], NULL) + t->offset;
+        double dd = 0, ww = 0;
+        for (size_t j = 0; j < t->numel; j++) dd += ((double)a[j] - b[j]) * ((double)a[j] - b[j]), ww += (double)b[j] * b[j];
+        if (sqrt(dd / ww) > worst) worst = sqrt(dd / ww);
+    }
+cleanup:
+    for (int k = 0; k < 2; k++) model_free(m[k]), adamw_free(o[k]), free(g[k]);
+    return worst;
+}
+
+/* The self-check's update does not amplify the gradients' arithmetic error
+ * (SELFCHECK_ADAMW_EPS): with fp32-like (1e-5 x RMS) and bf16-like (1e-2)
+ * noise in the gradients, every tensor after the update stays within the
+ * precision's tolerance; with the trainer's eps 1e-8 the fp32 case does not -
+ * a correct GPU would be refused (why the self-check sets its own eps). */
+static void test_update_is_continuous(void)
+{
+    if (!two_cpu_runs()) return;
+    const double e32 = update_error(&want, 1e-5, SELFCHECK_ADAMW_EPS);
+    const double e16 = update_error(&want, 1e-2, SELFCHECK_ADAMW_EPS);
+    const double e32_sign = update_error(&want, 1e-5, 1e-8f);
+    fprintf(stderr, "  update error from gradient noise: fp32-like %.3g, bf16-like %.3g; with eps 1e-8 %.3g\n", e32, e16,
+            e32_sign);
+    CHECK_MSG(e32 < 1e-5 && e32 <= SELFCHECK_TOL / 4, "fp32-like noise: error %g after the update", e32);
+    CHECK_MSG(e16 < 1e-2 && e16 <= SELFCHECK_TOL_BF16 / 2, "bf16-like noise: error %g after the update", e16);
+    CHECK_MSG(e32_sign > SELFCHECK_TOL, "eps 1e-8: error %g (the sign-like update's, expected over 1e-4)", e32_sign);
+}
+
 int main(void)
 {
     unsetenv(SELFCHECK_PLANT_ENV);
@@ -250,6 +324,7 @@ int main(void)
     RUN(test_bf16_refused_on_cpu);
     RUN(test_loss_track);
     RUN(test_rerun);
+    RUN(test_update_is_continuous);
     RUN(test_trainer_selfcheck);
     selfcheck_result_free(&want);
     selfcheck_result_free(&got);
