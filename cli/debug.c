@@ -32,7 +32,8 @@ static const char fwdbwd_usage[] =
     "usage: tidal debug fwdbwd --model DIR --input IN.safetensors --out OUT.safetensors\n"
     "                          [--steps N --lr X --weight-decay X] [--temperature X]\n"
     "                          [--save-model DIR] [--threads N] [--recompute] [--device cpu|cuda]\n"
-    "       tidal debug selfcheck [--device cuda|cpu|auto]\n"
+    "       tidal debug selfcheck [--device cuda|cpu|auto] [--precision auto|bf16|fp32]\n"
+    "                             [--steps N | --rerun]\n"
     "\n"
     "IN holds input_ids (I32 [T]), target_ids (I32 [T]), cu_seqlens (I32 [S+1]) and\n"
     "loss_weights (F32 [T]). OUT receives logits (F32 [T, V]), logprobs (F32 [T]),\n"
@@ -52,7 +53,12 @@ static const char fwdbwd_usage[] =
     "selfcheck: the trainer's start-up check of a device - a tiny model's forward,\n"
     "backward and one AdamW update there and on the CPU, compared tensor by tensor\n"
     "(exit 1 naming the first op over the tolerance). TIDAL_SELFCHECK_PLANT=STAGE:NAME\n"
-    "perturbs one tensor of the device's results (a test of the check itself).\n";
+    "perturbs one tensor of the device's results (a test of the check itself).\n"
+    "--precision: as trainer.precision (auto: bf16 on cuda, fp32 on the CPU; the\n"
+    "CPU refuses bf16); the tolerance per tensor is 1e-4 in fp32, 3e-2 in bf16.\n"
+    "--steps N: instead, N AdamW steps of the tiny model on the device tracking the\n"
+    "CPU's loss (each step's loss within the tolerance). --rerun: instead, the\n"
+    "self-check's run twice on the device, equal bit for bit.\n";
 
 /* (debug.h) */
 tidal_status debug_input_1d(const st_file *in, const char *path, const char *name, st_dtype dt,
@@ -307,38 +313,82 @@ cleanup:
     return rc;
 }
 
-/* `tidal debug selfcheck [--device D]`: exit 0 when the device agrees with the CPU, 1 naming the op. */
+/* `tidal debug selfcheck [--device D] [--precision P] [--steps N | --rerun]`:
+ * exit 0 when the device agrees with the CPU (or tracks its loss, or repeats
+ * its own bits), 1 naming the op or step, 2 for a bad command line. */
 static int selfcheck(int argc, char **argv)
 {
-    const char *device = "cuda";
-    static const struct option opts[] = {{"device", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'},
+    const char *device = "cuda", *precision = "auto";
+    long steps = 0;
+    bool rerun = false;
+    static const struct option opts[] = {{"device", required_argument, 0, 'd'},
+                                         {"precision", required_argument, 0, 'p'},
+                                         {"steps", required_argument, 0, 's'},
+                                         {"rerun", no_argument, 0, 'r'},
+                                         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "d:h", opts, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "d:p:s:rh", opts, NULL)) != -1;) {
+        char *end = NULL;
         switch (c) {
         case 'd': device = optarg; break;
+        case 'p': precision = optarg; break;
+        case 's':
+            steps = strtol(optarg, &end, 10);
+            if (!*optarg || *end || steps < 1 || steps > SELFCHECK_TRACK_MAX) {
+                fprintf(stderr, "tidal debug selfcheck: --steps: '%s' is not a count of 1 .. %d\n", optarg,
+                        SELFCHECK_TRACK_MAX);
+                return EXIT_USAGE;
+            }
+            break;
+        case 'r': rerun = true; break;
         case 'h': fputs(fwdbwd_usage, stdout); return 0;
         default: fputs(fwdbwd_usage, stderr); return EXIT_USAGE;
         }
     }
-    if (optind < argc || (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto"))) {
+    if (optind < argc || (steps > 0 && rerun) ||
+        (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto"))) {
         fputs(fwdbwd_usage, stderr);
         return EXIT_USAGE;
     }
     trainer_device_kind k = TRAINER_DEVICE_CPU;
+    trainer_precision p = TRAINER_PRECISION_FP32;
     char why[512];
     tidal_status st = trainer_device_resolve(device, &k, why, sizeof why);
-    selfcheck_errors e;
     if (st == TIDAL_OK) {
         fprintf(stderr, "selfcheck: %s\n", why);
-        st = trainer_selfcheck(k, &e);
+        st = trainer_precision_resolve(precision, k, &p, why, sizeof why);
+    }
+    if (st == TIDAL_OK) fprintf(stderr, "selfcheck: %s\n", why);
+    const char *dev = trainer_device_kind_name(k), *pn = trainer_precision_name(p);
+    const double tol = selfcheck_tolerance(p);
+    if (st == TIDAL_OK && steps > 0) {
+        selfcheck_track_result *r = calloc(1, sizeof *r);
+        st = r ? selfcheck_track(k, p, (int)steps, r) : tidal_fail(TIDAL_ERR_NOMEM, "out of memory");
+        if (r && r->steps == steps)
+            for (int i = 0; i <= r->steps; i++)
+                printf("loss track (%s, %s): %s %d: device %.7g, cpu %.7g\n", dev, pn,
+                       i < r->steps ? "before update" : "after update", i < r->steps ? i + 1 : r->steps,
+                       r->dev_loss[i], r->cpu_loss[i]);
+        if (st == TIDAL_OK)
+            printf("loss track (%s, %s): %ld AdamW steps track the CPU: worst error %.3g (tolerance %.0e)\n", dev, pn,
+                   steps, r->worst, tol);
+        free(r);
+    } else if (st == TIDAL_OK && rerun) {
+        st = selfcheck_rerun(k, p);
+        if (st == TIDAL_OK)
+            printf("rerun (%s, %s): the self-check's forward, backward and update twice: equal bit for bit\n", dev, pn);
+    } else if (st == TIDAL_OK) {
+        selfcheck_errors e;
+        st = trainer_selfcheck(k, p, &e);
+        if (st == TIDAL_OK)
+            printf("selfcheck (%s, %s): agrees with the CPU: worst error forward %.3g, backward %.3g, adamw %.3g "
+                   "(tolerance %.0e)\n", dev, pn, e.forward, e.backward, e.adamw, tol);
     }
     if (st != TIDAL_OK) {
         fprintf(stderr, "tidal debug selfcheck: %s\n", tidal_errmsg());
         return 1;
     }
-    printf("selfcheck (%s): agrees with the CPU: worst error forward %.3g, backward %.3g, adamw %.3g (tolerance %.0e)\n",
-           trainer_device_kind_name(k), e.forward, e.backward, e.adamw, SELFCHECK_TOL);
     return 0;
 }
 

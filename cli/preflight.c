@@ -8,7 +8,7 @@
  * resolves, the data opens (every JSONL row parses and has its prompt key),
  * and a built-in env accepts its config; on the trainer's machine, that
  * trainer.device cuda finds a GPU (the self-check runs when the trainer
- * starts). An env
+ * starts) and that trainer.precision bf16 is not asked of the CPU. An env
  * served on the bus cannot be checked before the bus exists; the workers
  * report it (docs/environments.md).
  */
@@ -58,5 +58,10 @@ tidal_status run_preflight_device(const job_spec *s, const char *spec_file)
 {
     if (!strcmp(s->trainer.device, "cuda") && trainer_device_cuda_available() != TIDAL_OK)
         return tidal_wrap(TIDAL_ERR_UNAVAILABLE, "%s: trainer.device cuda", spec_file);
+    /* bf16 on the CPU: refused here, not after the job has started (auto resolves as the trainer will) */
+    trainer_device_kind k = TRAINER_DEVICE_CPU;
+    trainer_precision p = TRAINER_PRECISION_FP32;
+    TRY_WRAP(trainer_device_resolve(s->trainer.device, &k, NULL, 0), "%s", spec_file);
+    TRY_WRAP(trainer_precision_resolve(s->trainer.precision, k, &p, NULL, 0), "%s", spec_file);
     return TIDAL_OK;
 }

@@ -109,6 +109,7 @@ static const key KEYS[] = {
     BOOL("buffer.filter_zero_variance", buffer.filter_zero_variance, "false", "drop groups whose rewards are all equal (DAPO)"),
     INT("buffer.capacity", buffer.capacity, 1, 1 << 24, "1024", "complete groups held at most"),
     ENUM("trainer.device", trainer.device, "auto|cpu|cuda", "cpu", "where the trainer runs: cpu, cuda (a GPU that passes the start-up self-check), or auto (cuda when the build has CUDA and a GPU answers, else cpu)"),
+    ENUM("trainer.precision", trainer.precision, "auto|bf16|fp32", "auto", "what the trainer computes in: auto (bf16 on cuda, fp32 on the CPU), bf16 (cuda only: bf16 weights copy and activations, fp32 master weights, AdamW moments, norm statistics and log-softmax), fp32 (TF32 off: the CPU's arithmetic, for parity)"),
     INT("trainer.steps", trainer.steps, 1, 1 << 30, "100", "optimizer steps (the final version)"),
     INT("trainer.groups_per_step", trainer.groups_per_step, 1, 1 << 20, "8", "B: groups per optimizer step"),
     INT("trainer.micro_batch_tokens", trainer.micro_batch_tokens, 16, 1 << 24, "8192", "tokens per forward/backward micro-batch"),

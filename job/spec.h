@@ -87,6 +87,7 @@ typedef struct job_spec {
     } buffer;
     struct {
         char device[8];        /* auto | cpu | cuda */
+        char precision[8];     /* auto | bf16 | fp32 (the CPU: fp32 only) */
         int steps, groups_per_step, micro_batch_tokens;
         double lr, weight_decay, grad_clip, beta1, beta2;
         double grad_spike;     /* spike clipping: x the recent gradient norms (0: off) */

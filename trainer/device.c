@@ -19,6 +19,7 @@
 
 struct trainer_device {
     trainer_device_kind kind;
+    trainer_precision prec;
     model *m;
     adamw *opt;
 #ifdef TIDAL_HAVE_CUDA
@@ -83,6 +84,32 @@ tidal_status trainer_device_resolve(const char *name, trainer_device_kind *out, 
     return TIDAL_OK;
 }
 
+const char *trainer_precision_name(trainer_precision p) { return p == TRAINER_PRECISION_BF16 ? "bf16" : "fp32"; }
+
+tidal_status trainer_precision_resolve(const char *name, trainer_device_kind k, trainer_precision *out, char *why,
+                                       size_t n)
+{
+    *out = TRAINER_PRECISION_FP32;
+    if (why && n) why[0] = '\0';
+    const bool is_auto = !name || !strcmp(name, "auto");
+    if (!is_auto && strcmp(name, "bf16") != 0 && strcmp(name, "fp32") != 0)
+        return tidal_fail(TIDAL_ERR_INVALID, "trainer.precision: '%s' is not one of auto, bf16, fp32", name);
+    if (k == TRAINER_DEVICE_CPU) {
+        if (!is_auto && !strcmp(name, "bf16"))
+            return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer.precision bf16: the CPU trainer computes in fp32 only "
+                              "(bf16 needs trainer.device cuda)");
+        if (why && n) snprintf(why, n, "trainer.precision %s: fp32 (the CPU)", is_auto ? "auto" : name);
+        return TIDAL_OK;
+    }
+    *out = is_auto || !strcmp(name, "bf16") ? TRAINER_PRECISION_BF16 : TRAINER_PRECISION_FP32;
+    if (why && n)
+        snprintf(why, n, "trainer.precision %s: %s on cuda%s", is_auto ? "auto" : name, trainer_precision_name(*out),
+                 *out == TRAINER_PRECISION_BF16 ? " (bf16 weights copy and activations, fp32 master weights, "
+                                                  "moments, statistics and log-softmax)"
+                                                : " (TF32 off: the CPU's arithmetic)");
+    return TIDAL_OK;
+}
+
 #ifdef TIDAL_HAVE_CUDA
 /* The CUDA device's weights and AdamW state from the host model and optimizer. */
 static tidal_status cuda_open(trainer_device *d)
@@ -93,7 +120,7 @@ static tidal_status cuda_open(trainer_device *d)
     if (n != model_gpu_params(&dims))
         return tidal_fail(TIDAL_ERR_INVALID, "trainer device cuda: the model has %zu parameters, the GPU layout %zu", n,
                           model_gpu_params(&dims));
-    TRY(model_cuda_create(&dims, CUDA_F32, &d->mc));
+    TRY(model_cuda_create(&dims, d->prec == TRAINER_PRECISION_BF16 ? CUDA_BF16 : CUDA_F32, &d->mc));
     TRY(model_cuda_set_params(d->mc, params));
     if (d->opt) {
         if (d->opt->n != n)
@@ -113,10 +140,19 @@ static model_cuda_batch cuda_batch(const model_batch *b)
 
 tidal_status trainer_device_create(trainer_device_kind k, model *m, adamw *opt, trainer_device **out)
 {
+    return trainer_device_create_in(k, TRAINER_PRECISION_FP32, m, opt, out);
+}
+
+tidal_status trainer_device_create_in(trainer_device_kind k, trainer_precision p, model *m, adamw *opt,
+                                      trainer_device **out)
+{
     *out = NULL;
+    if (k == TRAINER_DEVICE_CPU && p != TRAINER_PRECISION_FP32)
+        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer device cpu: precision %s: the CPU computes in fp32 only",
+                          trainer_precision_name(p));
     trainer_device *d = calloc(1, sizeof *d);
     if (!d) return tidal_fail(TIDAL_ERR_NOMEM, "trainer device: out of memory");
-    *d = (trainer_device){.kind = k, .m = m, .opt = opt};
+    *d = (trainer_device){.kind = k, .prec = p, .m = m, .opt = opt};
     if (k == TRAINER_DEVICE_CUDA) {
 #ifdef TIDAL_HAVE_CUDA
         tidal_status st = trainer_device_cuda_available();
@@ -144,6 +180,8 @@ void trainer_device_free(trainer_device *d)
 }
 
 trainer_device_kind trainer_device_kind_of(const trainer_device *d) { return d->kind; }
+
+trainer_precision trainer_device_precision_of(const trainer_device *d) { return d->prec; }
 
 model *trainer_device_model(const trainer_device *d) { return d->m; }
 

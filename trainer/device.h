@@ -12,14 +12,20 @@
  *
  * A device is made over a host model and its optimizer, which it borrows. On
  * the CPU they are the computation itself. On CUDA the device holds its own
- * fp32 master weights, gradients and AdamW moments (fp32 arithmetic: the CPU
- * path's, TF32 off) and the host copies fall behind until synced:
+ * fp32 master weights, gradients and AdamW moments (computing in fp32 - the
+ * CPU path's arithmetic, TF32 off - or bf16, below) and the host copies fall
+ * behind until synced:
  * trainer_device_sync_params before the weights are published or saved,
  * trainer_device_sync_optimizer before a checkpoint. The host adamw keeps the
  * update count and the spike-clipping statistics on both devices.
  *
  * trainer.device is auto | cpu | cuda (docs/configuration.md): auto is cuda
  * when this build has the CUDA path and a device answers, else cpu.
+ * trainer.precision is auto | bf16 | fp32: on CUDA, bf16 keeps a bf16 copy of
+ * the weights that the kernels read and bf16 activations, with fp32 master
+ * weights, gradients, AdamW moments, norm statistics and log-softmax; fp32
+ * is the CPU path's arithmetic (TF32 off), for parity. The CPU computes in
+ * fp32 only. auto is bf16 on cuda, fp32 on the CPU.
  */
 #ifndef TIDAL_TRAINER_DEVICE_H
 #define TIDAL_TRAINER_DEVICE_H
@@ -34,6 +40,8 @@
 typedef enum { TRAINER_DEVICE_CPU = 0, TRAINER_DEVICE_CUDA } trainer_device_kind;
 
 typedef struct trainer_device trainer_device;
+
+typedef enum { TRAINER_PRECISION_FP32 = 0, TRAINER_PRECISION_BF16 } trainer_precision;
 
 /* The dense bf16 peak of a GPU, in FLOP/s, by its CUDA device name
  * (cudaDeviceProp.name), for MFU: A100 312e12; H100 SXM 989e12, PCIe 756e12,
@@ -57,14 +65,30 @@ tidal_status trainer_device_cuda_available(void);
  * why[n] (may be NULL) receives one line for the log: what was chosen and why. */
 tidal_status trainer_device_resolve(const char *name, trainer_device_kind *out, char *why, size_t n);
 
+/* "fp32" / "bf16". */
+const char *trainer_precision_name(trainer_precision p);
+
+/* trainer.precision's value (auto | bf16 | fp32; NULL means auto) for a
+ * trainer on device k: auto is bf16 on cuda and fp32 on the CPU; bf16 on the
+ * CPU is TIDAL_ERR_UNAVAILABLE naming the key (the CPU computes in fp32
+ * only); another value is TIDAL_ERR_INVALID. why[n] (may be NULL) receives
+ * one line for the log. */
+tidal_status trainer_precision_resolve(const char *name, trainer_device_kind k, trainer_precision *out, char *why,
+                                       size_t n);
+
 /* A device of kind k over host model m and optimizer opt (borrowed, both
  * must outlive the device; opt may be NULL for a forward-only device such as
  * the reference model's). CUDA: the device's weights and AdamW state are
  * uploaded from m and opt. */
 tidal_status trainer_device_create(trainer_device_kind k, model *m, adamw *opt, trainer_device **out);
+/* trainer_device_create computing in precision p (trainer_device_create is
+ * fp32): bf16 on the CPU is refused (TIDAL_ERR_UNAVAILABLE). */
+tidal_status trainer_device_create_in(trainer_device_kind k, trainer_precision p, model *m, adamw *opt,
+                                      trainer_device **out);
 void trainer_device_free(trainer_device *d);
 
 trainer_device_kind trainer_device_kind_of(const trainer_device *d);
+trainer_precision trainer_device_precision_of(const trainer_device *d);
 /* The host model (its configuration, tensor table and - once synced - weights). */
 model *trainer_device_model(const trainer_device *d);
 /* The host optimizer (NULL for a forward-only device). */

@@ -49,6 +49,7 @@ typedef struct trainer {
     model *ref;                 /* the frozen initial weights, when a KL term is on */
     adamw *opt;
     trainer_device_kind device; /* trainer.device resolved (auto: cuda when there is one) */
+    trainer_precision precision; /* trainer.precision resolved (auto: bf16 on cuda, fp32 on the CPU) */
     trainer_device *dev;        /* where m trains (trainer/device.h); m's weights are synced after each step */
     trainer_device *ref_dev;    /* where ref computes; NULL without a reference */
     weights_publisher *pub;
@@ -486,16 +487,20 @@ cleanup:
     return st;
 }
 
-/* trainer.device: which device (auto: cuda when there is one), said in the
- * log; a GPU must first pass the self-check (trainer/selfcheck.h) - one that
- * disagrees with the CPU is refused, naming the op, before anything else starts. */
+/* trainer.device: which device (auto: cuda when there is one), and
+ * trainer.precision: what it computes in (auto: bf16 on cuda; the CPU only
+ * fp32), said in the log; a GPU must first pass the self-check
+ * (trainer/selfcheck.h) in that precision - one that disagrees with the CPU
+ * is refused, naming the op, before anything else starts. */
 static tidal_status choose_device(trainer *t)
 {
     char why[512];
     TRY(trainer_device_resolve(t->s->trainer.device, &t->device, why, sizeof why));
     tidal_log(TIDAL_LOG_INFO, "trainer: %s", why);
+    TRY(trainer_precision_resolve(t->s->trainer.precision, t->device, &t->precision, why, sizeof why));
+    tidal_log(TIDAL_LOG_INFO, "trainer: %s", why);
     if (t->device == TRAINER_DEVICE_CUDA)
-        TRY_WRAP(trainer_selfcheck(t->device, NULL), "trainer.device %s: refused", t->s->trainer.device);
+        TRY_WRAP(trainer_selfcheck(t->device, t->precision, NULL), "trainer.device %s: refused", t->s->trainer.device);
     return TIDAL_OK;
 }
 
@@ -544,9 +549,9 @@ static tidal_status start(trainer *t)
     /* a resumed optimizer keeps its moments and eps; the spec's betas and decay apply to it too */
     t->opt->cfg.beta1 = ac.beta1, t->opt->cfg.beta2 = ac.beta2;
     t->opt->cfg.weight_decay = ac.weight_decay;
-    TRY(trainer_device_create(t->device, t->m, t->opt, &t->dev)); /* CUDA: the weights and moments uploaded */
+    TRY(trainer_device_create_in(t->device, t->precision, t->m, t->opt, &t->dev)); /* CUDA: weights, moments uploaded */
     if (t->ref && t->device != TRAINER_DEVICE_CPU) {
-        TRY(trainer_device_create(t->device, t->ref, NULL, &t->ref_dev));
+        TRY(trainer_device_create_in(t->device, t->precision, t->ref, NULL, &t->ref_dev));
         t->step_cfg.ref_device = t->ref_dev;
     }
     t->version = t->checkpointed = t->ck.version;

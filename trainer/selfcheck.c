@@ -48,10 +48,20 @@ static void make_batch(int V, int32_t *ids, int32_t *targets, int32_t *cu, float
     for (int t = 0; t < T; t++) dlogprob[t] = (t % 7 == 3 ? 0.5f : -1.0f) * (float)(1 + t % 3) / (float)T;
 }
 
-tidal_status selfcheck_run(trainer_device_kind kind, selfcheck_result *out)
+double selfcheck_tolerance(trainer_precision p) { return p == TRAINER_PRECISION_BF16 ? SELFCHECK_TOL_BF16 : SELFCHECK_TOL; }
+
+/* The device as messages name it: "cuda", "cpu"; "cuda, bf16" in bf16. */
+static const char *label(trainer_device_kind kind, trainer_precision prec, char *buf, size_t n)
+{
+    snprintf(buf, n, "%s%s", trainer_device_kind_name(kind), prec == TRAINER_PRECISION_BF16 ? ", bf16" : "");
+    return buf;
+}
+
+tidal_status selfcheck_run(trainer_device_kind kind, trainer_precision prec, selfcheck_result *out)
 {
     memset(out, 0, sizeof *out);
     out->kind = kind;
+    out->prec = prec;
     const model_config c = selfcheck_model_config();
     int T = 0;
     for (int i = 0; i < SC_S; i++) T += sc_lengths[i];
@@ -68,7 +78,8 @@ tidal_status selfcheck_run(trainer_device_kind kind, selfcheck_result *out)
     model_init_random(out->m, SC_SEED, 0.02f, true);
     size_t n = 0;
     model_params(out->m, &n);
-    const adamw_cfg ac = adamw_defaults(); /* weight decay 0.01: the decay path is checked too */
+    adamw_cfg ac = adamw_defaults(); /* weight decay 0.01: the decay path is checked too */
+    ac.eps = SELFCHECK_ADAMW_EPS;
     TRY_GOTO(adamw_create(n, &ac, &opt));
     out->T = T, out->n = n;
     out->logprob = malloc((size_t)T * sizeof(float));
@@ -78,7 +89,7 @@ tidal_status selfcheck_run(trainer_device_kind kind, selfcheck_result *out)
         st = tidal_fail(TIDAL_ERR_NOMEM, "trainer self-check: out of memory");
         goto cleanup;
     }
-    TRY_GOTO(trainer_device_create(kind, out->m, opt, &d));
+    TRY_GOTO(trainer_device_create_in(kind, prec, out->m, opt, &d));
     TRY_GOTO(tidal_wrap(trainer_device_zero_grads(d), "forward"));
     TRY_GOTO(tidal_wrap(trainer_device_forward(d, &b, out->logprob, out->entropy), "forward"));
     TRY_GOTO(tidal_wrap(trainer_device_backward(d, &b, dlogprob, NULL), "backward"));
@@ -94,14 +105,14 @@ cleanup:
 
 /* ---- the test hook ---- */
 
-/* Shift x[n] by 1% of its RMS (1e-3 when it is all zeros): an error of about
- * 1e-2, a hundred times the tolerance. */
+/* Shift x[n] by 10% of its RMS (1e-2 when it is all zeros): an error of about
+ * 1e-1, over both precisions' tolerances (1e-4, 3e-2). */
 static void perturb(float *x, size_t n)
 {
     double ss = 0;
     for (size_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
     const double rms = n ? sqrt(ss / (double)n) : 0.0;
-    const float delta = (float)(rms > 0 ? 1e-2 * rms : 1e-3);
+    const float delta = (float)(rms > 0 ? 1e-1 * rms : 1e-2);
     for (size_t i = 0; i < n; i++) x[i] += (i % 2 ? -delta : delta);
 }
 
@@ -117,7 +128,7 @@ tidal_status selfcheck_plant(selfcheck_result *r, const char *what)
     } else if (sl == 7 && !strncmp(what, "forward", sl) && !strcmp(name, "entropy")) {
         perturb(r->entropy, (size_t)r->T);
     } else if (sl == 5 && !strncmp(what, "adamw", sl) && !strcmp(name, "grad_norm")) {
-        r->grad_norm *= 1.01;
+        r->grad_norm *= 1.1;
     } else if ((sl == 8 && !strncmp(what, "backward", sl)) || (sl == 5 && !strncmp(what, "adamw", sl))) {
         const model_tensor *t = model_find_tensor(r->m, name);
         if (!t) return tidal_fail(TIDAL_ERR_INVALID, "%s: the tiny model has no tensor '%s'", SELFCHECK_PLANT_ENV, name);
@@ -161,7 +172,8 @@ tidal_status selfcheck_compare(const selfcheck_result *got, const selfcheck_resu
 {
     selfcheck_errors e = {0};
     if (errs) *errs = e;
-    const char *dev = trainer_device_kind_name(got->kind);
+    char devbuf[32];
+    const char *dev = label(got->kind, got->prec, devbuf, sizeof devbuf);
     if (!got->m || !want->m || got->T != want->T || got->n != want->n)
         return tidal_fail(TIDAL_ERR_INVALID, "trainer self-check (%s): the two result sets are not of one model and batch",
                           dev);
@@ -192,31 +204,183 @@ cleanup:
     return st;
 }
 
-tidal_status trainer_selfcheck(trainer_device_kind kind, selfcheck_errors *errs)
+tidal_status trainer_selfcheck(trainer_device_kind kind, trainer_precision prec, selfcheck_errors *errs)
 {
     if (errs) *errs = (selfcheck_errors){0};
-    const char *dev = trainer_device_kind_name(kind);
+    char devbuf[32];
+    const char *dev = label(kind, prec, devbuf, sizeof devbuf);
+    const double tol = selfcheck_tolerance(prec);
     selfcheck_result want = {0}, got = {0};
     selfcheck_errors e = {0};
     tidal_status st = TIDAL_OK;
-    st = selfcheck_run(kind, &got); /* the device first: one that is not there fails before the CPU works */
+    st = selfcheck_run(kind, prec, &got); /* the device first: one that is not there fails before the CPU works */
     if (st != TIDAL_OK) {
         tidal_wrap(st, "trainer self-check (%s)", dev);
         goto cleanup;
     }
-    st = selfcheck_run(TRAINER_DEVICE_CPU, &want);
+    st = selfcheck_run(TRAINER_DEVICE_CPU, TRAINER_PRECISION_FP32, &want);
     if (st != TIDAL_OK) {
         tidal_wrap(st, "trainer self-check (cpu)");
         goto cleanup;
     }
     const char *plant = getenv(SELFCHECK_PLANT_ENV);
     if (plant && *plant) TRY_GOTO(selfcheck_plant(&got, plant));
-    TRY_GOTO(selfcheck_compare(&got, &want, SELFCHECK_TOL, &e));
+    TRY_GOTO(selfcheck_compare(&got, &want, tol, &e));
     tidal_log(TIDAL_LOG_INFO, "trainer self-check (%s): the tiny model agrees with the CPU: worst error forward %.2g, "
-              "backward %.2g, adamw %.2g (tolerance %.0e)", dev, e.forward, e.backward, e.adamw, SELFCHECK_TOL);
+              "backward %.2g, adamw %.2g (tolerance %.0e)", dev, e.forward, e.backward, e.adamw, tol);
 cleanup:
     if (errs) *errs = e;
     selfcheck_result_free(&got);
     selfcheck_result_free(&want);
+    return st;
+}
+
+/* ---- the loss over several steps ---- */
+
+/* steps updates of the tiny model on kind minimising the batch's mean token
+ * NLL: loss[i] before update i, loss[steps] after the last. */
+static tidal_status track_run(trainer_device_kind kind, trainer_precision prec, int steps, double *loss)
+{
+    const model_config c = selfcheck_model_config();
+    int T = 0;
+    for (int i = 0; i < SC_S; i++) T += sc_lengths[i];
+    int32_t ids[128], targets[128], cu[SC_S + 1];
+    float dlogprob[128], logprob[128], entropy[128];
+    make_batch(c.vocab_size, ids, targets, cu, dlogprob, T);
+    for (int t = 0; t < T; t++) dlogprob[t] = -1.0f / (float)T; /* d(mean NLL) / d logprob */
+    const model_batch b = {.T = T, .S = SC_S, .ids = ids, .targets = targets, .cu_seqlens = cu,
+                           .inv_temp = 1.0f / SC_TEMPERATURE};
+    model *m = NULL;
+    adamw *opt = NULL;
+    trainer_device *d = NULL;
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(model_create(&c, &m));
+    model_init_random(m, SC_SEED, 0.02f, true);
+    size_t n = 0;
+    model_params(m, &n);
+    adamw_cfg ac = adamw_defaults();
+    ac.eps = SELFCHECK_ADAMW_EPS;
+    TRY_GOTO(adamw_create(n, &ac, &opt));
+    TRY_GOTO(trainer_device_create_in(kind, prec, m, opt, &d));
+    for (int i = 0; i <= steps; i++) {
+        TRY_GOTO(trainer_device_zero_grads(d));
+        TRY_GOTO(tidal_wrap(trainer_device_forward(d, &b, logprob, entropy), "step %d: forward", i));
+        double sum = 0;
+        for (int t = 0; t < T; t++) sum += logprob[t];
+        loss[i] = -sum / T;
+        if (i == steps) break;
+        TRY_GOTO(tidal_wrap(trainer_device_backward(d, &b, dlogprob, NULL), "step %d: backward", i));
+        double norm = 0;
+        TRY_GOTO(tidal_wrap(trainer_device_update(d, SC_CLIP, SC_LR, &norm), "step %d: adamw", i));
+    }
+cleanup:
+    trainer_device_free(d);
+    adamw_free(opt);
+    model_free(m);
+    return st;
+}
+
+tidal_status selfcheck_track_compare(selfcheck_track_result *r, const char *dev, double tol)
+{
+    r->worst = 0;
+    for (int i = 0; i <= r->steps; i++) {
+        const double dl = r->dev_loss[i], cl = r->cpu_loss[i];
+        const double err = isfinite(dl) && isfinite(cl) ? fabs(dl - cl) / (fabs(cl) > 0 ? fabs(cl) : 1.0) : INFINITY;
+        if (err > r->worst || isnan(err)) r->worst = err;
+        if (!(err <= tol))
+            return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer loss track (%s): %s %d: loss %.7g against the CPU's %.7g: "
+                              "error %.3g > %.0e", dev, i < r->steps ? "before update" : "after update",
+                              i < r->steps ? i + 1 : r->steps, dl, cl, err, tol);
+    }
+    if (!(r->cpu_loss[r->steps] < r->cpu_loss[0]))
+        return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer loss track (%s): the CPU's loss did not fall over %d update(s) "
+                          "(%.7g -> %.7g): the steps trained nothing, the comparison would be empty", dev, r->steps,
+                          r->cpu_loss[0], r->cpu_loss[r->steps]);
+    return TIDAL_OK;
+}
+
+tidal_status selfcheck_track(trainer_device_kind kind, trainer_precision prec, int steps, selfcheck_track_result *out)
+{
+    char devbuf[32];
+    const char *dev = label(kind, prec, devbuf, sizeof devbuf);
+    if (steps < 1 || steps > SELFCHECK_TRACK_MAX)
+        return tidal_fail(TIDAL_ERR_INVALID, "trainer loss track (%s): steps %d is not in 1 .. %d", dev, steps,
+                          SELFCHECK_TRACK_MAX);
+    selfcheck_track_result *r = calloc(1, sizeof *r);
+    if (!r) return tidal_fail(TIDAL_ERR_NOMEM, "trainer loss track: out of memory");
+    r->steps = steps;
+    tidal_status st = TIDAL_OK;
+    st = track_run(kind, prec, steps, r->dev_loss); /* the device first: one that is not there fails first */
+    if (st != TIDAL_OK) {
+        tidal_wrap(st, "trainer loss track (%s)", dev);
+        goto cleanup;
+    }
+    st = track_run(TRAINER_DEVICE_CPU, TRAINER_PRECISION_FP32, steps, r->cpu_loss);
+    if (st != TIDAL_OK) {
+        tidal_wrap(st, "trainer loss track (cpu)");
+        goto cleanup;
+    }
+    st = selfcheck_track_compare(r, dev, selfcheck_tolerance(prec));
+cleanup:
+    if (out) *out = *r;
+    free(r);
+    return st;
+}
+
+/* ---- the rerun ---- */
+
+/* How many of n elements of es bytes differ in their bits. */
+static size_t bits_differ(const void *a, const void *b, size_t n, size_t es)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += memcmp((const char *)a + i * es, (const char *)b + i * es, es) != 0;
+    return k;
+}
+
+static tidal_status same(const char *dev, const char *stage, const char *what, size_t k, size_t n)
+{
+    if (k == 0) return TIDAL_OK;
+    return tidal_fail(TIDAL_ERR_UNAVAILABLE, "trainer rerun (%s): %s: %s: %zu of %zu element(s) differ between two runs",
+                      dev, stage, what, k, n);
+}
+
+tidal_status selfcheck_same_bits(const selfcheck_result *a, const selfcheck_result *b)
+{
+    char devbuf[32];
+    const char *dev = label(a->kind, a->prec, devbuf, sizeof devbuf);
+    if (!a->m || !b->m || a->T != b->T || a->n != b->n)
+        return tidal_fail(TIDAL_ERR_INVALID, "trainer rerun (%s): the two result sets are not of one model and batch", dev);
+    const size_t T = (size_t)a->T;
+    TRY(same(dev, "forward", "logprob", bits_differ(a->logprob, b->logprob, T, sizeof(float)), T));
+    TRY(same(dev, "forward", "entropy", bits_differ(a->entropy, b->entropy, T, sizeof(float)), T));
+    char what[160];
+    const int nt = model_num_tensors(a->m);
+    for (int i = 0; i < nt; i++) {
+        const model_tensor *t = model_tensor_at(a->m, i);
+        snprintf(what, sizeof what, "gradient of %s", t->name);
+        TRY(same(dev, "backward", what, bits_differ(a->grads + t->offset, b->grads + t->offset, t->numel, sizeof(float)),
+                 t->numel));
+    }
+    TRY(same(dev, "adamw", "gradient norm", bits_differ(&a->grad_norm, &b->grad_norm, 1, sizeof(double)), 1));
+    const float *pa = model_params(a->m, NULL), *pb = model_params(b->m, NULL);
+    for (int i = 0; i < nt; i++) {
+        const model_tensor *t = model_tensor_at(a->m, i);
+        snprintf(what, sizeof what, "%s after the update", t->name);
+        TRY(same(dev, "adamw", what, bits_differ(pa + t->offset, pb + t->offset, t->numel, sizeof(float)), t->numel));
+    }
+    return TIDAL_OK;
+}
+
+tidal_status selfcheck_rerun(trainer_device_kind kind, trainer_precision prec)
+{
+    char devbuf[32];
+    const char *dev = label(kind, prec, devbuf, sizeof devbuf);
+    selfcheck_result first = {0}, second = {0};
+    tidal_status st = selfcheck_run(kind, prec, &first);
+    if (st == TIDAL_OK) st = selfcheck_run(kind, prec, &second);
+    if (st != TIDAL_OK) tidal_wrap(st, "trainer rerun (%s)", dev);
+    else st = selfcheck_same_bits(&first, &second);
+    selfcheck_result_free(&first);
+    selfcheck_result_free(&second);
     return st;
 }

@@ -66,6 +66,20 @@ tidal_status cuda_device_name(char *buf, size_t n)
     return TIDAL_OK;
 }
 
+bool cuda_poison_mode(void)
+{
+#ifdef TIDAL_CUDA_POISON
+    return true;
+#else
+    static int mode = -1; /* read once, as cuda_sync_mode */
+    if (mode < 0) {
+        const char *e = getenv("TIDAL_CUDA_POISON");
+        mode = e && strcmp(e, "1") == 0;
+    }
+    return mode == 1;
+#endif
+}
+
 tidal_status cuda_alloc(void **out, size_t bytes, const char *what)
 {
     *out = NULL;
@@ -74,6 +88,17 @@ tidal_status cuda_alloc(void **out, size_t bytes, const char *what)
     cudaError_t err = cudaMalloc(&p, bytes);
     if (err != cudaSuccess)
         return tidal_fail(TIDAL_ERR_NOMEM, "cuda: allocate %s (%zu bytes): %s", what, bytes, cudaGetErrorString(err));
+    if (cuda_poison_mode()) {
+        /* all-ones bytes: a NaN as fp32 (0xffffffff) and as bf16 (0xffff), whatever the buffer holds; waited
+         * for here, so no stream of the caller's can run ahead of it */
+        err = cudaMemset(p, 0xff, bytes);
+        if (err == cudaSuccess) err = cudaDeviceSynchronize();
+        if (err != cudaSuccess) {
+            cudaFree(p);
+            return tidal_fail(TIDAL_ERR_UNAVAILABLE, "cuda: poison %s (%zu bytes): %s", what, bytes,
+                              cudaGetErrorString(err));
+        }
+    }
     *out = p;
     return TIDAL_OK;
 }

@@ -57,8 +57,16 @@ tidal_status cuda_device_count(int *out);
  * HBM3"), into buf[n]. */
 tidal_status cuda_device_name(char *buf, size_t n);
 
+/* Whether cuda_alloc poisons what it allocates with NaN: always in a Debug
+ * build (CMAKE_BUILD_TYPE=Debug defines TIDAL_CUDA_POISON), else when
+ * TIDAL_CUDA_POISON=1 is in the environment (read once). A kernel that reads
+ * scratch it never wrote then yields NaN, which every check refuses. */
+bool cuda_poison_mode(void);
+
 /* *out = bytes of device memory (NULL first; NULL for bytes == 0); what names
- * the buffer in the message when the allocation fails. */
+ * the buffer in the message when the allocation fails. In poison mode
+ * (cuda_poison_mode) every byte is 0xff - NaN as fp32 and bf16 - before it
+ * returns (synchronously: allocation time only). */
 tidal_status cuda_alloc(void **out, size_t bytes, const char *what);
 /* Releases p (a no-op on NULL). */
 void cuda_free(void *p);

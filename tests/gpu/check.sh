@@ -9,7 +9,8 @@
 #   1. test_gpu_parity: every kernel against its CPU op over the shape grid, fp32 and bf16, and the
 #      whole decoder against the CPU's; the generation engine's kernels (kvstore, decode_attention,
 #      sampler) against kernels/cpu/engine_ref.c; one process per group of checks
-#   2. test_gpu_parity --quick with TIDAL_CUDA_SYNC=1 (every launch checked synchronously)
+#   2. test_gpu_parity --quick with TIDAL_CUDA_SYNC=1 (every launch checked synchronously) and
+#      TIDAL_CUDA_POISON=1 (every device allocation NaN until written, as in a Debug build)
 #   3. compute-sanitizer memcheck on --quick; racecheck, initcheck, synccheck on --quick --skip-gemm
 #      (cuBLASLt's own kernels are not ours to race-check); "device not supported" is a SKIP, said
 #   4. the trainer on the GPU (needs tidal's runtime libraries - NATS, protobuf-c, jansson, libyaml,
@@ -17,7 +18,8 @@
 #      `tidal debug selfcheck --device cuda` (the trainer's start-up self-check), the same with an
 #      error planted (it must refuse, naming the op), test_trainer_device, test_selfcheck and
 #      test_trainer_step (which run the CUDA device, and a whole trainer step on it, against the CPU
-#      when a GPU answers)
+#      when a GPU answers); then per precision (fp32, bf16): the self-check, five AdamW steps of the
+#      tiny model tracking the CPU's loss (`--steps 5`) and a bit-identical rerun (`--rerun`)
 #   5. `tidal bench train --device cuda --json`: tokens/s and MFU, Qwen2.5-0.5B shape (same libraries)
 # Exit: 0 all ran steps passed, 1 a step failed, 77 (ctest's SKIP) no GPU or no CUDA build - said
 # on one line. ctest runs it as `gpu_check` (label gpu).
@@ -95,8 +97,8 @@ for group in gemm head embedding rmsnorm rope swiglu attention adamw decoder kvs
     while read -r l; do note "   $l"; done < <(grep -E "^(FAIL|gpu parity:)" <<<"$out")
 done
 
-echo "== 2. parity, quick grid, TIDAL_CUDA_SYNC=1"
-TIDAL_CUDA_SYNC=1 run "2. parity --quick, TIDAL_CUDA_SYNC=1" 120 "$parity" --quick >/dev/null
+echo "== 2. parity, quick grid, TIDAL_CUDA_SYNC=1, TIDAL_CUDA_POISON=1 (every device allocation NaN first)"
+TIDAL_CUDA_SYNC=1 TIDAL_CUDA_POISON=1 run "2. parity --quick, TIDAL_CUDA_SYNC=1 TIDAL_CUDA_POISON=1" 120 "$parity" --quick >/dev/null
 
 echo "== 3. compute-sanitizer"
 if [[ -z $sanitizer ]]; then
@@ -144,6 +146,20 @@ else
     for t in test_trainer_device test_selfcheck test_trainer_step; do
         if [[ -x $build/tests/$t ]]; then run "4. $t" 120 "$build/tests/$t" >/dev/null
         else note "4. $t: SKIP (not built)"; fi
+    done
+    # per precision: the self-check, five AdamW steps tracking the CPU's loss, a bit-identical rerun
+    # (each line of the result, or the refusal naming the op or step, goes into the summary)
+    for prec in fp32 bf16; do
+        for mode in "" "--steps 5" "--rerun"; do
+            case $mode in
+                "") name="4. selfcheck --precision $prec"; keep="^selfcheck \\(" ;;
+                --steps*) name="4. five AdamW steps track the CPU loss ($prec)"; keep="^loss track .*(after update|track the CPU)" ;;
+                *) name="4. bit-identical rerun ($prec)"; keep="^rerun \\(" ;;
+            esac
+            # shellcheck disable=SC2086 # $mode is zero, one or two words
+            run "$name" 120 "$tidal" debug selfcheck --device cuda --precision "$prec" $mode
+            while read -r l; do note "   $l"; done < <(grep -E "$keep|^tidal debug selfcheck:" <<<"$out")
+        done
     done
 fi
 

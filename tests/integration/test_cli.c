@@ -553,6 +553,52 @@ static void test_gpu_refusals(void)
     run_free(&r);
 }
 
+/* trainer.precision: bf16 is refused on the CPU by name (the self-check hook,
+ * tidal run before anything starts); the check's two other modes - five
+ * steps tracking the CPU's loss, the bit-identical rerun - CPU against CPU,
+ * and their command-line errors. */
+static void test_precision_and_check_modes(void)
+{
+    run_result r = run_tidal("debug", "selfcheck", "--device", "cpu", "--precision", "bf16", NULL);
+    CHECK_RUN(r, 1);
+    CHECK_MSG(strstr(r.err, "tidal debug selfcheck: trainer.precision bf16: the CPU trainer computes in fp32 only"),
+              "stderr: %s", r.err);
+    run_free(&r);
+    const char *spec = "/tmp/tidal-test-cli-bf16.yaml", *out = "/tmp/tidal-test-cli-bf16-run";
+    FILE *f = fopen(spec, "w");
+    CHECK(f != NULL);
+    if (!f) return;
+    fputs("job: {name: g}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32}}\n"
+          "data: {generator: strings}\nenv: {name: strings}\ntrainer: {device: cpu, precision: bf16}\n", f);
+    fclose(f);
+    r = run_tidal("run", spec, "--out", out, NULL);
+    struct stat sst;
+    CHECK_RUN(r, 2);
+    CHECK_MSG(strstr(r.err, "tidal run: /tmp/tidal-test-cli-bf16.yaml: trainer.precision bf16: the CPU trainer "),
+              "stderr: %s", r.err);
+    CHECK_MSG(stat(out, &sst) != 0, "%s was made for a run that cannot start", out);
+    run_free(&r);
+    remove(spec);
+    r = run_tidal("debug", "selfcheck", "--device", "cpu", "--steps", "5", NULL);
+    CHECK_RUN(r, 0);
+    CHECK_MSG(strstr(r.out, "loss track (cpu, fp32): before update 1: device ") &&
+                  strstr(r.out, "loss track (cpu, fp32): after update 5: device ") &&
+                  strstr(r.out, "loss track (cpu, fp32): 5 AdamW steps track the CPU: worst error 0 (tolerance 1e-04)"),
+              "stdout: %s", r.out);
+    run_free(&r);
+    r = run_tidal("debug", "selfcheck", "--device", "cpu", "--rerun", NULL);
+    CHECK_RUN(r, 0);
+    CHECK_MSG(strstr(r.out, "rerun (cpu, fp32): the self-check's forward, backward and update twice: equal bit for bit"),
+              "stdout: %s", r.out);
+    run_free(&r);
+    const char *bad[][6] = {{"--steps", "0"}, {"--steps", "x"}, {"--steps", "5", "--rerun"}};
+    for (size_t i = 0; i < 3; i++) {
+        r = run_tidal("debug", "selfcheck", "--device", "cpu", bad[i][0], bad[i][1], bad[i][2], NULL);
+        CHECK_RUN(r, 2);
+        run_free(&r);
+    }
+}
+
 int main(void)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -573,5 +619,6 @@ int main(void)
     RUN(test_bench_dispatch);
     RUN(test_bench_bus_reports);
     RUN(test_gpu_refusals);
+    RUN(test_precision_and_check_modes);
     return check_summary();
 }

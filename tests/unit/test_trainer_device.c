@@ -4,7 +4,8 @@
  * On the CPU the device must be exactly the code the step ran before it
  * existed: forward, backward, clip_grad_norm + adamw_step, bit for bit against
  * the same calls on a twin model. trainer.device's resolution (auto, cpu,
- * cuda, anything else), the CUDA device's refusal where no GPU answers (the
+ * cuda, anything else) and trainer.precision's (auto, bf16 refused on the
+ * CPU, fp32), the CUDA device's refusal where no GPU answers (the
  * path `make test` takes: CUDA compiled in, no driver; or no CUDA in the
  * build) and, on a GPU host, the CUDA device against the CPU within the
  * self-check's tolerance. The peak-FLOPs table MFU uses.
@@ -138,6 +139,49 @@ static void test_resolve(void)
     }
 }
 
+/* trainer.precision's values: auto is bf16 on cuda and fp32 on the CPU; bf16
+ * is refused on the CPU by name, in the resolution and in the device itself
+ * (the decision only: no GPU needed); anything else is invalid. */
+static void test_precision(void)
+{
+    trainer_precision p = TRAINER_PRECISION_BF16;
+    char why[512];
+    CHECK_OK(trainer_precision_resolve("auto", TRAINER_DEVICE_CPU, &p, why, sizeof why));
+    CHECK_MSG(p == TRAINER_PRECISION_FP32 && !strcmp(why, "trainer.precision auto: fp32 (the CPU)"), "why: %s", why);
+    CHECK_OK(trainer_precision_resolve(NULL, TRAINER_DEVICE_CPU, &p, NULL, 0));
+    CHECK(p == TRAINER_PRECISION_FP32);
+    CHECK_OK(trainer_precision_resolve("fp32", TRAINER_DEVICE_CPU, &p, why, sizeof why));
+    CHECK(p == TRAINER_PRECISION_FP32);
+    CHECK_STATUS(trainer_precision_resolve("bf16", TRAINER_DEVICE_CPU, &p, why, sizeof why), TIDAL_ERR_UNAVAILABLE);
+    CHECK_MSG(strstr(tidal_errmsg(), "trainer.precision bf16: the CPU trainer computes in fp32 only") == tidal_errmsg(),
+              "%s", tidal_errmsg());
+    CHECK_OK(trainer_precision_resolve("auto", TRAINER_DEVICE_CUDA, &p, why, sizeof why));
+    CHECK_MSG(p == TRAINER_PRECISION_BF16 && strstr(why, "trainer.precision auto: bf16 on cuda"), "why: %s", why);
+    CHECK_OK(trainer_precision_resolve("bf16", TRAINER_DEVICE_CUDA, &p, why, sizeof why));
+    CHECK(p == TRAINER_PRECISION_BF16);
+    CHECK_OK(trainer_precision_resolve("fp32", TRAINER_DEVICE_CUDA, &p, why, sizeof why));
+    CHECK_MSG(p == TRAINER_PRECISION_FP32 && strstr(why, "TF32 off"), "why: %s", why);
+    CHECK_STATUS(trainer_precision_resolve("fp16", TRAINER_DEVICE_CUDA, &p, why, sizeof why), TIDAL_ERR_INVALID);
+    CHECK(strstr(tidal_errmsg(), "trainer.precision: 'fp16' is not one of auto, bf16, fp32") != NULL);
+    CHECK(!strcmp(trainer_precision_name(TRAINER_PRECISION_BF16), "bf16") &&
+          !strcmp(trainer_precision_name(TRAINER_PRECISION_FP32), "fp32"));
+    /* the device refuses bf16 on the CPU too, and the fp32 CPU device is the old one */
+    model *m = NULL;
+    trainer_device *d = NULL;
+    CHECK_OK(model_create(&tiny, &m));
+    if (!m) return;
+    CHECK_STATUS(trainer_device_create_in(TRAINER_DEVICE_CPU, TRAINER_PRECISION_BF16, m, NULL, &d), TIDAL_ERR_UNAVAILABLE);
+    CHECK(d == NULL && strstr(tidal_errmsg(), "trainer device cpu: precision bf16: the CPU computes in fp32 only"));
+    CHECK_OK(trainer_device_create_in(TRAINER_DEVICE_CPU, TRAINER_PRECISION_FP32, m, NULL, &d));
+    CHECK(d && trainer_device_precision_of(d) == TRAINER_PRECISION_FP32 && trainer_device_kind_of(d) == TRAINER_DEVICE_CPU);
+    trainer_device_free(d);
+    d = NULL;
+    CHECK_OK(trainer_device_create(TRAINER_DEVICE_CPU, m, NULL, &d));
+    CHECK(d && trainer_device_precision_of(d) == TRAINER_PRECISION_FP32);
+    trainer_device_free(d);
+    model_free(m);
+}
+
 /* The CUDA device: refused without a GPU, naming it; on a GPU host, the
  * forward and backward within the self-check's tolerance of the CPU's. */
 static void test_cuda_device(void)
@@ -209,6 +253,7 @@ int main(void)
 {
     RUN(test_cpu_device_is_the_cpu_path);
     RUN(test_resolve);
+    RUN(test_precision);
     RUN(test_cuda_device);
     RUN(test_peak_flops);
     return check_summary();
