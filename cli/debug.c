@@ -34,7 +34,7 @@ static const char fwdbwd_usage[] =
     "                          [--steps N --lr X --weight-decay X] [--temperature X]\n"
     "                          [--save-model DIR] [--threads N] [--recompute] [--device cpu|cuda]\n"
     "       tidal debug selfcheck [--device cuda|cpu|auto]\n"
-    "       tidal debug engine-selfcheck [--device cuda|cpu|auto]\n"
+    "       tidal debug engine-selfcheck [--device cuda|cpu|auto|cpu-ref]\n"
     "\n"
     "IN holds input_ids (I32 [T]), target_ids (I32 [T]), cu_seqlens (I32 [S+1]) and\n"
     "loss_weights (F32 [T]). OUT receives logits (F32 [T, V]), logprobs (F32 [T]),\n"
@@ -60,7 +60,8 @@ static const char fwdbwd_usage[] =
     "a tiny model's greedy generation (5 requests, a forked prompt, a weight swap\n"
     "mid-generation) there and on the CPU engine, token for token (exit 1 naming\n"
     "the request and token). TIDAL_ENGINE_SELFCHECK_PLANT=REQ:INDEX replaces one\n"
-    "of the device's tokens (a test of the check itself).\n";
+    "of the device's tokens (a test of the check itself). --device cpu-ref runs the GPU\n"
+    "engine's logic (paged cache, forks, Philox sampler) on the CPU references of its kernels.\n";
 
 /* (debug.h) */
 tidal_status debug_input_1d(const st_file *in, const char *path, const char *name, st_dtype dt,
@@ -365,13 +366,14 @@ static int engine_selfcheck_cmd(int argc, char **argv)
         default: fputs(fwdbwd_usage, stderr); return EXIT_USAGE;
         }
     }
-    if (optind < argc || (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto"))) {
+    if (optind < argc ||
+        (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto") && strcmp(device, "cpu-ref"))) {
         fputs(fwdbwd_usage, stderr);
         return EXIT_USAGE;
     }
-    engine_device d = ENGINE_DEVICE_CPU;
-    char why[512];
-    tidal_status st = engine_device_resolve(device, &d, why, sizeof why);
+    engine_device d = ENGINE_DEVICE_CPU_REF;
+    char why[512] = "the GPU engine's logic on the CPU references of its kernels";
+    tidal_status st = strcmp(device, "cpu-ref") ? engine_device_resolve(device, &d, why, sizeof why) : TIDAL_OK;
     if (st == TIDAL_OK) {
         fprintf(stderr, "engine-selfcheck: %s\n", why);
         st = engine_selfcheck(d);

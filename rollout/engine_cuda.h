@@ -4,7 +4,9 @@
  * engine_set_model between steps) whose steps run on the GPU: the paged KV
  * cache (rollout/kvpages), the decode step (model/decode_cuda) and the
  * sampler (kernels/cuda/engine.cu's cuda_sample: Philox counter RNG keyed on
- * (seed, request id, token index, vocabulary id), Gumbel-max).
+ * (seed, request id, token index, vocabulary id), Gumbel-max). The host
+ * logic is rollout/engine_paged.c, shared with rollout/engine_ref.c (the
+ * same on the CPU references of the kernels), which tests it without a GPU.
  *
  * What differs from the CPU engine (docs/gpu.md):
  *   - sampled tokens (temperature > 0) are drawn from the same distribution
@@ -39,9 +41,11 @@
 typedef enum engine_device {
     ENGINE_DEVICE_CPU = 0,
     ENGINE_DEVICE_CUDA = 1,
+    ENGINE_DEVICE_CPU_REF = 2, /* the GPU engine's logic on the CPU references (rollout/engine_ref.h):
+                                  tests and the self-check's own test, not a rollout.device value */
 } engine_device;
 
-/* "cpu" or "cuda". */
+/* "cpu", "cuda" or "cpu-ref". */
 const char *engine_device_name(engine_device d);
 
 /* Whether this build has the CUDA path (nvcc found, TIDAL_CUDA not OFF). */
@@ -74,7 +78,8 @@ tidal_status engine_cuda_create(model *m, uint64_t version, const engine_options
  * the bench's bandwidth floor. TIDAL_ERR_UNAVAILABLE without a GPU. */
 tidal_status engine_cuda_copy_bandwidth(size_t bytes, double *bytes_per_s, char *name, size_t n);
 
-/* An engine on device d: engine_create, or engine_cuda_create with co. */
+/* An engine on device d: engine_create, engine_cuda_create with co, or
+ * engine_ref_create (co's block_size and n_blocks). */
 tidal_status engine_create_on(engine_device d, model *m, uint64_t version, const engine_options *o,
                               const engine_cuda_options *co, engine **out);
 

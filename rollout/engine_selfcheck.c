@@ -25,7 +25,10 @@ static model_config tiny_config(void)
                           .eos_token_id = -1};
 }
 
-static const int prompt_lens[N_REQ] = {1, 17, 70, 33, 17};
+/* Request 3 repeats request 2's prompt (a fork on the GPU: admitted in the same step) and stops
+ * early, so request 5 is admitted into its slot while the others decode (continuous batching). */
+static const int prompt_lens[N_REQ] = {1, 17, 17, 70, 33};
+static const int max_new[N_REQ] = {MAX_NEW, MAX_NEW, 12, MAX_NEW, MAX_NEW};
 
 /* What one engine generated. */
 typedef struct run {
@@ -56,13 +59,13 @@ static tidal_status generate(engine_device d, model *m1, model *m2, run *x)
     int32_t prompt[128];
     uint64_t rs = 0x5eed;
     for (int i = 0; i < N_REQ; i++) {
-        const int base = i == 4 ? 1 : i; /* the fifth repeats the second's prompt */
+        const int base = i == 2 ? 1 : i; /* the third repeats the second's prompt */
         rs = 0x5eed + (uint64_t)base;
         for (int t = 0; t < prompt_lens[i]; t++) {
             rs = rs * 6364136223846793005ULL + 1442695040888963407ULL;
             prompt[t] = (int32_t)((rs >> 33) % V_TINY);
         }
-        const engine_request rq = {.prompt = prompt, .prompt_len = prompt_lens[i], .max_new_tokens = MAX_NEW,
+        const engine_request rq = {.prompt = prompt, .prompt_len = prompt_lens[i], .max_new_tokens = max_new[i],
                                    .user = (void *)(intptr_t)i};
         TRY_GOTO(engine_submit(e, &rq, NULL));
     }

@@ -6,10 +6,11 @@
  * The tiny model is CUDA.md's (Qwen2-shaped, 2 layers, hidden 128, 4 query
  * and 2 KV heads of 64, vocabulary 1003, tied embeddings, QKV biases; random
  * weights, std 0.1 so that greedy margins are wide). Five greedy requests
- * (prompts of 1, 17, 70 and 33 tokens, and the 17-token prompt again: a
- * forked GRPO sample on the GPU), 24 tokens each, 4 slots (so the fifth is
- * admitted when one finishes: continuous batching), new weights (version 2)
- * swapped in after the 6th step (an in-flight update). Both engines run the
+ * (prompts of 1, 17, 17 - the second's again: a forked GRPO sample on the
+ * GPU, 12 tokens - 70 and 33 tokens), 24 tokens each but the fork, 4 slots
+ * (so the fifth is admitted while the others decode: continuous batching),
+ * new weights (version 2) swapped in after the 6th step (an in-flight
+ * update). Both engines run the
  * same schedule; compared: every token, its version, its logprob (within
  * 1e-3), and the finish reasons.
  *

@@ -5,6 +5,10 @@
  * engine's creation refused without a GPU, and the engine self-check on the
  * CPU (the CPU engine against itself agrees; a planted token is refused
  * naming the request and token: its comparison is the one the GPU gets).
+ * The GPU engine's logic on the CPU references of its kernels (cpu-ref:
+ * rollout/engine_paged.c's paged cache, forks and tail copies, the Philox
+ * sampler) passes the checks below that the GPU gets: greedy self-check,
+ * alone vs a batch of 64, logprobs vs the trainer (fp32).
  *
  * Where a GPU answers (tests/gpu/check.sh runs this binary there): the
  * self-check on the GPU agrees with the CPU engine; a sampled sequence alone
@@ -22,6 +26,7 @@
 #include "model/model.h"
 #include "rollout/engine.h"
 #include "rollout/engine_cuda.h"
+#include "rollout/engine_ref.h"
 #include "rollout/engine_selfcheck.h"
 
 #define V 1003
@@ -88,13 +93,15 @@ static void test_selfcheck_on_the_cpu(void)
 {
     unsetenv(ENGINE_SELFCHECK_PLANT_ENV);
     CHECK_OK(engine_selfcheck(ENGINE_DEVICE_CPU));
-    setenv(ENGINE_SELFCHECK_PLANT_ENV, "3:0", 1);
+    setenv(ENGINE_SELFCHECK_PLANT_ENV, "4:0", 1);
     CHECK_STATUS(engine_selfcheck(ENGINE_DEVICE_CPU), TIDAL_ERR_UNAVAILABLE);
-    CHECK_MSG(strstr(tidal_errmsg(), "engine self-check (cpu): request 3 (prompt of 70 tokens): token 0: the device gave "),
+    CHECK_MSG(strstr(tidal_errmsg(), "engine self-check (cpu): request 4 (prompt of 70 tokens): token 0: the device gave "),
               "%s", tidal_errmsg());
-    setenv(ENGINE_SELFCHECK_PLANT_ENV, "5:23", 1); /* the forked prompt's last token */
+    setenv(ENGINE_SELFCHECK_PLANT_ENV, "3:11", 1); /* the forked prompt's last token */
     CHECK_STATUS(engine_selfcheck(ENGINE_DEVICE_CPU), TIDAL_ERR_UNAVAILABLE);
-    CHECK_MSG(strstr(tidal_errmsg(), "request 5 (prompt of 17 tokens): token 23: "), "%s", tidal_errmsg());
+    CHECK_MSG(strstr(tidal_errmsg(), "request 3 (prompt of 17 tokens): token 11: "), "%s", tidal_errmsg());
+    setenv(ENGINE_SELFCHECK_PLANT_ENV, "3:12", 1); /* past its last token */
+    CHECK_STATUS(engine_selfcheck(ENGINE_DEVICE_CPU), TIDAL_ERR_INVALID);
     setenv(ENGINE_SELFCHECK_PLANT_ENV, "1:x", 1);
     CHECK_STATUS(engine_selfcheck(ENGINE_DEVICE_CPU), TIDAL_ERR_INVALID);
     CHECK_MSG(strstr(tidal_errmsg(), "'1:x' is not REQ:INDEX"), "%s", tidal_errmsg());
@@ -105,13 +112,14 @@ static void test_selfcheck_on_the_cpu(void)
  * prompts shared in groups of 8) on a GPU engine of `slots`; requests before
  * `first` are submitted and aborted so that ids (the sampler's key) match
  * the full batch's. Results by request index into res. */
-static tidal_status run_batch(model *m, bool bf16, int slots, int first, int n, float temp, engine_result **res)
+static tidal_status run_batch(engine_device dev, model *m, bool bf16, int slots, int first, int n, float temp,
+                              engine_result **res)
 {
     engine *e = NULL;
     tidal_status st = TIDAL_OK;
     const engine_options o = {.slots = slots, .max_len = 128};
     const engine_cuda_options co = {.bf16 = bf16};
-    TRY_GOTO(engine_cuda_create(m, 3, &o, &co, &e));
+    TRY_GOTO(engine_create_on(dev, m, 3, &o, &co, &e));
     int32_t p[128];
     int len = 0;
     for (int i = 0; i < first + n; i++) {
@@ -134,17 +142,17 @@ cleanup:
     return st;
 }
 
-static void test_alone_equals_batch_of_64(void)
+static void alone_equals_batch_of_64(engine_device dev)
 {
     model *m = tiny_model(2);
     CHECK(m);
     engine_result *batch[64] = {0};
-    CHECK_OK(run_batch(m, false, 64, 0, 64, 0.9f, batch));
+    CHECK_OK(run_batch(dev, m, false, 64, 0, 64, 0.9f, batch));
     const int alone[] = {0, 37, 63};
     for (size_t a = 0; a < 3; a++) {
         const int i = alone[a];
         engine_result *one[64] = {0};
-        CHECK_OK(run_batch(m, false, 1, i, 1, 0.9f, one));
+        CHECK_OK(run_batch(dev, m, false, 1, i, 1, 0.9f, one));
         CHECK(batch[i] && one[i]);
         if (!batch[i] || !one[i]) continue;
         CHECK_MSG(batch[i]->n == one[i]->n, "request %d: %d tokens in the batch, %d alone", i, batch[i]->n, one[i]->n);
@@ -184,13 +192,13 @@ static double worst_vs_trainer(model *m, int group, const engine_result *r, floa
     return worst;
 }
 
-static void test_logprobs_vs_trainer(void)
+static void logprobs_vs_trainer(engine_device dev)
 {
     model *m = tiny_model(3);
     CHECK(m);
-    for (int bf16 = 0; bf16 < 2; bf16++) {
+    for (int bf16 = 0; bf16 < (dev == ENGINE_DEVICE_CUDA ? 2 : 1); bf16++) {
         engine_result *res[64] = {0};
-        CHECK_OK(run_batch(m, bf16, 16, 0, 16, 0.7f, res));
+        CHECK_OK(run_batch(dev, m, bf16, 16, 0, 16, 0.7f, res));
         double worst = 0.0, mean = 0.0;
         for (int i = 0; i < 16; i++) {
             CHECK(res[i] != NULL);
@@ -200,19 +208,31 @@ static void test_logprobs_vs_trainer(void)
             mean += mn / 16;
             engine_result_free(res[i]);
         }
-        printf("  %s: sampled logprobs against the trainer's recompute: worst %.3g, mean %.3g\n",
-               bf16 ? "bf16" : "fp32", worst, mean);
+        printf("  %s %s: sampled logprobs against the trainer's recompute: worst %.3g, mean %.3g\n",
+               engine_device_name(dev), bf16 ? "bf16" : "fp32", worst, mean);
         CHECK(bf16 ? (worst <= 0.1 && mean <= 2e-2) : worst <= 1e-4);
     }
     model_free(m);
 }
 
 static void test_selfcheck_on_the_gpu(void) { CHECK_OK(engine_selfcheck(ENGINE_DEVICE_CUDA)); }
+static void test_alone_equals_batch_of_64(void) { alone_equals_batch_of_64(ENGINE_DEVICE_CUDA); }
+static void test_logprobs_vs_trainer(void) { logprobs_vs_trainer(ENGINE_DEVICE_CUDA); }
+
+/* The GPU engine's logic on the CPU references of its kernels: the same
+ * checks, on every machine. Also: its greedy self-check passes, and the
+ * Philox sampler makes the same tokens whatever the slot count. */
+static void test_ref_selfcheck(void) { CHECK_OK(engine_selfcheck(ENGINE_DEVICE_CPU_REF)); }
+static void test_ref_alone_equals_batch_of_64(void) { alone_equals_batch_of_64(ENGINE_DEVICE_CPU_REF); }
+static void test_ref_logprobs_vs_trainer(void) { logprobs_vs_trainer(ENGINE_DEVICE_CPU_REF); }
 
 int main(void)
 {
     RUN(test_device_resolution);
     RUN(test_selfcheck_on_the_cpu);
+    RUN(test_ref_selfcheck);
+    RUN(test_ref_alone_equals_batch_of_64);
+    RUN(test_ref_logprobs_vs_trainer);
     if (engine_cuda_available() == TIDAL_OK) {
         RUN(test_selfcheck_on_the_gpu);
         RUN(test_alone_equals_batch_of_64);
