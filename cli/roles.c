@@ -726,6 +726,7 @@ int run_main(int argc, char **argv)
     tidal_status st = load_spec(&a, &s);
     if (st == TIDAL_OK) st = run_preflight(&s, a.spec_file); /* before a server or a role starts */
     if (st == TIDAL_OK) st = run_preflight_device(&s, a.spec_file);
+    if (st == TIDAL_OK && s.rollout.workers > 0) st = run_preflight_rollout_device(&s, a.spec_file);
     if (st != TIDAL_OK) {
         fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
         spec_release(&s);

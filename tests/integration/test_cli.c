@@ -568,7 +568,22 @@ static void test_engine_gpu_refusals(void)
     CHECK_MSG(strstr(probe.out, "engine-selfcheck (") != NULL, "stdout: %s", probe.out);
     run_free(&probe);
     if (no_gpu) {
-        run_result r = run_tidal("rollout", "--job", "j", "--bus", "nats://127.0.0.1:1", "--device", "cuda", NULL);
+        const char *spec = "/tmp/tidal-test-cli-engine-cuda.yaml", *out = "/tmp/tidal-test-cli-engine-cuda-run";
+        FILE *f = fopen(spec, "w");
+        CHECK(f != NULL);
+        if (!f) return;
+        fputs("job: {name: g}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32}}\n"
+              "data: {generator: strings}\nenv: {name: strings}\nrollout: {device: cuda}\n", f);
+        fclose(f);
+        run_result r = run_tidal("run", spec, "--out", out, NULL);
+        struct stat sst;
+        CHECK_RUN(r, 2);
+        CHECK_MSG(strstr(r.err, "tidal run: /tmp/tidal-test-cli-engine-cuda.yaml: rollout.device cuda: "), "stderr: %s",
+                  r.err);
+        CHECK_MSG(stat(out, &sst) != 0, "%s was made for a run that cannot start", out);
+        run_free(&r);
+        remove(spec);
+        r = run_tidal("rollout", "--job", "j", "--bus", "nats://127.0.0.1:1", "--device", "cuda", NULL);
         CHECK_RUN(r, 1);
         CHECK_MSG(strstr(r.err, "tidal rollout: rollout.device cuda: ") && !strstr(r.err, "bus: connect"),
                   "stderr: %s", r.err);
