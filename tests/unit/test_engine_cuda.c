@@ -8,7 +8,9 @@
  * The GPU engine's logic on the CPU references of its kernels (cpu-ref:
  * rollout/engine_paged.c's paged cache, forks and tail copies, the Philox
  * sampler) passes the checks below that the GPU gets: greedy self-check,
- * alone vs a batch of 64, logprobs vs the trainer (fp32).
+ * alone vs a batch of 64, logprobs vs the trainer (fp32), and the request
+ * contract against the CPU engine (12 requests on 3 slots: stop ids, stop
+ * strings, length, abort, a weight swap).
  *
  * Where a GPU answers (tests/gpu/check.sh runs this binary there): the
  * self-check on the GPU agrees with the CPU engine; a sampled sequence alone
@@ -219,9 +221,94 @@ static void test_selfcheck_on_the_gpu(void) { CHECK_OK(engine_selfcheck(ENGINE_D
 static void test_alone_equals_batch_of_64(void) { alone_equals_batch_of_64(ENGINE_DEVICE_CUDA); }
 static void test_logprobs_vs_trainer(void) { logprobs_vs_trainer(ENGINE_DEVICE_CUDA); }
 
+static const char *letter_bytes(void *ctx, int32_t id, size_t *len)
+{
+    (void)ctx;
+    static const char letters[] = "abcdefgh";
+    *len = 1;
+    return letters + (id % 8);
+}
+
+/* The request contract through the paged backend, against the CPU engine:
+ * 12 greedy requests on 3 slots with a 40-token step budget (admissions
+ * spread over steps, slots released and reused), stop ids, a stop string
+ * straddling tokens, max tokens, one running request aborted, a weight
+ * swap: the same results (tokens, finish reasons, stop offsets, versions;
+ * logprobs within 1e-4). */
+static void run_contract(engine_device dev, model *m1, model *m2, engine_result **res)
+{
+    const engine_options o = {.slots = 3, .max_len = 128, .max_step_tokens = 40, .token_bytes = letter_bytes};
+    engine *e = NULL;
+    CHECK_OK(engine_create_on(dev, m1, 1, &o, NULL, &e));
+    if (!e) return;
+    int32_t stop_ids[50];
+    for (int i = 0; i < 50; i++) stop_ids[i] = 7 + 20 * i;
+    const char *stops[] = {"ha", "zz"};
+    uint64_t ids[12];
+    for (int i = 0; i < 12; i++) {
+        int32_t p[128];
+        int len = 0;
+        prompt_of(i % 5, p, &len);
+        const engine_request rq = {.prompt = p, .prompt_len = len, .max_new_tokens = 10 + 3 * i,
+                                   .stop_ids = i % 3 ? stop_ids : NULL, .n_stop_ids = i % 3 ? 50 : 0,
+                                   .stop_strings = i % 2 ? stops : NULL, .n_stop_strings = i % 2 ? 2 : 0,
+                                   .user = (void *)(intptr_t)i};
+        CHECK_OK(engine_submit(e, &rq, &ids[i]));
+    }
+    for (int k = 0; engine_busy(e) && k < 2000; k++) {
+        if (k == 3) CHECK_OK(engine_abort(e, ids[1]));
+        if (k == 9) CHECK_OK(engine_set_model(e, m2, 2));
+        CHECK_OK(engine_step(e));
+    }
+    for (engine_result *r; (r = engine_next_result(e));) {
+        const int i = (int)(intptr_t)r->user;
+        if (!res[i]) res[i] = r;
+        else engine_result_free(r);
+    }
+    engine_free(e);
+}
+
+static void contract_equals_cpu_engine(engine_device dev)
+{
+    model *m1 = tiny_model(5), *m2 = tiny_model(6);
+    CHECK(m1 && m2);
+    engine_result *want[12] = {0}, *got[12] = {0};
+    run_contract(ENGINE_DEVICE_CPU, m1, m2, want);
+    run_contract(dev, m1, m2, got);
+    int n_stop = 0, n_string = 0, n_len = 0, n_abort = 0;
+    for (int i = 0; i < 12; i++) {
+        CHECK(want[i] && got[i]);
+        if (!want[i] || !got[i]) continue;
+        const engine_result *w = want[i], *g = got[i];
+        CHECK_MSG(g->n == w->n && g->finish == w->finish && g->stop_string == w->stop_string &&
+                      g->stop_offset == w->stop_offset,
+                  "request %d: %d tokens (%s, string %d at %zu), the CPU engine %d (%s, string %d at %zu)", i, g->n,
+                  engine_finish_name(g->finish), g->stop_string, g->stop_offset, w->n, engine_finish_name(w->finish),
+                  w->stop_string, w->stop_offset);
+        for (int t = 0; t < g->n && t < w->n; t++) {
+            CHECK_MSG(g->ids[t] == w->ids[t], "request %d token %d: %d, the CPU engine %d", i, t, g->ids[t], w->ids[t]);
+            CHECK(g->versions[t] == w->versions[t]);
+            CHECK(fabsf(g->logprobs[t] - w->logprobs[t]) <= 1e-4f);
+        }
+        n_stop += w->finish == ENGINE_FINISH_STOP && w->stop_string < 0;
+        n_string += w->stop_string >= 0;
+        n_len += w->finish == ENGINE_FINISH_LENGTH;
+        n_abort += w->finish == ENGINE_FINISH_ABORT;
+        engine_result_free(want[i]);
+        engine_result_free(got[i]);
+    }
+    printf("  %s: 12 requests on 3 slots: %d stop ids, %d stop strings, %d length, %d aborted\n", engine_device_name(dev), n_stop, n_string, n_len,
+           n_abort);
+    CHECK(n_abort == 1 && n_len > 0 && n_stop + n_string > 0);
+    model_free(m1);
+    model_free(m2);
+}
+
 /* The GPU engine's logic on the CPU references of its kernels: the same
  * checks, on every machine. Also: its greedy self-check passes, and the
  * Philox sampler makes the same tokens whatever the slot count. */
+static void test_ref_contract_equals_cpu_engine(void) { contract_equals_cpu_engine(ENGINE_DEVICE_CPU_REF); }
+static void test_contract_equals_cpu_engine(void) { contract_equals_cpu_engine(ENGINE_DEVICE_CUDA); }
 static void test_ref_selfcheck(void) { CHECK_OK(engine_selfcheck(ENGINE_DEVICE_CPU_REF)); }
 static void test_ref_alone_equals_batch_of_64(void) { alone_equals_batch_of_64(ENGINE_DEVICE_CPU_REF); }
 static void test_ref_logprobs_vs_trainer(void) { logprobs_vs_trainer(ENGINE_DEVICE_CPU_REF); }
@@ -233,10 +320,12 @@ int main(void)
     RUN(test_ref_selfcheck);
     RUN(test_ref_alone_equals_batch_of_64);
     RUN(test_ref_logprobs_vs_trainer);
+    RUN(test_ref_contract_equals_cpu_engine);
     if (engine_cuda_available() == TIDAL_OK) {
         RUN(test_selfcheck_on_the_gpu);
         RUN(test_alone_equals_batch_of_64);
         RUN(test_logprobs_vs_trainer);
+        RUN(test_contract_equals_cpu_engine);
     } else {
         tidal_clear();
         printf("  no GPU answers here: the GPU engine's parity cases are not run (tests/gpu/check.sh runs them)\n");
