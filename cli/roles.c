@@ -443,7 +443,9 @@ int rollout_main(int argc, char **argv)
         fprintf(stderr, "tidal rollout: --backend %s: want builtin or openai (with --endpoints)\n", a.backend);
         return 2;
     }
-    if (a.device && strcmp(a.device, "cpu") && strcmp(a.device, "cuda") && strcmp(a.device, "auto")) {
+    /* --device cpu-ref: test-only, not in the help (the GPU engine's logic on the CPU references) */
+    if (a.device && strcmp(a.device, "cpu") && strcmp(a.device, "cuda") && strcmp(a.device, "auto") &&
+        strcmp(a.device, "cpu-ref")) {
         fprintf(stderr, "tidal rollout: --device %s: want cpu, cuda or auto (where the built-in engine runs)\n", a.device);
         return 2;
     }

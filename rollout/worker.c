@@ -839,10 +839,11 @@ static tidal_status join(worker *w)
     } else {
         /* rollout.device: the CPU unless asked; cuda only after the self-check agrees with the CPU */
         const char *dev = w->o->device ? w->o->device : w->spec.rollout.device;
-        char why[400];
-        TRY_WRAP(engine_device_resolve(dev, &w->edev, why, sizeof why), "worker %s", w->id);
+        char why[400] = "--device cpu-ref: the GPU engine's logic on the CPU references of its kernels (a test)";
+        if (!strcmp(dev, "cpu-ref")) w->edev = ENGINE_DEVICE_CPU_REF; /* test-only, never a spec's value */
+        else TRY_WRAP(engine_device_resolve(dev, &w->edev, why, sizeof why), "worker %s", w->id);
         tidal_log(TIDAL_LOG_INFO, "worker %s: %s", w->id, why);
-        if (w->edev == ENGINE_DEVICE_CUDA) TRY_WRAP(engine_selfcheck(ENGINE_DEVICE_CUDA), "worker %s: refusing to start", w->id);
+        if (w->edev != ENGINE_DEVICE_CPU) TRY_WRAP(engine_selfcheck(w->edev), "worker %s: refusing to start", w->id);
         engine_options eo = {.slots = w->spec.rollout.slots, .max_len = w->max_len};
         TRY(engine_create_on(w->edev, w->m, w->version, &eo, NULL, &w->e));
         w->gen = generator_of_engine(w->e);
