@@ -13,6 +13,9 @@
  *      into a result and freeing its slot.
  * Admissions are committed only after model_infer succeeded, so a failed
  * step leaves the engine as it was.
+ * With a backend (engine_backend.h: the GPU engine, rollout/engine_cuda.h),
+ * steps 2 and 3 are the backend's; the rest is this file's, the same for
+ * every device.
  */
 #include "rollout/engine.h"
 #include "rollout/engine_backend.h"
