@@ -18,6 +18,15 @@
  * its best figure per batch size counts: on a 2-core VM its default once gave
  * 281 tokens/s at batch 32 against 1,445 passive - comparing against the
  * crippled default would have flattered tidal fourfold.
+ *
+ * --device cuda: the GPU engine (rollout/engine_cuda.h) on a Qwen2.5-0.5B-
+ * shaped model with random weights, greedy, decode tokens/s at batch 1, 64
+ * and 256 (prompts of P tokens prefilled in one untimed step, N - 1 timed
+ * decode steps), each against its bandwidth floor: a decode step reads every
+ * weight once and each sequence's cache so far, so it takes at least
+ * (weight bytes + KV bytes) / the device's copy bandwidth (measured here,
+ * engine_cuda_copy_bandwidth); floor tokens/s = B / that time, averaged
+ * over the timed steps. Refused cleanly (exit 1, the reason) without a GPU.
  */
 #include <getopt.h>
 #include <jansson.h>
@@ -33,6 +42,7 @@
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "rollout/engine.h"
+#include "rollout/engine_cuda.h"
 
 #define CHECK_STEPS 8                  /* tokens per sequence compared with the peer */
 
@@ -43,7 +53,120 @@ static void usage(FILE *f)
                "  against a PyTorch float32 KV-cache decode loop, on a Qwen2-shaped model of ~29 M\n"
                "  parameters with the same threads (default: all cores); prompts of P tokens\n"
                "  (default 32), N new tokens each (default 64; the N - 1 steps after the prefill are\n"
-               "  timed). ratio = tidal / PyTorch at batch B.\n");
+               "  timed). ratio = tidal / PyTorch at batch B.\n"
+               "       tidal bench generate --device cuda [--dtype f32|bf16] [--prompt-len P] [--new-tokens N] [--json]\n"
+               "  The GPU engine on a Qwen2.5-0.5B-shaped model (random weights, greedy): decode\n"
+               "  tokens/s at batch 1, 64 and 256 against the bandwidth floor ((weight + KV bytes)\n"
+               "  / the measured device copy bandwidth). Refused without a GPU.\n");
+}
+
+/* Qwen2.5-0.5B's shape (its config.json), as bench train's. */
+static const model_config qwen05b_gen = {.type = MODEL_QWEN2, .vocab_size = 151936, .hidden_size = 896,
+                                         .num_layers = 24, .num_heads = 14, .num_kv_heads = 2, .head_dim = 64,
+                                         .intermediate_size = 4864, .max_position_embeddings = 32768,
+                                         .rope_theta = 1e6, .rms_norm_eps = 1e-6, .tie_word_embeddings = true,
+                                         .qkv_bias = true, .o_bias = false, .bos_token_id = -1, .eos_token_id = -1};
+
+/* --device cuda (see the top comment). */
+static int bench_generate_cuda(int P, int N, int as_json, const char *dtype)
+{
+    engine_device d;
+    tidal_status st = engine_device_resolve("cuda", &d, NULL, 0);
+    if (st != TIDAL_OK) {
+        fprintf(stderr, "tidal bench generate: --device cuda: %s\n", tidal_errmsg());
+        return 1;
+    }
+    const bool bf16 = !strcmp(dtype, "bf16");
+    static const int batches[] = {1, 64, 256};
+    enum { NB = 3 };
+    double tps[NB] = {0}, floor_tps[NB] = {0}, secs[NB] = {0};
+    model *m = NULL;
+    engine *e = NULL;
+    int32_t *prompts = malloc((size_t)256 * P * sizeof *prompts);
+    char name[256] = "";
+    double bw = 0.0;
+    size_t n_params = 0;
+    if (!prompts) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "bench generate: out of memory");
+        goto cleanup;
+    }
+    TRY_GOTO(engine_cuda_copy_bandwidth((size_t)1 << 30, &bw, name, sizeof name));
+    TRY_GOTO(model_create(&qwen05b_gen, &m));
+    model_init_random(m, 1234, 0.02f, true);
+    model_params(m, &n_params);
+    bench_token_ids(prompts, (size_t)256 * P, qwen05b_gen.vocab_size);
+    const size_t el = bf16 ? 2 : 4;
+    const double weight_bytes = (double)n_params * (double)el;
+    const double kv_token_bytes = 2.0 * qwen05b_gen.num_layers * qwen05b_gen.num_kv_heads * qwen05b_gen.head_dim * (double)el;
+    for (int bi = 0; bi < NB; bi++) {
+        const int B = batches[bi];
+        const engine_options o = {.slots = B, .max_len = P + N, .max_step_tokens = B * P};
+        const engine_cuda_options co = {.bf16 = bf16};
+        TRY_GOTO(engine_cuda_create(m, 0, &o, &co, &e));
+        for (int i = 0; i < B; i++) {
+            const engine_request rq = {.prompt = prompts + (size_t)i * P, .prompt_len = P, .max_new_tokens = N};
+            TRY_GOTO(engine_submit(e, &rq, NULL));
+        }
+        TRY_GOTO(engine_step(e)); /* every prefill, untimed */
+        if (engine_num_running(e) != B) {
+            st = tidal_fail(TIDAL_ERR_INVALID, "bench generate: %d of %d sequences admitted in the prefill",
+                            engine_num_running(e), B);
+            goto cleanup;
+        }
+        const double t0 = bench_now_s();
+        int steps = 0;
+        while (engine_busy(e)) {
+            TRY_GOTO(engine_step(e));
+            steps++;
+        }
+        secs[bi] = bench_now_s() - t0;
+        tps[bi] = (double)B * (N - 1) / secs[bi];
+        /* the floor: step s (s = 1 .. N-1) reads the weights and B caches of P + s positions */
+        double floor_s = 0.0;
+        for (int s = 1; s < N; s++) floor_s += (weight_bytes + (double)B * (P + s) * kv_token_bytes) / bw;
+        floor_tps[bi] = (double)B * (N - 1) / floor_s;
+        for (engine_result *r; (r = engine_next_result(e)); engine_result_free(r))
+            if (r->n != N) {
+                st = tidal_fail(TIDAL_ERR_INVALID, "bench generate: a sequence made %d tokens, not %d", r->n, N);
+                engine_result_free(r);
+                goto cleanup;
+            }
+        engine_free(e);
+        e = NULL;
+        fprintf(stderr, "batch %3d: %9.1f tokens/s (%d steps in %.3f s), floor %9.1f tokens/s (%.0f%%)\n", B,
+                tps[bi], steps, secs[bi], floor_tps[bi], 100.0 * tps[bi] / floor_tps[bi]);
+    }
+    if (!as_json) {
+        printf("bench generate --device cuda: %s, %s, %zu parameters (Qwen2.5-0.5B shape, random), prompts of %d, "
+               "%d new tokens (greedy); copy bandwidth %.0f GB/s\n",
+               name, bf16 ? "bf16" : "f32", n_params, P, N, bw / 1e9);
+        for (int bi = 0; bi < NB; bi++)
+            printf("  batch %3d: %9.1f tokens/s, bandwidth floor %9.1f tokens/s (%.1f%% of it)\n", batches[bi],
+                   tps[bi], floor_tps[bi], 100.0 * tps[bi] / floor_tps[bi]);
+    } else {
+        json_t *o = json_object(), *rows = json_array();
+        json_object_set_new(o, "bench", json_string("generate"));
+        json_object_set_new(o, "device", json_string("cuda"));
+        json_object_set_new(o, "gpu", json_string(name));
+        json_object_set_new(o, "dtype", json_string(bf16 ? "bf16" : "f32"));
+        json_object_set_new(o, "model", json_string("Qwen2.5-0.5B shape, random weights"));
+        json_object_set_new(o, "params", json_integer((json_int_t)n_params));
+        json_object_set_new(o, "prompt_len", json_integer(P));
+        json_object_set_new(o, "new_tokens", json_integer(N));
+        json_object_set_new(o, "copy_bandwidth_bytes_per_s", json_real(bw));
+        for (int bi = 0; bi < NB; bi++)
+            json_array_append_new(rows, json_pack("{s:i, s:f, s:f, s:f, s:f}", "batch", batches[bi], "tokens_per_s",
+                                                  tps[bi], "seconds", secs[bi], "floor_tokens_per_s", floor_tps[bi],
+                                                  "fraction_of_floor", tps[bi] / floor_tps[bi]));
+        json_object_set_new(o, "decode", rows);
+        bench_print_json(o);
+    }
+cleanup:
+    if (st != TIDAL_OK) fprintf(stderr, "tidal bench generate: --device cuda: %s\n", tidal_errmsg());
+    engine_free(e);
+    model_free(m);
+    free(prompts);
+    return st == TIDAL_OK ? 0 : 1;
 }
 
 /* What one side measured at one batch size. */
@@ -133,21 +256,26 @@ static tidal_status peer_side(json_t *peer, const char *key, int B, const side *
 int bench_generate_main(int argc, char **argv)
 {
     int threads = 0, B = 32, P = 32, N = 64, as_json = 0;
+    const char *device = "cpu", *dtype = "f32";
     static const struct option opts[] = {{"threads", required_argument, 0, 'j'},
                                          {"batch", required_argument, 0, 'b'},
                                          {"prompt-len", required_argument, 0, 'p'},
                                          {"new-tokens", required_argument, 0, 'n'},
                                          {"json", no_argument, 0, 'J'},
+                                         {"device", required_argument, 0, 'd'},
+                                         {"dtype", required_argument, 0, 't'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "j:b:p:n:Jh", opts, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "j:b:p:n:Jd:t:h", opts, NULL)) != -1;) {
         switch (c) {
         case 'j': threads = atoi(optarg); break;
         case 'b': B = atoi(optarg); break;
         case 'p': P = atoi(optarg); break;
         case 'n': N = atoi(optarg); break;
         case 'J': as_json = 1; break;
+        case 'd': device = optarg; break;
+        case 't': dtype = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -156,6 +284,11 @@ int bench_generate_main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if ((strcmp(device, "cpu") && strcmp(device, "cuda")) || (strcmp(dtype, "f32") && strcmp(dtype, "bf16"))) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(device, "cuda")) return bench_generate_cuda(P, N, as_json, dtype);
     if (threads == 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     cpu_set_threads(threads);
 

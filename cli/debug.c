@@ -25,6 +25,7 @@
 #include "trainer/device.h"
 #include "trainer/optimizer.h"
 #include "trainer/selfcheck.h"
+#include "rollout/engine_selfcheck.h"
 
 #define EXIT_USAGE 2
 
@@ -34,6 +35,7 @@ static const char fwdbwd_usage[] =
     "                          [--save-model DIR] [--threads N] [--recompute] [--device cpu|cuda]\n"
     "       tidal debug selfcheck [--device cuda|cpu|auto] [--precision auto|bf16|fp32]\n"
     "                             [--steps N | --rerun]\n"
+    "       tidal debug engine-selfcheck [--device cuda|cpu|auto|cpu-ref]\n"
     "\n"
     "IN holds input_ids (I32 [T]), target_ids (I32 [T]), cu_seqlens (I32 [S+1]) and\n"
     "loss_weights (F32 [T]). OUT receives logits (F32 [T, V]), logprobs (F32 [T]),\n"
@@ -58,7 +60,14 @@ static const char fwdbwd_usage[] =
     "CPU refuses bf16); the tolerance per tensor is 1e-4 in fp32, 3e-2 in bf16.\n"
     "--steps N: instead, N AdamW steps of the tiny model on the device tracking the\n"
     "CPU's loss (each step's loss within the tolerance). --rerun: instead, the\n"
-    "self-check's run twice on the device, equal bit for bit.\n";
+    "self-check's run twice on the device, equal bit for bit.\n"
+    "\n"
+    "engine-selfcheck: the rollout worker's start-up check of its engine's device -\n"
+    "a tiny model's greedy generation (5 requests, a forked prompt, a weight swap\n"
+    "mid-generation) there and on the CPU engine, token for token (exit 1 naming\n"
+    "the request and token). TIDAL_ENGINE_SELFCHECK_PLANT=REQ:INDEX replaces one\n"
+    "of the device's tokens (a test of the check itself). --device cpu-ref runs the GPU\n"
+    "engine's logic (paged cache, forks, Philox sampler) on the CPU references of its kernels.\n";
 
 /* (debug.h) */
 tidal_status debug_input_1d(const st_file *in, const char *path, const char *name, st_dtype dt,
@@ -392,6 +401,41 @@ static int selfcheck(int argc, char **argv)
     return 0;
 }
 
+/* `tidal debug engine-selfcheck [--device D]`: exit 0 when the device's engine agrees with the
+ * CPU engine, 1 naming the request and token (rollout/engine_selfcheck.h). */
+static int engine_selfcheck_cmd(int argc, char **argv)
+{
+    const char *device = "cuda";
+    static const struct option opts[] = {{"device", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    optind = 1;
+    for (int c; (c = getopt_long(argc, argv, "d:h", opts, NULL)) != -1;) {
+        switch (c) {
+        case 'd': device = optarg; break;
+        case 'h': fputs(fwdbwd_usage, stdout); return 0;
+        default: fputs(fwdbwd_usage, stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind < argc ||
+        (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "auto") && strcmp(device, "cpu-ref"))) {
+        fputs(fwdbwd_usage, stderr);
+        return EXIT_USAGE;
+    }
+    engine_device d = ENGINE_DEVICE_CPU_REF;
+    char why[512] = "the GPU engine's logic on the CPU references of its kernels";
+    tidal_status st = strcmp(device, "cpu-ref") ? engine_device_resolve(device, &d, why, sizeof why) : TIDAL_OK;
+    if (st == TIDAL_OK) {
+        fprintf(stderr, "engine-selfcheck: %s\n", why);
+        st = engine_selfcheck(d);
+    }
+    if (st != TIDAL_OK) {
+        fprintf(stderr, "tidal debug engine-selfcheck: %s\n", tidal_errmsg());
+        return 1;
+    }
+    printf("engine-selfcheck (%s): greedy generation equal to the CPU engine's\n", engine_device_name(d));
+    return 0;
+}
+
 int debug_main(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -401,6 +445,7 @@ int debug_main(int argc, char **argv)
     if (!strcmp(argv[1], "fwdbwd")) return fwdbwd(argc - 1, argv + 1);
     if (!strcmp(argv[1], "step")) return debug_step(argc - 1, argv + 1);
     if (!strcmp(argv[1], "selfcheck")) return selfcheck(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "engine-selfcheck")) return engine_selfcheck_cmd(argc - 1, argv + 1);
     fprintf(stderr, "tidal debug: unknown hook '%s'\n%s", argv[1], fwdbwd_usage);
     return EXIT_USAGE;
 }

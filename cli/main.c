@@ -127,7 +127,7 @@ static const struct command commands[] = {
      "                   DIR/dashboard.url names it); --dashboard-bind ADDR, $TIDAL_DASHBOARD_TOKEN\n",
      cmd_controller},
     {"rollout", "a rollout worker (joins and leaves at will)",
-     "usage: tidal rollout --bus URL --job NAME [--id ID] [--backend builtin|openai] [--device cpu] [--dry-run]\n"
+     "usage: tidal rollout --bus URL --job NAME [--id ID] [--backend builtin|openai] [--device cpu|cuda|auto] [--dry-run]\n"
      "\n"
      "Join job NAME on the bus at URL as a rollout worker; workers may come and go.\n"
      "The spec and the weights come from the bus. SIGTERM returns the group in progress.\n"

@@ -18,6 +18,7 @@
 #include "controller/data.h"
 #include "envs/env.h"
 #include "job/jobmodel.h"
+#include "rollout/engine_cuda.h"
 #include "trainer/device.h"
 
 tidal_status run_preflight(const job_spec *s, const char *spec_file)
@@ -63,5 +64,13 @@ tidal_status run_preflight_device(const job_spec *s, const char *spec_file)
     trainer_precision p = TRAINER_PRECISION_FP32;
     TRY_WRAP(trainer_device_resolve(s->trainer.device, &k, NULL, 0), "%s", spec_file);
     TRY_WRAP(trainer_precision_resolve(s->trainer.precision, k, &p, NULL, 0), "%s", spec_file);
+    return TIDAL_OK;
+}
+
+tidal_status run_preflight_rollout_device(const job_spec *s, const char *spec_file)
+{
+    if (!strcmp(s->rollout.device, "cuda") && strcmp(s->rollout.backend, "openai") != 0 &&
+        engine_cuda_available() != TIDAL_OK)
+        return tidal_wrap(TIDAL_ERR_UNAVAILABLE, "%s: rollout.device cuda", spec_file);
     return TIDAL_OK;
 }

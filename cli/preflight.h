@@ -18,4 +18,9 @@ tidal_status run_preflight(const job_spec *s, const char *spec_file);
  * needs a usable GPU here, else TIDAL_ERR_UNAVAILABLE naming the key and why. */
 tidal_status run_preflight_device(const job_spec *s, const char *spec_file);
 
+/* Where tidal run's own rollout workers will generate: rollout.device cuda
+ * (with the built-in backend) needs a usable GPU here, else
+ * TIDAL_ERR_UNAVAILABLE naming the key and why. */
+tidal_status run_preflight_rollout_device(const job_spec *s, const char *spec_file);
+
 #endif

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rollout/engine_cuda.h"
 #include "base/spawn.h"
 #include "base/threading.h"
 #include "bench/bench_hold.h"
@@ -438,13 +439,26 @@ int rollout_main(int argc, char **argv)
         fprintf(stderr, "tidal rollout: --job NAME is required\n");
         return 2;
     }
-    if ((a.backend && strcmp(a.backend, "builtin") && strcmp(a.backend, "openai")) || (a.device && strcmp(a.device, "cpu"))) {
-        fprintf(stderr, "tidal rollout: --backend builtin (on --device cpu) or openai (with --endpoints) in this build\n");
+    if (a.backend && strcmp(a.backend, "builtin") && strcmp(a.backend, "openai")) {
+        fprintf(stderr, "tidal rollout: --backend %s: want builtin or openai (with --endpoints)\n", a.backend);
+        return 2;
+    }
+    /* --device cpu-ref: test-only, not in the help (the GPU engine's logic on the CPU references) */
+    if (a.device && strcmp(a.device, "cpu") && strcmp(a.device, "cuda") && strcmp(a.device, "auto") &&
+        strcmp(a.device, "cpu-ref")) {
+        fprintf(stderr, "tidal rollout: --device %s: want cpu, cuda or auto (where the built-in engine runs)\n", a.device);
         return 2;
     }
     if (a.dialect && strcmp(a.dialect, "vllm") && strcmp(a.dialect, "sglang")) {
         fprintf(stderr, "tidal rollout: --dialect %s: want vllm or sglang\n", a.dialect);
         return 2;
+    }
+    if (a.device && !strcmp(a.device, "cuda") && !a.dry_run) { /* refused before the bus: no GPU, no worker */
+        engine_device d;
+        if (engine_device_resolve(a.device, &d, NULL, 0) != TIDAL_OK) {
+            fprintf(stderr, "tidal rollout: %s\n", tidal_errmsg());
+            return 1;
+        }
     }
     bus_opts bo = bus_from(&a, NULL);
     if (!bo.urls || !*bo.urls) {
@@ -457,6 +471,7 @@ int rollout_main(int argc, char **argv)
         printf("  job: %s (spec and weights from the bus)\n", a.job);
         printf("  worker id: %s\n", a.id ? a.id : "HOST-PID");
         printf("  backend: %s\n", a.backend ? a.backend : "the spec's rollout.backend");
+        printf("  device: %s\n", a.device ? a.device : "the spec's rollout.device");
         if (a.metrics_port) printf("  metrics: port %d on the spec's metrics.bind%s\n", a.metrics_port > 0 ? a.metrics_port : 0, a.metrics_port < 0 ? " (any free port)" : "");
         else printf("  metrics: off\n");
         return 0;
@@ -472,7 +487,7 @@ int rollout_main(int argc, char **argv)
                       .bench = bench_hold_hook(&knobs, &hook), .fault = fault, .stop = &g_stop,
                       .backend = a.backend, .endpoints = a.endpoints, .dialect = a.dialect,
                       .weights_dir = a.weights_dir, .endpoint_token = getenv("TIDAL_ENDPOINT_TOKEN"),
-                      .metrics_port = a.metrics_port};
+                      .metrics_port = a.metrics_port, .device = a.device};
     tidal_status st = worker_run(&wo);
     if (st != TIDAL_OK) fprintf(stderr, "tidal rollout: %s\n", tidal_errmsg());
     return exit_for(st);
@@ -713,6 +728,7 @@ int run_main(int argc, char **argv)
     tidal_status st = load_spec(&a, &s);
     if (st == TIDAL_OK) st = run_preflight(&s, a.spec_file); /* before a server or a role starts */
     if (st == TIDAL_OK) st = run_preflight_device(&s, a.spec_file);
+    if (st == TIDAL_OK && s.rollout.workers > 0) st = run_preflight_rollout_device(&s, a.spec_file);
     if (st != TIDAL_OK) {
         fprintf(stderr, "tidal run: %s\n", tidal_errmsg());
         spec_release(&s);

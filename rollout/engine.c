@@ -13,8 +13,12 @@
  *      into a result and freeing its slot.
  * Admissions are committed only after model_infer succeeded, so a failed
  * step leaves the engine as it was.
+ * With a backend (engine_backend.h: the GPU engine, rollout/engine_cuda.h),
+ * steps 2 and 3 are the backend's; the rest is this file's, the same for
+ * every device.
  */
 #include "rollout/engine.h"
+#include "rollout/engine_backend.h"
 
 #include "kernels/cpu/softmax.h"
 #include "base/hash.h"
@@ -78,7 +82,12 @@ struct engine {
     model_config cfg;
     uint64_t version;
     engine_options opt;
-    model_kv *kv;
+    model_kv *kv;              /* the CPU's cache; NULL with a backend */
+    engine_backend be;         /* be.step NULL: the CPU engine */
+    engine_segment *segs;      /* [slots]: the backend's view of a step */
+    int32_t *b_tok;            /* [slots]: the backend's samples */
+    float *b_lp;
+    bool *b_tr;
     uint64_t next_id;
     seq **running;             /* [slots] */
     int n_running;
@@ -410,7 +419,8 @@ tidal_status engine_submit(engine *e, const engine_request *r, uint64_t *id)
 static tidal_status finish(engine *e, seq *s, engine_finish why, int stop_string, size_t stop_offset)
 {
     if (s->slot >= 0) {
-        model_kv_reset(e->kv, s->slot);
+        if (e->be.step) e->be.release(e->be.impl, s->slot);
+        else model_kv_reset(e->kv, s->slot);
         e->running[s->slot] = NULL;
         e->n_running--;
         s->slot = -1;
@@ -468,17 +478,35 @@ void engine_result_free(engine_result *r)
 
 tidal_status engine_create(model *m, uint64_t version, const engine_options *o, engine **out)
 {
+    return engine_create_backend(m, version, o, NULL, out);
+}
+
+tidal_status engine_create_backend(model *m, uint64_t version, const engine_options *o, const engine_backend *b,
+                                   engine **out)
+{
     *out = NULL;
     const model_config *c = model_cfg(m);
-    if (o->slots < 1) return tidal_fail(TIDAL_ERR_INVALID, "engine: slots = %d (need >= 1)", o->slots);
+    engine_backend be = {0};
+    if (b) be = *b;
+#define FAIL_FREEING_BACKEND(...)                        \
+    do {                                                 \
+        if (be.free) be.free(be.impl);                   \
+        return tidal_fail(TIDAL_ERR_INVALID, __VA_ARGS__); \
+    } while (0)
+    if (o->slots < 1) FAIL_FREEING_BACKEND("engine: slots = %d (need >= 1)", o->slots);
     if (o->max_len < 2 || o->max_len > c->max_position_embeddings)
-        return tidal_fail(TIDAL_ERR_INVALID, "engine: max_len = %d (need 2 .. max_position_embeddings = %d)", o->max_len,
+        FAIL_FREEING_BACKEND("engine: max_len = %d (need 2 .. max_position_embeddings = %d)", o->max_len,
                           c->max_position_embeddings);
     if (o->max_step_tokens < 0)
-        return tidal_fail(TIDAL_ERR_INVALID, "engine: max_step_tokens = %d (need >= 0; 0 = %d)", o->max_step_tokens,
+        FAIL_FREEING_BACKEND("engine: max_step_tokens = %d (need >= 0; 0 = %d)", o->max_step_tokens,
                           DEFAULT_STEP_TOKENS);
+#undef FAIL_FREEING_BACKEND
     engine *e = calloc(1, sizeof *e);
-    if (!e) return tidal_fail(TIDAL_ERR_NOMEM, "engine: out of memory");
+    if (!e) {
+        if (be.free) be.free(be.impl);
+        return tidal_fail(TIDAL_ERR_NOMEM, "engine: out of memory");
+    }
+    e->be = be;
     e->m = m;
     e->cfg = *c;
     e->version = version;
@@ -502,7 +530,18 @@ tidal_status engine_create(model *m, uint64_t version, const engine_options *o, 
         st = tidal_fail(TIDAL_ERR_NOMEM, "cannot allocate step buffers for %d slots x %zu vocabulary", o->slots, V);
         goto cleanup;
     }
-    TRY_GOTO(model_kv_create(c, o->slots, o->max_len, &e->kv));
+    if (e->be.step) {
+        e->segs = calloc(slots, sizeof *e->segs);
+        e->b_tok = malloc(slots * sizeof *e->b_tok);
+        e->b_lp = malloc(slots * sizeof *e->b_lp);
+        e->b_tr = malloc(slots * sizeof *e->b_tr);
+        if (!e->segs || !e->b_tok || !e->b_lp || !e->b_tr) {
+            st = tidal_fail(TIDAL_ERR_NOMEM, "cannot allocate step buffers for %d slots", o->slots);
+            goto cleanup;
+        }
+    } else {
+        TRY_GOTO(model_kv_create(c, o->slots, o->max_len, &e->kv));
+    }
     *out = e;
 cleanup:
     if (st != TIDAL_OK) {
@@ -526,6 +565,11 @@ void engine_free(engine *e)
         engine_result_free(&r->r);
     }
     model_kv_free(e->kv);
+    if (e->be.free) e->be.free(e->be.impl);
+    free(e->segs);
+    free(e->b_tok);
+    free(e->b_lp);
+    free(e->b_tr);
     free(e->running);
     free(e->seg_slot);
     free(e->cu);
@@ -560,6 +604,7 @@ tidal_status engine_set_model(engine *e, model *m, uint64_t version)
     if (a->type != b->type)
         return tidal_fail(TIDAL_ERR_INVALID, "engine: new weights are of another model type (%s, the engine's %s)",
                           model_type_name(b->type), model_type_name(a->type));
+    if (e->be.step) TRY_WRAP(e->be.set_model(e->be.impl, m), "engine: new weights (version %llu)", (unsigned long long)version);
     e->m = m;
     e->version = version;
     return TIDAL_OK;
@@ -665,7 +710,7 @@ tidal_status engine_step(engine *e)
         e->cu[S] = (int32_t)T;
         memcpy(e->tokens + T, q->prompt, (size_t)q->prompt_len * sizeof *e->tokens);
         T += (size_t)q->prompt_len;
-        model_kv_reset(e->kv, i);
+        if (!e->be.step) model_kv_reset(e->kv, i);
         S++;
         n_admit++;
         q = q->next;
@@ -673,8 +718,20 @@ tidal_status engine_step(engine *e)
     if (S == 0) return TIDAL_OK;
     e->cu[S] = (int32_t)T;
 
-    TRY_WRAP(model_infer(e->m, e->kv, S, e->seg_slot, e->cu, e->tokens, e->logits),
-             "engine step (%d decodes, %d prefills, %zu tokens)", n_decode, n_admit, T);
+    if (e->be.step) {
+        for (int k = 0; k < S; k++) {
+            seq *s = e->seg_seq[k];
+            const bool pre = k >= n_decode;
+            e->segs[k] = (engine_segment){.slot = e->seg_slot[k], .tokens = e->tokens + e->cu[k],
+                                          .n = e->cu[k + 1] - e->cu[k], .start = pre ? 0 : s->prompt_len + s->n - 1,
+                                          .prefill = pre, .request = s->id, .index = s->n, .sp = &s->sp};
+        }
+        TRY_WRAP(e->be.step(e->be.impl, e->segs, S, e->b_tok, e->b_lp, e->b_tr, e->opt.on_token ? e->logits : NULL),
+                 "engine step (%d decodes, %d prefills, %zu tokens)", n_decode, n_admit, T);
+    } else {
+        TRY_WRAP(model_infer(e->m, e->kv, S, e->seg_slot, e->cu, e->tokens, e->logits),
+                 "engine step (%d decodes, %d prefills, %zu tokens)", n_decode, n_admit, T);
+    }
 
     /* commit the admissions */
     for (int k = n_decode; k < S; k++) {
@@ -693,11 +750,19 @@ tidal_status engine_step(engine *e)
 
     /* sample every row; each sequence's RNG is its own, so rows are independent */
     const int nt = e->n_threads;
+    if (e->be.step)
+        for (int k = 0; k < S; k++) {
+            e->seg_seq[k]->s_tok = e->b_tok[k];
+            e->seg_seq[k]->s_lp = e->b_lp[k];
+            e->seg_seq[k]->s_tr = e->b_tr[k];
+        }
+    else {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (S > 1)
-    for (int k = 0; k < S; k++) {
-        int t = omp_get_thread_num();
-        sample_row(e->logits + (size_t)k * V, V, e->seg_seq[k], e->scratch + (size_t)t * V,
-                   e->terms + (size_t)t * V);
+        for (int k = 0; k < S; k++) {
+            int t = omp_get_thread_num();
+            sample_row(e->logits + (size_t)k * V, V, e->seg_seq[k], e->scratch + (size_t)t * V,
+                       e->terms + (size_t)t * V);
+        }
     }
 
     /* record, stream, finish: every row, even after a failure (kept, the first one

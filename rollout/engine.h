@@ -1,5 +1,7 @@
 /* engine.h - the built-in generation engine on the CPU: continuous batching
- * over a KV cache, sampling with exact per-token log-probabilities.
+ * over a KV cache, sampling with exact per-token log-probabilities. The GPU
+ * engine (rollout/engine_cuda.h) is this engine with its steps computed on a
+ * GPU: the same contract, all of the below but the sampler's RNG.
  *
  * Requests (a prompt's token ids and sampling parameters) wait in a FIFO
  * queue. Each engine_step() makes exactly one model_infer() call: every

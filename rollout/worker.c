@@ -22,6 +22,8 @@
 #include "base/sign.h"
 #include "job/names.h"
 #include "rollout/engine.h"
+#include "rollout/engine_cuda.h"
+#include "rollout/engine_selfcheck.h"
 #include "rollout/episode.h"
 #include "rollout/remote.h"
 #include "rollout/weights.h"
@@ -44,6 +46,7 @@ typedef struct worker {
     int32_t stop_id;
     model_config cfg;
     weights_client *wc;
+    engine_device edev;         /* where the built-in engine runs (rollout.device / --device) */
     model *m;                   /* the engine's model; in oldest mode one of hist_m */
     uint64_t version;
     /* rollout.weights oldest: the versions received, oldest first, so a prompt
@@ -109,7 +112,7 @@ static void heartbeat(worker *w, bool force)
     s.weights_version = w->version;
     s.prompts_in_flight = w->cur ? 1 : 0;
     s.tokens_per_s = w->tokens_per_s;
-    s.backend = w->rm ? "openai" : "builtin", s.device = "cpu";
+    s.backend = w->rm ? "openai" : "builtin", s.device = (char *)engine_device_name(w->edev);
     s.started_unix_ms = w->started_ms, s.updated_unix_ms = tidal_unix_ms();
     s.capacity = 1;
     s.trajectories = w->trajectories, s.errors = w->errors, s.rejected = w->rejected;
@@ -834,8 +837,15 @@ static tidal_status join(worker *w)
     if (!strcmp(w->o->backend ? w->o->backend : w->spec.rollout.backend, "openai")) {
         TRY(join_servers(w, t0));
     } else {
+        /* rollout.device: the CPU unless asked; cuda only after the self-check agrees with the CPU */
+        const char *dev = w->o->device ? w->o->device : w->spec.rollout.device;
+        char why[400] = "--device cpu-ref: the GPU engine's logic on the CPU references of its kernels (a test)";
+        if (!strcmp(dev, "cpu-ref")) w->edev = ENGINE_DEVICE_CPU_REF; /* test-only, never a spec's value */
+        else TRY_WRAP(engine_device_resolve(dev, &w->edev, why, sizeof why), "worker %s", w->id);
+        tidal_log(TIDAL_LOG_INFO, "worker %s: %s", w->id, why);
+        if (w->edev != ENGINE_DEVICE_CPU) TRY_WRAP(engine_selfcheck(w->edev), "worker %s: refusing to start", w->id);
         engine_options eo = {.slots = w->spec.rollout.slots, .max_len = w->max_len};
-        TRY(engine_create(w->m, w->version, &eo, &w->e));
+        TRY(engine_create_on(w->edev, w->m, w->version, &eo, NULL, &w->e));
         w->gen = generator_of_engine(w->e);
     }
     if (w->spec.env.remote) {

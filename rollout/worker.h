@@ -85,6 +85,8 @@ typedef struct worker_opts {
     const char *backend, *endpoints, *dialect, *weights_dir;
     const char *endpoint_token; /* bearer token for the servers (NULL: none) */
     int metrics_port;           /* /metrics on the spec's metrics.bind (0: off; -1: any free port, logged) */
+    const char *device;         /* where the built-in engine runs, auto | cpu | cuda (NULL: the spec's rollout.device);
+                                   cpu-ref (tests): the GPU engine's logic on the CPU references */
 } worker_opts;
 
 /* Run until the job is done, a STOP or DRAIN arrives, or *stop is set.

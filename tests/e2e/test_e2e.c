@@ -9,6 +9,9 @@
  *                 K = 0 every token is exactly on-policy
  *   join          a worker started by hand mid-run contributes and the
  *                 sample rate rises
+ *   engine_ref    a worker on the GPU engine's logic over the CPU references
+ *                 (--device cpu-ref): self-check passes, groups forked, the
+ *                 worker check keeps it, the job completes and balances
  *   kill_worker   kill -9 of a worker mid-generation: its prompt comes back,
  *                 the run completes, the summary balances, nothing trained twice;
  *                 kill -9 of one of tidal run's own workers too: the run still
@@ -766,6 +769,51 @@ static void test_join(void)
 }
 
 static bool grep_file(const char *file, const char *pattern);
+
+/* The worker's heartbeat names its engine's device. */
+static bool device_is(const char *key, const Tidal__V1__WorkerStatus *ws, void *ctx)
+{
+    (void)key;
+    return ws->device && !strcmp(ws->device, ctx) && ws->trajectories > 0;
+}
+
+/* One hand-started worker generates with the GPU engine's logic on the CPU
+ * references of its kernels (`tidal rollout --device cpu-ref`, test-only:
+ * paged cache, a group's 8 samples forked from one prefill, the Philox
+ * sampler): its start-up engine self-check passes, its heartbeat names the
+ * device, the trainer's worker check (its own recompute of the logprobs)
+ * keeps it, and the job completes and balances. */
+static void test_engine_ref(void)
+{
+    fresh_work("engine_ref");
+    char spec[512], run[512], url[256] = "";
+    snprintf(spec, sizeof spec, "%s/job.yaml", work);
+    snprintf(run, sizeof run, "%s/run", work);
+    write_file(spec, BASE_SPEC);
+    pid_t p = start_tidal("run", "run", spec, "--out", run, "--set", "rollout.workers=0", "--set", "trainer.steps=6",
+                          NULL);
+    for (int i = 0; i < 100 && !url[0]; i++) {
+        usleep(100 * 1000);
+        bus_url_of(run, url, sizeof url);
+    }
+    setenv("OMP_NUM_THREADS", "1", 1);
+    pid_t w = start_tidal("refworker", "rollout", "--bus", url, "--job", "e2e", "--id", "refworker", "--device",
+                          "cpu-ref", NULL);
+    unsetenv("OMP_NUM_THREADS");
+    CHECK_MSG(wait_worker_status(url, device_is, "cpu-ref", 120), "no heartbeat with device cpu-ref and a trajectory");
+    int rc = wait_exit(p, 240);
+    CHECK_MSG(rc == 0, "tidal run exit %d", rc);
+    CHECK_MSG(wait_exit(w, 30) == 0, "the worker did not leave cleanly at the end");
+    CHECK_MSG(grep_file("refworker.out", "engine self-check (cpu-ref): 108 greedy tokens of 5 requests equal"),
+              "the worker's log has no passed engine self-check");
+    CHECK_MSG(trajectories_left_with("refworker") > 0, "the cpu-ref worker made no trajectory");
+    json_t *s = load_json(run, "summary.json");
+    check_balance(s, 6, 4);
+    check_honest_kept(s);
+    json_decref(s);
+    if (check_cur_failed_) show_output("run"), show_output("refworker");
+    cleanup();
+}
 
 static void test_kill_worker(void)
 {
@@ -2803,6 +2851,7 @@ int main(int argc, char **argv)
     else if (!strcmp(s, "staleness")) RUN(test_staleness);
     else if (!strcmp(s, "weights_http")) RUN(test_weights_http);
     else if (!strcmp(s, "join")) RUN(test_join);
+    else if (!strcmp(s, "engine_ref")) RUN(test_engine_ref);
     else if (!strcmp(s, "kill_worker")) RUN(test_kill_worker);
     else if (!strcmp(s, "kill_trainer")) RUN(test_kill_trainer);
     else if (!strcmp(s, "kill_bus")) RUN(test_kill_bus);

@@ -172,6 +172,36 @@ else
     note "5. bench train --device cuda: SKIP (see step 4)"
 fi
 
+echo "== 6. the generation engine on the GPU (engine self-check, test_engine_cuda, sanitizer, bench generate)"
+if [[ $tidal_ok -eq 1 ]]; then
+    # greedy fp32 generation equal to the CPU engine token for token (a fork, a weight swap mid-generation)
+    run "6. tidal debug engine-selfcheck --device cuda" 120 "$tidal" debug engine-selfcheck --device cuda
+    t0=$SECONDS
+    out=$(TIDAL_ENGINE_SELFCHECK_PLANT=2:5 timeout 120 "$tidal" debug engine-selfcheck --device cuda 2>&1)
+    rc=$?
+    printf '%s\n' "$out" | tail -2
+    if [[ $rc -eq 1 ]] && grep -q "request 2 (prompt of 17 tokens): token 5: " <<<"$out"; then
+        note "6. engine-selfcheck refuses a planted token: PASS ($((SECONDS - t0))s)"
+    else
+        note "6. engine-selfcheck refuses a planted token: FAIL (exit $rc; $(tail -1 <<<"$out"))"
+        failed=1
+    fi
+    # alone vs a batch of 64 (forked prompts), sampled logprobs vs the trainer's recompute (fp32, bf16)
+    if [[ -x $build/tests/test_engine_cuda ]]; then run "6. test_engine_cuda" 180 "$build/tests/test_engine_cuda"
+    else note "6. test_engine_cuda: SKIP (not built)"; fi
+    if [[ -n $sanitizer ]]; then # a short decode (the self-check's 120 tokens) under memcheck
+        run "6. compute-sanitizer memcheck: engine-selfcheck" 300 "$sanitizer" --tool memcheck --error-exitcode 3 \
+            "$tidal" debug engine-selfcheck --device cuda
+    else
+        note "6. compute-sanitizer on a short decode: SKIP (no compute-sanitizer)"
+    fi
+    run "6. bench generate --device cuda" 300 "$tidal" bench generate --device cuda --json
+    line=$(grep -m1 '"bench"' <<<"$out" || true)
+    [[ -n $line ]] && note "   $line"
+else
+    note "6. the generation engine on the GPU: SKIP (see step 4)"
+fi
+
 echo
 echo "== gpu check summary ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
 for l in "${summary[@]}"; do echo "$l"; done

@@ -599,6 +599,84 @@ static void test_precision_and_check_modes(void)
     }
 }
 
+/* The GPU engine (rollout.device cuda) where no GPU answers: the worker
+ * (`tidal rollout --device cuda`, exit 1 before it connects to a bus), the
+ * engine self-check and `bench generate --device cuda` refuse with the
+ * reason. The self-check's comparison itself, the CPU engine against itself
+ * with a token planted through TIDAL_ENGINE_SELFCHECK_PLANT, names the
+ * request and token; unplanted it agrees. (On a GPU host the device cases
+ * are skipped and the cuda self-check must agree instead.) */
+static void test_engine_gpu_refusals(void)
+{
+    run_result probe = run_tidal("debug", "engine-selfcheck", "--device", "auto", NULL);
+    CHECK_RUN(probe, 0);
+    const bool no_gpu = strstr(probe.err, "rollout.device auto: the CPU engine (no CUDA: ") != NULL;
+    CHECK_MSG(strstr(probe.out, "engine-selfcheck (") != NULL, "stdout: %s", probe.out);
+    run_free(&probe);
+    if (no_gpu) {
+        const char *spec = "/tmp/tidal-test-cli-engine-cuda.yaml", *out = "/tmp/tidal-test-cli-engine-cuda-run";
+        FILE *f = fopen(spec, "w");
+        CHECK(f != NULL);
+        if (!f) return;
+        fputs("job: {name: g}\nmodel: {init: {layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32}}\n"
+              "data: {generator: strings}\nenv: {name: strings}\nrollout: {device: cuda}\n", f);
+        fclose(f);
+        run_result r = run_tidal("run", spec, "--out", out, NULL);
+        struct stat sst;
+        CHECK_RUN(r, 2);
+        CHECK_MSG(strstr(r.err, "tidal run: /tmp/tidal-test-cli-engine-cuda.yaml: rollout.device cuda: "), "stderr: %s",
+                  r.err);
+        CHECK_MSG(stat(out, &sst) != 0, "%s was made for a run that cannot start", out);
+        run_free(&r);
+        remove(spec);
+        r = run_tidal("rollout", "--job", "j", "--bus", "nats://127.0.0.1:1", "--device", "cuda", NULL);
+        CHECK_RUN(r, 1);
+        CHECK_MSG(strstr(r.err, "tidal rollout: rollout.device cuda: ") && !strstr(r.err, "bus: connect"),
+                  "stderr: %s", r.err);
+        run_free(&r);
+        const char *cmds[][6] = {
+            {"debug", "engine-selfcheck", "--device", "cuda", NULL},
+            {"bench", "generate", "--device", "cuda", "--json", NULL},
+        };
+        const char *want[] = {"tidal debug engine-selfcheck: rollout.device cuda: ",
+                              "tidal bench generate: --device cuda: "};
+        for (size_t i = 0; i < 2; i++) {
+            r = run_tidal(cmds[i][0], cmds[i][1], cmds[i][2], cmds[i][3], cmds[i][4], NULL);
+            CHECK_RUN(r, 1);
+            CHECK_MSG(strstr(r.err, want[i]) && (strstr(r.err, "no usable device") || strstr(r.err, "no CUDA path")),
+                      "tidal %s %s: stderr: %s", cmds[i][0], cmds[i][1], r.err);
+            CHECK_MSG(r.out[0] == '\0', "tidal %s %s printed: %s", cmds[i][0], cmds[i][1], r.out);
+            run_free(&r);
+        }
+    } else {
+        fprintf(stderr, "  a GPU answers here: the engine's refusals without one are not exercised\n");
+        run_result r = run_tidal("debug", "engine-selfcheck", "--device", "cuda", NULL);
+        CHECK_RUN(r, 0);
+        run_free(&r);
+    }
+    run_result r = run_tidal("rollout", "--job", "j", "--bus", "nats://127.0.0.1:1", "--device", "tpu", NULL);
+    CHECK_RUN(r, 2);
+    CHECK_MSG(strstr(r.err, "--device tpu: want cpu, cuda or auto"), "stderr: %s", r.err);
+    run_free(&r);
+    r = run_tidal("debug", "engine-selfcheck", "--device", "cpu", NULL);
+    CHECK_RUN(r, 0);
+    CHECK_MSG(strstr(r.out, "engine-selfcheck (cpu): greedy generation equal to the CPU engine's"), "stdout: %s", r.out);
+    run_free(&r);
+    setenv("TIDAL_ENGINE_SELFCHECK_PLANT", "2:5", 1);
+    r = run_tidal("debug", "engine-selfcheck", "--device", "cpu", NULL);
+    CHECK_RUN(r, 1);
+    CHECK_MSG(strstr(r.err, "tidal debug engine-selfcheck: engine self-check (cpu): request 2 (prompt of 17 tokens): "
+                            "token 5: the device gave "),
+              "stderr: %s", r.err);
+    run_free(&r);
+    setenv("TIDAL_ENGINE_SELFCHECK_PLANT", "9:0", 1);
+    r = run_tidal("debug", "engine-selfcheck", "--device", "cpu", NULL);
+    unsetenv("TIDAL_ENGINE_SELFCHECK_PLANT");
+    CHECK_RUN(r, 1);
+    CHECK_MSG(strstr(r.err, "TIDAL_ENGINE_SELFCHECK_PLANT: '9:0' is not REQ:INDEX"), "stderr: %s", r.err);
+    run_free(&r);
+}
+
 int main(void)
 {
     tidal_bin = getenv("TIDAL_BIN");
@@ -620,5 +698,6 @@ int main(void)
     RUN(test_bench_bus_reports);
     RUN(test_gpu_refusals);
     RUN(test_precision_and_check_modes);
+    RUN(test_engine_gpu_refusals);
     return check_summary();
 }

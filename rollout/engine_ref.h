@@ -1,0 +1,23 @@
+/* engine_ref.h - the GPU engine's host logic (rollout/engine_paged.h: paged
+ * KV cache, same-step prefix fork, tail copies, Philox sampler keyed on
+ * request and token) computing on the CPU references of its kernels
+ * (kernels/cpu/engine_ref: paged KV store, paged decode attention, the
+ * sampler by sorting) and the CPU ops: what the GPU engine computes, on a
+ * machine without a GPU, so that everything of it but the CUDA code is
+ * tested there (test_engine_cuda; `tidal debug engine-selfcheck --device
+ * cpu-ref`). fp32; plain loops, not fast; not a rollout.device choice.
+ */
+#ifndef TIDAL_ROLLOUT_ENGINE_REF_H
+#define TIDAL_ROLLOUT_ENGINE_REF_H
+
+#include "base/status.h"
+#include "model/model.h"
+#include "rollout/engine.h"
+
+/* A paged engine on the CPU references over model m (its weights copied now;
+ * m is borrowed as by engine_create) at `version`; block_size 0: 16,
+ * n_blocks 0: every slot its max_len. Free it with engine_free. */
+tidal_status engine_ref_create(model *m, uint64_t version, const engine_options *o, int block_size, int n_blocks,
+                               engine **out);
+
+#endif
