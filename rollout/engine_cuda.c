@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/device.h"
+
 #ifdef TIDAL_HAVE_CUDA
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/engine_cuda.h"
@@ -25,44 +27,16 @@ const char *engine_device_name(engine_device d)
     return d == ENGINE_DEVICE_CUDA ? "cuda" : d == ENGINE_DEVICE_CPU_REF ? "cpu-ref" : "cpu";
 }
 
-bool engine_cuda_built(void)
-{
-#ifdef TIDAL_HAVE_CUDA
-    return true;
-#else
-    return false;
-#endif
-}
+bool engine_cuda_built(void) { return device_cuda_built(); }
 
-tidal_status engine_cuda_available(void)
-{
-#ifdef TIDAL_HAVE_CUDA
-    int n = 0;
-    return cuda_device_count(&n);
-#else
-    return tidal_fail(TIDAL_ERR_UNAVAILABLE, "this build has no CUDA path (built without nvcc or with TIDAL_CUDA=OFF)");
-#endif
-}
+tidal_status engine_cuda_available(void) { return device_cuda_available(); }
 
 tidal_status engine_device_resolve(const char *name, engine_device *out, char *why, size_t n)
 {
+    bool cuda = false;
     *out = ENGINE_DEVICE_CPU;
-    if (why && n) why[0] = '\0';
-    if (!name || !strcmp(name, "cpu")) {
-        if (why && n) snprintf(why, n, "rollout.device cpu: the CPU engine");
-        return TIDAL_OK;
-    }
-    const bool is_auto = !strcmp(name, "auto");
-    if (!is_auto && strcmp(name, "cuda") != 0)
-        return tidal_fail(TIDAL_ERR_INVALID, "rollout.device: '%s' is not one of auto, cpu, cuda", name);
-    if (engine_cuda_available() != TIDAL_OK) {
-        if (!is_auto) return tidal_wrap(TIDAL_ERR_UNAVAILABLE, "rollout.device cuda");
-        if (why && n) snprintf(why, n, "rollout.device auto: the CPU engine (no CUDA: %s)", tidal_errmsg());
-        tidal_clear();
-        return TIDAL_OK;
-    }
-    *out = ENGINE_DEVICE_CUDA;
-    if (why && n) snprintf(why, n, "rollout.device %s: the GPU engine (CUDA)", name);
+    TRY(device_resolve("rollout.device", name, "the CPU engine", "the GPU engine (CUDA)", &cuda, why, n));
+    if (cuda) *out = ENGINE_DEVICE_CUDA;
     return TIDAL_OK;
 }
 

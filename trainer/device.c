@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/device.h"
+
 #ifdef TIDAL_HAVE_CUDA
 #include "kernels/cuda/common.h"
 #include "model/gpu_layout.h"
@@ -43,44 +45,16 @@ double trainer_device_peak_bf16_flops(const char *name)
 
 const char *trainer_device_kind_name(trainer_device_kind k) { return k == TRAINER_DEVICE_CUDA ? "cuda" : "cpu"; }
 
-bool trainer_device_cuda_built(void)
-{
-#ifdef TIDAL_HAVE_CUDA
-    return true;
-#else
-    return false;
-#endif
-}
+bool trainer_device_cuda_built(void) { return device_cuda_built(); }
 
-tidal_status trainer_device_cuda_available(void)
-{
-#ifdef TIDAL_HAVE_CUDA
-    int n = 0;
-    return cuda_device_count(&n);
-#else
-    return tidal_fail(TIDAL_ERR_UNAVAILABLE, "this build has no CUDA path (built without nvcc or with TIDAL_CUDA=OFF)");
-#endif
-}
+tidal_status trainer_device_cuda_available(void) { return device_cuda_available(); }
 
 tidal_status trainer_device_resolve(const char *name, trainer_device_kind *out, char *why, size_t n)
 {
+    bool cuda = false;
     *out = TRAINER_DEVICE_CPU;
-    if (why && n) why[0] = '\0';
-    if (!name || !strcmp(name, "cpu")) {
-        if (why && n) snprintf(why, n, "trainer.device cpu: the CPU");
-        return TIDAL_OK;
-    }
-    const bool is_auto = !strcmp(name, "auto");
-    if (!is_auto && strcmp(name, "cuda") != 0)
-        return tidal_fail(TIDAL_ERR_INVALID, "trainer.device: '%s' is not one of auto, cpu, cuda", name);
-    if (trainer_device_cuda_available() != TIDAL_OK) {
-        if (!is_auto) return tidal_wrap(TIDAL_ERR_UNAVAILABLE, "trainer.device cuda");
-        if (why && n) snprintf(why, n, "trainer.device auto: the CPU (no CUDA: %s)", tidal_errmsg());
-        tidal_clear();
-        return TIDAL_OK;
-    }
-    *out = TRAINER_DEVICE_CUDA;
-    if (why && n) snprintf(why, n, "trainer.device %s: CUDA", name);
+    TRY(device_resolve("trainer.device", name, "the CPU", "CUDA", &cuda, why, n));
+    if (cuda) *out = TRAINER_DEVICE_CUDA;
     return TIDAL_OK;
 }
 
