@@ -113,4 +113,43 @@ static inline void cpu_decoder(const model_gpu_dims *d, const float *P, float *G
     free(scratch), free(pos);
 }
 
+/* model.c's forward over one sequence ids[0..n), no backward: logits [n, V]
+ * of every position (the GPU decode step's oracle, in cpu_decoder's op order). */
+static inline void cpu_decoder_logits(const model_gpu_dims *d, const float *P, const int32_t *ids, int n, float *logits)
+{
+    const int C = d->hidden, NH = d->heads, NKV = d->kv_heads, HD = d->head_dim, F = d->ffn, V = d->vocab;
+    const int QD = NH * HD, KVD = NKV * HD;
+    const size_t t = (size_t)n;
+    float *x = calloc(t * C, 4), *a = calloc(t * C, 4), *r = calloc(t, 4), *q = calloc(t * QD, 4);
+    float *k = calloc(t * KVD, 4), *v = calloc(t * KVD, 4), *att = calloc(t * QD, 4), *lse = calloc(t * NH, 4);
+    float *xm = calloc(t * C, 4), *gate = calloc(t * F, 4), *up = calloc(t * F, 4), *h = calloc(t * F, 4);
+    int32_t *pos = calloc(t, 4), cu[2] = {0, n};
+    for (int i = 0; i < n; i++) pos[i] = i;
+#define PW(off) ((off) == MODEL_GPU_ABSENT ? NULL : P + (off))
+    cpu_embedding_forward(x, ids, P + model_gpu_embed(d), n, C);
+    for (int l = 0; l < d->layers; l++) {
+        model_gpu_layer_offsets o = model_gpu_layer(d, l);
+        cpu_rmsnorm_forward(a, r, x, PW(o.ln1), n, C, d->rms_eps);
+        cpu_matmul_forward(q, a, PW(o.wq), PW(o.bq), n, C, QD);
+        cpu_matmul_forward(k, a, PW(o.wk), PW(o.bk), n, C, KVD);
+        cpu_matmul_forward(v, a, PW(o.wv), PW(o.bv), n, C, KVD);
+        cpu_rope_forward(q, pos, n, NH, HD, d->rope_theta);
+        cpu_rope_forward(k, pos, n, NKV, HD, d->rope_theta);
+        cpu_attention_forward(att, lse, q, k, v, cu, 1, n, NH, NKV, HD);
+        cpu_matmul_forward(xm, att, PW(o.wo), PW(o.bo), n, QD, C);
+        for (size_t i = 0; i < t * C; i++) xm[i] += x[i];
+        cpu_rmsnorm_forward(a, r, xm, PW(o.ln2), n, C, d->rms_eps);
+        cpu_matmul_forward(gate, a, PW(o.wg), NULL, n, C, F);
+        cpu_matmul_forward(up, a, PW(o.wu), NULL, n, C, F);
+        cpu_swiglu_forward(h, gate, up, t * F);
+        cpu_matmul_forward(x, h, PW(o.wd), NULL, n, F, C);
+        for (size_t i = 0; i < t * C; i++) x[i] += xm[i];
+    }
+#undef PW
+    cpu_rmsnorm_forward(a, r, x, P + model_gpu_norm(d), n, C, d->rms_eps);
+    cpu_matmul_forward(logits, a, P + model_gpu_head(d), NULL, n, C, V);
+    free(x), free(a), free(r), free(q), free(k), free(v), free(att), free(lse), free(xm), free(gate), free(up), free(h);
+    free(pos);
+}
+
 #endif

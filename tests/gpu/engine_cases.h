@@ -294,45 +294,6 @@ static void sampler_case(int B, int V)
 
 /* ---- the decode step ---- */
 
-/* model.c's forward over one sequence ids[0..n) with the CPU ops (the order
- * of tests/gpu/cpu_decoder.h): logits [n, V] of every position. */
-static void cpu_logits(const model_gpu_dims *d, const float *P, const int32_t *ids, int n, float *logits)
-{
-    const int C = d->hidden, NH = d->heads, NKV = d->kv_heads, HD = d->head_dim, F = d->ffn, V = d->vocab;
-    const int QD = NH * HD, KVD = NKV * HD;
-    const size_t t = (size_t)n;
-    float *x = xmalloc(t * C * 4), *a = xmalloc(t * C * 4), *r = xmalloc(t * 4), *q = xmalloc(t * QD * 4);
-    float *k = xmalloc(t * KVD * 4), *v = xmalloc(t * KVD * 4), *att = xmalloc(t * QD * 4), *lse = xmalloc(t * NH * 4);
-    float *xm = xmalloc(t * C * 4), *gate = xmalloc(t * F * 4), *up = xmalloc(t * F * 4), *h = xmalloc(t * F * 4);
-    int32_t *pos = xmalloc(t * 4), cu[2] = {0, n};
-    for (int i = 0; i < n; i++) pos[i] = i;
-#define PW(off) ((off) == MODEL_GPU_ABSENT ? NULL : P + (off))
-    cpu_embedding_forward(x, ids, P + model_gpu_embed(d), n, C);
-    for (int l = 0; l < d->layers; l++) {
-        model_gpu_layer_offsets o = model_gpu_layer(d, l);
-        cpu_rmsnorm_forward(a, r, x, PW(o.ln1), n, C, d->rms_eps);
-        cpu_matmul_forward(q, a, PW(o.wq), PW(o.bq), n, C, QD);
-        cpu_matmul_forward(k, a, PW(o.wk), PW(o.bk), n, C, KVD);
-        cpu_matmul_forward(v, a, PW(o.wv), PW(o.bv), n, C, KVD);
-        cpu_rope_forward(q, pos, n, NH, HD, d->rope_theta);
-        cpu_rope_forward(k, pos, n, NKV, HD, d->rope_theta);
-        cpu_attention_forward(att, lse, q, k, v, cu, 1, n, NH, NKV, HD);
-        cpu_matmul_forward(xm, att, PW(o.wo), PW(o.bo), n, QD, C);
-        for (size_t i = 0; i < t * C; i++) xm[i] += x[i];
-        cpu_rmsnorm_forward(a, r, xm, PW(o.ln2), n, C, d->rms_eps);
-        cpu_matmul_forward(gate, a, PW(o.wg), NULL, n, C, F);
-        cpu_matmul_forward(up, a, PW(o.wu), NULL, n, C, F);
-        cpu_swiglu_forward(h, gate, up, t * F);
-        cpu_matmul_forward(x, h, PW(o.wd), NULL, n, F, C);
-        for (size_t i = 0; i < t * C; i++) x[i] += xm[i];
-    }
-#undef PW
-    cpu_rmsnorm_forward(a, r, x, P + model_gpu_norm(d), n, C, d->rms_eps);
-    cpu_matmul_forward(logits, a, P + model_gpu_head(d), NULL, n, C, V);
-    free(x), free(a), free(r), free(q), free(k), free(v), free(att), free(lse), free(xm), free(gate), free(up), free(h);
-    free(pos);
-}
-
 static int argmax_low(const float *z, int V)
 {
     int a = 0;
@@ -465,8 +426,8 @@ static void decode_case(cuda_dtype dt)
     if (!ran(decode_cuda_set_params(g, P), "decode step", dt, shape)) goto cleanup;
     if (!gpu_greedy(g, &d, prompts, plen, fork_of, NSEQ, steps, gen, pre, dt, shape)) goto cleanup;
     /* prefill logits against the CPU forward of each prompt */
-    cpu_logits(&d, P, p0, 5, ref);
-    cpu_logits(&d, P, p1, 17, ref + (size_t)5 * V);
+    cpu_decoder_logits(&d, P, p0, 5, ref);
+    cpu_decoder_logits(&d, P, p1, 17, ref + (size_t)5 * V);
     record("decode prefill logits", dt, shape, rel_err(pre, ref, (size_t)22 * V), tol);
     /* the forked sample is its parent, token for token */
     record("decode fork = parent (tokens)", dt, shape, memcmp(gen + steps, gen + 2 * steps, steps * 4) ? INFINITY : 0.0,
@@ -480,7 +441,7 @@ static void decode_case(cuda_dtype dt)
             int m = plen[i];
             memcpy(ids, prompts[i], (size_t)m * 4);
             for (int s = 0; s < steps; s++) {
-                cpu_logits(&d, P, ids, m, ref);
+                cpu_decoder_logits(&d, P, ids, m, ref);
                 ids[m] = argmax_low(ref + (size_t)(m - 1) * V, V);
                 if (ids[m] != gen[i * steps + s]) {
                     if (!bad) fprintf(stderr, "gpu parity: decode: sequence %d token %d: gpu %d, cpu %d\n", i, s,

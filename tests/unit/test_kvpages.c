@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "gpu/cpu_decoder.h"
 #include "kernels/cpu/engine_ref.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/softmax.h"
@@ -705,46 +706,6 @@ static void paged_step(const paged_model *m, const int32_t *tables, const int32_
     free(len);
 }
 
-/* The full causal forward of one sequence (cpu_decoder.h's order): logits [n, V]. */
-static void full_forward(const paged_model *m, const int32_t *ids, int n, float *logits)
-{
-    const model_gpu_dims *d = &m->d;
-    const int C = d->hidden, NH = d->heads, NKV = d->kv_heads, HD = d->head_dim, F = d->ffn, V = d->vocab;
-    const int QD = NH * HD, KVD = NKV * HD;
-    const size_t t = (size_t)n;
-    float *x = calloc(t * C, 4), *a = calloc(t * C, 4), *r = calloc(t, 4), *q = calloc(t * QD, 4);
-    float *k = calloc(t * KVD, 4), *v = calloc(t * KVD, 4), *att = calloc(t * QD, 4), *lse = calloc(t * NH, 4);
-    float *xm = calloc(t * C, 4), *gate = calloc(t * F, 4), *up = calloc(t * F, 4), *h = calloc(t * F, 4);
-    int32_t *pos = calloc(t, 4), cu[2] = {0, n};
-    for (int i = 0; i < n; i++) pos[i] = i;
-    const float *P = m->P;
-#define PW(off) ((off) == MODEL_GPU_ABSENT ? NULL : P + (off))
-    cpu_embedding_forward(x, ids, P + model_gpu_embed(d), n, C);
-    for (int l = 0; l < d->layers; l++) {
-        model_gpu_layer_offsets o = model_gpu_layer(d, l);
-        cpu_rmsnorm_forward(a, r, x, PW(o.ln1), n, C, d->rms_eps);
-        cpu_matmul_forward(q, a, PW(o.wq), PW(o.bq), n, C, QD);
-        cpu_matmul_forward(k, a, PW(o.wk), PW(o.bk), n, C, KVD);
-        cpu_matmul_forward(v, a, PW(o.wv), PW(o.bv), n, C, KVD);
-        cpu_rope_forward(q, pos, n, NH, HD, d->rope_theta);
-        cpu_rope_forward(k, pos, n, NKV, HD, d->rope_theta);
-        cpu_attention_forward(att, lse, q, k, v, cu, 1, n, NH, NKV, HD);
-        cpu_matmul_forward(xm, att, PW(o.wo), PW(o.bo), n, QD, C);
-        for (size_t i = 0; i < t * C; i++) xm[i] += x[i];
-        cpu_rmsnorm_forward(a, r, xm, PW(o.ln2), n, C, d->rms_eps);
-        cpu_matmul_forward(gate, a, PW(o.wg), NULL, n, C, F);
-        cpu_matmul_forward(up, a, PW(o.wu), NULL, n, C, F);
-        cpu_swiglu_forward(h, gate, up, t * F);
-        cpu_matmul_forward(x, h, PW(o.wd), NULL, n, F, C);
-        for (size_t i = 0; i < t * C; i++) x[i] += xm[i];
-    }
-#undef PW
-    cpu_rmsnorm_forward(a, r, x, P + model_gpu_norm(d), n, C, d->rms_eps);
-    cpu_matmul_forward(logits, a, P + model_gpu_head(d), NULL, n, C, V);
-    free(x), free(a), free(r), free(q), free(k), free(v), free(att), free(lse), free(xm), free(gate), free(up), free(h);
-    free(pos);
-}
-
 static double rel_diff(const float *a, const float *b, size_t n)
 {
     double dd = 0.0, rr = 0.0;
@@ -799,8 +760,8 @@ static void test_paged_decode_composition(void)
     for (int s = 0; s < 2; s++)
         for (int i = 0; i < len[s]; i++) tok[T] = ids[s][i], seq[T] = s, pos[T] = i, T++;
     paged_step(&m, kvpages_table(p), tok, seq, pos, T, logits);
-    full_forward(&m, ids[0], 7, ref);
-    full_forward(&m, ids[1], 20, ref + (size_t)7 * V);
+    cpu_decoder_logits(&m.d, m.P, ids[0], 7, ref);
+    cpu_decoder_logits(&m.d, m.P, ids[1], 20, ref + (size_t)7 * V);
     double e = rel_diff(logits, ref, (size_t)T * V);
     if (!(e < 1e-5)) {
         st = tidal_fail(TIDAL_ERR_CORRUPT, "test: prefill logits differ from the full forward by %g", e);
@@ -829,7 +790,7 @@ static void test_paged_decode_composition(void)
         }
         paged_step(&m, kvpages_table(p), tok, seq, pos, 3, logits);
         for (int s = 0; s < 3; s++) {
-            full_forward(&m, ids[s], len[s], ref);
+            cpu_decoder_logits(&m.d, m.P, ids[s], len[s], ref);
             const float *want = ref + (size_t)(len[s] - 1) * V, *got = logits + (size_t)s * V;
             e = rel_diff(got, want, (size_t)V);
             if (!(e < 1e-5) || argmax_of(got, V) != argmax_of(want, V)) {
