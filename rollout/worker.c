@@ -80,6 +80,7 @@ typedef struct worker {
     int max_batch;              /* sequences in flight at most (rollout.max_batch; the group size when 0) */
     bool batched;               /* more than one group at a time (builtin engine, weights newest) */
     double last_empty_fetch_ms; /* when a fetch beside running groups last found nothing */
+    int max_held;               /* the most prompts held at once (said when it leaves) */
     double last_progress_ms, last_beat_ms, last_state_ms;
     int state;
     uint64_t started_ms, trajectories, errors, rejected, redelivered, groups;
@@ -711,6 +712,7 @@ static void take_prompt(worker *w, bus_msg *m)
     sv->t0 = tidal_clock_ms();
     if (!w->n_held) w->last_progress_ms = sv->t0;
     w->held[w->n_held++] = sv;
+    if (w->n_held > w->max_held) w->max_held = w->n_held;
     tidal_status st = prepare(w, sv);
     if (st == TIDAL_OK && !episode_batch_groups(w->batch)) st = sync_to(w, sv->p->min_version);
     if (st == TIDAL_OK && (w->version >= sv->p->min_version || !episode_batch_groups(w->batch))) st = begin(w, sv);
@@ -1110,9 +1112,10 @@ tidal_status worker_run(const worker_opts *o)
     }
     if (w->ctl) bus_unsubscribe(w->ctl);
     if (w->workers) bus_kv_delete(w->workers, w->id);
-    tidal_log(TIDAL_LOG_INFO, "worker %s: leaving after %llu groups (%llu trajectories, %llu rejected messages)",
-              w->id, (unsigned long long)w->groups, (unsigned long long)w->trajectories,
-              (unsigned long long)w->rejected);
+    tidal_log(TIDAL_LOG_INFO,
+              "worker %s: leaving after %llu groups (%llu trajectories, %llu rejected messages, at most %d prompts "
+              "at once)", w->id, (unsigned long long)w->groups, (unsigned long long)w->trajectories,
+              (unsigned long long)w->rejected, w->max_held);
     bus_detach(w->bus); /* what follows needs no server, which a job's end may have stopped */
     bus_unsubscribe(w->prompts);
     bus_kv_close(w->workers);
