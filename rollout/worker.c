@@ -71,7 +71,6 @@ typedef struct worker {
     /* set by the control handler (another thread) */
     volatile sig_atomic_t ctl_stop, ctl_drain, ctl_pause, ctl_quarantine;
     uint64_t fault_rng;         /* ROLLOUT_FAULT_LOGPROB_NOISE's generator */
-    double reported_temperature; /* ROLLOUT_FAULT_TEMPERATURE: what the group's trajectories claim */
     /* the prompts held (fetched, not yet acked or returned), oldest first;
      * those running are in the batch, at most one waits for weights */
     served **held;
@@ -464,7 +463,8 @@ static double fault_normal(worker *w)
 static void tamper(void *ctx, Tidal__V1__Trajectory *t)
 {
     worker *w = ctx;
-    if (w->o->fault == ROLLOUT_FAULT_TEMPERATURE) t->temperature = w->reported_temperature;
+    /* the temperature it was told, not the doubled one it sampled at (exact: a power of 2) */
+    if (w->o->fault == ROLLOUT_FAULT_TEMPERATURE) t->temperature /= 2.0;
     if (w->o->fault != ROLLOUT_FAULT_LOGPROB_NOISE) return;
     for (size_t i = 0; i < t->n_logprobs; i++)
         if (t->loss_mask[i] && isfinite(t->logprobs[i]))
@@ -508,7 +508,6 @@ static episode_group group_of(worker *w, const served *sv)
     };
     if (g.sampling.top_p >= 1.0f) g.sampling.top_p = 0;
     if (w->o->fault == ROLLOUT_FAULT_TEMPERATURE || w->o->fault == ROLLOUT_FAULT_LOGPROB_NOISE) g.tamper = tamper;
-    w->reported_temperature = g.sampling.temperature;
     if (w->o->fault == ROLLOUT_FAULT_TEMPERATURE) g.sampling.temperature *= 2.0f;
     return g;
 }
@@ -648,7 +647,7 @@ static void release(worker *w, served *sv)
     tidal__v1__prompt__free_unpacked(sv->p, NULL);
     bus_msg_destroy(sv->m);
     free(sv);
-    if (!w->n_held && w->state == TIDAL__V1__WORKER_STATE__WORKER_STATE_GENERATING)
+    if (!w->n_held && w->state != TIDAL__V1__WORKER_STATE__WORKER_STATE_QUARANTINED)
         w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
 }
 
