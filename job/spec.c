@@ -97,6 +97,7 @@ static const key KEYS[] = {
     INT("rollout.group_size", rollout.group_size, 1, 65536, "8", "samples per prompt (G)"),
     INT("rollout.max_tokens", rollout.max_tokens, 1, 1 << 20, "256", "completion budget per sample, environment tokens included"),
     INT("rollout.slots", rollout.slots, 1, 4096, "32", "sequences a worker's engine runs at once"),
+    INT("rollout.max_batch", rollout.max_batch, 0, 1 << 20, "0", "sequences a worker holds in flight across prompts: it takes another prompt while those in flight plus a group fit (0: the group size - one group at a time). Built-in engine, rollout.weights newest; keep rollout.slots >= it"),
     ENUM("rollout.device", rollout.device, "auto|cpu|cuda", "cpu", "where the built-in engine runs: cpu, cuda (the GPU engine, after its start-up self-check), or auto (cuda when the build has CUDA and a GPU answers, else cpu)"),
     DBL("rollout.temperature", rollout.temperature, 0, 10, "1.0", "sampling temperature (0: greedy)"),
     DBL("rollout.top_p", rollout.top_p, 0, 1, "1.0", "nucleus sampling (1: off)"),

@@ -72,6 +72,7 @@ typedef struct job_spec {
         char weights_dir[SPEC_STR]; /* backend openai: where the sidecar writes versions for its servers */
         int connect_timeout_ms, request_timeout_ms, retries, in_flight;
         int group_size, max_tokens, slots;
+        int max_batch;         /* sequences a worker holds in flight across groups; 0 = group_size */
         char device[8];        /* auto | cpu | cuda: where the built-in engine runs */
         double temperature, top_p;
         int top_k;

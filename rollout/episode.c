@@ -25,7 +25,9 @@ typedef struct ep {
     char error[512];
     env_result last;      /* the last answer (metrics) */
     int turn_start;       /* where this turn's generated tokens begin */
-    uint64_t req;         /* the engine request of the current turn */
+    uint64_t req;         /* the engine request of the current turn; 0 when none */
+    double turn_t0;       /* when it was submitted */
+    void *user;           /* its back pointer (ep_ref), the request's user pointer */
 } ep;
 
 static void ep_free(ep *s)
@@ -184,71 +186,209 @@ static tidal_status ep_init(ep *s, int cap)
     return TIDAL_OK;
 }
 
-/* Submit turn `turn` of every sample not done yet: its context is the prompt
- * and its completion so far (ctx is scratch for the longest). *submitted
- * counts the requests; 0 means the group is done. */
-static tidal_status submit_turn(generator *e, const episode_group *g, ep *s, int G, int32_t *ctx, int turn,
-                                int *submitted)
-{
-    const int stop[1] = {g->stop_id};
-    *submitted = 0;
-    for (int i = 0; i < G; i++) {
-        if (s[i].done) continue;
-        const int ctx_len = g->prompt_len + s[i].n;
-        int room = g->max_tokens - s[i].n;
-        if (g->max_turn_tokens > 0 && room > g->max_turn_tokens) room = g->max_turn_tokens;
-        memcpy(ctx, g->prompt, (size_t)g->prompt_len * sizeof *ctx);
-        memcpy(ctx + g->prompt_len, s[i].tok, (size_t)s[i].n * sizeof *ctx);
-        engine_request rq = {.prompt = ctx, .prompt_len = ctx_len, .max_new_tokens = room,
-                             .sampling = g->sampling, .stop_ids = g->stop_id >= 0 ? stop : NULL,
-                             .n_stop_ids = g->stop_id >= 0, .user = &s[i]};
-        rq.sampling.seed = g->sampling.seed + (uint64_t)(g->first_index + i) * 7919 + (uint64_t)turn * 104729;
-        s[i].turn_start = s[i].n;
-        s[i].turns = turn;
-        TRY(generator_submit(e, &rq, &s[i].req));
-        (*submitted)++;
-    }
-    return TIDAL_OK;
-}
+/* ---------------------------------------------------------------- the batch */
 
-/* Step the engine until the turn's requests are finished (the caller's hook
- * runs between steps and may abandon the group: TIDAL_ERR_CANCELLED), then
- * append each completion and let the env score it. */
-static tidal_status finish_turn(generator *e, tokenizer *tok, env_client *env, const episode_group *g, ep *s)
-{
-    const double t0 = tidal_clock_ms();
-    while (generator_busy(e)) {
-        TRY(generator_step(e));
-        if (g->between_steps && generator_busy(e) && !g->between_steps(g->hook_ctx))
-            return tidal_fail(TIDAL_ERR_CANCELLED, "episode %s: abandoned", g->group_id);
-    }
-    const double gen = tidal_clock_ms() - t0;
-    for (engine_result *r; (r = generator_next_result(e)); engine_result_free(r)) {
-        ep *x = r->user;
-        for (int k = 0; k < r->n && x->n < g->max_tokens; k++) put(x, r->ids[k], r->logprobs[k], true, r->versions[k]);
-        x->gen_ms += gen;
-        const bool budget_left = x->n < g->max_tokens; /* a turn cut at max_turn_tokens still continues */
-        if (!budget_left) x->finish = TIDAL__V1__FINISH_REASON__FINISH_REASON_LENGTH;
-        score_turn(env, tok, g, (int)(x - s), x, e, budget_left);
-    }
-    return TIDAL_OK;
-}
+/* One group in the batch: its samples, each with at most one engine request
+ * (its current turn) in flight. */
+typedef struct run {
+    const episode_group *g;
+    episode_out *out;
+    ep *s;                /* [G] */
+    int G;
+    int done;             /* samples done */
+    tidal_status st;      /* TIDAL_OK, or why the group failed */
+    char why[1024];
+    int32_t *ctx;         /* scratch: the longest context */
+    struct run *next;
+} run;
 
-/* After a failure: leave the engine as it came - nothing queued, running or
- * finished. Requests that already finished are not found by engine_abort,
- * which is expected here, so the failure's message is kept. */
-static void leave_engine(generator *e, const ep *s, int G, tidal_status st)
+/* The sample's back pointer, the request's user pointer (the engine hands
+ * back only that). A group that goes while a request of its is in flight
+ * leaves the pointer behind with r = NULL (an orphan): the request's result,
+ * if the generator still delivers one, is thrown away. */
+typedef struct ep_ref {
+    struct run *r;
+    int i;
+    struct ep_ref *next;  /* in the batch's orphans */
+} ep_ref;
+
+struct episode_batch {
+    generator *e;
+    tokenizer *tok;
+    env_client *env;
+    run *runs;            /* the groups in it, oldest first */
+    ep_ref *orphans;
+};
+
+/* Abort r's requests in flight; their back pointers become orphans. Keeps
+ * the caller's error message (engine_abort's "not found" for a request that
+ * has just finished is expected here). */
+static void detach(episode_batch *b, run *r)
 {
     char why[1024];
     snprintf(why, sizeof why, "%s", tidal_errmsg());
-    for (int i = 0; i < G; i++)
-        if (s[i].req) (void)generator_abort(e, s[i].req);
-    for (engine_result *r; (r = generator_next_result(e));) engine_result_free(r);
-    tidal_fail(st, "%s", why);
+    for (int i = 0; r->s && i < r->G; i++) {
+        if (!r->s[i].req) continue;
+        (void)generator_abort(b->e, r->s[i].req);
+        ep_ref *ref = r->s[i].user;
+        ref->r = NULL;
+        ref->next = b->orphans, b->orphans = ref;
+        r->s[i].user = NULL, r->s[i].req = 0;
+    }
+    (void)tidal_fail(TIDAL_ERR_CANCELLED, "%s", why);
 }
 
-tidal_status episode_run_group(generator *e, tokenizer *tok, env_client *env, const episode_group *g,
-                               episode_out *out)
+static void run_free(run *r)
+{
+    if (!r) return;
+    for (int i = 0; r->s && i < r->G; i++) {
+        free(r->s[i].user);
+        ep_free(&r->s[i]);
+    }
+    free(r->s);
+    free(r->ctx);
+    free(r);
+}
+
+/* The group fails: its message kept, its outputs freed, its requests aborted. */
+static void run_fail(episode_batch *b, run *r, tidal_status st)
+{
+    if (r->st != TIDAL_OK) return;
+    r->st = st;
+    snprintf(r->why, sizeof r->why, "%s", tidal_errmsg());
+    for (int i = 0; i < r->G; i++) {
+        free(r->out[i].data);
+        r->out[i] = (episode_out){0};
+    }
+    detach(b, r);
+}
+
+/* Submit sample i's next turn: its context is the prompt and its completion
+ * so far. The seed depends on the sample and the turn only, so a sample's
+ * tokens do not depend on what else the engine runs. */
+static tidal_status submit_sample(episode_batch *b, run *r, int i)
+{
+    const episode_group *g = r->g;
+    ep *s = &r->s[i];
+    const int stop[1] = {g->stop_id};
+    const int turn = s->turns + 1;
+    int room = g->max_tokens - s->n;
+    if (g->max_turn_tokens > 0 && room > g->max_turn_tokens) room = g->max_turn_tokens;
+    memcpy(r->ctx, g->prompt, (size_t)g->prompt_len * sizeof *r->ctx);
+    memcpy(r->ctx + g->prompt_len, s->tok, (size_t)s->n * sizeof *r->ctx);
+    engine_request rq = {.prompt = r->ctx, .prompt_len = g->prompt_len + s->n, .max_new_tokens = room,
+                         .sampling = g->sampling, .stop_ids = g->stop_id >= 0 ? stop : NULL,
+                         .n_stop_ids = g->stop_id >= 0, .user = s->user};
+    rq.sampling.seed = g->sampling.seed + (uint64_t)(g->first_index + i) * 7919 + (uint64_t)turn * 104729;
+    s->turn_start = s->n;
+    s->turns = turn;
+    s->turn_t0 = tidal_clock_ms();
+    uint64_t id = 0;
+    TRY(generator_submit(b->e, &rq, &id));
+    s->req = id;
+    return TIDAL_OK;
+}
+
+/* Request result res of group r's sample i: append it, let the env score the
+ * turn, then submit the next turn or count the sample done; the group's last
+ * sample encodes the group. A failure fails the group alone. */
+static void take_result(episode_batch *b, run *r, int i, const engine_result *res)
+{
+    ep *x = &r->s[i];
+    const episode_group *g = r->g;
+    x->req = 0;
+    if (r->st != TIDAL_OK) return;
+    for (int k = 0; k < res->n && x->n < g->max_tokens; k++) put(x, res->ids[k], res->logprobs[k], true, res->versions[k]);
+    x->gen_ms += tidal_clock_ms() - x->turn_t0;
+    const bool budget_left = x->n < g->max_tokens; /* a turn cut at max_turn_tokens still continues */
+    if (!budget_left) x->finish = TIDAL__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+    score_turn(b->env, b->tok, g, i, x, b->e, budget_left);
+    if (!x->done && x->turns >= g->max_turns) x->done = true; /* no turn after the last */
+    if (!x->done) {
+        tidal_status st = submit_sample(b, r, i);
+        if (st != TIDAL_OK) run_fail(b, r, st);
+        return;
+    }
+    if (++r->done < r->G) return;
+    for (int k = 0; k < r->G; k++) {
+        tidal_status st = encode(g, k, &r->s[k], b->tok, &r->out[k]);
+        if (st != TIDAL_OK) {
+            run_fail(b, r, st);
+            return;
+        }
+    }
+}
+
+/* Every finished request the generator holds goes to its sample. */
+static void route_results(episode_batch *b)
+{
+    for (engine_result *res; (res = generator_next_result(b->e)); engine_result_free(res)) {
+        ep_ref *ref = res->user;
+        if (!ref) continue;
+        if (ref->r) {
+            take_result(b, ref->r, ref->i, res);
+            continue;
+        }
+        for (ep_ref **l = &b->orphans; *l; l = &(*l)->next) /* an aborted request's last word */
+            if (*l == ref) {
+                *l = ref->next;
+                free(ref);
+                break;
+            }
+    }
+}
+
+tidal_status episode_batch_create(generator *e, tokenizer *tok, env_client *env, episode_batch **out)
+{
+    *out = NULL;
+    if (generator_busy(e)) return tidal_fail(TIDAL_ERR_INVALID, "episode: the engine has requests of its own");
+    episode_batch *b = calloc(1, sizeof *b);
+    if (!b) return tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
+    b->e = e, b->tok = tok, b->env = env;
+    *out = b;
+    return TIDAL_OK;
+}
+
+/* Unlink r and free it (its requests finished or detached). */
+static void run_remove(episode_batch *b, run *r)
+{
+    for (run **l = &b->runs; *l; l = &(*l)->next)
+        if (*l == r) {
+            *l = r->next;
+            break;
+        }
+    run_free(r);
+}
+
+void episode_batch_drop(episode_batch *b, const episode_group *g)
+{
+    if (!b) return;
+    run *r = b->runs;
+    while (r && r->g != g) r = r->next;
+    if (!r) return;
+    for (int i = 0; i < r->G; i++) {
+        free(r->out[i].data);
+        r->out[i] = (episode_out){0};
+    }
+    detach(b, r);
+    run_remove(b, r);
+}
+
+void episode_batch_free(episode_batch *b)
+{
+    if (!b) return;
+    while (b->runs) episode_batch_drop(b, b->runs->g);
+    /* the aborted requests' results, thrown away */
+    for (engine_result *res; (res = generator_next_result(b->e));) engine_result_free(res);
+    while (b->orphans) {
+        ep_ref *ref = b->orphans;
+        b->orphans = ref->next;
+        free(ref);
+    }
+    free(b);
+}
+
+tidal_status episode_batch_add(episode_batch *b, const episode_group *g, episode_out *out)
 {
     const int G = g->count > 0 ? g->count : g->group_size - g->first_index;
     if (g->group_size < 1 || g->first_index < 0 || G < 1 || g->first_index + G > g->group_size || g->prompt_len < 1 ||
@@ -257,30 +397,97 @@ tidal_status episode_run_group(generator *e, tokenizer *tok, env_client *env, co
                           "episode %s: samples %d..%d of a group of %d, prompt %d tokens, max_tokens %d, max_turns %d",
                           g->group_id, g->first_index, g->first_index + G - 1, g->group_size, g->prompt_len,
                           g->max_tokens, g->max_turns);
-    if (generator_busy(e)) return tidal_fail(TIDAL_ERR_INVALID, "episode %s: the engine has requests of its own", g->group_id);
+    for (run *o = b->runs; o; o = o->next)
+        if (o->g == g) return tidal_fail(TIDAL_ERR_INVALID, "episode %s: the group is in the batch already", g->group_id);
     for (int i = 0; i < G; i++) out[i] = (episode_out){0};
     tidal_status st = TIDAL_OK;
-    ep *s = calloc((size_t)G, sizeof *s);
-    int32_t *ctx = malloc((size_t)(g->prompt_len + g->max_tokens) * sizeof *ctx);
-    if (!s || !ctx) {
-        st = tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
-        goto cleanup;
+    run *r = calloc(1, sizeof *r);
+    if (!r) return tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
+    r->g = g, r->out = out, r->G = G;
+    r->s = calloc((size_t)G, sizeof *r->s);
+    r->ctx = malloc((size_t)(g->prompt_len + g->max_tokens) * sizeof *r->ctx);
+    if (!r->s || !r->ctx) {
+        run_free(r);
+        return tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
     }
-    for (int i = 0; i < G; i++) TRY_GOTO(ep_init(&s[i], g->max_tokens));
-    for (int turn = 1; turn <= g->max_turns; turn++) {
-        int submitted = 0;
-        TRY_GOTO(submit_turn(e, g, s, G, ctx, turn, &submitted));
-        if (!submitted) break;
-        TRY_GOTO(finish_turn(e, tok, env, g, s));
+    for (int i = 0; i < G; i++) {
+        TRY_GOTO(ep_init(&r->s[i], g->max_tokens));
+        ep_ref *ref = calloc(1, sizeof *ref);
+        if (!ref) {
+            st = tidal_fail(TIDAL_ERR_NOMEM, "episode: out of memory");
+            goto cleanup;
+        }
+        ref->r = r, ref->i = i;
+        r->s[i].user = ref;
     }
-    for (int i = 0; i < G; i++) TRY_GOTO(encode(g, i, &s[i], tok, &out[i]));
+    run **tail = &b->runs;
+    while (*tail) tail = &(*tail)->next;
+    *tail = r;
+    for (int i = 0; i < G; i++)
+        if ((st = submit_sample(b, r, i)) != TIDAL_OK) {
+            episode_batch_drop(b, g); /* what was submitted is aborted; the message kept */
+            return st;
+        }
+    return TIDAL_OK;
 cleanup:
-    if (st != TIDAL_OK) {
-        if (s) leave_engine(e, s, G, st);
-        for (int i = 0; i < G; i++) free(out[i].data), out[i] = (episode_out){0};
+    run_free(r);
+    return st;
+}
+
+tidal_status episode_batch_step(episode_batch *b)
+{
+    route_results(b); /* results that came before this step (a drop's, a generator's early ones) */
+    if (generator_busy(b->e)) TRY(generator_step(b->e));
+    route_results(b);
+    return TIDAL_OK;
+}
+
+const episode_group *episode_batch_next_done(episode_batch *b, tidal_status *st)
+{
+    for (run *r = b->runs; r; r = r->next) {
+        if (r->st == TIDAL_OK && r->done < r->G) continue;
+        const episode_group *g = r->g;
+        *st = r->st == TIDAL_OK ? TIDAL_OK : tidal_fail(r->st, "%s", r->why);
+        run_remove(b, r);
+        return g;
     }
-    for (int i = 0; s && i < G; i++) ep_free(&s[i]);
-    free(s);
-    free(ctx);
+    return NULL;
+}
+
+int episode_batch_samples(const episode_batch *b)
+{
+    int n = 0;
+    for (const run *r = b->runs; r; r = r->next) n += r->G;
+    return n;
+}
+
+int episode_batch_groups(const episode_batch *b)
+{
+    int n = 0;
+    for (const run *r = b->runs; r; r = r->next) n++;
+    return n;
+}
+
+tidal_status episode_run_group(generator *e, tokenizer *tok, env_client *env, const episode_group *g,
+                               episode_out *out)
+{
+    episode_batch *b = NULL;
+    if (generator_busy(e)) return tidal_fail(TIDAL_ERR_INVALID, "episode %s: the engine has requests of its own", g->group_id);
+    TRY(episode_batch_create(e, tok, env, &b));
+    tidal_status st = episode_batch_add(b, g, out);
+    while (st == TIDAL_OK) {
+        tidal_status done_st = TIDAL_OK;
+        if (episode_batch_next_done(b, &done_st)) {
+            st = done_st;
+            break;
+        }
+        if (!generator_busy(e))
+            st = tidal_fail(TIDAL_ERR_INVALID, "episode %s: the generator holds none of its requests", g->group_id);
+        else st = episode_batch_step(b);
+        if (st == TIDAL_OK && g->between_steps && generator_busy(e) && !g->between_steps(g->hook_ctx))
+            st = tidal_fail(TIDAL_ERR_CANCELLED, "episode %s: abandoned", g->group_id);
+    }
+    episode_batch_drop(b, g); /* after a failure: its requests aborted, out[] zeroed; done: not in it */
+    episode_batch_free(b);
     return st;
 }

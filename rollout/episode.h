@@ -12,8 +12,20 @@
  * An environment error or timeout makes the sample's status ENV_ERROR /
  * ENV_TIMEOUT (reward 0) - the group is still published whole.
  *
- * The engine is used exclusively for the call (it must have no other
- * requests); the env client may be shared.
+ * episode_run_group runs one group alone: the engine is used exclusively for
+ * the call (it must have no other requests); the env client may be shared.
+ *
+ * An episode_batch runs several groups on one generator at once (the rollout
+ * worker's rollout.max_batch): every sample of every group is its own chain
+ * of engine requests, one per turn, so the engine's batch holds the samples
+ * of all groups and a sample's next turn is submitted as soon as the env has
+ * scored its last one. A sample's tokens depend on its group, index and turn
+ * only (the seed is derived from them), never on the other groups: a group
+ * run in a batch gives what it gives alone, up to the engine's batch
+ * independence (engine.h). The caller steps the batch and, between steps,
+ * swaps weights (tokens carry the version that sampled them) and takes the
+ * groups that are done. Env calls are made on the stepping thread, between
+ * engine steps.
  */
 #ifndef TIDAL_ROLLOUT_EPISODE_H
 #define TIDAL_ROLLOUT_EPISODE_H
@@ -77,5 +89,43 @@ typedef struct episode_out {
  * and this thread's error message names the failure. */
 tidal_status episode_run_group(generator *e, tokenizer *tok, env_client *env, const episode_group *g,
                                episode_out *out);
+
+/* Groups in flight on one generator (see the top comment). g->between_steps
+ * is not called by the batch: the caller runs its own between steps. */
+typedef struct episode_batch episode_batch;
+
+/* A batch over e, tok, env (borrowed; e must have no requests of its own and
+ * is used by no one else while the batch lives). */
+tidal_status episode_batch_create(generator *e, tokenizer *tok, env_client *env, episode_batch **out);
+/* Aborts the requests of the groups still in it (their out[] zeroed) and
+ * leaves the generator with nothing queued, running or finished. NULL: no-op. */
+void episode_batch_free(episode_batch *b);
+
+/* Add group g: checked as episode_run_group checks it, out[count] zeroed,
+ * the first turn of each sample submitted. g, what it points to and out must
+ * stay valid until the group comes back from episode_batch_next_done or is
+ * dropped. On an error nothing of g is left in the batch. */
+tidal_status episode_batch_add(episode_batch *b, const episode_group *g, episode_out *out);
+
+/* One generator step (none when nothing is queued or running), then each
+ * finished request goes to its sample: appended, scored by the env, its next
+ * turn submitted or the sample done; a group whose samples are all done is
+ * encoded into its out[]. A failure of one group (a next turn the engine
+ * refuses, out of memory) fails that group alone; an error of the call is the
+ * generator's (every group's: the caller drops them). */
+tidal_status episode_batch_step(episode_batch *b);
+
+/* A group that is done, taken out of the batch (oldest first), or NULL.
+ * *st: TIDAL_OK with its out[] filled, or its failure (the thread's error
+ * message says it; out[] zeroed). */
+const episode_group *episode_batch_next_done(episode_batch *b, tidal_status *st);
+
+/* Abandon group g (no-op if it is not in the batch): its requests aborted,
+ * its out[] zeroed. The thread's error message is kept. */
+void episode_batch_drop(episode_batch *b, const episode_group *g);
+
+/* The samples (sequences) of the groups in the batch, and the groups. */
+int episode_batch_samples(const episode_batch *b);
+int episode_batch_groups(const episode_batch *b);
 
 #endif

@@ -34,6 +34,8 @@
 #define ENV_REPORT_MS 10000 /* a failing env is logged at once, then this often while it lasts */
 #define TRAJ_HEADER_ROOM 1024 /* of max_payload, for the message's headers (Nats-Msg-Id and the protocol's) */
 
+typedef struct served served;
+
 typedef struct worker {
     const worker_opts *o;
     char id[192], host[128];
@@ -69,10 +71,15 @@ typedef struct worker {
     /* set by the control handler (another thread) */
     volatile sig_atomic_t ctl_stop, ctl_drain, ctl_pause, ctl_quarantine;
     uint64_t fault_rng;         /* ROLLOUT_FAULT_LOGPROB_NOISE's generator */
-    double reported_temperature; /* ROLLOUT_FAULT_TEMPERATURE: what the group's trajectories claim */
-    /* the prompt being worked on, for the hook */
-    bus_msg *cur;
-    bool cur_eval;
+    /* the prompts held (fetched, not yet acked or returned), oldest first;
+     * those running are in the batch, at most one waits for weights */
+    served **held;
+    int n_held;
+    episode_batch *batch;       /* the groups running on gen */
+    int max_batch;              /* sequences in flight at most (rollout.max_batch; the group size when 0) */
+    bool batched;               /* more than one group at a time (builtin engine, weights newest) */
+    double last_empty_fetch_ms; /* when a fetch beside running groups last found nothing */
+    int max_held;               /* the most prompts held at once (said when it leaves) */
     double last_progress_ms, last_beat_ms, last_state_ms;
     int state;
     uint64_t started_ms, trajectories, errors, rejected, redelivered, groups;
@@ -110,11 +117,11 @@ static void heartbeat(worker *w, bool force)
     s.worker_id = w->id, s.host = w->host, s.pid = (uint32_t)getpid();
     s.state = (Tidal__V1__WorkerState)w->state;
     s.weights_version = w->version;
-    s.prompts_in_flight = w->cur ? 1 : 0;
+    s.prompts_in_flight = (uint32_t)w->n_held;
     s.tokens_per_s = w->tokens_per_s;
     s.backend = w->rm ? "openai" : "builtin", s.device = (char *)engine_device_name(w->edev);
     s.started_unix_ms = w->started_ms, s.updated_unix_ms = tidal_unix_ms();
-    s.capacity = 1;
+    s.capacity = (uint32_t)(w->batched && w->spec.rollout.group_size > 0 ? w->max_batch / w->spec.rollout.group_size : 1);
     s.trajectories = w->trajectories, s.errors = w->errors, s.rejected = w->rejected;
     s.redelivered = w->redelivered;
     if (w->prom) { /* the heartbeat's numbers on /metrics too */
@@ -293,25 +300,29 @@ static void take_newer_weights(worker *w)
     }
 }
 
-/* Keep the prompt alive while a long wait or group goes on. */
+static bus_msg *held_msg(const worker *w, int i);
+static bool eval_running(const worker *w);
+
+/* Keep the prompts held alive while a long wait or group goes on. */
 static void keep_alive(worker *w)
 {
     const double t = tidal_clock_ms();
-    if (w->cur && t - w->last_progress_ms > (double)w->spec.rollout.ack_wait_ms / 4) {
-        bus_in_progress(w->cur);
+    if (w->n_held && t - w->last_progress_ms > (double)w->spec.rollout.ack_wait_ms / 4) {
+        for (int i = 0; i < w->n_held; i++) bus_in_progress(held_msg(w, i));
         w->last_progress_ms = t;
     }
     heartbeat(w, false);
 }
 
-static bool between_steps(void *ctx)
+/* Between engine steps: newer weights and the prompts kept alive. */
+static void between_steps(worker *w)
 {
-    worker *w = ctx;
     /* in-flight update: later tokens carry the new version. Not for servers:
-     * their reload waits for requests in flight, so it happens between groups */
-    if (!w->rm && (!w->cur_eval || w->oldest)) take_newer_weights(w);
+     * their reload waits for requests in flight, so it happens between
+     * groups; not while an evaluation group runs (it is generated with one
+     * version) */
+    if (!w->rm && (!eval_running(w) || w->oldest)) take_newer_weights(w);
     keep_alive(w);
-    return !abandon(w);
 }
 
 /* Wait for weights >= min_version (the prompt stays alive meanwhile). In
@@ -343,16 +354,28 @@ static tidal_status sync_to(worker *w, uint64_t min_version)
 /* ---------------------------------------------------------------- one prompt */
 
 /* The prompt being served, from validation to its ack or nak. */
-typedef struct served {
-    bus_msg *m;                 /* the message, consumed by serve_prompt */
+struct served {
+    bus_msg *m;                 /* the message (the served owns it) */
     Tidal__V1__Prompt *p;       /* decoded */
     tok_ids ids;                /* its text's tokens (when it gives text, not token_ids) */
     int plen, max_tokens;       /* the prompt's tokens; the completion budget per sample */
     int32_t *prompt;            /* [plen] what the engine is given */
     int count;                  /* samples asked for */
     episode_out *out;           /* [count] the encoded trajectories */
+    episode_group g;            /* the group, as the batch runs it */
+    bool running;               /* in the batch (else it waits for weights) */
+    double t0, g0;              /* taken; added to the batch */
     double sync_ms, gen_ms;
-} served;
+};
+
+static bus_msg *held_msg(const worker *w, int i) { return w->held[i]->m; }
+
+static bool eval_running(const worker *w)
+{
+    for (int i = 0; i < w->n_held; i++)
+        if (w->held[i]->running && w->held[i]->p->eval) return true;
+    return false;
+}
 
 /* Reject a message that is not a usable prompt: it is never redelivered. */
 static void reject(worker *w, bus_msg *m, const char *why)
@@ -440,7 +463,8 @@ static double fault_normal(worker *w)
 static void tamper(void *ctx, Tidal__V1__Trajectory *t)
 {
     worker *w = ctx;
-    if (w->o->fault == ROLLOUT_FAULT_TEMPERATURE) t->temperature = w->reported_temperature;
+    /* the temperature it was told, not the doubled one it sampled at (exact: a power of 2) */
+    if (w->o->fault == ROLLOUT_FAULT_TEMPERATURE) t->temperature /= 2.0;
     if (w->o->fault != ROLLOUT_FAULT_LOGPROB_NOISE) return;
     for (size_t i = 0; i < t->n_logprobs; i++)
         if (t->loss_mask[i] && isfinite(t->logprobs[i]))
@@ -476,7 +500,7 @@ static episode_group group_of(worker *w, const served *sv)
         .prompt = sv->prompt, .prompt_len = sv->plen, .group_size = (int)p->group_size,
         .first_index = (int)p->sample_index, .count = sv->count, .eval = p->eval, .max_tokens = sv->max_tokens,
         .max_turns = w->max_turns, .stop_id = w->stop_id, .min_version = p->min_version,
-        .between_steps = between_steps, .hook_ctx = w,
+        .hook_ctx = w,
         .sampling = {.temperature = sp ? (float)sp->temperature : (float)w->spec.rollout.temperature,
                      .top_p = sp ? (float)sp->top_p : (float)w->spec.rollout.top_p,
                      .top_k = sp ? (int)sp->top_k : w->spec.rollout.top_k,
@@ -484,39 +508,39 @@ static episode_group group_of(worker *w, const served *sv)
     };
     if (g.sampling.top_p >= 1.0f) g.sampling.top_p = 0;
     if (w->o->fault == ROLLOUT_FAULT_TEMPERATURE || w->o->fault == ROLLOUT_FAULT_LOGPROB_NOISE) g.tamper = tamper;
-    w->reported_temperature = g.sampling.temperature;
     if (w->o->fault == ROLLOUT_FAULT_TEMPERATURE) g.sampling.temperature *= 2.0f;
     return g;
 }
 
-/* Generate: with weights >= the prompt's min_version (waited for, the
- * prompt kept alive meanwhile), run the group's episodes into sv->out. The
- * prompt becomes the worker's current one here (in-progress acks, the
- * heartbeat). TIDAL_ERR_CANCELLED when the worker leaves meanwhile; any
- * failure leaves the prompt to be returned. */
-static tidal_status generate(worker *w, served *sv)
+/* Make the prompt ready to run: its ids for the engine, room for its
+ * trajectories and its group. */
+static tidal_status prepare(worker *w, served *sv)
 {
     const Tidal__V1__Prompt *p = sv->p;
     sv->prompt = malloc((size_t)sv->plen * sizeof *sv->prompt);
     for (int i = 0; sv->prompt && i < sv->plen; i++)
         sv->prompt[i] = p->n_token_ids ? (int32_t)p->token_ids[i] : sv->ids.ids[i];
     tok_ids_free(&sv->ids);
-    w->cur = sv->m, w->cur_eval = p->eval, w->last_progress_ms = tidal_clock_ms();
     tidal_log(TIDAL_LOG_DEBUG, "worker %s: %s taken (delivery %d)", w->id, p->group_id, (int)bus_msg_delivered(sv->m));
     if (!sv->prompt) return tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
-    const double t0 = tidal_clock_ms();
-    TRY(sync_to(w, p->min_version));
-    sv->sync_ms = tidal_clock_ms() - t0;
     sv->out = calloc((size_t)(sv->count > 0 ? sv->count : 1), sizeof *sv->out);
     if (!sv->out) return tidal_fail(TIDAL_ERR_NOMEM, "worker: out of memory");
-    const double g0 = tidal_clock_ms();
-    w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_GENERATING;
-    heartbeat(w, true);
-    const episode_group g = group_of(w, sv);
-    const tidal_status st = episode_run_group(&w->gen, w->tok, w->env, &g, sv->out);
-    TRY(st);
-    env_report(w);
-    sv->gen_ms = tidal_clock_ms() - g0;
+    sv->g = group_of(w, sv);
+    return TIDAL_OK;
+}
+
+/* Run the group: its samples join the engine's batch. The weights are the
+ * prompt's min_version or newer (the caller made sure). */
+static tidal_status begin(worker *w, served *sv)
+{
+    sv->sync_ms = tidal_clock_ms() - sv->t0;
+    sv->g0 = tidal_clock_ms();
+    TRY(episode_batch_add(w->batch, &sv->g, sv->out));
+    sv->running = true;
+    if (w->state != TIDAL__V1__WORKER_STATE__WORKER_STATE_GENERATING) {
+        w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_GENERATING;
+        heartbeat(w, true);
+    }
     return TIDAL_OK;
 }
 
@@ -605,31 +629,156 @@ static void give_back(worker *w, const served *sv, tidal_status st)
     bus_nak(sv->m, 0);
 }
 
-/* Serve one prompt message m (consumed here): validate, generate, publish.
- * TIDAL_OK also for a rejected message and for a group abandoned because
- * the worker leaves (its prompt returned); any other error has returned the
- * prompt (logged with its group) and is the caller's to log. */
-static tidal_status serve_prompt(worker *w, bus_msg *m)
+/* Forget held prompt sv (acked or returned already): out of the batch, out
+ * of the list, freed. */
+static void release(worker *w, served *sv)
 {
-    served sv = {.m = m};
-    if (!validate(w, &sv)) return TIDAL_OK; /* rejected: terminated and counted */
-    tidal_status st = TIDAL_OK;
-    TRY_GOTO(generate(w, &sv));
-    if (w->ctl_quarantine) { /* the trainer would drop it: another worker answers it */
-        st = tidal_fail(TIDAL_ERR_CANCELLED, "worker %s: quarantined", w->id);
-        goto cleanup;
+    if (sv->running) episode_batch_drop(w->batch, &sv->g);
+    for (int i = 0; i < w->n_held; i++)
+        if (w->held[i] == sv) {
+            memmove(w->held + i, w->held + i + 1, (size_t)(w->n_held - i - 1) * sizeof *w->held);
+            w->n_held--;
+            break;
+        }
+    for (int i = 0; sv->out && i < sv->count; i++) free(sv->out[i].data);
+    free(sv->out);
+    free(sv->prompt);
+    tok_ids_free(&sv->ids);
+    tidal__v1__prompt__free_unpacked(sv->p, NULL);
+    bus_msg_destroy(sv->m);
+    free(sv);
+    if (!w->n_held && w->state != TIDAL__V1__WORKER_STATE__WORKER_STATE_QUARANTINED)
+        w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
+}
+
+/* Return every prompt held (the worker leaves, is quarantined, or its
+ * generator failed), st and the thread's message saying why. */
+static void give_back_all(worker *w, tidal_status st)
+{
+    char why[1024];
+    snprintf(why, sizeof why, "%s", tidal_errmsg());
+    while (w->n_held) {
+        served *sv = w->held[0];
+        tidal_fail(st, "%s", why);
+        give_back(w, sv, st);
+        release(w, sv);
     }
-    TRY_GOTO(publish(w, &sv));
-cleanup:
-    if (st != TIDAL_OK) give_back(w, &sv, st);
-    for (int i = 0; sv.out && i < sv.count; i++) free(sv.out[i].data);
-    free(sv.out);
-    free(sv.prompt);
-    tidal__v1__prompt__free_unpacked(sv.p, NULL);
-    w->cur = NULL;
-    bus_msg_destroy(m);
-    if (!w->ctl_quarantine) w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_IDLE;
-    return st == TIDAL_ERR_CANCELLED ? TIDAL_OK : st;
+}
+
+/* The samples of the prompts held (their groups' sequences). */
+static int held_samples(const worker *w)
+{
+    int n = 0;
+    for (int i = 0; i < w->n_held; i++) n += w->held[i]->count;
+    return n;
+}
+
+/* Take another prompt now: nothing held, or - batching - none waiting for
+ * weights and a group of the job's size still fits under max_batch. */
+static bool may_take(const worker *w)
+{
+    if (w->ctl_pause || w->ctl_drain || w->ctl_quarantine) return false;
+    if (!w->n_held) return true;
+    if (!w->batched) return false;
+    for (int i = 0; i < w->n_held; i++)
+        if (!w->held[i]->running) return false;
+    return held_samples(w) + w->spec.rollout.group_size <= w->max_batch;
+}
+
+/* Take prompt message m (consumed here): validate, then start its group -
+ * at once when the weights are new enough; alone (the weights waited for,
+ * as one group at a time does) when nothing else runs; else it waits,
+ * held, until the weights come or the groups running finish. A failure
+ * returns the prompt and is logged. */
+static void take_prompt(worker *w, bus_msg *m)
+{
+    served *sv = calloc(1, sizeof *sv);
+    served **held = realloc(w->held, (size_t)(w->n_held + 1) * sizeof *w->held);
+    if (!sv || !held) {
+        free(sv);
+        if (held) w->held = held;
+        tidal_log(TIDAL_LOG_WARN, "worker %s: out of memory: a prompt returned", w->id);
+        bus_nak(m, 0);
+        bus_msg_destroy(m);
+        return;
+    }
+    w->held = held;
+    sv->m = m;
+    if (!validate(w, sv)) { /* rejected: terminated, counted and consumed */
+        free(sv);
+        return;
+    }
+    sv->t0 = tidal_clock_ms();
+    if (!w->n_held) w->last_progress_ms = sv->t0;
+    w->held[w->n_held++] = sv;
+    if (w->n_held > w->max_held) w->max_held = w->n_held;
+    tidal_status st = prepare(w, sv);
+    if (st == TIDAL_OK && !episode_batch_groups(w->batch)) st = sync_to(w, sv->p->min_version);
+    if (st == TIDAL_OK && (w->version >= sv->p->min_version || !episode_batch_groups(w->batch))) st = begin(w, sv);
+    if (st == TIDAL_OK) return;
+    give_back(w, sv, st);
+    if (st != TIDAL_ERR_CANCELLED) tidal_log(TIDAL_LOG_WARN, "worker %s: %s", w->id, tidal_errmsg());
+    release(w, sv);
+}
+
+/* A prompt waiting for weights starts when they came, or alone once the
+ * groups running are done (waiting for the weights then, as one group at a
+ * time does). */
+static void start_waiting(worker *w)
+{
+    for (int i = 0; i < w->n_held; i++) {
+        served *sv = w->held[i];
+        if (sv->running) continue;
+        tidal_status st = TIDAL_OK;
+        if (w->version < sv->p->min_version) {
+            if (episode_batch_groups(w->batch)) return;
+            st = sync_to(w, sv->p->min_version);
+        }
+        if (st == TIDAL_OK) st = begin(w, sv);
+        if (st == TIDAL_OK) return;
+        give_back(w, sv, st);
+        if (st != TIDAL_ERR_CANCELLED) tidal_log(TIDAL_LOG_WARN, "worker %s: %s", w->id, tidal_errmsg());
+        release(w, sv);
+        return;
+    }
+}
+
+/* A group is done: publish it and ack its prompt, or return the prompt (its
+ * group failed, the publication failed, or the worker is quarantined - the
+ * trainer would drop it: another worker answers it). */
+static void finish(worker *w, served *sv, tidal_status st)
+{
+    sv->running = false; /* out of the batch already */
+    sv->gen_ms = tidal_clock_ms() - sv->g0;
+    env_report(w);
+    if (st == TIDAL_OK && w->ctl_quarantine) st = tidal_fail(TIDAL_ERR_CANCELLED, "worker %s: quarantined", w->id);
+    if (st == TIDAL_OK) st = publish(w, sv);
+    if (st != TIDAL_OK) {
+        give_back(w, sv, st);
+        if (st != TIDAL_ERR_CANCELLED) tidal_log(TIDAL_LOG_WARN, "worker %s: %s", w->id, tidal_errmsg());
+    }
+    release(w, sv);
+}
+
+/* One engine step for the groups running, then the groups done are
+ * published. A generator failure returns every prompt held. */
+static void step_groups(worker *w)
+{
+    tidal_status st = episode_batch_step(w->batch);
+    if (st != TIDAL_OK) {
+        tidal_log(TIDAL_LOG_WARN, "worker %s: generation: %s; returning the prompts held", w->id, tidal_errmsg());
+        give_back_all(w, st);
+        return;
+    }
+    const episode_group *g;
+    tidal_status gst;
+    while ((g = episode_batch_next_done(w->batch, &gst))) {
+        for (int i = 0; i < w->n_held; i++)
+            if (&w->held[i]->g == g) {
+                finish(w, w->held[i], gst);
+                break;
+            }
+    }
 }
 
 /* ---------------------------------------------------------------- joining */
@@ -874,13 +1023,24 @@ static tidal_status serve(worker *w)
     TRY(join(w));
     tidal_log(TIDAL_LOG_INFO, "worker %s: joined job %s at weights v%llu (env %s%s)", w->id, w->names.job,
               (unsigned long long)w->version, w->spec.env.name, w->spec.env.remote ? ", remote" : "");
-    while (!leaving(w) && !w->ctl_drain) {
+    TRY(episode_batch_create(&w->gen, w->tok, w->env, &w->batch));
+    const int G = w->spec.rollout.group_size;
+    w->max_batch = w->spec.rollout.max_batch > 0 ? w->spec.rollout.max_batch : G;
+    w->batched = w->max_batch >= 2 * G && !w->rm && !w->oldest;
+    if (w->max_batch >= 2 * G && !w->batched)
+        tidal_log(TIDAL_LOG_WARN, "worker %s: rollout.max_batch %d: one group at a time all the same (%s)", w->id,
+                  w->max_batch, w->rm ? "rollout.backend openai" : "rollout.weights oldest");
+    else if (w->batched)
+        tidal_log(TIDAL_LOG_INFO, "worker %s: up to %d sequences in flight (%d groups of %d)", w->id, w->max_batch,
+                  w->max_batch / G, G);
+    while (!leaving(w) && !(w->ctl_drain && !w->n_held)) {
         heartbeat(w, false);
         if (job_done(w)) {
             tidal_log(TIDAL_LOG_INFO, "worker %s: job %s is done", w->id, w->names.job);
             break;
         }
         if (w->ctl_quarantine) { /* idle until the job is done or it is stopped */
+            if (w->n_held) give_back_all(w, tidal_fail(TIDAL_ERR_CANCELLED, "worker %s: quarantined", w->id));
             if (w->state != TIDAL__V1__WORKER_STATE__WORKER_STATE_QUARANTINED) {
                 tidal_log(TIDAL_LOG_WARN, "worker %s: quarantined by the trainer: taking no more prompts", w->id);
                 w->state = TIDAL__V1__WORKER_STATE__WORKER_STATE_QUARANTINED;
@@ -889,26 +1049,38 @@ static tidal_status serve(worker *w)
             usleep(100 * 1000);
             continue;
         }
-        if (w->ctl_pause) {
+        if (w->n_held) between_steps(w);
+        else take_newer_weights(w);
+        if (!w->n_held && w->ctl_pause) {
             usleep(100 * 1000);
             continue;
         }
-        take_newer_weights(w);
-        bus_msg *m = NULL;
-        int n = 0;
-        tidal_status fs = bus_fetch(w->prompts, 1, 500, &m, &n);
-        if (fs == TIDAL_ERR_TIMEOUT || (fs == TIDAL_OK && n == 0)) continue;
-        if (fs != TIDAL_OK) { /* the bus reconnects on its own; try again shortly */
-            tidal_log(TIDAL_LOG_WARN, "worker %s: fetch: %s", w->id, tidal_errmsg());
-            usleep(200 * 1000);
-            continue;
+        start_waiting(w);
+        /* beside groups running: a short look at the stream, at most every 50 ms while it is empty */
+        const bool running = episode_batch_groups(w->batch) > 0;
+        if (may_take(w) && (!running || tidal_clock_ms() - w->last_empty_fetch_ms > 50)) {
+            bus_msg *m = NULL;
+            int n = 0;
+            tidal_status fs = bus_fetch(w->prompts, 1, running ? 5 : 500, &m, &n);
+            if (fs == TIDAL_OK && n > 0) {
+                if (bus_msg_delivered(m) > 1) {
+                    w->redelivered++;
+                    heartbeat(w, true);
+                }
+                take_prompt(w, m);
+                continue; /* another may fit before the next step */
+            }
+            if (running) w->last_empty_fetch_ms = tidal_clock_ms();
+            else if (fs != TIDAL_OK && fs != TIDAL_ERR_TIMEOUT) { /* the bus reconnects on its own; try again shortly */
+                tidal_log(TIDAL_LOG_WARN, "worker %s: fetch: %s", w->id, tidal_errmsg());
+                usleep(200 * 1000);
+            }
+            if (!running) continue;
         }
-        if (bus_msg_delivered(m) > 1) {
-            w->redelivered++;
-            heartbeat(w, true);
-        }
-        if (serve_prompt(w, m) != TIDAL_OK) tidal_log(TIDAL_LOG_WARN, "worker %s: %s", w->id, tidal_errmsg());
+        if (running) step_groups(w);
+        else usleep(10 * 1000); /* nothing to step (a prompt returned meanwhile): look again shortly */
     }
+    if (w->n_held) give_back_all(w, tidal_fail(TIDAL_ERR_CANCELLED, "worker %s: leaving", w->id));
     return TIDAL_OK;
 }
 
@@ -939,13 +1111,16 @@ tidal_status worker_run(const worker_opts *o)
     }
     if (w->ctl) bus_unsubscribe(w->ctl);
     if (w->workers) bus_kv_delete(w->workers, w->id);
-    tidal_log(TIDAL_LOG_INFO, "worker %s: leaving after %llu groups (%llu trajectories, %llu rejected messages)",
-              w->id, (unsigned long long)w->groups, (unsigned long long)w->trajectories,
-              (unsigned long long)w->rejected);
+    tidal_log(TIDAL_LOG_INFO,
+              "worker %s: leaving after %llu groups (%llu trajectories, %llu rejected messages, at most %d prompts "
+              "at once)", w->id, (unsigned long long)w->groups, (unsigned long long)w->trajectories,
+              (unsigned long long)w->rejected, w->max_held);
     bus_detach(w->bus); /* what follows needs no server, which a job's end may have stopped */
     bus_unsubscribe(w->prompts);
     bus_kv_close(w->workers);
     bus_kv_close(w->kv);
+    free(w->held); /* serve returned every prompt it held */
+    episode_batch_free(w->batch);
     env_client_free(w->env);
     engine_free(w->e);
     remote_free(w->rm);

@@ -55,6 +55,10 @@
  *                 (reloaded every version); in 120 steps the quickstart learns to >= 0.9,
  *                 within K, balanced, nothing trained twice
  *   serve_vllm    the same through vLLM's routes (60 steps: it learns)
+ *   max_batch     the quickstart (60 steps) with rollout.max_batch 64 (4 groups
+ *                 of 16 in flight per worker, 64 slots): both workers held
+ *                 several prompts at once; it learns, balances, trains nothing
+ *                 twice, staleness within K
  *   byhand        README's across-machines recipe on one machine: a
  *                 nats-server, then `tidal controller`, `tidal trainer` and two
  *                 `tidal rollout` as separate processes with no OMP_* variable
@@ -557,6 +561,33 @@ static void test_weights_delta(void)
         CHECK_MSG(!grep_file(log, "weights: skipped"), "worker %d skipped a version", i);
     }
     if (check_cur_failed_) show_output("weights_delta");
+    cleanup();
+}
+
+/* rollout.max_batch: the quickstart shortened to 60 steps with each worker
+ * holding up to 4 groups' sequences (64) in an engine of 64 slots: both
+ * workers held several prompts at once, the job learns, balances, trains
+ * nothing twice, and no trained token is older than the bound. */
+static void test_max_batch(void)
+{
+    fresh_work("max_batch");
+    char run[512];
+    snprintf(run, sizeof run, "%s/run", work);
+    json_t *s = run_quickstart_with("max_batch", "rollout.max_batch=64", "rollout.slots=64",
+                                    "trainer.checkpoint_every=60");
+    CHECK_MSG(s, "the quickstart with rollout.max_batch 64 did not run to the end and learn");
+    check_balance(s, 60, 48);
+    json_decref(s);
+    check_trained_once(run, 60, 60 * 48 * 16);
+    const long mx = max_staleness(run);
+    CHECK_MSG(mx >= 0 && mx <= 2, "a trained token %ld versions old (K = 2)", mx);
+    for (int i = 0; i < 2; i++) {
+        char log[64];
+        snprintf(log, sizeof log, "run/logs/rollout-%d.log", i);
+        CHECK_MSG(grep_file(log, "up to 64 sequences in flight (4 groups of 16)"), "worker %d: not batching", i);
+        CHECK_MSG(grep_file(log, "at most \\([2-9]\\|[1-9][0-9]\\) prompts at once"), "worker %d never held two prompts at once", i);
+    }
+    if (check_cur_failed_) show_output("max_batch");
     cleanup();
 }
 
@@ -2849,6 +2880,7 @@ int main(int argc, char **argv)
     const char *s = argv[1];
     if (!strcmp(s, "quickstart")) RUN(test_quickstart);
     else if (!strcmp(s, "staleness")) RUN(test_staleness);
+    else if (!strcmp(s, "max_batch")) RUN(test_max_batch);
     else if (!strcmp(s, "weights_http")) RUN(test_weights_http);
     else if (!strcmp(s, "join")) RUN(test_join);
     else if (!strcmp(s, "engine_ref")) RUN(test_engine_ref);
