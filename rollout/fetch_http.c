@@ -11,8 +11,6 @@
  */
 #include "rollout/fetch_http.h"
 
-#include "base/digest.h"
-
 #include <curl/curl.h>
 #include <sys/mman.h>
 #include <inttypes.h>
@@ -23,6 +21,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "base/digest.h"
 
 #define DEFAULT_STALL_MS 10000
 #define DEFAULT_PARALLEL 4

@@ -32,7 +32,6 @@
 #include <time.h>
 #include <unistd.h>
 
-
 #include "base/digest.h"
 #include "base/fs.h"
 #include "proto/codec.h"
