@@ -32,6 +32,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "base/hash.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/index.h"
 #include "kernels/cuda/ops_cuda.h"
@@ -125,10 +126,7 @@ static void sync_or_die(const char *op)
 static uint64_t rng_state = 0x5eed;
 static float frand(void)
 { /* splitmix64 -> uniform [-1, 1) */
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
+    const uint64_t z = splitmix64_next(&rng_state);
     return (float)((double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/hash.h"
 #include "check.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/index.h"
@@ -34,10 +35,7 @@
 static uint64_t rng_state = 12345;
 static float frand(void)
 { /* splitmix64 -> uniform [-1, 1) */
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
+    const uint64_t z = splitmix64_next(&rng_state);
     return (float)((double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 static float *frandom(size_t n)

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/hash.h"
 #include "check.h"
 #include "gpu/cpu_decoder.h"
 #include "kernels/cpu/engine_ref.h"
@@ -323,10 +324,7 @@ static void test_random_operations(void)
 static uint64_t frand_state = 4242;
 static float frand(void)
 { /* splitmix64 -> uniform [-1, 1) */
-    uint64_t z = (frand_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
+    const uint64_t z = splitmix64_next(&frand_state);
     return (float)((double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
