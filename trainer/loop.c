@@ -376,7 +376,7 @@ static tidal_status train_step(trainer *t)
     const double step_ms = tidal_clock_ms() - t0;
     env_metrics em; /* the env's own metrics of the step (before buffer_trained frees the samples) */
     env_metrics_of_batch(&batch, &em);
-    log_samples(t, &batch);
+    if (st == TIDAL_OK) log_samples(t, &batch); /* the groups of a step that trained, labelled with it */
     tidal_status cs = TIDAL_OK; /* the check's failure (out of memory) costs a step's scores, never the step */
     for (int g = 0, k = 0; g < batch.n_groups && cs == TIDAL_OK; g++)
         for (int i = 0; i < batch.groups[g].n && cs == TIDAL_OK; i++, k++)
