@@ -36,7 +36,11 @@ struct decode_cuda {
     int32_t *d_tables, *d_tokens, *d_seq, *d_pos, *d_len, *d_out, *d_copy; /* d_copy: 3 x max copies */
     int32_t *h_len;
     void *x, *h, *hout, *q, *k, *v, *att, *gate, *up, *act;
-    float *rstd, *logits, *scores;
+    float *rstd, *logits;
+    float *scores;          /* the paged attention's [max_seqs, NH, max_len] */
+    float *lse;             /* the packed attention's [max_rows, NH] */
+    void *att_scratch;      /* the packed attention's, for runs of max_prefill */
+    size_t att_scratch_bytes;
 };
 
 cudaStream_t decode_cuda_stream(const decode_cuda *g) { return g->stream; }
@@ -57,7 +61,7 @@ void decode_cuda_free(decode_cuda *g)
     free(g->h_len);
     cuda_free(g->x), cuda_free(g->h), cuda_free(g->q), cuda_free(g->k), cuda_free(g->v), cuda_free(g->att);
     cuda_free(g->gate), cuda_free(g->up), cuda_free(g->act);
-    cuda_free(g->rstd), cuda_free(g->logits), cuda_free(g->scores);
+    cuda_free(g->rstd), cuda_free(g->logits), cuda_free(g->scores), cuda_free(g->lse), cuda_free(g->att_scratch);
     if (g->stream) cudaStreamDestroy(g->stream);
     free(g);
 }
@@ -83,10 +87,12 @@ tidal_status decode_cuda_create(const model_gpu_dims *d, const decode_cuda_optio
                                              "head_dim %d, ffn %d, vocab %d",
                           d->layers, d->hidden, d->heads, d->kv_heads, d->head_dim, d->ffn, d->vocab);
     if (o->max_rows < 1 || o->max_logit_rows < 1 || o->max_logit_rows > o->max_rows || o->n_blocks < 1 ||
-        o->block_size < 1 || o->max_seqs < 1 || o->max_blocks < 1)
+        o->block_size < 1 || o->max_seqs < 1 || o->max_blocks < 1 || o->max_prefill < 0 ||
+        o->max_prefill > o->max_blocks * o->block_size)
         return tidal_fail(TIDAL_ERR_INVALID, "decode_cuda: bad options: max_rows %d, max_logit_rows %d, n_blocks %d, "
-                                             "block_size %d, max_seqs %d, max_blocks %d",
-                          o->max_rows, o->max_logit_rows, o->n_blocks, o->block_size, o->max_seqs, o->max_blocks);
+                                             "block_size %d, max_seqs %d, max_blocks %d, max_prefill %d",
+                          o->max_rows, o->max_logit_rows, o->n_blocks, o->block_size, o->max_seqs, o->max_blocks,
+                          o->max_prefill);
     tidal_status st = TIDAL_OK;
     decode_cuda *g = calloc(1, sizeof *g);
     if (!g) return tidal_fail(TIDAL_ERR_NOMEM, "decode_cuda: out of memory");
@@ -163,7 +169,13 @@ tidal_status decode_cuda_create(const model_gpu_dims *d, const decode_cuda_optio
     TRY_GOTO(cuda_alloc((void **)&g->d_out, (size_t)o->max_logit_rows * 4, "decode_cuda: logit rows"));
     TRY_GOTO(cuda_alloc(&g->hout, (size_t)o->max_logit_rows * C * es, "decode_cuda: head rows"));
     TRY_GOTO(cuda_alloc((void **)&g->logits, (size_t)o->max_logit_rows * V * 4, "decode_cuda: logits"));
-    TRY_GOTO(cuda_alloc((void **)&g->scores, R * NH * (size_t)max_len * 4, "decode_cuda: attention scores"));
+    TRY_GOTO(cuda_alloc((void **)&g->scores, (size_t)o->max_seqs * NH * (size_t)max_len * 4,
+                        "decode_cuda: attention scores"));
+    TRY_GOTO(cuda_alloc((void **)&g->lse, R * NH * 4, "decode_cuda: prefill lse"));
+    if (o->max_prefill > 0) {
+        g->att_scratch_bytes = cuda_attention_scratch_bytes(o->max_prefill, NH, NKV, HD, o->dt);
+        TRY_GOTO(cuda_alloc(&g->att_scratch, g->att_scratch_bytes, "decode_cuda: prefill attention scratch"));
+    }
     *out = g;
     g = NULL;
 cleanup:
@@ -201,8 +213,33 @@ static tidal_status linear(decode_cuda *g, void *out, const void *in, const void
     return cuda_gemm(g->blas, out, in, w, bias, &op, g->stream);
 }
 
+/* Whether cu[0 .. n] are prefill runs of rows 0 .. T (decode_cuda_step's
+ * contract), saying which is not. */
+static tidal_status check_runs(const decode_cuda *g, const int32_t *seq, const int32_t *pos, int T, const int32_t *cu,
+                               int n)
+{
+    if (n < 0 || n > T || (n > 0 && !cu))
+        return tidal_fail(TIDAL_ERR_INVALID, "decode_cuda: %d prefill runs in a step of %d rows", n, T);
+    if (n > 0 && cu[0] != 0)
+        return tidal_fail(TIDAL_ERR_INVALID, "decode_cuda: prefill runs start at row %d, not 0", cu[0]);
+    for (int j = 0; j < n; j++) {
+        const int a = cu[j], b = cu[j + 1];
+        if (b <= a || b > T || b - a > g->o.max_prefill)
+            return tidal_fail(TIDAL_ERR_INVALID, "decode_cuda: prefill run %d is rows %d .. %d (of %d; at most %d "
+                                                 "rows: max_prefill)",
+                              j, a, b - 1, T, g->o.max_prefill);
+        for (int i = a; i < b; i++)
+            if (seq[i] != seq[a] || pos[i] != i - a)
+                return tidal_fail(TIDAL_ERR_INVALID, "decode_cuda: prefill run %d: row %d is sequence %d position %d, "
+                                                     "want sequence %d position %d (a whole prompt from 0)",
+                                  j, i, seq[i], pos[i], seq[a], i - a);
+    }
+    return TIDAL_OK;
+}
+
 tidal_status decode_cuda_step(decode_cuda *g, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int T,
-                              const int32_t *tables, const int32_t *out_rows, int n_out, const float **logits)
+                              const int32_t *cu_prefill, int n_prefill, const int32_t *tables, const int32_t *out_rows,
+                              int n_out, const float **logits)
 {
     const model_gpu_dims *d = &g->d;
     const int C = d->hidden, NH = d->heads, NKV = d->kv_heads, HD = d->head_dim, F = d->ffn, V = d->vocab;
@@ -224,6 +261,9 @@ tidal_status decode_cuda_step(decode_cuda *g, const int32_t *tokens, const int32
                               pos[i], seq[i]);
         g->h_len[i] = pos[i] + 1;
     }
+    TRY(check_runs(g, seq, pos, T, cu_prefill, n_prefill));
+    const int Tp = n_prefill > 0 ? cu_prefill[n_prefill] : 0; /* rows 0 .. Tp-1: the runs */
+    const size_t es = cuda_dtype_size(dt);
     if (!out_rows) n_out = T;
     if (n_out < 1 || n_out > g->o.max_logit_rows)
         return tidal_fail(TIDAL_ERR_INVALID, "decode_cuda: logits of %d rows asked (1 .. %d: max_logit_rows)", n_out,
@@ -253,8 +293,16 @@ tidal_status decode_cuda_step(decode_cuda *g, const int32_t *tokens, const int32
         TRY(cuda_rope_forward(g->q, g->d_pos, T, NH, HD, d->rope_theta, dt, s));
         TRY(cuda_rope_forward(g->k, g->d_pos, T, NKV, HD, d->rope_theta, dt, s));
         TRY(cuda_kv_store(kc, vc, &pages, g->k, g->v, g->d_seq, g->d_pos, T, dt, s));
-        TRY(cuda_decode_attention(g->att, NULL, g->q, kc, vc, &pages, g->d_seq, g->d_len, T, NH, max_len, g->scores,
-                                  dt, s));
+        if (Tp > 0) /* the runs: the trainer's packed attention over the step's own K/V */
+            TRY(cuda_attention_forward(g->blas, g->att, g->lse, g->q, g->k, g->v, cu_prefill, n_prefill, Tp, NH, NKV,
+                                       HD, g->att_scratch, g->att_scratch_bytes, dt, s));
+        for (int r0 = Tp; r0 < T; r0 += g->o.max_seqs) { /* the rest through the cache, scores bounded */
+            const int B = T - r0 < g->o.max_seqs ? T - r0 : g->o.max_seqs;
+            void *att = (unsigned char *)g->att + (size_t)r0 * QD * es;
+            const void *q = (const unsigned char *)g->q + (size_t)r0 * QD * es;
+            TRY(cuda_decode_attention(att, NULL, q, kc, vc, &pages, g->d_seq + r0, g->d_len + r0, B, NH, max_len,
+                                      g->scores, dt, s));
+        }
         TRY(linear(g, g->x, g->att, y->wo, y->bo, T, QD, C, 1.0f, dt)); /* residual: x += att Wo^T (+ bo) */
         TRY(cuda_rmsnorm_forward(g->h, g->rstd, g->x, y->ln2, T, C, d->rms_eps, dt, s));
         TRY(linear(g, g->gate, g->h, y->wg, NULL, T, C, F, 0.0f, dt));

@@ -44,7 +44,7 @@ tidal_status engine_create_on(engine_device d, model *m, uint64_t version, const
                               const engine_cuda_options *co, engine **out)
 {
     if (d == ENGINE_DEVICE_CUDA) return engine_cuda_create(m, version, o, co, out);
-    if (d == ENGINE_DEVICE_CPU_REF) return engine_ref_create(m, version, o, co ? co->block_size : 0, co ? co->n_blocks : 0, out);
+    if (d == ENGINE_DEVICE_CPU_REF) return engine_ref_create(m, version, o, co, out);
     return engine_create(m, version, o, out);
 }
 
@@ -89,10 +89,11 @@ static void cd_free(void *impl)
 }
 
 static tidal_status cd_step(void *impl, const int32_t *tok, const int32_t *seq, const int32_t *pos, int T,
-                            const int32_t *tables, const int32_t *out_rows, int n_out)
+                            const int32_t *cu_prefill, int n_prefill, const int32_t *tables, const int32_t *out_rows,
+                            int n_out)
 {
     cudev *c = impl;
-    return decode_cuda_step(c->dc, tok, seq, pos, T, tables, out_rows, n_out, &c->dlogits);
+    return decode_cuda_step(c->dc, tok, seq, pos, T, cu_prefill, n_prefill, tables, out_rows, n_out, &c->dlogits);
 }
 
 static tidal_status cd_copy(void *impl, const int32_t *src, const int32_t *dst, const int32_t *cnt, int n)
@@ -161,7 +162,7 @@ tidal_status engine_cuda_create(model *m, uint64_t version, const engine_options
     const engine_cuda_options dflt = {0};
     if (!co) co = &dflt;
     paged_geometry g;
-    TRY_WRAP(paged_geometry_of(o, co->block_size, co->n_blocks, &g), "engine (cuda)");
+    TRY_WRAP(paged_geometry_of(o, co, &g), "engine (cuda)");
     tidal_status st = TIDAL_OK;
     cudev *c = calloc(1, sizeof *c);
     if (!c) return tidal_fail(TIDAL_ERR_NOMEM, "engine (cuda): out of memory");
@@ -171,6 +172,7 @@ tidal_status engine_cuda_create(model *m, uint64_t version, const engine_options
     c->slots = o->slots;
     const decode_cuda_options dco = {.max_rows = g.max_rows, .max_logit_rows = o->slots, .n_blocks = g.n_blocks,
                                      .block_size = g.block_size, .max_seqs = g.max_seqs, .max_blocks = g.max_blocks,
+                                     .max_prefill = g.max_prefill,
                                      .dt = co->bf16 ? CUDA_BF16 : CUDA_F32, .cache_dt = co->bf16 ? CUDA_BF16 : CUDA_F32};
     const size_t Sl = (size_t)o->slots;
     TRY_GOTO(decode_cuda_create(&dims, &dco, &c->dc));

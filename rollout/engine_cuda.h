@@ -63,6 +63,9 @@ tidal_status engine_device_resolve(const char *name, engine_device *out, char *w
 typedef struct engine_cuda_options {
     int block_size;   /* KV cache slots per block; 0: 16 */
     int n_blocks;     /* 0: slots x ceil(max_len / block_size) (every slot its max_len) */
+    int max_prefill;  /* prompts of at most this many tokens prefill through the trainer's packed
+                         attention, longer ones through the paged decode attention; 0: min(max_len,
+                         2048) (the packed attention's scratch is O(heads x max_prefill^2)) */
     bool bf16;        /* bf16 weights, activations and cache (fp32 otherwise) */
 } engine_cuda_options;
 
@@ -79,7 +82,7 @@ tidal_status engine_cuda_create(model *m, uint64_t version, const engine_options
 tidal_status engine_cuda_copy_bandwidth(size_t bytes, double *bytes_per_s, char *name, size_t n);
 
 /* An engine on device d: engine_create, engine_cuda_create with co, or
- * engine_ref_create (co's block_size and n_blocks). */
+ * engine_ref_create with co (its bf16 ignored: fp32). */
 tidal_status engine_create_on(engine_device d, model *m, uint64_t version, const engine_options *o,
                               const engine_cuda_options *co, engine **out);
 

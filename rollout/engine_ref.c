@@ -1,7 +1,10 @@
 /* engine_ref.c - the CPU references as a paged device (see engine_ref.h):
  * decode_cuda's step op for op (model/decode_cuda.h) on kernels/cpu/ops and
- * kernels/cpu/engine_ref, the parameters in model.c's flat layout
- * (model/gpu_layout.h), the cache [2][L][n_slots][NKV][HD] in fp32. */
+ * kernels/cpu/engine_ref - the prefill runs through cpu_attention_forward
+ * (the trainer's packed attention), the other rows through the paged
+ * reference in chunks of max_seqs rows as on the GPU - the parameters in
+ * model.c's flat layout (model/gpu_layout.h), the cache [2][L][n_slots][NKV]
+ * [HD] in fp32. */
 #include "rollout/engine_ref.h"
 
 #include "kernels/cpu/engine_ref.h"
@@ -18,7 +21,7 @@ typedef struct refdev {
     size_t n_params, n_slots;
     float *params;
     float *cache;                                       /* K of every layer, then V of every layer */
-    float *x, *h, *rstd, *q, *k, *v, *att, *tmp, *gate, *up, *act; /* [max_rows, ...] */
+    float *x, *h, *rstd, *q, *k, *v, *att, *lse, *tmp, *gate, *up, *act; /* [max_rows, ...] */
     int32_t *len;                                       /* [max_rows] */
     float *hout, *logits;                               /* [slots, C], [slots, V] */
     int n_logits;
@@ -29,7 +32,8 @@ static void rd_free(void *impl)
     refdev *r = impl;
     if (!r) return;
     free(r->params), free(r->cache);
-    free(r->x), free(r->h), free(r->rstd), free(r->q), free(r->k), free(r->v), free(r->att), free(r->tmp);
+    free(r->x), free(r->h), free(r->rstd), free(r->q), free(r->k), free(r->v), free(r->att), free(r->lse);
+    free(r->tmp);
     free(r->gate), free(r->up), free(r->act), free(r->len), free(r->hout), free(r->logits);
     free(r);
 }
@@ -42,8 +46,28 @@ static float *layer_cache(refdev *r, int kv, int l)
 
 static const float *P(const refdev *r, size_t off) { return off == MODEL_GPU_ABSENT ? NULL : r->params + off; }
 
+/* decode_cuda_step's check of the prefill runs: whole prompts from row 0. */
+static tidal_status check_runs(const refdev *r, const int32_t *seq, const int32_t *pos, int T, const int32_t *cu,
+                               int n)
+{
+    if (n < 0 || n > T || (n > 0 && (!cu || cu[0] != 0)))
+        return tidal_fail(TIDAL_ERR_INVALID, "engine (cpu-ref): %d prefill runs in a step of %d rows", n, T);
+    for (int j = 0; j < n; j++) {
+        if (cu[j + 1] <= cu[j] || cu[j + 1] > T || cu[j + 1] - cu[j] > r->g.max_prefill)
+            return tidal_fail(TIDAL_ERR_INVALID, "engine (cpu-ref): prefill run %d is rows %d .. %d (of %d; at most "
+                                                 "%d rows)",
+                              j, cu[j], cu[j + 1] - 1, T, r->g.max_prefill);
+        for (int i = cu[j]; i < cu[j + 1]; i++)
+            if (seq[i] != seq[cu[j]] || pos[i] != i - cu[j])
+                return tidal_fail(TIDAL_ERR_INVALID, "engine (cpu-ref): prefill run %d: row %d is sequence %d "
+                                                     "position %d, want sequence %d position %d",
+                                  j, i, seq[i], pos[i], seq[cu[j]], i - cu[j]);
+    }
+    return TIDAL_OK;
+}
+
 static tidal_status rd_step(void *impl, const int32_t *tok, const int32_t *seq, const int32_t *pos, int T,
-                            const int32_t *tables, const int32_t *out_rows, int n_out)
+                            const int32_t *cu, int n_runs, const int32_t *tables, const int32_t *out_rows, int n_out)
 {
     refdev *r = impl;
     const model_gpu_dims *d = &r->d;
@@ -58,6 +82,8 @@ static tidal_status rd_step(void *impl, const int32_t *tok, const int32_t *seq, 
                               tok[i], seq[i], pos[i]);
         r->len[i] = pos[i] + 1;
     }
+    TRY(check_runs(r, seq, pos, T, cu, n_runs));
+    const int Tp = n_runs > 0 ? cu[n_runs] : 0, chunk = r->g.max_seqs;
     cpu_embedding_forward(r->x, tok, P(r, model_gpu_embed(d)), T, C);
     for (int l = 0; l < d->layers; l++) {
         const model_gpu_layer_offsets lo = model_gpu_layer(d, l);
@@ -69,7 +95,10 @@ static tidal_status rd_step(void *impl, const int32_t *tok, const int32_t *seq, 
         cpu_rope_forward(r->q, pos, T, NH, HD, d->rope_theta);
         cpu_rope_forward(r->k, pos, T, NKV, HD, d->rope_theta);
         cpu_ref_kv_store(kc, vc, tables, mb, bs, r->k, r->v, seq, pos, T, NKV, HD);
-        cpu_ref_decode_attention(r->att, NULL, r->q, kc, vc, tables, mb, bs, seq, r->len, T, NH, NKV, HD);
+        if (Tp > 0) cpu_attention_forward(r->att, r->lse, r->q, r->k, r->v, cu, n_runs, Tp, NH, NKV, HD);
+        for (int r0 = Tp; r0 < T; r0 += chunk)
+            cpu_ref_decode_attention(r->att + (size_t)r0 * QD, NULL, r->q + (size_t)r0 * QD, kc, vc, tables, mb, bs,
+                                     seq + r0, r->len + r0, T - r0 < chunk ? T - r0 : chunk, NH, NKV, HD);
         cpu_matmul_forward(r->tmp, r->att, P(r, lo.wo), P(r, lo.bo), T, QD, C);
         for (size_t i = 0; i < (size_t)T * C; i++) r->x[i] += r->tmp[i];
         cpu_rmsnorm_forward(r->h, r->rstd, r->x, P(r, lo.ln2), T, C, d->rms_eps);
@@ -129,34 +158,43 @@ static tidal_status rd_set_params(void *impl, const float *params, size_t n)
     return TIDAL_OK;
 }
 
-tidal_status engine_ref_create(model *m, uint64_t version, const engine_options *o, int block_size, int n_blocks,
-                               engine **out)
+tidal_status engine_ref_device(const model_config *c, const paged_geometry *g, paged_device *out)
 {
-    *out = NULL;
-    paged_geometry g;
-    TRY_WRAP(paged_geometry_of(o, block_size, n_blocks, &g), "engine (cpu-ref)");
+    memset(out, 0, sizeof *out);
     refdev *r = calloc(1, sizeof *r);
     if (!r) return tidal_fail(TIDAL_ERR_NOMEM, "engine (cpu-ref): out of memory");
-    r->d = model_gpu_dims_of(model_cfg(m));
-    r->g = g;
+    r->d = model_gpu_dims_of(c);
+    r->g = *g;
     r->n_params = model_gpu_params(&r->d);
-    r->n_slots = (size_t)g.n_blocks * g.block_size;
+    r->n_slots = (size_t)g->n_blocks * g->block_size;
     const model_gpu_dims *d = &r->d;
-    const size_t R = (size_t)g.max_rows, C = (size_t)d->hidden, QD = (size_t)d->heads * d->head_dim,
-                 KVD = (size_t)d->kv_heads * d->head_dim, F = (size_t)d->ffn, Sl = (size_t)o->slots;
+    const size_t R = (size_t)g->max_rows, C = (size_t)d->hidden, QD = (size_t)d->heads * d->head_dim,
+                 KVD = (size_t)d->kv_heads * d->head_dim, F = (size_t)d->ffn, Sl = (size_t)g->max_seqs;
     r->params = malloc(r->n_params * sizeof *r->params);
     r->cache = calloc(2 * (size_t)d->layers * r->n_slots * KVD, sizeof *r->cache);
     r->x = malloc(R * C * 4), r->h = malloc(R * C * 4), r->rstd = malloc(R * 4), r->tmp = malloc(R * C * 4);
     r->q = malloc(R * QD * 4), r->att = malloc(R * QD * 4), r->k = malloc(R * KVD * 4), r->v = malloc(R * KVD * 4);
+    r->lse = malloc(R * (size_t)d->heads * 4);
     r->gate = malloc(R * F * 4), r->up = malloc(R * F * 4), r->act = malloc(R * F * 4), r->len = malloc(R * 4);
     r->hout = malloc(Sl * C * 4), r->logits = malloc(Sl * (size_t)d->vocab * 4);
-    if (!r->params || !r->cache || !r->x || !r->h || !r->rstd || !r->tmp || !r->q || !r->att || !r->k || !r->v ||
-        !r->gate || !r->up || !r->act || !r->len || !r->hout || !r->logits) {
+    if (!r->params || !r->cache || !r->x || !r->h || !r->rstd || !r->tmp || !r->q || !r->att || !r->lse || !r->k ||
+        !r->v || !r->gate || !r->up || !r->act || !r->len || !r->hout || !r->logits) {
         rd_free(r);
         return tidal_fail(TIDAL_ERR_NOMEM, "engine (cpu-ref): out of memory for %zu rows", R);
     }
-    const paged_device dev = {.impl = r, .step = rd_step, .copy_blocks = rd_copy, .sample = rd_sample,
-                              .set_params = rd_set_params, .free = rd_free};
+    *out = (paged_device){.impl = r, .step = rd_step, .copy_blocks = rd_copy, .sample = rd_sample,
+                          .set_params = rd_set_params, .free = rd_free};
+    return TIDAL_OK;
+}
+
+tidal_status engine_ref_create(model *m, uint64_t version, const engine_options *o, const engine_cuda_options *co,
+                               engine **out)
+{
+    *out = NULL;
+    paged_geometry g;
+    paged_device dev;
+    TRY_WRAP(paged_geometry_of(o, co, &g), "engine (cpu-ref)");
+    TRY(engine_ref_device(model_cfg(m), &g, &dev));
     TRY_WRAP(engine_paged_create(m, version, o, &g, &dev, out), "engine (cpu-ref)");
     return TIDAL_OK;
 }

@@ -29,7 +29,12 @@
  *                     forked sample equal to its parent, and in fp32 four
  *                     sequences token for token equal to greedy decoding on the
  *                     CPU and one sequence alone (its logits through the row
- *                     gather) equal to itself in the batch.
+ *                     gather) equal to itself in the batch. The prompts are
+ *                     prefill runs (the packed attention). Then one mixed
+ *                     step on a decoder of 8 sequences: two prefill runs, two
+ *                     decodes, a 30-token prompt over max_prefill 24 on the
+ *                     paged path (4 chunks of 8 rows): every row's logits
+ *                     against the CPU forward; a malformed run refused.
  */
 #ifndef TIDAL_TESTS_GPU_ENGINE_CASES_H
 #define TIDAL_TESTS_GPU_ENGINE_CASES_H
@@ -314,8 +319,8 @@ static bool gpu_greedy(decode_cuda *g, const model_gpu_dims *d, const int32_t *c
     const int V = d->vocab, BS = 16, MB = 4, ROWS = 64; /* decode_case's options: the table the step uploads */
     kvpages *p = NULL;
     if (nseq > ROWS || kvpages_create(256, BS, ROWS, MB, &p) != TIDAL_OK) fatal("kvpages_create");
-    int32_t tok[1024], seq[1024], pos[1024], len[64];
-    int T = 0;
+    int32_t tok[1024], seq[1024], pos[1024], len[64], cu[65] = {0};
+    int T = 0, runs = 0;
     bool ok = false;
     const float *dlog = NULL;
     float *row = xmalloc((size_t)V * 4);
@@ -323,6 +328,7 @@ static bool gpu_greedy(decode_cuda *g, const model_gpu_dims *d, const int32_t *c
         if (fork_of[i] >= 0) continue;
         if (kvpages_reserve(p, i, plen[i]) != TIDAL_OK) fatal("kvpages_reserve");
         for (int j = 0; j < plen[i]; j++) tok[T] = prompts[i][j], seq[T] = i, pos[T] = j, T++;
+        cu[++runs] = T; /* each prompt a prefill run: the packed attention */
         len[i] = plen[i];
     }
     /* the prompts' last rows: every row's logits when the caller wants them, else only those (the gather) */
@@ -330,7 +336,8 @@ static bool gpu_greedy(decode_cuda *g, const model_gpu_dims *d, const int32_t *c
     int nlast = 0;
     for (int i = 0, r = 0; i < nseq; i++)
         if (fork_of[i] < 0) r += plen[i], lastrow[nlast++] = r - 1;
-    if (!ran(decode_cuda_step(g, tok, seq, pos, T, kvpages_table(p), prefill_logits ? NULL : lastrow, nlast, &dlog),
+    if (!ran(decode_cuda_step(g, tok, seq, pos, T, cu, runs, kvpages_table(p), prefill_logits ? NULL : lastrow, nlast,
+                              &dlog),
              "decode step", dt, shape))
         goto done;
     if (prefill_logits) {
@@ -368,8 +375,8 @@ static bool gpu_greedy(decode_cuda *g, const model_gpu_dims *d, const int32_t *c
             len[i]++;
         }
         if (s + 1 == steps) break;
-        if (!ran(decode_cuda_step(g, tok, seq, pos, nseq, kvpages_table(p), NULL, nseq, &dlog), "decode step", dt,
-                 shape))
+        if (!ran(decode_cuda_step(g, tok, seq, pos, nseq, NULL, 0, kvpages_table(p), NULL, nseq, &dlog), "decode step",
+                 dt, shape))
             goto done;
         for (int i = 0; i < nseq; i++) {
             if (cuda_check(cudaMemcpyAsync(row, dlog + (size_t)i * V, (size_t)V * 4, cudaMemcpyDeviceToHost,
@@ -384,6 +391,91 @@ done:
     free(row);
     kvpages_free(p);
     return ok;
+}
+
+/* One mixed step (the engine's: prefill runs first, then decodes, then a
+ * prompt over max_prefill on the paged path) on a decoder of 8 sequences,
+ * so its 32 paged rows attend in 4 chunks of max_seqs: every row's logits
+ * against model.c's forward of that sequence so far; and a run that is not
+ * a whole prompt from position 0 refused. */
+static void decode_mixed_case(const model_gpu_dims *d, const float *P, cuda_dtype dt, const char *shape, double tol)
+{
+    enum { BS = 16, MB = 4, NB = 32, NS = 8, T2 = 11 + 6 + 2 + 30 };
+    const int V = d->vocab;
+    const decode_cuda_options o = {.max_rows = 128, .max_logit_rows = 128, .n_blocks = NB, .block_size = BS,
+                                   .max_seqs = NS, .max_blocks = MB, .max_prefill = 24, .dt = dt, .cache_dt = dt};
+    int32_t p0[6], p1[18], pa[11], pb[6], pc[30];
+    for (int i = 0; i < 5; i++) p0[i] = (i * 37 + 11) % V;
+    for (int i = 0; i < 17; i++) p1[i] = (i * 53 + 5) % V;
+    for (int i = 0; i < 11; i++) pa[i] = (i * 71 + 2) % V;
+    for (int i = 0; i < 6; i++) pb[i] = (i * 89 + 31) % V;
+    for (int i = 0; i < 30; i++) pc[i] = (i * 97 + 13) % V;
+    decode_cuda *g = NULL;
+    kvpages *p = NULL;
+    float *got = xmalloc((size_t)T2 * V * 4), *ref = xmalloc((size_t)T2 * V * 4), *tmp = xmalloc((size_t)30 * V * 4);
+    int32_t tok[T2], seq[T2], pos[T2], first[2] = {4, 21};
+    const float *dlog = NULL;
+    if (kvpages_create(NB, BS, NS, MB, &p) != TIDAL_OK) fatal("kvpages_create");
+    if (!ran(decode_cuda_create(d, &o, &g), "decode mixed step", dt, shape)) goto done;
+    if (!ran(decode_cuda_set_params(g, P), "decode mixed step", dt, shape)) goto done;
+    /* step 1: p0 and p1 prefilled (two runs); their greedy tokens */
+    {
+        int T = 0;
+        const int32_t cu[3] = {0, 5, 22};
+        if (kvpages_reserve(p, 0, 5) != TIDAL_OK || kvpages_reserve(p, 1, 17) != TIDAL_OK) fatal("kvpages_reserve");
+        for (int j = 0; j < 5; j++) tok[T] = p0[j], seq[T] = 0, pos[T] = j, T++;
+        for (int j = 0; j < 17; j++) tok[T] = p1[j], seq[T] = 1, pos[T] = j, T++;
+        if (!ran(decode_cuda_step(g, tok, seq, pos, T, cu, 2, kvpages_table(p), first, 2, &dlog), "decode mixed step",
+                 dt, shape))
+            goto done;
+        if (cuda_check(cudaMemcpyAsync(got, dlog, (size_t)2 * V * 4, cudaMemcpyDeviceToHost, decode_cuda_stream(g)),
+                       "download") != TIDAL_OK ||
+            cuda_check(cudaStreamSynchronize(decode_cuda_stream(g)), "decode mixed step") != TIDAL_OK)
+            fatal("decode mixed step");
+        p0[5] = argmax_low(got, V);
+        p1[17] = argmax_low(got + V, V);
+    }
+    /* step 2: runs pa (seq 2), pb (seq 3); decodes of seqs 0 and 1; pc (seq 4, 30 > max_prefill) paged */
+    {
+        int T = 0;
+        const int32_t cu[3] = {0, 11, 17};
+        if (kvpages_reserve(p, 2, 11) != TIDAL_OK || kvpages_reserve(p, 3, 6) != TIDAL_OK ||
+            kvpages_reserve(p, 0, 6) != TIDAL_OK || kvpages_reserve(p, 1, 18) != TIDAL_OK ||
+            kvpages_reserve(p, 4, 30) != TIDAL_OK)
+            fatal("kvpages_reserve");
+        for (int j = 0; j < 11; j++) tok[T] = pa[j], seq[T] = 2, pos[T] = j, T++;
+        for (int j = 0; j < 6; j++) tok[T] = pb[j], seq[T] = 3, pos[T] = j, T++;
+        tok[T] = p0[5], seq[T] = 0, pos[T] = 5, T++;
+        tok[T] = p1[17], seq[T] = 1, pos[T] = 17, T++;
+        for (int j = 0; j < 30; j++) tok[T] = pc[j], seq[T] = 4, pos[T] = j, T++;
+        /* a run that is not a whole prompt from 0 (the decode rows) is refused, nothing run */
+        const int32_t bad[3] = {0, 11, 19};
+        const bool refused = decode_cuda_step(g, tok, seq, pos, T, bad, 2, kvpages_table(p), NULL, T, &dlog) != TIDAL_OK;
+        tidal_clear();
+        record("decode mixed: bad run refused", dt, shape, refused ? 0.0 : INFINITY, 0.0);
+        if (!ran(decode_cuda_step(g, tok, seq, pos, T, cu, 2, kvpages_table(p), NULL, T, &dlog), "decode mixed step",
+                 dt, shape))
+            goto done;
+        if (cuda_check(cudaMemcpyAsync(got, dlog, (size_t)T * V * 4, cudaMemcpyDeviceToHost, decode_cuda_stream(g)),
+                       "download") != TIDAL_OK ||
+            cuda_check(cudaStreamSynchronize(decode_cuda_stream(g)), "decode mixed step") != TIDAL_OK)
+            fatal("decode mixed step");
+    }
+    /* the oracle, row for row */
+    cpu_decoder_logits(d, P, pa, 11, ref);
+    cpu_decoder_logits(d, P, pb, 6, ref + (size_t)11 * V);
+    cpu_decoder_logits(d, P, p0, 6, tmp);
+    memcpy(ref + (size_t)17 * V, tmp + (size_t)5 * V, (size_t)V * 4);
+    cpu_decoder_logits(d, P, p1, 18, tmp);
+    memcpy(ref + (size_t)18 * V, tmp + (size_t)17 * V, (size_t)V * 4);
+    cpu_decoder_logits(d, P, pc, 30, ref + (size_t)19 * V);
+    record("decode mixed step logits", dt, shape, rel_err(got, ref, (size_t)T2 * V), tol);
+    record("decode mixed: decode rows", dt, shape, rel_err(got + (size_t)17 * V, ref + (size_t)17 * V, (size_t)2 * V),
+           tol);
+done:
+    decode_cuda_free(g);
+    kvpages_free(p);
+    free(got), free(ref), free(tmp);
 }
 
 static void decode_case(cuda_dtype dt)
@@ -417,8 +509,8 @@ static void decode_case(cuda_dtype dt)
         for (int j = 0; j < plen[i]; j++) others[i][j] = (i * 101 + j * 7) % V;
         prefill_rows += plen[i];
     }
-    decode_cuda_options o = {.max_rows = 1024, .max_logit_rows = 1024, .n_blocks = 256, .block_size = 16, .max_seqs = NSEQ, .max_blocks = 4,
-                             .dt = dt, .cache_dt = dt};
+    decode_cuda_options o = {.max_rows = 1024, .max_logit_rows = 1024, .n_blocks = 256, .block_size = 16,
+                             .max_seqs = NSEQ, .max_blocks = 4, .max_prefill = 64, .dt = dt, .cache_dt = dt};
     decode_cuda *g = NULL;
     int32_t gen[NSEQ * 8], alone[8];
     float *pre = xmalloc((size_t)prefill_rows * V * 4), *ref = xmalloc((size_t)(17 + steps) * V * 4);
@@ -458,6 +550,7 @@ static void decode_case(cuda_dtype dt)
         if (gpu_greedy(g, &d, one, plen, alone_fork, 1, steps, alone, NULL, dt, shape))
             record("decode alone = batch (tokens)", dt, shape, memcmp(alone, gen, steps * 4) ? INFINITY : 0.0, 0.0);
     }
+    decode_mixed_case(&d, P, dt, shape, tol);
 cleanup:
     decode_cuda_free(g);
     free(P), free(pre), free(ref);

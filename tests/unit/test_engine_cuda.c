@@ -10,7 +10,12 @@
  * sampler) passes the checks below that the GPU gets: greedy self-check,
  * alone vs a batch of 64, logprobs vs the trainer (fp32), and the request
  * contract against the CPU engine (12 requests on 3 slots: stop ids, stop
- * strings, length, abort, a weight swap).
+ * strings, length, abort, a weight swap). The host's rows (cpu-ref under a
+ * device that checks them): a step of decodes, prompts of two lengths, a
+ * forked duplicate and a prompt over max_prefill lays out the prompts as
+ * prefill runs first (positions 0 .. n-1), then the decodes, then the long
+ * prompt (the paged path), with each segment's logits row where it went;
+ * its results equal the CPU engine's.
  *
  * Where a GPU answers (tests/gpu/check.sh runs this binary there): the
  * self-check on the GPU agrees with the CPU engine; a sampled sequence alone
@@ -20,7 +25,9 @@
  * temperature on the CPU) within 1e-4 in fp32 and bf16's tolerance in bf16.
  */
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +35,7 @@
 #include "model/model.h"
 #include "rollout/engine.h"
 #include "rollout/engine_cuda.h"
+#include "rollout/engine_paged.h"
 #include "rollout/engine_ref.h"
 #include "rollout/engine_selfcheck.h"
 
@@ -304,6 +312,165 @@ static void contract_equals_cpu_engine(engine_device dev)
     model_free(m2);
 }
 
+/* ---- the prefill runs: the rows the host lays out ---- */
+
+/* A paged device that checks each step's rows against engine_paged.h's
+ * contract for prefill runs, keeps the last mixed step's layout, and
+ * computes on the CPU references (engine_ref_device). */
+typedef struct watch {
+    paged_device ref;
+    int max_prefill;
+    int bad, runs, paged_prompts, mixed_steps;
+    char why[200];
+    int T, n_runs, n_out; /* the last step with runs and rows after them */
+    int32_t cu[8], seq[256], pos[256], out_rows[8];
+} watch;
+
+static void watch_bad(watch *w, const char *what, int a, int b)
+{
+    if (!w->bad++) snprintf(w->why, sizeof w->why, "%s (%d, %d)", what, a, b);
+}
+
+/* Whether row r is the last of its segment: the next row is not its sequence's next position. */
+static bool last_of_segment(const int32_t *seq, const int32_t *pos, int T, int r)
+{
+    return r + 1 == T || seq[r + 1] != seq[r] || pos[r + 1] != pos[r] + 1;
+}
+
+static tidal_status watch_step(void *impl, const int32_t *tok, const int32_t *seq, const int32_t *pos, int T,
+                               const int32_t *cu, int n, const int32_t *tables, const int32_t *out_rows, int n_out)
+{
+    watch *w = impl;
+    const int Tp = n > 0 ? cu[n] : 0;
+    for (int j = 0; j < n; j++) {
+        if (cu[j + 1] <= cu[j] || cu[j + 1] - cu[j] > w->max_prefill)
+            watch_bad(w, "a prefill run's rows", cu[j], cu[j + 1]);
+        for (int i = cu[j]; i < cu[j + 1]; i++)
+            if (seq[i] != seq[cu[j]] || pos[i] != i - cu[j]) watch_bad(w, "a run not one prompt from 0: row", i, pos[i]);
+    }
+    if (n > 0 && cu[0] != 0) watch_bad(w, "runs from row", cu[0], 0);
+    for (int i = Tp; i < T; i++) { /* after the runs, a prompt (from position 0) is one over max_prefill */
+        if (pos[i] != 0) continue;
+        int e = i;
+        while (!last_of_segment(seq, pos, T, e)) e++;
+        if (e - i + 1 <= w->max_prefill) watch_bad(w, "a prompt on the paged path: rows", i, e - i + 1);
+        w->paged_prompts++;
+    }
+    for (int k = 0; k < n_out; k++)
+        if (out_rows[k] < 0 || out_rows[k] >= T || !last_of_segment(seq, pos, T, out_rows[k]))
+            watch_bad(w, "a logits row not a segment's last: segment", k, out_rows[k]);
+    w->runs += n;
+    if (n > 0 && Tp < T) {
+        w->mixed_steps++;
+        if (n < 8 && n_out <= 8 && T <= 256) {
+            w->T = T, w->n_runs = n, w->n_out = n_out;
+            memcpy(w->cu, cu, (size_t)(n + 1) * 4);
+            memcpy(w->seq, seq, (size_t)T * 4), memcpy(w->pos, pos, (size_t)T * 4);
+            memcpy(w->out_rows, out_rows, (size_t)n_out * 4);
+        }
+    }
+    return w->ref.step(w->ref.impl, tok, seq, pos, T, cu, n, tables, out_rows, n_out);
+}
+
+static tidal_status watch_copy(void *impl, const int32_t *src, const int32_t *dst, const int32_t *cnt, int n)
+{
+    const watch *w = impl;
+    return w->ref.copy_blocks(w->ref.impl, src, dst, cnt, n);
+}
+
+static tidal_status watch_sample(void *impl, const cuda_sample_params *p, int n, int32_t *tok, float *lp, uint8_t *tr,
+                                 float *logits)
+{
+    const watch *w = impl;
+    return w->ref.sample(w->ref.impl, p, n, tok, lp, tr, logits);
+}
+
+static tidal_status watch_set_params(void *impl, const float *params, size_t n)
+{
+    const watch *w = impl;
+    return w->ref.set_params(w->ref.impl, params, n);
+}
+
+static void watch_free(void *impl)
+{
+    watch *w = impl;
+    w->ref.free(w->ref.impl); /* the watch itself is the test's */
+}
+
+/* Two prompts (5, 27 tokens) decoding, then four admitted in one step: 16
+ * and 38 tokens (runs under max_prefill 40), the 16 again (forked) and 60
+ * (over it: the paged path); 12 greedy tokens each. */
+static void run_mixed(engine *e, engine_result **res)
+{
+    const int groups[6] = {0, 2, 1, 3, 1, 5}; /* prompt_of: 5, 27, 16, 38, 16, 60 tokens */
+    for (int i = 0; i < 6; i++) {
+        if (i == 2)
+            for (int k = 0; k < 2; k++) CHECK_OK(engine_step(e));
+        int32_t p[128];
+        int len = 0;
+        prompt_of(groups[i], p, &len);
+        const engine_request rq = {.prompt = p, .prompt_len = len, .max_new_tokens = 12, .user = (void *)(intptr_t)i};
+        uint64_t id = 0;
+        CHECK_OK(engine_submit(e, &rq, &id));
+    }
+    for (int k = 0; engine_busy(e) && k < 1000; k++) CHECK_OK(engine_step(e));
+    for (engine_result *r; (r = engine_next_result(e));) {
+        const int i = (int)(intptr_t)r->user;
+        if (!res[i]) res[i] = r;
+        else engine_result_free(r);
+    }
+}
+
+static void test_ref_prefill_runs(void)
+{
+    model *m = tiny_model(7);
+    CHECK(m);
+    if (!m) return;
+    const engine_options o = {.slots = 6, .max_len = 128, .max_step_tokens = 512};
+    const engine_cuda_options co = {.max_prefill = 40};
+    engine_result *want[6] = {0}, *got[6] = {0};
+    engine *e = NULL;
+    CHECK_OK(engine_create(m, 1, &o, &e));
+    if (e) run_mixed(e, want);
+    engine_free(e);
+    e = NULL;
+    paged_geometry g;
+    watch w = {.max_prefill = 40};
+    CHECK_OK(paged_geometry_of(&o, &co, &g));
+    CHECK(g.max_prefill == 40);
+    CHECK_OK(engine_ref_device(model_cfg(m), &g, &w.ref));
+    const paged_device dev = {.impl = &w, .step = watch_step, .copy_blocks = watch_copy, .sample = watch_sample,
+                              .set_params = watch_set_params, .free = watch_free};
+    CHECK_OK(engine_paged_create(m, 1, &o, &g, &dev, &e));
+    if (e) run_mixed(e, got);
+    engine_free(e);
+    CHECK_MSG(w.bad == 0, "%d bad steps, the first: %s", w.bad, w.why);
+    /* runs: the first step's two prompts, then the 16 and the 38 (the fork and the 60 not) */
+    CHECK_MSG(w.runs == 4 && w.paged_prompts == 1 && w.mixed_steps == 1, "%d runs, %d paged prompts, %d mixed steps",
+              w.runs, w.paged_prompts, w.mixed_steps);
+    /* the mixed step: segments (slot order) r0, r1 decoding, then r2 .. r5 admitted into slots 2 .. 5 */
+    CHECK(w.T == 16 + 38 + 2 + 60 && w.n_runs == 2 && w.cu[0] == 0 && w.cu[1] == 16 && w.cu[2] == 54);
+    CHECK(w.seq[0] == 2 && w.seq[16] == 3 && w.seq[54] == 0 && w.seq[55] == 1 && w.seq[56] == 5 && w.pos[56] == 0);
+    const int32_t want_out[6] = {54, 55, 15, 53, 15, 115};
+    CHECK_MSG(w.n_out == 6 && !memcmp(w.out_rows, want_out, sizeof want_out),
+              "logits rows %d %d %d %d %d %d, want 54 55 15 53 15 115", w.out_rows[0], w.out_rows[1], w.out_rows[2],
+              w.out_rows[3], w.out_rows[4], w.out_rows[5]);
+    for (int i = 0; i < 6; i++) {
+        CHECK(want[i] && got[i]);
+        if (!want[i] || !got[i]) continue;
+        CHECK_MSG(got[i]->n == want[i]->n, "request %d: %d tokens, the CPU engine %d", i, got[i]->n, want[i]->n);
+        for (int t = 0; t < got[i]->n && t < want[i]->n; t++) {
+            CHECK_MSG(got[i]->ids[t] == want[i]->ids[t], "request %d token %d: %d, the CPU engine %d", i, t,
+                      got[i]->ids[t], want[i]->ids[t]);
+            CHECK_MSG(fabsf(got[i]->logprobs[t] - want[i]->logprobs[t]) <= 1e-4f, "request %d token %d: logprob %g, "
+                      "the CPU engine %g", i, t, got[i]->logprobs[t], want[i]->logprobs[t]);
+        }
+        engine_result_free(want[i]);
+        engine_result_free(got[i]);
+    }
+    model_free(m);
+}
+
 /* The GPU engine's logic on the CPU references of its kernels: the same
  * checks, on every machine. Also: its greedy self-check passes, and the
  * Philox sampler makes the same tokens whatever the slot count. */
@@ -321,6 +488,7 @@ int main(void)
     RUN(test_ref_alone_equals_batch_of_64);
     RUN(test_ref_logprobs_vs_trainer);
     RUN(test_ref_contract_equals_cpu_engine);
+    RUN(test_ref_prefill_runs);
     if (engine_cuda_available() == TIDAL_OK) {
         RUN(test_selfcheck_on_the_gpu);
         RUN(test_alone_equals_batch_of_64);

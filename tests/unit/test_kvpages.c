@@ -661,7 +661,8 @@ typedef struct paged_model {
     int max_blocks, block_size;
 } paged_model;
 
-/* decode_cuda_step's op order with the CPU ops: logits [T, V]. */
+/* decode_cuda_step's op order with the CPU ops, every row on the paged path (no
+ * prefill runs): logits [T, V]. */
 static void paged_step(const paged_model *m, const int32_t *tables, const int32_t *tok, const int32_t *seq,
                        const int32_t *pos, int T, float *logits)
 {
