@@ -16,6 +16,12 @@
  * BLOB_GETS_IN_FLIGHT direct gets at once (one thread each), every chunk
  * copied to its place in the caller's buffer and hashed there in one pass; a
  * chunk that fails its hash is fetched again (BLOB_FETCH_TRIES in all).
+ * Live blobs: a live writer broadcasts each chunk first as a core message on
+ *   P_live.N.c.<i>  (outside the stream: not stored, no acks, the same headers)
+ * to the taps listening, and keeps the bytes; bus_blob_put_live stores them
+ * afterwards under the manifest the broadcast made. So readers that are up
+ * get a blob at core NATS speed, and the stream's file store is off their
+ * path; the stored copy serves the rest.
  */
 #include <ctype.h>
 #include <stdatomic.h>
@@ -34,6 +40,7 @@
 #define BLOB_MIN_WAIT_MS 30000
 #define BLOB_GETS_IN_FLIGHT 4        /* direct gets in flight per fetch (one thread each) */
 #define BLOB_FETCH_TRIES 3           /* a chunk failing its digest is fetched this often at most */
+#define BLOB_LIVE_WINDOW 4           /* live chunks between flushes: <= 16 MiB ahead of the server */
 
 struct bus_blob_store {
     tidal_bus *b;
@@ -265,6 +272,9 @@ struct bus_blob_writer {
     uint32_t count;            /* chunks published */
     uint8_t (*digests)[32];    /* their digests */
     uint32_t cap_digests;
+    const uint8_t *given;      /* put_live: the manifest's chunk digests (count x 32), not computed again */
+    uint8_t *keep;             /* live: every byte written is kept here (keep_cap), chunks sent from it */
+    size_t keep_cap;
     tidal_status failed;       /* the first failure (the writer then takes no more) */
     char failed_msg[512];
     double t_open, hash_ms, send_ms; /* where the time goes (the debug log at close) */
@@ -311,7 +321,35 @@ static void writer_fail(bus_blob_writer *w, tidal_status st)
     snprintf(w->failed_msg, sizeof w->failed_msg, "%s", tidal_errmsg());
 }
 
-/* Hash and publish chunk bytes data[n] (asynchronously; its ack comes later). */
+/* Live writer: chunk w->count (data[n], its digest computed) as a core
+ * message on PREFIX_live.<name>.c.<i>, with the headers of a stored chunk; a
+ * flush every BLOB_LIVE_WINDOW chunks keeps the publisher within a few chunks
+ * of the server (core NATS has no acks: a tap that falls behind loses chunks,
+ * and fetches them from the stored copy). */
+static tidal_status publish_live_chunk(bus_blob_writer *w, const uint8_t *data, uint32_t n)
+{
+    bus_blob_store *st = w->bs;
+    char subj[320], idxs[16], hex[65], cbs[16];
+    snprintf(subj, sizeof subj, "%s_live.%s.c.%u", st->prefix, w->name, w->count);
+    snprintf(idxs, sizeof idxs, "%u", w->count);
+    snprintf(cbs, sizeof cbs, "%u", w->cb);
+    digest_hex(w->digests[w->count], DIGEST_BYTES, hex);
+    natsMsg *m = NULL;
+    natsStatus ns = natsMsg_Create(&m, subj, NULL, (const char *)data, (int)n);
+    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Blob", w->name);
+    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Chunk", idxs);
+    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Digest", hex);
+    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Chunk-Bytes", cbs);
+    if (ns == NATS_OK) ns = natsConnection_PublishMsg(st->b->nc, m);
+    natsMsg_Destroy(m);
+    if (ns == NATS_OK && (w->count + 1) % BLOB_LIVE_WINDOW == 0)
+        ns = natsConnection_FlushTimeout(st->b->nc, st->b->js_timeout_ms);
+    if (ns != NATS_OK) return bus_nats_fail(ns, 0, "bus: blob %s: broadcast %s", w->name, subj);
+    return TIDAL_OK;
+}
+
+/* Hash (or take from w->given) and publish chunk bytes data[n]: stored
+ * (asynchronously; its ack comes later), or broadcast by a live writer. */
 static void send_chunk(bus_blob_writer *w, const uint8_t *data, uint32_t n)
 {
     if (w->failed != TIDAL_OK) return;
@@ -326,9 +364,13 @@ static void send_chunk(bus_blob_writer *w, const uint8_t *data, uint32_t n)
         w->cap_digests = cap;
     }
     const double t0 = mono_ms();
-    digest_compute(data, n, w->digests[w->count]);
+    if (w->given)
+        memcpy(w->digests[w->count], w->given + (size_t)w->count * 32, 32);
+    else
+        digest_compute(data, n, w->digests[w->count]);
     const double t1 = mono_ms();
-    tidal_status st = publish_chunk(w->bs, w->name, w->count, data, n, w->digests[w->count]);
+    tidal_status st = w->keep ? publish_live_chunk(w, data, n) : publish_chunk(w->bs, w->name, w->count, data, n,
+                                                                               w->digests[w->count]);
     w->hash_ms += t1 - t0;
     w->send_ms += mono_ms() - t1; /* with 16 chunks un-acked this includes waiting for acks */
     if (st != TIDAL_OK) {
@@ -342,6 +384,11 @@ static void send_chunk(bus_blob_writer *w, const uint8_t *data, uint32_t n)
 /* The filled chunk buffer, sent. */
 static void flush_chunk(bus_blob_writer *w)
 {
+    if (w->keep) { /* live: the bytes after the last full chunk */
+        const uint64_t sent = (uint64_t)w->count * w->cb;
+        if (w->len > sent) send_chunk(w, w->keep + sent, (uint32_t)(w->len - sent));
+        return;
+    }
     if (w->fill == 0) return;
     send_chunk(w, w->chunk, w->fill);
     w->fill = 0;
@@ -374,6 +421,18 @@ tidal_status bus_blob_writer_open(bus_blob_store *bs, const char *name, bus_blob
 tidal_status bus_blob_writer_write(bus_blob_writer *w, const void *data, size_t len)
 {
     const uint8_t *p = data;
+    if (w->keep && w->failed == TIDAL_OK) { /* live: kept whole, each full chunk sent from the kept bytes */
+        if (len > w->keep_cap - w->len)
+            writer_fail(w, tidal_fail(TIDAL_ERR_INVALID, "bus: blob %s: more than the %zu bytes of its image",
+                                      w->name, w->keep_cap));
+        else if (len) {
+            memcpy(w->keep + w->len, p, len);
+            w->len += len;
+            while (w->failed == TIDAL_OK && w->len - (uint64_t)w->count * w->cb >= w->cb)
+                send_chunk(w, w->keep + (size_t)w->count * w->cb, w->cb);
+        }
+        len = 0;
+    }
     while (len > 0 && w->failed == TIDAL_OK) {
         if (w->fill == 0 && len >= w->cb) { /* a whole chunk in the caller's bytes: sent from there, no copy */
             send_chunk(w, p, w->cb);
@@ -405,12 +464,44 @@ void bus_blob_writer_abort(bus_blob_writer *w)
 {
     if (!w) return;
     /* chunks sent are waited for: their acks would stay pending on the context */
-    if (w->count) (void)wait_chunks(w->bs, w->name, BLOB_MIN_WAIT_MS);
+    if (w->count && !w->keep) (void)wait_chunks(w->bs, w->name, BLOB_MIN_WAIT_MS);
     tidal_clear();
     writer_free(w);
 }
 
-tidal_status bus_blob_writer_close(bus_blob_writer *w, bus_blob_info *info)
+/* The manifest of what writer w sent (every chunk's digest, the blob's
+ * digest over them), encoded into *buf (malloc'd, the caller's). */
+static tidal_status writer_manifest(bus_blob_writer *w, void **buf, size_t *blen, bus_blob_info *info)
+{
+    ProtobufCBinaryData *chunk_digests = calloc(w->count ? w->count : 1, sizeof *chunk_digests);
+    if (!chunk_digests) return tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", w->name);
+    for (uint32_t i = 0; i < w->count; i++) {
+        chunk_digests[i].data = w->digests[i];
+        chunk_digests[i].len = 32;
+    }
+    uint8_t total[32];
+    list_digest((const uint8_t(*)[32])w->digests, w->count, total);
+    Tidal__V1__BlobManifest m = TIDAL__V1__BLOB_MANIFEST__INIT;
+    m.schema_version = CODEC_SCHEMA_VERSION;
+    m.name = w->name;
+    m.subject_prefix = w->bs->prefix;
+    m.bytes = w->len;
+    m.chunk_bytes = w->cb;
+    m.chunk_count = w->count;
+    m.digest.data = total;
+    m.digest.len = 32;
+    m.n_chunk_digest = w->count;
+    m.chunk_digest = chunk_digests;
+    m.created_unix_ms = unix_ms();
+    tidal_status st = codec_encode(&m.base, buf, blen);
+    if (st == TIDAL_OK && info) info_from_manifest(info, &m);
+    free(chunk_digests);
+    return st;
+}
+
+/* Close a storing writer: the last chunk, every ack, then the manifest - its
+ * own, or `given` (put_live: the bytes the broadcast announced) - and pruning. */
+static tidal_status writer_finish(bus_blob_writer *w, bus_blob_info *info, const void *given, size_t given_len)
 {
     bus_blob_store *bs = w->bs;
     const char *name = w->name;
@@ -425,41 +516,106 @@ tidal_status bus_blob_writer_close(bus_blob_writer *w, bus_blob_info *info)
               (unsigned long long)w->len, mono_ms() - w->t_open, w->hash_ms, w->send_ms, mono_ms() - t_wait,
               t_wait - w->t_open - w->hash_ms - w->send_ms);
     if (w->failed != TIDAL_OK) st = tidal_fail(w->failed, "%s", w->failed_msg);
-    void *buf = NULL;
-    ProtobufCBinaryData *chunk_digests = calloc(w->count ? w->count : 1, sizeof *chunk_digests);
-    if (st == TIDAL_OK && !chunk_digests) st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
-    if (st != TIDAL_OK) goto cleanup;
-    for (uint32_t i = 0; i < w->count; i++) {
-        chunk_digests[i].data = w->digests[i];
-        chunk_digests[i].len = 32;
+    void *own = NULL;
+    size_t blen = given_len;
+    if (st == TIDAL_OK && !given) st = writer_manifest(w, &own, &blen, info);
+    if (st == TIDAL_OK) {
+        char subj[320];
+        snprintf(subj, sizeof subj, "%s.%s.m", bs->prefix, name);
+        st = tidal_wrap(bus_js_publish(bs->b, subj, given ? given : own, (int)blen, NULL, 0, NULL, NULL),
+                        "bus: blob %s: manifest", name);
     }
-    uint8_t total[32];
-    list_digest((const uint8_t(*)[32])w->digests, w->count, total);
-
-    Tidal__V1__BlobManifest m = TIDAL__V1__BLOB_MANIFEST__INIT;
-    m.schema_version = CODEC_SCHEMA_VERSION;
-    m.name = (char *)name;
-    m.subject_prefix = bs->prefix;
-    m.bytes = w->len;
-    m.chunk_bytes = w->cb;
-    m.chunk_count = w->count;
-    m.digest.data = total;
-    m.digest.len = 32;
-    m.n_chunk_digest = w->count;
-    m.chunk_digest = chunk_digests;
-    m.created_unix_ms = unix_ms();
-    size_t blen = 0;
-    TRY_GOTO(codec_encode(&m.base, &buf, &blen));
-    char subj[320];
-    snprintf(subj, sizeof subj, "%s.%s.m", bs->prefix, name);
-    TRY_GOTO(tidal_wrap(bus_js_publish(bs->b, subj, buf, (int)blen, NULL, 0, NULL, NULL),
-                        "bus: blob %s: manifest", name));
-    if (info) info_from_manifest(info, &m);
-    st = prune(bs);
-cleanup:
-    free(buf);
-    free(chunk_digests);
+    if (st == TIDAL_OK) st = prune(bs);
+    free(own);
     writer_free(w);
+    return st;
+}
+
+tidal_status bus_blob_writer_close(bus_blob_writer *w, bus_blob_info *info)
+{
+    return writer_finish(w, info, NULL, 0);
+}
+
+tidal_status bus_blob_writer_open_live(bus_blob_store *bs, const char *name, void *image, size_t cap,
+                                       bus_blob_writer **out)
+{
+    *out = NULL;
+    if (!blob_name_ok(name))
+        return tidal_fail(TIDAL_ERR_INVALID, "bus: blob broadcast: bad name '%s' (letters, digits, '-', '_'; at most "
+                                             "100)", name ? name : "(null)");
+    if (!image || cap == 0) return tidal_fail(TIDAL_ERR_INVALID, "bus: blob %s: a live writer needs an image buffer", name);
+    bus_blob_writer *w = calloc(1, sizeof *w);
+    if (!w) return tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
+    w->bs = bs;
+    w->cb = chunk_size(bs);
+    w->keep = image;
+    w->keep_cap = cap;
+    snprintf(w->name, sizeof w->name, "%s", name);
+    w->t_open = mono_ms();
+    *out = w;
+    return TIDAL_OK;
+}
+
+tidal_status bus_blob_writer_close_live(bus_blob_writer *w, void **manifest, size_t *manifest_len, bus_blob_info *info)
+{
+    *manifest = NULL;
+    *manifest_len = 0;
+    flush_chunk(w);
+    tidal_status st = w->failed;
+    if (st != TIDAL_OK) st = tidal_fail(st, "%s", w->failed_msg);
+    if (st == TIDAL_OK) st = writer_manifest(w, manifest, manifest_len, info);
+    tidal_log(TIDAL_LOG_DEBUG, "bus: blob %s: broadcast %u chunks, %llu bytes in %.0f ms: hashing %.0f ms, "
+              "publishing %.0f ms", w->name, w->count, (unsigned long long)w->len, mono_ms() - w->t_open, w->hash_ms,
+              w->send_ms);
+    writer_free(w);
+    return st;
+}
+
+tidal_status bus_blob_put_live(bus_blob_store *bs, const char *name, const void *data, uint64_t len,
+                               const void *manifest, size_t manifest_len, bus_blob_info *info)
+{
+    Tidal__V1__BlobManifest *m = NULL;
+    TRY_WRAP(codec_decode_blob_manifest(manifest, manifest_len, &m), "bus: blob %s: the broadcast's manifest", name);
+    tidal_status st = TIDAL_OK;
+    uint8_t *flat = NULL;
+    bus_blob_writer *w = NULL;
+    const uint32_t cb = chunk_size(bs);
+    if (!m->name || strcmp(m->name, name) != 0 || m->bytes != len || m->chunk_bytes != cb || cb == 0 ||
+        m->chunk_count != (len + cb - 1) / cb || m->n_chunk_digest != m->chunk_count) {
+        st = tidal_fail(TIDAL_ERR_INVALID, "bus: blob %s: the manifest (blob '%s', %llu bytes, %u chunks of %u) does "
+                                           "not describe %llu bytes in chunks of %u",
+                        name, m->name ? m->name : "", (unsigned long long)m->bytes, m->chunk_count, m->chunk_bytes,
+                        (unsigned long long)len, cb);
+        goto cleanup;
+    }
+    flat = malloc((size_t)m->chunk_count * 32 + 1);
+    if (!flat) {
+        st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
+        goto cleanup;
+    }
+    for (uint32_t i = 0; i < m->chunk_count; i++) {
+        if (m->chunk_digest[i].len != 32) {
+            st = tidal_fail(TIDAL_ERR_INVALID, "bus: blob %s: the manifest's digest of chunk %u has %zu bytes", name, i,
+                            m->chunk_digest[i].len);
+            goto cleanup;
+        }
+        memcpy(flat + (size_t)i * 32, m->chunk_digest[i].data, 32);
+    }
+    TRY_GOTO(bus_blob_writer_open(bs, name, &w));
+    w->given = flat;
+    st = bus_blob_writer_write(w, data, (size_t)len);
+    if (st != TIDAL_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tidal_errmsg());
+        bus_blob_writer_abort(w);
+        st = tidal_fail(st, "%s", msg);
+        goto cleanup;
+    }
+    st = writer_finish(w, NULL, manifest, manifest_len);
+    if (st == TIDAL_OK && info) info_from_manifest(info, m);
+cleanup:
+    free(flat);
+    tidal__v1__blob_manifest__free_unpacked(m, NULL);
     return st;
 }
 
@@ -533,8 +689,8 @@ struct bus_blob_tap {
     bool done_cb;              /* nats.c will report done (natsSubscription_SetOnCompleteCB) */
 };
 
-/* A chunk seen on its way into the stream: copied to its place in the armed
- * buffer and hashed there. A chunk of another blob than the one recorded
+/* A chunk a live writer broadcast: copied to its place in the armed buffer
+ * and hashed there. A chunk of another blob than the one recorded
  * starts a new record (the trainer moved on). */
 static void on_tap_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
@@ -544,10 +700,10 @@ static void on_tap_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     const char *subj = natsMsg_GetSubject(msg);
     const size_t pl = strlen(t->bs->prefix);
     const char *cbh = NULL;
-    if (strncmp(subj, t->bs->prefix, pl) != 0 || subj[pl] != '.' ||
+    if (strncmp(subj, t->bs->prefix, pl) != 0 || strncmp(subj + pl, "_live.", 6) != 0 ||
         natsMsgHeader_Get(msg, "Tidal-Chunk-Bytes", &cbh) != NATS_OK || !cbh)
         goto done;
-    const char *name = subj + pl + 1, *c = strstr(name, ".c.");
+    const char *name = subj + pl + 6, *c = strstr(name, ".c.");
     if (!c || (size_t)(c - name) >= sizeof t->name) goto done;
     char *end = NULL;
     unsigned long idx = strtoul(c + 3, &end, 10), cb = strtoul(cbh, NULL, 10);
@@ -596,7 +752,7 @@ tidal_status bus_blob_tap_open(bus_blob_store *bs, bus_blob_tap **out)
     pthread_mutex_init(&t->lock, NULL);
     pthread_cond_init(&t->done_cv, NULL);
     char subj[200];
-    snprintf(subj, sizeof subj, "%s.*.c.*", bs->prefix);
+    snprintf(subj, sizeof subj, "%s_live.*.c.*", bs->prefix);
     natsStatus ns = natsConnection_Subscribe(&t->sub, bs->b->nc, subj, on_tap_msg, t);
     /* a backlog beyond this is dropped by the client (a direct get fills the gap) */
     if (ns == NATS_OK) ns = natsSubscription_SetPendingLimits(t->sub, 64, 64 * (int)BUS_BLOB_MAX_CHUNK);

@@ -335,6 +335,29 @@ tidal_status bus_blob_writer_write(bus_blob_writer *w, const void *data, size_t 
 tidal_status bus_blob_writer_close(bus_blob_writer *w, bus_blob_info *info);
 void bus_blob_writer_abort(bus_blob_writer *w);
 
+/* A live blob: broadcast to the taps first, stored after (docs/protocol.md
+ * "Live weights"). The live writer keeps every byte written in the caller's
+ * image[cap] and, as each chunk fills, hashes it and publishes it as a core
+ * message on PREFIX_live.<name>.c.<i> - outside the stream, so nothing is
+ * stored and no ack is waited for: only taps listening now receive it (the
+ * publisher flushes every few chunks, so it never runs far ahead of the
+ * server). close_live sends the last chunk and gives the blob's encoded
+ * BlobManifest (*manifest malloc'd, the caller's) - the bytes bus_blob_put_live
+ * stores with the same chunks later, so nothing is hashed twice. Abort
+ * (bus_blob_writer_abort) frees a live writer too; a broadcast leaves nothing
+ * on the bus to clean up. */
+tidal_status bus_blob_writer_open_live(bus_blob_store *st, const char *name, void *image, size_t cap,
+                                       bus_blob_writer **out);
+tidal_status bus_blob_writer_close_live(bus_blob_writer *w, void **manifest, size_t *manifest_len,
+                                        bus_blob_info *info);
+/* Store blob `name` = data[len] (an existing blob of that name is removed)
+ * under `manifest`, the bytes close_live gave for it: the chunks with the
+ * manifest's digests, then the manifest itself, then pruning as bus_blob_put.
+ * TIDAL_ERR_INVALID when the manifest does not describe len bytes in this
+ * store's chunk size. */
+tidal_status bus_blob_put_live(bus_blob_store *st, const char *name, const void *data, uint64_t len,
+                               const void *manifest, size_t manifest_len, bus_blob_info *info);
+
 /* What a reader expects of a blob, from a manifest it trusts (e.g. one
  * embedded in a signed WeightsManifest): size, chunk size and count, and the
  * chunk_count digests (32 bytes each, contiguous). */
@@ -345,9 +368,9 @@ typedef struct bus_blob_layout {
     const uint8_t *chunk_digest;
 } bus_blob_layout;
 
-/* A tap: a core subscription on the store's chunk subjects that catches
- * chunks as a writer publishes them (the server fans them out as it stores
- * them), so a reader can have most of a blob before its manifest exists.
+/* A tap: a core subscription on the store's live chunk subjects
+ * (PREFIX_live.*.c.*) that catches the chunks a live writer broadcasts, so a
+ * reader can have a whole blob before it is stored.
  * While armed with a buffer, each chunk caught is copied to its place in it
  * and hashed there; the records are of the newest blob seen (a chunk of
  * another blob starts over). Nothing is trusted: bus_blob_fetch uses a caught

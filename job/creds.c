@@ -59,7 +59,7 @@ static const char *const CONTROLLER_PUB[] = {
 static const char *const CONTROLLER_SUB[] = {INBOX, "{metrics}.>", NULL};
 
 static const char *const TRAINER_PUB[] = {
-    "{weights}.>", "{metrics}.trainer",
+    "{weights}.>", "{weights}_live.>", "{metrics}.trainer",
     "$KV.{kv}." JOB_KEY_STATE, "$KV.{kv}." JOB_KEY_VERSION, "$KV.{kv}." JOB_KEY_WEIGHTS, "$KV.{kv}." JOB_KEY_GROUPS,
     "$KV.{kv}." JOB_KEY_PUBKEY, /* claimed once (create): the key the weights are signed with */
     "$KV.{kv}." JOB_KEY_WORKER_CHECK, "{ctl}", /* the worker check: its table, and QUARANTINE to a worker */
@@ -87,9 +87,9 @@ static const char *const ROLLOUT_PUB[] = {
     GET("KV_{kv}"), WATCH("{kv}"), /* the spec and state; weights.latest */
     GET("{weights_stream}"),       /* weight blobs, chunk by chunk */
     NULL};
-/* {weights}.*.c.*: the chunks as the trainer publishes them, caught by the worker's tap
-   (rollout/weights.c): read-only, what a worker may fetch anyway */
-static const char *const ROLLOUT_SUB[] = {INBOX, "{ctl}", "{weights}.*.c.*", NULL};
+/* {weights}_live.*.c.*: the chunks the trainer broadcasts before it stores them, caught by the
+   worker's tap (rollout/weights.c): read-only, what a worker may fetch anyway once stored */
+static const char *const ROLLOUT_SUB[] = {INBOX, "{ctl}", "{weights}_live.*.c.*", NULL};
 
 static const char *const STATUS_PUB[] = {
     JS_CLIENT,

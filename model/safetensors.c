@@ -897,6 +897,24 @@ tidal_status st_writer_emit(st_writer *w, st_sink sink, void *ctx)
     return st;
 }
 
+tidal_status st_writer_size(st_writer *w, size_t *len)
+{
+    *len = 0;
+    if (!w) return tidal_fail(TIDAL_ERR_INVALID, "st_writer_size: NULL argument");
+    char *header = NULL;
+    size_t hlen = 0;
+    TRY(writer_header(w, &header, &hlen));
+    free(header);
+    size_t total = 8 + hlen;
+    for (int i = 0; i < w->n; i++) {
+        if (w->t[i].nbytes > SIZE_MAX - total)
+            return tidal_fail(TIDAL_ERR_INVALID, "st_writer_size: the image does not fit in memory");
+        total += w->t[i].nbytes;
+    }
+    *len = total;
+    return TIDAL_OK;
+}
+
 tidal_status st_writer_to_memory(st_writer *w, void **buf, size_t *len)
 {
     if (buf) *buf = NULL;

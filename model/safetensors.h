@@ -78,6 +78,9 @@ tidal_status st_writer_metadata(st_writer *w, const char *key, const char *value
 /* Write the file: header padded with spaces to a multiple of 8, tensors in
  * the order added, written to PATH.tmp then renamed (never a torn file). */
 tidal_status st_writer_save(st_writer *w, const char *path);
+/* How many bytes st_writer_save would write (header and data), without
+ * writing them. */
+tidal_status st_writer_size(st_writer *w, size_t *len);
 /* The same bytes as st_writer_save would write, as one malloc'd image:
  * *buf (the caller frees it) of *len bytes, which st_open_memory reads. The
  * writer is unchanged (it can be saved or imaged again). */

@@ -630,6 +630,9 @@ static tidal_status v_weights_manifest(const ProtobufCMessage *m, const char *pa
         return bad(&c, "transport \"%.32s\" is neither bus, http nor dir", transport);
     }
     if (str(w->dir)[0] && strcmp(transport, "dir")) return bad(&c, "transport %.32s with a dir", transport);
+    if (w->live && (strcmp(transport, "bus") || w->delta || w->full_every))
+        return bad(&c, "live on transport %.32s%s (only a plain bus blob is broadcast)", transport,
+                   w->delta || w->full_every ? " with delta versions" : "");
     if (w->delta) {
         if (strcmp(transport, "bus")) return bad(&c, "a delta on transport %.32s (deltas go on the bus)", transport);
         if (w->full_every == 0) return bad(&c, "a delta with full_every 0");

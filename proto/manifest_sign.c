@@ -11,8 +11,9 @@
 /* Versioned, and ending in a NUL, so no other tidal signature (there are
  * none yet) can be taken for a manifest's. */
 /* v2: fields 20-26 (transport dir, delta versions) joined the signed bytes;
- * v3: the digests are BLAKE3, and field 30 (digest_algorithm) is signed */
-static const char DOMAIN_TAG[] = "tidal.v3.WeightsManifest"; /* sizeof includes the NUL */
+ * v3: the digests are BLAKE3, and field 30 (digest_algorithm) is signed;
+ * v4: field 31 (live) is signed */
+static const char DOMAIN_TAG[] = "tidal.v4.WeightsManifest"; /* sizeof includes the NUL */
 
 /* A writer that only counts when buf is NULL: the same code sizes and fills. */
 typedef struct canon {
@@ -98,6 +99,7 @@ static void put_manifest(canon *c, const Tidal__V1__WeightsManifest *w, const ch
     put_bytes(c, w->image_digest.data, w->image_digest.len);
     put_u32(c, w->full_every);
     put_str(c, w->digest_algorithm); /* 30 */
+    put_u8(c, w->live ? 1 : 0);      /* 31 */
 }
 
 tidal_status codec_manifest_signed_bytes(const Tidal__V1__WeightsManifest *w, const char *job, uint8_t **out,

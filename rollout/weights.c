@@ -10,9 +10,9 @@
  *      hashes is the manifest's sha256 - so the signature covers every chunk;
  *   2. reads blob "<version>" laid out as that embedded manifest says into
  *      the image buffer the client keeps from version to version: chunks the
- *      tap caught while the trainer was publishing (a core subscription on
- *      the chunk subjects, armed with that buffer while the thread is idle)
- *      are in place already and kept when their hash is the manifest's; the
+ *      tap caught while the trainer broadcast them (a core subscription on
+ *      the live chunk subjects, armed with that buffer while the thread is
+ *      idle) are in place already and kept when their hash is the manifest's; the
  *      rest come by bus_blob_fetch (several direct gets at once, each chunk
  *      hashed where it lands, one failing its hash fetched again). No byte is
  *      hashed twice and no fresh image memory is faulted in;
@@ -24,6 +24,10 @@
  *      weights_client_wait.
  * Any failure is logged with the version, counted in stats.failed, and that
  * version is not tried again; the next manifest is tried as usual.
+ * A live manifest (protocol.md "Live weights": broadcast, not stored yet) is
+ * taken only when the tap holds every chunk of its blob (waiting while chunks
+ * still arrive); otherwise, or when a caught chunk fails its hash, the worker
+ * waits for the same version's stored manifest, which it then tries as any.
  * Before all that, when the manifest is read off the watcher, its signature
  * is checked (consider): a refused manifest is dropped there, so it neither
  * becomes the candidate (a rogue's v1000000 would otherwise hide the
@@ -48,6 +52,7 @@
 #include "rollout/weights_fetch.h"
 
 #define POLL_MS 100 /* how long the thread waits for a change before looking at `stop` */
+#define LIVE_STALL_MS 200 /* a live manifest: how long the tap may catch nothing new before it is given up */
 #define BUS_COPY_WAIT_MS 120000 /* transport http: how long a fallback waits for the bus copy to be stored */
 
 struct weights_client {
@@ -544,6 +549,29 @@ static bool signed_by_job(weights_client *c, const Tidal__V1__WeightsManifest *w
     return false;
 }
 
+/* Whether the tap holds every chunk of live manifest w's blob, waiting while
+ * chunks still come in (the manifest may overtake the last ones, which go on
+ * another subscription); *got: how many it holds. */
+static bool live_caught(weights_client *c, const Tidal__V1__WeightsManifest *w, unsigned *got)
+{
+    char name[24];
+    snprintf(name, sizeof name, "%" PRIu64, w->version);
+    unsigned last = 0;
+    double t_last = now_ms();
+    for (;;) {
+        *got = bus_blob_tap_caught(c->tap, name);
+        if (*got >= w->chunk_count) return true;
+        if (*got != last) {
+            last = *got;
+            t_last = now_ms();
+        } else if (now_ms() - t_last > LIVE_STALL_MS || stopping(c)) {
+            return false;
+        }
+        struct timespec ts = {0, 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
 /* A watched value: a manifest to consider (kept in *cand when newer than the
  * candidate and than everything tried), or one that does not decode (counted). */
 static void consider(weights_client *c, const bus_kv_event *ev, Tidal__V1__WeightsManifest **cand, double *seen_ms)
@@ -563,6 +591,13 @@ static void consider(weights_client *c, const bus_kv_event *ev, Tidal__V1__Weigh
     pthread_mutex_lock(&c->mu);
     if (c->stats.latest_seen == UINT64_MAX || w->version > c->stats.latest_seen) c->stats.latest_seen = w->version;
     pthread_mutex_unlock(&c->mu);
+    unsigned got = 0;
+    if (w->live && !live_caught(c, w, &got)) {
+        tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": live, the tap caught %u of %" PRIu32 " chunks: waiting for "
+                  "the stored copy", w->version, got, w->chunk_count);
+        tidal__v1__weights_manifest__free_unpacked(w, NULL);
+        return;
+    }
     /* newer than what was tried, or the same version published again with
      * other weights (a trainer restarted from a checkpoint) */
     bool newer = c->tried == UINT64_MAX || w->version > c->tried ||
@@ -581,6 +616,9 @@ static void consider(weights_client *c, const bus_kv_event *ev, Tidal__V1__Weigh
 
 static void process(weights_client *c, const Tidal__V1__WeightsManifest *w, double seen_ms)
 {
+    const uint64_t was_tried = c->tried;
+    uint8_t was_digest[32];
+    memcpy(was_digest, c->tried_digest, 32);
     c->tried = w->version;
     memcpy(c->tried_digest, w->digest.data, 32);
     model *m = NULL;
@@ -598,8 +636,17 @@ static void process(weights_client *c, const Tidal__V1__WeightsManifest *w, doub
         c->good_version = w->version;
         snprintf(c->good_dir, sizeof c->good_dir, "%s", !strcmp(w->transport, "dir") ? w->dir : "");
         c->stats.fetched++;
+        if (w->live) c->stats.live++;
         c->stats.fetch_ms_last = now_ms() - seen_ms;
         pthread_cond_broadcast(&c->ready_cv);
+    } else if (w->live && !c->stop) { /* not a failure yet: the stored copy is tried when it comes */
+        c->tried = was_tried;
+        memcpy(c->tried_digest, was_digest, 32);
+        pthread_mutex_unlock(&c->mu);
+        model_free(m);
+        tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": live copy not complete (%s): waiting for the stored copy",
+                  w->version, tidal_errmsg());
+        return;
     } else if (!c->stop) {
         c->stats.failed++;
     }

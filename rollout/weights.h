@@ -56,7 +56,8 @@ typedef struct weights_stats {
     uint64_t refused;          /* manifests refused: unsigned, or not signed by the job's key */
     uint64_t bytes;            /* image bytes fetched */
     uint64_t refetched;        /* chunks fetched again after failing their digest */
-    uint64_t caught;           /* chunks caught as the trainer published them (not fetched) */
+    uint64_t caught;           /* chunks caught as the trainer broadcast them (not fetched) */
+    uint64_t live;             /* versions built from the broadcast, before they were stored */
     double fetch_ms_last;      /* manifest seen -> model ready, the last one */
     uint64_t latest_seen;      /* newest manifest version seen; UINT64_MAX none */
     uint64_t http_fetched;     /* transport http: versions fetched over HTTP */

@@ -8,13 +8,14 @@
  *   the one the background thread is publishing, which it owns outside the
  *   lock and gives back as the spare once that version is on the bus (or
  *   given up): fp32 tensors go from it straight into the blob's chunks.
- * The background thread streams the safetensors image into blob "<version>"
- * as it serialises it (st_writer_emit into a bus_blob_writer: each 4 MiB
- * chunk hashed and published as it fills, no copy of the whole image), reads
- * the blob manifest back to embed it in the WeightsManifest (protocol.md: a
- * "bus" manifest carries its blob's), and puts the WeightsManifest in
- * `weights.latest` and the version in
- * `trainer.version`. The blob store and KV handles belong to that thread.
+ * Transport bus: the background thread broadcasts the safetensors image as
+ * live blob "<version>" while it serialises it (st_writer_emit into a live
+ * bus_blob_writer: each 4 MiB chunk hashed and sent to the workers' taps as
+ * it fills, the image kept in one reused buffer), puts the WeightsManifest
+ * (with the blob's manifest, live set) in `weights.latest` and the version in
+ * `trainer.version`, then stores the blob in the stream from the kept image
+ * and puts the manifest again with live clear (protocol.md "Live weights").
+ * The blob store and KV handles belong to that thread.
  *
  * A failure in the background is logged, kept (the first since the last
  * flush, with the thread's message) and reported by weights_publisher_flush;
@@ -69,6 +70,8 @@ struct weights_publisher {
     const hf_files *hf;    /* transport dir: borrowed */
     bool delta;
     delta_chain chain;     /* delta: the background thread's */
+    void *live;            /* transport bus: the last image broadcast, kept for its stored copy (the thread's) */
+    size_t live_cap;
 
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* a handover or stop, for the thread */
@@ -164,21 +167,34 @@ static tidal_status sink_blob(void *ctx, const void *buf, size_t len)
     return bus_blob_writer_write(ctx, buf, len);
 }
 
-/* Stream the safetensors image of snapshot s in the publisher's dtype (every
- * parameter under its Hugging Face name, in the model's order) into blob
- * `name` as it is serialised: chunk by chunk, never the whole image in one
- * buffer. fp32 tensors are borrowed from the snapshot; bf16 ones are
- * converted (round to nearest even) by the writer. */
-static tidal_status stream_image(weights_publisher *p, const snapshot *s, const char *name, bus_blob_info *info)
+/* Broadcast the safetensors image of snapshot s in the publisher's dtype
+ * (every parameter under its Hugging Face name, in the model's order) as
+ * live blob `name` while it is serialised into p->live (kept for the stored
+ * copy; grown when the model grew, else reused): each chunk hashed and sent
+ * to the workers' taps as it fills. *manifest (malloc'd, the caller's) is the
+ * blob's encoded BlobManifest, *len the image's bytes. */
+static tidal_status broadcast_image(weights_publisher *p, const snapshot *s, const char *name, void **manifest,
+                                    size_t *manifest_len, size_t *len)
 {
     const uint64_t v = s->version;
     st_writer *w = NULL;
     bus_blob_writer *bw = NULL;
     tidal_status st = TIDAL_OK;
     TRY_GOTO(image_writer(p, s, &w));
-    TRY_GOTO(bus_blob_writer_open(p->store, name, &bw));
+    TRY_GOTO(st_writer_size(w, len));
+    if (*len > p->live_cap) {
+        free(p->live);
+        p->live_cap = 0;
+        p->live = malloc(*len);
+        if (!p->live) {
+            st = tidal_fail(TIDAL_ERR_NOMEM, "out of memory for the %zu-byte image", *len);
+            goto cleanup;
+        }
+        p->live_cap = *len;
+    }
+    TRY_GOTO(bus_blob_writer_open_live(p->store, name, p->live, *len, &bw));
     TRY_GOTO(st_writer_emit(w, sink_blob, bw));
-    st = bus_blob_writer_close(bw, info);
+    st = bus_blob_writer_close_live(bw, manifest, manifest_len, NULL);
     bw = NULL;
 cleanup:
     if (bw) {
@@ -188,8 +204,7 @@ cleanup:
         tidal_fail(st, "%s", msg);
     }
     st_writer_free(w);
-    if (st != TIDAL_OK)
-        return tidal_wrap(st, "weights v%" PRIu64 ": store blob %s in %s", v, name, p->names.weights_stream);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64 ": broadcast blob %s", v, name);
     return TIDAL_OK;
 }
 
@@ -235,9 +250,14 @@ static tidal_status put_manifest(weights_publisher *p, Tidal__V1__WeightsManifes
     return TIDAL_OK;
 }
 
-/* transport bus: publish snapshot s: its image streamed into blob "<version>",
- * then the WeightsManifest in `weights.latest`, then `trainer.version`. Safe
- * to repeat after a failure: the blob is replaced, the keys are put again. */
+/* transport bus: publish snapshot s live, then stored (docs/protocol.md
+ * "Live weights"): its image broadcast to the workers' taps as blob
+ * "<version>" while it is serialised, the WeightsManifest with live set in
+ * `weights.latest` (a worker that caught every chunk builds the version
+ * now), then the blob stored in the stream from the same bytes and the
+ * manifest put again with live clear (for workers that missed chunks, or
+ * join later), each put with `trainer.version`. Safe to repeat after a
+ * failure: the blob is broadcast and replaced, the keys are put again. */
 static tidal_status store_bus(weights_publisher *p, const snapshot *s)
 {
     const uint64_t v = s->version;
@@ -245,54 +265,50 @@ static tidal_status store_bus(weights_publisher *p, const snapshot *s)
     char name[24];
     snprintf(name, sizeof name, "%" PRIu64, v);
     const double t_image = mono_ms();
-    tidal_status st;
-
     const bool bf16 = p->dtype == ST_BF16;
     char *config_json = NULL;
-    st = model_config_to_json(&cfg, bf16 ? "bfloat16" : "float32", "config.json", &config_json);
-    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64, v);
-
-    bus_blob_info info;
-    st = stream_image(p, s, name, &info);
-    if (st != TIDAL_OK) {
-        free(config_json);
-        return st;
-    }
-    const double t_blob = mono_ms();
-    if (p->http) { /* the manifest (transport http) is out already: this is the bus copy */
-        free(config_json);
-        tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": bus copy stored, %" PRIu64 " bytes in %.0f ms", v, info.bytes,
-                  t_blob - t_image);
-        return TIDAL_OK;
-    }
-
+    void *mbuf = NULL;
+    size_t mlen = 0, len = 0;
     Tidal__V1__BlobManifest *blob = NULL;
-    st = read_blob_manifest(p, name, &blob);
-    if (st != TIDAL_OK) {
-        free(config_json);
-        return tidal_wrap(st, "weights v%" PRIu64 ": read back the manifest of blob %s", v, name);
-    }
+    tidal_status st = TIDAL_OK;
+    TRY_GOTO(model_config_to_json(&cfg, bf16 ? "bfloat16" : "float32", "config.json", &config_json));
+    TRY_GOTO(broadcast_image(p, s, name, &mbuf, &mlen, &len));
+    const double t_live = mono_ms();
+    TRY_GOTO(codec_decode_blob_manifest(mbuf, mlen, &blob));
 
     Tidal__V1__WeightsManifest wm = TIDAL__V1__WEIGHTS_MANIFEST__INIT;
     wm.schema_version = CODEC_SCHEMA_VERSION;
     wm.version = v;
     wm.dtype = bf16 ? "bf16" : "fp32";
-    wm.bytes = info.bytes;
-    wm.chunk_count = info.chunk_count;
-    wm.digest.data = info.digest;
-    wm.digest.len = sizeof info.digest;
+    wm.bytes = blob->bytes;
+    wm.chunk_count = blob->chunk_count;
+    wm.digest = blob->digest;
     wm.transport = "bus";
     wm.blob = blob;
     wm.model_config_json = config_json;
     wm.created_unix_ms = (uint64_t)unix_ms();
-    st = put_manifest(p, &wm, name);
-    tidal__v1__blob_manifest__free_unpacked(blob, NULL);
-    free(config_json);
-    TRY(st);
+    wm.live = true;
+    TRY_GOTO(put_manifest(p, &wm, name));
+    const double t_announced = mono_ms();
+
+    st = bus_blob_put_live(p->store, name, p->live, len, mbuf, mlen, NULL);
+    if (st != TIDAL_OK) {
+        st = tidal_wrap(st, "weights v%" PRIu64 ": store blob %s in %s", v, name, p->names.weights_stream);
+        goto cleanup;
+    }
+    const double t_stored = mono_ms();
+    wm.live = false;
+    wm.created_unix_ms = (uint64_t)unix_ms();
+    TRY_GOTO(put_manifest(p, &wm, name));
     tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": published, %" PRIu64 " bytes in %" PRIu32 " chunks (%s): "
-              "blob %.0f ms, manifest %.0f ms", v, info.bytes, info.chunk_count, wm.dtype, t_blob - t_image,
-              mono_ms() - t_blob);
-    return TIDAL_OK;
+              "broadcast %.0f ms, live manifest %.0f ms, stored %.0f ms, manifest %.0f ms", v, wm.bytes,
+              wm.chunk_count, wm.dtype, t_live - t_image, t_announced - t_live, t_stored - t_announced,
+              mono_ms() - t_stored);
+cleanup:
+    if (blob) tidal__v1__blob_manifest__free_unpacked(blob, NULL);
+    free(mbuf);
+    free(config_json);
+    return st;
 }
 
 /* Store one serialized version (image[len], not consumed): blob, then
@@ -858,6 +874,7 @@ void weights_publisher_free(weights_publisher *p)
     bus_blob_store_close(p->store);
     delta_chain_free(&p->chain);
     tidal_sign_key_free(p->own_key);
+    free(p->live);
     pthread_cond_destroy(&p->work_cv);
     pthread_cond_destroy(&p->idle_cv);
     pthread_mutex_destroy(&p->mu);

@@ -102,10 +102,12 @@ static void test_streamed_and_refetched(void)
     bus_blob_store_close(st);
 }
 
-/* A tap catches a blob's chunks as they are published, in place in its
- * buffer; the fetch then gets none of them. A caught chunk whose bytes differ
- * from what the trusted layout names (the test hook) is fetched instead, and
- * a layout the tap's blob does not match (other hashes) makes it fetch all. */
+/* A tap catches the chunks a live writer broadcasts, in place in its buffer,
+ * before anything is stored; the blob is then stored under the broadcast's
+ * manifest (the same bytes), and the fetch gets none of the caught chunks.
+ * A caught chunk whose bytes differ from what the trusted layout names (the
+ * test hook) is fetched instead, and a layout the tap's blob does not match
+ * (other hashes) makes it fetch all. */
 static void test_tap_catches_chunks(void)
 {
     bus_blob_store *st = NULL;
@@ -119,28 +121,50 @@ static void test_tap_catches_chunks(void)
     CHECK_OK(bus_blob_tap_open(rs, &tap));
     CHECK_OK(bus_flush(rb, 5000)); /* the subscription is at the server */
     const uint64_t n = (9ull << 20) + 11;
-    uint8_t *data = malloc(n), *buf = malloc(n);
+    uint8_t *data = malloc(n), *buf = malloc(n), *kept = malloc(n);
     fill(data, n, 4);
     memset(buf, 0, n);
     for (int round = 0; round < 2; round++) {
         bus_blob_tap_arm(tap, buf, n);
         if (round == 1) bus_blob_test_corrupt(1); /* the first chunk the tap sees */
+        bus_blob_writer *w = NULL;
+        CHECK_OK(bus_blob_writer_open_live(st, "t", kept, n, &w));
+        CHECK_OK(bus_blob_writer_write(w, data, 5)); /* pieces across chunk boundaries */
+        CHECK_OK(bus_blob_writer_write(w, data + 5, n - 5));
+        void *mb = NULL;
+        size_t ml = 0;
         bus_blob_info info;
-        CHECK_OK(bus_blob_put(st, "t", data, n, &info));
-        CHECK(info.chunk_count == 3);
+        CHECK_OK(bus_blob_writer_close_live(w, &mb, &ml, &info));
+        CHECK(info.chunk_count == 3 && info.bytes == n && !memcmp(kept, data, n));
         for (int i = 0; i < 200 && bus_blob_tap_caught(tap, "t") < 3; i++) usleep(10000);
         bus_blob_test_corrupt(0);
         bus_blob_tap_disarm(tap);
         CHECK(bus_blob_tap_caught(tap, "t") == 3);
-        Tidal__V1__BlobManifest *m = NULL;
+        if (round == 0) { /* broadcast only: nothing of blob t is in the stream */
+            bus_msg *none = NULL;
+            CHECK_STATUS(bus_stream_get_last(F.bus, "TIDAL_t_WEIGHTS", "tidal.t.weights.t.c.0", &none), TIDAL_ERR_NOT_FOUND);
+            CHECK_STATUS(bus_blob_put_live(st, "t", kept, n - 1, mb, ml, NULL), TIDAL_ERR_INVALID); /* not its bytes */
+            CHECK_MSG(strstr(tidal_errmsg(), "does not describe"), "%s", tidal_errmsg());
+        }
+        bus_blob_info stored;
+        CHECK_OK(bus_blob_put_live(st, "t", kept, n, mb, ml, &stored));
+        CHECK(!memcmp(stored.digest, info.digest, 32));
         bus_msg *mm = NULL;
         CHECK_OK(bus_stream_get_last(F.bus, "TIDAL_t_WEIGHTS", "tidal.t.weights.t.m", &mm));
+        CHECK((size_t)bus_msg_len(mm) == ml && !memcmp(bus_msg_data(mm), mb, ml)); /* the broadcast's manifest */
+        Tidal__V1__BlobManifest *m = NULL;
         CHECK_OK(codec_decode_blob_manifest(bus_msg_data(mm), (size_t)bus_msg_len(mm), &m));
         bus_msg_destroy(mm);
+        free(mb);
         uint8_t hashes[3 * 32];
         for (int i = 0; i < 3; i++) memcpy(hashes + 32 * i, m->chunk_digest[i].data, 32);
         bus_blob_layout L = {.bytes = m->bytes, .chunk_bytes = m->chunk_bytes, .chunk_count = 3, .chunk_digest = hashes};
         tidal__v1__blob_manifest__free_unpacked(m, NULL);
+        void *whole = NULL;
+        uint64_t whole_len = 0;
+        CHECK_OK(bus_blob_get(st, "t", &whole, &whole_len, NULL)); /* the stored copy verifies on its own */
+        CHECK(whole_len == n && !memcmp(whole, data, n));
+        free(whole);
         unsigned caught = 99, refetched = 99;
         CHECK_OK(bus_blob_fetch(rs, "t", &L, buf, tap, &refetched, &caught));
         CHECK_MSG(caught == (round == 0 ? 3u : 2u) && refetched == 0, "round %d: caught %u", round, caught);
@@ -152,6 +176,7 @@ static void test_tap_catches_chunks(void)
             CHECK_MSG(strstr(tidal_errmsg(), "fails its digest check 3 times"), "%s", tidal_errmsg());
         }
     }
+    free(kept);
     bus_blob_tap_close(tap);
     bus_blob_store_close(rs);
     bus_close(rb);

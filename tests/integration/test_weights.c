@@ -13,6 +13,7 @@
  * again. The killed processes are this binary re-executed (--child), so
  * nothing of the parent's NATS client state is forked. */
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -573,7 +574,7 @@ static void test_background_failure_reported(void)
     model_free(m);
     CHECK(st != TIDAL_OK && st != TIDAL_ERR_TIMEOUT);
     CHECK_MSG(named, "%s", msg);
-    CHECK(pv == 1);
+    CHECK_MSG(pv == 7, "published v%" PRIu64, pv); /* v7 went out live (its manifest with live set) before its store failed */
     CHECK_OK(again);
 }
 
@@ -803,6 +804,78 @@ static void test_corrupted_chunk_fetched_again(void)
     model_free(m2);
 }
 
+/* The publisher's chunk hook: blocks the second time it sees chunk 0 (the
+ * stored copy's first chunk, after the broadcast) until released. */
+static atomic_int store_zeros, store_blocked, store_release;
+static void block_store(uint32_t index)
+{
+    if (index != 0 || atomic_fetch_add(&store_zeros, 1) != 1) return;
+    atomic_store(&store_blocked, 1);
+    while (!atomic_load(&store_release)) sleep_ms(1);
+}
+
+/* Live weights: a worker that is up (its tap armed since its last version)
+ * builds the next version from the broadcast while the publisher is held at
+ * the stored copy's first chunk - before anything of it is stored - with
+ * every chunk caught and none fetched; a worker that joins after the store
+ * builds the same version from the stored copy. */
+static void test_live_before_stored(void)
+{
+    job_names n;
+    CHECK_OK(job_names_init(&n, "live"));
+    weights_publisher *p = NULL;
+    weights_publisher_opts o = {.bus = F.bus, .names = &n};
+    CHECK_OK(weights_publisher_create(&o, &p));
+    model *m1 = make_model(&LARGER, 4001), *m2 = make_model(&LARGER, 4002);
+    CHECK_OK(weights_publish(p, m1, 1));
+    CHECK_OK(weights_publisher_flush(p, 20000));
+    tidal_bus *wb = connect_worker();
+    weights_client *c = NULL;
+    CHECK_OK(weights_client_create(wb, &n, NULL, NULL, &c)); /* v1 from the stored copy: no tap before it */
+    model *got = NULL;
+    uint64_t ver = 0;
+    CHECK_OK(weights_client_wait(c, 1, 20000, &got, &ver));
+    CHECK(ver == 1 && same_params(got, m1));
+    weights_stats s;
+    weights_client_stats(c, &s);
+    CHECK_MSG(s.live == 0 && s.caught == 0, "live %" PRIu64 " caught %" PRIu64, s.live, s.caught);
+    weights_client_recycle(c, got);
+    sleep_ms(200); /* the tap armed */
+    atomic_store(&store_zeros, 0), atomic_store(&store_blocked, 0), atomic_store(&store_release, 0);
+    bus_blob_test_hooks(block_store, NULL);
+    CHECK_OK(weights_publish(p, m2, 2));
+    for (int i = 0; i < 2000 && !atomic_load(&store_blocked); i++) sleep_ms(5);
+    CHECK(atomic_load(&store_blocked));
+    tidal_status st = weights_client_wait(c, 2, 20000, &got, &ver); /* while nothing of v2 is stored */
+    bus_msg *none = NULL;
+    char subj[160];
+    snprintf(subj, sizeof subj, "%s.2.m", n.weights_prefix);
+    const tidal_status stored = bus_stream_get_last(F.bus, n.weights_stream, subj, &none);
+    atomic_store(&store_release, 1);
+    CHECK_OK(weights_publisher_flush(p, 20000));
+    bus_blob_test_hooks(NULL, NULL);
+    CHECK_OK(st);
+    CHECK(stored == TIDAL_ERR_NOT_FOUND);
+    CHECK(ver == 2 && same_params(got, m2));
+    weights_client_stats(c, &s);
+    CHECK_MSG(s.live == 1 && s.caught >= 1 && s.failed == 0 && s.refetched == 0, "live %" PRIu64 " caught %" PRIu64
+              " failed %" PRIu64, s.live, s.caught, s.failed);
+    model_free(got);
+    weights_client *late = NULL; /* after the store: the stored manifest, the stored chunks */
+    CHECK_OK(weights_client_create(wb, &n, NULL, NULL, &late));
+    CHECK_OK(weights_client_wait(late, 2, 20000, &got, &ver));
+    CHECK(ver == 2 && same_params(got, m2));
+    weights_client_stats(late, &s);
+    CHECK(s.live == 0 && s.fetched == 1);
+    model_free(got);
+    weights_client_free(late);
+    weights_client_free(c);
+    bus_close(wb);
+    weights_publisher_free(p);
+    model_free(m1);
+    model_free(m2);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 8 && !strcmp(argv[1], "--child")) return child_main(argv);
@@ -817,6 +890,7 @@ int main(int argc, char **argv)
     RUN(test_trainer_killed_mid_publish);
     RUN(test_worker_killed_mid_fetch);
     RUN(test_corrupted_chunk_fetched_again);
+    RUN(test_live_before_stored);
     fixture_stop(&F);
     nats_Close();
     return check_summary();
