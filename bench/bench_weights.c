@@ -4,12 +4,16 @@
  *
  * tidal path: weights_publish of a 127 M-parameter model (random weights):
  * the copy on the caller's thread, then in the background the safetensors
- * image, the chunked blob in the file-storage stream TIDAL_J_WEIGHTS (every
- * chunk acknowledged), the WeightsManifest in KV; W workers (weights_client,
- * each on its own connection) see the manifest, fetch and verify the blob and
- * build the model. The clock runs from the weights_publish call to each
- * worker holding its model (weights_client_wait returned); every worker's
- * parameters are then checked bit for bit against the source.
+ * image broadcast as a live blob (protocol.md "Live weights": core messages
+ * the workers' taps catch) and the live WeightsManifest in KV, then the blob
+ * stored in the file-storage stream TIDAL_J_WEIGHTS (every chunk
+ * acknowledged) and the manifest again; W workers (weights_client, each on
+ * its own connection) see the manifest, verify what their taps caught (or
+ * fetch the stored blob) and build the model. The clock runs from the
+ * weights_publish call to each worker holding its model
+ * (weights_client_wait returned); every worker's parameters are then checked
+ * bit for bit against the source. The round (and its CPU count) ends when
+ * the stored copy is on the bus too (weights_publisher_flush).
  * peer: the same image published as 4 MiB chunks with core-NATS publishes on
  * one subject to W subscribers (each on its own connection) that copy the
  * chunks into a buffer (allocated and touched before the clock starts); flow
@@ -64,6 +68,7 @@ typedef struct {
     double on_bus_s;          /* tidal: until the manifest was on the bus (flush returned) */
     double cpu_s;             /* CPU seconds of this process (publisher and workers) over the round */
     double server_cpu_s;      /* nats-server's CPU seconds over the round; < 0 when unknown (--bus) */
+    int live;                 /* tidal: workers that built the version from the broadcast */
 } round_result;
 
 /* The private nats-server's pid, for its CPU time (-1 with --bus). */
@@ -133,6 +138,12 @@ static tidal_status run_tidal(weights_publisher *p, weights_client **clients, in
     tidal_worker tw[MAX_WORKERS];
     pthread_t th[MAX_WORKERS];
     atomic_int abort = 0;
+    uint64_t live0[MAX_WORKERS];
+    for (int i = 0; i < workers; i++) {
+        weights_stats ws;
+        weights_client_stats(clients[i], &ws);
+        live0[i] = ws.live;
+    }
     cpu_start(r);
     double t0 = bench_now_s();
     for (int i = 0; i < workers; i++) {
@@ -152,7 +163,11 @@ static tidal_status run_tidal(weights_publisher *p, weights_client **clients, in
     size_t n = 0;
     model_params(src, &n);
     /* every worker's model is freed; the first failure is the round's */
+    r->live = 0;
     for (int i = 0; i < workers; i++) {
+        weights_stats ws;
+        weights_client_stats(clients[i], &ws);
+        r->live += ws.live > live0[i];
         r->secs[i] = tw[i].secs;
         if (st == TIDAL_OK && tw[i].status != TIDAL_OK)
             st = tidal_fail(tw[i].status, "bench weights: worker %d: %s", i, tw[i].err);
@@ -462,8 +477,8 @@ int bench_weights_main(int argc, char **argv)
         round_result tr = {0}, rr = {0};
         TRY_GOTO(run_raw(pub, wbus, workers, image, bytes, bufs, &rr));
         TRY_GOTO(run_tidal(p, clients, workers, src, bf16 ? expect : model_params(src, NULL), (uint64_t)r, bytes, &tr));
-        fprintf(stderr, "round %d: tidal %.2f GB/s per worker (publish call %.0f ms, on the bus after %.2f s, workers",
-                r + 1, tr.gbps_mean, tr.publish_call_ms, tr.on_bus_s);
+        fprintf(stderr, "round %d: tidal %.2f GB/s per worker (publish call %.0f ms, %d of %d workers live, stored after "
+                "%.2f s, workers", r + 1, tr.gbps_mean, tr.publish_call_ms, tr.live, workers, tr.on_bus_s);
         for (int i = 0; i < workers; i++) fprintf(stderr, " %.2f s", tr.secs[i]);
         fprintf(stderr, "); raw %.2f GB/s per worker (", rr.gbps_mean);
         for (int i = 0; i < workers; i++) fprintf(stderr, "%s%.2f s", i ? " " : "", rr.secs[i]);
@@ -489,22 +504,22 @@ int bench_weights_main(int argc, char **argv)
     const double cpu_ratio = cpu_t > 0 ? cpu_r / cpu_t : 0;
     if (!as_json)
         printf("bench weights: %zu parameters, %zu-byte %s image, %d workers, best of %d rounds\n"
-               "  tidal (weights_publish -> blob in a file stream + KV manifest -> weights_client, verified):\n"
-               "        %6.2f GB/s per worker (publish call %.0f ms, on the bus after %.2f s)\n"
+               "  tidal (weights_publish -> live broadcast + KV manifest -> weights_client, verified; then stored):\n"
+               "        %6.2f GB/s per worker (publish call %.0f ms, %d of %d workers live, stored after %.2f s)\n"
                "  peer  (core NATS, 4 MiB chunks, windowed acks, no storage, no checksums):\n"
                "        %6.2f GB/s per worker\n"
                "  ratio %.3f (best against best), median of the rounds' ratios after the first %.3f\n"
                "  CPU s per round (process + nats-server, median): tidal %.2f, raw %.2f: cpu_ratio %.3f on %ld cores\n",
                model_config_num_params(&BENCH_CFG), bytes, bf16 ? "bf16" : "fp32", workers, rounds,
-               best_t.gbps_mean, best_t.publish_call_ms, best_t.on_bus_s, best_r.gbps_mean, ratio, median, cpu_t, cpu_r,
+               best_t.gbps_mean, best_t.publish_call_ms, best_t.live, workers, best_t.on_bus_s, best_r.gbps_mean, ratio, median, cpu_t, cpu_r,
                cpu_ratio, sysconf(_SC_NPROCESSORS_ONLN));
     json_t *o = json_pack(
-        "{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:{s:f, s:o, s:f, s:f, s:f}, s:{s:f, s:o, s:f}, s:f, s:f, s:f, s:f, s:i}", "bench", "weights", "transport", transport,
+        "{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:{s:f, s:o, s:f, s:f, s:i, s:f}, s:{s:f, s:o, s:f}, s:f, s:f, s:f, s:f, s:i}", "bench", "weights", "transport", transport,
         "peer", "core NATS publish/subscribe of the same image as 4 MiB chunks with windowed acks, same server",
         "params", (json_int_t)model_config_num_params(&BENCH_CFG), "image_bytes", (json_int_t)bytes, "dtype",
         bf16 ? "bf16" : "fp32", "workers", workers, "rounds", rounds, "tidal", "gb_per_s_per_worker",
         best_t.gbps_mean, "seconds_per_worker", secs_json(&best_t, workers), "publish_call_ms",
-        best_t.publish_call_ms, "on_bus_s", best_t.on_bus_s, "cpu_s_per_round", cpu_t, "raw", "gb_per_s_per_worker",
+        best_t.publish_call_ms, "stored_s", best_t.on_bus_s, "live_workers", best_t.live, "cpu_s_per_round", cpu_t, "raw", "gb_per_s_per_worker",
         best_r.gbps_mean, "seconds_per_worker", secs_json(&best_r, workers), "cpu_s_per_round", cpu_r, "peak_rss_mb",
         bench_peak_rss_mb(), "ratio", ratio, "ratio_median_of_rounds", median, "cpu_ratio", cpu_ratio, "cores",
         (int)sysconf(_SC_NPROCESSORS_ONLN));

@@ -17,7 +17,7 @@
  * copied to its place in the caller's buffer and hashed there in one pass; a
  * chunk that fails its hash is fetched again (BLOB_FETCH_TRIES in all).
  * Live blobs: a live writer broadcasts each chunk first as a core message on
- *   P_live.N.c.<i>  (outside the stream: not stored, no acks, the same headers)
+ *   P_live.N.c.<i>.<chunk bytes>  (outside the stream: not stored, no acks, no headers)
  * to the taps listening, and keeps the bytes; bus_blob_put_live stores them
  * afterwards under the manifest the broadcast made. So readers that are up
  * get a blob at core NATS speed, and the stream's file store is off their
@@ -321,27 +321,18 @@ static void writer_fail(bus_blob_writer *w, tidal_status st)
     snprintf(w->failed_msg, sizeof w->failed_msg, "%s", tidal_errmsg());
 }
 
-/* Live writer: chunk w->count (data[n], its digest computed) as a core
- * message on PREFIX_live.<name>.c.<i>, with the headers of a stored chunk; a
- * flush every BLOB_LIVE_WINDOW chunks keeps the publisher within a few chunks
- * of the server (core NATS has no acks: a tap that falls behind loses chunks,
- * and fetches them from the stored copy). */
+/* Live writer: chunk w->count (data[n]) as a core message on
+ * PREFIX_live.<name>.c.<i>.<chunk bytes> - no headers, so nats.c sends the
+ * bytes without first copying them into a message; a flush every
+ * BLOB_LIVE_WINDOW chunks keeps the publisher within a few chunks of the
+ * server (core NATS has no acks: a tap that falls behind loses chunks, and
+ * fetches them from the stored copy). */
 static tidal_status publish_live_chunk(bus_blob_writer *w, const uint8_t *data, uint32_t n)
 {
     bus_blob_store *st = w->bs;
-    char subj[320], idxs[16], hex[65], cbs[16];
-    snprintf(subj, sizeof subj, "%s_live.%s.c.%u", st->prefix, w->name, w->count);
-    snprintf(idxs, sizeof idxs, "%u", w->count);
-    snprintf(cbs, sizeof cbs, "%u", w->cb);
-    digest_hex(w->digests[w->count], DIGEST_BYTES, hex);
-    natsMsg *m = NULL;
-    natsStatus ns = natsMsg_Create(&m, subj, NULL, (const char *)data, (int)n);
-    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Blob", w->name);
-    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Chunk", idxs);
-    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Digest", hex);
-    if (ns == NATS_OK) ns = natsMsgHeader_Set(m, "Tidal-Chunk-Bytes", cbs);
-    if (ns == NATS_OK) ns = natsConnection_PublishMsg(st->b->nc, m);
-    natsMsg_Destroy(m);
+    char subj[320];
+    snprintf(subj, sizeof subj, "%s_live.%s.c.%u.%u", st->prefix, w->name, w->count, w->cb);
+    natsStatus ns = natsConnection_Publish(st->b->nc, subj, data, (int)n);
     if (ns == NATS_OK && (w->count + 1) % BLOB_LIVE_WINDOW == 0)
         ns = natsConnection_FlushTimeout(st->b->nc, st->b->js_timeout_ms);
     if (ns != NATS_OK) return bus_nats_fail(ns, 0, "bus: blob %s: broadcast %s", w->name, subj);
@@ -699,14 +690,13 @@ static void on_tap_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     bus_blob_tap *t = closure;
     const char *subj = natsMsg_GetSubject(msg);
     const size_t pl = strlen(t->bs->prefix);
-    const char *cbh = NULL;
-    if (strncmp(subj, t->bs->prefix, pl) != 0 || strncmp(subj + pl, "_live.", 6) != 0 ||
-        natsMsgHeader_Get(msg, "Tidal-Chunk-Bytes", &cbh) != NATS_OK || !cbh)
-        goto done;
+    if (strncmp(subj, t->bs->prefix, pl) != 0 || strncmp(subj + pl, "_live.", 6) != 0) goto done;
+    /* <name>.c.<index>.<chunk bytes> */
     const char *name = subj + pl + 6, *c = strstr(name, ".c.");
-    if (!c || (size_t)(c - name) >= sizeof t->name) goto done;
+    if (!c || (size_t)(c - name) >= sizeof t->name || !isdigit((unsigned char)c[3])) goto done;
     char *end = NULL;
-    unsigned long idx = strtoul(c + 3, &end, 10), cb = strtoul(cbh, NULL, 10);
+    unsigned long idx = strtoul(c + 3, &end, 10), cb = 0;
+    if (end && *end == '.' && isdigit((unsigned char)end[1])) cb = strtoul(end + 1, &end, 10);
     const int len = natsMsg_GetDataLength(msg);
     if (!end || *end || cb == 0 || cb > BUS_BLOB_MAX_CHUNK || (unsigned long)len > cb) goto done;
     pthread_mutex_lock(&t->lock);
@@ -752,7 +742,7 @@ tidal_status bus_blob_tap_open(bus_blob_store *bs, bus_blob_tap **out)
     pthread_mutex_init(&t->lock, NULL);
     pthread_cond_init(&t->done_cv, NULL);
     char subj[200];
-    snprintf(subj, sizeof subj, "%s_live.*.c.*", bs->prefix);
+    snprintf(subj, sizeof subj, "%s_live.*.c.*.*", bs->prefix);
     natsStatus ns = natsConnection_Subscribe(&t->sub, bs->b->nc, subj, on_tap_msg, t);
     /* a backlog beyond this is dropped by the client (a direct get fills the gap) */
     if (ns == NATS_OK) ns = natsSubscription_SetPendingLimits(t->sub, 64, 64 * (int)BUS_BLOB_MAX_CHUNK);

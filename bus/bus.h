@@ -338,7 +338,7 @@ void bus_blob_writer_abort(bus_blob_writer *w);
 /* A live blob: broadcast to the taps first, stored after (docs/protocol.md
  * "Live weights"). The live writer keeps every byte written in the caller's
  * image[cap] and, as each chunk fills, hashes it and publishes it as a core
- * message on PREFIX_live.<name>.c.<i> - outside the stream, so nothing is
+ * message on PREFIX_live.<name>.c.<i>.<chunk bytes> - outside the stream, so nothing is
  * stored and no ack is waited for: only taps listening now receive it (the
  * publisher flushes every few chunks, so it never runs far ahead of the
  * server). close_live sends the last chunk and gives the blob's encoded
@@ -369,7 +369,7 @@ typedef struct bus_blob_layout {
 } bus_blob_layout;
 
 /* A tap: a core subscription on the store's live chunk subjects
- * (PREFIX_live.*.c.*) that catches the chunks a live writer broadcasts, so a
+ * (PREFIX_live.*.c.*.*) that catches the chunks a live writer broadcasts, so a
  * reader can have a whole blob before it is stored.
  * While armed with a buffer, each chunk caught is copied to its place in it
  * and hashed there; the records are of the newest blob seen (a chunk of

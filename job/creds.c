@@ -87,9 +87,9 @@ static const char *const ROLLOUT_PUB[] = {
     GET("KV_{kv}"), WATCH("{kv}"), /* the spec and state; weights.latest */
     GET("{weights_stream}"),       /* weight blobs, chunk by chunk */
     NULL};
-/* {weights}_live.*.c.*: the chunks the trainer broadcasts before it stores them, caught by the
+/* {weights}_live.*.c.*.*: the chunks the trainer broadcasts before it stores them, caught by the
    worker's tap (rollout/weights.c): read-only, what a worker may fetch anyway once stored */
-static const char *const ROLLOUT_SUB[] = {INBOX, "{ctl}", "{weights}_live.*.c.*", NULL};
+static const char *const ROLLOUT_SUB[] = {INBOX, "{ctl}", "{weights}_live.*.c.*.*", NULL};
 
 static const char *const STATUS_PUB[] = {
     JS_CLIENT,
