@@ -760,32 +760,44 @@ static void test_worker_killed_mid_fetch(void)
     model_free(m1);
 }
 
+/* A publisher of job `job` that has published m1 as v1, and a worker *c (its
+ * own connection *wb) that got v1 from the stored copy - the next `corrupt`
+ * chunks it receives flipped by the test hook - handed it back, and has its
+ * tap armed for the next version. *s: the worker's counters after v1. */
+static void worker_at_v1(const char *job, job_names *n, weights_publisher **p, model *m1, unsigned corrupt,
+                         tidal_bus **wb, weights_client **c, weights_stats *s)
+{
+    CHECK_OK(job_names_init(n, job));
+    weights_publisher_opts o = {.bus = F.bus, .names = n};
+    CHECK_OK(weights_publisher_create(&o, p));
+    CHECK_OK(weights_publish(*p, m1, 1));
+    CHECK_OK(weights_publisher_flush(*p, 20000));
+    *wb = connect_worker();
+    bus_blob_test_corrupt(corrupt);
+    CHECK_OK(weights_client_create(*wb, n, NULL, NULL, c)); /* v1 by direct gets: no tap before it */
+    model *got = NULL;
+    uint64_t ver = 0;
+    CHECK_OK(weights_client_wait(*c, 1, 20000, &got, &ver));
+    CHECK(ver == 1 && same_params(got, m1));
+    weights_client_stats(*c, s);
+    weights_client_recycle(*c, got);
+    sleep_ms(200); /* the tap armed */
+}
+
 /* One chunk corrupted after it arrived, on a fetch (by direct get) and on a
  * chunk the tap caught as it was published: each caught by its hash and
  * fetched again; the models are bit-identical to the trainer's. */
 static void test_corrupted_chunk_fetched_again(void)
 {
     job_names n;
-    CHECK_OK(job_names_init(&n, "corrupt"));
     weights_publisher *p = NULL;
-    weights_publisher_opts o = {.bus = F.bus, .names = &n};
-    CHECK_OK(weights_publisher_create(&o, &p));
-    model *m1 = make_model(&LARGER, 3001), *m2 = make_model(&LARGER, 3002);
-    CHECK_OK(weights_publish(p, m1, 1));
-    CHECK_OK(weights_publisher_flush(p, 20000));
-    tidal_bus *wb = connect_worker();
-    weights_client *c = NULL;
-    bus_blob_test_corrupt(1);
-    CHECK_OK(weights_client_create(wb, &n, NULL, NULL, &c)); /* v1 by direct gets */
-    model *got = NULL;
+    model *m1 = make_model(&LARGER, 3001), *m2 = make_model(&LARGER, 3002), *got = NULL;
     uint64_t ver = 0;
-    CHECK_OK(weights_client_wait(c, 1, 20000, &got, &ver));
-    CHECK(ver == 1 && same_params(got, m1));
+    tidal_bus *wb = NULL;
     weights_stats s;
-    weights_client_stats(c, &s);
+    weights_client *c = NULL;
+    worker_at_v1("corrupt", &n, &p, m1, 1, &wb, &c, &s);
     CHECK(s.refetched == 1 && s.failed == 0);
-    weights_client_recycle(c, got);
-    usleep(200 * 1000); /* the tap armed */
     bus_blob_test_corrupt(1);
     CHECK_OK(weights_publish(p, m2, 2));
     CHECK_OK(weights_publisher_flush(p, 20000));
@@ -822,25 +834,14 @@ static void block_store(uint32_t index)
 static void test_live_before_stored(void)
 {
     job_names n;
-    CHECK_OK(job_names_init(&n, "live"));
     weights_publisher *p = NULL;
-    weights_publisher_opts o = {.bus = F.bus, .names = &n};
-    CHECK_OK(weights_publisher_create(&o, &p));
-    model *m1 = make_model(&LARGER, 4001), *m2 = make_model(&LARGER, 4002);
-    CHECK_OK(weights_publish(p, m1, 1));
-    CHECK_OK(weights_publisher_flush(p, 20000));
-    tidal_bus *wb = connect_worker();
-    weights_client *c = NULL;
-    CHECK_OK(weights_client_create(wb, &n, NULL, NULL, &c)); /* v1 from the stored copy: no tap before it */
-    model *got = NULL;
+    model *m1 = make_model(&LARGER, 4001), *m2 = make_model(&LARGER, 4002), *got = NULL;
     uint64_t ver = 0;
-    CHECK_OK(weights_client_wait(c, 1, 20000, &got, &ver));
-    CHECK(ver == 1 && same_params(got, m1));
+    tidal_bus *wb = NULL;
     weights_stats s;
-    weights_client_stats(c, &s);
+    weights_client *c = NULL;
+    worker_at_v1("live", &n, &p, m1, 0, &wb, &c, &s);
     CHECK_MSG(s.live == 0 && s.caught == 0, "live %" PRIu64 " caught %" PRIu64, s.live, s.caught);
-    weights_client_recycle(c, got);
-    sleep_ms(200); /* the tap armed */
     atomic_store(&store_zeros, 0), atomic_store(&store_blocked, 0), atomic_store(&store_release, 0);
     bus_blob_test_hooks(block_store, NULL);
     CHECK_OK(weights_publish(p, m2, 2));
