@@ -614,7 +614,10 @@ static void consider(weights_client *c, const bus_kv_event *ev, Tidal__V1__Weigh
     *seen_ms = now_ms();
 }
 
-static void process(weights_client *c, const Tidal__V1__WeightsManifest *w, double seen_ms)
+/* Fetch, verify and build manifest w's version and make it the ready one.
+ * Returns true when w was live and is left for its stored copy (the tap's
+ * records of it are kept for that fetch). */
+static bool process(weights_client *c, const Tidal__V1__WeightsManifest *w, double seen_ms)
 {
     const uint64_t was_tried = c->tried;
     uint8_t was_digest[32];
@@ -646,7 +649,7 @@ static void process(weights_client *c, const Tidal__V1__WeightsManifest *w, doub
         model_free(m);
         tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": live copy not complete (%s): waiting for the stored copy",
                   w->version, tidal_errmsg());
-        return;
+        return true;
     } else if (!c->stop) {
         c->stats.failed++;
     }
@@ -654,6 +657,7 @@ static void process(weights_client *c, const Tidal__V1__WeightsManifest *w, doub
     pthread_mutex_unlock(&c->mu);
     model_free(m);
     if (st != TIDAL_OK && !closing) tidal_log(TIDAL_LOG_WARN, "weights: skipped: %s", tidal_errmsg());
+    return false;
 }
 
 static void *client_main(void *arg)
@@ -680,9 +684,9 @@ static void *client_main(void *arg)
             continue;
         }
         if (!cand) continue;
-        process(c, cand, seen_ms);
-        /* idle again: the next version's chunks are caught into the image buffer as they are published */
-        if (c->image) bus_blob_tap_arm(c->tap, c->image, c->image_cap);
+        /* idle again: the next version's chunks are caught into the image buffer as they are broadcast
+         * (not after a live version left for its stored copy: what the tap caught of it is fetched no more) */
+        if (!process(c, cand, seen_ms) && c->image) bus_blob_tap_arm(c->tap, c->image, c->image_cap);
         tidal__v1__weights_manifest__free_unpacked(cand, NULL);
         cand = NULL;
     }
