@@ -147,6 +147,11 @@ static void heartbeat(worker *w, bool force)
         weights_stats ws;
         weights_client_stats(w->wc, &ws);
         s.weights_refused = ws.refused;
+        s.weights_live = ws.live;
+        s.weights_fetched = ws.fetched;
+        prom_set(w->prom, "tidal_worker_weights_versions", "how=\"live\"",
+                 "weight versions built: from the trainer's live broadcast, or from the stored copy", (double)ws.live);
+        prom_set(w->prom, "tidal_worker_weights_versions", "how=\"stored\"", NULL, (double)(ws.fetched - ws.live));
     }
     void *buf = NULL;
     size_t len = 0;

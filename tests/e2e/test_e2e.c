@@ -1226,11 +1226,12 @@ cleanup:
 typedef struct beats {
     int n;
     uint64_t refused_min, version_min, version_max;
+    uint64_t live_min, fetched_min; /* versions built from the live broadcast, and in all */
 } beats;
 
 static beats read_beats(tidal_bus *b, const job_names *n)
 {
-    beats r = {0, UINT64_MAX, UINT64_MAX, 0};
+    beats r = {0, UINT64_MAX, UINT64_MAX, 0, UINT64_MAX, UINT64_MAX};
     bus_kv *kv = NULL;
     bus_kv_watcher *w = NULL;
     bus_kv_event ev;
@@ -1242,6 +1243,8 @@ static beats read_beats(tidal_bus *b, const job_names *n)
                 if (s->weights_refused < r.refused_min) r.refused_min = s->weights_refused;
                 if (s->weights_version < r.version_min) r.version_min = s->weights_version;
                 if (s->weights_version > r.version_max) r.version_max = s->weights_version;
+                if (s->weights_live < r.live_min) r.live_min = s->weights_live;
+                if (s->weights_fetched < r.fetched_min) r.fetched_min = s->weights_fetched;
                 tidal__v1__worker_status__free_unpacked(s, NULL);
             }
             bus_kv_event_clear(&ev);
@@ -1294,6 +1297,9 @@ static void test_rogue_weights(void)
     CHECK_MSG(after.version_max < 1000000 && after.version_min > before.version_max,
               "weights_version %" PRIu64 "..%" PRIu64 " after the rogue, %" PRIu64 " at most before", after.version_min,
               after.version_max, before.version_max);
+    /* and the workers, up all along, built versions from the trainer's live broadcast (docs/protocol.md) */
+    CHECK_MSG(after.live_min >= 1 && after.live_min <= after.fetched_min,
+              "fewest versions built live %" PRIu64 ", fewest built %" PRIu64, after.live_min, after.fetched_min);
     /* the job's key, as tidal status shows it, is the one the trainer made (RUN, owner only) */
     char cmd[1400];
     snprintf(cmd, sizeof cmd, "%s status --bus %s --job e2e --json > %s/status.json", tidal_bin, url, work);
