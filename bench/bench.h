@@ -13,6 +13,7 @@
 
 #include "base/status.h"
 #include "model/model.h"
+#include "model/safetensors.h"
 
 /* Debian's python3, where python3-torch lives (the PyTorch peers). */
 #define BENCH_PYTHON "/usr/bin/python3"
@@ -82,7 +83,21 @@ void bench_token_ids(int32_t *ids, size_t n, int vocab);
 
 int bench_bus_main(int argc, char **argv);
 int bench_weights_main(int argc, char **argv);
-int bench_weights_http_main(int argc, char **argv); /* bench_weights --transport http */
+
+/* `tidal bench weights`, both transports (bench_weights.c parses, and runs
+ * bus itself; bench_weights_http.c runs http): the options, the 127 M-parameter
+ * model both move, and its safetensors image as weights_publish makes it. */
+#define BENCH_WEIGHTS_MAX_WORKERS 8
+typedef struct bench_weights_opts {
+    const char *url;  /* --bus (bus only; NULL: a private nats-server) */
+    int workers;      /* 1 .. BENCH_WEIGHTS_MAX_WORKERS, default 2 */
+    int rounds;       /* default 4 */
+    int parallel;     /* http: Range requests in flight per worker, 1 .. 64, default 4 */
+    bool bf16, json;
+} bench_weights_opts;
+extern const model_config bench_weights_cfg;
+tidal_status bench_weights_image(model *m, st_dtype dtype, void **image, size_t *len);
+int bench_weights_http_run(const bench_weights_opts *o); /* bench_weights --transport http */
 int bench_train_main(int argc, char **argv);
 int bench_generate_main(int argc, char **argv);
 int bench_tokenize_main(int argc, char **argv);

@@ -51,11 +51,11 @@
 #define RAW_CHUNK (4u << 20)
 #define RAW_WINDOW 4          /* chunks per ack: 16 MiB */
 #define RAW_IN_FLIGHT 2       /* windows un-acked at once: 32 MiB < nats-server's 64 MB max_pending */
-#define MAX_WORKERS 8
+#define MAX_WORKERS BENCH_WEIGHTS_MAX_WORKERS
 #define WAIT_MS 300000
 
-/* 127.2 M parameters (509 MB as fp32): GPT-2-small-sized, Llama-shaped. */
-static const model_config BENCH_CFG = {
+/* 127.2 M parameters (509 MB as fp32): GPT-2-small-sized, Llama-shaped; the http bench's too. */
+const model_config bench_weights_cfg = {
     .type = MODEL_LLAMA, .vocab_size = 32000, .hidden_size = 768, .num_layers = 12, .num_heads = 12,
     .num_kv_heads = 12, .head_dim = 64, .intermediate_size = 2688, .max_position_embeddings = 2048,
     .rope_theta = 10000.0, .rms_norm_eps = 1e-5, .tie_word_embeddings = true, .bos_token_id = 1,
@@ -317,7 +317,8 @@ cleanup:
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: tidal bench weights [--transport bus|http] [--bus URL] [--workers W] [--rounds R] [--bf16] [--json]\n"
+            "usage: tidal bench weights [--transport bus|http] [--bus URL] [--workers W] [--rounds R] [--parallel P]\n"
+            "                           [--bf16] [--json]\n"
             "  Publish a 127 M-parameter model (509 MB as fp32) with weights_publish to W\n"
             "  rollout workers (weights_client, each on its own connection; default 2),\n"
             "  timed from the publish call to each worker holding the verified model,\n"
@@ -325,7 +326,8 @@ static void usage(FILE *f)
             "  subscribers (windowed acks). Without --bus a private nats-server is started.\n"
             "  Each path runs R rounds (default 4; the first pays for faulting in fresh\n"
             "  memory), interleaved; the best counts. --bf16: bf16 on the wire (the peer\n"
-            "  then moves the bf16 image).\n");
+            "  then moves the bf16 image). --transport http: the trainer's HTTP server against\n"
+            "  nginx + curl, P Range requests in flight per worker (default 4).\n");
 }
 
 static json_t *secs_json(const round_result *r, int workers)
@@ -355,8 +357,8 @@ cleanup:
     return st;
 }
 
-/* The image weights_publish sends, made here for the peer (same writer, same bytes). */
-static tidal_status make_image(model *m, st_dtype dtype, void **image, size_t *len)
+/* The image weights_publish sends, made here for the peers (same writer, same bytes). */
+tidal_status bench_weights_image(model *m, st_dtype dtype, void **image, size_t *len)
 {
     st_writer *w = NULL;
     tidal_status st = TIDAL_OK;
@@ -373,52 +375,50 @@ cleanup:
     return st;
 }
 
-/* The transport --transport names (NULL: none given). */
-static const char *transport_arg(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--transport") && i + 1 < argc) return argv[i + 1];
-        if (!strncmp(argv[i], "--transport=", 12)) return argv[i] + 12;
-    }
-    return NULL;
-}
-
 int bench_weights_main(int argc, char **argv)
 {
-    const char *asked = transport_arg(argc, argv);
-    if (asked && !strcmp(asked, "http")) return bench_weights_http_main(argc, argv); /* bench_weights_http.c */
-    const char *url = NULL;
+    bench_weights_opts opt = {.workers = 2, .rounds = 4, .parallel = 4};
     const char *transport = "bus";
-    int rounds = 4, workers = 2, as_json = 0, bf16 = 0;
     static const struct option opts[] = {{"bus", required_argument, 0, 'b'},
                                          {"transport", required_argument, 0, 't'},
                                          {"workers", required_argument, 0, 'w'},
                                          {"rounds", required_argument, 0, 'r'},
+                                         {"parallel", required_argument, 0, 'p'},
                                          {"bf16", no_argument, 0, 'f'},
                                          {"json", no_argument, 0, 'j'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "b:t:w:r:fjh", opts, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "b:t:w:r:p:fjh", opts, NULL)) != -1;) {
         switch (c) {
-        case 'b': url = optarg; break;
+        case 'b': opt.url = optarg; break;
         case 't': transport = optarg; break;
-        case 'w': workers = atoi(optarg); break;
-        case 'r': rounds = atoi(optarg); break;
-        case 'f': bf16 = 1; break;
-        case 'j': as_json = 1; break;
+        case 'w': opt.workers = atoi(optarg); break;
+        case 'r': opt.rounds = atoi(optarg); break;
+        case 'p': opt.parallel = atoi(optarg); break;
+        case 'f': opt.bf16 = true; break;
+        case 'j': opt.json = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (strcmp(transport, "bus") != 0) {
+    const bool http = !strcmp(transport, "http");
+    if (!http && strcmp(transport, "bus") != 0) {
         fprintf(stderr, "tidal bench weights: --transport %s: want bus or http\n", transport);
         return 2;
     }
-    if (optind < argc || rounds <= 0 || workers < 1 || workers > MAX_WORKERS) {
+    if (optind < argc || opt.rounds <= 0 || opt.workers < 1 || opt.workers > MAX_WORKERS || opt.parallel < 1 ||
+        opt.parallel > 64) {
         usage(stderr);
         return 2;
     }
+    if (http && opt.url) {
+        fprintf(stderr, "tidal bench weights: --bus is for --transport bus (http starts its own servers)\n");
+        return 2;
+    }
+    if (http) return bench_weights_http_run(&opt); /* bench_weights_http.c */
+    const char *url = opt.url;
+    const int rounds = opt.rounds, workers = opt.workers, as_json = opt.json, bf16 = opt.bf16;
     const st_dtype dtype = bf16 ? ST_BF16 : ST_F32;
 
     tidal_server *srv = NULL;
@@ -434,9 +434,9 @@ int bench_weights_main(int argc, char **argv)
 
     double t_init = bench_now_s();
     tidal_status st = TIDAL_OK;
-    TRY_GOTO(model_create(&BENCH_CFG, &src));
+    TRY_GOTO(model_create(&bench_weights_cfg, &src));
     model_init_random(src, 1234, 0.02f, true);
-    TRY_GOTO(make_image(src, dtype, &image, &bytes));
+    TRY_GOTO(bench_weights_image(src, dtype, &image, &bytes));
     if (bf16) TRY_GOTO(expected_params(src, image, bytes, &expect));
     for (int i = 0; i < workers; i++) {
         bufs[i] = malloc(bytes);
@@ -447,7 +447,7 @@ int bench_weights_main(int argc, char **argv)
         memset(bufs[i], 0, bytes); /* faulted in before any clock runs */
     }
     fprintf(stderr, "bench weights: model of %zu parameters, image %.1f MB (%s), made in %.1f s\n",
-            model_config_num_params(&BENCH_CFG), (double)bytes / 1e6, bf16 ? "bf16" : "fp32",
+            model_config_num_params(&bench_weights_cfg), (double)bytes / 1e6, bf16 ? "bf16" : "fp32",
             bench_now_s() - t_init);
     if (!url) {
         tidal_server_opts so = {0};
@@ -510,13 +510,13 @@ int bench_weights_main(int argc, char **argv)
                "        %6.2f GB/s per worker\n"
                "  ratio %.3f (best against best), median of the rounds' ratios after the first %.3f\n"
                "  CPU s per round (process + nats-server, median): tidal %.2f, raw %.2f: cpu_ratio %.3f on %ld cores\n",
-               model_config_num_params(&BENCH_CFG), bytes, bf16 ? "bf16" : "fp32", workers, rounds,
+               model_config_num_params(&bench_weights_cfg), bytes, bf16 ? "bf16" : "fp32", workers, rounds,
                best_t.gbps_mean, best_t.publish_call_ms, best_t.live, workers, best_t.on_bus_s, best_r.gbps_mean, ratio, median, cpu_t, cpu_r,
                cpu_ratio, sysconf(_SC_NPROCESSORS_ONLN));
     json_t *o = json_pack(
         "{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:{s:f, s:o, s:f, s:f, s:i, s:f}, s:{s:f, s:o, s:f}, s:f, s:f, s:f, s:f, s:i}", "bench", "weights", "transport", transport,
         "peer", "core NATS publish/subscribe of the same image as 4 MiB chunks with windowed acks, same server",
-        "params", (json_int_t)model_config_num_params(&BENCH_CFG), "image_bytes", (json_int_t)bytes, "dtype",
+        "params", (json_int_t)model_config_num_params(&bench_weights_cfg), "image_bytes", (json_int_t)bytes, "dtype",
         bf16 ? "bf16" : "fp32", "workers", workers, "rounds", rounds, "tidal", "gb_per_s_per_worker",
         best_t.gbps_mean, "seconds_per_worker", secs_json(&best_t, workers), "publish_call_ms",
         best_t.publish_call_ms, "stored_s", best_t.on_bus_s, "live_workers", best_t.live, "cpu_s_per_round", cpu_t, "raw", "gb_per_s_per_worker",

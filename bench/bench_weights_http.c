@@ -27,7 +27,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -51,17 +50,11 @@
 #include "trainer/publish.h"
 
 #define BENCH_JOB "benchwh"
-#define MAX_WORKERS 8
+#define MAX_WORKERS BENCH_WEIGHTS_MAX_WORKERS
 #define WAIT_MS 300000
 #define NGINX "/usr/sbin/nginx"
 #define CURL_CLI "curl"
 #define TOKEN "bench-weights-http-token"
-
-static const model_config BENCH_CFG = {
-    .type = MODEL_LLAMA, .vocab_size = 32000, .hidden_size = 768, .num_layers = 12, .num_heads = 12,
-    .num_kv_heads = 12, .head_dim = 64, .intermediate_size = 2688, .max_position_embeddings = 2048,
-    .rope_theta = 10000.0, .rms_norm_eps = 1e-5, .tie_word_embeddings = true, .bos_token_id = 1,
-    .eos_token_id = 2};
 
 typedef struct {
     double secs[MAX_WORKERS];
@@ -297,35 +290,6 @@ static tidal_status run_peer(const char *dir, int port, int workers, uint64_t by
 
 /* ---------------------------------------------------------------- main */
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: tidal bench weights --transport http [--workers W] [--rounds R] [--parallel P] [--bf16] [--json]\n"
-            "  The trainer's HTTP weights server (weights.transport http) against Debian's nginx\n"
-            "  serving the same 127 M-parameter image (509 MB as fp32) to W curl command lines,\n"
-            "  both on loopback, started here. Ratio: W workers' verified ranged fetch\n"
-            "  (P Range requests each, default 4) vs W `curl -o /dev/null`, GB/s per worker,\n"
-            "  best of R rounds (default 4). Also reported: publish call -> each worker's\n"
-            "  model (a private nats-server holds the manifest and the bus copy).\n");
-}
-
-static tidal_status make_image(model *m, st_dtype dtype, void **image, size_t *len)
-{
-    st_writer *w = NULL;
-    tidal_status st = TIDAL_OK;
-    TRY_GOTO(st_writer_new(&w));
-    TRY_GOTO(st_writer_metadata(w, "format", "pt"));
-    float *params = model_params(m, NULL);
-    for (int i = 0; i < model_num_tensors(m); i++) {
-        const model_tensor *t = model_tensor_at(m, i);
-        TRY_GOTO(st_writer_add_f32(w, t->name, dtype, t->ndim, t->shape, params + t->offset));
-    }
-    TRY_GOTO(st_writer_to_memory(w, image, len));
-cleanup:
-    st_writer_free(w);
-    return st;
-}
-
 static tidal_status write_file(const char *path, const void *data, size_t len)
 {
     FILE *f = fopen(path, "wb");
@@ -335,34 +299,10 @@ static tidal_status write_file(const char *path, const void *data, size_t len)
     return TIDAL_OK;
 }
 
-int bench_weights_http_main(int argc, char **argv)
+int bench_weights_http_run(const bench_weights_opts *opt)
 {
-    int rounds = 4, workers = 2, parallel = 4, as_json = 0, bf16 = 0;
-    static const struct option opts[] = {{"transport", required_argument, 0, 't'},
-                                         {"workers", required_argument, 0, 'w'},
-                                         {"rounds", required_argument, 0, 'r'},
-                                         {"parallel", required_argument, 0, 'p'},
-                                         {"bf16", no_argument, 0, 'f'},
-                                         {"json", no_argument, 0, 'j'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "t:w:r:p:fjh", opts, NULL)) != -1;) {
-        switch (c) {
-        case 't': break; /* http: how we got here */
-        case 'w': workers = atoi(optarg); break;
-        case 'r': rounds = atoi(optarg); break;
-        case 'p': parallel = atoi(optarg); break;
-        case 'f': bf16 = 1; break;
-        case 'j': as_json = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (optind < argc || rounds <= 0 || workers < 1 || workers > MAX_WORKERS || parallel < 1 || parallel > 64) {
-        usage(stderr);
-        return 2;
-    }
+    const int rounds = opt->rounds, workers = opt->workers, parallel = opt->parallel, as_json = opt->json,
+              bf16 = opt->bf16;
     const st_dtype dtype = bf16 ? ST_BF16 : ST_F32;
     tidal_server *srv = NULL;
     tidal_bus *pub = NULL, *wbus[MAX_WORKERS] = {0};
@@ -382,7 +322,7 @@ int bench_weights_http_main(int argc, char **argv)
     double *round_ratio = NULL;
 
     tidal_status st = TIDAL_OK;
-    TRY_GOTO(model_create(&BENCH_CFG, &src));
+    TRY_GOTO(model_create(&bench_weights_cfg, &src));
     model_init_random(src, 1234, 0.02f, true);
     if (bf16) { /* the source holds what bf16 keeps, so the workers' models are compared bit for bit */
         size_t n = 0;
@@ -394,7 +334,7 @@ int bench_weights_http_main(int argc, char **argv)
             memcpy(&pp[i], &u, 4);
         }
     }
-    TRY_GOTO(make_image(src, dtype, &image, &bytes));
+    TRY_GOTO(bench_weights_image(src, dtype, &image, &bytes));
     TRY_GOTO(bench_temp_dir("bench weights", "tidal-bench-wh", dir, sizeof dir));
     chmod(dir, 0755);
     char path[4300];
@@ -463,13 +403,13 @@ int bench_weights_http_main(int argc, char **argv)
                "  ratio %.3f (best against best), median of the rounds' ratios %.3f\n"
                "  publish call -> each worker's verified model (serialize, hash, manifest, fetch, build): %.2f GB/s "
                "per worker\n",
-               model_config_num_params(&BENCH_CFG), bytes, bf16 ? "bf16" : "fp32", workers, parallel, rounds,
+               model_config_num_params(&bench_weights_cfg), bytes, bf16 ? "bf16" : "fp32", workers, parallel, rounds,
                best_f.gbps_mean, best_p.gbps_mean, ratio, median, best_w.gbps_mean);
     json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:i, s:{s:f, s:o}, s:{s:f, s:o}, s:{s:f, s:o}, "
                           "s:f, s:f, s:f}",
                           "bench", "weights", "transport", "http", "peer",
                           "nginx (Debian) serving the same image file to curl -o /dev/null, loopback", "params",
-                          (json_int_t)model_config_num_params(&BENCH_CFG), "image_bytes", (json_int_t)bytes, "dtype",
+                          (json_int_t)model_config_num_params(&bench_weights_cfg), "image_bytes", (json_int_t)bytes, "dtype",
                           bf16 ? "bf16" : "fp32", "workers", workers, "parallel", parallel, "rounds", rounds,
                           "tidal_fetch", "gb_per_s_per_worker", best_f.gbps_mean, "seconds_per_worker",
                           secs_json(&best_f, workers), "nginx_curl", "gb_per_s_per_worker", best_p.gbps_mean,
