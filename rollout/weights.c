@@ -28,6 +28,10 @@
  * taken only when the tap holds every chunk of its blob (waiting while chunks
  * still arrive); otherwise, or when a caught chunk fails its hash, the worker
  * waits for the same version's stored manifest, which it then tries as any.
+ * A live manifest the tap caught nothing of is passed over at once (a fresh
+ * worker has no buffer to catch into), and a live candidate keeps the newest
+ * stored one before it as a fallback: versions that come faster than the
+ * worker could wait on their broadcasts never starve it.
  * Before all that, when the manifest is read off the watcher, its signature
  * is checked (consider): a refused manifest is dropped there, so it neither
  * becomes the candidate (a rogue's v1000000 would otherwise hide the
@@ -549,17 +553,28 @@ static bool signed_by_job(weights_client *c, const Tidal__V1__WeightsManifest *w
     return false;
 }
 
+/* The blob a version is stored as: its number in decimal. */
+typedef struct blob_name {
+    char s[24];
+} blob_name;
+
+static blob_name live_name(const Tidal__V1__WeightsManifest *w)
+{
+    blob_name n;
+    snprintf(n.s, sizeof n.s, "%" PRIu64, w->version);
+    return n;
+}
+
 /* Whether the tap holds every chunk of live manifest w's blob, waiting while
  * chunks still come in (the manifest may overtake the last ones, which go on
  * another subscription); *got: how many it holds. */
 static bool live_caught(weights_client *c, const Tidal__V1__WeightsManifest *w, unsigned *got)
 {
-    char name[24];
-    snprintf(name, sizeof name, "%" PRIu64, w->version);
+    const blob_name name = live_name(w);
     unsigned last = 0;
     double t_last = now_ms();
     for (;;) {
-        *got = bus_blob_tap_caught(c->tap, name);
+        *got = bus_blob_tap_caught(c->tap, name.s);
         if (*got >= w->chunk_count) return true;
         if (*got != last) {
             last = *got;
@@ -572,9 +587,24 @@ static bool live_caught(weights_client *c, const Tidal__V1__WeightsManifest *w, 
     }
 }
 
-/* A watched value: a manifest to consider (kept in *cand when newer than the
+/* What the thread will fetch next: the newest manifest worth trying, and,
+ * while that one is live, the newest stored one before it (taken instead
+ * when the live one turns out not to be whole in the tap), so a worker whose
+ * tap keeps missing chunks still moves on. Both owned; NULL: none. */
+typedef struct candidates {
+    Tidal__V1__WeightsManifest *best, *stored;
+} candidates;
+
+static void candidates_clear(candidates *k)
+{
+    if (k->best) tidal__v1__weights_manifest__free_unpacked(k->best, NULL);
+    if (k->stored) tidal__v1__weights_manifest__free_unpacked(k->stored, NULL);
+    k->best = k->stored = NULL;
+}
+
+/* A watched value: a manifest to consider (kept in k when newer than the
  * candidate and than everything tried), or one that does not decode (counted). */
-static void consider(weights_client *c, const bus_kv_event *ev, Tidal__V1__WeightsManifest **cand, double *seen_ms)
+static void consider(weights_client *c, const bus_kv_event *ev, candidates *k, double *seen_ms)
 {
     Tidal__V1__WeightsManifest *w = NULL;
     tidal_status st = codec_decode_weights_manifest(ev->value, ev->len, &w);
@@ -591,10 +621,11 @@ static void consider(weights_client *c, const bus_kv_event *ev, Tidal__V1__Weigh
     pthread_mutex_lock(&c->mu);
     if (c->stats.latest_seen == UINT64_MAX || w->version > c->stats.latest_seen) c->stats.latest_seen = w->version;
     pthread_mutex_unlock(&c->mu);
-    unsigned got = 0;
-    if (w->live && !live_caught(c, w, &got)) {
-        tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": live, the tap caught %u of %" PRIu32 " chunks: waiting for "
-                  "the stored copy", w->version, got, w->chunk_count);
+    if (w->live && bus_blob_tap_caught(c->tap, live_name(w).s) == 0) {
+        /* nothing of it caught (the tap was not armed: a fresh worker, or one busy building): it cannot be
+         * built before it is stored, so it must not displace a candidate this worker can fetch */
+        tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": live, none of it caught: waiting for the stored copy",
+                  w->version);
         tidal__v1__weights_manifest__free_unpacked(w, NULL);
         return;
     }
@@ -602,15 +633,24 @@ static void consider(weights_client *c, const bus_kv_event *ev, Tidal__V1__Weigh
      * other weights (a trainer restarted from a checkpoint) */
     bool newer = c->tried == UINT64_MAX || w->version > c->tried ||
                  (w->version == c->tried && memcmp(w->digest.data, c->tried_digest, 32) != 0);
-    if (*cand && w->version < (*cand)->version) newer = false;
+    if (k->best && w->version < k->best->version) newer = false;
     if (!newer) {
         tidal_log(TIDAL_LOG_DEBUG, "weights: manifest v%" PRIu64 " is not newer than what this worker has; ignored",
                   w->version);
         tidal__v1__weights_manifest__free_unpacked(w, NULL);
         return;
     }
-    if (*cand) tidal__v1__weights_manifest__free_unpacked(*cand, NULL);
-    *cand = w;
+    if (w->live && k->best && !k->best->live) { /* the stored one stays as the fallback */
+        if (k->stored) tidal__v1__weights_manifest__free_unpacked(k->stored, NULL);
+        k->stored = k->best;
+        k->best = NULL;
+    }
+    if (!w->live && k->stored) { /* a newer stored one: no fallback needed */
+        tidal__v1__weights_manifest__free_unpacked(k->stored, NULL);
+        k->stored = NULL;
+    }
+    if (k->best) tidal__v1__weights_manifest__free_unpacked(k->best, NULL);
+    k->best = w;
     *seen_ms = now_ms();
 }
 
@@ -663,16 +703,16 @@ static bool process(weights_client *c, const Tidal__V1__WeightsManifest *w, doub
 static void *client_main(void *arg)
 {
     weights_client *c = arg;
-    Tidal__V1__WeightsManifest *cand = NULL;
+    candidates k = {0};
     double seen_ms = 0;
     bool warned = false;
     while (!stopping(c)) {
         bus_kv_event ev;
         /* with a candidate, only drain what is queued already (then fetch) */
-        tidal_status st = bus_kv_watch_next(c->watch, cand ? 1 : POLL_MS, &ev);
+        tidal_status st = bus_kv_watch_next(c->watch, k.best ? 1 : POLL_MS, &ev);
         if (st == TIDAL_OK) {
             warned = false;
-            if (ev.kind == BUS_KV_PUT) consider(c, &ev, &cand, &seen_ms);
+            if (ev.kind == BUS_KV_PUT) consider(c, &ev, &k, &seen_ms);
             bus_kv_event_clear(&ev);
             continue;
         }
@@ -683,14 +723,21 @@ static void *client_main(void *arg)
             nanosleep(&ts, NULL);
             continue;
         }
-        if (!cand) continue;
+        if (!k.best) continue;
+        unsigned got = 0;
+        const Tidal__V1__WeightsManifest *w = k.best;
+        if (w->live && !live_caught(c, w, &got)) { /* its stored copy is fetched when it comes */
+            tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": live, the tap caught %u of %" PRIu32 " chunks: waiting "
+                      "for the stored copy%s", w->version, got, w->chunk_count,
+                      k.stored ? "; the stored version before it meanwhile" : "");
+            w = k.stored;
+        }
         /* idle again: the next version's chunks are caught into the image buffer as they are broadcast
          * (not after a live version left for its stored copy: what the tap caught of it is fetched no more) */
-        if (!process(c, cand, seen_ms) && c->image) bus_blob_tap_arm(c->tap, c->image, c->image_cap);
-        tidal__v1__weights_manifest__free_unpacked(cand, NULL);
-        cand = NULL;
+        if (w && !process(c, w, seen_ms) && c->image) bus_blob_tap_arm(c->tap, c->image, c->image_cap);
+        candidates_clear(&k);
     }
-    if (cand) tidal__v1__weights_manifest__free_unpacked(cand, NULL);
+    candidates_clear(&k);
     return NULL;
 }
 

@@ -13,6 +13,7 @@
  * again. The killed processes are this binary re-executed (--child), so
  * nothing of the parent's NATS client state is forked. */
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <math.h>
 #include <signal.h>
@@ -877,6 +878,61 @@ static void test_live_before_stored(void)
     model_free(m2);
 }
 
+/* A publisher thread: versions 1, 2, ... of one model every 5 ms until told to stop. */
+typedef struct stream_args {
+    weights_publisher *p;
+    model *m;
+    atomic_int stop;
+    atomic_ullong last;
+} stream_args;
+
+static void *publish_stream(void *arg)
+{
+    stream_args *a = arg;
+    for (uint64_t v = 1; !atomic_load(&a->stop); v++) {
+        if (weights_publish(a->p, a->m, v) != TIDAL_OK) break;
+        atomic_store(&a->last, v);
+        sleep_ms(5);
+    }
+    return NULL;
+}
+
+/* A worker that starts while versions come faster than it could wait for
+ * their broadcasts (a fresh worker has no tap buffer, so every live manifest
+ * is useless to it) still gets a version within seconds, from the stored
+ * copies: live manifests it caught nothing of never displace a stored one. */
+static void test_fresh_worker_amid_live_versions(void)
+{
+    job_names n;
+    CHECK_OK(job_names_init(&n, "fresh"));
+    weights_publisher *p = NULL;
+    weights_publisher_opts o = {.bus = F.bus, .names = &n};
+    CHECK_OK(weights_publisher_create(&o, &p));
+    stream_args a = {.p = p, .m = make_model(&TINY, 5001)};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, publish_stream, &a) == 0);
+    sleep_ms(300);
+    tidal_bus *wb = connect_worker();
+    weights_client *c = NULL;
+    CHECK_OK(weights_client_create(wb, &n, NULL, NULL, &c));
+    model *got = NULL;
+    uint64_t ver = 0;
+    const tidal_status st = weights_client_wait(c, 1, 5000, &got, &ver);
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", st == TIDAL_OK ? "" : tidal_errmsg());
+    const uint64_t during = atomic_load(&a.last);
+    atomic_store(&a.stop, 1);
+    pthread_join(th, NULL);
+    CHECK_OK(weights_publisher_flush(p, 20000));
+    CHECK_MSG(st == TIDAL_OK, "no version within 5 s while the trainer published v1..v%" PRIu64 ": %s", during, msg);
+    CHECK(got && same_params(got, a.m));
+    model_free(got);
+    weights_client_free(c);
+    bus_close(wb);
+    weights_publisher_free(p);
+    model_free(a.m);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 8 && !strcmp(argv[1], "--child")) return child_main(argv);
@@ -892,6 +948,7 @@ int main(int argc, char **argv)
     RUN(test_worker_killed_mid_fetch);
     RUN(test_corrupted_chunk_fetched_again);
     RUN(test_live_before_stored);
+    RUN(test_fresh_worker_amid_live_versions);
     fixture_stop(&F);
     nats_Close();
     return check_summary();
