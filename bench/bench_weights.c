@@ -65,7 +65,7 @@ typedef struct {
     double secs[MAX_WORKERS]; /* per worker, from the start of the round */
     double gbps_mean;         /* mean over workers of bytes / secs */
     double publish_call_ms;   /* tidal: how long weights_publish held the caller */
-    double on_bus_s;          /* tidal: until the manifest was on the bus (flush returned) */
+    double stored_s;          /* tidal: until the stored copy's manifest was on the bus (flush returned) */
     double cpu_s;             /* CPU seconds of this process (publisher and workers) over the round */
     double server_cpu_s;      /* nats-server's CPU seconds over the round; < 0 when unknown (--bus) */
     int live;                 /* tidal: workers that built the version from the broadcast */
@@ -151,7 +151,7 @@ static tidal_status run_tidal(weights_publisher *p, weights_client **clients, in
         pthread_create(&th[i], NULL, tidal_worker_main, &tw[i]);
     }
     tidal_status st = publish_version(p, src, version, t0, r);
-    r->on_bus_s = bench_now_s() - t0;
+    r->stored_s = bench_now_s() - t0;
     char msg[512] = "";
     if (st != TIDAL_OK) { /* the workers stop waiting: they are joined either way */
         snprintf(msg, sizeof msg, "%s", tidal_errmsg());
@@ -478,7 +478,7 @@ int bench_weights_main(int argc, char **argv)
         TRY_GOTO(run_raw(pub, wbus, workers, image, bytes, bufs, &rr));
         TRY_GOTO(run_tidal(p, clients, workers, src, bf16 ? expect : model_params(src, NULL), (uint64_t)r, bytes, &tr));
         fprintf(stderr, "round %d: tidal %.2f GB/s per worker (publish call %.0f ms, %d of %d workers live, stored after "
-                "%.2f s, workers", r + 1, tr.gbps_mean, tr.publish_call_ms, tr.live, workers, tr.on_bus_s);
+                "%.2f s, workers", r + 1, tr.gbps_mean, tr.publish_call_ms, tr.live, workers, tr.stored_s);
         for (int i = 0; i < workers; i++) fprintf(stderr, " %.2f s", tr.secs[i]);
         fprintf(stderr, "); raw %.2f GB/s per worker (", rr.gbps_mean);
         for (int i = 0; i < workers; i++) fprintf(stderr, "%s%.2f s", i ? " " : "", rr.secs[i]);
@@ -511,7 +511,7 @@ int bench_weights_main(int argc, char **argv)
                "  ratio %.3f (best against best), median of the rounds' ratios after the first %.3f\n"
                "  CPU s per round (process + nats-server, median): tidal %.2f, raw %.2f: cpu_ratio %.3f on %ld cores\n",
                model_config_num_params(&bench_weights_cfg), bytes, bf16 ? "bf16" : "fp32", workers, rounds,
-               best_t.gbps_mean, best_t.publish_call_ms, best_t.live, workers, best_t.on_bus_s, best_r.gbps_mean, ratio, median, cpu_t, cpu_r,
+               best_t.gbps_mean, best_t.publish_call_ms, best_t.live, workers, best_t.stored_s, best_r.gbps_mean, ratio, median, cpu_t, cpu_r,
                cpu_ratio, sysconf(_SC_NPROCESSORS_ONLN));
     json_t *o = json_pack(
         "{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:{s:f, s:o, s:f, s:f, s:i, s:f}, s:{s:f, s:o, s:f}, s:f, s:f, s:f, s:f, s:i}", "bench", "weights", "transport", transport,
@@ -519,7 +519,7 @@ int bench_weights_main(int argc, char **argv)
         "params", (json_int_t)model_config_num_params(&bench_weights_cfg), "image_bytes", (json_int_t)bytes, "dtype",
         bf16 ? "bf16" : "fp32", "workers", workers, "rounds", rounds, "tidal", "gb_per_s_per_worker",
         best_t.gbps_mean, "seconds_per_worker", secs_json(&best_t, workers), "publish_call_ms",
-        best_t.publish_call_ms, "stored_s", best_t.on_bus_s, "live_workers", best_t.live, "cpu_s_per_round", cpu_t, "raw", "gb_per_s_per_worker",
+        best_t.publish_call_ms, "stored_s", best_t.stored_s, "live_workers", best_t.live, "cpu_s_per_round", cpu_t, "raw", "gb_per_s_per_worker",
         best_r.gbps_mean, "seconds_per_worker", secs_json(&best_r, workers), "cpu_s_per_round", cpu_r, "peak_rss_mb",
         bench_peak_rss_mb(), "ratio", ratio, "ratio_median_of_rounds", median, "cpu_ratio", cpu_ratio, "cores",
         (int)sysconf(_SC_NPROCESSORS_ONLN));
