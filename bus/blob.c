@@ -460,6 +460,29 @@ void bus_blob_writer_abort(bus_blob_writer *w)
     writer_free(w);
 }
 
+/* Manifest m's chunk digests as one array (*out, chunk_count x 32 bytes,
+ * malloc'd, the caller's), after checking there is one of 32 bytes per
+ * chunk; a manifest that breaks that fails with status `bad`, naming it. */
+static tidal_status manifest_hashes(const Tidal__V1__BlobManifest *m, const char *name, tidal_status bad,
+                                    uint8_t **out)
+{
+    *out = NULL;
+    if (m->n_chunk_digest != m->chunk_count)
+        return tidal_fail(bad, "bus: blob %s: the manifest has %zu chunk hashes for %u chunks", name,
+                          m->n_chunk_digest, m->chunk_count);
+    uint8_t *h = malloc((size_t)m->chunk_count * 32 + 1);
+    if (!h) return tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
+    for (size_t i = 0; i < m->n_chunk_digest; i++) {
+        if (m->chunk_digest[i].len != 32) {
+            free(h);
+            return tidal_fail(bad, "bus: blob %s: chunk %zu's hash is not 32 bytes", name, i);
+        }
+        memcpy(h + 32 * i, m->chunk_digest[i].data, 32);
+    }
+    *out = h;
+    return TIDAL_OK;
+}
+
 /* The manifest of what writer w sent (every chunk's digest, the blob's
  * digest over them), encoded into *buf (malloc'd, the caller's). */
 static tidal_status writer_manifest(bus_blob_writer *w, void **buf, size_t *blen, bus_blob_info *info)
@@ -572,26 +595,14 @@ tidal_status bus_blob_put_live(bus_blob_store *bs, const char *name, const void 
     bus_blob_writer *w = NULL;
     const uint32_t cb = chunk_size(bs);
     if (!m->name || strcmp(m->name, name) != 0 || m->bytes != len || m->chunk_bytes != cb || cb == 0 ||
-        m->chunk_count != (len + cb - 1) / cb || m->n_chunk_digest != m->chunk_count) {
+        m->chunk_count != (len + cb - 1) / cb) {
         st = tidal_fail(TIDAL_ERR_INVALID, "bus: blob %s: the manifest (blob '%s', %llu bytes, %u chunks of %u) does "
                                            "not describe %llu bytes in chunks of %u",
                         name, m->name ? m->name : "", (unsigned long long)m->bytes, m->chunk_count, m->chunk_bytes,
                         (unsigned long long)len, cb);
         goto cleanup;
     }
-    flat = malloc((size_t)m->chunk_count * 32 + 1);
-    if (!flat) {
-        st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: out of memory", name);
-        goto cleanup;
-    }
-    for (uint32_t i = 0; i < m->chunk_count; i++) {
-        if (m->chunk_digest[i].len != 32) {
-            st = tidal_fail(TIDAL_ERR_INVALID, "bus: blob %s: the manifest's digest of chunk %u has %zu bytes", name, i,
-                            m->chunk_digest[i].len);
-            goto cleanup;
-        }
-        memcpy(flat + (size_t)i * 32, m->chunk_digest[i].data, 32);
-    }
+    TRY_GOTO(manifest_hashes(m, name, TIDAL_ERR_INVALID, &flat));
     TRY_GOTO(bus_blob_writer_open(bs, name, &w));
     w->given = flat;
     st = bus_blob_writer_write(w, data, (size_t)len);
@@ -952,24 +963,13 @@ tidal_status bus_blob_get(bus_blob_store *bs, const char *name, void **data, uin
     Tidal__V1__BlobManifest *m = NULL;
     TRY(read_manifest(bs, name, &m));
     tidal_status st = TIDAL_OK;
-    uint8_t *hashes = calloc(m->n_chunk_digest ? m->n_chunk_digest : 1, 32);
+    uint8_t *hashes = NULL;
     uint8_t *buf = malloc(m->bytes ? m->bytes : 1);
-    if (!buf || !hashes) {
+    if (!buf) {
         st = tidal_fail(TIDAL_ERR_NOMEM, "bus: blob %s: cannot allocate %llu bytes", name, (unsigned long long)m->bytes);
         goto cleanup;
     }
-    if (m->n_chunk_digest != m->chunk_count) {
-        st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: the manifest has %zu chunk hashes for %u chunks", name,
-                        m->n_chunk_digest, m->chunk_count);
-        goto cleanup;
-    }
-    for (size_t i = 0; i < m->n_chunk_digest; i++) {
-        if (m->chunk_digest[i].len != 32) {
-            st = tidal_fail(TIDAL_ERR_CORRUPT, "bus: blob %s: chunk %zu's hash is not 32 bytes", name, i);
-            goto cleanup;
-        }
-        memcpy(hashes + 32 * i, m->chunk_digest[i].data, 32);
-    }
+    TRY_GOTO(manifest_hashes(m, name, TIDAL_ERR_CORRUPT, &hashes));
     uint8_t total[32];
     list_digest((const uint8_t(*)[32])hashes, m->chunk_count, total);
     if (m->digest.len != 32 || memcmp(total, m->digest.data, 32) != 0) {

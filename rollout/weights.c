@@ -660,6 +660,7 @@ static void consider(weights_client *c, const bus_kv_event *ev, candidates *k, d
 static bool process(weights_client *c, const Tidal__V1__WeightsManifest *w, double seen_ms)
 {
     const uint64_t was_tried = c->tried;
+    bool deferred = false;
     uint8_t was_digest[32];
     memcpy(was_digest, c->tried_digest, 32);
     c->tried = w->version;
@@ -685,19 +686,19 @@ static bool process(weights_client *c, const Tidal__V1__WeightsManifest *w, doub
     } else if (w->live && !c->stop) { /* not a failure yet: the stored copy is tried when it comes */
         c->tried = was_tried;
         memcpy(c->tried_digest, was_digest, 32);
-        pthread_mutex_unlock(&c->mu);
-        model_free(m);
-        tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": live copy not complete (%s): waiting for the stored copy",
-                  w->version, tidal_errmsg());
-        return true;
+        deferred = true;
     } else if (!c->stop) {
         c->stats.failed++;
     }
     bool closing = c->stop;
     pthread_mutex_unlock(&c->mu);
     model_free(m);
-    if (st != TIDAL_OK && !closing) tidal_log(TIDAL_LOG_WARN, "weights: skipped: %s", tidal_errmsg());
-    return false;
+    if (deferred)
+        tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": live copy not complete (%s): waiting for the stored copy",
+                  w->version, tidal_errmsg());
+    else if (st != TIDAL_OK && !closing)
+        tidal_log(TIDAL_LOG_WARN, "weights: skipped: %s", tidal_errmsg());
+    return deferred;
 }
 
 static void *client_main(void *arg)

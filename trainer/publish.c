@@ -7,7 +7,7 @@
  *            allocate (and fault in) hundreds of MB per step;
  *   the one the background thread is publishing, which it owns outside the
  *   lock and gives back as the spare once that version is on the bus (or
- *   given up): fp32 tensors go from it straight into the blob's chunks.
+ *   given up): the image is serialised from it (fp32 tensors read in place).
  * Transport bus: the background thread broadcasts the safetensors image as
  * live blob "<version>" while it serialises it (st_writer_emit into a live
  * bus_blob_writer: each 4 MiB chunk hashed and sent to the workers' taps as
@@ -271,7 +271,8 @@ static tidal_status store_bus(weights_publisher *p, const snapshot *s)
     size_t mlen = 0, len = 0;
     Tidal__V1__BlobManifest *blob = NULL;
     tidal_status st = TIDAL_OK;
-    TRY_GOTO(model_config_to_json(&cfg, bf16 ? "bfloat16" : "float32", "config.json", &config_json));
+    st = model_config_to_json(&cfg, bf16 ? "bfloat16" : "float32", "config.json", &config_json);
+    if (st != TIDAL_OK) return tidal_wrap(st, "weights v%" PRIu64, v);
     TRY_GOTO(broadcast_image(p, s, name, &mbuf, &mlen, &len));
     const double t_live = mono_ms();
     TRY_GOTO(codec_decode_blob_manifest(mbuf, mlen, &blob));
