@@ -4,8 +4,8 @@
  * An HTTP/1.1 server (libmicrohttpd, a thread per connection, keep-alive)
  * that serves the safetensors image of each of the newest `keep` versions at
  * GET /weights/<version>, whole or one byte range (Range: bytes=a-b, a-,
- * -n; 206 with Content-Range), sent with sendfile from an in-memory copy
- * (memfd). With a token every request must carry "Authorization: Bearer
+ * -n; 206 with Content-Range), sent from an in-memory copy on huge pages.
+ * With a token every request must carry "Authorization: Bearer
  * <token>" (401 otherwise). An image is freed when it is pruned and the last
  * response reading it is done.
  */
