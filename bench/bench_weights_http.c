@@ -6,7 +6,7 @@
  * Three clocks, each over R rounds (interleaved; the best counts):
  *   fetch   (the ratio's): W threads each run the worker's fetch,
  *           fetch_http_image (parallel Range requests on keep-alive
- *           connections, every range digest-checked against the signed
+ *           connections, every chunk digest-checked against the signed
  *           manifest, into the worker's memory: the last round's buffer,
  *           as a worker reuses its last image's) from the trainer's
  *           server, a bearer token on every request; the bytes are then
@@ -396,7 +396,7 @@ int bench_weights_http_run(const bench_weights_opts *opt)
     if (!as_json)
         printf("bench weights --transport http: %zu parameters, %zu-byte %s image, %d workers, %d ranges in flight "
                "each, best of %d rounds\n"
-               "  tidal fetch (trainer's libmicrohttpd server -> fetch_http_image, token, every range digest-checked):\n"
+               "  tidal fetch (trainer's libmicrohttpd server -> fetch_http_image, token, every chunk digest-checked):\n"
                "        %6.2f GB/s per worker\n"
                "  peer  (nginx sendfile -> curl -o /dev/null, no checks):\n"
                "        %6.2f GB/s per worker\n"

@@ -158,7 +158,7 @@ static const key KEYS[] = {
     STR("weights.http_bind", weights.http_bind, "127.0.0.1:0", "transport http: IPv4 address:port the trainer's weights server listens on (port 0: a free one); a bind beyond loopback needs a token (TIDAL_WEIGHTS_HTTP_TOKEN or _FILE in the environment)"),
     STR("weights.http_url", weights.http_url, "", "transport http: the base URL workers fetch from (http://host:port), for a bind they cannot reach as such (0.0.0.0, NAT); empty: from weights.http_bind (0.0.0.0: this host's name)"),
     INT("weights.http_timeout_ms", weights.http_timeout_ms, 100, 600000, "10000", "transport http: a worker gives up on a fetch that brings no byte for this long (or cannot connect) and takes the bus copy"),
-    INT("weights.http_parallel", weights.http_parallel, 1, 64, "4", "transport http: Range requests a worker keeps in flight"),
+    INT("weights.http_parallel", weights.http_parallel, 1, 64, "4", "transport http: Range requests (connections) a worker fetches an image with at once, each a contiguous run of its chunks"),
     INT("weights.keep", weights.keep, 1, 1000, "2", "newest weight versions kept on the bus (or in weights.dir)"),
     STR("weights.dir", weights.dir, "", "transport dir: the shared directory the trainer writes each version into as step_<version>/ (config.json, model.safetensors, tokenizer files); every worker must see it at this path"),
     BOOL("weights.delta", weights.delta, "false", "transport bus: send a version as the zstd-compressed XOR of its image with the previous one (docs/protocol.md \"Delta versions\")"),

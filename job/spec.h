@@ -125,7 +125,7 @@ typedef struct job_spec {
         char http_bind[SPEC_STR]; /* transport http: "IPv4:port" the trainer serves on */
         char http_url[SPEC_STR];  /* transport http: base URL for workers; empty: from http_bind */
         int http_timeout_ms;      /* transport http: a fetch without progress this long falls back to the bus */
-        int http_parallel;        /* transport http: Range requests in flight per worker */
+        int http_parallel;        /* transport http: Range requests (connections) per fetch */
         int keep;              /* newest versions kept */
         char dir[SPEC_STR];    /* transport dir: the shared directory of step_<version>/ */
         bool delta;            /* transport bus: versions as compressed deltas (model/delta.h) */

@@ -294,7 +294,7 @@ static tidal_status fetch_http(weights_client *c, const Tidal__V1__WeightsManife
         const bool first = c->stats.http_fetched++ == 0;
         pthread_mutex_unlock(&c->mu);
         if (first) /* once: the later ones are in the debug line of fetch_version */
-            tidal_log(TIDAL_LOG_INFO, "weights v%" PRIu64 ": fetched over HTTP from %s (%" PRIu64 " bytes, every range "
+            tidal_log(TIDAL_LOG_INFO, "weights v%" PRIu64 ": fetched over HTTP from %s (%" PRIu64 " bytes, every chunk "
                       "verified)", v, w->url, *len);
         return TIDAL_OK;
     }
@@ -319,7 +319,7 @@ static tidal_status fetch_http(weights_client *c, const Tidal__V1__WeightsManife
     return TIDAL_OK;
 }
 
-/* transport http: the image over HTTP (every range checked against the
+/* transport http: the image over HTTP (every chunk checked against the
  * signed manifest), or the bus copy when the server does not answer (then
  * checked here against the manifest's digest of the whole file), built. */
 static tidal_status fetch_version_http(weights_client *c, const Tidal__V1__WeightsManifest *w, model **out,

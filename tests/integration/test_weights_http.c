@@ -235,9 +235,9 @@ static void test_bad_token_falls_back(void)
 }
 
 /* The server sends 1 MiB of each range, then nothing: after the stall
- * timeout the worker takes the bus copy; a range flipped on arrival is asked
- * for again and the fetch stays on HTTP. */
-static void test_stall_falls_back_and_corrupt_range_refetched(void)
+ * timeout the worker takes the bus copy; a chunk flipped on arrival is asked
+ * for again on its own and the fetch stays on HTTP. */
+static void test_stall_falls_back_and_corrupt_chunk_refetched(void)
 {
     job_names n;
     CHECK_OK(job_names_init(&n, "httpstall"));
@@ -264,7 +264,7 @@ static void test_stall_falls_back_and_corrupt_range_refetched(void)
     model_free(got);
 
     weights_http_test_stall(weights_publisher_http(p), UINT64_MAX);
-    fetch_http_test_corrupt_range(1);
+    fetch_http_test_corrupt_chunk(1);
     model *src2 = make_model(10);
     CHECK_OK(weights_publish(p, src2, 1));
     CHECK_OK(weights_publisher_flush(p, 30000));
@@ -272,6 +272,7 @@ static void test_stall_falls_back_and_corrupt_range_refetched(void)
     CHECK(got && same_params(got, src2));
     weights_client_stats(c, &s);
     CHECK(s.http_fetched == 1 && s.http_fallbacks == 1 && s.fetched == 2);
+    CHECK(fetch_http_test_corrupt_chunk(-1) == -1); /* chunk 1 (inside the first request's run) was flipped */
     model_free(got);
 
     weights_client_free(c); /* the stalled connections end with the server */
@@ -306,7 +307,7 @@ int main(void)
     fixture_start(&F);
     RUN(test_fetch_ranges_token_keep);
     RUN(test_bad_token_falls_back);
-    RUN(test_stall_falls_back_and_corrupt_range_refetched);
+    RUN(test_stall_falls_back_and_corrupt_chunk_refetched);
     RUN(test_bind_rules);
     fixture_stop(&F);
     nats_Close();
