@@ -170,9 +170,7 @@ static float *params_in_place(model *m, const st_file *f, st_dtype dtype, const 
     return (float *)base;
 }
 
-/* A model for config cfg with every tensor filled from the safetensors image
- * f: each present, in the manifest's dtype, with the model's shape; nothing
- * else in the image (lm_head.weight is tolerated with tied embeddings). */
+/* Whether a and b describe the same model shape (a spare model fits). */
 static bool same_config(const model_config *a, const model_config *b)
 {
     return a->type == b->type && a->vocab_size == b->vocab_size && a->hidden_size == b->hidden_size &&
