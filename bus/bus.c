@@ -21,6 +21,7 @@
 #define DEFAULT_JS_TIMEOUT_MS 5000
 #define JS_ATTEMPT_MAX_WAIT_MS 2000 /* one attempt of bus_js_publish waits for its ack at most this */
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
+#define AUTH_TRIES 3 /* connects with credentials the server refuses before bus_connect gives up (see there) */
 #define DEFAULT_RECONNECT_BUF (64 << 20)
 /* A server cut off by the network (no TCP reset, only silence) is noticed
  * only by the client's pings: 2 unanswered pings 3 s apart (6-9 s) end the
@@ -265,6 +266,16 @@ tidal_status bus_connect(tidal_bus **out, const bus_opts *o)
         goto cleanup;
     }
     s = natsConnection_Connect(&b->nc, no);
+    /* With a user nkey, nats-server 2.9.10 refuses nats.c 3.4.1's CONNECT in
+     * about 1 connect of 300 ("Signature missing" in the server's log: the
+     * client sent the key but no signature of the nonce, which the server
+     * did send). The same key gets in on the next try; a key the server does
+     * not know is refused every time, so the error below still comes. */
+    for (int tries = 1; s == NATS_CONNECTION_AUTH_FAILED && o->creds_file && tries < AUTH_TRIES; tries++) {
+        tidal_log(TIDAL_LOG_DEBUG, "bus: connect %s: authorization refused (try %d of %d): trying again", o->urls,
+                  tries, AUTH_TRIES);
+        s = natsConnection_Connect(&b->nc, no);
+    }
     if (s != NATS_OK) {
         st = bus_nats_fail(s, 0, "bus: connect %s", o->urls);
         /* nats.c's words for the two usual TLS set-up mistakes are cryptic */
