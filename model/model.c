@@ -61,9 +61,7 @@ struct model {
     int n_tensors;
     model_tensor *tensors;
     size_t n_params;
-    float *params;         /* [n_params], inside params_block */
-    void *params_block;    /* the allocation params lies in (own, or adopted: model_adopt_params) */
-    size_t params_block_bytes;
+    float *params;
     float *grads;
     model_view p, g;       /* parameter and gradient views */
 
@@ -204,32 +202,17 @@ tidal_status model_create(const model_config *c, model **out)
         return tidal_fail(TIDAL_ERR_NOMEM, "model: cannot allocate %zu parameters (%.1f MiB x 2)", n,
                           (double)n * 4 / (1 << 20));
     }
-    m->params_block = m->params;
-    m->params_block_bytes = m->n_params * sizeof(float);
     build_view(m, m->params, &m->p);
     build_view(m, m->grads, &m->g);
     *out = m;
     return TIDAL_OK;
 }
 
-void model_adopt_params(model *m, void *block, size_t block_bytes, float *params, void **old, size_t *old_bytes)
-{
-    assert((uintptr_t)params % _Alignof(float) == 0);
-    assert((uint8_t *)params >= (uint8_t *)block &&
-           (uint8_t *)(params + m->n_params) <= (uint8_t *)block + block_bytes);
-    *old = m->params_block;
-    *old_bytes = m->params_block_bytes;
-    m->params_block = block;
-    m->params_block_bytes = block_bytes;
-    m->params = params;
-    build_view(m, m->params, &m->p);
-}
-
 void model_free(model *m)
 {
     if (!m) return;
     free(m->tensors);
-    free(m->params_block);
+    free(m->params);
     free(m->grads);
     free(m->p.layers);
     free(m->g.layers);

@@ -66,15 +66,6 @@ int model_num_tensors(const model *m);
 const model_tensor *model_tensor_at(const model *m, int i);
 const model_tensor *model_find_tensor(const model *m, const char *name);
 float *model_params(model *m, size_t *n);  /* the contiguous parameter buffer */
-/* Make m's parameters the n_params floats at params (aligned for float),
- * which lie inside block (block_bytes bytes from malloc): m owns block from
- * now on and frees it with free(). The block m held before (its own
- * parameter allocation, or one adopted earlier) goes to *old, *old_bytes,
- * and is the caller's now. Nothing is copied: the parameters are whatever
- * params holds. Why: a worker's fp32 image already holds the parameters in
- * the model's order (rollout/weights.c), and copying them costs a 509 MB
- * model 0.15-0.2 s. */
-void model_adopt_params(model *m, void *block, size_t block_bytes, float *params, void **old, size_t *old_bytes);
 float *model_grads(model *m, size_t *n);   /* the gradient buffer (same layout) */
 void model_zero_grads(model *m);
 

@@ -46,7 +46,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 
 #include "base/digest.h"
@@ -126,10 +125,9 @@ static st_dtype manifest_dtype(const char *d)
     return ST_F16; /* the validator allows only fp32, bf16 and fp16 */
 }
 
-/* Model tensor t's tensor in the image f: present, in the manifest's
- * dtype, with the model's shape. */
-static tidal_status image_tensor(const model_tensor *t, const st_file *f, st_dtype dtype, uint64_t v,
-                                 const st_tensor **out)
+/* Model tensor t filled from its tensor in the image f: present, in the
+ * manifest's dtype, with the model's shape. */
+static tidal_status fill_tensor(const model_tensor *t, const st_file *f, st_dtype dtype, uint64_t v, float *params)
 {
     const st_tensor *x = st_find(f, t->name);
     if (!x) return tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": tensor %s is missing", v, t->name);
@@ -142,32 +140,8 @@ static tidal_status image_tensor(const model_tensor *t, const st_file *f, st_dty
                           v, t->name, (long long)x->shape[0], x->ndim > 1 ? ", " : "",
                           x->ndim > 1 ? (long long)x->shape[1] : 0LL, (long long)t->shape[0],
                           t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL);
-    *out = x;
+    TRY_WRAP(st_read_f32(x, params + t->offset, (int64_t)t->numel), "weights v%" PRIu64, v);
     return TIDAL_OK;
-}
-
-/* Where the image f (inside block, block_bytes bytes) holds m's parameters
- * exactly as m lays them out - every tensor fp32, in m's order, back to back,
- * from an address aligned for float - so that m can adopt them in place;
- * NULL when it does not (they are copied). The trainer writes its fp32
- * images so (it adds the tensors in the model's order). */
-static float *params_in_place(model *m, const st_file *f, st_dtype dtype, const void *block, size_t block_bytes)
-{
-    if (!block || dtype != ST_F32 || model_num_tensors(m) == 0) return NULL;
-    const st_tensor *x0 = st_find(f, model_tensor_at(m, 0)->name);
-    if (!x0 || model_tensor_at(m, 0)->offset != 0 || (uintptr_t)x0->data % _Alignof(float) != 0) return NULL;
-    const uint8_t *base = x0->data, *lo = block, *hi = lo + block_bytes;
-    size_t n = 0;
-    model_params(m, &n);
-    if (base < lo || base > hi || (size_t)(hi - base) < n * sizeof(float)) return NULL;
-    for (int i = 0; i < model_num_tensors(m); i++) {
-        const model_tensor *t = model_tensor_at(m, i);
-        const st_tensor *x = st_find(f, t->name);
-        if (!x || x->dtype != ST_F32 || x->nbytes != t->numel * sizeof(float) ||
-            (const uint8_t *)x->data != base + t->offset * sizeof(float))
-            return NULL;
-    }
-    return (float *)base;
 }
 
 /* Whether a and b describe the same model shape (a spare model fits). */
@@ -200,46 +174,21 @@ static tidal_status model_for(weights_client *c, const model_config *cfg, uint64
     return TIDAL_OK;
 }
 
-/* A model for cfg (model_for) with every tensor from the image f: each
- * present, in the manifest's dtype, with the model's shape; nothing else in
- * the image (lm_head.weight is tolerated with tied embeddings). block, when
- * not NULL, is the allocation f's bytes lie in (*block_bytes bytes): when
- * the image holds the parameters in place (params_in_place) the model takes
- * *block instead of a copy, and *block, *block_bytes become the block the
- * model held before (the caller's now). */
 static tidal_status build_model(weights_client *c, const model_config *cfg, const st_file *f, st_dtype dtype,
-                                uint64_t v, model **out, void **block, size_t *block_bytes)
+                                uint64_t v, model **out)
 {
     *out = NULL;
     model *m = NULL;
     TRY(model_for(c, cfg, v, &m));
     tidal_status st = TIDAL_OK;
-    const st_tensor *xt = NULL;
-    for (int i = 0; i < model_num_tensors(m); i++) TRY_GOTO(image_tensor(model_tensor_at(m, i), f, dtype, v, &xt));
+    float *params = model_params(m, NULL);
+    for (int i = 0; i < model_num_tensors(m); i++) TRY_GOTO(fill_tensor(model_tensor_at(m, i), f, dtype, v, params));
     for (int i = 0; i < st_count(f); i++) {
         const st_tensor *x = st_at(f, i);
         if (!model_find_tensor(m, x->name) && !(cfg->tie_word_embeddings && !strcmp(x->name, "lm_head.weight"))) {
             st = tidal_fail(TIDAL_ERR_INVALID, "weights v%" PRIu64 ": unexpected tensor %s (not in a %s model with this config)",
                             v, x->name, cfg->type == MODEL_QWEN2 ? "qwen2" : "llama");
             goto cleanup;
-        }
-    }
-    float *in_place = block ? params_in_place(m, f, dtype, *block, *block_bytes) : NULL;
-    if (in_place) {
-        model_adopt_params(m, *block, *block_bytes, in_place, block, block_bytes);
-        pthread_mutex_lock(&c->mu);
-        c->stats.in_place++;
-        pthread_mutex_unlock(&c->mu);
-    } else {
-        float *params = model_params(m, NULL);
-        for (int i = 0; i < model_num_tensors(m); i++) {
-            const model_tensor *t = model_tensor_at(m, i);
-            TRY_GOTO(image_tensor(t, f, dtype, v, &xt));
-            st = st_read_f32(xt, params + t->offset, (int64_t)t->numel);
-            if (st != TIDAL_OK) {
-                st = tidal_wrap(st, "weights v%" PRIu64, v);
-                goto cleanup;
-            }
         }
     }
     *out = m;
@@ -300,11 +249,7 @@ static tidal_status image_buffer(weights_client *c, uint64_t len, uint64_t v)
     bus_blob_tap_arm(c->tap, NULL, 0); /* its records are of the old buffer (a new one may get its address) */
     free(c->image);
     c->image_cap = 0;
-    /* 2 MiB-aligned, on huge pages where the kernel allows: fewer faults as the tap fills it, and a
-     * model that adopts it (build_model) computes from huge pages */
-    void *mem = NULL;
-    c->image = posix_memalign(&mem, 2u << 20, len ? (size_t)len : 1) == 0 ? mem : NULL;
-    if (c->image) madvise(c->image, len, MADV_HUGEPAGE);
+    c->image = malloc(len ? (size_t)len : 1);
     if (!c->image)
         return tidal_fail(TIDAL_ERR_NOMEM, "weights v%" PRIu64 ": cannot allocate %" PRIu64 " bytes for the image", v, len);
     c->image_cap = (size_t)len;
@@ -390,7 +335,6 @@ static tidal_status fetch_version_http(weights_client *c, const Tidal__V1__Weigh
     TRY_GOTO(fetch_http(c, w, &image, &len, &info, &verified));
     const double t_fetch = now_ms();
     *bytes = len;
-    size_t image_bytes = (size_t)len;
     if (len != w->bytes || stopping(c)) {
         st = tidal_fail(len != w->bytes ? TIDAL_ERR_CORRUPT : TIDAL_ERR_UNAVAILABLE,
                         "weights v%" PRIu64 ": %" PRIu64 " bytes fetched, the manifest says %" PRIu64, v, len, w->bytes);
@@ -412,15 +356,14 @@ static tidal_status fetch_version_http(weights_client *c, const Tidal__V1__Weigh
     snprintf(label, sizeof label, "weights v%" PRIu64, v);
     TRY_GOTO(version_config(c, w, &cfg));
     TRY_GOTO(st_open_memory(image, (size_t)len, label, &f));
-    /* the model may take the image in place; then image becomes the block it held before */
-    TRY_GOTO(build_model(c, &cfg, f, manifest_dtype(w->dtype), v, out, &image, &image_bytes));
+    TRY_GOTO(build_model(c, &cfg, f, manifest_dtype(w->dtype), v, out));
     tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes fetched (%s) in %.0f ms, model built in %.0f ms",
               v, len, verified ? "http" : "bus copy", t_fetch - t0, now_ms() - t_fetch);
 cleanup:
     st_close(f);
-    if (image && !c->spare_image && image_bytes >= len) { /* its pages stay faulted in for the next HTTP fetch */
+    if (verified && !c->spare_image) { /* its pages stay faulted in for the next HTTP fetch */
         c->spare_image = image;
-        c->spare_cap = image_bytes;
+        c->spare_cap = len;
     } else {
         free(image);
     }
@@ -492,9 +435,7 @@ static tidal_status fetch_version_whole(weights_client *c, const Tidal__V1__Weig
     const double t_fetch = now_ms();
     TRY_GOTO(version_config(c, w, &cfg));
     TRY_GOTO(st_open_memory(image, (size_t)len, label, &f));
-    /* the model may take the image in place, unless it is kept as the next delta's base */
-    size_t image_bytes = (size_t)len;
-    TRY_GOTO(build_model(c, &cfg, f, manifest_dtype(w->dtype), v, out, w->full_every > 0 ? NULL : &image, &image_bytes));
+    TRY_GOTO(build_model(c, &cfg, f, manifest_dtype(w->dtype), v, out));
     tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes fetched in %.0f ms, model built in %.0f ms", v,
               *bytes, t_fetch - t0, now_ms() - t_fetch);
     if (w->full_every > 0) { /* the next version may be a delta against this one */
@@ -556,18 +497,7 @@ static tidal_status fetch_version(weights_client *c, const Tidal__V1__WeightsMan
     snprintf(label, sizeof label, "weights v%" PRIu64, v);
     TRY_GOTO(version_config(c, w, &cfg));
     TRY_GOTO(st_open_memory(c->image, (size_t)L.bytes, label, &f));
-    void *block = c->image;
-    size_t block_bytes = c->image_cap;
-    TRY_GOTO(build_model(c, &cfg, f, manifest_dtype(w->dtype), v, out, &block, &block_bytes));
-    if (block != c->image) {
-        /* the model took the image buffer in place: the tap and the next fetch get the block it held
-         * before, grown now if it is too small (a model's own), so the tap is armed in time */
-        bus_blob_tap_arm(c->tap, NULL, 0); /* its records are of the buffer the model holds now */
-        c->image = block;
-        c->image_cap = block_bytes;
-        if (image_buffer(c, L.bytes, v) != TIDAL_OK)
-            tidal_log(TIDAL_LOG_WARN, "%s (the next version cannot be caught as it is broadcast)", tidal_errmsg());
-    }
+    TRY_GOTO(build_model(c, &cfg, f, manifest_dtype(w->dtype), v, out));
     tidal_log(TIDAL_LOG_DEBUG, "weights v%" PRIu64 ": %" PRIu64 " bytes in %u chunks (%u caught as published) "
               "fetched in %.0f ms, model built in %.0f ms", v, L.bytes, L.chunk_count, caught, t_fetch - t0,
               now_ms() - t_fetch);

@@ -58,7 +58,6 @@ typedef struct weights_stats {
     uint64_t refetched;        /* chunks fetched again after failing their digest */
     uint64_t caught;           /* chunks caught as the trainer broadcast them (not fetched) */
     uint64_t live;             /* versions built from the broadcast, before they were stored */
-    uint64_t in_place;         /* models that took their fp32 image's memory as their parameters (no copy) */
     double fetch_ms_last;      /* manifest seen -> model ready, the last one */
     uint64_t latest_seen;      /* newest manifest version seen; UINT64_MAX none */
     uint64_t http_fetched;     /* transport http: versions fetched over HTTP */

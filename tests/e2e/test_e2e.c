@@ -1180,8 +1180,18 @@ static tidal_status rogue_publish(tidal_bus *b, const job_names *n, uint64_t ver
     char name[24], subj[300];
     tidal_status st = TIDAL_OK;
     TRY_GOTO(bus_kv_open(b, n->kv_bucket, &kv));
-    TRY_GOTO(bus_kv_get(kv, JOB_KEY_WEIGHTS, &val, &vlen, NULL));
-    TRY_GOTO(codec_decode_weights_manifest(val, vlen, &cur));
+    /* the current manifest may be a live one, put before its blob is stored: wait for the stored one */
+    for (int tries = 0; tries < 400 && (!cur || cur->live); tries++) {
+        if (cur) {
+            usleep(50 * 1000);
+            tidal__v1__weights_manifest__free_unpacked(cur, NULL);
+            cur = NULL;
+        }
+        free(val);
+        val = NULL;
+        TRY_GOTO(bus_kv_get(kv, JOB_KEY_WEIGHTS, &val, &vlen, NULL));
+        TRY_GOTO(codec_decode_weights_manifest(val, vlen, &cur));
+    }
     TRY_GOTO(bus_blob_store_open(b, n->weights_stream, n->weights_prefix, 0, &bs));
     snprintf(name, sizeof name, "%" PRIu64, cur->version);
     TRY_GOTO(bus_blob_get(bs, name, &img, &len, NULL));
