@@ -174,6 +174,10 @@ static tidal_status model_for(weights_client *c, const model_config *cfg, uint64
     return TIDAL_OK;
 }
 
+/* A model for cfg (model_for: the spare's memory when it fits) with every
+ * tensor filled from the safetensors image f: each present, in the
+ * manifest's dtype, with the model's shape; nothing else in the image
+ * (lm_head.weight is tolerated with tied embeddings). */
 static tidal_status build_model(weights_client *c, const model_config *cfg, const st_file *f, st_dtype dtype,
                                 uint64_t v, model **out)
 {
