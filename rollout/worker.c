@@ -847,10 +847,13 @@ static tidal_status join_model(worker *w, double t0)
         TRY(tidal_sign_pub_parse(w->spec.weights.public_key, strlen(w->spec.weights.public_key), "weights.public_key", pin));
     const weights_client_http wh = {.timeout_ms = w->spec.weights.http_timeout_ms,
                                     .parallel = w->spec.weights.http_parallel}; /* the token: from the environment */
-    TRY(weights_client_create_http(w->bus, &w->names, &w->cfg, w->spec.weights.public_key[0] ? pin : NULL, &wh,
-                                   &w->wc));
     bool said = false;
     tidal_status st;
+    /* its KV watch can time out while the cluster elects a leader (a partition): waited out like the rest of a join */
+    while ((st = weights_client_create_http(w->bus, &w->names, &w->cfg, w->spec.weights.public_key[0] ? pin : NULL,
+                                            &wh, &w->wc)) != TIDAL_OK)
+        if (!join_transient(st) || !keep_trying(w, t0, "the weights watch", &said)) return st;
+    said = false;
     while ((st = weights_client_wait(w->wc, 0, 500, &w->m, &w->version)) != TIDAL_OK)
         if (st != TIDAL_ERR_TIMEOUT || !keep_trying(w, t0, "the first weights", &said)) return st;
     w->oldest = !strcmp(w->spec.rollout.weights, "oldest");
